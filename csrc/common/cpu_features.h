@@ -1,0 +1,13 @@
+// Run-time choice of the x86 SIMD level, so one build runs on any x86-64 CPU.
+#pragma once
+
+namespace glann {
+
+enum class CpuIsa : int { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
+
+// The best ISA both compiled in and supported by this CPU, capped by the environment variable
+// GLANN_EXT_CPU_ISA=baseline|avx2|avx512 (for testing every path on one machine).
+CpuIsa best_cpu_isa();
+const char* cpu_isa_name(CpuIsa isa);
+
+}  // namespace glann

@@ -1,0 +1,70 @@
+"""Argument validation shared by all ops: every error names the argument, what was expected and what
+came, and is raised before any native code runs."""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+
+
+def _dtype_names(dtypes: Iterable[torch.dtype]) -> str:
+    return ", ".join(str(d).replace("torch.", "") for d in dtypes)
+
+
+def check_tensor(
+    name: str,
+    t: object,
+    *,
+    ndim: int | None = None,
+    dtypes: Sequence[torch.dtype] | None = None,
+    nonempty: bool = False,
+) -> torch.Tensor:
+    """Type, rank, dtype and emptiness checks for one argument."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must be a {ndim}-D tensor, got {t.dim()}-D with shape {tuple(t.shape)}")
+    if dtypes is not None and t.dtype not in dtypes:
+        raise TypeError(f"{name} must have dtype in ({_dtype_names(dtypes)}), got {str(t.dtype).replace('torch.', '')}")
+    if nonempty and t.numel() == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(t.shape)}")
+    return t
+
+
+def check_same_device(**tensors: torch.Tensor) -> torch.device:
+    """All tensors on one device; returns it."""
+    items = list(tensors.items())
+    first_name, first = items[0]
+    for name, t in items[1:]:
+        if t.device != first.device:
+            raise ValueError(
+                f"{name} must be on the same device as {first_name} ({first.device}), got {t.device}"
+            )
+    return first.device
+
+
+def check_same_dtype(**tensors: torch.Tensor) -> torch.dtype:
+    items = list(tensors.items())
+    first_name, first = items[0]
+    for name, t in items[1:]:
+        if t.dtype != first.dtype:
+            raise TypeError(
+                f"{name} must have the same dtype as {first_name} ({str(first.dtype).replace('torch.', '')}), "
+                f"got {str(t.dtype).replace('torch.', '')}"
+            )
+    return first.dtype
+
+
+def check_no_internal_overlap(name: str, t: torch.Tensor) -> None:
+    """In-place kernels must not write through a tensor whose elements alias each other (expand, as_strided)."""
+    if t.numel() > 1 and torch._debug_has_internal_overlap(t) == 1:  # 1 == MemOverlap::Yes
+        raise ValueError(
+            f"{name} has internally overlapping memory (e.g. from expand()); in-place updates would be "
+            "ill-defined. Pass a tensor that owns its elements (call .contiguous() or .clone())."
+        )
+
+
+def check_finite(name: str, t: torch.Tensor) -> None:
+    if t.numel() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or Inf values")
