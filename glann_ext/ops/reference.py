@@ -1,0 +1,144 @@
+"""Plain PyTorch versions of every kernel: obviously correct, unfused, slow.
+
+Used as the baseline in ``benchmarks/`` and by the trainers when a user asks for reference ops
+(``ops="reference"``). The tests carry their own independent oracles as well.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+# --------------------------------------------------------------------------------------------------
+# Nearest-neighbour argmin
+# --------------------------------------------------------------------------------------------------
+
+
+def nn_argmin_cdist(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """``torch.cdist(queries, keys).argmin(1)``: the N x M matrix is materialised."""
+    return torch.cdist(queries, keys).argmin(1)
+
+
+def nn_argmin_addmm(
+    queries: torch.Tensor, keys: torch.Tensor, *, tile: int = 8192, return_distances: bool = False
+):
+    """Tiled ``||k||^2 - 2 q.k`` with ``addmm`` and a running minimum: memory O(N * tile).
+
+    Ties go to the lowest index (``argmin`` returns the first minimum, and later tiles must be strictly
+    better to win). Distances, when asked for, are recomputed exactly as ``sum((q - k)^2)``.
+    """
+    n = queries.shape[0]
+    best = torch.full((n,), math.inf, dtype=torch.float32, device=queries.device)
+    best_idx = torch.zeros(n, dtype=torch.int64, device=queries.device)
+    q = queries.float()
+    for start in range(0, keys.shape[0], tile):
+        k = keys[start : start + tile].float()
+        scores = torch.addmm((k * k).sum(1).unsqueeze(0), q, k.t(), alpha=-2.0)
+        val, idx = scores.min(1)
+        better = val < best
+        best = torch.where(better, val, best)
+        best_idx = torch.where(better, idx + start, best_idx)
+    if not return_distances:
+        return best_idx
+    return best_idx, ((q - keys[best_idx].float()) ** 2).sum(1)
+
+
+def nn_argmin_exact(queries: torch.Tensor, keys: torch.Tensor, *, return_distances: bool = False):
+    """Exact argmin from direct differences in float64 (no norm expansion): the test oracle."""
+    q = queries.double()
+    k = keys.double()
+    rows = max(1, (1 << 22) // max(1, k.shape[0] * k.shape[1]))
+    idx, dist = [], []
+    for start in range(0, q.shape[0], rows):
+        d = ((q[start : start + rows, None, :] - k[None, :, :]) ** 2).sum(-1)
+        v, i = d.min(1)
+        idx.append(i)
+        dist.append(v)
+    best_idx = torch.cat(idx) if idx else torch.zeros(0, dtype=torch.int64, device=queries.device)
+    if not return_distances:
+        return best_idx
+    return best_idx, (torch.cat(dist) if dist else q.new_zeros(0))
+
+
+# --------------------------------------------------------------------------------------------------
+# Laplacian-pyramid L1 loss (definition: see glann_ext.ops.laplacian)
+# --------------------------------------------------------------------------------------------------
+
+BLUR_TAPS = (1 / 16, 4 / 16, 6 / 16, 4 / 16, 1 / 16)
+MAX_DEFAULT_LEVELS = 5
+
+
+def default_levels(height: int, width: int) -> int:
+    """1 + floor(log2(min(H, W))), capped at MAX_DEFAULT_LEVELS."""
+    return max(1, min(MAX_DEFAULT_LEVELS, 1 + int(math.floor(math.log2(max(1, min(height, width)))))))
+
+
+def reflect101(index: torch.Tensor, n: int) -> torch.Tensor:
+    """Mirror indices about the edges without repeating the edge sample (OpenCV BORDER_REFLECT_101)."""
+    if n == 1:
+        return torch.zeros_like(index)
+    period = 2 * (n - 1)
+    index = index.abs() % period
+    return torch.where(index >= n, period - index, index)
+
+
+def _down1d(t: torch.Tensor, dim: int) -> torch.Tensor:
+    n = t.shape[dim]
+    base = 2 * torch.arange((n + 1) // 2, device=t.device)
+    return sum(w * t.index_select(dim, reflect101(base + a - 2, n)) for a, w in enumerate(BLUR_TAPS))
+
+
+def _up1d(t: torch.Tensor, dim: int, n_out: int) -> torch.Tensor:
+    shape = list(t.shape)
+    shape[dim] = n_out
+    zeros = t.new_zeros(shape).index_copy(dim, 2 * torch.arange(t.shape[dim], device=t.device), t)
+    base = torch.arange(n_out, device=t.device)
+    return sum(2 * w * zeros.index_select(dim, reflect101(base + a - 2, n_out)) for a, w in enumerate(BLUR_TAPS))
+
+
+def pyramid_down(g: torch.Tensor) -> torch.Tensor:
+    """Blur with the 5-tap binomial kernel (reflect-101 border) and keep every second pixel."""
+    return _down1d(_down1d(g, -2), -1)
+
+
+def pyramid_up(g: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Zero-insert to (height, width) and blur with 4x the binomial kernel (reflect-101 border)."""
+    return _up1d(_up1d(g, -2, height), -1, width)
+
+
+def laplacian_pyramid(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
+    """Levels L^0 (finest) .. L^{J-1} (the low-pass residual G^{J-1})."""
+    gauss = [x]
+    for _ in range(levels - 1):
+        gauss.append(pyramid_down(gauss[-1]))
+    laps = [g - pyramid_up(gn, g.shape[-2], g.shape[-1]) for g, gn in zip(gauss[:-1], gauss[1:])]
+    return laps + [gauss[-1]]
+
+
+def laplacian_pyramid_loss_reference(
+    x: torch.Tensor, y: torch.Tensor, *, levels: int | None = None, reduction: str = "mean"
+) -> torch.Tensor:
+    """sum_j 4^j |L^j(x) - L^j(y)|_1, normalised per pixel of level 0 for 'mean' and 'none'."""
+    b, c, h, w = x.shape
+    levels = default_levels(h, w) if levels is None else levels
+    laps = laplacian_pyramid(x - y, levels)
+    per_sample = sum((4.0**j) * lap.abs().sum(dim=(1, 2, 3)) for j, lap in enumerate(laps))
+    if reduction == "sum":
+        return per_sample.sum()
+    if reduction == "none":
+        return per_sample / (c * h * w)
+    return per_sample.sum() / (b * c * h * w)
+
+
+# --------------------------------------------------------------------------------------------------
+# Unit-sphere projection
+# --------------------------------------------------------------------------------------------------
+
+
+def project_to_sphere_reference(z: torch.Tensor) -> torch.Tensor:
+    """Rows divided by their L2 norm; an all-zero row becomes (1, ..., 1) / sqrt(D)."""
+    norm = z.double().norm(dim=1, keepdim=True)
+    out = (z.double() / norm.clamp_min(torch.finfo(torch.float64).tiny)).to(z.dtype)
+    fill = torch.full_like(z, 1.0 / math.sqrt(z.shape[1]))
+    return torch.where(norm == 0, fill, out)
