@@ -1,0 +1,190 @@
+// The CPU micro-kernel of nn_argmin, written once with GCC/Clang vector extensions and compiled once
+// per SIMD level: each nn_argmin_cpu_<isa>.cpp defines
+//   GLANN_NN_ISA        the namespace of that copy (baseline, avx2, avx512)
+//   GLANN_NN_VEC_BYTES  vector width in bytes (16, 32, 64)
+//   GLANN_NN_MR         query rows per micro-tile
+// and includes this file. The copies are picked at run time by nn_argmin_cpu.cpp.
+//
+// Everything here lives in an anonymous namespace or the per-ISA namespace and calls no shared inline
+// or template code, so no function compiled with AVX flags can be merged (ODR/COMDAT) into code that
+// runs on a CPU without them.
+//
+// Layout of one packed key block (caller's workspace, 64-byte aligned):
+//   panels[p][d][NR]  the keys of panel p transposed, NR = 2 vectors of keys per panel
+//   norms[p][NR]      ||k||^2 of each key; +inf for padding lanes past the block's end
+// Micro-tile: MR query rows x NR keys accumulate in 2*MR vector registers over d; the epilogue turns
+// them into scores ||k||^2 - 2 q.k and keeps a per-lane running minimum (value, index). The N x M
+// matrix never exists; a lane keeps the first minimum it sees, and lanes are reduced lowest-index-first.
+#include <cstddef>
+#include <cstdint>
+
+#include "nn_argmin/nn_argmin.h"
+
+#ifndef GLANN_NN_ISA
+#error "define GLANN_NN_ISA, GLANN_NN_VEC_BYTES and GLANN_NN_MR before including nn_argmin_cpu_isa.h"
+#endif
+
+namespace glann {
+namespace nn_cpu {
+namespace GLANN_NN_ISA {
+
+namespace {
+
+constexpr int kW = GLANN_NN_VEC_BYTES / 4;  // floats per vector
+constexpr int kNV = 2;                      // vectors of keys per panel
+constexpr int kNR = kW * kNV;               // keys per panel
+constexpr int kMR = GLANN_NN_MR;            // query rows per micro-tile
+
+typedef float vf __attribute__((vector_size(GLANN_NN_VEC_BYTES)));
+typedef int32_t vi __attribute__((vector_size(GLANN_NN_VEC_BYTES)));
+
+template <std::size_t... I>
+inline vf splat_impl(float x, std::index_sequence<I...>) {
+  return vf{((void)I, x)...};
+}
+inline vf splat(float x) { return splat_impl(x, std::make_index_sequence<kW>{}); }
+
+template <std::size_t... I>
+inline vi iota_impl(int32_t base, std::index_sequence<I...>) {
+  return vi{static_cast<int32_t>(base + static_cast<int32_t>(I))...};
+}
+inline vi iota(int32_t base) { return iota_impl(base, std::make_index_sequence<kW>{}); }
+
+inline vf load(const float* p) { return *reinterpret_cast<const vf*>(p); }  // p is vector-aligned
+inline void store(float* p, vf v) { *reinterpret_cast<vf*>(p) = v; }
+
+inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+
+inline const float* key_row(const NnArgminParams& p, int64_t k) {
+  return static_cast<const float*>(p.keys) + k * p.k_stride_row;
+}
+
+// acc[i][v] += q[i][k] * keys[k][v*W .. v*W+W) for k in [0, d). q is packed [d][MR].
+inline void micro_tile(const float* __restrict qp, const float* __restrict kp, int64_t d, vf (&acc)[kMR][kNV]) {
+#pragma GCC unroll 32
+  for (int i = 0; i < kMR; ++i) {
+    acc[i][0] = splat(0.0f);
+    acc[i][1] = splat(0.0f);
+  }
+  for (int64_t k = 0; k < d; ++k) {
+    const vf k0 = load(kp), k1 = load(kp + kW);
+#pragma GCC unroll 32
+    for (int i = 0; i < kMR; ++i) {
+      const vf b = splat(qp[i]);
+      acc[i][0] += b * k0;
+      acc[i][1] += b * k1;
+    }
+    qp += kMR;
+    kp += kNR;
+  }
+}
+
+}  // namespace
+
+int panel_keys() { return kNR; }
+int micro_rows() { return kMR; }
+
+// Packs keys [k0, k0 + nk) into panels and computes their squared norms.
+void pack_block(const NnArgminParams& p, int64_t k0, int64_t nk, float* buf) {
+  const int64_t d = p.d, n_panels = (nk + kNR - 1) / kNR;
+  float* norms = buf + n_panels * d * kNR;
+  for (int64_t pi = 0; pi < n_panels; ++pi) {
+    float* panel = buf + pi * d * kNR;
+    for (int j = 0; j < kNR; ++j) {
+      const int64_t key = pi * kNR + j;
+      if (key < nk) {
+        const float* src = key_row(p, k0 + key);
+        if (p.k_stride_col == 1) {
+          for (int64_t c = 0; c < d; ++c) panel[c * kNR + j] = src[c];
+        } else {
+          for (int64_t c = 0; c < d; ++c) panel[c * kNR + j] = src[c * p.k_stride_col];
+        }
+      } else {
+        for (int64_t c = 0; c < d; ++c) panel[c * kNR + j] = 0.0f;
+      }
+    }
+    // Norms in lane order, the same instruction sequence for every key (so equal keys tie exactly).
+    vf n0 = splat(0.0f), n1 = splat(0.0f);
+    for (int64_t c = 0; c < d; ++c) {
+      const vf a = load(panel + c * kNR), b = load(panel + c * kNR + kW);
+      n0 += a * a;
+      n1 += b * b;
+    }
+    store(norms + pi * kNR, n0);
+    store(norms + pi * kNR + kW, n1);
+    for (int j = 0; j < kNR; ++j)
+      if (pi * kNR + j >= nk) norms[pi * kNR + j] = __builtin_inff();
+  }
+}
+
+// For query rows [r0, r1): scans the packed block of nk keys starting at key k0 and lowers
+// (best_score, best_index) where a key scores strictly better. qbuf: MR * d floats of scratch.
+void scan_block(const NnArgminParams& p, const float* buf, int64_t k0, int64_t nk, int64_t r0, int64_t r1,
+                float* best_score, int64_t* best_index, float* qbuf) {
+  const int64_t d = p.d, n_panels = (nk + kNR - 1) / kNR;
+  const float* norms = buf + n_panels * d * kNR;
+  const float* q = static_cast<const float*>(p.queries);
+  const vf minus_two = splat(-2.0f);
+
+  for (int64_t r = r0; r < r1; r += kMR) {
+    const int rows = static_cast<int>(imin(kMR, r1 - r));
+    // Pack the micro-tile's queries as [d][MR]; missing rows repeat the last one (results discarded).
+    for (int i = 0; i < kMR; ++i) {
+      const float* src = q + (r + (i < rows ? i : rows - 1)) * p.q_stride_row;
+      if (p.q_stride_col == 1) {
+        for (int64_t c = 0; c < d; ++c) qbuf[c * kMR + i] = src[c];
+      } else {
+        for (int64_t c = 0; c < d; ++c) qbuf[c * kMR + i] = src[c * p.q_stride_col];
+      }
+    }
+
+    vf lane_best[kMR][kNV];
+    vi lane_index[kMR][kNV];
+    for (int i = 0; i < kMR; ++i)
+      for (int v = 0; v < kNV; ++v) {
+        lane_best[i][v] = splat(__builtin_inff());
+        lane_index[i][v] = iota(0);
+      }
+
+    for (int64_t pi = 0; pi < n_panels; ++pi) {
+      vf acc[kMR][kNV];
+      micro_tile(qbuf, buf + pi * d * kNR, d, acc);
+      const vf kn0 = load(norms + pi * kNR), kn1 = load(norms + pi * kNR + kW);
+      const vi id0 = iota(static_cast<int32_t>(pi * kNR)), id1 = iota(static_cast<int32_t>(pi * kNR + kW));
+#pragma GCC unroll 32
+      for (int i = 0; i < kMR; ++i) {
+        const vf s0 = acc[i][0] * minus_two + kn0;
+        const vf s1 = acc[i][1] * minus_two + kn1;
+        const vi m0 = s0 < lane_best[i][0];
+        const vi m1 = s1 < lane_best[i][1];
+        lane_best[i][0] = m0 ? s0 : lane_best[i][0];
+        lane_best[i][1] = m1 ? s1 : lane_best[i][1];
+        lane_index[i][0] = m0 ? id0 : lane_index[i][0];
+        lane_index[i][1] = m1 ? id1 : lane_index[i][1];
+      }
+    }
+
+    for (int i = 0; i < rows; ++i) {
+      float bv = __builtin_inff();
+      int32_t bi = 0;
+      for (int v = 0; v < kNV; ++v)
+        for (int l = 0; l < kW; ++l) {
+          const float s = lane_best[i][v][l];
+          const int32_t idx = lane_index[i][v][l];
+          if (s < bv || (s == bv && idx < bi)) {
+            bv = s;
+            bi = idx;
+          }
+        }
+      const int64_t row = r + i;
+      if (bv < best_score[row]) {
+        best_score[row] = bv;
+        best_index[row] = k0 + bi;
+      }
+    }
+  }
+}
+
+}  // namespace GLANN_NN_ISA
+}  // namespace nn_cpu
+}  // namespace glann
