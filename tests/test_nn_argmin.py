@@ -1,0 +1,305 @@
+"""nn_argmin against an independent brute-force oracle (float64 direct differences, written here)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import glann_ext
+from glann_ext import nn_argmin
+
+
+def oracle(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """All pairwise squared distances in float64 from differences; argmin takes the first minimum."""
+    d = ((q.double()[:, None, :] - k.double()[None, :, :]) ** 2).sum(-1)
+    return d, d.argmin(1)
+
+
+def assert_nearest(q: torch.Tensor, k: torch.Tensor, idx: torch.Tensor, dist: torch.Tensor | None = None) -> None:
+    """idx is the oracle's index, or (only inside the float32 rounding of the norm expansion) an equally
+    near key; distances match the exact ones."""
+    assert idx.dtype == torch.int64 and idx.shape == (q.shape[0],)
+    d, ref = oracle(q, k)
+    rows = torch.arange(q.shape[0])
+    chosen = d[rows, idx]
+    best = d[rows, ref]
+    scale = (q.double() ** 2).sum(1) + (k.double() ** 2).sum(1).max()
+    tol = 2e-6 * scale + 1e-12
+    assert bool(((chosen - best) <= tol).all()), "a returned key is farther than the nearest one"
+    # Almost all rows of random data are far from a near-tie: the index itself must agree.
+    assert (idx == ref).double().mean() >= 0.99
+    if dist is not None:
+        assert dist.dtype == torch.float32
+        torch.testing.assert_close(dist.double(), chosen, rtol=1e-5, atol=1e-5)
+
+
+SHAPES = [
+    (1, 1, 1),
+    (1, 7, 3),
+    (7, 1, 5),
+    (2, 3, 2),
+    (13, 17, 2),
+    (11, 33, 64),  # keys not a multiple of any panel width
+    (97, 101, 64),
+    (5, 1000, 1),
+    (129, 257, 33),
+    (300, 3001, 17),
+    (61, 509, 784),
+    (3, 20011, 8),  # few queries, many keys: the key-split path
+]
+
+
+@pytest.mark.parametrize("n,m,d", SHAPES)
+def test_matches_oracle(n: int, m: int, d: int) -> None:
+    q, k = torch.randn(n, d), torch.randn(m, d)
+    idx, dist = nn_argmin(q, k, return_distances=True)
+    assert_nearest(q, k, idx, dist)
+
+
+def test_default_returns_only_indices() -> None:
+    q, k = torch.randn(5, 4), torch.randn(9, 4)
+    out = nn_argmin(q, k)
+    assert isinstance(out, torch.Tensor) and out.shape == (5,)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda q, k: (q.t().contiguous().t(), k), id="queries-column-major"),
+        pytest.param(lambda q, k: (q, k.t().contiguous().t()), id="keys-column-major"),
+        pytest.param(lambda q, k: (torch.cat([q, q], 1)[:, ::2], torch.cat([k, k], 1)[:, ::2]), id="column-step-2"),
+        pytest.param(lambda q, k: (torch.cat([q, q])[::2], torch.cat([k, k])[::2]), id="row-step-2"),
+        pytest.param(lambda q, k: (q[2:], k[3:]), id="storage-offset"),
+    ],
+)
+def test_strided_inputs(make) -> None:
+    q, k = torch.randn(40, 24), torch.randn(700, 24)
+    qs, ks = make(q, k)
+    assert_nearest(qs, ks, nn_argmin(qs, ks))
+    torch.testing.assert_close(nn_argmin(qs, ks), nn_argmin(qs.contiguous(), ks.contiguous()), rtol=0, atol=0)
+
+
+def test_expanded_keys_all_tie_to_index_zero() -> None:
+    k = torch.randn(1, 16).expand(1000, 16)
+    assert bool((nn_argmin(torch.randn(9, 16), k) == 0).all())
+
+
+def test_duplicates_resolve_to_lowest_index() -> None:
+    base = torch.randn(50, 8)
+    k = torch.cat([base, base, base])
+    assert torch.equal(nn_argmin(base, k), torch.arange(50))
+
+
+@pytest.mark.parametrize("n", [1, 3, 200, 1000])  # 1000 rows: one key split, copies in different blocks
+def test_ties_across_blocks_and_splits(n: int) -> None:
+    # The nearest key of every query appears twice, far apart in index, so the copies land in different
+    # panels, packed blocks and key splits; the lower copy must win every time.
+    m, d = 60000, 8
+    q = torch.randn(n, d)
+    k = torch.randn(m, d) * 10 + 100  # far away from the queries
+    lo = torch.randperm(5000)[:n]
+    hi = 40000 + torch.arange(n)
+    k[hi] = q
+    k[lo] = q  # lower copies (lo indices are distinct from hi)
+    idx = nn_argmin(q, k)
+    first = torch.stack([torch.nonzero((k == q[i]).all(1))[0, 0] for i in range(n)])
+    assert torch.equal(idx, first)
+
+
+def test_integer_ties_exact() -> None:
+    # Small integers: every product and sum is exact in float32, so scores tie exactly.
+    g = torch.Generator().manual_seed(1)
+    q = torch.randint(-2, 3, (200, 3), generator=g).float()
+    k = torch.randint(-2, 3, (500, 3), generator=g).float()
+    _, ref = oracle(q, k)
+    assert torch.equal(nn_argmin(q, k), ref)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 40),
+    m=st.integers(1, 300),
+    d=st.integers(1, 9),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_property_integer_data(n: int, m: int, d: int, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(-3, 4, (n, d), generator=g).float()
+    k = torch.randint(-3, 4, (m, d), generator=g).float()
+    dist_all, ref = oracle(q, k)
+    idx, dist = nn_argmin(q, k, return_distances=True)
+    assert torch.equal(idx, ref)
+    assert torch.equal(dist.double(), dist_all.min(1).values)
+
+
+def test_chunked_keys_equal_whole() -> None:
+    q, k = torch.randn(64, 32), torch.randn(5000, 32)
+    k[4000] = q[0]  # exact hit in a late chunk
+    whole = nn_argmin(q, k, return_distances=True)
+    chunks = list(k.split(777))
+    as_list = nn_argmin(q, chunks, return_distances=True)
+    as_gen = nn_argmin(q, (c for c in chunks), return_distances=True)
+    for got in (as_list, as_gen):
+        assert torch.equal(got[0], whole[0])
+        torch.testing.assert_close(got[1], whole[1])
+    assert whole[0][0] == 4000
+
+
+def test_chunk_ties_go_to_earlier_chunk_and_empty_chunks_count_nothing() -> None:
+    q = torch.randn(10, 4)
+    chunks = [torch.randn(5, 4) + 50, q.clone(), torch.empty(0, 4), q.clone()]
+    assert torch.equal(nn_argmin(q, chunks), torch.arange(10) + 5)
+
+
+def test_empty_queries() -> None:
+    idx, dist = nn_argmin(torch.empty(0, 5), torch.randn(3, 5), return_distances=True)
+    assert idx.shape == (0,) and idx.dtype == torch.int64 and dist.shape == (0,)
+
+
+def test_thread_count_does_not_change_results() -> None:
+    q, k = torch.randn(500, 64), torch.randn(20000, 64)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = nn_argmin(q, k, return_distances=True)
+        torch.set_num_threads(2)
+        two = nn_argmin(q, k, return_distances=True)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
+def test_every_simd_path(isa: str) -> None:
+    # The SIMD level is fixed per process, so each path runs in a child interpreter.
+    script = textwrap.dedent(
+        """
+        import torch, glann_ext
+        from glann_ext.ops import _native
+        torch.manual_seed(0)
+        for n, m, d in [(1, 1, 1), (13, 333, 7), (100, 4099, 64), (3, 20011, 5), (7, 300, 784)]:
+            q, k = torch.randn(n, d), torch.randn(m, d)
+            ref = ((q.double()[:, None] - k.double()[None]) ** 2).sum(-1)
+            idx = glann_ext.nn_argmin(q, k)
+            gap = ref[torch.arange(n), idx] - ref.min(1).values
+            assert bool((gap <= 1e-4).all()), (n, m, d, gap.max())
+            assert (idx == ref.argmin(1)).double().mean() >= 0.99
+        print(_native._C.nn_argmin_cpu_path())
+        """
+    )
+    env = dict(os.environ, GLANN_EXT_CPU_ISA=isa)
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    supported = glann_ext.build_info()["cpu_isa"]
+    order = ["baseline", "avx2", "avx512"]
+    expected = order[min(order.index(isa), order.index(supported))]
+    assert out.stdout.strip() == expected
+
+
+def test_opcheck() -> None:
+    from glann_ext.ops.nn_argmin import _nn_argmin_scores
+
+    torch.library.opcheck(_nn_argmin_scores, (torch.randn(9, 5), torch.randn(31, 5)))
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    "queries,keys,exc,match",
+    [
+        ([[1.0]], torch.randn(2, 1), TypeError, "queries must be a torch.Tensor"),
+        (torch.randn(3), torch.randn(2, 3), ValueError, "queries must be a 2-D tensor"),
+        (torch.randn(3, 2), torch.randn(2, 2, 1), ValueError, "keys must be a 2-D tensor"),
+        (torch.randn(3, 2), torch.randn(4, 3), ValueError, "keys must have D=2"),
+        (torch.randn(3, 2), torch.randn(0, 2), ValueError, "at least one row"),
+        (torch.randn(3, 0), torch.randn(4, 0), ValueError, "at least one column"),
+        (torch.randn(3, 2).double(), torch.randn(4, 2).double(), TypeError, "queries must have dtype in \\(float32\\)"),
+        (torch.ones(3, 2, dtype=torch.int64), torch.ones(4, 2), TypeError, "queries must have dtype"),
+        (torch.randn(3, 2), torch.randn(4, 2).double(), TypeError, "keys must have the same dtype"),
+        (torch.tensor([[0.0, float("nan")]]), torch.randn(4, 2), ValueError, "queries contains NaN or Inf"),
+        (torch.randn(3, 2), torch.tensor([[0.0, float("inf")]]), ValueError, "keys contains NaN or Inf"),
+        (torch.randn(3, 2), "keys", TypeError, "keys must be a torch.Tensor or an iterable"),
+        (torch.randn(3, 2), [torch.randn(2, 2), 5], TypeError, "keys chunks must be torch.Tensor"),
+        (torch.randn(3, 2), [torch.randn(2, 2), torch.randn(2, 3)], ValueError, r"keys\[1\] must have D=2"),
+        (torch.randn(3, 2), [], ValueError, "at least one row"),
+    ],
+)
+def test_bad_arguments(queries, keys, exc, match) -> None:
+    with pytest.raises(exc, match=match):
+        nn_argmin(queries, keys)
+
+
+def test_mixed_devices() -> None:
+    with pytest.raises(ValueError, match=r"keys must be on the same device as queries \(cpu\), got meta"):
+        nn_argmin(torch.randn(3, 2), torch.randn(4, 2, device="meta"))
+
+
+def test_meta_tensors_give_shapes_only() -> None:
+    # torch.compile / meta tracing: the fake implementation makes outputs of the right shape.
+    q, k = torch.randn(3, 2, device="meta"), torch.randn(4, 2, device="meta")
+    idx = nn_argmin(q, k, check_finite_values=False)
+    assert idx.shape == (3,) and idx.device.type == "meta"
+
+
+# ------------------------------------------------------------------------------------------------ CUDA
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("n,m,d", SHAPES + [(4096, 65536, 64), (1000, 100000, 128)])
+def test_cuda_matches_cpu(n: int, m: int, d: int) -> None:
+    q, k = torch.randn(n, d), torch.randn(m, d)
+    cpu_idx, cpu_dist = nn_argmin(q, k, return_distances=True)
+    idx, dist = nn_argmin(q.cuda(), k.cuda(), return_distances=True)
+    # Same fmaf order on both sides: the scores, hence the indices, agree (rounding near-ties aside).
+    assert (idx.cpu() == cpu_idx).double().mean() >= 0.999
+    if n * m <= 10**7:
+        assert_nearest(q, k, idx.cpu(), dist.cpu())
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_low_precision_inputs(dtype: torch.dtype) -> None:
+    q, k = torch.randn(300, 64).to(dtype), torch.randn(5000, 64).to(dtype)
+    idx = nn_argmin(q.cuda(), k.cuda())
+    assert_nearest(q.float(), k.float(), idx.cpu())
+
+
+@pytest.mark.cuda
+def test_cuda_ties_strides_chunks() -> None:
+    base = torch.randn(50, 8, device="cuda")
+    assert torch.equal(nn_argmin(base, torch.cat([base, base, base])).cpu(), torch.arange(50))
+    k = torch.randn(3000, 16, device="cuda")
+    q = torch.randn(64, 32, device="cuda")[:, ::2]
+    assert torch.equal(nn_argmin(q, k.t().contiguous().t()).cpu(), nn_argmin(q.cpu(), k.cpu()))
+    assert torch.equal(nn_argmin(q, list(k.split(1000))), nn_argmin(q, k))
+
+
+@pytest.mark.cuda
+def test_cuda_non_default_stream_and_compile() -> None:
+    q, k = torch.randn(500, 64, device="cuda"), torch.randn(20000, 64, device="cuda")
+    ref = nn_argmin(q, k)
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        q2, k2 = q * 1.0, k * 1.0  # produced on the side stream: the kernel must run after them
+        got = nn_argmin(q2, k2)
+    s.synchronize()
+    assert torch.equal(got, ref)
+    compiled = torch.compile(lambda a, b: nn_argmin(a, b, check_finite_values=False), mode="reduce-overhead")
+    assert torch.equal(compiled(q, k), ref)
+
+
+@pytest.mark.cuda
+def test_cuda_ten_million_keys() -> None:
+    q = torch.randn(256, 64, device="cuda")
+    k = torch.randn(10_000_000, 64, device="cuda")
+    k[9_999_999] = q[0]
+    idx = nn_argmin(q, k)
+    assert idx[0].item() == 9_999_999
