@@ -16,8 +16,9 @@ namespace nn_cpu {
   int panel_keys();                                                                                        \
   int micro_rows();                                                                                        \
   void pack_block(const NnArgminParams& p, int64_t k0, int64_t nk, float* buf);                            \
+  void pack_queries(const NnArgminParams& p, int64_t r0, int64_t r1, float* qbuf);                         \
   void scan_block(const NnArgminParams& p, const float* buf, int64_t k0, int64_t nk, int64_t r0, int64_t r1, \
-                  float* best_score, int64_t* best_index, float* qbuf);                                    \
+                  const float* qbuf, float* best_score, int64_t* best_index);                              \
   }
 GLANN_DECLARE_ISA(baseline)
 #ifdef GLANN_X86
@@ -32,21 +33,22 @@ struct Kernel {
   const char* name;
   int nr, mr;
   void (*pack)(const NnArgminParams&, int64_t, int64_t, float*);
-  void (*scan)(const NnArgminParams&, const float*, int64_t, int64_t, int64_t, int64_t, float*, int64_t*, float*);
+  void (*pack_queries)(const NnArgminParams&, int64_t, int64_t, float*);
+  void (*scan)(const NnArgminParams&, const float*, int64_t, int64_t, int64_t, int64_t, const float*, float*, int64_t*);
 };
 
 Kernel select_kernel() {
 #ifdef GLANN_X86
   switch (best_cpu_isa()) {
     case CpuIsa::kAvx512:
-      return {"avx512", avx512::panel_keys(), avx512::micro_rows(), avx512::pack_block, avx512::scan_block};
+      return {"avx512", avx512::panel_keys(), avx512::micro_rows(), avx512::pack_block, avx512::pack_queries, avx512::scan_block};
     case CpuIsa::kAvx2:
-      return {"avx2", avx2::panel_keys(), avx2::micro_rows(), avx2::pack_block, avx2::scan_block};
+      return {"avx2", avx2::panel_keys(), avx2::micro_rows(), avx2::pack_block, avx2::pack_queries, avx2::scan_block};
     default:
       break;
   }
 #endif
-  return {"baseline", baseline::panel_keys(), baseline::micro_rows(), baseline::pack_block, baseline::scan_block};
+  return {"baseline", baseline::panel_keys(), baseline::micro_rows(), baseline::pack_block, baseline::pack_queries, baseline::scan_block};
 }
 
 const Kernel& kernel() {
@@ -62,6 +64,7 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 struct Plan {
   int64_t kc;       // keys per packed block (a multiple of the panel width)
   int64_t n_q;      // query chunks
+  int64_t max_rows; // most query rows in one chunk (their packed copy lives in the slot)
   int64_t n_k;      // key splits; > 1 only when there are too few queries to occupy every thread
   int slots;        // threads that may run at once
   int64_t slot_bytes;
@@ -78,14 +81,20 @@ Plan make_plan(int64_t n, int64_t m, int64_t d, int num_threads) {
   pl.kc = std::max<int64_t>(k.nr, (131072 / std::max<int64_t>(d, 1)) / k.nr * k.nr);
   pl.kc = std::min<int64_t>(pl.kc, round_up(m, k.nr));
   const int64_t min_rows = int64_t{8} * k.mr;
-  pl.n_q = std::clamp<int64_t>(ceil_div(n, min_rows), 1, int64_t{4} * threads);
+  // Two chunks per thread balance the load; fewer, larger chunks pack every key fewer times.
+  pl.n_q = std::clamp<int64_t>(ceil_div(n, min_rows), 1, int64_t{2} * threads);
+  // A chunk's packed queries stay within about 2 MB (row count a multiple of the micro-tile).
+  const int64_t rows_cap = std::max<int64_t>(k.mr, (int64_t{1} << 19) / std::max<int64_t>(d, 1) / k.mr * k.mr);
+  pl.n_q = std::max(pl.n_q, ceil_div(n, rows_cap));
   pl.n_k = 1;
   if (pl.n_q < 2 * threads) {
     pl.n_k = std::clamp<int64_t>(ceil_div(int64_t{4} * threads, pl.n_q), 1, ceil_div(m, pl.kc));
   }
   pl.slots = parallel_slots(pl.n_q * pl.n_k, threads);
+  // Largest chunk between split points (multiples of mr), plus one tile of rounding.
+  pl.max_rows = round_up(ceil_div(n, pl.n_q), k.mr) + k.mr;
   const int64_t block_floats = (pl.kc / k.nr) * k.nr * (d + 1);
-  pl.slot_bytes = round_up(block_floats * 4, kAlign) + round_up(int64_t{k.mr} * d * 4, kAlign);
+  pl.slot_bytes = round_up(block_floats * 4, kAlign) + round_up(pl.max_rows * d * 4, kAlign);
   pl.partial_bytes = pl.n_k > 1 ? round_up(pl.n_k * n * 4, kAlign) + round_up(pl.n_k * n * 8, kAlign) : 0;
   return pl;
 }
@@ -126,7 +135,7 @@ Status nn_argmin_cpu(const NnArgminParams& p) {
     partial_score = reinterpret_cast<float*>(base + pl.slots * pl.slot_bytes);
     partial_index = reinterpret_cast<int64_t*>(base + pl.slots * pl.slot_bytes + round_up(pl.n_k * p.n * 4, kAlign));
   }
-  const int64_t block_bytes = pl.slot_bytes - round_up(int64_t{k.mr} * p.d * 4, kAlign);
+  const int64_t block_bytes = pl.slot_bytes - round_up(pl.max_rows * p.d * 4, kAlign);
 
   parallel_for(pl.n_q * pl.n_k, p.num_threads, [&](int64_t task, int slot) {
     const int64_t qi = task / pl.n_k, ki = task % pl.n_k;
@@ -143,10 +152,11 @@ Status nn_argmin_cpu(const NnArgminParams& p) {
     char* mine = base + slot * pl.slot_bytes;
     float* block = reinterpret_cast<float*>(mine);
     float* qbuf = reinterpret_cast<float*>(mine + block_bytes);
+    k.pack_queries(p, r0, r1, qbuf);
     for (int64_t kb = k0; kb < k1; kb += pl.kc) {
       const int64_t nk = std::min(pl.kc, k1 - kb);
       k.pack(p, kb, nk, block);
-      k.scan(p, block, kb, nk, r0, r1, score, index, qbuf);
+      k.scan(p, block, kb, nk, r0, r1, qbuf, score, index);
     }
   });
 

@@ -117,27 +117,36 @@ void pack_block(const NnArgminParams& p, int64_t k0, int64_t nk, float* buf) {
   }
 }
 
-// For query rows [r0, r1): scans the packed block of nk keys starting at key k0 and lowers
-// (best_score, best_index) where a key scores strictly better. qbuf: MR * d floats of scratch.
+// Packs query rows [r0, r1) as micro-tiles [tile][d][MR]; the last tile repeats its last row
+// (those results are discarded). Done once per task, so a tile is not re-packed for every key block.
+void pack_queries(const NnArgminParams& p, int64_t r0, int64_t r1, float* qbuf) {
+  const int64_t d = p.d;
+  const float* q = static_cast<const float*>(p.queries);
+  for (int64_t r = r0; r < r1; r += kMR) {
+    const int64_t rows = imin(kMR, r1 - r);
+    float* tile = qbuf + ((r - r0) / kMR) * d * kMR;
+    for (int i = 0; i < kMR; ++i) {
+      const float* src = q + (r + (i < rows ? i : rows - 1)) * p.q_stride_row;
+      if (p.q_stride_col == 1) {
+        for (int64_t c = 0; c < d; ++c) tile[c * kMR + i] = src[c];
+      } else {
+        for (int64_t c = 0; c < d; ++c) tile[c * kMR + i] = src[c * p.q_stride_col];
+      }
+    }
+  }
+}
+
+// For query rows [r0, r1) (packed by pack_queries into qbuf): scans the packed block of nk keys
+// starting at key k0 and lowers (best_score, best_index) where a key scores strictly better.
 void scan_block(const NnArgminParams& p, const float* buf, int64_t k0, int64_t nk, int64_t r0, int64_t r1,
-                float* best_score, int64_t* best_index, float* qbuf) {
+                const float* qbuf, float* best_score, int64_t* best_index) {
   const int64_t d = p.d, n_panels = (nk + kNR - 1) / kNR;
   const float* norms = buf + n_panels * d * kNR;
-  const float* q = static_cast<const float*>(p.queries);
   const vf minus_two = splat(-2.0f);
 
   for (int64_t r = r0; r < r1; r += kMR) {
     const int rows = static_cast<int>(imin(kMR, r1 - r));
-    // Pack the micro-tile's queries as [d][MR]; missing rows repeat the last one (results discarded).
-    for (int i = 0; i < kMR; ++i) {
-      const float* src = q + (r + (i < rows ? i : rows - 1)) * p.q_stride_row;
-      if (p.q_stride_col == 1) {
-        for (int64_t c = 0; c < d; ++c) qbuf[c * kMR + i] = src[c];
-      } else {
-        for (int64_t c = 0; c < d; ++c) qbuf[c * kMR + i] = src[c * p.q_stride_col];
-      }
-    }
-
+    const float* tile = qbuf + ((r - r0) / kMR) * d * kMR;
     vf lane_best[kMR][kNV];
     vi lane_index[kMR][kNV];
     for (int i = 0; i < kMR; ++i)
@@ -148,7 +157,7 @@ void scan_block(const NnArgminParams& p, const float* buf, int64_t k0, int64_t n
 
     for (int64_t pi = 0; pi < n_panels; ++pi) {
       vf acc[kMR][kNV];
-      micro_tile(qbuf, buf + pi * d * kNR, d, acc);
+      micro_tile(tile, buf + pi * d * kNR, d, acc);
       const vf kn0 = load(norms + pi * kNR), kn1 = load(norms + pi * kNR + kW);
       const vi id0 = iota(static_cast<int32_t>(pi * kNR)), id1 = iota(static_cast<int32_t>(pi * kNR + kW));
 #pragma GCC unroll 32
