@@ -158,6 +158,29 @@ def test_chunk_ties_go_to_earlier_chunk_and_empty_chunks_count_nothing() -> None
     assert torch.equal(nn_argmin(q, chunks), torch.arange(10) + 5)
 
 
+def test_ten_million_keys_in_lazy_chunks() -> None:
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(64, 8, generator=g)
+
+    def chunks():
+        for i in range(10):
+            c = torch.randn(1_000_000, 8, generator=g) * 3 + 20
+            if i == 9:
+                c[-1] = q[5]
+            yield c
+
+    idx, dist = nn_argmin(q, chunks(), return_distances=True)
+    assert idx[5].item() == 9_999_999 and dist[5].item() == 0.0
+    assert int(idx.max()) < 10_000_000
+
+
+def test_workspace_does_not_grow_with_keys() -> None:
+    from glann_ext.ops import _native
+
+    ws = [_native._C.nn_argmin_cpu_workspace_bytes(20000, m, 64, 2) for m in (10**5, 10**6, 10**7)]
+    assert ws[0] == ws[1] == ws[2] and ws[0] < 16 << 20
+
+
 def test_empty_queries() -> None:
     idx, dist = nn_argmin(torch.empty(0, 5), torch.randn(3, 5), return_distances=True)
     assert idx.shape == (0,) and idx.dtype == torch.int64 and dist.shape == (0,)
