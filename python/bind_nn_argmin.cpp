@@ -19,7 +19,7 @@ void register_nn_argmin(py::module_& m) {
       [](bool on_cuda, std::uintptr_t queries, int64_t n, int64_t d, int64_t q_stride_row, int64_t q_stride_col,
          std::uintptr_t keys, int64_t m_keys, int64_t k_stride_row, int64_t k_stride_col, int dtype,
          std::uintptr_t best_score, std::uintptr_t best_index, std::uintptr_t workspace, int64_t workspace_bytes,
-         int num_threads, std::uintptr_t stream) {
+         int num_threads, std::uintptr_t stream, int device) {
         glann::NnArgminParams p;
         p.queries = as_ptr<const void>(queries);
         p.n = n;
@@ -37,6 +37,7 @@ void register_nn_argmin(py::module_& m) {
         p.workspace_bytes = workspace_bytes;
         p.num_threads = num_threads;
         p.cuda_stream = as_ptr<void>(stream);
+        p.cuda_device = device;
         glann::Status s;
         {
           py::gil_scoped_release nogil;

@@ -231,9 +231,9 @@ Status nn_argmin_cuda(const NnArgminParams& p) {
   if (p.m <= 0 || p.d <= 0) return Status::Error(StatusCode::kInvalidArgument, "nn_argmin: keys must be non-empty");
   if ((p.n + kBM - 1) / kBM > 2147483647LL)
     return Status::Error(StatusCode::kInvalidArgument, "nn_argmin (CUDA): too many queries for one call");
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return cuda_last_status("nn_argmin (CUDA): cudaGetDevice");
-  const CudaPlan plan = make_plan(p.n, p.m, device);
+  // The module has its own (static) CUDA runtime: make the tensors' device current for it explicitly.
+  if (cudaSetDevice(p.cuda_device) != cudaSuccess) return cuda_last_status("nn_argmin (CUDA): cudaSetDevice");
+  const CudaPlan plan = make_plan(p.n, p.m, p.cuda_device);
   if (p.workspace_bytes < plan.total())
     return Status::Error(StatusCode::kInvalidArgument, "nn_argmin (CUDA): workspace too small");
   cudaStream_t stream = static_cast<cudaStream_t>(p.cuda_stream);

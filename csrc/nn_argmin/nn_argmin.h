@@ -33,6 +33,7 @@ struct NnArgminParams {
 
   int num_threads = 1;       // CPU: threads to use (torch.get_num_threads())
   void* cuda_stream = nullptr;  // CUDA: the cudaStream_t to launch on
+  int cuda_device = 0;          // CUDA: the device of the tensors (made current for the launch)
 };
 
 // CPU path (float32). Workspace size depends on the shapes and the thread count.

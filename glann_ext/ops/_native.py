@@ -43,6 +43,15 @@ def stream_of(t: torch.Tensor) -> int:
     return torch.cuda.current_stream(t.device).cuda_stream
 
 
+def device_index(t: torch.Tensor) -> int:
+    """CUDA device ordinal of ``t`` (the current device for an index-less ``cuda``), 0 for CPU tensors.
+
+    Launchers make this device current in the module's own CUDA runtime before launching."""
+    if t.device.type != "cuda":
+        return 0
+    return t.device.index if t.device.index is not None else torch.cuda.current_device()
+
+
 @contextlib.contextmanager
 def device_guard(t: torch.Tensor) -> Iterator[None]:
     """Makes ``t``'s CUDA device current for the native call (no-op on CPU)."""

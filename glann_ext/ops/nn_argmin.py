@@ -42,7 +42,7 @@ def _nn_argmin_scores(queries: torch.Tensor, keys: torch.Tensor) -> tuple[torch.
         return score, index
     on_cuda = queries.device.type == "cuda"
     if on_cuda:
-        nbytes = _native._C.nn_argmin_cuda_workspace_bytes(n, m, d, queries.device.index or 0)
+        nbytes = _native._C.nn_argmin_cuda_workspace_bytes(n, m, d, _native.device_index(queries))
         threads = 1
     else:
         threads = _native.num_threads()
@@ -55,7 +55,7 @@ def _nn_argmin_scores(queries: torch.Tensor, keys: torch.Tensor) -> tuple[torch.
             keys.data_ptr(), m, keys.stride(0), keys.stride(1),
             _native.dtype_code(queries),
             score.data_ptr(), index.data_ptr(), workspace.data_ptr(), workspace.numel(),
-            threads, _native.stream_of(queries),
+            threads, _native.stream_of(queries), _native.device_index(queries),
         )  # fmt: skip
     return score, index
 
