@@ -200,7 +200,7 @@ def test_thread_count_does_not_change_results() -> None:
 
 
 @pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
-def test_every_simd_path(isa: str) -> None:
+def test_every_simd_path(isa: str, tmp_path) -> None:
     # The SIMD level is fixed per process, so each path runs in a child interpreter.
     script = textwrap.dedent(
         """
@@ -218,7 +218,10 @@ def test_every_simd_path(isa: str) -> None:
         """
     )
     env = dict(os.environ, GLANN_EXT_CPU_ISA=isa)
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    # cwd outside the repository, so the child imports the installed package, not the source folder.
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     supported = glann_ext.build_info()["cpu_isa"]
     order = ["baseline", "avx2", "avx512"]
