@@ -218,6 +218,8 @@ def test_every_simd_path(isa: str, tmp_path) -> None:
         """
     )
     env = dict(os.environ, GLANN_EXT_CPU_ISA=isa)
+    if env.get("PYTHONPATH"):  # keep a development checkout importable from the other cwd
+        env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep) if p)
     # cwd outside the repository, so the child imports the installed package, not the source folder.
     out = subprocess.run(
         [sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
