@@ -138,32 +138,49 @@ def nn_argmin(
     queries = _check_queries(queries)
     if check_finite_values:
         check_finite("queries", queries)
-    n = queries.shape[0]
-    best_score = torch.full((n,), math.inf, dtype=torch.float32, device=queries.device)
-    best_index = torch.zeros(n, dtype=torch.int64, device=queries.device)
-    best_dist = torch.zeros(n, dtype=torch.float32, device=queries.device) if return_distances else None
+    best = RunningArgmin(queries, return_distances=return_distances)
     offset = 0
     for i, chunk in enumerate(_key_chunks(keys)):
         name = "keys" if isinstance(keys, torch.Tensor) else f"keys[{i}]"
         chunk = _check_keys(name, chunk, queries)
-        if chunk.shape[0] == 0:
-            continue
         if check_finite_values:
             check_finite(name, chunk)
-        score, index = _nn_argmin_scores(queries, chunk)
-        if offset == 0:
-            best_score, best_index = score, index
-            if best_dist is not None:
-                best_dist = _exact_sq_dist(queries, chunk, index)
-        else:
-            better = score < best_score  # strict: an earlier chunk keeps its ties
-            best_score = torch.where(better, score, best_score)
-            best_index = torch.where(better, index + offset, best_index)
-            if best_dist is not None:
-                best_dist = torch.where(better, _exact_sq_dist(queries, chunk, index), best_dist)
+        best.update(chunk, offset)
         offset += chunk.shape[0]
     if offset == 0:
         raise ValueError("keys must contain at least one row, got M=0")
-    if best_dist is not None:
-        return best_index, best_dist
-    return best_index
+    return best.result()
+
+
+class RunningArgmin:
+    """A running (score, index[, exact distance]) minimum over key chunks that may arrive in any order.
+
+    ``update(keys, offset)`` folds in the chunk whose first row has global index ``offset``. Chunks are
+    combined lexicographically on (score, global index), so the result equals one ``nn_argmin`` over
+    all keys concatenated in index order, whatever order the chunks come in (the distributed ring
+    relies on this). Inputs are assumed validated.
+    """
+
+    def __init__(self, queries: torch.Tensor, *, return_distances: bool = False) -> None:
+        n = queries.shape[0]
+        self.queries = queries
+        self.score = torch.full((n,), math.inf, dtype=torch.float32, device=queries.device)
+        self.index = torch.full((n,), -1, dtype=torch.int64, device=queries.device)
+        self.dist = torch.zeros(n, dtype=torch.float32, device=queries.device) if return_distances else None
+
+    def update(self, keys: torch.Tensor, offset: int) -> None:
+        if keys.shape[0] == 0:
+            return
+        score, index = _nn_argmin_scores(self.queries, keys)
+        index = index + offset
+        # A row that has seen nothing yet (index -1) takes the chunk's answer even if its score is +inf.
+        better = (score < self.score) | ((score == self.score) & (index < self.index)) | (self.index < 0)
+        self.score = torch.where(better, score, self.score)
+        self.index = torch.where(better, index, self.index)
+        if self.dist is not None:
+            self.dist = torch.where(better, _exact_sq_dist(self.queries, keys, index - offset), self.dist)
+
+    def result(self) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        if self.dist is not None:
+            return self.index, self.dist
+        return self.index
