@@ -1,0 +1,100 @@
+"""Exact nearest neighbours across processes (torch.distributed), for the IMLE step of a sharded run.
+
+Every rank holds its queries (e.g. its shard of the GLO codes) and its share of the keys (its share of
+the noise samples T(e)). :func:`nn_argmin` finds, for every local query, the nearest key over *all*
+ranks, with ties going to the lowest global index: the result equals single-process
+:func:`glann_ext.nn_argmin` over the keys of ranks 0, 1, ..., W-1 concatenated.
+
+Algorithm: a ring. Key shard sizes are all-gathered once (global index = rank offset + local index);
+then W steps, in each of which a rank searches the shard it holds while it passes that shard to the
+next rank and receives the previous rank's. A running (score, global index) minimum makes the
+arrival order irrelevant (see ``RunningArgmin``).
+
+Communication: every rank sends and receives W - 1 shards, (W - 1) / W * M * D * itemsize bytes per
+rank for M keys in total; memory per rank is O(local queries + two key shards). Works with gloo (CPU)
+and NCCL (CUDA): tensors stay on their device.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+import torch.distributed as dist
+
+from .ops.nn_argmin import RunningArgmin, _check_keys, _check_queries
+from .ops._checks import check_finite
+
+
+def nn_argmin(
+    queries: torch.Tensor,
+    local_keys: torch.Tensor,
+    group: Optional[dist.ProcessGroup] = None,
+    *,
+    return_distances: bool = False,
+    check_finite_values: bool = True,
+) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Global-index nearest key for every local query row, over the keys of every rank in ``group``.
+
+    Args:
+        queries: this rank's (n_r, D) queries (n_r may differ per rank, and be 0).
+        local_keys: this rank's (m_r, D) keys, same dtype and device as queries (m_r may be 0 on some
+            ranks, but the total must be >= 1). D, dtype and device must agree across ranks.
+        group: the process group (default: the world).
+        return_distances: also return the exact squared distances (float32).
+
+    Returns:
+        (n_r,) int64 global indices into the concatenation of all ranks' keys in rank order
+        (and distances). Collective: every rank in the group must call it.
+    """
+    queries = _check_queries(queries)
+    local_keys = _check_keys("local_keys", local_keys, queries)
+    if check_finite_values:
+        check_finite("queries", queries)
+        check_finite("local_keys", local_keys)
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError("glann_ext.distributed.nn_argmin needs an initialised torch.distributed process group")
+    world = dist.get_world_size(group)
+    rank = dist.get_rank(group)
+    device = queries.device
+
+    counts = torch.tensor([local_keys.shape[0], local_keys.shape[1]], dtype=torch.int64, device=device)
+    gathered = [torch.empty_like(counts) for _ in range(world)]
+    dist.all_gather(gathered, counts, group=group)
+    sizes = [int(c[0]) for c in gathered]
+    dims = {int(c[1]) for c in gathered}
+    if len(dims) != 1:
+        raise ValueError(f"local_keys must have the same D on every rank, got D values {sorted(dims)}")
+    if sum(sizes) == 0:
+        raise ValueError("local_keys must hold at least one row on some rank, got M=0 in total")
+    offsets = [sum(sizes[:r]) for r in range(world)]
+
+    best = RunningArgmin(queries, return_distances=return_distances)
+    current = local_keys.contiguous()
+    owner = rank
+    send_to, recv_from = (rank + 1) % world, (rank - 1) % world
+    for step in range(world):
+        pending = []
+        if step < world - 1:
+            incoming_owner = (rank - step - 1) % world
+            incoming = torch.empty(
+                (sizes[incoming_owner], current.shape[1]), dtype=current.dtype, device=device
+            )
+            pending = dist.batch_isend_irecv(
+                [
+                    dist.P2POp(dist.isend, current, _global_rank(send_to, group), group=group),
+                    dist.P2POp(dist.irecv, incoming, _global_rank(recv_from, group), group=group),
+                ]
+            )
+        best.update(current, offsets[owner])  # overlaps with the transfer
+        for req in pending:
+            req.wait()
+        if step < world - 1:
+            current, owner = incoming, incoming_owner
+    return best.result()
+
+
+def _global_rank(group_rank: int, group: Optional[dist.ProcessGroup]) -> int:
+    if group is None:
+        return group_rank
+    return dist.get_global_rank(group, group_rank)
