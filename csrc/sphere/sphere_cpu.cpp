@@ -1,0 +1,66 @@
+// CPU launchers of the sphere family: validate what the kernels rely on and pick the ISA copy.
+#include <string>
+
+#include "common/cpu_features.h"
+#include "sphere/sphere.h"
+
+#define GLANN_SPHERE_ISA_NS cpu_baseline
+#include "sphere/sphere_cpu_kernels.h"
+#undef GLANN_SPHERE_ISA_NS
+
+namespace glann {
+
+#if defined(GLANN_X86)
+namespace cpu_avx2 {  // sphere_cpu_avx2.cpp
+Status project(const ProjectParams& p);
+Status latent_step(const LatentStepParams& p);
+}  // namespace cpu_avx2
+#endif
+
+namespace {
+bool use_avx2() {
+#if defined(GLANN_X86)
+  return best_cpu_isa() != CpuIsa::kBaseline;
+#else
+  return false;
+#endif
+}
+bool float_dtype(DType t) { return t == DType::kFloat32 || t == DType::kFloat64; }
+}  // namespace
+
+Status project_to_sphere_cpu(const ProjectParams& p) {
+  if (p.rows == 0) return Status::Ok();
+  if (p.dim <= 0) return Status::Error(StatusCode::kInvalidArgument, "project_to_sphere: dim must be positive");
+  if (!float_dtype(p.dtype))
+    return Status::Error(StatusCode::kInvalidArgument,
+                         std::string("project_to_sphere (CPU): unsupported dtype ") + dtype_name(p.dtype));
+#if defined(GLANN_X86)
+  if (use_avx2()) return cpu_avx2::project(p);
+#endif
+  return cpu_baseline::project(p);
+}
+
+Status latent_step_cpu(const LatentStepParams& p) {
+  if (p.batch == 0) return Status::Ok();
+  if (p.dim <= 0) return Status::Error(StatusCode::kInvalidArgument, "latent step: dim must be positive");
+  if (p.optimizer == LatentOptimizer::kAdam && (p.exp_avg == nullptr || p.exp_avg_sq == nullptr))
+    return Status::Error(StatusCode::kInvalidArgument, "latent Adam step: exp_avg/exp_avg_sq missing");
+  if (!float_dtype(p.dtype))
+    return Status::Error(StatusCode::kInvalidArgument,
+                         std::string("latent step (CPU): unsupported dtype ") + dtype_name(p.dtype));
+#if defined(GLANN_X86)
+  if (use_avx2()) return cpu_avx2::latent_step(p);
+#endif
+  return cpu_baseline::latent_step(p);
+}
+
+#ifndef GLANN_WITH_CUDA
+Status project_to_sphere_cuda(const ProjectParams&) {
+  return Status::Error(StatusCode::kUnsupported, "project_to_sphere: glann_ext was built without CUDA kernels");
+}
+Status latent_step_cuda(const LatentStepParams&) {
+  return Status::Error(StatusCode::kUnsupported, "latent step: glann_ext was built without CUDA kernels");
+}
+#endif
+
+}  // namespace glann
