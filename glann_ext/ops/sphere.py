@@ -63,6 +63,13 @@ def _check_rows(op: str, z: torch.Tensor) -> None:
         )
 
 
+def _check_types(op: str, **tensors: object) -> None:
+    """Only the Python type: the dispatcher would otherwise answer a non-tensor with a RuntimeError."""
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+
+
 def _span(t: torch.Tensor) -> tuple[int, int]:
     """Byte range [lo, hi) that t's elements occupy (non-negative strides)."""
     lo = t.data_ptr()
@@ -304,6 +311,7 @@ def project_to_sphere(z: torch.Tensor) -> torch.Tensor:
 
     Not differentiable (no autograd formula is registered).
     """
+    _checks.check_tensor("project_to_sphere: z", z)
     return _ops.project_to_sphere(z)
 
 
@@ -315,6 +323,7 @@ def project_to_sphere_(z: torch.Tensor) -> torch.Tensor:
     If some rows hold NaN/Inf, ``ValueError`` names the first; the other rows have been projected and
     the non-finite rows are left exactly as they were.
     """
+    _checks.check_tensor("project_to_sphere_: z", z)
     _ops.project_to_sphere_inplace(z)
     return z
 
@@ -359,6 +368,7 @@ def fused_latent_adam_(
         ``table``. An empty ``indices`` changes nothing (SparseAdam still counts the step: the caller
         owns the counter; :class:`SphereSparseAdam` does this).
     """
+    _check_types("fused_latent_adam_", table=table, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq, indices=indices, grad=grad)
     _ops.latent_adam_step(table, exp_avg, exp_avg_sq, indices, grad, step, lr, beta1, beta2, eps, project)
     return table
 
@@ -374,6 +384,7 @@ def fused_latent_sgd_(
     summed first, so with duplicates the result can differ from torch's one-add-per-entry in the last ulp.
     Validation, NaN policy and arguments as :func:`fused_latent_adam_`. Returns ``table``.
     """
+    _check_types("fused_latent_sgd_", table=table, indices=indices, grad=grad)
     _ops.latent_sgd_step(table, indices, grad, lr, project)
     return table
 
