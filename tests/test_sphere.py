@@ -32,7 +32,7 @@ DIMS = [1, 2, 3, 17, 64, 513]
 ROWS = [0, 1, 97]
 # Projection: float32 ~1 ulp (kernel rounding plus the oracle's sqrt); float64 also carries the
 # summation-order error of two different norm reductions (grows like sqrt(D) ulp).
-TOL = {torch.float32: dict(rtol=3e-7, atol=1e-44), torch.float64: dict(rtol=2e-15, atol=1e-320)}
+TOL = {torch.float32: {"rtol": 3e-7, "atol": 1e-44}, torch.float64: {"rtol": 2e-15, "atol": 1e-320}}
 
 
 def oracle_project(z: torch.Tensor) -> torch.Tensor:
@@ -127,7 +127,9 @@ def test_project_extreme_magnitudes(dtype, scale):
     assert torch.isfinite(out).all()
     norms = out.double().norm(dim=1)
     # Subnormal inputs carry few significant bits, but the result is still a unit vector.
-    torch.testing.assert_close(norms, torch.ones_like(norms), rtol=0, atol=1e-6 if dtype == torch.float32 else 1e-14)
+    torch.testing.assert_close(
+        norms, torch.ones_like(norms), rtol=0, atol=1e-6 if dtype == torch.float32 else 1e-14
+    )
     if abs(math.log10(scale)) < 300 and scale > 1e-40:
         torch.testing.assert_close(out, oracle_project(z), **TOL[dtype])
 
@@ -173,7 +175,7 @@ def test_project_empty():
         assert project_to_sphere_(z) is z
 
 
-finite32 = st.floats(min_value=-2.0**100, max_value=2.0**100, allow_nan=False, width=32)
+finite32 = st.floats(min_value=-(2.0**100), max_value=2.0**100, allow_nan=False, width=32)
 
 
 @settings(max_examples=60, deadline=None)
@@ -183,7 +185,9 @@ def test_project_properties(z):
     out = project_to_sphere(z)
     nonzero = z.abs().amax(dim=1) > 0
     # Unit norm.
-    torch.testing.assert_close(out.double().norm(dim=1), torch.ones(z.shape[0], dtype=torch.float64), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        out.double().norm(dim=1), torch.ones(z.shape[0], dtype=torch.float64), rtol=0, atol=1e-6
+    )
     # Direction preserved: same signs (or an underflow to 0), and the float64-normalised input.
     o, zz = out[nonzero], z[nonzero]
     assert ((torch.sign(o) == torch.sign(zz)) | (o == 0)).all()
@@ -238,7 +242,9 @@ def test_adam_bitwise_matches_sparse_adam_op_sequence(dtype, d):
     for step in range(1, 5):
         idx = torch.randperm(n)[:b]
         g = torch.randn(b, d, dtype=dtype)
-        fused_latent_adam_(table, m, v, idx, g, step=step, lr=0.05, beta1=0.8, beta2=0.99, eps=1e-6, project=False)
+        fused_latent_adam_(
+            table, m, v, idx, g, step=step, lr=0.05, beta1=0.8, beta2=0.99, eps=1e-6, project=False
+        )
         numpy_sparse_adam(pn, mn, vn, idx.numpy(), g.numpy(), step, 0.05, 0.8, 0.99, 1e-6)
         assert np.array_equal(table.numpy(), pn)
         assert np.array_equal(m.numpy(), mn) and np.array_equal(v.numpy(), vn)
@@ -247,7 +253,7 @@ def test_adam_bitwise_matches_sparse_adam_op_sequence(dtype, d):
 # torch 2.13's CPU torch.sqrt is not correctly rounded (about 0.7% of inputs are 1 ulp off, in float32 and
 # float64); the kernel's sqrt is IEEE. So against torch.optim.SparseAdam itself the moments are bitwise
 # equal and the parameters agree to a few ulps.
-PARAM_TOL = {torch.float32: dict(rtol=1e-6, atol=1e-7), torch.float64: dict(rtol=1e-14, atol=1e-15)}
+PARAM_TOL = {torch.float32: {"rtol": 1e-6, "atol": 1e-7}, torch.float64: {"rtol": 1e-14, "atol": 1e-15}}
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -281,7 +287,9 @@ def test_adam_matches_torch_sparse_adam_on_embedding(dtype, project):
         torch.testing.assert_close(opt.exp_avg_sq, st["exp_avg_sq"], **PARAM_TOL[dtype])
     if project:
         touched = opt.exp_avg.abs().sum(1) > 0
-        torch.testing.assert_close(table[touched].double().norm(dim=1), torch.ones(int(touched.sum()), dtype=torch.float64))
+        torch.testing.assert_close(
+            table[touched].double().norm(dim=1), torch.ones(int(touched.sum()), dtype=torch.float64)
+        )
 
 
 def test_adam_moments_bitwise_equal_to_sparse_adam_with_duplicates():
@@ -448,7 +456,13 @@ def test_same_bits_on_every_cpu_isa(tmp_path):
 
 def _adam_args(n=20, d=6, b=5, dtype=torch.float32):
     table = unit_table(n, d, dtype)
-    return table, torch.zeros_like(table), torch.zeros_like(table), torch.randint(0, n, (b,)), torch.randn(b, d, dtype=dtype)
+    return (
+        table,
+        torch.zeros_like(table),
+        torch.zeros_like(table),
+        torch.randint(0, n, (b,)),
+        torch.randn(b, d, dtype=dtype),
+    )
 
 
 def _assert_unchanged(tensors, snapshot):
@@ -466,7 +480,11 @@ def _assert_unchanged(tensors, snapshot):
         (lambda a: a.__setitem__(4, a[4][:4]), ValueError, r"grad must have shape"),
         (lambda a: a.__setitem__(4, a[4].double()), TypeError, "grad must have the same dtype"),
         (lambda a: a.__setitem__(1, a[1].double()), TypeError, "exp_avg must have the same dtype"),
-        (lambda a: a.__setitem__(2, torch.zeros(20, 7)), ValueError, "exp_avg_sq must have the table's shape"),
+        (
+            lambda a: a.__setitem__(2, torch.zeros(20, 7)),
+            ValueError,
+            "exp_avg_sq must have the table's shape",
+        ),
         (lambda a: a.__setitem__(0, torch.zeros(6, 20).t()), ValueError, "table must be contiguous"),
         (lambda a: a.__setitem__(1, torch.zeros(6, 20).t()), ValueError, "exp_avg must be contiguous"),
         (lambda a: a.__setitem__(1, a[0]), ValueError, "table and exp_avg share memory"),
@@ -514,11 +532,11 @@ def test_nonfinite_grad_changes_nothing(dup, bad):
 def test_hyperparameter_errors():
     table, m, v, idx, g = _adam_args()
     for kw, match in [
-        (dict(step=0, lr=0.1), "step must be an int >= 1"),
-        (dict(step=1, lr=-1.0), "lr must be a finite float >= 0"),
-        (dict(step=1, lr=0.1, eps=0.0), "eps must be > 0"),
-        (dict(step=1, lr=0.1, beta1=1.0), r"beta1 must be in \[0, 1\)"),
-        (dict(step=1, lr=0.1, beta2=-0.1), r"beta2 must be in \[0, 1\)"),
+        ({"step": 0, "lr": 0.1}, "step must be an int >= 1"),
+        ({"step": 1, "lr": -1.0}, "lr must be a finite float >= 0"),
+        ({"step": 1, "lr": 0.1, "eps": 0.0}, "eps must be > 0"),
+        ({"step": 1, "lr": 0.1, "beta1": 1.0}, r"beta1 must be in \[0, 1\)"),
+        ({"step": 1, "lr": 0.1, "beta2": -0.1}, r"beta2 must be in \[0, 1\)"),
     ]:
         with pytest.raises(ValueError, match=match):
             fused_latent_adam_(table, m, v, idx, g, **kw)
@@ -549,7 +567,9 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.glann_ext.project_to_sphere_inplace, (z.clone(),))
     table, m, v, idx, g = _adam_args()
     idx = torch.tensor([0, 3, 3, 19, 5])
-    torch.library.opcheck(torch.ops.glann_ext.latent_adam_step, (table, m, v, idx, g, 1, 0.1, 0.9, 0.999, 1e-8, True))
+    torch.library.opcheck(
+        torch.ops.glann_ext.latent_adam_step, (table, m, v, idx, g, 1, 0.1, 0.9, 0.999, 1e-8, True)
+    )
     torch.library.opcheck(torch.ops.glann_ext.latent_sgd_step, (table, idx, g, 0.1, True))
 
 
@@ -586,8 +606,11 @@ def test_cuda_project_matches_cpu_on_side_stream(dtype):
         project_to_sphere_(zc2)
     stream.synchronize()
     ref = oracle_project(z[:, 1:66].to(dtype).double())
-    tol = dict(rtol=3e-7, atol=1e-7) if dtype == torch.float32 else (
-        dict(rtol=1e-15, atol=1e-16) if dtype == torch.float64 else dict(rtol=1e-2, atol=1e-3))
+    tol = (
+        {"rtol": 3e-7, "atol": 1e-7}
+        if dtype == torch.float32
+        else ({"rtol": 1e-15, "atol": 1e-16} if dtype == torch.float64 else {"rtol": 1e-2, "atol": 1e-3})
+    )
     torch.testing.assert_close(out.cpu().double(), ref, **tol)
     torch.testing.assert_close(zc2.cpu(), out.cpu(), rtol=0, atol=0)
 
@@ -640,7 +663,7 @@ def test_cuda_fused_steps_match_cpu_on_side_stream(dtype):
 
 @pytest.mark.cuda
 def test_cuda_reduce_overhead_compile():
-    table, m, v, idx, g = (t.cuda() for t in _adam_args())
+    table, _m, _v, _idx, _g = (t.cuda() for t in _adam_args())
 
     @torch.compile(mode="reduce-overhead")
     def proj(x):

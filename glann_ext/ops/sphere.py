@@ -34,12 +34,12 @@ from . import _checks, _native
 from ._native import _C
 
 __all__ = [
-    "project_to_sphere",
-    "project_to_sphere_",
-    "fused_latent_adam_",
-    "fused_latent_sgd_",
     "SphereSparseAdam",
     "SphereSparseSGD",
+    "fused_latent_adam_",
+    "fused_latent_sgd_",
+    "project_to_sphere",
+    "project_to_sphere_",
 ]
 
 _CPU_DTYPES = (torch.float32, torch.float64)
@@ -100,9 +100,10 @@ def _check_latent(
         raise ValueError(f"{op}: table must have at least one column, got shape {tuple(table.shape)}")
     for name, t in {"table": table, **state}.items():
         _checks.check_tensor(f"{op}: {name}", t, ndim=2)
-        if name != "table":
-            if t.shape != table.shape:
-                raise ValueError(f"{op}: {name} must have the table's shape {tuple(table.shape)}, got {tuple(t.shape)}")
+        if name != "table" and t.shape != table.shape:
+            raise ValueError(
+                f"{op}: {name} must have the table's shape {tuple(table.shape)}, got {tuple(t.shape)}"
+            )
         if not t.is_contiguous():
             raise ValueError(
                 f"{op}: {name} must be contiguous (updated in place), got strides {t.stride()}; "
@@ -132,7 +133,9 @@ def _check_hyper(op: str, lr: float, **kw: float) -> None:
         if name in kw and not 0.0 <= kw[name] < 1.0:
             raise ValueError(f"{op}: {name} must be in [0, 1), got {kw[name]!r}")
     if "step" in kw and not (isinstance(kw["step"], int) and kw["step"] >= 1):
-        raise ValueError(f"{op}: step must be an int >= 1 (the step number after incrementing), got {kw['step']!r}")
+        raise ValueError(
+            f"{op}: step must be an int >= 1 (the step number after incrementing), got {kw['step']!r}"
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -156,7 +159,9 @@ def _run_project(op: str, src: torch.Tensor, dst: torch.Tensor) -> None:
                 cuda, _native.stream_of(src), bad.data_ptr() if cuda else 0, _native.num_threads(),
             )  # fmt: skip
         except ValueError as exc:
-            raise ValueError(f"{op}: z {exc} (every finite row was projected; non-finite rows were not written)") from None
+            raise ValueError(
+                f"{op}: z {exc} (every finite row was projected; non-finite rows were not written)"
+            ) from None
     if cuda:
         first = int(bad.item())  # one sync: the kernel can only report through memory
         if first < n:
@@ -251,7 +256,9 @@ def _project_inplace_impl(z: torch.Tensor) -> None:
     _run_project("project_to_sphere_", z, z)
 
 
-def _adam_meta(table, exp_avg, exp_avg_sq, indices, grad, step, lr, beta1, beta2, eps, project, real=False) -> None:
+def _adam_meta(
+    table, exp_avg, exp_avg_sq, indices, grad, step, lr, beta1, beta2, eps, project, real=False
+) -> None:
     op = "fused_latent_adam_"
     _check_latent(op, table, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}, indices, grad, real=real)
     _check_hyper(op, lr, beta1=beta1, beta2=beta2, eps=eps, step=step)
@@ -264,7 +271,17 @@ def _adam_impl(table, exp_avg, exp_avg_sq, indices, grad, step, lr, beta1, beta2
     bias_correction2 = 1 - beta2**step
     step_size = lr * math.sqrt(bias_correction2) / bias_correction1
     scalars = (1 - beta1, 1 - beta2, eps, -step_size, 0.0)
-    _run_step("fused_latent_adam_", _ADAM, table, exp_avg, exp_avg_sq, indices, grad, scalars=scalars, project=project)
+    _run_step(
+        "fused_latent_adam_",
+        _ADAM,
+        table,
+        exp_avg,
+        exp_avg_sq,
+        indices,
+        grad,
+        scalars=scalars,
+        project=project,
+    )
 
 
 def _sgd_meta(table, indices, grad, lr, project, real=False) -> None:
@@ -368,7 +385,9 @@ def fused_latent_adam_(
         ``table``. An empty ``indices`` changes nothing (SparseAdam still counts the step: the caller
         owns the counter; :class:`SphereSparseAdam` does this).
     """
-    _check_types("fused_latent_adam_", table=table, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq, indices=indices, grad=grad)
+    _check_types(
+        "fused_latent_adam_", table=table, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq, indices=indices, grad=grad
+    )
     _ops.latent_adam_step(table, exp_avg, exp_avg_sq, indices, grad, step, lr, beta1, beta2, eps, project)
     return table
 
@@ -417,7 +436,12 @@ class SphereSparseAdam:
             raise ValueError(f"SphereSparseAdam: lr must be > 0 (as SparseAdam), got {lr!r}")
         _check_hyper("SphereSparseAdam", lr, beta1=betas[0], beta2=betas[1], eps=eps)
         self.table = table
-        self.lr, self.betas, self.eps, self.project = float(lr), (float(betas[0]), float(betas[1])), float(eps), project
+        self.lr, self.betas, self.eps, self.project = (
+            float(lr),
+            (float(betas[0]), float(betas[1])),
+            float(eps),
+            project,
+        )
         self.exp_avg = torch.zeros_like(table, memory_format=torch.contiguous_format)
         self.exp_avg_sq = torch.zeros_like(table, memory_format=torch.contiguous_format)
         self.step_count = 0
@@ -449,7 +473,9 @@ class SphereSparseAdam:
             t = state[name]
             if not isinstance(t, torch.Tensor) or t.shape != self.table.shape:
                 got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-                raise ValueError(f"SphereSparseAdam.load_state_dict: {name} must have shape {tuple(self.table.shape)}, got {got}")
+                raise ValueError(
+                    f"SphereSparseAdam.load_state_dict: {name} must have shape {tuple(self.table.shape)}, got {got}"
+                )
         step = int(state["step"])
         if step < 0:
             raise ValueError(f"SphereSparseAdam.load_state_dict: step must be >= 0, got {step}")
