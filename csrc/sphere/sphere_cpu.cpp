@@ -1,4 +1,10 @@
 // CPU launchers of the sphere family: validate what the kernels rely on and pick the ISA copy.
+// Before any #include, so that every function of this file, std:: ones included, gets the same options
+// (GCC does not inline across differing ones): no FMA contraction, for torch-exact optimizer arithmetic
+// and the same bits on every ISA. (A per-source -ffp-contract=off in CMake would be the cleaner fix.)
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("fp-contract=off")
+#endif
 #include <string>
 
 #include "common/cpu_features.h"

@@ -2,24 +2,23 @@
 //
 // The optimizer steps must reproduce torch.optim to the bit, so every operation is rounded on its own:
 // on the device through the _rn intrinsics (nvcc would otherwise fuse a*b+c into an FMA); on the host
-// contraction is switched off below (x86-64 baseline code has no FMA anyway, aarch64 does).
+// contraction is switched off (below for clang, in the CPU sources for GCC).
 #pragma once
 #include <cmath>
 #include <cstdint>
 
 #if defined(__CUDACC__)
 #define GLANN_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+#define GLANN_HD inline __attribute__((always_inline))  // the per-element helpers must inline to vectorise
 #else
 #define GLANN_HD inline
 #endif
 
-// Only where the host compiler could emit FMAs (aarch64, or x86 built with -mfma).
-#if !defined(__CUDACC__) && (!defined(__x86_64__) || defined(__FMA__))
-#if defined(__clang__)
+// Host: clang honours this pragma here; GCC needs `#pragma GCC optimize("fp-contract=off")` at the very
+// top of each CPU source (see sphere_cpu.cpp), because GCC will not inline across differing options.
+#if !defined(__CUDACC__) && defined(__clang__)
 #pragma clang fp contract(off)
-#elif defined(__GNUC__)
-#pragma GCC optimize("fp-contract=off")
-#endif
 #endif
 
 namespace glann {
@@ -107,15 +106,22 @@ struct AdamScalars {
 //   exp_avg_sq_update = (g^2 - v) * (1 - beta2);  v = v + exp_avg_sq_update
 //   numer = exp_avg_update + m_old (== new m);    denom = sqrt(exp_avg_sq_update + v_old) + eps
 //   p = p + (-step_size) * (numer / denom)
+// Split in two so the CPU can take the square roots of a whole chunk with SIMD in between.
+template <typename T>
+GLANN_HD void adam_moments(T g, T& m, T& v, const AdamScalars<T>& s) {
+  m = add_rn(m, mul_rn(sub_rn(g, m), s.one_minus_beta1));
+  v = add_rn(v, mul_rn(sub_rn(mul_rn(g, g), v), s.one_minus_beta2));
+}
+// New p from the updated m and sqrt(updated v).
+template <typename T>
+GLANN_HD T adam_param(T p, T m, T sqrt_v, const AdamScalars<T>& s) {
+  return add_rn(p, mul_rn(s.neg_step_size, div_rn(m, add_rn(sqrt_v, s.eps))));
+}
 // Returns the new p and updates m and v.
 template <typename T>
 GLANN_HD T adam_element(T p, T g, T& m, T& v, const AdamScalars<T>& s) {
-  const T m_new = add_rn(m, mul_rn(sub_rn(g, m), s.one_minus_beta1));
-  const T v_new = add_rn(v, mul_rn(sub_rn(mul_rn(g, g), v), s.one_minus_beta2));
-  m = m_new;
-  v = v_new;
-  const T denom = add_rn(sqrt_rn(v_new), s.eps);
-  return add_rn(p, mul_rn(s.neg_step_size, div_rn(m_new, denom)));
+  adam_moments(g, m, v, s);
+  return adam_param(p, m, sqrt_rn(v), s);
 }
 
 // torch.optim.SGD (no momentum, no weight decay) with a sparse grad runs p.index_add_(0, i, g, alpha=-lr).
