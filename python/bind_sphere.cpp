@@ -9,14 +9,30 @@ namespace glann_py {
 
 namespace {
 
+glann::Status no_cuda() {
+  return glann::Status::Error(glann::StatusCode::kUnsupported,
+                              "glann_ext was built without CUDA kernels; move the tensors to the CPU or rebuild "
+                              "with GLANN_EXT_CUDA=ON");
+}
+
 glann::Status run_project(bool cuda, const glann::ProjectParams& p) {
   py::gil_scoped_release nogil;
-  return cuda ? glann::project_to_sphere_cuda(p) : glann::project_to_sphere_cpu(p);
+#ifdef GLANN_WITH_CUDA
+  if (cuda) return glann::project_to_sphere_cuda(p);
+#else
+  if (cuda) return no_cuda();
+#endif
+  return glann::project_to_sphere_cpu(p);
 }
 
 glann::Status run_step(bool cuda, const glann::LatentStepParams& p) {
   py::gil_scoped_release nogil;
-  return cuda ? glann::latent_step_cuda(p) : glann::latent_step_cpu(p);
+#ifdef GLANN_WITH_CUDA
+  if (cuda) return glann::latent_step_cuda(p);
+#else
+  if (cuda) return no_cuda();
+#endif
+  return glann::latent_step_cpu(p);
 }
 
 }  // namespace

@@ -37,7 +37,7 @@ struct ProjectParams {
 };
 
 Status project_to_sphere_cpu(const ProjectParams& p);
-Status project_to_sphere_cuda(const ProjectParams& p);
+Status project_to_sphere_cuda(const ProjectParams& p);  // defined only when GLANN_WITH_CUDA
 
 enum class LatentOptimizer : int { kAdam = 0, kSgd = 1 };
 
@@ -78,6 +78,6 @@ struct LatentStepParams {
 };
 
 Status latent_step_cpu(const LatentStepParams& p);
-Status latent_step_cuda(const LatentStepParams& p);
+Status latent_step_cuda(const LatentStepParams& p);  // defined only when GLANN_WITH_CUDA
 
 }  // namespace glann

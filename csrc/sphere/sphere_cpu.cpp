@@ -60,13 +60,4 @@ Status latent_step_cpu(const LatentStepParams& p) {
   return cpu_baseline::latent_step(p);
 }
 
-#ifndef GLANN_WITH_CUDA
-Status project_to_sphere_cuda(const ProjectParams&) {
-  return Status::Error(StatusCode::kUnsupported, "project_to_sphere: glann_ext was built without CUDA kernels");
-}
-Status latent_step_cuda(const LatentStepParams&) {
-  return Status::Error(StatusCode::kUnsupported, "latent step: glann_ext was built without CUDA kernels");
-}
-#endif
-
 }  // namespace glann
