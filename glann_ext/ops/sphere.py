@@ -188,8 +188,11 @@ def _run_project(op: str, src: torch.Tensor, dst: torch.Tensor) -> None:
             raise ValueError(
                 f"{op}: z {exc} (every finite row was projected; non-finite rows were not written)"
             ) from None
-    if cuda:
-        first = int(bad.item())  # one sync: the kernel can only report through memory
+    # One sync: the kernel can only report through memory. Inside CUDA-graph capture (e.g.
+    # torch.compile(mode="reduce-overhead")) no sync is allowed: non-finite rows are then left unwritten
+    # without an error.
+    if cuda and not torch.cuda.is_current_stream_capturing():
+        first = int(bad.item())
         if first < n:
             raise ValueError(
                 f"{op}: z row {first} contains NaN or Inf (every finite row was projected; "
