@@ -196,6 +196,25 @@ def test_project_properties(z):
     torch.testing.assert_close(project_to_sphere(out), out, rtol=2.5e-7, atol=1e-44)
 
 
+def test_project_gradcheck():
+    z = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(project_to_sphere, (z,))
+    # A zero row (where the map is not continuous) gets gradient 0 by definition.
+    z = z.detach().clone()
+    z[2] = 0.0
+    z.requires_grad_()
+    out = project_to_sphere(z)
+    (g,) = torch.autograd.grad((out * torch.randn_like(out)).sum(), z)
+    assert torch.equal(g[2], torch.zeros(5, dtype=torch.float64))
+    big = (torch.randn(3, 4) * 1e30).requires_grad_()
+    project_to_sphere(big).sum().backward()
+    assert torch.isfinite(big.grad).all()
+    ref = torch.autograd.functional.vjp(
+        oracle_project, big.detach().double(), torch.ones(3, 4, dtype=torch.float64)
+    )[1]
+    torch.testing.assert_close(big.grad.double(), ref, rtol=1e-5, atol=1e-40)
+
+
 def test_project_deterministic_across_thread_counts():
     z = torch.randn(5000, 64)
     z[17] = 0
@@ -678,3 +697,22 @@ def test_cuda_reduce_overhead_compile():
 
 def test_build_info_mentions_cuda():
     assert isinstance(glann_ext.build_info()["cuda_compiled"], bool)
+
+
+def test_strided_grad_and_indices_match_contiguous():
+    n, d, b = 50, 9, 20
+    base = unit_table(n, d)
+    idx = torch.randint(0, n, (2 * b,))[::2]  # strided indices, with duplicates
+    wide = torch.randn(b, 3 * d)
+    g_slice = wide[:, d : 2 * d]  # row stride 3d
+    g_t = torch.randn(d, b).t()  # column stride b
+    for g in (g_slice, g_t):
+        t1, t2 = base.clone(), base.clone()
+        s1, s2 = SphereSparseAdam(t1, lr=0.05), SphereSparseAdam(t2, lr=0.05)
+        s1.step(idx, g)
+        s2.step(idx.contiguous(), g.contiguous())
+        assert torch.equal(t1, t2) and torch.equal(s1.exp_avg_sq, s2.exp_avg_sq)
+        t3, t4 = base.clone(), base.clone()
+        fused_latent_sgd_(t3, idx, g, lr=0.3)
+        fused_latent_sgd_(t4, idx.contiguous(), g.contiguous(), lr=0.3)
+        assert torch.equal(t3, t4)

@@ -334,6 +334,29 @@ torch.library.register_fake("glann_ext::project_to_sphere_inplace", _project_inp
 torch.library.register_fake("glann_ext::latent_adam_step", _adam_meta, lib=_LIB)
 torch.library.register_fake("glann_ext::latent_sgd_step", _sgd_meta, lib=_LIB)
 
+
+def _project_setup_context(ctx, inputs, output) -> None:
+    ctx.save_for_backward(inputs[0], output)
+
+
+def _project_backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+    """d(z/|z|) = (g - y (y.g)) / |z|, in float64 (float32 for 16-bit rows) so large rows cannot overflow;
+    zero rows map to a constant, so their gradient is 0."""
+    z, y = ctx.saved_tensors
+    acc = torch.float64 if z.dtype in _CPU_DTYPES else torch.float32
+    zz, yy, gg = z.to(acc), y.to(acc), grad.to(acc)
+    norm = torch.linalg.vector_norm(
+        zz / zz.abs().amax(1, keepdim=True).clamp_min(1e-300), dim=1, keepdim=True
+    )
+    norm = norm * zz.abs().amax(1, keepdim=True)
+    gz = (gg - yy * (yy * gg).sum(1, keepdim=True)) / norm
+    return torch.where(norm == 0, torch.zeros_like(gz), gz).to(z.dtype)
+
+
+torch.library.register_autograd(
+    "glann_ext::project_to_sphere", _project_backward, setup_context=_project_setup_context, lib=_LIB
+)
+
 _ops = torch.ops.glann_ext
 
 # --------------------------------------------------------------------------------------------------
@@ -355,7 +378,8 @@ def project_to_sphere(z: torch.Tensor) -> torch.Tensor:
         ValueError: a row holds NaN or Inf (the message names the first one).
         TypeError: ``z`` is not a 2-D tensor of a supported dtype.
 
-    Not differentiable (no autograd formula is registered).
+    Differentiable: the backward is ``(g - y (y . g)) / ||z||`` per row, 0 for zero rows.
+    :func:`project_to_sphere_` has no backward (it is meant for tables and noise outside autograd).
     """
     _checks.check_tensor("project_to_sphere: z", z)
     return _ops.project_to_sphere(z)
@@ -390,12 +414,17 @@ def fused_latent_adam_(
 ) -> torch.Tensor:
     """One ``torch.optim.SparseAdam`` step on the rows ``table[indices]``, then re-projection.
 
-    Matches ``torch.optim.SparseAdam`` (``maximize=False``) on the touched rows bit for bit when
-    ``project=False``: the moments are updated as ``m += (g - m) * (1 - beta1)``,
-    ``v += (g*g - v) * (1 - beta2)``, and ``p += -step_size * m / (sqrt(v) + eps)`` with
-    ``step_size = lr * sqrt(1 - beta2**step) / (1 - beta1**step)`` (eps added *after* the square root of
-    the uncorrected ``v``, as SparseAdam does), each operation rounded in the table's dtype. Rows not in
-    ``indices`` are neither read nor written, so their moments do not decay (SparseAdam's masking).
+    Follows ``torch.optim.SparseAdam`` (``maximize=False``) on the touched rows operation by operation:
+    ``m += (g - m) * (1 - beta1)``, ``v += (g*g - v) * (1 - beta2)``, then
+    ``p += (-step_size) * (m / (sqrt(v) + eps))`` with ``step_size = lr * sqrt(1 - beta2**step) /
+    (1 - beta1**step)`` computed in Python floats as torch does (eps added *after* the square root of the
+    uncorrected ``v``: SparseAdam's placement, not Adam's ``sqrt(v_hat)``), each operation rounded once in
+    the table's dtype, scalars rounded to that dtype like torch's scalar ops, no fused multiply-adds.
+    ``exp_avg``/``exp_avg_sq`` are bitwise identical to SparseAdam's. The kernel's sqrt is IEEE correctly
+    rounded; torch 2.13's CPU ``torch.sqrt`` is not always (about 0.7% of inputs come out 1 ulp off), so
+    with ``project=False`` the parameters equal SparseAdam's except for those last-ulp cases.
+    Rows not in ``indices`` are neither read nor written, so their moments do not decay (SparseAdam's
+    masking).
     With ``project=True`` each updated row is then scaled to unit norm (see the module docstring).
 
     Args:
