@@ -244,14 +244,17 @@ def _run_step(op: str, kind: int, table, exp_avg, exp_avg_sq, indices, grad, *, 
                 g.data_ptr(), g.stride(0), g.stride(1), idx.shape[0], *scalars, project,
                 table.device.type == "cuda", _native.stream_of(table), _native.num_threads(),
             )  # fmt: skip
-        except ValueError:
+        except ValueError as exc:
+            if "NaN or Inf" not in str(exc):
+                raise ValueError(f"{op}: {exc}") from None
             # The CPU kernel found NaN/Inf in grad before writing: name the row in the caller's grad.
             _raise_nonfinite_grad(op, grad)
 
 
 # --------------------------------------------------------------------------------------------------
 # torch.library registration. Library.define/impl rather than torch.library.custom_op: these ops run
-# every training step on small batches and custom_op's Python wrapper costs about twice the dispatch.
+# every training step on small batches, and a no-op custom_op call costs ~24 us against ~2.3 us for a
+# Library-defined op with a Python CPU kernel (torch 2.13, this machine).
 # --------------------------------------------------------------------------------------------------
 
 _LIB = torch.library.Library("glann_ext", "FRAGMENT")  # noqa: TOR901 (kept alive for the process)
