@@ -8,6 +8,7 @@
 #include <string>
 
 #include "common/cpu_features.h"
+#include "common/parallel.h"
 #include "sphere/sphere.h"
 
 #define GLANN_SPHERE_ISA_NS cpu_baseline
@@ -18,10 +19,16 @@ namespace glann {
 
 #if defined(GLANN_X86)
 namespace cpu_avx2 {  // sphere_cpu_avx2.cpp
-Status project(const ProjectParams& p);
-Status latent_step(const LatentStepParams& p);
+KernelResult project(const ProjectParams& p);
+KernelResult latent_step(const LatentStepParams& p);
 }  // namespace cpu_avx2
 #endif
+
+namespace sphere_detail {
+void run_tasks(int64_t tasks, int num_threads, void (*fn)(void* ctx, int64_t task), void* ctx) {
+  parallel_for(tasks, num_threads, [fn, ctx](int64_t t, int) { fn(ctx, t); });
+}
+}  // namespace sphere_detail
 
 namespace {
 bool use_avx2() {
@@ -41,9 +48,13 @@ Status project_to_sphere_cpu(const ProjectParams& p) {
     return Status::Error(StatusCode::kInvalidArgument,
                          std::string("project_to_sphere (CPU): unsupported dtype ") + dtype_name(p.dtype));
 #if defined(GLANN_X86)
-  if (use_avx2()) return cpu_avx2::project(p);
+  const KernelResult r = use_avx2() ? cpu_avx2::project(p) : cpu_baseline::project(p);
+#else
+  const KernelResult r = cpu_baseline::project(p);
 #endif
-  return cpu_baseline::project(p);
+  if (r.code == KernelResult::kNonFiniteRow)
+    return Status::Error(StatusCode::kNonFinite, "row " + std::to_string(r.row) + " contains NaN or Inf", r.row);
+  return Status::Ok();
 }
 
 Status latent_step_cpu(const LatentStepParams& p) {
@@ -55,9 +66,18 @@ Status latent_step_cpu(const LatentStepParams& p) {
     return Status::Error(StatusCode::kInvalidArgument,
                          std::string("latent step (CPU): unsupported dtype ") + dtype_name(p.dtype));
 #if defined(GLANN_X86)
-  if (use_avx2()) return cpu_avx2::latent_step(p);
+  const KernelResult r = use_avx2() ? cpu_avx2::latent_step(p) : cpu_baseline::latent_step(p);
+#else
+  const KernelResult r = cpu_baseline::latent_step(p);
 #endif
-  return cpu_baseline::latent_step(p);
+  if (r.code == KernelResult::kBadIndex)
+    return Status::Error(StatusCode::kInvalidArgument,
+                         "indices[" + std::to_string(r.row) + "] = " + std::to_string(p.indices[r.row * p.index_stride]) +
+                             " is out of range for a table of " + std::to_string(p.table_rows) + " rows",
+                         r.row);
+  if (r.code == KernelResult::kNonFiniteRow)
+    return Status::Error(StatusCode::kNonFinite, "grad row " + std::to_string(r.row) + " contains NaN or Inf", r.row);
+  return Status::Ok();
 }
 
 }  // namespace glann

@@ -8,15 +8,31 @@
 #include <atomic>
 #include <cmath>
 #include <limits>
-#include <string>
 
 #if defined(__SSE2__)
 #include <immintrin.h>
 #endif
 
-#include "common/parallel.h"
 #include "sphere/sphere.h"
 #include "sphere/sphere_math.h"
+
+namespace glann {
+// What a CPU kernel copy reports. Plain data on purpose: the per-ISA copies must not emit inline
+// library code (std::string, Status) that the linker could share with the baseline copy.
+#ifndef GLANN_SPHERE_KERNEL_RESULT
+#define GLANN_SPHERE_KERNEL_RESULT
+struct KernelResult {
+  enum Code : int { kOk = 0, kNonFiniteRow = 1, kBadIndex = 2 };
+  int code = kOk;
+  int64_t row = -1;
+};
+#endif
+
+namespace sphere_detail {
+// glann::parallel_for over tasks [0, tasks), calling fn(ctx, task). Defined in sphere_cpu.cpp.
+void run_tasks(int64_t tasks, int num_threads, void (*fn)(void* ctx, int64_t task), void* ctx);
+}  // namespace sphere_detail
+}  // namespace glann
 
 #ifndef GLANN_SPHERE_ISA_NS
 #error "define GLANN_SPHERE_ISA_NS before including sphere_cpu_kernels.h"
@@ -31,7 +47,8 @@ using sphere::AdamScalars;
 // Elements per task: large enough to amortise waking the pool, small enough to balance two threads.
 constexpr int64_t kGrainElems = 32768;
 
-// Splits `rows` rows of `dim` elements into tasks and runs fn(begin, end) on each.
+// Splits `rows` rows of `dim` elements into tasks and runs fn(begin, end) on each. The pool is reached
+// through sphere_detail::run_tasks (baseline code), so no std::function is built in a per-ISA copy.
 template <typename Fn>
 void for_row_blocks(int64_t rows, int64_t dim, int num_threads, const Fn& fn) {
   const int64_t work = rows * std::max<int64_t>(dim, 1);
@@ -41,10 +58,15 @@ void for_row_blocks(int64_t rows, int64_t dim, int num_threads, const Fn& fn) {
     fn(int64_t{0}, rows);
     return;
   }
-  parallel_for(tasks, num_threads, [&](int64_t t, int) {
-    const int64_t b = t * per;
-    fn(b, std::min(rows, b + per));
-  });
+  struct Ctx {
+    const Fn* fn;
+    int64_t rows, per;
+  } ctx{&fn, rows, per};
+  sphere_detail::run_tasks(tasks, num_threads, [](void* c, int64_t t) {
+    const Ctx& x = *static_cast<const Ctx*>(c);
+    const int64_t b = t * x.per;
+    (*x.fn)(b, std::min(x.rows, b + x.per));
+  }, &ctx);
 }
 
 inline void lower_to(std::atomic<int64_t>& first, int64_t row) {
@@ -121,7 +143,7 @@ bool project_row(const T* x, int64_t xs, T* y, int64_t ys, int64_t n) {
 }
 
 template <typename T>
-Status project_impl(const ProjectParams& p) {
+KernelResult project_impl(const ProjectParams& p) {
   const T* in = static_cast<const T*>(p.in);
   T* out = static_cast<T*>(p.out);
   std::atomic<int64_t> first_bad(p.rows);
@@ -133,9 +155,8 @@ Status project_impl(const ProjectParams& p) {
     }
   });
   const int64_t bad = first_bad.load();
-  if (bad < p.rows)
-    return Status::Error(StatusCode::kNonFinite, "row " + std::to_string(bad) + " contains NaN or Inf", bad);
-  return Status::Ok();
+  if (bad < p.rows) return {KernelResult::kNonFiniteRow, bad};
+  return {};
 }
 
 // No early exit, so the contiguous case vectorises.
@@ -194,7 +215,7 @@ void sgd_row(T* __restrict w, const T* __restrict g, int64_t gs, int64_t n, T ne
 }
 
 template <typename T>
-Status latent_step_impl(const LatentStepParams& p) {
+KernelResult latent_step_impl(const LatentStepParams& p) {
   T* table = static_cast<T*>(p.table);
   T* exp_avg = static_cast<T*>(p.exp_avg);
   T* exp_avg_sq = static_cast<T*>(p.exp_avg_sq);
@@ -212,16 +233,8 @@ Status latent_step_impl(const LatentStepParams& p) {
       if (!ok) lower_to(bad_grad, i);
     }
   });
-  if (bad_index.load() < p.batch) {
-    const int64_t i = bad_index.load();
-    return Status::Error(StatusCode::kInvalidArgument,
-                         "indices[" + std::to_string(i) + "] = " + std::to_string(p.indices[i * p.index_stride]) +
-                             " is out of range for a table of " + std::to_string(p.table_rows) + " rows",
-                         i);
-  }
-  if (bad_grad.load() < p.batch)
-    return Status::Error(StatusCode::kNonFinite,
-                         "grad row " + std::to_string(bad_grad.load()) + " contains NaN or Inf", bad_grad.load());
+  if (bad_index.load() < p.batch) return {KernelResult::kBadIndex, bad_index.load()};
+  if (bad_grad.load() < p.batch) return {KernelResult::kNonFiniteRow, bad_grad.load()};
 
   // Phase 2: update each touched row, then re-project it while it is still in L1.
   const AdamScalars<T> s{static_cast<T>(p.one_minus_beta1), static_cast<T>(p.one_minus_beta2),
@@ -250,15 +263,15 @@ Status latent_step_impl(const LatentStepParams& p) {
       if (p.project) project_row(w, 1, w, 1, n);
     }
   });
-  return Status::Ok();
+  return {};
 }
 
 
 // Entry points of this ISA copy (dtype already validated by sphere_cpu.cpp); defined once per TU.
-Status project(const ProjectParams& p) {
+KernelResult project(const ProjectParams& p) {
   return p.dtype == DType::kFloat32 ? project_impl<float>(p) : project_impl<double>(p);
 }
-Status latent_step(const LatentStepParams& p) {
+KernelResult latent_step(const LatentStepParams& p) {
   return p.dtype == DType::kFloat32 ? latent_step_impl<float>(p) : latent_step_impl<double>(p);
 }
 
