@@ -51,7 +51,11 @@ enum class LatentOptimizer : int { kAdam = 0, kSgd = 1 };
 //     m += m_upd;  v += v_upd;  p += neg_step_size * (m / (sqrt(v) + eps))
 //   with neg_step_size = -lr * sqrt(1 - beta2^step) / (1 - beta1^step) computed by the caller in
 //   double exactly as torch does; every scalar is rounded to the table's dtype like torch's scalar ops.
-// * SGD: p = p + neg_lr * g (torch.optim.SGD without momentum/weight decay on a sparse grad).
+// * SGD: p = p + neg_lr * g (torch.optim.SGD without momentum/weight decay on a sparse grad, i.e.
+//   p.index_add_(0, i, g, alpha=-lr)): one fused multiply-add on the CPU, as torch's CPU index_add_
+//   rounds; multiply then add on CUDA.
+// * sqrt is IEEE correctly rounded everywhere (torch 2.13's CPU torch.sqrt is not always: see
+//   glann_ext/ops/sphere.py).
 // * CPU: the whole grad is checked for NaN/Inf before anything is written (Status kNonFinite, detail
 //   = grad row, nothing modified). CUDA: the caller checks grad before the launch.
 // * NaN/Inf already in the touched rows of table/exp_avg/exp_avg_sq are not checked: they propagate.
