@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
+#include <type_traits>
 #include <limits>
 
 #if defined(__SSE2__)
@@ -159,12 +161,18 @@ KernelResult project_impl(const ProjectParams& p) {
   return {};
 }
 
-// No early exit, so the contiguous case vectorises.
+// Exponent bits all ones <=> NaN or Inf. Integer ops and no early exit, so the contiguous case vectorises.
 template <typename T, bool kUnit>
 bool row_finite(const T* x, int64_t n, int64_t s) {
-  bool ok = true;
-  for (int64_t j = 0; j < n; ++j) ok &= std::fabs(x[j * (kUnit ? 1 : s)]) <= std::numeric_limits<T>::max();
-  return ok;
+  using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  constexpr U kExp = sizeof(T) == 4 ? U(0x7f800000u) : U(0x7ff0000000000000ull);
+  U bad = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    U u;
+    std::memcpy(&u, x + j * (kUnit ? 1 : s), sizeof(U));
+    bad |= U((u & kExp) == kExp);
+  }
+  return bad == 0;
 }
 
 // Square roots in place. std::sqrt may set errno, which stops GCC from vectorising it (short of
