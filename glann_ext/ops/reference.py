@@ -142,3 +142,44 @@ def project_to_sphere_reference(z: torch.Tensor) -> torch.Tensor:
     out = (z.double() / norm.clamp_min(torch.finfo(torch.float64).tiny)).to(z.dtype)
     fill = torch.full_like(z, 1.0 / math.sqrt(z.shape[1]))
     return torch.where(norm == 0, fill, out)
+
+
+def fused_latent_adam_reference(
+    table: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    indices: torch.Tensor,
+    grad: torch.Tensor,
+    *,
+    step: int,
+    lr: float,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    project: bool = True,
+) -> torch.Tensor:
+    """``torch.optim.SparseAdam``'s functional step on the sparse grad ``(indices, grad)``, then the touched
+    rows re-projected with :func:`project_to_sphere_reference`. Updates the tensors in place."""
+    sparse = torch.sparse_coo_tensor(indices.unsqueeze(0), grad, tuple(table.shape), check_invariants=True).coalesce()
+    with torch.no_grad():
+        torch.optim._functional.sparse_adam(
+            [table], [sparse], [exp_avg], [exp_avg_sq], [step],
+            eps=eps, beta1=beta1, beta2=beta2, lr=lr, maximize=False,
+        )  # fmt: skip
+        if project and sparse._nnz():
+            rows = sparse._indices()[0]
+            table[rows] = project_to_sphere_reference(table[rows])
+    return table
+
+
+def fused_latent_sgd_reference(
+    table: torch.Tensor, indices: torch.Tensor, grad: torch.Tensor, *, lr: float, project: bool = True
+) -> torch.Tensor:
+    """``torch.optim.SGD(lr)``'s step with a sparse grad (``index_add_`` with ``alpha=-lr``), then the
+    touched rows re-projected with :func:`project_to_sphere_reference`. Updates ``table`` in place."""
+    with torch.no_grad():
+        table.index_add_(0, indices, grad, alpha=-lr)
+        if project and indices.numel():
+            rows = torch.unique(indices)
+            table[rows] = project_to_sphere_reference(table[rows])
+    return table

@@ -1,0 +1,718 @@
+"""Tests of the sphere kernels: projection onto the unit sphere and the fused sparse latent steps.
+
+Oracles are written here, independently of the package: plain torch normalisation in float64,
+torch.optim.SparseAdam / torch.optim.SGD on sparse gradients, and an op-by-op numpy replay of SparseAdam.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import glann_ext
+from glann_ext import (
+    SphereSparseAdam,
+    SphereSparseSGD,
+    fused_latent_adam_,
+    fused_latent_sgd_,
+    project_to_sphere,
+    project_to_sphere_,
+)
+
+DTYPES = [torch.float32, torch.float64]
+DIMS = [1, 2, 3, 17, 64, 513]
+ROWS = [0, 1, 97]
+# Projection: float32 ~1 ulp (kernel rounding plus the oracle's sqrt); float64 also carries the
+# summation-order error of two different norm reductions (grows like sqrt(D) ulp).
+TOL = {torch.float32: {"rtol": 3e-7, "atol": 1e-44}, torch.float64: {"rtol": 2e-15, "atol": 1e-320}}
+
+
+def oracle_project(z: torch.Tensor) -> torch.Tensor:
+    """Plain float64 normalisation; zero rows -> (1, ..., 1) / sqrt(D)."""
+    zd = z.double()
+    scale = zd.abs().amax(dim=1, keepdim=True).clamp_min(1e-300)  # keeps float64 extremes finite
+    norm = (zd / scale).norm(dim=1, keepdim=True)
+    out = (zd / scale) / norm
+    out = torch.where(zd.abs().amax(dim=1, keepdim=True) == 0, 1.0 / math.sqrt(z.shape[1]), out)
+    return out.to(z.dtype)
+
+
+def sparse_grad(indices: torch.Tensor, grad: torch.Tensor, shape) -> torch.Tensor:
+    return torch.sparse_coo_tensor(indices.unsqueeze(0), grad, tuple(shape), check_invariants=True)
+
+
+def unit_table(n: int, d: int, dtype=torch.float32) -> torch.Tensor:
+    t = torch.randn(n, d, dtype=dtype)
+    return t / t.norm(dim=1, keepdim=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Projection
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d", DIMS)
+@pytest.mark.parametrize("n", ROWS)
+def test_project_matches_oracle(dtype, d, n):
+    z = torch.randn(n, d, dtype=dtype) * 3
+    out = project_to_sphere(z)
+    assert out.shape == z.shape and out.dtype == dtype and out.is_contiguous()
+    torch.testing.assert_close(out, oracle_project(z), **TOL[dtype])
+    z2 = z.clone()
+    assert project_to_sphere_(z2) is z2
+    torch.testing.assert_close(z2, out, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_project_strided_views_without_copy(dtype):
+    big = torch.randn(53, 40, dtype=dtype)
+    keep = big.clone()
+    view = big[:, 5:22]  # row stride 40, unit column stride
+    torch.testing.assert_close(project_to_sphere(view), oracle_project(view), **TOL[dtype])
+    project_to_sphere_(view)
+    torch.testing.assert_close(big[:, 5:22], oracle_project(keep[:, 5:22]), **TOL[dtype])
+    torch.testing.assert_close(big[:, :5], keep[:, :5], rtol=0, atol=0)
+    torch.testing.assert_close(big[:, 22:], keep[:, 22:], rtol=0, atol=0)
+    # Non-unit column stride (a transpose) and a step slice of the rows.
+    base = torch.randn(17, 31, dtype=dtype)
+    for v in (base.t(), base[::3, ::2]):
+        torch.testing.assert_close(project_to_sphere(v), oracle_project(v), **TOL[dtype])
+        w = v.clone(memory_format=torch.preserve_format)
+        project_to_sphere_(v)
+        torch.testing.assert_close(v, oracle_project(w), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_project_zero_rows(dtype):
+    z = torch.randn(6, 17, dtype=dtype)
+    z[[0, 4]] = 0.0
+    z[2] = -0.0
+    out = project_to_sphere(z)
+    fill = torch.full((17,), 1.0 / math.sqrt(17), dtype=dtype)
+    for i in (0, 2, 4):
+        assert torch.equal(out[i], fill)
+    torch.testing.assert_close(out, oracle_project(z), **TOL[dtype])
+    # The package's reference agrees on zero rows.
+    from glann_ext.ops.reference import project_to_sphere_reference
+
+    assert torch.equal(project_to_sphere_reference(z)[0], out[0])
+
+
+@pytest.mark.parametrize(
+    "dtype,scale",
+    [
+        (torch.float32, 1e30),
+        (torch.float32, 1e-30),
+        (torch.float32, 3e38),
+        (torch.float32, 1e-44),  # subnormal float32
+        (torch.float64, 1e300),
+        (torch.float64, 1e-300),
+        (torch.float64, 1e-320),  # subnormal float64
+    ],
+)
+def test_project_extreme_magnitudes(dtype, scale):
+    z = torch.randn(11, 64, dtype=dtype).clamp(-1, 1) * scale
+    z[0] = 0.0
+    z[1, 0] = scale
+    out = project_to_sphere(z)
+    assert torch.isfinite(out).all()
+    norms = out.double().norm(dim=1)
+    # Subnormal inputs carry few significant bits, but the result is still a unit vector.
+    torch.testing.assert_close(
+        norms, torch.ones_like(norms), rtol=0, atol=1e-6 if dtype == torch.float32 else 1e-14
+    )
+    if abs(math.log10(scale)) < 300 and scale > 1e-40:
+        torch.testing.assert_close(out, oracle_project(z), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_project_nonfinite_policy(dtype, bad):
+    z = torch.randn(40, 9, dtype=dtype)
+    z[7, 3] = bad
+    z[20, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"row 7 contains NaN or Inf"):
+        project_to_sphere(z)
+    before = z.clone()
+    with pytest.raises(ValueError, match=r"project_to_sphere_: z row 7"):
+        project_to_sphere_(z)
+    # Documented policy: non-finite rows untouched, every other row projected.
+    assert torch.equal(z[7].isnan(), before[7].isnan())
+    torch.testing.assert_close(z[7], before[7], rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(z[20], before[20], rtol=0, atol=0, equal_nan=True)
+    good = [i for i in range(40) if i not in (7, 20)]
+    torch.testing.assert_close(z[good], oracle_project(before[good]), **TOL[dtype])
+
+
+def test_project_argument_errors():
+    with pytest.raises(TypeError, match="z must be a torch.Tensor"):
+        project_to_sphere([[1.0, 2.0]])
+    with pytest.raises(ValueError, match="z must be a 2-D tensor"):
+        project_to_sphere(torch.randn(5))
+    with pytest.raises(TypeError, match="z must have dtype in"):
+        project_to_sphere(torch.ones(3, 4, dtype=torch.int64))
+    with pytest.raises(TypeError, match="CUDA only"):
+        project_to_sphere(torch.ones(3, 4, dtype=torch.float16))
+    with pytest.raises(ValueError, match="internally overlapping"):
+        project_to_sphere_(torch.randn(1, 8).expand(5, 8))
+    # Out-of-place on an expanded tensor is fine: it only reads.
+    torch.testing.assert_close(project_to_sphere(torch.ones(1, 4).expand(3, 4)), torch.full((3, 4), 0.5))
+
+
+def test_project_empty():
+    for shape in [(0, 5), (0, 0), (4, 0)]:
+        z = torch.randn(shape)
+        assert project_to_sphere(z).shape == shape
+        assert project_to_sphere_(z) is z
+
+
+finite32 = st.floats(min_value=-(2.0**100), max_value=2.0**100, allow_nan=False, width=32)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 5).flatmap(lambda n: st.integers(1, 40).flatmap(
+    lambda d: st.lists(finite32, min_size=n * d, max_size=n * d).map(lambda v: torch.tensor(v).view(n, d)))))  # fmt: skip
+def test_project_properties(z):
+    out = project_to_sphere(z)
+    nonzero = z.abs().amax(dim=1) > 0
+    # Unit norm.
+    torch.testing.assert_close(
+        out.double().norm(dim=1), torch.ones(z.shape[0], dtype=torch.float64), rtol=0, atol=1e-6
+    )
+    # Direction preserved: same signs (or an underflow to 0), and the float64-normalised input.
+    o, zz = out[nonzero], z[nonzero]
+    assert ((torch.sign(o) == torch.sign(zz)) | (o == 0)).all()
+    torch.testing.assert_close(out, oracle_project(z), **TOL[torch.float32])
+    # Idempotent up to rounding (a unit vector stays put within an ulp).
+    torch.testing.assert_close(project_to_sphere(out), out, rtol=2.5e-7, atol=1e-44)
+
+
+def test_project_gradcheck():
+    z = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(project_to_sphere, (z,))
+    # A zero row (where the map is not continuous) gets gradient 0 by definition.
+    z = z.detach().clone()
+    z[2] = 0.0
+    z.requires_grad_()
+    out = project_to_sphere(z)
+    (g,) = torch.autograd.grad((out * torch.randn_like(out)).sum(), z)
+    assert torch.equal(g[2], torch.zeros(5, dtype=torch.float64))
+    big = (torch.randn(3, 4) * 1e30).requires_grad_()
+    project_to_sphere(big).sum().backward()
+    assert torch.isfinite(big.grad).all()
+    ref = torch.autograd.functional.vjp(
+        oracle_project, big.detach().double(), torch.ones(3, 4, dtype=torch.float64)
+    )[1]
+    torch.testing.assert_close(big.grad.double(), ref, rtol=1e-5, atol=1e-40)
+
+
+def test_project_deterministic_across_thread_counts():
+    z = torch.randn(5000, 64)
+    z[17] = 0
+    outs = []
+    old = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3, 8):
+            torch.set_num_threads(n)
+            outs.append(project_to_sphere(z))
+    finally:
+        torch.set_num_threads(old)
+    for o in outs[1:]:
+        assert torch.equal(o, outs[0])
+
+
+# --------------------------------------------------------------------------------------------------
+# Fused sparse Adam / SGD
+# --------------------------------------------------------------------------------------------------
+
+
+def numpy_sparse_adam(p, m, v, idx, g, step, lr, b1, b2, eps):
+    """SparseAdam's op sequence (torch/optim/_functional.py) in numpy, every op rounded in p's dtype.
+    numpy's sqrt is correctly rounded (IEEE), as is the kernel's. Unique indices only."""
+    f = p.dtype.type
+    c1, c2, e = f(1 - b1), f(1 - b2), f(eps)
+    ss = lr * math.sqrt(1 - b2**step) / (1 - b1**step)
+    old_m, old_v = m[idx], v[idx]
+    mu = (g - old_m) * c1
+    vu = (g * g - old_v) * c2
+    m[idx] = old_m + mu
+    v[idx] = old_v + vu
+    numer = mu + old_m
+    denom = np.sqrt(vu + old_v) + e
+    p[idx] = p[idx] + f(-ss) * (numer / denom)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d", [1, 3, 17, 64])
+def test_adam_bitwise_matches_sparse_adam_op_sequence(dtype, d):
+    n, b = 101, 37
+    table = torch.randn(n, d, dtype=dtype)
+    m, v = torch.zeros_like(table), torch.zeros_like(table)
+    pn, mn, vn = table.numpy().copy(), m.numpy().copy(), v.numpy().copy()
+    for step in range(1, 5):
+        idx = torch.randperm(n)[:b]
+        g = torch.randn(b, d, dtype=dtype)
+        fused_latent_adam_(
+            table, m, v, idx, g, step=step, lr=0.05, beta1=0.8, beta2=0.99, eps=1e-6, project=False
+        )
+        numpy_sparse_adam(pn, mn, vn, idx.numpy(), g.numpy(), step, 0.05, 0.8, 0.99, 1e-6)
+        assert np.array_equal(table.numpy(), pn)
+        assert np.array_equal(m.numpy(), mn) and np.array_equal(v.numpy(), vn)
+
+
+# torch 2.13's CPU torch.sqrt is not correctly rounded (about 0.7% of inputs are 1 ulp off, in float32 and
+# float64); the kernel's sqrt is IEEE. So against torch.optim.SparseAdam itself the moments are bitwise
+# equal and the parameters agree to a few ulps.
+PARAM_TOL = {torch.float32: {"rtol": 1e-6, "atol": 1e-7}, torch.float64: {"rtol": 1e-14, "atol": 1e-15}}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("project", [False, True])
+def test_adam_matches_torch_sparse_adam_on_embedding(dtype, project):
+    n, d, b = 60, 17, 40
+    emb = torch.nn.Embedding(n, d, sparse=True).to(dtype)
+    with torch.no_grad():
+        emb.weight.copy_(unit_table(n, d, dtype))
+    torch_opt = torch.optim.SparseAdam(emb.parameters(), lr=0.03, betas=(0.85, 0.995), eps=1e-7)
+    table = emb.weight.detach().clone()
+    opt = SphereSparseAdam(table, lr=0.03, betas=(0.85, 0.995), eps=1e-7, project=project)
+    target = torch.randn(b, d, dtype=dtype)
+    for _ in range(6):
+        idx = torch.randint(0, n, (b,))  # duplicates on purpose
+        assert idx.unique().numel() < b
+        torch_opt.zero_grad()
+        ((emb(idx) - target) ** 2).sum().backward()
+        torch_opt.step()
+        if project:
+            with torch.no_grad():
+                rows = idx.unique()
+                emb.weight[rows] = oracle_project(emb.weight[rows])
+        z = table[idx].detach().requires_grad_()
+        ((z - target) ** 2).sum().backward()
+        opt.step(idx, z.grad)
+        st = torch_opt.state[emb.weight]
+        assert st["step"] == opt.step_count
+        torch.testing.assert_close(table, emb.weight.detach(), **PARAM_TOL[dtype])
+        torch.testing.assert_close(opt.exp_avg, st["exp_avg"], **PARAM_TOL[dtype])
+        torch.testing.assert_close(opt.exp_avg_sq, st["exp_avg_sq"], **PARAM_TOL[dtype])
+    if project:
+        touched = opt.exp_avg.abs().sum(1) > 0
+        torch.testing.assert_close(
+            table[touched].double().norm(dim=1), torch.ones(int(touched.sum()), dtype=torch.float64)
+        )
+
+
+def test_adam_moments_bitwise_equal_to_sparse_adam_with_duplicates():
+    n, d = 30, 8
+    w = torch.randn(n, d)
+    p = torch.nn.Parameter(w.clone())
+    torch_opt = torch.optim.SparseAdam([p], lr=0.1)
+    table = w.clone()
+    opt = SphereSparseAdam(table, lr=0.1, project=False)
+    for _ in range(3):
+        idx = torch.tensor([3, 3, 3, 7, 0, 7, 29])
+        g = torch.randn(7, d)
+        p.grad = sparse_grad(idx, g, (n, d))
+        torch_opt.step()
+        opt.step(idx, g)
+        assert torch.equal(opt.exp_avg, torch_opt.state[p]["exp_avg"])
+        assert torch.equal(opt.exp_avg_sq, torch_opt.state[p]["exp_avg_sq"])
+        torch.testing.assert_close(table, p.detach(), **PARAM_TOL[torch.float32])
+
+
+def test_adam_touches_only_indexed_rows():
+    table = unit_table(50, 16)
+    m, v = torch.zeros_like(table), torch.zeros_like(table)
+    before = table.clone()
+    idx = torch.tensor([4, 9, 4])
+    fused_latent_adam_(table, m, v, idx, torch.randn(3, 16), step=1, lr=0.1)
+    others = torch.ones(50, dtype=torch.bool)
+    others[[4, 9]] = False
+    assert torch.equal(table[others], before[others])
+    assert (m[others] == 0).all() and (v[others] == 0).all()
+    assert not torch.equal(table[4], before[4])
+    torch.testing.assert_close(table[[4, 9]].norm(dim=1), torch.ones(2))
+
+
+def test_adam_exact_resume_through_state_dict():
+    n, d = 80, 12
+
+    def batches(k):
+        gen = torch.Generator().manual_seed(k)
+        return torch.randint(0, n, (25,), generator=gen), torch.randn(25, d, generator=gen)
+
+    t_full = unit_table(n, d)
+    t_split = t_full.clone()
+    full = SphereSparseAdam(t_full, lr=0.02)
+    for k in range(6):
+        full.step(*batches(k))
+    first = SphereSparseAdam(t_split, lr=0.02)
+    for k in range(3):
+        first.step(*batches(k))
+    saved = copy.deepcopy(first.state_dict())
+    table_copy = t_split.clone()
+    del first
+    resumed = SphereSparseAdam(table_copy, lr=0.5, betas=(0.5, 0.5), eps=1.0)  # overwritten by the load
+    resumed.load_state_dict(saved)
+    assert resumed.step_count == 3 and resumed.lr == 0.02
+    for k in range(3, 6):
+        resumed.step(*batches(k))
+    assert torch.equal(table_copy, t_full)
+    assert torch.equal(resumed.exp_avg, full.exp_avg) and torch.equal(resumed.exp_avg_sq, full.exp_avg_sq)
+    with pytest.raises(ValueError, match="exp_avg must have shape"):
+        resumed.load_state_dict({**saved, "exp_avg": torch.zeros(3, 3)})
+
+
+def test_adam_empty_batch_counts_the_step_like_sparse_adam():
+    table = unit_table(10, 4)
+    before = table.clone()
+    opt = SphereSparseAdam(table, lr=0.1)
+    opt.step(torch.zeros(0, dtype=torch.int64), torch.zeros(0, 4))
+    assert opt.step_count == 1 and torch.equal(table, before)
+    p = torch.nn.Parameter(before.clone())
+    torch_opt = torch.optim.SparseAdam([p], lr=0.1)
+    p.grad = sparse_grad(torch.zeros(0, dtype=torch.int64), torch.zeros(0, 4), (10, 4))
+    torch_opt.step()
+    assert torch_opt.state[p]["step"] == 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d", [1, 17, 64])
+def test_sgd_bitwise_matches_torch_sgd(dtype, d):
+    n, b = 90, 40
+    w = torch.randn(n, d, dtype=dtype)
+    p = torch.nn.Parameter(w.clone())
+    torch_opt = torch.optim.SGD([p], lr=0.37)
+    table = w.clone()
+    opt = SphereSparseSGD(table, lr=0.37, project=False)
+    for _ in range(3):
+        idx = torch.randperm(n)[:b]
+        g = torch.randn(b, d, dtype=dtype)
+        p.grad = sparse_grad(idx, g, (n, d))
+        torch_opt.step()
+        opt.step(idx, g)
+        assert torch.equal(table, p.detach())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sgd_with_duplicates_and_projection(dtype):
+    n, d = 40, 9
+    w = unit_table(n, d, dtype)
+    p = torch.nn.Parameter(w.clone())
+    torch_opt = torch.optim.SGD([p], lr=0.2)
+    table = w.clone()
+    for _ in range(4):
+        idx = torch.randint(0, n, (30,))
+        g = torch.randn(30, d, dtype=dtype)
+        p.grad = sparse_grad(idx, g, (n, d))
+        torch_opt.step()
+        with torch.no_grad():
+            rows = idx.unique()
+            p[rows] = oracle_project(p[rows])
+        fused_latent_sgd_(table, idx, g, lr=0.2)
+        torch.testing.assert_close(table, p.detach(), **PARAM_TOL[dtype])
+
+
+def test_fused_steps_deterministic_across_thread_counts():
+    n, d, b = 9000, 64, 4096
+    base = unit_table(n, d)
+    idx = torch.randint(0, n, (b,))
+    g = torch.randn(b, d)
+    results = []
+    old = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 5):
+            torch.set_num_threads(threads)
+            t = base.clone()
+            m, v = torch.zeros_like(t), torch.zeros_like(t)
+            fused_latent_adam_(t, m, v, idx, g, step=3, lr=0.01)
+            t2 = base.clone()
+            fused_latent_sgd_(t2, idx, g, lr=0.01)
+            results.append((t, m, v, t2))
+    finally:
+        torch.set_num_threads(old)
+    for r in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(r, results[0]))
+
+
+_ISA_SCRIPT = """
+import sys, torch, glann_ext
+torch.manual_seed(3)
+z = torch.randn(3000, 67); t = torch.randn(500, 64); t = t / t.norm(dim=1, keepdim=True)
+m, v = torch.zeros_like(t), torch.zeros_like(t)
+idx = torch.randint(0, 500, (300,)); g = torch.randn(300, 64)
+glann_ext.fused_latent_adam_(t, m, v, idx, g, step=2, lr=0.01)
+t2 = t.clone(); glann_ext.fused_latent_sgd_(t2, idx, g, lr=0.1)
+torch.save([glann_ext.project_to_sphere(z), glann_ext.project_to_sphere(z.double()), t, m, v, t2], sys.argv[1])
+"""
+
+
+def test_same_bits_on_every_cpu_isa(tmp_path):
+    """The baseline and AVX2 copies of the CPU kernels give identical bits (no FMA contraction)."""
+    outs = []
+    for isa in ("baseline", "avx2"):
+        path = tmp_path / f"{isa}.pt"
+        env = {**__import__("os").environ, "GLANN_EXT_CPU_ISA": isa}
+        subprocess.run([sys.executable, "-c", _ISA_SCRIPT, str(path)], check=True, env=env, timeout=120)
+        outs.append(torch.load(path))
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation of the fused steps
+# --------------------------------------------------------------------------------------------------
+
+
+def _adam_args(n=20, d=6, b=5, dtype=torch.float32):
+    table = unit_table(n, d, dtype)
+    return (
+        table,
+        torch.zeros_like(table),
+        torch.zeros_like(table),
+        torch.randint(0, n, (b,)),
+        torch.randn(b, d, dtype=dtype),
+    )
+
+
+def _assert_unchanged(tensors, snapshot):
+    for t, s in zip(tensors, snapshot):
+        assert torch.equal(t, s)
+
+
+@pytest.mark.parametrize(
+    "mutate,exc,match",
+    [
+        (lambda a: a.__setitem__(0, a[0].to(torch.int32)), TypeError, "table must have dtype in"),
+        (lambda a: a.__setitem__(3, a[3].to(torch.int32)), TypeError, "indices must have dtype in"),
+        (lambda a: a.__setitem__(3, a[3].view(5, 1)), ValueError, "indices must be a 1-D tensor"),
+        (lambda a: a.__setitem__(4, a[4][:, :5]), ValueError, r"grad must have shape .* = \(5, 6\)"),
+        (lambda a: a.__setitem__(4, a[4][:4]), ValueError, r"grad must have shape"),
+        (lambda a: a.__setitem__(4, a[4].double()), TypeError, "grad must have the same dtype"),
+        (lambda a: a.__setitem__(1, a[1].double()), TypeError, "exp_avg must have the same dtype"),
+        (
+            lambda a: a.__setitem__(2, torch.zeros(20, 7)),
+            ValueError,
+            "exp_avg_sq must have the table's shape",
+        ),
+        (lambda a: a.__setitem__(0, torch.zeros(6, 20).t()), ValueError, "table must be contiguous"),
+        (lambda a: a.__setitem__(1, torch.zeros(6, 20).t()), ValueError, "exp_avg must be contiguous"),
+        (lambda a: a.__setitem__(1, a[0]), ValueError, "table and exp_avg share memory"),
+        (lambda a: a.__setitem__(4, a[0][:5]), ValueError, "table and grad share memory"),
+        (lambda a: a.__setitem__(0, torch.zeros(20, 0)), ValueError, "at least one column"),
+    ],
+)
+def test_adam_argument_errors(mutate, exc, match):
+    args = list(_adam_args())
+    mutate(args)
+    with pytest.raises(exc, match=match):
+        fused_latent_adam_(*args, step=1, lr=0.1)
+
+
+@pytest.mark.parametrize("bad_index", [-1, 20, 10**12])
+def test_out_of_range_indices_change_nothing(bad_index):
+    table, m, v, idx, g = _adam_args()
+    idx[2] = bad_index
+    snap = [t.clone() for t in (table, m, v)]
+    with pytest.raises(ValueError, match=rf"indices must be in \[0, 20\).*got {bad_index}"):
+        fused_latent_adam_(table, m, v, idx, g, step=1, lr=0.1)
+    with pytest.raises(ValueError, match="indices must be in"):
+        fused_latent_sgd_(table, idx, g, lr=0.1)
+    _assert_unchanged((table, m, v), snap)
+
+
+@pytest.mark.parametrize("dup", [False, True])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nonfinite_grad_changes_nothing(dup, bad):
+    table, m, v, _, g = _adam_args(b=5)
+    idx = torch.tensor([1, 2, 2, 7, 9]) if dup else torch.tensor([1, 2, 3, 7, 9])
+    g[3, 4] = bad
+    snap = [t.clone() for t in (table, m, v)]
+    opt = SphereSparseAdam(table, lr=0.1)
+    with pytest.raises(ValueError, match="grad row 3 contains NaN or Inf; nothing was updated"):
+        opt.step(idx, g)
+    assert opt.step_count == 0
+    with pytest.raises(ValueError, match="grad row 3"):
+        fused_latent_adam_(table, m, v, idx, g, step=1, lr=0.1)
+    with pytest.raises(ValueError, match="grad row 3"):
+        fused_latent_sgd_(table, idx, g, lr=0.1)
+    _assert_unchanged((table, m, v, opt.exp_avg), snap + [torch.zeros_like(table)])
+
+
+def test_hyperparameter_errors():
+    table, m, v, idx, g = _adam_args()
+    for kw, match in [
+        ({"step": 0, "lr": 0.1}, "step must be an int >= 1"),
+        ({"step": 1, "lr": -1.0}, "lr must be a finite float >= 0"),
+        ({"step": 1, "lr": 0.1, "eps": 0.0}, "eps must be > 0"),
+        ({"step": 1, "lr": 0.1, "beta1": 1.0}, r"beta1 must be in \[0, 1\)"),
+        ({"step": 1, "lr": 0.1, "beta2": -0.1}, r"beta2 must be in \[0, 1\)"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            fused_latent_adam_(table, m, v, idx, g, **kw)
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        SphereSparseAdam(table, lr=0.0)
+    with pytest.raises(ValueError, match="lr must be a finite float"):
+        SphereSparseSGD(table, lr=float("nan"))
+    with pytest.raises(TypeError, match="table must have dtype"):
+        SphereSparseSGD(table.half())
+
+
+def test_sgd_state_dict_round_trip():
+    table = unit_table(10, 3)
+    opt = SphereSparseSGD(table, lr=0.3, project=False)
+    other = SphereSparseSGD(table.clone())
+    other.load_state_dict(opt.state_dict())
+    assert other.lr == 0.3 and other.project is False
+
+
+# --------------------------------------------------------------------------------------------------
+# torch.library registration
+# --------------------------------------------------------------------------------------------------
+
+
+def test_opcheck():
+    z = torch.randn(7, 5)
+    torch.library.opcheck(torch.ops.glann_ext.project_to_sphere, (z,))
+    torch.library.opcheck(torch.ops.glann_ext.project_to_sphere_inplace, (z.clone(),))
+    table, m, v, idx, g = _adam_args()
+    idx = torch.tensor([0, 3, 3, 19, 5])
+    torch.library.opcheck(
+        torch.ops.glann_ext.latent_adam_step, (table, m, v, idx, g, 1, 0.1, 0.9, 0.999, 1e-8, True)
+    )
+    torch.library.opcheck(torch.ops.glann_ext.latent_sgd_step, (table, idx, g, 0.1, True))
+
+
+def test_torch_compile_fullgraph():
+    table, m, v, idx, g = _adam_args()
+    ref_t, ref_m, ref_v = table.clone(), m.clone(), v.clone()
+    fused_latent_adam_(ref_t, ref_m, ref_v, idx, g, step=1, lr=0.1)
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def step(t, a, b, i, gr):
+        torch.ops.glann_ext.latent_adam_step(t, a, b, i, gr, 1, 0.1, 0.9, 0.999, 1e-8, True)
+        return torch.ops.glann_ext.project_to_sphere(t * 2)
+
+    out = step(table, m, v, idx, g)
+    assert torch.equal(table, ref_t) and torch.equal(m, ref_m)
+    torch.testing.assert_close(out, project_to_sphere(ref_t * 2))
+
+
+# --------------------------------------------------------------------------------------------------
+# CUDA (skipped without a GPU and a CUDA build)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_cuda_project_matches_cpu_on_side_stream(dtype):
+    z = torch.randn(1001, 67, dtype=torch.float64)
+    z[5] = 0
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        zc = z.to("cuda", dtype)[:, 1:66]
+        out = project_to_sphere(zc)
+        zc2 = zc.clone()
+        project_to_sphere_(zc2)
+    stream.synchronize()
+    ref = oracle_project(z[:, 1:66].to(dtype).double())
+    tol = (
+        {"rtol": 3e-7, "atol": 1e-7}
+        if dtype == torch.float32
+        else (TOL[torch.float64] if dtype == torch.float64 else {"rtol": 1e-2, "atol": 1e-3})
+    )
+    torch.testing.assert_close(out.cpu().double(), ref, **tol)
+    torch.testing.assert_close(zc2.cpu(), out.cpu(), rtol=0, atol=0)
+    if dtype in DTYPES:  # the CPU kernel on the same input
+        torch.testing.assert_close(out.cpu(), project_to_sphere(z[:, 1:66].to(dtype)), **TOL[dtype])
+
+
+@pytest.mark.cuda
+def test_cuda_project_nonfinite_and_extremes():
+    z = torch.randn(100, 33, device="cuda")
+    z[11, 2] = float("nan")
+    z[50] = 1e30
+    before = z.clone()
+    with pytest.raises(ValueError, match="row 11"):
+        project_to_sphere_(z)
+    torch.testing.assert_close(z[11], before[11], equal_nan=True, rtol=0, atol=0)
+    torch.testing.assert_close(z[50].norm(), torch.tensor(1.0, device="cuda"))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_fused_steps_match_cpu_on_side_stream(dtype):
+    n, d, b = 500, 64, 300
+    base = unit_table(n, d, dtype)
+    idx = torch.randint(0, n, (b,))
+    g = torch.randn(b, d, dtype=dtype)
+    cpu = SphereSparseAdam(base.clone(), lr=0.01)
+    cpu_sgd = SphereSparseSGD(base.clone(), lr=0.1)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        dev = SphereSparseAdam(base.cuda(), lr=0.01)
+        dev_sgd = SphereSparseSGD(base.cuda(), lr=0.1)
+        for _ in range(3):
+            dev.step(idx.cuda(), g.cuda())
+            dev_sgd.step(idx.cuda(), g.cuda())
+    for _ in range(3):
+        cpu.step(idx, g)
+        cpu_sgd.step(idx, g)
+    stream.synchronize()
+    tol = PARAM_TOL[dtype]
+    torch.testing.assert_close(dev.table.cpu(), cpu.table, **tol)
+    torch.testing.assert_close(dev.exp_avg.cpu(), cpu.exp_avg, rtol=0, atol=0)
+    torch.testing.assert_close(dev_sgd.table.cpu(), cpu_sgd.table, rtol=1e-6, atol=1e-7)
+    bad = g.cuda()
+    bad[4, 0] = float("inf")
+    with pytest.raises(ValueError, match="grad row 4"):
+        dev.step(idx.cuda(), bad)
+    with pytest.raises(ValueError, match="indices must be in"):
+        dev.step(torch.full((3,), n, device="cuda"), g[:3].cuda())
+    with pytest.raises(ValueError, match="must be on the same device"):
+        dev.step(idx, g.cuda())
+
+
+@pytest.mark.cuda
+def test_cuda_reduce_overhead_compile():
+    table, _m, _v, _idx, _g = (t.cuda() for t in _adam_args())
+
+    @torch.compile(mode="reduce-overhead")
+    def proj(x):
+        return torch.ops.glann_ext.project_to_sphere(x * 1.0)
+
+    for _ in range(3):
+        out = proj(table)
+    torch.testing.assert_close(out, project_to_sphere(table))
+
+
+def test_build_info_mentions_cuda():
+    assert isinstance(glann_ext.build_info()["cuda_compiled"], bool)
+
+
+def test_strided_grad_and_indices_match_contiguous():
+    n, d, b = 50, 9, 20
+    base = unit_table(n, d)
+    idx = torch.randint(0, n, (2 * b,))[::2]  # strided indices, with duplicates
+    wide = torch.randn(b, 3 * d)
+    g_slice = wide[:, d : 2 * d]  # row stride 3d
+    g_t = torch.randn(d, b).t()  # column stride b
+    for g in (g_slice, g_t):
+        t1, t2 = base.clone(), base.clone()
+        s1, s2 = SphereSparseAdam(t1, lr=0.05), SphereSparseAdam(t2, lr=0.05)
+        s1.step(idx, g)
+        s2.step(idx.contiguous(), g.contiguous())
+        assert torch.equal(t1, t2) and torch.equal(s1.exp_avg_sq, s2.exp_avg_sq)
+        t3, t4 = base.clone(), base.clone()
+        fused_latent_sgd_(t3, idx, g, lr=0.3)
+        fused_latent_sgd_(t4, idx.contiguous(), g.contiguous(), lr=0.3)
+        assert torch.equal(t3, t4)
