@@ -42,7 +42,7 @@ class ReferenceSphereOptimizer:
     def step(self, indices: torch.Tensor, grad_rows: torch.Tensor) -> None:
         """Apply one update to ``table[indices]`` given the loss gradient of those rows."""
         grad = torch.sparse_coo_tensor(
-            indices.reshape(1, -1), grad_rows.to(self.table.dtype), self.table.shape
+            indices.reshape(1, -1), grad_rows.to(self.table.dtype), self.table.shape, check_invariants=False
         ).coalesce()
         self._param.grad = grad
         self._opt.step()
