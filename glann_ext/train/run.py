@@ -69,10 +69,7 @@ class Run:
             return saved.validate()
         if cfg is None:
             raise FileNotFoundError(f"{path}: no run to resume here, and no configuration given")
-        cfg.validate()
-        self.out.mkdir(parents=True, exist_ok=True)
-        cfg.to_json(path)
-        return cfg
+        return cfg.validate()  # written by train() once the data has loaded
 
     # -- bookkeeping ---------------------------------------------------------------------------------
     def _save(self, phase: str, glo: GLOTrainer | None, imle: IMLETrainer | None) -> None:
@@ -128,7 +125,11 @@ class Run:
         cfg = self.cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        images = self.load_images()  # first, so that bad data leaves no half-made run folder
+        self.image_shape = tuple(images.shape[1:])
         (self.out / "images").mkdir(parents=True, exist_ok=True)
+        if not (self.out / CONFIG_FILE).exists():
+            self.cfg.to_json(self.out / CONFIG_FILE)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -139,8 +140,6 @@ class Run:
         if state is not None:
             ckpt.set_rng_state(state["rng"])
             self.log(f"resuming {self.out} from phase {state['phase']}")
-        images = self.load_images()
-        self.image_shape = tuple(images.shape[1:])
         try:
             if cfg.imle_space == "pixel":
                 return self._train_pixel_imle(images, state)
