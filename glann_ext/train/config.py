@@ -75,6 +75,10 @@ class TrainConfig:
                               ("channels", (None, 1, 3))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"config field {name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.image_size is not None:
+            from glann_ext.models.generator import start_size
+
+            start_size(self.image_size)  # raises ValueError naming image_size
         if self.vgg_weight > 0 and not self.vgg_weights:
             raise ValueError("config field vgg_weight > 0 needs vgg_weights: a local VGG16 state_dict file")
         return self

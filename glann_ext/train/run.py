@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 
 from glann_ext.data import load_images
-from glann_ext.models import MLP, DCGANGenerator
+from glann_ext.models import MLP, DCGANGenerator, start_size
 
 from . import checkpoint as ckpt
 from .backend import get_ops
@@ -127,6 +127,11 @@ class Run:
             torch.set_num_threads(cfg.threads)
         images = self.load_images()  # first, so that bad data leaves no half-made run folder
         self.image_shape = tuple(images.shape[1:])
+        try:
+            start_size(images.shape[-1])
+        except ValueError as exc:
+            raise ValueError(f"{cfg.dataset}: images of size {images.shape[-1]} are not supported ({exc}); "
+                             f"set image_size (--image-size) to resize them") from exc
         (self.out / "images").mkdir(parents=True, exist_ok=True)
         if not (self.out / CONFIG_FILE).exists():
             self.cfg.to_json(self.out / CONFIG_FILE)
