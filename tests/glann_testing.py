@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -29,7 +31,7 @@ def tiny_config(**overrides):
     """A seconds-long config on in-test data (set ``dataset`` to a file the test wrote)."""
     from glann_ext.train.config import preset
 
-    base = dict(ops=OPS, threads=1, sample_every=0)
+    base = {"ops": OPS, "threads": 1, "sample_every": 0}
     base.update(overrides)
     return preset("tiny", **base)
 
@@ -42,6 +44,6 @@ def tensors_equal(a, b) -> bool:
         return isinstance(b, dict) and a.keys() == b.keys() and all(tensors_equal(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):
         return len(a) == len(b) and all(tensors_equal(x, y) for x, y in zip(a, b))
-    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True  # both NaN
     return a == b

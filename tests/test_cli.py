@@ -8,11 +8,10 @@ import sys
 
 import numpy as np
 import pytest
+from glann_testing import OPS, blob_images
 from PIL import Image
 
 from glann_ext.cli import main
-
-from glann_testing import OPS, blob_images
 
 TINY = ["--preset", "tiny", "--ops", OPS, "--threads", "1", "--no-progress"]
 
@@ -32,7 +31,14 @@ def run_dir(tmp_path_factory, data_file):
 
 
 def test_train_writes_a_complete_run_folder(run_dir):
-    for name in ("config.json", "checkpoint.pt", "model.pt", "metrics.jsonl", "samples.png", "reconstructions.png"):
+    for name in (
+        "config.json",
+        "checkpoint.pt",
+        "model.pt",
+        "metrics.jsonl",
+        "samples.png",
+        "reconstructions.png",
+    ):
         assert (run_dir / name).is_file(), name
     assert json.loads((run_dir / "config.json").read_text())["latent_dim"] == 16
     assert any(p.name.startswith("samples_imle_") for p in (run_dir / "images").iterdir())
@@ -42,19 +48,72 @@ def test_train_writes_a_complete_run_folder(run_dir):
 
 def test_sample_interpolate_invert(run_dir, data_file, tmp_path):
     grid = tmp_path / "s.png"
-    assert main(["sample", "--run", str(run_dir), "-n", "9", "--grid", str(grid), "--npy", str(tmp_path / "s.npy")]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--run",
+                str(run_dir),
+                "-n",
+                "9",
+                "--grid",
+                str(grid),
+                "--npy",
+                str(tmp_path / "s.npy"),
+            ]
+        )
+        == 0
+    )
     x = np.load(tmp_path / "s.npy")
     assert x.shape == (9, 1, 28, 28) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
     assert grid.is_file()
-    assert main(["sample", "--run", str(run_dir), "-n", "4", "--sampler", "gaussian", "--grid", str(grid)]) == 0
+    assert (
+        main(["sample", "--run", str(run_dir), "-n", "4", "--sampler", "gaussian", "--grid", str(grid)]) == 0
+    )
     for space in ("noise", "latent"):
         out = tmp_path / f"i_{space}.png"
-        assert main(["interpolate", "--run", str(run_dir), "--space", space, "--rows", "2", "--steps", "5",
-                     "--grid", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "interpolate",
+                    "--run",
+                    str(run_dir),
+                    "--space",
+                    space,
+                    "--rows",
+                    "2",
+                    "--steps",
+                    "5",
+                    "--grid",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         with Image.open(out) as im:
             assert im.size == (5 * 30 + 2, 2 * 30 + 2)
-    assert main(["invert", "--run", str(run_dir), "--images", data_file, "--limit", "3", "--steps", "5",
-                 "--restarts", "1", "--grid", str(tmp_path / "v.png"), "--codes", str(tmp_path / "c.npy")]) == 0
+    assert (
+        main(
+            [
+                "invert",
+                "--run",
+                str(run_dir),
+                "--images",
+                data_file,
+                "--limit",
+                "3",
+                "--steps",
+                "5",
+                "--restarts",
+                "1",
+                "--grid",
+                str(tmp_path / "v.png"),
+                "--codes",
+                str(tmp_path / "c.npy"),
+            ]
+        )
+        == 0
+    )
     assert np.load(tmp_path / "c.npy").shape == (3, 16)
 
 
@@ -87,8 +146,26 @@ def test_clear_errors(tmp_path, data_file, capsys):
 
 
 def test_entry_point_runs_as_a_module(tmp_path, data_file):
-    proc = subprocess.run([sys.executable, "-m", "glann_ext.cli", "train", "--dataset", data_file, "--out",
-                           str(tmp_path / "m"), *TINY, "--glo-epochs", "1", "--imle-epochs", "1"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "glann_ext.cli",
+            "train",
+            "--dataset",
+            data_file,
+            "--out",
+            str(tmp_path / "m"),
+            *TINY,
+            "--glo-epochs",
+            "1",
+            "--imle-epochs",
+            "1",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "m" / "model.pt").is_file()

@@ -8,11 +8,10 @@ import struct
 import numpy as np
 import pytest
 import torch
+from glann_testing import blob_images
 
 from glann_ext.data import DataError, load_images, mode_coverage, read_idx, sample_toy, toy_mixture
 from glann_ext.data import mnist as mnist_mod
-
-from glann_testing import blob_images
 
 
 def write_idx(path, arr: np.ndarray, compress: bool) -> None:
@@ -108,8 +107,14 @@ def test_image_folder_errors(tmp_path):
 @pytest.mark.parametrize("layout", ["nhw", "nhwc", "nchw", "flat", "float01", "npz"])
 def test_numpy_arrays(tmp_path, layout):
     base = blob_images(6, 28)
-    arr = {"nhw": base, "nhwc": base[..., None], "nchw": base[:, None], "flat": base.reshape(6, -1),
-           "float01": base.astype(np.float32) / 255, "npz": base}[layout]
+    arr = {
+        "nhw": base,
+        "nhwc": base[..., None],
+        "nchw": base[:, None],
+        "flat": base.reshape(6, -1),
+        "float01": base.astype(np.float32) / 255,
+        "npz": base,
+    }[layout]
     path = tmp_path / ("x.npz" if layout == "npz" else "x.npy")
     np.savez(path, images=arr) if layout == "npz" else np.save(path, arr)
     x = load_images(str(path))

@@ -6,12 +6,11 @@ import copy
 
 import pytest
 import torch
+from glann_testing import OPS
 
 from glann_ext.models import MLP, DCGANGenerator, start_size
 from glann_ext.ops import reference
 from glann_ext.train.backend import ReferenceSphereOptimizer, get_ops
-
-from glann_testing import OPS
 
 
 @pytest.mark.parametrize("size,channels", [(28, 1), (32, 3), (64, 1), (128, 3)])

@@ -7,15 +7,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from glann_testing import OPS, blob_images, tensors_equal, tiny_config
 
 from glann_ext.data import mode_coverage, sample_toy
 from glann_ext.models import MLP
 from glann_ext.ops import reference
-from glann_ext.train import GLANN, GLOTrainer, IMLETrainer, TrainConfig, get_ops, load_model, slerp, train
+from glann_ext.train import GLOTrainer, IMLETrainer, TrainConfig, get_ops, load_model, slerp, train
 from glann_ext.train import checkpoint as ckpt
 from glann_ext.train.latents import pca_codes
-
-from glann_testing import OPS, blob_images, tensors_equal, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +32,9 @@ def blob_file(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, blob_file):
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    model = train(tiny_config(dataset=blob_file, glo_epochs=3, imle_epochs=3), out, progress=False, log=lambda s: None)
+    model = train(
+        tiny_config(dataset=blob_file, glo_epochs=3, imle_epochs=3), out, progress=False, log=lambda s: None
+    )
     return out, model
 
 
@@ -51,7 +52,7 @@ def test_pca_init_spans_the_top_principal_directions(blobs):
     codes = pca_codes(blobs, 8)
     x = blobs.reshape(len(blobs), -1).double()
     x = x - x.mean(0)
-    _, s, vh = torch.linalg.svd(x, full_matrices=False)
+    _, _s, vh = torch.linalg.svd(x, full_matrices=False)
     expected = x @ vh[:8].T
     torch.testing.assert_close(codes.double().abs(), expected.abs(), rtol=1e-4, atol=1e-4)  # up to sign
     assert codes[:, 0].var() >= codes[:, 1].var() >= codes[:, 7].var()
@@ -139,7 +140,7 @@ def _interrupt_at(stage: str, step: int):
 
 
 def test_resume_after_interruptions_is_bit_identical(tmp_path, blob_file):
-    cfg = dict(dataset=blob_file, glo_epochs=3, imle_epochs=3, ckpt_every=2)
+    cfg = {"dataset": blob_file, "glo_epochs": 3, "imle_epochs": 3, "ckpt_every": 2}
     straight = tmp_path / "straight"
     train(tiny_config(**cfg), straight, progress=False, log=lambda s: None)
 
@@ -179,7 +180,13 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 def test_stage_rules_and_config_checks(tmp_path, blob_file):
     out = tmp_path / "run"
     with pytest.raises(RuntimeError, match="--stage imle needs a finished GLO stage"):
-        train(tiny_config(dataset=blob_file, glo_epochs=1), out, stage="imle", progress=False, log=lambda s: None)
+        train(
+            tiny_config(dataset=blob_file, glo_epochs=1),
+            out,
+            stage="imle",
+            progress=False,
+            log=lambda s: None,
+        )
     train(tiny_config(dataset=blob_file, glo_epochs=1), out, stage="glo", progress=False, log=lambda s: None)
     assert load_model(out).T is None
     with pytest.raises(ValueError, match="different config .*latent_dim"):
@@ -193,8 +200,12 @@ def test_stage_rules_and_config_checks(tmp_path, blob_file):
 
 
 def test_pixel_space_imle(tmp_path, blob_file):
-    model = train(tiny_config(dataset=blob_file, imle_space="pixel", imle_epochs=2), tmp_path / "pix",
-                  progress=False, log=lambda s: None)
+    model = train(
+        tiny_config(dataset=blob_file, imle_space="pixel", imle_epochs=2),
+        tmp_path / "pix",
+        progress=False,
+        log=lambda s: None,
+    )
     x = model.sample(5, seed=0)
     assert x.shape == (5, 1, 28, 28) and 0 <= x.min() and x.max() <= 1
     assert torch.equal(load_model(tmp_path / "pix").sample(5, seed=0), x)
@@ -209,8 +220,15 @@ def test_imle_on_the_ring_covers_all_eight_modes():
     """
     torch.set_num_threads(1)
     points = sample_toy("ring", 256, seed=0)
-    cfg = TrainConfig(noise_dim=2, batch_size=256, imle_lr=3e-3, imle_noise_multiple=1, betas=(0.9, 0.999),
-                      imle_weight_decay=0.0, ops=OPS)
+    cfg = TrainConfig(
+        noise_dim=2,
+        batch_size=256,
+        imle_lr=3e-3,
+        imle_noise_multiple=1,
+        betas=(0.9, 0.999),
+        imle_weight_decay=0.0,
+        ops=OPS,
+    )
     torch.manual_seed(0)
     trainer = IMLETrainer(points, MLP(2, 2, 128, 3, batch_norm=False), cfg, get_ops(OPS))
     for _ in range(2000):
@@ -218,14 +236,20 @@ def test_imle_on_the_ring_covers_all_eight_modes():
     samples = trainer.generate(torch.randn(2000, 2, generator=torch.Generator().manual_seed(1)))
     counts, frac = mode_coverage(samples, "ring")
     assert (counts >= 5).all(), counts
-    near = torch.cdist(points, trainer.generate(torch.randn(4000, 2, generator=torch.Generator().manual_seed(2))))
+    near = torch.cdist(
+        points, trainer.generate(torch.randn(4000, 2, generator=torch.Generator().manual_seed(2)))
+    )
     assert (near.min(1).values <= 0.03).float().mean() > 0.9
     assert frac > 0.03
 
 
 @pytest.mark.cuda
 def test_cuda_run_with_autocast(tmp_path, blob_file):
-    model = train(tiny_config(dataset=blob_file, device="cuda", amp=True), tmp_path / "gpu", progress=False,
-                  log=lambda s: None)
+    model = train(
+        tiny_config(dataset=blob_file, device="cuda", amp=True),
+        tmp_path / "gpu",
+        progress=False,
+        log=lambda s: None,
+    )
     x = model.sample(4)
     assert x.is_cuda and x.dtype == torch.float32 and x.shape == (4, 1, 28, 28)

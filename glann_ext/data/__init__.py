@@ -5,4 +5,4 @@ from .errors import DataError
 from .idx import read_idx
 from .toy import mode_coverage, sample_toy, toy_mixture
 
-__all__ = ["DataError", "NAMED", "load_images", "mode_coverage", "read_idx", "sample_toy", "toy_mixture"]
+__all__ = ["NAMED", "DataError", "load_images", "mode_coverage", "read_idx", "sample_toy", "toy_mixture"]

@@ -30,8 +30,10 @@ def load_array(path: str | Path, key: str | None = None) -> np.ndarray:
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: cannot read NumPy array ({exc})") from exc
     if arr.ndim not in (2, 3, 4) or arr.shape[0] == 0:
-        raise DataError(f"{path}: expected images shaped (N, H, W), (N, H, W, C), (N, C, H, W) or flat (N, H*W), "
-                        f"got shape {arr.shape}")
+        raise DataError(
+            f"{path}: expected images shaped (N, H, W), (N, H, W, C), (N, C, H, W) or flat (N, H*W), "
+            f"got shape {arr.shape}"
+        )
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise DataError(f"{path}: expected a numeric array, got dtype {arr.dtype}")
     return arr

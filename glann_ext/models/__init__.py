@@ -3,4 +3,4 @@
 from .generator import DCGANGenerator, start_size
 from .mlp import MLP
 
-__all__ = ["DCGANGenerator", "MLP", "start_size"]
+__all__ = ["MLP", "DCGANGenerator", "start_size"]

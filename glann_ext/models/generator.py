@@ -18,8 +18,10 @@ def start_size(image_size: int) -> tuple[int, int]:
         size //= 2
         ups += 1
     if size < 3 or size > 7 or ups < 1:
-        raise ValueError(f"image_size must be s * 2**k with 3 <= s <= 7 and k >= 1 (e.g. 28, 32, 64, 128), "
-                         f"got {image_size}")
+        raise ValueError(
+            f"image_size must be s * 2**k with 3 <= s <= 7 and k >= 1 (e.g. 28, 32, 64, 128), "
+            f"got {image_size}"
+        )
     return size, ups
 
 
@@ -40,12 +42,17 @@ class DCGANGenerator(nn.Module):
         self.latent_dim, self.image_size, self.channels = latent_dim, image_size, channels
         top = width * 2 ** (ups - 1)
         self.s0, self.top = s0, top
-        self.fc = nn.Sequential(nn.Linear(latent_dim, top * s0 * s0, bias=False), nn.BatchNorm1d(top * s0 * s0),
-                                nn.ReLU(True))
+        self.fc = nn.Sequential(
+            nn.Linear(latent_dim, top * s0 * s0, bias=False), nn.BatchNorm1d(top * s0 * s0), nn.ReLU(True)
+        )
         layers: list[nn.Module] = []
         ch = top
         for _ in range(ups - 1):
-            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch // 2), nn.ReLU(True)]
+            layers += [
+                nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(ch // 2),
+                nn.ReLU(True),
+            ]
             ch //= 2
         layers += [nn.ConvTranspose2d(ch, channels, 4, 2, 1), nn.Sigmoid()]
         self.body = nn.Sequential(*layers)

@@ -13,7 +13,9 @@ class MLP(nn.Module):
     gives a plain MLP.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, hidden: int = 128, layers: int = 2, batch_norm: bool = True):
+    def __init__(
+        self, in_dim: int, out_dim: int, hidden: int = 128, layers: int = 2, batch_norm: bool = True
+    ):
         super().__init__()
         if layers < 1:
             raise ValueError(f"layers must be >= 1, got {layers}")

@@ -25,7 +25,9 @@ class VGGPerceptualLoss(nn.Module):
         super().__init__()
         path = Path(weights)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: VGG16 weights file not found (perceptual loss needs local weights)")
+            raise FileNotFoundError(
+                f"{path}: VGG16 weights file not found (perceptual loss needs local weights)"
+            )
         layers: list[nn.Module] = []
         c = 3
         for v in _VGG16_TO_RELU33:
@@ -36,8 +38,12 @@ class VGGPerceptualLoss(nn.Module):
                 c = v
         self.features = nn.Sequential(*layers)
         state = torch.load(path, map_location="cpu", weights_only=True)
-        ours = {k: v for k, v in state.items() if k.startswith("features.") and int(k.split(".")[1]) < len(layers)}
-        missing = self.features.load_state_dict({k[len("features."):]: v for k, v in ours.items()}, strict=False)
+        ours = {
+            k: v for k, v in state.items() if k.startswith("features.") and int(k.split(".")[1]) < len(layers)
+        }
+        missing = self.features.load_state_dict(
+            {k[len("features.") :]: v for k, v in ours.items()}, strict=False
+        )
         if missing.missing_keys:
             raise ValueError(f"{path}: not a VGG16 state_dict (missing features.{missing.missing_keys[0]})")
         self.taps = {3, 8, 15}  # relu1_2, relu2_2, relu3_3

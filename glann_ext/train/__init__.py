@@ -7,5 +7,18 @@ from .glo import GLOTrainer
 from .imle import IMLETrainer
 from .run import Run, load_model, train
 
-__all__ = ["GLANN", "GLOTrainer", "IMLETrainer", "Ops", "PRESETS", "Run", "TrainConfig", "fused_available",
-           "get_ops", "load_model", "preset", "slerp", "train"]
+__all__ = [
+    "GLANN",
+    "PRESETS",
+    "GLOTrainer",
+    "IMLETrainer",
+    "Ops",
+    "Run",
+    "TrainConfig",
+    "fused_available",
+    "get_ops",
+    "load_model",
+    "preset",
+    "slerp",
+    "train",
+]

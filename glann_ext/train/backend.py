@@ -26,15 +26,23 @@ class ReferenceSphereOptimizer:
     indices coalesced (their gradients summed), ``state_dict()`` and ``load_state_dict()``.
     """
 
-    def __init__(self, table: torch.Tensor, kind: str = "adam", lr: float = 0.01,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+    def __init__(
+        self,
+        table: torch.Tensor,
+        kind: str = "adam",
+        lr: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ):
         if kind not in LATENT_OPTIMIZERS:
             raise ValueError(f"kind must be one of {LATENT_OPTIMIZERS}, got {kind!r}")
         self.table = table
         # A Parameter sharing the table's storage: the optimizer updates the table in place.
         self._param = torch.nn.Parameter(table, requires_grad=True)
         if kind == "adam":
-            self._opt: torch.optim.Optimizer = torch.optim.SparseAdam([self._param], lr=lr, betas=betas, eps=eps)
+            self._opt: torch.optim.Optimizer = torch.optim.SparseAdam(
+                [self._param], lr=lr, betas=betas, eps=eps
+            )
         else:
             self._opt = torch.optim.SGD([self._param], lr=lr)
 
@@ -67,8 +75,14 @@ class Ops:
     project: Callable[[torch.Tensor], torch.Tensor]
     _make_latent_optimizer: Callable[..., Any]
 
-    def make_latent_optimizer(self, table: torch.Tensor, kind: str = "adam", lr: float = 0.01,
-                              betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+    def make_latent_optimizer(
+        self,
+        table: torch.Tensor,
+        kind: str = "adam",
+        lr: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ):
         """A sparse optimizer over the rows of ``table`` that keeps them on the unit sphere."""
         if kind not in LATENT_OPTIMIZERS:
             raise ValueError(f"latent optimizer must be one of {LATENT_OPTIMIZERS}, got {kind!r}")
@@ -90,11 +104,21 @@ def _reference_nn_argmin(queries, keys, *, return_distances: bool = False):
 def get_ops(name: str = "fused") -> Ops:
     """The :class:`Ops` of backend ``name`` ("fused" or "reference")."""
     if name == "fused":
-        return Ops("fused", glann_ext.nn_argmin, glann_ext.laplacian_pyramid_loss,
-                   glann_ext.project_to_sphere, _fused_latent_optimizer)
+        return Ops(
+            "fused",
+            glann_ext.nn_argmin,
+            glann_ext.laplacian_pyramid_loss,
+            glann_ext.project_to_sphere,
+            _fused_latent_optimizer,
+        )
     if name == "reference":
-        return Ops("reference", _reference_nn_argmin, reference.laplacian_pyramid_loss_reference,
-                   reference.project_to_sphere_reference, ReferenceSphereOptimizer)
+        return Ops(
+            "reference",
+            _reference_nn_argmin,
+            reference.laplacian_pyramid_loss_reference,
+            reference.project_to_sphere_reference,
+            ReferenceSphereOptimizer,
+        )
     raise ValueError(f"ops backend must be one of {BACKENDS}, got {name!r}")
 
 

@@ -56,23 +56,34 @@ class TrainConfig:
     sample_every: int = 1  # epochs between PNG grids
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Raise ValueError naming the first bad field."""
         checks = [
-            ("latent_dim", self.latent_dim >= 1), ("noise_dim", self.noise_dim >= 1),
-            ("batch_size", self.batch_size >= 2), ("glo_epochs", self.glo_epochs >= 0),
-            ("imle_epochs", self.imle_epochs >= 0), ("lr_g", self.lr_g > 0), ("lr_z", self.lr_z > 0),
-            ("imle_lr", self.imle_lr > 0), ("imle_noise_multiple", self.imle_noise_multiple >= 1),
-            ("gen_width", self.gen_width >= 4), ("ckpt_every", self.ckpt_every >= 0),
-            ("sample_every", self.sample_every >= 0), ("l2_weight", self.l2_weight >= 0),
+            ("latent_dim", self.latent_dim >= 1),
+            ("noise_dim", self.noise_dim >= 1),
+            ("batch_size", self.batch_size >= 2),
+            ("glo_epochs", self.glo_epochs >= 0),
+            ("imle_epochs", self.imle_epochs >= 0),
+            ("lr_g", self.lr_g > 0),
+            ("lr_z", self.lr_z > 0),
+            ("imle_lr", self.imle_lr > 0),
+            ("imle_noise_multiple", self.imle_noise_multiple >= 1),
+            ("gen_width", self.gen_width >= 4),
+            ("ckpt_every", self.ckpt_every >= 0),
+            ("sample_every", self.sample_every >= 0),
+            ("l2_weight", self.l2_weight >= 0),
             ("limit", self.limit is None or self.limit >= 2),
         ]
         for name, ok in checks:
             if not ok:
                 raise ValueError(f"config field {name} has an invalid value: {getattr(self, name)!r}")
-        for name, allowed in (("latent_optimizer", ("adam", "sgd")), ("init", ("pca", "random")),
-                              ("imle_space", ("latent", "pixel")), ("ops", ("fused", "reference")),
-                              ("channels", (None, 1, 3))):
+        for name, allowed in (
+            ("latent_optimizer", ("adam", "sgd")),
+            ("init", ("pca", "random")),
+            ("imle_space", ("latent", "pixel")),
+            ("ops", ("fused", "reference")),
+            ("channels", (None, 1, 3)),
+        ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"config field {name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.image_size is not None:
@@ -87,7 +98,7 @@ class TrainConfig:
         Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -98,7 +109,7 @@ class TrainConfig:
         return cls(**d).validate()
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "TrainConfig":
+    def from_json(cls, path: str | Path) -> TrainConfig:
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except json.JSONDecodeError as exc:
@@ -106,15 +117,32 @@ class TrainConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # GLANN on Fashion-MNIST in a few minutes on a 2-core laptop CPU: a 20k-image subset, a narrower
-    # generator and few epochs. Samples are recognisable garments, blurrier than the paper's.
-    "laptop": dict(dataset="fashion-mnist", limit=20000, gen_width=32, glo_epochs=6, imle_epochs=15,
-                   mapping_hidden=256, threads=2, ckpt_every=100),
+    # GLANN on Fashion-MNIST in a few minutes on a 2-core laptop CPU: a 10k-image subset, a narrower
+    # generator and few epochs.
+    "laptop": {
+        "dataset": "fashion-mnist",
+        "limit": 10000,
+        "gen_width": 32,
+        "glo_epochs": 5,
+        "imle_epochs": 20,
+        "mapping_hidden": 256,
+        "threads": 2,
+        "ckpt_every": 100,
+    },
     # Seconds-long smoke run for tests and CI.
-    "tiny": dict(limit=256, gen_width=8, latent_dim=16, noise_dim=8, batch_size=32, glo_epochs=2,
-                 imle_epochs=2, mapping_hidden=32, ckpt_every=0),
+    "tiny": {
+        "limit": 256,
+        "gen_width": 8,
+        "latent_dim": 16,
+        "noise_dim": 8,
+        "batch_size": 32,
+        "glo_epochs": 2,
+        "imle_epochs": 2,
+        "mapping_hidden": 32,
+        "ckpt_every": 0,
+    },
     # The reference schedule (GLANN paper code): long, for a GPU.
-    "paper": dict(glo_epochs=200, imle_epochs=50),
+    "paper": {"glo_epochs": 200, "imle_epochs": 50},
 }
 
 

@@ -35,8 +35,14 @@ class GLANN(nn.Module):
     sphere codes only), image ``G(z)``. Images are float32 (n, C, H, W) in [0, 1].
     """
 
-    def __init__(self, G: DCGANGenerator, codes: torch.Tensor, T: nn.Module | None, cfg: TrainConfig,
-                 ops: Ops | None = None):
+    def __init__(
+        self,
+        G: DCGANGenerator,
+        codes: torch.Tensor,
+        T: nn.Module | None,
+        cfg: TrainConfig,
+        ops: Ops | None = None,
+    ):
         super().__init__()
         self.G, self.T, self.cfg = G, T, cfg
         self.register_buffer("codes", codes)
@@ -53,7 +59,9 @@ class GLANN(nn.Module):
         """Images G(z) for codes ``z`` (n, latent_dim) in eval mode, in [0, 1]."""
         self.G.eval()
         outs = [self.G(c.to(self.device)).float().clamp(0, 1) for c in z.split(batch_size)]
-        return torch.cat(outs) if outs else z.new_zeros(0, self.G.channels, self.G.image_size, self.G.image_size)
+        return (
+            torch.cat(outs) if outs else z.new_zeros(0, self.G.channels, self.G.image_size, self.G.image_size)
+        )
 
     @torch.no_grad()
     def map_noise(self, e: torch.Tensor) -> torch.Tensor:
@@ -94,8 +102,9 @@ class GLANN(nn.Module):
         return self.decode(self.codes[idx.to(self.device)])
 
     @torch.no_grad()
-    def interpolate(self, a: torch.Tensor | int, b: torch.Tensor | int, steps: int = 8,
-                    space: str = "noise") -> torch.Tensor:
+    def interpolate(
+        self, a: torch.Tensor | int, b: torch.Tensor | int, steps: int = 8, space: str = "noise"
+    ) -> torch.Tensor:
         """``steps`` images from ``a`` to ``b`` (endpoints included).
 
         ``space="noise"``: ``a``, ``b`` are noise vectors (noise_dim,); linear interpolation in noise space,
@@ -106,7 +115,10 @@ class GLANN(nn.Module):
             raise ValueError(f"steps must be >= 2, got {steps}")
         t = torch.linspace(0, 1, steps, dtype=torch.float32)
         if space == "noise":
-            a, b = torch.as_tensor(a, dtype=torch.float32).cpu(), torch.as_tensor(b, dtype=torch.float32).cpu()
+            a, b = (
+                torch.as_tensor(a, dtype=torch.float32).cpu(),
+                torch.as_tensor(b, dtype=torch.float32).cpu(),
+            )
             e = (1 - t[:, None]) * a + t[:, None] * b
             return self.decode(self.map_noise(e))
         if space == "latent":
@@ -115,8 +127,9 @@ class GLANN(nn.Module):
             return self.decode(slerp(za.float(), zb.float(), t))
         raise ValueError(f"space must be 'noise' or 'latent', got {space!r}")
 
-    def invert(self, images: torch.Tensor, steps: int = 200, lr: float = 0.05, restarts: int = 4,
-               seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    def invert(
+        self, images: torch.Tensor, steps: int = 200, lr: float = 0.05, restarts: int = 4, seed: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Codes for new ``images`` (n, C, H, W) in [0, 1]: G fixed, z optimised with Adam on the
         reconstruction loss and re-projected to the sphere after each step. Starts from the ``restarts``
         training codes whose reconstructions are nearest in pixel space and keeps the best.
@@ -124,8 +137,10 @@ class GLANN(nn.Module):
         from .losses import ReconstructionLoss
 
         if images.dim() != 4 or images.shape[1:] != (self.G.channels, self.G.image_size, self.G.image_size):
-            raise ValueError(f"images must be shaped (n, {self.G.channels}, {self.G.image_size}, "
-                             f"{self.G.image_size}), got {tuple(images.shape)}")
+            raise ValueError(
+                f"images must be shaped (n, {self.G.channels}, {self.G.image_size}, "
+                f"{self.G.image_size}), got {tuple(images.shape)}"
+            )
         self.G.eval().requires_grad_(False)
         target = images.to(self.device).float()
         loss_fn = ReconstructionLoss(self.ops, self.cfg.l2_weight)
@@ -135,8 +150,11 @@ class GLANN(nn.Module):
         recs = self.decode(pool).reshape(len(pool), -1)
         best_z, best_loss = None, None
         for r in range(max(1, restarts)):
-            start = self.ops.nn_argmin(target.reshape(len(target), -1), recs) if r == 0 else \
-                torch.randint(len(pool), (len(target),), generator=g).to(self.device)
+            start = (
+                self.ops.nn_argmin(target.reshape(len(target), -1), recs)
+                if r == 0
+                else torch.randint(len(pool), (len(target),), generator=g).to(self.device)
+            )
             z = pool[start].clone().requires_grad_(True)
             opt = torch.optim.Adam([z], lr=lr)
             for _ in range(steps):
@@ -158,22 +176,35 @@ class GLANN(nn.Module):
 
     # -- persistence ---------------------------------------------------------------------------------
     @classmethod
-    def build(cls, cfg: TrainConfig, image_shape: tuple[int, int, int], n_codes: int, with_mapping: bool = True,
-              ops: Ops | None = None) -> "GLANN":
+    def build(
+        cls,
+        cfg: TrainConfig,
+        image_shape: tuple[int, int, int],
+        n_codes: int,
+        with_mapping: bool = True,
+        ops: Ops | None = None,
+    ) -> GLANN:
         c, h, _ = image_shape
         in_dim = cfg.noise_dim if cfg.imle_space == "pixel" else cfg.latent_dim
         G = DCGANGenerator(in_dim, h, c, cfg.gen_width)
-        T = MLP(cfg.noise_dim, cfg.latent_dim, cfg.mapping_hidden, cfg.mapping_layers, cfg.mapping_batch_norm) \
-            if with_mapping else None
+        T = (
+            MLP(cfg.noise_dim, cfg.latent_dim, cfg.mapping_hidden, cfg.mapping_layers, cfg.mapping_batch_norm)
+            if with_mapping
+            else None
+        )
         return cls(G, torch.zeros(n_codes, in_dim), T, cfg, ops)
 
     def export(self) -> dict[str, Any]:
-        return {"cfg": self.cfg.__dict__, "image_shape": (self.G.channels, self.G.image_size, self.G.image_size),
-                "G": self.G.state_dict(), "codes": self.codes.cpu(),
-                "T": None if self.T is None else self.T.state_dict()}
+        return {
+            "cfg": self.cfg.__dict__,
+            "image_shape": (self.G.channels, self.G.image_size, self.G.image_size),
+            "G": self.G.state_dict(),
+            "codes": self.codes.cpu(),
+            "T": None if self.T is None else self.T.state_dict(),
+        }
 
     @classmethod
-    def from_export(cls, state: dict[str, Any], ops: str | None = None, device: str = "cpu") -> "GLANN":
+    def from_export(cls, state: dict[str, Any], ops: str | None = None, device: str = "cpu") -> GLANN:
         cfg = TrainConfig.from_dict(state["cfg"])
         if ops is not None:
             cfg.ops = ops
@@ -185,7 +216,7 @@ class GLANN(nn.Module):
         return model.to(device).eval()
 
     @classmethod
-    def load(cls, path: str | Path, ops: str | None = None, device: str = "cpu") -> "GLANN":
+    def load(cls, path: str | Path, ops: str | None = None, device: str = "cpu") -> GLANN:
         """A model from a run folder (its ``model.pt`` or, mid-training, its checkpoint) or a file."""
         from .run import load_model
 

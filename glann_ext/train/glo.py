@@ -38,7 +38,7 @@ class GLOTrainer:
     def __init__(self, images: torch.Tensor, cfg: TrainConfig, ops: Ops, device: str | torch.device = "cpu"):
         self.cfg, self.ops, self.device = cfg, ops, torch.device(device)
         self.images = images
-        n, c, h, w = images.shape
+        _n, c, h, _w = images.shape
         torch.manual_seed(cfg.seed)
         self.G = DCGANGenerator(cfg.latent_dim, h, c, cfg.gen_width).to(self.device)
         self.codes = initial_codes(images, cfg.latent_dim, cfg.init, ops.project, cfg.seed).to(self.device)
@@ -76,7 +76,7 @@ class GLOTrainer:
         perm = seeding.epoch_permutation(self.images.shape[0], self.cfg.seed, self.stage, self.epoch)
         all_batches = seeding.batches(perm, self.cfg.batch_size)
         total, count = 0.0, 0
-        for idx in all_batches[self.step_in_epoch:]:
+        for idx in all_batches[self.step_in_epoch :]:
             loss = self.train_step(idx)
             total, count = total + loss, count + 1
             self.step_in_epoch += 1
@@ -85,7 +85,9 @@ class GLOTrainer:
                 progress.update(1)
                 progress.set_postfix(loss=f"{loss:.4f}")
             if on_step is not None:
-                on_step(self, {"stage": self.stage, "epoch": self.epoch, "step": self.global_step, "loss": loss})
+                on_step(
+                    self, {"stage": self.stage, "epoch": self.epoch, "step": self.global_step, "loss": loss}
+                )
         self.epoch += 1
         self.step_in_epoch = 0
         return total / max(count, 1)
@@ -96,9 +98,15 @@ class GLOTrainer:
         return self.G(self.codes[idx.to(self.device)]).float().clamp(0, 1)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"G": self.G.state_dict(), "codes": self.codes.clone(), "opt_g": self.opt_g.state_dict(),
-                "opt_z": self.opt_z.state_dict(), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-                "global_step": self.global_step}
+        return {
+            "G": self.G.state_dict(),
+            "codes": self.codes.clone(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_z": self.opt_z.state_dict(),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.G.load_state_dict(state["G"])

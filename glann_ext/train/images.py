@@ -12,14 +12,16 @@ import torch
 def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
     """uint8 (H, W, C) mosaic of ``images`` (B, C, h, w) in [0, 1], ``nrow`` images per row."""
     b, c, h, w = images.shape
-    nrow = nrow or max(1, int(math.ceil(math.sqrt(b))))
-    rows = int(math.ceil(b / nrow))
+    nrow = nrow or max(1, math.ceil(math.sqrt(b)))
+    rows = math.ceil(b / nrow)
     grid = np.ones((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), dtype=np.uint8) * 255
-    arr = (images.detach().float().clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8).transpose(0, 2, 3, 1)
+    arr = (
+        (images.detach().float().clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8).transpose(0, 2, 3, 1)
+    )
     for i in range(b):
         r, col = divmod(i, nrow)
         y, x = pad + r * (h + pad), pad + col * (w + pad)
-        grid[y: y + h, x: x + w] = arr[i]
+        grid[y : y + h, x : x + w] = arr[i]
     return grid
 
 

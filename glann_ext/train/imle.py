@@ -29,17 +29,25 @@ class IMLETrainer:
 
     stage = "imle"
 
-    def __init__(self, targets: torch.Tensor, generator: nn.Module, cfg: TrainConfig, ops: Ops,
-                 device: str | torch.device = "cpu", loss_fn: Callable[..., torch.Tensor] | None = None,
-                 match_chunk: int = 4096):
+    def __init__(
+        self,
+        targets: torch.Tensor,
+        generator: nn.Module,
+        cfg: TrainConfig,
+        ops: Ops,
+        device: str | torch.device = "cpu",
+        loss_fn: Callable[..., torch.Tensor] | None = None,
+        match_chunk: int = 4096,
+    ):
         self.cfg, self.ops, self.device = cfg, ops, torch.device(device)
         self.targets = targets.to(self.device)
         self.generator = generator.to(self.device)
         self.loss_fn = loss_fn or F.mse_loss
         self.noise_dim = cfg.noise_dim
         self.match_chunk = match_chunk
-        self.opt = torch.optim.Adam(self.generator.parameters(), lr=cfg.imle_lr, betas=cfg.betas,
-                                    weight_decay=cfg.imle_weight_decay)
+        self.opt = torch.optim.Adam(
+            self.generator.parameters(), lr=cfg.imle_lr, betas=cfg.betas, weight_decay=cfg.imle_weight_decay
+        )
         self.matched_noise: torch.Tensor | None = None  # this epoch's noise for each target
         self.epoch = 0
         self.step_in_epoch = 0
@@ -48,7 +56,7 @@ class IMLETrainer:
 
     @property
     def num_noise(self) -> int:
-        return int(round(self.cfg.imle_noise_multiple * self.targets.shape[0]))
+        return round(self.cfg.imle_noise_multiple * self.targets.shape[0])
 
     @torch.no_grad()
     def generate(self, noise: torch.Tensor) -> torch.Tensor:
@@ -90,7 +98,7 @@ class IMLETrainer:
             self.matched_noise = noise[idx]
         perm = seeding.epoch_permutation(self.targets.shape[0], self.cfg.seed, self.stage, self.epoch)
         total, count = 0.0, 0
-        for batch in seeding.batches(perm, self.cfg.batch_size)[self.step_in_epoch:]:
+        for batch in seeding.batches(perm, self.cfg.batch_size)[self.step_in_epoch :]:
             loss = self.train_step(batch)
             total, count = total + loss, count + 1
             self.step_in_epoch += 1
@@ -99,7 +107,9 @@ class IMLETrainer:
                 progress.update(1)
                 progress.set_postfix(loss=f"{loss:.4f}", match=f"{self.last_match_distance:.4f}")
             if on_step is not None:
-                on_step(self, {"stage": self.stage, "epoch": self.epoch, "step": self.global_step, "loss": loss})
+                on_step(
+                    self, {"stage": self.stage, "epoch": self.epoch, "step": self.global_step, "loss": loss}
+                )
         self.epoch += 1
         self.step_in_epoch = 0
         self.matched_noise = None
@@ -110,10 +120,15 @@ class IMLETrainer:
         return len(seeding.batches(torch.arange(self.targets.shape[0]), self.cfg.batch_size))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.state_dict(), "opt": self.opt.state_dict(), "epoch": self.epoch,
-                "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
-                "matched_noise": None if self.matched_noise is None else self.matched_noise.clone(),
-                "last_match_distance": self.last_match_distance}
+        return {
+            "generator": self.generator.state_dict(),
+            "opt": self.opt.state_dict(),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "matched_noise": None if self.matched_noise is None else self.matched_noise.clone(),
+            "last_match_distance": self.last_match_distance,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.load_state_dict(state["generator"])

@@ -18,7 +18,7 @@ def pca_codes(images: torch.Tensor, dim: int, seed: int = 0) -> torch.Tensor:
     n, p = x.shape
     k = min(dim, p, n)
     if p <= 4096:
-        evals, evecs = torch.linalg.eigh(x.T @ x)
+        _evals, evecs = torch.linalg.eigh(x.T @ x)
         basis = evecs[:, -k:].flip(1)  # descending variance
     else:
         torch.manual_seed(seed)  # svd_lowrank draws from the global generator

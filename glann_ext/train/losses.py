@@ -13,7 +13,9 @@ from .config import TrainConfig
 class ReconstructionLoss(nn.Module):
     """Mean over the batch of ``lap_l1 + l2_weight * mse + vgg_weight * perceptual`` (in fp32)."""
 
-    def __init__(self, ops: Ops, l2_weight: float = 0.0, vgg_weights: str | None = None, vgg_weight: float = 0.0):
+    def __init__(
+        self, ops: Ops, l2_weight: float = 0.0, vgg_weights: str | None = None, vgg_weight: float = 0.0
+    ):
         super().__init__()
         self.ops, self.l2_weight, self.vgg_weight = ops, l2_weight, vgg_weight
         self.vgg = None
@@ -23,7 +25,7 @@ class ReconstructionLoss(nn.Module):
             self.vgg = VGGPerceptualLoss(vgg_weights)
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig, ops: Ops) -> "ReconstructionLoss":
+    def from_config(cls, cfg: TrainConfig, ops: Ops) -> ReconstructionLoss:
         return cls(ops, cfg.l2_weight, cfg.vgg_weights, cfg.vgg_weight)
 
     def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -35,8 +35,16 @@ from .losses import ReconstructionLoss
 MODEL_FILE = "model.pt"
 METRICS_FILE = "metrics.jsonl"
 # Fields that may change when a run is resumed: they do not alter what is computed, or extend it.
-RESUMABLE_OVERRIDES = ("ops", "device", "threads", "glo_epochs", "imle_epochs", "ckpt_every", "sample_every",
-                       "data_root")
+RESUMABLE_OVERRIDES = (
+    "ops",
+    "device",
+    "threads",
+    "glo_epochs",
+    "imle_epochs",
+    "ckpt_every",
+    "sample_every",
+    "data_root",
+)
 N_SHOW = 32  # images per row in reconstruction grids
 
 
@@ -44,8 +52,15 @@ class Run:
     """Trains (or resumes) the run in ``out``. ``on_step(trainer, info)`` is called after every step, after
     any checkpoint of that step was written (tests use it to interrupt a run)."""
 
-    def __init__(self, out: str | Path, cfg: TrainConfig | None = None, *, progress: bool = True,
-                 on_step: Callable[[Any, dict], None] | None = None, log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        out: str | Path,
+        cfg: TrainConfig | None = None,
+        *,
+        progress: bool = True,
+        on_step: Callable[[Any, dict], None] | None = None,
+        log: Callable[[str], None] = print,
+    ):
         self.out = Path(out)
         self.progress, self.user_hook, self.log = progress, on_step, log
         self.cfg = self._resolve_config(cfg)
@@ -59,11 +74,16 @@ class Run:
         if path.exists():
             saved = TrainConfig.from_json(path)
             if cfg is not None:
-                changed = {k: v for k, v in dataclasses.asdict(cfg).items()
-                           if dataclasses.asdict(saved)[k] != v and k not in RESUMABLE_OVERRIDES}
+                changed = {
+                    k: v
+                    for k, v in dataclasses.asdict(cfg).items()
+                    if dataclasses.asdict(saved)[k] != v and k not in RESUMABLE_OVERRIDES
+                }
                 if changed:
-                    raise ValueError(f"{self.out} holds a run with a different config ({', '.join(sorted(changed))} "
-                                     f"differ); use another --out, or resume it without changing those options")
+                    raise ValueError(
+                        f"{self.out} holds a run with a different config ({', '.join(sorted(changed))} "
+                        f"differ); use another --out, or resume it without changing those options"
+                    )
                 for k in RESUMABLE_OVERRIDES:
                     setattr(saved, k, getattr(cfg, k))
             return saved.validate()
@@ -73,9 +93,17 @@ class Run:
 
     # -- bookkeeping ---------------------------------------------------------------------------------
     def _save(self, phase: str, glo: GLOTrainer | None, imle: IMLETrainer | None) -> None:
-        ckpt.save_atomic({"phase": phase, "glo": glo.state_dict() if glo else None,
-                          "imle": imle.state_dict() if imle else None, "rng": ckpt.rng_state(),
-                          "config": dataclasses.asdict(self.cfg), "image_shape": self.image_shape}, self.out / ckpt.CHECKPOINT_FILE)
+        ckpt.save_atomic(
+            {
+                "phase": phase,
+                "glo": glo.state_dict() if glo else None,
+                "imle": imle.state_dict() if imle else None,
+                "rng": ckpt.rng_state(),
+                "config": dataclasses.asdict(self.cfg),
+                "image_shape": self.image_shape,
+            },
+            self.out / ckpt.CHECKPOINT_FILE,
+        )
 
     def _metrics(self, row: dict) -> None:
         with open(self.out / METRICS_FILE, "a") as f:
@@ -91,6 +119,7 @@ class Run:
                 self._save(*phase_state())
             if self.user_hook is not None:
                 self.user_hook(trainer, info)
+
         return hook
 
     def _epochs(self, trainer, epochs: int, name: str, phase_state, after_epoch) -> None:
@@ -98,25 +127,44 @@ class Run:
 
         while trainer.epoch < epochs:
             start_step, t0 = trainer.step_in_epoch, time.perf_counter()
-            with tqdm(total=trainer.steps_per_epoch, initial=start_step, disable=not self.progress,
-                      desc=f"{name} {trainer.epoch + 1}/{epochs}", unit="step", dynamic_ncols=True) as bar:
+            with tqdm(
+                total=trainer.steps_per_epoch,
+                initial=start_step,
+                disable=not self.progress,
+                desc=f"{name} {trainer.epoch + 1}/{epochs}",
+                unit="step",
+                dynamic_ncols=True,
+            ) as bar:
                 loss = trainer.run_epoch(self._hook(phase_state), bar)
             seconds = time.perf_counter() - t0
             self._save(*phase_state())
-            row = {"stage": trainer.stage, "epoch": trainer.epoch, "step": trainer.global_step, "loss": loss,
-                   "seconds": seconds, "steps": trainer.steps_per_epoch - start_step}
+            row = {
+                "stage": trainer.stage,
+                "epoch": trainer.epoch,
+                "step": trainer.global_step,
+                "loss": loss,
+                "seconds": seconds,
+                "steps": trainer.steps_per_epoch - start_step,
+            }
             if isinstance(trainer, IMLETrainer):
                 row["match_distance"] = trainer.last_match_distance
             self._metrics(row)
             self.log(f"{name} epoch {trainer.epoch}/{epochs}: loss {loss:.4f}, {seconds:.1f} s")
-            if self.cfg.sample_every and (trainer.epoch % self.cfg.sample_every == 0 or trainer.epoch == epochs):
+            if self.cfg.sample_every and (
+                trainer.epoch % self.cfg.sample_every == 0 or trainer.epoch == epochs
+            ):
                 after_epoch(trainer.epoch)
 
     # -- the stages ----------------------------------------------------------------------------------
     def load_images(self) -> torch.Tensor:
         cfg = self.cfg
-        return load_images(cfg.dataset, image_size=cfg.image_size, channels=cfg.channels, data_root=cfg.data_root,
-                           limit=cfg.limit)
+        return load_images(
+            cfg.dataset,
+            image_size=cfg.image_size,
+            channels=cfg.channels,
+            data_root=cfg.data_root,
+            limit=cfg.limit,
+        )
 
     def train(self, stage: str = "all") -> GLANN:
         """Run (or finish) ``stage``: "all" (GLO then IMLE), "glo" or "imle" (IMLE after a finished GLO)."""
@@ -130,8 +178,10 @@ class Run:
         try:
             start_size(images.shape[-1])
         except ValueError as exc:
-            raise ValueError(f"{cfg.dataset}: images of size {images.shape[-1]} are not supported ({exc}); "
-                             f"set image_size (--image-size) to resize them") from exc
+            raise ValueError(
+                f"{cfg.dataset}: images of size {images.shape[-1]} are not supported ({exc}); "
+                f"set image_size (--image-size) to resize them"
+            ) from exc
         (self.out / "images").mkdir(parents=True, exist_ok=True)
         if not (self.out / CONFIG_FILE).exists():
             self.cfg.to_json(self.out / CONFIG_FILE)
@@ -139,9 +189,11 @@ class Run:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(self.out / "tb"))
-        except Exception:  # tensorboard is optional
+        except ImportError:  # tensorboard is optional
             self.tb = None
-        state = ckpt.load(self.out / ckpt.CHECKPOINT_FILE) if (self.out / ckpt.CHECKPOINT_FILE).exists() else None
+        state = (
+            ckpt.load(self.out / ckpt.CHECKPOINT_FILE) if (self.out / ckpt.CHECKPOINT_FILE).exists() else None
+        )
         if state is not None:
             ckpt.set_rng_state(state["rng"])
             self.log(f"resuming {self.out} from phase {state['phase']}")
@@ -161,15 +213,23 @@ class Run:
             phase = state["phase"]
             glo.load_state_dict(state["glo"])
         if stage == "imle" and (phase == "glo" and glo.epoch < cfg.glo_epochs):
-            raise RuntimeError(f"{self.out}: --stage imle needs a finished GLO stage "
-                               f"({glo.epoch}/{cfg.glo_epochs} epochs done); run --stage glo first")
+            raise RuntimeError(
+                f"{self.out}: --stage imle needs a finished GLO stage "
+                f"({glo.epoch}/{cfg.glo_epochs} epochs done); run --stage glo first"
+            )
         show = torch.arange(min(N_SHOW, len(images)))
 
         def glo_images(epoch: int) -> None:
             model = GLANN(glo.G, glo.codes, None, cfg, self.ops)
-            save_grid(torch.cat([images[show], model.reconstruct(show).cpu()]),
-                      self.out / "images" / f"reconstructions_glo_{epoch:03d}.png", nrow=len(show))
-            save_grid(model.sample_gaussian(64, seed=0).cpu(), self.out / "images" / f"samples_gaussian_{epoch:03d}.png")
+            save_grid(
+                torch.cat([images[show], model.reconstruct(show).cpu()]),
+                self.out / "images" / f"reconstructions_glo_{epoch:03d}.png",
+                nrow=len(show),
+            )
+            save_grid(
+                model.sample_gaussian(64, seed=0).cpu(),
+                self.out / "images" / f"samples_gaussian_{epoch:03d}.png",
+            )
             glo.G.train()
 
         if phase == "glo":
@@ -198,13 +258,17 @@ class Run:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         G = DCGANGenerator(cfg.noise_dim, images.shape[-1], images.shape[1], cfg.gen_width)
-        imle = IMLETrainer(images, G, cfg, self.ops, self.device, loss_fn=ReconstructionLoss.from_config(cfg, self.ops))
+        imle = IMLETrainer(
+            images, G, cfg, self.ops, self.device, loss_fn=ReconstructionLoss.from_config(cfg, self.ops)
+        )
         if state is not None and state["imle"] is not None:
             imle.load_state_dict(state["imle"])
         model = GLANN(G, torch.zeros(0, cfg.noise_dim, device=self.device), None, cfg, self.ops)
 
         def imle_images(epoch: int) -> None:
-            save_grid(model.sample(64, seed=0).cpu(), self.out / "images" / f"samples_pixel_imle_{epoch:03d}.png")
+            save_grid(
+                model.sample(64, seed=0).cpu(), self.out / "images" / f"samples_pixel_imle_{epoch:03d}.png"
+            )
 
         self._epochs(imle, cfg.imle_epochs, "IMLE-pixel", lambda: ("imle", None, imle), imle_images)
         self._finish(model, images, None)
@@ -219,8 +283,11 @@ class Run:
             else:
                 save_grid(model.sample_gaussian(64, seed=0).cpu(), self.out / "samples.png")
             if show is not None:
-                save_grid(torch.cat([images[show], model.reconstruct(show).cpu()]), self.out / "reconstructions.png",
-                          nrow=len(show))
+                save_grid(
+                    torch.cat([images[show], model.reconstruct(show).cpu()]),
+                    self.out / "reconstructions.png",
+                    nrow=len(show),
+                )
         self.log(f"model written to {self.out / MODEL_FILE}")
 
 
@@ -238,7 +305,9 @@ def load_model(path: str | Path, ops: str | None = None, device: str = "cpu") ->
         elif (path / ckpt.CHECKPOINT_FILE).exists():
             path = path / ckpt.CHECKPOINT_FILE
         else:
-            raise FileNotFoundError(f"{path}: no {MODEL_FILE} or {ckpt.CHECKPOINT_FILE} (not a glann run folder?)")
+            raise FileNotFoundError(
+                f"{path}: no {MODEL_FILE} or {ckpt.CHECKPOINT_FILE} (not a glann run folder?)"
+            )
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such run folder or model file")
     state = ckpt.load(path)

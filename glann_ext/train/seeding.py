@@ -9,7 +9,9 @@ _STAGES = {"init": 1, "glo": 2, "imle": 3, "sample": 4, "invert": 5}
 
 
 def generator(seed: int, stage: str, epoch: int = 0, device: str | torch.device = "cpu") -> torch.Generator:
-    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + _STAGES[stage] * 10_007 + epoch) % 2**63)
+    return torch.Generator(device=device).manual_seed(
+        (seed * 1_000_003 + _STAGES[stage] * 10_007 + epoch) % 2**63
+    )
 
 
 def epoch_permutation(n: int, seed: int, stage: str, epoch: int) -> torch.Tensor:
@@ -23,4 +25,4 @@ def batches(perm: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     n = len(perm)
     if n <= batch_size:
         return [perm]
-    return [perm[i: i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+    return [perm[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
