@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from glann_testing import OPS, blob_images
 from PIL import Image
 
@@ -169,3 +170,36 @@ def test_entry_point_runs_as_a_module(tmp_path, data_file):
     )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "m" / "model.pt").is_file()
+
+
+def test_kill_minus_nine_then_rerun_resumes_to_the_same_model(tmp_path, data_file):
+    """SIGKILL a real training process mid-run; rerunning the same command finishes bit-identically."""
+    import signal
+    import time
+
+    from glann_ext.train import checkpoint as ckpt
+
+    args = ["--dataset", data_file, *TINY, "--glo-epochs", "6", "--imle-epochs", "6", "--ckpt-every", "1"]
+    assert main(["train", "--out", str(tmp_path / "straight"), *args]) == 0
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "glann_ext.cli", "train", "--out", str(killed), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    metrics = killed / "metrics.jsonl"
+    # Kill once three of the twelve epochs are logged: mid-run, at whatever point of a step or write it is.
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "model.pt").exists(), "the run finished before it could be killed"
+    ckpt.load(killed / "checkpoint.pt")  # loadable whatever the moment of the kill
+    assert main(["train", "--out", str(killed), "--no-progress"]) == 0
+    a, b = ckpt.load(tmp_path / "straight" / "model.pt"), ckpt.load(killed / "model.pt")
+    assert all(torch.equal(a["G"][k], b["G"][k]) for k in a["G"]) and torch.equal(a["codes"], b["codes"])
+    assert all(torch.equal(a["T"][k], b["T"][k]) for k in a["T"])
