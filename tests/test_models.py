@@ -80,3 +80,38 @@ def test_reference_nn_argmin_accepts_chunks():
     q, k = torch.randn(7, 3), torch.randn(20, 3)
     ops = get_ops("reference")
     assert torch.equal(ops.nn_argmin(q, k.split(6)), reference.nn_argmin_exact(q, k))
+
+
+def test_perceptual_loss_uses_only_local_weights(tmp_path):
+    from glann_ext.models.perceptual import VGGPerceptualLoss
+    from glann_ext.train.losses import ReconstructionLoss
+
+    with pytest.raises(FileNotFoundError, match="VGG16 weights file not found"):
+        VGGPerceptualLoss(tmp_path / "vgg16.pth")
+    # A torchvision-layout state_dict with random weights stands in for the user's VGG16 file.
+    shapes = {
+        0: (64, 3),
+        2: (64, 64),
+        5: (128, 64),
+        7: (128, 128),
+        10: (256, 128),
+        12: (256, 256),
+        14: (256, 256),
+    }
+    state = {}
+    for i, (cout, cin) in shapes.items():
+        state[f"features.{i}.weight"] = torch.randn(cout, cin, 3, 3) * 0.05
+        state[f"features.{i}.bias"] = torch.zeros(cout)
+    state["classifier.0.weight"] = torch.zeros(1)  # ignored
+    torch.save(state, tmp_path / "vgg16.pth")
+    loss_fn = ReconstructionLoss(
+        get_ops(OPS), l2_weight=0.5, vgg_weights=str(tmp_path / "vgg16.pth"), vgg_weight=0.1
+    )
+    x = torch.rand(2, 1, 28, 28, requires_grad=True)
+    loss = loss_fn(x, torch.rand(2, 1, 28, 28))
+    loss.backward()
+    assert loss.ndim == 0 and x.grad is not None and torch.isfinite(x.grad).all()
+    assert loss_fn(x, x.detach()).item() == pytest.approx(0.0, abs=1e-6)
+    torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match="not a VGG16 state_dict"):
+        VGGPerceptualLoss(tmp_path / "partial.pth")
