@@ -20,6 +20,9 @@ def save_atomic(obj: Any, path: str | Path) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions of a new file
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
