@@ -104,6 +104,11 @@ def _reference_nn_argmin(queries, keys, *, return_distances: bool = False):
 def get_ops(name: str = "fused") -> Ops:
     """The :class:`Ops` of backend ``name`` ("fused" or "reference")."""
     if name == "fused":
+        if not fused_available():
+            raise RuntimeError(
+                "the fused kernels are not implemented in this build of glann_ext; use ops='reference' "
+                "(--ops reference) for the plain PyTorch ops"
+            )
         return Ops(
             "fused",
             glann_ext.nn_argmin,
