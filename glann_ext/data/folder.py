@@ -1,0 +1,47 @@
+"""A folder of PNG/JPEG images, resized and centre-cropped to a square size with Pillow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def load_folder(folder: str | Path, image_size: int, channels: int = 3) -> np.ndarray:
+    """uint8 array (N, H, W, C) of every image under ``folder`` (recursive, sorted by path).
+
+    Each image is resized so that its short side is ``image_size`` and centre-cropped to a square.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a folder")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise DataError(f"{folder}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
+    mode = {1: "L", 3: "RGB"}.get(channels)
+    if mode is None:
+        raise DataError(f"channels must be 1 or 3 for image folders, got {channels}")
+    out = np.empty((len(files), image_size, image_size, channels), dtype=np.uint8)
+    for i, path in enumerate(files):
+        try:
+            with Image.open(path) as im:
+                im = im.convert(mode)
+                w, h = im.size
+                scale = image_size / min(w, h)
+                im = im.resize(
+                    (max(image_size, round(w * scale)), max(image_size, round(h * scale))),
+                    Image.Resampling.BICUBIC,
+                )
+                left = (im.size[0] - image_size) // 2
+                top = (im.size[1] - image_size) // 2
+                im = im.crop((left, top, left + image_size, top + image_size))
+                out[i] = np.asarray(im).reshape(image_size, image_size, channels)
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise DataError(f"{path}: cannot decode image ({exc})") from exc
+    return out

@@ -1,0 +1,128 @@
+"""MNIST and Fashion-MNIST: finding the IDX files locally, or downloading them with a checksum."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+from .idx import read_idx
+
+ENV_VAR = "GLANN_DATA"
+CACHE_DIR = Path.home() / ".cache" / "glann_ext"
+DEBIAN_DIRS = {
+    "fashion-mnist": Path("/usr/share/datasets/fashion-mnist"),
+    "mnist": Path("/usr/share/datasets/mnist"),
+}
+
+# Official sources and the MD5 of the official .gz files (as torchvision checks them).
+SOURCES = {
+    "fashion-mnist": (
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        {
+            "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+            "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+            "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+        },
+    ),
+    "mnist": (
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        {
+            "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+            "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+            "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+        },
+    ),
+}
+
+
+def _image_file(split: str) -> str:
+    return ("train" if split == "train" else "t10k") + "-images-idx3-ubyte"
+
+
+def candidate_dirs(name: str, root: str | Path | None = None) -> list[Path]:
+    """Where the files of dataset ``name`` are looked for, in order: ``root``, $GLANN_DATA (and its
+    ``name`` subfolder), the cache folder, the Debian package location."""
+    dirs: list[Path] = []
+    if root is not None:
+        dirs += [Path(root), Path(root) / name]
+    if os.environ.get(ENV_VAR):
+        dirs += [Path(os.environ[ENV_VAR]), Path(os.environ[ENV_VAR]) / name]
+    dirs += [CACHE_DIR / name, DEBIAN_DIRS[name]]
+    return dirs
+
+
+def find_images_file(name: str, split: str = "train", root: str | Path | None = None) -> Path | None:
+    """The first existing images file (``.gz`` or uncompressed) of ``name``/``split``, or None."""
+    stem = _image_file(split)
+    for d in candidate_dirs(name, root):
+        for fname in (stem + ".gz", stem, stem.replace("-idx3-", ".idx3-")):
+            if (d / fname).is_file():
+                return d / fname
+    return None
+
+
+def md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download(name: str, fname: str, dest_dir: Path = CACHE_DIR) -> Path:
+    """Download one official file into ``dest_dir/name`` with a progress bar; verify its MD5."""
+    from tqdm import tqdm
+
+    base, sums = SOURCES[name]
+    out_dir = dest_dir / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dest = out_dir / fname
+    tmp = dest.with_suffix(dest.suffix + ".part")
+    try:
+        with urllib.request.urlopen(base + fname, timeout=60) as resp, open(tmp, "wb") as out:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=fname) as bar:
+                for block in iter(lambda: resp.read(1 << 16), b""):
+                    out.write(block)
+                    bar.update(len(block))
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise DataError(
+            f"{name}: files not found locally ({', '.join(map(str, candidate_dirs(name)))}) "
+            f"and download of {base + fname} failed ({exc}); set {ENV_VAR} or pass --data"
+        ) from exc
+    if md5(tmp) != sums[fname]:
+        tmp.unlink()
+        raise DataError(f"{base + fname}: checksum mismatch (expected MD5 {sums[fname]}); download discarded")
+    os.replace(tmp, dest)
+    return dest
+
+
+def load_mnist_like(
+    name: str, split: str = "train", root: str | Path | None = None, allow_download: bool = True
+) -> np.ndarray:
+    """uint8 images (N, 28, 28) of MNIST or Fashion-MNIST, from local files or (if allowed) a download."""
+    if name not in SOURCES:
+        raise DataError(f"unknown IDX dataset {name!r}; expected one of {sorted(SOURCES)}")
+    if split not in ("train", "test"):
+        raise DataError(f"split must be 'train' or 'test', got {split!r}")
+    path = find_images_file(name, split, root)
+    if path is None:
+        if not allow_download:
+            raise DataError(
+                f"{name} {split} images not found in {', '.join(map(str, candidate_dirs(name, root)))}"
+            )
+        path = download(name, _image_file(split) + ".gz")
+    images = read_idx(path)
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
+        raise DataError(
+            f"{path}: expected uint8 images of shape (N, 28, 28), got {images.dtype} {images.shape}"
+        )
+    return images

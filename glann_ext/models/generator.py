@@ -1,0 +1,74 @@
+"""DCGAN-style generator: latent vector -> image in [0, 1]."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def start_size(image_size: int) -> tuple[int, int]:
+    """(s0, k) with image_size == s0 * 2**k and 3 <= s0 <= 7, the seed resolution the generator upsamples.
+
+    28 -> (7, 2), 32 -> (4, 3), 64 -> (4, 4), 128 -> (4, 5).
+    """
+    if not isinstance(image_size, int) or image_size < 8:
+        raise ValueError(f"image_size must be an integer >= 8, got {image_size!r}")
+    size, ups = image_size, 0
+    while size > 7 and size % 2 == 0:
+        size //= 2
+        ups += 1
+    if size < 3 or size > 7 or ups < 1:
+        raise ValueError(
+            f"image_size must be s * 2**k with 3 <= s <= 7 and k >= 1 (e.g. 28, 32, 64, 128), "
+            f"got {image_size}"
+        )
+    return size, ups
+
+
+class DCGANGenerator(nn.Module):
+    """Linear to a (width * 2**(k-1), s0, s0) map, then k transposed-conv x2 upsamplings with BatchNorm+ReLU,
+    and a sigmoid so that images lie in [0, 1].
+
+    Args:
+        latent_dim: length of the input code.
+        image_size: output height and width (28, 32, 64, 128, ...; see :func:`start_size`).
+        channels: output channels (1 or 3).
+        width: channels of the last hidden layer; earlier layers double it.
+    """
+
+    def __init__(self, latent_dim: int = 64, image_size: int = 28, channels: int = 1, width: int = 64):
+        super().__init__()
+        s0, ups = start_size(image_size)
+        self.latent_dim, self.image_size, self.channels = latent_dim, image_size, channels
+        top = width * 2 ** (ups - 1)
+        self.s0, self.top = s0, top
+        self.fc = nn.Sequential(
+            nn.Linear(latent_dim, top * s0 * s0, bias=False), nn.BatchNorm1d(top * s0 * s0), nn.ReLU(True)
+        )
+        layers: list[nn.Module] = []
+        ch = top
+        for _ in range(ups - 1):
+            layers += [
+                nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(ch // 2),
+                nn.ReLU(True),
+            ]
+            ch //= 2
+        layers += [nn.ConvTranspose2d(ch, channels, 4, 2, 1), nn.Sigmoid()]
+        self.body = nn.Sequential(*layers)
+        self.apply(_dcgan_init)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.fc(z).view(z.shape[0], self.top, self.s0, self.s0)
+        return self.body(h)
+
+
+def _dcgan_init(m: nn.Module) -> None:
+    # DCGAN initialisation (N(0, 0.02) weights, N(1, 0.02) BN scales), as the GLO/GLANN reference code uses.
+    if isinstance(m, (nn.ConvTranspose2d, nn.Linear)):
+        nn.init.normal_(m.weight, 0.0, 0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.zeros_(m.bias)

@@ -1,0 +1,63 @@
+"""Perceptual (VGG16 feature) distance, available only with weights the user already has on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# torchvision's VGG16 ``features`` up to relu3_3: conv channel counts, "M" for max-pooling.
+_VGG16_TO_RELU33 = [64, 64, "M", 128, 128, "M", 256, 256, 256]
+_MEAN = (0.485, 0.456, 0.406)
+_STD = (0.229, 0.224, 0.225)
+
+
+class VGGPerceptualLoss(nn.Module):
+    """Mean L1 distance between VGG16 relu1_2, relu2_2 and relu3_3 features of two image batches in [0, 1].
+
+    ``weights`` is a local torchvision-layout VGG16 state_dict (``features.N.weight`` keys); nothing is ever
+    downloaded. Grey images are repeated to 3 channels. The network is frozen.
+    """
+
+    def __init__(self, weights: str | Path):
+        super().__init__()
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path}: VGG16 weights file not found (perceptual loss needs local weights)"
+            )
+        layers: list[nn.Module] = []
+        c = 3
+        for v in _VGG16_TO_RELU33:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU()]
+                c = v
+        self.features = nn.Sequential(*layers)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        ours = {
+            k: v for k, v in state.items() if k.startswith("features.") and int(k.split(".")[1]) < len(layers)
+        }
+        missing = self.features.load_state_dict(
+            {k[len("features.") :]: v for k, v in ours.items()}, strict=False
+        )
+        if missing.missing_keys:
+            raise ValueError(f"{path}: not a VGG16 state_dict (missing features.{missing.missing_keys[0]})")
+        self.taps = {3, 8, 15}  # relu1_2, relu2_2, relu3_3
+        self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1))
+        self.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([x, y]).expand(-1, 3, -1, -1) if x.shape[1] == 1 else torch.cat([x, y])
+        h = (h - self.mean) / self.std
+        loss = h.new_zeros(())
+        for i, layer in enumerate(self.features):
+            h = layer(h)
+            if i in self.taps:
+                a, b = h.chunk(2)
+                loss = loss + F.l1_loss(a, b)
+        return loss

@@ -1,0 +1,153 @@
+"""Training configuration: one flat dataclass, saved as JSON in each run folder, plus named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONFIG_FILE = "config.json"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a GLANN run. Defaults follow the GLANN reference code for Fashion-MNIST
+    (latent 64, noise 32, batch 128, Adam betas (0.5, 0.999), codes lr 0.01, generator lr 0.001,
+    mapping lr 0.001, M = 2 x number of codes noise draws per IMLE epoch)."""
+
+    # data
+    dataset: str = "fashion-mnist"
+    data_root: str | None = None
+    limit: int | None = None  # keep only the first `limit` images
+    image_size: int | None = None  # None: the dataset's own size
+    channels: int | None = None  # None: the dataset's own channels
+    # GLO
+    latent_dim: int = 64
+    gen_width: int = 64
+    batch_size: int = 128
+    glo_epochs: int = 25
+    lr_g: float = 1e-3
+    lr_z: float = 1e-2
+    betas: tuple[float, float] = (0.5, 0.999)
+    latent_optimizer: str = "adam"  # "adam" (sparse Adam) or "sgd"
+    init: str = "pca"  # "pca" or "random"
+    l2_weight: float = 0.0  # weight of an extra pixel L2 term
+    vgg_weights: str | None = None  # local VGG16 state_dict; enables the perceptual term
+    vgg_weight: float = 0.0
+    # IMLE
+    imle_space: str = "latent"  # "latent" (GLANN) or "pixel" (original IMLE, no GLO stage)
+    imle_epochs: int = 50
+    noise_dim: int = 32
+    imle_lr: float = 1e-3
+    imle_weight_decay: float = 1e-5
+    imle_noise_multiple: float = 2.0  # noise draws per epoch = multiple x number of targets
+    mapping_hidden: int = 128
+    mapping_layers: int = 2
+    mapping_batch_norm: bool = True
+    # execution
+    ops: str = "fused"  # "fused" kernels or "reference" PyTorch ops
+    device: str = "cpu"
+    amp: bool = True  # bfloat16 autocast for the generator on CUDA; ignored on CPU
+    threads: int | None = None
+    seed: int = 0
+    ckpt_every: int = 200  # steps between mid-epoch checkpoints (0: only at epoch ends)
+    sample_every: int = 1  # epochs between PNG grids
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> TrainConfig:
+        """Raise ValueError naming the first bad field."""
+        checks = [
+            ("latent_dim", self.latent_dim >= 1),
+            ("noise_dim", self.noise_dim >= 1),
+            ("batch_size", self.batch_size >= 2),
+            ("glo_epochs", self.glo_epochs >= 0),
+            ("imle_epochs", self.imle_epochs >= 0),
+            ("lr_g", self.lr_g > 0),
+            ("lr_z", self.lr_z > 0),
+            ("imle_lr", self.imle_lr > 0),
+            ("imle_noise_multiple", self.imle_noise_multiple >= 1),
+            ("gen_width", self.gen_width >= 4),
+            ("ckpt_every", self.ckpt_every >= 0),
+            ("sample_every", self.sample_every >= 0),
+            ("l2_weight", self.l2_weight >= 0),
+            ("limit", self.limit is None or self.limit >= 2),
+        ]
+        for name, ok in checks:
+            if not ok:
+                raise ValueError(f"config field {name} has an invalid value: {getattr(self, name)!r}")
+        for name, allowed in (
+            ("latent_optimizer", ("adam", "sgd")),
+            ("init", ("pca", "random")),
+            ("imle_space", ("latent", "pixel")),
+            ("ops", ("fused", "reference")),
+            ("channels", (None, 1, 3)),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"config field {name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.image_size is not None:
+            from glann_ext.models.generator import start_size
+
+            start_size(self.image_size)  # raises ValueError naming image_size
+        if self.vgg_weight > 0 and not self.vgg_weights:
+            raise ValueError("config field vgg_weight > 0 needs vgg_weights: a local VGG16 state_dict file")
+        return self
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown config fields: {sorted(unknown)}")
+        d = dict(d)
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
+        return cls(**d).validate()
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> TrainConfig:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # GLANN on Fashion-MNIST in a few minutes on a 2-core laptop CPU: a 10k-image subset, a narrower
+    # generator and few epochs.
+    "laptop": {
+        "dataset": "fashion-mnist",
+        "limit": 10000,
+        "gen_width": 32,
+        "glo_epochs": 5,
+        "imle_epochs": 20,
+        "mapping_hidden": 256,
+        "threads": 2,
+        "ckpt_every": 100,
+    },
+    # Seconds-long smoke run for tests and CI.
+    "tiny": {
+        "limit": 256,
+        "gen_width": 8,
+        "latent_dim": 16,
+        "noise_dim": 8,
+        "batch_size": 32,
+        "glo_epochs": 2,
+        "imle_epochs": 2,
+        "mapping_hidden": 32,
+        "ckpt_every": 0,
+    },
+    # The reference schedule (GLANN paper code): long, for a GPU.
+    "paper": {"glo_epochs": 200, "imle_epochs": 50},
+}
+
+
+def preset(name: str, **overrides: Any) -> TrainConfig:
+    """The named preset with ``overrides`` applied."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+    return TrainConfig.from_dict({**PRESETS[name], **overrides})

@@ -1,0 +1,139 @@
+"""IMLE stage: train a generator from noise so that every target has a nearby generated sample.
+
+Each epoch draws M = multiple x N noise vectors, maps them without gradients, finds for every target its
+nearest generated sample with the backend's exact ``nn_argmin``, then regresses the generator's output on
+the matched noise onto the target in minibatches. GLANN runs it in latent space (targets: GLO codes,
+generator: the MLP mapping T); the original IMLE runs it in pixel space (targets: images).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import seeding
+from .backend import Ops
+from .config import TrainConfig
+from .glo import StepHook, autocast_for
+
+
+class IMLETrainer:
+    """IMLE of ``generator`` (noise (B, noise_dim) -> target-shaped output) onto ``targets`` (N, ...).
+
+    Matching runs the generator in eval mode (BatchNorm running statistics): the same function that
+    sampling uses. ``loss_fn(output, target)`` defaults to the mean squared error.
+    """
+
+    stage = "imle"
+
+    def __init__(
+        self,
+        targets: torch.Tensor,
+        generator: nn.Module,
+        cfg: TrainConfig,
+        ops: Ops,
+        device: str | torch.device = "cpu",
+        loss_fn: Callable[..., torch.Tensor] | None = None,
+        match_chunk: int = 4096,
+    ):
+        self.cfg, self.ops, self.device = cfg, ops, torch.device(device)
+        self.targets = targets.to(self.device)
+        self.generator = generator.to(self.device)
+        self.loss_fn = loss_fn or F.mse_loss
+        self.noise_dim = cfg.noise_dim
+        self.match_chunk = match_chunk
+        self.opt = torch.optim.Adam(
+            self.generator.parameters(), lr=cfg.imle_lr, betas=cfg.betas, weight_decay=cfg.imle_weight_decay
+        )
+        self.matched_noise: torch.Tensor | None = None  # this epoch's noise for each target
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.global_step = 0
+        self.last_match_distance = float("nan")
+
+    @property
+    def num_noise(self) -> int:
+        return round(self.cfg.imle_noise_multiple * self.targets.shape[0])
+
+    @torch.no_grad()
+    def generate(self, noise: torch.Tensor) -> torch.Tensor:
+        """Generator outputs for ``noise`` in eval mode, chunked, in fp32."""
+        self.generator.eval()
+        outs = []
+        for chunk in noise.split(self.match_chunk):
+            with autocast_for(self.device, self.cfg.amp):
+                outs.append(self.generator(chunk.to(self.device)).float())
+        return torch.cat(outs)
+
+    @torch.no_grad()
+    def match(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(noise, index) of this epoch: M noise draws (from (seed, epoch)) and, for every target, the index
+        of the draw whose output is nearest to it."""
+        g = seeding.generator(self.cfg.seed, self.stage, epoch)
+        noise = torch.randn(self.num_noise, self.noise_dim, generator=g)
+        samples = self.generate(noise).reshape(self.num_noise, -1)
+        queries = self.targets.reshape(self.targets.shape[0], -1).float()
+        idx, dist = self.ops.nn_argmin(queries, samples, return_distances=True)
+        self.last_match_distance = dist.mean().item()
+        return noise, idx.cpu()
+
+    def train_step(self, batch: torch.Tensor) -> float:
+        self.generator.train()
+        noise = self.matched_noise[batch].to(self.device)
+        with autocast_for(self.device, self.cfg.amp):
+            out = self.generator(noise)
+        loss = self.loss_fn(out.float(), self.targets[batch.to(self.device)])
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss.item()
+
+    def run_epoch(self, on_step: StepHook | None = None, progress=None) -> float:
+        """Match (unless resuming mid-epoch with the matching restored) then regress; returns mean loss."""
+        if self.step_in_epoch == 0 or self.matched_noise is None:
+            noise, idx = self.match(self.epoch)
+            self.matched_noise = noise[idx]
+        perm = seeding.epoch_permutation(self.targets.shape[0], self.cfg.seed, self.stage, self.epoch)
+        total, count = 0.0, 0
+        for batch in seeding.batches(perm, self.cfg.batch_size)[self.step_in_epoch :]:
+            loss = self.train_step(batch)
+            total, count = total + loss, count + 1
+            self.step_in_epoch += 1
+            self.global_step += 1
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss:.4f}", match=f"{self.last_match_distance:.4f}")
+            if on_step is not None:
+                on_step(
+                    self, {"stage": self.stage, "epoch": self.epoch, "step": self.global_step, "loss": loss}
+                )
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.matched_noise = None
+        return total / max(count, 1)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(seeding.batches(torch.arange(self.targets.shape[0]), self.cfg.batch_size))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "generator": self.generator.state_dict(),
+            "opt": self.opt.state_dict(),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "matched_noise": None if self.matched_noise is None else self.matched_noise.clone(),
+            "last_match_distance": self.last_match_distance,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.load_state_dict(state["generator"])
+        self.opt.load_state_dict(state["opt"])
+        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
+        self.global_step = state["global_step"]
+        self.matched_noise = state["matched_noise"]
+        self.last_match_distance = state["last_match_distance"]

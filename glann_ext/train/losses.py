@@ -1,0 +1,38 @@
+"""The GLO reconstruction loss: Laplacian-pyramid L1 (kernel) + optional pixel L2 + optional VGG term."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backend import Ops
+from .config import TrainConfig
+
+
+class ReconstructionLoss(nn.Module):
+    """Mean over the batch of ``lap_l1 + l2_weight * mse + vgg_weight * perceptual`` (in fp32)."""
+
+    def __init__(
+        self, ops: Ops, l2_weight: float = 0.0, vgg_weights: str | None = None, vgg_weight: float = 0.0
+    ):
+        super().__init__()
+        self.ops, self.l2_weight, self.vgg_weight = ops, l2_weight, vgg_weight
+        self.vgg = None
+        if vgg_weights and vgg_weight > 0:
+            from glann_ext.models.perceptual import VGGPerceptualLoss
+
+            self.vgg = VGGPerceptualLoss(vgg_weights)
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, ops: Ops) -> ReconstructionLoss:
+        return cls(ops, cfg.l2_weight, cfg.vgg_weights, cfg.vgg_weight)
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        x, target = x.float(), target.float()  # kernels run in fp32 even under autocast
+        loss = self.ops.lap_loss(x, target, reduction="mean")
+        if self.l2_weight > 0:
+            loss = loss + self.l2_weight * F.mse_loss(x, target)
+        if self.vgg is not None:
+            loss = loss + self.vgg_weight * self.vgg(x, target)
+        return loss

@@ -1,0 +1,49 @@
+"""Helpers shared by the trainer tests: the ops backend to use, and tiny datasets made on the fly."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from glann_ext.train.backend import fused_available
+
+# The fused kernels once they work; the reference ops while they are still stubs (fallback to be removed
+# when the kernels are merged).
+OPS = "fused" if fused_available() else "reference"
+
+
+def blob_images(n: int = 64, size: int = 28, channels: int = 1, seed: int = 0) -> np.ndarray:
+    """uint8 (n, size, size[, 3]) images of a bright Gaussian blob at a random position and width."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    out = np.empty((n, size, size), dtype=np.float64)
+    for i in range(n):
+        cy, cx = rng.uniform(size * 0.25, size * 0.75, 2)
+        s = rng.uniform(size * 0.08, size * 0.2)
+        out[i] = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * s * s))
+    arr = (out * 255).round().astype(np.uint8)
+    return np.repeat(arr[..., None], 3, -1) if channels == 3 else arr
+
+
+def tiny_config(**overrides):
+    """A seconds-long config on in-test data (set ``dataset`` to a file the test wrote)."""
+    from glann_ext.train.config import preset
+
+    base = {"ops": OPS, "threads": 1, "sample_every": 0}
+    base.update(overrides)
+    return preset("tiny", **base)
+
+
+def tensors_equal(a, b) -> bool:
+    """Deep, bit-exact equality of nested dicts/lists of tensors and plain values."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(tensors_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(tensors_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True  # both NaN
+    return a == b

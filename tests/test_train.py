@@ -1,0 +1,255 @@
+"""Trainers, the GLANN model and run folders: learning, exact NN matching, sampling, exact resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from glann_testing import OPS, blob_images, tensors_equal, tiny_config
+
+from glann_ext.data import mode_coverage, sample_toy
+from glann_ext.models import MLP
+from glann_ext.ops import reference
+from glann_ext.train import GLOTrainer, IMLETrainer, TrainConfig, get_ops, load_model, slerp, train
+from glann_ext.train import checkpoint as ckpt
+from glann_ext.train.latents import pca_codes
+
+
+@pytest.fixture(scope="module")
+def blobs() -> torch.Tensor:
+    return torch.from_numpy(blob_images(96, 28)).float().div(255)[:, None]
+
+
+@pytest.fixture(scope="module")
+def blob_file(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("data") / "blobs.npy"
+    np.save(path, blob_images(96, 28))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, blob_file):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    model = train(
+        tiny_config(dataset=blob_file, glo_epochs=3, imle_epochs=3), out, progress=False, log=lambda s: None
+    )
+    return out, model
+
+
+def test_glo_loss_decreases_and_codes_stay_on_sphere(blobs):
+    cfg = tiny_config(batch_size=32, glo_epochs=6)
+    trainer = GLOTrainer(blobs, cfg, get_ops(OPS))
+    assert torch.allclose(trainer.codes.norm(dim=1), torch.ones(len(blobs)), atol=1e-5)
+    losses = [trainer.run_epoch() for _ in range(6)]
+    assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.9 * losses[0], losses
+    assert torch.allclose(trainer.codes.norm(dim=1), torch.ones(len(blobs)), atol=1e-5)
+    assert trainer.global_step == 6 * trainer.steps_per_epoch
+
+
+def test_pca_init_spans_the_top_principal_directions(blobs):
+    codes = pca_codes(blobs, 8)
+    x = blobs.reshape(len(blobs), -1).double()
+    x = x - x.mean(0)
+    _, _s, vh = torch.linalg.svd(x, full_matrices=False)
+    expected = x @ vh[:8].T
+    torch.testing.assert_close(codes.double().abs(), expected.abs(), rtol=1e-4, atol=1e-4)  # up to sign
+    assert codes[:, 0].var() >= codes[:, 1].var() >= codes[:, 7].var()
+
+
+def test_imle_matching_is_the_true_nearest_neighbour():
+    torch.manual_seed(0)
+    targets = reference.project_to_sphere_reference(torch.randn(200, 6))
+    cfg = TrainConfig(noise_dim=4, imle_noise_multiple=3, ops=OPS)
+    trainer = IMLETrainer(targets, MLP(4, 6, 16, 2), cfg, get_ops(OPS))
+    noise, idx = trainer.match(epoch=0)
+    assert noise.shape == (600, 4) and idx.shape == (200,) and idx.dtype == torch.int64
+    samples = trainer.generate(noise)
+    assert torch.equal(idx, reference.nn_argmin_exact(targets, samples))
+    # The regression then pulls exactly those matched samples towards their targets.
+    before = ((samples[idx] - targets) ** 2).sum(1).mean()
+    for _ in range(5):
+        trainer.run_epoch()
+    after = ((trainer.generate(noise)[idx] - targets) ** 2).sum(1).mean()
+    assert after < before
+
+
+def test_sampling_shapes_dtypes_ranges_and_seeds(trained_run):
+    _, model = trained_run
+    a = model.sample(10, seed=1)
+    assert a.shape == (10, 1, 28, 28) and a.dtype == torch.float32
+    assert a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, model.sample(10, seed=1))
+    assert not torch.equal(a, model.sample(10, seed=2))
+    assert model.sample(0).shape == (0, 1, 28, 28)
+    g = model.sample_gaussian(5, seed=0)
+    assert g.shape == (5, 1, 28, 28) and torch.equal(g, model.sample_gaussian(5, seed=0))
+    assert model.reconstruct([0, 5]).shape == (2, 1, 28, 28)
+    with pytest.raises(ValueError, match="n must be"):
+        model.sample(-1)
+
+
+def test_interpolation(trained_run):
+    _, model = trained_run
+    path = model.interpolate(0, 1, steps=5, space="latent")
+    assert path.shape == (5, 1, 28, 28)
+    torch.testing.assert_close(path[[0, -1]], model.reconstruct([0, 1]))
+    t = torch.linspace(0, 1, 7)
+    arc = slerp(model.codes[0], model.codes[1], t)
+    assert torch.allclose(arc.norm(dim=1), torch.ones(7), atol=1e-5)  # slerp stays on the sphere
+    e = model.noise(2, seed=3)
+    noise_path = model.interpolate(e[0], e[1], steps=4, space="noise")
+    torch.testing.assert_close(noise_path[0], model.decode(model.map_noise(e[:1]))[0])
+    with pytest.raises(ValueError, match="space"):
+        model.interpolate(0, 1, space="pixels")
+
+
+def test_inversion_finds_codes_that_reconstruct_new_images(trained_run, blobs):
+    _, model = trained_run
+    images = torch.from_numpy(blob_images(4, 28, seed=123)).float().div(255)[:, None]
+    codes, recon = model.invert(images, steps=30, restarts=1)
+    assert codes.shape == (4, model.cfg.latent_dim) and recon.shape == images.shape
+    assert torch.allclose(codes.norm(dim=1), torch.ones(4), atol=1e-5)
+    ops = get_ops(OPS)
+    start = ops.lap_loss(model.sample_gaussian(4, seed=0), images)
+    assert ops.lap_loss(recon, images) < start
+    with pytest.raises(ValueError, match="images must be shaped"):
+        model.invert(torch.zeros(2, 3, 28, 28))
+
+
+def test_run_folder_contents_and_reload(trained_run):
+    out, model = trained_run
+    assert json.loads((out / "config.json").read_text())["glo_epochs"] == 3
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows] == ["glo"] * 3 + ["imle"] * 3
+    again = load_model(out)
+    assert torch.equal(again.sample(6, seed=4), model.sample(6, seed=4))
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _interrupt_at(stage: str, step: int):
+    def hook(trainer, info):
+        if info["stage"] == stage and info["step"] == step:
+            raise Interrupt
+
+    return hook
+
+
+def test_resume_after_interruptions_is_bit_identical(tmp_path, blob_file):
+    cfg = {"dataset": blob_file, "glo_epochs": 3, "imle_epochs": 3, "ckpt_every": 2}
+    straight = tmp_path / "straight"
+    train(tiny_config(**cfg), straight, progress=False, log=lambda s: None)
+
+    broken = tmp_path / "broken"
+    # 3 steps per epoch: GLO dies at step 5 (mid-epoch, checkpoint at 4), IMLE at step 5 (checkpoint at 4).
+    with pytest.raises(Interrupt):
+        train(tiny_config(**cfg), broken, progress=False, on_step=_interrupt_at("glo", 5), log=lambda s: None)
+    assert ckpt.load(broken / "checkpoint.pt")["glo"]["global_step"] == 4
+    with pytest.raises(Interrupt):
+        train(None, broken, progress=False, on_step=_interrupt_at("imle", 5), log=lambda s: None)
+    state = ckpt.load(broken / "checkpoint.pt")
+    assert state["phase"] == "imle" and state["imle"]["global_step"] == 4
+    assert state["imle"]["matched_noise"] is not None  # this epoch's matching travels with the checkpoint
+    train(None, broken, progress=False, log=lambda s: None)
+
+    a, b = ckpt.load(straight / "checkpoint.pt"), ckpt.load(broken / "checkpoint.pt")
+    assert tensors_equal(a["glo"], b["glo"]) and tensors_equal(a["imle"], b["imle"])
+    assert tensors_equal(ckpt.load(straight / "model.pt"), ckpt.load(broken / "model.pt"))
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    ckpt.save_atomic({"step": 1, "w": torch.ones(3)}, path)
+
+    def dying_save(obj, f):
+        f.write(b"partial bytes")
+        raise KeyboardInterrupt  # killed mid-write
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_atomic({"step": 2}, path)
+    monkeypatch.undo()
+    assert ckpt.load(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temp file left behind
+
+
+def test_stage_rules_and_config_checks(tmp_path, blob_file):
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="--stage imle needs a finished GLO stage"):
+        train(
+            tiny_config(dataset=blob_file, glo_epochs=1),
+            out,
+            stage="imle",
+            progress=False,
+            log=lambda s: None,
+        )
+    train(tiny_config(dataset=blob_file, glo_epochs=1), out, stage="glo", progress=False, log=lambda s: None)
+    assert load_model(out).T is None
+    with pytest.raises(ValueError, match="different config .*latent_dim"):
+        train(tiny_config(dataset=blob_file, glo_epochs=1, latent_dim=4), out, progress=False)
+    model = train(None, out, stage="imle", progress=False, log=lambda s: None)
+    assert model.sample(3).shape == (3, 1, 28, 28)
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=1).validate()
+    with pytest.raises(ValueError, match="ops must be one of"):
+        TrainConfig(ops="fast").validate()
+
+
+def test_pixel_space_imle(tmp_path, blob_file):
+    model = train(
+        tiny_config(dataset=blob_file, imle_space="pixel", imle_epochs=2),
+        tmp_path / "pix",
+        progress=False,
+        log=lambda s: None,
+    )
+    x = model.sample(5, seed=0)
+    assert x.shape == (5, 1, 28, 28) and 0 <= x.min() and x.max() <= 1
+    assert torch.equal(load_model(tmp_path / "pix").sample(5, seed=0), x)
+
+
+def test_imle_on_the_ring_covers_all_eight_modes():
+    """IMLE with the MLP generator on the ring of 8 (radius 1, std 0.01): every mode receives samples within
+    3 std and every training point has a generated sample within 3 std (recall).
+
+    Precision is weak on this budget: most samples lie on the ring between the modes (about 7% within 3 std
+    after 2,000 epochs), so "most samples within 3 std" is not asserted; see the report of issue 3.
+    """
+    torch.set_num_threads(1)
+    points = sample_toy("ring", 256, seed=0)
+    cfg = TrainConfig(
+        noise_dim=2,
+        batch_size=256,
+        imle_lr=3e-3,
+        imle_noise_multiple=1,
+        betas=(0.9, 0.999),
+        imle_weight_decay=0.0,
+        ops=OPS,
+    )
+    torch.manual_seed(0)
+    trainer = IMLETrainer(points, MLP(2, 2, 128, 3, batch_norm=False), cfg, get_ops(OPS))
+    for _ in range(2000):
+        trainer.run_epoch()
+    samples = trainer.generate(torch.randn(2000, 2, generator=torch.Generator().manual_seed(1)))
+    counts, frac = mode_coverage(samples, "ring")
+    assert (counts >= 5).all(), counts
+    near = torch.cdist(
+        points, trainer.generate(torch.randn(4000, 2, generator=torch.Generator().manual_seed(2)))
+    )
+    assert (near.min(1).values <= 0.03).float().mean() > 0.9
+    assert frac > 0.03
+
+
+@pytest.mark.cuda
+def test_cuda_run_with_autocast(tmp_path, blob_file):
+    model = train(
+        tiny_config(dataset=blob_file, device="cuda", amp=True),
+        tmp_path / "gpu",
+        progress=False,
+        log=lambda s: None,
+    )
+    x = model.sample(4)
+    assert x.is_cuda and x.dtype == torch.float32 and x.shape == (4, 1, 28, 28)
