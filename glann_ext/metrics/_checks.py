@@ -39,7 +39,9 @@ def as_images(name: str, x: object, *, channels: int | None = None) -> torch.Ten
     if not x.dtype.is_floating_point:
         raise TypeError(f"{name} must be a floating tensor, got dtype {str(x.dtype).replace('torch.', '')}")
     if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"{name} must have {channels} channel(s) (N, {channels}, H, W), got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must have {channels} channel(s) (N, {channels}, H, W), got shape {tuple(x.shape)}"
+        )
     if x.numel() and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or Inf values")
     return x.detach().cpu()

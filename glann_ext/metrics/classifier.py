@@ -21,7 +21,6 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional, Union
 
 import torch
 from torch import nn
@@ -61,23 +60,35 @@ class LeNet(nn.Module):
         return self.head(self.features(x))
 
 
-def cache_path(cache_dir: Union[str, os.PathLike], dataset: str, *, seed: int, epochs: int) -> Path:
+def cache_path(cache_dir: str | os.PathLike, dataset: str, *, seed: int, epochs: int) -> Path:
     """Where the classifier for ``dataset`` / architecture version / seed / epochs is cached."""
     if not isinstance(dataset, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", dataset):
-        raise ValueError(f"dataset must be a non-empty name of letters, digits, '.', '_', '-', got {dataset!r}")
+        raise ValueError(
+            f"dataset must be a non-empty name of letters, digits, '.', '_', '-', got {dataset!r}"
+        )
     return Path(cache_dir) / f"{dataset}__lenet-v{ARCH_VERSION}__seed{seed}__ep{epochs}.pt"
 
 
-def _check_split(prefix: str, images: object, labels: object, num_classes: Optional[int]) -> tuple:
+def _check_split(prefix: str, images: object, labels: object, num_classes: int | None) -> tuple:
     x = as_images(f"{prefix}_images", images)
-    if not isinstance(labels, torch.Tensor) or labels.shape != (x.shape[0],) or labels.dtype.is_floating_point:
-        got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
+    if (
+        not isinstance(labels, torch.Tensor)
+        or labels.shape != (x.shape[0],)
+        or labels.dtype.is_floating_point
+    ):
+        got = (
+            f"{labels.dtype} {tuple(labels.shape)}"
+            if isinstance(labels, torch.Tensor)
+            else type(labels).__name__
+        )
         raise ValueError(f"{prefix}_labels must be an integer ({x.shape[0]},) tensor, got {got}")
     if x.shape[0] == 0:
         raise ValueError(f"{prefix}_images must not be empty")
     y = labels.long().cpu()
     if int(y.min()) < 0 or (num_classes is not None and int(y.max()) >= num_classes):
-        raise ValueError(f"{prefix}_labels must lie in [0, {num_classes}), got [{int(y.min())}, {int(y.max())}]")
+        raise ValueError(
+            f"{prefix}_labels must lie in [0, {num_classes}), got [{int(y.min())}, {int(y.max())}]"
+        )
     return x, y
 
 
@@ -107,7 +118,9 @@ class DomainClassifier:
     def _batched(self, fn, images: torch.Tensor, batch_size: int) -> torch.Tensor:
         x = as_images("images", images, channels=self.meta["in_channels"])
         if tuple(x.shape[2:]) != tuple(self.meta["image_size"]):
-            raise ValueError(f"images must be {tuple(self.meta['image_size'])} pixels, got {tuple(x.shape[2:])}")
+            raise ValueError(
+                f"images must be {tuple(self.meta['image_size'])} pixels, got {tuple(x.shape[2:])}"
+            )
         batch_size = check_positive_int("batch_size", batch_size)
         return torch.cat([fn(x[i : i + batch_size].float()) for i in range(0, x.shape[0], batch_size)])
 
@@ -120,14 +133,14 @@ class DomainClassifier:
         test_images: torch.Tensor,
         test_labels: torch.Tensor,
         *,
-        cache_dir: Union[str, os.PathLike],
+        cache_dir: str | os.PathLike,
         num_classes: int = 10,
         seed: int = 0,
         epochs: int = 2,
         batch_size: int = 128,
         lr: float = 1e-3,
         verbose: bool = False,
-    ) -> "DomainClassifier":
+    ) -> DomainClassifier:
         """Load the cached classifier of ``dataset`` or train one (fixed seed) and cache it atomically.
 
         Images are (N, C, H, W) floats in the value range the generated images will use; labels (N,)
@@ -140,7 +153,9 @@ class DomainClassifier:
         xtr, ytr = _check_split("train", train_images, train_labels, num_classes)
         xte, yte = _check_split("test", test_images, test_labels, num_classes)
         if xte.shape[1:] != xtr.shape[1:]:
-            raise ValueError(f"test_images must be {tuple(xtr.shape[1:])} like train_images, got {tuple(xte.shape[1:])}")
+            raise ValueError(
+                f"test_images must be {tuple(xtr.shape[1:])} like train_images, got {tuple(xte.shape[1:])}"
+            )
         meta = {
             "dataset": dataset, "arch_version": ARCH_VERSION, "seed": seed, "epochs": epochs,
             "in_channels": int(xtr.shape[1]), "image_size": [int(xtr.shape[2]), int(xtr.shape[3])],
@@ -151,14 +166,16 @@ class DomainClassifier:
         model = _train(xtr, ytr, meta, batch_size=batch_size, lr=lr, verbose=verbose)
         model.eval()
         with torch.no_grad():
-            preds = torch.cat([model(xte[i : i + 1024].float()).argmax(1) for i in range(0, xte.shape[0], 1024)])
+            preds = torch.cat(
+                [model(xte[i : i + 1024].float()).argmax(1) for i in range(0, xte.shape[0], 1024)]
+            )
         acc = float((preds == yte).double().mean())
         meta["test_accuracy"] = acc
         _atomic_save({"meta": meta, "state_dict": model.state_dict()}, path)
         return cls(model, acc, meta)
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike], *, expect: Optional[dict] = None) -> "DomainClassifier":
+    def load(cls, path: str | os.PathLike, *, expect: dict | None = None) -> DomainClassifier:
         """Load a cached classifier; ``expect`` (meta fields) must match what the file records."""
         blob = torch.load(Path(path), map_location="cpu", weights_only=True)
         meta = blob["meta"]
@@ -173,7 +190,9 @@ class DomainClassifier:
         return cls(model, float(meta["test_accuracy"]), meta)
 
 
-def _train(x: torch.Tensor, y: torch.Tensor, meta: dict, *, batch_size: int, lr: float, verbose: bool) -> LeNet:
+def _train(
+    x: torch.Tensor, y: torch.Tensor, meta: dict, *, batch_size: int, lr: float, verbose: bool
+) -> LeNet:
     # A private generator and fork_rng: training is reproducible and leaves the caller's RNG untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(meta["seed"])
@@ -193,7 +212,9 @@ def _train(x: torch.Tensor, y: torch.Tensor, meta: dict, *, batch_size: int, lr:
             loss.backward()
             opt.step()
         if verbose:
-            print(f"[lenet {meta['dataset']}] epoch {epoch + 1}: loss {loss.item():.4f}, {time.perf_counter() - start:.1f}s")
+            print(
+                f"[lenet {meta['dataset']}] epoch {epoch + 1}: loss {loss.item():.4f}, {time.perf_counter() - start:.1f}s"
+            )
     return model
 
 

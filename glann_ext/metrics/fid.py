@@ -17,7 +17,6 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -32,18 +31,18 @@ TORCH_FIDELITY_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
 class InceptionBackend:
     """A usable backend (``name``, ``weights`` path) or the ``reason`` none is (``name`` None)."""
 
-    name: Optional[str]
-    weights: Optional[Path]
+    name: str | None
+    weights: Path | None
     reason: str
 
 
 @dataclass(frozen=True)
 class FIDResult:
-    value: Optional[float]
+    value: float | None
     reason: str
 
 
-def find_inception_backend(hub_dir: Optional[os.PathLike] = None) -> InceptionBackend:
+def find_inception_backend(hub_dir: os.PathLike | None = None) -> InceptionBackend:
     """Which FID backend can run offline: the package must import and its weights be in the hub cache."""
     checkpoints = Path(hub_dir if hub_dir is not None else torch.hub.get_dir()) / "checkpoints"
     reasons = []
@@ -68,16 +67,22 @@ def _inception_features(backend: InceptionBackend, images: torch.Tensor, batch_s
         from pytorch_fid.inception import InceptionV3
 
         # The weight file is in the hub cache (checked), so torch.hub loads it without a download.
-        model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]], resize_input=True, normalize_input=True).eval()
-        feats = [model(images[i : i + batch_size].float())[0].flatten(1) for i in range(0, len(images), batch_size)]
+        model = InceptionV3(
+            [InceptionV3.BLOCK_INDEX_BY_DIM[2048]], resize_input=True, normalize_input=True
+        ).eval()
+        feats = [
+            model(images[i : i + batch_size].float())[0].flatten(1) for i in range(0, len(images), batch_size)
+        ]
     else:
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
         model = FeatureExtractorInceptionV3(
             "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(backend.weights)
         ).eval()
-        as_u8 = lambda t: t.clamp(0, 1).mul(255).round().to(torch.uint8)  # noqa: E731
-        feats = [model(as_u8(images[i : i + batch_size]))[0].flatten(1) for i in range(0, len(images), batch_size)]
+        as_u8 = lambda t: t.clamp(0, 1).mul(255).round().to(torch.uint8)
+        feats = [
+            model(as_u8(images[i : i + batch_size]))[0].flatten(1) for i in range(0, len(images), batch_size)
+        ]
     return torch.cat(feats).double()
 
 
@@ -86,7 +91,7 @@ def standard_fid(
     fake_images: torch.Tensor,
     *,
     batch_size: int = 64,
-    hub_dir: Optional[os.PathLike] = None,
+    hub_dir: os.PathLike | None = None,
 ) -> FIDResult:
     """Inception FID of (N, 1 or 3, H, W) images with values in [0, 1], or ``value=None`` with a reason.
 
@@ -104,6 +109,6 @@ def standard_fid(
         value = frechet_distance(
             _inception_features(backend, real, batch_size), _inception_features(backend, fake, batch_size)
         )
-    except Exception as exc:  # a broken third-party install must not abort an evaluation run
+    except Exception as exc:  # noqa: BLE001 - a broken third-party install must not abort an evaluation run
         return FIDResult(None, f"{backend.name} failed: {type(exc).__name__}: {exc}")
     return FIDResult(value, backend.reason)

@@ -12,7 +12,6 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
 
 import torch
 
@@ -70,7 +69,7 @@ def memorisation_report(
     train: torch.Tensor,
     test: torch.Tensor,
     *,
-    threshold: Optional[float] = None,
+    threshold: float | None = None,
     threshold_quantile: float = 0.01,
 ) -> MemorisationReport:
     """Nearest-training-sample distances of ``generated`` and of held-out ``test`` rows, with summaries.
@@ -100,11 +99,11 @@ def memorisation_report(
 
 
 def save_neighbour_grid(
-    path: Union[str, os.PathLike],
+    path: str | os.PathLike,
     samples: torch.Tensor,
     train: torch.Tensor,
     *,
-    index: Optional[torch.Tensor] = None,
+    index: torch.Tensor | None = None,
     pairs_per_row: int = 4,
     value_range: tuple[float, float] = (0.0, 1.0),
     padding: int = 2,
@@ -125,7 +124,9 @@ def save_neighbour_grid(
         raise ValueError("samples must not be empty")
     if not isinstance(train, torch.Tensor) or train.shape[1:] != samples.shape[1:]:
         got = tuple(train.shape) if isinstance(train, torch.Tensor) else type(train).__name__
-        raise ValueError(f"train must be (M, {', '.join(map(str, samples.shape[1:]))}) like samples, got {got}")
+        raise ValueError(
+            f"train must be (M, {', '.join(map(str, samples.shape[1:]))}) like samples, got {got}"
+        )
     pairs_per_row = check_positive_int("pairs_per_row", pairs_per_row)
     lo, hi = value_range
     if not hi > lo:
@@ -140,8 +141,12 @@ def save_neighbour_grid(
     rows = (n + pairs_per_row - 1) // pairs_per_row
     pair_w = 2 * w + padding
     gap = 3 * padding
-    canvas = torch.full((c, rows * (h + gap) + gap, pairs_per_row * (pair_w + gap) + gap), 255, dtype=torch.uint8)
-    to_u8 = lambda t: ((t.detach().cpu().double() - lo) / (hi - lo)).clamp(0, 1).mul(255).round().to(torch.uint8)  # noqa: E731
+    canvas = torch.full(
+        (c, rows * (h + gap) + gap, pairs_per_row * (pair_w + gap) + gap), 255, dtype=torch.uint8
+    )
+    to_u8 = lambda t: (
+        ((t.detach().cpu().double() - lo) / (hi - lo)).clamp(0, 1).mul(255).round().to(torch.uint8)
+    )
     for i in range(n):
         r, col = divmod(i, pairs_per_row)
         y0, x0 = gap + r * (h + gap), gap + col * (pair_w + gap)

@@ -9,7 +9,7 @@ covered (at least ``min_count`` samples, 1 in the papers) out of 1000, and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 
@@ -71,8 +71,8 @@ def stacked_mnist_modes(
 
 
 def make_stacked_mnist(
-    images: torch.Tensor, labels: Optional[torch.Tensor] = None, *, num_samples: int, seed: int = 0
-) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    images: torch.Tensor, labels: torch.Tensor | None = None, *, num_samples: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Stack random triples of single-channel images into (num_samples, 3, H, W).
 
     Triples are drawn independently and uniformly with replacement from a seeded generator, so the
