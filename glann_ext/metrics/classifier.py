@@ -111,8 +111,9 @@ class DomainClassifier:
         return self._batched(self.model.features, images, batch_size)
 
     @torch.no_grad()
-    def accuracy(self, images: torch.Tensor, labels: torch.Tensor) -> float:
-        x, y = _check_split("test", images, labels, None)
+    def accuracy(self, test_images: torch.Tensor, test_labels: torch.Tensor) -> float:
+        """Fraction of ``test_images`` whose arg-max logit equals ``test_labels``."""
+        x, y = _check_split("test", test_images, test_labels, None)
         return float((self(x).argmax(1) == y).double().mean())
 
     def _batched(self, fn, images: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -149,6 +150,8 @@ class DomainClassifier:
         """
         num_classes = check_positive_int("num_classes", num_classes)
         epochs = check_positive_int("epochs", epochs)
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         path = cache_path(cache_dir, dataset, seed=seed, epochs=epochs)
         xtr, ytr = _check_split("train", train_images, train_labels, num_classes)
         xte, yte = _check_split("test", test_images, test_labels, num_classes)
