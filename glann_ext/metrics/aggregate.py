@@ -1,0 +1,54 @@
+"""Mean and standard error over seeds."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+def mean_sem(values: Sequence[float]) -> tuple[float, float]:
+    """``(mean, standard error)`` with the sample standard deviation: ``sem = std(ddof=1) / sqrt(n)``.
+
+    One value has no spread estimate: its sem is ``nan``. Empty input is a ``ValueError``.
+    """
+    values = [float(v) for v in values]
+    n = len(values)
+    if n == 0:
+        raise ValueError("values must not be empty")
+    mean = sum(values) / n
+    if n == 1:
+        return mean, math.nan
+    if any(math.isinf(v) for v in values):
+        return mean, math.nan  # inf - inf: the spread is undefined
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(var / n)
+
+
+def aggregate_seeds(results: Sequence[Any]) -> dict[str, tuple[float, float]]:
+    """``{field: (mean, sem)}`` over per-seed results (dataclasses or mappings of numbers).
+
+    Only fields that are plain numbers in every result are aggregated (tensors and histograms are
+    skipped), e.g. ``aggregate_seeds([mode_coverage(s, RING_VEEGAN) for s in runs])``.
+    """
+    if len(results) == 0:
+        raise ValueError("results must not be empty")
+    rows: list[Mapping[str, Any]] = []
+    for i, r in enumerate(results):
+        if dataclasses.is_dataclass(r) and not isinstance(r, type):
+            rows.append({f.name: getattr(r, f.name) for f in dataclasses.fields(r)})
+        elif isinstance(r, Mapping):
+            rows.append(r)
+        else:
+            raise TypeError(f"results[{i}] must be a dataclass or a mapping, got {type(r).__name__}")
+    keys = [k for k, v in rows[0].items() if _is_number(v)]
+    out = {}
+    for k in keys:
+        if all(k in row and _is_number(row[k]) for row in rows):
+            out[k] = mean_sem([row[k] for row in rows])
+    return out
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)

@@ -1,0 +1,235 @@
+"""A small LeNet-style domain classifier, trained once per dataset and cached on disk.
+
+Its test accuracy is reported and its penultimate-layer features (84-D) feed the Fréchet distance and
+PRDC, the way FID uses Inception features, but for the small-image domains (MNIST-like) where an
+in-domain network is the meaningful feature space and no download is needed.
+
+Architecture (version :data:`ARCH_VERSION`; bump it whenever the network or training changes so old
+caches are not reused): per-dataset input standardisation (train mean/std) -> conv5x5(C->6, pad 2) ->
+ReLU -> maxpool2 -> conv5x5(6->16) -> ReLU -> maxpool2 -> fc(->120) -> ReLU -> fc(120->84) -> ReLU
+[features] -> fc(84->classes). Trained with Adam (lr 1e-3, batch 128) from a fixed seed.
+
+The cache file is ``<cache_dir>/<dataset>__lenet-v<ARCH_VERSION>__seed<seed>__ep<epochs>.pt``, written
+atomically (temporary file in the same folder, then ``os.replace``) and read with
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ._checks import as_images, check_positive_int
+
+ARCH_VERSION = 1
+FEATURE_DIM = 84
+
+
+class LeNet(nn.Module):
+    """LeNet-5 with ReLU and max-pooling; input (N, C, H, W) with H, W >= 12."""
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: tuple[int, int]):
+        super().__init__()
+        h, w = image_size
+        h2, w2 = (h // 2 - 4) // 2, (w // 2 - 4) // 2
+        if h2 < 1 or w2 < 1:
+            raise ValueError(f"image_size must be at least 12x12 for LeNet, got {image_size}")
+        self.register_buffer("mean", torch.zeros(()))
+        self.register_buffer("std", torch.ones(()))
+        self.conv1 = nn.Conv2d(in_channels, 6, 5, padding=2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * h2 * w2, 120)
+        self.fc2 = nn.Linear(120, FEATURE_DIM)
+        self.head = nn.Linear(FEATURE_DIM, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = F.relu(self.fc1(x.flatten(1)))
+        return F.relu(self.fc2(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def cache_path(cache_dir: str | os.PathLike, dataset: str, *, seed: int, epochs: int) -> Path:
+    """Where the classifier for ``dataset`` / architecture version / seed / epochs is cached."""
+    if not isinstance(dataset, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", dataset):
+        raise ValueError(
+            f"dataset must be a non-empty name of letters, digits, '.', '_', '-', got {dataset!r}"
+        )
+    return Path(cache_dir) / f"{dataset}__lenet-v{ARCH_VERSION}__seed{seed}__ep{epochs}.pt"
+
+
+def _check_split(prefix: str, images: object, labels: object, num_classes: int | None) -> tuple:
+    x = as_images(f"{prefix}_images", images)
+    if (
+        not isinstance(labels, torch.Tensor)
+        or labels.shape != (x.shape[0],)
+        or labels.dtype.is_floating_point
+    ):
+        got = (
+            f"{labels.dtype} {tuple(labels.shape)}"
+            if isinstance(labels, torch.Tensor)
+            else type(labels).__name__
+        )
+        raise ValueError(f"{prefix}_labels must be an integer ({x.shape[0]},) tensor, got {got}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{prefix}_images must not be empty")
+    y = labels.long().cpu()
+    if int(y.min()) < 0 or (num_classes is not None and int(y.max()) >= num_classes):
+        raise ValueError(
+            f"{prefix}_labels must lie in [0, {num_classes}), got [{int(y.min())}, {int(y.max())}]"
+        )
+    return x, y
+
+
+class DomainClassifier:
+    """A trained :class:`LeNet` plus its test accuracy; call it for logits, :meth:`features` for 84-D."""
+
+    def __init__(self, model: LeNet, test_accuracy: float, meta: dict):
+        self.model = model.eval()
+        self.test_accuracy = test_accuracy
+        self.meta = meta
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
+        """Logits (N, num_classes); a drop-in classifier for :func:`stacked_mnist_modes`."""
+        return self._batched(self.model, images, batch_size)
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
+        """Penultimate-layer features (N, 84), float32, of images in the training images' value range."""
+        return self._batched(self.model.features, images, batch_size)
+
+    @torch.no_grad()
+    def accuracy(self, test_images: torch.Tensor, test_labels: torch.Tensor) -> float:
+        """Fraction of ``test_images`` whose arg-max logit equals ``test_labels``."""
+        x, y = _check_split("test", test_images, test_labels, None)
+        return float((self(x).argmax(1) == y).double().mean())
+
+    def _batched(self, fn, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+        x = as_images("images", images, channels=self.meta["in_channels"])
+        if tuple(x.shape[2:]) != tuple(self.meta["image_size"]):
+            raise ValueError(
+                f"images must be {tuple(self.meta['image_size'])} pixels, got {tuple(x.shape[2:])}"
+            )
+        batch_size = check_positive_int("batch_size", batch_size)
+        return torch.cat([fn(x[i : i + batch_size].float()) for i in range(0, x.shape[0], batch_size)])
+
+    @classmethod
+    def load_or_train(
+        cls,
+        dataset: str,
+        train_images: torch.Tensor,
+        train_labels: torch.Tensor,
+        test_images: torch.Tensor,
+        test_labels: torch.Tensor,
+        *,
+        cache_dir: str | os.PathLike,
+        num_classes: int = 10,
+        seed: int = 0,
+        epochs: int = 2,
+        batch_size: int = 128,
+        lr: float = 1e-3,
+        verbose: bool = False,
+    ) -> DomainClassifier:
+        """Load the cached classifier of ``dataset`` or train one (fixed seed) and cache it atomically.
+
+        Images are (N, C, H, W) floats in the value range the generated images will use; labels (N,)
+        integers in ``[0, num_classes)``. A cache whose image shape or class count disagrees with the
+        data is an error (pass another ``dataset`` name) rather than silently reused.
+        """
+        num_classes = check_positive_int("num_classes", num_classes)
+        epochs = check_positive_int("epochs", epochs)
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        path = cache_path(cache_dir, dataset, seed=seed, epochs=epochs)
+        xtr, ytr = _check_split("train", train_images, train_labels, num_classes)
+        xte, yte = _check_split("test", test_images, test_labels, num_classes)
+        if xte.shape[1:] != xtr.shape[1:]:
+            raise ValueError(
+                f"test_images must be {tuple(xtr.shape[1:])} like train_images, got {tuple(xte.shape[1:])}"
+            )
+        meta = {
+            "dataset": dataset, "arch_version": ARCH_VERSION, "seed": seed, "epochs": epochs,
+            "in_channels": int(xtr.shape[1]), "image_size": [int(xtr.shape[2]), int(xtr.shape[3])],
+            "num_classes": num_classes,
+        }  # fmt: skip
+        if path.exists():
+            return cls.load(path, expect=meta)
+        model = _train(xtr, ytr, meta, batch_size=batch_size, lr=lr, verbose=verbose)
+        model.eval()
+        with torch.no_grad():
+            preds = torch.cat(
+                [model(xte[i : i + 1024].float()).argmax(1) for i in range(0, xte.shape[0], 1024)]
+            )
+        acc = float((preds == yte).double().mean())
+        meta["test_accuracy"] = acc
+        _atomic_save({"meta": meta, "state_dict": model.state_dict()}, path)
+        return cls(model, acc, meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, expect: dict | None = None) -> DomainClassifier:
+        """Load a cached classifier; ``expect`` (meta fields) must match what the file records."""
+        blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+        meta = blob["meta"]
+        for key, value in (expect or {}).items():
+            if meta.get(key) != value:
+                raise ValueError(
+                    f"cached classifier {path} has {key}={meta.get(key)!r}, expected {value!r}; "
+                    "use another dataset name or delete the cache file"
+                )
+        model = LeNet(meta["in_channels"], meta["num_classes"], tuple(meta["image_size"]))
+        model.load_state_dict(blob["state_dict"])
+        return cls(model, float(meta["test_accuracy"]), meta)
+
+
+def _train(
+    x: torch.Tensor, y: torch.Tensor, meta: dict, *, batch_size: int, lr: float, verbose: bool
+) -> LeNet:
+    # A private generator and fork_rng: training is reproducible and leaves the caller's RNG untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(meta["seed"])
+        model = LeNet(meta["in_channels"], meta["num_classes"], tuple(meta["image_size"]))
+    g = torch.Generator().manual_seed(meta["seed"])
+    model.mean.fill_(float(x.double().mean()))
+    model.std.fill_(max(float(x.double().std()), 1e-6))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    start = time.perf_counter()
+    for epoch in range(meta["epochs"]):
+        order = torch.randperm(x.shape[0], generator=g)
+        for i in range(0, x.shape[0], batch_size):
+            idx = order[i : i + batch_size]
+            loss = F.cross_entropy(model(x[idx].float()), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if verbose:
+            print(
+                f"[lenet {meta['dataset']}] epoch {epoch + 1}: loss {loss.item():.4f}, {time.perf_counter() - start:.1f}s"
+            )
+    return model
+
+
+def _atomic_save(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

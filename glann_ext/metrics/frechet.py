@@ -1,0 +1,58 @@
+"""Fréchet distance between Gaussians fitted to two feature sets (Heusel et al. 2017, the FID formula).
+
+    FD = ||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2))
+
+``tr((S1 S2)^(1/2))`` is computed without a non-symmetric matrix square root: with ``R = S1^(1/2)``
+(symmetric, from an eigen-decomposition), ``S1 S2 = R (R S2 R) R^-1`` is similar to the symmetric PSD
+matrix ``R S2 R``, so the trace is ``sum_i sqrt(lambda_i(R S2 R))``. Negative eigenvalues from
+rounding are clipped to 0. Everything is float64; covariances use ``N - 1`` (as numpy.cov / pytorch-fid).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ._checks import as_float_matrix
+
+
+def feature_statistics(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (D,) and unbiased covariance (D, D) of (N, D) features, float64 numpy, N >= 2."""
+    x = as_float_matrix("features", features, min_rows=2).numpy()
+    return x.mean(0), np.atleast_2d(np.cov(x, rowvar=False))
+
+
+def _sym_sqrt(s: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh((s + s.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def frechet_distance_from_statistics(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray
+) -> float:
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2); covariances symmetric PSD."""
+    mu1, mu2 = np.asarray(mu1, np.float64).ravel(), np.asarray(mu2, np.float64).ravel()
+    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    d = mu1.shape[0]
+    for name, m in (("mu2", mu2),):
+        if m.shape != (d,):
+            raise ValueError(f"{name} must have shape ({d},) like mu1, got {m.shape}")
+    for name, s in (("sigma1", s1), ("sigma2", s2)):
+        if s.shape != (d, d):
+            raise ValueError(f"{name} must have shape ({d}, {d}), got {s.shape}")
+        if not np.isfinite(s).all():
+            raise ValueError(f"{name} contains NaN or Inf values")
+    root1 = _sym_sqrt(s1)
+    middle = root1 @ s2 @ root1
+    eig = np.linalg.eigvalsh((middle + middle.T) / 2)
+    tr_covmean = np.sqrt(np.clip(eig, 0.0, None)).sum()
+    diff = mu1 - mu2
+    fd = diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean
+    return float(max(fd, 0.0))  # tiny negative values are rounding
+
+
+def frechet_distance(features1: torch.Tensor, features2: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to (N1, D) and (N2, D) features (N >= 2 each)."""
+    x1 = as_float_matrix("features1", features1, min_rows=2)
+    x2 = as_float_matrix("features2", features2, columns=x1.shape[1], min_rows=2)
+    return frechet_distance_from_statistics(*feature_statistics(x1), *feature_statistics(x2))

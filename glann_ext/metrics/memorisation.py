@@ -1,0 +1,168 @@
+"""Memorisation check: how close generated samples are to their nearest training sample.
+
+A generator that copies its training set puts generated samples much closer to the training set than
+held-out test images are; so the distances of generated samples are reported beside the same
+distances for test images. Distances are Euclidean on flattened images (or on features, if those are
+passed), found with :func:`glann_ext.nn_argmin` (exact search, ties to the lowest index).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..ops.nn_argmin import nn_argmin
+from ._checks import check_positive_int
+
+
+@dataclass(frozen=True)
+class MemorisationReport:
+    """Distances (float64) of generated and test rows to their nearest training row, and summaries.
+
+    ``threshold`` is the distance used for the ``*_fraction_below`` fields (``d < threshold``).
+    """
+
+    generated_distances: torch.Tensor
+    generated_index: torch.Tensor
+    test_distances: torch.Tensor
+    generated_median: float
+    test_median: float
+    threshold: float
+    generated_fraction_below: float
+    test_fraction_below: float
+
+
+def _flat(name: str, x: object) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 2:
+        raise ValueError(f"{name} must be (N, ...) with at least 2 dims, got shape {tuple(x.shape)}")
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating tensor, got dtype {str(x.dtype).replace('torch.', '')}")
+    return x.detach().cpu().reshape(x.shape[0], -1).float()
+
+
+def nearest_train(samples: torch.Tensor, train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index (int64) and Euclidean distance (float64) of the nearest ``train`` row for every sample.
+
+    Both are (N, ...) tensors with the same per-row size (images are flattened).
+    """
+    q = _flat("samples", samples)
+    k = _flat("train", train)
+    if q.shape[1] != k.shape[1]:
+        raise ValueError(
+            f"train rows must have {q.shape[1]} elements like samples {tuple(samples.shape)}, "
+            f"got {tuple(train.shape)}"
+        )
+    if k.shape[0] == 0:
+        raise ValueError("train must not be empty")
+    index, sq = nn_argmin(q.contiguous(), k.contiguous(), return_distances=True)
+    return index, sq.double().sqrt()
+
+
+def memorisation_report(
+    generated: torch.Tensor,
+    train: torch.Tensor,
+    test: torch.Tensor,
+    *,
+    threshold: float | None = None,
+    threshold_quantile: float = 0.01,
+) -> MemorisationReport:
+    """Nearest-training-sample distances of ``generated`` and of held-out ``test`` rows, with summaries.
+
+    If ``threshold`` is None it is the ``threshold_quantile`` quantile of the test distances (default
+    1 %): ``generated_fraction_below`` is then the fraction of generated samples closer to the
+    training set than all but 1 % of real unseen images, i.e. suspiciously close.
+    """
+    gen_idx, gen_d = nearest_train(generated, train)
+    _, test_d = nearest_train(test, train)
+    if gen_d.numel() == 0 or test_d.numel() == 0:
+        raise ValueError("generated and test must not be empty")
+    if threshold is None:
+        if not 0.0 <= threshold_quantile <= 1.0:
+            raise ValueError(f"threshold_quantile must lie in [0, 1], got {threshold_quantile!r}")
+        threshold = float(torch.quantile(test_d, threshold_quantile))
+    return MemorisationReport(
+        generated_distances=gen_d,
+        generated_index=gen_idx,
+        test_distances=test_d,
+        generated_median=float(gen_d.median()),
+        test_median=float(test_d.median()),
+        threshold=float(threshold),
+        generated_fraction_below=float((gen_d < threshold).double().mean()),
+        test_fraction_below=float((test_d < threshold).double().mean()),
+    )
+
+
+def save_neighbour_grid(
+    path: str | os.PathLike,
+    samples: torch.Tensor,
+    train: torch.Tensor,
+    *,
+    index: torch.Tensor | None = None,
+    pairs_per_row: int = 4,
+    value_range: tuple[float, float] = (0.0, 1.0),
+    padding: int = 2,
+) -> Path:
+    """Write a PNG grid: every generated image (N, C, H, W; C = 1 or 3) beside its nearest training image.
+
+    Each cell is the pair [sample | neighbour]; pairs are separated by a wider gap. ``index`` (N,)
+    may carry precomputed neighbours (e.g. ``MemorisationReport.generated_index``); otherwise they
+    are searched with :func:`nearest_train`. Pixels are mapped from ``value_range`` to 0..255.
+    Written atomically; returns the path.
+    """
+    from PIL import Image  # a declared dependency, but only this function needs it
+
+    if not isinstance(samples, torch.Tensor) or samples.dim() != 4 or samples.shape[1] not in (1, 3):
+        got = tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
+        raise ValueError(f"samples must be (N, 1 or 3, H, W) images, got {got}")
+    if samples.shape[0] == 0:
+        raise ValueError("samples must not be empty")
+    if not isinstance(train, torch.Tensor) or train.shape[1:] != samples.shape[1:]:
+        got = tuple(train.shape) if isinstance(train, torch.Tensor) else type(train).__name__
+        raise ValueError(
+            f"train must be (M, {', '.join(map(str, samples.shape[1:]))}) like samples, got {got}"
+        )
+    pairs_per_row = check_positive_int("pairs_per_row", pairs_per_row)
+    lo, hi = value_range
+    if not hi > lo:
+        raise ValueError(f"value_range must be (low, high) with high > low, got {value_range!r}")
+    if index is None:
+        index, _ = nearest_train(samples, train)
+    index = torch.as_tensor(index).long().cpu()
+    if index.shape != (samples.shape[0],):
+        raise ValueError(f"index must have shape ({samples.shape[0]},), got {tuple(index.shape)}")
+
+    n, c, h, w = samples.shape
+    rows = (n + pairs_per_row - 1) // pairs_per_row
+    pair_w = 2 * w + padding
+    gap = 3 * padding
+    canvas = torch.full(
+        (c, rows * (h + gap) + gap, pairs_per_row * (pair_w + gap) + gap), 255, dtype=torch.uint8
+    )
+    to_u8 = lambda t: (
+        ((t.detach().cpu().double() - lo) / (hi - lo)).clamp(0, 1).mul(255).round().to(torch.uint8)
+    )
+    for i in range(n):
+        r, col = divmod(i, pairs_per_row)
+        y0, x0 = gap + r * (h + gap), gap + col * (pair_w + gap)
+        canvas[:, y0 : y0 + h, x0 : x0 + w] = to_u8(samples[i])
+        canvas[:, y0 : y0 + h, x0 + w + padding : x0 + pair_w] = to_u8(train[index[i]])
+    array = canvas[0].numpy() if c == 1 else canvas.permute(1, 2, 0).contiguous().numpy()
+    image = Image.fromarray(array)  # uint8 (H, W) -> "L", (H, W, 3) -> "RGB"
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path

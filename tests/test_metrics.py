@@ -1,0 +1,391 @@
+"""Known-answer tests for glann_ext.metrics (CPU, small inputs)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from glann_ext.metrics import (
+    GRID_5X5,
+    PRDC,
+    RING_PACGAN,
+    RING_VEEGAN,
+    DomainClassifier,
+    aggregate_seeds,
+    cache_path,
+    density_coverage,
+    find_inception_backend,
+    frechet_distance,
+    frechet_distance_from_statistics,
+    knn_radii,
+    make_stacked_mnist,
+    mean_sem,
+    memorisation_report,
+    mode_coverage,
+    nearest_train,
+    prdc,
+    precision_recall,
+    save_neighbour_grid,
+    stacked_mnist_modes,
+    standard_fid,
+)
+from glann_ext.metrics import classifier as classifier_module
+
+# --------------------------------------------------------------------------------------------------
+# Mode coverage on 2-D mixtures
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", [RING_VEEGAN, RING_PACGAN, GRID_5X5], ids=lambda p: p.name)
+def test_perfect_samples_cover_every_mode_with_kl_near_zero(preset):
+    k = len(preset.centres)
+    res = mode_coverage(preset.sample(400 * k, seed=1), preset)
+    assert res.modes_covered == res.num_modes == k
+    # 3-sigma disc of a 2-D isotropic Gaussian holds 1 - exp(-4.5) = 98.9 % of the mass.
+    assert abs(res.high_quality_fraction - (1 - math.exp(-4.5))) < 0.01
+    assert res.reverse_kl < 0.01
+    assert int(res.mode_counts.sum()) == round(res.high_quality_fraction * 400 * k)
+
+
+def test_presets_match_the_papers():
+    assert RING_VEEGAN.std == 0.02 and RING_PACGAN.std == 0.01 and GRID_5X5.std == 0.05
+    assert torch.allclose(RING_VEEGAN.centres.norm(dim=1), torch.full((8,), 2.0, dtype=torch.float64))
+    assert torch.allclose(RING_PACGAN.centres.norm(dim=1), torch.ones(8, dtype=torch.float64))
+    assert sorted(set(GRID_5X5.centres[:, 0].tolist())) == [-4.0, -2.0, 0.0, 2.0, 4.0]
+    assert GRID_5X5.centres.shape == (25, 2)
+
+
+def test_single_mode_generator_covers_one_mode_with_kl_log_k():
+    samples = RING_VEEGAN.centres[3].float() + 0.02 * torch.randn(500, 2)
+    res = mode_coverage(samples, RING_VEEGAN)
+    assert res.modes_covered == 1
+    assert res.mode_counts[3] == res.mode_counts.sum()
+    assert res.reverse_kl == pytest.approx(math.log(8), abs=1e-12)
+
+
+def test_off_manifold_samples_are_not_high_quality():
+    # Midway between two ring modes: nearest mode is far beyond 3 std.
+    samples = torch.zeros(10, 2)
+    res = mode_coverage(samples, RING_PACGAN)
+    assert res.high_quality_fraction == 0.0 and res.modes_covered == 0
+    assert res.reverse_kl == math.inf  # documented: no HQ sample -> undefined histogram -> inf
+
+
+def test_min_count_threshold_and_explicit_centres():
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0]])
+    samples = torch.tensor([[0.0, 0.0]] * 5 + [[10.0, 0.0]] * 2)
+    assert mode_coverage(samples, centres, 1.0).modes_covered == 2
+    assert mode_coverage(samples, centres, 1.0, min_count=3).modes_covered == 1
+    p = torch.tensor([5 / 7, 2 / 7], dtype=torch.float64)
+    expected = float((p * (2 * p).log()).sum())
+    assert mode_coverage(samples.numpy(), centres, 1.0).reverse_kl == pytest.approx(expected, rel=1e-12)
+
+
+def test_mode_coverage_bad_inputs_name_the_argument():
+    with pytest.raises(ValueError, match="samples"):
+        mode_coverage(torch.zeros(4, 3), RING_VEEGAN)
+    with pytest.raises(ValueError, match="samples"):
+        mode_coverage(torch.full((4, 2), math.nan), RING_VEEGAN)
+    with pytest.raises(TypeError, match="samples"):
+        mode_coverage([[0.0, 0.0]], RING_VEEGAN)
+    with pytest.raises(ValueError, match="std"):
+        mode_coverage(torch.zeros(4, 2), RING_VEEGAN.centres, -1.0)
+    with pytest.raises(ValueError, match="centres"):
+        mode_coverage(torch.zeros(4, 2), torch.zeros(3, 3), 1.0)
+    with pytest.raises(ValueError, match="min_count"):
+        mode_coverage(torch.zeros(4, 2), RING_VEEGAN, min_count=0)
+
+
+def test_aggregate_over_seeds():
+    mean, sem = mean_sem([1.0, 2.0, 3.0, 4.0])
+    assert mean == 2.5 and sem == pytest.approx(math.sqrt(5 / 3) / 2)
+    assert math.isnan(mean_sem([1.0])[1])
+    runs = [mode_coverage(RING_VEEGAN.sample(800, seed=s), RING_VEEGAN) for s in range(3)]
+    agg = aggregate_seeds(runs)
+    assert set(agg) == {"modes_covered", "num_modes", "high_quality_fraction", "reverse_kl"}
+    assert agg["modes_covered"] == (8.0, 0.0)
+    with pytest.raises(ValueError, match="results"):
+        aggregate_seeds([])
+
+
+# --------------------------------------------------------------------------------------------------
+# Stacked MNIST
+# --------------------------------------------------------------------------------------------------
+
+
+def _digit_images(labels: torch.Tensor) -> torch.Tensor:
+    """Synthetic 'digits': pixel (0, d) lit, plus faint noise."""
+    x = 0.05 * torch.rand(len(labels), 1, 28, 28)
+    x[torch.arange(len(labels)), 0, 0, labels] = 1.0
+    return x
+
+
+def _fake_classifier(x: torch.Tensor) -> torch.Tensor:
+    assert x.shape[1:] == (1, 28, 28)
+    return 10.0 * x[:, 0, 0, :10]
+
+
+def test_stacked_mnist_counts_the_expected_modes():
+    labels = torch.arange(10).repeat(20)
+    digits = _digit_images(labels)
+    stacked, ids = make_stacked_mnist(digits, labels, num_samples=300, seed=3)
+    assert stacked.shape == (300, 3, 28, 28)
+    res = stacked_mnist_modes(_fake_classifier, stacked, batch_size=64)
+    assert torch.equal(res.mode_ids, ids)
+    assert res.modes_covered == len(torch.unique(ids))
+    assert res.num_modes == 1000
+    # Seeded: the same seed gives the same dataset, another seed a different one.
+    again, ids2 = make_stacked_mnist(digits, labels, num_samples=300, seed=3)
+    assert torch.equal(stacked, again) and torch.equal(ids, ids2)
+    assert not torch.equal(ids, make_stacked_mnist(digits[:, 0], labels, num_samples=300, seed=4)[1])
+
+
+def test_stacked_mnist_all_modes_kl_zero_and_one_mode_kl_log_1000():
+    modes = torch.arange(1000)
+    digits = torch.stack([modes // 100, modes // 10 % 10, modes % 10], 1)
+    stacked = torch.cat([_digit_images(digits[:, c]) for c in range(3)], 1)
+    res = stacked_mnist_modes(_fake_classifier, stacked)
+    assert res.modes_covered == 1000 and res.kl == pytest.approx(0.0, abs=1e-12)
+    one = stacked_mnist_modes(_fake_classifier, stacked[[123] * 50])
+    assert one.modes_covered == 1 and one.mode_ids.eq(123).all()
+    assert one.kl == pytest.approx(math.log(1000))
+
+
+def test_stacked_mnist_bad_inputs():
+    with pytest.raises(ValueError, match="images"):
+        stacked_mnist_modes(_fake_classifier, torch.zeros(2, 1, 28, 28))
+    with pytest.raises(TypeError, match="classifier"):
+        stacked_mnist_modes(None, torch.zeros(2, 3, 28, 28))
+    with pytest.raises(ValueError, match="classifier must return"):
+        stacked_mnist_modes(lambda x: x[:, 0, 0, :5], torch.zeros(2, 3, 28, 28))
+    with pytest.raises(ValueError, match="labels"):
+        make_stacked_mnist(torch.zeros(4, 28, 28), torch.zeros(3, dtype=torch.long), num_samples=2)
+
+
+# --------------------------------------------------------------------------------------------------
+# k-NN radii, Fréchet distance, PRDC
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("tile_bytes", [1, 8 * 37 * 3, 1 << 26])
+def test_knn_radii_match_brute_force(k, tile_bytes):
+    x = torch.randn(37, 4, dtype=torch.float64)
+    x[5] = x[6]  # a duplicate: each is the other's neighbour at distance 0
+    got = knn_radii(x, k, tile_bytes=tile_bytes)
+    d = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
+    d.fill_diagonal_(math.inf)
+    expected = d.sort(1).values[:, k - 1]
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    assert got[5] == 0.0 if k == 1 else got[5] > 0
+    with pytest.raises(ValueError, match="features"):
+        knn_radii(x[:k], k)
+
+
+def test_frechet_distance_identical_sets_is_zero():
+    x = torch.randn(300, 16)
+    assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_frechet_distance_closed_form_for_gaussians():
+    rng = np.random.default_rng(0)
+    d = 6
+    a, b = rng.normal(size=(d, d)), rng.normal(size=(d, d))
+    s1, s2 = a @ a.T + 0.1 * np.eye(d), b @ b.T + 0.1 * np.eye(d)  # do not commute
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    scipy_linalg = pytest.importorskip("scipy.linalg")
+    covmean = scipy_linalg.sqrtm(s1 @ s2).real
+    expected = ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean)
+    assert frechet_distance_from_statistics(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-9)
+    # Diagonal covariances: trace terms reduce to sum (sqrt(a_i) - sqrt(b_i))^2.
+    va, vb = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 9.0])
+    shift = np.array([3.0, 0.0, -1.0])
+    fd = frechet_distance_from_statistics(np.zeros(3), np.diag(va), shift, np.diag(vb))
+    assert fd == pytest.approx(10.0 + ((np.sqrt(va) - np.sqrt(vb)) ** 2).sum(), rel=1e-12)
+
+
+def test_frechet_distance_of_shifted_gaussian_samples():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(20000, 3, generator=g, dtype=torch.float64)
+    y = 2.0 * torch.randn(20000, 3, generator=g, dtype=torch.float64) + torch.tensor([1.0, 0.0, 0.0])
+    # ||mu||^2 + sum (1 - 2)^2 = 1 + 3
+    assert frechet_distance(x, y) == pytest.approx(4.0, abs=0.15)
+
+
+def test_frechet_bad_inputs():
+    with pytest.raises(ValueError, match="features2"):
+        frechet_distance(torch.randn(5, 3), torch.randn(5, 4))
+    with pytest.raises(ValueError, match="features1"):
+        frechet_distance(torch.randn(1, 3), torch.randn(5, 3))
+    with pytest.raises(ValueError, match="sigma2"):
+        frechet_distance_from_statistics(np.zeros(2), np.eye(2), np.zeros(2), np.eye(3))
+
+
+def test_prdc_identical_sets():
+    x = torch.randn(400, 10)
+    res = prdc(x, x.clone())
+    assert (res.precision, res.recall, res.coverage) == (1.0, 1.0, 1.0)
+    assert res.density == pytest.approx(1.0, abs=1e-12)
+
+
+def test_prdc_disjoint_sets_and_brute_force():
+    real = torch.randn(120, 5, dtype=torch.float64)
+    far = torch.randn(90, 5, dtype=torch.float64) + 100.0
+    assert prdc(real, far) == PRDC(0.0, 0.0, 0.0, 0.0)
+    fake = 1.3 * torch.randn(90, 5, dtype=torch.float64) + 0.3
+    d = torch.cdist(real, fake, compute_mode="donot_use_mm_for_euclid_dist")  # (N, M)
+    r_real, r_fake = knn_radii(real, 3), knn_radii(fake, 3)
+    p, r = precision_recall(real, fake, k=3, tile_bytes=1000)
+    assert p == pytest.approx(float((d <= r_real[:, None]).any(0).double().mean()))
+    assert r == pytest.approx(float((d <= r_fake[None, :]).any(1).double().mean()))
+    r5 = knn_radii(real, 5)
+    dens, cov = density_coverage(real, fake, k=5, tile_bytes=1000)
+    assert dens == pytest.approx(float((d < r5[:, None]).double().sum(0).mean() / 5))
+    assert cov == pytest.approx(float((d.min(1).values < r5).double().mean()))
+
+
+def test_prdc_bad_inputs():
+    with pytest.raises(ValueError, match="fake"):
+        prdc(torch.randn(10, 3), torch.randn(10, 2))
+    with pytest.raises(ValueError, match="k"):
+        precision_recall(torch.randn(10, 3), torch.randn(10, 3), k=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Domain classifier
+# --------------------------------------------------------------------------------------------------
+
+
+def _bars(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three separable classes: a bright horizontal bar in the top, middle or bottom third."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(3, (n,), generator=g)
+    x = 0.3 * torch.rand(n, 1, 28, 28, generator=g)
+    for c in range(3):
+        rows = slice(2 + 9 * c, 6 + 9 * c)
+        x[y == c, :, rows, :] += 0.7
+    return x, y
+
+
+def test_domain_classifier_trains_and_cache_round_trips(tmp_path, monkeypatch):
+    xtr, ytr = _bars(600, 0)
+    xte, yte = _bars(200, 1)
+    state = torch.get_rng_state()
+    clf = DomainClassifier.load_or_train(
+        "bars", xtr, ytr, xte, yte, cache_dir=tmp_path, num_classes=3, epochs=2, batch_size=32
+    )
+    assert torch.equal(state, torch.get_rng_state())  # training does not touch the global RNG
+    assert clf.test_accuracy >= 0.95
+    assert clf.accuracy(xte, yte) == pytest.approx(clf.test_accuracy)
+    feats = clf.features(xte)
+    assert feats.shape == (200, 84) and feats.dtype == torch.float32
+    path = cache_path(tmp_path, "bars", seed=0, epochs=2)
+    assert path.is_file() and [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp file left
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached classifier should have been loaded")
+
+    monkeypatch.setattr(classifier_module, "_train", no_training)
+    again = DomainClassifier.load_or_train(
+        "bars", xtr, ytr, xte, yte, cache_dir=tmp_path, num_classes=3, epochs=2, batch_size=32
+    )
+    assert again.test_accuracy == clf.test_accuracy
+    torch.testing.assert_close(again.features(xte), feats)
+    torch.testing.assert_close(again(xte), clf(xte))
+    with pytest.raises(ValueError, match="num_classes"):
+        DomainClassifier.load_or_train(
+            "bars", xtr, ytr, xte, yte, cache_dir=tmp_path, num_classes=4, epochs=2
+        )
+
+
+def test_domain_classifier_bad_inputs(tmp_path):
+    x, y = _bars(8, 0)
+    with pytest.raises(ValueError, match="train_labels"):
+        DomainClassifier.load_or_train("b", x, y[:4], x, y, cache_dir=tmp_path, num_classes=3)
+    with pytest.raises(ValueError, match="test_labels"):
+        DomainClassifier.load_or_train("b", x, y, x, y + 5, cache_dir=tmp_path, num_classes=3)
+    with pytest.raises(ValueError, match="dataset"):
+        DomainClassifier.load_or_train("../evil", x, y, x, y, cache_dir=tmp_path, num_classes=3)
+    with pytest.raises(TypeError, match="train_images"):
+        DomainClassifier.load_or_train("b", x.long(), y, x, y, cache_dir=tmp_path, num_classes=3)
+
+
+# --------------------------------------------------------------------------------------------------
+# Memorisation
+# --------------------------------------------------------------------------------------------------
+
+
+def test_memorisation_of_training_subset_is_zero(tmp_path):
+    train = torch.rand(200, 1, 12, 12)
+    test = torch.rand(50, 1, 12, 12)
+    copied = train[torch.tensor([3, 17, 17, 150])]
+    index, dist = nearest_train(copied, train)
+    assert index.tolist() == [3, 17, 17, 150] and dist.abs().max() < 1e-6
+    rep = memorisation_report(copied, train, test)
+    assert rep.generated_median < 1e-6 < rep.test_median
+    assert rep.generated_fraction_below == 1.0
+    assert rep.test_fraction_below <= 0.02
+    rep2 = memorisation_report(copied, train, test, threshold=0.0)
+    assert rep2.generated_fraction_below == 0.0  # strict "<"
+
+    png = save_neighbour_grid(
+        tmp_path / "grid.png", copied, train, pairs_per_row=3, index=rep.generated_index
+    )
+    from PIL import Image
+
+    with Image.open(png) as im:
+        assert im.mode == "L" and im.size == (3 * (2 * 12 + 2 + 6) + 6, 2 * (12 + 6) + 6)
+        arr = np.asarray(im)
+    # Left and right image of the first pair are the same picture (a copy and its neighbour).
+    assert np.array_equal(arr[6:18, 6:18], arr[6:18, 20:32])
+    rgb = save_neighbour_grid(tmp_path / "rgb.png", torch.rand(2, 3, 8, 8), torch.rand(5, 3, 8, 8))
+    with Image.open(rgb) as im:
+        assert im.mode == "RGB"
+
+
+def test_memorisation_bad_inputs(tmp_path):
+    with pytest.raises(ValueError, match="train"):
+        nearest_train(torch.rand(3, 1, 4, 4), torch.rand(5, 1, 5, 5))
+    with pytest.raises(TypeError, match="samples"):
+        nearest_train(np.zeros((3, 4)), torch.rand(5, 4))
+    with pytest.raises(ValueError, match="samples"):
+        save_neighbour_grid(tmp_path / "x.png", torch.rand(3, 2, 4, 4), torch.rand(5, 2, 4, 4))
+
+
+# --------------------------------------------------------------------------------------------------
+# Standard FID (never downloads)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_standard_fid_without_weights_returns_none_with_reason(tmp_path):
+    backend = find_inception_backend(hub_dir=tmp_path)
+    assert backend.name is None and "never downloaded" in backend.reason
+    res = standard_fid(torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32), hub_dir=tmp_path)
+    assert res.value is None and res.reason == backend.reason
+    with pytest.raises(ValueError, match="fake_images"):
+        standard_fid(torch.rand(4, 3, 32, 32), torch.rand(4, 2, 32, 32), hub_dir=tmp_path)
+
+
+def test_inception_backend_detection_needs_package_and_cached_weights(tmp_path, monkeypatch):
+    import importlib.util
+
+    from glann_ext.metrics import fid
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        fid.importlib.util,
+        "find_spec",
+        lambda name: object() if name == "torch_fidelity" else real_find_spec(name),
+    )
+    missing = find_inception_backend(hub_dir=tmp_path)
+    assert missing.name is None and fid.TORCH_FIDELITY_WEIGHTS in missing.reason
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / fid.TORCH_FIDELITY_WEIGHTS).write_bytes(b"")
+    found = find_inception_backend(hub_dir=tmp_path)
+    assert (
+        found.name == "torch-fidelity"
+        and found.weights == tmp_path / "checkpoints" / fid.TORCH_FIDELITY_WEIGHTS
+    )
