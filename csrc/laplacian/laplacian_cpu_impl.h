@@ -126,6 +126,29 @@ void axpy_row(T a, const T* x, int64_t len, T* y) {
   for (int64_t c = 0; c < len; ++c) y[c] += a * x[c];
 }
 
+// l = fine - up: stores sign(l), returns sum |l|. The sum runs in kLanes fixed partial sums (so the
+// compiler may vectorise it without -ffast-math, and the order stays fixed), combined in lane order.
+constexpr int kLanes = 16;
+template <typename T>
+T laplacian_row(const T* fine, const T* up, int64_t n, int8_t* sign) {
+  T lanes[kLanes] = {};
+  int64_t c = 0;
+  for (; c + kLanes <= n; c += kLanes)
+    for (int k = 0; k < kLanes; ++k) {
+      const T l = fine[c + k] - up[c + k];
+      sign[c + k] = sign_of(l);
+      lanes[k] += std::fabs(l);
+    }
+  for (int k = 0; c + k < n; ++k) {
+    const T l = fine[c + k] - up[c + k];
+    sign[c + k] = sign_of(l);
+    lanes[k] += std::fabs(l);
+  }
+  T sum = T(0);
+  for (int k = 0; k < kLanes; ++k) sum += lanes[k];
+  return sum;
+}
+
 // ---- one plane -----------------------------------------------------------------------------------
 
 // Forward of one plane. g: scratch pyramid (geom.total elements), line0/line1: line_elems(width) each.
@@ -183,15 +206,7 @@ double forward_plane(const Geometry& geom, const In* x, const int64_t* xs, const
         combine_rows(rows, tr.w, tr.count, wm, line0);
         up_row(line0, wn, line1 + wn + 8, line1);  // output after the n + 4 pad area
         const T* up = line1 + wn + 8;
-        const T* fr = fine + i * wn;
-        int8_t* sr = sg + i * wn;
-        T row_sum = T(0);
-        for (int64_t c = 0; c < wn; ++c) {
-          const T l = fr[c] - up[c];
-          sr[c] = sign_of(l);
-          row_sum += std::fabs(l);
-        }
-        level_sum += double(row_sum);
+        level_sum += double(laplacian_row(fine + i * wn, up, wn, sg + i * wn));
       }
     }
     total += level_w * level_sum;
