@@ -151,22 +151,27 @@ T laplacian_row(const T* fine, const T* up, int64_t n, int8_t* sign) {
 
 // ---- one plane -----------------------------------------------------------------------------------
 
-// Forward of one plane. g: scratch pyramid (geom.total elements), line0/line1: line_elems(width) each.
-// Writes the signs and returns sum_j 4^j sum|L^j| (accumulated per row in T, across rows in double).
-template <typename T, typename In>
-double forward_plane(const Geometry& geom, const In* x, const int64_t* xs, const In* y, const int64_t* ys,
-                     int8_t* signs, T* g, T* line0, T* line1) {
+// G^0 = x - y of one plane into g (packed rows), reading x and y through their strides.
+template <typename T>
+void load_diff(const Geometry& geom, const T* x, const int64_t* xs, const T* y, const int64_t* ys, T* g) {
   const int64_t H = geom.h[0], W = geom.w[0];
   for (int64_t i = 0; i < H; ++i) {
     T* row = g + i * W;
-    const In* xr = x + i * xs[2];
-    const In* yr = y + i * ys[2];
+    const T* xr = x + i * xs[2];
+    const T* yr = y + i * ys[2];
     if (xs[3] == 1 && ys[3] == 1) {
-      for (int64_t c = 0; c < W; ++c) row[c] = T(xr[c]) - T(yr[c]);
+      for (int64_t c = 0; c < W; ++c) row[c] = xr[c] - yr[c];
     } else {
-      for (int64_t c = 0; c < W; ++c) row[c] = T(xr[c * xs[3]]) - T(yr[c * ys[3]]);
+      for (int64_t c = 0; c < W; ++c) row[c] = xr[c * xs[3]] - yr[c * ys[3]];
     }
   }
+}
+
+// Forward of one plane from G^0 in g (scratch pyramid, geom.total elements; line0/line1:
+// line_elems(width) each). Writes the signs and returns sum_j 4^j sum|L^j| (accumulated per row in
+// T, across rows in double).
+template <typename T>
+double forward_plane(const Geometry& geom, int8_t* signs, T* g, T* line0, T* line1) {
   const int J = geom.levels;
   for (int j = 0; j + 1 < J; ++j) {  // Gaussian pyramid
     const int64_t hn = geom.h[j], wn = geom.w[j], hm = geom.h[j + 1], wm = geom.w[j + 1];
@@ -252,6 +257,43 @@ void backward_plane(const Geometry& geom, const int8_t* signs, T scale, T* grad,
   }
 }
 
+// ---- the per-pixel path: the CUDA kernels' functions, in their level-by-level order -----------------
+// Slow; it exists so that the CPU test suite checks the math the CUDA kernels run.
+
+template <typename T>
+double forward_plane_pixels(const Geometry& geom, int8_t* signs, T* g) {
+  for (int j = 0; j + 1 < geom.levels; ++j)
+    for (int64_t q1 = 0; q1 < geom.h[j + 1]; ++q1)
+      for (int64_t q2 = 0; q2 < geom.w[j + 1]; ++q2)
+        g[geom.off[j + 1] + q1 * geom.w[j + 1] + q2] = down_pixel(g + geom.off[j], geom.h[j], geom.w[j], q1, q2);
+  double total = 0.0, level_w = 1.0;
+  for (int j = 0; j < geom.levels; ++j, level_w *= 4.0) {
+    double level_sum = 0.0;
+    for (int64_t i1 = 0; i1 < geom.h[j]; ++i1)
+      for (int64_t i2 = 0; i2 < geom.w[j]; ++i2) {
+        const int64_t at = geom.off[j] + i1 * geom.w[j] + i2;
+        const T l = j + 1 < geom.levels
+                        ? laplacian_pixel(g + geom.off[j], g + geom.off[j + 1], geom.h[j], geom.w[j], i1, i2)
+                        : g[at];
+        signs[at] = sign_of(l);
+        level_sum += std::fabs(double(l));
+      }
+    total += level_w * level_sum;
+  }
+  return total;
+}
+
+template <typename T>
+void backward_plane_pixels(const Geometry& geom, const int8_t* signs, T scale, T* grad, T* acc) {
+  for (int l = geom.levels - 1; l >= 0; --l) {
+    T* dst = l == 0 ? grad : acc + geom.off[l];
+    const T* next = l + 1 < geom.levels ? acc + geom.off[l + 1] : nullptr;
+    for (int64_t q1 = 0; q1 < geom.h[l]; ++q1)
+      for (int64_t q2 = 0; q2 < geom.w[l]; ++q2)
+        dst[q1 * geom.w[l] + q2] = backward_pixel(geom, l, signs, next, scale, q1, q2);
+  }
+}
+
 // ---- drivers: one task per (b, c) plane ----------------------------------------------------------
 
 inline int64_t slot_bytes(const Geometry& g, int64_t elem) {
@@ -276,9 +318,11 @@ Status forward_all(const LaplacianForwardParams& p) {
     T* g = reinterpret_cast<T*>(ws + sums_bytes + slot * sb);
     T* line0 = g + geom.total;
     T* line1 = line0 + line_elems(geom.w[0]);
-    plane_sums[task] = forward_plane<T, T>(geom, x + b * p.x_strides[0] + c * p.x_strides[1], p.x_strides,
-                                           y + b * p.y_strides[0] + c * p.y_strides[1], p.y_strides,
-                                           p.signs + task * geom.total, g, line0, line1);
+    int8_t* signs = p.signs + task * geom.total;
+    load_diff(geom, x + b * p.x_strides[0] + c * p.x_strides[1], p.x_strides, y + b * p.y_strides[0] + c * p.y_strides[1],
+              p.y_strides, g);
+    plane_sums[task] =
+        p.pixel_path ? forward_plane_pixels(geom, signs, g) : forward_plane(geom, signs, g, line0, line1);
   });
   // Fixed-order reduction: the result does not depend on the thread count or task assignment.
   T* out = static_cast<T*>(p.per_sample);
@@ -306,8 +350,12 @@ Status backward_all(const LaplacianBackwardParams& p) {
     T* acc = reinterpret_cast<T*>(ws + slot * sb);
     T* line0 = acc + geom.total;
     T* line1 = line0 + line_elems(geom.w[0]);
-    backward_plane<T>(geom, p.signs + task * geom.total, scale[task / p.channels], grad + task * hw, acc, line0,
-                      line1);
+    const int8_t* signs = p.signs + task * geom.total;
+    const T sc = scale[task / p.channels];
+    if (p.pixel_path)
+      backward_plane_pixels(geom, signs, sc, grad + task * hw, acc);
+    else
+      backward_plane(geom, signs, sc, grad + task * hw, acc, line0, line1);
   });
   return Status::Ok();
 }
