@@ -12,6 +12,25 @@ namespace glann_py {
 
 using Strides = std::array<int64_t, 4>;
 
+// The CPU or CUDA launcher, with the GIL released while it runs.
+template <typename Params>
+glann::Status launch(bool cuda, const Params& p, glann::Status (*cpu)(const Params&),
+                     glann::Status (*gpu)(const Params&)) {
+  py::gil_scoped_release release;
+  if (!cuda) return cpu(p);
+  if (gpu == nullptr)
+    return glann::Status::Error(glann::StatusCode::kUnsupported, "glann_ext was built without CUDA kernels");
+  return gpu(p);
+}
+
+#ifdef GLANN_WITH_CUDA
+constexpr auto kForwardCuda = &glann::laplacian_forward_cuda;
+constexpr auto kBackwardCuda = &glann::laplacian_backward_cuda;
+#else
+constexpr glann::Status (*kForwardCuda)(const glann::LaplacianForwardParams&) = nullptr;
+constexpr glann::Status (*kBackwardCuda)(const glann::LaplacianBackwardParams&) = nullptr;
+#endif
+
 void register_laplacian(py::module_& m) {
   m.def("laplacian_plane_elems", &glann::laplacian_plane_elems, py::arg("height"), py::arg("width"),
         py::arg("levels"), "Sign elements per (b, c) plane: sum_j h_j * w_j.");
@@ -50,18 +69,7 @@ void register_laplacian(py::module_& m) {
         p.num_threads = num_threads;
         p.pixel_path = pixel_path;
         p.stream = as_ptr<void>(stream);
-        glann::Status s;
-        {
-          py::gil_scoped_release release;
-#ifdef GLANN_WITH_CUDA
-          s = cuda ? glann::laplacian_forward_cuda(p) : glann::laplacian_forward_cpu(p);
-#else
-          s = cuda ? glann::Status::Error(glann::StatusCode::kUnsupported,
-                                          "glann_ext was built without CUDA kernels")
-                   : glann::laplacian_forward_cpu(p);
-#endif
-        }
-        throw_if_error(s);
+        throw_if_error(launch(cuda, p, &glann::laplacian_forward_cpu, kForwardCuda));
       },
       py::arg("x"), py::arg("x_strides"), py::arg("y"), py::arg("y_strides"), py::arg("batch"),
       py::arg("channels"), py::arg("height"), py::arg("width"), py::arg("levels"), py::arg("dtype"),
@@ -89,18 +97,7 @@ void register_laplacian(py::module_& m) {
         p.num_threads = num_threads;
         p.pixel_path = pixel_path;
         p.stream = as_ptr<void>(stream);
-        glann::Status s;
-        {
-          py::gil_scoped_release release;
-#ifdef GLANN_WITH_CUDA
-          s = cuda ? glann::laplacian_backward_cuda(p) : glann::laplacian_backward_cpu(p);
-#else
-          s = cuda ? glann::Status::Error(glann::StatusCode::kUnsupported,
-                                          "glann_ext was built without CUDA kernels")
-                   : glann::laplacian_backward_cpu(p);
-#endif
-        }
-        throw_if_error(s);
+        throw_if_error(launch(cuda, p, &glann::laplacian_backward_cpu, kBackwardCuda));
       },
       py::arg("signs"), py::arg("grad_scale"), py::arg("grad"), py::arg("batch"), py::arg("channels"),
       py::arg("height"), py::arg("width"), py::arg("levels"), py::arg("dtype"), py::arg("workspace"),

@@ -190,6 +190,14 @@ def test_identical_inputs_give_zero_loss_and_grad():
     assert torch.count_nonzero(g) == 0  # sign(0) = 0
 
 
+def test_sign_layout_matches_kernel():
+    """The fake impl's sign buffer size (pure Python, SymInt-friendly) is the kernel's plane layout."""
+    from glann_ext._ext import _C
+
+    for h, w, levels in [(1, 1, 1), (1, 1, 16), (28, 28, 5), (29, 31, 9), (2, 3, 4)]:
+        assert lap_mod._plane_elems(h, w, levels) == _C.laplacian_plane_elems(h, w, levels)
+
+
 def test_default_levels():
     assert [reference.default_levels(h, w) for h, w in [(1, 1), (2, 9), (28, 28), (64, 64), (7, 300)]] == [1, 2, 5, 5, 3]
     x, y = torch.randn(1, 1, 28, 28), torch.randn(1, 1, 28, 28)

@@ -129,12 +129,16 @@ def _setup_context(ctx, inputs, output) -> None:
     x, _, levels = inputs
     _, signs = output
     ctx.save_for_backward(signs)
+    # The int8 signs output never has a gradient: do not let autograd fill a zero tensor for it.
+    ctx.set_materialize_grads(False)
     ctx.shape = tuple(x.shape)
     ctx.levels = levels
     ctx.dtype = x.dtype
 
 
-def _backward(ctx, grad_per_sample: torch.Tensor, _grad_signs):
+def _backward(ctx, grad_per_sample: torch.Tensor | None, _grad_signs):
+    if grad_per_sample is None:
+        return None, None, None
     (signs,) = ctx.saved_tensors
     _, c, h, w = ctx.shape
     grad = _laplacian_bwd(signs, grad_per_sample, c, h, w, ctx.levels, ctx.dtype)
