@@ -121,6 +121,12 @@ void combine_rows(const T* const* rows, const T* w, int count, int64_t len, T* o
   }
 }
 
+// dst = wt * signs. restrict: int8 may alias anything, and without it the loop stays scalar.
+template <typename T>
+void scale_signs(const int8_t* __restrict__ signs, T wt, int64_t n, T* __restrict__ dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = wt * T(signs[i]);
+}
+
 template <typename T>
 void axpy_row(T a, const T* x, int64_t len, T* y) {
   for (int64_t c = 0; c < len; ++c) y[c] += a * x[c];
@@ -225,10 +231,7 @@ template <typename T>
 void backward_plane(const Geometry& geom, const int8_t* signs, T scale, T* grad, T* acc, T* line0, T* line1) {
   const int J = geom.levels;
   auto level_ptr = [&](int l) { return l == 0 ? grad : acc + geom.off[l]; };
-  auto set_signs = [&](int l, T wt, T* dst) {
-    const int8_t* s = signs + geom.off[l];
-    for (int64_t i = 0; i < geom.h[l] * geom.w[l]; ++i) dst[i] = wt * T(s[i]);
-  };
+  auto set_signs = [&](int l, T wt, T* dst) { scale_signs(signs + geom.off[l], wt, geom.h[l] * geom.w[l], dst); };
   T level_w = scale;
   for (int j = 0; j + 1 < J; ++j) level_w *= T(4);
   set_signs(J - 1, level_w, level_ptr(J - 1));
@@ -239,7 +242,7 @@ void backward_plane(const Geometry& geom, const int8_t* signs, T scale, T* grad,
     // acc_{j+1} -= U^T s_j: per fine row, U^T along the row, then the column scatter of 2 S B^T.
     const int8_t* sj = signs + geom.off[j];
     for (int64_t i = 0; i < hn; ++i) {
-      for (int64_t c = 0; c < wn; ++c) line0[c] = level_w * T(sj[i * wn + c]);
+      scale_signs(sj + i * wn, level_w, wn, line0);
       up_adj_row(line0, wn, line1 + wn + 8, line1);  // coarse row after the n + 8 buffer
       const T* t1 = line1 + wn + 8;
       for (int a = 0; a < 5; ++a) {

@@ -35,6 +35,10 @@ GLANN_LAP_HD T tap_weight(int a) {
 
 // OpenCV BORDER_REFLECT_101 with period 2(n-1); n == 1 maps everything to 0.
 GLANN_LAP_HD int64_t reflect101(int64_t i, int64_t n) {
+  // Fast paths without a division: the kernels only ask for indices within 2 (or 4) of the edges.
+  if (i >= 0 && i < n) return i;
+  if (i < 0 && -i < n) return -i;
+  if (i >= n && i < 2 * n - 1) return 2 * (n - 1) - i;
   if (n == 1) return 0;
   const int64_t period = 2 * (n - 1);
   if (i < 0) i = -i;
