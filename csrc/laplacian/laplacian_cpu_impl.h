@@ -4,9 +4,13 @@
 // laplacian_cpu.cpp (baseline), laplacian_cpu_avx2.cpp and laplacian_cpu_avx512.cpp each compile it
 // with their own flags, and everything here lives in that namespace so no symbol is shared between them.
 //
-// One task = one (b, c) image plane, entirely in a per-thread scratch pyramid (L2-resident for the
-// usual image sizes). Vertical operators combine whole rows (contiguous, vectorised); horizontal ones
-// work on one row through a reflect-padded line buffer so their inner loops are branch-free.
+// Layout: one task = a group of kLanes<T> image planes (32 bytes: 8 float or 4 double), interleaved
+// so that "element" k of a row is kLanes values, one per plane. Every inner loop then runs over whole
+// SIMD vectors whatever the image size (a 28-pixel row, or the 1-pixel rows of the coarse levels,
+// would otherwise run mostly in scalar loop tails), and the per-row bookkeeping (reflections, taps)
+// is shared by all planes of the group. The group's pyramid stays in a per-thread scratch (L2-sized
+// for the usual images). Vertical operators combine whole rows; horizontal ones work on one row
+// through a reflect-padded line buffer so their inner loops are branch-free.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -26,87 +30,104 @@ namespace GLANN_LAP_ISA_NS {
 
 constexpr double kW0 = 0.0625, kW1 = 0.25, kW2 = 0.375;
 
-// A line buffer holds a padded row (width + 8) followed by an output row (<= width).
+template <typename T>
+constexpr int kLanes = 32 / int(sizeof(T));
+
+// A line buffer holds a padded row (width + 8 elements) followed by an output row (<= width).
 inline int64_t line_elems(int64_t width) { return 2 * width + 16; }
 
-// ---- horizontal (within one row) ----------------------------------------------------------------
+// ---- horizontal (within one row; element k = p[k*V .. k*V+V)) -------------------------------------
+
+template <typename T, int V>
+inline void copy_el(const T* src, T* dst) {
+  for (int v = 0; v < V; ++v) dst[v] = src[v];
+}
+
+// out = w0 (s0 + s4) + w1 (s1 + s3) + w2 s2 over five consecutive elements starting at s.
+template <typename T, int V>
+inline void blur5(const T* s, T w0, T w1, T w2, T* out) {
+  for (int v = 0; v < V; ++v)
+    out[v] = w0 * (s[v] + s[4 * V + v]) + w1 * (s[V + v] + s[3 * V + v]) + w2 * s[2 * V + v];
+}
+
+// Pad positions 0, 1 and n+2, n+3 of a reflect-101 padded line whose interior is pad[2 .. n+2).
+template <typename T, int V>
+inline void fill_pad_borders(T* pad, int64_t n) {
+  const T* z = pad + 2 * V;
+  for (int64_t p = 0; p < 2; ++p) copy_el<T, V>(z + reflect101(p - 2, n) * V, pad + p * V);
+  for (int64_t p = n + 2; p < n + 4; ++p) copy_el<T, V>(z + reflect101(p - 2, n) * V, pad + p * V);
+}
 
 // out[k] = sum_a W[a] in[r(2k + a - 2)], k < ceil(n/2).   pad: n + 4 elements.
-template <typename T>
+template <typename T, int V>
 void down_row(const T* in, int64_t n, T* out, T* pad) {
-  for (int64_t p = 0; p < 2; ++p) pad[p] = in[reflect101(p - 2, n)];
-  std::memcpy(pad + 2, in, sizeof(T) * n);
-  for (int64_t p = n + 2; p < n + 4; ++p) pad[p] = in[reflect101(p - 2, n)];
+  std::memcpy(pad + 2 * V, in, sizeof(T) * V * n);
+  fill_pad_borders<T, V>(pad, n);
   const int64_t m = (n + 1) / 2;
-  const T w0 = T(kW0), w1 = T(kW1), w2 = T(kW2);
-  for (int64_t k = 0; k < m; ++k) {
-    const T* s = pad + 2 * k;
-    out[k] = w0 * (s[0] + s[4]) + w1 * (s[1] + s[3]) + w2 * s[2];
-  }
+  for (int64_t k = 0; k < m; ++k) blur5<T, V>(pad + 2 * k * V, T(kW0), T(kW1), T(kW2), out + k * V);
 }
 
 // out[i] = 2 sum_a W[a] z[r(i + a - 2)], z = zero-insert of in (m) on the fine grid (n).  pad: n + 4.
-template <typename T>
+template <typename T, int V>
 void up_row(const T* in, int64_t n, T* out, T* pad) {
-  T* z = pad + 2;
-  for (int64_t k = 0; k < n; k += 2) z[k] = in[k >> 1];
-  for (int64_t k = 1; k < n; k += 2) z[k] = T(0);
-  for (int64_t p = 0; p < 2; ++p) pad[p] = z[reflect101(p - 2, n)];
-  for (int64_t p = n + 2; p < n + 4; ++p) pad[p] = z[reflect101(p - 2, n)];
-  const T w0 = T(2 * kW0), w1 = T(2 * kW1), w2 = T(2 * kW2);
-  for (int64_t i = 0; i < n; ++i) {
-    const T* s = pad + i;
-    out[i] = w0 * (s[0] + s[4]) + w1 * (s[1] + s[3]) + w2 * s[2];
-  }
+  T* z = pad + 2 * V;
+  for (int64_t k = 0; k < n; ++k)
+    for (int v = 0; v < V; ++v) z[k * V + v] = (k & 1) ? T(0) : in[(k >> 1) * V + v];
+  fill_pad_borders<T, V>(pad, n);
+  for (int64_t i = 0; i < n; ++i) blur5<T, V>(pad + i * V, T(2 * kW0), T(2 * kW1), T(2 * kW2), out + i * V);
 }
 
-// (C^T v)[p] = sum_a W[a] v[p - a] for a pad position p (v zero outside [0, n)).
-template <typename T>
-T valid_transpose_at(const T* v, int64_t n, int64_t p) {
-  T acc = T(0);
+// out += scale * (C^T v)[p], (C^T v)[p] = sum_a W[a] v[p - a] for a pad position p (v zero outside [0, n)).
+template <typename T, int V>
+inline void add_valid_transpose_at(const T* v, int64_t n, int64_t p, T scale, T* out) {
   for (int a = 0; a < 5; ++a)
-    if (p - a >= 0 && p - a < n) acc += tap_weight<T>(a) * v[p - a];
-  return acc;
+    if (p - a >= 0 && p - a < n) {
+      const T w = scale * tap_weight<T>(a);
+      for (int l = 0; l < V; ++l) out[l] += w * v[(p - a) * V + l];
+    }
+}
+
+inline void border_positions(int64_t n, int64_t out[4]) {
+  out[0] = 0;
+  out[1] = 1;
+  out[2] = n + 2;
+  out[3] = n + 3;
 }
 
 // out = B^T Z in (D^T along the row): fine n from coarse in.  zz: n + 8 elements.
-template <typename T>
+template <typename T, int V>
 void down_adj_row(const T* in, int64_t n, T* out, T* zz) {
   // zz[4 + k] = (Z in)[k], zero margins of 4 so the interior loop needs no bounds.
-  for (int p = 0; p < 4; ++p) zz[p] = zz[n + 4 + p] = T(0);
-  T* z = zz + 4;
-  for (int64_t k = 0; k < n; k += 2) z[k] = in[k >> 1];
-  for (int64_t k = 1; k < n; k += 2) z[k] = T(0);
-  const T w0 = T(kW0), w1 = T(kW1), w2 = T(kW2);
-  // Pad position p = i + 2 maps back to i itself: out[i] = (C^T z)[i + 2].
-  for (int64_t i = 0; i < n; ++i) {
-    const T* s = zz + i + 2;  // z[i - 2 .. i + 2]
-    out[i] = w0 * (s[0] + s[4]) + w1 * (s[1] + s[3]) + w2 * s[2];
-  }
+  std::memset(zz, 0, sizeof(T) * V * 4);
+  std::memset(zz + (n + 4) * V, 0, sizeof(T) * V * 4);
+  T* z = zz + 4 * V;
+  for (int64_t k = 0; k < n; ++k)
+    for (int v = 0; v < V; ++v) z[k * V + v] = (k & 1) ? T(0) : in[(k >> 1) * V + v];
+  // Pad position p = i + 2 maps back to i itself: out[i] = (C^T z)[i + 2] = sum_a W[a] z[i + 2 - a].
+  for (int64_t i = 0; i < n; ++i) blur5<T, V>(zz + (i + 2) * V, T(kW0), T(kW1), T(kW2), out + i * V);
   // Fold the four border pad positions back through the reflection.
-  const int64_t border[4] = {0, 1, n + 2, n + 3};
-  for (int b = 0; b < 4; ++b) out[reflect101(border[b] - 2, n)] += valid_transpose_at(z, n, border[b]);
+  int64_t border[4];
+  border_positions(n, border);
+  for (int b = 0; b < 4; ++b) add_valid_transpose_at<T, V>(z, n, border[b], T(1), out + reflect101(border[b] - 2, n) * V);
 }
 
 // out = 2 S B^T in (U^T along the row): coarse ceil(n/2) from fine in.  zz: n + 8 elements.
-template <typename T>
+template <typename T, int V>
 void up_adj_row(const T* in, int64_t n, T* out, T* zz) {
-  for (int p = 0; p < 4; ++p) zz[p] = zz[n + 4 + p] = T(0);
-  std::memcpy(zz + 4, in, sizeof(T) * n);
+  std::memset(zz, 0, sizeof(T) * V * 4);
+  std::memset(zz + (n + 4) * V, 0, sizeof(T) * V * 4);
+  std::memcpy(zz + 4 * V, in, sizeof(T) * V * n);
   const int64_t m = (n + 1) / 2;
-  const T w0 = T(2 * kW0), w1 = T(2 * kW1), w2 = T(2 * kW2);
-  for (int64_t q = 0; q < m; ++q) {
-    const T* s = zz + 2 * q + 2;
-    out[q] = w0 * (s[0] + s[4]) + w1 * (s[1] + s[3]) + w2 * s[2];
-  }
-  const int64_t border[4] = {0, 1, n + 2, n + 3};
+  for (int64_t q = 0; q < m; ++q) blur5<T, V>(zz + (2 * q + 2) * V, T(2 * kW0), T(2 * kW1), T(2 * kW2), out + q * V);
+  int64_t border[4];
+  border_positions(n, border);
   for (int b = 0; b < 4; ++b) {
     const int64_t t = reflect101(border[b] - 2, n);
-    if ((t & 1) == 0) out[t >> 1] += T(2) * valid_transpose_at(in, n, border[b]);
+    if ((t & 1) == 0) add_valid_transpose_at<T, V>(in, n, border[b], T(2), out + (t >> 1) * V);
   }
 }
 
-// ---- vertical (whole rows) -----------------------------------------------------------------------
+// ---- vertical (whole rows of len values) ---------------------------------------------------------
 
 // out[c] = sum_t w[t] rows[t][c]
 template <typename T>
@@ -121,141 +142,112 @@ void combine_rows(const T* const* rows, const T* w, int count, int64_t len, T* o
   }
 }
 
-// dst = wt * signs. restrict: int8 may alias anything, and without it the loop stays scalar.
 template <typename T>
-void scale_signs(const int8_t* __restrict__ signs, T wt, int64_t n, T* __restrict__ dst) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = wt * T(signs[i]);
-}
-
-template <typename T>
-void axpy_row(T a, const T* x, int64_t len, T* y) {
+void axpy_row(T a, const T* __restrict__ x, int64_t len, T* __restrict__ y) {
   for (int64_t c = 0; c < len; ++c) y[c] += a * x[c];
 }
 
-// l = fine - up: stores sign(l), returns sum |l|. The sum runs in kLanes fixed partial sums (so the
-// compiler may vectorise it without -ffast-math, and the order stays fixed), combined in lane order.
-constexpr int kLanes = 16;
-template <typename T>
-T laplacian_row(const T* fine, const T* up, int64_t n, int8_t* sign) {
-  T lanes[kLanes] = {};
-  int64_t c = 0;
-  for (; c + kLanes <= n; c += kLanes)
-    for (int k = 0; k < kLanes; ++k) {
-      const T l = fine[c + k] - up[c + k];
-      sign[c + k] = sign_of(l);
-      lanes[k] += std::fabs(l);
-    }
-  for (int k = 0; c + k < n; ++k) {
-    const T l = fine[c + k] - up[c + k];
-    sign[c + k] = sign_of(l);
-    lanes[k] += std::fabs(l);
-  }
-  T sum = T(0);
-  for (int k = 0; k < kLanes; ++k) sum += lanes[k];
-  return sum;
+// dst[i][v] = wt[v] * signs[i][v] for n elements. restrict: int8 may alias anything.
+template <typename T, int V>
+void scale_signs(const int8_t* __restrict__ signs, const T* wt, int64_t n, T* __restrict__ dst) {
+  for (int64_t i = 0; i < n; ++i)
+    for (int v = 0; v < V; ++v) dst[i * V + v] = wt[v] * T(signs[i * V + v]);
 }
 
-// ---- one plane -----------------------------------------------------------------------------------
-
-// G^0 = x - y of one plane into g (packed rows), reading x and y through their strides.
-template <typename T>
-void load_diff(const Geometry& geom, const T* x, const int64_t* xs, const T* y, const int64_t* ys, T* g) {
-  const int64_t H = geom.h[0], W = geom.w[0];
-  for (int64_t i = 0; i < H; ++i) {
-    T* row = g + i * W;
-    const T* xr = x + i * xs[2];
-    const T* yr = y + i * ys[2];
-    if (xs[3] == 1 && ys[3] == 1) {
-      for (int64_t c = 0; c < W; ++c) row[c] = xr[c] - yr[c];
-    } else {
-      for (int64_t c = 0; c < W; ++c) row[c] = xr[c * xs[3]] - yr[c * ys[3]];
+// l = fine - up over n elements: stores sign(l) and adds sum |l| per lane to sums.
+template <typename T, int V>
+void laplacian_row(const T* fine, const T* up, int64_t n, int8_t* __restrict__ sign, double* sums) {
+  T lanes[V] = {};
+  for (int64_t c = 0; c < n; ++c)
+    for (int v = 0; v < V; ++v) {
+      const T l = up ? fine[c * V + v] - up[c * V + v] : fine[c * V + v];
+      sign[c * V + v] = sign_of(l);
+      lanes[v] += std::fabs(l);
     }
-  }
+  for (int v = 0; v < V; ++v) sums[v] += double(lanes[v]);
 }
 
-// Forward of one plane from G^0 in g (scratch pyramid, geom.total elements; line0/line1:
-// line_elems(width) each). Writes the signs and returns sum_j 4^j sum|L^j| (accumulated per row in
-// T, across rows in double).
-template <typename T>
-double forward_plane(const Geometry& geom, int8_t* signs, T* g, T* line0, T* line1) {
+// ---- one group of V planes -----------------------------------------------------------------------
+
+// Forward of one group from G^0 in g (interleaved scratch pyramid; line0/line1: line_elems(width)
+// elements each). Writes the interleaved signs and adds sum_j 4^j sum|L^j| per lane to totals.
+template <typename T, int V>
+void forward_group(const Geometry& geom, int8_t* signs, T* g, T* line0, T* line1, double* totals) {
   const int J = geom.levels;
   for (int j = 0; j + 1 < J; ++j) {  // Gaussian pyramid
     const int64_t hn = geom.h[j], wn = geom.w[j], hm = geom.h[j + 1], wm = geom.w[j + 1];
-    const T* fine = g + geom.off[j];
-    T* coarse = g + geom.off[j + 1];
+    const T* fine = g + geom.off[j] * V;
+    T* coarse = g + geom.off[j + 1] * V;
     const T* rows[5];
     T wts[5];
     for (int64_t q = 0; q < hm; ++q) {
       for (int a = 0; a < 5; ++a) {
-        rows[a] = fine + reflect101(2 * q + a - 2, hn) * wn;
+        rows[a] = fine + reflect101(2 * q + a - 2, hn) * wn * V;
         wts[a] = tap_weight<T>(a);
       }
-      combine_rows(rows, wts, 5, wn, line0);
-      down_row(line0, wn, coarse + q * wm, line1);
+      combine_rows(rows, wts, 5, wn * V, line0);
+      down_row<T, V>(line0, wn, coarse + q * wm * V, line1);
     }
   }
-  double total = 0.0;
   double level_w = 1.0;
   for (int j = 0; j < J; ++j, level_w *= 4.0) {  // Laplacian levels, |.| and signs
     const int64_t hn = geom.h[j], wn = geom.w[j];
-    const T* fine = g + geom.off[j];
-    int8_t* sg = signs + geom.off[j];
-    double level_sum = 0.0;
+    const T* fine = g + geom.off[j] * V;
+    int8_t* sg = signs + geom.off[j] * V;
+    double level_sums[V] = {};
     if (j + 1 == J) {
-      for (int64_t i = 0; i < hn * wn; ++i) {
-        sg[i] = sign_of(fine[i]);
-        level_sum += std::fabs(double(fine[i]));
-      }
+      for (int64_t i = 0; i < hn; ++i) laplacian_row<T, V>(fine + i * wn * V, nullptr, wn, sg + i * wn * V, level_sums);
     } else {
-      const T* coarse = g + geom.off[j + 1];
+      const T* coarse = g + geom.off[j + 1] * V;
       const int64_t wm = geom.w[j + 1];
       Taps<T> tr;
       const T* rows[5];
+      T* up = line1 + (wn + 8) * V;  // after the n + 4 pad area
       for (int64_t i = 0; i < hn; ++i) {
         up_taps<T>(i, hn, tr);
-        for (int t = 0; t < tr.count; ++t) rows[t] = coarse + tr.idx[t] * wm;
-        combine_rows(rows, tr.w, tr.count, wm, line0);
-        up_row(line0, wn, line1 + wn + 8, line1);  // output after the n + 4 pad area
-        const T* up = line1 + wn + 8;
-        level_sum += double(laplacian_row(fine + i * wn, up, wn, sg + i * wn));
+        for (int t = 0; t < tr.count; ++t) rows[t] = coarse + tr.idx[t] * wm * V;
+        combine_rows(rows, tr.w, tr.count, wm * V, line0);
+        up_row<T, V>(line0, wn, up, line1);
+        laplacian_row<T, V>(fine + i * wn * V, up, wn, sg + i * wn * V, level_sums);
       }
     }
-    total += level_w * level_sum;
+    for (int v = 0; v < V; ++v) totals[v] += level_w * level_sums[v];
   }
-  return total;
 }
 
-// Backward of one plane: grad (contiguous H x W) = sum_j adjoint(4^j scale sign(L^j)).
-// acc: scratch pyramid (levels >= 1 used), line0/line1: line_elems(width) each.
-template <typename T>
-void backward_plane(const Geometry& geom, const int8_t* signs, T scale, T* grad, T* acc, T* line0, T* line1) {
+// Backward of one group: acc level 0 = sum_j adjoint(4^j scale sign(L^j)), per lane scale[v].
+// acc: interleaved scratch pyramid, line0/line1: line_elems(width) elements each.
+template <typename T, int V>
+void backward_group(const Geometry& geom, const int8_t* signs, const T* scale, T* acc, T* line0, T* line1) {
   const int J = geom.levels;
-  auto level_ptr = [&](int l) { return l == 0 ? grad : acc + geom.off[l]; };
-  auto set_signs = [&](int l, T wt, T* dst) { scale_signs(signs + geom.off[l], wt, geom.h[l] * geom.w[l], dst); };
-  T level_w = scale;
-  for (int j = 0; j + 1 < J; ++j) level_w *= T(4);
-  set_signs(J - 1, level_w, level_ptr(J - 1));
+  T level_w[V];
+  for (int v = 0; v < V; ++v) {
+    level_w[v] = scale[v];
+    for (int j = 0; j + 1 < J; ++j) level_w[v] *= T(4);
+  }
+  scale_signs<T, V>(signs + geom.off[J - 1] * V, level_w, geom.h[J - 1] * geom.w[J - 1], acc + geom.off[J - 1] * V);
   for (int j = J - 2; j >= 0; --j) {
-    level_w /= T(4);
+    for (int v = 0; v < V; ++v) level_w[v] /= T(4);
     const int64_t hn = geom.h[j], wn = geom.w[j], hm = geom.h[j + 1], wm = geom.w[j + 1];
-    T* coarse = level_ptr(j + 1);
+    T* coarse = acc + geom.off[j + 1] * V;
     // acc_{j+1} -= U^T s_j: per fine row, U^T along the row, then the column scatter of 2 S B^T.
-    const int8_t* sj = signs + geom.off[j];
+    const int8_t* sj = signs + geom.off[j] * V;
+    T* t1 = line1 + (wn + 8) * V;  // coarse row after the n + 8 buffer
     for (int64_t i = 0; i < hn; ++i) {
-      scale_signs(sj + i * wn, level_w, wn, line0);
-      up_adj_row(line0, wn, line1 + wn + 8, line1);  // coarse row after the n + 8 buffer
-      const T* t1 = line1 + wn + 8;
+      scale_signs<T, V>(sj + i * wn * V, level_w, wn, line0);
+      up_adj_row<T, V>(line0, wn, t1, line1);
       for (int a = 0; a < 5; ++a) {
         const int64_t t = reflect101(i + a - 2, hn);
-        if ((t & 1) == 0) axpy_row(T(-2) * tap_weight<T>(a), t1, wm, coarse + (t >> 1) * wm);
+        if ((t & 1) == 0) axpy_row(T(-2) * tap_weight<T>(a), t1, wm * V, coarse + (t >> 1) * wm * V);
       }
     }
     // acc_j = s_j + D^T acc_{j+1}: per coarse row, D^T along the row, then the column scatter of B^T Z.
-    T* fine = level_ptr(j);
-    set_signs(j, level_w, fine);
+    T* fine = acc + geom.off[j] * V;
+    scale_signs<T, V>(sj, level_w, hn * wn, fine);
     for (int64_t k = 0; k < hm; ++k) {
-      down_adj_row(coarse + k * wm, wn, line0, line1);
-      for (int a = 0; a < 5; ++a) axpy_row(tap_weight<T>(a), line0, wn, fine + reflect101(2 * k + a - 2, hn) * wn);
+      down_adj_row<T, V>(coarse + k * wm * V, wn, line0, line1);
+      for (int a = 0; a < 5; ++a)
+        axpy_row(tap_weight<T>(a), line0, wn * V, fine + reflect101(2 * k + a - 2, hn) * wn * V);
     }
   }
 }
@@ -297,17 +289,29 @@ void backward_plane_pixels(const Geometry& geom, const int8_t* signs, T scale, T
   }
 }
 
-// ---- drivers: one task per (b, c) plane ----------------------------------------------------------
+// ---- drivers ----------------------------------------------------------------------------------------
 
+// Scratch bytes per thread: the interleaved pyramid, two line buffers and the interleaved signs
+// (the pixel path uses a prefix of it).
 inline int64_t slot_bytes(const Geometry& g, int64_t elem) {
-  return ((g.total + 2 * line_elems(g.w[0])) * elem + 63) / 64 * 64;
+  const int64_t lanes = 32 / elem;
+  const int64_t values = (g.total + 2 * line_elems(g.w[0])) * lanes;
+  return (values * elem + g.total * lanes + 63) / 64 * 64;
+}
+
+// The planes of group `task`: [first, first + count).
+inline int64_t group_count(int64_t task, int64_t planes, int v) {
+  const int64_t left = planes - task * v;
+  return left < v ? left : v;
 }
 
 template <typename T>
 Status forward_all(const LaplacianForwardParams& p) {
+  constexpr int V = kLanes<T>;
   const Geometry geom = make_geometry(p.height, p.width, p.levels);
   const int64_t planes = p.batch * p.channels;
-  const int slots = parallel_slots(planes, p.num_threads);
+  const int64_t tasks = p.pixel_path ? planes : (planes + V - 1) / V;
+  const int slots = parallel_slots(tasks, p.num_threads);
   const int64_t sums_bytes = (planes * int64_t(sizeof(double)) + 63) / 64 * 64;
   const int64_t sb = slot_bytes(geom, sizeof(T));
   if (p.workspace_bytes < sums_bytes + slots * sb)
@@ -316,16 +320,40 @@ Status forward_all(const LaplacianForwardParams& p) {
   double* plane_sums = reinterpret_cast<double*>(ws);
   const T* x = static_cast<const T*>(p.x);
   const T* y = static_cast<const T*>(p.y);
-  parallel_for(planes, p.num_threads, [&](int64_t task, int slot) {
-    const int64_t b = task / p.channels, c = task % p.channels;
+  const int64_t* xs = p.x_strides;
+  const int64_t* ys = p.y_strides;
+  const int64_t H = p.height, W = p.width, P = geom.total;
+  parallel_for(tasks, p.num_threads, [&](int64_t task, int slot) {
     T* g = reinterpret_cast<T*>(ws + sums_bytes + slot * sb);
-    T* line0 = g + geom.total;
-    T* line1 = line0 + line_elems(geom.w[0]);
-    int8_t* signs = p.signs + task * geom.total;
-    load_diff(geom, x + b * p.x_strides[0] + c * p.x_strides[1], p.x_strides, y + b * p.y_strides[0] + c * p.y_strides[1],
-              p.y_strides, g);
-    plane_sums[task] =
-        p.pixel_path ? forward_plane_pixels(geom, signs, g) : forward_plane(geom, signs, g, line0, line1);
+    if (p.pixel_path) {
+      const int64_t b = task / p.channels, c = task % p.channels;
+      const T* xp = x + b * xs[0] + c * xs[1];
+      const T* yp = y + b * ys[0] + c * ys[1];
+      for (int64_t i = 0; i < H; ++i)
+        for (int64_t k = 0; k < W; ++k) g[i * W + k] = xp[i * xs[2] + k * xs[3]] - yp[i * ys[2] + k * ys[3]];
+      plane_sums[task] = forward_plane_pixels(geom, p.signs + task * P, g);
+      return;
+    }
+    T* line0 = g + P * V;
+    T* line1 = line0 + line_elems(W) * V;
+    int8_t* sg = reinterpret_cast<int8_t*>(line1 + line_elems(W) * V);
+    const int64_t first = task * V, count = group_count(task, planes, V);
+    // G^0 = x - y, interleaved; lanes past the last plane are zero (loss 0, never written out).
+    if (count < V) std::memset(g, 0, sizeof(T) * H * W * V);
+    for (int64_t v = 0; v < count; ++v) {
+      const int64_t b = (first + v) / p.channels, c = (first + v) % p.channels;
+      const T* xp = x + b * xs[0] + c * xs[1];
+      const T* yp = y + b * ys[0] + c * ys[1];
+      for (int64_t i = 0; i < H; ++i)
+        for (int64_t k = 0; k < W; ++k) g[(i * W + k) * V + v] = xp[i * xs[2] + k * xs[3]] - yp[i * ys[2] + k * ys[3]];
+    }
+    double totals[V] = {};
+    forward_group<T, V>(geom, sg, g, line0, line1, totals);
+    for (int64_t v = 0; v < count; ++v) {
+      plane_sums[first + v] = totals[v];
+      int8_t* out = p.signs + (first + v) * P;
+      for (int64_t e = 0; e < P; ++e) out[e] = sg[e * V + v];
+    }
   });
   // Fixed-order reduction: the result does not depend on the thread count or task assignment.
   T* out = static_cast<T*>(p.per_sample);
@@ -339,26 +367,40 @@ Status forward_all(const LaplacianForwardParams& p) {
 
 template <typename T>
 Status backward_all(const LaplacianBackwardParams& p) {
+  constexpr int V = kLanes<T>;
   const Geometry geom = make_geometry(p.height, p.width, p.levels);
   const int64_t planes = p.batch * p.channels;
-  const int slots = parallel_slots(planes, p.num_threads);
+  const int64_t tasks = p.pixel_path ? planes : (planes + V - 1) / V;
+  const int slots = parallel_slots(tasks, p.num_threads);
   const int64_t sb = slot_bytes(geom, sizeof(T));
   if (p.workspace_bytes < slots * sb)
     return Status::Error(StatusCode::kInvalidArgument, "laplacian_backward_cpu: workspace too small");
   char* ws = static_cast<char*>(p.workspace);
   const T* scale = static_cast<const T*>(p.grad_scale);
   T* grad = static_cast<T*>(p.grad);
-  const int64_t hw = p.height * p.width;
-  parallel_for(planes, p.num_threads, [&](int64_t task, int slot) {
+  const int64_t hw = p.height * p.width, P = geom.total, W = p.width;
+  parallel_for(tasks, p.num_threads, [&](int64_t task, int slot) {
     T* acc = reinterpret_cast<T*>(ws + slot * sb);
-    T* line0 = acc + geom.total;
-    T* line1 = line0 + line_elems(geom.w[0]);
-    const int8_t* signs = p.signs + task * geom.total;
-    const T sc = scale[task / p.channels];
-    if (p.pixel_path)
-      backward_plane_pixels(geom, signs, sc, grad + task * hw, acc);
-    else
-      backward_plane(geom, signs, sc, grad + task * hw, acc, line0, line1);
+    if (p.pixel_path) {
+      backward_plane_pixels(geom, p.signs + task * P, scale[task / p.channels], grad + task * hw, acc);
+      return;
+    }
+    T* line0 = acc + P * V;
+    T* line1 = line0 + line_elems(W) * V;
+    int8_t* sg = reinterpret_cast<int8_t*>(line1 + line_elems(W) * V);
+    const int64_t first = task * V, count = group_count(task, planes, V);
+    T lane_scale[V] = {};
+    if (count < V) std::memset(sg, 0, size_t(P) * V);
+    for (int64_t v = 0; v < count; ++v) {
+      lane_scale[v] = scale[(first + v) / p.channels];
+      const int8_t* in = p.signs + (first + v) * P;
+      for (int64_t e = 0; e < P; ++e) sg[e * V + v] = in[e];
+    }
+    backward_group<T, V>(geom, sg, lane_scale, acc, line0, line1);
+    for (int64_t v = 0; v < count; ++v) {
+      T* out = grad + (first + v) * hw;
+      for (int64_t e = 0; e < hw; ++e) out[e] = acc[e * V + v];
+    }
   });
   return Status::Ok();
 }
