@@ -111,6 +111,7 @@ def _check(x, y, levels=None, reduction="mean", against=oracle):
 SHAPES = [
     (1, 1, 1, 1), (1, 1, 1, 17), (1, 1, 9, 1), (1, 1, 2, 3), (2, 3, 7, 13), (1, 2, 29, 31),
     (4, 1, 28, 28), (2, 3, 64, 64), (3, 2, 5, 5), (1, 1, 4, 2),
+    (5, 4, 9, 11), (8, 2, 16, 3),  # several full CPU plane groups (8 float / 4 double planes) plus a partial one
 ]
 
 

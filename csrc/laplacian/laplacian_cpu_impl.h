@@ -154,16 +154,24 @@ void scale_signs(const int8_t* __restrict__ signs, const T* wt, int64_t n, T* __
     for (int v = 0; v < V; ++v) dst[i * V + v] = wt[v] * T(signs[i * V + v]);
 }
 
-// l = fine - up over n elements: stores sign(l) and adds sum |l| per lane to sums.
+// l = fine - up over n elements (up == nullptr: l = fine): stores sign(l) and adds sum |l| per lane
+// to sums (per row in T, across rows in double).
 template <typename T, int V>
-void laplacian_row(const T* fine, const T* up, int64_t n, int8_t* __restrict__ sign, double* sums) {
+void laplacian_row(const T* __restrict__ fine, const T* __restrict__ up, int64_t n, int8_t* __restrict__ sign,
+                   double* sums) {
   T lanes[V] = {};
-  for (int64_t c = 0; c < n; ++c)
-    for (int v = 0; v < V; ++v) {
-      const T l = up ? fine[c * V + v] - up[c * V + v] : fine[c * V + v];
-      sign[c * V + v] = sign_of(l);
-      lanes[v] += std::fabs(l);
+  for (int64_t c = 0; c < n; ++c) {
+    T l[V];
+    if (up != nullptr) {
+      for (int v = 0; v < V; ++v) l[v] = fine[c * V + v] - up[c * V + v];
+    } else {
+      for (int v = 0; v < V; ++v) l[v] = fine[c * V + v];
     }
+    for (int v = 0; v < V; ++v) {
+      sign[c * V + v] = static_cast<int8_t>(int(l[v] > T(0)) - int(l[v] < T(0)));
+      lanes[v] += std::fabs(l[v]);
+    }
+  }
   for (int v = 0; v < V; ++v) sums[v] += double(lanes[v]);
 }
 
@@ -289,6 +297,41 @@ void backward_plane_pixels(const Geometry& geom, const int8_t* signs, T scale, T
   }
 }
 
+// ---- (de)interleaving ---------------------------------------------------------------------------
+
+// out[k][v] = x_v[k] - y_v[k] for one row of the V planes (x_v, y_v with unit stride), in VxV blocks
+// so the transposition runs on registers.
+template <typename T, int V>
+void interleave_diff_row(const T* const* xr, const T* const* yr, int64_t n, T* out) {
+  int64_t k = 0;
+  for (; k + V <= n; k += V) {
+    T blk[V][V];
+    for (int v = 0; v < V; ++v)
+      for (int kk = 0; kk < V; ++kk) blk[v][kk] = xr[v][k + kk] - yr[v][k + kk];
+    for (int kk = 0; kk < V; ++kk)
+      for (int v = 0; v < V; ++v) out[(k + kk) * V + v] = blk[v][kk];
+  }
+  for (; k < n; ++k)
+    for (int v = 0; v < V; ++v) out[k * V + v] = xr[v][k] - yr[v][k];
+}
+
+// out_v[e] = in[e][v] for e < n, v < count (out_v = out + v * n), in VxV blocks.
+template <typename T, int V>
+void deinterleave(const T* in, int64_t n, int64_t count, T* out) {
+  int64_t e = 0;
+  if (count == V) {
+    for (; e + V <= n; e += V) {
+      T blk[V][V];
+      for (int kk = 0; kk < V; ++kk)
+        for (int v = 0; v < V; ++v) blk[v][kk] = in[(e + kk) * V + v];
+      for (int v = 0; v < V; ++v)
+        for (int kk = 0; kk < V; ++kk) out[v * n + e + kk] = blk[v][kk];
+    }
+  }
+  for (int64_t v = 0; v < count; ++v)
+    for (int64_t i = e; i < n; ++i) out[v * n + i] = in[i * V + v];
+}
+
 // ---- drivers ----------------------------------------------------------------------------------------
 
 // Scratch bytes per thread: the interleaved pyramid, two line buffers and the interleaved signs
@@ -338,21 +381,44 @@ Status forward_all(const LaplacianForwardParams& p) {
     T* line1 = line0 + line_elems(W) * V;
     int8_t* sg = reinterpret_cast<int8_t*>(line1 + line_elems(W) * V);
     const int64_t first = task * V, count = group_count(task, planes, V);
-    // G^0 = x - y, interleaved; lanes past the last plane are zero (loss 0, never written out).
-    if (count < V) std::memset(g, 0, sizeof(T) * H * W * V);
-    for (int64_t v = 0; v < count; ++v) {
-      const int64_t b = (first + v) / p.channels, c = (first + v) % p.channels;
-      const T* xp = x + b * xs[0] + c * xs[1];
-      const T* yp = y + b * ys[0] + c * ys[1];
-      for (int64_t i = 0; i < H; ++i)
-        for (int64_t k = 0; k < W; ++k) g[(i * W + k) * V + v] = xp[i * xs[2] + k * xs[3]] - yp[i * ys[2] + k * ys[3]];
+    // G^0 = x - y, interleaved. Lanes past the last plane repeat plane `first` as both x and y:
+    // their difference is 0 (NaN for NaN input, harmless: those lanes are never written out).
+    const T* xp[V];
+    const T* yp[V];
+    for (int v = 0; v < V; ++v) {
+      const int64_t plane = first + (v < count ? v : 0);
+      const int64_t b = plane / p.channels, c = plane % p.channels;
+      xp[v] = x + b * xs[0] + c * xs[1];
+      yp[v] = v < count ? y + b * ys[0] + c * ys[1] : xp[v];
     }
+    if (xs[3] == 1 && ys[3] == 1) {
+      const T* xr[V];
+      const T* yr[V];
+      for (int64_t i = 0; i < H; ++i) {
+        for (int v = 0; v < V; ++v) {
+          xr[v] = xp[v] + i * xs[2];
+          yr[v] = yp[v] + i * (v < count ? ys[2] : xs[2]);
+        }
+        interleave_diff_row<T, V>(xr, yr, W, g + i * W * V);
+      }
+    } else {
+      for (int v = 0; v < V; ++v) {
+        const int64_t* ysv = v < count ? ys : xs;
+        for (int64_t i = 0; i < H; ++i)
+          for (int64_t k = 0; k < W; ++k)
+            g[(i * W + k) * V + v] = xp[v][i * xs[2] + k * xs[3]] - yp[v][i * ysv[2] + k * ysv[3]];
+      }
+    }
+    // Signs layout (private to this backend): the group's planes own signs[first*P, (first+count)*P),
+    // element e of lane v at e*count + v. Full groups write it in place; a partial one goes via scratch.
+    int8_t* signs = count == V ? p.signs + first * P : sg;
     double totals[V] = {};
-    forward_group<T, V>(geom, sg, g, line0, line1, totals);
-    for (int64_t v = 0; v < count; ++v) {
-      plane_sums[first + v] = totals[v];
-      int8_t* out = p.signs + (first + v) * P;
-      for (int64_t e = 0; e < P; ++e) out[e] = sg[e * V + v];
+    forward_group<T, V>(geom, signs, g, line0, line1, totals);
+    for (int64_t v = 0; v < count; ++v) plane_sums[first + v] = totals[v];
+    if (count < V) {
+      int8_t* out = p.signs + first * P;
+      for (int64_t e = 0; e < P; ++e)
+        for (int64_t v = 0; v < count; ++v) out[e * count + v] = sg[e * V + v];
     }
   });
   // Fixed-order reduction: the result does not depend on the thread count or task assignment.
@@ -390,17 +456,15 @@ Status backward_all(const LaplacianBackwardParams& p) {
     int8_t* sg = reinterpret_cast<int8_t*>(line1 + line_elems(W) * V);
     const int64_t first = task * V, count = group_count(task, planes, V);
     T lane_scale[V] = {};
-    if (count < V) std::memset(sg, 0, size_t(P) * V);
-    for (int64_t v = 0; v < count; ++v) {
-      lane_scale[v] = scale[(first + v) / p.channels];
-      const int8_t* in = p.signs + (first + v) * P;
-      for (int64_t e = 0; e < P; ++e) sg[e * V + v] = in[e];
+    for (int64_t v = 0; v < count; ++v) lane_scale[v] = scale[(first + v) / p.channels];
+    const int8_t* signs = p.signs + first * P;  // layout: see forward_all
+    if (count < V) {
+      for (int64_t e = 0; e < P; ++e)
+        for (int64_t v = 0; v < V; ++v) sg[e * V + v] = v < count ? signs[e * count + v] : int8_t(0);
+      signs = sg;
     }
-    backward_group<T, V>(geom, sg, lane_scale, acc, line0, line1);
-    for (int64_t v = 0; v < count; ++v) {
-      T* out = grad + (first + v) * hw;
-      for (int64_t e = 0; e < hw; ++e) out[e] = acc[e * V + v];
-    }
+    backward_group<T, V>(geom, signs, lane_scale, acc, line0, line1);
+    deinterleave<T, V>(acc, hw, count, grad + first * hw);
   });
   return Status::Ok();
 }
