@@ -26,7 +26,9 @@ struct LaplacianForwardParams {
   // Out: (B,) unnormalised per-sample loss sum_j 4^j sum|L^j| in the compute type
   // (float64 for float64 inputs, float32 otherwise).
   void* per_sample = nullptr;
-  // Out: (B*C, P) int8 sign(L^j) for every level packed finest first, P = sum_j h_j * w_j.
+  // Out: B*C*P int8 sign(L^j) of every level, P = sum_j h_j * w_j, for the backward pass of the same
+  // backend and dtype. The layout is private to the backend: CUDA stores plane after plane, levels
+  // finest first; the CPU row kernels interleave the planes of each group (laplacian_cpu_impl.h).
   int8_t* signs = nullptr;
   void* workspace = nullptr;  // laplacian_workspace_bytes(..., backward = false) bytes
   int64_t workspace_bytes = 0;
