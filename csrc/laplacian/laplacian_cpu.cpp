@@ -29,6 +29,7 @@ int64_t laplacian_workspace_bytes(int64_t batch, int64_t channels, int64_t heigh
     const int64_t pyramid = align64(planes * geom.total * elem);
     return backward ? pyramid : pyramid + planes * lap::cuda_partials_per_plane(geom) * 8;
   }
+  // `planes` bounds the task count of both the grouped row kernels and the per-plane pixel path.
   const int slots = parallel_slots(planes, num_threads);
   const int64_t per_slot = lap::baseline::slot_bytes(geom, elem);
   return (backward ? 0 : align64(planes * 8)) + slots * per_slot;

@@ -47,7 +47,8 @@ REDUCTIONS = ("mean", "sum", "none")
 _CPU_DTYPES = (torch.float32, torch.float64)
 _CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
-# Tests set this to run the CPU "pixel path": the per-pixel functions the CUDA kernels use.
+# Tests set this to run the CPU "pixel path": the per-pixel functions the CUDA kernels use. Its sign
+# buffer layout differs from the row kernels', so it must not change between a forward and its backward.
 _PIXEL_PATH = False
 
 
