@@ -1,11 +1,197 @@
-"""Laplacian-pyramid L1 loss (to be written: fused CPU/CUDA kernels with autograd)."""
+"""Laplacian-pyramid L1 loss (the GLO paper's "Lap1"), fused forward and backward on CPU and CUDA.
+
+Definition (identical to :func:`glann_ext.ops.reference.laplacian_pyramid_loss_reference`):
+
+* ``d = x - y``; the pyramid is linear, so one pyramid of the difference suffices.
+* Gaussian pyramid ``G^0 = d``, ``G^{j+1} = down(G^j)``: separable 5-tap binomial blur
+  ``[1, 4, 6, 4, 1] / 16`` with reflect-101 borders (OpenCV ``BORDER_REFLECT_101``, period ``2(n-1)``;
+  a size-1 axis maps every index to 0), then keep the even pixels: ``ceil(n / 2)`` per axis.
+* ``up(G^{j+1})`` to the size of ``G^j``: zero-insert (values at even positions), blur with
+  ``2 * [1, 4, 6, 4, 1] / 16`` per axis (4x in 2-D), reflect-101 border on the upsampled grid.
+* ``L^j = G^j - up(G^{j+1})`` for ``j < J - 1`` and ``L^{J-1} = G^{J-1}``.
+* Per sample ``S_b = sum_j 4^j * sum |L^j|`` (j = 0 is the finest level; the 4^j weights make every
+  level's mean count equally).  ``reduction="mean"``: ``sum_b S_b / (B*C*H*W)``; ``"none"``:
+  ``S_b / (C*H*W)`` with shape ``(B,)``; ``"sum"``: ``sum_b S_b``.
+* ``levels=None`` uses ``1 + floor(log2(min(H, W)))`` capped at 5; explicit levels may be 1..16 (level
+  sizes stop shrinking at 1).
+
+Gradient: ``d loss / d x = -d loss / d y`` = the exact adjoint of the pyramid (reflect-101 borders
+included) applied to ``4^j * sign(L^j)``, with the L1 subgradient ``sign(0) = 0`` (as torch's
+``abs`` uses).  The forward pass saves only the int8 signs of every level (``4/3`` byte per pixel), not
+x or y.  Double backward is not supported (the backward is not itself differentiable).
+
+dtypes: float32/float64 on CPU; float32/float64/float16/bfloat16 on CUDA, where float16/bfloat16 are
+computed in float32 and the loss is float32 (the gradient has the input's dtype). Any strides are
+accepted (the kernels read through them: slices, channels-last, expanded ``y``).
+
+NaN/Inf: on CPU a non-finite loss (NaN/Inf in x or y, or overflow) raises
+``ValueError("x or y contains NaN or Inf")`` after the kernel; on CUDA NaN propagates into the loss,
+as in torch's losses, to avoid a device synchronisation (its sign, and so its gradient, is 0).
+
+Determinism: CPU planes are reduced in a fixed order (independent of the thread count); the CUDA
+kernels use per-block partial sums and a fixed-order final reduction (no atomics).
+"""
 
 from __future__ import annotations
 
 import torch
 
+from . import _native
+from ._checks import check_same_device, check_same_dtype, check_tensor
+from .reference import default_levels
+
+__all__ = ["laplacian_pyramid_loss"]
+
+MAX_LEVELS = 16
+REDUCTIONS = ("mean", "sum", "none")
+_CPU_DTYPES = (torch.float32, torch.float64)
+_CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+# Tests set this to run the CPU "pixel path": the per-pixel functions the CUDA kernels use. Its sign
+# buffer layout differs from the row kernels', so it must not change between a forward and its backward.
+_PIXEL_PATH = False
+
+
+def _plane_elems(height, width, levels: int):
+    """sum_j h_j * w_j (plain arithmetic, so it also works on symbolic sizes under torch.compile)."""
+    total, h, w = 0, height, width
+    for _ in range(levels):
+        total = total + h * w
+        h, w = (h + 1) // 2, (w + 1) // 2
+    return total
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@torch.library.custom_op("glann_ext::laplacian_fwd", mutates_args=())
+def _laplacian_fwd(x: torch.Tensor, y: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per_sample (B,) sum_j 4^j sum|L^j|, signs (B*C, P) int8) of the pyramid of x - y."""
+    b, c, h, w = x.shape
+    cuda = x.device.type == "cuda"
+    per_sample = torch.empty(b, dtype=_compute_dtype(x.dtype), device=x.device)
+    signs = torch.empty(b * c, _plane_elems(h, w, levels), dtype=torch.int8, device=x.device)
+    threads = _native.num_threads()
+    code = _native.dtype_code(x)
+    nbytes = _native._C.laplacian_workspace_bytes(b, c, h, w, levels, code, cuda, False, threads)
+    workspace = torch.empty(nbytes, dtype=torch.uint8, device=x.device)
+    with _native.device_guard(x):
+        _native._C.laplacian_forward(
+            _native.ptr(x), list(x.stride()), _native.ptr(y), list(y.stride()), b, c, h, w, levels, code,
+            _native.ptr(per_sample), _native.ptr(signs), _native.ptr(workspace), nbytes, threads, cuda,
+            _native.stream_of(x), _PIXEL_PATH,
+        )
+    # CPU only: checking costs nothing there, while on CUDA it would synchronise the device.
+    if not cuda and not bool(torch.isfinite(per_sample).all()):
+        raise ValueError("x or y contains NaN or Inf")
+    return per_sample, signs
+
+
+@_laplacian_fwd.register_fake
+def _(x: torch.Tensor, y: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    b, c, h, w = x.shape
+    per_sample = x.new_empty((b,), dtype=_compute_dtype(x.dtype))
+    signs = x.new_empty((b * c, _plane_elems(h, w, levels)), dtype=torch.int8)
+    return per_sample, signs
+
+
+@torch.library.custom_op("glann_ext::laplacian_bwd", mutates_args=())
+def _laplacian_bwd(
+    signs: torch.Tensor, grad_scale: torch.Tensor, channels: int, height: int, width: int, levels: int,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """d loss / d x (B, C, H, W) contiguous, given d loss / d per_sample (grad_scale, (B,))."""
+    b = grad_scale.shape[0]
+    cuda = signs.device.type == "cuda"
+    grad_scale = grad_scale.to(_compute_dtype(dtype)).contiguous()
+    grad = torch.empty(b, channels, height, width, dtype=dtype, device=signs.device)
+    threads = _native.num_threads()
+    code = _native.DTYPE_CODES[dtype]
+    nbytes = _native._C.laplacian_workspace_bytes(b, channels, height, width, levels, code, cuda, True, threads)
+    workspace = torch.empty(nbytes, dtype=torch.uint8, device=signs.device)
+    with _native.device_guard(signs):
+        _native._C.laplacian_backward(
+            _native.ptr(signs), _native.ptr(grad_scale), _native.ptr(grad), b, channels, height, width, levels,
+            code, _native.ptr(workspace), nbytes, threads, cuda, _native.stream_of(signs), _PIXEL_PATH,
+        )
+    return grad
+
+
+@_laplacian_bwd.register_fake
+def _(
+    signs: torch.Tensor, grad_scale: torch.Tensor, channels: int, height: int, width: int, levels: int,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    return signs.new_empty((grad_scale.shape[0], channels, height, width), dtype=dtype)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, _, levels = inputs
+    _, signs = output
+    ctx.save_for_backward(signs)
+    # The int8 signs output never has a gradient: do not let autograd fill a zero tensor for it.
+    ctx.set_materialize_grads(False)
+    ctx.shape = tuple(x.shape)
+    ctx.levels = levels
+    ctx.dtype = x.dtype
+
+
+def _backward(ctx, grad_per_sample: torch.Tensor | None, _grad_signs):
+    if grad_per_sample is None:
+        return None, None, None
+    (signs,) = ctx.saved_tensors
+    _, c, h, w = ctx.shape
+    grad = _laplacian_bwd(signs, grad_per_sample, c, h, w, ctx.levels, ctx.dtype)
+    gx = grad if ctx.needs_input_grad[0] else None
+    gy = -grad if ctx.needs_input_grad[1] else None
+    return gx, gy, None
+
+
+_laplacian_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _check_args(x: object, y: object, levels: object, reduction: object) -> int:
+    """Validates every argument (before any native call) and returns the level count."""
+    x = check_tensor("x", x, ndim=4)
+    y = check_tensor("y", y, ndim=4)
+    if x.shape != y.shape:
+        raise ValueError(f"y must have the same shape as x {tuple(x.shape)}, got {tuple(y.shape)}")
+    check_same_device(x=x, y=y)
+    check_same_dtype(x=x, y=y)
+    allowed = _CUDA_DTYPES if x.device.type == "cuda" else _CPU_DTYPES
+    check_tensor("x", x, dtypes=allowed, nonempty=True)
+    if x.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"x must be on a cpu or cuda device, got {x.device}")
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if levels is None:
+        return default_levels(x.shape[2], x.shape[3])
+    if isinstance(levels, bool) or not isinstance(levels, int):
+        raise TypeError(f"levels must be an int in [1, {MAX_LEVELS}] or None, got {type(levels).__name__}")
+    if not 1 <= levels <= MAX_LEVELS:
+        raise ValueError(f"levels must be in [1, {MAX_LEVELS}], got {levels}")
+    return levels
+
 
 def laplacian_pyramid_loss(
     x: torch.Tensor, y: torch.Tensor, *, levels: int | None = None, reduction: str = "mean"
 ) -> torch.Tensor:
-    raise NotImplementedError
+    """Laplacian-pyramid L1 loss between images ``x`` and ``y`` of shape (B, C, H, W).
+
+    Args:
+        x, y: images of the same shape, dtype and device (see the module docstring for dtypes).
+        levels: pyramid levels J (1..16); None picks ``1 + floor(log2(min(H, W)))`` capped at 5.
+        reduction: ``"mean"`` (per pixel of level 0), ``"sum"`` or ``"none"`` (per sample, shape (B,)).
+
+    Returns:
+        The loss, float64 for float64 inputs and float32 otherwise; differentiable in x and y.
+    """
+    levels = _check_args(x, y, levels, reduction)
+    _native.require_cuda_build(x, "laplacian_pyramid_loss")
+    b, c, h, w = x.shape
+    per_sample, _ = _laplacian_fwd(x, y, levels)
+    if reduction == "none":
+        return per_sample / (c * h * w)
+    total = per_sample.sum()
+    return total if reduction == "sum" else total / (b * c * h * w)

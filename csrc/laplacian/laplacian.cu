@@ -1,0 +1,214 @@
+// CUDA launchers of the Laplacian-pyramid loss: level by level, per-pixel math from laplacian_math.h.
+//
+// Forward: diff -> (down) x (J-1) -> per level |L| with per-block partial sums -> fixed-order reduce
+// per sample. Backward: one kernel per level, coarsest first: acc_l = s_l + D^T acc_{l+1} - U^T s_{l-1},
+// level 0 written straight into grad. No atomics, so results are deterministic run to run; NaN/Inf
+// propagate into the loss (no host sync to check them). Everything runs on p.stream.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "common/cuda_check.h"
+#include "laplacian/laplacian.h"
+#include "laplacian/laplacian_math.h"
+
+namespace glann {
+namespace {
+
+using lap::Geometry;
+constexpr int kThreads = lap::kCudaThreads;
+constexpr int kMaxGridY = 65535;
+
+template <typename T, typename In>
+__device__ __forceinline__ T to_compute(In v) {
+  return static_cast<T>(static_cast<float>(v));
+}
+template <>
+__device__ __forceinline__ double to_compute<double, double>(double v) {
+  return v;
+}
+template <typename Out, typename T>
+__device__ __forceinline__ Out from_compute(T v) {
+  return static_cast<Out>(v);
+}
+template <>
+__device__ __forceinline__ __half from_compute<__half, float>(float v) {
+  return __float2half_rn(v);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_compute<__nv_bfloat16, float>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+struct Dims {
+  int64_t batch, channels, planes;
+};
+
+template <typename In, typename T>
+__global__ void diff_kernel(const In* __restrict__ x, const In* __restrict__ y, Dims d, Geometry g,
+                            int64_t xs0, int64_t xs1, int64_t xs2, int64_t xs3, int64_t ys0, int64_t ys1,
+                            int64_t ys2, int64_t ys3, T* __restrict__ pyr) {
+  const int64_t hw = g.h[0] * g.w[0];
+  const int64_t q = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (q >= hw) return;
+  const int64_t i = q / g.w[0], k = q % g.w[0];
+  for (int64_t plane = blockIdx.y; plane < d.planes; plane += gridDim.y) {
+    const int64_t b = plane / d.channels, c = plane % d.channels;
+    const T xv = to_compute<T>(x[b * xs0 + c * xs1 + i * xs2 + k * xs3]);
+    const T yv = to_compute<T>(y[b * ys0 + c * ys1 + i * ys2 + k * ys3]);
+    pyr[plane * g.total + q] = xv - yv;
+  }
+}
+
+template <typename T>
+__global__ void down_kernel(T* __restrict__ pyr, Dims d, Geometry g, int j) {
+  const int64_t hm = g.h[j + 1], wm = g.w[j + 1];
+  const int64_t q = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (q >= hm * wm) return;
+  for (int64_t plane = blockIdx.y; plane < d.planes; plane += gridDim.y) {
+    T* base = pyr + plane * g.total;
+    base[g.off[j + 1] + q] = lap::down_pixel(base + g.off[j], g.h[j], g.w[j], q / wm, q % wm);
+  }
+}
+
+// |L^j| summed per block (fixed shared-memory tree), times 4^j, into partials[plane][part_off + block].
+template <typename T>
+__global__ void level_kernel(const T* __restrict__ pyr, int8_t* __restrict__ signs, double* __restrict__ partials,
+                             Dims d, Geometry g, int j, int64_t part_off, int64_t parts_per_plane) {
+  __shared__ T red[kThreads];
+  const int64_t hn = g.h[j], wn = g.w[j];
+  const int64_t q = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  double level_w = 1.0;
+  for (int t = 0; t < j; ++t) level_w *= 4.0;
+  for (int64_t plane = blockIdx.y; plane < d.planes; plane += gridDim.y) {
+    const T* base = pyr + plane * g.total;
+    T v = T(0);
+    if (q < hn * wn) {
+      const T l = j + 1 < g.levels ? lap::laplacian_pixel(base + g.off[j], base + g.off[j + 1], hn, wn, q / wn, q % wn)
+                                   : base[g.off[j] + q];
+      signs[plane * g.total + g.off[j] + q] = lap::sign_of(l);
+      v = fabs(l);
+    }
+    red[threadIdx.x] = v;
+    __syncthreads();
+    for (int s = kThreads / 2; s > 0; s >>= 1) {
+      if (threadIdx.x < s) red[threadIdx.x] += red[threadIdx.x + s];
+      __syncthreads();
+    }
+    if (threadIdx.x == 0) partials[plane * parts_per_plane + part_off + blockIdx.x] = level_w * double(red[0]);
+    __syncthreads();
+  }
+}
+
+// One block per sample: the partials of its C planes, each thread a fixed strided subset, then a tree.
+template <typename T>
+__global__ void final_kernel(const double* __restrict__ partials, Dims d, int64_t parts_per_plane,
+                             T* __restrict__ per_sample) {
+  __shared__ double red[kThreads];
+  const int64_t n = d.channels * parts_per_plane;
+  for (int64_t b = blockIdx.x; b < d.batch; b += gridDim.x) {
+    const double* src = partials + b * n;
+    double s = 0.0;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += src[i];
+    red[threadIdx.x] = s;
+    __syncthreads();
+    for (int k = kThreads / 2; k > 0; k >>= 1) {
+      if (threadIdx.x < k) red[threadIdx.x] += red[threadIdx.x + k];
+      __syncthreads();
+    }
+    if (threadIdx.x == 0) per_sample[b] = T(red[0]);
+    __syncthreads();
+  }
+}
+
+template <typename T, typename Out>
+__global__ void backward_kernel(const int8_t* __restrict__ signs, const T* __restrict__ scale, T* __restrict__ acc,
+                                Out* __restrict__ grad, Dims d, Geometry g, int l) {
+  const int64_t h = g.h[l], w = g.w[l];
+  const int64_t q = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (q >= h * w) return;
+  for (int64_t plane = blockIdx.y; plane < d.planes; plane += gridDim.y) {
+    T* base = acc + plane * g.total;
+    const T* next = l + 1 < g.levels ? base + g.off[l + 1] : nullptr;
+    const T v = lap::backward_pixel(g, l, signs + plane * g.total, next, scale[plane / d.channels], q / w, q % w);
+    if (l == 0)
+      grad[plane * h * w + q] = from_compute<Out>(v);
+    else
+      base[g.off[l] + q] = v;
+  }
+}
+
+dim3 grid_for(int64_t pixels, int64_t planes) {
+  return dim3(static_cast<unsigned>((pixels + kThreads - 1) / kThreads),
+              static_cast<unsigned>(planes < kMaxGridY ? planes : kMaxGridY));
+}
+
+int64_t align64(int64_t n) { return (n + 63) / 64 * 64; }
+
+template <typename In, typename T>
+Status forward_impl(const LaplacianForwardParams& p) {
+  const Geometry g = lap::make_geometry(p.height, p.width, p.levels);
+  const Dims d{p.batch, p.channels, p.batch * p.channels};
+  const int64_t parts = lap::cuda_partials_per_plane(g);
+  const int64_t pyr_bytes = align64(d.planes * g.total * int64_t(sizeof(T)));
+  if (p.workspace_bytes < pyr_bytes + d.planes * parts * int64_t(sizeof(double)))
+    return Status::Error(StatusCode::kInvalidArgument, "laplacian_forward_cuda: workspace too small");
+  cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
+  char* ws = static_cast<char*>(p.workspace);
+  T* pyr = reinterpret_cast<T*>(ws);
+  double* partials = reinterpret_cast<double*>(ws + pyr_bytes);
+  const int64_t* xs = p.x_strides;
+  const int64_t* ys = p.y_strides;
+  diff_kernel<In, T><<<grid_for(p.height * p.width, d.planes), kThreads, 0, stream>>>(
+      static_cast<const In*>(p.x), static_cast<const In*>(p.y), d, g, xs[0], xs[1], xs[2], xs[3], ys[0], ys[1],
+      ys[2], ys[3], pyr);
+  for (int j = 0; j + 1 < g.levels; ++j)
+    down_kernel<T><<<grid_for(g.h[j + 1] * g.w[j + 1], d.planes), kThreads, 0, stream>>>(pyr, d, g, j);
+  int64_t part_off = 0;
+  for (int j = 0; j < g.levels; ++j) {
+    const int64_t pix = g.h[j] * g.w[j];
+    level_kernel<T><<<grid_for(pix, d.planes), kThreads, 0, stream>>>(pyr, p.signs, partials, d, g, j, part_off,
+                                                                      parts);
+    part_off += (pix + kThreads - 1) / kThreads;
+  }
+  const unsigned blocks = static_cast<unsigned>(p.batch < kMaxGridY ? p.batch : kMaxGridY);
+  final_kernel<T><<<blocks, kThreads, 0, stream>>>(partials, d, parts, static_cast<T*>(p.per_sample));
+  return cuda_last_status("laplacian_forward_cuda");
+}
+
+template <typename Out, typename T>
+Status backward_impl(const LaplacianBackwardParams& p) {
+  const Geometry g = lap::make_geometry(p.height, p.width, p.levels);
+  const Dims d{p.batch, p.channels, p.batch * p.channels};
+  if (p.workspace_bytes < d.planes * g.total * int64_t(sizeof(T)))
+    return Status::Error(StatusCode::kInvalidArgument, "laplacian_backward_cuda: workspace too small");
+  cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
+  for (int l = g.levels - 1; l >= 0; --l)
+    backward_kernel<T, Out><<<grid_for(g.h[l] * g.w[l], d.planes), kThreads, 0, stream>>>(
+        p.signs, static_cast<const T*>(p.grad_scale), static_cast<T*>(p.workspace), static_cast<Out*>(p.grad), d,
+        g, l);
+  return cuda_last_status("laplacian_backward_cuda");
+}
+
+}  // namespace
+
+Status laplacian_forward_cuda(const LaplacianForwardParams& p) {
+  switch (p.dtype) {
+    case DType::kFloat32: return forward_impl<float, float>(p);
+    case DType::kFloat64: return forward_impl<double, double>(p);
+    case DType::kFloat16: return forward_impl<__half, float>(p);
+    case DType::kBFloat16: return forward_impl<__nv_bfloat16, float>(p);
+    default: return Status::Error(StatusCode::kInvalidArgument, "laplacian_forward_cuda: unsupported dtype");
+  }
+}
+
+Status laplacian_backward_cuda(const LaplacianBackwardParams& p) {
+  switch (p.dtype) {
+    case DType::kFloat32: return backward_impl<float, float>(p);
+    case DType::kFloat64: return backward_impl<double, double>(p);
+    case DType::kFloat16: return backward_impl<__half, float>(p);
+    case DType::kBFloat16: return backward_impl<__nv_bfloat16, float>(p);
+    default: return Status::Error(StatusCode::kInvalidArgument, "laplacian_backward_cuda: unsupported dtype");
+  }
+}
+
+}  // namespace glann

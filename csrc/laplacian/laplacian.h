@@ -1,0 +1,67 @@
+// Fused Laplacian-pyramid L1 loss: launchers and their plain parameter structs.
+//
+// Definition (glann_ext.ops.laplacian documents it in full): d = x - y, Gaussian pyramid of d with the
+// 5-tap binomial blur and reflect-101 borders, L^j = G^j - up(G^{j+1}), L^{J-1} = G^{J-1}; the kernels
+// return per sample sum_j 4^j sum |L^j| (unnormalised) and the signs of every L^j, which is all the
+// backward pass needs: grad_d = sum_j pyramid-adjoint(4^j * scale_b * sign(L^j)).
+//
+// Memory: the caller allocates every buffer (outputs and `workspace`, sized by
+// laplacian_workspace_bytes); launchers never allocate and report failures as a Status.
+#pragma once
+#include <cstdint>
+
+#include "common/dtype.h"
+#include "common/status.h"
+
+namespace glann {
+
+struct LaplacianForwardParams {
+  int64_t batch = 0, channels = 0, height = 0, width = 0;  // x, y are (B, C, H, W)
+  int levels = 1;                                          // 1..16
+  DType dtype = DType::kFloat32;  // of x and y; CPU: f32/f64, CUDA: also f16/bf16 (computed in f32)
+  const void* x = nullptr;
+  const void* y = nullptr;
+  int64_t x_strides[4] = {0, 0, 0, 0};  // element strides of x (any, e.g. channels-last)
+  int64_t y_strides[4] = {0, 0, 0, 0};  // element strides of y (stride 0 from expand() is fine)
+  // Out: (B,) unnormalised per-sample loss sum_j 4^j sum|L^j| in the compute type
+  // (float64 for float64 inputs, float32 otherwise).
+  void* per_sample = nullptr;
+  // Out: B*C*P int8 sign(L^j) of every level, P = sum_j h_j * w_j, for the backward pass of the same
+  // backend and dtype. The layout is private to the backend: CUDA stores plane after plane, levels
+  // finest first; the CPU row kernels interleave the planes of each group (laplacian_cpu_impl.h).
+  int8_t* signs = nullptr;
+  void* workspace = nullptr;  // laplacian_workspace_bytes(..., backward = false) bytes
+  int64_t workspace_bytes = 0;
+  int num_threads = 1;       // CPU: threads of glann::parallel_for
+  bool pixel_path = false;   // CPU: run the per-pixel (CUDA-shaped) code instead of the row kernels; tests
+  void* stream = nullptr;    // CUDA: cudaStream_t to launch on (never the legacy default stream)
+};
+
+struct LaplacianBackwardParams {
+  int64_t batch = 0, channels = 0, height = 0, width = 0;
+  int levels = 1;
+  DType dtype = DType::kFloat32;  // of grad (the dtype of x)
+  const int8_t* signs = nullptr;  // from the forward pass
+  const void* grad_scale = nullptr;  // (B,) compute type: d loss / d per_sample[b]
+  void* grad = nullptr;              // out: (B, C, H, W) contiguous, d loss / d x (= -d loss / d y)
+  void* workspace = nullptr;         // laplacian_workspace_bytes(..., backward = true) bytes
+  int64_t workspace_bytes = 0;
+  int num_threads = 1;
+  bool pixel_path = false;
+  void* stream = nullptr;
+};
+
+// P = sum_j h_j * w_j: the int8 sign elements per plane.
+int64_t laplacian_plane_elems(int64_t height, int64_t width, int levels);
+
+// Workspace bytes for one call with these sizes on CPU (num_threads) or CUDA.
+int64_t laplacian_workspace_bytes(int64_t batch, int64_t channels, int64_t height, int64_t width, int levels,
+                                  DType dtype, bool cuda, bool backward, int num_threads);
+
+Status laplacian_forward_cpu(const LaplacianForwardParams& p);
+Status laplacian_backward_cpu(const LaplacianBackwardParams& p);
+// Defined in laplacian.cu, built only with GLANN_WITH_CUDA (the binding guards every call).
+Status laplacian_forward_cuda(const LaplacianForwardParams& p);
+Status laplacian_backward_cuda(const LaplacianBackwardParams& p);
+
+}  // namespace glann

@@ -1,0 +1,484 @@
+// Row-streaming CPU kernels of the Laplacian-pyramid loss, compiled once per ISA.
+//
+// Include this file after defining GLANN_LAP_ISA_NS (a namespace name unique to the translation unit):
+// laplacian_cpu.cpp (baseline), laplacian_cpu_avx2.cpp and laplacian_cpu_avx512.cpp each compile it
+// with their own flags, and everything here lives in that namespace so no symbol is shared between them.
+//
+// Layout: one task = a group of kLanes<T> image planes (32 bytes: 8 float or 4 double), interleaved
+// so that "element" k of a row is kLanes values, one per plane. Every inner loop then runs over whole
+// SIMD vectors whatever the image size (a 28-pixel row, or the 1-pixel rows of the coarse levels,
+// would otherwise run mostly in scalar loop tails), and the per-row bookkeeping (reflections, taps)
+// is shared by all planes of the group. The group's pyramid stays in a per-thread scratch (L2-sized
+// for the usual images). Vertical operators combine whole rows; horizontal ones work on one row
+// through a reflect-padded line buffer so their inner loops are branch-free.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "common/parallel.h"
+#include "laplacian/laplacian.h"
+#include "laplacian/laplacian_math.h"
+
+#ifndef GLANN_LAP_ISA_NS
+#error "define GLANN_LAP_ISA_NS before including laplacian_cpu_impl.h"
+#endif
+
+namespace glann {
+namespace lap {
+namespace GLANN_LAP_ISA_NS {
+
+constexpr double kW0 = 0.0625, kW1 = 0.25, kW2 = 0.375;
+
+// Bytes of one interleaved element (8 float or 4 double planes): measured a little faster than 64
+// (the group's pyramid of a 128x128 image then still fits in L2) and it is one AVX2 register.
+constexpr int kGroupBytes = 32;
+template <typename T>
+constexpr int kLanes = kGroupBytes / int(sizeof(T));
+
+// A line buffer holds a padded row (width + 8 elements) followed by an output row (<= width).
+inline int64_t line_elems(int64_t width) { return 2 * width + 16; }
+
+// ---- horizontal (within one row; element k = p[k*V .. k*V+V)) -------------------------------------
+
+template <typename T, int V>
+inline void copy_el(const T* src, T* dst) {
+  for (int v = 0; v < V; ++v) dst[v] = src[v];
+}
+
+// out = w0 (s0 + s4) + w1 (s1 + s3) + w2 s2 over five consecutive elements starting at s.
+template <typename T, int V>
+inline void blur5(const T* s, T w0, T w1, T w2, T* out) {
+  for (int v = 0; v < V; ++v)
+    out[v] = w0 * (s[v] + s[4 * V + v]) + w1 * (s[V + v] + s[3 * V + v]) + w2 * s[2 * V + v];
+}
+
+// Pad positions 0, 1 and n+2, n+3 of a reflect-101 padded line whose interior is pad[2 .. n+2).
+template <typename T, int V>
+inline void fill_pad_borders(T* pad, int64_t n) {
+  const T* z = pad + 2 * V;
+  for (int64_t p = 0; p < 2; ++p) copy_el<T, V>(z + reflect101(p - 2, n) * V, pad + p * V);
+  for (int64_t p = n + 2; p < n + 4; ++p) copy_el<T, V>(z + reflect101(p - 2, n) * V, pad + p * V);
+}
+
+// out[k] = sum_a W[a] in[r(2k + a - 2)], k < ceil(n/2).   pad: n + 4 elements.
+template <typename T, int V>
+void down_row(const T* in, int64_t n, T* out, T* pad) {
+  std::memcpy(pad + 2 * V, in, sizeof(T) * V * n);
+  fill_pad_borders<T, V>(pad, n);
+  const int64_t m = (n + 1) / 2;
+  for (int64_t k = 0; k < m; ++k) blur5<T, V>(pad + 2 * k * V, T(kW0), T(kW1), T(kW2), out + k * V);
+}
+
+// out[i] = 2 sum_a W[a] z[r(i + a - 2)], z = zero-insert of in (m) on the fine grid (n).  pad: n + 4.
+template <typename T, int V>
+void up_row(const T* in, int64_t n, T* out, T* pad) {
+  T* z = pad + 2 * V;
+  for (int64_t k = 0; k < n; ++k)
+    for (int v = 0; v < V; ++v) z[k * V + v] = (k & 1) ? T(0) : in[(k >> 1) * V + v];
+  fill_pad_borders<T, V>(pad, n);
+  for (int64_t i = 0; i < n; ++i) blur5<T, V>(pad + i * V, T(2 * kW0), T(2 * kW1), T(2 * kW2), out + i * V);
+}
+
+// out += scale * (C^T v)[p], (C^T v)[p] = sum_a W[a] v[p - a] for a pad position p (v zero outside [0, n)).
+template <typename T, int V>
+inline void add_valid_transpose_at(const T* v, int64_t n, int64_t p, T scale, T* out) {
+  for (int a = 0; a < 5; ++a)
+    if (p - a >= 0 && p - a < n) {
+      const T w = scale * tap_weight<T>(a);
+      for (int l = 0; l < V; ++l) out[l] += w * v[(p - a) * V + l];
+    }
+}
+
+inline void border_positions(int64_t n, int64_t out[4]) {
+  out[0] = 0;
+  out[1] = 1;
+  out[2] = n + 2;
+  out[3] = n + 3;
+}
+
+// out = B^T Z in (D^T along the row): fine n from coarse in.  zz: n + 8 elements.
+template <typename T, int V>
+void down_adj_row(const T* in, int64_t n, T* out, T* zz) {
+  // zz[4 + k] = (Z in)[k], zero margins of 4 so the interior loop needs no bounds.
+  std::memset(zz, 0, sizeof(T) * V * 4);
+  std::memset(zz + (n + 4) * V, 0, sizeof(T) * V * 4);
+  T* z = zz + 4 * V;
+  for (int64_t k = 0; k < n; ++k)
+    for (int v = 0; v < V; ++v) z[k * V + v] = (k & 1) ? T(0) : in[(k >> 1) * V + v];
+  // Pad position p = i + 2 maps back to i itself: out[i] = (C^T z)[i + 2] = sum_a W[a] z[i + 2 - a].
+  for (int64_t i = 0; i < n; ++i) blur5<T, V>(zz + (i + 2) * V, T(kW0), T(kW1), T(kW2), out + i * V);
+  // Fold the four border pad positions back through the reflection.
+  int64_t border[4];
+  border_positions(n, border);
+  for (int b = 0; b < 4; ++b) add_valid_transpose_at<T, V>(z, n, border[b], T(1), out + reflect101(border[b] - 2, n) * V);
+}
+
+// out = 2 S B^T in (U^T along the row): coarse ceil(n/2) from fine in.  zz: n + 8 elements.
+template <typename T, int V>
+void up_adj_row(const T* in, int64_t n, T* out, T* zz) {
+  std::memset(zz, 0, sizeof(T) * V * 4);
+  std::memset(zz + (n + 4) * V, 0, sizeof(T) * V * 4);
+  std::memcpy(zz + 4 * V, in, sizeof(T) * V * n);
+  const int64_t m = (n + 1) / 2;
+  for (int64_t q = 0; q < m; ++q) blur5<T, V>(zz + (2 * q + 2) * V, T(2 * kW0), T(2 * kW1), T(2 * kW2), out + q * V);
+  int64_t border[4];
+  border_positions(n, border);
+  for (int b = 0; b < 4; ++b) {
+    const int64_t t = reflect101(border[b] - 2, n);
+    if ((t & 1) == 0) add_valid_transpose_at<T, V>(in, n, border[b], T(2), out + (t >> 1) * V);
+  }
+}
+
+// ---- vertical (whole rows of len values) ---------------------------------------------------------
+
+// out[c] = sum_t w[t] rows[t][c]
+template <typename T>
+void combine_rows(const T* const* rows, const T* w, int count, int64_t len, T* out) {
+  const T* r0 = rows[0];
+  const T w0 = w[0];
+  for (int64_t c = 0; c < len; ++c) out[c] = w0 * r0[c];
+  for (int t = 1; t < count; ++t) {
+    const T* r = rows[t];
+    const T wt = w[t];
+    for (int64_t c = 0; c < len; ++c) out[c] += wt * r[c];
+  }
+}
+
+template <typename T>
+void axpy_row(T a, const T* __restrict__ x, int64_t len, T* __restrict__ y) {
+  for (int64_t c = 0; c < len; ++c) y[c] += a * x[c];
+}
+
+// dst[i][v] = wt[v] * signs[i][v] for n elements. restrict: int8 may alias anything.
+template <typename T, int V>
+void scale_signs(const int8_t* __restrict__ signs, const T* wt, int64_t n, T* __restrict__ dst) {
+  for (int64_t i = 0; i < n; ++i)
+    for (int v = 0; v < V; ++v) dst[i * V + v] = wt[v] * T(signs[i * V + v]);
+}
+
+// l = fine - up over n elements (up == nullptr: l = fine): stores sign(l) and adds sum |l| per lane
+// to sums (per row in T, across rows in double).
+template <typename T, int V>
+void laplacian_row(const T* __restrict__ fine, const T* __restrict__ up, int64_t n, int8_t* __restrict__ sign,
+                   double* sums) {
+  T lanes[V] = {};
+  for (int64_t c = 0; c < n; ++c) {
+    T l[V];
+    if (up != nullptr) {
+      for (int v = 0; v < V; ++v) l[v] = fine[c * V + v] - up[c * V + v];
+    } else {
+      for (int v = 0; v < V; ++v) l[v] = fine[c * V + v];
+    }
+    for (int v = 0; v < V; ++v) {
+      sign[c * V + v] = static_cast<int8_t>(int(l[v] > T(0)) - int(l[v] < T(0)));
+      lanes[v] += std::fabs(l[v]);
+    }
+  }
+  for (int v = 0; v < V; ++v) sums[v] += double(lanes[v]);
+}
+
+// ---- one group of V planes -----------------------------------------------------------------------
+
+// Forward of one group from G^0 in g (interleaved scratch pyramid; line0/line1: line_elems(width)
+// elements each). Writes the interleaved signs and adds sum_j 4^j sum|L^j| per lane to totals.
+template <typename T, int V>
+void forward_group(const Geometry& geom, int8_t* signs, T* g, T* line0, T* line1, double* totals) {
+  const int J = geom.levels;
+  for (int j = 0; j + 1 < J; ++j) {  // Gaussian pyramid
+    const int64_t hn = geom.h[j], wn = geom.w[j], hm = geom.h[j + 1], wm = geom.w[j + 1];
+    const T* fine = g + geom.off[j] * V;
+    T* coarse = g + geom.off[j + 1] * V;
+    const T* rows[5];
+    T wts[5];
+    for (int64_t q = 0; q < hm; ++q) {
+      for (int a = 0; a < 5; ++a) {
+        rows[a] = fine + reflect101(2 * q + a - 2, hn) * wn * V;
+        wts[a] = tap_weight<T>(a);
+      }
+      combine_rows(rows, wts, 5, wn * V, line0);
+      down_row<T, V>(line0, wn, coarse + q * wm * V, line1);
+    }
+  }
+  double level_w = 1.0;
+  for (int j = 0; j < J; ++j, level_w *= 4.0) {  // Laplacian levels, |.| and signs
+    const int64_t hn = geom.h[j], wn = geom.w[j];
+    const T* fine = g + geom.off[j] * V;
+    int8_t* sg = signs + geom.off[j] * V;
+    double level_sums[V] = {};
+    if (j + 1 == J) {
+      for (int64_t i = 0; i < hn; ++i) laplacian_row<T, V>(fine + i * wn * V, nullptr, wn, sg + i * wn * V, level_sums);
+    } else {
+      const T* coarse = g + geom.off[j + 1] * V;
+      const int64_t wm = geom.w[j + 1];
+      Taps<T> tr;
+      const T* rows[5];
+      T* up = line1 + (wn + 8) * V;  // after the n + 4 pad area
+      for (int64_t i = 0; i < hn; ++i) {
+        up_taps<T>(i, hn, tr);
+        for (int t = 0; t < tr.count; ++t) rows[t] = coarse + tr.idx[t] * wm * V;
+        combine_rows(rows, tr.w, tr.count, wm * V, line0);
+        up_row<T, V>(line0, wn, up, line1);
+        laplacian_row<T, V>(fine + i * wn * V, up, wn, sg + i * wn * V, level_sums);
+      }
+    }
+    for (int v = 0; v < V; ++v) totals[v] += level_w * level_sums[v];
+  }
+}
+
+// Backward of one group: acc level 0 = sum_j adjoint(4^j scale sign(L^j)), per lane scale[v].
+// acc: interleaved scratch pyramid, line0/line1: line_elems(width) elements each.
+template <typename T, int V>
+void backward_group(const Geometry& geom, const int8_t* signs, const T* scale, T* acc, T* line0, T* line1) {
+  const int J = geom.levels;
+  T level_w[V];
+  for (int v = 0; v < V; ++v) {
+    level_w[v] = scale[v];
+    for (int j = 0; j + 1 < J; ++j) level_w[v] *= T(4);
+  }
+  scale_signs<T, V>(signs + geom.off[J - 1] * V, level_w, geom.h[J - 1] * geom.w[J - 1], acc + geom.off[J - 1] * V);
+  for (int j = J - 2; j >= 0; --j) {
+    for (int v = 0; v < V; ++v) level_w[v] /= T(4);
+    const int64_t hn = geom.h[j], wn = geom.w[j], hm = geom.h[j + 1], wm = geom.w[j + 1];
+    T* coarse = acc + geom.off[j + 1] * V;
+    // acc_{j+1} -= U^T s_j: per fine row, U^T along the row, then the column scatter of 2 S B^T.
+    const int8_t* sj = signs + geom.off[j] * V;
+    T* t1 = line1 + (wn + 8) * V;  // coarse row after the n + 8 buffer
+    for (int64_t i = 0; i < hn; ++i) {
+      scale_signs<T, V>(sj + i * wn * V, level_w, wn, line0);
+      up_adj_row<T, V>(line0, wn, t1, line1);
+      for (int a = 0; a < 5; ++a) {
+        const int64_t t = reflect101(i + a - 2, hn);
+        if ((t & 1) == 0) axpy_row(T(-2) * tap_weight<T>(a), t1, wm * V, coarse + (t >> 1) * wm * V);
+      }
+    }
+    // acc_j = s_j + D^T acc_{j+1}: per coarse row, D^T along the row, then the column scatter of B^T Z.
+    T* fine = acc + geom.off[j] * V;
+    scale_signs<T, V>(sj, level_w, hn * wn, fine);
+    for (int64_t k = 0; k < hm; ++k) {
+      down_adj_row<T, V>(coarse + k * wm * V, wn, line0, line1);
+      for (int a = 0; a < 5; ++a)
+        axpy_row(tap_weight<T>(a), line0, wn * V, fine + reflect101(2 * k + a - 2, hn) * wn * V);
+    }
+  }
+}
+
+// ---- the per-pixel path: the CUDA kernels' functions, in their level-by-level order -----------------
+// Slow; it exists so that the CPU test suite checks the math the CUDA kernels run.
+
+template <typename T>
+double forward_plane_pixels(const Geometry& geom, int8_t* signs, T* g) {
+  for (int j = 0; j + 1 < geom.levels; ++j)
+    for (int64_t q1 = 0; q1 < geom.h[j + 1]; ++q1)
+      for (int64_t q2 = 0; q2 < geom.w[j + 1]; ++q2)
+        g[geom.off[j + 1] + q1 * geom.w[j + 1] + q2] = down_pixel(g + geom.off[j], geom.h[j], geom.w[j], q1, q2);
+  double total = 0.0, level_w = 1.0;
+  for (int j = 0; j < geom.levels; ++j, level_w *= 4.0) {
+    double level_sum = 0.0;
+    for (int64_t i1 = 0; i1 < geom.h[j]; ++i1)
+      for (int64_t i2 = 0; i2 < geom.w[j]; ++i2) {
+        const int64_t at = geom.off[j] + i1 * geom.w[j] + i2;
+        const T l = j + 1 < geom.levels
+                        ? laplacian_pixel(g + geom.off[j], g + geom.off[j + 1], geom.h[j], geom.w[j], i1, i2)
+                        : g[at];
+        signs[at] = sign_of(l);
+        level_sum += std::fabs(double(l));
+      }
+    total += level_w * level_sum;
+  }
+  return total;
+}
+
+template <typename T>
+void backward_plane_pixels(const Geometry& geom, const int8_t* signs, T scale, T* grad, T* acc) {
+  for (int l = geom.levels - 1; l >= 0; --l) {
+    T* dst = l == 0 ? grad : acc + geom.off[l];
+    const T* next = l + 1 < geom.levels ? acc + geom.off[l + 1] : nullptr;
+    for (int64_t q1 = 0; q1 < geom.h[l]; ++q1)
+      for (int64_t q2 = 0; q2 < geom.w[l]; ++q2)
+        dst[q1 * geom.w[l] + q2] = backward_pixel(geom, l, signs, next, scale, q1, q2);
+  }
+}
+
+// ---- (de)interleaving ---------------------------------------------------------------------------
+
+// out[k][v] = x_v[k] - y_v[k] for one row of the V planes (x_v, y_v with unit stride), in VxV blocks
+// so the transposition runs on registers.
+template <typename T, int V>
+void interleave_diff_row(const T* const* xr, const T* const* yr, int64_t n, T* out) {
+  int64_t k = 0;
+  for (; k + V <= n; k += V) {
+    T blk[V][V];
+    for (int v = 0; v < V; ++v)
+      for (int kk = 0; kk < V; ++kk) blk[v][kk] = xr[v][k + kk] - yr[v][k + kk];
+    for (int kk = 0; kk < V; ++kk)
+      for (int v = 0; v < V; ++v) out[(k + kk) * V + v] = blk[v][kk];
+  }
+  for (; k < n; ++k)
+    for (int v = 0; v < V; ++v) out[k * V + v] = xr[v][k] - yr[v][k];
+}
+
+// out_v[e] = in[e][v] for e < n, v < count (out_v = out + v * n), in VxV blocks.
+template <typename T, int V>
+void deinterleave(const T* in, int64_t n, int64_t count, T* out) {
+  int64_t e = 0;
+  if (count == V) {
+    for (; e + V <= n; e += V) {
+      T blk[V][V];
+      for (int kk = 0; kk < V; ++kk)
+        for (int v = 0; v < V; ++v) blk[v][kk] = in[(e + kk) * V + v];
+      for (int v = 0; v < V; ++v)
+        for (int kk = 0; kk < V; ++kk) out[v * n + e + kk] = blk[v][kk];
+    }
+  }
+  for (int64_t v = 0; v < count; ++v)
+    for (int64_t i = e; i < n; ++i) out[v * n + i] = in[i * V + v];
+}
+
+// ---- drivers ----------------------------------------------------------------------------------------
+
+// Scratch bytes per thread: the interleaved pyramid, two line buffers and the interleaved signs
+// (the pixel path uses a prefix of it).
+inline int64_t slot_bytes(const Geometry& g, int64_t elem) {
+  const int64_t lanes = kGroupBytes / elem;
+  const int64_t values = (g.total + 2 * line_elems(g.w[0])) * lanes;
+  return (values * elem + g.total * lanes + 63) / 64 * 64;
+}
+
+// The planes of group `task`: [first, first + count).
+inline int64_t group_count(int64_t task, int64_t planes, int v) {
+  const int64_t left = planes - task * v;
+  return left < v ? left : v;
+}
+
+template <typename T>
+Status forward_all(const LaplacianForwardParams& p) {
+  constexpr int V = kLanes<T>;
+  const Geometry geom = make_geometry(p.height, p.width, p.levels);
+  const int64_t planes = p.batch * p.channels;
+  const int64_t tasks = p.pixel_path ? planes : (planes + V - 1) / V;
+  const int slots = parallel_slots(tasks, p.num_threads);
+  const int64_t sums_bytes = (planes * int64_t(sizeof(double)) + 63) / 64 * 64;
+  const int64_t sb = slot_bytes(geom, sizeof(T));
+  if (p.workspace_bytes < sums_bytes + slots * sb)
+    return Status::Error(StatusCode::kInvalidArgument, "laplacian_forward_cpu: workspace too small");
+  char* ws = static_cast<char*>(p.workspace);
+  double* plane_sums = reinterpret_cast<double*>(ws);
+  const T* x = static_cast<const T*>(p.x);
+  const T* y = static_cast<const T*>(p.y);
+  const int64_t* xs = p.x_strides;
+  const int64_t* ys = p.y_strides;
+  const int64_t H = p.height, W = p.width, P = geom.total;
+  parallel_for(tasks, p.num_threads, [&](int64_t task, int slot) {
+    T* g = reinterpret_cast<T*>(ws + sums_bytes + slot * sb);
+    if (p.pixel_path) {
+      const int64_t b = task / p.channels, c = task % p.channels;
+      const T* xp = x + b * xs[0] + c * xs[1];
+      const T* yp = y + b * ys[0] + c * ys[1];
+      for (int64_t i = 0; i < H; ++i)
+        for (int64_t k = 0; k < W; ++k) g[i * W + k] = xp[i * xs[2] + k * xs[3]] - yp[i * ys[2] + k * ys[3]];
+      plane_sums[task] = forward_plane_pixels(geom, p.signs + task * P, g);
+      return;
+    }
+    T* line0 = g + P * V;
+    T* line1 = line0 + line_elems(W) * V;
+    int8_t* sg = reinterpret_cast<int8_t*>(line1 + line_elems(W) * V);
+    const int64_t first = task * V, count = group_count(task, planes, V);
+    // G^0 = x - y, interleaved. Lanes past the last plane repeat plane `first` as both x and y:
+    // their difference is 0 (NaN for NaN input, harmless: those lanes are never written out).
+    const T* xp[V];
+    const T* yp[V];
+    for (int v = 0; v < V; ++v) {
+      const int64_t plane = first + (v < count ? v : 0);
+      const int64_t b = plane / p.channels, c = plane % p.channels;
+      xp[v] = x + b * xs[0] + c * xs[1];
+      yp[v] = v < count ? y + b * ys[0] + c * ys[1] : xp[v];
+    }
+    if (xs[3] == 1 && ys[3] == 1) {
+      const T* xr[V];
+      const T* yr[V];
+      for (int64_t i = 0; i < H; ++i) {
+        for (int v = 0; v < V; ++v) {
+          xr[v] = xp[v] + i * xs[2];
+          yr[v] = yp[v] + i * (v < count ? ys[2] : xs[2]);
+        }
+        interleave_diff_row<T, V>(xr, yr, W, g + i * W * V);
+      }
+    } else {
+      for (int v = 0; v < V; ++v) {
+        const int64_t* ysv = v < count ? ys : xs;
+        for (int64_t i = 0; i < H; ++i)
+          for (int64_t k = 0; k < W; ++k)
+            g[(i * W + k) * V + v] = xp[v][i * xs[2] + k * xs[3]] - yp[v][i * ysv[2] + k * ysv[3]];
+      }
+    }
+    // Signs layout (private to this backend): the group's planes own signs[first*P, (first+count)*P),
+    // element e of lane v at e*count + v. Full groups write it in place; a partial one goes via scratch.
+    int8_t* signs = count == V ? p.signs + first * P : sg;
+    double totals[V] = {};
+    forward_group<T, V>(geom, signs, g, line0, line1, totals);
+    for (int64_t v = 0; v < count; ++v) plane_sums[first + v] = totals[v];
+    if (count < V) {
+      int8_t* out = p.signs + first * P;
+      for (int64_t e = 0; e < P; ++e)
+        for (int64_t v = 0; v < count; ++v) out[e * count + v] = sg[e * V + v];
+    }
+  });
+  // Fixed-order reduction: the result does not depend on the thread count or task assignment.
+  T* out = static_cast<T*>(p.per_sample);
+  for (int64_t b = 0; b < p.batch; ++b) {
+    double s = 0.0;
+    for (int64_t c = 0; c < p.channels; ++c) s += plane_sums[b * p.channels + c];
+    out[b] = T(s);
+  }
+  return Status::Ok();
+}
+
+template <typename T>
+Status backward_all(const LaplacianBackwardParams& p) {
+  constexpr int V = kLanes<T>;
+  const Geometry geom = make_geometry(p.height, p.width, p.levels);
+  const int64_t planes = p.batch * p.channels;
+  const int64_t tasks = p.pixel_path ? planes : (planes + V - 1) / V;
+  const int slots = parallel_slots(tasks, p.num_threads);
+  const int64_t sb = slot_bytes(geom, sizeof(T));
+  if (p.workspace_bytes < slots * sb)
+    return Status::Error(StatusCode::kInvalidArgument, "laplacian_backward_cpu: workspace too small");
+  char* ws = static_cast<char*>(p.workspace);
+  const T* scale = static_cast<const T*>(p.grad_scale);
+  T* grad = static_cast<T*>(p.grad);
+  const int64_t hw = p.height * p.width, P = geom.total, W = p.width;
+  parallel_for(tasks, p.num_threads, [&](int64_t task, int slot) {
+    T* acc = reinterpret_cast<T*>(ws + slot * sb);
+    if (p.pixel_path) {
+      backward_plane_pixels(geom, p.signs + task * P, scale[task / p.channels], grad + task * hw, acc);
+      return;
+    }
+    T* line0 = acc + P * V;
+    T* line1 = line0 + line_elems(W) * V;
+    int8_t* sg = reinterpret_cast<int8_t*>(line1 + line_elems(W) * V);
+    const int64_t first = task * V, count = group_count(task, planes, V);
+    T lane_scale[V] = {};
+    for (int64_t v = 0; v < count; ++v) lane_scale[v] = scale[(first + v) / p.channels];
+    const int8_t* signs = p.signs + first * P;  // layout: see forward_all
+    if (count < V) {
+      for (int64_t e = 0; e < P; ++e)
+        for (int64_t v = 0; v < V; ++v) sg[e * V + v] = v < count ? signs[e * count + v] : int8_t(0);
+      signs = sg;
+    }
+    backward_group<T, V>(geom, signs, lane_scale, acc, line0, line1);
+    deinterleave<T, V>(acc, hw, count, grad + first * hw);
+  });
+  return Status::Ok();
+}
+
+inline Status forward(const LaplacianForwardParams& p) {
+  return p.dtype == DType::kFloat64 ? forward_all<double>(p) : forward_all<float>(p);
+}
+inline Status backward(const LaplacianBackwardParams& p) {
+  return p.dtype == DType::kFloat64 ? backward_all<double>(p) : backward_all<float>(p);
+}
+
+}  // namespace GLANN_LAP_ISA_NS
+}  // namespace lap
+}  // namespace glann

@@ -1,0 +1,443 @@
+"""Tests of glann_ext.laplacian_pyramid_loss against an independent dense-matrix oracle, the plain
+PyTorch reference and its own properties; CUDA tests are marked and skip cleanly without a GPU."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import glann_ext
+from glann_ext.ops import laplacian as lap_mod
+from glann_ext.ops import reference
+
+loss_fn = glann_ext.laplacian_pyramid_loss
+
+# ---- oracle: the pyramid as dense 1-D matrices, G' = A_h G A_w^T, gradients by torch autograd ----
+
+TAPS = [1.0, 4.0, 6.0, 4.0, 1.0]
+
+
+def _reflect(i: int, n: int) -> int:
+    if n == 1:
+        return 0
+    while i < 0 or i >= n:  # mirror without repeating the edge sample
+        i = -i if i < 0 else 2 * (n - 1) - i
+    return i
+
+
+@functools.lru_cache(maxsize=None)
+def _blur(n: int) -> torch.Tensor:
+    m = torch.zeros(n, n, dtype=torch.float64)
+    for k in range(n):
+        for a, t in enumerate(TAPS):
+            m[k, _reflect(k + a - 2, n)] += t / 16
+    return m
+
+
+@functools.lru_cache(maxsize=None)
+def _down(n: int) -> torch.Tensor:
+    return _blur(n)[::2].clone()
+
+
+@functools.lru_cache(maxsize=None)
+def _up(n: int) -> torch.Tensor:
+    zero_insert = torch.zeros(n, (n + 1) // 2, dtype=torch.float64)
+    zero_insert[::2] = torch.eye((n + 1) // 2, dtype=torch.float64)
+    return 2 * _blur(n) @ zero_insert
+
+
+def oracle(x: torch.Tensor, y: torch.Tensor, levels: int | None = None, reduction: str = "mean") -> torch.Tensor:
+    b, c, h, w = x.shape
+    if levels is None:
+        levels = min(5, 1 + int(math.floor(math.log2(min(h, w)))))
+    g = (x - y).double()
+    per_sample = 0
+    for j in range(levels):
+        hn, wn = g.shape[-2:]
+        if j + 1 < levels:
+            coarse = _down(hn) @ g @ _down(wn).T
+            lap = g - _up(hn) @ coarse @ _up(wn).T
+        else:
+            lap = g
+        per_sample = per_sample + 4.0**j * lap.abs().sum(dim=(1, 2, 3))
+        if j + 1 < levels:
+            g = coarse
+    if reduction == "none":
+        return per_sample / (c * h * w)
+    return per_sample.sum() if reduction == "sum" else per_sample.sum() / (b * c * h * w)
+
+
+def _tols(x, y, levels, reduction) -> tuple[dict, dict]:
+    """assert_close tolerances for the loss and the gradients. float64: tight. float32: the rounding
+    error of level j is amplified by its weight 4^j, which dominates once levels stop shrinking
+    (tiny images, many levels), so the absolute tolerance follows sum_j 4^j * pixels_j."""
+    if x.dtype == torch.float64:
+        return dict(rtol=1e-10, atol=1e-12), dict(rtol=1e-10, atol=1e-12)
+    b, c, h, w = x.shape
+    levels = reference.default_levels(h, w) if levels is None else levels
+    sizes = [(h, w)]
+    for _ in range(levels - 1):
+        sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
+    weight = sum(4.0**j * hj * wj for j, (hj, wj) in enumerate(sizes)) / (h * w)  # 1 per level while halving
+    per = {"mean": b * c * h * w, "none": c * h * w, "sum": 1}[reduction]
+    dmax = (x.double() - y.double()).abs().max().item()
+    loss_atol = 1e-6 * weight * dmax * (b * c * h * w if reduction == "sum" else 1)
+    grad_atol = 1e-6 * sum(4.0**j for j in range(levels)) / per
+    return dict(rtol=2e-5, atol=max(loss_atol, 1e-6)), dict(rtol=2e-5, atol=grad_atol)
+
+
+def _check(x, y, levels=None, reduction="mean", against=oracle):
+    """Values and gradients w.r.t. x and y of our op against `against` (computed in float64)."""
+    xa, ya = x.detach().clone().requires_grad_(), y.detach().clone().requires_grad_()
+    xo, yo = x.detach().double().requires_grad_(), y.detach().double().requires_grad_()
+    ours = loss_fn(xa, ya, levels=levels, reduction=reduction)
+    ref = against(xo, yo, levels=levels, reduction=reduction)
+    assert ours.dtype == (torch.float64 if x.dtype == torch.float64 else torch.float32)
+    assert ours.shape == ref.shape
+    loss_tol, grad_tol = _tols(x, y, levels, reduction)
+    torch.testing.assert_close(ours.double(), ref, **loss_tol)
+    seed = torch.rand(ref.shape, dtype=torch.float64) + 0.5  # non-uniform upstream gradient
+    gx, gy = torch.autograd.grad(ours, (xa, ya), seed.to(ours.dtype))
+    rx, ry = torch.autograd.grad(ref, (xo, yo), seed)
+    torch.testing.assert_close(gx.double(), rx, **grad_tol)
+    torch.testing.assert_close(gy.double(), ry, **grad_tol)
+
+
+SHAPES = [
+    (1, 1, 1, 1), (1, 1, 1, 17), (1, 1, 9, 1), (1, 1, 2, 3), (2, 3, 7, 13), (1, 2, 29, 31),
+    (4, 1, 28, 28), (2, 3, 64, 64), (3, 2, 5, 5), (1, 1, 4, 2),
+    (5, 4, 9, 11), (8, 2, 16, 3),  # several full CPU plane groups (8 float / 4 double planes) plus a partial one
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_matches_oracle(shape, dtype):
+    _check(torch.randn(shape, dtype=dtype), torch.randn(shape, dtype=dtype))
+
+
+@pytest.mark.parametrize("levels", range(1, 17))
+def test_every_level_count(levels):
+    for shape in [(2, 2, 13, 10), (1, 1, 1, 6), (1, 1, 33, 3)]:
+        x, y = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
+        _check(x, y, levels=levels)
+        _check(x, y, levels=levels, against=reference.laplacian_pyramid_loss_reference)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_reductions_match_reference(reduction, dtype):
+    x, y = torch.randn(3, 2, 19, 24, dtype=dtype), torch.randn(3, 2, 19, 24, dtype=dtype)
+    _check(x, y, reduction=reduction, against=reference.laplacian_pyramid_loss_reference)
+    _check(x, y, levels=3, reduction=reduction)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 1, 1, 7), (1, 2, 6, 1), (2, 3, 7, 13), (1, 1, 29, 31)])
+@pytest.mark.parametrize("levels", [None, 1, 2, 4, 9])
+def test_pixel_path_matches(shape, levels, monkeypatch):
+    """The CPU run of the per-pixel functions the CUDA kernels use (laplacian_math.h)."""
+    monkeypatch.setattr(lap_mod, "_PIXEL_PATH", True)
+    _check(torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64), levels=levels)
+    _check(torch.randn(shape), torch.randn(shape), levels=levels, reduction="none")
+
+
+@pytest.mark.parametrize("shape,levels", [((1, 1, 5, 7), None), ((2, 1, 3, 4), 3), ((1, 2, 6, 1), 2), ((1, 1, 9, 5), 4)])
+def test_gradcheck(shape, levels):
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    for reduction in ("mean", "none"):
+        assert torch.autograd.gradcheck(lambda a, b: loss_fn(a, b, levels=levels, reduction=reduction), (x, y))
+
+
+def test_grad_for_one_input_only():
+    x, y = torch.randn(2, 1, 8, 8, dtype=torch.float64), torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    yr = y.clone().requires_grad_()
+    (gy,) = torch.autograd.grad(loss_fn(x, yr), yr)
+    xr = x.clone().requires_grad_()
+    (gx,) = torch.autograd.grad(loss_fn(xr, y), xr)
+    torch.testing.assert_close(gy, -gx)
+
+
+def test_strided_inputs():
+    base = torch.randn(3, 4, 40, 50)
+    x = base[:, 1:3, 3:32:2, ::3]  # sliced, non-unit strides everywhere
+    y = torch.randn(3, 2, 17, 40).transpose(2, 3)[:, :, :15]  # transposed
+    assert not x.is_contiguous() and not y.is_contiguous()
+    _check(x, y)
+    cl = torch.randn(2, 3, 16, 20).to(memory_format=torch.channels_last)
+    perm = torch.randn(2, 16, 20, 3).permute(0, 3, 1, 2)
+    _check(cl, perm, levels=3)
+    expanded = torch.randn(1, 3, 16, 20).expand(2, 3, 16, 20)
+    _check(cl, expanded)
+    # Gradient through expand() accumulates over the broadcast batch.
+    y0 = torch.randn(1, 3, 16, 20, dtype=torch.float64, requires_grad=True)
+    xd = cl.double()
+    (g,) = torch.autograd.grad(loss_fn(xd, y0.expand(2, 3, 16, 20)), y0)
+    y1 = y0.detach().clone().requires_grad_()
+    (r,) = torch.autograd.grad(oracle(xd, y1.expand(2, 3, 16, 20)), y1)
+    torch.testing.assert_close(g, r)
+
+
+def test_identical_inputs_give_zero_loss_and_grad():
+    x = torch.randn(2, 3, 17, 12, dtype=torch.float64, requires_grad=True)
+    loss = loss_fn(x, x.detach())
+    assert loss.item() == 0.0
+    (g,) = torch.autograd.grad(loss, x)
+    assert torch.count_nonzero(g) == 0  # sign(0) = 0
+
+
+def test_sign_layout_matches_kernel():
+    """The fake impl's sign buffer size (pure Python, SymInt-friendly) is the kernel's plane layout."""
+    from glann_ext._ext import _C
+
+    for h, w, levels in [(1, 1, 1), (1, 1, 16), (28, 28, 5), (29, 31, 9), (2, 3, 4)]:
+        assert lap_mod._plane_elems(h, w, levels) == _C.laplacian_plane_elems(h, w, levels)
+
+
+def test_default_levels():
+    assert [reference.default_levels(h, w) for h, w in [(1, 1), (2, 9), (28, 28), (64, 64), (7, 300)]] == [1, 2, 5, 5, 3]
+    x, y = torch.randn(1, 1, 28, 28), torch.randn(1, 1, 28, 28)
+    assert torch.equal(loss_fn(x, y), loss_fn(x, y, levels=5))
+
+
+def test_deterministic_across_thread_counts():
+    x, y = torch.randn(8, 3, 45, 37, requires_grad=True), torch.randn(8, 3, 45, 37)
+    old = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 1):
+            torch.set_num_threads(n)
+            loss = loss_fn(x, y, reduction="sum")
+            (g,) = torch.autograd.grad(loss, x)
+            results.append((loss, g))
+    finally:
+        torch.set_num_threads(old)
+    for loss, g in results[1:]:
+        assert torch.equal(loss, results[0][0]) and torch.equal(g, results[0][1])
+
+
+# ---- properties ------------------------------------------------------------------------------------
+
+@settings(max_examples=40, deadline=None)
+@given(
+    b=st.integers(1, 3), c=st.integers(1, 2), h=st.integers(1, 40), w=st.integers(1, 40),
+    levels=st.one_of(st.none(), st.integers(1, 8)), seed=st.integers(0, 2**31 - 1),
+)
+def test_properties(b, c, h, w, levels, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, c, h, w, dtype=torch.float64, generator=gen)
+    y = torch.randn(b, c, h, w, dtype=torch.float64, generator=gen)
+    z = torch.randn(b, c, h, w, dtype=torch.float64, generator=gen)
+    loss = loss_fn(x, y, levels=levels, reduction="none")
+    torch.testing.assert_close(loss, oracle(x, y, levels, "none"), rtol=1e-10, atol=1e-12)
+    # Depends on x - y only, symmetric, zero on equal inputs, positively homogeneous.
+    torch.testing.assert_close(loss_fn(x + z, y + z, levels=levels, reduction="none"), loss, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(loss_fn(x - y, torch.zeros_like(x), levels=levels, reduction="none"), loss)
+    torch.testing.assert_close(loss_fn(y, x, levels=levels, reduction="none"), loss)
+    assert loss_fn(x, x, levels=levels).item() == 0.0
+    torch.testing.assert_close(loss_fn(-2.5 * x, -2.5 * y, levels=levels, reduction="none"), 2.5 * loss)
+
+
+# ---- errors ----------------------------------------------------------------------------------------
+
+def _xy(*shape, dtype=torch.float32):
+    return torch.randn(*shape, dtype=dtype), torch.randn(*shape, dtype=dtype)
+
+
+@pytest.mark.parametrize(
+    "args,kwargs,exc,match",
+    [
+        ((_xy(2, 3, 4, 4)[0].numpy(), torch.randn(2, 3, 4, 4)), {}, TypeError, "x must be a torch.Tensor"),
+        ((torch.randn(2, 3, 4, 4), [1.0]), {}, TypeError, "y must be a torch.Tensor"),
+        (_xy(3, 4, 4), {}, ValueError, "x must be a 4-D tensor, got 3-D"),
+        ((torch.randn(2, 3, 4, 4), torch.randn(1, 2, 3, 4, 4)), {}, ValueError, "y must be a 4-D"),
+        ((torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 5)), {}, ValueError, r"same shape as x \(2, 3, 4, 4\)"),
+        ((torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4, dtype=torch.float64)), {}, TypeError, "same dtype"),
+        (_xy(2, 3, 4, 4, dtype=torch.float16), {}, TypeError, "float32, float64.*got float16"),
+        ((torch.ones(1, 1, 2, 2, dtype=torch.int64),) * 2, {}, TypeError, "got int64"),
+        (_xy(0, 3, 4, 4), {}, ValueError, "x must not be empty"),
+        (_xy(2, 3, 0, 4), {}, ValueError, "x must not be empty"),
+        ((torch.randn(1, 1, 4, 4), torch.randn(1, 1, 4, 4, device="meta")), {}, ValueError, "same device"),
+        (_xy(1, 1, 4, 4), {"reduction": "avg"}, ValueError, "reduction must be one of"),
+        (_xy(1, 1, 4, 4), {"reduction": None}, ValueError, "reduction must be one of"),
+        (_xy(1, 1, 4, 4), {"levels": 0}, ValueError, r"levels must be in \[1, 16\], got 0"),
+        (_xy(1, 1, 4, 4), {"levels": 17}, ValueError, r"levels must be in \[1, 16\], got 17"),
+        (_xy(1, 1, 4, 4), {"levels": 2.0}, TypeError, "levels must be an int.*got float"),
+        (_xy(1, 1, 4, 4), {"levels": True}, TypeError, "levels must be an int.*got bool"),
+    ],
+)
+def test_errors(args, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        loss_fn(*args, **kwargs)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("where", ["x", "y"])
+def test_non_finite_raises_on_cpu(bad, where):
+    x, y = _xy(2, 1, 6, 6)
+    (x if where == "x" else y)[1, 0, 3, 2] = bad
+    with pytest.raises(ValueError, match="x or y contains NaN or Inf"):
+        loss_fn(x, y)
+
+
+# ---- torch.library integration ------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck(dtype):
+    x = torch.randn(2, 3, 9, 11, dtype=dtype, requires_grad=True)
+    y = torch.randn(2, 3, 9, 11, dtype=dtype, requires_grad=True)
+    torch.library.opcheck(torch.ops.glann_ext.laplacian_fwd.default, (x, y, 3))
+    signs = lap_mod._laplacian_fwd(x.detach(), y.detach(), 3)[1]
+    torch.library.opcheck(torch.ops.glann_ext.laplacian_bwd.default, (signs, torch.rand(2, dtype=dtype), 3, 9, 11, 3, dtype))
+
+
+def test_torch_compile_fullgraph():
+    fn = torch.compile(lambda a, b: loss_fn(a, b, reduction="sum"), backend="aot_eager", fullgraph=True)
+    x, y = torch.randn(2, 2, 12, 10, requires_grad=True), torch.randn(2, 2, 12, 10)
+    loss = fn(x, y)
+    (g,) = torch.autograd.grad(loss, x)
+    x2 = x.detach().clone().requires_grad_()
+    ref = loss_fn(x2, y, reduction="sum")
+    (g2,) = torch.autograd.grad(ref, x2)
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(g, g2)
+
+
+# ---- CUDA ----------------------------------------------------------------------------------------
+
+def _cuda_vs_cpu(x, y, levels=None, reduction="mean", atol=1e-5, rtol=1e-5):
+    """Values and grads on CUDA (any dtype) against the CPU kernels in float64 on the same values."""
+    xc, yc = x.cuda().requires_grad_(), y.cuda().requires_grad_()
+    loss = loss_fn(xc, yc, levels=levels, reduction=reduction)
+    seed = torch.rand(loss.shape, dtype=torch.float64) + 0.5
+    gx, gy = torch.autograd.grad(loss, (xc, yc), seed.to(loss.dtype).cuda())
+    xd, yd = x.double().requires_grad_(), y.double().requires_grad_()
+    ref = loss_fn(xd, yd, levels=levels, reduction=reduction)
+    rx, ry = torch.autograd.grad(ref, (xd, yd), seed)
+    torch.testing.assert_close(loss.double().cpu(), ref, atol=atol, rtol=rtol)
+    torch.testing.assert_close(gx.double().cpu(), rx, atol=atol, rtol=rtol)
+    torch.testing.assert_close(gy.double().cpu(), ry, atol=atol, rtol=rtol)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 7, 13), (4, 1, 28, 28), (2, 3, 64, 64), (1, 2, 29, 31)])
+@pytest.mark.parametrize("levels", [None, 1, 3, 9])
+def test_cuda_matches_cpu(shape, levels):
+    x, y = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
+    _cuda_vs_cpu(x, y, levels, atol=1e-11, rtol=1e-11)
+    _cuda_vs_cpu(x.float(), y.float(), levels, reduction="none")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_low_precision(dtype):
+    """float16/bfloat16 are computed in float32: our error against float64 (same rounded inputs) is at
+    most 2x the error of the torch reference run in that low precision, for the loss and the grads."""
+    xl, yl = torch.randn(4, 3, 32, 32).to(dtype).cuda(), torch.randn(4, 3, 32, 32).to(dtype).cuda()
+
+    def loss_and_grads(fn, x, y):
+        x, y = x.clone().requires_grad_(), y.clone().requires_grad_()
+        loss = fn(x, y)
+        return (loss, *torch.autograd.grad(loss, (x, y)))
+
+    ours = loss_and_grads(loss_fn, xl, yl)
+    assert ours[0].dtype == torch.float32 and ours[1].dtype == dtype and ours[2].dtype == dtype
+    exact = loss_and_grads(loss_fn, xl.double().cpu(), yl.double().cpu())
+    torch_low = loss_and_grads(reference.laplacian_pyramid_loss_reference, xl, yl)
+    for mine, ref, low in zip(ours, exact, torch_low):
+        err = (mine.double().cpu() - ref).abs().max().item()
+        err_torch = (low.double().cpu() - ref).abs().max().item()
+        assert err <= 2 * err_torch + 1e-6, (err, err_torch)
+
+
+@pytest.mark.cuda
+def test_cuda_strided_and_deterministic():
+    x = torch.randn(3, 4, 40, 50, device="cuda")[:, 1:3, 3:32:2, ::3]
+    y = torch.randn(1, 2, 15, 17, device="cuda").expand(3, 2, 15, 17)
+    _cuda_vs_cpu(x.cpu(), y.cpu())
+    a = loss_fn(x, y, reduction="none")
+    assert torch.equal(a, loss_fn(x, y, reduction="none"))
+
+
+@pytest.mark.cuda
+def test_cuda_non_default_stream():
+    x, y = torch.randn(8, 3, 64, 64, device="cuda", requires_grad=True), torch.randn(8, 3, 64, 64, device="cuda")
+    expected = loss_fn(x.detach().cpu(), y.cpu())
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        loss = loss_fn(x, y)
+        (g,) = torch.autograd.grad(loss, x)
+    torch.cuda.current_stream().wait_stream(s)
+    torch.testing.assert_close(loss.cpu(), expected)
+    assert torch.isfinite(g).all()
+
+
+@pytest.mark.cuda
+def test_cuda_nan_propagates():
+    x, y = torch.randn(2, 1, 8, 8, device="cuda"), torch.randn(2, 1, 8, 8, device="cuda")
+    x[1, 0, 2, 2] = float("nan")
+    out = loss_fn(x, y, reduction="none")
+    assert torch.isfinite(out[0]) and torch.isnan(out[1])
+
+
+@pytest.mark.cuda
+def test_cuda_torch_compile_reduce_overhead():
+    fn = torch.compile(lambda a, b: loss_fn(a, b), mode="reduce-overhead", fullgraph=True)
+    x, y = torch.randn(4, 3, 32, 32, device="cuda"), torch.randn(4, 3, 32, 32, device="cuda")
+    for _ in range(3):
+        out = fn(x, y)
+    torch.testing.assert_close(out.cpu(), loss_fn(x.cpu(), y.cpu()))
+    x2 = x.clone().requires_grad_()
+    fn_bwd = torch.compile(lambda a, b: loss_fn(a, b), fullgraph=True)
+    (g,) = torch.autograd.grad(fn_bwd(x2, y), x2)
+    xr = x.cpu().requires_grad_()
+    (gr,) = torch.autograd.grad(loss_fn(xr, y.cpu()), xr)
+    torch.testing.assert_close(g.cpu(), gr)
+
+
+def test_cuda_tensors_need_cuda_build(monkeypatch):
+    """A CPU-only build names the problem instead of failing inside the kernel."""
+    if glann_ext.build_info()["cuda_compiled"]:
+        pytest.skip("built with CUDA")
+    from glann_ext.ops import _native
+
+    class FakeCuda:
+        device = torch.device("cuda")
+
+    with pytest.raises(RuntimeError, match="built without CUDA kernels"):
+        _native.require_cuda_build(FakeCuda(), "laplacian_pyramid_loss")
+
+
+def test_every_cpu_isa_path():
+    """The row kernels are compiled per ISA; GLANN_EXT_CPU_ISA caps the choice (read once per process),
+    so each capped ISA runs in its own interpreter (both at once, to keep the suite fast)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, glann_ext; from glann_ext.ops import reference as r; torch.manual_seed(0); "
+        "x = torch.randn(3, 2, 29, 31, dtype=torch.float64, requires_grad=True); "
+        "y = torch.randn(3, 2, 29, 31, dtype=torch.float64); "
+        "a = glann_ext.laplacian_pyramid_loss(x, y); (g,) = torch.autograd.grad(a, x); "
+        "xr = x.detach().requires_grad_(); b = r.laplacian_pyramid_loss_reference(xr, y); "
+        "(h,) = torch.autograd.grad(b, xr); "
+        "torch.testing.assert_close(a, b); torch.testing.assert_close(g, h); print(glann_ext.build_info()['cpu_isa'])"
+    )
+    procs = {
+        isa: subprocess.Popen(
+            [sys.executable, "-c", code], env=dict(os.environ, GLANN_EXT_CPU_ISA=isa),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for isa in ("baseline", "avx2")
+    }
+    for isa, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert out.strip() in (isa, "baseline")  # a CPU without the ISA falls back to baseline
