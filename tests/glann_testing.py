@@ -7,11 +7,8 @@ import math
 import numpy as np
 import torch
 
-from glann_ext.train.backend import fused_available
-
-# The fused kernels once they work; the reference ops while they are still stubs (fallback to be removed
-# when the kernels are merged).
-OPS = "fused" if fused_available() else "reference"
+# The trainer tests run on the fused kernels (the reference backend has its own tests in test_models.py).
+OPS = "fused"
 
 
 def blob_images(n: int = 64, size: int = 28, channels: int = 1, seed: int = 0) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Training: GLO and IMLE trainers, the GLANN model, run folders with checkpoints, configuration."""
 
-from .backend import Ops, fused_available, get_ops
+from .backend import Ops, get_ops
 from .config import PRESETS, TrainConfig, preset
 from .glann import GLANN, slerp
 from .glo import GLOTrainer
@@ -15,7 +15,6 @@ __all__ = [
     "Ops",
     "Run",
     "TrainConfig",
-    "fused_available",
     "get_ops",
     "load_model",
     "preset",

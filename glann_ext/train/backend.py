@@ -104,11 +104,6 @@ def _reference_nn_argmin(queries, keys, *, return_distances: bool = False):
 def get_ops(name: str = "fused") -> Ops:
     """The :class:`Ops` of backend ``name`` ("fused" or "reference")."""
     if name == "fused":
-        if not fused_available():
-            raise RuntimeError(
-                "the fused kernels are not implemented in this build of glann_ext; use ops='reference' "
-                "(--ops reference) for the plain PyTorch ops"
-            )
         return Ops(
             "fused",
             glann_ext.nn_argmin,
@@ -126,13 +121,3 @@ def get_ops(name: str = "fused") -> Ops:
         )
     raise ValueError(f"ops backend must be one of {BACKENDS}, got {name!r}")
 
-
-def fused_available() -> bool:
-    """Whether the fused kernels are implemented in this build (they are stubs while being written)."""
-    try:
-        glann_ext.nn_argmin(torch.zeros(1, 2), torch.zeros(1, 2))
-        glann_ext.laplacian_pyramid_loss(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4))
-        glann_ext.SphereSparseAdam(torch.ones(1, 2) / 2**0.5, lr=0.1)
-    except (NotImplementedError, TypeError):
-        return False
-    return True
