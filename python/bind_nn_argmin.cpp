@@ -53,6 +53,10 @@ void register_nn_argmin(py::module_& m) {
         }
         throw_if_error(s);
       },
+      py::arg("on_cuda"), py::arg("queries"), py::arg("n"), py::arg("d"), py::arg("q_stride_row"),
+      py::arg("q_stride_col"), py::arg("keys"), py::arg("m"), py::arg("k_stride_row"), py::arg("k_stride_col"),
+      py::arg("dtype"), py::arg("best_score"), py::arg("best_index"), py::arg("workspace"),
+      py::arg("workspace_bytes"), py::arg("num_threads"), py::arg("stream"), py::arg("device"),
       "Lowest-index argmin of ||k||^2 - 2 q.k over the keys for every query row (see csrc/nn_argmin/nn_argmin.h).");
 }
 
