@@ -29,7 +29,7 @@ from glann_ext.ops import reference
 SHAPES = [(64, 1, 28, 28), (64, 3, 64, 64), (16, 3, 128, 128)]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reflect_index(n: int) -> torch.Tensor:
     return reference.reflect101(torch.arange(-2, n + 2), n)
 
@@ -39,7 +39,7 @@ def _pad101(t: torch.Tensor) -> torch.Tensor:
     return t.index_select(-2, _reflect_index(h)).index_select(-1, _reflect_index(w))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _kernel(dtype: torch.dtype) -> torch.Tensor:
     taps = torch.tensor(reference.BLUR_TAPS, dtype=dtype)
     return torch.outer(taps, taps).view(1, 1, 5, 5)

@@ -48,7 +48,9 @@ def _devices():
 CASES = [(dev, shape, name) for dev in _devices() for shape in SHAPES for name in _methods(dev)]
 
 
-@pytest.mark.parametrize("device,shape,method", CASES, ids=[f"{d}-{s[0]}x{s[1]}x{s[2]}-{m}" for d, s, m in CASES])
+@pytest.mark.parametrize(
+    "device,shape,method", CASES, ids=[f"{d}-{s[0]}x{s[1]}x{s[2]}-{m}" for d, s, m in CASES]
+)
 def bench_nn_argmin(benchmark, device: str, shape: tuple[int, int, int], method: str) -> None:
     n, m, d = shape
     if method == "torch_cdist_argmin" and n * m * 4 > CDIST_LIMIT_BYTES:
@@ -59,7 +61,7 @@ def bench_nn_argmin(benchmark, device: str, shape: tuple[int, int, int], method:
     fn = _methods(device)[method]
     if method == "faiss_IndexFlatL2":
         search = _faiss_search(k)
-        fn = lambda q, k: search(q)  # noqa: E731
+        fn = lambda q, k: search(q)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def run():

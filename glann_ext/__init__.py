@@ -26,14 +26,14 @@ from .ops.sphere import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "nn_argmin",
-    "laplacian_pyramid_loss",
-    "project_to_sphere",
-    "project_to_sphere_",
-    "fused_latent_adam_",
-    "fused_latent_sgd_",
     "SphereSparseAdam",
     "SphereSparseSGD",
-    "cuda_available",
     "build_info",
+    "cuda_available",
+    "fused_latent_adam_",
+    "fused_latent_sgd_",
+    "laplacian_pyramid_loss",
+    "nn_argmin",
+    "project_to_sphere",
+    "project_to_sphere_",
 ]

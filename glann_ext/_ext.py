@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 try:
-    from . import _C  # noqa: F401
+    from . import _C
 except ImportError as exc:  # pragma: no cover - only when the package was not built
     raise ImportError(
         "glann_ext's compiled module _C is missing or failed to load. Install the package with "

@@ -17,23 +17,21 @@ and NCCL (CUDA): tensors stay on their device.
 
 from __future__ import annotations
 
-from typing import Optional, Union
-
 import torch
 import torch.distributed as dist
 
-from .ops.nn_argmin import RunningArgmin, _check_keys, _check_queries
 from .ops._checks import check_finite
+from .ops.nn_argmin import RunningArgmin, _check_keys, _check_queries
 
 
 def nn_argmin(
     queries: torch.Tensor,
     local_keys: torch.Tensor,
-    group: Optional[dist.ProcessGroup] = None,
+    group: dist.ProcessGroup | None = None,
     *,
     return_distances: bool = False,
     check_finite_values: bool = True,
-) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Global-index nearest key for every local query row, over the keys of every rank in ``group``.
 
     Args:
@@ -53,7 +51,9 @@ def nn_argmin(
         check_finite("queries", queries)
         check_finite("local_keys", local_keys)
     if not dist.is_available() or not dist.is_initialized():
-        raise RuntimeError("glann_ext.distributed.nn_argmin needs an initialised torch.distributed process group")
+        raise RuntimeError(
+            "glann_ext.distributed.nn_argmin needs an initialised torch.distributed process group"
+        )
     world = dist.get_world_size(group)
     rank = dist.get_rank(group)
     device = queries.device
@@ -94,7 +94,7 @@ def nn_argmin(
     return best.result()
 
 
-def _global_rank(group_rank: int, group: Optional[dist.ProcessGroup]) -> int:
+def _global_rank(group_rank: int, group: dist.ProcessGroup | None) -> int:
     if group is None:
         return group_rank
     return dist.get_global_rank(group, group_rank)

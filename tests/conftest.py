@@ -12,7 +12,9 @@ def pytest_collection_modifyitems(config, items):
     if glann_ext.cuda_available():
         return
     reason = "needs CUDA: " + (
-        "glann_ext was built without CUDA kernels" if not glann_ext.build_info()["cuda_compiled"] else "no CUDA device"
+        "glann_ext was built without CUDA kernels"
+        if not glann_ext.build_info()["cuda_compiled"]
+        else "no CUDA device"
     )
     skip = pytest.mark.skip(reason=reason)
     for item in items:

@@ -69,7 +69,7 @@ def two_rank_results() -> dict:
 def test_two_process_gloo_equals_single_process(case: str, two_rank_results: dict) -> None:
     world = WORLD
     out = {r: two_rank_results[(case, r)] for r in range(world)}
-    q, k, _, query_sizes = _make_case(case)
+    q, k, _, _query_sizes = _make_case(case)
     want_idx, want_d2 = glann_ext.nn_argmin(q, k, return_distances=True)
     got_idx = torch.cat([out[r][0] for r in range(world)])
     got_d2 = torch.cat([out[r][1] for r in range(world)])

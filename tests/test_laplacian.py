@@ -30,7 +30,7 @@ def _reflect(i: int, n: int) -> int:
     return i
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _blur(n: int) -> torch.Tensor:
     m = torch.zeros(n, n, dtype=torch.float64)
     for k in range(n):
@@ -39,22 +39,24 @@ def _blur(n: int) -> torch.Tensor:
     return m
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _down(n: int) -> torch.Tensor:
     return _blur(n)[::2].clone()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _up(n: int) -> torch.Tensor:
     zero_insert = torch.zeros(n, (n + 1) // 2, dtype=torch.float64)
     zero_insert[::2] = torch.eye((n + 1) // 2, dtype=torch.float64)
     return 2 * _blur(n) @ zero_insert
 
 
-def oracle(x: torch.Tensor, y: torch.Tensor, levels: int | None = None, reduction: str = "mean") -> torch.Tensor:
+def oracle(
+    x: torch.Tensor, y: torch.Tensor, levels: int | None = None, reduction: str = "mean"
+) -> torch.Tensor:
     b, c, h, w = x.shape
     if levels is None:
-        levels = min(5, 1 + int(math.floor(math.log2(min(h, w)))))
+        levels = min(5, 1 + math.floor(math.log2(min(h, w))))
     g = (x - y).double()
     per_sample = 0
     for j in range(levels):
@@ -77,7 +79,7 @@ def _tols(x, y, levels, reduction) -> tuple[dict, dict]:
     error of level j is amplified by its weight 4^j, which dominates once levels stop shrinking
     (tiny images, many levels), so the absolute tolerance follows sum_j 4^j * pixels_j."""
     if x.dtype == torch.float64:
-        return dict(rtol=1e-10, atol=1e-12), dict(rtol=1e-10, atol=1e-12)
+        return {"rtol": 1e-10, "atol": 1e-12}, {"rtol": 1e-10, "atol": 1e-12}
     b, c, h, w = x.shape
     levels = reference.default_levels(h, w) if levels is None else levels
     sizes = [(h, w)]
@@ -88,7 +90,7 @@ def _tols(x, y, levels, reduction) -> tuple[dict, dict]:
     dmax = (x.double() - y.double()).abs().max().item()
     loss_atol = 1e-6 * weight * dmax * (b * c * h * w if reduction == "sum" else 1)
     grad_atol = 1e-6 * sum(4.0**j for j in range(levels)) / per
-    return dict(rtol=2e-5, atol=max(loss_atol, 1e-6)), dict(rtol=2e-5, atol=grad_atol)
+    return {"rtol": 2e-5, "atol": max(loss_atol, 1e-6)}, {"rtol": 2e-5, "atol": grad_atol}
 
 
 def _check(x, y, levels=None, reduction="mean", against=oracle):
@@ -109,9 +111,18 @@ def _check(x, y, levels=None, reduction="mean", against=oracle):
 
 
 SHAPES = [
-    (1, 1, 1, 1), (1, 1, 1, 17), (1, 1, 9, 1), (1, 1, 2, 3), (2, 3, 7, 13), (1, 2, 29, 31),
-    (4, 1, 28, 28), (2, 3, 64, 64), (3, 2, 5, 5), (1, 1, 4, 2),
-    (5, 4, 9, 11), (8, 2, 16, 3),  # several full CPU plane groups (8 float / 4 double planes) plus a partial one
+    (1, 1, 1, 1),
+    (1, 1, 1, 17),
+    (1, 1, 9, 1),
+    (1, 1, 2, 3),
+    (2, 3, 7, 13),
+    (1, 2, 29, 31),
+    (4, 1, 28, 28),
+    (2, 3, 64, 64),
+    (3, 2, 5, 5),
+    (1, 1, 4, 2),
+    (5, 4, 9, 11),
+    (8, 2, 16, 3),  # several full CPU plane groups (8 float / 4 double planes) plus a partial one
 ]
 
 
@@ -146,12 +157,16 @@ def test_pixel_path_matches(shape, levels, monkeypatch):
     _check(torch.randn(shape), torch.randn(shape), levels=levels, reduction="none")
 
 
-@pytest.mark.parametrize("shape,levels", [((1, 1, 5, 7), None), ((2, 1, 3, 4), 3), ((1, 2, 6, 1), 2), ((1, 1, 9, 5), 4)])
+@pytest.mark.parametrize(
+    "shape,levels", [((1, 1, 5, 7), None), ((2, 1, 3, 4), 3), ((1, 2, 6, 1), 2), ((1, 1, 9, 5), 4)]
+)
 def test_gradcheck(shape, levels):
     x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
     y = torch.randn(shape, dtype=torch.float64, requires_grad=True)
     for reduction in ("mean", "none"):
-        assert torch.autograd.gradcheck(lambda a, b: loss_fn(a, b, levels=levels, reduction=reduction), (x, y))
+        assert torch.autograd.gradcheck(
+            lambda a, b: loss_fn(a, b, levels=levels, reduction=reduction), (x, y)
+        )
 
 
 def test_grad_for_one_input_only():
@@ -200,7 +215,13 @@ def test_sign_layout_matches_kernel():
 
 
 def test_default_levels():
-    assert [reference.default_levels(h, w) for h, w in [(1, 1), (2, 9), (28, 28), (64, 64), (7, 300)]] == [1, 2, 5, 5, 3]
+    assert [reference.default_levels(h, w) for h, w in [(1, 1), (2, 9), (28, 28), (64, 64), (7, 300)]] == [
+        1,
+        2,
+        5,
+        5,
+        3,
+    ]
     x, y = torch.randn(1, 1, 28, 28), torch.randn(1, 1, 28, 28)
     assert torch.equal(loss_fn(x, y), loss_fn(x, y, levels=5))
 
@@ -223,10 +244,15 @@ def test_deterministic_across_thread_counts():
 
 # ---- properties ------------------------------------------------------------------------------------
 
+
 @settings(max_examples=40, deadline=None)
 @given(
-    b=st.integers(1, 3), c=st.integers(1, 2), h=st.integers(1, 40), w=st.integers(1, 40),
-    levels=st.one_of(st.none(), st.integers(1, 8)), seed=st.integers(0, 2**31 - 1),
+    b=st.integers(1, 3),
+    c=st.integers(1, 2),
+    h=st.integers(1, 40),
+    w=st.integers(1, 40),
+    levels=st.one_of(st.none(), st.integers(1, 8)),
+    seed=st.integers(0, 2**31 - 1),
 )
 def test_properties(b, c, h, w, levels, seed):
     gen = torch.Generator().manual_seed(seed)
@@ -236,7 +262,9 @@ def test_properties(b, c, h, w, levels, seed):
     loss = loss_fn(x, y, levels=levels, reduction="none")
     torch.testing.assert_close(loss, oracle(x, y, levels, "none"), rtol=1e-10, atol=1e-12)
     # Depends on x - y only, symmetric, zero on equal inputs, positively homogeneous.
-    torch.testing.assert_close(loss_fn(x + z, y + z, levels=levels, reduction="none"), loss, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(
+        loss_fn(x + z, y + z, levels=levels, reduction="none"), loss, rtol=1e-9, atol=1e-12
+    )
     torch.testing.assert_close(loss_fn(x - y, torch.zeros_like(x), levels=levels, reduction="none"), loss)
     torch.testing.assert_close(loss_fn(y, x, levels=levels, reduction="none"), loss)
     assert loss_fn(x, x, levels=levels).item() == 0.0
@@ -244,6 +272,7 @@ def test_properties(b, c, h, w, levels, seed):
 
 
 # ---- errors ----------------------------------------------------------------------------------------
+
 
 def _xy(*shape, dtype=torch.float32):
     return torch.randn(*shape, dtype=dtype), torch.randn(*shape, dtype=dtype)
@@ -256,8 +285,18 @@ def _xy(*shape, dtype=torch.float32):
         ((torch.randn(2, 3, 4, 4), [1.0]), {}, TypeError, "y must be a torch.Tensor"),
         (_xy(3, 4, 4), {}, ValueError, "x must be a 4-D tensor, got 3-D"),
         ((torch.randn(2, 3, 4, 4), torch.randn(1, 2, 3, 4, 4)), {}, ValueError, "y must be a 4-D"),
-        ((torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 5)), {}, ValueError, r"same shape as x \(2, 3, 4, 4\)"),
-        ((torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4, dtype=torch.float64)), {}, TypeError, "same dtype"),
+        (
+            (torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 5)),
+            {},
+            ValueError,
+            r"same shape as x \(2, 3, 4, 4\)",
+        ),
+        (
+            (torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4, dtype=torch.float64)),
+            {},
+            TypeError,
+            "same dtype",
+        ),
         (_xy(2, 3, 4, 4, dtype=torch.float16), {}, TypeError, "float32, float64.*got float16"),
         ((torch.ones(1, 1, 2, 2, dtype=torch.int64),) * 2, {}, TypeError, "got int64"),
         (_xy(0, 3, 4, 4), {}, ValueError, "x must not be empty"),
@@ -287,13 +326,16 @@ def test_non_finite_raises_on_cpu(bad, where):
 
 # ---- torch.library integration ------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_opcheck(dtype):
     x = torch.randn(2, 3, 9, 11, dtype=dtype, requires_grad=True)
     y = torch.randn(2, 3, 9, 11, dtype=dtype, requires_grad=True)
     torch.library.opcheck(torch.ops.glann_ext.laplacian_fwd.default, (x, y, 3))
     signs = lap_mod._laplacian_fwd(x.detach(), y.detach(), 3)[1]
-    torch.library.opcheck(torch.ops.glann_ext.laplacian_bwd.default, (signs, torch.rand(2, dtype=dtype), 3, 9, 11, 3, dtype))
+    torch.library.opcheck(
+        torch.ops.glann_ext.laplacian_bwd.default, (signs, torch.rand(2, dtype=dtype), 3, 9, 11, 3, dtype)
+    )
 
 
 def test_torch_compile_fullgraph():
@@ -310,6 +352,7 @@ def test_torch_compile_fullgraph():
 
 # ---- CUDA ----------------------------------------------------------------------------------------
 
+
 def _cuda_vs_cpu(x, y, levels=None, reduction="mean", atol=1e-5, rtol=1e-5):
     """Values and grads on CUDA (any dtype) against the CPU kernels in float64 on the same values."""
     xc, yc = x.cuda().requires_grad_(), y.cuda().requires_grad_()
@@ -325,7 +368,9 @@ def _cuda_vs_cpu(x, y, levels=None, reduction="mean", atol=1e-5, rtol=1e-5):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 7, 13), (4, 1, 28, 28), (2, 3, 64, 64), (1, 2, 29, 31)])
+@pytest.mark.parametrize(
+    "shape", [(1, 1, 1, 1), (2, 3, 7, 13), (4, 1, 28, 28), (2, 3, 64, 64), (1, 2, 29, 31)]
+)
 @pytest.mark.parametrize("levels", [None, 1, 3, 9])
 def test_cuda_matches_cpu(shape, levels):
     x, y = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
@@ -366,7 +411,10 @@ def test_cuda_strided_and_deterministic():
 
 @pytest.mark.cuda
 def test_cuda_non_default_stream():
-    x, y = torch.randn(8, 3, 64, 64, device="cuda", requires_grad=True), torch.randn(8, 3, 64, 64, device="cuda")
+    x, y = (
+        torch.randn(8, 3, 64, 64, device="cuda", requires_grad=True),
+        torch.randn(8, 3, 64, 64, device="cuda"),
+    )
     expected = loss_fn(x.detach().cpu(), y.cpu())
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
@@ -432,8 +480,11 @@ def test_every_cpu_isa_path():
     )
     procs = {
         isa: subprocess.Popen(
-            [sys.executable, "-c", code], env=dict(os.environ, GLANN_EXT_CPU_ISA=isa),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [sys.executable, "-c", code],
+            env=dict(os.environ, GLANN_EXT_CPU_ISA=isa),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for isa in ("baseline", "avx2")
     }

@@ -22,7 +22,9 @@ def oracle(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return d, d.argmin(1)
 
 
-def assert_nearest(q: torch.Tensor, k: torch.Tensor, idx: torch.Tensor, dist: torch.Tensor | None = None) -> None:
+def assert_nearest(
+    q: torch.Tensor, k: torch.Tensor, idx: torch.Tensor, dist: torch.Tensor | None = None
+) -> None:
     """idx is the oracle's index, or (only inside the float32 rounding of the norm expansion) an equally
     near key; distances match the exact ones."""
     assert idx.dtype == torch.int64 and idx.shape == (q.shape[0],)
@@ -74,7 +76,9 @@ def test_default_returns_only_indices() -> None:
     [
         pytest.param(lambda q, k: (q.t().contiguous().t(), k), id="queries-column-major"),
         pytest.param(lambda q, k: (q, k.t().contiguous().t()), id="keys-column-major"),
-        pytest.param(lambda q, k: (torch.cat([q, q], 1)[:, ::2], torch.cat([k, k], 1)[:, ::2]), id="column-step-2"),
+        pytest.param(
+            lambda q, k: (torch.cat([q, q], 1)[:, ::2], torch.cat([k, k], 1)[:, ::2]), id="column-step-2"
+        ),
         pytest.param(lambda q, k: (torch.cat([q, q])[::2], torch.cat([k, k])[::2]), id="row-step-2"),
         pytest.param(lambda q, k: (q[2:], k[3:]), id="storage-offset"),
     ],
@@ -219,10 +223,18 @@ def test_every_simd_path(isa: str, tmp_path) -> None:
     )
     env = dict(os.environ, GLANN_EXT_CPU_ISA=isa)
     if env.get("PYTHONPATH"):  # keep a development checkout importable from the other cwd
-        env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep) if p)
+        env["PYTHONPATH"] = os.pathsep.join(
+            os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep) if p
+        )
     # cwd outside the repository, so the child imports the installed package, not the source folder.
     out = subprocess.run(
-        [sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert out.returncode == 0, out.stderr
     supported = glann_ext.build_info()["cpu_isa"]
@@ -249,7 +261,12 @@ def test_opcheck() -> None:
         (torch.randn(3, 2), torch.randn(4, 3), ValueError, "keys must have D=2"),
         (torch.randn(3, 2), torch.randn(0, 2), ValueError, "at least one row"),
         (torch.randn(3, 0), torch.randn(4, 0), ValueError, "at least one column"),
-        (torch.randn(3, 2).double(), torch.randn(4, 2).double(), TypeError, "queries must have dtype in \\(float32\\)"),
+        (
+            torch.randn(3, 2).double(),
+            torch.randn(4, 2).double(),
+            TypeError,
+            "queries must have dtype in \\(float32\\)",
+        ),
         (torch.ones(3, 2, dtype=torch.int64), torch.ones(4, 2), TypeError, "queries must have dtype"),
         (torch.randn(3, 2), torch.randn(4, 2).double(), TypeError, "keys must have the same dtype"),
         (torch.tensor([[0.0, float("nan")]]), torch.randn(4, 2), ValueError, "queries contains NaN or Inf"),
@@ -284,7 +301,7 @@ def test_meta_tensors_give_shapes_only() -> None:
 @pytest.mark.parametrize("n,m,d", SHAPES + [(4096, 65536, 64), (1000, 100000, 128)])
 def test_cuda_matches_cpu(n: int, m: int, d: int) -> None:
     q, k = torch.randn(n, d), torch.randn(m, d)
-    cpu_idx, cpu_dist = nn_argmin(q, k, return_distances=True)
+    cpu_idx, _cpu_dist = nn_argmin(q, k, return_distances=True)
     idx, dist = nn_argmin(q.cuda(), k.cuda(), return_distances=True)
     # Same fmaf order on both sides: the scores, hence the indices, agree (rounding near-ties aside).
     assert (idx.cpu() == cpu_idx).double().mean() >= 0.999

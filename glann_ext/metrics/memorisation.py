@@ -9,12 +9,12 @@ passed), found with :func:`glann_ext.nn_argmin` (exact search, ties to the lowes
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .._io import atomic_write
 from ..ops.nn_argmin import nn_argmin
 from ._checks import check_positive_int
 
@@ -155,14 +155,4 @@ def save_neighbour_grid(
     array = canvas[0].numpy() if c == 1 else canvas.permute(1, 2, 0).contiguous().numpy()
     image = Image.fromarray(array)  # uint8 (H, W) -> "L", (H, W, 3) -> "RGB"
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: image.save(f, format="PNG"))

@@ -8,7 +8,7 @@ element strides, the CUDA stream of the tensor's device (0 for CPU) and, on CPU,
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

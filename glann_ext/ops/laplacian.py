@@ -78,9 +78,24 @@ def _laplacian_fwd(x: torch.Tensor, y: torch.Tensor, levels: int) -> tuple[torch
     workspace = torch.empty(nbytes, dtype=torch.uint8, device=x.device)
     with _native.device_guard(x):
         _native._C.laplacian_forward(
-            _native.ptr(x), list(x.stride()), _native.ptr(y), list(y.stride()), b, c, h, w, levels, code,
-            _native.ptr(per_sample), _native.ptr(signs), _native.ptr(workspace), nbytes, threads, cuda,
-            _native.stream_of(x), _PIXEL_PATH,
+            _native.ptr(x),
+            list(x.stride()),
+            _native.ptr(y),
+            list(y.stride()),
+            b,
+            c,
+            h,
+            w,
+            levels,
+            code,
+            _native.ptr(per_sample),
+            _native.ptr(signs),
+            _native.ptr(workspace),
+            nbytes,
+            threads,
+            cuda,
+            _native.stream_of(x),
+            _PIXEL_PATH,
         )
     # CPU only: checking costs nothing there, while on CUDA it would synchronise the device.
     if not cuda and not bool(torch.isfinite(per_sample).all()):
@@ -98,7 +113,12 @@ def _(x: torch.Tensor, y: torch.Tensor, levels: int) -> tuple[torch.Tensor, torc
 
 @torch.library.custom_op("glann_ext::laplacian_bwd", mutates_args=())
 def _laplacian_bwd(
-    signs: torch.Tensor, grad_scale: torch.Tensor, channels: int, height: int, width: int, levels: int,
+    signs: torch.Tensor,
+    grad_scale: torch.Tensor,
+    channels: int,
+    height: int,
+    width: int,
+    levels: int,
     dtype: torch.dtype,
 ) -> torch.Tensor:
     """d loss / d x (B, C, H, W) contiguous, given d loss / d per_sample (grad_scale, (B,))."""
@@ -108,19 +128,39 @@ def _laplacian_bwd(
     grad = torch.empty(b, channels, height, width, dtype=dtype, device=signs.device)
     threads = _native.num_threads()
     code = _native.DTYPE_CODES[dtype]
-    nbytes = _native._C.laplacian_workspace_bytes(b, channels, height, width, levels, code, cuda, True, threads)
+    nbytes = _native._C.laplacian_workspace_bytes(
+        b, channels, height, width, levels, code, cuda, True, threads
+    )
     workspace = torch.empty(nbytes, dtype=torch.uint8, device=signs.device)
     with _native.device_guard(signs):
         _native._C.laplacian_backward(
-            _native.ptr(signs), _native.ptr(grad_scale), _native.ptr(grad), b, channels, height, width, levels,
-            code, _native.ptr(workspace), nbytes, threads, cuda, _native.stream_of(signs), _PIXEL_PATH,
+            _native.ptr(signs),
+            _native.ptr(grad_scale),
+            _native.ptr(grad),
+            b,
+            channels,
+            height,
+            width,
+            levels,
+            code,
+            _native.ptr(workspace),
+            nbytes,
+            threads,
+            cuda,
+            _native.stream_of(signs),
+            _PIXEL_PATH,
         )
     return grad
 
 
 @_laplacian_bwd.register_fake
 def _(
-    signs: torch.Tensor, grad_scale: torch.Tensor, channels: int, height: int, width: int, levels: int,
+    signs: torch.Tensor,
+    grad_scale: torch.Tensor,
+    channels: int,
+    height: int,
+    width: int,
+    levels: int,
     dtype: torch.dtype,
 ) -> torch.Tensor:
     return signs.new_empty((grad_scale.shape[0], channels, height, width), dtype=dtype)

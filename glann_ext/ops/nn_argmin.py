@@ -16,7 +16,8 @@ and resolve to the lowest index.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Union
+from collections.abc import Iterable
+from typing import Union
 
 import torch
 
@@ -118,7 +119,7 @@ def nn_argmin(
     *,
     return_distances: bool = False,
     check_finite_values: bool = True,
-) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Index of the nearest key (squared L2) for every query row.
 
     Args:
@@ -180,7 +181,7 @@ class RunningArgmin:
         if self.dist is not None:
             self.dist = torch.where(better, _exact_sq_dist(self.queries, keys, index - offset), self.dist)
 
-    def result(self) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    def result(self) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if self.dist is not None:
             return self.index, self.dist
         return self.index

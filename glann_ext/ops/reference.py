@@ -71,7 +71,7 @@ MAX_DEFAULT_LEVELS = 5
 
 def default_levels(height: int, width: int) -> int:
     """1 + floor(log2(min(H, W))), capped at MAX_DEFAULT_LEVELS."""
-    return max(1, min(MAX_DEFAULT_LEVELS, 1 + int(math.floor(math.log2(max(1, min(height, width)))))))
+    return max(1, min(MAX_DEFAULT_LEVELS, 1 + math.floor(math.log2(max(1, min(height, width))))))
 
 
 def reflect101(index: torch.Tensor, n: int) -> torch.Tensor:
@@ -94,7 +94,9 @@ def _up1d(t: torch.Tensor, dim: int, n_out: int) -> torch.Tensor:
     shape[dim] = n_out
     zeros = t.new_zeros(shape).index_copy(dim, 2 * torch.arange(t.shape[dim], device=t.device), t)
     base = torch.arange(n_out, device=t.device)
-    return sum(2 * w * zeros.index_select(dim, reflect101(base + a - 2, n_out)) for a, w in enumerate(BLUR_TAPS))
+    return sum(
+        2 * w * zeros.index_select(dim, reflect101(base + a - 2, n_out)) for a, w in enumerate(BLUR_TAPS)
+    )
 
 
 def pyramid_down(g: torch.Tensor) -> torch.Tensor:
@@ -160,7 +162,9 @@ def fused_latent_adam_reference(
 ) -> torch.Tensor:
     """``torch.optim.SparseAdam``'s functional step on the sparse grad ``(indices, grad)``, then the touched
     rows re-projected with :func:`project_to_sphere_reference`. Updates the tensors in place."""
-    sparse = torch.sparse_coo_tensor(indices.unsqueeze(0), grad, tuple(table.shape), check_invariants=True).coalesce()
+    sparse = torch.sparse_coo_tensor(
+        indices.unsqueeze(0), grad, tuple(table.shape), check_invariants=True
+    ).coalesce()
     with torch.no_grad():
         torch.optim._functional.sparse_adam(
             [table], [sparse], [exp_avg], [exp_avg_sq], [step],

@@ -120,4 +120,3 @@ def get_ops(name: str = "fused") -> Ops:
             ReferenceSphereOptimizer,
         )
     raise ValueError(f"ops backend must be one of {BACKENDS}, got {name!r}")
-
