@@ -165,7 +165,7 @@ def test_gradcheck(shape, levels):
     y = torch.randn(shape, dtype=torch.float64, requires_grad=True)
     for reduction in ("mean", "none"):
         assert torch.autograd.gradcheck(
-            lambda a, b: loss_fn(a, b, levels=levels, reduction=reduction), (x, y)
+            lambda a, b, r=reduction: loss_fn(a, b, levels=levels, reduction=r), (x, y)
         )
 
 
