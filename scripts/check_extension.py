@@ -25,7 +25,7 @@ def main() -> int:
     if leaked:
         print("error: the module references libtorch symbols:\n" + "\n".join(leaked[:10]), file=sys.stderr)
         return 1
-    deps = subprocess.run(["ldd", path], capture_output=True, text=True).stdout
+    deps = subprocess.run(["ldd", path], check=True, capture_output=True, text=True).stdout
     for lib in ("libtorch", "libc10", "libcudart.so"):
         if lib in deps:
             print(f"error: the module links {lib}:\n{deps}", file=sys.stderr)
