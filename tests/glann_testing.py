@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import torch
 
 # The trainer tests run on the fused kernels (the reference backend has its own tests in test_models.py).
 OPS = "fused"
+
+
+def child_kwargs(cwd, **env_overrides: str) -> dict:
+    """``subprocess`` keyword arguments for a child Python: it runs in ``cwd`` (outside the repository, so
+    it imports the installed package, not the source folder) with ``PYTHONPATH`` made absolute (so a
+    development checkout stays importable) and ``env_overrides`` added to the environment."""
+    env = dict(os.environ, **env_overrides)
+    if env.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.pathsep.join(
+            os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep) if p
+        )
+    return {"cwd": str(cwd), "env": env}
 
 
 def blob_images(n: int = 64, size: int = 28, channels: int = 1, seed: int = 0) -> np.ndarray:

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from glann_testing import OPS, blob_images
+from glann_testing import OPS, blob_images, child_kwargs
 from PIL import Image
 
 from glann_ext.cli import main
@@ -167,6 +167,7 @@ def test_entry_point_runs_as_a_module(tmp_path, data_file):
         capture_output=True,
         text=True,
         timeout=300,
+        **child_kwargs(tmp_path),
     )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "m" / "model.pt").is_file()
@@ -187,6 +188,7 @@ def test_kill_minus_nine_then_rerun_resumes_to_the_same_model(tmp_path, data_fil
         [sys.executable, "-m", "glann_ext.cli", "train", "--out", str(killed), *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        **child_kwargs(tmp_path),
     )
     deadline = time.monotonic() + 120
     metrics = killed / "metrics.jsonl"

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from glann_testing import child_kwargs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -462,10 +463,9 @@ def test_cuda_tensors_need_cuda_build(monkeypatch):
         _native.require_cuda_build(FakeCuda(), "laplacian_pyramid_loss")
 
 
-def test_every_cpu_isa_path():
+def test_every_cpu_isa_path(tmp_path):
     """The row kernels are compiled per ISA; GLANN_EXT_CPU_ISA caps the choice (read once per process),
     so each capped ISA runs in its own interpreter (both at once, to keep the suite fast)."""
-    import os
     import subprocess
     import sys
 
@@ -481,7 +481,7 @@ def test_every_cpu_isa_path():
     procs = {
         isa: subprocess.Popen(
             [sys.executable, "-c", code],
-            env=dict(os.environ, GLANN_EXT_CPU_ISA=isa),
+            **child_kwargs(tmp_path, GLANN_EXT_CPU_ISA=isa),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
 import torch
+from glann_testing import child_kwargs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -221,16 +221,9 @@ def test_every_simd_path(isa: str, tmp_path) -> None:
         print(_native._C.nn_argmin_cpu_path())
         """
     )
-    env = dict(os.environ, GLANN_EXT_CPU_ISA=isa)
-    if env.get("PYTHONPATH"):  # keep a development checkout importable from the other cwd
-        env["PYTHONPATH"] = os.pathsep.join(
-            os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep) if p
-        )
-    # cwd outside the repository, so the child imports the installed package, not the source folder.
     out = subprocess.run(
         [sys.executable, "-c", script],
-        env=env,
-        cwd=tmp_path,
+        **child_kwargs(tmp_path, GLANN_EXT_CPU_ISA=isa),
         capture_output=True,
         text=True,
         timeout=300,

@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from glann_testing import child_kwargs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -461,8 +462,12 @@ def test_same_bits_on_every_cpu_isa(tmp_path):
     outs = []
     for isa in ("baseline", "avx2"):
         path = tmp_path / f"{isa}.pt"
-        env = {**__import__("os").environ, "GLANN_EXT_CPU_ISA": isa}
-        subprocess.run([sys.executable, "-c", _ISA_SCRIPT, str(path)], check=True, env=env, timeout=120)
+        subprocess.run(
+            [sys.executable, "-c", _ISA_SCRIPT, str(path)],
+            check=True,
+            timeout=120,
+            **child_kwargs(tmp_path, GLANN_EXT_CPU_ISA=isa),
+        )
         outs.append(torch.load(path))
     for a, b in zip(*outs):
         assert torch.equal(a, b)
