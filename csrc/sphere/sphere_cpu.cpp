@@ -31,13 +31,9 @@ void run_tasks(int64_t tasks, int num_threads, void (*fn)(void* ctx, int64_t tas
 }  // namespace sphere_detail
 
 namespace {
-bool use_avx2() {
 #if defined(GLANN_X86)
-  return best_cpu_isa() != CpuIsa::kBaseline;
-#else
-  return false;
+bool use_avx2() { return best_cpu_isa() != CpuIsa::kBaseline; }
 #endif
-}
 bool float_dtype(DType t) { return t == DType::kFloat32 || t == DType::kFloat64; }
 }  // namespace
 
