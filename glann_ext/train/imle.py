@@ -45,24 +45,30 @@ def unique_nn_match(queries: torch.Tensor, keys: torch.Tensor, nn_argmin: Callab
     idx = torch.full((n,), -1, dtype=torch.int64, device=dev)
     free = torch.ones(m, dtype=torch.bool, device=dev)
     todo = torch.arange(n, device=dev)
+    positions = torch.arange(n, device=dev)
+    no_key = torch.full((m,), float("inf"), device=dev)
+    # rows: the unmatched queries, in query order; taken keys' columns are set to +inf
     dense = torch.cdist(queries.float(), keys.float()).square_() if n * m <= DENSE_MATCH_LIMIT else None
     while todo.numel():
         if dense is not None:
-            d, j = dense[todo].min(1)
+            d, j = dense.min(1)
         else:
             free_keys = free.nonzero().squeeze(1)
             j, d = nn_argmin(queries[todo], keys[free_keys], return_distances=True)
             j, d = free_keys[j.to(dev)], d.to(dev)
-        best = torch.full((m,), float("inf"), device=dev).scatter_reduce_(0, j, d, reduce="amin")
-        pos = torch.arange(len(todo), device=dev)
-        cand = torch.where(d == best[j], pos, len(todo))  # closest claimants of each key
-        first = torch.full((m,), len(todo), dtype=torch.int64, device=dev).scatter_reduce_(0, j, cand, "amin")
-        won = first[j] == pos  # the closest claimant with the lowest index
-        idx[todo[won]] = j[won]
-        free[j[won]] = False
-        if dense is not None:
-            dense[:, j[won]] = float("inf")
-        todo = todo[~won]
+        pos = positions[: len(todo)]
+        best = no_key.clone().scatter_reduce_(0, j, d, reduce="amin")
+        cand = torch.where(d == best[j], pos, n)  # the closest claimants of each key
+        first = torch.full((m,), n, dtype=torch.int64, device=dev).scatter_reduce_(0, j, cand, reduce="amin")
+        won = first[j] == pos  # of those, the lowest query index
+        taken = j[won]
+        idx[todo[won]] = taken
+        free[taken] = False
+        lost = ~won
+        todo = todo[lost]
+        if dense is not None and todo.numel():
+            dense = dense[lost]
+            dense[:, taken] = float("inf")
     return idx
 
 
