@@ -277,35 +277,39 @@ def test_pixel_space_imle(tmp_path, blob_file):
 
 
 def test_imle_on_the_ring_covers_all_eight_modes():
-    """IMLE with the MLP generator on the ring of 8 (radius 1, std 0.01): every mode receives samples within
-    3 std and every training point has a generated sample within 3 std (recall).
-
-    Precision is weak on this budget: most samples lie on the ring between the modes (about 7% within 3 std
-    after 2,000 epochs), so "most samples within 3 std" is not asserted; see the report of issue 3.
+    """IMLE with the MLP generator on the ring of 8 (radius 1, std 0.01), with the options for tight modes
+    (one-to-one matching, precision term, cosine learning rate; docs/training.md): all 8 modes covered, most
+    (> 50%) of 2,500 samples within 3 std of a centre, every mode at least 3% of the samples, and recall (every
+    training point has a sample within 3 std). Seeds 0-5 give 60-62% within 3 std, smallest mode 2.8-5.1%
+    (seed 0: 62%, 5.1%); plain IMLE gives 1-12% (table in docs/training.md).
     """
     torch.set_num_threads(1)
     points = sample_toy("ring", 256, seed=0)
     cfg = TrainConfig(
         noise_dim=2,
         batch_size=256,
+        imle_epochs=2000,
         imle_lr=3e-3,
         imle_noise_multiple=1,
         betas=(0.9, 0.999),
         imle_weight_decay=0.0,
+        imle_match="unique",
+        imle_precision_weight=1.0,
+        imle_lr_schedule="cosine",
         ops=OPS,
     )
     torch.manual_seed(0)
     trainer = IMLETrainer(points, MLP(2, 2, 128, 3, batch_norm=False), cfg, get_ops(OPS))
-    for _ in range(2000):
+    for _ in range(cfg.imle_epochs):
         trainer.run_epoch()
-    samples = trainer.generate(torch.randn(2000, 2, generator=torch.Generator().manual_seed(1)))
+    samples = trainer.generate(torch.randn(2500, 2, generator=torch.Generator().manual_seed(1)))
     counts, frac = mode_coverage(samples, "ring")
-    assert (counts >= 5).all(), counts
+    assert frac > 0.5, (frac, counts)
+    assert (counts >= 0.03 * 2500).all(), counts  # all 8 modes covered, none starved
     near = torch.cdist(
         points, trainer.generate(torch.randn(4000, 2, generator=torch.Generator().manual_seed(2)))
     )
     assert (near.min(1).values <= 0.03).float().mean() > 0.9
-    assert frac > 0.03
 
 
 @pytest.mark.cuda
