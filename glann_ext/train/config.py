@@ -54,8 +54,8 @@ class TrainConfig:
     term pulls them in. 0 (default): plain IMLE."""
     imle_match: str = "nearest"
     """"nearest" (the paper: each target takes its nearest sample, so several targets may share one) or
-    "unique": each target takes its nearest sample not taken by a closer target (greedy one-to-one matching,
-    needs ``imle_noise_multiple >= 1``). With "unique" a mode holding k targets needs k samples, so sample
+    "unique": every target gets a sample of its own (greedy one-to-one matching in rounds: each unmatched
+    target claims its nearest free sample, the closest claimant wins; needs ``imle_noise_multiple >= 1``). With "unique" a mode holding k targets needs k samples, so sample
     mass follows data mass; it balances modes when the precision term is on."""
     mapping_hidden: int = 128
     mapping_layers: int = 2
