@@ -55,8 +55,9 @@ class TrainConfig:
     imle_match: str = "nearest"
     """"nearest" (the paper: each target takes its nearest sample, so several targets may share one) or
     "unique": every target gets a sample of its own (greedy one-to-one matching in rounds: each unmatched
-    target claims its nearest free sample, the closest claimant wins; needs ``imle_noise_multiple >= 1``). With "unique" a mode holding k targets needs k samples, so sample
-    mass follows data mass; it balances modes when the precision term is on."""
+    target claims its nearest free sample, the closest claimant wins; needs ``imle_noise_multiple >= 1``).
+    With "unique" a mode holding k targets needs k samples, so sample mass follows data mass; it balances
+    modes when the precision term is on."""
     mapping_hidden: int = 128
     mapping_layers: int = 2
     mapping_batch_norm: bool = True
