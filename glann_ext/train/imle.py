@@ -153,7 +153,8 @@ class IMLETrainer:
         return torch.randn(self.steps_per_epoch, size, self.noise_dim, generator=g)
 
     def train_step(self, batch: torch.Tensor, fresh: torch.Tensor | None = None) -> float:
-        """One regression step on the matched noise of ``batch``, plus the precision term on ``fresh`` noise."""
+        """One regression step on the matched noise of ``batch``, plus the precision term on ``fresh`` noise;
+        returns the total loss (IMLE term + weighted precision term)."""
         self.generator.train()
         noise = self.matched_noise[batch].to(self.device)
         if fresh is not None:  # one forward pass for both, so BatchNorm sees one batch
