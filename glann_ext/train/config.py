@@ -57,7 +57,7 @@ class TrainConfig:
     "unique": every target gets a sample of its own (greedy one-to-one matching in rounds: each unmatched
     target claims its nearest free sample, the closest claimant wins; needs ``imle_noise_multiple >= 1``).
     With "unique" a mode holding k targets needs k samples, so sample mass follows data mass; it balances
-    modes when the precision term is on."""
+    modes when the precision term is on. Best with ``imle_noise_multiple`` > 1 (the default 2)."""
     mapping_hidden: int = 128
     mapping_layers: int = 2
     mapping_batch_norm: bool = True
