@@ -14,6 +14,7 @@ from glann_ext.models import MLP
 from glann_ext.ops import reference
 from glann_ext.train import GLOTrainer, IMLETrainer, TrainConfig, get_ops, load_model, slerp, train
 from glann_ext.train import checkpoint as ckpt
+from glann_ext.train import imle as imle_module
 from glann_ext.train.latents import pca_codes
 
 
@@ -73,6 +74,66 @@ def test_imle_matching_is_the_true_nearest_neighbour():
         trainer.run_epoch()
     after = ((trainer.generate(noise)[idx] - targets) ** 2).sum(1).mean()
     assert after < before
+
+
+def _unique_match_literal(queries, keys):
+    """The rounds of :func:`unique_nn_match`, written out one query at a time."""
+    d = torch.cdist(queries.double(), keys.double()) ** 2
+    idx, free, todo = [-1] * len(queries), set(range(len(keys))), list(range(len(queries)))
+    while todo:
+        claims = {}
+        for q in todo:
+            k = min(free, key=lambda k: (d[q, k].item(), k))
+            claims.setdefault(k, []).append(q)
+        for k, qs in claims.items():
+            winner = min(qs, key=lambda q: (d[q, k].item(), q))
+            idx[winner] = k
+            free.discard(k)
+            todo.remove(winner)
+    return torch.tensor(idx)
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_unique_matching_gives_distinct_keys_by_the_greedy_rounds(monkeypatch, dense):
+    if not dense:
+        monkeypatch.setattr(imle_module, "DENSE_MATCH_LIMIT", 0)  # the nn_argmin-per-round path
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 2, generator=g) * 3
+    queries = (centres[torch.arange(40) % 3] + 0.1 * torch.randn(40, 2, generator=g)).double()
+    keys = torch.randn(50, 2, generator=g).double() * 3  # clustered queries contend for the same keys
+    ops = get_ops(OPS)
+    idx = imle_module.unique_nn_match(queries, keys, ops.nn_argmin)
+    assert idx.dtype == torch.int64 and len(set(idx.tolist())) == 40
+    assert torch.equal(idx, _unique_match_literal(queries, keys))
+    nearest = reference.nn_argmin_exact(queries, keys)
+    assert not torch.equal(idx, nearest)  # plain nearest neighbours share keys here
+    with pytest.raises(ValueError, match="at least as many keys"):
+        imle_module.unique_nn_match(queries, keys[:10], ops.nn_argmin)
+
+
+def test_imle_options_cosine_rate_and_precision_term():
+    torch.manual_seed(0)
+    targets = torch.randn(64, 3)
+    cfg = TrainConfig(
+        noise_dim=2,
+        batch_size=32,
+        imle_epochs=4,
+        imle_lr_schedule="cosine",
+        imle_precision_weight=0.5,
+        ops=OPS,
+    )
+    trainer = IMLETrainer(targets, MLP(2, 3, 16, 2), cfg, get_ops(OPS))
+    assert trainer.lr_at(0) == cfg.imle_lr and trainer.lr_at(8) == 0.0
+    assert trainer.lr_at(4) == pytest.approx(cfg.imle_lr / 2)
+    fresh = trainer.precision_noise(1)
+    assert fresh.shape == (2, 32, 2) and torch.equal(fresh, trainer.precision_noise(1))
+    assert not torch.equal(fresh, trainer.precision_noise(2))
+    trainer.run_epoch()
+    assert trainer.opt.param_groups[0]["lr"] == trainer.lr_at(1)
+    assert IMLETrainer(targets, MLP(2, 3, 16, 2), TrainConfig(), get_ops(OPS)).precision_noise(0) is None
+    for bad in ({"imle_lr_schedule": "step"}, {"imle_match": "hungarian"}, {"imle_precision_weight": -1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            TrainConfig(**bad).validate()
 
 
 def test_sampling_shapes_dtypes_ranges_and_seeds(trained_run):
@@ -139,8 +200,12 @@ def _interrupt_at(stage: str, step: int):
     return hook
 
 
-def test_resume_after_interruptions_is_bit_identical(tmp_path, blob_file):
-    cfg = {"dataset": blob_file, "glo_epochs": 3, "imle_epochs": 3, "ckpt_every": 2}
+IMLE_OPTIONS = {"imle_match": "unique", "imle_lr_schedule": "cosine", "imle_precision_weight": 0.5}
+
+
+@pytest.mark.parametrize("options", [{}, IMLE_OPTIONS], ids=["paper", "imle-options"])
+def test_resume_after_interruptions_is_bit_identical(tmp_path, blob_file, options):
+    cfg = {"dataset": blob_file, "glo_epochs": 3, "imle_epochs": 3, "ckpt_every": 2, **options}
     straight = tmp_path / "straight"
     train(tiny_config(**cfg), straight, progress=False, log=lambda s: None)
 
@@ -212,35 +277,39 @@ def test_pixel_space_imle(tmp_path, blob_file):
 
 
 def test_imle_on_the_ring_covers_all_eight_modes():
-    """IMLE with the MLP generator on the ring of 8 (radius 1, std 0.01): every mode receives samples within
-    3 std and every training point has a generated sample within 3 std (recall).
-
-    Precision is weak on this budget: most samples lie on the ring between the modes (about 7% within 3 std
-    after 2,000 epochs), so "most samples within 3 std" is not asserted; see the report of issue 3.
+    """IMLE with the MLP generator on the ring of 8 (radius 1, std 0.01), with the options for tight modes
+    (one-to-one matching, precision term, cosine learning rate; docs/training.md): all 8 modes covered, most
+    (> 50%) of 2,500 samples within 3 std of a centre, every mode at least 3% of the samples, and recall (every
+    training point has a sample within 3 std). Seeds 0-5 give 70-77% within 3 std, smallest mode 4.0-6.7%
+    (seed 0: 73%, 6.7%); plain IMLE gives 1-12% (table in docs/training.md).
     """
     torch.set_num_threads(1)
     points = sample_toy("ring", 256, seed=0)
     cfg = TrainConfig(
         noise_dim=2,
         batch_size=256,
+        imle_epochs=1000,
         imle_lr=3e-3,
-        imle_noise_multiple=1,
+        imle_noise_multiple=2,
         betas=(0.9, 0.999),
         imle_weight_decay=0.0,
+        imle_match="unique",
+        imle_precision_weight=1.0,
+        imle_lr_schedule="cosine",
         ops=OPS,
     )
     torch.manual_seed(0)
     trainer = IMLETrainer(points, MLP(2, 2, 128, 3, batch_norm=False), cfg, get_ops(OPS))
-    for _ in range(2000):
+    for _ in range(cfg.imle_epochs):
         trainer.run_epoch()
-    samples = trainer.generate(torch.randn(2000, 2, generator=torch.Generator().manual_seed(1)))
+    samples = trainer.generate(torch.randn(2500, 2, generator=torch.Generator().manual_seed(1)))
     counts, frac = mode_coverage(samples, "ring")
-    assert (counts >= 5).all(), counts
+    assert frac > 0.5, (frac, counts)
+    assert (counts >= 0.03 * 2500).all(), counts  # all 8 modes covered, none starved
     near = torch.cdist(
         points, trainer.generate(torch.randn(4000, 2, generator=torch.Generator().manual_seed(2)))
     )
     assert (near.min(1).values <= 0.03).float().mean() > 0.9
-    assert frac > 0.03
 
 
 @pytest.mark.cuda

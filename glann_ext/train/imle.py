@@ -4,10 +4,15 @@ Each epoch draws M = multiple x N noise vectors, maps them without gradients, fi
 nearest generated sample with the backend's exact ``nn_argmin``, then regresses the generator's output on
 the matched noise onto the target in minibatches. GLANN runs it in latent space (targets: GLO codes,
 generator: the MLP mapping T); the original IMLE runs it in pixel space (targets: images).
+
+Options of :class:`TrainConfig` (off by default): a cosine learning-rate decay (``imle_lr_schedule``), a
+precision term that also pulls fresh samples onto their nearest target (``imle_precision_weight``) and a
+one-to-one matching (``imle_match="unique"``). See docs/training.md, "IMLE options for tight modes".
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import torch
@@ -18,6 +23,53 @@ from . import seeding
 from .backend import Ops
 from .config import TrainConfig
 from .glo import StepHook, autocast_for
+
+# unique matching keeps the whole distance matrix when it has at most this many entries
+DENSE_MATCH_LIMIT = 1 << 24
+
+
+@torch.no_grad()
+def unique_nn_match(queries: torch.Tensor, keys: torch.Tensor, nn_argmin: Callable[..., Any]) -> torch.Tensor:
+    """Greedy one-to-one matching: for every query the index of a distinct key (needs len(keys) >= len(queries)).
+
+    In rounds: every unmatched query finds its nearest free key; a key claimed by several queries goes to the
+    closest one (ties: the lower query index), the others retry on the keys left. Each round matches at least
+    one query (the globally closest free pair), so there are at most ``len(queries)`` rounds; in practice
+    about as many as the most queries that share a nearest key. Small problems keep the squared distance
+    matrix; large ones call the exact ``nn_argmin`` on the free keys every round.
+    """
+    n, m = queries.shape[0], keys.shape[0]
+    if m < n:
+        raise ValueError(f"unique matching needs at least as many keys ({m}) as queries ({n})")
+    dev = queries.device
+    idx = torch.full((n,), -1, dtype=torch.int64, device=dev)
+    free = torch.ones(m, dtype=torch.bool, device=dev)
+    todo = torch.arange(n, device=dev)
+    positions = torch.arange(n, device=dev)
+    no_key = torch.full((m,), float("inf"), device=dev)
+    # rows: the unmatched queries, in query order; taken keys' columns are set to +inf
+    dense = torch.cdist(queries.float(), keys.float()).square_() if n * m <= DENSE_MATCH_LIMIT else None
+    while todo.numel():
+        if dense is not None:
+            d, j = dense.min(1)
+        else:
+            free_keys = free.nonzero().squeeze(1)
+            j, d = nn_argmin(queries[todo], keys[free_keys], return_distances=True)
+            j, d = free_keys[j.to(dev)], d.to(dev)
+        pos = positions[: len(todo)]
+        best = no_key.clone().scatter_reduce_(0, j, d, reduce="amin")
+        cand = torch.where(d == best[j], pos, n)  # the closest claimants of each key
+        first = torch.full((m,), n, dtype=torch.int64, device=dev).scatter_reduce_(0, j, cand, reduce="amin")
+        won = first[j] == pos  # of those, the lowest query index
+        taken = j[won]
+        idx[todo[won]] = taken
+        free[taken] = False
+        lost = ~won
+        todo = todo[lost]
+        if dense is not None and todo.numel():
+            dense = dense[lost]
+            dense[:, taken] = float("inf")
+    return idx
 
 
 class IMLETrainer:
@@ -76,16 +128,50 @@ class IMLETrainer:
         noise = torch.randn(self.num_noise, self.noise_dim, generator=g)
         samples = self.generate(noise).reshape(self.num_noise, -1)
         queries = self.targets.reshape(self.targets.shape[0], -1).float()
-        idx, dist = self.ops.nn_argmin(queries, samples, return_distances=True)
+        if self.cfg.imle_match == "unique":
+            idx = unique_nn_match(queries, samples, self.ops.nn_argmin)
+            dist = ((queries - samples[idx]) ** 2).sum(1)
+        else:
+            idx, dist = self.ops.nn_argmin(queries, samples, return_distances=True)
         self.last_match_distance = dist.mean().item()
         return noise, idx.cpu()
 
-    def train_step(self, batch: torch.Tensor) -> float:
+    def lr_at(self, step: int) -> float:
+        """The learning rate of global step ``step`` under ``cfg.imle_lr_schedule``."""
+        if self.cfg.imle_lr_schedule == "constant":
+            return self.cfg.imle_lr
+        total = max(self.cfg.imle_epochs * self.steps_per_epoch, 1)
+        return self.cfg.imle_lr * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
+    def precision_noise(self, epoch: int) -> torch.Tensor | None:
+        """The fresh noise of the precision term for every step of ``epoch`` (from (seed, epoch) alone, so a
+        resumed epoch redraws it), shaped (steps, batch, noise_dim); None when the term is off."""
+        if self.cfg.imle_precision_weight == 0:
+            return None
+        g = seeding.generator(self.cfg.seed, "imle_precision", epoch)
+        size = min(self.cfg.batch_size, self.targets.shape[0])
+        return torch.randn(self.steps_per_epoch, size, self.noise_dim, generator=g)
+
+    def train_step(self, batch: torch.Tensor, fresh: torch.Tensor | None = None) -> float:
+        """One regression step on the matched noise of ``batch``, plus the precision term on ``fresh`` noise;
+        returns the total loss (IMLE term + weighted precision term)."""
         self.generator.train()
         noise = self.matched_noise[batch].to(self.device)
+        if fresh is not None:  # one forward pass for both, so BatchNorm sees one batch
+            noise = torch.cat([noise, fresh.to(self.device)])
         with autocast_for(self.device, self.cfg.amp):
-            out = self.generator(noise)
-        loss = self.loss_fn(out.float(), self.targets[batch.to(self.device)])
+            out = self.generator(noise).float()
+        loss = self.loss_fn(out[: len(batch)], self.targets[batch.to(self.device)])
+        if fresh is not None:
+            extra = out[len(batch) :]
+            with torch.no_grad():
+                flat = self.targets.reshape(self.targets.shape[0], -1).float()
+                nearest = self.ops.nn_argmin(extra.detach().reshape(len(extra), -1), flat)
+            loss = loss + self.cfg.imle_precision_weight * self.loss_fn(
+                extra, self.targets[nearest.to(self.device)]
+            )
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(self.global_step)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -97,9 +183,10 @@ class IMLETrainer:
             noise, idx = self.match(self.epoch)
             self.matched_noise = noise[idx]
         perm = seeding.epoch_permutation(self.targets.shape[0], self.cfg.seed, self.stage, self.epoch)
+        fresh = self.precision_noise(self.epoch)
         total, count = 0.0, 0
         for batch in seeding.batches(perm, self.cfg.batch_size)[self.step_in_epoch :]:
-            loss = self.train_step(batch)
+            loss = self.train_step(batch, None if fresh is None else fresh[self.step_in_epoch])
             total, count = total + loss, count + 1
             self.step_in_epoch += 1
             self.global_step += 1

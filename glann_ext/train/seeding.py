@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-_STAGES = {"init": 1, "glo": 2, "imle": 3, "sample": 4, "invert": 5}
+_STAGES = {"init": 1, "glo": 2, "imle": 3, "sample": 4, "invert": 5, "imle_precision": 6}
 
 
 def generator(seed: int, stage: str, epoch: int = 0, device: str | torch.device = "cpu") -> torch.Generator:
