@@ -124,7 +124,7 @@ def test_eager_baselines_match():
 @pytest.mark.parametrize("impl", list(IMPLS))
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_fwd_bwd(benchmark, shape, impl):
-    benchmark.group = "fwd+bwd " + "x".join(map(str, shape))
+    benchmark.group = "laplacian_pyramid_loss fwd+bwd " + "x".join(map(str, shape))
     torch.manual_seed(0)
     x = torch.randn(shape, requires_grad=True)
     y = torch.randn(shape)

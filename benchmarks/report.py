@@ -14,10 +14,19 @@ import sys
 from collections import defaultdict
 
 
-def _method(name: str) -> str:
-    # "bench_x[cpu-4096x40960x64-torch_cdist_argmin]" -> "torch_cdist_argmin"
+def _method(bench: dict) -> str:
+    """The compared implementation: the ``method``/``impl``/``name`` parameter of the benchmark."""
+    params = bench.get("params") or {}
+    for key in ("method", "impl", "name"):
+        if key in params:
+            return str(params[key])
+    name = bench["name"]  # "bench_x[cpu-4096x40960x64-torch_cdist_argmin]" -> "torch_cdist_argmin"
     inner = name[name.find("[") + 1 : name.rfind("]")] if "[" in name else name
     return inner.rsplit("-", 1)[-1]
+
+
+def _is_ours(method: str) -> bool:
+    return method.startswith("glann")
 
 
 def render(data: dict) -> str:
@@ -31,8 +40,10 @@ def render(data: dict) -> str:
         f"logical CPUs; Python {machine.get('python_version', '?')}; run at {data.get('datetime', '?')}.\n"
     )
     for group in sorted(groups):
+        # Ratios are against the group's first glann row in run order (the bench files list the
+        # like-for-like glann call first, e.g. out-of-place projection before the in-place one).
+        ours = [b for b in groups[group] if _is_ours(_method(b))]
         rows = sorted(groups[group], key=lambda b: b["stats"]["median"])
-        ours = [b for b in rows if _method(b["name"]).startswith("glann_ext")]
         ref = ours[0]["stats"]["median"] if ours else None
         extra_keys = sorted({k for b in rows for k in b.get("extra_info", {}) if k != "threads"})
         out.append(f"### {group}\n")
@@ -45,7 +56,7 @@ def render(data: dict) -> str:
             if ours and b is ours[0]:
                 ratio = "1.00x (ours)"
             extras = [str(b.get("extra_info", {}).get(k, "")) for k in extra_keys]
-            out.append("| " + " | ".join([_method(b["name"]), f"{med * 1e3:.2f}", ratio] + extras) + " |")
+            out.append("| " + " | ".join([_method(b), f"{med * 1e3:.3f}", ratio] + extras) + " |")
         out.append("")
     return "\n".join(out)
 
