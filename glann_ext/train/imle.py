@@ -54,7 +54,7 @@ def unique_nn_match(queries: torch.Tensor, keys: torch.Tensor, nn_argmin: Callab
             d, j = dense.min(1)
         else:
             free_keys = free.nonzero().squeeze(1)
-            j, d = nn_argmin(queries[todo], keys[free_keys], return_distances=True)
+            j, d = nn_argmin(queries[todo].float(), keys[free_keys].float(), return_distances=True)
             j, d = free_keys[j.to(dev)], d.to(dev)
         pos = positions[: len(todo)]
         best = no_key.clone().scatter_reduce_(0, j, d, reduce="amin")
