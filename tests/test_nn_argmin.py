@@ -203,6 +203,32 @@ def test_thread_count_does_not_change_results() -> None:
     assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
 
 
+def test_thread_pool_grows_and_shrinks_between_calls() -> None:
+    # New pool workers appear when a call asks for more threads than before, idle ones sit out calls
+    # that ask for fewer; results must not change.
+    q, k = torch.randn(800, 16), torch.randn(3000, 16)
+    want = nn_argmin(q, k)
+    old = torch.get_num_threads()
+    try:
+        for threads in [1, 3, 2, 6, 1, 8, 4, 2, 7, 5]:
+            torch.set_num_threads(threads)
+            assert torch.equal(nn_argmin(q, k), want)
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_thread_pool_survives_fork() -> None:
+    # DataLoader workers are forked children: the pool must be usable there.
+    import multiprocessing as mp
+
+    q, k = torch.randn(300, 8), torch.randn(2000, 8)
+    want = nn_argmin(q, k)
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(nn_argmin, (q, k)).get(timeout=120)  # a pool without its fork reset hangs
+    assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
 def test_every_simd_path(isa: str, tmp_path) -> None:
     # The SIMD level is fixed per process, so each path runs in a child interpreter.

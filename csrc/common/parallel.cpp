@@ -58,7 +58,10 @@ class Pool {
   void ensure_workers(int n) {
     while (static_cast<int>(workers_.size()) < n) {
       int id = static_cast<int>(workers_.size());
-      workers_.emplace_back([this, id] { worker_loop(id); });
+      // A new worker must only take jobs submitted after it exists: start it at the current generation
+      // (read under submit_mu_, which the caller holds and without which generation_ never changes).
+      const uint64_t current = generation_;
+      workers_.emplace_back([this, id, current] { worker_loop(id, current); });
     }
   }
 
@@ -73,8 +76,7 @@ class Pool {
     tls_inside_task = was_inside;
   }
 
-  void worker_loop(int id) {
-    uint64_t seen = 0;
+  void worker_loop(int id, uint64_t seen) {
     for (;;) {
       {
         std::unique_lock<std::mutex> lk(mu_);
