@@ -378,8 +378,8 @@ def write_report(path: Path, res: dict, b: Budget, argv: list[str], total_s: flo
         ),
         (
             "Regenerate: `python -m benchmarks.quality --quick --out benchmarks/QUALITY.md` (minutes) or without "
-            "`--quick` for the full variant (larger budgets, 5 seeds on 2-D; about 20-30 min on 2 cores by extrapolation from the quick run, not yet "
-            "run). `--smoke` is the CI-sized run of `tests/test_quality.py`."
+            "`--quick` for the full variant (larger budgets, 5 seeds on 2-D; 26 min on this 2-core machine). "
+            "`--smoke` is the CI-sized run of `tests/test_quality.py`."
         ),
         "",
         "Budgets of this run: "
