@@ -1,6 +1,8 @@
-"""Shared helpers of the baselines: seeded epoch order, eval-mode batched sampling."""
+"""Shared helpers of the baselines: seeded epoch order, eval-mode batched sampling, the GAN update."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -22,3 +24,29 @@ def sample_from(generator: nn.Module, noise_dim: int, n: int, seed: int, clamp: 
     outs = [generator(c).float() for c in e.split(1024)]
     out = torch.cat(outs) if outs else torch.zeros(0)
     return out.clamp(0, 1) if clamp else out
+
+
+@dataclass
+class GANTrainLog:
+    d_losses: list[float] = field(default_factory=list)
+    g_losses: list[float] = field(default_factory=list)
+
+
+def adversarial_step(
+    gan: nn.Module,
+    opt_d: torch.optim.Optimizer,
+    opt_g: torch.optim.Optimizer,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+) -> tuple[float, float]:
+    """One discriminator step then one generator step on the same fake batch (``gan.d_loss`` detaches it);
+    returns the two losses."""
+    ld = gan.d_loss(real, fake)
+    opt_d.zero_grad(set_to_none=True)
+    ld.backward()
+    opt_d.step()
+    lg = gan.g_loss(fake)
+    opt_g.zero_grad(set_to_none=True)
+    lg.backward()
+    opt_g.step()
+    return ld.item(), lg.item()

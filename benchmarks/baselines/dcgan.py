@@ -3,15 +3,13 @@ package's DCGANGenerator as G and a mirror-image conv discriminator."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from glann_ext.models import DCGANGenerator, start_size
 
-from ._common import epoch_batches, sample_from
+from ._common import GANTrainLog, adversarial_step, epoch_batches, sample_from
 
 
 class DCGANDiscriminator(nn.Module):
@@ -62,12 +60,6 @@ class DCGAN(nn.Module):
         return sample_from(self.G, self.noise_dim, n, seed)
 
 
-@dataclass
-class TrainLog:
-    d_losses: list[float] = field(default_factory=list)
-    g_losses: list[float] = field(default_factory=list)
-
-
 def train_dcgan(
     images: torch.Tensor,
     *,
@@ -77,14 +69,14 @@ def train_dcgan(
     batch_size: int = 128,
     lr: float = 2e-4,
     seed: int = 0,
-) -> tuple[DCGAN, TrainLog]:
+) -> tuple[DCGAN, GANTrainLog]:
     """One D step and one G step per batch, Adam(lr 2e-4, betas (0.5, 0.999)) as in DCGAN; seeded."""
     torch.manual_seed(seed)
     gan = DCGAN(noise_dim, images.shape[-1], images.shape[1], width)
     opt_d = torch.optim.Adam(gan.D.parameters(), lr=lr, betas=(0.5, 0.999))
     opt_g = torch.optim.Adam(gan.G.parameters(), lr=lr, betas=(0.5, 0.999))
     g = torch.Generator().manual_seed(seed + 17)
-    log = TrainLog()
+    log = GANTrainLog()
     for epoch in range(epochs):
         gan.train()
         td = tg = 0.0
@@ -92,15 +84,8 @@ def train_dcgan(
         for idx in batches:
             real = images[idx]
             fake = gan.G(torch.randn(len(idx), noise_dim, generator=g))
-            ld = gan.d_loss(real, fake)
-            opt_d.zero_grad(set_to_none=True)
-            ld.backward()
-            opt_d.step()
-            lg = gan.g_loss(fake)
-            opt_g.zero_grad(set_to_none=True)
-            lg.backward()
-            opt_g.step()
-            td, tg = td + ld.item(), tg + lg.item()
+            ld, lg = adversarial_step(gan, opt_d, opt_g, real, fake)
+            td, tg = td + ld, tg + lg
         log.d_losses.append(td / len(batches))
         log.g_losses.append(tg / len(batches))
     gan.eval()

@@ -8,15 +8,13 @@ PacGAN's 2-D generator: 4 hidden layers of 400 ReLU units with BatchNorm, noise 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from glann_ext.models import MLP
 
-from ._common import sample_from
+from ._common import GANTrainLog, adversarial_step, sample_from
 
 
 class ToyGAN(nn.Module):
@@ -44,12 +42,6 @@ class ToyGAN(nn.Module):
         return sample_from(self.G, self.noise_dim, n, seed, clamp=False)
 
 
-@dataclass
-class TrainLog:
-    d_losses: list[float] = field(default_factory=list)
-    g_losses: list[float] = field(default_factory=list)
-
-
 def train_toy_gan(
     sample_real,
     *,
@@ -59,7 +51,7 @@ def train_toy_gan(
     seed: int = 0,
     pack: int = 1,
     log_every: int = 0,
-) -> tuple[ToyGAN, TrainLog]:
+) -> tuple[ToyGAN, GANTrainLog]:
     """``sample_real(n, generator)`` draws real 2-D points; one D and one G Adam step (lr 1e-4, betas (0.5,
     0.999)) per step on ``batch_size * pack`` points. ``log_every`` > 0 records losses every that many steps."""
     torch.manual_seed(seed)
@@ -67,22 +59,15 @@ def train_toy_gan(
     opt_d = torch.optim.Adam(gan.D.parameters(), lr=lr, betas=(0.5, 0.999))
     opt_g = torch.optim.Adam(gan.G.parameters(), lr=lr, betas=(0.5, 0.999))
     g = torch.Generator().manual_seed(seed + 17)
-    log = TrainLog()
+    log = GANTrainLog()
     gan.train()
     n = batch_size * pack
     for step in range(steps):
         real = sample_real(n, g)
         fake = gan.G(torch.randn(n, gan.noise_dim, generator=g))
-        ld = gan.d_loss(real, fake)
-        opt_d.zero_grad(set_to_none=True)
-        ld.backward()
-        opt_d.step()
-        lg = gan.g_loss(fake)
-        opt_g.zero_grad(set_to_none=True)
-        lg.backward()
-        opt_g.step()
+        ld, lg = adversarial_step(gan, opt_d, opt_g, real, fake)
         if log_every and (step % log_every == 0 or step == steps - 1):
-            log.d_losses.append(ld.item())
-            log.g_losses.append(lg.item())
+            log.d_losses.append(ld)
+            log.g_losses.append(lg)
     gan.eval()
     return gan, log
