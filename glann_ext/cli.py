@@ -1,9 +1,11 @@
-"""The ``glann`` command: train, sample, interpolate, invert.
+"""The ``glann`` command: train, sample, interpolate, invert, reshard.
 
     glann train --dataset fashion-mnist --out runs/fmnist --preset laptop
+    torchrun --nproc-per-node 2 -m glann_ext.cli train --dataset fashion-mnist --out runs/fmnist-2
     glann sample --run runs/fmnist -n 64 --grid samples.png
     glann interpolate --run runs/fmnist --space latent --rows 6 --steps 10 --grid interp.png
     glann invert --run runs/fmnist --images my_images/ --grid inverted.png
+    glann reshard --run runs/fmnist-2 --world-size 4
 
 Re-running ``glann train`` on an interrupted run folder resumes it exactly from its last checkpoint.
 """
@@ -106,6 +108,10 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--restarts", type=int, default=2)
     v.add_argument("--grid", default="inverted.png", help="PNG: originals on top, reconstructions below")
     v.add_argument("--codes", help="also save the codes (n, latent_dim) as .npy here")
+
+    r = sub.add_parser("reshard", help="rewrite a run's checkpoint for another number of processes")
+    r.add_argument("--run", required=True, help="run folder")
+    r.add_argument("--world-size", type=int, required=True, help="processes of the job that will resume it")
     return p
 
 
@@ -149,10 +155,12 @@ def _cmd_train(args: argparse.Namespace) -> None:
     try:
         run.train(args.stage)
     except KeyboardInterrupt:
-        print(
-            f"\ninterrupted; run `glann train --out {out}` again to resume from the last checkpoint",
-            file=sys.stderr,
-        )
+        if run.world.is_main:
+            print(
+                f"\ninterrupted; run the same command (`glann train --out {out}`, under the same torchrun if "
+                "any) again to resume from the last checkpoint",
+                file=sys.stderr,
+            )
         raise SystemExit(130)
 
 
@@ -217,6 +225,16 @@ def _cmd_invert(args: argparse.Namespace) -> None:
     print(f"inverted {len(images)} images; originals and reconstructions in {args.grid}")
 
 
+def _cmd_reshard(args: argparse.Namespace) -> None:
+    from glann_ext.train.checkpoint import reshard
+
+    if args.world_size < 1:
+        raise CLIError(f"reshard: --world-size must be >= 1, got {args.world_size}")
+    if not Path(args.run).is_dir():
+        raise CLIError(f"reshard: --run {args.run}: no such run folder")
+    reshard(args.run, args.world_size)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``glann``; returns the exit status (0 ok, 2 user error)."""
     from glann_ext.data import DataError
@@ -227,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sample": _cmd_sample,
         "interpolate": _cmd_interpolate,
         "invert": _cmd_invert,
+        "reshard": _cmd_reshard,
     }
     try:
         commands[args.command](args)

@@ -34,7 +34,7 @@ def run_dir(tmp_path_factory, data_file):
 def test_train_writes_a_complete_run_folder(run_dir):
     for name in (
         "config.json",
-        "checkpoint.pt",
+        "checkpoints/manifest.json",
         "model.pt",
         "metrics.jsonl",
         "samples.png",
@@ -200,7 +200,7 @@ def test_kill_minus_nine_then_rerun_resumes_to_the_same_model(tmp_path, data_fil
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "model.pt").exists(), "the run finished before it could be killed"
-    ckpt.load(killed / "checkpoint.pt")  # loadable whatever the moment of the kill
+    ckpt.load_latest(killed)  # loadable whatever the moment of the kill
     assert main(["train", "--out", str(killed), "--no-progress"]) == 0
     a, b = ckpt.load(tmp_path / "straight" / "model.pt"), ckpt.load(killed / "model.pt")
     assert all(torch.equal(a["G"][k], b["G"][k]) for k in a["G"]) and torch.equal(a["codes"], b["codes"])

@@ -213,15 +213,15 @@ def test_resume_after_interruptions_is_bit_identical(tmp_path, blob_file, option
     # 3 steps per epoch: GLO dies at step 5 (mid-epoch, checkpoint at 4), IMLE at step 5 (checkpoint at 4).
     with pytest.raises(Interrupt):
         train(tiny_config(**cfg), broken, progress=False, on_step=_interrupt_at("glo", 5), log=lambda s: None)
-    assert ckpt.load(broken / "checkpoint.pt")["glo"]["global_step"] == 4
+    assert ckpt.load_latest(broken)["glo"]["global_step"] == 4
     with pytest.raises(Interrupt):
         train(None, broken, progress=False, on_step=_interrupt_at("imle", 5), log=lambda s: None)
-    state = ckpt.load(broken / "checkpoint.pt")
+    state = ckpt.load_latest(broken)
     assert state["phase"] == "imle" and state["imle"]["global_step"] == 4
     assert state["imle"]["matched_noise"] is not None  # this epoch's matching travels with the checkpoint
     train(None, broken, progress=False, log=lambda s: None)
 
-    a, b = ckpt.load(straight / "checkpoint.pt"), ckpt.load(broken / "checkpoint.pt")
+    a, b = ckpt.load_latest(straight), ckpt.load_latest(broken)
     assert tensors_equal(a["glo"], b["glo"]) and tensors_equal(a["imle"], b["imle"])
     assert tensors_equal(ckpt.load(straight / "model.pt"), ckpt.load(broken / "model.pt"))
 

@@ -1,31 +1,61 @@
-"""Atomic checkpoints and the random-number-generator state that exact resumption needs."""
+"""Atomic, sharded checkpoints and the random-number-generator state that exact resumption needs.
+
+A run folder's checkpoints live in ``checkpoints/``::
+
+    checkpoints/manifest.json            names the latest complete step and how it is sharded
+    checkpoints/step-00000012/main.pt    replicated state (networks, their optimizers, counters, RNG), rank 0
+    checkpoints/step-00000012/shard-00000-of-00002.pt   rows [start, stop) of the per-image state of rank 0
+    checkpoints/step-00000012/shard-00001-of-00002.pt   ... of rank 1
+
+Per-image state ("rows") is the GLO code table, the latent optimizer's per-row moments and the IMLE stage's
+matched noise: each rank writes only its own rows. Every file is written atomically (temp file, fsync,
+rename); only after all of a step's files exist (a barrier) does rank 0 replace the manifest, atomically,
+and delete older steps. A kill at any moment therefore leaves the manifest naming a complete step.
+:func:`reshard` rewrites the latest step for another number of processes, reading each old shard
+memory-mapped, so no process needs the whole table.
+"""
 
 from __future__ import annotations
 
+import json
 import random
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .._io import atomic_write
+from glann_ext.data import shard_bounds
 
-CHECKPOINT_FILE = "checkpoint.pt"
+from .._io import atomic_write
+from .world import World
+
+CHECKPOINT_DIR = "checkpoints"
+MANIFEST_FILE = "manifest.json"
+MAIN_FILE = "main.pt"
+FORMAT_VERSION = 1
+# trainer state entries that hold one row per dataset image (sharded); the rest is replicated
+ROW_KEYS = {"glo": ("codes", "opt_z"), "imle": ("matched_noise",)}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used as it is (incomplete, another world size, another dataset)."""
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
     """``torch.save`` through :func:`glann_ext._io.atomic_write`: a kill at any moment leaves either the old
-    or the new checkpoint, never a partial one."""
+    or the new file, never a partial one."""
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """A checkpoint written by :func:`save_atomic` (our own files only: ``weights_only=False``)."""
+def load(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """A file written by :func:`save_atomic` (our own files only: ``weights_only=False``)."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
     except Exception as exc:
-        raise RuntimeError(f"{path}: cannot load checkpoint ({exc})") from exc
+        raise CheckpointError(f"{path}: cannot load checkpoint ({exc})") from exc
 
 
 def rng_state() -> dict[str, Any]:
@@ -41,3 +71,268 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -- splitting trainer states into replicated parts and rows ------------------------------------------------
+
+
+def _split_rows(obj: Any, rows: int) -> tuple[Any, dict[str, torch.Tensor]]:
+    """(obj with its (rows, ...) tensors replaced by ``{"__rows__": key}``, {key: tensor})."""
+    found: dict[str, torch.Tensor] = {}
+
+    def walk(o: Any, path: str) -> Any:
+        if isinstance(o, torch.Tensor) and o.dim() >= 1 and o.shape[0] == rows and o.dim() >= 2:
+            found[path] = o.detach().cpu()
+            return {"__rows__": path}
+        if isinstance(o, dict):
+            return {k: walk(v, f"{path}.{k}") for k, v in o.items()}
+        return o
+
+    return walk(obj, ""), found
+
+
+def _join_rows(obj: Any, found: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {"__rows__"}:
+            return found[obj["__rows__"]]
+        return {k: _join_rows(v, found) for k, v in obj.items()}
+    return obj
+
+
+def split_state(stage: str, state: dict[str, Any] | None, rows: int) -> tuple[Any, dict[str, torch.Tensor]]:
+    """A trainer's state_dict as (replicated part, {name: per-row tensor}); only the entries of
+    ``ROW_KEYS[stage]`` may hold rows, so no network weight is ever mistaken for per-image state."""
+    if state is None:
+        return None, {}
+    replicated, found = dict(state), {}
+    for key in ROW_KEYS[stage]:
+        if key in state:
+            replicated[key], part = _split_rows(state[key], rows)
+            found.update({f"{stage}.{key}{p}": t for p, t in part.items()})
+    return replicated, found
+
+
+def join_state(stage: str, replicated: Any, found: dict[str, torch.Tensor]) -> dict[str, Any] | None:
+    if replicated is None:
+        return None
+    state = dict(replicated)
+    for key in ROW_KEYS[stage]:
+        if key in state:
+            prefix = f"{stage}.{key}"
+            state[key] = _join_rows(
+                state[key], {p[len(prefix) :]: t for p, t in found.items() if p.startswith(prefix)}
+            )
+    return state
+
+
+# -- the manifest ---------------------------------------------------------------------------------------------
+
+
+def checkpoint_dir(run: str | Path) -> Path:
+    return Path(run) / CHECKPOINT_DIR
+
+
+def shard_name(rank: int, world: int) -> str:
+    return f"shard-{rank:05d}-of-{world:05d}.pt"
+
+
+def read_manifest(run: str | Path) -> dict[str, Any] | None:
+    """The manifest of run folder ``run``, or None when it has no checkpoint yet."""
+    path = checkpoint_dir(run) / MANIFEST_FILE
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: unreadable manifest ({exc})") from exc
+    if manifest.get("format") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {manifest.get('format')}, expected {FORMAT_VERSION}"
+        )
+    return manifest
+
+
+def _write_manifest(run: Path, manifest: dict[str, Any]) -> None:
+    atomic_write(
+        checkpoint_dir(run) / MANIFEST_FILE, lambda f: f.write(json.dumps(manifest, indent=1).encode())
+    )
+
+
+def _delete_older(run: Path, keep: str) -> None:
+    for d in checkpoint_dir(run).glob("step-*"):
+        if d.is_dir() and d.name < keep:  # fixed-width names: string order is step order
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def save_step(
+    run: str | Path,
+    world: World,
+    total: int,
+    main: Callable[[], dict[str, Any]],
+    rows: dict[str, torch.Tensor],
+    info: dict[str, Any],
+) -> None:
+    """Write one checkpoint step of a run: this rank's ``rows`` (rows ``world.bounds(total)``), and on rank 0
+    ``main()`` (the replicated state); then, once every rank's file is on disk, the manifest (rank 0).
+    Collective: every rank calls it at the same step."""
+    run = Path(run)
+    previous = read_manifest(run)
+    seq = 0 if previous is None else previous["seq"] + 1
+    step_dir = checkpoint_dir(run) / f"step-{seq:08d}"
+    step_dir.mkdir(parents=True, exist_ok=True)
+    start, stop = world.bounds(total)
+    save_atomic(
+        {"start": start, "stop": stop, "total": total, "rows": rows},
+        step_dir / shard_name(world.rank, world.size),
+    )
+    if world.is_main:
+        save_atomic(main(), step_dir / MAIN_FILE)
+    world.barrier()  # every shard of this step is on disk
+    if world.is_main:
+        manifest = {
+            "format": FORMAT_VERSION,
+            "seq": seq,
+            "step_dir": step_dir.name,
+            "world_size": world.size,
+            "total": total,
+            "bounds": world.all_bounds(total),
+            "shards": [shard_name(r, world.size) for r in range(world.size)],
+            **info,
+        }
+        _write_manifest(run, manifest)
+        _delete_older(run, step_dir.name)
+    world.barrier()  # nobody reads the manifest of the next step before this one is written
+
+
+def load_step(
+    run: str | Path, world: World, total: int
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+    """(main state, this rank's rows) of the latest complete step, or None without a checkpoint.
+
+    Raises :class:`CheckpointError` (and changes nothing) when the step was written by another number of
+    processes or for another dataset size, or when a file of it is missing.
+    """
+    manifest = read_manifest(run)
+    if manifest is None:
+        return None
+    where = checkpoint_dir(run) / MANIFEST_FILE
+    if manifest["world_size"] != world.size:
+        raise CheckpointError(
+            f"{run}: the checkpoint was written by {manifest['world_size']} process(es) and this job has "
+            f"{world.size}; resume with {manifest['world_size']} process(es), or convert it first: "
+            f"glann reshard --run {run} --world-size {world.size}"
+        )
+    if manifest["total"] != total:
+        raise CheckpointError(
+            f"{where}: the checkpoint holds {manifest['total']} images' codes but the dataset now has {total} "
+            f"(a different --dataset or --limit?)"
+        )
+    step_dir = checkpoint_dir(run) / manifest["step_dir"]
+    for name in [MAIN_FILE, *manifest["shards"]]:
+        if not (step_dir / name).exists():
+            raise CheckpointError(
+                f"{step_dir / name}: missing; the checkpoint named by {where} is incomplete"
+            )
+    shard = load(step_dir / manifest["shards"][world.rank])
+    if (shard["start"], shard["stop"]) != world.bounds(total):
+        raise CheckpointError(
+            f"{step_dir}: shard {world.rank} holds rows {shard['start']}..{shard['stop']}, expected {world.bounds(total)}"
+        )
+    return load(step_dir / MAIN_FILE), shard["rows"]
+
+
+def latest_main(run: str | Path) -> dict[str, Any] | None:
+    """The replicated state of the latest complete step (no rows), or None."""
+    manifest = read_manifest(run)
+    if manifest is None:
+        return None
+    return load(checkpoint_dir(run) / manifest["step_dir"] / MAIN_FILE)
+
+
+def load_latest(run: str | Path) -> dict[str, Any]:
+    """The latest complete step of ``run`` as one state (phase, trainer states with every shard's rows
+    concatenated, RNG, config): for inspection, tests and export, not for resuming a sharded job."""
+    main = latest_main(run)
+    if main is None:
+        raise CheckpointError(f"{run}: no checkpoint ({CHECKPOINT_DIR}/{MANIFEST_FILE} missing)")
+    rows = gather_rows(run)
+    return {
+        **main,
+        "glo": join_state("glo", main["glo"], rows),
+        "imle": join_state("imle", main["imle"], rows),
+    }
+
+
+def gather_rows(run: str | Path, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """The per-row tensors of the latest step with all shards concatenated (whole table in memory: for
+    exporting a finished model, not for training)."""
+    manifest = read_manifest(run)
+    if manifest is None:
+        raise CheckpointError(f"{run}: no checkpoint")
+    step_dir = checkpoint_dir(run) / manifest["step_dir"]
+    return _rows_in(step_dir, manifest, 0, manifest["total"], names)
+
+
+def _rows_in(
+    step_dir: Path, manifest: dict[str, Any], start: int, stop: int, names: list[str] | None = None
+) -> dict[str, torch.Tensor]:
+    """Rows ``[start, stop)`` of every per-row tensor of a step, read from the shards that overlap them."""
+    parts: dict[str, list[torch.Tensor]] = {}
+    for name, (lo, hi) in zip(manifest["shards"], manifest["bounds"]):
+        a, b = max(lo, start), min(hi, stop)
+        path = step_dir / name
+        if not path.exists():
+            raise CheckpointError(f"{path}: missing; the checkpoint step {step_dir.name} is incomplete")
+        rows = load(path, mmap=True)["rows"]
+        for key, t in rows.items():
+            if names is not None and key not in names:
+                continue
+            parts.setdefault(key, [])
+            if a < b:
+                parts[key].append(t[a - lo : b - lo].clone())
+            elif not parts[key]:
+                parts[key].append(t[:0].clone())
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def reshard(run: str | Path, world_size: int, log: Callable[[str], None] = print) -> None:
+    """Rewrite the latest checkpoint of ``run`` for ``world_size`` processes (a new step; the old one is
+    deleted only after the new manifest is written). Each new shard is assembled from memory-mapped old
+    shards, so peak memory is about one new shard."""
+    run = Path(run)
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    manifest = read_manifest(run)
+    if manifest is None:
+        raise CheckpointError(f"{run}: no checkpoint to reshard (no {CHECKPOINT_DIR}/{MANIFEST_FILE})")
+    old_dir = checkpoint_dir(run) / manifest["step_dir"]
+    if not (old_dir / MAIN_FILE).exists():
+        raise CheckpointError(f"{old_dir / MAIN_FILE}: missing; the checkpoint is incomplete")
+    if manifest["world_size"] == world_size:
+        log(f"{run}: already sharded for {world_size} process(es); nothing to do")
+        return
+    total, seq = manifest["total"], manifest["seq"] + 1
+    new_dir = checkpoint_dir(run) / f"step-{seq:08d}"
+    shutil.rmtree(new_dir, ignore_errors=True)  # a step a killed job had begun: never named by a manifest
+    new_dir.mkdir(parents=True)
+    bounds = [shard_bounds(total, world_size, r) for r in range(world_size)]
+    for r, (lo, hi) in enumerate(bounds):
+        rows = _rows_in(old_dir, manifest, lo, hi)
+        save_atomic(
+            {"start": lo, "stop": hi, "total": total, "rows": rows}, new_dir / shard_name(r, world_size)
+        )
+    main_bytes = (old_dir / MAIN_FILE).read_bytes()
+    atomic_write(new_dir / MAIN_FILE, lambda f: f.write(main_bytes))
+    new = {
+        **manifest,
+        "seq": seq,
+        "step_dir": new_dir.name,
+        "world_size": world_size,
+        "bounds": bounds,
+        "shards": [shard_name(r, world_size) for r in range(world_size)],
+    }
+    _write_manifest(run, new)
+    _delete_older(run, new_dir.name)
+    log(
+        f"{run}: checkpoint step {manifest['step_dir']} ({manifest['world_size']} shards) rewritten as {new_dir.name} ({world_size} shards)"
+    )

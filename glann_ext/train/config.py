@@ -113,7 +113,11 @@ class TrainConfig:
         return self
 
     def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+        """Write the config atomically (other ranks of a job may be reading the folder)."""
+        from glann_ext._io import atomic_write
+
+        text = json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+        atomic_write(path, lambda f: f.write(text.encode()))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

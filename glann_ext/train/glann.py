@@ -13,6 +13,7 @@ from glann_ext.models import MLP, DCGANGenerator
 from . import seeding
 from .backend import Ops, get_ops
 from .config import TrainConfig
+from .world import World
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -25,6 +26,21 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         out = (1 - t) * a + t * b
         return out / out.norm(dim=1, keepdim=True)
     return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+
+
+def fit_gaussian(codes: torch.Tensor, world: World | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, covariance) in float64 of the code table, whose rows may be sharded over ``world``'s ranks
+    (collective then: every rank calls it and gets the statistics of all rows)."""
+    world = world or World()
+    z = codes.detach().double().cpu()
+    d = z.shape[1]
+    sums = world.sum(
+        torch.cat([z.sum(0), (z.T @ z).reshape(-1), torch.tensor([float(len(z))], dtype=torch.float64)])
+    )
+    n = sums[-1]
+    mean = sums[:d] / n
+    cov = (sums[d:-1].reshape(d, d) - n * torch.outer(mean, mean)) / (n - 1).clamp_min(1)
+    return mean, cov
 
 
 class GLANN(nn.Module):
@@ -84,14 +100,15 @@ class GLANN(nn.Module):
         return self.decode(self.map_noise(self.noise(n, seed)))
 
     @torch.no_grad()
-    def sample_gaussian(self, n: int, seed: int = 0) -> torch.Tensor:
-        """GLO-only baseline: codes from a full-covariance Gaussian fitted to the training codes, projected
-        to the sphere, decoded."""
-        codes = self.codes.double().cpu()
-        mean = codes.mean(0)
-        cov = torch.cov(codes.T) + 1e-6 * torch.eye(codes.shape[1], dtype=torch.float64)
-        chol = torch.linalg.cholesky(cov)
-        eps = torch.randn(n, codes.shape[1], generator=seeding.generator(seed, "sample"), dtype=torch.float64)
+    def sample_gaussian(
+        self, n: int, seed: int = 0, fit: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """GLO-only baseline: codes from a full-covariance Gaussian fitted to the training codes (or the
+        given ``fit = (mean, cov)``, see :func:`fit_gaussian`), projected to the sphere, decoded."""
+        mean, cov = fit if fit is not None else fit_gaussian(self.codes)
+        d = mean.shape[0]
+        chol = torch.linalg.cholesky(cov + 1e-6 * torch.eye(d, dtype=torch.float64))
+        eps = torch.randn(n, d, generator=seeding.generator(seed, "sample"), dtype=torch.float64)
         z = (mean + eps @ chol.T).float()
         return self.decode(self.ops.project(z.contiguous()))
 

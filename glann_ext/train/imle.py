@@ -16,13 +16,14 @@ import math
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import seeding
 from .backend import Ops
 from .config import TrainConfig
 from .glo import StepHook, autocast_for
+from .losses import mse_loss
+from .world import World, data_parallel, global_batch_part, global_batchnorm
 
 # unique matching keeps the whole distance matrix when it has at most this many entries
 DENSE_MATCH_LIMIT = 1 << 24
@@ -77,6 +78,13 @@ class IMLETrainer:
 
     Matching runs the generator in eval mode (BatchNorm running statistics): the same function that
     sampling uses. ``loss_fn(output, target)`` defaults to the mean squared error.
+
+    Sharded (``world`` with several ranks): ``targets`` are this rank's rows ``[start, start + len)`` of
+    ``total``; the M noise draws are a seeded table (:func:`~glann_ext.train.seeding.normal_rows`) of which
+    each rank maps its :func:`~glann_ext.data.shard_bounds` share; :func:`glann_ext.distributed.nn_argmin`
+    finds every target's nearest draw over all ranks exactly; the generator is replicated (DDP,
+    GlobalBatchNorm) and the loss is normalised by the global batch, as in :class:`GLOTrainer`. The
+    precision term and ``imle_match="unique"`` need all targets in one process and are single-process only.
     """
 
     stage = "imle"
@@ -90,11 +98,24 @@ class IMLETrainer:
         device: str | torch.device = "cpu",
         loss_fn: Callable[..., torch.Tensor] | None = None,
         match_chunk: int = 4096,
+        world: World | None = None,
+        start: int = 0,
+        total: int | None = None,
     ):
         self.cfg, self.ops, self.device = cfg, ops, torch.device(device)
+        self.world = world or World()
+        if self.world.distributed and (cfg.imle_match != "nearest" or cfg.imle_precision_weight != 0):
+            raise ValueError(
+                "imle_match='unique' and imle_precision_weight > 0 need every target in one process; "
+                f"got imle_match={cfg.imle_match!r}, imle_precision_weight={cfg.imle_precision_weight} "
+                f"with {self.world.size} processes (train without torchrun, or turn these options off)"
+            )
         self.targets = targets.to(self.device)
-        self.generator = generator.to(self.device)
-        self.loss_fn = loss_fn or F.mse_loss
+        self.start = start
+        self.total = targets.shape[0] if total is None else total
+        self.generator = global_batchnorm(generator, self.world).to(self.device)
+        self.generator_train = data_parallel(self.generator, self.world)
+        self.loss_fn = loss_fn or mse_loss
         self.noise_dim = cfg.noise_dim
         self.match_chunk = match_chunk
         self.opt = torch.optim.Adam(
@@ -108,7 +129,12 @@ class IMLETrainer:
 
     @property
     def num_noise(self) -> int:
-        return round(self.cfg.imle_noise_multiple * self.targets.shape[0])
+        """M: noise draws per epoch over all ranks."""
+        return round(self.cfg.imle_noise_multiple * self.total)
+
+    def noise(self, rows: torch.Tensor | range, epoch: int) -> torch.Tensor:
+        """Rows ``rows`` of epoch ``epoch``'s (M, noise_dim) noise table."""
+        return seeding.normal_rows(rows, self.num_noise, self.noise_dim, self.cfg.seed, self.stage, epoch)
 
     @torch.no_grad()
     def generate(self, noise: torch.Tensor) -> torch.Tensor:
@@ -122,25 +148,36 @@ class IMLETrainer:
 
     @torch.no_grad()
     def match(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(noise, index) of this epoch: M noise draws (from (seed, epoch)) and, for every target, the index
-        of the draw whose output is nearest to it."""
-        g = seeding.generator(self.cfg.seed, self.stage, epoch)
-        noise = torch.randn(self.num_noise, self.noise_dim, generator=g)
-        samples = self.generate(noise).reshape(self.num_noise, -1)
+        """(noise, index) of this epoch: this rank's share of the M noise draws (seeded by (seed, epoch)) and,
+        for every local target, the global index (into all M draws) of the draw whose output is nearest."""
+        lo, hi = self.world.bounds(self.num_noise)
+        noise = self.noise(range(lo, hi), epoch)
+        samples = self.generate(noise).reshape(hi - lo, -1)
         queries = self.targets.reshape(self.targets.shape[0], -1).float()
-        if self.cfg.imle_match == "unique":
+        if self.world.distributed:
+            from glann_ext.distributed import nn_argmin as distributed_nn_argmin
+
+            idx, dist = distributed_nn_argmin(queries, samples, self.world.group, return_distances=True)
+        elif self.cfg.imle_match == "unique":
             idx = unique_nn_match(queries, samples, self.ops.nn_argmin)
             dist = ((queries - samples[idx]) ** 2).sum(1)
         else:
             idx, dist = self.ops.nn_argmin(queries, samples, return_distances=True)
-        self.last_match_distance = dist.mean().item()
+        self.last_match_distance = self.world.sum(dist.double().sum().reshape(1)).item() / self.total
         return noise, idx.cpu()
+
+    def matched_noise_for(self, epoch: int) -> torch.Tensor:
+        """For every local target, the noise vector of its matched draw in ``epoch``."""
+        noise, idx = self.match(epoch)
+        if not self.world.distributed:
+            return noise[idx]
+        return self.noise(idx, epoch)  # draws held by any rank: redrawn from their seeded blocks
 
     def lr_at(self, step: int) -> float:
         """The learning rate of global step ``step`` under ``cfg.imle_lr_schedule``."""
         if self.cfg.imle_lr_schedule == "constant":
             return self.cfg.imle_lr
-        total = max(self.cfg.imle_epochs * self.steps_per_epoch, 1)
+        total = max(self.cfg.imle_epochs * self.steps_per_epoch, 1)  # steps of the run
         return self.cfg.imle_lr * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
 
     def precision_noise(self, epoch: int) -> torch.Tensor | None:
@@ -149,19 +186,26 @@ class IMLETrainer:
         if self.cfg.imle_precision_weight == 0:
             return None
         g = seeding.generator(self.cfg.seed, "imle_precision", epoch)
-        size = min(self.cfg.batch_size, self.targets.shape[0])
+        size = min(self.cfg.batch_size, self.total)
         return torch.randn(self.steps_per_epoch, size, self.noise_dim, generator=g)
 
-    def train_step(self, batch: torch.Tensor, fresh: torch.Tensor | None = None) -> float:
-        """One regression step on the matched noise of ``batch``, plus the precision term on ``fresh`` noise;
-        returns the total loss (IMLE term + weighted precision term)."""
+    def train_step(
+        self, batch: torch.Tensor, fresh: torch.Tensor | None = None, batch_size: int | None = None
+    ) -> float:
+        """One regression step on the matched noise of ``batch`` (rows of this rank's targets), plus the
+        precision term on ``fresh`` noise; returns the total loss (IMLE term + weighted precision term).
+        ``batch_size``: the global batch's size when ``batch`` is this rank's part of it."""
         self.generator.train()
         noise = self.matched_noise[batch].to(self.device)
         if fresh is not None:  # one forward pass for both, so BatchNorm sees one batch
             noise = torch.cat([noise, fresh.to(self.device)])
         with autocast_for(self.device, self.cfg.amp):
-            out = self.generator(noise).float()
-        loss = self.loss_fn(out[: len(batch)], self.targets[batch.to(self.device)])
+            out = self.generator_train(noise).float()
+        target = self.targets[batch.to(self.device)]
+        if self.world.distributed:
+            loss = self.loss_fn(out, target, normalizer=batch_size)
+        else:
+            loss = self.loss_fn(out[: len(batch)], target)
         if fresh is not None:
             extra = out[len(batch) :]
             with torch.no_grad():
@@ -173,20 +217,26 @@ class IMLETrainer:
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(self.global_step)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        # sharded: each rank differentiates world * its share (see GLOTrainer.train_step)
+        (loss * self.world.size if self.world.distributed else loss).backward()
         self.opt.step()
+        if self.world.distributed:
+            return self.world.sum(loss.detach().reshape(1)).item()
         return loss.item()
 
     def run_epoch(self, on_step: StepHook | None = None, progress=None) -> float:
         """Match (unless resuming mid-epoch with the matching restored) then regress; returns mean loss."""
         if self.step_in_epoch == 0 or self.matched_noise is None:
-            noise, idx = self.match(self.epoch)
-            self.matched_noise = noise[idx]
-        perm = seeding.epoch_permutation(self.targets.shape[0], self.cfg.seed, self.stage, self.epoch)
+            self.matched_noise = self.matched_noise_for(self.epoch)
+        perm = seeding.epoch_permutation(self.total, self.cfg.seed, self.stage, self.epoch)
         fresh = self.precision_noise(self.epoch)
+        stop = self.start + self.targets.shape[0]
         total, count = 0.0, 0
         for batch in seeding.batches(perm, self.cfg.batch_size)[self.step_in_epoch :]:
-            loss = self.train_step(batch, None if fresh is None else fresh[self.step_in_epoch])
+            if self.world.distributed:
+                loss = self.train_step(global_batch_part(batch, self.start, stop), None, len(batch))
+            else:
+                loss = self.train_step(batch, None if fresh is None else fresh[self.step_in_epoch])
             total, count = total + loss, count + 1
             self.step_in_epoch += 1
             self.global_step += 1
@@ -204,7 +254,7 @@ class IMLETrainer:
 
     @property
     def steps_per_epoch(self) -> int:
-        return len(seeding.batches(torch.arange(self.targets.shape[0]), self.cfg.batch_size))
+        return len(seeding.batches(torch.arange(self.total), self.cfg.batch_size))
 
     def state_dict(self) -> dict[str, Any]:
         return {

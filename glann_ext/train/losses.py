@@ -28,11 +28,32 @@ class ReconstructionLoss(nn.Module):
     def from_config(cls, cfg: TrainConfig, ops: Ops) -> ReconstructionLoss:
         return cls(ops, cfg.l2_weight, cfg.vgg_weights, cfg.vgg_weight)
 
-    def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, target: torch.Tensor, normalizer: int | None = None) -> torch.Tensor:
+        """The loss of the batch; ``normalizer``: divide the per-sample sums by this many samples instead of
+        ``len(x)`` (a rank's part of a global batch: the parts then add up to the global batch's loss)."""
         x, target = x.float(), target.float()  # kernels run in fp32 even under autocast
-        loss = self.ops.lap_loss(x, target, reduction="mean")
+        if normalizer is None:
+            loss = self.ops.lap_loss(x, target, reduction="mean")
+            if self.l2_weight > 0:
+                loss = loss + self.l2_weight * F.mse_loss(x, target)
+            if self.vgg is not None:
+                loss = loss + self.vgg_weight * self.vgg(x, target)
+            return loss
+        if len(x) == 0:  # keeps the graph (and so DDP's gradient hooks) connected to the generator
+            return x.sum() * 0.0
+        per_image = x[0].numel()
+        loss = self.ops.lap_loss(x, target, reduction="sum") / (normalizer * per_image)
         if self.l2_weight > 0:
-            loss = loss + self.l2_weight * F.mse_loss(x, target)
+            loss = loss + self.l2_weight * F.mse_loss(x, target, reduction="sum") / (normalizer * per_image)
         if self.vgg is not None:
-            loss = loss + self.vgg_weight * self.vgg(x, target)
+            loss = loss + self.vgg_weight * self.vgg(x, target) * (len(x) / normalizer)
         return loss
+
+
+def mse_loss(x: torch.Tensor, target: torch.Tensor, normalizer: int | None = None) -> torch.Tensor:
+    """Mean squared error; with ``normalizer``, the sum over the batch divided by ``normalizer`` samples."""
+    if normalizer is None:
+        return F.mse_loss(x, target)
+    if len(x) == 0:
+        return x.sum() * 0.0
+    return F.mse_loss(x, target, reduction="sum") / (normalizer * x[0].numel())

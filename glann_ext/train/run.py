@@ -3,11 +3,16 @@
 Folder layout::
 
     config.json        the TrainConfig (the run is reproducible from it)
-    checkpoint.pt      latest training state (phase, trainers, optimizers incl. latent optimizer, RNG)
+    checkpoints/       latest training state: manifest.json + one step folder of per-rank files
+                       (phase, trainers, optimizers incl. the latent optimizer, RNG; see .checkpoint)
     model.pt           the finished model (GLANN.export) once training is done
     metrics.jsonl      one JSON line per epoch
     images/            reconstructions and sample grids written during training
     tb/                TensorBoard events, when tensorboard is installed
+
+Under torchrun (``WORLD_SIZE`` > 1) every process runs :class:`Run` on the same folder: each trains on its
+shard of the dataset and writes its shard of the checkpoint; rank 0 alone writes config, metrics, images
+and the model (see :mod:`.world` for why the result equals a single-process run).
 """
 
 from __future__ import annotations
@@ -20,17 +25,18 @@ from typing import Any, Callable
 
 import torch
 
-from glann_ext.data import load_images
+from glann_ext.data import load_image_shard
 from glann_ext.models import MLP, DCGANGenerator, start_size
 
 from . import checkpoint as ckpt
 from .backend import get_ops
 from .config import CONFIG_FILE, TrainConfig
-from .glann import GLANN
+from .glann import GLANN, fit_gaussian
 from .glo import GLOTrainer
 from .images import save_grid
 from .imle import IMLETrainer
 from .losses import ReconstructionLoss
+from .world import World, init_world, local_device
 
 MODEL_FILE = "model.pt"
 METRICS_FILE = "metrics.jsonl"
@@ -62,11 +68,17 @@ class Run:
         log: Callable[[str], None] = print,
     ):
         self.out = Path(out)
-        self.progress, self.user_hook, self.log = progress, on_step, log
+        self.progress, self.user_hook, self._log = progress, on_step, log
         self.cfg = self._resolve_config(cfg)
-        self.device = torch.device(self.cfg.device)
+        self.device = local_device(self.cfg.device)
         self.ops = get_ops(self.cfg.ops)
         self.tb = None
+        self.world = World()
+        self.total = 0
+
+    def log(self, msg: str) -> None:
+        if self.world.is_main:
+            self._log(msg)
 
     # -- configuration -------------------------------------------------------------------------------
     def _resolve_config(self, cfg: TrainConfig | None) -> TrainConfig:
@@ -93,19 +105,30 @@ class Run:
 
     # -- bookkeeping ---------------------------------------------------------------------------------
     def _save(self, phase: str, glo: GLOTrainer | None, imle: IMLETrainer | None) -> None:
-        ckpt.save_atomic(
-            {
+        """One checkpoint step (collective: every rank calls it at the same step)."""
+        rows = len(glo.codes) if glo is not None else len(imle.targets)
+        glo_rep, glo_rows = ckpt.split_state("glo", glo.state_dict() if glo else None, rows)
+        imle_rep, imle_rows = ckpt.split_state("imle", imle.state_dict() if imle else None, rows)
+        trainer = imle if phase == "imle" and imle is not None else glo
+        ckpt.save_step(
+            self.out,
+            self.world,
+            self.total,
+            lambda: {
                 "phase": phase,
-                "glo": glo.state_dict() if glo else None,
-                "imle": imle.state_dict() if imle else None,
+                "glo": glo_rep,
+                "imle": imle_rep,
                 "rng": ckpt.rng_state(),
                 "config": dataclasses.asdict(self.cfg),
                 "image_shape": self.image_shape,
             },
-            self.out / ckpt.CHECKPOINT_FILE,
+            {**glo_rows, **imle_rows},
+            {"phase": phase, "epoch": trainer.epoch, "global_step": trainer.global_step},
         )
 
     def _metrics(self, row: dict) -> None:
+        if not self.world.is_main:
+            return
         with open(self.out / METRICS_FILE, "a") as f:
             f.write(json.dumps(row) + "\n")
         if self.tb is not None:
@@ -130,7 +153,7 @@ class Run:
             with tqdm(
                 total=trainer.steps_per_epoch,
                 initial=start_step,
-                disable=not self.progress,
+                disable=not (self.progress and self.world.is_main),
                 desc=f"{name} {trainer.epoch + 1}/{epochs}",
                 unit="step",
                 dynamic_ncols=True,
@@ -157,24 +180,50 @@ class Run:
 
     # -- the stages ----------------------------------------------------------------------------------
     def load_images(self) -> torch.Tensor:
+        """This rank's shard of the training images (all of them for a single process)."""
         cfg = self.cfg
-        return load_images(
+        shard = load_image_shard(
             cfg.dataset,
+            self.world.rank,
+            self.world.size,
             image_size=cfg.image_size,
             channels=cfg.channels,
             data_root=cfg.data_root,
             limit=cfg.limit,
         )
+        self.start, self.total = shard.start, shard.total
+        return shard.images
 
     def train(self, stage: str = "all") -> GLANN:
-        """Run (or finish) ``stage``: "all" (GLO then IMLE), "glo" or "imle" (IMLE after a finished GLO)."""
+        """Run (or finish) ``stage``: "all" (GLO then IMLE), "glo" or "imle" (IMLE after a finished GLO).
+
+        Under torchrun this joins (or, when none exists yet, creates and at the end destroys) the
+        default process group; every rank must call it. On ranks other than 0 the returned model holds
+        only that rank's codes."""
         if stage not in ("all", "glo", "imle"):
             raise ValueError(f"stage must be 'all', 'glo' or 'imle', got {stage!r}")
+        import torch.distributed as dist
+
+        created = dist.is_available() and not dist.is_initialized()
+        self.world = init_world(self.device)
+        created = created and self.world.distributed
+        try:
+            return self._train(stage)
+        finally:
+            if created:
+                dist.destroy_process_group()
+
+    def _train(self, stage: str) -> GLANN:
         cfg = self.cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        self.world.check_same("the run configuration", dataclasses.asdict(cfg))
         images = self.load_images()  # first, so that bad data leaves no half-made run folder
         self.image_shape = tuple(images.shape[1:])
+        if self.total < 2 * self.world.size:
+            raise ValueError(
+                f"{cfg.dataset}: {self.total} images cannot be shared by {self.world.size} processes"
+            )
         try:
             start_size(images.shape[-1])
         except ValueError as exc:
@@ -182,20 +231,25 @@ class Run:
                 f"{cfg.dataset}: images of size {images.shape[-1]} are not supported ({exc}); "
                 f"set image_size (--image-size) to resize them"
             ) from exc
-        (self.out / "images").mkdir(parents=True, exist_ok=True)
-        if not (self.out / CONFIG_FILE).exists():
-            self.cfg.to_json(self.out / CONFIG_FILE)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
+        if self.world.is_main:
+            (self.out / "images").mkdir(parents=True, exist_ok=True)
+            if not (self.out / CONFIG_FILE).exists():
+                self.cfg.to_json(self.out / CONFIG_FILE)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(self.out / "tb"))
-        except ImportError:  # tensorboard is optional
-            self.tb = None
-        state = (
-            ckpt.load(self.out / ckpt.CHECKPOINT_FILE) if (self.out / ckpt.CHECKPOINT_FILE).exists() else None
-        )
+                self.tb = SummaryWriter(str(self.out / "tb"))
+            except ImportError:  # tensorboard is optional
+                self.tb = None
+        state = ckpt.load_step(self.out, self.world, self.total)
         if state is not None:
-            ckpt.set_rng_state(state["rng"])
+            main, rows = state
+            ckpt.set_rng_state(main["rng"])
+            state = {
+                "phase": main["phase"],
+                "glo": ckpt.join_state("glo", main["glo"], rows),
+                "imle": ckpt.join_state("imle", main["imle"], rows),
+            }
             self.log(f"resuming {self.out} from phase {state['phase']}")
         try:
             if cfg.imle_space == "pixel":
@@ -207,7 +261,7 @@ class Run:
 
     def _train_glann(self, images: torch.Tensor, state: dict | None, stage: str) -> GLANN:
         cfg = self.cfg
-        glo = GLOTrainer(images, cfg, self.ops, self.device)
+        glo = GLOTrainer(images, cfg, self.ops, self.device, self.world, self.start, self.total)
         phase = "glo"
         if state is not None:
             phase = state["phase"]
@@ -217,9 +271,12 @@ class Run:
                 f"{self.out}: --stage imle needs a finished GLO stage "
                 f"({glo.epoch}/{cfg.glo_epochs} epochs done); run --stage glo first"
             )
-        show = torch.arange(min(N_SHOW, len(images)))
+        show = torch.arange(min(N_SHOW, len(images)))  # rank 0's first rows: dataset indices 0, 1, ...
 
         def glo_images(epoch: int) -> None:
+            fit = fit_gaussian(glo.codes, self.world)  # collective
+            if not self.world.is_main:
+                return
             model = GLANN(glo.G, glo.codes, None, cfg, self.ops)
             save_grid(
                 torch.cat([images[show], model.reconstruct(show).cpu()]),
@@ -227,7 +284,7 @@ class Run:
                 nrow=len(show),
             )
             save_grid(
-                model.sample_gaussian(64, seed=0).cpu(),
+                model.sample_gaussian(64, seed=0, fit=fit).cpu(),
                 self.out / "images" / f"samples_gaussian_{epoch:03d}.png",
             )
             glo.G.train()
@@ -240,7 +297,9 @@ class Run:
             return model
         torch.manual_seed(cfg.seed + 1)  # T's initialisation: the same whether or not GLO was resumed
         T = MLP(cfg.noise_dim, cfg.latent_dim, cfg.mapping_hidden, cfg.mapping_layers, cfg.mapping_batch_norm)
-        imle = IMLETrainer(glo.codes, T, cfg, self.ops, self.device)
+        imle = IMLETrainer(
+            glo.codes, T, cfg, self.ops, self.device, world=self.world, start=self.start, total=self.total
+        )
         if state is not None and state["imle"] is not None:
             imle.load_state_dict(state["imle"])
         if phase == "glo":
@@ -248,7 +307,10 @@ class Run:
         model = GLANN(glo.G, glo.codes, T, cfg, self.ops)
 
         def imle_images(epoch: int) -> None:
-            save_grid(model.sample(64, seed=0).cpu(), self.out / "images" / f"samples_imle_{epoch:03d}.png")
+            if self.world.is_main:
+                save_grid(
+                    model.sample(64, seed=0).cpu(), self.out / "images" / f"samples_imle_{epoch:03d}.png"
+                )
 
         self._epochs(imle, cfg.imle_epochs, "IMLE", lambda: ("imle", glo, imle), imle_images)
         self._finish(model, images, show)
@@ -259,16 +321,26 @@ class Run:
         torch.manual_seed(cfg.seed)
         G = DCGANGenerator(cfg.noise_dim, images.shape[-1], images.shape[1], cfg.gen_width)
         imle = IMLETrainer(
-            images, G, cfg, self.ops, self.device, loss_fn=ReconstructionLoss.from_config(cfg, self.ops)
+            images,
+            G,
+            cfg,
+            self.ops,
+            self.device,
+            loss_fn=ReconstructionLoss.from_config(cfg, self.ops),
+            world=self.world,
+            start=self.start,
+            total=self.total,
         )
         if state is not None and state["imle"] is not None:
             imle.load_state_dict(state["imle"])
         model = GLANN(G, torch.zeros(0, cfg.noise_dim, device=self.device), None, cfg, self.ops)
 
         def imle_images(epoch: int) -> None:
-            save_grid(
-                model.sample(64, seed=0).cpu(), self.out / "images" / f"samples_pixel_imle_{epoch:03d}.png"
-            )
+            if self.world.is_main:
+                save_grid(
+                    model.sample(64, seed=0).cpu(),
+                    self.out / "images" / f"samples_pixel_imle_{epoch:03d}.png",
+                )
 
         self._epochs(imle, cfg.imle_epochs, "IMLE-pixel", lambda: ("imle", None, imle), imle_images)
         self._finish(model, images, None)
@@ -276,18 +348,24 @@ class Run:
 
     def _finish(self, model: GLANN, images: torch.Tensor, show: torch.Tensor | None) -> None:
         model.eval()
-        ckpt.save_atomic(model.export(), self.out / MODEL_FILE)
-        if self.cfg.sample_every:
-            if model.T is not None or self.cfg.imle_space == "pixel":
-                save_grid(model.sample(64, seed=0).cpu(), self.out / "samples.png")
-            else:
-                save_grid(model.sample_gaussian(64, seed=0).cpu(), self.out / "samples.png")
-            if show is not None:
-                save_grid(
-                    torch.cat([images[show], model.reconstruct(show).cpu()]),
-                    self.out / "reconstructions.png",
-                    nrow=len(show),
-                )
+        self.world.barrier()  # the last checkpoint step is complete on every rank
+        if self.world.is_main:
+            if self.world.distributed and model.codes.numel():  # the whole code table, from the shards
+                codes = ckpt.gather_rows(self.out, ["glo.codes"])["glo.codes"].to(model.device)
+                model = GLANN(model.G, codes, model.T, self.cfg, self.ops)
+            ckpt.save_atomic(model.export(), self.out / MODEL_FILE)
+            if self.cfg.sample_every:
+                if model.T is not None or self.cfg.imle_space == "pixel":
+                    save_grid(model.sample(64, seed=0).cpu(), self.out / "samples.png")
+                else:
+                    save_grid(model.sample_gaussian(64, seed=0).cpu(), self.out / "samples.png")
+                if show is not None:
+                    save_grid(
+                        torch.cat([images[show], model.reconstruct(show).cpu()]),
+                        self.out / "reconstructions.png",
+                        nrow=len(show),
+                    )
+        self.world.barrier()
         self.log(f"model written to {self.out / MODEL_FILE}")
 
 
@@ -301,26 +379,29 @@ def load_model(path: str | Path, ops: str | None = None, device: str = "cpu") ->
     path = Path(path)
     if path.is_dir():
         if (path / MODEL_FILE).exists():
-            path = path / MODEL_FILE
-        elif (path / ckpt.CHECKPOINT_FILE).exists():
-            path = path / ckpt.CHECKPOINT_FILE
-        else:
+            return GLANN.from_export(ckpt.load(path / MODEL_FILE), ops=ops, device=device)
+        if ckpt.read_manifest(path) is None:
             raise FileNotFoundError(
-                f"{path}: no {MODEL_FILE} or {ckpt.CHECKPOINT_FILE} (not a glann run folder?)"
+                f"{path}: no {MODEL_FILE} or {ckpt.CHECKPOINT_DIR}/{ckpt.MANIFEST_FILE} (not a glann run folder?)"
             )
+        return GLANN.from_export(_export_from_checkpoint(path), ops=ops, device=device)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such run folder or model file")
-    state = ckpt.load(path)
-    if "phase" in state:  # a training checkpoint: assemble the model from the trainer states
-        glo, imle = state["glo"], state["imle"]
-        if state["config"]["imle_space"] == "pixel":
-            if imle is None:
-                raise RuntimeError(f"{path}: checkpoint holds no IMLE state yet")
-            G, codes, T = imle["generator"], torch.zeros(0, state["config"]["noise_dim"]), None
-        else:
-            if glo is None:
-                raise RuntimeError(f"{path}: checkpoint holds no GLO stage yet")
-            G, codes = glo["G"], glo["codes"]
-            T = imle["generator"] if imle is not None and imle["epoch"] > 0 else None
-        state = {"cfg": state["config"], "image_shape": state["image_shape"], "G": G, "codes": codes, "T": T}
-    return GLANN.from_export(state, ops=ops, device=device)
+    return GLANN.from_export(ckpt.load(path), ops=ops, device=device)
+
+
+def _export_from_checkpoint(run: Path) -> dict[str, Any]:
+    """A :meth:`GLANN.export`-shaped dict assembled from the latest checkpoint of ``run`` (codes gathered
+    from every shard)."""
+    state = ckpt.latest_main(run)
+    glo, imle, cfg = state["glo"], state["imle"], state["config"]
+    if cfg["imle_space"] == "pixel":
+        if imle is None:
+            raise RuntimeError(f"{run}: checkpoint holds no IMLE state yet")
+        G, codes, T = imle["generator"], torch.zeros(0, cfg["noise_dim"]), None
+    else:
+        if glo is None:
+            raise RuntimeError(f"{run}: checkpoint holds no GLO stage yet")
+        G, codes = glo["G"], ckpt.gather_rows(run, ["glo.codes"])["glo.codes"]
+        T = imle["generator"] if imle is not None and imle["epoch"] > 0 else None
+    return {"cfg": cfg, "image_shape": state["image_shape"], "G": G, "codes": codes, "T": T}

@@ -8,10 +8,45 @@ import torch
 _STAGES = {"init": 1, "glo": 2, "imle": 3, "sample": 4, "invert": 5, "imle_precision": 6}
 
 
-def generator(seed: int, stage: str, epoch: int = 0, device: str | torch.device = "cpu") -> torch.Generator:
+# Rows per independently seeded block of a large random table (noise draws, random codes): any process
+# can draw any rows by drawing only the blocks that hold them, so sharded runs draw what one process draws.
+BLOCK_ROWS = 1 << 16
+
+
+def generator(
+    seed: int, stage: str, epoch: int = 0, device: str | torch.device = "cpu", block: int = 0
+) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(
-        (seed * 1_000_003 + _STAGES[stage] * 10_007 + epoch) % 2**63
+        (seed * 1_000_003 + _STAGES[stage] * 10_007 + epoch + block * 998_244_353) % 2**63
     )
+
+
+def normal_rows(
+    rows: torch.Tensor | range, total: int, dim: int, seed: int, stage: str, epoch: int = 0
+) -> torch.Tensor:
+    """Rows ``rows`` (indices into ``range(total)``) of a (total, dim) standard-normal table whose block
+    ``b`` (rows ``[b * BLOCK_ROWS, ...)``) is drawn from ``generator(seed, stage, epoch, block=b)``.
+    Only the blocks that hold the requested rows are drawn; the result is float32 (len(rows), dim)."""
+    if isinstance(rows, range):
+        if rows.step != 1:
+            raise ValueError("normal_rows: a range of rows must have step 1")
+        if len(rows) == 0:
+            return torch.zeros(0, dim)
+        blocks = range(rows.start // BLOCK_ROWS, (rows.stop - 1) // BLOCK_ROWS + 1)
+        table = torch.cat([_block(b, total, dim, seed, stage, epoch) for b in blocks])
+        return table[rows.start - blocks.start * BLOCK_ROWS : rows.stop - blocks.start * BLOCK_ROWS]
+    rows = rows.to(torch.int64).cpu()
+    out = torch.empty(len(rows), dim)
+    block_of = rows // BLOCK_ROWS
+    for b in block_of.unique().tolist():
+        sel = (block_of == b).nonzero().squeeze(1)
+        out[sel] = _block(b, total, dim, seed, stage, epoch)[rows[sel] - b * BLOCK_ROWS]
+    return out
+
+
+def _block(b: int, total: int, dim: int, seed: int, stage: str, epoch: int) -> torch.Tensor:
+    n = min(BLOCK_ROWS, total - b * BLOCK_ROWS)
+    return torch.randn(n, dim, generator=generator(seed, stage, epoch, block=b))
 
 
 def epoch_permutation(n: int, seed: int, stage: str, epoch: int) -> torch.Tensor:

@@ -1,0 +1,234 @@
+"""The process group a run trains in: one process, or a torch.distributed group (torchrun).
+
+A run with W processes shards the dataset (and so the GLO code table, its optimizer state and the IMLE
+targets) by dataset index into W contiguous blocks (:func:`glann_ext.data.shard_bounds`); the networks
+(G, and T) are replicated with ``DistributedDataParallel``. The training schedule does not depend on W:
+every epoch visits the same global batches as a single process would, and rank r trains on the members
+of each global batch that it owns. With :class:`GlobalBatchNorm` (BatchNorm statistics over the whole
+global batch) and losses normalised by the global batch size, W processes compute what one process
+computes, up to the order of floating-point sums.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from glann_ext.data import shard_bounds
+
+
+@dataclass(frozen=True)
+class World:
+    """Rank ``rank`` of ``size`` processes; ``size == 1`` (the default) makes every collective a no-op.
+
+    ``group`` carries the data-parallel gradient traffic (DDP) and the code-level collectives;
+    ``bn_group`` (a second group over the same ranks) carries the BatchNorm statistics, which run inside
+    the autograd graph and so must not interleave with DDP's bucketed all-reduces on one communicator.
+    """
+
+    rank: int = 0
+    size: int = 1
+    group: Any = None
+    bn_group: Any = None
+    backend: str = "none"
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def bounds(self, n: int, rank: int | None = None) -> tuple[int, int]:
+        """The dataset rows ``[start, stop)`` owned by ``rank`` (default: this rank)."""
+        return shard_bounds(n, self.size, self.rank if rank is None else rank)
+
+    def all_bounds(self, n: int) -> list[tuple[int, int]]:
+        return [shard_bounds(n, self.size, r) for r in range(self.size)]
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Element-wise sum of ``t`` over ranks (in place; returned)."""
+        if not self.distributed:
+            return t
+        if self.backend == "nccl" and t.device.type != "cuda":  # NCCL moves CUDA tensors only
+            tmp = t.cuda()
+            dist.all_reduce(tmp, group=self.group)
+            return t.copy_(tmp)
+        dist.all_reduce(t, group=self.group)
+        return t
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier(group=self.group)
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]
+
+    def check_same(self, what: str, value: Any) -> None:
+        """Raise on every rank if ``value`` differs between ranks (a mis-launched job)."""
+        if not self.distributed:
+            return
+        values: list[Any] = [None] * self.size
+        dist.all_gather_object(values, value, group=self.group)
+        if any(v != values[0] for v in values):
+            raise RuntimeError(f"{what} differs between ranks: {values}")
+
+
+def backend_for(device: torch.device) -> str:
+    """NCCL for CUDA devices, gloo for CPU."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def local_device(device: str) -> torch.device:
+    """``device``, with plain ``"cuda"`` under torchrun meaning this process's GPU (``LOCAL_RANK``)."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None and launched_by_torchrun():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return dev
+
+
+def init_world(device: torch.device, timeout_s: float = 1800.0) -> World:
+    """The :class:`World` of this process: an existing default process group, a new one when launched by
+    torchrun (``WORLD_SIZE`` > 1; backend from :func:`backend_for`), else a single process."""
+    if dist.is_available() and not dist.is_initialized() and launched_by_torchrun():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend_for(device), timeout=timedelta(seconds=timeout_s))
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return World()
+    backend = str(dist.get_backend())
+    if device.type == "cuda" and backend != "nccl" and "nccl" not in backend:
+        raise RuntimeError(f"device {device} needs the nccl backend, the process group uses {backend}")
+    return World(dist.get_rank(), dist.get_world_size(), None, dist.new_group(backend=backend), backend)
+
+
+def global_batch_part(batch: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """The members of a global ``batch`` of dataset indices that lie in ``[start, stop)``, in batch order,
+    as local row numbers (index - start)."""
+    mine = (batch >= start) & (batch < stop)
+    return batch[mine] - start
+
+
+# -- BatchNorm over the global batch ---------------------------------------------------------------------
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """y = sum over ranks of x; the gradient of every rank's x is the sum over ranks of y's gradients."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group: Any) -> torch.Tensor:
+        ctx.group = group
+        y = x.clone()
+        dist.all_reduce(y, group=group)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        g = grad.clone()
+        dist.all_reduce(g, group=ctx.group)
+        return g, None
+
+
+def sum_over_ranks(x: torch.Tensor, group: Any) -> torch.Tensor:
+    """Differentiable all-reduce (sum) of ``x`` over ``group``."""
+    return _SumOverRanks.apply(x, group)
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics are those of the global batch across the ranks of ``group``.
+
+    Same parameters, buffers and state_dict keys as ``nn.BatchNorm1d/2d``, and the same running-statistics
+    update (biased variance to normalise, unbiased into ``running_var``); eval mode is plain BatchNorm
+    with no communication. Works on CPU (gloo) and CUDA (NCCL), with any number of rows per rank,
+    including none. Unlike ``nn.SyncBatchNorm`` (CUDA only) it is a plain autograd graph around
+    ``torch.distributed.nn.functional.all_reduce``, so the backward all-reduce is exact by construction.
+    """
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, group: Any = None):
+        super().__init__(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
+        self.group = group
+        self.load_state_dict(bn.state_dict())
+        if bn.affine:
+            self.weight.requires_grad_(bn.weight.requires_grad)
+            self.bias.requires_grad_(bn.bias.requires_grad)
+        self.to(next(bn.buffers()).device)
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() not in (2, 3, 4, 5):
+            raise ValueError(f"GlobalBatchNorm: expected a 2-D to 5-D input, got {input.dim()}-D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        xf = x.float()
+        count = torch.tensor([x.numel() / max(x.shape[1], 1)], dtype=torch.float32, device=x.device)
+        stats = sum_over_ranks(torch.cat([xf.sum(dims), count]), self.group)
+        n = stats[-1]  # the trainers guarantee >= 2 rows per global batch
+        mean = stats[:-1] / n
+        centred = xf - mean.reshape(shape)
+        var = sum_over_ranks(centred.square().sum(dims), self.group) / n  # two passes: no cancellation
+        out = centred * torch.rsqrt(var + self.eps).reshape(shape)
+        if self.affine:
+            out = out * self.weight.reshape(shape) + self.bias.reshape(shape)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * (n / (n - 1)), alpha=m)
+        return out.to(x.dtype)
+
+
+def global_batchnorm(module: nn.Module, world: World) -> nn.Module:
+    """``module`` with every BatchNorm replaced by a :class:`GlobalBatchNorm` over ``world`` (in place for
+    children; returns the module). A no-op for a single process."""
+    if not world.distributed:
+        return module
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
+        return GlobalBatchNorm(module, world.bn_group)
+    for name, child in module.named_children():
+        setattr(module, name, global_batchnorm(child, world))
+    return module
+
+
+def data_parallel(module: nn.Module, world: World) -> nn.Module:
+    """``module`` for training steps: itself for one process, else wrapped in DDP (gradients averaged over
+    ranks; buffers are not broadcast, since GlobalBatchNorm keeps them equal on every rank)."""
+    if not world.distributed:
+        return module
+    device = next(module.parameters()).device
+    ddp = nn.parallel.DistributedDataParallel
+    # torch >= 2.13 renames broadcast_buffers; syncing at init is harmless (replicas start equal)
+    no_sync = (
+        {"forward_sync_buffers": False}
+        if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
+        else {"broadcast_buffers": False}
+    )
+    return ddp(
+        module,
+        device_ids=[device] if device.type == "cuda" else None,
+        process_group=world.group,
+        **no_sync,
+    )

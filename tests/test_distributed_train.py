@@ -1,0 +1,346 @@
+"""GLANN training on a 2-process gloo group: equal to one process, exact resume, resharding, bad set-ups.
+
+One spawned group (spawning is the slow part) runs every 2-process scenario; the single-process runs and
+the checks run in the test process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from glann_testing import blob_images, child_kwargs, tensors_equal, tiny_config
+
+from glann_ext.train import checkpoint as ckpt
+from glann_ext.train import train
+from glann_ext.train.world import GlobalBatchNorm, World, global_batchnorm
+
+WORLD = 2
+# Codes and weights of a 2-process run against a 1-process run after a few epochs are equal up to float
+# summation order (BatchNorm statistics, the gradient all-reduce), amplified by Adam, whose first steps
+# move a parameter by ~lr whatever the size of its gradient: a BatchNorm bias with a near-zero gradient
+# drifts by ~1e-3 between two *single*-process runs that differ only in their thread count. So the bound
+# for each tensor is max(ATOL, SLACK x that 1-thread vs 2-thread difference), measured in the same test.
+ATOL = 2e-4
+SLACK = 4.0
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _interrupt_at(stage: str, step: int):
+    def hook(trainer, info):
+        if info["stage"] == stage and info["step"] == step:
+            raise Interrupt
+
+    return hook
+
+
+def _configs(data: str) -> dict:
+    base = {
+        "dataset": data,
+        "limit": 90,
+        "glo_epochs": 3,
+        "imle_epochs": 3,
+        "batch_size": 16,
+        "ckpt_every": 2,
+    }
+    return {
+        "glann": tiny_config(**base),
+        "random-init-sgd": tiny_config(
+            **{**base, "init": "random", "latent_optimizer": "sgd", "glo_epochs": 2, "imle_epochs": 1}
+        ),
+        "pixel": tiny_config(**{**base, "imle_space": "pixel", "imle_epochs": 2}),
+        "unique": tiny_config(**{**base, "imle_match": "unique"}),
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _quiet(msg: str) -> None:
+    pass
+
+
+def _worker(rank: int, port: int, data: str, root: str, out: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+    cfgs, root = _configs(data), Path(root)
+    try:
+        for name in ("glann", "random-init-sgd", "pixel"):
+            train(cfgs[name], root / f"{name}-2", progress=False, log=_quiet)
+        # interrupted mid-GLO and mid-IMLE (after the step's checkpoint), resumed in the same group
+        broken = root / "glann-2-broken"
+        for stage, step in (("glo", 9), ("imle", 5)):
+            try:
+                train(cfgs["glann"], broken, progress=False, on_step=_interrupt_at(stage, step), log=_quiet)
+            except Interrupt:
+                out[("interrupted", stage, rank)] = ckpt.read_manifest(broken)["global_step"]
+        train(None, broken, progress=False, log=_quiet)
+        try:
+            train(cfgs["unique"], root / "unique-2", progress=False, log=_quiet)
+        except ValueError as exc:
+            out[("unique", rank)] = str(exc)
+        # GlobalBatchNorm on uneven parts (one of them empty) equals BatchNorm on the whole batch
+        world = World(rank, WORLD, None, dist.new_group(backend="gloo"), "gloo")
+        torch.manual_seed(0)
+        x = torch.randn(7, 3, 4, 4, requires_grad=True)
+        bn = torch.nn.BatchNorm2d(3, affine=True)
+        with torch.no_grad():
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-1, 1)
+        gbn = global_batchnorm(torch.nn.Sequential(bn), world)[0]
+        part = x[:7] if rank == 0 else x[:0]
+        y = gbn(part)
+        (y * torch.arange(y.numel()).reshape(y.shape).sin()).sum().backward()
+        out[("bn", rank)] = (y.detach(), x.grad.clone(), gbn.weight.grad.clone(), gbn.running_var.clone())
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("data") / "blobs.npy"
+    np.save(path, blob_images(96, 28))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data_file) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("dist")
+    out = mp.Manager().dict()
+    mp.spawn(_worker, args=(_free_port(), data_file, str(root), out), nprocs=WORLD, join=True)
+    for name, cfg in _configs(data_file).items():
+        if name != "unique":
+            train(cfg, root / f"{name}-1", progress=False, log=_quiet)
+            train(dataclasses.replace(cfg, threads=2), root / f"{name}-1t2", progress=False, log=_quiet)
+    return root, dict(out)
+
+
+def _flat(model: dict) -> dict[str, torch.Tensor]:
+    out = {"codes": model["codes"]}
+    for net in ("G", "T"):
+        out.update({f"{net}.{k}": v for k, v in (model[net] or {}).items()})
+    return out
+
+
+def _assert_close_states(one: dict, two: dict, noise: dict | None = None) -> None:
+    """``two`` equals ``one`` within max(ATOL, SLACK x |noise - one|) per tensor (see ATOL)."""
+    a, b = _flat(one), _flat(two)
+    c = _flat(noise) if noise is not None else a
+    assert a.keys() == b.keys()
+    for k, t in a.items():
+        if not t.is_floating_point():
+            assert torch.equal(b[k], t), k
+            continue
+        bound = max(ATOL, SLACK * (c[k] - t).abs().max().item()) if t.numel() else ATOL
+        diff = (b[k] - t).abs().max().item() if t.numel() else 0.0
+        assert diff <= bound, f"{k}: differs by {diff:.3g} > {bound:.3g}"
+
+
+@pytest.mark.parametrize("name", ["glann", "random-init-sgd", "pixel"])
+def test_two_processes_train_what_one_process_trains(runs, name):
+    root, _ = runs
+    one, two = ckpt.load(root / f"{name}-1" / "model.pt"), ckpt.load(root / f"{name}-2" / "model.pt")
+    _assert_close_states(one, two, ckpt.load(root / f"{name}-1t2" / "model.pt"))
+    m1 = [json.loads(line) for line in (root / f"{name}-1" / "metrics.jsonl").read_text().splitlines()]
+    m2 = [json.loads(line) for line in (root / f"{name}-2" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in m1] == [r["step"] for r in m2]
+    np.testing.assert_allclose([r["loss"] for r in m2], [r["loss"] for r in m1], rtol=1e-4)
+
+
+def test_each_rank_wrote_its_shard_and_the_manifest_ties_them(runs):
+    root, _ = runs
+    manifest = ckpt.read_manifest(root / "glann-2")
+    assert manifest["world_size"] == 2 and manifest["bounds"] == [[0, 45], [45, 90]]
+    step = ckpt.checkpoint_dir(root / "glann-2") / manifest["step_dir"]
+    assert sorted(p.name for p in step.iterdir()) == ["main.pt", *manifest["shards"]]
+    shard = ckpt.load(step / manifest["shards"][1])
+    assert shard["rows"]["glo.codes"].shape == (45, 16) and shard["rows"]["glo.opt_z.exp_avg"].shape == (
+        45,
+        16,
+    )
+    assert ckpt.load(step / "main.pt")["glo"]["codes"] == {"__rows__": ""}  # no row lives in main.pt
+    assert len(list(ckpt.checkpoint_dir(root / "glann-2").glob("step-*"))) == 1  # older steps deleted
+
+
+def test_interrupted_two_process_run_resumes_bit_identically(runs):
+    root, out = runs
+    assert out[("interrupted", "glo", 0)] == out[("interrupted", "glo", 1)] == 8
+    assert out[("interrupted", "imle", 0)] == 4
+    a, b = ckpt.load_latest(root / "glann-2"), ckpt.load_latest(root / "glann-2-broken")
+    assert tensors_equal(a["glo"], b["glo"]) and tensors_equal(a["imle"], b["imle"])
+    assert tensors_equal(
+        ckpt.load(root / "glann-2" / "model.pt"), ckpt.load(root / "glann-2-broken" / "model.pt")
+    )
+
+
+def test_single_process_only_imle_options_are_refused_clearly(runs):
+    _, out = runs
+    for rank in range(WORLD):
+        assert "imle_match='unique'" in out[("unique", rank)] and "2 processes" in out[("unique", rank)]
+
+
+def test_global_batchnorm_equals_batchnorm_on_the_whole_batch(runs):
+    _, out = runs
+    torch.manual_seed(0)
+    x = torch.randn(7, 3, 4, 4, requires_grad=True)
+    bn = torch.nn.BatchNorm2d(3, affine=True)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-1, 1)
+    y = bn(x)
+    (y * torch.arange(y.numel()).reshape(y.shape).sin()).sum().backward()
+    y0, gx0, gw0, rv0 = out[("bn", 0)]
+    _, gx1, gw1, rv1 = out[("bn", 1)]
+    torch.testing.assert_close(y0, y.detach(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(gx0, x.grad, atol=1e-5, rtol=0)
+    assert gx1.abs().sum() == 0  # rank 1 held no rows
+    torch.testing.assert_close(gw0 + gw1, bn.weight.grad, atol=1e-5, rtol=0)  # DDP would sum/average these
+    torch.testing.assert_close(rv0, bn.running_var) and torch.testing.assert_close(rv1, bn.running_var)
+    assert isinstance(global_batchnorm(torch.nn.BatchNorm1d(2), World()), torch.nn.BatchNorm1d)
+    assert GlobalBatchNorm.__mro__[1] is torch.nn.modules.batchnorm._BatchNorm
+
+
+def test_resume_with_another_world_size_needs_reshard_and_loses_nothing(runs, tmp_path, data_file):
+    root, _ = runs
+    run = tmp_path / "run"
+    shutil.copytree(root / "glann-2-broken", run)
+    (run / "model.pt").unlink()
+    before = ckpt.read_manifest(run)
+    with pytest.raises(ckpt.CheckpointError, match=r"written by 2 process\(es\).*glann reshard --run"):
+        train(None, run, progress=False, log=_quiet)
+    assert ckpt.read_manifest(run) == before  # nothing written
+
+    # reshard to 1 (and back and forth: row contents survive), then a 1-process resume finishes the run
+    ckpt.reshard(run, 3, log=_quiet)
+    assert ckpt.read_manifest(run)["bounds"] == [[0, 30], [30, 60], [60, 90]]
+    ckpt.reshard(run, 1, log=_quiet)
+    a, b = ckpt.load_latest(root / "glann-2-broken"), ckpt.load_latest(run)
+    assert tensors_equal(a["glo"], b["glo"]) and tensors_equal(a["imle"], b["imle"])
+    assert len(list(ckpt.checkpoint_dir(run).glob("step-*"))) == 1
+
+
+def test_resharded_run_continues_under_one_process(runs, tmp_path):
+    """The 2-process run interrupted mid-IMLE, resharded to 1 and finished by one process, ends where the
+    uninterrupted 2-process run ends (the schedule does not depend on the number of processes)."""
+    root, _ = runs
+    run = tmp_path / "run"
+    shutil.copytree(root / "glann-2-broken", run)
+    (run / "model.pt").unlink()
+    ckpt.reshard(run, 1, log=_quiet)
+    model = train(None, run, progress=False, log=_quiet)
+    assert model.codes.shape == (90, 16)
+    _assert_close_states(
+        ckpt.load(root / "glann-2" / "model.pt"),
+        ckpt.load(run / "model.pt"),
+        ckpt.load(root / "glann-1t2" / "model.pt"),
+    )
+
+
+def test_missing_shard_file_is_named(runs, tmp_path):
+    root, _ = runs
+    run = tmp_path / "run"
+    shutil.copytree(root / "glann-2", run)
+    manifest = ckpt.read_manifest(run)
+    victim = ckpt.checkpoint_dir(run) / manifest["step_dir"] / manifest["shards"][1]
+    victim.unlink()
+    with pytest.raises(ckpt.CheckpointError, match=r"shard-00001-of-00002.pt: missing"):
+        ckpt.reshard(run, 1, log=_quiet)
+    with pytest.raises(ckpt.CheckpointError, match=r"shard-00001-of-00002.pt: missing"):
+        ckpt.gather_rows(run)
+    assert ckpt.read_manifest(run) == manifest
+    with pytest.raises(ValueError, match="world_size must be >= 1"):
+        ckpt.reshard(run, 0)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (torchrun starts its workers in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _torchrun(args: list[str], cwd: Path, **kw) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    return subprocess.Popen(
+        [*cmd, "-m", "glann_ext.cli", "train", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **child_kwargs(cwd, OMP_NUM_THREADS="1"),
+        **kw,
+    )
+
+
+def test_torchrun_cli_killed_with_sigkill_resumes_to_the_same_model(runs, tmp_path, data_file):
+    """`glann train` under torchrun, SIGKILLed (every process) mid-run, rerun: the same model as the
+    uninterrupted 2-process run of the same config."""
+    root, _ = runs
+    args = ["--dataset", data_file, "--preset", "tiny", "--limit", "90", "--glo-epochs", "3",
+            "--imle-epochs", "3", "--batch-size", "16", "--ckpt-every", "1", "--ops", "fused",
+            "--threads", "1", "--sample-every", "0", "--no-progress"]  # fmt: skip
+    killed = tmp_path / "killed"
+    proc = _torchrun([*args, "--out", str(killed)], tmp_path)
+    metrics = killed / "metrics.jsonl"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 1:
+            break
+        time.sleep(0.02)
+    for pid in [*_descendants(proc.pid), proc.pid]:  # every process of the job, at once
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    log = proc.communicate()[0]
+    assert not (killed / "model.pt").exists(), f"finished before the kill:\n{log}"
+    assert ckpt.read_manifest(killed)["world_size"] == 2
+    proc = _torchrun([*args, "--out", str(killed)], tmp_path)
+    log = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, log
+    straight, resumed = ckpt.load(root / "glann-2" / "model.pt"), ckpt.load(killed / "model.pt")
+    for key in ("G", "codes", "T"):  # (the configs differ in ckpt_every only)
+        assert tensors_equal(straight[key], resumed[key]), key
+
+
+def test_reshard_command(runs, tmp_path, capsys):
+    from glann_ext.cli import main
+
+    root, _ = runs
+    run = tmp_path / "run"
+    shutil.copytree(root / "glann-2", run)
+    assert main(["reshard", "--run", str(run), "--world-size", "4"]) == 0
+    assert ckpt.read_manifest(run)["world_size"] == 4
+    assert main(["reshard", "--run", str(run), "--world-size", "0"]) == 2
+    assert main(["reshard", "--run", str(tmp_path / "nope"), "--world-size", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--world-size must be >= 1, got 0" in err and "no such run folder" in err
