@@ -79,7 +79,8 @@ class GLOTrainer:
         """One joint update of G and of the codes ``idx`` (rows of this rank's shard); returns the loss.
 
         ``batch_size``: the global batch's size when ``idx`` is this rank's part of it (sharded runs); the
-        returned loss is then that of the whole global batch.
+        returned loss is then this rank's share (the shares of all ranks add up to the batch's loss; they
+        are summed once per epoch, not per step, to save a collective per step).
         """
         target = self.images[idx].to(self.device, non_blocking=True)
         idx = idx.to(self.device)
@@ -100,14 +101,13 @@ class GLOTrainer:
         self.opt_g.step()
         grad = z.grad if not self.world.distributed else z.grad / self.world.size
         self.opt_z.step(idx, grad)
-        if self.world.distributed:
-            return self.world.sum(loss.detach().reshape(1)).item()
         return loss.item()
 
     def run_epoch(self, on_step: StepHook | None = None, progress=None) -> float:
         """Train from the current position to the end of the epoch; returns the mean loss of the steps run.
 
-        ``on_step(trainer, info)`` runs after every step (checkpointing, logging, test interruptions).
+        ``on_step(trainer, info)`` runs after every step (checkpointing, logging, test interruptions);
+        in a sharded run ``info["loss"]`` and the progress bar show this rank's share of the step's loss.
         """
         perm = seeding.epoch_permutation(self.total, self.cfg.seed, self.stage, self.epoch)
         all_batches = seeding.batches(perm, self.cfg.batch_size)
@@ -128,6 +128,8 @@ class GLOTrainer:
                 on_step(
                     self, {"stage": self.stage, "epoch": self.epoch, "step": self.global_step, "loss": loss}
                 )
+        if self.world.distributed:  # the ranks' shares add up to the global batches' losses
+            total = self.world.sum(torch.tensor([total], dtype=torch.float64)).item()
         self.epoch += 1
         self.step_in_epoch = 0
         return total / max(count, 1)

@@ -194,7 +194,8 @@ class IMLETrainer:
     ) -> float:
         """One regression step on the matched noise of ``batch`` (rows of this rank's targets), plus the
         precision term on ``fresh`` noise; returns the total loss (IMLE term + weighted precision term).
-        ``batch_size``: the global batch's size when ``batch`` is this rank's part of it."""
+        ``batch_size``: the global batch's size when ``batch`` is this rank's part of it (the loss returned is
+        then this rank's share, see :meth:`GLOTrainer.train_step`)."""
         self.generator.train()
         noise = self.matched_noise[batch].to(self.device)
         if fresh is not None:  # one forward pass for both, so BatchNorm sees one batch
@@ -220,8 +221,6 @@ class IMLETrainer:
         # sharded: each rank differentiates world * its share (see GLOTrainer.train_step)
         (loss * self.world.size if self.world.distributed else loss).backward()
         self.opt.step()
-        if self.world.distributed:
-            return self.world.sum(loss.detach().reshape(1)).item()
         return loss.item()
 
     def run_epoch(self, on_step: StepHook | None = None, progress=None) -> float:
@@ -247,6 +246,8 @@ class IMLETrainer:
                 on_step(
                     self, {"stage": self.stage, "epoch": self.epoch, "step": self.global_step, "loss": loss}
                 )
+        if self.world.distributed:  # the ranks' shares add up to the global batches' losses
+            total = self.world.sum(torch.tensor([total], dtype=torch.float64)).item()
         self.epoch += 1
         self.step_in_epoch = 0
         self.matched_noise = None

@@ -130,26 +130,42 @@ def global_batch_part(batch: torch.Tensor, start: int, stop: int) -> torch.Tenso
 # -- BatchNorm over the global batch ---------------------------------------------------------------------
 
 
-class _SumOverRanks(torch.autograd.Function):
-    """y = sum over ranks of x; the gradient of every rank's x is the sum over ranks of y's gradients."""
+class _GlobalMoments(torch.autograd.Function):
+    """(mean, biased variance) per channel of ``x`` over every rank's rows: one all-gather of each rank's
+    (count, mean, M2) combined with Chan et al.'s pairwise formula (exact and stable, no E[x^2] - E[x]^2
+    cancellation); the backward is one all-reduce of the upstream gradients (every rank's outputs feed
+    every rank's loss)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, group: Any) -> torch.Tensor:
-        ctx.group = group
-        y = x.clone()
-        dist.all_reduce(y, group=group)
-        return y
+    def forward(ctx, x: torch.Tensor, dims: list[int], group: Any, world_size: int):
+        c = x.shape[1]
+        n_local = x.numel() // max(c, 1)
+        mean_local = x.mean(dims) if n_local else x.new_zeros(c)
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        m2_local = (x - mean_local.reshape(shape)).square().sum(dims) if n_local else x.new_zeros(c)
+        local = torch.cat([x.new_tensor([float(n_local)]), mean_local, m2_local])
+        parts = [torch.empty_like(local) for _ in range(world_size)]
+        dist.all_gather(parts, local, group=group)
+        table = torch.stack(parts)
+        counts, means, m2s = table[:, :1], table[:, 1 : c + 1], table[:, c + 1 :]
+        n = counts.sum()
+        mean = (counts * means).sum(0) / n
+        var = (m2s.sum(0) + (counts * (means - mean).square()).sum(0)) / n
+        ctx.save_for_backward(x, mean)
+        ctx.n, ctx.group, ctx.shape = n, group, shape
+        return mean, var, n
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        g = grad.clone()
+    def backward(ctx, g_mean: torch.Tensor | None, g_var: torch.Tensor | None, _g_n):
+        x, mean = ctx.saved_tensors
+        g_mean = torch.zeros_like(mean) if g_mean is None else g_mean
+        g_var = torch.zeros_like(mean) if g_var is None else g_var
+        g = torch.cat([g_mean, g_var]).contiguous()
         dist.all_reduce(g, group=ctx.group)
-        return g, None
-
-
-def sum_over_ranks(x: torch.Tensor, group: Any) -> torch.Tensor:
-    """Differentiable all-reduce (sum) of ``x`` over ``group``."""
-    return _SumOverRanks.apply(x, group)
+        c = mean.numel()
+        g_mean, g_var = g[:c].reshape(ctx.shape), g[c:].reshape(ctx.shape)
+        dx = (g_mean + 2.0 * g_var * (x - mean.reshape(ctx.shape))) / ctx.n
+        return dx, None, None, None
 
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -183,13 +199,8 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
         xf = x.float()
-        count = torch.tensor([x.numel() / max(x.shape[1], 1)], dtype=torch.float32, device=x.device)
-        stats = sum_over_ranks(torch.cat([xf.sum(dims), count]), self.group)
-        n = stats[-1]  # the trainers guarantee >= 2 rows per global batch
-        mean = stats[:-1] / n
-        centred = xf - mean.reshape(shape)
-        var = sum_over_ranks(centred.square().sum(dims), self.group) / n  # two passes: no cancellation
-        out = centred * torch.rsqrt(var + self.eps).reshape(shape)
+        mean, var, n = _GlobalMoments.apply(xf, dims, self.group, dist.get_world_size(self.group))
+        out = (xf - mean.reshape(shape)) * torch.rsqrt(var + self.eps).reshape(shape)
         if self.affine:
             out = out * self.weight.reshape(shape) + self.bias.reshape(shape)
         if self.track_running_stats:
