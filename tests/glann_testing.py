@@ -37,6 +37,29 @@ def blob_images(n: int = 64, size: int = 28, channels: int = 1, seed: int = 0) -
     return np.repeat(arr[..., None], 3, -1) if channels == 3 else arr
 
 
+class Interrupt(Exception):
+    """Raised by :func:`interrupt_at` hooks: a training run killed at a chosen step."""
+
+
+def interrupt_at(stage: str, step: int):
+    """An ``on_step`` hook that raises :class:`Interrupt` after global step ``step`` of ``stage``."""
+
+    def hook(trainer, info):
+        if info["stage"] == stage and info["step"] == step:
+            raise Interrupt
+
+    return hook
+
+
+def free_port() -> int:
+    """A free TCP port on localhost (for a test's process group)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def tiny_config(**overrides):
     """A seconds-long config on in-test data (set ``dataset`` to a file the test wrote)."""
     from glann_ext.train.config import preset

@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from glann_testing import free_port
 
 import glann_ext
 from glann_ext.distributed import nn_argmin as dist_nn_argmin
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _make_case(case: str):
@@ -61,7 +55,7 @@ def _worker(rank: int, world: int, port: int, out: dict) -> None:
 def two_rank_results() -> dict:
     """One 2-process gloo group (spawning is the slow part) answers every case."""
     out = mp.Manager().dict()
-    mp.spawn(_worker, args=(WORLD, _free_port(), out), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(WORLD, free_port(), out), nprocs=WORLD, join=True)
     return dict(out)
 
 

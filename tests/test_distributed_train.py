@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,11 +21,19 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from glann_testing import blob_images, child_kwargs, tensors_equal, tiny_config
+from glann_testing import (
+    Interrupt,
+    blob_images,
+    child_kwargs,
+    free_port,
+    interrupt_at,
+    tensors_equal,
+    tiny_config,
+)
 
 from glann_ext.train import checkpoint as ckpt
 from glann_ext.train import train
-from glann_ext.train.world import GlobalBatchNorm, World, global_batchnorm
+from glann_ext.train.world import World, global_batchnorm
 
 WORLD = 2
 # Codes and weights of a 2-process run against a 1-process run after a few epochs are equal up to float
@@ -36,18 +43,6 @@ WORLD = 2
 # for each tensor is max(ATOL, SLACK x that 1-thread vs 2-thread difference), measured in the same test.
 ATOL = 2e-4
 SLACK = 4.0
-
-
-class Interrupt(Exception):
-    pass
-
-
-def _interrupt_at(stage: str, step: int):
-    def hook(trainer, info):
-        if info["stage"] == stage and info["step"] == step:
-            raise Interrupt
-
-    return hook
 
 
 def _configs(data: str) -> dict:
@@ -69,14 +64,28 @@ def _configs(data: str) -> dict:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _quiet(msg: str) -> None:
     pass
+
+
+BN_SPLITS = [(7, 0), (4, 3)]  # rows of a batch of 7 on ranks 0 and 1
+
+
+def _bn_case() -> tuple[torch.Tensor, torch.nn.BatchNorm2d]:
+    torch.manual_seed(0)
+    x = torch.randn(7, 3, 4, 4, requires_grad=True) * 3 + 5  # a mean far from 0: no cancellation either
+    x.retain_grad()
+    bn = torch.nn.BatchNorm2d(3, affine=True)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-1, 1)
+    return x, bn
+
+
+def _bn_objective(y: torch.Tensor, first_row: int, shape) -> torch.Tensor:
+    """A fixed, non-symmetric function of the outputs (rows numbered globally)."""
+    weights = torch.arange(torch.Size(shape).numel(), dtype=torch.float32).reshape(shape).sin()
+    return (y * weights[first_row : first_row + len(y)]).sum()
 
 
 def _worker(rank: int, port: int, data: str, root: str, out: dict) -> None:
@@ -91,7 +100,7 @@ def _worker(rank: int, port: int, data: str, root: str, out: dict) -> None:
         broken = root / "glann-2-broken"
         for stage, step in (("glo", 9), ("imle", 5)):
             try:
-                train(cfgs["glann"], broken, progress=False, on_step=_interrupt_at(stage, step), log=_quiet)
+                train(cfgs["glann"], broken, progress=False, on_step=interrupt_at(stage, step), log=_quiet)
             except Interrupt:
                 out[("interrupted", stage, rank)] = ckpt.read_manifest(broken)["global_step"]
         train(None, broken, progress=False, log=_quiet)
@@ -101,17 +110,18 @@ def _worker(rank: int, port: int, data: str, root: str, out: dict) -> None:
             out[("unique", rank)] = str(exc)
         # GlobalBatchNorm on uneven parts (one of them empty) equals BatchNorm on the whole batch
         world = World(rank, WORLD, None, dist.new_group(backend="gloo"), "gloo")
-        torch.manual_seed(0)
-        x = torch.randn(7, 3, 4, 4, requires_grad=True)
-        bn = torch.nn.BatchNorm2d(3, affine=True)
-        with torch.no_grad():
-            bn.weight.uniform_(0.5, 1.5)
-            bn.bias.uniform_(-1, 1)
-        gbn = global_batchnorm(torch.nn.Sequential(bn), world)[0]
-        part = x[:7] if rank == 0 else x[:0]
-        y = gbn(part)
-        (y * torch.arange(y.numel()).reshape(y.shape).sin()).sum().backward()
-        out[("bn", rank)] = (y.detach(), x.grad.clone(), gbn.weight.grad.clone(), gbn.running_var.clone())
+        for split in BN_SPLITS:
+            x, bn = _bn_case()
+            gbn = global_batchnorm(torch.nn.Sequential(bn), world)[0]
+            lo = sum(split[:rank])
+            y = gbn(x[lo : lo + split[rank]])
+            _bn_objective(y, lo, x.shape).backward()
+            out[("bn", split, rank)] = (
+                y.detach(),
+                x.grad.clone(),
+                gbn.weight.grad.clone(),
+                gbn.running_var.clone(),
+            )
     finally:
         dist.destroy_process_group()
 
@@ -127,7 +137,7 @@ def data_file(tmp_path_factory) -> str:
 def runs(tmp_path_factory, data_file) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("dist")
     out = mp.Manager().dict()
-    mp.spawn(_worker, args=(_free_port(), data_file, str(root), out), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), data_file, str(root), out), nprocs=WORLD, join=True)
     for name, cfg in _configs(data_file).items():
         if name != "unique":
             train(cfg, root / f"{name}-1", progress=False, log=_quiet)
@@ -199,25 +209,19 @@ def test_single_process_only_imle_options_are_refused_clearly(runs):
         assert "imle_match='unique'" in out[("unique", rank)] and "2 processes" in out[("unique", rank)]
 
 
-def test_global_batchnorm_equals_batchnorm_on_the_whole_batch(runs):
+@pytest.mark.parametrize("split", BN_SPLITS)
+def test_global_batchnorm_equals_batchnorm_on_the_whole_batch(runs, split):
     _, out = runs
-    torch.manual_seed(0)
-    x = torch.randn(7, 3, 4, 4, requires_grad=True)
-    bn = torch.nn.BatchNorm2d(3, affine=True)
-    with torch.no_grad():
-        bn.weight.uniform_(0.5, 1.5)
-        bn.bias.uniform_(-1, 1)
+    x, bn = _bn_case()
     y = bn(x)
-    (y * torch.arange(y.numel()).reshape(y.shape).sin()).sum().backward()
-    y0, gx0, gw0, rv0 = out[("bn", 0)]
-    _, gx1, gw1, rv1 = out[("bn", 1)]
-    torch.testing.assert_close(y0, y.detach(), atol=1e-5, rtol=0)
-    torch.testing.assert_close(gx0, x.grad, atol=1e-5, rtol=0)
-    assert gx1.abs().sum() == 0  # rank 1 held no rows
-    torch.testing.assert_close(gw0 + gw1, bn.weight.grad, atol=1e-5, rtol=0)  # DDP would sum/average these
-    torch.testing.assert_close(rv0, bn.running_var) and torch.testing.assert_close(rv1, bn.running_var)
+    _bn_objective(y, 0, x.shape).backward()
+    parts = [out[("bn", split, r)] for r in range(WORLD)]
+    torch.testing.assert_close(torch.cat([p[0] for p in parts]), y.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sum(p[1] for p in parts), x.grad, atol=1e-5, rtol=1e-5)  # rows disjoint
+    torch.testing.assert_close(sum(p[2] for p in parts), bn.weight.grad, atol=1e-5, rtol=1e-5)  # DDP sums
+    for p in parts:
+        torch.testing.assert_close(p[3], bn.running_var)
     assert isinstance(global_batchnorm(torch.nn.BatchNorm1d(2), World()), torch.nn.BatchNorm1d)
-    assert GlobalBatchNorm.__mro__[1] is torch.nn.modules.batchnorm._BatchNorm
 
 
 def test_resume_with_another_world_size_needs_reshard_and_loses_nothing(runs, tmp_path, data_file):

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from glann_testing import OPS, blob_images, tensors_equal, tiny_config
+from glann_testing import OPS, Interrupt, blob_images, interrupt_at, tensors_equal, tiny_config
 
 from glann_ext.data import mode_coverage, sample_toy
 from glann_ext.models import MLP
@@ -188,18 +188,6 @@ def test_run_folder_contents_and_reload(trained_run):
     assert torch.equal(again.sample(6, seed=4), model.sample(6, seed=4))
 
 
-class Interrupt(Exception):
-    pass
-
-
-def _interrupt_at(stage: str, step: int):
-    def hook(trainer, info):
-        if info["stage"] == stage and info["step"] == step:
-            raise Interrupt
-
-    return hook
-
-
 IMLE_OPTIONS = {"imle_match": "unique", "imle_lr_schedule": "cosine", "imle_precision_weight": 0.5}
 
 
@@ -212,10 +200,10 @@ def test_resume_after_interruptions_is_bit_identical(tmp_path, blob_file, option
     broken = tmp_path / "broken"
     # 3 steps per epoch: GLO dies at step 5 (mid-epoch, checkpoint at 4), IMLE at step 5 (checkpoint at 4).
     with pytest.raises(Interrupt):
-        train(tiny_config(**cfg), broken, progress=False, on_step=_interrupt_at("glo", 5), log=lambda s: None)
+        train(tiny_config(**cfg), broken, progress=False, on_step=interrupt_at("glo", 5), log=lambda s: None)
     assert ckpt.load_latest(broken)["glo"]["global_step"] == 4
     with pytest.raises(Interrupt):
-        train(None, broken, progress=False, on_step=_interrupt_at("imle", 5), log=lambda s: None)
+        train(None, broken, progress=False, on_step=interrupt_at("imle", 5), log=lambda s: None)
     state = ckpt.load_latest(broken)
     assert state["phase"] == "imle" and state["imle"]["global_step"] == 4
     assert state["imle"]["matched_noise"] is not None  # this epoch's matching travels with the checkpoint
