@@ -1,9 +1,10 @@
-"""The ``glann`` command: train, sample, interpolate, invert.
+"""The ``glann`` command: train, sample, interpolate, invert, eval.
 
     glann train --dataset fashion-mnist --out runs/fmnist --preset laptop
     glann sample --run runs/fmnist -n 64 --grid samples.png
     glann interpolate --run runs/fmnist --space latent --rows 6 --steps 10 --grid interp.png
     glann invert --run runs/fmnist --images my_images/ --grid inverted.png
+    glann eval --run runs/fmnist -n 10000
 
 Re-running ``glann train`` on an interrupted run folder resumes it exactly from its last checkpoint.
 """
@@ -106,6 +107,16 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--restarts", type=int, default=2)
     v.add_argument("--grid", default="inverted.png", help="PNG: originals on top, reconstructions below")
     v.add_argument("--codes", help="also save the codes (n, latent_dim) as .npy here")
+
+    e = sub.add_parser("eval", help="FD, precision/recall, density/coverage and memorisation of a run")
+    run_args(e)
+    e.add_argument("-n", type=int, default=10_000, help="number of generated samples (>= 2)")
+    e.add_argument("--out", help="folder for eval.json and the PNGs (default: the run folder)")
+    e.add_argument("--sampler", choices=["glann", "gaussian"], default="glann", help="as for sample")
+    e.add_argument("--cache-dir", help="LeNet cache (default ~/.cache/glann_ext/quality)")
+    e.add_argument("--clf-epochs", type=int, help="LeNet epochs if it must be trained (default per dataset)")
+    e.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 
@@ -217,6 +228,23 @@ def _cmd_invert(args: argparse.Namespace) -> None:
     print(f"inverted {len(images)} images; originals and reconstructions in {args.grid}")
 
 
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from glann_ext.evaluate import EVAL_FILE, evaluate_run, format_table
+
+    if args.n < 2:
+        raise CLIError(f"eval: -n must be >= 2, got {args.n}")
+    if args.clf_epochs is not None and args.clf_epochs < 1:
+        raise CLIError(f"eval: --clf-epochs must be >= 1, got {args.clf_epochs}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    res = evaluate_run(
+        args.run, n=args.n, out=args.out, seed=args.seed, sampler=args.sampler, cache_dir=args.cache_dir,
+        clf_epochs=args.clf_epochs, ops=args.ops, device=args.device, progress=not args.no_progress,
+    )  # fmt: skip
+    print(format_table(res))
+    print(f"wrote {Path(args.out or args.run) / EVAL_FILE}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``glann``; returns the exit status (0 ok, 2 user error)."""
     from glann_ext.data import DataError
@@ -227,6 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sample": _cmd_sample,
         "interpolate": _cmd_interpolate,
         "invert": _cmd_invert,
+        "eval": _cmd_eval,
     }
     try:
         commands[args.command](args)
