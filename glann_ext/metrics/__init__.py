@@ -1,7 +1,8 @@
 """Evaluation metrics for GLO / IMLE / GLANN generators.
 
 * :mod:`.mixtures` - mode coverage, HQ fraction and reverse KL on the 2-D ring and grid (VEEGAN, PacGAN).
-* :mod:`.stacked_mnist` - modes covered out of 1000 and KL to uniform on Stacked MNIST.
+* :mod:`.stacked_mnist` - modes covered out of 1000 and KL to uniform on stacked MNIST (or any stacked
+  10-class dataset: :func:`make_stacked`, :func:`stacked_modes`).
 * :mod:`.classifier` - a cached LeNet domain classifier: test accuracy, features for FD and PRDC.
 * :mod:`.frechet` - Fréchet distance between feature sets.
 * :mod:`.prdc` - improved precision/recall (k=3) and density/coverage (k=5); :mod:`.knn` their radii.
@@ -32,7 +33,15 @@ from .mixtures import (
     ring_centres,
 )
 from .prdc import PRDC, density_coverage, prdc, precision_recall
-from .stacked_mnist import StackedMnistModes, label_stacked, make_stacked_mnist, stacked_mnist_modes
+from .stacked_mnist import (
+    StackedMnistModes,
+    StackedModes,
+    label_stacked,
+    make_stacked,
+    make_stacked_mnist,
+    stacked_mnist_modes,
+    stacked_modes,
+)
 
 __all__ = [
     "ARCH_VERSION",
@@ -48,6 +57,7 @@ __all__ = [
     "MixturePreset",
     "ModeCoverage",
     "StackedMnistModes",
+    "StackedModes",
     "aggregate_seeds",
     "ball_membership_counts",
     "cache_path",
@@ -59,6 +69,7 @@ __all__ = [
     "grid_centres",
     "knn_radii",
     "label_stacked",
+    "make_stacked",
     "make_stacked_mnist",
     "mean_sem",
     "memorisation_report",
@@ -70,5 +81,6 @@ __all__ = [
     "ring_centres",
     "save_neighbour_grid",
     "stacked_mnist_modes",
+    "stacked_modes",
     "standard_fid",
 ]  # fmt: skip

