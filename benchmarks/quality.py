@@ -407,7 +407,7 @@ def write_report(path: Path, res: dict, b: Budget, argv: list[str], total_s: flo
         ),
         (
             "Regenerate: `python -m benchmarks.quality --quick --out benchmarks/QUALITY.md` (minutes) or without "
-            "`--quick` for the full variant (larger budgets, 3 seeds everywhere; under an hour on this 2-core "
+            "`--quick` for the full variant (larger budgets, 5 seeds on 2-D and 3 on images; under an hour on this 2-core "
             "machine). "
             "`--smoke` is the CI-sized run of `tests/test_quality.py`."
         ),
