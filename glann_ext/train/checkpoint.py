@@ -81,7 +81,7 @@ def _split_rows(obj: Any, rows: int) -> tuple[Any, dict[str, torch.Tensor]]:
     found: dict[str, torch.Tensor] = {}
 
     def walk(o: Any, path: str) -> Any:
-        if isinstance(o, torch.Tensor) and o.dim() >= 1 and o.shape[0] == rows and o.dim() >= 2:
+        if isinstance(o, torch.Tensor) and o.dim() >= 2 and o.shape[0] == rows:
             found[path] = o.detach().cpu()
             return {"__rows__": path}
         if isinstance(o, dict):
