@@ -70,14 +70,6 @@ class World:
         if self.distributed:
             dist.barrier(group=self.group)
 
-    def broadcast_object(self, obj: Any) -> Any:
-        """Rank 0's ``obj`` on every rank."""
-        if not self.distributed:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0, group=self.group)
-        return box[0]
-
     def check_same(self, what: str, value: Any) -> None:
         """Raise on every rank if ``value`` differs between ranks (a mis-launched job)."""
         if not self.distributed:
