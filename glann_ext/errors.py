@@ -1,0 +1,41 @@
+"""The package's exception types.
+
+Errors that mean "what you gave us cannot be used" (a bad argument, a corrupt file, a run folder in
+another state, NaN in the data) derive from :class:`GlannError`; the ``glann`` command prints those as one
+line and exits with status 2. Anything else is a bug and keeps its traceback (exit status 1).
+
+Each concrete type also derives from the builtin a caller would catch without knowing this package
+(``ValueError``, ``RuntimeError``), so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+
+class GlannError(Exception):
+    """Base of the user-facing errors: the message names the argument, file or setting and what to do."""
+
+
+class NonFiniteError(GlannError, ValueError):
+    """An input holds NaN or Inf where a finite value is needed.
+
+    Attributes:
+        argument: the name of the offending argument (e.g. ``"queries"``, ``"grad"``).
+        row: the lowest offending row (dimension 0 index) when the op knows it, else ``None``.
+    """
+
+    def __init__(self, message: str, *, argument: str | None = None, row: int | None = None) -> None:
+        super().__init__(message)
+        self.argument = argument
+        self.row = row
+
+
+class ConfigError(GlannError, ValueError):
+    """A training configuration field has a wrong type or value; the message names the field."""
+
+
+class CheckpointError(GlannError, RuntimeError):
+    """A checkpoint or model file cannot be used as it is (missing, incomplete, of another run or shape)."""
+
+
+class RunFolderError(GlannError, RuntimeError):
+    """A run folder is not in a state the command can work with (no run there, in use, another config)."""
