@@ -42,9 +42,8 @@ def _timed(world, fn, repeats: int) -> float:
 
 def _worker(rank: int, size: int, port: int, args: argparse.Namespace, out: dict) -> None:
     from glann_ext.data import load_image_shard
-    from glann_ext.distributed import nn_argmin as distributed_nn_argmin
-    from glann_ext.models import MLP
-    from glann_ext.train import GLOTrainer, IMLETrainer, get_ops
+    from glann_ext.train import GLOTrainer, IMLETrainer, get_ops, run_epoch
+    from glann_ext.train.build import build_mapping
     from glann_ext.train.config import preset
     from glann_ext.train.world import World, init_world, local_device
 
@@ -68,11 +67,7 @@ def _worker(rank: int, size: int, port: int, args: argparse.Namespace, out: dict
         lo, hi = world.bounds(n)
         klo, khi = world.bounds(m)
         q, k = codes[lo:hi].to(device), keys[klo:khi].to(device).contiguous()
-        if world.distributed:
-            step = lambda: distributed_nn_argmin(q, k, world.group)
-        else:
-            step = lambda: ops.nn_argmin(q, k)
-        nn_s = _timed(world, step, args.repeats)
+        nn_s = _timed(world, lambda: ops.nn_argmin(q, k, world=world), args.repeats)
         # the alpha-beta model of docs/SCALING.md: latency of a tiny all-reduce, time of a 4 MB one
         small, big = torch.zeros(8, device=device), torch.zeros(1 << 20, device=device)
         latency_s = _timed(world, lambda: [world.sum(small) for _ in range(100)], args.repeats) / 100
@@ -80,12 +75,11 @@ def _worker(rank: int, size: int, port: int, args: argparse.Namespace, out: dict
 
         shard = load_image_shard(cfg.dataset, world.rank, world.size, limit=args.limit)
         glo = GLOTrainer(shard.images, cfg, ops, device, world, shard.start, shard.total)
-        glo_s = _timed(world, glo.run_epoch, 1)
-        torch.manual_seed(cfg.seed + 1)
-        T = MLP(cfg.noise_dim, cfg.latent_dim, cfg.mapping_hidden, cfg.mapping_layers, cfg.mapping_batch_norm)
+        glo_s = _timed(world, lambda: run_epoch(glo), 1)
+        T = build_mapping(cfg)
         imle = IMLETrainer(glo.codes, T, cfg, ops, device, world=world, start=shard.start, total=shard.total)
-        imle.run_epoch()  # warm-up (first-call costs)
-        imle_s = _timed(world, imle.run_epoch, args.repeats)
+        run_epoch(imle)  # warm-up (first-call costs)
+        imle_s = _timed(world, lambda: run_epoch(imle), args.repeats)
         g_params = sum(p.numel() for p in glo.G.parameters())
         t_params = sum(p.numel() for p in T.parameters())
         if world.is_main:

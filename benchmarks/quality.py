@@ -55,10 +55,10 @@ from glann_ext.metrics import (
     stacked_modes,
     standard_fid,
 )
+from glann_ext.images import save_grid
 from glann_ext.models import MLP
-from glann_ext.train import GLANN, GLOTrainer, IMLETrainer, TrainConfig, get_ops
-from glann_ext.train.images import save_grid
-from glann_ext.train.losses import ReconstructionLoss
+from glann_ext.train import Hook, TrainConfig, fit, fit_imle, get_ops
+from glann_ext.train.build import seeded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,20 +140,15 @@ def run_toy(b: Budget, figdir: Path) -> dict:
             for name, tight in (("GLANN stage 2: IMLE, tight-mode options", True), ("IMLE (paper)", False)):
                 cfg = toy_imle_config(b.toy_steps, seed, tight)
                 t0 = time.perf_counter()
-                torch.manual_seed(seed)
-                tr = IMLETrainer(points, MLP(2, 2, 128, 3, batch_norm=False), cfg, ops)
-                for _ in range(cfg.imle_epochs):
-                    tr.run_epoch()
+                generator = seeded(seed, lambda: MLP(2, 2, 128, 3, batch_norm=False))
+                tr = fit_imle(points, generator, cfg, ops=ops)
                 times.setdefault(name, []).append(time.perf_counter() - t0)
                 noise = torch.randn(b.toy_samples, 2, generator=torch.Generator().manual_seed(10_000 + seed))
                 samples = tr.generate(noise)
                 per_method.setdefault(name, []).append(mode_coverage(samples, preset))
                 shown.setdefault(name, samples)
-            centres = preset.centres.float()
-
-            def real(n, g, centres=centres, std=preset.std):
-                which = torch.randint(len(centres), (n,), generator=g)
-                return centres[which] + std * torch.randn(n, 2, generator=g)
+            def real(n, g, preset=preset):
+                return preset.sample(n, generator=g)
 
             name = "GAN (PacGAN MLPs, pack 1)"
             t0 = time.perf_counter()
@@ -226,6 +221,16 @@ def _scatter_pillow(preset, shown: dict, real: torch.Tensor, path: Path) -> None
 
 
 # -- image methods ----------------------------------------------------------------------------------------
+class StageTimes(Hook):
+    """Wall-clock seconds from its creation to the end of each stage."""
+
+    def __init__(self) -> None:
+        self.t0, self.seconds = time.perf_counter(), {}
+
+    def stage_completed(self, trainer) -> None:
+        self.seconds[trainer.stage] = time.perf_counter() - self.t0
+
+
 def train_image_methods(images: torch.Tensor, b: Budget, seed: int) -> tuple[dict, dict]:
     """Trains every image method on ``images``; returns ({method: sampler(n, seed)}, {method: seconds})."""
     ops = get_ops("fused")
@@ -235,16 +240,9 @@ def train_image_methods(images: torch.Tensor, b: Budget, seed: int) -> tuple[dic
         mapping_hidden=256, ckpt_every=0, sample_every=0, seed=seed,
     )  # fmt: skip
     t0 = time.perf_counter()
-    glo = GLOTrainer(images, cfg, ops)
-    for _ in range(cfg.glo_epochs):
-        glo.run_epoch()
-    t_glo = time.perf_counter() - t0
-    torch.manual_seed(cfg.seed + 1)
-    T = MLP(cfg.noise_dim, cfg.latent_dim, cfg.mapping_hidden, cfg.mapping_layers, cfg.mapping_batch_norm)
-    imle = IMLETrainer(glo.codes, T, cfg, ops)
-    for _ in range(cfg.imle_epochs):
-        imle.run_epoch()
-    model = GLANN(glo.G, glo.codes, T, cfg, ops)
+    times = StageTimes()
+    model = fit(images, cfg, ops=ops, hooks=[times])
+    t_glo = times.seconds["glo"]
     seconds["GLANN"] = time.perf_counter() - t0
     seconds["GLO + Gaussian"] = t_glo
     samplers["GLANN"] = model.sample
@@ -253,15 +251,8 @@ def train_image_methods(images: torch.Tensor, b: Budget, seed: int) -> tuple[dic
 
     pcfg = dataclasses.replace(cfg, imle_space="pixel", imle_epochs=b.epochs, noise_dim=b.latent)
     t0 = time.perf_counter()
-    torch.manual_seed(seed)
-    from glann_ext.models import DCGANGenerator
-
-    G = DCGANGenerator(b.latent, images.shape[-1], images.shape[1], b.width)
-    pix = IMLETrainer(images, G, pcfg, ops, loss_fn=ReconstructionLoss.from_config(pcfg, ops))
-    for _ in range(pcfg.imle_epochs):
-        pix.run_epoch()
+    samplers["IMLE (pixel)"] = fit(images, pcfg, ops=ops).sample
     seconds["IMLE (pixel)"] = time.perf_counter() - t0
-    samplers["IMLE (pixel)"] = GLANN(G, torch.zeros(0, b.latent), None, pcfg, ops).sample
     log(f"  IMLE pixel {seconds['IMLE (pixel)']:.1f} s")
 
     t0 = time.perf_counter()

@@ -5,8 +5,8 @@ Kernels (CPU and CUDA):
 * :func:`nn_argmin` - exact, tiled, deterministic nearest-neighbour argmin in squared L2.
 * :func:`laplacian_pyramid_loss` - the GLO paper's Laplacian-pyramid L1 loss, fused forward and backward.
 * :func:`project_to_sphere` / :func:`project_to_sphere_` - rows to unit L2 norm;
-  :class:`SphereSparseAdam` / :class:`SphereSparseSGD` - fused optimizer step plus re-projection on the
-  rows of a latent table that a batch touched.
+  :class:`SphereSparseAdam` / :class:`SphereSparseSGD` (:mod:`glann_ext.optim`) - fused optimizer step
+  plus re-projection on the rows of a latent table that a batch touched.
 """
 
 from __future__ import annotations
@@ -14,14 +14,8 @@ from __future__ import annotations
 from ._info import build_info, cuda_available
 from .ops.laplacian import laplacian_pyramid_loss
 from .ops.nn_argmin import nn_argmin
-from .ops.sphere import (
-    SphereSparseAdam,
-    SphereSparseSGD,
-    fused_latent_adam_,
-    fused_latent_sgd_,
-    project_to_sphere,
-    project_to_sphere_,
-)
+from .ops.sphere import fused_latent_adam_, fused_latent_sgd_, project_to_sphere, project_to_sphere_
+from .optim import SphereSparseAdam, SphereSparseSGD
 
 __version__ = "0.1.0"
 

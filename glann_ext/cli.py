@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from glann_ext.errors import GlannError
+
 # (flag, config field, type, help) for the options that map one-to-one onto TrainConfig fields.
 _CONFIG_FLAGS = [
     ("--data-root", "data_root", str, "folder holding the IDX files (else $GLANN_DATA, cache, Debian path)"),
@@ -54,8 +56,8 @@ _CONFIG_FLAGS = [
 ]
 
 
-class CLIError(Exception):
-    """A user error: printed as one line, exit status 2."""
+class CLIError(GlannError):
+    """A user error found by the command line itself: printed as one line, exit status 2."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,8 +87,10 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="sample images from a trained model")
     run_args(s)
     s.add_argument("-n", type=int, default=64, help="number of samples")
-    s.add_argument("--grid", default="samples.png", help="PNG grid to write")
-    s.add_argument("--npy", help="also save the samples (n, C, H, W) float32 in [0, 1] here")
+    s.add_argument(
+        "--grid", help="PNG grid of the samples to write (default: samples.png, unless --npy is given)"
+    )
+    s.add_argument("--npy", help="save the samples (n, C, H, W) float32 in [0, 1] here (no grid unless --grid)")
     s.add_argument(
         "--sampler",
         choices=["glann", "gaussian"],
@@ -182,27 +186,34 @@ def _load(args: argparse.Namespace):
 
 
 def _cmd_sample(args: argparse.Namespace) -> None:
-    from glann_ext.train.images import save_grid
+    from glann_ext.images import save_grid
+    from glann_ext.models import GLANN
 
     if args.n < 1:
         raise CLIError(f"sample: -n must be >= 1, got {args.n}")
     model = _load(args)
-    images = (
-        model.sample_gaussian(args.n, args.seed)
-        if args.sampler == "gaussian"
-        else model.sample(args.n, args.seed)
-    )
-    save_grid(images.cpu(), args.grid)
+    if args.sampler == "gaussian":
+        if not isinstance(model, GLANN):
+            raise CLIError("sample: --sampler gaussian needs a GLANN run (codes to fit a Gaussian to)")
+        images = model.sample_gaussian(args.n, args.seed)
+    else:
+        images = model.sample(args.n, args.seed)
+    grid = args.grid or (None if args.npy else "samples.png")
+    written = []
+    if grid:
+        save_grid(images.cpu(), grid)
+        written.append(grid)
     if args.npy:
         import numpy as np
 
         np.save(args.npy, images.cpu().numpy())
-    print(f"wrote {args.n} samples to {args.grid}")
+        written.append(args.npy)
+    print(f"wrote {args.n} samples to {' and '.join(written)}")
 
 
 def _cmd_interpolate(args: argparse.Namespace) -> None:
-    from glann_ext.train import seeding
-    from glann_ext.train.images import save_grid
+    from glann_ext import seeding
+    from glann_ext.images import save_grid
 
     if args.rows < 1 or args.steps < 2:
         raise CLIError(f"interpolate: need --rows >= 1 and --steps >= 2, got {args.rows} and {args.steps}")
@@ -211,7 +222,7 @@ def _cmd_interpolate(args: argparse.Namespace) -> None:
     rows = []
     for _ in range(args.rows):
         if args.space == "noise":
-            a, b = torch.randn(2, model.cfg.noise_dim, generator=g)
+            a, b = torch.randn(2, model.noise_dim, generator=g)
         else:
             a, b = (int(i) for i in torch.randint(len(model.codes), (2,), generator=g))
         rows.append(model.interpolate(a, b, args.steps, space=args.space).cpu())
@@ -221,12 +232,14 @@ def _cmd_interpolate(args: argparse.Namespace) -> None:
 
 def _cmd_invert(args: argparse.Namespace) -> None:
     from glann_ext.data import load_images
-    from glann_ext.train.images import save_grid
+    from glann_ext.images import save_grid
+    from glann_ext.models import GLANN
 
     model = _load(args)
-    images = load_images(
-        args.images, image_size=model.G.image_size, channels=model.G.channels, limit=args.limit
-    )
+    if not isinstance(model, GLANN):
+        raise CLIError("invert: needs a GLANN run (a pixel-space IMLE model has no codes to invert into)")
+    channels, size, _ = model.image_shape
+    images = load_images(args.images, image_size=size, channels=channels, limit=args.limit)
     codes, recon = model.invert(images, steps=args.steps, restarts=args.restarts, seed=args.seed)
     save_grid(torch.cat([images, recon.cpu()]), args.grid, nrow=len(images))
     if args.codes:
@@ -264,9 +277,9 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``glann``; returns the exit status (0 ok, 2 user error)."""
-    from glann_ext.data import DataError
-
+    """Entry point of ``glann``; returns the exit status: 0 ok, 2 a user error (one line on stderr: a bad
+    argument, file, run folder or environment). Anything else is a bug and raises with its traceback
+    (the interpreter exits with 1)."""
     args = _parser().parse_args(argv)
     commands = {
         "train": _cmd_train,
@@ -278,8 +291,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         commands[args.command](args)
-    except (CLIError, DataError, ValueError, FileNotFoundError, RuntimeError) as exc:
+    except GlannError as exc:
         print(f"glann {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the file system said no: a path the user gave (permissions, disk, missing)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"glann {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     return 0
 

@@ -17,11 +17,17 @@ and NCCL (CUDA): tensors stay on their device.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.distributed as dist
 
 from .ops._checks import check_finite
-from .ops.nn_argmin import RunningArgmin, _check_keys, _check_queries
+from .ops.nn_argmin import RunningArgmin
+from .ops.nn_argmin import _check_keys as check_keys
+from .ops.nn_argmin import _check_queries as check_queries
+
+Scores = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def nn_argmin(
@@ -31,6 +37,7 @@ def nn_argmin(
     *,
     return_distances: bool = False,
     check_finite_values: bool = True,
+    scores: Scores | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Global-index nearest key for every local query row, over the keys of every rank in ``group``.
 
@@ -40,13 +47,16 @@ def nn_argmin(
             ranks, but the total must be >= 1). D, dtype and device must agree across ranks.
         group: the process group (default: the world).
         return_distances: also return the exact squared distances (float32).
+        scores: how one rank's keys are searched: ``(queries, keys) -> (best score ||k||^2 - 2 q.k, its
+            lowest index)``; None (default) is the fused kernel, ``glann_ext.ops.reference.
+            nn_argmin_scores_reference`` the plain PyTorch reference (what ``--ops reference`` uses).
 
     Returns:
         (n_r,) int64 global indices into the concatenation of all ranks' keys in rank order
         (and distances). Collective: every rank in the group must call it.
     """
-    queries = _check_queries(queries)
-    local_keys = _check_keys("local_keys", local_keys, queries)
+    queries = check_queries(queries)
+    local_keys = check_keys("local_keys", local_keys, queries)
     if check_finite_values:
         check_finite("queries", queries)
         check_finite("local_keys", local_keys)
@@ -69,7 +79,7 @@ def nn_argmin(
         raise ValueError("local_keys must hold at least one row on some rank, got M=0 in total")
     offsets = [sum(sizes[:r]) for r in range(world)]
 
-    best = RunningArgmin(queries, return_distances=return_distances)
+    best = RunningArgmin(queries, return_distances=return_distances, scores=scores)
     current = local_keys.contiguous()
     owner = rank
     send_to, recv_from = (rank + 1) % world, (rank - 1) % world

@@ -29,6 +29,11 @@ class NonFiniteError(GlannError, ValueError):
         self.row = row
 
 
+class UsageError(GlannError, ValueError):
+    """A call the object cannot serve as asked: an argument out of range, or a request the model cannot
+    answer (e.g. sampling a GLO-only model through the IMLE mapping it does not have)."""
+
+
 class ConfigError(GlannError, ValueError):
     """A training configuration field has a wrong type or value; the message names the field."""
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from ._io import atomic_write
 from .data import DataError, load_images
+from .errors import RunFolderError, UsageError
 from .data.labelled import LABELLED, load_labelled
 from .metrics import (
     DomainClassifier,
@@ -107,7 +108,7 @@ def memorisation_summary(generated: torch.Tensor, train: torch.Tensor, test: tor
     copies = rep.test_distances == 0
     if bool(copies.any()):
         if bool(copies.all()):
-            raise ValueError("every test image is a copy of a training image: no held-out images to compare")
+            raise DataError("every test image is a copy of a training image: no held-out images to compare")
         rep = memorisation_report(generated, train, test[~copies])
     gen_mean, test_mean = float(rep.generated_distances.mean()), float(rep.test_distances.mean())
     return {
@@ -140,16 +141,18 @@ def _samples(model, sampler: str, n: int, seed: int, progress: bool) -> torch.Te
 
 
 def _check_sampler(model, sampler: str) -> None:
-    pixel = model.cfg.imle_space == "pixel"
+    from .models import GLANN
+
+    pixel = not isinstance(model, GLANN)
     if sampler not in ("glann", "gaussian"):
-        raise ValueError(f"sampler must be 'glann' or 'gaussian', got {sampler!r}")
+        raise UsageError(f"sampler must be 'glann' or 'gaussian', got {sampler!r}")
     if sampler == "gaussian" and pixel:
-        raise ValueError(
+        raise UsageError(
             "--sampler gaussian: this is a pixel-space IMLE run (no GLO codes to fit a Gaussian to); "
             "use --sampler glann"
         )
     if sampler == "glann" and not pixel and model.T is None:
-        raise ValueError(
+        raise UsageError(
             "--sampler glann: this run has no IMLE mapping yet (GLO stage only); train the IMLE stage "
             "or use --sampler gaussian"
         )
@@ -178,26 +181,26 @@ def evaluate_run(
     ``seed``; up to ``n_test`` test images; the classifier cache in ``cache_dir`` (default
     ``~/.cache/glann_ext/quality``, trained there if missing, ``clf_epochs`` overriding the default).
     """
-    from .train.config import CONFIG_FILE
+    from .train.config import CONFIG_FILE, TrainConfig
     from .train.run import load_model
 
     t0 = time.perf_counter()
     run = Path(run)
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"n (-n) must be an integer >= 2, got {n!r}")
+        raise UsageError(f"n (-n) must be an integer >= 2, got {n!r}")
     if isinstance(n_test, bool) or not isinstance(n_test, int) or n_test < 2:
-        raise ValueError(f"n_test must be an integer >= 2, got {n_test!r}")
+        raise UsageError(f"n_test must be an integer >= 2, got {n_test!r}")
     if not (run / CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"--run {run}: not a run folder (no {CONFIG_FILE})")
+        raise RunFolderError(f"--run {run}: not a run folder (no {CONFIG_FILE})")
     model = load_model(run, ops=ops, device=device)
-    cfg = model.cfg
+    cfg = TrainConfig.from_json(run / CONFIG_FILE)
     _check_sampler(model, sampler)
     if cfg.dataset not in LABELLED:
         raise DataError(
             f"--run {run}: its dataset {cfg.dataset!r} has no labelled test split; glann eval needs one of "
             f"{', '.join(LABELLED)}"
         )
-    size, channels = int(model.G.image_size), int(model.G.channels)
+    channels, size, _ = model.image_shape
     try:
         train = load_images(
             cfg.dataset,
@@ -229,7 +232,7 @@ def evaluate_run(
     memo = memorisation_summary(samples, train, test)
     out_dir = Path(out) if out is not None else run
     out_dir.mkdir(parents=True, exist_ok=True)
-    from .train.images import save_grid
+    from .images import save_grid
 
     save_grid(samples[:64], out_dir / SAMPLES_PNG)
     shown = min(grid_pairs, n)

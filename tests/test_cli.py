@@ -13,6 +13,7 @@ from glann_testing import OPS, blob_images, child_kwargs
 from PIL import Image
 
 from glann_ext.cli import main
+from glann_ext.models import read_model_file
 
 TINY = ["--preset", "tiny", "--ops", OPS, "--threads", "1", "--no-progress"]
 
@@ -35,7 +36,7 @@ def test_train_writes_a_complete_run_folder(run_dir):
     for name in (
         "config.json",
         "checkpoints/manifest.json",
-        "model.pt",
+        "model.safetensors",
         "metrics.jsonl",
         "samples.png",
         "reconstructions.png",
@@ -118,6 +119,14 @@ def test_sample_interpolate_invert(run_dir, data_file, tmp_path):
     assert np.load(tmp_path / "c.npy").shape == (3, 16)
 
 
+def test_sample_writes_a_grid_only_when_asked(run_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["sample", "--run", str(run_dir), "-n", "5", "--npy", "x.npy"]) == 0
+    assert np.load(tmp_path / "x.npy").shape == (5, 1, 28, 28) and not list(tmp_path.glob("*.png"))
+    assert main(["sample", "--run", str(run_dir), "-n", "5"]) == 0  # no --npy: the default grid
+    assert [p.name for p in tmp_path.glob("*.png")] == ["samples.png"]
+
+
 def test_rerun_on_a_finished_run_resumes_without_training(run_dir, capsys):
     before = (run_dir / "metrics.jsonl").read_text()
     assert main(["train", "--out", str(run_dir), "--no-progress"]) == 0
@@ -170,7 +179,7 @@ def test_entry_point_runs_as_a_module(tmp_path, data_file):
         **child_kwargs(tmp_path),
     )
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "m" / "model.pt").is_file()
+    assert (tmp_path / "m" / "model.safetensors").is_file()
 
 
 def test_kill_minus_nine_then_rerun_resumes_to_the_same_model(tmp_path, data_file):
@@ -199,9 +208,9 @@ def test_kill_minus_nine_then_rerun_resumes_to_the_same_model(tmp_path, data_fil
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (killed / "model.pt").exists(), "the run finished before it could be killed"
+    assert not (killed / "model.safetensors").exists(), "the run finished before it could be killed"
     ckpt.load_latest(killed)  # loadable whatever the moment of the kill
     assert main(["train", "--out", str(killed), "--no-progress"]) == 0
-    a, b = ckpt.load(tmp_path / "straight" / "model.pt"), ckpt.load(killed / "model.pt")
-    assert all(torch.equal(a["G"][k], b["G"][k]) for k in a["G"]) and torch.equal(a["codes"], b["codes"])
-    assert all(torch.equal(a["T"][k], b["T"][k]) for k in a["T"])
+    (a, meta_a), (b, meta_b) = (read_model_file(p / "model.safetensors") for p in (tmp_path / "straight", killed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) and meta_a == meta_b
+    assert any(k.startswith("T.") for k in a) and "codes" in a

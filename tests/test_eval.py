@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import math
 import subprocess
 import sys
@@ -130,14 +131,12 @@ def test_eval_rejects_runs_it_cannot_evaluate(tmp_path, cache_dir, capsys):
 def test_eval_dataset_not_available(digits_run, tmp_path, cache_dir, capsys, monkeypatch):
     """A Fashion-MNIST run whose data files are nowhere to be found: an error naming --run and the dataset."""
     from glann_ext.data import mnist
-    from glann_ext.train import checkpoint as ckpt
 
     run = tmp_path / "fashion"
     run.mkdir()
-    state = ckpt.load(digits_run / "model.pt")
-    state["cfg"] = {**state["cfg"], "dataset": "fashion-mnist", "data_root": None}
-    ckpt.save_atomic(state, run / "model.pt")
-    (run / "config.json").write_text(json.dumps(state["cfg"]))
+    shutil.copy(digits_run / "model.safetensors", run / "model.safetensors")
+    cfg = json.loads((digits_run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "dataset": "fashion-mnist", "data_root": None}))
     monkeypatch.delenv("GLANN_DATA", raising=False)
     monkeypatch.setattr(mnist, "CACHE_DIR", tmp_path / "no-cache")
     monkeypatch.setitem(mnist.DEBIAN_DIRS, "fashion-mnist", tmp_path / "no-debian")

@@ -21,7 +21,7 @@ from glann_ext.metrics import (
     frechet_distance,
     frechet_distance_from_statistics,
     knn_radii,
-    make_stacked_mnist,
+    make_stacked,
     mean_sem,
     memorisation_report,
     mode_coverage,
@@ -29,7 +29,7 @@ from glann_ext.metrics import (
     prdc,
     precision_recall,
     save_neighbour_grid,
-    stacked_mnist_modes,
+    stacked_modes,
     standard_fid,
 )
 from glann_ext.metrics import classifier as classifier_module
@@ -131,35 +131,32 @@ def _fake_classifier(x: torch.Tensor) -> torch.Tensor:
 def test_stacked_mnist_counts_the_expected_modes():
     labels = torch.arange(10).repeat(20)
     digits = _digit_images(labels)
-    stacked, ids = make_stacked_mnist(digits, labels, num_samples=300, seed=3)
+    stacked, ids = make_stacked(digits, labels, num_samples=300, seed=3)
     assert stacked.shape == (300, 3, 28, 28)
-    res = stacked_mnist_modes(_fake_classifier, stacked, batch_size=64)
+    res = stacked_modes(_fake_classifier, stacked, batch_size=64)
     assert torch.equal(res.mode_ids, ids)
     assert res.modes_covered == len(torch.unique(ids))
     assert res.num_modes == 1000
     # Seeded: the same seed gives the same dataset, another seed a different one.
-    again, ids2 = make_stacked_mnist(digits, labels, num_samples=300, seed=3)
+    again, ids2 = make_stacked(digits, labels, num_samples=300, seed=3)
     assert torch.equal(stacked, again) and torch.equal(ids, ids2)
-    assert not torch.equal(ids, make_stacked_mnist(digits[:, 0], labels, num_samples=300, seed=4)[1])
+    assert not torch.equal(ids, make_stacked(digits[:, 0], labels, num_samples=300, seed=4)[1])
 
 
 def test_stacked_mnist_all_modes_kl_zero_and_one_mode_kl_log_1000():
     modes = torch.arange(1000)
     digits = torch.stack([modes // 100, modes // 10 % 10, modes % 10], 1)
     stacked = torch.cat([_digit_images(digits[:, c]) for c in range(3)], 1)
-    res = stacked_mnist_modes(_fake_classifier, stacked)
+    res = stacked_modes(_fake_classifier, stacked)
     assert res.modes_covered == 1000 and res.kl == pytest.approx(0.0, abs=1e-12)
-    one = stacked_mnist_modes(_fake_classifier, stacked[[123] * 50])
+    one = stacked_modes(_fake_classifier, stacked[[123] * 50])
     assert one.modes_covered == 1 and one.mode_ids.eq(123).all()
     assert one.kl == pytest.approx(math.log(1000))
 
 
 def test_stacked_generic_names_label_any_ten_class_items():
-    """make_stacked / stacked_modes (the names for stacked Fashion-MNIST) are the stacked-MNIST functions:
-    items of any 10-class set, labelled per channel, give mode 100 c0 + 10 c1 + c2."""
-    from glann_ext.metrics import make_stacked, stacked_modes
-
-    assert make_stacked is make_stacked_mnist and stacked_modes is stacked_mnist_modes
+    """make_stacked / stacked_modes stack items of any 10-class set (stacked Fashion-MNIST too), labelled
+    per channel: mode 100 c0 + 10 c1 + c2."""
     classes = torch.tensor([3, 9, 0, 7])
     items = _digit_images(classes)
     stacked, ids = make_stacked(items, classes, num_samples=64, seed=0)
@@ -173,13 +170,13 @@ def test_stacked_generic_names_label_any_ten_class_items():
 
 def test_stacked_mnist_bad_inputs():
     with pytest.raises(ValueError, match="images"):
-        stacked_mnist_modes(_fake_classifier, torch.zeros(2, 1, 28, 28))
+        stacked_modes(_fake_classifier, torch.zeros(2, 1, 28, 28))
     with pytest.raises(TypeError, match="classifier"):
-        stacked_mnist_modes(None, torch.zeros(2, 3, 28, 28))
+        stacked_modes(None, torch.zeros(2, 3, 28, 28))
     with pytest.raises(ValueError, match="classifier must return"):
-        stacked_mnist_modes(lambda x: x[:, 0, 0, :5], torch.zeros(2, 3, 28, 28))
+        stacked_modes(lambda x: x[:, 0, 0, :5], torch.zeros(2, 3, 28, 28))
     with pytest.raises(ValueError, match="labels"):
-        make_stacked_mnist(torch.zeros(4, 28, 28), torch.zeros(3, dtype=torch.long), num_samples=2)
+        make_stacked(torch.zeros(4, 28, 28), torch.zeros(3, dtype=torch.long), num_samples=2)
 
 
 # --------------------------------------------------------------------------------------------------

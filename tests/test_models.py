@@ -8,9 +8,10 @@ import pytest
 import torch
 from glann_testing import OPS
 
+from glann_ext.backend import get_ops
 from glann_ext.models import MLP, DCGANGenerator, start_size
 from glann_ext.ops import reference
-from glann_ext.train.backend import ReferenceSphereOptimizer, get_ops
+from glann_ext.optim import SphereSparseAdam
 
 
 @pytest.mark.parametrize("size,channels", [(28, 1), (32, 3), (64, 1), (128, 3)])
@@ -39,7 +40,7 @@ def test_reference_latent_adam_matches_sparse_adam_then_projection():
     table = reference.project_to_sphere_reference(torch.randn(10, 4))
     expected = torch.nn.Parameter(table.clone())
     oracle = torch.optim.SparseAdam([expected], lr=0.05, betas=(0.5, 0.999))
-    ours = ReferenceSphereOptimizer(table, "adam", lr=0.05, betas=(0.5, 0.999))
+    ours = SphereSparseAdam(table, lr=0.05, betas=(0.5, 0.999), backend="reference")
     for step in range(3):
         idx = torch.tensor([1, 3, 3, 7]) + step
         grad = torch.randn(4, 4)
@@ -58,9 +59,9 @@ def test_latent_optimizer_state_round_trip():
     ops = get_ops(OPS)
     t1 = reference.project_to_sphere_reference(torch.randn(6, 3))
     t2 = t1.clone()
-    o1 = ops.make_latent_optimizer(t1, "adam", lr=0.1)
+    o1 = ops.latent_optimizer(t1, "adam", lr=0.1)
     o1.step(torch.tensor([0, 2]), torch.randn(2, 3))
-    o2 = ops.make_latent_optimizer(t2, "adam", lr=0.1)
+    o2 = ops.latent_optimizer(t2, "adam", lr=0.1)
     t2.copy_(t1)
     o2.load_state_dict(copy.deepcopy(o1.state_dict()))  # as a checkpoint would hand it over
     g = torch.randn(2, 3)
@@ -73,7 +74,7 @@ def test_backend_rejects_unknown_names():
     with pytest.raises(ValueError, match="ops backend"):
         get_ops("faster")
     with pytest.raises(ValueError, match="latent optimizer"):
-        get_ops(OPS).make_latent_optimizer(torch.ones(2, 2), "lbfgs")
+        get_ops(OPS).latent_optimizer(torch.ones(2, 2), "lbfgs")
 
 
 def test_reference_nn_argmin_accepts_chunks():
@@ -83,8 +84,8 @@ def test_reference_nn_argmin_accepts_chunks():
 
 
 def test_perceptual_loss_uses_only_local_weights(tmp_path):
+    from glann_ext.models import ReconstructionLoss
     from glann_ext.models.perceptual import VGGPerceptualLoss
-    from glann_ext.train.losses import ReconstructionLoss
 
     with pytest.raises(FileNotFoundError, match="VGG16 weights file not found"):
         VGGPerceptualLoss(tmp_path / "vgg16.pth")

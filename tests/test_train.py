@@ -9,12 +9,25 @@ import pytest
 import torch
 from glann_testing import OPS, Interrupt, blob_images, interrupt_at, tensors_equal, tiny_config
 
-from glann_ext.data import mode_coverage, sample_toy
-from glann_ext.models import MLP
+from glann_ext.data import RING_PACGAN
+from glann_ext.errors import ConfigError, RunFolderError
+from glann_ext.metrics import mode_coverage
+from glann_ext.models import MLP, read_model_file
 from glann_ext.ops import reference
-from glann_ext.train import GLOTrainer, IMLETrainer, TrainConfig, get_ops, load_model, slerp, train
+from glann_ext.train import (
+    GLOTrainer,
+    IMLETrainer,
+    TrainConfig,
+    fit_imle,
+    get_ops,
+    load_model,
+    run_epoch,
+    slerp,
+    train,
+)
 from glann_ext.train import checkpoint as ckpt
 from glann_ext.train import imle as imle_module
+from glann_ext.train.build import seeded
 from glann_ext.train.latents import pca_codes
 
 
@@ -43,7 +56,7 @@ def test_glo_loss_decreases_and_codes_stay_on_sphere(blobs):
     cfg = tiny_config(batch_size=32, glo_epochs=6)
     trainer = GLOTrainer(blobs, cfg, get_ops(OPS))
     assert torch.allclose(trainer.codes.norm(dim=1), torch.ones(len(blobs)), atol=1e-5)
-    losses = [trainer.run_epoch() for _ in range(6)]
+    losses = [run_epoch(trainer)["loss"] for _ in range(6)]
     assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.9 * losses[0], losses
     assert torch.allclose(trainer.codes.norm(dim=1), torch.ones(len(blobs)), atol=1e-5)
     assert trainer.global_step == 6 * trainer.steps_per_epoch
@@ -71,7 +84,7 @@ def test_imle_matching_is_the_true_nearest_neighbour():
     # The regression then pulls exactly those matched samples towards their targets.
     before = ((samples[idx] - targets) ** 2).sum(1).mean()
     for _ in range(5):
-        trainer.run_epoch()
+        run_epoch(trainer)
     after = ((trainer.generate(noise)[idx] - targets) ** 2).sum(1).mean()
     assert after < before
 
@@ -128,11 +141,11 @@ def test_imle_options_cosine_rate_and_precision_term():
     fresh = trainer.precision_noise(1)
     assert fresh.shape == (2, 32, 2) and torch.equal(fresh, trainer.precision_noise(1))
     assert not torch.equal(fresh, trainer.precision_noise(2))
-    trainer.run_epoch()
+    run_epoch(trainer)
     assert trainer.opt.param_groups[0]["lr"] == trainer.lr_at(1)
     assert IMLETrainer(targets, MLP(2, 3, 16, 2), TrainConfig(), get_ops(OPS)).precision_noise(0) is None
     for bad in ({"imle_lr_schedule": "step"}, {"imle_match": "hungarian"}, {"imle_precision_weight": -1}):
-        with pytest.raises(ValueError, match=next(iter(bad))):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
             TrainConfig(**bad).validate()
 
 
@@ -170,7 +183,7 @@ def test_inversion_finds_codes_that_reconstruct_new_images(trained_run, blobs):
     _, model = trained_run
     images = torch.from_numpy(blob_images(4, 28, seed=123)).float().div(255)[:, None]
     codes, recon = model.invert(images, steps=30, restarts=1)
-    assert codes.shape == (4, model.cfg.latent_dim) and recon.shape == images.shape
+    assert codes.shape == (4, model.codes.shape[1]) and recon.shape == images.shape
     assert torch.allclose(codes.norm(dim=1), torch.ones(4), atol=1e-5)
     ops = get_ops(OPS)
     start = ops.lap_loss(model.sample_gaussian(4, seed=0), images)
@@ -211,7 +224,7 @@ def test_resume_after_interruptions_is_bit_identical(tmp_path, blob_file, option
 
     a, b = ckpt.load_latest(straight), ckpt.load_latest(broken)
     assert tensors_equal(a["glo"], b["glo"]) and tensors_equal(a["imle"], b["imle"])
-    assert tensors_equal(ckpt.load(straight / "model.pt"), ckpt.load(broken / "model.pt"))
+    assert tensors_equal(read_model_file(straight / "model.safetensors"), read_model_file(broken / "model.safetensors"))
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
@@ -242,13 +255,13 @@ def test_stage_rules_and_config_checks(tmp_path, blob_file):
         )
     train(tiny_config(dataset=blob_file, glo_epochs=1), out, stage="glo", progress=False, log=lambda s: None)
     assert load_model(out).T is None
-    with pytest.raises(ValueError, match="different config .*latent_dim"):
+    with pytest.raises(RunFolderError, match="different config .*latent_dim"):
         train(tiny_config(dataset=blob_file, glo_epochs=1, latent_dim=4), out, progress=False)
     model = train(None, out, stage="imle", progress=False, log=lambda s: None)
     assert model.sample(3).shape == (3, 1, 28, 28)
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(ConfigError, match="batch_size"):
         TrainConfig(batch_size=1).validate()
-    with pytest.raises(ValueError, match="ops must be one of"):
+    with pytest.raises(ConfigError, match="ops must be one of"):
         TrainConfig(ops="fast").validate()
 
 
@@ -272,7 +285,7 @@ def test_imle_on_the_ring_covers_all_eight_modes():
     (seed 0: 73%, 6.7%); plain IMLE gives 1-12% (table in docs/training.md).
     """
     torch.set_num_threads(1)
-    points = sample_toy("ring", 256, seed=0)
+    points = RING_PACGAN.sample(256, seed=0)
     cfg = TrainConfig(
         noise_dim=2,
         batch_size=256,
@@ -286,12 +299,10 @@ def test_imle_on_the_ring_covers_all_eight_modes():
         imle_lr_schedule="cosine",
         ops=OPS,
     )
-    torch.manual_seed(0)
-    trainer = IMLETrainer(points, MLP(2, 2, 128, 3, batch_norm=False), cfg, get_ops(OPS))
-    for _ in range(cfg.imle_epochs):
-        trainer.run_epoch()
+    trainer = fit_imle(points, seeded(0, lambda: MLP(2, 2, 128, 3, batch_norm=False)), cfg)
     samples = trainer.generate(torch.randn(2500, 2, generator=torch.Generator().manual_seed(1)))
-    counts, frac = mode_coverage(samples, "ring")
+    cover = mode_coverage(samples, RING_PACGAN)
+    counts, frac = cover.mode_counts, cover.high_quality_fraction
     assert frac > 0.5, (frac, counts)
     assert (counts >= 0.03 * 2500).all(), counts  # all 8 modes covered, none starved
     near = torch.cdist(

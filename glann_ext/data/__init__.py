@@ -3,17 +3,20 @@
 from .datasets import NAMED, ImageShard, load_image_shard, load_images, shard_bounds
 from .errors import DataError
 from .idx import read_idx
-from .toy import mode_coverage, sample_toy, toy_mixture
+from .toy import GRID_5X5, RING_PACGAN, RING_VEEGAN, TOY_MIXTURES, MixturePreset, toy_mixture
 
 __all__ = [
+    "GRID_5X5",
     "NAMED",
+    "RING_PACGAN",
+    "RING_VEEGAN",
+    "TOY_MIXTURES",
+    "MixturePreset",
     "DataError",
     "ImageShard",
     "load_image_shard",
     "load_images",
-    "mode_coverage",
     "read_idx",
-    "sample_toy",
     "shard_bounds",
     "toy_mixture",
 ]

@@ -34,12 +34,9 @@ from .mixtures import (
 )
 from .prdc import PRDC, density_coverage, prdc, precision_recall
 from .stacked_mnist import (
-    StackedMnistModes,
     StackedModes,
     label_stacked,
     make_stacked,
-    make_stacked_mnist,
-    stacked_mnist_modes,
     stacked_modes,
 )
 
@@ -56,7 +53,6 @@ __all__ = [
     "MemorisationReport",
     "MixturePreset",
     "ModeCoverage",
-    "StackedMnistModes",
     "StackedModes",
     "aggregate_seeds",
     "ball_membership_counts",
@@ -70,7 +66,6 @@ __all__ = [
     "knn_radii",
     "label_stacked",
     "make_stacked",
-    "make_stacked_mnist",
     "mean_sem",
     "memorisation_report",
     "mode_coverage",
@@ -80,7 +75,6 @@ __all__ = [
     "reverse_kl_uniform",
     "ring_centres",
     "save_neighbour_grid",
-    "stacked_mnist_modes",
     "stacked_modes",
     "standard_fid",
 ]  # fmt: skip

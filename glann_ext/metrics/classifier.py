@@ -102,7 +102,7 @@ class DomainClassifier:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
-        """Logits (N, num_classes); a drop-in classifier for :func:`stacked_mnist_modes`."""
+        """Logits (N, num_classes); a drop-in classifier for :func:`stacked_modes`."""
         return self._batched(self.model, images, batch_size)
 
     @torch.no_grad()

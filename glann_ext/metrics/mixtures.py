@@ -13,9 +13,8 @@ HQ sample on one mode scores ``log K``; perfect samples score about 0.
 With no HQ sample at all the histogram is undefined and ``reverse_kl`` is ``inf`` (worse than any
 generator that hits at least one mode).
 
-Sources: VEEGAN (Srivastava et al., NeurIPS 2017, Section 5.1): ring of 8 modes on radius 2 with std
-0.02, and a 5x5 grid on {-4, -2, 0, 2, 4}^2 with std 0.05. PacGAN (Lin et al., NeurIPS 2018,
-Section 5.1): ring of 8 modes on the unit circle with std 0.01, and the same 5x5 grid with std 0.05.
+The mixtures themselves (VEEGAN's and PacGAN's ring and grid) are data: :mod:`glann_ext.data.toy`
+(re-exported here).
 """
 
 from __future__ import annotations
@@ -25,44 +24,21 @@ from dataclasses import dataclass
 
 import torch
 
+from ..data.toy import GRID_5X5, RING_PACGAN, RING_VEEGAN, MixturePreset, grid_centres, ring_centres
 from ..ops.nn_argmin import nn_argmin
 from ._checks import as_float_matrix, check_positive_int
 
-
-@dataclass(frozen=True)
-class MixturePreset:
-    """An equal-weight isotropic Gaussian mixture: ``centres`` (K, 2) and one ``std`` for all modes."""
-
-    name: str
-    centres: torch.Tensor
-    std: float
-
-    def sample(self, n: int, *, seed: int = 0) -> torch.Tensor:
-        """``n`` float32 samples: a uniformly chosen mode plus ``std`` Gaussian noise (seeded)."""
-        g = torch.Generator().manual_seed(seed)
-        modes = torch.randint(len(self.centres), (n,), generator=g)
-        noise = torch.randn(n, 2, generator=g, dtype=torch.float64)
-        return (self.centres.double()[modes] + self.std * noise).float()
-
-
-def ring_centres(num_modes: int = 8, radius: float = 1.0) -> torch.Tensor:
-    """``(radius cos(2 pi i / K), radius sin(2 pi i / K))`` for i = 0..K-1, float64."""
-    angle = 2 * math.pi * torch.arange(num_modes, dtype=torch.float64) / num_modes
-    return torch.stack([radius * angle.cos(), radius * angle.sin()], 1)
-
-
-def grid_centres(values: tuple[float, ...] = (-4.0, -2.0, 0.0, 2.0, 4.0)) -> torch.Tensor:
-    """The Cartesian grid ``values x values`` (row-major: x outer, y inner), float64."""
-    v = torch.tensor(values, dtype=torch.float64)
-    return torch.cartesian_prod(v, v)
-
-
-RING_VEEGAN = MixturePreset("ring8-veegan", ring_centres(8, 2.0), 0.02)
-"""VEEGAN (Srivastava et al. 2017): 8 modes on a circle of radius 2, std 0.02."""
-RING_PACGAN = MixturePreset("ring8-pacgan", ring_centres(8, 1.0), 0.01)
-"""PacGAN (Lin et al. 2018): 8 modes on the unit circle, std 0.01."""
-GRID_5X5 = MixturePreset("grid25", grid_centres(), 0.05)
-"""VEEGAN and PacGAN: 25 modes on {-4, -2, 0, 2, 4}^2, std 0.05."""
+__all__ = [
+    "GRID_5X5",
+    "RING_PACGAN",
+    "RING_VEEGAN",
+    "ModeCoverage",
+    "MixturePreset",
+    "grid_centres",
+    "mode_coverage",
+    "reverse_kl_uniform",
+    "ring_centres",
+]
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ Classifier = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
-class StackedMnistModes:
+class StackedModes:
     """Result of :func:`stacked_modes`; ``mode_ids`` (N,) and ``mode_counts`` (1000,)."""
 
     modes_covered: int
@@ -58,12 +58,12 @@ def label_stacked(classifier: Classifier, images: torch.Tensor, *, batch_size: i
 
 def stacked_modes(
     classifier: Classifier, images: torch.Tensor, *, min_count: int = 1, batch_size: int = 1024
-) -> StackedMnistModes:
+) -> StackedModes:
     """Modes covered out of 1000 and ``KL(p_gen || U)`` of generated stacked images (N, 3, H, W)."""
     min_count = check_positive_int("min_count", min_count)
     ids = label_stacked(classifier, images, batch_size=batch_size)
     counts = torch.bincount(ids, minlength=NUM_MODES)
-    return StackedMnistModes(
+    return StackedModes(
         modes_covered=int((counts >= min_count).sum()),
         num_modes=NUM_MODES,
         kl=reverse_kl_uniform(counts),
@@ -100,9 +100,3 @@ def make_stacked(
         raise ValueError(f"labels must be a ({images.shape[0]},) tensor like images, got {got}")
     lab = labels.long()[idx]
     return stacked, lab[:, 0] * 100 + lab[:, 1] * 10 + lab[:, 2]
-
-
-# The generic names above work for any 10-class dataset; the MNIST names are kept for existing callers.
-StackedModes = StackedMnistModes
-stacked_mnist_modes = stacked_modes
-make_stacked_mnist = make_stacked

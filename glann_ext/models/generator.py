@@ -39,7 +39,7 @@ class DCGANGenerator(nn.Module):
     def __init__(self, latent_dim: int = 64, image_size: int = 28, channels: int = 1, width: int = 64):
         super().__init__()
         s0, ups = start_size(image_size)
-        self.latent_dim, self.image_size, self.channels = latent_dim, image_size, channels
+        self.latent_dim, self.image_size, self.channels, self.width = latent_dim, image_size, channels, width
         top = width * 2 ** (ups - 1)
         self.s0, self.top = s0, top
         self.fc = nn.Sequential(
@@ -57,6 +57,13 @@ class DCGANGenerator(nn.Module):
         layers += [nn.ConvTranspose2d(ch, channels, 4, 2, 1), nn.Sigmoid()]
         self.body = nn.Sequential(*layers)
         self.apply(_dcgan_init)
+
+    def hparams(self) -> dict[str, int]:
+        """The constructor arguments: ``DCGANGenerator(**g.hparams())`` builds the same architecture."""
+        return {
+            "latent_dim": self.latent_dim, "image_size": self.image_size, "channels": self.channels,
+            "width": self.width,
+        }  # fmt: skip
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.fc(z).view(z.shape[0], self.top, self.s0, self.s0)

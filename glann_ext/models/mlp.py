@@ -20,6 +20,7 @@ class MLP(nn.Module):
         if layers < 1:
             raise ValueError(f"layers must be >= 1, got {layers}")
         self.in_dim, self.out_dim = in_dim, out_dim
+        self.hidden, self.layers, self.batch_norm = hidden, layers, batch_norm
         blocks: list[nn.Module] = []
         d = in_dim
         for _ in range(layers):
@@ -30,6 +31,13 @@ class MLP(nn.Module):
             d = hidden
         blocks.append(nn.Linear(d, out_dim))
         self.net = nn.Sequential(*blocks)
+
+    def hparams(self) -> dict[str, int | bool]:
+        """The constructor arguments: ``MLP(**m.hparams())`` builds the same architecture."""
+        return {
+            "in_dim": self.in_dim, "out_dim": self.out_dim, "hidden": self.hidden, "layers": self.layers,
+            "batch_norm": self.batch_norm,
+        }  # fmt: skip
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:
         return self.net(e)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from glann_ext.errors import ConfigError
 
 # torchvision's VGG16 ``features`` up to relu3_3: conv channel counts, "M" for max-pooling.
 _VGG16_TO_RELU33 = [64, 64, "M", 128, 128, "M", 256, 256, 256]
@@ -37,19 +40,28 @@ class VGGPerceptualLoss(nn.Module):
                 layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU()]
                 c = v
         self.features = nn.Sequential(*layers)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        ours = {
-            k: v for k, v in state.items() if k.startswith("features.") and int(k.split(".")[1]) < len(layers)
-        }
-        missing = self.features.load_state_dict(
-            {k[len("features.") :]: v for k, v in ours.items()}, strict=False
-        )
-        if missing.missing_keys:
-            raise ValueError(f"{path}: not a VGG16 state_dict (missing features.{missing.missing_keys[0]})")
+        self._load(path)
         self.taps = {3, 8, 15}  # relu1_2, relu2_2, relu3_3
         self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1))
         self.requires_grad_(False)
+
+    def _load(self, path: Path) -> None:
+        """The ``features.N.*`` tensors of a state_dict file, read with ``weights_only=True`` (no code runs)."""
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+            raise ConfigError(f"{path}: not a loadable tensor file ({str(exc).splitlines()[0]})") from None
+        if not isinstance(state, dict):
+            raise ConfigError(f"{path}: not a VGG16 state_dict (a {type(state).__name__})")
+        mine = {f"features.{k}" for k in self.features.state_dict()}
+        ours = {k[len("features.") :]: v for k, v in state.items() if k in mine}
+        try:
+            missing = self.features.load_state_dict(ours, strict=False)
+        except RuntimeError as exc:  # a tensor of another shape
+            raise ConfigError(f"{path}: not a VGG16 state_dict ({str(exc).splitlines()[-1].strip()})") from None
+        if missing.missing_keys:
+            raise ConfigError(f"{path}: not a VGG16 state_dict (missing features.{missing.missing_keys[0]})")
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = torch.cat([x, y]).expand(-1, 3, -1, -1) if x.shape[1] == 1 else torch.cat([x, y])

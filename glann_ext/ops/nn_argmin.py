@@ -162,8 +162,9 @@ class RunningArgmin:
     relies on this). Inputs are assumed validated.
     """
 
-    def __init__(self, queries: torch.Tensor, *, return_distances: bool = False) -> None:
+    def __init__(self, queries: torch.Tensor, *, return_distances: bool = False, scores=None) -> None:
         n = queries.shape[0]
+        self.scores = scores or _nn_argmin_scores
         self.queries = queries
         self.score = torch.full((n,), math.inf, dtype=torch.float32, device=queries.device)
         self.index = torch.full((n,), -1, dtype=torch.int64, device=queries.device)
@@ -172,7 +173,7 @@ class RunningArgmin:
     def update(self, keys: torch.Tensor, offset: int) -> None:
         if keys.shape[0] == 0:
             return
-        score, index = _nn_argmin_scores(self.queries, keys)
+        score, index = self.scores(self.queries, keys)
         index = index + offset
         # A row that has seen nothing yet (index -1) takes the chunk's answer even if its score is +inf.
         better = (score < self.score) | ((score == self.score) & (index < self.index)) | (self.index < 0)

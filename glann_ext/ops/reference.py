@@ -44,6 +44,21 @@ def nn_argmin_addmm(
     return best_idx, ((q - keys[best_idx].float()) ** 2).sum(1)
 
 
+def nn_argmin_scores_reference(queries: torch.Tensor, keys: torch.Tensor, *, tile: int = 8192):
+    """(best score ``||k||^2 - 2 q.k`` float32, its lowest index int64) per query row, tiled with addmm."""
+    n = queries.shape[0]
+    best = torch.full((n,), math.inf, dtype=torch.float32, device=queries.device)
+    best_idx = torch.zeros(n, dtype=torch.int64, device=queries.device)
+    q = queries.float()
+    for start in range(0, keys.shape[0], tile):
+        k = keys[start : start + tile].float()
+        val, idx = torch.addmm((k * k).sum(1).unsqueeze(0), q, k.t(), alpha=-2.0).min(1)
+        better = val < best
+        best = torch.where(better, val, best)
+        best_idx = torch.where(better, idx + start, best_idx)
+    return best, best_idx
+
+
 def nn_argmin_exact(queries: torch.Tensor, keys: torch.Tensor, *, return_distances: bool = False):
     """Exact argmin from direct differences in float64 (no norm expansion): the test oracle."""
     q = queries.double()

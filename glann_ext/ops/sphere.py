@@ -1,8 +1,8 @@
 """Unit-sphere projection of rows and the fused sparse optimizer step of a GLO latent table.
 
 GLO keeps one latent code per training image in a table ``(N_codes, D)`` whose rows live on the unit
-sphere. Each training step touches only the rows of the batch; :class:`SphereSparseAdam` and
-:class:`SphereSparseSGD` update exactly those rows and re-project them in one pass, instead of a dense
+sphere. Each training step touches only the rows of the batch; :class:`glann_ext.optim.SphereSparseAdam` and
+:class:`glann_ext.optim.SphereSparseSGD` update exactly those rows and re-project them in one pass, instead of a dense
 Adam step over the whole table followed by a full re-projection.
 
 Semantics shared by every function here:
@@ -34,8 +34,6 @@ from . import _checks, _native
 from ._native import _C
 
 __all__ = [
-    "SphereSparseAdam",
-    "SphereSparseSGD",
     "fused_latent_adam_",
     "fused_latent_sgd_",
     "project_to_sphere",
@@ -444,7 +442,7 @@ def fused_latent_adam_(
 
     Returns:
         ``table``. An empty ``indices`` changes nothing (SparseAdam still counts the step: the caller
-        owns the counter; :class:`SphereSparseAdam` does this).
+        owns the counter; :class:`glann_ext.optim.SphereSparseAdam` does this).
     """
     _check_types(
         "fused_latent_adam_", table=table, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq, indices=indices, grad=grad
@@ -467,107 +465,3 @@ def fused_latent_sgd_(
     _check_types("fused_latent_sgd_", table=table, indices=indices, grad=grad)
     _ops.latent_sgd_step(table, indices, grad, lr, project)
     return table
-
-
-class SphereSparseAdam:
-    """``torch.optim.SparseAdam`` for a plain latent table, fused with re-projection onto the sphere.
-
-    Owns ``exp_avg``/``exp_avg_sq`` (zeros, the table's shape) and the step counter. Typical use::
-
-        opt = SphereSparseAdam(table, lr=1e-2)
-        z = table[idx].detach().requires_grad_()
-        loss(model(z)).backward()
-        opt.step(idx, z.grad)
-
-    Each :meth:`step` increments the counter (also for an empty batch, like SparseAdam) and applies
-    :func:`fused_latent_adam_`; if it raises, neither the table nor the counter has changed.
-    """
-
-    def __init__(
-        self,
-        table: torch.Tensor,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        *,
-        project: bool = True,
-    ) -> None:
-        _checks.check_tensor("SphereSparseAdam: table", table, ndim=2, dtypes=_TABLE_DTYPES)
-        if not lr > 0:
-            raise ValueError(f"SphereSparseAdam: lr must be > 0 (as SparseAdam), got {lr!r}")
-        _check_hyper("SphereSparseAdam", lr, beta1=betas[0], beta2=betas[1], eps=eps)
-        self.table = table
-        self.lr, self.betas, self.eps, self.project = (
-            float(lr),
-            (float(betas[0]), float(betas[1])),
-            float(eps),
-            project,
-        )
-        self.exp_avg = torch.zeros_like(table, memory_format=torch.contiguous_format)
-        self.exp_avg_sq = torch.zeros_like(table, memory_format=torch.contiguous_format)
-        self.step_count = 0
-
-    @torch.no_grad()
-    def step(self, indices: torch.Tensor, grad: torch.Tensor) -> None:
-        """Apply one step to ``table[indices]`` with gradient rows ``grad`` ``(len(indices), D)``."""
-        fused_latent_adam_(
-            self.table, self.exp_avg, self.exp_avg_sq, indices, grad, step=self.step_count + 1,
-            lr=self.lr, beta1=self.betas[0], beta2=self.betas[1], eps=self.eps, project=self.project,
-        )  # fmt: skip
-        self.step_count += 1
-
-    def state_dict(self) -> dict[str, Any]:
-        """Step counter, hyperparameters and the moment tensors (references, like torch.optim)."""
-        return {
-            "step": self.step_count,
-            "lr": self.lr,
-            "betas": self.betas,
-            "eps": self.eps,
-            "project": self.project,
-            "exp_avg": self.exp_avg,
-            "exp_avg_sq": self.exp_avg_sq,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict` exactly (moments copied into this optimizer's tensors)."""
-        for name in ("exp_avg", "exp_avg_sq"):
-            t = state[name]
-            if not isinstance(t, torch.Tensor) or t.shape != self.table.shape:
-                got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-                raise ValueError(
-                    f"SphereSparseAdam.load_state_dict: {name} must have shape {tuple(self.table.shape)}, got {got}"
-                )
-        step = int(state["step"])
-        if step < 0:
-            raise ValueError(f"SphereSparseAdam.load_state_dict: step must be >= 0, got {step}")
-        self.exp_avg.copy_(state["exp_avg"])
-        self.exp_avg_sq.copy_(state["exp_avg_sq"])
-        self.step_count = step
-        self.lr, self.eps = float(state["lr"]), float(state["eps"])
-        self.betas = (float(state["betas"][0]), float(state["betas"][1]))
-        self.project = bool(state["project"])
-
-
-class SphereSparseSGD:
-    """Plain SGD (no momentum, no weight decay) on a latent table's touched rows, fused with re-projection.
-
-    Stateless apart from its hyperparameters; :meth:`state_dict`/:meth:`load_state_dict` exist so a
-    trainer can treat both optimizers alike.
-    """
-
-    def __init__(self, table: torch.Tensor, lr: float = 1e-2, *, project: bool = True) -> None:
-        _checks.check_tensor("SphereSparseSGD: table", table, ndim=2, dtypes=_TABLE_DTYPES)
-        _check_hyper("SphereSparseSGD", lr)
-        self.table, self.lr, self.project = table, float(lr), project
-
-    @torch.no_grad()
-    def step(self, indices: torch.Tensor, grad: torch.Tensor) -> None:
-        """Apply one step to ``table[indices]`` with gradient rows ``grad`` ``(len(indices), D)``."""
-        fused_latent_sgd_(self.table, indices, grad, lr=self.lr, project=self.project)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"lr": self.lr, "project": self.project}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        _check_hyper("SphereSparseSGD.load_state_dict", float(state["lr"]))
-        self.lr, self.project = float(state["lr"]), bool(state["project"])

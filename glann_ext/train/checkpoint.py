@@ -3,7 +3,7 @@
 A run folder's checkpoints live in ``checkpoints/``::
 
     checkpoints/manifest.json            names the latest complete step and how it is sharded
-    checkpoints/step-00000012/main.pt    replicated state (networks, their optimizers, counters, RNG), rank 0
+    checkpoints/step-00000012/main.pt    replicated state (networks, their optimizers, counters), rank 0
     checkpoints/step-00000012/shard-00000-of-00002.pt   rows [start, stop) of the per-image state of rank 0
     checkpoints/step-00000012/shard-00001-of-00002.pt   ... of rank 1
 
@@ -18,59 +18,47 @@ memory-mapped, so no process needs the whole table.
 from __future__ import annotations
 
 import json
-import random
+import pickle
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from glann_ext._io import atomic_write
 from glann_ext.data import shard_bounds
+from glann_ext.errors import CheckpointError
 
-from .._io import atomic_write
 from .world import World
 
 CHECKPOINT_DIR = "checkpoints"
 MANIFEST_FILE = "manifest.json"
 MAIN_FILE = "main.pt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: glann_ext 0.1 (main.pt also held pickled numpy/python RNG state)
 # trainer state entries that hold one row per dataset image (sharded); the rest is replicated
 ROW_KEYS = {"glo": ("codes", "opt_z"), "imle": ("matched_noise",)}
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used as it is (incomplete, another world size, another dataset)."""
-
-
 def save_atomic(obj: Any, path: str | Path) -> None:
     """``torch.save`` through :func:`glann_ext._io.atomic_write`: a kill at any moment leaves either the old
-    or the new file, never a partial one."""
+    or the new file, never a partial one. ``obj`` holds only tensors and plain values, so that
+    :func:`load` reads it with ``weights_only=True``."""
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
-    """A file written by :func:`save_atomic` (our own files only: ``weights_only=False``)."""
+    """A file written by :func:`save_atomic`, read with ``weights_only=True``: tensors and plain values
+    only, so a planted pickle payload cannot run."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
-    except Exception as exc:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path}: holds objects other than tensors and plain values (a file of glann_ext 0.1, or not "
+            f"ours); it is not loaded, since loading such a file can run code"
+        ) from exc
+    except (OSError, RuntimeError, EOFError) as exc:
         raise CheckpointError(f"{path}: cannot load checkpoint ({exc})") from exc
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # -- splitting trainer states into replicated parts and rows ------------------------------------------------
@@ -204,10 +192,9 @@ def save_step(
     world.barrier()  # nobody reads the manifest of the next step before this one is written
 
 
-def load_step(
-    run: str | Path, world: World, total: int
-) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
-    """(main state, this rank's rows) of the latest complete step, or None without a checkpoint.
+def load_step(run: str | Path, world: World, total: int) -> dict[str, Any] | None:
+    """The training state ``{phase, glo, imle}`` of the latest complete step with this rank's rows, or None
+    without a checkpoint.
 
     Raises :class:`CheckpointError` (and changes nothing) when the step was written by another number of
     processes or for another dataset size, or when a file of it is missing.
@@ -238,7 +225,12 @@ def load_step(
         raise CheckpointError(
             f"{step_dir}: shard {world.rank} holds rows {shard['start']}..{shard['stop']}, expected {world.bounds(total)}"
         )
-    return load(step_dir / MAIN_FILE), shard["rows"]
+    main, rows = load(step_dir / MAIN_FILE), shard["rows"]
+    return {
+        "phase": main["phase"],
+        "glo": join_state("glo", main["glo"], rows),
+        "imle": join_state("imle", main["imle"], rows),
+    }
 
 
 def latest_main(run: str | Path) -> dict[str, Any] | None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from glann_ext.errors import ConfigError
 
 CONFIG_FILE = "config.json"
 
@@ -69,10 +71,9 @@ class TrainConfig:
     seed: int = 0
     ckpt_every: int = 200  # steps between mid-epoch checkpoints (0: only at epoch ends)
     sample_every: int = 1  # epochs between PNG grids
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> TrainConfig:
-        """Raise ValueError naming the first bad field."""
+        """Raise :class:`~glann_ext.errors.ConfigError` (a ValueError) naming the first bad field."""
         checks = [
             ("latent_dim", self.latent_dim >= 1),
             ("noise_dim", self.noise_dim >= 1),
@@ -92,7 +93,7 @@ class TrainConfig:
         ]
         for name, ok in checks:
             if not ok:
-                raise ValueError(f"config field {name} has an invalid value: {getattr(self, name)!r}")
+                raise ConfigError(f"config field {name} has an invalid value: {getattr(self, name)!r}")
         for name, allowed in (
             ("latent_optimizer", ("adam", "sgd")),
             ("init", ("pca", "random")),
@@ -103,14 +104,21 @@ class TrainConfig:
             ("channels", (None, 1, 3)),
         ):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"config field {name} must be one of {allowed}, got {getattr(self, name)!r}")
+                raise ConfigError(f"config field {name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.image_size is not None:
             from glann_ext.models.generator import start_size
 
-            start_size(self.image_size)  # raises ValueError naming image_size
+            try:
+                start_size(self.image_size)
+            except ValueError as exc:
+                raise ConfigError(f"config field image_size: {exc}") from None
         if self.vgg_weight > 0 and not self.vgg_weights:
-            raise ValueError("config field vgg_weight > 0 needs vgg_weights: a local VGG16 state_dict file")
+            raise ConfigError("config field vgg_weight > 0 needs vgg_weights: a local VGG16 state_dict file")
         return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain JSON-able values (tuples as lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
     def to_json(self, path: str | Path) -> None:
         """Write the config atomically (other ranks of a job may be reading the folder)."""
@@ -122,10 +130,12 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
+        d = dict(d)
+        if d.get("extra") == {}:  # an unused field of glann_ext 0.1's configs
+            del d["extra"]
         unknown = set(d) - names
         if unknown:
-            raise ValueError(f"unknown config fields: {sorted(unknown)}")
-        d = dict(d)
+            raise ConfigError(f"unknown config fields: {sorted(unknown)}")
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
         return cls(**d).validate()
@@ -135,7 +145,7 @@ class TrainConfig:
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+            raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -171,5 +181,5 @@ PRESETS: dict[str, dict[str, Any]] = {
 def preset(name: str, **overrides: Any) -> TrainConfig:
     """The named preset with ``overrides`` applied."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+        raise ConfigError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
     return TrainConfig.from_dict({**PRESETS[name], **overrides})

@@ -2,36 +2,26 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from glann_ext.models import DCGANGenerator
+from glann_ext.backend import Ops
+from glann_ext.models import DCGANGenerator, ReconstructionLoss
 
-from . import seeding
-from .backend import Ops
+from .build import build_generator
 from .config import TrainConfig
 from .latents import initial_codes
-from .losses import ReconstructionLoss
-from .world import World, data_parallel, global_batch_part, global_batchnorm
-
-StepHook = Callable[[Any, dict], None]
+from .loop import StageTrainer, autocast_for
+from .world import World, data_parallel, global_batchnorm
 
 
-def autocast_for(device: torch.device, enabled: bool):
-    """bfloat16 autocast on CUDA (no loss scaling needed); a no-op on CPU, where it does not pay."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
-class GLOTrainer:
+class GLOTrainer(StageTrainer):
     """Trains G and the code table on ``images`` (N, C, H, W) in [0, 1] held on CPU.
 
     Code ``i`` belongs to dataset index ``i``; a batch reads ``codes[idx]`` and the latent optimizer
-    updates exactly those rows (and re-projects them). Epoch ``e`` visits images in an order drawn from
-    (seed, e) alone, which makes mid-epoch resume exact.
+    updates exactly those rows (and re-projects them). ``G`` defaults to the configured generator
+    (:func:`~glann_ext.train.build.build_generator`); the codes start from ``cfg.init`` (PCA or random).
 
     Sharded (``world`` with several ranks): ``images`` are this rank's rows ``[start, start + len)`` of
     ``total``, and so are :attr:`codes` and the latent optimizer's state; G is replicated (DDP, with
@@ -50,38 +40,29 @@ class GLOTrainer:
         world: World | None = None,
         start: int = 0,
         total: int | None = None,
+        *,
+        G: DCGANGenerator | None = None,
     ):
-        self.cfg, self.ops, self.device = cfg, ops, torch.device(device)
-        self.world = world or World()
+        super().__init__(cfg, world, start, images.shape[0], total)
+        self.ops, self.device = ops, torch.device(device)
         self.images = images
-        self.start = start
-        self.total = images.shape[0] if total is None else total
-        _n, c, h, _w = images.shape
-        torch.manual_seed(cfg.seed)
-        self.G = global_batchnorm(DCGANGenerator(cfg.latent_dim, h, c, cfg.gen_width), self.world)
-        self.G.to(self.device)
+        G = G if G is not None else build_generator(cfg, tuple(images.shape[1:]))
+        self.G = global_batchnorm(G, self.world).to(self.device)
         self.G_train = data_parallel(self.G, self.world)
         self.codes = initial_codes(
             images, cfg.latent_dim, cfg.init, ops.project, cfg.seed, self.world, start, self.total
         ).to(self.device)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=cfg.betas)
-        self.opt_z = ops.make_latent_optimizer(self.codes, cfg.latent_optimizer, cfg.lr_z, cfg.betas)
+        self.opt_z = ops.latent_optimizer(self.codes, cfg.latent_optimizer, cfg.lr_z, cfg.betas)
         self.loss_fn = ReconstructionLoss.from_config(cfg, ops).to(self.device)
-        self.epoch = 0  # epochs completed
-        self.step_in_epoch = 0  # steps completed in the current epoch
-        self.global_step = 0
 
-    @property
-    def steps_per_epoch(self) -> int:
-        return len(seeding.batches(torch.arange(self.total), self.cfg.batch_size))
+    def train_step(self, batch: torch.Tensor) -> float:
+        """One joint update of G and of the codes of the global ``batch`` that this rank holds.
 
-    def train_step(self, idx: torch.Tensor, batch_size: int | None = None) -> float:
-        """One joint update of G and of the codes ``idx`` (rows of this rank's shard); returns the loss.
-
-        ``batch_size``: the global batch's size when ``idx`` is this rank's part of it (sharded runs); the
-        returned loss is then this rank's share (the shares of all ranks add up to the batch's loss; they
-        are summed once per epoch, not per step, to save a collective per step).
+        Sharded, the loss is normalised by the global batch (this rank's share of the batch's loss is
+        returned; the shares add up over ranks and are summed once per epoch, not per step).
         """
+        idx = self.local_part(batch)
         target = self.images[idx].to(self.device, non_blocking=True)
         idx = idx.to(self.device)
         z = self.codes[idx].clone().requires_grad_(True)
@@ -92,7 +73,7 @@ class GLOTrainer:
             loss = self.loss_fn(out, target)
             scaled = loss
         else:
-            loss = self.loss_fn(out, target, normalizer=batch_size)
+            loss = self.loss_fn(out, target, normalizer=len(batch))
             # DDP averages gradients over ranks and the BatchNorm all-reduces sum them in backward, so every
             # rank differentiates world * (its share): parameters get the global gradient, codes world x it.
             scaled = loss * self.world.size
@@ -102,37 +83,6 @@ class GLOTrainer:
         grad = z.grad if not self.world.distributed else z.grad / self.world.size
         self.opt_z.step(idx, grad)
         return loss.item()
-
-    def run_epoch(self, on_step: StepHook | None = None, progress=None) -> float:
-        """Train from the current position to the end of the epoch; returns the mean loss of the steps run.
-
-        ``on_step(trainer, info)`` runs after every step (checkpointing, logging, test interruptions);
-        in a sharded run ``info["loss"]`` and the progress bar show this rank's share of the step's loss.
-        """
-        perm = seeding.epoch_permutation(self.total, self.cfg.seed, self.stage, self.epoch)
-        all_batches = seeding.batches(perm, self.cfg.batch_size)
-        stop = self.start + self.images.shape[0]
-        total, count = 0.0, 0
-        for idx in all_batches[self.step_in_epoch :]:
-            if self.world.distributed:
-                loss = self.train_step(global_batch_part(idx, self.start, stop), len(idx))
-            else:
-                loss = self.train_step(idx)
-            total, count = total + loss, count + 1
-            self.step_in_epoch += 1
-            self.global_step += 1
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(loss=f"{loss:.4f}")
-            if on_step is not None:
-                on_step(
-                    self, {"stage": self.stage, "epoch": self.epoch, "step": self.global_step, "loss": loss}
-                )
-        if self.world.distributed:  # the ranks' shares add up to the global batches' losses
-            total = self.world.sum(torch.tensor([total], dtype=torch.float64)).item()
-        self.epoch += 1
-        self.step_in_epoch = 0
-        return total / max(count, 1)
 
     @torch.no_grad()
     def reconstruct(self, idx: torch.Tensor) -> torch.Tensor:
@@ -146,9 +96,7 @@ class GLOTrainer:
             "codes": self.codes.clone(),
             "opt_g": self.opt_g.state_dict(),
             "opt_z": self.opt_z.state_dict(),
-            "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
-            "global_step": self.global_step,
+            **self.counters(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -156,5 +104,4 @@ class GLOTrainer:
         self.codes.copy_(state["codes"])  # in place: the latent optimizer holds this tensor
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_z.load_state_dict(state["opt_z"])
-        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
-        self.global_step = state["global_step"]
+        self.load_counters(state)

@@ -18,15 +18,19 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import seeding
-from .backend import Ops
+from glann_ext import seeding
+from glann_ext.backend import Ops
+from glann_ext.errors import ConfigError
+from glann_ext.models import mse_loss
+
 from .config import TrainConfig
-from .glo import StepHook, autocast_for
-from .losses import mse_loss
-from .world import World, data_parallel, global_batch_part, global_batchnorm
+from .loop import StageTrainer, autocast_for
+from .world import World, data_parallel, global_batchnorm
 
 # unique matching keeps the whole distance matrix when it has at most this many entries
 DENSE_MATCH_LIMIT = 1 << 24
+# noise vectors mapped per generator call when matching (bounds the activations' memory)
+MATCH_CHUNK = 4096
 
 
 @torch.no_grad()
@@ -73,18 +77,19 @@ def unique_nn_match(queries: torch.Tensor, keys: torch.Tensor, nn_argmin: Callab
     return idx
 
 
-class IMLETrainer:
+class IMLETrainer(StageTrainer):
     """IMLE of ``generator`` (noise (B, noise_dim) -> target-shaped output) onto ``targets`` (N, ...).
 
     Matching runs the generator in eval mode (BatchNorm running statistics): the same function that
     sampling uses. ``loss_fn(output, target)`` defaults to the mean squared error.
 
     Sharded (``world`` with several ranks): ``targets`` are this rank's rows ``[start, start + len)`` of
-    ``total``; the M noise draws are a seeded table (:func:`~glann_ext.train.seeding.normal_rows`) of which
-    each rank maps its :func:`~glann_ext.data.shard_bounds` share; :func:`glann_ext.distributed.nn_argmin`
-    finds every target's nearest draw over all ranks exactly; the generator is replicated (DDP,
-    GlobalBatchNorm) and the loss is normalised by the global batch, as in :class:`GLOTrainer`. The
-    precision term and ``imle_match="unique"`` need all targets in one process and are single-process only.
+    ``total``; the M noise draws are a seeded table (:func:`~glann_ext.seeding.normal_rows`) of which each
+    rank maps its :func:`~glann_ext.data.shard_bounds` share; the backend's distributed search
+    (:meth:`Ops.nn_argmin <glann_ext.backend.Ops.nn_argmin>` with the world) finds every target's nearest
+    draw over all ranks exactly; the generator is replicated (DDP, GlobalBatchNorm) and the loss is
+    normalised by the global batch, as in :class:`~glann_ext.train.glo.GLOTrainer`. The precision term and
+    ``imle_match="unique"`` need all targets in one process and are single-process only.
     """
 
     stage = "imle"
@@ -97,34 +102,28 @@ class IMLETrainer:
         ops: Ops,
         device: str | torch.device = "cpu",
         loss_fn: Callable[..., torch.Tensor] | None = None,
-        match_chunk: int = 4096,
         world: World | None = None,
         start: int = 0,
         total: int | None = None,
     ):
-        self.cfg, self.ops, self.device = cfg, ops, torch.device(device)
-        self.world = world or World()
+        super().__init__(cfg, world, start, targets.shape[0], total)
+        self.ops, self.device = ops, torch.device(device)
         if self.world.distributed and (cfg.imle_match != "nearest" or cfg.imle_precision_weight != 0):
-            raise ValueError(
+            raise ConfigError(
                 "imle_match='unique' and imle_precision_weight > 0 need every target in one process; "
                 f"got imle_match={cfg.imle_match!r}, imle_precision_weight={cfg.imle_precision_weight} "
                 f"with {self.world.size} processes (train without torchrun, or turn these options off)"
             )
         self.targets = targets.to(self.device)
-        self.start = start
-        self.total = targets.shape[0] if total is None else total
         self.generator = global_batchnorm(generator, self.world).to(self.device)
         self.generator_train = data_parallel(self.generator, self.world)
         self.loss_fn = loss_fn or mse_loss
         self.noise_dim = cfg.noise_dim
-        self.match_chunk = match_chunk
         self.opt = torch.optim.Adam(
             self.generator.parameters(), lr=cfg.imle_lr, betas=cfg.betas, weight_decay=cfg.imle_weight_decay
         )
         self.matched_noise: torch.Tensor | None = None  # this epoch's noise for each target
-        self.epoch = 0
-        self.step_in_epoch = 0
-        self.global_step = 0
+        self.fresh: torch.Tensor | None = None  # this epoch's noise of the precision term
         self.last_match_distance = float("nan")
 
     @property
@@ -141,7 +140,7 @@ class IMLETrainer:
         """Generator outputs for ``noise`` in eval mode, chunked, in fp32."""
         self.generator.eval()
         outs = []
-        for chunk in noise.split(self.match_chunk):
+        for chunk in noise.split(MATCH_CHUNK):
             with autocast_for(self.device, self.cfg.amp):
                 outs.append(self.generator(chunk.to(self.device)).float())
         return torch.cat(outs)
@@ -154,15 +153,11 @@ class IMLETrainer:
         noise = self.noise(range(lo, hi), epoch)
         samples = self.generate(noise).reshape(hi - lo, -1)
         queries = self.targets.reshape(self.targets.shape[0], -1).float()
-        if self.world.distributed:
-            from glann_ext.distributed import nn_argmin as distributed_nn_argmin
-
-            idx, dist = distributed_nn_argmin(queries, samples, self.world.group, return_distances=True)
-        elif self.cfg.imle_match == "unique":
+        if self.cfg.imle_match == "unique":
             idx = unique_nn_match(queries, samples, self.ops.nn_argmin)
             dist = ((queries - samples[idx]) ** 2).sum(1)
         else:
-            idx, dist = self.ops.nn_argmin(queries, samples, return_distances=True)
+            idx, dist = self.ops.nn_argmin(queries, samples, return_distances=True, world=self.world)
         self.last_match_distance = self.world.sum(dist.double().sum().reshape(1)).item() / self.total
         return noise, idx.cpu()
 
@@ -189,32 +184,32 @@ class IMLETrainer:
         size = min(self.cfg.batch_size, self.total)
         return torch.randn(self.steps_per_epoch, size, self.noise_dim, generator=g)
 
-    def train_step(
-        self, batch: torch.Tensor, fresh: torch.Tensor | None = None, batch_size: int | None = None
-    ) -> float:
-        """One regression step on the matched noise of ``batch`` (rows of this rank's targets), plus the
-        precision term on ``fresh`` noise; returns the total loss (IMLE term + weighted precision term).
-        ``batch_size``: the global batch's size when ``batch`` is this rank's part of it (the loss returned is
-        then this rank's share, see :meth:`GLOTrainer.train_step`)."""
+    # -- the loop's parts --------------------------------------------------------------------------------
+    def begin_epoch(self) -> None:
+        """Match (unless resuming mid-epoch with the matching restored from the checkpoint)."""
+        if self.step_in_epoch == 0 or self.matched_noise is None:
+            self.matched_noise = self.matched_noise_for(self.epoch)
+        self.fresh = self.precision_noise(self.epoch)
+
+    def train_step(self, batch: torch.Tensor) -> float:
+        """One regression step on the matched noise of the global ``batch``'s local members, plus the
+        precision term on this step's fresh noise; returns this rank's share of the loss (IMLE term +
+        weighted precision term)."""
+        local = self.local_part(batch)
+        fresh = None if self.fresh is None else self.fresh[self.step_in_epoch]
         self.generator.train()
-        noise = self.matched_noise[batch].to(self.device)
+        noise = self.matched_noise[local].to(self.device)
         if fresh is not None:  # one forward pass for both, so BatchNorm sees one batch
             noise = torch.cat([noise, fresh.to(self.device)])
         with autocast_for(self.device, self.cfg.amp):
             out = self.generator_train(noise).float()
-        target = self.targets[batch.to(self.device)]
+        target = self.targets[local.to(self.device)]
         if self.world.distributed:
-            loss = self.loss_fn(out, target, normalizer=batch_size)
+            loss = self.loss_fn(out, target, normalizer=len(batch))
         else:
-            loss = self.loss_fn(out[: len(batch)], target)
+            loss = self.loss_fn(out[: len(local)], target)
         if fresh is not None:
-            extra = out[len(batch) :]
-            with torch.no_grad():
-                flat = self.targets.reshape(self.targets.shape[0], -1).float()
-                nearest = self.ops.nn_argmin(extra.detach().reshape(len(extra), -1), flat)
-            loss = loss + self.cfg.imle_precision_weight * self.loss_fn(
-                extra, self.targets[nearest.to(self.device)]
-            )
+            loss = loss + self.cfg.imle_precision_weight * self._precision_loss(out[len(local) :])
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(self.global_step)
         self.opt.zero_grad(set_to_none=True)
@@ -223,55 +218,31 @@ class IMLETrainer:
         self.opt.step()
         return loss.item()
 
-    def run_epoch(self, on_step: StepHook | None = None, progress=None) -> float:
-        """Match (unless resuming mid-epoch with the matching restored) then regress; returns mean loss."""
-        if self.step_in_epoch == 0 or self.matched_noise is None:
-            self.matched_noise = self.matched_noise_for(self.epoch)
-        perm = seeding.epoch_permutation(self.total, self.cfg.seed, self.stage, self.epoch)
-        fresh = self.precision_noise(self.epoch)
-        stop = self.start + self.targets.shape[0]
-        total, count = 0.0, 0
-        for batch in seeding.batches(perm, self.cfg.batch_size)[self.step_in_epoch :]:
-            if self.world.distributed:
-                loss = self.train_step(global_batch_part(batch, self.start, stop), None, len(batch))
-            else:
-                loss = self.train_step(batch, None if fresh is None else fresh[self.step_in_epoch])
-            total, count = total + loss, count + 1
-            self.step_in_epoch += 1
-            self.global_step += 1
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(loss=f"{loss:.4f}", match=f"{self.last_match_distance:.4f}")
-            if on_step is not None:
-                on_step(
-                    self, {"stage": self.stage, "epoch": self.epoch, "step": self.global_step, "loss": loss}
-                )
-        if self.world.distributed:  # the ranks' shares add up to the global batches' losses
-            total = self.world.sum(torch.tensor([total], dtype=torch.float64)).item()
-        self.epoch += 1
-        self.step_in_epoch = 0
-        self.matched_noise = None
-        return total / max(count, 1)
+    def _precision_loss(self, extra: torch.Tensor) -> torch.Tensor:
+        """Fresh outputs regressed onto their nearest targets (the reverse half of a Chamfer distance)."""
+        with torch.no_grad():
+            flat = self.targets.reshape(self.targets.shape[0], -1).float()
+            nearest = self.ops.nn_argmin(extra.detach().reshape(len(extra), -1), flat)
+        return self.loss_fn(extra, self.targets[nearest.to(self.device)])
 
-    @property
-    def steps_per_epoch(self) -> int:
-        return len(seeding.batches(torch.arange(self.total), self.cfg.batch_size))
+    def epoch_metrics(self) -> dict[str, Any]:
+        return {"match_distance": self.last_match_distance}
+
+    def end_epoch(self) -> None:
+        self.matched_noise, self.fresh = None, None
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "generator": self.generator.state_dict(),
             "opt": self.opt.state_dict(),
-            "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
-            "global_step": self.global_step,
             "matched_noise": None if self.matched_noise is None else self.matched_noise.clone(),
             "last_match_distance": self.last_match_distance,
+            **self.counters(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.load_state_dict(state["generator"])
         self.opt.load_state_dict(state["opt"])
-        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
-        self.global_step = state["global_step"]
         self.matched_noise = state["matched_noise"]
         self.last_match_distance = state["last_match_distance"]
+        self.load_counters(state)

@@ -1,14 +1,17 @@
-"""A training run in a folder: config, atomic checkpoints, exact resume, metrics, PNG grids.
+"""A training run in a folder: the config, checkpoints and exact resume, metrics, PNG grids, the model file.
 
-Folder layout::
+The training itself is :class:`~.pipeline.Fit`; a :class:`Run` adds the folder around it: it resolves the
+config (a new run, or the saved one with the overrides a resume may change), restores the latest checkpoint,
+and attaches the hooks that write the folder. Folder layout::
 
-    config.json        the TrainConfig (the run is reproducible from it)
-    checkpoints/       latest training state: manifest.json + one step folder of per-rank files
-                       (phase, trainers, optimizers incl. the latent optimizer, RNG; see .checkpoint)
-    model.pt           the finished model (GLANN.export) once training is done
-    metrics.jsonl      one JSON line per epoch
-    images/            reconstructions and sample grids written during training
-    tb/                TensorBoard events, when tensorboard is installed
+    config.json           the TrainConfig (the run is reproducible from it)
+    checkpoints/          latest training state: manifest.json + one step folder of per-rank files
+                          (see .checkpoint)
+    model.safetensors     the finished model (weights + JSON description; glann_ext.models.files)
+    metrics.jsonl         one JSON line per epoch
+    images/               reconstructions and sample grids written during training
+    samples.png, reconstructions.png   grids of the finished model
+    tb/                   TensorBoard events, when tensorboard is installed
 
 Under torchrun (``WORLD_SIZE`` > 1) every process runs :class:`Run` on the same folder: each trains on its
 shard of the dataset and writes its shard of the checkpoint; rank 0 alone writes config, metrics, images
@@ -25,20 +28,22 @@ from typing import Any, Callable
 
 import torch
 
+from glann_ext._io import atomic_write
+from glann_ext.backend import get_ops
 from glann_ext.data import load_image_shard
-from glann_ext.models import MLP, DCGANGenerator, start_size
+from glann_ext.errors import CheckpointError, ConfigError, RunFolderError
+from glann_ext.images import save_grid
+from glann_ext.models import GLANN, GenerativeModel, fit_gaussian, load_model_file, save_model, start_size
 
 from . import checkpoint as ckpt
-from .backend import get_ops
+from .build import build_model
 from .config import CONFIG_FILE, TrainConfig
-from .glann import GLANN, fit_gaussian
-from .glo import GLOTrainer
-from .images import save_grid
-from .imle import IMLETrainer
-from .losses import ReconstructionLoss
+from .loop import Hook, StageTrainer
+from .pipeline import Fit
 from .world import World, init_world, local_device
 
-MODEL_FILE = "model.pt"
+MODEL_FILE = "model.safetensors"
+LEGACY_MODEL_FILE = "model.pt"
 METRICS_FILE = "metrics.jsonl"
 # Fields that may change when a run is resumed: they do not alter what is computed, or extend it.
 RESUMABLE_OVERRIDES = (
@@ -71,28 +76,21 @@ class Run:
         self.progress, self.user_hook, self._log = progress, on_step, log
         self.cfg = self._resolve_config(cfg)
         self.device = local_device(self.cfg.device)
-        self.ops = get_ops(self.cfg.ops)
-        self.tb = None
         self.world = World()
-        self.total = 0
 
     def log(self, msg: str) -> None:
         if self.world.is_main:
             self._log(msg)
 
-    # -- configuration -------------------------------------------------------------------------------
     def _resolve_config(self, cfg: TrainConfig | None) -> TrainConfig:
         path = self.out / CONFIG_FILE
         if path.exists():
             saved = TrainConfig.from_json(path)
             if cfg is not None:
-                changed = {
-                    k: v
-                    for k, v in dataclasses.asdict(cfg).items()
-                    if dataclasses.asdict(saved)[k] != v and k not in RESUMABLE_OVERRIDES
-                }
+                mine, theirs = dataclasses.asdict(saved), dataclasses.asdict(cfg)
+                changed = {k for k, v in theirs.items() if mine[k] != v and k not in RESUMABLE_OVERRIDES}
                 if changed:
-                    raise ValueError(
+                    raise RunFolderError(
                         f"{self.out} holds a run with a different config ({', '.join(sorted(changed))} "
                         f"differ); use another --out, or resume it without changing those options"
                     )
@@ -100,108 +98,16 @@ class Run:
                     setattr(saved, k, getattr(cfg, k))
             return saved.validate()
         if cfg is None:
-            raise FileNotFoundError(f"{path}: no run to resume here, and no configuration given")
-        return cfg.validate()  # written by train() once the data has loaded
+            raise RunFolderError(f"{path}: no run to resume here, and no configuration given")
+        return cfg.validate()  # written once the data has loaded
 
-    # -- bookkeeping ---------------------------------------------------------------------------------
-    def _save(self, phase: str, glo: GLOTrainer | None, imle: IMLETrainer | None) -> None:
-        """One checkpoint step (collective: every rank calls it at the same step)."""
-        rows = len(glo.codes) if glo is not None else len(imle.targets)
-        glo_rep, glo_rows = ckpt.split_state("glo", glo.state_dict() if glo else None, rows)
-        imle_rep, imle_rows = ckpt.split_state("imle", imle.state_dict() if imle else None, rows)
-        trainer = imle if phase == "imle" and imle is not None else glo
-        ckpt.save_step(
-            self.out,
-            self.world,
-            self.total,
-            lambda: {
-                "phase": phase,
-                "glo": glo_rep,
-                "imle": imle_rep,
-                "rng": ckpt.rng_state(),
-                "config": dataclasses.asdict(self.cfg),
-                "image_shape": self.image_shape,
-            },
-            {**glo_rows, **imle_rows},
-            {"phase": phase, "epoch": trainer.epoch, "global_step": trainer.global_step},
-        )
-
-    def _metrics(self, row: dict) -> None:
-        if not self.world.is_main:
-            return
-        with open(self.out / METRICS_FILE, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        if self.tb is not None:
-            for k in ("loss", "match_distance", "seconds"):
-                if k in row and row[k] is not None:
-                    self.tb.add_scalar(f"{row['stage']}/{k}", row[k], row["epoch"])
-
-    def _hook(self, phase_state: Callable[[], tuple]):
-        def hook(trainer, info):
-            if self.cfg.ckpt_every and info["step"] % self.cfg.ckpt_every == 0:
-                self._save(*phase_state())
-            if self.user_hook is not None:
-                self.user_hook(trainer, info)
-
-        return hook
-
-    def _epochs(self, trainer, epochs: int, name: str, phase_state, after_epoch) -> None:
-        from tqdm import tqdm
-
-        while trainer.epoch < epochs:
-            start_step, t0 = trainer.step_in_epoch, time.perf_counter()
-            with tqdm(
-                total=trainer.steps_per_epoch,
-                initial=start_step,
-                disable=not (self.progress and self.world.is_main),
-                desc=f"{name} {trainer.epoch + 1}/{epochs}",
-                unit="step",
-                dynamic_ncols=True,
-            ) as bar:
-                loss = trainer.run_epoch(self._hook(phase_state), bar)
-            seconds = time.perf_counter() - t0
-            self._save(*phase_state())
-            row = {
-                "stage": trainer.stage,
-                "epoch": trainer.epoch,
-                "step": trainer.global_step,
-                "loss": loss,
-                "seconds": seconds,
-                "steps": trainer.steps_per_epoch - start_step,
-            }
-            if isinstance(trainer, IMLETrainer):
-                row["match_distance"] = trainer.last_match_distance
-            self._metrics(row)
-            self.log(f"{name} epoch {trainer.epoch}/{epochs}: loss {loss:.4f}, {seconds:.1f} s")
-            if self.cfg.sample_every and (
-                trainer.epoch % self.cfg.sample_every == 0 or trainer.epoch == epochs
-            ):
-                after_epoch(trainer.epoch)
-
-    # -- the stages ----------------------------------------------------------------------------------
-    def load_images(self) -> torch.Tensor:
-        """This rank's shard of the training images (all of them for a single process)."""
-        cfg = self.cfg
-        shard = load_image_shard(
-            cfg.dataset,
-            self.world.rank,
-            self.world.size,
-            image_size=cfg.image_size,
-            channels=cfg.channels,
-            data_root=cfg.data_root,
-            limit=cfg.limit,
-        )
-        self.start, self.total = shard.start, shard.total
-        return shard.images
-
-    def train(self, stage: str = "all") -> GLANN:
+    # -- training ------------------------------------------------------------------------------------
+    def train(self, stage: str = "all") -> GenerativeModel:
         """Run (or finish) ``stage``: "all" (GLO then IMLE), "glo" or "imle" (IMLE after a finished GLO).
 
         Under torchrun this joins (or, when none exists yet, creates and at the end destroys) the
         default process group; every rank must call it. On ranks other than 0 the returned model holds
         only that rank's codes."""
-        if stage not in ("all", "glo", "imle"):
-            raise ValueError(f"stage must be 'all', 'glo' or 'imle', got {stage!r}")
         import torch.distributed as dist
 
         created = dist.is_available() and not dist.is_initialized()
@@ -213,195 +119,269 @@ class Run:
             if created:
                 dist.destroy_process_group()
 
-    def _train(self, stage: str) -> GLANN:
+    def _load_images(self) -> tuple[torch.Tensor, int, int]:
+        """(this rank's shard of the training images, its first dataset row, the dataset's size)."""
+        cfg = self.cfg
+        shard = load_image_shard(
+            cfg.dataset, self.world.rank, self.world.size, image_size=cfg.image_size, channels=cfg.channels,
+            data_root=cfg.data_root, limit=cfg.limit,
+        )  # fmt: skip
+        if shard.total < 2 * self.world.size:
+            raise ConfigError(
+                f"{cfg.dataset}: {shard.total} images cannot be shared by {self.world.size} processes"
+            )
+        try:
+            start_size(shard.images.shape[-1])
+        except ValueError as exc:
+            raise ConfigError(
+                f"{cfg.dataset}: images of size {shard.images.shape[-1]} are not supported ({exc}); "
+                f"set image_size (--image-size) to resize them"
+            ) from exc
+        return shard.images, shard.start, shard.total
+
+    def _train(self, stage: str) -> GenerativeModel:
         cfg = self.cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.world.check_same("the run configuration", dataclasses.asdict(cfg))
-        images = self.load_images()  # first, so that bad data leaves no half-made run folder
-        self.image_shape = tuple(images.shape[1:])
-        if self.total < 2 * self.world.size:
-            raise ValueError(
-                f"{cfg.dataset}: {self.total} images cannot be shared by {self.world.size} processes"
-            )
-        try:
-            start_size(images.shape[-1])
-        except ValueError as exc:
-            raise ValueError(
-                f"{cfg.dataset}: images of size {images.shape[-1]} are not supported ({exc}); "
-                f"set image_size (--image-size) to resize them"
-            ) from exc
+        images, start, total = self._load_images()  # first, so that bad data leaves no half-made run folder
+        fit = Fit(images, cfg, ops=get_ops(cfg.ops), world=self.world, device=self.device, start=start, total=total)
+        state = ckpt.load_step(self.out, self.world, total)
+        if state is not None:
+            fit.load_state_dict(state)
+            self.log(f"resuming {self.out} from phase {state['phase']}")
+        tb = None
         if self.world.is_main:
             (self.out / "images").mkdir(parents=True, exist_ok=True)
             if not (self.out / CONFIG_FILE).exists():
-                self.cfg.to_json(self.out / CONFIG_FILE)
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(self.out / "tb"))
-            except ImportError:  # tensorboard is optional
-                self.tb = None
-        state = ckpt.load_step(self.out, self.world, self.total)
-        if state is not None:
-            main, rows = state
-            ckpt.set_rng_state(main["rng"])
-            state = {
-                "phase": main["phase"],
-                "glo": ckpt.join_state("glo", main["glo"], rows),
-                "imle": ckpt.join_state("imle", main["imle"], rows),
-            }
-            self.log(f"resuming {self.out} from phase {state['phase']}")
+                cfg.to_json(self.out / CONFIG_FILE)
+            _prune_metrics(self.out / METRICS_FILE, fit)
+            tb = _tensorboard(self.out / "tb")
+        hooks: list[Hook] = [
+            ProgressHook(self),
+            MetricsHook(self, tb),
+            GridsHook(self, fit, images),
+            CheckpointHook(self, fit, total),
+        ]
+        if self.user_hook is not None:
+            hooks.append(_CallbackHook(self.user_hook))
         try:
-            if cfg.imle_space == "pixel":
-                return self._train_pixel_imle(images, state)
-            return self._train_glann(images, state, stage)
+            model = fit.run(stage, hooks)
         finally:
-            if self.tb is not None:
-                self.tb.close()
+            if tb is not None:
+                tb.close()
+        return self._finish(model, fit, images)
 
-    def _train_glann(self, images: torch.Tensor, state: dict | None, stage: str) -> GLANN:
-        cfg = self.cfg
-        glo = GLOTrainer(images, cfg, self.ops, self.device, self.world, self.start, self.total)
-        phase = "glo"
-        if state is not None:
-            phase = state["phase"]
-            glo.load_state_dict(state["glo"])
-        if stage == "imle" and (phase == "glo" and glo.epoch < cfg.glo_epochs):
-            raise RuntimeError(
-                f"{self.out}: --stage imle needs a finished GLO stage "
-                f"({glo.epoch}/{cfg.glo_epochs} epochs done); run --stage glo first"
-            )
-        show = torch.arange(min(N_SHOW, len(images)))  # rank 0's first rows: dataset indices 0, 1, ...
-
-        def glo_images(epoch: int) -> None:
-            fit = fit_gaussian(glo.codes, self.world)  # collective
-            if not self.world.is_main:
-                return
-            model = GLANN(glo.G, glo.codes, None, cfg, self.ops)
-            save_grid(
-                torch.cat([images[show], model.reconstruct(show).cpu()]),
-                self.out / "images" / f"reconstructions_glo_{epoch:03d}.png",
-                nrow=len(show),
-            )
-            save_grid(
-                model.sample_gaussian(64, seed=0, fit=fit).cpu(),
-                self.out / "images" / f"samples_gaussian_{epoch:03d}.png",
-            )
-            glo.G.train()
-
-        if phase == "glo":
-            self._epochs(glo, cfg.glo_epochs, "GLO", lambda: ("glo", glo, None), glo_images)
-        if stage == "glo":
-            model = GLANN(glo.G, glo.codes, None, cfg, self.ops)
-            self._finish(model, images, show)
-            return model
-        torch.manual_seed(cfg.seed + 1)  # T's initialisation: the same whether or not GLO was resumed
-        T = MLP(cfg.noise_dim, cfg.latent_dim, cfg.mapping_hidden, cfg.mapping_layers, cfg.mapping_batch_norm)
-        imle = IMLETrainer(
-            glo.codes, T, cfg, self.ops, self.device, world=self.world, start=self.start, total=self.total
-        )
-        if state is not None and state["imle"] is not None:
-            imle.load_state_dict(state["imle"])
-        if phase == "glo":
-            self._save("imle", glo, imle)
-        model = GLANN(glo.G, glo.codes, T, cfg, self.ops)
-
-        def imle_images(epoch: int) -> None:
-            if self.world.is_main:
-                save_grid(
-                    model.sample(64, seed=0).cpu(), self.out / "images" / f"samples_imle_{epoch:03d}.png"
-                )
-
-        self._epochs(imle, cfg.imle_epochs, "IMLE", lambda: ("imle", glo, imle), imle_images)
-        self._finish(model, images, show)
-        return model
-
-    def _train_pixel_imle(self, images: torch.Tensor, state: dict | None) -> GLANN:
-        cfg = self.cfg
-        torch.manual_seed(cfg.seed)
-        G = DCGANGenerator(cfg.noise_dim, images.shape[-1], images.shape[1], cfg.gen_width)
-        imle = IMLETrainer(
-            images,
-            G,
-            cfg,
-            self.ops,
-            self.device,
-            loss_fn=ReconstructionLoss.from_config(cfg, self.ops),
-            world=self.world,
-            start=self.start,
-            total=self.total,
-        )
-        if state is not None and state["imle"] is not None:
-            imle.load_state_dict(state["imle"])
-        model = GLANN(G, torch.zeros(0, cfg.noise_dim, device=self.device), None, cfg, self.ops)
-
-        def imle_images(epoch: int) -> None:
-            if self.world.is_main:
-                save_grid(
-                    model.sample(64, seed=0).cpu(),
-                    self.out / "images" / f"samples_pixel_imle_{epoch:03d}.png",
-                )
-
-        self._epochs(imle, cfg.imle_epochs, "IMLE-pixel", lambda: ("imle", None, imle), imle_images)
-        self._finish(model, images, None)
-        return model
-
-    def _finish(self, model: GLANN, images: torch.Tensor, show: torch.Tensor | None) -> None:
-        model.eval()
+    def _finish(self, model: GenerativeModel, fit: Fit, images: torch.Tensor) -> GenerativeModel:
         self.world.barrier()  # the last checkpoint step is complete on every rank
         if self.world.is_main:
-            if self.world.distributed and model.codes.numel():  # the whole code table, from the shards
+            if self.world.distributed and isinstance(model, GLANN):  # the whole code table, from the shards
                 codes = ckpt.gather_rows(self.out, ["glo.codes"])["glo.codes"].to(model.device)
-                model = GLANN(model.G, codes, model.T, self.cfg, self.ops)
-            ckpt.save_atomic(model.export(), self.out / MODEL_FILE)
+                model = GLANN(model.G, codes, model.T, ops=model.ops, config=model.config)
+            save_model(model, self.out / MODEL_FILE)
             if self.cfg.sample_every:
-                if model.T is not None or self.cfg.imle_space == "pixel":
-                    save_grid(model.sample(64, seed=0).cpu(), self.out / "samples.png")
-                else:
-                    save_grid(model.sample_gaussian(64, seed=0).cpu(), self.out / "samples.png")
-                if show is not None:
-                    save_grid(
-                        torch.cat([images[show], model.reconstruct(show).cpu()]),
-                        self.out / "reconstructions.png",
-                        nrow=len(show),
-                    )
+                samples = (
+                    model.sample_gaussian(64, seed=0)
+                    if isinstance(model, GLANN) and model.T is None
+                    else model.sample(64, seed=0)
+                )
+                save_grid(samples.cpu(), self.out / "samples.png")
+                if isinstance(model, GLANN):
+                    show = torch.arange(min(N_SHOW, len(images)))
+                    grid = torch.cat([images[show], model.reconstruct(show).cpu()])
+                    save_grid(grid, self.out / "reconstructions.png", nrow=len(show))
         self.world.barrier()
         self.log(f"model written to {self.out / MODEL_FILE}")
+        return model
 
 
-def train(cfg: TrainConfig | None, out: str | Path, stage: str = "all", **kwargs: Any) -> GLANN:
+# -- the hooks that write the folder ------------------------------------------------------------------
+class CheckpointHook(Hook):
+    """A checkpoint every ``ckpt_every`` steps and at the end of every epoch (after the epoch's metrics row
+    and grids, which the hooks before this one wrote: a kill never loses them)."""
+
+    def __init__(self, run: Run, fit: Fit, total: int):
+        self.run, self.fit, self.total = run, fit, total
+
+    def save(self, trainer: StageTrainer) -> None:
+        """One checkpoint step (collective: every rank calls it at the same step)."""
+        fit, world = self.fit, self.run.world
+        fit.gather_tallies()
+        state = fit.state_dict()
+        rows = len(fit.images)  # this rank's dataset rows
+        glo_rep, glo_rows = ckpt.split_state("glo", state["glo"], rows)
+        imle_rep, imle_rows = ckpt.split_state("imle", state["imle"], rows)
+        main = {
+            "phase": state["phase"], "glo": glo_rep, "imle": imle_rep, "config": self.run.cfg.to_dict(),
+            "image_shape": list(fit.image_shape),
+        }  # fmt: skip
+        info = {"phase": state["phase"], "epoch": trainer.epoch, "global_step": trainer.global_step}
+        ckpt.save_step(self.run.out, world, self.total, lambda: main, {**glo_rows, **imle_rows}, info)
+
+    def step_completed(self, trainer: StageTrainer, info: dict[str, Any]) -> None:
+        every = self.run.cfg.ckpt_every
+        if every and info["step"] % every == 0 and trainer.step_in_epoch < trainer.steps_per_epoch:
+            self.save(trainer)  # (the epoch's last step is saved at epoch end, after its row)
+
+    def epoch_completed(self, trainer: StageTrainer, row: dict[str, Any]) -> None:
+        self.save(trainer)
+
+
+class MetricsHook(Hook):
+    """metrics.jsonl (one row per epoch) and TensorBoard scalars, on rank 0."""
+
+    def __init__(self, run: Run, tb: Any):
+        self.run, self.tb = run, tb
+
+    def epoch_completed(self, trainer: StageTrainer, row: dict[str, Any]) -> None:
+        run = self.run
+        run.log(
+            f"{trainer.stage.upper()} epoch {row['epoch']}/{_epochs_of(run.cfg, trainer)}: loss {row['loss']:.4f}, "
+            f"{row['seconds']:.1f} s"
+        )
+        if not run.world.is_main:
+            return
+        with open(run.out / METRICS_FILE, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k in ("loss", "match_distance", "seconds"):
+                if row.get(k) is not None:
+                    self.tb.add_scalar(f"{row['stage']}/{k}", row[k], row["epoch"])
+
+
+class GridsHook(Hook):
+    """Every ``sample_every`` epochs (and after the last): GLO reconstructions and GLO + Gaussian samples,
+    IMLE samples, into ``images/``."""
+
+    def __init__(self, run: Run, fit: Fit, images: torch.Tensor):
+        self.run, self.fit, self.images = run, fit, images
+
+    def epoch_completed(self, trainer: StageTrainer, row: dict[str, Any]) -> None:
+        every, epoch = self.run.cfg.sample_every, row["epoch"]
+        if not every or (epoch % every and epoch != _epochs_of(self.run.cfg, trainer)):
+            return
+        folder, model, world = self.run.out / "images", self.fit.model, self.run.world
+        if trainer.stage == "glo":
+            gaussian = fit_gaussian(model.codes, world)  # collective
+            if world.is_main:
+                show = torch.arange(min(N_SHOW, len(self.images)))
+                grid = torch.cat([self.images[show], model.reconstruct(show).cpu()])
+                save_grid(grid, folder / f"reconstructions_glo_{epoch:03d}.png", nrow=len(show))
+                samples = model.sample_gaussian(64, seed=0, fit=gaussian).cpu()
+                save_grid(samples, folder / f"samples_gaussian_{epoch:03d}.png")
+        elif world.is_main:
+            name = "samples_pixel_imle" if self.fit.pixel else "samples_imle"
+            save_grid(model.sample(64, seed=0).cpu(), folder / f"{name}_{epoch:03d}.png")
+
+
+class ProgressHook(Hook):
+    """A tqdm bar per epoch on rank 0 (when the run shows progress)."""
+
+    def __init__(self, run: Run):
+        self.run, self.bar = run, None
+
+    def epoch_started(self, trainer: StageTrainer) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(
+            total=trainer.steps_per_epoch, initial=trainer.step_in_epoch, unit="step", dynamic_ncols=True,
+            desc=f"{trainer.stage.upper()} {trainer.epoch + 1}/{_epochs_of(self.run.cfg, trainer)}",
+            disable=not (self.run.progress and self.run.world.is_main),
+        )  # fmt: skip
+
+    def step_completed(self, trainer: StageTrainer, info: dict[str, Any]) -> None:
+        self.bar.update(1)
+        shown = {"loss": f"{info['loss']:.4f}"}
+        if hasattr(trainer, "last_match_distance"):
+            shown["match"] = f"{trainer.last_match_distance:.4f}"
+        self.bar.set_postfix(shown)
+
+    def epoch_completed(self, trainer: StageTrainer, row: dict[str, Any]) -> None:
+        self.bar.close()
+
+
+class _CallbackHook(Hook):
+    def __init__(self, fn: Callable[[Any, dict], None]):
+        self.fn = fn
+
+    def step_completed(self, trainer: StageTrainer, info: dict[str, Any]) -> None:
+        self.fn(trainer, info)
+
+
+def _epochs_of(cfg: TrainConfig, trainer: StageTrainer) -> int:
+    return cfg.glo_epochs if trainer.stage == "glo" else cfg.imle_epochs
+
+
+def _tensorboard(folder: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(folder))
+
+
+def _prune_metrics(path: Path, fit: Fit) -> None:
+    """Drop the rows of epochs the restored state has not completed: a run killed after an epoch's row was
+    written but before its checkpoint redoes that epoch and writes the row again (no duplicates)."""
+    if not path.exists():
+        return
+    done = {"glo": fit.glo.epoch if fit.glo else 0, "imle": fit.imle.epoch if fit.imle else 0}
+    lines = path.read_text().splitlines()
+    keep = [line for line in lines if line.strip() and _row_done(line, done)]
+    if len(keep) != len(lines):
+        atomic_write(path, lambda f: f.write("".join(line + "\n" for line in keep).encode()))
+
+
+def _row_done(line: str, done: dict[str, int]) -> bool:
+    try:
+        row = json.loads(line)
+        return int(row["epoch"]) <= done[row["stage"]]
+    except (ValueError, KeyError, TypeError):
+        return False  # a torn or foreign line
+
+
+# -- public functions ----------------------------------------------------------------------------------
+def train(cfg: TrainConfig | None, out: str | Path, stage: str = "all", **kwargs: Any) -> GenerativeModel:
     """Train (or resume) the run in ``out``; see :class:`Run`."""
     return Run(out, cfg, **kwargs).train(stage)
 
 
-def load_model(path: str | Path, ops: str | None = None, device: str = "cpu") -> GLANN:
-    """The model of run folder ``path`` (``model.pt``, else the latest checkpoint) or of a model file."""
+def load_model(path: str | Path, ops: str | None = None, device: str = "cpu") -> GenerativeModel:
+    """The model of run folder ``path`` (its ``model.safetensors``, else its latest checkpoint) or of a
+    model file."""
     path = Path(path)
     if path.is_dir():
         if (path / MODEL_FILE).exists():
-            return GLANN.from_export(ckpt.load(path / MODEL_FILE), ops=ops, device=device)
+            return load_model_file(path / MODEL_FILE, ops=ops, device=device)
+        if (path / LEGACY_MODEL_FILE).exists() and ckpt.read_manifest(path) is None:
+            raise CheckpointError(f"{path / LEGACY_MODEL_FILE}: a model file of glann_ext 0.1 (a pickle)")
         if ckpt.read_manifest(path) is None:
-            raise FileNotFoundError(
+            raise RunFolderError(
                 f"{path}: no {MODEL_FILE} or {ckpt.CHECKPOINT_DIR}/{ckpt.MANIFEST_FILE} (not a glann run folder?)"
             )
-        return GLANN.from_export(_export_from_checkpoint(path), ops=ops, device=device)
+        return model_from_checkpoint(path, ops=ops, device=device)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such run folder or model file")
-    return GLANN.from_export(ckpt.load(path), ops=ops, device=device)
+        raise RunFolderError(f"{path}: no such run folder or model file")
+    return load_model_file(path, ops=ops, device=device)
 
 
-def _export_from_checkpoint(run: Path) -> dict[str, Any]:
-    """A :meth:`GLANN.export`-shaped dict assembled from the latest checkpoint of ``run`` (codes gathered
-    from every shard)."""
-    state = ckpt.latest_main(run)
-    glo, imle, cfg = state["glo"], state["imle"], state["config"]
-    if cfg["imle_space"] == "pixel":
+def model_from_checkpoint(run: str | Path, ops: str | None = None, device: str = "cpu") -> GenerativeModel:
+    """The model as of the latest checkpoint of ``run`` (codes gathered from every shard)."""
+    main = ckpt.latest_main(run)
+    cfg = TrainConfig.from_dict(main["config"])
+    model = build_model(cfg, tuple(main["image_shape"]), ops=get_ops(ops or cfg.ops))
+    glo, imle = main["glo"], main["imle"]
+    if cfg.imle_space == "pixel":
         if imle is None:
-            raise RuntimeError(f"{run}: checkpoint holds no IMLE state yet")
-        G, codes, T = imle["generator"], torch.zeros(0, cfg["noise_dim"]), None
-    else:
-        if glo is None:
-            raise RuntimeError(f"{run}: checkpoint holds no GLO stage yet")
-        G, codes = glo["G"], ckpt.gather_rows(run, ["glo.codes"])["glo.codes"]
-        T = imle["generator"] if imle is not None and imle["epoch"] > 0 else None
-    return {"cfg": cfg, "image_shape": state["image_shape"], "G": G, "codes": codes, "T": T}
+            raise CheckpointError(f"{run}: checkpoint holds no IMLE state yet")
+        model.G.load_state_dict(imle["generator"])
+        return model.to(device).eval()
+    if glo is None:
+        raise CheckpointError(f"{run}: checkpoint holds no GLO stage yet")
+    model.G.load_state_dict(glo["G"])
+    codes = ckpt.gather_rows(run, ["glo.codes"])["glo.codes"]
+    T = None
+    if imle is not None and imle["global_step"] > 0:
+        T = model.T
+        T.load_state_dict(imle["generator"])
+    return GLANN(model.G, codes, T, ops=model.ops, config=model.config).to(device).eval()

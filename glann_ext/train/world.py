@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from glann_ext.data import shard_bounds
+from glann_ext.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ class World:
         values: list[Any] = [None] * self.size
         dist.all_gather_object(values, value, group=self.group)
         if any(v != values[0] for v in values):
-            raise RuntimeError(f"{what} differs between ranks: {values}")
+            raise ConfigError(f"{what} differs between ranks: {values}")
 
 
 def backend_for(device: torch.device) -> str:
@@ -108,7 +109,7 @@ def init_world(device: torch.device, timeout_s: float = 1800.0) -> World:
         return World()
     backend = str(dist.get_backend())
     if device.type == "cuda" and backend != "nccl" and "nccl" not in backend:
-        raise RuntimeError(f"device {device} needs the nccl backend, the process group uses {backend}")
+        raise ConfigError(f"device {device} needs the nccl backend, the process group uses {backend}")
     return World(dist.get_rank(), dist.get_world_size(), None, dist.new_group(backend=backend), backend)
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backend import Ops
-from .config import TrainConfig
+from glann_ext.backend import Ops
 
 
 class ReconstructionLoss(nn.Module):
@@ -20,12 +21,13 @@ class ReconstructionLoss(nn.Module):
         self.ops, self.l2_weight, self.vgg_weight = ops, l2_weight, vgg_weight
         self.vgg = None
         if vgg_weights and vgg_weight > 0:
-            from glann_ext.models.perceptual import VGGPerceptualLoss
+            from .perceptual import VGGPerceptualLoss
 
             self.vgg = VGGPerceptualLoss(vgg_weights)
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig, ops: Ops) -> ReconstructionLoss:
+    def from_config(cls, cfg: Any, ops: Ops) -> ReconstructionLoss:
+        """The loss of a training configuration (its ``l2_weight``, ``vgg_weights`` and ``vgg_weight``)."""
         return cls(ops, cfg.l2_weight, cfg.vgg_weights, cfg.vgg_weight)
 
     def forward(self, x: torch.Tensor, target: torch.Tensor, normalizer: int | None = None) -> torch.Tensor:

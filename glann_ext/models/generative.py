@@ -1,0 +1,342 @@
+"""The trained generative models, one class per method, each owning its export and load.
+
+* :class:`GLANN`: the GLO generator ``G`` (code -> image), the training codes (one per image, on the unit
+  sphere) and the IMLE mapping ``T`` (noise -> code). Without ``T`` (a GLO-only run) it still reconstructs,
+  interpolates codes, inverts images and samples the GLO + Gaussian baseline.
+* :class:`PixelIMLE`: the original IMLE, a generator from noise straight to images.
+
+Images are float32 (n, C, H, W) in [0, 1]. ``export()`` gives ``(tensors, meta)``: the weights as a flat
+dict of tensors and a JSON-able description (kind, architecture, training config) from which
+``from_export`` rebuilds the model without any code from the file (see :mod:`glann_ext.models.files`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from glann_ext import seeding
+from glann_ext.backend import Ops, get_ops
+from glann_ext.errors import UsageError
+
+from .generator import DCGANGenerator
+from .mlp import MLP
+
+EXPORT_FORMAT = 1
+NO_MAPPING = (
+    "this model has no IMLE mapping T (a GLO-only run: train the IMLE stage, or sample the GLO + Gaussian "
+    "baseline)"
+)
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation between unit vectors ``a`` and ``b`` (D,) at fractions ``t`` (S,) -> (S, D).
+    Falls back to normalised lerp when they are (anti)parallel."""
+    a, b = a / a.norm(), b / b.norm()
+    omega = torch.arccos((a * b).sum().clamp(-1 + 1e-7, 1 - 1e-7))
+    t = t[:, None]
+    if omega.abs() < 1e-4:
+        out = (1 - t) * a + t * b
+        return out / out.norm(dim=1, keepdim=True)
+    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+
+
+def fit_gaussian(codes: torch.Tensor, world: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, covariance) in float64 of the code table. The rows may be sharded over the ranks of ``world``
+    (a :class:`~glann_ext.train.world.World`; collective then: every rank calls it and gets the statistics
+    of all rows)."""
+    z = codes.detach().double().cpu()
+    d = z.shape[1]
+    sums = torch.cat([z.sum(0), (z.T @ z).reshape(-1), torch.tensor([float(len(z))], dtype=torch.float64)])
+    if world is not None:
+        sums = world.sum(sums)
+    n = sums[-1]
+    mean = sums[:d] / n
+    cov = (sums[d:-1].reshape(d, d) - n * torch.outer(mean, mean)) / (n - 1).clamp_min(1)
+    return mean, cov
+
+
+def _prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{k}": v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def _unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    p = prefix + "."
+    return {k[len(p) :]: v for k, v in tensors.items() if k.startswith(p)}
+
+
+class GenerativeModel(nn.Module):
+    """What every model shares: an image generator ``G`` (input -> image in [0, 1]), the backend of its
+    kernels, the training config it came from, seeded noise, decoding, sampling and noise interpolation."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, G: DCGANGenerator, *, ops: Ops | str = "fused", config: dict[str, Any] | None = None):
+        super().__init__()
+        self.G = G
+        self.ops = get_ops(ops) if isinstance(ops, str) else ops
+        self.config: dict[str, Any] = dict(config or {})
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.G.parameters()).device
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.G.channels, self.G.image_size, self.G.image_size)
+
+    @property
+    def noise_dim(self) -> int:
+        raise NotImplementedError
+
+    def noise(self, n: int, seed: int = 0) -> torch.Tensor:
+        """``n`` standard-normal noise vectors (n, noise_dim) on the CPU; the same seed gives the same noise."""
+        return torch.randn(n, self.noise_dim, generator=seeding.generator(seed, "sample"))
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Images ``G(z)`` in eval mode, clamped to [0, 1], for inputs ``z`` (n, G.latent_dim)."""
+        self.G.eval()
+        outs = [self.G(c.to(self.device)).float().clamp(0, 1) for c in z.split(batch_size)]
+        return torch.cat(outs) if outs else z.new_zeros(0, *self.image_shape)
+
+    def generator_input(self, e: torch.Tensor) -> torch.Tensor:
+        """What ``G`` decodes for noise ``e`` (n, noise_dim)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
+        """``n`` samples, float32 (n, C, H, W) in [0, 1]; the same seed gives the same images."""
+        if n < 0:
+            raise UsageError(f"n must be >= 0, got {n}")
+        return self.decode(self.generator_input(self.noise(n, seed)))
+
+    @torch.no_grad()
+    def interpolate(
+        self, a: torch.Tensor | int, b: torch.Tensor | int, steps: int = 8, space: str = "noise"
+    ) -> torch.Tensor:
+        """``steps`` images from ``a`` to ``b`` (endpoints included); ``space="noise"``: ``a``, ``b`` are noise
+        vectors (noise_dim,), interpolated linearly, then mapped and decoded."""
+        if steps < 2:
+            raise UsageError(f"steps must be >= 2, got {steps}")
+        if space != "noise":
+            raise UsageError(f"space must be 'noise' for a {self.kind} model, got {space!r}")
+        t = torch.linspace(0, 1, steps, dtype=torch.float32)[:, None]
+        a = torch.as_tensor(a, dtype=torch.float32).cpu()
+        b = torch.as_tensor(b, dtype=torch.float32).cpu()
+        return self.decode(self.generator_input((1 - t) * a + t * b))
+
+    # -- export ------------------------------------------------------------------------------------------
+    def _meta(self, **arch: Any) -> dict[str, Any]:
+        return {
+            "format": EXPORT_FORMAT,
+            "kind": self.kind,
+            "image_shape": list(self.image_shape),
+            "generator": self.G.hparams(),
+            **arch,
+            "config": self.config,
+        }
+
+    def export(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """``(tensors, meta)``: every weight as a flat dict of CPU tensors, and the JSON-able description
+        that :meth:`from_export` needs to rebuild the model."""
+        raise NotImplementedError
+
+
+class GLANN(GenerativeModel):
+    """GLO generator ``G`` (code -> image), the training ``codes`` (n, latent_dim) on the unit sphere, and the
+    IMLE mapping ``T`` (noise -> code), which may be None for a GLO-only model.
+
+    Sampling: ``e ~ N(0, I)`` in ``noise_dim``, ``z = T(e)`` projected to the unit sphere (G was trained on
+    sphere codes only), image ``G(z)``.
+    """
+
+    kind = "glann"
+
+    def __init__(
+        self,
+        G: DCGANGenerator,
+        codes: torch.Tensor,
+        T: MLP | None = None,
+        *,
+        ops: Ops | str = "fused",
+        config: dict[str, Any] | None = None,
+    ):
+        super().__init__(G, ops=ops, config=config)
+        self.T = T
+        self.register_buffer("codes", codes)
+        self.eval()
+
+    @property
+    def noise_dim(self) -> int:
+        if self.T is None:
+            raise UsageError(NO_MAPPING)
+        return self.T.in_dim
+
+    @torch.no_grad()
+    def map_noise(self, e: torch.Tensor) -> torch.Tensor:
+        """Codes on the sphere for noise ``e`` (n, noise_dim): project(T(e))."""
+        if self.T is None:
+            raise UsageError(NO_MAPPING)
+        self.T.eval()
+        return self.ops.project(self.T(e.to(self.device)).float().contiguous())
+
+    generator_input = map_noise
+
+    @torch.no_grad()
+    def sample_gaussian(
+        self, n: int, seed: int = 0, fit: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """GLO-only baseline: codes from a full-covariance Gaussian fitted to the training codes (or the
+        given ``fit = (mean, cov)``, see :func:`fit_gaussian`), projected to the sphere, decoded."""
+        mean, cov = fit if fit is not None else fit_gaussian(self.codes)
+        d = mean.shape[0]
+        chol = torch.linalg.cholesky(cov + 1e-6 * torch.eye(d, dtype=torch.float64))
+        eps = torch.randn(n, d, generator=seeding.generator(seed, "sample"), dtype=torch.float64)
+        z = (mean + eps @ chol.T).float()
+        return self.decode(self.ops.project(z.contiguous()))
+
+    @torch.no_grad()
+    def reconstruct(self, indices: torch.Tensor | list[int]) -> torch.Tensor:
+        """G(codes[indices]): the model's rendering of training images by dataset index."""
+        idx = torch.as_tensor(indices, dtype=torch.int64)
+        return self.decode(self.codes[idx.to(self.device)])
+
+    @torch.no_grad()
+    def interpolate(
+        self, a: torch.Tensor | int, b: torch.Tensor | int, steps: int = 8, space: str = "noise"
+    ) -> torch.Tensor:
+        """``steps`` images from ``a`` to ``b`` (endpoints included).
+
+        ``space="noise"``: ``a``, ``b`` are noise vectors (noise_dim,); linear interpolation in noise space,
+        then T and G. ``space="latent"``: ``a``, ``b`` are codes (latent_dim,) or training indices (int);
+        spherical interpolation (slerp) along the great circle, so every point stays on the code sphere.
+        """
+        if space != "latent":
+            return super().interpolate(a, b, steps, space)
+        if steps < 2:
+            raise UsageError(f"steps must be >= 2, got {steps}")
+        t = torch.linspace(0, 1, steps, dtype=torch.float32)
+        za = self.codes[a].cpu() if isinstance(a, int) else torch.as_tensor(a, dtype=torch.float32)
+        zb = self.codes[b].cpu() if isinstance(b, int) else torch.as_tensor(b, dtype=torch.float32)
+        return self.decode(slerp(za.float(), zb.float(), t))
+
+    def invert(
+        self, images: torch.Tensor, steps: int = 200, lr: float = 0.05, restarts: int = 4, seed: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes for new ``images`` (n, C, H, W) in [0, 1]: G fixed, z optimised with Adam on the
+        reconstruction loss and re-projected to the sphere after each step. The first restart starts from
+        the training code whose reconstruction is nearest in pixel space, the others from random ones; the
+        best is kept. Returns (codes (n, latent_dim), reconstructions)."""
+        from .losses import ReconstructionLoss
+
+        if images.dim() != 4 or tuple(images.shape[1:]) != self.image_shape:
+            raise UsageError(f"images must be shaped (n, {', '.join(map(str, self.image_shape))}), "
+                             f"got {tuple(images.shape)}")  # fmt: skip
+        if steps < 0 or restarts < 1:
+            raise UsageError(f"invert needs steps >= 0 and restarts >= 1, got {steps} and {restarts}")
+        self.G.eval().requires_grad_(False)
+        target = images.to(self.device).float()
+        loss_fn = ReconstructionLoss(self.ops, self.config.get("l2_weight", 0.0))
+        g = seeding.generator(seed, "invert")
+        pool = self.codes[torch.randperm(len(self.codes), generator=g)[:2048].to(self.device)]
+        recs = self.decode(pool).reshape(len(pool), -1)
+        best_z, best_loss = None, None
+        try:
+            for r in range(restarts):
+                start = (
+                    self.ops.nn_argmin(target.reshape(len(target), -1), recs)
+                    if r == 0
+                    else torch.randint(len(pool), (len(target),), generator=g).to(self.device)
+                )
+                z = self._fit_codes(pool[start].clone(), target, loss_fn, steps, lr)
+                with torch.no_grad():
+                    per = self.ops.lap_loss(self.G(z).float(), target, reduction="none")
+                if best_z is None:
+                    best_z, best_loss = z, per
+                else:
+                    better = per < best_loss
+                    best_z[better], best_loss = z[better], torch.minimum(per, best_loss)
+        finally:
+            self.G.requires_grad_(True)
+        return best_z, self.decode(best_z)
+
+    def _fit_codes(self, z: torch.Tensor, target: torch.Tensor, loss_fn, steps: int, lr: float) -> torch.Tensor:
+        """``steps`` Adam steps on codes ``z`` against ``target`` with G fixed, re-projected after each."""
+        z.requires_grad_(True)
+        opt = torch.optim.Adam([z], lr=lr)
+        for _ in range(steps):
+            loss = loss_fn(self.G(z), target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                z.copy_(self.ops.project(z.detach().contiguous()))
+        return z.detach()
+
+    # -- export ------------------------------------------------------------------------------------------
+    def export(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors = {**_prefixed("G", self.G.state_dict()), "codes": self.codes.detach().cpu().contiguous()}
+        if self.T is not None:
+            tensors.update(_prefixed("T", self.T.state_dict()))
+        return tensors, self._meta(mapping=None if self.T is None else self.T.hparams())
+
+    @classmethod
+    def from_export(
+        cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], *, ops: Ops | str = "fused",
+        device: str | torch.device = "cpu",
+    ) -> GLANN:  # fmt: skip
+        G = DCGANGenerator(**meta["generator"])
+        G.load_state_dict(_unprefixed("G", tensors))
+        T = None
+        if meta.get("mapping") is not None:
+            T = MLP(**meta["mapping"])
+            T.load_state_dict(_unprefixed("T", tensors))
+        return cls(G, tensors["codes"], T, ops=ops, config=meta.get("config")).to(device).eval()
+
+
+class PixelIMLE(GenerativeModel):
+    """The original IMLE (Li & Malik 2018): ``G`` maps noise (n, noise_dim) straight to images."""
+
+    kind = "pixel_imle"
+
+    def __init__(self, G: DCGANGenerator, *, ops: Ops | str = "fused", config: dict[str, Any] | None = None):
+        super().__init__(G, ops=ops, config=config)
+        self.eval()
+
+    @property
+    def noise_dim(self) -> int:
+        return self.G.latent_dim
+
+    def generator_input(self, e: torch.Tensor) -> torch.Tensor:
+        return e
+
+    def export(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return _prefixed("G", self.G.state_dict()), self._meta()
+
+    @classmethod
+    def from_export(
+        cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], *, ops: Ops | str = "fused",
+        device: str | torch.device = "cpu",
+    ) -> PixelIMLE:  # fmt: skip
+        G = DCGANGenerator(**meta["generator"])
+        G.load_state_dict(_unprefixed("G", tensors))
+        return cls(G, ops=ops, config=meta.get("config")).to(device).eval()
+
+
+MODEL_KINDS: dict[str, type[GenerativeModel]] = {GLANN.kind: GLANN, PixelIMLE.kind: PixelIMLE}
+
+
+def model_from_export(
+    tensors: dict[str, torch.Tensor], meta: dict[str, Any], *, ops: Ops | str | None = None,
+    device: str | torch.device = "cpu",
+) -> GLANN | PixelIMLE:  # fmt: skip
+    """The model an :meth:`~GenerativeModel.export` describes (its ``kind`` picks the class). ``ops``
+    overrides the backend the training config names."""
+    kind = meta.get("kind")
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(MODEL_KINDS)}")
+    ops = ops or (meta.get("config") or {}).get("ops", "fused")
+    return MODEL_KINDS[kind].from_export(tensors, meta, ops=ops, device=device)

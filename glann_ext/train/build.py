@@ -1,0 +1,59 @@
+"""The networks and the model of a training configuration, initialised from its seed.
+
+Initialisation draws from the global torch RNG (the layers' own ``reset_parameters``), so each network is
+built inside :func:`torch.random.fork_rng` seeded from the run seed: the weights depend on the seed alone,
+whatever was drawn before, and the caller's RNG state is left exactly as it was (the library never reseeds
+it). G takes the run seed and T the run seed + 1, as in glann_ext 0.1, so the same seeds give the same
+weights as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import torch
+from torch import nn
+
+from glann_ext.backend import Ops, get_ops
+from glann_ext.models import GLANN, MLP, DCGANGenerator, PixelIMLE
+
+from .config import TrainConfig
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def seeded(seed: int, make: Callable[[], M]) -> M:
+    """``make()`` with the global torch RNG seeded to ``seed`` for its duration only."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return make()
+
+
+def build_generator(cfg: TrainConfig, image_shape: tuple[int, int, int]) -> DCGANGenerator:
+    """G: codes (GLANN) or noise (pixel IMLE) of the configured size -> images of ``image_shape``."""
+    c, h, _w = image_shape
+    in_dim = cfg.noise_dim if cfg.imle_space == "pixel" else cfg.latent_dim
+    return seeded(cfg.seed, lambda: DCGANGenerator(in_dim, h, c, cfg.gen_width))
+
+
+def build_mapping(cfg: TrainConfig) -> MLP:
+    """T: noise -> codes, the IMLE mapping of GLANN's second stage."""
+    return seeded(
+        cfg.seed + 1,
+        lambda: MLP(
+            cfg.noise_dim, cfg.latent_dim, cfg.mapping_hidden, cfg.mapping_layers, cfg.mapping_batch_norm
+        ),
+    )
+
+
+def build_model(
+    cfg: TrainConfig, image_shape: tuple[int, int, int], n_codes: int = 0, *, ops: Ops | None = None
+) -> GLANN | PixelIMLE:
+    """The untrained model of ``cfg``: :class:`GLANN` (G, ``n_codes`` zero codes, T) or :class:`PixelIMLE`."""
+    ops = ops or get_ops(cfg.ops)
+    config = cfg.to_dict()
+    G = build_generator(cfg, image_shape)
+    if cfg.imle_space == "pixel":
+        return PixelIMLE(G, ops=ops, config=config)
+    return GLANN(G, torch.zeros(n_codes, cfg.latent_dim), build_mapping(cfg), ops=ops, config=config)

@@ -1,0 +1,176 @@
+"""The training pipeline in memory: images and a config in, a trained model out. Every caller uses it: the
+``glann train`` command and :func:`glann_ext.train.train` (through a run folder, :mod:`.run`), the quality
+benchmark, tests, and every rank of a ``torchrun`` job.
+
+GLANN (``imle_space="latent"``): GLO fits G and one code per image (:class:`~.glo.GLOTrainer`), then IMLE fits
+the mapping T from noise to those codes (:class:`~.imle.IMLETrainer`). Pixel IMLE (``imle_space="pixel"``):
+IMLE fits G from noise straight to the images. Both stages run in the one epoch loop of :mod:`.loop`, which
+fires the hooks a caller attaches (checkpoints, logs, grids, progress: see :mod:`.run`).
+
+    model = fit(images, preset("laptop"))             # GLANN, in memory, no files
+    model.sample(64)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from glann_ext.backend import Ops, get_ops
+from glann_ext.errors import RunFolderError
+from glann_ext.models import GLANN, PixelIMLE, ReconstructionLoss
+
+from .build import build_model
+from .config import TrainConfig
+from .glo import GLOTrainer
+from .imle import IMLETrainer
+from .loop import Hook, run_epochs
+from .world import World
+
+STAGES = ("all", "glo", "imle")
+PHASES = ("glo", "imle")
+
+
+class Fit:
+    """One training run in memory: the model being trained, its stage trainers and the phase.
+
+    ``images`` (n, C, H, W) in [0, 1] on the CPU are the dataset rows ``[start, start + n)`` of ``total``
+    (all of them for one process; a rank's shard under torchrun). The model's networks are built from the
+    config's seed (:func:`~.build.build_model`); the GLO codes from ``cfg.init``.
+    :meth:`state_dict`/:meth:`load_state_dict` hold everything needed to continue exactly (this rank's rows
+    of the per-image state).
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        cfg: TrainConfig,
+        *,
+        ops: Ops | None = None,
+        world: World | None = None,
+        device: str | torch.device | None = None,
+        start: int = 0,
+        total: int | None = None,
+    ):
+        self.cfg, self.ops, self.world = cfg, ops or get_ops(cfg.ops), world or World()
+        self.device = torch.device(device if device is not None else cfg.device)
+        self.images, self.start = images, start
+        self.total = images.shape[0] if total is None else total
+        self.image_shape: tuple[int, int, int] = tuple(images.shape[1:])
+        built = build_model(cfg, self.image_shape, ops=self.ops)
+        self.G = built.G
+        self.T = built.T if isinstance(built, GLANN) else None
+        self.phase = "glo" if isinstance(built, GLANN) else "imle"
+        self.glo: GLOTrainer | None = None
+        self.imle: IMLETrainer | None = None
+        args = (cfg, self.ops, self.device, self.world, start, self.total)
+        if self.pixel:
+            loss = ReconstructionLoss.from_config(cfg, self.ops)
+            self.imle = IMLETrainer(images, self.G, cfg, self.ops, self.device, loss, self.world, start, self.total)
+        else:
+            self.glo = GLOTrainer(images, *args, G=self.G)
+
+    @property
+    def pixel(self) -> bool:
+        return self.cfg.imle_space == "pixel"
+
+    def _imle_trainer(self) -> IMLETrainer:
+        """GLANN's IMLE stage on the GLO codes (built when the stage starts, or when a state needs it)."""
+        if self.imle is None:
+            self.imle = IMLETrainer(
+                self.glo.codes, self.T, self.cfg, self.ops, self.device, None, self.world, self.start, self.total
+            )
+        return self.imle
+
+    # -- the model ---------------------------------------------------------------------------------------
+    @property
+    def model(self) -> GLANN | PixelIMLE:
+        """The model as trained so far (sharing the trainers' networks): for GLANN, T is left out until the
+        IMLE stage has begun, so a GLO-only model samples only through the Gaussian baseline."""
+        config = self.cfg.to_dict()
+        if self.pixel:
+            return PixelIMLE(self.G, ops=self.ops, config=config)
+        T = self.T if self.phase == "imle" and self.imle is not None and self.imle.global_step > 0 else None
+        return GLANN(self.G, self.glo.codes, T, ops=self.ops, config=config)
+
+    # -- running -----------------------------------------------------------------------------------------
+    def run(self, stage: str = "all", hooks: Sequence[Hook] = ()) -> GLANN | PixelIMLE:
+        """Train (or finish) ``stage``: "all" (GLO then IMLE), "glo", or "imle" (after a finished GLO stage;
+        pixel IMLE has only its IMLE stage). Returns the model in eval mode."""
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        cfg = self.cfg
+        if not self.pixel:
+            if stage == "imle" and self.phase == "glo" and self.glo.epoch < cfg.glo_epochs:
+                raise RunFolderError(
+                    f"--stage imle needs a finished GLO stage ({self.glo.epoch}/{cfg.glo_epochs} epochs "
+                    "done); run --stage glo first"
+                )
+            if self.phase == "glo":
+                run_epochs(self.glo, cfg.glo_epochs, hooks)
+            if stage == "glo":
+                return self.model.eval()
+            self.phase = "imle"
+            self._imle_trainer()
+        run_epochs(self.imle, cfg.imle_epochs, hooks)
+        return self.model.eval()
+
+    # -- state -------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """{phase, glo, imle}: the stage trainers' states (None for a stage not begun)."""
+        return {
+            "phase": self.phase,
+            "glo": None if self.glo is None else self.glo.state_dict(),
+            "imle": None if self.imle is None else self.imle.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["phase"] not in PHASES:
+            raise ValueError(f"state phase must be one of {PHASES}, got {state['phase']!r}")
+        self.phase = state["phase"]
+        if state.get("glo") is not None and self.glo is not None:
+            self.glo.load_state_dict(state["glo"])
+        if state.get("imle") is not None:
+            (self.imle if self.pixel else self._imle_trainer()).load_state_dict(state["imle"])
+
+    def gather_tallies(self) -> None:
+        """Collective: see :meth:`~.loop.StageTrainer.gather_tally` (before a checkpoint of the state)."""
+        for trainer in (self.glo, self.imle):
+            if trainer is not None:
+                trainer.gather_tally()
+
+
+def fit(
+    images: torch.Tensor,
+    cfg: TrainConfig,
+    *,
+    ops: Ops | None = None,
+    world: World | None = None,
+    device: str | torch.device | None = None,
+    hooks: Sequence[Hook] = (),
+    stage: str = "all",
+) -> GLANN | PixelIMLE:
+    """Train the model of ``cfg`` on ``images`` (n, C, H, W) in [0, 1], in memory: GLANN, or pixel IMLE when
+    ``cfg.imle_space == "pixel"``. ``hooks`` receive the loop's events (see :class:`~.loop.Hook`)."""
+    return Fit(images, cfg, ops=ops, world=world, device=device).run(stage, hooks)
+
+
+def fit_imle(
+    targets: torch.Tensor,
+    generator: torch.nn.Module,
+    cfg: TrainConfig,
+    *,
+    ops: Ops | None = None,
+    device: str | torch.device | None = None,
+    loss_fn: Any = None,
+    hooks: Sequence[Hook] = (),
+) -> IMLETrainer:
+    """IMLE of any ``generator`` (noise (B, cfg.noise_dim) -> target-shaped output) onto ``targets`` for
+    ``cfg.imle_epochs`` epochs (e.g. GLANN's second stage on 2-D points); returns the trainer, whose
+    :meth:`~.imle.IMLETrainer.generate` maps noise through the trained generator."""
+    ops = ops or get_ops(cfg.ops)
+    trainer = IMLETrainer(targets, generator, cfg, ops, device if device is not None else cfg.device, loss_fn)
+    run_epochs(trainer, cfg.imle_epochs, hooks)
+    return trainer

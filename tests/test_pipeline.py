@@ -1,0 +1,218 @@
+"""The in-memory pipeline (fit, hooks, the one epoch loop), backends that can be swapped on resume, the one
+latent-optimizer state format, no global RNG use, and the CLI's split of user errors from bugs."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from glann_testing import Interrupt, blob_images, interrupt_at, tiny_config
+
+from glann_ext import cli
+from glann_ext.backend import get_ops
+from glann_ext.models import GLANN, PixelIMLE, read_model_file
+from glann_ext.ops import reference
+from glann_ext.optim import SphereSparseAdam, SphereSparseSGD
+from glann_ext.train import Fit, Hook, fit, train
+from glann_ext.train import checkpoint as ckpt
+
+
+@pytest.fixture(scope="module")
+def blobs() -> torch.Tensor:
+    return torch.from_numpy(blob_images(64, 28)).float().div(255)[:, None]
+
+
+@pytest.fixture(scope="module")
+def blob_file(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("data") / "blobs.npy"
+    np.save(path, blob_images(96, 28))
+    return str(path)
+
+
+class Recorder(Hook):
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def stage_started(self, trainer) -> None:
+        self.events.append(("start", trainer.stage))
+
+    def epoch_started(self, trainer) -> None:
+        self.events.append(("epoch", trainer.stage, trainer.epoch))
+
+    def step_completed(self, trainer, info) -> None:
+        self.events.append(("step", info["stage"], info["step"]))
+
+    def epoch_completed(self, trainer, row) -> None:
+        self.events.append(("row", row["stage"], row["epoch"], row["steps"]))
+
+    def stage_completed(self, trainer) -> None:
+        self.events.append(("end", trainer.stage))
+
+
+def test_fit_in_memory_runs_both_stages_and_fires_every_event(blobs):
+    rec = Recorder()
+    cfg = tiny_config(glo_epochs=2, imle_epochs=1)
+    model = fit(blobs, cfg, hooks=[rec])
+    assert isinstance(model, GLANN) and model.T is not None and not model.training
+    assert model.codes.shape == (64, cfg.latent_dim) and model.sample(3).shape == (3, 1, 28, 28)
+    steps = 2  # 64 images, batch 32
+    expected = [("start", "glo")]
+    for e in range(2):
+        expected += [("epoch", "glo", e), ("step", "glo", e * steps + 1), ("step", "glo", e * steps + 2)]
+        expected += [("row", "glo", e + 1, steps)]
+    expected += [("end", "glo"), ("start", "imle"), ("epoch", "imle", 0), ("step", "imle", 1)]
+    expected += [("step", "imle", 2), ("row", "imle", 1, steps), ("end", "imle")]
+    assert rec.events == expected
+    glo_only = fit(blobs, cfg, stage="glo")
+    assert glo_only.T is None and torch.equal(glo_only.codes, fit(blobs, cfg, stage="glo").codes)
+    pixel = fit(blobs, tiny_config(imle_space="pixel", imle_epochs=1))
+    assert isinstance(pixel, PixelIMLE) and pixel.sample(2).shape == (2, 1, 28, 28)
+
+
+def test_training_never_touches_the_global_rng(blobs):
+    """Networks are built from the run seed inside a forked RNG: the caller's RNG state is unchanged, and
+    what was drawn before does not change the weights."""
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = fit(blobs, tiny_config(glo_epochs=1, imle_epochs=1))
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.rand(1000)  # a different global state
+    b = fit(blobs, tiny_config(glo_epochs=1, imle_epochs=1))
+    ta, tb = a.export()[0], b.export()[0]
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_the_run_folder_is_the_pipeline_plus_files(blobs, tmp_path):
+    """train() on a folder computes exactly what fit() computes in memory."""
+    np.save(tmp_path / "x.npy", (blobs[:, 0] * 255).round().to(torch.uint8).numpy())
+    cfg = tiny_config(dataset=str(tmp_path / "x.npy"), glo_epochs=2, imle_epochs=2)
+    in_folder = train(cfg, tmp_path / "run", progress=False, log=lambda s: None)
+    images = torch.from_numpy(np.load(tmp_path / "x.npy")).float().div(255)[:, None]
+    in_memory = fit(images, cfg)
+    ta, tb = in_folder.export()[0], in_memory.export()[0]
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_a_resumed_epoch_reports_all_of_its_steps(tmp_path, blob_file):
+    """The epoch's tally travels with the checkpoint: the metrics row of an epoch interrupted and resumed
+    reports the mean over all its steps, equal to the uninterrupted run's row."""
+    cfg = tiny_config(dataset=blob_file, glo_epochs=2, imle_epochs=2, ckpt_every=1)
+    train(cfg, tmp_path / "a", progress=False, log=lambda s: None)
+    with pytest.raises(Interrupt):
+        train(cfg, tmp_path / "b", progress=False, on_step=interrupt_at("glo", 4), log=lambda s: None)
+    train(None, tmp_path / "b", progress=False, log=lambda s: None)
+    rows = [(tmp_path / r / "metrics.jsonl").read_text().splitlines() for r in "ab"]
+    a, b = ([json.loads(x) for x in r] for r in rows)
+    assert [(r["stage"], r["epoch"], r["steps"], r["loss"]) for r in a] == [
+        (r["stage"], r["epoch"], r["steps"], r["loss"]) for r in b
+    ]
+
+
+@pytest.mark.parametrize("first,second", [("fused", "reference"), ("reference", "fused")])
+def test_resume_with_the_other_ops_backend(tmp_path, blob_file, first, second):
+    """Interrupted mid-GLO with one backend and mid-IMLE with the other, the run finishes, with the weights
+    of an uninterrupted run of the first backend up to float rounding (the two backends' latent steps agree
+    to the last ulps; they share one optimizer state format)."""
+    cfg = tiny_config(dataset=blob_file, glo_epochs=3, imle_epochs=2, ckpt_every=1, ops=first)
+    train(cfg, tmp_path / "straight", progress=False, log=lambda s: None)
+    run = tmp_path / "switched"
+    with pytest.raises(Interrupt):
+        train(cfg, run, progress=False, on_step=interrupt_at("glo", 5), log=lambda s: None)
+    swapped = dataclasses.replace(cfg, ops=second)
+    with pytest.raises(Interrupt):
+        train(swapped, run, progress=False, on_step=interrupt_at("imle", 2), log=lambda s: None)
+    train(cfg, run, progress=False, log=lambda s: None)  # and back to the first
+    assert ckpt.read_manifest(run)["phase"] == "imle"
+    a = read_model_file(tmp_path / "straight" / "model.safetensors")[0]
+    b = read_model_file(run / "model.safetensors")[0]
+    assert a.keys() == b.keys()
+    for k in a:
+        if a[k].is_floating_point():
+            torch.testing.assert_close(b[k], a[k], rtol=0, atol=2e-4, msg=k)
+        else:
+            assert torch.equal(a[k], b[k]), k
+
+
+def test_latent_optimizers_share_one_state_format():
+    """A fused optimizer's state loads into a reference one (and back) and both continue alike; the
+    SparseAdam state that glann_ext 0.1's reference backend saved loads too."""
+    g = torch.Generator().manual_seed(0)
+    table = reference.project_to_sphere_reference(torch.randn(12, 5, generator=g, dtype=torch.float64))
+    fused = SphereSparseAdam(table.clone(), lr=0.05, betas=(0.5, 0.999))
+    for _ in range(3):
+        idx = torch.randperm(12, generator=g)[:4]
+        fused.step(idx, torch.randn(4, 5, generator=g, dtype=torch.float64))
+    ref = SphereSparseAdam(fused.table.clone(), lr=1.0, backend="reference")
+    ref.load_state_dict(copy.deepcopy(fused.state_dict()))
+    assert ref.step_count == 3 and ref.lr == 0.05 and ref.betas == (0.5, 0.999)
+    idx, grad = torch.tensor([1, 5, 7]), torch.randn(3, 5, generator=g, dtype=torch.float64)
+    fused.step(idx, grad)
+    ref.step(idx, grad)
+    torch.testing.assert_close(ref.table, fused.table, rtol=0, atol=1e-12)
+    torch.testing.assert_close(ref.exp_avg_sq, fused.exp_avg_sq, rtol=0, atol=0)
+    assert set(fused.state_dict()) == set(ref.state_dict())
+
+    # glann_ext 0.1's reference backend: torch.optim.SparseAdam over the table
+    param = torch.nn.Parameter(table.clone())
+    sparse = torch.optim.SparseAdam([param], lr=0.05, betas=(0.5, 0.999))
+    param.grad = torch.sparse_coo_tensor(idx[None], grad, param.shape, check_invariants=True)
+    sparse.step()
+    old = SphereSparseAdam(table.clone(), lr=1.0)
+    old.load_state_dict(sparse.state_dict())
+    assert old.step_count == 1 and old.lr == 0.05
+    torch.testing.assert_close(old.exp_avg, sparse.state[param]["exp_avg"], rtol=0, atol=0)
+    sgd = SphereSparseSGD(table.clone(), lr=0.1)
+    sgd.load_state_dict(torch.optim.SGD([param], lr=0.3).state_dict())
+    assert sgd.lr == 0.3
+    with pytest.raises(ValueError, match="'sgd' optimizer"):
+        fused.load_state_dict(sgd.state_dict())
+    with pytest.raises(ValueError, match="backend must be one of"):
+        SphereSparseSGD(table, backend="faster")
+
+
+def test_fit_state_round_trip(blobs):
+    """Fit.state_dict/load_state_dict continue a run exactly (in memory, no files)."""
+    cfg = tiny_config(glo_epochs=2, imle_epochs=2)
+    straight = Fit(blobs, cfg)
+    straight.run()
+    first = Fit(blobs, cfg)
+    with pytest.raises(Interrupt):
+        first.run(hooks=[_interrupt_hook("imle", 3)])
+    second = Fit(blobs, cfg)
+    second.load_state_dict(copy.deepcopy(first.state_dict()))
+    second.run()
+    a, b = straight.model.export()[0], second.model.export()[0]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _interrupt_hook(stage: str, step: int) -> Hook:
+    class Stop(Hook):
+        def step_completed(self, trainer, info) -> None:
+            interrupt_at(stage, step)(trainer, info)
+
+    return Stop()
+
+
+def test_cli_user_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys, tmp_path):
+    assert cli.main(["sample", "--run", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such run folder" in err
+
+    def bug(args):
+        raise KeyError("an internal bug")
+
+    monkeypatch.setattr(cli, "_cmd_sample", bug)
+    with pytest.raises(KeyError, match="an internal bug"):
+        cli.main(["sample", "--run", str(tmp_path)])
+
+
+def test_backend_nn_argmin_local_and_chunked():
+    q, k = torch.randn(9, 3), torch.randn(30, 3)
+    for name in ("fused", "reference"):
+        ops = get_ops(name)
+        assert torch.equal(ops.nn_argmin(q, k), reference.nn_argmin_exact(q, k))
+        assert torch.equal(ops.nn_argmin(q, k.split(7)), reference.nn_argmin_exact(q, k))
