@@ -60,11 +60,16 @@ class CLIError(GlannError):
     """A user error found by the command line itself: printed as one line, exit status 2."""
 
 
-def _parser() -> argparse.ArgumentParser:
-    from glann_ext.train.config import PRESETS
+def _run_args(q: argparse.ArgumentParser) -> None:
+    """The arguments of every command that reads a trained run."""
+    q.add_argument("--run", required=True, help="run folder (or model file)")
+    q.add_argument("--ops", choices=["fused", "reference"], help="override the run's ops backend")
+    q.add_argument("--device", default="cpu")
+    q.add_argument("--seed", type=int, default=0)
 
-    p = argparse.ArgumentParser(prog="glann", description="GLO, IMLE and GLANN generative models.")
-    sub = p.add_subparsers(dest="command", required=True)
+
+def _add_train(sub) -> None:
+    from glann_ext.train.config import PRESETS
 
     t = sub.add_parser("train", help="train (or resume) a run")
     t.add_argument("--out", required=True, help="run folder; an existing one is resumed")
@@ -78,35 +83,33 @@ def _parser() -> argparse.ArgumentParser:
     for flag, field, typ, help_ in _CONFIG_FLAGS:
         t.add_argument(flag, dest=field, type=typ, help=help_)
 
-    def run_args(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--run", required=True, help="run folder (or model file)")
-        q.add_argument("--ops", choices=["fused", "reference"], help="override the run's ops backend")
-        q.add_argument("--device", default="cpu")
-        q.add_argument("--seed", type=int, default=0)
 
+def _add_sample(sub) -> None:
     s = sub.add_parser("sample", help="sample images from a trained model")
-    run_args(s)
+    _run_args(s)
     s.add_argument("-n", type=int, default=64, help="number of samples")
     s.add_argument(
         "--grid", help="PNG grid of the samples to write (default: samples.png, unless --npy is given)"
     )
     s.add_argument("--npy", help="save the samples (n, C, H, W) float32 in [0, 1] here (no grid unless --grid)")
     s.add_argument(
-        "--sampler",
-        choices=["glann", "gaussian"],
-        default="glann",
+        "--sampler", choices=["glann", "gaussian"], default="glann",
         help="glann: T then G; gaussian: the GLO-only full-covariance Gaussian baseline",
-    )
+    )  # fmt: skip
 
+
+def _add_interpolate(sub) -> None:
     i = sub.add_parser("interpolate", help="interpolation grid, in noise or latent space")
-    run_args(i)
+    _run_args(i)
     i.add_argument("--space", choices=["noise", "latent"], default="noise")
     i.add_argument("--rows", type=int, default=8, help="number of interpolation pairs")
     i.add_argument("--steps", type=int, default=10, help="images per row, endpoints included")
     i.add_argument("--grid", default="interpolation.png")
 
+
+def _add_invert(sub) -> None:
     v = sub.add_parser("invert", help="find codes for new images (G fixed) and write their reconstructions")
-    run_args(v)
+    _run_args(v)
     v.add_argument("--images", required=True, help="a .npy/.npz file or an image folder")
     v.add_argument("--limit", type=int, default=64, help="invert at most this many images")
     v.add_argument("--steps", type=int, default=200, help="optimisation steps per restart")
@@ -114,12 +117,16 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--grid", default="inverted.png", help="PNG: originals on top, reconstructions below")
     v.add_argument("--codes", help="also save the codes (n, latent_dim) as .npy here")
 
+
+def _add_reshard(sub) -> None:
     r = sub.add_parser("reshard", help="rewrite a run's checkpoint for another number of processes")
     r.add_argument("--run", required=True, help="run folder")
     r.add_argument("--world-size", type=int, required=True, help="processes of the job that will resume it")
 
+
+def _add_eval(sub) -> None:
     e = sub.add_parser("eval", help="FD, precision/recall, density/coverage and memorisation of a run")
-    run_args(e)
+    _run_args(e)
     e.add_argument("-n", type=int, default=10_000, help="number of generated samples (>= 2)")
     e.add_argument("--out", help="folder for eval.json and the PNGs (default: the run folder)")
     e.add_argument("--sampler", choices=["glann", "gaussian"], default="glann", help="as for sample")
@@ -127,6 +134,13 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--clf-epochs", type=int, help="LeNet epochs if it must be trained (default per dataset)")
     e.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="glann", description="GLO, IMLE and GLANN generative models.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add, _ in _COMMANDS.values():
+        add(sub)
     return p
 
 
@@ -276,21 +290,24 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     print(f"wrote {Path(args.out or args.run) / EVAL_FILE}")
 
 
+# subcommand -> (adds its parser, runs it)
+_COMMANDS = {
+    "train": (_add_train, _cmd_train),
+    "sample": (_add_sample, _cmd_sample),
+    "interpolate": (_add_interpolate, _cmd_interpolate),
+    "invert": (_add_invert, _cmd_invert),
+    "reshard": (_add_reshard, _cmd_reshard),
+    "eval": (_add_eval, _cmd_eval),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``glann``; returns the exit status: 0 ok, 2 a user error (one line on stderr: a bad
     argument, file, run folder or environment). Anything else is a bug and raises with its traceback
     (the interpreter exits with 1)."""
     args = _parser().parse_args(argv)
-    commands = {
-        "train": _cmd_train,
-        "sample": _cmd_sample,
-        "interpolate": _cmd_interpolate,
-        "invert": _cmd_invert,
-        "reshard": _cmd_reshard,
-        "eval": _cmd_eval,
-    }
     try:
-        commands[args.command](args)
+        _COMMANDS[args.command][1](args)
     except GlannError as exc:
         print(f"glann {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -64,11 +64,17 @@ def nn_argmin(
         raise RuntimeError(
             "glann_ext.distributed.nn_argmin needs an initialised torch.distributed process group"
         )
-    world = dist.get_world_size(group)
-    rank = dist.get_rank(group)
-    device = queries.device
+    sizes = _key_counts(local_keys, group)
+    offsets = [sum(sizes[:r]) for r in range(len(sizes))]
+    best = RunningArgmin(queries, return_distances=return_distances, scores=scores)
+    _ring(best, local_keys.contiguous(), sizes, offsets, group)
+    return best.result()
 
-    counts = torch.tensor([local_keys.shape[0], local_keys.shape[1]], dtype=torch.int64, device=device)
+
+def _key_counts(local_keys: torch.Tensor, group: dist.ProcessGroup | None) -> list[int]:
+    """Every rank's number of keys (all-gathered), after checking that D agrees and M >= 1 in total."""
+    world = dist.get_world_size(group)
+    counts = torch.tensor(list(local_keys.shape), dtype=torch.int64, device=local_keys.device)
     gathered = [torch.empty_like(counts) for _ in range(world)]
     dist.all_gather(gathered, counts, group=group)
     sizes = [int(c[0]) for c in gathered]
@@ -77,10 +83,15 @@ def nn_argmin(
         raise ValueError(f"local_keys must have the same D on every rank, got D values {sorted(dims)}")
     if sum(sizes) == 0:
         raise ValueError("local_keys must hold at least one row on some rank, got M=0 in total")
-    offsets = [sum(sizes[:r]) for r in range(world)]
+    return sizes
 
-    best = RunningArgmin(queries, return_distances=return_distances, scores=scores)
-    current = local_keys.contiguous()
+
+def _ring(
+    best: RunningArgmin, current: torch.Tensor, sizes: list[int], offsets: list[int], group
+) -> None:
+    """W steps: search the key shard held while passing it on to the next rank and receiving the previous
+    rank's, folding each into ``best`` at its global offset."""
+    world, rank, device = dist.get_world_size(group), dist.get_rank(group), current.device
     owner = rank
     send_to, recv_from = (rank + 1) % world, (rank - 1) % world
     for step in range(world):
@@ -101,7 +112,6 @@ def nn_argmin(
             req.wait()
         if step < world - 1:
             current, owner = incoming, incoming_owner
-    return best.result()
 
 
 def _global_rank(group_rank: int, group: dist.ProcessGroup | None) -> int:

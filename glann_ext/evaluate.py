@@ -158,6 +158,57 @@ def _check_sampler(model, sampler: str) -> None:
         )
 
 
+@dataclasses.dataclass
+class EvalData:
+    """What a run is measured against: its training images, the test images and the domain classifier."""
+
+    train: torch.Tensor
+    test: torch.Tensor
+    clf: DomainClassifier
+
+
+def _open_run(run: Path, ops: str | None, device: str, sampler: str):
+    """(model, config) of run folder ``run``, checked to fit ``sampler`` and ``glann eval``."""
+    from .train.config import CONFIG_FILE, TrainConfig
+    from .train.run import load_model
+
+    if not (run / CONFIG_FILE).is_file():
+        raise RunFolderError(f"--run {run}: not a run folder (no {CONFIG_FILE})")
+    model = load_model(run, ops=ops, device=device)
+    cfg = TrainConfig.from_json(run / CONFIG_FILE)
+    _check_sampler(model, sampler)
+    if cfg.dataset not in LABELLED:
+        raise DataError(
+            f"--run {run}: its dataset {cfg.dataset!r} has no labelled test split; glann eval needs one of "
+            f"{', '.join(LABELLED)}"
+        )
+    return model, cfg
+
+
+def _eval_data(run: Path, cfg, image_shape, n_test: int, cache_dir, clf_epochs, log) -> EvalData:
+    """The run's training images, up to ``n_test`` test images and the classifier, at the run's image
+    size and channels; a DataError names the run when the data is not on this machine."""
+    channels, size, _ = image_shape
+    try:
+        train = load_images(cfg.dataset, image_size=size, channels=channels, data_root=cfg.data_root,
+                            limit=cfg.limit, allow_download=False)  # fmt: skip
+        test, _ = load_labelled(cfg.dataset, "test", data_root=cfg.data_root, limit=n_test)
+        log(f"loading the {cfg.dataset} domain classifier (trained and cached on first use)")
+        clf = domain_classifier(cfg.dataset, cache_dir=cache_dir, epochs=clf_epochs, image_size=size,
+                                channels=channels, data_root=cfg.data_root)  # fmt: skip
+    except DataError as exc:
+        raise DataError(f"--run {run}: dataset {cfg.dataset!r} is not available: {exc}") from exc
+    return EvalData(train, _resize(test, size, channels), clf)
+
+
+def _inception_fid(test: torch.Tensor, samples: torch.Tensor, log) -> dict[str, Any]:
+    backend = find_inception_backend()
+    if backend.name is None:
+        return {"value": None, "reason": f"not available: no local Inception weights ({backend.reason})"}
+    log(f"Inception FID ({backend.name})")
+    return dataclasses.asdict(standard_fid(test, samples))
+
+
 def evaluate_run(
     run: str | os.PathLike,
     *,
@@ -181,90 +232,40 @@ def evaluate_run(
     ``seed``; up to ``n_test`` test images; the classifier cache in ``cache_dir`` (default
     ``~/.cache/glann_ext/quality``, trained there if missing, ``clf_epochs`` overriding the default).
     """
-    from .train.config import CONFIG_FILE, TrainConfig
-    from .train.run import load_model
-
     t0 = time.perf_counter()
     run = Path(run)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise UsageError(f"n (-n) must be an integer >= 2, got {n!r}")
-    if isinstance(n_test, bool) or not isinstance(n_test, int) or n_test < 2:
-        raise UsageError(f"n_test must be an integer >= 2, got {n_test!r}")
-    if not (run / CONFIG_FILE).is_file():
-        raise RunFolderError(f"--run {run}: not a run folder (no {CONFIG_FILE})")
-    model = load_model(run, ops=ops, device=device)
-    cfg = TrainConfig.from_json(run / CONFIG_FILE)
-    _check_sampler(model, sampler)
-    if cfg.dataset not in LABELLED:
-        raise DataError(
-            f"--run {run}: its dataset {cfg.dataset!r} has no labelled test split; glann eval needs one of "
-            f"{', '.join(LABELLED)}"
-        )
-    channels, size, _ = model.image_shape
-    try:
-        train = load_images(
-            cfg.dataset,
-            image_size=size,
-            channels=channels,
-            data_root=cfg.data_root,
-            limit=cfg.limit,
-            allow_download=False,
-        )
-        test, _ = load_labelled(cfg.dataset, "test", data_root=cfg.data_root, limit=n_test)
-        log(f"loading the {cfg.dataset} domain classifier (trained and cached on first use)")
-        clf = domain_classifier(
-            cfg.dataset,
-            cache_dir=cache_dir,
-            epochs=clf_epochs,
-            image_size=size,
-            channels=channels,
-            data_root=cfg.data_root,
-        )
-    except DataError as exc:
-        raise DataError(f"--run {run}: dataset {cfg.dataset!r} is not available: {exc}") from exc
-    test = _resize(test, size, channels)
+    for name, value in (("n (-n)", n), ("n_test", n_test)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+            raise UsageError(f"{name} must be an integer >= 2, got {value!r}")
+    model, cfg = _open_run(run, ops, device, sampler)
+    data = _eval_data(run, cfg, model.image_shape, n_test, cache_dir, clf_epochs, log)
     samples = _samples(model, sampler, n, seed, progress)
-
-    log(f"features and PRDC: {n} samples vs {len(test)} test images")
-    real_f, fake_f = clf.features(test), clf.features(samples)
-    p = prdc(real_f, fake_f)
-    log(f"memorisation: nearest of {len(train)} training images")
-    memo = memorisation_summary(samples, train, test)
+    log(f"features and PRDC: {n} samples vs {len(data.test)} test images")
+    real_f, fake_f = data.clf.features(data.test), data.clf.features(samples)
+    log(f"memorisation: nearest of {len(data.train)} training images")
+    memo = memorisation_summary(samples, data.train, data.test)
     out_dir = Path(out) if out is not None else run
     out_dir.mkdir(parents=True, exist_ok=True)
     from .images import save_grid
 
     save_grid(samples[:64], out_dir / SAMPLES_PNG)
     shown = min(grid_pairs, n)
-    save_neighbour_grid(out_dir / NEIGHBOURS_PNG, samples[:shown], train, index=memo.pop("index")[:shown])
-    backend = find_inception_backend()
-    if backend.name is None:
-        fid = {"value": None, "reason": f"not available: no local Inception weights ({backend.reason})"}
-    else:
-        log(f"Inception FID ({backend.name})")
-        fid = dataclasses.asdict(standard_fid(test, samples))
+    save_neighbour_grid(out_dir / NEIGHBOURS_PNG, samples[:shown], data.train, index=memo.pop("index")[:shown])
     result = {
-        "run": str(run),
-        "dataset": cfg.dataset,
-        "sampler": sampler,
-        "seed": seed,
-        "n_samples": n,
-        "n_test": len(test),
-        "n_train": len(train),
+        "run": str(run), "dataset": cfg.dataset, "sampler": sampler, "seed": seed, "n_samples": n,
+        "n_test": len(data.test), "n_train": len(data.train),
         "classifier": {
-            "name": clf.meta["dataset"],
-            "test_accuracy": clf.test_accuracy,
-            "epochs": clf.meta["epochs"],
-            "feature_dim": int(real_f.shape[1]),
+            "name": data.clf.meta["dataset"], "test_accuracy": data.clf.test_accuracy,
+            "epochs": data.clf.meta["epochs"], "feature_dim": int(real_f.shape[1]),
         },
         "fd": frechet_distance(real_f, fake_f),
-        **dataclasses.asdict(p),
+        **dataclasses.asdict(prdc(real_f, fake_f)),
         "memorisation": {**memo, "png": NEIGHBOURS_PNG, "pairs_shown": shown},
         "stacked": {"skipped": STACKED_SKIPPED},
-        "inception_fid": fid,
+        "inception_fid": _inception_fid(data.test, samples, log),
         "samples_png": SAMPLES_PNG,
         "seconds": time.perf_counter() - t0,
-    }
+    }  # fmt: skip
     text = json.dumps(result, indent=2, allow_nan=True) + "\n"
     atomic_write(out_dir / EVAL_FILE, lambda f: f.write(text.encode()))
     return result

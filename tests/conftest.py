@@ -1,9 +1,12 @@
-"""Shared test configuration: the `cuda` marker skips cleanly without a GPU."""
+"""Shared test configuration: the `cuda` marker skips cleanly without a GPU; the tiny datasets that the
+trainer, pipeline, CLI and distributed tests share."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from glann_testing import blob_images
 
 import glann_ext
 
@@ -25,3 +28,17 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def blobs() -> torch.Tensor:
+    """96 grey 28x28 blob images, float32 (96, 1, 28, 28) in [0, 1] (3 batches of the tiny preset)."""
+    return torch.from_numpy(blob_images(96, 28)).float().div(255)[:, None]
+
+
+@pytest.fixture(scope="session")
+def blob_file(tmp_path_factory) -> str:
+    """The same 96 images as a uint8 .npy dataset file."""
+    path = tmp_path_factory.mktemp("data") / "blobs.npy"
+    np.save(path, blob_images(96, 28))
+    return str(path)

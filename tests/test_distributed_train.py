@@ -147,18 +147,11 @@ def _worker(rank: int, port: int, data: str, root: str, out: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def data_file(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("data") / "blobs.npy"
-    np.save(path, blob_images(96, 28))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, data_file) -> tuple[Path, dict]:
+def runs(tmp_path_factory, blob_file) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("dist")
     out = mp.Manager().dict()
-    mp.spawn(_worker, args=(free_port(), data_file, str(root), out), nprocs=WORLD, join=True)
-    for name, cfg in _configs(data_file).items():
+    mp.spawn(_worker, args=(free_port(), blob_file, str(root), out), nprocs=WORLD, join=True)
+    for name, cfg in _configs(blob_file).items():
         if name != "unique":
             train(cfg, root / f"{name}-1", progress=False, log=_quiet)
             train(dataclasses.replace(cfg, threads=2), root / f"{name}-1t2", progress=False, log=_quiet)
@@ -242,7 +235,7 @@ def test_global_batchnorm_equals_batchnorm_on_the_whole_batch(runs, split):
     assert isinstance(global_batchnorm(torch.nn.BatchNorm1d(2), World()), torch.nn.BatchNorm1d)
 
 
-def test_resume_with_another_world_size_needs_reshard_and_loses_nothing(runs, tmp_path, data_file):
+def test_resume_with_another_world_size_needs_reshard_and_loses_nothing(runs, tmp_path):
     root, _ = runs
     run = tmp_path / "run"
     shutil.copytree(root / "glann-2-broken", run)
@@ -319,11 +312,11 @@ def _torchrun(args: list[str], cwd: Path, **kw) -> subprocess.Popen:
     )
 
 
-def test_torchrun_cli_killed_with_sigkill_resumes_to_the_same_model(runs, tmp_path, data_file):
+def test_torchrun_cli_killed_with_sigkill_resumes_to_the_same_model(runs, tmp_path, blob_file):
     """`glann train` under torchrun, SIGKILLed (every process) mid-run, rerun: the same model as the
     uninterrupted 2-process run of the same config."""
     root, _ = runs
-    args = ["--dataset", data_file, "--preset", "tiny", "--limit", "90", "--glo-epochs", "3",
+    args = ["--dataset", blob_file, "--preset", "tiny", "--limit", "90", "--glo-epochs", "3",
             "--imle-epochs", "3", "--batch-size", "16", "--ckpt-every", "1", "--ops", "fused",
             "--threads", "1", "--sample-every", "0", "--no-progress"]  # fmt: skip
     killed = tmp_path / "killed"

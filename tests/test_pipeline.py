@@ -21,18 +21,6 @@ from glann_ext.train import Fit, Hook, fit, train
 from glann_ext.train import checkpoint as ckpt
 
 
-@pytest.fixture(scope="module")
-def blobs() -> torch.Tensor:
-    return torch.from_numpy(blob_images(64, 28)).float().div(255)[:, None]
-
-
-@pytest.fixture(scope="module")
-def blob_file(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("data") / "blobs.npy"
-    np.save(path, blob_images(96, 28))
-    return str(path)
-
-
 class Recorder(Hook):
     def __init__(self) -> None:
         self.events: list[tuple] = []
@@ -58,14 +46,15 @@ def test_fit_in_memory_runs_both_stages_and_fires_every_event(blobs):
     cfg = tiny_config(glo_epochs=2, imle_epochs=1)
     model = fit(blobs, cfg, hooks=[rec])
     assert isinstance(model, GLANN) and model.T is not None and not model.training
-    assert model.codes.shape == (64, cfg.latent_dim) and model.sample(3).shape == (3, 1, 28, 28)
-    steps = 2  # 64 images, batch 32
+    assert model.codes.shape == (96, cfg.latent_dim) and model.sample(3).shape == (3, 1, 28, 28)
+    steps = 3  # 96 images, batch 32
     expected = [("start", "glo")]
     for e in range(2):
-        expected += [("epoch", "glo", e), ("step", "glo", e * steps + 1), ("step", "glo", e * steps + 2)]
+        expected += [("epoch", "glo", e), *(("step", "glo", e * steps + i) for i in (1, 2, 3))]
         expected += [("row", "glo", e + 1, steps)]
-    expected += [("end", "glo"), ("start", "imle"), ("epoch", "imle", 0), ("step", "imle", 1)]
-    expected += [("step", "imle", 2), ("row", "imle", 1, steps), ("end", "imle")]
+    expected += [("end", "glo"), ("start", "imle"), ("epoch", "imle", 0)]
+    expected += [("step", "imle", 1), ("step", "imle", 2), ("step", "imle", 3)]
+    expected += [("row", "imle", 1, steps), ("end", "imle")]
     assert rec.events == expected
     glo_only = fit(blobs, cfg, stage="glo")
     assert glo_only.T is None and torch.equal(glo_only.codes, fit(blobs, cfg, stage="glo").codes)
@@ -205,7 +194,7 @@ def test_cli_user_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch,
     def bug(args):
         raise KeyError("an internal bug")
 
-    monkeypatch.setattr(cli, "_cmd_sample", bug)
+    monkeypatch.setitem(cli._COMMANDS, "sample", (cli._add_sample, bug))
     with pytest.raises(KeyError, match="an internal bug"):
         cli.main(["sample", "--run", str(tmp_path)])
 

@@ -32,18 +32,6 @@ from glann_ext.train.latents import pca_codes
 
 
 @pytest.fixture(scope="module")
-def blobs() -> torch.Tensor:
-    return torch.from_numpy(blob_images(96, 28)).float().div(255)[:, None]
-
-
-@pytest.fixture(scope="module")
-def blob_file(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("data") / "blobs.npy"
-    np.save(path, blob_images(96, 28))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, blob_file):
     out = tmp_path_factory.mktemp("runs") / "tiny"
     model = train(
