@@ -1,20 +1,35 @@
-"""Atomic file writes, shared by checkpoints, cached models and result images."""
+"""File writes that a kill, a second process or a planted link cannot turn into lost or misplaced data.
+
+* :func:`atomic_write`: temp file in the target's folder, fsync, ``os.replace``: a kill leaves the old file or
+  the new one, and a link at the target is replaced, never followed.
+* :func:`append_line`: appends without following a link (a planted one is replaced by a plain file).
+* :func:`ensure_dir`: a real folder (a link in its place is replaced).
+* :func:`remove_stale_temps`: the temp files that killed atomic writes left behind.
+* :class:`FolderLock`: one writer per folder (``fcntl.flock``, released by the OS when the process dies).
+"""
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
+from .errors import RunFolderError
+
+TEMP_SUFFIX = ".tmp"
+LOCK_FILE = ".lock"
+
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     """Calls ``write(f)`` on a temporary file in ``path``'s folder, fsyncs it, then ``os.replace``s it
     onto ``path`` and fsyncs the folder: a kill at any moment leaves the old file or the new one, never a
-    partial one. Creates missing parent folders; the file gets the usual permissions of a new file."""
+    partial one, and a symbolic link at ``path`` is replaced by the file rather than followed. Creates
+    missing parent folders; the file gets the usual permissions of a new file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -27,12 +42,106 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:  # make a rename durable
+        dir_fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def append_line(path: str | Path, line: str) -> None:
+    """Append ``line`` and a newline to ``path``, creating it. A symbolic link at ``path`` is removed first
+    (never followed), so nothing outside the folder is written."""
+    path = Path(path)
+    if path.is_symlink():
+        path.unlink()
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags, 0o666)
+    with os.fdopen(fd, "a") as f:
+        f.write(line + "\n")
+
+
+def ensure_dir(path: str | Path) -> Path:
+    """``path`` as a real folder: created if missing, and a symbolic link in its place replaced by an empty
+    folder (so later writes into it cannot land elsewhere)."""
+    path = Path(path)
+    if path.is_symlink():
+        path.unlink()
+    path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def remove_stale_temps(folder: str | Path, recursive: bool = True) -> list[Path]:
+    """Delete the ``*.tmp`` files that interrupted :func:`atomic_write` calls left in ``folder`` (call it only
+    while holding the folder's lock: another writer's temp file is not stale). Returns what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = folder.rglob(f"*{TEMP_SUFFIX}") if recursive else folder.glob(f"*{TEMP_SUFFIX}")
+    removed = []
+    for p in found:
+        if p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+class FolderLock:
+    """An exclusive lock on ``folder/.lock`` (``fcntl.flock``), held while the object is open.
+
+    The OS releases it when the process dies, so a killed job never leaves the folder locked. A second
+    writer gets :class:`~glann_ext.errors.RunFolderError` "run folder in use (pid N)" at once instead of
+    waiting. Use as a context manager; ``with FolderLock(run): ...``.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.fd: int | None = None
+        self.created = False
+
+    def acquire(self) -> FolderLock:
+        import fcntl
+
+        self.created = not self.folder.exists()
+        ensure_dir(self.folder)
+        path = self.folder / LOCK_FILE
+        if path.is_symlink():
+            path.unlink()
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RunFolderError(f"{self.folder}: run folder in use (pid {holder})") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        """Drop the lock. A folder this lock created and nothing else wrote into is removed again, so a
+        command that failed before writing anything leaves no trace."""
+        if self.fd is None:
+            return
+        if self.created and [p.name for p in self.folder.iterdir()] == [LOCK_FILE]:
+            (self.folder / LOCK_FILE).unlink(missing_ok=True)
+            self.folder.rmdir()
+        os.close(self.fd)  # closing drops the flock
+        self.fd = None
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -18,6 +18,7 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
@@ -60,12 +61,34 @@ class CLIError(GlannError):
     """A user error found by the command line itself: printed as one line, exit status 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line on stderr (exit status 2), like every other user error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _count(minimum: int):
+    """An argparse type: an integer >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def _run_args(q: argparse.ArgumentParser) -> None:
     """The arguments of every command that reads a trained run."""
     q.add_argument("--run", required=True, help="run folder (or model file)")
     q.add_argument("--ops", choices=["fused", "reference"], help="override the run's ops backend")
     q.add_argument("--device", default="cpu")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=_count(0), default=0)
 
 
 def _add_train(sub) -> None:
@@ -87,7 +110,7 @@ def _add_train(sub) -> None:
 def _add_sample(sub) -> None:
     s = sub.add_parser("sample", help="sample images from a trained model")
     _run_args(s)
-    s.add_argument("-n", type=int, default=64, help="number of samples")
+    s.add_argument("-n", type=_count(1), default=64, help="number of samples")
     s.add_argument(
         "--grid", help="PNG grid of the samples to write (default: samples.png, unless --npy is given)"
     )
@@ -102,8 +125,8 @@ def _add_interpolate(sub) -> None:
     i = sub.add_parser("interpolate", help="interpolation grid, in noise or latent space")
     _run_args(i)
     i.add_argument("--space", choices=["noise", "latent"], default="noise")
-    i.add_argument("--rows", type=int, default=8, help="number of interpolation pairs")
-    i.add_argument("--steps", type=int, default=10, help="images per row, endpoints included")
+    i.add_argument("--rows", type=_count(1), default=8, help="number of interpolation pairs")
+    i.add_argument("--steps", type=_count(2), default=10, help="images per row, endpoints included")
     i.add_argument("--grid", default="interpolation.png")
 
 
@@ -111,9 +134,9 @@ def _add_invert(sub) -> None:
     v = sub.add_parser("invert", help="find codes for new images (G fixed) and write their reconstructions")
     _run_args(v)
     v.add_argument("--images", required=True, help="a .npy/.npz file or an image folder")
-    v.add_argument("--limit", type=int, default=64, help="invert at most this many images")
-    v.add_argument("--steps", type=int, default=200, help="optimisation steps per restart")
-    v.add_argument("--restarts", type=int, default=2)
+    v.add_argument("--limit", type=_count(1), default=64, help="invert at most this many images")
+    v.add_argument("--steps", type=_count(0), default=200, help="optimisation steps per restart")
+    v.add_argument("--restarts", type=_count(1), default=2, help="starting points tried per image")
     v.add_argument("--grid", default="inverted.png", help="PNG: originals on top, reconstructions below")
     v.add_argument("--codes", help="also save the codes (n, latent_dim) as .npy here")
 
@@ -121,24 +144,39 @@ def _add_invert(sub) -> None:
 def _add_reshard(sub) -> None:
     r = sub.add_parser("reshard", help="rewrite a run's checkpoint for another number of processes")
     r.add_argument("--run", required=True, help="run folder")
-    r.add_argument("--world-size", type=int, required=True, help="processes of the job that will resume it")
+    r.add_argument(
+        "--world-size", type=_count(1), required=True, help="processes of the job that will resume it"
+    )
+
+
+def _add_upgrade(sub) -> None:
+    u = sub.add_parser(
+        "upgrade", help="convert a run folder of glann_ext 0.1 (pickled files) to the safe formats"
+    )
+    u.add_argument("--run", required=True, help="run folder")
+    u.add_argument(
+        "--trust-pickle", action="store_true",
+        help="required: the old files are unpickled to convert them, which runs any code planted in them",
+    )  # fmt: skip
 
 
 def _add_eval(sub) -> None:
     e = sub.add_parser("eval", help="FD, precision/recall, density/coverage and memorisation of a run")
     _run_args(e)
-    e.add_argument("-n", type=int, default=10_000, help="number of generated samples (>= 2)")
+    e.add_argument("-n", type=_count(2), default=10_000, help="number of generated samples (>= 2)")
     e.add_argument("--out", help="folder for eval.json and the PNGs (default: the run folder)")
     e.add_argument("--sampler", choices=["glann", "gaussian"], default="glann", help="as for sample")
     e.add_argument("--cache-dir", help="LeNet cache (default ~/.cache/glann_ext/quality)")
-    e.add_argument("--clf-epochs", type=int, help="LeNet epochs if it must be trained (default per dataset)")
-    e.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    e.add_argument(
+        "--clf-epochs", type=_count(1), help="LeNet epochs if it must be trained (default per dataset)"
+    )
+    e.add_argument("--threads", type=_count(1), help="CPU threads (default: torch's)")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="glann", description="GLO, IMLE and GLANN generative models.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="glann", description="GLO, IMLE and GLANN generative models.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for add, _ in _COMMANDS.values():
         add(sub)
     return p
@@ -203,8 +241,6 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     from glann_ext.images import save_grid
     from glann_ext.models import GLANN
 
-    if args.n < 1:
-        raise CLIError(f"sample: -n must be >= 1, got {args.n}")
     model = _load(args)
     if args.sampler == "gaussian":
         if not isinstance(model, GLANN):
@@ -229,8 +265,6 @@ def _cmd_interpolate(args: argparse.Namespace) -> None:
     from glann_ext import seeding
     from glann_ext.images import save_grid
 
-    if args.rows < 1 or args.steps < 2:
-        raise CLIError(f"interpolate: need --rows >= 1 and --steps >= 2, got {args.rows} and {args.steps}")
     model = _load(args)
     g = seeding.generator(args.seed, "sample")
     rows = []
@@ -266,20 +300,20 @@ def _cmd_invert(args: argparse.Namespace) -> None:
 def _cmd_reshard(args: argparse.Namespace) -> None:
     from glann_ext.train.checkpoint import reshard
 
-    if args.world_size < 1:
-        raise CLIError(f"reshard: --world-size must be >= 1, got {args.world_size}")
     if not Path(args.run).is_dir():
         raise CLIError(f"reshard: --run {args.run}: no such run folder")
     reshard(args.run, args.world_size)
 
 
+def _cmd_upgrade(args: argparse.Namespace) -> None:
+    from glann_ext.train.upgrade import upgrade_run
+
+    upgrade_run(args.run, trust_pickle=args.trust_pickle)
+
+
 def _cmd_eval(args: argparse.Namespace) -> None:
     from glann_ext.evaluate import EVAL_FILE, evaluate_run, format_table
 
-    if args.n < 2:
-        raise CLIError(f"eval: -n must be >= 2, got {args.n}")
-    if args.clf_epochs is not None and args.clf_epochs < 1:
-        raise CLIError(f"eval: --clf-epochs must be >= 1, got {args.clf_epochs}")
     if args.threads:
         torch.set_num_threads(args.threads)
     res = evaluate_run(
@@ -297,6 +331,7 @@ _COMMANDS = {
     "interpolate": (_add_interpolate, _cmd_interpolate),
     "invert": (_add_invert, _cmd_invert),
     "reshard": (_add_reshard, _cmd_reshard),
+    "upgrade": (_add_upgrade, _cmd_upgrade),
     "eval": (_add_eval, _cmd_eval),
 }
 
@@ -305,11 +340,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``glann``; returns the exit status: 0 ok, 2 a user error (one line on stderr: a bad
     argument, file, run folder or environment). Anything else is a bug and raises with its traceback
     (the interpreter exits with 1)."""
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a bad argument (2, one line already printed)
+        return int(exc.code or 0)
     try:
         _COMMANDS[args.command][1](args)
     except GlannError as exc:
-        print(f"glann {args.command}: error: {exc}", file=sys.stderr)
+        print(f"glann {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line
         return 2
     except OSError as exc:  # the file system said no: a path the user gave (permissions, disk, missing)
         where = f"{exc.filename}: " if exc.filename else ""

@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._io import atomic_write
+from .errors import UsageError
+
 
 def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
     """uint8 (H, W, C) mosaic of ``images`` (B, C, h, w) in [0, 1], ``nrow`` images per row."""
@@ -26,9 +29,14 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
-    """Write ``images`` (B, C, h, w) in [0, 1] as one PNG grid; returns the path."""
+    """Write ``images`` (B, C, h, w) in [0, 1] as one grid image (the format from the suffix: .png, .jpg,
+    ...), atomically (a link at ``path`` is replaced, not followed); returns the path."""
     from PIL import Image
 
+    path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise UsageError(f"{path}: unknown image file extension {path.suffix!r} (use .png)")
     grid = make_grid(images, nrow)
-    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
-    return Path(path)
+    image = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+    return atomic_write(path, lambda f: image.save(f, format=fmt))

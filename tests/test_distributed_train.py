@@ -353,4 +353,4 @@ def test_reshard_command(runs, tmp_path, capsys):
     assert main(["reshard", "--run", str(run), "--world-size", "0"]) == 2
     assert main(["reshard", "--run", str(tmp_path / "nope"), "--world-size", "2"]) == 2
     err = capsys.readouterr().err
-    assert "--world-size must be >= 1, got 0" in err and "no such run folder" in err
+    assert "--world-size: must be >= 1, got 0" in err and "no such run folder" in err

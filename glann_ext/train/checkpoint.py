@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from glann_ext._io import atomic_write
+from glann_ext._io import FolderLock, atomic_write, ensure_dir, remove_stale_temps
 from glann_ext.data import shard_bounds
 from glann_ext.errors import CheckpointError
 
@@ -50,13 +50,17 @@ def save_atomic(obj: Any, path: str | Path) -> None:
 def load(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
     """A file written by :func:`save_atomic`, read with ``weights_only=True``: tensors and plain values
     only, so a planted pickle payload cannot run."""
+    unsafe = (
+        f"{path}: holds objects other than tensors and plain values (a file of glann_ext 0.1, or not "
+        "ours); it is not loaded, since loading such a file can run code"
+    )
     try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":  # torch.save's zip archive; anything else is a bare pickle
+                raise CheckpointError(unsafe)
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path}: holds objects other than tensors and plain values (a file of glann_ext 0.1, or not "
-            f"ours); it is not loaded, since loading such a file can run code"
-        ) from exc
+        raise CheckpointError(unsafe) from exc
     except (OSError, RuntimeError, EOFError) as exc:
         raise CheckpointError(f"{path}: cannot load checkpoint ({exc})") from exc
 
@@ -124,23 +128,55 @@ def shard_name(rank: int, world: int) -> str:
     return f"shard-{rank:05d}-of-{world:05d}.pt"
 
 
+UPGRADE_HINT = "glann upgrade --run {run} --trust-pickle"
+_MANIFEST_KEYS = {
+    "format": int, "seq": int, "step_dir": str, "world_size": int, "total": int, "bounds": list,
+    "shards": list, "phase": str, "epoch": int, "global_step": int,
+}  # fmt: skip
+
+
 def read_manifest(run: str | Path) -> dict[str, Any] | None:
-    """The manifest of run folder ``run``, or None when it has no checkpoint yet."""
+    """The manifest of run folder ``run``, or None when it has no checkpoint yet. Every entry is checked:
+    the step folder and shard names must be the plain names this module writes (so no path from the file
+    can point outside ``checkpoints/``), and bounds must be the contiguous split of ``total``."""
     path = checkpoint_dir(run) / MANIFEST_FILE
     if not path.exists():
         return None
     try:
         manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: unreadable manifest ({exc})") from exc
-    if manifest.get("format") != FORMAT_VERSION:
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{path}: not a checkpoint manifest")
+    if manifest.get("format") == 1:
         raise CheckpointError(
-            f"{path}: checkpoint format {manifest.get('format')}, expected {FORMAT_VERSION}"
+            f"{path}: a checkpoint of glann_ext 0.1, whose files are pickles; convert the run once with "
+            f"`{UPGRADE_HINT.format(run=run)}` (only if you trust where it came from)"
         )
+    if manifest.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {manifest.get('format')!r}, expected {FORMAT_VERSION}")
+    _check_manifest(path, manifest)
     return manifest
 
 
-def _write_manifest(run: Path, manifest: dict[str, Any]) -> None:
+def _check_manifest(path: Path, m: dict[str, Any]) -> None:
+    for key, kind in _MANIFEST_KEYS.items():
+        if key not in m:
+            raise CheckpointError(f"{path}: manifest has no {key!r}")
+        if not isinstance(m[key], kind) or isinstance(m[key], bool):
+            raise CheckpointError(f"{path}: manifest {key!r} must be a {kind.__name__}, got {m[key]!r}")
+    w, total = m["world_size"], m["total"]
+    if w < 1 or total < 1 or m["seq"] < 0 or m["step_dir"] != f"step-{m['seq']:08d}":
+        raise CheckpointError(f"{path}: manifest names an impossible step ({m['step_dir']!r}, seq {m['seq']})")
+    if m["shards"] != [shard_name(r, w) for r in range(w)]:
+        raise CheckpointError(f"{path}: manifest shard names {m['shards']!r} are not the {w} shards of a step")
+    if [list(b) for b in m["bounds"]] != [list(shard_bounds(total, w, r)) for r in range(w)]:
+        raise CheckpointError(f"{path}: manifest bounds do not split {total} rows over {w} shards")
+    if m["phase"] not in ("glo", "imle"):
+        raise CheckpointError(f"{path}: manifest phase {m['phase']!r} is not glo or imle")
+
+
+def write_manifest(run: Path, manifest: dict[str, Any]) -> None:
     atomic_write(
         checkpoint_dir(run) / MANIFEST_FILE, lambda f: f.write(json.dumps(manifest, indent=1).encode())
     )
@@ -167,7 +203,10 @@ def save_step(
     previous = read_manifest(run)
     seq = 0 if previous is None else previous["seq"] + 1
     step_dir = checkpoint_dir(run) / f"step-{seq:08d}"
-    step_dir.mkdir(parents=True, exist_ok=True)
+    if world.is_main:  # real folders (a link planted in their place is replaced)
+        ensure_dir(step_dir.parent)
+        ensure_dir(step_dir)
+    world.barrier()
     start, stop = world.bounds(total)
     save_atomic(
         {"start": start, "stop": stop, "total": total, "rows": rows},
@@ -187,7 +226,7 @@ def save_step(
             "shards": [shard_name(r, world.size) for r in range(world.size)],
             **info,
         }
-        _write_manifest(run, manifest)
+        write_manifest(run, manifest)
         _delete_older(run, step_dir.name)
     world.barrier()  # nobody reads the manifest of the next step before this one is written
 
@@ -233,21 +272,38 @@ def load_step(run: str | Path, world: World, total: int) -> dict[str, Any] | Non
     }
 
 
-def latest_main(run: str | Path) -> dict[str, Any] | None:
-    """The replicated state of the latest complete step (no rows), or None."""
-    manifest = read_manifest(run)
-    if manifest is None:
-        return None
-    return load(checkpoint_dir(run) / manifest["step_dir"] / MAIN_FILE)
+def read_step(
+    run: str | Path, *, main: bool = True, rows: bool = True, names: list[str] | None = None
+) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, torch.Tensor] | None]:
+    """(manifest, main state, per-row tensors of every shard concatenated) of the latest complete step, all
+    from the same step. For readers that do not hold the run's lock (sample, eval, export): when a training
+    job replaces the step while it is read (its files vanish), the new manifest is read and the read
+    retried, so a reader never mixes two steps nor sees a half-written one. ``names`` limits the rows."""
+    for _ in range(5):
+        manifest = read_manifest(run)
+        if manifest is None:
+            raise CheckpointError(f"{run}: no checkpoint ({CHECKPOINT_DIR}/{MANIFEST_FILE} missing)")
+        step_dir = checkpoint_dir(run) / manifest["step_dir"]
+        try:
+            state = load(step_dir / MAIN_FILE) if main else None
+            table = _rows_in(step_dir, manifest, 0, manifest["total"], names) if rows else None
+            return manifest, state, table
+        except CheckpointError:
+            again = read_manifest(run)
+            if again is None or again["seq"] == manifest["seq"]:
+                raise  # not a step that moved on: the checkpoint is damaged
+    raise CheckpointError(f"{run}: the checkpoint kept changing while it was read; try again")
+
+
+def latest_main(run: str | Path) -> dict[str, Any]:
+    """The replicated state of the latest complete step (no rows)."""
+    return read_step(run, rows=False)[1]
 
 
 def load_latest(run: str | Path) -> dict[str, Any]:
     """The latest complete step of ``run`` as one state (phase, trainer states with every shard's rows
-    concatenated, RNG, config): for inspection, tests and export, not for resuming a sharded job."""
-    main = latest_main(run)
-    if main is None:
-        raise CheckpointError(f"{run}: no checkpoint ({CHECKPOINT_DIR}/{MANIFEST_FILE} missing)")
-    rows = gather_rows(run)
+    concatenated, config): for inspection, tests and export, not for resuming a sharded job."""
+    _, main, rows = read_step(run)
     return {
         **main,
         "glo": join_state("glo", main["glo"], rows),
@@ -258,11 +314,7 @@ def load_latest(run: str | Path) -> dict[str, Any]:
 def gather_rows(run: str | Path, names: list[str] | None = None) -> dict[str, torch.Tensor]:
     """The per-row tensors of the latest step with all shards concatenated (whole table in memory: for
     exporting a finished model, not for training)."""
-    manifest = read_manifest(run)
-    if manifest is None:
-        raise CheckpointError(f"{run}: no checkpoint")
-    step_dir = checkpoint_dir(run) / manifest["step_dir"]
-    return _rows_in(step_dir, manifest, 0, manifest["total"], names)
+    return read_step(run, main=False, names=names)[2]
 
 
 def _rows_in(
@@ -291,42 +343,55 @@ def _rows_in(
 
 def reshard(run: str | Path, world_size: int, log: Callable[[str], None] = print) -> None:
     """Rewrite the latest checkpoint of ``run`` for ``world_size`` processes (a new step; the old one is
-    deleted only after the new manifest is written). Each new shard is assembled from memory-mapped old
-    shards, so peak memory is about one new shard."""
+    deleted only after the new manifest is written), holding the run folder's lock. Each new shard is
+    assembled from memory-mapped old shards, so peak memory is about one new shard."""
     run = Path(run)
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
-    manifest = read_manifest(run)
-    if manifest is None:
-        raise CheckpointError(f"{run}: no checkpoint to reshard (no {CHECKPOINT_DIR}/{MANIFEST_FILE})")
+    with FolderLock(run):
+        remove_stale_temps(run)
+        manifest = read_manifest(run)
+        if manifest is None:
+            raise CheckpointError(f"{run}: no checkpoint to reshard (no {CHECKPOINT_DIR}/{MANIFEST_FILE})")
+        total = manifest["total"]
+        if world_size > total // 2:
+            raise CheckpointError(
+                f"{run}: {total} images cannot be shared by {world_size} processes (each needs at least 2; "
+                f"at most {total // 2})"
+            )
+        if manifest["world_size"] == world_size:
+            log(f"{run}: already sharded for {world_size} process(es); nothing to do")
+            return
+        new_dir = _write_resharded(run, manifest, world_size)
+    log(
+        f"{run}: checkpoint step {manifest['step_dir']} ({manifest['world_size']} shards) rewritten as "
+        f"{new_dir.name} ({world_size} shards)"
+    )
+
+
+def _write_resharded(run: Path, manifest: dict[str, Any], world_size: int) -> Path:
     old_dir = checkpoint_dir(run) / manifest["step_dir"]
     if not (old_dir / MAIN_FILE).exists():
         raise CheckpointError(f"{old_dir / MAIN_FILE}: missing; the checkpoint is incomplete")
-    if manifest["world_size"] == world_size:
-        log(f"{run}: already sharded for {world_size} process(es); nothing to do")
-        return
     total, seq = manifest["total"], manifest["seq"] + 1
     new_dir = checkpoint_dir(run) / f"step-{seq:08d}"
     shutil.rmtree(new_dir, ignore_errors=True)  # a step a killed job had begun: never named by a manifest
-    new_dir.mkdir(parents=True)
+    ensure_dir(new_dir)
     bounds = [shard_bounds(total, world_size, r) for r in range(world_size)]
     for r, (lo, hi) in enumerate(bounds):
         rows = _rows_in(old_dir, manifest, lo, hi)
         save_atomic(
             {"start": lo, "stop": hi, "total": total, "rows": rows}, new_dir / shard_name(r, world_size)
         )
-    main_bytes = (old_dir / MAIN_FILE).read_bytes()
-    atomic_write(new_dir / MAIN_FILE, lambda f: f.write(main_bytes))
+    save_atomic(load(old_dir / MAIN_FILE), new_dir / MAIN_FILE)  # loaded, so only safe content travels
     new = {
         **manifest,
         "seq": seq,
         "step_dir": new_dir.name,
         "world_size": world_size,
-        "bounds": bounds,
+        "bounds": [list(b) for b in bounds],
         "shards": [shard_name(r, world_size) for r in range(world_size)],
     }
-    _write_manifest(run, new)
+    write_manifest(run, new)
     _delete_older(run, new_dir.name)
-    log(
-        f"{run}: checkpoint step {manifest['step_dir']} ({manifest['world_size']} shards) rewritten as {new_dir.name} ({world_size} shards)"
-    )
+    return new_dir

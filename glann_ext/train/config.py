@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,36 +74,15 @@ class TrainConfig:
     sample_every: int = 1  # epochs between PNG grids
 
     def validate(self) -> TrainConfig:
-        """Raise :class:`~glann_ext.errors.ConfigError` (a ValueError) naming the first bad field."""
-        checks = [
-            ("latent_dim", self.latent_dim >= 1),
-            ("noise_dim", self.noise_dim >= 1),
-            ("batch_size", self.batch_size >= 2),
-            ("glo_epochs", self.glo_epochs >= 0),
-            ("imle_epochs", self.imle_epochs >= 0),
-            ("lr_g", self.lr_g > 0),
-            ("lr_z", self.lr_z > 0),
-            ("imle_lr", self.imle_lr > 0),
-            ("imle_noise_multiple", self.imle_noise_multiple >= 1),
-            ("gen_width", self.gen_width >= 4),
-            ("ckpt_every", self.ckpt_every >= 0),
-            ("sample_every", self.sample_every >= 0),
-            ("l2_weight", self.l2_weight >= 0),
-            ("imle_precision_weight", self.imle_precision_weight >= 0),
-            ("limit", self.limit is None or self.limit >= 2),
-        ]
-        for name, ok in checks:
+        """Raise :class:`~glann_ext.errors.ConfigError` (a ValueError) naming the first bad field: a wrong
+        type, a non-finite or out-of-range number, or a choice not offered. (Whether the device exists here
+        is :meth:`check_runnable`'s question: a config trained on a GPU stays valid on a laptop.)"""
+        for f in dataclasses.fields(self):
+            _check_type(f.name, getattr(self, f.name), _FIELD_TYPES[f.name])
+        for name, ok in _range_checks(self):
             if not ok:
                 raise ConfigError(f"config field {name} has an invalid value: {getattr(self, name)!r}")
-        for name, allowed in (
-            ("latent_optimizer", ("adam", "sgd")),
-            ("init", ("pca", "random")),
-            ("imle_space", ("latent", "pixel")),
-            ("imle_lr_schedule", ("constant", "cosine")),
-            ("imle_match", ("nearest", "unique")),
-            ("ops", ("fused", "reference")),
-            ("channels", (None, 1, 3)),
-        ):
+        for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"config field {name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.image_size is not None:
@@ -114,6 +94,13 @@ class TrainConfig:
                 raise ConfigError(f"config field image_size: {exc}") from None
         if self.vgg_weight > 0 and not self.vgg_weights:
             raise ConfigError("config field vgg_weight > 0 needs vgg_weights: a local VGG16 state_dict file")
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        return self
+
+    def check_runnable(self) -> TrainConfig:
+        """Raise ConfigError unless this machine can run the config: the device exists here, and CUDA
+        kernels were built when the fused ops are to run on CUDA."""
+        check_device(self.device, fused=self.ops == "fused")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,6 +133,109 @@ class TrainConfig:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def _kind(annotation: str) -> str:
+    """The check of a field from its annotation: "int", "float", "bool", "str", "betas", "?" if optional."""
+    base = annotation.replace(" | None", "")
+    kind = {"int": "int", "float": "float", "bool": "bool", "str": "str", "tuple[float, float]": "betas"}[base]
+    return kind + ("?" if base != annotation else "")
+
+
+_FIELD_TYPES = {f.name: _kind(str(f.type)) for f in dataclasses.fields(TrainConfig)}
+_CHOICES = {
+    "latent_optimizer": ("adam", "sgd"),
+    "init": ("pca", "random"),
+    "imle_space": ("latent", "pixel"),
+    "imle_lr_schedule": ("constant", "cosine"),
+    "imle_match": ("nearest", "unique"),
+    "ops": ("fused", "reference"),
+    "channels": (None, 1, 3),
+}
+MAX_SEED = 2**63 - 1  # seeds feed torch.Generator.manual_seed, which takes a signed 64-bit value
+
+
+def _finite(x: float, low: float, *, strict: bool = False) -> bool:
+    return math.isfinite(x) and (x > low if strict else x >= low)
+
+
+def _range_checks(c: TrainConfig) -> list[tuple[str, bool]]:
+    return [
+        ("latent_dim", c.latent_dim >= 1),
+        ("noise_dim", c.noise_dim >= 1),
+        ("batch_size", c.batch_size >= 2),
+        ("glo_epochs", c.glo_epochs >= 0),
+        ("imle_epochs", c.imle_epochs >= 0),
+        ("lr_g", _finite(c.lr_g, 0, strict=True)),
+        ("lr_z", _finite(c.lr_z, 0, strict=True)),
+        ("imle_lr", _finite(c.imle_lr, 0, strict=True)),
+        ("imle_weight_decay", _finite(c.imle_weight_decay, 0)),
+        ("imle_noise_multiple", _finite(c.imle_noise_multiple, 1)),
+        ("betas", all(0 <= b < 1 for b in c.betas)),
+        ("gen_width", c.gen_width >= 4),
+        ("mapping_hidden", c.mapping_hidden >= 1),
+        ("mapping_layers", c.mapping_layers >= 1),
+        ("ckpt_every", c.ckpt_every >= 0),
+        ("sample_every", c.sample_every >= 0),
+        ("l2_weight", _finite(c.l2_weight, 0)),
+        ("vgg_weight", _finite(c.vgg_weight, 0)),
+        ("imle_precision_weight", _finite(c.imle_precision_weight, 0)),
+        ("limit", c.limit is None or c.limit >= 2),
+        ("threads", c.threads is None or c.threads >= 1),
+        ("seed", 0 <= c.seed <= MAX_SEED),
+    ]
+
+
+def _check_type(name: str, value: Any, kind: str) -> None:
+    """``kind``: "int", "float", "bool", "str", "betas", optionally followed by "?" (None allowed)."""
+    if kind.endswith("?"):
+        if value is None:
+            return
+        kind = kind[:-1]
+    ok = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
+        "str": isinstance(value, str),
+        "betas": isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in value),
+    }[kind]
+    if not ok:
+        expected = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+                    "betas": "two numbers [beta1, beta2]"}[kind]  # fmt: skip
+        got = "null" if value is None else f"{value!r} ({type(value).__name__})"
+        raise ConfigError(f"config field {name} must be {expected}, got {got}")
+
+
+def check_device(spec: str, *, fused: bool = True) -> None:
+    """Raise ConfigError unless ``spec`` names a device this machine has: ``cpu``, or ``cuda``/``cuda:N``
+    with torch built for CUDA, a GPU N present, and (for the fused ops) glann_ext's CUDA kernels built."""
+    import torch
+
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"--device {spec!r}: not a device ({exc})") from None
+    if dev.type == "cpu":
+        if dev.index not in (None, 0):
+            raise ConfigError(f"--device {spec}: the CPU device takes no index (use cpu)")
+        return
+    if dev.type != "cuda":
+        raise ConfigError(f"--device {spec}: glann_ext trains on cpu or cuda, not {dev.type}")
+    if not torch.cuda.is_available():
+        why = "is a CPU-only build" if torch.version.cuda is None else "sees no GPU"
+        raise ConfigError(f"--device {spec}: this torch ({torch.__version__}) {why}; use --device cpu")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {spec}: only {torch.cuda.device_count()} GPU(s) here")
+    if fused:
+        from glann_ext._info import cuda_available
+
+        if not cuda_available():
+            raise ConfigError(
+                f"--device {spec}: glann_ext was built without CUDA kernels; rebuild with nvcc present, or "
+                "train with --ops reference"
+            )
 
 
 PRESETS: dict[str, dict[str, Any]] = {

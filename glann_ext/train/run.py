@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import torch
 
-from glann_ext._io import atomic_write
+from glann_ext._io import FolderLock, append_line, atomic_write, ensure_dir, remove_stale_temps
 from glann_ext.backend import get_ops
 from glann_ext.data import load_image_shard
 from glann_ext.errors import CheckpointError, ConfigError, RunFolderError
@@ -74,7 +74,7 @@ class Run:
     ):
         self.out = Path(out)
         self.progress, self.user_hook, self._log = progress, on_step, log
-        self.cfg = self._resolve_config(cfg)
+        self.cfg = self._resolve_config(cfg).check_runnable()
         self.device = local_device(self.cfg.device)
         self.world = World()
 
@@ -83,8 +83,12 @@ class Run:
             self._log(msg)
 
     def _resolve_config(self, cfg: TrainConfig | None) -> TrainConfig:
+        """The config to train with: ``cfg`` for a new run; for a run that has trained (a checkpoint or a
+        model exists) the saved one, with the overrides a resume may change. A config.json without any
+        training state is a start that failed: a new ``cfg`` replaces it."""
         path = self.out / CONFIG_FILE
-        if path.exists():
+        trained = (self.out / ckpt.CHECKPOINT_DIR / ckpt.MANIFEST_FILE).exists() or (self.out / MODEL_FILE).exists()
+        if path.exists() and (trained or cfg is None):
             saved = TrainConfig.from_json(path)
             if cfg is not None:
                 mine, theirs = dataclasses.asdict(saved), dataclasses.asdict(cfg)
@@ -119,6 +123,22 @@ class Run:
             if created:
                 dist.destroy_process_group()
 
+    def _lock(self) -> FolderLock | None:
+        """Rank 0 takes the folder's lock (one job writes a run folder) and clears the temp files of killed
+        writes; every rank learns whether it got it, so a refused job stops on all ranks before writing."""
+        lock, error = None, None
+        if self.world.is_main:
+            try:
+                lock = FolderLock(self.out).acquire()
+                remove_stale_temps(self.out)
+            except (RunFolderError, OSError) as exc:
+                error = exc
+        if self.world.sum(torch.tensor([float(error is not None)])).item():
+            if lock is not None:
+                lock.release()
+            raise error or RunFolderError(f"{self.out}: run folder in use (by another job)")
+        return lock
+
     def _load_images(self) -> tuple[torch.Tensor, int, int]:
         """(this rank's shard of the training images, its first dataset row, the dataset's size)."""
         cfg = self.cfg
@@ -144,33 +164,48 @@ class Run:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.world.check_same("the run configuration", dataclasses.asdict(cfg))
-        images, start, total = self._load_images()  # first, so that bad data leaves no half-made run folder
+        # data and model first: what fails there leaves the folder exactly as it was (not even created)
+        images, start, total = self._load_images()
         fit = Fit(images, cfg, ops=get_ops(cfg.ops), world=self.world, device=self.device, start=start, total=total)
+        lock = self._lock()
+        try:
+            state = self._restore(fit, total)
+            return self._finish(self._run(fit, stage, images, total, state), fit, images)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _restore(self, fit: Fit, total: int) -> dict[str, Any] | None:
+        """Load the latest checkpoint into ``fit`` (None when there is none)."""
         state = ckpt.load_step(self.out, self.world, total)
         if state is not None:
-            fit.load_state_dict(state)
+            try:
+                fit.load_state_dict(state)
+            except (RuntimeError, KeyError, TypeError, ValueError) as exc:  # shapes or keys of another model
+                msg = str(exc).strip().splitlines()[-1].strip()
+                raise CheckpointError(f"{self.out}: the checkpoint does not fit this run's model ({msg})") from None
             self.log(f"resuming {self.out} from phase {state['phase']}")
+        return state
+
+    def _run(self, fit: Fit, stage: str, images: torch.Tensor, total: int, state: dict | None) -> GenerativeModel:
+        """Write the folder's config (a new run), attach the folder's hooks and train."""
         tb = None
         if self.world.is_main:
-            (self.out / "images").mkdir(parents=True, exist_ok=True)
-            if not (self.out / CONFIG_FILE).exists():
-                cfg.to_json(self.out / CONFIG_FILE)
+            ensure_dir(self.out / "images")
+            if state is None:
+                self.cfg.to_json(self.out / CONFIG_FILE)
             _prune_metrics(self.out / METRICS_FILE, fit)
             tb = _tensorboard(self.out / "tb")
         hooks: list[Hook] = [
-            ProgressHook(self),
-            MetricsHook(self, tb),
-            GridsHook(self, fit, images),
-            CheckpointHook(self, fit, total),
-        ]
+            ProgressHook(self), MetricsHook(self, tb), GridsHook(self, fit, images), CheckpointHook(self, fit, total),
+        ]  # fmt: skip
         if self.user_hook is not None:
             hooks.append(_CallbackHook(self.user_hook))
         try:
-            model = fit.run(stage, hooks)
+            return fit.run(stage, hooks)
         finally:
             if tb is not None:
                 tb.close()
-        return self._finish(model, fit, images)
 
     def _finish(self, model: GenerativeModel, fit: Fit, images: torch.Tensor) -> GenerativeModel:
         self.world.barrier()  # the last checkpoint step is complete on every rank
@@ -241,8 +276,7 @@ class MetricsHook(Hook):
         )
         if not run.world.is_main:
             return
-        with open(run.out / METRICS_FILE, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_line(run.out / METRICS_FILE, json.dumps(row))
         if self.tb is not None:
             for k in ("loss", "match_distance", "seconds"):
                 if row.get(k) is not None:
@@ -264,12 +298,14 @@ class GridsHook(Hook):
         if trainer.stage == "glo":
             gaussian = fit_gaussian(model.codes, world)  # collective
             if world.is_main:
+                ensure_dir(folder)
                 show = torch.arange(min(N_SHOW, len(self.images)))
                 grid = torch.cat([self.images[show], model.reconstruct(show).cpu()])
                 save_grid(grid, folder / f"reconstructions_glo_{epoch:03d}.png", nrow=len(show))
                 samples = model.sample_gaussian(64, seed=0, fit=gaussian).cpu()
                 save_grid(samples, folder / f"samples_gaussian_{epoch:03d}.png")
         elif world.is_main:
+            ensure_dir(folder)
             name = "samples_pixel_imle" if self.fit.pixel else "samples_imle"
             save_grid(model.sample(64, seed=0).cpu(), folder / f"{name}_{epoch:03d}.png")
 
@@ -317,7 +353,7 @@ def _tensorboard(folder: Path) -> Any:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard is optional
         return None
-    return SummaryWriter(str(folder))
+    return SummaryWriter(str(ensure_dir(folder)))
 
 
 def _prune_metrics(path: Path, fit: Fit) -> None:
@@ -353,8 +389,11 @@ def load_model(path: str | Path, ops: str | None = None, device: str = "cpu") ->
     if path.is_dir():
         if (path / MODEL_FILE).exists():
             return load_model_file(path / MODEL_FILE, ops=ops, device=device)
-        if (path / LEGACY_MODEL_FILE).exists() and ckpt.read_manifest(path) is None:
-            raise CheckpointError(f"{path / LEGACY_MODEL_FILE}: a model file of glann_ext 0.1 (a pickle)")
+        if (path / LEGACY_MODEL_FILE).exists():
+            raise CheckpointError(
+                f"{path / LEGACY_MODEL_FILE}: a model file of glann_ext 0.1 (a pickle, not loaded: loading one "
+                f"can run code); convert the run once with `{ckpt.UPGRADE_HINT.format(run=path)}`"
+            )
         if ckpt.read_manifest(path) is None:
             raise RunFolderError(
                 f"{path}: no {MODEL_FILE} or {ckpt.CHECKPOINT_DIR}/{ckpt.MANIFEST_FILE} (not a glann run folder?)"
@@ -367,7 +406,7 @@ def load_model(path: str | Path, ops: str | None = None, device: str = "cpu") ->
 
 def model_from_checkpoint(run: str | Path, ops: str | None = None, device: str = "cpu") -> GenerativeModel:
     """The model as of the latest checkpoint of ``run`` (codes gathered from every shard)."""
-    main = ckpt.latest_main(run)
+    _, main, rows = ckpt.read_step(run, names=["glo.codes"])
     cfg = TrainConfig.from_dict(main["config"])
     model = build_model(cfg, tuple(main["image_shape"]), ops=get_ops(ops or cfg.ops))
     glo, imle = main["glo"], main["imle"]
@@ -379,7 +418,7 @@ def model_from_checkpoint(run: str | Path, ops: str | None = None, device: str =
     if glo is None:
         raise CheckpointError(f"{run}: checkpoint holds no GLO stage yet")
     model.G.load_state_dict(glo["G"])
-    codes = ckpt.gather_rows(run, ["glo.codes"])["glo.codes"]
+    codes = rows["glo.codes"]
     T = None
     if imle is not None and imle["global_step"] > 0:
         T = model.T

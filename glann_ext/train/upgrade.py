@@ -1,0 +1,107 @@
+"""Converting a run folder written by glann_ext 0.1 to the current formats: ``glann upgrade``.
+
+glann_ext 0.1 wrote ``model.pt`` and the checkpoints' ``main.pt`` with plain ``torch.save`` (pickles: the
+checkpoint also held numpy's and Python's RNG state). Loading a pickle can run code, so nothing in the package
+opens one, except this module, and only when the user says they trust the files (``--trust-pickle``). The
+conversion holds the run folder's lock; the old model file is kept beside the new one, renamed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from glann_ext._io import FolderLock, remove_stale_temps
+from glann_ext.errors import CheckpointError, RunFolderError, UsageError
+from glann_ext.models import GLANN, save_model
+
+from . import checkpoint as ckpt
+from .build import build_model
+from .config import CONFIG_FILE, TrainConfig
+
+LEGACY_MODEL = "model.pt"
+KEPT_SUFFIX = ".glann-0.1"  # model.pt is kept as model.pt.glann-0.1
+
+
+def upgrade_run(run: str | Path, *, trust_pickle: bool = False, log: Callable[[str], None] = print) -> list[str]:
+    """Convert the 0.1 files of run folder ``run`` (model.pt, a format-1 checkpoint, config.json); returns
+    what was converted. Refuses unless ``trust_pickle``: the old files are unpickled to convert them."""
+    run = Path(run)
+    if not run.is_dir():
+        raise RunFolderError(f"{run}: no such run folder")
+    if not trust_pickle:
+        raise UsageError(
+            f"{run}: converting glann_ext 0.1 files means unpickling them, which runs any code planted in "
+            "them; pass --trust-pickle if these files are your own"
+        )
+    done = []
+    with FolderLock(run):
+        remove_stale_temps(run)
+        if (run / CONFIG_FILE).exists():
+            TrainConfig.from_json(run / CONFIG_FILE).to_json(run / CONFIG_FILE)  # drops 0.1's "extra"
+        manifest_path = ckpt.checkpoint_dir(run) / ckpt.MANIFEST_FILE
+        if manifest_path.exists() and _json(manifest_path).get("format") == 1:
+            _upgrade_checkpoint(run, _json(manifest_path))
+            done.append(f"{ckpt.CHECKPOINT_DIR}/ (format 1 -> {ckpt.FORMAT_VERSION})")
+        if (run / LEGACY_MODEL).exists():
+            _upgrade_model(run)
+            done.append(f"{LEGACY_MODEL} -> model.safetensors (old file kept as {LEGACY_MODEL}{KEPT_SUFFIX})")
+    log(f"{run}: " + ("; ".join(done) if done else "nothing to upgrade"))
+    return done
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: unreadable ({exc})") from exc
+
+
+def _unpickle(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)  # the one trusted unpickling
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot read it as a glann_ext 0.1 file ({exc})") from exc
+
+
+def _upgrade_checkpoint(run: Path, manifest: dict[str, Any]) -> None:
+    step = ckpt.checkpoint_dir(run) / str(manifest.get("step_dir", ""))
+    names = manifest.get("shards", [])
+    if not (
+        step.parent == ckpt.checkpoint_dir(run)
+        and step.name.startswith("step-")
+        and all(isinstance(n, str) and Path(n).name == n and n.startswith("shard-") for n in names)
+    ):
+        raise CheckpointError(f"{run}: its manifest names files outside checkpoints/; not converted")
+    main = _unpickle(step / ckpt.MAIN_FILE)
+    main.pop("rng", None)  # the run's RNG is no longer global state
+    if isinstance(main.get("config"), dict) and main["config"].get("extra") == {}:
+        del main["config"]["extra"]
+    ckpt.save_atomic(main, step / ckpt.MAIN_FILE)
+    for name in names:
+        ckpt.save_atomic(_unpickle(step / name), step / name)
+    manifest = {**manifest, "format": ckpt.FORMAT_VERSION}
+    manifest["bounds"] = [list(b) for b in manifest["bounds"]]
+    ckpt.write_manifest(run, manifest)
+    ckpt.read_manifest(run)  # the converted manifest passes every check
+
+
+def _upgrade_model(run: Path) -> None:
+    old = _unpickle(run / LEGACY_MODEL)
+    try:
+        cfg = TrainConfig.from_dict(old["cfg"])
+        model = build_model(cfg, tuple(old["image_shape"]))
+        model.G.load_state_dict(old["G"])
+        if isinstance(model, GLANN):
+            T = None
+            if old["T"] is not None:
+                T = model.T
+                T.load_state_dict(old["T"])
+            model = GLANN(model.G, old["codes"].float(), T, ops=model.ops, config=model.config)
+    except (KeyError, TypeError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{run / LEGACY_MODEL}: not a glann_ext 0.1 model file ({exc})") from exc
+    save_model(model, run / "model.safetensors")
+    (run / LEGACY_MODEL).rename(run / (LEGACY_MODEL + KEPT_SUFFIX))

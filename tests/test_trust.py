@@ -1,0 +1,319 @@
+"""Run folders you can trust: planted pickles never run, manifests cannot point outside the run, one writer
+per folder, planted links are replaced rather than followed, failed starts leave nothing behind, and every
+user error is one line with exit status 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from glann_testing import Interrupt, child_kwargs, interrupt_at, tiny_config
+
+from glann_ext._io import FolderLock
+from glann_ext.cli import main
+from glann_ext.errors import CheckpointError, RunFolderError
+from glann_ext.models import read_model_file
+from glann_ext.train import load_model, train
+from glann_ext.train import checkpoint as ckpt
+
+TINY = ["--preset", "tiny", "--threads", "1", "--no-progress", "--glo-epochs", "1", "--imle-epochs", "1"]
+
+
+class Payload:
+    """Unpickling this creates the file ``marker``: the proof that loading ran code."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _plant(path: Path, marker: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        pickle.dump({"G": Payload(marker)}, f)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, blob_file) -> Path:
+    run = tmp_path_factory.mktemp("trust") / "run"
+    train(tiny_config(dataset=blob_file, glo_epochs=1, imle_epochs=1), run, progress=False, log=lambda s: None)
+    return run
+
+
+def _copy(run: Path, tmp_path: Path, name: str = "copy") -> Path:
+    dst = tmp_path / name
+    shutil.copytree(run, dst, ignore=shutil.ignore_patterns(".lock"))
+    return dst
+
+
+def _one_line_error(capsys, *argv: str) -> str:
+    """Runs ``glann argv``; asserts exit status 2 and exactly one line on stderr; returns it."""
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    assert code == 2, (argv, err)
+    assert err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+    return err
+
+
+# -- 1. loading runs no code ---------------------------------------------------------------------------
+def test_planted_pickles_never_run(finished, tmp_path, capsys, blob_file):
+    marker = tmp_path / "PWNED"
+    run = _copy(finished, tmp_path)
+    step = ckpt.checkpoint_dir(run) / ckpt.read_manifest(run)["step_dir"]
+    for victim in (step / "main.pt", step / "shard-00000-of-00001.pt"):
+        saved = victim.read_bytes()
+        _plant(victim, marker)
+        (run / "model.safetensors").unlink(missing_ok=True)
+        with pytest.raises(CheckpointError, match="not loaded, since loading such a file can run code"):
+            load_model(run)
+        assert "can run code" in _one_line_error(capsys, "sample", "--run", str(run), "--grid", str(tmp_path / "s.png"))
+        assert "can run code" in _one_line_error(capsys, "train", "--out", str(run), "--no-progress")
+        assert "can run code" in _one_line_error(capsys, "reshard", "--run", str(run), "--world-size", "2")
+        victim.write_bytes(saved)
+    _plant(run / "model.pt", marker)  # a 0.1 model file: named, never opened
+    (run / "model.safetensors").unlink(missing_ok=True)
+    shutil.rmtree(run / "checkpoints")
+    assert "glann upgrade" in _one_line_error(capsys, "sample", "--run", str(run))
+    assert "--trust-pickle" in _one_line_error(capsys, "upgrade", "--run", str(run))
+    weights = tmp_path / "vgg.pth"
+    _plant(weights, marker)
+    assert "not a loadable tensor file" in _one_line_error(
+        capsys, "train", "--dataset", blob_file, "--out", str(tmp_path / "v"), *TINY,
+        "--vgg-weights", str(weights), "--vgg-weight", "0.1",
+    )  # fmt: skip
+    assert not marker.exists()
+
+
+def _as_v01(run: Path) -> None:
+    """Rewrite a finished run in glann_ext 0.1's formats (pickled model.pt, RNG state in main.pt)."""
+    tensors, meta = read_model_file(run / "model.safetensors")
+    net = lambda p: {k[len(p) + 1 :]: v for k, v in tensors.items() if k.startswith(p + ".")}  # noqa: E731
+    old = {"cfg": {**meta["config"], "extra": {}}, "image_shape": tuple(meta["image_shape"]), "G": net("G"),
+           "codes": tensors["codes"], "T": net("T")}  # fmt: skip
+    torch.save(old, run / "model.pt")
+    (run / "model.safetensors").unlink()
+    manifest = ckpt.read_manifest(run)
+    main_pt = ckpt.checkpoint_dir(run) / manifest["step_dir"] / "main.pt"
+    state = torch.load(main_pt, weights_only=True)
+    state["rng"] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    torch.save(state, main_pt)
+    (ckpt.checkpoint_dir(run) / "manifest.json").write_text(json.dumps({**manifest, "format": 1}))
+
+
+def test_upgrade_converts_a_v01_run_that_then_loads_and_resumes(finished, tmp_path, capsys):
+    run = _copy(finished, tmp_path)
+    before = load_model(run).export()[0]
+    _as_v01(run)
+    assert "glann upgrade --run" in _one_line_error(capsys, "sample", "--run", str(run))
+    assert main(["upgrade", "--run", str(run), "--trust-pickle"]) == 0
+    assert "model.pt -> model.safetensors" in capsys.readouterr().out
+    after = load_model(run).export()[0]
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert (run / "model.pt.glann-0.1").exists() and not (run / "model.pt").exists()
+    assert ckpt.read_manifest(run)["format"] == ckpt.FORMAT_VERSION
+    assert main(["train", "--out", str(run), "--imle-epochs", "2", "--no-progress"]) == 0  # resumes
+    assert main(["upgrade", "--run", str(run), "--trust-pickle"]) == 0
+    assert "nothing to upgrade" in capsys.readouterr().out
+
+
+# -- 2. manifests cannot point outside -----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"step_dir": "../../outside"},
+        {"step_dir": "/etc"},
+        {"shards": ["../../../etc/passwd"]},
+        {"shards": ["/tmp/x.pt"]},
+        {"bounds": [[0, 1]]},
+        {"world_size": "1"},
+        {"total": None},
+        {"phase": "gan"},
+    ],
+    ids=lambda c: f"{next(iter(c))}={next(iter(c.values()))}",
+)
+def test_an_escaping_or_broken_manifest_is_refused(finished, tmp_path, capsys, change):
+    run = _copy(finished, tmp_path)
+    (run / "model.safetensors").unlink()
+    path = ckpt.checkpoint_dir(run) / "manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    with pytest.raises(CheckpointError, match="manifest"):
+        load_model(run)
+    assert "manifest" in _one_line_error(capsys, "sample", "--run", str(run))
+    assert "manifest" in _one_line_error(capsys, "train", "--out", str(run), "--no-progress")
+
+
+def test_a_manifest_missing_a_key_is_named(finished, tmp_path, capsys):
+    run = _copy(finished, tmp_path)
+    (run / "model.safetensors").unlink()
+    path = ckpt.checkpoint_dir(run) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["shards"]
+    path.write_text(json.dumps(manifest))
+    assert "manifest has no 'shards'" in _one_line_error(capsys, "sample", "--run", str(run))
+
+
+# -- 3. one writer ---------------------------------------------------------------------------------------
+def test_a_second_writer_is_refused_and_the_lock_dies_with_its_holder(finished, tmp_path, capsys):
+    run = _copy(finished, tmp_path)
+    with FolderLock(run):
+        err = _one_line_error(capsys, "train", "--out", str(run), "--imle-epochs", "2", "--no-progress")
+        assert f"run folder in use (pid {os.getpid()})" in err
+        assert "in use" in _one_line_error(capsys, "reshard", "--run", str(run), "--world-size", "2")
+        assert "in use" in _one_line_error(capsys, "upgrade", "--run", str(run), "--trust-pickle")
+        assert main(["sample", "--run", str(run), "--grid", str(tmp_path / "s.png")]) == 0  # readers read
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from glann_ext._io import FolderLock; "
+         f"FolderLock({str(run)!r}).acquire(); print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, **child_kwargs(tmp_path),
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(RunFolderError, match=f"pid {holder.pid}"):
+        train(None, run, progress=False)
+    holder.kill()
+    holder.wait()
+    assert main(["train", "--out", str(run), "--imle-epochs", "2", "--no-progress"]) == 0
+
+
+# -- 4. links are replaced, not followed ---------------------------------------------------------------
+def test_planted_links_are_replaced_not_followed(tmp_path, blob_file):
+    run = tmp_path / "run"
+    cfg = tiny_config(dataset=blob_file, glo_epochs=2, imle_epochs=2, ckpt_every=1, sample_every=1)
+    with pytest.raises(Interrupt):
+        train(cfg, run, progress=False, on_step=interrupt_at("imle", 2), log=lambda s: None)
+    outside = tmp_path / "outside"
+    (outside / "dir").mkdir(parents=True)
+    (outside / "victim.txt").write_text("keep me")
+    shutil.copy(run / "config.json", outside / "config.json")  # read through a link: fine; never written
+    for name in ("metrics.jsonl", "samples.png", "reconstructions.png", "config.json"):
+        (run / name).unlink(missing_ok=True)
+        (run / name).symlink_to(outside / ("config.json" if name == "config.json" else "victim.txt"))
+    shutil.rmtree(run / "images")
+    (run / "images").symlink_to(outside / "dir")
+    cfg_before = (outside / "config.json").read_bytes()
+    assert main(["train", "--out", str(run), "--no-progress"]) == 0
+    assert (outside / "victim.txt").read_text() == "keep me" and not list((outside / "dir").iterdir())
+    assert (outside / "config.json").read_bytes() == cfg_before
+    for name in ("metrics.jsonl", "samples.png", "reconstructions.png", "images"):
+        assert (run / name).exists() and not (run / name).is_symlink(), name
+    assert any((run / "images").iterdir())
+
+
+# -- 5. nothing lost: rows, temps ------------------------------------------------------------------------
+def test_kill_and_resume_keeps_every_metrics_row_and_leaves_no_temp(tmp_path, blob_file):
+    args = ["--dataset", blob_file, "--preset", "tiny", "--threads", "1", "--no-progress", "--glo-epochs", "4",
+            "--imle-epochs", "4", "--ckpt-every", "1"]  # fmt: skip
+    assert main(["train", "--out", str(tmp_path / "straight"), *args]) == 0
+    killed = tmp_path / "killed"
+    for kills in range(3):
+        proc = subprocess.Popen([sys.executable, "-m", "glann_ext.cli", "train", "--out", str(killed), *args],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **child_kwargs(tmp_path))  # fmt: skip
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            rows = (killed / "metrics.jsonl").read_text().splitlines() if (killed / "metrics.jsonl").exists() else []
+            if len(rows) >= 2 * kills + 1:
+                break
+            time.sleep(0.01)
+        proc.kill()
+        proc.wait()
+    (killed / "checkpoints" / "big.bin.12345.tmp").write_bytes(b"x" * 1000)  # a killed write's leftover
+    assert main(["train", "--out", str(killed), "--no-progress"]) == 0
+    assert not list(killed.rglob("*.tmp"))
+    keys = lambda r: [(x["stage"], x["epoch"], x["step"], x["steps"], x["loss"]) for x in r]  # noqa: E731
+    rows = [[json.loads(x) for x in (p / "metrics.jsonl").read_text().splitlines()] for p in (tmp_path / "straight", killed)]
+    assert keys(rows[0]) == keys(rows[1])
+
+
+# -- 6. a failed start leaves the folder as it was -------------------------------------------------------
+def test_failed_starts_leave_no_folder_and_do_not_bind_the_next_command(tmp_path, blob_file, capsys):
+    out = tmp_path / "run"
+    for bad in (["--lr-z", "inf"], ["--imle-lr", "nan"], ["--seed", str(2**63)], ["--device", "cpu:3"],
+                ["--device", "meta"], ["--device", "cuda"]):  # fmt: skip
+        _one_line_error(capsys, "train", "--dataset", blob_file, "--out", str(out), *TINY, *bad)
+        assert not out.exists(), bad
+    cfg = tiny_config(dataset=blob_file, ckpt_every=0)
+    with pytest.raises(Interrupt):  # dies in its first epoch, before any checkpoint
+        train(cfg, out, progress=False, on_step=interrupt_at("glo", 1), log=lambda s: None)
+    assert (out / "config.json").exists() and ckpt.read_manifest(out) is None
+    assert main(["train", "--dataset", blob_file, "--out", str(out), *TINY, "--latent-dim", "8"]) == 0
+    assert json.loads((out / "config.json").read_text())["latent_dim"] == 8
+
+
+# -- 7. one-line errors ------------------------------------------------------------------------------------
+def test_a_table_of_bad_invocations_gives_one_line_each(finished, tmp_path, blob_file, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    bad_config = tmp_path / "bad.json"
+    bad_config.write_text(json.dumps({"latent_dim": "64"}))
+    null_config = tmp_path / "null.json"
+    null_config.write_text(json.dumps({"batch_size": None}))
+    run = str(finished)
+    cases = {
+        "--out under a file": ["train", "--dataset", blob_file, "--out", str(a_file / "run"), *TINY],
+        "--out in /proc": ["train", "--dataset", blob_file, "--out", "/proc/glann-run", *TINY],
+        "wrong-typed config": ["train", "--config", str(bad_config), "--out", str(tmp_path / "c")],
+        "null in config": ["train", "--config", str(null_config), "--out", str(tmp_path / "c")],
+        "--grid under a file": ["sample", "--run", run, "--grid", str(a_file / "s.png")],
+        "--grid unknown extension": ["sample", "--run", run, "--grid", str(tmp_path / "s.xyz")],
+        "--npy under a file": ["sample", "--run", run, "--npy", str(a_file / "s.npy")],
+        "invert --limit -1": ["invert", "--run", run, "--images", blob_file, "--limit", "-1"],
+        "invert --steps -1": ["invert", "--run", run, "--images", blob_file, "--steps", "-1"],
+        "invert --restarts -2": ["invert", "--run", run, "--images", blob_file, "--restarts", "-2"],
+        "sample -n 0": ["sample", "--run", run, "-n", "0"],
+        "interpolate --steps 1": ["interpolate", "--run", run, "--steps", "1"],
+        "reshard --world-size 1000": ["reshard", "--run", run, "--world-size", "1000"],
+        "unknown option": ["sample", "--run", run, "--colour", "red"],
+    }
+    for name, argv in cases.items():
+        _one_line_error(capsys, *argv)
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_checkpoint_of_another_shape_is_a_one_line_error(finished, tmp_path, blob_file, capsys):
+    other = tmp_path / "other"
+    train(tiny_config(dataset=blob_file, glo_epochs=1, imle_epochs=1, gen_width=4), other, progress=False,
+          log=lambda s: None)  # fmt: skip
+    run = _copy(finished, tmp_path)
+    (run / "model.safetensors").unlink()
+    shutil.rmtree(run / "checkpoints")
+    shutil.copytree(other / "checkpoints", run / "checkpoints")
+    assert "does not fit this run's model" in _one_line_error(
+        capsys, "train", "--out", str(run), "--imle-epochs", "2", "--no-progress"
+    )
+    shutil.copy(other / "model.safetensors", run / "model.safetensors")
+    tensors, meta = read_model_file(run / "model.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({k: v for k, v in tensors.items() if not k.startswith("T.")}, str(run / "model.safetensors"),
+              metadata={"glann_ext": json.dumps(meta)})  # fmt: skip
+    assert "does not describe a usable model" in _one_line_error(capsys, "sample", "--run", str(run))
+
+
+def test_a_reader_never_mixes_two_steps(finished, tmp_path, monkeypatch):
+    """A step replaced while a reader reads it (its files vanish): the reader starts over on the new step."""
+    run = _copy(finished, tmp_path)
+    seq = ckpt.read_manifest(run)["seq"]
+    real_load, calls = ckpt.load, []
+
+    def load_while_a_writer_moves_on(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 1:  # a writer replaces the step between the reader's manifest and its files
+            ckpt.reshard(run, 2, log=lambda s: None)
+            raise CheckpointError(f"{path}: cannot load checkpoint (no such file)")
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "load", load_while_a_writer_moves_on)
+    manifest, main_state, rows = ckpt.read_step(run)
+    assert manifest["seq"] == seq + 1 and manifest["world_size"] == 2
+    assert rows["glo.codes"].shape[0] == manifest["total"] and main_state["phase"] == "imle"
