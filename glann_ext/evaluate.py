@@ -158,6 +158,36 @@ def _check_sampler(model, sampler: str) -> None:
         )
 
 
+def _scores(real_f: torch.Tensor, fake_f: torch.Tensor) -> dict[str, float]:
+    return {"fd": frechet_distance(real_f, fake_f), **dataclasses.asdict(prdc(real_f, fake_f))}
+
+
+def _ceiling(model, n: int, real_f: torch.Tensor, clf: DomainClassifier, log) -> dict[str, Any]:
+    """The reconstruction ceiling: the same scores for G(codes) of the first ``n`` training images, what a
+    perfect second stage (a T that hit every code exactly) would reach with this G; and samples / ceiling."""
+    from .models import GLANN
+
+    if not isinstance(model, GLANN) or len(model.codes) < 2:
+        return {"skipped": "no training codes (a pixel-space IMLE run): the ceiling is GLANN's"}
+    k = min(n, len(model.codes))
+    log(f"ceiling: G(codes) of {k} training images")
+    rec = torch.cat([model.reconstruct(torch.arange(i, min(i + 1000, k))).cpu() for i in range(0, k, 1000)])
+    return {"n": k, **_scores(real_f, clf.features(rec))}
+
+
+def ceiling_ratios(result: dict[str, Any]) -> dict[str, float]:
+    """Samples against the ceiling: FD ratio (1 = as good as G(codes)), and the ceiling's lead in recall
+    and coverage (0 = none)."""
+    c = result["ceiling"]
+    if "fd" not in c:
+        return {}
+    return {
+        "fd_ratio": result["fd"] / c["fd"] if c["fd"] > 0 else math.inf,
+        "recall_gap": c["recall"] - result["recall"],
+        "coverage_gap": c["coverage"] - result["coverage"],
+    }
+
+
 @dataclasses.dataclass
 class EvalData:
     """What a run is measured against: its training images, the test images and the domain classifier."""
@@ -242,6 +272,7 @@ def evaluate_run(
     samples = _samples(model, sampler, n, seed, progress)
     log(f"features and PRDC: {n} samples vs {len(data.test)} test images")
     real_f, fake_f = data.clf.features(data.test), data.clf.features(samples)
+    ceiling = _ceiling(model, n, real_f, data.clf, log)
     log(f"memorisation: nearest of {len(data.train)} training images")
     memo = memorisation_summary(samples, data.train, data.test)
     out_dir = Path(out) if out is not None else run
@@ -258,17 +289,28 @@ def evaluate_run(
             "name": data.clf.meta["dataset"], "test_accuracy": data.clf.test_accuracy,
             "epochs": data.clf.meta["epochs"], "feature_dim": int(real_f.shape[1]),
         },
-        "fd": frechet_distance(real_f, fake_f),
-        **dataclasses.asdict(prdc(real_f, fake_f)),
+        **_scores(real_f, fake_f),
+        "ceiling": ceiling,
         "memorisation": {**memo, "png": NEIGHBOURS_PNG, "pairs_shown": shown},
         "stacked": {"skipped": STACKED_SKIPPED},
         "inception_fid": _inception_fid(data.test, samples, log),
         "samples_png": SAMPLES_PNG,
         "seconds": time.perf_counter() - t0,
     }  # fmt: skip
+    result["versus_ceiling"] = ceiling_ratios(result)
     text = json.dumps(result, indent=2, allow_nan=True) + "\n"
     atomic_write(out_dir / EVAL_FILE, lambda f: f.write(text.encode()))
     return result
+
+
+def _ceiling_line(result: dict[str, Any]) -> str:
+    c, v = result["ceiling"], result.get("versus_ceiling", {})
+    if "fd" not in c:
+        return c.get("skipped", "-")
+    return (
+        f"FD {c['fd']:.2f}, P/R {c['precision']:.3f} / {c['recall']:.3f}, coverage {c['coverage']:.3f}; samples/"
+        f"ceiling FD x{v['fd_ratio']:.2f}, recall -{v['recall_gap']:.3f}"
+    )
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -282,6 +324,7 @@ def format_table(result: dict[str, Any]) -> str:
         ("FD (LeNet features)", f"{result['fd']:.2f}"),
         ("precision / recall (k=3)", f"{result['precision']:.3f} / {result['recall']:.3f}"),
         ("density / coverage (k=5)", f"{result['density']:.3f} / {result['coverage']:.3f}"),
+        ("ceiling: G(training codes)", _ceiling_line(result)),
         (
             "nearest-train dist, median",
             f"samples {m['generated_median']:.2f}, test {m['test_median']:.2f} (ratio {m['median_ratio']:.2f})",

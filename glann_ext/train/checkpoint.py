@@ -37,7 +37,7 @@ MANIFEST_FILE = "manifest.json"
 MAIN_FILE = "main.pt"
 FORMAT_VERSION = 2  # 1: glann_ext 0.1 (main.pt also held pickled numpy/python RNG state)
 # trainer state entries that hold one row per dataset image (sharded); the rest is replicated
-ROW_KEYS = {"glo": ("codes", "opt_z"), "imle": ("matched_noise",)}
+ROW_KEYS = {"glo": ("codes", "opt_z"), "imle": ("matched_noise", "threshold", "since_match")}
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
@@ -73,7 +73,7 @@ def _split_rows(obj: Any, rows: int) -> tuple[Any, dict[str, torch.Tensor]]:
     found: dict[str, torch.Tensor] = {}
 
     def walk(o: Any, path: str) -> Any:
-        if isinstance(o, torch.Tensor) and o.dim() >= 2 and o.shape[0] == rows:
+        if isinstance(o, torch.Tensor) and o.dim() >= 1 and o.shape[0] == rows:
             found[path] = o.detach().cpu()
             return {"__rows__": path}
         if isinstance(o, dict):

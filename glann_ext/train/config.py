@@ -34,6 +34,9 @@ class TrainConfig:
     lr_g: float = 1e-3
     lr_z: float = 1e-2
     betas: tuple[float, float] = (0.5, 0.999)
+    glo_lr_schedule: str = "constant"
+    """"constant" (the GLO/GLANN papers' fixed rates) or "cosine": ``lr_g`` and ``lr_z`` decay per step to 0
+    over ``glo_epochs`` (cosine annealing, Loshchilov & Hutter 2017), so that short runs end refined."""
     latent_optimizer: str = "adam"  # "adam" (sparse Adam) or "sgd"
     init: str = "pca"  # "pca" or "random"
     l2_weight: float = 0.0  # weight of an extra pixel L2 term
@@ -61,6 +64,19 @@ class TrainConfig:
     target claims its nearest free sample, the closest claimant wins; needs ``imle_noise_multiple >= 1``).
     With "unique" a mode holding k targets needs k samples, so sample mass follows data mass; it balances
     modes when the precision term is on. Best with ``imle_noise_multiple`` > 1 (the default 2)."""
+    imle_adaptive: bool = False
+    """Adaptive IMLE (Aghabozorgi, Peng & Li, ICML 2023, "Adaptive IMLE for Few-shot Pretraining-free
+    Generative Modelling"): each target keeps its matched noise across epochs and is matched anew only once
+    it is fitted (its sample came closer than a per-target threshold, which then shrinks to
+    ``(1 - imle_adaptive_shrink)`` x its new distance) or after ``imle_force_rematch`` epochs."""
+    imle_adaptive_shrink: float = 0.04  # the paper's gamma
+    imle_staleness: int = 1  # epochs a target keeps its match at least (the paper: 7 of thousands)
+    imle_force_rematch: int = 10  # epochs after which a target is matched anew anyway (the paper: 30)
+    imle_reject_radius: float = 0.0
+    """Rejection-sampling IMLE (Vashist, Peng & Li, ECCV 2024): before matching, draws whose output lies
+    within this (Euclidean) radius of any target are discarded, so training pulls the samples that sampling
+    will produce rather than ones that already sit on a target. Exact over all targets (the paper asks each
+    target for its 5 nearest draws); 0 (default): off. In the matching space (unit-sphere codes for GLANN)."""
     mapping_hidden: int = 128
     mapping_layers: int = 2
     mapping_batch_norm: bool = True
@@ -92,6 +108,8 @@ class TrainConfig:
                 start_size(self.image_size)
             except ValueError as exc:
                 raise ConfigError(f"config field image_size: {exc}") from None
+        if self.imle_adaptive and self.imle_match != "nearest":
+            raise ConfigError("config field imle_adaptive needs imle_match 'nearest' (adaptive IMLE re-matches subsets)")
         if self.vgg_weight > 0 and not self.vgg_weights:
             raise ConfigError("config field vgg_weight > 0 needs vgg_weights: a local VGG16 state_dict file")
         self.betas = (float(self.betas[0]), float(self.betas[1]))
@@ -148,6 +166,7 @@ _CHOICES = {
     "init": ("pca", "random"),
     "imle_space": ("latent", "pixel"),
     "imle_lr_schedule": ("constant", "cosine"),
+    "glo_lr_schedule": ("constant", "cosine"),
     "imle_match": ("nearest", "unique"),
     "ops": ("fused", "reference"),
     "channels": (None, 1, 3),
@@ -180,6 +199,10 @@ def _range_checks(c: TrainConfig) -> list[tuple[str, bool]]:
         ("l2_weight", _finite(c.l2_weight, 0)),
         ("vgg_weight", _finite(c.vgg_weight, 0)),
         ("imle_precision_weight", _finite(c.imle_precision_weight, 0)),
+        ("imle_adaptive_shrink", _finite(c.imle_adaptive_shrink, 0) and c.imle_adaptive_shrink < 1),
+        ("imle_staleness", c.imle_staleness >= 0),
+        ("imle_force_rematch", c.imle_force_rematch >= 1),
+        ("imle_reject_radius", _finite(c.imle_reject_radius, 0)),
         ("limit", c.limit is None or c.limit >= 2),
         ("threads", c.threads is None or c.threads >= 1),
         ("seed", 0 <= c.seed <= MAX_SEED),

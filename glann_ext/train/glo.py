@@ -12,7 +12,7 @@ from glann_ext.models import DCGANGenerator, ReconstructionLoss
 from .build import build_generator
 from .config import TrainConfig
 from .latents import initial_codes
-from .loop import StageTrainer, autocast_for
+from .loop import StageTrainer, autocast_for, cosine_rate
 from .world import World, data_parallel, global_batchnorm
 
 
@@ -62,6 +62,11 @@ class GLOTrainer(StageTrainer):
         Sharded, the loss is normalised by the global batch (this rank's share of the batch's loss is
         returned; the shares add up over ranks and are summed once per epoch, not per step).
         """
+        if self.cfg.glo_lr_schedule == "cosine":
+            total = self.cfg.glo_epochs * self.steps_per_epoch
+            for group in self.opt_g.param_groups:
+                group["lr"] = cosine_rate(self.cfg.lr_g, self.global_step, total)
+            self.opt_z.lr = max(cosine_rate(self.cfg.lr_z, self.global_step, total), 1e-12)
         idx = self.local_part(batch)
         target = self.images[idx].to(self.device, non_blocking=True)
         idx = idx.to(self.device)

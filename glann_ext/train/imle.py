@@ -24,13 +24,15 @@ from glann_ext.errors import ConfigError
 from glann_ext.models import mse_loss
 
 from .config import TrainConfig
-from .loop import StageTrainer, autocast_for
+from .loop import StageTrainer, autocast_for, cosine_rate
 from .world import World, data_parallel, global_batchnorm
 
 # unique matching keeps the whole distance matrix when it has at most this many entries
 DENSE_MATCH_LIMIT = 1 << 24
 # noise vectors mapped per generator call when matching (bounds the activations' memory)
 MATCH_CHUNK = 4096
+# where RS-IMLE moves a rejected draw's output: finite (the search refuses NaN/Inf), far from every target
+REJECTED = 1e6
 
 
 @torch.no_grad()
@@ -124,7 +126,11 @@ class IMLETrainer(StageTrainer):
         )
         self.matched_noise: torch.Tensor | None = None  # this epoch's noise for each target
         self.fresh: torch.Tensor | None = None  # this epoch's noise of the precision term
+        self.threshold: torch.Tensor | None = None  # adaptive IMLE: per-target distance to reach
+        self.since_match: torch.Tensor | None = None  # adaptive IMLE: epochs since each target was matched
         self.last_match_distance = float("nan")
+        self.last_rematched = float("nan")  # adaptive IMLE: fraction of targets matched anew this epoch
+        self.last_rejected = float("nan")  # RS-IMLE: fraction of draws rejected this epoch
 
     @property
     def num_noise(self) -> int:
@@ -145,35 +151,83 @@ class IMLETrainer(StageTrainer):
                 outs.append(self.generator(chunk.to(self.device)).float())
         return torch.cat(outs)
 
+    def _flat_targets(self) -> torch.Tensor:
+        return self.targets.reshape(self.targets.shape[0], -1).float()
+
     @torch.no_grad()
-    def match(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(noise, index) of this epoch: this rank's share of the M noise draws (seeded by (seed, epoch)) and,
-        for every local target, the global index (into all M draws) of the draw whose output is nearest."""
+    def match(
+        self, epoch: int, which: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(noise, index, distance) of this epoch: this rank's share of the M noise draws (seeded by (seed,
+        epoch)) and, for every local target in ``which`` (default: all), the global index (into all M draws)
+        of the draw whose output is nearest and its squared distance. With ``imle_reject_radius`` > 0, draws
+        whose output lies within that radius of any target are left out first (RS-IMLE)."""
         lo, hi = self.world.bounds(self.num_noise)
         noise = self.noise(range(lo, hi), epoch)
         samples = self.generate(noise).reshape(hi - lo, -1)
-        queries = self.targets.reshape(self.targets.shape[0], -1).float()
+        targets = self._flat_targets()
+        if self.cfg.imle_reject_radius > 0:
+            self._reject(samples, targets)
+        queries = targets if which is None else targets[which.to(targets.device)]
         if self.cfg.imle_match == "unique":
             idx = unique_nn_match(queries, samples, self.ops.nn_argmin)
             dist = ((queries - samples[idx]) ** 2).sum(1)
         else:
             idx, dist = self.ops.nn_argmin(queries, samples, return_distances=True, world=self.world)
-        self.last_match_distance = self.world.sum(dist.double().sum().reshape(1)).item() / self.total
-        return noise, idx.cpu()
+        return noise, idx.cpu(), dist.cpu()
 
-    def matched_noise_for(self, epoch: int) -> torch.Tensor:
-        """For every local target, the noise vector of its matched draw in ``epoch``."""
-        noise, idx = self.match(epoch)
+    def _reject(self, samples: torch.Tensor, targets: torch.Tensor) -> None:
+        """RS-IMLE's rejection, exact: a draw is out when its nearest target (over all targets of every rank)
+        is within ``imle_reject_radius``. That is the fused search with the roles swapped (draws as queries,
+        targets as keys), no distance matrix. Rejected outputs are moved far away (finite), so no target
+        picks them while their global indices stay those of the noise table."""
+        _, nearest = self.ops.nn_argmin(samples, targets, return_distances=True, world=self.world)
+        out = nearest < self.cfg.imle_reject_radius**2
+        samples[out] = REJECTED
+        self.last_rejected = self.world.sum(out.sum().double().reshape(1)).item() / self.num_noise
+
+    def matched_noise_for(
+        self, epoch: int, which: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """For every local target in ``which`` (default: all), the noise vector of its matched draw in
+        ``epoch`` and the squared distance of that draw's output."""
+        noise, idx, dist = self.match(epoch, which)
         if not self.world.distributed:
-            return noise[idx]
-        return self.noise(idx, epoch)  # draws held by any rank: redrawn from their seeded blocks
+            return noise[idx], dist
+        return self.noise(idx, epoch), dist  # draws held by any rank: redrawn from their seeded blocks
+
+    @torch.no_grad()
+    def _adaptive_rematch(self) -> torch.Tensor:
+        """Adaptive IMLE (Aghabozorgi, Peng & Li, ICML 2023): a target keeps its matched noise until it is
+        fitted, i.e. its sample came closer than its threshold (after at least ``imle_staleness`` epochs), or
+        until ``imle_force_rematch`` epochs have passed; then it is matched anew and its threshold becomes
+        (1 - ``imle_adaptive_shrink``) x its new distance. Returns every local target's current distance."""
+        cfg, n = self.cfg, self.targets.shape[0]
+        if self.matched_noise is None:  # the first epoch: everyone
+            which = torch.arange(n)
+            current = torch.full((n,), math.inf)
+            self.matched_noise = torch.zeros(n, self.noise_dim)
+            self.threshold, self.since_match = torch.zeros(n), torch.zeros(n, dtype=torch.int64)
+        else:
+            outputs = self.generate(self.matched_noise).reshape(n, -1).cpu()
+            current = ((outputs - self._flat_targets().cpu()) ** 2).sum(1)
+            self.since_match += 1
+            fitted = (current < self.threshold) & (self.since_match >= cfg.imle_staleness)
+            which = (fitted | (self.since_match >= cfg.imle_force_rematch)).nonzero().squeeze(1)
+        noise, dist = self.matched_noise_for(self.epoch, which)
+        self.matched_noise[which] = noise
+        self.threshold[which] = dist * (1 - cfg.imle_adaptive_shrink)
+        self.since_match[which] = 0
+        current[which] = dist
+        self.last_rematched = self.world.sum(torch.tensor([float(len(which))], dtype=torch.float64)).item()
+        self.last_rematched /= self.total
+        return current
 
     def lr_at(self, step: int) -> float:
         """The learning rate of global step ``step`` under ``cfg.imle_lr_schedule``."""
         if self.cfg.imle_lr_schedule == "constant":
             return self.cfg.imle_lr
-        total = max(self.cfg.imle_epochs * self.steps_per_epoch, 1)  # steps of the run
-        return self.cfg.imle_lr * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        return cosine_rate(self.cfg.imle_lr, step, self.cfg.imle_epochs * self.steps_per_epoch)
 
     def precision_noise(self, epoch: int) -> torch.Tensor | None:
         """The fresh noise of the precision term for every step of ``epoch`` (from (seed, epoch) alone, so a
@@ -188,7 +242,11 @@ class IMLETrainer(StageTrainer):
     def begin_epoch(self) -> None:
         """Match (unless resuming mid-epoch with the matching restored from the checkpoint)."""
         if self.step_in_epoch == 0 or self.matched_noise is None:
-            self.matched_noise = self.matched_noise_for(self.epoch)
+            if self.cfg.imle_adaptive:
+                dist = self._adaptive_rematch()
+            else:
+                self.matched_noise, dist = self.matched_noise_for(self.epoch)
+            self.last_match_distance = self.world.sum(dist.double().sum().reshape(1)).item() / self.total
         self.fresh = self.precision_noise(self.epoch)
 
     def train_step(self, batch: torch.Tensor) -> float:
@@ -226,17 +284,28 @@ class IMLETrainer(StageTrainer):
         return self.loss_fn(extra, self.targets[nearest.to(self.device)])
 
     def epoch_metrics(self) -> dict[str, Any]:
-        return {"match_distance": self.last_match_distance}
+        row = {"match_distance": self.last_match_distance}
+        if self.cfg.imle_adaptive:
+            row["rematched"] = self.last_rematched
+        if self.cfg.imle_reject_radius > 0:
+            row["rejected"] = self.last_rejected
+        return row
 
     def end_epoch(self) -> None:
-        self.matched_noise, self.fresh = None, None
+        self.fresh = None
+        if not self.cfg.imle_adaptive:  # plain IMLE matches every epoch anew; adaptive keeps its matches
+            self.matched_noise = None
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "generator": self.generator.state_dict(),
             "opt": self.opt.state_dict(),
             "matched_noise": None if self.matched_noise is None else self.matched_noise.clone(),
+            "threshold": None if self.threshold is None else self.threshold.clone(),
+            "since_match": None if self.since_match is None else self.since_match.clone(),
             "last_match_distance": self.last_match_distance,
+            "last_rematched": self.last_rematched,
+            "last_rejected": self.last_rejected,
             **self.counters(),
         }
 
@@ -244,5 +313,8 @@ class IMLETrainer(StageTrainer):
         self.generator.load_state_dict(state["generator"])
         self.opt.load_state_dict(state["opt"])
         self.matched_noise = state["matched_noise"]
+        self.threshold, self.since_match = state.get("threshold"), state.get("since_match")
         self.last_match_distance = state["last_match_distance"]
+        self.last_rematched = state.get("last_rematched", float("nan"))
+        self.last_rejected = state.get("last_rejected", float("nan"))
         self.load_counters(state)

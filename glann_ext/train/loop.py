@@ -13,6 +13,7 @@ seconds) is part of the trainer's state, so a resumed epoch reports the mean ove
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -124,6 +125,12 @@ class StageTrainer:
             return
         total = self.world.sum(torch.tensor([self.tally["loss"]], dtype=torch.float64)).item()
         self.tally["loss"] = total if self.world.is_main else 0.0
+
+
+def cosine_rate(base: float, step: int, total: int) -> float:
+    """``base`` annealed to 0 over ``total`` steps by half a cosine (Loshchilov & Hutter, SGDR, 2017)."""
+    total = max(total, 1)
+    return base * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
 
 
 def run_epoch(trainer: StageTrainer, hooks: Sequence[Hook] = ()) -> dict[str, Any]:
