@@ -309,3 +309,73 @@ def test_cuda_run_with_autocast(tmp_path, blob_file):
     )
     x = model.sample(4)
     assert x.is_cuda and x.dtype == torch.float32 and x.shape == (4, 1, 28, 28)
+
+
+def _plain_nearest(trainer, epoch, which=None):
+    """The matching of ``epoch`` recomputed from scratch with the float64 oracle (and rejection rule)."""
+    noise = trainer.noise(range(trainer.num_noise), epoch)
+    samples = trainer.generate(noise).double()
+    targets = trainer.targets.double()
+    if trainer.cfg.imle_reject_radius > 0:
+        near = torch.cdist(samples, targets).min(1).values < trainer.cfg.imle_reject_radius
+        samples[near] = 1e6
+    queries = targets if which is None else targets[which]
+    return reference.nn_argmin_exact(queries, samples)
+
+
+def test_rs_imle_matches_only_draws_away_from_every_target():
+    torch.manual_seed(0)
+    targets = reference.project_to_sphere_reference(torch.randn(120, 5))
+    cfg = TrainConfig(noise_dim=3, imle_noise_multiple=4, imle_reject_radius=0.35)
+    trainer = IMLETrainer(targets, MLP(3, 5, 16, 2), cfg, get_ops(OPS))
+    noise, idx, dist = trainer.match(epoch=0)
+    assert torch.equal(idx, _plain_nearest(trainer, 0))
+    outputs = trainer.generate(noise)
+    chosen = outputs[idx]
+    assert (torch.cdist(chosen, targets).min(1).values >= 0.35).all()  # no chosen draw sits on a target
+    assert 0 < trainer.last_rejected < 1  # some draws were rejected, not all
+    torch.testing.assert_close(dist, ((chosen - targets) ** 2).sum(1))
+    with pytest.raises(ConfigError, match="imle_reject_radius"):
+        TrainConfig(imle_reject_radius=-1.0).validate()
+
+
+def test_adaptive_imle_keeps_matches_until_a_target_is_fitted():
+    torch.manual_seed(0)
+    targets = reference.project_to_sphere_reference(torch.randn(90, 4))
+    cfg = TrainConfig(noise_dim=3, batch_size=30, imle_adaptive=True, imle_staleness=1, imle_force_rematch=3)
+    trainer = IMLETrainer(targets, MLP(3, 4, 16, 2), cfg, get_ops(OPS))
+    run_epoch(trainer)  # the first epoch matches every target
+    assert trainer.last_rematched == 1.0 and torch.equal(trainer.since_match, torch.zeros(90, dtype=torch.int64))
+    kept, threshold = trainer.matched_noise.clone(), trainer.threshold.clone()
+    current = ((trainer.generate(kept) - targets) ** 2).sum(1)
+    fitted = current < threshold
+    assert 0 < int(fitted.sum()) < 90
+    new = _plain_nearest(trainer, 1, fitted.nonzero().squeeze(1))  # G as epoch 1 will match with it
+    run_epoch(trainer)
+    rematched = trainer.since_match == 0
+    assert torch.equal(rematched, fitted)  # exactly the fitted targets were matched anew (staleness 1)
+    assert torch.equal(trainer.matched_noise[~rematched], kept[~rematched])  # the others kept theirs
+    assert torch.equal(trainer.matched_noise[rematched], trainer.noise(new, 1))
+    for _ in range(3):
+        run_epoch(trainer)
+    assert (trainer.since_match < 3).all()  # nobody keeps a match past imle_force_rematch
+    assert trainer.threshold.min() >= 0
+    with pytest.raises(ConfigError, match="imle_adaptive needs imle_match"):
+        TrainConfig(imle_adaptive=True, imle_match="unique").validate()
+
+
+@pytest.mark.parametrize("options", [{"imle_adaptive": True}, {"imle_reject_radius": 0.2}], ids=["adaptive", "rs"])
+def test_imle_variants_resume_bit_identically(tmp_path, blob_file, options):
+    cfg = {"dataset": blob_file, "glo_epochs": 2, "imle_epochs": 4, "ckpt_every": 2, "imle_force_rematch": 2,
+           "glo_lr_schedule": "cosine", "gen_depth": 1, **options}  # fmt: skip
+    straight = tmp_path / "straight"
+    train(tiny_config(**cfg), straight, progress=False, log=lambda s: None)
+    broken = tmp_path / "broken"
+    with pytest.raises(Interrupt):
+        train(tiny_config(**cfg), broken, progress=False, on_step=interrupt_at("imle", 8), log=lambda s: None)
+    train(None, broken, progress=False, log=lambda s: None)
+    a, b = ckpt.load_latest(straight), ckpt.load_latest(broken)
+    assert tensors_equal(a["glo"], b["glo"]) and tensors_equal(a["imle"], b["imle"])
+    rows = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
+    key = "rematched" if "imle_adaptive" in options else "rejected"
+    assert all(key in r for r in rows if r["stage"] == "imle")

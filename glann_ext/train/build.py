@@ -34,7 +34,7 @@ def build_generator(cfg: TrainConfig, image_shape: tuple[int, int, int]) -> DCGA
     """G: codes (GLANN) or noise (pixel IMLE) of the configured size -> images of ``image_shape``."""
     c, h, _w = image_shape
     in_dim = cfg.noise_dim if cfg.imle_space == "pixel" else cfg.latent_dim
-    return seeded(cfg.seed, lambda: DCGANGenerator(in_dim, h, c, cfg.gen_width))
+    return seeded(cfg.seed, lambda: DCGANGenerator(in_dim, h, c, cfg.gen_width, cfg.gen_depth))
 
 
 def build_mapping(cfg: TrainConfig) -> MLP:

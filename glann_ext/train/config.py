@@ -29,6 +29,7 @@ class TrainConfig:
     # GLO
     latent_dim: int = 64
     gen_width: int = 64
+    gen_depth: int = 0  # extra 3x3 conv layers per hidden resolution of G (0: the papers' DCGAN generator)
     batch_size: int = 128
     glo_epochs: int = 25
     lr_g: float = 1e-3
@@ -192,6 +193,7 @@ def _range_checks(c: TrainConfig) -> list[tuple[str, bool]]:
         ("imle_noise_multiple", _finite(c.imle_noise_multiple, 1)),
         ("betas", all(0 <= b < 1 for b in c.betas)),
         ("gen_width", c.gen_width >= 4),
+        ("gen_depth", c.gen_depth >= 0),
         ("mapping_hidden", c.mapping_hidden >= 1),
         ("mapping_layers", c.mapping_layers >= 1),
         ("ckpt_every", c.ckpt_every >= 0),
