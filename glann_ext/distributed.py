@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from .ops._checks import check_finite
-from .ops.nn_argmin import RunningArgmin, _check_keys, _check_queries
+from .ops.nn_argmin import RunningArgmin, check_keys, check_queries
 
 
 def nn_argmin(
@@ -45,8 +45,8 @@ def nn_argmin(
         (n_r,) int64 global indices into the concatenation of all ranks' keys in rank order
         (and distances). Collective: every rank in the group must call it.
     """
-    queries = _check_queries(queries)
-    local_keys = _check_keys("local_keys", local_keys, queries)
+    queries = check_queries(queries)
+    local_keys = check_keys("local_keys", local_keys, queries)
     if check_finite_values:
         check_finite("queries", queries)
         check_finite("local_keys", local_keys)
