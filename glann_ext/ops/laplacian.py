@@ -79,7 +79,9 @@ def _laplacian_fwd(
     signs = torch.empty(b * c, _plane_elems(h, w, levels), dtype=torch.int8, device=x.device)
     exec_ctx = _native.exec_context(x)
     code = _native.dtype_code(x)
-    nbytes = _native._C.laplacian_workspace_bytes(b, c, h, w, levels, code, exec_ctx.cuda, False, exec_ctx.num_threads)
+    nbytes = _native._C.laplacian_workspace_bytes(
+        b, c, h, w, levels, code, exec_ctx.cuda, False, exec_ctx.num_threads
+    )
     workspace = torch.empty(nbytes, dtype=torch.uint8, device=x.device)
     with _native.native_call("laplacian_pyramid_loss", x):
         _native._C.laplacian_forward(
