@@ -1,5 +1,7 @@
-# Type stub of the compiled module (CUDA build), generated with pybind11-stubgen glann_ext._C and
-# ints simplified. Regenerate when a binding changes.
+# Type stub of the compiled module, true for every build (with or without CUDA: a build without CUDA
+# defines the CUDA entry points too, and they raise StatusError UNSUPPORTED). Written from
+# pybind11-stubgen glann_ext._C with ints simplified; tests/test_native.py checks it lists exactly the
+# module's names. Update it when a binding changes.
 """
 glann_ext native kernels (framework-free; tensors are passed as pointers by glann_ext.ops)
 """
@@ -8,9 +10,10 @@ import collections.abc
 import typing
 
 __all__: list[str] = [
+    "StatusCode",
+    "StatusError",
     "cpu_isa",
     "cuda_compiled",
-    "cuda_device_count",
     "cuda_runtime_version",
     "hardware_threads",
     "laplacian_backward",
@@ -22,26 +25,57 @@ __all__: list[str] = [
     "nn_argmin_cpu_path",
     "nn_argmin_cpu_workspace_bytes",
     "nn_argmin_cuda_workspace_bytes",
+    "nn_argmin_merge",
     "project_to_sphere",
 ]
+
+# (cuda, device, stream, num_threads): csrc/common/exec.h's ExecContext, from ops._native.exec_context().
+_Exec: typing.TypeAlias = tuple[bool, int, int, int]
+_Strides: typing.TypeAlias = collections.abc.Sequence[int]
+
+class StatusCode:
+    """
+    glann::StatusCode (csrc/common/status.h).
+    """
+
+    OK: typing.ClassVar[StatusCode]
+    INVALID_ARGUMENT: typing.ClassVar[StatusCode]
+    NON_FINITE: typing.ClassVar[StatusCode]
+    CUDA_ERROR: typing.ClassVar[StatusCode]
+    UNSUPPORTED: typing.ClassVar[StatusCode]
+    def __init__(self, value: int) -> None: ...
+    def __int__(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def value(self) -> int: ...
+
+class StatusError(RuntimeError):
+    """
+    A kernel launcher failed: code (StatusCode), message, detail (e.g. the lowest offending row, -1 if none).
+    """
+
+    code: StatusCode
+    message: str
+    detail: int
 
 def cpu_isa() -> str:
     """
     SIMD level the CPU kernels use on this machine: baseline, avx2 or avx512.
     """
 
-def cuda_device_count() -> int:
-    """
-    CUDA devices visible to the module's runtime (0 when there is no driver or GPU).
-    """
-
 def cuda_runtime_version() -> int:
     """
-    CUDA runtime version the module was built with (e.g. 13000).
+    CUDA runtime version the module was built with (e.g. 13000); 0 in a build without CUDA.
     """
 
-def hardware_threads() -> int: ...
+def hardware_threads() -> int:
+    """
+    Hardware threads available to the process.
+    """
+
 def laplacian_backward(
+    dtype: int,
     signs: int,
     grad_scale: int,
     grad: int,
@@ -50,37 +84,32 @@ def laplacian_backward(
     height: int,
     width: int,
     levels: int,
-    dtype: int,
     workspace: int,
     workspace_bytes: int,
-    num_threads: int,
-    cuda: bool,
-    stream: int,
-    pixel_path: bool = False,
+    pixel_path: bool,
+    exec: _Exec,
 ) -> None:
     """
     grad (B, C, H, W) contiguous = adjoint of the pyramid applied to the signs.
     """
 
 def laplacian_forward(
+    dtype: int,
     x: int,
-    x_strides: collections.abc.Sequence[int],
+    x_strides: _Strides,
     y: int,
-    y_strides: collections.abc.Sequence[int],
+    y_strides: _Strides,
     batch: int,
     channels: int,
     height: int,
     width: int,
     levels: int,
-    dtype: int,
     per_sample: int,
     signs: int,
     workspace: int,
     workspace_bytes: int,
-    num_threads: int,
-    cuda: bool,
-    stream: int,
-    pixel_path: bool = False,
+    pixel_path: bool,
+    exec: _Exec,
 ) -> None:
     """
     Per-sample sum_j 4^j sum|L^j| of x - y into per_sample (B,), signs of every level into signs.
@@ -108,74 +137,84 @@ def latent_step(
     table: int,
     exp_avg: int,
     exp_avg_sq: int,
+    table_strides: _Strides,
     table_rows: int,
     dim: int,
-    table_row_stride: int,
     indices: int,
-    index_stride: int,
+    indices_strides: _Strides,
     grad: int,
-    grad_row_stride: int,
-    grad_col_stride: int,
+    grad_strides: _Strides,
     batch: int,
-    one_minus_beta1: typing.SupportsFloat | typing.SupportsIndex,
-    one_minus_beta2: typing.SupportsFloat | typing.SupportsIndex,
-    eps: typing.SupportsFloat | typing.SupportsIndex,
-    neg_step_size: typing.SupportsFloat | typing.SupportsIndex,
-    neg_lr: typing.SupportsFloat | typing.SupportsIndex,
+    one_minus_beta1: float,
+    one_minus_beta2: float,
+    eps: float,
+    neg_step_size: float,
+    neg_lr: float,
     project: bool,
-    cuda: bool,
-    stream: int,
-    num_threads: int,
+    exec: _Exec,
 ) -> None:
     """
     Fused sparse Adam (optimizer=0) or SGD (optimizer=1) step on unique table rows, optionally re-projected onto the unit sphere (see csrc/sphere/sphere.h).
     """
 
 def nn_argmin(
-    on_cuda: bool,
-    queries: int,
-    n: int,
-    d: int,
-    q_stride_row: int,
-    q_stride_col: int,
-    keys: int,
-    m: int,
-    k_stride_row: int,
-    k_stride_col: int,
     dtype: int,
+    queries: int,
+    n_queries: int,
+    dim: int,
+    queries_strides: _Strides,
+    keys: int,
+    n_keys: int,
+    keys_strides: _Strides,
+    key_offset: int,
     best_score: int,
     best_index: int,
     workspace: int,
     workspace_bytes: int,
-    num_threads: int,
-    stream: int,
-    device: int,
+    exec: _Exec,
 ) -> None:
     """
-    Lowest-index argmin of ||k||^2 - 2 q.k over the keys for every query row (see csrc/nn_argmin/nn_argmin.h).
+    Folds the keys into the running best (score ||k||^2 - 2 q.k, global index) of every query row (see csrc/nn_argmin/nn_argmin.h).
     """
 
-def nn_argmin_cpu_path() -> str: ...
-def nn_argmin_cpu_workspace_bytes(n: int, m: int, d: int, num_threads: int) -> int: ...
-def nn_argmin_cuda_workspace_bytes(n: int, m: int, d: int, device: int) -> int: ...
+def nn_argmin_cpu_path() -> str:
+    """
+    SIMD copy of the CPU micro-kernel in use.
+    """
+
+def nn_argmin_cpu_workspace_bytes(n_queries: int, n_keys: int, dim: int, num_threads: int) -> int: ...
+def nn_argmin_cuda_workspace_bytes(n_queries: int, n_keys: int, dim: int, device: int) -> int:
+    """
+    Workspace bytes of one CUDA call (raises StatusError UNSUPPORTED in a build without CUDA).
+    """
+
+def nn_argmin_merge(
+    score: int,
+    index: int,
+    n_queries: int,
+    key_offset: int,
+    best_score: int,
+    best_index: int,
+    exec: _Exec,
+) -> None:
+    """
+    Folds one candidate (score, index + key_offset) per query row into the running best, by the same rule.
+    """
+
 def project_to_sphere(
     dtype: int,
-    in_ptr: int,
-    out_ptr: int,
+    in_: int,
+    in_strides: _Strides,
+    out: int,
+    out_strides: _Strides,
     rows: int,
     dim: int,
-    in_row_stride: int,
-    in_col_stride: int,
-    out_row_stride: int,
-    out_col_stride: int,
-    cuda: bool,
-    stream: int,
     first_bad_row: int,
-    num_threads: int,
+    exec: _Exec,
 ) -> None:
     """
-    Rows to unit L2 norm (see csrc/sphere/sphere.h). CPU: ValueError naming the first non-finite row. CUDA: the first non-finite row is written to the int64 at first_bad_row (initialised to rows).
+    Rows to unit L2 norm (see csrc/sphere/sphere.h). CPU: StatusError NON_FINITE, detail = the first non-finite row. CUDA: that row is written to the int64 at first_bad_row (initialised to rows).
     """
 
-__version__: str = "0.1.0"
-cuda_compiled: bool = True
+__version__: str
+cuda_compiled: bool

@@ -23,9 +23,7 @@ import torch
 import torch.distributed as dist
 
 from .ops._checks import check_finite
-from .ops.nn_argmin import RunningArgmin
-from .ops.nn_argmin import _check_keys as check_keys
-from .ops.nn_argmin import _check_queries as check_queries
+from .ops.nn_argmin import RunningArgmin, check_keys, check_queries
 
 Scores = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 

@@ -1,4 +1,6 @@
 // glann_ext._C: the compiled module. Each kernel family registers its functions from its own file.
+// Every function exists in every build (glann_ext/_C.pyi holds for all); CUDA entry points of a build
+// without CUDA raise StatusError UNSUPPORTED.
 #include <pybind11/pybind11.h>
 
 #include "bind_common.h"
@@ -20,28 +22,25 @@ PYBIND11_MODULE(_C, m) {
   m.attr("__version__") = GLANN_EXT_VERSION;
 #ifdef GLANN_WITH_CUDA
   m.attr("cuda_compiled") = true;
-  m.def("cuda_runtime_version", [] {
-    int v = 0;
-    cudaRuntimeGetVersion(&v);
-    return v;
-  }, "CUDA runtime version the module was built with (e.g. 13000).");
-  m.def("cuda_device_count", [] {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess) {
-      cudaGetLastError();
-      return 0;
-    }
-    return n;
-  }, "CUDA devices visible to the module's runtime (0 when there is no driver or GPU).");
 #else
   m.attr("cuda_compiled") = false;
-  m.def("cuda_runtime_version", [] { return 0; });
-  m.def("cuda_device_count", [] { return 0; });
 #endif
-  m.def("cpu_isa", [] { return glann::cpu_isa_name(glann::best_cpu_isa()); },
-        "SIMD level the CPU kernels use on this machine: baseline, avx2 or avx512.");
-  m.def("hardware_threads", &glann::hardware_threads);
+  m.def(
+      "cuda_runtime_version",
+      [] {
+        int v = 0;
+#ifdef GLANN_WITH_CUDA
+        cudaRuntimeGetVersion(&v);
+#endif
+        return v;
+      },
+      "CUDA runtime version the module was built with (e.g. 13000); 0 in a build without CUDA.");
+  m.def(
+      "cpu_isa", [] { return glann::cpu_isa_name(glann::best_cpu_isa()); },
+      "SIMD level the CPU kernels use on this machine: baseline, avx2 or avx512.");
+  m.def("hardware_threads", &glann::hardware_threads, "Hardware threads available to the process.");
 
+  glann_py::register_status(m);
   glann_py::register_nn_argmin(m);
   glann_py::register_laplacian(m);
   glann_py::register_sphere(m);

@@ -10,6 +10,7 @@ pip install -q --upgrade pip
 pip install -q torch==2.13.0            # the CPU build that lies on this machine's disk
 GLANN_EXT_CUDA=${GLANN_EXT_CUDA:-AUTO} pip install -q ".[test]"
 python scripts/check_extension.py       # the module is torch-free and reports what it was built with
+bash scripts/check_format.sh            # C++/CUDA formatted with the pinned clang-format
 pip install -q ruff==0.17.6                 # pinned: lint rules change between releases
 ruff check glann_ext tests benchmarks scripts && ruff format --check glann_ext tests benchmarks scripts
 pytest -q -p no:cacheprovider tests "$@"

@@ -12,6 +12,8 @@ from glann_testing import free_port
 
 import glann_ext
 from glann_ext.distributed import nn_argmin as dist_nn_argmin
+from glann_ext.ops.nn_argmin import RunningArgmin
+from glann_ext.ops.reference import nn_argmin_scores_reference
 
 
 def _make_case(case: str):
@@ -74,3 +76,56 @@ def test_two_process_gloo_equals_single_process(case: str, two_rank_results: dic
 def test_needs_a_process_group() -> None:
     with pytest.raises(RuntimeError, match="initialised torch.distributed"):
         dist_nn_argmin(torch.randn(2, 3), torch.randn(4, 3))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_running_argmin_reference_scores_equal_fused_with_ties_in_any_order(seed: int) -> None:
+    # Small integers: every score is exact in float32 on both paths, so exact ties abound, within a
+    # chunk and across chunks; chunks of uneven sizes (an empty one too) arrive in a random order.
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(-2, 3, (70, 3), generator=g).float()
+    k = torch.randint(-2, 3, (600, 3), generator=g).float()
+    k[550:] = k[:50]  # exact duplicates, the higher copies in the last chunk
+    bounds = [0, 90, 90, 250, 251, 480, 600]
+    chunks = [(bounds[i], k[bounds[i] : bounds[i + 1]]) for i in range(len(bounds) - 1)]
+    d2 = ((q[:, None, :] - k[None, :, :]) ** 2).sum(-1)
+    want = d2.argmin(1)  # first minimum: the lowest index
+    assert torch.equal(d2[torch.arange(70), want], d2.min(1).values)
+    for trial in range(4):
+        order = torch.randperm(len(chunks), generator=g).tolist() if trial else list(range(len(chunks)))[::-1]
+        fused = RunningArgmin(q, return_distances=True)
+        ref = RunningArgmin(q, return_distances=True, scores=nn_argmin_scores_reference)
+        for i in order:
+            offset, chunk = chunks[i]
+            fused.update(chunk, offset)
+            ref.update(chunk, offset)
+        (fi, fd), (ri, rd) = fused.result(), ref.result()
+        assert torch.equal(fi, want) and torch.equal(ri, want)
+        assert torch.equal(fd, rd) and torch.equal(fd.double(), d2.min(1).values)
+        assert torch.equal(fused.score, ref.score)
+
+
+def test_reference_scores_contract() -> None:
+    g = torch.Generator().manual_seed(5)
+    q = torch.randint(-3, 4, (9, 4), generator=g).float()
+    k = torch.randint(-3, 4, (50, 4), generator=g).float()
+    score, index = nn_argmin_scores_reference(q, torch.cat([k, k]), tile=7)  # copies in other tiles
+    assert score.dtype == torch.float32 and index.dtype == torch.int64 and score.shape == index.shape == (9,)
+    full = (k * k).sum(1)[None] - 2 * q @ k.t()  # exact: small integers
+    assert torch.equal(score, full.min(1).values)
+    assert torch.equal(index, full.argmin(1))  # the first of equal scores, never a copy
+
+
+@pytest.mark.parametrize(
+    "bad,exc,match",
+    [
+        (lambda s, i: (s.double(), i), TypeError, r"scores\(\.\.\.\)\[0\] must have dtype in \(float32\)"),
+        (lambda s, i: (s, i.int()), TypeError, r"scores\(\.\.\.\)\[1\] must have dtype in \(int64\)"),
+        (lambda s, i: (s[:-1], i), ValueError, r"scores\(\.\.\.\)\[0\] must have shape \(5,\)"),
+    ],
+)
+def test_running_argmin_checks_what_scores_returns(bad, exc, match) -> None:
+    q, k = torch.randn(5, 3), torch.randn(8, 3)
+    best = RunningArgmin(q, scores=lambda a, b: bad(*nn_argmin_scores_reference(a, b)))
+    with pytest.raises(exc, match=match):
+        best.update(k, 0)

@@ -27,6 +27,7 @@ from glann_ext import (
     project_to_sphere,
     project_to_sphere_,
 )
+from glann_ext.errors import NonFiniteError
 
 DTYPES = [torch.float32, torch.float64]
 DIMS = [1, 2, 3, 17, 64, 513]
@@ -141,11 +142,13 @@ def test_project_nonfinite_policy(dtype, bad):
     z = torch.randn(40, 9, dtype=dtype)
     z[7, 3] = bad
     z[20, 0] = float("nan")
-    with pytest.raises(ValueError, match=r"row 7 contains NaN or Inf"):
+    with pytest.raises(NonFiniteError, match=r"^project_to_sphere: z row 7 contains NaN or Inf") as info:
         project_to_sphere(z)
+    assert isinstance(info.value, ValueError) and (info.value.argument, info.value.row) == ("z", 7)
     before = z.clone()
-    with pytest.raises(ValueError, match=r"project_to_sphere_: z row 7"):
+    with pytest.raises(NonFiniteError, match=r"^project_to_sphere_: z row 7") as info:
         project_to_sphere_(z)
+    assert (info.value.argument, info.value.row) == ("z", 7)
     # Documented policy: non-finite rows untouched, every other row projected.
     assert torch.equal(z[7].isnan(), before[7].isnan())
     torch.testing.assert_close(z[7], before[7], rtol=0, atol=0, equal_nan=True)
@@ -543,13 +546,16 @@ def test_nonfinite_grad_changes_nothing(dup, bad):
     g[3, 4] = bad
     snap = [t.clone() for t in (table, m, v)]
     opt = SphereSparseAdam(table, lr=0.1)
-    with pytest.raises(ValueError, match="grad row 3 contains NaN or Inf; nothing was updated"):
+    with pytest.raises(NonFiniteError, match="grad row 3 contains NaN or Inf; nothing was updated"):
         opt.step(idx, g)
     assert opt.step_count == 0
-    with pytest.raises(ValueError, match="grad row 3"):
-        fused_latent_adam_(table, m, v, idx, g, step=1, lr=0.1)
-    with pytest.raises(ValueError, match="grad row 3"):
-        fused_latent_sgd_(table, idx, g, lr=0.1)
+    for step in (
+        lambda: fused_latent_adam_(table, m, v, idx, g, step=1, lr=0.1),
+        lambda: fused_latent_sgd_(table, idx, g, lr=0.1),
+    ):
+        with pytest.raises(NonFiniteError, match="grad row 3") as info:
+            step()
+        assert isinstance(info.value, ValueError) and (info.value.argument, info.value.row) == ("grad", 3)
     _assert_unchanged((table, m, v, opt.exp_avg), snap + [torch.zeros_like(table)])
 
 

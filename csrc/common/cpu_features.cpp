@@ -16,9 +16,12 @@ static CpuIsa detect() {
 #endif
   if (const char* cap = std::getenv("GLANN_EXT_CPU_ISA")) {
     CpuIsa want = best;
-    if (std::strcmp(cap, "baseline") == 0) want = CpuIsa::kBaseline;
-    else if (std::strcmp(cap, "avx2") == 0) want = CpuIsa::kAvx2;
-    else if (std::strcmp(cap, "avx512") == 0) want = CpuIsa::kAvx512;
+    if (std::strcmp(cap, "baseline") == 0)
+      want = CpuIsa::kBaseline;
+    else if (std::strcmp(cap, "avx2") == 0)
+      want = CpuIsa::kAvx2;
+    else if (std::strcmp(cap, "avx512") == 0)
+      want = CpuIsa::kAvx512;
     if (static_cast<int>(want) < static_cast<int>(best)) best = want;
   }
   return best;
@@ -31,9 +34,12 @@ CpuIsa best_cpu_isa() {
 
 const char* cpu_isa_name(CpuIsa isa) {
   switch (isa) {
-    case CpuIsa::kAvx512: return "avx512";
-    case CpuIsa::kAvx2: return "avx2";
-    default: return "baseline";
+    case CpuIsa::kAvx512:
+      return "avx512";
+    case CpuIsa::kAvx2:
+      return "avx2";
+    default:
+      return "baseline";
   }
 }
 

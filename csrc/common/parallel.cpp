@@ -146,4 +146,8 @@ void parallel_for(int64_t n_tasks, int num_threads, const TaskFn& fn) {
   }
 }
 
+void parallel_for_ptr(int64_t n_tasks, int num_threads, void (*fn)(void* ctx, int64_t task, int slot), void* ctx) {
+  parallel_for(n_tasks, num_threads, [fn, ctx](int64_t task, int slot) { fn(ctx, task, slot); });
+}
+
 }  // namespace glann

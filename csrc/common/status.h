@@ -1,6 +1,8 @@
 // Error reporting for kernel launchers: they return a Status instead of throwing, and the binding
-// layer (python/) turns a failed Status into a Python exception. csrc/ knows nothing of Python.
+// layer (python/) raises it as glann_ext._C.StatusError with code, message and detail; glann_ext/ops
+// turns that into the typed error. csrc/ knows nothing of Python.
 #pragma once
+#include <cstdint>
 #include <string>
 #include <utility>
 
@@ -9,7 +11,7 @@ namespace glann {
 enum class StatusCode : int {
   kOk = 0,
   kInvalidArgument = 1,  // a precondition the Python layer should have caught
-  kNonFinite = 2,        // NaN/Inf met in the data; message names the row/argument
+  kNonFinite = 2,        // NaN/Inf met in the data; detail = the lowest offending row
   kCudaError = 3,        // a CUDA runtime error; message carries cudaGetErrorString
   kUnsupported = 4,      // e.g. CUDA requested in a CPU-only build
 };
@@ -17,11 +19,11 @@ enum class StatusCode : int {
 struct Status {
   StatusCode code = StatusCode::kOk;
   std::string message;
-  long long detail = -1;  // optional payload, e.g. first offending row
+  int64_t detail = -1;  // optional payload, e.g. the lowest offending row
 
   bool ok() const { return code == StatusCode::kOk; }
   static Status Ok() { return {}; }
-  static Status Error(StatusCode c, std::string msg, long long detail = -1) {
+  static Status Error(StatusCode c, std::string msg, int64_t detail = -1) {
     Status s;
     s.code = c;
     s.message = std::move(msg);

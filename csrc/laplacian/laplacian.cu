@@ -3,7 +3,7 @@
 // Forward: diff -> (down) x (J-1) -> per level |L| with per-block partial sums -> fixed-order reduce
 // per sample. Backward: one kernel per level, coarsest first: acc_l = s_l + D^T acc_{l+1} - U^T s_{l-1},
 // level 0 written straight into grad. No atomics, so results are deterministic run to run; NaN/Inf
-// propagate into the loss (no host sync to check them). Everything runs on p.stream.
+// propagate into the loss (glann_ext/ops/laplacian.py checks it). Everything runs on p.exec.stream.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -44,9 +44,9 @@ struct Dims {
 };
 
 template <typename In, typename T>
-__global__ void diff_kernel(const In* __restrict__ x, const In* __restrict__ y, Dims d, Geometry g,
-                            int64_t xs0, int64_t xs1, int64_t xs2, int64_t xs3, int64_t ys0, int64_t ys1,
-                            int64_t ys2, int64_t ys3, T* __restrict__ pyr) {
+__global__ void diff_kernel(const In* __restrict__ x, const In* __restrict__ y, Dims d, Geometry g, int64_t xs0,
+                            int64_t xs1, int64_t xs2, int64_t xs3, int64_t ys0, int64_t ys1, int64_t ys2, int64_t ys3,
+                            T* __restrict__ pyr) {
   const int64_t hw = g.h[0] * g.w[0];
   const int64_t q = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (q >= hw) return;
@@ -152,22 +152,21 @@ Status forward_impl(const LaplacianForwardParams& p) {
   const int64_t pyr_bytes = align64(d.planes * g.total * int64_t(sizeof(T)));
   if (p.workspace_bytes < pyr_bytes + d.planes * parts * int64_t(sizeof(double)))
     return Status::Error(StatusCode::kInvalidArgument, "laplacian_forward_cuda: workspace too small");
-  cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
+  cudaStream_t stream = static_cast<cudaStream_t>(p.exec.stream);
   char* ws = static_cast<char*>(p.workspace);
   T* pyr = reinterpret_cast<T*>(ws);
   double* partials = reinterpret_cast<double*>(ws + pyr_bytes);
   const int64_t* xs = p.x_strides;
   const int64_t* ys = p.y_strides;
   diff_kernel<In, T><<<grid_for(p.height * p.width, d.planes), kThreads, 0, stream>>>(
-      static_cast<const In*>(p.x), static_cast<const In*>(p.y), d, g, xs[0], xs[1], xs[2], xs[3], ys[0], ys[1],
-      ys[2], ys[3], pyr);
+      static_cast<const In*>(p.x), static_cast<const In*>(p.y), d, g, xs[0], xs[1], xs[2], xs[3], ys[0], ys[1], ys[2],
+      ys[3], pyr);
   for (int j = 0; j + 1 < g.levels; ++j)
     down_kernel<T><<<grid_for(g.h[j + 1] * g.w[j + 1], d.planes), kThreads, 0, stream>>>(pyr, d, g, j);
   int64_t part_off = 0;
   for (int j = 0; j < g.levels; ++j) {
     const int64_t pix = g.h[j] * g.w[j];
-    level_kernel<T><<<grid_for(pix, d.planes), kThreads, 0, stream>>>(pyr, p.signs, partials, d, g, j, part_off,
-                                                                      parts);
+    level_kernel<T><<<grid_for(pix, d.planes), kThreads, 0, stream>>>(pyr, p.signs, partials, d, g, j, part_off, parts);
     part_off += (pix + kThreads - 1) / kThreads;
   }
   const unsigned blocks = static_cast<unsigned>(p.batch < kMaxGridY ? p.batch : kMaxGridY);
@@ -181,33 +180,46 @@ Status backward_impl(const LaplacianBackwardParams& p) {
   const Dims d{p.batch, p.channels, p.batch * p.channels};
   if (p.workspace_bytes < d.planes * g.total * int64_t(sizeof(T)))
     return Status::Error(StatusCode::kInvalidArgument, "laplacian_backward_cuda: workspace too small");
-  cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
+  cudaStream_t stream = static_cast<cudaStream_t>(p.exec.stream);
   for (int l = g.levels - 1; l >= 0; --l)
     backward_kernel<T, Out><<<grid_for(g.h[l] * g.w[l], d.planes), kThreads, 0, stream>>>(
-        p.signs, static_cast<const T*>(p.grad_scale), static_cast<T*>(p.workspace), static_cast<Out*>(p.grad), d,
-        g, l);
+        p.signs, static_cast<const T*>(p.grad_scale), static_cast<T*>(p.workspace), static_cast<Out*>(p.grad), d, g, l);
   return cuda_last_status("laplacian_backward_cuda");
 }
 
 }  // namespace
 
 Status laplacian_forward_cuda(const LaplacianForwardParams& p) {
+  const CudaDeviceGuard guard(p.exec.device);
+  if (!guard.status().ok()) return guard.status();
   switch (p.dtype) {
-    case DType::kFloat32: return forward_impl<float, float>(p);
-    case DType::kFloat64: return forward_impl<double, double>(p);
-    case DType::kFloat16: return forward_impl<__half, float>(p);
-    case DType::kBFloat16: return forward_impl<__nv_bfloat16, float>(p);
-    default: return Status::Error(StatusCode::kInvalidArgument, "laplacian_forward_cuda: unsupported dtype");
+    case DType::kFloat32:
+      return forward_impl<float, float>(p);
+    case DType::kFloat64:
+      return forward_impl<double, double>(p);
+    case DType::kFloat16:
+      return forward_impl<__half, float>(p);
+    case DType::kBFloat16:
+      return forward_impl<__nv_bfloat16, float>(p);
+    default:
+      return Status::Error(StatusCode::kInvalidArgument, "laplacian_forward_cuda: unsupported dtype");
   }
 }
 
 Status laplacian_backward_cuda(const LaplacianBackwardParams& p) {
+  const CudaDeviceGuard guard(p.exec.device);
+  if (!guard.status().ok()) return guard.status();
   switch (p.dtype) {
-    case DType::kFloat32: return backward_impl<float, float>(p);
-    case DType::kFloat64: return backward_impl<double, double>(p);
-    case DType::kFloat16: return backward_impl<__half, float>(p);
-    case DType::kBFloat16: return backward_impl<__nv_bfloat16, float>(p);
-    default: return Status::Error(StatusCode::kInvalidArgument, "laplacian_backward_cuda: unsupported dtype");
+    case DType::kFloat32:
+      return backward_impl<float, float>(p);
+    case DType::kFloat64:
+      return backward_impl<double, double>(p);
+    case DType::kFloat16:
+      return backward_impl<__half, float>(p);
+    case DType::kBFloat16:
+      return backward_impl<__nv_bfloat16, float>(p);
+    default:
+      return Status::Error(StatusCode::kInvalidArgument, "laplacian_backward_cuda: unsupported dtype");
   }
 }
 

@@ -11,11 +11,13 @@
 #include <cstdint>
 
 #include "common/dtype.h"
+#include "common/exec.h"
 #include "common/status.h"
 
 namespace glann {
 
 struct LaplacianForwardParams {
+  ExecContext exec;
   int64_t batch = 0, channels = 0, height = 0, width = 0;  // x, y are (B, C, H, W)
   int levels = 1;                                          // 1..16
   DType dtype = DType::kFloat32;  // of x and y; CPU: f32/f64, CUDA: also f16/bf16 (computed in f32)
@@ -28,27 +30,26 @@ struct LaplacianForwardParams {
   void* per_sample = nullptr;
   // Out: B*C*P int8 sign(L^j) of every level, P = sum_j h_j * w_j, for the backward pass of the same
   // backend and dtype. The layout is private to the backend: CUDA stores plane after plane, levels
-  // finest first; the CPU row kernels interleave the planes of each group (laplacian_cpu_impl.h).
+  // finest first; the CPU row kernels interleave the planes of each group (laplacian_cpu_isa.h).
   int8_t* signs = nullptr;
   void* workspace = nullptr;  // laplacian_workspace_bytes(..., backward = false) bytes
   int64_t workspace_bytes = 0;
-  int num_threads = 1;       // CPU: threads of glann::parallel_for
-  bool pixel_path = false;   // CPU: run the per-pixel (CUDA-shaped) code instead of the row kernels; tests
-  void* stream = nullptr;    // CUDA: cudaStream_t to launch on (never the legacy default stream)
+  // CPU: run the per-pixel (CUDA-shaped) code instead of the row kernels, so the CPU tests check the
+  // math the CUDA kernels run. Its sign layout differs: the backward must be given the same value.
+  bool pixel_path = false;
 };
 
 struct LaplacianBackwardParams {
+  ExecContext exec;
   int64_t batch = 0, channels = 0, height = 0, width = 0;
   int levels = 1;
-  DType dtype = DType::kFloat32;  // of grad (the dtype of x)
-  const int8_t* signs = nullptr;  // from the forward pass
+  DType dtype = DType::kFloat32;     // of grad (the dtype of x)
+  const int8_t* signs = nullptr;     // from the forward pass
   const void* grad_scale = nullptr;  // (B,) compute type: d loss / d per_sample[b]
   void* grad = nullptr;              // out: (B, C, H, W) contiguous, d loss / d x (= -d loss / d y)
   void* workspace = nullptr;         // laplacian_workspace_bytes(..., backward = true) bytes
   int64_t workspace_bytes = 0;
-  int num_threads = 1;
-  bool pixel_path = false;
-  void* stream = nullptr;
+  bool pixel_path = false;  // the forward's
 };
 
 // P = sum_j h_j * w_j: the int8 sign elements per plane.
@@ -60,7 +61,7 @@ int64_t laplacian_workspace_bytes(int64_t batch, int64_t channels, int64_t heigh
 
 Status laplacian_forward_cpu(const LaplacianForwardParams& p);
 Status laplacian_backward_cpu(const LaplacianBackwardParams& p);
-// Defined in laplacian.cu, built only with GLANN_WITH_CUDA (the binding guards every call).
+// Defined in laplacian.cu, built only with GLANN_WITH_CUDA (the bindings guard every call).
 Status laplacian_forward_cuda(const LaplacianForwardParams& p);
 Status laplacian_backward_cuda(const LaplacianBackwardParams& p);
 

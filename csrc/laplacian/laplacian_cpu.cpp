@@ -1,19 +1,28 @@
-// CPU launchers of the Laplacian-pyramid loss: ISA dispatch and workspace sizes.
-#define GLANN_LAP_ISA_NS baseline
-#include "laplacian/laplacian_cpu_impl.h"
+// CPU launchers of the Laplacian-pyramid loss: ISA dispatch, workspace sizes and Status.
+#include "laplacian/laplacian_cpu.h"
 
-#include "common/cpu_features.h"
+#include <string>
+
+#include "common/parallel.h"
+#include "laplacian/laplacian.h"
 
 namespace glann {
 
-// Defined in laplacian_cpu_avx2.cpp / laplacian_cpu_avx512.cpp (x86 builds only).
-Status laplacian_forward_cpu_avx2(const LaplacianForwardParams& p);
-Status laplacian_backward_cpu_avx2(const LaplacianBackwardParams& p);
-Status laplacian_forward_cpu_avx512(const LaplacianForwardParams& p);
-Status laplacian_backward_cpu_avx512(const LaplacianBackwardParams& p);
-
 namespace {
 int64_t align64(int64_t n) { return (n + 63) / 64 * 64; }
+
+const lap_cpu::Kernels& kernels() {
+  using namespace lap_cpu;
+  static const Kernels& k = pick_isa(baseline::kKernels, GLANN_X86_COPY(avx2), GLANN_X86_COPY(avx512));
+  return k;
+}
+
+Status to_status(const KernelResult& r, const char* what) {
+  if (r.code == KernelResult::kOk) return Status::Ok();
+  return Status::Error(StatusCode::kInvalidArgument, std::string(what) + ": workspace too small");
+}
+
+bool float_dtype(DType t) { return t == DType::kFloat32 || t == DType::kFloat64; }
 }  // namespace
 
 int64_t laplacian_plane_elems(int64_t height, int64_t width, int levels) {
@@ -31,34 +40,20 @@ int64_t laplacian_workspace_bytes(int64_t batch, int64_t channels, int64_t heigh
   }
   // `planes` bounds the task count of both the grouped row kernels and the per-plane pixel path.
   const int slots = parallel_slots(planes, num_threads);
-  const int64_t per_slot = lap::baseline::slot_bytes(geom, elem);
+  const int64_t per_slot = lap_cpu::slot_bytes(geom, elem);
   return (backward ? 0 : align64(planes * 8)) + slots * per_slot;
 }
 
 Status laplacian_forward_cpu(const LaplacianForwardParams& p) {
-  if (p.dtype != DType::kFloat32 && p.dtype != DType::kFloat64)
+  if (!float_dtype(p.dtype))
     return Status::Error(StatusCode::kInvalidArgument, "laplacian_forward_cpu: dtype must be float32 or float64");
-#if defined(GLANN_X86)
-  switch (best_cpu_isa()) {
-    case CpuIsa::kAvx512: return laplacian_forward_cpu_avx512(p);
-    case CpuIsa::kAvx2: return laplacian_forward_cpu_avx2(p);
-    default: break;
-  }
-#endif
-  return lap::baseline::forward(p);
+  return to_status(kernels().forward(p), "laplacian_forward_cpu");
 }
 
 Status laplacian_backward_cpu(const LaplacianBackwardParams& p) {
-  if (p.dtype != DType::kFloat32 && p.dtype != DType::kFloat64)
+  if (!float_dtype(p.dtype))
     return Status::Error(StatusCode::kInvalidArgument, "laplacian_backward_cpu: dtype must be float32 or float64");
-#if defined(GLANN_X86)
-  switch (best_cpu_isa()) {
-    case CpuIsa::kAvx512: return laplacian_backward_cpu_avx512(p);
-    case CpuIsa::kAvx2: return laplacian_backward_cpu_avx2(p);
-    default: break;
-  }
-#endif
-  return lap::baseline::backward(p);
+  return to_status(kernels().backward(p), "laplacian_backward_cpu");
 }
 
 }  // namespace glann

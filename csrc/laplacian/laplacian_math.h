@@ -12,13 +12,7 @@
 #pragma once
 #include <stdint.h>
 
-#if defined(__CUDACC__)
-#define GLANN_LAP_HD __host__ __device__ __forceinline__
-#else
-// static: every CPU translation unit (baseline/AVX2/AVX-512) keeps its own copy, so the linker can
-// never hand an AVX-512 build of these functions to the baseline path.
-#define GLANN_LAP_HD static inline
-#endif
+#include "common/host_device.h"
 
 namespace glann {
 namespace lap {
@@ -29,12 +23,12 @@ constexpr int kMaxTaps = 25;
 
 // Binomial taps W[a], a = 0..4 (exact in binary floating point).
 template <typename T>
-GLANN_LAP_HD T tap_weight(int a) {
+GLANN_HD T tap_weight(int a) {
   return a == 2 ? T(0.375) : ((a == 1 || a == 3) ? T(0.25) : T(0.0625));
 }
 
 // OpenCV BORDER_REFLECT_101 with period 2(n-1); n == 1 maps everything to 0.
-GLANN_LAP_HD int64_t reflect101(int64_t i, int64_t n) {
+GLANN_HD int64_t reflect101(int64_t i, int64_t n) {
   // Fast paths without a division: the kernels only ask for indices within 2 (or 4) of the edges.
   if (i >= 0 && i < n) return i;
   if (i < 0 && -i < n) return -i;
@@ -48,7 +42,7 @@ GLANN_LAP_HD int64_t reflect101(int64_t i, int64_t n) {
 
 // sign with sign(0) = 0 (the L1 subgradient we use at 0, as torch does); NaN -> 0 as well.
 template <typename T>
-GLANN_LAP_HD int8_t sign_of(T v) {
+GLANN_HD int8_t sign_of(T v) {
   return static_cast<int8_t>((v > T(0)) - (v < T(0)));
 }
 
@@ -59,7 +53,7 @@ struct Geometry {
   int64_t total;  // sum of h[j] * w[j]
 };
 
-GLANN_LAP_HD Geometry make_geometry(int64_t height, int64_t width, int levels) {
+GLANN_HD Geometry make_geometry(int64_t height, int64_t width, int levels) {
   Geometry g;
   g.levels = levels;
   int64_t h = height, w = width, off = 0;
@@ -78,7 +72,7 @@ GLANN_LAP_HD Geometry make_geometry(int64_t height, int64_t width, int levels) {
 // CUDA: threads per block of the per-level kernels, and the per-block partial sums one plane needs
 // (the workspace holds them so the final reduction runs in a fixed order, without float atomics).
 constexpr int kCudaThreads = 256;
-GLANN_LAP_HD int64_t cuda_partials_per_plane(const Geometry& g) {
+GLANN_HD int64_t cuda_partials_per_plane(const Geometry& g) {
   int64_t n = 0;
   for (int j = 0; j < g.levels; ++j) n += (g.h[j] * g.w[j] + kCudaThreads - 1) / kCudaThreads;
   return n;
@@ -93,14 +87,14 @@ struct Taps {
 
 // A free function, not a member: members would be inline entities shared by the per-ISA CPU units.
 template <typename T>
-GLANN_LAP_HD void taps_add(Taps<T>& t, int64_t i, T wt) {
+GLANN_HD void taps_add(Taps<T>& t, int64_t i, T wt) {
   t.idx[t.count] = i;
   t.w[t.count] = wt;
   ++t.count;
 }
 
 // Pad positions p in [0, n+4) with reflect101(p - 2) == k (k itself + 2, plus border preimages).
-GLANN_LAP_HD int pad_preimages(int64_t k, int64_t n, int64_t* out) {
+GLANN_HD int pad_preimages(int64_t k, int64_t n, int64_t* out) {
   int c = 0;
   const int64_t border[4] = {0, 1, n + 2, n + 3};
   for (int b = 0; b < 2; ++b)
@@ -113,7 +107,7 @@ GLANN_LAP_HD int pad_preimages(int64_t k, int64_t n, int64_t* out) {
 
 // D along one dimension: coarse output q of a fine line of size n.
 template <typename T>
-GLANN_LAP_HD void down_taps(int64_t q, int64_t n, Taps<T>& t) {
+GLANN_HD void down_taps(int64_t q, int64_t n, Taps<T>& t) {
   t.count = 0;
   for (int a = 0; a < 5; ++a) taps_add(t, reflect101(2 * q + a - 2, n), tap_weight<T>(a));
 }
@@ -121,7 +115,7 @@ GLANN_LAP_HD void down_taps(int64_t q, int64_t n, Taps<T>& t) {
 // U along one dimension: fine output i (fine size n) from the coarse line (only even fine samples
 // of the zero-inserted line are nonzero; reflect-101 preserves parity).
 template <typename T>
-GLANN_LAP_HD void up_taps(int64_t i, int64_t n, Taps<T>& t) {
+GLANN_HD void up_taps(int64_t i, int64_t n, Taps<T>& t) {
   t.count = 0;
   for (int a = 0; a < 5; ++a) {
     const int64_t s = reflect101(i + a - 2, n);
@@ -131,7 +125,7 @@ GLANN_LAP_HD void up_taps(int64_t i, int64_t n, Taps<T>& t) {
 
 // D^T = B^T Z along one dimension: fine output i (fine size n) from the coarse line.
 template <typename T>
-GLANN_LAP_HD void down_adj_taps(int64_t i, int64_t n, Taps<T>& t) {
+GLANN_HD void down_adj_taps(int64_t i, int64_t n, Taps<T>& t) {
   t.count = 0;
   int64_t pre[5];
   const int np = pad_preimages(i, n, pre);
@@ -144,7 +138,7 @@ GLANN_LAP_HD void down_adj_taps(int64_t i, int64_t n, Taps<T>& t) {
 
 // U^T = 2 S B^T along one dimension: coarse output q from the fine line of size n.
 template <typename T>
-GLANN_LAP_HD void up_adj_taps(int64_t q, int64_t n, Taps<T>& t) {
+GLANN_HD void up_adj_taps(int64_t q, int64_t n, Taps<T>& t) {
   t.count = 0;
   int64_t pre[5];
   const int np = pad_preimages(2 * q, n, pre);
@@ -157,7 +151,7 @@ GLANN_LAP_HD void up_adj_taps(int64_t q, int64_t n, Taps<T>& t) {
 
 // sum_{r,c} wr * wc * src[ir * ld + ic]  (src may be int8 signs)
 template <typename T, typename Src>
-GLANN_LAP_HD T apply_taps(const Taps<T>& tr, const Taps<T>& tc, const Src* src, int64_t ld) {
+GLANN_HD T apply_taps(const Taps<T>& tr, const Taps<T>& tc, const Src* src, int64_t ld) {
   T acc = T(0);
   for (int r = 0; r < tr.count; ++r) {
     T row = T(0);
@@ -172,7 +166,7 @@ GLANN_LAP_HD T apply_taps(const Taps<T>& tr, const Taps<T>& tc, const Src* src, 
 
 // G^{j+1}[q1, q2] from G^j (fine size hn x wn, packed rows).
 template <typename T>
-GLANN_LAP_HD T down_pixel(const T* fine, int64_t hn, int64_t wn, int64_t q1, int64_t q2) {
+GLANN_HD T down_pixel(const T* fine, int64_t hn, int64_t wn, int64_t q1, int64_t q2) {
   Taps<T> tr, tc;
   down_taps<T>(q1, hn, tr);
   down_taps<T>(q2, wn, tc);
@@ -181,7 +175,7 @@ GLANN_LAP_HD T down_pixel(const T* fine, int64_t hn, int64_t wn, int64_t q1, int
 
 // L^j[i1, i2] = G^j[i1, i2] - U(G^{j+1})[i1, i2]; coarse is hm x wm with hm = ceil(hn/2).
 template <typename T>
-GLANN_LAP_HD T laplacian_pixel(const T* fine, const T* coarse, int64_t hn, int64_t wn, int64_t i1, int64_t i2) {
+GLANN_HD T laplacian_pixel(const T* fine, const T* coarse, int64_t hn, int64_t wn, int64_t i1, int64_t i2) {
   Taps<T> tr, tc;
   up_taps<T>(i1, hn, tr);
   up_taps<T>(i2, wn, tc);
@@ -193,8 +187,8 @@ GLANN_LAP_HD T laplacian_pixel(const T* fine, const T* coarse, int64_t hn, int64
 //   acc_l = s_l + D^T acc_{l+1} - U^T s_{l-1},   s_j = scale * 4^j * sign(L^j)
 // acc_next is acc_{l+1} (absent on the last level), signs_prev is sign(L^{l-1}) (absent on level 0).
 template <typename T>
-GLANN_LAP_HD T backward_pixel(const Geometry& g, int l, const int8_t* signs_plane, const T* acc_next, T scale,
-                              int64_t q1, int64_t q2) {
+GLANN_HD T backward_pixel(const Geometry& g, int l, const int8_t* signs_plane, const T* acc_next, T scale, int64_t q1,
+                          int64_t q2) {
   const int64_t h = g.h[l], w = g.w[l];
   T level_w = T(1);
   for (int j = 0; j < l; ++j) level_w *= T(4);

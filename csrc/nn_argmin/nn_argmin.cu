@@ -6,7 +6,7 @@
 //                  shared memory), turns them into scores ||k||^2 - 2 q.k (fmaf) and keeps a running
 //                  (score, index) per row and thread. At the end the 16 threads sharing a row reduce
 //                  with warp shuffles, lowest index first on ties, and write one partial per split.
-//  3. merge:       per row, the splits in index order (a later split must be strictly better).
+//  3. merge:       per row, the splits folded into the running best (nn::fold_row, the shared rule).
 // The N x M matrix never exists; the workspace is O(M + splits * N). Kernels launch on the caller's
 // stream and allocate nothing.
 #include <cuda_bf16.h>
@@ -17,17 +17,18 @@
 
 #include "common/cuda_check.h"
 #include "nn_argmin/nn_argmin.h"
+#include "nn_argmin/nn_argmin_math.h"
 
 namespace glann {
 namespace {
 
-constexpr int kBM = 128;  // query rows per block
-constexpr int kBN = 128;  // keys per tile
-constexpr int kBK = 16;   // d per shared-memory stage
-constexpr int kTM = 8;    // rows per thread
-constexpr int kTN = 8;    // keys per thread
+constexpr int kBM = 128;                             // query rows per block
+constexpr int kBN = 128;                             // keys per tile
+constexpr int kBK = 16;                              // d per shared-memory stage
+constexpr int kTM = 8;                               // rows per thread
+constexpr int kTN = 8;                               // keys per thread
 constexpr int kThreads = (kBM / kTM) * (kBN / kTN);  // 256
-constexpr int kPad = 4;   // keeps float4 alignment and spreads banks
+constexpr int kPad = 4;                              // keeps float4 alignment and spreads banks
 
 __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
@@ -47,16 +48,11 @@ __global__ void key_norms_kernel(const T* __restrict__ keys, int64_t m, int64_t 
   norms[j] = acc;
 }
 
-// (score, index) lexicographic minimum: the lower score, or on a tie the lower index.
-__device__ __forceinline__ bool better(float s, int64_t i, float bs, int64_t bi) {
-  return s < bs || (s == bs && i < bi);
-}
-
 template <typename T>
-__global__ void __launch_bounds__(kThreads) argmin_tile_kernel(
-    const T* __restrict__ q, int64_t n, int64_t d, int64_t qs0, int64_t qs1, const T* __restrict__ k, int64_t m,
-    int64_t ks0, int64_t ks1, const float* __restrict__ norms, int64_t keys_per_split,
-    float* __restrict__ part_score, int64_t* __restrict__ part_index) {
+__global__ void __launch_bounds__(kThreads)
+    argmin_tile_kernel(const T* __restrict__ q, int64_t n, int64_t d, int64_t qs0, int64_t qs1, const T* __restrict__ k,
+                       int64_t m, int64_t ks0, int64_t ks1, const float* __restrict__ norms, int64_t keys_per_split,
+                       float* __restrict__ part_score, int64_t* __restrict__ part_index) {
   __shared__ __align__(16) float qs[kBK][kBM + kPad];
   __shared__ __align__(16) float ks[kBK][kBN + kPad];
 
@@ -106,8 +102,10 @@ __global__ void __launch_bounds__(kThreads) argmin_tile_kernel(
         const float4 a1 = *reinterpret_cast<const float4*>(&qs[c][ty * kTM + 4]);
         const float4 b0 = *reinterpret_cast<const float4*>(&ks[c][tx * kTN]);
         const float4 b1 = *reinterpret_cast<const float4*>(&ks[c][tx * kTN + 4]);
+        // clang-format off
         a[0] = a0.x; a[1] = a0.y; a[2] = a0.z; a[3] = a0.w; a[4] = a1.x; a[5] = a1.y; a[6] = a1.z; a[7] = a1.w;
         b[0] = b0.x; b[1] = b0.y; b[2] = b0.z; b[3] = b0.w; b[4] = b1.x; b[5] = b1.y; b[6] = b1.z; b[7] = b1.w;
+        // clang-format on
 #pragma unroll
         for (int i = 0; i < kTM; ++i)
 #pragma unroll
@@ -141,7 +139,7 @@ __global__ void __launch_bounds__(kThreads) argmin_tile_kernel(
     for (int off = (kBN / kTN) / 2; off > 0; off /= 2) {
       const float os = __shfl_xor_sync(0xffffffffu, s, off);
       const int64_t oi = __shfl_xor_sync(0xffffffffu, idx, off);
-      if (better(os, oi, s, idx)) {
+      if (nn::better(os, oi, s, idx)) {
         s = os;
         idx = oi;
       }
@@ -154,21 +152,12 @@ __global__ void __launch_bounds__(kThreads) argmin_tile_kernel(
   }
 }
 
-__global__ void merge_kernel(const float* __restrict__ part_score, const int64_t* __restrict__ part_index,
-                             int64_t n, int64_t splits, float* __restrict__ score, int64_t* __restrict__ index) {
+__global__ void merge_kernel(const float* __restrict__ part_score, const int64_t* __restrict__ part_index, int64_t n,
+                             int64_t splits, int64_t offset, float* __restrict__ best_score,
+                             int64_t* __restrict__ best_index) {
   const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (r >= n) return;
-  float s = part_score[r];
-  int64_t i = part_index[r];
-  for (int64_t p = 1; p < splits; ++p) {
-    const float t = part_score[p * n + r];
-    if (t < s) {
-      s = t;
-      i = part_index[p * n + r];
-    }
-  }
-  score[r] = s;
-  index[r] = i;
+  nn::fold_row(r, n, splits, part_score, part_index, offset, best_score, best_index);
 }
 
 struct CudaPlan {
@@ -207,42 +196,56 @@ Status launch(const NnArgminParams& p, const CudaPlan& plan, cudaStream_t stream
   int64_t* part_index = reinterpret_cast<int64_t*>(base + plan.norms_bytes + plan.part_bytes);
   const T* q = static_cast<const T*>(p.queries);
   const T* k = static_cast<const T*>(p.keys);
+  const int64_t* qs = p.queries_strides;
+  const int64_t* ks = p.keys_strides;
 
-  key_norms_kernel<T><<<ceil_div_int(p.m, 256), 256, 0, stream>>>(k, p.m, p.d, p.k_stride_row, p.k_stride_col,
-                                                                   norms);
-  dim3 grid(ceil_div_int(p.n, kBM), static_cast<unsigned>(plan.splits));
-  argmin_tile_kernel<T><<<grid, kThreads, 0, stream>>>(q, p.n, p.d, p.q_stride_row, p.q_stride_col, k, p.m,
-                                                       p.k_stride_row, p.k_stride_col, norms, plan.keys_per_split,
-                                                       part_score, part_index);
-  merge_kernel<<<ceil_div_int(p.n, 256), 256, 0, stream>>>(part_score, part_index, p.n, plan.splits, p.best_score,
-                                                           p.best_index);
+  key_norms_kernel<T><<<ceil_div_int(p.n_keys, 256), 256, 0, stream>>>(k, p.n_keys, p.dim, ks[0], ks[1], norms);
+  dim3 grid(ceil_div_int(p.n_queries, kBM), static_cast<unsigned>(plan.splits));
+  argmin_tile_kernel<T><<<grid, kThreads, 0, stream>>>(q, p.n_queries, p.dim, qs[0], qs[1], k, p.n_keys, ks[0], ks[1],
+                                                       norms, plan.keys_per_split, part_score, part_index);
+  merge_kernel<<<ceil_div_int(p.n_queries, 256), 256, 0, stream>>>(part_score, part_index, p.n_queries, plan.splits,
+                                                                   p.key_offset, p.best_score, p.best_index);
   return cuda_last_status("nn_argmin (CUDA)");
 }
 
 }  // namespace
 
-int64_t nn_argmin_cuda_workspace_bytes(int64_t n, int64_t m, int64_t d, int device) {
-  if (n <= 0 || m <= 0 || d <= 0) return 0;
-  return make_plan(n, m, device).total();
+int64_t nn_argmin_cuda_workspace_bytes(int64_t n_queries, int64_t n_keys, int64_t dim, int device) {
+  if (n_queries <= 0 || n_keys <= 0 || dim <= 0) return 0;
+  return make_plan(n_queries, n_keys, device).total();
 }
 
 Status nn_argmin_cuda(const NnArgminParams& p) {
-  if (p.n == 0) return Status::Ok();
-  if (p.m <= 0 || p.d <= 0) return Status::Error(StatusCode::kInvalidArgument, "nn_argmin: keys must be non-empty");
-  if ((p.n + kBM - 1) / kBM > 2147483647LL)
+  if (p.n_queries == 0) return Status::Ok();
+  if (p.n_keys <= 0 || p.dim <= 0)
+    return Status::Error(StatusCode::kInvalidArgument, "nn_argmin: keys must be non-empty");
+  if ((p.n_queries + kBM - 1) / kBM > int64_t{2147483647})
     return Status::Error(StatusCode::kInvalidArgument, "nn_argmin (CUDA): too many queries for one call");
-  // The module has its own (static) CUDA runtime: make the tensors' device current for it explicitly.
-  if (cudaSetDevice(p.cuda_device) != cudaSuccess) return cuda_last_status("nn_argmin (CUDA): cudaSetDevice");
-  const CudaPlan plan = make_plan(p.n, p.m, p.cuda_device);
+  const CudaDeviceGuard guard(p.exec.device);
+  if (!guard.status().ok()) return guard.status();
+  const CudaPlan plan = make_plan(p.n_queries, p.n_keys, p.exec.device);
   if (p.workspace_bytes < plan.total())
     return Status::Error(StatusCode::kInvalidArgument, "nn_argmin (CUDA): workspace too small");
-  cudaStream_t stream = static_cast<cudaStream_t>(p.cuda_stream);
+  cudaStream_t stream = static_cast<cudaStream_t>(p.exec.stream);
   switch (p.dtype) {
-    case DType::kFloat32: return launch<float>(p, plan, stream);
-    case DType::kFloat16: return launch<__half>(p, plan, stream);
-    case DType::kBFloat16: return launch<__nv_bfloat16>(p, plan, stream);
-    default: return Status::Error(StatusCode::kInvalidArgument, "nn_argmin (CUDA): float32, float16 or bfloat16 only");
+    case DType::kFloat32:
+      return launch<float>(p, plan, stream);
+    case DType::kFloat16:
+      return launch<__half>(p, plan, stream);
+    case DType::kBFloat16:
+      return launch<__nv_bfloat16>(p, plan, stream);
+    default:
+      return Status::Error(StatusCode::kInvalidArgument, "nn_argmin (CUDA): float32, float16 or bfloat16 only");
   }
+}
+
+Status nn_argmin_merge_cuda(const NnArgminMergeParams& p) {
+  if (p.n_queries == 0) return Status::Ok();
+  const CudaDeviceGuard guard(p.exec.device);
+  if (!guard.status().ok()) return guard.status();
+  merge_kernel<<<ceil_div_int(p.n_queries, 256), 256, 0, static_cast<cudaStream_t>(p.exec.stream)>>>(
+      p.score, p.index, p.n_queries, 1, p.key_offset, p.best_score, p.best_index);
+  return cuda_last_status("nn_argmin merge (CUDA)");
 }
 
 }  // namespace glann

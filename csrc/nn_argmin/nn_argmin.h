@@ -1,50 +1,67 @@
 // Exact nearest-neighbour argmin in squared L2, tiled and fused: for every query row the index of the
-// nearest key row, without ever materialising the N x M distance matrix.
+// nearest key row, without ever materialising the n_queries x n_keys distance matrix.
 //
 // Candidates are ranked by the score s(q, k) = ||k||^2 - 2 q.k (||q||^2 is the same for every key of a
 // row, so it is left out); the Python layer recomputes the winner's distance exactly as sum((q-k)^2).
 // Ties (equal scores) go to the lowest key index, on every path and for every thread count: the score
-// of a (q, k) pair is computed by the same instruction sequence wherever the pair falls in the tiling.
+// of a (q, k) pair is computed by the same instruction sequence wherever the pair falls in the tiling,
+// and every merge of partial results uses one rule (nn_argmin_math.h).
+//
+// The launchers fold keys into a running best: keys may come in chunks, in any order, each with the
+// global index of its first row (key_offset); the result equals one search over all keys in index order.
 #pragma once
 #include <cstdint>
 
 #include "common/dtype.h"
+#include "common/exec.h"
 #include "common/status.h"
 
 namespace glann {
 
 struct NnArgminParams {
-  // queries (n, d) and keys (m, d), element strides (any layout; no copies are made).
-  const void* queries = nullptr;
-  int64_t n = 0, d = 0;
-  int64_t q_stride_row = 0, q_stride_col = 1;
-  const void* keys = nullptr;
-  int64_t m = 0;
-  int64_t k_stride_row = 0, k_stride_col = 1;
+  ExecContext exec;
   DType dtype = DType::kFloat32;  // of queries and keys; CPU: float32; CUDA: float32/float16/bfloat16
+  // queries (n_queries, dim) and keys (n_keys, dim), element strides (any layout; no copies are made).
+  const void* queries = nullptr;
+  int64_t n_queries = 0, dim = 0;
+  int64_t queries_strides[2] = {0, 1};
+  const void* keys = nullptr;
+  int64_t n_keys = 0;
+  int64_t keys_strides[2] = {0, 1};
+  int64_t key_offset = 0;  // global index of keys row 0
 
-  // Outputs (n): best score and its key index (0-based within this call's keys).
+  // In/out (n_queries, contiguous): the running best score and its global key index, lowered in place
+  // by the (score, index) rule. Start from (+inf, INT64_MAX), the rule's identity.
   float* best_score = nullptr;
   int64_t* best_index = nullptr;
 
   // Caller-allocated scratch (see nn_argmin_*_workspace_bytes), 64-byte aligned.
   void* workspace = nullptr;
   int64_t workspace_bytes = 0;
+};
 
-  int num_threads = 1;       // CPU: threads to use (torch.get_num_threads())
-  void* cuda_stream = nullptr;  // CUDA: the cudaStream_t to launch on
-  int cuda_device = 0;          // CUDA: the device of the tensors (made current for the launch)
+// Folds precomputed candidates (one per query row: score and an index local to its chunk of keys) into
+// the running best with the same rule: for a scorer other than the fused kernels.
+struct NnArgminMergeParams {
+  ExecContext exec;
+  int64_t n_queries = 0;
+  const float* score = nullptr;    // (n_queries,) contiguous
+  const int64_t* index = nullptr;  // (n_queries,) contiguous, local to the chunk
+  int64_t key_offset = 0;          // global index of the chunk's row 0
+  float* best_score = nullptr;     // in/out, as in NnArgminParams
+  int64_t* best_index = nullptr;
 };
 
 // CPU path (float32). Workspace size depends on the shapes and the thread count.
-int64_t nn_argmin_cpu_workspace_bytes(int64_t n, int64_t m, int64_t d, int num_threads);
+int64_t nn_argmin_cpu_workspace_bytes(int64_t n_queries, int64_t n_keys, int64_t dim, int num_threads);
 Status nn_argmin_cpu(const NnArgminParams& p);
+Status nn_argmin_merge_cpu(const NnArgminMergeParams& p);
 // Name of the SIMD code path the CPU kernel uses on this machine.
 const char* nn_argmin_cpu_path();
 
-#ifdef GLANN_WITH_CUDA
-int64_t nn_argmin_cuda_workspace_bytes(int64_t n, int64_t m, int64_t d, int device);
+// Defined in nn_argmin.cu, built only with GLANN_WITH_CUDA (the bindings guard every call).
+int64_t nn_argmin_cuda_workspace_bytes(int64_t n_queries, int64_t n_keys, int64_t dim, int device);
 Status nn_argmin_cuda(const NnArgminParams& p);
-#endif
+Status nn_argmin_merge_cuda(const NnArgminMergeParams& p);
 
 }  // namespace glann

@@ -1,7 +1,3 @@
-// nn_argmin CPU micro-kernel, baseline build (see nn_argmin_cpu_isa.h).
-#define GLANN_NN_ISA baseline
-#define GLANN_NN_VEC_BYTES 16
-#define GLANN_NN_MR 6
-#include <utility>  // std::index_sequence (types only, no code)
-
+// nn_argmin CPU micro-kernel, baseline copy (see common/cpu_dispatch.h).
+#define GLANN_ISA baseline
 #include "nn_argmin/nn_argmin_cpu_isa.h"

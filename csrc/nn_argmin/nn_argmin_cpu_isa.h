@@ -1,13 +1,7 @@
 // The CPU micro-kernel of nn_argmin, written once with GCC/Clang vector extensions and compiled once
-// per SIMD level: each nn_argmin_cpu_<isa>.cpp defines
-//   GLANN_NN_ISA        the namespace of that copy (baseline, avx2, avx512)
-//   GLANN_NN_VEC_BYTES  vector width in bytes (16, 32, 64)
-//   GLANN_NN_MR         query rows per micro-tile
-// and includes this file. The copies are picked at run time by nn_argmin_cpu.cpp.
-//
-// Everything here lives in an anonymous namespace or the per-ISA namespace and calls no shared inline
-// or template code, so no function compiled with AVX flags can be merged (ODR/COMDAT) into code that
-// runs on a CPU without them.
+// per SIMD level: each nn_argmin_cpu_<isa>.cpp defines GLANN_ISA (baseline, avx2, avx512) and includes
+// this file (the scheme and its no-shared-code rule: common/cpu_dispatch.h). The vector width and the
+// micro-tile follow the flags the copy is compiled with; nn_argmin_cpu.cpp picks a copy at run time.
 //
 // Layout of one packed key block (caller's workspace, 64-byte aligned):
 //   panels[p][d][NR]  the keys of panel p transposed, NR = 2 vectors of keys per panel
@@ -17,16 +11,31 @@
 // matrix never exists; a lane keeps the first minimum it sees, and lanes are reduced lowest-index-first.
 #include <cstddef>
 #include <cstdint>
+#include <utility>  // std::index_sequence (types only, no code)
 
 #include "nn_argmin/nn_argmin.h"
+#include "nn_argmin/nn_argmin_cpu.h"
+#include "nn_argmin/nn_argmin_math.h"
 
-#ifndef GLANN_NN_ISA
-#error "define GLANN_NN_ISA, GLANN_NN_VEC_BYTES and GLANN_NN_MR before including nn_argmin_cpu_isa.h"
+#ifndef GLANN_ISA
+#error "define GLANN_ISA (the copy's namespace) before including nn_argmin_cpu_isa.h"
+#endif
+
+// Vector bytes and query rows per micro-tile of this copy.
+#if defined(__AVX512F__)
+#define GLANN_NN_VEC_BYTES 64
+#define GLANN_NN_MR 12
+#elif defined(__AVX2__)
+#define GLANN_NN_VEC_BYTES 32
+#define GLANN_NN_MR 6
+#else
+#define GLANN_NN_VEC_BYTES 16
+#define GLANN_NN_MR 6
 #endif
 
 namespace glann {
 namespace nn_cpu {
-namespace GLANN_NN_ISA {
+namespace GLANN_ISA {
 
 namespace {
 
@@ -56,7 +65,7 @@ inline void store(float* p, vf v) { *reinterpret_cast<vf*>(p) = v; }
 inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 
 inline const float* key_row(const NnArgminParams& p, int64_t k) {
-  return static_cast<const float*>(p.keys) + k * p.k_stride_row;
+  return static_cast<const float*>(p.keys) + k * p.keys_strides[0];
 }
 
 // acc[i][v] += q[i][k] * keys[k][v*W .. v*W+W) for k in [0, d). q is packed [d][MR].
@@ -81,12 +90,9 @@ inline void micro_tile(const float* __restrict qp, const float* __restrict kp, i
 
 }  // namespace
 
-int panel_keys() { return kNR; }
-int micro_rows() { return kMR; }
-
 // Packs keys [k0, k0 + nk) into panels and computes their squared norms.
 void pack_block(const NnArgminParams& p, int64_t k0, int64_t nk, float* buf) {
-  const int64_t d = p.d, n_panels = (nk + kNR - 1) / kNR;
+  const int64_t d = p.dim, n_panels = (nk + kNR - 1) / kNR;
   float* norms = buf + n_panels * d * kNR;
   for (int64_t pi = 0; pi < n_panels; ++pi) {
     float* panel = buf + pi * d * kNR;
@@ -94,10 +100,10 @@ void pack_block(const NnArgminParams& p, int64_t k0, int64_t nk, float* buf) {
       const int64_t key = pi * kNR + j;
       if (key < nk) {
         const float* src = key_row(p, k0 + key);
-        if (p.k_stride_col == 1) {
+        if (p.keys_strides[1] == 1) {
           for (int64_t c = 0; c < d; ++c) panel[c * kNR + j] = src[c];
         } else {
-          for (int64_t c = 0; c < d; ++c) panel[c * kNR + j] = src[c * p.k_stride_col];
+          for (int64_t c = 0; c < d; ++c) panel[c * kNR + j] = src[c * p.keys_strides[1]];
         }
       } else {
         for (int64_t c = 0; c < d; ++c) panel[c * kNR + j] = 0.0f;
@@ -120,17 +126,17 @@ void pack_block(const NnArgminParams& p, int64_t k0, int64_t nk, float* buf) {
 // Packs query rows [r0, r1) as micro-tiles [tile][d][MR]; the last tile repeats its last row
 // (those results are discarded). Done once per task, so a tile is not re-packed for every key block.
 void pack_queries(const NnArgminParams& p, int64_t r0, int64_t r1, float* qbuf) {
-  const int64_t d = p.d;
+  const int64_t d = p.dim;
   const float* q = static_cast<const float*>(p.queries);
   for (int64_t r = r0; r < r1; r += kMR) {
     const int64_t rows = imin(kMR, r1 - r);
     float* tile = qbuf + ((r - r0) / kMR) * d * kMR;
     for (int i = 0; i < kMR; ++i) {
-      const float* src = q + (r + (i < rows ? i : rows - 1)) * p.q_stride_row;
-      if (p.q_stride_col == 1) {
+      const float* src = q + (r + (i < rows ? i : rows - 1)) * p.queries_strides[0];
+      if (p.queries_strides[1] == 1) {
         for (int64_t c = 0; c < d; ++c) tile[c * kMR + i] = src[c];
       } else {
-        for (int64_t c = 0; c < d; ++c) tile[c * kMR + i] = src[c * p.q_stride_col];
+        for (int64_t c = 0; c < d; ++c) tile[c * kMR + i] = src[c * p.queries_strides[1]];
       }
     }
   }
@@ -140,7 +146,7 @@ void pack_queries(const NnArgminParams& p, int64_t r0, int64_t r1, float* qbuf) 
 // starting at key k0 and lowers (best_score, best_index) where a key scores strictly better.
 void scan_block(const NnArgminParams& p, const float* buf, int64_t k0, int64_t nk, int64_t r0, int64_t r1,
                 const float* qbuf, float* best_score, int64_t* best_index) {
-  const int64_t d = p.d, n_panels = (nk + kNR - 1) / kNR;
+  const int64_t d = p.dim, n_panels = (nk + kNR - 1) / kNR;
   const float* norms = buf + n_panels * d * kNR;
   const vf minus_two = splat(-2.0f);
 
@@ -176,11 +182,13 @@ void scan_block(const NnArgminParams& p, const float* buf, int64_t k0, int64_t n
     for (int i = 0; i < rows; ++i) {
       float bv = __builtin_inff();
       int32_t bi = 0;
+#pragma GCC unroll 32  // the lanes live in registers
       for (int v = 0; v < kNV; ++v)
+#pragma GCC unroll 32
         for (int l = 0; l < kW; ++l) {
           const float s = lane_best[i][v][l];
           const int32_t idx = lane_index[i][v][l];
-          if (s < bv || (s == bv && idx < bi)) {
+          if (nn::better(s, idx, bv, bi)) {
             bv = s;
             bi = idx;
           }
@@ -194,6 +202,8 @@ void scan_block(const NnArgminParams& p, const float* buf, int64_t k0, int64_t n
   }
 }
 
-}  // namespace GLANN_NN_ISA
+const Kernels kKernels = {GLANN_ISA_NAME, kNR, kMR, pack_block, pack_queries, scan_block};
+
+}  // namespace GLANN_ISA
 }  // namespace nn_cpu
 }  // namespace glann

@@ -1,12 +1,13 @@
 // Unit-sphere projection of rows and the fused sparse optimizer step of a GLO latent table.
 //
-// Framework-free: plain pointers, element strides and a stream handle. The Python layer
+// Framework-free: plain pointers, element strides and an ExecContext. The Python layer
 // (glann_ext/ops/sphere.py) validates every argument before calling these launchers; they return a
 // glann::Status and never throw.
 #pragma once
 #include <cstdint>
 
 #include "common/dtype.h"
+#include "common/exec.h"
 #include "common/status.h"
 
 namespace glann {
@@ -22,18 +23,17 @@ namespace glann {
 //   row: on CPU as Status kNonFinite with detail = row; on CUDA through *first_bad_row (see below).
 // * in == out (in place) is allowed when both use the same strides.
 struct ProjectParams {
+  ExecContext exec;
   DType dtype = DType::kFloat32;
   const void* in = nullptr;
   void* out = nullptr;
   int64_t rows = 0;
   int64_t dim = 0;
-  int64_t in_row_stride = 0, in_col_stride = 1;  // in elements
-  int64_t out_row_stride = 0, out_col_stride = 1;
-  int num_threads = 1;  // CPU: threads of glann::parallel_for
+  int64_t in_strides[2] = {0, 1};  // element strides
+  int64_t out_strides[2] = {0, 1};
   // CUDA only: a device int64 the caller initialised to `rows`; the kernel atomically lowers it to the
   // first non-finite row. The caller reads it back after the launch (the kernel cannot report it).
   int64_t* first_bad_row = nullptr;
-  void* stream = nullptr;  // CUDA only: cudaStream_t of the caller's current stream
 };
 
 Status project_to_sphere_cpu(const ProjectParams& p);
@@ -60,25 +60,24 @@ enum class LatentOptimizer : int { kAdam = 0, kSgd = 1 };
 //   = grad row, nothing modified). CUDA: the caller checks grad before the launch.
 // * NaN/Inf already in the touched rows of table/exp_avg/exp_avg_sq are not checked: they propagate.
 struct LatentStepParams {
+  ExecContext exec;
   DType dtype = DType::kFloat32;  // of table, exp_avg, exp_avg_sq and grad: float32 or float64
   LatentOptimizer optimizer = LatentOptimizer::kAdam;
-  void* table = nullptr;       // (table_rows, dim), rows table_row_stride apart, unit column stride
+  void* table = nullptr;       // (table_rows, dim)
   void* exp_avg = nullptr;     // Adam only: same layout as table
   void* exp_avg_sq = nullptr;  // Adam only: same layout as table
   int64_t table_rows = 0;
   int64_t dim = 0;
-  int64_t table_row_stride = 0;
-  const int64_t* indices = nullptr;  // (batch,), unique, in [0, table_rows)
-  int64_t index_stride = 1;
+  int64_t table_strides[2] = {0, 1};  // of table, exp_avg and exp_avg_sq; the column stride must be 1
+  const int64_t* indices = nullptr;   // (batch,), unique, in [0, table_rows)
+  int64_t indices_strides[1] = {1};
   const void* grad = nullptr;  // (batch, dim)
-  int64_t grad_row_stride = 0, grad_col_stride = 1;
+  int64_t grad_strides[2] = {0, 1};
   int64_t batch = 0;
   // Adam scalars (double here; rounded to dtype by the kernels, as torch rounds Python scalars).
   double one_minus_beta1 = 0.1, one_minus_beta2 = 0.001, eps = 1e-8, neg_step_size = 0.0;
   double neg_lr = 0.0;  // SGD
   bool project = true;
-  int num_threads = 1;
-  void* stream = nullptr;
 };
 
 Status latent_step_cpu(const LatentStepParams& p);

@@ -2,24 +2,12 @@
 //
 // The optimizer steps must reproduce torch.optim to the bit, so every operation is rounded on its own:
 // on the device through the _rn intrinsics (nvcc would otherwise fuse a*b+c into an FMA); on the host
-// contraction is switched off (below for clang, in the CPU sources for GCC).
+// CMakeLists.txt compiles the sphere CPU sources with -ffp-contract=off.
 #pragma once
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define GLANN_HD __host__ __device__ __forceinline__
-#elif defined(__GNUC__)
-#define GLANN_HD inline __attribute__((always_inline))  // the per-element helpers must inline to vectorise
-#else
-#define GLANN_HD inline
-#endif
-
-// Host: clang honours this pragma here; GCC needs `#pragma GCC optimize("fp-contract=off")` at the very
-// top of each CPU source (see sphere_cpu.cpp), because GCC will not inline across differing options.
-#if !defined(__CUDACC__) && defined(__clang__)
-#pragma clang fp contract(off)
-#endif
+#include "common/host_device.h"
 
 namespace glann {
 namespace sphere {
@@ -135,13 +123,62 @@ GLANN_HD T sgd_element(T p, T g, T neg_lr) {
 #endif
 }
 
-// Finite test that survives any compiler flag: NaN fails every comparison, Inf exceeds the bound.
-GLANN_HD bool finite_sum(double s) { return s <= 1.7976931348623157e308; }
+// ---- projection of one row onto the unit sphere -------------------------------------------------
+//
+// Accumulation type A: double for float32/float64 rows, float for float16/bfloat16 rows (CUDA only).
+// A row's sum of squares is safe to use as it is within [kLow, kHigh]: below it the subnormal range
+// loses bits, above it the sum may have overflowed. kMax is A's largest finite value.
+template <typename A>
+struct ProjectLimits;
+template <>
+struct ProjectLimits<double> {
+  static constexpr double kLow = 0x1p-900, kHigh = 0x1p+900, kMax = 1.7976931348623157e308;
+};
+template <>
+struct ProjectLimits<float> {
+  static constexpr float kLow = 0x1p-100f, kHigh = 0x1p+100f, kMax = 3.4028234663852886e38f;
+};
 
-// Sums of squares of float64 rows are rescaled when they leave [kSafeLow, kSafeHigh]: below it the
-// subnormal range loses bits, above it the sum may have overflowed.
-constexpr double kSafeLow = 0x1p-900;
-constexpr double kSafeHigh = 0x1p+900;
+template <typename A>
+GLANN_HD bool sum_is_safe(A s) {
+  return s >= ProjectLimits<A>::kLow && s <= ProjectLimits<A>::kHigh;
+}
+
+// The rare path of the projection: a row that is zero, holds NaN/Inf, or whose sum of squares is not
+// safe. Scaling by 2^-e, e the exponent of max |x| (frexp/ldexp: exact, the direction is kept), brings
+// the sum into range. Zero rows become (1, ..., 1) / sqrt(n). Returns false, writing nothing, for a row
+// with NaN or Inf.
+//
+// Written once for a CPU thread that walks the whole row (first 0, step 1, nothing to reduce) and a CUDA
+// warp whose lane l takes the elements l, l + 32, ... : `lanes` gives first, step and the reductions
+// across lanes (any, max, sum); `row` gives n, load(j) (element j in A) and store(j, value in A).
+template <typename A, typename Row, typename Lanes>
+GLANN_HD bool project_row_rescaled(const Row& row, const Lanes& lanes) {
+  A amax = 0;
+  bool bad = false;
+  for (int64_t j = lanes.first; j < row.n; j += lanes.step) {
+    const A a = fabs(row.load(j));
+    bad |= !(a <= ProjectLimits<A>::kMax);  // NaN fails every comparison, Inf exceeds the bound
+    amax = amax < a ? a : amax;
+  }
+  if (lanes.any(bad)) return false;
+  amax = lanes.max(amax);
+  if (amax == A(0)) {
+    const A fill = static_cast<A>(1.0 / sqrt(static_cast<double>(row.n)));
+    for (int64_t j = lanes.first; j < row.n; j += lanes.step) row.store(j, fill);
+    return true;
+  }
+  int e = 0;
+  frexp(amax, &e);
+  A s = 0;
+  for (int64_t j = lanes.first; j < row.n; j += lanes.step) {
+    const A v = ldexp(row.load(j), -e);
+    s += v * v;
+  }
+  const A inv = A(1) / sqrt(lanes.sum(s));
+  for (int64_t j = lanes.first; j < row.n; j += lanes.step) row.store(j, ldexp(row.load(j), -e) * inv);
+  return true;
+}
 
 }  // namespace sphere
 }  // namespace glann

@@ -7,6 +7,8 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
+from ..errors import NonFiniteError
+
 
 def _dtype_names(dtypes: Iterable[torch.dtype]) -> str:
     return ", ".join(str(d).replace("torch.", "") for d in dtypes)
@@ -67,6 +69,23 @@ def check_no_internal_overlap(name: str, t: torch.Tensor) -> None:
         )
 
 
+def first_nonfinite_row(t: torch.Tensor) -> int | None:
+    """The lowest index along dimension 0 of a row holding NaN or Inf, or None (one pass over ``t``)."""
+    if t.numel() == 0:
+        return None
+    rows = (~torch.isfinite(t)).reshape(t.shape[0], -1).any(1).nonzero()
+    return int(rows[0]) if rows.numel() else None
+
+
+def non_finite_error(argument: str, row: int | None, *, op: str = "", note: str = "") -> NonFiniteError:
+    """The package's NaN/Inf error (see glann_ext.ops): names the argument and its lowest offending row."""
+    where = argument if row is None else f"{argument} row {row}"
+    prefix = f"{op}: " if op else ""
+    return NonFiniteError(f"{prefix}{where} contains NaN or Inf{note}", argument=argument, row=row)
+
+
 def check_finite(name: str, t: torch.Tensor) -> None:
+    """``NonFiniteError`` naming ``name`` and its lowest offending row if ``t`` holds NaN/Inf (one pass;
+    on CUDA one synchronisation)."""
     if t.numel() and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains NaN or Inf values")
+        raise non_finite_error(name, first_nonfinite_row(t))

@@ -24,9 +24,13 @@ dtypes: float32/float64 on CPU; float32/float64/float16/bfloat16 on CUDA, where 
 computed in float32 and the loss is float32 (the gradient has the input's dtype). Any strides are
 accepted (the kernels read through them: slices, channels-last, expanded ``y``).
 
-NaN/Inf: on CPU a non-finite loss (NaN/Inf in x or y, or overflow) raises
-``ValueError("x or y contains NaN or Inf")`` after the kernel; on CUDA NaN propagates into the loss,
-as in torch's losses, to avoid a device synchronisation (its sign, and so its gradient, is 0).
+NaN/Inf (the policy of :mod:`glann_ext.ops`): NaN or Inf in ``x`` or ``y`` raises
+:class:`~glann_ext.errors.NonFiniteError` naming the argument (``x`` is looked at first) and its lowest
+offending sample. The kernels make the per-sample sums anyway; the check reads those B values (free on
+CPU, one device synchronisation on CUDA, skipped inside CUDA-graph capture) and only when one is not
+finite looks for the offending input. Finite inputs whose loss overflows return the infinite loss.
+``check_finite_values=False`` skips the check: NaN then propagates into the loss (its sign, and so its
+gradient, is 0).
 
 Determinism: CPU planes are reduced in a fixed order (independent of the thread count); the CUDA
 kernels use per-block partial sums and a fixed-order final reduction (no atomics).
@@ -37,7 +41,7 @@ from __future__ import annotations
 import torch
 
 from . import _native
-from ._checks import check_same_device, check_same_dtype, check_tensor
+from ._checks import check_same_device, check_same_dtype, check_tensor, first_nonfinite_row, non_finite_error
 from .reference import default_levels
 
 __all__ = ["laplacian_pyramid_loss"]
@@ -46,10 +50,6 @@ MAX_LEVELS = 16
 REDUCTIONS = ("mean", "sum", "none")
 _CPU_DTYPES = (torch.float32, torch.float64)
 _CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
-# Tests set this to run the CPU "pixel path": the per-pixel functions the CUDA kernels use. Its sign
-# buffer layout differs from the row kernels', so it must not change between a forward and its backward.
-_PIXEL_PATH = False
 
 
 def _plane_elems(height, width, levels: int):
@@ -66,45 +66,49 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 @torch.library.custom_op("glann_ext::laplacian_fwd", mutates_args=())
-def _laplacian_fwd(x: torch.Tensor, y: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(per_sample (B,) sum_j 4^j sum|L^j|, signs (B*C, P) int8) of the pyramid of x - y."""
+def _laplacian_fwd(
+    x: torch.Tensor, y: torch.Tensor, levels: int, pixel_path: bool, check_finite: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per_sample (B,) sum_j 4^j sum|L^j|, signs (B*C, P) int8) of the pyramid of x - y.
+
+    ``pixel_path``: on CPU run the per-pixel functions the CUDA kernels use instead of the row kernels
+    (tests); its signs have another layout, so the backward takes the same value (saved in the context).
+    """
     b, c, h, w = x.shape
-    cuda = x.device.type == "cuda"
     per_sample = torch.empty(b, dtype=_compute_dtype(x.dtype), device=x.device)
     signs = torch.empty(b * c, _plane_elems(h, w, levels), dtype=torch.int8, device=x.device)
-    threads = _native.num_threads()
+    exec_ctx = _native.exec_context(x)
     code = _native.dtype_code(x)
-    nbytes = _native._C.laplacian_workspace_bytes(b, c, h, w, levels, code, cuda, False, threads)
+    nbytes = _native._C.laplacian_workspace_bytes(
+        b, c, h, w, levels, code, exec_ctx.cuda, False, exec_ctx.num_threads
+    )
     workspace = torch.empty(nbytes, dtype=torch.uint8, device=x.device)
-    with _native.device_guard(x):
+    with _native.native_call("laplacian_pyramid_loss", x):
         _native._C.laplacian_forward(
-            _native.ptr(x),
-            list(x.stride()),
-            _native.ptr(y),
-            list(y.stride()),
-            b,
-            c,
-            h,
-            w,
-            levels,
-            code,
-            _native.ptr(per_sample),
-            _native.ptr(signs),
-            _native.ptr(workspace),
-            nbytes,
-            threads,
-            cuda,
-            _native.stream_of(x),
-            _PIXEL_PATH,
-        )
-    # CPU only: checking costs nothing there, while on CUDA it would synchronise the device.
-    if not cuda and not bool(torch.isfinite(per_sample).all()):
-        raise ValueError("x or y contains NaN or Inf")
+            code, x.data_ptr(), x.stride(), y.data_ptr(), y.stride(), b, c, h, w, levels,
+            per_sample.data_ptr(), signs.data_ptr(), workspace.data_ptr(), nbytes, pixel_path, exec_ctx,
+        )  # fmt: skip
+    if check_finite:
+        _check_finite_loss(x, y, per_sample)
     return per_sample, signs
 
 
+def _check_finite_loss(x: torch.Tensor, y: torch.Tensor, per_sample: torch.Tensor) -> None:
+    """The NaN policy (module docstring), from the per-sample sums the kernels made anyway."""
+    if x.device.type == "cuda" and not _native.can_read_device_flag():
+        return
+    if bool(torch.isfinite(per_sample).all()):
+        return
+    for name, t in (("x", x), ("y", y)):
+        row = first_nonfinite_row(t)
+        if row is not None:
+            raise non_finite_error(name, row, op="laplacian_pyramid_loss")
+
+
 @_laplacian_fwd.register_fake
-def _(x: torch.Tensor, y: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _(
+    x: torch.Tensor, y: torch.Tensor, levels: int, pixel_path: bool, check_finite: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     b, c, h, w = x.shape
     per_sample = x.new_empty((b,), dtype=_compute_dtype(x.dtype))
     signs = x.new_empty((b * c, _plane_elems(h, w, levels)), dtype=torch.int8)
@@ -120,36 +124,23 @@ def _laplacian_bwd(
     width: int,
     levels: int,
     dtype: torch.dtype,
+    pixel_path: bool,
 ) -> torch.Tensor:
     """d loss / d x (B, C, H, W) contiguous, given d loss / d per_sample (grad_scale, (B,))."""
     b = grad_scale.shape[0]
-    cuda = signs.device.type == "cuda"
     grad_scale = grad_scale.to(_compute_dtype(dtype)).contiguous()
     grad = torch.empty(b, channels, height, width, dtype=dtype, device=signs.device)
-    threads = _native.num_threads()
+    exec_ctx = _native.exec_context(signs)
     code = _native.DTYPE_CODES[dtype]
     nbytes = _native._C.laplacian_workspace_bytes(
-        b, channels, height, width, levels, code, cuda, True, threads
+        b, channels, height, width, levels, code, exec_ctx.cuda, True, exec_ctx.num_threads
     )
     workspace = torch.empty(nbytes, dtype=torch.uint8, device=signs.device)
-    with _native.device_guard(signs):
+    with _native.native_call("laplacian_pyramid_loss (backward)", signs):
         _native._C.laplacian_backward(
-            _native.ptr(signs),
-            _native.ptr(grad_scale),
-            _native.ptr(grad),
-            b,
-            channels,
-            height,
-            width,
-            levels,
-            code,
-            _native.ptr(workspace),
-            nbytes,
-            threads,
-            cuda,
-            _native.stream_of(signs),
-            _PIXEL_PATH,
-        )
+            code, signs.data_ptr(), grad_scale.data_ptr(), grad.data_ptr(), b, channels, height, width, levels,
+            workspace.data_ptr(), nbytes, pixel_path, exec_ctx,
+        )  # fmt: skip
     return grad
 
 
@@ -162,12 +153,13 @@ def _(
     width: int,
     levels: int,
     dtype: torch.dtype,
+    pixel_path: bool,
 ) -> torch.Tensor:
     return signs.new_empty((grad_scale.shape[0], channels, height, width), dtype=dtype)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, _, levels = inputs
+    x, _, levels, pixel_path, _ = inputs
     _, signs = output
     ctx.save_for_backward(signs)
     # The int8 signs output never has a gradient: do not let autograd fill a zero tensor for it.
@@ -175,17 +167,18 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.shape = tuple(x.shape)
     ctx.levels = levels
     ctx.dtype = x.dtype
+    ctx.pixel_path = pixel_path  # the signs' layout: the backward must use the forward's path
 
 
 def _backward(ctx, grad_per_sample: torch.Tensor | None, _grad_signs):
     if grad_per_sample is None:
-        return None, None, None
+        return None, None, None, None, None
     (signs,) = ctx.saved_tensors
     _, c, h, w = ctx.shape
-    grad = _laplacian_bwd(signs, grad_per_sample, c, h, w, ctx.levels, ctx.dtype)
+    grad = _laplacian_bwd(signs, grad_per_sample, c, h, w, ctx.levels, ctx.dtype, ctx.pixel_path)
     gx = grad if ctx.needs_input_grad[0] else None
     gy = -grad if ctx.needs_input_grad[1] else None
-    return gx, gy, None
+    return gx, gy, None, None, None
 
 
 _laplacian_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -215,7 +208,12 @@ def _check_args(x: object, y: object, levels: object, reduction: object) -> int:
 
 
 def laplacian_pyramid_loss(
-    x: torch.Tensor, y: torch.Tensor, *, levels: int | None = None, reduction: str = "mean"
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    levels: int | None = None,
+    reduction: str = "mean",
+    check_finite_values: bool = True,
 ) -> torch.Tensor:
     """Laplacian-pyramid L1 loss between images ``x`` and ``y`` of shape (B, C, H, W).
 
@@ -223,14 +221,30 @@ def laplacian_pyramid_loss(
         x, y: images of the same shape, dtype and device (see the module docstring for dtypes).
         levels: pyramid levels J (1..16); None picks ``1 + floor(log2(min(H, W)))`` capped at 5.
         reduction: ``"mean"`` (per pixel of level 0), ``"sum"`` or ``"none"`` (per sample, shape (B,)).
+        check_finite_values: raise :class:`~glann_ext.errors.NonFiniteError` naming ``x`` or ``y`` and the
+            lowest offending sample if they hold NaN/Inf (see the module docstring: free on CPU, one
+            synchronisation on CUDA).
 
     Returns:
         The loss, float64 for float64 inputs and float32 otherwise; differentiable in x and y.
     """
+    return _loss(x, y, levels, reduction, check_finite_values=check_finite_values, pixel_path=False)
+
+
+def _loss(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    levels: int | None,
+    reduction: str,
+    *,
+    check_finite_values: bool = True,
+    pixel_path: bool = False,
+) -> torch.Tensor:
+    """:func:`laplacian_pyramid_loss`; ``pixel_path=True`` runs the CPU per-pixel path (tests only)."""
     levels = _check_args(x, y, levels, reduction)
     _native.require_cuda_build(x, "laplacian_pyramid_loss")
     b, c, h, w = x.shape
-    per_sample, _ = _laplacian_fwd(x, y, levels)
+    per_sample, _ = _laplacian_fwd(x, y, levels, pixel_path, check_finite_values)
     if reduction == "none":
         return per_sample / (c * h * w)
     total = per_sample.sum()

@@ -20,13 +20,14 @@ def nn_argmin_cdist(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     return torch.cdist(queries, keys).argmin(1)
 
 
-def nn_argmin_addmm(
-    queries: torch.Tensor, keys: torch.Tensor, *, tile: int = 8192, return_distances: bool = False
-):
-    """Tiled ``||k||^2 - 2 q.k`` with ``addmm`` and a running minimum: memory O(N * tile).
+def nn_argmin_scores_reference(
+    queries: torch.Tensor, keys: torch.Tensor, *, tile: int = 8192
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per query row the best score ``||k||^2 - 2 q.k`` (float32, (N,)) and its lowest index within
+    ``keys`` (int64, (N,)): tiled ``addmm`` and a running minimum, memory O(N * tile). Finite inputs.
 
-    Ties go to the lowest index (``argmin`` returns the first minimum, and later tiles must be strictly
-    better to win). Distances, when asked for, are recomputed exactly as ``sum((q - k)^2)``.
+    The ``scores`` contract of :class:`glann_ext.ops.nn_argmin.RunningArgmin`. Ties go to the lowest
+    index: ``min`` returns the first minimum of a tile, and a later tile must be strictly lower to win.
     """
     n = queries.shape[0]
     best = torch.full((n,), math.inf, dtype=torch.float32, device=queries.device)
@@ -39,24 +40,18 @@ def nn_argmin_addmm(
         better = val < best
         best = torch.where(better, val, best)
         best_idx = torch.where(better, idx + start, best_idx)
+    return best, best_idx
+
+
+def nn_argmin_addmm(
+    queries: torch.Tensor, keys: torch.Tensor, *, tile: int = 8192, return_distances: bool = False
+):
+    """:func:`nn_argmin_scores_reference`'s index: the N x M matrix is never whole. Distances, when asked
+    for, are recomputed exactly as ``sum((q - k)^2)``."""
+    _, best_idx = nn_argmin_scores_reference(queries, keys, tile=tile)
     if not return_distances:
         return best_idx
-    return best_idx, ((q - keys[best_idx].float()) ** 2).sum(1)
-
-
-def nn_argmin_scores_reference(queries: torch.Tensor, keys: torch.Tensor, *, tile: int = 8192):
-    """(best score ``||k||^2 - 2 q.k`` float32, its lowest index int64) per query row, tiled with addmm."""
-    n = queries.shape[0]
-    best = torch.full((n,), math.inf, dtype=torch.float32, device=queries.device)
-    best_idx = torch.zeros(n, dtype=torch.int64, device=queries.device)
-    q = queries.float()
-    for start in range(0, keys.shape[0], tile):
-        k = keys[start : start + tile].float()
-        val, idx = torch.addmm((k * k).sum(1).unsqueeze(0), q, k.t(), alpha=-2.0).min(1)
-        better = val < best
-        best = torch.where(better, val, best)
-        best_idx = torch.where(better, idx + start, best_idx)
-    return best, best_idx
+    return best_idx, ((queries.float() - keys[best_idx].float()) ** 2).sum(1)
 
 
 def nn_argmin_exact(queries: torch.Tensor, keys: torch.Tensor, *, return_distances: bool = False):

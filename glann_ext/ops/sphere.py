@@ -1,9 +1,9 @@
 """Unit-sphere projection of rows and the fused sparse optimizer step of a GLO latent table.
 
 GLO keeps one latent code per training image in a table ``(N_codes, D)`` whose rows live on the unit
-sphere. Each training step touches only the rows of the batch; :class:`glann_ext.optim.SphereSparseAdam` and
-:class:`glann_ext.optim.SphereSparseSGD` update exactly those rows and re-project them in one pass, instead of a dense
-Adam step over the whole table followed by a full re-projection.
+sphere. Each training step touches only the rows of the batch; the optimizers of :mod:`glann_ext.optim`
+update exactly those rows and re-project them in one pass, instead of a dense Adam step over the whole
+table followed by a full re-projection.
 
 Semantics shared by every function here:
 
@@ -14,12 +14,15 @@ Semantics shared by every function here:
   :func:`glann_ext.ops.reference.project_to_sphere_reference`).
 * **Zero rows**: a row that is exactly zero becomes ``(1, ..., 1) / sqrt(D)``, like the reference.
 * **NaN/Inf rows** (projection): each row is read completely before any of its elements is written, so
-  a row holding NaN or Inf is never written. All other rows are projected, then ``ValueError`` names the
-  lowest-index bad row. For the in-place op this means: finite rows projected, bad rows unchanged.
+  a row holding NaN or Inf is never written. All other rows are projected, then
+  :class:`~glann_ext.errors.NonFiniteError` (``argument="z"``, ``row`` the lowest bad row) is raised. For
+  the in-place op this means: finite rows projected, bad rows unchanged. On CUDA the kernel flags the row
+  in memory and reading it costs one synchronisation, skipped inside CUDA-graph capture (no error there).
 * **Optimizer steps** touch only ``table[indices]``; duplicate indices are coalesced first by summing
   their gradient rows (what ``torch.optim.SparseAdam`` does with ``grad.coalesce()``). The gradient is
-  checked before anything is written: NaN/Inf in ``grad`` raises ``ValueError`` and leaves table and
-  state untouched. NaN/Inf already present in the touched rows of the table or the moments are not
+  checked before anything is written: NaN/Inf in ``grad`` raises ``NonFiniteError`` (``argument="grad"``,
+  ``row`` the lowest bad row of the caller's ``grad``) and leaves table and state untouched (on CUDA one
+  synchronisation, shared with the range check of ``indices``). NaN/Inf already present in the touched rows of the table or the moments are not
   checked (that would cost a pass); they propagate and such a row is left unprojected.
 """
 
@@ -30,6 +33,7 @@ from typing import Any
 
 import torch
 
+from ..errors import NonFiniteError
 from . import _checks, _native
 from ._native import _C
 
@@ -167,35 +171,32 @@ def _check_hyper(op: str, lr: float, **kw: float) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+_PROJECT_NOTE = " (every finite row was projected; non-finite rows were not written)"
+
+
 def _run_project(op: str, src: torch.Tensor, dst: torch.Tensor) -> None:
     n, d = src.shape
     if n == 0 or d == 0:
         return
-    cuda = src.device.type == "cuda"
-    if cuda:
+    exec_ctx = _native.exec_context(src)
+    if exec_ctx.cuda:
         _native.require_cuda_build(src, op)
-    bad = torch.full((1,), n, dtype=torch.int64, device=src.device) if cuda else None
-    with _native.device_guard(src):
-        try:
+    # CUDA: the kernel reports the first non-finite row through memory (CPU: through its status).
+    bad = torch.full((1,), n, dtype=torch.int64, device=src.device) if exec_ctx.cuda else None
+    try:
+        with _native.native_call(op, src, argument="z"):
             _C.project_to_sphere(
-                _native.dtype_code(src), src.data_ptr(), dst.data_ptr(), n, d,
-                src.stride(0), src.stride(1), dst.stride(0), dst.stride(1),
-                cuda, _native.stream_of(src), bad.data_ptr() if cuda else 0, _native.num_threads(),
+                _native.dtype_code(src), src.data_ptr(), src.stride(), dst.data_ptr(), dst.stride(), n, d,
+                bad.data_ptr() if bad is not None else 0, exec_ctx,
             )  # fmt: skip
-        except ValueError as exc:
-            raise ValueError(
-                f"{op}: z {exc} (every finite row was projected; non-finite rows were not written)"
-            ) from None
-    # One sync: the kernel can only report through memory. Inside CUDA-graph capture (e.g.
-    # torch.compile(mode="reduce-overhead")) no sync is allowed: non-finite rows are then left unwritten
-    # without an error.
-    if cuda and not torch.cuda.is_current_stream_capturing():
+    except NonFiniteError as exc:
+        raise _checks.non_finite_error("z", exc.row, op=op, note=_PROJECT_NOTE) from None
+    # One sync to read the flag, skipped inside CUDA-graph capture (no sync allowed there): non-finite
+    # rows are then left unwritten without an error.
+    if bad is not None and _native.can_read_device_flag():
         first = int(bad.item())
         if first < n:
-            raise ValueError(
-                f"{op}: z row {first} contains NaN or Inf (every finite row was projected; "
-                "non-finite rows were not written)"
-            )
+            raise _checks.non_finite_error("z", first, op=op, note=_PROJECT_NOTE)
 
 
 def _coalesce(op: str, table: torch.Tensor, indices: torch.Tensor, grad: torch.Tensor):
@@ -222,9 +223,13 @@ def _coalesce(op: str, table: torch.Tensor, indices: torch.Tensor, grad: torch.T
 
 
 def _raise_nonfinite_grad(op: str, grad: torch.Tensor) -> None:
-    rows = (~torch.isfinite(grad)).any(1).nonzero()
-    where = f"grad row {int(rows[0])}" if rows.numel() else "the sum of duplicate grad rows (overflow)"
-    raise ValueError(f"{op}: {where} contains NaN or Inf; nothing was updated")
+    """NonFiniteError naming the first bad row of the caller's grad (the kernel saw the coalesced one)."""
+    row = _checks.first_nonfinite_row(grad)
+    if row is None:  # finite rows whose duplicates summed to Inf
+        raise NonFiniteError(
+            f"{op}: the sum of duplicate grad rows overflowed to Inf; nothing was updated", argument="grad"
+        )
+    raise _checks.non_finite_error("grad", row, op=op, note="; nothing was updated")
 
 
 def _run_step(op: str, kind: int, table, exp_avg, exp_avg_sq, indices, grad, *, scalars, project) -> None:
@@ -232,21 +237,18 @@ def _run_step(op: str, kind: int, table, exp_avg, exp_avg_sq, indices, grad, *, 
         return  # torch.optim skips an empty gradient too
     _native.require_cuda_build(table, op)
     idx, g = _coalesce(op, table, indices, grad)
-    with _native.device_guard(table):
-        try:
+    try:
+        with _native.native_call(op, table, argument="grad"):
             _C.latent_step(
                 _native.dtype_code(table), kind, table.data_ptr(),
                 exp_avg.data_ptr() if exp_avg is not None else 0,
                 exp_avg_sq.data_ptr() if exp_avg_sq is not None else 0,
-                table.shape[0], table.shape[1], table.stride(0), idx.data_ptr(), idx.stride(0),
-                g.data_ptr(), g.stride(0), g.stride(1), idx.shape[0], *scalars, project,
-                table.device.type == "cuda", _native.stream_of(table), _native.num_threads(),
+                table.stride(), table.shape[0], table.shape[1], idx.data_ptr(), idx.stride(),
+                g.data_ptr(), g.stride(), idx.shape[0], *scalars, project, _native.exec_context(table),
             )  # fmt: skip
-        except ValueError as exc:
-            if "NaN or Inf" not in str(exc):
-                raise ValueError(f"{op}: {exc}") from None
-            # The CPU kernel found NaN/Inf in grad before writing: name the row in the caller's grad.
-            _raise_nonfinite_grad(op, grad)
+    except NonFiniteError:
+        # The CPU kernel found NaN/Inf in grad before writing anything.
+        _raise_nonfinite_grad(op, grad)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -376,7 +378,7 @@ def project_to_sphere(z: torch.Tensor) -> torch.Tensor:
         ``(N, D)`` tensor of ``z``'s dtype. Zero rows become ``(1, ..., 1) / sqrt(D)``.
 
     Raises:
-        ValueError: a row holds NaN or Inf (the message names the first one).
+        NonFiniteError: a row holds NaN or Inf (``row``: the first one; the others were projected).
         TypeError: ``z`` is not a 2-D tensor of a supported dtype.
 
     Differentiable: the backward is ``(g - y (y . g)) / ||z||`` per row, 0 for zero rows.
@@ -391,8 +393,8 @@ def project_to_sphere_(z: torch.Tensor) -> torch.Tensor:
 
     Same arguments and semantics as :func:`project_to_sphere`. ``z`` may be strided (a view of a wider
     tensor) but its elements must not alias each other (``expand()`` views raise ``ValueError``).
-    If some rows hold NaN/Inf, ``ValueError`` names the first; the other rows have been projected and
-    the non-finite rows are left exactly as they were.
+    If some rows hold NaN/Inf, ``NonFiniteError`` names the first; the other rows have been projected
+    and the non-finite rows are left exactly as they were.
     """
     _checks.check_tensor("project_to_sphere_: z", z)
     _ops.project_to_sphere_inplace(z)
@@ -434,7 +436,7 @@ def fused_latent_adam_(
             (zeros initially).
         indices: ``(B,)`` int64 rows of the table; duplicates have their grad rows summed
             (SparseAdam's ``coalesce()``); must be in ``[0, N)``.
-        grad: ``(B, D)`` gradient rows, any strides; NaN/Inf raise ``ValueError`` before any write.
+        grad: ``(B, D)`` gradient rows, any strides; NaN/Inf raise ``NonFiniteError`` before any write.
         step: the step number *after* incrementing (1 on the first step), shared by all rows, as
             SparseAdam's per-parameter ``state['step']``.
         lr, beta1, beta2, eps: as in ``torch.optim.SparseAdam``.

@@ -1,56 +1,40 @@
-// CPU kernel templates of the sphere family, compiled once per ISA: sphere_cpu.cpp (baseline x86-64 or
-// the native ISA elsewhere) and sphere_cpu_avx2.cpp (AVX2+FMA flags). Include only from those files, after
-// defining GLANN_SPHERE_ISA_NS. Rows are independent and each is processed by one thread in a fixed order
-// of operations, and contraction into FMAs is off (sphere_math.h), so every ISA and thread count gives
-// bitwise identical results.
+// CPU kernels of the sphere family, compiled once per SIMD level: each sphere_cpu_<isa>.cpp defines
+// GLANN_ISA (baseline, avx2) and includes this file (the scheme and its no-shared-code rule:
+// common/cpu_dispatch.h); sphere_cpu.cpp picks a copy at run time (AVX-512 CPUs run the avx2 copy).
+// Rows are independent and each is processed by one thread in a fixed order of operations, and
+// contraction into FMAs is off (-ffp-contract=off for these sources), so every ISA and thread count
+// gives bitwise identical results.
 #pragma once
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstring>
-#include <type_traits>
 #include <limits>
+#include <type_traits>
 
 #if defined(__SSE2__)
 #include <immintrin.h>
 #endif
 
+#include "common/parallel.h"
 #include "sphere/sphere.h"
+#include "sphere/sphere_cpu.h"
 #include "sphere/sphere_math.h"
 
-namespace glann {
-// What a CPU kernel copy reports. Plain data on purpose: the per-ISA copies must not emit inline
-// library code (std::string, Status) that the linker could share with the baseline copy.
-#ifndef GLANN_SPHERE_KERNEL_RESULT
-#define GLANN_SPHERE_KERNEL_RESULT
-struct KernelResult {
-  enum Code : int { kOk = 0, kNonFiniteRow = 1, kBadIndex = 2 };
-  int code = kOk;
-  int64_t row = -1;
-};
-#endif
-
-namespace sphere_detail {
-// glann::parallel_for over tasks [0, tasks), calling fn(ctx, task). Defined in sphere_cpu.cpp.
-void run_tasks(int64_t tasks, int num_threads, void (*fn)(void* ctx, int64_t task), void* ctx);
-}  // namespace sphere_detail
-}  // namespace glann
-
-#ifndef GLANN_SPHERE_ISA_NS
-#error "define GLANN_SPHERE_ISA_NS before including sphere_cpu_kernels.h"
+#ifndef GLANN_ISA
+#error "define GLANN_ISA (the copy's namespace) before including sphere_cpu_isa.h"
 #endif
 
 namespace glann {
-namespace GLANN_SPHERE_ISA_NS {
-
+namespace sphere_cpu {
+namespace GLANN_ISA {
 
 using sphere::AdamScalars;
 
 // Elements per task: large enough to amortise waking the pool, small enough to balance two threads.
 constexpr int64_t kGrainElems = 32768;
 
-// Splits `rows` rows of `dim` elements into tasks and runs fn(begin, end) on each. The pool is reached
-// through sphere_detail::run_tasks (baseline code), so no std::function is built in a per-ISA copy.
+// Splits `rows` rows of `dim` elements into tasks and runs fn(begin, end) on each.
 template <typename Fn>
 void for_row_blocks(int64_t rows, int64_t dim, int num_threads, const Fn& fn) {
   const int64_t work = rows * std::max<int64_t>(dim, 1);
@@ -60,15 +44,10 @@ void for_row_blocks(int64_t rows, int64_t dim, int num_threads, const Fn& fn) {
     fn(int64_t{0}, rows);
     return;
   }
-  struct Ctx {
-    const Fn* fn;
-    int64_t rows, per;
-  } ctx{&fn, rows, per};
-  sphere_detail::run_tasks(tasks, num_threads, [](void* c, int64_t t) {
-    const Ctx& x = *static_cast<const Ctx*>(c);
-    const int64_t b = t * x.per;
-    (*x.fn)(b, std::min(x.rows, b + x.per));
-  }, &ctx);
+  parallel_for_each(tasks, num_threads, [&](int64_t t, int) {
+    const int64_t b = t * per;
+    fn(b, std::min(rows, b + per));
+  });
 }
 
 inline void lower_to(std::atomic<int64_t>& first, int64_t row) {
@@ -102,40 +81,34 @@ void scale_row(const T* x, int64_t xs, T* y, int64_t ys, int64_t n, double inv) 
     y[j * (kUnit ? 1 : ys)] = static_cast<T>(static_cast<double>(x[j * (kUnit ? 1 : xs)]) * inv);
 }
 
-// Rare path: zero rows, NaN/Inf, and float64 rows whose plain sum of squares is unsafe. Scaling by an
-// exact power of two (ldexp) keeps the direction exact. Returns false for a non-finite row, which is
-// then left unwritten.
+// One thread walks the whole row: nothing to reduce across lanes (see sphere::project_row_rescaled).
+struct ThreadLanes {
+  int64_t first = 0, step = 1;
+  bool any(bool b) const { return b; }
+  double max(double v) const { return v; }
+  double sum(double v) const { return v; }
+};
+
+// A strided row read and written in double (the accumulation type of float32/float64 rows).
 template <typename T>
-bool project_row_slow(const T* x, int64_t xs, T* y, int64_t ys, int64_t n) {
-  double amax = 0.0;
-  for (int64_t j = 0; j < n; ++j) {
-    const double a = std::fabs(static_cast<double>(x[j * xs]));
-    if (!sphere::finite_sum(a)) return false;
-    amax = std::max(amax, a);
-  }
-  if (amax == 0.0) {
-    const T fill = static_cast<T>(1.0 / std::sqrt(static_cast<double>(n)));
-    for (int64_t j = 0; j < n; ++j) y[j * ys] = fill;
-    return true;
-  }
-  int e = 0;
-  std::frexp(amax, &e);
-  double s = 0.0;
-  for (int64_t j = 0; j < n; ++j) {
-    const double v = std::ldexp(static_cast<double>(x[j * xs]), -e);
-    s += v * v;
-  }
-  const double inv = 1.0 / std::sqrt(s);
-  for (int64_t j = 0; j < n; ++j) y[j * ys] = static_cast<T>(std::ldexp(static_cast<double>(x[j * xs]), -e) * inv);
-  return true;
-}
+struct StridedRow {
+  const T* x;
+  int64_t xs;
+  T* y;
+  int64_t ys;
+  int64_t n;
+  double load(int64_t j) const { return static_cast<double>(x[j * xs]); }
+  void store(int64_t j, double v) const { y[j * ys] = static_cast<T>(v); }
+};
 
 // Two passes over the row: read (norm, finiteness) then write, so a bad row is never touched.
+// Returns false for a non-finite row, which is left unwritten.
 template <typename T>
 bool project_row(const T* x, int64_t xs, T* y, int64_t ys, int64_t n) {
   const bool unit = xs == 1 && ys == 1;
   const double s = unit ? sum_sq<T, true>(x, n, 1) : sum_sq<T, false>(x, n, xs);
-  if (!(s >= sphere::kSafeLow && s <= sphere::kSafeHigh)) return project_row_slow(x, xs, y, ys, n);
+  if (!sphere::sum_is_safe(s))
+    return sphere::project_row_rescaled<double>(StridedRow<T>{x, xs, y, ys, n}, ThreadLanes{});
   const double inv = 1.0 / std::sqrt(s);
   if (unit)
     scale_row<T, true>(x, 1, y, 1, n, inv);
@@ -149,10 +122,9 @@ KernelResult project_impl(const ProjectParams& p) {
   const T* in = static_cast<const T*>(p.in);
   T* out = static_cast<T*>(p.out);
   std::atomic<int64_t> first_bad(p.rows);
-  for_row_blocks(p.rows, p.dim, p.num_threads, [&](int64_t b, int64_t e) {
+  for_row_blocks(p.rows, p.dim, p.exec.num_threads, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
-      if (!project_row(in + i * p.in_row_stride, p.in_col_stride, out + i * p.out_row_stride, p.out_col_stride,
-                       p.dim))
+      if (!project_row(in + i * p.in_strides[0], p.in_strides[1], out + i * p.out_strides[0], p.out_strides[1], p.dim))
         lower_to(first_bad, i);
     }
   });
@@ -232,12 +204,13 @@ KernelResult latent_step_impl(const LatentStepParams& p) {
 
   // Phase 1, read only: grad finite and indices in range, so a failure leaves everything untouched.
   std::atomic<int64_t> bad_grad(p.batch), bad_index(p.batch);
-  for_row_blocks(p.batch, n, p.num_threads, [&](int64_t b, int64_t e) {
+  const int64_t* gstr = p.grad_strides;
+  for_row_blocks(p.batch, n, p.exec.num_threads, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
-      const int64_t r = p.indices[i * p.index_stride];
+      const int64_t r = p.indices[i * p.indices_strides[0]];
       if (r < 0 || r >= p.table_rows) lower_to(bad_index, i);
-      const T* g = grad + i * p.grad_row_stride;
-      const bool ok = p.grad_col_stride == 1 ? row_finite<T, true>(g, n, 1) : row_finite<T, false>(g, n, p.grad_col_stride);
+      const T* g = grad + i * gstr[0];
+      const bool ok = gstr[1] == 1 ? row_finite<T, true>(g, n, 1) : row_finite<T, false>(g, n, gstr[1]);
       if (!ok) lower_to(bad_grad, i);
     }
   });
@@ -245,19 +218,19 @@ KernelResult latent_step_impl(const LatentStepParams& p) {
   if (bad_grad.load() < p.batch) return {KernelResult::kNonFiniteRow, bad_grad.load()};
 
   // Phase 2: update each touched row, then re-project it while it is still in L1.
-  const AdamScalars<T> s{static_cast<T>(p.one_minus_beta1), static_cast<T>(p.one_minus_beta2),
-                         static_cast<T>(p.eps), static_cast<T>(p.neg_step_size)};
+  const AdamScalars<T> s{static_cast<T>(p.one_minus_beta1), static_cast<T>(p.one_minus_beta2), static_cast<T>(p.eps),
+                         static_cast<T>(p.neg_step_size)};
   const T neg_lr = static_cast<T>(p.neg_lr);
   const bool adam = p.optimizer == LatentOptimizer::kAdam;
-  for_row_blocks(p.batch, n, p.num_threads, [&](int64_t b, int64_t e) {
+  for_row_blocks(p.batch, n, p.exec.num_threads, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
-      const int64_t r = p.indices[i * p.index_stride];
-      T* w = table + r * p.table_row_stride;
-      const T* g = grad + i * p.grad_row_stride;
-      const int64_t gs = p.grad_col_stride;
+      const int64_t r = p.indices[i * p.indices_strides[0]];
+      T* w = table + r * p.table_strides[0];
+      const T* g = grad + i * gstr[0];
+      const int64_t gs = gstr[1];
       if (adam) {
-        T* m = exp_avg + r * p.table_row_stride;
-        T* v = exp_avg_sq + r * p.table_row_stride;
+        T* m = exp_avg + r * p.table_strides[0];
+        T* v = exp_avg_sq + r * p.table_strides[0];
         if (gs == 1)
           adam_row<T, true>(w, m, v, g, 1, n, s);
         else
@@ -274,8 +247,6 @@ KernelResult latent_step_impl(const LatentStepParams& p) {
   return {};
 }
 
-
-// Entry points of this ISA copy (dtype already validated by sphere_cpu.cpp); defined once per TU.
 KernelResult project(const ProjectParams& p) {
   return p.dtype == DType::kFloat32 ? project_impl<float>(p) : project_impl<double>(p);
 }
@@ -283,5 +254,8 @@ KernelResult latent_step(const LatentStepParams& p) {
   return p.dtype == DType::kFloat32 ? latent_step_impl<float>(p) : latent_step_impl<double>(p);
 }
 
-}  // namespace GLANN_SPHERE_ISA_NS
+const Kernels kKernels = {project, latent_step};
+
+}  // namespace GLANN_ISA
+}  // namespace sphere_cpu
 }  // namespace glann

@@ -1,8 +1,6 @@
-// Row-streaming CPU kernels of the Laplacian-pyramid loss, compiled once per ISA.
-//
-// Include this file after defining GLANN_LAP_ISA_NS (a namespace name unique to the translation unit):
-// laplacian_cpu.cpp (baseline), laplacian_cpu_avx2.cpp and laplacian_cpu_avx512.cpp each compile it
-// with their own flags, and everything here lives in that namespace so no symbol is shared between them.
+// Row-streaming CPU kernels of the Laplacian-pyramid loss, compiled once per SIMD level: each
+// laplacian_cpu_<isa>.cpp defines GLANN_ISA (baseline, avx2, avx512) and includes this file (the scheme
+// and its no-shared-code rule: common/cpu_dispatch.h); laplacian_cpu.cpp picks a copy at run time.
 //
 // Layout: one task = a group of kLanes<T> image planes (32 bytes: 8 float or 4 double), interleaved
 // so that "element" k of a row is kLanes values, one per plane. Every inner loop then runs over whole
@@ -18,26 +16,23 @@
 
 #include "common/parallel.h"
 #include "laplacian/laplacian.h"
+#include "laplacian/laplacian_cpu.h"
 #include "laplacian/laplacian_math.h"
 
-#ifndef GLANN_LAP_ISA_NS
-#error "define GLANN_LAP_ISA_NS before including laplacian_cpu_impl.h"
+#ifndef GLANN_ISA
+#error "define GLANN_ISA (the copy's namespace) before including laplacian_cpu_isa.h"
 #endif
 
 namespace glann {
-namespace lap {
-namespace GLANN_LAP_ISA_NS {
+namespace lap_cpu {
+namespace GLANN_ISA {
+
+using namespace lap;  // the per-pixel math shared with CUDA (internal linkage on the host: GLANN_HD)
 
 constexpr double kW0 = 0.0625, kW1 = 0.25, kW2 = 0.375;
 
-// Bytes of one interleaved element (8 float or 4 double planes): measured a little faster than 64
-// (the group's pyramid of a 128x128 image then still fits in L2) and it is one AVX2 register.
-constexpr int kGroupBytes = 32;
 template <typename T>
 constexpr int kLanes = kGroupBytes / int(sizeof(T));
-
-// A line buffer holds a padded row (width + 8 elements) followed by an output row (<= width).
-inline int64_t line_elems(int64_t width) { return 2 * width + 16; }
 
 // ---- horizontal (within one row; element k = p[k*V .. k*V+V)) -------------------------------------
 
@@ -49,8 +44,7 @@ inline void copy_el(const T* src, T* dst) {
 // out = w0 (s0 + s4) + w1 (s1 + s3) + w2 s2 over five consecutive elements starting at s.
 template <typename T, int V>
 inline void blur5(const T* s, T w0, T w1, T w2, T* out) {
-  for (int v = 0; v < V; ++v)
-    out[v] = w0 * (s[v] + s[4 * V + v]) + w1 * (s[V + v] + s[3 * V + v]) + w2 * s[2 * V + v];
+  for (int v = 0; v < V; ++v) out[v] = w0 * (s[v] + s[4 * V + v]) + w1 * (s[V + v] + s[3 * V + v]) + w2 * s[2 * V + v];
 }
 
 // Pad positions 0, 1 and n+2, n+3 of a reflect-101 padded line whose interior is pad[2 .. n+2).
@@ -111,7 +105,8 @@ void down_adj_row(const T* in, int64_t n, T* out, T* zz) {
   // Fold the four border pad positions back through the reflection.
   int64_t border[4];
   border_positions(n, border);
-  for (int b = 0; b < 4; ++b) add_valid_transpose_at<T, V>(z, n, border[b], T(1), out + reflect101(border[b] - 2, n) * V);
+  for (int b = 0; b < 4; ++b)
+    add_valid_transpose_at<T, V>(z, n, border[b], T(1), out + reflect101(border[b] - 2, n) * V);
 }
 
 // out = 2 S B^T in (U^T along the row): coarse ceil(n/2) from fine in.  zz: n + 8 elements.
@@ -337,31 +332,39 @@ void deinterleave(const T* in, int64_t n, int64_t count, T* out) {
 
 // ---- drivers ----------------------------------------------------------------------------------------
 
-// Scratch bytes per thread: the interleaved pyramid, two line buffers and the interleaved signs
-// (the pixel path uses a prefix of it).
-inline int64_t slot_bytes(const Geometry& g, int64_t elem) {
-  const int64_t lanes = kGroupBytes / elem;
-  const int64_t values = (g.total + 2 * line_elems(g.w[0])) * lanes;
-  return (values * elem + g.total * lanes + 63) / 64 * 64;
-}
-
 // The planes of group `task`: [first, first + count).
 inline int64_t group_count(int64_t task, int64_t planes, int v) {
   const int64_t left = planes - task * v;
   return left < v ? left : v;
 }
 
-template <typename T>
-Status forward_all(const LaplacianForwardParams& p) {
+// How one call is cut into tasks (a plane each on the pixel path, else a group of V planes), and the
+// workspace it needs: `head_bytes` first, then the scratch of each thread.
+struct Plan {
+  Geometry geom;
+  int64_t planes, tasks, slot_bytes, workspace_bytes;
+};
+
+template <typename T, typename Params>
+Plan make_plan(const Params& p, int64_t head_bytes) {
   constexpr int V = kLanes<T>;
-  const Geometry geom = make_geometry(p.height, p.width, p.levels);
-  const int64_t planes = p.batch * p.channels;
-  const int64_t tasks = p.pixel_path ? planes : (planes + V - 1) / V;
-  const int slots = parallel_slots(tasks, p.num_threads);
-  const int64_t sums_bytes = (planes * int64_t(sizeof(double)) + 63) / 64 * 64;
-  const int64_t sb = slot_bytes(geom, sizeof(T));
-  if (p.workspace_bytes < sums_bytes + slots * sb)
-    return Status::Error(StatusCode::kInvalidArgument, "laplacian_forward_cpu: workspace too small");
+  Plan pl;
+  pl.geom = make_geometry(p.height, p.width, p.levels);
+  pl.planes = p.batch * p.channels;
+  pl.tasks = p.pixel_path ? pl.planes : (pl.planes + V - 1) / V;
+  pl.slot_bytes = slot_bytes(pl.geom, sizeof(T));
+  pl.workspace_bytes = head_bytes + parallel_slots(pl.tasks, p.exec.num_threads) * pl.slot_bytes;
+  return pl;
+}
+
+template <typename T>
+KernelResult forward_all(const LaplacianForwardParams& p) {
+  constexpr int V = kLanes<T>;
+  const int64_t sums_bytes = (p.batch * p.channels * int64_t(sizeof(double)) + 63) / 64 * 64;
+  const Plan pl = make_plan<T>(p, sums_bytes);
+  if (p.workspace_bytes < pl.workspace_bytes) return {KernelResult::kWorkspaceTooSmall};
+  const Geometry& geom = pl.geom;
+  const int64_t planes = pl.planes, tasks = pl.tasks, sb = pl.slot_bytes;
   char* ws = static_cast<char*>(p.workspace);
   double* plane_sums = reinterpret_cast<double*>(ws);
   const T* x = static_cast<const T*>(p.x);
@@ -369,7 +372,7 @@ Status forward_all(const LaplacianForwardParams& p) {
   const int64_t* xs = p.x_strides;
   const int64_t* ys = p.y_strides;
   const int64_t H = p.height, W = p.width, P = geom.total;
-  parallel_for(tasks, p.num_threads, [&](int64_t task, int slot) {
+  parallel_for_each(tasks, p.exec.num_threads, [&](int64_t task, int slot) {
     T* g = reinterpret_cast<T*>(ws + sums_bytes + slot * sb);
     if (p.pixel_path) {
       const int64_t b = task / p.channels, c = task % p.channels;
@@ -431,24 +434,21 @@ Status forward_all(const LaplacianForwardParams& p) {
     for (int64_t c = 0; c < p.channels; ++c) s += plane_sums[b * p.channels + c];
     out[b] = T(s);
   }
-  return Status::Ok();
+  return {};
 }
 
 template <typename T>
-Status backward_all(const LaplacianBackwardParams& p) {
+KernelResult backward_all(const LaplacianBackwardParams& p) {
   constexpr int V = kLanes<T>;
-  const Geometry geom = make_geometry(p.height, p.width, p.levels);
-  const int64_t planes = p.batch * p.channels;
-  const int64_t tasks = p.pixel_path ? planes : (planes + V - 1) / V;
-  const int slots = parallel_slots(tasks, p.num_threads);
-  const int64_t sb = slot_bytes(geom, sizeof(T));
-  if (p.workspace_bytes < slots * sb)
-    return Status::Error(StatusCode::kInvalidArgument, "laplacian_backward_cpu: workspace too small");
+  const Plan pl = make_plan<T>(p, 0);
+  if (p.workspace_bytes < pl.workspace_bytes) return {KernelResult::kWorkspaceTooSmall};
+  const Geometry& geom = pl.geom;
+  const int64_t planes = pl.planes, tasks = pl.tasks, sb = pl.slot_bytes;
   char* ws = static_cast<char*>(p.workspace);
   const T* scale = static_cast<const T*>(p.grad_scale);
   T* grad = static_cast<T*>(p.grad);
   const int64_t hw = p.height * p.width, P = geom.total, W = p.width;
-  parallel_for(tasks, p.num_threads, [&](int64_t task, int slot) {
+  parallel_for_each(tasks, p.exec.num_threads, [&](int64_t task, int slot) {
     T* acc = reinterpret_cast<T*>(ws + slot * sb);
     if (p.pixel_path) {
       backward_plane_pixels(geom, p.signs + task * P, scale[task / p.channels], grad + task * hw, acc);
@@ -469,16 +469,18 @@ Status backward_all(const LaplacianBackwardParams& p) {
     backward_group<T, V>(geom, signs, lane_scale, acc, line0, line1);
     deinterleave<T, V>(acc, hw, count, grad + first * hw);
   });
-  return Status::Ok();
+  return {};
 }
 
-inline Status forward(const LaplacianForwardParams& p) {
+KernelResult forward(const LaplacianForwardParams& p) {
   return p.dtype == DType::kFloat64 ? forward_all<double>(p) : forward_all<float>(p);
 }
-inline Status backward(const LaplacianBackwardParams& p) {
+KernelResult backward(const LaplacianBackwardParams& p) {
   return p.dtype == DType::kFloat64 ? backward_all<double>(p) : backward_all<float>(p);
 }
 
-}  // namespace GLANN_LAP_ISA_NS
-}  // namespace lap
+const Kernels kKernels = {forward, backward};
+
+}  // namespace GLANN_ISA
+}  // namespace lap_cpu
 }  // namespace glann
