@@ -231,6 +231,17 @@ def _eval_data(run: Path, cfg, image_shape, n_test: int, cache_dir, clf_epochs, 
     return EvalData(train, _resize(test, size, channels), clf)
 
 
+def _write_pictures(out_dir: Path, samples: torch.Tensor, train: torch.Tensor, index: torch.Tensor, pairs: int) -> int:
+    """The sample grid and the samples-beside-their-nearest-training-image grid; returns the pairs shown."""
+    from .images import save_grid
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_grid(samples[:64], out_dir / SAMPLES_PNG)
+    shown = min(pairs, len(samples))
+    save_neighbour_grid(out_dir / NEIGHBOURS_PNG, samples[:shown], train, index=index[:shown])
+    return shown
+
+
 def _inception_fid(test: torch.Tensor, samples: torch.Tensor, log) -> dict[str, Any]:
     backend = find_inception_backend()
     if backend.name is None:
@@ -276,12 +287,7 @@ def evaluate_run(
     log(f"memorisation: nearest of {len(data.train)} training images")
     memo = memorisation_summary(samples, data.train, data.test)
     out_dir = Path(out) if out is not None else run
-    out_dir.mkdir(parents=True, exist_ok=True)
-    from .images import save_grid
-
-    save_grid(samples[:64], out_dir / SAMPLES_PNG)
-    shown = min(grid_pairs, n)
-    save_neighbour_grid(out_dir / NEIGHBOURS_PNG, samples[:shown], data.train, index=memo.pop("index")[:shown])
+    shown = _write_pictures(out_dir, samples, data.train, memo.pop("index"), grid_pairs)
     result = {
         "run": str(run), "dataset": cfg.dataset, "sampler": sampler, "seed": seed, "n_samples": n,
         "n_test": len(data.test), "n_train": len(data.train),

@@ -37,10 +37,11 @@ _TABLE_DTYPES = (torch.float32, torch.float64)
 def _check_table(owner: str, table: object) -> torch.Tensor:
     if not isinstance(table, torch.Tensor):
         raise TypeError(f"{owner}: table must be a torch.Tensor, got {type(table).__name__}")
-    if table.dim() != 2 or table.dtype not in _TABLE_DTYPES:
-        raise ValueError(
-            f"{owner}: table must be a 2-D float32 or float64 tensor, got {table.dim()}-D {table.dtype}"
-        )
+    if table.dtype not in _TABLE_DTYPES:
+        got = str(table.dtype).replace("torch.", "")
+        raise TypeError(f"{owner}: table must have dtype in (float32, float64), got {got}")
+    if table.dim() != 2:
+        raise ValueError(f"{owner}: table must be a 2-D tensor, got {table.dim()}-D")
     return table
 
 
@@ -52,7 +53,7 @@ def _check_backend(owner: str, backend: str) -> str:
 
 def _check_rate(owner: str, lr: object) -> float:
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"{owner}: lr must be a finite number > 0, got {lr!r}")
+        raise ValueError(f"{owner}: lr must be a finite float > 0, got {lr!r}")
     return float(lr)
 
 

@@ -570,7 +570,7 @@ def test_hyperparameter_errors():
     ]:
         with pytest.raises(ValueError, match=match):
             fused_latent_adam_(table, m, v, idx, g, **kw)
-    with pytest.raises(ValueError, match="lr must be > 0"):
+    with pytest.raises(ValueError, match="lr must be a finite float > 0"):
         SphereSparseAdam(table, lr=0.0)
     with pytest.raises(ValueError, match="lr must be a finite float"):
         SphereSparseSGD(table, lr=float("nan"))

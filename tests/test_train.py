@@ -65,7 +65,7 @@ def test_imle_matching_is_the_true_nearest_neighbour():
     targets = reference.project_to_sphere_reference(torch.randn(200, 6))
     cfg = TrainConfig(noise_dim=4, imle_noise_multiple=3, ops=OPS)
     trainer = IMLETrainer(targets, MLP(4, 6, 16, 2), cfg, get_ops(OPS))
-    noise, idx = trainer.match(epoch=0)
+    noise, idx, _ = trainer.match(epoch=0)
     assert noise.shape == (600, 4) and idx.shape == (200,) and idx.dtype == torch.int64
     samples = trainer.generate(noise)
     assert torch.equal(idx, reference.nn_argmin_exact(targets, samples))
