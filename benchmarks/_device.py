@@ -131,16 +131,20 @@ class Cycle:
         return self.fn(item)
 
 
-def cuda_graph(fn: Callable[[], object]) -> Callable[[], None]:
-    """``fn`` captured once in a CUDA graph (after warm-up on a side stream); the returned callable replays
-    it. Timing replays leaves out the Python and launch overhead of ``fn``: the device time alone."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
+def cuda_graphs(fns: list[Callable[[], object]]) -> list[Callable[[], None]]:
+    """Each of ``fns`` captured once in a CUDA graph, all graphs in one memory pool (one set of buffers
+    for several input sets); returns their ``replay`` methods. Timing replays leaves out the Python and
+    launch overhead of the calls: the device time alone. Warm-up runs on a side stream first, as
+    ``torch.cuda.graph`` asks (lazy initialisation, cuBLAS workspaces, autograd state)."""
+    warm = torch.cuda.Stream()
+    warm.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(warm):
+        for fn in fns:
             fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
+    torch.cuda.current_stream().wait_stream(warm)
+    graphs: list[torch.cuda.CUDAGraph] = []
+    for fn in fns:
+        graphs.append(torch.cuda.CUDAGraph())
+        with torch.cuda.graph(graphs[-1], pool=graphs[0].pool() if len(graphs) > 1 else None):
+            fn()
+    return [g.replay for g in graphs]

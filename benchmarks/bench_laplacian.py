@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import glann_ext
 from glann_ext.ops import reference
 
-from ._device import Cycle, cuda_graph, device_params, fresh, input_sets, rate, timed
+from ._device import Cycle, cuda_graphs, device_params, fresh, input_sets, rate, timed
 
 SHAPES = {
     "cpu": [(64, 1, 28, 28), (64, 3, 64, 64), (16, 3, 128, 128)],
@@ -180,8 +180,7 @@ def test_fwd_bwd(benchmark, device, shape, impl):
     sets = input_sets(make, 2 * numel * 4, device)
     step = _step_fn(impl)
     if impl == "glann_ext_cuda_graph":
-        graphs = [cuda_graph(lambda xy=xy: step(xy)) for xy in sets]
-        call = Cycle(graphs, lambda replay: replay())
+        call = Cycle(cuda_graphs([lambda xy=xy: step(xy) for xy in sets]), lambda replay: replay())
     else:
         call = Cycle(sets, step)
     run = timed(call, device)

@@ -22,14 +22,7 @@ import torch
 from cuda_testing import behind_sleep, capture, loss_and_grads
 from glann_testing import child_kwargs
 
-from glann_ext import (
-    fused_latent_adam_,
-    fused_latent_sgd_,
-    laplacian_pyramid_loss,
-    nn_argmin,
-    project_to_sphere,
-    project_to_sphere_,
-)
+import glann_ext
 from glann_ext.ops import reference
 
 pytestmark = pytest.mark.cuda
@@ -97,7 +90,7 @@ def test_cuda_side_stream_nn_argmin(dtype, checked):
     stream can show; unchecked, a launch on any other stream shows."""
 
     def op(q, k):
-        return nn_argmin(q, k, return_distances=True, check_finite_values=checked)
+        return glann_ext.nn_argmin(q, k, return_distances=True, check_finite_values=checked)
 
     real = (randn(700, 64, seed=0, dtype=dtype), randn(30000, 64, seed=1, dtype=dtype))
     poison = (randn(700, 64, seed=2, dtype=dtype), randn(30000, 64, seed=3, dtype=dtype))
@@ -108,7 +101,7 @@ def test_cuda_side_stream_laplacian_forward_backward():
     seed = torch.rand(8, device=CUDA) + 0.5
 
     def op(x, y):
-        return loss_and_grads(laplacian_pyramid_loss, x, y, seed)
+        return loss_and_grads(glann_ext.laplacian_pyramid_loss, x, y, seed)
 
     shape = (8, 3, 64, 64)
     check_on_side_stream(
@@ -121,14 +114,14 @@ def test_cuda_side_stream_project_forward_backward():
 
     def op(z):
         z = z.detach().requires_grad_()
-        out = project_to_sphere(z)
+        out = glann_ext.project_to_sphere(z)
         return out.detach(), *torch.autograd.grad(out, z, cotangent)
 
     check_on_side_stream(op, (randn(4096, 65, seed=0),), (randn(4096, 65, seed=1),))
 
 
 def test_cuda_side_stream_project_inplace():
-    check_on_side_stream(project_to_sphere_, (randn(4096, 65, seed=0),), (randn(4096, 65, seed=1),))
+    check_on_side_stream(glann_ext.project_to_sphere_, (randn(4096, 65, seed=0),), (randn(4096, 65, seed=1),))
 
 
 def _latent_args(seed: int, n: int = 5000, d: int = 64, b: int = 1024):
@@ -143,9 +136,9 @@ def _latent_args(seed: int, n: int = 5000, d: int = 64, b: int = 1024):
 def _latent_op(opt: str):
     def op(table, exp_avg, exp_avg_sq, idx, grad):
         if opt == "adam":
-            fused_latent_adam_(table, exp_avg, exp_avg_sq, idx, grad, step=3, lr=0.01)
+            glann_ext.fused_latent_adam_(table, exp_avg, exp_avg_sq, idx, grad, step=3, lr=0.01)
         else:
-            fused_latent_sgd_(table, idx, grad, lr=0.1)
+            glann_ext.fused_latent_sgd_(table, idx, grad, lr=0.1)
         return table, exp_avg, exp_avg_sq
 
     return op
@@ -170,7 +163,7 @@ def test_cuda_side_stream_latent_step(opt):
 def test_cuda_graph_nn_argmin():
     q_s, k_s = randn(300, 64, seed=0), randn(5000, 64, seed=1)
     graph, (idx, dist) = capture(
-        lambda: nn_argmin(q_s, k_s, return_distances=True, check_finite_values=False)
+        lambda: glann_ext.nn_argmin(q_s, k_s, return_distances=True, check_finite_values=False)
     )
     previous = None
     for seed in (0, 2, 4):
@@ -192,7 +185,7 @@ def test_cuda_graph_laplacian_forward_backward():
     seed = torch.rand(4, device=CUDA) + 0.5
 
     def step():
-        loss = laplacian_pyramid_loss(x_s, y_s, reduction="none")
+        loss = glann_ext.laplacian_pyramid_loss(x_s, y_s, reduction="none")
         return (loss, *torch.autograd.grad(loss, (x_s, y_s), seed))
 
     graph, out = capture(step)
@@ -215,12 +208,12 @@ def test_cuda_graph_project_forward_backward_and_inplace():
     z_s, w_s = randn(1000, 65, seed=0).requires_grad_(), randn(1000, 65, seed=1)
 
     def forward_backward():
-        out = project_to_sphere(z_s)
+        out = glann_ext.project_to_sphere(z_s)
         return (out, *torch.autograd.grad(out, z_s, w_s))
 
     graph, (out, grad) = capture(forward_backward)
     zi_s = randn(1000, 65, seed=0)
-    graph_inplace, _ = capture(lambda: project_to_sphere_(zi_s))
+    graph_inplace, _ = capture(lambda: glann_ext.project_to_sphere_(zi_s))
     for s in (0, 2, 4):
         z, w = randn(1000, 65, seed=s), randn(1000, 65, seed=s + 1)
         with torch.no_grad():
