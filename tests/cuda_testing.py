@@ -57,8 +57,10 @@ def behind_sleep(write_inputs: Callable[[], None], op: Callable[[], object]):
     * the default stream sleeps 4x as long, so a kernel launched on it (or on the legacy stream 0) runs only
       after the clones were taken, even where the Python layer synchronises before the launch.
     """
+    # No empty_cache(): the caching allocator keeps freed blocks per stream, so blocks that held results
+    # computed on the default stream are never handed to the side stream; emptying the cache would let
+    # cudaMalloc return that memory, contents and all, to the op under test.
     torch.cuda.synchronize()
-    torch.cuda.empty_cache()  # no cached block still holds an earlier, correct result
     side = torch.cuda.Stream()
     with torch.cuda.stream(torch.cuda.default_stream()):
         torch.cuda._sleep(4 * SLEEP_CYCLES)
