@@ -413,8 +413,8 @@ if [ -n "$ONLY" ] && ! selected build && [ -n "$PY" ]; then
 fi
 for s in "${STAGES[@]:1}"; do
   selected "$s" || continue
-  if [ -z "$PY" ] || { [ "$s" != build ] && [ "${STATUS[build]:-}" = FAIL ]; }; then
-    STATUS[$s]=SKIPPED; DETAIL[$s]="$([ -z "$PY" ] && echo 'no python' || echo 'the build failed')"
+  if [ -z "$PY" ] || { [ "$s" != build ] && [[ ${STATUS[build]:-} == @(FAIL|TIMEOUT) ]]; }; then
+    STATUS[$s]=SKIPPED; DETAIL[$s]="$([ -z "$PY" ] && echo 'no python' || echo "the build did not finish (${STATUS[build]})")"
     echo "== gpu_check $s: SKIPPED (${DETAIL[$s]})"; continue
   fi
   run_stage "$s"
