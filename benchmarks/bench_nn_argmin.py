@@ -1,8 +1,23 @@
-"""nn_argmin against torch and faiss on the same data (pytest-benchmark).
+"""nn_argmin against torch (and faiss on CPU) on the same data (pytest-benchmark), on CPU and CUDA.
 
     pytest benchmarks/bench_nn_argmin.py --benchmark-group-by=group --benchmark-columns=median,rounds
+    pytest benchmarks/bench_nn_argmin.py -k cuda ...     # the CUDA rows only
 
-Each row records GFLOP/s (2*N*M*D / median time) and the peak extra resident memory in extra_info.
+One group per device and shape (N queries, M keys, D). Methods:
+
+* ``glann_ext``: ``nn_argmin`` on float32 (default arguments: includes its NaN/Inf check of the inputs);
+  on CUDA also ``glann_ext_bf16`` on the same data rounded to bfloat16 (the target: 5x the float32 path).
+* ``torch_cdist_argmin``: ``torch.cdist(q, k).argmin(1)``, float32 (IEEE: matmul precision "highest"); it
+  materialises the N x M matrix (skipped past 4 GiB on CPU, past 40% of the free memory on CUDA).
+* ``torch_addmm_tiled``: ``reference.nn_argmin_addmm`` (``||k||^2 - 2 q.k`` in 8192-key tiles, running
+  minimum), float32 IEEE.
+* CUDA only, untiled ``addmm(||k||^2, q, k.T, alpha=-2).argmin(1)``: ``torch_addmm_argmin_tf32`` (float32
+  inputs, TF32 tensor cores) and ``torch_addmm_argmin_bf16`` (bfloat16 inputs and scores): the tensor-core
+  speed a fused kernel competes with.
+* CPU only, ``faiss_IndexFlatL2`` (skipped when faiss is not installed).
+
+Each row records GFLOP/s (2*N*M*D / median time) and the peak extra memory (resident on CPU, allocated on
+CUDA) in extra_info. CUDA calls end with ``torch.cuda.synchronize()``.
 """
 
 from __future__ import annotations
@@ -13,11 +28,38 @@ import torch
 import glann_ext
 from glann_ext.ops import reference
 
-from ._memory import peak_extra_mib
+from ._device import device_params, fresh, matmul_precision, peak_extra, rate, skip_unless_fits, timed
 
-SHAPES = [(4096, 40960, 64), (20000, 200000, 64), (2048, 20480, 784)]
-# cdist materialises N x M float32: skip where that alone exceeds this many bytes.
-CDIST_LIMIT_BYTES = 4 << 30
+SHAPES = {
+    "cpu": [(4096, 40960, 64), (20000, 200000, 64), (2048, 20480, 784)],
+    # GLANN sizes, then 100k x 100k at the latent size and at MNIST's pixel count.
+    "cuda": [
+        (4096, 40960, 64),
+        (20000, 200000, 64),
+        (2048, 20480, 784),
+        (100000, 100000, 64),
+        (100000, 100000, 784),
+    ],
+}
+METHODS = {
+    "cpu": ["glann_ext", "torch_addmm_tiled", "torch_cdist_argmin", "faiss_IndexFlatL2"],
+    "cuda": [
+        "glann_ext",
+        "glann_ext_bf16",
+        "torch_cdist_argmin",
+        "torch_addmm_tiled",
+        "torch_addmm_argmin_tf32",
+        "torch_addmm_argmin_bf16",
+    ],
+}
+# The baselines that materialise the N x M score matrix, with its element size.
+MATERIALISED = {"torch_cdist_argmin": 4, "torch_addmm_argmin_tf32": 4, "torch_addmm_argmin_bf16": 2}
+
+
+def _addmm_argmin(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """argmin_j ||k_j||^2 - 2 q.k_j with one untiled addmm in the inputs' dtype."""
+    norms = (k.float() * k.float()).sum(1).to(k.dtype)
+    return torch.addmm(norms.unsqueeze(0), q, k.t(), alpha=-2.0).argmin(1)
 
 
 def _faiss_search(keys: torch.Tensor):
@@ -27,55 +69,55 @@ def _faiss_search(keys: torch.Tensor):
     return lambda q: index.search(q.numpy(), 1)
 
 
-def _methods(device: str):
-    methods = {
-        "glann_ext": lambda q, k: glann_ext.nn_argmin(q, k),
-        "torch_addmm_tiled": lambda q, k: reference.nn_argmin_addmm(q, k),
-        "torch_cdist_argmin": lambda q, k: reference.nn_argmin_cdist(q, k),
-    }
-    if device == "cpu":
-        methods["faiss_IndexFlatL2"] = None  # built per data set (the index owns a copy of the keys)
-    return methods
+def _call(method: str, q: torch.Tensor, k: torch.Tensor):
+    """The timed callable of ``method`` on float32 ``q``, ``k`` (conversions happen here, untimed)."""
+    if method == "glann_ext":
+        return lambda: glann_ext.nn_argmin(q, k)
+    if method == "glann_ext_bf16":
+        qb, kb = q.bfloat16(), k.bfloat16()
+        return lambda: glann_ext.nn_argmin(qb, kb)
+    if method == "torch_cdist_argmin":
+        return lambda: reference.nn_argmin_cdist(q, k)
+    if method == "torch_addmm_tiled":
+        return lambda: reference.nn_argmin_addmm(q, k)
+    if method == "torch_addmm_argmin_tf32":
+        return lambda: _addmm_argmin(q, k)
+    if method == "torch_addmm_argmin_bf16":
+        qb, kb = q.bfloat16(), k.bfloat16()
+        return lambda: _addmm_argmin(qb, kb)
+    if method == "faiss_IndexFlatL2":
+        search = _faiss_search(k)  # built per data set (the index owns a copy of the keys)
+        return lambda: search(q)
+    raise ValueError(method)
 
 
-def _devices():
-    devs = ["cpu"]
-    if glann_ext.cuda_available():
-        devs.append("cuda")
-    return devs
-
-
-CASES = [(dev, shape, name) for dev in _devices() for shape in SHAPES for name in _methods(dev)]
-
-
-@pytest.mark.parametrize(
-    "device,shape,method", CASES, ids=[f"{d}-{s[0]}x{s[1]}x{s[2]}-{m}" for d, s, m in CASES]
+CASES = device_params(
+    lambda dev: [(shape, method) for shape in SHAPES[dev] for method in METHODS[dev]],
+    lambda row: "x".join(map(str, row[0])) + "-" + row[1],
 )
+
+
+@pytest.mark.parametrize("device,shape,method", CASES)
 def bench_nn_argmin(benchmark, device: str, shape: tuple[int, int, int], method: str) -> None:
     n, m, d = shape
-    if method == "torch_cdist_argmin" and n * m * 4 > CDIST_LIMIT_BYTES:
-        pytest.skip(f"cdist would materialise a {n * m * 4 / 2**30:.0f} GiB matrix")
-    g = torch.Generator().manual_seed(0)
-    q = torch.randn(n, d, generator=g).to(device)
-    k = torch.randn(m, d, generator=g).to(device)
-    fn = _methods(device)[method]
-    if method == "faiss_IndexFlatL2":
-        search = _faiss_search(k)
-        fn = lambda q, k: search(q)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-
-    def run():
-        out = fn(q, k)
-        sync()
-        return out
-
+    if method in MATERIALISED:
+        skip_unless_fits(n * m * MATERIALISED[method], device, method)
+    fresh(device)
+    g = torch.Generator(device).manual_seed(0)  # drawn where they are used (100k x 784 on one CPU core: ~1 s)
+    q = torch.randn(n, d, generator=g, device=device)
+    k = torch.randn(m, d, generator=g, device=device)
+    precision = "high" if method.endswith("_tf32") else "highest"
     benchmark.group = f"nn_argmin {device} N={n} M={m} D={d}"
-    run()  # warm-up (thread pool, CUDA context, faiss index)
-    mem = peak_extra_mib(run) if device == "cpu" else None
-    benchmark.pedantic(run, rounds=3 if n * m * d > 1e11 else 5, iterations=1)
+    with matmul_precision(precision):
+        run = timed(_call(method, q, k), device)
+        run()  # warm-up (thread pool, CUDA context and kernels, cuBLAS handles, faiss index)
+        mem = peak_extra(run, device)
+        big = n * m * d > (2e12 if device == "cuda" else 1e11)
+        benchmark.pedantic(run, rounds=3 if big else (10 if device == "cuda" else 5), iterations=1)
     median = benchmark.stats.stats.median
     benchmark.extra_info.update(
-        gflops=round(2 * n * m * d / median / 1e9, 1),
+        gflops=rate(2 * n * m * d, median),
         peak_extra_mib=None if mem is None else round(mem, 1),
-        threads=torch.get_num_threads(),
     )
+    if device == "cpu":
+        benchmark.extra_info["threads"] = torch.get_num_threads()

@@ -1,15 +1,23 @@
-"""Turns a pytest-benchmark JSON file into the Markdown tables of benchmarks/RESULTS.md.
+"""Turns pytest-benchmark JSON files into the Markdown tables of benchmarks/RESULTS.md.
 
     pytest benchmarks --benchmark-json=bench.json
     python -m benchmarks.report bench.json > tables.md
+    python -m benchmarks.report a.json b.json --targets --merged merged.json > tables.md
 
-Within each group the rows are sorted by median time, and every baseline's ratio is reported as
-(baseline median / glann_ext median): above 1 means glann_ext is that many times faster.
+Several files are merged (the GPU check runs one pytest per op so that a stage cut short keeps the rows
+already measured). Within each group the rows are sorted by median time, and every row's ratio is reported as
+(row median / glann_ext median): above 1 means glann_ext is that many times faster, below 1 slower (the
+group's first glann row in run order is the reference; e.g. 0.20x for ``glann_ext_bf16`` means the bfloat16
+path takes a fifth of the float32 path's time). ``gflops`` and ``gbps`` columns are the achieved rates the
+bench files record (their docstrings define the FLOP and byte counts). ``--targets`` adds the issue-15 targets
+of the CUDA kernels, each met or missed by how much.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import sys
 from collections import defaultdict
 
@@ -29,16 +37,32 @@ def _is_ours(method: str) -> bool:
     return method.startswith("glann")
 
 
-def render(data: dict) -> str:
+def merge(datas: list[dict]) -> dict:
+    """One pytest-benchmark document holding the benchmarks of all ``datas`` (machine info of the first)."""
+    if not datas:
+        return {"benchmarks": []}
+    merged = dict(datas[0])
+    merged["benchmarks"] = [b for d in datas for b in d.get("benchmarks", [])]
+    return merged
+
+
+def _groups(data: dict) -> dict[str, list[dict]]:
     groups: dict[str, list[dict]] = defaultdict(list)
     for b in data["benchmarks"]:
         groups[b.get("group") or b["name"]].append(b)
+    return groups
+
+
+def render(data: dict) -> str:
+    groups = _groups(data)
     out = []
     machine = data.get("machine_info", {})
     out.append(
         f"Machine: {machine.get('cpu', {}).get('brand_raw', '?')}, {machine.get('cpu', {}).get('count', '?')} "
         f"logical CPUs; Python {machine.get('python_version', '?')}; run at {data.get('datetime', '?')}.\n"
     )
+    if machine.get("gpu"):
+        out.append("GPU: " + ", ".join(f"{k}={v}" for k, v in machine["gpu"].items()) + ".\n")
     for group in sorted(groups):
         # Ratios are against the group's first glann row in run order (the bench files list the
         # like-for-like glann call first, e.g. out-of-place projection before the in-place one).
@@ -61,12 +85,111 @@ def render(data: dict) -> str:
     return "\n".join(out)
 
 
+# --------------------------------------------------------------------------------------------------
+# The CUDA targets of issue 15
+# --------------------------------------------------------------------------------------------------
+
+
+def _medians(rows: list[dict]) -> dict[str, float]:
+    return {_method(b): b["stats"]["median"] for b in rows}
+
+
+def _gbps(rows: list[dict]) -> dict[str, float]:
+    return {
+        _method(b): b.get("extra_info", {}).get("gbps") for b in rows if b.get("extra_info", {}).get("gbps")
+    }
+
+
+def _verdict(value: float, goal: float) -> str:
+    return f"met ({value:.2f} >= {goal:g})" if value >= goal else f"**missed by {goal / value:.2f}x**"
+
+
+def targets(data: dict) -> str:
+    """A Markdown table of the issue's CUDA targets, from the CUDA groups of ``data``."""
+    groups = _groups(data)
+    if not any(" cuda" in name for name in groups):
+        return ""
+    lines = ["| target | group | measured | verdict |", "|---|---|---|---|"]
+
+    def row(target: str, group: str, value: float | None, goal: float, unit: str = "x") -> None:
+        if value is None:
+            lines.append(f"| {target} | {group} | not measured | - |")
+        else:
+            lines.append(f"| {target} | {group} | {value:.2f}{unit} | {_verdict(value, goal)} |")
+
+    copy_gbps = max(
+        (g.get("torch clone (memcpy bound)", 0) for name, rows in groups.items() if name.startswith("project cuda")
+         for g in [_gbps(rows)]),
+        default=0,
+    )  # fmt: skip
+    for name, rows in sorted(groups.items()):
+        med = _medians(rows)
+        m = re.match(r"nn_argmin cuda N=(\d+) M=(\d+) D=(\d+)", name)
+        if m and "glann_ext" in med:
+            d = int(m.group(3))
+            goal = 2.0 if d == 64 else 1.0
+            if "torch_cdist_argmin" in med:
+                row(
+                    f"nn_argmin fp32 >= {goal:g}x cdist().argmin()",
+                    name,
+                    med["torch_cdist_argmin"] / med["glann_ext"],
+                    goal,
+                )
+            if "glann_ext_bf16" in med:
+                row("nn_argmin bf16 >= 5x the fp32 path", name, med["glann_ext"] / med["glann_ext_bf16"], 5.0)
+        if name == "laplacian_pyramid_loss fwd+bwd cuda 64x3x64x64" and "glann_ext" in med:
+            eager = [med[k] for k in ("eager_slices", "eager_conv", "reference") if k in med]
+            row(
+                "Laplacian fwd+bwd >= 10x the best torch eager",
+                name,
+                min(eager) / med["glann_ext"] if eager else None,
+                10.0,
+            )
+        if name == "laplacian_pyramid_loss fwd+bwd cuda 16x3x256x256":
+            gb = _gbps(rows)
+            for method in ("glann_ext", "glann_ext_cuda_graph"):
+                frac = gb[method] / copy_gbps if method in gb and copy_gbps else None
+                row(
+                    f"Laplacian {method} >= 30% of the copy bandwidth",
+                    name,
+                    None if frac is None else 100 * frac,
+                    30.0,
+                    "%",
+                )
+        if (
+            name.startswith("project cuda")
+            and "glann project_to_sphere" in med
+            and "torch clone (memcpy bound)" in med
+        ):
+            frac = med["torch clone (memcpy bound)"] / med["glann project_to_sphere"]
+            row("projection >= 70% of a copy's bandwidth", name, 100 * frac, 70.0, "%")
+    note = (
+        f"Copy bandwidth (torch clone, read + write): {copy_gbps:.0f} GB/s."
+        if copy_gbps
+        else "Copy bandwidth: no CUDA projection group in this run."
+    )
+    return "\n".join(lines) + "\n\n" + note + "\n"
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print(__doc__, file=sys.stderr)
-        return 2
-    with open(argv[1]) as f:
-        print(render(json.load(f)))
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="+", help="pytest-benchmark JSON files (merged)")
+    parser.add_argument("--targets", action="store_true", help="append the issue-15 CUDA targets table")
+    parser.add_argument("--merged", help="also write the merged JSON here")
+    args = parser.parse_args(argv[1:])
+    datas = []
+    for path in args.files:
+        with open(path) as f:
+            datas.append(json.load(f))
+    data = merge(datas)
+    if args.merged:
+        with open(args.merged, "w") as f:
+            json.dump(data, f, indent=1)
+    print(render(data))
+    table = targets(data) if args.targets else ""
+    if table:
+        print("## Targets (issue 15)\n")
+        print(table)
     return 0
 
 
