@@ -98,11 +98,18 @@ class SphereSparseAdam:
         self.step_count = 0
 
     @torch.no_grad()
-    def step(self, indices: torch.Tensor, grad: torch.Tensor) -> None:
-        """Apply one step to ``table[indices]`` with gradient rows ``grad`` ``(len(indices), D)``."""
+    def step(self, indices: torch.Tensor, grad: torch.Tensor, *, updates: int | None = None) -> None:
+        """Apply one step to ``table[indices]`` with gradient rows ``grad`` ``(len(indices), D)``.
+
+        ``updates``: how many times these rows have now been updated (this step included), for Adam's bias
+        correction; None uses the optimizer's own step counter, as ``torch.optim.SparseAdam`` does. The
+        two agree for a dense parameter; for a table whose rows are touched once per epoch the counter runs
+        ahead of every row's real count, so the correction vanishes while a row's second moment is still
+        tiny and its first steps are far too large (about lr / sqrt((1 - beta2) k) per coordinate at its
+        k-th update). GLO passes the rows' own count (see ``TrainConfig.latent_adam_steps``)."""
         kwargs = dict(
-            step=self.step_count + 1, lr=self.lr, beta1=self.betas[0], beta2=self.betas[1], eps=self.eps,
-            project=self.project,
+            step=self.step_count + 1 if updates is None else int(updates), lr=self.lr, beta1=self.betas[0],
+            beta2=self.betas[1], eps=self.eps, project=self.project,
         )  # fmt: skip
         if self.backend == "fused":
             fused_latent_adam_(self.table, self.exp_avg, self.exp_avg_sq, indices, grad, **kwargs)

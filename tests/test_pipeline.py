@@ -104,10 +104,13 @@ def test_a_resumed_epoch_reports_all_of_its_steps(tmp_path, blob_file):
 @pytest.mark.parametrize("first,second", [("fused", "reference"), ("reference", "fused")])
 def test_resume_with_the_other_ops_backend(tmp_path, blob_file, first, second):
     """Interrupted mid-GLO with one backend and mid-IMLE with the other, the run finishes, with the weights
-    of an uninterrupted run of the first backend up to float rounding (the two backends' latent steps agree
-    to the last ulps; they share one optimizer state format)."""
+    of an uninterrupted run of the first backend up to float rounding: the two backends' latent steps agree
+    to the last ulps and share one optimizer state format. Adam turns ulps into up to ~lr on parameters
+    whose gradient is near zero, so each tensor's bound is measured: 4 x the difference between two
+    uninterrupted runs that differ only in their thread count (at least 2e-4)."""
     cfg = tiny_config(dataset=blob_file, glo_epochs=3, imle_epochs=2, ckpt_every=1, ops=first)
     train(cfg, tmp_path / "straight", progress=False, log=lambda s: None)
+    train(dataclasses.replace(cfg, threads=2), tmp_path / "threads", progress=False, log=lambda s: None)
     run = tmp_path / "switched"
     with pytest.raises(Interrupt):
         train(cfg, run, progress=False, on_step=interrupt_at("glo", 5), log=lambda s: None)
@@ -116,14 +119,14 @@ def test_resume_with_the_other_ops_backend(tmp_path, blob_file, first, second):
         train(swapped, run, progress=False, on_step=interrupt_at("imle", 2), log=lambda s: None)
     train(cfg, run, progress=False, log=lambda s: None)  # and back to the first
     assert ckpt.read_manifest(run)["phase"] == "imle"
-    a = read_model_file(tmp_path / "straight" / "model.safetensors")[0]
-    b = read_model_file(run / "model.safetensors")[0]
+    a, b, noise = (read_model_file(p / "model.safetensors")[0] for p in (tmp_path / "straight", run, tmp_path / "threads"))
     assert a.keys() == b.keys()
     for k in a:
-        if a[k].is_floating_point():
-            torch.testing.assert_close(b[k], a[k], rtol=0, atol=2e-4, msg=k)
-        else:
+        if not a[k].is_floating_point():
             assert torch.equal(a[k], b[k]), k
+            continue
+        bound = max(2e-4, 4 * (noise[k] - a[k]).abs().max().item())
+        assert (b[k] - a[k]).abs().max().item() <= bound, k
 
 
 def test_latent_optimizers_share_one_state_format():

@@ -39,6 +39,11 @@ class TrainConfig:
     """"constant" (the GLO/GLANN papers' fixed rates) or "cosine": ``lr_g`` and ``lr_z`` decay per step to 0
     over ``glo_epochs`` (cosine annealing, Loshchilov & Hutter 2017), so that short runs end refined."""
     latent_optimizer: str = "adam"  # "adam" (sparse Adam) or "sgd"
+    latent_adam_steps: str = "rows"
+    """Adam's bias correction for the codes: "rows" counts each code's own updates (once per epoch: the
+    exact Adam of a row touched once per epoch) or "global" counts optimizer steps, as
+    ``torch.optim.SparseAdam`` does (glann_ext 0.1): then, after the first epoch, a code's steps are about
+    ``lr / sqrt(0.001 k)`` per coordinate at its k-th update, far larger than ``lr``."""
     init: str = "pca"  # "pca" or "random"
     l2_weight: float = 0.0  # weight of an extra pixel L2 term
     vgg_weights: str | None = None  # local VGG16 state_dict; enables the perceptual term
@@ -168,6 +173,7 @@ _CHOICES = {
     "imle_space": ("latent", "pixel"),
     "imle_lr_schedule": ("constant", "cosine"),
     "glo_lr_schedule": ("constant", "cosine"),
+    "latent_adam_steps": ("rows", "global"),
     "imle_match": ("nearest", "unique"),
     "ops": ("fused", "reference"),
     "channels": (None, 1, 3),

@@ -86,7 +86,10 @@ class GLOTrainer(StageTrainer):
         scaled.backward()
         self.opt_g.step()
         grad = z.grad if not self.world.distributed else z.grad / self.world.size
-        self.opt_z.step(idx, grad)
+        if self.cfg.latent_optimizer == "adam" and self.cfg.latent_adam_steps == "rows":
+            self.opt_z.step(idx, grad, updates=self.epoch + 1)  # every row is updated once per epoch
+        else:
+            self.opt_z.step(idx, grad)
         return loss.item()
 
     @torch.no_grad()

@@ -41,7 +41,7 @@ def upgrade_run(run: str | Path, *, trust_pickle: bool = False, log: Callable[[s
     with FolderLock(run):
         remove_stale_temps(run)
         if (run / CONFIG_FILE).exists():
-            TrainConfig.from_json(run / CONFIG_FILE).to_json(run / CONFIG_FILE)  # drops 0.1's "extra"
+            _upgrade_config(run / CONFIG_FILE)
         manifest_path = ckpt.checkpoint_dir(run) / ckpt.MANIFEST_FILE
         if manifest_path.exists() and _json(manifest_path).get("format") == 1:
             _upgrade_checkpoint(run, _json(manifest_path))
@@ -51,6 +51,17 @@ def upgrade_run(run: str | Path, *, trust_pickle: bool = False, log: Callable[[s
             done.append(f"{LEGACY_MODEL} -> model.safetensors (old file kept as {LEGACY_MODEL}{KEPT_SUFFIX})")
     log(f"{run}: " + ("; ".join(done) if done else "nothing to upgrade"))
     return done
+
+
+# Fields whose default has changed since 0.1: a 0.1 run keeps computing what it computed.
+V01_BEHAVIOUR = {"latent_adam_steps": "global"}
+
+
+def _upgrade_config(path: Path) -> None:
+    """Drops 0.1's unused "extra" and pins the 0.1 behaviour of fields added since with other defaults."""
+    saved = _json(path)
+    saved.pop("extra", None)
+    TrainConfig.from_dict({**V01_BEHAVIOUR, **saved}).to_json(path)
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -78,8 +89,9 @@ def _upgrade_checkpoint(run: Path, manifest: dict[str, Any]) -> None:
         raise CheckpointError(f"{run}: its manifest names files outside checkpoints/; not converted")
     main = _unpickle(step / ckpt.MAIN_FILE)
     main.pop("rng", None)  # the run's RNG is no longer global state
-    if isinstance(main.get("config"), dict) and main["config"].get("extra") == {}:
-        del main["config"]["extra"]
+    if isinstance(main.get("config"), dict):
+        main["config"].pop("extra", None)
+        main["config"] = {**V01_BEHAVIOUR, **main["config"]}
     ckpt.save_atomic(main, step / ckpt.MAIN_FILE)
     for name in names:
         ckpt.save_atomic(_unpickle(step / name), step / name)
@@ -92,7 +104,7 @@ def _upgrade_checkpoint(run: Path, manifest: dict[str, Any]) -> None:
 def _upgrade_model(run: Path) -> None:
     old = _unpickle(run / LEGACY_MODEL)
     try:
-        cfg = TrainConfig.from_dict(old["cfg"])
+        cfg = TrainConfig.from_dict({**V01_BEHAVIOUR, **{k: v for k, v in old["cfg"].items() if k != "extra"}})
         model = build_model(cfg, tuple(old["image_shape"]))
         model.G.load_state_dict(old["G"])
         if isinstance(model, GLANN):
