@@ -479,9 +479,10 @@ def test_opcheck(dtype):
     x = torch.randn(2, 3, 9, 11, dtype=dtype, requires_grad=True)
     y = torch.randn(2, 3, 9, 11, dtype=dtype, requires_grad=True)
     weights = [1.0, 0.5, 3.0]
-    for pixel_path in (False, True):
-        torch.library.opcheck(torch.ops.glann_ext.laplacian_fwd.default, (x, y, 3, weights, pixel_path, True))
-        signs = lap_mod._laplacian_fwd(x.detach(), y.detach(), 3, weights, pixel_path, True)[1]
+    for pixel_path, reduction in ((False, 0), (False, 1), (True, 2)):  # indices into REDUCTIONS
+        args = (x, y, 3, weights, reduction, pixel_path, True)
+        torch.library.opcheck(torch.ops.glann_ext.laplacian_fwd.default, args)
+        signs = lap_mod._laplacian_fwd(x.detach(), y.detach(), 3, weights, 2, pixel_path, True)[1]
         args = (signs, torch.rand(2, dtype=dtype), 3, 9, 11, 3, weights, dtype, pixel_path)
         torch.library.opcheck(torch.ops.glann_ext.laplacian_bwd.default, args)
 

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>  // std::conditional_t (types only, no code)
 
 #include "common/parallel.h"
 #include "laplacian/laplacian.h"
@@ -152,23 +153,37 @@ void scale_signs(const int8_t* __restrict__ signs, const T* wt, int64_t n, T* __
     for (int v = 0; v < V; ++v) dst[i * V + v] = wt[v] * T(signs[i * V + v]);
 }
 
-// l = fine - up over n elements (up == nullptr: l = fine): stores sign(l) and adds sum |l| per lane
-// to sums (per row in T, across rows in double).
+// One element of a row: the V lanes of a group as one vector (32 bytes), with int lanes of the same
+// width for comparison masks and int8 lanes for the signs.
 template <typename T, int V>
-void laplacian_row(const T* __restrict__ fine, const T* __restrict__ up, int64_t n, int8_t* __restrict__ sign,
+struct LaneVec {
+  typedef T Vec __attribute__((vector_size(sizeof(T) * V)));
+  typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> Int;
+  typedef Int Mask __attribute__((vector_size(sizeof(T) * V)));
+  typedef int8_t Signs __attribute__((vector_size(V)));
+};
+
+// l = fine - up over n elements (up == nullptr: l = fine): stores sign(l) and adds sum |l| per lane
+// to sums (per row in T, across rows in double). Written with whole-element vectors (a scalar loop over
+// lanes did not vectorise: int8 stores next to double sums); each lane adds in the same order as before.
+template <typename T, int V>
+void laplacian_row(const T* __restrict fine, const T* __restrict up, int64_t n, int8_t* __restrict sign,
                    double* sums) {
-  T lanes[V] = {};
+  using L = LaneVec<T, V>;
+  typename L::Vec lanes = {};
+  const typename L::Mask abs_mask = ~(typename L::Mask{} + (typename L::Int(1) << (8 * sizeof(T) - 1)));
   for (int64_t c = 0; c < n; ++c) {
-    T l[V];
+    typename L::Vec l;
+    std::memcpy(&l, fine + c * V, sizeof(l));
     if (up != nullptr) {
-      for (int v = 0; v < V; ++v) l[v] = fine[c * V + v] - up[c * V + v];
-    } else {
-      for (int v = 0; v < V; ++v) l[v] = fine[c * V + v];
+      typename L::Vec u;
+      std::memcpy(&u, up + c * V, sizeof(u));
+      l -= u;
     }
-    for (int v = 0; v < V; ++v) {
-      sign[c * V + v] = static_cast<int8_t>(int(l[v] > T(0)) - int(l[v] < T(0)));
-      lanes[v] += std::fabs(l[v]);
-    }
+    const typename L::Mask s = (l < T(0)) - (l > T(0));  // masks are -1: +1 above 0, -1 below, 0 at 0/NaN
+    const typename L::Signs s8 = __builtin_convertvector(s, typename L::Signs);
+    std::memcpy(sign + c * V, &s8, sizeof(s8));
+    lanes += (typename L::Vec)((typename L::Mask)l & abs_mask);  // |l|: the sign bit cleared, as fabs
   }
   for (int v = 0; v < V; ++v) sums[v] += double(lanes[v]);
 }
