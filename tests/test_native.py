@@ -186,3 +186,28 @@ def test_exec_context_on_cpu() -> None:
         assert _native.exec_context(torch.zeros(1)) == (False, 0, 0, 3)
     finally:
         torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize(
+    "preset,first,want",
+    [
+        (None, "glann_ext", "PASSIVE"),
+        ("ACTIVE", "glann_ext", "ACTIVE"),
+        (None, "torch", "default (torch was imported before glann_ext)"),
+    ],
+)
+def test_openmp_wait_policy_default(preset, first, want, tmp_path) -> None:
+    """glann_ext sets OMP_WAIT_POLICY=PASSIVE when it is imported before torch (libgomp reads it once, when
+    torch loads it) and nothing was set; a user's value wins; build_info says what applies."""
+    import subprocess
+    import sys
+
+    from glann_testing import child_kwargs
+
+    env = {} if preset is None else {"OMP_WAIT_POLICY": preset}
+    kwargs = child_kwargs(tmp_path, **env)
+    if preset is None:
+        kwargs["env"] = {k: v for k, v in kwargs["env"].items() if k != "OMP_WAIT_POLICY"}
+    code = f"import {first}, glann_ext; print(glann_ext.build_info()['omp_wait_policy'])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, **kwargs)
+    assert out.stdout.strip() == want
