@@ -98,7 +98,7 @@ def native_call(
     and have completed (:func:`raise_deferred_errors`, without waiting), makes that CUDA device current
     (no-op on CPU) and raises a failed kernel status as the typed error (``arguments`` names the kernel's
     inputs in order, for a NaN/Inf status; ``row_offsets`` where the kernel saw a slice)."""
-    if _DEFERRED and not torch.cuda.is_current_stream_capturing():  # no event query inside a capture
+    if _DEFERRED and not _capturing():  # no event query inside a capture
         raise_deferred_errors()
     try:
         if t.device.type == "cuda":
@@ -113,6 +113,11 @@ def native_call(
 # --------------------------------------------------------------------------------------------------
 # NaN/Inf flags written by CUDA kernels, read without a host synchronisation
 # --------------------------------------------------------------------------------------------------
+
+
+def _capturing() -> bool:
+    """Whether the current CUDA stream is capturing a graph (never, without CUDA)."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 FlagsError = Callable[[list[int]], "Exception | None"]
 
@@ -139,7 +144,7 @@ def defer_flags(flags: torch.Tensor, make_error: FlagsError) -> None:
     event on the current stream; :func:`raise_deferred_errors` raises ``make_error(values)`` once the event
     has completed. Inside CUDA-graph capture nothing is recorded: no host code runs when a graph is
     replayed, so the check does not exist there."""
-    if torch.cuda.is_current_stream_capturing():
+    if _capturing():
         return
     host = torch.empty(flags.shape, dtype=flags.dtype, pin_memory=True)
     host.copy_(flags, non_blocking=True)
