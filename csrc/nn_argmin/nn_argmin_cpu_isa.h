@@ -31,9 +31,11 @@
 #endif
 
 // Vector bytes, query rows (MR) and key vectors (NV) per micro-tile of this copy: MR * NV accumulators,
-// NV key vectors and one broadcast fit the register file. AVX2 takes 4 x 3 vectors rather than 6 x 2:
-// 4 broadcasts per 12 FMAs instead of 6; on CPUs that split 256-bit operations (AMD family 17h) a
-// broadcast load also takes a vector-unit slot, and 12 FMAs took 13.3 cycles with 6 (12.0 alone).
+// NV key vectors and one broadcast fit the register file. AVX2 takes 4 x 3 vectors rather than 6 x 2
+// (4 broadcasts and 3 vector loads per 12 FMAs instead of 6 and 2): on this session's AMD EPYC (family 17h)
+// one core reached 34.9-35.5 GFLOP/s against 34.0-34.3 at D=784 and 35.1-35.5 against 34.4-35.0 at D=64
+// (best of 5, thread CPU time). The loads of either step fit beside the FMAs in a register-only loop
+// (benchmarks/fma_peak.py), so the difference comes from the memory side of the tile.
 #if defined(__AVX512F__)
 #define GLANN_NN_VEC_BYTES 64
 #define GLANN_NN_MR 12
