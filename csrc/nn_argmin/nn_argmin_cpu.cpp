@@ -71,13 +71,13 @@ Plan make_plan(int64_t n, int64_t m, int64_t d, int64_t elem, int panel_keys, in
   const int64_t min_rows = int64_t{8} * micro_rows;
   // Several chunks per thread: claimed dynamically, they balance the load when a core is shared with
   // another process; fewer, larger chunks pack every key fewer times.
-  pl.n_q = std::clamp<int64_t>(ceil_div(n, min_rows), 1, int64_t{4} * threads);
+  pl.n_q = std::clamp<int64_t>(ceil_div(n, min_rows), 1, int64_t{2} * threads);
   // A chunk's packed queries stay within about 2 MB (row count a multiple of the micro-tile).
   const int64_t rows_cap = std::max<int64_t>(
       micro_rows, (int64_t{2} << 20) / elem / std::max<int64_t>(d, 1) / micro_rows * micro_rows);
   pl.n_q = std::max(pl.n_q, ceil_div(n, rows_cap));
   pl.n_k = 1;
-  if (pl.n_q < 4 * threads) {
+  if (pl.n_q < 2 * threads) {
     pl.n_k = std::clamp<int64_t>(ceil_div(int64_t{4} * threads, pl.n_q), 1, ceil_div(m, pl.kc));
   }
   pl.slots = parallel_slots(pl.n_q * pl.n_k, threads);

@@ -148,29 +148,34 @@ int64_t pack_block_t(const NnArgminParams& p, int64_t k0, int64_t nk, T* buf) {
   const int64_t d = p.dim, n_panels = (nk + kNR - 1) / kNR;
   T* halves = buf + n_panels * d * kNR;
   int64_t first_bad = -1;
+  constexpr int64_t kColumns = 64;  // columns per pass: the pass's part of a panel (6-12 KB) stays in L1
   for (int64_t pi = 0; pi < n_panels; ++pi) {
     T* panel = buf + pi * d * kNR;
-    for (int j = 0; j < kNR; ++j) {
-      const int64_t key = pi * kNR + j;
-      if (key < nk) {
-        const T* src = key_row<T>(p, k0 + key);
-        if (p.keys_strides[1] == 1) {
-          for (int64_t c = 0; c < d; ++c) panel[c * kNR + j] = src[c];
-        } else {
-          for (int64_t c = 0; c < d; ++c) panel[c * kNR + j] = src[c * p.keys_strides[1]];
-        }
-      } else {
-        for (int64_t c = 0; c < d; ++c) panel[c * kNR + j] = T(0);
-      }
-    }
-    // Norms in lane order, the same instruction sequence for every key (so equal keys tie exactly).
+    // Norms in lane order over c, the same instruction sequence for every key (so equal keys tie exactly),
+    // each pass's columns while they are in L1.
     V norm[kNV];
     for (int v = 0; v < kNV; ++v) norm[v] = splat(T(0));
-    for (int64_t c = 0; c < d; ++c)
-      for (int v = 0; v < kNV; ++v) {
-        const V a = load(panel + c * kNR + v * kW);
-        norm[v] += a * a;
+    for (int64_t c0 = 0; c0 < d; c0 += kColumns) {
+      const int64_t c1 = imin(d, c0 + kColumns);
+      for (int j = 0; j < kNR; ++j) {
+        const int64_t key = pi * kNR + j;
+        if (key < nk) {
+          const T* src = key_row<T>(p, k0 + key);
+          if (p.keys_strides[1] == 1) {
+            for (int64_t c = c0; c < c1; ++c) panel[c * kNR + j] = src[c];
+          } else {
+            for (int64_t c = c0; c < c1; ++c) panel[c * kNR + j] = src[c * p.keys_strides[1]];
+          }
+        } else {
+          for (int64_t c = c0; c < c1; ++c) panel[c * kNR + j] = T(0);
+        }
       }
+      for (int64_t c = c0; c < c1; ++c)
+        for (int v = 0; v < kNV; ++v) {
+          const V a = load(panel + c * kNR + v * kW);
+          norm[v] += a * a;
+        }
+    }
     for (int v = 0; v < kNV; ++v) store(halves + pi * kNR + v * kW, norm[v] * T(0.5));
     for (int j = 0; j < kNR; ++j) {
       const int64_t key = pi * kNR + j;
