@@ -17,7 +17,10 @@ One group per device and shape (N queries, M keys, D). Methods:
 * CPU only, ``faiss_IndexFlatL2`` (skipped when faiss is not installed).
 
 Each row records GFLOP/s (2*N*M*D / median time) and the peak extra memory (resident on CPU, allocated on
-CUDA) in extra_info. CUDA calls end with ``torch.cuda.synchronize()``.
+CUDA) in extra_info; CPU rows also ``pct_fma_peak``, the GFLOP/s as a share of the float32 FMA peak of the
+threads used, measured by :mod:`benchmarks.fma_peak` (clock x FMA/cycle x 8 lanes x 2). ``glann_ext_f64`` is
+the float64 path on the same data (its own peak is half the float32 one). CUDA calls end with
+``torch.cuda.synchronize()``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import glann_ext
 from glann_ext.ops import reference
 
 from ._device import device_params, fresh, matmul_precision, peak_extra, rate, skip_unless_fits, timed
+from .fma_peak import peak_gflops
 
 SHAPES = {
     "cpu": [(4096, 40960, 64), (20000, 200000, 64), (2048, 20480, 784)],
@@ -42,7 +46,7 @@ SHAPES = {
     ],
 }
 METHODS = {
-    "cpu": ["glann_ext", "torch_addmm_tiled", "torch_cdist_argmin", "faiss_IndexFlatL2"],
+    "cpu": ["glann_ext", "glann_ext_f64", "torch_addmm_tiled", "torch_cdist_argmin", "faiss_IndexFlatL2"],
     "cuda": [
         "glann_ext",
         "glann_ext_bf16",
@@ -73,6 +77,9 @@ def _call(method: str, q: torch.Tensor, k: torch.Tensor):
     """The timed callable of ``method`` on float32 ``q``, ``k`` (conversions happen here, untimed)."""
     if method == "glann_ext":
         return lambda: glann_ext.nn_argmin(q, k)
+    if method == "glann_ext_f64":
+        qd, kd = q.double(), k.double()
+        return lambda: glann_ext.nn_argmin(qd, kd)
     if method == "glann_ext_bf16":
         qb, kb = q.bfloat16(), k.bfloat16()
         return lambda: glann_ext.nn_argmin(qb, kb)
@@ -120,4 +127,9 @@ def bench_nn_argmin(benchmark, device: str, shape: tuple[int, int, int], method:
         peak_extra_mib=None if mem is None else round(mem, 1),
     )
     if device == "cpu":
-        benchmark.extra_info["threads"] = torch.get_num_threads()
+        threads = torch.get_num_threads()
+        benchmark.extra_info["threads"] = threads
+        peak = peak_gflops(threads)
+        if peak is not None:
+            gflops = benchmark.extra_info["gflops"] * (2 if method == "glann_ext_f64" else 1)
+            benchmark.extra_info["pct_fma_peak"] = round(100 * gflops / peak, 1)

@@ -9,8 +9,9 @@ already measured). Within each group the rows are sorted by median time, and eve
 (row median / glann_ext median): above 1 means glann_ext is that many times faster, below 1 slower (the
 group's first glann row in run order is the reference; e.g. 0.20x for ``glann_ext_bf16`` means the bfloat16
 path takes a fifth of the float32 path's time). ``gflops`` and ``gbps`` columns are the achieved rates the
-bench files record (their docstrings define the FLOP and byte counts). ``--targets`` adds the issue-15 targets
-of the CUDA kernels, each met or missed by how much.
+bench files record (their docstrings define the FLOP and byte counts); ``pct_fma_peak`` is the share of the
+measured float32 FMA peak (float64 rows: of the float64 peak). ``--targets`` adds the issue-15 targets of the
+CUDA kernels and the issue-16 targets of the CPU kernels, each met or missed by how much.
 """
 
 from __future__ import annotations
@@ -171,6 +172,36 @@ def targets(data: dict) -> str:
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
+def cpu_targets(data: dict) -> str:
+    """A Markdown table of issue 16's CPU targets, from the CPU groups of ``data``."""
+    groups = _groups(data)
+    lines = ["| target | group | measured | verdict |", "|---|---|---|---|"]
+    for name, rows in sorted(groups.items()):
+        med = _medians(rows)
+        m = re.match(r"nn_argmin cpu N=(\d+) M=(\d+) D=(\d+)", name)
+        if m and "glann_ext" in med:
+            d = int(m.group(3))
+            goal = 1.3 if d == 64 else 1.1
+            for base in ("faiss_IndexFlatL2",) + (("torch_cdist_argmin",) if d >= 256 else ()):
+                if base in med:
+                    lines.append(
+                        f"| nn_argmin >= {goal:g}x {base} | {name} | {med[base] / med['glann_ext']:.2f}x | "
+                        f"{_verdict(med[base] / med['glann_ext'], goal)} |"
+                    )
+            pct = next((b.get("extra_info", {}).get("pct_fma_peak") for b in rows if _method(b) == "glann_ext"), None)
+            if d >= 256 and pct is not None:
+                lines.append(f"| nn_argmin >= 85% of the FMA peak | {name} | {pct:.1f}% | {_verdict(pct, 85.0)} |")
+        m = re.match(r"laplacian_pyramid_loss fwd\+bwd cpu ", name)
+        if m and "glann_ext" in med and "reference" in med:
+            ratio = med["reference"] / med["glann_ext"]
+            gb = _gbps(rows).get("glann_ext")
+            lines.append(
+                f"| Laplacian fwd+bwd >= 20x the torch eager pyramid (reference) | {name} | {ratio:.1f}x "
+                f"({gb} GB/s) | {_verdict(ratio, 20.0)} |"
+            )
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", help="pytest-benchmark JSON files (merged)")
@@ -190,6 +221,10 @@ def main(argv: list[str]) -> int:
     if table:
         print("## Targets (issue 15)\n")
         print(table)
+    cpu = cpu_targets(data) if args.targets else ""
+    if cpu:
+        print("## CPU targets (issue 16)\n")
+        print(cpu)
     return 0
 
 

@@ -52,12 +52,13 @@ class StatusCode:
 
 class StatusError(RuntimeError):
     """
-    A kernel launcher failed: code (StatusCode), message, detail (e.g. the lowest offending row, -1 if none).
+    A kernel launcher failed: code (StatusCode), message, detail (e.g. the lowest offending row, -1 if none), input (for NON_FINITE: which input of the launcher the row belongs to, 0 = the first; -1 if none).
     """
 
     code: StatusCode
     message: str
     detail: int
+    input: int
 
 def cpu_isa() -> str:
     """
@@ -84,6 +85,7 @@ def laplacian_backward(
     height: int,
     width: int,
     levels: int,
+    level_weights: collections.abc.Sequence[float],
     workspace: int,
     workspace_bytes: int,
     pixel_path: bool,
@@ -104,15 +106,18 @@ def laplacian_forward(
     height: int,
     width: int,
     levels: int,
+    level_weights: collections.abc.Sequence[float],
     per_sample: int,
     signs: int,
     workspace: int,
     workspace_bytes: int,
     pixel_path: bool,
+    check_finite: bool,
+    nonfinite_samples: int,
     exec: _Exec,
 ) -> None:
     """
-    Per-sample sum_j 4^j sum|L^j| of x - y into per_sample (B,), signs of every level into signs.
+    Per-sample sum_j w_j sum|L^j| of x - y into per_sample (B,), signs of every level into signs; NaN/Inf in a sample with check_finite: CPU StatusError NON_FINITE (input 0 x, 1 y), CUDA the int64[2] at nonfinite_samples lowered.
     """
 
 def laplacian_plane_elems(height: int, width: int, levels: int) -> int:
@@ -169,12 +174,15 @@ def nn_argmin(
     key_offset: int,
     best_score: int,
     best_index: int,
+    check_queries: bool,
+    check_keys: bool,
+    nonfinite_rows: int,
     workspace: int,
     workspace_bytes: int,
     exec: _Exec,
 ) -> None:
     """
-    Folds the keys into the running best (score ||k||^2 - 2 q.k, global index) of every query row (see csrc/nn_argmin/nn_argmin.h).
+    Folds the keys into the running best (score ||k||^2 - 2 q.k, global index) of every query row; NaN/Inf in checked rows: CPU StatusError NON_FINITE (input 0 queries, 1 keys), CUDA the int64[2] at nonfinite_rows lowered (see csrc/nn_argmin/nn_argmin.h).
     """
 
 def nn_argmin_cpu_path() -> str:
@@ -182,13 +190,14 @@ def nn_argmin_cpu_path() -> str:
     SIMD copy of the CPU micro-kernel in use.
     """
 
-def nn_argmin_cpu_workspace_bytes(n_queries: int, n_keys: int, dim: int, num_threads: int) -> int: ...
+def nn_argmin_cpu_workspace_bytes(n_queries: int, n_keys: int, dim: int, dtype: int, num_threads: int) -> int: ...
 def nn_argmin_cuda_workspace_bytes(n_queries: int, n_keys: int, dim: int, device: int) -> int:
     """
     Workspace bytes of one CUDA call (raises StatusError UNSUPPORTED in a build without CUDA).
     """
 
 def nn_argmin_merge(
+    score_dtype: int,
     score: int,
     index: int,
     n_queries: int,

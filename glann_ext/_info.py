@@ -1,8 +1,28 @@
-"""What the installed extension was built with, and what it can use here."""
+"""What the installed extension was built with, and what it can use here.
+
+OpenMP threads on a shared CPU. torch's CPU wheels run their intra-op parallelism on a bundled GNU libgomp,
+whose threads spin for a while after every parallel region (OMP_WAIT_POLICY unset: about 300,000 spins,
+GOMP_SPINCOUNT). When another process holds a core, the spinning threads take the time slices the thread
+they wait for needs: a GLO epoch with ``--threads 2`` beside one busy process took 5.6 s against 0.9 s with
+1 thread, for the fused and the reference ops alike (``python -m benchmarks.bench_contention``); with
+``OMP_WAIT_POLICY=PASSIVE`` (threads sleep at once) it took 1.0 s. libgomp reads the variable once, when torch
+loads it, so this module sets ``OMP_WAIT_POLICY=PASSIVE`` unless it is already set, before it imports torch.
+That holds whenever glann_ext is imported before torch (the ``glann`` command, scripts that import glann_ext
+first); a program that imports torch first keeps torch's default, and :func:`build_info` says which applies.
+Set ``OMP_WAIT_POLICY=ACTIVE`` to keep spinning threads on a machine of your own.
+"""
 
 from __future__ import annotations
 
-import torch
+import os
+import sys
+
+# Whether torch (and its libgomp) was loaded before this package, so that the default below came too late.
+_TORCH_LOADED_FIRST = "torch" in sys.modules
+if not _TORCH_LOADED_FIRST:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # after the OpenMP default: libgomp reads it when torch loads it
 
 from ._ext import _C
 
@@ -10,6 +30,13 @@ from ._ext import _C
 def cuda_available() -> bool:
     """True when the CUDA kernels were compiled in and torch sees a CUDA device."""
     return bool(_C.cuda_compiled) and torch.cuda.is_available()
+
+
+def omp_wait_policy() -> str:
+    """The OpenMP wait policy torch's threads run with: the environment's ``OMP_WAIT_POLICY`` when torch was
+    loaded (``"default"`` if unset: spinning), as the module docstring explains."""
+    policy = os.environ.get("OMP_WAIT_POLICY", "default")
+    return policy if not _TORCH_LOADED_FIRST else f"{policy} (torch was imported before glann_ext)"
 
 
 def build_info() -> dict[str, object]:
@@ -22,4 +49,5 @@ def build_info() -> dict[str, object]:
         "cpu_isa": _C.cpu_isa(),
         "hardware_threads": int(_C.hardware_threads()),
         "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": omp_wait_policy(),
     }

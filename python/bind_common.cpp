@@ -14,6 +14,7 @@ void throw_if_error(const glann::Status& s) {
   err.attr("code") = s.code;
   err.attr("message") = s.message;
   err.attr("detail") = s.detail;
+  err.attr("input") = s.input;
   PyErr_SetObject(status_error_type, err.ptr());
   throw py::error_already_set();
 }
@@ -48,7 +49,8 @@ void register_status(py::module_& m) {
       .value("UNSUPPORTED", glann::StatusCode::kUnsupported);
   status_error_type = PyErr_NewExceptionWithDoc(
       "glann_ext._C.StatusError",
-      "A kernel launcher failed: code (StatusCode), message, detail (e.g. the lowest offending row, -1 if none).",
+      "A kernel launcher failed: code (StatusCode), message, detail (e.g. the lowest offending row, -1 if none), "
+      "input (for NON_FINITE: which input of the launcher the row belongs to, 0 = the first; -1 if none).",
       PyExc_RuntimeError, nullptr);
   if (status_error_type == nullptr) throw py::error_already_set();
   m.add_object("StatusError", py::handle(status_error_type));  // the module holds the reference

@@ -92,8 +92,8 @@ def test_cuda_side_stream_harness_catches_wrong_streams():
 @pytest.mark.parametrize("checked", [False, True], ids=["unchecked", "checked"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_cuda_side_stream_nn_argmin(dtype, checked):
-    """With ``check_finite_values=True`` the NaN check synchronises first, so only a launch on the default
-    stream can show; unchecked, a launch on any other stream shows."""
+    """Checked or not, the op does not synchronise (the NaN flags are read later): a launch on any other
+    stream shows."""
 
     def op(q, k):
         return glann_ext.nn_argmin(q, k, return_distances=True, check_finite_values=checked)
@@ -166,10 +166,12 @@ def test_cuda_side_stream_latent_step(opt):
 # previous replay (or the capture, which runs nothing) would fail the comparison with the new reference.
 
 
-def test_cuda_graph_nn_argmin():
+@pytest.mark.parametrize("checked", [False, True], ids=["unchecked", "checked"])
+def test_cuda_graph_nn_argmin(checked):
+    """Checked too: the NaN check writes a device flag and never synchronises, so it can be captured."""
     q_s, k_s = randn(300, 64, seed=0), randn(5000, 64, seed=1)
     graph, (idx, dist) = capture(
-        lambda: glann_ext.nn_argmin(q_s, k_s, return_distances=True, check_finite_values=False)
+        lambda: glann_ext.nn_argmin(q_s, k_s, return_distances=True, check_finite_values=checked)
     )
     previous = None
     for seed in (0, 2, 4):

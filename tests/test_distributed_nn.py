@@ -32,10 +32,15 @@ def _make_case(case: str):
         q = torch.randn(10, 4, generator=g)
         k = torch.randn(50, 4, generator=g)
         return q, k, [0, 50], [0, 10]
+    if case == "float64":  # searched in float64 on both paths, ties across the border too
+        q = torch.randn(25, 6, generator=g, dtype=torch.float64)
+        k = torch.randn(300, 6, generator=g, dtype=torch.float64) + 5
+        k[250:260], k[20:30] = q[:10], q[:10]
+        return q, k, [130, 170], [12, 13]
     raise ValueError(case)
 
 
-CASES = ["uneven", "ties_across_border", "empty_shard"]
+CASES = ["uneven", "ties_across_border", "empty_shard", "float64"]
 WORLD = 2
 
 
@@ -49,6 +54,9 @@ def _worker(rank: int, world: int, port: int, out: dict) -> None:
             k_local = k.split(key_sizes)[rank]
             q_local = q.split(query_sizes)[rank]
             out[(case, rank)] = dist_nn_argmin(q_local, k_local, return_distances=True)
+            out[(case, rank, "reference")] = dist_nn_argmin(
+                q_local, k_local, return_distances=True, scores=nn_argmin_scores_reference
+            )
     finally:
         dist.destroy_process_group()
 
@@ -64,13 +72,15 @@ def two_rank_results() -> dict:
 @pytest.mark.parametrize("case", CASES)
 def test_two_process_gloo_equals_single_process(case: str, two_rank_results: dict) -> None:
     world = WORLD
-    out = {r: two_rank_results[(case, r)] for r in range(world)}
     q, k, _, _query_sizes = _make_case(case)
     want_idx, want_d2 = glann_ext.nn_argmin(q, k, return_distances=True)
-    got_idx = torch.cat([out[r][0] for r in range(world)])
-    got_d2 = torch.cat([out[r][1] for r in range(world)])
-    assert torch.equal(got_idx, want_idx)
-    torch.testing.assert_close(got_d2, want_d2)
+    assert want_d2.dtype == q.dtype
+    for key in ((), ("reference",)):
+        got_idx = torch.cat([two_rank_results[(case, r, *key)][0] for r in range(world)])
+        got_d2 = torch.cat([two_rank_results[(case, r, *key)][1] for r in range(world)])
+        assert torch.equal(got_idx, want_idx)
+        assert got_d2.dtype == q.dtype
+        torch.testing.assert_close(got_d2, want_d2)
 
 
 def test_needs_a_process_group() -> None:
@@ -120,12 +130,14 @@ def test_reference_scores_contract() -> None:
     "bad,exc,match",
     [
         (lambda s, i: (s.double(), i), TypeError, r"scores\(\.\.\.\)\[0\] must have dtype in \(float32\)"),
+        (lambda s, i: (s.float(), i), TypeError, r"scores\(\.\.\.\)\[0\] must have dtype in \(float64\)"),
         (lambda s, i: (s, i.int()), TypeError, r"scores\(\.\.\.\)\[1\] must have dtype in \(int64\)"),
         (lambda s, i: (s[:-1], i), ValueError, r"scores\(\.\.\.\)\[0\] must have shape \(5,\)"),
     ],
 )
 def test_running_argmin_checks_what_scores_returns(bad, exc, match) -> None:
-    q, k = torch.randn(5, 3), torch.randn(8, 3)
+    dtype = torch.float64 if "float64" in match else torch.float32  # scores follow the queries' dtype
+    q, k = torch.randn(5, 3, dtype=dtype), torch.randn(8, 3, dtype=dtype)
     best = RunningArgmin(q, scores=lambda a, b: bad(*nn_argmin_scores_reference(a, b)))
     with pytest.raises(exc, match=match):
         best.update(k, 0)

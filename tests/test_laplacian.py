@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import glann_ext
+import glann_ext.ops
 from glann_ext.errors import NonFiniteError
 from glann_ext.ops import laplacian as lap_mod
 from glann_ext.ops import reference
@@ -54,11 +55,16 @@ def _up(n: int) -> torch.Tensor:
 
 
 def oracle(
-    x: torch.Tensor, y: torch.Tensor, levels: int | None = None, reduction: str = "mean"
+    x: torch.Tensor,
+    y: torch.Tensor,
+    levels: int | None = None,
+    reduction: str = "mean",
+    level_weights: list[float] | None = None,
 ) -> torch.Tensor:
     b, c, h, w = x.shape
     if levels is None:
         levels = min(5, 1 + math.floor(math.log2(min(h, w))))
+    weights = [4.0**j for j in range(levels)] if level_weights is None else level_weights
     g = (x - y).double()
     per_sample = 0
     for j in range(levels):
@@ -68,7 +74,7 @@ def oracle(
             lap = g - _up(hn) @ coarse @ _up(wn).T
         else:
             lap = g
-        per_sample = per_sample + 4.0**j * lap.abs().sum(dim=(1, 2, 3))
+        per_sample = per_sample + weights[j] * lap.abs().sum(dim=(1, 2, 3))
         if j + 1 < levels:
             g = coarse
     if reduction == "none":
@@ -95,12 +101,12 @@ def _tols(x, y, levels, reduction) -> tuple[dict, dict]:
     return {"rtol": 2e-5, "atol": max(loss_atol, 1e-6)}, {"rtol": 2e-5, "atol": grad_atol}
 
 
-def _check(x, y, levels=None, reduction="mean", against=oracle, fn=loss_fn):
+def _check(x, y, levels=None, reduction="mean", against=oracle, fn=loss_fn, **kw):
     """Values and gradients w.r.t. x and y of our op (`fn`) against `against` (computed in float64)."""
     xa, ya = x.detach().clone().requires_grad_(), y.detach().clone().requires_grad_()
     xo, yo = x.detach().double().requires_grad_(), y.detach().double().requires_grad_()
-    ours = fn(xa, ya, levels=levels, reduction=reduction)
-    ref = against(xo, yo, levels=levels, reduction=reduction)
+    ours = fn(xa, ya, levels=levels, reduction=reduction, **kw)
+    ref = against(xo, yo, levels=levels, reduction=reduction, **kw)
     assert ours.dtype == (torch.float64 if x.dtype == torch.float64 else torch.float32)
     assert ours.shape == ref.shape
     loss_tol, grad_tol = _tols(x, y, levels, reduction)
@@ -156,11 +162,15 @@ def test_pixel_path_matches(shape, levels):
     """The CPU run of the per-pixel functions the CUDA kernels use (laplacian_math.h). Its signs have
     another layout than the row kernels': the backward follows the path its forward took."""
 
-    def pixel(a, b, *, levels, reduction):
-        return lap_mod._loss(a, b, levels, reduction, pixel_path=True)
+    def pixel(a, b, *, levels, reduction, level_weights=None):
+        return lap_mod._loss(a, b, levels, reduction, level_weights, pixel_path=True)
 
     _check(torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64), levels, fn=pixel)
     _check(torch.randn(shape), torch.randn(shape), levels=levels, reduction="none", fn=pixel)
+    n = levels if levels is not None else reference.default_levels(*shape[2:])
+    weights = [0.5 + (3 * j) % 7 for j in range(n)]
+    x, y = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
+    _check(x, y, levels, fn=pixel, level_weights=weights)
 
 
 @pytest.mark.parametrize(
@@ -173,6 +183,74 @@ def test_gradcheck(shape, levels):
         assert torch.autograd.gradcheck(
             lambda a, b, r=reduction: loss_fn(a, b, levels=levels, reduction=r), (x, y)
         )
+
+
+# ---- per-level weights ----------------------------------------------------------------------------
+
+WEIGHTS = [[1.0, 1.0, 1.0, 1.0], [0.0, 2.5, 0.0, 7.0], [3.0, 0.0, 0.25, 1e-3], [16.0, 4.0, 1.0, 0.25]]
+
+
+@pytest.mark.parametrize("weights", WEIGHTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(2, 3, 7, 13), (1, 2, 29, 31), (3, 1, 16, 16), (1, 1, 1, 5)])
+def test_level_weights_match_oracle_and_reference(weights, dtype, shape):
+    x, y = torch.randn(shape, dtype=dtype), torch.randn(shape, dtype=dtype)
+    for reduction in ("mean", "none"):
+        _check(x, y, 4, reduction, level_weights=weights)
+        _check(x, y, 4, reduction, against=reference.laplacian_pyramid_loss_reference, level_weights=weights)
+
+
+def test_level_weights_select_levels():
+    """A weight vector with one nonzero entry gives that level's |L^j| sum alone; the loss is linear in the
+    weights (checked in float64, where the sums are exact enough to compare)."""
+    x, y = torch.randn(2, 2, 21, 18, dtype=torch.float64), torch.randn(2, 2, 21, 18, dtype=torch.float64)
+    laps = reference.laplacian_pyramid(x - y, 5)
+    parts = []
+    for j in range(5):
+        one = [0.0] * 5
+        one[j] = 1.0
+        part = loss_fn(x, y, levels=5, level_weights=one, reduction="sum")
+        torch.testing.assert_close(part, laps[j].abs().sum(), rtol=1e-12, atol=0)
+        parts.append(part)
+    w = [0.3, 1.7, 0.0, 2.0, 5.5]
+    mixed = loss_fn(x, y, levels=5, level_weights=w, reduction="sum")
+    torch.testing.assert_close(mixed, sum(wj * p for wj, p in zip(w, parts)), rtol=1e-12, atol=0)
+    xa = x.clone().requires_grad_()
+    zero = loss_fn(xa, y, levels=5, level_weights=[0.0] * 5)
+    (g,) = torch.autograd.grad(zero, xa)
+    assert zero.item() == 0.0 and torch.count_nonzero(g) == 0
+
+
+@pytest.mark.parametrize("pixel_path", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_default_weights_are_four_to_the_j_bit_for_bit(dtype, pixel_path):
+    """None and the explicit GLO weights 4^j give the same bits, forward and backward (the kernels take
+    the weights from the call; None passes 4.0 ** j)."""
+    x, y = torch.randn(3, 2, 29, 30, dtype=dtype), torch.randn(3, 2, 29, 30, dtype=dtype)
+    out = []
+    for weights in (None, [4.0**j for j in range(5)]):
+        xa = x.clone().requires_grad_()
+        loss = lap_mod._loss(xa, y, None, "none", weights, pixel_path=pixel_path)
+        (g,) = torch.autograd.grad(loss, xa, torch.linspace(0.5, 2, 3, dtype=dtype))
+        out.append((loss, g))
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
+
+
+@pytest.mark.parametrize("shape,levels", [((1, 1, 5, 7), 3), ((2, 2, 9, 6), 4), ((1, 1, 1, 4), 2)])
+def test_gradcheck_level_weights(shape, levels):
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    weights = [0.7, 0.0, 2.5, 1.25][:levels]
+    for reduction in ("mean", "none"):
+        assert torch.autograd.gradcheck(
+            lambda a, b, r=reduction: loss_fn(a, b, levels=levels, reduction=r, level_weights=weights), (x, y)
+        )
+
+
+def test_reference_level_weights_validation():
+    x, y = _xy(1, 1, 8, 8)
+    with pytest.raises(ValueError, match="level_weights must hold 4 values"):
+        reference.laplacian_pyramid_loss_reference(x, y, levels=4, level_weights=[1.0])
 
 
 def test_grad_for_one_input_only():
@@ -287,7 +365,7 @@ def _xy(*shape, dtype=torch.float32):
 @pytest.mark.parametrize(
     "args,kwargs,exc,match",
     [
-        ((_xy(2, 3, 4, 4)[0].numpy(), torch.randn(2, 3, 4, 4)), {}, TypeError, "x must be a torch.Tensor"),
+        (([[1.0]], torch.randn(2, 3, 4, 4)), {}, TypeError, "x must be a torch.Tensor"),
         ((torch.randn(2, 3, 4, 4), [1.0]), {}, TypeError, "y must be a torch.Tensor"),
         (_xy(3, 4, 4), {}, ValueError, "x must be a 4-D tensor, got 3-D"),
         ((torch.randn(2, 3, 4, 4), torch.randn(1, 2, 3, 4, 4)), {}, ValueError, "y must be a 4-D"),
@@ -303,7 +381,13 @@ def _xy(*shape, dtype=torch.float32):
             TypeError,
             "same dtype",
         ),
-        (_xy(2, 3, 4, 4, dtype=torch.float16), {}, TypeError, "float32, float64.*got float16"),
+        (
+            _xy(2, 3, 4, 4, dtype=torch.float16),
+            {},
+            TypeError,
+            r"float16.*CUDA only.*convert x and y with \.float\(\)",
+        ),
+        (_xy(2, 3, 4, 4, dtype=torch.bfloat16), {}, TypeError, "x has dtype bfloat16"),
         ((torch.ones(1, 1, 2, 2, dtype=torch.int64),) * 2, {}, TypeError, "got int64"),
         (_xy(0, 3, 4, 4), {}, ValueError, "x must not be empty"),
         (_xy(2, 3, 0, 4), {}, ValueError, "x must not be empty"),
@@ -314,6 +398,50 @@ def _xy(*shape, dtype=torch.float32):
         (_xy(1, 1, 4, 4), {"levels": 17}, ValueError, r"levels must be in \[1, 16\], got 17"),
         (_xy(1, 1, 4, 4), {"levels": 2.0}, TypeError, "levels must be an int.*got float"),
         (_xy(1, 1, 4, 4), {"levels": True}, TypeError, "levels must be an int.*got bool"),
+        (
+            _xy(1, 1, 4, 4),
+            {"level_weights": [1.0]},
+            ValueError,
+            r"level_weights must hold one weight per level.*3 values for levels=3, got 1",
+        ),
+        (
+            _xy(1, 1, 4, 4),
+            {"levels": 2, "level_weights": (1, 2, 3)},
+            ValueError,
+            "2 values for levels=2, got 3",
+        ),
+        (
+            _xy(1, 1, 4, 4),
+            {"level_weights": [1.0, float("nan"), 1.0]},
+            ValueError,
+            r"level_weights\[1\] must be finite and >= 0, got nan",
+        ),
+        (
+            _xy(1, 1, 4, 4),
+            {"level_weights": [1.0, 1.0, float("inf")]},
+            ValueError,
+            r"level_weights\[2\] must be finite",
+        ),
+        (
+            _xy(1, 1, 4, 4),
+            {"level_weights": [1.0, -0.5, 1.0]},
+            ValueError,
+            r"level_weights\[1\] must be finite and >= 0, got -0.5",
+        ),
+        (
+            _xy(1, 1, 4, 4),
+            {"level_weights": [1.0, "2", 1.0]},
+            TypeError,
+            r"level_weights\[1\] must be a float, got str",
+        ),
+        (
+            _xy(1, 1, 4, 4),
+            {"level_weights": [1.0, True, 1.0]},
+            TypeError,
+            r"level_weights\[1\] must be a float, got bool",
+        ),
+        (_xy(1, 1, 4, 4), {"level_weights": 4.0}, TypeError, "level_weights must be a sequence of 3 floats"),
+        (_xy(1, 1, 4, 4), {"level_weights": "abc"}, TypeError, "level_weights must be a sequence"),
     ],
 )
 def test_errors(args, kwargs, exc, match):
@@ -350,10 +478,12 @@ def test_overflow_of_finite_inputs_is_not_a_non_finite_input():
 def test_opcheck(dtype):
     x = torch.randn(2, 3, 9, 11, dtype=dtype, requires_grad=True)
     y = torch.randn(2, 3, 9, 11, dtype=dtype, requires_grad=True)
-    for pixel_path in (False, True):
-        torch.library.opcheck(torch.ops.glann_ext.laplacian_fwd.default, (x, y, 3, pixel_path, True))
-        signs = lap_mod._laplacian_fwd(x.detach(), y.detach(), 3, pixel_path, True)[1]
-        args = (signs, torch.rand(2, dtype=dtype), 3, 9, 11, 3, dtype, pixel_path)
+    weights = [1.0, 0.5, 3.0]
+    for pixel_path, reduction in ((False, 0), (False, 1), (True, 2)):  # indices into REDUCTIONS
+        args = (x, y, 3, weights, reduction, pixel_path, True)
+        torch.library.opcheck(torch.ops.glann_ext.laplacian_fwd.default, args)
+        signs = lap_mod._laplacian_fwd(x.detach(), y.detach(), 3, weights, 2, pixel_path, True)[1]
+        args = (signs, torch.rand(2, dtype=dtype), 3, 9, 11, 3, weights, dtype, pixel_path)
         torch.library.opcheck(torch.ops.glann_ext.laplacian_bwd.default, args)
 
 
@@ -447,11 +577,24 @@ def test_cuda_non_default_stream():
 
 @pytest.mark.cuda
 def test_cuda_non_finite_policy():
+    """The kernel flags the sample on the device; the error comes without a synchronisation in the call,
+    at the latest from raise_deferred_errors (which waits)."""
     x, y = torch.randn(3, 1, 8, 8, device="cuda"), torch.randn(3, 1, 8, 8, device="cuda")
     y[1, 0, 2, 2] = float("nan")
+    x[2, 0, 0, 0] = float("inf")  # a later sample of x: x is looked at first, its lowest sample named
+    with pytest.raises(NonFiniteError, match="x row 2") as info:
+        loss_fn(x, y, reduction="none")
+        glann_ext.ops.raise_deferred_errors(wait=True)
+    assert info.value.argument == "x" and info.value.row == 2
+    x[2, 0, 0, 0] = 0.0
     with pytest.raises(NonFiniteError, match="y row 1") as info:
         loss_fn(x, y, reduction="none")
+        glann_ext.ops.raise_deferred_errors(wait=True)
     assert info.value.argument == "y" and info.value.row == 1
+    big = torch.full((1, 1, 4, 4), 3e38, device="cuda")
+    big[0, 0, ::2] = -3e38  # finite inputs whose loss overflows: no error
+    assert loss_fn(big, torch.zeros_like(big), reduction="sum").isinf()
+    glann_ext.ops.raise_deferred_errors(wait=True)
     out = loss_fn(x, y, reduction="none", check_finite_values=False)
     assert torch.isfinite(out[0]) and torch.isnan(out[1])
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import glann_ext
+import glann_ext.ops
 from glann_ext._ext import _C
 from glann_ext.errors import NonFiniteError
 from glann_ext.ops import _native
@@ -60,10 +61,30 @@ def test_invalid_argument_status_has_no_detail() -> None:
     best = torch.full((4,), float("inf")), torch.zeros(4, dtype=torch.int64)
     err = _status_error(
         _C.nn_argmin, 0, q.data_ptr(), 4, 3, q.stride(), k.data_ptr(), 5, k.stride(), 0,
-        best[0].data_ptr(), best[1].data_ptr(), 0, 0, CPU,  # no workspace
+        best[0].data_ptr(), best[1].data_ptr(), True, True, 0, 0, 0, CPU,  # no workspace
     )  # fmt: skip
-    assert err.code == _C.StatusCode.INVALID_ARGUMENT and err.detail == -1
+    assert err.code == _C.StatusCode.INVALID_ARGUMENT and err.detail == -1 and err.input == -1
     assert "workspace too small" in err.message
+
+
+@pytest.mark.parametrize("bad", ["queries", "keys", "both"])
+def test_non_finite_status_names_the_input(bad) -> None:
+    """NON_FINITE carries which launcher input the row belongs to (0 = queries, 1 = keys), queries first."""
+    q, k = torch.randn(7, 3), torch.randn(50, 3)
+    if bad in ("queries", "both"):
+        q[4, 2] = float("inf")
+    if bad in ("keys", "both"):
+        k[31, 0] = float("nan")
+        k[40, 1] = float("nan")
+    best = torch.full((7,), float("inf")), torch.zeros(7, dtype=torch.int64)
+    nbytes = _C.nn_argmin_cpu_workspace_bytes(7, 50, 3, 0, 1)
+    ws = torch.empty(nbytes, dtype=torch.uint8)
+    err = _status_error(
+        _C.nn_argmin, 0, q.data_ptr(), 7, 3, q.stride(), k.data_ptr(), 50, k.stride(), 0,
+        best[0].data_ptr(), best[1].data_ptr(), True, True, 0, ws.data_ptr(), nbytes, CPU,
+    )  # fmt: skip
+    assert err.code == _C.StatusCode.NON_FINITE
+    assert (err.input, err.detail) == ((1, 31) if bad == "keys" else (0, 4))
 
 
 @pytest.mark.skipif(bool(_C.cuda_compiled), reason="the build has CUDA kernels")
@@ -72,34 +93,90 @@ def test_cuda_entry_points_exist_without_cuda() -> None:
     assert err.code == _C.StatusCode.UNSUPPORTED and "built without CUDA" in err.message
     score, index = torch.zeros(2), torch.zeros(2, dtype=torch.int64)
     err = _status_error(
-        _C.nn_argmin_merge, score.data_ptr(), index.data_ptr(), 2, 0, score.data_ptr(), index.data_ptr(),
+        _C.nn_argmin_merge, 0, score.data_ptr(), index.data_ptr(), 2, 0, score.data_ptr(), index.data_ptr(),
         (True, 0, 0, 1),
     )  # fmt: skip
     assert err.code == _C.StatusCode.UNSUPPORTED
 
 
-def _error(code, message="boom", detail=-1) -> _C.StatusError:
+def _error(code, message="boom", detail=-1, which=-1) -> _C.StatusError:
     err = _C.StatusError(message)
-    err.code, err.message, err.detail = code, message, detail
+    err.code, err.message, err.detail, err.input = code, message, detail, which
     return err
 
 
 @pytest.mark.parametrize(
-    "code,detail,kind,text",
+    "code,detail,which,kind,text",
     [
-        (_C.StatusCode.NON_FINITE, 3, NonFiniteError, "op: z row 3 contains NaN or Inf"),
-        (_C.StatusCode.NON_FINITE, -1, NonFiniteError, "op: z contains NaN or Inf"),
-        (_C.StatusCode.INVALID_ARGUMENT, -1, ValueError, "op: boom"),
-        (_C.StatusCode.CUDA_ERROR, -1, RuntimeError, "op: boom"),
-        (_C.StatusCode.UNSUPPORTED, -1, RuntimeError, "op: boom"),
+        (_C.StatusCode.NON_FINITE, 3, 0, NonFiniteError, "op: z row 3 contains NaN or Inf"),
+        (_C.StatusCode.NON_FINITE, -1, 0, NonFiniteError, "op: z contains NaN or Inf"),
+        (_C.StatusCode.NON_FINITE, 2, 1, NonFiniteError, "op: w row 12 contains NaN or Inf"),
+        (_C.StatusCode.INVALID_ARGUMENT, -1, -1, ValueError, "op: boom"),
+        (_C.StatusCode.CUDA_ERROR, -1, -1, RuntimeError, "op: boom"),
+        (_C.StatusCode.UNSUPPORTED, -1, -1, RuntimeError, "op: boom"),
     ],
 )
-def test_status_maps_to_typed_error_by_code(code, detail, kind, text) -> None:
-    with pytest.raises(kind) as info, _native.native_call("op", torch.zeros(1), argument="z"):
-        raise _error(code, detail=detail)
+def test_status_maps_to_typed_error_by_code(code, detail, which, kind, text) -> None:
+    with (
+        pytest.raises(kind) as info,
+        _native.native_call("op", torch.zeros(1), arguments=("z", "w"), row_offsets=(0, 10)),
+    ):
+        raise _error(code, detail=detail, which=which)
     assert type(info.value) is kind and str(info.value) == text
     if kind is NonFiniteError:
-        assert info.value.argument == "z" and info.value.row == (detail if detail >= 0 else None)
+        name, row = ("w", detail + 10) if which == 1 else ("z", detail if detail >= 0 else None)
+        assert info.value.argument == name and info.value.row == row
+
+
+class _FakeEvent:
+    """A CUDA event stand-in: done or not, and whether someone waited for it."""
+
+    def __init__(self, done: bool) -> None:
+        self.done, self.waited = done, False
+
+    def query(self) -> bool:
+        return self.done
+
+    def synchronize(self) -> None:
+        self.waited, self.done = True, True
+
+
+def _flags_error(values: list[int]) -> Exception | None:
+    return (
+        None
+        if values[0] == _native.NO_ROW
+        else NonFiniteError(f"row {values[0]}", argument="z", row=values[0])
+    )
+
+
+def test_deferred_flags_raise_when_their_call_has_finished(monkeypatch) -> None:
+    """The machinery behind CUDA's deferred NaN errors (without a GPU: events and pinned copies faked).
+    A finished call with a flag raises at the next look; an unfinished one waits for a later look, or for
+    raise_deferred_errors(wait=True); a clean call raises nothing and is forgotten."""
+    pending: list = []
+    monkeypatch.setattr(_native, "_DEFERRED", pending)
+    clean, late, bad = _FakeEvent(True), _FakeEvent(False), _FakeEvent(True)
+    pending += [
+        _native._Deferred(clean, torch.tensor([_native.NO_ROW]), _flags_error),
+        _native._Deferred(late, torch.tensor([7]), _flags_error),
+        _native._Deferred(bad, torch.tensor([3]), _flags_error),
+    ]
+    # Every op looks first, without waiting.
+    with pytest.raises(NonFiniteError, match="row 3"), _native.native_call("op", torch.zeros(1)):
+        pass
+    assert [d.event for d in pending] == [late] and not late.waited
+    _native.raise_deferred_errors()  # still running: nothing yet
+    assert len(pending) == 1
+    with pytest.raises(NonFiniteError, match="row 7"):
+        glann_ext.ops.raise_deferred_errors(wait=True)
+    assert late.waited and not pending
+    glann_ext.ops.raise_deferred_errors(wait=True)  # nothing left
+
+
+def test_flags_raise_at_once_on_cpu() -> None:
+    _native.raise_flags(torch.tensor([_native.NO_ROW]), _flags_error)
+    with pytest.raises(NonFiniteError, match="row 5"):
+        _native.raise_flags(torch.tensor([5]), _flags_error)
 
 
 def test_exec_context_on_cpu() -> None:
@@ -109,3 +186,28 @@ def test_exec_context_on_cpu() -> None:
         assert _native.exec_context(torch.zeros(1)) == (False, 0, 0, 3)
     finally:
         torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize(
+    "preset,first,want",
+    [
+        (None, "glann_ext", "PASSIVE"),
+        ("ACTIVE", "glann_ext", "ACTIVE"),
+        (None, "torch", "default (torch was imported before glann_ext)"),
+    ],
+)
+def test_openmp_wait_policy_default(preset, first, want, tmp_path) -> None:
+    """glann_ext sets OMP_WAIT_POLICY=PASSIVE when it is imported before torch (libgomp reads it once, when
+    torch loads it) and nothing was set; a user's value wins; build_info says what applies."""
+    import subprocess
+    import sys
+
+    from glann_testing import child_kwargs
+
+    env = {} if preset is None else {"OMP_WAIT_POLICY": preset}
+    kwargs = child_kwargs(tmp_path, **env)
+    if preset is None:
+        kwargs["env"] = {k: v for k, v in kwargs["env"].items() if k != "OMP_WAIT_POLICY"}
+    code = f"import {first}, glann_ext; print(glann_ext.build_info()['omp_wait_policy'])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, **kwargs)
+    assert out.stdout.strip() == want

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 from glann_testing import child_kwargs
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 import glann_ext
 from glann_ext import nn_argmin
 from glann_ext.errors import NonFiniteError
+from glann_ext.ops import reference
 
 
 def oracle(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,8 +185,9 @@ def test_ten_million_keys_in_lazy_chunks() -> None:
 def test_workspace_does_not_grow_with_keys() -> None:
     from glann_ext.ops import _native
 
-    ws = [_native._C.nn_argmin_cpu_workspace_bytes(20000, m, 64, 2) for m in (10**5, 10**6, 10**7)]
-    assert ws[0] == ws[1] == ws[2] and ws[0] < 16 << 20
+    for code in (0, 1):  # float32, float64
+        ws = [_native._C.nn_argmin_cpu_workspace_bytes(20000, m, 64, code, 2) for m in (10**5, 10**6, 10**7)]
+        assert ws[0] == ws[1] == ws[2] and ws[0] < 16 << 20
 
 
 def test_empty_queries() -> None:
@@ -246,6 +249,15 @@ def test_every_simd_path(isa: str, tmp_path) -> None:
             gap = ref[torch.arange(n), idx] - ref.min(1).values
             assert bool((gap <= 1e-4).all()), (n, m, d, gap.max())
             assert (idx == ref.argmin(1)).double().mean() >= 0.99
+            assert torch.equal(glann_ext.nn_argmin(q.double(), k.double()), ref.argmin(1))
+            k2 = torch.cat([k, k]).double()  # exact copies: the lower index on every path
+            assert torch.equal(glann_ext.nn_argmin(k2[:m], k2), torch.arange(m))
+            q.view(-1)[-1] = float("nan")
+            try:
+                glann_ext.nn_argmin(q, k)
+                raise AssertionError("no NonFiniteError")
+            except ValueError as exc:
+                assert exc.row == n - 1, exc
         print(_native._C.nn_argmin_cpu_path())
         """
     )
@@ -310,6 +322,135 @@ def test_torch_compile_fullgraph() -> None:
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
+# --------------------------------------------------------------------------------------------- float64
+
+
+@pytest.mark.parametrize("n,m,d", SHAPES)
+def test_float64_matches_the_exact_oracle(n: int, m: int, d: int) -> None:
+    q, k = torch.randn(n, d, dtype=torch.float64), torch.randn(m, d, dtype=torch.float64)
+    idx, dist = nn_argmin(q, k, return_distances=True)
+    want, want_dist = reference.nn_argmin_exact(q, k, return_distances=True)
+    assert idx.dtype == torch.int64 and dist.dtype == torch.float64
+    assert torch.equal(idx, want)  # no near-tie of random data survives float64 rounding
+    torch.testing.assert_close(dist, want_dist, rtol=1e-12, atol=1e-12)
+
+
+def test_float64_separates_keys_that_float32_cannot() -> None:
+    """Two keys per query, 1e-3 and 0.9e-3 away along one direction, on values near 10: squared distances
+    1.9e-7 apart, far below float32's rounding of the expansion (~1e-7 * |q|^2 = 3e-4) and far above
+    float64's (~6e-13). float32 orders them by rounding; float64 must find the nearer (the higher index)."""
+    g = torch.Generator().manual_seed(2)
+    n, d = 300, 16
+    q = torch.randn(n, d, dtype=torch.float64, generator=g) + 10
+    u = torch.randn(n, d, dtype=torch.float64, generator=g)
+    u /= u.norm(dim=1, keepdim=True)
+    noise = torch.randn(500, d, dtype=torch.float64, generator=g) + 10
+    k = torch.cat([q + 1e-3 * u, noise, q + 0.9e-3 * u])
+    nearer = torch.arange(n) + n + 500
+    assert torch.equal(reference.nn_argmin_exact(q, k), nearer)
+    assert torch.equal(nn_argmin(q, k), nearer)
+    assert not torch.equal(nn_argmin(q.float(), k.float()), nearer)  # so float32 math would fail this test
+
+
+@pytest.mark.parametrize("n", [1, 200, 1000])
+def test_float64_ties_across_blocks_and_splits(n: int) -> None:
+    m, d = 30000, 8
+    g = torch.Generator().manual_seed(n)
+    q = torch.randn(n, d, dtype=torch.float64, generator=g)
+    k = torch.randn(m, d, dtype=torch.float64, generator=g) * 10 + 100
+    lo = torch.randperm(5000, generator=g)[:n]
+    k[20000 + torch.arange(n)] = q
+    k[lo] = q
+    assert torch.equal(nn_argmin(q, k), lo)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(0, 40),
+    m=st.integers(1, 300),
+    d=st.integers(1, 9),
+    chunks=st.integers(1, 3),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_property_float64_integer_data_and_chunks(n: int, m: int, d: int, chunks: int, seed: int) -> None:
+    """Small integers: exact in float64 too, so ties are exact and the lowest index must win, whether the
+    keys come whole, in chunks or as numpy arrays."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(-3, 4, (n, d), generator=g).double()
+    k = torch.randint(-3, 4, (m, d), generator=g).double()
+    want, want_dist = reference.nn_argmin_exact(q, k, return_distances=True)
+    idx, dist = nn_argmin(q, list(k.tensor_split(chunks)), return_distances=True)
+    assert torch.equal(idx, want) and torch.equal(dist, want_dist)
+    idx_np, dist_np = nn_argmin(q.numpy(), k.numpy(), return_distances=True)
+    assert np.array_equal(idx_np, want.numpy()) and np.array_equal(dist_np, want_dist.numpy())
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 30), m=st.integers(1, 500), d=st.integers(1, 70), seed=st.integers(0, 2**31 - 1))
+def test_property_float64_random_data(n: int, m: int, d: int, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(n, d, dtype=torch.float64, generator=g)
+    k = torch.randn(m, d, dtype=torch.float64, generator=g)
+    assert torch.equal(nn_argmin(q, k), reference.nn_argmin_exact(q, k))
+
+
+def test_float64_running_argmin_with_reference_scores() -> None:
+    """The fused fold and the reference scorer agree in float64 (scores, indices, distances) over chunks
+    arriving in any order, as the distributed ring folds them."""
+    from glann_ext.ops.nn_argmin import RunningArgmin
+
+    g = torch.Generator().manual_seed(3)
+    q = torch.randint(-2, 3, (40, 5), generator=g).double()  # exact: ties are ties on both paths
+    k = torch.randint(-2, 3, (500, 5), generator=g).double()
+    k[450:] = k[:50]
+    fused = RunningArgmin(q, return_distances=True)
+    ref = RunningArgmin(q, return_distances=True, scores=reference.nn_argmin_scores_reference)
+    for start in (400, 0, 200, 100, 300):
+        fused.update(k[start : start + 100], start)
+        ref.update(k[start : start + 100], start)
+    want = reference.nn_argmin_exact(q, k)
+    assert fused.score.dtype == ref.score.dtype == torch.float64
+    assert torch.equal(fused.result()[0], want) and torch.equal(ref.result()[0], want)
+    assert torch.equal(fused.result()[1], ref.result()[1]) and torch.equal(fused.score, ref.score)
+
+
+# ------------------------------------------------------------------------------------- NaN/Inf, in-kernel
+
+
+def test_non_finite_keys_with_no_queries_still_raise() -> None:
+    k = torch.randn(20, 3)
+    k[7, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match="keys row 7"):
+        nn_argmin(torch.empty(0, 3), k)
+    assert nn_argmin(torch.empty(0, 3), k, check_finite_values=False).shape == (0,)
+
+
+def test_non_finite_queries_are_checked_after_an_empty_first_chunk() -> None:
+    q = torch.randn(6, 3)
+    q[5, 2] = float("-inf")
+    with pytest.raises(NonFiniteError, match="queries row 5"):
+        nn_argmin(q, [torch.empty(0, 3), torch.randn(9, 3)])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [3, 700])  # few queries: keys split across tasks; many: query chunks
+def test_non_finite_far_into_the_keys(n: int, dtype: torch.dtype) -> None:
+    q, k = torch.randn(n, 16, dtype=dtype), torch.randn(60000, 16, dtype=dtype)
+    k[51234, 3] = float("inf")
+    k[45001, 15] = float("nan")
+    with pytest.raises(NonFiniteError, match="keys row 45001") as info:
+        nn_argmin(q, k)
+    assert info.value.row == 45001
+
+
+def test_huge_finite_values_are_not_reported() -> None:
+    """Squares of 1e20 overflow float32 (the norm is inf): the kernel looks and finds finite values."""
+    q, k = torch.randn(5, 4) * 1e20, torch.randn(50, 4) * 1e20
+    nn_argmin(q, k)  # no NonFiniteError
+    q64, k64 = q.double() * 1e150, k.double() * 1e150
+    nn_argmin(q64, k64)
+
+
 # ---------------------------------------------------------------------------------------------- errors
 
 
@@ -323,15 +464,24 @@ def test_torch_compile_fullgraph() -> None:
         (torch.randn(3, 2), torch.randn(0, 2), ValueError, "at least one row"),
         (torch.randn(3, 0), torch.randn(4, 0), ValueError, "at least one column"),
         (
-            torch.randn(3, 2).double(),
-            torch.randn(4, 2).double(),
+            torch.randn(3, 2).half(),
+            torch.randn(4, 2).half(),
             TypeError,
-            "queries must have dtype in \\(float32\\)",
+            r"queries has dtype float16, which nn_argmin searches on CUDA only; on the CPU convert .*\.float\(\)",
         ),
+        (
+            torch.randn(3, 2).bfloat16(),
+            torch.randn(4, 2).bfloat16(),
+            TypeError,
+            "queries has dtype bfloat16",
+        ),
+        (np.ones((3, 2), np.float16), np.ones((4, 2), np.float16), TypeError, r"astype\(np.float32\)"),
+        (np.ones((3, 2), object), np.ones((4, 2)), TypeError, "queries must be a numpy array of floats"),
         (torch.ones(3, 2, dtype=torch.int64), torch.ones(4, 2), TypeError, "queries must have dtype"),
         (torch.randn(3, 2), torch.randn(4, 2).double(), TypeError, "keys must have the same dtype"),
-        (torch.randn(3, 2), "keys", TypeError, "keys must be a torch.Tensor or an iterable"),
+        (torch.randn(3, 2), "keys", TypeError, "keys must be a torch.Tensor, a numpy array or an iterable"),
         (torch.randn(3, 2), [torch.randn(2, 2), 5], TypeError, "keys chunks must be torch.Tensor"),
+        (np.ones((3, 2), np.float32), np.ones((4, 2)), TypeError, "keys must have the same dtype"),
         (torch.randn(3, 2), [torch.randn(2, 2), torch.randn(2, 3)], ValueError, r"keys\[1\] must have D=2"),
         (torch.randn(3, 2), [], ValueError, "at least one row"),
     ],
@@ -353,7 +503,7 @@ def test_non_finite_raises_naming_argument_and_row(where, row, argument, bad) ->
     target[row + 2 if where != "chunk" else 10 + row + 2, 0] = float("nan")  # a later bad row
     keys = list(k.split(10)) if where == "chunk" else k
     with pytest.raises(
-        NonFiniteError, match=rf"^{re.escape(argument)} row {row} contains NaN or Inf"
+        NonFiniteError, match=rf"^nn_argmin: {re.escape(argument)} row {row} contains NaN or Inf"
     ) as info:
         nn_argmin(q, keys)
     assert isinstance(info.value, ValueError)
@@ -427,3 +577,37 @@ def test_cuda_ten_million_keys() -> None:
     k[9_999_999] = q[0]
     idx = nn_argmin(q, k)
     assert idx[0].item() == 9_999_999
+
+
+@pytest.mark.cuda
+def test_cuda_float64_matches_the_exact_oracle_and_ties() -> None:
+    g = torch.Generator().manual_seed(8)
+    q = torch.randn(500, 40, dtype=torch.float64, generator=g)
+    k = torch.randn(7000, 40, dtype=torch.float64, generator=g)
+    k[6000:6500] = q  # exact hits, higher copies ...
+    k[100:600] = q  # ... and lower ones, which must win
+    idx, dist = nn_argmin(q.cuda(), k.cuda(), return_distances=True)
+    assert dist.dtype == torch.float64
+    assert torch.equal(idx.cpu(), torch.arange(100, 600))
+    assert torch.equal(dist.cpu(), torch.zeros(500, dtype=torch.float64))
+    q2 = torch.randn(300, 17, dtype=torch.float64, generator=g)
+    assert torch.equal(nn_argmin(q2.cuda(), k[:, :17].cuda()).cpu(), reference.nn_argmin_exact(q2, k[:, :17]))
+
+
+@pytest.mark.cuda
+def test_cuda_non_finite_is_deferred_to_a_later_call() -> None:
+    """No synchronisation in the call: the kernels' flags are read once the device is done, by the next
+    glann_ext call (which does not wait) or by raise_deferred_errors (which waits)."""
+    q, k = torch.randn(50, 8, device="cuda"), torch.randn(4000, 8, device="cuda")
+    k[3001, 2] = float("nan")
+    k[3500, 0] = float("inf")
+    nn_argmin(q, k)  # returns: nothing waited for the flags
+    with pytest.raises(NonFiniteError, match="nn_argmin: keys row 3001") as info:
+        glann_ext.ops.raise_deferred_errors(wait=True)
+    assert info.value.argument == "keys" and info.value.row == 3001
+    q[7, 7] = float("nan")
+    nn_argmin(q, [k[:10], k[10:]])
+    torch.cuda.synchronize()
+    with pytest.raises(NonFiniteError, match="queries row 7"):  # raised by the next op, whichever it is
+        glann_ext.project_to_sphere(torch.randn(3, 3, device="cuda"))
+    glann_ext.ops.raise_deferred_errors(wait=True)  # nothing left

@@ -17,11 +17,13 @@
 
 namespace glann {
 
-// What a kernel copy reports: plain data (see above). `row` is the lowest offending row.
+// What a kernel copy reports: plain data (see above). `row` is the lowest offending row and `input`
+// the launcher input it belongs to (Status::input).
 struct KernelResult {
   enum Code : int { kOk = 0, kNonFiniteRow = 1, kBadIndex = 2, kWorkspaceTooSmall = 3 };
   int code = kOk;
   int64_t row = -1;
+  int input = 0;
 };
 
 // The table of the best ISA that this CPU supports (capped by GLANN_EXT_CPU_ISA) and that the family

@@ -14,29 +14,39 @@ namespace {
 
 thread_local bool tls_inside_task = false;
 
+// One job at a time. The caller publishes it, wakes the workers and claims tasks itself; it then waits
+// only for tasks that other threads have claimed and are still running, never for a worker that has not
+// woken up yet. On a machine whose cores are shared with other processes a worker may not run for a
+// scheduler time slice (milliseconds) after it is woken; with a wait for every worker, each call would
+// cost that much, and training makes thousands of calls. A worker that wakes late finds every task
+// claimed (or a newer job) and goes back to sleep: tasks are claimed by a compare-and-swap on
+// (job generation, next task), so a late worker can never take a task of a job it was not woken for.
 class Pool {
  public:
   ~Pool() { shutdown(); }
 
   // Returns false when the pool is busy (another caller holds it); the caller then runs serially.
   bool run(int64_t n_tasks, int n_threads, const TaskFn& fn) {
+    if (n_tasks >= (int64_t{1} << 31)) return false;  // task numbers are 32-bit in the claim word
     std::unique_lock<std::mutex> submit(submit_mu_, std::try_to_lock);
     if (!submit.owns_lock()) return false;
     ensure_workers(n_threads - 1);
+    uint64_t gen;
     {
       std::lock_guard<std::mutex> lk(mu_);
+      gen = ++generation_;
       fn_ = &fn;
       n_tasks_ = n_tasks;
-      next_.store(0, std::memory_order_relaxed);
       active_workers_ = n_threads - 1;
-      pending_ = n_threads - 1;
-      ++generation_;
+      done_.store(0, std::memory_order_relaxed);
+      next_.store(claim_word(gen, 0), std::memory_order_release);
     }
     cv_.notify_all();
-    work(0);
-    std::unique_lock<std::mutex> lk(mu_);
-    done_cv_.wait(lk, [&] { return pending_ == 0; });
-    fn_ = nullptr;
+    run_tasks(gen, n_tasks, fn, 0);
+    if (done_.load(std::memory_order_acquire) < n_tasks) {
+      std::unique_lock<std::mutex> lk(mu_);
+      done_cv_.wait(lk, [&] { return done_.load(std::memory_order_acquire) >= n_tasks; });
+    }
     return true;
   }
 
@@ -50,11 +60,12 @@ class Pool {
     // them is undefined, so leak them and start with an empty vector.
     new (&workers_) std::vector<std::thread>();
     fn_ = nullptr;
-    pending_ = 0;
     stop_ = false;
   }
 
  private:
+  static uint64_t claim_word(uint64_t gen, uint64_t task) { return (gen << 32) | task; }
+
   void ensure_workers(int n) {
     while (static_cast<int>(workers_.size()) < n) {
       int id = static_cast<int>(workers_.size());
@@ -65,29 +76,42 @@ class Pool {
     }
   }
 
-  void work(int slot) {
+  // Claims and runs tasks of job `gen` until none is left (or a newer job replaced it).
+  void run_tasks(uint64_t gen, int64_t n_tasks, const TaskFn& fn, int slot) {
     const bool was_inside = tls_inside_task;
     tls_inside_task = true;
     for (;;) {
-      int64_t t = next_.fetch_add(1, std::memory_order_relaxed);
-      if (t >= n_tasks_) break;
-      (*fn_)(t, slot);
+      uint64_t word = next_.load(std::memory_order_acquire);
+      int64_t task;
+      do {
+        task = static_cast<int64_t>(word & 0xffffffffu);
+        if ((word >> 32) != (gen & 0xffffffffu) || task >= n_tasks) {
+          tls_inside_task = was_inside;
+          return;
+        }
+      } while (!next_.compare_exchange_weak(word, word + 1, std::memory_order_acq_rel, std::memory_order_acquire));
+      fn(task, slot);
+      if (done_.fetch_add(1, std::memory_order_acq_rel) + 1 == n_tasks) {
+        std::lock_guard<std::mutex> lk(mu_);
+        done_cv_.notify_all();
+      }
     }
-    tls_inside_task = was_inside;
   }
 
   void worker_loop(int id, uint64_t seen) {
     for (;;) {
+      const TaskFn* fn;
+      int64_t n_tasks;
       {
         std::unique_lock<std::mutex> lk(mu_);
         cv_.wait(lk, [&] { return stop_ || generation_ != seen; });
         if (stop_) return;
         seen = generation_;
         if (id >= active_workers_) continue;  // not needed for this call
+        fn = fn_;
+        n_tasks = n_tasks_;
       }
-      work(id + 1);
-      std::lock_guard<std::mutex> lk(mu_);
-      if (--pending_ == 0) done_cv_.notify_one();
+      run_tasks(seen, n_tasks, *fn, id + 1);
     }
   }
 
@@ -106,11 +130,11 @@ class Pool {
   std::mutex mu_;
   std::condition_variable cv_, done_cv_;
   std::vector<std::thread> workers_;
-  const TaskFn* fn_ = nullptr;
+  const TaskFn* fn_ = nullptr;  // the job's; read under mu_, valid until its caller returns
   int64_t n_tasks_ = 0;
-  std::atomic<int64_t> next_{0};
+  std::atomic<uint64_t> next_{0};  // (generation << 32) | next task of the current job
+  std::atomic<int64_t> done_{0};   // tasks of the current job finished
   int active_workers_ = 0;
-  int pending_ = 0;
   uint64_t generation_ = 0;
   bool stop_ = false;
 };

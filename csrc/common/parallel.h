@@ -16,7 +16,10 @@ namespace glann {
 // the running thread, so a kernel can give each thread its own part of a caller-allocated workspace.
 // Tasks are claimed dynamically, so the assignment of tasks to threads is not fixed: kernels must make
 // results independent of it (they do: each task writes its own outputs, and reductions are combined in
-// task order afterwards).
+// task order afterwards). The caller works through the tasks itself and waits only for tasks already
+// running on another thread, never for a worker that has not been scheduled yet (parallel.cpp): on a
+// machine shared with other processes a call costs at most what the caller alone would take, plus the
+// tail of a task that a worker holds.
 // A call from inside a task, or while another thread is using the pool, runs serially.
 using TaskFn = std::function<void(int64_t task, int slot)>;
 void parallel_for(int64_t n_tasks, int num_threads, const TaskFn& fn);

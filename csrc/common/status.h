@@ -20,14 +20,18 @@ struct Status {
   StatusCode code = StatusCode::kOk;
   std::string message;
   int64_t detail = -1;  // optional payload, e.g. the lowest offending row
+  // kNonFinite: which input of the launcher `detail` refers to, in the order its params struct lists
+  // them (0: queries, x, z or grad; 1: keys or y); -1 when it does not apply.
+  int input = -1;
 
   bool ok() const { return code == StatusCode::kOk; }
   static Status Ok() { return {}; }
-  static Status Error(StatusCode c, std::string msg, int64_t detail = -1) {
+  static Status Error(StatusCode c, std::string msg, int64_t detail = -1, int input = -1) {
     Status s;
     s.code = c;
     s.message = std::move(msg);
     s.detail = detail;
+    s.input = input;
     return s;
   }
 };

@@ -2,8 +2,10 @@
 //
 // Forward: diff -> (down) x (J-1) -> per level |L| with per-block partial sums -> fixed-order reduce
 // per sample. Backward: one kernel per level, coarsest first: acc_l = s_l + D^T acc_{l+1} - U^T s_{l-1},
-// level 0 written straight into grad. No atomics, so results are deterministic run to run; NaN/Inf
-// propagate into the loss (glann_ext/ops/laplacian.py checks it). Everything runs on p.exec.stream.
+// level 0 written straight into grad. No atomics in the sums, so results are deterministic run to run;
+// NaN/Inf propagate into the loss, and with check_finite a last kernel looks at the inputs of every sample
+// whose loss is not finite and lowers nonfinite_samples (no host synchronisation). Everything runs on
+// p.exec.stream.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -70,15 +72,13 @@ __global__ void down_kernel(T* __restrict__ pyr, Dims d, Geometry g, int j) {
   }
 }
 
-// |L^j| summed per block (fixed shared-memory tree), times 4^j, into partials[plane][part_off + block].
+// |L^j| summed per block (fixed shared-memory tree), times w_j, into partials[plane][part_off + block].
 template <typename T>
 __global__ void level_kernel(const T* __restrict__ pyr, int8_t* __restrict__ signs, double* __restrict__ partials,
-                             Dims d, Geometry g, int j, int64_t part_off, int64_t parts_per_plane) {
+                             Dims d, Geometry g, int j, double level_w, int64_t part_off, int64_t parts_per_plane) {
   __shared__ T red[kThreads];
   const int64_t hn = g.h[j], wn = g.w[j];
   const int64_t q = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  double level_w = 1.0;
-  for (int t = 0; t < j; ++t) level_w *= 4.0;
   for (int64_t plane = blockIdx.y; plane < d.planes; plane += gridDim.y) {
     const T* base = pyr + plane * g.total;
     T v = T(0);
@@ -120,16 +120,51 @@ __global__ void final_kernel(const double* __restrict__ partials, Dims d, int64_
   }
 }
 
+// Whether the plane holds NaN or Inf (v * 0 is 0 for finite v, NaN otherwise), by one block: every
+// thread a strided share, then a shared-memory OR.
+template <typename T, typename In>
+__device__ bool plane_not_finite(const In* x, int64_t s2, int64_t s3, int64_t h, int64_t w) {
+  __shared__ int any;
+  if (threadIdx.x == 0) any = 0;
+  __syncthreads();
+  T zero = T(0);
+  for (int64_t q = threadIdx.x; q < h * w; q += blockDim.x) zero += to_compute<T>(x[(q / w) * s2 + (q % w) * s3]) * T(0);
+  if (zero != T(0)) any = 1;  // benign race: every writer writes 1
+  __syncthreads();
+  const bool bad = any != 0;
+  __syncthreads();
+  return bad;
+}
+
+// One block per sample: if its loss is not finite, lowers bad[0] (NaN/Inf in x) and bad[1] (in y) to it.
+template <typename In, typename T>
+__global__ void nonfinite_kernel(const T* __restrict__ per_sample, const In* __restrict__ x, const In* __restrict__ y,
+                                 Dims d, int64_t h, int64_t w, int64_t xs0, int64_t xs1, int64_t xs2, int64_t xs3,
+                                 int64_t ys0, int64_t ys1, int64_t ys2, int64_t ys3, int64_t* __restrict__ bad) {
+  for (int64_t b = blockIdx.x; b < d.batch; b += gridDim.x) {
+    const T loss = per_sample[b];
+    if (loss - loss == T(0)) continue;  // finite: the inputs are finite (uniform across the block)
+    bool bad_x = false, bad_y = false;
+    for (int64_t c = 0; c < d.channels; ++c) {
+      bad_x |= plane_not_finite<T>(x + b * xs0 + c * xs1, xs2, xs3, h, w);
+      bad_y |= plane_not_finite<T>(y + b * ys0 + c * ys1, ys2, ys3, h, w);
+    }
+    if (threadIdx.x == 0 && bad_x) atomic_min_nonnegative(bad, b);
+    if (threadIdx.x == 0 && bad_y) atomic_min_nonnegative(bad + 1, b);
+  }
+}
+
 template <typename T, typename Out>
 __global__ void backward_kernel(const int8_t* __restrict__ signs, const T* __restrict__ scale, T* __restrict__ acc,
-                                Out* __restrict__ grad, Dims d, Geometry g, int l) {
+                                Out* __restrict__ grad, Dims d, Geometry g, int l, T level_w, T level_w_prev) {
   const int64_t h = g.h[l], w = g.w[l];
   const int64_t q = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (q >= h * w) return;
   for (int64_t plane = blockIdx.y; plane < d.planes; plane += gridDim.y) {
     T* base = acc + plane * g.total;
     const T* next = l + 1 < g.levels ? base + g.off[l + 1] : nullptr;
-    const T v = lap::backward_pixel(g, l, signs + plane * g.total, next, scale[plane / d.channels], q / w, q % w);
+    const T s = scale[plane / d.channels];
+    const T v = lap::backward_pixel(g, l, signs + plane * g.total, next, s * level_w, s * level_w_prev, q / w, q % w);
     if (l == 0)
       grad[plane * h * w + q] = from_compute<Out>(v);
     else
@@ -146,6 +181,8 @@ int64_t align64(int64_t n) { return (n + 63) / 64 * 64; }
 
 template <typename In, typename T>
 Status forward_impl(const LaplacianForwardParams& p) {
+  if (p.check_finite && p.nonfinite_samples == nullptr)
+    return Status::Error(StatusCode::kInvalidArgument, "laplacian_forward_cuda: check_finite needs nonfinite_samples");
   const Geometry g = lap::make_geometry(p.height, p.width, p.levels);
   const Dims d{p.batch, p.channels, p.batch * p.channels};
   const int64_t parts = lap::cuda_partials_per_plane(g);
@@ -166,11 +203,16 @@ Status forward_impl(const LaplacianForwardParams& p) {
   int64_t part_off = 0;
   for (int j = 0; j < g.levels; ++j) {
     const int64_t pix = g.h[j] * g.w[j];
-    level_kernel<T><<<grid_for(pix, d.planes), kThreads, 0, stream>>>(pyr, p.signs, partials, d, g, j, part_off, parts);
+    level_kernel<T><<<grid_for(pix, d.planes), kThreads, 0, stream>>>(pyr, p.signs, partials, d, g, j,
+                                                                      p.level_weights[j], part_off, parts);
     part_off += (pix + kThreads - 1) / kThreads;
   }
   const unsigned blocks = static_cast<unsigned>(p.batch < kMaxGridY ? p.batch : kMaxGridY);
   final_kernel<T><<<blocks, kThreads, 0, stream>>>(partials, d, parts, static_cast<T*>(p.per_sample));
+  if (p.check_finite)
+    nonfinite_kernel<In, T><<<blocks, kThreads, 0, stream>>>(
+        static_cast<const T*>(p.per_sample), static_cast<const In*>(p.x), static_cast<const In*>(p.y), d, p.height,
+        p.width, xs[0], xs[1], xs[2], xs[3], ys[0], ys[1], ys[2], ys[3], p.nonfinite_samples);
   return cuda_last_status("laplacian_forward_cuda");
 }
 
@@ -183,7 +225,8 @@ Status backward_impl(const LaplacianBackwardParams& p) {
   cudaStream_t stream = static_cast<cudaStream_t>(p.exec.stream);
   for (int l = g.levels - 1; l >= 0; --l)
     backward_kernel<T, Out><<<grid_for(g.h[l] * g.w[l], d.planes), kThreads, 0, stream>>>(
-        p.signs, static_cast<const T*>(p.grad_scale), static_cast<T*>(p.workspace), static_cast<Out*>(p.grad), d, g, l);
+        p.signs, static_cast<const T*>(p.grad_scale), static_cast<T*>(p.workspace), static_cast<Out*>(p.grad), d, g, l,
+        T(p.level_weights[l]), l > 0 ? T(p.level_weights[l - 1]) : T(0));
   return cuda_last_status("laplacian_backward_cuda");
 }
 

@@ -19,6 +19,11 @@ const lap_cpu::Kernels& kernels() {
 
 Status to_status(const KernelResult& r, const char* what) {
   if (r.code == KernelResult::kOk) return Status::Ok();
+  if (r.code == KernelResult::kNonFiniteRow)
+    return Status::Error(StatusCode::kNonFinite,
+                         std::string(r.input == 0 ? "x" : "y") + " sample " + std::to_string(r.row) +
+                             " contains NaN or Inf",
+                         r.row, r.input);
   return Status::Error(StatusCode::kInvalidArgument, std::string(what) + ": workspace too small");
 }
 
@@ -45,12 +50,16 @@ int64_t laplacian_workspace_bytes(int64_t batch, int64_t channels, int64_t heigh
 }
 
 Status laplacian_forward_cpu(const LaplacianForwardParams& p) {
+  if (p.levels < 1 || p.levels > kLaplacianMaxLevels)
+    return Status::Error(StatusCode::kInvalidArgument, "laplacian_forward_cpu: levels must be in [1, 16]");
   if (!float_dtype(p.dtype))
     return Status::Error(StatusCode::kInvalidArgument, "laplacian_forward_cpu: dtype must be float32 or float64");
   return to_status(kernels().forward(p), "laplacian_forward_cpu");
 }
 
 Status laplacian_backward_cpu(const LaplacianBackwardParams& p) {
+  if (p.levels < 1 || p.levels > kLaplacianMaxLevels)
+    return Status::Error(StatusCode::kInvalidArgument, "laplacian_backward_cpu: levels must be in [1, 16]");
   if (!float_dtype(p.dtype))
     return Status::Error(StatusCode::kInvalidArgument, "laplacian_backward_cpu: dtype must be float32 or float64");
   return to_status(kernels().backward(p), "laplacian_backward_cpu");

@@ -8,10 +8,12 @@
 #include "laplacian/laplacian_math.h"
 
 namespace glann {
+static_assert(kLaplacianMaxLevels == lap::kMaxLevels, "one level limit");
 namespace lap_cpu {
 
 struct Kernels {
-  // dtype float32 or float64 (checked by the caller). kWorkspaceTooSmall is the only failure.
+  // dtype float32 or float64 (checked by the caller). Failures: kWorkspaceTooSmall, and in the forward
+  // kNonFiniteRow (row = sample, input 0 = x, 1 = y) when asked to check.
   KernelResult (*forward)(const LaplacianForwardParams& p);
   KernelResult (*backward)(const LaplacianBackwardParams& p);
 };

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>  // std::conditional_t (types only, no code)
 
 #include "common/parallel.h"
 #include "laplacian/laplacian.h"
@@ -152,23 +153,37 @@ void scale_signs(const int8_t* __restrict__ signs, const T* wt, int64_t n, T* __
     for (int v = 0; v < V; ++v) dst[i * V + v] = wt[v] * T(signs[i * V + v]);
 }
 
-// l = fine - up over n elements (up == nullptr: l = fine): stores sign(l) and adds sum |l| per lane
-// to sums (per row in T, across rows in double).
+// One element of a row: the V lanes of a group as one vector (32 bytes), with int lanes of the same
+// width for comparison masks and int8 lanes for the signs.
 template <typename T, int V>
-void laplacian_row(const T* __restrict__ fine, const T* __restrict__ up, int64_t n, int8_t* __restrict__ sign,
+struct LaneVec {
+  typedef T Vec __attribute__((vector_size(sizeof(T) * V)));
+  typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> Int;
+  typedef Int Mask __attribute__((vector_size(sizeof(T) * V)));
+  typedef int8_t Signs __attribute__((vector_size(V)));
+};
+
+// l = fine - up over n elements (up == nullptr: l = fine): stores sign(l) and adds sum |l| per lane
+// to sums (per row in T, across rows in double). Written with whole-element vectors (a scalar loop over
+// lanes did not vectorise: int8 stores next to double sums); each lane adds in the same order as before.
+template <typename T, int V>
+void laplacian_row(const T* __restrict fine, const T* __restrict up, int64_t n, int8_t* __restrict sign,
                    double* sums) {
-  T lanes[V] = {};
+  using L = LaneVec<T, V>;
+  typename L::Vec lanes = {};
+  const typename L::Mask abs_mask = ~(typename L::Mask{} + (typename L::Int(1) << (8 * sizeof(T) - 1)));
   for (int64_t c = 0; c < n; ++c) {
-    T l[V];
+    typename L::Vec l;
+    std::memcpy(&l, fine + c * V, sizeof(l));
     if (up != nullptr) {
-      for (int v = 0; v < V; ++v) l[v] = fine[c * V + v] - up[c * V + v];
-    } else {
-      for (int v = 0; v < V; ++v) l[v] = fine[c * V + v];
+      typename L::Vec u;
+      std::memcpy(&u, up + c * V, sizeof(u));
+      l -= u;
     }
-    for (int v = 0; v < V; ++v) {
-      sign[c * V + v] = static_cast<int8_t>(int(l[v] > T(0)) - int(l[v] < T(0)));
-      lanes[v] += std::fabs(l[v]);
-    }
+    const typename L::Mask s = (l < T(0)) - (l > T(0));  // masks are -1: +1 above 0, -1 below, 0 at 0/NaN
+    const typename L::Signs s8 = __builtin_convertvector(s, typename L::Signs);
+    std::memcpy(sign + c * V, &s8, sizeof(s8));
+    lanes += (typename L::Vec)((typename L::Mask)l & abs_mask);  // |l|: the sign bit cleared, as fabs
   }
   for (int v = 0; v < V; ++v) sums[v] += double(lanes[v]);
 }
@@ -176,9 +191,10 @@ void laplacian_row(const T* __restrict__ fine, const T* __restrict__ up, int64_t
 // ---- one group of V planes -----------------------------------------------------------------------
 
 // Forward of one group from G^0 in g (interleaved scratch pyramid; line0/line1: line_elems(width)
-// elements each). Writes the interleaved signs and adds sum_j 4^j sum|L^j| per lane to totals.
+// elements each). Writes the interleaved signs and adds sum_j w_j sum|L^j| per lane to totals.
 template <typename T, int V>
-void forward_group(const Geometry& geom, int8_t* signs, T* g, T* line0, T* line1, double* totals) {
+void forward_group(const Geometry& geom, const double* level_weights, int8_t* signs, T* g, T* line0, T* line1,
+                   double* totals) {
   const int J = geom.levels;
   for (int j = 0; j + 1 < J; ++j) {  // Gaussian pyramid
     const int64_t hn = geom.h[j], wn = geom.w[j], hm = geom.h[j + 1], wm = geom.w[j + 1];
@@ -195,8 +211,7 @@ void forward_group(const Geometry& geom, int8_t* signs, T* g, T* line0, T* line1
       down_row<T, V>(line0, wn, coarse + q * wm * V, line1);
     }
   }
-  double level_w = 1.0;
-  for (int j = 0; j < J; ++j, level_w *= 4.0) {  // Laplacian levels, |.| and signs
+  for (int j = 0; j < J; ++j) {  // Laplacian levels, |.| and signs
     const int64_t hn = geom.h[j], wn = geom.w[j];
     const T* fine = g + geom.off[j] * V;
     int8_t* sg = signs + geom.off[j] * V;
@@ -217,23 +232,21 @@ void forward_group(const Geometry& geom, int8_t* signs, T* g, T* line0, T* line1
         laplacian_row<T, V>(fine + i * wn * V, up, wn, sg + i * wn * V, level_sums);
       }
     }
-    for (int v = 0; v < V; ++v) totals[v] += level_w * level_sums[v];
+    for (int v = 0; v < V; ++v) totals[v] += level_weights[j] * level_sums[v];
   }
 }
 
-// Backward of one group: acc level 0 = sum_j adjoint(4^j scale sign(L^j)), per lane scale[v].
+// Backward of one group: acc level 0 = sum_j adjoint(w_j scale sign(L^j)), per lane scale[v].
 // acc: interleaved scratch pyramid, line0/line1: line_elems(width) elements each.
 template <typename T, int V>
-void backward_group(const Geometry& geom, const int8_t* signs, const T* scale, T* acc, T* line0, T* line1) {
+void backward_group(const Geometry& geom, const double* level_weights, const int8_t* signs, const T* scale, T* acc,
+                    T* line0, T* line1) {
   const int J = geom.levels;
   T level_w[V];
-  for (int v = 0; v < V; ++v) {
-    level_w[v] = scale[v];
-    for (int j = 0; j + 1 < J; ++j) level_w[v] *= T(4);
-  }
+  for (int v = 0; v < V; ++v) level_w[v] = scale[v] * T(level_weights[J - 1]);
   scale_signs<T, V>(signs + geom.off[J - 1] * V, level_w, geom.h[J - 1] * geom.w[J - 1], acc + geom.off[J - 1] * V);
   for (int j = J - 2; j >= 0; --j) {
-    for (int v = 0; v < V; ++v) level_w[v] /= T(4);
+    for (int v = 0; v < V; ++v) level_w[v] = scale[v] * T(level_weights[j]);
     const int64_t hn = geom.h[j], wn = geom.w[j], hm = geom.h[j + 1], wm = geom.w[j + 1];
     T* coarse = acc + geom.off[j + 1] * V;
     // acc_{j+1} -= U^T s_j: per fine row, U^T along the row, then the column scatter of 2 S B^T.
@@ -262,13 +275,13 @@ void backward_group(const Geometry& geom, const int8_t* signs, const T* scale, T
 // Slow; it exists so that the CPU test suite checks the math the CUDA kernels run.
 
 template <typename T>
-double forward_plane_pixels(const Geometry& geom, int8_t* signs, T* g) {
+double forward_plane_pixels(const Geometry& geom, const double* level_weights, int8_t* signs, T* g) {
   for (int j = 0; j + 1 < geom.levels; ++j)
     for (int64_t q1 = 0; q1 < geom.h[j + 1]; ++q1)
       for (int64_t q2 = 0; q2 < geom.w[j + 1]; ++q2)
         g[geom.off[j + 1] + q1 * geom.w[j + 1] + q2] = down_pixel(g + geom.off[j], geom.h[j], geom.w[j], q1, q2);
-  double total = 0.0, level_w = 1.0;
-  for (int j = 0; j < geom.levels; ++j, level_w *= 4.0) {
+  double total = 0.0;
+  for (int j = 0; j < geom.levels; ++j) {
     double level_sum = 0.0;
     for (int64_t i1 = 0; i1 < geom.h[j]; ++i1)
       for (int64_t i2 = 0; i2 < geom.w[j]; ++i2) {
@@ -279,19 +292,21 @@ double forward_plane_pixels(const Geometry& geom, int8_t* signs, T* g) {
         signs[at] = sign_of(l);
         level_sum += std::fabs(double(l));
       }
-    total += level_w * level_sum;
+    total += level_weights[j] * level_sum;
   }
   return total;
 }
 
 template <typename T>
-void backward_plane_pixels(const Geometry& geom, const int8_t* signs, T scale, T* grad, T* acc) {
+void backward_plane_pixels(const Geometry& geom, const double* level_weights, const int8_t* signs, T scale, T* grad,
+                           T* acc) {
   for (int l = geom.levels - 1; l >= 0; --l) {
     T* dst = l == 0 ? grad : acc + geom.off[l];
     const T* next = l + 1 < geom.levels ? acc + geom.off[l + 1] : nullptr;
+    const T w = scale * T(level_weights[l]), w_prev = l > 0 ? scale * T(level_weights[l - 1]) : T(0);
     for (int64_t q1 = 0; q1 < geom.h[l]; ++q1)
       for (int64_t q2 = 0; q2 < geom.w[l]; ++q2)
-        dst[q1 * geom.w[l] + q2] = backward_pixel(geom, l, signs, next, scale, q1, q2);
+        dst[q1 * geom.w[l] + q2] = backward_pixel(geom, l, signs, next, w, w_prev, q1, q2);
   }
 }
 
@@ -328,6 +343,33 @@ void deinterleave(const T* in, int64_t n, int64_t count, T* out) {
   }
   for (int64_t v = 0; v < count; ++v)
     for (int64_t i = e; i < n; ++i) out[v * n + i] = in[i * V + v];
+}
+
+// ---- NaN/Inf ------------------------------------------------------------------------------------------
+
+template <typename T>
+bool plane_not_finite(const T* x, const int64_t* s, int64_t h, int64_t w) {
+  T zero = T(0);  // stays 0 for finite values; NaN/Inf times 0 is NaN
+  for (int64_t i = 0; i < h; ++i)
+    for (int64_t k = 0; k < w; ++k) zero += x[i * s[2] + k * s[3]] * T(0);
+  return zero != T(0);
+}
+
+// The NaN policy, from the plane sums the forward made anyway: only a plane whose sum is not finite (NaN
+// or Inf in it, or an overflow) is looked at. The lowest sample with NaN/Inf in x, else in y.
+template <typename T>
+KernelResult find_nonfinite(const LaplacianForwardParams& p, const double* plane_sums) {
+  const T* inputs[2] = {static_cast<const T*>(p.x), static_cast<const T*>(p.y)};
+  const int64_t* strides[2] = {p.x_strides, p.y_strides};
+  for (int input = 0; input < 2; ++input)
+    for (int64_t plane = 0; plane < p.batch * p.channels; ++plane) {
+      if (plane_sums[plane] - plane_sums[plane] == 0.0) continue;
+      const int64_t b = plane / p.channels, c = plane % p.channels;
+      const int64_t* s = strides[input];
+      if (plane_not_finite(inputs[input] + b * s[0] + c * s[1], s, p.height, p.width))
+        return {KernelResult::kNonFiniteRow, b, input};
+    }
+  return {};
 }
 
 // ---- drivers ----------------------------------------------------------------------------------------
@@ -380,7 +422,7 @@ KernelResult forward_all(const LaplacianForwardParams& p) {
       const T* yp = y + b * ys[0] + c * ys[1];
       for (int64_t i = 0; i < H; ++i)
         for (int64_t k = 0; k < W; ++k) g[i * W + k] = xp[i * xs[2] + k * xs[3]] - yp[i * ys[2] + k * ys[3]];
-      plane_sums[task] = forward_plane_pixels(geom, p.signs + task * P, g);
+      plane_sums[task] = forward_plane_pixels(geom, p.level_weights, p.signs + task * P, g);
       return;
     }
     T* line0 = g + P * V;
@@ -419,7 +461,7 @@ KernelResult forward_all(const LaplacianForwardParams& p) {
     // element e of lane v at e*count + v. Full groups write it in place; a partial one goes via scratch.
     int8_t* signs = count == V ? p.signs + first * P : sg;
     double totals[V] = {};
-    forward_group<T, V>(geom, signs, g, line0, line1, totals);
+    forward_group<T, V>(geom, p.level_weights, signs, g, line0, line1, totals);
     for (int64_t v = 0; v < count; ++v) plane_sums[first + v] = totals[v];
     if (count < V) {
       int8_t* out = p.signs + first * P;
@@ -434,7 +476,7 @@ KernelResult forward_all(const LaplacianForwardParams& p) {
     for (int64_t c = 0; c < p.channels; ++c) s += plane_sums[b * p.channels + c];
     out[b] = T(s);
   }
-  return {};
+  return p.check_finite ? find_nonfinite<T>(p, plane_sums) : KernelResult{};
 }
 
 template <typename T>
@@ -451,7 +493,7 @@ KernelResult backward_all(const LaplacianBackwardParams& p) {
   parallel_for_each(tasks, p.exec.num_threads, [&](int64_t task, int slot) {
     T* acc = reinterpret_cast<T*>(ws + slot * sb);
     if (p.pixel_path) {
-      backward_plane_pixels(geom, p.signs + task * P, scale[task / p.channels], grad + task * hw, acc);
+      backward_plane_pixels(geom, p.level_weights, p.signs + task * P, scale[task / p.channels], grad + task * hw, acc);
       return;
     }
     T* line0 = acc + P * V;
@@ -466,7 +508,7 @@ KernelResult backward_all(const LaplacianBackwardParams& p) {
         for (int64_t v = 0; v < V; ++v) sg[e * V + v] = v < count ? signs[e * count + v] : int8_t(0);
       signs = sg;
     }
-    backward_group<T, V>(geom, signs, lane_scale, acc, line0, line1);
+    backward_group<T, V>(geom, p.level_weights, signs, lane_scale, acc, line0, line1);
     deinterleave<T, V>(acc, hw, count, grad + first * hw);
   });
   return {};

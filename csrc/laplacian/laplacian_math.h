@@ -184,15 +184,14 @@ GLANN_HD T laplacian_pixel(const T* fine, const T* coarse, int64_t hn, int64_t w
 }
 
 // Backward accumulator of level l at pixel (q1, q2):
-//   acc_l = s_l + D^T acc_{l+1} - U^T s_{l-1},   s_j = scale * 4^j * sign(L^j)
-// acc_next is acc_{l+1} (absent on the last level), signs_prev is sign(L^{l-1}) (absent on level 0).
+//   acc_l = s_l + D^T acc_{l+1} - U^T s_{l-1},   s_j = scale * w_j * sign(L^j)
+// acc_next is acc_{l+1} (absent on the last level), signs_prev is sign(L^{l-1}) (absent on level 0);
+// scaled_w is scale * w_l and scaled_w_prev scale * w_{l-1} (unused on level 0).
 template <typename T>
-GLANN_HD T backward_pixel(const Geometry& g, int l, const int8_t* signs_plane, const T* acc_next, T scale, int64_t q1,
-                          int64_t q2) {
+GLANN_HD T backward_pixel(const Geometry& g, int l, const int8_t* signs_plane, const T* acc_next, T scaled_w,
+                          T scaled_w_prev, int64_t q1, int64_t q2) {
   const int64_t h = g.h[l], w = g.w[l];
-  T level_w = T(1);
-  for (int j = 0; j < l; ++j) level_w *= T(4);
-  T v = scale * level_w * T(signs_plane[g.off[l] + q1 * w + q2]);
+  T v = scaled_w * T(signs_plane[g.off[l] + q1 * w + q2]);
   Taps<T> tr, tc;
   if (l + 1 < g.levels) {
     down_adj_taps<T>(q1, h, tr);
@@ -203,8 +202,7 @@ GLANN_HD T backward_pixel(const Geometry& g, int l, const int8_t* signs_plane, c
     const int64_t hf = g.h[l - 1], wf = g.w[l - 1];
     up_adj_taps<T>(q1, hf, tr);
     up_adj_taps<T>(q2, wf, tc);
-    const T prev_w = scale * level_w / T(4);
-    v -= prev_w * apply_taps(tr, tc, signs_plane + g.off[l - 1], wf);
+    v -= scaled_w_prev * apply_taps(tr, tc, signs_plane + g.off[l - 1], wf);
   }
   return v;
 }

@@ -1,6 +1,8 @@
 // nn_argmin on CUDA: a tiled SIMT kernel with the argmin fused into the GEMM epilogue.
 //
-//  1. key_norms:   ||k||^2 per key into the workspace (fmaf over d in order, as the CPU kernel does).
+//  0. row_check:   (when asked) the lowest query row holding NaN/Inf lowered into nonfinite_rows[0].
+//  1. key_norms:   ||k||^2 per key into the workspace (fma over d in order); when asked, a key with a
+//                  non-finite norm is looked at and, if it holds NaN/Inf, lowers nonfinite_rows[1].
 //  2. argmin_tile: a block owns 128 query rows and one contiguous split of the keys; it walks 128-key
 //                  tiles, accumulating q.k in registers (8 x 8 per thread, d in chunks of 16 through
 //                  shared memory), turns them into scores ||k||^2 - 2 q.k (fmaf) and keeps a running
@@ -8,7 +10,8 @@
 //                  with warp shuffles, lowest index first on ties, and write one partial per split.
 //  3. merge:       per row, the splits folded into the running best (nn::fold_row, the shared rule).
 // The N x M matrix never exists; the workspace is O(M + splits * N). Kernels launch on the caller's
-// stream and allocate nothing.
+// stream, allocate nothing and never synchronise. Acc, the type of every product, sum and score, is
+// double for float64 inputs and float otherwise.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -30,31 +33,90 @@ constexpr int kTN = 8;                               // keys per thread
 constexpr int kThreads = (kBM / kTM) * (kBN / kTN);  // 256
 constexpr int kPad = 4;                              // keeps float4 alignment and spreads banks
 
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+// The accumulation type of an input type: double for double, float for the rest.
+template <typename T>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
 
+__device__ __forceinline__ float to_acc(float x) { return x; }
+__device__ __forceinline__ double to_acc(double x) { return x; }
+__device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+__device__ __forceinline__ float fma_acc(float a, float b, float c) { return fmaf(a, b, c); }
+__device__ __forceinline__ double fma_acc(double a, double b, double c) { return fma(a, b, c); }
+
+template <typename A>
+__device__ __forceinline__ A inf_acc() {
+  return static_cast<A>(__int_as_float(0x7f800000));  // +inf
+}
+
+// Eight consecutive values from shared memory (16-byte aligned) in vector loads.
+__device__ __forceinline__ void load8(const float* p, float (&out)[8]) {
+  const float4 a = *reinterpret_cast<const float4*>(p);
+  const float4 b = *reinterpret_cast<const float4*>(p + 4);
+  // clang-format off
+  out[0] = a.x; out[1] = a.y; out[2] = a.z; out[3] = a.w; out[4] = b.x; out[5] = b.y; out[6] = b.z; out[7] = b.w;
+  // clang-format on
+}
+__device__ __forceinline__ void load8(const double* p, double (&out)[8]) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const double2 v = reinterpret_cast<const double2*>(p)[i];
+    out[2 * i] = v.x;
+    out[2 * i + 1] = v.y;
+  }
+}
+
+// Whether a row holds NaN or Inf: v * 0 is 0 for every finite v and NaN otherwise.
+template <typename T>
+__device__ bool row_not_finite(const T* row, int64_t d, int64_t s1) {
+  using A = typename AccOf<T>::type;
+  A zero = A(0);
+  for (int64_t c = 0; c < d; ++c) zero += to_acc(row[c * s1]) * A(0);
+  return zero != A(0);
+}
+
+// The lowest query row holding NaN/Inf, lowered into *first_bad.
+template <typename T>
+__global__ void row_check_kernel(const T* __restrict__ x, int64_t rows, int64_t d, int64_t s0, int64_t s1,
+                                 int64_t* __restrict__ first_bad) {
+  const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (j < rows && row_not_finite(x + j * s0, d, s1)) atomic_min_nonnegative(first_bad, j);
+}
+
+// ||k||^2 per key; with first_bad, a key whose norm is not finite (NaN/Inf, or finite values whose squares
+// overflow) is looked at and, if it holds NaN/Inf, lowers *first_bad.
 template <typename T>
 __global__ void key_norms_kernel(const T* __restrict__ keys, int64_t m, int64_t d, int64_t s0, int64_t s1,
-                                 float* __restrict__ norms) {
+                                 typename AccOf<T>::type* __restrict__ norms, int64_t* __restrict__ first_bad) {
+  using A = typename AccOf<T>::type;
   const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (j >= m) return;
   const T* row = keys + j * s0;
-  float acc = 0.0f;
+  A acc = A(0);
   for (int64_t c = 0; c < d; ++c) {
-    const float v = to_float(row[c * s1]);
-    acc = fmaf(v, v, acc);
+    const A v = to_acc(row[c * s1]);
+    acc = fma_acc(v, v, acc);
   }
   norms[j] = acc;
+  if (first_bad != nullptr && !(acc - acc == A(0)) && row_not_finite(row, d, s1)) atomic_min_nonnegative(first_bad, j);
 }
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     argmin_tile_kernel(const T* __restrict__ q, int64_t n, int64_t d, int64_t qs0, int64_t qs1, const T* __restrict__ k,
-                       int64_t m, int64_t ks0, int64_t ks1, const float* __restrict__ norms, int64_t keys_per_split,
-                       float* __restrict__ part_score, int64_t* __restrict__ part_index) {
-  __shared__ __align__(16) float qs[kBK][kBM + kPad];
-  __shared__ __align__(16) float ks[kBK][kBN + kPad];
+                       int64_t m, int64_t ks0, int64_t ks1, const typename AccOf<T>::type* __restrict__ norms,
+                       int64_t keys_per_split, typename AccOf<T>::type* __restrict__ part_score,
+                       int64_t* __restrict__ part_index) {
+  using A = typename AccOf<T>::type;
+  __shared__ __align__(16) A qs[kBK][kBM + kPad];
+  __shared__ __align__(16) A ks[kBK][kBN + kPad];
 
   const int tid = threadIdx.x;
   const int tx = tid % (kBN / kTN);  // key group: the 16 threads of a row group are adjacent lanes
@@ -64,11 +126,11 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t key_begin = split * keys_per_split;
   const int64_t key_end = min(m, key_begin + keys_per_split);
 
-  float best[kTM];
+  A best[kTM];
   int64_t best_idx[kTM];
 #pragma unroll
   for (int i = 0; i < kTM; ++i) {
-    best[i] = __int_as_float(0x7f800000);  // +inf
+    best[i] = inf_acc<A>();
     best_idx[i] = key_begin;
   }
 
@@ -77,11 +139,11 @@ __global__ void __launch_bounds__(kThreads)
   const int load_c0 = (tid % 2) * (kBK / 2);
 
   for (int64_t tile = key_begin; tile < key_end; tile += kBN) {
-    float acc[kTM][kTN];
+    A acc[kTM][kTN];
 #pragma unroll
     for (int i = 0; i < kTM; ++i)
 #pragma unroll
-      for (int j = 0; j < kTN; ++j) acc[i][j] = 0.0f;
+      for (int j = 0; j < kTN; ++j) acc[i][j] = A(0);
 
     for (int64_t c0 = 0; c0 < d; c0 += kBK) {
       {
@@ -90,26 +152,20 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int c = 0; c < kBK / 2; ++c) {
           const int64_t col = c0 + load_c0 + c;
-          qs[load_c0 + c][load_row] = (qr < n && col < d) ? to_float(q[qr * qs0 + col * qs1]) : 0.0f;
-          ks[load_c0 + c][load_row] = (kr < key_end && col < d) ? to_float(k[kr * ks0 + col * ks1]) : 0.0f;
+          qs[load_c0 + c][load_row] = (qr < n && col < d) ? to_acc(q[qr * qs0 + col * qs1]) : A(0);
+          ks[load_c0 + c][load_row] = (kr < key_end && col < d) ? to_acc(k[kr * ks0 + col * ks1]) : A(0);
         }
       }
       __syncthreads();
 #pragma unroll
       for (int c = 0; c < kBK; ++c) {
-        float a[kTM], b[kTN];
-        const float4 a0 = *reinterpret_cast<const float4*>(&qs[c][ty * kTM]);
-        const float4 a1 = *reinterpret_cast<const float4*>(&qs[c][ty * kTM + 4]);
-        const float4 b0 = *reinterpret_cast<const float4*>(&ks[c][tx * kTN]);
-        const float4 b1 = *reinterpret_cast<const float4*>(&ks[c][tx * kTN + 4]);
-        // clang-format off
-        a[0] = a0.x; a[1] = a0.y; a[2] = a0.z; a[3] = a0.w; a[4] = a1.x; a[5] = a1.y; a[6] = a1.z; a[7] = a1.w;
-        b[0] = b0.x; b[1] = b0.y; b[2] = b0.z; b[3] = b0.w; b[4] = b1.x; b[5] = b1.y; b[6] = b1.z; b[7] = b1.w;
-        // clang-format on
+        A a[kTM], b[kTN];
+        load8(&qs[c][ty * kTM], a);
+        load8(&ks[c][tx * kTN], b);
 #pragma unroll
         for (int i = 0; i < kTM; ++i)
 #pragma unroll
-          for (int j = 0; j < kTN; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+          for (int j = 0; j < kTN; ++j) acc[i][j] = fma_acc(a[i], b[j], acc[i][j]);
       }
       __syncthreads();
     }
@@ -118,10 +174,10 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int j = 0; j < kTN; ++j) {
       const int64_t key = tile + tx * kTN + j;
-      const float kn = key < key_end ? norms[key] : __int_as_float(0x7f800000);
+      const A kn = key < key_end ? norms[key] : inf_acc<A>();
 #pragma unroll
       for (int i = 0; i < kTM; ++i) {
-        const float s = fmaf(acc[i][j], -2.0f, kn);
+        const A s = fma_acc(acc[i][j], A(-2), kn);
         if (s < best[i]) {
           best[i] = s;
           best_idx[i] = key;
@@ -133,11 +189,11 @@ __global__ void __launch_bounds__(kThreads)
   // Reduce over the 16 adjacent lanes that share these rows.
 #pragma unroll
   for (int i = 0; i < kTM; ++i) {
-    float s = best[i];
+    A s = best[i];
     int64_t idx = best_idx[i];
 #pragma unroll
     for (int off = (kBN / kTN) / 2; off > 0; off /= 2) {
-      const float os = __shfl_xor_sync(0xffffffffu, s, off);
+      const A os = __shfl_xor_sync(0xffffffffu, s, off);
       const int64_t oi = __shfl_xor_sync(0xffffffffu, idx, off);
       if (nn::better(os, oi, s, idx)) {
         s = os;
@@ -152,9 +208,9 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-__global__ void merge_kernel(const float* __restrict__ part_score, const int64_t* __restrict__ part_index, int64_t n,
-                             int64_t splits, int64_t offset, float* __restrict__ best_score,
-                             int64_t* __restrict__ best_index) {
+template <typename A>
+__global__ void merge_kernel(const A* __restrict__ part_score, const int64_t* __restrict__ part_index, int64_t n,
+                             int64_t splits, int64_t offset, A* __restrict__ best_score, int64_t* __restrict__ best_index) {
   const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (r >= n) return;
   nn::fold_row(r, n, splits, part_score, part_index, offset, best_score, best_index);
@@ -183,28 +239,33 @@ CudaPlan make_plan(int64_t n, int64_t m, int device) {
   CudaPlan p;
   p.keys_per_split = tiles_per_split * kBN;
   p.splits = (m + p.keys_per_split - 1) / p.keys_per_split;
-  p.norms_bytes = round_up(m * 4, 256);
-  p.part_bytes = round_up(p.splits * n * 8, 256);  // int64 partial indices; scores use the first half
+  p.norms_bytes = round_up(m * 8, 256);           // float norms use the first half (double: all of it)
+  p.part_bytes = round_up(p.splits * n * 8, 256);  // int64 partial indices; float scores use the first half
   return p;
 }
 
 template <typename T>
 Status launch(const NnArgminParams& p, const CudaPlan& plan, cudaStream_t stream) {
+  using A = typename AccOf<T>::type;
   char* base = reinterpret_cast<char*>(round_up(reinterpret_cast<std::uintptr_t>(p.workspace), 256));
-  float* norms = reinterpret_cast<float*>(base);
-  float* part_score = reinterpret_cast<float*>(base + plan.norms_bytes);
+  A* norms = reinterpret_cast<A*>(base);
+  A* part_score = reinterpret_cast<A*>(base + plan.norms_bytes);
   int64_t* part_index = reinterpret_cast<int64_t*>(base + plan.norms_bytes + plan.part_bytes);
   const T* q = static_cast<const T*>(p.queries);
   const T* k = static_cast<const T*>(p.keys);
   const int64_t* qs = p.queries_strides;
   const int64_t* ks = p.keys_strides;
 
-  key_norms_kernel<T><<<ceil_div_int(p.n_keys, 256), 256, 0, stream>>>(k, p.n_keys, p.dim, ks[0], ks[1], norms);
+  if (p.check_queries)
+    row_check_kernel<T><<<ceil_div_int(p.n_queries, 256), 256, 0, stream>>>(q, p.n_queries, p.dim, qs[0], qs[1],
+                                                                            p.nonfinite_rows);
+  key_norms_kernel<T><<<ceil_div_int(p.n_keys, 256), 256, 0, stream>>>(
+      k, p.n_keys, p.dim, ks[0], ks[1], norms, p.check_keys ? p.nonfinite_rows + 1 : nullptr);
   dim3 grid(ceil_div_int(p.n_queries, kBM), static_cast<unsigned>(plan.splits));
   argmin_tile_kernel<T><<<grid, kThreads, 0, stream>>>(q, p.n_queries, p.dim, qs[0], qs[1], k, p.n_keys, ks[0], ks[1],
                                                        norms, plan.keys_per_split, part_score, part_index);
-  merge_kernel<<<ceil_div_int(p.n_queries, 256), 256, 0, stream>>>(part_score, part_index, p.n_queries, plan.splits,
-                                                                   p.key_offset, p.best_score, p.best_index);
+  merge_kernel<A><<<ceil_div_int(p.n_queries, 256), 256, 0, stream>>>(
+      part_score, part_index, p.n_queries, plan.splits, p.key_offset, static_cast<A*>(p.best_score), p.best_index);
   return cuda_last_status("nn_argmin (CUDA)");
 }
 
@@ -226,16 +287,20 @@ Status nn_argmin_cuda(const NnArgminParams& p) {
   const CudaPlan plan = make_plan(p.n_queries, p.n_keys, p.exec.device);
   if (p.workspace_bytes < plan.total())
     return Status::Error(StatusCode::kInvalidArgument, "nn_argmin (CUDA): workspace too small");
+  if ((p.check_queries || p.check_keys) && p.nonfinite_rows == nullptr)
+    return Status::Error(StatusCode::kInvalidArgument, "nn_argmin (CUDA): a NaN/Inf check needs nonfinite_rows");
   cudaStream_t stream = static_cast<cudaStream_t>(p.exec.stream);
   switch (p.dtype) {
     case DType::kFloat32:
       return launch<float>(p, plan, stream);
+    case DType::kFloat64:
+      return launch<double>(p, plan, stream);
     case DType::kFloat16:
       return launch<__half>(p, plan, stream);
     case DType::kBFloat16:
       return launch<__nv_bfloat16>(p, plan, stream);
     default:
-      return Status::Error(StatusCode::kInvalidArgument, "nn_argmin (CUDA): float32, float16 or bfloat16 only");
+      return Status::Error(StatusCode::kInvalidArgument, "nn_argmin (CUDA): float32, float64, float16 or bfloat16 only");
   }
 }
 
@@ -243,8 +308,14 @@ Status nn_argmin_merge_cuda(const NnArgminMergeParams& p) {
   if (p.n_queries == 0) return Status::Ok();
   const CudaDeviceGuard guard(p.exec.device);
   if (!guard.status().ok()) return guard.status();
-  merge_kernel<<<ceil_div_int(p.n_queries, 256), 256, 0, static_cast<cudaStream_t>(p.exec.stream)>>>(
-      p.score, p.index, p.n_queries, 1, p.key_offset, p.best_score, p.best_index);
+  const cudaStream_t stream = static_cast<cudaStream_t>(p.exec.stream);
+  const int blocks = ceil_div_int(p.n_queries, 256);
+  if (p.score_dtype == DType::kFloat64)
+    merge_kernel<double><<<blocks, 256, 0, stream>>>(static_cast<const double*>(p.score), p.index, p.n_queries, 1,
+                                                     p.key_offset, static_cast<double*>(p.best_score), p.best_index);
+  else
+    merge_kernel<float><<<blocks, 256, 0, stream>>>(static_cast<const float*>(p.score), p.index, p.n_queries, 1,
+                                                    p.key_offset, static_cast<float*>(p.best_score), p.best_index);
   return cuda_last_status("nn_argmin merge (CUDA)");
 }
 

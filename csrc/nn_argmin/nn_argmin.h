@@ -20,7 +20,9 @@ namespace glann {
 
 struct NnArgminParams {
   ExecContext exec;
-  DType dtype = DType::kFloat32;  // of queries and keys; CPU: float32; CUDA: float32/float16/bfloat16
+  // Of queries and keys. CPU: float32 or float64; CUDA: float32, float64, float16 or bfloat16. float64 is
+  // searched in float64 (scores and best_score are double); every other dtype in float32.
+  DType dtype = DType::kFloat32;
   // queries (n_queries, dim) and keys (n_keys, dim), element strides (any layout; no copies are made).
   const void* queries = nullptr;
   int64_t n_queries = 0, dim = 0;
@@ -30,10 +32,19 @@ struct NnArgminParams {
   int64_t keys_strides[2] = {0, 1};
   int64_t key_offset = 0;  // global index of keys row 0
 
-  // In/out (n_queries, contiguous): the running best score and its global key index, lowered in place
-  // by the (score, index) rule. Start from (+inf, INT64_MAX), the rule's identity.
-  float* best_score = nullptr;
+  // In/out (n_queries, contiguous): the running best score (float, or double for float64 inputs) and its
+  // global key index, lowered in place by the (score, index) rule. Start from (+inf, INT64_MAX), the
+  // rule's identity.
+  void* best_score = nullptr;
   int64_t* best_index = nullptr;
+
+  // NaN/Inf in the rows the kernels read (the NaN policy of glann_ext.ops): with check_queries /
+  // check_keys set, the CPU launcher returns Status kNonFinite with input 0 (queries) or 1 (keys) and
+  // detail = the lowest offending row (of this call's keys), queries first; the CUDA launcher lowers
+  // nonfinite_rows[0] (queries) and nonfinite_rows[1] (keys), device int64s the caller set to INT64_MAX,
+  // and returns without waiting (the caller reads them when it wants). The results are unspecified then.
+  bool check_queries = false, check_keys = false;
+  int64_t* nonfinite_rows = nullptr;
 
   // Caller-allocated scratch (see nn_argmin_*_workspace_bytes), 64-byte aligned.
   void* workspace = nullptr;
@@ -44,16 +55,17 @@ struct NnArgminParams {
 // the running best with the same rule: for a scorer other than the fused kernels.
 struct NnArgminMergeParams {
   ExecContext exec;
+  DType score_dtype = DType::kFloat32;  // of score and best_score: float32 or float64
   int64_t n_queries = 0;
-  const float* score = nullptr;    // (n_queries,) contiguous
+  const void* score = nullptr;     // (n_queries,) contiguous
   const int64_t* index = nullptr;  // (n_queries,) contiguous, local to the chunk
   int64_t key_offset = 0;          // global index of the chunk's row 0
-  float* best_score = nullptr;     // in/out, as in NnArgminParams
+  void* best_score = nullptr;      // in/out, as in NnArgminParams
   int64_t* best_index = nullptr;
 };
 
-// CPU path (float32). Workspace size depends on the shapes and the thread count.
-int64_t nn_argmin_cpu_workspace_bytes(int64_t n_queries, int64_t n_keys, int64_t dim, int num_threads);
+// CPU path (float32, float64). Workspace size depends on the shapes, the dtype and the thread count.
+int64_t nn_argmin_cpu_workspace_bytes(int64_t n_queries, int64_t n_keys, int64_t dim, DType dtype, int num_threads);
 Status nn_argmin_cpu(const NnArgminParams& p);
 Status nn_argmin_merge_cpu(const NnArgminMergeParams& p);
 // Name of the SIMD code path the CPU kernel uses on this machine.

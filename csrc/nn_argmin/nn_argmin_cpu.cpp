@@ -3,9 +3,13 @@
 // contract and nn_argmin_cpu_isa.h for the kernel.
 #include "nn_argmin/nn_argmin_cpu.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <limits>
+#include <string>
 
 #include "common/parallel.h"
 #include "nn_argmin/nn_argmin.h"
@@ -20,9 +24,31 @@ const Kernels& kernels() {
   return k;
 }
 
+template <typename T>
+const TypedKernels<T>& typed();
+template <>
+const TypedKernels<float>& typed<float>() {
+  return kernels().f32;
+}
+template <>
+const TypedKernels<double>& typed<double>() {
+  return kernels().f64;
+}
+
 constexpr int64_t kAlign = 64;
 int64_t round_up(int64_t x, int64_t a) { return (x + a - 1) / a * a; }
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Bytes of one packed key block: it stays in L2 while every query micro-tile of a chunk streams over
+// it, so half of the L2 (the other half holds the query tiles and the rest), at most 512 KB.
+int64_t key_block_bytes() {
+  static const int64_t bytes = [] {
+    long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    if (l2 <= 0) l2 = 1 << 20;
+    return std::clamp<int64_t>(l2 / 2, 64 << 10, 512 << 10);
+  }();
+  return bytes;
+}
 
 // How the (queries x keys) work is cut into tasks.
 struct Plan {
@@ -37,19 +63,18 @@ struct Plan {
   int64_t total_bytes() const { return slots * slot_bytes + partial_bytes + kAlign; }
 };
 
-Plan make_plan(int64_t n, int64_t m, int64_t d, int num_threads) {
-  const Kernels& k = kernels();
+Plan make_plan(int64_t n, int64_t m, int64_t d, int64_t elem, int panel_keys, int micro_rows, int num_threads) {
   Plan pl{};
   const int threads = std::max(1, num_threads);
-  // A packed block of about 512 KB stays in L2 while every query micro-tile of a chunk streams over it.
-  pl.kc = std::max<int64_t>(k.panel_keys, (131072 / std::max<int64_t>(d, 1)) / k.panel_keys * k.panel_keys);
-  pl.kc = std::min<int64_t>(pl.kc, round_up(m, k.panel_keys));
-  const int64_t min_rows = int64_t{8} * k.micro_rows;
-  // Two chunks per thread balance the load; fewer, larger chunks pack every key fewer times.
+  pl.kc = std::max<int64_t>(panel_keys, key_block_bytes() / (std::max<int64_t>(d, 1) * elem) / panel_keys * panel_keys);
+  pl.kc = std::min<int64_t>(pl.kc, round_up(m, panel_keys));
+  const int64_t min_rows = int64_t{8} * micro_rows;
+  // Several chunks per thread: claimed dynamically, they balance the load when a core is shared with
+  // another process; fewer, larger chunks pack every key fewer times.
   pl.n_q = std::clamp<int64_t>(ceil_div(n, min_rows), 1, int64_t{2} * threads);
   // A chunk's packed queries stay within about 2 MB (row count a multiple of the micro-tile).
-  const int64_t rows_cap =
-      std::max<int64_t>(k.micro_rows, (int64_t{1} << 19) / std::max<int64_t>(d, 1) / k.micro_rows * k.micro_rows);
+  const int64_t rows_cap = std::max<int64_t>(
+      micro_rows, (int64_t{2} << 20) / elem / std::max<int64_t>(d, 1) / micro_rows * micro_rows);
   pl.n_q = std::max(pl.n_q, ceil_div(n, rows_cap));
   pl.n_k = 1;
   if (pl.n_q < 2 * threads) {
@@ -57,11 +82,17 @@ Plan make_plan(int64_t n, int64_t m, int64_t d, int num_threads) {
   }
   pl.slots = parallel_slots(pl.n_q * pl.n_k, threads);
   // Largest chunk between split points (multiples of mr), plus one tile of rounding.
-  pl.max_rows = round_up(ceil_div(n, pl.n_q), k.micro_rows) + k.micro_rows;
-  const int64_t block_floats = (pl.kc / k.panel_keys) * k.panel_keys * (d + 1);
-  pl.slot_bytes = round_up(block_floats * 4, kAlign) + round_up(pl.max_rows * d * 4, kAlign);
-  pl.partial_bytes = round_up(pl.n_k * n * 4, kAlign) + round_up(pl.n_k * n * 8, kAlign);
+  pl.max_rows = round_up(ceil_div(n, pl.n_q), micro_rows) + micro_rows;
+  const int64_t block_elems = (pl.kc / panel_keys) * panel_keys * (d + 1);
+  pl.slot_bytes = round_up(block_elems * elem, kAlign) + round_up(pl.max_rows * d * elem, kAlign);
+  pl.partial_bytes = round_up(pl.n_k * n * elem, kAlign) + round_up(pl.n_k * n * 8, kAlign);
   return pl;
+}
+
+template <typename T>
+Plan plan_for(int64_t n, int64_t m, int64_t d, int num_threads) {
+  const TypedKernels<T>& k = typed<T>();
+  return make_plan(n, m, d, sizeof(T), k.panel_keys, k.micro_rows, num_threads);
 }
 
 // Split [0, total) into `parts` pieces with boundaries on multiples of `grain`.
@@ -70,36 +101,27 @@ int64_t split_point(int64_t total, int64_t parts, int64_t i, int64_t grain) {
   return std::min(total, (total * i / parts) / grain * grain);
 }
 
-}  // namespace
-}  // namespace nn_cpu
-
-const char* nn_argmin_cpu_path() { return nn_cpu::kernels().name; }
-
-int64_t nn_argmin_cpu_workspace_bytes(int64_t n_queries, int64_t n_keys, int64_t dim, int num_threads) {
-  if (n_queries <= 0 || n_keys <= 0 || dim <= 0) return 0;
-  return nn_cpu::make_plan(n_queries, n_keys, dim, num_threads).total_bytes();
+void lower_to(std::atomic<int64_t>& first, int64_t row) {
+  int64_t cur = first.load(std::memory_order_relaxed);
+  while (row < cur && !first.compare_exchange_weak(cur, row, std::memory_order_relaxed)) {
+  }
 }
 
-Status nn_argmin_cpu(const NnArgminParams& p) {
-  using namespace nn_cpu;
-  if (p.dtype != DType::kFloat32)
-    return Status::Error(StatusCode::kInvalidArgument, "nn_argmin (CPU) supports float32 only");
-  if (p.n_queries == 0) return Status::Ok();
-  if (p.n_keys <= 0 || p.dim <= 0)
-    return Status::Error(StatusCode::kInvalidArgument, "nn_argmin: keys must be non-empty");
-  if (p.n_keys > std::numeric_limits<int32_t>::max())
-    return Status::Error(StatusCode::kInvalidArgument, "nn_argmin: at most 2^31-1 keys per call (chunk the keys)");
+template <typename T>
+Status search(const NnArgminParams& p) {
+  const TypedKernels<T>& k = typed<T>();
   const int64_t n = p.n_queries;
-  const Plan pl = make_plan(n, p.n_keys, p.dim, p.exec.num_threads);
+  const Plan pl = plan_for<T>(n, p.n_keys, p.dim, p.exec.num_threads);
   if (p.workspace_bytes < pl.total_bytes())
     return Status::Error(StatusCode::kInvalidArgument, "nn_argmin: workspace too small");
 
-  const Kernels& k = kernels();
   char* base = reinterpret_cast<char*>(round_up(reinterpret_cast<std::uintptr_t>(p.workspace), kAlign));
-  float* partial_score = reinterpret_cast<float*>(base + pl.slots * pl.slot_bytes);
+  T* partial_score = reinterpret_cast<T*>(base + pl.slots * pl.slot_bytes);
   int64_t* partial_index =
-      reinterpret_cast<int64_t*>(base + pl.slots * pl.slot_bytes + round_up(pl.n_k * n * 4, kAlign));
-  const int64_t block_bytes = pl.slot_bytes - round_up(pl.max_rows * p.dim * 4, kAlign);
+      reinterpret_cast<int64_t*>(base + pl.slots * pl.slot_bytes + round_up(pl.n_k * n * int64_t(sizeof(T)), kAlign));
+  const int64_t block_bytes = pl.slot_bytes - round_up(pl.max_rows * p.dim * int64_t(sizeof(T)), kAlign);
+  constexpr int64_t kNone = std::numeric_limits<int64_t>::max();
+  std::atomic<int64_t> bad_query(kNone), bad_key(kNone);
 
   parallel_for(pl.n_q * pl.n_k, p.exec.num_threads, [&](int64_t task, int slot) {
     const int64_t qi = task / pl.n_k, ki = task % pl.n_k;
@@ -107,32 +129,72 @@ Status nn_argmin_cpu(const NnArgminParams& p) {
     const int64_t k0 = split_point(p.n_keys, pl.n_k, ki, k.panel_keys);
     const int64_t k1 = split_point(p.n_keys, pl.n_k, ki + 1, k.panel_keys);
     if (r0 >= r1) return;
-    float* score = partial_score + ki * n;
+    T* score = partial_score + ki * n;
     int64_t* index = partial_index + ki * n;
     for (int64_t r = r0; r < r1; ++r) {
-      score[r] = __builtin_inff();
+      score[r] = T(__builtin_inf());
       index[r] = k0;  // if every score were +inf, the lowest index wins
     }
     if (k0 >= k1) return;
     char* mine = base + slot * pl.slot_bytes;
-    float* block = reinterpret_cast<float*>(mine);
-    float* qbuf = reinterpret_cast<float*>(mine + block_bytes);
-    k.pack_queries(p, r0, r1, qbuf);
+    T* block = reinterpret_cast<T*>(mine);
+    T* qbuf = reinterpret_cast<T*>(mine + block_bytes);
+    // Every query row is checked by the tasks of the first key split, every key by those of the first
+    // query chunk (the others read the same values again).
+    const int64_t bq = k.pack_queries(p, r0, r1, qbuf, p.check_queries && ki == 0);
+    if (bq >= 0) lower_to(bad_query, bq);
     for (int64_t kb = k0; kb < k1; kb += pl.kc) {
       const int64_t nk = std::min(pl.kc, k1 - kb);
-      k.pack_block(p, kb, nk, block);
+      const int64_t bk = k.pack_block(p, kb, nk, block);
+      if (bk >= 0 && p.check_keys && qi == 0) lower_to(bad_key, bk);
       k.scan_block(p, block, kb, nk, r0, r1, qbuf, score, index);
     }
   });
 
+  if (bad_query.load() != kNone)
+    return Status::Error(StatusCode::kNonFinite, "queries row " + std::to_string(bad_query.load()) + " contains NaN or Inf",
+                         bad_query.load(), 0);
+  if (bad_key.load() != kNone)
+    return Status::Error(StatusCode::kNonFinite, "keys row " + std::to_string(bad_key.load()) + " contains NaN or Inf",
+                         bad_key.load(), 1);
+  T* best_score = static_cast<T*>(p.best_score);
   for (int64_t r = 0; r < n; ++r)
-    nn::fold_row(r, n, pl.n_k, partial_score, partial_index, p.key_offset, p.best_score, p.best_index);
+    nn::fold_row(r, n, pl.n_k, partial_score, partial_index, p.key_offset, best_score, p.best_index);
   return Status::Ok();
 }
 
+}  // namespace
+}  // namespace nn_cpu
+
+const char* nn_argmin_cpu_path() { return nn_cpu::kernels().name; }
+
+int64_t nn_argmin_cpu_workspace_bytes(int64_t n_queries, int64_t n_keys, int64_t dim, DType dtype, int num_threads) {
+  if (n_queries <= 0 || n_keys <= 0 || dim <= 0) return 0;
+  if (dtype == DType::kFloat64) return nn_cpu::plan_for<double>(n_queries, n_keys, dim, num_threads).total_bytes();
+  return nn_cpu::plan_for<float>(n_queries, n_keys, dim, num_threads).total_bytes();
+}
+
+Status nn_argmin_cpu(const NnArgminParams& p) {
+  if (p.dtype != DType::kFloat32 && p.dtype != DType::kFloat64)
+    return Status::Error(StatusCode::kInvalidArgument, "nn_argmin (CPU) supports float32 and float64 only");
+  if (p.n_queries == 0) return Status::Ok();
+  if (p.n_keys <= 0 || p.dim <= 0)
+    return Status::Error(StatusCode::kInvalidArgument, "nn_argmin: keys must be non-empty");
+  if (p.n_keys > std::numeric_limits<int32_t>::max())
+    return Status::Error(StatusCode::kInvalidArgument, "nn_argmin: at most 2^31-1 keys per call (chunk the keys)");
+  return p.dtype == DType::kFloat64 ? nn_cpu::search<double>(p) : nn_cpu::search<float>(p);
+}
+
 Status nn_argmin_merge_cpu(const NnArgminMergeParams& p) {
-  for (int64_t r = 0; r < p.n_queries; ++r)
-    nn::fold_row(r, p.n_queries, 1, p.score, p.index, p.key_offset, p.best_score, p.best_index);
+  if (p.score_dtype == DType::kFloat64) {
+    for (int64_t r = 0; r < p.n_queries; ++r)
+      nn::fold_row(r, p.n_queries, 1, static_cast<const double*>(p.score), p.index, p.key_offset,
+                   static_cast<double*>(p.best_score), p.best_index);
+  } else {
+    for (int64_t r = 0; r < p.n_queries; ++r)
+      nn::fold_row(r, p.n_queries, 1, static_cast<const float*>(p.score), p.index, p.key_offset,
+                   static_cast<float*>(p.best_score), p.best_index);
+  }
   return Status::Ok();
 }
 

@@ -9,17 +9,27 @@
 namespace glann {
 namespace nn_cpu {
 
-struct Kernels {
-  const char* name;
+// The kernels of one element type T (float: float32 inputs, double: float64 inputs). Scores are kept
+// halved inside a block (||k||^2 / 2 - q.k, exact halving) and written back as ||k||^2 - 2 q.k.
+template <typename T>
+struct TypedKernels {
   int panel_keys;  // keys per packed panel (NR)
   int micro_rows;  // query rows per micro-tile (MR)
-  // Packs keys [k0, k0 + nk) into panels with their squared norms.
-  void (*pack_block)(const NnArgminParams& p, int64_t k0, int64_t nk, float* buf);
-  // Packs query rows [r0, r1) as micro-tiles.
-  void (*pack_queries)(const NnArgminParams& p, int64_t r0, int64_t r1, float* qbuf);
+  // Packs keys [k0, k0 + nk) into panels with their halved squared norms. Returns the lowest key index
+  // (k0-based, like k0) holding NaN or Inf, or -1.
+  int64_t (*pack_block)(const NnArgminParams& p, int64_t k0, int64_t nk, T* buf);
+  // Packs query rows [r0, r1) as micro-tiles. With `check`, returns the lowest row holding NaN or Inf
+  // (else, and without `check`, -1).
+  int64_t (*pack_queries)(const NnArgminParams& p, int64_t r0, int64_t r1, T* qbuf, bool check);
   // Lowers (best_score, best_index)[r0, r1) where a key of the packed block scores strictly better.
-  void (*scan_block)(const NnArgminParams& p, const float* buf, int64_t k0, int64_t nk, int64_t r0, int64_t r1,
-                     const float* qbuf, float* best_score, int64_t* best_index);
+  void (*scan_block)(const NnArgminParams& p, const T* buf, int64_t k0, int64_t nk, int64_t r0, int64_t r1,
+                     const T* qbuf, T* best_score, int64_t* best_index);
+};
+
+struct Kernels {
+  const char* name;
+  TypedKernels<float> f32;
+  TypedKernels<double> f64;
 };
 
 GLANN_DECLARE_ISA_COPIES(Kernels)

@@ -1,36 +1,53 @@
-// The CPU micro-kernel of nn_argmin, written once with GCC/Clang vector extensions and compiled once
-// per SIMD level: each nn_argmin_cpu_<isa>.cpp defines GLANN_ISA (baseline, avx2, avx512) and includes
-// this file (the scheme and its no-shared-code rule: common/cpu_dispatch.h). The vector width and the
-// micro-tile follow the flags the copy is compiled with; nn_argmin_cpu.cpp picks a copy at run time.
+// The CPU micro-kernel of nn_argmin, written once with GCC/Clang vector extensions for float and double
+// and compiled once per SIMD level: each nn_argmin_cpu_<isa>.cpp defines GLANN_ISA (baseline, avx2,
+// avx512) and includes this file (the scheme and its no-shared-code rule: common/cpu_dispatch.h). The
+// vector width and the micro-tile follow the flags the copy is compiled with; nn_argmin_cpu.cpp picks a
+// copy at run time.
 //
 // Layout of one packed key block (caller's workspace, 64-byte aligned):
 //   panels[p][d][NR]  the keys of panel p transposed, NR = 2 vectors of keys per panel
-//   norms[p][NR]      ||k||^2 of each key; +inf for padding lanes past the block's end
-// Micro-tile: MR query rows x NR keys accumulate in 2*MR vector registers over d; the epilogue turns
-// them into scores ||k||^2 - 2 q.k and keeps a per-lane running minimum (value, index). The N x M
-// matrix never exists; a lane keeps the first minimum it sees, and lanes are reduced lowest-index-first.
+//   halves[p][NR]     ||k||^2 / 2 of each key; +inf for padding lanes past the block's end
+// Micro-tile: MR query rows x NR keys in 2*MR vector registers, which start at ||k||^2 / 2 and take
+// -q[c] * k[c] for c = 0 .. d-1 (fused negative multiply-adds where the ISA has them): the halved score
+// h(q, k) = ||k||^2 / 2 - q.k, by the same instruction sequence for every pair. The epilogue compares
+// each row's minimum over the tile's lanes with that row's running best (one compare per vector, one
+// branch per micro-tile); only a strictly lower lane takes the slow path, which scans the lanes in key
+// order, so ties keep the lowest index. Scores leave the kernel as 2 h = ||k||^2 - 2 q.k (exact).
+// The N x M matrix never exists.
 #include <cstddef>
 #include <cstdint>
-#include <utility>  // std::index_sequence (types only, no code)
+#include <type_traits>  // std::conditional_t (types only, no code)
+#include <utility>      // std::index_sequence (types only, no code)
+
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
 
 #include "nn_argmin/nn_argmin.h"
 #include "nn_argmin/nn_argmin_cpu.h"
-#include "nn_argmin/nn_argmin_math.h"
 
 #ifndef GLANN_ISA
 #error "define GLANN_ISA (the copy's namespace) before including nn_argmin_cpu_isa.h"
 #endif
 
-// Vector bytes and query rows per micro-tile of this copy.
+// Vector bytes, query rows (MR) and key vectors (NV) per micro-tile of this copy: MR * NV accumulators,
+// NV key vectors and one broadcast fit the register file. AVX2 takes 4 x 3 vectors rather than 6 x 2
+// (4 broadcasts and 3 vector loads per 12 FMAs instead of 6 and 2): on this session's AMD EPYC (family 17h)
+// one core reached 34.9-35.5 GFLOP/s against 34.0-34.3 at D=784 and 35.1-35.5 against 34.4-35.0 at D=64
+// (best of 5, thread CPU time). The loads of either step fit beside the FMAs in a register-only loop
+// (benchmarks/fma_peak.py), so the difference comes from the memory side of the tile.
 #if defined(__AVX512F__)
 #define GLANN_NN_VEC_BYTES 64
 #define GLANN_NN_MR 12
+#define GLANN_NN_NV 2
 #elif defined(__AVX2__)
 #define GLANN_NN_VEC_BYTES 32
-#define GLANN_NN_MR 6
+#define GLANN_NN_MR 4
+#define GLANN_NN_NV 3
 #else
 #define GLANN_NN_VEC_BYTES 16
 #define GLANN_NN_MR 6
+#define GLANN_NN_NV 2
 #endif
 
 namespace glann {
@@ -39,170 +56,261 @@ namespace GLANN_ISA {
 
 namespace {
 
-constexpr int kW = GLANN_NN_VEC_BYTES / 4;  // floats per vector
-constexpr int kNV = 2;                      // vectors of keys per panel
-constexpr int kNR = kW * kNV;               // keys per panel
-constexpr int kMR = GLANN_NN_MR;            // query rows per micro-tile
+constexpr int kNV = GLANN_NN_NV;  // vectors of keys per panel
+constexpr int kMR = GLANN_NN_MR;  // query rows per micro-tile
 
-typedef float vf __attribute__((vector_size(GLANN_NN_VEC_BYTES)));
-typedef int32_t vi __attribute__((vector_size(GLANN_NN_VEC_BYTES)));
+// Vector types of element T: V holds kW values, M the same number of int lanes (comparison masks).
+template <typename T>
+struct Simd {
+  static constexpr int kW = GLANN_NN_VEC_BYTES / int(sizeof(T));
+  static constexpr int kNR = kW * kNV;  // keys per panel
+  typedef T V __attribute__((vector_size(GLANN_NN_VEC_BYTES)));
+  typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> Lane;
+  typedef Lane M __attribute__((vector_size(GLANN_NN_VEC_BYTES)));
+};
 
-template <std::size_t... I>
-inline vf splat_impl(float x, std::index_sequence<I...>) {
-  return vf{((void)I, x)...};
+template <typename V, typename T, std::size_t... I>
+inline V splat_impl(T x, std::index_sequence<I...>) {
+  return V{((void)I, x)...};
 }
-inline vf splat(float x) { return splat_impl(x, std::make_index_sequence<kW>{}); }
-
-template <std::size_t... I>
-inline vi iota_impl(int32_t base, std::index_sequence<I...>) {
-  return vi{static_cast<int32_t>(base + static_cast<int32_t>(I))...};
+template <typename T>
+inline typename Simd<T>::V splat(T x) {
+  return splat_impl<typename Simd<T>::V>(x, std::make_index_sequence<Simd<T>::kW>{});
 }
-inline vi iota(int32_t base) { return iota_impl(base, std::make_index_sequence<kW>{}); }
 
-inline vf load(const float* p) { return *reinterpret_cast<const vf*>(p); }  // p is vector-aligned
-inline void store(float* p, vf v) { *reinterpret_cast<vf*>(p) = v; }
+template <typename T>
+inline typename Simd<T>::V load(const T* p) {  // p is vector-aligned
+  return *reinterpret_cast<const typename Simd<T>::V*>(p);
+}
+template <typename T>
+inline void store(T* p, typename Simd<T>::V v) {
+  *reinterpret_cast<typename Simd<T>::V*>(p) = v;
+}
+
+// Whether any lane of a comparison mask is set. (GCC and Clang cast between vector types of one size.)
+template <typename M>
+inline bool any_lane(M m) {
+#if GLANN_NN_VEC_BYTES == 64
+  return _mm512_test_epi32_mask((__m512i)m, (__m512i)m) != 0;
+#elif GLANN_NN_VEC_BYTES == 32
+  return !_mm256_testz_si256((__m256i)m, (__m256i)m);
+#elif defined(__SSE2__)
+  return _mm_movemask_epi8((__m128i)m) != 0;
+#else
+  bool any = false;
+  for (std::size_t l = 0; l < sizeof(M) / sizeof(m[0]); ++l) any |= m[l] != 0;
+  return any;
+#endif
+}
+
+template <typename T>
+inline bool not_finite(T x) {
+  return !(x - x == T(0));  // NaN and +-Inf give NaN
+}
 
 inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 
-inline const float* key_row(const NnArgminParams& p, int64_t k) {
-  return static_cast<const float*>(p.keys) + k * p.keys_strides[0];
+template <typename T>
+inline const T* key_row(const NnArgminParams& p, int64_t k) {
+  return static_cast<const T*>(p.keys) + k * p.keys_strides[0];
 }
 
-// acc[i][v] += q[i][k] * keys[k][v*W .. v*W+W) for k in [0, d). q is packed [d][MR].
-inline void micro_tile(const float* __restrict qp, const float* __restrict kp, int64_t d, vf (&acc)[kMR][kNV]) {
+// acc[i][v] = halves[v] - sum_k q[i][k] * keys[k][v*W .. v*W+W) for k in [0, d). q is packed [d][MR].
+template <typename T>
+inline void micro_tile(const T* __restrict qp, const T* __restrict kp, int64_t d, const T* halves,
+                       typename Simd<T>::V (&acc)[kMR][kNV]) {
+  using V = typename Simd<T>::V;
+  constexpr int kW = Simd<T>::kW, kNR = Simd<T>::kNR;
 #pragma GCC unroll 32
-  for (int i = 0; i < kMR; ++i) {
-    acc[i][0] = splat(0.0f);
-    acc[i][1] = splat(0.0f);
-  }
+  for (int i = 0; i < kMR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < kNV; ++v) acc[i][v] = load(halves + v * kW);
   for (int64_t k = 0; k < d; ++k) {
-    const vf k0 = load(kp), k1 = load(kp + kW);
+    V key[kNV];
+#pragma GCC unroll 4
+    for (int v = 0; v < kNV; ++v) key[v] = load(kp + v * kW);
 #pragma GCC unroll 32
     for (int i = 0; i < kMR; ++i) {
-      const vf b = splat(qp[i]);
-      acc[i][0] += b * k0;
-      acc[i][1] += b * k1;
+      const V b = splat(qp[i]);
+#pragma GCC unroll 4
+      for (int v = 0; v < kNV; ++v) acc[i][v] -= b * key[v];
     }
     qp += kMR;
     kp += kNR;
   }
 }
 
-}  // namespace
-
-// Packs keys [k0, k0 + nk) into panels and computes their squared norms.
-void pack_block(const NnArgminParams& p, int64_t k0, int64_t nk, float* buf) {
+// Packs keys [k0, k0 + nk) into panels and computes their halved squared norms.
+template <typename T>
+int64_t pack_block_t(const NnArgminParams& p, int64_t k0, int64_t nk, T* buf) {
+  using V = typename Simd<T>::V;
+  constexpr int kW = Simd<T>::kW, kNR = Simd<T>::kNR;
   const int64_t d = p.dim, n_panels = (nk + kNR - 1) / kNR;
-  float* norms = buf + n_panels * d * kNR;
+  T* halves = buf + n_panels * d * kNR;
+  int64_t first_bad = -1;
+  constexpr int64_t kColumns = 64;  // columns per pass: the pass's part of a panel (6-12 KB) stays in L1
   for (int64_t pi = 0; pi < n_panels; ++pi) {
-    float* panel = buf + pi * d * kNR;
+    T* panel = buf + pi * d * kNR;
+    // Norms in lane order over c, the same instruction sequence for every key (so equal keys tie exactly),
+    // each pass's columns while they are in L1.
+    V norm[kNV];
+    for (int v = 0; v < kNV; ++v) norm[v] = splat(T(0));
+    for (int64_t c0 = 0; c0 < d; c0 += kColumns) {
+      const int64_t c1 = imin(d, c0 + kColumns);
+      for (int j = 0; j < kNR; ++j) {
+        const int64_t key = pi * kNR + j;
+        if (key < nk) {
+          const T* src = key_row<T>(p, k0 + key);
+          if (p.keys_strides[1] == 1) {
+            for (int64_t c = c0; c < c1; ++c) panel[c * kNR + j] = src[c];
+          } else {
+            for (int64_t c = c0; c < c1; ++c) panel[c * kNR + j] = src[c * p.keys_strides[1]];
+          }
+        } else {
+          for (int64_t c = c0; c < c1; ++c) panel[c * kNR + j] = T(0);
+        }
+      }
+      for (int64_t c = c0; c < c1; ++c)
+        for (int v = 0; v < kNV; ++v) {
+          const V a = load(panel + c * kNR + v * kW);
+          norm[v] += a * a;
+        }
+    }
+    for (int v = 0; v < kNV; ++v) store(halves + pi * kNR + v * kW, norm[v] * T(0.5));
     for (int j = 0; j < kNR; ++j) {
       const int64_t key = pi * kNR + j;
-      if (key < nk) {
-        const float* src = key_row(p, k0 + key);
-        if (p.keys_strides[1] == 1) {
-          for (int64_t c = 0; c < d; ++c) panel[c * kNR + j] = src[c];
-        } else {
-          for (int64_t c = 0; c < d; ++c) panel[c * kNR + j] = src[c * p.keys_strides[1]];
-        }
-      } else {
-        for (int64_t c = 0; c < d; ++c) panel[c * kNR + j] = 0.0f;
+      if (key >= nk) {
+        halves[pi * kNR + j] = __builtin_inf();
+      } else if (first_bad < 0 && not_finite(halves[pi * kNR + j])) {
+        // A non-finite norm: NaN/Inf in the key, or finite values whose squares overflow. Look.
+        for (int64_t c = 0; c < d; ++c)
+          if (not_finite(panel[c * kNR + j])) {
+            first_bad = k0 + key;
+            break;
+          }
       }
     }
-    // Norms in lane order, the same instruction sequence for every key (so equal keys tie exactly).
-    vf n0 = splat(0.0f), n1 = splat(0.0f);
-    for (int64_t c = 0; c < d; ++c) {
-      const vf a = load(panel + c * kNR), b = load(panel + c * kNR + kW);
-      n0 += a * a;
-      n1 += b * b;
-    }
-    store(norms + pi * kNR, n0);
-    store(norms + pi * kNR + kW, n1);
-    for (int j = 0; j < kNR; ++j)
-      if (pi * kNR + j >= nk) norms[pi * kNR + j] = __builtin_inff();
   }
+  return first_bad;
 }
 
 // Packs query rows [r0, r1) as micro-tiles [tile][d][MR]; the last tile repeats its last row
 // (those results are discarded). Done once per task, so a tile is not re-packed for every key block.
-void pack_queries(const NnArgminParams& p, int64_t r0, int64_t r1, float* qbuf) {
+template <typename T>
+int64_t pack_queries_t(const NnArgminParams& p, int64_t r0, int64_t r1, T* qbuf, bool check) {
   const int64_t d = p.dim;
-  const float* q = static_cast<const float*>(p.queries);
+  const T* q = static_cast<const T*>(p.queries);
+  int64_t first_bad = -1;
   for (int64_t r = r0; r < r1; r += kMR) {
     const int64_t rows = imin(kMR, r1 - r);
-    float* tile = qbuf + ((r - r0) / kMR) * d * kMR;
+    T* tile = qbuf + ((r - r0) / kMR) * d * kMR;
     for (int i = 0; i < kMR; ++i) {
-      const float* src = q + (r + (i < rows ? i : rows - 1)) * p.queries_strides[0];
+      const T* src = q + (r + (i < rows ? i : rows - 1)) * p.queries_strides[0];
+      T zero = T(0);  // stays 0 for a finite row; NaN/Inf times 0 is NaN
       if (p.queries_strides[1] == 1) {
-        for (int64_t c = 0; c < d; ++c) tile[c * kMR + i] = src[c];
+        for (int64_t c = 0; c < d; ++c) {
+          tile[c * kMR + i] = src[c];
+          zero += src[c] * T(0);
+        }
       } else {
-        for (int64_t c = 0; c < d; ++c) tile[c * kMR + i] = src[c * p.queries_strides[1]];
+        for (int64_t c = 0; c < d; ++c) {
+          const T v = src[c * p.queries_strides[1]];
+          tile[c * kMR + i] = v;
+          zero += v * T(0);
+        }
       }
+      if (check && first_bad < 0 && i < rows && zero != T(0)) first_bad = r + i;
     }
   }
+  return first_bad;
 }
 
 // For query rows [r0, r1) (packed by pack_queries into qbuf): scans the packed block of nk keys
 // starting at key k0 and lowers (best_score, best_index) where a key scores strictly better.
-void scan_block(const NnArgminParams& p, const float* buf, int64_t k0, int64_t nk, int64_t r0, int64_t r1,
-                const float* qbuf, float* best_score, int64_t* best_index) {
+template <typename T>
+void scan_block_t(const NnArgminParams& p, const T* buf, int64_t k0, int64_t nk, int64_t r0, int64_t r1,
+                  const T* qbuf, T* best_score, int64_t* best_index) {
+  using V = typename Simd<T>::V;
+  using M = typename Simd<T>::M;
+  constexpr int kW = Simd<T>::kW, kNR = Simd<T>::kNR;
   const int64_t d = p.dim, n_panels = (nk + kNR - 1) / kNR;
-  const float* norms = buf + n_panels * d * kNR;
-  const vf minus_two = splat(-2.0f);
+  const T* halves = buf + n_panels * d * kNR;
 
   for (int64_t r = r0; r < r1; r += kMR) {
     const int rows = static_cast<int>(imin(kMR, r1 - r));
-    const float* tile = qbuf + ((r - r0) / kMR) * d * kMR;
-    vf lane_best[kMR][kNV];
-    vi lane_index[kMR][kNV];
-    for (int i = 0; i < kMR; ++i)
-      for (int v = 0; v < kNV; ++v) {
-        lane_best[i][v] = splat(__builtin_inff());
-        lane_index[i][v] = iota(0);
-      }
+    const T* tile = qbuf + ((r - r0) / kMR) * d * kMR;
+    T best[kMR];
+    int64_t best_at[kMR];
+    V bar[kMR];  // best[i] in every lane; -inf for the repeated rows of a partial tile (never taken)
+    for (int i = 0; i < kMR; ++i) {
+      best[i] = i < rows ? best_score[r + i] * T(0.5) : -T(__builtin_inf());
+      best_at[i] = -1;
+      bar[i] = splat(best[i]);
+    }
 
     for (int64_t pi = 0; pi < n_panels; ++pi) {
-      vf acc[kMR][kNV];
-      micro_tile(tile, buf + pi * d * kNR, d, acc);
-      const vf kn0 = load(norms + pi * kNR), kn1 = load(norms + pi * kNR + kW);
-      const vi id0 = iota(static_cast<int32_t>(pi * kNR)), id1 = iota(static_cast<int32_t>(pi * kNR + kW));
+      V acc[kMR][kNV];
+      micro_tile<T>(tile, buf + pi * d * kNR, d, halves + pi * kNR, acc);
+      M lower = M{};
 #pragma GCC unroll 32
       for (int i = 0; i < kMR; ++i) {
-        const vf s0 = acc[i][0] * minus_two + kn0;
-        const vf s1 = acc[i][1] * minus_two + kn1;
-        const vi m0 = s0 < lane_best[i][0];
-        const vi m1 = s1 < lane_best[i][1];
-        lane_best[i][0] = m0 ? s0 : lane_best[i][0];
-        lane_best[i][1] = m1 ? s1 : lane_best[i][1];
-        lane_index[i][0] = m0 ? id0 : lane_index[i][0];
-        lane_index[i][1] = m1 ? id1 : lane_index[i][1];
+        V low = acc[i][0];
+#pragma GCC unroll 4
+        for (int v = 1; v < kNV; ++v) low = acc[i][v] < low ? acc[i][v] : low;
+        lower |= low < bar[i];
+      }
+      if (__builtin_expect(any_lane(lower), 0)) {
+        // Slow path: some row has a strictly lower score in this panel. Lanes in key order.
+        for (int i = 0; i < rows; ++i) {
+          for (int v = 0; v < kNV; ++v)
+            for (int l = 0; l < kW; ++l) {
+              const T s = acc[i][v][l];
+              if (s < best[i]) {
+                best[i] = s;
+                best_at[i] = k0 + pi * kNR + v * kW + l;
+              }
+            }
+          bar[i] = splat(best[i]);
+        }
       }
     }
 
-    for (int i = 0; i < rows; ++i) {
-      float bv = __builtin_inff();
-      int32_t bi = 0;
-#pragma GCC unroll 32  // the lanes live in registers
-      for (int v = 0; v < kNV; ++v)
-#pragma GCC unroll 32
-        for (int l = 0; l < kW; ++l) {
-          const float s = lane_best[i][v][l];
-          const int32_t idx = lane_index[i][v][l];
-          if (nn::better(s, idx, bv, bi)) {
-            bv = s;
-            bi = idx;
-          }
-        }
-      const int64_t row = r + i;
-      if (bv < best_score[row]) {
-        best_score[row] = bv;
-        best_index[row] = k0 + bi;
+    for (int i = 0; i < rows; ++i)
+      if (best_at[i] >= 0) {
+        best_score[r + i] = best[i] * T(2);
+        best_index[r + i] = best_at[i];
       }
-    }
   }
 }
 
-const Kernels kKernels = {GLANN_ISA_NAME, kNR, kMR, pack_block, pack_queries, scan_block};
+}  // namespace
+
+int64_t pack_block_f32(const NnArgminParams& p, int64_t k0, int64_t nk, float* buf) {
+  return pack_block_t<float>(p, k0, nk, buf);
+}
+int64_t pack_block_f64(const NnArgminParams& p, int64_t k0, int64_t nk, double* buf) {
+  return pack_block_t<double>(p, k0, nk, buf);
+}
+int64_t pack_queries_f32(const NnArgminParams& p, int64_t r0, int64_t r1, float* qbuf, bool check) {
+  return pack_queries_t<float>(p, r0, r1, qbuf, check);
+}
+int64_t pack_queries_f64(const NnArgminParams& p, int64_t r0, int64_t r1, double* qbuf, bool check) {
+  return pack_queries_t<double>(p, r0, r1, qbuf, check);
+}
+void scan_block_f32(const NnArgminParams& p, const float* buf, int64_t k0, int64_t nk, int64_t r0, int64_t r1,
+                    const float* qbuf, float* best_score, int64_t* best_index) {
+  scan_block_t<float>(p, buf, k0, nk, r0, r1, qbuf, best_score, best_index);
+}
+void scan_block_f64(const NnArgminParams& p, const double* buf, int64_t k0, int64_t nk, int64_t r0, int64_t r1,
+                    const double* qbuf, double* best_score, int64_t* best_index) {
+  scan_block_t<double>(p, buf, k0, nk, r0, r1, qbuf, best_score, best_index);
+}
+
+const Kernels kKernels = {
+    GLANN_ISA_NAME,
+    {Simd<float>::kNR, kMR, pack_block_f32, pack_queries_f32, scan_block_f32},
+    {Simd<double>::kNR, kMR, pack_block_f64, pack_queries_f64, scan_block_f64},
+};
 
 }  // namespace GLANN_ISA
 }  // namespace nn_cpu

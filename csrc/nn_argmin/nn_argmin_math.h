@@ -10,20 +10,22 @@ namespace nn {
 // (score, index) lexicographic order: the lower score, on a tie the lower index. Every merge of partial
 // results uses it (SIMD lanes, CPU key splits, CUDA warp lanes and splits, a running best over chunks
 // of keys), so ties go to the lowest index whatever the tiling and the order in which chunks arrive.
-// Index is int64_t, or int32_t for the lane indices inside one CPU key block.
-template <typename Index>
-GLANN_HD bool better(float score, Index index, float best_score, Index best_index) {
+// Score is float, or double for float64 inputs; Index is int64_t, or the lane index type inside one CPU
+// key block (int32_t for float lanes, int64_t for double lanes).
+template <typename Score, typename Index>
+GLANN_HD bool better(Score score, Index index, Score best_score, Index best_index) {
   return score < best_score || (score == best_score && index < best_index);
 }
 
 // Folds row r of `splits` partial results (split-major, n rows each; indices local, global = index +
 // offset) into the running best (best_score[r], best_index[r]).
-GLANN_HD void fold_row(int64_t r, int64_t n, int64_t splits, const float* part_score, const int64_t* part_index,
-                       int64_t offset, float* best_score, int64_t* best_index) {
-  float s = best_score[r];
+template <typename Score>
+GLANN_HD void fold_row(int64_t r, int64_t n, int64_t splits, const Score* part_score, const int64_t* part_index,
+                       int64_t offset, Score* best_score, int64_t* best_index) {
+  Score s = best_score[r];
   int64_t i = best_index[r];
   for (int64_t k = 0; k < splits; ++k) {
-    const float t = part_score[k * n + r];
+    const Score t = part_score[k * n + r];
     const int64_t j = part_index[k * n + r] + offset;
     if (better(t, j, s, i)) {
       s = t;

@@ -26,7 +26,8 @@ Status project_to_sphere_cpu(const ProjectParams& p) {
                          std::string("project_to_sphere (CPU): unsupported dtype ") + dtype_name(p.dtype));
   const KernelResult r = kernels().project(p);
   if (r.code == KernelResult::kNonFiniteRow)
-    return Status::Error(StatusCode::kNonFinite, "row " + std::to_string(r.row) + " contains NaN or Inf", r.row);
+    return Status::Error(StatusCode::kNonFinite, "row " + std::to_string(r.row) + " contains NaN or Inf", r.row,
+                         0);
   return Status::Ok();
 }
 
@@ -48,7 +49,8 @@ Status latent_step_cpu(const LatentStepParams& p) {
                              " is out of range for a table of " + std::to_string(p.table_rows) + " rows",
                          r.row);
   if (r.code == KernelResult::kNonFiniteRow)
-    return Status::Error(StatusCode::kNonFinite, "grad row " + std::to_string(r.row) + " contains NaN or Inf", r.row);
+    return Status::Error(StatusCode::kNonFinite, "grad row " + std::to_string(r.row) + " contains NaN or Inf", r.row,
+                         0);
   return Status::Ok();
 }
 

@@ -3,8 +3,10 @@ came, and is raised before any native code runs."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import torch
 
 from ..errors import NonFiniteError
@@ -86,6 +88,49 @@ def non_finite_error(argument: str, row: int | None, *, op: str = "", note: str 
 
 def check_finite(name: str, t: torch.Tensor) -> None:
     """``NonFiniteError`` naming ``name`` and its lowest offending row if ``t`` holds NaN/Inf (one pass;
-    on CUDA one synchronisation)."""
+    on CUDA one synchronisation, and a graph break under ``torch.compile``: the ops themselves check
+    inside their kernels instead)."""
     if t.numel() and not bool(torch.isfinite(t).all()):
         raise non_finite_error(name, first_nonfinite_row(t))
+
+
+def nonfinite_row_flag(t: torch.Tensor) -> torch.Tensor:
+    """The lowest row of ``t`` (along dimension 0) holding NaN or Inf as a 1-element int64 tensor on ``t``'s
+    device, ``iinfo(int64).max`` if none: torch ops only, so no synchronisation (for inputs no kernel reads)."""
+    none = torch.iinfo(torch.int64).max
+    if t.shape[0] == 0 or t.numel() == 0:
+        return torch.full((1,), none, dtype=torch.int64, device=t.device)
+    bad = (~torch.isfinite(t)).reshape(t.shape[0], -1).any(1)
+    rows = torch.arange(t.shape[0], device=t.device)
+    return torch.where(bad, rows, none).min().reshape(1)
+
+
+# --------------------------------------------------------------------------------------------------
+# numpy arrays in, numpy arrays out
+# --------------------------------------------------------------------------------------------------
+
+
+def is_numpy(a: object) -> bool:
+    return isinstance(a, np.ndarray)
+
+
+def from_numpy(name: str, a: np.ndarray, *, in_place: bool = False) -> torch.Tensor:
+    """A numpy array as a CPU tensor over the same memory (``torch.from_numpy``), so the op reads it
+    without a copy. Arrays torch cannot view (negative strides, non-native byte order) are copied, which
+    an in-place op (``in_place=True``) refuses, as it refuses a read-only array. The dtype rules are the
+    tensor's: the op checks them afterwards."""
+    if in_place and not a.flags.writeable:
+        raise ValueError(f"{name} is a read-only numpy array; an in-place op must write to it")
+    if any(s < 0 for s in a.strides) or not a.dtype.isnative:
+        if in_place:
+            raise ValueError(
+                f"{name} is a numpy array with negative strides or non-native byte order, which an in-place op "
+                "cannot write through; pass np.ascontiguousarray(...) and use its result"
+            )
+        a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("="))
+    if a.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must be a numpy array of floats, got dtype {a.dtype}")
+    with warnings.catch_warnings():
+        # A read-only array: torch warns that writing would be undefined; read-only uses never write.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(a)

@@ -5,12 +5,19 @@ element strides and an execution context ``(cuda, device, stream, num_threads)``
 current stream of the tensors, or on CPU the thread count ``torch.get_num_threads()`` so the kernels
 honour torch's threading setting. A failed kernel raises ``_C.StatusError``; :func:`native_call` turns
 it into the package's typed error, by its code, never by its text.
+
+NaN/Inf found by a CUDA kernel (the NaN policy of :mod:`glann_ext.ops`) is written to a small device
+tensor of flags, which the host must not wait for: :func:`defer_flags` copies it to pinned host memory
+without waiting and records an event; :func:`raise_deferred_errors` raises the error of every call whose
+event has completed (without waiting, at the start of every op; or waiting for all, when a user calls
+:func:`glann_ext.ops.raise_deferred_errors`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 import torch
@@ -62,28 +69,37 @@ def exec_context(t: torch.Tensor) -> ExecContext:
     return ExecContext(True, device, torch.cuda.current_stream(device).cuda_stream, 1)
 
 
-def status_error(exc: _C.StatusError, op: str, argument: str | None = None) -> Exception:
-    """The typed error for a failed kernel status: ``NonFiniteError`` naming ``argument`` and the row in
-    ``exc.detail``, ``ValueError`` for an invalid argument, ``RuntimeError`` (with the CUDA error string in
-    the message) for a CUDA error or a build without CUDA."""
+# The "no row" value of the int64 flags a CUDA kernel lowers to the first offending row.
+NO_ROW = torch.iinfo(torch.int64).max
+
+
+def status_error(
+    exc: _C.StatusError, op: str, arguments: Sequence[str] = (), row_offsets: Sequence[int] = ()
+) -> Exception:
+    """The typed error for a failed kernel status: ``NonFiniteError`` naming ``arguments[exc.input]`` and
+    the row in ``exc.detail`` (plus ``row_offsets[exc.input]``, when the kernel saw a slice of it),
+    ``ValueError`` for an invalid argument, ``RuntimeError`` (with the CUDA error string in the message) for
+    a CUDA error or a build without CUDA."""
     if exc.code == _C.StatusCode.NON_FINITE:
-        return non_finite_error(argument or "input", exc.detail if exc.detail >= 0 else None, op=op)
+        i = max(0, exc.input)
+        name = arguments[i] if i < len(arguments) else "input"
+        offset = row_offsets[i] if i < len(row_offsets) else 0
+        return non_finite_error(name, exc.detail + offset if exc.detail >= 0 else None, op=op)
     if exc.code == _C.StatusCode.INVALID_ARGUMENT:
         return ValueError(f"{op}: {exc.message}")
     return RuntimeError(f"{op}: {exc.message}")
 
 
-def can_read_device_flag() -> bool:
-    """Whether a host may read a CUDA result now: not inside CUDA-graph capture (e.g.
-    ``torch.compile(mode="reduce-overhead")``), where no synchronisation is allowed. The checks that read
-    a device flag (one sync each) are skipped there."""
-    return not torch.cuda.is_current_stream_capturing()
-
-
 @contextlib.contextmanager
-def native_call(op: str, t: torch.Tensor, *, argument: str | None = None) -> Iterator[None]:
-    """Around a native call on ``t``'s device: makes that CUDA device current (no-op on CPU) and raises
-    a failed kernel status as the typed error (``argument`` names the input a NaN/Inf status refers to)."""
+def native_call(
+    op: str, t: torch.Tensor, *, arguments: Sequence[str] = (), row_offsets: Sequence[int] = ()
+) -> Iterator[None]:
+    """Around a native call on ``t``'s device: raises the NaN/Inf errors that earlier CUDA calls deferred
+    and have completed (:func:`raise_deferred_errors`, without waiting), makes that CUDA device current
+    (no-op on CPU) and raises a failed kernel status as the typed error (``arguments`` names the kernel's
+    inputs in order, for a NaN/Inf status; ``row_offsets`` where the kernel saw a slice)."""
+    if _DEFERRED and not _capturing():  # no event query inside a capture
+        raise_deferred_errors()
     try:
         if t.device.type == "cuda":
             with torch.cuda.device(t.device):
@@ -91,7 +107,80 @@ def native_call(op: str, t: torch.Tensor, *, argument: str | None = None) -> Ite
         else:
             yield
     except _C.StatusError as exc:
-        raise status_error(exc, op, argument) from None
+        raise status_error(exc, op, arguments, row_offsets) from None
+
+
+# --------------------------------------------------------------------------------------------------
+# NaN/Inf flags written by CUDA kernels, read without a host synchronisation
+# --------------------------------------------------------------------------------------------------
+
+
+def _capturing() -> bool:
+    """Whether the current CUDA stream is capturing a graph (never, without CUDA)."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+FlagsError = Callable[[list[int]], "Exception | None"]
+
+
+class _Deferred(NamedTuple):
+    event: torch.cuda.Event  # recorded on the stream of the kernels that wrote the flags
+    host: torch.Tensor  # pinned copy of the flags, complete once the event is
+    make_error: FlagsError  # the flags' values -> the error to raise, or None
+
+
+_DEFERRED: list[_Deferred] = []
+_DEFERRED_LOCK = threading.Lock()
+# Past this many unread flags (the host running far ahead of the device), the oldest are waited for.
+_MAX_DEFERRED = 1024
+
+
+def nonfinite_flags(device: torch.device, count: int) -> torch.Tensor:
+    """``count`` int64 flags at :data:`NO_ROW` on ``device``, for a kernel to lower to offending rows."""
+    return torch.full((count,), NO_ROW, dtype=torch.int64, device=device)
+
+
+def defer_flags(flags: torch.Tensor, make_error: FlagsError) -> None:
+    """Reads CUDA ``flags`` later, without waiting now: an asynchronous copy to pinned host memory and an
+    event on the current stream; :func:`raise_deferred_errors` raises ``make_error(values)`` once the event
+    has completed. Inside CUDA-graph capture nothing is recorded: no host code runs when a graph is
+    replayed, so the check does not exist there."""
+    if _capturing():
+        return
+    host = torch.empty(flags.shape, dtype=flags.dtype, pin_memory=True)
+    host.copy_(flags, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record(torch.cuda.current_stream(flags.device))
+    with _DEFERRED_LOCK:
+        _DEFERRED.append(_Deferred(event, host, make_error))
+        overflow = len(_DEFERRED) > _MAX_DEFERRED
+    if overflow:
+        raise_deferred_errors(wait=True)
+
+
+def raise_deferred_errors(wait: bool = False) -> None:
+    """Raises the NaN/Inf error of the earliest CUDA op call whose flags show one (the others are
+    dropped). ``wait=False`` looks only at calls the device has finished; ``wait=True`` waits for all."""
+    with _DEFERRED_LOCK:
+        done = [d for d in _DEFERRED if wait or d.event.query()]
+        for d in done:
+            _DEFERRED.remove(d)
+    for d in done:
+        if wait:
+            d.event.synchronize()
+    errors = [e for e in (d.make_error(d.host.tolist()) for d in done) if e is not None]
+    if errors:
+        raise errors[0]
+
+
+def raise_flags(flags: torch.Tensor, make_error: FlagsError) -> None:
+    """The NaN/Inf flags of one call: raised now on CPU (reading them costs nothing there), deferred on
+    CUDA (:func:`defer_flags`)."""
+    if flags.device.type == "cuda":
+        defer_flags(flags, make_error)
+        return
+    error = make_error(flags.tolist())
+    if error is not None:
+        raise error
 
 
 def require_cuda_build(t: torch.Tensor, op: str) -> None:

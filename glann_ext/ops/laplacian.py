@@ -9,28 +9,35 @@ Definition (identical to :func:`glann_ext.ops.reference.laplacian_pyramid_loss_r
 * ``up(G^{j+1})`` to the size of ``G^j``: zero-insert (values at even positions), blur with
   ``2 * [1, 4, 6, 4, 1] / 16`` per axis (4x in 2-D), reflect-101 border on the upsampled grid.
 * ``L^j = G^j - up(G^{j+1})`` for ``j < J - 1`` and ``L^{J-1} = G^{J-1}``.
-* Per sample ``S_b = sum_j 4^j * sum |L^j|`` (j = 0 is the finest level; the 4^j weights make every
-  level's mean count equally).  ``reduction="mean"``: ``sum_b S_b / (B*C*H*W)``; ``"none"``:
-  ``S_b / (C*H*W)`` with shape ``(B,)``; ``"sum"``: ``sum_b S_b``.
+* Per sample ``S_b = sum_j w_j * sum |L^j|`` (j = 0 is the finest level). By default ``w_j = 4^j``, the
+  GLO paper's convention (Bojanowski et al., "Optimizing the Latent Space of Generative Networks":
+  ``Lap1(x, x') = sum_j 2^(2j) |L^j(x) - L^j(x')|_1``): level j has 4^-j as many pixels, so every level's
+  mean counts equally. ``level_weights`` gives other weights, one per level, finest first (finite, >= 0).
+  ``reduction="mean"``: ``sum_b S_b / (B*C*H*W)``; ``"none"``: ``S_b / (C*H*W)`` with shape ``(B,)``;
+  ``"sum"``: ``sum_b S_b``.
 * ``levels=None`` uses ``1 + floor(log2(min(H, W)))`` capped at 5; explicit levels may be 1..16 (level
   sizes stop shrinking at 1).
 
 Gradient: ``d loss / d x = -d loss / d y`` = the exact adjoint of the pyramid (reflect-101 borders
-included) applied to ``4^j * sign(L^j)``, with the L1 subgradient ``sign(0) = 0`` (as torch's
+included) applied to ``w_j * sign(L^j)``, with the L1 subgradient ``sign(0) = 0`` (as torch's
 ``abs`` uses).  The forward pass saves only the int8 signs of every level (``4/3`` byte per pixel), not
 x or y.  Double backward is not supported (the backward is not itself differentiable).
 
 dtypes: float32/float64 on CPU; float32/float64/float16/bfloat16 on CUDA, where float16/bfloat16 are
-computed in float32 and the loss is float32 (the gradient has the input's dtype). Any strides are
-accepted (the kernels read through them: slices, channels-last, expanded ``y``).
+computed in float32 and the loss is float32 (the gradient has the input's dtype); on the CPU
+float16/bfloat16 are refused with the conversion to make (``.float()``). Any strides are accepted (the
+kernels read through them: slices, channels-last, expanded ``y``). numpy arrays are accepted for ``x`` and
+``y`` (read without a copy); the loss then comes back as a numpy array (a 0-d array, or ``(B,)`` for
+``reduction="none"``) with no gradient: a metric, e.g. for evaluation code that holds numpy images.
 
 NaN/Inf (the policy of :mod:`glann_ext.ops`): NaN or Inf in ``x`` or ``y`` raises
 :class:`~glann_ext.errors.NonFiniteError` naming the argument (``x`` is looked at first) and its lowest
-offending sample. The kernels make the per-sample sums anyway; the check reads those B values (free on
-CPU, one device synchronisation on CUDA, skipped inside CUDA-graph capture) and only when one is not
-finite looks for the offending input. Finite inputs whose loss overflows return the infinite loss.
-``check_finite_values=False`` skips the check: NaN then propagates into the loss (its sign, and so its
-gradient, is 0).
+offending sample. The kernels make the per-sample sums anyway, inside the registered op: a sample whose
+sum is not finite (a finite sum needs finite inputs) has its inputs looked at by the kernel, so finite
+inputs cost nothing and ``torch.compile`` sees no graph break. On CPU the op raises at once; on CUDA the
+kernel lowers a device flag and the error is deferred (no synchronisation; see :mod:`glann_ext.ops`).
+Finite inputs whose loss overflows return the infinite loss. ``check_finite_values=False`` skips the
+check: NaN then propagates into the loss (its sign, and so its gradient, is 0).
 
 Determinism: CPU planes are reduced in a fixed order (independent of the thread count); the CUDA
 kernels use per-block partial sums and a fixed-order final reduction (no atomics).
@@ -38,11 +45,16 @@ kernels use per-block partial sums and a fixed-order final reduction (no atomics
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
 import torch
 
 from . import _native
-from ._checks import check_same_device, check_same_dtype, check_tensor, first_nonfinite_row, non_finite_error
-from .reference import default_levels
+from ._checks import check_same_device, check_same_dtype, check_tensor, from_numpy, is_numpy, non_finite_error
+from .reference import default_level_weights, default_levels
 
 __all__ = ["laplacian_pyramid_loss"]
 
@@ -65,14 +77,36 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-@torch.library.custom_op("glann_ext::laplacian_fwd", mutates_args=())
-def _laplacian_fwd(
-    x: torch.Tensor, y: torch.Tensor, levels: int, pixel_path: bool, check_finite: bool
+# torch.library registration with Library.define/impl rather than torch.library.custom_op: the loss runs
+# every training step, and custom_op's Python dispatch cost about 0.17 ms per call (per direction) at
+# (64, 1, 28, 28), where the kernels take 0.3 ms (see ops/sphere.py for the same choice).
+_LIB = torch.library.Library("glann_ext", "FRAGMENT")  # noqa: TOR901 (kept alive for the process)
+_LIB.define(
+    "laplacian_fwd(Tensor x, Tensor y, int levels, float[] level_weights, int reduction, bool pixel_path, "
+    "bool check_finite) -> (Tensor, Tensor)"
+)
+_LIB.define(
+    "laplacian_bwd(Tensor signs, Tensor grad_scale, int channels, int height, int width, int levels, "
+    "float[] level_weights, ScalarType dtype, bool pixel_path) -> Tensor"
+)
+
+
+def _forward_impl(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    levels: int,
+    level_weights: list[float],
+    reduction: int,
+    pixel_path: bool,
+    check_finite: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(per_sample (B,) sum_j 4^j sum|L^j|, signs (B*C, P) int8) of the pyramid of x - y.
+    """(loss, signs (B*C, P) int8) of the pyramid of x - y, the loss reduced by ``reduction`` (an index
+    into REDUCTIONS) from the per-sample sums sum_j w_j sum|L^j|. The reduction happens inside the op, with
+    the torch ops it would take outside, so a training step has one autograd node for the loss.
 
     ``pixel_path``: on CPU run the per-pixel functions the CUDA kernels use instead of the row kernels
     (tests); its signs have another layout, so the backward takes the same value (saved in the context).
+    ``check_finite``: the NaN policy (module docstring), by the kernels.
     """
     b, c, h, w = x.shape
     per_sample = torch.empty(b, dtype=_compute_dtype(x.dtype), device=x.device)
@@ -83,46 +117,62 @@ def _laplacian_fwd(
         b, c, h, w, levels, code, exec_ctx.cuda, False, exec_ctx.num_threads
     )
     workspace = torch.empty(nbytes, dtype=torch.uint8, device=x.device)
-    with _native.native_call("laplacian_pyramid_loss", x):
+    flags = _native.nonfinite_flags(x.device, 2) if exec_ctx.cuda and check_finite else None
+    with _native.native_call("laplacian_pyramid_loss", x, arguments=("x", "y")):
         _native._C.laplacian_forward(
-            code, x.data_ptr(), x.stride(), y.data_ptr(), y.stride(), b, c, h, w, levels,
-            per_sample.data_ptr(), signs.data_ptr(), workspace.data_ptr(), nbytes, pixel_path, exec_ctx,
+            code, x.data_ptr(), x.stride(), y.data_ptr(), y.stride(), b, c, h, w, levels, level_weights,
+            per_sample.data_ptr(), signs.data_ptr(), workspace.data_ptr(), nbytes, pixel_path, check_finite,
+            flags.data_ptr() if flags is not None else 0, exec_ctx,
         )  # fmt: skip
-    if check_finite:
-        _check_finite_loss(x, y, per_sample)
-    return per_sample, signs
+    if flags is not None:
+        _native.defer_flags(flags, _flags_error)
+    return _reduce(per_sample, x.shape, REDUCTIONS[reduction]), signs
 
 
-def _check_finite_loss(x: torch.Tensor, y: torch.Tensor, per_sample: torch.Tensor) -> None:
-    """The NaN policy (module docstring), from the per-sample sums the kernels made anyway."""
-    if x.device.type == "cuda" and not _native.can_read_device_flag():
-        return
-    if bool(torch.isfinite(per_sample).all()):
-        return
-    for name, t in (("x", x), ("y", y)):
-        row = first_nonfinite_row(t)
-        if row is not None:
-            raise non_finite_error(name, row, op="laplacian_pyramid_loss")
+def _divisor(shape, reduction: str):
+    """What the per-sample sums are divided by: pixels per sample ("none"), all pixels ("mean") or 1."""
+    b, c, h, w = shape
+    return {"none": c * h * w, "mean": b * c * h * w, "sum": 1}[reduction]
 
 
-@_laplacian_fwd.register_fake
-def _(
-    x: torch.Tensor, y: torch.Tensor, levels: int, pixel_path: bool, check_finite: bool
+def _reduce(per_sample: torch.Tensor, shape, reduction: str) -> torch.Tensor:
+    if reduction == "none":
+        return per_sample / _divisor(shape, reduction)
+    total = per_sample.sum()
+    return total if reduction == "sum" else total / _divisor(shape, reduction)
+
+
+def _flags_error(values: list[int]) -> Exception | None:
+    """The CUDA flags (lowest sample with NaN/Inf in x, in y) -> the error of the NaN policy, x first."""
+    for name, row in zip(("x", "y"), values):
+        if row != _native.NO_ROW:
+            return non_finite_error(name, row, op="laplacian_pyramid_loss")
+    return None
+
+
+def _forward_fake(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    levels: int,
+    level_weights: list[float],
+    reduction: int,
+    pixel_path: bool,
+    check_finite: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     b, c, h, w = x.shape
-    per_sample = x.new_empty((b,), dtype=_compute_dtype(x.dtype))
+    loss = x.new_empty((b,) if REDUCTIONS[reduction] == "none" else (), dtype=_compute_dtype(x.dtype))
     signs = x.new_empty((b * c, _plane_elems(h, w, levels)), dtype=torch.int8)
-    return per_sample, signs
+    return loss, signs
 
 
-@torch.library.custom_op("glann_ext::laplacian_bwd", mutates_args=())
-def _laplacian_bwd(
+def _backward_impl(
     signs: torch.Tensor,
     grad_scale: torch.Tensor,
     channels: int,
     height: int,
     width: int,
     levels: int,
+    level_weights: list[float],
     dtype: torch.dtype,
     pixel_path: bool,
 ) -> torch.Tensor:
@@ -139,19 +189,19 @@ def _laplacian_bwd(
     with _native.native_call("laplacian_pyramid_loss (backward)", signs):
         _native._C.laplacian_backward(
             code, signs.data_ptr(), grad_scale.data_ptr(), grad.data_ptr(), b, channels, height, width, levels,
-            workspace.data_ptr(), nbytes, pixel_path, exec_ctx,
+            level_weights, workspace.data_ptr(), nbytes, pixel_path, exec_ctx,
         )  # fmt: skip
     return grad
 
 
-@_laplacian_bwd.register_fake
-def _(
+def _backward_fake(
     signs: torch.Tensor,
     grad_scale: torch.Tensor,
     channels: int,
     height: int,
     width: int,
     levels: int,
+    level_weights: list[float],
     dtype: torch.dtype,
     pixel_path: bool,
 ) -> torch.Tensor:
@@ -159,39 +209,61 @@ def _(
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, _, levels, pixel_path, _ = inputs
+    x, _, levels, level_weights, reduction, pixel_path, _ = inputs
     _, signs = output
     ctx.save_for_backward(signs)
     # The int8 signs output never has a gradient: do not let autograd fill a zero tensor for it.
     ctx.set_materialize_grads(False)
     ctx.shape = tuple(x.shape)
     ctx.levels = levels
+    ctx.level_weights = level_weights
+    ctx.reduction = REDUCTIONS[reduction]
     ctx.dtype = x.dtype
     ctx.pixel_path = pixel_path  # the signs' layout: the backward must use the forward's path
 
 
-def _backward(ctx, grad_per_sample: torch.Tensor | None, _grad_signs):
-    if grad_per_sample is None:
-        return None, None, None, None, None
+def _backward(ctx, grad_loss: torch.Tensor | None, _grad_signs):
+    if grad_loss is None:
+        return None, None, None, None, None, None, None
     (signs,) = ctx.saved_tensors
-    _, c, h, w = ctx.shape
-    grad = _laplacian_bwd(signs, grad_per_sample, c, h, w, ctx.levels, ctx.dtype, ctx.pixel_path)
+    b, c, h, w = ctx.shape
+    # d loss / d per_sample, by the arithmetic autograd would use for the reduction's torch ops.
+    divisor = _divisor(ctx.shape, ctx.reduction)
+    grad_per_sample = grad_loss if divisor == 1 else grad_loss / divisor
+    if ctx.reduction != "none":
+        grad_per_sample = grad_per_sample.expand(b)
+    grad = _laplacian_bwd(
+        signs, grad_per_sample, c, h, w, ctx.levels, ctx.level_weights, ctx.dtype, ctx.pixel_path
+    )
     gx = grad if ctx.needs_input_grad[0] else None
     gy = -grad if ctx.needs_input_grad[1] else None
-    return gx, gy, None, None, None
+    return gx, gy, None, None, None, None, None
 
 
-_laplacian_fwd.register_autograd(_backward, setup_context=_setup_context)
+for _key in ("CPU", "CUDA"):
+    _LIB.impl("laplacian_fwd", _forward_impl, _key)
+    _LIB.impl("laplacian_bwd", _backward_impl, _key)
+torch.library.register_fake("glann_ext::laplacian_fwd", _forward_fake, lib=_LIB)
+torch.library.register_fake("glann_ext::laplacian_bwd", _backward_fake, lib=_LIB)
+torch.library.register_autograd("glann_ext::laplacian_fwd", _backward, setup_context=_setup_context, lib=_LIB)
+_laplacian_fwd = torch.ops.glann_ext.laplacian_fwd
+_laplacian_bwd = torch.ops.glann_ext.laplacian_bwd
 
 
-def _check_args(x: object, y: object, levels: object, reduction: object) -> int:
-    """Validates every argument (before any native call) and returns the level count."""
+def _check_args(x: object, y: object, levels: object, reduction: object, level_weights: object) -> tuple:
+    """Validates every argument (before any native call); returns the level count and its weights."""
     x = check_tensor("x", x, ndim=4)
     y = check_tensor("y", y, ndim=4)
     if x.shape != y.shape:
         raise ValueError(f"y must have the same shape as x {tuple(x.shape)}, got {tuple(y.shape)}")
     check_same_device(x=x, y=y)
     check_same_dtype(x=x, y=y)
+    if x.device.type != "cuda" and x.dtype in (torch.float16, torch.bfloat16):
+        name = str(x.dtype).replace("torch.", "")
+        raise TypeError(
+            f"x has dtype {name}, which laplacian_pyramid_loss computes on CUDA only; on the CPU convert x and "
+            "y with .float()"
+        )
     allowed = _CUDA_DTYPES if x.device.type == "cuda" else _CPU_DTYPES
     check_tensor("x", x, dtypes=allowed, nonempty=True)
     if x.device.type not in ("cpu", "cuda"):
@@ -199,36 +271,68 @@ def _check_args(x: object, y: object, levels: object, reduction: object) -> int:
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if levels is None:
-        return default_levels(x.shape[2], x.shape[3])
-    if isinstance(levels, bool) or not isinstance(levels, int):
+        levels = default_levels(x.shape[2], x.shape[3])
+    elif isinstance(levels, bool) or not isinstance(levels, int):
         raise TypeError(f"levels must be an int in [1, {MAX_LEVELS}] or None, got {type(levels).__name__}")
-    if not 1 <= levels <= MAX_LEVELS:
+    elif not 1 <= levels <= MAX_LEVELS:
         raise ValueError(f"levels must be in [1, {MAX_LEVELS}], got {levels}")
-    return levels
+    return levels, check_level_weights(level_weights, levels)
+
+
+def check_level_weights(level_weights: object, levels: int) -> list[float]:
+    """``level_weights`` as a list of ``levels`` floats (finite, >= 0); None: the default 4^j."""
+    if level_weights is None:
+        return default_level_weights(levels)
+    if isinstance(level_weights, (str, bytes)) or not isinstance(level_weights, Sequence):
+        raise TypeError(
+            f"level_weights must be a sequence of {levels} floats (one per level) or None, "
+            f"got {type(level_weights).__name__}"
+        )
+    if len(level_weights) != levels:
+        raise ValueError(
+            f"level_weights must hold one weight per level, finest first: {levels} values for levels={levels}, "
+            f"got {len(level_weights)}"
+        )
+    weights = []
+    for j, w in enumerate(level_weights):
+        if isinstance(w, bool) or not isinstance(w, (int, float)):
+            raise TypeError(f"level_weights[{j}] must be a float, got {type(w).__name__}")
+        if not math.isfinite(w) or w < 0:
+            raise ValueError(f"level_weights[{j}] must be finite and >= 0, got {w!r}")
+        weights.append(float(w))
+    return weights
 
 
 def laplacian_pyramid_loss(
-    x: torch.Tensor,
-    y: torch.Tensor,
+    x: torch.Tensor | np.ndarray,
+    y: torch.Tensor | np.ndarray,
     *,
     levels: int | None = None,
     reduction: str = "mean",
+    level_weights: Sequence[float] | None = None,
     check_finite_values: bool = True,
-) -> torch.Tensor:
+) -> Any:
     """Laplacian-pyramid L1 loss between images ``x`` and ``y`` of shape (B, C, H, W).
 
     Args:
-        x, y: images of the same shape, dtype and device (see the module docstring for dtypes).
+        x, y: images of the same shape, dtype and device (see the module docstring for dtypes); tensors,
+            or numpy arrays (then the loss is a numpy array, without gradient).
         levels: pyramid levels J (1..16); None picks ``1 + floor(log2(min(H, W)))`` capped at 5.
         reduction: ``"mean"`` (per pixel of level 0), ``"sum"`` or ``"none"`` (per sample, shape (B,)).
+        level_weights: the weight of each level, finest first (J values, finite, >= 0); None gives the GLO
+            paper's ``4^j`` (exactly: the same bits as before this argument existed).
         check_finite_values: raise :class:`~glann_ext.errors.NonFiniteError` naming ``x`` or ``y`` and the
-            lowest offending sample if they hold NaN/Inf (see the module docstring: free on CPU, one
-            synchronisation on CUDA).
+            lowest offending sample if they hold NaN/Inf (see the module docstring: free; on CUDA deferred).
 
     Returns:
         The loss, float64 for float64 inputs and float32 otherwise; differentiable in x and y.
     """
-    return _loss(x, y, levels, reduction, check_finite_values=check_finite_values, pixel_path=False)
+    as_numpy = is_numpy(x) or is_numpy(y)
+    if as_numpy:
+        x = from_numpy("x", x) if is_numpy(x) else x
+        y = from_numpy("y", y) if is_numpy(y) else y
+    loss = _loss(x, y, levels, reduction, level_weights, check_finite_values=check_finite_values)
+    return loss.detach().numpy() if as_numpy else loss
 
 
 def _loss(
@@ -236,16 +340,15 @@ def _loss(
     y: torch.Tensor,
     levels: int | None,
     reduction: str,
+    level_weights: Sequence[float] | None = None,
     *,
     check_finite_values: bool = True,
     pixel_path: bool = False,
 ) -> torch.Tensor:
     """:func:`laplacian_pyramid_loss`; ``pixel_path=True`` runs the CPU per-pixel path (tests only)."""
-    levels = _check_args(x, y, levels, reduction)
+    levels, weights = _check_args(x, y, levels, reduction, level_weights)
     _native.require_cuda_build(x, "laplacian_pyramid_loss")
-    b, c, h, w = x.shape
-    per_sample, _ = _laplacian_fwd(x, y, levels, pixel_path, check_finite_values)
-    if reduction == "none":
-        return per_sample / (c * h * w)
-    total = per_sample.sum()
-    return total if reduction == "sum" else total / (b * c * h * w)
+    loss, _ = _laplacian_fwd(
+        x, y, levels, weights, REDUCTIONS.index(reduction), pixel_path, check_finite_values
+    )
+    return loss

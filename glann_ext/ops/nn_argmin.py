@@ -5,35 +5,64 @@ distance matrix never exists, extra memory is O(N + M-independent tiles), and ke
 an iterable of chunks (generated lazily, e.g. ``T(e)`` for chunks of noise), so 10^7 keys and more
 fit in any memory.
 
-Exactness and ties. Candidates are ranked by ``||k||^2 - 2 q.k`` in float32 (the same instruction
-sequence for every pair, on every thread count and tiling), ties go to the lowest key index, and the
-returned distance of the winner is recomputed directly as ``sum((q - k)^2)``. Keys whose distances
-differ by less than the float32 rounding of the expansion (about ``1e-7 * (|q|^2 + |k|^2)``) are
-ordered by that rounding, as in every GEMM-based search (faiss included); exact duplicates always tie
-and resolve to the lowest index.
+Exactness and ties. Candidates are ranked by ``||k||^2 - 2 q.k`` in the accumulation type (float64 for
+float64 inputs, float32 otherwise), by the same instruction sequence for every pair, on every thread
+count and tiling; ties go to the lowest key index, and the returned distance of the winner is recomputed
+directly as ``sum((q - k)^2)``. Keys whose distances differ by less than the rounding of the expansion
+(about ``1e-7 * (|q|^2 + |k|^2)`` in float32, ``2e-16 * (...)`` in float64) are ordered by that rounding,
+as in every GEMM-based search (faiss included); exact duplicates always tie and resolve to the lowest
+index.
+
+Inputs as users have them. numpy arrays are accepted wherever tensors are (read through
+``torch.from_numpy``, without a copy); when ``queries`` is a numpy array the results are numpy arrays.
+float16/bfloat16 are searched on CUDA only (in float32); on the CPU they are refused with the conversion
+to make (``.float()``, or ``.astype(np.float32)``): a silent conversion would copy the whole key set
+every call.
+
+NaN/Inf (the policy of :mod:`glann_ext.ops`): the kernels flag a query or key row holding NaN or Inf
+while they read it, at no extra pass. On CPU the call raises :class:`~glann_ext.errors.NonFiniteError`
+naming ``queries``, ``keys`` or ``keys[i]`` and the lowest offending row (queries first, then the chunks
+in order). On CUDA the flags stay on the device and the call returns without waiting: the error is
+raised by a later glann_ext call once the device has finished this one, or at the latest by
+:func:`glann_ext.ops.raise_deferred_errors` (see :mod:`glann_ext.ops`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Union
+from typing import Any, Union
 
+import numpy as np
 import torch
 
 from . import _native
-from ._checks import check_finite, check_same_device, check_same_dtype, check_tensor
+from ._checks import (
+    check_finite,
+    check_same_device,
+    check_same_dtype,
+    check_tensor,
+    from_numpy,
+    is_numpy,
+    non_finite_error,
+    nonfinite_row_flag,
+)
 
-Keys = Union[torch.Tensor, Iterable[torch.Tensor]]
+Keys = Union[torch.Tensor, np.ndarray, Iterable[Union[torch.Tensor, np.ndarray]]]
 
-_CPU_DTYPES = (torch.float32,)
-_CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_CPU_DTYPES = (torch.float32, torch.float64)
+_CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 # Keys per native call: indices inside a call are int32 lanes in the CPU micro-kernel.
 _MAX_KEYS_PER_CALL = 1 << 30
 
 
 # The running best starts at the merge rule's identity: every candidate, even (+inf, i), beats it.
 _NO_INDEX = torch.iinfo(torch.int64).max
+
+
+def _score_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The accumulation type of the search, and so of its scores and distances."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @torch.library.custom_op("glann_ext::nn_argmin_fold_", mutates_args=("best_score", "best_index"))
@@ -43,29 +72,65 @@ def _fold(
     best_score: torch.Tensor,
     best_index: torch.Tensor,
     key_offset: int,
+    check_queries: bool = False,
+    check_keys: bool = False,
+    keys_name: str = "keys",
+    keys_row0: int = 0,
 ) -> None:
     """Folds ``keys`` (global indices from ``key_offset``) into the running best ``(best_score,
-    best_index)`` of every query row, in place, by the (score, index) rule of csrc/nn_argmin/nn_argmin_math.h."""
+    best_index)`` of every query row, in place, by the (score, index) rule of csrc/nn_argmin/nn_argmin_math.h.
+
+    ``check_queries``/``check_keys``: the NaN policy for those inputs (the module docstring), the keys named
+    ``keys_name`` with their rows counted from ``keys_row0`` (a slice of a larger tensor)."""
     n, d = queries.shape
     m = keys.shape[0]
-    if n == 0 or m == 0:
+    if m == 0 or (n == 0 and not check_keys):
+        return
+    names, offsets = ("queries", keys_name), (0, keys_row0)
+    if n == 0:  # no kernel reads the keys: their check costs a pass (still without a synchronisation)
+        flags = torch.cat([nonfinite_row_flag(queries), nonfinite_row_flag(keys)])
+        _native.raise_flags(flags, _flags_error("nn_argmin", names, offsets))
         return
     exec_ctx = _native.exec_context(queries)
     if exec_ctx.cuda:
         nbytes = _native._C.nn_argmin_cuda_workspace_bytes(n, m, d, exec_ctx.device)
     else:
-        nbytes = _native._C.nn_argmin_cpu_workspace_bytes(n, m, d, exec_ctx.num_threads)
+        nbytes = _native._C.nn_argmin_cpu_workspace_bytes(
+            n, m, d, _native.dtype_code(queries), exec_ctx.num_threads
+        )
     workspace = torch.empty(max(nbytes, 1), dtype=torch.uint8, device=queries.device)
-    with _native.native_call("nn_argmin", queries):
+    flags = (
+        _native.nonfinite_flags(queries.device, 2)
+        if exec_ctx.cuda and (check_queries or check_keys)
+        else None
+    )
+    with _native.native_call("nn_argmin", queries, arguments=names, row_offsets=offsets):
         _native._C.nn_argmin(
             _native.dtype_code(queries), queries.data_ptr(), n, d, queries.stride(),
-            keys.data_ptr(), m, keys.stride(), key_offset,
-            best_score.data_ptr(), best_index.data_ptr(), workspace.data_ptr(), workspace.numel(), exec_ctx,
+            keys.data_ptr(), m, keys.stride(), key_offset, best_score.data_ptr(), best_index.data_ptr(),
+            check_queries, check_keys, flags.data_ptr() if flags is not None else 0,
+            workspace.data_ptr(), workspace.numel(), exec_ctx,
         )  # fmt: skip
+    if flags is not None:
+        _native.defer_flags(flags, _flags_error("nn_argmin", names, offsets))
+
+
+def _flags_error(op: str, names: tuple[str, ...], offsets: tuple[int, ...]) -> _native.FlagsError:
+    """Flag values (the lowest offending row of each input, or NO_ROW) -> the NaN error of the first
+    input that has one."""
+
+    def make(values: list[int]) -> Exception | None:
+        for name, offset, row in zip(names, offsets, values):
+            if row != _native.NO_ROW:
+                return non_finite_error(name, row + offset, op=op)
+        return None
+
+    return make
 
 
 @_fold.register_fake
-def _(queries, keys, best_score, best_index, key_offset) -> None:
+def _(queries, keys, best_score, best_index, key_offset, check_queries=False, check_keys=False,
+      keys_name="keys", keys_row0=0) -> None:  # fmt: skip
     return None
 
 
@@ -85,8 +150,8 @@ def _merge(
     score, index = score.contiguous(), index.contiguous()
     with _native.native_call("nn_argmin", best_score):
         _native._C.nn_argmin_merge(
-            score.data_ptr(), index.data_ptr(), n, key_offset, best_score.data_ptr(), best_index.data_ptr(),
-            _native.exec_context(best_score),
+            _native.dtype_code(best_score), score.data_ptr(), index.data_ptr(), n, key_offset,
+            best_score.data_ptr(), best_index.data_ptr(), _native.exec_context(best_score),
         )  # fmt: skip
 
 
@@ -99,6 +164,12 @@ def check_queries(queries: object) -> torch.Tensor:
     """Validates ``queries`` for :func:`nn_argmin` (2-D, D >= 1, a dtype of its device) and returns it."""
     check_tensor("queries", queries, ndim=2)
     assert isinstance(queries, torch.Tensor)
+    if queries.device.type != "cuda" and queries.dtype in (torch.float16, torch.bfloat16):
+        name = str(queries.dtype).replace("torch.", "")
+        raise TypeError(
+            f"queries has dtype {name}, which nn_argmin searches on CUDA only; on the CPU convert queries and "
+            "keys with .float() (numpy: .astype(np.float32)), or use float64"
+        )
     allowed = _CUDA_DTYPES if queries.device.type == "cuda" else _CPU_DTYPES
     check_tensor("queries", queries, dtypes=allowed)
     if queries.shape[1] == 0:
@@ -122,67 +193,76 @@ def check_keys(name: str, keys: object, queries: torch.Tensor) -> torch.Tensor:
 
 
 def _exact_sq_dist(queries: torch.Tensor, keys: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    diff = queries.float() - keys.index_select(0, index).float()
-    return (diff * diff).sum(1)
+    acc = _score_dtype(queries.dtype)
+    diff = queries.to(acc) - keys.index_select(0, index).to(acc)
+    return (diff * diff).contiguous().sum(1)  # one summation order whatever the queries' layout
 
 
-def _key_chunks(keys: Keys) -> Iterable[torch.Tensor]:
-    if isinstance(keys, torch.Tensor):
+def _key_chunks(keys: Keys) -> Iterable[tuple[str, int, torch.Tensor]]:
+    """(name, first row within it, slice) for every native call's share of ``keys``."""
+    if isinstance(keys, (torch.Tensor, np.ndarray)):
+        keys = from_numpy("keys", keys) if is_numpy(keys) else keys
         check_tensor("keys", keys, ndim=2)
         for start in range(0, keys.shape[0], _MAX_KEYS_PER_CALL):
-            yield keys[start : start + _MAX_KEYS_PER_CALL]
+            yield "keys", start, keys[start : start + _MAX_KEYS_PER_CALL]
         return
     if isinstance(keys, (str, bytes)) or not hasattr(keys, "__iter__"):
-        raise TypeError(f"keys must be a torch.Tensor or an iterable of tensors, got {type(keys).__name__}")
-    for chunk in keys:
+        raise TypeError(
+            f"keys must be a torch.Tensor, a numpy array or an iterable of them, got {type(keys).__name__}"
+        )
+    for i, chunk in enumerate(keys):
+        name = f"keys[{i}]"
+        if is_numpy(chunk):
+            chunk = from_numpy(name, chunk)
         if not isinstance(chunk, torch.Tensor):
-            raise TypeError(f"keys chunks must be torch.Tensor, got {type(chunk).__name__}")
+            raise TypeError(f"keys chunks must be torch.Tensor or numpy arrays, got {type(chunk).__name__}")
         if chunk.dim() != 2:
             raise ValueError(f"keys chunks must be 2-D, got shape {tuple(chunk.shape)}")
         for start in range(0, chunk.shape[0], _MAX_KEYS_PER_CALL):
-            yield chunk[start : start + _MAX_KEYS_PER_CALL]
+            yield name, start, chunk[start : start + _MAX_KEYS_PER_CALL]
 
 
 def nn_argmin(
-    queries: torch.Tensor,
+    queries: torch.Tensor | np.ndarray,
     keys: Keys,
     *,
     return_distances: bool = False,
     check_finite_values: bool = True,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+) -> Any:
     """Index of the nearest key (squared L2) for every query row.
 
     Args:
-        queries: (N, D) float32 on CPU; float32, float16 or bfloat16 on CUDA (accumulated in float32).
-            Any strides; N may be 0.
-        keys: (M, D) tensor with the dtype and device of ``queries``, or an iterable of (m_i, D) chunks
-            (consumed once; indices count across chunks in order). M >= 1 in total.
+        queries: (N, D) float32 or float64; on CUDA also float16 or bfloat16 (searched in float32). A
+            tensor or a numpy array (then the results are numpy arrays too). Any strides; N may be 0.
+        keys: (M, D) with the dtype and device of ``queries`` (a tensor or a numpy array), or an iterable
+            of (m_i, D) chunks (consumed once; indices count across chunks in order). M >= 1 in total.
         return_distances: also return the squared distance to the chosen key, computed exactly as
-            ``sum((q - k)^2)`` in float32.
-        check_finite_values: raise :class:`~glann_ext.errors.NonFiniteError` (a ``ValueError``) naming
-            ``queries``, ``keys`` or ``keys[i]`` and the lowest offending row if they hold NaN/Inf (an argmin
-            over NaN has no meaning). One read pass over the inputs (on CUDA one synchronisation per
-            tensor); turn off only for inputs known finite, whose results are then unspecified.
+            ``sum((q - k)^2)`` (float64 for float64 inputs, float32 otherwise).
+        check_finite_values: the NaN policy (module docstring): raise
+            :class:`~glann_ext.errors.NonFiniteError` (a ``ValueError``) naming ``queries``, ``keys`` or
+            ``keys[i]`` and the lowest offending row if they hold NaN/Inf (an argmin over NaN has no
+            meaning). The kernels look while they read, so it costs nothing measurable; on CUDA the error is
+            deferred. ``False`` skips it: results for non-finite inputs are then unspecified.
 
     Returns:
-        ``index`` (N,) int64, or ``(index, sq_distance)`` with ``sq_distance`` (N,) float32.
-        Ties go to the lowest index.
+        ``index`` (N,) int64, or ``(index, sq_distance)``. Ties go to the lowest index.
     """
+    as_numpy = is_numpy(queries)
+    if as_numpy:
+        queries = from_numpy("queries", queries)
     queries = check_queries(queries)
-    if check_finite_values:
-        check_finite("queries", queries)
-    best = RunningArgmin(queries, return_distances=return_distances)
+    best = RunningArgmin(queries, return_distances=return_distances, check_finite=check_finite_values)
     offset = 0
-    for i, chunk in enumerate(_key_chunks(keys)):
-        name = "keys" if isinstance(keys, torch.Tensor) else f"keys[{i}]"
+    for name, row0, chunk in _key_chunks(keys):
         chunk = check_keys(name, chunk, queries)
-        if check_finite_values:
-            check_finite(name, chunk)
-        best.update(chunk, offset)
+        best.update(chunk, offset, name=name, row0=row0)
         offset += chunk.shape[0]
     if offset == 0:
         raise ValueError("keys must contain at least one row, got M=0")
-    return best.result()
+    out = best.result()
+    if not as_numpy:
+        return out
+    return tuple(t.numpy() for t in out) if isinstance(out, tuple) else out.numpy()
 
 
 Scores = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -195,34 +275,63 @@ class RunningArgmin:
     lexicographic (score, global index) rule of the kernels (csrc/nn_argmin/nn_argmin_math.h), so the
     result equals one ``nn_argmin`` over all keys concatenated in index order, whatever order the chunks
     come in (the distributed ring relies on this). Inputs are assumed validated (:func:`check_queries`,
-    :func:`check_keys`).
+    :func:`check_keys`). Scores and distances are float64 for float64 queries, float32 otherwise.
 
     ``scores``: ``None`` scores with the fused kernels; or a callable ``(queries, keys) -> (score, index)``
-    giving, per query row, the best score ``||k||^2 - 2 q.k`` (float32, (N,)) and its lowest index within
-    ``keys`` (int64, (N,)), e.g. :func:`glann_ext.ops.reference.nn_argmin_scores_reference`; its answers
-    are folded in by the same rule.
+    giving, per query row, the best score ``||k||^2 - 2 q.k`` ((N,), of the score dtype above) and its
+    lowest index within ``keys`` (int64, (N,)), e.g.
+    :func:`glann_ext.ops.reference.nn_argmin_scores_reference`; its answers are folded in by the same rule.
+
+    ``check_finite``: apply the NaN policy (:func:`nn_argmin`) to the queries (once, with the first
+    non-empty chunk) and to every chunk, named by ``update``'s ``name``. The fused kernels check as they
+    read; with a ``scores`` callable the check is a pass in torch (on CUDA one synchronisation).
     """
 
     def __init__(
-        self, queries: torch.Tensor, *, return_distances: bool = False, scores: Scores | None = None
+        self,
+        queries: torch.Tensor,
+        *,
+        return_distances: bool = False,
+        scores: Scores | None = None,
+        check_finite: bool = False,
     ) -> None:
         n = queries.shape[0]
+        acc = _score_dtype(queries.dtype)
         self.queries = queries
         self.scores = scores
-        self.score = torch.full((n,), math.inf, dtype=torch.float32, device=queries.device)
+        self.score = torch.full((n,), math.inf, dtype=acc, device=queries.device)
         self.index = torch.full((n,), _NO_INDEX, dtype=torch.int64, device=queries.device)
-        self.dist = torch.zeros(n, dtype=torch.float32, device=queries.device) if return_distances else None
+        self.dist = torch.zeros(n, dtype=acc, device=queries.device) if return_distances else None
+        self.check_queries = check_finite
+        self.check_keys = check_finite
 
-    def update(self, keys: torch.Tensor, offset: int) -> None:
+    def update(self, keys: torch.Tensor, offset: int, *, name: str = "keys", row0: int = 0) -> None:
+        """Folds in ``keys`` (global indices from ``offset``); ``name`` and ``row0`` (its first row within
+        the tensor that name means) word a NaN error."""
         m = keys.shape[0]
         if m == 0:
             return
         if self.scores is None:
-            _fold(self.queries, keys, self.score, self.index, offset)
+            _fold(
+                self.queries,
+                keys,
+                self.score,
+                self.index,
+                offset,
+                self.check_queries,
+                self.check_keys,
+                name,
+                row0,
+            )
         else:
+            if self.check_queries:
+                check_finite("queries", self.queries)
+            if self.check_keys:
+                check_finite(name, keys)
             score, index = self.scores(self.queries, keys)
             _check_candidates(score, index, self.score)
             _merge(self.score, self.index, score, index, offset)
+        self.check_queries = False
         if self.dist is not None:
             # Chunks cover disjoint index ranges: a row whose best now lies in this one took it just now.
             took = (self.index >= offset) & (self.index < offset + m)
@@ -236,9 +345,9 @@ class RunningArgmin:
 
 
 def _check_candidates(score: object, index: object, best: torch.Tensor) -> None:
-    """What a ``scores`` callable returned: the kernels read it as float32 and int64 rows."""
+    """What a ``scores`` callable returned: the kernels read it as rows of the score dtype and int64."""
     n = best.shape[0]
-    check_tensor("scores(...)[0]", score, ndim=1, dtypes=(torch.float32,))
+    check_tensor("scores(...)[0]", score, ndim=1, dtypes=(best.dtype,))
     check_tensor("scores(...)[1]", index, ndim=1, dtypes=(torch.int64,))
     for name, t in (("scores(...)[0]", score), ("scores(...)[1]", index)):
         if t.shape[0] != n or t.device != best.device:

@@ -7,6 +7,7 @@ Used as the baseline in ``benchmarks/`` and by the trainers when a user asks for
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -23,18 +24,20 @@ def nn_argmin_cdist(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
 def nn_argmin_scores_reference(
     queries: torch.Tensor, keys: torch.Tensor, *, tile: int = 8192
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per query row the best score ``||k||^2 - 2 q.k`` (float32, (N,)) and its lowest index within
-    ``keys`` (int64, (N,)): tiled ``addmm`` and a running minimum, memory O(N * tile). Finite inputs.
+    """Per query row the best score ``||k||^2 - 2 q.k`` ((N,), float64 for float64 inputs, else float32)
+    and its lowest index within ``keys`` (int64, (N,)): tiled ``addmm`` and a running minimum, memory
+    O(N * tile). Finite inputs.
 
     The ``scores`` contract of :class:`glann_ext.ops.nn_argmin.RunningArgmin`. Ties go to the lowest
     index: ``min`` returns the first minimum of a tile, and a later tile must be strictly lower to win.
     """
     n = queries.shape[0]
-    best = torch.full((n,), math.inf, dtype=torch.float32, device=queries.device)
+    acc = torch.float64 if queries.dtype == torch.float64 else torch.float32
+    best = torch.full((n,), math.inf, dtype=acc, device=queries.device)
     best_idx = torch.zeros(n, dtype=torch.int64, device=queries.device)
-    q = queries.float()
+    q = queries.to(acc)
     for start in range(0, keys.shape[0], tile):
-        k = keys[start : start + tile].float()
+        k = keys[start : start + tile].to(acc)
         scores = torch.addmm((k * k).sum(1).unsqueeze(0), q, k.t(), alpha=-2.0)
         val, idx = scores.min(1)
         better = val < best
@@ -51,7 +54,8 @@ def nn_argmin_addmm(
     _, best_idx = nn_argmin_scores_reference(queries, keys, tile=tile)
     if not return_distances:
         return best_idx
-    return best_idx, ((queries.float() - keys[best_idx].float()) ** 2).sum(1)
+    acc = torch.float64 if queries.dtype == torch.float64 else torch.float32
+    return best_idx, ((queries.to(acc) - keys[best_idx].to(acc)) ** 2).sum(1)
 
 
 def nn_argmin_exact(queries: torch.Tensor, keys: torch.Tensor, *, return_distances: bool = False):
@@ -82,6 +86,11 @@ MAX_DEFAULT_LEVELS = 5
 def default_levels(height: int, width: int) -> int:
     """1 + floor(log2(min(H, W))), capped at MAX_DEFAULT_LEVELS."""
     return max(1, min(MAX_DEFAULT_LEVELS, 1 + math.floor(math.log2(max(1, min(height, width))))))
+
+
+def default_level_weights(levels: int) -> list[float]:
+    """The GLO paper's level weights 4^j (= 2^(2j)), j = 0 the finest level."""
+    return [4.0**j for j in range(levels)]
 
 
 def reflect101(index: torch.Tensor, n: int) -> torch.Tensor:
@@ -129,13 +138,22 @@ def laplacian_pyramid(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
 
 
 def laplacian_pyramid_loss_reference(
-    x: torch.Tensor, y: torch.Tensor, *, levels: int | None = None, reduction: str = "mean"
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    levels: int | None = None,
+    reduction: str = "mean",
+    level_weights: Sequence[float] | None = None,
 ) -> torch.Tensor:
-    """sum_j 4^j |L^j(x) - L^j(y)|_1, normalised per pixel of level 0 for 'mean' and 'none'."""
+    """sum_j w_j |L^j(x) - L^j(y)|_1 (w_j = level_weights[j], default 4^j), normalised per pixel of level 0
+    for 'mean' and 'none'."""
     b, c, h, w = x.shape
     levels = default_levels(h, w) if levels is None else levels
+    weights = default_level_weights(levels) if level_weights is None else list(level_weights)
+    if len(weights) != levels:
+        raise ValueError(f"level_weights must hold {levels} values (one per level), got {len(weights)}")
     laps = laplacian_pyramid(x - y, levels)
-    per_sample = sum((4.0**j) * lap.abs().sum(dim=(1, 2, 3)) for j, lap in enumerate(laps))
+    per_sample = sum(wj * lap.abs().sum(dim=(1, 2, 3)) for wj, lap in zip(weights, laps))
     if reduction == "sum":
         return per_sample.sum()
     if reduction == "none":

@@ -17,7 +17,11 @@ Semantics shared by every function here:
   a row holding NaN or Inf is never written. All other rows are projected, then
   :class:`~glann_ext.errors.NonFiniteError` (``argument="z"``, ``row`` the lowest bad row) is raised. For
   the in-place op this means: finite rows projected, bad rows unchanged. On CUDA the kernel flags the row
-  in memory and reading it costs one synchronisation, skipped inside CUDA-graph capture (no error there).
+  in device memory and the error is deferred, without a synchronisation (see :mod:`glann_ext.ops`).
+* **numpy**: ``project_to_sphere`` and ``project_to_sphere_`` accept a numpy array (float32/float64),
+  read and written without a copy; the first returns a new numpy array, the second projects the array in
+  place (it must be writable, with non-negative strides) and returns it. The optimizer steps take tensors
+  only (they are training internals).
 * **Optimizer steps** touch only ``table[indices]``; duplicate indices are coalesced first by summing
   their gradient rows (what ``torch.optim.SparseAdam`` does with ``grad.coalesce()``). The gradient is
   checked before anything is written: NaN/Inf in ``grad`` raises ``NonFiniteError`` (``argument="grad"``,
@@ -31,6 +35,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import NonFiniteError
@@ -58,7 +63,11 @@ def _check_rows(op: str, z: torch.Tensor) -> None:
     _checks.check_tensor(f"{op}: z", z, ndim=2)
     allowed = _CUDA_DTYPES if z.device.type == "cuda" else _CPU_DTYPES
     if z.dtype not in allowed:
-        where = "on CUDA" if z.device.type == "cuda" else "on CPU (float16/bfloat16 are CUDA only)"
+        where = (
+            "on CUDA"
+            if z.device.type == "cuda"
+            else "on CPU (float16/bfloat16 are CUDA only: convert with .float())"
+        )
         raise TypeError(
             f"{op}: z must have dtype in ({_checks._dtype_names(allowed)}) {where}, "
             f"got {str(z.dtype).replace('torch.', '')}"
@@ -182,21 +191,23 @@ def _run_project(op: str, src: torch.Tensor, dst: torch.Tensor) -> None:
     if exec_ctx.cuda:
         _native.require_cuda_build(src, op)
     # CUDA: the kernel reports the first non-finite row through memory (CPU: through its status).
-    bad = torch.full((1,), n, dtype=torch.int64, device=src.device) if exec_ctx.cuda else None
+    bad = _native.nonfinite_flags(src.device, 1) if exec_ctx.cuda else None
     try:
-        with _native.native_call(op, src, argument="z"):
+        with _native.native_call(op, src, arguments=("z",)):
             _C.project_to_sphere(
                 _native.dtype_code(src), src.data_ptr(), src.stride(), dst.data_ptr(), dst.stride(), n, d,
                 bad.data_ptr() if bad is not None else 0, exec_ctx,
             )  # fmt: skip
     except NonFiniteError as exc:
         raise _checks.non_finite_error("z", exc.row, op=op, note=_PROJECT_NOTE) from None
-    # One sync to read the flag, skipped inside CUDA-graph capture (no sync allowed there): non-finite
-    # rows are then left unwritten without an error.
-    if bad is not None and _native.can_read_device_flag():
-        first = int(bad.item())
-        if first < n:
-            raise _checks.non_finite_error("z", first, op=op, note=_PROJECT_NOTE)
+    if bad is not None:
+        _native.defer_flags(bad, lambda rows: _project_error(op, rows[0]))
+
+
+def _project_error(op: str, row: int) -> Exception | None:
+    if row == _native.NO_ROW:
+        return None
+    return _checks.non_finite_error("z", row, op=op, note=_PROJECT_NOTE)
 
 
 def _coalesce(op: str, table: torch.Tensor, indices: torch.Tensor, grad: torch.Tensor):
@@ -238,7 +249,7 @@ def _run_step(op: str, kind: int, table, exp_avg, exp_avg_sq, indices, grad, *, 
     _native.require_cuda_build(table, op)
     idx, g = _coalesce(op, table, indices, grad)
     try:
-        with _native.native_call(op, table, argument="grad"):
+        with _native.native_call(op, table, arguments=("grad",)):
             _C.latent_step(
                 _native.dtype_code(table), kind, table.data_ptr(),
                 exp_avg.data_ptr() if exp_avg is not None else 0,
@@ -367,12 +378,13 @@ _ops = torch.ops.glann_ext
 # --------------------------------------------------------------------------------------------------
 
 
-def project_to_sphere(z: torch.Tensor) -> torch.Tensor:
+def project_to_sphere(z: torch.Tensor | np.ndarray) -> Any:
     """Return a new contiguous tensor whose rows are the rows of ``z`` scaled to unit L2 norm.
 
     Args:
         z: ``(N, D)`` float32 or float64 (CPU and CUDA), float16 or bfloat16 (CUDA; float32 math).
-            Any strides (e.g. a column slice of a wider tensor) are read without a copy.
+            Any strides (e.g. a column slice of a wider tensor) are read without a copy. A numpy array
+            gives a numpy array.
 
     Returns:
         ``(N, D)`` tensor of ``z``'s dtype. Zero rows become ``(1, ..., 1) / sqrt(D)``.
@@ -384,11 +396,13 @@ def project_to_sphere(z: torch.Tensor) -> torch.Tensor:
     Differentiable: the backward is ``(g - y (y . g)) / ||z||`` per row, 0 for zero rows.
     :func:`project_to_sphere_` has no backward (it is meant for tables and noise outside autograd).
     """
+    if _checks.is_numpy(z):
+        return _ops.project_to_sphere(_checks.from_numpy("project_to_sphere: z", z)).numpy()
     _checks.check_tensor("project_to_sphere: z", z)
     return _ops.project_to_sphere(z)
 
 
-def project_to_sphere_(z: torch.Tensor) -> torch.Tensor:
+def project_to_sphere_(z: torch.Tensor | np.ndarray) -> Any:
     """Scale every row of ``z`` to unit L2 norm in place and return ``z``.
 
     Same arguments and semantics as :func:`project_to_sphere`. ``z`` may be strided (a view of a wider
@@ -396,6 +410,9 @@ def project_to_sphere_(z: torch.Tensor) -> torch.Tensor:
     If some rows hold NaN/Inf, ``NonFiniteError`` names the first; the other rows have been projected
     and the non-finite rows are left exactly as they were.
     """
+    if _checks.is_numpy(z):
+        _ops.project_to_sphere_inplace(_checks.from_numpy("project_to_sphere_: z", z, in_place=True))
+        return z
     _checks.check_tensor("project_to_sphere_: z", z)
     _ops.project_to_sphere_inplace(z)
     return z

@@ -1,0 +1,188 @@
+"""Inputs as users have them: numpy arrays in (numpy out), float64, and float16/bfloat16 on the CPU refused
+with the conversion to make. Every result is compared with the op on the equivalent tensors, which the
+kernel tests compare with their oracles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import glann_ext
+from glann_ext.errors import NonFiniteError
+from glann_ext.ops import reference
+
+
+def _layouts(a: np.ndarray) -> dict[str, np.ndarray]:
+    """The same values as C-ordered, Fortran-ordered, sliced, negatively strided, read-only and big-endian
+    arrays."""
+    ro = a.copy()
+    ro.flags.writeable = False
+    wide = np.repeat(a, 2, axis=-1)
+    return {
+        "c": np.ascontiguousarray(a),
+        "fortran": np.asfortranarray(a),
+        "sliced": wide[..., ::2],
+        "negative_strides": np.flip(np.flip(a, -1).copy(), -1),
+        "read_only": ro,
+        "big_endian": a.astype(a.dtype.newbyteorder(">")),
+    }
+
+
+# ------------------------------------------------------------------------------------------- nn_argmin
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", list(_layouts(np.zeros((2, 2))).keys()))
+def test_nn_argmin_numpy_in_numpy_out(dtype, layout):
+    rng = np.random.default_rng(0)
+    q, k = rng.standard_normal((37, 9)).astype(dtype), rng.standard_normal((501, 9)).astype(dtype)
+    qa, ka = _layouts(q)[layout], _layouts(k)[layout]
+    assert np.array_equal(qa, q) and np.array_equal(ka, k)
+    idx, dist = glann_ext.nn_argmin(qa, ka, return_distances=True)
+    assert isinstance(idx, np.ndarray) and isinstance(dist, np.ndarray)
+    assert idx.dtype == np.int64 and dist.dtype == dtype and idx.shape == dist.shape == (37,)
+    want, want_dist = glann_ext.nn_argmin(torch.from_numpy(q), torch.from_numpy(k), return_distances=True)
+    assert np.array_equal(idx, want.numpy()) and np.array_equal(dist, want_dist.numpy())
+    only = glann_ext.nn_argmin(qa, ka)
+    assert isinstance(only, np.ndarray) and np.array_equal(only, idx)
+
+
+def test_nn_argmin_numpy_keys_in_chunks_and_mixed():
+    rng = np.random.default_rng(1)
+    q, k = rng.standard_normal((20, 5)), rng.standard_normal((300, 5))
+    want = reference.nn_argmin_exact(torch.from_numpy(q), torch.from_numpy(k)).numpy()
+    assert np.array_equal(glann_ext.nn_argmin(q, np.array_split(k, 4)), want)
+    assert np.array_equal(glann_ext.nn_argmin(q, (c for c in np.array_split(k, 3))), want)
+    # Tensor queries with numpy keys: tensors out (the output type follows the queries).
+    out = glann_ext.nn_argmin(torch.from_numpy(q), [torch.from_numpy(k[:100]), k[100:]])
+    assert isinstance(out, torch.Tensor) and np.array_equal(out.numpy(), want)
+
+
+def test_nn_argmin_numpy_errors_name_the_argument():
+    q = np.random.default_rng(2).standard_normal((6, 3))
+    k = np.random.default_rng(3).standard_normal((40, 3))
+    k[17, 1] = np.nan
+    with pytest.raises(NonFiniteError, match="keys row 17") as info:
+        glann_ext.nn_argmin(q, k)
+    assert info.value.row == 17
+    chunks = [k[:10], k[10:]]
+    with pytest.raises(NonFiniteError, match=r"keys\[1\] row 7"):
+        glann_ext.nn_argmin(q, chunks)
+    with pytest.raises(TypeError, match="queries must be a numpy array of floats, got dtype <U1"):
+        glann_ext.nn_argmin(np.array([["a"]]), k)
+    with pytest.raises(ValueError, match="queries must be a 2-D tensor"):
+        glann_ext.nn_argmin(q[0], k)
+    with pytest.raises(TypeError, match="queries must have dtype in"):
+        glann_ext.nn_argmin(np.ones((2, 3), dtype=np.int64), np.ones((2, 3), dtype=np.int64))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(0, 25),
+    m=st.integers(1, 200),
+    d=st.integers(1, 12),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_property_nn_argmin_numpy_integer_data(n, m, d, dtype, seed):
+    """Small integers: exact in both dtypes, so ties are exact ties and the lowest index wins."""
+    rng = np.random.default_rng(seed)
+    q = rng.integers(-3, 4, (n, d)).astype(dtype)
+    k = rng.integers(-3, 4, (m, d)).astype(dtype)
+    want = reference.nn_argmin_exact(torch.from_numpy(q), torch.from_numpy(k)).numpy()
+    assert np.array_equal(glann_ext.nn_argmin(q, k), want)
+
+
+# ------------------------------------------------------------------------------ laplacian_pyramid_loss
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("layout", ["c", "fortran", "sliced", "read_only", "big_endian"])
+def test_laplacian_numpy_in_numpy_out(dtype, reduction, layout):
+    rng = np.random.default_rng(4)
+    x, y = (
+        rng.standard_normal((3, 2, 17, 20)).astype(dtype),
+        rng.standard_normal((3, 2, 17, 20)).astype(dtype),
+    )
+    got = glann_ext.laplacian_pyramid_loss(_layouts(x)[layout], y, reduction=reduction)
+    want = glann_ext.laplacian_pyramid_loss(torch.from_numpy(x), torch.from_numpy(y), reduction=reduction)
+    assert isinstance(got, np.ndarray) and got.dtype == dtype and got.shape == tuple(want.shape)
+    assert np.array_equal(got, want.numpy())
+    weights = [1.0, 0.5, 0.25, 2.0]
+    got_w = glann_ext.laplacian_pyramid_loss(x, y, levels=4, level_weights=weights, reduction=reduction)
+    want_w = reference.laplacian_pyramid_loss_reference(
+        torch.from_numpy(x).double(),
+        torch.from_numpy(y).double(),
+        levels=4,
+        level_weights=weights,
+        reduction=reduction,
+    )
+    np.testing.assert_allclose(got_w, want_w.numpy(), rtol=2e-5 if dtype == np.float32 else 1e-12)
+
+
+def test_laplacian_numpy_nan_names_the_argument():
+    x, y = np.zeros((3, 1, 8, 8), np.float32), np.zeros((3, 1, 8, 8), np.float32)
+    y[2, 0, 1, 1] = np.inf
+    with pytest.raises(NonFiniteError, match="y row 2"):
+        glann_ext.laplacian_pyramid_loss(x, y)
+
+
+# ------------------------------------------------------------------------------------------ projection
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", list(_layouts(np.zeros((2, 2))).keys()))
+def test_project_numpy(dtype, layout):
+    z = np.random.default_rng(5).standard_normal((50, 7)).astype(dtype)
+    z[3] = 0
+    za = _layouts(z)[layout]
+    out = glann_ext.project_to_sphere(za)
+    assert isinstance(out, np.ndarray) and out.dtype == dtype
+    want = glann_ext.project_to_sphere(torch.from_numpy(z)).numpy()
+    assert np.array_equal(out, want) and np.array_equal(za, z)  # the input is untouched
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_project_numpy_in_place(dtype):
+    z = np.random.default_rng(6).standard_normal((40, 70)).astype(dtype)
+    want = glann_ext.project_to_sphere(torch.from_numpy(z)).numpy()
+    wide = np.repeat(z, 2, axis=1)
+    view = wide[:, ::2]  # a strided view: written through, not copied
+    assert glann_ext.project_to_sphere_(view) is view
+    assert np.array_equal(view, want) and np.array_equal(wide[:, 1::2], z)
+    bad = z.copy()
+    bad[[4, 9]] = np.nan
+    before = bad.copy()
+    with pytest.raises(NonFiniteError, match="z row 4"):
+        glann_ext.project_to_sphere_(bad)
+    assert np.array_equal(bad[[4, 9]], before[[4, 9]], equal_nan=True)
+    assert np.array_equal(np.delete(bad, [4, 9], 0), np.delete(want, [4, 9], 0))
+
+
+@pytest.mark.parametrize("layout", ["read_only", "negative_strides", "big_endian"])
+def test_project_numpy_in_place_refuses_what_it_cannot_write(layout):
+    z = _layouts(np.ones((4, 3)))[layout]
+    if layout == "negative_strides":
+        z = np.ones((4, 3))[:, ::-1]
+    with pytest.raises(ValueError, match="in-place op"):
+        glann_ext.project_to_sphere_(z)
+
+
+# ------------------------------------------------------------------------------- 16-bit floats on CPU
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_on_cpu_is_refused_with_what_to_do(dtype):
+    name = str(dtype).replace("torch.", "")
+    with pytest.raises(TypeError, match=rf"{name}.*CUDA only.*\.float\(\)"):
+        glann_ext.nn_argmin(torch.randn(3, 4, dtype=dtype), torch.randn(5, 4, dtype=dtype))
+    with pytest.raises(TypeError, match=rf"{name}.*CUDA only.*\.float\(\)"):
+        glann_ext.laplacian_pyramid_loss(
+            torch.randn(1, 1, 4, 4, dtype=dtype), torch.randn(1, 1, 4, 4, dtype=dtype)
+        )
+    with pytest.raises(TypeError, match=rf"convert with \.float\(\)\), got {name}"):
+        glann_ext.project_to_sphere(torch.randn(3, 4, dtype=dtype))
