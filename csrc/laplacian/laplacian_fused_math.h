@@ -21,18 +21,9 @@
 #pragma once
 #include <stdint.h>
 
+#include "common/hd_loops.h"
 #include "common/host_device.h"
 #include "laplacian/laplacian_math.h"
-
-// Loops over the five tap slots are unrolled, so the tap arrays stay in registers (a run-time index
-// would put them in local memory).
-#ifndef GLANN_UNROLL
-#if defined(__CUDACC__)
-#define GLANN_UNROLL _Pragma("unroll")
-#else
-#define GLANN_UNROLL
-#endif
-#endif
 
 namespace glann {
 namespace lapf {

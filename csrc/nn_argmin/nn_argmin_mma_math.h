@@ -13,16 +13,9 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "common/hd_loops.h"
 #include "common/host_device.h"
 #include "nn_argmin/nn_argmin_math.h"
-
-#ifndef GLANN_UNROLL
-#if defined(__CUDACC__)
-#define GLANN_UNROLL _Pragma("unroll")
-#else
-#define GLANN_UNROLL
-#endif
-#endif
 
 namespace glann {
 namespace nnmma {

@@ -9,16 +9,9 @@
 #pragma once
 #include <stdint.h>
 
+#include "common/hd_loops.h"
 #include "common/host_device.h"
 #include "sphere/sphere_math.h"
-
-#ifndef GLANN_UNROLL
-#if defined(__CUDACC__)
-#define GLANN_UNROLL _Pragma("unroll")
-#else
-#define GLANN_UNROLL
-#endif
-#endif
 
 namespace glann {
 namespace sphv {
@@ -26,13 +19,6 @@ namespace sphv {
 constexpr int kWarp = 32;
 constexpr int kThreads = 256;
 constexpr int kMaxVecs = 8;  // 16-byte vectors a lane keeps in registers (D <= 1024 float32); else 2 passes
-
-// Member functions shared by host and device (GLANN_HD is `static` on the host, wrong for members).
-#if defined(__CUDACC__)
-#define GLANN_HD_MEMBER __host__ __device__ __forceinline__
-#else
-#define GLANN_HD_MEMBER inline
-#endif
 
 // The rare path stays out of line on the device, so that the common path keeps few registers.
 #if defined(__CUDACC__)
