@@ -388,17 +388,25 @@ void launch_search(const NnArgminParams& p, const Plan& plan, const float* norms
       plan.kchunks, plan.resident, part_score, part_index);
 }
 
+// The three kernels of one call, on the caller's stream (under its device, with a checked workspace).
 template <typename T>
-Status launch(const NnArgminParams& p, const Plan& plan, cudaStream_t stream) {
+Status run(const NnArgminParams& p) {
+  const CudaDeviceGuard guard(p.exec.device);
+  if (!guard.status().ok()) return guard.status();
+  const int elem = int(sizeof(T));
+  const Plan plan = make_plan(p.n_queries, p.n_keys, p.dim, elem, sm_count(p.exec.device));
+  if (p.workspace_bytes < plan.workspace_bytes())
+    return Status::Error(StatusCode::kInvalidArgument, "nn_argmin (CUDA, tensor cores): workspace too small");
+  cudaStream_t stream = static_cast<cudaStream_t>(p.exec.stream);
   char* base = reinterpret_cast<char*>(round_up(int64_t(reinterpret_cast<uintptr_t>(p.workspace)), 256));
   float* norms = reinterpret_cast<float*>(base);
   float* part_score = reinterpret_cast<float*>(base + plan.norms_bytes);
   int32_t* part_index = reinterpret_cast<int32_t*>(base + plan.norms_bytes + plan.part_bytes);
-  const int elem = int(sizeof(T));
   const int64_t* qs = p.queries_strides;
   const int64_t* ks = p.keys_strides;
-  key_norms_warp_kernel<T><<<ceil_div_int(p.n_keys, 8) < 65536 ? ceil_div_int(p.n_keys, 8) : 65536, 256, 0, stream>>>(
-      static_cast<const T*>(p.keys), p.n_keys, p.dim, ks[0], ks[1], norms);
+  const int norm_blocks = ceil_div_int(p.n_keys, 8) < 65536 ? ceil_div_int(p.n_keys, 8) : 65536;
+  key_norms_warp_kernel<T>
+      <<<norm_blocks, 256, 0, stream>>>(static_cast<const T*>(p.keys), p.n_keys, p.dim, ks[0], ks[1], norms);
   const bool vec = vector_loads(reinterpret_cast<uintptr_t>(p.queries), qs[0], qs[1], p.dim, elem, p.n_queries) &&
                    vector_loads(reinterpret_cast<uintptr_t>(p.keys), ks[0], ks[1], p.dim, elem, p.n_keys);
   if (vec)
@@ -419,27 +427,14 @@ int64_t nn_argmin_mma_workspace_bytes(int64_t n_queries, int64_t n_keys, int64_t
 
 Status nn_argmin_cuda_mma(const NnArgminParams& p) {
   if (p.n_queries == 0) return Status::Ok();
-  if (p.n_keys <= 0 || p.dim <= 0)
-    return Status::Error(StatusCode::kInvalidArgument, "nn_argmin: keys must be non-empty");
-  if ((p.n_queries + kBM - 1) / kBM > int64_t{2147483647} || p.n_keys > int64_t{1} << 30)
-    return Status::Error(StatusCode::kInvalidArgument, "nn_argmin (CUDA): too many queries or keys for one call");
-  const CudaDeviceGuard guard(p.exec.device);
-  if (!guard.status().ok()) return guard.status();
-  const int elem = p.dtype == DType::kFloat32 ? 4 : 2;
-  const Plan plan = make_plan(p.n_queries, p.n_keys, p.dim, elem, sm_count(p.exec.device));
-  if (p.workspace_bytes < plan.workspace_bytes())
-    return Status::Error(StatusCode::kInvalidArgument, "nn_argmin (CUDA): workspace too small");
-  cudaStream_t stream = static_cast<cudaStream_t>(p.exec.stream);
-  switch (p.dtype) {
-    case DType::kFloat32:
-      return launch<float>(p, plan, stream);
-    case DType::kFloat16:
-      return launch<__half>(p, plan, stream);
-    case DType::kBFloat16:
-      return launch<__nv_bfloat16>(p, plan, stream);
-    default:
-      return Status::Error(StatusCode::kInvalidArgument, "nn_argmin (CUDA): float32, float16 or bfloat16 only");
-  }
+  // Keys per call: the Python layer passes at most 2^30 (int32 in-split indices); query blocks: gridDim.x.
+  if (p.n_keys <= 0 || p.dim <= 0 || p.n_keys > int64_t{1} << 30 || (p.n_queries + kBM - 1) / kBM > 2147483647)
+    return Status::Error(StatusCode::kInvalidArgument,
+                         "nn_argmin (CUDA, tensor cores): 1 to 2^30 keys, D >= 1 and < 2^31 query blocks per call");
+  if (p.dtype == DType::kFloat32) return run<float>(p);
+  if (p.dtype == DType::kFloat16) return run<__half>(p);
+  if (p.dtype == DType::kBFloat16) return run<__nv_bfloat16>(p);
+  return Status::Error(StatusCode::kInvalidArgument, "nn_argmin (CUDA): float32, float16 or bfloat16 only");
 }
 
 }  // namespace glann
