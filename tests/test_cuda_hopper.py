@@ -75,14 +75,15 @@ def test_cuda_the_switch_switches():
 # --------------------------------------------------------------------------------------------------
 
 
-def assert_nearest(q, k, idx, dist=None):
-    """As tests/test_cuda_sizes.py: within the float32 rounding of the expansion; >= 99% exact indices."""
+def assert_nearest(q, k, idx, dist=None, agree=0.99):
+    """As tests/test_cuda_sizes.py: within the float32 rounding of the expansion; a share ``agree`` of the
+    indices exact."""
     d = ((q.double()[:, None, :] - k.double()[None, :, :]) ** 2).sum(-1)
     rows = torch.arange(q.shape[0], device=q.device)
     chosen = d[rows, idx]
     scale = (q.double() ** 2).sum(1) + (k.double() ** 2).sum(1).max()
     assert bool(((chosen - d.min(1).values) <= 2e-6 * scale + 1e-12).all()), "a returned key is farther"
-    assert (idx == d.argmin(1)).double().mean().item() >= 0.99
+    assert (idx == d.argmin(1)).double().mean().item() >= agree
     if dist is not None:
         torch.testing.assert_close(dist.double(), chosen, rtol=1e-5, atol=1e-5)
 
@@ -127,15 +128,15 @@ def test_cuda_nn_argmin_hopper_ties_across_splits_and_chunks():
 
 @pytest.mark.parametrize("dt", ["fp32", "bf16"])
 def test_cuda_nn_argmin_hopper_near_ties(dt):
-    """Keys one float32 ulp (or one bfloat16 ulp) apart from a query's exact match: every answer within the
-    float32 bound of the expansion, as the legacy kernel's (nn_argmin's docstring: near-ties within rounding
-    are ordered by rounding)."""
+    """Keys one float32 ulp from a query's exact match (in bfloat16 they round back onto it: exact ties):
+    every answer within the float32 bound of the expansion under both variants; which of the two near keys
+    wins is rounding (nn_argmin's docstring), so the indices are not compared."""
     q = randn(64, 32, dt=dt)
     k = randn(4000, 32, dt=dt, seed=1)
     k[:64] = q
     k[64:128] = torch.nextafter(q.float(), torch.full_like(q.float(), float("inf"))).to(q.dtype)
     for idx in both(glann_ext.nn_argmin, q, k).values():
-        assert_nearest(q.float(), k.float(), idx)
+        assert_nearest(q.float(), k.float(), idx, agree=0.0)
 
 
 def test_cuda_nn_argmin_hopper_glann_size_bf16():
