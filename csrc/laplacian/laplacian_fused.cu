@@ -11,6 +11,7 @@
 
 #include "common/cuda_check.h"
 #include "common/cuda_convert.h"
+#include "common/cuda_smem.h"
 #include "laplacian/laplacian_fused.h"
 #include "laplacian/laplacian_fused_math.h"
 
@@ -202,11 +203,11 @@ FusedPlan plan_for(int64_t planes, int64_t h, int64_t w, int levels, DType dtype
   return p;
 }
 
-// Launches `kernel` with `smem` bytes of dynamic shared memory (raising the kernel's limit when it is
-// past the default 48 KB).
+// Launches `kernel` with `smem` bytes of dynamic shared memory (raising the kernel's limit past the
+// default 48 KB the first time it is needed).
 template <typename Kernel, typename... Args>
 void launch(Kernel kernel, int64_t blocks, int threads, int64_t smem, cudaStream_t stream, Args... args) {
-  if (smem > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  raise_smem_limit(reinterpret_cast<const void*>(kernel), int(smem));
   const unsigned grid = static_cast<unsigned>(blocks < kMaxGrid ? blocks : kMaxGrid);
   kernel<<<grid, threads, smem, stream>>>(args...);
 }

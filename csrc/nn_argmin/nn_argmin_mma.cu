@@ -18,6 +18,7 @@
 
 #include "common/cuda_check.h"
 #include "common/cuda_convert.h"
+#include "common/cuda_smem.h"
 #include "nn_argmin/nn_argmin_math.h"
 #include "nn_argmin/nn_argmin_mma.h"
 #include "nn_argmin/nn_argmin_mma_math.h"
@@ -379,8 +380,7 @@ template <typename T, bool kVec>
 void launch_search(const NnArgminParams& p, const Plan& plan, const float* norms, float* part_score,
                    int32_t* part_index, cudaStream_t stream) {
   auto kernel = mma_argmin_kernel<T, kVec>;
-  if (plan.smem_bytes > 48 * 1024)
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.smem_bytes);
+  raise_smem_limit(reinterpret_cast<const void*>(kernel), plan.smem_bytes);
   const dim3 grid(static_cast<unsigned>((p.n_queries + kBM - 1) / kBM), static_cast<unsigned>(plan.splits));
   kernel<<<grid, kThreads, plan.smem_bytes, stream>>>(
       static_cast<const T*>(p.queries), p.n_queries, p.dim, p.queries_strides[0], p.queries_strides[1],
