@@ -16,7 +16,9 @@ shape; ``-k cuda`` for the CUDA rows). Baselines, all timed with grad w.r.t. x:
 * CUDA only: ``torch_compile_reference``, ``torch.compile`` of the reference (default mode; compiled once
   per shape in the warm-up, so only at ``COMPILE_SHAPES``: each compile takes tens of seconds), and
   ``glann_ext_cuda_graph``, our fwd+bwd captured in a CUDA graph and replayed: the device time without
-  Python and launch overhead, which separates kernel efficiency from the host cost.
+  Python and launch overhead, which separates kernel efficiency from the host cost;
+  ``glann_ext_hopper`` and ``glann_ext_hopper_cuda_graph``, the same on the Hopper kernels of issue 15 (a
+  pyramid per block in shared memory, ``glann_ext.ops.kernels``; the other glann rows run the legacy ones).
 
 Every row records ``gbps``: the fewest bytes a fused fwd+bwd must move (read x and y, write the gradient:
 3 x numel x element size) over the median time, comparable with the device's copy bandwidth. On CUDA the
@@ -35,6 +37,7 @@ import torch.nn.functional as F
 
 import glann_ext
 from glann_ext.ops import reference
+from glann_ext.ops.kernels import use_cuda_kernels
 
 from ._device import Cycle, cuda_graphs, device_params, fresh, input_sets, rate, timed
 
@@ -128,7 +131,12 @@ IMPLS = {
     "reference": reference.laplacian_pyramid_loss_reference,
     "kornia": kornia_loss,
 }
-CUDA_ONLY = ["glann_ext_cuda_graph", "torch_compile_reference"]
+CUDA_ONLY = [
+    "glann_ext_cuda_graph",
+    "glann_ext_hopper",
+    "glann_ext_hopper_cuda_graph",
+    "torch_compile_reference",
+]
 
 
 def test_eager_baselines_match():
@@ -179,13 +187,14 @@ def test_fwd_bwd(benchmark, device, shape, impl):
 
     sets = input_sets(make, 2 * numel * 4, device)
     step = _step_fn(impl)
-    if impl == "glann_ext_cuda_graph":
-        call = Cycle(cuda_graphs([lambda xy=xy: step(xy) for xy in sets]), lambda replay: replay())
-    else:
-        call = Cycle(sets, step)
-    run = timed(call, device)
-    for _ in range(len(sets)):
-        run()  # warm-up: every set once (and the compile, for torch_compile_reference)
-    rounds = 3 if impl == "reference" and device == "cpu" else (10 if device == "cpu" else 30)
-    benchmark.pedantic(run, rounds=rounds, iterations=1)
+    with use_cuda_kernels("hopper" if "hopper" in impl else "legacy"):
+        if impl.endswith("_cuda_graph"):
+            call = Cycle(cuda_graphs([lambda xy=xy: step(xy) for xy in sets]), lambda replay: replay())
+        else:
+            call = Cycle(sets, step)
+        run = timed(call, device)
+        for _ in range(len(sets)):
+            run()  # warm-up: every set once (and the compile, for torch_compile_reference)
+        rounds = 3 if impl == "reference" and device == "cpu" else (10 if device == "cpu" else 30)
+        benchmark.pedantic(run, rounds=rounds, iterations=1)
     benchmark.extra_info["gbps"] = rate(3 * numel * 4, benchmark.stats.stats.median)

@@ -6,7 +6,9 @@
 One group per device and shape (N queries, M keys, D). Methods:
 
 * ``glann_ext``: ``nn_argmin`` on float32 (default arguments: includes its NaN/Inf check of the inputs);
-  on CUDA also ``glann_ext_bf16`` on the same data rounded to bfloat16 (the target: 5x the float32 path).
+  on CUDA also ``glann_ext_bf16`` on the same data rounded to bfloat16 (the target: 5x the float32 path),
+  and ``glann_ext_hopper`` / ``glann_ext_hopper_bf16``, the same calls on the Hopper kernels of issue 15
+  (tensor cores, ``glann_ext.ops.kernels``; the other rows run the legacy kernels).
 * ``torch_cdist_argmin``: ``torch.cdist(q, k).argmin(1)``, float32 (IEEE: matmul precision "highest"); it
   materialises the N x M matrix (skipped past 4 GiB on CPU, past 40% of the free memory on CUDA).
 * ``torch_addmm_tiled``: ``reference.nn_argmin_addmm`` (``||k||^2 - 2 q.k`` in 8192-key tiles, running
@@ -30,6 +32,7 @@ import torch
 
 import glann_ext
 from glann_ext.ops import reference
+from glann_ext.ops.kernels import use_cuda_kernels
 
 from ._device import device_params, fresh, matmul_precision, peak_extra, rate, skip_unless_fits, timed
 from .fma_peak import peak_gflops
@@ -50,6 +53,8 @@ METHODS = {
     "cuda": [
         "glann_ext",
         "glann_ext_bf16",
+        "glann_ext_hopper",
+        "glann_ext_hopper_bf16",
         "torch_cdist_argmin",
         "torch_addmm_tiled",
         "torch_addmm_argmin_tf32",
@@ -75,12 +80,12 @@ def _faiss_search(keys: torch.Tensor):
 
 def _call(method: str, q: torch.Tensor, k: torch.Tensor):
     """The timed callable of ``method`` on float32 ``q``, ``k`` (conversions happen here, untimed)."""
-    if method == "glann_ext":
+    if method in ("glann_ext", "glann_ext_hopper"):
         return lambda: glann_ext.nn_argmin(q, k)
     if method == "glann_ext_f64":
         qd, kd = q.double(), k.double()
         return lambda: glann_ext.nn_argmin(qd, kd)
-    if method == "glann_ext_bf16":
+    if method in ("glann_ext_bf16", "glann_ext_hopper_bf16"):
         qb, kb = q.bfloat16(), k.bfloat16()
         return lambda: glann_ext.nn_argmin(qb, kb)
     if method == "torch_cdist_argmin":
@@ -115,7 +120,7 @@ def bench_nn_argmin(benchmark, device: str, shape: tuple[int, int, int], method:
     k = torch.randn(m, d, generator=g, device=device)
     precision = "high" if method.endswith("_tf32") else "highest"
     benchmark.group = f"nn_argmin {device} N={n} M={m} D={d}"
-    with matmul_precision(precision):
+    with matmul_precision(precision), use_cuda_kernels("hopper" if "hopper" in method else "legacy"):
         run = timed(_call(method, q, k), device)
         run()  # warm-up (thread pool, CUDA context and kernels, cuBLAS handles, faiss index)
         mem = peak_extra(run, device)

@@ -11,6 +11,8 @@ Groups (one per device and size):
 * ``project``: float32 rows to unit norm; (1_000_000, 64) on both devices, and on CUDA also (100_000, 784)
   and (10_000_000, 64). Baselines: ``z / z.norm(dim=1, keepdim=True)``, ``torch.nn.functional.normalize``
   and ``z.clone()`` (the copy bound an out-of-place pass can reach: the target is 70% of its bandwidth).
+  On CUDA the glann rows also run on the Hopper kernels of issue 15 (``(hopper)``: 16-byte loads, several
+  rows per warp; ``glann_ext.ops.kernels``); the other glann rows run the legacy kernel.
   Every row records ``gbps``: bytes read plus bytes written (2 x numel x 4) over the median time.
 CUDA calls end with ``torch.cuda.synchronize()``. The latent-step groups run first: after the 256 MB
 projection buffers have come and gone, the allocator state made torch's SparseAdam steps ~100x slower in
@@ -23,6 +25,7 @@ import pytest
 import torch
 
 from glann_ext import SphereSparseAdam, project_to_sphere, project_to_sphere_
+from glann_ext.ops.kernels import use_cuda_kernels
 from glann_ext.ops.reference import fused_latent_adam_reference
 
 from ._device import device_params, fresh, rate, timed
@@ -125,6 +128,14 @@ PROJECT_CASES = {
     "torch F.normalize": ("torch_F_normalize", lambda z: torch.nn.functional.normalize(z, dim=1)),
     "torch clone (memcpy bound)": ("torch_clone", lambda z: z.clone()),
 }
+HOPPER_CASES = {  # CUDA only
+    "glann project_to_sphere (hopper)": ("glann_hopper_project", lambda z: project_to_sphere(z)),
+    "glann project_to_sphere_ (in place, hopper)": (
+        "glann_hopper_project_inplace",
+        lambda z: project_to_sphere_(z),
+    ),
+}
+ALL_CASES = {**PROJECT_CASES, **HOPPER_CASES}
 
 _ROWS: dict[tuple, torch.Tensor] = {}
 
@@ -142,13 +153,20 @@ def _rows(device: str, shape: tuple[int, int]) -> torch.Tensor:
 @pytest.mark.parametrize(
     "device,shape,name",
     device_params(
-        lambda dev: [(shape, name) for shape in PROJECT_SHAPES[dev] for name in PROJECT_CASES],
-        lambda row: f"{row[0][0]}x{row[0][1]}-{PROJECT_CASES[row[1]][0]}",
+        lambda dev: [
+            (shape, name)
+            for shape in PROJECT_SHAPES[dev]
+            for name in (ALL_CASES if dev == "cuda" else PROJECT_CASES)
+        ],
+        lambda row: f"{row[0][0]}x{row[0][1]}-{ALL_CASES[row[1]][0]}",
     ),
 )
 def test_project(benchmark, device, shape, name):
     benchmark.group = f"project {device} ({shape[0]:.0e} x {shape[1]} float32)".replace("e+0", "e")
     rows = _rows(device, shape)
-    fn = PROJECT_CASES[name][1]
-    benchmark.pedantic(timed(lambda: fn(rows), device), rounds=7 if device == "cpu" else 20, warmup_rounds=1)
+    fn = ALL_CASES[name][1]
+    with use_cuda_kernels("hopper" if name in HOPPER_CASES else "legacy"):
+        benchmark.pedantic(
+            timed(lambda: fn(rows), device), rounds=7 if device == "cpu" else 20, warmup_rounds=1
+        )
     benchmark.extra_info["gbps"] = rate(2 * rows.numel() * 4, benchmark.stats.stats.median)

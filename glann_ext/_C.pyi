@@ -14,6 +14,7 @@ __all__: list[str] = [
     "StatusError",
     "cpu_isa",
     "cuda_compiled",
+    "cuda_kernels",
     "cuda_runtime_version",
     "hardware_threads",
     "laplacian_backward",
@@ -27,6 +28,7 @@ __all__: list[str] = [
     "nn_argmin_cuda_workspace_bytes",
     "nn_argmin_merge",
     "project_to_sphere",
+    "set_cuda_kernels",
 ]
 
 # (cuda, device, stream, num_threads): csrc/common/exec.h's ExecContext, from ops._native.exec_context().
@@ -63,6 +65,11 @@ class StatusError(RuntimeError):
 def cpu_isa() -> str:
     """
     SIMD level the CPU kernels use on this machine: baseline, avx2 or avx512.
+    """
+
+def cuda_kernels() -> str:
+    """
+    The CUDA kernels the ops run: 'legacy', 'hopper' or 'hopper:OP[,OP...]' (GLANN_EXT_CUDA_KERNELS, or the last set_cuda_kernels); raises ValueError for an unparsable GLANN_EXT_CUDA_KERNELS.
     """
 
 def cuda_runtime_version() -> int:
@@ -223,6 +230,11 @@ def project_to_sphere(
 ) -> None:
     """
     Rows to unit L2 norm (see csrc/sphere/sphere.h). CPU: StatusError NON_FINITE, detail = the first non-finite row. CUDA: that row is written to the int64 at first_bad_row (initialised to rows).
+    """
+
+def set_cuda_kernels(spec: str) -> None:
+    """
+    Chooses the CUDA kernels for the rest of the process (tests and benchmarks).
     """
 
 __version__: str

@@ -66,5 +66,6 @@ void register_status(py::module_& m);
 void register_nn_argmin(py::module_& m);
 void register_laplacian(py::module_& m);
 void register_sphere(py::module_& m);
+void register_kernel_variant(py::module_& m);
 
 }  // namespace glann_py

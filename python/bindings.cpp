@@ -44,4 +44,5 @@ PYBIND11_MODULE(_C, m) {
   glann_py::register_nn_argmin(m);
   glann_py::register_laplacian(m);
   glann_py::register_sphere(m);
+  glann_py::register_kernel_variant(m);
 }

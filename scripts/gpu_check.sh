@@ -8,7 +8,10 @@
 #   bash scripts/gpu_check.sh --list                         # stages and budgets
 # Stages and budgets in seconds (GLANN_GPU_BUDGET_<STAGE>=N overrides one; all are also cut to what is left of
 # GLANN_GPU_TOTAL=570, so the command ends inside the device's 600 s):
-#   preflight 15, build 135, tests 120, memcheck 55, racecheck 35, bench 120, compile 55   (sum 535)
+#   preflight 15, build 145, tests 105, hopper 55, memcheck 50, racecheck 30, bench 125, compile 35   (sum 560)
+# The hopper stage runs the existing CUDA suites of the three ops on the Hopper kernels of issue 15
+# (GLANN_EXT_CUDA_KERNELS=hopper); tests/test_cuda_hopper.py (tests stage) compares both variants in one
+# process; the sanitizer stages include its small Hopper tests; the bench has glann_ext_hopper rows.
 # Files under $OUT (the device returns at most 8): summary.md (rewritten after every stage), logs.tar.gz (every
 # log, rewritten after every stage), bench.json (the merged pytest-benchmark data) and bench.md (tables, rates,
 # and the issue's targets met or missed). stdout: one "== gpu_check <stage>: STATUS" line per stage, the tail of
@@ -21,15 +24,16 @@
 set -uo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-STAGES=(preflight build tests memcheck racecheck bench compile)
-declare -A BUDGET=([preflight]=15 [build]=135 [tests]=120 [memcheck]=55 [racecheck]=35 [bench]=120 [compile]=55)
+STAGES=(preflight build tests hopper memcheck racecheck bench compile)
+declare -A BUDGET=([preflight]=15 [build]=145 [tests]=105 [hopper]=55 [memcheck]=50 [racecheck]=30 [bench]=125 [compile]=35)
 declare -A WHAT=(
   [preflight]="python3 and headers, nvcc vs driver, compute-sanitizer, torch, GPU"
   [build]="pip install --no-build-isolation for the local arch; the installed module checked"
-  [tests]="pytest -m cuda (all CUDA tests but the torch.compile ones)"
-  [memcheck]="compute-sanitizer memcheck on tests/test_cuda_sizes.py -k small, caching allocator off"
-  [racecheck]="compute-sanitizer racecheck on the shared-memory kernels (nn_argmin, Laplacian)"
-  [bench]="benchmarks -k cuda: nn_argmin, Laplacian, sphere, then torch.compile baseline"
+  [tests]="pytest -m cuda (all CUDA tests but the torch.compile ones; hopper vs legacy in test_cuda_hopper.py)"
+  [hopper]="GLANN_EXT_CUDA_KERNELS=hopper pytest -m cuda on the nn_argmin, Laplacian and projection suites"
+  [memcheck]="compute-sanitizer memcheck on -k small of test_cuda_sizes.py and test_cuda_hopper.py, caching allocator off"
+  [racecheck]="compute-sanitizer racecheck on the shared-memory kernels (nn_argmin, Laplacian; legacy and hopper)"
+  [bench]="benchmarks -k cuda: nn_argmin, Laplacian, sphere (legacy and hopper rows), then torch.compile baseline"
   [compile]="pytest -m cuda -k compile (torch.compile of the ops)"
 )
 TOTAL_CAP=${GLANN_GPU_TOTAL:-570}
@@ -120,6 +124,7 @@ write_summary() {
       printf -- '- %s\n' "${NOTES[@]}"
     fi
     if [ -s "$LOGS/ptxas.md" ]; then echo; echo "## Kernel resources (ptxas -v, local arch)"; echo; cat "$LOGS/ptxas.md"; fi
+    if [ -s "$LOGS/sass.md" ]; then echo; echo "## Hopper kernels' SASS (instruction counts)"; echo; cat "$LOGS/sass.md"; fi
     if [ -s "$OUT/bench.md" ] && grep -q '^## Targets' "$OUT/bench.md"; then
       echo; sed -n '/^## Targets/,$p' "$OUT/bench.md"
     fi
@@ -274,6 +279,7 @@ stage_build() {
     DETAIL[build]="pip install exit $rc (build.log)"; return
   fi
   ptxas_table "$log" > "$LOGS/ptxas.md"
+  sass_table > "$LOGS/sass.md" 2>> "$log"
   if ! (cd "$RUN" && "$PY" -c 'import glann_ext; print(glann_ext.__file__); print(glann_ext.build_info())') \
       > "$LOGS/glann_ext.txt" 2>> "$log"; then
     STATUS[build]=FAIL; DETAIL[build]="the installed glann_ext does not import (build.log)"; return
@@ -285,6 +291,22 @@ stage_build() {
     # CI checks the module's boundary on every run; here a failure (or no nm/ldd) is worth a note, not a stop.
     STATUS[build]=WARN; note "scripts/check_extension.py failed on the installed module (build.log)"
   fi
+}
+
+# The Hopper kernels' SASS, counted (cuobjdump on the installed module): tensor-core HMMA, ldmatrix LDSM,
+# cp.async LDGSTS, local-memory LDL/STL (expected 0) per kernel.
+sass_table() {
+  local so
+  command -v cuobjdump > /dev/null || return 0
+  so=$(cd "$RUN" && "$PY" -c 'import glann_ext._C as c; print(c.__file__)') || return 0
+  cuobjdump -sass "$so" | { if command -v c++filt > /dev/null; then c++filt; else cat; fi; } | awk '
+    BEGIN { re = "(mma_argmin|plane_(forward|backward)|tile_(forward|up_adjoint|down_adjoint)|project_vec)_kernel" }
+    /Function :/ { sub(/.*Function : /, ""); gsub(/\(anonymous namespace\)::/, ""); sub(/\(.*/, ""); sub(/^void /, "")
+                   sub(/^glann::/, ""); k = ($0 ~ re) ? $0 : ""; if (k != "") seen[k] = 1; next }
+    k != "" && /HMMA/ { n[k, "h"]++ }  k != "" && /LDSM/ { n[k, "l"]++ }
+    k != "" && /LDGSTS/ { n[k, "g"]++ }  k != "" && /(LDL|STL)/ { n[k, "s"]++ }
+    END { if (length(seen)) print "| kernel | HMMA | LDSM | LDGSTS | LDL+STL |\n|---|---|---|---|---|"
+          for (k in seen) printf "| `%s` | %d | %d | %d | %d |\n", k, n[k, "h"], n[k, "l"], n[k, "g"], n[k, "s"] }'
 }
 
 # ptxas -v lines of the build log as a table: kernel, registers, spills, stack, shared memory.
@@ -327,6 +349,15 @@ stage_tests() {
   pytest_verdict tests $? "$LOGS/tests.log"
 }
 
+stage_hopper() {  # the existing suites of the three ops, every kernel call on the Hopper kernels
+  [ "$DRY" = 1 ] && note "hopper in dry mode: collected and skipped by the cuda marker"
+  local t=$REPO/tests
+  run_pytest "$RUN" "$1" "$LOGS/hopper.log" --prefix env GLANN_EXT_CUDA_KERNELS=hopper -- \
+    "$t/test_cuda_sizes.py" "$t/test_cuda_streams.py" "$t/test_nn_argmin.py" "$t/test_laplacian.py" "$t/test_sphere.py" \
+    -m cuda -k "not compile and not latent and not fused_steps" -q -rfExX --durations=10 --junitxml="$LOGS/hopper.xml"
+  pytest_verdict hopper $? "$LOGS/hopper.log"
+}
+
 sanitize() {  # sanitize STAGE BUDGET TOOL pytest-args...
   local stage=$1 budget=$2 tool=$3 rc summary; shift 3
   if [ "$DRY" = 1 ]; then gpu_stage_skipped "$stage"; return; fi
@@ -335,7 +366,8 @@ sanitize() {  # sanitize STAGE BUDGET TOOL pytest-args...
   [ -n "${GLANN_GPU_SANITIZER_FILTER-kns=glann}" ] && filter=(--kernel-name "${GLANN_GPU_SANITIZER_FILTER-kns=glann}")
   # The caching allocator off: every tensor is its own cudaMalloc, so an access past its end is seen.
   run_pytest "$RUN" "$budget" "$LOGS/$stage.log" --prefix env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --tool "$tool" \
-    --report-api-errors no --error-exitcode 9 --print-limit 30 "${filter[@]}" -- "$REPO/tests/test_cuda_sizes.py" -q "$@"
+    --report-api-errors no --error-exitcode 9 --print-limit 30 "${filter[@]}" -- "$REPO/tests/test_cuda_sizes.py" \
+    "$REPO/tests/test_cuda_hopper.py" -q "$@"
   rc=$?
   pytest_verdict "$stage" "$rc" "$LOGS/$stage.log"
   summary=$(grep -E '(ERROR|RACECHECK) SUMMARY' "$LOGS/$stage.log" | tail -n 1 | sed 's/^=* *//')

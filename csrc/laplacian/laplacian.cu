@@ -10,7 +10,9 @@
 #include <cuda_fp16.h>
 
 #include "common/cuda_check.h"
+#include "common/kernel_variant.h"
 #include "laplacian/laplacian.h"
+#include "laplacian/laplacian_fused.h"
 #include "laplacian/laplacian_math.h"
 
 namespace glann {
@@ -233,6 +235,7 @@ Status backward_impl(const LaplacianBackwardParams& p) {
 }  // namespace
 
 Status laplacian_forward_cuda(const LaplacianForwardParams& p) {
+  if (use_hopper_kernels(p.exec, HopperOp::kLaplacian) && laplacian_fused_fits(p)) return laplacian_forward_fused(p);
   const CudaDeviceGuard guard(p.exec.device);
   if (!guard.status().ok()) return guard.status();
   switch (p.dtype) {
@@ -250,6 +253,7 @@ Status laplacian_forward_cuda(const LaplacianForwardParams& p) {
 }
 
 Status laplacian_backward_cuda(const LaplacianBackwardParams& p) {
+  if (use_hopper_kernels(p.exec, HopperOp::kLaplacian) && laplacian_fused_fits(p)) return laplacian_backward_fused(p);
   const CudaDeviceGuard guard(p.exec.device);
   if (!guard.status().ok()) return guard.status();
   switch (p.dtype) {

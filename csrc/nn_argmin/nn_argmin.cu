@@ -19,8 +19,10 @@
 #include <cstdint>
 
 #include "common/cuda_check.h"
+#include "common/kernel_variant.h"
 #include "nn_argmin/nn_argmin.h"
 #include "nn_argmin/nn_argmin_math.h"
+#include "nn_argmin/nn_argmin_mma.h"
 
 namespace glann {
 namespace {
@@ -272,11 +274,14 @@ Status launch(const NnArgminParams& p, const CudaPlan& plan, cudaStream_t stream
 }  // namespace
 
 int64_t nn_argmin_cuda_workspace_bytes(int64_t n_queries, int64_t n_keys, int64_t dim, int device) {
+  if (use_hopper_kernels(ExecContext{true, device}, HopperOp::kNnArgmin))
+    return nn_argmin_mma_workspace_bytes(n_queries, n_keys, dim, device);
   if (n_queries <= 0 || n_keys <= 0 || dim <= 0) return 0;
   return make_plan(n_queries, n_keys, device).total();
 }
 
 Status nn_argmin_cuda(const NnArgminParams& p) {
+  if (use_hopper_kernels(p.exec, HopperOp::kNnArgmin)) return nn_argmin_cuda_mma(p);
   if (p.n_queries == 0) return Status::Ok();
   if (p.n_keys <= 0 || p.dim <= 0)
     return Status::Error(StatusCode::kInvalidArgument, "nn_argmin: keys must be non-empty");

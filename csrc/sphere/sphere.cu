@@ -8,8 +8,10 @@
 #include <string>
 
 #include "common/cuda_check.h"
+#include "common/kernel_variant.h"
 #include "sphere/sphere.h"
 #include "sphere/sphere_math.h"
+#include "sphere/sphere_vec.h"
 
 namespace glann {
 namespace {
@@ -197,6 +199,7 @@ void launch_latent(const LatentStepParams& p, cudaStream_t st) {
 }  // namespace
 
 Status project_to_sphere_cuda(const ProjectParams& p) {
+  if (use_hopper_kernels(p.exec, HopperOp::kProject) && project_vec_fits(p)) return project_to_sphere_cuda_vec(p);
   if (p.rows == 0) return Status::Ok();
   if (p.dim <= 0 || p.first_bad_row == nullptr)
     return Status::Error(StatusCode::kInvalidArgument, "project_to_sphere (CUDA): dim <= 0 or no first_bad_row");

@@ -1,0 +1,74 @@
+"""The legacy/Hopper switch of the CUDA kernels (csrc/common/kernel_variant.h, glann_ext.ops.kernels): its
+spellings, its errors, the environment variable, and build_info. Runs on the CPU: the switch exists in every
+build (without CUDA, or on a device older than compute capability 9.0, it changes nothing)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from glann_testing import child_kwargs
+
+import glann_ext
+from glann_ext.ops.kernels import cuda_kernels, set_cuda_kernels, use_cuda_kernels
+
+
+@pytest.mark.parametrize(
+    "spec,canonical",
+    [
+        ("legacy", "legacy"),
+        ("hopper", "hopper"),
+        ("hopper:laplacian", "hopper:laplacian"),
+        ("hopper:project,nn_argmin", "hopper:nn_argmin,project"),
+        ("hopper:laplacian,project,nn_argmin", "hopper"),
+        ("hopper:project,project", "hopper:project"),
+    ],
+)
+def test_spellings_are_canonical(spec, canonical):
+    with use_cuda_kernels(spec):
+        assert cuda_kernels() == canonical
+        assert glann_ext.build_info()["cuda_kernels"] == canonical
+    assert cuda_kernels() == "legacy"
+
+
+@pytest.mark.parametrize(
+    "spec", ["", "Hopper", "hopper:", "hopper:nn_argmin,", "hopper:foo", "legacy,hopper", "new"]
+)
+def test_unknown_spellings_raise_and_change_nothing(spec):
+    previous = cuda_kernels()
+    set_cuda_kernels("hopper:laplacian")
+    try:
+        with pytest.raises(ValueError, match="legacy, hopper or hopper:OP"):
+            set_cuda_kernels(spec)
+        assert cuda_kernels() == "hopper:laplacian"
+    finally:
+        set_cuda_kernels(previous)
+    with pytest.raises(TypeError):
+        set_cuda_kernels(1)  # type: ignore[arg-type]
+
+
+def test_use_cuda_kernels_restores_after_an_error():
+    with pytest.raises(RuntimeError), use_cuda_kernels("hopper"):
+        raise RuntimeError("inside")
+    assert cuda_kernels() == "legacy"
+
+
+def _child(tmp_path, value: str) -> subprocess.CompletedProcess:
+    code = "import glann_ext; print(glann_ext.build_info()['cuda_kernels'])"
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+        **child_kwargs(tmp_path, GLANN_EXT_CUDA_KERNELS=value),
+    )
+
+
+def test_environment_variable_chooses_and_a_typo_fails_the_import(tmp_path):
+    ok = _child(tmp_path, "hopper:project,laplacian")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() == "hopper:laplacian,project"
+    bad = _child(tmp_path, "hoper")
+    assert bad.returncode != 0
+    assert "ValueError: GLANN_EXT_CUDA_KERNELS='hoper'" in bad.stderr
