@@ -19,7 +19,10 @@ from glann_ext.train import TrainConfig, fit
 # (row, what changes against the base recipe); the first row is the base recipe itself.
 ROWS: list[tuple[str, dict]] = [
     ("base recipe", {}),
-    ("paper GLANN: constant rates, plain IMLE", {"glo_lr_schedule": "constant", "imle_lr_schedule": "constant"}),
+    (
+        "paper GLANN: constant rates, plain IMLE",
+        {"glo_lr_schedule": "constant", "imle_lr_schedule": "constant"},
+    ),
     ("GLO: constant rates", {"glo_lr_schedule": "constant"}),
     ("IMLE: constant rate", {"imle_lr_schedule": "constant"}),
     ("IMLE: adaptive IMLE", {"imle_adaptive": True}),
@@ -68,12 +71,16 @@ def run_ablation(train_x: torch.Tensor, test_x: torch.Tensor, clf, b, log) -> di
             samples = torch.cat([model.sample(min(4096, n_eval - i), seed=seed * 1000 + i // 4096)
                                  for i in range(0, n_eval, 4096)])  # fmt: skip
             k = min(n_eval, len(x))
-            ceiling = torch.cat([model.reconstruct(torch.arange(i, min(i + 1000, k))) for i in range(0, k, 1000)])
+            ceiling = torch.cat(
+                [model.reconstruct(torch.arange(i, min(i + 1000, k))) for i in range(0, k, 1000)]
+            )
             s, c = _scores(clf, real_f, samples), _scores(clf, real_f, ceiling)
             per_seed.append({**s, "fd_over_ceiling": s["fd"] / c["fd"], "ceiling_fd": c["fd"],
                              "seconds": seconds})  # fmt: skip
         rows[label] = aggregate_seeds(per_seed)
-        log(f"ablation {label}: FD {rows[label]['fd'][0]:.2f}, x{rows[label]['fd_over_ceiling'][0]:.2f} ceiling")
+        log(
+            f"ablation {label}: FD {rows[label]['fd'][0]:.2f}, x{rows[label]['fd_over_ceiling'][0]:.2f} ceiling"
+        )
     return {"rows": rows, "n_train": len(x), "n_eval": n_eval}
 
 

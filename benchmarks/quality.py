@@ -41,6 +41,7 @@ import torch
 from benchmarks.baselines import train_dcgan, train_toy_gan, train_vae
 from glann_ext.data.labelled import load_labelled
 from glann_ext.evaluate import domain_classifier, memorisation_summary
+from glann_ext.images import save_grid
 from glann_ext.metrics import (
     GRID_5X5,
     RING_PACGAN,
@@ -55,7 +56,6 @@ from glann_ext.metrics import (
     stacked_modes,
     standard_fid,
 )
-from glann_ext.images import save_grid
 from glann_ext.models import MLP
 from glann_ext.train import Hook, TrainConfig, fit, fit_imle, get_ops
 from glann_ext.train.build import seeded
@@ -147,6 +147,7 @@ def run_toy(b: Budget, figdir: Path) -> dict:
                 samples = tr.generate(noise)
                 per_method.setdefault(name, []).append(mode_coverage(samples, preset))
                 shown.setdefault(name, samples)
+
             def real(n, g, preset=preset):
                 return preset.sample(n, generator=g)
 

@@ -188,9 +188,13 @@ def cpu_targets(data: dict) -> str:
                         f"| nn_argmin >= {goal:g}x {base} | {name} | {med[base] / med['glann_ext']:.2f}x | "
                         f"{_verdict(med[base] / med['glann_ext'], goal)} |"
                     )
-            pct = next((b.get("extra_info", {}).get("pct_fma_peak") for b in rows if _method(b) == "glann_ext"), None)
+            pct = next(
+                (b.get("extra_info", {}).get("pct_fma_peak") for b in rows if _method(b) == "glann_ext"), None
+            )
             if d >= 256 and pct is not None:
-                lines.append(f"| nn_argmin >= 85% of the FMA peak | {name} | {pct:.1f}% | {_verdict(pct, 85.0)} |")
+                lines.append(
+                    f"| nn_argmin >= 85% of the FMA peak | {name} | {pct:.1f}% | {_verdict(pct, 85.0)} |"
+                )
         m = re.match(r"laplacian_pyramid_loss fwd\+bwd cpu ", name)
         if m and "glann_ext" in med and "reference" in med:
             ratio = med["reference"] / med["glann_ext"]

@@ -197,7 +197,9 @@ def nn_argmin_cpu_path() -> str:
     SIMD copy of the CPU micro-kernel in use.
     """
 
-def nn_argmin_cpu_workspace_bytes(n_queries: int, n_keys: int, dim: int, dtype: int, num_threads: int) -> int: ...
+def nn_argmin_cpu_workspace_bytes(
+    n_queries: int, n_keys: int, dim: int, dtype: int, num_threads: int
+) -> int: ...
 def nn_argmin_cuda_workspace_bytes(n_queries: int, n_keys: int, dim: int, device: int) -> int:
     """
     Workspace bytes of one CUDA call (raises StatusError UNSUPPORTED in a build without CUDA).

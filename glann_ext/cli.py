@@ -114,7 +114,9 @@ def _add_sample(sub) -> None:
     s.add_argument(
         "--grid", help="PNG grid of the samples to write (default: samples.png, unless --npy is given)"
     )
-    s.add_argument("--npy", help="save the samples (n, C, H, W) float32 in [0, 1] here (no grid unless --grid)")
+    s.add_argument(
+        "--npy", help="save the samples (n, C, H, W) float32 in [0, 1] here (no grid unless --grid)"
+    )
     s.add_argument(
         "--sampler", choices=["glann", "gaussian"], default="glann",
         help="glann: T then G; gaussian: the GLO-only full-covariance Gaussian baseline",

@@ -84,9 +84,7 @@ def _key_counts(local_keys: torch.Tensor, group: dist.ProcessGroup | None) -> li
     return sizes
 
 
-def _ring(
-    best: RunningArgmin, current: torch.Tensor, sizes: list[int], offsets: list[int], group
-) -> None:
+def _ring(best: RunningArgmin, current: torch.Tensor, sizes: list[int], offsets: list[int], group) -> None:
     """W steps: search the key shard held while passing it on to the next rank and receiving the previous
     rank's, folding each into ``best`` at its global offset."""
     world, rank, device = dist.get_world_size(group), dist.get_rank(group), current.device

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 
 from ._io import atomic_write
 from .data import DataError, load_images
-from .errors import RunFolderError, UsageError
 from .data.labelled import LABELLED, load_labelled
+from .errors import RunFolderError, UsageError
 from .metrics import (
     DomainClassifier,
     find_inception_backend,
@@ -231,7 +231,9 @@ def _eval_data(run: Path, cfg, image_shape, n_test: int, cache_dir, clf_epochs, 
     return EvalData(train, _resize(test, size, channels), clf)
 
 
-def _write_pictures(out_dir: Path, samples: torch.Tensor, train: torch.Tensor, index: torch.Tensor, pairs: int) -> int:
+def _write_pictures(
+    out_dir: Path, samples: torch.Tensor, train: torch.Tensor, index: torch.Tensor, pairs: int
+) -> int:
     """The sample grid and the samples-beside-their-nearest-training-image grid; returns the pairs shown."""
     from .images import save_grid
 

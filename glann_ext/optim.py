@@ -107,10 +107,10 @@ class SphereSparseAdam:
         ahead of every row's real count, so the correction vanishes while a row's second moment is still
         tiny and its first steps are far too large (about lr / sqrt((1 - beta2) k) per coordinate at its
         k-th update). GLO passes the rows' own count (see ``TrainConfig.latent_adam_steps``)."""
-        kwargs = dict(
-            step=self.step_count + 1 if updates is None else int(updates), lr=self.lr, beta1=self.betas[0],
-            beta2=self.betas[1], eps=self.eps, project=self.project,
-        )  # fmt: skip
+        kwargs = {
+            "step": self.step_count + 1 if updates is None else int(updates), "lr": self.lr,
+            "beta1": self.betas[0], "beta2": self.betas[1], "eps": self.eps, "project": self.project,
+        }  # fmt: skip
         if self.backend == "fused":
             fused_latent_adam_(self.table, self.exp_avg, self.exp_avg_sq, indices, grad, **kwargs)
         elif indices.numel():
@@ -138,7 +138,9 @@ class SphereSparseAdam:
         saved)."""
         state = _from_torch_optim(state)
         if state.get("kind", self.kind) != self.kind:
-            raise ValueError(f"SphereSparseAdam.load_state_dict: got the state of a {state['kind']!r} optimizer")
+            raise ValueError(
+                f"SphereSparseAdam.load_state_dict: got the state of a {state['kind']!r} optimizer"
+            )
         for name in ("exp_avg", "exp_avg_sq"):
             t = state[name]
             if t is None and int(state["step"]) == 0:  # a torch.optim state saved before its first step
@@ -194,7 +196,9 @@ class SphereSparseSGD:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         state = _from_torch_optim(state)
         if state.get("kind", self.kind) != self.kind:
-            raise ValueError(f"SphereSparseSGD.load_state_dict: got the state of a {state['kind']!r} optimizer")
+            raise ValueError(
+                f"SphereSparseSGD.load_state_dict: got the state of a {state['kind']!r} optimizer"
+            )
         self.lr = _check_rate("SphereSparseSGD.load_state_dict", float(state["lr"]))
         self.project = bool(state.get("project", True))
 

@@ -71,8 +71,8 @@ void register_nn_argmin(py::module_& m) {
         p.best_index = as_ptr<int64_t>(best_index);
         launch(p, &glann::nn_argmin_merge_cpu, GLANN_CUDA_ENTRY(glann::nn_argmin_merge_cuda));
       },
-      py::arg("score_dtype"), py::arg("score"), py::arg("index"), py::arg("n_queries"), py::arg("key_offset"), py::arg("best_score"),
-      py::arg("best_index"), py::arg("exec"),
+      py::arg("score_dtype"), py::arg("score"), py::arg("index"), py::arg("n_queries"), py::arg("key_offset"),
+      py::arg("best_score"), py::arg("best_index"), py::arg("exec"),
       "Folds one candidate (score, index + key_offset) per query row into the running best, by the same rule.");
 }
 

@@ -209,6 +209,8 @@ def test_kill_minus_nine_then_rerun_resumes_to_the_same_model(tmp_path, data_fil
     assert not (killed / "model.safetensors").exists(), "the run finished before it could be killed"
     ckpt.load_latest(killed)  # loadable whatever the moment of the kill
     assert main(["train", "--out", str(killed), "--no-progress"]) == 0
-    (a, meta_a), (b, meta_b) = (read_model_file(p / "model.safetensors") for p in (tmp_path / "straight", killed))
+    (a, meta_a), (b, meta_b) = (
+        read_model_file(p / "model.safetensors") for p in (tmp_path / "straight", killed)
+    )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) and meta_a == meta_b
     assert any(k.startswith("T.") for k in a) and "codes" in a

@@ -11,8 +11,8 @@ import torch
 from glann_testing import blob_images
 
 from glann_ext.data import DataError, load_images, read_idx, toy_mixture
-from glann_ext.metrics import mode_coverage
 from glann_ext.data import mnist as mnist_mod
+from glann_ext.metrics import mode_coverage
 
 
 def write_idx(path, arr: np.ndarray, compress: bool) -> None:
@@ -159,7 +159,9 @@ def test_toy_mixtures(name, modes, std):
     assert torch.equal(pts, mixture.sample(5000, seed=1))
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     stream = torch.cat([mixture.sample(10, generator=g1), mixture.sample(10, generator=g1)])
-    assert torch.equal(stream[:10], mixture.sample(10, generator=g2)) and not torch.equal(stream[:10], stream[10:])
+    assert torch.equal(stream[:10], mixture.sample(10, generator=g2)) and not torch.equal(
+        stream[:10], stream[10:]
+    )
     with pytest.raises(ValueError, match="toy mixture must be one of"):
         toy_mixture("spiral")
     if name == "ring":

@@ -23,7 +23,6 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from glann_testing import (
     Interrupt,
-    blob_images,
     child_kwargs,
     free_port,
     interrupt_at,
@@ -42,8 +41,11 @@ WORLD = 2
 # move a parameter by ~lr whatever the size of its gradient: a BatchNorm bias with a near-zero gradient
 # drifts by ~1e-3 between two *single*-process runs that differ only in their thread count. So the bound
 # for each tensor is max(ATOL, SLACK x that 1-thread vs 2-thread difference), measured in the same test.
+# Both differences are draws of the same Adam-amplified rounding noise, so their ratio is not small: 4.2 was
+# seen on G.fc.1.bias of the pixel run after the CPU kernels' summation order changed. A sharding bug (a row
+# trained by the wrong rank, a missing all-reduce) moves tensors by O(lr x steps) everywhere, far past this.
 ATOL = 2e-4
-SLACK = 4.0
+SLACK = 8.0
 
 
 def _configs(data: str) -> dict:

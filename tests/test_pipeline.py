@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from glann_testing import Interrupt, blob_images, interrupt_at, tiny_config
+from glann_testing import Interrupt, interrupt_at, tiny_config
 
 from glann_ext import cli
 from glann_ext.backend import get_ops
@@ -119,7 +119,10 @@ def test_resume_with_the_other_ops_backend(tmp_path, blob_file, first, second):
         train(swapped, run, progress=False, on_step=interrupt_at("imle", 2), log=lambda s: None)
     train(cfg, run, progress=False, log=lambda s: None)  # and back to the first
     assert ckpt.read_manifest(run)["phase"] == "imle"
-    a, b, noise = (read_model_file(p / "model.safetensors")[0] for p in (tmp_path / "straight", run, tmp_path / "threads"))
+    a, b, noise = (
+        read_model_file(p / "model.safetensors")[0]
+        for p in (tmp_path / "straight", run, tmp_path / "threads")
+    )
     assert a.keys() == b.keys()
     for k in a:
         if not a[k].is_floating_point():

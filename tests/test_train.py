@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from glann_testing import OPS, Interrupt, blob_images, interrupt_at, tensors_equal, tiny_config
@@ -212,7 +211,9 @@ def test_resume_after_interruptions_is_bit_identical(tmp_path, blob_file, option
 
     a, b = ckpt.load_latest(straight), ckpt.load_latest(broken)
     assert tensors_equal(a["glo"], b["glo"]) and tensors_equal(a["imle"], b["imle"])
-    assert tensors_equal(read_model_file(straight / "model.safetensors"), read_model_file(broken / "model.safetensors"))
+    assert tensors_equal(
+        read_model_file(straight / "model.safetensors"), read_model_file(broken / "model.safetensors")
+    )
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
@@ -345,7 +346,9 @@ def test_adaptive_imle_keeps_matches_until_a_target_is_fitted():
     cfg = TrainConfig(noise_dim=3, batch_size=30, imle_adaptive=True, imle_staleness=1, imle_force_rematch=3)
     trainer = IMLETrainer(targets, MLP(3, 4, 16, 2), cfg, get_ops(OPS))
     run_epoch(trainer)  # the first epoch matches every target
-    assert trainer.last_rematched == 1.0 and torch.equal(trainer.since_match, torch.zeros(90, dtype=torch.int64))
+    assert trainer.last_rematched == 1.0 and torch.equal(
+        trainer.since_match, torch.zeros(90, dtype=torch.int64)
+    )
     kept, threshold = trainer.matched_noise.clone(), trainer.threshold.clone()
     current = ((trainer.generate(kept) - targets) ** 2).sum(1)
     fitted = current < threshold
@@ -364,7 +367,9 @@ def test_adaptive_imle_keeps_matches_until_a_target_is_fitted():
         TrainConfig(imle_adaptive=True, imle_match="unique").validate()
 
 
-@pytest.mark.parametrize("options", [{"imle_adaptive": True}, {"imle_reject_radius": 0.2}], ids=["adaptive", "rs"])
+@pytest.mark.parametrize(
+    "options", [{"imle_adaptive": True}, {"imle_reject_radius": 0.2}], ids=["adaptive", "rs"]
+)
 def test_imle_variants_resume_bit_identically(tmp_path, blob_file, options):
     cfg = {"dataset": blob_file, "glo_epochs": 2, "imle_epochs": 4, "ckpt_every": 2, "imle_force_rematch": 2,
            "glo_lr_schedule": "cosine", "gen_depth": 1, **options}  # fmt: skip

@@ -23,8 +23,8 @@ from glann_ext._io import FolderLock
 from glann_ext.cli import main
 from glann_ext.errors import CheckpointError, RunFolderError
 from glann_ext.models import read_model_file
-from glann_ext.train import load_model, train
 from glann_ext.train import checkpoint as ckpt
+from glann_ext.train import load_model, train
 
 TINY = ["--preset", "tiny", "--threads", "1", "--no-progress", "--glo-epochs", "1", "--imle-epochs", "1"]
 
@@ -48,7 +48,9 @@ def _plant(path: Path, marker: Path) -> None:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, blob_file) -> Path:
     run = tmp_path_factory.mktemp("trust") / "run"
-    train(tiny_config(dataset=blob_file, glo_epochs=1, imle_epochs=1), run, progress=False, log=lambda s: None)
+    train(
+        tiny_config(dataset=blob_file, glo_epochs=1, imle_epochs=1), run, progress=False, log=lambda s: None
+    )
     return run
 
 
@@ -78,7 +80,9 @@ def test_planted_pickles_never_run(finished, tmp_path, capsys, blob_file):
         (run / "model.safetensors").unlink(missing_ok=True)
         with pytest.raises(CheckpointError, match="not loaded, since loading such a file can run code"):
             load_model(run)
-        assert "can run code" in _one_line_error(capsys, "sample", "--run", str(run), "--grid", str(tmp_path / "s.png"))
+        assert "can run code" in _one_line_error(
+            capsys, "sample", "--run", str(run), "--grid", str(tmp_path / "s.png")
+        )
         assert "can run code" in _one_line_error(capsys, "train", "--out", str(run), "--no-progress")
         assert "can run code" in _one_line_error(capsys, "reshard", "--run", str(run), "--world-size", "2")
         victim.write_bytes(saved)
@@ -99,7 +103,7 @@ def test_planted_pickles_never_run(finished, tmp_path, capsys, blob_file):
 def _as_v01(run: Path) -> None:
     """Rewrite a finished run in glann_ext 0.1's formats (pickled model.pt, RNG state in main.pt)."""
     tensors, meta = read_model_file(run / "model.safetensors")
-    net = lambda p: {k[len(p) + 1 :]: v for k, v in tensors.items() if k.startswith(p + ".")}  # noqa: E731
+    net = lambda p: {k[len(p) + 1 :]: v for k, v in tensors.items() if k.startswith(p + ".")}
     old = {"cfg": {**meta["config"], "extra": {}}, "image_shape": tuple(meta["image_shape"]), "G": net("G"),
            "codes": tensors["codes"], "T": net("T")}  # fmt: skip
     torch.save(old, run / "model.pt")
@@ -107,7 +111,11 @@ def _as_v01(run: Path) -> None:
     manifest = ckpt.read_manifest(run)
     main_pt = ckpt.checkpoint_dir(run) / manifest["step_dir"] / "main.pt"
     state = torch.load(main_pt, weights_only=True)
-    state["rng"] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    state["rng"] = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
     torch.save(state, main_pt)
     (ckpt.checkpoint_dir(run) / "manifest.json").write_text(json.dumps({**manifest, "format": 1}))
 
@@ -174,8 +182,8 @@ def test_a_second_writer_is_refused_and_the_lock_dies_with_its_holder(finished, 
         assert "in use" in _one_line_error(capsys, "upgrade", "--run", str(run), "--trust-pickle")
         assert main(["sample", "--run", str(run), "--grid", str(tmp_path / "s.png")]) == 0  # readers read
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from glann_ext._io import FolderLock; "
-         f"FolderLock({str(run)!r}).acquire(); print('locked', flush=True); time.sleep(60)"],
+        [sys.executable, "-c", ("import sys, time; from glann_ext._io import FolderLock; "
+         f"FolderLock({str(run)!r}).acquire(); print('locked', flush=True); time.sleep(60)")],
         stdout=subprocess.PIPE, text=True, **child_kwargs(tmp_path),
     )  # fmt: skip
     assert holder.stdout.readline().strip() == "locked"
@@ -221,7 +229,11 @@ def test_kill_and_resume_keeps_every_metrics_row_and_leaves_no_temp(tmp_path, bl
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **child_kwargs(tmp_path))  # fmt: skip
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
-            rows = (killed / "metrics.jsonl").read_text().splitlines() if (killed / "metrics.jsonl").exists() else []
+            rows = (
+                (killed / "metrics.jsonl").read_text().splitlines()
+                if (killed / "metrics.jsonl").exists()
+                else []
+            )
             if len(rows) >= 2 * kills + 1:
                 break
             time.sleep(0.01)
@@ -230,8 +242,11 @@ def test_kill_and_resume_keeps_every_metrics_row_and_leaves_no_temp(tmp_path, bl
     (killed / "checkpoints" / "big.bin.12345.tmp").write_bytes(b"x" * 1000)  # a killed write's leftover
     assert main(["train", "--out", str(killed), "--no-progress"]) == 0
     assert not list(killed.rglob("*.tmp"))
-    keys = lambda r: [(x["stage"], x["epoch"], x["step"], x["steps"], x["loss"]) for x in r]  # noqa: E731
-    rows = [[json.loads(x) for x in (p / "metrics.jsonl").read_text().splitlines()] for p in (tmp_path / "straight", killed)]
+    keys = lambda r: [(x["stage"], x["epoch"], x["step"], x["steps"], x["loss"]) for x in r]
+    rows = [
+        [json.loads(x) for x in (p / "metrics.jsonl").read_text().splitlines()]
+        for p in (tmp_path / "straight", killed)
+    ]
     assert keys(rows[0]) == keys(rows[1])
 
 
@@ -275,7 +290,7 @@ def test_a_table_of_bad_invocations_gives_one_line_each(finished, tmp_path, blob
         "reshard --world-size 1000": ["reshard", "--run", run, "--world-size", "1000"],
         "unknown option": ["sample", "--run", run, "--colour", "red"],
     }
-    for name, argv in cases.items():
+    for argv in cases.values():
         _one_line_error(capsys, *argv)
     assert not (tmp_path / "c").exists()
 

@@ -130,7 +130,8 @@ __device__ bool plane_not_finite(const In* x, int64_t s2, int64_t s3, int64_t h,
   if (threadIdx.x == 0) any = 0;
   __syncthreads();
   T zero = T(0);
-  for (int64_t q = threadIdx.x; q < h * w; q += blockDim.x) zero += to_compute<T>(x[(q / w) * s2 + (q % w) * s3]) * T(0);
+  for (int64_t q = threadIdx.x; q < h * w; q += blockDim.x)
+    zero += to_compute<T>(x[(q / w) * s2 + (q % w) * s3]) * T(0);
   if (zero != T(0)) any = 1;  // benign race: every writer writes 1
   __syncthreads();
   const bool bad = any != 0;

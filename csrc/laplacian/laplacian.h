@@ -56,10 +56,10 @@ struct LaplacianBackwardParams {
   int levels = 1;
   double level_weights[kLaplacianMaxLevels] = {};  // the forward's
   DType dtype = DType::kFloat32;                   // of grad (the dtype of x)
-  const int8_t* signs = nullptr;     // from the forward pass
-  const void* grad_scale = nullptr;  // (B,) compute type: d loss / d per_sample[b]
-  void* grad = nullptr;              // out: (B, C, H, W) contiguous, d loss / d x (= -d loss / d y)
-  void* workspace = nullptr;         // laplacian_workspace_bytes(..., backward = true) bytes
+  const int8_t* signs = nullptr;                   // from the forward pass
+  const void* grad_scale = nullptr;                // (B,) compute type: d loss / d per_sample[b]
+  void* grad = nullptr;                            // out: (B, C, H, W) contiguous, d loss / d x (= -d loss / d y)
+  void* workspace = nullptr;                       // laplacian_workspace_bytes(..., backward = true) bytes
   int64_t workspace_bytes = 0;
   bool pixel_path = false;  // the forward's
 };

@@ -20,10 +20,10 @@ const lap_cpu::Kernels& kernels() {
 Status to_status(const KernelResult& r, const char* what) {
   if (r.code == KernelResult::kOk) return Status::Ok();
   if (r.code == KernelResult::kNonFiniteRow)
-    return Status::Error(StatusCode::kNonFinite,
-                         std::string(r.input == 0 ? "x" : "y") + " sample " + std::to_string(r.row) +
-                             " contains NaN or Inf",
-                         r.row, r.input);
+    return Status::Error(
+        StatusCode::kNonFinite,
+        std::string(r.input == 0 ? "x" : "y") + " sample " + std::to_string(r.row) + " contains NaN or Inf", r.row,
+        r.input);
   return Status::Error(StatusCode::kInvalidArgument, std::string(what) + ": workspace too small");
 }
 

@@ -167,8 +167,7 @@ struct LaneVec {
 // to sums (per row in T, across rows in double). Written with whole-element vectors (a scalar loop over
 // lanes did not vectorise: int8 stores next to double sums); each lane adds in the same order as before.
 template <typename T, int V>
-void laplacian_row(const T* __restrict fine, const T* __restrict up, int64_t n, int8_t* __restrict sign,
-                   double* sums) {
+void laplacian_row(const T* __restrict fine, const T* __restrict up, int64_t n, int8_t* __restrict sign, double* sums) {
   using L = LaneVec<T, V>;
   typename L::Vec lanes = {};
   const typename L::Mask abs_mask = ~(typename L::Mask{} + (typename L::Int(1) << (8 * sizeof(T) - 1)));

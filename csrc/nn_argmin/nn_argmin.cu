@@ -212,7 +212,8 @@ __global__ void __launch_bounds__(kThreads)
 
 template <typename A>
 __global__ void merge_kernel(const A* __restrict__ part_score, const int64_t* __restrict__ part_index, int64_t n,
-                             int64_t splits, int64_t offset, A* __restrict__ best_score, int64_t* __restrict__ best_index) {
+                             int64_t splits, int64_t offset, A* __restrict__ best_score,
+                             int64_t* __restrict__ best_index) {
   const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (r >= n) return;
   nn::fold_row(r, n, splits, part_score, part_index, offset, best_score, best_index);
@@ -241,7 +242,7 @@ CudaPlan make_plan(int64_t n, int64_t m, int device) {
   CudaPlan p;
   p.keys_per_split = tiles_per_split * kBN;
   p.splits = (m + p.keys_per_split - 1) / p.keys_per_split;
-  p.norms_bytes = round_up(m * 8, 256);           // float norms use the first half (double: all of it)
+  p.norms_bytes = round_up(m * 8, 256);            // float norms use the first half (double: all of it)
   p.part_bytes = round_up(p.splits * n * 8, 256);  // int64 partial indices; float scores use the first half
   return p;
 }
@@ -259,10 +260,10 @@ Status launch(const NnArgminParams& p, const CudaPlan& plan, cudaStream_t stream
   const int64_t* ks = p.keys_strides;
 
   if (p.check_queries)
-    row_check_kernel<T><<<ceil_div_int(p.n_queries, 256), 256, 0, stream>>>(q, p.n_queries, p.dim, qs[0], qs[1],
-                                                                            p.nonfinite_rows);
-  key_norms_kernel<T><<<ceil_div_int(p.n_keys, 256), 256, 0, stream>>>(
-      k, p.n_keys, p.dim, ks[0], ks[1], norms, p.check_keys ? p.nonfinite_rows + 1 : nullptr);
+    row_check_kernel<T>
+        <<<ceil_div_int(p.n_queries, 256), 256, 0, stream>>>(q, p.n_queries, p.dim, qs[0], qs[1], p.nonfinite_rows);
+  key_norms_kernel<T><<<ceil_div_int(p.n_keys, 256), 256, 0, stream>>>(k, p.n_keys, p.dim, ks[0], ks[1], norms,
+                                                                       p.check_keys ? p.nonfinite_rows + 1 : nullptr);
   dim3 grid(ceil_div_int(p.n_queries, kBM), static_cast<unsigned>(plan.splits));
   argmin_tile_kernel<T><<<grid, kThreads, 0, stream>>>(q, p.n_queries, p.dim, qs[0], qs[1], k, p.n_keys, ks[0], ks[1],
                                                        norms, plan.keys_per_split, part_score, part_index);
@@ -305,7 +306,8 @@ Status nn_argmin_cuda(const NnArgminParams& p) {
     case DType::kBFloat16:
       return launch<__nv_bfloat16>(p, plan, stream);
     default:
-      return Status::Error(StatusCode::kInvalidArgument, "nn_argmin (CUDA): float32, float64, float16 or bfloat16 only");
+      return Status::Error(StatusCode::kInvalidArgument,
+                           "nn_argmin (CUDA): float32, float64, float16 or bfloat16 only");
   }
 }
 

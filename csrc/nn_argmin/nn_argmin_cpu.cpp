@@ -73,8 +73,8 @@ Plan make_plan(int64_t n, int64_t m, int64_t d, int64_t elem, int panel_keys, in
   // another process; fewer, larger chunks pack every key fewer times.
   pl.n_q = std::clamp<int64_t>(ceil_div(n, min_rows), 1, int64_t{2} * threads);
   // A chunk's packed queries stay within about 2 MB (row count a multiple of the micro-tile).
-  const int64_t rows_cap = std::max<int64_t>(
-      micro_rows, (int64_t{2} << 20) / elem / std::max<int64_t>(d, 1) / micro_rows * micro_rows);
+  const int64_t rows_cap =
+      std::max<int64_t>(micro_rows, (int64_t{2} << 20) / elem / std::max<int64_t>(d, 1) / micro_rows * micro_rows);
   pl.n_q = std::max(pl.n_q, ceil_div(n, rows_cap));
   pl.n_k = 1;
   if (pl.n_q < 2 * threads) {
@@ -152,8 +152,9 @@ Status search(const NnArgminParams& p) {
   });
 
   if (bad_query.load() != kNone)
-    return Status::Error(StatusCode::kNonFinite, "queries row " + std::to_string(bad_query.load()) + " contains NaN or Inf",
-                         bad_query.load(), 0);
+    return Status::Error(StatusCode::kNonFinite,
+                         "queries row " + std::to_string(bad_query.load()) + " contains NaN or Inf", bad_query.load(),
+                         0);
   if (bad_key.load() != kNone)
     return Status::Error(StatusCode::kNonFinite, "keys row " + std::to_string(bad_key.load()) + " contains NaN or Inf",
                          bad_key.load(), 1);

@@ -228,8 +228,8 @@ int64_t pack_queries_t(const NnArgminParams& p, int64_t r0, int64_t r1, T* qbuf,
 // For query rows [r0, r1) (packed by pack_queries into qbuf): scans the packed block of nk keys
 // starting at key k0 and lowers (best_score, best_index) where a key scores strictly better.
 template <typename T>
-void scan_block_t(const NnArgminParams& p, const T* buf, int64_t k0, int64_t nk, int64_t r0, int64_t r1,
-                  const T* qbuf, T* best_score, int64_t* best_index) {
+void scan_block_t(const NnArgminParams& p, const T* buf, int64_t k0, int64_t nk, int64_t r0, int64_t r1, const T* qbuf,
+                  T* best_score, int64_t* best_index) {
   using V = typename Simd<T>::V;
   using M = typename Simd<T>::M;
   constexpr int kW = Simd<T>::kW, kNR = Simd<T>::kNR;

@@ -26,8 +26,7 @@ Status project_to_sphere_cpu(const ProjectParams& p) {
                          std::string("project_to_sphere (CPU): unsupported dtype ") + dtype_name(p.dtype));
   const KernelResult r = kernels().project(p);
   if (r.code == KernelResult::kNonFiniteRow)
-    return Status::Error(StatusCode::kNonFinite, "row " + std::to_string(r.row) + " contains NaN or Inf", r.row,
-                         0);
+    return Status::Error(StatusCode::kNonFinite, "row " + std::to_string(r.row) + " contains NaN or Inf", r.row, 0);
   return Status::Ok();
 }
 

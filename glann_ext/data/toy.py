@@ -51,7 +51,6 @@ GRID_5X5 = MixturePreset("grid25", grid_centres(), 0.05)
 """VEEGAN and PacGAN: 25 modes on {-4, -2, 0, 2, 4}^2, std 0.05."""
 
 
-
 TOY_MIXTURES = {"ring": RING_PACGAN, "grid": GRID_5X5}
 """The mixtures by short name: PacGAN's ring (8 modes, radius 1, std 0.01) and the 5x5 grid (std 0.05)."""
 

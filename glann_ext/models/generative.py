@@ -263,7 +263,9 @@ class GLANN(GenerativeModel):
             self.G.requires_grad_(True)
         return best_z, self.decode(best_z)
 
-    def _fit_codes(self, z: torch.Tensor, target: torch.Tensor, loss_fn, steps: int, lr: float) -> torch.Tensor:
+    def _fit_codes(
+        self, z: torch.Tensor, target: torch.Tensor, loss_fn, steps: int, lr: float
+    ) -> torch.Tensor:
         """``steps`` Adam steps on codes ``z`` against ``target`` with G fixed, re-projected after each."""
         z.requires_grad_(True)
         opt = torch.optim.Adam([z], lr=lr)

@@ -59,7 +59,9 @@ class VGGPerceptualLoss(nn.Module):
         try:
             missing = self.features.load_state_dict(ours, strict=False)
         except RuntimeError as exc:  # a tensor of another shape
-            raise ConfigError(f"{path}: not a VGG16 state_dict ({str(exc).splitlines()[-1].strip()})") from None
+            raise ConfigError(
+                f"{path}: not a VGG16 state_dict ({str(exc).splitlines()[-1].strip()})"
+            ) from None
         if missing.missing_keys:
             raise ConfigError(f"{path}: not a VGG16 state_dict (missing features.{missing.missing_keys[0]})")
 

@@ -119,6 +119,7 @@ def _capturing() -> bool:
     """Whether the current CUDA stream is capturing a graph (never, without CUDA)."""
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
+
 FlagsError = Callable[[list[int]], "Exception | None"]
 
 

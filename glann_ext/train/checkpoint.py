@@ -154,7 +154,9 @@ def read_manifest(run: str | Path) -> dict[str, Any] | None:
             f"`{UPGRADE_HINT.format(run=run)}` (only if you trust where it came from)"
         )
     if manifest.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format {manifest.get('format')!r}, expected {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{path}: checkpoint format {manifest.get('format')!r}, expected {FORMAT_VERSION}"
+        )
     _check_manifest(path, manifest)
     return manifest
 
@@ -167,9 +169,13 @@ def _check_manifest(path: Path, m: dict[str, Any]) -> None:
             raise CheckpointError(f"{path}: manifest {key!r} must be a {kind.__name__}, got {m[key]!r}")
     w, total = m["world_size"], m["total"]
     if w < 1 or total < 1 or m["seq"] < 0 or m["step_dir"] != f"step-{m['seq']:08d}":
-        raise CheckpointError(f"{path}: manifest names an impossible step ({m['step_dir']!r}, seq {m['seq']})")
+        raise CheckpointError(
+            f"{path}: manifest names an impossible step ({m['step_dir']!r}, seq {m['seq']})"
+        )
     if m["shards"] != [shard_name(r, w) for r in range(w)]:
-        raise CheckpointError(f"{path}: manifest shard names {m['shards']!r} are not the {w} shards of a step")
+        raise CheckpointError(
+            f"{path}: manifest shard names {m['shards']!r} are not the {w} shards of a step"
+        )
     if [list(b) for b in m["bounds"]] != [list(shard_bounds(total, w, r)) for r in range(w)]:
         raise CheckpointError(f"{path}: manifest bounds do not split {total} rows over {w} shards")
     if m["phase"] not in ("glo", "imle"):

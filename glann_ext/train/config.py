@@ -106,7 +106,9 @@ class TrainConfig:
                 raise ConfigError(f"config field {name} has an invalid value: {getattr(self, name)!r}")
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
-                raise ConfigError(f"config field {name} must be one of {allowed}, got {getattr(self, name)!r}")
+                raise ConfigError(
+                    f"config field {name} must be one of {allowed}, got {getattr(self, name)!r}"
+                )
         if self.image_size is not None:
             from glann_ext.models.generator import start_size
 
@@ -115,7 +117,9 @@ class TrainConfig:
             except ValueError as exc:
                 raise ConfigError(f"config field image_size: {exc}") from None
         if self.imle_adaptive and self.imle_match != "nearest":
-            raise ConfigError("config field imle_adaptive needs imle_match 'nearest' (adaptive IMLE re-matches subsets)")
+            raise ConfigError(
+                "config field imle_adaptive needs imle_match 'nearest' (adaptive IMLE re-matches subsets)"
+            )
         if self.vgg_weight > 0 and not self.vgg_weights:
             raise ConfigError("config field vgg_weight > 0 needs vgg_weights: a local VGG16 state_dict file")
         self.betas = (float(self.betas[0]), float(self.betas[1]))
@@ -162,7 +166,9 @@ class TrainConfig:
 def _kind(annotation: str) -> str:
     """The check of a field from its annotation: "int", "float", "bool", "str", "betas", "?" if optional."""
     base = annotation.replace(" | None", "")
-    kind = {"int": "int", "float": "float", "bool": "bool", "str": "str", "tuple[float, float]": "betas"}[base]
+    kind = {"int": "int", "float": "float", "bool": "bool", "str": "str", "tuple[float, float]": "betas"}[
+        base
+    ]
     return kind + ("?" if base != annotation else "")
 
 

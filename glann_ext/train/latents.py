@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from glann_ext import seeding
+
 from .world import World
 
 EXACT_PCA_PIXELS = 4096  # up to this many pixels: covariance eigendecomposition; above: randomized SVD

@@ -68,7 +68,9 @@ class Fit:
         args = (cfg, self.ops, self.device, self.world, start, self.total)
         if self.pixel:
             loss = ReconstructionLoss.from_config(cfg, self.ops)
-            self.imle = IMLETrainer(images, self.G, cfg, self.ops, self.device, loss, self.world, start, self.total)
+            self.imle = IMLETrainer(
+                images, self.G, cfg, self.ops, self.device, loss, self.world, start, self.total
+            )
         else:
             self.glo = GLOTrainer(images, *args, G=self.G)
 
@@ -80,7 +82,15 @@ class Fit:
         """GLANN's IMLE stage on the GLO codes (built when the stage starts, or when a state needs it)."""
         if self.imle is None:
             self.imle = IMLETrainer(
-                self.glo.codes, self.T, self.cfg, self.ops, self.device, None, self.world, self.start, self.total
+                self.glo.codes,
+                self.T,
+                self.cfg,
+                self.ops,
+                self.device,
+                None,
+                self.world,
+                self.start,
+                self.total,
             )
         return self.imle
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -87,7 +86,9 @@ class Run:
         model exists) the saved one, with the overrides a resume may change. A config.json without any
         training state is a start that failed: a new ``cfg`` replaces it."""
         path = self.out / CONFIG_FILE
-        trained = (self.out / ckpt.CHECKPOINT_DIR / ckpt.MANIFEST_FILE).exists() or (self.out / MODEL_FILE).exists()
+        trained = (self.out / ckpt.CHECKPOINT_DIR / ckpt.MANIFEST_FILE).exists() or (
+            self.out / MODEL_FILE
+        ).exists()
         if path.exists() and (trained or cfg is None):
             saved = TrainConfig.from_json(path)
             if cfg is not None:
@@ -166,7 +167,9 @@ class Run:
         self.world.check_same("the run configuration", dataclasses.asdict(cfg))
         # data and model first: what fails there leaves the folder exactly as it was (not even created)
         images, start, total = self._load_images()
-        fit = Fit(images, cfg, ops=get_ops(cfg.ops), world=self.world, device=self.device, start=start, total=total)
+        fit = Fit(
+            images, cfg, ops=get_ops(cfg.ops), world=self.world, device=self.device, start=start, total=total
+        )
         lock = self._lock()
         try:
             state = self._restore(fit, total)
@@ -183,11 +186,15 @@ class Run:
                 fit.load_state_dict(state)
             except (RuntimeError, KeyError, TypeError, ValueError) as exc:  # shapes or keys of another model
                 msg = str(exc).strip().splitlines()[-1].strip()
-                raise CheckpointError(f"{self.out}: the checkpoint does not fit this run's model ({msg})") from None
+                raise CheckpointError(
+                    f"{self.out}: the checkpoint does not fit this run's model ({msg})"
+                ) from None
             self.log(f"resuming {self.out} from phase {state['phase']}")
         return state
 
-    def _run(self, fit: Fit, stage: str, images: torch.Tensor, total: int, state: dict | None) -> GenerativeModel:
+    def _run(
+        self, fit: Fit, stage: str, images: torch.Tensor, total: int, state: dict | None
+    ) -> GenerativeModel:
         """Write the folder's config (a new run), attach the folder's hooks and train."""
         tb = None
         if self.world.is_main:

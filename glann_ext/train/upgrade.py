@@ -26,7 +26,9 @@ LEGACY_MODEL = "model.pt"
 KEPT_SUFFIX = ".glann-0.1"  # model.pt is kept as model.pt.glann-0.1
 
 
-def upgrade_run(run: str | Path, *, trust_pickle: bool = False, log: Callable[[str], None] = print) -> list[str]:
+def upgrade_run(
+    run: str | Path, *, trust_pickle: bool = False, log: Callable[[str], None] = print
+) -> list[str]:
     """Convert the 0.1 files of run folder ``run`` (model.pt, a format-1 checkpoint, config.json); returns
     what was converted. Refuses unless ``trust_pickle``: the old files are unpickled to convert them."""
     run = Path(run)
@@ -104,7 +106,9 @@ def _upgrade_checkpoint(run: Path, manifest: dict[str, Any]) -> None:
 def _upgrade_model(run: Path) -> None:
     old = _unpickle(run / LEGACY_MODEL)
     try:
-        cfg = TrainConfig.from_dict({**V01_BEHAVIOUR, **{k: v for k, v in old["cfg"].items() if k != "extra"}})
+        cfg = TrainConfig.from_dict(
+            {**V01_BEHAVIOUR, **{k: v for k, v in old["cfg"].items() if k != "extra"}}
+        )
         model = build_model(cfg, tuple(old["image_shape"]))
         model.G.load_state_dict(old["G"])
         if isinstance(model, GLANN):
