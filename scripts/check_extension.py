@@ -31,6 +31,12 @@ def main() -> int:
             print(f"error: the module links {lib}:\n{deps}", file=sys.stderr)
             return 1
     print("  no libtorch symbols, no dynamic CUDA runtime: OK")
+    package = os.path.dirname(glann_ext.__file__)
+    missing = [f for f in ("py.typed", "_C.pyi") if not os.path.exists(os.path.join(package, f))]
+    if missing:  # type checkers read the installed package only if these ship with it (PEP 561)
+        print(f"error: the installed package lacks {missing}", file=sys.stderr)
+        return 1
+    print("  typed package (py.typed, _C.pyi): OK")
     return 0
 
 
