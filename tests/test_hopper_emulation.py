@@ -23,6 +23,8 @@ import torch
 
 from glann_ext.ops import reference
 from glann_ext.ops._native import _C
+from glann_ext.ops.laplacian import REDUCTIONS
+from glann_ext.ops.reference import default_level_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "tests" / "cpp" / "hopper_emulation.cpp"
@@ -180,6 +182,18 @@ def _inputs(shape, dtype, seed=0):
     return x, y
 
 
+def _cpu_pixel_path_forward(
+    x: torch.Tensor, y: torch.Tensor, levels: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CPU pixel path's per-sample sums (unnormalised, the paper's 4^j weights) and its signs."""
+    _, c, h, w = x.shape
+    none = REDUCTIONS.index("none")
+    loss, signs = torch.ops.glann_ext.laplacian_fwd(
+        x, y, levels, default_level_weights(levels), none, True, True
+    )
+    return loss * (c * h * w), signs
+
+
 @pytest.mark.parametrize("shape,levels,dtype,limit,j0", LAP_CASES, ids=lambda v: str(v).replace(" ", ""))
 def test_laplacian_fused_forward_and_backward(emulator, shape, levels, dtype, limit, j0):
     """The fused launch sequence (plane kernels; level-0 tiles with halos for the j0 = 1 plans) gives the CPU
@@ -190,7 +204,7 @@ def test_laplacian_fused_forward_and_backward(emulator, shape, levels, dtype, li
     b, c, h, w = shape
     got_j0, per_sample, signs = _lap_forward(exe, x, y, levels, limit)
     assert got_j0 == j0
-    ref_ps, ref_signs = torch.ops.glann_ext.laplacian_fwd(x, y, levels, True, True)
+    ref_ps, ref_signs = _cpu_pixel_path_forward(x, y, levels)
     assert set(signs.unique().tolist()) <= {-1, 0, 1}, "a sign was never written"
     # Different summation orders flip only signs of |L| at rounding level: none in float64 data.
     agree = (signs == ref_signs).double().mean().item()
@@ -203,7 +217,8 @@ def test_laplacian_fused_forward_and_backward(emulator, shape, levels, dtype, li
     scale = torch.rand(b, dtype=torch.float64).to(dtype) + 0.5
     got_j0, grad = _lap_backward(exe, ref_signs, scale, shape, levels, limit, x.element_size())
     assert got_j0 == j0
-    ref_grad = torch.ops.glann_ext.laplacian_bwd(ref_signs, scale, c, h, w, levels, dtype, True)
+    weights = default_level_weights(levels)
+    ref_grad = torch.ops.glann_ext.laplacian_bwd(ref_signs, scale, c, h, w, levels, weights, dtype, True)
     torch.testing.assert_close(grad, ref_grad.double(), **tol)
 
 
@@ -218,7 +233,7 @@ def test_laplacian_fused_is_race_free_and_in_bounds(emulator, variant, case):
     exe = emulator(variant)
     x, y = _inputs(shape, dtype, seed=1)
     assert _lap_forward(exe, x, y, levels, limit)[0] == j0
-    _ps, ref_signs = torch.ops.glann_ext.laplacian_fwd(x, y, levels, True, True)
+    _ps, ref_signs = _cpu_pixel_path_forward(x, y, levels)
     scale = torch.ones(shape[0], dtype=dtype)
     assert _lap_backward(exe, ref_signs, scale, shape, levels, limit, x.element_size())[0] == j0
 

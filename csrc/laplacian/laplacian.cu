@@ -219,6 +219,24 @@ Status forward_impl(const LaplacianForwardParams& p) {
   return cuda_last_status("laplacian_forward_cuda");
 }
 
+// The fused (Hopper) forward writes per_sample and signs only; the non-finite flags come from the same
+// kernel as the legacy path's, so both report the same rows.
+template <typename In, typename T>
+Status fused_forward_impl(const LaplacianForwardParams& p) {
+  if (p.check_finite && p.nonfinite_samples == nullptr)
+    return Status::Error(StatusCode::kInvalidArgument, "laplacian_forward_cuda: check_finite needs nonfinite_samples");
+  const Status fused = laplacian_forward_fused(p);
+  if (!fused.ok() || !p.check_finite) return fused;
+  const Dims d{p.batch, p.channels, p.batch * p.channels};
+  const int64_t* xs = p.x_strides;
+  const int64_t* ys = p.y_strides;
+  const unsigned blocks = static_cast<unsigned>(p.batch < kMaxGridY ? p.batch : kMaxGridY);
+  nonfinite_kernel<In, T><<<blocks, kThreads, 0, static_cast<cudaStream_t>(p.exec.stream)>>>(
+      static_cast<const T*>(p.per_sample), static_cast<const In*>(p.x), static_cast<const In*>(p.y), d, p.height,
+      p.width, xs[0], xs[1], xs[2], xs[3], ys[0], ys[1], ys[2], ys[3], p.nonfinite_samples);
+  return cuda_last_status("laplacian_forward_cuda");
+}
+
 template <typename Out, typename T>
 Status backward_impl(const LaplacianBackwardParams& p) {
   const Geometry g = lap::make_geometry(p.height, p.width, p.levels);
@@ -236,9 +254,22 @@ Status backward_impl(const LaplacianBackwardParams& p) {
 }  // namespace
 
 Status laplacian_forward_cuda(const LaplacianForwardParams& p) {
-  if (use_hopper_kernels(p.exec, HopperOp::kLaplacian) && laplacian_fused_fits(p)) return laplacian_forward_fused(p);
   const CudaDeviceGuard guard(p.exec.device);
   if (!guard.status().ok()) return guard.status();
+  if (use_hopper_kernels(p.exec, HopperOp::kLaplacian) && laplacian_fused_fits(p)) {
+    switch (p.dtype) {
+      case DType::kFloat32:
+        return fused_forward_impl<float, float>(p);
+      case DType::kFloat64:
+        return fused_forward_impl<double, double>(p);
+      case DType::kFloat16:
+        return fused_forward_impl<__half, float>(p);
+      case DType::kBFloat16:
+        return fused_forward_impl<__nv_bfloat16, float>(p);
+      default:
+        break;  // laplacian_fused_fits admits these four only
+    }
+  }
   switch (p.dtype) {
     case DType::kFloat32:
       return forward_impl<float, float>(p);

@@ -268,16 +268,23 @@ Status backward_impl(const LaplacianBackwardParams& p, const FusedPlan& plan) {
   return cuda_last_status("laplacian_backward_cuda (fused)");
 }
 
+// The fused kernels bake in the GLO paper's level weights 4^j; other weights take the legacy kernels.
+bool paper_weights(const double* level_weights, int levels) {
+  for (int j = 0; j < levels; ++j)
+    if (level_weights[j] != static_cast<double>(int64_t(1) << (2 * j))) return false;
+  return true;
+}
+
 }  // namespace
 
 bool laplacian_fused_fits(const LaplacianForwardParams& p) {
-  if (!dtype_ok(p.dtype) || p.pixel_path) return false;
+  if (!dtype_ok(p.dtype) || p.pixel_path || !paper_weights(p.level_weights, p.levels)) return false;
   const FusedPlan plan = plan_for(p.batch * p.channels, p.height, p.width, p.levels, p.dtype, p.exec.device);
   return plan.ok && p.workspace_bytes >= plan.forward_bytes;
 }
 
 bool laplacian_fused_fits(const LaplacianBackwardParams& p) {
-  if (!dtype_ok(p.dtype) || p.pixel_path) return false;
+  if (!dtype_ok(p.dtype) || p.pixel_path || !paper_weights(p.level_weights, p.levels)) return false;
   const FusedPlan plan = plan_for(p.batch * p.channels, p.height, p.width, p.levels, p.dtype, p.exec.device);
   return plan.ok && p.workspace_bytes >= plan.backward_bytes;
 }
