@@ -272,17 +272,48 @@ Status launch(const NnArgminParams& p, const CudaPlan& plan, cudaStream_t stream
   return cuda_last_status("nn_argmin (CUDA)");
 }
 
+// The NaN/Inf row checks the tensor-core path does not fold in: one read of the rows asked for.
+template <typename T>
+Status row_checks(const NnArgminParams& p) {
+  if ((p.check_queries || p.check_keys) && p.nonfinite_rows == nullptr)
+    return Status::Error(StatusCode::kInvalidArgument, "nn_argmin (CUDA): a NaN/Inf check needs nonfinite_rows");
+  const CudaDeviceGuard guard(p.exec.device);
+  if (!guard.status().ok()) return guard.status();
+  cudaStream_t stream = static_cast<cudaStream_t>(p.exec.stream);
+  const int64_t* qs = p.queries_strides;
+  const int64_t* ks = p.keys_strides;
+  if (p.check_queries && p.n_queries > 0)
+    row_check_kernel<T><<<ceil_div_int(p.n_queries, 256), 256, 0, stream>>>(
+        static_cast<const T*>(p.queries), p.n_queries, p.dim, qs[0], qs[1], p.nonfinite_rows);
+  if (p.check_keys && p.n_keys > 0)
+    row_check_kernel<T><<<ceil_div_int(p.n_keys, 256), 256, 0, stream>>>(static_cast<const T*>(p.keys), p.n_keys, p.dim,
+                                                                         ks[0], ks[1], p.nonfinite_rows + 1);
+  return cuda_last_status("nn_argmin (CUDA, row checks)");
+}
+
+// The tensor-core kernels serve float32/float16/bfloat16; float64 keeps the legacy kernel.
+bool use_mma(const ExecContext& exec, DType dtype) {
+  return dtype != DType::kFloat64 && use_hopper_kernels(exec, HopperOp::kNnArgmin);
+}
+
 }  // namespace
 
 int64_t nn_argmin_cuda_workspace_bytes(int64_t n_queries, int64_t n_keys, int64_t dim, int device) {
-  if (use_hopper_kernels(ExecContext{true, device}, HopperOp::kNnArgmin))
-    return nn_argmin_mma_workspace_bytes(n_queries, n_keys, dim, device);
   if (n_queries <= 0 || n_keys <= 0 || dim <= 0) return 0;
-  return make_plan(n_queries, n_keys, device).total();
+  const int64_t legacy = make_plan(n_queries, n_keys, device).total();
+  if (!use_hopper_kernels(ExecContext{true, device}, HopperOp::kNnArgmin)) return legacy;
+  const int64_t mma = nn_argmin_mma_workspace_bytes(n_queries, n_keys, dim, device);
+  return mma > legacy ? mma : legacy;  // no dtype here: enough for either kernel
 }
 
 Status nn_argmin_cuda(const NnArgminParams& p) {
-  if (use_hopper_kernels(p.exec, HopperOp::kNnArgmin)) return nn_argmin_cuda_mma(p);
+  if (use_mma(p.exec, p.dtype)) {
+    Status checks = Status::Ok();
+    if (p.dtype == DType::kFloat32) checks = row_checks<float>(p);
+    if (p.dtype == DType::kFloat16) checks = row_checks<__half>(p);
+    if (p.dtype == DType::kBFloat16) checks = row_checks<__nv_bfloat16>(p);
+    return checks.ok() ? nn_argmin_cuda_mma(p) : checks;
+  }
   if (p.n_queries == 0) return Status::Ok();
   if (p.n_keys <= 0 || p.dim <= 0)
     return Status::Error(StatusCode::kInvalidArgument, "nn_argmin: keys must be non-empty");
