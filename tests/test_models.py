@@ -116,3 +116,27 @@ def test_perceptual_loss_uses_only_local_weights(tmp_path):
     torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, tmp_path / "partial.pth")
     with pytest.raises(ValueError, match="not a VGG16 state_dict"):
         VGGPerceptualLoss(tmp_path / "partial.pth")
+
+
+@pytest.mark.parametrize("ops_name", ["fused", "reference"])
+def test_reconstruction_loss_level_weights(ops_name):
+    """lap_weights="flat" weighs every pyramid level 1 (the reference's sum with ones), "paper" 4^j; the
+    normalised per-rank form (``normalizer``) matches the plain mean for a whole batch."""
+    from glann_ext.models import ReconstructionLoss
+
+    ops = get_ops(ops_name)
+    x = torch.rand(3, 1, 28, 28, dtype=torch.float64)
+    t = torch.rand(3, 1, 28, 28, dtype=torch.float64)
+    levels = reference.default_levels(28, 28)
+    for weights, expected in (("paper", reference.default_level_weights(levels)), ("flat", [1.0] * levels)):
+        loss_fn = ReconstructionLoss(ops, lap_weights=weights)
+        want = reference.laplacian_pyramid_loss_reference(x, t, levels=levels, level_weights=expected)
+        torch.testing.assert_close(loss_fn(x, t), want.float(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(loss_fn(x, t, normalizer=3), want.float(), rtol=1e-5, atol=1e-6)
+    # A constant offset lives in the coarsest level only (every finer L^j of a constant is 0): the two
+    # weightings differ by exactly that level's weight 4^(J-1).
+    flat, paper = ReconstructionLoss(ops, lap_weights="flat"), ReconstructionLoss(ops)
+    shifted = t + 0.25
+    assert flat(shifted, t).item() == pytest.approx(paper(shifted, t).item() / 4.0 ** (levels - 1), rel=1e-5)
+    with pytest.raises(ValueError, match="lap_weights must be 'paper' or 'flat'"):
+        ReconstructionLoss(ops, lap_weights="coarse")

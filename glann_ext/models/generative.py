@@ -239,7 +239,9 @@ class GLANN(GenerativeModel):
             raise UsageError(f"invert needs steps >= 0 and restarts >= 1, got {steps} and {restarts}")
         self.G.eval().requires_grad_(False)
         target = images.to(self.device).float()
-        loss_fn = ReconstructionLoss(self.ops, self.config.get("l2_weight", 0.0))
+        loss_fn = ReconstructionLoss(
+            self.ops, self.config.get("l2_weight", 0.0), lap_weights=self.config.get("lap_weights", "paper")
+        )
         g = seeding.generator(seed, "invert")
         pool = self.codes[torch.randperm(len(self.codes), generator=g)[:2048].to(self.device)]
         recs = self.decode(pool).reshape(len(pool), -1)
@@ -253,7 +255,7 @@ class GLANN(GenerativeModel):
                 )
                 z = self._fit_codes(pool[start].clone(), target, loss_fn, steps, lr)
                 with torch.no_grad():
-                    per = self.ops.lap_loss(self.G(z).float(), target, reduction="none")
+                    per = loss_fn.lap(self.G(z).float(), target, "none")
                 if best_z is None:
                     best_z, best_loss = z, per
                 else:

@@ -9,16 +9,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from glann_ext.backend import Ops
+from glann_ext.ops.reference import default_levels
 
 
 class ReconstructionLoss(nn.Module):
     """Mean over the batch of ``lap_l1 + l2_weight * mse + vgg_weight * perceptual`` (in fp32)."""
 
     def __init__(
-        self, ops: Ops, l2_weight: float = 0.0, vgg_weights: str | None = None, vgg_weight: float = 0.0
+        self,
+        ops: Ops,
+        l2_weight: float = 0.0,
+        vgg_weights: str | None = None,
+        vgg_weight: float = 0.0,
+        lap_weights: str = "paper",
     ):
         super().__init__()
+        if lap_weights not in ("paper", "flat"):
+            raise ValueError(f"lap_weights must be 'paper' or 'flat', got {lap_weights!r}")
         self.ops, self.l2_weight, self.vgg_weight = ops, l2_weight, vgg_weight
+        self.lap_weights = lap_weights
         self.vgg = None
         if vgg_weights and vgg_weight > 0:
             from .perceptual import VGGPerceptualLoss
@@ -27,15 +36,23 @@ class ReconstructionLoss(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: Any, ops: Ops) -> ReconstructionLoss:
-        """The loss of a training configuration (its ``l2_weight``, ``vgg_weights`` and ``vgg_weight``)."""
-        return cls(ops, cfg.l2_weight, cfg.vgg_weights, cfg.vgg_weight)
+        """The loss of a training configuration (its ``l2_weight``, ``vgg_weights``, ``vgg_weight`` and
+        ``lap_weights``)."""
+        return cls(ops, cfg.l2_weight, cfg.vgg_weights, cfg.vgg_weight, cfg.lap_weights)
+
+    def lap(self, x: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
+        """The Laplacian-pyramid L1 term with this loss's level weights."""
+        if self.lap_weights == "paper":  # None: the kernels' own 4^j (the same bits as before the option)
+            return self.ops.lap_loss(x, target, reduction=reduction)
+        levels = default_levels(*x.shape[-2:])
+        return self.ops.lap_loss(x, target, reduction=reduction, levels=levels, level_weights=[1.0] * levels)
 
     def forward(self, x: torch.Tensor, target: torch.Tensor, normalizer: int | None = None) -> torch.Tensor:
         """The loss of the batch; ``normalizer``: divide the per-sample sums by this many samples instead of
         ``len(x)`` (a rank's part of a global batch: the parts then add up to the global batch's loss)."""
         x, target = x.float(), target.float()  # kernels run in fp32 even under autocast
         if normalizer is None:
-            loss = self.ops.lap_loss(x, target, reduction="mean")
+            loss = self.lap(x, target, "mean")
             if self.l2_weight > 0:
                 loss = loss + self.l2_weight * F.mse_loss(x, target)
             if self.vgg is not None:
@@ -44,7 +61,7 @@ class ReconstructionLoss(nn.Module):
         if len(x) == 0:  # keeps the graph (and so DDP's gradient hooks) connected to the generator
             return x.sum() * 0.0
         per_image = x[0].numel()
-        loss = self.ops.lap_loss(x, target, reduction="sum") / (normalizer * per_image)
+        loss = self.lap(x, target, "sum") / (normalizer * per_image)
         if self.l2_weight > 0:
             loss = loss + self.l2_weight * F.mse_loss(x, target, reduction="sum") / (normalizer * per_image)
         if self.vgg is not None:

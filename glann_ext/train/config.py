@@ -45,6 +45,9 @@ class TrainConfig:
     ``torch.optim.SparseAdam`` does (glann_ext 0.1): then, after the first epoch, a code's steps are about
     ``lr / sqrt(0.001 k)`` per coordinate at its k-th update, far larger than ``lr``."""
     init: str = "pca"  # "pca" or "random"
+    lap_weights: str = "paper"
+    """Level weights of the Laplacian-pyramid loss: "paper" (the GLO paper's 4^j, j = 0 the finest: every
+    level's total weight is about equal) or "flat" (1 per level: the finest level dominates)."""
     l2_weight: float = 0.0  # weight of an extra pixel L2 term
     vgg_weights: str | None = None  # local VGG16 state_dict; enables the perceptual term
     vgg_weight: float = 0.0
@@ -180,6 +183,7 @@ _CHOICES = {
     "imle_lr_schedule": ("constant", "cosine"),
     "glo_lr_schedule": ("constant", "cosine"),
     "latent_adam_steps": ("rows", "global"),
+    "lap_weights": ("paper", "flat"),
     "imle_match": ("nearest", "unique"),
     "ops": ("fused", "reference"),
     "channels": (None, 1, 3),
