@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks import ablation
 from benchmarks.baselines import train_dcgan, train_toy_gan, train_vae
 from glann_ext.data.labelled import load_labelled
 from glann_ext.evaluate import domain_classifier, memorisation_summary
@@ -82,22 +83,27 @@ class Budget:
     width: int
     latent: int
     grid_n: int
+    ablation_seeds: tuple[int, ...]  # part (d): every row trains once per seed
+    ablation_train: int  # Fashion-MNIST training images per ablation run
+    ablation_epochs: int  # GLO epochs per ablation run
+    ablation_imle_epochs: int  # IMLE epochs per ablation run
 
 
 BUDGETS = {
     "smoke": Budget(
-        "smoke", (0,), 64, 30, 500, (0, 1), (0,), 256, 200, 1000, 1, 512, 256, 300, 1, 2, 8, 16, 8
+        "smoke", (0,), 64, 30, 500, (0, 1), (0,), 256, 200, 1000, 1, 512, 256, 300, 1, 2, 8, 16, 8, (0,), 128, 1,
+        1,
     ),
     "quick": Budget(
         "quick", (0, 1), 256, 1000, 2500, (0, 1), (0, 1), 3000, 2000, 20000, 2, 4000, 2000, 26000, 10, 30, 32,
-        32, 12,
+        32, 12, (0, 1, 2), 1000, 5, 10,
     ),
     # Sized to regenerate in well under an hour on 2 CPU cores: five seeds on the 2-D mixtures (the protocol's
     # minimum), three on the image tables, with fewer training images than the one-seed report had
     # (Fashion-MNIST 5,000 instead of 10,000; 3,000 stacks instead of 10,000).
     "full": Budget(
         "full", (0, 1, 2, 3, 4), 256, 2000, 2500, (0, 1, 2), (0, 1, 2), 5000, 10000, 60000, 3, 4000, 3000, 26000, 25,
-        50, 32, 32, 12,
+        50, 32, 32, 12, (0, 1, 2), 2000, 10, 20,
     ),
 }  # fmt: skip
 
@@ -110,7 +116,7 @@ PUBLISHED_2D = [
 PUBLISHED_STACKED = [("DCGAN", "99", "3.40"), ("VEEGAN", "150", "2.95"), ("PacDCGAN2", "1000", "0.06")]
 
 
-PARTS = ("toy", "stacked", "stacked_fashion", "fashion", "mnist")
+PARTS = ("toy", "stacked", "stacked_fashion", "fashion", "mnist", "ablation")
 
 
 def log(msg: str) -> None:
@@ -592,6 +598,8 @@ def write_report(path: Path, res: dict, b: Budget, argv: list[str], total_s: flo
         ]
         L += [f"![{title} samples]({figs}/{r['png']})", ""]
         L += _memorisation_table(title, r, figs)
+    if "ablation" in res:
+        L += ablation.markdown(res["ablation"], b, _pm)
     L += ["## Reading", "", res.get("reading", "(no reading written for this run)"), ""]
     path.write_text("\n".join(L))
 
@@ -682,7 +690,7 @@ def main(argv: list[str] | None = None) -> dict:
         if "mnist" in parts:
             res["mnist"] = run_images("mnist", xtr, xte, clf, b, figdir)
             res["mnist"]["clf_acc"] = clf.test_accuracy
-    if parts & {"stacked_fashion", "fashion"}:
+    if parts & {"stacked_fashion", "fashion", "ablation"}:
         clf = fashion_classifier(b, cache)
         xtr, _ = load_labelled("fashion-mnist", "train")
         xte, _ = load_labelled("fashion-mnist", "test")
@@ -692,6 +700,8 @@ def main(argv: list[str] | None = None) -> dict:
         if "fashion" in parts:
             res["fashion"] = run_images("fashion", xtr[: b.fmnist_train], xte, clf, b, figdir)
             res["fashion"]["clf_acc"] = clf.test_accuracy
+        if "ablation" in parts:
+            res["ablation"] = ablation.run_ablation(xtr, xte, clf, b, log)
     if args.reading:
         res["reading"] = Path(args.reading).read_text().strip()
     total = time.perf_counter() - t_start

@@ -145,7 +145,7 @@ def test_quality_smoke_report(tmp_path):
 
     parts = ["toy", "stacked", "mnist"]
     if find_images_file("fashion-mnist", "test") is not None:
-        parts += ["stacked_fashion", "fashion"]
+        parts += ["stacked_fashion", "fashion", "ablation"]
     out = tmp_path / "QUALITY.md"
     res = quality.main(
         ["--smoke", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--parts", ",".join(parts)]
@@ -157,6 +157,14 @@ def test_quality_smoke_report(tmp_path):
     if "fashion" in parts:
         assert "## (c) Fashion-MNIST" in text and "## (b) Stacked Fashion-MNIST" in text
         assert "### Memorisation check (Fashion-MNIST)" in text
+        # (d): one row per change plus the base recipe, each with finite scores and its own ceiling
+        from benchmarks import ablation
+
+        assert "## (d) Ablations" in text
+        assert list(res["ablation"]["rows"]) == [label for label, _ in ablation.rows()]
+        for label, agg in res["ablation"]["rows"].items():
+            assert all(math.isfinite(agg[k][0]) for k in ("fd", "fd_over_ceiling", "recall")), (label, agg)
+            assert f"| {label} |" in text
     # Inception FID is a number when local weights exist, and otherwise says why it is missing.
     assert ("Inception FID (first seed)" in text) != ("Inception FID: not available" in text)
     # every method row of every table: finite means (KL may be inf only on the 2-D mixtures with no HQ sample)

@@ -414,7 +414,8 @@ Status run(const NnArgminParams& p) {
   else
     launch_search<T, false>(p, plan, norms, part_score, part_index, stream);
   merge_splits_kernel<<<ceil_div_int(p.n_queries, 256), 256, 0, stream>>>(
-      part_score, part_index, p.n_queries, plan.splits, plan.keys_per_split, p.key_offset, p.best_score, p.best_index);
+      part_score, part_index, p.n_queries, plan.splits, plan.keys_per_split, p.key_offset,
+      static_cast<float*>(p.best_score), p.best_index);
   return cuda_last_status("nn_argmin (CUDA, tensor cores)");
 }
 
