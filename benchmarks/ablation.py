@@ -59,7 +59,7 @@ def rows() -> list[tuple[str, dict]]:
 def base_config(b, seed: int) -> TrainConfig:
     """The base recipe at the report's ablation budget."""
     return TrainConfig(
-        latent_dim=b.latent, gen_width=b.width, glo_epochs=b.ablation_epochs, imle_epochs=b.ablation_imle_epochs,
+        latent_dim=b.latent, gen_width=b.width, glo_epochs=b.epochs, imle_epochs=b.imle_latent_epochs,
         mapping_hidden=256, ckpt_every=0, sample_every=0, seed=seed,
     )  # fmt: skip
 
@@ -79,10 +79,11 @@ def _scores(clf, real_f: torch.Tensor, x: torch.Tensor) -> dict[str, float]:
 
 
 def run_ablation(train_x: torch.Tensor, test_x: torch.Tensor, clf, b, log) -> dict:
-    """Every row of :func:`rows` for every seed of ``b.ablation_seeds`` on ``b.ablation_train`` images."""
+    """Every row of :func:`rows` for every seed of ``b.ablation_seeds`` on the ``b.fmnist_train`` images of
+    part (c), with its epochs: the base row is (c)'s GLANN recipe."""
     n_eval = min(b.fmnist_eval, len(test_x))
     real_f = clf.features(test_x[:n_eval])
-    x = train_x[: b.ablation_train]
+    x = train_x[: b.fmnist_train]
     table = {}
     for label, change in rows():
         per_seed = []
@@ -121,8 +122,8 @@ def markdown(res: dict, b, pm) -> list[str]:
         "## (d) Ablations: what each change does",
         "",
         (
-            f"GLANN on the first {res['n_train']} Fashion-MNIST training images, {b.ablation_epochs} GLO + "
-            f"{b.ablation_imle_epochs} IMLE epochs, latent {base.latent_dim}, width {base.gen_width}. The first "
+            f"GLANN on the first {res['n_train']} Fashion-MNIST training images, {b.epochs} GLO + "
+            f"{b.imle_latent_epochs} IMLE epochs (the budget of (c)), latent {base.latent_dim}, width {base.gen_width}. The first "
             f"row is the base recipe: the package's defaults ({_describe(base)}); every other row changes the "
             f"one thing it names. Scores as in (c) against {res['n_eval']} test images; ceiling: the same run's "
             f"G(codes) of the training images; FD / ceiling per seed; mean ± standard error over seeds "
