@@ -1,4 +1,4 @@
-// Element conversions of the Hopper kernels (included from .cu files only): every storage type to and
+// Element conversions of the CUDA kernels (included from .cu files only): every storage type to and
 // from the compute type, half and bfloat16 through float with round-to-nearest-even.
 #pragma once
 #include <cuda_bf16.h>

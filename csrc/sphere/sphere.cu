@@ -8,6 +8,7 @@
 #include <string>
 
 #include "common/cuda_check.h"
+#include "common/cuda_convert.h"
 #include "common/kernel_variant.h"
 #include "sphere/sphere.h"
 #include "sphere/sphere_math.h"
@@ -35,34 +36,14 @@ struct Acc<__nv_bfloat16> {
   using type = float;
 };
 
-template <typename A>
-__device__ __forceinline__ A to_acc(float x) {
-  return static_cast<A>(x);
+// To the accumulation type and back (half and bfloat16 through float, round-to-nearest-even).
+template <typename A, typename X>
+__device__ __forceinline__ A to_acc(X x) {
+  return cvt::to<A>(x);
 }
-template <typename A>
-__device__ __forceinline__ A to_acc(double x) {
-  return static_cast<A>(x);
-}
-template <typename A>
-__device__ __forceinline__ A to_acc(__half x) {
-  return static_cast<A>(__half2float(x));
-}
-template <typename A>
-__device__ __forceinline__ A to_acc(__nv_bfloat16 x) {
-  return static_cast<A>(__bfloat162float(x));
-}
-
-template <typename T>
-__device__ __forceinline__ T from_acc(double x) {
-  return static_cast<T>(x);
-}
-template <>
-__device__ __forceinline__ __half from_acc<__half>(double x) {
-  return __float2half_rn(static_cast<float>(x));
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(double x) {
-  return __float2bfloat16_rn(static_cast<float>(x));
+template <typename T, typename X>
+__device__ __forceinline__ T from_acc(X x) {
+  return cvt::to<T>(x);
 }
 
 // Butterfly reductions: every lane ends with the same value, in a fixed order (deterministic).

@@ -292,8 +292,7 @@ class GLANN(GenerativeModel):
         cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], *, ops: Ops | str = "fused",
         device: str | torch.device = "cpu",
     ) -> GLANN:  # fmt: skip
-        G = DCGANGenerator(**meta["generator"])
-        G.load_state_dict(_unprefixed("G", tensors))
+        G = _exported_generator(tensors, meta)
         T = None
         if meta.get("mapping") is not None:
             T = MLP(**meta["mapping"])
@@ -325,9 +324,15 @@ class PixelIMLE(GenerativeModel):
         cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], *, ops: Ops | str = "fused",
         device: str | torch.device = "cpu",
     ) -> PixelIMLE:  # fmt: skip
-        G = DCGANGenerator(**meta["generator"])
-        G.load_state_dict(_unprefixed("G", tensors))
+        G = _exported_generator(tensors, meta)
         return cls(G, ops=ops, config=meta.get("config")).to(device).eval()
+
+
+def _exported_generator(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> DCGANGenerator:
+    """G rebuilt from an export's hyper-parameters and its "G."-prefixed tensors."""
+    G = DCGANGenerator(**meta["generator"])
+    G.load_state_dict(_unprefixed("G", tensors))
+    return G
 
 
 MODEL_KINDS: dict[str, type[GenerativeModel]] = {GLANN.kind: GLANN, PixelIMLE.kind: PixelIMLE}
