@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -211,3 +212,50 @@ def test_backend_nn_argmin_local_and_chunked():
         ops = get_ops(name)
         assert torch.equal(ops.nn_argmin(q, k), reference.nn_argmin_exact(q, k))
         assert torch.equal(ops.nn_argmin(q, k.split(7)), reference.nn_argmin_exact(q, k))
+
+
+def _sparse_adam_by_hand(table, schedule, grads, counts, lr=0.01, betas=(0.5, 0.999), eps=1e-8):
+    """torch.optim.SparseAdam's update written out, each step's bias correction from ``counts``."""
+    x, m, v = table.clone(), torch.zeros_like(table), torch.zeros_like(table)
+    for (idx, _), g, k in zip(schedule, grads, counts):
+        m[idx] = betas[0] * m[idx] + (1 - betas[0]) * g
+        v[idx] = betas[1] * v[idx] + (1 - betas[1]) * g * g
+        size = lr * math.sqrt(1 - betas[1] ** k) / (1 - betas[0] ** k)
+        x[idx] -= size * m[idx] / (v[idx].sqrt() + eps)
+    return x
+
+
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+def test_latent_adam_counts_each_rows_own_updates(backend):
+    """``updates=k`` corrects a row's moments with its own update count k, however many optimizer steps
+    touched other rows in between; without it the global step counter does, as torch.optim.SparseAdam."""
+    torch.manual_seed(0)
+    table = torch.randn(6, 4, dtype=torch.float64)
+    grads = [torch.randn(2, 4, dtype=torch.float64) for _ in range(4)]
+    schedule = [([0, 1], 1), ([2, 3], 1), ([0, 1], 2), ([4, 5], 1)]  # (rows, their own update count)
+    own = SphereSparseAdam(table.clone(), lr=0.01, betas=(0.5, 0.999), project=False, backend=backend)
+    plain = SphereSparseAdam(table.clone(), lr=0.01, betas=(0.5, 0.999), project=False, backend=backend)
+    for (idx, updates), g in zip(schedule, grads):
+        own.step(torch.tensor(idx), g, updates=updates)
+        plain.step(torch.tensor(idx), g)
+    by_rows = _sparse_adam_by_hand(table, schedule, grads, [k for _, k in schedule])
+    by_steps = _sparse_adam_by_hand(table, schedule, grads, [1, 2, 3, 4])
+    torch.testing.assert_close(own.table, by_rows, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(plain.table, by_steps, rtol=1e-12, atol=1e-12)
+    assert (by_rows[2:] - by_steps[2:]).abs().min() > 1e-4  # the two counts really differ there (~6e-4)
+
+
+@pytest.mark.parametrize("steps", ["rows", "global"])
+def test_glo_passes_each_codes_update_count(blobs, monkeypatch, steps):
+    """latent_adam_steps="rows": every GLO step of epoch e tells the code optimizer its rows' count e + 1;
+    "global" leaves the optimizer's own counter."""
+    seen = []
+    original = SphereSparseAdam.step
+
+    def spy(self, indices, grad, *, updates=None):
+        seen.append(updates)
+        return original(self, indices, grad, updates=updates)
+
+    monkeypatch.setattr(SphereSparseAdam, "step", spy)
+    fit(blobs, tiny_config(glo_epochs=2, latent_adam_steps=steps), stage="glo")
+    assert seen == ([1, 1, 1, 2, 2, 2] if steps == "rows" else [None] * 6)  # 96 images, batch 32

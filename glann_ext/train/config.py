@@ -39,11 +39,12 @@ class TrainConfig:
     """"constant" (the GLO/GLANN papers' fixed rates) or "cosine": ``lr_g`` and ``lr_z`` decay per step to 0
     over ``glo_epochs`` (cosine annealing, Loshchilov & Hutter 2017), so that short runs end refined."""
     latent_optimizer: str = "adam"  # "adam" (sparse Adam) or "sgd"
-    latent_adam_steps: str = "rows"
-    """Adam's bias correction for the codes: "rows" counts each code's own updates (once per epoch: the
-    exact Adam of a row touched once per epoch) or "global" counts optimizer steps, as
-    ``torch.optim.SparseAdam`` does (glann_ext 0.1): then, after the first epoch, a code's steps are about
-    ``lr / sqrt(0.001 k)`` per coordinate at its k-th update, far larger than ``lr``."""
+    latent_adam_steps: str = "global"
+    """Adam's bias correction for the codes: "global" counts optimizer steps, as ``torch.optim.SparseAdam``
+    does (the papers' code): after the first epoch a code's steps are about ``lr / sqrt(0.001 k)`` per
+    coordinate at its k-th update, far larger than ``lr``; "rows" counts each code's own updates (the exact
+    Adam of a row touched once per epoch): better reconstructions, but codes that IMLE samples worse at the
+    budgets measured (docs/training.md)."""
     init: str = "pca"  # "pca" or "random"
     lap_weights: str = "paper"
     """Level weights of the Laplacian-pyramid loss: "paper" (the GLO paper's 4^j, j = 0 the finest: every
