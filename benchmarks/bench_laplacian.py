@@ -106,7 +106,7 @@ def eager_slices_loss(x: torch.Tensor, y: torch.Tensor, levels: int | None = Non
     for j in range(levels - 1):
         fine, coarse = gauss[j], gauss[j + 1]
         fh, fw = fine.shape[-2:]
-        z = fine.new_zeros(fine.shape[:-1] + (coarse.shape[-1],))
+        z = fine.new_zeros((*fine.shape[:-1], coarse.shape[-1]))
         z[..., ::2, :] = coarse
         t = _blur_slices(z.index_select(-2, _reflect_index(fh, z.device)), -2, fh, 1, 2.0)
         z2 = fine.new_zeros(fine.shape)
@@ -174,7 +174,7 @@ def _step_fn(impl: str):
 
 
 @pytest.mark.parametrize(
-    "device,shape,impl", device_params(_rows, lambda row: "x".join(map(str, row[0])) + "-" + row[1])
+    ("device", "shape", "impl"), device_params(_rows, lambda row: "x".join(map(str, row[0])) + "-" + row[1])
 )
 def test_fwd_bwd(benchmark, device, shape, impl):
     benchmark.group = f"laplacian_pyramid_loss fwd+bwd {device} " + "x".join(map(str, shape))

@@ -109,7 +109,7 @@ CASES = device_params(
 )
 
 
-@pytest.mark.parametrize("device,shape,method", CASES)
+@pytest.mark.parametrize(("device", "shape", "method"), CASES)
 def bench_nn_argmin(benchmark, device: str, shape: tuple[int, int, int], method: str) -> None:
     n, m, d = shape
     if method in MATERIALISED:

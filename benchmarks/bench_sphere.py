@@ -101,7 +101,7 @@ STEP_CASES = {
 
 
 @pytest.mark.parametrize(
-    "device,batch,name",
+    ("device", "batch", "name"),
     device_params(
         lambda _dev: [(batch, name) for batch in (128, 4096) for name in STEP_CASES],
         lambda row: f"batch{row[0]}-{STEP_CASES[row[1]][0]}",
@@ -151,7 +151,7 @@ def _rows(device: str, shape: tuple[int, int]) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    "device,shape,name",
+    ("device", "shape", "name"),
     device_params(
         lambda dev: [
             (shape, name)

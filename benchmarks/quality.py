@@ -193,7 +193,7 @@ def _scatter(preset, shown: dict, real: torch.Tensor, path: Path) -> None:
     k = len(shown) + 1
     fig, axes = plt.subplots(1, k, figsize=(2.2 * k, 2.3), dpi=70)
     lim = float(preset.centres.abs().max()) * 1.4 + 0.2
-    panels = [("real", real)] + list(shown.items())
+    panels = [("real", real), *list(shown.items())]
     for ax, (name, pts) in zip(axes, panels):
         p = pts.numpy()
         ax.scatter(p[:, 0], p[:, 1], s=1, c="tab:blue" if name == "real" else "tab:red", alpha=0.5, lw=0)
@@ -214,7 +214,7 @@ def _scatter_pillow(preset, shown: dict, real: torch.Tensor, path: Path) -> None
     from PIL import Image
 
     size, lim = 160, float(preset.centres.abs().max()) * 1.4 + 0.2
-    panels = [real] + list(shown.values())
+    panels = [real, *list(shown.values())]
     img = np.full((size, size * len(panels)), 255, np.uint8)
     for i, pts in enumerate(panels):
         xy = ((pts.numpy() + lim) / (2 * lim) * (size - 1)).round().astype(int)
@@ -299,7 +299,7 @@ def _versus_ceiling(res: dict) -> None:
 def _grid(samplers: dict, real: torch.Tensor, n: int, path: Path) -> list[str]:
     rows = [real[:n]] + [s(n, seed=0).cpu() for s in samplers.values()]
     save_grid(torch.cat(rows), path, nrow=n)
-    return ["real (training)"] + list(samplers)
+    return ["real (training)", *list(samplers)]
 
 
 # -- seeds ------------------------------------------------------------------------------------------------

@@ -72,7 +72,7 @@ def render(data: dict) -> str:
         ref = ours[0]["stats"]["median"] if ours else None
         extra_keys = sorted({k for b in rows for k in b.get("extra_info", {}) if k != "threads"})
         out.append(f"### {group}\n")
-        header = ["method", "median (ms)", "glann_ext speed-up"] + extra_keys
+        header = ["method", "median (ms)", "glann_ext speed-up", *extra_keys]
         out.append("| " + " | ".join(header) + " |")
         out.append("|" + "---|" * len(header))
         for b in rows:
@@ -81,7 +81,7 @@ def render(data: dict) -> str:
             if ours and b is ours[0]:
                 ratio = "1.00x (ours)"
             extras = [str(b.get("extra_info", {}).get(k, "")) for k in extra_keys]
-            out.append("| " + " | ".join([_method(b), f"{med * 1e3:.3f}", ratio] + extras) + " |")
+            out.append("| " + " | ".join([_method(b), f"{med * 1000.0:.3f}", ratio, *extras]) + " |")
         out.append("")
     return "\n".join(out)
 
@@ -182,12 +182,13 @@ def cpu_targets(data: dict) -> str:
         if m and "glann_ext" in med:
             d = int(m.group(3))
             goal = 1.3 if d == 64 else 1.1
-            for base in ("faiss_IndexFlatL2",) + (("torch_cdist_argmin",) if d >= 256 else ()):
-                if base in med:
-                    lines.append(
-                        f"| nn_argmin >= {goal:g}x {base} | {name} | {med[base] / med['glann_ext']:.2f}x | "
-                        f"{_verdict(med[base] / med['glann_ext'], goal)} |"
-                    )
+            bases = ("faiss_IndexFlatL2",) + (("torch_cdist_argmin",) if d >= 256 else ())
+            lines.extend(
+                f"| nn_argmin >= {goal:g}x {base} | {name} | {med[base] / med['glann_ext']:.2f}x | "
+                f"{_verdict(med[base] / med['glann_ext'], goal)} |"
+                for base in bases
+                if base in med
+            )
             pct = next(
                 (b.get("extra_info", {}).get("pct_fma_peak") for b in rows if _method(b) == "glann_ext"), None
             )

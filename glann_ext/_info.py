@@ -22,10 +22,10 @@ _TORCH_LOADED_FIRST = "torch" in sys.modules
 if not _TORCH_LOADED_FIRST:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import torch  # after the OpenMP default: libgomp reads it when torch loads it
+import torch  # noqa: E402 (after the OpenMP default: libgomp reads it when torch loads it)
 
-from ._ext import _C
-from .ops.kernels import cuda_kernels
+from ._ext import _C  # noqa: E402 (imports torch)
+from .ops.kernels import cuda_kernels  # noqa: E402 (imports torch)
 
 
 def cuda_available() -> bool:

@@ -140,7 +140,7 @@ class FolderLock:
         os.close(self.fd)  # closing drops the flock
         self.fd = None
 
-    def __enter__(self) -> FolderLock:  # noqa: PYI034 (typing.Self needs Python 3.11; we support 3.9)
+    def __enter__(self) -> FolderLock:  # noqa: PYI034 (typing.Self is Python 3.11+; we support 3.9)
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:

@@ -240,7 +240,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
                 "any) again to resume from the last checkpoint",
                 file=sys.stderr,
             )
-        raise SystemExit(130)
+        raise SystemExit(130) from None
 
 
 def _load(args: argparse.Namespace):

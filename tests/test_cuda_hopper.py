@@ -18,6 +18,7 @@ from cuda_testing import DTYPES, capture, layout, loss_and_grads
 from test_cuda_streams import check_on_side_stream
 
 import glann_ext
+from glann_ext.errors import NonFiniteError
 from glann_ext.ops import reference
 from glann_ext.ops.kernels import use_cuda_kernels
 
@@ -236,7 +237,7 @@ def test_cuda_project_hopper_matches_legacy(dt, d):
     for v in VARIANTS:
         with use_cuda_kernels(v):
             inplace = bad.clone()
-            with pytest.raises(ValueError) as err:
+            with pytest.raises(NonFiniteError) as err:
                 glann_ext.project_to_sphere_(inplace)
         assert getattr(err.value, "row", 7) == 7
         assert torch.equal(inplace[7].isnan(), bad[7].isnan()) and torch.equal(

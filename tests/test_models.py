@@ -14,7 +14,7 @@ from glann_ext.ops import reference
 from glann_ext.optim import SphereSparseAdam
 
 
-@pytest.mark.parametrize("size,channels", [(28, 1), (32, 3), (64, 1), (128, 3)])
+@pytest.mark.parametrize(("size", "channels"), [(28, 1), (32, 3), (64, 1), (128, 3)])
 def test_generator_shapes_and_range(size, channels):
     g = DCGANGenerator(latent_dim=16, image_size=size, channels=channels, width=8).eval()
     out = g(torch.randn(3, 16))

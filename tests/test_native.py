@@ -106,7 +106,7 @@ def _error(code, message="boom", detail=-1, which=-1) -> _C.StatusError:
 
 
 @pytest.mark.parametrize(
-    "code,detail,which,kind,text",
+    ("code", "detail", "which", "kind", "text"),
     [
         (_C.StatusCode.NON_FINITE, 3, 0, NonFiniteError, "op: z row 3 contains NaN or Inf"),
         (_C.StatusCode.NON_FINITE, -1, 0, NonFiniteError, "op: z contains NaN or Inf"),
@@ -189,7 +189,7 @@ def test_exec_context_on_cpu() -> None:
 
 
 @pytest.mark.parametrize(
-    "preset,first,want",
+    ("preset", "first", "want"),
     [
         (None, "glann_ext", "PASSIVE"),
         ("ACTIVE", "glann_ext", "ACTIVE"),

@@ -62,7 +62,7 @@ SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("n,m,d", SHAPES)
+@pytest.mark.parametrize(("n", "m", "d"), SHAPES)
 def test_matches_oracle(n: int, m: int, d: int) -> None:
     q, k = torch.randn(n, d), torch.randn(m, d)
     idx, dist = nn_argmin(q, k, return_distances=True)
@@ -325,7 +325,7 @@ def test_torch_compile_fullgraph() -> None:
 # --------------------------------------------------------------------------------------------- float64
 
 
-@pytest.mark.parametrize("n,m,d", SHAPES)
+@pytest.mark.parametrize(("n", "m", "d"), SHAPES)
 def test_float64_matches_the_exact_oracle(n: int, m: int, d: int) -> None:
     q, k = torch.randn(n, d, dtype=torch.float64), torch.randn(m, d, dtype=torch.float64)
     idx, dist = nn_argmin(q, k, return_distances=True)
@@ -455,7 +455,7 @@ def test_huge_finite_values_are_not_reported() -> None:
 
 
 @pytest.mark.parametrize(
-    "queries,keys,exc,match",
+    ("queries", "keys", "exc", "match"),
     [
         ([[1.0]], torch.randn(2, 1), TypeError, "queries must be a torch.Tensor"),
         (torch.randn(3), torch.randn(2, 3), ValueError, "queries must be a 2-D tensor"),
@@ -492,7 +492,7 @@ def test_bad_arguments(queries, keys, exc, match) -> None:
 
 
 @pytest.mark.parametrize(
-    "where,row,argument",
+    ("where", "row", "argument"),
     [("queries", 3, "queries"), ("keys", 0, "keys"), ("keys", 17, "keys"), ("chunk", 2, "keys[1]")],
 )
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
@@ -527,7 +527,7 @@ def test_meta_tensors_give_shapes_only() -> None:
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("n,m,d", SHAPES + [(4096, 65536, 64), (1000, 100000, 128)])
+@pytest.mark.parametrize(("n", "m", "d"), [*SHAPES, (4096, 65536, 64), (1000, 100000, 128)])
 def test_cuda_matches_cpu(n: int, m: int, d: int) -> None:
     q, k = torch.randn(n, d), torch.randn(m, d)
     cpu_idx, _cpu_dist = nn_argmin(q, k, return_distances=True)

@@ -102,7 +102,7 @@ def test_a_resumed_epoch_reports_all_of_its_steps(tmp_path, blob_file):
     ]
 
 
-@pytest.mark.parametrize("first,second", [("fused", "reference"), ("reference", "fused")])
+@pytest.mark.parametrize(("first", "second"), [("fused", "reference"), ("reference", "fused")])
 def test_resume_with_the_other_ops_backend(tmp_path, blob_file, first, second):
     """Interrupted mid-GLO with one backend and mid-IMLE with the other, the run finishes, with the weights
     of an uninterrupted run of the first backend up to float rounding: the two backends' latent steps agree

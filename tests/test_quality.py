@@ -134,8 +134,7 @@ def test_baselines_are_seeded():
 def _numbers(cells):
     out = []
     for cell in cells:
-        for tok in re.findall(r"-?\d+(?:\.\d+)?|inf|nan", cell):
-            out.append(float(tok))
+        out.extend(float(tok) for tok in re.findall(r"-?\d+(?:\.\d+)?|inf|nan", cell))
     return out
 
 

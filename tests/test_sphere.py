@@ -111,7 +111,7 @@ def test_project_zero_rows(dtype):
 
 
 @pytest.mark.parametrize(
-    "dtype,scale",
+    ("dtype", "scale"),
     [
         (torch.float32, 1e30),
         (torch.float32, 1e-30),
@@ -159,7 +159,7 @@ def test_project_nonfinite_policy(dtype, bad):
 
 
 def test_project_argument_errors():
-    with pytest.raises(TypeError, match="z must be a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"z must be a torch\.Tensor"):
         project_to_sphere([[1.0, 2.0]])
     with pytest.raises(ValueError, match="z must be a 2-D tensor"):
         project_to_sphere(torch.randn(5))
@@ -499,7 +499,7 @@ def _assert_unchanged(tensors, snapshot):
 
 
 @pytest.mark.parametrize(
-    "mutate,exc,match",
+    ("mutate", "exc", "match"),
     [
         (lambda a: a.__setitem__(0, a[0].to(torch.int32)), TypeError, "table must have dtype in"),
         (lambda a: a.__setitem__(3, a[3].to(torch.int32)), TypeError, "indices must have dtype in"),
@@ -557,7 +557,7 @@ def test_nonfinite_grad_changes_nothing(dup, bad):
         with pytest.raises(NonFiniteError, match="grad row 3") as info:
             step()
         assert isinstance(info.value, ValueError) and (info.value.argument, info.value.row) == ("grad", 3)
-    _assert_unchanged((table, m, v, opt.exp_avg), snap + [torch.zeros_like(table)])
+    _assert_unchanged((table, m, v, opt.exp_avg), [*snap, torch.zeros_like(table)])
 
 
 def test_hyperparameter_errors():
@@ -654,7 +654,7 @@ def test_cuda_project_nonfinite_and_extremes():
     z[11, 2] = float("nan")
     z[50] = 1e30
     before = z.clone()
-    with pytest.raises(ValueError, match="row 11"):
+    with pytest.raises(ValueError, match="row 11"):  # noqa: PT012 (CUDA raises at the flush)
         project_to_sphere_(z)
         glann_ext.ops.raise_deferred_errors(wait=True)  # CUDA: the kernel's flag is read later
     torch.testing.assert_close(z[11], before[11], equal_nan=True, rtol=0, atol=0)

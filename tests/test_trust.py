@@ -103,7 +103,10 @@ def test_planted_pickles_never_run(finished, tmp_path, capsys, blob_file):
 def _as_v01(run: Path) -> None:
     """Rewrite a finished run in glann_ext 0.1's formats (pickled model.pt, RNG state in main.pt)."""
     tensors, meta = read_model_file(run / "model.safetensors")
-    net = lambda p: {k[len(p) + 1 :]: v for k, v in tensors.items() if k.startswith(p + ".")}
+
+    def net(p: str) -> dict:
+        return {k[len(p) + 1 :]: v for k, v in tensors.items() if k.startswith(p + ".")}
+
     old = {"cfg": {**meta["config"], "extra": {}}, "image_shape": tuple(meta["image_shape"]), "G": net("G"),
            "codes": tensors["codes"], "T": net("T")}  # fmt: skip
     torch.save(old, run / "model.pt")
@@ -113,7 +116,7 @@ def _as_v01(run: Path) -> None:
     state = torch.load(main_pt, weights_only=True)
     state["rng"] = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": np.random.get_state(),  # noqa: NPY002 (0.1 saved the legacy global state)
         "python": random.getstate(),
     }
     torch.save(state, main_pt)
@@ -242,7 +245,10 @@ def test_kill_and_resume_keeps_every_metrics_row_and_leaves_no_temp(tmp_path, bl
     (killed / "checkpoints" / "big.bin.12345.tmp").write_bytes(b"x" * 1000)  # a killed write's leftover
     assert main(["train", "--out", str(killed), "--no-progress"]) == 0
     assert not list(killed.rglob("*.tmp"))
-    keys = lambda r: [(x["stage"], x["epoch"], x["step"], x["steps"], x["loss"]) for x in r]
+
+    def keys(r: list) -> list:
+        return [(x["stage"], x["epoch"], x["step"], x["steps"], x["loss"]) for x in r]
+
     rows = [
         [json.loads(x) for x in (p / "metrics.jsonl").read_text().splitlines()]
         for p in (tmp_path / "straight", killed)

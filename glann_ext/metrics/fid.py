@@ -60,6 +60,11 @@ def find_inception_backend(hub_dir: os.PathLike | None = None) -> InceptionBacke
 
 
 @torch.no_grad()
+def _as_uint8(t: torch.Tensor) -> torch.Tensor:
+    """[0, 1] floats as the uint8 images the Inception extractors take."""
+    return t.clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
 def _inception_features(backend: InceptionBackend, images: torch.Tensor, batch_size: int) -> torch.Tensor:
     if images.shape[1] == 1:
         images = images.expand(-1, 3, -1, -1)
@@ -79,9 +84,9 @@ def _inception_features(backend: InceptionBackend, images: torch.Tensor, batch_s
         model = FeatureExtractorInceptionV3(
             "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(backend.weights)
         ).eval()
-        as_u8 = lambda t: t.clamp(0, 1).mul(255).round().to(torch.uint8)
         feats = [
-            model(as_u8(images[i : i + batch_size]))[0].flatten(1) for i in range(0, len(images), batch_size)
+            model(_as_uint8(images[i : i + batch_size]))[0].flatten(1)
+            for i in range(0, len(images), batch_size)
         ]
     return torch.cat(feats).double()
 
@@ -109,6 +114,6 @@ def standard_fid(
         value = frechet_distance(
             _inception_features(backend, real, batch_size), _inception_features(backend, fake, batch_size)
         )
-    except Exception as exc:  # noqa: BLE001 - a broken third-party install must not abort an evaluation run
+    except Exception as exc:  # noqa: BLE001 (an optional third-party backend: its failure is reported, not fatal)
         return FIDResult(None, f"{backend.name} failed: {type(exc).__name__}: {exc}")
     return FIDResult(value, backend.reason)

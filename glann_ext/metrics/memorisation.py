@@ -144,9 +144,10 @@ def save_neighbour_grid(
     canvas = torch.full(
         (c, rows * (h + gap) + gap, pairs_per_row * (pair_w + gap) + gap), 255, dtype=torch.uint8
     )
-    to_u8 = lambda t: (
-        ((t.detach().cpu().double() - lo) / (hi - lo)).clamp(0, 1).mul(255).round().to(torch.uint8)
-    )
+
+    def to_u8(t: torch.Tensor) -> torch.Tensor:
+        return ((t.detach().cpu().double() - lo) / (hi - lo)).clamp(0, 1).mul(255).round().to(torch.uint8)
+
     for i in range(n):
         r, col = divmod(i, pairs_per_row)
         y0, x0 = gap + r * (h + gap), gap + col * (pair_w + gap)

@@ -39,7 +39,7 @@ def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
     except (OSError, SafetensorError) as exc:
         raise CheckpointError(f"{path}: not a readable model file ({exc})") from exc
     if META_KEY not in header:

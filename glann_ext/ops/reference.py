@@ -134,7 +134,7 @@ def laplacian_pyramid(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
     for _ in range(levels - 1):
         gauss.append(pyramid_down(gauss[-1]))
     laps = [g - pyramid_up(gn, g.shape[-2], g.shape[-1]) for g, gn in zip(gauss[:-1], gauss[1:])]
-    return laps + [gauss[-1]]
+    return [*laps, gauss[-1]]
 
 
 def laplacian_pyramid_loss_reference(

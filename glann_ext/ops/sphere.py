@@ -268,7 +268,7 @@ def _run_step(op: str, kind: int, table, exp_avg, exp_avg_sq, indices, grad, *, 
 # Library-defined op with a Python CPU kernel (torch 2.13, this machine).
 # --------------------------------------------------------------------------------------------------
 
-_LIB = torch.library.Library("glann_ext", "FRAGMENT")  # noqa: TOR901 (kept alive for the process)
+_LIB = torch.library.Library("glann_ext", "FRAGMENT")  # kept alive for the process
 _LIB.define("project_to_sphere(Tensor z) -> Tensor")
 _LIB.define("project_to_sphere_inplace(Tensor(a!) z) -> ()")
 _LIB.define(
