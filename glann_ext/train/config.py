@@ -282,7 +282,7 @@ def check_device(spec: str, *, fused: bool = True) -> None:
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The main command: GLANN on Fashion-MNIST in about 4.5 minutes on a 2-core laptop CPU (measured on an
-    # AMD EPYC, 2 threads; benchmarks/QUALITY.md and docs/training.md): 15k images, a narrower generator, and
+    # AMD EPYC, 2 threads; docs/training.md): 15k images, a narrower generator, and
     # the rest of the budget in IMLE epochs (cheap on codes). Its samples score like the 20k-image, 25 + 50
     # epoch run at two thirds of that run's GLO work.
     "laptop": {
