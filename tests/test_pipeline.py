@@ -259,3 +259,20 @@ def test_glo_passes_each_codes_update_count(blobs, monkeypatch, steps):
     monkeypatch.setattr(SphereSparseAdam, "step", spy)
     fit(blobs, tiny_config(glo_epochs=2, latent_adam_steps=steps), stage="glo")
     assert seen == ([1, 1, 1, 2, 2, 2] if steps == "rows" else [None] * 6)  # 96 images, batch 32
+
+
+def test_every_preset_is_a_valid_config(capsys, tmp_path):
+    """The presets validate as they are; the GPU preset refuses a CPU-only torch in one line, before any file
+    is written; unknown names list the known ones."""
+    from glann_ext.errors import ConfigError
+    from glann_ext.train.config import PRESETS, preset
+
+    for name in PRESETS:
+        cfg = preset(name).validate()
+        assert cfg.glo_epochs >= 1 and cfg.imle_epochs >= 1, name
+    assert preset("laptop").limit == 15000 and preset("laptop-30min").limit is None
+    if not torch.cuda.is_available():
+        assert cli.main(["train", "--preset", "paper", "--out", str(tmp_path / "p")]) == 2
+        assert "--device cuda" in capsys.readouterr().err and not (tmp_path / "p").exists()
+    with pytest.raises(ConfigError, match="unknown preset 'laptop-3min'"):
+        preset("laptop-3min")
