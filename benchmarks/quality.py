@@ -1,7 +1,7 @@
 """The comparison of issue 4: GLANN against GLO + Gaussian, pixel IMLE, a VAE and a DCGAN (and a GAN on 2-D).
 
     python -m benchmarks.quality --quick --out benchmarks/QUALITY.md      # minutes on 2 CPU cores
-    python -m benchmarks.quality --out benchmarks/QUALITY.md              # the full variant (< 1 hour, 2 cores)
+    python -m benchmarks.quality --out benchmarks/QUALITY.md              # the full variant (44 min Intel, ~2 h AMD)
     python -m benchmarks.quality --smoke --out /tmp/q/QUALITY.md          # seconds; what CI runs
 
 Writes the Markdown report, and PNGs (scatter plots, sample grids, nearest-neighbour grids) into
@@ -19,8 +19,9 @@ Writes the Markdown report, and PNGs (scatter plots, sample grids, nearest-neigh
     weights (else the report says why not); sample grids; wall-clock training time; mean and standard error
     over seeds.
 
-The budgets (``BUDGETS``) are sized so that the full variant regenerates in under an hour on 2 cores; the
-LeNet domain classifiers are cached in ``--cache-dir`` (default ``~/.cache/glann_ext/quality``, shared with
+The budgets (``BUDGETS``) were sized so that the full variant regenerates in under an hour on the 2-core
+Intel machine (44 min; about two hours on the 2-core AMD EPYC, where the small-op toy part runs 2.5x
+slower); the LeNet domain classifiers are cached in ``--cache-dir`` (default ``~/.cache/glann_ext/quality``, shared with
 ``glann eval``). ``glann eval --run runs/NAME`` computes the image measures of (c) for one trained run.
 """
 
@@ -424,8 +425,8 @@ def write_report(path: Path, res: dict, b: Budget, argv: list[str], total_s: flo
         ),
         (
             "Regenerate: `python -m benchmarks.quality --quick --out benchmarks/QUALITY.md` (minutes) or without "
-            "`--quick` for the full variant (larger budgets, 5 seeds on 2-D and 3 on images; under an hour on this 2-core "
-            "machine). "
+            "`--quick` for the full variant (larger budgets, 5 seeds on 2-D and 3 on images; sized for under an hour on "
+            "the Intel 2-core machine of the previous report; about two hours on the AMD EPYC of this one). "
             "`--smoke` is the CI-sized run of `tests/test_quality.py`."
         ),
         "",
