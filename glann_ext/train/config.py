@@ -281,16 +281,17 @@ def check_device(spec: str, *, fused: bool = True) -> None:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The main command: GLANN on Fashion-MNIST in about 4.5 minutes on a 2-core laptop CPU (measured on an
-    # AMD EPYC, 2 threads; docs/training.md): 15k images, a narrower generator, and
-    # the rest of the budget in IMLE epochs (cheap on codes). Its samples score like the 20k-image, 25 + 50
-    # epoch run at two thirds of that run's GLO work.
+    # The main command: GLANN on Fashion-MNIST in about 4 minutes on a 2-core laptop CPU (measured on an
+    # AMD EPYC, 2 threads; docs/training.md): 15k images, a narrower generator, the rest of the budget in IMLE
+    # epochs (cheap on codes) with a cosine-annealed rate (benchmarks/QUALITY.md, part (d)). Its samples score
+    # like the 20k-image, 25 + 50 epoch run at two thirds of that run's GLO work.
     "laptop": {
         "dataset": "fashion-mnist",
         "limit": 15000,
         "gen_width": 32,
         "glo_epochs": 22,
         "imle_epochs": 60,
+        "imle_lr_schedule": "cosine",
         "mapping_hidden": 256,
         "threads": 2,
         "ckpt_every": 200,
@@ -304,6 +305,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "gen_width": 32,
         "glo_epochs": 30,
         "imle_epochs": 60,
+        "imle_lr_schedule": "cosine",
         "mapping_hidden": 256,
         "threads": 2,
         "ckpt_every": 500,
