@@ -1,7 +1,7 @@
 """Part (d) of the quality report: what each GLANN change does, one at a time, on Fashion-MNIST.
 
-Every row trains GLANN with the report's ablation budget and seeds, changing one thing against the base
-recipe (the package's default image recipe, the one the presets use); FD, FD / ceiling (the same run's
+Every row trains GLANN at the budget of part (c) with the ablation seeds, changing one thing against the
+base recipe (the package's TrainConfig defaults; the presets adopt what wins here); FD, FD / ceiling (the same run's
 G(codes) of training images), precision/recall (k=3) and coverage (k=5) in the LeNet's features against
 held-out test images, mean ± standard error over seeds.
 """
