@@ -237,6 +237,12 @@ Status fused_forward_impl(const LaplacianForwardParams& p) {
   return cuda_last_status("laplacian_forward_cuda");
 }
 
+// The fused (Hopper) forward when it was chosen and fits, else the legacy one.
+template <typename In, typename T>
+Status forward_for(const LaplacianForwardParams& p, bool fused) {
+  return fused ? fused_forward_impl<In, T>(p) : forward_impl<In, T>(p);
+}
+
 template <typename Out, typename T>
 Status backward_impl(const LaplacianBackwardParams& p) {
   const Geometry g = lap::make_geometry(p.height, p.width, p.levels);
@@ -256,29 +262,16 @@ Status backward_impl(const LaplacianBackwardParams& p) {
 Status laplacian_forward_cuda(const LaplacianForwardParams& p) {
   const CudaDeviceGuard guard(p.exec.device);
   if (!guard.status().ok()) return guard.status();
-  if (use_hopper_kernels(p.exec, HopperOp::kLaplacian) && laplacian_fused_fits(p)) {
-    switch (p.dtype) {
-      case DType::kFloat32:
-        return fused_forward_impl<float, float>(p);
-      case DType::kFloat64:
-        return fused_forward_impl<double, double>(p);
-      case DType::kFloat16:
-        return fused_forward_impl<__half, float>(p);
-      case DType::kBFloat16:
-        return fused_forward_impl<__nv_bfloat16, float>(p);
-      default:
-        break;  // laplacian_fused_fits admits these four only
-    }
-  }
+  const bool fused = use_hopper_kernels(p.exec, HopperOp::kLaplacian) && laplacian_fused_fits(p);
   switch (p.dtype) {
     case DType::kFloat32:
-      return forward_impl<float, float>(p);
+      return forward_for<float, float>(p, fused);
     case DType::kFloat64:
-      return forward_impl<double, double>(p);
+      return forward_for<double, double>(p, fused);
     case DType::kFloat16:
-      return forward_impl<__half, float>(p);
+      return forward_for<__half, float>(p, fused);
     case DType::kBFloat16:
-      return forward_impl<__nv_bfloat16, float>(p);
+      return forward_for<__nv_bfloat16, float>(p, fused);
     default:
       return Status::Error(StatusCode::kInvalidArgument, "laplacian_forward_cuda: unsupported dtype");
   }
