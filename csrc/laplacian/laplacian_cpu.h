@@ -27,11 +27,18 @@ constexpr int kGroupBytes = 32;
 // A line buffer holds a padded row (width + 8 elements) followed by an output row (<= width).
 GLANN_HD int64_t line_elems(int64_t width) { return 2 * width + 16; }
 
-// Scratch bytes per thread: the interleaved pyramid, two line buffers and the interleaved signs
-// (the pixel path uses a prefix of it).
+// The backward's buffer of one level's rows after their horizontal pass: the larger of
+// ceil(h/2) rows of w (D^T) and h rows of ceil(w/2) (U^T) elements, level 0 being the largest.
+GLANN_HD int64_t rows_elems(const lap::Geometry& g) {
+  const int64_t down_adj = (g.h[0] + 1) / 2 * g.w[0], up_adj = g.h[0] * ((g.w[0] + 1) / 2);
+  return down_adj > up_adj ? down_adj : up_adj;
+}
+
+// Scratch bytes per thread: the interleaved pyramid, two line buffers, the rows buffer and the
+// interleaved signs (the pixel path uses a prefix of it).
 GLANN_HD int64_t slot_bytes(const lap::Geometry& g, int64_t elem) {
   const int64_t lanes = kGroupBytes / elem;
-  const int64_t values = (g.total + 2 * line_elems(g.w[0])) * lanes;
+  const int64_t values = (g.total + 2 * line_elems(g.w[0]) + rows_elems(g)) * lanes;
   return (values * elem + g.total * lanes + 63) / 64 * 64;
 }
 

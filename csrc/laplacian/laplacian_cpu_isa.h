@@ -10,6 +10,8 @@
 // for the usual images). Vertical operators combine whole rows; horizontal ones work on one row
 // through a reflect-padded line buffer so their inner loops are branch-free.
 #pragma once
+#include <immintrin.h>  // the 8x8 / 4x4 transposes of the (de)interleaving, in the AVX copies only
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -23,6 +25,11 @@
 #ifndef GLANN_ISA
 #error "define GLANN_ISA (the copy's namespace) before including laplacian_cpu_isa.h"
 #endif
+
+// The baseline copy has no 32-byte registers: GCC warns that passing the element vectors (El below) by
+// value would change an ABI. They only pass between inline functions of this copy, never across it.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace glann {
 namespace lap_cpu {
@@ -39,13 +46,40 @@ constexpr int kLanes = kGroupBytes / int(sizeof(T));
 
 template <typename T, int V>
 inline void copy_el(const T* src, T* dst) {
-  for (int v = 0; v < V; ++v) dst[v] = src[v];
+  std::memcpy(dst, src, sizeof(T) * V);  // one 32-byte move
 }
+
+// One element (the V lanes of a group) as a 32-byte vector: loads and stores through it read every
+// input before writing, so the compiler need not prove that outputs and inputs do not overlap (it did
+// not, and fell back to scalar code).
+template <typename T, int V>
+struct El {
+  typedef T Vec __attribute__((vector_size(sizeof(T) * V)));
+  static Vec load(const T* p) {
+    Vec v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+  }
+  static void store(T* p, const Vec& v) { std::memcpy(p, &v, sizeof(v)); }
+};
 
 // out = w0 (s0 + s4) + w1 (s1 + s3) + w2 s2 over five consecutive elements starting at s.
 template <typename T, int V>
 inline void blur5(const T* s, T w0, T w1, T w2, T* out) {
-  for (int v = 0; v < V; ++v) out[v] = w0 * (s[v] + s[4 * V + v]) + w1 * (s[V + v] + s[3 * V + v]) + w2 * s[2 * V + v];
+  using E = El<T, V>;
+  const auto s0 = E::load(s), s1 = E::load(s + V), s2 = E::load(s + 2 * V), s3 = E::load(s + 3 * V);
+  const auto s4 = E::load(s + 4 * V);
+  E::store(out, w0 * (s0 + s4) + w1 * (s1 + s3) + w2 * s2);
+}
+
+// out_even = w0 (s[-1] + s[1]) + w2 s[0] and out_odd = w1 (s[0] + s[1]): the even and odd outputs of a
+// 5-tap blur of a zero-inserted line, from the coarse elements around s (the polyphase form: no zeros).
+template <typename T, int V>
+inline void blur_even_odd(const T* s, T w0, T w1, T w2, T* out_even, T* out_odd) {
+  using E = El<T, V>;
+  const auto a = E::load(s - V), b = E::load(s), c = E::load(s + V);
+  E::store(out_even, w0 * (a + c) + w2 * b);
+  E::store(out_odd, w1 * (b + c));
 }
 
 // Pad positions 0, 1 and n+2, n+3 of a reflect-101 padded line whose interior is pad[2 .. n+2).
@@ -56,26 +90,65 @@ inline void fill_pad_borders(T* pad, int64_t n) {
   for (int64_t p = n + 2; p < n + 4; ++p) copy_el<T, V>(z + reflect101(p - 2, n) * V, pad + p * V);
 }
 
-// out[k] = sum_a W[a] in[r(2k + a - 2)], k < ceil(n/2).   pad: n + 4 elements.
+// out[k] = sum_a W[a] in[r(2k + a - 2)], k < ceil(n/2).  Interior outputs read `in` directly; the (at most
+// two) outputs whose taps cross a border gather their five taps first.
 template <typename T, int V>
-void down_row(const T* in, int64_t n, T* out, T* pad) {
-  std::memcpy(pad + 2 * V, in, sizeof(T) * V * n);
-  fill_pad_borders<T, V>(pad, n);
+void down_row(const T* in, int64_t n, T* out) {
   const int64_t m = (n + 1) / 2;
-  for (int64_t k = 0; k < m; ++k) blur5<T, V>(pad + 2 * k * V, T(kW0), T(kW1), T(kW2), out + k * V);
+  const auto edge = [&](int64_t k) {
+    T taps[5 * V];
+    for (int a = 0; a < 5; ++a) copy_el<T, V>(in + reflect101(2 * k + a - 2, n) * V, taps + a * V);
+    blur5<T, V>(taps, T(kW0), T(kW1), T(kW2), out + k * V);
+  };
+  const int64_t last_inner = (n - 3) / 2;  // 2k + 2 <= n - 1
+  edge(0);
+  for (int64_t k = 1; k <= last_inner; ++k) blur5<T, V>(in + (2 * k - 2) * V, T(kW0), T(kW1), T(kW2), out + k * V);
+  for (int64_t k = last_inner < 1 ? 1 : last_inner + 1; k < m; ++k) edge(k);
 }
 
 // out[i] = 2 sum_a W[a] z[r(i + a - 2)], z = zero-insert of in (m) on the fine grid (n).  pad: n + 4.
+// For n >= 2 reflect-101 keeps the parity of a fine index, so the odd taps read zeros and the even ones
+// coarse elements: the coarse line with one element of margin each side (the zero-inserted line's
+// images of the fine positions -2 and 2m) gives every output in the polyphase form.
 template <typename T, int V>
 void up_row(const T* in, int64_t n, T* out, T* pad) {
-  T* z = pad + 2 * V;
+  const T w0 = T(2 * kW0), w1 = T(2 * kW1), w2 = T(2 * kW2);
+  if (n >= 2) {
+    const int64_t m = (n + 1) / 2;
+    T* cp = pad + V;
+    std::memcpy(cp, in, sizeof(T) * V * m);
+    copy_el<T, V>(in + (reflect101(-2, n) >> 1) * V, cp - V);
+    copy_el<T, V>(in + (reflect101(2 * m, n) >> 1) * V, cp + m * V);
+    const int64_t pairs = n / 2;  // (2k, 2k + 1) both inside
+    for (int64_t k = 0; k < pairs; ++k)
+      blur_even_odd<T, V>(cp + k * V, w0, w1, w2, out + 2 * k * V, out + (2 * k + 1) * V);
+    if (n & 1) {  // the last, even, output
+      T odd[V];
+      blur_even_odd<T, V>(cp + pairs * V, w0, w1, w2, out + 2 * pairs * V, odd);
+    }
+    return;
+  }
+  T* z = pad + 2 * V;  // n == 1: every index reflects to 0
   for (int64_t k = 0; k < n; ++k)
     for (int v = 0; v < V; ++v) z[k * V + v] = (k & 1) ? T(0) : in[(k >> 1) * V + v];
   fill_pad_borders<T, V>(pad, n);
-  for (int64_t i = 0; i < n; ++i) blur5<T, V>(pad + i * V, T(2 * kW0), T(2 * kW1), T(2 * kW2), out + i * V);
+  for (int64_t i = 0; i < n; ++i) blur5<T, V>(pad + i * V, w0, w1, w2, out + i * V);
 }
 
-// out += scale * (C^T v)[p], (C^T v)[p] = sum_a W[a] v[p - a] for a pad position p (v zero outside [0, n)).
+// out += scale * (C^T v)[p], (C^T v)[p] = sum_a W[a] v[p - a] for a pad position p, where v is the
+// zero-insert of the coarse line c on the fine grid of n (v[i] = c[i/2] for even i, else 0; 0 outside).
+template <typename T, int V>
+inline void add_valid_transpose_zi_at(const T* c, int64_t n, int64_t p, T scale, T* out) {
+  for (int a = 0; a < 5; ++a) {
+    const int64_t i = p - a;
+    if (i >= 0 && i < n && (i & 1) == 0) {
+      const T w = scale * tap_weight<T>(a);
+      for (int l = 0; l < V; ++l) out[l] += w * c[(i >> 1) * V + l];
+    }
+  }
+}
+
+// out += scale * (C^T v)[p] for a pad position p (v: n elements, zero outside [0, n)).
 template <typename T, int V>
 inline void add_valid_transpose_at(const T* v, int64_t n, int64_t p, T scale, T* out) {
   for (int a = 0; a < 5; ++a)
@@ -92,22 +165,28 @@ inline void border_positions(int64_t n, int64_t out[4]) {
   out[3] = n + 3;
 }
 
-// out = B^T Z in (D^T along the row): fine n from coarse in.  zz: n + 8 elements.
+// out = B^T Z in (D^T along the row): fine n from coarse in (m = ceil(n/2)).  zz: n + 8 elements.
+// out[i] = (C^T z)[i + 2] = sum_a W[a] z[i + 2 - a] with z = Z in (zero outside [0, n)): in the polyphase
+// form out[2k] = w0 (in[k-1] + in[k+1]) + w2 in[k], out[2k+1] = w1 (in[k] + in[k+1]) over the coarse line
+// with a zero margin each side; then the four border pad positions fold back through the reflection.
 template <typename T, int V>
 void down_adj_row(const T* in, int64_t n, T* out, T* zz) {
-  // zz[4 + k] = (Z in)[k], zero margins of 4 so the interior loop needs no bounds.
-  std::memset(zz, 0, sizeof(T) * V * 4);
-  std::memset(zz + (n + 4) * V, 0, sizeof(T) * V * 4);
-  T* z = zz + 4 * V;
-  for (int64_t k = 0; k < n; ++k)
-    for (int v = 0; v < V; ++v) z[k * V + v] = (k & 1) ? T(0) : in[(k >> 1) * V + v];
-  // Pad position p = i + 2 maps back to i itself: out[i] = (C^T z)[i + 2] = sum_a W[a] z[i + 2 - a].
-  for (int64_t i = 0; i < n; ++i) blur5<T, V>(zz + (i + 2) * V, T(kW0), T(kW1), T(kW2), out + i * V);
-  // Fold the four border pad positions back through the reflection.
+  const int64_t m = (n + 1) / 2;
+  T* cz = zz + V;
+  std::memset(zz, 0, sizeof(T) * V);
+  std::memcpy(cz, in, sizeof(T) * V * m);
+  std::memset(cz + m * V, 0, sizeof(T) * V);
+  const int64_t pairs = n / 2;
+  for (int64_t k = 0; k < pairs; ++k)
+    blur_even_odd<T, V>(cz + k * V, T(kW0), T(kW1), T(kW2), out + 2 * k * V, out + (2 * k + 1) * V);
+  if (n & 1) {
+    T odd[V];
+    blur_even_odd<T, V>(cz + pairs * V, T(kW0), T(kW1), T(kW2), out + 2 * pairs * V, odd);
+  }
   int64_t border[4];
   border_positions(n, border);
   for (int b = 0; b < 4; ++b)
-    add_valid_transpose_at<T, V>(z, n, border[b], T(1), out + reflect101(border[b] - 2, n) * V);
+    add_valid_transpose_zi_at<T, V>(in, n, border[b], T(1), out + reflect101(border[b] - 2, n) * V);
 }
 
 // out = 2 S B^T in (U^T along the row): coarse ceil(n/2) from fine in.  zz: n + 8 elements.
@@ -128,11 +207,25 @@ void up_adj_row(const T* in, int64_t n, T* out, T* zz) {
 
 // ---- vertical (whole rows of len values) ---------------------------------------------------------
 
-// out[c] = sum_t w[t] rows[t][c]
+// out[c] = sum_t w[t] rows[t][c], in one pass for the usual tap counts (5 down, 2 or 3 up).
 template <typename T>
-void combine_rows(const T* const* rows, const T* w, int count, int64_t len, T* out) {
-  const T* r0 = rows[0];
-  const T w0 = w[0];
+void combine_rows(const T* const* rows, const T* w, int count, int64_t len, T* __restrict__ out) {
+  const T *r0 = rows[0], *r1 = rows[count > 1 ? 1 : 0], *r2 = rows[count > 2 ? 2 : 0];
+  const T w0 = w[0], w1 = count > 1 ? w[1] : T(0), w2 = count > 2 ? w[2] : T(0);
+  if (count == 2) {
+    for (int64_t c = 0; c < len; ++c) out[c] = w0 * r0[c] + w1 * r1[c];
+    return;
+  }
+  if (count == 3) {
+    for (int64_t c = 0; c < len; ++c) out[c] = w0 * r0[c] + w1 * r1[c] + w2 * r2[c];
+    return;
+  }
+  if (count == 5) {
+    const T *r3 = rows[3], *r4 = rows[4];
+    const T w3 = w[3], w4 = w[4];
+    for (int64_t c = 0; c < len; ++c) out[c] = w0 * r0[c] + w1 * r1[c] + w2 * r2[c] + w3 * r3[c] + w4 * r4[c];
+    return;
+  }
   for (int64_t c = 0; c < len; ++c) out[c] = w0 * r0[c];
   for (int t = 1; t < count; ++t) {
     const T* r = rows[t];
@@ -141,9 +234,32 @@ void combine_rows(const T* const* rows, const T* w, int count, int64_t len, T* o
   }
 }
 
+// io[c] += sum_t w[t] rows[t][c] (rows never overlap io), in one pass for the usual tap counts.
 template <typename T>
-void axpy_row(T a, const T* __restrict__ x, int64_t len, T* __restrict__ y) {
-  for (int64_t c = 0; c < len; ++c) y[c] += a * x[c];
+void accumulate_rows(const T* const* rows, const T* w, int count, int64_t len, T* __restrict__ io) {
+  if (count == 2) {
+    const T *r0 = rows[0], *r1 = rows[1];
+    const T w0 = w[0], w1 = w[1];
+    for (int64_t c = 0; c < len; ++c) io[c] += w0 * r0[c] + w1 * r1[c];
+    return;
+  }
+  if (count == 3) {
+    const T *r0 = rows[0], *r1 = rows[1], *r2 = rows[2];
+    const T w0 = w[0], w1 = w[1], w2 = w[2];
+    for (int64_t c = 0; c < len; ++c) io[c] += w0 * r0[c] + w1 * r1[c] + w2 * r2[c];
+    return;
+  }
+  if (count == 5) {
+    const T *r0 = rows[0], *r1 = rows[1], *r2 = rows[2], *r3 = rows[3], *r4 = rows[4];
+    const T w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4];
+    for (int64_t c = 0; c < len; ++c) io[c] += w0 * r0[c] + w1 * r1[c] + w2 * r2[c] + w3 * r3[c] + w4 * r4[c];
+    return;
+  }
+  for (int t = 0; t < count; ++t) {
+    const T* r = rows[t];
+    const T wt = w[t];
+    for (int64_t c = 0; c < len; ++c) io[c] += wt * r[c];
+  }
 }
 
 // dst[i][v] = wt[v] * signs[i][v] for n elements. restrict: int8 may alias anything.
@@ -163,6 +279,23 @@ struct LaneVec {
   typedef int8_t Signs __attribute__((vector_size(V)));
 };
 
+// The V int8 values of a mask of -1/0/+1 lanes (as int32 or int64).
+template <typename T, int V>
+inline void store_signs(const typename LaneVec<T, V>::Mask& s, int8_t* dst) {
+#if defined(__AVX__)
+  if constexpr (sizeof(T) == 4 && V == 8) {  // two saturating packs (int32 -> int16 -> int8)
+    __m256i s32;
+    std::memcpy(&s32, &s, sizeof(s32));
+    const __m128i p16 = _mm_packs_epi32(_mm256_castsi256_si128(s32), _mm256_extractf128_si256(s32, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(dst), _mm_packs_epi16(p16, p16));
+    return;
+  }
+#endif
+  // Elsewhere the compiler's conversion (on AVX2 it extracts and inserts the bytes one by one).
+  const typename LaneVec<T, V>::Signs s8 = __builtin_convertvector(s, typename LaneVec<T, V>::Signs);
+  std::memcpy(dst, &s8, sizeof(s8));
+}
+
 // l = fine - up over n elements (up == nullptr: l = fine): stores sign(l) and adds sum |l| per lane
 // to sums (per row in T, across rows in double). Written with whole-element vectors (a scalar loop over
 // lanes did not vectorise: int8 stores next to double sums); each lane adds in the same order as before.
@@ -180,8 +313,7 @@ void laplacian_row(const T* __restrict fine, const T* __restrict up, int64_t n, 
       l -= u;
     }
     const typename L::Mask s = (l < T(0)) - (l > T(0));  // masks are -1: +1 above 0, -1 below, 0 at 0/NaN
-    const typename L::Signs s8 = __builtin_convertvector(s, typename L::Signs);
-    std::memcpy(sign + c * V, &s8, sizeof(s8));
+    store_signs<T, V>(s, sign + c * V);
     lanes += (typename L::Vec)((typename L::Mask)l & abs_mask);  // |l|: the sign bit cleared, as fabs
   }
   for (int v = 0; v < V; ++v) sums[v] += double(lanes[v]);
@@ -207,7 +339,7 @@ void forward_group(const Geometry& geom, const double* level_weights, int8_t* si
         wts[a] = tap_weight<T>(a);
       }
       combine_rows(rows, wts, 5, wn * V, line0);
-      down_row<T, V>(line0, wn, coarse + q * wm * V, line1);
+      down_row<T, V>(line0, wn, coarse + q * wm * V);
     }
   }
   for (int j = 0; j < J; ++j) {  // Laplacian levels, |.| and signs
@@ -236,36 +368,45 @@ void forward_group(const Geometry& geom, const double* level_weights, int8_t* si
 }
 
 // Backward of one group: acc level 0 = sum_j adjoint(w_j scale sign(L^j)), per lane scale[v].
-// acc: interleaved scratch pyramid, line0/line1: line_elems(width) elements each.
+// acc: interleaved scratch pyramid, line0/line1: line_elems(width) elements each, rows: rows_elems.
+// Per level, from the coarsest: acc_{j+1} -= U^T s_j, then acc_j = s_j + D^T acc_{j+1}. Each separable
+// operator runs along the rows into `rows` first; then every output row gathers its input rows by the
+// column taps (down_adj_taps / up_adj_taps, reflections folded in) and is written once.
 template <typename T, int V>
 void backward_group(const Geometry& geom, const double* level_weights, const int8_t* signs, const T* scale, T* acc,
-                    T* line0, T* line1) {
+                    T* line0, T* line1, T* rows) {
   const int J = geom.levels;
   T level_w[V];
   for (int v = 0; v < V; ++v) level_w[v] = scale[v] * T(level_weights[J - 1]);
   scale_signs<T, V>(signs + geom.off[J - 1] * V, level_w, geom.h[J - 1] * geom.w[J - 1], acc + geom.off[J - 1] * V);
+  Taps<T> tr;
+  const T* src[kMaxTaps];
   for (int j = J - 2; j >= 0; --j) {
     for (int v = 0; v < V; ++v) level_w[v] = scale[v] * T(level_weights[j]);
     const int64_t hn = geom.h[j], wn = geom.w[j], hm = geom.h[j + 1], wm = geom.w[j + 1];
     T* coarse = acc + geom.off[j + 1] * V;
-    // acc_{j+1} -= U^T s_j: per fine row, U^T along the row, then the column scatter of 2 S B^T.
     const int8_t* sj = signs + geom.off[j] * V;
-    T* t1 = line1 + (wn + 8) * V;  // coarse row after the n + 8 buffer
+    // acc_{j+1} -= U^T s_j: U^T along every fine row, then per coarse row the column taps of 2 S B^T.
     for (int64_t i = 0; i < hn; ++i) {
       scale_signs<T, V>(sj + i * wn * V, level_w, wn, line0);
-      up_adj_row<T, V>(line0, wn, t1, line1);
-      for (int a = 0; a < 5; ++a) {
-        const int64_t t = reflect101(i + a - 2, hn);
-        if ((t & 1) == 0) axpy_row(T(-2) * tap_weight<T>(a), t1, wm * V, coarse + (t >> 1) * wm * V);
-      }
+      up_adj_row<T, V>(line0, wn, rows + i * wm * V, line1);
     }
-    // acc_j = s_j + D^T acc_{j+1}: per coarse row, D^T along the row, then the column scatter of B^T Z.
+    for (int64_t q = 0; q < hm; ++q) {
+      up_adj_taps<T>(q, hn, tr);
+      for (int t = 0; t < tr.count; ++t) {
+        src[t] = rows + tr.idx[t] * wm * V;
+        tr.w[t] = -tr.w[t];
+      }
+      accumulate_rows(src, tr.w, tr.count, wm * V, coarse + q * wm * V);
+    }
+    // acc_j = s_j + D^T acc_{j+1}: D^T along every coarse row, then per fine row the column taps of B^T Z.
+    for (int64_t k = 0; k < hm; ++k) down_adj_row<T, V>(coarse + k * wm * V, wn, rows + k * wn * V, line1);
     T* fine = acc + geom.off[j] * V;
-    scale_signs<T, V>(sj, level_w, hn * wn, fine);
-    for (int64_t k = 0; k < hm; ++k) {
-      down_adj_row<T, V>(coarse + k * wm * V, wn, line0, line1);
-      for (int a = 0; a < 5; ++a)
-        axpy_row(tap_weight<T>(a), line0, wn * V, fine + reflect101(2 * k + a - 2, hn) * wn * V);
+    for (int64_t i = 0; i < hn; ++i) {
+      scale_signs<T, V>(sj + i * wn * V, level_w, wn, fine + i * wn * V);
+      down_adj_taps<T>(i, hn, tr);
+      for (int t = 0; t < tr.count; ++t) src[t] = rows + tr.idx[t] * wn * V;
+      accumulate_rows(src, tr.w, tr.count, wn * V, fine + i * wn * V);
     }
   }
 }
@@ -310,34 +451,89 @@ void backward_plane_pixels(const Geometry& geom, const double* level_weights, co
 }
 
 // ---- (de)interleaving ---------------------------------------------------------------------------
+// A VxV block transposition per V elements: in registers on AVX (a third of the kernels' time went to
+// the scalar element moves, which the compiler does not turn into shuffles), else element by element.
 
-// out[k][v] = x_v[k] - y_v[k] for one row of the V planes (x_v, y_v with unit stride), in VxV blocks
-// so the transposition runs on registers.
+#if defined(__AVX__)
+// r[i] := column i of the 8x8 matrix whose rows are r[0..7].
+inline void transpose8(__m256 r[8]) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 2; ++i)
+    for (int h = 0; h < 2; ++h) {
+      u[4 * i + 2 * h] = _mm256_shuffle_ps(t[4 * i + h], t[4 * i + 2 + h], _MM_SHUFFLE(1, 0, 1, 0));
+      u[4 * i + 2 * h + 1] = _mm256_shuffle_ps(t[4 * i + h], t[4 * i + 2 + h], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x20);
+    r[4 + i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x31);
+  }
+}
+
+// r[i] := column i of the 4x4 matrix whose rows are r[0..3].
+inline void transpose4(__m256d r[4]) {
+  const __m256d t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);
+  const __m256d t2 = _mm256_unpacklo_pd(r[2], r[3]), t3 = _mm256_unpackhi_pd(r[2], r[3]);
+  r[0] = _mm256_permute2f128_pd(t0, t2, 0x20);
+  r[1] = _mm256_permute2f128_pd(t1, t3, 0x20);
+  r[2] = _mm256_permute2f128_pd(t0, t2, 0x31);
+  r[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
+}
+
+// One VxV block: dst[kk * dst_ld + v] = src_v[kk] with src_v = a[v] (- b[v]), kk, v < V.
+inline void block_transpose(const float* const* a, const float* const* b, float* dst, int64_t dst_ld) {
+  __m256 r[8];
+  for (int v = 0; v < 8; ++v)
+    r[v] = b ? _mm256_sub_ps(_mm256_loadu_ps(a[v]), _mm256_loadu_ps(b[v])) : _mm256_loadu_ps(a[v]);
+  transpose8(r);
+  for (int kk = 0; kk < 8; ++kk) _mm256_storeu_ps(dst + kk * dst_ld, r[kk]);
+}
+inline void block_transpose(const double* const* a, const double* const* b, double* dst, int64_t dst_ld) {
+  __m256d r[4];
+  for (int v = 0; v < 4; ++v)
+    r[v] = b ? _mm256_sub_pd(_mm256_loadu_pd(a[v]), _mm256_loadu_pd(b[v])) : _mm256_loadu_pd(a[v]);
+  transpose4(r);
+  for (int kk = 0; kk < 4; ++kk) _mm256_storeu_pd(dst + kk * dst_ld, r[kk]);
+}
+#else
+template <typename T>
+inline void block_transpose(const T* const* a, const T* const* b, T* dst, int64_t dst_ld) {
+  constexpr int V = kLanes<T>;
+  for (int v = 0; v < V; ++v)
+    for (int kk = 0; kk < V; ++kk) dst[kk * dst_ld + v] = b ? a[v][kk] - b[v][kk] : a[v][kk];
+}
+#endif
+
+// out[k][v] = x_v[k] - y_v[k] for one row of the V planes (x_v, y_v with unit stride).
 template <typename T, int V>
 void interleave_diff_row(const T* const* xr, const T* const* yr, int64_t n, T* out) {
+  static_assert(V == kLanes<T>, "a group is one 32-byte vector per element");
   int64_t k = 0;
   for (; k + V <= n; k += V) {
-    T blk[V][V];
-    for (int v = 0; v < V; ++v)
-      for (int kk = 0; kk < V; ++kk) blk[v][kk] = xr[v][k + kk] - yr[v][k + kk];
-    for (int kk = 0; kk < V; ++kk)
-      for (int v = 0; v < V; ++v) out[(k + kk) * V + v] = blk[v][kk];
+    const T* a[V];
+    const T* b[V];
+    for (int v = 0; v < V; ++v) {
+      a[v] = xr[v] + k;
+      b[v] = yr[v] + k;
+    }
+    block_transpose(a, b, out + k * V, V);
   }
   for (; k < n; ++k)
     for (int v = 0; v < V; ++v) out[k * V + v] = xr[v][k] - yr[v][k];
 }
 
-// out_v[e] = in[e][v] for e < n, v < count (out_v = out + v * n), in VxV blocks.
+// out_v[e] = in[e][v] for e < n, v < count (out_v = out + v * n).
 template <typename T, int V>
 void deinterleave(const T* in, int64_t n, int64_t count, T* out) {
   int64_t e = 0;
   if (count == V) {
     for (; e + V <= n; e += V) {
-      T blk[V][V];
-      for (int kk = 0; kk < V; ++kk)
-        for (int v = 0; v < V; ++v) blk[v][kk] = in[(e + kk) * V + v];
-      for (int v = 0; v < V; ++v)
-        for (int kk = 0; kk < V; ++kk) out[v * n + e + kk] = blk[v][kk];
+      const T* a[V];
+      for (int kk = 0; kk < V; ++kk) a[kk] = in + (e + kk) * V;
+      block_transpose(a, static_cast<const T* const*>(nullptr), out + e, n);
     }
   }
   for (int64_t v = 0; v < count; ++v)
@@ -426,7 +622,7 @@ KernelResult forward_all(const LaplacianForwardParams& p) {
     }
     T* line0 = g + P * V;
     T* line1 = line0 + line_elems(W) * V;
-    int8_t* sg = reinterpret_cast<int8_t*>(line1 + line_elems(W) * V);
+    int8_t* sg = reinterpret_cast<int8_t*>(line1 + (line_elems(W) + rows_elems(geom)) * V);  // after the rows buffer
     const int64_t first = task * V, count = group_count(task, planes, V);
     // G^0 = x - y, interleaved. Lanes past the last plane repeat plane `first` as both x and y:
     // their difference is 0 (NaN for NaN input, harmless: those lanes are never written out).
@@ -497,7 +693,8 @@ KernelResult backward_all(const LaplacianBackwardParams& p) {
     }
     T* line0 = acc + P * V;
     T* line1 = line0 + line_elems(W) * V;
-    int8_t* sg = reinterpret_cast<int8_t*>(line1 + line_elems(W) * V);
+    T* rows = line1 + line_elems(W) * V;
+    int8_t* sg = reinterpret_cast<int8_t*>(rows + rows_elems(geom) * V);
     const int64_t first = task * V, count = group_count(task, planes, V);
     T lane_scale[V] = {};
     for (int64_t v = 0; v < count; ++v) lane_scale[v] = scale[(first + v) / p.channels];
@@ -507,7 +704,7 @@ KernelResult backward_all(const LaplacianBackwardParams& p) {
         for (int64_t v = 0; v < V; ++v) sg[e * V + v] = v < count ? signs[e * count + v] : int8_t(0);
       signs = sg;
     }
-    backward_group<T, V>(geom, p.level_weights, signs, lane_scale, acc, line0, line1);
+    backward_group<T, V>(geom, p.level_weights, signs, lane_scale, acc, line0, line1, rows);
     deinterleave<T, V>(acc, hw, count, grad + first * hw);
   });
   return {};
@@ -525,3 +722,5 @@ const Kernels kKernels = {forward, backward};
 }  // namespace GLANN_ISA
 }  // namespace lap_cpu
 }  // namespace glann
+
+#pragma GCC diagnostic pop

@@ -45,8 +45,9 @@ kernels use per-block partial sums and a fixed-order final reduction (no atomics
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -113,9 +114,7 @@ def _forward_impl(
     signs = torch.empty(b * c, _plane_elems(h, w, levels), dtype=torch.int8, device=x.device)
     exec_ctx = _native.exec_context(x)
     code = _native.dtype_code(x)
-    nbytes = _native._C.laplacian_workspace_bytes(
-        b, c, h, w, levels, code, exec_ctx.cuda, False, exec_ctx.num_threads
-    )
+    nbytes = _workspace_bytes(b, c, h, w, levels, code, exec_ctx.cuda, False, exec_ctx.num_threads)
     workspace = torch.empty(nbytes, dtype=torch.uint8, device=x.device)
     flags = _native.nonfinite_flags(x.device, 2) if exec_ctx.cuda and check_finite else None
     with _native.native_call("laplacian_pyramid_loss", x, arguments=("x", "y")):
@@ -127,6 +126,15 @@ def _forward_impl(
     if flags is not None:
         _native.defer_flags(flags, _flags_error)
     return _reduce(per_sample, x.shape, REDUCTIONS[reduction]), signs
+
+
+@functools.lru_cache(maxsize=256)
+def _workspace_bytes(
+    b: int, c: int, h: int, w: int, levels: int, code: int, cuda: bool, backward: bool, num_threads: int
+) -> int:
+    """The kernels' workspace size (a pure function of its arguments; cached: a training loop asks for the
+    same few shapes every step)."""
+    return _native._C.laplacian_workspace_bytes(b, c, h, w, levels, code, cuda, backward, num_threads)
 
 
 def _divisor(shape, reduction: str):
@@ -182,7 +190,7 @@ def _backward_impl(
     grad = torch.empty(b, channels, height, width, dtype=dtype, device=signs.device)
     exec_ctx = _native.exec_context(signs)
     code = _native.DTYPE_CODES[dtype]
-    nbytes = _native._C.laplacian_workspace_bytes(
+    nbytes = _workspace_bytes(
         b, channels, height, width, levels, code, exec_ctx.cuda, True, exec_ctx.num_threads
     )
     workspace = torch.empty(nbytes, dtype=torch.uint8, device=signs.device)
@@ -222,7 +230,9 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.pixel_path = pixel_path  # the signs' layout: the backward must use the forward's path
 
 
-def _backward(ctx, grad_loss: torch.Tensor | None, _grad_signs):
+def _backward(ctx, grad_loss: torch.Tensor | None, _grad_signs, backward_op: Callable | None = None):
+    """The registered op's backward (``backward_op``: the registered backward op, or its implementation
+    called directly on the eager path)."""
     if grad_loss is None:
         return None, None, None, None, None, None, None
     (signs,) = ctx.saved_tensors
@@ -232,7 +242,7 @@ def _backward(ctx, grad_loss: torch.Tensor | None, _grad_signs):
     grad_per_sample = grad_loss if divisor == 1 else grad_loss / divisor
     if ctx.reduction != "none":
         grad_per_sample = grad_per_sample.expand(b)
-    grad = _laplacian_bwd(
+    grad = (backward_op or _laplacian_bwd)(
         signs, grad_per_sample, c, h, w, ctx.levels, ctx.level_weights, ctx.dtype, ctx.pixel_path
     )
     gx = grad if ctx.needs_input_grad[0] else None
@@ -248,6 +258,33 @@ torch.library.register_fake("glann_ext::laplacian_bwd", _backward_fake, lib=_LIB
 torch.library.register_autograd("glann_ext::laplacian_fwd", _backward, setup_context=_setup_context, lib=_LIB)
 _laplacian_fwd = torch.ops.glann_ext.laplacian_fwd
 _laplacian_bwd = torch.ops.glann_ext.laplacian_bwd
+
+
+class _EagerLoss(torch.autograd.Function):
+    """The registered op and its autograd formula, called without the dispatcher's round trips through
+    Python (about 0.3 ms per forward and backward; at (64, 1, 28, 28) the kernels take 0.4 ms). Used for
+    plain tensors in eager mode only: ``torch.compile``, fake tensors and dispatch modes see the registered op.
+    """
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        loss, signs = _forward_impl(*inputs)
+        _setup_context(ctx, inputs, (loss, signs))
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        return _backward(ctx, grad_loss, None, backward_op=_backward_impl)
+
+
+def _eager(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Whether the eager fast path may run: real tensors, no tracing, no dispatch mode."""
+    return (
+        type(x) is torch.Tensor
+        and type(y) is torch.Tensor
+        and not torch.compiler.is_compiling()
+        and not torch._C._len_torch_dispatch_stack()
+    )
 
 
 def _check_args(x: object, y: object, levels: object, reduction: object, level_weights: object) -> tuple:
@@ -348,7 +385,5 @@ def _loss(
     """:func:`laplacian_pyramid_loss`; ``pixel_path=True`` runs the CPU per-pixel path (tests only)."""
     levels, weights = _check_args(x, y, levels, reduction, level_weights)
     _native.require_cuda_build(x, "laplacian_pyramid_loss")
-    loss, _ = _laplacian_fwd(
-        x, y, levels, weights, REDUCTIONS.index(reduction), pixel_path, check_finite_values
-    )
-    return loss
+    args = (x, y, levels, weights, REDUCTIONS.index(reduction), pixel_path, check_finite_values)
+    return _EagerLoss.apply(*args) if _eager(x, y) else _laplacian_fwd(*args)[0]
