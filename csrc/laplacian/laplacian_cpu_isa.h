@@ -207,58 +207,40 @@ void up_adj_row(const T* in, int64_t n, T* out, T* zz) {
 
 // ---- vertical (whole rows of len values) ---------------------------------------------------------
 
-// out[c] = sum_t w[t] rows[t][c], in one pass for the usual tap counts (5 down, 2 or 3 up).
-template <typename T>
-void combine_rows(const T* const* rows, const T* w, int count, int64_t len, T* __restrict__ out) {
-  const T *r0 = rows[0], *r1 = rows[count > 1 ? 1 : 0], *r2 = rows[count > 2 ? 2 : 0];
-  const T w0 = w[0], w1 = count > 1 ? w[1] : T(0), w2 = count > 2 ? w[2] : T(0);
-  if (count == 2) {
-    for (int64_t c = 0; c < len; ++c) out[c] = w0 * r0[c] + w1 * r1[c];
-    return;
-  }
-  if (count == 3) {
-    for (int64_t c = 0; c < len; ++c) out[c] = w0 * r0[c] + w1 * r1[c] + w2 * r2[c];
-    return;
-  }
-  if (count == 5) {
-    const T *r3 = rows[3], *r4 = rows[4];
-    const T w3 = w[3], w4 = w[4];
-    for (int64_t c = 0; c < len; ++c) out[c] = w0 * r0[c] + w1 * r1[c] + w2 * r2[c] + w3 * r3[c] + w4 * r4[c];
-    return;
-  }
-  for (int64_t c = 0; c < len; ++c) out[c] = w0 * r0[c];
-  for (int t = 1; t < count; ++t) {
-    const T* r = rows[t];
-    const T wt = w[t];
-    for (int64_t c = 0; c < len; ++c) out[c] += wt * r[c];
-  }
+// out[c] = sum_t w[t] rows[t][c] (kAdd: out[c] += ...), in one pass for the usual tap counts (down: 5; up:
+// 2 or 3; the adjoints: 2, 3 or 5). The rows never overlap out.
+template <bool kAdd, typename T>
+inline void put(T* out, T value) {
+  if constexpr (kAdd)
+    *out += value;
+  else
+    *out = value;
 }
 
-// io[c] += sum_t w[t] rows[t][c] (rows never overlap io), in one pass for the usual tap counts.
-template <typename T>
-void accumulate_rows(const T* const* rows, const T* w, int count, int64_t len, T* __restrict__ io) {
+template <bool kAdd, typename T>
+void combine_rows(const T* const* rows, const T* w, int count, int64_t len, T* __restrict__ out) {
   if (count == 2) {
     const T *r0 = rows[0], *r1 = rows[1];
     const T w0 = w[0], w1 = w[1];
-    for (int64_t c = 0; c < len; ++c) io[c] += w0 * r0[c] + w1 * r1[c];
-    return;
-  }
-  if (count == 3) {
+    for (int64_t c = 0; c < len; ++c) put<kAdd>(out + c, w0 * r0[c] + w1 * r1[c]);
+  } else if (count == 3) {
     const T *r0 = rows[0], *r1 = rows[1], *r2 = rows[2];
     const T w0 = w[0], w1 = w[1], w2 = w[2];
-    for (int64_t c = 0; c < len; ++c) io[c] += w0 * r0[c] + w1 * r1[c] + w2 * r2[c];
-    return;
-  }
-  if (count == 5) {
+    for (int64_t c = 0; c < len; ++c) put<kAdd>(out + c, w0 * r0[c] + w1 * r1[c] + w2 * r2[c]);
+  } else if (count == 5) {
     const T *r0 = rows[0], *r1 = rows[1], *r2 = rows[2], *r3 = rows[3], *r4 = rows[4];
     const T w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4];
-    for (int64_t c = 0; c < len; ++c) io[c] += w0 * r0[c] + w1 * r1[c] + w2 * r2[c] + w3 * r3[c] + w4 * r4[c];
-    return;
-  }
-  for (int t = 0; t < count; ++t) {
-    const T* r = rows[t];
-    const T wt = w[t];
-    for (int64_t c = 0; c < len; ++c) io[c] += wt * r[c];
+    for (int64_t c = 0; c < len; ++c)
+      put<kAdd>(out + c, w0 * r0[c] + w1 * r1[c] + w2 * r2[c] + w3 * r3[c] + w4 * r4[c]);
+  } else {  // the borders of small levels (reflections fold taps together)
+    for (int t = 0; t < count; ++t) {
+      const T* r = rows[t];
+      const T wt = w[t];
+      if (t == 0 && !kAdd)
+        for (int64_t c = 0; c < len; ++c) out[c] = wt * r[c];
+      else
+        for (int64_t c = 0; c < len; ++c) out[c] += wt * r[c];
+    }
   }
 }
 
@@ -338,7 +320,7 @@ void forward_group(const Geometry& geom, const double* level_weights, int8_t* si
         rows[a] = fine + reflect101(2 * q + a - 2, hn) * wn * V;
         wts[a] = tap_weight<T>(a);
       }
-      combine_rows(rows, wts, 5, wn * V, line0);
+      combine_rows<false>(rows, wts, 5, wn * V, line0);
       down_row<T, V>(line0, wn, coarse + q * wm * V);
     }
   }
@@ -358,7 +340,7 @@ void forward_group(const Geometry& geom, const double* level_weights, int8_t* si
       for (int64_t i = 0; i < hn; ++i) {
         up_taps<T>(i, hn, tr);
         for (int t = 0; t < tr.count; ++t) rows[t] = coarse + tr.idx[t] * wm * V;
-        combine_rows(rows, tr.w, tr.count, wm * V, line0);
+        combine_rows<false>(rows, tr.w, tr.count, wm * V, line0);
         up_row<T, V>(line0, wn, up, line1);
         laplacian_row<T, V>(fine + i * wn * V, up, wn, sg + i * wn * V, level_sums);
       }
@@ -397,7 +379,7 @@ void backward_group(const Geometry& geom, const double* level_weights, const int
         src[t] = rows + tr.idx[t] * wm * V;
         tr.w[t] = -tr.w[t];
       }
-      accumulate_rows(src, tr.w, tr.count, wm * V, coarse + q * wm * V);
+      combine_rows<true>(src, tr.w, tr.count, wm * V, coarse + q * wm * V);
     }
     // acc_j = s_j + D^T acc_{j+1}: D^T along every coarse row, then per fine row the column taps of B^T Z.
     for (int64_t k = 0; k < hm; ++k) down_adj_row<T, V>(coarse + k * wm * V, wn, rows + k * wn * V, line1);
@@ -406,7 +388,7 @@ void backward_group(const Geometry& geom, const double* level_weights, const int
       scale_signs<T, V>(sj + i * wn * V, level_w, wn, fine + i * wn * V);
       down_adj_taps<T>(i, hn, tr);
       for (int t = 0; t < tr.count; ++t) src[t] = rows + tr.idx[t] * wn * V;
-      accumulate_rows(src, tr.w, tr.count, wn * V, fine + i * wn * V);
+      combine_rows<true>(src, tr.w, tr.count, wn * V, fine + i * wn * V);
     }
   }
 }
