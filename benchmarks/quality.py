@@ -124,7 +124,9 @@ def log(msg: str) -> None:
 # -- (a) 2-D mixtures -------------------------------------------------------------------------------------
 def toy_imle_config(steps: int, seed: int, tight: bool) -> TrainConfig:
     opts = (
-        {"imle_match": "unique", "imle_precision_weight": 1.0, "imle_lr_schedule": "cosine"} if tight else {}
+        {"imle_match": "unique", "imle_precision_weight": 1.0, "imle_lr_schedule": "cosine"}
+        if tight
+        else {"imle_lr_schedule": "constant"}  # the paper's IMLE
     )
     return TrainConfig(
         noise_dim=2, batch_size=256, imle_epochs=steps, imle_lr=3e-3, imle_noise_multiple=2,

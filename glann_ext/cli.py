@@ -42,7 +42,12 @@ _CONFIG_FLAGS = [
     ("--imle-noise-multiple", "imle_noise_multiple", float, "noise draws per IMLE epoch / number of targets"),
     ("--imle-match", "imle_match", str, "nearest (the paper) or unique (one-to-one; docs/training.md)"),
     ("--imle-precision-weight", "imle_precision_weight", float, "weight of the IMLE precision term (0: off)"),
-    ("--imle-lr-schedule", "imle_lr_schedule", str, "IMLE learning rate: constant (the paper) or cosine"),
+    (
+        "--imle-lr-schedule",
+        "imle_lr_schedule",
+        str,
+        "IMLE learning rate: cosine (default) or constant (the paper)",
+    ),
     (
         "--imle-reject-radius",
         "imle_reject_radius",

@@ -25,6 +25,7 @@ from glann_ext.errors import CheckpointError, RunFolderError
 from glann_ext.models import read_model_file
 from glann_ext.train import checkpoint as ckpt
 from glann_ext.train import load_model, train
+from glann_ext.train.upgrade import V01_BEHAVIOUR
 
 TINY = ["--preset", "tiny", "--threads", "1", "--no-progress", "--glo-epochs", "1", "--imle-epochs", "1"]
 
@@ -107,9 +108,12 @@ def _as_v01(run: Path) -> None:
     def net(p: str) -> dict:
         return {k[len(p) + 1 :]: v for k, v in tensors.items() if k.startswith(p + ".")}
 
-    old = {"cfg": {**meta["config"], "extra": {}}, "image_shape": tuple(meta["image_shape"]), "G": net("G"),
+    # 0.1's configs lack the fields added since with other defaults (their 0.1 behaviour: V01_BEHAVIOUR)
+    cfg = {k: v for k, v in meta["config"].items() if k not in V01_BEHAVIOUR}
+    old = {"cfg": {**cfg, "extra": {}}, "image_shape": tuple(meta["image_shape"]), "G": net("G"),
            "codes": tensors["codes"], "T": net("T")}  # fmt: skip
     torch.save(old, run / "model.pt")
+    (run / "config.json").write_text(json.dumps({**cfg, "extra": {}}))
     (run / "model.safetensors").unlink()
     manifest = ckpt.read_manifest(run)
     main_pt = ckpt.checkpoint_dir(run) / manifest["step_dir"] / "main.pt"
@@ -134,6 +138,11 @@ def test_upgrade_converts_a_v01_run_that_then_loads_and_resumes(finished, tmp_pa
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert (run / "model.pt.glann-0.1").exists() and not (run / "model.pt").exists()
     assert ckpt.read_manifest(run)["format"] == ckpt.FORMAT_VERSION
+    saved = json.loads((run / "config.json").read_text())
+    assert {k: saved[k] for k in V01_BEHAVIOUR} == {
+        "latent_adam_steps": "global",
+        "imle_lr_schedule": "constant",
+    }
     assert main(["train", "--out", str(run), "--imle-epochs", "2", "--no-progress"]) == 0  # resumes
     assert main(["upgrade", "--run", str(run), "--trust-pickle"]) == 0
     assert "nothing to upgrade" in capsys.readouterr().out

@@ -56,7 +56,7 @@ def upgrade_run(
 
 
 # Fields whose default has changed since 0.1: a 0.1 run keeps computing what it computed.
-V01_BEHAVIOUR = {"latent_adam_steps": "global"}
+V01_BEHAVIOUR = {"latent_adam_steps": "global", "imle_lr_schedule": "constant"}
 
 
 def _upgrade_config(path: Path) -> None:
