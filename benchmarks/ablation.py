@@ -19,7 +19,7 @@ from glann_ext.train.config import _CHOICES
 
 # What each row changes against the base recipe (the package's TrainConfig defaults at the ablation budget);
 # a recipe field's row sets the value that is *not* its default, so the table stays right when a default
-# changes. "gen_width_factor" scales the budget's width.
+# changes. "<field>_factor" scales the base recipe's value of that field (width, epochs of a stage).
 CHANGES: list[dict] = [
     {"glo_lr_schedule": None},
     {"imle_lr_schedule": None},
@@ -32,6 +32,9 @@ CHANGES: list[dict] = [
     {"imle_noise_multiple": 10.0},
     {"gen_width_factor": 2},
     {"gen_depth": 1},
+    {"batch_size": 64},
+    {"glo_epochs_factor": 2},
+    {"imle_epochs_factor": 2},
 ]
 BASE = "base recipe (package defaults)"
 
@@ -52,7 +55,8 @@ def rows() -> list[tuple[str, dict]]:
     out = [(BASE, {})]
     for change in map(_resolved, CHANGES):
         label = ", ".join(
-            f"gen_width x {v}" if k == "gen_width_factor" else f"{k} = {v}" for k, v in change.items()
+            f"{k.removesuffix('_factor')} x {v}" if k.endswith("_factor") else f"{k} = {v}"
+            for k, v in change.items()
         )
         out.append((label, change))
     return out
@@ -67,10 +71,12 @@ def base_config(b, seed: int) -> TrainConfig:
 
 
 def _config(b, seed: int, change: dict) -> TrainConfig:
-    change = dict(change)
-    factor = change.pop("gen_width_factor", 1)
     cfg = base_config(b, seed)
-    return dataclasses.replace(cfg, gen_width=cfg.gen_width * factor, **change).validate()
+    fields = {
+        k.removesuffix("_factor"): getattr(cfg, k.removesuffix("_factor")) * v if k.endswith("_factor") else v
+        for k, v in change.items()
+    }
+    return dataclasses.replace(cfg, **fields).validate()
 
 
 def _scores(clf, real_f: torch.Tensor, x: torch.Tensor) -> dict[str, float]:
@@ -113,7 +119,8 @@ def _describe(cfg: TrainConfig) -> str:
     return (
         f"GLO rates {cfg.glo_lr_schedule}, IMLE rate {cfg.imle_lr_schedule}, code Adam steps "
         f"{cfg.latent_adam_steps}, Laplacian weights {cfg.lap_weights}, IMLE M = {cfg.imle_noise_multiple:g} N "
-        f"nearest-neighbour matching, G depth {cfg.gen_depth}"
+        f"nearest-neighbour matching, G depth {cfg.gen_depth}, batch {cfg.batch_size}, rates lr_g {cfg.lr_g:g}, "
+        f"lr_z {cfg.lr_z:g}, IMLE {cfg.imle_lr:g}"
     )
 
 
