@@ -283,24 +283,24 @@ def check_device(spec: str, *, fused: bool = True) -> None:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The main command: GLANN on Fashion-MNIST in about 4 minutes on a 2-core laptop CPU (measured on an
-    # AMD EPYC, 2 threads; docs/training.md): 15k images, a narrower generator, the rest of the budget in IMLE
-    # epochs (cheap on codes) with a cosine-annealed rate (benchmarks/QUALITY.md, part (d)). Its samples score
-    # like the 20k-image, 25 + 50 epoch run at two thirds of that run's GLO work.
+    # The main command: GLANN on Fashion-MNIST in about 3 minutes on a 2-core laptop CPU (measured on an
+    # AMD EPYC, 2 threads: 189 s, GLO 122 s + IMLE 67 s; docs/training.md): 15k images, a narrower generator,
+    # the rest of the budget in IMLE epochs (cheap on codes) with the cosine-annealed rate. Its samples score
+    # like the 20k-image, 25 + 50 epoch run at half of that run's GLO work.
     "laptop": {
         "dataset": "fashion-mnist",
         "limit": 15000,
         "gen_width": 32,
-        "glo_epochs": 22,
-        "imle_epochs": 60,
+        "glo_epochs": 20,
+        "imle_epochs": 40,
         "mapping_hidden": 256,
         "threads": 2,
         "ckpt_every": 200,
     },
     # The laptop recipe on every Fashion-MNIST training image for about half an hour on 2 CPU cores:
-    # 30 GLO + 60 IMLE epochs. Estimated from the laptop preset's measured times (GLO 8 s per epoch of 15k
-    # images; IMLE 1.5 s per epoch of 15k codes, its search growing with N^2): about 16 + 8 minutes. Not yet
-    # measured end to end.
+    # 30 GLO + 60 IMLE epochs (measured end to end: GLO 23-24 s per quiet epoch, IMLE 17.3 s per epoch, the
+    # search over 60k codes x 120k draws being most of it; 33 min of wall time on a machine shared with
+    # benchmark runs; docs/training.md).
     "laptop-30min": {
         "dataset": "fashion-mnist",
         "gen_width": 32,
