@@ -91,7 +91,8 @@ BUDGETS = {
     "smoke": Budget(
         "smoke", (0,), 64, 30, 500, (0, 1), (0,), 256, 200, 1000, 1, 512, 256, 300, 1, 2, 8, 16, 8, (0,)
     ),
-    # One seed of everything: about 14 minutes on the 2-core AMD EPYC (AVX2) of the committed report.
+    # One seed of everything: about 14 minutes on the 2-core AMD EPYC (AVX2) of the committed report (estimated
+    # from the full run's parts: a fifth of its 2-D part, a third of the rest).
     "quick": Budget(
         "quick", (0,), 256, 1000, 2500, (0,), (0,), 3000, 2000, 20000, 2, 4000, 2000, 26000, 10, 30, 32, 32, 12,
         (0,),
