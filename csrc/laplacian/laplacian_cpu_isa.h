@@ -10,12 +10,14 @@
 // for the usual images). Vertical operators combine whole rows; horizontal ones work on one row
 // through a reflect-padded line buffer so their inner loops are branch-free.
 #pragma once
-#include <immintrin.h>  // the 8x8 / 4x4 transposes of the (de)interleaving, in the AVX copies only
-
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>  // std::conditional_t (types only, no code)
+
+#if defined(__SSE2__)
+#include <immintrin.h>  // the 8x8 / 4x4 transposes and the sign packs, in the AVX copies only
+#endif
 
 #include "common/parallel.h"
 #include "laplacian/laplacian.h"
