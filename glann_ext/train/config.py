@@ -283,8 +283,9 @@ def check_device(spec: str, *, fused: bool = True) -> None:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The main command: GLANN on Fashion-MNIST in about 3 minutes on a 2-core laptop CPU (measured on an
-    # AMD EPYC, 2 threads: 189 s, GLO 122 s + IMLE 67 s; docs/training.md): 15k images, a narrower generator,
+    # The main command: GLANN on Fashion-MNIST in 3-4 minutes on a 2-core laptop CPU (measured on an AMD EPYC,
+    # 2 threads: 189 s of training, GLO 122 s + IMLE 67 s; 4.1 min for `glann train` with its per-epoch grids
+    # and checkpoints; docs/training.md): 15k images, a narrower generator,
     # the rest of the budget in IMLE epochs (cheap on codes) with the cosine-annealed rate. Its samples score
     # like the 20k-image, 25 + 50 epoch run at half of that run's GLO work.
     "laptop": {
