@@ -137,27 +137,18 @@ void up_row(const T* in, int64_t n, T* out, T* pad) {
   for (int64_t i = 0; i < n; ++i) blur5<T, V>(pad + i * V, w0, w1, w2, out + i * V);
 }
 
-// out += scale * (C^T v)[p], (C^T v)[p] = sum_a W[a] v[p - a] for a pad position p, where v is the
-// zero-insert of the coarse line c on the fine grid of n (v[i] = c[i/2] for even i, else 0; 0 outside).
-template <typename T, int V>
-inline void add_valid_transpose_zi_at(const T* c, int64_t n, int64_t p, T scale, T* out) {
+// out += scale * (C^T v)[p], (C^T v)[p] = sum_a W[a] v[p - a] for a pad position p (v: n elements, zero
+// outside [0, n)). kZeroInserted: v is the zero-insert of the coarse line `src` on the fine grid of n
+// (v[i] = src[i/2] for even i, else 0), read without materialising it; else v is `src` itself.
+template <bool kZeroInserted, typename T, int V>
+inline void add_valid_transpose_at(const T* src, int64_t n, int64_t p, T scale, T* out) {
   for (int a = 0; a < 5; ++a) {
     const int64_t i = p - a;
-    if (i >= 0 && i < n && (i & 1) == 0) {
-      const T w = scale * tap_weight<T>(a);
-      for (int l = 0; l < V; ++l) out[l] += w * c[(i >> 1) * V + l];
-    }
+    if (i < 0 || i >= n || (kZeroInserted && (i & 1) != 0)) continue;
+    const T w = scale * tap_weight<T>(a);
+    const T* v = src + (kZeroInserted ? i >> 1 : i) * V;
+    for (int l = 0; l < V; ++l) out[l] += w * v[l];
   }
-}
-
-// out += scale * (C^T v)[p] for a pad position p (v: n elements, zero outside [0, n)).
-template <typename T, int V>
-inline void add_valid_transpose_at(const T* v, int64_t n, int64_t p, T scale, T* out) {
-  for (int a = 0; a < 5; ++a)
-    if (p - a >= 0 && p - a < n) {
-      const T w = scale * tap_weight<T>(a);
-      for (int l = 0; l < V; ++l) out[l] += w * v[(p - a) * V + l];
-    }
 }
 
 inline void border_positions(int64_t n, int64_t out[4]) {
@@ -188,7 +179,7 @@ void down_adj_row(const T* in, int64_t n, T* out, T* zz) {
   int64_t border[4];
   border_positions(n, border);
   for (int b = 0; b < 4; ++b)
-    add_valid_transpose_zi_at<T, V>(in, n, border[b], T(1), out + reflect101(border[b] - 2, n) * V);
+    add_valid_transpose_at<true, T, V>(in, n, border[b], T(1), out + reflect101(border[b] - 2, n) * V);
 }
 
 // out = 2 S B^T in (U^T along the row): coarse ceil(n/2) from fine in.  zz: n + 8 elements.
@@ -203,7 +194,7 @@ void up_adj_row(const T* in, int64_t n, T* out, T* zz) {
   border_positions(n, border);
   for (int b = 0; b < 4; ++b) {
     const int64_t t = reflect101(border[b] - 2, n);
-    if ((t & 1) == 0) add_valid_transpose_at<T, V>(in, n, border[b], T(2), out + (t >> 1) * V);
+    if ((t & 1) == 0) add_valid_transpose_at<false, T, V>(in, n, border[b], T(2), out + (t >> 1) * V);
   }
 }
 
@@ -553,6 +544,25 @@ KernelResult find_nonfinite(const LaplacianForwardParams& p, const double* plane
 
 // ---- drivers ----------------------------------------------------------------------------------------
 
+// The parts of a thread's scratch slot (slot_bytes) after the group's interleaved pyramid at its base: two
+// line buffers, the backward's rows buffer and the interleaved int8 signs of a partial group, in that order.
+template <typename T>
+struct Slot {
+  T *line0, *line1, *rows;
+  int8_t* signs;
+};
+
+template <typename T>
+Slot<T> carve_slot(T* base, const Geometry& geom, int64_t width) {
+  constexpr int V = kLanes<T>;
+  Slot<T> s;
+  s.line0 = base + geom.total * V;
+  s.line1 = s.line0 + line_elems(width) * V;
+  s.rows = s.line1 + line_elems(width) * V;
+  s.signs = reinterpret_cast<int8_t*>(s.rows + rows_elems(geom) * V);
+  return s;
+}
+
 // The planes of group `task`: [first, first + count).
 inline int64_t group_count(int64_t task, int64_t planes, int v) {
   const int64_t left = planes - task * v;
@@ -604,9 +614,8 @@ KernelResult forward_all(const LaplacianForwardParams& p) {
       plane_sums[task] = forward_plane_pixels(geom, p.level_weights, p.signs + task * P, g);
       return;
     }
-    T* line0 = g + P * V;
-    T* line1 = line0 + line_elems(W) * V;
-    int8_t* sg = reinterpret_cast<int8_t*>(line1 + (line_elems(W) + rows_elems(geom)) * V);  // after the rows buffer
+    const Slot<T> sl = carve_slot(g, geom, W);
+    int8_t* sg = sl.signs;
     const int64_t first = task * V, count = group_count(task, planes, V);
     // G^0 = x - y, interleaved. Lanes past the last plane repeat plane `first` as both x and y:
     // their difference is 0 (NaN for NaN input, harmless: those lanes are never written out).
@@ -640,7 +649,7 @@ KernelResult forward_all(const LaplacianForwardParams& p) {
     // element e of lane v at e*count + v. Full groups write it in place; a partial one goes via scratch.
     int8_t* signs = count == V ? p.signs + first * P : sg;
     double totals[V] = {};
-    forward_group<T, V>(geom, p.level_weights, signs, g, line0, line1, totals);
+    forward_group<T, V>(geom, p.level_weights, signs, g, sl.line0, sl.line1, totals);
     for (int64_t v = 0; v < count; ++v) plane_sums[first + v] = totals[v];
     if (count < V) {
       int8_t* out = p.signs + first * P;
@@ -675,10 +684,8 @@ KernelResult backward_all(const LaplacianBackwardParams& p) {
       backward_plane_pixels(geom, p.level_weights, p.signs + task * P, scale[task / p.channels], grad + task * hw, acc);
       return;
     }
-    T* line0 = acc + P * V;
-    T* line1 = line0 + line_elems(W) * V;
-    T* rows = line1 + line_elems(W) * V;
-    int8_t* sg = reinterpret_cast<int8_t*>(rows + rows_elems(geom) * V);
+    const Slot<T> sl = carve_slot(acc, geom, W);
+    int8_t* sg = sl.signs;
     const int64_t first = task * V, count = group_count(task, planes, V);
     T lane_scale[V] = {};
     for (int64_t v = 0; v < count; ++v) lane_scale[v] = scale[(first + v) / p.channels];
@@ -688,7 +695,7 @@ KernelResult backward_all(const LaplacianBackwardParams& p) {
         for (int64_t v = 0; v < V; ++v) sg[e * V + v] = v < count ? signs[e * count + v] : int8_t(0);
       signs = sg;
     }
-    backward_group<T, V>(geom, p.level_weights, signs, lane_scale, acc, line0, line1, rows);
+    backward_group<T, V>(geom, p.level_weights, signs, lane_scale, acc, sl.line0, sl.line1, sl.rows);
     deinterleave<T, V>(acc, hw, count, grad + first * hw);
   });
   return {};
