@@ -50,13 +50,17 @@ def _resolved(change: dict) -> dict:
     return out
 
 
+def _scaled_field(key: str) -> str | None:
+    """The field a "<field>_factor" change key scales, or None for a plain field."""
+    return key.removesuffix("_factor") if key.endswith("_factor") else None
+
+
 def rows() -> list[tuple[str, dict]]:
     """(label, change) for the base recipe and every :data:`CHANGES` entry."""
     out = [(BASE, {})]
     for change in map(_resolved, CHANGES):
         label = ", ".join(
-            f"{k.removesuffix('_factor')} x {v}" if k.endswith("_factor") else f"{k} = {v}"
-            for k, v in change.items()
+            f"{field} x {v}" if (field := _scaled_field(k)) else f"{k} = {v}" for k, v in change.items()
         )
         out.append((label, change))
     return out
@@ -72,10 +76,10 @@ def base_config(b, seed: int) -> TrainConfig:
 
 def _config(b, seed: int, change: dict) -> TrainConfig:
     cfg = base_config(b, seed)
-    fields = {
-        k.removesuffix("_factor"): getattr(cfg, k.removesuffix("_factor")) * v if k.endswith("_factor") else v
-        for k, v in change.items()
-    }
+    fields = {}
+    for k, v in change.items():
+        field = _scaled_field(k)
+        fields[field or k] = getattr(cfg, field) * v if field else v
     return dataclasses.replace(cfg, **fields).validate()
 
 
