@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
+import time
 from collections.abc import Callable, Iterable, Iterator
 
 import pytest
@@ -59,6 +61,15 @@ def timed(fn: Callable[[], object], device: str) -> Callable[[], object]:
         return out
 
     return run
+
+
+def calibrated_iterations(run: Callable[[], object], min_round_s: float = 0.05) -> int:
+    """Calls per round so that a round of ``run`` lasts at least ``min_round_s`` (as pytest-benchmark's own
+    calibration does): the median of single ~1 ms calls measures mostly timer granularity and whether the
+    thread pool was awake, and drifted by 30% between processes; back-to-back calls do not."""
+    start = time.perf_counter()
+    run()
+    return max(1, math.ceil(min_round_s / max(time.perf_counter() - start, 1e-6)))
 
 
 def rate(amount: float, seconds: float) -> float:

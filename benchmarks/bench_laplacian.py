@@ -39,7 +39,7 @@ import glann_ext
 from glann_ext.ops import reference
 from glann_ext.ops.kernels import use_cuda_kernels
 
-from ._device import Cycle, cuda_graphs, device_params, fresh, input_sets, rate, timed
+from ._device import Cycle, calibrated_iterations, cuda_graphs, device_params, fresh, input_sets, rate, timed
 
 SHAPES = {
     "cpu": [(64, 1, 28, 28), (64, 3, 64, 64), (16, 3, 128, 128)],
@@ -195,6 +195,6 @@ def test_fwd_bwd(benchmark, device, shape, impl):
         run = timed(call, device)
         for _ in range(len(sets)):
             run()  # warm-up: every set once (and the compile, for torch_compile_reference)
-        rounds = 3 if impl == "reference" and device == "cpu" else (10 if device == "cpu" else 30)
-        benchmark.pedantic(run, rounds=rounds, iterations=1)
+        rounds = 5 if impl == "reference" and device == "cpu" else (10 if device == "cpu" else 30)
+        benchmark.pedantic(run, rounds=rounds, iterations=calibrated_iterations(run))
     benchmark.extra_info["gbps"] = rate(3 * numel * 4, benchmark.stats.stats.median)
