@@ -9,12 +9,12 @@ held-out test images, mean ± standard error over seeds.
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import torch
 
+from benchmarks.glo_stages import GLOStages
 from glann_ext.metrics import aggregate_seeds, frechet_distance, prdc
-from glann_ext.train import TrainConfig, fit
+from glann_ext.train import TrainConfig
 from glann_ext.train.config import _CHOICES
 
 # What each row changes against the base recipe (the package's TrainConfig defaults at the ablation budget);
@@ -90,9 +90,13 @@ def _scores(clf, real_f: torch.Tensor, x: torch.Tensor) -> dict[str, float]:
             "coverage": p.coverage}  # fmt: skip
 
 
-def run_ablation(train_x: torch.Tensor, test_x: torch.Tensor, clf, b, log) -> dict:
+def run_ablation(
+    train_x: torch.Tensor, test_x: torch.Tensor, clf, b, log, stages: GLOStages | None = None, data: str = ""
+) -> dict:
     """Every row of :func:`rows` for every seed of ``b.ablation_seeds`` on the ``b.fmnist_train`` images of
-    part (c), with its epochs: the base row is (c)'s GLANN recipe."""
+    part (c), with its epochs: the base row is (c)'s GLANN recipe. Rows that change only IMLE options share
+    their GLO stage through ``stages`` (under ``data``: pass part (c)'s to reuse its stages too)."""
+    stages = stages or GLOStages()
     n_eval = min(b.fmnist_eval, len(test_x))
     real_f = clf.features(test_x[:n_eval])
     x = train_x[: b.fmnist_train]
@@ -100,9 +104,7 @@ def run_ablation(train_x: torch.Tensor, test_x: torch.Tensor, clf, b, log) -> di
     for label, change in rows():
         per_seed = []
         for seed in b.ablation_seeds:
-            t0 = time.perf_counter()
-            model = fit(x, _config(b, seed, change))
-            seconds = time.perf_counter() - t0
+            model, times = stages.fit(data, x, _config(b, seed, change))
             samples = torch.cat([model.sample(min(4096, n_eval - i), seed=seed * 1000 + i // 4096)
                                  for i in range(0, n_eval, 4096)])  # fmt: skip
             k = min(n_eval, len(x))
@@ -111,7 +113,7 @@ def run_ablation(train_x: torch.Tensor, test_x: torch.Tensor, clf, b, log) -> di
             )
             s, c = _scores(clf, real_f, samples), _scores(clf, real_f, ceiling)
             per_seed.append({**s, "fd_over_ceiling": s["fd"] / c["fd"], "ceiling_fd": c["fd"],
-                             "seconds": seconds})  # fmt: skip
+                             "seconds": times["glo"] + times["imle"]})  # fmt: skip
         table[label] = aggregate_seeds(per_seed)
         log(
             f"ablation {label}: FD {table[label]['fd'][0]:.2f}, x{table[label]['fd_over_ceiling'][0]:.2f} ceiling"

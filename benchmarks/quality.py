@@ -41,6 +41,7 @@ import torch
 
 from benchmarks import ablation
 from benchmarks.baselines import train_dcgan, train_toy_gan, train_vae
+from benchmarks.glo_stages import GLOStages
 from glann_ext.data.labelled import load_labelled
 from glann_ext.evaluate import domain_classifier, memorisation_summary
 from glann_ext.images import save_grid
@@ -59,7 +60,7 @@ from glann_ext.metrics import (
     standard_fid,
 )
 from glann_ext.models import MLP
-from glann_ext.train import Hook, TrainConfig, fit, fit_imle, get_ops
+from glann_ext.train import TrainConfig, fit, fit_imle, get_ops
 from glann_ext.train.build import seeded
 
 
@@ -229,29 +230,18 @@ def _scatter_pillow(preset, shown: dict, real: torch.Tensor, path: Path) -> None
 
 
 # -- image methods ----------------------------------------------------------------------------------------
-class StageTimes(Hook):
-    """Wall-clock seconds from its creation to the end of each stage."""
-
-    def __init__(self) -> None:
-        self.t0, self.seconds = time.perf_counter(), {}
-
-    def stage_completed(self, trainer) -> None:
-        self.seconds[trainer.stage] = time.perf_counter() - self.t0
-
-
-def train_image_methods(images: torch.Tensor, b: Budget, seed: int) -> tuple[dict, dict]:
-    """Trains every image method on ``images``; returns ({method: sampler(n, seed)}, {method: seconds})."""
+def train_image_methods(
+    images: torch.Tensor, b: Budget, seed: int, stages: GLOStages | None = None, data: str = ""
+) -> tuple[dict, dict]:
+    """Trains every image method on ``images``; returns ({method: sampler(n, seed)}, {method: seconds}).
+    GLANN is the ablation's base recipe; with ``stages``, its GLO stage is kept there under ``data`` for
+    the ablation rows that share it."""
     ops = get_ops("fused")
     samplers, seconds = {}, {}
-    cfg = TrainConfig(
-        latent_dim=b.latent, gen_width=b.width, glo_epochs=b.epochs, imle_epochs=b.imle_latent_epochs,
-        mapping_hidden=256, ckpt_every=0, sample_every=0, seed=seed,
-    )  # fmt: skip
-    t0 = time.perf_counter()
-    times = StageTimes()
-    model = fit(images, cfg, ops=ops, hooks=[times])
-    t_glo = times.seconds["glo"]
-    seconds["GLANN"] = time.perf_counter() - t0
+    cfg = ablation.base_config(b, seed)
+    model, times = (stages or GLOStages()).fit(data, images, cfg)
+    t_glo = times["glo"]
+    seconds["GLANN"] = t_glo + times["imle"]
     seconds["GLO + Gaussian"] = t_glo
     samplers["GLANN"] = model.sample
     samplers["GLO + Gaussian"] = model.sample_gaussian
@@ -364,9 +354,18 @@ def run_stacked(
 
 
 # -- (c) Fashion-MNIST and the MNIST subset ---------------------------------------------------------------
-def run_images(name: str, train_x: torch.Tensor, test_x: torch.Tensor, clf, b: Budget, figdir: Path) -> dict:
+def run_images(
+    name: str,
+    train_x: torch.Tensor,
+    test_x: torch.Tensor,
+    clf,
+    b: Budget,
+    figdir: Path,
+    stages: GLOStages | None = None,
+) -> dict:
     """Every image method per seed: FD/PRDC in ``clf``'s features against ``fmnist_eval`` test images, the
-    memorisation check in pixel space (and Inception FID on the first seed when local weights exist)."""
+    memorisation check in pixel space (and Inception FID on the first seed when local weights exist).
+    GLANN's GLO stages go to ``stages`` under ``name`` (the ablation reuses Fashion-MNIST's)."""
     n_eval = min(b.fmnist_eval, len(test_x))
     test = test_x[:n_eval]
     real_f = clf.features(test)
@@ -379,7 +378,7 @@ def run_images(name: str, train_x: torch.Tensor, test_x: torch.Tensor, clf, b: B
     png, neighbours = f"samples_{name}.png", f"neighbours_{name}_glann.png"
     for seed in b.img_seeds:
         log(f"{name} seed {seed}: {len(train_x)} training images, {n_eval} eval")
-        samplers, seconds = train_image_methods(train_x, b, seed)
+        samplers, seconds = train_image_methods(train_x, b, seed, stages, name)
         res, mem = {}, {}
         for method, sampler in samplers.items():
             x = _sample(sampler, n_eval, seed, method)
@@ -679,6 +678,7 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(f"--parts: unknown {', '.join(sorted(unknown))} (choose from {', '.join(PARTS)})")
     t_start = time.perf_counter()
     res: dict = {}
+    stages = GLOStages()  # Fashion-MNIST's GLANN GLO stages, shared with the ablation's rows
     if "toy" in parts:
         res["toy"] = run_toy(b, figdir)
     if parts & {"stacked", "mnist"}:
@@ -699,10 +699,10 @@ def main(argv: list[str] | None = None) -> dict:
         if "stacked_fashion" in parts:
             res["stacked_fashion"] = run_stacked("stacked_fashion", xtr, xte, clf, b, figdir)
         if "fashion" in parts:
-            res["fashion"] = run_images("fashion", xtr[: b.fmnist_train], xte, clf, b, figdir)
+            res["fashion"] = run_images("fashion", xtr[: b.fmnist_train], xte, clf, b, figdir, stages)
             res["fashion"]["clf_acc"] = clf.test_accuracy
         if "ablation" in parts:
-            res["ablation"] = ablation.run_ablation(xtr, xte, clf, b, log)
+            res["ablation"] = ablation.run_ablation(xtr, xte, clf, b, log, stages, "fashion")
     if args.reading:
         res["reading"] = Path(args.reading).read_text().strip()
     total = time.perf_counter() - t_start

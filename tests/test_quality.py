@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import sys
@@ -214,3 +215,47 @@ def test_quality_rejects_unknown_parts(tmp_path):
 
     with pytest.raises(SystemExit):
         quality.main(["--smoke", "--out", str(tmp_path / "Q.md"), "--parts", "toy,stacked-fashion"])
+
+
+# -- shared GLO stages -------------------------------------------------------------------------------------
+def test_glo_stages_match_separate_fits():
+    """Rows that differ only in IMLE options reuse one GLO stage; each gives the networks and codes of its own
+    separate fit, bit for bit (else the ablation's rows would not be the runs they name)."""
+    from benchmarks.glo_stages import GLOStages, glo_key
+    from glann_ext.train import Hook, TrainConfig, fit, get_ops
+
+    x = _images(48, 1, 16)
+    base = TrainConfig(
+        latent_dim=8, noise_dim=4, gen_width=8, batch_size=16, glo_epochs=2, imle_epochs=3, mapping_hidden=16,
+        ckpt_every=0, sample_every=0, seed=3,
+    )  # fmt: skip
+    rows = [
+        base,
+        dataclasses.replace(base, imle_lr_schedule="constant"),
+        dataclasses.replace(base, imle_noise_multiple=5.0),
+    ]
+    assert len({glo_key(c) for c in rows}) == 1
+    assert glo_key(dataclasses.replace(base, gen_width=4)) != glo_key(base)  # a GLO field is part of the key
+
+    class Steps(Hook):
+        def __init__(self):
+            self.count = {"glo": 0, "imle": 0}
+
+        def step_completed(self, trainer, info):
+            self.count[trainer.stage] += 1
+
+    stages = GLOStages()
+    for i, cfg in enumerate(rows):
+        steps = Steps()
+        shared, times = stages.fit("toy", x, cfg, hooks=(steps,))
+        assert steps.count == {"glo": 6 if i == 0 else 0, "imle": 9}, steps.count  # GLO trained once
+        alone = fit(x, cfg, ops=get_ops("fused"))
+        assert times["glo"] > 0 and times["imle"] > 0
+        for a, b in [(shared.G, alone.G), (shared.T, alone.T)]:
+            for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+                assert torch.equal(p, q), (cfg, name)
+        assert torch.equal(shared.codes, alone.codes)
+        assert torch.equal(shared.sample(8, seed=1), alone.sample(8, seed=1))
+    assert len(stages._done) == 1  # one GLO stage trained for the three rows
+    with pytest.raises(ValueError, match="imle_space"):
+        stages.fit("toy", x, dataclasses.replace(base, imle_space="pixel"))
