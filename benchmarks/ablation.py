@@ -35,6 +35,12 @@ CHANGES: list[dict] = [
     {"batch_size": 64},
     {"glo_epochs_factor": 2},
     {"imle_epochs_factor": 2},
+    # the rates: G's and the codes' (the reference halves its rates every 20 epochs, which a 10-epoch
+    # budget never reaches; the cosine row above is the schedule that does act here)
+    {"lr_g_factor": 2},
+    {"lr_g_factor": 0.5},
+    {"lr_z_factor": 2},
+    {"lr_z_factor": 0.5},
 ]
 BASE = "base recipe (package defaults)"
 

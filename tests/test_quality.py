@@ -182,6 +182,12 @@ def test_quality_smoke_report(tmp_path):
         assert all(math.isfinite(m["median_ratio"][0]) and m["median_ratio"][0] > 0 for m in memo.values())
         # two image seeds in the smoke budget: every image row carries a standard error
         assert all(math.isfinite(v[1]) for v in res[key]["rows"]["GLANN"].values()), res[key]["rows"]["GLANN"]
+    # the stacked tables' rows with a longer-trained G (smoke: 2x the epochs), scored like the others
+    for key in [k for k in keys if k.startswith("stacked")]:
+        for method in ("GLANN", "GLO + Gaussian", quality.CEILING):
+            row = res[key]["rows"][quality.long_glo_label(method, quality.BUDGETS["smoke"])]
+            assert 0 < row["modes"][0] <= 1000 and math.isfinite(row["kl"][0]), (key, method, row)
+    assert "GLO epochs, same IMLE stage" in text
     # the real-stack reference of stacked MNIST covers many modes under the (weak, smoke) digit classifier
     assert res["stacked"]["rows"]["real stacks of test items (reference)"]["modes"][0] > 100
     for label in ("ring", "grid"):
