@@ -1,6 +1,6 @@
 """The comparison of issue 4: GLANN against GLO + Gaussian, pixel IMLE, a VAE and a DCGAN (and a GAN on 2-D).
 
-    python -m benchmarks.quality --quick --out /tmp/q/QUALITY.md          # one seed of everything (~14 min on 2 cores)
+    python -m benchmarks.quality --quick --out /tmp/q/QUALITY.md          # one seed of everything (13-17 min on 2 cores)
     python -m benchmarks.quality --out benchmarks/QUALITY.md              # the committed report (under an hour)
     python -m benchmarks.quality --smoke --out /tmp/q/QUALITY.md          # seconds; what CI runs
 
@@ -94,8 +94,9 @@ BUDGETS = {
     "smoke": Budget(
         "smoke", (0,), 64, 30, 500, (0, 1), (0,), 256, 200, 1000, 1, 512, 256, 300, 1, 2, 8, 16, 8, (0,), 2
     ),
-    # One seed of everything: about 14 minutes on the 2-core AMD EPYC (AVX2) of the committed report (estimated
-    # from the full run's parts: a fifth of its 2-D part, a third of the rest).
+    # One seed of everything: 13-17 minutes on the 2-core AMD EPYC (AVX2) of the committed report (estimated
+    # from the parts of its last two full runs, the faster machine first: a fifth of the 2-D part, a third of
+    # the rest, without the 30-epoch stacked study).
     "quick": Budget(
         "quick", (0,), 256, 1000, 2500, (0,), (0,), 3000, 2000, 20000, 2, 4000, 2000, 26000, 10, 30, 32, 32, 12,
         (0,),
