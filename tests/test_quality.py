@@ -161,7 +161,10 @@ def test_quality_smoke_report(tmp_path):
         from benchmarks import ablation
 
         assert "## (d) Ablations" in text
-        assert list(res["ablation"]["rows"]) == [label for label, _ in ablation.rows()]
+        assert list(res["ablation"]["rows"]) == [
+            label for label, _ in ablation.rows(quality.BUDGETS["smoke"])
+        ]
+        assert len(res["ablation"]["rows"]) == len(ablation.CHANGES) + 1
         for label, agg in res["ablation"]["rows"].items():
             assert all(math.isfinite(agg[k][0]) for k in ("fd", "fd_over_ceiling", "recall")), (label, agg)
             assert f"| {label} |" in text
@@ -214,6 +217,23 @@ def test_quality_smoke_report(tmp_path):
     if "fashion" in parts:
         expected |= {"stacked_fashion.png", "samples_fashion.png", "neighbours_fashion_glann.png"}
     assert expected <= pngs, pngs
+
+
+def test_quick_ablation_runs_the_rows_that_reuse_the_glo_stage():
+    """--quick keeps only the ablation rows whose GLO stage is the base recipe's (IMLE options: cheap, they
+    reuse part (c)'s stage); the full variant runs every row."""
+    from benchmarks import ablation, quality
+    from benchmarks.glo_stages import glo_key
+
+    quick, full = quality.BUDGETS["quick"], quality.BUDGETS["full"]
+    assert [label for label, _ in ablation.rows(full)] == [label for label, _ in ablation.rows()]
+    kept = dict(ablation.rows(quick))
+    assert ablation.BASE in kept and "imle_adaptive = True" in kept and "imle_epochs x 2" in kept
+    base_key = glo_key(ablation.base_config(quick, 0))
+    for label, change in ablation.rows():
+        shares = glo_key(ablation._config(quick, 0, change)) == base_key
+        assert (label in kept) == shares, label
+    assert "gen_width x 2" not in kept and "lr_g x 2" not in kept and "batch_size = 64" not in kept
 
 
 def test_quality_rejects_unknown_parts(tmp_path):
