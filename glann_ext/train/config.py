@@ -283,15 +283,15 @@ def check_device(spec: str, *, fused: bool = True) -> None:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The main command: GLANN on Fashion-MNIST in about 3 minutes on a 2-core laptop CPU: 15k images, a
+    # The main command: GLANN on Fashion-MNIST in 4 minutes of `glann train` on a 2-core laptop CPU (measured:
+    # GLO 133 s, IMLE 90 s, start-up, grids and checkpoints; the previous preset 4.1-4.4 min): 15k images, a
     # narrower generator at twice the default rate (the ablation's free win, benchmarks/QUALITY.md), the rest
     # of the budget in IMLE epochs (cheap on codes) with the cosine-annealed rate. Measured side by side on an
     # AMD EPYC, 2 threads (docs/training.md): FD 41.4 on the development evaluator against 46.7 for the
     # previous 20 + 40 epochs at lr_g 1e-3 (recall and coverage up, precision equal) with 4/5 of its GLO
-    # work (GLO 16 x ~6.1 s + IMLE 67 s on a quiet machine, about 165 s of training; `glann train` adds
-    # grids, checkpoints and start-up). Against the 20k-image, 25 + 50 epoch run, with under half of its GLO
-    # work: better FD and recall (41.4 / 0.27 against 44.8 / 0.24), lower precision and coverage (0.77 / 0.52
-    # against 0.83 / 0.57).
+    # work (GLO 16 x ~6.1 s + IMLE 67 s in `fit` on a quiet machine, about 165 s). Against the 20k-image,
+    # 25 + 50 epoch run, with under half of its GLO work: better FD and recall (41.4 / 0.27 against 44.8 /
+    # 0.24), lower precision and coverage (0.77 / 0.52 against 0.83 / 0.57).
     "laptop": {
         "dataset": "fashion-mnist",
         "limit": 15000,
