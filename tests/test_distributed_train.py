@@ -187,10 +187,17 @@ def test_two_processes_train_what_one_process_trains(runs, name):
     _assert_close_states(one, two, _weights(root / f"{name}-1t2"))
     if name == "reference":  # --ops reference is honoured by the distributed search too
         assert all(out[("reference searches", r)] >= 2 * WORLD for r in range(WORLD)), out
-    m1 = [json.loads(line) for line in (root / f"{name}-1" / "metrics.jsonl").read_text().splitlines()]
-    m2 = [json.loads(line) for line in (root / f"{name}-2" / "metrics.jsonl").read_text().splitlines()]
+    m1, m2, m1t2 = (_metrics(root / f"{name}-{run}") for run in ("1", "2", "1t2"))
     assert [r["step"] for r in m1] == [r["step"] for r in m2]
-    np.testing.assert_allclose([r["loss"] for r in m2], [r["loss"] for r in m1], rtol=1e-4)
+    # the epoch losses, within the same noise: after the GLO stage an IMLE match may flip on a rounding
+    # difference (seen at 0.4% between 1 and 2 threads of one process, which the 2-process run matched exactly)
+    loss1, loss2, noise = (np.array([r["loss"] for r in m]) for m in (m1, m2, m1t2))
+    bound = np.maximum(1e-4 * np.abs(loss1), SLACK * np.abs(noise - loss1))
+    assert (np.abs(loss2 - loss1) <= bound).all(), (loss1, loss2, noise)
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_each_rank_wrote_its_shard_and_the_manifest_ties_them(runs):

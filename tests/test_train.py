@@ -11,7 +11,7 @@ from glann_testing import OPS, Interrupt, blob_images, interrupt_at, tensors_equ
 from glann_ext.data import RING_PACGAN
 from glann_ext.errors import ConfigError, RunFolderError
 from glann_ext.metrics import mode_coverage
-from glann_ext.models import MLP, read_model_file
+from glann_ext.models import GLANN, MLP, read_model_file
 from glann_ext.ops import reference
 from glann_ext.train import (
     GLOTrainer,
@@ -47,6 +47,30 @@ def test_glo_loss_decreases_and_codes_stay_on_sphere(blobs):
     assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.9 * losses[0], losses
     assert torch.allclose(trainer.codes.norm(dim=1), torch.ones(len(blobs)), atol=1e-5)
     assert trainer.global_step == 6 * trainer.steps_per_epoch
+
+
+def test_cpu_training_layout_is_channels_last_with_fused_adam_and_computes_the_nchw_step(blobs):
+    """G trains in channels-last layout with the fused Adam step on the CPU (for speed only): three steps from
+    the same start give the losses, weights and codes of the same trainer in NCHW with the per-tensor Adam
+    step, up to float summation order; the exported weights are plain contiguous tensors."""
+    cfg = tiny_config(batch_size=32)
+    fast, plain = GLOTrainer(blobs, cfg, get_ops(OPS)), GLOTrainer(blobs, cfg, get_ops(OPS))
+    conv = [p for p in fast.G.parameters() if p.dim() == 4]
+    assert conv and all(p.is_contiguous(memory_format=torch.channels_last) for p in conv)
+    assert not all(p.is_contiguous() for p in conv)  # (a (C, 1, k, k) weight is both)
+    assert fast.opt_g.defaults["fused"]
+    plain.G.to(memory_format=torch.contiguous_format)
+    plain.opt_g = torch.optim.Adam(plain.G.parameters(), lr=cfg.lr_g, betas=cfg.betas)
+    assert all(p.is_contiguous() for p in plain.G.parameters())
+    for batch in fast.epoch_batches()[:3]:
+        torch.testing.assert_close(fast.train_step(batch), plain.train_step(batch), rtol=1e-5, atol=1e-6)
+    for (name, a), b in zip(fast.G.state_dict().items(), plain.G.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+    torch.testing.assert_close(fast.codes, plain.codes, rtol=1e-4, atol=1e-5)
+    imle = IMLETrainer(fast.codes, MLP(8, cfg.latent_dim, 16), cfg, get_ops(OPS))
+    assert imle.opt.defaults["fused"]
+    tensors, _ = GLANN(fast.G, fast.codes).export()
+    assert all(t.is_contiguous() for t in tensors.values())
 
 
 def test_pca_init_spans_the_top_principal_directions(blobs):

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from glann_ext.models import DCGANGenerator, start_size
+from glann_ext.train.build import adam, place_for_training
 
 from ._common import GANTrainLog, adversarial_step, epoch_batches, sample_from
 
@@ -72,9 +73,10 @@ def train_dcgan(
 ) -> tuple[DCGAN, GANTrainLog]:
     """One D step and one G step per batch, Adam(lr 2e-4, betas (0.5, 0.999)) as in DCGAN; seeded."""
     torch.manual_seed(seed)
-    gan = DCGAN(noise_dim, images.shape[-1], images.shape[1], width)
-    opt_d = torch.optim.Adam(gan.D.parameters(), lr=lr, betas=(0.5, 0.999))
-    opt_g = torch.optim.Adam(gan.G.parameters(), lr=lr, betas=(0.5, 0.999))
+    # the layout and optimizer step of GLANN's trainers, so that the report's times compare like with like
+    gan = place_for_training(DCGAN(noise_dim, images.shape[-1], images.shape[1], width), images.device)
+    opt_d = adam(gan.D.parameters(), lr, (0.5, 0.999))
+    opt_g = adam(gan.G.parameters(), lr, (0.5, 0.999))
     g = torch.Generator().manual_seed(seed + 17)
     log = GANTrainLog()
     for epoch in range(epochs):

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from glann_ext.models import MLP
+from glann_ext.train.build import adam
 
 from ._common import GANTrainLog, adversarial_step, sample_from
 
@@ -56,8 +57,8 @@ def train_toy_gan(
     0.999)) per step on ``batch_size * pack`` points. ``log_every`` > 0 records losses every that many steps."""
     torch.manual_seed(seed)
     gan = ToyGAN(pack=pack)
-    opt_d = torch.optim.Adam(gan.D.parameters(), lr=lr, betas=(0.5, 0.999))
-    opt_g = torch.optim.Adam(gan.G.parameters(), lr=lr, betas=(0.5, 0.999))
+    opt_d = adam(gan.D.parameters(), lr, (0.5, 0.999))  # the fused step of the IMLE rows it is compared with
+    opt_g = adam(gan.G.parameters(), lr, (0.5, 0.999))
     g = torch.Generator().manual_seed(seed + 17)
     log = GANTrainLog()
     gan.train()

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from glann_ext.models import DCGANGenerator, start_size
+from glann_ext.train.build import adam, place_for_training
 
 from ._common import epoch_batches, sample_from
 
@@ -74,8 +75,9 @@ def train_vae(
 ) -> tuple[VAE, TrainLog]:
     """Train a :class:`VAE` on images (N, C, H, W) in [0, 1] for ``epochs`` epochs; Adam, seeded."""
     torch.manual_seed(seed)
-    vae = VAE(latent_dim, images.shape[-1], images.shape[1], width)
-    opt = torch.optim.Adam(vae.parameters(), lr=lr)
+    # the layout and optimizer step of GLANN's trainers, so that the report's times compare like with like
+    vae = place_for_training(VAE(latent_dim, images.shape[-1], images.shape[1], width), images.device)
+    opt = adam(vae.parameters(), lr, (0.9, 0.999))
     g = torch.Generator().manual_seed(seed + 17)
     log = TrainLog()
     for epoch in range(epochs):

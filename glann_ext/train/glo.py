@@ -9,7 +9,7 @@ import torch
 from glann_ext.backend import Ops
 from glann_ext.models import DCGANGenerator, ReconstructionLoss
 
-from .build import build_generator
+from .build import adam, build_generator, place_for_training
 from .config import TrainConfig
 from .latents import initial_codes
 from .loop import StageTrainer, autocast_for, cosine_rate
@@ -47,12 +47,12 @@ class GLOTrainer(StageTrainer):
         self.ops, self.device = ops, torch.device(device)
         self.images = images
         G = G if G is not None else build_generator(cfg, tuple(images.shape[1:]))
-        self.G = global_batchnorm(G, self.world).to(self.device)
+        self.G = place_for_training(global_batchnorm(G, self.world), self.device)
         self.G_train = data_parallel(self.G, self.world)
         self.codes = initial_codes(
             images, cfg.latent_dim, cfg.init, ops.project, cfg.seed, self.world, start, self.total
         ).to(self.device)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=cfg.betas)
+        self.opt_g = adam(self.G.parameters(), cfg.lr_g, cfg.betas)
         self.opt_z = ops.latent_optimizer(self.codes, cfg.latent_optimizer, cfg.lr_z, cfg.betas)
         self.loss_fn = ReconstructionLoss.from_config(cfg, ops).to(self.device)
 

@@ -23,6 +23,7 @@ from glann_ext.backend import Ops
 from glann_ext.errors import ConfigError
 from glann_ext.models import mse_loss
 
+from .build import adam, place_for_training
 from .config import TrainConfig
 from .loop import StageTrainer, autocast_for, cosine_rate
 from .world import World, data_parallel, global_batchnorm
@@ -117,13 +118,11 @@ class IMLETrainer(StageTrainer):
                 f"with {self.world.size} processes (train without torchrun, or turn these options off)"
             )
         self.targets = targets.to(self.device)
-        self.generator = global_batchnorm(generator, self.world).to(self.device)
+        self.generator = place_for_training(global_batchnorm(generator, self.world), self.device)
         self.generator_train = data_parallel(self.generator, self.world)
         self.loss_fn = loss_fn or mse_loss
         self.noise_dim = cfg.noise_dim
-        self.opt = torch.optim.Adam(
-            self.generator.parameters(), lr=cfg.imle_lr, betas=cfg.betas, weight_decay=cfg.imle_weight_decay
-        )
+        self.opt = adam(self.generator.parameters(), cfg.imle_lr, cfg.betas, cfg.imle_weight_decay)
         self.matched_noise: torch.Tensor | None = None  # this epoch's noise for each target
         self.fresh: torch.Tensor | None = None  # this epoch's noise of the precision term
         self.threshold: torch.Tensor | None = None  # adaptive IMLE: per-target distance to reach

@@ -1,0 +1,95 @@
+"""Benchmarks of whole training steps as ``glann train`` runs them, against the same step in plainer setups.
+
+    pytest benchmarks/bench_train_step.py --benchmark-group-by=group --benchmark-columns=median,rounds
+
+Groups (the ``laptop`` preset's shapes: Fashion-MNIST 28 x 28, latent 64, generator width 32, batch 128):
+* ``glo step``: one :meth:`GLOTrainer.train_step <glann_ext.train.glo.GLOTrainer.train_step>` (G forward,
+  the Laplacian-pyramid loss, backward, Adam on G, the sparse sphere Adam on the batch's codes).
+* ``imle step``: one :meth:`IMLETrainer.train_step <glann_ext.train.imle.IMLETrainer.train_step>` of GLANN's
+  second stage (T: noise 32 -> 256 -> 256 -> codes 64, MSE to the matched codes, Adam with weight decay).
+
+Rows: ``glann_ext`` is the trainer as built (on the CPU: G's convolutions in channels-last layout and the
+fused ``torch.optim.Adam`` step, see ``glann_ext.train.build``); ``nchw_adam`` is the same trainer with G
+back in NCHW layout and torch's default (per-tensor) Adam step, the setup before they were adopted;
+``reference_ops`` is ``nchw_adam`` with ``ops="reference"`` (the loss and the code step as plain torch ops:
+torch eager). CUDA rows run the same (the layout change applies to the CPU only).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from glann_ext.backend import get_ops
+from glann_ext.train.build import build_mapping
+from glann_ext.train.config import preset
+from glann_ext.train.glo import GLOTrainer
+from glann_ext.train.imle import IMLETrainer
+
+from ._device import DEVICES, fresh, timed
+
+N_IMAGES, ROUNDS = 2048, 30
+METHODS = ("glann_ext", "nchw_adam", "reference_ops")
+
+
+def _plain(module: torch.nn.Module, make_opt) -> torch.optim.Adam:
+    """NCHW parameters and a default (non-fused) Adam over them, as before channels-last and fused Adam."""
+    module.to(memory_format=torch.contiguous_format)
+    return make_opt(module.parameters())
+
+
+def _cycling(trainer, steps: int = 16):
+    batches = [
+        torch.randperm(trainer.total, generator=torch.Generator().manual_seed(i))[:128] for i in range(steps)
+    ]
+    it = [0]
+
+    def step():
+        trainer.train_step(batches[it[0] % steps])
+        it[0] += 1
+
+    return step
+
+
+def _config(method: str, device: str):
+    return preset("laptop", device=device, ops="reference" if method == "reference_ops" else "fused")
+
+
+def _glo_step(method: str, device: str):
+    cfg = _config(method, device)
+    images = torch.rand(N_IMAGES, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    tr = GLOTrainer(images, cfg, get_ops(cfg.ops), device)
+    if method != "glann_ext":
+        tr.opt_g = _plain(tr.G, lambda p: torch.optim.Adam(p, lr=cfg.lr_g, betas=cfg.betas))
+    return _cycling(tr)
+
+
+def _imle_step(method: str, device: str):
+    cfg = _config(method, device)
+    codes = torch.nn.functional.normalize(torch.randn(N_IMAGES, cfg.latent_dim), dim=1)
+    tr = IMLETrainer(codes, build_mapping(cfg), cfg, get_ops(cfg.ops), device)
+    if method != "glann_ext":
+        tr.opt = _plain(
+            tr.generator,
+            lambda p: torch.optim.Adam(
+                p, lr=cfg.imle_lr, betas=cfg.betas, weight_decay=cfg.imle_weight_decay
+            ),
+        )
+    tr.begin_epoch()  # the matching: every target gets its noise
+    return _cycling(tr)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("device", DEVICES)
+def test_glo_step(benchmark, device, method):
+    benchmark.group = f"glo step {device} (28 x 28, width 32, latent 64, batch 128)"
+    fresh(device)
+    benchmark.pedantic(timed(_glo_step(method, device), device), rounds=ROUNDS, warmup_rounds=3)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("device", DEVICES)
+def test_imle_step(benchmark, device, method):
+    benchmark.group = f"imle step {device} (T 32 -> 256 -> 256 -> 64, batch 128)"
+    fresh(device)
+    benchmark.pedantic(timed(_imle_step(method, device), device), rounds=ROUNDS * 4, warmup_rounds=5)
