@@ -63,7 +63,7 @@ class TrainConfig:
     """"cosine" (default) or "constant" (the paper): with "cosine" the IMLE learning rate decays per step from
     ``imle_lr`` to 0 over ``imle_epochs`` (Loshchilov & Hutter, SGDR, ICLR 2017), so that late epochs refine
     instead of jitter. The quality report's ablation (benchmarks/QUALITY.md, part (d)) measured it as a clear
-    win at no cost on Fashion-MNIST (FD 50.1 +- 0.6 against 64.9 +- 13.3 over three seeds)."""
+    win at no cost on Fashion-MNIST (FD 51.9 +- 2.5 against 64.8 +- 12.2 over three seeds)."""
     # Options for tight, well-separated modes (off by default: the paper's IMLE). See docs/training.md.
     imle_precision_weight: float = 0.0
     """Weight of a precision term added to the IMLE loss: each step also draws ``batch_size`` fresh noise
@@ -283,15 +283,15 @@ def check_device(spec: str, *, fused: bool = True) -> None:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The main command: GLANN on Fashion-MNIST in 4 minutes of `glann train` on a 2-core laptop CPU (measured:
-    # GLO 133 s, IMLE 90 s, start-up, grids and checkpoints; the previous preset 4.1-4.4 min): 15k images, a
-    # narrower generator at twice the default rate (the ablation's free win, benchmarks/QUALITY.md), the rest
-    # of the budget in IMLE epochs (cheap on codes) with the cosine-annealed rate. Measured side by side on an
-    # AMD EPYC, 2 threads (docs/training.md): FD 41.4 on the development evaluator against 46.7 for the
-    # previous 20 + 40 epochs at lr_g 1e-3 (recall and coverage up, precision equal) with 4/5 of its GLO
-    # work (GLO 16 x ~6.1 s + IMLE 67 s in `fit` on a quiet machine, about 165 s). Against the 20k-image,
-    # 25 + 50 epoch run, with under half of its GLO work: better FD and recall (41.4 / 0.27 against 44.8 /
-    # 0.24), lower precision and coverage (0.77 / 0.52 against 0.83 / 0.57).
+    # The main command: GLANN on Fashion-MNIST in 3.6 minutes of `glann train` on a 2-core laptop CPU
+    # (measured: GLO 117 s, IMLE 84 s, start-up, grids and checkpoints; 4.5 min on a slow stretch of the shared
+    # machine; from quiet epochs, 16 x 5.0 s + 40 x 1.7 s, about 2.8 min): 15k images, a narrower generator at
+    # twice the default rate (the ablation's free win, benchmarks/QUALITY.md), the rest of the budget in IMLE
+    # epochs (cheap on codes) with the cosine-annealed rate. On the development evaluator (docs/training.md,
+    # AMD EPYC, 2 threads): FD 43.2 against 46.7 for the previous 20 + 40 epochs at lr_g 1e-3 (coverage up,
+    # precision and recall equal) with 4/5 of its GLO work. Against the 20k-image, 25 + 50 epoch run, with
+    # under half of its GLO work: better FD and recall (43.2 / 0.26 against 44.8 / 0.24), lower precision and
+    # coverage (0.77 / 0.52 against 0.83 / 0.57).
     "laptop": {
         "dataset": "fashion-mnist",
         "limit": 15000,
