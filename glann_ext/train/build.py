@@ -49,9 +49,10 @@ def build_mapping(cfg: TrainConfig) -> MLP:
 
 def place_for_training(module: M, device: torch.device) -> M:
     """``module`` moved to ``device`` for training: on the CPU with its convolution weights in channels-last
-    layout, oneDNN's native one (a width-32 generator's GLO step at batch 128 measured 1.14-1.24x faster
-    than in NCHW, benchmarks/bench_train_step.py). On CUDA the layout is left as it is (not measured there).
-    Only 4-D parameters change layout; an MLP is just moved."""
+    layout, oneDNN's native one (with :func:`adam`, a width-32 generator's GLO step at batch 128 measured
+    1.14-1.24x faster than in NCHW with the per-tensor Adam step, benchmarks/bench_train_step.py). On CUDA
+    the layout is left as it is (not measured there). Only 4-D parameters change layout; an MLP is just
+    moved."""
     module = module.to(device)
     return module.to(memory_format=torch.channels_last) if device.type == "cpu" else module
 
