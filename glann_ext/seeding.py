@@ -56,8 +56,13 @@ def epoch_permutation(n: int, seed: int, stage: str, epoch: int) -> torch.Tensor
 
 def batches(perm: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     """Full batches of ``perm`` (the remainder is dropped, as BatchNorm needs > 1 sample); one batch if
-    fewer than ``batch_size`` items."""
+    fewer than ``batch_size`` items. There are :func:`num_batches` of them."""
     n = len(perm)
     if n <= batch_size:
         return [perm]
     return [perm[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+
+
+def num_batches(n: int, batch_size: int) -> int:
+    """How many batches :func:`batches` makes of ``n`` items (without making them: the loop asks every step)."""
+    return 1 if n <= batch_size else n // batch_size

@@ -73,6 +73,22 @@ def test_cpu_training_layout_is_channels_last_with_fused_adam_and_computes_the_n
     assert all(t.is_contiguous() for t in tensors.values())
 
 
+def test_num_batches_counts_the_batches_an_epoch_makes():
+    from glann_ext import seeding
+
+    for bs in (2, 3, 32, 128):
+        for n in (1, 2, bs - 1, bs, bs + 1, 2 * bs - 1, 2 * bs, 5 * bs + 3, 1000):
+            made = seeding.batches(torch.arange(n), bs)
+            assert seeding.num_batches(n, bs) == len(made), (n, bs)
+
+
+def test_progress_bars_show_each_stage_with_its_loss_and_match_distance(tmp_path, blob_file, capsys):
+    train(tiny_config(dataset=blob_file), tmp_path / "run", progress=True, log=lambda s: None)
+    err = capsys.readouterr().err
+    assert "GLO 2/2" in err and "IMLE 2/2" in err, err
+    assert "loss=" in err and "match=" in err, err
+
+
 def test_pca_init_spans_the_top_principal_directions(blobs):
     codes = pca_codes(blobs, 8)
     x = blobs.reshape(len(blobs), -1).double()

@@ -75,7 +75,7 @@ class StageTrainer:
 
     @property
     def steps_per_epoch(self) -> int:
-        return len(seeding.batches(torch.arange(self.total), self.cfg.batch_size))
+        return seeding.num_batches(self.total, self.cfg.batch_size)
 
     def epoch_batches(self) -> list[torch.Tensor]:
         """The global batches (dataset indices) of the current epoch, in order."""

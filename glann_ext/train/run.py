@@ -333,11 +333,12 @@ class ProgressHook(Hook):
         )  # fmt: skip
 
     def step_completed(self, trainer: StageTrainer, info: dict[str, Any]) -> None:
-        self.bar.update(1)
         shown = {"loss": f"{info['loss']:.4f}"}
         if hasattr(trainer, "last_match_distance"):
             shown["match"] = f"{trainer.last_match_distance:.4f}"
-        self.bar.set_postfix(shown)
+        # refresh=False: the update redraws at tqdm's own rate, not on every step
+        self.bar.set_postfix(shown, refresh=False)
+        self.bar.update(1)
 
     def epoch_completed(self, trainer: StageTrainer, row: dict[str, Any]) -> None:
         self.bar.close()
