@@ -283,8 +283,8 @@ def check_device(spec: str, *, fused: bool = True) -> None:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The main command: GLANN on Fashion-MNIST in 3.6 minutes of `glann train` on a 2-core laptop CPU
-    # (measured: GLO 117 s, IMLE 84 s, start-up, grids and checkpoints; 4.5 min on a slow stretch of the shared
+    # The main command: GLANN on Fashion-MNIST in 3.4-3.6 minutes of `glann train` on a 2-core laptop CPU
+    # (measured: 207 s with GLO 109 s, IMLE 84 s, start-up, grids and checkpoints; 4.5 min on a slow stretch of the shared
     # machine; from quiet epochs, 16 x 5.0 s + 40 x 1.7 s, about 2.8 min): 15k images, a narrower generator at
     # twice the default rate (the ablation's free win, benchmarks/QUALITY.md), the rest of the budget in IMLE
     # epochs (cheap on codes) with the cosine-annealed rate. On the development evaluator (docs/training.md,
