@@ -54,15 +54,15 @@ def epoch_permutation(n: int, seed: int, stage: str, epoch: int) -> torch.Tensor
     return torch.randperm(n, generator=generator(seed, stage, epoch))
 
 
-def batches(perm: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    """Full batches of ``perm`` (the remainder is dropped, as BatchNorm needs > 1 sample); one batch if
-    fewer than ``batch_size`` items. There are :func:`num_batches` of them."""
-    n = len(perm)
-    if n <= batch_size:
-        return [perm]
-    return [perm[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
-
-
 def num_batches(n: int, batch_size: int) -> int:
-    """How many batches :func:`batches` makes of ``n`` items (without making them: the loop asks every step)."""
+    """How many batches an epoch of ``n`` items has: the full batches (the remainder is dropped, as BatchNorm
+    needs > 1 sample), or one batch of all items if there are at most ``batch_size``. Arithmetic, since the
+    loop asks on every step."""
     return 1 if n <= batch_size else n // batch_size
+
+
+def batches(perm: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """The :func:`num_batches` batches of ``perm``, in order (views)."""
+    if len(perm) <= batch_size:
+        return [perm]
+    return list(perm[: num_batches(len(perm), batch_size) * batch_size].split(batch_size))
