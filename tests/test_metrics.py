@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 
 from glann_ext.metrics import (
     GRID_5X5,
@@ -313,6 +314,44 @@ def test_domain_classifier_trains_and_cache_round_trips(tmp_path, monkeypatch):
         DomainClassifier.load_or_train(
             "bars", xtr, ytr, xte, yte, cache_dir=tmp_path, num_classes=4, epochs=2
         )
+
+
+@pytest.mark.parametrize("shape", [(4, 6, 28, 28), (3, 16, 10, 10), (2, 2, 7, 9), (5, 1, 13, 12), (1, 3, 2, 2)])
+def test_fast_max_pool_equals_torch_including_nan_and_odd_sizes(shape):
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.relu(torch.randn(shape, generator=g))  # ReLU outputs: many tied zeros, as in LeNet
+    x.view(-1)[:: max(1, x.numel() // 5)] = float("nan")
+    x[0, 0, 0, 1] = 7.0
+    want = F.max_pool2d(x, 2)  # floor mode: an odd last row or column is dropped
+    got = classifier_module.max_pool2(x)
+    assert got.shape == want.shape
+    assert torch.equal(got.isnan(), want.isnan())
+    assert torch.equal(got.nan_to_num(-1.0), want.nan_to_num(-1.0))
+
+
+def test_lenet_scores_with_the_fast_pooling_and_trains_with_torchs():
+    torch.manual_seed(0)
+    net = classifier_module.LeNet(1, 10, (28, 28)).eval()
+    x = torch.rand(6, 1, 28, 28)
+    with torch.no_grad():
+        fast = net.features(x)
+    slow = net.features(x)  # with autograd: torch's max_pool2d
+    assert slow.requires_grad and torch.equal(fast, slow.detach())
+    pooled = []
+    original = classifier_module.max_pool2
+
+    def spy(t):
+        pooled.append(t.shape)
+        return original(t)
+
+    classifier_module.max_pool2 = spy
+    try:
+        with torch.no_grad():
+            net.features(x)
+        net.features(x)
+    finally:
+        classifier_module.max_pool2 = original
+    assert pooled == [(6, 6, 28, 28), (6, 16, 10, 10)]  # the no-grad pass only
 
 
 def test_domain_classifier_bad_inputs(tmp_path):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -30,6 +31,15 @@ from ._checks import as_images, check_positive_int
 
 ARCH_VERSION = 1
 FEATURE_DIM = 84
+
+
+def max_pool2(x: torch.Tensor) -> torch.Tensor:
+    """``F.max_pool2d(x, 2)`` of (N, C, H, W), the same values (NaN propagates too), as two elementwise
+    maxima of strided views: rows first, so the first pass reads whole rows. On the CPU about 7x faster than
+    torch's NCHW max-pooling, which was half of LeNet's scoring time (2-core AMD EPYC, 1024 x 6 x 28 x 28)."""
+    h, w = x.shape[2] // 2 * 2, x.shape[3] // 2 * 2
+    rows = torch.maximum(x[:, :, 0:h:2, :w], x[:, :, 1:h:2, :w])
+    return torch.maximum(rows[..., 0::2], rows[..., 1::2])
 
 
 class LeNet(nn.Module):
@@ -50,9 +60,12 @@ class LeNet(nn.Module):
         self.head = nn.Linear(FEATURE_DIM, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        # Scoring runs without autograd and takes the fast pooling (same values); training keeps torch's
+        # max_pool2d, whose gradient picks one of tied maxima, so that cached classifiers stay reproducible.
+        pool = max_pool2 if not torch.is_grad_enabled() else partial(F.max_pool2d, kernel_size=2)
         x = (x - self.mean) / self.std
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = pool(F.relu(self.conv1(x)))
+        x = pool(F.relu(self.conv2(x)))
         x = F.relu(self.fc1(x.flatten(1)))
         return F.relu(self.fc2(x))
 
