@@ -316,7 +316,9 @@ def test_domain_classifier_trains_and_cache_round_trips(tmp_path, monkeypatch):
         )
 
 
-@pytest.mark.parametrize("shape", [(4, 6, 28, 28), (3, 16, 10, 10), (2, 2, 7, 9), (5, 1, 13, 12), (1, 3, 2, 2)])
+@pytest.mark.parametrize(
+    "shape", [(4, 6, 28, 28), (3, 16, 10, 10), (2, 2, 7, 9), (5, 1, 13, 12), (1, 3, 2, 2)]
+)
 def test_fast_max_pool_equals_torch_including_nan_and_odd_sizes(shape):
     g = torch.Generator().manual_seed(sum(shape))
     x = torch.relu(torch.randn(shape, generator=g))  # ReLU outputs: many tied zeros, as in LeNet
