@@ -99,6 +99,32 @@ def test_pca_init_spans_the_top_principal_directions(blobs):
     assert codes[:, 0].var() >= codes[:, 1].var() >= codes[:, 7].var()
 
 
+def test_pca_init_above_the_exact_size_is_the_randomized_basis_of_the_same_directions():
+    """Colour 20 x 20 images (1,200 pixels) take the randomized SVD; on data of rank 8 with distinct
+    variances plus noise it finds the exact principal directions, and the same seed gives the same codes."""
+    from glann_ext.train import latents
+
+    g = torch.Generator().manual_seed(3)
+    n, p = 400, 3 * 20 * 20
+    assert p > latents.EXACT_PCA_PIXELS
+    scales = torch.tensor([40.0, 30, 22, 16, 11, 8, 5.5, 4], dtype=torch.float64)
+    basis, _ = torch.linalg.qr(torch.randn(p, 8, generator=g, dtype=torch.float64))
+    x = (torch.randn(n, 8, generator=g, dtype=torch.float64) * scales) @ basis.T
+    x = x + 0.05 * torch.randn(n, p, generator=g, dtype=torch.float64)
+    images = x.float().reshape(n, 3, 20, 20)
+    codes = pca_codes(images, 8, seed=1)
+    xc = images.reshape(n, -1).double()
+    xc = xc - xc.mean(0)
+    _, _s, vh = torch.linalg.svd(xc, full_matrices=False)
+    expected = xc @ vh[:8].T
+    torch.testing.assert_close(codes.double().abs(), expected.abs(), rtol=1e-3, atol=1e-3)  # up to sign
+    assert torch.equal(codes, pca_codes(images, 8, seed=1))
+    # more directions than the signal has: the same top 8, then the noise's (small) directions
+    wide = pca_codes(images, 12, seed=1)
+    torch.testing.assert_close(wide[:, :8].abs(), codes.abs(), rtol=1e-3, atol=1e-3)
+    assert wide[:, 8:].abs().max() < 0.05 * codes[:, 7].abs().max()
+
+
 def test_imle_matching_is_the_true_nearest_neighbour():
     torch.manual_seed(0)
     targets = reference.project_to_sphere_reference(torch.randn(200, 6))
