@@ -283,9 +283,9 @@ def check_device(spec: str, *, fused: bool = True) -> None:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The main command: GLANN on Fashion-MNIST in 3.4-3.6 minutes of `glann train` on a 2-core laptop CPU
-    # (measured: 207 s with GLO 109 s, IMLE 84 s, start-up, grids and checkpoints; 4.5 min on a slow stretch of the shared
-    # machine; from quiet epochs, 16 x 5.0 s + 40 x 1.7 s, about 2.8 min): 15k images, a narrower generator at
+    # The main command: GLANN on Fashion-MNIST in 2.5 minutes of `glann train` on a 2-core laptop CPU
+    # (measured on a quiet machine: 148 s with GLO 77 s, IMLE 60 s, start-up, grids and checkpoints; 3.4-4.5 min
+    # on slow stretches of the shared machine): 15k images, a narrower generator at
     # twice the default rate (the ablation's free win, benchmarks/QUALITY.md), the rest of the budget in IMLE
     # epochs (cheap on codes) with the cosine-annealed rate. On the development evaluator (docs/training.md,
     # AMD EPYC, 2 threads): FD 43.2 against 46.7 for the previous 20 + 40 epochs at lr_g 1e-3 (coverage up,
