@@ -1,6 +1,6 @@
 """The comparison of issue 4: GLANN against GLO + Gaussian, pixel IMLE, a VAE and a DCGAN (and a GAN on 2-D).
 
-    python -m benchmarks.quality --quick --out /tmp/q/QUALITY.md          # one seed of every table (14 min on 2 cores)
+    python -m benchmarks.quality --quick --out /tmp/q/QUALITY.md          # one seed of every table (9-14 min on 2 cores)
     python -m benchmarks.quality --out benchmarks/QUALITY.md              # the committed report (under an hour)
     python -m benchmarks.quality --smoke --out /tmp/q/QUALITY.md          # seconds; what CI runs
 
@@ -21,7 +21,8 @@ Writes the Markdown report, and PNGs (scatter plots, sample grids, nearest-neigh
 
 The budgets (``BUDGETS``) are sized so that the full variant (the committed report: 5 seeds on 2-D, 3 on
 every image table and ablation row) regenerates in under an hour on a 2-core AMD EPYC (AVX2) and the quick
-one (one seed of every table and of the ablation rows that reuse (c)'s GLO stage) in 14 minutes; the LeNet
+one (one seed of every table and of the ablation rows that reuse (c)'s GLO stage) in 9-14 minutes, as
+the shared machine's speed varies; the LeNet
 domain classifiers are cached in ``--cache-dir`` (default ``~/.cache/glann_ext/quality``, shared with
 ``glann eval``). ``glann eval --run runs/NAME`` computes the image measures of (c) for one trained run.
 """
@@ -98,8 +99,8 @@ BUDGETS = {
     ),
     # One seed of every table at the full variant's budgets (its rows are the full run's seed 0), and of the
     # ablation rows that reuse the Fashion-MNIST GLO stage (the IMLE options); no 30-epoch stacked study.
-    # 14.1 min on the 2-core AMD EPYC (2-D 2.6, stacked MNIST 2.9, MNIST 3.0, stacked Fashion 2.2, Fashion
-    # 2.3, ablation 1.1), on a day its parts ran at the speed of the last full report's run.
+    # On the 2-core AMD EPYC: 8.7 min on a fast morning (2-D 1.4, stacked MNIST 1.7, MNIST 2.0, stacked
+    # Fashion 1.5, Fashion 1.4, ablation 0.7; the full report 44 min the same morning), 13.9 on a slow day.
     "quick": Budget(
         "quick", (0,), 256, 1000, 2500, (0,), (0,), 3000, 2000, 20000, 2, 4000, 2000, 26000, 10, 30, 32, 32, 12,
         (0,), ablation_glo_rows=False,
@@ -463,7 +464,7 @@ def write_report(path: Path, res: dict, b: Budget, argv: list[str], total_s: flo
         (
             "Regenerate: `python -m benchmarks.quality --out benchmarks/QUALITY.md` (the full variant: 5 seeds on "
             "2-D, 3 on every image table and ablation row; under an hour on 2 CPU cores) or with `--quick` (one "
-            "seed of every table and of the IMLE-option ablation rows, 14 minutes). `--smoke` is the CI-sized run of "
+            "seed of every table and of the IMLE-option ablation rows, 9-14 minutes). `--smoke` is the CI-sized run of "
             "`tests/test_quality.py`."
         ),
         "",
