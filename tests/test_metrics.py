@@ -331,7 +331,7 @@ def test_fast_max_pool_equals_torch_including_nan_and_odd_sizes(shape):
     assert torch.equal(got.nan_to_num(-1.0), want.nan_to_num(-1.0))
 
 
-def test_lenet_scores_with_the_fast_pooling_and_trains_with_torchs():
+def test_lenet_scores_with_the_fast_pooling_and_trains_with_torchs(monkeypatch):
     torch.manual_seed(0)
     net = classifier_module.LeNet(1, 10, (28, 28)).eval()
     x = torch.rand(6, 1, 28, 28)
@@ -341,18 +341,10 @@ def test_lenet_scores_with_the_fast_pooling_and_trains_with_torchs():
     assert slow.requires_grad and torch.equal(fast, slow.detach())
     pooled = []
     original = classifier_module.max_pool2
-
-    def spy(t):
-        pooled.append(t.shape)
-        return original(t)
-
-    classifier_module.max_pool2 = spy
-    try:
-        with torch.no_grad():
-            net.features(x)
+    monkeypatch.setattr(classifier_module, "max_pool2", lambda t: pooled.append(t.shape) or original(t))
+    with torch.no_grad():
         net.features(x)
-    finally:
-        classifier_module.max_pool2 = original
+    net.features(x)
     assert pooled == [(6, 6, 28, 28), (6, 16, 10, 10)]  # the no-grad pass only
 
 
