@@ -62,7 +62,5 @@ def num_batches(n: int, batch_size: int) -> int:
 
 
 def batches(perm: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    """The :func:`num_batches` batches of ``perm``, in order (views)."""
-    if len(perm) <= batch_size:
-        return [perm]
+    """The :func:`num_batches` batches of ``perm``, in order (views; at most ``batch_size`` items: all of them)."""
     return list(perm[: num_batches(len(perm), batch_size) * batch_size].split(batch_size))
