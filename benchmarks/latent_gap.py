@@ -1,0 +1,194 @@
+"""Where GLANN's samples lose against the reconstruction ceiling: decode chosen latent points and score them.
+
+    python -m benchmarks.latent_gap                       # seeds 0 1 2, about 2 minutes a seed on 2 cores
+    python -m benchmarks.latent_gap --seeds 0 --out /tmp/gap.md
+    python -m benchmarks.latent_gap --smoke               # seconds (tests/test_latent_gap.py)
+
+Per seed, GLANN trains at the budget of part (c) of the quality report (benchmarks/quality.py: Fashion-MNIST,
+3,000 images, 10 GLO + 30 IMLE epochs, latent 32). Its G then decodes sets of latent points (all on the unit
+sphere, as G was trained): the codes themselves (the ceiling), each code moved halfway towards its nearest
+other code (does G decode between neighbouring codes?), codes drawn uniformly with replacement, the nearest
+code of each of T's samples (T's mass over the codes, without its distance to them), T's samples (GLANN),
+midpoints of two codes drawn at random, and GLO + Gaussian. Each set is scored like part (c) (FD, precision,
+recall, coverage in the LeNet's features against held-out test images) with the memorisation check's copy
+ratio (median distance of the images to their nearest training image over the same for test images), and
+T's use of the codes is summarised (docs/training.md, "Where the gap to the ceiling is").
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from benchmarks.ablation import base_config
+from benchmarks.quality import BUDGETS, Budget, fashion_classifier
+from glann_ext import nn_argmin
+from glann_ext.data.labelled import load_labelled
+from glann_ext.metrics import frechet_distance, memorisation_report, prdc
+from glann_ext.train import fit
+
+ROWS = (
+    "the codes themselves: the ceiling",
+    "halfway from each code to its nearest other code",
+    "codes drawn uniformly (with replacement)",
+    "the nearest code of each of T's samples",
+    "GLANN's samples, T(e)",
+    "midpoints of two codes drawn at random",
+    "GLO + Gaussian (sample_gaussian)",
+)
+SCORES = ("fd", "precision", "recall", "coverage", "copy_ratio")
+USAGE = (
+    "codes_hit",
+    "isolated_share",
+    "kl_over_codes",
+    "busiest_code",
+    "sample_code_median",
+    "sample_code_q10",
+    "code_spacing",
+)
+
+
+def nearest_other(codes: torch.Tensor, k: int = 1, block: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every code, the index of its k-th nearest *other* code and the Euclidean distance to it."""
+    idx, dist = [], []
+    for lo in range(0, len(codes), block):
+        d = torch.cdist(codes[lo : lo + block].double(), codes.double())
+        rows = torch.arange(d.shape[0])
+        d[rows, rows + lo] = math.inf  # not itself
+        v, i = d.topk(k, dim=1, largest=False)
+        idx.append(i[:, -1])
+        dist.append(v[:, -1])
+    return torch.cat(idx), torch.cat(dist)
+
+
+def kl_from_uniform(counts: torch.Tensor) -> float:
+    """KL(p || uniform) of the histogram ``counts`` over its bins (0 for an even histogram)."""
+    p = counts.double() / counts.sum()
+    nz = p[p > 0]
+    return math.log(len(counts)) + float((nz * nz.log()).sum())
+
+
+def latent_points(model, n: int, seed: int) -> dict[str, torch.Tensor]:
+    """The latent point sets of :data:`ROWS` (all but GLO + Gaussian), ``n`` points each, on the sphere."""
+    codes = model.codes.float()
+    g = torch.Generator().manual_seed(seed)
+    first = codes[: min(n, len(codes))]
+    other, _ = nearest_other(codes)
+    samples = model.map_noise(model.noise(n, seed=seed))
+    nearest = nn_argmin(samples.contiguous(), codes.contiguous())
+    a = torch.randint(len(codes), (n,), generator=g)
+    b = torch.randint(len(codes), (n,), generator=g)
+    project = model.ops.project
+    return {
+        ROWS[0]: first,
+        ROWS[1]: project((0.5 * (first + codes[other[: len(first)]])).contiguous()),
+        ROWS[2]: codes[torch.randint(len(codes), (n,), generator=g)],
+        ROWS[3]: codes[nearest],
+        ROWS[4]: samples,
+        ROWS[5]: project((0.5 * (codes[a] + codes[b])).contiguous()),
+    }
+
+
+def code_usage(model, n: int, seed: int) -> dict[str, float]:
+    """How ``n`` of T's samples use the codes: the share of codes that are some sample's nearest, the mean
+    count of the most isolated tenth of the codes (by distance to their 5th nearest other code) over the
+    others' mean count, KL of the histogram from uniform, its largest count, the samples' distance to their
+    nearest code (median and 10% quantile) and the codes' median distance to their nearest other code."""
+    codes = model.codes.float()
+    samples = model.map_noise(model.noise(n, seed=seed + 1))
+    idx, sq = nn_argmin(samples.contiguous(), codes.contiguous(), return_distances=True)
+    counts = torch.bincount(idx, minlength=len(codes))
+    d = sq.double().sqrt()
+    fifth = nearest_other(codes, k=min(5, len(codes) - 1))[1]
+    isolated = fifth >= torch.quantile(fifth, 0.9)
+    return {
+        "codes_hit": float((counts > 0).double().mean()),
+        "isolated_share": float(counts[isolated].double().mean() / counts[~isolated].double().mean()),
+        "kl_over_codes": kl_from_uniform(counts),
+        "busiest_code": float(counts.max()),
+        "sample_code_median": float(d.median()),
+        "sample_code_q10": float(torch.quantile(d, 0.1)),
+        "code_spacing": float(nearest_other(codes)[1].median()),
+    }
+
+
+def run_seed(b: Budget, seed: int, clf, train: torch.Tensor, test: torch.Tensor) -> dict:
+    """Scores of every row of :data:`ROWS` and T's code usage, for one GLANN run."""
+    model = fit(train, base_config(b, seed)).eval()
+    n = b.fmnist_eval
+    real = clf.features(test)
+    images = {name: model.decode(z) for name, z in latent_points(model, n, seed).items()}
+    images[ROWS[6]] = model.sample_gaussian(n, seed=seed)
+    scores = {}
+    for name, x in images.items():
+        f = clf.features(x)
+        p = prdc(real, f)
+        mem = memorisation_report(x, train, test)
+        scores[name] = {
+            "fd": frechet_distance(real, f), "precision": p.precision, "recall": p.recall,
+            "coverage": p.coverage, "copy_ratio": mem.generated_median / mem.test_median,
+        }  # fmt: skip
+    return {"scores": scores, "usage": code_usage(model, 10 * len(model.codes), seed)}
+
+
+def run(b: Budget, seeds: tuple[int, ...], cache_dir: Path) -> dict:
+    """Every seed's results (:func:`run_seed`), in seed order."""
+    clf = fashion_classifier(b, cache_dir)
+    train, _ = load_labelled("fashion-mnist", "train", limit=b.fmnist_train)
+    test, _ = load_labelled("fashion-mnist", "test", limit=b.fmnist_eval)
+    return {"seeds": seeds, "per_seed": [run_seed(b, s, clf, train, test) for s in seeds]}
+
+
+def markdown(res: dict) -> str:
+    """The decomposition table (per-seed values, separated by " / ") and the code-usage line."""
+
+    def seeds(values: list[float], fmt: str) -> str:
+        return " / ".join(fmt.format(v) for v in values)
+
+    L = [
+        f"Seeds {', '.join(map(str, res['seeds']))} (values per seed).",
+        "",
+        "| decoded points | FD | precision | recall | coverage | copy ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in ROWS:
+        cells = [
+            seeds([r["scores"][row][k] for r in res["per_seed"]], "{:.1f}" if k == "fd" else "{:.2f}")
+            for k in SCORES
+        ]
+        L.append(f"| {row} | " + " | ".join(cells) + " |")
+    u = {k: [r["usage"][k] for r in res["per_seed"]] for k in USAGE}
+    usage = (
+        f"T's samples: nearest to {seeds([100 * v for v in u['codes_hit']], '{:.0f}')}% of the codes (the most "
+        f"isolated tenth of the codes: {seeds(u['isolated_share'], '{:.2f}')}x the others' samples), KL of that "
+        f"histogram from uniform {seeds(u['kl_over_codes'], '{:.2f}')}, busiest code "
+        f"{seeds(u['busiest_code'], '{:.0f}')} samples; distance to the nearest code: median "
+        f"{seeds(u['sample_code_median'], '{:.2f}')}, 10% quantile {seeds(u['sample_code_q10'], '{:.2f}')}; "
+        f"the codes' median distance to their nearest other code {seeds(u['code_spacing'], '{:.2f}')}."
+    )
+    L += ["", usage, ""]
+    return "\n".join(L)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--smoke", action="store_true", help="tiny budget (seconds), for the tests")
+    p.add_argument("--out", type=Path, help="write the markdown table here (else print it)")
+    p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "glann_ext" / "quality")
+    args = p.parse_args(argv)
+    res = run(BUDGETS["smoke" if args.smoke else "quick"], tuple(args.seeds), args.cache_dir)
+    text = markdown(res)
+    if args.out:
+        args.out.write_text(text)
+    else:
+        print(text)
+    return res
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
