@@ -18,7 +18,6 @@ T's use of the codes is summarised (docs/training.md, "Where the gap to the ceil
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from benchmarks.ablation import base_config
 from benchmarks.quality import BUDGETS, Budget, fashion_classifier
 from glann_ext import nn_argmin
 from glann_ext.data.labelled import load_labelled
-from glann_ext.metrics import frechet_distance, memorisation_report, prdc
+from glann_ext.metrics import code_usage, frechet_distance, memorisation_report, nearest_other_code, prdc
 from glann_ext.train import fit
 
 ROWS = (
@@ -41,35 +40,6 @@ ROWS = (
     "GLO + Gaussian (sample_gaussian)",
 )
 SCORES = ("fd", "precision", "recall", "coverage", "copy_ratio")
-USAGE = (
-    "codes_hit",
-    "isolated_share",
-    "kl_over_codes",
-    "busiest_code",
-    "sample_code_median",
-    "sample_code_q10",
-    "code_spacing",
-)
-
-
-def nearest_other(codes: torch.Tensor, k: int = 1, block: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
-    """For every code, the index of its k-th nearest *other* code and the Euclidean distance to it."""
-    idx, dist = [], []
-    for lo in range(0, len(codes), block):
-        d = torch.cdist(codes[lo : lo + block].double(), codes.double())
-        rows = torch.arange(d.shape[0])
-        d[rows, rows + lo] = math.inf  # not itself
-        v, i = d.topk(k, dim=1, largest=False)
-        idx.append(i[:, -1])
-        dist.append(v[:, -1])
-    return torch.cat(idx), torch.cat(dist)
-
-
-def kl_from_uniform(counts: torch.Tensor) -> float:
-    """KL(p || uniform) of the histogram ``counts`` over its bins (0 for an even histogram)."""
-    p = counts.double() / counts.sum()
-    nz = p[p > 0]
-    return math.log(len(counts)) + float((nz * nz.log()).sum())
 
 
 def latent_points(model, n: int, seed: int) -> dict[str, torch.Tensor]:
@@ -77,7 +47,7 @@ def latent_points(model, n: int, seed: int) -> dict[str, torch.Tensor]:
     codes = model.codes.float()
     g = torch.Generator().manual_seed(seed)
     first = codes[: min(n, len(codes))]
-    other, _ = nearest_other(codes)
+    other, _ = nearest_other_code(codes)
     samples = model.map_noise(model.noise(n, seed=seed))
     nearest = nn_argmin(samples.contiguous(), codes.contiguous())
     a = torch.randint(len(codes), (n,), generator=g)
@@ -90,29 +60,6 @@ def latent_points(model, n: int, seed: int) -> dict[str, torch.Tensor]:
         ROWS[3]: codes[nearest],
         ROWS[4]: samples,
         ROWS[5]: project((0.5 * (codes[a] + codes[b])).contiguous()),
-    }
-
-
-def code_usage(model, n: int, seed: int) -> dict[str, float]:
-    """How ``n`` of T's samples use the codes: the share of codes that are some sample's nearest, the mean
-    count of the most isolated tenth of the codes (by distance to their 5th nearest other code) over the
-    others' mean count, KL of the histogram from uniform, its largest count, the samples' distance to their
-    nearest code (median and 10% quantile) and the codes' median distance to their nearest other code."""
-    codes = model.codes.float()
-    samples = model.map_noise(model.noise(n, seed=seed + 1))
-    idx, sq = nn_argmin(samples.contiguous(), codes.contiguous(), return_distances=True)
-    counts = torch.bincount(idx, minlength=len(codes))
-    d = sq.double().sqrt()
-    fifth = nearest_other(codes, k=min(5, len(codes) - 1))[1]
-    isolated = fifth >= torch.quantile(fifth, 0.9)
-    return {
-        "codes_hit": float((counts > 0).double().mean()),
-        "isolated_share": float(counts[isolated].double().mean() / counts[~isolated].double().mean()),
-        "kl_over_codes": kl_from_uniform(counts),
-        "busiest_code": float(counts.max()),
-        "sample_code_median": float(d.median()),
-        "sample_code_q10": float(torch.quantile(d, 0.1)),
-        "code_spacing": float(nearest_other(codes)[1].median()),
     }
 
 
@@ -132,7 +79,10 @@ def run_seed(b: Budget, seed: int, clf, train: torch.Tensor, test: torch.Tensor)
             "fd": frechet_distance(real, f), "precision": p.precision, "recall": p.recall,
             "coverage": p.coverage, "copy_ratio": mem.generated_median / mem.test_median,
         }  # fmt: skip
-    return {"scores": scores, "usage": code_usage(model, 10 * len(model.codes), seed)}
+    usage = code_usage(
+        model.map_noise(model.noise(10 * len(model.codes), seed=seed + 1)), model.codes, seed=seed
+    )
+    return {"scores": scores, "usage": usage}
 
 
 def run(b: Budget, seeds: tuple[int, ...], cache_dir: Path) -> dict:
@@ -161,14 +111,16 @@ def markdown(res: dict) -> str:
             for k in SCORES
         ]
         L.append(f"| {row} | " + " | ".join(cells) + " |")
-    u = {k: [r["usage"][k] for r in res["per_seed"]] for k in USAGE}
+    u = {k: [getattr(r["usage"], k) for r in res["per_seed"]] for k in vars(res["per_seed"][0]["usage"])}
     usage = (
-        f"T's samples: nearest to {seeds([100 * v for v in u['codes_hit']], '{:.0f}')}% of the codes (the most "
-        f"isolated tenth of the codes: {seeds(u['isolated_share'], '{:.2f}')}x the others' samples), KL of that "
-        f"histogram from uniform {seeds(u['kl_over_codes'], '{:.2f}')}, busiest code "
-        f"{seeds(u['busiest_code'], '{:.0f}')} samples; distance to the nearest code: median "
-        f"{seeds(u['sample_code_median'], '{:.2f}')}, 10% quantile {seeds(u['sample_code_q10'], '{:.2f}')}; "
-        f"the codes' median distance to their nearest other code {seeds(u['code_spacing'], '{:.2f}')}."
+        f"T's samples ({u['n_samples'][0]}): nearest to {seeds([100 * v for v in u['codes_hit']], '{:.0f}')}% of the "
+        f"codes ({seeds([100 * v for v in u['codes_hit_even']], '{:.0f}')}% for uniform draws; the most isolated "
+        f"tenth of the codes: {seeds(u['isolated_share'], '{:.2f}')}x the others' samples), KL of that histogram "
+        f"from uniform {seeds(u['kl_over_codes'], '{:.2f}')} ({seeds(u['kl_over_codes_even'], '{:.2f}')} for "
+        f"uniform draws), busiest code {seeds(u['busiest_code'], '{:.0f}')} samples; distance to the nearest "
+        f"code: median {seeds(u['sample_code_median'], '{:.2f}')}, 10% quantile "
+        f"{seeds(u['sample_code_q10'], '{:.2f}')}; the codes' median distance to their nearest other code "
+        f"{seeds(u['code_spacing'], '{:.2f}')}."
     )
     L += ["", usage, ""]
     return "\n".join(L)

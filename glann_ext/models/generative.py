@@ -186,17 +186,24 @@ class GLANN(GenerativeModel):
     generator_input = map_noise
 
     @torch.no_grad()
-    def sample_gaussian(
+    def gaussian_codes(
         self, n: int, seed: int = 0, fit: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> torch.Tensor:
-        """GLO-only baseline: codes from a full-covariance Gaussian fitted to the training codes (or the
-        given ``fit = (mean, cov)``, see :func:`fit_gaussian`), projected to the sphere, decoded."""
+        """What :meth:`sample_gaussian` decodes: ``n`` draws of a full-covariance Gaussian fitted to the
+        training codes (or the given ``fit = (mean, cov)``, see :func:`fit_gaussian`), projected to the sphere."""
         mean, cov = fit if fit is not None else fit_gaussian(self.codes)
         d = mean.shape[0]
         chol = torch.linalg.cholesky(cov + 1e-6 * torch.eye(d, dtype=torch.float64))
         eps = torch.randn(n, d, generator=seeding.generator(seed, "sample"), dtype=torch.float64)
         z = (mean + eps @ chol.T).float()
-        return self.decode(self.ops.project(z.contiguous()))
+        return self.ops.project(z.contiguous())
+
+    @torch.no_grad()
+    def sample_gaussian(
+        self, n: int, seed: int = 0, fit: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """GLO-only baseline: :meth:`gaussian_codes` decoded."""
+        return self.decode(self.gaussian_codes(n, seed, fit))
 
     @torch.no_grad()
     def reconstruct(self, indices: torch.Tensor | list[int]) -> torch.Tensor:

@@ -1,0 +1,101 @@
+"""How a second stage's samples use the GLO codes: where GLANN's samples lose against the ceiling.
+
+The reconstruction ceiling (G of the training codes) is what a second stage that hit every code exactly
+would reach. Samples fall short of it in two measurable ways (docs/training.md, "Where the gap to the
+ceiling is"): their mass over the codes is uneven (some codes are the nearest code of many samples, isolated
+ones of few), and they lie farther from every code than the codes lie from each other, where G decodes
+blends. :func:`code_usage` measures both in latent space, with an even-use reference drawn at the same sizes.
+Distances are Euclidean between latent vectors; nearest codes come from the exact
+:func:`glann_ext.nn_argmin` (ties to the lowest index).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..ops.nn_argmin import nn_argmin
+from ._checks import as_float_matrix
+from .mixtures import reverse_kl_uniform
+
+
+@dataclass(frozen=True)
+class CodeUsage:
+    """Samples' use of the codes (fields are plain floats; see :func:`code_usage`)."""
+
+    n_samples: int
+    n_codes: int
+    codes_hit: float  # share of the codes that are the nearest code of at least one sample
+    codes_hit_even: float  # the same for as many samples spread evenly (uniform draws over the codes)
+    kl_over_codes: float  # KL(histogram of the samples' nearest codes || uniform)
+    kl_over_codes_even: float  # the same for uniform draws: the floor that sampling noise alone gives
+    busiest_code: int  # the largest number of samples sharing one nearest code
+    isolated_share: float  # mean count of the most isolated tenth of the codes / the others' mean count
+    sample_code_median: float  # median distance from a sample to its nearest code
+    sample_code_q10: float  # 10% quantile of that distance
+    code_spacing: float  # median distance from a code to its nearest other code
+
+
+def nearest_other_code(
+    codes: torch.Tensor, k: int = 1, queries: torch.Tensor | None = None, block: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each code in ``queries`` (indices; default all), the index of its k-th nearest *other* code and
+    the distance to it (float64). A duplicate of a code is another code, at distance 0. ``block`` queries
+    at a time (default: as many as keep each block's distance matrix near 128 MB)."""
+    n = codes.shape[0]
+    if not 1 <= k < n:
+        raise ValueError(f"k must be in [1, {n - 1}] for {n} codes, got {k}")
+    queries = torch.arange(n) if queries is None else queries
+    block = block or max(1, 16_000_000 // n)
+    keys = codes.double()
+    idx, dist = [], []
+    for part in queries.split(block):
+        d = torch.cdist(keys[part], keys)
+        d[torch.arange(len(part)), part] = math.inf  # not itself
+        v, i = d.topk(k, dim=1, largest=False)
+        idx.append(i[:, -1])
+        dist.append(v[:, -1])
+    return torch.cat(idx), torch.cat(dist)
+
+
+def code_usage(
+    samples: torch.Tensor, codes: torch.Tensor, *, spacing_queries: int = 4096, seed: int = 0
+) -> CodeUsage:
+    """How latent ``samples`` (n, d), e.g. ``GLANN.map_noise(noise)``, use the training ``codes`` (N, d).
+
+    Counts each code's samples (those whose nearest code it is): the share of codes hit, KL of that histogram
+    from uniform, the busiest code, and how the most isolated tenth of the codes (by distance to their 5th
+    nearest other code) fare against the rest; beside the hit share and KL of ``n`` uniform draws over the
+    codes (seeded by ``seed``), which is what even use with this many samples gives. Distances: from each
+    sample to its nearest code (median, 10% quantile) against the codes' spacing (median distance to the
+    nearest other code; over ``spacing_queries`` codes drawn with ``seed`` when there are more).
+    """
+    z = as_float_matrix("samples", samples).float()
+    c = as_float_matrix("codes", codes, columns=z.shape[1], min_rows=2).float()
+    n, big_n = z.shape[0], c.shape[0]
+    g = torch.Generator().manual_seed(seed)
+    idx, sq = nn_argmin(z.contiguous(), c.contiguous(), return_distances=True)
+    counts = torch.bincount(idx, minlength=big_n)
+    even = torch.bincount(torch.randint(big_n, (n,), generator=g), minlength=big_n)
+    queries = None if big_n <= spacing_queries else torch.randperm(big_n, generator=g)[:spacing_queries]
+    _, spacing = nearest_other_code(c, queries=queries)
+    fifth = nearest_other_code(c, k=min(5, big_n - 1), queries=queries)[1]
+    sub = counts if queries is None else counts[queries]
+    isolated = fifth >= torch.quantile(fifth, 0.9)
+    rest = sub[~isolated].double().mean() if bool((~isolated).any()) else torch.tensor(math.nan)
+    dist = sq.double().clamp_min(0).sqrt()
+    return CodeUsage(
+        n_samples=n,
+        n_codes=big_n,
+        codes_hit=float((counts > 0).double().mean()),
+        codes_hit_even=float((even > 0).double().mean()),
+        kl_over_codes=reverse_kl_uniform(counts),
+        kl_over_codes_even=reverse_kl_uniform(even),
+        busiest_code=int(counts.max()),
+        isolated_share=float(sub[isolated].double().mean() / rest),
+        sample_code_median=float(dist.median()),
+        sample_code_q10=float(torch.quantile(dist, 0.1)),
+        code_spacing=float(spacing.median()),
+    )
