@@ -462,8 +462,14 @@ def test_nearest_other_code_excludes_itself_and_matches_brute_force(k):
     idx_s, dist_s = nearest_other_code(codes, k=k, queries=some)
     assert torch.equal(idx_s, i[some, -1])
     torch.testing.assert_close(dist_s, v[some, -1])
-    with pytest.raises(ValueError, match="k must be in"):
+    with pytest.raises(ValueError, match="k must be an int in"):
         nearest_other_code(codes[:3], k=3)
+    with pytest.raises(ValueError, match="queries must index the 300 codes"):
+        nearest_other_code(codes, queries=torch.tensor([0, 300]))
+    with pytest.raises(TypeError, match="queries must be a 1-D int64"):
+        nearest_other_code(codes, queries=torch.tensor([0.0]))
+    with pytest.raises(ValueError, match="codes must have at least 2 rows"):
+        nearest_other_code(codes[:1])
 
 
 def test_code_usage_on_a_hand_checked_case():

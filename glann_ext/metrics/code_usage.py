@@ -23,7 +23,7 @@ from .mixtures import reverse_kl_uniform
 
 @dataclass(frozen=True)
 class CodeUsage:
-    """Samples' use of the codes (fields are plain floats; see :func:`code_usage`)."""
+    """Samples' use of the codes (plain numbers; see :func:`code_usage`)."""
 
     n_samples: int
     n_codes: int
@@ -44,12 +44,19 @@ def nearest_other_code(
     """For each code in ``queries`` (indices; default all), the index of its k-th nearest *other* code and
     the distance to it (float64). A duplicate of a code is another code, at distance 0. ``block`` queries
     at a time (default: as many as keep each block's distance matrix near 128 MB)."""
-    n = codes.shape[0]
-    if not 1 <= k < n:
-        raise ValueError(f"k must be in [1, {n - 1}] for {n} codes, got {k}")
-    queries = torch.arange(n) if queries is None else queries
+    keys = as_float_matrix("codes", codes, min_rows=2)
+    n = keys.shape[0]
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < n:
+        raise ValueError(f"k must be an int in [1, {n - 1}] for {n} codes, got {k!r}")
+    if queries is None:
+        queries = torch.arange(n)
+    elif not isinstance(queries, torch.Tensor) or queries.dim() != 1 or queries.dtype != torch.int64:
+        raise TypeError(f"queries must be a 1-D int64 tensor of code indices, got {queries!r:.80}")
+    elif queries.numel() and not (int(queries.min()) >= 0 and int(queries.max()) < n):
+        raise ValueError(
+            f"queries must index the {n} codes (0..{n - 1}), got values in [{int(queries.min())}, {int(queries.max())}]"
+        )
     block = block or max(1, 16_000_000 // n)
-    keys = codes.double()
     idx, dist = [], []
     for part in queries.split(block):
         d = torch.cdist(keys[part], keys)
