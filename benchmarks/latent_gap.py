@@ -1,6 +1,6 @@
 """Where GLANN's samples lose against the reconstruction ceiling: decode chosen latent points and score them.
 
-    python -m benchmarks.latent_gap                       # seeds 0 1 2, about 2 minutes a seed on 2 cores
+    python -m benchmarks.latent_gap                       # seeds 0 1 2, about 25 s a seed on 2 cores
     python -m benchmarks.latent_gap --seeds 0 --out /tmp/gap.md
     python -m benchmarks.latent_gap --smoke               # seconds (tests/test_latent_gap.py)
 
