@@ -56,14 +56,23 @@ def nearest_other_code(
         raise ValueError(
             f"queries must index the {n} codes (0..{n - 1}), got values in [{int(queries.min())}, {int(queries.max())}]"
         )
-    block = block or max(1, 16_000_000 // n)
+    idx, dist = _nearest_others(keys, k, queries, block)
+    return idx[:, -1], dist[:, -1]
+
+
+def _nearest_others(
+    keys: torch.Tensor, k: int, queries: torch.Tensor, block: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices and distances (float64) of the k nearest other codes of each query, nearest first, (q, k)
+    each; ``keys`` float64 (N, d), arguments already checked."""
+    block = block or max(1, 16_000_000 // keys.shape[0])
     idx, dist = [], []
     for part in queries.split(block):
         d = torch.cdist(keys[part], keys)
         d[torch.arange(len(part)), part] = math.inf  # not itself
         v, i = d.topk(k, dim=1, largest=False)
-        idx.append(i[:, -1])
-        dist.append(v[:, -1])
+        idx.append(i)
+        dist.append(v)
     return torch.cat(idx), torch.cat(dist)
 
 
@@ -80,16 +89,21 @@ def code_usage(
     nearest other code; over ``spacing_queries`` codes drawn with ``seed`` when there are more).
     """
     z = as_float_matrix("samples", samples).float()
-    c = as_float_matrix("codes", codes, columns=z.shape[1], min_rows=2).float()
-    n, big_n = z.shape[0], c.shape[0]
+    c64 = as_float_matrix("codes", codes, columns=z.shape[1], min_rows=2)
+    n, big_n = z.shape[0], c64.shape[0]
     g = torch.Generator().manual_seed(seed)
-    idx, sq = nn_argmin(z.contiguous(), c.contiguous(), return_distances=True)
+    idx, sq = nn_argmin(z.contiguous(), c64.float().contiguous(), return_distances=True)
     counts = torch.bincount(idx, minlength=big_n)
     even = torch.bincount(torch.randint(big_n, (n,), generator=g), minlength=big_n)
-    queries = None if big_n <= spacing_queries else torch.randperm(big_n, generator=g)[:spacing_queries]
-    _, spacing = nearest_other_code(c, queries=queries)
-    fifth = nearest_other_code(c, k=min(5, big_n - 1), queries=queries)[1]
-    sub = counts if queries is None else counts[queries]
+    queries = (
+        torch.arange(big_n)
+        if big_n <= spacing_queries
+        else torch.randperm(big_n, generator=g)[:spacing_queries]
+    )
+    # one search gives both: the nearest other code (the spacing) and the 5th (isolation)
+    _, others = _nearest_others(c64, min(5, big_n - 1), queries)
+    spacing, fifth = others[:, 0], others[:, -1]
+    sub = counts[queries]
     isolated = fifth >= torch.quantile(fifth, 0.9)
     rest = sub[~isolated].double().mean() if bool((~isolated).any()) else torch.tensor(math.nan)
     dist = sq.double().clamp_min(0).sqrt()
