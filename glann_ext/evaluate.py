@@ -133,33 +133,30 @@ def _chunks(n: int, seed: int) -> list[tuple[int, int]]:
     return [(min(1000, n - start), seed * 100_003 + i) for i, start in enumerate(range(0, n, 1000))]
 
 
-def _samples(model, sampler: str, n: int, seed: int, progress: bool) -> torch.Tensor:
+def _draw(model, sampler: str, n: int, seed: int, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(latent points, images) of the ``n`` evaluated samples: what G decodes, then G's images of it."""
     from tqdm import tqdm
 
-    draw = model.sample if sampler == "glann" else model.sample_gaussian
-    out = []
+    latents, images = [], []
     with tqdm(total=n, desc="sampling", unit="img", disable=not progress, dynamic_ncols=True) as bar:
         for size, chunk_seed in _chunks(n, seed):
-            out.append(draw(size, seed=chunk_seed).cpu())
-            bar.update(out[-1].shape[0])
-    return torch.cat(out)
+            if sampler == "glann":
+                z = model.generator_input(model.noise(size, seed=chunk_seed))
+            else:
+                z = model.gaussian_codes(size, seed=chunk_seed)
+            latents.append(z.cpu())
+            images.append(model.decode(z).cpu())  # = model.sample / sample_gaussian of this chunk
+            bar.update(size)
+    return torch.cat(latents), torch.cat(images)
 
 
-def _code_usage(model, sampler: str, n: int, seed: int) -> dict[str, Any]:
-    """How the evaluated samples' latent points use the training codes (:func:`glann_ext.metrics.code_usage`):
-    the same draws as the samples, before G."""
+def _code_usage(model, latents: torch.Tensor, seed: int) -> dict[str, Any]:
+    """How the evaluated samples' latent points use the training codes (:func:`glann_ext.metrics.code_usage`)."""
     from .models import GLANN
 
     if not isinstance(model, GLANN) or len(model.codes) < 2:
         return {"skipped": "no training codes (a pixel-space IMLE run)"}
-
-    def draw(size: int, chunk_seed: int) -> torch.Tensor:
-        if sampler == "glann":
-            return model.map_noise(model.noise(size, seed=chunk_seed))
-        return model.gaussian_codes(size, seed=chunk_seed)
-
-    z = torch.cat([draw(size, chunk_seed).cpu() for size, chunk_seed in _chunks(n, seed)])
-    return dataclasses.asdict(code_usage(z, model.codes.cpu(), seed=seed))
+    return dataclasses.asdict(code_usage(latents, model.codes.cpu(), seed=seed))
 
 
 def _check_sampler(model, sampler: str) -> None:
@@ -304,11 +301,11 @@ def evaluate_run(
             raise UsageError(f"{name} must be an integer >= 2, got {value!r}")
     model, cfg = _open_run(run, ops, device, sampler)
     data = _eval_data(run, cfg, model.image_shape, n_test, cache_dir, clf_epochs, log)
-    samples = _samples(model, sampler, n, seed, progress)
+    latents, samples = _draw(model, sampler, n, seed, progress)
     log(f"features and PRDC: {n} samples vs {len(data.test)} test images")
     real_f, fake_f = data.clf.features(data.test), data.clf.features(samples)
     ceiling = _ceiling(model, n, real_f, data.clf, log)
-    usage = _code_usage(model, sampler, n, seed)
+    usage = _code_usage(model, latents, seed)
     log(f"memorisation: nearest of {len(data.train)} training images")
     memo = memorisation_summary(samples, data.train, data.test)
     out_dir = Path(out) if out is not None else run
