@@ -306,10 +306,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "ckpt_every": 200,
     },
     # The laptop recipe on every Fashion-MNIST training image for about half an hour on 2 CPU cores:
-    # 30 GLO + 60 IMLE epochs (measured end to end: GLO 23-24 s per quiet epoch, IMLE 17.3 s per epoch, the
+    # 30 GLO + 60 IMLE epochs (measured end to end: GLO 20-24 s per quiet epoch, IMLE 17.3 s per epoch, the
     # search over 60k codes x 120k draws being most of it; 33 min of wall time on a machine shared with
     # benchmark runs; docs/training.md). Twice G's rate, `laptop`'s gain, did not help here (FD 40.6 against 36.6);
-    # 16-D noise for T did (FD 32.7 against 37.8 with the IMLE stage retrained on this preset's codes, recall level).
+    # 16-D noise for T did (FD 32.7 against 37.8 with the IMLE stage retrained on this preset's codes, recall
+    # level; 29.2 with recall 0.36 for the whole preset run end to end).
     "laptop-30min": {
         "dataset": "fashion-mnist",
         "gen_width": 32,
