@@ -334,11 +334,11 @@ def test_pixel_space_imle(tmp_path, blob_file):
 
 def test_imle_on_the_ring_covers_all_eight_modes():
     """IMLE with the MLP generator on the ring of 8 (radius 1, std 0.01), with the options for tight modes
-    (one-to-one matching, precision term, cosine learning rate; docs/training.md) at the quality report's rate:
-    all 8 modes covered, more than 75% of 2,500 samples within 3 std of a centre, every mode at least 3% of the
-    samples, and recall (every training point has a sample within 3 std). Here 83% and 6.3%; seeds 0-4 of the
-    report give 76-88% within 3 std, smallest mode 4.3-7.5% (70-77% at the earlier rate 3e-3); plain IMLE gives
-    1-12% (tables in docs/training.md).
+    (one-to-one matching, precision term, cosine learning rate; docs/training.md) at the quality report's Adam
+    settings (lr 1e-2, betas (0.9, 0.9)): all 8 modes covered, more than 85% of 2,500 samples within 3 std of a
+    centre, every mode at least 3% of the samples, and recall (every training point has a sample within 3 std).
+    Here 92% and 7.5%; seeds 0-4 of the report give 90-93% within 3 std (70-77% at the earlier lr 3e-3, betas
+    (0.9, 0.999)); plain IMLE gives 1-12% (tables in docs/training.md).
     """
     torch.set_num_threads(1)
     points = RING_PACGAN.sample(256, seed=0)
@@ -348,7 +348,7 @@ def test_imle_on_the_ring_covers_all_eight_modes():
         imle_epochs=1000,
         imle_lr=1e-2,
         imle_noise_multiple=2,
-        betas=(0.9, 0.999),
+        betas=(0.9, 0.9),
         imle_weight_decay=0.0,
         imle_match="unique",
         imle_precision_weight=1.0,
@@ -359,7 +359,7 @@ def test_imle_on_the_ring_covers_all_eight_modes():
     samples = trainer.generate(torch.randn(2500, 2, generator=torch.Generator().manual_seed(1)))
     cover = mode_coverage(samples, RING_PACGAN)
     counts, frac = cover.mode_counts, cover.high_quality_fraction
-    assert frac > 0.75, (frac, counts)
+    assert frac > 0.85, (frac, counts)
     assert (counts >= 0.03 * 2500).all(), counts  # all 8 modes covered, none starved
     near = torch.cdist(
         points, trainer.generate(torch.randn(4000, 2, generator=torch.Generator().manual_seed(2)))
