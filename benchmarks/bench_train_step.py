@@ -72,7 +72,7 @@ def _imle_step(method: str, device: str):
         tr.opt = _plain(
             tr.generator,
             lambda p: torch.optim.Adam(
-                p, lr=cfg.imle_lr, betas=cfg.betas, weight_decay=cfg.imle_weight_decay
+                p, lr=cfg.imle_lr, betas=cfg.imle_betas, weight_decay=cfg.imle_weight_decay
             ),
         )
     tr.begin_epoch()  # the matching: every target gets its noise

@@ -24,6 +24,8 @@ import torch
 
 from glann_ext.errors import GlannError
 
+_betas = (float, 2)  # a (type, nargs) pair: two numbers
+
 # (flag, config field, type, help) for the options that map one-to-one onto TrainConfig fields.
 _CONFIG_FLAGS = [
     ("--data-root", "data_root", str, "folder holding the IDX files (else $GLANN_DATA, cache, Debian path)"),
@@ -39,6 +41,8 @@ _CONFIG_FLAGS = [
     ("--lr-g", "lr_g", float, "generator learning rate (Adam)"),
     ("--lr-z", "lr_z", float, "code learning rate (sparse Adam)"),
     ("--imle-lr", "imle_lr", float, "mapping learning rate (Adam)"),
+    ("--betas", "betas", _betas, "Adam betas of G and the codes: B1 B2 (default 0.5 0.999)"),
+    ("--imle-betas", "imle_betas", _betas, "Adam betas of the IMLE mapping T: B1 B2 (default 0.5 0.999)"),
     ("--imle-noise-multiple", "imle_noise_multiple", float, "noise draws per IMLE epoch / number of targets"),
     ("--imle-match", "imle_match", str, "nearest (the paper) or unique (one-to-one; docs/training.md)"),
     ("--imle-precision-weight", "imle_precision_weight", float, "weight of the IMLE precision term (0: off)"),
@@ -119,7 +123,8 @@ def _add_train(sub) -> None:
     t.add_argument("--stage", choices=["all", "glo", "imle"], default="all", help="which stage(s) to run")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     for flag, field, typ, help_ in _CONFIG_FLAGS:
-        t.add_argument(flag, dest=field, type=typ, help=help_)
+        typ, nargs = typ if isinstance(typ, tuple) else (typ, None)
+        t.add_argument(flag, dest=field, type=typ, nargs=nargs, help=help_, metavar="B" if nargs else None)
 
 
 def _add_sample(sub) -> None:
@@ -224,9 +229,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
     if not resuming and not (args.dataset or args.preset or args.config):
         raise CLIError("train: give --dataset (or --preset/--config) for a new run")
     if resuming:  # the saved config, with what this command line sets explicitly (Run rejects real changes)
-        from glann_ext.train.config import TrainConfig
+        from glann_ext.train.config import TrainConfig, load_run_config
 
-        base = dataclasses.asdict(TrainConfig.from_json(out / CONFIG_FILE))
+        base = dataclasses.asdict(load_run_config(out / CONFIG_FILE))
         if args.dataset:
             base["dataset"] = args.dataset
         for _, field, _, _ in _CONFIG_FLAGS:

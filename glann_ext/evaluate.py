@@ -218,13 +218,13 @@ class EvalData:
 
 def _open_run(run: Path, ops: str | None, device: str, sampler: str):
     """(model, config) of run folder ``run``, checked to fit ``sampler`` and ``glann eval``."""
-    from .train.config import CONFIG_FILE, TrainConfig
+    from .train.config import CONFIG_FILE, load_run_config
     from .train.run import load_model
 
     if not (run / CONFIG_FILE).is_file():
         raise RunFolderError(f"--run {run}: not a run folder (no {CONFIG_FILE})")
     model = load_model(run, ops=ops, device=device)
-    cfg = TrainConfig.from_json(run / CONFIG_FILE)
+    cfg = load_run_config(run / CONFIG_FILE)
     _check_sampler(model, sampler)
     if cfg.dataset not in LABELLED:
         raise DataError(

@@ -134,6 +134,14 @@ def test_rerun_on_a_finished_run_resumes_without_training(run_dir, capsys):
     assert "resuming" in capsys.readouterr().out
 
 
+def test_adam_betas_flags_reach_the_config(tmp_path, data_file):
+    out = tmp_path / "betas"
+    argv = ["train", "--dataset", data_file, "--out", str(out), *TINY, "--stage", "glo", "--glo-epochs", "1"]
+    assert main([*argv, "--betas", "0.6", "0.99", "--imle-betas", "0.8", "0.95"]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["betas"] == [0.6, 0.99] and saved["imle_betas"] == [0.8, 0.95]
+
+
 def test_clear_errors(tmp_path, data_file, capsys):
     out = str(tmp_path / "r")
     cases = [
@@ -142,6 +150,11 @@ def test_clear_errors(tmp_path, data_file, capsys):
         (["train", "--dataset", data_file, "--out", out, "--batch-size", "1", *TINY], "batch_size"),
         (["train", "--dataset", data_file, "--out", out, "--image-size", "30", *TINY], "image_size"),
         (["sample", "--run", str(tmp_path / "missing")], "no such run folder"),
+        (["train", "--dataset", data_file, "--out", out, "--imle-betas", "0.9", "1.5", *TINY], "imle_betas"),
+        (
+            ["train", "--dataset", data_file, "--out", out, *TINY, "--imle-betas", "0.9"],
+            "expected 2 argument",
+        ),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv

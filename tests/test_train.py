@@ -27,6 +27,7 @@ from glann_ext.train import (
 from glann_ext.train import checkpoint as ckpt
 from glann_ext.train import imle as imle_module
 from glann_ext.train.build import seeded
+from glann_ext.train.config import load_run_config
 from glann_ext.train.latents import pca_codes
 
 
@@ -320,6 +321,32 @@ def test_stage_rules_and_config_checks(tmp_path, blob_file):
         TrainConfig(ops="fast").validate()
 
 
+def test_imle_betas_set_the_mapping_adam_and_a_run_saved_without_them_keeps_the_shared_betas(
+    tmp_path, blob_file
+):
+    assert TrainConfig().imle_betas == TrainConfig().betas == (0.5, 0.999)
+    for bad, match in (((0.9, 1.0), "imle_betas has an invalid"), ((0.9,), "imle_betas must be two")):
+        with pytest.raises(ConfigError, match=match):
+            TrainConfig(imle_betas=bad).validate()
+    targets = torch.randn(16, 3)
+    for space, expected in (("latent", (0.8, 0.95)), ("pixel", (0.5, 0.999))):  # pixel IMLE trains G
+        cfg = TrainConfig(noise_dim=2, imle_space=space, imle_betas=(0.8, 0.95), ops=OPS)
+        trainer = IMLETrainer(targets, MLP(2, 3, 8, 2), cfg, get_ops(OPS))
+        assert trainer.opt.param_groups[0]["betas"] == expected, space
+
+    # A GLO stage saved before imle_betas existed: its IMLE stage trains with the betas it shared then.
+    out = tmp_path / "old"
+    train(tiny_config(dataset=blob_file, glo_epochs=1), out, stage="glo", progress=False, log=lambda s: None)
+    saved = json.loads((out / "config.json").read_text())
+    del saved["imle_betas"]
+    saved["betas"] = [0.6, 0.99]
+    (out / "config.json").write_text(json.dumps(saved))
+    assert TrainConfig.from_json(out / "config.json").imle_betas == (0.5, 0.999)  # a file to start from
+    assert load_run_config(out / "config.json").imle_betas == (0.6, 0.99)
+    train(None, out, stage="imle", progress=False, log=lambda s: None)
+    assert ckpt.load_latest(out)["imle"]["opt"]["param_groups"][0]["betas"] == (0.6, 0.99)
+
+
 def test_pixel_space_imle(tmp_path, blob_file):
     model = train(
         tiny_config(dataset=blob_file, imle_space="pixel", imle_epochs=2),
@@ -348,7 +375,7 @@ def test_imle_on_the_ring_covers_all_eight_modes():
         imle_epochs=1000,
         imle_lr=1e-2,
         imle_noise_multiple=2,
-        betas=(0.9, 0.9),
+        imle_betas=(0.9, 0.9),
         imle_weight_decay=0.0,
         imle_match="unique",
         imle_precision_weight=1.0,

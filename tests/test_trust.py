@@ -108,8 +108,9 @@ def _as_v01(run: Path) -> None:
     def net(p: str) -> dict:
         return {k[len(p) + 1 :]: v for k, v in tensors.items() if k.startswith(p + ".")}
 
-    # 0.1's configs lack the fields added since with other defaults (their 0.1 behaviour: V01_BEHAVIOUR)
-    cfg = {k: v for k, v in meta["config"].items() if k not in V01_BEHAVIOUR}
+    # 0.1's configs lack the fields added since with other defaults (their 0.1 behaviour: V01_BEHAVIOUR,
+    # imle_betas = betas)
+    cfg = {k: v for k, v in meta["config"].items() if k not in {*V01_BEHAVIOUR, "imle_betas"}}
     old = {"cfg": {**cfg, "extra": {}}, "image_shape": tuple(meta["image_shape"]), "G": net("G"),
            "codes": tensors["codes"], "T": net("T")}  # fmt: skip
     torch.save(old, run / "model.pt")
@@ -143,6 +144,7 @@ def test_upgrade_converts_a_v01_run_that_then_loads_and_resumes(finished, tmp_pa
         "latent_adam_steps": "global",
         "imle_lr_schedule": "constant",
     }
+    assert saved["imle_betas"] == saved["betas"] == [0.5, 0.999]
     assert main(["train", "--out", str(run), "--imle-epochs", "2", "--no-progress"]) == 0  # resumes
     assert main(["upgrade", "--run", str(run), "--trust-pickle"]) == 0
     assert "nothing to upgrade" in capsys.readouterr().out

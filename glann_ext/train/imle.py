@@ -122,7 +122,9 @@ class IMLETrainer(StageTrainer):
         self.generator_train = data_parallel(self.generator, self.world)
         self.loss_fn = loss_fn or mse_loss
         self.noise_dim = cfg.noise_dim
-        self.opt = adam(self.generator.parameters(), cfg.imle_lr, cfg.betas, cfg.imle_weight_decay)
+        # T on codes takes its own betas; G in pixel space keeps the generator's (TrainConfig.imle_betas)
+        betas = cfg.imle_betas if cfg.imle_space == "latent" else cfg.betas
+        self.opt = adam(self.generator.parameters(), cfg.imle_lr, betas, cfg.imle_weight_decay)
         self.matched_noise: torch.Tensor | None = None  # this epoch's noise for each target
         self.fresh: torch.Tensor | None = None  # this epoch's noise of the precision term
         self.threshold: torch.Tensor | None = None  # adaptive IMLE: per-target distance to reach

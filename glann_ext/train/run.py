@@ -36,7 +36,7 @@ from glann_ext.models import GLANN, GenerativeModel, fit_gaussian, load_model_fi
 
 from . import checkpoint as ckpt
 from .build import build_model
-from .config import CONFIG_FILE, TrainConfig
+from .config import CONFIG_FILE, TrainConfig, load_run_config, saved_config
 from .loop import Hook, StageTrainer
 from .pipeline import Fit
 from .world import World, init_world, local_device
@@ -90,7 +90,7 @@ class Run:
             self.out / MODEL_FILE
         ).exists()
         if path.exists() and (trained or cfg is None):
-            saved = TrainConfig.from_json(path)
+            saved = load_run_config(path)
             if cfg is not None:
                 mine, theirs = dataclasses.asdict(saved), dataclasses.asdict(cfg)
                 changed = {k for k, v in theirs.items() if mine[k] != v and k not in RESUMABLE_OVERRIDES}
@@ -415,7 +415,7 @@ def load_model(path: str | Path, ops: str | None = None, device: str = "cpu") ->
 def model_from_checkpoint(run: str | Path, ops: str | None = None, device: str = "cpu") -> GenerativeModel:
     """The model as of the latest checkpoint of ``run`` (codes gathered from every shard)."""
     _, main, rows = ckpt.read_step(run, names=["glo.codes"])
-    cfg = TrainConfig.from_dict(main["config"])
+    cfg = saved_config(main["config"])
     model = build_model(cfg, tuple(main["image_shape"]), ops=get_ops(ops or cfg.ops))
     glo, imle = main["glo"], main["imle"]
     if cfg.imle_space == "pixel":

@@ -20,7 +20,7 @@ from glann_ext.models import GLANN, save_model
 
 from . import checkpoint as ckpt
 from .build import build_model
-from .config import CONFIG_FILE, TrainConfig
+from .config import CONFIG_FILE, saved_config
 
 LEGACY_MODEL = "model.pt"
 KEPT_SUFFIX = ".glann-0.1"  # model.pt is kept as model.pt.glann-0.1
@@ -63,7 +63,7 @@ def _upgrade_config(path: Path) -> None:
     """Drops 0.1's unused "extra" and pins the 0.1 behaviour of fields added since with other defaults."""
     saved = _json(path)
     saved.pop("extra", None)
-    TrainConfig.from_dict({**V01_BEHAVIOUR, **saved}).to_json(path)
+    saved_config({**V01_BEHAVIOUR, **saved}).to_json(path)
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -93,7 +93,7 @@ def _upgrade_checkpoint(run: Path, manifest: dict[str, Any]) -> None:
     main.pop("rng", None)  # the run's RNG is no longer global state
     if isinstance(main.get("config"), dict):
         main["config"].pop("extra", None)
-        main["config"] = {**V01_BEHAVIOUR, **main["config"]}
+        main["config"] = saved_config({**V01_BEHAVIOUR, **main["config"]}).to_dict()
     ckpt.save_atomic(main, step / ckpt.MAIN_FILE)
     for name in names:
         ckpt.save_atomic(_unpickle(step / name), step / name)
@@ -106,9 +106,7 @@ def _upgrade_checkpoint(run: Path, manifest: dict[str, Any]) -> None:
 def _upgrade_model(run: Path) -> None:
     old = _unpickle(run / LEGACY_MODEL)
     try:
-        cfg = TrainConfig.from_dict(
-            {**V01_BEHAVIOUR, **{k: v for k, v in old["cfg"].items() if k != "extra"}}
-        )
+        cfg = saved_config({**V01_BEHAVIOUR, **{k: v for k, v in old["cfg"].items() if k != "extra"}})
         model = build_model(cfg, tuple(old["image_shape"]))
         model.G.load_state_dict(old["G"])
         if isinstance(model, GLANN):
