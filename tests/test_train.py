@@ -343,6 +343,10 @@ def test_imle_betas_set_the_mapping_adam_and_a_run_saved_without_them_keeps_the_
     (out / "config.json").write_text(json.dumps(saved))
     assert TrainConfig.from_json(out / "config.json").imle_betas == (0.5, 0.999)  # a file to start from
     assert load_run_config(out / "config.json").imle_betas == (0.6, 0.99)
+    (tmp_path / "list.json").write_text("[0.6, 0.99]")
+    for read in (TrainConfig.from_json, load_run_config):
+        with pytest.raises(ConfigError, match="expected a JSON object of config fields, got list"):
+            read(tmp_path / "list.json")
     train(None, out, stage="imle", progress=False, log=lambda s: None)
     assert ckpt.load_latest(out)["imle"]["opt"]["param_groups"][0]["betas"] == (0.6, 0.99)
 
