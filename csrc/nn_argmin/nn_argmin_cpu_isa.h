@@ -35,11 +35,14 @@
 // (4 broadcasts and 3 vector loads per 12 FMAs instead of 6 and 2): on this session's AMD EPYC (family 17h)
 // one core reached 34.9-35.5 GFLOP/s against 34.0-34.3 at D=784 and 35.1-35.5 against 34.4-35.0 at D=64
 // (best of 5, thread CPU time). The loads of either step fit beside the FMAs in a register-only loop
-// (benchmarks/fma_peak.py), so the difference comes from the memory side of the tile.
+// (benchmarks/fma_peak.py), so the difference comes from the memory side of the tile. AVX-512 takes 8 x 3
+// rather than 12 x 2 for the same reason (8 broadcasts and 3 loads per 24 FMAs instead of 12 and 2): on an
+// AMD EPYC Zen 4 (one zmm FMA per cycle), 2 threads, best of 5, three interleaved runs: 205-207 GFLOP/s
+// against 191-202 at D=784 (89% of the peak), 208-209 against 207-208 at D=64.
 #if defined(__AVX512F__)
 #define GLANN_NN_VEC_BYTES 64
-#define GLANN_NN_MR 12
-#define GLANN_NN_NV 2
+#define GLANN_NN_MR 8
+#define GLANN_NN_NV 3
 #elif defined(__AVX2__)
 #define GLANN_NN_VEC_BYTES 32
 #define GLANN_NN_MR 4
