@@ -132,6 +132,8 @@ def test_upgrade_converts_a_v01_run_that_then_loads_and_resumes(finished, tmp_pa
     run = _copy(finished, tmp_path)
     before = load_model(run).export()[0]
     _as_v01(run)
+    config = json.loads((run / "config.json").read_text())  # betas of its own: 0.1 used them in both stages
+    (run / "config.json").write_text(json.dumps({**config, "betas": [0.6, 0.99]}))
     assert "glann upgrade --run" in _one_line_error(capsys, "sample", "--run", str(run))
     assert main(["upgrade", "--run", str(run), "--trust-pickle"]) == 0
     assert "model.pt -> model.safetensors" in capsys.readouterr().out
@@ -144,7 +146,7 @@ def test_upgrade_converts_a_v01_run_that_then_loads_and_resumes(finished, tmp_pa
         "latent_adam_steps": "global",
         "imle_lr_schedule": "constant",
     }
-    assert saved["imle_betas"] == saved["betas"] == [0.5, 0.999]
+    assert saved["imle_betas"] == saved["betas"] == [0.6, 0.99]
     assert main(["train", "--out", str(run), "--imle-epochs", "2", "--no-progress"]) == 0  # resumes
     assert main(["upgrade", "--run", str(run), "--trust-pickle"]) == 0
     assert "nothing to upgrade" in capsys.readouterr().out
