@@ -25,7 +25,6 @@ from glann_ext.errors import CheckpointError, RunFolderError
 from glann_ext.models import read_model_file
 from glann_ext.train import checkpoint as ckpt
 from glann_ext.train import load_model, train
-from glann_ext.train.upgrade import V01_BEHAVIOUR
 
 TINY = ["--preset", "tiny", "--threads", "1", "--no-progress", "--glo-epochs", "1", "--imle-epochs", "1"]
 
@@ -101,6 +100,9 @@ def test_planted_pickles_never_run(finished, tmp_path, capsys, blob_file):
     assert not marker.exists()
 
 
+V01_LACKS = ("latent_adam_steps", "imle_lr_schedule", "imle_betas")  # added since, with other defaults
+
+
 def _as_v01(run: Path) -> None:
     """Rewrite a finished run in glann_ext 0.1's formats (pickled model.pt, RNG state in main.pt)."""
     tensors, meta = read_model_file(run / "model.safetensors")
@@ -108,9 +110,9 @@ def _as_v01(run: Path) -> None:
     def net(p: str) -> dict:
         return {k[len(p) + 1 :]: v for k, v in tensors.items() if k.startswith(p + ".")}
 
-    # 0.1's configs lack the fields added since with other defaults (their 0.1 behaviour: V01_BEHAVIOUR,
-    # imle_betas = betas)
-    cfg = {k: v for k, v in meta["config"].items() if k not in {*V01_BEHAVIOUR, "imle_betas"}}
+    # 0.1's configs lack the fields added since with other defaults (0.1 computed latent_adam_steps "global",
+    # imle_lr_schedule "constant", imle_betas = betas)
+    cfg = {k: v for k, v in meta["config"].items() if k not in V01_LACKS}
     old = {"cfg": {**cfg, "extra": {}}, "image_shape": tuple(meta["image_shape"]), "G": net("G"),
            "codes": tensors["codes"], "T": net("T")}  # fmt: skip
     torch.save(old, run / "model.pt")
@@ -142,7 +144,7 @@ def test_upgrade_converts_a_v01_run_that_then_loads_and_resumes(finished, tmp_pa
     assert (run / "model.pt.glann-0.1").exists() and not (run / "model.pt").exists()
     assert ckpt.read_manifest(run)["format"] == ckpt.FORMAT_VERSION
     saved = json.loads((run / "config.json").read_text())
-    assert {k: saved[k] for k in V01_BEHAVIOUR} == {
+    assert {k: saved[k] for k in V01_LACKS[:2]} == {
         "latent_adam_steps": "global",
         "imle_lr_schedule": "constant",
     }

@@ -187,9 +187,14 @@ def _read_object(path: str | Path) -> dict[str, Any]:
     return saved
 
 
-# Fields added after run folders were first saved, with the value that reproduces what a saved config
-# without them trained with (computed from the saved dict): a resumed run keeps computing what it computed.
-_ADDED_SINCE_SAVED = {"imle_betas": lambda saved: saved.get("betas", list(TrainConfig.betas))}
+# Fields added since glann_ext 0.1 first saved run folders, each with the value a save without it trained with
+# (computed from the save), so that a resumed or converted run keeps computing what it computed whatever the
+# field's default is or becomes. (Fields added with the old behaviour as a default that stays need no entry.)
+_ADDED_SINCE_SAVED = {
+    "latent_adam_steps": lambda saved: "global",
+    "imle_lr_schedule": lambda saved: "constant",
+    "imle_betas": lambda saved: saved.get("betas", list(TrainConfig.betas)),
+}
 
 
 def saved_config(saved: dict[str, Any]) -> TrainConfig:

@@ -55,15 +55,12 @@ def upgrade_run(
     return done
 
 
-# Fields whose default has changed since 0.1: a 0.1 run keeps computing what it computed.
-V01_BEHAVIOUR = {"latent_adam_steps": "global", "imle_lr_schedule": "constant"}
-
-
 def _upgrade_config(path: Path) -> None:
-    """Drops 0.1's unused "extra" and pins the 0.1 behaviour of fields added since with other defaults."""
+    """Drops 0.1's unused "extra" and pins the 0.1 behaviour of fields added since with other defaults
+    (:func:`~glann_ext.train.config.saved_config`)."""
     saved = _json(path)
     saved.pop("extra", None)
-    saved_config({**V01_BEHAVIOUR, **saved}).to_json(path)
+    saved_config(saved).to_json(path)
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -93,7 +90,7 @@ def _upgrade_checkpoint(run: Path, manifest: dict[str, Any]) -> None:
     main.pop("rng", None)  # the run's RNG is no longer global state
     if isinstance(main.get("config"), dict):
         main["config"].pop("extra", None)
-        main["config"] = saved_config({**V01_BEHAVIOUR, **main["config"]}).to_dict()
+        main["config"] = saved_config(main["config"]).to_dict()
     ckpt.save_atomic(main, step / ckpt.MAIN_FILE)
     for name in names:
         ckpt.save_atomic(_unpickle(step / name), step / name)
@@ -106,7 +103,7 @@ def _upgrade_checkpoint(run: Path, manifest: dict[str, Any]) -> None:
 def _upgrade_model(run: Path) -> None:
     old = _unpickle(run / LEGACY_MODEL)
     try:
-        cfg = saved_config({**V01_BEHAVIOUR, **{k: v for k, v in old["cfg"].items() if k != "extra"}})
+        cfg = saved_config({k: v for k, v in old["cfg"].items() if k != "extra"})
         model = build_model(cfg, tuple(old["image_shape"]))
         model.G.load_state_dict(old["G"])
         if isinstance(model, GLANN):
