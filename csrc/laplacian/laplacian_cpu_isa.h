@@ -574,20 +574,7 @@ inline int64_t group_count(int64_t task, int64_t planes, int v) {
 struct Plan {
   Geometry geom;
   int64_t planes, tasks, slot_bytes, workspace_bytes;
-  int threads;
 };
-
-// Threads for one call: at most one per kMinPixelsPerThread pixels of x. Waking the pool's other threads
-// costs tens of microseconds on a VM, more than they save on small calls. AMD EPYC Zen 4, fwd+bwd through
-// the Python op, 1 thread against 2: (64, 1, 28, 28) 316 us against 358, (128, 1, 28, 28) 435 against 424,
-// (256, 1, 28, 28) 717 against 629, (64, 3, 64, 64) 2501 against 1629. (The threads used never change the
-// result: every reduction runs in a fixed order.)
-constexpr int64_t kMinPixelsPerThread = 65536;
-
-inline int call_threads(int64_t pixels, int num_threads) {
-  const int64_t by_work = pixels / kMinPixelsPerThread;
-  return int(by_work < 1 ? 1 : (by_work < num_threads ? by_work : num_threads));
-}
 
 template <typename T, typename Params>
 Plan make_plan(const Params& p, int64_t head_bytes) {
@@ -597,8 +584,7 @@ Plan make_plan(const Params& p, int64_t head_bytes) {
   pl.planes = p.batch * p.channels;
   pl.tasks = p.pixel_path ? pl.planes : (pl.planes + V - 1) / V;
   pl.slot_bytes = slot_bytes(pl.geom, sizeof(T));
-  pl.threads = call_threads(pl.planes * p.height * p.width, p.exec.num_threads);
-  pl.workspace_bytes = head_bytes + parallel_slots(pl.tasks, pl.threads) * pl.slot_bytes;
+  pl.workspace_bytes = head_bytes + parallel_slots(pl.tasks, p.exec.num_threads) * pl.slot_bytes;
   return pl;
 }
 
@@ -617,7 +603,7 @@ KernelResult forward_all(const LaplacianForwardParams& p) {
   const int64_t* xs = p.x_strides;
   const int64_t* ys = p.y_strides;
   const int64_t H = p.height, W = p.width, P = geom.total;
-  parallel_for_each(tasks, pl.threads, [&](int64_t task, int slot) {
+  parallel_for_each(tasks, p.exec.num_threads, [&](int64_t task, int slot) {
     T* g = reinterpret_cast<T*>(ws + sums_bytes + slot * sb);
     if (p.pixel_path) {
       const int64_t b = task / p.channels, c = task % p.channels;
@@ -692,7 +678,7 @@ KernelResult backward_all(const LaplacianBackwardParams& p) {
   const T* scale = static_cast<const T*>(p.grad_scale);
   T* grad = static_cast<T*>(p.grad);
   const int64_t hw = p.height * p.width, P = geom.total, W = p.width;
-  parallel_for_each(tasks, pl.threads, [&](int64_t task, int slot) {
+  parallel_for_each(tasks, p.exec.num_threads, [&](int64_t task, int slot) {
     T* acc = reinterpret_cast<T*>(ws + slot * sb);
     if (p.pixel_path) {
       backward_plane_pixels(geom, p.level_weights, p.signs + task * P, scale[task / p.channels], grad + task * hw, acc);
