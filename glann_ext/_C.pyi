@@ -85,7 +85,9 @@ def hardware_threads() -> int:
 def laplacian_backward(
     dtype: int,
     signs: int,
-    grad_scale: int,
+    grad_loss: int,
+    grad_loss_stride: int,
+    loss_divisor: float,
     grad: int,
     batch: int,
     channels: int,
@@ -99,7 +101,7 @@ def laplacian_backward(
     exec: _Exec,
 ) -> None:
     """
-    grad (B, C, H, W) contiguous = adjoint of the pyramid applied to the signs.
+    grad (B, C, H, W) contiguous = adjoint of the pyramid applied to the signs, each sample's scaled by grad_loss[b * grad_loss_stride] / loss_divisor.
     """
 
 def laplacian_forward(
@@ -115,6 +117,9 @@ def laplacian_forward(
     levels: int,
     level_weights: collections.abc.Sequence[float],
     per_sample: int,
+    loss: int,
+    sum_samples: bool,
+    loss_divisor: float,
     signs: int,
     workspace: int,
     workspace_bytes: int,
@@ -124,7 +129,7 @@ def laplacian_forward(
     exec: _Exec,
 ) -> None:
     """
-    Per-sample sum_j w_j sum|L^j| of x - y into per_sample (B,), signs of every level into signs; NaN/Inf in a sample with check_finite: CPU StatusError NON_FINITE (input 0 x, 1 y), CUDA the int64[2] at nonfinite_samples lowered.
+    Per-sample sum_j w_j sum|L^j| of x - y into per_sample (B,), the loss from them into loss (their sum, or each, over loss_divisor), signs of every level into signs; NaN/Inf in a sample with check_finite: CPU StatusError NON_FINITE (input 0 x, 1 y), CUDA the int64[2] at nonfinite_samples lowered.
     """
 
 def laplacian_plane_elems(height: int, width: int, levels: int) -> int:

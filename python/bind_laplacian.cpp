@@ -36,8 +36,9 @@ void register_laplacian(py::module_& m) {
       "laplacian_forward",
       [](int dtype, std::uintptr_t x, Strides4 x_strides, std::uintptr_t y, Strides4 y_strides, int64_t batch,
          int64_t channels, int64_t height, int64_t width, int levels, const std::vector<double>& level_weights,
-         std::uintptr_t per_sample, std::uintptr_t signs, std::uintptr_t workspace, int64_t workspace_bytes,
-         bool pixel_path, bool check_finite, std::uintptr_t nonfinite_samples, const ExecArgs& exec) {
+         std::uintptr_t per_sample, std::uintptr_t loss, bool sum_samples, double loss_divisor, std::uintptr_t signs,
+         std::uintptr_t workspace, int64_t workspace_bytes, bool pixel_path, bool check_finite,
+         std::uintptr_t nonfinite_samples, const ExecArgs& exec) {
         glann::LaplacianForwardParams p;
         p.exec = to_exec(exec);
         p.dtype = as_dtype(dtype);
@@ -52,6 +53,9 @@ void register_laplacian(py::module_& m) {
         set_strides(p.x_strides, x_strides);
         set_strides(p.y_strides, y_strides);
         p.per_sample = as_ptr<void>(per_sample);
+        p.loss = as_ptr<void>(loss);
+        p.sum_samples = sum_samples;
+        p.loss_divisor = loss_divisor;
         p.signs = as_ptr<int8_t>(signs);
         p.workspace = as_ptr<void>(workspace);
         p.workspace_bytes = workspace_bytes;
@@ -62,17 +66,19 @@ void register_laplacian(py::module_& m) {
       },
       py::arg("dtype"), py::arg("x"), py::arg("x_strides"), py::arg("y"), py::arg("y_strides"), py::arg("batch"),
       py::arg("channels"), py::arg("height"), py::arg("width"), py::arg("levels"), py::arg("level_weights"),
-      py::arg("per_sample"), py::arg("signs"), py::arg("workspace"), py::arg("workspace_bytes"), py::arg("pixel_path"),
-      py::arg("check_finite"), py::arg("nonfinite_samples"), py::arg("exec"),
-      "Per-sample sum_j w_j sum|L^j| of x - y into per_sample (B,), signs of every level into signs; NaN/Inf "
-      "in a sample with check_finite: CPU StatusError NON_FINITE (input 0 x, 1 y), CUDA the int64[2] at "
-      "nonfinite_samples lowered.");
+      py::arg("per_sample"), py::arg("loss"), py::arg("sum_samples"), py::arg("loss_divisor"), py::arg("signs"),
+      py::arg("workspace"), py::arg("workspace_bytes"), py::arg("pixel_path"), py::arg("check_finite"),
+      py::arg("nonfinite_samples"), py::arg("exec"),
+      "Per-sample sum_j w_j sum|L^j| of x - y into per_sample (B,), the loss from them into loss (their sum, or "
+      "each, over loss_divisor), signs of every level into signs; NaN/Inf in a sample with check_finite: CPU "
+      "StatusError NON_FINITE (input 0 x, 1 y), CUDA the int64[2] at nonfinite_samples lowered.");
 
   m.def(
       "laplacian_backward",
-      [](int dtype, std::uintptr_t signs, std::uintptr_t grad_scale, std::uintptr_t grad, int64_t batch,
-         int64_t channels, int64_t height, int64_t width, int levels, const std::vector<double>& level_weights,
-         std::uintptr_t workspace, int64_t workspace_bytes, bool pixel_path, const ExecArgs& exec) {
+      [](int dtype, std::uintptr_t signs, std::uintptr_t grad_loss, int64_t grad_loss_stride, double loss_divisor,
+         std::uintptr_t grad, int64_t batch, int64_t channels, int64_t height, int64_t width, int levels,
+         const std::vector<double>& level_weights, std::uintptr_t workspace, int64_t workspace_bytes, bool pixel_path,
+         const ExecArgs& exec) {
         glann::LaplacianBackwardParams p;
         p.exec = to_exec(exec);
         p.dtype = as_dtype(dtype);
@@ -83,17 +89,21 @@ void register_laplacian(py::module_& m) {
         p.levels = levels;
         set_level_weights(p.level_weights, level_weights, levels);
         p.signs = as_ptr<const int8_t>(signs);
-        p.grad_scale = as_ptr<const void>(grad_scale);
+        p.grad_loss = as_ptr<const void>(grad_loss);
+        p.grad_loss_stride = grad_loss_stride;
+        p.loss_divisor = loss_divisor;
         p.grad = as_ptr<void>(grad);
         p.workspace = as_ptr<void>(workspace);
         p.workspace_bytes = workspace_bytes;
         p.pixel_path = pixel_path;
         launch(p, &glann::laplacian_backward_cpu, GLANN_CUDA_ENTRY(glann::laplacian_backward_cuda));
       },
-      py::arg("dtype"), py::arg("signs"), py::arg("grad_scale"), py::arg("grad"), py::arg("batch"), py::arg("channels"),
-      py::arg("height"), py::arg("width"), py::arg("levels"), py::arg("level_weights"), py::arg("workspace"),
-      py::arg("workspace_bytes"), py::arg("pixel_path"), py::arg("exec"),
-      "grad (B, C, H, W) contiguous = adjoint of the pyramid applied to the signs.");
+      py::arg("dtype"), py::arg("signs"), py::arg("grad_loss"), py::arg("grad_loss_stride"), py::arg("loss_divisor"),
+      py::arg("grad"), py::arg("batch"), py::arg("channels"), py::arg("height"), py::arg("width"), py::arg("levels"),
+      py::arg("level_weights"), py::arg("workspace"), py::arg("workspace_bytes"), py::arg("pixel_path"),
+      py::arg("exec"),
+      "grad (B, C, H, W) contiguous = adjoint of the pyramid applied to the signs, each sample's scaled by "
+      "grad_loss[b * grad_loss_stride] / loss_divisor.");
 }
 
 }  // namespace glann_py

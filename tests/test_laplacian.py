@@ -156,6 +156,27 @@ def test_reductions_match_reference(reduction, dtype):
     _check(x, y, levels=3, reduction=reduction)
 
 
+@pytest.mark.parametrize("pixel_path", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_grad_of_the_loss_in_every_layout(pixel_path, dtype):
+    """The kernels scale each sample's gradient by the loss's gradient themselves (read through its stride,
+    divided by the reduction's divisor): a per-sample seed that is contiguous, strided or expanded (stride
+    0, as ``loss.sum().backward()`` gives), and a seed of the reduced losses, all give the reference's."""
+    x = torch.randn(5, 2, 11, 9, dtype=dtype, requires_grad=True)
+    y = torch.randn(5, 2, 11, 9, dtype=dtype)
+    xr = x.detach().double().requires_grad_(True)
+    base = torch.rand(10, dtype=dtype) + 0.5
+    seeds = {"none": [base[:5], base[::2], base[:1].expand(5)], "mean": [base[0]], "sum": [base[1]]}
+    tol = {"rtol": 1e-12, "atol": 1e-14} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-7}
+    for reduction, grads in seeds.items():
+        for seed in grads:
+            loss = lap_mod._loss(x, y, None, reduction, pixel_path=pixel_path)
+            (got,) = torch.autograd.grad(loss, x, seed)
+            ref = reference.laplacian_pyramid_loss_reference(xr, y.double(), reduction=reduction)
+            (want,) = torch.autograd.grad(ref, xr, seed.double())
+            torch.testing.assert_close(got.double(), want, **tol)
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 1, 1, 7), (1, 2, 6, 1), (2, 3, 7, 13), (1, 1, 29, 31)])
 @pytest.mark.parametrize("levels", [None, 1, 2, 4, 9])
 def test_pixel_path_matches(shape, levels):
@@ -484,8 +505,11 @@ def test_opcheck(dtype):
         args = (x, y, 3, weights, reduction, pixel_path, True)
         torch.library.opcheck(torch.ops.glann_ext.laplacian_fwd.default, args)
         signs = lap_mod._laplacian_fwd(x.detach(), y.detach(), 3, weights, 2, pixel_path, True)[1]
-        args = (signs, torch.rand(2, dtype=dtype), 3, 9, 11, 3, weights, dtype, pixel_path)
-        torch.library.opcheck(torch.ops.glann_ext.laplacian_bwd.default, args)
+        # The gradient of the loss: one value for "mean" / "sum", (B,) for "none" (also expanded: stride 0).
+        grad_loss = torch.rand((2,) if reduction == 2 else (), dtype=dtype)
+        for g in (grad_loss, grad_loss[:1].expand(2)) if reduction == 2 else (grad_loss,):
+            args = (signs, g, 2, 3, 9, 11, 3, weights, reduction, dtype, pixel_path)
+            torch.library.opcheck(torch.ops.glann_ext.laplacian_bwd.default, args)
 
 
 def test_eager_fast_path_matches_the_registered_op(monkeypatch):
@@ -536,6 +560,25 @@ def test_torch_compile_fullgraph():
     (g2,) = torch.autograd.grad(ref, x2)
     torch.testing.assert_close(loss, ref)
     torch.testing.assert_close(g, g2)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_torch_compile_dynamic_shapes(reduction):
+    """Compiled with dynamic shapes (symbolic batch and image sizes reach both ops): two shapes through one
+    compiled function, values and gradients equal to eager, the (B,) seed of "none" included."""
+    fn = torch.compile(
+        lambda a, b: loss_fn(a, b, reduction=reduction), backend="aot_eager", dynamic=True, fullgraph=True
+    )
+    for shape in ((3, 2, 12, 10), (5, 2, 13, 9)):
+        x, y = torch.randn(shape, requires_grad=True), torch.randn(shape)
+        loss = fn(x, y)
+        seed = torch.rand_like(loss) + 0.5
+        (g,) = torch.autograd.grad(loss, x, seed)
+        x2 = x.detach().clone().requires_grad_()
+        ref = loss_fn(x2, y, reduction=reduction)
+        (g2,) = torch.autograd.grad(ref, x2, seed)
+        torch.testing.assert_close(loss, ref)
+        torch.testing.assert_close(g, g2)
 
 
 # ---- CUDA ----------------------------------------------------------------------------------------

@@ -175,6 +175,41 @@ __global__ void backward_kernel(const int8_t* __restrict__ signs, const T* __res
   }
 }
 
+// The op's loss from the per-sample sums (LaplacianForwardParams::loss). Summed: one block, each thread a
+// fixed strided subset in double, then a tree (the same bits every run); per sample: one value a thread.
+template <typename T>
+__global__ void loss_kernel(const T* per_sample, int64_t batch, bool sum_samples, double divisor,
+                            T* loss) {  // loss may be per_sample (not restrict)
+  if (!sum_samples) {
+    for (int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; b < batch; b += int64_t(gridDim.x) * blockDim.x)
+      loss[b] = per_sample[b] / T(divisor);
+    return;
+  }
+  __shared__ double red[kThreads];
+  double s = 0.0;
+  for (int64_t b = threadIdx.x; b < batch; b += blockDim.x) s += double(per_sample[b]);
+  red[threadIdx.x] = s;
+  __syncthreads();
+  for (int k = kThreads / 2; k > 0; k >>= 1) {
+    if (threadIdx.x < k) red[threadIdx.x] += red[threadIdx.x + k];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) loss[0] = T(red[0] / divisor);
+}
+
+// d loss / d per_sample[b] of every sample (LaplacianBackwardParams::grad_loss), for the backward kernels.
+template <typename T>
+__global__ void grad_scale_kernel(const T* __restrict__ grad_loss, int64_t stride, double divisor, int64_t batch,
+                                  T* __restrict__ scale) {
+  for (int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; b < batch; b += int64_t(gridDim.x) * blockDim.x)
+    scale[b] = lap::sample_grad_scale(grad_loss, stride, divisor, b);
+}
+
+unsigned blocks_for(int64_t n) {
+  const int64_t blocks = (n + kThreads - 1) / kThreads;
+  return static_cast<unsigned>(blocks < kMaxGridY ? blocks : kMaxGridY);
+}
+
 dim3 grid_for(int64_t pixels, int64_t planes) {
   return dim3(static_cast<unsigned>((pixels + kThreads - 1) / kThreads),
               static_cast<unsigned>(planes < kMaxGridY ? planes : kMaxGridY));
@@ -240,11 +275,15 @@ Status fused_forward_impl(const LaplacianForwardParams& p) {
 // The fused (Hopper) forward when it was chosen and fits, else the legacy one.
 template <typename In, typename T>
 Status forward_for(const LaplacianForwardParams& p, bool fused) {
-  return fused ? fused_forward_impl<In, T>(p) : forward_impl<In, T>(p);
+  const Status s = fused ? fused_forward_impl<In, T>(p) : forward_impl<In, T>(p);
+  if (!s.ok()) return s;
+  loss_kernel<T><<<p.sum_samples ? 1u : blocks_for(p.batch), kThreads, 0, static_cast<cudaStream_t>(p.exec.stream)>>>(
+      static_cast<const T*>(p.per_sample), p.batch, p.sum_samples, p.loss_divisor, static_cast<T*>(p.loss));
+  return cuda_last_status("laplacian_forward_cuda (loss)");
 }
 
 template <typename Out, typename T>
-Status backward_impl(const LaplacianBackwardParams& p) {
+Status backward_impl(const LaplacianBackwardParams& p, const T* scale) {
   const Geometry g = lap::make_geometry(p.height, p.width, p.levels);
   const Dims d{p.batch, p.channels, p.batch * p.channels};
   if (p.workspace_bytes < d.planes * g.total * int64_t(sizeof(T)))
@@ -252,8 +291,8 @@ Status backward_impl(const LaplacianBackwardParams& p) {
   cudaStream_t stream = static_cast<cudaStream_t>(p.exec.stream);
   for (int l = g.levels - 1; l >= 0; --l)
     backward_kernel<T, Out><<<grid_for(g.h[l] * g.w[l], d.planes), kThreads, 0, stream>>>(
-        p.signs, static_cast<const T*>(p.grad_scale), static_cast<T*>(p.workspace), static_cast<Out*>(p.grad), d, g, l,
-        T(p.level_weights[l]), l > 0 ? T(p.level_weights[l - 1]) : T(0));
+        p.signs, scale, static_cast<T*>(p.workspace), static_cast<Out*>(p.grad), d, g, l, T(p.level_weights[l]),
+        l > 0 ? T(p.level_weights[l - 1]) : T(0));
   return cuda_last_status("laplacian_backward_cuda");
 }
 
@@ -278,18 +317,40 @@ Status laplacian_forward_cuda(const LaplacianForwardParams& p) {
 }
 
 Status laplacian_backward_cuda(const LaplacianBackwardParams& p) {
-  if (use_hopper_kernels(p.exec, HopperOp::kLaplacian) && laplacian_fused_fits(p)) return laplacian_backward_fused(p);
   const CudaDeviceGuard guard(p.exec.device);
   if (!guard.status().ok()) return guard.status();
+  // d loss / d per_sample of every sample goes to the front of the workspace (laplacian_workspace_bytes
+  // counts it), the backward kernels get the rest.
+  const int64_t scale_bytes = align64(p.batch * int64_t(sizeof(double)));
+  if (p.workspace_bytes < scale_bytes)
+    return Status::Error(StatusCode::kInvalidArgument, "laplacian_backward_cuda: workspace too small");
+  LaplacianBackwardParams q = p;
+  q.workspace = static_cast<char*>(p.workspace) + scale_bytes;
+  q.workspace_bytes = p.workspace_bytes - scale_bytes;
+  cudaStream_t stream = static_cast<cudaStream_t>(p.exec.stream);
+  if (p.dtype == DType::kFloat64)
+    grad_scale_kernel<double><<<blocks_for(p.batch), kThreads, 0, stream>>>(static_cast<const double*>(p.grad_loss),
+                                                                            p.grad_loss_stride, p.loss_divisor, p.batch,
+                                                                            static_cast<double*>(p.workspace));
+  else
+    grad_scale_kernel<float><<<blocks_for(p.batch), kThreads, 0, stream>>>(static_cast<const float*>(p.grad_loss),
+                                                                           p.grad_loss_stride, p.loss_divisor, p.batch,
+                                                                           static_cast<float*>(p.workspace));
+  const Status launched = cuda_last_status("laplacian_backward_cuda (scale)");
+  if (!launched.ok()) return launched;
+  const auto* scale32 = static_cast<const float*>(p.workspace);
+  const auto* scale64 = static_cast<const double*>(p.workspace);
+  if (use_hopper_kernels(p.exec, HopperOp::kLaplacian) && laplacian_fused_fits(q))
+    return laplacian_backward_fused(q, p.workspace);
   switch (p.dtype) {
     case DType::kFloat32:
-      return backward_impl<float, float>(p);
+      return backward_impl<float, float>(q, scale32);
     case DType::kFloat64:
-      return backward_impl<double, double>(p);
+      return backward_impl<double, double>(q, scale64);
     case DType::kFloat16:
-      return backward_impl<__half, float>(p);
+      return backward_impl<__half, float>(q, scale32);
     case DType::kBFloat16:
-      return backward_impl<__nv_bfloat16, float>(p);
+      return backward_impl<__nv_bfloat16, float>(q, scale32);
     default:
       return Status::Error(StatusCode::kInvalidArgument, "laplacian_backward_cuda: unsupported dtype");
   }

@@ -32,6 +32,13 @@ struct LaplacianForwardParams {
   // Out: (B,) unnormalised per-sample loss sum_j w_j sum|L^j| in the compute type
   // (float64 for float64 inputs, float32 otherwise).
   void* per_sample = nullptr;
+  // Out: the loss the op returns, in the compute type, from per_sample: with sum_samples one value,
+  // (sum_b per_sample[b]) / loss_divisor (summed in float64 in a fixed order); else (B,) values
+  // per_sample[b] / loss_divisor (divided in the compute type; `loss` may be `per_sample` itself). The
+  // reduction happens here rather than in torch ops after the call: each op costs a dispatch.
+  void* loss = nullptr;
+  bool sum_samples = true;
+  double loss_divisor = 1.0;
   // Out: B*C*P int8 sign(L^j) of every level, P = sum_j h_j * w_j, for the backward pass of the same
   // backend and dtype. The layout is private to the backend: CUDA stores plane after plane, levels
   // finest first; the CPU row kernels interleave the planes of each group (laplacian_cpu_isa.h).
@@ -57,9 +64,14 @@ struct LaplacianBackwardParams {
   double level_weights[kLaplacianMaxLevels] = {};  // the forward's
   DType dtype = DType::kFloat32;                   // of grad (the dtype of x)
   const int8_t* signs = nullptr;                   // from the forward pass
-  const void* grad_scale = nullptr;                // (B,) compute type: d loss / d per_sample[b]
-  void* grad = nullptr;                            // out: (B, C, H, W) contiguous, d loss / d x (= -d loss / d y)
-  void* workspace = nullptr;                       // laplacian_workspace_bytes(..., backward = true) bytes
+  // d loss / d per_sample[b] = grad_loss[b * grad_loss_stride] / loss_divisor, in the compute type:
+  // grad_loss is the gradient of the forward's `loss` (one value and stride 0 for a summed loss; (B,) with
+  // any stride otherwise), loss_divisor the forward's.
+  const void* grad_loss = nullptr;
+  int64_t grad_loss_stride = 0;
+  double loss_divisor = 1.0;
+  void* grad = nullptr;       // out: (B, C, H, W) contiguous, d loss / d x (= -d loss / d y)
+  void* workspace = nullptr;  // laplacian_workspace_bytes(..., backward = true) bytes
   int64_t workspace_bytes = 0;
   bool pixel_path = false;  // the forward's
 };

@@ -41,6 +41,18 @@ int call_threads(int64_t batch, int64_t channels, int64_t height, int64_t width,
   return int(by_work < 1 ? 1 : (by_work < num_threads ? by_work : num_threads));
 }
 
+// The op's loss from the per-sample sums (LaplacianForwardParams::loss): the samples in order, in double.
+template <typename T>
+void write_loss(const T* per_sample, const LaplacianForwardParams& p, T* loss) {
+  if (!p.sum_samples) {
+    for (int64_t b = 0; b < p.batch; ++b) loss[b] = per_sample[b] / T(p.loss_divisor);
+    return;
+  }
+  double total = 0.0;
+  for (int64_t b = 0; b < p.batch; ++b) total += per_sample[b];
+  loss[0] = T(total / p.loss_divisor);
+}
+
 template <typename Params>
 Params with_call_threads(Params p) {
   p.exec.num_threads = call_threads(p.batch, p.channels, p.height, p.width, p.exec.num_threads);
@@ -59,7 +71,8 @@ int64_t laplacian_workspace_bytes(int64_t batch, int64_t channels, int64_t heigh
   const int64_t elem = dtype == DType::kFloat64 ? 8 : 4;  // CUDA computes f16/bf16 in f32
   if (cuda) {
     const int64_t pyramid = align64(planes * geom.total * elem);
-    return backward ? pyramid : pyramid + planes * lap::cuda_partials_per_plane(geom) * 8;
+    // Backward: (B,) d loss / d per_sample in front of the pyramid (laplacian_backward_cuda).
+    return backward ? align64(batch * 8) + pyramid : pyramid + planes * lap::cuda_partials_per_plane(geom) * 8;
   }
   // `planes` bounds the task count of both the grouped row kernels and the per-plane pixel path.
   const int slots = parallel_slots(planes, call_threads(batch, channels, height, width, num_threads));
@@ -72,7 +85,13 @@ Status laplacian_forward_cpu(const LaplacianForwardParams& p) {
     return Status::Error(StatusCode::kInvalidArgument, "laplacian_forward_cpu: levels must be in [1, 16]");
   if (!float_dtype(p.dtype))
     return Status::Error(StatusCode::kInvalidArgument, "laplacian_forward_cpu: dtype must be float32 or float64");
-  return to_status(kernels().forward(with_call_threads(p)), "laplacian_forward_cpu");
+  const Status s = to_status(kernels().forward(with_call_threads(p)), "laplacian_forward_cpu");
+  if (!s.ok()) return s;
+  if (p.dtype == DType::kFloat64)
+    write_loss(static_cast<const double*>(p.per_sample), p, static_cast<double*>(p.loss));
+  else
+    write_loss(static_cast<const float*>(p.per_sample), p, static_cast<float*>(p.loss));
+  return s;
 }
 
 Status laplacian_backward_cpu(const LaplacianBackwardParams& p) {

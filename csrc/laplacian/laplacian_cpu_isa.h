@@ -675,20 +675,21 @@ KernelResult backward_all(const LaplacianBackwardParams& p) {
   const Geometry& geom = pl.geom;
   const int64_t planes = pl.planes, tasks = pl.tasks, sb = pl.slot_bytes;
   char* ws = static_cast<char*>(p.workspace);
-  const T* scale = static_cast<const T*>(p.grad_scale);
+  const T* grad_loss = static_cast<const T*>(p.grad_loss);
+  const auto scale = [&](int64_t b) { return sample_grad_scale(grad_loss, p.grad_loss_stride, p.loss_divisor, b); };
   T* grad = static_cast<T*>(p.grad);
   const int64_t hw = p.height * p.width, P = geom.total, W = p.width;
   parallel_for_each(tasks, p.exec.num_threads, [&](int64_t task, int slot) {
     T* acc = reinterpret_cast<T*>(ws + slot * sb);
     if (p.pixel_path) {
-      backward_plane_pixels(geom, p.level_weights, p.signs + task * P, scale[task / p.channels], grad + task * hw, acc);
+      backward_plane_pixels(geom, p.level_weights, p.signs + task * P, scale(task / p.channels), grad + task * hw, acc);
       return;
     }
     const Slot<T> sl = carve_slot(acc, geom, W);
     int8_t* sg = sl.signs;
     const int64_t first = task * V, count = group_count(task, planes, V);
     T lane_scale[V] = {};
-    for (int64_t v = 0; v < count; ++v) lane_scale[v] = scale[(first + v) / p.channels];
+    for (int64_t v = 0; v < count; ++v) lane_scale[v] = scale((first + v) / p.channels);
     const int8_t* signs = p.signs + first * P;  // layout: see forward_all
     if (count < V) {
       for (int64_t e = 0; e < P; ++e)

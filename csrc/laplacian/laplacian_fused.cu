@@ -242,11 +242,10 @@ Status forward_impl(const LaplacianForwardParams& p, const FusedPlan& plan) {
 }
 
 template <typename Out, typename T>
-Status backward_impl(const LaplacianBackwardParams& p, const FusedPlan& plan) {
+Status backward_impl(const LaplacianBackwardParams& p, const FusedPlan& plan, const T* scale) {
   const int64_t planes = p.batch * p.channels;
   const int64_t total = lap::make_geometry(p.height, p.width, p.levels).total;
   cudaStream_t stream = static_cast<cudaStream_t>(p.exec.stream);
-  const T* scale = static_cast<const T*>(p.grad_scale);
   Out* grad = static_cast<Out*>(p.grad);
   const int h = int(p.height), w = int(p.width);
   if (plan.j0 == 0) {
@@ -309,7 +308,7 @@ Status laplacian_forward_fused(const LaplacianForwardParams& p) {
   }
 }
 
-Status laplacian_backward_fused(const LaplacianBackwardParams& p) {
+Status laplacian_backward_fused(const LaplacianBackwardParams& p, const void* scale) {
   const CudaDeviceGuard guard(p.exec.device);
   if (!guard.status().ok()) return guard.status();
   const FusedPlan plan = plan_for(p.batch * p.channels, p.height, p.width, p.levels, p.dtype, p.exec.device);
@@ -317,13 +316,13 @@ Status laplacian_backward_fused(const LaplacianBackwardParams& p) {
     return Status::Error(StatusCode::kInvalidArgument, "laplacian_backward_cuda (fused): shapes or workspace unfit");
   switch (p.dtype) {
     case DType::kFloat32:
-      return backward_impl<float, float>(p, plan);
+      return backward_impl<float, float>(p, plan, static_cast<const float*>(scale));
     case DType::kFloat64:
-      return backward_impl<double, double>(p, plan);
+      return backward_impl<double, double>(p, plan, static_cast<const double*>(scale));
     case DType::kFloat16:
-      return backward_impl<__half, float>(p, plan);
+      return backward_impl<__half, float>(p, plan, static_cast<const float*>(scale));
     case DType::kBFloat16:
-      return backward_impl<__nv_bfloat16, float>(p, plan);
+      return backward_impl<__nv_bfloat16, float>(p, plan, static_cast<const float*>(scale));
     default:
       return Status::Error(StatusCode::kInvalidArgument, "laplacian_backward_cuda (fused): unsupported dtype");
   }

@@ -14,6 +14,7 @@ namespace glann {
 bool laplacian_fused_fits(const LaplacianForwardParams& p);
 bool laplacian_fused_fits(const LaplacianBackwardParams& p);
 Status laplacian_forward_fused(const LaplacianForwardParams& p);
-Status laplacian_backward_fused(const LaplacianBackwardParams& p);
+// scale: (B,) d loss / d per_sample[b] in the compute type (float, or double for float64), on the device.
+Status laplacian_backward_fused(const LaplacianBackwardParams& p, const void* scale);
 
 }  // namespace glann

@@ -27,6 +27,14 @@ GLANN_HD T tap_weight(int a) {
   return a == 2 ? T(0.375) : ((a == 1 || a == 3) ? T(0.25) : T(0.0625));
 }
 
+// d loss / d per_sample[b] of sample b: the gradient of the op's loss (grad_loss, one value or one per sample
+// through `stride`) divided by the forward's divisor, in the compute type (the arithmetic of torch's
+// `grad / divisor`).
+template <typename T>
+GLANN_HD T sample_grad_scale(const T* grad_loss, int64_t stride, double divisor, int64_t b) {
+  return grad_loss[b * stride] / T(divisor);
+}
+
 // OpenCV BORDER_REFLECT_101 with period 2(n-1); n == 1 maps everything to 0.
 GLANN_HD int64_t reflect101(int64_t i, int64_t n) {
   // Fast paths without a division: the kernels only ask for indices within 2 (or 4) of the edges.

@@ -63,7 +63,7 @@ class ExecContext(NamedTuple):
 
 def exec_context(t: torch.Tensor) -> ExecContext:
     """Where and how a native call on ``t``'s device runs."""
-    if t.device.type != "cuda":
+    if not t.is_cuda:
         return ExecContext(False, 0, 0, num_threads())
     device = device_index(t)
     return ExecContext(True, device, torch.cuda.current_stream(device).cuda_stream, 1)

@@ -40,7 +40,9 @@ Finite inputs whose loss overflows return the infinite loss. ``check_finite_valu
 check: NaN then propagates into the loss (its sign, and so its gradient, is 0).
 
 Determinism: CPU planes are reduced in a fixed order (independent of the thread count); the CUDA
-kernels use per-block partial sums and a fixed-order final reduction (no atomics).
+kernels use per-block partial sums and a fixed-order final reduction (no atomics). The kernels also make
+the reduced loss (the per-sample sums added in float64, in sample order, then divided) and scale the
+gradient by the loss's gradient, so no torch op runs around them.
 """
 
 from __future__ import annotations
@@ -87,8 +89,8 @@ _LIB.define(
     "bool check_finite) -> (Tensor, Tensor)"
 )
 _LIB.define(
-    "laplacian_bwd(Tensor signs, Tensor grad_scale, int channels, int height, int width, int levels, "
-    "float[] level_weights, ScalarType dtype, bool pixel_path) -> Tensor"
+    "laplacian_bwd(Tensor signs, Tensor grad_loss, SymInt batch, SymInt channels, SymInt height, SymInt width, "
+    "int levels, float[] level_weights, int reduction, ScalarType dtype, bool pixel_path) -> Tensor"
 )
 
 
@@ -102,30 +104,36 @@ def _forward_impl(
     check_finite: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, signs (B*C, P) int8) of the pyramid of x - y, the loss reduced by ``reduction`` (an index
-    into REDUCTIONS) from the per-sample sums sum_j w_j sum|L^j|. The reduction happens inside the op, with
-    the torch ops it would take outside, so a training step has one autograd node for the loss.
+    into REDUCTIONS) from the per-sample sums sum_j w_j sum|L^j|. The kernels reduce too (the sum over the
+    samples, the division), so a call costs no torch op after them and a training step has one autograd
+    node for the loss.
 
     ``pixel_path``: on CPU run the per-pixel functions the CUDA kernels use instead of the row kernels
     (tests); its signs have another layout, so the backward takes the same value (saved in the context).
     ``check_finite``: the NaN policy (module docstring), by the kernels.
     """
     b, c, h, w = x.shape
-    per_sample = torch.empty(b, dtype=_compute_dtype(x.dtype), device=x.device)
-    signs = torch.empty(b * c, _plane_elems(h, w, levels), dtype=torch.int8, device=x.device)
+    device = x.device
+    dtype = _compute_dtype(x.dtype)
+    summed = reduction != _NONE
+    per_sample = torch.empty(b, dtype=dtype, device=device)
+    loss = torch.empty((), dtype=dtype, device=device) if summed else per_sample  # "none": in place
+    signs = torch.empty(b * c, _plane_elems(h, w, levels), dtype=torch.int8, device=device)
     exec_ctx = _native.exec_context(x)
     code = _native.dtype_code(x)
     nbytes = _workspace_bytes(b, c, h, w, levels, code, exec_ctx.cuda, False, exec_ctx.num_threads)
-    workspace = torch.empty(nbytes, dtype=torch.uint8, device=x.device)
-    flags = _native.nonfinite_flags(x.device, 2) if exec_ctx.cuda and check_finite else None
+    workspace = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    flags = _native.nonfinite_flags(device, 2) if exec_ctx.cuda and check_finite else None
     with _native.native_call("laplacian_pyramid_loss", x, arguments=("x", "y")):
         _native._C.laplacian_forward(
             code, x.data_ptr(), x.stride(), y.data_ptr(), y.stride(), b, c, h, w, levels, level_weights,
-            per_sample.data_ptr(), signs.data_ptr(), workspace.data_ptr(), nbytes, pixel_path, check_finite,
-            flags.data_ptr() if flags is not None else 0, exec_ctx,
+            per_sample.data_ptr(), loss.data_ptr(), summed, float(_divisor(b, c, h, w, reduction)), signs.data_ptr(),
+            workspace.data_ptr(), nbytes, pixel_path, check_finite, flags.data_ptr() if flags is not None else 0,
+            exec_ctx,
         )  # fmt: skip
     if flags is not None:
         _native.defer_flags(flags, _flags_error)
-    return _reduce(per_sample, x.shape, REDUCTIONS[reduction]), signs
+    return loss, signs
 
 
 @functools.lru_cache(maxsize=256)
@@ -137,17 +145,15 @@ def _workspace_bytes(
     return _native._C.laplacian_workspace_bytes(b, c, h, w, levels, code, cuda, backward, num_threads)
 
 
-def _divisor(shape, reduction: str):
-    """What the per-sample sums are divided by: pixels per sample ("none"), all pixels ("mean") or 1."""
-    b, c, h, w = shape
-    return {"none": c * h * w, "mean": b * c * h * w, "sum": 1}[reduction]
+_SUM, _NONE = REDUCTIONS.index("sum"), REDUCTIONS.index("none")
 
 
-def _reduce(per_sample: torch.Tensor, shape, reduction: str) -> torch.Tensor:
-    if reduction == "none":
-        return per_sample / _divisor(shape, reduction)
-    total = per_sample.sum()
-    return total if reduction == "sum" else total / _divisor(shape, reduction)
+def _divisor(b: int, c: int, h: int, w: int, reduction: int) -> int:
+    """What the per-sample sums are divided by for ``reduction`` (an index into REDUCTIONS): pixels per
+    sample ("none"), all pixels ("mean") or 1 ("sum")."""
+    if reduction == _SUM:
+        return 1
+    return c * h * w if reduction == _NONE else b * c * h * w
 
 
 def _flags_error(values: list[int]) -> Exception | None:
@@ -168,52 +174,60 @@ def _forward_fake(
     check_finite: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     b, c, h, w = x.shape
-    loss = x.new_empty((b,) if REDUCTIONS[reduction] == "none" else (), dtype=_compute_dtype(x.dtype))
+    loss = x.new_empty((b,) if reduction == _NONE else (), dtype=_compute_dtype(x.dtype))
     signs = x.new_empty((b * c, _plane_elems(h, w, levels)), dtype=torch.int8)
     return loss, signs
 
 
 def _backward_impl(
     signs: torch.Tensor,
-    grad_scale: torch.Tensor,
+    grad_loss: torch.Tensor,
+    batch: int,
     channels: int,
     height: int,
     width: int,
     levels: int,
     level_weights: list[float],
+    reduction: int,
     dtype: torch.dtype,
     pixel_path: bool,
 ) -> torch.Tensor:
-    """d loss / d x (B, C, H, W) contiguous, given d loss / d per_sample (grad_scale, (B,))."""
-    b = grad_scale.shape[0]
-    grad_scale = grad_scale.to(_compute_dtype(dtype)).contiguous()
-    grad = torch.empty(b, channels, height, width, dtype=dtype, device=signs.device)
+    """d loss / d x (B, C, H, W) contiguous, given d loss / d loss (``grad_loss``: one value, or (B,) for
+    reduction "none", any stride). The kernels divide it by the forward's divisor, as autograd would."""
+    compute = _compute_dtype(dtype)
+    if grad_loss.dtype != compute:
+        grad_loss = grad_loss.to(compute)
+    grad = torch.empty(batch, channels, height, width, dtype=dtype, device=signs.device)
     exec_ctx = _native.exec_context(signs)
     code = _native.DTYPE_CODES[dtype]
     nbytes = _workspace_bytes(
-        b, channels, height, width, levels, code, exec_ctx.cuda, True, exec_ctx.num_threads
+        batch, channels, height, width, levels, code, exec_ctx.cuda, True, exec_ctx.num_threads
     )
     workspace = torch.empty(nbytes, dtype=torch.uint8, device=signs.device)
+    stride = grad_loss.stride(0) if grad_loss.dim() else 0
+    divisor = float(_divisor(batch, channels, height, width, reduction))
     with _native.native_call("laplacian_pyramid_loss (backward)", signs):
         _native._C.laplacian_backward(
-            code, signs.data_ptr(), grad_scale.data_ptr(), grad.data_ptr(), b, channels, height, width, levels,
-            level_weights, workspace.data_ptr(), nbytes, pixel_path, exec_ctx,
+            code, signs.data_ptr(), grad_loss.data_ptr(), stride, divisor, grad.data_ptr(), batch, channels, height,
+            width, levels, level_weights, workspace.data_ptr(), nbytes, pixel_path, exec_ctx,
         )  # fmt: skip
     return grad
 
 
 def _backward_fake(
     signs: torch.Tensor,
-    grad_scale: torch.Tensor,
+    grad_loss: torch.Tensor,
+    batch: int,
     channels: int,
     height: int,
     width: int,
     levels: int,
     level_weights: list[float],
+    reduction: int,
     dtype: torch.dtype,
     pixel_path: bool,
 ) -> torch.Tensor:
-    return signs.new_empty((grad_scale.shape[0], channels, height, width), dtype=dtype)
+    return signs.new_empty((batch, channels, height, width), dtype=dtype)
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -225,7 +239,7 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.shape = tuple(x.shape)
     ctx.levels = levels
     ctx.level_weights = level_weights
-    ctx.reduction = REDUCTIONS[reduction]
+    ctx.reduction = reduction
     ctx.dtype = x.dtype
     ctx.pixel_path = pixel_path  # the signs' layout: the backward must use the forward's path
 
@@ -237,13 +251,8 @@ def _backward(ctx, grad_loss: torch.Tensor | None, _grad_signs, backward_op: Cal
         return None, None, None, None, None, None, None
     (signs,) = ctx.saved_tensors
     b, c, h, w = ctx.shape
-    # d loss / d per_sample, by the arithmetic autograd would use for the reduction's torch ops.
-    divisor = _divisor(ctx.shape, ctx.reduction)
-    grad_per_sample = grad_loss if divisor == 1 else grad_loss / divisor
-    if ctx.reduction != "none":
-        grad_per_sample = grad_per_sample.expand(b)
     grad = (backward_op or _laplacian_bwd)(
-        signs, grad_per_sample, c, h, w, ctx.levels, ctx.level_weights, ctx.dtype, ctx.pixel_path
+        signs, grad_loss, b, c, h, w, ctx.levels, ctx.level_weights, ctx.reduction, ctx.dtype, ctx.pixel_path
     )
     gx = grad if ctx.needs_input_grad[0] else None
     gy = -grad if ctx.needs_input_grad[1] else None
@@ -262,19 +271,22 @@ _laplacian_bwd = torch.ops.glann_ext.laplacian_bwd
 
 class _EagerLoss(torch.autograd.Function):
     """The registered op and its autograd formula, called without the dispatcher's round trips through
-    Python (about 0.3 ms per forward and backward; at (64, 1, 28, 28) the kernels take 0.4 ms). Used for
+    Python (about 0.3 ms per forward and backward; at (64, 1, 28, 28) the kernels take 0.1 ms). Used for
     plain tensors in eager mode only: ``torch.compile``, fake tensors and dispatch modes see the registered op.
+    The op's other arguments travel as one tuple: ``apply`` costs time per argument.
     """
 
     @staticmethod
-    def forward(ctx, *inputs):
+    def forward(ctx, x, y, options):
+        inputs = (x, y, *options)
         loss, signs = _forward_impl(*inputs)
         _setup_context(ctx, inputs, (loss, signs))
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        return _backward(ctx, grad_loss, None, backward_op=_backward_impl)
+        gx, gy, *_ = _backward(ctx, grad_loss, None, backward_op=_backward_impl)
+        return gx, gy, None
 
 
 def _eager(x: torch.Tensor, y: torch.Tensor) -> bool:
@@ -385,5 +397,5 @@ def _loss(
     """:func:`laplacian_pyramid_loss`; ``pixel_path=True`` runs the CPU per-pixel path (tests only)."""
     levels, weights = _check_args(x, y, levels, reduction, level_weights)
     _native.require_cuda_build(x, "laplacian_pyramid_loss")
-    args = (x, y, levels, weights, REDUCTIONS.index(reduction), pixel_path, check_finite_values)
-    return _EagerLoss.apply(*args) if _eager(x, y) else _laplacian_fwd(*args)[0]
+    options = (levels, weights, REDUCTIONS.index(reduction), pixel_path, check_finite_values)
+    return _EagerLoss.apply(x, y, options) if _eager(x, y) else _laplacian_fwd(x, y, *options)[0]
