@@ -179,6 +179,30 @@ def test_flags_raise_at_once_on_cpu() -> None:
         _native.raise_flags(torch.tensor([5]), _flags_error)
 
 
+def test_plain_tensors_only_for_real_eager_tensors() -> None:
+    """The ops' eager fast path (straight to the implementation) takes plain CPU tensors only: meta tensors,
+    subclasses, torch.func wrappers and dispatch modes go through the registered op."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Sub(torch.Tensor):
+        pass
+
+    t = torch.ones(3)
+    assert _native.plain_tensors(t, torch.zeros(2))
+    assert not _native.plain_tensors(t, torch.ones(3, device="meta"))
+    assert not _native.plain_tensors(t.as_subclass(Sub))
+    seen = []
+    torch.func.vmap(lambda row: seen.append(_native.plain_tensors(row)) or row)(torch.ones(2, 3))
+    assert seen == [False]
+
+    class Passthrough(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with Passthrough():
+        assert not _native.plain_tensors(t)
+
+
 def test_exec_context_on_cpu() -> None:
     old = torch.get_num_threads()
     try:

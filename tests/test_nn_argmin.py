@@ -611,3 +611,36 @@ def test_cuda_non_finite_is_deferred_to_a_later_call() -> None:
     with pytest.raises(NonFiniteError, match="queries row 7"):  # raised by the next op, whichever it is
         glann_ext.project_to_sphere(torch.randn(3, 3, device="cuda"))
     glann_ext.ops.raise_deferred_errors(wait=True)  # nothing left
+
+
+def test_eager_fast_path_matches_the_registered_op(monkeypatch):
+    """Plain tensors in eager mode call the fold's implementation directly; a dispatch mode (as tracing
+    uses) sees the registered op. Both run the same kernel: the same indices and distances, ties included."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import glann_ext.ops.nn_argmin as nn_mod
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randint(-3, 4, (37, 5), generator=g).float()  # small integers: many exact ties
+    k = torch.randint(-3, 4, (301, 5), generator=g).float()
+    fast = nn_argmin(q, [k[:100], k[100:]], return_distances=True)
+
+    class Names(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Names() as mode:
+        op = nn_argmin(q, [k[:100], k[100:]], return_distances=True)
+    assert any("glann_ext.nn_argmin_fold_" in n for n in mode.names), mode.names
+    assert torch.equal(fast[0], op[0]) and torch.equal(fast[1], op[1])
+
+    def no_dispatch(*args):
+        raise AssertionError("the eager path went through the dispatcher")
+
+    monkeypatch.setattr(nn_mod, "_fold", no_dispatch)
+    assert torch.equal(nn_argmin(q, k), fast[0])

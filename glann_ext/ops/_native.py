@@ -61,6 +61,23 @@ class ExecContext(NamedTuple):
     num_threads: int
 
 
+def plain_tensors(*tensors: torch.Tensor) -> bool:
+    """Whether an op may call its implementation directly instead of through the dispatcher (whose
+    Python round trips cost tens of microseconds a call): plain tensors (no subclass, no torch.func
+    wrapper) holding data on the CPU or a CUDA device (meta tensors take the fake implementation), no
+    ``torch.compile`` tracing and no dispatch mode, which must all see the registered op."""
+    return (
+        not torch.compiler.is_compiling()  # first: dynamo folds it to True and traces nothing after it
+        and not torch._C._len_torch_dispatch_stack()
+        and all(
+            type(t) is torch.Tensor
+            and (t.is_cpu or t.is_cuda)
+            and not torch._C._functorch.is_functorch_wrapped_tensor(t)
+            for t in tensors
+        )
+    )
+
+
 def exec_context(t: torch.Tensor) -> ExecContext:
     """Where and how a native call on ``t``'s device runs."""
     if not t.is_cuda:

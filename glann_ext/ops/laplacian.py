@@ -289,16 +289,6 @@ class _EagerLoss(torch.autograd.Function):
         return gx, gy, None
 
 
-def _eager(x: torch.Tensor, y: torch.Tensor) -> bool:
-    """Whether the eager fast path may run: real tensors, no tracing, no dispatch mode."""
-    return (
-        type(x) is torch.Tensor
-        and type(y) is torch.Tensor
-        and not torch.compiler.is_compiling()
-        and not torch._C._len_torch_dispatch_stack()
-    )
-
-
 def _check_args(x: object, y: object, levels: object, reduction: object, level_weights: object) -> tuple:
     """Validates every argument (before any native call); returns the level count and its weights."""
     x = check_tensor("x", x, ndim=4)
@@ -398,4 +388,6 @@ def _loss(
     levels, weights = _check_args(x, y, levels, reduction, level_weights)
     _native.require_cuda_build(x, "laplacian_pyramid_loss")
     options = (levels, weights, REDUCTIONS.index(reduction), pixel_path, check_finite_values)
-    return _EagerLoss.apply(x, y, options) if _eager(x, y) else _laplacian_fwd(x, y, *options)[0]
+    return (
+        _EagerLoss.apply(x, y, options) if _native.plain_tensors(x, y) else _laplacian_fwd(x, y, *options)[0]
+    )

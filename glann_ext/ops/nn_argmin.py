@@ -65,8 +65,7 @@ def _score_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-@torch.library.custom_op("glann_ext::nn_argmin_fold_", mutates_args=("best_score", "best_index"))
-def _fold(
+def _fold_impl(
     queries: torch.Tensor,
     keys: torch.Tensor,
     best_score: torch.Tensor,
@@ -113,6 +112,13 @@ def _fold(
         )  # fmt: skip
     if flags is not None:
         _native.defer_flags(flags, _flags_error("nn_argmin", names, offsets))
+
+
+# The registered op (torch.compile, fake tensors and dispatch modes see it); plain tensors in eager mode call
+# _fold_impl directly: the custom_op's Python dispatch cost about 50 us a call, more than a small search.
+_fold = torch.library.custom_op("glann_ext::nn_argmin_fold_", mutates_args=("best_score", "best_index"))(
+    _fold_impl
+)
 
 
 def _flags_error(op: str, names: tuple[str, ...], offsets: tuple[int, ...]) -> _native.FlagsError:
@@ -312,7 +318,8 @@ class RunningArgmin:
         if m == 0:
             return
         if self.scores is None:
-            _fold(
+            fold = _fold_impl if _native.plain_tensors(self.queries, keys, self.score) else _fold
+            fold(
                 self.queries,
                 keys,
                 self.score,
