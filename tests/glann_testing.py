@@ -1,4 +1,5 @@
-"""Helpers shared by the trainer tests: the ops backend to use, and tiny datasets made on the fly."""
+"""Helpers shared by the tests: the ops backend to use, tiny datasets made on the fly, and a dispatch mode that
+records the ops a call runs."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 # The trainer tests run on the fused kernels (the reference backend has its own tests in test_models.py).
 OPS = "fused"
@@ -80,3 +82,16 @@ def tensors_equal(a, b) -> bool:
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True  # both NaN
     return a == b
+
+
+class RecordOps(TorchDispatchMode):
+    """A dispatch mode that records the name of every op it sees (``names``) and runs it: under it the
+    ops' eager fast paths step aside and the registered ops run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))

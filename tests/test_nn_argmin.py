@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from glann_testing import child_kwargs
+from glann_testing import RecordOps, child_kwargs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -616,8 +616,6 @@ def test_cuda_non_finite_is_deferred_to_a_later_call() -> None:
 def test_eager_fast_path_matches_the_registered_op(monkeypatch):
     """Plain tensors in eager mode call the fold's implementation directly; a dispatch mode (as tracing
     uses) sees the registered op. Both run the same kernel: the same indices and distances, ties included."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     import glann_ext.ops.nn_argmin as nn_mod
 
     g = torch.Generator().manual_seed(0)
@@ -625,16 +623,7 @@ def test_eager_fast_path_matches_the_registered_op(monkeypatch):
     k = torch.randint(-3, 4, (301, 5), generator=g).float()
     fast = nn_argmin(q, [k[:100], k[100:]], return_distances=True)
 
-    class Names(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.names = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.names.append(str(func))
-            return func(*args, **(kwargs or {}))
-
-    with Names() as mode:
+    with RecordOps() as mode:
         op = nn_argmin(q, [k[:100], k[100:]], return_distances=True)
     assert any("glann_ext.nn_argmin_fold_" in n for n in mode.names), mode.names
     assert torch.equal(fast[0], op[0]) and torch.equal(fast[1], op[1])
