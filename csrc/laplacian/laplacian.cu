@@ -1,8 +1,9 @@
 // CUDA launchers of the Laplacian-pyramid loss: level by level, per-pixel math from laplacian_math.h.
 //
 // Forward: diff -> (down) x (J-1) -> per level |L| with per-block partial sums -> fixed-order reduce
-// per sample. Backward: one kernel per level, coarsest first: acc_l = s_l + D^T acc_{l+1} - U^T s_{l-1},
-// level 0 written straight into grad. No atomics in the sums, so results are deterministic run to run;
+// per sample -> the loss (summed over samples or not). Backward: the per-sample gradient scales, then one
+// kernel per level, coarsest first: acc_l = s_l + D^T acc_{l+1} - U^T s_{l-1}, level 0 written straight
+// into grad. No atomics in the sums, so results are deterministic run to run;
 // NaN/Inf propagate into the loss, and with check_finite a last kernel looks at the inputs of every sample
 // whose loss is not finite and lowers nonfinite_samples (no host synchronisation). Everything runs on
 // p.exec.stream.
@@ -276,7 +277,7 @@ Status fused_forward_impl(const LaplacianForwardParams& p) {
 template <typename In, typename T>
 Status forward_for(const LaplacianForwardParams& p, bool fused) {
   const Status s = fused ? fused_forward_impl<In, T>(p) : forward_impl<In, T>(p);
-  if (!s.ok()) return s;
+  if (!s.ok() || p.loss == nullptr) return s;
   loss_kernel<T><<<p.sum_samples ? 1u : blocks_for(p.batch), kThreads, 0, static_cast<cudaStream_t>(p.exec.stream)>>>(
       static_cast<const T*>(p.per_sample), p.batch, p.sum_samples, p.loss_divisor, static_cast<T*>(p.loss));
   return cuda_last_status("laplacian_forward_cuda (loss)");

@@ -35,7 +35,7 @@ struct LaplacianForwardParams {
   // Out: the loss the op returns, in the compute type, from per_sample: with sum_samples one value,
   // (sum_b per_sample[b]) / loss_divisor (summed in float64 in a fixed order); else (B,) values
   // per_sample[b] / loss_divisor (divided in the compute type; `loss` may be `per_sample` itself). The
-  // reduction happens here rather than in torch ops after the call: each op costs a dispatch.
+  // reduction happens here rather than in torch ops after the call: each op costs a dispatch. Null: none.
   void* loss = nullptr;
   bool sum_samples = true;
   double loss_divisor = 1.0;

@@ -86,7 +86,7 @@ Status laplacian_forward_cpu(const LaplacianForwardParams& p) {
   if (!float_dtype(p.dtype))
     return Status::Error(StatusCode::kInvalidArgument, "laplacian_forward_cpu: dtype must be float32 or float64");
   const Status s = to_status(kernels().forward(with_call_threads(p)), "laplacian_forward_cpu");
-  if (!s.ok()) return s;
+  if (!s.ok() || p.loss == nullptr) return s;
   if (p.dtype == DType::kFloat64)
     write_loss(static_cast<const double*>(p.per_sample), p, static_cast<double*>(p.loss));
   else
