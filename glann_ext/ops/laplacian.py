@@ -82,7 +82,7 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 # torch.library registration with Library.define/impl rather than torch.library.custom_op: the loss runs
 # every training step, and custom_op's Python dispatch cost about 0.17 ms per call (per direction) at
-# (64, 1, 28, 28), where the kernels take 0.3 ms (see ops/sphere.py for the same choice).
+# (64, 1, 28, 28), more than the kernels take (about 0.1 ms; see ops/sphere.py for the same choice).
 _LIB = torch.library.Library("glann_ext", "FRAGMENT")  # kept alive for the process
 _LIB.define(
     "laplacian_fwd(Tensor x, Tensor y, int levels, float[] level_weights, int reduction, bool pixel_path, "
