@@ -8,7 +8,7 @@ import pytest
 import torch
 from glann_testing import OPS, Interrupt, blob_images, interrupt_at, tensors_equal, tiny_config
 
-from glann_ext.data import RING_PACGAN
+from glann_ext.data import GRID_5X5, RING_PACGAN
 from glann_ext.errors import ConfigError, RunFolderError
 from glann_ext.metrics import mode_coverage
 from glann_ext.models import GLANN, MLP, read_model_file
@@ -363,6 +363,23 @@ def test_pixel_space_imle(tmp_path, blob_file):
     assert torch.equal(load_model(tmp_path / "pix").sample(5, seed=0), x)
 
 
+def _tight_mode_imle(epochs: int) -> TrainConfig:
+    """The quality report's 2-D IMLE: the options for tight modes at its Adam settings (docs/training.md)."""
+    return TrainConfig(
+        noise_dim=2,
+        batch_size=256,
+        imle_epochs=epochs,
+        imle_lr=1e-2,
+        imle_noise_multiple=2,
+        imle_betas=(0.9, 0.9),
+        imle_weight_decay=0.0,
+        imle_match="unique",
+        imle_precision_weight=1.0,
+        imle_lr_schedule="cosine",
+        ops=OPS,
+    )
+
+
 def test_imle_on_the_ring_covers_all_eight_modes():
     """IMLE with the MLP generator on the ring of 8 (radius 1, std 0.01), with the options for tight modes
     (one-to-one matching, precision term, cosine learning rate; docs/training.md) at the quality report's Adam
@@ -373,20 +390,7 @@ def test_imle_on_the_ring_covers_all_eight_modes():
     """
     torch.set_num_threads(1)
     points = RING_PACGAN.sample(256, seed=0)
-    cfg = TrainConfig(
-        noise_dim=2,
-        batch_size=256,
-        imle_epochs=1000,
-        imle_lr=1e-2,
-        imle_noise_multiple=2,
-        imle_betas=(0.9, 0.9),
-        imle_weight_decay=0.0,
-        imle_match="unique",
-        imle_precision_weight=1.0,
-        imle_lr_schedule="cosine",
-        ops=OPS,
-    )
-    trainer = fit_imle(points, seeded(0, lambda: MLP(2, 2, 128, 3, batch_norm=False)), cfg)
+    trainer = fit_imle(points, seeded(0, lambda: MLP(2, 2, 128, 3, batch_norm=False)), _tight_mode_imle(1000))
     samples = trainer.generate(torch.randn(2500, 2, generator=torch.Generator().manual_seed(1)))
     cover = mode_coverage(samples, RING_PACGAN)
     counts, frac = cover.mode_counts, cover.high_quality_fraction
@@ -396,6 +400,21 @@ def test_imle_on_the_ring_covers_all_eight_modes():
         points, trainer.generate(torch.randn(4000, 2, generator=torch.Generator().manual_seed(2)))
     )
     assert (near.min(1).values <= 0.03).float().mean() > 0.9
+
+
+def test_imle_on_the_grid_reaches_95_percent_high_quality_in_5000_steps():
+    """The 5 x 5 grid (the issue's target: every mode, at least 95% of the samples within 3 std of a centre):
+    the ring's options and settings for 5,000 steps. Seeds 0-4 of the study in docs/training.md give
+    96.6-97.0% and a smallest mode of 1.5-2.4% of the samples (uniform: 4%); about 30 s on one thread."""
+    torch.set_num_threads(1)
+    points = GRID_5X5.sample(256, seed=0)
+    trainer = fit_imle(points, seeded(0, lambda: MLP(2, 2, 128, 3, batch_norm=False)), _tight_mode_imle(5000))
+    cover = mode_coverage(
+        trainer.generate(torch.randn(2500, 2, generator=torch.Generator().manual_seed(1))), GRID_5X5
+    )
+    assert cover.modes_covered == 25, cover.mode_counts
+    assert cover.high_quality_fraction >= 0.95, (cover.high_quality_fraction, cover.mode_counts)
+    assert (cover.mode_counts >= 0.01 * 2500).all(), cover.mode_counts
 
 
 @pytest.mark.cuda
