@@ -599,6 +599,27 @@ def test_cuda_matches_cpu(shape, levels):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_grad_of_the_loss_in_every_layout(dtype):
+    """On CUDA the loss comes from loss_kernel and each sample's gradient scale from grad_scale_kernel: the
+    three reductions and the seeds of the CPU test (contiguous, strided, stride 0), against float64 on the CPU."""
+    x, y = torch.randn(5, 2, 11, 9, dtype=torch.float64), torch.randn(5, 2, 11, 9, dtype=torch.float64)
+    base = torch.rand(10, dtype=torch.float64) + 0.5
+    seeds = {"none": [base[:5], base[::2], base[:1].expand(5)], "mean": [base[0]], "sum": [base[1]]}
+    tol = {"rtol": 1e-11, "atol": 1e-11} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
+    for reduction, grads in seeds.items():
+        for seed in grads:
+            xc = x.to("cuda", dtype).requires_grad_()
+            loss = loss_fn(xc, y.to("cuda", dtype), reduction=reduction)
+            (got,) = torch.autograd.grad(loss, xc, seed.to("cuda", dtype))
+            xd = x.clone().requires_grad_()
+            ref = loss_fn(xd, y, reduction=reduction)
+            (want,) = torch.autograd.grad(ref, xd, seed)
+            torch.testing.assert_close(loss.double().cpu(), ref, **tol)
+            torch.testing.assert_close(got.double().cpu(), want, **tol)
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cuda_low_precision(dtype):
     """float16/bfloat16 are computed in float32: our error against float64 (same rounded inputs) is at
