@@ -297,6 +297,26 @@ Status backward_impl(const LaplacianBackwardParams& p, const T* scale) {
   return cuda_last_status("laplacian_backward_cuda");
 }
 
+// The per-sample gradient scales into the front of the workspace (laplacian_workspace_bytes counts them),
+// then the fused (Hopper) backward when it was chosen and fits the rest, else the legacy one.
+template <typename Out, typename T>
+Status backward_for(const LaplacianBackwardParams& p) {
+  const int64_t scale_bytes = align64(p.batch * int64_t(sizeof(double)));
+  if (p.workspace_bytes < scale_bytes)
+    return Status::Error(StatusCode::kInvalidArgument, "laplacian_backward_cuda: workspace too small");
+  T* scale = static_cast<T*>(p.workspace);
+  LaplacianBackwardParams q = p;
+  q.workspace = static_cast<char*>(p.workspace) + scale_bytes;
+  q.workspace_bytes = p.workspace_bytes - scale_bytes;
+  grad_scale_kernel<T><<<blocks_for(p.batch), kThreads, 0, static_cast<cudaStream_t>(p.exec.stream)>>>(
+      static_cast<const T*>(p.grad_loss), p.grad_loss_stride, p.loss_divisor, p.batch, scale);
+  const Status launched = cuda_last_status("laplacian_backward_cuda (scale)");
+  if (!launched.ok()) return launched;
+  if (use_hopper_kernels(p.exec, HopperOp::kLaplacian) && laplacian_fused_fits(q))
+    return laplacian_backward_fused(q, scale);
+  return backward_impl<Out, T>(q, scale);
+}
+
 }  // namespace
 
 Status laplacian_forward_cuda(const LaplacianForwardParams& p) {
@@ -320,38 +340,15 @@ Status laplacian_forward_cuda(const LaplacianForwardParams& p) {
 Status laplacian_backward_cuda(const LaplacianBackwardParams& p) {
   const CudaDeviceGuard guard(p.exec.device);
   if (!guard.status().ok()) return guard.status();
-  // d loss / d per_sample of every sample goes to the front of the workspace (laplacian_workspace_bytes
-  // counts it), the backward kernels get the rest.
-  const int64_t scale_bytes = align64(p.batch * int64_t(sizeof(double)));
-  if (p.workspace_bytes < scale_bytes)
-    return Status::Error(StatusCode::kInvalidArgument, "laplacian_backward_cuda: workspace too small");
-  LaplacianBackwardParams q = p;
-  q.workspace = static_cast<char*>(p.workspace) + scale_bytes;
-  q.workspace_bytes = p.workspace_bytes - scale_bytes;
-  cudaStream_t stream = static_cast<cudaStream_t>(p.exec.stream);
-  if (p.dtype == DType::kFloat64)
-    grad_scale_kernel<double><<<blocks_for(p.batch), kThreads, 0, stream>>>(static_cast<const double*>(p.grad_loss),
-                                                                            p.grad_loss_stride, p.loss_divisor, p.batch,
-                                                                            static_cast<double*>(p.workspace));
-  else
-    grad_scale_kernel<float><<<blocks_for(p.batch), kThreads, 0, stream>>>(static_cast<const float*>(p.grad_loss),
-                                                                           p.grad_loss_stride, p.loss_divisor, p.batch,
-                                                                           static_cast<float*>(p.workspace));
-  const Status launched = cuda_last_status("laplacian_backward_cuda (scale)");
-  if (!launched.ok()) return launched;
-  const auto* scale32 = static_cast<const float*>(p.workspace);
-  const auto* scale64 = static_cast<const double*>(p.workspace);
-  if (use_hopper_kernels(p.exec, HopperOp::kLaplacian) && laplacian_fused_fits(q))
-    return laplacian_backward_fused(q, p.workspace);
   switch (p.dtype) {
     case DType::kFloat32:
-      return backward_impl<float, float>(q, scale32);
+      return backward_for<float, float>(p);
     case DType::kFloat64:
-      return backward_impl<double, double>(q, scale64);
+      return backward_for<double, double>(p);
     case DType::kFloat16:
-      return backward_impl<__half, float>(q, scale32);
+      return backward_for<__half, float>(p);
     case DType::kBFloat16:
-      return backward_impl<__nv_bfloat16, float>(q, scale32);
+      return backward_for<__nv_bfloat16, float>(p);
     default:
       return Status::Error(StatusCode::kInvalidArgument, "laplacian_backward_cuda: unsupported dtype");
   }
