@@ -156,6 +156,13 @@ def test_reductions_match_reference(reduction, dtype):
     _check(x, y, levels=3, reduction=reduction)
 
 
+def _loss_grad_seeds(dtype: torch.dtype) -> dict[str, list[torch.Tensor]]:
+    """Gradients of the loss of 5 samples as autograd hands them over, per reduction: for "none" a (5,) seed
+    that is contiguous, strided or expanded (stride 0, as ``loss.sum().backward()`` gives); one value else."""
+    base = torch.rand(10, dtype=dtype) + 0.5
+    return {"none": [base[:5], base[::2], base[:1].expand(5)], "mean": [base[0]], "sum": [base[1]]}
+
+
 @pytest.mark.parametrize("pixel_path", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_grad_of_the_loss_in_every_layout(pixel_path, dtype):
@@ -165,8 +172,7 @@ def test_grad_of_the_loss_in_every_layout(pixel_path, dtype):
     x = torch.randn(5, 2, 11, 9, dtype=dtype, requires_grad=True)
     y = torch.randn(5, 2, 11, 9, dtype=dtype)
     xr = x.detach().double().requires_grad_(True)
-    base = torch.rand(10, dtype=dtype) + 0.5
-    seeds = {"none": [base[:5], base[::2], base[:1].expand(5)], "mean": [base[0]], "sum": [base[1]]}
+    seeds = _loss_grad_seeds(dtype)
     tol = {"rtol": 1e-12, "atol": 1e-14} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-7}
     for reduction, grads in seeds.items():
         for seed in grads:
@@ -604,8 +610,7 @@ def test_cuda_grad_of_the_loss_in_every_layout(dtype):
     """On CUDA the loss comes from loss_kernel and each sample's gradient scale from grad_scale_kernel: the
     three reductions and the seeds of the CPU test (contiguous, strided, stride 0), against float64 on the CPU."""
     x, y = torch.randn(5, 2, 11, 9, dtype=torch.float64), torch.randn(5, 2, 11, 9, dtype=torch.float64)
-    base = torch.rand(10, dtype=torch.float64) + 0.5
-    seeds = {"none": [base[:5], base[::2], base[:1].expand(5)], "mean": [base[0]], "sum": [base[1]]}
+    seeds = _loss_grad_seeds(torch.float64)
     tol = {"rtol": 1e-11, "atol": 1e-11} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
     for reduction, grads in seeds.items():
         for seed in grads:
