@@ -13,7 +13,7 @@ and in thread CPU time (so time the core spends on other processes does not coun
   FMA units (Intel Xeon since Skylake-SP), 1 on cores that run 512-bit operations in two 256-bit halves (AMD
   Zen 4), where the zmm peak equals the ymm one;
 * the cost of the loads of one step of a GEMM micro-kernel: 12 FMAs alone, with the 6 broadcasts and 2 vector
-  loads of a 6 x 16 tile, and with the 4 broadcasts and 3 vector loads of a 4 x 24 tile (nn_argmin's AVX2
+  loads of a 6 x 16 tile (nn_argmin's AVX2 tile), and with the 4 broadcasts and 3 vector loads of a 4 x 24 tile (its earlier AVX2
   tile), which explains part of the gap between a micro-kernel and the peak.
 
 Peak (GFLOP/s) = clock (GHz) x FMA/cycle x lanes (8 ymm, 16 zmm) x 2 flops, per core, for the ISA the kernels

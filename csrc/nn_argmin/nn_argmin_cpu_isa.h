@@ -31,22 +31,25 @@
 #endif
 
 // Vector bytes, query rows (MR) and key vectors (NV) per micro-tile of this copy: MR * NV accumulators,
-// NV key vectors and one broadcast fit the register file. AVX2 takes 4 x 3 vectors rather than 6 x 2
-// (4 broadcasts and 3 vector loads per 12 FMAs instead of 6 and 2): on this session's AMD EPYC (family 17h)
-// one core reached 34.9-35.5 GFLOP/s against 34.0-34.3 at D=784 and 35.1-35.5 against 34.4-35.0 at D=64
-// (best of 5, thread CPU time). The loads of either step fit beside the FMAs in a register-only loop
-// (benchmarks/fma_peak.py), so the difference comes from the memory side of the tile. AVX-512 takes 8 x 3
-// rather than 12 x 2 for the same reason (8 broadcasts and 3 loads per 24 FMAs instead of 12 and 2): on an
-// AMD EPYC Zen 4 (one zmm FMA per cycle), 2 threads, best of 5, three interleaved runs: 205-207 GFLOP/s
-// against 191-202 at D=784 (89% of the peak), 208-209 against 207-208 at D=64.
+// NV key vectors and one broadcast fit the register file. AVX2 takes 6 x 2 vectors (6 x 16 floats, the shape
+// of BLIS's Haswell and Zen sgemm kernels): 6 broadcasts and 2 vector loads per 12 FMAs, so each step reads
+// 64 key bytes where 4 x 3 reads 96. Whole key panels do not fit L1 at large D (50 KB at D=784) and stream
+// from L2, so the smaller stream wins there: on an AMD EPYC Zen 4 capped to this copy
+// (GLANN_EXT_CPU_ISA=avx2), one thread, thread CPU time, four interleaved runs: 102.5-104.9 GFLOP/s against
+// 94.8-100.6 for 4 x 3 at D=784 (89-91% of the core's peak against 82-87%), 103.2-104.6 against 100.3-103.2
+// at D=256, level at D=64 and in float64; bit-identical results (every pair's score is the same instruction
+// sequence whatever the tile). An earlier measurement on a family-17h EPYC had 4 x 3 ahead by 2-3%.
+// AVX-512 takes 8 x 3 rather than 12 x 2 for the same reason (8 broadcasts and 3 loads per 24 FMAs instead
+// of 12 and 2): on an AMD EPYC Zen 4 (one zmm FMA per cycle), 2 threads, best of 5, three interleaved runs:
+// 205-207 GFLOP/s against 191-202 at D=784 (89% of the peak), 208-209 against 207-208 at D=64.
 #if defined(__AVX512F__)
 #define GLANN_NN_VEC_BYTES 64
 #define GLANN_NN_MR 8
 #define GLANN_NN_NV 3
 #elif defined(__AVX2__)
 #define GLANN_NN_VEC_BYTES 32
-#define GLANN_NN_MR 4
-#define GLANN_NN_NV 3
+#define GLANN_NN_MR 6
+#define GLANN_NN_NV 2
 #else
 #define GLANN_NN_VEC_BYTES 16
 #define GLANN_NN_MR 6
