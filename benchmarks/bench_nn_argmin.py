@@ -20,7 +20,8 @@ One group per device and shape (N queries, M keys, D). Methods:
 
 Each row records GFLOP/s (2*N*M*D / median time) and the peak extra memory (resident on CPU, allocated on
 CUDA) in extra_info; CPU rows also ``pct_fma_peak``, the GFLOP/s as a share of the float32 FMA peak of the
-threads used, measured by :mod:`benchmarks.fma_peak` (clock x FMA/cycle x 8 lanes x 2). ``glann_ext_f64`` is
+threads used, measured by :mod:`benchmarks.fma_peak` (clock x FMA/cycle x 8 lanes x 2), from the median and
+(``pct_fma_peak_best``) from the best round, as the peak itself is a best of 5. ``glann_ext_f64`` is
 the float64 path on the same data (its own peak is half the float32 one). CUDA calls end with
 ``torch.cuda.synchronize()``.
 """
@@ -136,5 +137,9 @@ def bench_nn_argmin(benchmark, device: str, shape: tuple[int, int, int], method:
         benchmark.extra_info["threads"] = threads
         peak = peak_gflops(threads)
         if peak is not None:
-            gflops = benchmark.extra_info["gflops"] * (2 if method == "glann_ext_f64" else 1)
+            scale = 2 if method == "glann_ext_f64" else 1
+            gflops = benchmark.extra_info["gflops"] * scale
             benchmark.extra_info["pct_fma_peak"] = round(100 * gflops / peak, 1)
+            # best round too: the peak is a best of 5, and on a shared 2-vCPU machine other work only slows
+            best = rate(2 * n * m * d, benchmark.stats.stats.min) * scale
+            benchmark.extra_info["pct_fma_peak_best"] = round(100 * best / peak, 1)
