@@ -16,7 +16,9 @@ One group per device and shape (N queries, M keys, D). Methods:
 * CUDA only, untiled ``addmm(||k||^2, q, k.T, alpha=-2).argmin(1)``: ``torch_addmm_argmin_tf32`` (float32
   inputs, TF32 tensor cores) and ``torch_addmm_argmin_bf16`` (bfloat16 inputs and scores): the tensor-core
   speed a fused kernel competes with.
-* CPU only, ``faiss_IndexFlatL2`` (skipped when faiss is not installed).
+* CPU only, ``faiss_IndexFlatL2`` (skipped when faiss is not installed), and at D >= 256
+  ``glann_ext_1thread``: the same call on one thread, whose share of one core's peak a second busy vCPU
+  cannot distort.
 
 Each row records GFLOP/s (2*N*M*D / median time) and the peak extra memory (resident on CPU, allocated on
 CUDA) in extra_info; CPU rows also ``pct_fma_peak``, the GFLOP/s as a share of the float32 FMA peak of the
@@ -50,7 +52,14 @@ SHAPES = {
     ],
 }
 METHODS = {
-    "cpu": ["glann_ext", "glann_ext_f64", "torch_addmm_tiled", "torch_cdist_argmin", "faiss_IndexFlatL2"],
+    "cpu": [
+        "glann_ext",
+        "glann_ext_1thread",
+        "glann_ext_f64",
+        "torch_addmm_tiled",
+        "torch_cdist_argmin",
+        "faiss_IndexFlatL2",
+    ],
     "cuda": [
         "glann_ext",
         "glann_ext_bf16",
@@ -79,10 +88,26 @@ def _faiss_search(keys: torch.Tensor):
     return lambda q: index.search(q.numpy(), 1)
 
 
+def _one_thread(fn):
+    """``fn`` run with one intra-op thread (the pool's size restored after each call)."""
+
+    def run():
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(threads)
+
+    return run
+
+
 def _call(method: str, q: torch.Tensor, k: torch.Tensor):
     """The timed callable of ``method`` on float32 ``q``, ``k`` (conversions happen here, untimed)."""
     if method in ("glann_ext", "glann_ext_hopper"):
         return lambda: glann_ext.nn_argmin(q, k)
+    if method == "glann_ext_1thread":
+        return _one_thread(lambda: glann_ext.nn_argmin(q, k))
     if method == "glann_ext_f64":
         qd, kd = q.double(), k.double()
         return lambda: glann_ext.nn_argmin(qd, kd)
@@ -113,6 +138,8 @@ CASES = device_params(
 @pytest.mark.parametrize(("device", "shape", "method"), CASES)
 def bench_nn_argmin(benchmark, device: str, shape: tuple[int, int, int], method: str) -> None:
     n, m, d = shape
+    if method == "glann_ext_1thread" and d < 256:
+        pytest.skip("the one-thread row is for the FMA-peak target, D >= 256")
     if method in MATERIALISED:
         skip_unless_fits(n * m * MATERIALISED[method], device, method)
     fresh(device)
@@ -133,7 +160,7 @@ def bench_nn_argmin(benchmark, device: str, shape: tuple[int, int, int], method:
         peak_extra_mib=None if mem is None else round(mem, 1),
     )
     if device == "cpu":
-        threads = torch.get_num_threads()
+        threads = 1 if method == "glann_ext_1thread" else torch.get_num_threads()
         benchmark.extra_info["threads"] = threads
         peak = peak_gflops(threads)
         if peak is not None:

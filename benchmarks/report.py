@@ -189,14 +189,18 @@ def cpu_targets(data: dict) -> str:
                 for base in bases
                 if base in med
             )
-            info = next((b.get("extra_info", {}) for b in rows if _method(b) == "glann_ext"), {})
-            pct, best = info.get("pct_fma_peak"), info.get("pct_fma_peak_best")
-            if d >= 256 and pct is not None:
-                # the verdict reads the median; the best round says what the kernel does when nothing interferes
-                also = f" (best round {best:.1f}%)" if best is not None else ""
-                lines.append(
-                    f"| nn_argmin >= 85% of the FMA peak | {name} | {pct:.1f}%{also} | {_verdict(pct, 85.0)} |"
-                )
+            for method in ("glann_ext", "glann_ext_1thread"):
+                info = next((b.get("extra_info", {}) for b in rows if _method(b) == method), {})
+                pct, best = info.get("pct_fma_peak"), info.get("pct_fma_peak_best")
+                if d >= 256 and pct is not None:
+                    # the verdict reads the median; the best round: what the kernel does when nothing interferes
+                    also = f" (best round {best:.1f}%)" if best is not None else ""
+                    t = info.get("threads", "?")
+                    who = f"{method}, {t} thread{'' if t == 1 else 's'}"
+                    lines.append(
+                        f"| nn_argmin >= 85% of the FMA peak ({who}) | {name} | {pct:.1f}%{also} | "
+                        f"{_verdict(pct, 85.0)} |"
+                    )
         m = re.match(r"laplacian_pyramid_loss fwd\+bwd cpu ", name)
         if m and "glann_ext" in med and "reference" in med:
             ratio = med["reference"] / med["glann_ext"]
