@@ -3,12 +3,19 @@ trainer, pipeline, CLI and distributed tests share."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from glann_testing import blob_images
 
 import glann_ext
+
+# benchmarks/ is not installed: tests of its modules import it from the checkout's root, appended so that the
+# installed glann_ext (earlier on sys.path) still wins over the source folder.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-# benchmarks/ is not installed: make the checkout's root importable (appended: the installed glann_ext wins)
-sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import latent_gap
 from glann_ext.data.mnist import find_images_file

@@ -5,15 +5,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-# benchmarks/ is not installed: make the checkout's root importable, appended so that the installed
-# glann_ext (earlier on sys.path) still wins over the source folder.
-sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.baselines import (
     DCGAN,
