@@ -301,7 +301,7 @@ Status backward_impl(const LaplacianBackwardParams& p, const T* scale) {
 // then the fused (Hopper) backward when it was chosen and fits the rest, else the legacy one.
 template <typename Out, typename T>
 Status backward_for(const LaplacianBackwardParams& p) {
-  const int64_t scale_bytes = align64(p.batch * int64_t(sizeof(double)));
+  const int64_t scale_bytes = lap::cuda_backward_scale_bytes(p.batch);
   if (p.workspace_bytes < scale_bytes)
     return Status::Error(StatusCode::kInvalidArgument, "laplacian_backward_cuda: workspace too small");
   T* scale = static_cast<T*>(p.workspace);

@@ -72,7 +72,8 @@ int64_t laplacian_workspace_bytes(int64_t batch, int64_t channels, int64_t heigh
   if (cuda) {
     const int64_t pyramid = align64(planes * geom.total * elem);
     // Backward: (B,) d loss / d per_sample in front of the pyramid (laplacian_backward_cuda).
-    return backward ? align64(batch * 8) + pyramid : pyramid + planes * lap::cuda_partials_per_plane(geom) * 8;
+    return backward ? lap::cuda_backward_scale_bytes(batch) + pyramid
+                    : pyramid + planes * lap::cuda_partials_per_plane(geom) * 8;
   }
   // `planes` bounds the task count of both the grouped row kernels and the per-plane pixel path.
   const int slots = parallel_slots(planes, call_threads(batch, channels, height, width, num_threads));
