@@ -216,8 +216,6 @@ dim3 grid_for(int64_t pixels, int64_t planes) {
               static_cast<unsigned>(planes < kMaxGridY ? planes : kMaxGridY));
 }
 
-int64_t align64(int64_t n) { return (n + 63) / 64 * 64; }
-
 template <typename In, typename T>
 Status forward_impl(const LaplacianForwardParams& p) {
   if (p.check_finite && p.nonfinite_samples == nullptr)
@@ -225,7 +223,7 @@ Status forward_impl(const LaplacianForwardParams& p) {
   const Geometry g = lap::make_geometry(p.height, p.width, p.levels);
   const Dims d{p.batch, p.channels, p.batch * p.channels};
   const int64_t parts = lap::cuda_partials_per_plane(g);
-  const int64_t pyr_bytes = align64(d.planes * g.total * int64_t(sizeof(T)));
+  const int64_t pyr_bytes = lap::align64(d.planes * g.total * int64_t(sizeof(T)));
   if (p.workspace_bytes < pyr_bytes + d.planes * parts * int64_t(sizeof(double)))
     return Status::Error(StatusCode::kInvalidArgument, "laplacian_forward_cuda: workspace too small");
   cudaStream_t stream = static_cast<cudaStream_t>(p.exec.stream);

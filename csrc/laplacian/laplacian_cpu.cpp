@@ -9,8 +9,6 @@
 namespace glann {
 
 namespace {
-int64_t align64(int64_t n) { return (n + 63) / 64 * 64; }
-
 const lap_cpu::Kernels& kernels() {
   using namespace lap_cpu;
   static const Kernels& k = pick_isa(baseline::kKernels, GLANN_X86_COPY(avx2), GLANN_X86_COPY(avx512));
@@ -70,7 +68,7 @@ int64_t laplacian_workspace_bytes(int64_t batch, int64_t channels, int64_t heigh
   const int64_t planes = batch * channels;
   const int64_t elem = dtype == DType::kFloat64 ? 8 : 4;  // CUDA computes f16/bf16 in f32
   if (cuda) {
-    const int64_t pyramid = align64(planes * geom.total * elem);
+    const int64_t pyramid = lap::align64(planes * geom.total * elem);
     // Backward: (B,) d loss / d per_sample in front of the pyramid (laplacian_backward_cuda).
     return backward ? lap::cuda_backward_scale_bytes(batch) + pyramid
                     : pyramid + planes * lap::cuda_partials_per_plane(geom) * 8;
@@ -78,7 +76,7 @@ int64_t laplacian_workspace_bytes(int64_t batch, int64_t channels, int64_t heigh
   // `planes` bounds the task count of both the grouped row kernels and the per-plane pixel path.
   const int slots = parallel_slots(planes, call_threads(batch, channels, height, width, num_threads));
   const int64_t per_slot = lap_cpu::slot_bytes(geom, elem);
-  return (backward ? 0 : align64(planes * 8)) + slots * per_slot;
+  return (backward ? 0 : lap::align64(planes * 8)) + slots * per_slot;
 }
 
 Status laplacian_forward_cpu(const LaplacianForwardParams& p) {

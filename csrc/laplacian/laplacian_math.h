@@ -86,9 +86,12 @@ GLANN_HD int64_t cuda_partials_per_plane(const Geometry& g) {
   return n;
 }
 
+// Workspace parts start on 64-byte boundaries.
+GLANN_HD int64_t align64(int64_t n) { return (n + 63) / 64 * 64; }
+
 // CUDA backward: the bytes in front of its pyramid in the workspace, the (B,) per-sample gradient scales
 // (at most double), 64-byte aligned. laplacian_workspace_bytes counts them, laplacian_backward_cuda carves them.
-GLANN_HD int64_t cuda_backward_scale_bytes(int64_t batch) { return (batch * 8 + 63) / 64 * 64; }
+GLANN_HD int64_t cuda_backward_scale_bytes(int64_t batch) { return align64(batch * 8); }
 
 template <typename T>
 struct Taps {
