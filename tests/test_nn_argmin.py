@@ -105,7 +105,7 @@ def test_duplicates_resolve_to_lowest_index() -> None:
     assert torch.equal(nn_argmin(base, k), torch.arange(50))
 
 
-@pytest.mark.parametrize("n", [1, 3, 200, 1000])  # 1000 rows: one key split, copies in different blocks
+@pytest.mark.parametrize("n", [1, 3, 200, 1000])  # the keys split across tasks, copies in different blocks
 def test_ties_across_blocks_and_splits(n: int) -> None:
     # The nearest key of every query appears twice, far apart in index, so the copies land in different
     # panels, packed blocks and key splits; the lower copy must win every time.
@@ -433,7 +433,7 @@ def test_non_finite_queries_are_checked_after_an_empty_first_chunk() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("n", [3, 700])  # few queries: keys split across tasks; many: query chunks
+@pytest.mark.parametrize("n", [3, 700])  # the keys split across tasks either way
 def test_non_finite_far_into_the_keys(n: int, dtype: torch.dtype) -> None:
     q, k = torch.randn(n, 16, dtype=dtype), torch.randn(60000, 16, dtype=dtype)
     k[51234, 3] = float("inf")
@@ -441,6 +441,27 @@ def test_non_finite_far_into_the_keys(n: int, dtype: torch.dtype) -> None:
     with pytest.raises(NonFiniteError, match="keys row 45001") as info:
         nn_argmin(q, k)
     assert info.value.row == 45001
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_non_finite_queries_packed_in_pieces_report_the_lowest_row(dtype: torch.dtype) -> None:
+    # Queries of 512 KB or more are packed in pieces on the thread pool, before any key is read; the
+    # lowest bad row wins whichever piece finds its row first. Few keys: several query ranges.
+    q, k = torch.randn(4000, 64, dtype=dtype), torch.randn(30, 64, dtype=dtype)
+    q[3999, 1], q[2101, 0], q[2100, 63] = float("nan"), float("inf"), -float("inf")
+    k[5, 5] = float("nan")  # queries are reported first
+    with pytest.raises(NonFiniteError, match="queries row 2100") as info:
+        nn_argmin(q, k)
+    assert info.value.row == 2100
+    q[2100:2102] = 0.0
+    q[3999] = 0.0
+    with pytest.raises(NonFiniteError, match="keys row 5"):
+        nn_argmin(q, k)
+    k[5] = k[7]  # an exact copy of a later key: the lower index wins in every query range
+    got = nn_argmin(q, k)
+    dist = torch.cdist(q.double(), k.double())
+    assert (got != 7).all()
+    assert float((dist.gather(1, got[:, None]).squeeze(1) - dist.min(1).values).max()) < 1e-3
 
 
 def test_huge_finite_values_are_not_reported() -> None:
