@@ -464,6 +464,27 @@ def test_non_finite_queries_packed_in_pieces_report_the_lowest_row(dtype: torch.
     assert float((dist.gather(1, got[:, None]).squeeze(1) - dist.min(1).values).max()) < 1e-3
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_queries_past_the_packing_bound_run_in_passes(dtype: torch.dtype) -> None:
+    # Over 32 MB of queries are packed and searched in passes (2 or 3 here), so the workspace holds one
+    # pass, not a copy of every query; results, ties and the NaN order must not see the passes.
+    q, k = torch.randn(9000, 1024, dtype=dtype), torch.randn(40, 1024, dtype=dtype)
+    k[30] = k[3]  # an exact copy: the lower index wins in every pass
+    got, dist = nn_argmin(q, k, return_distances=True)
+    ref = torch.cdist(q.double(), k.double())
+    assert (got != 30).all()
+    assert float((ref.gather(1, got[:, None]).squeeze(1) - ref.min(1).values).max()) < 1e-2
+    torch.testing.assert_close(dist.double(), ref.min(1).values ** 2, rtol=1e-4, atol=1e-2)
+    assert torch.equal(got[8000:], nn_argmin(q[8000:], k))  # rows across a pass boundary, searched alone
+    k[11, 0] = float("nan")
+    q[8999, 5] = float("inf")  # in the last pass, after the pass that meets the bad key
+    with pytest.raises(NonFiniteError, match="queries row 8999"):
+        nn_argmin(q, k)
+    q[8999, 5] = 0.0
+    with pytest.raises(NonFiniteError, match="keys row 11"):
+        nn_argmin(q, k)
+
+
 def test_huge_finite_values_are_not_reported() -> None:
     """Squares of 1e20 overflow float32 (the norm is inf): the kernel looks and finds finite values."""
     q, k = torch.randn(5, 4) * 1e20, torch.randn(50, 4) * 1e20

@@ -56,15 +56,20 @@ int64_t key_block_bytes() {
 // one query range and splits the keys, unless there are too few key blocks to occupy every thread. (The
 // plan before it cut the queries into chunks of at most 2 MB, each of which packed every key again: at
 // D=784, 2048 x 20480, four strided transposes of the 64 MB of keys took 8.5% of the kernel's samples
-// under perf, one thread of the AVX2 copy on an AMD EPYC Zen 4; 2.2% now.)
+// under perf, one thread of the AVX2 copy on an AMD EPYC Zen 4; 2.2% now.) The packed copy is bounded:
+// past kPassBytes of queries the search runs in passes of that many rows, each packing the keys again
+// (at D=784 a pass holds 10,000 float32 rows, so that costs 1/20 of what the 512-row chunks did).
+constexpr int64_t kPassBytes = int64_t{32} << 20;
+
 struct Plan {
+  int64_t pass_rows;      // query rows per pass (a multiple of the micro-tile, or all of them)
   int64_t kc;             // keys per packed block (a multiple of the panel width)
   int64_t n_q;            // query ranges
   int64_t n_k;            // key ranges
   int slots;              // threads that may run at once
   int64_t block_bytes;    // one slot's packed key block
-  int64_t queries_bytes;  // the packed queries: every row, in micro-tiles
-  int64_t partial_bytes;  // per-key-range (score, index) rows, folded into the running best at the end
+  int64_t queries_bytes;  // one pass's packed queries, in micro-tiles
+  int64_t partial_bytes;  // per-key-range (score, index) rows of a pass, folded into the running best
 
   int64_t total_bytes() const { return slots * block_bytes + queries_bytes + partial_bytes + kAlign; }
 };
@@ -72,6 +77,9 @@ struct Plan {
 Plan make_plan(int64_t n, int64_t m, int64_t d, int64_t elem, int panel_keys, int micro_rows, int num_threads) {
   Plan pl{};
   const int threads = std::max(1, num_threads);
+  pl.pass_rows = std::min(
+      n, std::max<int64_t>(micro_rows, kPassBytes / (std::max<int64_t>(d, 1) * elem) / micro_rows * micro_rows));
+  n = pl.pass_rows;  // the rest of the plan is per pass
   pl.kc = std::max<int64_t>(panel_keys, key_block_bytes() / (std::max<int64_t>(d, 1) * elem) / panel_keys * panel_keys);
   pl.kc = std::min<int64_t>(pl.kc, round_up(m, panel_keys));
   // Several tasks per thread: claimed dynamically, they balance the load when a core is shared with
@@ -100,6 +108,8 @@ int64_t split_point(int64_t total, int64_t parts, int64_t i, int64_t grain) {
   return std::min(total, (total * i / parts) / grain * grain);
 }
 
+constexpr int64_t kNoRow = std::numeric_limits<int64_t>::max();
+
 void lower_to(std::atomic<int64_t>& first, int64_t row) {
   int64_t cur = first.load(std::memory_order_relaxed);
   while (row < cur && !first.compare_exchange_weak(cur, row, std::memory_order_relaxed)) {
@@ -114,8 +124,7 @@ int64_t pack_all_queries(const NnArgminParams& p, const TypedKernels<T>& k, T* q
   const int64_t pieces = std::clamp<int64_t>(tiles * k.micro_rows * p.dim * int64_t(sizeof(T)) / (256 << 10), 1,
                                              std::min<int64_t>(tiles, int64_t{4} * std::max(1, p.exec.num_threads)));
   if (pieces == 1) return k.pack_queries(p, 0, n, qbuf, p.check_queries);
-  constexpr int64_t kNone = std::numeric_limits<int64_t>::max();
-  std::atomic<int64_t> bad(kNone);
+  std::atomic<int64_t> bad(kNoRow);
   parallel_for(pieces, p.exec.num_threads, [&](int64_t piece, int) {
     const int64_t r0 = split_point(n, pieces, piece, k.micro_rows),
                   r1 = split_point(n, pieces, piece + 1, k.micro_rows);
@@ -123,7 +132,7 @@ int64_t pack_all_queries(const NnArgminParams& p, const TypedKernels<T>& k, T* q
     const int64_t b = k.pack_queries(p, r0, r1, qbuf + r0 * p.dim, p.check_queries);
     if (b >= 0) lower_to(bad, b);
   });
-  return bad.load() == kNone ? -1 : bad.load();
+  return bad.load() == kNoRow ? -1 : bad.load();
 }
 
 Status non_finite(const char* input, int64_t row, int64_t which) {
@@ -131,26 +140,23 @@ Status non_finite(const char* input, int64_t row, int64_t which) {
                        std::string(input) + " row " + std::to_string(row) + " contains NaN or Inf", row, which);
 }
 
+// One pass: query rows [0, p.n_queries) of `p` (a pass's view of the caller's queries) against every key;
+// folds into (best_score, best_index) of those rows. Returns the lowest bad query row (or -1) and lowers
+// bad_key; with a bad key seen already, only packs (and checks) the queries.
 template <typename T>
-Status search(const NnArgminParams& p) {
+int64_t search_pass(const NnArgminParams& p, const Plan& pl, char* base, T* best_score, int64_t* best_index,
+                    std::atomic<int64_t>& bad_key) {
   const TypedKernels<T>& k = typed<T>();
   const int64_t n = p.n_queries;
-  const Plan pl = plan_for<T>(n, p.n_keys, p.dim, p.exec.num_threads);
-  if (p.workspace_bytes < pl.total_bytes())
-    return Status::Error(StatusCode::kInvalidArgument, "nn_argmin: workspace too small");
-
-  char* base = reinterpret_cast<char*>(round_up(reinterpret_cast<std::uintptr_t>(p.workspace), kAlign));
   T* qbuf = reinterpret_cast<T*>(base + pl.slots * pl.block_bytes);
   T* partial_score = reinterpret_cast<T*>(base + pl.slots * pl.block_bytes + pl.queries_bytes);
   int64_t* partial_index = reinterpret_cast<int64_t*>(reinterpret_cast<char*>(partial_score) +
                                                       round_up(pl.n_k * n * int64_t(sizeof(T)), kAlign));
 
-  // Queries first: a row with NaN or Inf is reported before any key is read.
+  // Queries first: a row with NaN or Inf is reported ahead of any bad key, whichever pass holds it.
   const int64_t bq = pack_all_queries(p, k, qbuf);
-  if (bq >= 0) return non_finite("queries", bq, 0);
+  if (bq >= 0 || bad_key.load() != kNoRow) return bq;
 
-  constexpr int64_t kNone = std::numeric_limits<int64_t>::max();
-  std::atomic<int64_t> bad_key(kNone);
   parallel_for(pl.n_q * pl.n_k, p.exec.num_threads, [&](int64_t task, int slot) {
     const int64_t qi = task / pl.n_k, ki = task % pl.n_k;
     const int64_t r0 = split_point(n, pl.n_q, qi, k.micro_rows), r1 = split_point(n, pl.n_q, qi + 1, k.micro_rows);
@@ -175,11 +181,27 @@ Status search(const NnArgminParams& p) {
       k.scan_block(p, block, kb, nk, r0, r1, tiles, score, index);
     }
   });
+  if (bad_key.load() == kNoRow)
+    for (int64_t r = 0; r < n; ++r)
+      nn::fold_row(r, n, pl.n_k, partial_score, partial_index, p.key_offset, best_score, best_index);
+  return -1;
+}
 
-  if (bad_key.load() != kNone) return non_finite("keys", bad_key.load(), 1);
-  T* best_score = static_cast<T*>(p.best_score);
-  for (int64_t r = 0; r < n; ++r)
-    nn::fold_row(r, n, pl.n_k, partial_score, partial_index, p.key_offset, best_score, p.best_index);
+template <typename T>
+Status search(const NnArgminParams& p) {
+  const Plan pl = plan_for<T>(p.n_queries, p.n_keys, p.dim, p.exec.num_threads);
+  if (p.workspace_bytes < pl.total_bytes())
+    return Status::Error(StatusCode::kInvalidArgument, "nn_argmin: workspace too small");
+  char* base = reinterpret_cast<char*>(round_up(reinterpret_cast<std::uintptr_t>(p.workspace), kAlign));
+  std::atomic<int64_t> bad_key(kNoRow);
+  for (int64_t r = 0; r < p.n_queries; r += pl.pass_rows) {
+    NnArgminParams pass = p;
+    pass.queries = static_cast<const T*>(p.queries) + r * p.queries_strides[0];
+    pass.n_queries = std::min(pl.pass_rows, p.n_queries - r);
+    const int64_t bq = search_pass<T>(pass, pl, base, static_cast<T*>(p.best_score) + r, p.best_index + r, bad_key);
+    if (bq >= 0) return non_finite("queries", r + bq, 0);
+  }
+  if (bad_key.load() != kNoRow) return non_finite("keys", bad_key.load(), 1);
   return Status::Ok();
 }
 
