@@ -69,9 +69,12 @@ struct Plan {
   int slots;              // threads that may run at once
   int64_t block_bytes;    // one slot's packed key block
   int64_t queries_bytes;  // one pass's packed queries, in micro-tiles
-  int64_t partial_bytes;  // per-key-range (score, index) rows of a pass, folded into the running best
+  // Per-key-range (score, index) rows of a pass, folded into the running best: the scores, then the indices.
+  int64_t partial_score_bytes, partial_index_bytes;
 
-  int64_t total_bytes() const { return slots * block_bytes + queries_bytes + partial_bytes + kAlign; }
+  int64_t total_bytes() const {
+    return slots * block_bytes + queries_bytes + partial_score_bytes + partial_index_bytes + kAlign;
+  }
 };
 
 Plan make_plan(int64_t n, int64_t m, int64_t d, int64_t elem, int panel_keys, int micro_rows, int num_threads) {
@@ -92,7 +95,8 @@ Plan make_plan(int64_t n, int64_t m, int64_t d, int64_t elem, int panel_keys, in
   const int64_t block_elems = ceil_div(pl.kc, panel_keys) * panel_keys * (d + 1);
   pl.block_bytes = round_up(block_elems * elem, kAlign);
   pl.queries_bytes = round_up(round_up(n, micro_rows) * d * elem, kAlign);
-  pl.partial_bytes = round_up(pl.n_k * n * elem, kAlign) + round_up(pl.n_k * n * 8, kAlign);
+  pl.partial_score_bytes = round_up(pl.n_k * n * elem, kAlign);
+  pl.partial_index_bytes = round_up(pl.n_k * n * 8, kAlign);
   return pl;
 }
 
@@ -150,8 +154,7 @@ int64_t search_pass(const NnArgminParams& p, const Plan& pl, char* base, T* best
   const int64_t n = p.n_queries;
   T* qbuf = reinterpret_cast<T*>(base + pl.slots * pl.block_bytes);
   T* partial_score = reinterpret_cast<T*>(base + pl.slots * pl.block_bytes + pl.queries_bytes);
-  int64_t* partial_index = reinterpret_cast<int64_t*>(reinterpret_cast<char*>(partial_score) +
-                                                      round_up(pl.n_k * n * int64_t(sizeof(T)), kAlign));
+  int64_t* partial_index = reinterpret_cast<int64_t*>(reinterpret_cast<char*>(partial_score) + pl.partial_score_bytes);
 
   // Queries first: a row with NaN or Inf is reported ahead of any bad key, whichever pass holds it.
   const int64_t bq = pack_all_queries(p, k, qbuf);
