@@ -61,3 +61,10 @@ def test_smoke_run(tmp_path):
         assert f"| {row} |" in text
         assert all(math.isfinite(v) for v in res["per_seed"][0]["scores"][row].values())
     assert "T's samples (" in text and res["per_seed"][0]["usage"].n_codes == 256
+    scores = res["per_seed"][0]["scores"]
+    # the codes and T's samples' nearest codes are codes: distance 0; T's samples and the unseen images'
+    # codes are not
+    for row in (latent_gap.ROWS[0], latent_gap.ROWS[3]):
+        assert scores[row]["code_distance"] == pytest.approx(0.0, abs=1e-3), row
+    for row in (latent_gap.ROWS[4], latent_gap.ROWS[7]):
+        assert scores[row]["code_distance"] > 0.01, row
