@@ -1,7 +1,7 @@
 """The comparison of issue 4: GLANN against GLO + Gaussian, pixel IMLE, a VAE and a DCGAN (and a GAN on 2-D).
 
-    python -m benchmarks.quality --quick --out /tmp/q/QUALITY.md          # one seed of every table (9-14 min on 2 cores)
-    python -m benchmarks.quality --out benchmarks/QUALITY.md              # the committed report (under an hour)
+    python -m benchmarks.quality --quick --out /tmp/q/QUALITY.md          # one seed of every table (8-16 min on 2 cores)
+    python -m benchmarks.quality --out benchmarks/QUALITY.md              # the committed report (40-75 min)
     python -m benchmarks.quality --smoke --out /tmp/q/QUALITY.md          # seconds; what CI runs
 
 Writes the Markdown report, and PNGs (scatter plots, sample grids, nearest-neighbour grids) into
@@ -20,8 +20,9 @@ Writes the Markdown report, and PNGs (scatter plots, sample grids, nearest-neigh
     over seeds.
 
 The budgets (``BUDGETS``) are sized so that the full variant (the committed report: 5 seeds on 2-D, 3 on
-every image table and ablation row) regenerates in under an hour on a 2-core AMD EPYC (AVX2) and the quick
-one (one seed of every table and of the ablation rows that reuse (c)'s GLO stage) in 9-14 minutes, as
+every image table and ablation row) regenerates in about 40 minutes on a 2-core AMD EPYC Zen 4 (57-75 minutes
+on the slower AVX2 EPYC of earlier reports, by its earlier figures) and the quick
+one (one seed of every table and of the ablation rows that reuse (c)'s GLO stage) in 8-16 minutes, as
 the shared machine's speed varies; the LeNet
 domain classifiers are cached in ``--cache-dir`` (default ``~/.cache/glann_ext/quality``, shared with
 ``glann eval``). ``glann eval --run runs/NAME`` computes the image measures of (c) for one trained run.
@@ -99,17 +100,20 @@ BUDGETS = {
     ),
     # One seed of every table at the full variant's budgets (its rows are the full run's seed 0), and of the
     # ablation rows that reuse the Fashion-MNIST GLO stage (the IMLE options); no 30-epoch stacked study.
-    # On the 2-core AMD EPYC: 8.7 min on a fast morning (2-D 1.4, stacked MNIST 1.7, MNIST 2.0, stacked
-    # Fashion 1.5, Fashion 1.4, ablation 0.7; the full report 44 min the same morning), 13.9 on a slow day.
+    # On the 2-core AMD EPYC Zen 4 (AVX-512), 2026-12-03: 8.1 min, of which 3.6 the 2-D part at 4,000 steps
+    # (the GAN most of it). On the earlier AVX2 EPYC, with the 2-D part at 1,000 steps (1.4 min): 8.7 min on a
+    # fast morning (stacked MNIST 1.7, MNIST 2.0, stacked Fashion 1.5, Fashion 1.4, ablation 0.7), 13.9 on a
+    # slow day; the 4,000 steps add about 2.5 min there.
     "quick": Budget(
-        "quick", (0,), 256, 1000, 2500, (0,), (0,), 3000, 2000, 20000, 2, 4000, 2000, 26000, 10, 30, 32, 32, 12,
+        "quick", (0,), 256, 4000, 2500, (0,), (0,), 3000, 2000, 20000, 2, 4000, 2000, 26000, 10, 30, 32, 32, 12,
         (0,), ablation_glo_rows=False,
     ),
     # The committed report: the quick budgets with five seeds on the 2-D mixtures (the protocol's minimum) and
-    # three on every image table and ablation row, sized to regenerate in under an hour on that machine
-    # (the previous full budgets, 5,000 images and 25 epochs per run, took about two hours there).
+    # three on every image table and ablation row: 51.5 min on the Zen 4 beside one-thread experiment jobs
+    # (about 40 alone), 44-62 min on the AVX2 EPYC when the 2-D part took 1,000 steps (4,000 add about 13 min
+    # there). The previous full budgets, 5,000 images and 25 epochs per run, took about two hours.
     "full": Budget(
-        "full", (0, 1, 2, 3, 4), 256, 1000, 2500, (0, 1, 2), (0, 1, 2), 3000, 2000, 20000, 2, 4000, 2000, 26000,
+        "full", (0, 1, 2, 3, 4), 256, 4000, 2500, (0, 1, 2), (0, 1, 2), 3000, 2000, 20000, 2, 4000, 2000, 26000,
         10, 30, 32, 32, 12, (0, 1, 2), 3,
     ),
 }  # fmt: skip
@@ -470,8 +474,8 @@ def write_report(path: Path, res: dict, b: Budget, argv: list[str], total_s: flo
         ),
         (
             "Regenerate: `python -m benchmarks.quality --out benchmarks/QUALITY.md` (the full variant: 5 seeds on "
-            "2-D, 3 on every image table and ablation row; under an hour on 2 CPU cores) or with `--quick` (one "
-            "seed of every table and of the IMLE-option ablation rows, 9-14 minutes). `--smoke` is the CI-sized run of "
+            "2-D, 3 on every image table and ablation row; 40-75 minutes on 2 CPU cores) or with `--quick` (one "
+            "seed of every table and of the IMLE-option ablation rows, 8-16 minutes). `--smoke` is the CI-sized run of "
             "`tests/test_quality.py`."
         ),
         "",
