@@ -204,13 +204,17 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _train_config(args: argparse.Namespace):
-    from glann_ext.train.config import PRESETS, TrainConfig
+def _train_config(args: argparse.Namespace, saved: Path | None = None):
+    """The run's TrainConfig: the saved one at ``saved`` (a resume) or --preset / --config (a new run), with
+    what this command line sets explicitly on top (a resume's Run rejects real changes)."""
+    from glann_ext.train.config import PRESETS, TrainConfig, load_run_config
 
     base: dict = {}
-    if args.preset:
+    if saved is not None:
+        base.update(dataclasses.asdict(load_run_config(saved)))
+    if args.preset and saved is None:
         base.update(PRESETS[args.preset])
-    if args.config:
+    if args.config and saved is None:
         base.update(dataclasses.asdict(TrainConfig.from_json(args.config)))
     if args.dataset:
         base["dataset"] = args.dataset
@@ -228,18 +232,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     resuming = (out / CONFIG_FILE).exists()
     if not resuming and not (args.dataset or args.preset or args.config):
         raise CLIError("train: give --dataset (or --preset/--config) for a new run")
-    if resuming:  # the saved config, with what this command line sets explicitly (Run rejects real changes)
-        from glann_ext.train.config import TrainConfig, load_run_config
-
-        base = dataclasses.asdict(load_run_config(out / CONFIG_FILE))
-        if args.dataset:
-            base["dataset"] = args.dataset
-        for _, field, _, _ in _CONFIG_FLAGS:
-            if getattr(args, field) is not None:
-                base[field] = getattr(args, field)
-        cfg = TrainConfig.from_dict(base)
-    else:
-        cfg = _train_config(args)
+    cfg = _train_config(args, out / CONFIG_FILE if resuming else None)
     run = Run(out, cfg, progress=not args.no_progress)
     try:
         run.train(args.stage)

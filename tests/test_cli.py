@@ -134,6 +134,20 @@ def test_rerun_on_a_finished_run_resumes_without_training(run_dir, capsys):
     assert "resuming" in capsys.readouterr().out
 
 
+def test_resume_keeps_the_saved_config_and_takes_the_flags_it_allows(tmp_path, data_file, capsys):
+    out = tmp_path / "resume"
+    argv = ["train", "--dataset", data_file, "--out", str(out), *TINY, "--stage", "glo", "--glo-epochs", "1"]
+    assert main(argv) == 0
+    saved = (out / "config.json").read_text()
+    assert json.loads(saved)["imle_epochs"] != 1
+    # a resume starts from the saved config (--preset is not re-applied: laptop's data and widths would be
+    # refused as a different config) and takes the overrides a resume may change, for this run only
+    resume = ["train", "--out", str(out), "--preset", "laptop", "--no-progress", "--threads", "1"]
+    assert main([*resume, "--imle-epochs", "1"]) == 0
+    assert "IMLE epoch 1/1" in capsys.readouterr().out
+    assert (out / "config.json").read_text() == saved
+
+
 def test_adam_betas_flags_reach_the_config(tmp_path, data_file):
     out = tmp_path / "betas"
     argv = ["train", "--dataset", data_file, "--out", str(out), *TINY, "--stage", "glo", "--glo-epochs", "1"]
