@@ -9,12 +9,12 @@ Per seed, GLANN trains at the budget of part (c) of the quality report (benchmar
 sphere, as G was trained): the codes themselves (the ceiling), each code moved halfway towards its nearest
 other code (does G decode between neighbouring codes?), codes drawn uniformly with replacement, the nearest
 code of each of T's samples (T's mass over the codes, without its distance to them), T's samples (GLANN),
-midpoints of two codes drawn at random, GLO + Gaussian, and the codes of held-out test images (other
-than those scored against), fitted with G fixed (``GLANN.invert``): what a second stage that generalises
-perfectly would hand G, and how far such codes lie from the training codes. Each set is scored like part (c) (FD, precision,
-recall, coverage in the LeNet's features against held-out test images) with the memorisation check's copy
-ratio (median distance of the images to their nearest training image over the same for test images), and
-T's use of the codes is summarised (docs/training.md, "Where the gap to the ceiling is").
+midpoints of two codes drawn at random, GLO + Gaussian, and the codes of held-out test images (other than
+those scored against) fitted with G fixed (``GLANN.invert``): what a second stage that generalises perfectly
+would hand G. Each set is scored like part (c) (FD, precision, recall, coverage in the LeNet's features
+against held-out test images) with the memorisation check's copy ratio (median distance of the images to
+their nearest training image over the same for test images) and its median distance to the nearest training
+code, and T's use of the codes is summarised (docs/training.md, "Where the gap to the ceiling is").
 """
 
 from __future__ import annotations

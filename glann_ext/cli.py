@@ -212,10 +212,11 @@ def _train_config(args: argparse.Namespace, saved: Path | None = None):
     base: dict = {}
     if saved is not None:
         base.update(dataclasses.asdict(load_run_config(saved)))
-    if args.preset and saved is None:
-        base.update(PRESETS[args.preset])
-    if args.config and saved is None:
-        base.update(dataclasses.asdict(TrainConfig.from_json(args.config)))
+    else:
+        if args.preset:
+            base.update(PRESETS[args.preset])
+        if args.config:
+            base.update(dataclasses.asdict(TrainConfig.from_json(args.config)))
     if args.dataset:
         base["dataset"] = args.dataset
     for _, field, _, _ in _CONFIG_FLAGS:
