@@ -70,12 +70,6 @@ def latent_points(model, n: int, seed: int) -> dict[str, torch.Tensor]:
     }
 
 
-def code_distance(z: torch.Tensor, codes: torch.Tensor) -> float:
-    """Median Euclidean distance of the points ``z`` to their nearest code."""
-    _, d = nn_argmin(z.float().contiguous(), codes.float().contiguous(), return_distances=True)
-    return float(d.clamp_min(0).sqrt().median())
-
-
 def run_seed(
     b: Budget,
     seed: int,
@@ -102,7 +96,7 @@ def run_seed(
         scores[name] = {
             "fd": frechet_distance(real, f), "precision": p.precision, "recall": p.recall,
             "coverage": p.coverage, "copy_ratio": copy,
-            "code_distance": code_distance(points[name], model.codes),
+            "code_distance": code_usage(points[name], model.codes, seed=seed).sample_code_median,
         }  # fmt: skip
     usage = code_usage(
         model.map_noise(model.noise(10 * len(model.codes), seed=seed + 1)), model.codes, seed=seed
