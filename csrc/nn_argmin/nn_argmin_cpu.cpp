@@ -152,9 +152,11 @@ int64_t search_pass(const NnArgminParams& p, const Plan& pl, char* base, T* best
                     std::atomic<int64_t>& bad_key) {
   const TypedKernels<T>& k = typed<T>();
   const int64_t n = p.n_queries;
-  T* qbuf = reinterpret_cast<T*>(base + pl.slots * pl.block_bytes);
-  T* partial_score = reinterpret_cast<T*>(base + pl.slots * pl.block_bytes + pl.queries_bytes);
-  int64_t* partial_index = reinterpret_cast<int64_t*>(reinterpret_cast<char*>(partial_score) + pl.partial_score_bytes);
+  // The workspace in the plan's order: one key block per slot, the packed queries, the partial rows.
+  char* queries = base + pl.slots * pl.block_bytes;
+  T* qbuf = reinterpret_cast<T*>(queries);
+  T* partial_score = reinterpret_cast<T*>(queries + pl.queries_bytes);
+  int64_t* partial_index = reinterpret_cast<int64_t*>(queries + pl.queries_bytes + pl.partial_score_bytes);
 
   // Queries first: a row with NaN or Inf is reported ahead of any bad key, whichever pass holds it.
   const int64_t bq = pack_all_queries(p, k, qbuf);
