@@ -25,16 +25,9 @@ def oracle(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     chunks of at most 2^22 differences, so that large D does not materialise an (n, m, D) block."""
     rows = max(1, (1 << 22) // max(1, k.shape[0] * k.shape[1]))
     kd = k.double()
-    d = (
-        torch.cat(
-            [
-                ((q[i : i + rows].double()[:, None, :] - kd[None, :, :]) ** 2).sum(-1)
-                for i in range(0, len(q), rows)
-            ]
-        )
-        if len(q)
-        else q.new_zeros(0, k.shape[0], dtype=torch.float64)
-    )
+    # at least one chunk, so that no queries still give an (0, m) matrix
+    chunks = [q[i : i + rows].double() for i in range(0, max(1, len(q)), rows)]
+    d = torch.cat([((c[:, None, :] - kd[None, :, :]) ** 2).sum(-1) for c in chunks])
     return d, d.argmin(1)
 
 
