@@ -58,6 +58,13 @@ _CONFIG_FLAGS = [
         float,
         "RS-IMLE: drop draws this close to a target (0: off)",
     ),
+    (
+        "--balance-draws",
+        "balance_draws",
+        float,
+        "balanced sampling: T draws per code for its usage table (0: plain T(e) sampling)",
+    ),
+    ("--balance-quantile", "balance_quantile", float, "balanced sampling: quantile of the usage counts kept"),
     ("--glo-lr-schedule", "glo_lr_schedule", str, "GLO learning rates: constant (the papers) or cosine"),
     ("--latent-adam-steps", "latent_adam_steps", str, "code Adam bias correction: rows (per code) or global"),
     ("--gen-depth", "gen_depth", int, "extra 3x3 conv layers per hidden resolution of G"),
@@ -74,6 +81,9 @@ _CONFIG_FLAGS = [
     ("--ckpt-every", "ckpt_every", int, "steps between mid-epoch checkpoints (0: epoch ends only)"),
     ("--sample-every", "sample_every", int, "epochs between PNG grids (0: none)"),
 ]
+
+
+SAMPLERS = ["glann", "plain", "gaussian"]
 
 
 class CLIError(GlannError):
@@ -138,8 +148,9 @@ def _add_sample(sub) -> None:
         "--npy", help="save the samples (n, C, H, W) float32 in [0, 1] here (no grid unless --grid)"
     )
     s.add_argument(
-        "--sampler", choices=["glann", "gaussian"], default="glann",
-        help="glann: T then G; gaussian: the GLO-only full-covariance Gaussian baseline",
+        "--sampler", choices=SAMPLERS, default="glann",
+        help="glann: T then G, balanced over the codes when the run's balance_draws > 0 (the default); "
+        "plain: T then G without balancing; gaussian: the GLO-only full-covariance Gaussian baseline",
     )  # fmt: skip
 
 
@@ -187,7 +198,7 @@ def _add_eval(sub) -> None:
     _run_args(e)
     e.add_argument("-n", type=_count(2), default=10_000, help="number of generated samples (>= 2)")
     e.add_argument("--out", help="folder for eval.json and the PNGs (default: the run folder)")
-    e.add_argument("--sampler", choices=["glann", "gaussian"], default="glann", help="as for sample")
+    e.add_argument("--sampler", choices=SAMPLERS, default="glann", help="as for sample")
     e.add_argument("--cache-dir", help="LeNet cache (default ~/.cache/glann_ext/quality)")
     e.add_argument(
         "--clf-epochs", type=_count(1), help="LeNet epochs if it must be trained (default per dataset)"
@@ -262,6 +273,8 @@ def _cmd_sample(args: argparse.Namespace) -> None:
         if not isinstance(model, GLANN):
             raise CLIError("sample: --sampler gaussian needs a GLANN run (codes to fit a Gaussian to)")
         images = model.sample_gaussian(args.n, args.seed)
+    elif args.sampler == "plain" and isinstance(model, GLANN):
+        images = model.sample(args.n, args.seed, balanced=False)
     else:
         images = model.sample(args.n, args.seed)
     grid = args.grid or (None if args.npy else "samples.png")

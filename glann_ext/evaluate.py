@@ -137,13 +137,17 @@ def _draw(model, sampler: str, n: int, seed: int, progress: bool) -> tuple[torch
     """(latent points, images) of the ``n`` evaluated samples: what G decodes, then G's images of it."""
     from tqdm import tqdm
 
+    from .models import GLANN
+
     latents, images = [], []
     with tqdm(total=n, desc="sampling", unit="img", disable=not progress, dynamic_ncols=True) as bar:
         for size, chunk_seed in _chunks(n, seed):
-            if sampler == "glann":
-                z = model.generator_input(model.noise(size, seed=chunk_seed))
-            else:
+            if sampler == "gaussian":
                 z = model.gaussian_codes(size, seed=chunk_seed)
+            elif sampler == "plain" and isinstance(model, GLANN):
+                z = model.sample_inputs(size, seed=chunk_seed, balanced=False)
+            else:
+                z = model.sample_inputs(size, seed=chunk_seed)
             latents.append(z.cpu())
             images.append(model.decode(z).cpu())  # = model.sample / sample_gaussian of this chunk
             bar.update(size)
@@ -163,16 +167,16 @@ def _check_sampler(model, sampler: str) -> None:
     from .models import GLANN
 
     pixel = not isinstance(model, GLANN)
-    if sampler not in ("glann", "gaussian"):
-        raise UsageError(f"sampler must be 'glann' or 'gaussian', got {sampler!r}")
+    if sampler not in ("glann", "plain", "gaussian"):
+        raise UsageError(f"sampler must be 'glann', 'plain' or 'gaussian', got {sampler!r}")
     if sampler == "gaussian" and pixel:
         raise UsageError(
             "--sampler gaussian: this is a pixel-space IMLE run (no GLO codes to fit a Gaussian to); "
             "use --sampler glann"
         )
-    if sampler == "glann" and not pixel and model.T is None:
+    if sampler != "gaussian" and not pixel and model.T is None:
         raise UsageError(
-            "--sampler glann: this run has no IMLE mapping yet (GLO stage only); train the IMLE stage "
+            f"--sampler {sampler}: this run has no IMLE mapping yet (GLO stage only); train the IMLE stage "
             "or use --sampler gaussian"
         )
 
@@ -290,7 +294,8 @@ def evaluate_run(
     """Evaluate the model of run folder ``run``; writes ``eval.json``, ``eval_samples.png`` and
     ``eval_neighbours.png`` into ``out`` (default: the run folder) and returns the ``eval.json`` content.
 
-    ``n`` samples (>= 2) from ``sampler`` ("glann", or "gaussian" for the GLO + Gaussian baseline) with
+    ``n`` samples (>= 2) from ``sampler`` ("glann": the model's sampling, balanced over the codes when its
+    config says so; "plain": ``T(e)`` without balancing; "gaussian": the GLO + Gaussian baseline) with
     ``seed``; up to ``n_test`` test images; the classifier cache in ``cache_dir`` (default
     ``~/.cache/glann_ext/quality``, trained there if missing, ``clf_epochs`` overriding the default).
     """
@@ -312,6 +317,7 @@ def evaluate_run(
     shown = _write_pictures(out_dir, samples, data.train, memo.pop("index"), grid_pairs)
     result = {
         "run": str(run), "dataset": cfg.dataset, "sampler": sampler, "seed": seed, "n_samples": n,
+        "balanced": sampler == "glann" and bool(getattr(model, "balanced", False)),
         "n_test": len(data.test), "n_train": len(data.train),
         "classifier": {
             "name": data.clf.meta["dataset"], "test_accuracy": data.clf.test_accuracy,

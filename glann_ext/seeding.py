@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import torch
 
-_STAGES = {"init": 1, "glo": 2, "imle": 3, "sample": 4, "invert": 5, "imle_precision": 6}
+_STAGES = {
+    "init": 1, "glo": 2, "imle": 3, "sample": 4, "invert": 5, "imle_precision": 6, "balance": 7, "accept": 8,
+}  # fmt: skip
 
 
 # Rows per independently seeded block of a large random table (noise draws, random codes): any process

@@ -72,6 +72,23 @@ def test_sample_interpolate_invert(run_dir, data_file, tmp_path):
     assert (
         main(["sample", "--run", str(run_dir), "-n", "4", "--sampler", "gaussian", "--grid", str(grid)]) == 0
     )
+    # balanced sampling (the default, its table saved with the model) against plain T(e)
+    assert "code_accept" in read_model_file(run_dir / "model.safetensors")[0]
+    for sampler in ("glann", "plain"):
+        argv = [
+            "sample",
+            "--run",
+            str(run_dir),
+            "-n",
+            "9",
+            "--sampler",
+            sampler,
+            "--npy",
+            str(tmp_path / f"{sampler}.npy"),
+        ]
+        assert main(argv) == 0
+    balanced, plain = np.load(tmp_path / "glann.npy"), np.load(tmp_path / "plain.npy")
+    assert np.array_equal(balanced, x) and not np.array_equal(balanced, plain)
     for space in ("noise", "latent"):
         out = tmp_path / f"i_{space}.png"
         assert (

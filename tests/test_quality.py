@@ -165,7 +165,7 @@ def test_quality_smoke_report(tmp_path):
     # Inception FID is a number when local weights exist, and otherwise says why it is missing.
     assert ("Inception FID (first seed)" in text) != ("Inception FID: not available" in text)
     # every method row of every table: finite means (KL may be inf only on the 2-D mixtures with no HQ sample)
-    methods = ["GLANN", "GLO + Gaussian", "IMLE (pixel)", "VAE", "DCGAN"]
+    methods = ["GLANN", quality.PLAIN, "GLO + Gaussian", "IMLE (pixel)", "VAE", "DCGAN"]
     keys = ["stacked", "mnist"] + (["stacked_fashion", "fashion"] if "fashion" in parts else [])
     for key in keys:
         rows = res[key]["rows"]
@@ -181,7 +181,7 @@ def test_quality_smoke_report(tmp_path):
         assert all(math.isfinite(v[1]) for v in res[key]["rows"]["GLANN"].values()), res[key]["rows"]["GLANN"]
     # the stacked tables' rows with a longer-trained G (smoke: 2x the epochs), scored like the others
     for key in [k for k in keys if k.startswith("stacked")]:
-        for method in ("GLANN", "GLO + Gaussian", quality.CEILING):
+        for method in ("GLANN", quality.PLAIN, "GLO + Gaussian", quality.CEILING):
             row = res[key]["rows"][quality.long_glo_label(method, quality.BUDGETS["smoke"])]
             assert 0 < row["modes"][0] <= 1000 and math.isfinite(row["kl"][0]), (key, method, row)
     assert "GLO epochs, same IMLE stage" in text

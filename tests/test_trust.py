@@ -100,7 +100,8 @@ def test_planted_pickles_never_run(finished, tmp_path, capsys, blob_file):
     assert not marker.exists()
 
 
-V01_LACKS = ("latent_adam_steps", "imle_lr_schedule", "imle_betas")  # added since, with other defaults
+# added since, with other defaults
+V01_LACKS = ("latent_adam_steps", "imle_lr_schedule", "imle_betas", "balance_draws", "balance_quantile")
 
 
 def _as_v01(run: Path) -> None:
@@ -133,6 +134,7 @@ def _as_v01(run: Path) -> None:
 def test_upgrade_converts_a_v01_run_that_then_loads_and_resumes(finished, tmp_path, capsys):
     run = _copy(finished, tmp_path)
     before = load_model(run).export()[0]
+    del before["code_accept"]  # 0.1 sampled T(e) plainly: its model has no balanced-sampling table
     _as_v01(run)
     config = json.loads((run / "config.json").read_text())  # betas of its own: 0.1 used them in both stages
     (run / "config.json").write_text(json.dumps({**config, "betas": [0.6, 0.99]}))
@@ -149,6 +151,7 @@ def test_upgrade_converts_a_v01_run_that_then_loads_and_resumes(finished, tmp_pa
         "imle_lr_schedule": "constant",
     }
     assert saved["imle_betas"] == saved["betas"] == [0.6, 0.99]
+    assert saved["balance_draws"] == 0.0 and not load_model(run).balanced
     assert main(["train", "--out", str(run), "--imle-epochs", "2", "--no-progress"]) == 0  # resumes
     assert main(["upgrade", "--run", str(run), "--trust-pickle"]) == 0
     assert "nothing to upgrade" in capsys.readouterr().out

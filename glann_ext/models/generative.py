@@ -21,6 +21,7 @@ from glann_ext import seeding
 from glann_ext.backend import Ops, get_ops
 from glann_ext.errors import UsageError
 
+from . import balance
 from .generator import DCGANGenerator
 from .mlp import MLP
 
@@ -107,11 +108,16 @@ class GenerativeModel(nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
-    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
-        """``n`` samples, float32 (n, C, H, W) in [0, 1]; the same seed gives the same images."""
+    def sample_inputs(self, n: int, seed: int = 0) -> torch.Tensor:
+        """What :meth:`sample` decodes: ``generator_input`` of ``n`` seeded noise vectors."""
         if n < 0:
             raise UsageError(f"n must be >= 0, got {n}")
-        return self.decode(self.generator_input(self.noise(n, seed)))
+        return self.generator_input(self.noise(n, seed))
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
+        """``n`` samples, float32 (n, C, H, W) in [0, 1]; the same seed gives the same images."""
+        return self.decode(self.sample_inputs(n, seed))
 
     @torch.no_grad()
     def interpolate(
@@ -150,7 +156,9 @@ class GLANN(GenerativeModel):
     IMLE mapping ``T`` (noise -> code), which may be None for a GLO-only model.
 
     Sampling: ``e ~ N(0, I)`` in ``noise_dim``, ``z = T(e)`` projected to the unit sphere (G was trained on
-    sphere codes only), image ``G(z)``.
+    sphere codes only), image ``G(z)``. Balanced sampling (:mod:`.balance`; on when the config's
+    ``balance_draws`` > 0, the default since glann_ext 0.3) keeps each draw with the acceptance of its
+    nearest code, ``code_accept`` (N,), computed once by :meth:`calibrate_sampler` and saved with the model.
     """
 
     kind = "glann"
@@ -163,10 +171,14 @@ class GLANN(GenerativeModel):
         *,
         ops: Ops | str = "fused",
         config: dict[str, Any] | None = None,
+        code_accept: torch.Tensor | None = None,
     ):
         super().__init__(G, ops=ops, config=config)
         self.T = T
         self.register_buffer("codes", codes)
+        if code_accept is not None:
+            _check_accept(code_accept, len(codes))
+        self.register_buffer("code_accept", code_accept)
         self.eval()
 
     @property
@@ -184,6 +196,53 @@ class GLANN(GenerativeModel):
         return self.ops.project(self.T(e.to(self.device)).float().contiguous())
 
     generator_input = map_noise
+
+    # -- balanced sampling (see glann_ext.models.balance) ---------------------------------------------------
+    @property
+    def balanced(self) -> bool:
+        """Whether :meth:`sample` balances by default: the model has ``T`` and its config's ``balance_draws``
+        is > 0 (a config without the field, saved before balanced sampling existed, samples plainly)."""
+        return self.T is not None and float(self.config.get("balance_draws", 0.0)) > 0
+
+    def _nearest_code(self, queries: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        return self.ops.nn_argmin(queries.contiguous(), codes.contiguous())
+
+    @torch.no_grad()
+    def calibrate_sampler(self) -> torch.Tensor:
+        """The per-code acceptance (N,) of balanced sampling, computed on first use from the config's
+        ``balance_draws`` draws per code (10 where it is 0 or absent), ``balance_quantile`` (0.25) and
+        ``seed``, then kept (and saved by :meth:`export`)."""
+        if self.code_accept is None:
+            if self.T is None:
+                raise UsageError(NO_MAPPING)
+            per_code = float(self.config.get("balance_draws", 0.0)) or balance.DEFAULT_DRAWS_PER_CODE
+            draws = balance.calibration_draws(len(self.codes), per_code)
+            counts = balance.usage_counts(
+                self.map_noise, self._nearest_code, self.codes, self.noise_dim, draws,
+                int(self.config.get("seed", 0)),
+            )  # fmt: skip
+            quantile = float(self.config.get("balance_quantile", balance.DEFAULT_QUANTILE))
+            self.code_accept = balance.acceptance(counts, quantile).to(self.codes.device)
+        return self.code_accept
+
+    @torch.no_grad()
+    def sample_inputs(self, n: int, seed: int = 0, balanced: bool | None = None) -> torch.Tensor:
+        """The codes :meth:`sample` decodes (n, latent_dim): ``project(T(e))`` of seeded draws, thinned by
+        balanced sampling when ``balanced`` (None: :attr:`balanced`)."""
+        if n < 0:
+            raise UsageError(f"n must be >= 0, got {n}")
+        if not (self.balanced if balanced is None else balanced):
+            return self.map_noise(self.noise(n, seed))
+        accept = self.calibrate_sampler()
+        return balance.rejection_sample(
+            self.map_noise, self._nearest_code, self.codes, accept, self.noise_dim, n, seed
+        )
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int = 0, balanced: bool | None = None) -> torch.Tensor:
+        """``n`` samples, float32 (n, C, H, W) in [0, 1]; the same seed gives the same images. ``balanced``:
+        balanced sampling on or off (None: the model's setting, :attr:`balanced`)."""
+        return self.decode(self.sample_inputs(n, seed, balanced))
 
     @torch.no_grad()
     def gaussian_codes(
@@ -292,6 +351,8 @@ class GLANN(GenerativeModel):
         tensors = {**_prefixed("G", self.G.state_dict()), "codes": self.codes.detach().cpu().contiguous()}
         if self.T is not None:
             tensors.update(_prefixed("T", self.T.state_dict()))
+        if self.code_accept is not None:
+            tensors["code_accept"] = self.code_accept.detach().cpu().contiguous()
         return tensors, self._meta(mapping=None if self.T is None else self.T.hparams())
 
     @classmethod
@@ -304,7 +365,20 @@ class GLANN(GenerativeModel):
         if meta.get("mapping") is not None:
             T = MLP(**meta["mapping"])
             T.load_state_dict(_unprefixed("T", tensors))
-        return cls(G, tensors["codes"], T, ops=ops, config=meta.get("config")).to(device).eval()
+        return cls(
+            G, tensors["codes"], T, ops=ops, config=meta.get("config"), code_accept=tensors.get("code_accept")
+        ).to(device).eval()  # fmt: skip
+
+
+def _check_accept(accept: torch.Tensor, n_codes: int) -> None:
+    """A ``code_accept`` table must be (n_codes,) float with every entry in (0, 1]: a zero would let
+    rejection sampling run forever (model files are untrusted)."""
+    if accept.shape != (n_codes,) or not accept.is_floating_point():
+        raise ValueError(
+            f"code_accept must be a float tensor of shape ({n_codes},), got {accept.dtype} {tuple(accept.shape)}"
+        )
+    if not bool(((accept > 0) & (accept <= 1)).all()):
+        raise ValueError("code_accept must lie in (0, 1] for every code")
 
 
 class PixelIMLE(GenerativeModel):

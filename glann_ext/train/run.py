@@ -54,6 +54,8 @@ RESUMABLE_OVERRIDES = (
     "ckpt_every",
     "sample_every",
     "data_root",
+    "balance_draws",  # sampling only: the trained networks and codes are the same
+    "balance_quantile",
 )
 N_SHOW = 32  # images per row in reconstruction grids
 
@@ -220,6 +222,8 @@ class Run:
             if self.world.distributed and isinstance(model, GLANN):  # the whole code table, from the shards
                 codes = ckpt.gather_rows(self.out, ["glo.codes"])["glo.codes"].to(model.device)
                 model = GLANN(model.G, codes, model.T, ops=model.ops, config=model.config)
+            if isinstance(model, GLANN) and model.balanced:
+                model.calibrate_sampler()  # saved with the model: sampling never repeats the calibration
             save_model(model, self.out / MODEL_FILE)
             if self.cfg.sample_every:
                 samples = (
@@ -314,7 +318,13 @@ class GridsHook(Hook):
         elif world.is_main:
             ensure_dir(folder)
             name = "samples_pixel_imle" if self.fit.pixel else "samples_imle"
-            save_grid(model.sample(64, seed=0).cpu(), folder / f"{name}_{epoch:03d}.png")
+            # plain T(e) here: balanced sampling needs every code and a calibration search per epoch
+            samples = (
+                model.sample(64, seed=0, balanced=False)
+                if isinstance(model, GLANN)
+                else model.sample(64, seed=0)
+            )
+            save_grid(samples.cpu(), folder / f"{name}_{epoch:03d}.png")
 
 
 class ProgressHook(Hook):

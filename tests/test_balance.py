@@ -1,0 +1,156 @@
+"""Balanced sampling (glann_ext.models.balance): the usage counts and acceptances against independent
+references, the rejection sampler's statistics and determinism, and the model's use, export and refusal of
+bad tables."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from glann_testing import OPS
+
+from glann_ext import seeding
+from glann_ext.backend import get_ops
+from glann_ext.errors import CheckpointError, UsageError
+from glann_ext.models import GLANN, MLP, DCGANGenerator, balance, load_model_file, save_model
+from glann_ext.train.config import TrainConfig, saved_config
+
+
+def _cdist_nearest(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """The reference search: float64 cdist, then argmin (lowest index on ties)."""
+    return torch.cdist(queries.double(), keys.double()).argmin(dim=1)
+
+
+def test_acceptance_by_hand():
+    counts = torch.tensor([0, 4, 2, 8, 1])
+    # non-zero counts 4, 2, 8, 1: median 3; a code never hit keeps all of its (rare) draws
+    torch.testing.assert_close(balance.acceptance(counts, 0.5), torch.tensor([1.0, 0.75, 1.0, 0.375, 1.0]))
+    torch.testing.assert_close(balance.acceptance(counts, 0.0), torch.tensor([1.0, 0.25, 0.5, 0.125, 1.0]))
+    assert torch.equal(balance.acceptance(counts, 1.0), torch.ones(5))
+    assert torch.equal(balance.acceptance(torch.zeros(3, dtype=torch.int64), 0.25), torch.ones(3))
+
+
+def test_usage_counts_match_an_independent_count_across_chunks():
+    """More draws than one calibration chunk, so the count is stitched from two seeded blocks."""
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randn(7, 3, generator=g)
+    W = torch.randn(2, 3, generator=g)
+
+    def map_noise(e):
+        return e @ W
+
+    draws = balance.CALIBRATION_CHUNK + 1234
+    got = balance.usage_counts(map_noise, _cdist_nearest, codes, 2, draws, seed=5)
+    e = torch.cat([
+        torch.randn(balance.CALIBRATION_CHUNK, 2, generator=seeding.generator(5, "balance", block=0)),
+        torch.randn(1234, 2, generator=seeding.generator(5, "balance", block=1)),
+    ])  # fmt: skip
+    expected = torch.bincount(_cdist_nearest(e @ W, codes), minlength=7)
+    assert torch.equal(got, expected) and int(got.sum()) == draws
+
+
+def _square_codes() -> torch.Tensor:
+    return torch.tensor([[1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]])
+
+
+def test_rejection_sample_keeps_each_region_at_its_acceptance():
+    """2-D noise, identity map, one code per quadrant (each a quarter of the draws): kept shares must follow
+    the acceptances (1, 1/2, 1/4, 1/8), normalised; also prefix-stable, seeded and never a code."""
+    codes = _square_codes()
+    accept = torch.tensor([1.0, 0.5, 0.25, 0.125])
+    n = 6000
+    z = balance.rejection_sample(lambda e: e, _cdist_nearest, codes, accept, 2, n, seed=3)
+    assert z.shape == (n, 2)
+    share = torch.bincount(_cdist_nearest(z, codes), minlength=4).double() / n
+    expected = accept.double() / accept.sum()
+    tolerance = 5 * torch.sqrt(expected * (1 - expected) / n)  # five binomial standard errors
+    assert bool(((share - expected).abs() < tolerance).all()), (share, expected)
+    assert torch.equal(
+        balance.rejection_sample(lambda e: e, _cdist_nearest, codes, accept, 2, 100, 3), z[:100]
+    )
+    other = balance.rejection_sample(lambda e: e, _cdist_nearest, codes, accept, 2, 100, seed=4)
+    assert not torch.equal(other, z[:100])
+    assert balance.rejection_sample(lambda e: e, _cdist_nearest, codes, accept, 2, 0, 3).shape == (0, 2)
+
+
+def _model(balance_draws: float = 10.0, *, skewed: bool = True, n_codes: int = 40) -> GLANN:
+    """A small untrained GLANN whose T sends most draws to a few codes (skewed) or is plain random."""
+    torch.manual_seed(0)
+    G = DCGANGenerator(latent_dim=8, image_size=28, channels=1, width=8)
+    T = MLP(4, 8, hidden=16, layers=2, batch_norm=False)
+    codes = get_ops(OPS).project(torch.randn(n_codes, 8))
+    if skewed:  # half of the codes sit near T's typical outputs, half far away
+        with torch.no_grad():
+            out = get_ops(OPS).project(T(torch.randn(n_codes // 2, 4)))
+            codes[: n_codes // 2] = get_ops(OPS).project(out + 0.05 * torch.randn_like(out))
+    cfg = {**TrainConfig().to_dict(), "balance_draws": balance_draws, "seed": 1}
+    return GLANN(G, codes, T, ops=OPS, config=cfg)
+
+
+def _busiest_share(model: GLANN, z: torch.Tensor) -> float:
+    return float(torch.bincount(_cdist_nearest(z, model.codes), minlength=len(model.codes)).max()) / len(z)
+
+
+def test_balanced_sampling_evens_out_the_codes_and_plain_sampling_is_t_of_e():
+    model = _model()
+    assert model.balanced and model.code_accept is None
+    plain = model.sample_inputs(2000, seed=0, balanced=False)
+    torch.testing.assert_close(plain, model.map_noise(model.noise(2000, seed=0)), rtol=0, atol=0)
+    balanced = model.sample_inputs(2000, seed=0)
+    assert model.code_accept is not None and model.code_accept.shape == (40,)
+    # the calibration: the configured draws per code, the configured quantile, the config's seed
+    counts = balance.usage_counts(model.map_noise, _cdist_nearest, model.codes, 4, 400, seed=1)
+    torch.testing.assert_close(model.code_accept, balance.acceptance(counts, 0.25))
+    assert _busiest_share(model, balanced) < 0.6 * _busiest_share(model, plain)
+    # every balanced sample is one of T's outputs, on the sphere
+    torch.testing.assert_close(balanced.norm(dim=1), torch.ones(2000))
+    images = model.sample(5, seed=0)
+    torch.testing.assert_close(images, model.decode(balanced[:5]))
+
+
+def test_balance_off_in_the_config_and_configs_saved_before_it_sample_plainly():
+    model = _model(balance_draws=0.0)
+    assert not model.balanced
+    torch.testing.assert_close(model.sample_inputs(50, seed=2), model.map_noise(model.noise(50, seed=2)))
+    assert model.code_accept is None
+    # asked for explicitly, it calibrates with the package default
+    z = model.sample_inputs(50, seed=2, balanced=True)
+    assert z.shape == (50, 8) and model.code_accept is not None
+    legacy = TrainConfig().to_dict()
+    del legacy["balance_draws"]
+    assert saved_config(legacy).balance_draws == 0.0
+    assert TrainConfig().balance_draws == balance.DEFAULT_DRAWS_PER_CODE
+    assert TrainConfig().balance_quantile == balance.DEFAULT_QUANTILE
+
+
+def test_the_table_travels_with_the_model_file(tmp_path):
+    model = _model()
+    z = model.sample_inputs(30, seed=7)
+    path = save_model(model, tmp_path / "m.safetensors")
+    loaded = load_model_file(path, ops=OPS)
+    assert torch.equal(loaded.code_accept, model.code_accept)
+    assert torch.equal(loaded.sample_inputs(30, seed=7), z)
+
+
+@pytest.mark.parametrize(
+    "bad", [torch.zeros(40), torch.full((40,), math.nan), torch.full((40,), 1.5), torch.ones(39)]
+)
+def test_a_bad_table_in_a_model_file_is_refused(tmp_path, bad):
+    """A zero acceptance would make the sampler loop forever: an untrusted file must not get that far."""
+    model = _model()
+    model.calibrate_sampler()
+    model.code_accept = bad
+    path = save_model(model, tmp_path / "bad.safetensors")
+    with pytest.raises(CheckpointError, match="code_accept"):
+        load_model_file(path, ops=OPS)
+
+
+def test_a_glo_only_model_has_nothing_to_balance():
+    model = _model()
+    glo_only = GLANN(model.G, model.codes, None, ops=OPS, config=model.config)
+    assert not glo_only.balanced
+    with pytest.raises(UsageError, match="no IMLE mapping"):
+        glo_only.calibrate_sampler()
+    with pytest.raises(UsageError, match="n must be"):
+        model.sample_inputs(-1)
