@@ -32,6 +32,8 @@ CHANGES: list[dict] = [
     # a code's nearest other code: 0.50); 0.2 rejected nothing.
     {"imle_reject_radius": 0.45},
     {"imle_noise_multiple": 10.0},
+    # sampling without balanced sampling: T(e) as the papers sample it (the model and its training unchanged)
+    {"balance_draws": 0.0},
     {"gen_width_factor": 2},
     {"gen_depth": 1},
     {"batch_size": 64},
@@ -138,7 +140,8 @@ def _describe(cfg: TrainConfig) -> str:
         f"GLO rates {cfg.glo_lr_schedule}, IMLE rate {cfg.imle_lr_schedule}, code Adam steps "
         f"{cfg.latent_adam_steps}, Laplacian weights {cfg.lap_weights}, IMLE M = {cfg.imle_noise_multiple:g} N "
         f"nearest-neighbour matching, T's Adam betas {cfg.imle_betas}, G depth {cfg.gen_depth}, batch {cfg.batch_size}, rates lr_g {cfg.lr_g:g}, "
-        f"lr_z {cfg.lr_z:g}, IMLE {cfg.imle_lr:g}"
+        f"lr_z {cfg.lr_z:g}, IMLE {cfg.imle_lr:g}; balanced sampling with {cfg.balance_draws:g} draws per code, "
+        f"quantile {cfg.balance_quantile:g}"
     )
 
 

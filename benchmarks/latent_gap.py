@@ -41,6 +41,7 @@ ROWS = (
     "midpoints of two codes drawn at random",
     "GLO + Gaussian (sample_gaussian)",
     "codes of unseen test images (inverted, G fixed)",
+    "GLANN's balanced samples (the package's sampling)",
 )
 SCORES = ("fd", "precision", "recall", "coverage", "copy_ratio", "code_distance")
 # GLANN.invert's budget for the unseen images' codes: one start (the training code whose reconstruction is
@@ -86,6 +87,7 @@ def run_seed(
     n = b.fmnist_eval
     points = latent_points(model, n, seed)
     points[ROWS[6]] = model.gaussian_codes(n, seed=seed)  # what sample_gaussian decodes
+    points[ROWS[8]] = model.sample_inputs(n, seed=seed, balanced=True)  # what model.sample decodes
     points[ROWS[7]], _ = model.invert(unseen, steps=INVERT_STEPS, restarts=INVERT_RESTARTS, seed=seed)
     images = {name: model.decode(z) for name, z in points.items()}
     scores = {}

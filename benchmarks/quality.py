@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import os
 import platform
@@ -262,6 +263,8 @@ def train_image_methods(
     seconds["GLANN"] = t_glo + times["imle"]
     seconds["GLO + Gaussian"] = t_glo
     samplers["GLANN"] = model.sample
+    samplers[PLAIN] = functools.partial(model.sample, balanced=False)
+    seconds[PLAIN] = seconds["GLANN"]
     samplers["GLO + Gaussian"] = model.sample_gaussian
     samplers[CEILING] = lambda n, seed=0: _reconstructions(model, n)
     seconds[CEILING] = t_glo
@@ -287,6 +290,9 @@ def train_image_methods(
     return samplers, seconds
 
 
+PLAIN = "GLANN, plain T(e) sampling"
+"""GLANN's model sampled without balanced sampling (``balance_draws`` = 0): the papers' sampler, what the
+GLANN row's balancing changes (:mod:`glann_ext.models.balance`)."""
 CEILING = "ceiling: G(codes) of training images"
 """The reconstruction ceiling of GLANN and GLO + Gaussian (same G): what a second stage that hit every code
 exactly would reach; it is drawn as the first min(n, N) training images' reconstructions."""
@@ -305,7 +311,7 @@ def _sample(sampler, n: int, seed: int, method: str = "") -> torch.Tensor:
 
 def _versus_ceiling(res: dict) -> None:
     """FD / the ceiling's FD for the methods that share GLANN's G (per seed, aggregated later)."""
-    for method in ("GLANN", "GLO + Gaussian"):
+    for method in ("GLANN", PLAIN, "GLO + Gaussian"):
         res[method]["fd_over_ceiling"] = res[method]["fd"] / res[CEILING]["fd"]
 
 
@@ -376,7 +382,7 @@ def run_stacked(
 
 
 def long_glo_label(method: str, b: Budget) -> str:
-    """The row of ``method`` ("GLANN", "GLO + Gaussian" or CEILING) with ``stacked_long_factor`` x the GLO
+    """The row of ``method`` ("GLANN", PLAIN, "GLO + Gaussian" or CEILING) with ``stacked_long_factor`` x the GLO
     epochs."""
     return f"{method}, {b.stacked_long_factor * b.epochs} GLO epochs"
 
@@ -390,6 +396,7 @@ def _stacked_long_glo(stacked: torch.Tensor, clf: DomainClassifier, b: Budget, s
     out = {}
     for method, sampler, seconds in (
         ("GLANN", model.sample, times["glo"] + times["imle"]),
+        (PLAIN, functools.partial(model.sample, balanced=False), times["glo"] + times["imle"]),
         ("GLO + Gaussian", model.sample_gaussian, times["glo"]),
         (CEILING, lambda n, seed=0: _reconstructions(model, n), times["glo"]),
     ):
@@ -484,6 +491,9 @@ def write_report(path: Path, res: dict, b: Budget, argv: list[str], total_s: flo
         + ". Every method on an image table trains for the same `epochs` over the same training images with "
         "the same generator (the package's `DCGANGenerator`, width `width`, input size `latent`); GLANN "
         "additionally runs `imle_latent_epochs` of IMLE on its codes (cheap; included in its time). "
+        "GLANN samples with the package's default balanced sampling (`balance_draws` 10: each draw of T kept "
+        "with its nearest code's acceptance, docs/training.md); 'GLANN, plain T(e) sampling' is the same model "
+        "sampled as the papers do (`sample(..., balanced=False)`). "
         "GLO + Gaussian is the GLANN run's GLO stage sampled with `GLANN.sample_gaussian`; IMLE (pixel) is "
         '`imle_space="pixel"` with the paper\'s options; VAE and DCGAN are `benchmarks/baselines/`.',
         "",
