@@ -363,8 +363,9 @@ def format_table(result: dict[str, Any]) -> str:
     """A short plain-text table of an :func:`evaluate_run` result."""
     m = result["memorisation"]
     fid = result["inception_fid"]
+    balanced = ", balanced" if result.get("balanced") else ""
     rows = [
-        ("run", f"{result['run']} ({result['dataset']}, sampler {result['sampler']})"),
+        ("run", f"{result['run']} ({result['dataset']}, sampler {result['sampler']}{balanced})"),
         ("samples / test / train", f"{result['n_samples']} / {result['n_test']} / {result['n_train']}"),
         ("LeNet test accuracy", f"{result['classifier']['test_accuracy']:.3f}"),
         ("FD (LeNet features)", f"{result['fd']:.2f}"),

@@ -76,9 +76,9 @@ def _spy_on_reference_search() -> list[int]:
 
     calls, search = [], reference.nn_argmin_scores_reference
 
-    def counted(queries, keys):
+    def counted(queries, keys, **kwargs):
         calls.append(len(keys))
-        return search(queries, keys)
+        return search(queries, keys, **kwargs)
 
     reference.nn_argmin_scores_reference = counted
     return calls

@@ -157,7 +157,7 @@ class GLANN(GenerativeModel):
 
     Sampling: ``e ~ N(0, I)`` in ``noise_dim``, ``z = T(e)`` projected to the unit sphere (G was trained on
     sphere codes only), image ``G(z)``. Balanced sampling (:mod:`.balance`; on when the config's
-    ``balance_draws`` > 0, the default since glann_ext 0.3) keeps each draw with the acceptance of its
+    ``balance_draws`` > 0, the default) keeps each draw with the acceptance of its
     nearest code, ``code_accept`` (N,), computed once by :meth:`calibrate_sampler` and saved with the model.
     """
 
