@@ -107,6 +107,12 @@ def test_balanced_sampling_evens_out_the_codes_and_plain_sampling_is_t_of_e():
     torch.testing.assert_close(balanced.norm(dim=1), torch.ones(2000))
     images = model.sample(5, seed=0)
     torch.testing.assert_close(images, model.decode(balanced[:5]))
+    # kept until refreshed: a changed T needs a new table
+    table = model.code_accept
+    with torch.no_grad():
+        model.T.net[-1].bias.add_(1.0)
+    assert model.calibrate_sampler() is table
+    assert not torch.equal(model.calibrate_sampler(refresh=True), table)
 
 
 def test_balance_off_in_the_config_and_configs_saved_before_it_sample_plainly():

@@ -208,11 +208,12 @@ class GLANN(GenerativeModel):
         return self.ops.nn_argmin(queries.contiguous(), codes.contiguous())
 
     @torch.no_grad()
-    def calibrate_sampler(self) -> torch.Tensor:
+    def calibrate_sampler(self, refresh: bool = False) -> torch.Tensor:
         """The per-code acceptance (N,) of balanced sampling, computed on first use from the config's
         ``balance_draws`` draws per code (10 where it is 0 or absent), ``balance_quantile`` (0.25) and
-        ``seed``, then kept (and saved by :meth:`export`)."""
-        if self.code_accept is None:
+        ``seed``, then kept (and saved by :meth:`export`). ``refresh``: compute it anew (after changing ``T``
+        or the codes)."""
+        if self.code_accept is None or refresh:
             if self.T is None:
                 raise UsageError(NO_MAPPING)
             per_code = float(self.config.get("balance_draws", 0.0)) or balance.DEFAULT_DRAWS_PER_CODE
@@ -229,10 +230,8 @@ class GLANN(GenerativeModel):
     def sample_inputs(self, n: int, seed: int = 0, balanced: bool | None = None) -> torch.Tensor:
         """The codes :meth:`sample` decodes (n, latent_dim): ``project(T(e))`` of seeded draws, thinned by
         balanced sampling when ``balanced`` (None: :attr:`balanced`)."""
-        if n < 0:
-            raise UsageError(f"n must be >= 0, got {n}")
-        if not (self.balanced if balanced is None else balanced):
-            return self.map_noise(self.noise(n, seed))
+        if n < 0 or not (self.balanced if balanced is None else balanced):
+            return super().sample_inputs(n, seed)  # plain project(T(e)) (and the check of n)
         accept = self.calibrate_sampler()
         return balance.rejection_sample(
             self.map_noise, self._nearest_code, self.codes, accept, self.noise_dim, n, seed
