@@ -1,7 +1,7 @@
 """The comparison of issue 4: GLANN against GLO + Gaussian, pixel IMLE, a VAE and a DCGAN (and a GAN on 2-D).
 
     python -m benchmarks.quality --quick --out /tmp/q/QUALITY.md          # one seed of every table (8-16 min on 2 cores)
-    python -m benchmarks.quality --out benchmarks/QUALITY.md              # the committed report (40-75 min)
+    python -m benchmarks.quality --out benchmarks/QUALITY.md              # the committed report (35-75 min)
     python -m benchmarks.quality --smoke --out /tmp/q/QUALITY.md          # seconds; what CI runs
 
 Writes the Markdown report, and PNGs (scatter plots, sample grids, nearest-neighbour grids) into
@@ -110,9 +110,9 @@ BUDGETS = {
         (0,), ablation_glo_rows=False,
     ),
     # The committed report: the quick budgets with five seeds on the 2-D mixtures (the protocol's minimum) and
-    # three on every image table and ablation row: 51.5 min on the Zen 4 beside one-thread experiment jobs
-    # (about 40 alone), 44-62 min on the AVX2 EPYC when the 2-D part took 1,000 steps (4,000 add about 13 min
-    # there). The previous full budgets, 5,000 images and 25 epochs per run, took about two hours.
+    # three on every image table and ablation row: 35.0 min on the Zen 4 alone (2026-12-03, with the plain-
+    # sampling rows), 51.5 min beside one-thread experiment jobs; 44-62 min on the AVX2 EPYC when the 2-D
+    # part took 1,000 steps (4,000 add about 13 min there). The previous full budgets, 5,000 images and 25 epochs per run, took about two hours.
     "full": Budget(
         "full", (0, 1, 2, 3, 4), 256, 4000, 2500, (0, 1, 2), (0, 1, 2), 3000, 2000, 20000, 2, 4000, 2000, 26000,
         10, 30, 32, 32, 12, (0, 1, 2), 3,
@@ -481,7 +481,7 @@ def write_report(path: Path, res: dict, b: Budget, argv: list[str], total_s: flo
         ),
         (
             "Regenerate: `python -m benchmarks.quality --out benchmarks/QUALITY.md` (the full variant: 5 seeds on "
-            "2-D, 3 on every image table and ablation row; 40-75 minutes on 2 CPU cores) or with `--quick` (one "
+            "2-D, 3 on every image table and ablation row; 35-75 minutes on 2 CPU cores) or with `--quick` (one "
             "seed of every table and of the IMLE-option ablation rows, 8-16 minutes). `--smoke` is the CI-sized run of "
             "`tests/test_quality.py`."
         ),
