@@ -294,11 +294,9 @@ def evaluate_run(
     """Evaluate the model of run folder ``run``; writes ``eval.json``, ``eval_samples.png`` and
     ``eval_neighbours.png`` into ``out`` (default: the run folder) and returns the ``eval.json`` content.
 
-    ``n`` samples (>= 2) from ``sampler`` ("glann": the model's sampling, balanced over the codes when its
-    config says so; "plain": ``T(e)`` without balancing; "gaussian": the GLO + Gaussian baseline) with
-    ``seed``; up to ``n_test`` test images; the classifier cache in ``cache_dir`` (default
-    ``~/.cache/glann_ext/quality``, trained there if missing, ``clf_epochs`` overriding the default).
-    """
+    ``n`` samples (>= 2) from ``sampler`` ("glann": the model's, balanced if so configured; "plain": ``T(e)``;
+    "gaussian": the GLO + Gaussian baseline) with ``seed``; up to ``n_test`` test images; the classifier
+    cache in ``cache_dir`` (default ``~/.cache/glann_ext/quality``; trained there if missing, ``clf_epochs``)."""
     t0 = time.perf_counter()
     run = Path(run)
     for name, value in (("n (-n)", n), ("n_test", n_test)):
