@@ -273,10 +273,8 @@ def _cmd_sample(args: argparse.Namespace) -> None:
         if not isinstance(model, GLANN):
             raise CLIError("sample: --sampler gaussian needs a GLANN run (codes to fit a Gaussian to)")
         images = model.sample_gaussian(args.n, args.seed)
-    elif args.sampler == "plain" and isinstance(model, GLANN):
-        images = model.sample(args.n, args.seed, balanced=False)
     else:
-        images = model.sample(args.n, args.seed)
+        images = model.sample(args.n, args.seed, balanced=False if args.sampler == "plain" else None)
     grid = args.grid or (None if args.npy else "samples.png")
     written = []
     if grid:

@@ -137,17 +137,13 @@ def _draw(model, sampler: str, n: int, seed: int, progress: bool) -> tuple[torch
     """(latent points, images) of the ``n`` evaluated samples: what G decodes, then G's images of it."""
     from tqdm import tqdm
 
-    from .models import GLANN
-
     latents, images = [], []
     with tqdm(total=n, desc="sampling", unit="img", disable=not progress, dynamic_ncols=True) as bar:
         for size, chunk_seed in _chunks(n, seed):
             if sampler == "gaussian":
                 z = model.gaussian_codes(size, seed=chunk_seed)
-            elif sampler == "plain" and isinstance(model, GLANN):
-                z = model.sample_inputs(size, seed=chunk_seed, balanced=False)
             else:
-                z = model.sample_inputs(size, seed=chunk_seed)
+                z = model.sample_inputs(size, seed=chunk_seed, balanced=False if sampler == "plain" else None)
             latents.append(z.cpu())
             images.append(model.decode(z).cpu())  # = model.sample / sample_gaussian of this chunk
             bar.update(size)

@@ -160,3 +160,14 @@ def test_a_glo_only_model_has_nothing_to_balance():
         glo_only.calibrate_sampler()
     with pytest.raises(UsageError, match="n must be"):
         model.sample_inputs(-1)
+
+
+def test_a_model_without_codes_samples_plainly_and_refuses_balancing():
+    from glann_ext.models import PixelIMLE
+
+    model = PixelIMLE(DCGANGenerator(latent_dim=8, image_size=28, channels=1, width=8), ops=OPS)
+    torch.testing.assert_close(
+        model.sample(3, seed=1, balanced=False), model.sample(3, seed=1), rtol=0, atol=0
+    )
+    with pytest.raises(UsageError, match="balanced sampling needs training codes"):
+        model.sample(3, balanced=True)

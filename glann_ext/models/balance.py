@@ -79,13 +79,14 @@ def rejection_sample(
     expected rounds are ``n / (SAMPLING_CHUNK x mean acceptance of T's draws)``.
     """
     noise_gen, coin_gen = seeding.generator(seed, "sample"), seeding.generator(seed, "accept")
+    accept = accept.cpu()  # the coin flips are drawn on the CPU
     kept: list[torch.Tensor] = []
     have = 0
     while have < n:
         z = map_noise(torch.randn(SAMPLING_CHUNK, noise_dim, generator=noise_gen))
         nearest = search(z, codes).cpu()
         coins = torch.rand(SAMPLING_CHUNK, generator=coin_gen)
-        keep = coins < accept.cpu()[nearest]
+        keep = coins < accept[nearest]
         kept.append(z[keep.to(z.device)])
         have += int(keep.sum())
     if not kept:

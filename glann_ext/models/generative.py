@@ -108,16 +108,21 @@ class GenerativeModel(nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
-    def sample_inputs(self, n: int, seed: int = 0) -> torch.Tensor:
-        """What :meth:`sample` decodes: ``generator_input`` of ``n`` seeded noise vectors."""
+    def sample_inputs(self, n: int, seed: int = 0, balanced: bool | None = None) -> torch.Tensor:
+        """What :meth:`sample` decodes: ``generator_input`` of ``n`` seeded noise vectors. ``balanced``:
+        balanced sampling (see :class:`GLANN`); a model without training codes has only plain sampling, so
+        ``balanced=False`` and None give it and True is refused."""
         if n < 0:
             raise UsageError(f"n must be >= 0, got {n}")
+        if balanced:
+            raise UsageError(f"balanced sampling needs training codes; a {self.kind} model has none")
         return self.generator_input(self.noise(n, seed))
 
     @torch.no_grad()
-    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
-        """``n`` samples, float32 (n, C, H, W) in [0, 1]; the same seed gives the same images."""
-        return self.decode(self.sample_inputs(n, seed))
+    def sample(self, n: int, seed: int = 0, balanced: bool | None = None) -> torch.Tensor:
+        """``n`` samples, float32 (n, C, H, W) in [0, 1]; the same seed gives the same images. ``balanced``:
+        balanced sampling on or off (None: the model's setting)."""
+        return self.decode(self.sample_inputs(n, seed, balanced))
 
     @torch.no_grad()
     def interpolate(
@@ -231,17 +236,11 @@ class GLANN(GenerativeModel):
         """The codes :meth:`sample` decodes (n, latent_dim): ``project(T(e))`` of seeded draws, thinned by
         balanced sampling when ``balanced`` (None: :attr:`balanced`)."""
         if n < 0 or not (self.balanced if balanced is None else balanced):
-            return super().sample_inputs(n, seed)  # plain project(T(e)) (and the check of n)
+            return super().sample_inputs(n, seed, balanced=False)  # plain project(T(e)), the check of n
         accept = self.calibrate_sampler()
         return balance.rejection_sample(
             self.map_noise, self._nearest_code, self.codes, accept, self.noise_dim, n, seed
         )
-
-    @torch.no_grad()
-    def sample(self, n: int, seed: int = 0, balanced: bool | None = None) -> torch.Tensor:
-        """``n`` samples, float32 (n, C, H, W) in [0, 1]; the same seed gives the same images. ``balanced``:
-        balanced sampling on or off (None: the model's setting, :attr:`balanced`)."""
-        return self.decode(self.sample_inputs(n, seed, balanced))
 
     @torch.no_grad()
     def gaussian_codes(

@@ -319,12 +319,7 @@ class GridsHook(Hook):
             ensure_dir(folder)
             name = "samples_pixel_imle" if self.fit.pixel else "samples_imle"
             # plain T(e) here: balanced sampling needs every code and a calibration search per epoch
-            samples = (
-                model.sample(64, seed=0, balanced=False)
-                if isinstance(model, GLANN)
-                else model.sample(64, seed=0)
-            )
-            save_grid(samples.cpu(), folder / f"{name}_{epoch:03d}.png")
+            save_grid(model.sample(64, seed=0, balanced=False).cpu(), folder / f"{name}_{epoch:03d}.png")
 
 
 class ProgressHook(Hook):
