@@ -158,11 +158,25 @@ def test_resume_keeps_the_saved_config_and_takes_the_flags_it_allows(tmp_path, d
     saved = (out / "config.json").read_text()
     assert json.loads(saved)["imle_epochs"] != 1
     # a resume starts from the saved config (--preset is not re-applied: laptop's data and widths would be
-    # refused as a different config) and takes the overrides a resume may change, for this run only
+    # refused as a different config) and takes the overrides a resume may change; config.json then holds
+    # them (a later resume keeps them) and resumes.jsonl says what changed and from which checkpoint
     resume = ["train", "--out", str(out), "--preset", "laptop", "--no-progress", "--threads", "1"]
     assert main([*resume, "--imle-epochs", "1"]) == 0
-    assert "IMLE epoch 1/1" in capsys.readouterr().out
-    assert (out / "config.json").read_text() == saved
+    printed = capsys.readouterr().out
+    assert "IMLE epoch 1/1" in printed and "resuming with imle_epochs" in printed
+    now = json.loads((out / "config.json").read_text())
+    was = json.loads(saved)
+    assert now == {**was, "imle_epochs": 1}
+    (entry,) = [json.loads(line) for line in (out / "resumes.jsonl").read_text().splitlines()]
+    assert entry["changed"] == {"imle_epochs": [was["imle_epochs"], 1]}
+    assert (entry["phase"], entry["epoch"]) == ("glo", 1)
+    # a plain rerun of the finished run keeps the new values and changes nothing
+    before = (out / "metrics.jsonl").read_text()
+    assert main(["train", "--out", str(out), "--no-progress"]) == 0
+    assert "resuming with" not in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text()) == now
+    assert len((out / "resumes.jsonl").read_text().splitlines()) == 1
+    assert (out / "metrics.jsonl").read_text() == before
 
 
 def test_adam_betas_flags_reach_the_config(tmp_path, data_file):

@@ -4,7 +4,9 @@ The training itself is :class:`~.pipeline.Fit`; a :class:`Run` adds the folder a
 config (a new run, or the saved one with the overrides a resume may change), restores the latest checkpoint,
 and attaches the hooks that write the folder. Folder layout::
 
-    config.json           the TrainConfig (the run is reproducible from it)
+    config.json           the TrainConfig the run last trained with (a resume's overrides included)
+    resumes.jsonl         one JSON line per resume that changed config.json: the fields (saved, new) and the
+                          checkpoint it resumed from (config.json as first written + these = the run's history)
     checkpoints/          latest training state: manifest.json + one step folder of per-rank files
                           (see .checkpoint)
     model.safetensors     the finished model (weights + JSON description; glann_ext.models.files)
@@ -44,6 +46,7 @@ from .world import World, init_world, local_device
 MODEL_FILE = "model.safetensors"
 LEGACY_MODEL_FILE = "model.pt"
 METRICS_FILE = "metrics.jsonl"
+RESUMES_FILE = "resumes.jsonl"
 # Fields that may change when a run is resumed: they do not alter what is computed, or extend it.
 RESUMABLE_OVERRIDES = (
     "ops",
@@ -75,6 +78,7 @@ class Run:
     ):
         self.out = Path(out)
         self.progress, self.user_hook, self._log = progress, on_step, log
+        self.resume_changes: dict[str, list[Any]] = {}  # field -> [saved, new], set by _resolve_config
         self.cfg = self._resolve_config(cfg).check_runnable()
         self.device = local_device(self.cfg.device)
         self.world = World()
@@ -102,6 +106,8 @@ class Run:
                         f"differ); use another --out, or resume it without changing those options"
                     )
                 for k in RESUMABLE_OVERRIDES:
+                    if mine[k] != theirs[k]:
+                        self.resume_changes[k] = [mine[k], theirs[k]]
                     setattr(saved, k, getattr(cfg, k))
             return saved.validate()
         if cfg is None:
@@ -203,6 +209,8 @@ class Run:
             ensure_dir(self.out / "images")
             if state is None:
                 self.cfg.to_json(self.out / CONFIG_FILE)
+            elif self.resume_changes:
+                self._record_resume(state)
             _prune_metrics(self.out / METRICS_FILE, fit)
             tb = _tensorboard(self.out / "tb")
         hooks: list[Hook] = [
@@ -215,6 +223,18 @@ class Run:
         finally:
             if tb is not None:
                 tb.close()
+
+    def _record_resume(self, state: dict[str, Any]) -> None:
+        """A resume changed fields it may change: log them (and where) in resumes.jsonl, then rewrite
+        config.json, so the folder holds what the run trains with (a later resume keeps the new values). The
+        log line goes first: a kill between the two writes leaves a repeated line, never a lost change."""
+        phase = state["phase"]
+        at = {k: (state.get(phase) or {}).get(k) for k in ("epoch", "step_in_epoch", "global_step")}
+        entry = {"phase": phase, **at, "changed": self.resume_changes}
+        append_line(self.out / RESUMES_FILE, json.dumps(entry))
+        self.cfg.to_json(self.out / CONFIG_FILE)
+        changed = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in self.resume_changes.items())
+        self.log(f"resuming with {changed} (recorded in {RESUMES_FILE} and config.json)")
 
     def _finish(self, model: GenerativeModel, fit: Fit, images: torch.Tensor) -> GenerativeModel:
         self.world.barrier()  # the last checkpoint step is complete on every rank
