@@ -21,15 +21,18 @@ from glann_ext.models import GLANN
 from glann_ext.train import Hook, TrainConfig, get_ops
 from glann_ext.train.pipeline import Fit
 
+# fields read only when sampling from the finished model
+SAMPLING_FIELDS = ("balance_draws", "balance_quantile", "sample_noise_scale")
+
 
 def glo_key(cfg: TrainConfig) -> str:
-    """What the GLO stage (and T's initialisation) depends on: ``cfg`` with every IMLE-stage option reset to
-    its default (``imle_space`` kept: pixel IMLE has no GLO stage)."""
+    """What the GLO stage (and T's initialisation) depends on: ``cfg`` with every IMLE-stage and sampling
+    option reset to its default (``imle_space`` kept: pixel IMLE has no GLO stage)."""
     defaults = TrainConfig()
     reset = {
         f.name: getattr(defaults, f.name)
         for f in dataclasses.fields(TrainConfig)
-        if f.name.startswith("imle_") and f.name != "imle_space"
+        if (f.name.startswith("imle_") and f.name != "imle_space") or f.name in SAMPLING_FIELDS
     }
     return json.dumps(dataclasses.replace(cfg, **reset).to_dict(), sort_keys=True, default=str)
 

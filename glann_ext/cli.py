@@ -65,6 +65,12 @@ _CONFIG_FLAGS = [
         "balanced sampling: T draws per code for its usage table (0: plain T(e) sampling)",
     ),
     ("--balance-quantile", "balance_quantile", float, "balanced sampling: quantile of the usage counts kept"),
+    (
+        "--sample-noise-scale",
+        "sample_noise_scale",
+        float,
+        "sampling: standard deviation of T's noise (trained: 1)",
+    ),
     ("--glo-lr-schedule", "glo_lr_schedule", str, "GLO learning rates: constant (the papers) or cosine"),
     ("--latent-adam-steps", "latent_adam_steps", str, "code Adam bias correction: rows (per code) or global"),
     ("--gen-depth", "gen_depth", int, "extra 3x3 conv layers per hidden resolution of G"),

@@ -12,7 +12,7 @@ from glann_testing import OPS
 
 from glann_ext import seeding
 from glann_ext.backend import get_ops
-from glann_ext.errors import CheckpointError, UsageError
+from glann_ext.errors import CheckpointError, ConfigError, UsageError
 from glann_ext.models import GLANN, MLP, DCGANGenerator, balance, load_model_file, save_model
 from glann_ext.train.config import TrainConfig, saved_config
 
@@ -74,7 +74,9 @@ def test_rejection_sample_keeps_each_region_at_its_acceptance():
     assert balance.rejection_sample(lambda e: e, _cdist_nearest, codes, accept, 2, 0, 3).shape == (0, 2)
 
 
-def _model(balance_draws: float = 10.0, *, skewed: bool = True, n_codes: int = 40) -> GLANN:
+def _model(
+    balance_draws: float = 10.0, *, skewed: bool = True, n_codes: int = 40, scale: float = 1.0
+) -> GLANN:
     """A small untrained GLANN whose T sends most draws to a few codes (skewed) or is plain random."""
     torch.manual_seed(0)
     G = DCGANGenerator(latent_dim=8, image_size=28, channels=1, width=8)
@@ -84,7 +86,7 @@ def _model(balance_draws: float = 10.0, *, skewed: bool = True, n_codes: int = 4
         with torch.no_grad():
             out = get_ops(OPS).project(T(torch.randn(n_codes // 2, 4)))
             codes[: n_codes // 2] = get_ops(OPS).project(out + 0.05 * torch.randn_like(out))
-    cfg = {**TrainConfig().to_dict(), "balance_draws": balance_draws, "seed": 1}
+    cfg = {**TrainConfig().to_dict(), "balance_draws": balance_draws, "seed": 1, "sample_noise_scale": scale}
     return GLANN(G, codes, T, ops=OPS, config=cfg)
 
 
@@ -128,6 +130,35 @@ def test_balance_off_in_the_config_and_configs_saved_before_it_sample_plainly():
     assert saved_config(legacy).balance_draws == 0.0
     assert TrainConfig().balance_draws == balance.DEFAULT_DRAWS_PER_CODE
     assert TrainConfig().balance_quantile == balance.DEFAULT_QUANTILE
+
+
+def test_the_noise_scale_scales_every_draw_and_the_calibration():
+    model = _model(scale=1.7)
+    assert model.noise_scale == 1.7
+    e = model.noise(300, seed=3)
+    plain = model.sample_inputs(300, seed=3, balanced=False)
+    torch.testing.assert_close(plain, model.map_noise(1.7 * e), rtol=0, atol=0)
+    assert not torch.allclose(plain, model.map_noise(e))
+    # the acceptance table is counted on the scaled draws (so it matches what sampling draws)...
+    model.calibrate_sampler()
+    counts = balance.usage_counts(
+        lambda d: model.map_noise(1.7 * d), _cdist_nearest, model.codes, 4, 400, seed=1
+    )
+    torch.testing.assert_close(model.code_accept, balance.acceptance(counts, 0.25))
+    # ...and the balanced samples are the scaled draws the sampler kept
+    expected = balance.rejection_sample(
+        lambda d: model.map_noise(1.7 * d), _cdist_nearest, model.codes, model.code_accept, 4, 64, seed=5
+    )
+    torch.testing.assert_close(model.sample_inputs(64, seed=5), expected)
+    # a config without the field (saved before it existed) samples at scale 1
+    legacy = {k: v for k, v in model.config.items() if k != "sample_noise_scale"}
+    assert GLANN(model.G, model.codes, model.T, ops=OPS, config=legacy).noise_scale == 1.0
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf"), 11.0])
+def test_a_bad_noise_scale_is_refused(bad):
+    with pytest.raises(ConfigError, match="sample_noise_scale"):
+        TrainConfig(sample_noise_scale=bad).validate()
 
 
 def test_the_table_travels_with_the_model_file(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ from PIL import Image
 
 from glann_ext.cli import main
 from glann_ext.models import read_model_file
+from glann_ext.train.run import load_model
 
 TINY = ["--preset", "tiny", "--ops", OPS, "--threads", "1", "--no-progress"]
 
@@ -177,6 +179,18 @@ def test_resume_keeps_the_saved_config_and_takes_the_flags_it_allows(tmp_path, d
     assert json.loads((out / "config.json").read_text()) == now
     assert len((out / "resumes.jsonl").read_text().splitlines()) == 1
     assert (out / "metrics.jsonl").read_text() == before
+
+
+def test_resuming_a_finished_run_with_another_noise_scale_recalibrates_its_sampler(run_dir, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(run_dir, out)
+    before = load_model(out)
+    assert main(["train", "--out", str(out), "--sample-noise-scale", "1.5", "--no-progress"]) == 0
+    after = load_model(out)
+    assert before.noise_scale == 1.0 and after.noise_scale == 1.5
+    assert not torch.equal(before.code_accept, after.code_accept)  # counted on the new scale's draws
+    assert torch.equal(before.codes, after.codes)  # nothing trained
+    assert json.loads((out / "config.json").read_text())["sample_noise_scale"] == 1.5
 
 
 def test_adam_betas_flags_reach_the_config(tmp_path, data_file):

@@ -253,6 +253,7 @@ def test_glo_stages_match_separate_fits():
         base,
         dataclasses.replace(base, imle_lr_schedule="constant"),
         dataclasses.replace(base, imle_noise_multiple=5.0),
+        dataclasses.replace(base, sample_noise_scale=1.5, balance_quantile=0.5),  # sampling fields
     ]
     assert len({glo_key(c) for c in rows}) == 1
     assert glo_key(dataclasses.replace(base, gen_width=4)) != glo_key(base)  # a GLO field is part of the key
@@ -276,6 +277,7 @@ def test_glo_stages_match_separate_fits():
                 assert torch.equal(p, q), (cfg, name)
         assert torch.equal(shared.codes, alone.codes)
         assert torch.equal(shared.sample(8, seed=1), alone.sample(8, seed=1))
-    assert len(stages._done) == 1  # one GLO stage trained for the three rows
+        assert shared.noise_scale == alone.noise_scale == cfg.sample_noise_scale
+    assert len(stages._done) == 1  # one GLO stage trained for the four rows
     with pytest.raises(ValueError, match="imle_space"):
         stages.fit("toy", x, dataclasses.replace(base, imle_space="pixel"))

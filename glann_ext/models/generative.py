@@ -209,6 +209,17 @@ class GLANN(GenerativeModel):
         is > 0 (a config without the field, saved before balanced sampling existed, samples plainly)."""
         return self.T is not None and float(self.config.get("balance_draws", 0.0)) > 0
 
+    @property
+    def noise_scale(self) -> float:
+        """The standard deviation of ``T``'s noise when sampling: the config's ``sample_noise_scale`` (1, the
+        training distribution, where absent)."""
+        return float(self.config.get("sample_noise_scale", 1.0))
+
+    def _map_draws(self, e: torch.Tensor) -> torch.Tensor:
+        """``map_noise`` of standard-normal draws ``e`` at :attr:`noise_scale` (at 1, exactly ``map_noise``)."""
+        scale = self.noise_scale
+        return self.map_noise(e if scale == 1.0 else scale * e)
+
     def _nearest_code(self, queries: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         return self.ops.nn_argmin(queries.contiguous(), codes.contiguous())
 
@@ -224,7 +235,7 @@ class GLANN(GenerativeModel):
             per_code = float(self.config.get("balance_draws", 0.0)) or balance.DEFAULT_DRAWS_PER_CODE
             draws = balance.calibration_draws(len(self.codes), per_code)
             counts = balance.usage_counts(
-                self.map_noise, self._nearest_code, self.codes, self.noise_dim, draws,
+                self._map_draws, self._nearest_code, self.codes, self.noise_dim, draws,
                 int(self.config.get("seed", 0)),
             )  # fmt: skip
             quantile = float(self.config.get("balance_quantile", balance.DEFAULT_QUANTILE))
@@ -233,13 +244,15 @@ class GLANN(GenerativeModel):
 
     @torch.no_grad()
     def sample_inputs(self, n: int, seed: int = 0, balanced: bool | None = None) -> torch.Tensor:
-        """The codes :meth:`sample` decodes (n, latent_dim): ``project(T(e))`` of seeded draws, thinned by
-        balanced sampling when ``balanced`` (None: :attr:`balanced`)."""
-        if n < 0 or not (self.balanced if balanced is None else balanced):
-            return super().sample_inputs(n, seed, balanced=False)  # plain project(T(e)), the check of n
+        """The codes :meth:`sample` decodes (n, latent_dim): ``project(T(e))`` of seeded draws (scaled by
+        :attr:`noise_scale`), thinned by balanced sampling when ``balanced`` (None: :attr:`balanced`)."""
+        if n < 0:
+            raise UsageError(f"n must be >= 0, got {n}")
+        if not (self.balanced if balanced is None else balanced):
+            return self._map_draws(self.noise(n, seed))  # plain project(T(e))
         accept = self.calibrate_sampler()
         return balance.rejection_sample(
-            self.map_noise, self._nearest_code, self.codes, accept, self.noise_dim, n, seed
+            self._map_draws, self._nearest_code, self.codes, accept, self.noise_dim, n, seed
         )
 
     @torch.no_grad()

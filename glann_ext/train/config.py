@@ -108,6 +108,10 @@ class TrainConfig:
     ``T(e)`` sampling (the papers'). Sampling only: training is the same either way. At the quality report's
     budget it lowers FD and raises recall on every seed (docs/training.md, "Balanced sampling")."""
     balance_quantile: float = 0.25  # tau: this quantile of the non-zero counts (lower: more even, more draws)
+    sample_noise_scale: float = 1.0
+    """Standard deviation of ``T``'s noise when sampling (``T`` trains on N(0, I)); the balanced sampler
+    calibrates at the same scale. Above 1 reaches the codes a long-trained ``T`` has drawn in; at the
+    default recipe it costs FD (docs/training.md, "A long IMLE stage"). Sampling only."""
     # execution
     ops: str = "fused"  # "fused" kernels or "reference" PyTorch ops
     device: str = "cpu"
@@ -277,6 +281,7 @@ def _range_checks(c: TrainConfig) -> list[tuple[str, bool]]:
         ("imle_reject_radius", _finite(c.imle_reject_radius, 0)),
         ("balance_draws", _finite(c.balance_draws, 0)),
         ("balance_quantile", _finite(c.balance_quantile, 0) and c.balance_quantile <= 1),
+        ("sample_noise_scale", _finite(c.sample_noise_scale, 0, strict=True) and c.sample_noise_scale <= 10),
         ("limit", c.limit is None or c.limit >= 2),
         ("threads", c.threads is None or c.threads >= 1),
         ("seed", 0 <= c.seed <= MAX_SEED),

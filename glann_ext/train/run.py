@@ -59,6 +59,7 @@ RESUMABLE_OVERRIDES = (
     "data_root",
     "balance_draws",  # sampling only: the trained networks and codes are the same
     "balance_quantile",
+    "sample_noise_scale",
 )
 N_SHOW = 32  # images per row in reconstruction grids
 
