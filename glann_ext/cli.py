@@ -34,6 +34,7 @@ _CONFIG_FLAGS = [
     ("--channels", "channels", int, "1 (grey) or 3 (RGB)"),
     ("--latent-dim", "latent_dim", int, "GLO code length"),
     ("--noise-dim", "noise_dim", int, "IMLE noise length"),
+    ("--mapping-hidden", "mapping_hidden", int, "width of the hidden layers of the IMLE mapping T"),
     ("--gen-width", "gen_width", int, "generator width (channels of its last hidden layer)"),
     ("--batch-size", "batch_size", int, "minibatch size"),
     ("--glo-epochs", "glo_epochs", int, "GLO epochs"),

@@ -311,7 +311,7 @@ def evaluate_run(
     shown = _write_pictures(out_dir, samples, data.train, memo.pop("index"), grid_pairs)
     result = {
         "run": str(run), "dataset": cfg.dataset, "sampler": sampler, "seed": seed, "n_samples": n,
-        "balanced": sampler == "glann" and bool(getattr(model, "balanced", False)),
+        **_sampler_settings(model, sampler),
         "n_test": len(data.test), "n_train": len(data.train),
         "classifier": {
             "name": data.clf.meta["dataset"], "test_accuracy": data.clf.test_accuracy,
@@ -353,11 +353,21 @@ def _usage_line(result: dict[str, Any]) -> str:
     )
 
 
+def _sampler_settings(model, sampler: str) -> dict[str, Any]:
+    """What the samples were drawn with: balanced sampling, and T's noise scale (None for the Gaussian)."""
+    return {
+        "balanced": sampler == "glann" and bool(getattr(model, "balanced", False)),
+        "noise_scale": None if sampler == "gaussian" else float(getattr(model, "noise_scale", 1.0)),
+    }
+
+
 def format_table(result: dict[str, Any]) -> str:
     """A short plain-text table of an :func:`evaluate_run` result."""
     m = result["memorisation"]
     fid = result["inception_fid"]
     balanced = ", balanced" if result.get("balanced") else ""
+    if result.get("noise_scale") not in (None, 1.0):
+        balanced += f", noise scale {result['noise_scale']:g}"
     rows = [
         ("run", f"{result['run']} ({result['dataset']}, sampler {result['sampler']}{balanced})"),
         ("samples / test / train", f"{result['n_samples']} / {result['n_test']} / {result['n_train']}"),
