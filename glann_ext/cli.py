@@ -91,6 +91,10 @@ _CONFIG_FLAGS = [
 
 
 SAMPLERS = ["glann", "plain", "gaussian"]
+NOISE_SCALE_HELP = (
+    "standard deviation of the noise for this command (default: the run's sample_noise_scale, 1 unless set; "
+    "docs/training.md, 'A long IMLE stage')"
+)
 
 
 class CLIError(GlannError):
@@ -159,6 +163,7 @@ def _add_sample(sub) -> None:
         help="glann: T then G, balanced over the codes when the run's balance_draws > 0 (the default); "
         "plain: T then G without balancing; gaussian: the GLO-only full-covariance Gaussian baseline",
     )  # fmt: skip
+    s.add_argument("--noise-scale", type=float, help=NOISE_SCALE_HELP)
 
 
 def _add_interpolate(sub) -> None:
@@ -206,6 +211,7 @@ def _add_eval(sub) -> None:
     e.add_argument("-n", type=_count(2), default=10_000, help="number of generated samples (>= 2)")
     e.add_argument("--out", help="folder for eval.json and the PNGs (default: the run folder)")
     e.add_argument("--sampler", choices=SAMPLERS, default="glann", help="as for sample")
+    e.add_argument("--noise-scale", type=float, help=NOISE_SCALE_HELP)
     e.add_argument("--cache-dir", help="LeNet cache (default ~/.cache/glann_ext/quality)")
     e.add_argument(
         "--clf-epochs", type=_count(1), help="LeNet epochs if it must be trained (default per dataset)"
@@ -279,8 +285,12 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     if args.sampler == "gaussian":
         if not isinstance(model, GLANN):
             raise CLIError("sample: --sampler gaussian needs a GLANN run (codes to fit a Gaussian to)")
+        if args.noise_scale is not None:
+            raise CLIError("sample: --noise-scale is the scale of T's noise; --sampler gaussian has none")
         images = model.sample_gaussian(args.n, args.seed)
     else:
+        if args.noise_scale is not None:
+            model.set_noise_scale(args.noise_scale)
         images = model.sample(args.n, args.seed, balanced=False if args.sampler == "plain" else None)
     grid = args.grid or (None if args.npy else "samples.png")
     written = []
@@ -353,6 +363,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     res = evaluate_run(
         args.run, n=args.n, out=args.out, seed=args.seed, sampler=args.sampler, cache_dir=args.cache_dir,
         clf_epochs=args.clf_epochs, ops=args.ops, device=args.device, progress=not args.no_progress,
+        noise_scale=args.noise_scale,
     )  # fmt: skip
     print(format_table(res))
     print(f"wrote {Path(args.out or args.run) / EVAL_FILE}")

@@ -216,8 +216,9 @@ class EvalData:
     clf: DomainClassifier
 
 
-def _open_run(run: Path, ops: str | None, device: str, sampler: str):
-    """(model, config) of run folder ``run``, checked to fit ``sampler`` and ``glann eval``."""
+def _open_run(run: Path, ops: str | None, device: str, sampler: str, noise_scale: float | None = None):
+    """(model, config) of run folder ``run``, checked to fit ``sampler`` and ``glann eval``, sampling at
+    ``noise_scale`` (None: the run's)."""
     from .train.config import CONFIG_FILE, load_run_config
     from .train.run import load_model
 
@@ -226,6 +227,10 @@ def _open_run(run: Path, ops: str | None, device: str, sampler: str):
     model = load_model(run, ops=ops, device=device)
     cfg = load_run_config(run / CONFIG_FILE)
     _check_sampler(model, sampler)
+    if noise_scale is not None:
+        if sampler == "gaussian":
+            raise UsageError("--noise-scale is the scale of T's noise; the gaussian sampler has none")
+        model.set_noise_scale(noise_scale)
     if cfg.dataset not in LABELLED:
         raise DataError(
             f"--run {run}: its dataset {cfg.dataset!r} has no labelled test split; glann eval needs one of "
@@ -286,19 +291,20 @@ def evaluate_run(
     grid_pairs: int = 24,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    noise_scale: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate the model of run folder ``run``; writes ``eval.json``, ``eval_samples.png`` and
     ``eval_neighbours.png`` into ``out`` (default: the run folder) and returns the ``eval.json`` content.
 
     ``n`` samples (>= 2) from ``sampler`` ("glann": the model's, balanced if so configured; "plain": ``T(e)``;
-    "gaussian": the GLO + Gaussian baseline) with ``seed``; up to ``n_test`` test images; the classifier
-    cache in ``cache_dir`` (default ``~/.cache/glann_ext/quality``; trained there if missing, ``clf_epochs``)."""
+    "gaussian": the GLO + Gaussian baseline) with ``seed`` (``T``'s noise at ``noise_scale``: None, the run's);
+    up to ``n_test`` test images; the LeNet cached in ``cache_dir`` (default ``~/.cache/glann_ext/quality``)."""
     t0 = time.perf_counter()
     run = Path(run)
     for name, value in (("n (-n)", n), ("n_test", n_test)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 2:
             raise UsageError(f"{name} must be an integer >= 2, got {value!r}")
-    model, cfg = _open_run(run, ops, device, sampler)
+    model, cfg = _open_run(run, ops, device, sampler, noise_scale)
     data = _eval_data(run, cfg, model.image_shape, n_test, cache_dir, clf_epochs, log)
     latents, samples = _draw(model, sampler, n, seed, progress)
     log(f"features and PRDC: {n} samples vs {len(data.test)} test images")

@@ -13,7 +13,7 @@ from glann_testing import OPS
 from glann_ext import seeding
 from glann_ext.backend import get_ops
 from glann_ext.errors import CheckpointError, ConfigError, UsageError
-from glann_ext.models import GLANN, MLP, DCGANGenerator, balance, load_model_file, save_model
+from glann_ext.models import GLANN, MLP, DCGANGenerator, PixelIMLE, balance, load_model_file, save_model
 from glann_ext.train.config import TrainConfig, saved_config
 
 
@@ -155,10 +155,35 @@ def test_the_noise_scale_scales_every_draw_and_the_calibration():
     assert GLANN(model.G, model.codes, model.T, ops=OPS, config=legacy).noise_scale == 1.0
 
 
+def test_setting_the_noise_scale_recounts_the_table_and_travels_with_the_export():
+    model, at_scale = _model(), _model(scale=1.7)
+    table = model.calibrate_sampler()
+    model.set_noise_scale(1.0)  # unchanged: the table stays
+    assert model.code_accept is table
+    model.set_noise_scale(1.7)
+    assert model.code_accept is None and model.noise_scale == 1.7
+    torch.testing.assert_close(model.sample_inputs(64, seed=5), at_scale.sample_inputs(64, seed=5))
+    torch.testing.assert_close(model.code_accept, at_scale.code_accept)
+    tensors, meta = model.export()
+    assert GLANN.from_export(tensors, meta, ops=OPS).noise_scale == 1.7
+
+
+def test_a_pixel_imle_model_scales_its_noise_too():
+    torch.manual_seed(0)
+    model = PixelIMLE(DCGANGenerator(latent_dim=8, image_size=28, channels=1, width=8), ops=OPS)
+    e = model.noise(6, seed=2)
+    model.set_noise_scale(0.5)
+    torch.testing.assert_close(model.sample_inputs(6, seed=2), 0.5 * e, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf"), 11.0])
 def test_a_bad_noise_scale_is_refused(bad):
     with pytest.raises(ConfigError, match="sample_noise_scale"):
         TrainConfig(sample_noise_scale=bad).validate()
+    with pytest.raises(UsageError, match="noise scale"):
+        _model().set_noise_scale(bad)
+    with pytest.raises(UsageError, match="noise scale"):
+        _model().set_noise_scale(True)
 
 
 def test_the_table_travels_with_the_model_file(tmp_path):

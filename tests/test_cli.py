@@ -146,6 +146,20 @@ def test_sample_writes_a_grid_only_when_asked(run_dir, tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.glob("*.png")] == ["samples.png"]
 
 
+def test_sample_at_another_noise_scale(run_dir, tmp_path, capsys):
+    npy = str(tmp_path / "x.npy")
+    assert main(["sample", "--run", str(run_dir), "-n", "6", "--npy", npy, "--noise-scale", "1.5"]) == 0
+    model = load_model(run_dir)
+    model.set_noise_scale(1.5)
+    np.testing.assert_array_equal(np.load(npy), model.sample(6, seed=0).numpy())
+    assert not np.array_equal(np.load(npy), load_model(run_dir).sample(6, seed=0).numpy())
+    assert load_model(run_dir).noise_scale == 1.0  # the run itself is unchanged
+    for extra, needle in ((["--sampler", "gaussian"], "--sampler gaussian has none"), ([], "(0, 10]")):
+        argv = ["sample", "--run", str(run_dir), "-n", "2", "--npy", npy, "--noise-scale", "0", *extra]
+        assert main(argv) == 2
+        assert needle in capsys.readouterr().err
+
+
 def test_rerun_on_a_finished_run_resumes_without_training(run_dir, capsys):
     before = (run_dir / "metrics.jsonl").read_text()
     assert main(["train", "--out", str(run_dir), "--no-progress"]) == 0

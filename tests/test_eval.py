@@ -120,6 +120,8 @@ def test_eval_bad_input(digits_run, cache_dir, tmp_path, capsys):
         (["eval", "--run", str(tmp_path / "nope"), *base], "--run"),
         (["eval", "--run", str(digits_run), "-n", "1", *base], "-n"),
         (["eval", "--run", str(digits_run), "-n", "10", "--clf-epochs", "0", "--cache-dir", str(cache_dir)], "--clf-epochs"),
+        (["eval", "--run", str(digits_run), "-n", "10", "--noise-scale", "-1", *base], "noise scale"),
+        (["eval", "--run", str(digits_run), "-n", "10", "--sampler", "gaussian", "--noise-scale", "2", *base], "--noise-scale"),
         (["eval", "--run", str(digits_run), "-n", "10", "--sampler", "gaussian", "--out", str(tmp_path), *base], None),
     ]  # fmt: skip
     for argv, needle in cases:

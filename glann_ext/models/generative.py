@@ -107,16 +107,34 @@ class GenerativeModel(nn.Module):
         """What ``G`` decodes for noise ``e`` (n, noise_dim)."""
         raise NotImplementedError
 
+    @property
+    def noise_scale(self) -> float:
+        """The standard deviation of the noise when sampling: the config's ``sample_noise_scale`` (1, the
+        training distribution, where absent)."""
+        return float(self.config.get("sample_noise_scale", 1.0))
+
+    def set_noise_scale(self, scale: float) -> None:
+        """Sample from now on with the noise at standard deviation ``scale`` (0 < scale <= 10). Kept in
+        :attr:`config`, so an exported model samples the same way."""
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 10:
+            raise UsageError(f"noise scale must be a number in (0, 10], got {scale!r}")
+        self.config["sample_noise_scale"] = float(scale)
+
+    def _scaled(self, e: torch.Tensor) -> torch.Tensor:
+        scale = self.noise_scale
+        return e if scale == 1.0 else scale * e
+
     @torch.no_grad()
     def sample_inputs(self, n: int, seed: int = 0, balanced: bool | None = None) -> torch.Tensor:
-        """What :meth:`sample` decodes: ``generator_input`` of ``n`` seeded noise vectors. ``balanced``:
+        """What :meth:`sample` decodes: ``generator_input`` of ``n`` seeded noise vectors (at
+        :attr:`noise_scale`). ``balanced``:
         balanced sampling (see :class:`GLANN`); a model without training codes has only plain sampling, so
         ``balanced=False`` and None give it and True is refused."""
         if n < 0:
             raise UsageError(f"n must be >= 0, got {n}")
         if balanced:
             raise UsageError(f"balanced sampling needs training codes; a {self.kind} model has none")
-        return self.generator_input(self.noise(n, seed))
+        return self.generator_input(self._scaled(self.noise(n, seed)))
 
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0, balanced: bool | None = None) -> torch.Tensor:
@@ -209,16 +227,16 @@ class GLANN(GenerativeModel):
         is > 0 (a config without the field, saved before balanced sampling existed, samples plainly)."""
         return self.T is not None and float(self.config.get("balance_draws", 0.0)) > 0
 
-    @property
-    def noise_scale(self) -> float:
-        """The standard deviation of ``T``'s noise when sampling: the config's ``sample_noise_scale`` (1, the
-        training distribution, where absent)."""
-        return float(self.config.get("sample_noise_scale", 1.0))
+    def set_noise_scale(self, scale: float) -> None:
+        """As for every model; the balanced sampler's table is then recounted at the new scale on first use."""
+        before = self.noise_scale
+        super().set_noise_scale(scale)
+        if self.noise_scale != before:
+            self.code_accept = None
 
     def _map_draws(self, e: torch.Tensor) -> torch.Tensor:
         """``map_noise`` of standard-normal draws ``e`` at :attr:`noise_scale` (at 1, exactly ``map_noise``)."""
-        scale = self.noise_scale
-        return self.map_noise(e if scale == 1.0 else scale * e)
+        return self.map_noise(self._scaled(e))
 
     def _nearest_code(self, queries: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         return self.ops.nn_argmin(queries.contiguous(), codes.contiguous())
@@ -246,10 +264,8 @@ class GLANN(GenerativeModel):
     def sample_inputs(self, n: int, seed: int = 0, balanced: bool | None = None) -> torch.Tensor:
         """The codes :meth:`sample` decodes (n, latent_dim): ``project(T(e))`` of seeded draws (scaled by
         :attr:`noise_scale`), thinned by balanced sampling when ``balanced`` (None: :attr:`balanced`)."""
-        if n < 0:
-            raise UsageError(f"n must be >= 0, got {n}")
-        if not (self.balanced if balanced is None else balanced):
-            return self._map_draws(self.noise(n, seed))  # plain project(T(e))
+        if n < 0 or not (self.balanced if balanced is None else balanced):
+            return super().sample_inputs(n, seed, balanced=False)  # plain project(T(e)), the check of n
         accept = self.calibrate_sampler()
         return balance.rejection_sample(
             self._map_draws, self._nearest_code, self.codes, accept, self.noise_dim, n, seed
