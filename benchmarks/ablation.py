@@ -146,8 +146,8 @@ def _describe(cfg: TrainConfig) -> str:
         f"GLO rates {cfg.glo_lr_schedule}, IMLE rate {cfg.imle_lr_schedule}, code Adam steps "
         f"{cfg.latent_adam_steps}, Laplacian weights {cfg.lap_weights}, IMLE M = {cfg.imle_noise_multiple:g} N "
         f"nearest-neighbour matching, T's Adam betas {cfg.imle_betas}, G depth {cfg.gen_depth}, batch {cfg.batch_size}, rates lr_g {cfg.lr_g:g}, "
-        f"lr_z {cfg.lr_z:g}, IMLE {cfg.imle_lr:g}; balanced sampling with {cfg.balance_draws:g} draws per code, "
-        f"quantile {cfg.balance_quantile:g}"
+        f"lr_z {cfg.lr_z:g}, IMLE {cfg.imle_lr:g}, T {cfg.mapping_hidden} wide; balanced sampling with "
+        f"{cfg.balance_draws:g} draws per code, quantile {cfg.balance_quantile:g}, noise scale {cfg.sample_noise_scale:g}"
     )
 
 
