@@ -19,10 +19,8 @@ import torch
 
 from glann_ext.models import GLANN
 from glann_ext.train import Hook, TrainConfig, get_ops
+from glann_ext.train.config import SAMPLING_FIELDS
 from glann_ext.train.pipeline import Fit
-
-# fields read only when sampling from the finished model
-SAMPLING_FIELDS = ("balance_draws", "balance_quantile", "sample_noise_scale")
 
 
 def glo_key(cfg: TrainConfig) -> str:

@@ -278,19 +278,17 @@ def _load(args: argparse.Namespace):
 
 
 def _cmd_sample(args: argparse.Namespace) -> None:
+    from glann_ext.evaluate import apply_noise_scale
     from glann_ext.images import save_grid
     from glann_ext.models import GLANN
 
     model = _load(args)
+    apply_noise_scale(model, args.sampler, args.noise_scale)
     if args.sampler == "gaussian":
         if not isinstance(model, GLANN):
             raise CLIError("sample: --sampler gaussian needs a GLANN run (codes to fit a Gaussian to)")
-        if args.noise_scale is not None:
-            raise CLIError("sample: --noise-scale is the scale of T's noise; --sampler gaussian has none")
         images = model.sample_gaussian(args.n, args.seed)
     else:
-        if args.noise_scale is not None:
-            model.set_noise_scale(args.noise_scale)
         images = model.sample(args.n, args.seed, balanced=False if args.sampler == "plain" else None)
     grid = args.grid or (None if args.npy else "samples.png")
     written = []

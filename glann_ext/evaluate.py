@@ -159,6 +159,16 @@ def _code_usage(model, latents: torch.Tensor, seed: int) -> dict[str, Any]:
     return dataclasses.asdict(code_usage(latents, model.codes.cpu(), seed=seed))
 
 
+def apply_noise_scale(model, sampler: str, noise_scale: float | None) -> None:
+    """Sample ``model`` with ``sampler`` at ``noise_scale`` (None: the run's own); the Gaussian baseline has
+    no noise to scale (``glann sample`` and ``glann eval``)."""
+    if noise_scale is None:
+        return
+    if sampler == "gaussian":
+        raise UsageError("--noise-scale is the scale of T's noise; --sampler gaussian has none")
+    model.set_noise_scale(noise_scale)
+
+
 def _check_sampler(model, sampler: str) -> None:
     from .models import GLANN
 
@@ -227,10 +237,7 @@ def _open_run(run: Path, ops: str | None, device: str, sampler: str, noise_scale
     model = load_model(run, ops=ops, device=device)
     cfg = load_run_config(run / CONFIG_FILE)
     _check_sampler(model, sampler)
-    if noise_scale is not None:
-        if sampler == "gaussian":
-            raise UsageError("--noise-scale is the scale of T's noise; the gaussian sampler has none")
-        model.set_noise_scale(noise_scale)
+    apply_noise_scale(model, sampler, noise_scale)
     if cfg.dataset not in LABELLED:
         raise DataError(
             f"--run {run}: its dataset {cfg.dataset!r} has no labelled test split; glann eval needs one of "
@@ -363,7 +370,7 @@ def _sampler_settings(model, sampler: str) -> dict[str, Any]:
     """What the samples were drawn with: balanced sampling, and T's noise scale (None for the Gaussian)."""
     return {
         "balanced": sampler == "glann" and bool(getattr(model, "balanced", False)),
-        "noise_scale": None if sampler == "gaussian" else float(getattr(model, "noise_scale", 1.0)),
+        "noise_scale": None if sampler == "gaussian" else model.noise_scale,
     }
 
 
@@ -371,11 +378,11 @@ def format_table(result: dict[str, Any]) -> str:
     """A short plain-text table of an :func:`evaluate_run` result."""
     m = result["memorisation"]
     fid = result["inception_fid"]
-    balanced = ", balanced" if result.get("balanced") else ""
+    how = ", balanced" if result.get("balanced") else ""
     if result.get("noise_scale") not in (None, 1.0):
-        balanced += f", noise scale {result['noise_scale']:g}"
+        how += f", noise scale {result['noise_scale']:g}"
     rows = [
-        ("run", f"{result['run']} ({result['dataset']}, sampler {result['sampler']}{balanced})"),
+        ("run", f"{result['run']} ({result['dataset']}, sampler {result['sampler']}{how})"),
         ("samples / test / train", f"{result['n_samples']} / {result['n_test']} / {result['n_train']}"),
         ("LeNet test accuracy", f"{result['classifier']['test_accuracy']:.3f}"),
         ("FD (LeNet features)", f"{result['fd']:.2f}"),

@@ -26,6 +26,8 @@ from .generator import DCGANGenerator
 from .mlp import MLP
 
 EXPORT_FORMAT = 1
+# the widest sampling noise accepted (standard deviations; T trains on N(0, I))
+MAX_NOISE_SCALE = 10.0
 NO_MAPPING = (
     "this model has no IMLE mapping T (a GLO-only run: train the IMLE stage, or sample the GLO + Gaussian "
     "baseline)"
@@ -116,8 +118,8 @@ class GenerativeModel(nn.Module):
     def set_noise_scale(self, scale: float) -> None:
         """Sample from now on with the noise at standard deviation ``scale`` (0 < scale <= 10). Kept in
         :attr:`config`, so an exported model samples the same way."""
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 10:
-            raise UsageError(f"noise scale must be a number in (0, 10], got {scale!r}")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= MAX_NOISE_SCALE:
+            raise UsageError(f"noise scale must be a number in (0, {MAX_NOISE_SCALE:g}], got {scale!r}")
         self.config["sample_noise_scale"] = float(scale)
 
     def _scaled(self, e: torch.Tensor) -> torch.Tensor:

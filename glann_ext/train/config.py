@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from glann_ext.errors import ConfigError
+from glann_ext.models.generative import MAX_NOISE_SCALE
 
 CONFIG_FILE = "config.json"
+# Fields read only when sampling from a finished model: training is the same whatever they hold.
+SAMPLING_FIELDS = ("balance_draws", "balance_quantile", "sample_noise_scale")
 
 
 @dataclass
@@ -281,7 +284,10 @@ def _range_checks(c: TrainConfig) -> list[tuple[str, bool]]:
         ("imle_reject_radius", _finite(c.imle_reject_radius, 0)),
         ("balance_draws", _finite(c.balance_draws, 0)),
         ("balance_quantile", _finite(c.balance_quantile, 0) and c.balance_quantile <= 1),
-        ("sample_noise_scale", _finite(c.sample_noise_scale, 0, strict=True) and c.sample_noise_scale <= 10),
+        (
+            "sample_noise_scale",
+            _finite(c.sample_noise_scale, 0, strict=True) and c.sample_noise_scale <= MAX_NOISE_SCALE,
+        ),
         ("limit", c.limit is None or c.limit >= 2),
         ("threads", c.threads is None or c.threads >= 1),
         ("seed", 0 <= c.seed <= MAX_SEED),

@@ -38,7 +38,7 @@ from glann_ext.models import GLANN, GenerativeModel, fit_gaussian, load_model_fi
 
 from . import checkpoint as ckpt
 from .build import build_model
-from .config import CONFIG_FILE, TrainConfig, load_run_config, saved_config
+from .config import CONFIG_FILE, SAMPLING_FIELDS, TrainConfig, load_run_config, saved_config
 from .loop import Hook, StageTrainer
 from .pipeline import Fit
 from .world import World, init_world, local_device
@@ -57,9 +57,7 @@ RESUMABLE_OVERRIDES = (
     "ckpt_every",
     "sample_every",
     "data_root",
-    "balance_draws",  # sampling only: the trained networks and codes are the same
-    "balance_quantile",
-    "sample_noise_scale",
+    *SAMPLING_FIELDS,  # the trained networks and codes are the same
 )
 N_SHOW = 32  # images per row in reconstruction grids
 
