@@ -151,7 +151,8 @@ def toy_imle_config(steps: int, seed: int, tight: bool) -> TrainConfig:
         else {"imle_lr_schedule": "constant"}  # the paper's IMLE
     )
     return TrainConfig(
-        noise_dim=2, batch_size=256, imle_epochs=steps, imle_lr=TOY_IMLE_LR, imle_noise_multiple=2,
+        noise_dim=2, batch_size=256, imle_batch_size=256, imle_epochs=steps, imle_lr=TOY_IMLE_LR,
+        imle_noise_multiple=2,
         imle_betas=TOY_IMLE_BETAS, imle_weight_decay=0.0, seed=seed, **opts,
     )  # fmt: skip
 

@@ -210,11 +210,12 @@ def test_resuming_a_finished_run_with_another_noise_scale_recalibrates_its_sampl
 def test_adam_betas_flags_reach_the_config(tmp_path, data_file):
     out = tmp_path / "betas"
     argv = ["train", "--dataset", data_file, "--out", str(out), *TINY, "--stage", "glo", "--glo-epochs", "1"]
-    more = ["--mapping-hidden", "24", "--sample-noise-scale", "1.25"]
+    more = ["--mapping-hidden", "24", "--sample-noise-scale", "1.25", "--imle-batch-size", "12"]
     assert main([*argv, "--betas", "0.6", "0.99", "--imle-betas", "0.8", "0.95", *more]) == 0
     saved = json.loads((out / "config.json").read_text())
     assert saved["betas"] == [0.6, 0.99] and saved["imle_betas"] == [0.8, 0.95]
     assert saved["mapping_hidden"] == 24 and saved["sample_noise_scale"] == 1.25
+    assert saved["imle_batch_size"] == 12
 
 
 def test_clear_errors(tmp_path, data_file, capsys):

@@ -246,12 +246,13 @@ def test_glo_stages_match_separate_fits():
 
     x = _images(48, 1, 16)
     base = TrainConfig(
-        latent_dim=8, noise_dim=4, gen_width=8, batch_size=16, glo_epochs=2, imle_epochs=3, mapping_hidden=16,
-        ckpt_every=0, sample_every=0, seed=3,
+        latent_dim=8, noise_dim=4, gen_width=8, batch_size=16, imle_batch_size=16, glo_epochs=2, imle_epochs=3,
+        mapping_hidden=16, ckpt_every=0, sample_every=0, seed=3,
     )  # fmt: skip
     rows = [
         base,
         dataclasses.replace(base, imle_lr_schedule="constant"),
+        dataclasses.replace(base, imle_batch_size=8),  # T's batch: an IMLE field
         dataclasses.replace(base, imle_noise_multiple=5.0),
         dataclasses.replace(base, sample_noise_scale=1.5, balance_quantile=0.5),  # sampling fields
     ]
@@ -269,7 +270,8 @@ def test_glo_stages_match_separate_fits():
     for i, cfg in enumerate(rows):
         steps = Steps()
         shared, times = stages.fit("toy", x, cfg, hooks=(steps,))
-        assert steps.count == {"glo": 6 if i == 0 else 0, "imle": 9}, steps.count  # GLO trained once
+        imle_steps = 3 * (48 // cfg.imle_batch_size)
+        assert steps.count == {"glo": 6 if i == 0 else 0, "imle": imle_steps}, steps.count  # GLO trained once
         alone = fit(x, cfg, ops=get_ops("fused"))
         assert times["glo"] > 0 and times["imle"] > 0
         for a, b in [(shared.G, alone.G), (shared.T, alone.T)]:
@@ -278,6 +280,6 @@ def test_glo_stages_match_separate_fits():
         assert torch.equal(shared.codes, alone.codes)
         assert torch.equal(shared.sample(8, seed=1), alone.sample(8, seed=1))
         assert shared.noise_scale == alone.noise_scale == cfg.sample_noise_scale
-    assert len(stages._done) == 1  # one GLO stage trained for the four rows
+    assert len(stages._done) == 1  # one GLO stage trained for the five rows
     with pytest.raises(ValueError, match="imle_space"):
         stages.fit("toy", x, dataclasses.replace(base, imle_space="pixel"))

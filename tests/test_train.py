@@ -27,7 +27,7 @@ from glann_ext.train import (
 from glann_ext.train import checkpoint as ckpt
 from glann_ext.train import imle as imle_module
 from glann_ext.train.build import seeded
-from glann_ext.train.config import load_run_config
+from glann_ext.train.config import load_run_config, saved_config
 from glann_ext.train.latents import pca_codes
 
 
@@ -351,6 +351,35 @@ def test_imle_betas_set_the_mapping_adam_and_a_run_saved_without_them_keeps_the_
     assert ckpt.load_latest(out)["imle"]["opt"]["param_groups"][0]["betas"] == (0.6, 0.99)
 
 
+def test_the_imle_stage_on_codes_steps_with_imle_batch_size_and_older_runs_keep_batch_size(blobs):
+    targets = reference.project_to_sphere_reference(torch.randn(100, 3))
+    seen = []
+
+    class Recording(IMLETrainer):
+        def train_step(self, batch):
+            seen.append(len(batch))
+            return super().train_step(batch)
+
+    cfg = TrainConfig(noise_dim=2, batch_size=40, imle_batch_size=16, imle_precision_weight=0.5, ops=OPS)
+    trainer = Recording(targets, MLP(2, 3, 8, 2), cfg, get_ops(OPS))
+    assert trainer.batch_size == 16 and trainer.steps_per_epoch == 6  # 100 // 16; the remainder is dropped
+    assert trainer.precision_noise(0).shape == (6, 16, 2)  # the precision term's fresh batch follows it
+    run_epoch(trainer)
+    assert seen == [16] * 6 and trainer.global_step == 6
+    # pixel-space IMLE trains G, with G's batch; the GLO stage always uses batch_size
+    pixel = IMLETrainer(targets, MLP(2, 3, 8, 2), TrainConfig(**{**cfg.to_dict(), "imle_space": "pixel"}),
+                        get_ops(OPS))  # fmt: skip
+    assert pixel.batch_size == 40 and pixel.steps_per_epoch == 2
+    assert GLOTrainer(blobs, tiny_config(batch_size=40, imle_batch_size=16), get_ops(OPS)).batch_size == 40
+    for bad in (1, 0, 2.0, True):
+        with pytest.raises(ConfigError, match="imle_batch_size"):
+            TrainConfig(imle_batch_size=bad).validate()
+    # A run saved before the field existed stepped its IMLE stage with batch_size, and resumes so.
+    legacy = {k: v for k, v in TrainConfig(batch_size=40).to_dict().items() if k != "imle_batch_size"}
+    assert saved_config(legacy).imle_batch_size == 40
+    assert TrainConfig.from_dict(legacy).imle_batch_size == TrainConfig().imle_batch_size == 32
+
+
 def test_pixel_space_imle(tmp_path, blob_file):
     model = train(
         tiny_config(dataset=blob_file, imle_space="pixel", imle_epochs=2),
@@ -367,7 +396,7 @@ def _tight_mode_imle(epochs: int) -> TrainConfig:
     """The quality report's 2-D IMLE: the options for tight modes at its Adam settings (docs/training.md)."""
     return TrainConfig(
         noise_dim=2,
-        batch_size=256,
+        imle_batch_size=256,
         imle_epochs=epochs,
         imle_lr=1e-2,
         imle_noise_multiple=2,

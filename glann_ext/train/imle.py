@@ -134,6 +134,11 @@ class IMLETrainer(StageTrainer):
         self.last_rejected = float("nan")  # RS-IMLE: fraction of draws rejected this epoch
 
     @property
+    def batch_size(self) -> int:
+        """``imle_batch_size`` for ``T`` on codes; pixel-space IMLE trains G with ``batch_size``."""
+        return self.cfg.imle_batch_size if self.cfg.imle_space == "latent" else self.cfg.batch_size
+
+    @property
     def num_noise(self) -> int:
         """M: noise draws per epoch over all ranks."""
         return round(self.cfg.imle_noise_multiple * self.total)
@@ -236,7 +241,7 @@ class IMLETrainer(StageTrainer):
         if self.cfg.imle_precision_weight == 0:
             return None
         g = seeding.generator(self.cfg.seed, "imle_precision", epoch)
-        size = min(self.cfg.batch_size, self.total)
+        size = min(self.batch_size, self.total)
         return torch.randn(self.steps_per_epoch, size, self.noise_dim, generator=g)
 
     # -- the loop's parts --------------------------------------------------------------------------------

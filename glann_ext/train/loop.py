@@ -74,13 +74,18 @@ class StageTrainer:
         self.tally = {"loss": 0.0, "steps": 0, "seconds": 0.0}  # of the current epoch, this rank's share
 
     @property
+    def batch_size(self) -> int:
+        """Dataset rows per global step of this stage."""
+        return self.cfg.batch_size
+
+    @property
     def steps_per_epoch(self) -> int:
-        return seeding.num_batches(self.total, self.cfg.batch_size)
+        return seeding.num_batches(self.total, self.batch_size)
 
     def epoch_batches(self) -> list[torch.Tensor]:
         """The global batches (dataset indices) of the current epoch, in order."""
         perm = seeding.epoch_permutation(self.total, self.cfg.seed, self.stage, self.epoch)
-        return seeding.batches(perm, self.cfg.batch_size)
+        return seeding.batches(perm, self.batch_size)
 
     def local_part(self, batch: torch.Tensor) -> torch.Tensor:
         """This rank's members of a global batch as local row numbers (all of it for one process)."""
