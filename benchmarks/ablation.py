@@ -32,6 +32,8 @@ CHANGES: list[dict] = [
     # a code's nearest other code: 0.50); 0.2 rejected nothing.
     {"imle_reject_radius": 0.45},
     {"imle_noise_multiple": 10.0},
+    # T's steps on G's batch, as the GLANN code does (a quarter of the steps of the default's 32 per epoch)
+    {"imle_batch_size": 128},
     # sampling without balanced sampling: T(e) as the papers sample it (the model and its training unchanged)
     {"balance_draws": 0.0},
     # T's noise wider when sampling (the balanced sampler calibrates at the same scale), then a long IMLE
@@ -146,7 +148,7 @@ def _describe(cfg: TrainConfig) -> str:
         f"GLO rates {cfg.glo_lr_schedule}, IMLE rate {cfg.imle_lr_schedule}, code Adam steps "
         f"{cfg.latent_adam_steps}, Laplacian weights {cfg.lap_weights}, IMLE M = {cfg.imle_noise_multiple:g} N "
         f"nearest-neighbour matching, T's Adam betas {cfg.imle_betas}, G depth {cfg.gen_depth}, batch {cfg.batch_size}, rates lr_g {cfg.lr_g:g}, "
-        f"lr_z {cfg.lr_z:g}, IMLE {cfg.imle_lr:g}, T {cfg.mapping_hidden} wide; balanced sampling with "
+        f"lr_z {cfg.lr_z:g}, IMLE {cfg.imle_lr:g}, T {cfg.mapping_hidden} wide, T's batch {cfg.imle_batch_size}; balanced sampling with "
         f"{cfg.balance_draws:g} draws per code, quantile {cfg.balance_quantile:g}, noise scale {cfg.sample_noise_scale:g}"
     )
 
