@@ -227,15 +227,15 @@ class EvalData:
 
 
 def _open_run(run: Path, ops: str | None, device: str, sampler: str, noise_scale: float | None = None):
-    """(model, config) of run folder ``run``, checked to fit ``sampler`` and ``glann eval``, sampling at
-    ``noise_scale`` (None: the run's)."""
-    from .train.config import CONFIG_FILE, load_run_config
+    """(model, config) of run folder ``run`` (or of a model file: the config it was saved with), checked to
+    fit ``sampler`` and ``glann eval``, sampling at ``noise_scale`` (None: the run's)."""
+    from .train.config import CONFIG_FILE, load_run_config, saved_config
     from .train.run import load_model
 
-    if not (run / CONFIG_FILE).is_file():
+    if run.is_dir() and not (run / CONFIG_FILE).is_file():
         raise RunFolderError(f"--run {run}: not a run folder (no {CONFIG_FILE})")
-    model = load_model(run, ops=ops, device=device)
-    cfg = load_run_config(run / CONFIG_FILE)
+    model = load_model(run, ops=ops, device=device)  # a RunFolderError names a path that is neither
+    cfg = load_run_config(run / CONFIG_FILE) if run.is_dir() else saved_config(model.config)
     _check_sampler(model, sampler)
     apply_noise_scale(model, sampler, noise_scale)
     if cfg.dataset not in LABELLED:
@@ -300,8 +300,9 @@ def evaluate_run(
     log: Callable[[str], None] = print,
     noise_scale: float | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the model of run folder ``run``; writes ``eval.json``, ``eval_samples.png`` and
-    ``eval_neighbours.png`` into ``out`` (default: the run folder) and returns the ``eval.json`` content.
+    """Evaluate the model of run folder ``run`` (or of a model file, with ``out`` given); writes ``eval.json``,
+    ``eval_samples.png`` and ``eval_neighbours.png`` into ``out`` (default: the run folder) and returns the
+    ``eval.json`` content.
 
     ``n`` samples (>= 2) from ``sampler`` ("glann": the model's, balanced if so configured; "plain": ``T(e)``;
     "gaussian": the GLO + Gaussian baseline) with ``seed`` (``T``'s noise at ``noise_scale``: None, the run's);
@@ -311,6 +312,8 @@ def evaluate_run(
     for name, value in (("n (-n)", n), ("n_test", n_test)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 2:
             raise UsageError(f"{name} must be an integer >= 2, got {value!r}")
+    if out is None and not run.is_dir():
+        raise UsageError(f"--run {run} is a model file: pass --out, the folder for eval.json and the PNGs")
     model, cfg = _open_run(run, ops, device, sampler, noise_scale)
     data = _eval_data(run, cfg, model.image_shape, n_test, cache_dir, clf_epochs, log)
     latents, samples = _draw(model, sampler, n, seed, progress)

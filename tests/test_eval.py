@@ -114,6 +114,20 @@ def test_eval_default_output_is_the_run_folder(digits_run, cache_dir):
     assert (digits_run / "eval.json").is_file() and (digits_run / "eval_neighbours.png").is_file()
 
 
+def test_eval_takes_a_model_file_with_the_config_it_was_saved_with(digits_run, cache_dir, tmp_path, capsys):
+    args = ["-n", "60", "--cache-dir", str(cache_dir), *FAST_CLF]
+    assert main(["eval", "--run", str(digits_run), "--out", str(tmp_path / "folder"), *args]) == 0
+    file = tmp_path / "copy.safetensors"
+    file.write_bytes((digits_run / "model.safetensors").read_bytes())
+    assert main(["eval", "--run", str(file), "--out", str(tmp_path / "file"), *args]) == 0
+    a, b = (json.loads((tmp_path / d / "eval.json").read_text()) for d in ("folder", "file"))
+    assert a["fd"] == b["fd"] and a["n_train"] == b["n_train"] and a["ceiling"] == b["ceiling"]
+    capsys.readouterr()
+    assert main(["eval", "--run", str(file), *args]) == 2  # no run folder to write into: --out is needed
+    assert "is a model file: pass --out" in capsys.readouterr().err
+    assert not (tmp_path / "eval.json").exists()
+
+
 def test_eval_bad_input(digits_run, cache_dir, tmp_path, capsys):
     base = ["--cache-dir", str(cache_dir), *FAST_CLF]
     cases = [
