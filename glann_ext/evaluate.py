@@ -232,9 +232,11 @@ def _open_run(run: Path, ops: str | None, device: str, sampler: str, noise_scale
     from .train.config import CONFIG_FILE, load_run_config, saved_config
     from .train.run import load_model
 
+    if not run.exists():
+        raise RunFolderError(f"--run {run}: no such run folder or model file")
     if run.is_dir() and not (run / CONFIG_FILE).is_file():
         raise RunFolderError(f"--run {run}: not a run folder (no {CONFIG_FILE})")
-    model = load_model(run, ops=ops, device=device)  # a RunFolderError names a path that is neither
+    model = load_model(run, ops=ops, device=device)
     cfg = load_run_config(run / CONFIG_FILE) if run.is_dir() else saved_config(model.config)
     _check_sampler(model, sampler)
     apply_noise_scale(model, sampler, noise_scale)
@@ -244,6 +246,15 @@ def _open_run(run: Path, ops: str | None, device: str, sampler: str, noise_scale
             f"{', '.join(LABELLED)}"
         )
     return model, cfg
+
+
+def _out_dir(run: Path, out: str | os.PathLike | None) -> Path:
+    """Where eval writes: ``out``, else the run folder (a model file has none: it needs ``out``)."""
+    if out is not None:
+        return Path(out)
+    if run.is_file():
+        raise UsageError(f"--run {run} is a model file: pass --out, the folder for eval.json and the PNGs")
+    return run
 
 
 def _eval_data(run: Path, cfg, image_shape, n_test: int, cache_dir, clf_epochs, log) -> EvalData:
@@ -300,9 +311,8 @@ def evaluate_run(
     log: Callable[[str], None] = print,
     noise_scale: float | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the model of run folder ``run`` (or of a model file, with ``out`` given); writes ``eval.json``,
-    ``eval_samples.png`` and ``eval_neighbours.png`` into ``out`` (default: the run folder) and returns the
-    ``eval.json`` content.
+    """Evaluate the model of run folder (or model file) ``run``; writes ``eval.json``, ``eval_samples.png`` and
+    ``eval_neighbours.png`` into ``out`` (default: the run folder) and returns the ``eval.json`` content.
 
     ``n`` samples (>= 2) from ``sampler`` ("glann": the model's, balanced if so configured; "plain": ``T(e)``;
     "gaussian": the GLO + Gaussian baseline) with ``seed`` (``T``'s noise at ``noise_scale``: None, the run's);
@@ -312,8 +322,7 @@ def evaluate_run(
     for name, value in (("n (-n)", n), ("n_test", n_test)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 2:
             raise UsageError(f"{name} must be an integer >= 2, got {value!r}")
-    if out is None and not run.is_dir():
-        raise UsageError(f"--run {run} is a model file: pass --out, the folder for eval.json and the PNGs")
+    out_dir = _out_dir(run, out)
     model, cfg = _open_run(run, ops, device, sampler, noise_scale)
     data = _eval_data(run, cfg, model.image_shape, n_test, cache_dir, clf_epochs, log)
     latents, samples = _draw(model, sampler, n, seed, progress)
@@ -323,7 +332,6 @@ def evaluate_run(
     usage = _code_usage(model, latents, seed)
     log(f"memorisation: nearest of {len(data.train)} training images")
     memo = memorisation_summary(samples, data.train, data.test)
-    out_dir = Path(out) if out is not None else run
     shown = _write_pictures(out_dir, samples, data.train, memo.pop("index"), grid_pairs)
     result = {
         "run": str(run), "dataset": cfg.dataset, "sampler": sampler, "seed": seed, "n_samples": n,
