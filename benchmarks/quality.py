@@ -110,9 +110,9 @@ BUDGETS = {
         (0,), ablation_glo_rows=False,
     ),
     # The committed report: the quick budgets with five seeds on the 2-D mixtures (the protocol's minimum) and
-    # three on every image table and ablation row: 41.0 min on the Zen 4 beside short test runs (2026-12-03,
-    # with the three long-IMLE ablation rows, about 5 min); 35.0 min alone before them (with the plain-
-    # sampling rows), 51.5 min beside one-thread experiment jobs; 44-62 min on the AVX2 EPYC when the 2-D
+    # three on every image table and ablation row: 45.9 min on the Zen 4 with T's batch 32 (2026-12-03; 41.0
+    # beside short test runs at batch 128, with the three long-IMLE ablation rows, about 5 min); 35.0 min alone
+    # before them (with the plain-sampling rows), 51.5 min beside one-thread experiment jobs; 44-62 min on the AVX2 EPYC when the 2-D
     # part took 1,000 steps (4,000 add about 13 min there). The previous full budgets, 5,000 images and 25 epochs per run, took about two hours.
     "full": Budget(
         "full", (0, 1, 2, 3, 4), 256, 4000, 2500, (0, 1, 2), (0, 1, 2), 3000, 2000, 20000, 2, 4000, 2000, 26000,

@@ -119,8 +119,9 @@ class TrainConfig:
     balance_quantile: float = 0.25  # tau: this quantile of the non-zero counts (lower: more even, more draws)
     sample_noise_scale: float = 1.0
     """Standard deviation of ``T``'s noise when sampling (``T`` trains on N(0, I)); the balanced sampler
-    calibrates at the same scale. Above 1 reaches the codes a long-trained ``T`` has drawn in; at the
-    default recipe it costs FD (docs/training.md, "A long IMLE stage"). Sampling only."""
+    calibrates at the same scale. Above 1 reaches the codes a ``T`` trained for many steps has drawn in: 1.5
+    keeps FD and raises recall at the default recipe, and lowers FD with the long IMLE stage and on
+    ``laptop`` (docs/training.md, "A long IMLE stage", "The IMLE stage's batch"). Sampling only."""
     # execution
     ops: str = "fused"  # "fused" kernels or "reference" PyTorch ops
     device: str = "cpu"
