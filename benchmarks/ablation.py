@@ -36,12 +36,13 @@ CHANGES: list[dict] = [
     {"imle_batch_size": 128},
     # sampling without balanced sampling: T(e) as the papers sample it (the model and its training unchanged)
     {"balance_draws": 0.0},
-    # T's noise wider when sampling (the balanced sampler calibrates at the same scale), then a long IMLE
-    # stage (8x the epochs, T twice as wide) without and with it: a T trained that long draws in the
-    # isolated codes, which the wider noise reaches again (docs/training.md, "A long IMLE stage")
-    {"sample_noise_scale": 1.5},
+    # T's noise as wide as in training, the papers' sampling (the default samples 1.5 wide; the balanced
+    # sampler calibrates at the same scale), then a long IMLE stage (8x the epochs, T twice as wide) with and
+    # without it: a T trained that long draws in the isolated codes, which the wider noise reaches again
+    # (docs/training.md, "A long IMLE stage")
+    {"sample_noise_scale": 1.0},
+    {"imle_epochs_factor": 8, "mapping_hidden_factor": 2, "sample_noise_scale": 1.0},
     {"imle_epochs_factor": 8, "mapping_hidden_factor": 2},
-    {"imle_epochs_factor": 8, "mapping_hidden_factor": 2, "sample_noise_scale": 1.5},
     {"gen_width_factor": 2},
     {"gen_depth": 1},
     {"batch_size": 64},

@@ -71,7 +71,7 @@ _CONFIG_FLAGS = [
         "--sample-noise-scale",
         "sample_noise_scale",
         float,
-        "sampling: standard deviation of T's noise (trained: 1)",
+        "sampling: standard deviation of T's noise (trained on 1; default 1.5)",
     ),
     ("--glo-lr-schedule", "glo_lr_schedule", str, "GLO learning rates: constant (the papers) or cosine"),
     ("--latent-adam-steps", "latent_adam_steps", str, "code Adam bias correction: rows (per code) or global"),
@@ -93,7 +93,7 @@ _CONFIG_FLAGS = [
 
 SAMPLERS = ["glann", "plain", "gaussian"]
 NOISE_SCALE_HELP = (
-    "standard deviation of the noise for this command (default: the run's sample_noise_scale, 1 unless set; "
+    "standard deviation of the noise for this command (default: the run's sample_noise_scale; "
     "docs/training.md, 'A long IMLE stage')"
 )
 

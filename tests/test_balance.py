@@ -155,6 +155,20 @@ def test_the_noise_scale_scales_every_draw_and_the_calibration():
     assert GLANN(model.G, model.codes, model.T, ops=OPS, config=legacy).noise_scale == 1.0
 
 
+def test_new_runs_sample_at_noise_scale_1_5_and_runs_saved_before_that_default_at_1():
+    from glann_ext.train.config import preset
+
+    assert TrainConfig().sample_noise_scale == 1.5
+    legacy = {k: v for k, v in TrainConfig().to_dict().items() if k != "sample_noise_scale"}
+    assert saved_config(legacy).sample_noise_scale == 1.0  # what such a run sampled with
+    assert TrainConfig.from_dict(legacy).sample_noise_scale == 1.5  # a config file to start from: today's
+    saved = {**legacy, "sample_noise_scale": 1.0}  # saved with the field when its default was 1
+    assert saved_config(saved).sample_noise_scale == 1.0
+    # the presets measured at 1 (or set to the papers' sampling) keep it; laptop was measured at 1.5
+    assert preset("laptop-30min").sample_noise_scale == preset("paper").sample_noise_scale == 1.0
+    assert preset("laptop").sample_noise_scale == preset("tiny").sample_noise_scale == 1.5
+
+
 def test_setting_the_noise_scale_recounts_the_table_and_travels_with_the_export():
     model, at_scale = _model(), _model(scale=1.7)
     table = model.calibrate_sampler()

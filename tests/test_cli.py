@@ -148,12 +148,12 @@ def test_sample_writes_a_grid_only_when_asked(run_dir, tmp_path, monkeypatch):
 
 def test_sample_at_another_noise_scale(run_dir, tmp_path, capsys):
     npy = str(tmp_path / "x.npy")
-    assert main(["sample", "--run", str(run_dir), "-n", "6", "--npy", npy, "--noise-scale", "1.5"]) == 0
+    assert main(["sample", "--run", str(run_dir), "-n", "6", "--npy", npy, "--noise-scale", "1"]) == 0
     model = load_model(run_dir)
-    model.set_noise_scale(1.5)
+    model.set_noise_scale(1.0)
     np.testing.assert_array_equal(np.load(npy), model.sample(6, seed=0).numpy())
     assert not np.array_equal(np.load(npy), load_model(run_dir).sample(6, seed=0).numpy())
-    assert load_model(run_dir).noise_scale == 1.0  # the run itself is unchanged
+    assert load_model(run_dir).noise_scale == 1.5  # the run itself (the default scale) is unchanged
     for extra, needle in ((["--sampler", "gaussian"], "--sampler gaussian has none"), ([], "(0, 10]")):
         argv = ["sample", "--run", str(run_dir), "-n", "2", "--npy", npy, "--noise-scale", "0", *extra]
         assert main(argv) == 2
@@ -199,12 +199,12 @@ def test_resuming_a_finished_run_with_another_noise_scale_recalibrates_its_sampl
     out = tmp_path / "copy"
     shutil.copytree(run_dir, out)
     before = load_model(out)
-    assert main(["train", "--out", str(out), "--sample-noise-scale", "1.5", "--no-progress"]) == 0
+    assert main(["train", "--out", str(out), "--sample-noise-scale", "1", "--no-progress"]) == 0
     after = load_model(out)
-    assert before.noise_scale == 1.0 and after.noise_scale == 1.5
+    assert before.noise_scale == 1.5 and after.noise_scale == 1.0
     assert not torch.equal(before.code_accept, after.code_accept)  # counted on the new scale's draws
     assert torch.equal(before.codes, after.codes)  # nothing trained
-    assert json.loads((out / "config.json").read_text())["sample_noise_scale"] == 1.5
+    assert json.loads((out / "config.json").read_text())["sample_noise_scale"] == 1.0
 
 
 def test_adam_betas_flags_reach_the_config(tmp_path, data_file):

@@ -89,7 +89,7 @@ def test_eval_writes_json_and_pngs(digits_run, cache_dir, tmp_path, capsys):
 
     model = load_model(digits_run)
     z = torch.cat([model.sample_inputs(k, seed=s) for k, s in _chunks(200, 0)])  # balanced, as sampling
-    assert res["balanced"] and model.balanced and res["noise_scale"] == 1.0 and "noise scale" not in printed
+    assert res["balanced"] and model.balanced and res["noise_scale"] == 1.5 and "noise scale 1.5" in printed
     assert res["code_usage"] == pytest.approx(dataclasses.asdict(code_usage(z, model.codes)))
     assert res["code_usage"]["n_samples"] == 200 and res["code_usage"]["n_codes"] == 256
     assert "samples' codes vs training codes" in printed and "% of the codes" in printed
