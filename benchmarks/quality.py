@@ -113,7 +113,8 @@ BUDGETS = {
     # three on every image table and ablation row: 45.9 min on the Zen 4 with T's batch 32 (2026-12-03; 41.0
     # beside short test runs at batch 128, with the three long-IMLE ablation rows, about 5 min); 35.0 min alone
     # before them (with the plain-sampling rows), 51.5 min beside one-thread experiment jobs; 44-62 min on the AVX2 EPYC when the 2-D
-    # part took 1,000 steps (4,000 add about 13 min there). The previous full budgets, 5,000 images and 25 epochs per run, took about two hours.
+    # part took 1,000 steps (4,000 add about 13 min there); parts (b)-(d) alone 49.5 min there with T sampled at
+    # scale 1.5 (2026-12-03). The previous full budgets, 5,000 images and 25 epochs per run, took about two hours.
     "full": Budget(
         "full", (0, 1, 2, 3, 4), 256, 4000, 2500, (0, 1, 2), (0, 1, 2), 3000, 2000, 20000, 2, 4000, 2000, 26000,
         10, 30, 32, 32, 12, (0, 1, 2), 3,
@@ -293,8 +294,8 @@ def train_image_methods(
 
 
 PLAIN = "GLANN, plain T(e) sampling"
-"""GLANN's model sampled without balanced sampling (``balance_draws`` = 0): the papers' sampler, what the
-GLANN row's balancing changes (:mod:`glann_ext.models.balance`)."""
+"""GLANN's model sampled without balanced sampling (``balance_draws`` = 0), at the model's noise scale: the
+papers' sampler but for the scale, what the GLANN row's balancing changes (:mod:`glann_ext.models.balance`)."""
 CEILING = "ceiling: G(codes) of training images"
 """The reconstruction ceiling of GLANN and GLO + Gaussian (same G): what a second stage that hit every code
 exactly would reach; it is drawn as the first min(n, N) training images' reconstructions."""
@@ -493,9 +494,11 @@ def write_report(path: Path, res: dict, b: Budget, argv: list[str], total_s: flo
         + ". Every method on an image table trains for the same `epochs` over the same training images with "
         "the same generator (the package's `DCGANGenerator`, width `width`, input size `latent`); GLANN "
         "additionally runs `imle_latent_epochs` of IMLE on its codes (cheap; included in its time). "
-        "GLANN samples with the package's default balanced sampling (`balance_draws` 10: each draw of T kept "
-        "with its nearest code's acceptance, docs/training.md); 'GLANN, plain T(e) sampling' is the same model "
-        "sampled as the papers do (`sample(..., balanced=False)`). "
+        "GLANN samples as the package does by default: T's noise at `sample_noise_scale` 1.5 (T trains on "
+        "N(0, I)) and balanced sampling (`balance_draws` 10: each draw of T kept with its nearest code's "
+        "acceptance, docs/training.md); 'GLANN, plain T(e) sampling' is the same model sampled without the "
+        "balancing, as the papers do (`sample(..., balanced=False)`, at the same noise scale; the ablation (d) "
+        "has the scale-1 row). "
         "GLO + Gaussian is the GLANN run's GLO stage sampled with `GLANN.sample_gaussian`; IMLE (pixel) is "
         '`imle_space="pixel"` with the paper\'s options; VAE and DCGAN are `benchmarks/baselines/`.',
         "",
