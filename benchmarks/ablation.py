@@ -37,9 +37,9 @@ CHANGES: list[dict] = [
     # sampling without balanced sampling: T(e) as the papers sample it (the model and its training unchanged)
     {"balance_draws": 0.0},
     # T's noise as wide as in training, the papers' sampling (the default samples 1.5 wide; the balanced
-    # sampler calibrates at the same scale), then a long IMLE stage (8x the epochs, T twice as wide) with and
-    # without it: a T trained that long draws in the isolated codes, which the wider noise reaches again
-    # (docs/training.md, "A long IMLE stage")
+    # sampler calibrates at the same scale), then a long IMLE stage (8x the epochs, T twice as wide) at scale
+    # 1 and at the default: a T trained that long draws in the isolated codes, which the wider noise reaches
+    # again (docs/training.md, "The default noise scale")
     {"sample_noise_scale": 1.0},
     {"imle_epochs_factor": 8, "mapping_hidden_factor": 2, "sample_noise_scale": 1.0},
     {"imle_epochs_factor": 8, "mapping_hidden_factor": 2},
