@@ -475,6 +475,7 @@ def _f(v: float, fmt: str = "{:.3f}") -> str:
 
 def write_report(path: Path, res: dict, b: Budget, argv: list[str], total_s: float) -> None:
     figs = "quality"
+    glann_cfg = ablation.base_config(b, 0)  # how the GLANN rows sample (the sampling fields are seed-free)
     L = [
         "# Quality comparison: GLANN against its baselines",
         "",
@@ -494,9 +495,10 @@ def write_report(path: Path, res: dict, b: Budget, argv: list[str], total_s: flo
         + ". Every method on an image table trains for the same `epochs` over the same training images with "
         "the same generator (the package's `DCGANGenerator`, width `width`, input size `latent`); GLANN "
         "additionally runs `imle_latent_epochs` of IMLE on its codes (cheap; included in its time). "
-        "GLANN samples as the package does by default: T's noise at `sample_noise_scale` 1.5 (T trains on "
-        "N(0, I)) and balanced sampling (`balance_draws` 10: each draw of T kept with its nearest code's "
-        "acceptance, docs/training.md); 'GLANN, plain T(e) sampling' is the same model sampled without the "
+        "GLANN samples as the package does by default: T's noise at `sample_noise_scale` "
+        f"{glann_cfg.sample_noise_scale:g} (T trains on N(0, I)) and balanced sampling (`balance_draws` "
+        f"{glann_cfg.balance_draws:g}: each draw of T kept with its nearest code's acceptance, docs/training.md); "
+        "'GLANN, plain T(e) sampling' is the same model sampled without the "
         "balancing, as the papers do (`sample(..., balanced=False)`, at the same noise scale; the ablation (d) "
         "has the scale-1 row). "
         "GLO + Gaussian is the GLANN run's GLO stage sampled with `GLANN.sample_gaussian`; IMLE (pixel) is "

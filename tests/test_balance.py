@@ -14,7 +14,7 @@ from glann_ext import seeding
 from glann_ext.backend import get_ops
 from glann_ext.errors import CheckpointError, ConfigError, UsageError
 from glann_ext.models import GLANN, MLP, DCGANGenerator, PixelIMLE, balance, load_model_file, save_model
-from glann_ext.train.config import TrainConfig, saved_config
+from glann_ext.train.config import TrainConfig, preset, saved_config
 
 
 def _cdist_nearest(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -156,8 +156,6 @@ def test_the_noise_scale_scales_every_draw_and_the_calibration():
 
 
 def test_new_runs_sample_at_noise_scale_1_5_and_runs_saved_before_that_default_at_1():
-    from glann_ext.train.config import preset
-
     assert TrainConfig().sample_noise_scale == 1.5
     legacy = {k: v for k, v in TrainConfig().to_dict().items() if k != "sample_noise_scale"}
     assert saved_config(legacy).sample_noise_scale == 1.0  # what such a run sampled with
