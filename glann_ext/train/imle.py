@@ -26,6 +26,7 @@ from glann_ext.models import mse_loss
 from .build import adam, place_for_training
 from .config import TrainConfig
 from .loop import StageTrainer, autocast_for, cosine_rate
+from .threads import intra_op_threads, step_threads
 from .world import World, data_parallel, global_batchnorm
 
 # unique matching keeps the whole distance matrix when it has at most this many entries
@@ -125,6 +126,8 @@ class IMLETrainer(StageTrainer):
         # T on codes takes its own betas; G in pixel space keeps the generator's (TrainConfig.imle_betas)
         betas = cfg.imle_betas if cfg.imle_space == "latent" else cfg.betas
         self.opt = adam(self.generator.parameters(), cfg.imle_lr, betas, cfg.imle_weight_decay)
+        # T's small steps run on one CPU thread (threads.py); matching keeps all of them
+        self.step_threads = step_threads(self.generator, self.batch_size, self.device)
         self.matched_noise: torch.Tensor | None = None  # this epoch's noise for each target
         self.fresh: torch.Tensor | None = None  # this epoch's noise of the precision term
         self.threshold: torch.Tensor | None = None  # adaptive IMLE: per-target distance to reach
@@ -258,7 +261,11 @@ class IMLETrainer(StageTrainer):
     def train_step(self, batch: torch.Tensor) -> float:
         """One regression step on the matched noise of the global ``batch``'s local members, plus the
         precision term on this step's fresh noise; returns this rank's share of the loss (IMLE term +
-        weighted precision term)."""
+        weighted precision term). Runs on :attr:`step_threads` intra-op threads."""
+        with intra_op_threads(self.step_threads):
+            return self._regress(batch)
+
+    def _regress(self, batch: torch.Tensor) -> float:
         local = self.local_part(batch)
         fresh = None if self.fresh is None else self.fresh[self.step_in_epoch]
         self.generator.train()

@@ -1,0 +1,79 @@
+"""Small dense training steps run on one CPU thread; everything else keeps torch's setting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from glann_ext.models import MLP, DCGANGenerator
+from glann_ext.train import IMLETrainer, TrainConfig, get_ops
+from glann_ext.train.threads import SMALL_STEP_FLOPS, dense_step_flops, intra_op_threads, step_threads
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_dense_step_flops_counts_six_per_linear_weight_and_row():
+    mlp = MLP(16, 32, hidden=256, layers=2)  # Linear(16,256), BN, Linear(256,256), BN, Linear(256,32)
+    weights = 16 * 256 + 256 * 256 + 256 * 32
+    assert dense_step_flops(mlp, 32) == 6.0 * weights * 32
+    assert dense_step_flops(nn.Sequential(nn.Linear(3, 5, bias=False)), 7) == 6.0 * 15 * 7
+
+
+def test_a_convolutional_network_is_not_judged():
+    assert dense_step_flops(DCGANGenerator(8, 28, 1, 8), 4) is None
+    assert step_threads(DCGANGenerator(8, 28, 1, 8), 4, CPU) is None
+
+
+def test_one_thread_only_for_small_dense_steps_on_the_cpu():
+    small = MLP(16, 32, hidden=256, layers=2)
+    assert dense_step_flops(small, 32) < SMALL_STEP_FLOPS
+    assert step_threads(small, 32, CPU) == 1
+    assert step_threads(small, 32, torch.device("cuda")) is None
+    wide = MLP(32, 32, hidden=1024, layers=3)
+    assert dense_step_flops(wide, 128) > SMALL_STEP_FLOPS
+    assert step_threads(wide, 128, CPU) is None
+
+
+def test_intra_op_threads_restores_the_setting_also_on_error(two_threads):
+    with intra_op_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    with pytest.raises(RuntimeError, match="boom"), intra_op_threads(1):
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == 2
+    with intra_op_threads(None):
+        assert torch.get_num_threads() == 2
+
+
+class _ThreadSpy(nn.Module):
+    """A small MLP that records torch's thread count at every forward pass."""
+
+    def __init__(self, mlp: nn.Module):
+        super().__init__()
+        self.mlp, self.seen = mlp, []
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        self.seen.append(torch.get_num_threads())
+        return self.mlp(e)
+
+
+@pytest.mark.parametrize(("hidden", "expected"), [(64, 1), (2048, 2)])
+def test_imle_steps_of_a_small_mapping_run_on_one_thread_and_matching_on_all(two_threads, hidden, expected):
+    cfg = TrainConfig(latent_dim=8, noise_dim=8, imle_batch_size=16, imle_epochs=1, seed=0)
+    codes = torch.nn.functional.normalize(torch.randn(64, 8), dim=1)
+    spy = _ThreadSpy(MLP(8, 8, hidden=hidden, layers=2))
+    trainer = IMLETrainer(codes, spy, cfg, get_ops("fused"))
+    trainer.begin_epoch()  # matching: all threads
+    assert spy.seen == [2]
+    trainer.train_step(trainer.epoch_batches()[0])
+    assert spy.seen[1:] == [expected]
+    assert torch.get_num_threads() == 2
