@@ -170,7 +170,8 @@ def markdown(res: dict, b, pm) -> list[str]:
             f"GLANN on the first {res['n_train']} Fashion-MNIST training images, {b.epochs} GLO + "
             f"{b.imle_latent_epochs} IMLE epochs (the budget of (c)), latent {base.latent_dim}, width {base.gen_width}. The first "
             f"row is the base recipe: the package's defaults ({_describe(base)}); every other row changes the "
-            f"one thing it names. Scores as in (c) against {res['n_eval']} test images; ceiling: the same run's "
+            "one thing it names (a row that changes only sampling, the noise scale or balanced sampling, samples "
+            f"the networks its recipe trained, and its train s is that training's). Scores as in (c) against {res['n_eval']} test images; ceiling: the same run's "
             f"G(codes) of the training images; FD / ceiling per seed; mean ± standard error over seeds "
             + ", ".join(map(str, b.ablation_seeds))
             + "."

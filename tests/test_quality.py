@@ -230,6 +230,28 @@ def test_quick_ablation_runs_the_rows_that_reuse_the_glo_stage():
     assert "gen_width x 2" not in kept and "lr_g x 2" not in kept and "batch_size = 64" not in kept
 
 
+def test_2d_part_in_worker_processes_gives_the_results_of_one_process(tmp_path):
+    """Part (a) fans its (mixture, seed) runs out to one-thread processes; seeded, they score as the same
+    runs in this process at one thread do, and the scatter plots are written either way."""
+    from benchmarks import quality
+
+    b = dataclasses.replace(quality.BUDGETS["smoke"], toy_seeds=(0, 1))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        inline = quality.run_toy(b, tmp_path, workers=1)
+    finally:
+        torch.set_num_threads(before)
+    pooled = quality.run_toy(b, tmp_path, workers=2)
+    assert (inline["workers"], pooled["workers"]) == (1, 2)
+    for label in ("ring", "grid"):
+        assert list(pooled[label]["rows"]) == [quality.TOY_TIGHT, "IMLE (paper)", quality.TOY_GAN]
+        for name, row in inline[label]["rows"].items():
+            for key in ("modes_covered", "high_quality_fraction", "reverse_kl", "min_mode_pct"):
+                assert pooled[label]["rows"][name][key] == row[key], (label, name, key)
+        assert (tmp_path / pooled[label]["png"]).stat().st_size > 0
+
+
 def test_quality_rejects_unknown_parts(tmp_path):
     from benchmarks import quality
 
@@ -239,9 +261,10 @@ def test_quality_rejects_unknown_parts(tmp_path):
 
 # -- shared GLO stages -------------------------------------------------------------------------------------
 def test_glo_stages_match_separate_fits():
-    """Rows that differ only in IMLE options reuse one GLO stage; each gives the networks and codes of its own
-    separate fit, bit for bit (else the ablation's rows would not be the runs they name)."""
-    from benchmarks.glo_stages import GLOStages, glo_key
+    """Rows that differ only in IMLE options reuse one GLO stage, and rows that differ only in sampling the
+    trained model; each gives the networks, codes and samples of its own separate fit, bit for bit (else the
+    ablation's rows would not be the runs they name)."""
+    from benchmarks.glo_stages import GLOStages, glo_key, training_key
     from glann_ext.train import Hook, TrainConfig, fit, get_ops
 
     x = _images(48, 1, 16)
@@ -270,10 +293,11 @@ def test_glo_stages_match_separate_fits():
     for i, cfg in enumerate(rows):
         steps = Steps()
         shared, times = stages.fit("toy", x, cfg, hooks=(steps,))
-        imle_steps = 3 * (48 // cfg.imle_batch_size)
+        imle_steps = 3 * (48 // cfg.imle_batch_size) if i < 4 else 0  # the last row reuses the first's model
         assert steps.count == {"glo": 6 if i == 0 else 0, "imle": imle_steps}, steps.count  # GLO trained once
         alone = fit(x, cfg, ops=get_ops("fused"))
         assert times["glo"] > 0 and times["imle"] > 0
+        assert shared.config == alone.config
         for a, b in [(shared.G, alone.G), (shared.T, alone.T)]:
             for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
                 assert torch.equal(p, q), (cfg, name)
@@ -281,5 +305,9 @@ def test_glo_stages_match_separate_fits():
         assert torch.equal(shared.sample(8, seed=1), alone.sample(8, seed=1))
         assert shared.noise_scale == alone.noise_scale == cfg.sample_noise_scale
     assert len(stages._done) == 1  # one GLO stage trained for the five rows
+    assert len(stages._trained) == 4  # and four IMLE stages: the sampling row reused the base row's
+    again, times = stages.fit("toy", x, base)  # the base's model, uncalibrated again, as it was trained
+    assert again.code_accept is None and times == stages._trained["toy", training_key(base)][1]
+    assert torch.equal(again.sample(8, seed=1), fit(x, base, ops=get_ops("fused")).sample(8, seed=1))
     with pytest.raises(ValueError, match="imle_space"):
         stages.fit("toy", x, dataclasses.replace(base, imle_space="pixel"))
