@@ -30,6 +30,12 @@ domain classifiers are cached in ``--cache-dir`` (default ``~/.cache/glann_ext/q
 
 from __future__ import annotations
 
+# isort: off
+# glann_ext before torch: it sets OMP_WAIT_POLICY=PASSIVE before torch loads libgomp, as the glann command has it
+# (T's small steps then run on one thread, glann_ext/train/threads.py)
+import glann_ext  # noqa: F401
+# isort: on
+
 import argparse
 import dataclasses
 import functools

@@ -13,6 +13,12 @@ from glann_ext.train.threads import SMALL_STEP_FLOPS, dense_step_flops, intra_op
 CPU = torch.device("cpu")
 
 
+@pytest.fixture(autouse=True)
+def sleeping_threads(monkeypatch):
+    """What importing glann_ext before torch sets (the ``glann`` command); tests may override it."""
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+
+
 @pytest.fixture
 def two_threads():
     before = torch.get_num_threads()
@@ -41,6 +47,16 @@ def test_one_thread_only_for_small_dense_steps_on_the_cpu():
     wide = MLP(32, 32, hidden=1024, layers=3)
     assert dense_step_flops(wide, 128) > SMALL_STEP_FLOPS
     assert step_threads(wide, 128, CPU) is None
+
+
+@pytest.mark.parametrize("policy", ["ACTIVE", None])
+def test_spinning_threads_keep_torchs_setting(monkeypatch, policy):
+    """Threads that spin when idle (ACTIVE, or unset: torch's default) are cheap to wake: no change."""
+    if policy is None:
+        monkeypatch.delenv("OMP_WAIT_POLICY")
+    else:
+        monkeypatch.setenv("OMP_WAIT_POLICY", policy)
+    assert step_threads(MLP(16, 32, hidden=256, layers=2), 32, CPU) is None
 
 
 def test_intra_op_threads_restores_the_setting_also_on_error(two_threads):

@@ -2,8 +2,8 @@
 
 A step of ``T`` (an MLP on codes) is a few small matrix products, so on the CPU it is bound by per-operation
 overhead, not arithmetic: every parallel region pays a fork/join that costs more than the work it splits.
-On a 2-core AVX2 EPYC (``IMLETrainer.train_step``, latent 32, noise 32, 2026-12-03) one intra-op thread
-against two, in ms per step:
+On a 2-core AVX2 EPYC (``IMLETrainer.train_step``, latent 32, noise 32, 2026-12-03; steps back to back) one
+intra-op thread against two, in ms per step:
 
 ===========================  ============  ========  =========
 ``T`` (hidden x layers)      batch         1 thread  2 threads
@@ -15,13 +15,21 @@ against two, in ms per step:
 1024 x 3 (1.7 GFLOP)         128           10.6      6.8
 ===========================  ============  ========  =========
 
-So a step below :data:`SMALL_STEP_FLOPS` runs on one thread, the rest as torch is set. Only dense
-networks (Linear and 1-D BatchNorm layers) are judged: a convolution's parameter count says nothing of
-its arithmetic. Matching (the exact search over all draws) is large and keeps every thread.
+Those are with ``OMP_WAIT_POLICY=PASSIVE``, which importing glann_ext before torch sets (``glann_ext._info``):
+idle OpenMP threads sleep, so every parallel region wakes them. With threads that spin instead (the policy
+``ACTIVE``, or torch's default when torch was imported first) two threads cost little to wake and one is no
+faster: ``T`` 16 -> 256 x 2 -> 64 at batch 128 took 0.83-0.93 ms on one thread against 0.64-0.66 on two
+(batch 64: 1.27-1.44 against 1.31-1.34), and pytest-benchmark (which imports torch first) measures the same.
+
+So a step below :data:`SMALL_STEP_FLOPS` runs on one thread when the threads sleep between regions, and
+everything else as torch is set. Only dense networks (Linear and 1-D BatchNorm layers) are judged: a
+convolution's parameter count says nothing of its arithmetic. Matching (the exact search over all draws) is
+large and keeps every thread.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -48,10 +56,16 @@ def dense_step_flops(module: nn.Module, batch: int) -> float | None:
     return 6.0 * weights * batch
 
 
+def idle_threads_sleep() -> bool:
+    """Whether torch's OpenMP threads sleep when idle (``OMP_WAIT_POLICY=PASSIVE``), so that waking them
+    costs every parallel region."""
+    return os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
+
+
 def step_threads(module: nn.Module, batch: int, device: torch.device) -> int | None:
     """The intra-op threads for a training step of ``module`` on ``batch`` rows: 1 for a small dense
-    network on the CPU, None (leave torch's setting) otherwise."""
-    if device.type != "cpu":
+    network on the CPU when idle threads sleep, None (leave torch's setting) otherwise."""
+    if device.type != "cpu" or not idle_threads_sleep():
         return None
     flops = dense_step_flops(module, batch)
     return 1 if flops is not None and flops < SMALL_STEP_FLOPS else None
