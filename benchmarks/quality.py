@@ -1,7 +1,7 @@
 """The comparison of issue 4: GLANN against GLO + Gaussian, pixel IMLE, a VAE and a DCGAN (and a GAN on 2-D).
 
     python -m benchmarks.quality --quick --out /tmp/q/QUALITY.md          # one seed of every table (8-16 min on 2 cores)
-    python -m benchmarks.quality --out benchmarks/QUALITY.md              # the committed report (35-75 min)
+    python -m benchmarks.quality --out benchmarks/QUALITY.md              # the committed report (about 40 min)
     python -m benchmarks.quality --smoke --out /tmp/q/QUALITY.md          # seconds; what CI runs
 
 Writes the Markdown report, and PNGs (scatter plots, sample grids, nearest-neighbour grids) into
@@ -20,8 +20,9 @@ Writes the Markdown report, and PNGs (scatter plots, sample grids, nearest-neigh
     over seeds.
 
 The budgets (``BUDGETS``) are sized so that the full variant (the committed report: 5 seeds on 2-D, 3 on
-every image table and ablation row) regenerates in about 40 minutes on a 2-core AMD EPYC Zen 4 (57-75 minutes
-on the slower AVX2 EPYC of earlier reports, by its earlier figures) and the quick
+every image table and ablation row) regenerates in about 40 minutes on a 2-core AVX2 AMD EPYC (39.4 and 47.4
+minutes on 2026-12-03, with the 2-D runs in two one-thread processes and T's steps on one thread; 45.9 on a
+Zen 4 and about 80 on the AVX2 EPYC before those) and the quick
 one (one seed of every table and of the ablation rows that reuse (c)'s GLO stage) in 8-16 minutes, as
 the shared machine's speed varies; the LeNet
 domain classifiers are cached in ``--cache-dir`` (default ``~/.cache/glann_ext/quality``, shared with
@@ -517,7 +518,7 @@ def write_report(path: Path, res: dict, b: Budget, argv: list[str], total_s: flo
         ),
         (
             "Regenerate: `python -m benchmarks.quality --out benchmarks/QUALITY.md` (the full variant: 5 seeds on "
-            "2-D, 3 on every image table and ablation row; 35-75 minutes on 2 CPU cores) or with `--quick` (one "
+            "2-D, 3 on every image table and ablation row; about 40 minutes on 2 CPU cores) or with `--quick` (one "
             "seed of every table and of the IMLE-option ablation rows, 8-16 minutes). `--smoke` is the CI-sized run of "
             "`tests/test_quality.py`."
         ),
