@@ -199,22 +199,20 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def _toy_job(job: tuple[str, int, Budget]) -> dict[str, tuple]:
-    return toy_runs(*job)
-
-
 def run_toy(b: Budget, figdir: Path, workers: int = 1) -> dict:
     """Part (a). With ``workers`` > 1, the (mixture, seed) runs go to that many one-thread processes: these
     networks are too small for two threads to share one (on 2 cores, one process at 1 thread took as long
     as at 2, and two side by side each as long as one alone), so the part takes about 1 / ``workers`` of
     the time. Every run is seeded, so the results do not depend on which process ran it."""
-    jobs = [(label, seed, b) for label in TOY_PRESETS for seed in b.toy_seeds]
+    jobs = [(label, seed) for label in TOY_PRESETS for seed in b.toy_seeds]
+    labels, seeds = zip(*jobs)
     if workers > 1:
         ctx = multiprocessing.get_context("spawn")  # fork after OpenMP has started can hang the child
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_one_thread) as pool:
-            runs = dict(zip(((label, seed) for label, seed, _ in jobs), pool.map(_toy_job, jobs)))
+            results = list(pool.map(toy_runs, labels, seeds, [b] * len(jobs)))
     else:
-        runs = {(label, seed): toy_runs(label, seed, b) for label, seed, _ in jobs}
+        results = list(map(toy_runs, labels, seeds, [b] * len(jobs)))
+    runs = dict(zip(jobs, results))
     out = {}
     for label, preset in TOY_PRESETS.items():
         per_seed = [runs[label, seed] for seed in b.toy_seeds]

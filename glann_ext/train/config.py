@@ -123,7 +123,7 @@ class TrainConfig:
     calibrates at the same scale. Above 1 reaches the codes that a ``T`` trained for many steps (as on
     ``imle_batch_size`` 32) has drawn in: on the quality issue's 25-epoch budget 1.5 lowers FD by a tenth to a
     fifth and raises recall, on ``laptop`` it lowers FD by a quarter, after a long IMLE stage it takes FD from
-    1.33x to 1.16x the ceiling; at the quality report's short budget it is level within the seeds' spread
+    1.30x to 1.21x the ceiling; at the quality report's short budget it is level within the seeds' spread
     (docs/training.md, "The default noise scale"). 1 samples as the papers do. Sampling only: run folders
     saved before 1.5 became the default keep 1."""
     # execution
