@@ -21,6 +21,8 @@ import sys
 _TORCH_LOADED_FIRST = "torch" in sys.modules
 if not _TORCH_LOADED_FIRST:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The policy as libgomp read it (a later change of the environment does not reach the running threads).
+_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
 
 import torch  # noqa: E402 (after the OpenMP default: libgomp reads it when torch loads it)
 
@@ -34,10 +36,16 @@ def cuda_available() -> bool:
 
 
 def omp_wait_policy() -> str:
-    """The OpenMP wait policy torch's threads run with: the environment's ``OMP_WAIT_POLICY`` when torch was
-    loaded (``"default"`` if unset: spinning), as the module docstring explains."""
-    policy = os.environ.get("OMP_WAIT_POLICY", "default")
+    """The OpenMP wait policy torch's threads run with, for people: the environment's ``OMP_WAIT_POLICY`` when
+    this module loaded (``"default"`` if unset: spinning), as the module docstring explains."""
+    policy = _WAIT_POLICY or "default"
     return policy if not _TORCH_LOADED_FIRST else f"{policy} (torch was imported before glann_ext)"
+
+
+def omp_threads_sleep() -> bool:
+    """Whether torch's idle OpenMP threads sleep (``OMP_WAIT_POLICY=PASSIVE`` when this module loaded; when
+    torch loaded first, the environment then is the best record of what libgomp read)."""
+    return (_WAIT_POLICY or "").strip().upper() == "PASSIVE"
 
 
 def build_info() -> dict[str, object]:

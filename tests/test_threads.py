@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from glann_ext import _info
 from glann_ext.models import MLP, DCGANGenerator
 from glann_ext.train import IMLETrainer, TrainConfig, get_ops
 from glann_ext.train.threads import SMALL_STEP_FLOPS, dense_step_flops, intra_op_threads, step_threads
@@ -16,7 +17,7 @@ CPU = torch.device("cpu")
 @pytest.fixture(autouse=True)
 def sleeping_threads(monkeypatch):
     """What importing glann_ext before torch sets (the ``glann`` command); tests may override it."""
-    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    monkeypatch.setattr(_info, "_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture
@@ -52,11 +53,18 @@ def test_one_thread_only_for_small_dense_steps_on_the_cpu():
 @pytest.mark.parametrize("policy", ["ACTIVE", None])
 def test_spinning_threads_keep_torchs_setting(monkeypatch, policy):
     """Threads that spin when idle (ACTIVE, or unset: torch's default) are cheap to wake: no change."""
-    if policy is None:
-        monkeypatch.delenv("OMP_WAIT_POLICY")
-    else:
-        monkeypatch.setenv("OMP_WAIT_POLICY", policy)
+    monkeypatch.setattr(_info, "_WAIT_POLICY", policy)
     assert step_threads(MLP(16, 32, hidden=256, layers=2), 32, CPU) is None
+
+
+def test_the_policy_is_the_one_libgomp_read_not_a_later_environment(monkeypatch):
+    """libgomp reads OMP_WAIT_POLICY once; changing the environment afterwards changes nothing it does."""
+    monkeypatch.setattr(_info, "_WAIT_POLICY", None)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert step_threads(MLP(16, 32, hidden=256, layers=2), 32, CPU) is None
+    assert _info.omp_wait_policy().startswith("default")
+    monkeypatch.setattr(_info, "_WAIT_POLICY", " passive ")
+    assert step_threads(MLP(16, 32, hidden=256, layers=2), 32, CPU) == 1
 
 
 def test_intra_op_threads_restores_the_setting_also_on_error(two_threads):

@@ -36,7 +36,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from glann_ext._info import omp_wait_policy
+from glann_ext._info import omp_threads_sleep
 
 # fwd + bwd multiply-adds x 2 of one step below which one thread is faster (between the table's 63 and 214)
 SMALL_STEP_FLOPS = 100e6
@@ -59,9 +59,9 @@ def dense_step_flops(module: nn.Module, batch: int) -> float | None:
 
 
 def idle_threads_sleep() -> bool:
-    """Whether torch's OpenMP threads sleep when idle (``OMP_WAIT_POLICY=PASSIVE``, as
-    :func:`glann_ext._info.omp_wait_policy` reports it), so that waking them costs every parallel region."""
-    return omp_wait_policy().split(" ", 1)[0].strip().upper() == "PASSIVE"
+    """Whether torch's OpenMP threads sleep when idle (``OMP_WAIT_POLICY=PASSIVE``,
+    :func:`glann_ext._info.omp_threads_sleep`), so that waking them costs every parallel region."""
+    return omp_threads_sleep()
 
 
 def step_threads(module: nn.Module, batch: int, device: torch.device) -> int | None:
