@@ -361,9 +361,9 @@ def check_device(spec: str, *, fused: bool = True) -> None:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The main command: GLANN on Fashion-MNIST in 2.5 minutes of `glann train` on a 2-core laptop CPU
-    # (measured on a quiet machine: 148 s with GLO 77 s, IMLE 60 s, start-up, grids and checkpoints; 3.4-4.5 min
-    # on slow stretches of the shared machine): 15k images, a narrower generator at
+    # The main command: GLANN on Fashion-MNIST in about 2 minutes of `glann train` on a 2-core laptop CPU
+    # (measured on a quiet 2-core AVX2 EPYC: 115 s with GLO 56 s, IMLE 46 s, start-up, grids and checkpoints;
+    # 3.4-4.5 min on slow stretches of the shared machine): 15k images, a narrower generator at
     # twice the default rate (the ablation's free win, benchmarks/QUALITY.md), the rest of the budget in IMLE
     # epochs (cheap on codes) with the cosine-annealed rate, and T fed 16-D noise (a quarter of the latent
     # size: its samples sit nearer the codes; FD better on 3 of 3 seeds, recall level, docs/training.md). On the
