@@ -58,16 +58,11 @@ def dense_step_flops(module: nn.Module, batch: int) -> float | None:
     return 6.0 * weights * batch
 
 
-def idle_threads_sleep() -> bool:
-    """Whether torch's OpenMP threads sleep when idle (``OMP_WAIT_POLICY=PASSIVE``,
-    :func:`glann_ext._info.omp_threads_sleep`), so that waking them costs every parallel region."""
-    return omp_threads_sleep()
-
-
 def step_threads(module: nn.Module, batch: int, device: torch.device) -> int | None:
     """The intra-op threads for a training step of ``module`` on ``batch`` rows: 1 for a small dense
-    network on the CPU when idle threads sleep, None (leave torch's setting) otherwise."""
-    if device.type != "cpu" or not idle_threads_sleep():
+    network on the CPU when idle threads sleep (:func:`glann_ext._info.omp_threads_sleep`: waking them then
+    costs every parallel region), None (leave torch's setting) otherwise."""
+    if device.type != "cpu" or not omp_threads_sleep():
         return None
     flops = dense_step_flops(module, batch)
     return 1 if flops is not None and flops < SMALL_STEP_FLOPS else None
