@@ -48,6 +48,7 @@ _CONFIG_FLAGS = [
     ("--imle-noise-multiple", "imle_noise_multiple", float, "noise draws per IMLE epoch / number of targets"),
     ("--imle-match", "imle_match", str, "nearest (the paper) or unique (one-to-one; docs/training.md)"),
     ("--imle-precision-weight", "imle_precision_weight", float, "weight of the IMLE precision term (0: off)"),
+    ("--imle-whiten", "imle_whiten", bool, "IMLE on whitened codes (default; --no-imle-whiten: raw codes)"),
     (
         "--imle-lr-schedule",
         "imle_lr_schedule",
@@ -145,6 +146,9 @@ def _add_train(sub) -> None:
     t.add_argument("--stage", choices=["all", "glo", "imle"], default="all", help="which stage(s) to run")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     for flag, field, typ, help_ in _CONFIG_FLAGS:
+        if typ is bool:  # --flag / --no-flag; unset (None) keeps the preset's or config's value
+            t.add_argument(flag, dest=field, action=argparse.BooleanOptionalAction, default=None, help=help_)
+            continue
         typ, nargs = typ if isinstance(typ, tuple) else (typ, None)
         t.add_argument(flag, dest=field, type=typ, nargs=nargs, help=help_, metavar="B" if nargs else None)
 

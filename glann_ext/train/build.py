@@ -42,7 +42,12 @@ def build_mapping(cfg: TrainConfig) -> MLP:
     return seeded(
         cfg.seed + 1,
         lambda: MLP(
-            cfg.noise_dim, cfg.latent_dim, cfg.mapping_hidden, cfg.mapping_layers, cfg.mapping_batch_norm
+            cfg.noise_dim,
+            cfg.latent_dim,
+            cfg.mapping_hidden,
+            cfg.mapping_layers,
+            cfg.mapping_batch_norm,
+            output_affine=cfg.imle_whiten,
         ),
     )
 

@@ -27,6 +27,7 @@ from .config import TrainConfig
 from .glo import GLOTrainer
 from .imle import IMLETrainer
 from .loop import Hook, run_epochs
+from .whitening import code_whitening
 from .world import World
 
 STAGES = ("all", "glo", "imle")
@@ -79,11 +80,19 @@ class Fit:
         return self.cfg.imle_space == "pixel"
 
     def _imle_trainer(self) -> IMLETrainer:
-        """GLANN's IMLE stage on the GLO codes (built when the stage starts, or when a state needs it)."""
+        """GLANN's IMLE stage on the GLO codes (built when the stage starts, or when a state needs it). With
+        ``imle_whiten`` it fits ``T.net`` to the whitened codes and sets ``T``'s output map to the inverse
+        whitening; recomputed from the finished codes, so a resumed stage gets the same map."""
         if self.imle is None:
+            targets, mapping = self.glo.codes, self.T
+            if self.cfg.imle_whiten:
+                w = code_whitening(targets, self.world, self.total)
+                self.T.set_output_affine(w.inverse.float(), w.mean.float())
+                self.T.to(self.device)  # the map's buffers too: the trainer moves only what it trains
+                targets, mapping = w.whiten(targets), self.T.net
             self.imle = IMLETrainer(
-                self.glo.codes,
-                self.T,
+                targets,
+                mapping,
                 self.cfg,
                 self.ops,
                 self.device,
