@@ -23,6 +23,8 @@ from glann_ext.train.config import _CHOICES
 CHANGES: list[dict] = [
     {"glo_lr_schedule": None},
     {"imle_lr_schedule": None},
+    # IMLE on the raw codes, as the papers do (the default matches and regresses in whitened coordinates)
+    {"imle_whiten": False},
     {"latent_adam_steps": None},
     {"lap_weights": None},
     # T's Adam with a short memory (the GLANN code shares G's (0.5, 0.999)): what the 2-D mixtures train with

@@ -23,6 +23,7 @@ import torch
 
 from glann_ext.models import GLANN
 from glann_ext.train import Hook, TrainConfig, get_ops
+from glann_ext.train.build import build_mapping
 from glann_ext.train.config import SAMPLING_FIELDS
 from glann_ext.train.pipeline import Fit
 
@@ -83,6 +84,8 @@ class GLOStages:
         # starts, sees what differs. A copy rather than a new Fit resumed from the state: that would redo the
         # code initialisation (a PCA, seconds on stacked images) and bill it to the IMLE stage.
         run.cfg = cfg
+        if run.T.output_affine != cfg.imle_whiten:  # T's architecture follows the option; same seeded init
+            run.T = build_mapping(cfg)
         model = run.run("all", hooks)
         times = {"glo": glo_seconds, "imle": time.perf_counter() - t0}
         self._trained[trained_key] = (copy.deepcopy(model), times)

@@ -277,6 +277,7 @@ def test_glo_stages_match_separate_fits():
         dataclasses.replace(base, imle_lr_schedule="constant"),
         dataclasses.replace(base, imle_batch_size=8),  # T's batch: an IMLE field
         dataclasses.replace(base, imle_noise_multiple=5.0),
+        dataclasses.replace(base, imle_whiten=False),  # T without its output map: another architecture
         dataclasses.replace(base, sample_noise_scale=1.0, balance_quantile=0.5),  # sampling fields
     ]
     assert len({glo_key(c) for c in rows}) == 1
@@ -293,19 +294,20 @@ def test_glo_stages_match_separate_fits():
     for i, cfg in enumerate(rows):
         steps = Steps()
         shared, times = stages.fit("toy", x, cfg, hooks=(steps,))
-        imle_steps = 3 * (48 // cfg.imle_batch_size) if i < 4 else 0  # the last row reuses the first's model
+        imle_steps = 3 * (48 // cfg.imle_batch_size) if i < 5 else 0  # the last row reuses the first's model
         assert steps.count == {"glo": 6 if i == 0 else 0, "imle": imle_steps}, steps.count  # GLO trained once
         alone = fit(x, cfg, ops=get_ops("fused"))
         assert times["glo"] > 0 and times["imle"] > 0
         assert shared.config == alone.config
         for a, b in [(shared.G, alone.G), (shared.T, alone.T)]:
+            assert a.state_dict().keys() == b.state_dict().keys()
             for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
                 assert torch.equal(p, q), (cfg, name)
         assert torch.equal(shared.codes, alone.codes)
         assert torch.equal(shared.sample(8, seed=1), alone.sample(8, seed=1))
         assert shared.noise_scale == alone.noise_scale == cfg.sample_noise_scale
-    assert len(stages._done) == 1  # one GLO stage trained for the five rows
-    assert len(stages._trained) == 4  # and four IMLE stages: the sampling row reused the base row's
+    assert len(stages._done) == 1  # one GLO stage trained for the six rows
+    assert len(stages._trained) == 5  # and five IMLE stages: the sampling row reused the base row's
     again, times = stages.fit("toy", x, base)  # the base's model, uncalibrated again, as it was trained
     assert again.code_accept is None and times == stages._trained["toy", training_key(base)][1]
     assert torch.equal(again.sample(8, seed=1), fit(x, base, ops=get_ops("fused")).sample(8, seed=1))
