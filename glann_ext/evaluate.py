@@ -362,7 +362,7 @@ def _ceiling_line(result: dict[str, Any]) -> str:
         return c.get("skipped", "-")
     return (
         f"FD {c['fd']:.2f}, P/R {c['precision']:.3f} / {c['recall']:.3f}, coverage {c['coverage']:.3f}; samples/"
-        f"ceiling FD x{v['fd_ratio']:.2f}, recall -{v['recall_gap']:.3f}"
+        f"ceiling FD x{v['fd_ratio']:.2f}, recall {-v['recall_gap']:+.3f}"  # samples' minus the ceiling's
     )
 
 

