@@ -20,9 +20,10 @@ Writes the Markdown report, and PNGs (scatter plots, sample grids, nearest-neigh
     over seeds.
 
 The budgets (``BUDGETS``) are sized so that the full variant (the committed report: 5 seeds on 2-D, 3 on
-every image table and ablation row) regenerates in about 40 minutes on a 2-core AVX2 AMD EPYC (39.4 and 47.4
-minutes on 2026-12-03, with the 2-D runs in two one-thread processes and T's steps on one thread; 45.9 on a
-Zen 4 and about 80 on the AVX2 EPYC before those) and the quick
+every image table and ablation row) regenerates in 25-40 minutes on 2 CPU cores: 25.3 on an AVX-512 Intel Xeon
+(the committed run, 2026-12-04), 39.4 and 47.4 on a 2-core AVX2 AMD EPYC (2026-12-03, with the 2-D runs in
+two one-thread processes and T's steps on one thread; 45.9 on a Zen 4 and about 80 on the AVX2 EPYC before
+those) and the quick
 one (one seed of every table and of the ablation rows that reuse (c)'s GLO stage) in 8-16 minutes (8.6 on
 the AVX2 EPYC, 2026-12-03), as
 the shared machine's speed varies; the LeNet
@@ -56,6 +57,7 @@ import torch
 from benchmarks import ablation
 from benchmarks.baselines import train_dcgan, train_toy_gan, train_vae
 from benchmarks.glo_stages import GLOStages
+from glann_ext._info import build_info
 from glann_ext.data.labelled import load_labelled
 from glann_ext.evaluate import domain_classifier, memorisation_summary
 from glann_ext.images import save_grid
@@ -120,7 +122,8 @@ BUDGETS = {
         (0,), ablation_glo_rows=False,
     ),
     # The committed report: the quick budgets with five seeds on the 2-D mixtures (the protocol's minimum) and
-    # three on every image table and ablation row: 39.4 min on the AVX2 EPYC (the committed run, 2026-12-03;
+    # three on every image table and ablation row: 25.3 min on an AVX-512 Intel Xeon (the committed run,
+    # 2026-12-04); 39.4 min on the AVX2 EPYC (2026-12-03;
     # --quick 8.6 min there); 45.9 min on the Zen 4 with T's batch 32 before T's one-thread steps (41.0
     # beside short test runs at batch 128, with the three long-IMLE ablation rows, about 5 min); 35.0 min alone
     # before them (with the plain-sampling rows), 51.5 min beside one-thread experiment jobs; 44-62 min on the AVX2 EPYC when the 2-D
@@ -518,7 +521,7 @@ def write_report(path: Path, res: dict, b: Budget, argv: list[str], total_s: flo
         ),
         (
             "Regenerate: `python -m benchmarks.quality --out benchmarks/QUALITY.md` (the full variant: 5 seeds on "
-            "2-D, 3 on every image table and ablation row; about 40 minutes on 2 CPU cores) or with `--quick` (one "
+            "2-D, 3 on every image table and ablation row; 25-40 minutes on 2 CPU cores) or with `--quick` (one "
             "seed of every table and of the IMLE-option ablation rows, 8-16 minutes). `--smoke` is the CI-sized run of "
             "`tests/test_quality.py`."
         ),
@@ -755,7 +758,8 @@ def _machine() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {torch.get_num_threads()} threads, no GPU"
+    # The kernels' SIMD level too: tables move by rounding between machines (docs/training.md).
+    return f"{cpu} (kernels: {build_info()['cpu_isa']}), {torch.get_num_threads()} threads, no GPU"
 
 
 def main(argv: list[str] | None = None) -> dict:
