@@ -1,4 +1,5 @@
-"""Small dense training steps run on one CPU thread; everything else keeps torch's setting."""
+"""Small dense training steps run on one CPU thread; everything else keeps torch's setting. T's steps and
+matching flush denormal floats to zero."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ from torch import nn
 from glann_ext import _info
 from glann_ext.models import MLP, DCGANGenerator
 from glann_ext.train import IMLETrainer, TrainConfig, get_ops
-from glann_ext.train.threads import SMALL_STEP_FLOPS, dense_step_flops, intra_op_threads, step_threads
+from glann_ext.train.threads import (
+    SMALL_STEP_FLOPS,
+    denormals_flushed,
+    dense_step_flops,
+    flushing_denormals,
+    intra_op_threads,
+    step_threads,
+)
 
 CPU = torch.device("cpu")
 
@@ -78,15 +86,48 @@ def test_intra_op_threads_restores_the_setting_also_on_error(two_threads):
         assert torch.get_num_threads() == 2
 
 
+@pytest.fixture
+def can_flush():
+    """Skips where the CPU cannot flush denormals (torch.set_flush_denormal answers False: not x86 with SSE3)."""
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush denormal floats")
+    torch.set_flush_denormal(False)
+
+
+def _denormal_half() -> float:
+    return (torch.tensor([2e-39]) * 0.5).item()  # 1e-39 is denormal in float32
+
+
+def test_denormals_flushed_inside_the_block_and_restored_also_on_error(can_flush):
+    assert not flushing_denormals() and _denormal_half() > 0
+    with denormals_flushed():
+        assert flushing_denormals() and _denormal_half() == 0.0
+    assert not flushing_denormals() and _denormal_half() > 0
+    with pytest.raises(RuntimeError, match="boom"), denormals_flushed():
+        raise RuntimeError("boom")
+    assert not flushing_denormals()
+
+
+def test_denormals_flushed_leaves_a_callers_flushing_on(can_flush):
+    torch.set_flush_denormal(True)
+    try:
+        with denormals_flushed():
+            assert flushing_denormals()
+        assert flushing_denormals()  # the caller's mode, not switched off on the way out
+    finally:
+        torch.set_flush_denormal(False)
+
+
 class _ThreadSpy(nn.Module):
-    """A small MLP that records torch's thread count at every forward pass."""
+    """A small MLP that records torch's thread count and the denormal mode at every forward pass."""
 
     def __init__(self, mlp: nn.Module):
         super().__init__()
-        self.mlp, self.seen = mlp, []
+        self.mlp, self.seen, self.flushing = mlp, [], []
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:
         self.seen.append(torch.get_num_threads())
+        self.flushing.append(flushing_denormals())
         return self.mlp(e)
 
 
@@ -101,3 +142,16 @@ def test_imle_steps_of_a_small_mapping_run_on_one_thread_and_matching_on_all(two
     trainer.train_step(trainer.epoch_batches()[0])
     assert spy.seen[1:] == [expected]
     assert torch.get_num_threads() == 2
+
+
+def test_imle_matching_and_steps_flush_denormals_and_restore_the_mode(can_flush):
+    """T's dead units leave denormal weights and Adam moments, slow on x86 (threads.py); the stage flushes them
+    while it maps noise and steps, and leaves the caller's mode as it was."""
+    cfg = TrainConfig(latent_dim=8, noise_dim=8, imle_batch_size=16, imle_epochs=1, seed=0)
+    codes = torch.nn.functional.normalize(torch.randn(64, 8), dim=1)
+    spy = _ThreadSpy(MLP(8, 8, hidden=64, layers=2))
+    trainer = IMLETrainer(codes, spy, cfg, get_ops("fused"))
+    trainer.begin_epoch()
+    trainer.train_step(trainer.epoch_batches()[0])
+    assert spy.flushing == [True, True]
+    assert not flushing_denormals()

@@ -26,7 +26,7 @@ from glann_ext.models import mse_loss
 from .build import adam, place_for_training
 from .config import TrainConfig
 from .loop import StageTrainer, autocast_for, cosine_rate
-from .threads import intra_op_threads, step_threads
+from .threads import denormals_flushed, intra_op_threads, step_threads
 from .world import World, data_parallel, global_batchnorm
 
 # unique matching keeps the whole distance matrix when it has at most this many entries
@@ -155,9 +155,10 @@ class IMLETrainer(StageTrainer):
         """Generator outputs for ``noise`` in eval mode, chunked, in fp32."""
         self.generator.eval()
         outs = []
-        for chunk in noise.split(MATCH_CHUNK):
-            with autocast_for(self.device, self.cfg.amp):
-                outs.append(self.generator(chunk.to(self.device)).float())
+        with denormals_flushed():
+            for chunk in noise.split(MATCH_CHUNK):
+                with autocast_for(self.device, self.cfg.amp):
+                    outs.append(self.generator(chunk.to(self.device)).float())
         return torch.cat(outs)
 
     def _flat_targets(self) -> torch.Tensor:
@@ -261,8 +262,9 @@ class IMLETrainer(StageTrainer):
     def train_step(self, batch: torch.Tensor) -> float:
         """One regression step on the matched noise of the global ``batch``'s local members, plus the
         precision term on this step's fresh noise; returns this rank's share of the loss (IMLE term +
-        weighted precision term). Runs on :attr:`step_threads` intra-op threads."""
-        with intra_op_threads(self.step_threads):
+        weighted precision term). Runs on :attr:`step_threads` intra-op threads with denormals flushed
+        (:mod:`.threads`: ``T``'s dead units otherwise slow its late steps several-fold)."""
+        with intra_op_threads(self.step_threads), denormals_flushed():
             return self._regress(batch)
 
     def _regress(self, batch: torch.Tensor) -> float:
