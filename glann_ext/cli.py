@@ -44,7 +44,7 @@ _CONFIG_FLAGS = [
     ("--lr-z", "lr_z", float, "code learning rate (sparse Adam)"),
     ("--imle-lr", "imle_lr", float, "mapping learning rate (Adam)"),
     ("--betas", "betas", _betas, "Adam betas of G and the codes: B1 B2 (default 0.5 0.999)"),
-    ("--imle-betas", "imle_betas", _betas, "Adam betas of the IMLE mapping T: B1 B2 (default 0.5 0.999)"),
+    ("--imle-betas", "imle_betas", _betas, "Adam betas of the IMLE mapping T: B1 B2 (default 0.9 0.9)"),
     ("--imle-noise-multiple", "imle_noise_multiple", float, "noise draws per IMLE epoch / number of targets"),
     ("--imle-match", "imle_match", str, "nearest (the paper) or unique (one-to-one; docs/training.md)"),
     ("--imle-precision-weight", "imle_precision_weight", float, "weight of the IMLE precision term (0: off)"),

@@ -28,7 +28,7 @@ from glann_ext.train import (
 from glann_ext.train import checkpoint as ckpt
 from glann_ext.train import imle as imle_module
 from glann_ext.train.build import seeded
-from glann_ext.train.config import load_run_config, saved_config
+from glann_ext.train.config import load_run_config, preset, saved_config
 from glann_ext.train.latents import pca_codes
 
 
@@ -325,7 +325,9 @@ def test_stage_rules_and_config_checks(tmp_path, blob_file):
 def test_imle_betas_set_the_mapping_adam_and_a_run_saved_without_them_keeps_the_shared_betas(
     tmp_path, blob_file
 ):
-    assert TrainConfig().imle_betas == TrainConfig().betas == (0.5, 0.999)
+    assert TrainConfig().imle_betas == (0.9, 0.9) and TrainConfig().betas == (0.5, 0.999)
+    # the presets keep the GLANN code's: measured no better at laptop's and laptop-30min's T (docs/training.md)
+    assert all(preset(name).imle_betas == (0.5, 0.999) for name in ("laptop", "laptop-30min", "paper"))
     for bad, match in (((0.9, 1.0), "imle_betas has an invalid"), ((0.9,), "imle_betas must be two")):
         with pytest.raises(ConfigError, match=match):
             TrainConfig(imle_betas=bad).validate()
@@ -342,8 +344,12 @@ def test_imle_betas_set_the_mapping_adam_and_a_run_saved_without_them_keeps_the_
     del saved["imle_betas"]
     saved["betas"] = [0.6, 0.99]
     (out / "config.json").write_text(json.dumps(saved))
-    assert TrainConfig.from_json(out / "config.json").imle_betas == (0.5, 0.999)  # a file to start from
+    assert TrainConfig.from_json(out / "config.json").imle_betas == (0.9, 0.9)  # a file to start from
     assert load_run_config(out / "config.json").imle_betas == (0.6, 0.99)
+    # A run saved under the earlier default (0.5, 0.999) keeps it: config.json holds every field.
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({**saved, "imle_betas": [0.5, 0.999]}))
+    assert load_run_config(earlier).imle_betas == (0.5, 0.999)
     (tmp_path / "list.json").write_text("[0.6, 0.99]")
     for read in (TrainConfig.from_json, load_run_config):
         with pytest.raises(ConfigError, match="expected a JSON object of config fields, got list"):
