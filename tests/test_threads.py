@@ -88,7 +88,7 @@ def test_intra_op_threads_restores_the_setting_also_on_error(two_threads):
 
 @pytest.fixture
 def can_flush():
-    """Skips where the CPU cannot flush denormals (torch.set_flush_denormal answers False: not x86 with SSE3)."""
+    """Skips where the CPU has no flush-to-zero mode (``torch.set_flush_denormal`` answers False)."""
     if not torch.set_flush_denormal(True):
         pytest.skip("this CPU cannot flush denormal floats")
     torch.set_flush_denormal(False)

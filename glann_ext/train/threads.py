@@ -31,7 +31,7 @@ large and keeps every thread.
 dead ReLU units: their gradients are zero, so Adam's moments of their weights decay geometrically (by beta1 and
 beta2 a step) and weight decay shrinks the weights, until all of them are denormal, which x86 cores compute
 on a slow path. On the quality issue's 25-epoch budget (20,000 whitened codes, ``T`` 32 -> 256 x 2 -> 64,
-batch 32; AVX-512 Xeon, 2026-12-04) an IMLE epoch took 0.9 s at first and 1.4 s by the last with the default
+batch 32; AVX-512 Xeon, 2026-12-04) an IMLE epoch took 0.9 s at first and 1.4 s by the last with Adam's
 betas (0.5, 0.999), 4.1 s with (0.9, 0.9) (11,700 denormal moments in the second layer's weights); flushed, every
 epoch took 0.9-1.0 s and the losses agreed to four digits.
 """
