@@ -8,10 +8,13 @@
 #   bash scripts/gpu_check.sh --list                         # stages and budgets
 # Stages and budgets in seconds (GLANN_GPU_BUDGET_<STAGE>=N overrides one; all are also cut to what is left of
 # GLANN_GPU_TOTAL=570, so the command ends inside the device's 600 s):
-#   preflight 15, build 145, tests 105, hopper 55, memcheck 50, racecheck 30, bench 125, compile 35   (sum 560)
-# The hopper stage runs the existing CUDA suites of the three ops on the Hopper kernels of issue 15
-# (GLANN_EXT_CUDA_KERNELS=hopper); tests/test_cuda_hopper.py (tests stage) compares both variants in one
-# process; the sanitizer stages include its small Hopper tests; the bench has glann_ext_hopper rows.
+#   preflight 15, build 90, tests 75, hopper 45, memcheck 40, racecheck 30, bench 200, compile 45   (sum 540)
+# (the H200 run of 2026-12-04 took 10, 54, 36, 15, 22, 23, 156 and 31 s)
+# The tests stage runs every CUDA test on the legacy kernels (GLANN_EXT_CUDA_KERNELS=legacy: what GPUs before
+# Hopper run), the hopper stage the CUDA suites of the three ops and of training on the Hopper kernels of
+# issue 15 (GLANN_EXT_CUDA_KERNELS=hopper); tests/test_cuda_hopper.py (tests stage) compares both variants
+# in one process; memcheck and racecheck run the default (hopper:nn_argmin,project on sm_90) and include its
+# small Hopper tests; the bench has glann_ext_hopper rows.
 # Files under $OUT (the device returns at most 8): summary.md (rewritten after every stage), logs.tar.gz (every
 # log, rewritten after every stage), bench.json (the merged pytest-benchmark data) and bench.md (tables, rates,
 # and the issue's targets met or missed). stdout: one "== gpu_check <stage>: STATUS" line per stage, the tail of
@@ -25,12 +28,12 @@ set -uo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STAGES=(preflight build tests hopper memcheck racecheck bench compile)
-declare -A BUDGET=([preflight]=15 [build]=145 [tests]=105 [hopper]=55 [memcheck]=50 [racecheck]=30 [bench]=125 [compile]=35)
+declare -A BUDGET=([preflight]=15 [build]=90 [tests]=75 [hopper]=45 [memcheck]=40 [racecheck]=30 [bench]=200 [compile]=45)
 declare -A WHAT=(
   [preflight]="python3 and headers, nvcc vs driver, compute-sanitizer, torch, GPU"
   [build]="pip install --no-build-isolation for the local arch; the installed module checked"
-  [tests]="pytest -m cuda (all CUDA tests but the torch.compile ones; hopper vs legacy in test_cuda_hopper.py)"
-  [hopper]="GLANN_EXT_CUDA_KERNELS=hopper pytest -m cuda on the nn_argmin, Laplacian and projection suites"
+  [tests]="GLANN_EXT_CUDA_KERNELS=legacy pytest -m cuda (all CUDA tests but the torch.compile ones; hopper vs legacy in test_cuda_hopper.py)"
+  [hopper]="GLANN_EXT_CUDA_KERNELS=hopper pytest -m cuda on the nn_argmin, Laplacian, projection and training suites"
   [memcheck]="compute-sanitizer memcheck on -k small of test_cuda_sizes.py and test_cuda_hopper.py, caching allocator off"
   [racecheck]="compute-sanitizer racecheck on the shared-memory kernels (nn_argmin, Laplacian; legacy and hopper)"
   [bench]="benchmarks -k cuda: nn_argmin, Laplacian, sphere (legacy and hopper rows), then torch.compile baseline"
@@ -98,7 +101,7 @@ EOF
 
 declare -A STATUS SECS DETAIL
 NOTES=()
-PY=""; CC=""; ARCH=""; SANITIZER=""; NVCC_TOO_NEW=0; GPU_LINE="none"; WHY_DRY=""
+PY=""; GPU_CC=""; ARCH=""; SANITIZER=""; NVCC_TOO_NEW=0; GPU_LINE="none"; WHY_DRY=""
 
 note() { NOTES+=("$1"); echo "   note: $1"; }
 
@@ -210,7 +213,7 @@ if "torch" not in missing:
     out["TORCH_GPU"] = "1" if torch.cuda.is_available() else "0"
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
-        out["CC"] = f"{p.major}{p.minor}"
+        out["GPU_CC"] = f"{p.major}{p.minor}"
         out["GPU_LINE"] = (f"{p.name}, compute capability {p.major}.{p.minor}, {p.multi_processor_count} SMs, "
                            f"{p.total_memory / 2**30:.0f} GiB, L2 {getattr(p, 'L2_cache_size', 0) / 2**20:.0f} MiB")
 for k, v in out.items():
@@ -240,8 +243,9 @@ EOF
   elif ! command -v nvidia-smi > /dev/null; then DRY=1; WHY_DRY="no nvidia-smi"
   elif [ "$TORCH_GPU" != 1 ]; then DRY=1; WHY_DRY="torch.cuda.is_available() is False"
   fi
-  CC=${CC:-90}  # dry runs build for Hopper
-  ARCH=$CC
+  # GPU_CC, never CC: an exported CC is the C compiler of Triton's (torch.compile's) helper builds.
+  GPU_CC=${GPU_CC:-90}  # dry runs build for Hopper
+  ARCH=$GPU_CC
   local detail="python $PY_VERSION; torch ${TORCH:-missing}; nvcc ${nvcc_v:-missing}; driver CUDA ${drv_v:-?}"
   detail+="; compute-sanitizer ${SANITIZER:+found}${SANITIZER:-missing}; ${GPU_LINE}"
   STATUS[preflight]=PASS
@@ -255,7 +259,7 @@ EOF
       NVCC_TOO_NEW=1; STATUS[preflight]=WARN
       note "nvcc $nvcc_v is a newer major than the driver's CUDA $drv_v: its runtime cannot start on this driver; the build is skipped (GLANN_GPU_CHECK_FORCE_BUILD=1 tries anyway)"
     elif [ "$nmaj" -eq "$dmaj" ] && [ "$nmin" -gt "$dmin" ]; then
-      ARCH="${CC}-real"
+      ARCH="${GPU_CC}-real"
       note "nvcc $nvcc_v is newer than the driver's CUDA $drv_v: building SASS only (${ARCH}); the driver could not JIT this nvcc's PTX, minor-version compatibility runs the SASS"
     fi
   fi
@@ -344,7 +348,10 @@ EOF
 stage_tests() {
   [ "$DRY" = 1 ] && note "tests in dry mode: collected and skipped by the cuda marker (proves they import)"
   # shellcheck disable=SC2086  # GLANN_GPU_TESTS_ARGS holds extra pytest words on purpose
-  run_pytest "$RUN" "$1" "$LOGS/tests.log" "$REPO/tests" -m cuda -k "not compile" -q -rfExX --durations=15 \
+  # On the legacy kernels: what every GPU before Hopper runs (the default picks the Hopper search and
+  # projection on sm_90); the hopper stage runs the suites again on the Hopper kernels.
+  run_pytest "$RUN" "$1" "$LOGS/tests.log" --prefix env GLANN_EXT_CUDA_KERNELS=legacy -- \
+    "$REPO/tests" -m cuda -k "not compile" -q -rfExX --durations=15 \
     --junitxml="$LOGS/tests.xml" ${GLANN_GPU_TESTS_ARGS:-}
   pytest_verdict tests $? "$LOGS/tests.log"
 }
@@ -354,6 +361,7 @@ stage_hopper() {  # the existing suites of the three ops, every kernel call on t
   local t=$REPO/tests
   run_pytest "$RUN" "$1" "$LOGS/hopper.log" --prefix env GLANN_EXT_CUDA_KERNELS=hopper -- \
     "$t/test_cuda_sizes.py" "$t/test_cuda_streams.py" "$t/test_nn_argmin.py" "$t/test_laplacian.py" "$t/test_sphere.py" \
+    "$t/test_train.py" \
     -m cuda -k "not compile and not latent and not fused_steps" -q -rfExX --durations=10 --junitxml="$LOGS/hopper.xml"
   pytest_verdict hopper $? "$LOGS/hopper.log"
 }
@@ -386,11 +394,11 @@ stage_bench() {
   # writes its JSON at the end). Each part gets its share of what is left, so time saved flows to the next.
   # part|file|-k expression (GPU)|-k expression (dry run: a few small CPU rows)|share of the budget in %
   local parts=(
-    "nn_argmin|bench_nn_argmin.py|cuda and not 100000x100000|cpu and 4096x40960x64 and glann_ext|20"
+    "nn_argmin|bench_nn_argmin.py|cuda and not 100000x100000|cpu and 4096x40960x64 and glann_ext|15"
     "nn_argmin_100k|bench_nn_argmin.py|cuda and 100000x100000|cpu and 100000x100000|20"
-    "laplacian|bench_laplacian.py|cuda and not torch_compile|cpu and 64x1x28x28 and (glann_ext or eager_slices)|25"
+    "laplacian|bench_laplacian.py|cuda and not torch_compile|cpu and 64x1x28x28 and (glann_ext or eager_slices)|35"
     "sphere|bench_sphere.py|cuda|cpu and batch128 and (glann_adam or torch_sparse_adam_reference)|15"
-    "laplacian_compile|bench_laplacian.py|cuda and torch_compile|cpu and torch_compile|20"
+    "laplacian_compile|bench_laplacian.py|cuda and torch_compile|cpu and torch_compile|15"
   )
   for spec in "${parts[@]}"; do
     IFS='|' read -r part file k dryk share <<< "$spec"
