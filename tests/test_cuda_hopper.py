@@ -222,7 +222,7 @@ def test_cuda_laplacian_signs_pair_across_variants():
 def test_cuda_project_hopper_matches_legacy(dt, d):
     """Vector path (several rows per warp for small D, registers up to 8 vectors per lane, two passes past
     that) and the legacy fallback (D not a whole number of 16-byte vectors): within one unit in the last
-    place of the legacy result; zero, huge, tiny and non-finite rows as the legacy kernel treats them."""
+    place of the legacy result (two in float64); zero, huge, tiny and non-finite rows as the legacy kernel treats them."""
     z = randn(300, d, dt="fp64", seed=4)
     big, small = (1e300, 1e-300) if dt == "fp64" else ((1e30, 1e-30) if dt == "fp32" else (3e3, 1e-3))
     z[1] = 0.0
@@ -230,7 +230,9 @@ def test_cuda_project_hopper_matches_legacy(dt, d):
     z[4] *= small
     z = z.to(DTYPES[dt])
     res = both(glann_ext.project_to_sphere, z)
-    eps = torch.finfo(z.dtype).eps
+    # Each kernel is within one unit in the last place of z / |z|; float64 sums the squares in another
+    # order per variant, so there the two differ by up to two units (H200: 4.4e-16 relative, 2.0 eps).
+    eps = torch.finfo(z.dtype).eps * (2.5 if dt == "fp64" else 1.0)
     torch.testing.assert_close(res["hopper"], res["legacy"], rtol=eps, atol=0.0)
     bad = z.clone()
     bad[[7, 11]] = float("nan")
@@ -239,6 +241,7 @@ def test_cuda_project_hopper_matches_legacy(dt, d):
             inplace = bad.clone()
             with pytest.raises(NonFiniteError) as err:
                 glann_ext.project_to_sphere_(inplace)
+                glann_ext.ops.raise_deferred_errors(wait=True)  # the kernel's flag is read later
         assert getattr(err.value, "row", 7) == 7
         assert torch.equal(inplace[7].isnan(), bad[7].isnan()) and torch.equal(
             inplace[11].isnan(), bad[11].isnan()

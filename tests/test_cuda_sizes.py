@@ -194,13 +194,16 @@ def test_cuda_small_laplacian_expanded_target():
 
 
 def test_cuda_small_laplacian_nonfinite_samples():
-    """NaN/Inf in two samples: their losses are not finite, the other samples' losses and gradients are
-    exact (nothing leaks across planes through the partial sums), and every gradient stays finite (the
-    sign of NaN is 0, as the module documents)."""
+    """NaN/Inf in two samples with the check off: their losses are not finite, the other samples' losses
+    and gradients are exact (nothing leaks across planes through the partial sums), and every gradient
+    stays finite (the sign of NaN is 0, as the module documents). With the check on, the flush raises."""
     x, y = randn(5, 2, 16, 16), randn(5, 2, 16, 16, seed=1)
     x[1, 0, 3, 4], x[3, 1, 0, 0] = float("nan"), float("inf")
     seed = torch.rand(5, dtype=torch.float64, device=CUDA) + 0.5
-    loss, gx, gy = loss_and_grads(laplacian_pyramid_loss, x, y, seed)
+    with pytest.raises(NonFiniteError, match="x row 1"):
+        laplacian_pyramid_loss(x, y)
+        raise_deferred_errors(wait=True)
+    loss, gx, gy = loss_and_grads(laplacian_pyramid_loss, x, y, seed, check_finite_values=False)
     assert not bool(torch.isfinite(loss[[1, 3]]).any())
     assert bool(torch.isfinite(gx).all()) and bool(torch.isfinite(gy).all())
     good = [0, 2, 4]

@@ -683,7 +683,9 @@ def test_cuda_fused_steps_match_cpu_on_side_stream(dtype):
     stream.synchronize()
     tol = PARAM_TOL[dtype]
     torch.testing.assert_close(dev.table.cpu(), cpu.table, **tol)
-    torch.testing.assert_close(dev.exp_avg.cpu(), cpu.exp_avg, rtol=0, atol=0)
+    # Repeated indices' gradients are summed by torch's coalesce, in another order on CUDA: a few ulp.
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(dev.exp_avg.cpu(), cpu.exp_avg, rtol=4 * eps, atol=4 * eps)
     torch.testing.assert_close(dev_sgd.table.cpu(), cpu_sgd.table, rtol=1e-6, atol=1e-7)
     bad = g.cuda()
     bad[4, 0] = float("inf")
