@@ -1,8 +1,11 @@
-"""benchmarks/report.py: issue 16's CPU targets table from a pytest-benchmark document (synthetic figures)."""
+"""benchmarks/report.py: issue 16's CPU and issue 15's CUDA targets tables from pytest-benchmark documents
+(synthetic figures), and a merge that survives a part cut off at its time limit."""
 
 from __future__ import annotations
 
-from benchmarks.report import cpu_targets
+import json
+
+from benchmarks.report import cpu_targets, main, targets
 
 
 def _bench(group: str, method: str, median: float, **extra: float) -> dict:
@@ -48,3 +51,46 @@ def test_cpu_targets_reads_ratios_and_both_peak_shares() -> None:
         "19.0x (2.5 GB/s) | **missed"
         in rows[f"| Laplacian fwd+bwd >= 20x the torch eager pyramid (reference) | {lap}"]
     )
+
+
+def test_cuda_targets_read_the_legacy_and_the_hopper_rows() -> None:
+    g = "nn_argmin cuda N=4096 M=40960 D=64"
+    lap = "laplacian_pyramid_loss fwd+bwd cuda 64x3x64x64"
+    proj = "project cuda (1e6 x 64 float32)"
+    data = {
+        "benchmarks": [
+            _bench(g, "torch_cdist_argmin", 1.7),
+            _bench(g, "glann_ext", 1.2),
+            _bench(g, "glann_ext_bf16", 1.25),
+            _bench(g, "glann_ext_hopper", 0.78),
+            _bench(g, "glann_ext_hopper_bf16", 0.31),
+            _bench(lap, "eager_conv", 3.5),
+            _bench(lap, "glann_ext", 0.84),
+            _bench(lap, "glann_ext_hopper_cuda_graph", 0.14),
+            _bench(proj, "torch clone (memcpy bound)", 0.134),
+            _bench(proj, "glann project_to_sphere", 0.571),
+            _bench(proj, "glann project_to_sphere (hopper)", 0.319),
+        ]
+    }
+    rows = {line.split(" | ")[0]: line for line in targets(data).splitlines()[2:] if line.startswith("|")}
+    assert "1.42x | **missed by 1.41x**" in rows["| nn_argmin fp32 (legacy) >= 2x cdist().argmin()"]
+    assert "2.18x | met" in rows["| nn_argmin fp32 (hopper) >= 2x cdist().argmin()"]
+    assert "2.52x | **missed by 1.99x**" in rows["| nn_argmin bf16 (hopper) >= 5x the fp32 path"]
+    assert "4.17x | **missed" in rows["| Laplacian glann_ext fwd+bwd >= 10x the best torch eager"]
+    assert (
+        "25.00x | met" in rows["| Laplacian glann_ext_hopper_cuda_graph fwd+bwd >= 10x the best torch eager"]
+    )
+    assert "23.47% | **missed" in rows["| projection (legacy) >= 70% of a copy's bandwidth"]
+    assert "42.01% | **missed by 1.67x**" in rows["| projection (hopper) >= 70% of a copy's bandwidth"]
+
+
+def test_main_skips_a_file_cut_off_at_its_limit(tmp_path, capsys) -> None:
+    good, empty = tmp_path / "good.json", tmp_path / "empty.json"
+    good.write_text(json.dumps({"benchmarks": [_bench("nn_argmin cpu N=1 M=2 D=64", "glann_ext", 1.0)]}))
+    empty.write_text("")
+    merged = tmp_path / "merged.json"
+    assert main(["report", str(empty), str(good), "--merged", str(merged)]) == 0
+    out = capsys.readouterr()
+    assert f"skipped {empty}" in out.err
+    assert len(json.loads(merged.read_text())["benchmarks"]) == 1
+    assert main(["report", str(empty)]) == 1
