@@ -11,7 +11,7 @@ import pytest
 from glann_testing import child_kwargs
 
 import glann_ext
-from glann_ext.ops.kernels import cuda_kernels, set_cuda_kernels, use_cuda_kernels
+from glann_ext.ops.kernels import DEFAULT, cuda_kernels, set_cuda_kernels, use_cuda_kernels
 
 
 @pytest.mark.parametrize(
@@ -26,10 +26,11 @@ from glann_ext.ops.kernels import cuda_kernels, set_cuda_kernels, use_cuda_kerne
     ],
 )
 def test_spellings_are_canonical(spec, canonical):
+    before = cuda_kernels()  # DEFAULT, unless GLANN_EXT_CUDA_KERNELS chose for this process
     with use_cuda_kernels(spec):
         assert cuda_kernels() == canonical
         assert glann_ext.build_info()["cuda_kernels"] == canonical
-    assert cuda_kernels() == "legacy"
+    assert cuda_kernels() == before
 
 
 @pytest.mark.parametrize(
@@ -49,9 +50,10 @@ def test_unknown_spellings_raise_and_change_nothing(spec):
 
 
 def test_use_cuda_kernels_restores_after_an_error():
+    before = cuda_kernels()
     with pytest.raises(RuntimeError), use_cuda_kernels("hopper"):
         raise RuntimeError("inside")
-    assert cuda_kernels() == "legacy"
+    assert cuda_kernels() == before
 
 
 def _child(tmp_path, value: str) -> subprocess.CompletedProcess:
@@ -72,3 +74,13 @@ def test_environment_variable_chooses_and_a_typo_fails_the_import(tmp_path):
     bad = _child(tmp_path, "hoper")
     assert bad.returncode != 0
     assert "ValueError: GLANN_EXT_CUDA_KERNELS='hoper'" in bad.stderr
+
+
+def test_default_without_the_variable_is_the_hopper_search_and_projection(tmp_path):
+    """The default of the C++ switch (kDefaultHopperOps) and the Python constant agree; an empty variable
+    is no choice, and ``legacy`` is the way back."""
+    for value, expected in (("", DEFAULT), ("legacy", "legacy")):
+        child = _child(tmp_path, value)
+        assert child.returncode == 0, child.stderr
+        assert child.stdout.strip() == expected
+    assert DEFAULT == "hopper:nn_argmin,project"

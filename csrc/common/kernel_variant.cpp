@@ -21,8 +21,8 @@ constexpr OpName kOps[] = {
     {HopperOp::kNnArgmin, "nn_argmin"}, {HopperOp::kLaplacian, "laplacian"}, {HopperOp::kProject, "project"}};
 
 // The mask, and the message about an unparsable environment variable, set once from the environment
-// (std::call_once) unless set_cuda_kernels() came first.
-std::atomic<unsigned> g_mask{0};
+// (std::call_once) unless set_cuda_kernels() came first. Without the variable: kDefaultHopperOps.
+std::atomic<unsigned> g_mask{kDefaultHopperOps};
 std::once_flag g_env_once;
 std::mutex g_error_mutex;
 std::string g_env_error;

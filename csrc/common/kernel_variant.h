@@ -1,9 +1,8 @@
-// Which CUDA kernels an op runs: the legacy kernels (the default) or the Hopper kernels of issue 15,
-// chosen per op. The choice is process-wide: GLANN_EXT_CUDA_KERNELS=legacy|hopper|hopper:OP[,OP...]
-// (OP: nn_argmin, laplacian, project), read once at the first use; set_cuda_kernels() replaces it (the
-// tests and benchmarks compare both variants in one process). Each CUDA launcher of a family asks
-// use_hopper_kernels() in one line at its top; the Hopper kernels also need a device of compute
-// capability 9.0 or newer, and otherwise the legacy kernels run.
+// Which CUDA kernels an op runs: the legacy kernels or the Hopper kernels of issue 15, chosen per op. The choice is
+// process-wide: GLANN_EXT_CUDA_KERNELS=legacy|hopper|hopper:OP[,OP...] (OP: nn_argmin, laplacian, project), read once
+// at the first use; set_cuda_kernels() replaces it (the tests and benchmarks compare both variants in one process).
+// Each CUDA launcher of a family asks use_hopper_kernels() in one line at its top; the Hopper kernels also need a
+// device of compute capability 9.0 or newer, and otherwise the legacy kernels run.
 #pragma once
 #include <string>
 
@@ -13,6 +12,10 @@ namespace glann {
 
 enum class HopperOp : unsigned { kNnArgmin = 1u, kLaplacian = 2u, kProject = 4u };
 constexpr unsigned kAllHopperOps = 7u;
+// The default: the Hopper search and projection, which beat the legacy kernels in every row of the H200
+// run (benchmarks/RESULTS.md); the legacy Laplacian, which the fused one loses to at 64x1x28x28.
+constexpr unsigned kDefaultHopperOps =
+    static_cast<unsigned>(HopperOp::kNnArgmin) | static_cast<unsigned>(HopperOp::kProject);
 
 // Parses a GLANN_EXT_CUDA_KERNELS value into a mask of HopperOp bits ("legacy" is 0, "hopper" all).
 // Returns false, leaving *mask alone, for anything else.

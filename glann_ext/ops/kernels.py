@@ -1,8 +1,10 @@
-"""Which CUDA kernels the ops run: the legacy kernels (the default) or the Hopper kernels of issue 15.
+"""Which CUDA kernels the ops run: the legacy kernels or the Hopper kernels of issue 15, per op.
 
 ``GLANN_EXT_CUDA_KERNELS`` chooses for the process: ``legacy``, ``hopper``, or ``hopper:`` followed by a
 comma-separated subset of ``nn_argmin``, ``laplacian``, ``project`` (docs/GPU_KERNELS.md says what each
-Hopper kernel is and when it falls back to the legacy one). An unparsable value raises ``ValueError`` when
+Hopper kernel is and when it falls back to the legacy one). The default, :data:`DEFAULT`, is
+``hopper:nn_argmin,project``: the Hopper search and projection won every row of the H200 run
+(benchmarks/RESULTS.md), the fused Laplacian lost at the MNIST size and stays opt-in. An unparsable value raises ``ValueError`` when
 glann_ext is imported. The Hopper kernels run only on devices of compute capability 9.0 or newer; on other
 devices, and on the CPU, the choice changes nothing. :func:`use_cuda_kernels` switches within a process
 (tests and benchmarks compare both variants).
@@ -15,7 +17,10 @@ from collections.abc import Iterator
 
 from ._native import _C
 
-__all__ = ["cuda_kernels", "set_cuda_kernels", "use_cuda_kernels"]
+__all__ = ["DEFAULT", "cuda_kernels", "set_cuda_kernels", "use_cuda_kernels"]
+
+DEFAULT = "hopper:nn_argmin,project"
+"""The choice without ``GLANN_EXT_CUDA_KERNELS`` (csrc/common/kernel_variant.h's ``kDefaultHopperOps``)."""
 
 
 def cuda_kernels() -> str:
