@@ -4,9 +4,9 @@
 comma-separated subset of ``nn_argmin``, ``laplacian``, ``project`` (docs/GPU_KERNELS.md says what each
 Hopper kernel is and when it falls back to the legacy one). The default, :data:`DEFAULT`, is
 ``hopper:nn_argmin,project``: the Hopper search and projection won every row of the H200 run
-(benchmarks/RESULTS.md), the fused Laplacian lost at the MNIST size and stays opt-in. An unparsable value raises ``ValueError`` when
-glann_ext is imported. The Hopper kernels run only on devices of compute capability 9.0 or newer; on other
-devices, and on the CPU, the choice changes nothing. :func:`use_cuda_kernels` switches within a process
+(benchmarks/RESULTS.md), the fused Laplacian lost at the MNIST size and stays opt-in. An unparsable value
+raises ``ValueError`` when glann_ext is imported. The Hopper kernels run only on devices of compute
+capability 9.0 or newer; on other devices, and on the CPU, the choice changes nothing. :func:`use_cuda_kernels` switches within a process
 (tests and benchmarks compare both variants).
 """
 
