@@ -222,7 +222,8 @@ def test_cuda_laplacian_signs_pair_across_variants():
 def test_cuda_project_hopper_matches_legacy(dt, d):
     """Vector path (several rows per warp for small D, registers up to 8 vectors per lane, two passes past
     that) and the legacy fallback (D not a whole number of 16-byte vectors): within one unit in the last
-    place of the legacy result (two in float64); zero, huge, tiny and non-finite rows as the legacy kernel treats them."""
+    place of the legacy result (two in float64); zero, huge, tiny and non-finite rows as the legacy kernel
+    treats them."""
     z = randn(300, d, dt="fp64", seed=4)
     big, small = (1e300, 1e-300) if dt == "fp64" else ((1e30, 1e-30) if dt == "fp32" else (3e3, 1e-3))
     z[1] = 0.0
