@@ -413,9 +413,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The laptop recipe on every Fashion-MNIST training image for about half an hour on 2 CPU cores:
     # 30 GLO + 60 IMLE epochs (measured end to end: GLO 20-24 s per quiet epoch, IMLE 17.3 s per epoch, the
     # search over 60k codes x 120k draws being most of it; 33 min of wall time on a machine shared with
-    # benchmark runs; docs/training.md). G at the default 2e-3: with whitened IMLE it beats 1e-3 here too
-    # (LeNet FD 1.28 / 1.97 / 1.96 against 1.94 / 1.84 / 2.56 over seeds 0-2, recall 0.832 against 0.824, the
-    # ceilings level; 2026-12-04), where before whitening the development evaluator had it behind (40.6 / 36.6);
+    # benchmark runs; docs/training.md). G at the default 2e-3 ties 1e-3 here with whitened IMLE: one GLO
+    # stage per seed and rate in one process, LeNet FD 1.74 +- 0.23 against 2.11 +- 0.22; `glann train` +
+    # `glann eval`, 1.87 +- 0.21 (1.02x the ceiling, recall 0.835) against 1.79 +- 0.11 (1.00x, 0.828), seeds
+    # 0-2, 2026-12-04; before whitening the development evaluator had it behind (40.6 / 36.6);
     # 16-D noise for T did (FD 32.7 against 37.8 with the IMLE stage retrained on this preset's codes, recall
     # level; 29.2 with recall 0.36 for the whole preset run end to end). T keeps G's batch of 128, the recipe
     # measured (60k codes give it 469 steps an epoch; smaller batches are not measured at this size). With
