@@ -16,6 +16,7 @@ __all__: list[str] = [
     "cuda_compiled",
     "cuda_kernels",
     "cuda_runtime_version",
+    "default_cuda_kernels",
     "hardware_threads",
     "laplacian_backward",
     "laplacian_forward",
@@ -75,6 +76,11 @@ def cuda_kernels() -> str:
 def cuda_runtime_version() -> int:
     """
     CUDA runtime version the module was built with (e.g. 13000); 0 in a build without CUDA.
+    """
+
+def default_cuda_kernels() -> str:
+    """
+    The CUDA kernels the ops run without GLANN_EXT_CUDA_KERNELS, in cuda_kernels' spelling.
     """
 
 def hardware_threads() -> int:

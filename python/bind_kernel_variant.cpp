@@ -17,6 +17,9 @@ void register_kernel_variant(py::module_& m) {
       "The CUDA kernels the ops run: 'legacy', 'hopper' or 'hopper:OP[,OP...]' (GLANN_EXT_CUDA_KERNELS, or "
       "the last set_cuda_kernels); raises ValueError for an unparsable GLANN_EXT_CUDA_KERNELS.");
   m.def(
+      "default_cuda_kernels", [] { return glann::cuda_kernels_name(glann::kDefaultHopperOps); },
+      "The CUDA kernels the ops run without GLANN_EXT_CUDA_KERNELS, in cuda_kernels' spelling.");
+  m.def(
       "set_cuda_kernels",
       [](const std::string& spec) {
         if (!glann::set_cuda_kernels(spec.c_str()))

@@ -77,8 +77,8 @@ def test_environment_variable_chooses_and_a_typo_fails_the_import(tmp_path):
 
 
 def test_default_without_the_variable_is_the_hopper_search_and_projection(tmp_path):
-    """The default of the C++ switch (kDefaultHopperOps) and the Python constant agree; an empty variable
-    is no choice, and ``legacy`` is the way back."""
+    """A process without the variable runs the default (kDefaultHopperOps, which DEFAULT reads); an empty
+    variable is no choice, and ``legacy`` is the way back."""
     for value, expected in (("", DEFAULT), ("legacy", "legacy")):
         child = _child(tmp_path, value)
         assert child.returncode == 0, child.stderr

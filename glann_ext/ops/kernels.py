@@ -6,8 +6,8 @@ Hopper kernel is and when it falls back to the legacy one). The default, :data:`
 ``hopper:nn_argmin,project``: the Hopper search and projection won every row of the H200 run
 (benchmarks/RESULTS.md), the fused Laplacian lost at the MNIST size and stays opt-in. An unparsable value
 raises ``ValueError`` when glann_ext is imported. The Hopper kernels run only on devices of compute
-capability 9.0 or newer; on other devices, and on the CPU, the choice changes nothing. :func:`use_cuda_kernels` switches within a process
-(tests and benchmarks compare both variants).
+capability 9.0 or newer; on other devices, and on the CPU, the choice changes nothing.
+:func:`use_cuda_kernels` switches within a process (tests and benchmarks compare both variants).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ._native import _C
 
 __all__ = ["DEFAULT", "cuda_kernels", "set_cuda_kernels", "use_cuda_kernels"]
 
-DEFAULT = "hopper:nn_argmin,project"
+DEFAULT: str = _C.default_cuda_kernels()
 """The choice without ``GLANN_EXT_CUDA_KERNELS`` (csrc/common/kernel_variant.h's ``kDefaultHopperOps``)."""
 
 
