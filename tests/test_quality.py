@@ -185,6 +185,21 @@ def test_quality_smoke_report(tmp_path):
             row = res[key]["rows"][quality.long_glo_label(method, quality.BUDGETS["smoke"])]
             assert 0 < row["modes"][0] <= 1000 and math.isfinite(row["kl"][0]), (key, method, row)
     assert "GLO epochs, same IMLE stage" in text
+    # every stacked row's KL is the sum of its two parts (per seed, so in the mean too), and the table shows them
+    for key in [k for k in keys if k.startswith("stacked")]:
+        for name, row in res[key]["rows"].items():
+            parts_sum = row["kl_classes"][0] + row["kl_dependence"][0]
+            assert parts_sum == pytest.approx(row["kl"][0], rel=1e-6), (key, name, row)
+            assert min(row["kl_classes"][0], row["kl_dependence"][0]) >= 0, (key, name, row)
+    assert text.count("| KL: class shares | KL: between channels |") == (2 if "fashion" in parts else 1)
+    # under each image and stacked table, GLANN minus GLO + Gaussian paired by seed: the mean of the per-seed
+    # differences is the difference of the rows' means
+    for key in keys:
+        rows, paired = res[key]["rows"], res[key]["paired"]
+        for metric, (diff, _) in paired.items():
+            want = rows["GLANN"][metric][0] - rows["GLO + Gaussian"][metric][0]
+            assert diff == pytest.approx(want, rel=1e-9, abs=1e-12), (key, metric)
+    assert text.count("GLANN minus GLO + Gaussian, paired by seed") == len(keys)
     # the real-stack reference of stacked MNIST covers many modes under the (weak, smoke) digit classifier
     assert res["stacked"]["rows"]["real stacks of test items (reference)"]["modes"][0] > 100
     for label in ("ring", "grid"):

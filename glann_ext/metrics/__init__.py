@@ -2,7 +2,7 @@
 
 * :mod:`.mixtures` - mode coverage, HQ fraction and reverse KL on the 2-D ring and grid (VEEGAN, PacGAN).
 * :mod:`.stacked_mnist` - modes covered out of 1000 and KL to uniform on stacked MNIST (or any stacked
-  10-class dataset: :func:`make_stacked`, :func:`stacked_modes`).
+  10-class dataset: :func:`make_stacked`, :func:`stacked_modes`, :func:`kl_split`).
 * :mod:`.classifier` - a cached LeNet domain classifier: test accuracy, features for FD and PRDC.
 * :mod:`.frechet` - Fréchet distance between feature sets.
 * :mod:`.prdc` - improved precision/recall (k=3) and density/coverage (k=5); :mod:`.knn` their radii.
@@ -37,6 +37,7 @@ from .mixtures import (
 from .prdc import PRDC, density_coverage, prdc, precision_recall
 from .stacked_mnist import (
     StackedModes,
+    kl_split,
     label_stacked,
     make_stacked,
     stacked_modes,
@@ -67,6 +68,7 @@ __all__ = [
     "frechet_distance",
     "frechet_distance_from_statistics",
     "grid_centres",
+    "kl_split",
     "knn_radii",
     "label_stacked",
     "make_stacked",
