@@ -436,7 +436,7 @@ def run_stacked(
     rows.update(_over_seeds(per_seed))
     if long_per_seed:
         rows.update(_over_seeds(long_per_seed))
-    paired = _paired(per_seed, STACKED_PAIRED)
+    paired = _paired(per_seed, STACKED_PAIRED)  # the main rows only: the longer-G rows have one seed
     return {"rows": rows, "paired": paired, "png": png, "grid_rows": order, "n_test": len(xte)}
 
 
@@ -540,10 +540,9 @@ def run_images(
             order = _grid(samplers, train_x, b.grid_n, figdir / png)
     rows.update(_over_seeds(per_seed))
     return {
-        "rows": rows, "paired": _paired(per_seed, IMAGE_PAIRED), "memorisation": _over_seeds(memo), "png": png,
-        "neighbours_png": neighbours,
-        "grid_rows": order, "n_train": len(train_x), "n_eval": n_eval, "inception_fid": fid,
-        "inception_reason": fid_backend.reason,
+        "rows": rows, "paired": _paired(per_seed, IMAGE_PAIRED), "memorisation": _over_seeds(memo),
+        "png": png, "neighbours_png": neighbours, "grid_rows": order, "n_train": len(train_x), "n_eval": n_eval,
+        "inception_fid": fid, "inception_reason": fid_backend.reason,
     }  # fmt: skip
 
 

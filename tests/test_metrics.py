@@ -210,6 +210,11 @@ def test_kl_split_known_histograms():
     assert kl_split(torch.zeros(1000)) == (math.inf, math.inf)
     with pytest.raises(ValueError, match=r"counts must have shape \(1000,\), got \(10, 100\)"):
         kl_split(torch.ones(10, 100))
+    for bad in (-1.0, math.nan, math.inf):
+        counts = torch.ones(1000)
+        counts[5] = bad
+        with pytest.raises(ValueError, match="counts must be finite and >= 0"):
+            kl_split(counts)
 
 
 def test_stacked_generic_names_label_any_ten_class_items():

@@ -92,6 +92,8 @@ def kl_split(counts: torch.Tensor) -> tuple[float, float]:
     if counts.shape != (NUM_MODES,):
         raise ValueError(f"counts must have shape ({NUM_MODES},), got {tuple(counts.shape)}")
     p = counts.double().reshape(10, 10, 10)
+    if not bool(torch.isfinite(p).all()) or bool((p < 0).any()):
+        raise ValueError("counts must be finite and >= 0 (a histogram of the modes)")
     total = float(p.sum())
     if total <= 0:
         return math.inf, math.inf
