@@ -47,6 +47,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -366,10 +367,10 @@ def _over_seeds(per_seed: list[dict[str, dict]]) -> dict[str, dict[str, tuple[fl
     return {m: aggregate_seeds([s[m] for s in per_seed]) for m in per_seed[0]}
 
 
-def _paired(per_seed: list[dict[str, dict]], metrics: tuple[str, ...]) -> dict[str, tuple[float, float]]:
-    """GLANN minus GLO + Gaussian per seed, as ``{metric: (mean, sem)}``. The two share each seed's G and
-    codes, so the spread of the per-seed differences, not the two rows' own standard errors, says whether a
-    gap between them is more than the seeds' spread."""
+def _paired(per_seed: list[dict[str, dict]], metrics: Iterable[str]) -> dict[str, tuple[float, float]]:
+    """GLANN minus GLO + Gaussian per seed, as ``{metric: (mean, sem)}`` for each of ``metrics``. The two
+    share each seed's G and codes, so the spread of the per-seed differences, not the two rows' own standard
+    errors, says whether a gap between them is more than the seeds' spread."""
     return aggregate_seeds([{k: s["GLANN"][k] - s["GLO + Gaussian"][k] for k in metrics} for s in per_seed])
 
 
@@ -436,7 +437,7 @@ def run_stacked(
     rows.update(_over_seeds(per_seed))
     if long_per_seed:
         rows.update(_over_seeds(long_per_seed))
-    paired = _paired(per_seed, STACKED_PAIRED)  # the main rows only: the longer-G rows have one seed
+    paired = _paired(per_seed, STACKED_PAIRED_WORDS)  # the main rows only: the longer-G rows have one seed
     return {"rows": rows, "paired": paired, "png": png, "grid_rows": order, "n_test": len(xte)}
 
 
@@ -454,7 +455,6 @@ IMAGE_PAIRED_WORDS = {
     "density": ("density", "{:.3f}"),
     "coverage": ("coverage", "{:.3f}"),
 }
-STACKED_PAIRED, IMAGE_PAIRED = tuple(STACKED_PAIRED_WORDS), tuple(IMAGE_PAIRED_WORDS)
 
 
 def _modes_row(r: StackedModes) -> dict[str, float]:
@@ -540,7 +540,7 @@ def run_images(
             order = _grid(samplers, train_x, b.grid_n, figdir / png)
     rows.update(_over_seeds(per_seed))
     return {
-        "rows": rows, "paired": _paired(per_seed, IMAGE_PAIRED), "memorisation": _over_seeds(memo),
+        "rows": rows, "paired": _paired(per_seed, IMAGE_PAIRED_WORDS), "memorisation": _over_seeds(memo),
         "png": png, "neighbours_png": neighbours, "grid_rows": order, "n_train": len(train_x), "n_eval": n_eval,
         "inception_fid": fid, "inception_reason": fid_backend.reason,
     }  # fmt: skip

@@ -99,11 +99,11 @@ def kl_split(counts: torch.Tensor) -> tuple[float, float]:
         return math.inf, math.inf
     p = p / total
     shares = [p.sum(dim=tuple(d for d in range(3) if d != c)) for c in range(3)]
-    classes = sum(float((q[q > 0] * (10 * q[q > 0]).log()).sum()) for q in shares)
+    classes = sum(reverse_kl_uniform(q) for q in shares)  # each channel's 10 classes against uniform
     independent = shares[0][:, None, None] * shares[1][None, :, None] * shares[2][None, None, :]
     hit = p > 0  # a hit mode's channels all have positive shares, so ``independent`` is positive there
     dependence = float((p[hit] * (p[hit] / independent[hit]).log()).sum())
-    return max(classes, 0.0), max(dependence, 0.0)
+    return classes, max(dependence, 0.0)
 
 
 def make_stacked(
