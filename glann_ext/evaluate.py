@@ -377,6 +377,17 @@ def _usage_line(result: dict[str, Any]) -> str:
     )
 
 
+def _moments_line(result: dict[str, Any]) -> str:
+    u = result.get("code_usage", {"skipped": "-"})
+    if "skipped" in u:
+        return "-"
+    return (
+        f"variance x{u['variance_leading']:.2f} of the codes' along their leading tenth of principal directions, "
+        f"x{u['variance_trailing']:.2f} along the last tenth; mean {u['mean_offset']:.2f} from the codes' mean "
+        f"(norm {u['code_mean_norm']:.2f})"
+    )
+
+
 def _sampler_settings(model, sampler: str) -> dict[str, Any]:
     """What the samples were drawn with: balanced sampling, and T's noise scale (None for the Gaussian)."""
     return {
@@ -401,6 +412,7 @@ def format_table(result: dict[str, Any]) -> str:
         ("density / coverage (k=5)", f"{result['density']:.3f} / {result['coverage']:.3f}"),
         ("ceiling: G(training codes)", _ceiling_line(result)),
         ("samples' codes vs training codes", _usage_line(result)),
+        ("their moments vs the codes'", _moments_line(result)),
         (
             "nearest-train dist, median",
             f"samples {m['generated_median']:.2f}, test {m['test_median']:.2f} (ratio {m['median_ratio']:.2f})",

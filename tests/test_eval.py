@@ -93,6 +93,7 @@ def test_eval_writes_json_and_pngs(digits_run, cache_dir, tmp_path, capsys):
     assert res["code_usage"] == pytest.approx(dataclasses.asdict(code_usage(z, model.codes)))
     assert res["code_usage"]["n_samples"] == 200 and res["code_usage"]["n_codes"] == 256
     assert "samples' codes vs training codes" in printed and "% of the codes" in printed
+    assert "their moments vs the codes'" in printed and "along their leading tenth" in printed
     with Image.open(tmp_path / "eval_neighbours.png") as im:
         assert im.size[0] > 2 * 28 * 4  # 4 pairs of 28-pixel images per row
     assert (tmp_path / "eval_samples.png").stat().st_size > 0

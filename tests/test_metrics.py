@@ -28,6 +28,7 @@ from glann_ext.metrics import (
     mean_sem,
     memorisation_report,
     mode_coverage,
+    moment_ratios,
     nearest_other_code,
     nearest_train,
     prdc,
@@ -566,6 +567,88 @@ def test_code_usage_spacing_from_a_subset_of_queries():
     part = code_usage(codes[:10], codes, spacing_queries=200)
     assert full.code_spacing == pytest.approx(float(nearest_other_code(codes)[1].median()))
     assert part.code_spacing == pytest.approx(full.code_spacing, rel=0.15)  # an estimate of the same median
+
+
+def _moment_ratios_reference(samples, codes, share):
+    """numpy, float64: eigen-decompose the codes' covariance, project both sets on its axes."""
+    z, c = samples.double().numpy(), codes.double().numpy()
+    w, v = np.linalg.eigh(np.cov(c, rowvar=False))
+    order = np.argsort(w)[::-1]
+    w, v = w[order], v[:, order]
+    keep = w > 1e-12 * w[0]
+    w, v = w[keep], v[:, keep]
+    ratio = np.var(z @ v, axis=0, ddof=1) / w
+    k = max(1, round(share * len(w)))
+    offset = np.linalg.norm(z.mean(0) - c.mean(0))
+    return offset, np.linalg.norm(c.mean(0)), ratio[:k].mean(), ratio[-k:].mean()
+
+
+@pytest.mark.parametrize(("d", "share"), [(12, 0.25), (7, 0.1), (64, 0.1)])
+def test_moment_ratios_against_an_independent_reference(d, share):
+    g = torch.Generator().manual_seed(d)
+    codes = torch.randn(400, d, generator=g) * torch.linspace(3.0, 0.1, d) + 0.3
+    mix = torch.eye(d) + 0.3 * torch.randn(d, d, generator=g)  # another covariance, another mean
+    samples = (torch.randn(300, d, generator=g) * torch.linspace(1.0, 0.5, d)) @ mix - 0.2
+    got = moment_ratios(samples, codes, share=share)
+    want = _moment_ratios_reference(samples, codes, share)
+    assert [got[k] for k in ("mean_offset", "code_mean_norm", "variance_leading", "variance_trailing")] == (
+        pytest.approx(list(want), rel=1e-9)
+    )
+    # code_usage carries the same four numbers
+    u = code_usage(samples.float(), codes.float())
+    assert u.variance_leading == pytest.approx(
+        moment_ratios(samples.float(), codes.float())["variance_leading"]
+    )
+
+
+def test_moment_ratios_known_cases():
+    g = torch.Generator().manual_seed(3)
+    codes = (torch.randn(200, 10, generator=g) * torch.linspace(2.0, 0.5, 10) + 1.0).double()
+    mean = codes.mean(0)
+    same = moment_ratios(codes, codes)
+    assert same["mean_offset"] == pytest.approx(0.0, abs=1e-12)
+    assert same["code_mean_norm"] == pytest.approx(float(mean.norm()))
+    assert same["variance_leading"] == pytest.approx(1.0) and same["variance_trailing"] == pytest.approx(1.0)
+    # scaled about the codes' mean: the same mean, a^2 the variance in every direction
+    wide = moment_ratios(mean + 1.5 * (codes - mean), codes)
+    assert wide["mean_offset"] == pytest.approx(0.0, abs=1e-9)
+    assert wide["variance_leading"] == pytest.approx(2.25) and wide["variance_trailing"] == pytest.approx(
+        2.25
+    )
+    # shifted: the offset is the shift, the variances unchanged
+    shift = torch.tensor([0.3, -0.4] + [0.0] * 8, dtype=torch.float64)
+    moved = moment_ratios(codes + shift, codes)
+    assert moved["mean_offset"] == pytest.approx(0.5) and moved["variance_leading"] == pytest.approx(1.0)
+    # squeezed along the codes' leading axis only (x0.5 in standard deviation): leading 0.25, last 1
+    top = torch.linalg.eigh(torch.cov(codes.T))[1][:, -1:]
+    squeezed = codes - 0.5 * ((codes - mean) @ top) @ top.T
+    r = moment_ratios(squeezed, codes, share=0.1)
+    assert r["variance_leading"] == pytest.approx(0.25) and r["variance_trailing"] == pytest.approx(1.0)
+    # one sample: no variance (NaN), the offset still defined
+    one = moment_ratios(codes[:1], codes)
+    assert math.isnan(one["variance_leading"]) and math.isnan(one["variance_trailing"])
+    assert one["mean_offset"] == pytest.approx(float((codes[0] - mean).norm()))
+    # two codes vary along one direction only: the rest are left out, leading and last are that one
+    pair = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]])
+    r = moment_ratios(torch.tensor([[2.0, 5.0, 0.0], [-2.0, -5.0, 1.0]]), pair)
+    assert r["variance_leading"] == pytest.approx(4.0) and r["variance_trailing"] == pytest.approx(4.0)
+    # codes all equal: no direction to compare along (NaN, no warning), the offset still defined
+    flat = moment_ratios(torch.zeros(3, 3), torch.ones(4, 3))
+    assert math.isnan(flat["variance_leading"]) and flat["mean_offset"] == pytest.approx(math.sqrt(3))
+
+
+def test_moment_ratios_bad_inputs_name_the_argument():
+    codes = _sphere(10, 4, 0)
+    with pytest.raises(ValueError, match="codes must have 4 columns"):
+        moment_ratios(codes, codes[:, :3])
+    with pytest.raises(ValueError, match="codes must have at least 2 rows"):
+        moment_ratios(codes, codes[:1])
+    with pytest.raises(ValueError, match=r"share must be a number in \(0, 1\], got 0"):
+        moment_ratios(codes, codes, share=0)
+    with pytest.raises(ValueError, match="share must be"):
+        moment_ratios(codes, codes, share=True)
+    with pytest.raises(ValueError, match="samples contains NaN"):
+        moment_ratios(torch.full((2, 4), math.inf), codes)
 
 
 def test_code_usage_bad_inputs_name_the_argument():

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from .aggregate import aggregate_seeds, mean_sem
 from .classifier import ARCH_VERSION, DomainClassifier, LeNet, cache_path
-from .code_usage import CodeUsage, code_usage, nearest_other_code
+from .code_usage import CodeUsage, code_usage, moment_ratios, nearest_other_code
 from .fid import FIDResult, InceptionBackend, find_inception_backend, standard_fid
 from .frechet import feature_statistics, frechet_distance, frechet_distance_from_statistics
 from .knn import ball_membership_counts, knn_radii
@@ -75,6 +75,7 @@ __all__ = [
     "mean_sem",
     "memorisation_report",
     "mode_coverage",
+    "moment_ratios",
     "nearest_other_code",
     "nearest_train",
     "prdc",
