@@ -612,9 +612,8 @@ def test_moment_ratios_known_cases():
     # scaled about the codes' mean: the same mean, a^2 the variance in every direction
     wide = moment_ratios(mean + 1.5 * (codes - mean), codes)
     assert wide["mean_offset"] == pytest.approx(0.0, abs=1e-9)
-    assert wide["variance_leading"] == pytest.approx(2.25) and wide["variance_trailing"] == pytest.approx(
-        2.25
-    )
+    assert wide["variance_leading"] == pytest.approx(2.25)
+    assert wide["variance_trailing"] == pytest.approx(2.25)
     # shifted: the offset is the shift, the variances unchanged
     shift = torch.tensor([0.3, -0.4] + [0.0] * 8, dtype=torch.float64)
     moved = moment_ratios(codes + shift, codes)
