@@ -636,27 +636,24 @@ def test_moment_ratios_known_cases():
     assert math.isnan(flat["variance_leading"]) and flat["mean_offset"] == pytest.approx(math.sqrt(3))
 
 
-def test_moment_ratios_bad_inputs_name_the_argument():
+def test_moment_ratios_share_is_checked():
     codes = _sphere(10, 4, 0)
-    with pytest.raises(ValueError, match="codes must have 4 columns"):
-        moment_ratios(codes, codes[:, :3])
-    with pytest.raises(ValueError, match="codes must have at least 2 rows"):
-        moment_ratios(codes, codes[:1])
     with pytest.raises(ValueError, match=r"share must be a number in \(0, 1\], got 0"):
         moment_ratios(codes, codes, share=0)
     with pytest.raises(ValueError, match="share must be"):
         moment_ratios(codes, codes, share=True)
-    with pytest.raises(ValueError, match="samples contains NaN"):
-        moment_ratios(torch.full((2, 4), math.inf), codes)
 
 
-def test_code_usage_bad_inputs_name_the_argument():
+@pytest.mark.parametrize("measure", [code_usage, moment_ratios])
+def test_code_measures_bad_inputs_name_the_argument(measure):
     codes = _sphere(10, 4, 0)
     with pytest.raises(ValueError, match="codes must have 4 columns"):
-        code_usage(codes, codes[:, :3])
+        measure(codes, codes[:, :3])
     with pytest.raises(ValueError, match="codes must have at least 2 rows"):
-        code_usage(codes, codes[:1])
+        measure(codes, codes[:1])
     with pytest.raises(ValueError, match="samples contains NaN"):
-        code_usage(torch.full((2, 4), math.nan), codes)
+        measure(torch.full((2, 4), math.nan), codes)
+    with pytest.raises(ValueError, match="samples contains NaN"):
+        measure(torch.full((2, 4), math.inf), codes)
     with pytest.raises(TypeError, match=r"samples must be a torch\.Tensor"):
-        code_usage([[0.0] * 4], codes)
+        measure([[0.0] * 4], codes)
