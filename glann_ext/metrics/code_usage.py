@@ -132,7 +132,7 @@ def code_usage(
         sample_code_median=float(dist.median()),
         sample_code_q10=float(torch.quantile(dist, 0.1)),
         code_spacing=float(spacing.median()),
-        **moment_ratios(z64, c64),
+        **_moments(z64, c64, 0.1),  # the inputs are checked above
     )
 
 
@@ -147,7 +147,14 @@ def moment_ratios(samples: torch.Tensor, codes: torch.Tensor, share: float = 0.1
     c = as_float_matrix("codes", codes, columns=z.shape[1], min_rows=2)
     if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
         raise ValueError(f"share must be a number in (0, 1], got {share!r}")
+    return _moments(z, c, float(share))
+
+
+def _moments(z: torch.Tensor, c: torch.Tensor, share: float) -> dict[str, float]:
+    """:func:`moment_ratios` of float64 matrices already checked (as :func:`_nearest_others` is to
+    :func:`nearest_other_code`)."""
     mean_c = c.mean(0)
+    # torch.cov of one variable is 0-d: reshape keeps the d x d form for d = 1 too
     eigvals, eigvecs = torch.linalg.eigh(torch.cov(c.T).reshape(c.shape[1], c.shape[1]))
     keep = eigvals > 1e-12 * eigvals.max()
     eigvals, eigvecs = eigvals[keep].flip(0), eigvecs[:, keep].flip(1)  # leading first
