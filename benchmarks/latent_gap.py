@@ -9,9 +9,10 @@ Per seed, GLANN trains at the budget of part (c) of the quality report (benchmar
 sphere, as G was trained): the codes themselves (the ceiling), each code moved halfway towards its nearest
 other code (does G decode between neighbouring codes?), codes drawn uniformly with replacement, the nearest
 code of each of T's samples (T's mass over the codes, without its distance to them), T's samples (GLANN),
-midpoints of two codes drawn at random, GLO + Gaussian, and the codes of held-out test images (other than
+midpoints of two codes drawn at random, GLO + Gaussian, the codes of held-out test images (other than
 those scored against) fitted with G fixed (``GLANN.invert``): what a second stage that generalises perfectly
-would hand G. Each set is scored like part (c) (FD, precision, recall, coverage in the LeNet's features
+would hand G, and a kernel density estimate of the codes at three bandwidths (a code drawn uniformly plus
+isotropic Gaussian noise, then projected: the simplest sampler that stays as near the codes as it is told). Each set is scored like part (c) (FD, precision, recall, coverage in the LeNet's features
 against held-out test images) with the memorisation check's copy ratio (median distance of the images to
 their nearest training image over the same for test images) and its median distance to the nearest training
 code, and T's use of the codes is summarised (docs/training.md, "Where the gap to the ceiling is").
@@ -43,6 +44,10 @@ ROWS = (
     "codes of unseen test images (inverted, G fixed)",
     "GLANN's balanced samples (the package's sampling)",
 )
+# the kernel density rows: noise of about this norm (per coordinate, this many times the codes' standard
+# deviation; the codes' own spacing is about 0.5 at this budget), from nearly copies to past GLANN's distance
+KDE_BANDWIDTHS = (0.5, 0.7, 1.0)
+ROWS += tuple(f"codes plus noise of norm {h:g} (a kernel density estimate)" for h in KDE_BANDWIDTHS)
 SCORES = ("fd", "precision", "recall", "coverage", "copy_ratio", "code_distance")
 # GLANN.invert's budget for the unseen images' codes: one start (the training code whose reconstruction is
 # nearest) and 200 Adam steps; the training images inverted this way score FD 18 where their own codes score
@@ -50,8 +55,23 @@ SCORES = ("fd", "precision", "recall", "coverage", "copy_ratio", "code_distance"
 INVERT_STEPS, INVERT_RESTARTS = 200, 1
 
 
+def jittered_codes(
+    codes: torch.Tensor, n: int, bandwidth: float, generator: torch.Generator, project
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` draws of a kernel density estimate of ``codes`` (N, D) on the sphere, and the index of the code
+    each came from: a code drawn uniformly plus N(0, s^2 I), ``s = bandwidth`` times the codes' standard
+    deviation per coordinate (so the noise's norm is about ``bandwidth`` for codes spread over the sphere),
+    then ``project``-ed back onto it."""
+    codes = codes.float()
+    std = float(codes.double().var(0).mean().sqrt())
+    source = torch.randint(len(codes), (n,), generator=generator)
+    noise = torch.randn(n, codes.shape[1], generator=generator)
+    return project((codes[source] + bandwidth * std * noise).contiguous()), source
+
+
 def latent_points(model, n: int, seed: int) -> dict[str, torch.Tensor]:
-    """The latent point sets of :data:`ROWS` (all but GLO + Gaussian), ``n`` points each, on the sphere."""
+    """The latent point sets of :data:`ROWS` (all but GLO + Gaussian, the unseen codes and the balanced
+    samples), ``n`` points each, on the sphere."""
     codes = model.codes.float()
     g = torch.Generator().manual_seed(seed)
     first = codes[: min(n, len(codes))]
@@ -61,7 +81,7 @@ def latent_points(model, n: int, seed: int) -> dict[str, torch.Tensor]:
     a = torch.randint(len(codes), (n,), generator=g)
     b = torch.randint(len(codes), (n,), generator=g)
     project = model.ops.project
-    return {
+    points = {
         ROWS[0]: first,
         ROWS[1]: project((0.5 * (first + codes[other[: len(first)]])).contiguous()),
         ROWS[2]: codes[torch.randint(len(codes), (n,), generator=g)],
@@ -69,6 +89,9 @@ def latent_points(model, n: int, seed: int) -> dict[str, torch.Tensor]:
         ROWS[4]: samples,
         ROWS[5]: project((0.5 * (codes[a] + codes[b])).contiguous()),
     }
+    for row, h in zip(ROWS[9:], KDE_BANDWIDTHS):
+        points[row] = jittered_codes(codes, n, h, g, project)[0]
+    return points
 
 
 def run_seed(

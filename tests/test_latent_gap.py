@@ -29,7 +29,7 @@ def test_latent_points():
     model = _model()
     codes = model.codes.float()
     pts = latent_gap.latent_points(model, 150, seed=3)
-    assert set(pts) == set(latent_gap.ROWS[:6])
+    assert set(pts) == set(latent_gap.ROWS[:6]) | set(latent_gap.ROWS[9:])
     for name, z in pts.items():
         assert z.shape == (150, 8), name
         torch.testing.assert_close(z.norm(dim=1), torch.ones(150), msg=name)  # on the sphere
@@ -45,6 +45,30 @@ def test_latent_points():
     torch.testing.assert_close(samples, model.map_noise(model.noise(150, seed=3)))
     nearest = torch.cdist(samples, codes).argmin(1)
     assert torch.equal(pts[latent_gap.ROWS[3]], codes[nearest])
+
+
+def test_jittered_codes():
+    codes = _sphere(500, 64, 2)
+    project = _model().ops.project
+    g = torch.Generator().manual_seed(4)
+    # bandwidth 0: the drawn codes themselves, drawn uniformly
+    z, source = latent_gap.jittered_codes(codes, 20_000, 0.0, g, project)
+    torch.testing.assert_close(z, codes[source])
+    counts = torch.bincount(source, minlength=500).float()
+    assert counts.min() > 10 and counts.max() < 70  # 40 expected per code
+    # codes spread over the sphere have a per-coordinate std of 1/sqrt(D), so noise of bandwidth h has a norm
+    # of about h, nearly orthogonal to the code: the projected point is 2 sin(atan(h) / 2) from it
+    for h in (0.25, 0.5, 1.0):
+        z, source = latent_gap.jittered_codes(codes, 4000, h, g, project)
+        torch.testing.assert_close(z.norm(dim=1), torch.ones(4000))
+        expected = 2 * math.sin(math.atan(h) / 2)
+        assert float((z - codes[source]).norm(dim=1).median()) == pytest.approx(expected, rel=0.05), h
+    # noise scaled to the codes' spread, not fixed: codes squeezed into a cap get proportionally less
+    cap = project((codes * 0.1 + torch.tensor([1.0] + [0.0] * 63)).contiguous())
+    z, source = latent_gap.jittered_codes(cap, 4000, 0.5, g, project)
+    spread = float(cap.double().var(0).sum().sqrt())
+    ratio = float((z - cap[source]).norm(dim=1).median()) / spread
+    assert ratio == pytest.approx(0.5, rel=0.1)
 
 
 @pytest.mark.skipif(
