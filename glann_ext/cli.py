@@ -74,6 +74,12 @@ _CONFIG_FLAGS = [
         float,
         "sampling: standard deviation of T's noise (trained on 1; default 1.5)",
     ),
+    (
+        "--sample-spread",
+        "sample_spread",
+        float,
+        "sampling: norm of the noise each sampled code moves by (0: none, the default)",
+    ),
     ("--glo-lr-schedule", "glo_lr_schedule", str, "GLO learning rates: constant (the papers) or cosine"),
     ("--latent-adam-steps", "latent_adam_steps", str, "code Adam bias correction: rows (per code) or global"),
     ("--gen-depth", "gen_depth", int, "extra 3x3 conv layers per hidden resolution of G"),
@@ -96,6 +102,10 @@ SAMPLERS = ["glann", "plain", "gaussian"]
 NOISE_SCALE_HELP = (
     "standard deviation of the noise for this command (default: the run's sample_noise_scale; "
     "docs/training.md, 'A long IMLE stage')"
+)
+SPREAD_HELP = (
+    "norm of the noise each sampled code moves by, for this command (default: the run's sample_spread, 0; "
+    "more mixes more and costs fidelity: docs/training.md, 'Spreading the samples')"
 )
 
 
@@ -169,6 +179,7 @@ def _add_sample(sub) -> None:
         "plain: T then G without balancing; gaussian: the GLO-only full-covariance Gaussian baseline",
     )  # fmt: skip
     s.add_argument("--noise-scale", type=float, help=NOISE_SCALE_HELP)
+    s.add_argument("--spread", type=float, help=SPREAD_HELP)
 
 
 def _add_interpolate(sub) -> None:
@@ -217,6 +228,7 @@ def _add_eval(sub) -> None:
     e.add_argument("--out", help="folder for eval.json and the PNGs (default: the run folder)")
     e.add_argument("--sampler", choices=SAMPLERS, default="glann", help="as for sample")
     e.add_argument("--noise-scale", type=float, help=NOISE_SCALE_HELP)
+    e.add_argument("--spread", type=float, help=SPREAD_HELP)
     e.add_argument("--cache-dir", help="LeNet cache (default ~/.cache/glann_ext/quality)")
     e.add_argument(
         "--clf-epochs", type=_count(1), help="LeNet epochs if it must be trained (default per dataset)"
@@ -283,12 +295,12 @@ def _load(args: argparse.Namespace):
 
 
 def _cmd_sample(args: argparse.Namespace) -> None:
-    from glann_ext.evaluate import apply_noise_scale
+    from glann_ext.evaluate import apply_sampling
     from glann_ext.images import save_grid
     from glann_ext.models import GLANN
 
     model = _load(args)
-    apply_noise_scale(model, args.sampler, args.noise_scale)
+    apply_sampling(model, args.sampler, args.noise_scale, args.spread)
     if args.sampler == "gaussian":
         if not isinstance(model, GLANN):
             raise CLIError("sample: --sampler gaussian needs a GLANN run (codes to fit a Gaussian to)")
@@ -366,7 +378,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     res = evaluate_run(
         args.run, n=args.n, out=args.out, seed=args.seed, sampler=args.sampler, cache_dir=args.cache_dir,
         clf_epochs=args.clf_epochs, ops=args.ops, device=args.device, progress=not args.no_progress,
-        noise_scale=args.noise_scale,
+        noise_scale=args.noise_scale, spread=args.spread,
     )  # fmt: skip
     print(format_table(res))
     print(f"wrote {Path(args.out or args.run) / EVAL_FILE}")

@@ -159,14 +159,21 @@ def _code_usage(model, latents: torch.Tensor, seed: int) -> dict[str, Any]:
     return dataclasses.asdict(code_usage(latents, model.codes.cpu(), seed=seed))
 
 
-def apply_noise_scale(model, sampler: str, noise_scale: float | None) -> None:
-    """Sample ``model`` with ``sampler`` at ``noise_scale`` (None: the run's own); the Gaussian baseline has
-    no noise to scale (``glann sample`` and ``glann eval``)."""
-    if noise_scale is None:
-        return
+def apply_sampling(
+    model, sampler: str, noise_scale: float | None = None, spread: float | None = None
+) -> None:
+    """Sample ``model`` with ``sampler`` at ``noise_scale`` and ``spread`` (None: the run's own; ``glann
+    sample`` and ``glann eval``). The Gaussian baseline has neither; only GLANN has codes to spread."""
     if sampler == "gaussian":
-        raise UsageError("--noise-scale is the scale of T's noise; --sampler gaussian has none")
-    model.set_noise_scale(noise_scale)
+        for flag, value in (("--noise-scale", noise_scale), ("--spread", spread)):
+            if value is not None:
+                raise UsageError(f"{flag} applies to T's samples; --sampler gaussian has no T")
+    if noise_scale is not None:
+        model.set_noise_scale(noise_scale)
+    if spread is not None:
+        if not hasattr(model, "set_spread"):
+            raise UsageError(f"--spread moves GLANN's sampled codes; a {model.kind} model has no codes")
+        model.set_spread(spread)
 
 
 def _check_sampler(model, sampler: str) -> None:
@@ -226,9 +233,16 @@ class EvalData:
     clf: DomainClassifier
 
 
-def _open_run(run: Path, ops: str | None, device: str, sampler: str, noise_scale: float | None = None):
+def _open_run(
+    run: Path,
+    ops: str | None,
+    device: str,
+    sampler: str,
+    noise_scale: float | None = None,
+    spread: float | None = None,
+):
     """(model, config) of run folder ``run`` (or of a model file: the config it was saved with), checked to
-    fit ``sampler`` and ``glann eval``, sampling at ``noise_scale`` (None: the run's)."""
+    fit ``sampler`` and ``glann eval``, sampling at ``noise_scale`` and ``spread`` (None: the run's)."""
     from .train.config import CONFIG_FILE, load_run_config, saved_config
     from .train.run import load_model
 
@@ -239,7 +253,7 @@ def _open_run(run: Path, ops: str | None, device: str, sampler: str, noise_scale
     model = load_model(run, ops=ops, device=device)
     cfg = load_run_config(run / CONFIG_FILE) if run.is_dir() else saved_config(model.config)
     _check_sampler(model, sampler)
-    apply_noise_scale(model, sampler, noise_scale)
+    apply_sampling(model, sampler, noise_scale, spread)
     if cfg.dataset not in LABELLED:
         raise DataError(
             f"--run {run}: its dataset {cfg.dataset!r} has no labelled test split; glann eval needs one of "
@@ -310,12 +324,14 @@ def evaluate_run(
     progress: bool = True,
     log: Callable[[str], None] = print,
     noise_scale: float | None = None,
+    spread: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate the model of run folder (or model file) ``run``; writes ``eval.json``, ``eval_samples.png`` and
     ``eval_neighbours.png`` into ``out`` (default: the run folder) and returns the ``eval.json`` content.
 
     ``n`` samples (>= 2) from ``sampler`` ("glann": the model's, balanced if so configured; "plain": ``T(e)``;
-    "gaussian": the GLO + Gaussian baseline) with ``seed`` (``T``'s noise at ``noise_scale``: None, the run's);
+    "gaussian": the GLO + Gaussian baseline) with ``seed`` (``T``'s noise at ``noise_scale``, the codes moved
+    by ``spread``: None, the run's);
     up to ``n_test`` test images; the LeNet cached in ``cache_dir`` (default ``~/.cache/glann_ext/quality``)."""
     t0 = time.perf_counter()
     run = Path(run)
@@ -323,7 +339,7 @@ def evaluate_run(
         if isinstance(value, bool) or not isinstance(value, int) or value < 2:
             raise UsageError(f"{name} must be an integer >= 2, got {value!r}")
     out_dir = _out_dir(run, out)
-    model, cfg = _open_run(run, ops, device, sampler, noise_scale)
+    model, cfg = _open_run(run, ops, device, sampler, noise_scale, spread)
     data = _eval_data(run, cfg, model.image_shape, n_test, cache_dir, clf_epochs, log)
     latents, samples = _draw(model, sampler, n, seed, progress)
     log(f"features and PRDC: {n} samples vs {len(data.test)} test images")
@@ -389,10 +405,12 @@ def _moments_line(result: dict[str, Any]) -> str:
 
 
 def _sampler_settings(model, sampler: str) -> dict[str, Any]:
-    """What the samples were drawn with: balanced sampling, and T's noise scale (None for the Gaussian)."""
+    """What the samples were drawn with: balanced sampling, T's noise scale and GLANN's spread (None for the
+    Gaussian; the spread None for a model without codes)."""
     return {
         "balanced": sampler == "glann" and bool(getattr(model, "balanced", False)),
         "noise_scale": None if sampler == "gaussian" else model.noise_scale,
+        "spread": None if sampler == "gaussian" else getattr(model, "spread", None),
     }
 
 
@@ -403,6 +421,8 @@ def format_table(result: dict[str, Any]) -> str:
     how = ", balanced" if result.get("balanced") else ""
     if result.get("noise_scale") not in (None, 1.0):
         how += f", noise scale {result['noise_scale']:g}"
+    if result.get("spread"):
+        how += f", spread {result['spread']:g}"
     rows = [
         ("run", f"{result['run']} ({result['dataset']}, sampler {result['sampler']}{how})"),
         ("samples / test / train", f"{result['n_samples']} / {result['n_test']} / {result['n_train']}"),

@@ -154,10 +154,37 @@ def test_sample_at_another_noise_scale(run_dir, tmp_path, capsys):
     np.testing.assert_array_equal(np.load(npy), model.sample(6, seed=0).numpy())
     assert not np.array_equal(np.load(npy), load_model(run_dir).sample(6, seed=0).numpy())
     assert load_model(run_dir).noise_scale == 1.5  # the run itself (the default scale) is unchanged
-    for extra, needle in ((["--sampler", "gaussian"], "--sampler gaussian has none"), ([], "(0, 10]")):
+    for extra, needle in ((["--sampler", "gaussian"], "--sampler gaussian has no T"), ([], "(0, 10]")):
         argv = ["sample", "--run", str(run_dir), "-n", "2", "--npy", npy, "--noise-scale", "0", *extra]
         assert main(argv) == 2
         assert needle in capsys.readouterr().err
+
+
+def test_sample_with_a_spread(run_dir, tmp_path, capsys):
+    npy = str(tmp_path / "x.npy")
+    assert main(["sample", "--run", str(run_dir), "-n", "6", "--npy", npy, "--spread", "0.5"]) == 0
+    model = load_model(run_dir)
+    model.set_spread(0.5)
+    np.testing.assert_array_equal(np.load(npy), model.sample(6, seed=0).numpy())
+    assert not np.array_equal(np.load(npy), load_model(run_dir).sample(6, seed=0).numpy())
+    assert load_model(run_dir).spread == 0.0  # the run itself is unchanged
+    cases = ((["--sampler", "gaussian"], "0.5", "--spread applies to T's samples"), ([], "-1", "[0, 4]"))
+    for extra, value, needle in cases:
+        argv = ["sample", "--run", str(run_dir), "-n", "2", "--npy", npy, "--spread", value, *extra]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err
+
+
+def test_resuming_a_finished_run_with_a_spread_keeps_what_it_trained(run_dir, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(run_dir, out)
+    before = load_model(out)
+    assert main(["train", "--out", str(out), "--sample-spread", "0.3", "--no-progress"]) == 0
+    after = load_model(out)
+    assert before.spread == 0.0 and after.spread == 0.3
+    assert torch.equal(before.codes, after.codes) and torch.equal(before.code_accept, after.code_accept)
+    assert json.loads((out / "config.json").read_text())["sample_spread"] == 0.3
 
 
 def test_rerun_on_a_finished_run_resumes_without_training(run_dir, capsys):

@@ -110,6 +110,22 @@ def test_eval_writes_json_and_pngs(digits_run, cache_dir, tmp_path, capsys):
     assert other["fd"] != res["fd"]
 
 
+def test_eval_with_a_spread_scores_the_moved_samples(digits_run, cache_dir, tmp_path):
+    from glann_ext.evaluate import _chunks, format_table
+    from glann_ext.metrics import code_usage
+    from glann_ext.train import load_model
+
+    res = evaluate_run(
+        digits_run, n=60, out=tmp_path, spread=0.5, cache_dir=cache_dir, clf_epochs=1, progress=False
+    )
+    assert res["spread"] == 0.5 and ", spread 0.5" in format_table(res)
+    model = load_model(digits_run)
+    model.set_spread(0.5)
+    z = torch.cat([model.sample_inputs(k, seed=s) for k, s in _chunks(60, 0)])
+    assert res["code_usage"] == pytest.approx(dataclasses.asdict(code_usage(z, model.codes)))
+    assert load_model(digits_run).spread == 0.0
+
+
 def test_eval_default_output_is_the_run_folder(digits_run, cache_dir):
     assert main(["eval", "--run", str(digits_run), "-n", "50", "--cache-dir", str(cache_dir), *FAST_CLF]) == 0
     assert (digits_run / "eval.json").is_file() and (digits_run / "eval_neighbours.png").is_file()
@@ -137,6 +153,8 @@ def test_eval_bad_input(digits_run, cache_dir, tmp_path, capsys):
         (["eval", "--run", str(digits_run), "-n", "10", "--clf-epochs", "0", "--cache-dir", str(cache_dir)], "--clf-epochs"),
         (["eval", "--run", str(digits_run), "-n", "10", "--noise-scale", "-1", *base], "noise scale"),
         (["eval", "--run", str(digits_run), "-n", "10", "--sampler", "gaussian", "--noise-scale", "2", *base], "--noise-scale"),
+        (["eval", "--run", str(digits_run), "-n", "10", "--sampler", "gaussian", "--spread", "1", *base], "--spread"),
+        (["eval", "--run", str(digits_run), "-n", "10", "--spread", "9", *base], "spread must be a number"),
         (["eval", "--run", str(digits_run), "-n", "10", "--sampler", "gaussian", "--out", str(tmp_path), *base], None),
     ]  # fmt: skip
     for argv, needle in cases:

@@ -28,6 +28,11 @@ from .mlp import MLP
 EXPORT_FORMAT = 1
 # the widest sampling noise accepted (standard deviations; T trains on N(0, I))
 MAX_NOISE_SCALE = 10.0
+# the widest latent spread accepted (GLANN.set_spread: noise of about this norm on unit-sphere codes; 4 is
+# already nearly a uniform draw on the sphere)
+MAX_SPREAD = 4.0
+# rows of the spread's noise drawn per seeded block, so that the first k samples of n are the samples of k
+SPREAD_CHUNK = 4_096
 NO_MAPPING = (
     "this model has no IMLE mapping T (a GLO-only run: train the IMLE stage, or sample the GLO + Gaussian "
     "baseline)"
@@ -59,6 +64,13 @@ def fit_gaussian(codes: torch.Tensor, world: Any = None) -> tuple[torch.Tensor, 
     mean = sums[:d] / n
     cov = (sums[d:-1].reshape(d, d) - n * torch.outer(mean, mean)) / (n - 1).clamp_min(1)
     return mean, cov
+
+
+def _checked_spread(value: Any, name: str) -> float:
+    """``value`` as a latent spread (a number in [0, MAX_SPREAD]), or a UsageError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_SPREAD:
+        raise UsageError(f"{name} must be a number in [0, {MAX_SPREAD:g}], got {value!r}")
+    return float(value)
 
 
 def _prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -184,6 +196,8 @@ class GLANN(GenerativeModel):
     sphere codes only), image ``G(z)``. Balanced sampling (:mod:`.balance`; on when the config's
     ``balance_draws`` > 0, the default) keeps each draw with the acceptance of its
     nearest code, ``code_accept`` (N,), computed once by :meth:`calibrate_sampler` and saved with the model.
+    With a :attr:`spread` > 0 (the config's ``sample_spread``; 0 by default) each sample's code then moves
+    by isotropic Gaussian noise and is projected back onto the sphere: more mixing and recall, less fidelity.
     """
 
     kind = "glann"
@@ -262,16 +276,48 @@ class GLANN(GenerativeModel):
             self.code_accept = balance.acceptance(counts, quantile).to(self.codes.device)
         return self.code_accept
 
+    # -- the latent spread -------------------------------------------------------------------------------
+    @property
+    def spread(self) -> float:
+        """How far each sample's code moves before it is decoded: the config's ``sample_spread`` (0, none,
+        where absent). See :meth:`set_spread`."""
+        # checked on every read: a model file's config is untrusted
+        return _checked_spread(self.config.get("sample_spread", 0.0), "the model's sample_spread")
+
+    def set_spread(self, spread: float) -> None:
+        """Sample from now on with each code moved by ``N(0, s^2 I)``, ``s = spread`` times the codes' standard
+        deviation per coordinate (noise of norm about ``spread`` for codes spread over the sphere), then
+        projected back onto it (0 <= spread <= 4; 0: ``T``'s samples as they are). Kept in :attr:`config`,
+        so an exported model samples the same way; balanced sampling is unchanged (it thins ``T``'s draws
+        before they move)."""
+        self.config["sample_spread"] = _checked_spread(spread, "spread")
+
+    def _spread_out(self, z: torch.Tensor, seed: int) -> torch.Tensor:
+        """``z`` (n, latent_dim) on the sphere moved by the :attr:`spread`'s noise and projected back. The
+        noise comes in seeded blocks of :data:`SPREAD_CHUNK` rows, so sample ``i`` moves the same way
+        whatever ``n`` is."""
+        n, d = z.shape
+        std = float(self.codes.double().var(0, correction=0).mean().sqrt())
+        blocks = [
+            torch.randn(SPREAD_CHUNK, d, generator=seeding.generator(seed, "spread", block=b))
+            for b in range(-(-n // SPREAD_CHUNK))
+        ]
+        noise = torch.cat(blocks)[:n] if blocks else z.new_zeros(0, d)
+        return self.ops.project((z + (self.spread * std) * noise.to(z.device, z.dtype)).contiguous())
+
     @torch.no_grad()
     def sample_inputs(self, n: int, seed: int = 0, balanced: bool | None = None) -> torch.Tensor:
         """The codes :meth:`sample` decodes (n, latent_dim): ``project(T(e))`` of seeded draws (scaled by
-        :attr:`noise_scale`), thinned by balanced sampling when ``balanced`` (None: :attr:`balanced`)."""
+        :attr:`noise_scale`), thinned by balanced sampling when ``balanced`` (None: :attr:`balanced`), then
+        moved by the :attr:`spread` when it is > 0."""
         if n < 0 or not (self.balanced if balanced is None else balanced):
-            return super().sample_inputs(n, seed, balanced=False)  # plain project(T(e)), the check of n
-        accept = self.calibrate_sampler()
-        return balance.rejection_sample(
-            self._map_draws, self._nearest_code, self.codes, accept, self.noise_dim, n, seed
-        )
+            z = super().sample_inputs(n, seed, balanced=False)  # plain project(T(e)), the check of n
+        else:
+            accept = self.calibrate_sampler()
+            z = balance.rejection_sample(
+                self._map_draws, self._nearest_code, self.codes, accept, self.noise_dim, n, seed
+            )
+        return self._spread_out(z, seed) if self.spread > 0 else z
 
     @torch.no_grad()
     def gaussian_codes(
