@@ -39,6 +39,7 @@ import glann_ext  # noqa: F401
 # isort: on
 
 import argparse
+import copy
 import dataclasses
 import functools
 import math
@@ -305,6 +306,10 @@ def train_image_methods(
     samplers["GLANN"] = model.sample
     samplers[PLAIN] = functools.partial(model.sample, balanced=False)
     seconds[PLAIN] = seconds["GLANN"]
+    spread = copy.deepcopy(model)  # the same networks, sampled with a spread
+    spread.set_spread(REPORT_SPREAD)
+    samplers[SPREAD] = spread.sample
+    seconds[SPREAD] = seconds["GLANN"]
     samplers["GLO + Gaussian"] = model.sample_gaussian
     samplers[CEILING] = lambda n, seed=0: _reconstructions(model, n)
     seconds[CEILING] = t_glo
@@ -333,6 +338,11 @@ def train_image_methods(
 PLAIN = "GLANN, plain T(e) sampling"
 """GLANN's model sampled without balanced sampling (``balance_draws`` = 0), at the model's noise scale: the
 papers' sampler but for the scale, what the GLANN row's balancing changes (:mod:`glann_ext.models.balance`)."""
+REPORT_SPREAD = 0.75
+SPREAD = f"GLANN, spread {REPORT_SPREAD:g}"
+"""GLANN's model sampled with ``sample_spread`` = :data:`REPORT_SPREAD` (each sample's code moved by isotropic
+noise of about that norm, docs/training.md, "Spreading the samples"): the package's dial from fidelity
+towards mixing, at the point where it is level with or ahead of GLO + Gaussian on the stacked tables."""
 CEILING = "ceiling: G(codes) of training images"
 """The reconstruction ceiling of GLANN and GLO + Gaussian (same G): what a second stage that hit every code
 exactly would reach; it is drawn as the first min(n, N) training images' reconstructions."""
@@ -351,7 +361,7 @@ def _sample(sampler, n: int, seed: int, method: str = "") -> torch.Tensor:
 
 def _versus_ceiling(res: dict) -> None:
     """FD / the ceiling's FD for the methods that share GLANN's G (per seed, aggregated later)."""
-    for method in ("GLANN", PLAIN, "GLO + Gaussian"):
+    for method in ("GLANN", PLAIN, SPREAD, "GLO + Gaussian"):
         res[method]["fd_over_ceiling"] = res[method]["fd"] / res[CEILING]["fd"]
 
 
@@ -367,15 +377,30 @@ def _over_seeds(per_seed: list[dict[str, dict]]) -> dict[str, dict[str, tuple[fl
     return {m: aggregate_seeds([s[m] for s in per_seed]) for m in per_seed[0]}
 
 
-def _paired(per_seed: list[dict[str, dict]], metrics: Iterable[str]) -> dict[str, tuple[float, float]]:
-    """GLANN minus GLO + Gaussian per seed, as ``{metric: (mean, sem)}`` for each of ``metrics``. The two
-    share each seed's G and codes, so the spread of the per-seed differences, not the two rows' own standard
-    errors, says whether a gap between them is more than the seeds' spread."""
-    return aggregate_seeds([{k: s["GLANN"][k] - s["GLO + Gaussian"][k] for k in metrics} for s in per_seed])
+def _paired(
+    per_seed: list[dict[str, dict]], metrics: Iterable[str], method: str = "GLANN"
+) -> dict[str, tuple[float, float]]:
+    """``method`` (a row sampled from GLANN's model) minus GLO + Gaussian per seed, as ``{metric: (mean,
+    sem)}`` for each of ``metrics``. The two share each seed's G and codes, so the spread of the per-seed
+    differences, not the two rows' own standard errors, says whether a gap between them is more than the
+    seeds' spread."""
+    return aggregate_seeds([{k: s[method][k] - s["GLO + Gaussian"][k] for k in metrics} for s in per_seed])
 
 
-def _paired_line(paired: dict[str, tuple[float, float]], names: dict[str, tuple[str, str]]) -> str:
-    """The report's sentence for :func:`_paired`; ``names``: metric -> (its words, number format)."""
+# how the paired sentence names the rows it compares with GLO + Gaussian
+PAIRED_LABELS = {"GLANN": "GLANN", SPREAD: f"GLANN at spread {REPORT_SPREAD:g}"}
+
+
+def _paired_lines(res: dict, names: dict[str, tuple[str, str]]) -> list[str]:
+    """The report's sentences for a table's paired differences (``res["paired"]``, one per row of
+    :data:`PAIRED_LABELS`); ``names``: metric -> (its words, number format)."""
+    return [_paired_line(res["paired"][m], names, PAIRED_LABELS[m]) for m in PAIRED_LABELS]
+
+
+def _paired_line(
+    paired: dict[str, tuple[float, float]], names: dict[str, tuple[str, str]], label: str
+) -> str:
+    """One sentence of :func:`_paired_lines`."""
     parts = []
     for k, (words, fmt) in names.items():
         mean, sem = paired[k]
@@ -384,7 +409,7 @@ def _paired_line(paired: dict[str, tuple[float, float]], names: dict[str, tuple[
             + ("" if math.isnan(sem) else f" ± {fmt.format(sem)}")
         )
     return (
-        "GLANN minus GLO + Gaussian, paired by seed (mean ± standard error of the differences): "
+        f"{label} minus GLO + Gaussian, paired by seed (mean ± standard error of the differences): "
         + ", ".join(parts)
         + "."
     )
@@ -437,7 +462,8 @@ def run_stacked(
     rows.update(_over_seeds(per_seed))
     if long_per_seed:
         rows.update(_over_seeds(long_per_seed))
-    paired = _paired(per_seed, STACKED_PAIRED_WORDS)  # the main rows only: the longer-G rows have one seed
+    # the main rows only: the longer-G rows have one seed
+    paired = {m: _paired(per_seed, STACKED_PAIRED_WORDS, m) for m in PAIRED_LABELS}
     return {"rows": rows, "paired": paired, "png": png, "grid_rows": order, "n_test": len(xte)}
 
 
@@ -540,7 +566,8 @@ def run_images(
             order = _grid(samplers, train_x, b.grid_n, figdir / png)
     rows.update(_over_seeds(per_seed))
     return {
-        "rows": rows, "paired": _paired(per_seed, IMAGE_PAIRED_WORDS), "memorisation": _over_seeds(memo),
+        "rows": rows, "paired": {m: _paired(per_seed, IMAGE_PAIRED_WORDS, m) for m in PAIRED_LABELS},
+        "memorisation": _over_seeds(memo),
         "png": png, "neighbours_png": neighbours, "grid_rows": order, "n_train": len(train_x), "n_eval": n_eval,
         "inception_fid": fid, "inception_reason": fid_backend.reason,
     }  # fmt: skip
@@ -583,7 +610,10 @@ def write_report(path: Path, res: dict, b: Budget, argv: list[str], total_s: flo
         f"{glann_cfg.balance_draws:g}: each draw of T kept with its nearest code's acceptance, docs/training.md); "
         "'GLANN, plain T(e) sampling' is the same model sampled without the "
         "balancing, as the papers do (`sample(..., balanced=False)`, at the same noise scale; the ablation (d) "
-        "has the scale-1 row). "
+        "has the scale-1 row); "
+        f"'{SPREAD}' is the same model sampled with `sample_spread` {REPORT_SPREAD:g} (each sample's code moved by "
+        "isotropic noise of about that norm before decoding: the package's dial from fidelity towards mixing, "
+        "off by default; docs/training.md, 'Spreading the samples'). "
         "GLO + Gaussian is the GLANN run's GLO stage sampled with `GLANN.sample_gaussian`; IMLE (pixel) is "
         '`imle_space="pixel"` with the paper\'s options; VAE and DCGAN are `benchmarks/baselines/`.',
         "",
@@ -695,7 +725,7 @@ def write_report(path: Path, res: dict, b: Budget, argv: list[str], total_s: flo
                 f"| {name} | {_pm(r['modes'], '{:.0f}')} | {_pm(r['kl'])} | {_pm(r['kl_classes'])} | "
                 f"{_pm(r['kl_dependence'])} | {sec} |"
             )
-        L += ["", _paired_line(s["paired"], STACKED_PAIRED_WORDS)]
+        L += ["", *_paired_lines(s, STACKED_PAIRED_WORDS)]
         if digits:
             L += [
                 "",
@@ -745,7 +775,7 @@ def write_report(path: Path, res: dict, b: Budget, argv: list[str], total_s: flo
                 f"{_pm(m['recall'], '{:.3f}')} | {_pm(m['density'], '{:.3f}')} | {_pm(m['coverage'], '{:.3f}')} "
                 f"| {sec} |"
             )
-        L += ["", _paired_line(r["paired"], IMAGE_PAIRED_WORDS)]
+        L += ["", *_paired_lines(r, IMAGE_PAIRED_WORDS)]
         if r["inception_fid"]:
             L += [
                 "",

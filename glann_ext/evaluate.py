@@ -330,11 +330,9 @@ def evaluate_run(
     ``eval_neighbours.png`` into ``out`` (default: the run folder) and returns the ``eval.json`` content.
 
     ``n`` samples (>= 2) from ``sampler`` ("glann": the model's, balanced if so configured; "plain": ``T(e)``;
-    "gaussian": the GLO + Gaussian baseline) with ``seed`` (``T``'s noise at ``noise_scale``, the codes moved
-    by ``spread``: None, the run's);
-    up to ``n_test`` test images; the LeNet cached in ``cache_dir`` (default ``~/.cache/glann_ext/quality``)."""
-    t0 = time.perf_counter()
-    run = Path(run)
+    "gaussian": the GLO + Gaussian baseline) with ``seed`` (``noise_scale``, ``spread``: None, the run's); up
+    to ``n_test`` test images; the LeNet cached in ``cache_dir`` (default ``~/.cache/glann_ext/quality``)."""
+    t0, run = time.perf_counter(), Path(run)
     for name, value in (("n (-n)", n), ("n_test", n_test)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 2:
             raise UsageError(f"{name} must be an integer >= 2, got {value!r}")

@@ -165,7 +165,7 @@ def test_quality_smoke_report(tmp_path):
     # Inception FID is a number when local weights exist, and otherwise says why it is missing.
     assert ("Inception FID (first seed)" in text) != ("Inception FID: not available" in text)
     # every method row of every table: finite means (KL may be inf only on the 2-D mixtures with no HQ sample)
-    methods = ["GLANN", quality.PLAIN, "GLO + Gaussian", "IMLE (pixel)", "VAE", "DCGAN"]
+    methods = ["GLANN", quality.PLAIN, quality.SPREAD, "GLO + Gaussian", "IMLE (pixel)", "VAE", "DCGAN"]
     keys = ["stacked", "mnist"] + (["stacked_fashion", "fashion"] if "fashion" in parts else [])
     for key in keys:
         rows = res[key]["rows"]
@@ -195,11 +195,21 @@ def test_quality_smoke_report(tmp_path):
     # under each image and stacked table, GLANN minus GLO + Gaussian paired by seed: the mean of the per-seed
     # differences is the difference of the rows' means
     for key in keys:
-        rows, paired = res[key]["rows"], res[key]["paired"]
-        for metric, (diff, _) in paired.items():
-            want = rows["GLANN"][metric][0] - rows["GLO + Gaussian"][metric][0]
-            assert diff == pytest.approx(want, rel=1e-9, abs=1e-12), (key, metric)
+        rows = res[key]["rows"]
+        assert set(res[key]["paired"]) == {"GLANN", quality.SPREAD}
+        for method, paired in res[key]["paired"].items():
+            for metric, (diff, _) in paired.items():
+                want = rows[method][metric][0] - rows["GLO + Gaussian"][metric][0]
+                assert diff == pytest.approx(want, rel=1e-9, abs=1e-12), (key, method, metric)
     assert text.count("GLANN minus GLO + Gaussian, paired by seed") == len(keys)
+    assert text.count("GLANN at spread 0.75 minus GLO + Gaussian, paired by seed") == len(keys)
+    # the spread row samples the GLANN row's networks otherwise: same training time, other images (the smoke
+    # budget's stacked classifier puts every sample in one mode, so only the image tables tell them apart)
+    for key in keys:
+        glann, spread = res[key]["rows"]["GLANN"], res[key]["rows"][quality.SPREAD]
+        assert spread["seconds"][0] == glann["seconds"][0], key
+        if key in ("mnist", "fashion"):
+            assert spread["fd"][0] != glann["fd"][0], key
     # the real-stack reference of stacked MNIST covers many modes under the (weak, smoke) digit classifier
     assert res["stacked"]["rows"]["real stacks of test items (reference)"]["modes"][0] > 100
     for label in ("ring", "grid"):
