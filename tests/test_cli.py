@@ -146,45 +146,28 @@ def test_sample_writes_a_grid_only_when_asked(run_dir, tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.glob("*.png")] == ["samples.png"]
 
 
-def test_sample_at_another_noise_scale(run_dir, tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("flag", "value", "setter", "bad", "bad_needle"),
+    [
+        ("--noise-scale", 1.0, "set_noise_scale", "0", "(0, 10]"),
+        ("--spread", 0.5, "set_spread", "-1", "[0, 4]"),
+    ],
+)
+def test_sample_with_a_sampling_override(run_dir, tmp_path, capsys, flag, value, setter, bad, bad_needle):
     npy = str(tmp_path / "x.npy")
-    assert main(["sample", "--run", str(run_dir), "-n", "6", "--npy", npy, "--noise-scale", "1"]) == 0
+    assert main(["sample", "--run", str(run_dir), "-n", "6", "--npy", npy, flag, str(value)]) == 0
     model = load_model(run_dir)
-    model.set_noise_scale(1.0)
+    getattr(model, setter)(value)
     np.testing.assert_array_equal(np.load(npy), model.sample(6, seed=0).numpy())
-    assert not np.array_equal(np.load(npy), load_model(run_dir).sample(6, seed=0).numpy())
-    assert load_model(run_dir).noise_scale == 1.5  # the run itself (the default scale) is unchanged
-    for extra, needle in ((["--sampler", "gaussian"], "--sampler gaussian has no T"), ([], "(0, 10]")):
-        argv = ["sample", "--run", str(run_dir), "-n", "2", "--npy", npy, "--noise-scale", "0", *extra]
-        assert main(argv) == 2
-        assert needle in capsys.readouterr().err
-
-
-def test_sample_with_a_spread(run_dir, tmp_path, capsys):
-    npy = str(tmp_path / "x.npy")
-    assert main(["sample", "--run", str(run_dir), "-n", "6", "--npy", npy, "--spread", "0.5"]) == 0
-    model = load_model(run_dir)
-    model.set_spread(0.5)
-    np.testing.assert_array_equal(np.load(npy), model.sample(6, seed=0).numpy())
-    assert not np.array_equal(np.load(npy), load_model(run_dir).sample(6, seed=0).numpy())
-    assert load_model(run_dir).spread == 0.0  # the run itself is unchanged
-    cases = ((["--sampler", "gaussian"], "0.5", "--spread applies to T's samples"), ([], "-1", "[0, 4]"))
-    for extra, value, needle in cases:
-        argv = ["sample", "--run", str(run_dir), "-n", "2", "--npy", npy, "--spread", value, *extra]
+    saved = load_model(run_dir)
+    assert not np.array_equal(np.load(npy), saved.sample(6, seed=0).numpy())
+    assert (saved.noise_scale, saved.spread) == (1.5, 0.0)  # the run itself (its defaults) is unchanged
+    cases = ((["--sampler", "gaussian"], str(value), f"{flag} applies to T's samples"), ([], bad, bad_needle))
+    for extra, arg, needle in cases:
+        argv = ["sample", "--run", str(run_dir), "-n", "2", "--npy", npy, flag, arg, *extra]
         assert main(argv) == 2
         err = capsys.readouterr().err
-        assert needle in err and "Traceback" not in err
-
-
-def test_resuming_a_finished_run_with_a_spread_keeps_what_it_trained(run_dir, tmp_path):
-    out = tmp_path / "copy"
-    shutil.copytree(run_dir, out)
-    before = load_model(out)
-    assert main(["train", "--out", str(out), "--sample-spread", "0.3", "--no-progress"]) == 0
-    after = load_model(out)
-    assert before.spread == 0.0 and after.spread == 0.3
-    assert torch.equal(before.codes, after.codes) and torch.equal(before.code_accept, after.code_accept)
-    assert json.loads((out / "config.json").read_text())["sample_spread"] == 0.3
+        assert needle in err and "Traceback" not in err, (argv, err)
 
 
 def test_rerun_on_a_finished_run_resumes_without_training(run_dir, capsys):
@@ -222,16 +205,25 @@ def test_resume_keeps_the_saved_config_and_takes_the_flags_it_allows(tmp_path, d
     assert (out / "metrics.jsonl").read_text() == before
 
 
-def test_resuming_a_finished_run_with_another_noise_scale_recalibrates_its_sampler(run_dir, tmp_path):
+@pytest.mark.parametrize(
+    ("flag", "field", "attribute", "value", "recounts"),
+    [
+        ("--sample-noise-scale", "sample_noise_scale", "noise_scale", 1.0, True),  # counted on the new draws
+        ("--sample-spread", "sample_spread", "spread", 0.3, False),  # moves the samples after the thinning
+    ],
+)
+def test_resuming_a_finished_run_with_other_sampling_keeps_what_it_trained(
+    run_dir, tmp_path, flag, field, attribute, value, recounts
+):
     out = tmp_path / "copy"
     shutil.copytree(run_dir, out)
     before = load_model(out)
-    assert main(["train", "--out", str(out), "--sample-noise-scale", "1", "--no-progress"]) == 0
+    assert main(["train", "--out", str(out), flag, str(value), "--no-progress"]) == 0
     after = load_model(out)
-    assert before.noise_scale == 1.5 and after.noise_scale == 1.0
-    assert not torch.equal(before.code_accept, after.code_accept)  # counted on the new scale's draws
+    assert getattr(before, attribute) != value and getattr(after, attribute) == value
     assert torch.equal(before.codes, after.codes)  # nothing trained
-    assert json.loads((out / "config.json").read_text())["sample_noise_scale"] == 1.0
+    assert torch.equal(before.code_accept, after.code_accept) != recounts  # the balanced sampler's table
+    assert json.loads((out / "config.json").read_text())[field] == value
 
 
 def test_adam_betas_flags_reach_the_config(tmp_path, data_file):
