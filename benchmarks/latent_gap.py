@@ -12,8 +12,9 @@ code of each of T's samples (T's mass over the codes, without its distance to th
 midpoints of two codes drawn at random, GLO + Gaussian, the codes of held-out test images (other than
 those scored against) fitted with G fixed (``GLANN.invert``): what a second stage that generalises perfectly
 would hand G, and a kernel density estimate of the codes at three bandwidths (a code drawn uniformly plus
-isotropic Gaussian noise, then projected: the simplest sampler that stays as near the codes as it is told). Each set is scored like part (c) (FD, precision, recall, coverage in the LeNet's features
-against held-out test images) with the memorisation check's copy ratio (median distance of the images to
+isotropic Gaussian noise, then projected: the simplest sampler that stays as near the codes as it is told).
+Each set is scored like part (c) (FD, precision, recall, coverage in the LeNet's features against held-out
+test images) with the memorisation check's copy ratio (median distance of the images to
 their nearest training image over the same for test images) and its median distance to the nearest training
 code, and T's use of the codes is summarised (docs/training.md, "Where the gap to the ceiling is").
 """
