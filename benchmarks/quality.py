@@ -725,7 +725,8 @@ def write_report(path: Path, res: dict, b: Budget, argv: list[str], total_s: flo
                 f"| {name} | {_pm(r['modes'], '{:.0f}')} | {_pm(r['kl'])} | {_pm(r['kl_classes'])} | "
                 f"{_pm(r['kl_dependence'])} | {sec} |"
             )
-        L += ["", *_paired_lines(s, STACKED_PAIRED_WORDS)]
+        for line in _paired_lines(s, STACKED_PAIRED_WORDS):
+            L += ["", line]
         if digits:
             L += [
                 "",
@@ -775,7 +776,8 @@ def write_report(path: Path, res: dict, b: Budget, argv: list[str], total_s: flo
                 f"{_pm(m['recall'], '{:.3f}')} | {_pm(m['density'], '{:.3f}')} | {_pm(m['coverage'], '{:.3f}')} "
                 f"| {sec} |"
             )
-        L += ["", *_paired_lines(r, IMAGE_PAIRED_WORDS)]
+        for line in _paired_lines(r, IMAGE_PAIRED_WORDS):
+            L += ["", line]
         if r["inception_fid"]:
             L += [
                 "",

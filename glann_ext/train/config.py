@@ -148,8 +148,8 @@ class TrainConfig:
     many times the codes' standard deviation) and project it back onto the sphere before decoding. 0 (the
     default): ``T``'s samples as they are. More spread mixes more (a kernel smoothing of ``T``'s samples):
     recall and the stacked tables' mode counts rise, precision and FD worsen. At the quality report's budget
-    0.75 puts GLANN level with or ahead of GLO + Gaussian on every column of its four image and stacked tables
-    (stacked KL ahead on every seed, modes and Fashion-MNIST recall level) at 1.56x the default's FD; at the
+    0.75 puts GLANN ahead of GLO + Gaussian in FD, precision, coverage and stacked KL (on every seed) and level
+    in stacked modes and Fashion-MNIST recall, at 1.56x the default's FD; at the
     25-epoch recipe 0.25 costs 15% in FD for +0.008 recall
     (docs/training.md, "Spreading the samples"). Sampling only."""
     # execution
