@@ -149,9 +149,8 @@ class TrainConfig:
     default): ``T``'s samples as they are. More spread mixes more (a kernel smoothing of ``T``'s samples):
     recall and the stacked tables' mode counts rise, precision and FD worsen. At the quality report's budget
     0.75 puts GLANN ahead of GLO + Gaussian in FD, precision, coverage and stacked KL (on every seed) and level
-    in stacked modes and Fashion-MNIST recall, at 1.56x the default's FD; at the
-    25-epoch recipe 0.25 costs 15% in FD for +0.008 recall
-    (docs/training.md, "Spreading the samples"). Sampling only."""
+    in stacked modes and Fashion-MNIST recall, at 1.56x the default's FD; at the 25-epoch recipe 0.25 costs
+    15% in FD for +0.008 recall (docs/training.md, "Spreading the samples"). Sampling only."""
     # execution
     ops: str = "fused"  # "fused" kernels or "reference" PyTorch ops
     device: str = "cpu"
@@ -397,8 +396,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # quarter of the latent size: its samples sit nearer the codes; FD better on 3 of 3 seeds, recall level,
     # docs/training.md). On the development evaluator (docs/training.md, AMD EPYC, 2 threads): FD 41.6 against
     # 43.2 with 32-D noise and 46.7 for the previous 20 + 40 epochs at lr_g 1e-3, with 4/5 of its GLO work.
-    # Against the 20k-image, 25 + 50 epoch run, with under half of its GLO work: better FD and recall (41.6 / 0.26 against
-    # 44.8 / 0.24), lower precision and coverage (0.77 / 0.52 against 0.83 / 0.57). T steps on 64 codes
+    # Against the 20k-image, 25 + 50 epoch run, with under half of its GLO work: better FD and recall (41.6 /
+    # 0.26 against 44.8 / 0.24), lower precision and coverage (0.77 / 0.52 against 0.83 / 0.57). T steps on 64 codes
     # at a time (twice the steps of G's 128, 80 s of IMLE instead of 60): LeNet FD 6.5 against 7.9 over seeds
     # 0-2 (better on each), precision 0.82 against 0.80, coverage 0.82 against 0.80, recall 0.71 against 0.73;
     # 32 was no better here and slower (docs/training.md, "The IMLE stage's batch"). Sampled with T's noise
