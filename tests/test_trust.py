@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import random
 import shutil
 import subprocess
@@ -17,32 +16,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from glann_testing import Interrupt, child_kwargs, interrupt_at, tiny_config
+from glann_testing import Interrupt, Payload, child_kwargs, interrupt_at, plant_pickle, tiny_config
 
 from glann_ext._io import FolderLock
 from glann_ext.cli import main
 from glann_ext.errors import CheckpointError, RunFolderError
+from glann_ext.metrics.classifier import DomainClassifier, cache_path
 from glann_ext.models import read_model_file
 from glann_ext.train import checkpoint as ckpt
 from glann_ext.train import load_model, train
 
 TINY = ["--preset", "tiny", "--threads", "1", "--no-progress", "--glo-epochs", "1", "--imle-epochs", "1"]
-
-
-class Payload:
-    """Unpickling this creates the file ``marker``: the proof that loading ran code."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-def _plant(path: Path, marker: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        pickle.dump({"G": Payload(marker)}, f)
 
 
 @pytest.fixture(scope="module")
@@ -70,13 +54,14 @@ def _one_line_error(capsys, *argv: str) -> str:
 
 
 # -- 1. loading runs no code ---------------------------------------------------------------------------
+@pytest.mark.filterwarnings("error::UserWarning")  # torch's notice about a pickle's protocol is silenced too
 def test_planted_pickles_never_run(finished, tmp_path, capsys, blob_file):
     marker = tmp_path / "PWNED"
     run = _copy(finished, tmp_path)
     step = ckpt.checkpoint_dir(run) / ckpt.read_manifest(run)["step_dir"]
     for victim in (step / "main.pt", step / "shard-00000-of-00001.pt"):
         saved = victim.read_bytes()
-        _plant(victim, marker)
+        plant_pickle(victim, marker)
         (run / "model.safetensors").unlink(missing_ok=True)
         with pytest.raises(CheckpointError, match="not loaded, since loading such a file can run code"):
             load_model(run)
@@ -86,18 +71,58 @@ def test_planted_pickles_never_run(finished, tmp_path, capsys, blob_file):
         assert "can run code" in _one_line_error(capsys, "train", "--out", str(run), "--no-progress")
         assert "can run code" in _one_line_error(capsys, "reshard", "--run", str(run), "--world-size", "2")
         victim.write_bytes(saved)
-    _plant(run / "model.pt", marker)  # a 0.1 model file: named, never opened
+    plant_pickle(run / "model.pt", marker)  # a 0.1 model file: named, never opened
     (run / "model.safetensors").unlink(missing_ok=True)
     shutil.rmtree(run / "checkpoints")
     assert "glann upgrade" in _one_line_error(capsys, "sample", "--run", str(run))
     assert "--trust-pickle" in _one_line_error(capsys, "upgrade", "--run", str(run))
     weights = tmp_path / "vgg.pth"
-    _plant(weights, marker)
-    assert "not a loadable tensor file" in _one_line_error(
+    plant_pickle(weights, marker)
+    err = _one_line_error(
         capsys, "train", "--dataset", blob_file, "--out", str(tmp_path / "v"), *TINY,
         "--vgg-weights", str(weights), "--vgg-weight", "0.1",
     )  # fmt: skip
+    assert "not a loadable tensor file" in err and "can run code" in err and "weights_only" not in err
     assert not marker.exists()
+
+
+@pytest.mark.filterwarnings("error::UserWarning")
+def test_a_classifier_cache_that_is_not_ours_is_refused_and_never_run(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(40, 1, 14, 14, generator=g), torch.randint(3, (40,), generator=g)
+    cache = tmp_path / "lenet"
+    DomainClassifier.load_or_train("d", x, y, x, y, cache_dir=cache, num_classes=3, epochs=1)
+    path = cache_path(cache, "d", seed=0, epochs=1)
+    good = torch.load(path, weights_only=True)
+    marker = tmp_path / "PWNED"
+
+    def forged(**meta):
+        return {"meta": {**good["meta"], **meta}, "state_dict": good["state_dict"]}
+
+    cases = {
+        "never loaded": lambda: plant_pickle(path, marker),  # a bare pickle
+        "can run code": lambda: torch.save({"meta": Payload(marker)}, path),  # objects in an archive
+        "not a torch.save archive": lambda: path.write_bytes(b"not a file of ours"),
+        "no 'meta' and 'state_dict'": lambda: torch.save([good["state_dict"]], path),
+        "in_channels=True": lambda: torch.save(forged(in_channels=True), path),
+        # sizes the file's own tensors do not have: refused before any network of that size is built
+        "fc1.weight": lambda: torch.save(forged(image_size=[100_000, 100_000]), path),
+        "head.weight": lambda: torch.save(forged(num_classes=4), path),
+        "conv2.weight": lambda: torch.save(
+            {"meta": good["meta"], "state_dict": {k: v for k, v in good["state_dict"].items() if k != "conv2.weight"}},
+            path,
+        ),
+    }  # fmt: skip
+    for needle, write in cases.items():
+        write()
+        with pytest.raises(CheckpointError, match="not a cached classifier") as err:
+            DomainClassifier.load(path)
+        assert needle in str(err.value) and str(path) in str(err.value) and "delete it" in str(err.value)
+    assert not marker.exists()
+    torch.save(good, path)
+    assert DomainClassifier.load(path).test_accuracy == good["meta"]["test_accuracy"]
+    with pytest.raises(ValueError, match="expected 4"):  # a cache of another shape: a UsageError
+        DomainClassifier.load(path, expect={"num_classes": 4})
 
 
 # added since, with other defaults

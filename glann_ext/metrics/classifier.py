@@ -11,12 +11,15 @@ ReLU -> maxpool2 -> conv5x5(6->16) -> ReLU -> maxpool2 -> fc(->120) -> ReLU -> f
 
 The cache file is ``<cache_dir>/<dataset>__lenet-v<ARCH_VERSION>__seed<seed>__ep<epochs>.pt``, written
 atomically (temporary file in the same folder, then ``os.replace``) and read with
-``torch.load(weights_only=True)``.
+``torch.load(weights_only=True)``: a cache folder may hold files someone else put there, so a file that
+is not such a cache (a bare pickle, another structure, tensors of other shapes) is a
+:class:`~glann_ext.errors.CheckpointError` naming it, and no code in it runs.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import time
 from functools import partial
@@ -26,7 +29,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._io import atomic_write
+from .._io import atomic_write, is_torch_archive, load_tensors_only
+from ..errors import CheckpointError, UsageError
 from ._checks import as_images, check_positive_int
 
 ARCH_VERSION = 1
@@ -192,18 +196,70 @@ class DomainClassifier:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, expect: dict | None = None) -> DomainClassifier:
-        """Load a cached classifier; ``expect`` (meta fields) must match what the file records."""
-        blob = torch.load(Path(path), map_location="cpu", weights_only=True)
-        meta = blob["meta"]
+        """Load a cached classifier; ``expect`` (meta fields) must match what the file records
+        (:class:`~glann_ext.errors.UsageError`, a ``ValueError``, if not). A file that is not a cache this
+        module wrote raises :class:`~glann_ext.errors.CheckpointError`; nothing in it is run."""
+        meta, state = _read_cache(Path(path))
         for key, value in (expect or {}).items():
             if meta.get(key) != value:
-                raise ValueError(
+                raise UsageError(
                     f"cached classifier {path} has {key}={meta.get(key)!r}, expected {value!r}; "
                     "use another dataset name or delete the cache file"
                 )
-        model = LeNet(meta["in_channels"], meta["num_classes"], tuple(meta["image_size"]))
-        model.load_state_dict(blob["state_dict"])
+        try:
+            model = LeNet(meta["in_channels"], meta["num_classes"], tuple(meta["image_size"]))
+            model.load_state_dict(state)
+        except (RuntimeError, ValueError, TypeError) as exc:  # tensors of other shapes, or odd sizes
+            raise CheckpointError(_not_a_cache(path, str(exc).strip().splitlines()[-1])) from None
         return cls(model, float(meta["test_accuracy"]), meta)
+
+
+def _not_a_cache(path: str | os.PathLike, why: str) -> str:
+    return f"{path}: not a cached classifier ({why}); delete it and the classifier is trained again"
+
+
+# what a cache's meta holds and of which types (bool is an int to Python, so it is refused by name)
+_META_TYPES = {"in_channels": int, "num_classes": int, "image_size": list, "test_accuracy": float}
+
+
+def _read_cache(path: Path) -> tuple[dict, dict]:
+    """(meta, state_dict) of a cache file, checked for the structure :meth:`DomainClassifier.load_or_train`
+    writes; anything else is a :class:`CheckpointError`. Only tensors and plain values are unpickled."""
+    try:
+        if not is_torch_archive(path):
+            raise CheckpointError(
+                _not_a_cache(path, "not a torch.save archive; a bare pickle is never loaded")
+            )
+        blob = load_tensors_only(path)
+    except pickle.UnpicklingError:  # torch's message suggests weights_only=False: never, for such a file
+        why = "it holds objects other than tensors and plain values, and loading those can run code"
+        raise CheckpointError(_not_a_cache(path, why)) from None
+    except (RuntimeError, EOFError) as exc:  # a damaged archive
+        raise CheckpointError(_not_a_cache(path, str(exc).strip().splitlines()[0])) from None
+    meta = blob.get("meta") if isinstance(blob, dict) else None
+    state = blob.get("state_dict") if isinstance(blob, dict) else None
+    if not isinstance(meta, dict) or not isinstance(state, dict):
+        raise CheckpointError(_not_a_cache(path, "no 'meta' and 'state_dict' dicts"))
+    for key, kind in _META_TYPES.items():
+        value = meta.get(key)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise CheckpointError(_not_a_cache(path, f"meta {key}={value!r} is not a {kind.__name__}"))
+    # the sizes the meta names must be those of the file's own tensors, so that the LeNet built from them
+    # is no larger than the file (a forged meta cannot ask for a network of any size)
+    size = meta["image_size"]
+    if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 12 for v in size):
+        raise CheckpointError(_not_a_cache(path, f"meta image_size={size!r} is not two sizes >= 12"))
+    h2, w2 = ((v // 2 - 4) // 2 for v in size)
+    shapes = {
+        "conv1.weight": (6, meta["in_channels"], 5, 5),
+        "fc1.weight": (120, 16 * h2 * w2),
+        "head.weight": (meta["num_classes"], FEATURE_DIM),
+    }
+    for key, shape in shapes.items():
+        have = tuple(state[key].shape) if isinstance(state.get(key), torch.Tensor) else None
+        if have != shape:
+            raise CheckpointError(_not_a_cache(path, f"{key} is {have}, its meta says {shape}"))
+    return meta, state
 
 
 def _train(

@@ -26,7 +26,14 @@ from typing import Any
 
 import torch
 
-from glann_ext._io import FolderLock, atomic_write, ensure_dir, remove_stale_temps
+from glann_ext._io import (
+    FolderLock,
+    atomic_write,
+    ensure_dir,
+    is_torch_archive,
+    load_tensors_only,
+    remove_stale_temps,
+)
 from glann_ext.data import shard_bounds
 from glann_ext.errors import CheckpointError
 
@@ -55,10 +62,9 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool 
         "ours); it is not loaded, since loading such a file can run code"
     )
     try:
-        with open(path, "rb") as f:
-            if f.read(4) != b"PK\x03\x04":  # torch.save's zip archive; anything else is a bare pickle
-                raise CheckpointError(unsafe)
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        if not is_torch_archive(path):
+            raise CheckpointError(unsafe)
+        return load_tensors_only(path, map_location=map_location, mmap=mmap)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(unsafe) from exc
     except (OSError, RuntimeError, EOFError) as exc:
