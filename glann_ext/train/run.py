@@ -41,6 +41,7 @@ from .build import build_model
 from .config import CONFIG_FILE, SAMPLING_FIELDS, TrainConfig, load_run_config, saved_config
 from .loop import Hook, StageTrainer
 from .pipeline import Fit
+from .threads import intra_op_threads
 from .world import World, init_world, local_device
 
 MODEL_FILE = "model.safetensors"
@@ -168,9 +169,12 @@ class Run:
         return shard.images, shard.start, shard.total
 
     def _train(self, stage: str) -> GenerativeModel:
+        # cfg.threads holds for this run only: the caller's thread count is back when it returns or fails
+        with intra_op_threads(self.cfg.threads or None):
+            return self._train_with_threads(stage)
+
+    def _train_with_threads(self, stage: str) -> GenerativeModel:
         cfg = self.cfg
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
         self.world.check_same("the run configuration", dataclasses.asdict(cfg))
         # data and model first: what fails there leaves the folder exactly as it was (not even created)
         images, start, total = self._load_images()
