@@ -231,6 +231,15 @@ def test_a_glo_only_model_has_nothing_to_balance():
         model.sample_inputs(-1)
 
 
+def test_codes_and_a_mapping_must_fit_gs_input():
+    model = _model()  # G takes 8-D codes
+    for codes in (model.codes[:, :7], model.codes[0], model.codes.long()):
+        with pytest.raises(ValueError, match=r"codes must be floating \(N, 8\)"):
+            GLANN(model.G, codes, model.T, ops=OPS)
+    with pytest.raises(ValueError, match="T must map to G's input of 8, got outputs of 7"):
+        GLANN(model.G, model.codes, MLP(4, 7, hidden=16), ops=OPS)
+
+
 def test_a_model_without_codes_samples_plainly_and_refuses_balancing():
     from glann_ext.models import PixelIMLE
 

@@ -22,7 +22,7 @@ from glann_ext._io import FolderLock
 from glann_ext.cli import main
 from glann_ext.errors import CheckpointError, RunFolderError
 from glann_ext.metrics.classifier import DomainClassifier, cache_path
-from glann_ext.models import read_model_file
+from glann_ext.models import load_model_file, read_model_file
 from glann_ext.train import checkpoint as ckpt
 from glann_ext.train import load_model, train
 
@@ -362,6 +362,29 @@ def test_a_checkpoint_of_another_shape_is_a_one_line_error(finished, tmp_path, b
     save_file({k: v for k, v in tensors.items() if not k.startswith("T.")}, str(run / "model.safetensors"),
               metadata={"glann_ext": json.dumps(meta)})  # fmt: skip
     assert "does not describe a usable model" in _one_line_error(capsys, "sample", "--run", str(run))
+
+
+def test_a_forged_model_description_cannot_make_us_build_a_larger_network(finished, tmp_path, capsys):
+    """A model file's JSON description names G's and T's sizes; a forged one asking for a network the file's
+    tensors do not hold is refused before anything of that size is allocated (a width of 10^6 would be
+    terabytes), and codes of another width than G's input are refused too."""
+    from safetensors.torch import save_file
+
+    tensors, meta = read_model_file(finished / "model.safetensors")
+    path = tmp_path / "model.safetensors"
+    cases = {
+        "G.body.0.weight: the description asks for": ({}, {"generator": {**meta["generator"], "width": 10**6}}),
+        "T.net.0.weight: the description asks for": ({}, {"mapping": {**meta["mapping"], "hidden": 10**7}}),
+        "codes must be floating": ({"codes": tensors["codes"][:, :-1].contiguous()}, {}),
+    }  # fmt: skip
+    for needle, (changed, described) in cases.items():
+        save_file(
+            {**tensors, **changed}, str(path), metadata={"glann_ext": json.dumps({**meta, **described})}
+        )
+        with pytest.raises(CheckpointError, match="does not describe a usable model") as err:
+            load_model_file(path)
+        assert needle in str(err.value), str(err.value)
+        assert needle in _one_line_error(capsys, "sample", "--run", str(path))
 
 
 def test_a_reader_never_mixes_two_steps(finished, tmp_path, monkeypatch):

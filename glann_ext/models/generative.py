@@ -12,7 +12,8 @@ dict of tensors and a JSON-able description (kind, architecture, training config
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
@@ -24,6 +25,8 @@ from glann_ext.errors import UsageError
 from . import balance
 from .generator import DCGANGenerator
 from .mlp import MLP
+
+M = TypeVar("M", bound=nn.Module)
 
 EXPORT_FORMAT = 1
 # the widest sampling noise accepted (standard deviations; T trains on N(0, I))
@@ -213,6 +216,13 @@ class GLANN(GenerativeModel):
         code_accept: torch.Tensor | None = None,
     ):
         super().__init__(G, ops=ops, config=config)
+        if codes.dim() != 2 or not codes.dtype.is_floating_point or codes.shape[1] != G.latent_dim:
+            raise ValueError(
+                f"codes must be floating (N, {G.latent_dim}) like G's input, got {str(codes.dtype)[6:]} "
+                f"{tuple(codes.shape)}"
+            )
+        if T is not None and T.out_dim != G.latent_dim:
+            raise ValueError(f"T must map to G's input of {G.latent_dim}, got outputs of {T.out_dim}")
         self.T = T
         self.register_buffer("codes", codes)
         if code_accept is not None:
@@ -438,8 +448,7 @@ class GLANN(GenerativeModel):
         G = _exported_generator(tensors, meta)
         T = None
         if meta.get("mapping") is not None:
-            T = MLP(**meta["mapping"])
-            T.load_state_dict(_unprefixed("T", tensors))
+            T = _built_to_fit(lambda: MLP(**meta["mapping"]), _unprefixed("T", tensors), "T")
         return cls(
             G, tensors["codes"], T, ops=ops, config=meta.get("config"), code_accept=tensors.get("code_accept")
         ).to(device).eval()  # fmt: skip
@@ -486,9 +495,25 @@ class PixelIMLE(GenerativeModel):
 
 def _exported_generator(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> DCGANGenerator:
     """G rebuilt from an export's hyper-parameters and its "G."-prefixed tensors."""
-    G = DCGANGenerator(**meta["generator"])
-    G.load_state_dict(_unprefixed("G", tensors))
-    return G
+    return _built_to_fit(lambda: DCGANGenerator(**meta["generator"]), _unprefixed("G", tensors), "G")
+
+
+def _built_to_fit(make: Callable[[], M], state: dict[str, torch.Tensor], name: str) -> M:
+    """``make()`` with ``state`` loaded, built for real only once a build on the meta device (no memory) has
+    exactly ``state``'s names and shapes: a model file's description is untrusted, and a forged one must not
+    make us allocate a network larger than the file itself (``ValueError`` naming the first difference)."""
+    with torch.device("meta"):
+        wanted = {k: tuple(v.shape) for k, v in make().state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if wanted != found:
+        key = min(wanted.keys() ^ found.keys() or {k for k in wanted if wanted[k] != found[k]})
+        raise ValueError(
+            f"{name}.{key}: the description asks for {wanted.get(key, 'no such tensor')}, the file holds "
+            f"{found.get(key, 'none')}"
+        )
+    module = make()
+    module.load_state_dict(state)
+    return module
 
 
 MODEL_KINDS: dict[str, type[GenerativeModel]] = {GLANN.kind: GLANN, PixelIMLE.kind: PixelIMLE}

@@ -155,7 +155,7 @@ class TrainConfig:
     ops: str = "fused"  # "fused" kernels or "reference" PyTorch ops
     device: str = "cpu"
     amp: bool = True  # bfloat16 autocast for the generator on CUDA; ignored on CPU
-    threads: int | None = None
+    threads: int | None = None  # torch's intra-op threads while fit() / train() runs (None: as they are)
     seed: int = 0
     ckpt_every: int = 200  # steps between mid-epoch checkpoints (0: only at epoch ends)
     sample_every: int = 1  # epochs between PNG grids

@@ -27,6 +27,7 @@ from .config import TrainConfig
 from .glo import GLOTrainer
 from .imle import IMLETrainer
 from .loop import Hook, run_epochs
+from .threads import intra_op_threads
 from .whitening import code_whitening
 from .world import World
 
@@ -172,8 +173,10 @@ def fit(
     stage: str = "all",
 ) -> GLANN | PixelIMLE:
     """Train the model of ``cfg`` on ``images`` (n, C, H, W) in [0, 1], in memory: GLANN, or pixel IMLE when
-    ``cfg.imle_space == "pixel"``. ``hooks`` receive the loop's events (see :class:`~.loop.Hook`)."""
-    return Fit(images, cfg, ops=ops, world=world, device=device).run(stage, hooks)
+    ``cfg.imle_space == "pixel"``. ``hooks`` receive the loop's events (see :class:`~.loop.Hook`).
+    ``cfg.threads`` (None: unchanged) holds for this call only, as in a run folder's :func:`~.run.train`."""
+    with intra_op_threads(cfg.threads or None):
+        return Fit(images, cfg, ops=ops, world=world, device=device).run(stage, hooks)
 
 
 def fit_imle(
