@@ -313,6 +313,26 @@ def test_resume_after_interruptions_is_bit_identical(tmp_path, blob_file, option
     )
 
 
+@pytest.mark.parametrize("whiten", [True, False])
+def test_a_run_without_its_model_file_samples_from_its_checkpoint(tmp_path, blob_file, whiten):
+    """An IMLE stage interrupted before the model file is written still samples: the model rebuilt from the
+    checkpoint is the one the finished stage would have saved at that step (with whitened IMLE the
+    checkpoint holds T.net, and T's output map is the codes' inverse whitening, recomputed)."""
+    # a constant IMLE rate: with the cosine schedule the first epoch's steps depend on the epochs to come
+    cfg = tiny_config(
+        dataset=blob_file, glo_epochs=1, imle_epochs=2, imle_whiten=whiten, imle_lr_schedule="constant"
+    )
+    straight = train(dataclasses.replace(cfg, imle_epochs=1), tmp_path / "straight", progress=False,
+                     log=lambda s: None)  # fmt: skip
+    with pytest.raises(Interrupt):  # 3 steps an epoch: a checkpoint at the first IMLE epoch's end
+        train(cfg, tmp_path / "broken", progress=False, on_step=interrupt_at("imle", 4), log=lambda s: None)
+    assert not (tmp_path / "broken" / "model.safetensors").exists()
+    partial = load_model(tmp_path / "broken")
+    partial.calibrate_sampler()  # what the finished run computed when it wrote its model file
+    assert isinstance(partial.T, MLP) and tensors_equal(partial.export()[0], straight.export()[0])
+    assert torch.equal(partial.sample(6, seed=2), straight.sample(6, seed=2))
+
+
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
     ckpt.save_atomic({"step": 1, "w": torch.ones(3)}, path)

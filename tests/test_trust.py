@@ -385,6 +385,15 @@ def test_a_forged_model_description_cannot_make_us_build_a_larger_network(finish
             load_model_file(path)
         assert needle in str(err.value), str(err.value)
         assert needle in _one_line_error(capsys, "sample", "--run", str(path))
+    # a run folder without its model file: the networks are built to the checkpoint's tensors instead
+    run = _copy(finished, tmp_path)
+    (run / "model.safetensors").unlink()
+    main_pt = ckpt.checkpoint_dir(run) / ckpt.read_manifest(run)["step_dir"] / "main.pt"
+    main = ckpt.load(main_pt)
+    for field, needle in (("gen_width", "G.body.0.weight"), ("mapping_hidden", "T.net.0.weight")):
+        ckpt.save_atomic({**main, "config": {**main["config"], field: 10**6}}, main_pt)
+        err = _one_line_error(capsys, "sample", "--run", str(run))
+        assert "the checkpoint does not describe a usable model" in err and needle in err, err
 
 
 def test_a_reader_never_mixes_two_steps(finished, tmp_path, monkeypatch):

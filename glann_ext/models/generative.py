@@ -448,7 +448,7 @@ class GLANN(GenerativeModel):
         G = _exported_generator(tensors, meta)
         T = None
         if meta.get("mapping") is not None:
-            T = _built_to_fit(lambda: MLP(**meta["mapping"]), _unprefixed("T", tensors), "T")
+            T = built_to_fit(lambda: MLP(**meta["mapping"]), _unprefixed("T", tensors), "T")
         return cls(
             G, tensors["codes"], T, ops=ops, config=meta.get("config"), code_accept=tensors.get("code_accept")
         ).to(device).eval()  # fmt: skip
@@ -495,10 +495,10 @@ class PixelIMLE(GenerativeModel):
 
 def _exported_generator(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> DCGANGenerator:
     """G rebuilt from an export's hyper-parameters and its "G."-prefixed tensors."""
-    return _built_to_fit(lambda: DCGANGenerator(**meta["generator"]), _unprefixed("G", tensors), "G")
+    return built_to_fit(lambda: DCGANGenerator(**meta["generator"]), _unprefixed("G", tensors), "G")
 
 
-def _built_to_fit(make: Callable[[], M], state: dict[str, torch.Tensor], name: str) -> M:
+def built_to_fit(make: Callable[[], M], state: dict[str, torch.Tensor], name: str) -> M:
     """``make()`` with ``state`` loaded, built for real only once a build on the meta device (no memory) has
     exactly ``state``'s names and shapes: a model file's description is untrusted, and a forged one must not
     make us allocate a network larger than the file itself (``ValueError`` naming the first difference)."""

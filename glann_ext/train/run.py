@@ -34,14 +34,24 @@ from glann_ext.backend import get_ops
 from glann_ext.data import load_image_shard
 from glann_ext.errors import CheckpointError, ConfigError, RunFolderError
 from glann_ext.images import save_grid
-from glann_ext.models import GLANN, GenerativeModel, fit_gaussian, load_model_file, save_model, start_size
+from glann_ext.models import (
+    GLANN,
+    GenerativeModel,
+    PixelIMLE,
+    fit_gaussian,
+    load_model_file,
+    save_model,
+    start_size,
+)
+from glann_ext.models.generative import built_to_fit
 
 from . import checkpoint as ckpt
-from .build import build_model
+from .build import build_generator, build_mapping
 from .config import CONFIG_FILE, SAMPLING_FIELDS, TrainConfig, load_run_config, saved_config
 from .loop import Hook, StageTrainer
 from .pipeline import Fit
 from .threads import intra_op_threads
+from .whitening import code_whitening
 from .world import World, init_world, local_device
 
 MODEL_FILE = "model.safetensors"
@@ -440,23 +450,37 @@ def load_model(path: str | Path, ops: str | None = None, device: str = "cpu") ->
     return load_model_file(path, ops=ops, device=device)
 
 
+def _mapping_state(cfg: TrainConfig, imle: dict[str, Any], codes: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``T``'s state as the IMLE stage left it. With ``imle_whiten`` the stage steps ``T.net`` on whitened
+    codes, so the checkpoint holds ``T.net``'s tensors, and ``T``'s output map is the codes' inverse
+    whitening, recomputed here as the pipeline computes it when the stage starts."""
+    if not cfg.imle_whiten:
+        return imle["generator"]
+    w = code_whitening(codes)
+    net = {f"net.{k}": v for k, v in imle["generator"].items()}
+    return {**net, "out_matrix": w.inverse.float(), "out_shift": w.mean.float()}
+
+
 def model_from_checkpoint(run: str | Path, ops: str | None = None, device: str = "cpu") -> GenerativeModel:
-    """The model as of the latest checkpoint of ``run`` (codes gathered from every shard)."""
+    """The model as of the latest checkpoint of ``run`` (codes gathered from every shard). The networks are
+    built to the checkpoint's own tensors (:func:`~glann_ext.models.generative.built_to_fit`): a config
+    that names other sizes is refused before anything of its size is allocated."""
     _, main, rows = ckpt.read_step(run, names=["glo.codes"])
     cfg = saved_config(main["config"])
-    model = build_model(cfg, tuple(main["image_shape"]), ops=get_ops(ops or cfg.ops))
     glo, imle = main["glo"], main["imle"]
-    if cfg.imle_space == "pixel":
-        if imle is None:
-            raise CheckpointError(f"{run}: checkpoint holds no IMLE state yet")
-        model.G.load_state_dict(imle["generator"])
-        return model.to(device).eval()
-    if glo is None:
-        raise CheckpointError(f"{run}: checkpoint holds no GLO stage yet")
-    model.G.load_state_dict(glo["G"])
-    codes = rows["glo.codes"]
-    T = None
-    if imle is not None and imle["global_step"] > 0:
-        T = model.T
-        T.load_state_dict(imle["generator"])
-    return GLANN(model.G, codes, T, ops=model.ops, config=model.config).to(device).eval()
+    pixel = cfg.imle_space == "pixel"
+    if (imle if pixel else glo) is None:
+        raise CheckpointError(f"{run}: checkpoint holds no {'IMLE' if pixel else 'GLO'} stage yet")
+    g_state = imle["generator"] if pixel else glo["G"]  # pixel IMLE's generator is G itself
+    image_shape = tuple(main["image_shape"])
+    kwargs = {"ops": get_ops(ops or cfg.ops), "config": cfg.to_dict()}
+    try:
+        G = built_to_fit(lambda: build_generator(cfg, image_shape), g_state, "G")
+        if pixel:
+            return PixelIMLE(G, **kwargs).to(device).eval()
+        T = None
+        if imle is not None and imle["global_step"] > 0:
+            T = built_to_fit(lambda: build_mapping(cfg), _mapping_state(cfg, imle, rows["glo.codes"]), "T")
+        return GLANN(G, rows["glo.codes"], T, **kwargs).to(device).eval()
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise CheckpointError(f"{run}: the checkpoint does not describe a usable model ({exc})") from None
