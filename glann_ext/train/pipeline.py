@@ -88,7 +88,7 @@ class Fit:
             targets, mapping = self.glo.codes, self.T
             if self.cfg.imle_whiten:
                 w = code_whitening(targets, self.world, self.total)
-                self.T.set_output_affine(w.inverse.float(), w.mean.float())
+                self.T.set_output_affine(*w.output_map())
                 self.T.to(self.device)  # the map's buffers too: the trainer moves only what it trains
                 targets, mapping = w.whiten(targets), self.T.net
             self.imle = IMLETrainer(

@@ -456,9 +456,9 @@ def _mapping_state(cfg: TrainConfig, imle: dict[str, Any], codes: torch.Tensor) 
     whitening, recomputed here as the pipeline computes it when the stage starts."""
     if not cfg.imle_whiten:
         return imle["generator"]
-    w = code_whitening(codes)
+    matrix, shift = code_whitening(codes).output_map()
     net = {f"net.{k}": v for k, v in imle["generator"].items()}
-    return {**net, "out_matrix": w.inverse.float(), "out_shift": w.mean.float()}
+    return {**net, "out_matrix": matrix, "out_shift": shift}
 
 
 def model_from_checkpoint(run: str | Path, ops: str | None = None, device: str = "cpu") -> GenerativeModel:

@@ -32,6 +32,11 @@ class Whitening:
     forward: torch.Tensor  # (D, D), symmetric
     inverse: torch.Tensor  # (D, D), symmetric, forward @ inverse = I
 
+    def output_map(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(matrix, shift)`` of the affine layer that takes ``T``'s whitened outputs back to codes
+        (:meth:`~glann_ext.models.mlp.MLP.set_output_affine`), in ``T``'s float32."""
+        return self.inverse.float(), self.mean.float()
+
     def whiten(self, codes: torch.Tensor) -> torch.Tensor:
         """``codes`` (N, D) in whitened coordinates, in ``codes``' dtype and device."""
         mean, forward = self.mean.to(codes.device), self.forward.to(codes.device)
