@@ -6,14 +6,15 @@
 * :func:`ensure_dir`: a real folder (a link in its place is replaced).
 * :func:`remove_stale_temps`: the temp files that killed atomic writes left behind.
 * :class:`FolderLock`: one writer per folder (``fcntl.flock``, released by the OS when the process dies).
-* :func:`is_torch_archive`, :func:`load_tensors_only`: reading a tensor file someone handed us without running
-  code from it.
+* :func:`load_tensors_only`: reading a tensor file someone handed us without running code from it
+  (:class:`UnsafeTensorFile` says why a file is refused).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import pickle
 import tempfile
 import warnings
 from pathlib import Path
@@ -153,19 +154,37 @@ class FolderLock:
         self.release()
 
 
-def is_torch_archive(path: str | Path) -> bool:
+class UnsafeTensorFile(Exception):
+    """A file :func:`load_tensors_only` does not load; its text says why, as one phrase for the caller's
+    own error."""
+
+
+BARE_PICKLE = "not a torch.save archive; a bare pickle is never loaded"
+HOLDS_OBJECTS = "it holds objects other than tensors and plain values, and loading those can run code"
+
+
+def _is_torch_archive(path: str | Path) -> bool:
     """Whether ``path`` starts like the zip archive ``torch.save`` writes (a bare pickle does not: a legacy
     torch file, or a file that is not ours). Raises ``OSError`` if it cannot be read."""
     with open(path, "rb") as f:
         return f.read(len(TORCH_ARCHIVE_MAGIC)) == TORCH_ARCHIVE_MAGIC
 
 
-def load_tensors_only(path: str | Path, *, map_location: Any = "cpu", mmap: bool = False) -> Any:
+def load_tensors_only(
+    path: str | Path, *, map_location: Any = "cpu", mmap: bool = False, archive_only: bool = True
+) -> Any:
     """``torch.load(path, weights_only=True)``: tensors and plain values only, so no code in the file runs.
 
-    torch warns about the pickle protocol of a bare pickle before it refuses or reads it, and asks the user
-    to file an issue with torch; callers turn a refusal into their own one-line error, so that notice is
-    silenced here. Every error of ``torch.load`` propagates."""
+    :class:`UnsafeTensorFile` for a file holding other objects, and for a bare pickle unless
+    ``archive_only`` is False (a legacy torch file of tensors, such as torchvision's older weights). torch's
+    own message for such a file suggests ``weights_only=False``, and its notice about a bare pickle's
+    protocol asks the user to file an issue with torch: neither reaches the user. Every other error of
+    ``torch.load`` (``OSError``, ``RuntimeError``, ``EOFError`` for a damaged file) propagates."""
+    if archive_only and not _is_torch_archive(path):
+        raise UnsafeTensorFile(BARE_PICKLE)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        except pickle.UnpicklingError:
+            raise UnsafeTensorFile(HOLDS_OBJECTS) from None

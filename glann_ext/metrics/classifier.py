@@ -19,7 +19,6 @@ is not such a cache (a bare pickle, another structure, tensors of other shapes) 
 from __future__ import annotations
 
 import os
-import pickle
 import re
 import time
 from functools import partial
@@ -29,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._io import atomic_write, is_torch_archive, load_tensors_only
+from .._io import UnsafeTensorFile, atomic_write, load_tensors_only
 from ..errors import CheckpointError, UsageError
 from ._checks import as_images, check_positive_int
 
@@ -226,14 +225,9 @@ def _read_cache(path: Path) -> tuple[dict, dict]:
     """(meta, state_dict) of a cache file, checked for the structure :meth:`DomainClassifier.load_or_train`
     writes; anything else is a :class:`CheckpointError`. Only tensors and plain values are unpickled."""
     try:
-        if not is_torch_archive(path):
-            raise CheckpointError(
-                _not_a_cache(path, "not a torch.save archive; a bare pickle is never loaded")
-            )
         blob = load_tensors_only(path)
-    except pickle.UnpicklingError:  # torch's message suggests weights_only=False: never, for such a file
-        why = "it holds objects other than tensors and plain values, and loading those can run code"
-        raise CheckpointError(_not_a_cache(path, why)) from None
+    except UnsafeTensorFile as exc:
+        raise CheckpointError(_not_a_cache(path, str(exc))) from None
     except (RuntimeError, EOFError) as exc:  # a damaged archive
         raise CheckpointError(_not_a_cache(path, str(exc).strip().splitlines()[0])) from None
     meta = blob.get("meta") if isinstance(blob, dict) else None

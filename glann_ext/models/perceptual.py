@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glann_ext._io import load_tensors_only
+from glann_ext._io import UnsafeTensorFile, load_tensors_only
 from glann_ext.errors import ConfigError
 
 # torchvision's VGG16 ``features`` up to relu3_3: conv channel counts, "M" for max-pooling.
@@ -50,10 +49,9 @@ class VGGPerceptualLoss(nn.Module):
     def _load(self, path: Path) -> None:
         """The ``features.N.*`` tensors of a state_dict file, read with ``weights_only=True`` (no code runs)."""
         try:
-            state = load_tensors_only(path)  # a legacy (non-zip) torchvision file too, if it holds tensors
-        except pickle.UnpicklingError:  # torch's message suggests weights_only=False: never, for such a file
-            why = "it holds objects other than tensors and plain values, and loading those can run code"
-            raise ConfigError(f"{path}: not a loadable tensor file ({why})") from None
+            state = load_tensors_only(path, archive_only=False)  # torchvision's legacy files hold tensors
+        except UnsafeTensorFile as exc:
+            raise ConfigError(f"{path}: not a loadable tensor file ({exc})") from None
         except (RuntimeError, EOFError) as exc:
             raise ConfigError(f"{path}: not a loadable tensor file ({str(exc).splitlines()[0]})") from None
         if not isinstance(state, dict):

@@ -18,7 +18,6 @@ memory-mapped, so no process needs the whole table.
 from __future__ import annotations
 
 import json
-import pickle
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -28,9 +27,9 @@ import torch
 
 from glann_ext._io import (
     FolderLock,
+    UnsafeTensorFile,
     atomic_write,
     ensure_dir,
-    is_torch_archive,
     load_tensors_only,
     remove_stale_temps,
 )
@@ -62,10 +61,8 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool 
         "ours); it is not loaded, since loading such a file can run code"
     )
     try:
-        if not is_torch_archive(path):
-            raise CheckpointError(unsafe)
         return load_tensors_only(path, map_location=map_location, mmap=mmap)
-    except pickle.UnpicklingError as exc:
+    except UnsafeTensorFile as exc:
         raise CheckpointError(unsafe) from exc
     except (OSError, RuntimeError, EOFError) as exc:
         raise CheckpointError(f"{path}: cannot load checkpoint ({exc})") from exc
