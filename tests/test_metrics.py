@@ -657,3 +657,39 @@ def test_code_measures_bad_inputs_name_the_argument(measure):
         measure(torch.full((2, 4), math.inf), codes)
     with pytest.raises(TypeError, match=r"samples must be a torch\.Tensor"):
         measure([[0.0] * 4], codes)
+
+
+def _brute_coverage(x: np.ndarray, y: np.ndarray, k: int = 5) -> float:
+    def cd(a, b):
+        return np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
+
+    radii = np.sort(cd(x, x), 1)[:, k]
+    return float((cd(x, y).min(1) < radii).mean())
+
+
+@pytest.mark.parametrize(("offset", "spread"), [(1000.0, 1e-3), (100.0, 1e-2), (0.0, 1.0)])
+def test_coverage_matches_float64_brute_force_on_offset_small_spread_sets(offset, spread):
+    # the nearest-fake search ran in float32 while the radii were float64: 0.117 instead of 0.983
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 3)) * spread + offset
+    y = rng.normal(size=(60, 3)) * spread + offset
+    assert density_coverage(x, y)[1] == _brute_coverage(x, y)
+    assert prdc(torch.from_numpy(x), torch.from_numpy(y)).coverage == _brute_coverage(x, y)
+
+
+def test_code_usage_and_mode_coverage_search_in_float64():
+    z = torch.tensor([[1000.0001, 0.0]], dtype=torch.float64)
+    codes = torch.tensor([[1000.0, 0.0], [1000.0002, 0.0]], dtype=torch.float64)
+    assert code_usage(z, codes).sample_code_median == pytest.approx(1e-4, rel=1e-6)
+    pts = torch.tensor([[0.3, 0.0], [0.29, 0.0], [10.0, 0.31]], dtype=torch.float64)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0]], dtype=torch.float64)
+    # 0.3 ** 2 <= (3 * 0.1) ** 2 in float64: both points near the first centre are high quality
+    assert mode_coverage(pts, centres, 0.1).mode_counts.tolist() == [2, 0]
+
+
+def test_nearest_train_keeps_float64_and_accepts_no_samples():
+    train = torch.tensor([[1000.0], [1000.0002]], dtype=torch.float64).reshape(2, 1, 1, 1)
+    idx, dist = nearest_train(torch.tensor([1000.00015], dtype=torch.float64).reshape(1, 1, 1, 1), train)
+    assert idx.tolist() == [1] and float(dist[0]) == pytest.approx(5e-5, rel=1e-6)
+    idx, dist = nearest_train(torch.zeros(0, 1, 2, 2), torch.zeros(3, 1, 2, 2))
+    assert idx.shape == (0,) and dist.shape == (0,)

@@ -101,11 +101,10 @@ def code_usage(
     :func:`moment_ratios`.
     """
     z64 = as_float_matrix("samples", samples)
-    z = z64.float()
-    c64 = as_float_matrix("codes", codes, columns=z.shape[1], min_rows=2)
-    n, big_n = z.shape[0], c64.shape[0]
+    c64 = as_float_matrix("codes", codes, columns=z64.shape[1], min_rows=2)
+    n, big_n = z64.shape[0], c64.shape[0]
     g = torch.Generator().manual_seed(seed)
-    idx, sq = nn_argmin(z.contiguous(), c64.float().contiguous(), return_distances=True)
+    idx, sq = nn_argmin(z64.contiguous(), c64.contiguous(), return_distances=True)  # float64
     counts = torch.bincount(idx, minlength=big_n)
     even = torch.bincount(torch.randint(big_n, (n,), generator=g), minlength=big_n)
     queries = (

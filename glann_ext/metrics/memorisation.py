@@ -43,7 +43,9 @@ def _flat(name: str, x: object) -> torch.Tensor:
         raise ValueError(f"{name} must be (N, ...) with at least 2 dims, got shape {tuple(x.shape)}")
     if not x.dtype.is_floating_point:
         raise TypeError(f"{name} must be a floating tensor, got dtype {str(x.dtype).replace('torch.', '')}")
-    return x.detach().cpu().reshape(x.shape[0], -1).float()
+    # searched in the inputs' precision: float64 stays float64 (half and bfloat16 become float32)
+    x = x.detach().cpu().flatten(1)
+    return x if x.dtype == torch.float64 else x.float()
 
 
 def nearest_train(samples: torch.Tensor, train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,6 +62,10 @@ def nearest_train(samples: torch.Tensor, train: torch.Tensor) -> tuple[torch.Ten
         )
     if k.shape[0] == 0:
         raise ValueError("train must not be empty")
+    if q.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.float64)
+    dtype = torch.promote_types(q.dtype, k.dtype)
+    q, k = q.to(dtype), k.to(dtype)
     index, sq = nn_argmin(q.contiguous(), k.contiguous(), return_distances=True)
     return index, sq.double().sqrt()
 

@@ -89,7 +89,7 @@ def mode_coverage(
     if not (num_std > 0):
         raise ValueError(f"num_std must be positive, got {num_std!r}")
     min_count = check_positive_int("min_count", min_count)
-    index, sq_dist = nn_argmin(x.float(), c.float(), return_distances=True)
+    index, sq_dist = nn_argmin(x.contiguous(), c.contiguous(), return_distances=True)  # float64
     hq = sq_dist.double() <= (num_std * std) ** 2
     counts = torch.bincount(index[hq], minlength=c.shape[0])
     return ModeCoverage(

@@ -35,7 +35,9 @@ class PRDC:
 def _pair(real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     r = as_float_matrix("real", real)
     f = as_float_matrix("fake", fake, columns=r.shape[1])
-    return r, f
+    # distances do not change under a shift; centring keeps float64 exact for offset point sets
+    centre = r.mean(0)
+    return r - centre, f - centre
 
 
 def precision_recall(
@@ -60,7 +62,7 @@ def density_coverage(
     real_radii = knn_radii(r, k, tile_bytes=tile_bytes)
     inside = ball_membership_counts(f, r, real_radii, strict=True, tile_bytes=tile_bytes)
     density = float(inside.double().sum()) / (k * f.shape[0])
-    _, sq = nn_argmin(r.float(), f.float(), return_distances=True)
+    _, sq = nn_argmin(r.contiguous(), f.contiguous(), return_distances=True)  # float64
     coverage = sq.double().sqrt() < real_radii
     return density, float(coverage.double().mean())
 
