@@ -4,7 +4,8 @@
   the new one, and a link at the target is replaced, never followed.
 * :func:`append_line`: appends without following a link (a planted one is replaced by a plain file).
 * :func:`ensure_dir`: a real folder (a link in its place is replaced).
-* :func:`remove_stale_temps`: the temp files that killed atomic writes left behind.
+* :func:`remove_stale_temps`: the temp files that killed atomic writes left behind (our names only, in the
+  folders a run writes).
 * :class:`FolderLock`: one writer per folder (``fcntl.flock``, released by the OS when the process dies).
 * :func:`load_tensors_only`: reading a tensor file someone handed us without running code from it
   (:class:`UnsafeTensorFile` says why a file is refused).
@@ -15,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -25,6 +27,10 @@ import torch
 from .errors import RunFolderError
 
 TEMP_SUFFIX = ".tmp"
+# atomic_write's temp names: mkstemp's "<name>.<8 random characters>.tmp"; nothing else is ever removed
+TEMP_NAME = re.compile(r".+\.[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX))
+# the folders of a run folder that atomic_write writes into ("." is the run folder itself)
+RUN_WRITE_FOLDERS = (".", "checkpoints", "checkpoints/step-*", "images")
 LOCK_FILE = ".lock"
 TORCH_ARCHIVE_MAGIC = b"PK\x03\x04"  # torch.save's zip archive; anything else is a bare pickle
 
@@ -86,18 +92,25 @@ def ensure_dir(path: str | Path) -> Path:
     return path
 
 
-def remove_stale_temps(folder: str | Path, recursive: bool = True) -> list[Path]:
-    """Delete the ``*.tmp`` files that interrupted :func:`atomic_write` calls left in ``folder`` (call it only
-    while holding the folder's lock: another writer's temp file is not stale). Returns what was removed."""
+def remove_stale_temps(folder: str | Path, subfolders: tuple[str, ...] = RUN_WRITE_FOLDERS) -> list[Path]:
+    """Delete the temp files that interrupted :func:`atomic_write` calls left in ``folder``'s ``subfolders``
+    (glob patterns; by default the folders a run writes). Only :func:`atomic_write`'s own temp names
+    (``<name>.<8 random characters>.tmp``) are removed, never recursively and never through a link: other
+    files, and other folders, are the user's. Call it only while holding the folder's lock (another writer's
+    temp file is not stale). Returns what was removed."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    found = folder.rglob(f"*{TEMP_SUFFIX}") if recursive else folder.glob(f"*{TEMP_SUFFIX}")
     removed = []
-    for p in found:
-        if p.is_file() and not p.is_symlink():
-            p.unlink(missing_ok=True)
-            removed.append(p)
+    for pattern in subfolders:
+        places = [folder] if pattern == "." else folder.glob(pattern)
+        for place in places:
+            if place != folder and (place.is_symlink() or not place.is_dir()):
+                continue
+            for p in place.iterdir():
+                if TEMP_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink():
+                    p.unlink(missing_ok=True)
+                    removed.append(p)
     return removed
 
 

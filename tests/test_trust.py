@@ -285,7 +285,7 @@ def test_kill_and_resume_keeps_every_metrics_row_and_leaves_no_temp(tmp_path, bl
             time.sleep(0.01)
         proc.kill()
         proc.wait()
-    (killed / "checkpoints" / "big.bin.12345.tmp").write_bytes(b"x" * 1000)  # a killed write's leftover
+    (killed / "checkpoints" / "big.bin.k3j4h5g6.tmp").write_bytes(b"x" * 1000)  # a killed write's leftover
     assert main(["train", "--out", str(killed), "--no-progress"]) == 0
     assert not list(killed.rglob("*.tmp"))
 
@@ -297,6 +297,43 @@ def test_kill_and_resume_keeps_every_metrics_row_and_leaves_no_temp(tmp_path, bl
         for p in (tmp_path / "straight", killed)
     ]
     assert keys(rows[0]) == keys(rows[1])
+
+
+def _tree(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_only_our_temp_files_are_removed_and_only_in_run_folders(finished, tmp_path, blob_file, capsys):
+    # a folder that is not a run: every command refuses it and leaves it exactly as it was (no .lock)
+    user = tmp_path / "user"
+    (user / "deep" / "er").mkdir(parents=True)
+    for p in (user / "a.tmp", user / "deep" / "er" / "work.tmp", user / "notes.abcdefgh.tmp"):
+        p.write_text("keep")
+    before = _tree(user)
+    assert "not a glann run folder" in _one_line_error(
+        capsys, "train", *TINY, "--dataset", blob_file, "--out", str(user)
+    )
+    assert "no checkpoint to reshard" in _one_line_error(
+        capsys, "reshard", "--run", str(user), "--world-size", "1"
+    )
+    assert "not a glann run folder" in _one_line_error(
+        capsys, "upgrade", "--run", str(user), "--trust-pickle"
+    )
+    assert _tree(user) == before
+    # a run folder: atomic_write's temp names in the folders a run writes go; the user's own files stay
+    run = _copy(finished, tmp_path)
+    (run / "mine").mkdir()
+    keep = [run / "x.tmp", run / "mine" / "w.tmp", run / "mine" / "config.json.abcd1234.tmp"]
+    ours = [run / "config.json.abcd1234.tmp", run / "checkpoints" / "manifest.json.k3j4h5g6.tmp"]
+    for p in keep + ours:
+        p.write_text("x")
+    assert main(["reshard", "--run", str(run), "--world-size", "1"]) == 0
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in ours)
+    for p in ours:
+        p.write_text("x")
+    assert main(["upgrade", "--run", str(run), "--trust-pickle"]) == 0
+    assert main(["train", "--out", str(run), "--no-progress"]) == 0  # finished: resumes to the end at once
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in ours)
 
 
 # -- 6. a failed start leaves the folder as it was -------------------------------------------------------

@@ -123,6 +123,17 @@ def join_state(stage: str, replicated: Any, found: dict[str, torch.Tensor]) -> d
 # -- the manifest ---------------------------------------------------------------------------------------------
 
 
+# a folder holding one of these is a run folder (written by this package); commands that take a lock and
+# clean up in a folder (reshard, upgrade) refuse any other folder, which is the user's
+RUN_MARKERS = ("config.json", f"{CHECKPOINT_DIR}/{MANIFEST_FILE}", "model.safetensors", "model.pt")
+
+
+def is_run_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder holding one of :data:`RUN_MARKERS`."""
+    path = Path(path)
+    return path.is_dir() and any((path / m).exists() for m in RUN_MARKERS)
+
+
 def checkpoint_dir(run: str | Path) -> Path:
     return Path(run) / CHECKPOINT_DIR
 
@@ -357,6 +368,8 @@ def reshard(run: str | Path, world_size: int, log: Callable[[str], None] = print
     run = Path(run)
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
+    if not (checkpoint_dir(run) / MANIFEST_FILE).is_file():  # checked before the lock: not the user's folder
+        raise CheckpointError(f"{run}: no checkpoint to reshard (no {CHECKPOINT_DIR}/{MANIFEST_FILE})")
     with FolderLock(run):
         remove_stale_temps(run)
         manifest = read_manifest(run)

@@ -29,7 +29,15 @@ from typing import Any, Callable
 
 import torch
 
-from glann_ext._io import FolderLock, append_line, atomic_write, ensure_dir, remove_stale_temps
+from glann_ext._io import (
+    LOCK_FILE,
+    TEMP_NAME,
+    FolderLock,
+    append_line,
+    atomic_write,
+    ensure_dir,
+    remove_stale_temps,
+)
 from glann_ext.backend import get_ops
 from glann_ext.data import load_image_shard
 from glann_ext.errors import CheckpointError, ConfigError, RunFolderError
@@ -71,6 +79,27 @@ RESUMABLE_OVERRIDES = (
     *SAMPLING_FIELDS,  # the trained networks and codes are the same
 )
 N_SHOW = 32  # images per row in reconstruction grids
+# what a run folder holds (besides atomic_write's temp files): --out may be an existing folder holding only
+# these (a start killed before config.json was written), else it must be a run folder or empty
+RUN_ENTRIES = {
+    CONFIG_FILE, RESUMES_FILE, ckpt.CHECKPOINT_DIR, MODEL_FILE, LEGACY_MODEL_FILE, METRICS_FILE, "images",
+    "samples.png", "reconstructions.png", "tb", LOCK_FILE,
+}  # fmt: skip
+
+
+def check_out_folder(out: Path) -> None:
+    """Refuse an existing folder that is neither a run folder nor empty: training would write (and clean up)
+    among the user's own files."""
+    if not out.is_dir() or ckpt.is_run_folder(out):
+        return
+    foreign = sorted(
+        p.name for p in out.iterdir() if p.name not in RUN_ENTRIES and not TEMP_NAME.fullmatch(p.name)
+    )
+    if foreign:
+        raise RunFolderError(
+            f"{out}: not a glann run folder and not empty (it holds {foreign[0]!r}"
+            f"{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}); give --out a new or empty folder"
+        )
 
 
 class Run:
@@ -89,6 +118,7 @@ class Run:
         self.out = Path(out)
         self.progress, self.user_hook, self._log = progress, on_step, log
         self.resume_changes: dict[str, list[Any]] = {}  # field -> [saved, new], set by _resolve_config
+        check_out_folder(self.out)
         self.cfg = self._resolve_config(cfg).check_runnable()
         self.device = local_device(self.cfg.device)
         self.world = World()
@@ -148,6 +178,7 @@ class Run:
         lock, error = None, None
         if self.world.is_main:
             try:
+                check_out_folder(self.out)
                 lock = FolderLock(self.out).acquire()
                 remove_stale_temps(self.out)
             except (RunFolderError, OSError) as exc:

@@ -34,6 +34,10 @@ def upgrade_run(
     run = Path(run)
     if not run.is_dir():
         raise RunFolderError(f"{run}: no such run folder")
+    if not ckpt.is_run_folder(run):  # before the lock: a folder that is not a run is left untouched
+        raise RunFolderError(
+            f"{run}: not a glann run folder (none of {', '.join(ckpt.RUN_MARKERS)} in it); nothing to upgrade"
+        )
     if not trust_pickle:
         raise UsageError(
             f"{run}: converting glann_ext 0.1 files means unpickling them, which runs any code planted in "
