@@ -604,6 +604,53 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.glann_ext.latent_sgd_step, (table, idx, g, 0.1, True))
 
 
+def _in_place_calls():
+    """Each in-place op, as a function of the tensor it writes (the optimizer steps write a table)."""
+    idx, g = torch.tensor([1]), torch.randn(1, 4)
+
+    def adam(t):
+        fused_latent_adam_(t, torch.zeros(3, 4), torch.zeros(3, 4), idx, g, step=1, lr=0.1)
+
+    return {
+        "project_to_sphere_": project_to_sphere_,
+        "fused_latent_adam_": adam,
+        "fused_latent_sgd_": lambda t: fused_latent_sgd_(t, idx, g, lr=0.1),
+    }
+
+
+@pytest.mark.parametrize("op", ["project_to_sphere_", "fused_latent_adam_", "fused_latent_sgd_"])
+def test_in_place_ops_bump_the_version_so_autograd_sees_the_write(op):
+    a = torch.randn(3, 4, requires_grad=True)
+    b = a * 2
+    c = (b * b).sum()  # saves b; its gradient needs the unmodified b
+    with torch.no_grad():
+        _in_place_calls()[op](b)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        c.backward()
+    # The moments of the Adam step are written too.
+    m, v = torch.zeros(3, 4), torch.zeros(3, 4)
+    fused_latent_adam_(torch.randn(3, 4), m, v, torch.tensor([0]), torch.randn(1, 4), step=1, lr=0.1)
+    assert m._version > 0 and v._version > 0
+
+
+@pytest.mark.parametrize("op", ["project_to_sphere_", "fused_latent_adam_", "fused_latent_sgd_"])
+def test_in_place_ops_refuse_tensors_autograd_tracks(op):
+    call = _in_place_calls()[op]
+    leaf = torch.randn(3, 4, requires_grad=True)
+    name = "z" if op == "project_to_sphere_" else "table"
+    for t in (leaf, leaf[1:], leaf * 2):  # a leaf, a view of it, an intermediate (no backward either)
+        before = t.detach().clone()
+        with pytest.raises(RuntimeError, match=rf"^{op}: {name} is .*requires grad and grad mode is enabled"):
+            call(t)
+        assert torch.equal(t.detach(), before)
+    # torch's own rule, for comparison: the leaf cannot be written in place with grad mode on.
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+        leaf.div_(2)
+    with torch.no_grad():  # how glann_ext.optim updates its tables
+        call(leaf)
+    assert leaf._version > 0
+
+
 def test_torch_compile_fullgraph():
     table, m, v, idx, g = _adam_args()
     ref_t, ref_m, ref_v = table.clone(), m.clone(), v.clone()

@@ -343,6 +343,52 @@ for _key in ("CPU", "CUDA"):
     _LIB.impl("project_to_sphere_inplace", _project_inplace_impl, _key)
     _LIB.impl("latent_adam_step", _adam_impl, _key)
     _LIB.impl("latent_sgd_step", _sgd_impl, _key)
+
+
+def _check_writable(op: str, named: dict[str, torch.Tensor]) -> None:
+    """Torch's rule for in-place ops, made stricter because these ops have no backward: with grad mode on,
+    a tensor that requires grad (a leaf, a view of one, or an intermediate result) cannot be written."""
+    if not torch.is_grad_enabled():
+        return
+    hint = ", or use project_to_sphere, which is differentiable" if op == "project_to_sphere_" else ""
+    for name, t in named.items():
+        if t.requires_grad:
+            what = "a leaf tensor" if t.is_leaf else "a tensor"
+            raise RuntimeError(
+                f"{op}: {name} is {what} that requires grad and grad mode is enabled; this in-place op "
+                f"has no backward, so autograd would silently use wrong values. Call it under "
+                f"torch.no_grad() (as glann_ext.optim does){hint}"
+            )
+
+
+def _in_place_kernel(name: str, op: str, written: tuple[str, ...]):
+    """ADInplaceOrView kernel: what torch's own in-place ops do around the computation (refuse tensors
+    autograd tracks, then bump the version counter of every written tensor so a saved copy is detected)."""
+    packet = getattr(torch.ops.glann_ext, name).default
+
+    def kernel(*args):
+        tensors = dict(zip(written, args))
+        _check_writable(op, tensors)
+        with torch._C._AutoDispatchBelowADInplaceOrView():
+            packet(*args)
+        torch.autograd.graph.increment_version(list(tensors.values()))
+
+    return kernel
+
+
+_LIB.impl(
+    "project_to_sphere_inplace",
+    _in_place_kernel("project_to_sphere_inplace", "project_to_sphere_", ("z",)),
+    "ADInplaceOrView",
+)
+_LIB.impl(
+    "latent_adam_step",
+    _in_place_kernel("latent_adam_step", "fused_latent_adam_", ("table", "exp_avg", "exp_avg_sq")),
+    "ADInplaceOrView",
+)
+_LIB.impl(
+    "latent_sgd_step", _in_place_kernel("latent_sgd_step", "fused_latent_sgd_", ("table",)), "ADInplaceOrView"
+)
 torch.library.register_fake("glann_ext::project_to_sphere", _project_meta, lib=_LIB)
 torch.library.register_fake("glann_ext::project_to_sphere_inplace", _project_inplace_meta, lib=_LIB)
 torch.library.register_fake("glann_ext::latent_adam_step", _adam_meta, lib=_LIB)
@@ -409,6 +455,9 @@ def project_to_sphere_(z: torch.Tensor | np.ndarray) -> Any:
     tensor) but its elements must not alias each other (``expand()`` views raise ``ValueError``).
     If some rows hold NaN/Inf, ``NonFiniteError`` names the first; the other rows have been projected
     and the non-finite rows are left exactly as they were.
+    Like torch's in-place ops it bumps ``z``'s version counter (a copy autograd saved is then detected at
+    backward), and with grad mode on it refuses a ``z`` that requires grad (``RuntimeError``): it has no
+    backward, so call it under ``torch.no_grad()``.
     """
     if _checks.is_numpy(z):
         _ops.project_to_sphere_inplace(_checks.from_numpy("project_to_sphere_: z", z, in_place=True))
@@ -480,6 +529,10 @@ def fused_latent_sgd_(
     and weight decay would need state or reads of untouched rows). Duplicate indices have their grad rows
     summed first, so with duplicates the result can differ from torch's one-add-per-entry in the last ulp.
     Validation, NaN policy and arguments as :func:`fused_latent_adam_`. Returns ``table``.
+
+    Both steps bump the version counter of every tensor they write and, with grad mode on, refuse one that
+    requires grad (``RuntimeError``), like torch's in-place ops; the optimizers call them under
+    ``torch.no_grad()``.
     """
     _check_types("fused_latent_sgd_", table=table, indices=indices, grad=grad)
     _ops.latent_sgd_step(table, indices, grad, lr, project)
