@@ -130,8 +130,14 @@ class FolderLock:
     def acquire(self) -> FolderLock:
         import fcntl
 
+        # the folder itself may be a link the user made (a run kept elsewhere): followed, unlike links inside
+        # it (ensure_dir), which only a planted link could be
+        if self.folder.is_symlink() and not self.folder.is_dir():
+            raise RunFolderError(
+                f"{self.folder}: a link to {os.readlink(self.folder)}, which is not a folder"
+            )
         self.created = not self.folder.exists()
-        ensure_dir(self.folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / LOCK_FILE
         if path.is_symlink():
             path.unlink()

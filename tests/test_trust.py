@@ -264,6 +264,26 @@ def test_planted_links_are_replaced_not_followed(tmp_path, blob_file):
     assert any((run / "images").iterdir())
 
 
+def test_a_run_folder_given_through_a_link_is_resumed_not_replaced(tmp_path, blob_file):
+    target, link = tmp_path / "target", tmp_path / "link"
+    cfg = tiny_config(dataset=blob_file, glo_epochs=1, imle_epochs=2, ckpt_every=1)
+    with pytest.raises(Interrupt):
+        train(cfg, target, progress=False, on_step=interrupt_at("imle", 2), log=lambda s: None)
+    link.symlink_to(target)
+    assert main(["train", "--out", str(link), "--no-progress"]) == 0
+    assert link.is_symlink() and (target / "model.safetensors").exists()
+    rows = [json.loads(x) for x in (target / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["epoch"]) for r in rows] == [
+        ("glo", 1),
+        ("imle", 1),
+        ("imle", 2),
+    ]  # GLO not redone
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(RunFolderError, match="not a folder"):
+        FolderLock(tmp_path / "dangling").acquire()
+    assert (tmp_path / "dangling").is_symlink()
+
+
 # -- 5. nothing lost: rows, temps ------------------------------------------------------------------------
 def test_kill_and_resume_keeps_every_metrics_row_and_leaves_no_temp(tmp_path, blob_file):
     args = ["--dataset", blob_file, "--preset", "tiny", "--threads", "1", "--no-progress", "--glo-epochs", "4",
