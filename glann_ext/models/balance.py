@@ -24,6 +24,7 @@ from collections.abc import Callable
 import torch
 
 from glann_ext import seeding
+from glann_ext.errors import UsageError
 
 # TrainConfig's defaults (``balance_draws``, ``balance_quantile``); also what a model whose config lacks them
 # calibrates with when balanced sampling is asked for explicitly
@@ -31,6 +32,9 @@ DEFAULT_DRAWS_PER_CODE = 10.0
 DEFAULT_QUANTILE = 0.25
 CALIBRATION_CHUNK = seeding.BLOCK_ROWS  # draws mapped and searched at a time: one seeded block
 SAMPLING_CHUNK = 4_096  # draws per round of rejection sampling (fixed: samples must not depend on n)
+# rejection sampling gives up (one-line error) past 16 rounds plus this many draws per wanted sample: a forged
+# or broken acceptance table (1e-30 everywhere) must not loop for ever
+MAX_DRAWS_PER_SAMPLE = 10_000
 
 
 def usage_counts(
@@ -82,16 +86,31 @@ def rejection_sample(
     accept = accept.cpu()  # the coin flips are drawn on the CPU
     kept: list[torch.Tensor] = []
     have = 0
-    while have < n:
+    max_rounds = 16 + math.ceil(n * MAX_DRAWS_PER_SAMPLE / SAMPLING_CHUNK)
+    for _ in range(max_rounds):
+        if have >= n:
+            break
         z = map_noise(torch.randn(SAMPLING_CHUNK, noise_dim, generator=noise_gen))
         nearest = search(z, codes).cpu()
         coins = torch.rand(SAMPLING_CHUNK, generator=coin_gen)
         keep = coins < accept[nearest]
         kept.append(z[keep.to(z.device)])
         have += int(keep.sum())
+    if have < n:
+        raise UsageError(
+            f"balanced sampling kept {have} of {max_rounds * SAMPLING_CHUNK} draws for {n} samples: the "
+            f"model's code_accept (mean {float(accept.double().mean()):.3g}) is too small; recalibrate it "
+            "(calibrate_sampler(refresh=True)) or sample plainly"
+        )
     if not kept:
         return codes.new_zeros(0, codes.shape[1])
     return torch.cat(kept)[:n]
+
+
+def min_acceptance(n_codes: int, max_draws_per_code: float) -> float:
+    """The smallest acceptance calibration can give with at most ``max_draws_per_code``: ``tau >= 1`` and no
+    code is the nearest of more than all the draws."""
+    return 1.0 / calibration_draws(n_codes, max_draws_per_code)
 
 
 def calibration_draws(n_codes: int, draws_per_code: float) -> int:

@@ -12,6 +12,7 @@ dict of tensors and a JSON-able description (kind, architecture, training config
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
@@ -36,6 +37,9 @@ MAX_NOISE_SCALE = 10.0
 MAX_SPREAD = 4.0
 # rows of the spread's noise drawn per seeded block, so that the first k samples of n are the samples of k
 SPREAD_CHUNK = 4_096
+# the most calibration draws per code a model file may ask for (TrainConfig's default is 10): a model file is
+# untrusted, and balance_draws = 1e12 would calibrate for days
+MAX_BALANCE_DRAWS = 10_000.0
 NO_MAPPING = (
     "this model has no IMLE mapping T (a GLO-only run: train the IMLE stage, or sample the GLO + Gaussian "
     "baseline)"
@@ -74,6 +78,65 @@ def _checked_spread(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_SPREAD:
         raise UsageError(f"{name} must be a number in [0, {MAX_SPREAD:g}], got {value!r}")
     return float(value)
+
+
+def _checked_noise_scale(value: Any, name: str) -> float:
+    """``value`` as a sampling noise scale (a number in (0, MAX_NOISE_SCALE]), or a UsageError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_NOISE_SCALE:
+        raise UsageError(f"{name} must be a number in (0, {MAX_NOISE_SCALE:g}], got {value!r:.60}")
+    return float(value)
+
+
+def _check_number(config: dict[str, Any], key: str, ok: Callable[[float], bool], rule: str) -> None:
+    value = config.get(key)
+    if key in config and (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not ok(value)
+    ):
+        raise ValueError(f"config.{key} must be {rule}, got {value!r:.60}")
+
+
+def check_sampling_config(config: Any) -> dict[str, Any]:
+    """A model file's ``config`` (untrusted) with the fields sampling reads checked: ``sample_noise_scale``
+    in (0, MAX_NOISE_SCALE], ``sample_spread`` in [0, MAX_SPREAD], ``balance_draws`` in [0,
+    MAX_BALANCE_DRAWS], ``balance_quantile`` in [0, 1], ``seed`` an int, ``ops`` a string (``ValueError``
+    naming the field and value)."""
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a JSON object, got {type(config).__name__} {config!r:.60}")
+    _check_number(
+        config, "sample_noise_scale", lambda v: 0 < v <= MAX_NOISE_SCALE, f"in (0, {MAX_NOISE_SCALE:g}]"
+    )
+    _check_number(config, "sample_spread", lambda v: 0 <= v <= MAX_SPREAD, f"in [0, {MAX_SPREAD:g}]")
+    _check_number(
+        config, "balance_draws", lambda v: 0 <= v <= MAX_BALANCE_DRAWS, f"in [0, {MAX_BALANCE_DRAWS:g}]"
+    )
+    _check_number(config, "balance_quantile", lambda v: 0 <= v <= 1, "in [0, 1]")
+    seed = config.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not abs(seed) < 2**63:
+        raise ValueError(f"config.seed must be an int below 2**63, got {seed!r:.60}")
+    if not isinstance(config.get("ops", ""), str):
+        raise TypeError(f"config.ops must be a string, got {config['ops']!r:.60}")
+    return config
+
+
+def check_layer_count(
+    hparams: Any, fields: tuple[str, ...], state: dict[str, torch.Tensor], name: str
+) -> None:
+    """A model file's description of ``name`` (``hparams``) must be a JSON object whose layer counts
+    (``fields``) are no larger than the number of ``name``'s tensors in the file, since every layer has at
+    least one: checked before anything is built, so a forged count of 10^7 costs nothing."""
+    if not isinstance(hparams, dict):
+        raise TypeError(f"the description of {name} must be a JSON object, got {type(hparams).__name__}")
+    for field in fields:
+        value = hparams.get(field)
+        if isinstance(value, int) and not isinstance(value, bool) and value > len(state):
+            raise ValueError(
+                f"{name} {field} = {value}: more layers than the file's {len(state)} tensors of {name}"
+            )
 
 
 def _prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -128,14 +191,15 @@ class GenerativeModel(nn.Module):
     def noise_scale(self) -> float:
         """The standard deviation of the noise when sampling: the config's ``sample_noise_scale`` (1, the
         training distribution, where absent)."""
-        return float(self.config.get("sample_noise_scale", 1.0))
+        # checked on every read: a model file's config is untrusted
+        return _checked_noise_scale(
+            self.config.get("sample_noise_scale", 1.0), "the model's sample_noise_scale"
+        )
 
     def set_noise_scale(self, scale: float) -> None:
         """Sample from now on with the noise at standard deviation ``scale`` (0 < scale <= 10). Kept in
         :attr:`config`, so an exported model samples the same way."""
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= MAX_NOISE_SCALE:
-            raise UsageError(f"noise scale must be a number in (0, {MAX_NOISE_SCALE:g}], got {scale!r}")
-        self.config["sample_noise_scale"] = float(scale)
+        self.config["sample_noise_scale"] = _checked_noise_scale(scale, "noise scale")
 
     def _scaled(self, e: torch.Tensor) -> torch.Tensor:
         scale = self.noise_scale
@@ -221,6 +285,9 @@ class GLANN(GenerativeModel):
                 f"codes must be floating (N, {G.latent_dim}) like G's input, got {str(codes.dtype)[6:]} "
                 f"{tuple(codes.shape)}"
             )
+        codes = codes.float()  # G's input and the search's keys are float32
+        if code_accept is not None and code_accept.is_floating_point():
+            code_accept = code_accept.float()
         if T is not None and T.out_dim != G.latent_dim:
             raise ValueError(f"T must map to G's input of {G.latent_dim}, got outputs of {T.out_dim}")
         self.T = T
@@ -448,6 +515,7 @@ class GLANN(GenerativeModel):
         G = _exported_generator(tensors, meta)
         T = None
         if meta.get("mapping") is not None:
+            check_layer_count(meta["mapping"], ("layers",), _unprefixed("T", tensors), "T")
             T = built_to_fit(lambda: MLP(**meta["mapping"]), _unprefixed("T", tensors), "T")
         return cls(
             G, tensors["codes"], T, ops=ops, config=meta.get("config"), code_accept=tensors.get("code_accept")
@@ -463,6 +531,12 @@ def _check_accept(accept: torch.Tensor, n_codes: int) -> None:
         )
     if not bool(((accept > 0) & (accept <= 1)).all()):
         raise ValueError("code_accept must lie in (0, 1] for every code")
+    # calibration with at most MAX_BALANCE_DRAWS per code gives no smaller value; tiny ones make sampling hang
+    low = float(torch.tensor(balance.min_acceptance(n_codes, MAX_BALANCE_DRAWS), dtype=accept.dtype))
+    if float(accept.min()) < low:
+        raise ValueError(
+            f"code_accept must be at least {low:.3g} for {n_codes} codes, got {float(accept.min()):.3g}"
+        )
 
 
 class PixelIMLE(GenerativeModel):
@@ -495,6 +569,7 @@ class PixelIMLE(GenerativeModel):
 
 def _exported_generator(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> DCGANGenerator:
     """G rebuilt from an export's hyper-parameters and its "G."-prefixed tensors."""
+    check_layer_count(meta.get("generator"), ("depth",), _unprefixed("G", tensors), "G")
     return built_to_fit(lambda: DCGANGenerator(**meta["generator"]), _unprefixed("G", tensors), "G")
 
 
@@ -525,8 +600,16 @@ def model_from_export(
 ) -> GLANN | PixelIMLE:  # fmt: skip
     """The model an :meth:`~GenerativeModel.export` describes (its ``kind`` picks the class). ``ops``
     overrides the backend the training config names."""
+    if not isinstance(meta, dict):
+        raise TypeError(f"the description must be a JSON object, got {type(meta).__name__} {meta!r:.60}")
     kind = meta.get("kind")
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(MODEL_KINDS)}")
-    ops = ops or (meta.get("config") or {}).get("ops", "fused")
+    config = check_sampling_config(meta.get("config"))
+    for key, t in tensors.items():
+        if t.is_floating_point() and t.dtype != torch.float32:
+            raise ValueError(f"tensor {key} has dtype {str(t.dtype)[6:]}, expected float32")
+    if "codes" in tensors and (tensors["codes"].dim() != 2 or tensors["codes"].shape[0] < 1):
+        raise ValueError(f"codes must be (N >= 1, d), got shape {tuple(tensors['codes'].shape)}")
+    ops = ops or config.get("ops", "fused")
     return MODEL_KINDS[kind].from_export(tensors, meta, ops=ops, device=device)

@@ -1,0 +1,134 @@
+"""A model file is untrusted: forged descriptions, configs and tensors give one-line CheckpointErrors at load
+time (naming the field and the value), never hangs, huge allocations or tracebacks at sample time."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+import torch
+from safetensors.torch import save
+
+from glann_ext.errors import CheckpointError, UsageError
+from glann_ext.models import GLANN, MLP, DCGANGenerator, balance, load_model_file, read_model_file, save_model
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    torch.set_num_threads(1)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        G = DCGANGenerator(latent_dim=8, image_size=28, channels=1, width=8)
+        T = MLP(4, 8, hidden=16, layers=2)
+        codes = torch.nn.functional.normalize(torch.randn(50, 8), dim=1)
+    path = tmp_path_factory.mktemp("m") / "m.safetensors"
+    save_model(GLANN(G, codes, T, config={"seed": 0, "balance_draws": 2.0}), path)
+    return path
+
+
+def _forged(src, dst, *, meta=None, tensors=None, raw_meta=None):
+    t, m = read_model_file(src)
+    if meta:
+        meta(m)
+    if tensors:
+        tensors(t)
+    dst.write_bytes(save(t, metadata={"glann_ext": raw_meta if raw_meta is not None else json.dumps(m)}))
+    return dst
+
+
+def _set(key, field, value):
+    return lambda m: m[key].__setitem__(field, value)
+
+
+@pytest.mark.parametrize(("key", "field"), [("mapping", "layers"), ("generator", "depth")])
+def test_a_huge_layer_count_is_refused_before_anything_is_built(model_file, tmp_path, key, field):
+    # built_to_fit built 10^7 modules on the meta device first: hours and ~100 GB before its size check
+    p = _forged(model_file, tmp_path / "f.safetensors", meta=_set(key, field, 10**7))
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match=f"{field} = 10000000: more layers than the file's"):
+        load_model_file(p)
+    assert time.perf_counter() - start < 5
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("sample_noise_scale", -3.0),
+        ("sample_noise_scale", 1e30),
+        ("sample_noise_scale", "abc"),
+        ("balance_draws", 1e12),
+        ("balance_draws", "abc"),
+        ("balance_quantile", 7.0),
+        ("seed", "x"),
+        ("seed", 1.5),
+        ("sample_spread", 99.0),
+    ],
+)
+def test_sampling_config_values_are_checked_at_load(model_file, tmp_path, field, value):
+    p = _forged(model_file, tmp_path / "f.safetensors", meta=_set("config", field, value))
+    with pytest.raises(CheckpointError, match=f"config.{field} must be .*, got {re.escape(repr(value))}"):
+        load_model_file(p)
+
+
+@pytest.mark.parametrize("raw", ["[1, 2]", '"hello"'])
+def test_a_description_that_is_not_an_object_is_refused(model_file, tmp_path, raw):
+    p = _forged(model_file, tmp_path / "f.safetensors", raw_meta=raw)
+    with pytest.raises(CheckpointError, match="the description must be a JSON object, got"):
+        load_model_file(p)
+
+
+@pytest.mark.parametrize("config", [[1, 2], "hello"])
+def test_a_config_that_is_not_an_object_is_refused(model_file, tmp_path, config):
+    p = _forged(model_file, tmp_path / "f.safetensors", meta=lambda m: m.__setitem__("config", config))
+    with pytest.raises(CheckpointError, match="config must be a JSON object, got"):
+        load_model_file(p)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
+@pytest.mark.parametrize("key", ["codes", "T.net.0.weight"])
+def test_tensors_of_another_float_dtype_are_refused(model_file, tmp_path, key, dtype):
+    def cast(t):
+        name = key if key in t else next(k for k in t if k.startswith("T.") and k.endswith("weight"))
+        t[name] = t[name].to(dtype)
+
+    p = _forged(model_file, tmp_path / "f.safetensors", tensors=cast)
+    with pytest.raises(CheckpointError, match=f"has dtype {str(dtype)[6:]}, expected float32"):
+        load_model_file(p)
+
+
+def test_codes_without_rows_are_refused(model_file, tmp_path):
+    p = _forged(
+        model_file, tmp_path / "f.safetensors", tensors=lambda t: t.__setitem__("codes", torch.zeros(0, 8))
+    )
+    with pytest.raises(CheckpointError, match=r"codes must be \(N >= 1, d\), got shape \(0, 8\)"):
+        load_model_file(p)
+
+
+def test_a_tiny_code_accept_is_refused_and_sampling_cannot_loop_for_ever(model_file, tmp_path):
+    # code_accept = 1e-30 loaded, then sample(1) never ended
+    p = _forged(
+        model_file,
+        tmp_path / "f.safetensors",
+        tensors=lambda t: t.__setitem__("code_accept", torch.full((50,), 1e-30)),
+    )
+    low = 1.0 / balance.calibration_draws(50, 10_000.0)
+    with pytest.raises(
+        CheckpointError, match=f"code_accept must be at least {low:.3g} for 50 codes, got 1e-30"
+    ):
+        load_model_file(p)
+    # the smallest table calibration could give loads; sampling then gives up with a one-line error
+    accept = torch.full((50,), low)
+    p = _forged(
+        model_file, tmp_path / "g.safetensors", tensors=lambda t: t.__setitem__("code_accept", accept)
+    )
+    m = load_model_file(p)
+    with pytest.raises(UsageError, match=r"balanced sampling kept 0 of .* draws for 1 samples"):
+        m.sample(1)
+
+
+def test_a_valid_model_file_still_loads_and_samples(model_file):
+    m = load_model_file(model_file)
+    assert m.sample(3).shape == (3, 1, 28, 28)
+    assert m.noise_scale == 1.0
