@@ -9,6 +9,7 @@ import pytest
 import torch
 from glann_testing import OPS, Interrupt, blob_images, interrupt_at, tensors_equal, tiny_config
 
+from glann_ext import seeding
 from glann_ext.data import GRID_5X5, RING_PACGAN
 from glann_ext.errors import ConfigError, RunFolderError
 from glann_ext.metrics import mode_coverage
@@ -17,6 +18,7 @@ from glann_ext.ops import reference
 from glann_ext.train import (
     GLOTrainer,
     IMLETrainer,
+    Run,
     TrainConfig,
     fit_imle,
     get_ops,
@@ -579,3 +581,48 @@ def test_imle_variants_resume_bit_identically(tmp_path, blob_file, options):
     rows = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
     key = "rematched" if "imle_adaptive" in options else "rejected"
     assert all(key in r for r in rows if r["stage"] == "imle")
+
+
+def _interrupted(tmp_path, blob_file, stage: str, step: int, name: str = "run", **over):
+    out = tmp_path / name
+    cfg = tiny_config(dataset=blob_file, glo_epochs=2, imle_epochs=1, ckpt_every=1, **over)
+    with pytest.raises(Interrupt):
+        train(cfg, out, progress=False, on_step=interrupt_at(stage, step), log=lambda s: None)
+    return out, cfg
+
+
+def test_a_resume_is_checked_against_the_checkpoints_own_config(tmp_path, blob_file):
+    out, cfg = _interrupted(tmp_path, blob_file, "glo", 2)
+    quiet = {"progress": False, "log": lambda s: None}
+    (out / "config.json").unlink()  # deleted: the checkpoint's copy still names the run's settings
+    with pytest.raises(RunFolderError, match=r"another config \(lr_g 0.002 -> 0.05\)"):
+        train(dataclasses.replace(cfg, lr_g=0.05), out, **quiet)
+    saved = cfg.to_dict()
+    (out / "config.json").write_text(json.dumps({**saved, "seed": 7}))  # edited
+    with pytest.raises(RunFolderError, match=r"another config \(seed 0 -> 7\)"):
+        train(None, out, **quiet)
+    (out / "config.json").unlink()
+    train(dataclasses.replace(cfg, imle_epochs=2), out, **quiet)  # same settings: resumes, config.json back
+    assert load_run_config(out / "config.json").imle_epochs == 2
+    assert json.loads((out / "resumes.jsonl").read_text())["changed"] == {"imle_epochs": [1, 2]}
+    # a job that resolved its config before another job trained the folder refuses under the lock
+    late = Run(tmp_path / "race", dataclasses.replace(cfg, seed=9), progress=False, log=lambda s: None)
+    train(cfg, tmp_path / "race", stage="glo", **quiet)
+    with pytest.raises(RunFolderError, match="seed"):
+        late.train()
+
+
+def test_a_resume_cannot_change_epochs_already_trained_or_glo_once_imle_began(tmp_path, blob_file):
+    quiet = {"progress": False, "log": lambda s: None}
+    out, cfg = _interrupted(tmp_path, blob_file, "imle", 1)
+    with pytest.raises(ConfigError, match=r"--glo-epochs 5: the GLO stage .* finished after 2 epochs"):
+        train(dataclasses.replace(cfg, glo_epochs=5), out, **quiet)
+    assert not (out / "resumes.jsonl").exists()
+    steps = seeding.num_batches(96, cfg.batch_size)  # per GLO epoch
+    out, cfg = _interrupted(tmp_path, blob_file, "glo", steps + 1, name="glo")  # in GLO epoch 2
+    with pytest.raises(
+        ConfigError, match=r"--glo-epochs 0: .* has trained 1 GLO epochs already; give at least 1"
+    ):
+        train(dataclasses.replace(cfg, glo_epochs=0), out, **quiet)
+    train(dataclasses.replace(cfg, glo_epochs=3), out, stage="glo", **quiet)  # extending GLO in GLO: fine
+    assert ckpt.latest_main(out)["glo"]["epoch"] == 3

@@ -129,8 +129,9 @@ def test_a_classifier_cache_that_is_not_ours_is_refused_and_never_run(tmp_path):
 V01_LACKS = ("latent_adam_steps", "imle_lr_schedule", "imle_betas", "balance_draws", "balance_quantile")
 
 
-def _as_v01(run: Path) -> None:
-    """Rewrite a finished run in glann_ext 0.1's formats (pickled model.pt, RNG state in main.pt)."""
+def _as_v01(run: Path, **changes: object) -> None:
+    """Rewrite a finished run in glann_ext 0.1's formats (pickled model.pt, RNG state in main.pt), with
+    ``changes`` to its config (in every copy: config.json, model.pt and the checkpoint)."""
     tensors, meta = read_model_file(run / "model.safetensors")
 
     def net(p: str) -> dict:
@@ -138,7 +139,7 @@ def _as_v01(run: Path) -> None:
 
     # 0.1's configs lack the fields added since with other defaults (0.1 computed latent_adam_steps "global",
     # imle_lr_schedule "constant", imle_betas = betas)
-    cfg = {k: v for k, v in meta["config"].items() if k not in V01_LACKS}
+    cfg = {**{k: v for k, v in meta["config"].items() if k not in V01_LACKS}, **changes}
     old = {"cfg": {**cfg, "extra": {}}, "image_shape": tuple(meta["image_shape"]), "G": net("G"),
            "codes": tensors["codes"], "T": net("T")}  # fmt: skip
     torch.save(old, run / "model.pt")
@@ -147,6 +148,7 @@ def _as_v01(run: Path) -> None:
     manifest = ckpt.read_manifest(run)
     main_pt = ckpt.checkpoint_dir(run) / manifest["step_dir"] / "main.pt"
     state = torch.load(main_pt, weights_only=True)
+    state["config"] = {**cfg, "extra": {}}
     state["rng"] = {
         "torch": torch.get_rng_state(),
         "numpy": np.random.get_state(),  # noqa: NPY002 (0.1 saved the legacy global state)
@@ -160,9 +162,7 @@ def test_upgrade_converts_a_v01_run_that_then_loads_and_resumes(finished, tmp_pa
     run = _copy(finished, tmp_path)
     before = load_model(run).export()[0]
     del before["code_accept"]  # 0.1 sampled T(e) plainly: its model has no balanced-sampling table
-    _as_v01(run)
-    config = json.loads((run / "config.json").read_text())  # betas of its own: 0.1 used them in both stages
-    (run / "config.json").write_text(json.dumps({**config, "betas": [0.6, 0.99]}))
+    _as_v01(run, betas=[0.6, 0.99])  # betas of its own: 0.1 used them in both stages
     assert "glann upgrade --run" in _one_line_error(capsys, "sample", "--run", str(run))
     assert main(["upgrade", "--run", str(run), "--trust-pickle"]) == 0
     assert "model.pt -> model.safetensors" in capsys.readouterr().out
@@ -409,7 +409,7 @@ def test_a_checkpoint_of_another_shape_is_a_one_line_error(finished, tmp_path, b
     (run / "model.safetensors").unlink()
     shutil.rmtree(run / "checkpoints")
     shutil.copytree(other / "checkpoints", run / "checkpoints")
-    assert "does not fit this run's model" in _one_line_error(
+    assert "trained with another config (gen_width 4 -> " in _one_line_error(  # its own copy of the config
         capsys, "train", "--out", str(run), "--imle-epochs", "2", "--no-progress"
     )
     shutil.copy(other / "model.safetensors", run / "model.safetensors")

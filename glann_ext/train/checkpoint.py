@@ -289,6 +289,7 @@ def load_step(run: str | Path, world: World, total: int) -> dict[str, Any] | Non
         "phase": main["phase"],
         "glo": join_state("glo", main["glo"], rows),
         "imle": join_state("imle", main["imle"], rows),
+        "config": main["config"],
     }
 
 

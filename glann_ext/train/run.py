@@ -119,6 +119,7 @@ class Run:
         self.progress, self.user_hook, self._log = progress, on_step, log
         self.resume_changes: dict[str, list[Any]] = {}  # field -> [saved, new], set by _resolve_config
         check_out_folder(self.out)
+        self._given = cfg
         self.cfg = self._resolve_config(cfg).check_runnable()
         self.device = local_device(self.cfg.device)
         self.world = World()
@@ -180,6 +181,7 @@ class Run:
             try:
                 check_out_folder(self.out)
                 lock = FolderLock(self.out).acquire()
+                self._check_config_unchanged()
                 remove_stale_temps(self.out)
             except (RunFolderError, OSError) as exc:
                 error = exc
@@ -188,6 +190,60 @@ class Run:
                 lock.release()
             raise error or RunFolderError(f"{self.out}: run folder in use (by another job)")
         return lock
+
+    def _check_config_unchanged(self) -> None:
+        """The config was resolved before the lock was taken (the data it names loads first): resolved again
+        under the lock, it must be the same, else another job wrote the folder meanwhile."""
+        if dataclasses.asdict(self._resolve_config(self._given)) != dataclasses.asdict(self.cfg):
+            raise RunFolderError(
+                f"{self.out}: another job wrote this run folder while this one started; run the command again"
+            )
+
+    def _check_checkpoint_config(self, saved: Any) -> None:
+        """The checkpoint's own copy of the config must agree with the config in use outside
+        :data:`RESUMABLE_OVERRIDES` (config.json edited or deleted must not resume under other settings).
+        Without config.json the resumable fields that differ from the checkpoint's are recorded as a resume's."""
+        where = self.out / ckpt.CHECKPOINT_DIR
+        if not isinstance(saved, dict):
+            raise CheckpointError(
+                f"{where}: the checkpoint's config is {type(saved).__name__}, expected a dict"
+            )
+        try:
+            theirs = dataclasses.asdict(saved_config(saved))
+        except (ConfigError, TypeError) as exc:
+            raise CheckpointError(f"{where}: the checkpoint's config is not valid ({exc})") from None
+        mine = dataclasses.asdict(self.cfg)
+        changed = sorted(k for k in mine if mine[k] != theirs[k] and k not in RESUMABLE_OVERRIDES)
+        if changed:
+            diff = ", ".join(f"{k} {theirs[k]!r} -> {mine[k]!r}" for k in changed)
+            raise RunFolderError(
+                f"{self.out}: the checkpoint was trained with another config ({diff}); restore its config.json, "
+                f"resume without changing those options, or use another --out"
+            )
+        if not (self.out / CONFIG_FILE).exists():
+            self.resume_changes = {
+                k: [theirs[k], mine[k]] for k in RESUMABLE_OVERRIDES if theirs[k] != mine[k]
+            }
+
+    def _check_epochs(self, state: dict[str, Any]) -> None:
+        """A resume may add epochs to the stage in progress (or to IMLE, not begun), never remove epochs
+        already trained, nor change GLO's once IMLE has begun (they would be recorded but never run)."""
+        for stage in ("glo", "imle"):
+            field = f"{stage}_epochs"
+            if field not in self.resume_changes or (stage == "glo" and self.cfg.imle_space == "pixel"):
+                continue
+            old, new = self.resume_changes[field]
+            if stage == "glo" and state["phase"] == "imle":
+                raise ConfigError(
+                    f"--glo-epochs {new}: the GLO stage of {self.out} finished after {old} epochs and its IMLE "
+                    f"stage has begun; resume without --glo-epochs (or with {old})"
+                )
+            done = (state.get(stage) or {}).get("epoch", 0)
+            if new < done:
+                raise ConfigError(
+                    f"--{stage}-epochs {new}: {self.out} has trained {done} {stage.upper()} epochs already; "
+                    f"give at least {done}"
+                )
 
     def _load_images(self) -> tuple[torch.Tensor, int, int]:
         """(this rank's shard of the training images, its first dataset row, the dataset's size)."""
@@ -234,6 +290,8 @@ class Run:
         """Load the latest checkpoint into ``fit`` (None when there is none)."""
         state = ckpt.load_step(self.out, self.world, total)
         if state is not None:
+            self._check_checkpoint_config(state["config"])
+            self._check_epochs(state)
             try:
                 fit.load_state_dict(state)
             except (RuntimeError, KeyError, TypeError, ValueError) as exc:  # shapes or keys of another model
@@ -255,6 +313,8 @@ class Run:
                 self.cfg.to_json(self.out / CONFIG_FILE)
             elif self.resume_changes:
                 self._record_resume(state)
+            elif not (self.out / CONFIG_FILE).exists():  # deleted: the checkpoint's config, which is ours
+                self.cfg.to_json(self.out / CONFIG_FILE)
             _prune_metrics(self.out / METRICS_FILE, fit)
             tb = _tensorboard(self.out / "tb")
         hooks: list[Hook] = [
