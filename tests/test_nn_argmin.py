@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import glann_ext
 from glann_ext import nn_argmin
 from glann_ext.errors import NonFiniteError
 from glann_ext.ops import reference
+from glann_ext.ops.nn_argmin import RunningArgmin
 
 
 def oracle(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -498,12 +500,62 @@ def test_queries_past_the_packing_bound_run_in_passes(dtype: torch.dtype) -> Non
         nn_argmin(q, k)
 
 
-def test_huge_finite_values_are_not_reported() -> None:
-    """Squares of 1e20 overflow float32 (the norm is inf): the kernel looks and finds finite values."""
-    q, k = torch.randn(5, 4) * 1e20, torch.randn(50, 4) * 1e20
-    nn_argmin(q, k)  # no NonFiniteError
-    q64, k64 = q.double() * 1e150, k.double() * 1e150
-    nn_argmin(q64, k64)
+def _nearest_by_differences(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Exact float64 argmin from direct differences, rows scaled by a power of two first (exact), so rows
+    far beyond float32's and float64's squared range compare correctly."""
+    scale = 2.0 ** -math.floor(math.log2(max(q.abs().max().item(), k.abs().max().item(), 1e-300)))
+    diff = q.double()[:, None, :] * scale - k.double()[None, :, :] * scale
+    return (diff * diff).sum(-1).argmin(1)
+
+
+@pytest.mark.parametrize(
+    ("q", "k", "argument"),
+    [
+        ([[2e19]], [[2e19 + 1e13], [2e19]], "queries row 0"),  # the right answer is key 1, at distance 0
+        ([[1.0], [2.0]], [[1.0], [1e20]], "keys row 1"),
+        ([[1.5e154]], [[1.0], [1.5e154]], "queries row 0"),  # float64
+        ([[1.0]], [[0.0], [-1.5e154]], "keys row 1"),
+    ],
+)
+def test_rows_whose_squared_norm_overflows_raise(q, k, argument) -> None:
+    """Finite rows whose ||x||^2 overflows the score type got the wrong index with no error (a key scored
+    inf never won). Now a ValueError (not a NaN error: the values are finite) names the row."""
+    dtype = torch.float64 if abs(q[0][0]) > 1e30 or abs(k[-1][0]) > 1e30 else torch.float32
+    q, k = torch.tensor(q, dtype=dtype), torch.tensor(k, dtype=dtype)
+    for search in (nn_argmin, reference.nn_argmin_addmm):
+        with pytest.raises(ValueError, match=rf"^nn_argmin: {argument} has a squared L2 norm above") as info:
+            search(q, k)
+        assert not isinstance(info.value, NonFiniteError)
+        assert "rescale" in str(info.value)
+    # The remedy works: rescaled by a power of two, the search finds the exact nearest key.
+    scale = 2.0**-64 if dtype == torch.float32 else 2.0**-520
+    got = nn_argmin(q * scale, k * scale)
+    assert torch.equal(got, _nearest_by_differences(q, k))
+    nn_argmin(q, k, check_finite_values=False)  # unchecked: no error (the result is unspecified)
+
+
+def test_norm_overflow_in_a_chunk_and_with_a_scorer_names_the_chunk_row() -> None:
+    q = torch.randn(3, 4)
+    k1 = torch.randn(6, 4)
+    k1[4] = 1e19  # norm 2e19
+    with pytest.raises(ValueError, match=r"^nn_argmin: keys\[1\] row 4 has a squared L2 norm above float32"):
+        nn_argmin(q, [torch.randn(5, 4), k1])
+    best = RunningArgmin(q, scores=reference.nn_argmin_scores_reference, check_finite=True)
+    with pytest.raises(ValueError, match=r"^nn_argmin: keys\[1\] row 4 has a squared L2 norm"):
+        best.update(k1, 5, name="keys[1]")
+    # A NaN row below the large one is still the NaN error.
+    k1[2, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"keys\[1\] row 2 contains NaN"):
+        nn_argmin(q, [torch.randn(5, 4), k1])
+
+
+def test_rows_just_inside_the_norm_bound_are_searched_exactly() -> None:
+    """|x|^2 up to max/4 is accepted: 8e18 in float32 (|x|^2 = 6.4e37 <= 8.5e37), 6e153 in float64."""
+    for big, dtype in ((8e18, torch.float32), (6e153, torch.float64)):
+        q = torch.tensor([[big], [-big], [0.0]], dtype=dtype)
+        k = torch.tensor([[-big], [0.0], [big]], dtype=dtype)
+        assert torch.equal(nn_argmin(q, k), _nearest_by_differences(q, k))
+        assert torch.equal(nn_argmin(q, k), torch.tensor([2, 0, 1]))
 
 
 # ---------------------------------------------------------------------------------------------- errors

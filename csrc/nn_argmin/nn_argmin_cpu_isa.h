@@ -154,6 +154,8 @@ int64_t pack_block_t(const NnArgminParams& p, int64_t k0, int64_t nk, T* buf) {
   const int64_t d = p.dim, n_panels = (nk + kNR - 1) / kNR;
   T* halves = buf + n_panels * d * kNR;
   int64_t first_bad = -1;
+  // ||k||^2 / 2 <= max / 8, i.e. ||k||^2 <= max / 4 (exact: powers of two).
+  const T kMaxHalfNorm = (sizeof(T) == 4 ? T(__FLT_MAX__) : T(__DBL_MAX__)) * T(0.125);
   constexpr int64_t kColumns = 64;  // columns per pass: the pass's part of a panel (6-12 KB) stays in L1
   for (int64_t pi = 0; pi < n_panels; ++pi) {
     T* panel = buf + pi * d * kNR;
@@ -187,13 +189,11 @@ int64_t pack_block_t(const NnArgminParams& p, int64_t k0, int64_t nk, T* buf) {
       const int64_t key = pi * kNR + j;
       if (key >= nk) {
         halves[pi * kNR + j] = __builtin_inf();
-      } else if (first_bad < 0 && not_finite(halves[pi * kNR + j])) {
-        // A non-finite norm: NaN/Inf in the key, or finite values whose squares overflow. Look.
-        for (int64_t c = 0; c < d; ++c)
-          if (not_finite(panel[c * kNR + j])) {
-            first_bad = k0 + key;
-            break;
-          }
+      } else if (first_bad < 0 && !(halves[pi * kNR + j] <= kMaxHalfNorm)) {
+        // NaN/Inf in the key, or finite values whose squared norm is above max/4: the score ||k||^2/2 - q.k
+        // could overflow (with the queries in the same bound, checked by the caller, 2|h| <= 3/4 max), and
+        // a key scored +inf or NaN never wins. Both are reported; the caller tells them apart by looking at the row.
+        first_bad = k0 + key;
       }
     }
   }

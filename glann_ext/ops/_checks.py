@@ -3,6 +3,7 @@ came, and is raised before any native code runs."""
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable, Sequence
 
@@ -69,6 +70,45 @@ def check_no_internal_overlap(name: str, t: torch.Tensor) -> None:
             f"{name} has internally overlapping memory (e.g. from expand()); in-place updates would be "
             "ill-defined. Pass a tensor that owns its elements (call .contiguous() or .clone())."
         )
+
+
+def max_squared_norm(dtype: torch.dtype) -> float:
+    """The largest squared row norm nn_argmin accepts: a quarter of the accumulation type's maximum, so
+    that its score ``||k||^2 - 2 q.k`` cannot overflow (csrc/nn_argmin/nn_argmin_cpu_isa.h)."""
+    return torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).max / 4
+
+
+def first_overflowing_row(t: torch.Tensor) -> int | None:
+    """The lowest row of 2-D ``t`` whose squared norm exceeds :func:`max_squared_norm` (NaN rows excluded),
+    or None; one pass, the norms in float64 (finite for every float32 row)."""
+    if t.numel() == 0:
+        return None
+    norms = torch.linalg.vector_norm(t, dim=1, dtype=torch.float64)
+    rows = ((norms > math.sqrt(max_squared_norm(t.dtype))) & torch.isfinite(t).all(1)).nonzero()
+    return int(rows[0]) if rows.numel() else None
+
+
+def norm_overflow_error(op: str, argument: str, row: int, dtype: torch.dtype) -> ValueError:
+    """nn_argmin's error for a finite row too large to score (see :func:`max_squared_norm`)."""
+    acc = "float64" if dtype == torch.float64 else "float32"
+    limit = math.sqrt(max_squared_norm(dtype))
+    return ValueError(
+        f"{op}: {argument} row {row} has a squared L2 norm above {acc}'s maximum / 4 (a norm above "
+        f"{limit:.3g}): its values are finite, but nn_argmin ranks keys by ||k||^2 - 2 q.k in {acc}, "
+        f"which could overflow; rescale the inputs" + ("" if acc == "float64" else " or use float64")
+    )
+
+
+def check_squared_norms(op: str, argument: str, t: torch.Tensor, row0: int = 0) -> None:
+    """``ValueError`` naming ``argument`` and its lowest row (counted from ``row0``) whose squared norm
+    overflows nn_argmin's scores (one pass; on CUDA one synchronisation); the NaN error instead if ``t``
+    also holds NaN/Inf."""
+    row = first_overflowing_row(t)
+    if row is not None:
+        nan_row = first_nonfinite_row(t)  # the NaN/Inf policy comes first, as in the kernels
+        if nan_row is not None:
+            raise non_finite_error(argument, nan_row + row0, op=op)
+        raise norm_overflow_error(op, argument, row + row0, t.dtype)
 
 
 def first_nonfinite_row(t: torch.Tensor) -> int | None:

@@ -29,23 +29,27 @@ raised by a later glann_ext call once the device has finished this one, or at th
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Union
 
 import numpy as np
 import torch
 
+from ..errors import NonFiniteError
 from . import _native
 from ._checks import (
     check_finite,
     check_same_device,
     check_same_dtype,
+    check_squared_norms,
     check_tensor,
     from_numpy,
     is_numpy,
     non_finite_error,
     nonfinite_row_flag,
+    norm_overflow_error,
 )
 
 Keys = Union[torch.Tensor, np.ndarray, Iterable[Union[torch.Tensor, np.ndarray]]]
@@ -103,7 +107,12 @@ def _fold_impl(
         if exec_ctx.cuda and (check_queries or check_keys)
         else None
     )
-    with _native.native_call("nn_argmin", queries, arguments=names, row_offsets=offsets):
+    if check_queries and not exec_ctx.cuda:
+        check_squared_norms("nn_argmin", "queries", queries)
+    with (
+        _norm_overflow(keys, keys_name, keys_row0),
+        _native.native_call("nn_argmin", queries, arguments=names, row_offsets=offsets),
+    ):
         _native._C.nn_argmin(
             _native.dtype_code(queries), queries.data_ptr(), n, d, queries.stride(),
             keys.data_ptr(), m, keys.stride(), key_offset, best_score.data_ptr(), best_index.data_ptr(),
@@ -112,6 +121,21 @@ def _fold_impl(
         )  # fmt: skip
     if flags is not None:
         _native.defer_flags(flags, _flags_error("nn_argmin", names, offsets))
+
+
+@contextlib.contextmanager
+def _norm_overflow(keys: torch.Tensor, name: str, row0: int) -> Iterator[None]:
+    """The CPU kernel reports a key row whose squared norm is NaN, Inf or above max/4 as a NaN error; a
+    row of finite values is the second case, raised as what it is."""
+    try:
+        yield
+    except NonFiniteError as exc:
+        if exc.argument != name or exc.row is None:
+            raise
+        row = keys[exc.row - row0]
+        if not bool(torch.isfinite(row).all()):
+            raise
+        raise norm_overflow_error("nn_argmin", name, exc.row, keys.dtype) from None
 
 
 # The registered op (torch.compile, fake tensors and dispatch modes see it); plain tensors in eager mode call
@@ -249,6 +273,11 @@ def nn_argmin(
             ``keys[i]`` and the lowest offending row if they hold NaN/Inf (an argmin over NaN has no
             meaning). The kernels look while they read, so it costs nothing measurable; on CUDA the error is
             deferred. ``False`` skips it: results for non-finite inputs are then unspecified.
+            On the CPU it also raises ``ValueError`` naming the argument and the lowest row whose values are
+            finite but whose squared norm exceeds a quarter of the accumulation type's maximum (a norm above
+            about 9.2e18 in float32, 6.7e153 in float64): the score ``||k||^2 - 2 q.k`` could overflow, and
+            the search would return a wrong index. Rescale the inputs (or use float64). On CUDA such rows
+            are not detected: their results are unspecified.
 
     Returns:
         ``index`` (N,) int64, or ``(index, sq_distance)``. Ties go to the lowest index.
@@ -333,8 +362,10 @@ class RunningArgmin:
         else:
             if self.check_queries:
                 check_finite("queries", self.queries)
+                check_squared_norms("nn_argmin", "queries", self.queries)
             if self.check_keys:
                 check_finite(name, keys)
+                check_squared_norms("nn_argmin", name, keys, row0)
             score, index = self.scores(self.queries, keys)
             _check_candidates(score, index, self.score)
             _merge(self.score, self.index, score, index, offset)

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import torch
 
+from . import _checks
+
 # --------------------------------------------------------------------------------------------------
 # Nearest-neighbour argmin
 # --------------------------------------------------------------------------------------------------
@@ -50,7 +52,12 @@ def nn_argmin_addmm(
     queries: torch.Tensor, keys: torch.Tensor, *, tile: int = 8192, return_distances: bool = False
 ):
     """:func:`nn_argmin_scores_reference`'s index: the N x M matrix is never whole. Distances, when asked
-    for, are recomputed exactly as ``sum((q - k)^2)``."""
+    for, are recomputed exactly as ``sum((q - k)^2)``. Refuses what the fused op refuses (no keys; rows
+    whose squared norm exceeds a quarter of the score type's maximum, where the scores could overflow)."""
+    if keys.shape[0] == 0:
+        raise ValueError("keys must contain at least one row, got M=0")
+    _checks.check_squared_norms("nn_argmin", "queries", queries)
+    _checks.check_squared_norms("nn_argmin", "keys", keys)
     _, best_idx = nn_argmin_scores_reference(queries, keys, tile=tile)
     if not return_distances:
         return best_idx
