@@ -91,7 +91,7 @@ _CONFIG_FLAGS = [
     ("--imle-space", "imle_space", str, "latent (GLANN) or pixel (original IMLE)"),
     ("--ops", "ops", str, "fused kernels or reference PyTorch ops"),
     ("--device", "device", str, "cpu, cuda, cuda:1, ..."),
-    ("--threads", "threads", int, "CPU threads"),
+    ("--threads", "threads", int, "CPU threads (at most 1024)"),
     ("--seed", "seed", int, "random seed"),
     ("--ckpt-every", "ckpt_every", int, "steps between mid-epoch checkpoints (0: epoch ends only)"),
     ("--sample-every", "sample_every", int, "epochs between PNG grids (0: none)"),
@@ -120,8 +120,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _count(minimum: int):
-    """An argparse type: an integer >= ``minimum``."""
+def _count(minimum: int, maximum: int | None = None):
+    """An argparse type: an integer >= ``minimum`` (and <= ``maximum``)."""
 
     def parse(text: str) -> int:
         try:
@@ -130,6 +130,8 @@ def _count(minimum: int):
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {value}")
         return value
 
     return parse
@@ -222,6 +224,8 @@ def _add_upgrade(sub) -> None:
 
 
 def _add_eval(sub) -> None:
+    from glann_ext.train.config import MAX_THREADS
+
     e = sub.add_parser("eval", help="FD, precision/recall, density/coverage and memorisation of a run")
     _run_args(e)
     e.add_argument("-n", type=_count(2), default=10_000, help="number of generated samples (>= 2)")
@@ -233,7 +237,11 @@ def _add_eval(sub) -> None:
     e.add_argument(
         "--clf-epochs", type=_count(1), help="LeNet epochs if it must be trained (default per dataset)"
     )
-    e.add_argument("--threads", type=_count(1), help="CPU threads (default: torch's)")
+    e.add_argument(
+        "--threads",
+        type=_count(1, MAX_THREADS),
+        help=f"CPU threads, at most {MAX_THREADS} (default: torch's)",
+    )
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

@@ -322,3 +322,32 @@ def test_kill_minus_nine_then_rerun_resumes_to_the_same_model(tmp_path, data_fil
     )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) and meta_a == meta_b
     assert any(k.startswith("T.") for k in a) and "codes" in a
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--threads", "100000"),
+        ("--imle-noise-multiple", "1e12"),  # "got 1000000000000.0"
+        ("--gen-width", "1000000"),
+        ("--gen-depth", "100000"),
+        ("--latent-dim", "100000000"),
+        ("--mapping-hidden", "100000000"),
+        ("--noise-dim", "1000000000"),
+        ("--image-size", "1048576"),
+    ],
+)
+def test_absurd_sizes_are_a_one_line_config_error_before_anything_runs(
+    tmp_path, data_file, capsys, flag, value
+):
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", data_file, "--out", str(out), *TINY, flag, value]) == 2
+    err = capsys.readouterr().err
+    field = flag[2:].replace("-", "_")
+    assert err.count("\n") == 1 and f"config field {field} must be at most" in err, err
+    assert not out.exists()
+
+
+def test_eval_threads_are_bounded(run_dir, capsys):
+    assert main(["eval", "--run", str(run_dir), "-n", "10", "--threads", "100000"]) == 2
+    assert "--threads: must be <= 1024, got 100000" in capsys.readouterr().err

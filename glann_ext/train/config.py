@@ -169,6 +169,10 @@ class TrainConfig:
         for name, ok in _range_checks(self):
             if not ok:
                 raise ConfigError(f"config field {name} has an invalid value: {getattr(self, name)!r}")
+        for name, most in MAXIMA.items():
+            value = getattr(self, name)
+            if value is not None and value > most:
+                raise ConfigError(f"config field {name} must be at most {most:g}, got {value!r}")
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(
@@ -288,6 +292,22 @@ _CHOICES = {
     "channels": (None, 1, 3),
 }
 MAX_SEED = 2**63 - 1  # seeds feed torch.Generator.manual_seed, which takes a signed 64-bit value
+MAX_THREADS = 1024  # torch's thread pools: far beyond any machine's cores; 100000 crashes torch
+# Generous upper bounds of the sizes (each far above any run the package is meant for), so that a typo such as
+# --gen-width 1000000 is a one-line config error, not an allocation traceback or a hang while building G.
+MAXIMA: dict[str, float] = {
+    "latent_dim": 16384,
+    "noise_dim": 16384,
+    "gen_width": 4096,
+    "gen_depth": 64,
+    "mapping_hidden": 16384,
+    "mapping_layers": 64,
+    "image_size": 1024,
+    "threads": MAX_THREADS,
+    # IMLE draws multiple x (number of targets) noise vectors per epoch and matches each against the targets:
+    # 1000 x 60000 targets is already 6e7 draws; beyond that only memory runs out (after GLO has trained)
+    "imle_noise_multiple": 1000,
+}
 
 
 def _finite(x: float, low: float, *, strict: bool = False) -> bool:
