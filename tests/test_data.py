@@ -194,3 +194,119 @@ def test_shards_partition_the_dataset_in_order(tmp_path, kind):
     assert torch.equal(torch.cat([p.images for p in parts]), whole)
     with pytest.raises(ValueError, match=r"rank must be in \[0, world=2\), got 2"):
         load_image_shard(str(source), 2, 2, **kw)
+
+
+@pytest.mark.parametrize("top", [1.0001, 1.02, 1.05])
+def test_float_images_slightly_above_one_are_clipped_not_divided_by_255(tmp_path, top):
+    # they were divided by 255: a [0, 1.02] resize overshoot trained on almost-black images
+    arr = np.linspace(0, top, 2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4)
+    np.save(tmp_path / "a.npy", arr)
+    x = load_images(str(tmp_path / "a.npy"))
+    assert torch.equal(x[:, 0], torch.from_numpy(np.clip(arr, 0, 1)))
+
+
+def test_float_images_out_of_range_are_refused_and_whole_0_255_floats_scaled(tmp_path):
+    arr = np.full((2, 4, 4), 0.5, np.float32)
+    arr[0, 0, 0] = 1.5  # one stray pixel: the whole dataset was rescaled to [0, 0.0059]
+    np.save(tmp_path / "a.npy", arr)
+    with pytest.raises(
+        DataError, match=r"a.npy: float images must lie in \[0, 1\].*got values in \[0.5, 1.5\]"
+    ):
+        load_images(str(tmp_path / "a.npy"))
+    whole = np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4) * 8
+    np.save(tmp_path / "b.npy", whole)
+    assert torch.equal(load_images(str(tmp_path / "b.npy"))[:, 0], torch.from_numpy(whole / 255.0).float())
+
+
+@pytest.mark.parametrize("value", [200, 60000, 65535])
+def test_sixteen_bit_pngs_are_scaled_not_clipped(tmp_path, value):
+    from PIL import Image
+
+    (tmp_path / "d").mkdir()
+    Image.new("I;16", (8, 8), value).save(tmp_path / "d" / "x.png")
+    x = load_images(str(tmp_path / "d"), image_size=8, channels=1)
+    assert x.unique().tolist() == [pytest.approx(round(value / 257) / 255)]
+
+
+def test_image_folders_refuse_links_to_files_outside(tmp_path):
+    from PIL import Image
+
+    from glann_ext.data.folder import list_images
+
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "outside").mkdir()
+    Image.new("L", (8, 8), 10).save(tmp_path / "imgs" / "a.png")
+    Image.new("L", (8, 8), 250).save(tmp_path / "outside" / "secret.png")
+    (tmp_path / "imgs" / "inner.png").symlink_to(tmp_path / "imgs" / "a.png")  # inside: fine
+    assert len(list_images(tmp_path / "imgs")) == 2
+    (tmp_path / "imgs" / "link.png").symlink_to(tmp_path / "outside" / "secret.png")
+    with pytest.raises(DataError, match=r"link.png: a link to .*secret.png, outside the image folder"):
+        load_images(str(tmp_path / "imgs"), image_size=8, channels=1)
+
+
+def test_decompression_bombs_in_folders_are_data_errors(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "d").mkdir()
+    Image.new("1", (20000, 20000)).save(tmp_path / "d" / "big.png")
+    with pytest.raises(DataError, match=r"big.png: cannot decode image"):
+        load_images(str(tmp_path / "d"), image_size=8, channels=1)
+
+
+def test_labels_come_from_the_images_folder(tmp_path, no_default_locations, monkeypatch):
+    from glann_ext.data.labelled import load_labelled
+
+    root, other = tmp_path / "root", tmp_path / "other"
+    root.mkdir()
+    other.mkdir()
+    write_idx(root / "t10k-images-idx3-ubyte", np.zeros((3, 28, 28), np.uint8), compress=False)
+    write_idx(other / "t10k-labels-idx1-ubyte", np.arange(3, dtype=np.uint8), compress=False)
+    monkeypatch.setenv(mnist_mod.ENV_VAR, str(other))  # labels elsewhere must not be paired with these images
+    with pytest.raises(DataError, match=r"fashion-mnist test labels not found next to the images .*root"):
+        load_labelled("fashion-mnist", "test", data_root=root)
+    write_idx(root / "t10k-labels-idx1-ubyte", np.array([7, 8, 9], np.uint8), compress=False)
+    assert load_labelled("fashion-mnist", "test", data_root=root)[1].tolist() == [7, 8, 9]
+
+
+def test_gzip_idx_is_not_decompressed_past_its_header(tmp_path):
+    # header (2, 2) uint8 then 300 MB of zeros: the whole stream was decompressed (+600 MB) before the check
+    raw = struct.pack(">BBBB", 0, 0, 0x08, 2) + struct.pack(">II", 2, 2) + bytes(4)
+    p = tmp_path / "bomb.gz"
+    with gzip.open(p, "wb") as f:
+        f.write(raw)
+        for _ in range(300):
+            f.write(bytes(1 << 20))
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(DataError, match=r"bomb.gz: IDX data has trailing bytes"):
+        read_idx(p)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB
+
+
+@pytest.mark.parametrize(("ndim", "dims"), [(4, [2**16] * 4), (3, [2**32 - 1] * 3)])
+def test_idx_sizes_that_overflow_int64_are_data_errors(tmp_path, ndim, dims):
+    p = tmp_path / "big"
+    p.write_bytes(
+        struct.pack(">BBBB", 0, 0, 0x08, ndim) + b"".join(struct.pack(">I", d) for d in dims) + bytes(4)
+    )
+    expected = 4 + 4 * ndim + int(np.prod(np.array(dims, dtype=object)))
+    with pytest.raises(DataError, match=rf"IDX data truncated: header says shape .* \({expected} bytes\)"):
+        read_idx(p)
+
+
+def test_idx_with_too_many_dimensions_and_forged_npz_headers(tmp_path):
+    p = tmp_path / "many"
+    p.write_bytes(struct.pack(">BBBB", 0, 0, 0x08, 255) + bytes(4 * 255))
+    with pytest.raises(DataError, match="255 dimensions, at most 16"):
+        read_idx(p)
+    np.savez(tmp_path / "f.npz", images=np.zeros((2, 4, 4), np.float32))
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "f.npz") as z:
+        data = z.read("images.npy")
+    forged = data.replace(b"'shape': (2, 4, 4), ", b"'shape': (2000000000, 4, 4),")
+    with zipfile.ZipFile(tmp_path / "g.npz", "w") as z:
+        z.writestr("images.npy", forged)
+    with pytest.raises(DataError, match=r"g.npz: array 'images' claims shape \(2000000000, 4, 4\)"):
+        load_images(str(tmp_path / "g.npz"))

