@@ -140,3 +140,47 @@ def test_reconstruction_loss_level_weights(ops_name):
     assert flat(shifted, t).item() == pytest.approx(paper(shifted, t).item() / 4.0 ** (levels - 1), rel=1e-5)
     with pytest.raises(ValueError, match="lap_weights must be 'paper' or 'flat'"):
         ReconstructionLoss(ops, lap_weights="coarse")
+
+
+def _np_slerp(a, b, t):
+    """Independent reference: the textbook formula in numpy extended precision."""
+    import numpy as np
+
+    a = np.asarray(a, np.longdouble)
+    b = np.asarray(b, np.longdouble)
+    a, b = a / np.sqrt((a * a).sum()), b / np.sqrt((b * b).sum())
+    omega = np.arccos(np.clip((a * b).sum(), -1, 1))
+    t = np.asarray(t, np.longdouble)[:, None]
+    return (np.sin((1 - t) * omega) * a + np.sin(t * omega) * b) / np.sin(omega)
+
+
+@pytest.mark.parametrize("eps", [1e-3, 1e-5])
+def test_slerp_stays_on_the_sphere_for_near_antipodal_endpoints(eps):
+    from torch.nn import functional as F
+
+    from glann_ext.models.generative import slerp
+
+    g = torch.Generator().manual_seed(0)
+    a = F.normalize(torch.randn(8, generator=g), dim=0)
+    b = F.normalize(-a + eps * torch.randn(8, generator=g), dim=0)
+    t = torch.linspace(0, 1, 5)
+    out = slerp(a, b, t)
+    # the float32 clamp at 1 - 1e-7 bent the path: norms 0.994, 0.989, ... for eps 1e-3
+    assert torch.allclose(out.norm(dim=1), torch.ones(5), atol=1e-6)
+    ref = torch.from_numpy(_np_slerp(a.numpy(), b.numpy(), t.numpy()).astype("float64")).float()
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_slerp_of_antipodal_endpoints_takes_a_defined_half_circle():
+    from torch.nn import functional as F
+
+    from glann_ext.models.generative import slerp
+
+    a = F.normalize(torch.randn(8, generator=torch.Generator().manual_seed(1)), dim=0)
+    t = torch.linspace(0, 1, 5)
+    out = slerp(a, -a, t)  # was [1.0, 0.707, 0.0, 0.707, 1.0] in norm: G decoded the zero vector
+    assert torch.allclose(out.norm(dim=1), torch.ones(5), atol=1e-6)
+    assert torch.allclose(out[0], a, atol=1e-6) and torch.allclose(out[-1], -a, atol=1e-6)
+    angles = torch.arccos((out[:-1] * out[1:]).sum(1).double().clamp(-1, 1))
+    assert torch.allclose(angles, torch.full((4,), torch.pi / 4, dtype=torch.float64), atol=1e-3)
+    assert torch.equal(slerp(a, -a, t), out)  # deterministic

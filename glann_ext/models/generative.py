@@ -47,15 +47,25 @@ NO_MAPPING = (
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Spherical interpolation between unit vectors ``a`` and ``b`` (D,) at fractions ``t`` (S,) -> (S, D).
-    Falls back to normalised lerp when they are (anti)parallel."""
+    """Spherical interpolation between unit vectors ``a`` and ``b`` (D,) at fractions ``t`` (S,) -> (S, D),
+    computed in float64 and returned in ``a``'s dtype; every point has unit norm. Falls back to normalised
+    lerp when they are parallel; antipodal endpoints have no unique great circle, so the path goes through
+    ``u``, the basis vector least aligned with ``a`` made orthogonal to it (deterministic)."""
+    dtype = a.dtype
+    a, b, t = a.double(), b.double(), t.double()[:, None]
     a, b = a / a.norm(), b / b.norm()
-    omega = torch.arccos((a * b).sum().clamp(-1 + 1e-7, 1 - 1e-7))
-    t = t[:, None]
-    if omega.abs() < 1e-4:
+    omega = torch.arccos((a * b).sum().clamp(-1, 1))
+    if omega < 1e-6:
         out = (1 - t) * a + t * b
-        return out / out.norm(dim=1, keepdim=True)
-    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+    elif omega > math.pi - 1e-6:  # antipodal: a half turn through u
+        u = torch.zeros_like(a)
+        u[int(a.abs().argmin())] = 1
+        u = u - (u @ a) * a
+        u = u / u.norm()
+        out = torch.cos(math.pi * t) * a + torch.sin(math.pi * t) * u
+    else:
+        out = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+    return (out / out.norm(dim=1, keepdim=True)).to(dtype)
 
 
 def fit_gaussian(codes: torch.Tensor, world: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
