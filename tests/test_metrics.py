@@ -693,3 +693,28 @@ def test_nearest_train_keeps_float64_and_accepts_no_samples():
     assert idx.tolist() == [1] and float(dist[0]) == pytest.approx(5e-5, rel=1e-6)
     idx, dist = nearest_train(torch.zeros(0, 1, 2, 2), torch.zeros(3, 1, 2, 2))
     assert idx.shape == (0,) and dist.shape == (0,)
+
+
+def test_cached_classifier_is_retrained_for_other_data_lr_or_batch_size(tmp_path):
+    # the cache was keyed on dataset/seed/epochs only: other data got the first classifier and its accuracy
+    xtr, ytr = _bars(300, 0)
+    xte, yte = _bars(100, 1)
+    first = DomainClassifier.load_or_train(
+        "bars", xtr, ytr, xte, yte, cache_dir=tmp_path, num_classes=3, epochs=1, batch_size=32
+    )
+    path = cache_path(tmp_path, "bars", seed=0, epochs=1)
+    cached = path.read_bytes()
+    flipped_tr, flipped_te = xtr.flip(2), xte.flip(2)
+    for kwargs in ({}, {"lr": 0.01}, {"batch_size": 16}):  # each differs from the first in one thing only
+        path.write_bytes(cached)
+        other = (flipped_tr, ytr, flipped_te, yte) if not kwargs else (xtr, ytr, xte, yte)
+        clf = DomainClassifier.load_or_train(
+            "bars", *other, cache_dir=tmp_path, num_classes=3, epochs=1, **{"batch_size": 32, **kwargs}
+        )
+        assert not torch.equal(clf.features(xte), first.features(xte)), kwargs
+        # the accuracy it reports is the one on the test set it was given (recomputed independently)
+        assert clf.test_accuracy == pytest.approx(
+            float((clf(other[2]).argmax(1) == other[3]).double().mean())
+        )
+    assert first.features(torch.zeros(0, 1, 28, 28)).shape == (0, 84)
+    assert first(torch.zeros(0, 1, 28, 28)).shape == (0, 3)

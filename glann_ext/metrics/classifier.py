@@ -18,6 +18,7 @@ is not such a cache (a bare pickle, another structure, tensors of other shapes) 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import time
@@ -139,6 +140,8 @@ class DomainClassifier:
                 f"images must be {tuple(self.meta['image_size'])} pixels, got {tuple(x.shape[2:])}"
             )
         batch_size = check_positive_int("batch_size", batch_size)
+        if x.shape[0] == 0:  # no images: no rows, of the width ``fn`` gives
+            return fn(torch.zeros(1, *x.shape[1:]))[:0]
         return torch.cat([fn(x[i : i + batch_size].float()) for i in range(0, x.shape[0], batch_size)])
 
     @classmethod
@@ -180,8 +183,16 @@ class DomainClassifier:
             "in_channels": int(xtr.shape[1]), "image_size": [int(xtr.shape[2]), int(xtr.shape[3])],
             "num_classes": num_classes,
         }  # fmt: skip
+        batch_size = check_positive_int("batch_size", batch_size)
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
+            raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+        # what the cache was trained on and with: another data set, lr or batch size trains it again
+        trained_on = {"lr": float(lr), "batch_size": batch_size, "data": _fingerprint(xtr, ytr, xte, yte)}
         if path.exists():
-            return cls.load(path, expect=meta)
+            cached = cls.load(path, expect=meta)
+            if all(cached.meta.get(k) == v for k, v in trained_on.items()):
+                return cached
+        meta.update(trained_on)
         model = _train(xtr, ytr, meta, batch_size=batch_size, lr=lr, verbose=verbose)
         model.eval()
         with torch.no_grad():
@@ -211,6 +222,16 @@ class DomainClassifier:
         except (RuntimeError, ValueError, TypeError) as exc:  # tensors of other shapes, or odd sizes
             raise CheckpointError(_not_a_cache(path, str(exc).strip().splitlines()[-1])) from None
         return cls(model, float(meta["test_accuracy"]), meta)
+
+
+def _fingerprint(*tensors: torch.Tensor) -> str:
+    """A hash of the tensors' shapes, dtypes and values: the data a cached classifier was trained and tested on."""
+    h = hashlib.blake2b(digest_size=16)
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{tuple(t.shape)} {t.dtype};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def _not_a_cache(path: str | os.PathLike, why: str) -> str:
