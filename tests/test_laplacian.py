@@ -518,6 +518,36 @@ def test_opcheck(dtype):
             torch.library.opcheck(torch.ops.glann_ext.laplacian_bwd.default, args)
 
 
+def test_registered_backward_op_refuses_inconsistent_arguments():
+    """torch.ops.glann_ext.laplacian_bwd sized its output and the kernel's reads from the int arguments
+    alone: signs of another shape made it read and write out of bounds (a segfault). Now a ValueError."""
+    x, y = torch.randn(2, 3, 9, 11), torch.randn(2, 3, 9, 11)
+    signs = lap_mod._laplacian_fwd(x, y, 3, [1.0, 4.0, 16.0], 0, False, True)[1]
+    good = (signs, torch.tensor(1.0), 2, 3, 9, 11, 3, [1.0, 4.0, 16.0], 0, torch.float32, False)
+    bwd = torch.ops.glann_ext.laplacian_bwd
+    assert bwd(*good).shape == (2, 3, 9, 11)
+    bad = {
+        0: (torch.zeros(1, 1, dtype=torch.int8), r"signs must be a contiguous int8 tensor of shape \(6, "),
+        2: (64, "signs must be a contiguous int8 tensor of shape"),
+        4: (256, "signs must be"),
+        1: (torch.ones(2), r"grad_loss must have shape \(\)"),
+        6: (5, "level_weights must have 5 entries, got 3"),
+        8: (7, "reduction must be an index into"),
+    }
+    for position, (value, match) in bad.items():
+        args = list(good)
+        args[position] = value
+        with pytest.raises(ValueError, match=rf"^laplacian_bwd: {match}"):
+            bwd(*args)
+    with pytest.raises(ValueError, match=r"signs must be a contiguous int8 tensor of shape \(4096, 87296\)"):
+        bwd(torch.zeros(1, 1, dtype=torch.int8), torch.tensor(1.0), 64, 64, 256, 256, 5,
+            [1.0, 4.0, 16.0, 64.0, 256.0], 0, torch.float32, False)  # fmt: skip
+    args = list(good)
+    args[0] = signs.float()
+    with pytest.raises(ValueError, match="signs must be a contiguous int8 tensor"):
+        bwd(*args)
+
+
 def test_eager_fast_path_matches_the_registered_op(monkeypatch):
     """Plain tensors in eager mode skip the dispatcher (``_EagerLoss``); a dispatch mode (as tracing uses)
     sees the registered op. Both run the same kernels: the same bits, forward and backward."""

@@ -331,6 +331,54 @@ def test_fold_is_the_running_lexicographic_minimum() -> None:
     assert score.tolist() == [1.0, 1.0, 5.0] and index.tolist() == [0, 29, 0]
 
 
+def test_registered_fold_op_refuses_inconsistent_arguments() -> None:
+    """torch.ops.glann_ext.nn_argmin_fold_ wrote N results through best_score/best_index of any size (heap
+    corruption); now their shapes, dtypes and layout are checked against the queries first."""
+    fold = torch.ops.glann_ext.nn_argmin_fold_
+    q, k = torch.randn(50, 4), torch.randn(10, 4)
+    score, index = torch.full((50,), math.inf), torch.zeros(50, dtype=torch.int64)
+    fold(q, k, score, index, 0)
+    assert torch.equal(index, _nearest_by_differences(q, k))
+    cases = [
+        (
+            (q, k, torch.full((1,), math.inf), index, 0),
+            r"best_score must be a contiguous \(50,\) torch.float32",
+        ),
+        ((q, k, score, torch.zeros(1, dtype=torch.int64), 0), r"best_index must be a contiguous \(50,\)"),
+        ((q, k, score, torch.zeros(50, dtype=torch.int32), 0), "best_index must be .* torch.int64"),
+        ((q, k, score.double(), index, 0), "best_score must be .* torch.float32 .* got .* torch.float64"),
+        ((q, k, torch.full((100,), math.inf)[::2], index, 0), r"best_score must be .*\(not contiguous\)"),
+        ((q, k, score, index, -1), "key_offset must be an int >= 0, got -1"),
+    ]
+    for args, match in cases:
+        with pytest.raises(ValueError, match=rf"^nn_argmin_fold_: {match}"):
+            fold(*args)
+    with pytest.raises(ValueError, match=r"nn_argmin_fold_: keys must have D=4"):
+        fold(q, torch.randn(10, 5), score, index, 0)
+    with pytest.raises(TypeError, match="nn_argmin_fold_: keys must have the same dtype as queries"):
+        fold(q, k.double(), score, index, 0)
+
+
+def test_running_argmin_update_checks_its_keys() -> None:
+    """RunningArgmin.update read keys of another dtype or width as raw memory (indices, no error)."""
+    best = RunningArgmin(torch.randn(5, 8))
+    with pytest.raises(
+        TypeError, match=r"^keys must have the same dtype as queries \(float32\), got float64"
+    ):
+        best.update(torch.randn(3, 8, dtype=torch.float64), 0)
+    with pytest.raises(
+        ValueError, match=r"^keys\[2\] must have D=8 columns like queries \(5, 8\), got shape \(3, 7\)"
+    ):
+        best.update(torch.randn(3, 7), 0, name="keys[2]")
+    with pytest.raises(ValueError, match=r"^keys must be a 2-D tensor"):
+        best.update(torch.randn(8), 0)
+    with pytest.raises(ValueError, match=r"^offset must be an int >= 0, got -3"):
+        best.update(torch.randn(3, 8), -3)
+    k = torch.randn(3, 8)
+    best.update(k, 0)
+    assert torch.equal(best.result(), _nearest_by_differences(best.queries, k))
+
+
 def test_torch_compile_fullgraph() -> None:
     q, k = torch.randn(40, 8), torch.randn(500, 8)
     fn = torch.compile(

@@ -179,6 +179,38 @@ def _forward_fake(
     return loss, signs
 
 
+def _check_backward_args(signs, grad_loss, shape, levels, level_weights, reduction, dtype) -> None:
+    """The registered backward op is callable directly (torch.ops.glann_ext.laplacian_bwd): sizes that do not
+    match ``signs`` and ``grad_loss`` would make the kernel read and write out of bounds."""
+    op = "laplacian_bwd"
+    if not all(isinstance(v, int) and v >= 1 for v in shape):
+        raise ValueError(f"{op}: batch, channels, height, width must be ints >= 1, got {shape}")
+    if not (isinstance(levels, int) and 1 <= levels <= MAX_LEVELS):
+        raise ValueError(f"{op}: levels must be in [1, {MAX_LEVELS}], got {levels!r}")
+    if len(level_weights) != levels:
+        raise ValueError(f"{op}: level_weights must have {levels} entries, got {len(level_weights)}")
+    if not (isinstance(reduction, int) and 0 <= reduction < len(REDUCTIONS)):
+        raise ValueError(f"{op}: reduction must be an index into {REDUCTIONS}, got {reduction!r}")
+    allowed = _CUDA_DTYPES if signs.device.type == "cuda" else _CPU_DTYPES
+    if dtype not in allowed:
+        raise TypeError(f"{op}: dtype must be one of {allowed} on {signs.device.type}, got {dtype}")
+    b, c, h, w = shape
+    want = (b * c, _plane_elems(h, w, levels))
+    if signs.dtype != torch.int8 or tuple(signs.shape) != want or not signs.is_contiguous():
+        raise ValueError(
+            f"{op}: signs must be a contiguous int8 tensor of shape {want}, got {signs.dtype} "
+            f"{tuple(signs.shape)}{'' if signs.is_contiguous() else ' (not contiguous)'}"
+        )
+    want_loss = (b,) if reduction == _NONE else ()
+    if tuple(grad_loss.shape) != want_loss or grad_loss.device != signs.device:
+        raise ValueError(
+            f"{op}: grad_loss must have shape {want_loss} on {signs.device}, got {tuple(grad_loss.shape)} on "
+            f"{grad_loss.device}"
+        )
+    if not grad_loss.is_floating_point():
+        raise TypeError(f"{op}: grad_loss must be a floating-point tensor, got {grad_loss.dtype}")
+
+
 def _backward_impl(
     signs: torch.Tensor,
     grad_loss: torch.Tensor,
@@ -194,6 +226,9 @@ def _backward_impl(
 ) -> torch.Tensor:
     """d loss / d x (B, C, H, W) contiguous, given d loss / d loss (``grad_loss``: one value, or (B,) for
     reduction "none", any stride). The kernels divide it by the forward's divisor, as autograd would."""
+    _check_backward_args(
+        signs, grad_loss, (batch, channels, height, width), levels, level_weights, reduction, dtype
+    )
     compute = _compute_dtype(dtype)
     if grad_loss.dtype != compute:
         grad_loss = grad_loss.to(compute)

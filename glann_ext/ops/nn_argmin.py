@@ -140,8 +140,42 @@ def _norm_overflow(keys: torch.Tensor, name: str, row0: int) -> Iterator[None]:
 
 # The registered op (torch.compile, fake tensors and dispatch modes see it); plain tensors in eager mode call
 # _fold_impl directly: the custom_op's Python dispatch cost about 50 us a call, more than a small search.
+def _fold_checked(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    best_score: torch.Tensor,
+    best_index: torch.Tensor,
+    key_offset: int,
+    check_queries: bool = False,
+    check_keys: bool = False,
+    keys_name: str = "keys",
+    keys_row0: int = 0,
+) -> None:
+    """:func:`_fold_impl` as the registered op (callable as torch.ops.glann_ext.nn_argmin_fold_, so with any
+    arguments): the shapes the kernel writes through are checked first."""
+    _check_fold_args(queries, keys, best_score, best_index, key_offset)
+    _fold_impl(
+        queries, keys, best_score, best_index, key_offset, check_queries, check_keys, keys_name, keys_row0
+    )
+
+
+def _check_fold_args(queries, keys, best_score, best_index, key_offset) -> None:
+    op = "nn_argmin_fold_"
+    check_queries(queries)
+    check_keys(f"{op}: keys", keys, queries)
+    n, acc = queries.shape[0], _score_dtype(queries.dtype)
+    for name, t, dtype in (("best_score", best_score, acc), ("best_index", best_index, torch.int64)):
+        if tuple(t.shape) != (n,) or t.dtype != dtype or t.device != queries.device or not t.is_contiguous():
+            raise ValueError(
+                f"{op}: {name} must be a contiguous ({n},) {dtype} tensor on {queries.device}, got "
+                f"{tuple(t.shape)} {t.dtype} on {t.device}{'' if t.is_contiguous() else ' (not contiguous)'}"
+            )
+    if not (isinstance(key_offset, int) and key_offset >= 0):
+        raise ValueError(f"{op}: key_offset must be an int >= 0, got {key_offset!r}")
+
+
 _fold = torch.library.custom_op("glann_ext::nn_argmin_fold_", mutates_args=("best_score", "best_index"))(
-    _fold_impl
+    _fold_checked
 )
 
 
@@ -309,8 +343,8 @@ class RunningArgmin:
     ``update(keys, offset)`` folds in the chunk whose first row has global index ``offset``, by the
     lexicographic (score, global index) rule of the kernels (csrc/nn_argmin/nn_argmin_math.h), so the
     result equals one ``nn_argmin`` over all keys concatenated in index order, whatever order the chunks
-    come in (the distributed ring relies on this). Inputs are assumed validated (:func:`check_queries`,
-    :func:`check_keys`). Scores and distances are float64 for float64 queries, float32 otherwise.
+    come in (the distributed ring relies on this). ``queries`` are assumed validated
+    (:func:`check_queries`); every ``update`` checks its keys (:func:`check_keys`). Scores and distances are float64 for float64 queries, float32 otherwise.
 
     ``scores``: ``None`` scores with the fused kernels; or a callable ``(queries, keys) -> (score, index)``
     giving, per query row, the best score ``||k||^2 - 2 q.k`` ((N,), of the score dtype above) and its
@@ -342,7 +376,11 @@ class RunningArgmin:
 
     def update(self, keys: torch.Tensor, offset: int, *, name: str = "keys", row0: int = 0) -> None:
         """Folds in ``keys`` (global indices from ``offset``); ``name`` and ``row0`` (its first row within
-        the tensor that name means) word a NaN error."""
+        the tensor that name means) word a NaN error. ``keys`` is checked like :func:`nn_argmin`'s (dtype,
+        device and width of the queries)."""
+        check_keys(name, keys, self.queries)
+        if not (isinstance(offset, int) and offset >= 0):
+            raise ValueError(f"offset must be an int >= 0, got {offset!r}")
         m = keys.shape[0]
         if m == 0:
             return
