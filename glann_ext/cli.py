@@ -296,9 +296,17 @@ def _cmd_train(args: argparse.Namespace) -> None:
         raise SystemExit(130) from None
 
 
+def _check_device(args: argparse.Namespace) -> None:
+    """The reading commands' --device must exist here, as train's (a one-line error, not torch's assertion)."""
+    from glann_ext.train.config import check_device
+
+    check_device(args.device, fused=args.ops == "fused")
+
+
 def _load(args: argparse.Namespace):
     from glann_ext.train.run import load_model
 
+    _check_device(args)
     return load_model(args.run, ops=args.ops, device=args.device)
 
 
@@ -381,6 +389,8 @@ def _cmd_upgrade(args: argparse.Namespace) -> None:
 def _cmd_eval(args: argparse.Namespace) -> None:
     from glann_ext.evaluate import EVAL_FILE, evaluate_run, format_table
     from glann_ext.train.threads import intra_op_threads
+
+    _check_device(args)
 
     with intra_op_threads(args.threads or None):  # for this command only (main may run in a caller's process)
         res = evaluate_run(

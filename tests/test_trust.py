@@ -25,6 +25,7 @@ from glann_ext.metrics.classifier import DomainClassifier, cache_path
 from glann_ext.models import load_model_file, read_model_file
 from glann_ext.train import checkpoint as ckpt
 from glann_ext.train import load_model, train
+from glann_ext.train.config import MAXIMA
 
 TINY = ["--preset", "tiny", "--threads", "1", "--no-progress", "--glo-epochs", "1", "--imle-epochs", "1"]
 
@@ -401,6 +402,40 @@ def test_a_table_of_bad_invocations_gives_one_line_each(finished, tmp_path, blob
     assert not (tmp_path / "c").exists()
 
 
+def test_a_forged_main_pt_a_non_utf8_config_and_a_missing_device_are_one_line_errors(
+    finished, tmp_path, capsys
+):
+    run = _copy(finished, tmp_path)
+    (run / "model.safetensors").unlink()  # sample reads the checkpoint
+    main_pt = ckpt.checkpoint_dir(run) / ckpt.read_manifest(run)["step_dir"] / "main.pt"
+    good = torch.load(main_pt, weights_only=True)
+    cases = {
+        "expected a dict, got list": [1, 2, 3],
+        "no phase, glo, imle, config, image_shape": {},
+        "no config": {k: v for k, v in good.items() if k != "config"},
+        "config must be a dict, got str": {**good, "config": "x"},
+        "imle.epoch must be an integer >= 0, got -5": {**good, "imle": {**good["imle"], "epoch": -5}},
+        "phase must be 'glo' or 'imle'": {**good, "phase": "done"},
+        "image_shape must be 3 positive integers": {**good, "image_shape": [1, 28]},
+    }
+    for needle, forged in cases.items():
+        torch.save(forged, main_pt)
+        for argv in (["sample", "--run", str(run)], ["train", "--out", str(run), "--no-progress"]):
+            err = _one_line_error(capsys, *argv)
+            assert "not a checkpoint of glann_ext" in err and needle in err, (argv, err)
+    torch.save(good, main_pt)
+    bad = tmp_path / "cfg.json"
+    bad.write_bytes(b"\xff\xfe")
+    assert "not UTF-8" in _one_line_error(
+        capsys, "train", "--config", str(bad), "--out", str(tmp_path / "new")
+    )
+    shutil.copy(bad, run / "config.json")
+    assert "not UTF-8" in _one_line_error(capsys, "train", "--out", str(run), "--no-progress")
+    if not torch.cuda.is_available():
+        for cmd in ("sample", "eval"):
+            assert "--device cuda" in _one_line_error(capsys, cmd, "--run", str(run), "--device", "cuda")
+
+
 def test_a_checkpoint_of_another_shape_is_a_one_line_error(finished, tmp_path, blob_file, capsys):
     other = tmp_path / "other"
     train(tiny_config(dataset=blob_file, glo_epochs=1, imle_epochs=1, gen_width=4), other, progress=False,
@@ -448,9 +483,14 @@ def test_a_forged_model_description_cannot_make_us_build_a_larger_network(finish
     main_pt = ckpt.checkpoint_dir(run) / ckpt.read_manifest(run)["step_dir"] / "main.pt"
     main = ckpt.load(main_pt)
     for field, needle in (("gen_width", "G.body.0.weight"), ("mapping_hidden", "T.net.0.weight")):
-        ckpt.save_atomic({**main, "config": {**main["config"], field: 10**6}}, main_pt)
+        ckpt.save_atomic({**main, "config": {**main["config"], field: MAXIMA[field]}}, main_pt)
         err = _one_line_error(capsys, "sample", "--run", str(run))
         assert "the checkpoint does not describe a usable model" in err and needle in err, err
+        ckpt.save_atomic({**main, "config": {**main["config"], field: 10**6}}, main_pt)  # beyond any run
+        err = _one_line_error(capsys, "sample", "--run", str(run))
+        assert f"{run}: the checkpoint's config is not valid" in err and f"{field} must be at most" in err, (
+            err
+        )
 
 
 def test_a_reader_never_mixes_two_steps(finished, tmp_path, monkeypatch):

@@ -68,6 +68,65 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool 
         raise CheckpointError(f"{path}: cannot load checkpoint ({exc})") from exc
 
 
+MAIN_KEYS = ("phase", "glo", "imle", "config", "image_shape")
+COUNTERS = ("epoch", "step_in_epoch", "global_step")
+
+
+def load_main(path: str | Path) -> dict[str, Any]:
+    """A step's ``main.pt`` (:func:`load`), checked: a dict with :data:`MAIN_KEYS`, a known phase, a config
+    dict, an image shape, and trainer states whose counters are integers >= 0 (a forged file is a one-line
+    :class:`CheckpointError`, never a TypeError or extra epochs trained)."""
+    main = load(path)
+    problem = _main_problem(main)
+    if problem:
+        raise CheckpointError(f"{path}: not a checkpoint of glann_ext ({problem})")
+    return main
+
+
+def _is_count(v: Any, low: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _main_problem(main: Any) -> str | None:
+    if not isinstance(main, dict):
+        return f"expected a dict, got {type(main).__name__}"
+    missing = [k for k in MAIN_KEYS if k not in main]
+    if missing:
+        return f"no {', '.join(missing)}"
+    if main["phase"] not in ("glo", "imle"):
+        return f"phase must be 'glo' or 'imle', got {main['phase']!r:.40}"
+    if not isinstance(main["config"], dict):
+        return f"config must be a dict, got {type(main['config']).__name__}"
+    shape = main["image_shape"]
+    if not (isinstance(shape, (list, tuple)) and len(shape) == 3 and all(_is_count(v, 1) for v in shape)):
+        return f"image_shape must be 3 positive integers, got {shape!r:.60}"
+    for stage in ("glo", "imle"):
+        state = main[stage]
+        if state is None:
+            continue
+        if not isinstance(state, dict):
+            return f"{stage} must be a dict or None, got {type(state).__name__}"
+        for k in COUNTERS:
+            if not _is_count(state.get(k)):
+                return f"{stage}.{k} must be an integer >= 0, got {state.get(k)!r:.40}"
+    return None
+
+
+def load_shard(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """A step's shard file (:func:`load`), checked: ``{start, stop, total, rows}`` with integer bounds and a
+    dict of tensors."""
+    shard = load(path, mmap=mmap)
+    ok = (
+        isinstance(shard, dict)
+        and all(_is_count(shard.get(k)) for k in ("start", "stop"))
+        and isinstance(shard.get("rows"), dict)
+        and all(isinstance(t, torch.Tensor) for t in shard["rows"].values())
+    )
+    if not ok:
+        raise CheckpointError(f"{path}: not a checkpoint shard of glann_ext (expected start, stop and rows)")
+    return shard
+
+
 # -- splitting trainer states into replicated parts and rows ------------------------------------------------
 
 
@@ -279,12 +338,12 @@ def load_step(run: str | Path, world: World, total: int) -> dict[str, Any] | Non
             raise CheckpointError(
                 f"{step_dir / name}: missing; the checkpoint named by {where} is incomplete"
             )
-    shard = load(step_dir / manifest["shards"][world.rank])
+    shard = load_shard(step_dir / manifest["shards"][world.rank])
     if (shard["start"], shard["stop"]) != world.bounds(total):
         raise CheckpointError(
             f"{step_dir}: shard {world.rank} holds rows {shard['start']}..{shard['stop']}, expected {world.bounds(total)}"
         )
-    main, rows = load(step_dir / MAIN_FILE), shard["rows"]
+    main, rows = load_main(step_dir / MAIN_FILE), shard["rows"]
     return {
         "phase": main["phase"],
         "glo": join_state("glo", main["glo"], rows),
@@ -306,7 +365,7 @@ def read_step(
             raise CheckpointError(f"{run}: no checkpoint ({CHECKPOINT_DIR}/{MANIFEST_FILE} missing)")
         step_dir = checkpoint_dir(run) / manifest["step_dir"]
         try:
-            state = load(step_dir / MAIN_FILE) if main else None
+            state = load_main(step_dir / MAIN_FILE) if main else None
             table = _rows_in(step_dir, manifest, 0, manifest["total"], names) if rows else None
             return manifest, state, table
         except CheckpointError:
@@ -350,7 +409,7 @@ def _rows_in(
             raise CheckpointError(f"{path}: missing; the checkpoint step {step_dir.name} is incomplete")
         if a >= b and parts:  # no rows wanted from this shard, and its tensor names are known already
             continue
-        rows = load(path, mmap=True)["rows"]
+        rows = load_shard(path, mmap=True)["rows"]
         for key, t in rows.items():
             if names is not None and key not in names:
                 continue
@@ -406,7 +465,7 @@ def _write_resharded(run: Path, manifest: dict[str, Any], world_size: int) -> Pa
         save_atomic(
             {"start": lo, "stop": hi, "total": total, "rows": rows}, new_dir / shard_name(r, world_size)
         )
-    save_atomic(load(old_dir / MAIN_FILE), new_dir / MAIN_FILE)  # loaded, so only safe content travels
+    save_atomic(load_main(old_dir / MAIN_FILE), new_dir / MAIN_FILE)  # loaded, so only safe content travels
     new = {
         **manifest,
         "seq": seq,

@@ -234,7 +234,9 @@ class TrainConfig:
 
 def _read_object(path: str | Path) -> dict[str, Any]:
     try:
-        saved = json.loads(Path(path).read_text())
+        saved = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(saved, dict):

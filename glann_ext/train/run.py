@@ -557,7 +557,10 @@ def model_from_checkpoint(run: str | Path, ops: str | None = None, device: str =
     built to the checkpoint's own tensors (:func:`~glann_ext.models.generative.built_to_fit`): a config
     that names other sizes is refused before anything of its size is allocated."""
     _, main, rows = ckpt.read_step(run, names=["glo.codes"])
-    cfg = saved_config(main["config"])
+    try:
+        cfg = saved_config(main["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"{run}: the checkpoint's config is not valid ({exc})") from None
     glo, imle = main["glo"], main["imle"]
     pixel = cfg.imle_space == "pixel"
     if (imle if pixel else glo) is None:
