@@ -220,6 +220,46 @@ def test_project_gradcheck():
     torch.testing.assert_close(big.grad.double(), ref, rtol=1e-5, atol=1e-40)
 
 
+def _exact_projection_and_vjp(z: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """z / ||z|| and its vector-Jacobian product (g - y (y.g)) / ||z|| per row, computed on the row times a
+    power of two 2^k that brings it near 1 (exact in float64, subnormals included), then rescaled: the
+    projection does not change, the vjp is multiplied by 2^k (exact, while representable)."""
+    rows_y, rows_g = [], []
+    for zi, gi in zip(z.double(), g.double()):
+        k = -math.frexp(zi.abs().max().item())[1]
+        zs = zi * 2.0**k if k <= 1000 else zi * 2.0**1000 * 2.0 ** (k - 1000)
+        norm = zs.norm()
+        y = zs / norm
+        rows_y.append(y)
+        vjp = (gi - y * (y @ gi)) / norm
+        rows_g.append(vjp * 2.0 ** min(k, 1000) * 2.0 ** max(k - 1000, 0))
+    return torch.stack(rows_y), torch.stack(rows_g)
+
+
+@pytest.mark.parametrize(("scale", "gscale"), [(1e-303, 1.0), (1e-301, 1.0), (3e-310, 1e-10), (3e200, 1.0)])
+def test_project_backward_and_reference_for_tiny_and_huge_float64_rows(scale, gscale):
+    """The backward clamped the row maximum at 1e-300 (gradients ~500x too large at 1e-303), and the
+    reference projection used the unscaled norm (3e-310 rows came out (1, 1) / sqrt(2), 3e200 rows zero)."""
+    z = torch.randn(4, 5, dtype=torch.float64) * scale
+    z[:, 0] = scale
+    z[3] = torch.tensor([3.0, 4.0, 0.0, 0.0, 0.0], dtype=torch.float64) * scale
+    g = torch.randn(4, 5, dtype=torch.float64) * gscale
+    want_y, want_g = _exact_projection_and_vjp(z, g)
+    assert torch.isfinite(want_g).all()
+    zr = z.clone().requires_grad_()
+    (gz,) = torch.autograd.grad(project_to_sphere(zr), zr, g)
+    # Subnormal rows carry fewer significant bits; the result is still as exact as float64 allows.
+    tol = {"rtol": 1e-13, "atol": 0.0}
+    torch.testing.assert_close(gz, want_g, **tol)
+    torch.testing.assert_close(project_to_sphere(z), want_y, **tol)
+    torch.testing.assert_close(glann_ext.ops.reference.project_to_sphere_reference(z), want_y, **tol)
+    torch.testing.assert_close(
+        glann_ext.ops.reference.project_to_sphere_reference(z[3:]),
+        torch.tensor([[0.6, 0.8, 0.0, 0.0, 0.0]], dtype=torch.float64),
+        **tol,
+    )
+
+
 def test_project_deterministic_across_thread_counts():
     z = torch.randn(5000, 64)
     z[17] = 0

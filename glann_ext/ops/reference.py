@@ -174,9 +174,16 @@ def laplacian_pyramid_loss_reference(
 
 
 def project_to_sphere_reference(z: torch.Tensor) -> torch.Tensor:
-    """Rows divided by their L2 norm; an all-zero row becomes (1, ..., 1) / sqrt(D)."""
-    norm = z.double().norm(dim=1, keepdim=True)
-    out = (z.double() / norm.clamp_min(torch.finfo(torch.float64).tiny)).to(z.dtype)
+    """Rows divided by their L2 norm; an all-zero row becomes (1, ..., 1) / sqrt(D). Each row is divided by
+    its largest magnitude first (in float64), so float64 rows whose sum of squares would under- or
+    overflow (|z| below ~1e-154 or above ~1e154) project correctly too."""
+    if z.numel() == 0:
+        return z.clone()
+    zz = z.double()
+    amax = zz.abs().amax(1, keepdim=True)
+    unit = zz / torch.where(amax == 0, torch.ones_like(amax), amax)
+    norm = unit.norm(dim=1, keepdim=True)
+    out = (unit / torch.where(norm == 0, torch.ones_like(norm), norm)).to(z.dtype)
     fill = torch.full_like(z, 1.0 / math.sqrt(z.shape[1]))
     return torch.where(norm == 0, fill, out)
 

@@ -405,11 +405,12 @@ def _project_backward(ctx, grad: torch.Tensor) -> torch.Tensor:
     z, y = ctx.saved_tensors
     acc = torch.float64 if z.dtype in _CPU_DTYPES else torch.float32
     zz, yy, gg = z.to(acc), y.to(acc), grad.to(acc)
-    norm = torch.linalg.vector_norm(
-        zz / zz.abs().amax(1, keepdim=True).clamp_min(1e-300), dim=1, keepdim=True
-    )
-    norm = norm * zz.abs().amax(1, keepdim=True)
-    gz = (gg - yy * (yy * gg).sum(1, keepdim=True)) / norm
+    amax = zz.abs().amax(1, keepdim=True)
+    # Scale by the row's largest magnitude (only an exact zero row is left unscaled): subnormal and huge
+    # float64 rows get their true norm.
+    scale = torch.where(amax == 0, torch.ones_like(amax), amax)
+    norm = torch.linalg.vector_norm(zz / scale, dim=1, keepdim=True)  # ||z|| / scale, in [1, sqrt(D)]
+    gz = (gg - yy * (yy * gg).sum(1, keepdim=True)) / norm / scale  # scale is exact, even subnormal
     return torch.where(norm == 0, torch.zeros_like(gz), gz).to(z.dtype)
 
 
