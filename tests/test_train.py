@@ -395,6 +395,8 @@ def test_imle_betas_set_the_mapping_adam_and_a_run_saved_without_them_keeps_the_
     del saved["imle_betas"]
     saved["betas"] = [0.6, 0.99]
     (out / "config.json").write_text(json.dumps(saved))
+    main_pt = ckpt.checkpoint_dir(out) / ckpt.read_manifest(out)["step_dir"] / "main.pt"
+    ckpt.save_atomic({**ckpt.load(main_pt), "config": saved}, main_pt)  # the checkpoint's copy, saved alike
     assert TrainConfig.from_json(out / "config.json").imle_betas == (0.9, 0.9)  # a file to start from
     assert load_run_config(out / "config.json").imle_betas == (0.6, 0.99)
     # A run saved under the earlier default (0.5, 0.999) keeps it: config.json holds every field.

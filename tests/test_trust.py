@@ -364,6 +364,10 @@ def test_failed_starts_leave_no_folder_and_do_not_bind_the_next_command(tmp_path
                 ["--device", "meta"], ["--device", "cuda"]):  # fmt: skip
         _one_line_error(capsys, "train", "--dataset", blob_file, "--out", str(out), *TINY, *bad)
         assert not out.exists(), bad
+    assert "needs a finished GLO stage" in _one_line_error(
+        capsys, "train", "--dataset", blob_file, "--out", str(out), *TINY, "--stage", "imle"
+    )
+    assert not out.exists()
     cfg = tiny_config(dataset=blob_file, ckpt_every=0)
     with pytest.raises(Interrupt):  # dies in its first epoch, before any checkpoint
         train(cfg, out, progress=False, on_step=interrupt_at("glo", 1), log=lambda s: None)

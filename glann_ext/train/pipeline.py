@@ -116,18 +116,28 @@ class Fit:
         return GLANN(self.G, self.glo.codes, T, ops=self.ops, config=config)
 
     # -- running -----------------------------------------------------------------------------------------
+    def check_stage(self, stage: str) -> None:
+        """Raise unless :meth:`run` can train ``stage`` from the current state (a run folder asks before it
+        writes anything, so a refused start leaves the folder as it was)."""
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        if (
+            not self.pixel
+            and stage == "imle"
+            and self.phase == "glo"
+            and self.glo.epoch < self.cfg.glo_epochs
+        ):
+            raise RunFolderError(
+                f"--stage imle needs a finished GLO stage ({self.glo.epoch}/{self.cfg.glo_epochs} epochs "
+                "done); run --stage glo first"
+            )
+
     def run(self, stage: str = "all", hooks: Sequence[Hook] = ()) -> GLANN | PixelIMLE:
         """Train (or finish) ``stage``: "all" (GLO then IMLE), "glo", or "imle" (after a finished GLO stage;
         pixel IMLE has only its IMLE stage). Returns the model in eval mode."""
-        if stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        self.check_stage(stage)
         cfg = self.cfg
         if not self.pixel:
-            if stage == "imle" and self.phase == "glo" and self.glo.epoch < cfg.glo_epochs:
-                raise RunFolderError(
-                    f"--stage imle needs a finished GLO stage ({self.glo.epoch}/{cfg.glo_epochs} epochs "
-                    "done); run --stage glo first"
-                )
             if self.phase == "glo":
                 run_epochs(self.glo, cfg.glo_epochs, hooks)
             if stage == "glo":

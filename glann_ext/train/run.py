@@ -306,6 +306,7 @@ class Run:
         self, fit: Fit, stage: str, images: torch.Tensor, total: int, state: dict | None
     ) -> GenerativeModel:
         """Write the folder's config (a new run), attach the folder's hooks and train."""
+        fit.check_stage(stage)  # before the first write: a refused start leaves the folder as it was
         tb = None
         if self.world.is_main:
             ensure_dir(self.out / "images")
