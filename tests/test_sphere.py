@@ -173,6 +173,39 @@ def test_project_argument_errors():
     torch.testing.assert_close(project_to_sphere(torch.ones(1, 4).expand(3, 4)), torch.full((3, 4), 0.5))
 
 
+def test_project_in_place_refuses_overlapping_rows_torch_calls_too_hard():
+    """torch._debug_has_internal_overlap says "too hard" (2), not "yes", for rows that overlap through
+    as_strided, and only "yes" was refused: the rows came out not unit norm, silently."""
+    s = torch.randn(20)
+    z = s.as_strided((4, 5), (2, 1))  # row i starts 2 elements after row i-1: rows share 3 elements
+    assert torch._debug_has_internal_overlap(z) == 2
+    before = s.clone()
+    with pytest.raises(
+        ValueError, match=r"^project_to_sphere_: z has internally overlapping memory .*strides \(2, 1\)"
+    ):
+        project_to_sphere_(z)
+    assert torch.equal(s, before)
+    with pytest.raises(ValueError, match="internally overlapping"):
+        project_to_sphere_(torch.randn(30).as_strided((5, 4), (1, 3)))  # columns overlap the rows
+    # Layouts torch also calls "too hard" whose elements are distinct are still projected in place,
+    # matching an independent float64 projection; the other elements are untouched.
+    for make in (
+        lambda w: w[:, 2:7],
+        lambda w: w.t()[1:6, ::2],
+        lambda w: w.as_strided((3, 4), (13, 3)),
+        lambda w: w.as_strided((4, 3), (1, 4)),
+    ):
+        w = torch.randn(10, 12, dtype=torch.float64)
+        view = make(w)
+        want = view.clone() / view.norm(dim=1, keepdim=True)
+        others = w.clone()
+        others_mask = torch.ones_like(w, dtype=torch.bool)
+        make(others_mask).fill_(False)
+        assert project_to_sphere_(view) is view
+        torch.testing.assert_close(make(w), want, rtol=2e-15, atol=0)
+        assert torch.equal(w[others_mask], others[others_mask])
+
+
 def test_project_empty():
     for shape in [(0, 5), (0, 0), (4, 0)]:
         z = torch.randn(shape)

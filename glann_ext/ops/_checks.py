@@ -64,11 +64,15 @@ def check_same_dtype(**tensors: torch.Tensor) -> torch.dtype:
 
 
 def check_no_internal_overlap(name: str, t: torch.Tensor) -> None:
-    """In-place kernels must not write through a tensor whose elements alias each other (expand, as_strided)."""
-    if t.numel() > 1 and torch._debug_has_internal_overlap(t) == 1:  # 1 == MemOverlap::Yes
+    """In-place kernels must not write through a tensor whose elements alias each other (expand, as_strided).
+    torch's own check answers "too hard" for any layout that is not dense (e.g. overlapping as_strided rows);
+    here a layout passes only if it provably has distinct elements: sorted by stride, every dimension's
+    stride exceeds the span of the smaller ones."""
+    if t.numel() > 1 and not _distinct_elements(t):
         raise ValueError(
-            f"{name} has internally overlapping memory (e.g. from expand()); in-place updates would be "
-            "ill-defined. Pass a tensor that owns its elements (call .contiguous() or .clone())."
+            f"{name} has internally overlapping memory (e.g. from expand() or as_strided(); shape "
+            f"{tuple(t.shape)}, strides {t.stride()}); in-place updates would be ill-defined. Pass a tensor "
+            "that owns its elements (call .contiguous() or .clone())."
         )
 
 
@@ -109,6 +113,17 @@ def check_squared_norms(op: str, argument: str, t: torch.Tensor, row0: int = 0) 
         if nan_row is not None:
             raise non_finite_error(argument, nan_row + row0, op=op)
         raise norm_overflow_error(op, argument, row + row0, t.dtype)
+
+
+def _distinct_elements(t: torch.Tensor) -> bool:
+    if torch._debug_has_internal_overlap(t) == 0:  # MemOverlap::No (dense layouts)
+        return True
+    span = 0  # the largest offset reached by the dimensions seen so far
+    for size, stride in sorted((d for d in zip(t.shape, t.stride()) if d[0] > 1), key=lambda d: d[1]):
+        if stride <= span:
+            return False
+        span += (size - 1) * stride
+    return True
 
 
 def first_nonfinite_row(t: torch.Tensor) -> int | None:
