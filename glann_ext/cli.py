@@ -310,11 +310,39 @@ def _load(args: argparse.Namespace):
     return load_model(args.run, ops=args.ops, device=args.device)
 
 
+def _npy_path(flag: str, value: str | None) -> Path | None:
+    """The file an ``.npy`` output flag names, checked before any work: it ends in ``.npy`` (added when the
+    name has no suffix, as numpy would), and its nearest existing parent is a folder (missing ones are created
+    when it is written)."""
+    if value is None:
+        return None
+    path = Path(value)
+    if path.suffix == "":
+        path = path.with_name(path.name + ".npy")
+    elif path.suffix != ".npy":
+        raise CLIError(f"{flag} {value}: expected a file name ending in .npy, got suffix {path.suffix!r}")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CLIError(f"{flag} {value}: {parent} is not a folder")
+    return path
+
+
+def _save_npy(path: Path, array: object) -> None:
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:  # a file object: numpy adds no suffix
+        np.save(f, array)
+
+
 def _cmd_sample(args: argparse.Namespace) -> None:
     from glann_ext.evaluate import apply_sampling
     from glann_ext.images import save_grid
     from glann_ext.models import GLANN
 
+    npy = _npy_path("--npy", args.npy)
     model = _load(args)
     apply_sampling(model, args.sampler, args.noise_scale, args.spread)
     if args.sampler == "gaussian":
@@ -328,11 +356,9 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     if grid:
         save_grid(images.cpu(), grid)
         written.append(grid)
-    if args.npy:
-        import numpy as np
-
-        np.save(args.npy, images.cpu().numpy())
-        written.append(args.npy)
+    if npy is not None:
+        _save_npy(npy, images.cpu().numpy())
+        written.append(str(npy))
     print(f"wrote {args.n} samples to {' and '.join(written)}")
 
 
@@ -358,6 +384,7 @@ def _cmd_invert(args: argparse.Namespace) -> None:
     from glann_ext.images import save_grid
     from glann_ext.models import GLANN
 
+    codes_path = _npy_path("--codes", args.codes)
     model = _load(args)
     if not isinstance(model, GLANN):
         raise CLIError("invert: needs a GLANN run (a pixel-space IMLE model has no codes to invert into)")
@@ -365,11 +392,12 @@ def _cmd_invert(args: argparse.Namespace) -> None:
     images = load_images(args.images, image_size=size, channels=channels, limit=args.limit)
     codes, recon = model.invert(images, steps=args.steps, restarts=args.restarts, seed=args.seed)
     save_grid(torch.cat([images, recon.cpu()]), args.grid, nrow=len(images))
-    if args.codes:
-        import numpy as np
-
-        np.save(args.codes, codes.cpu().numpy())
-    print(f"inverted {len(images)} images; originals and reconstructions in {args.grid}")
+    if codes_path is not None:
+        _save_npy(codes_path, codes.cpu().numpy())
+    print(
+        f"inverted {len(images)} images; originals and reconstructions in {args.grid}"
+        + (f", codes in {codes_path}" if codes_path is not None else "")
+    )
 
 
 def _cmd_reshard(args: argparse.Namespace) -> None:

@@ -351,3 +351,30 @@ def test_absurd_sizes_are_a_one_line_config_error_before_anything_runs(
 def test_eval_threads_are_bounded(run_dir, capsys):
     assert main(["eval", "--run", str(run_dir), "-n", "10", "--threads", "100000"]) == 2
     assert "--threads: must be <= 1024, got 100000" in capsys.readouterr().err
+
+
+def test_npy_outputs_are_named_as_written_and_checked_before_any_work(run_dir, data_file, tmp_path, capsys):
+    assert main(["sample", "--run", str(run_dir), "-n", "4", "--npy", str(tmp_path / "fo")]) == 0
+    assert f"wrote 4 samples to {tmp_path / 'fo.npy'}" in capsys.readouterr().out
+    assert np.load(tmp_path / "fo.npy").shape[0] == 4
+    assert main(["sample", "--run", str(run_dir), "-n", "4", "--npy", str(tmp_path / "x.txt")]) == 2
+    assert "--npy" in capsys.readouterr().err and not list(tmp_path.glob("x.txt*"))
+    (tmp_path / "file").write_text("")
+    grid = tmp_path / "g.png"
+    argv = [
+        "invert",
+        "--run",
+        str(run_dir),
+        "--images",
+        data_file,
+        "--limit",
+        "2",
+        "--steps",
+        "2",
+        "--grid",
+        str(grid),
+    ]
+    assert main([*argv, "--codes", str(tmp_path / "file" / "c.npy")]) == 2
+    assert "is not a folder" in capsys.readouterr().err and not grid.exists()  # refused before inverting
+    assert main([*argv, "--codes", str(tmp_path / "nodir" / "c.npy")]) == 0  # missing folders are created
+    assert np.load(tmp_path / "nodir" / "c.npy").shape[0] == 2
