@@ -308,6 +308,16 @@ def _inception_fid(test: torch.Tensor, samples: torch.Tensor, log) -> dict[str, 
     return dataclasses.asdict(standard_fid(test, samples))
 
 
+def _check_sizes(n: object, n_test: object) -> None:
+    """PRDC's k = 3 (precision/recall) needs 4 samples and 4 test images, its k = 5 (density/coverage) 6 test
+    images: checked before anything is sampled."""
+    for name, value, least in (("n (-n)", n, 4), ("n_test", n_test, 6)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise UsageError(
+                f"{name} must be an integer >= {least} (PRDC's k nearest neighbours), got {value!r}"
+            )
+
+
 def evaluate_run(
     run: str | os.PathLike,
     *,
@@ -329,13 +339,11 @@ def evaluate_run(
     """Evaluate the model of run folder (or model file) ``run``; writes ``eval.json``, ``eval_samples.png`` and
     ``eval_neighbours.png`` into ``out`` (default: the run folder) and returns the ``eval.json`` content.
 
-    ``n`` samples (>= 2) from ``sampler`` ("glann": the model's, balanced if so configured; "plain": ``T(e)``;
+    ``n`` samples (>= 4) from ``sampler`` ("glann": the model's, balanced if so configured; "plain": ``T(e)``;
     "gaussian": the GLO + Gaussian baseline) with ``seed`` (``noise_scale``, ``spread``: None, the run's); up
-    to ``n_test`` test images; the LeNet cached in ``cache_dir`` (default ``~/.cache/glann_ext/quality``)."""
+    to ``n_test`` (>= 6) test images; the LeNet cached in ``cache_dir`` (default ``~/.cache/glann_ext/quality``)."""
     t0, run = time.perf_counter(), Path(run)
-    for name, value in (("n (-n)", n), ("n_test", n_test)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-            raise UsageError(f"{name} must be an integer >= 2, got {value!r}")
+    _check_sizes(n, n_test)
     out_dir = _out_dir(run, out)
     model, cfg = _open_run(run, ops, device, sampler, noise_scale, spread)
     data = _eval_data(run, cfg, model.image_shape, n_test, cache_dir, clf_epochs, log)

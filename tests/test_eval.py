@@ -292,3 +292,18 @@ def test_ceiling_line_signs_the_recall_difference():
     above = _ceiling_line({"ceiling": ceiling, "versus_ceiling": {"fd_ratio": 1.5, "recall_gap": -0.004}})
     below = _ceiling_line({"ceiling": ceiling, "versus_ceiling": {"fd_ratio": 1.5, "recall_gap": 0.02}})
     assert above.endswith("recall +0.004") and below.endswith("recall -0.020")
+
+
+@pytest.mark.parametrize(
+    ("n", "n_test", "needle"),
+    [(3, 50, r"n \(-n\) must be an integer >= 4"), (10, 5, "n_test must be an integer >= 6")],
+)
+def test_eval_checks_prdc_sizes_before_sampling(digits_run, cache_dir, tmp_path, n, n_test, needle):
+    # n = 2..3 or n_test = 2..5 passed the ">= 2" check and failed after sampling inside PRDC (k + 1 rows)
+    from glann_ext.errors import UsageError
+
+    with pytest.raises(
+        UsageError, match=needle + r" \(PRDC's k nearest neighbours\), got " + str(min(n, n_test))
+    ):
+        evaluate_run(digits_run, n=n, n_test=n_test, cache_dir=cache_dir, out=tmp_path / "o", progress=False)
+    assert not (tmp_path / "o").exists()

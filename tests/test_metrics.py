@@ -718,3 +718,10 @@ def test_cached_classifier_is_retrained_for_other_data_lr_or_batch_size(tmp_path
         )
     assert first.features(torch.zeros(0, 1, 28, 28)).shape == (0, 84)
     assert first(torch.zeros(0, 1, 28, 28)).shape == (0, 3)
+
+
+def test_prdc_too_few_rows_names_real_or_fake():
+    with pytest.raises(ValueError, match=r"fake must have at least k \+ 1 = 4 rows for k=3, got 3"):
+        precision_recall(torch.rand(20, 2), torch.rand(3, 2))
+    with pytest.raises(ValueError, match=r"real must have at least k \+ 1 = 4 rows for k=3, got 3"):
+        prdc(torch.rand(3, 2), torch.rand(20, 2))

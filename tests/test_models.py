@@ -184,3 +184,40 @@ def test_slerp_of_antipodal_endpoints_takes_a_defined_half_circle():
     angles = torch.arccos((out[:-1] * out[1:]).sum(1).double().clamp(-1, 1))
     assert torch.allclose(angles, torch.full((4,), torch.pi / 4, dtype=torch.float64), atol=1e-3)
     assert torch.equal(slerp(a, -a, t), out)  # deterministic
+
+
+def _tiny_glann():
+    from torch.nn import functional as F
+
+    from glann_ext.models import GLANN
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        G = DCGANGenerator(latent_dim=8, image_size=28, channels=1, width=8)
+        T = MLP(4, 8, hidden=16, layers=2)
+        codes = F.normalize(torch.randn(20, 8), dim=1)
+    return GLANN(G, codes, T, config={"seed": 0})
+
+
+def test_decode_and_map_noise_name_a_wrong_dtype_or_shape():
+    from glann_ext.errors import UsageError
+
+    m = _tiny_glann()
+    # these failed inside torch: "expected m1 and m2 to have the same dtype", "mat1 and mat2 shapes ..."
+    with pytest.raises(UsageError, match=r"z must be a float32 \(n, 8\) tensor, got float64 \(2, 8\)"):
+        m.decode(torch.zeros(2, 8, dtype=torch.float64))
+    with pytest.raises(UsageError, match=r"z must be a float32 \(n, 8\) tensor, got float32 \(2, 5\)"):
+        m.decode(torch.zeros(2, 5))
+    with pytest.raises(UsageError, match=r"e must be a float32 \(n, 4\) tensor, got float64 \(3, 4\)"):
+        m.map_noise(torch.zeros(3, 4, dtype=torch.float64))
+    assert m.decode(torch.zeros(2, 8)).shape == (2, 1, 28, 28)
+
+
+def test_invert_of_no_images_is_empty_and_float64_codes_are_usable():
+    m = _tiny_glann()
+    codes, recs = m.invert(torch.zeros(0, 1, 28, 28), steps=1, restarts=1)
+    assert codes.shape == (0, 8) and recs.shape == (0, 1, 28, 28)
+    from glann_ext.models import GLANN
+
+    m64 = GLANN(m.G, m.codes.double(), m.T, config={"balance_draws": 1.0})  # sample() raised TypeError
+    assert torch.equal(m64.sample(2), GLANN(m.G, m.codes, m.T, config={"balance_draws": 1.0}).sample(2))

@@ -23,18 +23,20 @@ def _tile_distances(q: torch.Tensor, keys: torch.Tensor, key_sq: torch.Tensor) -
     return d2.clamp_min_(0.0).sqrt_()
 
 
-def knn_radii(features: torch.Tensor, k: int, *, tile_bytes: int = DEFAULT_TILE_BYTES) -> torch.Tensor:
+def knn_radii(
+    features: torch.Tensor, k: int, *, tile_bytes: int = DEFAULT_TILE_BYTES, name: str = "features"
+) -> torch.Tensor:
     """Distance from every row to its k-th nearest *other* row of the same set, float64 (N,).
 
     Computed as the (k+1)-th smallest distance with the point itself included (distance 0), as in the
     reference implementations of Kynkäänniemi et al. 2019 and Naeem et al. 2020; duplicates of a row
     count as neighbours at distance 0. Needs N >= k + 1.
     """
-    x = as_float_matrix("features", features)
+    x = as_float_matrix(name, features)
     k = check_positive_int("k", k)
     n = x.shape[0]
     if n < k + 1:
-        raise ValueError(f"features must have at least k + 1 = {k + 1} rows for k={k}, got {n}")
+        raise ValueError(f"{name} must have at least k + 1 = {k + 1} rows for k={k}, got {n}")
     sq = (x * x).sum(1)
     rows = _rows_per_tile(n, tile_bytes)
     out = torch.empty(n, dtype=torch.float64)

@@ -46,8 +46,8 @@ def precision_recall(
     """Improved precision and recall (Kynkäänniemi et al. 2019) of (M, D) ``fake`` vs (N, D) ``real``."""
     r, f = _pair(real, fake)
     k = check_positive_int("k", k)
-    real_radii = knn_radii(r, k, tile_bytes=tile_bytes)
-    fake_radii = knn_radii(f, k, tile_bytes=tile_bytes)
+    real_radii = knn_radii(r, k, tile_bytes=tile_bytes, name="real")
+    fake_radii = knn_radii(f, k, tile_bytes=tile_bytes, name="fake")
     precision = ball_membership_counts(f, r, real_radii, strict=False, tile_bytes=tile_bytes) > 0
     recall = ball_membership_counts(r, f, fake_radii, strict=False, tile_bytes=tile_bytes) > 0
     return float(precision.double().mean()), float(recall.double().mean())
@@ -59,7 +59,7 @@ def density_coverage(
     """Density and coverage (Naeem et al. 2020) of (M, D) ``fake`` vs (N, D) ``real``."""
     r, f = _pair(real, fake)
     k = check_positive_int("k", k)
-    real_radii = knn_radii(r, k, tile_bytes=tile_bytes)
+    real_radii = knn_radii(r, k, tile_bytes=tile_bytes, name="real")
     inside = ball_membership_counts(f, r, real_radii, strict=True, tile_bytes=tile_bytes)
     density = float(inside.double().sum()) / (k * f.shape[0])
     _, sq = nn_argmin(r.contiguous(), f.contiguous(), return_distances=True)  # float64

@@ -90,6 +90,13 @@ def _checked_spread(value: Any, name: str) -> float:
     return float(value)
 
 
+def _check_input(name: str, x: Any, width: int) -> None:
+    """``x`` must be a float32 (n, ``width``) tensor (the networks' dtype), else a one-line UsageError."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != width or x.dtype != torch.float32:
+        got = f"{str(x.dtype)[6:]} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise UsageError(f"{name} must be a float32 (n, {width}) tensor, got {got}")
+
+
 def _checked_noise_scale(value: Any, name: str) -> float:
     """``value`` as a sampling noise scale (a number in (0, MAX_NOISE_SCALE]), or a UsageError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_NOISE_SCALE:
@@ -188,7 +195,8 @@ class GenerativeModel(nn.Module):
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Images ``G(z)`` in eval mode, clamped to [0, 1], for inputs ``z`` (n, G.latent_dim)."""
+        """Images ``G(z)`` in eval mode, clamped to [0, 1], for float32 inputs ``z`` (n, G.latent_dim)."""
+        _check_input("z", z, self.G.latent_dim)
         self.G.eval()
         outs = [self.G(c.to(self.device)).float().clamp(0, 1) for c in z.split(batch_size)]
         return torch.cat(outs) if outs else z.new_zeros(0, *self.image_shape)
@@ -315,9 +323,10 @@ class GLANN(GenerativeModel):
 
     @torch.no_grad()
     def map_noise(self, e: torch.Tensor) -> torch.Tensor:
-        """Codes on the sphere for noise ``e`` (n, noise_dim): project(T(e))."""
+        """Codes on the sphere for float32 noise ``e`` (n, noise_dim): project(T(e))."""
         if self.T is None:
             raise UsageError(NO_MAPPING)
+        _check_input("e", e, self.T.in_dim)
         self.T.eval()
         return self.ops.project(self.T(e.to(self.device)).float().contiguous())
 
@@ -465,6 +474,10 @@ class GLANN(GenerativeModel):
                              f"got {tuple(images.shape)}")  # fmt: skip
         if steps < 0 or restarts < 1:
             raise UsageError(f"invert needs steps >= 0 and restarts >= 1, got {steps} and {restarts}")
+        if len(images) == 0:  # nothing to invert
+            return self.codes.new_zeros(0, self.codes.shape[1]), images.new_zeros(
+                0, *self.image_shape
+            ).float()
         self.G.eval().requires_grad_(False)
         target = images.to(self.device).float()
         loss_fn = ReconstructionLoss(
