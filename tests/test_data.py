@@ -310,3 +310,18 @@ def test_idx_with_too_many_dimensions_and_forged_npz_headers(tmp_path):
         z.writestr("images.npy", forged)
     with pytest.raises(DataError, match=r"g.npz: array 'images' claims shape \(2000000000, 4, 4\)"):
         load_images(str(tmp_path / "g.npz"))
+
+
+def test_zero_or_negative_sizes_and_empty_rows_are_data_errors(tmp_path):
+    np.save(tmp_path / "w0.npy", np.zeros((3, 0)))  # flat images of width 0: a numpy reshape error
+    with pytest.raises(DataError, match=r"w0.npy: flat images of 0 values are not square"):
+        load_images(str(tmp_path / "w0.npy"))
+    np.save(tmp_path / "a.npy", np.zeros((3, 4, 4), np.uint8))
+    for kwargs, needle in (
+        ({"image_size": 0}, "image_size must be None or an integer >= 1, got 0"),
+        ({"image_size": -3}, "image_size must be None or an integer >= 1, got -3"),
+        ({"limit": -1}, "limit must be None or an integer >= 1, got -1"),  # dropped the last image
+        ({"limit": 0}, "limit must be None or an integer >= 1, got 0"),
+    ):
+        with pytest.raises(DataError, match=needle):
+            load_images(str(tmp_path / "a.npy"), **kwargs)

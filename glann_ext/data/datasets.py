@@ -24,7 +24,7 @@ def _to_nchw(arr: np.ndarray, source: str) -> np.ndarray:
     """(N, H, W), (N, H, W, C), (N, C, H, W) or flat square (N, H*W) -> (N, C, H, W)."""
     if arr.ndim == 2:
         side = round(arr.shape[1] ** 0.5)
-        if side * side != arr.shape[1]:
+        if side == 0 or side * side != arr.shape[1]:
             raise DataError(f"{source}: flat images of {arr.shape[1]} values are not square")
         return arr.reshape(-1, 1, side, side)
     if arr.ndim == 3:
@@ -105,6 +105,12 @@ class ImageShard:
     total: int
 
 
+def _check_sizes(image_size: object, limit: object) -> None:
+    for name, value, least in (("image_size", image_size, 1), ("limit", limit, 1)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise DataError(f"{name} must be None or an integer >= {least}, got {value!r}")
+
+
 def load_image_shard(
     dataset: str,
     rank: int = 0,
@@ -122,6 +128,7 @@ def load_image_shard(
     shard (IDX and ``.npz`` files are decompressed whole first)."""
     if not 0 <= rank < world:
         raise ValueError(f"rank must be in [0, world={world}), got {rank}")
+    _check_sizes(image_size, limit)
     path = Path(dataset)
     if path.is_dir() and dataset not in NAMED:
         files = list_images(path)[:limit]

