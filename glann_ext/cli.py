@@ -18,7 +18,7 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import torch
 
@@ -253,14 +253,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _train_config(args: argparse.Namespace, saved: Path | None = None):
-    """The run's TrainConfig: the saved one at ``saved`` (a resume) or --preset / --config (a new run), with
+def _train_config(args: argparse.Namespace, saved: Any = None):
+    """The run's TrainConfig: ``saved``, the run folder's (a resume), or --preset / --config (a new run), with
     what this command line sets explicitly on top (a resume's Run rejects real changes)."""
-    from glann_ext.train.config import PRESETS, TrainConfig, load_run_config
+    from glann_ext.train.config import PRESETS, TrainConfig
 
     base: dict = {}
     if saved is not None:
-        base.update(dataclasses.asdict(load_run_config(saved)))
+        base.update(dataclasses.asdict(saved))
     else:
         if args.preset:
             base.update(PRESETS[args.preset])
@@ -275,25 +275,44 @@ def _train_config(args: argparse.Namespace, saved: Path | None = None):
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from glann_ext.train.config import CONFIG_FILE
     from glann_ext.train.run import Run
 
     out = Path(args.out)
-    resuming = (out / CONFIG_FILE).exists()
-    if not resuming and not (args.dataset or args.preset or args.config):
+    saved = _saved_config(out)
+    if saved is None and not (args.dataset or args.preset or args.config):
         raise CLIError("train: give --dataset (or --preset/--config) for a new run")
-    cfg = _train_config(args, out / CONFIG_FILE if resuming else None)
+    cfg = _train_config(args, saved)
     run = Run(out, cfg, progress=not args.no_progress)
     try:
         run.train(args.stage)
     except KeyboardInterrupt:
         if run.world.is_main:
+            again = (
+                f"`glann train --out {out}`" if _saved_config(out) is not None
+                else "the same command, with its options: nothing was saved yet"
+            )  # fmt: skip
             print(
-                f"\ninterrupted; run the same command (`glann train --out {out}`, under the same torchrun if "
-                "any) again to resume from the last checkpoint",
+                f"\ninterrupted; run {again} (under the same torchrun if any) again to resume",
                 file=sys.stderr,
             )
         raise SystemExit(130) from None
+
+
+def _saved_config(out: Path):
+    """The config of run folder ``out``: its config.json, else its checkpoint's copy (config.json deleted,
+    or a job killed in its first write); None for a new run."""
+    from glann_ext.errors import CheckpointError, ConfigError
+    from glann_ext.train import checkpoint as ckpt
+    from glann_ext.train.config import CONFIG_FILE, load_run_config, saved_config
+
+    if (out / CONFIG_FILE).exists():
+        return load_run_config(out / CONFIG_FILE)
+    if ckpt.read_manifest(out) is None:
+        return None
+    try:
+        return saved_config(ckpt.latest_main(out)["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"{out}: the checkpoint's config is not valid ({exc})") from None
 
 
 def _check_device(args: argparse.Namespace) -> None:

@@ -378,3 +378,13 @@ def test_npy_outputs_are_named_as_written_and_checked_before_any_work(run_dir, d
     assert "is not a folder" in capsys.readouterr().err and not grid.exists()  # refused before inverting
     assert main([*argv, "--codes", str(tmp_path / "nodir" / "c.npy")]) == 0  # missing folders are created
     assert np.load(tmp_path / "nodir" / "c.npy").shape[0] == 2
+
+
+def test_a_run_without_config_json_resumes_from_its_checkpoints_config(tmp_path, data_file, capsys):
+    out = tmp_path / "run"
+    args = ["--dataset", data_file, "--out", str(out), *TINY, "--glo-epochs", "1", "--imle-epochs", "1"]
+    assert main(["train", *args, "--stage", "glo"]) == 0
+    saved = (out / "config.json").read_text()
+    (out / "config.json").unlink()  # e.g. a job killed in its first write, or a user's mistake
+    assert main(["train", "--out", str(out), "--no-progress"]) == 0  # no --dataset needed: the checkpoint's
+    assert (out / "config.json").read_text() == saved and load_model(out).T is not None
