@@ -548,6 +548,37 @@ def test_registered_backward_op_refuses_inconsistent_arguments():
         bwd(*args)
 
 
+@pytest.mark.parametrize("registered", [False, True])
+def test_double_backward_raises_instead_of_a_silent_zero(registered):
+    """Differentiating the gradient through the incoming gradient (the loss times a learnable weight) gave
+    a silent zero: the backward kernel has no derivative. Now it raises. In x and y the gradient is
+    piecewise constant, so a gradient penalty adds nothing, as with the pure-PyTorch loss."""
+    x = torch.randn(2, 1, 6, 6, dtype=torch.float64, requires_grad=True)
+    y = torch.randn_like(x)
+    w = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+
+    def loss(a, b):
+        if registered:  # the registered op's autograd formula (what torch.compile and dispatch modes use)
+            return lap_mod._laplacian_fwd(a, b, 3, [1.0, 4.0, 16.0], 1, False, True)[0]
+        return loss_fn(a, b, levels=3, reduction="sum")
+
+    (g,) = torch.autograd.grad(loss(x, y) * w, x, create_graph=True)
+    with pytest.raises(RuntimeError, match="laplacian_pyramid_loss does not support double backward"):
+        torch.autograd.grad(g.sum(), w)
+    # Without create_graph nothing changes.
+    (g1,) = torch.autograd.grad(loss(x, y) * w, x)
+    torch.testing.assert_close(g1, g.detach(), rtol=0, atol=0)
+    # The penalty's gradient in x: the pure-PyTorch loss (abs of a linear pyramid) gives exactly 0 too.
+    xr = x.detach().clone().requires_grad_()
+    ref = reference.laplacian_pyramid_loss_reference(xr, y, levels=3, reduction="sum")
+    (gr,) = torch.autograd.grad(ref, xr, create_graph=True)
+    (penalty_ref,) = torch.autograd.grad(ref + (gr**2).sum(), xr)
+    out = loss(x, y)
+    (g2,) = torch.autograd.grad(out, x, create_graph=True)
+    (penalty,) = torch.autograd.grad(out + (g2**2).sum(), x)
+    torch.testing.assert_close(penalty, penalty_ref, rtol=1e-12, atol=1e-12)
+
+
 def test_eager_fast_path_matches_the_registered_op(monkeypatch):
     """Plain tensors in eager mode skip the dispatcher (``_EagerLoss``); a dispatch mode (as tracing uses)
     sees the registered op. Both run the same kernels: the same bits, forward and backward."""

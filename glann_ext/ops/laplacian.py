@@ -21,7 +21,11 @@ Definition (identical to :func:`glann_ext.ops.reference.laplacian_pyramid_loss_r
 Gradient: ``d loss / d x = -d loss / d y`` = the exact adjoint of the pyramid (reflect-101 borders
 included) applied to ``w_j * sign(L^j)``, with the L1 subgradient ``sign(0) = 0`` (as torch's
 ``abs`` uses).  The forward pass saves only the int8 signs of every level (``4/3`` byte per pixel), not
-x or y.  Double backward is not supported (the backward is not itself differentiable).
+x or y.  Double backward: the gradient is piecewise constant in x and y, so its own derivative in x and y
+is zero almost everywhere (as with torch's ``abs``); with ``create_graph=True`` it comes back as a constant
+of x and y, and a gradient penalty on it adds nothing, as it would with the pure-PyTorch loss. Its
+derivative with respect to the incoming gradient (e.g. the loss times a learnable weight) is not
+implemented: differentiating through that raises ``RuntimeError``.
 
 dtypes: float32/float64 on CPU; float32/float64/float16/bfloat16 on CUDA, where float16/bfloat16 are
 computed in float32 and the loss is float32 (the gradient has the input's dtype); on the CPU
@@ -289,9 +293,24 @@ def _backward(ctx, grad_loss: torch.Tensor | None, _grad_signs, backward_op: Cal
     grad = (backward_op or _laplacian_bwd)(
         signs, grad_loss, b, c, h, w, ctx.levels, ctx.level_weights, ctx.reduction, ctx.dtype, ctx.pixel_path
     )
+    if torch.is_grad_enabled() and grad_loss.requires_grad:  # create_graph=True: no second derivative
+        grad = _fail_if_differentiated(grad, grad_loss)
     gx = grad if ctx.needs_input_grad[0] else None
     gy = -grad if ctx.needs_input_grad[1] else None
     return gx, gy, None, None, None, None, None
+
+
+_NO_DOUBLE_BACKWARD = (
+    b"laplacian_pyramid_loss does not support double backward (differentiating its gradient, "
+    b"e.g. a gradient penalty through create_graph=True)"
+)
+
+
+def _fail_if_differentiated(grad: torch.Tensor, grad_loss: torch.Tensor) -> torch.Tensor:
+    """``grad`` with a grad_fn that raises if it is differentiated, as ``once_differentiable`` does for the
+    eager Function (the backward kernel has no derivative: without this, autograd treated the gradient as a
+    constant and a gradient penalty was silently dropped)."""
+    return torch._C._functions.DelayedError(_NO_DOUBLE_BACKWARD, 2)(grad, grad_loss)[0]
 
 
 for _key in ("CPU", "CUDA"):
