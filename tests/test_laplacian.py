@@ -499,6 +499,31 @@ def test_overflow_of_finite_inputs_is_not_a_non_finite_input():
     assert loss_fn(x, torch.zeros_like(x), reduction="sum").isinf()
 
 
+@pytest.mark.parametrize(
+    ("dtype", "ok", "overflow"), [(torch.float32, 3e37, 1.6e38), (torch.float64, 1.5e307, 1e308)]
+)
+def test_documented_limit_of_large_finite_inputs(dtype, ok, overflow):
+    """The docstring promised the infinite loss for finite inputs whose loss overflows; in fact x - y and the
+    pyramid overflow in the input's dtype beyond |x - y| ~ max/4, giving inf or NaN without an error, even
+    for a representable loss. The docstring now states that limit; this checks both sides of it against a
+    float64 computation of the rescaled inputs (L(s x, s y) = s L(x, y))."""
+    torch.manual_seed(0)
+    x, y = torch.randn(3, 2, 6, 5, dtype=dtype), torch.randn(3, 2, 6, 5, dtype=dtype)
+    for half, finite in ((ok, True), (overflow, False)):
+        x[0, 0, 0, 0], y[0, 0, 0, 0] = half, -half
+        got = loss_fn(x, y, reduction="none")
+        scale = 2.0**-200 if dtype == torch.float32 else 2.0**-600
+        want = reference.laplacian_pyramid_loss_reference(
+            x.double() * scale, y.double() * scale, reduction="none"
+        )
+        torch.testing.assert_close(got[1:].double(), want[1:] / scale, rtol=1e-5, atol=0)
+        if finite:
+            torch.testing.assert_close(got[0].double(), want[0] / scale, rtol=1e-5, atol=0)
+        else:
+            assert not torch.isfinite(got[0]) and math.isfinite(want[0].item() / scale)
+    assert "about a quarter of that dtype's maximum" in lap_mod.__doc__
+
+
 # ---- torch.library integration ------------------------------------------------------------------
 
 

@@ -40,7 +40,12 @@ offending sample. The kernels make the per-sample sums anyway, inside the regist
 sum is not finite (a finite sum needs finite inputs) has its inputs looked at by the kernel, so finite
 inputs cost nothing and ``torch.compile`` sees no graph break. On CPU the op raises at once; on CUDA the
 kernel lowers a device flag and the error is deferred (no synchronisation; see :mod:`glann_ext.ops`).
-Finite inputs whose loss overflows return the infinite loss. ``check_finite_values=False`` skips the
+Limit of finite inputs: ``x - y`` and the pyramid are computed in the input's dtype (float32 for 16-bit
+inputs), so where ``|x - y|`` exceeds about a quarter of that dtype's maximum (~8e37 in float32, ~4e307 in
+float64) an intermediate overflows and the sample's loss is ``inf`` (``NaN`` where ``x - y`` itself
+overflows), without an error, even if the true loss is representable; below that it is finite and
+correct. Rescale such inputs (the loss is positively homogeneous: ``L(s x, s y) = s L(x, y)``), or use
+float64. ``check_finite_values=False`` skips the
 check: NaN then propagates into the loss (its sign, and so its gradient, is 0).
 
 Determinism: CPU planes are reduced in a fixed order (independent of the thread count); the CUDA
