@@ -388,3 +388,14 @@ def test_a_run_without_config_json_resumes_from_its_checkpoints_config(tmp_path,
     (out / "config.json").unlink()  # e.g. a job killed in its first write, or a user's mistake
     assert main(["train", "--out", str(out), "--no-progress"]) == 0  # no --dataset needed: the checkpoint's
     assert (out / "config.json").read_text() == saved and load_model(out).T is not None
+
+
+def test_out_that_is_a_file_and_a_single_image_are_named(tmp_path, capsys):
+    (tmp_path / "o2").write_text("")
+    one = tmp_path / "one.npy"
+    np.save(one, blob_images(1, 28))
+    assert main(["train", "--dataset", str(one), "--out", str(tmp_path / "o2"), *TINY]) == 2
+    assert f"--out {tmp_path / 'o2'}: exists and is not a folder" in capsys.readouterr().err
+    assert main(["train", "--dataset", str(one), "--out", str(tmp_path / "r"), *TINY]) == 2
+    assert "training needs at least 2 images, got 1" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -427,6 +427,10 @@ def test_a_forged_main_pt_a_non_utf8_config_and_a_missing_device_are_one_line_er
         for argv in (["sample", "--run", str(run)], ["train", "--out", str(run), "--no-progress"]):
             err = _one_line_error(capsys, *argv)
             assert "not a checkpoint of glann_ext" in err and needle in err, (argv, err)
+    main_pt.write_bytes(b"")
+    assert "empty (a damaged checkpoint file)" in _one_line_error(capsys, "sample", "--run", str(run))
+    main_pt.write_bytes(b"PK\x03\x04 truncated")
+    assert "cannot load checkpoint" in _one_line_error(capsys, "sample", "--run", str(run))
     torch.save(good, main_pt)
     bad = tmp_path / "cfg.json"
     bad.write_bytes(b"\xff\xfe")

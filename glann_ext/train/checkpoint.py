@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from glann_ext._io import (
+    BARE_PICKLE,
     FolderLock,
     UnsafeTensorFile,
     atomic_write,
@@ -61,8 +62,15 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool 
         "ours); it is not loaded, since loading such a file can run code"
     )
     try:
+        if Path(path).is_file() and Path(path).stat().st_size == 0:
+            raise CheckpointError(f"{path}: empty (a damaged checkpoint file)")
         return load_tensors_only(path, map_location=map_location, mmap=mmap)
     except UnsafeTensorFile as exc:
+        if str(exc) == BARE_PICKLE:
+            raise CheckpointError(
+                f"{path}: not a torch.save archive (damaged, a file of glann_ext 0.1, or not ours); it is not "
+                "loaded, since loading such a file can run code"
+            ) from exc
         raise CheckpointError(unsafe) from exc
     except (OSError, RuntimeError, EOFError) as exc:
         raise CheckpointError(f"{path}: cannot load checkpoint ({exc})") from exc

@@ -90,6 +90,8 @@ RUN_ENTRIES = {
 def check_out_folder(out: Path) -> None:
     """Refuse an existing folder that is neither a run folder nor empty: training would write (and clean up)
     among the user's own files."""
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"--out {out}: exists and is not a folder")
     if not out.is_dir() or ckpt.is_run_folder(out):
         return
     foreign = sorted(
@@ -252,6 +254,8 @@ class Run:
             cfg.dataset, self.world.rank, self.world.size, image_size=cfg.image_size, channels=cfg.channels,
             data_root=cfg.data_root, limit=cfg.limit,
         )  # fmt: skip
+        if shard.total < 2:
+            raise ConfigError(f"{cfg.dataset}: training needs at least 2 images, got {shard.total}")
         if shard.total < 2 * self.world.size:
             raise ConfigError(
                 f"{cfg.dataset}: {shard.total} images cannot be shared by {self.world.size} processes"
