@@ -635,10 +635,31 @@ def test_rows_just_inside_the_norm_bound_are_searched_exactly() -> None:
         (torch.ones(3, 2, dtype=torch.int64), torch.ones(4, 2), TypeError, "queries must have dtype"),
         (torch.randn(3, 2), torch.randn(4, 2).double(), TypeError, "keys must have the same dtype"),
         (torch.randn(3, 2), "keys", TypeError, "keys must be a torch.Tensor, a numpy array or an iterable"),
-        (torch.randn(3, 2), [torch.randn(2, 2), 5], TypeError, "keys chunks must be torch.Tensor"),
+        (
+            torch.randn(3, 2),
+            [torch.randn(2, 2), 5],
+            TypeError,
+            r"^keys\[1\] must be a torch.Tensor or a numpy array, got int",
+        ),
         (np.ones((3, 2), np.float32), np.ones((4, 2)), TypeError, "keys must have the same dtype"),
         (torch.randn(3, 2), [torch.randn(2, 2), torch.randn(2, 3)], ValueError, r"keys\[1\] must have D=2"),
         (torch.randn(3, 2), [], ValueError, "at least one row"),
+        # Empty keys and empty chunks are still checked (they skipped every check).
+        (torch.zeros(2, 3), torch.randn(0, 5), ValueError, r"^keys must have D=3 columns like queries"),
+        (torch.zeros(2, 3), torch.randn(0, 3).double(), TypeError, "^keys must have the same dtype"),
+        (torch.randn(2, 3), [torch.randn(0, 7), torch.randn(2, 3)], ValueError, r"^keys\[0\] must have D=3"),
+        (
+            torch.randn(2, 3),
+            [torch.randn(2, 3), torch.randn(0, 3).double()],
+            TypeError,
+            r"^keys\[1\] must have",
+        ),
+        (
+            torch.randn(3, 2),
+            [torch.randn(2, 2), torch.randn(3)],
+            ValueError,
+            r"^keys\[1\] must be a 2-D tensor",
+        ),
     ],
 )
 def test_bad_arguments(queries, keys, exc, match) -> None:

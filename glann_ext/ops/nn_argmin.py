@@ -267,7 +267,8 @@ def _key_chunks(keys: Keys) -> Iterable[tuple[str, int, torch.Tensor]]:
     if isinstance(keys, (torch.Tensor, np.ndarray)):
         keys = from_numpy("keys", keys) if is_numpy(keys) else keys
         check_tensor("keys", keys, ndim=2)
-        for start in range(0, keys.shape[0], _MAX_KEYS_PER_CALL):
+        # An empty tensor is still yielded once, so its dtype, device and width are checked.
+        for start in range(0, max(keys.shape[0], 1), _MAX_KEYS_PER_CALL):
             yield "keys", start, keys[start : start + _MAX_KEYS_PER_CALL]
         return
     if isinstance(keys, (str, bytes)) or not hasattr(keys, "__iter__"):
@@ -279,10 +280,9 @@ def _key_chunks(keys: Keys) -> Iterable[tuple[str, int, torch.Tensor]]:
         if is_numpy(chunk):
             chunk = from_numpy(name, chunk)
         if not isinstance(chunk, torch.Tensor):
-            raise TypeError(f"keys chunks must be torch.Tensor or numpy arrays, got {type(chunk).__name__}")
-        if chunk.dim() != 2:
-            raise ValueError(f"keys chunks must be 2-D, got shape {tuple(chunk.shape)}")
-        for start in range(0, chunk.shape[0], _MAX_KEYS_PER_CALL):
+            raise TypeError(f"{name} must be a torch.Tensor or a numpy array, got {type(chunk).__name__}")
+        check_tensor(name, chunk, ndim=2)
+        for start in range(0, max(chunk.shape[0], 1), _MAX_KEYS_PER_CALL):
             yield name, start, chunk[start : start + _MAX_KEYS_PER_CALL]
 
 
