@@ -42,7 +42,26 @@ def _check_table(owner: str, table: object) -> torch.Tensor:
         raise TypeError(f"{owner}: table must have dtype in (float32, float64), got {got}")
     if table.dim() != 2:
         raise ValueError(f"{owner}: table must be a 2-D tensor, got {table.dim()}-D")
+    if not table.is_contiguous():
+        raise ValueError(
+            f"{owner}: table must be contiguous (every step updates it in place), got shape "
+            f"{tuple(table.shape)} with strides {table.stride()}; pass table.contiguous() and keep that tensor"
+        )
     return table
+
+
+def _check_betas_eps(owner: str, betas: object, eps: object) -> tuple[tuple[float, float], float]:
+    """Adam's (beta1, beta2) in [0, 1) and eps a finite number > 0, as floats."""
+    try:
+        b1, b2 = (float(b) for b in betas)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ValueError(f"{owner}: betas must be two numbers in [0, 1), got {betas!r}") from None
+    if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+        raise ValueError(f"{owner}: betas must be in [0, 1), got {tuple(betas)!r}")  # type: ignore[arg-type]
+    ok = isinstance(eps, (int, float)) and not isinstance(eps, bool)
+    if not (ok and eps > 0 and math.isfinite(eps)):  # type: ignore[operator]
+        raise ValueError(f"{owner}: eps must be a finite number > 0, got {eps!r}")
+    return (b1, b2), float(eps)  # type: ignore[arg-type]
 
 
 def _check_backend(owner: str, backend: str) -> str:
@@ -87,12 +106,8 @@ class SphereSparseAdam:
         self.table = _check_table("SphereSparseAdam", table)
         self.backend = _check_backend("SphereSparseAdam", backend)
         self.lr = _check_rate("SphereSparseAdam", lr)
-        b1, b2 = float(betas[0]), float(betas[1])
-        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
-            raise ValueError(f"SphereSparseAdam: betas must be in [0, 1), got {tuple(betas)!r}")
-        if not (isinstance(eps, (int, float)) and eps > 0 and math.isfinite(eps)):
-            raise ValueError(f"SphereSparseAdam: eps must be a finite number > 0, got {eps!r}")
-        self.betas, self.eps, self.project = (b1, b2), float(eps), bool(project)
+        self.betas, self.eps = _check_betas_eps("SphereSparseAdam", betas, eps)
+        self.project = bool(project)
         self.exp_avg = torch.zeros_like(table, memory_format=torch.contiguous_format)
         self.exp_avg_sq = torch.zeros_like(table, memory_format=torch.contiguous_format)
         self.step_count = 0
@@ -155,12 +170,14 @@ class SphereSparseAdam:
         step = int(state["step"])
         if step < 0:
             raise ValueError(f"SphereSparseAdam.load_state_dict: step must be >= 0, got {step}")
+        # Every value checked before anything is changed.
+        lr = _check_rate("SphereSparseAdam.load_state_dict", float(state["lr"]))
+        betas, eps = _check_betas_eps("SphereSparseAdam.load_state_dict", state["betas"], state["eps"])
         self.exp_avg.copy_(state["exp_avg"])
         self.exp_avg_sq.copy_(state["exp_avg_sq"])
         self.step_count = step
-        self.lr = _check_rate("SphereSparseAdam.load_state_dict", float(state["lr"]))
-        self.eps = float(state["eps"])
-        self.betas = (float(state["betas"][0]), float(state["betas"][1]))
+        self.lr = lr
+        self.betas, self.eps = betas, eps
         self.project = bool(state.get("project", True))
 
 

@@ -652,6 +652,66 @@ def test_hyperparameter_errors():
         SphereSparseSGD(table.half())
 
 
+def test_hyperparameter_types_and_error_wording():
+    """A str hyperparameter reached the dispatcher (RuntimeError with a schema dump), a bool was taken for
+    a number, and the dtype/device errors glued the op name to the argument ('as fused_latent_adam_: table')."""
+    table, m, v, idx, g = _adam_args()
+    before = table.clone()
+    for kw, match in [
+        ({"step": 1, "lr": "0.1"}, "lr must be a float, got str '0.1'"),
+        ({"step": 1, "lr": True}, "lr must be a float, got bool True"),
+        ({"step": True, "lr": 0.1}, "step must be an int, got bool True"),
+        ({"step": 1.0, "lr": 0.1}, "step must be an int, got float 1.0"),
+        ({"step": 1, "lr": 0.1, "beta1": "0.9"}, "beta1 must be a float, got str"),
+        ({"step": 1, "lr": 0.1, "eps": None}, "eps must be a float, got NoneType"),
+        ({"step": 1, "lr": 0.1, "project": 1}, "project must be a bool, got int 1"),
+    ]:
+        with pytest.raises(TypeError, match=rf"^fused_latent_adam_: {match}"):
+            fused_latent_adam_(table, m, v, idx, g, **kw)
+    with pytest.raises(TypeError, match=r"^fused_latent_sgd_: lr must be a float, got str"):
+        fused_latent_sgd_(table, idx, g, lr="0.1")
+    with pytest.raises(TypeError, match=r"^fused_latent_sgd_: lr must be a float, got bool"):
+        fused_latent_sgd_(table, idx, g, lr=True)
+    with pytest.raises(
+        TypeError,
+        match=r"^fused_latent_adam_: grad must have the same dtype as table \(float32\), got float64$",
+    ):
+        fused_latent_adam_(table, m, v, idx, g.double(), step=1, lr=0.1)
+    with pytest.raises(
+        ValueError,
+        match=r"^fused_latent_sgd_: indices must be on the same device as table \(cpu\), got meta$",
+    ):
+        fused_latent_sgd_(table, idx.to("meta"), g, lr=0.1)
+    assert torch.equal(table, before)
+    fused_latent_sgd_(table, idx, g, lr=1)  # an int is a number
+    want = before.clone().index_add_(0, idx, g, alpha=-1.0)
+    want[idx.unique()] = want[idx.unique()] / want[idx.unique()].norm(dim=1, keepdim=True)
+    torch.testing.assert_close(table, want)
+
+
+def test_optimizers_refuse_a_non_contiguous_table_and_bad_loaded_hyperparameters():
+    """A non-contiguous table was accepted and every step then failed; load_state_dict took any betas/eps."""
+    wide = torch.randn(20, 16)
+    for make in (lambda t: SphereSparseAdam(t), lambda t: SphereSparseSGD(t)):
+        with pytest.raises(ValueError, match=r"table must be contiguous .* strides \(16, 1\)"):
+            make(wide[:, :8])
+        with pytest.raises(ValueError, match="table must be contiguous"):
+            make(wide.t())
+    opt = SphereSparseAdam(torch.randn(20, 8))
+    good = opt.state_dict()
+    for key, value, match in [
+        ("betas", [1.0, 0.999], r"betas must be in \[0, 1\)"),
+        ("betas", [0.9], "betas must be two numbers"),
+        ("eps", 0.0, "eps must be a finite number > 0, got 0.0"),
+        ("eps", float("nan"), "eps must be a finite number > 0"),
+    ]:
+        with pytest.raises(ValueError, match=rf"^SphereSparseAdam.load_state_dict: {match}"):
+            opt.load_state_dict({**good, key: value, "step": 7})
+        assert opt.step_count == 0 and opt.betas == (0.9, 0.999) and opt.eps == 1e-8  # unchanged
+    opt.load_state_dict({**good, "betas": [0.5, 0.75], "eps": 1e-6})
+    assert opt.betas == (0.5, 0.75) and opt.eps == 1e-6
+
+
 def test_sgd_state_dict_round_trip():
     table = unit_table(10, 3)
     opt = SphereSparseSGD(table, lr=0.3, project=False)

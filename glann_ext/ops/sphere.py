@@ -156,9 +156,25 @@ def _explain_latent(op: str, table, state: dict[str, torch.Tensor], indices, gra
         raise ValueError(
             f"{op}: grad must have shape (len(indices), table.shape[1]) = ({b}, {d}), got {tuple(grad.shape)}"
         )
-    _checks.check_same_dtype(**{f"{op}: table": table}, **state, grad=grad)
-    _checks.check_same_device(**{f"{op}: table": table}, **state, indices=indices, grad=grad)
+    try:
+        _checks.check_same_dtype(table=table, **state, grad=grad)
+        _checks.check_same_device(table=table, **state, indices=indices, grad=grad)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{op}: {exc}") from None
     raise ValueError(f"{op}: invalid arguments")  # not reached: every rejected case is worded above
+
+
+def _check_hyper_types(op: str, project: object, **numbers: object) -> None:
+    """Python types of the hyperparameters, before the dispatcher (which answers a str with a schema dump
+    and takes a bool for a number)."""
+    for name, v in numbers.items():
+        want_int = name == "step"
+        ok = isinstance(v, int) if want_int else isinstance(v, (int, float))
+        if not ok or isinstance(v, bool):
+            kind = "an int" if want_int else "a float"
+            raise TypeError(f"{op}: {name} must be {kind}, got {type(v).__name__} {v!r}")
+    if not isinstance(project, bool):
+        raise TypeError(f"{op}: project must be a bool, got {type(project).__name__} {project!r}")
 
 
 def _check_hyper(op: str, lr: float, **kw: float) -> None:
@@ -516,6 +532,7 @@ def fused_latent_adam_(
     _check_types(
         "fused_latent_adam_", table=table, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq, indices=indices, grad=grad
     )
+    _check_hyper_types("fused_latent_adam_", project, step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps)
     _ops.latent_adam_step(table, exp_avg, exp_avg_sq, indices, grad, step, lr, beta1, beta2, eps, project)
     return table
 
@@ -536,5 +553,6 @@ def fused_latent_sgd_(
     ``torch.no_grad()``.
     """
     _check_types("fused_latent_sgd_", table=table, indices=indices, grad=grad)
+    _check_hyper_types("fused_latent_sgd_", project, lr=lr)
     _ops.latent_sgd_step(table, indices, grad, lr, project)
     return table
