@@ -36,8 +36,14 @@ PYBIND11_MODULE(_C, m) {
       },
       "CUDA runtime version the module was built with (e.g. 13000); 0 in a build without CUDA.");
   m.def(
-      "cpu_isa", [] { return glann::cpu_isa_name(glann::best_cpu_isa()); },
-      "SIMD level the CPU kernels use on this machine: baseline, avx2 or avx512.");
+      "cpu_isa",
+      [] {
+        const std::string error = glann::cpu_isa_env_error();
+        if (!error.empty()) throw py::value_error(error);
+        return glann::cpu_isa_name(glann::best_cpu_isa());
+      },
+      "SIMD level the CPU kernels use on this machine: baseline, avx2 or avx512; raises ValueError for an "
+      "unknown GLANN_EXT_CPU_ISA.");
   m.def("hardware_threads", &glann::hardware_threads, "Hardware threads available to the process.");
 
   glann_py::register_status(m);

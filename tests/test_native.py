@@ -231,3 +231,30 @@ def test_openmp_wait_policy_default(preset, first, want, tmp_path) -> None:
     code = f"import {first}, glann_ext; print(glann_ext.build_info()['omp_wait_policy'])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, **kwargs)
     assert out.stdout.strip() == want
+
+
+@pytest.mark.parametrize(
+    ("value", "want"), [("bogus", None), ("AVX2", None), ("baseline", "baseline"), ("", "")]
+)
+def test_unknown_cpu_isa_variable_fails_the_import(tmp_path, value, want):
+    """GLANN_EXT_CPU_ISA=bogus was ignored silently (an unknown GLANN_EXT_CUDA_KERNELS already failed the
+    import); now it fails the import with a ValueError naming the value and the valid ones."""
+    import subprocess
+    import sys
+
+    from glann_testing import child_kwargs
+
+    code = "import glann_ext; from glann_ext._ext import _C; print(_C.cpu_isa())"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        capture_output=True,
+        text=True,
+        **child_kwargs(tmp_path, GLANN_EXT_CPU_ISA=value),
+    )
+    if want is None:
+        assert out.returncode != 0
+        assert f"ValueError: GLANN_EXT_CPU_ISA='{value}' is not baseline, avx2 or avx512" in out.stderr
+    else:
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == (want or _C.cpu_isa())

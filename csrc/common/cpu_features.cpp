@@ -2,8 +2,12 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
 namespace glann {
+
+// Set once by detect() (under best_cpu_isa's static initialisation) for an unknown GLANN_EXT_CPU_ISA.
+static std::string g_env_error;
 
 static CpuIsa detect() {
   CpuIsa best = CpuIsa::kBaseline;
@@ -14,7 +18,8 @@ static CpuIsa detect() {
       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
     best = CpuIsa::kAvx512;
 #endif
-  if (const char* cap = std::getenv("GLANN_EXT_CPU_ISA")) {
+  const char* cap = std::getenv("GLANN_EXT_CPU_ISA");
+  if (cap != nullptr && *cap != '\0') {
     CpuIsa want = best;
     if (std::strcmp(cap, "baseline") == 0)
       want = CpuIsa::kBaseline;
@@ -22,6 +27,8 @@ static CpuIsa detect() {
       want = CpuIsa::kAvx2;
     else if (std::strcmp(cap, "avx512") == 0)
       want = CpuIsa::kAvx512;
+    else
+      g_env_error = std::string("GLANN_EXT_CPU_ISA='") + cap + "' is not baseline, avx2 or avx512";
     if (static_cast<int>(want) < static_cast<int>(best)) best = want;
   }
   return best;
@@ -30,6 +37,11 @@ static CpuIsa detect() {
 CpuIsa best_cpu_isa() {
   static const CpuIsa isa = detect();
   return isa;
+}
+
+const char* cpu_isa_env_error() {
+  best_cpu_isa();  // reads the variable once
+  return g_env_error.c_str();
 }
 
 const char* cpu_isa_name(CpuIsa isa) {

@@ -48,3 +48,4 @@ def use_cuda_kernels(spec: str) -> Iterator[None]:
 
 
 cuda_kernels()  # an unparsable GLANN_EXT_CUDA_KERNELS fails the import, not silently later
+_C.cpu_isa()  # so does an unknown GLANN_EXT_CPU_ISA
