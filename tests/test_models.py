@@ -221,3 +221,34 @@ def test_invert_of_no_images_is_empty_and_float64_codes_are_usable():
 
     m64 = GLANN(m.G, m.codes.double(), m.T, config={"balance_draws": 1.0})  # sample() raised TypeError
     assert torch.equal(m64.sample(2), GLANN(m.G, m.codes, m.T, config={"balance_draws": 1.0}).sample(2))
+
+
+def test_sampling_and_interpolation_arguments_are_checked_by_name():
+    from glann_ext.errors import UsageError
+
+    m = _tiny_glann()
+    cases = [
+        (lambda: m.sample(2.5), r"n must be an integer >= 0, got 2.5"),  # TypeError: slice indices
+        (lambda: m.sample(True), r"n must be an integer >= 0, got True"),  # gave 1 sample
+        (lambda: m.interpolate(torch.ones(5), torch.ones(5)), r"a must be a noise vector of shape \(4,\)"),
+        (lambda: m.interpolate(0, 1), r"a must be a noise vector of shape \(4,\), got 0"),
+        (
+            lambda: m.interpolate(torch.tensor(2), torch.tensor(3), space="latent"),
+            r"a must be a training index",
+        ),
+        (lambda: m.interpolate(True, 0, space="latent"), r"a must be a training index .* got True"),
+        (lambda: m.interpolate(10**6, 0, space="latent"), r"a must be a training index in \[0, 20\)"),
+        (lambda: m.interpolate(-1, 0, space="latent"), r"a must be a training index in \[0, 20\)"),
+        (lambda: m.reconstruct([100]), r"indices must lie in \[0, 20\), got values in \[100, 100\]"),
+        (lambda: m.reconstruct([-1]), r"indices must lie in \[0, 20\)"),
+        (
+            lambda: m.sample_gaussian(2, fit=(torch.zeros(3), torch.eye(3))),
+            r"fit must be \(mean \(8,\), cov \(8, 8\)\) like the codes, got \(3,\) and \(3, 3\)",
+        ),
+    ]
+    for call, needle in cases:
+        with pytest.raises(UsageError, match=needle):
+            call()
+    assert m.interpolate(0, 1, steps=3, space="latent").shape == (3, 1, 28, 28)
+    assert m.interpolate([0.0] * 4, torch.ones(4), steps=3).shape == (3, 1, 28, 28)
+    assert torch.equal(m.reconstruct([3]), m.decode(m.codes[3:4]))

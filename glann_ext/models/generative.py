@@ -90,6 +90,29 @@ def _checked_spread(value: Any, name: str) -> float:
     return float(value)
 
 
+def _check_count(n: Any) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise UsageError(f"n must be an integer >= 0, got {n!r}")
+
+
+def _vector(name: str, v: Any, width: int, what: str) -> torch.Tensor:
+    """``v`` (a tensor or array of shape (width,)) as a float32 CPU vector, else a UsageError."""
+    ok = isinstance(v, (torch.Tensor, list, tuple)) or hasattr(v, "__array__")
+    try:
+        t = torch.as_tensor(v) if ok else None
+    except (TypeError, ValueError, RuntimeError):
+        t = None
+    if (
+        t is None
+        or t.dim() != 1
+        or t.shape[0] != width
+        or not (t.is_floating_point() or t.dtype == torch.int64)
+    ):
+        got = f"{str(t.dtype)[6:]} {tuple(t.shape)}" if t is not None else repr(v)[:40]
+        raise UsageError(f"{name} must be {what} of shape ({width},), got {got}")
+    return t.detach().cpu().float()
+
+
 def _check_input(name: str, x: Any, width: int) -> None:
     """``x`` must be a float32 (n, ``width``) tensor (the networks' dtype), else a one-line UsageError."""
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != width or x.dtype != torch.float32:
@@ -229,8 +252,7 @@ class GenerativeModel(nn.Module):
         :attr:`noise_scale`). ``balanced``:
         balanced sampling (see :class:`GLANN`); a model without training codes has only plain sampling, so
         ``balanced=False`` and None give it and True is refused."""
-        if n < 0:
-            raise UsageError(f"n must be >= 0, got {n}")
+        _check_count(n)
         if balanced:
             raise UsageError(f"balanced sampling needs training codes; a {self.kind} model has none")
         return self.generator_input(self._scaled(self.noise(n, seed)))
@@ -252,8 +274,10 @@ class GenerativeModel(nn.Module):
         if space != "noise":
             raise UsageError(f"space must be 'noise' for a {self.kind} model, got {space!r}")
         t = torch.linspace(0, 1, steps, dtype=torch.float32)[:, None]
-        a = torch.as_tensor(a, dtype=torch.float32).cpu()
-        b = torch.as_tensor(b, dtype=torch.float32).cpu()
+        a, b = (
+            _vector("a", a, self.noise_dim, "a noise vector"),
+            _vector("b", b, self.noise_dim, "a noise vector"),
+        )
         return self.decode(self.generator_input((1 - t) * a + t * b))
 
     # -- export ------------------------------------------------------------------------------------------
@@ -406,7 +430,8 @@ class GLANN(GenerativeModel):
         """The codes :meth:`sample` decodes (n, latent_dim): ``project(T(e))`` of seeded draws (scaled by
         :attr:`noise_scale`), thinned by balanced sampling when ``balanced`` (None: :attr:`balanced`), then
         moved by the :attr:`spread` when it is > 0."""
-        if n < 0 or not (self.balanced if balanced is None else balanced):
+        _check_count(n)
+        if not (self.balanced if balanced is None else balanced):
             z = super().sample_inputs(n, seed, balanced=False)  # plain project(T(e)), the check of n
         else:
             accept = self.calibrate_sampler()
@@ -421,8 +446,15 @@ class GLANN(GenerativeModel):
     ) -> torch.Tensor:
         """What :meth:`sample_gaussian` decodes: ``n`` draws of a full-covariance Gaussian fitted to the
         training codes (or the given ``fit = (mean, cov)``, see :func:`fit_gaussian`), projected to the sphere."""
+        _check_count(n)
         mean, cov = fit if fit is not None else fit_gaussian(self.codes)
-        d = mean.shape[0]
+        mean, cov = torch.as_tensor(mean), torch.as_tensor(cov)
+        d = self.codes.shape[1]
+        if tuple(mean.shape) != (d,) or tuple(cov.shape) != (d, d):
+            raise UsageError(
+                f"fit must be (mean ({d},), cov ({d}, {d})) like the codes, got {tuple(mean.shape)} and {tuple(cov.shape)}"
+            )
+        mean, cov = mean.double().cpu(), cov.double().cpu()
         chol = torch.linalg.cholesky(cov + 1e-6 * torch.eye(d, dtype=torch.float64))
         eps = torch.randn(n, d, generator=seeding.generator(seed, "sample"), dtype=torch.float64)
         z = (mean + eps @ chol.T).float()
@@ -439,6 +471,10 @@ class GLANN(GenerativeModel):
     def reconstruct(self, indices: torch.Tensor | list[int]) -> torch.Tensor:
         """G(codes[indices]): the model's rendering of training images by dataset index."""
         idx = torch.as_tensor(indices, dtype=torch.int64)
+        if idx.numel() and not (int(idx.min()) >= 0 and int(idx.max()) < len(self.codes)):
+            raise UsageError(
+                f"indices must lie in [0, {len(self.codes)}), got values in [{int(idx.min())}, {int(idx.max())}]"
+            )
         return self.decode(self.codes[idx.to(self.device)])
 
     @torch.no_grad()
@@ -456,9 +492,17 @@ class GLANN(GenerativeModel):
         if steps < 2:
             raise UsageError(f"steps must be >= 2, got {steps}")
         t = torch.linspace(0, 1, steps, dtype=torch.float32)
-        za = self.codes[a].cpu() if isinstance(a, int) else torch.as_tensor(a, dtype=torch.float32)
-        zb = self.codes[b].cpu() if isinstance(b, int) else torch.as_tensor(b, dtype=torch.float32)
+        za, zb = (self._latent_endpoint(name, v) for name, v in (("a", a), ("b", b)))
         return self.decode(slerp(za.float(), zb.float(), t))
+
+    def _latent_endpoint(self, name: str, v: Any) -> torch.Tensor:
+        """A code (latent_dim,) or a training index (int in [0, N)) as a CPU code, else a UsageError."""
+        n, d = self.codes.shape
+        if isinstance(v, int) and not isinstance(v, bool):
+            if not 0 <= v < n:
+                raise UsageError(f"{name} must be a training index in [0, {n}) or a code ({d},), got {v}")
+            return self.codes[v].cpu()
+        return _vector(name, v, d, "a training index or a code")
 
     def invert(
         self, images: torch.Tensor, steps: int = 200, lr: float = 0.05, restarts: int = 4, seed: int = 0
