@@ -186,3 +186,24 @@ def test_half_on_cpu_is_refused_with_what_to_do(dtype):
         )
     with pytest.raises(TypeError, match=rf"convert with \.float\(\)\), got {name}"):
         glann_ext.project_to_sphere(torch.randn(3, 4, dtype=dtype))
+
+
+def test_documented_errors_and_gradients_match_behaviour():
+    """Docstrings said a 1-D/3-D z raises TypeError (it is ValueError) and did not say that the loss refuses
+    empty inputs or that nn_argmin's distances carry gradients; each statement is checked here."""
+    assert "ValueError: ``z`` is not 2-D." in glann_ext.project_to_sphere.__doc__
+    for z in (torch.randn(5), torch.randn(2, 3, 4)):
+        with pytest.raises(ValueError, match="z must be a 2-D tensor"):
+            glann_ext.project_to_sphere(z)
+    assert "an empty batch raises ``ValueError``" in glann_ext.laplacian_pyramid_loss.__doc__
+    for shape in ((0, 1, 4, 4), (2, 0, 4, 4), (2, 1, 0, 4)):
+        with pytest.raises(ValueError, match=r"x must not be empty, got shape"):
+            glann_ext.laplacian_pyramid_loss(torch.zeros(shape), torch.zeros(shape))
+    assert "``sq_distance``\n        is differentiable" in glann_ext.nn_argmin.__doc__
+    q = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    index, dist = glann_ext.nn_argmin(q, k, return_distances=True)
+    gq, gk = torch.autograd.grad(dist.sum(), (q, k))
+    diff = (q - k[index]).detach()
+    torch.testing.assert_close(gq, 2 * diff)
+    torch.testing.assert_close(gk, torch.zeros_like(k).index_add_(0, index, -2 * diff))

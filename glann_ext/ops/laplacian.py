@@ -413,8 +413,10 @@ def laplacian_pyramid_loss(
     """Laplacian-pyramid L1 loss between images ``x`` and ``y`` of shape (B, C, H, W).
 
     Args:
-        x, y: images of the same shape, dtype and device (see the module docstring for dtypes); tensors,
-            or numpy arrays (then the loss is a numpy array, without gradient).
+        x, y: ``(B, C, H, W)`` images of the same shape, dtype and device (see the module docstring for
+            dtypes), non-empty (B, C, H, W >= 1; an empty batch raises ``ValueError``, unlike
+            :func:`~glann_ext.nn_argmin`, which accepts N = 0); tensors, or numpy arrays (then the loss
+            is a numpy array, without gradient).
         levels: pyramid levels J (1..16); None picks ``1 + floor(log2(min(H, W)))`` capped at 5.
         reduction: ``"mean"`` (per pixel of level 0), ``"sum"`` or ``"none"`` (per sample, shape (B,)).
         level_weights: the weight of each level, finest first (J values, finite, >= 0); None gives the GLO

@@ -314,7 +314,9 @@ def nn_argmin(
             are not detected: their results are unspecified.
 
     Returns:
-        ``index`` (N,) int64, or ``(index, sq_distance)``. Ties go to the lowest index.
+        ``index`` (N,) int64, or ``(index, sq_distance)``. Ties go to the lowest index. ``sq_distance``
+        is differentiable in ``queries`` and ``keys`` (``2 (q - k)`` and its negative, through the chosen
+        key); ``index`` is not.
     """
     as_numpy = is_numpy(queries)
     if as_numpy:

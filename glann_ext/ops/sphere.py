@@ -454,7 +454,8 @@ def project_to_sphere(z: torch.Tensor | np.ndarray) -> Any:
 
     Raises:
         NonFiniteError: a row holds NaN or Inf (``row``: the first one; the others were projected).
-        TypeError: ``z`` is not a 2-D tensor of a supported dtype.
+        TypeError: ``z`` is not a tensor (or numpy array), or its dtype is not supported.
+        ValueError: ``z`` is not 2-D.
 
     Differentiable: the backward is ``(g - y (y . g)) / ||z||`` per row, 0 for zero rows.
     :func:`project_to_sphere_` has no backward (it is meant for tables and noise outside autograd).
