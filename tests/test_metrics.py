@@ -718,6 +718,8 @@ def test_cached_classifier_is_retrained_for_other_data_lr_or_batch_size(tmp_path
         )
     assert first.features(torch.zeros(0, 1, 28, 28)).shape == (0, 84)
     assert first(torch.zeros(0, 1, 28, 28)).shape == (0, 3)
+    with pytest.raises(ValueError, match=r"test_labels must lie in \[0, 3\), got \[10, 12\]"):
+        first.accuracy(xte, yte + 10)  # gave 0.0
 
 
 def test_prdc_too_few_rows_names_real_or_fake():
@@ -725,3 +727,24 @@ def test_prdc_too_few_rows_names_real_or_fake():
         precision_recall(torch.rand(20, 2), torch.rand(3, 2))
     with pytest.raises(ValueError, match=r"real must have at least k \+ 1 = 4 rows for k=3, got 3"):
         prdc(torch.rand(3, 2), torch.rand(20, 2))
+
+
+def test_smaller_metric_argument_checks():
+    from glann_ext.metrics.knn import ball_membership_counts
+
+    with pytest.raises(ValueError, match="mu1 contains NaN or Inf"):
+        frechet_distance_from_statistics(np.array([np.nan, 0.0]), np.eye(2), np.zeros(2), np.eye(2))
+    with pytest.raises(ValueError, match=r"mu1 must have shape \(2,\)"):
+        frechet_distance_from_statistics(np.zeros((2, 2)), np.eye(2), np.zeros(2), np.eye(2))
+    with pytest.raises(ValueError, match="sigma1 must be positive semi-definite, got an eigenvalue of -1"):
+        frechet_distance_from_statistics(np.zeros(2), -np.eye(2), np.zeros(2), np.eye(2))  # gave 0.0
+    with pytest.raises(TypeError, match="features1 must be floating or uint8/int32/int64, got dtype int16"):
+        frechet_distance(torch.zeros(4, 2, dtype=torch.int16), torch.zeros(4, 2))
+    with pytest.raises(ValueError, match=r"counts must be finite and >= 0, got values in \[-1, 2\]"):
+        reverse_kl_uniform(torch.tensor([-1.0, 2.0, 0.0]))  # gave 3.58
+    with pytest.raises(ValueError, match=r"labels must be integer digits 0..9, got int64 in \[0, 45\]"):
+        make_stacked(torch.rand(10, 1, 4, 4), torch.arange(10) * 5, num_samples=3)
+    q, c = np.zeros((3, 2)), np.array([[0.0, 0.0], [3.0, 0.0]])
+    counts = ball_membership_counts(q, c, np.ones(2), strict=False)  # numpy radii: AttributeError
+    assert counts.tolist() == [1, 1, 1]
+    assert aggregate_seeds([{"a": np.float32(1)}, {"a": np.float32(3)}]) == {"a": (2.0, 1.0)}  # gave {}

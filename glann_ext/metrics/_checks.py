@@ -15,7 +15,9 @@ def as_float_matrix(name: str, x: object, *, columns: int | None = None, min_row
     if x.dim() != 2:
         raise ValueError(f"{name} must be 2-D (N, D), got {x.dim()}-D with shape {tuple(x.shape)}")
     if not (x.dtype.is_floating_point or x.dtype in (torch.int32, torch.int64, torch.uint8)):
-        raise TypeError(f"{name} must hold real numbers, got dtype {str(x.dtype).replace('torch.', '')}")
+        raise TypeError(
+            f"{name} must be floating or uint8/int32/int64, got dtype {str(x.dtype).replace('torch.', '')}"
+        )
     if columns is not None and x.shape[1] != columns:
         raise ValueError(f"{name} must have {columns} columns, got shape {tuple(x.shape)}")
     if x.shape[1] < 1:

@@ -7,6 +7,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 
 def mean_sem(values: Sequence[float]) -> tuple[float, float]:
     """``(mean, standard error)`` with the sample standard deviation: ``sem = std(ddof=1) / sqrt(n)``.
@@ -51,4 +53,5 @@ def aggregate_seeds(results: Sequence[Any]) -> dict[str, tuple[float, float]]:
 
 
 def _is_number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    # numpy scalars count too (np.float32 is not a float subclass, np.float64 is)
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))

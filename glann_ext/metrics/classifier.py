@@ -130,7 +130,7 @@ class DomainClassifier:
     @torch.no_grad()
     def accuracy(self, test_images: torch.Tensor, test_labels: torch.Tensor) -> float:
         """Fraction of ``test_images`` whose arg-max logit equals ``test_labels``."""
-        x, y = _check_split("test", test_images, test_labels, None)
+        x, y = _check_split("test", test_images, test_labels, self.meta["num_classes"])
         return float((self(x).argmax(1) == y).double().mean())
 
     def _batched(self, fn, images: torch.Tensor, batch_size: int) -> torch.Tensor:

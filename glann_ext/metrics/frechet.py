@@ -31,17 +31,22 @@ def frechet_distance_from_statistics(
     mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray
 ) -> float:
     """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2); covariances symmetric PSD."""
-    mu1, mu2 = np.asarray(mu1, np.float64).ravel(), np.asarray(mu2, np.float64).ravel()
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     d = mu1.shape[0]
-    for name, m in (("mu2", mu2),):
+    for name, m in (("mu1", mu1), ("mu2", mu2)):
         if m.shape != (d,):
-            raise ValueError(f"{name} must have shape ({d},) like mu1, got {m.shape}")
+            raise ValueError(f"{name} must have shape ({d},) like mu1's length, got {m.shape}")
+        if not np.isfinite(m).all():
+            raise ValueError(f"{name} contains NaN or Inf values")
     for name, s in (("sigma1", s1), ("sigma2", s2)):
         if s.shape != (d, d):
             raise ValueError(f"{name} must have shape ({d}, {d}), got {s.shape}")
         if not np.isfinite(s).all():
             raise ValueError(f"{name} contains NaN or Inf values")
+        low = float(np.linalg.eigvalsh((s + s.T) / 2).min()) if d else 0.0
+        if low < -1e-6 * max(1.0, float(np.abs(s).max())):  # rounding aside, a covariance is PSD
+            raise ValueError(f"{name} must be positive semi-definite, got an eigenvalue of {low:.3g}")
     root1 = _sym_sqrt(s1)
     middle = root1 @ s2 @ root1
     eig = np.linalg.eigvalsh((middle + middle.T) / 2)

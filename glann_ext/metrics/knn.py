@@ -63,7 +63,7 @@ def ball_membership_counts(
     """
     q = as_float_matrix("queries", queries)
     c = as_float_matrix("centres", centres, columns=q.shape[1])
-    r = radii.detach().to("cpu", torch.float64)
+    r = torch.as_tensor(radii).detach().to("cpu", torch.float64)
     if r.shape != (c.shape[0],):
         raise ValueError(f"radii must have shape ({c.shape[0]},) like centres, got {tuple(r.shape)}")
     # Tiles over the centres, with each centre as the row operand exactly as in knn_radii: the float

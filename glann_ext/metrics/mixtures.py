@@ -54,7 +54,11 @@ class ModeCoverage:
 
 def reverse_kl_uniform(counts: torch.Tensor) -> float:
     """``KL(p || U)`` of the histogram ``counts`` against uniform; empty bins add 0; ``inf`` if all empty."""
-    counts = counts.double()
+    counts = torch.as_tensor(counts).double()
+    if bool((counts < 0).any()) or not bool(torch.isfinite(counts).all()):
+        raise ValueError(
+            f"counts must be finite and >= 0, got values in [{float(counts.min()):g}, {float(counts.max()):g}]"
+        )
     total = float(counts.sum())
     if total <= 0:
         return math.inf

@@ -132,5 +132,10 @@ def make_stacked(
     if not isinstance(labels, torch.Tensor) or labels.shape != (images.shape[0],):
         got = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
         raise ValueError(f"labels must be a ({images.shape[0]},) tensor like images, got {got}")
+    if labels.dtype.is_floating_point or (
+        labels.numel() and not (int(labels.min()) >= 0 and int(labels.max()) <= 9)
+    ):
+        lo, hi = (labels.min().item(), labels.max().item()) if labels.numel() else (None, None)
+        raise ValueError(f"labels must be integer digits 0..9, got {str(labels.dtype)[6:]} in [{lo}, {hi}]")
     lab = labels.long()[idx]
     return stacked, lab[:, 0] * 100 + lab[:, 1] * 10 + lab[:, 2]
