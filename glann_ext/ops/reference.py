@@ -153,8 +153,10 @@ def laplacian_pyramid_loss_reference(
     level_weights: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """sum_j w_j |L^j(x) - L^j(y)|_1 (w_j = level_weights[j], default 4^j), normalised per pixel of level 0
-    for 'mean' and 'none'."""
+    for 'mean' and 'none'. Refuses empty inputs, as the fused loss does."""
     b, c, h, w = x.shape
+    if x.numel() == 0:
+        raise ValueError(f"x must not be empty, got shape {tuple(x.shape)}")
     levels = default_levels(h, w) if levels is None else levels
     weights = default_level_weights(levels) if level_weights is None else list(level_weights)
     if len(weights) != levels:
