@@ -132,3 +132,21 @@ def test_a_valid_model_file_still_loads_and_samples(model_file):
     m = load_model_file(model_file)
     assert m.sample(3).shape == (3, 1, 28, 28)
     assert m.noise_scale == 1.0
+
+
+def test_format_kind_and_non_finite_tensors_are_checked(model_file, tmp_path):
+    p = _forged(model_file, tmp_path / "f.safetensors", meta=lambda m: m.__setitem__("format", 99))
+    with pytest.raises(CheckpointError, match="format must be 1, got 99"):
+        load_model_file(p)
+    # a GLANN file called pixel_imle loaded G alone and ignored the codes and T
+    p = _forged(model_file, tmp_path / "g.safetensors", meta=lambda m: m.__setitem__("kind", "pixel_imle"))
+    with pytest.raises(CheckpointError, match=r"tensor (T\.|codes).* is not part of a pixel_imle model"):
+        load_model_file(p)
+
+    def nan_stats(t):
+        key = next(k for k in t if k.endswith("running_mean"))
+        t[key] = torch.full_like(t[key], float("nan"))
+
+    p = _forged(model_file, tmp_path / "h.safetensors", tensors=nan_stats)
+    with pytest.raises(CheckpointError, match="running_mean holds NaN or Inf values"):  # gave NaN images
+        load_model_file(p)

@@ -672,10 +672,17 @@ def model_from_export(
     kind = meta.get("kind")
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(MODEL_KINDS)}")
+    if meta.get("format") != EXPORT_FORMAT:
+        raise ValueError(f"format must be {EXPORT_FORMAT}, got {meta.get('format')!r:.40}")
     config = check_sampling_config(meta.get("config"))
+    own = ("G.",) if kind == PixelIMLE.kind else ("G.", "T.", "codes", "code_accept")
     for key, t in tensors.items():
+        if not key.startswith(own) or (key.startswith(("codes", "code_accept")) and key not in own):
+            raise ValueError(f"tensor {key} is not part of a {kind} model")
         if t.is_floating_point() and t.dtype != torch.float32:
             raise ValueError(f"tensor {key} has dtype {str(t.dtype)[6:]}, expected float32")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"tensor {key} holds NaN or Inf values")
     if "codes" in tensors and (tensors["codes"].dim() != 2 or tensors["codes"].shape[0] < 1):
         raise ValueError(f"codes must be (N >= 1, d), got shape {tuple(tensors['codes'].shape)}")
     ops = ops or config.get("ops", "fused")
