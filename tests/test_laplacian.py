@@ -524,6 +524,24 @@ def test_documented_limit_of_large_finite_inputs(dtype, ok, overflow):
     assert "about a quarter of that dtype's maximum" in lap_mod.__doc__
 
 
+def test_numpy_scalars_for_levels_and_weights():
+    """levels=np.int64(2) and level_weights with numpy floats were refused (nn_argmin takes numpy arrays)."""
+    import numpy as np
+
+    x, y = torch.randn(2, 3, 8, 9, dtype=torch.float64), torch.randn(2, 3, 8, 9, dtype=torch.float64)
+    got = loss_fn(x, y, levels=np.int64(2), level_weights=[np.float32(1.0), np.float64(2.5)], reduction="sum")
+    want = reference.laplacian_pyramid_loss_reference(
+        x, y, levels=2, level_weights=[1.0, 2.5], reduction="sum"
+    )
+    torch.testing.assert_close(got, want, rtol=1e-13, atol=0)
+    with pytest.raises(TypeError, match=r"^levels must be an int in \[1, 16\] or None"):
+        loss_fn(x, y, levels=np.bool_(True))
+    with pytest.raises(ValueError, match=r"^levels must be in \[1, 16\], got 17"):
+        loss_fn(x, y, levels=np.int32(17))
+    with pytest.raises(ValueError, match=r"^level_weights\[1\] must be finite and >= 0, got nan"):
+        loss_fn(x, y, levels=2, level_weights=[1.0, np.float32("nan")])
+
+
 # ---- torch.library integration ------------------------------------------------------------------
 
 

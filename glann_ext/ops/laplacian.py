@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -370,9 +371,9 @@ def _check_args(x: object, y: object, levels: object, reduction: object, level_w
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if levels is None:
         levels = default_levels(x.shape[2], x.shape[3])
-    elif isinstance(levels, bool) or not isinstance(levels, int):
+    elif isinstance(levels, bool) or not isinstance(levels, numbers.Integral):  # numpy ints are Integral
         raise TypeError(f"levels must be an int in [1, {MAX_LEVELS}] or None, got {type(levels).__name__}")
-    elif not 1 <= levels <= MAX_LEVELS:
+    elif not 1 <= (levels := int(levels)) <= MAX_LEVELS:
         raise ValueError(f"levels must be in [1, {MAX_LEVELS}], got {levels}")
     return levels, check_level_weights(level_weights, levels)
 
@@ -393,11 +394,12 @@ def check_level_weights(level_weights: object, levels: int) -> list[float]:
         )
     weights = []
     for j, w in enumerate(level_weights):
-        if isinstance(w, bool) or not isinstance(w, (int, float)):
+        if isinstance(w, bool) or not isinstance(w, numbers.Real):  # numpy floats and ints are Real
             raise TypeError(f"level_weights[{j}] must be a float, got {type(w).__name__}")
+        w = float(w)
         if not math.isfinite(w) or w < 0:
             raise ValueError(f"level_weights[{j}] must be finite and >= 0, got {w!r}")
-        weights.append(float(w))
+        weights.append(w)
     return weights
 
 
