@@ -13,13 +13,23 @@ from .errors import UsageError
 
 
 def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
-    """uint8 (H, W, C) mosaic of ``images`` (B, C, h, w) in [0, 1], ``nrow`` images per row."""
+    """uint8 (H, W, C) mosaic of ``images`` (B, C, h, w) in [0, 1], ``nrow`` images per row (NaN pixels are
+    drawn black)."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] not in (1, 3):
+        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise UsageError(f"images must be a (B, 1 or 3, h, w) tensor, got {got}")
+    for name, value in (("nrow", nrow), ("pad", pad)):
+        least = 0 if name == "pad" else 1
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise UsageError(f"{name} must be an integer >= {least}, got {value!r}")
     b, c, h, w = images.shape
     nrow = nrow or max(1, math.ceil(math.sqrt(b)))
     rows = math.ceil(b / nrow)
     grid = np.ones((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), dtype=np.uint8) * 255
     arr = (
-        (images.detach().float().clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8).transpose(0, 2, 3, 1)
+        (images.detach().float().nan_to_num(0.0).clamp(0, 1).cpu().numpy() * 255 + 0.5)
+        .astype(np.uint8)
+        .transpose(0, 2, 3, 1)
     )
     for i in range(b):
         r, col = divmod(i, nrow)

@@ -307,3 +307,26 @@ def test_eval_checks_prdc_sizes_before_sampling(digits_run, cache_dir, tmp_path,
     ):
         evaluate_run(digits_run, n=n, n_test=n_test, cache_dir=cache_dir, out=tmp_path / "o", progress=False)
     assert not (tmp_path / "o").exists()
+
+
+def test_grids_check_their_arguments(tmp_path):
+    from glann_ext.errors import UsageError
+    from glann_ext.images import make_grid, save_grid
+    from glann_ext.metrics import save_neighbour_grid
+
+    with pytest.raises(UsageError, match=r"images must be a \(B, 1 or 3, h, w\) tensor, got \(3, 4, 4\)"):
+        save_grid(torch.rand(3, 4, 4), tmp_path / "g.png")  # "not enough values to unpack"
+    for kwargs, needle in (
+        ({"nrow": -1}, "nrow must be an integer >= 1, got -1"),
+        ({"pad": -1}, "pad must be an integer >= 0, got -1"),
+    ):
+        with pytest.raises(UsageError, match=needle):
+            make_grid(torch.rand(2, 1, 4, 4), **kwargs)
+    x = torch.full((1, 1, 2, 2), float("nan"))
+    assert (make_grid(x, pad=0) == 0).all()  # NaN pixels drawn black, without a numpy warning
+    with pytest.raises(
+        ValueError, match=r"index must lie in \[0, 3\) \(train rows\), got values in \[0, 7\]"
+    ):
+        save_neighbour_grid(
+            tmp_path / "n.png", torch.rand(2, 1, 4, 4), torch.rand(3, 1, 4, 4), index=torch.tensor([0, 7])
+        )

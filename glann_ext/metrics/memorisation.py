@@ -142,6 +142,10 @@ def save_neighbour_grid(
     index = torch.as_tensor(index).long().cpu()
     if index.shape != (samples.shape[0],):
         raise ValueError(f"index must have shape ({samples.shape[0]},), got {tuple(index.shape)}")
+    if not (int(index.min()) >= 0 and int(index.max()) < train.shape[0]):
+        raise ValueError(
+            f"index must lie in [0, {train.shape[0]}) (train rows), got values in [{int(index.min())}, {int(index.max())}]"
+        )
 
     n, c, h, w = samples.shape
     rows = (n + pairs_per_row - 1) // pairs_per_row
