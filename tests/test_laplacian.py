@@ -542,6 +542,21 @@ def test_numpy_scalars_for_levels_and_weights():
         loss_fn(x, y, levels=2, level_weights=[1.0, np.float32("nan")])
 
 
+def test_meta_tensors_give_shapes_only():
+    """Meta tensors were refused ('x must be on a cpu or cuda device, got meta') although the op has a fake
+    implementation and nn_argmin and project_to_sphere accept them; shapes and dtypes match a real call."""
+    for dtype in (torch.float32, torch.float64):
+        real_x = torch.randn(2, 3, 8, 9, dtype=dtype, requires_grad=True)
+        x = torch.empty(2, 3, 8, 9, dtype=dtype, device="meta", requires_grad=True)
+        y = torch.empty(2, 3, 8, 9, dtype=dtype, device="meta")
+        for reduction in ("mean", "sum", "none"):
+            out = loss_fn(x, y, reduction=reduction)
+            real = loss_fn(real_x, torch.randn(2, 3, 8, 9, dtype=dtype), reduction=reduction)
+            assert out.device.type == "meta" and out.shape == real.shape and out.dtype == real.dtype
+        (g,) = torch.autograd.grad(out.sum(), x)
+        assert g.device.type == "meta" and g.shape == x.shape and g.dtype == dtype
+
+
 # ---- torch.library integration ------------------------------------------------------------------
 
 

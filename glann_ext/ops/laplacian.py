@@ -365,8 +365,8 @@ def _check_args(x: object, y: object, levels: object, reduction: object, level_w
         )
     allowed = _CUDA_DTYPES if x.device.type == "cuda" else _CPU_DTYPES
     check_tensor("x", x, dtypes=allowed, nonempty=True)
-    if x.device.type not in ("cpu", "cuda"):
-        raise ValueError(f"x must be on a cpu or cuda device, got {x.device}")
+    if x.device.type not in ("cpu", "cuda", "meta"):  # meta: shapes only, through the fake implementation
+        raise ValueError(f"x must be on a cpu, cuda or meta device, got {x.device}")
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if levels is None:
