@@ -104,6 +104,18 @@ def memorisation_report(
     )
 
 
+def _checked_index(index: object, n: int, rows: int) -> torch.Tensor:
+    """``index`` as an int64 (n,) CPU tensor of train rows in [0, rows), else a ValueError."""
+    index = torch.as_tensor(index).long().cpu()
+    if index.shape != (n,):
+        raise ValueError(f"index must have shape ({n},), got {tuple(index.shape)}")
+    if not (int(index.min()) >= 0 and int(index.max()) < rows):
+        raise ValueError(
+            f"index must lie in [0, {rows}) (train rows), got values in [{int(index.min())}, {int(index.max())}]"
+        )
+    return index
+
+
 def save_neighbour_grid(
     path: str | os.PathLike,
     samples: torch.Tensor,
@@ -139,13 +151,7 @@ def save_neighbour_grid(
         raise ValueError(f"value_range must be (low, high) with high > low, got {value_range!r}")
     if index is None:
         index, _ = nearest_train(samples, train)
-    index = torch.as_tensor(index).long().cpu()
-    if index.shape != (samples.shape[0],):
-        raise ValueError(f"index must have shape ({samples.shape[0]},), got {tuple(index.shape)}")
-    if not (int(index.min()) >= 0 and int(index.max()) < train.shape[0]):
-        raise ValueError(
-            f"index must lie in [0, {train.shape[0]}) (train rows), got values in [{int(index.min())}, {int(index.max())}]"
-        )
+    index = _checked_index(index, samples.shape[0], train.shape[0])
 
     n, c, h, w = samples.shape
     rows = (n + pairs_per_row - 1) // pairs_per_row
