@@ -252,3 +252,23 @@ def test_sampling_and_interpolation_arguments_are_checked_by_name():
     assert m.interpolate(0, 1, steps=3, space="latent").shape == (3, 1, 28, 28)
     assert m.interpolate([0.0] * 4, torch.ones(4), steps=3).shape == (3, 1, 28, 28)
     assert torch.equal(m.reconstruct([3]), m.decode(m.codes[3:4]))
+
+
+def test_invert_restores_requires_grad_and_fit_gaussian_refuses_no_rows():
+    from glann_ext.models.generative import fit_gaussian
+
+    m = _tiny_glann()
+    m.G.requires_grad_(False)  # frozen by the caller: invert made it trainable again on exit
+    m.invert(m.decode(m.codes[:2]), steps=1, restarts=1)
+    assert not any(p.requires_grad for p in m.G.parameters())
+    m.G.requires_grad_(True)
+    m.invert(m.decode(m.codes[:2]), steps=1, restarts=1)
+    assert all(p.requires_grad for p in m.G.parameters())
+    with pytest.raises(
+        ValueError, match=r"codes must hold at least one row to fit a Gaussian, got shape \(0, 8\)"
+    ):
+        fit_gaussian(m.codes[:0])  # gave an all-NaN mean and covariance
+    mean, cov = fit_gaussian(m.codes)
+    assert torch.allclose(mean, m.codes.double().mean(0)) and torch.allclose(
+        cov, torch.cov(m.codes.double().T)
+    )

@@ -73,11 +73,15 @@ def fit_gaussian(codes: torch.Tensor, world: Any = None) -> tuple[torch.Tensor, 
     (a :class:`~glann_ext.train.world.World`; collective then: every rank calls it and gets the statistics
     of all rows)."""
     z = codes.detach().double().cpu()
+    if z.dim() != 2:
+        raise ValueError(f"codes must be (N, d), got shape {tuple(z.shape)}")
     d = z.shape[1]
     sums = torch.cat([z.sum(0), (z.T @ z).reshape(-1), torch.tensor([float(len(z))], dtype=torch.float64)])
     if world is not None:
         sums = world.sum(sums)
     n = sums[-1]
+    if n < 1:
+        raise ValueError(f"codes must hold at least one row to fit a Gaussian, got shape {tuple(z.shape)}")
     mean = sums[:d] / n
     cov = (sums[d:-1].reshape(d, d) - n * torch.outer(mean, mean)) / (n - 1).clamp_min(1)
     return mean, cov
@@ -522,6 +526,7 @@ class GLANN(GenerativeModel):
             return self.codes.new_zeros(0, self.codes.shape[1]), images.new_zeros(
                 0, *self.image_shape
             ).float()
+        trainable = {p: p.requires_grad for p in self.G.parameters()}  # restored as they were on exit
         self.G.eval().requires_grad_(False)
         target = images.to(self.device).float()
         loss_fn = ReconstructionLoss(
@@ -547,7 +552,8 @@ class GLANN(GenerativeModel):
                     better = per < best_loss
                     best_z[better], best_loss = z[better], torch.minimum(per, best_loss)
         finally:
-            self.G.requires_grad_(True)
+            for p, flag in trainable.items():
+                p.requires_grad_(flag)
         return best_z, self.decode(best_z)
 
     def _fit_codes(
