@@ -211,10 +211,10 @@ def _check_backward_args(signs, grad_loss, shape, levels, level_weights, reducti
             f"{op}: signs must be a contiguous int8 tensor of shape {want}, got {signs.dtype} "
             f"{tuple(signs.shape)}{'' if signs.is_contiguous() else ' (not contiguous)'}"
         )
-    want_loss = (b,) if reduction == _NONE else ()
-    if tuple(grad_loss.shape) != want_loss or grad_loss.device != signs.device:
+    # The kernels read one value (0-d) or one per sample ((B,), through its stride), whatever the reduction.
+    if tuple(grad_loss.shape) not in ((), (b,)) or grad_loss.device != signs.device:
         raise ValueError(
-            f"{op}: grad_loss must have shape {want_loss} on {signs.device}, got {tuple(grad_loss.shape)} on "
+            f"{op}: grad_loss must have shape () or ({b},) on {signs.device}, got {tuple(grad_loss.shape)} on "
             f"{grad_loss.device}"
         )
     if not grad_loss.is_floating_point():
