@@ -209,3 +209,24 @@ def test_documented_errors_and_gradients_match_behaviour():
     diff = (q - k[index]).detach()
     torch.testing.assert_close(gq, 2 * diff)
     torch.testing.assert_close(gk, torch.zeros_like(k).index_add_(0, index, -2 * diff))
+
+
+def test_torch_func_transforms_are_documented_as_unsupported():
+    """The ops docstring now says which transforms work; the failures it names are the ones that happen."""
+    assert "``torch.func`` transforms are not" in glann_ext.ops.__doc__
+    z = torch.randn(3, 4, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="setup_context"):
+        torch.func.grad(lambda t: glann_ext.project_to_sphere(t).sum())(z)
+    with pytest.raises(RuntimeError, match="setup_context"):
+        torch.func.grad(lambda t: glann_ext.laplacian_pyramid_loss(t, torch.zeros_like(t)))(
+            torch.randn(1, 1, 4, 4)
+        )
+    keys = torch.randn(5, 4)
+    with pytest.raises(RuntimeError, match="Batching rule not implemented for glann_ext::nn_argmin_fold_"):
+        torch.vmap(lambda q: glann_ext.nn_argmin(q, keys))(torch.randn(2, 3, 4))
+    # What the docstring recommends instead gives the gradient.
+    zr = z.clone().requires_grad_()
+    (g,) = torch.autograd.grad(glann_ext.project_to_sphere(zr).sum(), zr)
+    y = z / z.norm(dim=1, keepdim=True)
+    ones = torch.ones_like(z)
+    torch.testing.assert_close(g, (ones - y * (y * ones).sum(1, keepdim=True)) / z.norm(dim=1, keepdim=True))

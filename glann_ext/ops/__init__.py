@@ -34,6 +34,12 @@ the data, inside the registered ops: no extra pass, no graph break under ``torch
 ``check_finite_values=False`` (``nn_argmin``, ``laplacian_pyramid_loss``) skips the check; results for
 non-finite inputs are then unspecified. Values already in a latent table or its optimizer state are not
 checked (that would cost a pass every step).
+
+Transforms. Autograd (``backward``, ``torch.autograd.grad``), ``torch.compile``, fake and meta tensors are
+supported. ``torch.func`` transforms are not: ``torch.func.grad`` over ``laplacian_pyramid_loss`` or
+``project_to_sphere`` fails with torch's "must override setup_context" error, and ``torch.vmap`` over
+``nn_argmin`` with "Batching rule not implemented for glann_ext::nn_argmin_fold_". Batch by hand (the ops
+take batches already) and use ``torch.autograd.grad``.
 """
 
 from ._native import raise_deferred_errors
