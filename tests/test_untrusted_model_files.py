@@ -150,3 +150,12 @@ def test_format_kind_and_non_finite_tensors_are_checked(model_file, tmp_path):
     p = _forged(model_file, tmp_path / "h.safetensors", tensors=nan_stats)
     with pytest.raises(CheckpointError, match="running_mean holds NaN or Inf values"):  # gave NaN images
         load_model_file(p)
+
+
+def test_a_fifo_in_place_of_the_model_file_is_refused_without_blocking(tmp_path):
+    import os
+
+    p = tmp_path / "model.safetensors"
+    os.mkfifo(p)  # safe_open blocked for ever waiting for a writer
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: not a regular file"):
+        load_model_file(p)

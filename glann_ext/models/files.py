@@ -36,6 +36,8 @@ def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     from safetensors.torch import safe_open
 
     path = Path(path)
+    if path.exists() and not path.is_file():  # a FIFO would block safe_open for ever
+        raise CheckpointError(f"{path}: not a regular file, so not a model file")
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
