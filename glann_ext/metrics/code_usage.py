@@ -40,9 +40,11 @@ class CodeUsage:
     kl_over_codes_even: float  # the same for uniform draws: the floor that sampling noise alone gives
     busiest_code: int  # the largest number of samples sharing one nearest code
     isolated_share: float  # mean count of the most isolated tenth of the codes / the others' mean count
-    sample_code_median: float  # median distance from a sample to its nearest code
+    sample_code_median: (
+        float  # median distance from a sample to its nearest code (the lower median for even n)
+    )
     sample_code_q10: float  # 10% quantile of that distance
-    code_spacing: float  # median distance from a code to its nearest other code
+    code_spacing: float  # median (lower, for even n) distance from a code to its nearest other code
     mean_offset: float  # distance between the samples' mean and the codes' mean
     code_mean_norm: float  # norm of the codes' mean (the offset's scale)
     variance_leading: float  # samples' / codes' variance along the codes' leading tenth of principal axes

@@ -23,7 +23,8 @@ from ._checks import check_positive_int
 class MemorisationReport:
     """Distances (float64) of generated and test rows to their nearest training row, and summaries.
 
-    ``threshold`` is the distance used for the ``*_fraction_below`` fields (``d < threshold``).
+    ``threshold`` is the distance used for the ``*_fraction_below`` fields (``d < threshold``). The
+    ``*_median`` fields are ``torch.median``'s: the lower of the middle two for an even count.
     """
 
     generated_distances: torch.Tensor
