@@ -264,7 +264,8 @@ class GenerativeModel(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0, balanced: bool | None = None) -> torch.Tensor:
         """``n`` samples, float32 (n, C, H, W) in [0, 1]; the same seed gives the same images. ``balanced``:
-        balanced sampling on or off (None: the model's setting)."""
+        balanced sampling on or off (None: the model's setting). Like :meth:`decode` and ``map_noise``, it
+        leaves G and T in eval mode."""
         return self.decode(self.sample_inputs(n, seed, balanced))
 
     @torch.no_grad()
