@@ -748,3 +748,10 @@ def test_smaller_metric_argument_checks():
     counts = ball_membership_counts(q, c, np.ones(2), strict=False)  # numpy radii: AttributeError
     assert counts.tolist() == [1, 1, 1]
     assert aggregate_seeds([{"a": np.float32(1)}, {"a": np.float32(3)}]) == {"a": (2.0, 1.0)}  # gave {}
+
+
+def test_code_usage_isolated_share_when_every_code_ties():
+    # every 5th-neighbour distance equals the 0.9 quantile, so all codes were "isolated" and the share NaN
+    codes = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)  # a square
+    u = code_usage(codes + 1e-3, codes)
+    assert u.isolated_share == pytest.approx(1.0)  # one sample per code: the isolated fare like the rest

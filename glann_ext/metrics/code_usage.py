@@ -39,7 +39,9 @@ class CodeUsage:
     kl_over_codes: float  # KL(histogram of the samples' nearest codes || uniform)
     kl_over_codes_even: float  # the same for uniform draws: the floor that sampling noise alone gives
     busiest_code: int  # the largest number of samples sharing one nearest code
-    isolated_share: float  # mean count of the most isolated tenth of the codes / the others' mean count
+    isolated_share: (
+        float  # mean count of the most isolated tenth of the codes / the others' mean count (1 if all tie)
+    )
     sample_code_median: (
         float  # median distance from a sample to its nearest code (the lower median for even n)
     )
@@ -119,7 +121,8 @@ def code_usage(
     spacing, fifth = others[:, 0], others[:, -1]
     sub = counts[queries]
     isolated = fifth >= torch.quantile(fifth, 0.9)
-    rest = sub[~isolated].double().mean() if bool((~isolated).any()) else torch.tensor(math.nan)
+    # every code tied at the 0.9 quantile (grid codes): none is more isolated than the rest, share 1
+    rest = sub[~isolated].double().mean() if bool((~isolated).any()) else sub.double().mean()
     dist = sq.double().clamp_min(0).sqrt()
     return CodeUsage(
         n_samples=n,
