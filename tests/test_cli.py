@@ -335,6 +335,7 @@ def test_kill_minus_nine_then_rerun_resumes_to_the_same_model(tmp_path, data_fil
         ("--mapping-hidden", "100000000"),
         ("--noise-dim", "1000000000"),
         ("--image-size", "1048576"),
+        ("--balance-draws", "20000"),  # more than a model file may ask for: the run could not be loaded
     ],
 )
 def test_absurd_sizes_are_a_one_line_config_error_before_anything_runs(

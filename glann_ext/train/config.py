@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from glann_ext.errors import ConfigError
-from glann_ext.models.generative import MAX_NOISE_SCALE, MAX_SPREAD
+from glann_ext.models.generative import MAX_BALANCE_DRAWS, MAX_NOISE_SCALE, MAX_SPREAD
 
 CONFIG_FILE = "config.json"
 # Fields read only when sampling from a finished model: training is the same whatever they hold.
@@ -309,6 +309,8 @@ MAXIMA: dict[str, float] = {
     # IMLE draws multiple x (number of targets) noise vectors per epoch and matches each against the targets:
     # 1000 x 60000 targets is already 6e7 draws; beyond that only memory runs out (after GLO has trained)
     "imle_noise_multiple": 1000,
+    # what a model file may ask for, so that every run writes a model file that loads
+    "balance_draws": MAX_BALANCE_DRAWS,
 }
 
 
