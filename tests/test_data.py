@@ -71,6 +71,15 @@ def test_fashion_mnist_lookup_order(tmp_path, monkeypatch, no_default_locations)
     assert torch.allclose(load_images("fashion-mnist"), torch.full_like(x, 20 / 255))  # then $GLANN_DATA
 
 
+def test_a_data_root_that_does_not_exist_is_an_error_not_a_fallback(tmp_path, monkeypatch):
+    env = tmp_path / "env"
+    env.mkdir()
+    write_idx(env / "train-images-idx3-ubyte.gz", np.full((5, 28, 28), 20, np.uint8), True)
+    monkeypatch.setenv(mnist_mod.ENV_VAR, str(env))  # a copy it used to fall back to
+    with pytest.raises(DataError, match="data_root .*nowhere: no such folder"):
+        load_images("fashion-mnist", data_root=tmp_path / "nowhere")
+
+
 def test_missing_idx_files_without_download(no_default_locations):
     with pytest.raises(DataError, match="mnist train images not found"):
         load_images("mnist", allow_download=False)

@@ -113,6 +113,8 @@ def load_mnist_like(
         raise DataError(f"unknown IDX dataset {name!r}; expected one of {sorted(SOURCES)}")
     if split not in ("train", "test"):
         raise DataError(f"split must be 'train' or 'test', got {split!r}")
+    if root is not None and not Path(root).is_dir():  # a typo must not fall back to another copy silently
+        raise DataError(f"data_root {root}: no such folder")
     path = find_images_file(name, split, root)
     if path is None:
         if not allow_download:
