@@ -438,6 +438,8 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     from glann_ext.train.threads import intra_op_threads
 
     _check_device(args)
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise CLIError(f"eval: --out {args.out}: exists and is not a folder")  # before minutes of sampling
 
     with intra_op_threads(args.threads or None):  # for this command only (main may run in a caller's process)
         res = evaluate_run(

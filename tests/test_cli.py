@@ -400,3 +400,10 @@ def test_out_that_is_a_file_and_a_single_image_are_named(tmp_path, capsys):
     assert main(["train", "--dataset", str(one), "--out", str(tmp_path / "r"), *TINY]) == 2
     assert "training needs at least 2 images, got 1" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_eval_out_that_is_a_file_is_named_before_any_work(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert main(["eval", "--run", str(tmp_path / "no-run"), "--out", str(tmp_path / "file")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--out" in err and "is not a folder" in err, err

@@ -76,7 +76,7 @@ def test_a_data_root_that_does_not_exist_is_an_error_not_a_fallback(tmp_path, mo
     env.mkdir()
     write_idx(env / "train-images-idx3-ubyte.gz", np.full((5, 28, 28), 20, np.uint8), True)
     monkeypatch.setenv(mnist_mod.ENV_VAR, str(env))  # a copy it used to fall back to
-    with pytest.raises(DataError, match="data_root .*nowhere: no such folder"):
+    with pytest.raises(DataError, match=r"data_root .*nowhere: no such folder"):
         load_images("fashion-mnist", data_root=tmp_path / "nowhere")
 
 
