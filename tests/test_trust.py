@@ -432,6 +432,15 @@ def test_a_forged_main_pt_a_non_utf8_config_and_a_missing_device_are_one_line_er
     main_pt.write_bytes(b"PK\x03\x04 truncated")
     assert "cannot load checkpoint" in _one_line_error(capsys, "sample", "--run", str(run))
     torch.save(good, main_pt)
+    shard_pt = main_pt.parent / ckpt.read_manifest(run)["shards"][0]
+    good_shard = torch.load(shard_pt, weights_only=True)
+    for key, t in good_shard["rows"].items():  # each per-row tensor in turn, as float64 or one row short
+        for forged_rows in (t.double() if t.is_floating_point() else t.float(), t[1:]):
+            torch.save({**good_shard, "rows": {**good_shard["rows"], key: forged_rows}}, shard_pt)
+            for argv in (["sample", "--run", str(run)], ["train", "--out", str(run), "--no-progress"]):
+                err = _one_line_error(capsys, *argv)
+                assert f"rows {key!r} are" in err and "expected float32" in err, (argv, err)
+    torch.save(good_shard, shard_pt)
     bad = tmp_path / "cfg.json"
     bad.write_bytes(b"\xff\xfe")
     assert "not UTF-8" in _one_line_error(

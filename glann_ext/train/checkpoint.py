@@ -122,7 +122,8 @@ def _main_problem(main: Any) -> str | None:
 
 def load_shard(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     """A step's shard file (:func:`load`), checked: ``{start, stop, total, rows}`` with integer bounds and a
-    dict of tensors."""
+    dict of tensors of ``stop - start`` rows each, float32 where floating (training keeps every table in
+    float32: another dtype is a forged or foreign file, which would fail later with a dtype traceback)."""
     shard = load(path, mmap=mmap)
     ok = (
         isinstance(shard, dict)
@@ -132,6 +133,13 @@ def load_shard(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     )
     if not ok:
         raise CheckpointError(f"{path}: not a checkpoint shard of glann_ext (expected start, stop and rows)")
+    n = shard["stop"] - shard["start"]
+    for key, t in shard["rows"].items():
+        if t.dim() == 0 or t.shape[0] != n or (t.is_floating_point() and t.dtype != torch.float32):
+            raise CheckpointError(
+                f"{path}: rows {key!r} are {t.dtype} {tuple(t.shape)}, expected float32 (or integer) with "
+                f"{n} rows"
+            )
     return shard
 
 
