@@ -267,11 +267,25 @@ def _train_config(args: argparse.Namespace, saved: Any = None):
         if args.config:
             base.update(dataclasses.asdict(TrainConfig.from_json(args.config)))
     if args.dataset:
-        base["dataset"] = args.dataset
+        base["dataset"] = _absolute_path(args.dataset)
     for _, field, _, _ in _CONFIG_FLAGS:
         if getattr(args, field) is not None:
             base[field] = getattr(args, field)
+    if args.data_root is not None:
+        base["data_root"] = _absolute_path(args.data_root)
     return TrainConfig.from_dict(base)
+
+
+def _absolute_path(value: str) -> str:
+    """A dataset or data root given on this command line as a relative path that exists, made absolute:
+    the run folder's config must name the same files when the run is resumed from another directory.
+    Dataset names (fashion-mnist, ...) are kept as they are, as they win over a path of that name."""
+    from glann_ext.data.datasets import NAMED
+
+    path = Path(value)
+    if value in NAMED or path.is_absolute() or not path.exists():
+        return value
+    return str(path.absolute())
 
 
 def _cmd_train(args: argparse.Namespace) -> None:

@@ -407,3 +407,17 @@ def test_eval_out_that_is_a_file_is_named_before_any_work(tmp_path, capsys):
     assert main(["eval", "--run", str(tmp_path / "no-run"), "--out", str(tmp_path / "file")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--out" in err and "is not a folder" in err, err
+
+
+def test_a_relative_dataset_path_still_resumes_from_another_directory(tmp_path, data_file, monkeypatch):
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir(), elsewhere.mkdir()
+    shutil.copy(data_file, work / "blobs.npy")
+    monkeypatch.chdir(work)
+    argv = ["--preset", "tiny", "--ops", OPS, "--threads", "1", "--no-progress", "--imle-epochs", "1"]
+    assert main(["train", "--dataset", "blobs.npy", "--data-root", ".", "--out", "run", *argv]) == 0
+    saved = json.loads((work / "run" / "config.json").read_text())
+    assert saved["dataset"] == str(work / "blobs.npy") and saved["data_root"] == str(work)
+    monkeypatch.chdir(elsewhere)  # a relative path would now name a file that is not there
+    assert main(["train", "--out", str(work / "run"), "--imle-epochs", "2", "--no-progress"]) == 0
+    assert json.loads((work / "run" / "config.json").read_text())["imle_epochs"] == 2
