@@ -325,8 +325,7 @@ def nn_argmin(
     best = RunningArgmin(queries, return_distances=return_distances, check_finite=check_finite_values)
     offset = 0
     for name, row0, chunk in _key_chunks(keys):
-        chunk = check_keys(name, chunk, queries)
-        best.update(chunk, offset, name=name, row0=row0)
+        best.update(chunk, offset, name=name, row0=row0)  # checks the chunk (check_keys)
         offset += chunk.shape[0]
     if offset == 0:
         raise ValueError("keys must contain at least one row, got M=0")
