@@ -37,6 +37,7 @@ from glann_ext._io import (
 from glann_ext.data import shard_bounds
 from glann_ext.errors import CheckpointError
 
+from .config import CONFIG_FILE
 from .world import World
 
 CHECKPOINT_DIR = "checkpoints"
@@ -198,9 +199,12 @@ def join_state(stage: str, replicated: Any, found: dict[str, torch.Tensor]) -> d
 # -- the manifest ---------------------------------------------------------------------------------------------
 
 
+# a run folder's model file, and glann_ext 0.1's pickled one (``glann upgrade`` converts it)
+MODEL_FILE = "model.safetensors"
+LEGACY_MODEL_FILE = "model.pt"
 # a folder holding one of these is a run folder (written by this package); commands that take a lock and
 # clean up in a folder (reshard, upgrade) refuse any other folder, which is the user's
-RUN_MARKERS = ("config.json", f"{CHECKPOINT_DIR}/{MANIFEST_FILE}", "model.safetensors", "model.pt")
+RUN_MARKERS = (CONFIG_FILE, f"{CHECKPOINT_DIR}/{MANIFEST_FILE}", MODEL_FILE, LEGACY_MODEL_FILE)
 
 
 def is_run_folder(path: str | Path) -> bool:

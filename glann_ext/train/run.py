@@ -55,6 +55,7 @@ from glann_ext.models.generative import built_to_fit
 
 from . import checkpoint as ckpt
 from .build import build_generator, build_mapping
+from .checkpoint import LEGACY_MODEL_FILE, MODEL_FILE
 from .config import CONFIG_FILE, SAMPLING_FIELDS, TrainConfig, load_run_config, saved_config
 from .loop import Hook, StageTrainer
 from .pipeline import Fit
@@ -62,8 +63,6 @@ from .threads import intra_op_threads
 from .whitening import code_whitening
 from .world import World, init_world, local_device
 
-MODEL_FILE = "model.safetensors"
-LEGACY_MODEL_FILE = "model.pt"
 METRICS_FILE = "metrics.jsonl"
 RESUMES_FILE = "resumes.jsonl"
 # Fields that may change when a run is resumed: they do not alter what is computed, or extend it.

@@ -22,7 +22,6 @@ from . import checkpoint as ckpt
 from .build import build_model
 from .config import CONFIG_FILE, saved_config
 
-LEGACY_MODEL = "model.pt"
 KEPT_SUFFIX = ".glann-0.1"  # model.pt is kept as model.pt.glann-0.1
 
 
@@ -52,9 +51,11 @@ def upgrade_run(
         if manifest_path.exists() and _json(manifest_path).get("format") == 1:
             _upgrade_checkpoint(run, _json(manifest_path))
             done.append(f"{ckpt.CHECKPOINT_DIR}/ (format 1 -> {ckpt.FORMAT_VERSION})")
-        if (run / LEGACY_MODEL).exists():
+        if (run / ckpt.LEGACY_MODEL_FILE).exists():
             _upgrade_model(run)
-            done.append(f"{LEGACY_MODEL} -> model.safetensors (old file kept as {LEGACY_MODEL}{KEPT_SUFFIX})")
+            done.append(
+                f"{ckpt.LEGACY_MODEL_FILE} -> {ckpt.MODEL_FILE} (old file kept as {ckpt.LEGACY_MODEL_FILE}{KEPT_SUFFIX})"
+            )
     log(f"{run}: " + ("; ".join(done) if done else "nothing to upgrade"))
     return done
 
@@ -105,7 +106,7 @@ def _upgrade_checkpoint(run: Path, manifest: dict[str, Any]) -> None:
 
 
 def _upgrade_model(run: Path) -> None:
-    old = _unpickle(run / LEGACY_MODEL)
+    old = _unpickle(run / ckpt.LEGACY_MODEL_FILE)
     try:
         cfg = saved_config({k: v for k, v in old["cfg"].items() if k != "extra"})
         model = build_model(cfg, tuple(old["image_shape"]))
@@ -117,6 +118,8 @@ def _upgrade_model(run: Path) -> None:
                 T.load_state_dict(old["T"])
             model = GLANN(model.G, old["codes"].float(), T, ops=model.ops, config=model.config)
     except (KeyError, TypeError, RuntimeError, ValueError) as exc:
-        raise CheckpointError(f"{run / LEGACY_MODEL}: not a glann_ext 0.1 model file ({exc})") from exc
-    save_model(model, run / "model.safetensors")
-    (run / LEGACY_MODEL).rename(run / (LEGACY_MODEL + KEPT_SUFFIX))
+        raise CheckpointError(
+            f"{run / ckpt.LEGACY_MODEL_FILE}: not a glann_ext 0.1 model file ({exc})"
+        ) from exc
+    save_model(model, run / ckpt.MODEL_FILE)
+    (run / ckpt.LEGACY_MODEL_FILE).rename(run / (ckpt.LEGACY_MODEL_FILE + KEPT_SUFFIX))
