@@ -315,18 +315,14 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _saved_config(out: Path):
     """The config of run folder ``out``: its config.json, else its checkpoint's copy (config.json deleted,
     or a job killed in its first write); None for a new run."""
-    from glann_ext.errors import CheckpointError, ConfigError
     from glann_ext.train import checkpoint as ckpt
-    from glann_ext.train.config import CONFIG_FILE, load_run_config, saved_config
+    from glann_ext.train.config import CONFIG_FILE, load_run_config
 
     if (out / CONFIG_FILE).exists():
         return load_run_config(out / CONFIG_FILE)
     if ckpt.read_manifest(out) is None:
         return None
-    try:
-        return saved_config(ckpt.latest_main(out)["config"])
-    except ConfigError as exc:
-        raise CheckpointError(f"{out}: the checkpoint's config is not valid ({exc})") from None
+    return ckpt.checkpoint_config(ckpt.latest_main(out)["config"], out)
 
 
 def _check_device(args: argparse.Namespace) -> None:

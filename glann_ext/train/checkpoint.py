@@ -35,9 +35,9 @@ from glann_ext._io import (
     remove_stale_temps,
 )
 from glann_ext.data import shard_bounds
-from glann_ext.errors import CheckpointError
+from glann_ext.errors import CheckpointError, ConfigError
 
-from .config import CONFIG_FILE
+from .config import CONFIG_FILE, TrainConfig, saved_config
 from .world import World
 
 CHECKPOINT_DIR = "checkpoints"
@@ -119,6 +119,18 @@ def _main_problem(main: Any) -> str | None:
             if not _is_count(state.get(k)):
                 return f"{stage}.{k} must be an integer >= 0, got {state.get(k)!r:.40}"
     return None
+
+
+def checkpoint_config(saved: Any, where: str | Path) -> TrainConfig:
+    """A checkpoint's copy of its run's config (``main.pt``'s ``config``) as the config the run trained with
+    (:func:`~.config.saved_config`); one that is not a valid config is a :class:`CheckpointError` naming
+    ``where``."""
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{where}: the checkpoint's config is {type(saved).__name__}, expected a dict")
+    try:
+        return saved_config(saved)
+    except (ConfigError, TypeError) as exc:
+        raise CheckpointError(f"{where}: the checkpoint's config is not valid ({exc})") from None
 
 
 def load_shard(path: str | Path, mmap: bool = False) -> dict[str, Any]:

@@ -56,7 +56,7 @@ from glann_ext.models.generative import built_to_fit
 from . import checkpoint as ckpt
 from .build import build_generator, build_mapping
 from .checkpoint import LEGACY_MODEL_FILE, MODEL_FILE
-from .config import CONFIG_FILE, SAMPLING_FIELDS, TrainConfig, load_run_config, saved_config
+from .config import CONFIG_FILE, SAMPLING_FIELDS, TrainConfig, load_run_config
 from .loop import Hook, StageTrainer
 from .pipeline import Fit
 from .threads import intra_op_threads
@@ -204,15 +204,7 @@ class Run:
         """The checkpoint's own copy of the config must agree with the config in use outside
         :data:`RESUMABLE_OVERRIDES` (config.json edited or deleted must not resume under other settings).
         Without config.json the resumable fields that differ from the checkpoint's are recorded as a resume's."""
-        where = self.out / ckpt.CHECKPOINT_DIR
-        if not isinstance(saved, dict):
-            raise CheckpointError(
-                f"{where}: the checkpoint's config is {type(saved).__name__}, expected a dict"
-            )
-        try:
-            theirs = dataclasses.asdict(saved_config(saved))
-        except (ConfigError, TypeError) as exc:
-            raise CheckpointError(f"{where}: the checkpoint's config is not valid ({exc})") from None
+        theirs = dataclasses.asdict(ckpt.checkpoint_config(saved, self.out / ckpt.CHECKPOINT_DIR))
         mine = dataclasses.asdict(self.cfg)
         changed = sorted(k for k in mine if mine[k] != theirs[k] and k not in RESUMABLE_OVERRIDES)
         if changed:
@@ -561,10 +553,7 @@ def model_from_checkpoint(run: str | Path, ops: str | None = None, device: str =
     built to the checkpoint's own tensors (:func:`~glann_ext.models.generative.built_to_fit`): a config
     that names other sizes is refused before anything of its size is allocated."""
     _, main, rows = ckpt.read_step(run, names=["glo.codes"])
-    try:
-        cfg = saved_config(main["config"])
-    except ConfigError as exc:
-        raise CheckpointError(f"{run}: the checkpoint's config is not valid ({exc})") from None
+    cfg = ckpt.checkpoint_config(main["config"], run)
     glo, imle = main["glo"], main["imle"]
     pixel = cfg.imle_space == "pixel"
     if (imle if pixel else glo) is None:
