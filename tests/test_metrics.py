@@ -548,6 +548,19 @@ def test_code_usage_on_a_hand_checked_case():
     assert u.isolated_share == pytest.approx(3.0)
 
 
+def test_code_usage_isolated_share_takes_the_most_isolated_tenth():
+    # 18 codes 0.1 apart on a line (5th nearest other code: 0.3 inside, 0.4 and 0.5 near the ends) and two
+    # far outliers: the 0.9 quantile of the 20 distances lies above the ends' 0.5, so the isolated tenth is
+    # the two outliers alone (a fifth would also take both ends, share (2 + 2 + 1 + 0) / 4 / 2 = 0.625)
+    line = torch.stack([torch.arange(18, dtype=torch.float64) * 0.1, torch.zeros(18, dtype=torch.float64)], 1)
+    outliers = torch.tensor([[100.0, 0.0], [0.0, 100.0]], dtype=torch.float64)
+    codes = torch.cat([line, outliers])
+    # two samples on every line code, one on the first outlier, none on the second
+    samples = torch.cat([line.repeat(2, 1), outliers[:1]])
+    u = code_usage(samples, codes)
+    assert u.isolated_share == pytest.approx((1 + 0) / 2 / 2)
+
+
 def test_code_usage_even_reference_and_an_even_sampler():
     codes = _sphere(50, 6, 1)
     u = code_usage(codes.repeat(40, 1), codes)  # every code exactly 40 times, each sample on its code
