@@ -254,6 +254,24 @@ def test_sampling_and_interpolation_arguments_are_checked_by_name():
     assert torch.equal(m.reconstruct([3]), m.decode(m.codes[3:4]))
 
 
+def test_gaussian_codes_draw_the_fitted_covariance():
+    # a narrow Gaussian around a point of the sphere: projecting it back changes its draws by O(scale), so
+    # their covariance must be the fitted one (transposing the Cholesky factor or a large ridge would not be)
+    m = _tiny_glann()
+    d = m.codes.shape[1]
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(d - 1, d - 1, generator=g, dtype=torch.float64)
+    cov = torch.zeros(d, d, dtype=torch.float64)
+    cov[1:, 1:] = 1e-3 * (a @ a.T / d + 0.1 * torch.eye(d - 1, dtype=torch.float64))  # tangent to e_0
+    mean = torch.zeros(d, dtype=torch.float64)
+    mean[0] = 1.0
+    z = m.gaussian_codes(20_000, seed=1, fit=(mean, cov)).double()
+    assert torch.allclose(z.norm(dim=1), torch.ones(len(z), dtype=torch.float64), atol=1e-5)
+    drawn = torch.cov(z[:, 1:].T)
+    assert float((drawn - cov[1:, 1:]).norm() / cov[1:, 1:].norm()) < 0.05
+    assert float(z[:, 1:].mean(0).abs().max()) < 3e-3  # the fitted mean, e_0, up to sampling noise
+
+
 def test_invert_restores_requires_grad_and_fit_gaussian_refuses_no_rows():
     from glann_ext.models.generative import fit_gaussian
 

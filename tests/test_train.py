@@ -224,6 +224,7 @@ def test_imle_options_cosine_rate_and_precision_term():
     trainer = IMLETrainer(targets, MLP(2, 3, 16, 2), cfg, get_ops(OPS))
     assert trainer.lr_at(0) == cfg.imle_lr and trainer.lr_at(8) == 0.0
     assert trainer.lr_at(4) == pytest.approx(cfg.imle_lr / 2)
+    assert trainer.lr_at(9) == 0.0  # past the last step the rate stays 0 (the cosine would climb back)
     fresh = trainer.precision_noise(1)
     assert fresh.shape == (2, 32, 2) and torch.equal(fresh, trainer.precision_noise(1))
     assert not torch.equal(fresh, trainer.precision_noise(2))
@@ -544,7 +545,11 @@ def test_adaptive_imle_keeps_matches_until_a_target_is_fitted():
     targets = reference.project_to_sphere_reference(torch.randn(90, 4))
     cfg = TrainConfig(noise_dim=3, batch_size=30, imle_adaptive=True, imle_staleness=1, imle_force_rematch=3)
     trainer = IMLETrainer(targets, MLP(3, 4, 16, 2), cfg, get_ops(OPS))
+    first = _plain_nearest(trainer, 0)  # epoch 0's matching, before T has stepped
+    first_dist = ((trainer.generate(trainer.noise(first, 0)).double() - targets.double()) ** 2).sum(1)
     run_epoch(trainer)  # the first epoch matches every target
+    # each threshold is (1 - gamma) x the target's distance when it was matched (the paper's shrink)
+    assert torch.allclose(trainer.threshold.double(), first_dist * (1 - cfg.imle_adaptive_shrink), rtol=1e-5)
     assert trainer.last_rematched == 1.0 and torch.equal(
         trainer.since_match, torch.zeros(90, dtype=torch.int64)
     )
