@@ -156,6 +156,11 @@ def test_pca_init_above_the_exact_size_is_the_randomized_basis_of_the_same_direc
     wide = pca_codes(images, 12, seed=1)
     torch.testing.assert_close(wide[:, :8].abs(), codes.abs(), rtol=1e-3, atol=1e-3)
     assert wide[:, 8:].abs().max() < 0.05 * codes[:, 7].abs().max()
+    # more directions than there are images (rank <= 40): the rest is seeded noise 1e-3 x the codes' std
+    few = pca_codes(images[:40], 64, seed=1).double()
+    pad, top = few[:, 40:], few[:, :40]
+    assert 0.5e-3 < float(pad.std() / top.std()) < 2e-3
+    assert torch.equal(few, pca_codes(images[:40], 64, seed=1).double())
 
 
 def test_imle_matching_is_the_true_nearest_neighbour():
