@@ -31,6 +31,12 @@ def test_acceptance_by_hand():
     assert torch.equal(balance.acceptance(torch.zeros(3, dtype=torch.int64), 0.25), torch.ones(3))
 
 
+def test_calibration_draws_round_up_and_give_every_code_one():
+    assert balance.calibration_draws(3, 2.5) == 8  # 7.5 draws round up, so no code gets fewer than asked
+    assert balance.calibration_draws(7, 0.1) == 7  # at least one per code
+    assert balance.min_acceptance(4, 2.0) == 1 / 8
+
+
 def test_usage_counts_match_an_independent_count_across_chunks():
     """More draws than one calibration chunk, so the count is stitched from two seeded blocks."""
     g = torch.Generator().manual_seed(0)

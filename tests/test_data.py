@@ -222,6 +222,11 @@ def test_float_images_out_of_range_are_refused_and_whole_0_255_floats_scaled(tmp
         DataError, match=r"a.npy: float images must lie in \[0, 1\].*got values in \[0.5, 1.5\]"
     ):
         load_images(str(tmp_path / "a.npy"))
+    for stray, seen in ((1.06, r"\[0.5, 1.06\]"), (-0.06, r"\[-0.06, 0.5\]")):  # just past the 0.05 clipped
+        arr[0, 0, 0] = stray
+        np.save(tmp_path / "a.npy", arr)
+        with pytest.raises(DataError, match=rf"got values in {seen}"):
+            load_images(str(tmp_path / "a.npy"))
     whole = np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4) * 8
     np.save(tmp_path / "b.npy", whole)
     assert torch.equal(load_images(str(tmp_path / "b.npy"))[:, 0], torch.from_numpy(whole / 255.0).float())
