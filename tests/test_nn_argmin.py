@@ -561,6 +561,7 @@ def _nearest_by_differences(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     [
         ([[2e19]], [[2e19 + 1e13], [2e19]], "queries row 0"),  # the right answer is key 1, at distance 0
         ([[1.0], [2.0]], [[1.0], [1e20]], "keys row 1"),
+        ([[1.0]], [[0.0], [1e19]], "keys row 1"),  # ||k||^2 1e38: above max/4, below max/2
         ([[1.5e154]], [[1.0], [1.5e154]], "queries row 0"),  # float64
         ([[1.0]], [[0.0], [-1.5e154]], "keys row 1"),
     ],
