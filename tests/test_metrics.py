@@ -358,6 +358,9 @@ def test_domain_classifier_trains_and_cache_round_trips(tmp_path, monkeypatch):
     assert torch.equal(state, torch.get_rng_state())  # training does not touch the global RNG
     assert clf.test_accuracy >= 0.95
     assert clf.accuracy(xte, yte) == pytest.approx(clf.test_accuracy)
+    # inputs are standardised by the training images' own mean and standard deviation
+    assert float(clf.model.mean) == pytest.approx(float(xtr.double().mean()), rel=1e-6)
+    assert float(clf.model.std) == pytest.approx(float(xtr.double().std()), rel=1e-6)
     feats = clf.features(xte)
     assert feats.shape == (200, 84) and feats.dtype == torch.float32
     path = cache_path(tmp_path, "bars", seed=0, epochs=2)

@@ -184,6 +184,13 @@ def test_slerp_of_antipodal_endpoints_takes_a_defined_half_circle():
     angles = torch.arccos((out[:-1] * out[1:]).sum(1).double().clamp(-1, 1))
     assert torch.allclose(angles, torch.full((4,), torch.pi / 4, dtype=torch.float64), atol=1e-3)
     assert torch.equal(slerp(a, -a, t), out)  # deterministic
+    # a code on an axis: the half turn goes through another axis (the one least aligned with it), not
+    # through a itself made orthogonal to a (the zero vector: NaN)
+    e0 = torch.zeros(8)
+    e0[0] = 1
+    axis = slerp(e0, -e0, t)
+    assert torch.isfinite(axis).all() and torch.allclose(axis.norm(dim=1), torch.ones(5), atol=1e-6)
+    assert abs(float(axis[2, 0])) < 1e-6  # the midpoint is orthogonal to the endpoints
 
 
 def _tiny_glann():
