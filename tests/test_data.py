@@ -52,6 +52,10 @@ def test_idx_errors_name_the_file_and_problem(tmp_path):
     (tmp_path / "magic").write_bytes(b"\x01\x02\x03\x04" + raw[4:])
     with pytest.raises(DataError, match=r"magic: not an IDX file"):
         read_idx(tmp_path / "magic")
+    for bad in (b"\x01\x00", b"\x00\x01"):  # the magic number's first two bytes are both zero
+        (tmp_path / "magic").write_bytes(bad + raw[2:])
+        with pytest.raises(DataError, match=r"magic: not an IDX file \(bad magic number"):
+            read_idx(tmp_path / "magic")
     (tmp_path / "bad.gz").write_bytes(gzip.compress(raw)[:-20])
     with pytest.raises(DataError, match=r"bad.gz: corrupt or truncated gzip"):
         read_idx(tmp_path / "bad.gz")

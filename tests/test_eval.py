@@ -344,3 +344,19 @@ def test_grids_check_their_arguments(tmp_path):
         save_neighbour_grid(
             tmp_path / "n.png", torch.rand(2, 1, 4, 4), torch.rand(3, 1, 4, 4), index=torch.tensor([0, 7])
         )
+
+
+def test_make_grid_lays_out_rounded_pixels_row_by_row():
+    from glann_ext.images import make_grid
+
+    # three 2x3 images, two to a row, a white border of 1: image i at row i // 2, column i % 2
+    values = torch.tensor([0.0, 0.5, 1.0]).reshape(3, 1, 1, 1).expand(3, 1, 2, 3)
+    grid = make_grid(values, nrow=2, pad=1)
+    assert grid.shape == (2 * (2 + 1) + 1, 2 * (3 + 1) + 1, 1) and grid.dtype == np.uint8
+    expected = np.full(grid.shape, 255, np.uint8)
+    for i, level in enumerate((0, 128, 255)):  # 0.5 * 255 = 127.5 rounds to 128
+        y, x = 1 + (i // 2) * 3, 1 + (i % 2) * 4
+        expected[y : y + 2, x : x + 3] = level
+    assert np.array_equal(grid, expected)
+    rgb = make_grid(torch.rand(5, 3, 4, 4))  # default: ceil(sqrt(5)) = 3 to a row, 2 rows, border 2
+    assert rgb.shape == (2 * 6 + 2, 3 * 6 + 2, 3)
