@@ -285,6 +285,13 @@ def test_frechet_distance_closed_form_for_gaussians():
     assert fd == pytest.approx(10.0 + ((np.sqrt(va) - np.sqrt(vb)) ** 2).sum(), rel=1e-12)
 
 
+def test_frechet_distance_of_small_sets_uses_the_unbiased_covariance():
+    # as pytorch-fid and the FID paper's code (np.cov): {0, 2} vs {0, 0, 3, 3} in 1-D, means 1 and 1.5,
+    # variances 2 and 3 (n - 1 in the denominator): 0.25 + 2 + 3 - 2 sqrt(6)
+    fd = frechet_distance(torch.tensor([[0.0], [2.0]]), torch.tensor([[0.0], [0.0], [3.0], [3.0]]))
+    assert fd == pytest.approx(0.25 + 5 - 2 * math.sqrt(6), rel=1e-12)
+
+
 def test_frechet_distance_of_shifted_gaussian_samples():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(20000, 3, generator=g, dtype=torch.float64)
