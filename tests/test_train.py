@@ -603,6 +603,15 @@ def _interrupted(tmp_path, blob_file, stage: str, step: int, name: str = "run", 
     return out, cfg
 
 
+def test_each_checkpoint_step_replaces_the_one_before(tmp_path, blob_file):
+    # ckpt_every 1 writes a step per optimizer step; older steps are deleted once the manifest names the new
+    # one, so a long run keeps one step on disk, not thousands
+    out, _ = _interrupted(tmp_path, blob_file, "glo", 3)
+    steps = sorted(p.name for p in ckpt.checkpoint_dir(out).glob("step-*"))
+    manifest = ckpt.read_manifest(out)
+    assert manifest["seq"] >= 1 and steps == [manifest["step_dir"]]
+
+
 def test_a_resume_is_checked_against_the_checkpoints_own_config(tmp_path, blob_file):
     out, cfg = _interrupted(tmp_path, blob_file, "glo", 2)
     quiet = {"progress": False, "log": lambda s: None}
