@@ -354,6 +354,16 @@ def test_eval_threads_are_bounded(run_dir, capsys):
     assert "--threads: must be <= 1024, got 100000" in capsys.readouterr().err
 
 
+def test_counts_below_their_minimum_are_refused_by_name(run_dir, capsys):
+    for argv, needle in (
+        (["sample", "-n", "0"], "-n: must be >= 1, got 0"),
+        (["eval", "-n", "1"], "-n: must be >= 2, got 1"),
+        (["eval", "--seed", "-1"], "--seed: must be >= 0, got -1"),
+    ):
+        assert main([argv[0], "--run", str(run_dir), *argv[1:]]) == 2, argv
+        assert needle in capsys.readouterr().err, argv
+
+
 def test_npy_outputs_are_named_as_written_and_checked_before_any_work(run_dir, data_file, tmp_path, capsys):
     assert main(["sample", "--run", str(run_dir), "-n", "4", "--npy", str(tmp_path / "fo")]) == 0
     assert f"wrote 4 samples to {tmp_path / 'fo.npy'}" in capsys.readouterr().out
