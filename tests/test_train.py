@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -377,6 +378,30 @@ def test_stage_rules_and_config_checks(tmp_path, blob_file):
         TrainConfig(batch_size=1).validate()
     with pytest.raises(ConfigError, match="ops must be one of"):
         TrainConfig(ops="fast").validate()
+
+
+# (field, a value just outside its range, the nearest value inside): every range TrainConfig.validate checks
+CONFIG_BOUNDS = [
+    ("latent_dim", 0, 1), ("noise_dim", 0, 1), ("batch_size", 1, 2), ("imle_batch_size", 1, 2),
+    ("glo_epochs", -1, 0), ("imle_epochs", -1, 0), ("lr_g", 0.0, 1e-9), ("lr_g", math.inf, 1.0),
+    ("lr_z", 0.0, 1e-9), ("imle_lr", 0.0, 1e-9), ("imle_lr", math.nan, 1.0), ("imle_weight_decay", -1e-9, 0.0),
+    ("imle_noise_multiple", 0.99, 1.0), ("betas", (0.5, 1.0), (0.0, 0.999)), ("betas", (-0.1, 0.9), (0.0, 0.9)),
+    ("imle_betas", (1.0, 0.9), (0.999, 0.9)), ("gen_width", 3, 4), ("gen_depth", -1, 0),
+    ("mapping_hidden", 0, 1), ("mapping_layers", 0, 1), ("ckpt_every", -1, 0), ("sample_every", -1, 0),
+    ("l2_weight", -1e-9, 0.0), ("vgg_weight", -1e-9, 0.0), ("imle_precision_weight", -1e-9, 0.0),
+    ("imle_adaptive_shrink", 1.0, 0.999), ("imle_adaptive_shrink", -1e-9, 0.0), ("imle_staleness", -1, 0),
+    ("imle_force_rematch", 0, 1), ("imle_reject_radius", -1e-9, 0.0), ("balance_draws", -1e-9, 0.0),
+    ("balance_quantile", 1.001, 1.0), ("balance_quantile", -1e-9, 0.0), ("sample_noise_scale", 0.0, 1e-9),
+    ("sample_noise_scale", 10.001, 10.0), ("sample_spread", -1e-9, 0.0), ("sample_spread", 4.001, 4.0),
+    ("limit", 1, 2), ("threads", 0, 1), ("seed", -1, 0), ("seed", 2**63, 2**63 - 1),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("field", "bad", "good"), CONFIG_BOUNDS, ids=lambda v: str(v))
+def test_every_config_range_is_checked_at_its_bound(field, bad, good):
+    TrainConfig(**{field: good}).validate()
+    with pytest.raises(ConfigError, match=rf"config field {field} has an invalid value"):
+        TrainConfig(**{field: bad}).validate()
 
 
 def test_imle_betas_set_the_mapping_adam_and_a_run_saved_without_them_keeps_the_shared_betas(
