@@ -242,6 +242,20 @@ def test_imle_options_cosine_rate_and_precision_term():
             TrainConfig(**bad).validate()
 
 
+def test_the_precision_term_is_weighted_by_imle_precision_weight():
+    def first_step_loss(weight: float) -> float:
+        torch.manual_seed(0)  # the same targets and T for every weight
+        targets = torch.randn(64, 3)
+        cfg = TrainConfig(noise_dim=2, imle_batch_size=32, imle_precision_weight=weight, ops=OPS)
+        trainer = IMLETrainer(targets, MLP(2, 3, 16, 2), cfg, get_ops(OPS))
+        trainer.begin_epoch()
+        return trainer.train_step(torch.arange(32))
+
+    # the loss is the IMLE term plus weight x the precision term, both the same before the first step
+    half, one, two = (first_step_loss(w) for w in (0.5, 1.0, 2.0))
+    assert one > half and two - one == pytest.approx(2 * (one - half), rel=1e-5)
+
+
 def test_sampling_shapes_dtypes_ranges_and_seeds(trained_run):
     _, model = trained_run
     a = model.sample(10, seed=1)
