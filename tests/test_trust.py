@@ -18,7 +18,7 @@ import pytest
 import torch
 from glann_testing import Interrupt, Payload, child_kwargs, interrupt_at, plant_pickle, tiny_config
 
-from glann_ext._io import FolderLock
+from glann_ext._io import FolderLock, append_line, remove_stale_temps
 from glann_ext.cli import main
 from glann_ext.errors import CheckpointError, RunFolderError
 from glann_ext.metrics.classifier import DomainClassifier, cache_path
@@ -355,6 +355,24 @@ def test_only_our_temp_files_are_removed_and_only_in_run_folders(finished, tmp_p
     assert main(["upgrade", "--run", str(run), "--trust-pickle"]) == 0
     assert main(["train", "--out", str(run), "--no-progress"]) == 0  # finished: resumes to the end at once
     assert all(p.exists() for p in keep) and not any(p.exists() for p in ours)
+
+
+def test_the_io_helpers_neither_follow_links_nor_touch_folders(tmp_path):
+    run, outside = tmp_path / "run", tmp_path / "outside"
+    (run / "checkpoints").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "victim.txt").write_text("keep me")
+    (run / "resumes.jsonl").symlink_to(outside / "victim.txt")
+    append_line(run / "resumes.jsonl", "{}")  # a planted link is replaced, not appended through
+    assert (outside / "victim.txt").read_text() == "keep me"
+    assert not (run / "resumes.jsonl").is_symlink() and (run / "resumes.jsonl").read_text() == "{}\n"
+    # a temp-named folder is not a temp file; a linked subfolder is not entered
+    (run / "data.abcd1234.tmp").mkdir()
+    (outside / "x.abcd1234.tmp").write_text("keep")
+    (run / "images").symlink_to(outside)
+    (run / "checkpoints" / "step-00000001").symlink_to(outside)
+    assert remove_stale_temps(run) == []
+    assert (run / "data.abcd1234.tmp").is_dir() and (outside / "x.abcd1234.tmp").read_text() == "keep"
 
 
 # -- 6. a failed start leaves the folder as it was -------------------------------------------------------
