@@ -1,4 +1,4 @@
-"""glann_ext.distributed.nn_argmin on a 2-process gloo group equals single-process nn_argmin."""
+"""glann_ext.distributed.nn_argmin on 2-process gloo groups (and a 2-rank subgroup of 3) equals single-process nn_argmin."""
 
 from __future__ import annotations
 
@@ -57,6 +57,26 @@ def _worker(rank: int, world: int, port: int, out: dict) -> None:
             out[(case, rank, "reference")] = dist_nn_argmin(
                 q_local, k_local, return_distances=True, scores=nn_argmin_scores_reference
             )
+        d = 4 + rank  # keys of another width on each rank: one clear error on both, not a hang in the ring
+        try:
+            dist_nn_argmin(torch.randn(3, d), torch.randn(5, d))
+        except ValueError as exc:
+            out[("width", rank)] = str(exc)
+    finally:
+        dist.destroy_process_group()
+
+
+def _subgroup_worker(rank: int, world: int, port: int, out: dict) -> None:
+    """Ranks 1 and 2 of 3 search in their own group, whose ranks 0 and 1 are global ranks 1 and 2."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        group = dist.new_group([1, 2])  # every rank takes part in creating it
+        if rank > 0:
+            q, k, key_sizes, query_sizes = _make_case("uneven")
+            part = rank - 1
+            out[rank] = dist_nn_argmin(q.split(query_sizes)[part], k.split(key_sizes)[part], group=group)
     finally:
         dist.destroy_process_group()
 
@@ -81,6 +101,21 @@ def test_two_process_gloo_equals_single_process(case: str, two_rank_results: dic
         assert torch.equal(got_idx, want_idx)
         assert got_d2.dtype == q.dtype
         torch.testing.assert_close(got_d2, want_d2)
+
+
+def test_keys_of_another_width_on_some_rank_are_one_error_on_every_rank(two_rank_results: dict) -> None:
+    for rank in range(WORLD):
+        assert (
+            two_rank_results[("width", rank)]
+            == "local_keys must have the same D on every rank, got D values [4, 5]"
+        )
+
+
+def test_a_subgroup_passes_keys_between_its_own_members() -> None:
+    out = mp.Manager().dict()
+    mp.spawn(_subgroup_worker, args=(3, free_port(), out), nprocs=3, join=True)
+    q, k, _, _ = _make_case("uneven")
+    assert torch.equal(torch.cat([out[1], out[2]]), glann_ext.nn_argmin(q, k))
 
 
 def test_needs_a_process_group() -> None:
