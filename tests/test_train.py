@@ -167,6 +167,9 @@ def test_pca_init_above_the_exact_size_is_the_randomized_basis_of_the_same_direc
 def test_imle_matching_is_the_true_nearest_neighbour():
     torch.manual_seed(0)
     targets = reference.project_to_sphere_reference(torch.randn(200, 6))
+    # M = imle_noise_multiple x N, rounded to the nearest draw: 1.26 x 10 targets = 12.6 -> 13
+    few = TrainConfig(noise_dim=4, imle_noise_multiple=1.26, ops=OPS)
+    assert IMLETrainer(targets[:10], MLP(4, 6, 16, 2), few, get_ops(OPS)).num_noise == 13
     cfg = TrainConfig(noise_dim=4, imle_noise_multiple=3, ops=OPS)
     trainer = IMLETrainer(targets, MLP(4, 6, 16, 2), cfg, get_ops(OPS))
     noise, idx, _ = trainer.match(epoch=0)

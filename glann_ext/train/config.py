@@ -82,7 +82,7 @@ class TrainConfig:
     run folders keep the betas they were saved with, and those saved before this field existed keep ``betas``
     here when resumed (:func:`saved_config`)."""
     imle_weight_decay: float = 1e-5
-    imle_noise_multiple: float = 2.0  # noise draws per epoch = multiple x number of targets
+    imle_noise_multiple: float = 2.0  # noise draws per epoch = multiple x number of targets, rounded
     imle_lr_schedule: str = "cosine"
     """"cosine" (default) or "constant" (the paper): with "cosine" the IMLE learning rate decays per step from
     ``imle_lr`` to 0 over ``imle_epochs`` (Loshchilov & Hutter, SGDR, ICLR 2017), so that late epochs refine
