@@ -4,11 +4,15 @@ time (naming the field and the value), never hangs, huge allocations or tracebac
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 
 import pytest
 import torch
+from glann_testing import child_kwargs
 from safetensors.torch import save
 
 from glann_ext.errors import CheckpointError, UsageError
@@ -153,9 +157,17 @@ def test_format_kind_and_non_finite_tensors_are_checked(model_file, tmp_path):
 
 
 def test_a_fifo_in_place_of_the_model_file_is_refused_without_blocking(tmp_path):
-    import os
-
     p = tmp_path / "model.safetensors"
     os.mkfifo(p)  # safe_open blocked for ever waiting for a writer
-    with pytest.raises(CheckpointError, match=r"model\.safetensors: not a regular file"):
-        load_model_file(p)
+    # in a child process, so that a regression fails after a timeout instead of hanging the session (a
+    # thread's join timeout did not return while safe_open blocked)
+    code = (
+        "import sys\nfrom glann_ext.errors import CheckpointError\nfrom glann_ext.models import load_model_file\n"
+        "try:\n    load_model_file(sys.argv[1])\nexcept CheckpointError as exc:\n    print(exc)\n"
+    )
+    try:
+        child = subprocess.run([sys.executable, "-c", code, str(p)], check=False, capture_output=True, text=True,
+                               timeout=60, **child_kwargs(tmp_path))  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.fail("load_model_file blocked on a FIFO")
+    assert child.returncode == 0 and "model.safetensors: not a regular file" in child.stdout, child.stderr
