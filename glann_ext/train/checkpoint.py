@@ -58,21 +58,19 @@ def save_atomic(obj: Any, path: str | Path) -> None:
 def load(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
     """A file written by :func:`save_atomic`, read with ``weights_only=True``: tensors and plain values
     only, so a planted pickle payload cannot run."""
-    unsafe = (
-        f"{path}: holds objects other than tensors and plain values (a file of glann_ext 0.1, or not "
-        "ours); it is not loaded, since loading such a file can run code"
-    )
     try:
         if Path(path).is_file() and Path(path).stat().st_size == 0:
             raise CheckpointError(f"{path}: empty (a damaged checkpoint file)")
         return load_tensors_only(path, map_location=map_location, mmap=mmap)
     except UnsafeTensorFile as exc:
-        if str(exc) == BARE_PICKLE:
-            raise CheckpointError(
-                f"{path}: not a torch.save archive (damaged, a file of glann_ext 0.1, or not ours); it is not "
-                "loaded, since loading such a file can run code"
-            ) from exc
-        raise CheckpointError(unsafe) from exc
+        what = (
+            "not a torch.save archive (damaged, a file of glann_ext 0.1, or not ours)"
+            if str(exc) == BARE_PICKLE
+            else "holds objects other than tensors and plain values (a file of glann_ext 0.1, or not ours)"
+        )
+        raise CheckpointError(
+            f"{path}: {what}; it is not loaded, since loading such a file can run code"
+        ) from exc
     except (OSError, RuntimeError, EOFError) as exc:
         raise CheckpointError(f"{path}: cannot load checkpoint ({exc})") from exc
 
