@@ -106,9 +106,9 @@ class ImageShard:
 
 
 def _check_sizes(image_size: object, limit: object) -> None:
-    for name, value, least in (("image_size", image_size, 1), ("limit", limit, 1)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
-            raise DataError(f"{name} must be None or an integer >= {least}, got {value!r}")
+    for name, value in (("image_size", image_size), ("limit", limit)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise DataError(f"{name} must be None or an integer >= 1, got {value!r}")
 
 
 def load_image_shard(
