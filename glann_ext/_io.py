@@ -3,6 +3,8 @@
 * :func:`atomic_write`: temp file in the target's folder, fsync, ``os.replace``: a kill leaves the old file or
   the new one, and a link at the target is replaced, never followed.
 * :func:`append_line`: appends without following a link (a planted one is replaced by a plain file).
+* :func:`open_regular`, :func:`read_regular`: read a file of a run folder only if it is a regular file (a
+  FIFO planted in its place would block the reader for ever; :class:`NotARegularFile`).
 * :func:`ensure_dir`: a real folder (a link in its place is replaced).
 * :func:`remove_stale_temps`: the temp files that killed atomic writes left behind (our names only, in the
   folders a run writes).
@@ -17,6 +19,7 @@ import errno
 import os
 import pickle
 import re
+import stat
 import tempfile
 import warnings
 from pathlib import Path
@@ -72,14 +75,63 @@ def _fsync_dir(folder: Path) -> None:
 
 def append_line(path: str | Path, line: str) -> None:
     """Append ``line`` and a newline to ``path``, creating it. A symbolic link at ``path`` is removed first
-    (never followed), so nothing outside the folder is written."""
+    (never followed), so nothing outside the folder is written; anything else that is not a regular file (a
+    FIFO, a device) is :class:`NotARegularFile`, never written to or waited on."""
     path = Path(path)
     if path.is_symlink():
         path.unlink()
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(path, flags, 0o666)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a FIFO nobody reads: opening it for writing would have waited
+            raise NotARegularFile(path, "FIFO") from None
+        raise
     with os.fdopen(fd, "a") as f:
+        _require_regular(f.fileno(), path)
         f.write(line + "\n")
+
+
+class NotARegularFile(OSError):
+    """A FIFO, device, socket or folder where a run folder's file was expected. ``str()`` is the reason
+    alone (callers add the path); ``filename`` is the path."""
+
+    def __init__(self, path: str | Path, kind: str) -> None:
+        super().__init__(errno.EINVAL, f"a {kind}, not a regular file", str(path))
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+_FILE_KINDS = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISDIR, "folder"), (stat.S_ISCHR, "character device"),
+               (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))  # fmt: skip
+
+
+def _require_regular(fd: int, path: str | Path) -> None:
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        raise NotARegularFile(path, next((kind for test, kind in _FILE_KINDS if test(mode)), "special file"))
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """``path`` opened for reading in binary mode (links followed), if it is a regular file; else
+    :class:`NotARegularFile`. A FIFO planted in a run folder would otherwise block the reader for ever (its
+    ``open`` waits for a writer), and a device could stream without end. The open itself never waits
+    (``O_NONBLOCK``, cleared once the file is known to be regular)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        _require_regular(fd, path)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path: str | Path) -> bytes:
+    """The bytes of ``path`` (:func:`open_regular`: a regular file, or :class:`NotARegularFile`)."""
+    with open_regular(path) as f:
+        return f.read()
 
 
 def ensure_dir(path: str | Path) -> Path:
@@ -141,9 +193,13 @@ class FolderLock:
         path = self.folder / LOCK_FILE
         if path.is_symlink():
             path.unlink()
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0), 0o666)
         try:
+            _require_regular(fd, path)  # a FIFO or device cannot hold the holder's pid
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except NotARegularFile:
+            os.close(fd)
+            raise
         except OSError as exc:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
@@ -182,13 +238,6 @@ BARE_PICKLE = "not a torch.save archive; a bare pickle is never loaded"
 HOLDS_OBJECTS = "it holds objects other than tensors and plain values, and loading those can run code"
 
 
-def _is_torch_archive(path: str | Path) -> bool:
-    """Whether ``path`` starts like the zip archive ``torch.save`` writes (a bare pickle does not: a legacy
-    torch file, or a file that is not ours). Raises ``OSError`` if it cannot be read."""
-    with open(path, "rb") as f:
-        return f.read(len(TORCH_ARCHIVE_MAGIC)) == TORCH_ARCHIVE_MAGIC
-
-
 def load_tensors_only(
     path: str | Path, *, map_location: Any = "cpu", mmap: bool = False, archive_only: bool = True
 ) -> Any:
@@ -197,13 +246,18 @@ def load_tensors_only(
     :class:`UnsafeTensorFile` for a file holding other objects, and for a bare pickle unless
     ``archive_only`` is False (a legacy torch file of tensors, such as torchvision's older weights). torch's
     own message for such a file suggests ``weights_only=False``, and its notice about a bare pickle's
-    protocol asks the user to file an issue with torch: neither reaches the user. Every other error of
-    ``torch.load`` (``OSError``, ``RuntimeError``, ``EOFError`` for a damaged file) propagates."""
-    if archive_only and not _is_torch_archive(path):
-        raise UnsafeTensorFile(BARE_PICKLE)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-        try:
-            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-        except pickle.UnpicklingError:
-            raise UnsafeTensorFile(HOLDS_OBJECTS) from None
+    protocol asks the user to file an issue with torch: neither reaches the user. :class:`NotARegularFile`
+    for a FIFO or device in the file's place (:func:`open_regular`). Every other error of ``torch.load``
+    (``OSError``, ``RuntimeError``, ``EOFError`` for a damaged file) propagates."""
+    with open_regular(path) as f:
+        if archive_only and f.read(len(TORCH_ARCHIVE_MAGIC)) != TORCH_ARCHIVE_MAGIC:
+            raise UnsafeTensorFile(BARE_PICKLE)
+        f.seek(0)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            try:  # torch maps only a file named by its path; the open file above was checked to be regular
+                return torch.load(
+                    path if mmap else f, map_location=map_location, weights_only=True, mmap=mmap
+                )
+            except pickle.UnpicklingError:
+                raise UnsafeTensorFile(HOLDS_OBJECTS) from None

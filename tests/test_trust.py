@@ -18,7 +18,14 @@ import pytest
 import torch
 from glann_testing import Interrupt, Payload, child_kwargs, interrupt_at, plant_pickle, tiny_config
 
-from glann_ext._io import FolderLock, append_line, remove_stale_temps
+from glann_ext._io import (
+    FolderLock,
+    NotARegularFile,
+    append_line,
+    load_tensors_only,
+    read_regular,
+    remove_stale_temps,
+)
 from glann_ext.cli import main
 from glann_ext.errors import CheckpointError, RunFolderError
 from glann_ext.metrics.classifier import DomainClassifier, cache_path
@@ -373,6 +380,63 @@ def test_the_io_helpers_neither_follow_links_nor_touch_folders(tmp_path):
     (run / "checkpoints" / "step-00000001").symlink_to(outside)
     assert remove_stale_temps(run) == []
     assert (run / "data.abcd1234.tmp").is_dir() and (outside / "x.abcd1234.tmp").read_text() == "keep"
+
+
+def test_the_io_helpers_read_and_append_only_regular_files(tmp_path):
+    (tmp_path / "folder").mkdir()
+    for path, kind in ((tmp_path / "folder", "folder"), (Path(os.devnull), "character device")):
+        for read in (read_regular, load_tensors_only):
+            with pytest.raises(NotARegularFile) as info:
+                read(path)
+            assert str(info.value) == f"a {kind}, not a regular file" and info.value.filename == str(path)
+    with pytest.raises(NotARegularFile, match="a character device"):
+        append_line(os.devnull, "{}")  # written to nothing before
+    with pytest.raises(FileNotFoundError):
+        read_regular(tmp_path / "missing")
+    (tmp_path / "f").write_bytes(b"x\n")
+    assert read_regular(tmp_path / "f") == b"x\n"
+
+
+# each file of a run folder that a command reads or appends to, replaced by a FIFO, and the command run
+_FIFO_CHILD = """
+import os, shutil, sys
+from pathlib import Path
+from glann_ext.cli import main
+from glann_ext.train import checkpoint as ckpt
+finished, tmp = Path(sys.argv[1]), Path(sys.argv[2])
+step = ckpt.checkpoint_dir(finished) / ckpt.read_manifest(finished)["step_dir"]
+saved = [str(p.relative_to(finished)) for p in (step / "main.pt", *step.glob("shard-*"))]
+cases = [(rel, "train") for rel in ("config.json", "metrics.jsonl", ".lock", "resumes.jsonl",
+         "checkpoints/manifest.json", *saved)]
+cases += [(rel, "sample") for rel in ("checkpoints/manifest.json", *saved)] + [(saved[0], "reshard")]
+for i, (rel, cmd) in enumerate(cases):
+    run = tmp / f"run{i}"
+    shutil.copytree(finished, run, ignore=shutil.ignore_patterns(".lock"))
+    if cmd == "sample":
+        (run / "model.safetensors").unlink()  # so that sample reads the checkpoint
+    (run / rel).unlink(missing_ok=True)
+    os.mkfifo(run / rel)
+    argv = {"train": ["train", "--out", str(run), "--no-progress", "--imle-epochs", "2"],  # a resume's change
+            "sample": ["sample", "--run", str(run), "-n", "2", "--grid", str(tmp / "s.png")],
+            "reshard": ["reshard", "--run", str(run), "--world-size", "2"]}[cmd]
+    print("case", rel, cmd, main(argv), flush=True)
+"""
+
+
+def test_a_fifo_in_place_of_a_run_folder_file_is_a_one_line_error_not_a_hang(finished, tmp_path):
+    # in a child process, so that a regression fails after a timeout instead of hanging the session
+    try:
+        child = subprocess.run([sys.executable, "-c", _FIFO_CHILD, str(finished), str(tmp_path)], check=False,
+                               capture_output=True, text=True, timeout=240, **child_kwargs(tmp_path))  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"a command blocked on a FIFO after: {exc.stdout!r}")
+    done = [line for line in child.stdout.splitlines() if line.startswith("case ")]  # the rest: resume logs
+    errors = child.stderr.splitlines()
+    assert child.returncode == 0 and len(done) == 11 and len(errors) == 11, (child.stdout, child.stderr)
+    for line, err in zip(done, errors):
+        rel, cmd, code = line.split()[1:]
+        assert code == "2" and err.startswith(f"glann {cmd}: error: "), (line, err)
+        assert f"{Path(rel).name}: " in err and "a FIFO, not a regular file" in err, (line, err)
 
 
 # -- 6. a failed start leaves the folder as it was -------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from glann_ext._io import atomic_write
+from glann_ext._io import atomic_write, open_regular
 from glann_ext.errors import CheckpointError
 
 from .generative import GenerativeModel, model_from_export
@@ -36,9 +36,9 @@ def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     from safetensors.torch import safe_open
 
     path = Path(path)
-    if path.exists() and not path.is_file():  # a FIFO would block safe_open for ever
-        raise CheckpointError(f"{path}: not a regular file, so not a model file")
     try:
+        with open_regular(path):  # safe_open maps the file by its name; a FIFO there would block it for ever
+            pass
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)

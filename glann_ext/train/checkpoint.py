@@ -32,6 +32,7 @@ from glann_ext._io import (
     atomic_write,
     ensure_dir,
     load_tensors_only,
+    read_regular,
     remove_stale_temps,
 )
 from glann_ext.data import shard_bounds
@@ -246,7 +247,7 @@ def read_manifest(run: str | Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(read_regular(path).decode("utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: unreadable manifest ({exc})") from exc
     if not isinstance(manifest, dict):

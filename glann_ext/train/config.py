@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from glann_ext._io import read_regular
 from glann_ext.errors import ConfigError
 from glann_ext.models.generative import MAX_BALANCE_DRAWS, MAX_NOISE_SCALE, MAX_SPREAD
 
@@ -232,9 +233,12 @@ class TrainConfig:
         return cls.from_dict(_read_object(path))
 
 
-def _read_object(path: str | Path) -> dict[str, Any]:
+def _read_object(path: str | Path, *, run_file: bool = False) -> dict[str, Any]:
+    # a run folder's file must be a regular one (a planted FIFO would block); a config the user names may be
+    # a pipe (`--config <(...)`)
+    data = read_regular(path) if run_file else Path(path).read_bytes()
     try:
-        saved = json.loads(Path(path).read_bytes().decode("utf-8"))
+        saved = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except json.JSONDecodeError as exc:
@@ -268,7 +272,7 @@ def saved_config(saved: dict[str, Any]) -> TrainConfig:
 
 def load_run_config(path: str | Path) -> TrainConfig:
     """The config a run folder's ``config.json`` trained with (:func:`saved_config`)."""
-    return saved_config(_read_object(path))
+    return saved_config(_read_object(path, run_file=True))
 
 
 def _kind(annotation: str) -> str:

@@ -36,6 +36,7 @@ from glann_ext._io import (
     append_line,
     atomic_write,
     ensure_dir,
+    read_regular,
     remove_stale_temps,
 )
 from glann_ext.backend import get_ops
@@ -495,7 +496,7 @@ def _prune_metrics(path: Path, fit: Fit) -> None:
     if not path.exists():
         return
     done = {"glo": fit.glo.epoch if fit.glo else 0, "imle": fit.imle.epoch if fit.imle else 0}
-    lines = path.read_text().splitlines()
+    lines = read_regular(path).decode("utf-8", errors="replace").splitlines()
     keep = [line for line in lines if line.strip() and _row_done(line, done)]
     if len(keep) != len(lines):
         atomic_write(path, lambda f: f.write("".join(line + "\n" for line in keep).encode()))

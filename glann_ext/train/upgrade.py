@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from glann_ext._io import FolderLock, remove_stale_temps
+from glann_ext._io import FolderLock, open_regular, read_regular, remove_stale_temps
 from glann_ext.errors import CheckpointError, RunFolderError, UsageError
 from glann_ext.models import GLANN, save_model
 
@@ -70,14 +70,15 @@ def _upgrade_config(path: Path) -> None:
 
 def _json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_regular(path).decode("utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: unreadable ({exc})") from exc
 
 
 def _unpickle(path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)  # the one trusted unpickling
+        with open_regular(path) as f:
+            return torch.load(f, map_location="cpu", weights_only=False)  # the one trusted unpickling
     except Exception as exc:
         raise CheckpointError(f"{path}: cannot read it as a glann_ext 0.1 file ({exc})") from exc
 
