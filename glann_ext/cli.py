@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 import torch
 
 from glann_ext.errors import GlannError
+from glann_ext.train.config import MAX_THREADS
 
 _betas = (float, 2)  # a (type, nargs) pair: two numbers
 
@@ -91,7 +92,7 @@ _CONFIG_FLAGS = [
     ("--imle-space", "imle_space", str, "latent (GLANN) or pixel (original IMLE)"),
     ("--ops", "ops", str, "fused kernels or reference PyTorch ops"),
     ("--device", "device", str, "cpu, cuda, cuda:1, ..."),
-    ("--threads", "threads", int, "CPU threads (at most 1024)"),
+    ("--threads", "threads", int, f"CPU threads (at most {MAX_THREADS})"),
     ("--seed", "seed", int, "random seed"),
     ("--ckpt-every", "ckpt_every", int, "steps between mid-epoch checkpoints (0: epoch ends only)"),
     ("--sample-every", "sample_every", int, "epochs between PNG grids (0: none)"),

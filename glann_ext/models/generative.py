@@ -87,10 +87,14 @@ def fit_gaussian(codes: torch.Tensor, world: Any = None) -> tuple[torch.Tensor, 
     return mean, cov
 
 
-def _checked_spread(value: Any, name: str) -> float:
-    """``value`` as a latent spread (a number in [0, MAX_SPREAD]), or a UsageError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_SPREAD:
-        raise UsageError(f"{name} must be a number in [0, {MAX_SPREAD:g}], got {value!r}")
+def _checked_in_range(value: Any, name: str, high: float, *, zero_ok: bool) -> float:
+    """``value`` as a number in [0, ``high``] (``zero_ok``) or (0, ``high``], or a UsageError naming ``name``
+    (a latent spread may be 0; a noise scale may not)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (number and (value >= 0 if zero_ok else value > 0) and value <= high):
+        raise UsageError(
+            f"{name} must be a number in {'[' if zero_ok else '('}0, {high:g}], got {value!r:.60}"
+        )
     return float(value)
 
 
@@ -122,13 +126,6 @@ def _check_input(name: str, x: Any, width: int) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != width or x.dtype != torch.float32:
         got = f"{str(x.dtype)[6:]} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
         raise UsageError(f"{name} must be a float32 (n, {width}) tensor, got {got}")
-
-
-def _checked_noise_scale(value: Any, name: str) -> float:
-    """``value`` as a sampling noise scale (a number in (0, MAX_NOISE_SCALE]), or a UsageError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_NOISE_SCALE:
-        raise UsageError(f"{name} must be a number in (0, {MAX_NOISE_SCALE:g}], got {value!r:.60}")
-    return float(value)
 
 
 def _check_number(config: dict[str, Any], key: str, ok: Callable[[float], bool], rule: str) -> None:
@@ -237,14 +234,19 @@ class GenerativeModel(nn.Module):
         """The standard deviation of the noise when sampling: the config's ``sample_noise_scale`` (1, the
         training distribution, where absent)."""
         # checked on every read: a model file's config is untrusted
-        return _checked_noise_scale(
-            self.config.get("sample_noise_scale", 1.0), "the model's sample_noise_scale"
+        return _checked_in_range(
+            self.config.get("sample_noise_scale", 1.0),
+            "the model's sample_noise_scale",
+            MAX_NOISE_SCALE,
+            zero_ok=False,
         )
 
     def set_noise_scale(self, scale: float) -> None:
         """Sample from now on with the noise at standard deviation ``scale`` (0 < scale <= 10). Kept in
         :attr:`config`, so an exported model samples the same way."""
-        self.config["sample_noise_scale"] = _checked_noise_scale(scale, "noise scale")
+        self.config["sample_noise_scale"] = _checked_in_range(
+            scale, "noise scale", MAX_NOISE_SCALE, zero_ok=False
+        )
 
     def _scaled(self, e: torch.Tensor) -> torch.Tensor:
         scale = self.noise_scale
@@ -407,7 +409,9 @@ class GLANN(GenerativeModel):
         """How far each sample's code moves before it is decoded: the config's ``sample_spread`` (0, none,
         where absent). See :meth:`set_spread`."""
         # checked on every read: a model file's config is untrusted
-        return _checked_spread(self.config.get("sample_spread", 0.0), "the model's sample_spread")
+        return _checked_in_range(
+            self.config.get("sample_spread", 0.0), "the model's sample_spread", MAX_SPREAD, zero_ok=True
+        )
 
     def set_spread(self, spread: float) -> None:
         """Sample from now on with each code moved by ``N(0, s^2 I)``, ``s = spread`` times the codes' standard
@@ -415,7 +419,7 @@ class GLANN(GenerativeModel):
         projected back onto it (0 <= spread <= 4; 0: ``T``'s samples as they are). Kept in :attr:`config`,
         so an exported model samples the same way; balanced sampling is unchanged (it thins ``T``'s draws
         before they move)."""
-        self.config["sample_spread"] = _checked_spread(spread, "spread")
+        self.config["sample_spread"] = _checked_in_range(spread, "spread", MAX_SPREAD, zero_ok=True)
 
     def _spread_out(self, z: torch.Tensor, seed: int) -> torch.Tensor:
         """``z`` (n, latent_dim) on the sphere moved by the :attr:`spread`'s noise and projected back. The
