@@ -1,4 +1,5 @@
-"""glann_ext.distributed.nn_argmin on 2-process gloo groups (and a 2-rank subgroup of 3) equals single-process nn_argmin."""
+"""glann_ext.distributed.nn_argmin on 2-process and 3-process gloo groups (and a 2-rank subgroup of 3) equals
+single-process nn_argmin."""
 
 from __future__ import annotations
 
@@ -62,16 +63,28 @@ def _worker(rank: int, world: int, port: int, out: dict) -> None:
             dist_nn_argmin(torch.randn(3, d), torch.randn(5, d))
         except ValueError as exc:
             out[("width", rank)] = str(exc)
+        try:  # no key on any rank: an error on every rank, not indices into nothing
+            dist_nn_argmin(torch.randn(3, 4), torch.randn(0, 4))
+        except ValueError as exc:
+            out[("no keys", rank)] = str(exc)
     finally:
         dist.destroy_process_group()
 
 
+THREE_RANK_SPLIT = ([300, 1, 700], [10, 0, 27])  # uneven keys and queries, a rank without queries
+
+
 def _subgroup_worker(rank: int, world: int, port: int, out: dict) -> None:
-    """Ranks 1 and 2 of 3 search in their own group, whose ranks 0 and 1 are global ranks 1 and 2."""
+    """All 3 ranks search together (with 3 ranks, each shard travels two hops of the ring in a fixed
+    direction, which 2 ranks cannot tell apart); then ranks 1 and 2 search in their own group, whose ranks
+    0 and 1 are global ranks 1 and 2."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         torch.set_num_threads(1)
+        q, k, _, _ = _make_case("uneven")
+        key_sizes, query_sizes = THREE_RANK_SPLIT
+        out[("world", rank)] = dist_nn_argmin(q.split(query_sizes)[rank], k.split(key_sizes)[rank])
         group = dist.new_group([1, 2])  # every rank takes part in creating it
         if rank > 0:
             q, k, key_sizes, query_sizes = _make_case("uneven")
@@ -111,11 +124,22 @@ def test_keys_of_another_width_on_some_rank_are_one_error_on_every_rank(two_rank
         )
 
 
-def test_a_subgroup_passes_keys_between_its_own_members() -> None:
+def test_no_key_on_any_rank_is_one_error_on_every_rank(two_rank_results: dict) -> None:
+    for rank in range(WORLD):
+        assert (
+            two_rank_results[("no keys", rank)]
+            == "local_keys must hold at least one row on some rank, got M=0 in total"
+        )
+
+
+def test_three_ranks_and_a_subgroup_pass_keys_between_their_own_members() -> None:
     out = mp.Manager().dict()
     mp.spawn(_subgroup_worker, args=(3, free_port(), out), nprocs=3, join=True)
     q, k, _, _ = _make_case("uneven")
-    assert torch.equal(torch.cat([out[1], out[2]]), glann_ext.nn_argmin(q, k))
+    want = glann_ext.nn_argmin(q, k)
+    assert torch.equal(torch.cat([out[("world", r)] for r in range(3)]), want)
+    assert (want[:10] >= 300).any() and (want[10:] < 300).any()  # keys found on other ranks, both ways
+    assert torch.equal(torch.cat([out[1], out[2]]), want)
 
 
 def test_needs_a_process_group() -> None:
