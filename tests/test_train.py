@@ -62,6 +62,18 @@ def test_glo_loss_decreases_and_codes_stay_on_sphere(blobs):
     assert trainer.global_step == 6 * trainer.steps_per_epoch
 
 
+def test_glo_cosine_schedule_sets_the_rates_of_g_and_of_the_codes(blobs):
+    cfg = tiny_config(batch_size=32, glo_epochs=2, glo_lr_schedule="cosine")
+    trainer = GLOTrainer(blobs, cfg, get_ops(OPS))
+    run_epoch(trainer)  # 3 steps of 6; the last one took its rate at global step 2
+    assert trainer.opt_g.param_groups[0]["lr"] == pytest.approx(
+        cfg.lr_g * 0.5 * (1 + math.cos(math.pi * 2 / 6))
+    )
+    assert trainer.opt_z.lr == pytest.approx(cfg.lr_z * 0.5 * (1 + math.cos(math.pi * 2 / 6)))
+    run_epoch(trainer)
+    assert trainer.opt_z.lr == pytest.approx(cfg.lr_z * 0.5 * (1 + math.cos(math.pi * 5 / 6)))
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_cpu_training_layout_is_channels_last_with_fused_adam_and_computes_the_nchw_step(blobs, threads):
     """G trains in channels-last layout with the fused Adam step on the CPU (for speed only): three steps from
@@ -217,6 +229,14 @@ def test_unique_matching_gives_distinct_keys_by_the_greedy_rounds(monkeypatch, d
     assert not torch.equal(idx, nearest)  # plain nearest neighbours share keys here
     with pytest.raises(ValueError, match="at least as many keys"):
         imle_module.unique_nn_match(queries, keys[:10], ops.nn_argmin)
+    # exact ties: copies of one query claim the same key at the same distance (the lowest query index
+    # wins, the others move on), and copies of a key are equally near (the lowest key index is taken first)
+    tied_q = torch.randint(-2, 3, (30, 2), generator=g).double()
+    tied_q[20:] = tied_q[:10]
+    tied_k = torch.randint(-2, 3, (40, 2), generator=g).double()
+    tied_k[30:] = tied_k[:10]
+    idx = imle_module.unique_nn_match(tied_q, tied_k, ops.nn_argmin)
+    assert len(set(idx.tolist())) == 30 and torch.equal(idx, _unique_match_literal(tied_q, tied_k))
 
 
 def test_imle_options_cosine_rate_and_precision_term():
@@ -240,6 +260,8 @@ def test_imle_options_cosine_rate_and_precision_term():
     run_epoch(trainer)
     assert trainer.opt.param_groups[0]["lr"] == trainer.lr_at(1)
     assert IMLETrainer(targets, MLP(2, 3, 16, 2), TrainConfig(), get_ops(OPS)).precision_noise(0) is None
+    few = IMLETrainer(targets[:20], MLP(2, 3, 16, 2), cfg, get_ops(OPS))  # one batch of the 20 targets
+    assert few.precision_noise(0).shape == (1, 20, 2)
     for bad in ({"imle_lr_schedule": "step"}, {"imle_match": "hungarian"}, {"imle_precision_weight": -1}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             TrainConfig(**bad).validate()
@@ -597,6 +619,7 @@ def test_adaptive_imle_keeps_matches_until_a_target_is_fitted():
     run_epoch(trainer)  # the first epoch matches every target
     # each threshold is (1 - gamma) x the target's distance when it was matched (the paper's shrink)
     assert torch.allclose(trainer.threshold.double(), first_dist * (1 - cfg.imle_adaptive_shrink), rtol=1e-5)
+    assert trainer.last_match_distance == pytest.approx(first_dist.mean().item(), rel=1e-5)
     assert trainer.last_rematched == 1.0 and torch.equal(
         trainer.since_match, torch.zeros(90, dtype=torch.int64)
     )
@@ -635,6 +658,12 @@ def test_imle_variants_resume_bit_identically(tmp_path, blob_file, options):
     rows = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
     key = "rematched" if "imle_adaptive" in options else "rejected"
     assert all(key in r for r in rows if r["stage"] == "imle")
+    resumed = [json.loads(x) for x in (broken / "metrics.jsonl").read_text().splitlines()]
+    measures = [
+        [(r["epoch"], r[key], r["match_distance"]) for r in rs if r["stage"] == "imle"]
+        for rs in (rows, resumed)
+    ]
+    assert measures[0] == measures[1] and all(math.isfinite(m[2]) for m in measures[0])
 
 
 def _interrupted(tmp_path, blob_file, stage: str, step: int, name: str = "run", **over):
