@@ -18,7 +18,7 @@ from glann_ext.backend import get_ops
 from glann_ext.models import GLANN, PixelIMLE, read_model_file
 from glann_ext.ops import reference
 from glann_ext.optim import SphereSparseAdam, SphereSparseSGD
-from glann_ext.train import Fit, Hook, fit, train
+from glann_ext.train import Fit, Hook, TrainConfig, fit, loop, train
 from glann_ext.train import checkpoint as ckpt
 
 
@@ -101,6 +101,25 @@ def test_a_resumed_epoch_reports_all_of_its_steps(tmp_path, blob_file):
     assert [(r["stage"], r["epoch"], r["steps"], r["loss"]) for r in a] == [
         (r["stage"], r["epoch"], r["steps"], r["loss"]) for r in b
     ]
+
+
+def test_an_epochs_seconds_add_up_every_step_and_the_hooks_between_them(monkeypatch):
+    clock = [0.0]  # a fake clock: each step takes 1 s, each step's hook 0.5 s
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: clock[0])
+
+    class Steps(loop.StageTrainer):
+        stage = "glo"
+
+        def train_step(self, batch):
+            clock[0] += 1.0
+            return 0.0
+
+    class SlowHook(Hook):
+        def step_completed(self, trainer, info):
+            clock[0] += 0.5
+
+    trainer = Steps(TrainConfig(batch_size=4), None, 0, 12, None)  # 3 steps
+    assert loop.run_epoch(trainer, [SlowHook()])["seconds"] == 4.5
 
 
 @pytest.mark.parametrize(("first", "second"), [("fused", "reference"), ("reference", "fused")])
