@@ -131,6 +131,15 @@ def _worker(rank: int, port: int, data: str, root: str, out: dict) -> None:
             train(cfgs["unique"], root / "unique-2", progress=False, log=_quiet)
         except ValueError as exc:
             out[("unique", rank)] = str(exc)
+        try:  # a mis-launched job: the ranks were given different configs
+            train(
+                dataclasses.replace(cfgs["glann"], seed=rank),
+                root / "mislaunched",
+                progress=False,
+                log=_quiet,
+            )
+        except ValueError as exc:
+            out[("mislaunched", rank)] = str(exc)
         # GlobalBatchNorm on uneven parts (one of them empty) equals BatchNorm on the whole batch
         world = World(rank, WORLD, None, dist.new_group(backend="gloo"), "gloo")
         for split in BN_SPLITS:
@@ -225,9 +234,12 @@ def test_interrupted_two_process_run_resumes_bit_identically(runs):
 
 
 def test_single_process_only_imle_options_are_refused_clearly(runs):
-    _, out = runs
+    root, out = runs
     for rank in range(WORLD):
         assert "imle_match='unique'" in out[("unique", rank)] and "2 processes" in out[("unique", rank)]
+    for rank in range(WORLD):  # every rank stops, before anything is written
+        assert out[("mislaunched", rank)].startswith("the run configuration differs between ranks")
+    assert not (root / "mislaunched").exists()
 
 
 @pytest.mark.parametrize("split", BN_SPLITS)
