@@ -202,6 +202,7 @@ def test_upgrade_converts_a_v01_run_that_then_loads_and_resumes(finished, tmp_pa
         {"world_size": "1"},
         {"total": None},
         {"phase": "gan"},
+        {"seq": -1, "step_dir": "step--0000001"},
     ],
     ids=lambda c: f"{next(iter(c))}={next(iter(c.values()))}",
 )
@@ -212,8 +213,25 @@ def test_an_escaping_or_broken_manifest_is_refused(finished, tmp_path, capsys, c
     path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
     with pytest.raises(CheckpointError, match="manifest"):
         load_model(run)
-    assert "manifest" in _one_line_error(capsys, "sample", "--run", str(run))
+    err = _one_line_error(capsys, "sample", "--run", str(run))
+    assert "manifest" in err and ("seq" not in change or "names an impossible step" in err), err
     assert "manifest" in _one_line_error(capsys, "train", "--out", str(run), "--no-progress")
+
+
+def test_a_shard_of_other_rows_and_a_reshard_beyond_two_rows_a_process_are_one_line_errors(
+    finished, tmp_path, capsys
+):
+    run = _copy(finished, tmp_path)
+    (run / "model.safetensors").unlink()
+    shard_pt = ckpt.checkpoint_dir(run) / ckpt.read_manifest(run)["step_dir"] / ckpt.shard_name(0, 1)
+    shard = torch.load(shard_pt, weights_only=True)
+    torch.save({**shard, "start": 1, "stop": 97}, shard_pt)  # the same number of rows, one row further on
+    err = _one_line_error(capsys, "train", "--out", str(run), "--no-progress")
+    assert "shard 0 holds rows 1..97, expected (0, 96)" in err
+    torch.save(shard, shard_pt)
+    assert "at most 48" in _one_line_error(capsys, "reshard", "--run", str(run), "--world-size", "49")
+    assert main(["reshard", "--run", str(run), "--world-size", "48"]) == 0  # 2 rows each: the most allowed
+    assert ckpt.read_manifest(run)["world_size"] == 48
 
 
 def test_a_manifest_missing_a_key_is_named(finished, tmp_path, capsys):
