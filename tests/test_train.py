@@ -324,6 +324,31 @@ def test_inversion_finds_codes_that_reconstruct_new_images(trained_run, blobs):
         model.invert(torch.zeros(2, 3, 28, 28))
 
 
+def test_inversion_starts_from_the_nearest_reconstruction_of_codes_drawn_from_the_whole_table():
+    from glann_ext.models import DCGANGenerator
+
+    torch.manual_seed(0)
+    G = DCGANGenerator(latent_dim=8, image_size=28, channels=1, width=8)
+    with torch.no_grad():  # weights 6x their init, so that each code renders its own image
+        for w in G.parameters():
+            w.mul_(6 if w.dim() > 1 else 1)
+    model = GLANN(G, get_ops(OPS).project(torch.randn(3000, 8)), None, ops=OPS)  # more codes than the pool
+    idx = torch.cat([torch.arange(0, 3000, 150), torch.arange(2950, 3000, 5)])  # the table's end included
+    images = model.reconstruct(idx)
+    # no step taken: each restart returns its start code; the first starts from the pool code whose
+    # rendering is nearest (a training image is its own code's rendering), the others from random ones
+    first, _ = model.invert(images, steps=0, restarts=1)
+    exact = (first == model.codes[idx]).all(1)
+    assert exact.float().mean() > 0.5 and exact[idx >= 2048].any()  # the pool: 2048 codes of all 3000
+    best, recon = model.invert(images, steps=0, restarts=4)
+    loss = get_ops(OPS).lap_loss
+    # the best restart is kept per image, never a later, worse one (batch and single decodes round apart)
+    ours, restart0 = (torch.stack([loss(x[i : i + 1], images[i : i + 1]) for i in range(len(idx))])
+                      for x in (recon, model.decode(first)))  # fmt: skip
+    assert (ours <= restart0 * (1 + 1e-5)).all()
+    assert torch.equal(best[exact], first[exact])
+
+
 def test_run_folder_contents_and_reload(trained_run):
     out, model = trained_run
     assert json.loads((out / "config.json").read_text())["glo_epochs"] == 3
