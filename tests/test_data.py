@@ -42,6 +42,16 @@ def test_idx_round_trip(tmp_path, compress):
     assert np.array_equal(read_idx(path), arr)
 
 
+@pytest.mark.parametrize(("code", "dtype"), [(0x0B, ">i2"), (0x0C, ">i4"), (0x0D, ">f4"), (0x0E, ">f8")])
+def test_idx_of_wider_types_is_read_in_native_byte_order(tmp_path, code, dtype):
+    arr = (np.arange(2 * 3 * 5).reshape(2, 3, 5) * 37 - 100).astype(dtype)
+    raw = struct.pack(">BBBB", 0, 0, code, 3) + b"".join(struct.pack(">I", d) for d in arr.shape)
+    (tmp_path / "x").write_bytes(raw + arr.tobytes())
+    got = read_idx(tmp_path / "x")
+    assert got.dtype.isnative and got.dtype == np.dtype(dtype).newbyteorder("=") and np.array_equal(got, arr)
+    assert torch.from_numpy(got).shape == (2, 3, 5)
+
+
 def test_idx_errors_name_the_file_and_problem(tmp_path):
     good = tmp_path / "good"
     write_idx(good, np.zeros((4, 28, 28), np.uint8), False)
@@ -105,6 +115,21 @@ def test_image_folder_resize_and_centre_crop(tmp_path):
     assert torch.allclose(x[0, 0], torch.ones(16, 16), atol=0.02) and x[0, 1].max() < 0.02
     grey = load_images(str(tmp_path), image_size=16, channels=1)
     assert grey.shape == (2, 1, 16, 16)
+    wide = Image.new("L", (60, 20), 0)  # thirds: black, white, black; the centre crop is the white third
+    wide.paste(255, (20, 0, 40, 20))
+    (tmp_path / "centre").mkdir()
+    wide.save(tmp_path / "centre" / "c.png")
+    assert load_images(str(tmp_path / "centre"), image_size=20, channels=1).min() == 1.0
+
+
+def test_image_folders_are_read_recursively_in_path_order(tmp_path):
+    from PIL import Image
+
+    for name, value in (("b/x.png", 60), ("a.png", 20), ("b/c/y.png", 100), ("a2/z.png", 40)):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (8, 8), value).save(tmp_path / name)
+    x = load_images(str(tmp_path), image_size=8, channels=1)
+    assert (x[:, 0, 0, 0] * 255).round().tolist() == [20, 40, 100, 60]  # a.png, a2/z.png, b/c/y.png, b/x.png
 
 
 def test_image_folder_errors(tmp_path):
@@ -135,6 +160,16 @@ def test_numpy_arrays(tmp_path, layout):
     assert x.shape == (6, 1, 28, 28) and x.min() >= 0 and x.max() <= 1
     assert torch.allclose(x[:, 0], torch.from_numpy(base).float() / 255, atol=1e-6)
     assert load_images(str(path), image_size=32, channels=3, limit=4).shape == (4, 3, 32, 32)
+
+
+def test_npz_prefers_its_images_array_and_rgb_to_grey_averages_the_channels(tmp_path):
+    rgb = np.zeros((2, 3, 4, 4), np.uint8)
+    rgb[:, 0], rgb[:, 1], rgb[:, 2] = 30, 90, 240
+    np.savez(tmp_path / "x.npz", labels=np.zeros((2, 4, 4), np.uint8), images=rgb)  # labels stored first
+    x = load_images(str(tmp_path / "x.npz"))
+    assert x.shape == (2, 3, 4, 4) and torch.equal(x[:, 2], torch.full((2, 4, 4), 240 / 255))
+    grey = load_images(str(tmp_path / "x.npz"), channels=1)
+    torch.testing.assert_close(grey, torch.full((2, 1, 4, 4), 120 / 255))
 
 
 def test_numpy_errors(tmp_path):
@@ -209,10 +244,10 @@ def test_shards_partition_the_dataset_in_order(tmp_path, kind):
         load_image_shard(str(source), 2, 2, **kw)
 
 
-@pytest.mark.parametrize("top", [1.0001, 1.02, 1.05])
-def test_float_images_slightly_above_one_are_clipped_not_divided_by_255(tmp_path, top):
+@pytest.mark.parametrize(("bottom", "top"), [(0, 1.0001), (0, 1.02), (-0.04, 1.04), (-0.01, 1)])
+def test_float_images_slightly_outside_0_1_are_clipped_not_divided_by_255(tmp_path, bottom, top):
     # they were divided by 255: a [0, 1.02] resize overshoot trained on almost-black images
-    arr = np.linspace(0, top, 2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4)
+    arr = np.linspace(bottom, top, 2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4)
     np.save(tmp_path / "a.npy", arr)
     x = load_images(str(tmp_path / "a.npy"))
     assert torch.equal(x[:, 0], torch.from_numpy(np.clip(arr, 0, 1)))
@@ -328,6 +363,14 @@ def test_idx_with_too_many_dimensions_and_forged_npz_headers(tmp_path):
         z.writestr("images.npy", forged)
     with pytest.raises(DataError, match=r"g.npz: array 'images' claims shape \(2000000000, 4, 4\)"):
         load_images(str(tmp_path / "g.npz"))
+    big = np.zeros((40, 4, 4), np.float32)  # 2,560 bytes of data and a 128-byte header; 50 rows need 3,200
+    np.savez(tmp_path / "h.npz", images=big)
+    with zipfile.ZipFile(tmp_path / "h.npz") as z:
+        data = z.read("images.npy")
+    with zipfile.ZipFile(tmp_path / "i.npz", "w") as z:
+        z.writestr("images.npy", data.replace(b"'shape': (40, 4, 4)", b"'shape': (50, 4, 4)"))
+    with pytest.raises(DataError, match=r"i.npz: array 'images' claims shape \(50, 4, 4\)"):
+        load_images(str(tmp_path / "i.npz"))
 
 
 def test_zero_or_negative_sizes_and_empty_rows_are_data_errors(tmp_path):
