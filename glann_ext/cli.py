@@ -225,8 +225,6 @@ def _add_upgrade(sub) -> None:
 
 
 def _add_eval(sub) -> None:
-    from glann_ext.train.config import MAX_THREADS
-
     e = sub.add_parser("eval", help="FD, precision/recall, density/coverage and memorisation of a run")
     _run_args(e)
     e.add_argument("-n", type=_count(2), default=10_000, help="number of generated samples (>= 2)")
