@@ -309,9 +309,11 @@ def test_strided_inputs():
     torch.testing.assert_close(g, r)
 
 
-def test_identical_inputs_give_zero_loss_and_grad():
-    x = torch.randn(2, 3, 17, 12, dtype=torch.float64, requires_grad=True)
-    loss = loss_fn(x, x.detach())
+@pytest.mark.parametrize("pixel_path", [False, True])  # the row kernels' signs, and the CUDA kernels' math
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_identical_inputs_give_zero_loss_and_grad(pixel_path, dtype):
+    x = torch.randn(2, 3, 17, 12, dtype=dtype, requires_grad=True)
+    loss = lap_mod._loss(x, x.detach(), None, "mean", pixel_path=pixel_path)
     assert loss.item() == 0.0
     (g,) = torch.autograd.grad(loss, x)
     assert torch.count_nonzero(g) == 0  # sign(0) = 0
