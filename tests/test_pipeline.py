@@ -63,6 +63,17 @@ def test_fit_in_memory_runs_both_stages_and_fires_every_event(blobs):
     assert isinstance(pixel, PixelIMLE) and pixel.sample(2).shape == (2, 1, 28, 28)
 
 
+def test_the_model_keeps_t_out_until_the_imle_stage_has_stepped(blobs):
+    # an untrained T would sample noise: between the stages the model samples through the Gaussian only
+    f = Fit(blobs, tiny_config(glo_epochs=1, imle_epochs=1))
+    f.run("glo")
+    f.phase = "imle"
+    f._imle_trainer()  # the stage built, no step taken yet
+    assert f.model.T is None
+    loop.run_epoch(f.imle)
+    assert f.model.T is f.T
+
+
 def test_training_never_touches_the_global_rng(blobs):
     """Networks are built from the run seed inside a forked RNG: the caller's RNG state is unchanged, and
     what was drawn before does not change the weights."""

@@ -17,6 +17,7 @@ from glann_ext.metrics import mode_coverage
 from glann_ext.models import GLANN, MLP, read_model_file
 from glann_ext.ops import reference
 from glann_ext.train import (
+    Fit,
     GLOTrainer,
     IMLETrainer,
     Run,
@@ -545,6 +546,21 @@ def test_pixel_space_imle(tmp_path, blob_file):
     x = model.sample(5, seed=0)
     assert x.shape == (5, 1, 28, 28) and x.min() >= 0 and x.max() <= 1
     assert torch.equal(load_model(tmp_path / "pix").sample(5, seed=0), x)
+
+
+def test_pixel_space_imle_regresses_with_the_configs_reconstruction_loss(blobs):
+    # the paper's IMLE on images: matched samples pulled onto their images by the Laplacian pyramid loss
+    # (plus the config's pixel L2), not the mean squared error of IMLE on codes
+    cfg = tiny_config(imle_space="pixel", l2_weight=0.5)
+    trainer = Fit(blobs, cfg).imle
+    trainer.begin_epoch()
+    batch = trainer.epoch_batches()[0]
+    trainer.generator.train()
+    with torch.no_grad():  # train mode: the step's own forward (BatchNorm on the batch) gives the same output
+        out = trainer.generator(trainer.matched_noise[batch])
+    ops, target = get_ops(OPS), blobs[batch]
+    want = ops.lap_loss(out, target) + 0.5 * torch.nn.functional.mse_loss(out, target)
+    assert trainer.train_step(batch) == pytest.approx(want.item(), rel=1e-5)
 
 
 def _tight_mode_imle(epochs: int) -> TrainConfig:
