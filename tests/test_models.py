@@ -113,6 +113,11 @@ def test_perceptual_loss_uses_only_local_weights(tmp_path):
     loss.backward()
     assert loss.ndim == 0 and x.grad is not None and torch.isfinite(x.grad).all()
     assert loss_fn(x, x.detach()).item() == pytest.approx(0.0, abs=1e-6)
+    # a rank's part of a global batch (normalizer = the global batch): with every term on, the parts of a
+    # batch of 5 split 2 + 3 add up to the whole batch's loss
+    x, t = torch.rand(5, 1, 28, 28), torch.rand(5, 1, 28, 28)
+    parts = loss_fn(x[:2], t[:2], normalizer=5) + loss_fn(x[2:], t[2:], normalizer=5)
+    assert parts.item() == pytest.approx(loss_fn(x, t).item(), rel=1e-5)
     torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, tmp_path / "partial.pth")
     with pytest.raises(ValueError, match="not a VGG16 state_dict"):
         VGGPerceptualLoss(tmp_path / "partial.pth")
