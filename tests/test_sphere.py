@@ -720,6 +720,35 @@ def test_sgd_state_dict_round_trip():
     assert other.lr == 0.3 and other.project is False
 
 
+def test_adam_state_dict_keeps_project_and_refuses_a_negative_step_or_missing_moments():
+    table = unit_table(10, 3)
+    opt = SphereSparseAdam(table, lr=0.3, project=False)
+    other = SphereSparseAdam(table.clone())
+    other.load_state_dict(opt.state_dict())
+    assert other.project is False
+    state = opt.state_dict()
+    with pytest.raises(ValueError, match="step must be >= 0, got -1"):
+        other.load_state_dict({**state, "step": -1})
+    # moments may be missing only from a state saved before the first step (torch.optim's lazy state)
+    with pytest.raises(ValueError, match=r"exp_avg must have shape \(10, 3\), got NoneType"):
+        other.load_state_dict({**state, "step": 3, "exp_avg": None})
+
+
+@pytest.mark.parametrize("kind", ["adam", "sgd"])
+def test_latent_optimizer_builds_the_backend_asked_for_and_a_single_row_steps(kind):
+    from glann_ext.optim import latent_optimizer
+
+    base = unit_table(6, 4)
+    tables = {b: base.clone() for b in ("fused", "reference")}
+    opts = {b: latent_optimizer(t, kind, lr=0.1, backend=b) for b, t in tables.items()}
+    assert {b: o.backend for b, o in opts.items()} == {"fused": "fused", "reference": "reference"}
+    grad = torch.randn(1, 4, generator=torch.Generator().manual_seed(0))
+    for o in opts.values():
+        o.step(torch.tensor([2]), grad)  # a batch of one row moves that row, on both backends
+    assert not torch.equal(tables["reference"][2], base[2]) and torch.equal(tables["reference"][3:], base[3:])
+    torch.testing.assert_close(tables["fused"], tables["reference"])
+
+
 # --------------------------------------------------------------------------------------------------
 # torch.library registration
 # --------------------------------------------------------------------------------------------------
