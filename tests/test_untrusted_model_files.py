@@ -170,7 +170,5 @@ def test_a_fifo_in_place_of_the_model_file_is_refused_without_blocking(tmp_path)
                                timeout=60, **child_kwargs(tmp_path))  # fmt: skip
     except subprocess.TimeoutExpired:
         pytest.fail("load_model_file blocked on a FIFO")
-    assert (
-        child.returncode == 0
-        and "model.safetensors: not a readable model file (a FIFO, not a regular file)" in (child.stdout)
-    ), child.stderr
+    want = "model.safetensors: not a readable model file (a FIFO, not a regular file)"
+    assert child.returncode == 0 and want in child.stdout, child.stderr
