@@ -230,10 +230,11 @@ class TrainConfig:
     @classmethod
     def from_json(cls, path: str | Path) -> TrainConfig:
         """A config file to start from: fields it lacks take today's defaults."""
-        return cls.from_dict(_read_object(path))
+        return cls.from_dict(read_config_object(path))
 
 
-def _read_object(path: str | Path, *, run_file: bool = False) -> dict[str, Any]:
+def read_config_object(path: str | Path, *, run_file: bool = False) -> dict[str, Any]:
+    """The JSON object in config file ``path``, or :class:`ConfigError` naming what it is instead."""
     # a run folder's file must be a regular one (a planted FIFO would block); a config the user names may be
     # a pipe (`--config <(...)`)
     data = read_regular(path) if run_file else Path(path).read_bytes()
@@ -272,7 +273,7 @@ def saved_config(saved: dict[str, Any]) -> TrainConfig:
 
 def load_run_config(path: str | Path) -> TrainConfig:
     """The config a run folder's ``config.json`` trained with (:func:`saved_config`)."""
-    return saved_config(_read_object(path, run_file=True))
+    return saved_config(read_config_object(path, run_file=True))
 
 
 def _kind(annotation: str) -> str:

@@ -20,7 +20,7 @@ from glann_ext.models import GLANN, save_model
 
 from . import checkpoint as ckpt
 from .build import build_model
-from .config import CONFIG_FILE, saved_config
+from .config import CONFIG_FILE, read_config_object, saved_config
 
 KEPT_SUFFIX = ".glann-0.1"  # model.pt is kept as model.pt.glann-0.1
 
@@ -63,16 +63,19 @@ def upgrade_run(
 def _upgrade_config(path: Path) -> None:
     """Drops 0.1's unused "extra" and pins the 0.1 behaviour of fields added since with other defaults
     (:func:`~glann_ext.train.config.saved_config`)."""
-    saved = _json(path)
+    saved = read_config_object(path, run_file=True)
     saved.pop("extra", None)
     saved_config(saved).to_json(path)
 
 
 def _json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(read_regular(path).decode("utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        saved = json.loads(read_regular(path).decode("utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: JSON's errors and a non-UTF-8 file's
         raise CheckpointError(f"{path}: unreadable ({exc})") from exc
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(saved).__name__}")
+    return saved
 
 
 def _unpickle(path: Path) -> Any:
