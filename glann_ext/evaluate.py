@@ -248,7 +248,8 @@ def _open_run(
 
     if not run.exists():
         raise RunFolderError(f"--run {run}: no such run folder or model file")
-    if run.is_dir() and not (run / CONFIG_FILE).is_file():
+    # exists(), not is_file(): a config.json that is a FIFO or a folder is named as such by load_run_config
+    if run.is_dir() and not (run / CONFIG_FILE).exists():
         raise RunFolderError(f"--run {run}: not a run folder (no {CONFIG_FILE})")
     model = load_model(run, ops=ops, device=device)
     cfg = load_run_config(run / CONFIG_FILE) if run.is_dir() else saved_config(model.config)

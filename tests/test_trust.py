@@ -190,6 +190,24 @@ def test_upgrade_converts_a_v01_run_that_then_loads_and_resumes(finished, tmp_pa
     assert "nothing to upgrade" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("config.json", b"\xff\xfe{}", "not UTF-8 text"),
+        ("config.json", b"[1, 2]", "expected a JSON object of config fields, got list"),
+        ("checkpoints/manifest.json", b"\xff{}", "unreadable"),
+        ("checkpoints/manifest.json", b"[1]", "expected a JSON object, got list"),
+        ("checkpoints/manifest.json", b"{", "unreadable"),
+    ],
+)
+def test_upgrade_names_a_config_or_manifest_that_is_not_a_json_object(
+    finished, tmp_path, capsys, name, content, expected
+):
+    run = _copy(finished, tmp_path)
+    (run / name).write_bytes(content)
+    assert expected in _one_line_error(capsys, "upgrade", "--run", str(run), "--trust-pickle")
+
+
 # -- 2. manifests cannot point outside -----------------------------------------------------------------
 @pytest.mark.parametrize(
     "change",
@@ -426,7 +444,8 @@ step = ckpt.checkpoint_dir(finished) / ckpt.read_manifest(finished)["step_dir"]
 saved = [str(p.relative_to(finished)) for p in (step / "main.pt", *step.glob("shard-*"))]
 cases = [(rel, "train") for rel in ("config.json", "metrics.jsonl", ".lock", "resumes.jsonl",
          "checkpoints/manifest.json", *saved)]
-cases += [(rel, "sample") for rel in ("checkpoints/manifest.json", *saved)] + [(saved[0], "reshard")]
+cases += [(rel, "sample") for rel in ("checkpoints/manifest.json", *saved)]
+cases += [(saved[0], "reshard"), ("checkpoints/manifest.json", "reshard"), ("config.json", "eval")]
 for i, (rel, cmd) in enumerate(cases):
     run = tmp / f"run{i}"
     shutil.copytree(finished, run, ignore=shutil.ignore_patterns(".lock"))
@@ -436,7 +455,8 @@ for i, (rel, cmd) in enumerate(cases):
     os.mkfifo(run / rel)
     argv = {"train": ["train", "--out", str(run), "--no-progress", "--imle-epochs", "2"],  # a resume's change
             "sample": ["sample", "--run", str(run), "-n", "2", "--grid", str(tmp / "s.png")],
-            "reshard": ["reshard", "--run", str(run), "--world-size", "2"]}[cmd]
+            "reshard": ["reshard", "--run", str(run), "--world-size", "2"],
+            "eval": ["eval", "--run", str(run), "--no-progress"]}[cmd]
     print("case", rel, cmd, main(argv), flush=True)
 """
 
@@ -450,7 +470,7 @@ def test_a_fifo_in_place_of_a_run_folder_file_is_a_one_line_error_not_a_hang(fin
         pytest.fail(f"a command blocked on a FIFO after: {exc.stdout!r}")
     done = [line for line in child.stdout.splitlines() if line.startswith("case ")]  # the rest: resume logs
     errors = child.stderr.splitlines()
-    assert child.returncode == 0 and len(done) == 11 and len(errors) == 11, (child.stdout, child.stderr)
+    assert child.returncode == 0 and len(done) == 13 and len(errors) == 13, (child.stdout, child.stderr)
     for line, err in zip(done, errors):
         rel, cmd, code = line.split()[1:]
         assert code == "2" and err.startswith(f"glann {cmd}: error: "), (line, err)

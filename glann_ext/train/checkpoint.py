@@ -459,7 +459,9 @@ def reshard(run: str | Path, world_size: int, log: Callable[[str], None] = print
     run = Path(run)
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
-    if not (checkpoint_dir(run) / MANIFEST_FILE).is_file():  # checked before the lock: not the user's folder
+    # checked before the lock: not the user's folder. exists(), not is_file(): a manifest that is a FIFO or a
+    # folder is then named as such by read_manifest, not reported missing
+    if not (checkpoint_dir(run) / MANIFEST_FILE).exists():
         raise CheckpointError(f"{run}: no checkpoint to reshard (no {CHECKPOINT_DIR}/{MANIFEST_FILE})")
     with FolderLock(run):
         remove_stale_temps(run)
