@@ -592,10 +592,43 @@ def test_norm_overflow_in_a_chunk_and_with_a_scorer_names_the_chunk_row() -> Non
     best = RunningArgmin(q, scores=reference.nn_argmin_scores_reference, check_finite=True)
     with pytest.raises(ValueError, match=r"^nn_argmin: keys\[1\] row 4 has a squared L2 norm"):
         best.update(k1, 5, name="keys[1]")
+    # rows counted in the tensor that the name means: k1[2:] is keys[1] from its row 2
+    for scores in (None, reference.nn_argmin_scores_reference):
+        best = RunningArgmin(q, scores=scores, check_finite=True)
+        with pytest.raises(ValueError, match=r"^nn_argmin: keys\[1\] row 4 has a squared L2 norm"):
+            best.update(k1[2:], 7, name="keys[1]", row0=2)
     # A NaN row below the large one is still the NaN error.
     k1[2, 0] = float("nan")
     with pytest.raises(NonFiniteError, match=r"keys\[1\] row 2 contains NaN"):
         nn_argmin(q, [torch.randn(5, 4), k1])
+    # a NaN row of a slice, counted from its first row and worded alike, with a scorer or the fused search
+    for scores in (None, reference.nn_argmin_scores_reference):
+        best = RunningArgmin(q, scores=scores, check_finite=True)
+        with pytest.raises(NonFiniteError, match=r"^nn_argmin: keys\[1\] row 2 contains NaN") as info:
+            best.update(k1[1:], 6, name="keys[1]", row0=1)
+        assert (info.value.argument, info.value.row) == ("keys[1]", 2)
+    qn = q.clone()
+    qn[1, 3] = float("inf")
+    for scores in (None, reference.nn_argmin_scores_reference):
+        with pytest.raises(NonFiniteError, match=r"^nn_argmin: queries row 1 contains NaN"):
+            RunningArgmin(qn, scores=scores, check_finite=True).update(torch.randn(2, 4), 0)
+
+
+def test_keys_split_into_native_calls_keep_their_global_rows(monkeypatch) -> None:
+    """A key tensor longer than one native call takes (2^30 rows) is searched in slices: indices, NaN rows and
+    too-large rows are still counted from the tensor's first row."""
+    monkeypatch.setattr(sys.modules[RunningArgmin.__module__], "_MAX_KEYS_PER_CALL", 4)
+    q, k = torch.randn(6, 3), torch.randn(10, 3)
+    idx, dist = nn_argmin(q, k, return_distances=True)
+    assert torch.equal(idx, reference.nn_argmin_exact(q, k))
+    torch.testing.assert_close(dist, ((q - k[idx]) ** 2).sum(1))
+    bad = k.clone()
+    bad[6, 1] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"keys row 6 contains NaN"):
+        nn_argmin(q, bad)
+    bad[6, 1], bad[5] = 0.0, 1e20
+    with pytest.raises(ValueError, match=r"^nn_argmin: keys row 5 has a squared L2 norm above float32"):
+        nn_argmin(q, bad)
 
 
 def test_rows_just_inside_the_norm_bound_are_searched_exactly() -> None:

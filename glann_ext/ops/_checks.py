@@ -141,12 +141,13 @@ def non_finite_error(argument: str, row: int | None, *, op: str = "", note: str 
     return NonFiniteError(f"{prefix}{where} contains NaN or Inf{note}", argument=argument, row=row)
 
 
-def check_finite(name: str, t: torch.Tensor) -> None:
-    """``NonFiniteError`` naming ``name`` and its lowest offending row if ``t`` holds NaN/Inf (one pass;
-    on CUDA one synchronisation, and a graph break under ``torch.compile``: the ops themselves check
-    inside their kernels instead)."""
+def check_finite(name: str, t: torch.Tensor, *, row0: int = 0, op: str = "") -> None:
+    """``NonFiniteError`` naming ``name`` and its lowest offending row (counted from ``row0``: ``t`` may be
+    a slice of what ``name`` means) if ``t`` holds NaN/Inf, worded as op ``op``'s (one pass; on CUDA one
+    synchronisation, and a graph break under ``torch.compile``: the ops themselves check inside their
+    kernels instead)."""
     if t.numel() and not bool(torch.isfinite(t).all()):
-        raise non_finite_error(name, first_nonfinite_row(t))
+        raise non_finite_error(name, first_nonfinite_row(t) + row0, op=op)
 
 
 def nonfinite_row_flag(t: torch.Tensor) -> torch.Tensor:

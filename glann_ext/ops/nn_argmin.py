@@ -400,10 +400,10 @@ class RunningArgmin:
             )
         else:
             if self.check_queries:
-                check_finite("queries", self.queries)
+                check_finite("queries", self.queries, op="nn_argmin")
                 check_squared_norms("nn_argmin", "queries", self.queries)
             if self.check_keys:
-                check_finite(name, keys)
+                check_finite(name, keys, row0=row0, op="nn_argmin")  # worded as the fused path's
                 check_squared_norms("nn_argmin", name, keys, row0)
             score, index = self.scores(self.queries, keys)
             _check_candidates(score, index, self.score)
