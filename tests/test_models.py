@@ -77,6 +77,24 @@ def test_backend_rejects_unknown_names():
         get_ops(OPS).latent_optimizer(torch.ones(2, 2), "lbfgs")
 
 
+@pytest.mark.parametrize("name", ["fused", "reference"])
+def test_backend_optimizers_and_search_honour_their_arguments(name):
+    """The latent optimizers an Ops builds run on its own backend with the hyperparameters asked for, and its
+    nn_argmin returns the exact distances when asked."""
+    ops = get_ops(name)
+    table = reference.project_to_sphere_reference(torch.randn(6, 3))
+    adam = ops.latent_optimizer(table, "adam", lr=0.05, betas=(0.5, 0.9), eps=1e-6)
+    assert isinstance(adam, SphereSparseAdam) and adam.backend == name
+    assert (adam.lr, adam.betas, adam.eps) == (0.05, (0.5, 0.9), 1e-6)
+    sgd = ops.latent_optimizer(table, "sgd", lr=0.2)
+    assert (sgd.kind, sgd.backend, sgd.lr) == ("sgd", name, 0.2)
+    q, k = torch.randn(5, 3, dtype=torch.float64), torch.randn(9, 3, dtype=torch.float64)
+    d = ((q[:, None] - k[None]) ** 2).sum(-1)
+    idx, dist = ops.nn_argmin(q, k, return_distances=True)
+    assert torch.equal(idx, d.argmin(1))
+    torch.testing.assert_close(dist, d.min(1).values)
+
+
 def test_reference_nn_argmin_accepts_chunks():
     q, k = torch.randn(7, 3), torch.randn(20, 3)
     ops = get_ops("reference")
@@ -145,6 +163,10 @@ def test_reconstruction_loss_level_weights(ops_name):
     assert flat(shifted, t).item() == pytest.approx(paper(shifted, t).item() / 4.0 ** (levels - 1), rel=1e-5)
     with pytest.raises(ValueError, match="lap_weights must be 'paper' or 'flat'"):
         ReconstructionLoss(ops, lap_weights="coarse")
+    # non-square images: the default level count of the smaller side (32 x 8: 4 levels, not 32 x 32's 5)
+    x, t = torch.rand(2, 1, 32, 8, dtype=torch.float64), torch.rand(2, 1, 32, 8, dtype=torch.float64)
+    want = reference.laplacian_pyramid_loss_reference(x, t, levels=4, level_weights=[1.0] * 4)
+    torch.testing.assert_close(flat(x, t), want.float(), rtol=1e-5, atol=1e-6)
 
 
 def _np_slerp(a, b, t):
@@ -302,3 +324,121 @@ def test_invert_restores_requires_grad_and_fit_gaussian_refuses_no_rows():
     assert torch.allclose(mean, m.codes.double().mean(0)) and torch.allclose(
         cov, torch.cov(m.codes.double().T)
     )
+
+
+def _layers(module: torch.nn.Module) -> list[tuple]:
+    """(layer type, weight shape or None, has a bias) of every leaf layer, in order."""
+    return [
+        (type(m).__name__, None if getattr(m, "weight", None) is None else tuple(m.weight.shape),
+         getattr(m, "bias", None) is not None)
+        for m in module.modules() if not list(m.children())
+    ]  # fmt: skip
+
+
+def test_generator_and_mlp_layers_follow_the_documented_layout():
+    """G at 28 = 7 * 2^2 with width 8 and depth 1: a bias-free Linear to (16, 7, 7) (width * 2^(k-1)), a 3x3
+    refinement at every hidden resolution, bias-free transposed convs halving the channels, and a biased last
+    one into a sigmoid; T: bias-free Linear + BatchNorm + ReLU blocks (biased without BatchNorm)."""
+    g = DCGANGenerator(latent_dim=16, image_size=28, channels=1, width=8, depth=1)
+    relu = ("ReLU", None, False)
+    assert _layers(g) == [
+        ("Linear", (784, 16), False), ("BatchNorm1d", (784,), True), relu,
+        ("Conv2d", (16, 16, 3, 3), False), ("BatchNorm2d", (16,), True), relu,
+        ("ConvTranspose2d", (16, 8, 4, 4), False), ("BatchNorm2d", (8,), True), relu,
+        ("Conv2d", (8, 8, 3, 3), False), ("BatchNorm2d", (8,), True), relu,
+        ("ConvTranspose2d", (8, 1, 4, 4), True), ("Sigmoid", None, False),
+    ]  # fmt: skip
+    assert g.hparams() == {"latent_dim": 16, "image_size": 28, "channels": 1, "width": 8, "depth": 1}
+    assert _layers(DCGANGenerator(**g.hparams())) == _layers(g)
+    with pytest.raises(ValueError, match="depth must be >= 0, got -1"):
+        DCGANGenerator(latent_dim=16, width=8, depth=-1)
+    assert _layers(MLP(5, 3, hidden=16, layers=2)) == [
+        ("Linear", (16, 5), False), ("BatchNorm1d", (16,), True), relu,
+        ("Linear", (16, 16), False), ("BatchNorm1d", (16,), True), relu, ("Linear", (3, 16), True),
+    ]  # fmt: skip
+    assert _layers(MLP(5, 3, hidden=16, layers=2, batch_norm=False)) == [
+        ("Linear", (16, 5), True), relu, ("Linear", (16, 16), True), relu, ("Linear", (3, 16), True),
+    ]  # fmt: skip
+
+
+def test_generator_starts_from_the_dcgan_initialisation():
+    """N(0, 0.02) conv and linear weights with zero biases, N(1, 0.02) BatchNorm scales with zero shifts."""
+    g = DCGANGenerator(latent_dim=64, image_size=28, width=64)
+    for name, p in g.named_parameters():
+        p, layer = p.detach(), g.get_submodule(name.rsplit(".", 1)[0])
+        batch_norm = isinstance(layer, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))
+        if name.endswith("bias"):
+            assert not p.any(), name
+            continue
+        n = p.numel()  # tolerances: 5 standard errors of the estimates at this many values
+        assert float(p.mean()) == pytest.approx(1.0 if batch_norm else 0.0, abs=5 * 0.02 / n**0.5), name
+        assert float(p.std()) == pytest.approx(0.02, rel=5 / (2 * n) ** 0.5), name
+
+
+def test_mse_loss_parts_of_a_global_batch_add_up_to_its_mean():
+    from glann_ext.models import mse_loss
+
+    x, t = torch.rand(5, 2, 3, 3), torch.rand(5, 2, 3, 3)
+    whole = torch.nn.functional.mse_loss(x, t)
+    assert mse_loss(x, t) == whole
+    parts = mse_loss(x[:2], t[:2], normalizer=5) + mse_loss(x[2:], t[2:], normalizer=5)
+    torch.testing.assert_close(parts, whole)
+    torch.testing.assert_close(mse_loss(x, t, normalizer=5), whole)
+    empty = x[:0].clone().requires_grad_(True)
+    loss = mse_loss(empty, t[:0], normalizer=5)
+    loss.backward()  # a rank with no rows of the batch still has a graph to the generator
+    assert loss.item() == 0.0 and empty.grad.shape == (0, 2, 3, 3)
+
+
+def _vgg_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A torchvision-layout VGG16 state_dict (up to relu3_3) with random He-scaled weights and biases."""
+    gen = torch.Generator().manual_seed(seed)
+    shapes = {
+        0: (64, 3),
+        2: (64, 64),
+        5: (128, 64),
+        7: (128, 128),
+        10: (256, 128),
+        12: (256, 256),
+        14: (256, 256),
+    }
+    state = {}
+    for i, (cout, cin) in shapes.items():
+        state[f"features.{i}.weight"] = torch.randn(cout, cin, 3, 3, generator=gen) * (2 / (9 * cin)) ** 0.5
+        state[f"features.{i}.bias"] = torch.randn(cout, generator=gen) * 0.1
+    return state
+
+
+def _vgg_distance(state: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Independent reference: ImageNet-normalised RGB through VGG16's first three blocks, the mean L1 distance
+    of relu1_2, relu2_2 and relu3_3 (the last ReLU of each block), summed."""
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    taps = []
+    for img in (x, y):
+        h = (img.expand(-1, 3, -1, -1) - mean) / std
+        feats = []
+        for block in ((0, 2), (5, 7), (10, 12, 14)):
+            for i in block:
+                h = torch.relu(
+                    torch.nn.functional.conv2d(
+                        h, state[f"features.{i}.weight"], state[f"features.{i}.bias"], padding=1
+                    )
+                )
+            feats.append(h)
+            h = torch.nn.functional.max_pool2d(h, 2)
+        taps.append(feats)
+    return sum((a - b).abs().mean() for a, b in zip(*taps))
+
+
+def test_perceptual_loss_is_the_mean_l1_of_vgg16_relu_features_and_frozen(tmp_path):
+    from glann_ext.models.perceptual import VGGPerceptualLoss
+
+    state = _vgg_state()
+    torch.save(state, tmp_path / "vgg16.pth")
+    vgg = VGGPerceptualLoss(tmp_path / "vgg16.pth")
+    assert not any(p.requires_grad for p in vgg.parameters())  # the loss trains G, never the network
+    gen = torch.Generator().manual_seed(1)
+    for channels in (1, 3):
+        x, y = (torch.rand(2, channels, 16, 16, generator=gen) for _ in range(2))
+        torch.testing.assert_close(vgg(x, y), _vgg_distance(state, x, y), rtol=1e-4, atol=1e-6)

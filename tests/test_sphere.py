@@ -194,6 +194,7 @@ def test_project_in_place_refuses_overlapping_rows_torch_calls_too_hard():
         lambda w: w.t()[1:6, ::2],
         lambda w: w.as_strided((3, 4), (13, 3)),
         lambda w: w.as_strided((4, 3), (1, 4)),
+        lambda w: w.as_strided((1, 4), (0, 3)),  # a size-1 dimension's stride (even 0) addresses nothing else
     ):
         w = torch.randn(10, 12, dtype=torch.float64)
         view = make(w)
@@ -732,6 +733,27 @@ def test_adam_state_dict_keeps_project_and_refuses_a_negative_step_or_missing_mo
     # moments may be missing only from a state saved before the first step (torch.optim's lazy state)
     with pytest.raises(ValueError, match=r"exp_avg must have shape \(10, 3\), got NoneType"):
         other.load_state_dict({**state, "step": 3, "exp_avg": None})
+
+
+def test_optimizer_hyperparameters_at_the_edges_of_their_ranges():
+    """beta1 = beta2 = 0 lie in [0, 1) (Adam then steps by the normalised gradient); eps must be finite; a
+    bool is not a rate; a state saved without "project" loads with projection on (the schema's default)."""
+    table = unit_table(4, 3)
+    opt = SphereSparseAdam(table, lr=0.1, betas=(0.0, 0.0), eps=1e-12)
+    before, g = table.clone(), torch.tensor([[2.0, -1.0, 0.0]])
+    opt.step(torch.tensor([1]), g)
+    want = before[1] - 0.1 * g[0] / (g[0].abs() + 1e-12)
+    torch.testing.assert_close(table[1], want / want.norm())
+    with pytest.raises(ValueError, match=r"^SphereSparseAdam: eps must be a finite number > 0, got inf"):
+        SphereSparseAdam(table, eps=math.inf)
+    for make in (SphereSparseAdam, SphereSparseSGD):
+        with pytest.raises(ValueError, match=rf"^{make.__name__}: lr must be a finite float > 0, got True"):
+            make(table, lr=True)
+        state = make(table, project=True).state_dict()
+        del state["project"]
+        unprojected = make(table, project=False)
+        unprojected.load_state_dict(state)
+        assert unprojected.project is True
 
 
 @pytest.mark.parametrize("kind", ["adam", "sgd"])
