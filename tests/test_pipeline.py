@@ -216,6 +216,20 @@ def test_fit_state_round_trip(blobs):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_unknown_stages_and_phases_are_refused_and_a_world_gives_any_ranks_rows(blobs):
+    from glann_ext.train.world import World
+
+    f = Fit(blobs[:64], tiny_config(init="random"))
+    with pytest.raises(ValueError, match=r"stage must be one of \('all', 'glo', 'imle'\), got 'both'"):
+        f.run("both")
+    assert f.glo.global_step == 0  # refused before anything trained
+    with pytest.raises(ValueError, match=r"state phase must be one of \('glo', 'imle'\), got 'done'"):
+        f.load_state_dict({"phase": "done", "glo": None, "imle": None})
+    world = World(rank=2, size=3)  # (no process group needed: bounds are arithmetic)
+    assert [world.bounds(10, rank) for rank in range(3)] == world.all_bounds(10) == [(0, 3), (3, 6), (6, 10)]
+    assert world.bounds(10) == (6, 10)
+
+
 def _interrupt_hook(stage: str, step: int) -> Hook:
     class Stop(Hook):
         def step_completed(self, trainer, info) -> None:

@@ -32,7 +32,7 @@ from glann_ext.train import (
 from glann_ext.train import checkpoint as ckpt
 from glann_ext.train import imle as imle_module
 from glann_ext.train.build import seeded
-from glann_ext.train.config import load_run_config, preset, saved_config
+from glann_ext.train.config import MAXIMA, check_device, load_run_config, preset, saved_config
 from glann_ext.train.latents import pca_codes
 from glann_ext.train.threads import intra_op_threads
 
@@ -73,6 +73,38 @@ def test_glo_cosine_schedule_sets_the_rates_of_g_and_of_the_codes(blobs):
     assert trainer.opt_z.lr == pytest.approx(cfg.lr_z * 0.5 * (1 + math.cos(math.pi * 2 / 6)))
     run_epoch(trainer)
     assert trainer.opt_z.lr == pytest.approx(cfg.lr_z * 0.5 * (1 + math.cos(math.pi * 5 / 6)))
+
+
+def test_glo_reconstructs_in_eval_mode_and_trains_in_train_mode(blobs):
+    """reconstruct() (the sample grids between epochs) decodes each code on its own, with G's running
+    BatchNorm statistics, and the next step trains with batch statistics again, as if it had not run."""
+    cfg = tiny_config(batch_size=32, latent_dim=8, init="random")
+    probed, plain = GLOTrainer(blobs, cfg, get_ops(OPS)), GLOTrainer(blobs, cfg, get_ops(OPS))
+    rec = probed.reconstruct(torch.arange(4))
+    torch.testing.assert_close(probed.reconstruct(torch.arange(2)), rec[:2], rtol=0, atol=1e-6)
+    assert probed.train_step(torch.arange(32)) == plain.train_step(torch.arange(32))
+    assert tensors_equal(probed.G.state_dict(), plain.G.state_dict())
+
+
+def test_networks_are_built_from_the_run_seed_with_the_configs_options():
+    """G comes from the run seed and T from seed + 1 (glann_ext 0.1's weights), each as torch builds it right
+    after seeding; T follows mapping_batch_norm and imle_whiten."""
+    from glann_ext.models import DCGANGenerator
+    from glann_ext.train.build import build_generator, build_mapping
+
+    cfg = TrainConfig(seed=5, noise_dim=4, latent_dim=6, gen_width=8, mapping_hidden=8)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        G = DCGANGenerator(6, 28, 1, 8)
+        torch.manual_seed(6)
+        T = MLP(4, 6, 8, 2, output_affine=True)
+    assert tensors_equal(build_generator(cfg, (1, 28, 28)).state_dict(), G.state_dict())
+    assert tensors_equal(build_mapping(cfg).state_dict(), T.state_dict())
+    plain = build_mapping(dataclasses.replace(cfg, mapping_batch_norm=False, imle_whiten=False))
+    assert plain.hparams() == {
+        "in_dim": 4, "out_dim": 6, "hidden": 8, "layers": 2, "batch_norm": False, "output_affine": False,
+    }  # fmt: skip
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in plain.modules())
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -266,6 +298,20 @@ def test_imle_options_cosine_rate_and_precision_term():
     for bad in ({"imle_lr_schedule": "step"}, {"imle_match": "hungarian"}, {"imle_precision_weight": -1}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             TrainConfig(**bad).validate()
+
+
+def test_the_imle_stage_decays_the_weights_by_imle_weight_decay():
+    """T's Adam takes imle_weight_decay (L2 on T's weights): with a zero gradient a step shrinks each weight
+    by lr * sign(w) in Adam's first step."""
+    cfg = TrainConfig(noise_dim=2, imle_weight_decay=0.25, imle_lr=0.01, ops=OPS)
+    trainer = IMLETrainer(torch.randn(8, 3), MLP(2, 3, 4, 1, batch_norm=False), cfg, get_ops(OPS))
+    assert trainer.opt.param_groups[0]["weight_decay"] == 0.25
+    before = [p.detach().clone() for p in trainer.generator.parameters()]
+    for p in trainer.generator.parameters():
+        p.grad = torch.zeros_like(p)
+    trainer.opt.step()
+    for p, b in zip(trainer.generator.parameters(), before):
+        torch.testing.assert_close(p.detach(), b - 0.01 * torch.sign(b), rtol=0, atol=1e-4)
 
 
 def test_the_precision_term_is_weighted_by_imle_precision_weight():
@@ -467,6 +513,39 @@ def test_every_config_range_is_checked_at_its_bound(field, bad, good):
     TrainConfig(**{field: good}).validate()
     with pytest.raises(ConfigError, match=rf"config field {field} has an invalid value"):
         TrainConfig(**{field: bad}).validate()
+
+
+@pytest.mark.parametrize("field", sorted(MAXIMA))
+def test_every_config_maximum_is_allowed_and_anything_above_it_refused(field):
+    most = MAXIMA[field]
+    value = type(getattr(TrainConfig(), field) or 1)(most)  # threads defaults to None: an int field
+    TrainConfig(**{field: value}).validate()
+    with pytest.raises(ConfigError, match=rf"config field {field} must be at most {most:g}, got"):
+        TrainConfig(**{field: value + 1}).validate()
+
+
+def test_config_checks_across_fields_types_and_devices():
+    """Sizes the generator cannot make, adaptive IMLE with unique matching, a bool for an integer and a device
+    other than cpu (cpu:0 is the same) or cuda are one-line ConfigErrors naming the field or the flag."""
+    for size, why in ((30, r"s \* 2\*\*k with 3 <= s <= 7"), (1000, r"s \* 2\*\*k"), (7, "an integer >= 8")):
+        with pytest.raises(ConfigError, match=rf"config field image_size: image_size must be {why}"):
+            TrainConfig(image_size=size).validate()
+    TrainConfig(image_size=96).validate()  # 3 * 2^5
+    with pytest.raises(ConfigError, match="config field imle_adaptive needs imle_match 'nearest'"):
+        TrainConfig(imle_adaptive=True, imle_match="unique").validate()
+    TrainConfig(imle_adaptive=True).validate()
+    for field in ("latent_dim", "glo_epochs", "seed"):
+        with pytest.raises(ConfigError, match=rf"config field {field} must be an integer, got True \(bool\)"):
+            TrainConfig(**{field: True}).validate()
+    check_device("cpu")
+    check_device("cpu:0")
+    with pytest.raises(ConfigError, match="the CPU device takes no index"):
+        check_device("cpu:1")
+    for spec in ("meta", "mps"):
+        with pytest.raises(
+            ConfigError, match=rf"--device {spec}: glann_ext trains on cpu or cuda, not {spec}"
+        ):
+            check_device(spec)
 
 
 def test_imle_betas_set_the_mapping_adam_and_a_run_saved_without_them_keeps_the_shared_betas(
