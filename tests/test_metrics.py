@@ -489,6 +489,13 @@ def test_standard_fid_without_weights_returns_none_with_reason(tmp_path):
         standard_fid(torch.rand(4, 3, 32, 32), torch.rand(4, 2, 32, 32), hub_dir=tmp_path)
 
 
+def test_images_reach_the_uint8_inception_extractor_rounded_to_the_nearest_level():
+    from glann_ext.metrics.fid import _as_uint8
+
+    levels = torch.tensor([-0.5, 0.0, 0.4, 0.6, 127.6, 254.4, 254.6, 255.0, 300.0]) / 255
+    assert _as_uint8(levels).tolist() == [0, 0, 0, 1, 128, 254, 255, 255, 255]
+
+
 def test_inception_backend_detection_needs_package_and_cached_weights(tmp_path, monkeypatch):
     import importlib.util
 
