@@ -101,13 +101,9 @@ def test_reference_nn_argmin_accepts_chunks():
     assert torch.equal(ops.nn_argmin(q, k.split(6)), reference.nn_argmin_exact(q, k))
 
 
-def test_perceptual_loss_uses_only_local_weights(tmp_path):
-    from glann_ext.models import ReconstructionLoss
-    from glann_ext.models.perceptual import VGGPerceptualLoss
-
-    with pytest.raises(FileNotFoundError, match="VGG16 weights file not found"):
-        VGGPerceptualLoss(tmp_path / "vgg16.pth")
-    # A torchvision-layout state_dict with random weights stands in for the user's VGG16 file.
+def _vgg_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A torchvision-layout VGG16 state_dict (up to relu3_3) with random He-scaled weights and biases."""
+    gen = torch.Generator().manual_seed(seed)
     shapes = {
         0: (64, 3),
         2: (64, 64),
@@ -119,8 +115,19 @@ def test_perceptual_loss_uses_only_local_weights(tmp_path):
     }
     state = {}
     for i, (cout, cin) in shapes.items():
-        state[f"features.{i}.weight"] = torch.randn(cout, cin, 3, 3) * 0.05
-        state[f"features.{i}.bias"] = torch.zeros(cout)
+        state[f"features.{i}.weight"] = torch.randn(cout, cin, 3, 3, generator=gen) * (2 / (9 * cin)) ** 0.5
+        state[f"features.{i}.bias"] = torch.randn(cout, generator=gen) * 0.1
+    return state
+
+
+def test_perceptual_loss_uses_only_local_weights(tmp_path):
+    from glann_ext.models import ReconstructionLoss
+    from glann_ext.models.perceptual import VGGPerceptualLoss
+
+    with pytest.raises(FileNotFoundError, match="VGG16 weights file not found"):
+        VGGPerceptualLoss(tmp_path / "vgg16.pth")
+    # A torchvision-layout state_dict with random weights stands in for the user's VGG16 file.
+    state = _vgg_state()
     state["classifier.0.weight"] = torch.zeros(1)  # ignored
     torch.save(state, tmp_path / "vgg16.pth")
     loss_fn = ReconstructionLoss(
@@ -388,25 +395,6 @@ def test_mse_loss_parts_of_a_global_batch_add_up_to_its_mean():
     loss = mse_loss(empty, t[:0], normalizer=5)
     loss.backward()  # a rank with no rows of the batch still has a graph to the generator
     assert loss.item() == 0.0 and empty.grad.shape == (0, 2, 3, 3)
-
-
-def _vgg_state(seed: int = 0) -> dict[str, torch.Tensor]:
-    """A torchvision-layout VGG16 state_dict (up to relu3_3) with random He-scaled weights and biases."""
-    gen = torch.Generator().manual_seed(seed)
-    shapes = {
-        0: (64, 3),
-        2: (64, 64),
-        5: (128, 64),
-        7: (128, 128),
-        10: (256, 128),
-        12: (256, 256),
-        14: (256, 256),
-    }
-    state = {}
-    for i, (cout, cin) in shapes.items():
-        state[f"features.{i}.weight"] = torch.randn(cout, cin, 3, 3, generator=gen) * (2 / (9 * cin)) ** 0.5
-        state[f"features.{i}.bias"] = torch.randn(cout, generator=gen) * 0.1
-    return state
 
 
 def _vgg_distance(state: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
