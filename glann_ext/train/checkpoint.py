@@ -239,10 +239,9 @@ _MANIFEST_KEYS = {
 }  # fmt: skip
 
 
-def read_manifest(run: str | Path) -> dict[str, Any] | None:
-    """The manifest of run folder ``run``, or None when it has no checkpoint yet. Every entry is checked:
-    the step folder and shard names must be the plain names this module writes (so no path from the file
-    can point outside ``checkpoints/``), and bounds must be the contiguous split of ``total``."""
+def read_manifest_object(run: str | Path) -> dict[str, Any] | None:
+    """The JSON object in run folder ``run``'s manifest, of any format and its entries unchecked (what
+    ``glann upgrade`` reads to find a format-1 checkpoint); None when there is no manifest."""
     path = checkpoint_dir(run) / MANIFEST_FILE
     if not path.exists():
         return None
@@ -251,7 +250,20 @@ def read_manifest(run: str | Path) -> dict[str, Any] | None:
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: unreadable manifest ({exc})") from exc
     if not isinstance(manifest, dict):
-        raise CheckpointError(f"{path}: not a checkpoint manifest")
+        raise CheckpointError(
+            f"{path}: not a checkpoint manifest (expected a JSON object, got {type(manifest).__name__})"
+        )
+    return manifest
+
+
+def read_manifest(run: str | Path) -> dict[str, Any] | None:
+    """The manifest of run folder ``run``, or None when it has no checkpoint yet. Every entry is checked:
+    the step folder and shard names must be the plain names this module writes (so no path from the file
+    can point outside ``checkpoints/``), and bounds must be the contiguous split of ``total``."""
+    path = checkpoint_dir(run) / MANIFEST_FILE
+    manifest = read_manifest_object(run)
+    if manifest is None:
+        return None
     if manifest.get("format") == 1:
         raise CheckpointError(
             f"{path}: a checkpoint of glann_ext 0.1, whose files are pickles; convert the run once with "

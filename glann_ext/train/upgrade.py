@@ -8,13 +8,12 @@ conversion holds the run folder's lock; the old model file is kept beside the ne
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from glann_ext._io import FolderLock, open_regular, read_regular, remove_stale_temps
+from glann_ext._io import FolderLock, open_regular, remove_stale_temps
 from glann_ext.errors import CheckpointError, RunFolderError, UsageError
 from glann_ext.models import GLANN, save_model
 
@@ -47,9 +46,9 @@ def upgrade_run(
         remove_stale_temps(run)
         if (run / CONFIG_FILE).exists():
             _upgrade_config(run / CONFIG_FILE)
-        manifest_path = ckpt.checkpoint_dir(run) / ckpt.MANIFEST_FILE
-        if manifest_path.exists() and _json(manifest_path).get("format") == 1:
-            _upgrade_checkpoint(run, _json(manifest_path))
+        manifest = ckpt.read_manifest_object(run)
+        if manifest is not None and manifest.get("format") == 1:
+            _upgrade_checkpoint(run, manifest)
             done.append(f"{ckpt.CHECKPOINT_DIR}/ (format 1 -> {ckpt.FORMAT_VERSION})")
         if (run / ckpt.LEGACY_MODEL_FILE).exists():
             _upgrade_model(run)
@@ -66,16 +65,6 @@ def _upgrade_config(path: Path) -> None:
     saved = read_config_object(path, run_file=True)
     saved.pop("extra", None)
     saved_config(saved).to_json(path)
-
-
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        saved = json.loads(read_regular(path).decode("utf-8"))
-    except (OSError, ValueError) as exc:  # ValueError: JSON's errors and a non-UTF-8 file's
-        raise CheckpointError(f"{path}: unreadable ({exc})") from exc
-    if not isinstance(saved, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(saved).__name__}")
-    return saved
 
 
 def _unpickle(path: Path) -> Any:
