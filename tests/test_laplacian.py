@@ -495,6 +495,40 @@ def test_non_finite_raises_naming_argument_and_sample(bad, where, pixel_path):
     assert torch.isfinite(out[:2]).all() and not torch.isfinite(out[2:]).any()
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("levels", [1, None])
+@pytest.mark.parametrize("layout", ["columns", "transposed"])
+def test_non_finite_found_in_strided_inputs_at_every_level_count(layout, levels, bad):
+    """NaN/Inf is looked for through the input's own strides, in the last column too, and with one level,
+    where an Inf leaves its plane's sum at +Inf (not NaN: no pyramid operator mixes it with another Inf).
+    Found by mutation testing: reading the columns at unit stride, or skipping planes whose sum is
+    infinite rather than NaN, returned a non-finite loss without an error."""
+    base = torch.randn(3, 2, 9, 22)
+    x = base[..., ::2] if layout == "columns" else base.transpose(2, 3)[:, :, :9]
+    assert not x.is_contiguous()
+    x[1, 1, 4, x.shape[-1] - 1] = bad
+    y = torch.randn(x.shape)
+    with pytest.raises(NonFiniteError, match=r"^laplacian_pyramid_loss: x row 1 contains NaN") as info:
+        loss_fn(x, y, levels=levels)
+    assert info.value.argument == "x" and info.value.row == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_reduced_loss_sums_the_samples_in_float64(dtype):
+    """The documented reduction: each sample's sum S_b in the input's dtype, their total in float64, one
+    rounding of total / divisor to the dtype. With C*H*W a power of two, reduction="none" hands back each
+    S_b exactly (S_b / 2^k), so "mean" and "sum" are pinned to the bit. Found by mutation testing: rounding
+    the total to float32 before dividing (two roundings) passed every tolerance test."""
+    torch.manual_seed(0)
+    for _ in range(40):
+        x, y = torch.randn(3, 1, 8, 8, dtype=dtype) * 7, torch.randn(3, 1, 8, 8, dtype=dtype)
+        s = loss_fn(x, y, reduction="none").double() * 64  # exact: S_b, in the dtype
+        total = sum(s.tolist())  # in order, in float64
+        for reduction, divisor in (("sum", 1), ("mean", 3 * 64)):
+            want = torch.tensor(total / divisor, dtype=torch.float64).to(dtype)  # one rounding
+            assert torch.equal(loss_fn(x, y, reduction=reduction), want)
+
+
 def test_overflow_of_finite_inputs_is_not_a_non_finite_input():
     x = torch.full((1, 1, 4, 4), 3e38)
     x[0, 0, ::2] = -3e38  # |L| sums overflow float32; the inputs are finite

@@ -88,6 +88,37 @@ def test_non_finite_status_names_the_input(bad) -> None:
     assert (err.input, err.detail) == ((1, 31) if bad == "keys" else (0, 4))
 
 
+@pytest.mark.parametrize("nan_grad", [False, True])
+def test_latent_step_refuses_the_first_index_out_of_range(nan_grad) -> None:
+    """The kernel's own range check (the ops check first; this guards the table against a direct call):
+    an index equal to the row count is out of range, the lowest bad position is named, it comes before a
+    NaN grad, and nothing is written."""
+    table, grad = torch.randn(5, 3), torch.randn(3, 3)
+    if nan_grad:
+        grad[0, 1] = float("nan")
+    before = table.clone()
+    idx = torch.tensor([0, 5, -1])
+    err = _status_error(
+        _C.latent_step, _native.dtype_code(table), 1, table.data_ptr(), 0, 0, table.stride(), 5, 3,
+        idx.data_ptr(), idx.stride(), grad.data_ptr(), grad.stride(), 3, 0.1, 0.001, 1e-8, -0.1, -0.1, True, CPU,
+    )  # fmt: skip
+    assert err.code == _C.StatusCode.INVALID_ARGUMENT and err.detail == 1
+    assert err.message == "indices[1] = 5 is out of range for a table of 5 rows"
+    assert torch.equal(table, before)
+
+
+def test_laplacian_binding_needs_one_weight_per_level() -> None:
+    """The binding copies the weights into a fixed array of 16: a list of another length is refused there
+    (the ops check it first; this guards against reading past the list in a direct call)."""
+    x = torch.randn(1, 1, 8, 8)
+    for weights in ([1.0, 4.0], [1.0] * 4):
+        with pytest.raises(ValueError, match="one weight per level"):
+            _C.laplacian_forward(
+                _native.dtype_code(x), x.data_ptr(), x.stride(), x.data_ptr(), x.stride(), 1, 1, 8, 8, 3, weights,
+                0, 0, True, 64.0, 0, 0, 0, False, False, 0, CPU,
+            )  # fmt: skip
+
+
 @pytest.mark.skipif(bool(_C.cuda_compiled), reason="the build has CUDA kernels")
 def test_cuda_entry_points_exist_without_cuda() -> None:
     err = _status_error(_C.nn_argmin_cuda_workspace_bytes, 10, 10, 4, 0)

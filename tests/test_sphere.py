@@ -118,6 +118,7 @@ def test_project_zero_rows(dtype):
         (torch.float32, 3e38),
         (torch.float32, 1e-44),  # subnormal float32
         (torch.float64, 1e300),
+        (torch.float64, 1e-157),  # a subnormal sum of squares of normal values: rescaled first
         (torch.float64, 1e-300),
         (torch.float64, 1e-320),  # subnormal float64
     ],
@@ -480,6 +481,28 @@ def test_sgd_bitwise_matches_torch_sgd(dtype, d):
         torch_opt.step()
         opt.step(idx, g)
         assert torch.equal(table, p.detach())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_steps_take_the_largest_finite_grads(dtype):
+    """Grad rows holding the dtype's largest finite values are not NaN/Inf: the steps run, SGD as torch's
+    (found by mutation testing: a finiteness test on fewer exponent bits refused them as non-finite)."""
+    big, lr = torch.finfo(dtype).max, 2.0**-1000 if dtype == torch.float64 else 2.0**-120
+    n, d = 12, 5
+    w = torch.randn(n, d, dtype=dtype)
+    idx = torch.tensor([3, 7, 0])
+    g = torch.randn(3, d, dtype=dtype)
+    g[1, 2], g[2, 0] = big, -big
+    p = torch.nn.Parameter(w.clone())
+    torch_opt = torch.optim.SGD([p], lr=lr)
+    p.grad = sparse_grad(idx, g, (n, d))
+    torch_opt.step()
+    table = w.clone()
+    fused_latent_sgd_(table, idx, g, lr=lr, project=False)
+    assert torch.equal(table, p.detach())
+    table, m, v = unit_table(n, d, dtype), torch.zeros(n, d, dtype=dtype), torch.zeros(n, d, dtype=dtype)
+    fused_latent_adam_(table, m, v, idx, g, step=1, lr=0.01)  # g^2 overflows to v = inf, a zero step
+    assert torch.isfinite(table).all() and m[7, 2] > 0 and v[7, 2] == math.inf
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
