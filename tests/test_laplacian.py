@@ -620,15 +620,21 @@ def test_registered_backward_op_refuses_inconsistent_arguments():
     good = (signs, torch.tensor(1.0), 2, 3, 9, 11, 3, [1.0, 4.0, 16.0], 0, torch.float32, False)
     bwd = torch.ops.glann_ext.laplacian_bwd
     assert bwd(*good).shape == (2, 3, 9, 11)
-    bad = {
-        0: (torch.zeros(1, 1, dtype=torch.int8), r"signs must be a contiguous int8 tensor of shape \(6, "),
-        2: (64, "signs must be a contiguous int8 tensor of shape"),
-        4: (256, "signs must be"),
-        1: (torch.ones(3), r"grad_loss must have shape \(\) or \(2,\) on cpu, got \(3,\)"),
-        6: (5, "level_weights must have 5 entries, got 3"),
-        8: (7, "reduction must be an index into"),
-    }
-    for position, (value, match) in bad.items():
+    bad = [
+        (0, torch.zeros(1, 1, dtype=torch.int8), r"signs must be a contiguous int8 tensor of shape \(6, "),
+        (2, 64, "signs must be a contiguous int8 tensor of shape"),
+        (4, 256, "signs must be"),
+        (1, torch.ones(3), r"grad_loss must have shape \(\) or \(2,\) on cpu, got \(3,\)"),
+        (6, 5, "level_weights must have 5 entries, got 3"),
+        (8, 7, "reduction must be an index into"),
+        (0, signs.float(), "signs must be a contiguous int8 tensor"),
+        # Found by mutation testing: these passed the checks, and the kernel read out of bounds (grad_loss
+        # (1,) through its stride for every sample) or the wrong bytes.
+        (0, signs.t().contiguous().t(), r"signs must be a contiguous int8 tensor .*\(not contiguous\)"),
+        (1, torch.ones(1), r"grad_loss must have shape \(\) or \(2,\) on cpu, got \(1,\)"),
+        (3, 0, r"batch, channels, height, width must be ints >= 1, got \(2, 0, 9, 11\)"),
+    ]
+    for position, value, match in bad:
         args = list(good)
         args[position] = value
         with pytest.raises(ValueError, match=rf"^laplacian_bwd: {match}"):
@@ -636,10 +642,13 @@ def test_registered_backward_op_refuses_inconsistent_arguments():
     with pytest.raises(ValueError, match=r"signs must be a contiguous int8 tensor of shape \(4096, 87296\)"):
         bwd(torch.zeros(1, 1, dtype=torch.int8), torch.tensor(1.0), 64, 64, 256, 256, 5,
             [1.0, 4.0, 16.0, 64.0, 256.0], 0, torch.float32, False)  # fmt: skip
+    # A float64 grad_loss for float32 inputs is converted, not read as float32 bytes.
+    seed = torch.tensor([0.75, 1.5])
     args = list(good)
-    args[0] = signs.float()
-    with pytest.raises(ValueError, match="signs must be a contiguous int8 tensor"):
-        bwd(*args)
+    args[1], args[8] = seed, lap_mod.REDUCTIONS.index("none")
+    want = bwd(*args)
+    args[1] = seed.double()
+    assert torch.equal(bwd(*args), want)
 
 
 @pytest.mark.parametrize("registered", [False, True])

@@ -480,6 +480,54 @@ def test_float64_running_argmin_with_reference_scores() -> None:
     assert torch.equal(fused.result()[1], ref.result()[1]) and torch.equal(fused.score, ref.score)
 
 
+def test_running_argmin_takes_strided_answers_from_a_scorer() -> None:
+    """A ``scores`` callable may answer with strided tensors (views): they are folded as their values, not
+    as their memory (found by mutation testing: the merge read them as if contiguous)."""
+    from glann_ext.ops.nn_argmin import RunningArgmin
+
+    def strided(queries, keys):
+        score, index = reference.nn_argmin_scores_reference(queries, keys)
+        return torch.stack([score, score], 1)[:, 0], torch.stack([index, index], 1)[:, 0]
+
+    g = torch.Generator().manual_seed(5)
+    q, k = torch.randn(30, 4, generator=g), torch.randn(300, 4, generator=g)
+    best = RunningArgmin(q, scores=strided)
+    assert not strided(q, k[:100])[0].is_contiguous()
+    for start in (200, 0, 100):
+        best.update(k[start : start + 100], start)
+    assert torch.equal(best.result(), reference.nn_argmin_exact(q, k))
+
+
+@pytest.mark.parametrize(
+    ("answer", "exc", "match"),
+    [
+        (lambda s, i: (s.double(), i), TypeError, r"scores\(\.\.\.\)\[0\] must have dtype in \(float32\)"),
+        (lambda s, i: (s, i.int()), TypeError, r"scores\(\.\.\.\)\[1\] must have dtype in \(int64\)"),
+        (lambda s, i: (s.tolist(), i), TypeError, r"scores\(\.\.\.\)\[0\] must be a torch.Tensor"),
+        (
+            lambda s, i: (s[:-1], i),
+            ValueError,
+            r"scores\(\.\.\.\)\[0\] must have shape \(6,\) on cpu, got \(5,\) on cpu",
+        ),
+        (
+            lambda s, i: (s, i.to("meta")),
+            ValueError,
+            r"scores\(\.\.\.\)\[1\] must have shape \(6,\) on cpu, got \(6,\) on meta",
+        ),
+    ],
+)
+def test_running_argmin_checks_what_a_scorer_answers(answer, exc, match) -> None:
+    """The kernels read a scorer's answers as rows of the score dtype and int64 on the queries' device:
+    anything else is refused before they do (found by mutation testing: no test checked these errors)."""
+    from glann_ext.ops.nn_argmin import RunningArgmin
+
+    q = torch.randn(6, 3)
+    best = RunningArgmin(q, scores=lambda a, b: answer(*reference.nn_argmin_scores_reference(a, b)))
+    with pytest.raises(exc, match=match):
+        best.update(torch.randn(10, 3), 0)
+    assert torch.equal(best.index, torch.full((6,), torch.iinfo(torch.int64).max))
+
+
 # ------------------------------------------------------------------------------------- NaN/Inf, in-kernel
 
 
@@ -489,6 +537,12 @@ def test_non_finite_keys_with_no_queries_still_raise() -> None:
     with pytest.raises(NonFiniteError, match="keys row 7"):
         nn_argmin(torch.empty(0, 3), k)
     assert nn_argmin(torch.empty(0, 3), k, check_finite_values=False).shape == (0,)
+    # A slice of a larger tensor (row0) is named by the row of that tensor on this path too (found by
+    # mutation testing: the rows were counted from the slice).
+    from glann_ext.ops.nn_argmin import RunningArgmin
+
+    with pytest.raises(NonFiniteError, match=r"^nn_argmin: keys\[2\] row 17 contains NaN"):
+        RunningArgmin(torch.empty(0, 3), check_finite=True).update(k, 0, name="keys[2]", row0=10)
 
 
 def test_non_finite_queries_are_checked_after_an_empty_first_chunk() -> None:

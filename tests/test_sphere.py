@@ -624,6 +624,32 @@ def test_adam_argument_errors(mutate, exc, match):
         fused_latent_adam_(*args, step=1, lr=0.1)
 
 
+def test_tensors_carved_from_one_buffer_without_overlap_are_accepted():
+    """The overlap check measures a strided tensor's last element exactly and treats touching ranges as
+    disjoint (found by mutation testing: a span one row too long, or ``<=`` between the ends, refused these
+    tensors as sharing memory). The result equals the same step on separate tensors."""
+    n, d, b = 20, 6, 5
+    store = torch.zeros(b * 2 * d + 3 * n * d)
+    grad = store[: b * 2 * d].view(b, 2 * d)[:, :d]  # strided; ends d elements before the table
+    table, m, v = store[b * 2 * d :].view(3, n, d).unbind(0)  # back to back
+    ref = _adam_args(n=n, d=d, b=b)
+    table.copy_(ref[0])
+    grad.copy_(ref[4])
+    fused_latent_adam_(table, m, v, ref[3], grad, step=1, lr=0.1)
+    fused_latent_adam_(*ref, step=1, lr=0.1)
+    assert torch.equal(table, ref[0]) and torch.equal(m, ref[1]) and torch.equal(v, ref[2])
+
+
+def test_duplicate_grad_rows_that_sum_to_inf_are_named_as_such():
+    """Finite duplicate rows whose sum overflows: the error says so rather than naming no row of grad."""
+    table, m, v, _, g = _adam_args(b=5)
+    g[1, 2] = g[2, 2] = torch.finfo(torch.float32).max
+    snap = [t.clone() for t in (table, m, v)]
+    with pytest.raises(NonFiniteError, match="duplicate grad rows overflowed to Inf; nothing was updated"):
+        fused_latent_adam_(table, m, v, torch.tensor([1, 4, 4, 7, 9]), g, step=1, lr=0.1)
+    _assert_unchanged((table, m, v), snap)
+
+
 @pytest.mark.parametrize("bad_index", [-1, 20, 10**12])
 def test_out_of_range_indices_change_nothing(bad_index):
     table, m, v, idx, g = _adam_args()
