@@ -241,6 +241,8 @@ def test_stacked_mnist_bad_inputs():
         stacked_modes(lambda x: x[:, 0, 0, :5], torch.zeros(2, 3, 28, 28))
     with pytest.raises(ValueError, match="labels"):
         make_stacked(torch.zeros(4, 28, 28), torch.zeros(3, dtype=torch.long), num_samples=2)
+    with pytest.raises(ValueError, match=r"labels must be integer digits 0..9, got float32 in \[0.0, 3.0\]"):
+        make_stacked(torch.zeros(4, 28, 28), torch.arange(4.0), num_samples=2)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -307,6 +309,9 @@ def test_frechet_bad_inputs():
         frechet_distance(torch.randn(1, 3), torch.randn(5, 3))
     with pytest.raises(ValueError, match="sigma2"):
         frechet_distance_from_statistics(np.zeros(2), np.eye(2), np.zeros(2), np.eye(3))
+    for bad in (math.nan, math.inf):  # named, not numpy's "Array must not contain infs or NaNs"
+        with pytest.raises(ValueError, match="sigma2 contains NaN or Inf values"):
+            frechet_distance_from_statistics(np.zeros(2), np.eye(2), np.zeros(2), np.full((2, 2), bad))
 
 
 def test_prdc_identical_sets():
@@ -337,6 +342,18 @@ def test_prdc_bad_inputs():
         prdc(torch.randn(10, 3), torch.randn(10, 2))
     with pytest.raises(ValueError, match="k"):
         precision_recall(torch.randn(10, 3), torch.randn(10, 3), k=0)
+
+
+def test_prdc_ball_boundaries_on_exact_points():
+    """Points on a ball's boundary: closed for precision and recall, open for density and coverage (as the
+    papers' definitions and code). In 1-D with k = 1, reals 0, 1, 3, 6 have radii 1, 1, 2, 3 and fakes -1,
+    0.5, 9, 20 radii 1.5, 1.5, 8.5, 11 (every distance exact in float64): fakes -1 and 9 lie on the balls of
+    reals 0 and 6; 0.5 is inside two balls; 20 in none. Real 6's nearest fake (9) lies on its boundary."""
+    real = torch.tensor([[0.0], [1.0], [3.0], [6.0]])
+    fake = torch.tensor([[-1.0], [0.5], [9.0], [20.0]])
+    assert precision_recall(real, fake, k=1) == (0.75, 1.0)  # open balls: 0.25
+    assert density_coverage(real, fake, k=1) == (0.5, 0.5)  # closed: coverage 0.75 (real 6 counted)
+    assert prdc(real, fake, k_pr=1, k_dc=1) == PRDC(precision=0.75, recall=1.0, density=0.5, coverage=0.5)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -433,6 +450,35 @@ def test_domain_classifier_bad_inputs(tmp_path):
         DomainClassifier.load_or_train("b", x.long(), y, x, y, cache_dir=tmp_path, num_classes=3)
 
 
+def test_domain_classifier_refuses_negative_or_float_labels_and_test_images_of_another_size(tmp_path):
+    """Each is refused by name before training (nothing is cached): a negative label, float labels, and
+    test images of another size than the training images."""
+    x, y = _bars(8, 0)
+    with pytest.raises(ValueError, match=r"train_labels must lie in \[0, 3\), got \[-1, 1\]"):
+        DomainClassifier.load_or_train("b", x, y - 1, x, y, cache_dir=tmp_path, num_classes=3)
+    with pytest.raises(ValueError, match=r"test_labels must be an integer \(8,\) tensor, got torch.float32"):
+        DomainClassifier.load_or_train("b", x, y, x, y.float(), cache_dir=tmp_path, num_classes=3)
+    with pytest.raises(
+        ValueError, match=r"test_images must be \(1, 28, 28\) like train_images, got \(1, 29, 29\)"
+    ):
+        DomainClassifier.load_or_train(
+            "b", x, y, F.pad(x, (0, 1, 0, 1)), y, cache_dir=tmp_path, num_classes=3
+        )
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_a_classifier_of_constant_images_stays_finite_and_scores_only_its_own_size(tmp_path):
+    """Blank training images have standard deviation 0: it is floored at 1e-6, so the inputs standardise to 0
+    rather than 0 / 0 = NaN. Images of another size are refused even where LeNet's layers would take them
+    (13 x 13 pools to the same 1 x 1 as 12 x 12)."""
+    x, y = torch.full((12, 1, 12, 12), 0.5), torch.arange(12) % 2
+    clf = DomainClassifier.load_or_train("flat", x, y, x, y, cache_dir=tmp_path, num_classes=2, epochs=1)
+    assert float(clf.model.std) == pytest.approx(1e-6)
+    assert bool(torch.isfinite(clf.features(x)).all()) and bool(torch.isfinite(clf(x)).all())
+    with pytest.raises(ValueError, match=r"images must be \(12, 12\) pixels, got \(13, 13\)"):
+        clf.features(torch.full((2, 1, 13, 13), 0.5))
+
+
 # --------------------------------------------------------------------------------------------------
 # Memorisation
 # --------------------------------------------------------------------------------------------------
@@ -473,6 +519,37 @@ def test_memorisation_bad_inputs(tmp_path):
         nearest_train(np.zeros((3, 4)), torch.rand(5, 4))
     with pytest.raises(ValueError, match="samples"):
         save_neighbour_grid(tmp_path / "x.png", torch.rand(3, 2, 4, 4), torch.rand(5, 2, 4, 4))
+    with pytest.raises(ValueError, match=r"threshold_quantile must lie in \[0, 1\], got 1.5"):
+        memorisation_report(torch.rand(3, 4), torch.rand(5, 4), torch.rand(3, 4), threshold_quantile=1.5)
+    with pytest.raises(
+        ValueError, match=r"index must lie in \[0, 5\) \(train rows\), got values in \[0, 5\]"
+    ):
+        save_neighbour_grid(
+            tmp_path / "x.png", torch.rand(2, 1, 4, 4), torch.rand(5, 1, 4, 4), index=torch.tensor([0, 5])
+        )
+
+
+def test_nearest_train_searches_in_the_wider_of_the_two_precisions():
+    """float32 samples against float64 training rows are compared in float64: 1000.00003 rounds to 1000.0 in
+    float32, which would make the distance 0."""
+    idx, dist = nearest_train(torch.tensor([[1000.0]]), torch.tensor([[1000.00003]], dtype=torch.float64))
+    assert idx.tolist() == [0] and float(dist[0]) == pytest.approx(3e-5, rel=1e-6)
+
+
+def test_neighbour_grid_pixels_are_rounded_to_the_nearest_level_beside_the_indexed_neighbour(tmp_path):
+    """Each cell: the sample at (gap, gap), its neighbour ``padding`` to its right, values in 0..1 mapped to
+    the nearest of 0..255 (25.5 -> 26, 127.5 -> 128, as numpy's rint), not truncated."""
+    from PIL import Image
+
+    levels = torch.tensor([0.1, 0.5, 0.9, 1.0], dtype=torch.float64).reshape(1, 1, 2, 2)
+    train = torch.cat([torch.zeros_like(levels), torch.ones_like(levels), 1 - levels])
+    path = save_neighbour_grid(tmp_path / "g.png", levels, train, index=torch.tensor([2]))
+    with Image.open(path) as im:
+        arr = np.asarray(im)
+    want = np.rint(levels[0, 0].numpy() * 255).astype(np.uint8)
+    assert want.tolist() == [[26, 128], [230, 255]]
+    assert np.array_equal(arr[6:8, 6:8], want)  # gap 3 * padding = 6
+    assert np.array_equal(arr[6:8, 10:12], np.rint((1 - levels[0, 0].numpy()) * 255).astype(np.uint8))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -487,6 +564,10 @@ def test_standard_fid_without_weights_returns_none_with_reason(tmp_path):
     assert res.value is None and res.reason == backend.reason
     with pytest.raises(ValueError, match="fake_images"):
         standard_fid(torch.rand(4, 3, 32, 32), torch.rand(4, 2, 32, 32), hub_dir=tmp_path)
+    with pytest.raises(
+        ValueError, match=r"real_images must have 1 or 3 channels, got shape \(4, 2, 32, 32\)"
+    ):
+        standard_fid(torch.rand(4, 2, 32, 32), torch.rand(4, 3, 32, 32), hub_dir=tmp_path)
 
 
 def test_images_reach_the_uint8_inception_extractor_rounded_to_the_nearest_level():
@@ -509,7 +590,9 @@ def test_inception_backend_detection_needs_package_and_cached_weights(tmp_path, 
     )
     missing = find_inception_backend(hub_dir=tmp_path)
     assert missing.name is None and fid.TORCH_FIDELITY_WEIGHTS in missing.reason
-    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / fid.TORCH_FIDELITY_WEIGHTS).mkdir(parents=True)  # a folder is no weights file
+    assert find_inception_backend(hub_dir=tmp_path).name is None
+    (tmp_path / "checkpoints" / fid.TORCH_FIDELITY_WEIGHTS).rmdir()
     (tmp_path / "checkpoints" / fid.TORCH_FIDELITY_WEIGHTS).write_bytes(b"")
     found = find_inception_backend(hub_dir=tmp_path)
     assert (
@@ -707,6 +790,29 @@ def test_coverage_matches_float64_brute_force_on_offset_small_spread_sets(offset
     assert prdc(torch.from_numpy(x), torch.from_numpy(y)).coverage == _brute_coverage(x, y)
 
 
+@pytest.mark.parametrize(("offset", "spread"), [(1e5, 1e-2), (1e8, 1.0)])
+def test_all_four_prdc_values_match_brute_force_on_far_offset_sets(offset, spread):
+    """The radii and ball counts expand |a - b|^2 as |a|^2 + |b|^2 - 2 a.b: far from the origin that loses
+    every digit of a small distance (at 1e8 every point was in every ball), so the sets are centred on the real
+    mean first. Reference: direct differences in float64 numpy, closed balls for P/R, open for D/C."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 3)) * spread + offset
+    y = rng.normal(size=(60, 3)) * spread + offset
+
+    def cd(a, b):
+        return np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
+
+    dxy = cd(x, y)
+    rx3, ry3, rx5 = np.sort(cd(x, x), 1)[:, 3], np.sort(cd(y, y), 1)[:, 3], np.sort(cd(x, x), 1)[:, 5]
+    want = PRDC(
+        precision=float((dxy <= rx3[:, None]).any(0).mean()),
+        recall=float((dxy <= ry3[None, :]).any(1).mean()),
+        density=float((dxy < rx5[:, None]).sum() / (5 * len(y))),
+        coverage=float((dxy.min(1) < rx5).mean()),
+    )
+    assert prdc(torch.from_numpy(x), torch.from_numpy(y)) == want
+
+
 def test_code_usage_and_mode_coverage_search_in_float64():
     z = torch.tensor([[1000.0001, 0.0]], dtype=torch.float64)
     codes = torch.tensor([[1000.0, 0.0], [1000.0002, 0.0]], dtype=torch.float64)
@@ -778,6 +884,22 @@ def test_smaller_metric_argument_checks():
     counts = ball_membership_counts(q, c, np.ones(2), strict=False)  # numpy radii: AttributeError
     assert counts.tolist() == [1, 1, 1]
     assert aggregate_seeds([{"a": np.float32(1)}, {"a": np.float32(3)}]) == {"a": (2.0, 1.0)}  # gave {}
+
+
+def test_shared_argument_checks_of_the_metrics():
+    """metrics/_checks: a count of True is not 1, a matrix needs a column, images must be finite, and uint8
+    features are taken as their values (what a metric of raw pixels gets)."""
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 3.0], [4.0, 3.0]])
+    with pytest.raises(ValueError, match="k must be a positive int, got True"):
+        precision_recall(x, x, k=True)
+    with pytest.raises(ValueError, match=r"features1 must have at least one column, got shape \(3, 0\)"):
+        frechet_distance(torch.zeros(3, 0), torch.zeros(3, 0))
+    images = torch.zeros(2, 3, 28, 28)
+    images[1, 2, 5, 5] = math.nan
+    with pytest.raises(ValueError, match="images contains NaN or Inf values"):
+        stacked_modes(_fake_classifier, images)
+    assert torch.equal(knn_radii(x.to(torch.uint8), 1), knn_radii(x.double(), 1))
+    assert torch.equal(knn_radii(x.double(), 1), torch.tensor([1.0, 1.0, 3.0, 4.0], dtype=torch.float64))
 
 
 def test_code_usage_isolated_share_when_every_code_ties():

@@ -143,6 +143,8 @@ def _error(code, message="boom", detail=-1, which=-1) -> _C.StatusError:
         (_C.StatusCode.NON_FINITE, 3, 0, NonFiniteError, "op: z row 3 contains NaN or Inf"),
         (_C.StatusCode.NON_FINITE, -1, 0, NonFiniteError, "op: z contains NaN or Inf"),
         (_C.StatusCode.NON_FINITE, 2, 1, NonFiniteError, "op: w row 12 contains NaN or Inf"),
+        # a kernel that does not say which input (-1) means the first, not the last
+        (_C.StatusCode.NON_FINITE, 3, -1, NonFiniteError, "op: z row 3 contains NaN or Inf"),
         (_C.StatusCode.INVALID_ARGUMENT, -1, -1, ValueError, "op: boom"),
         (_C.StatusCode.CUDA_ERROR, -1, -1, RuntimeError, "op: boom"),
         (_C.StatusCode.UNSUPPORTED, -1, -1, RuntimeError, "op: boom"),
@@ -203,6 +205,22 @@ def test_deferred_flags_raise_when_their_call_has_finished(monkeypatch) -> None:
         glann_ext.ops.raise_deferred_errors(wait=True)
     assert late.waited and not pending
     glann_ext.ops.raise_deferred_errors(wait=True)  # nothing left
+
+
+def test_of_several_finished_calls_with_flags_the_earliest_is_raised(monkeypatch) -> None:
+    """raise_deferred_errors raises the error of the earliest call (the first NaN/Inf the user's code met);
+    the later ones are dropped with it, not raised at the next op."""
+    pending: list = []
+    monkeypatch.setattr(_native, "_DEFERRED", pending)
+    pending += [
+        _native._Deferred(_FakeEvent(True), torch.tensor([_native.NO_ROW]), _flags_error),
+        _native._Deferred(_FakeEvent(True), torch.tensor([4]), _flags_error),
+        _native._Deferred(_FakeEvent(True), torch.tensor([9]), _flags_error),
+    ]
+    with pytest.raises(NonFiniteError, match="row 4"):
+        _native.raise_deferred_errors()
+    assert not pending
+    _native.raise_deferred_errors()
 
 
 def test_flags_raise_at_once_on_cpu() -> None:

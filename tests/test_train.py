@@ -820,7 +820,7 @@ def test_a_resume_is_checked_against_the_checkpoints_own_config(tmp_path, blob_f
     # a job that resolved its config before another job trained the folder refuses under the lock
     late = Run(tmp_path / "race", dataclasses.replace(cfg, seed=9), progress=False, log=lambda s: None)
     train(cfg, tmp_path / "race", stage="glo", **quiet)
-    with pytest.raises(RunFolderError, match="seed"):
+    with pytest.raises(RunFolderError, match=r"holds a run with a different config \(seed differ\)"):
         late.train()
 
 
@@ -838,3 +838,55 @@ def test_a_resume_cannot_change_epochs_already_trained_or_glo_once_imle_began(tm
         train(dataclasses.replace(cfg, glo_epochs=0), out, **quiet)
     train(dataclasses.replace(cfg, glo_epochs=3), out, stage="glo", **quiet)  # extending GLO in GLO: fine
     assert ckpt.latest_main(out)["glo"]["epoch"] == 3
+
+
+def test_a_resume_may_end_a_stage_at_the_epochs_it_has_trained(tmp_path, blob_file):
+    """--glo-epochs equal to the GLO epochs already trained ends the stage there ("give at least 1" accepts
+    1), recorded as a resume's change."""
+    steps = seeding.num_batches(96, tiny_config().batch_size)  # per GLO epoch
+    out, cfg = _interrupted(tmp_path, blob_file, "glo", steps + 1)  # in GLO epoch 2 of 2
+    train(dataclasses.replace(cfg, glo_epochs=1), out, stage="glo", progress=False, log=lambda s: None)
+    assert ckpt.latest_main(out)["glo"]["epoch"] == 1
+    assert json.loads((out / "resumes.jsonl").read_text())["changed"] == {"glo_epochs": [2, 1]}
+
+
+def test_a_job_that_started_before_another_trained_its_folder_resumes_it(tmp_path, blob_file):
+    """A job resolves its config (here a new run's) before it takes the folder's lock; if another job trained
+    the folder meanwhile, it is resolved again under the lock: a change only of fields a resume may change is
+    that resume's, recorded in config.json and resumes.jsonl like any other (config.json said 1 IMLE epoch
+    for a run that trained 2)."""
+    quiet = {"progress": False, "log": lambda s: None}
+    cfg = tiny_config(dataset=blob_file, glo_epochs=1, imle_epochs=1)
+    late = Run(tmp_path / "race", dataclasses.replace(cfg, imle_epochs=2), **quiet)
+    train(cfg, tmp_path / "race", stage="glo", **quiet)
+    late.train()
+    assert load_run_config(tmp_path / "race" / "config.json").imle_epochs == 2
+    (entry,) = [json.loads(x) for x in (tmp_path / "race" / "resumes.jsonl").read_text().splitlines()]
+    assert entry["changed"] == {"imle_epochs": [1, 2]}
+
+
+def test_a_resume_drops_the_metrics_rows_its_checkpoint_has_not_reached_and_torn_lines(tmp_path, blob_file):
+    """A kill between an epoch's metrics row and its checkpoint, or in the middle of a row: the resume redoes
+    the epoch and keeps one row of each epoch, with a torn or foreign line dropped rather than kept."""
+    steps = seeding.num_batches(96, tiny_config().batch_size)  # per GLO epoch
+    out, _ = _interrupted(tmp_path, blob_file, "glo", steps + 1)  # in GLO epoch 2 of 2
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write(
+            json.dumps({"stage": "glo", "epoch": 2, "loss": 0.0}) + "\nnot json\n" + '{"stage": "glo", "ep'
+        )
+    train(None, out, progress=False, log=lambda s: None)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["epoch"]) for r in rows] == [("glo", 1), ("glo", 2), ("imle", 1)]
+    assert rows[1]["loss"] != 0.0
+
+
+def test_grids_every_sample_every_epochs_and_after_each_stages_last(tmp_path, blob_file):
+    """sample_every 2 with 3 GLO epochs and 1 IMLE epoch: grids after GLO epochs 2 and 3 (the last) and after
+    IMLE epoch 1 (the last), then the finished model's."""
+    cfg = tiny_config(dataset=blob_file, glo_epochs=3, imle_epochs=1, sample_every=2)
+    train(cfg, tmp_path / "run", progress=False, log=lambda s: None)
+    assert sorted(p.name for p in (tmp_path / "run" / "images").iterdir()) == [
+        "reconstructions_glo_002.png", "reconstructions_glo_003.png", "samples_gaussian_002.png",
+        "samples_gaussian_003.png", "samples_imle_001.png",
+    ]  # fmt: skip
+    assert all((tmp_path / "run" / name).is_file() for name in ("samples.png", "reconstructions.png"))

@@ -8,6 +8,7 @@ import json
 import os
 import random
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -19,9 +20,11 @@ import torch
 from glann_testing import Interrupt, Payload, child_kwargs, interrupt_at, plant_pickle, tiny_config
 
 from glann_ext._io import (
+    TEMP_NAME,
     FolderLock,
     NotARegularFile,
     append_line,
+    atomic_write,
     load_tensors_only,
     read_regular,
     remove_stale_temps,
@@ -206,6 +209,42 @@ def test_upgrade_names_a_config_or_manifest_that_is_not_a_json_object(
     run = _copy(finished, tmp_path)
     (run / name).write_bytes(content)
     assert expected in _one_line_error(capsys, "upgrade", "--run", str(run), "--trust-pickle")
+
+
+@pytest.mark.parametrize("escape", ["step_dir", "shards"])
+def test_upgrade_never_unpickles_what_a_manifest_names_outside(finished, tmp_path, capsys, escape):
+    """--trust-pickle trusts the run's own files only: a 0.1 manifest whose step folder or shard name leads
+    out of checkpoints/ (through a folder that exists, so the path resolves) is refused before anything is
+    unpickled or rewritten."""
+    run = _copy(finished, tmp_path)
+    _as_v01(run)
+    marker, outside = tmp_path / "PWNED", tmp_path / "outside" / "step-00000001"
+    for name in ("main.pt", "evil.pt"):
+        plant_pickle(outside / name, marker)
+    path = ckpt.checkpoint_dir(run) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    step = ckpt.checkpoint_dir(run) / manifest["step_dir"]
+    if escape == "step_dir":
+        manifest["step_dir"] = "../../outside/step-00000001"
+    else:
+        (step / "shard-x").mkdir()
+        manifest["shards"] = ["shard-x/../../../../outside/step-00000001/evil.pt"]
+    path.write_text(json.dumps(manifest))
+    before = (step / "main.pt").read_bytes()
+    err = _one_line_error(capsys, "upgrade", "--run", str(run), "--trust-pickle")
+    assert "its manifest names files outside checkpoints/; not converted" in err
+    assert not marker.exists() and (step / "main.pt").read_bytes() == before
+
+
+def test_upgrade_clears_the_temp_files_of_killed_writes(finished, tmp_path):
+    """upgrade holds the folder's lock, so the temp files a killed write left are stale: it removes them
+    (atomic_write's names only), as train and reshard do."""
+    run = _copy(finished, tmp_path)
+    ours = [run / "config.json.abcd1234.tmp", run / "checkpoints" / "manifest.json.k3j4h5g6.tmp"]
+    for p in ours:
+        p.write_text("x")
+    assert main(["upgrade", "--run", str(run), "--trust-pickle"]) == 0
+    assert not any(p.exists() for p in ours)
 
 
 # -- 2. manifests cannot point outside -----------------------------------------------------------------
@@ -433,6 +472,80 @@ def test_the_io_helpers_read_and_append_only_regular_files(tmp_path):
     assert read_regular(tmp_path / "f") == b"x\n"
 
 
+def test_atomic_write_writes_beside_the_target_syncs_renames_and_syncs_the_folder(tmp_path, monkeypatch):
+    """atomic_write's steps, in order: the bytes go to a temp file of atomic_write's naming in the target's
+    own folder (a rename within one file system is atomic) while the target still holds the old bytes; that
+    file is fsynced, renamed onto the target, and the folder fsynced (the rename survives a power cut). The
+    file gets a new file's permissions under the umask, not mkstemp's 0600."""
+    path = tmp_path / "f.json"
+    path.write_bytes(b"old")
+    events: list[tuple] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", "folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"))
+        real_fsync(fd)
+
+    def replace(src: str, dst: str) -> None:
+        events.append(("replace", Path(src).parent == Path(dst).parent))
+        real_replace(src, dst)
+
+    def write(f) -> None:
+        f.write(b"new")
+        temps = [p.name for p in tmp_path.iterdir() if p != path]
+        assert len(temps) == 1 and TEMP_NAME.fullmatch(temps[0]) and temps[0].startswith("f.json."), temps
+        assert path.read_bytes() == b"old"
+        events.append(("write",))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    umask = os.umask(0o027)
+    try:
+        atomic_write(path, write)
+    finally:
+        os.umask(umask)
+    assert events == [("write",), ("fsync", "file"), ("replace", True), ("fsync", "folder")]
+    assert path.read_bytes() == b"new" and stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+def test_stale_temps_go_from_every_folder_a_run_writes_and_only_by_their_whole_name(tmp_path):
+    """remove_stale_temps takes atomic_write's leftovers from the run folder, checkpoints/, each step folder
+    and images/; a name that merely starts like one (a user's backup of it) stays."""
+    run = tmp_path / "run"
+    step = run / "checkpoints" / "step-00000003"
+    step.mkdir(parents=True)
+    (run / "images").mkdir()
+    ours = [
+        run / "config.json.abcd1234.tmp", run / "checkpoints" / "manifest.json.k3j4h5g6.tmp",
+        step / "main.pt.a1b2_3d4.tmp", run / "images" / "samples.png.zz99yy88.tmp",
+    ]  # fmt: skip
+    keep = [run / "config.json.abcd1234.tmp.bak", step / "main.pt.abcd123.tmp", step / "main.pt"]
+    for p in ours + keep:
+        p.write_text("x")
+    assert sorted(remove_stale_temps(run)) == sorted(ours)
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in ours)
+
+
+def test_a_lock_records_its_pid_alone_and_removes_only_a_folder_it_created(tmp_path):
+    """The lock file holds its holder's pid and nothing of a longer one an earlier holder left (a second
+    writer's error quotes it); release removes the folder only if acquire created it (a command that failed
+    before writing leaves no trace), never a folder the user made (an empty --out stays)."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / ".lock").write_text("123456789012345\n")
+    with FolderLock(mine):
+        assert (mine / ".lock").read_text() == f"{os.getpid()}\n"
+    assert mine.is_dir()
+    (mine / ".lock").unlink()
+    with FolderLock(mine):
+        pass
+    assert mine.is_dir()
+    with FolderLock(tmp_path / "new"):
+        assert (tmp_path / "new").is_dir()
+    assert not (tmp_path / "new").exists()
+
+
 # each file of a run folder that a command reads or appends to, replaced by a FIFO, and the command run
 _FIFO_CHILD = """
 import os, shutil, sys
@@ -494,6 +607,22 @@ def test_failed_starts_leave_no_folder_and_do_not_bind_the_next_command(tmp_path
     assert (out / "config.json").exists() and ckpt.read_manifest(out) is None
     assert main(["train", "--dataset", blob_file, "--out", str(out), *TINY, "--latent-dim", "8"]) == 0
     assert json.loads((out / "config.json").read_text())["latent_dim"] == 8
+
+
+def test_out_may_hold_what_a_killed_start_left_but_nothing_of_the_users(tmp_path, blob_file, capsys):
+    """--out holding only a killed start's leftovers (an atomic_write temp file, the lock file) is trained
+    into, and the temp file cleared; a name of the user's that merely looks like one is refused."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.json.abcd1234.tmp").write_text("{")
+    (out / ".lock").write_text("1\n")
+    assert main(["train", "--dataset", blob_file, "--out", str(out), *TINY]) == 0
+    assert (out / "model.safetensors").is_file() and not list(out.glob("*.tmp"))
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.abcd1234.tmp.txt").write_text("mine")
+    err = _one_line_error(capsys, "train", "--dataset", blob_file, "--out", str(user), *TINY)
+    assert "not a glann run folder and not empty (it holds 'notes.abcd1234.tmp.txt')" in err
 
 
 # -- 7. one-line errors ------------------------------------------------------------------------------------

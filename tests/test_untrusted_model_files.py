@@ -132,6 +132,22 @@ def test_a_tiny_code_accept_is_refused_and_sampling_cannot_loop_for_ever(model_f
         m.sample(1)
 
 
+def test_a_file_without_a_description_or_with_broken_json_in_it_is_named(model_file, tmp_path):
+    """A safetensors file of someone else's (no glann_ext entry in its header) and a description that is not
+    JSON at all are one-line CheckpointErrors naming the file, not a KeyError or JSONDecodeError."""
+    tensors, _ = read_model_file(model_file)
+    for name, metadata in (("plain", None), ("other", {"format": "pt"})):
+        path = tmp_path / f"{name}.safetensors"
+        path.write_bytes(save(tensors, metadata=metadata))
+        with pytest.raises(CheckpointError, match="a safetensors file without a glann_ext model description"):
+            load_model_file(path)
+    path = _forged(model_file, tmp_path / "torn.safetensors", raw_meta='{"kind": ')
+    with pytest.raises(
+        CheckpointError, match=r"torn.safetensors: corrupt model description \(Expecting value"
+    ):
+        load_model_file(path)
+
+
 def test_a_valid_model_file_still_loads_and_samples(model_file):
     m = load_model_file(model_file)
     assert m.sample(3).shape == (3, 1, 28, 28)
