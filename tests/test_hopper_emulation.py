@@ -132,6 +132,17 @@ def test_laplacian_plan_falls_back_when_nothing_fits(emulator):
     assert _plan(emulator("plain"), 3, 512, 512, 5, 4)["ok"] == 0
 
 
+def test_laplacian_plan_tiles_only_planes_of_five_rows_and_columns(emulator):
+    """The level-0 tiles reflect a halo of 4 pixels with reflect101_near, exact for planes of at least 5 x 5:
+    a 4-row plane whose level 0 does not fit runs the legacy kernels even where level 1 would fit (found by
+    mutation testing: nothing pinned the bound), a 5-row one takes the tiles."""
+    exe = emulator("plain")
+    assert _plan(exe, 1, 4, 2000, 5, 4, 40000)["ok"] == 0
+    assert _plan(exe, 1, 2000, 4, 5, 4, 40000)["ok"] == 0
+    five = _plan(exe, 1, 5, 2000, 5, 4, 40000)
+    assert five["ok"] == 1 and five["j0"] == 1
+
+
 def _write_header(path: Path, b, c, h, w, levels, elem, limit) -> bytes:
     return struct.pack("<7q", b, c, h, w, levels, elem, limit)
 
@@ -276,6 +287,21 @@ def _split(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return hi, _tf32((x.astype(np.float32) - hi).astype(np.float32))
 
 
+def test_the_kernels_tf32_rounding_is_the_emulations(emulator):
+    """tf32_rna_bits (the host copy of cvt.rna.tf32.f32 in nn_argmin_mma_math.h, which the emulated
+    fragments use) equals this file's numpy _tf32 bit for bit, ties (low 13 bits 0x1000) away from zero
+    included (found by mutation testing: a truncating copy passed every tolerance of the fragment check)."""
+    rng = np.random.default_rng(0)
+    bits = rng.integers(0, 2**32, 300, dtype=np.uint64).astype(np.uint32)
+    bits[:100] = (bits[:100] & np.uint32(0xFFFFE000)) | np.uint32(0x1000)  # exact ties
+    bits[100:110] = bits[100:110] | np.uint32(0x1FFF)  # carries into the exponent
+    finite = bits[(bits & np.uint32(0x7F800000)) != np.uint32(0x7F800000)]
+    out = run(emulator("plain"), "tf32", *(f"{b:08x}" for b in finite.tolist()))
+    got = np.array([int(w, 16) for w in out.split()], dtype=np.uint32)
+    assert np.array_equal(got, _tf32(finite.view(np.float32)).view(np.uint32))
+    assert run(emulator("plain"), "tf32", "3f801000", "bf801000").split() == ["3f802000", "bf802000"]
+
+
 def test_3xtf32_split_product_error_is_at_float32_level():
     """hi = tf32(a), lo = tf32(a - hi): hi*hi' + hi*lo' + lo*hi' (each product exact on the tensor cores)
     is within 3 * 2^-22 of a*b for any finite magnitudes, against 2^-24 for one float32 rounding: the
@@ -367,7 +393,11 @@ def _special_rows(rows: int, dim: int, dtype: torch.dtype, seed: int = 0) -> tor
     z[2, -1] = float("nan")
     z[3] *= big
     z[4] *= small
+    z[5] = 0.0
+    z[5, 0] = small * 1e-5  # a tiny row with one nonzero lane: the rescaled path's max across lanes
     z[6, 0] = float("inf")
+    z[7] *= small
+    z[7, -1] = big  # magnitudes 1e600 apart in one row: scaled by its largest, not another lane's
     return z.to(dtype)
 
 
@@ -407,8 +437,10 @@ def test_sphere_vec_rows_match_the_cpu_kernel(emulator, dtype, dim):
 
 
 @pytest.mark.parametrize("variant", ["asan", "tsan"])
-def test_sphere_vec_is_race_free_and_in_bounds(emulator, variant):
+@pytest.mark.parametrize(("dtype", "dim"), [(torch.float32, 16), (torch.float32, 12), (torch.float64, 10)])
+def test_sphere_vec_is_race_free_and_in_bounds(emulator, variant, dtype, dim):
     """Segments of one warp take different paths (a NaN row, a rescaled row, plain rows): per-segment
-    shuffles under ThreadSanitizer and AddressSanitizer."""
-    bad, _ = _sphere_vec(emulator(variant), _special_rows(9, 16, torch.float32, seed=2))
+    shuffles under ThreadSanitizer and AddressSanitizer. With 3 or 5 vectors a row, a segment of 4 or 8
+    lanes has idle lanes, which must not read past the last row (found by mutation testing)."""
+    bad, _ = _sphere_vec(emulator(variant), _special_rows(9, dim, dtype, seed=2))
     assert bad == 2

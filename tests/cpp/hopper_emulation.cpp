@@ -8,6 +8,7 @@
 //   hopper_emulation nn-checks                      tensor-core nn_argmin: maps, fragments, pipeline, epilogue
 //   hopper_emulation sphere-map                     vectorised projection: lane mapping, when it applies
 //   hopper_emulation sphere-vec ELEM IN OUT         its row body on a warp of host threads (emulate_sphere.h)
+//   hopper_emulation tf32 HEX...                    tf32_rna_bits of float32 bit patterns, one hex word a line
 //
 // Each prints FAIL lines for what is wrong, "OK <command>" when nothing is, and exits 0 only then.
 #include <cstdio>
@@ -38,6 +39,11 @@ int main(int argc, char** argv) {
   if (std::strcmp(cmd, "lap-index") == 0) return report(cmd, emu::laplacian_index_checks());
   if (std::strcmp(cmd, "nn-checks") == 0) return report(cmd, emu::nn_argmin_checks());
   if (std::strcmp(cmd, "sphere-map") == 0) return report(cmd, emu::sphere_map_checks());
+  if (std::strcmp(cmd, "tf32") == 0) {
+    for (int i = 2; i < argc; ++i)
+      std::printf("%08x\n", unsigned(glann::nnmma::tf32_rna_bits(uint32_t(std::strtoul(argv[i], nullptr, 16)))));
+    return 0;
+  }
   if (std::strcmp(cmd, "sphere-vec") == 0 && argc == 5)
     return std::strcmp(argv[2], "8") == 0 ? emu::sphere_file_command<double>(argv[3], argv[4])
                                           : emu::sphere_file_command<float>(argv[3], argv[4]);
