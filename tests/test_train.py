@@ -469,6 +469,19 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temp file left behind
 
 
+def test_the_manifest_is_replaced_never_rewritten_in_place(tmp_path):
+    """write_manifest renames a complete new file over the old one, so a reader that opened the old manifest
+    still reads it whole (found by mutation testing: a plain in-place write passed every test)."""
+    ckpt.checkpoint_dir(tmp_path).mkdir()
+    ckpt.write_manifest(tmp_path, {"seq": 0})
+    path = ckpt.checkpoint_dir(tmp_path) / ckpt.MANIFEST_FILE
+    with open(path, "rb") as reader:
+        ckpt.write_manifest(tmp_path, {"seq": 1, "step_dir": "step-00000001"})
+        assert json.loads(reader.read()) == {"seq": 0}
+    assert json.loads(path.read_text()) == {"seq": 1, "step_dir": "step-00000001"}
+    assert [p.name for p in path.parent.iterdir()] == [ckpt.MANIFEST_FILE]  # no temp file left behind
+
+
 def test_stage_rules_and_config_checks(tmp_path, blob_file):
     out = tmp_path / "run"
     with pytest.raises(RuntimeError, match="--stage imle needs a finished GLO stage"):
@@ -537,6 +550,8 @@ def test_config_checks_across_fields_types_and_devices():
     for field in ("latent_dim", "glo_epochs", "seed"):
         with pytest.raises(ConfigError, match=rf"config field {field} must be an integer, got True \(bool\)"):
             TrainConfig(**{field: True}).validate()
+    with pytest.raises(ConfigError, match=r"config field lr_g must be a number, got True \(bool\)"):
+        TrainConfig(lr_g=True).validate()  # a bool is no number either (found by mutation testing)
     check_device("cpu")
     check_device("cpu:0")
     with pytest.raises(ConfigError, match="the CPU device takes no index"):
@@ -546,6 +561,17 @@ def test_config_checks_across_fields_types_and_devices():
             ConfigError, match=rf"--device {spec}: glann_ext trains on cpu or cuda, not {spec}"
         ):
             check_device(spec)
+
+
+def test_config_dicts_round_trip_with_tuples_and_a_v01_empty_extra():
+    """from_dict makes both Adam beta lists (JSON has no tuples) tuples again, so a saved config equals the one
+    it came from, and drops glann_ext 0.1's empty ``extra`` only (found by mutation testing)."""
+    cfg = TrainConfig(betas=(0.6, 0.99), imle_betas=(0.8, 0.95))
+    back = TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert back == cfg and isinstance(back.betas, tuple) and isinstance(back.imle_betas, tuple)
+    assert TrainConfig.from_dict({**cfg.to_dict(), "extra": {}}) == cfg
+    with pytest.raises(ConfigError, match=r"unknown config fields: \['extra'\]"):
+        TrainConfig.from_dict({**cfg.to_dict(), "extra": {"a": 1}})
 
 
 def test_imle_betas_set_the_mapping_adam_and_a_run_saved_without_them_keeps_the_shared_betas(

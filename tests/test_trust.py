@@ -17,7 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from glann_testing import Interrupt, Payload, child_kwargs, interrupt_at, plant_pickle, tiny_config
+from glann_testing import (
+    Interrupt,
+    Payload,
+    blob_images,
+    child_kwargs,
+    interrupt_at,
+    plant_pickle,
+    tiny_config,
+)
 
 from glann_ext._io import (
     TEMP_NAME,
@@ -257,6 +265,7 @@ def test_upgrade_clears_the_temp_files_of_killed_writes(finished, tmp_path):
         {"shards": ["/tmp/x.pt"]},
         {"bounds": [[0, 1]]},
         {"world_size": "1"},
+        {"world_size": True},  # JSON true is no count (found by mutation testing)
         {"total": None},
         {"phase": "gan"},
         {"seq": -1, "step_dir": "step--0000001"},
@@ -289,6 +298,79 @@ def test_a_shard_of_other_rows_and_a_reshard_beyond_two_rows_a_process_are_one_l
     assert "at most 48" in _one_line_error(capsys, "reshard", "--run", str(run), "--world-size", "49")
     assert main(["reshard", "--run", str(run), "--world-size", "48"]) == 0  # 2 rows each: the most allowed
     assert ckpt.read_manifest(run)["world_size"] == 48
+
+
+def test_a_dataset_that_changed_size_under_a_checkpoint_is_named(tmp_path, capsys):
+    """A run's dataset file that now holds fewer images than its checkpoint's codes is refused by name (found
+    by mutation testing: without that check the shard-bounds check refused it, naming neither count)."""
+    data = tmp_path / "blobs.npy"
+    np.save(data, blob_images(40, 28))
+    run = tmp_path / "run"
+    train(tiny_config(dataset=str(data), glo_epochs=1), run, stage="glo", progress=False, log=lambda s: None)
+    np.save(data, blob_images(30, 28))
+    err = _one_line_error(capsys, "train", "--out", str(run), "--no-progress")
+    assert "holds 40 images' codes but the dataset now has 30" in err, err
+
+
+def test_a_resume_names_a_missing_file_of_its_checkpoint_step(finished, tmp_path, capsys):
+    """Resuming from a step whose main.pt or shard is gone names the file and the incomplete checkpoint (found
+    by mutation testing: without that check the error was the loader's "cannot load checkpoint")."""
+    for name in ("main.pt", ckpt.shard_name(0, 1)):
+        run = _copy(finished, tmp_path, name)
+        (run / "model.safetensors").unlink()
+        victim = ckpt.checkpoint_dir(run) / ckpt.read_manifest(run)["step_dir"] / name
+        victim.unlink()
+        err = _one_line_error(capsys, "train", "--out", str(run), "--no-progress")
+        assert f"{victim}: missing; the checkpoint named by" in err and "is incomplete" in err, err
+
+
+def test_a_reshard_to_the_processes_it_has_changes_nothing(finished, tmp_path, capsys):
+    """Resharding a checkpoint for the number of processes it already has leaves it as it is (found by mutation
+    testing: without that check the step was rewritten as a new one)."""
+    run = _copy(finished, tmp_path)
+    before = ckpt.read_manifest(run)
+    assert main(["reshard", "--run", str(run), "--world-size", "1"]) == 0
+    assert "already sharded for 1 process(es); nothing to do" in capsys.readouterr().out
+    assert ckpt.read_manifest(run) == before
+
+
+def test_a_reshard_clears_the_step_folder_a_killed_job_had_begun(finished, tmp_path):
+    """A step folder no manifest names (a killed job's) is emptied before a reshard writes its step there, so
+    the new step holds its own files only (found by mutation testing: the clearing could go unseen)."""
+    run = _copy(finished, tmp_path)
+    seq = ckpt.read_manifest(run)["seq"] + 1
+    begun = ckpt.checkpoint_dir(run) / f"step-{seq:08d}"
+    begun.mkdir()
+    (begun / ckpt.shard_name(5, 9)).write_bytes(b"left by a killed job")
+    assert main(["reshard", "--run", str(run), "--world-size", "2"]) == 0
+    assert ckpt.read_manifest(run)["step_dir"] == begun.name
+    assert sorted(p.name for p in begun.iterdir()) == ["main.pt", *(ckpt.shard_name(r, 2) for r in (0, 1))]
+
+
+def test_a_checkpoint_config_with_a_number_for_a_key_is_a_one_line_error(finished, tmp_path, capsys):
+    """A forged main.pt whose config holds an unknown integer key beside an unknown name (torch.load allows
+    it) is named as an invalid config when a run without config.json resumes from it (found by mutation
+    testing: its TypeError, from sorting the unknown keys, was a traceback)."""
+    run = _copy(finished, tmp_path)
+    (run / "config.json").unlink()
+    main_pt = ckpt.checkpoint_dir(run) / ckpt.read_manifest(run)["step_dir"] / "main.pt"
+    good = torch.load(main_pt, weights_only=True)
+    torch.save({**good, "config": {**good["config"], 1: 2, "x": 3}}, main_pt)
+    err = _one_line_error(capsys, "train", "--out", str(run), "--no-progress")
+    assert "the checkpoint's config is not valid" in err, err
+
+
+def test_each_run_marker_alone_makes_a_run_folder(tmp_path):
+    """A folder holding any one of RUN_MARKERS, the model file alone included, is a run folder; one of the
+    user's files is not (found by mutation testing: dropping model.safetensors from the markers went unseen)."""
+    for marker in ("config.json", "checkpoints/manifest.json", "model.safetensors", "model.pt"):
+        folder = tmp_path / marker.replace("/", "-")
+        (folder / marker).parent.mkdir(parents=True)
+        (folder / marker).write_text("")
+        assert ckpt.is_run_folder(folder), marker
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "notes.txt").write_text("")
+    assert not ckpt.is_run_folder(tmp_path / "user") and not ckpt.is_run_folder(tmp_path / "none")
 
 
 def test_a_manifest_missing_a_key_is_named(finished, tmp_path, capsys):
@@ -670,6 +752,7 @@ def test_a_forged_main_pt_a_non_utf8_config_and_a_missing_device_are_one_line_er
         "imle.epoch must be an integer >= 0, got -5": {**good, "imle": {**good["imle"], "epoch": -5}},
         "phase must be 'glo' or 'imle'": {**good, "phase": "done"},
         "image_shape must be 3 positive integers": {**good, "image_shape": [1, 28]},
+        "image_shape must be 3 positive integers, got [1, 0, 28]": {**good, "image_shape": [1, 0, 28]},
     }
     for needle, forged in cases.items():
         torch.save(forged, main_pt)

@@ -67,6 +67,7 @@ def test_a_huge_layer_count_is_refused_before_anything_is_built(model_file, tmp_
         ("balance_quantile", 7.0),
         ("seed", "x"),
         ("seed", 1.5),
+        ("seed", -(2**70)),  # below int64 (found by mutation testing: only the upper end was checked)
         ("sample_spread", 99.0),
     ],
 )
@@ -161,6 +162,14 @@ def test_format_kind_and_non_finite_tensors_are_checked(model_file, tmp_path):
     # a GLANN file called pixel_imle loaded G alone and ignored the codes and T
     p = _forged(model_file, tmp_path / "g.safetensors", meta=lambda m: m.__setitem__("kind", "pixel_imle"))
     with pytest.raises(CheckpointError, match=r"tensor (T\.|codes).* is not part of a pixel_imle model"):
+        load_model_file(p)
+
+    # a name that only begins like one of GLANN's own tensors is foreign too (found by mutation testing)
+    def extra(t):
+        t["codes_old"] = t["codes"].clone()
+
+    p = _forged(model_file, tmp_path / "c.safetensors", tensors=extra)
+    with pytest.raises(CheckpointError, match="tensor codes_old is not part of a glann model"):
         load_model_file(p)
 
     def nan_stats(t):
