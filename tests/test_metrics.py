@@ -772,12 +772,14 @@ def test_code_measures_bad_inputs_name_the_argument(measure):
         measure([[0.0] * 4], codes)
 
 
-def _brute_coverage(x: np.ndarray, y: np.ndarray, k: int = 5) -> float:
-    def cd(a, b):
-        return np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
+def _brute_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise Euclidean distances from direct differences (no |a|^2 + |b|^2 - 2 a.b expansion)."""
+    return np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
 
-    radii = np.sort(cd(x, x), 1)[:, k]
-    return float((cd(x, y).min(1) < radii).mean())
+
+def _brute_coverage(x: np.ndarray, y: np.ndarray, k: int = 5) -> float:
+    radii = np.sort(_brute_dist(x, x), 1)[:, k]
+    return float((_brute_dist(x, y).min(1) < radii).mean())
 
 
 @pytest.mark.parametrize(("offset", "spread"), [(1000.0, 1e-3), (100.0, 1e-2), (0.0, 1.0)])
@@ -798,17 +800,12 @@ def test_all_four_prdc_values_match_brute_force_on_far_offset_sets(offset, sprea
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 3)) * spread + offset
     y = rng.normal(size=(60, 3)) * spread + offset
-
-    def cd(a, b):
-        return np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
-
-    dxy = cd(x, y)
-    rx3, ry3, rx5 = np.sort(cd(x, x), 1)[:, 3], np.sort(cd(y, y), 1)[:, 3], np.sort(cd(x, x), 1)[:, 5]
+    dxy, rx, ry3 = _brute_dist(x, y), np.sort(_brute_dist(x, x), 1), np.sort(_brute_dist(y, y), 1)[:, 3]
     want = PRDC(
-        precision=float((dxy <= rx3[:, None]).any(0).mean()),
+        precision=float((dxy <= rx[:, 3, None]).any(0).mean()),
         recall=float((dxy <= ry3[None, :]).any(1).mean()),
-        density=float((dxy < rx5[:, None]).sum() / (5 * len(y))),
-        coverage=float((dxy.min(1) < rx5).mean()),
+        density=float((dxy < rx[:, 5, None]).sum() / (5 * len(y))),
+        coverage=_brute_coverage(x, y),
     )
     assert prdc(torch.from_numpy(x), torch.from_numpy(y)) == want
 

@@ -463,8 +463,6 @@ def test_property_float64_random_data(n: int, m: int, d: int, seed: int) -> None
 def test_float64_running_argmin_with_reference_scores() -> None:
     """The fused fold and the reference scorer agree in float64 (scores, indices, distances) over chunks
     arriving in any order, as the distributed ring folds them."""
-    from glann_ext.ops.nn_argmin import RunningArgmin
-
     g = torch.Generator().manual_seed(3)
     q = torch.randint(-2, 3, (40, 5), generator=g).double()  # exact: ties are ties on both paths
     k = torch.randint(-2, 3, (500, 5), generator=g).double()
@@ -483,7 +481,6 @@ def test_float64_running_argmin_with_reference_scores() -> None:
 def test_running_argmin_takes_strided_answers_from_a_scorer() -> None:
     """A ``scores`` callable may answer with strided tensors (views): they are folded as their values, not
     as their memory (found by mutation testing: the merge read them as if contiguous)."""
-    from glann_ext.ops.nn_argmin import RunningArgmin
 
     def strided(queries, keys):
         score, index = reference.nn_argmin_scores_reference(queries, keys)
@@ -519,8 +516,6 @@ def test_running_argmin_takes_strided_answers_from_a_scorer() -> None:
 def test_running_argmin_checks_what_a_scorer_answers(answer, exc, match) -> None:
     """The kernels read a scorer's answers as rows of the score dtype and int64 on the queries' device:
     anything else is refused before they do (found by mutation testing: no test checked these errors)."""
-    from glann_ext.ops.nn_argmin import RunningArgmin
-
     q = torch.randn(6, 3)
     best = RunningArgmin(q, scores=lambda a, b: answer(*reference.nn_argmin_scores_reference(a, b)))
     with pytest.raises(exc, match=match):
@@ -539,8 +534,6 @@ def test_non_finite_keys_with_no_queries_still_raise() -> None:
     assert nn_argmin(torch.empty(0, 3), k, check_finite_values=False).shape == (0,)
     # A slice of a larger tensor (row0) is named by the row of that tensor on this path too (found by
     # mutation testing: the rows were counted from the slice).
-    from glann_ext.ops.nn_argmin import RunningArgmin
-
     with pytest.raises(NonFiniteError, match=r"^nn_argmin: keys\[2\] row 17 contains NaN"):
         RunningArgmin(torch.empty(0, 3), check_finite=True).update(k, 0, name="keys[2]", row0=10)
 

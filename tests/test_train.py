@@ -153,8 +153,6 @@ def test_a_runs_threads_hold_for_that_run_only(tmp_path, blob_file):
 
 
 def test_num_batches_counts_the_batches_an_epoch_makes():
-    from glann_ext import seeding
-
     for bs in (2, 3, 32, 128):
         for n in (1, 2, bs - 1, bs, bs + 1, 2 * bs - 1, 2 * bs, 5 * bs + 3, 1000):
             made = seeding.batches(torch.arange(n), bs)
