@@ -229,6 +229,17 @@ class FolderLock:
         self.release()
 
 
+def _name_of_open_file(f: BinaryIO, path: str | Path) -> str:
+    """A name that opens the file ``f`` has open (Linux's ``/proc/self/fd``, the BSDs' and macOS's
+    ``/dev/fd``), so a file put in ``path``'s place after it was checked is not the one read; ``path`` itself
+    where the system has neither."""
+    for folder in ("/proc/self/fd", "/dev/fd"):
+        name = f"{folder}/{f.fileno()}"
+        if os.path.exists(name):
+            return name
+    return str(path)
+
+
 class UnsafeTensorFile(Exception):
     """A file :func:`load_tensors_only` does not load; its text says why, as one phrase for the caller's
     own error."""
@@ -255,9 +266,12 @@ def load_tensors_only(
         f.seek(0)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-            try:  # torch maps only a file named by its path; the open file above was checked to be regular
+            try:  # torch maps only a file named by a path: one naming the open file checked above
                 return torch.load(
-                    path if mmap else f, map_location=map_location, weights_only=True, mmap=mmap
+                    _name_of_open_file(f, path) if mmap else f,
+                    map_location=map_location,
+                    weights_only=True,
+                    mmap=mmap,
                 )
             except pickle.UnpicklingError:
                 raise UnsafeTensorFile(HOLDS_OBJECTS) from None

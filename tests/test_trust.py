@@ -554,6 +554,27 @@ def test_the_io_helpers_read_and_append_only_regular_files(tmp_path):
     assert read_regular(tmp_path / "f") == b"x\n"
 
 
+def test_a_mapped_tensor_file_is_the_one_checked_not_one_swapped_in_after(tmp_path, monkeypatch):
+    """torch maps a file by a name: load_tensors_only(mmap=True) hands it one naming the open file it
+    checked to be regular, so a file (or a FIFO that would block) put in the path's place after the check
+    is not the one read. The swap happens inside open_regular, right after its check."""
+    from glann_ext import _io as io
+
+    torch.save({"rows": torch.arange(5.0)}, tmp_path / "shard.pt")
+    torch.save({"rows": -torch.arange(5.0)}, tmp_path / "other.pt")
+    checked = io.open_regular
+
+    def swapped_after_the_check(path):
+        f = checked(path)
+        os.replace(tmp_path / "other.pt", path)
+        return f
+
+    monkeypatch.setattr(io, "open_regular", swapped_after_the_check)
+    rows = load_tensors_only(tmp_path / "shard.pt", mmap=True)["rows"]
+    assert torch.equal(rows, torch.arange(5.0))
+    assert torch.equal(torch.load(tmp_path / "shard.pt")["rows"], -torch.arange(5.0))  # the swap happened
+
+
 def test_atomic_write_writes_beside_the_target_syncs_renames_and_syncs_the_folder(tmp_path, monkeypatch):
     """atomic_write's steps, in order: the bytes go to a temp file of atomic_write's naming in the target's
     own folder (a rename within one file system is atomic) while the target still holds the old bytes; that

@@ -192,6 +192,39 @@ def test_format_kind_and_non_finite_tensors_are_checked(model_file, tmp_path):
         load_model_file(p)
 
 
+def test_the_model_file_read_is_the_one_checked_not_one_swapped_in_after(model_file, tmp_path, monkeypatch):
+    """read_model_file reads the bytes of the file open_regular checked; safe_open mapped the path again, so
+    a file put in its place after the check (another model, or a FIFO that blocks) was the one loaded."""
+    from glann_ext.models import files
+
+    other = tmp_path / "other.safetensors"
+    _forged(
+        model_file, other, tensors=lambda t: t.update(codes=-t["codes"]), meta=lambda m: m.update(kind="x")
+    )
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(model_file.read_bytes())
+    checked = files.open_regular
+
+    def swapped_after_the_check(p):
+        f = checked(p)
+        os.replace(other, p)
+        return f
+
+    monkeypatch.setattr(files, "open_regular", swapped_after_the_check)
+    tensors, meta = read_model_file(path)
+    want_tensors, want_meta = _read_unpatched(model_file)
+    assert meta == want_meta and meta["kind"] == "glann"
+    assert tensors.keys() == want_tensors.keys()
+    assert all(torch.equal(tensors[k], want_tensors[k]) for k in tensors)
+
+
+def _read_unpatched(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["glann_ext"])  # noqa: SIM118
+
+
 def test_a_fifo_in_place_of_the_model_file_is_refused_without_blocking(tmp_path):
     p = tmp_path / "model.safetensors"
     os.mkfifo(p)  # safe_open blocked for ever waiting for a writer

@@ -31,19 +31,22 @@ def save_model(model: GenerativeModel, path: str | Path) -> Path:
 
 
 def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """``(tensors, meta)`` of a model file written by :func:`save_model`."""
+    """``(tensors, meta)`` of a model file written by :func:`save_model`.
+
+    The bytes come from the one file checked to be regular (:func:`~glann_ext._io.open_regular`): opening
+    the path a second time (``safe_open`` maps a file by its name) would read whatever lies there by then, a
+    FIFO that blocks for ever or another file."""
     from safetensors import SafetensorError
-    from safetensors.torch import safe_open
+    from safetensors.torch import load
 
     path = Path(path)
     try:
-        with open_regular(path):  # safe_open maps the file by its name; a FIFO there would block it for ever
-            pass
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+        with open_regular(path) as f:
+            data = f.read()
+        tensors = load(data)  # validates the header and every tensor's extent before building any
     except (OSError, SafetensorError) as exc:
         raise CheckpointError(f"{path}: not a readable model file ({exc})") from exc
+    header = _metadata(data)
     if META_KEY not in header:
         raise CheckpointError(f"{path}: a safetensors file without a glann_ext model description")
     try:
@@ -51,6 +54,13 @@ def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: corrupt model description ({exc})") from exc
     return tensors, meta
+
+
+def _metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of safetensors bytes that :func:`safetensors.torch.load` has accepted: the format
+    is an 8-byte little-endian header length, then the header's JSON."""
+    size = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + size]).get("__metadata__") or {}
 
 
 def load_model_file(
