@@ -863,6 +863,36 @@ def test_a_forged_model_description_cannot_make_us_build_a_larger_network(finish
         )
 
 
+def test_stored_codes_off_the_unit_sphere_are_refused_naming_the_row(finished, tmp_path, capsys):
+    """Training leaves every code on the unit sphere, and balanced sampling, the spread and latent
+    interpolation measure T's projected samples against them: a model file or checkpoint whose codes lie
+    elsewhere (forged or damaged) is refused with the first such row and its norm, not sampled wrongly."""
+    from safetensors.torch import save_file
+
+    tensors, meta = read_model_file(finished / "model.safetensors")
+    path = tmp_path / "model.safetensors"
+    for row, scale in ((0, 2.0), (3, 1 + 2e-4), (5, 0.0)):
+        codes = tensors["codes"].clone()
+        codes[row] *= scale
+        save_file({**tensors, "codes": codes}, str(path), metadata={"glann_ext": json.dumps(meta)})
+        want = (
+            f"codes must lie on the unit sphere (norms within 0.0001 of 1), got norm {scale:.6g} at row {row}"
+        )
+        assert want in _one_line_error(capsys, "sample", "--run", str(path))
+    codes = tensors["codes"].clone()
+    codes[2] *= 1 + 5e-5  # within the tolerance: float32 rounding and more
+    save_file({**tensors, "codes": codes}, str(path), metadata={"glann_ext": json.dumps(meta)})
+    assert torch.equal(load_model_file(path).codes, codes)
+    run = _copy(finished, tmp_path)  # without its model file: the model comes from the checkpoint
+    (run / "model.safetensors").unlink()
+    shard_pt = next((ckpt.checkpoint_dir(run) / ckpt.read_manifest(run)["step_dir"]).glob("shard-*"))
+    shard = ckpt.load(shard_pt)
+    shard["rows"]["glo.codes"][1] *= 3
+    ckpt.save_atomic(shard, shard_pt)
+    err = _one_line_error(capsys, "sample", "--run", str(run))
+    assert "the checkpoint does not describe a usable model" in err and "got norm 3 at row 1" in err, err
+
+
 def test_a_reader_never_mixes_two_steps(finished, tmp_path, monkeypatch):
     """A step replaced while a reader reads it (its files vanish): the reader starts over on the new step."""
     run = _copy(finished, tmp_path)

@@ -595,9 +595,30 @@ class GLANN(GenerativeModel):
         if meta.get("mapping") is not None:
             check_layer_count(meta["mapping"], ("layers",), _unprefixed("T", tensors), "T")
             T = built_to_fit(lambda: MLP(**meta["mapping"]), _unprefixed("T", tensors), "T")
-        return cls(
+        model = cls(
             G, tensors["codes"], T, ops=ops, config=meta.get("config"), code_accept=tensors.get("code_accept")
-        ).to(device).eval()  # fmt: skip
+        )  # fmt: skip
+        check_unit_codes(model.codes)  # after the constructor's checks of their shape
+        return model.to(device).eval()
+
+
+UNIT_NORM_TOLERANCE = 1e-4
+"""How far from 1 a stored code's norm may lie: training projects every code after every step, which leaves
+float32 norms within a few 1e-7 of 1."""
+
+
+def check_unit_codes(codes: torch.Tensor) -> None:
+    """Stored training codes must lie on the unit sphere, as training leaves them: balanced sampling, the
+    spread and latent interpolation measure ``T``'s projected samples against them, so codes off the sphere
+    (a forged or damaged file) would give wrong samples without an error."""
+    off = (codes.double().norm(dim=1) - 1).abs()
+    bad = torch.nonzero(~(off <= UNIT_NORM_TOLERANCE))
+    if len(bad):
+        row = int(bad[0])
+        raise ValueError(
+            f"codes must lie on the unit sphere (norms within {UNIT_NORM_TOLERANCE:g} of 1), got norm "
+            f"{float(codes[row].double().norm()):.6g} at row {row}"
+        )
 
 
 def _check_accept(accept: torch.Tensor, n_codes: int) -> None:

@@ -52,7 +52,7 @@ from glann_ext.models import (
     save_model,
     start_size,
 )
-from glann_ext.models.generative import built_to_fit
+from glann_ext.models.generative import built_to_fit, check_unit_codes
 
 from . import checkpoint as ckpt
 from .build import build_generator, build_mapping
@@ -569,6 +569,8 @@ def model_from_checkpoint(run: str | Path, ops: str | None = None, device: str =
         T = None
         if imle is not None and imle["global_step"] > 0:
             T = built_to_fit(lambda: build_mapping(cfg), _mapping_state(cfg, imle, rows["glo.codes"]), "T")
-        return GLANN(G, rows["glo.codes"], T, **kwargs).to(device).eval()
+        model = GLANN(G, rows["glo.codes"], T, **kwargs)
+        check_unit_codes(model.codes)
+        return model.to(device).eval()
     except (ValueError, TypeError, RuntimeError) as exc:
         raise CheckpointError(f"{run}: the checkpoint does not describe a usable model ({exc})") from None
