@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import json
 import math
+import threading
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from glann_testing import OPS, Interrupt, blob_images, interrupt_at, tensors_equ
 
 from glann_ext import seeding
 from glann_ext.data import GRID_5X5, RING_PACGAN
-from glann_ext.errors import ConfigError, RunFolderError
+from glann_ext.errors import ConfigError, NonFiniteError, RunFolderError
 from glann_ext.metrics import mode_coverage
 from glann_ext.models import GLANN, MLP, read_model_file
 from glann_ext.ops import reference
@@ -333,6 +334,33 @@ def test_unique_matching_gives_distinct_keys_by_the_greedy_rounds(monkeypatch, d
     tied_k[30:] = tied_k[:10]
     idx = imle_module.unique_nn_match(tied_q, tied_k, ops.nn_argmin)
     assert len(set(idx.tolist())) == 30 and torch.equal(idx, _unique_match_literal(tied_q, tied_k))
+
+
+@pytest.mark.parametrize("dense", [True, False])
+@pytest.mark.parametrize(("argument", "row", "value"), [("keys", 7, float("nan")), ("queries", 3, float("nan")),
+                                                       ("keys", 0, float("-inf")), ("queries", 4, float("inf"))])  # fmt: skip
+def test_unique_matching_refuses_non_finite_inputs_naming_the_row(monkeypatch, dense, argument, row, value):
+    """A NaN distance wins no key, so the greedy rounds never ended: a T that diverged to NaN hung training
+    with imle_match="unique" (plain matching's nn_argmin refuses it). Both paths now refuse NaN and Inf up
+    front, as nn_argmin does. Run in a thread so that a regression fails instead of hanging the suite."""
+    if not dense:
+        monkeypatch.setattr(imle_module, "DENSE_MATCH_LIMIT", 0)
+    g = torch.Generator().manual_seed(1)
+    inputs = {"queries": torch.randn(6, 3, generator=g), "keys": torch.randn(9, 3, generator=g)}
+    inputs[argument][row, 1] = value
+    raised = []
+
+    def match():
+        try:
+            imle_module.unique_nn_match(inputs["queries"], inputs["keys"], get_ops(OPS).nn_argmin)
+        except NonFiniteError as exc:
+            raised.append(exc)
+
+    worker = threading.Thread(target=match, daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "unique_nn_match did not return on a non-finite input"
+    assert [str(e) for e in raised] == [f"unique_nn_match: {argument} row {row} contains NaN or Inf"]
 
 
 def test_unique_matching_in_the_trainer_reports_each_pairs_squared_distance():

@@ -22,6 +22,7 @@ from glann_ext import seeding
 from glann_ext.backend import Ops
 from glann_ext.errors import ConfigError
 from glann_ext.models import mse_loss
+from glann_ext.ops._checks import check_finite
 
 from .build import adam, place_for_training
 from .config import TrainConfig
@@ -50,6 +51,9 @@ def unique_nn_match(queries: torch.Tensor, keys: torch.Tensor, nn_argmin: Callab
     n, m = queries.shape[0], keys.shape[0]
     if m < n:
         raise ValueError(f"unique matching needs at least as many keys ({m}) as queries ({n})")
+    # as nn_argmin does: a NaN distance wins no key, so the rounds below would never end
+    check_finite("queries", queries, op="unique_nn_match")
+    check_finite("keys", keys, op="unique_nn_match")
     dev = queries.device
     idx = torch.full((n,), -1, dtype=torch.int64, device=dev)
     free = torch.ones(m, dtype=torch.bool, device=dev)
