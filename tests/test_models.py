@@ -450,3 +450,22 @@ def test_sampling_settings_accept_their_documented_bounds():
     for setter, bad in ((m.set_noise_scale, 10.000001), (m.set_noise_scale, 0), (m.set_spread, 4.000001)):
         with pytest.raises(UsageError, match="must be a number in"):
             setter(bad)
+
+
+def test_reconstruction_loss_of_a_rank_without_rows_is_zero_and_keeps_the_graph():
+    """A rank that owns none of a global batch's rows (``normalizer`` set, no rows): loss 0 that still
+    backpropagates into the inputs, so DDP's gradient hooks fire on every rank."""
+    from glann_ext.models import ReconstructionLoss
+
+    x = torch.rand(0, 1, 28, 28, requires_grad=True)
+    loss = ReconstructionLoss(get_ops(OPS), l2_weight=0.5)(x, x.detach(), normalizer=4)
+    loss.backward()
+    assert loss.item() == 0.0 and loss.grad_fn is not None and x.grad.shape == (0, 1, 28, 28)
+
+
+def test_an_output_shift_that_would_broadcast_is_refused():
+    """A shift of shape (1,) would broadcast into every output coordinate: refused with both shapes named."""
+    T = MLP(3, 4, 8, 2, output_affine=True)
+    with pytest.raises(ValueError, match=r"matrix \(4, 4\) and shift \(4,\), got \(4, 4\) and \(1,\)"):
+        T.set_output_affine(torch.eye(4), torch.ones(1))
+    assert not T.out_shift.any()  # left as it was

@@ -15,10 +15,10 @@ from glann_testing import Interrupt, interrupt_at, tiny_config
 
 from glann_ext import cli
 from glann_ext.backend import get_ops
-from glann_ext.models import GLANN, PixelIMLE, read_model_file
+from glann_ext.models import GLANN, MLP, PixelIMLE, read_model_file
 from glann_ext.ops import reference
 from glann_ext.optim import SphereSparseAdam, SphereSparseSGD
-from glann_ext.train import Fit, Hook, TrainConfig, fit, loop, train
+from glann_ext.train import Fit, Hook, TrainConfig, fit, fit_imle, loop, train
 from glann_ext.train import checkpoint as ckpt
 
 
@@ -228,6 +228,16 @@ def test_unknown_stages_and_phases_are_refused_and_a_world_gives_any_ranks_rows(
     world = World(rank=2, size=3)  # (no process group needed: bounds are arithmetic)
     assert [world.bounds(10, rank) for rank in range(3)] == world.all_bounds(10) == [(0, 3), (3, 6), (6, 10)]
     assert world.bounds(10) == (6, 10)
+
+
+def test_fit_imle_trains_on_the_device_it_is_given():
+    """``device`` overrides the config's: a config that says cuda trains on the CPU when asked to."""
+    cfg = tiny_config(imle_epochs=1, device="cuda")
+    generator = MLP(cfg.noise_dim, 2, hidden=16, batch_norm=False)
+    trainer = fit_imle(
+        torch.randn(64, 2, generator=torch.Generator().manual_seed(0)), generator, cfg, device="cpu"
+    )
+    assert trainer.global_step == 2 and next(trainer.generator.parameters()).device == torch.device("cpu")
 
 
 def _interrupt_hook(stage: str, step: int) -> Hook:
