@@ -292,6 +292,11 @@ def test_global_batchnorm_in_eval_mode_is_plain_batchnorm_and_frozen_parameters_
     gbn = GlobalBatchNorm(bn).eval()
     torch.testing.assert_close(gbn(x), bn.eval()(x))
     assert not gbn.weight.requires_grad and gbn.bias.requires_grad
+    # eval mode needs running statistics: a BatchNorm without them is refused by name, not StopIteration
+    with pytest.raises(
+        ValueError, match=r"tracks running statistics, got BatchNorm1d\(4, .*track_running_stats=False"
+    ):
+        GlobalBatchNorm(torch.nn.BatchNorm1d(4, track_running_stats=False))
 
 
 def test_torchrun_picks_the_local_gpu_and_the_backend_of_the_device(monkeypatch):

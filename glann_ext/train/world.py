@@ -172,6 +172,11 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     """
 
     def __init__(self, bn: nn.modules.batchnorm._BatchNorm, group: Any = None):
+        if not bn.track_running_stats:  # eval mode normalises with them; the package's networks all keep them
+            raise ValueError(
+                f"GlobalBatchNorm needs a BatchNorm that tracks running statistics, got {bn} "
+                "(track_running_stats=False)"
+            )
         super().__init__(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
         self.group = group
         self.load_state_dict(bn.state_dict())
