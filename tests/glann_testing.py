@@ -86,6 +86,19 @@ def tensors_equal(a, b) -> bool:
     return a == b
 
 
+def swap_in_after_the_check(monkeypatch, module, replacement: Path) -> None:
+    """Makes ``module.open_regular`` move ``replacement`` onto the path right after opening and checking
+    it: the race of a file (or FIFO) swapped in between the check and any second open by the path."""
+    checked = module.open_regular
+
+    def swapped(path):
+        f = checked(path)
+        os.replace(replacement, path)
+        return f
+
+    monkeypatch.setattr(module, "open_regular", swapped)
+
+
 class RecordOps(TorchDispatchMode):
     """A dispatch mode that records the name of every op it sees (``names``) and runs it: under it the
     ops' eager fast paths step aside and the registered ops run."""

@@ -24,6 +24,7 @@ from glann_testing import (
     child_kwargs,
     interrupt_at,
     plant_pickle,
+    swap_in_after_the_check,
     tiny_config,
 )
 
@@ -562,14 +563,7 @@ def test_a_mapped_tensor_file_is_the_one_checked_not_one_swapped_in_after(tmp_pa
 
     torch.save({"rows": torch.arange(5.0)}, tmp_path / "shard.pt")
     torch.save({"rows": -torch.arange(5.0)}, tmp_path / "other.pt")
-    checked = io.open_regular
-
-    def swapped_after_the_check(path):
-        f = checked(path)
-        os.replace(tmp_path / "other.pt", path)
-        return f
-
-    monkeypatch.setattr(io, "open_regular", swapped_after_the_check)
+    swap_in_after_the_check(monkeypatch, io, tmp_path / "other.pt")
     rows = load_tensors_only(tmp_path / "shard.pt", mmap=True)["rows"]
     assert torch.equal(rows, torch.arange(5.0))
     assert torch.equal(torch.load(tmp_path / "shard.pt")["rows"], -torch.arange(5.0))  # the swap happened

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from glann_testing import child_kwargs
+from glann_testing import child_kwargs, swap_in_after_the_check, tensors_equal
 from safetensors.torch import save
 
 from glann_ext.errors import CheckpointError, UsageError
@@ -203,19 +203,11 @@ def test_the_model_file_read_is_the_one_checked_not_one_swapped_in_after(model_f
     )
     path = tmp_path / "m.safetensors"
     path.write_bytes(model_file.read_bytes())
-    checked = files.open_regular
-
-    def swapped_after_the_check(p):
-        f = checked(p)
-        os.replace(other, p)
-        return f
-
-    monkeypatch.setattr(files, "open_regular", swapped_after_the_check)
+    swap_in_after_the_check(monkeypatch, files, other)
     tensors, meta = read_model_file(path)
     want_tensors, want_meta = _read_unpatched(model_file)
     assert meta == want_meta and meta["kind"] == "glann"
-    assert tensors.keys() == want_tensors.keys()
-    assert all(torch.equal(tensors[k], want_tensors[k]) for k in tensors)
+    assert tensors_equal(tensors, want_tensors)
 
 
 def _read_unpatched(path):
