@@ -7,14 +7,17 @@ import math
 import numpy as np
 import pytest
 import torch
+from glann_testing import tensors_equal
 from torch.nn import functional as F
 
 from glann_ext.metrics import (
+    ARCH_VERSION,
     GRID_5X5,
     PRDC,
     RING_PACGAN,
     RING_VEEGAN,
     DomainClassifier,
+    LeNet,
     aggregate_seeds,
     cache_path,
     code_usage,
@@ -115,6 +118,44 @@ def test_aggregate_over_seeds():
     assert agg["modes_covered"] == (8.0, 0.0)
     with pytest.raises(ValueError, match="results"):
         aggregate_seeds([])
+
+
+def test_mode_coverage_boundaries_are_inclusive():
+    """A sample exactly ``num_std * std`` from its centre is high quality (``<=``, exact here in float64), and a
+    mode with exactly ``min_count`` HQ samples is covered (``>=``)."""
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0]])
+    samples = torch.tensor([[3.0, 0.0], [0.0, -3.0], [10.0, 0.0], [10.0, 3.5]])  # the last is 3.5 std out
+    res = mode_coverage(samples, centres, 1.0)
+    assert res.mode_counts.tolist() == [2, 1] and res.high_quality_fraction == 0.75
+    assert mode_coverage(samples, centres, 0.5, num_std=6.0).mode_counts.tolist() == [2, 1]
+    assert mode_coverage(samples, centres, 1.0, min_count=2).modes_covered == 1
+    two = torch.tensor([[0.0, 0.0]] * 5 + [[10.0, 0.0]] * 2)
+    assert mode_coverage(two, centres, 1.0, min_count=2).modes_covered == 2
+
+
+def test_mode_coverage_of_a_preset_takes_an_explicit_std():
+    # 0.1 from every ring centre: 5 of RING_VEEGAN's own std (0.02), so not HQ, but HQ at std=0.05
+    ring = RING_VEEGAN.centres
+    samples = ring + 0.1 * ring / ring.norm(dim=1, keepdim=True)
+    assert mode_coverage(samples, RING_VEEGAN).high_quality_fraction == 0.0
+    wide = mode_coverage(samples, RING_VEEGAN, std=0.05)
+    assert wide.high_quality_fraction == 1.0 and wide.modes_covered == 8
+    assert torch.equal(wide.mode_counts, mode_coverage(samples, ring, 0.05).mode_counts)
+
+
+def test_reverse_kl_of_even_counts_is_zero_not_a_rounding_negative():
+    # p log(K p) summed over K even bins rounds below zero for some K (49 in float64): a KL is never negative
+    kls = [reverse_kl_uniform(torch.ones(k)) for k in range(1, 60)]
+    assert min(kls) >= 0.0 and max(kls) < 1e-12
+
+
+def test_aggregate_seeds_takes_only_fields_that_are_numbers_in_every_result():
+    rows = [
+        {"a": 1.0, "b": 2, "c": 1.0, "converged": True},
+        {"a": 3.0, "b": 4, "converged": False},  # no "c"
+        {"a": 5.0, "b": "n/a", "c": 2.0, "converged": True},  # "b" is not a number here
+    ]
+    assert aggregate_seeds(rows) == {"a": (3.0, pytest.approx(math.sqrt(4 / 3)))}  # bools are not numbers
 
 
 # --------------------------------------------------------------------------------------------------
@@ -245,6 +286,26 @@ def test_stacked_mnist_bad_inputs():
         make_stacked(torch.zeros(4, 28, 28), torch.arange(4.0), num_samples=2)
 
 
+def test_kl_split_dependence_of_independent_channels_is_never_negative():
+    # exactly independent histograms: the dependence is 0 but its float64 sum rounds below 0 for some of them
+    modes = torch.arange(1000)
+    c0, c1, c2 = modes // 100, modes // 10 % 10, modes % 10
+    for seed in range(20):
+        w = torch.randint(1, 10, (10,), generator=torch.Generator().manual_seed(seed))
+        classes, dependence = kl_split(w[c0] * w[c1] * w[c2])
+        assert 0.0 <= dependence < 1e-12, seed
+        q = w.double() / w.sum()
+        assert classes == pytest.approx(3 * float((q * (10 * q).log()).sum()), rel=1e-12)
+
+
+def test_make_stacked_draws_every_image_in_every_channel():
+    labels = torch.arange(3)
+    _, ids = make_stacked(torch.rand(3, 1, 2, 2), labels, num_samples=300, seed=0)
+    for digit in (ids // 100, ids // 10 % 10, ids % 10):
+        counts = torch.bincount(digit, minlength=10)
+        assert counts[3:].sum() == 0 and counts[:3].min() >= 70  # about 100 each: uniform with replacement
+
+
 # --------------------------------------------------------------------------------------------------
 # k-NN radii, Fréchet distance, PRDC
 # --------------------------------------------------------------------------------------------------
@@ -314,6 +375,31 @@ def test_frechet_bad_inputs():
             frechet_distance_from_statistics(np.zeros(2), np.eye(2), np.zeros(2), np.full((2, 2), bad))
 
 
+def test_frechet_distance_of_identical_statistics_is_never_negative():
+    # 2 tr(S) - 2 sum sqrt(eig(S^1/2 S S^1/2)) rounds below 0 for about half of these; a distance is >= 0
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        a, mu = rng.normal(size=(5, 5)), rng.normal(size=5)
+        fd = frechet_distance_from_statistics(mu, a @ a.T, mu, a @ a.T)
+        assert 0.0 <= fd < 1e-9, seed
+
+
+def test_frechet_distance_of_float32_statistics_is_computed_in_float64():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(6, 6)), rng.normal(size=(6, 6))
+    stats = [rng.normal(size=6), a @ a.T, rng.normal(size=6), b @ b.T]
+    single = [s.astype(np.float32) for s in stats]
+    want = frechet_distance_from_statistics(*(s.astype(np.float64) for s in single))  # the same values
+    assert frechet_distance_from_statistics(*single) == pytest.approx(want, rel=1e-12)  # float32: 4e-7 off
+
+
+def test_frechet_distance_clips_a_rounding_negative_eigenvalue_to_zero():
+    # sigma2 = diag(1, -1e-8) passes the PSD check (rounding); its -1e-8 counts as 0 in the square root, not as
+    # |-1e-8| (which would take 2e-4 off): ||0||^2 + tr(I) + (1 - 1e-8) - 2 * (1 + 0)
+    fd = frechet_distance_from_statistics(np.zeros(2), np.eye(2), np.zeros(2), np.diag([1.0, -1e-8]))
+    assert fd == pytest.approx(1.0 - 1e-8, rel=1e-12)
+
+
 def test_prdc_identical_sets():
     x = torch.randn(400, 10)
     res = prdc(x, x.clone())
@@ -354,6 +440,24 @@ def test_prdc_ball_boundaries_on_exact_points():
     assert precision_recall(real, fake, k=1) == (0.75, 1.0)  # open balls: 0.25
     assert density_coverage(real, fake, k=1) == (0.5, 0.5)  # closed: coverage 0.75 (real 6 counted)
     assert prdc(real, fake, k_pr=1, k_dc=1) == PRDC(precision=0.75, recall=1.0, density=0.5, coverage=0.5)
+
+
+def test_recall_counts_a_real_on_a_fake_ball_boundary():
+    """Recall's fake balls are closed too. In 1-D with k = 1, fakes 0, 2, 10, 11 have radii 2, 2, 1, 1 and reals
+    0.5, 4, 20, 30 radii 3.5, 3.5, 10, 10 (exact in float64): real 4 lies only on fake 2's boundary, real 0.5
+    inside, 20 and 30 in no fake ball; fake 10 lies only on real 20's boundary."""
+    real = torch.tensor([[0.5], [4.0], [20.0], [30.0]])
+    fake = torch.tensor([[0.0], [2.0], [10.0], [11.0]])
+    assert knn_radii(fake, 1).tolist() == [2.0, 2.0, 1.0, 1.0]
+    assert precision_recall(real, fake, k=1) == (1.0, 0.5)  # open balls: recall 0.25
+
+
+def test_prdc_of_a_set_against_itself_is_exact_in_16_dimensions():
+    # a centre's distances to the queries are computed with it as the row operand, as its radius was: with the
+    # queries as rows (the expanded distance is not exactly symmetric) density comes out 1.0033 for most of these
+    for seed in range(5):
+        x = 3 * torch.randn(60, 16, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) + 1
+        assert prdc(x, x.clone()) == PRDC(1.0, 1.0, 1.0, 1.0), seed
 
 
 # --------------------------------------------------------------------------------------------------
@@ -479,6 +583,81 @@ def test_a_classifier_of_constant_images_stays_finite_and_scores_only_its_own_si
         clf.features(torch.full((2, 1, 13, 13), 0.5))
 
 
+def test_cache_path_names_dataset_architecture_seed_and_epochs(tmp_path):
+    path = cache_path(tmp_path, "fashion-mnist", seed=3, epochs=7)
+    assert path == tmp_path / f"fashion-mnist__lenet-v{ARCH_VERSION}__seed3__ep7.pt"
+    assert cache_path(tmp_path, "fashion-mnist", seed=4, epochs=7) != path
+
+
+def test_lenet_training_follows_the_documented_recipe(tmp_path):
+    """An independent spelling of the training: LeNet initialised under ``torch.manual_seed(seed)``, inputs
+    standardised by the training images' mean and (unbiased) std, Adam, every epoch a fresh permutation from a
+    generator seeded with ``seed``, every batch (the last one short) a step from zeroed gradients."""
+    x, y = _bars(40, 2)
+    xte, yte = _bars(10, 3)
+    clf = DomainClassifier.load_or_train(
+        "bars", x, y, xte, yte, cache_dir=tmp_path, num_classes=3, seed=5, epochs=2, batch_size=16, lr=0.01
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        net = LeNet(1, 3, (28, 28))
+    net.mean.fill_(float(x.double().mean()))
+    net.std.fill_(float(x.double().std()))
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    order = torch.Generator().manual_seed(5)
+    for _ in range(2):
+        for batch in torch.randperm(40, generator=order).split(16):  # 16, 16, 8
+            loss = F.cross_entropy(net(x[batch]), y[batch])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert tensors_equal(clf.model.state_dict(), net.state_dict())
+    plain = LeNet(1, 3, (28, 28))
+    plain.load_state_dict({**net.state_dict(), "mean": torch.tensor(0.0), "std": torch.tensor(1.0)})
+    with torch.no_grad():
+        assert clf.test_accuracy == float((net(xte).argmax(1) == yte).double().mean())
+        # the standardisation is the network's own first step: (x - mean) / std into conv1
+        torch.testing.assert_close(net.features(x), plain.features((x - net.mean) / net.std))
+
+
+def _untrained_classifier(num_classes: int = 3) -> DomainClassifier:
+    meta = {"in_channels": 1, "image_size": [12, 12], "num_classes": num_classes}
+    return DomainClassifier(LeNet(1, num_classes, (12, 12)), 0.5, meta)
+
+
+def test_domain_classifier_scores_float64_images_as_float32():
+    clf = _untrained_classifier()
+    x = torch.rand(5, 1, 12, 12, dtype=torch.float64)
+    assert torch.equal(clf.features(x), clf.features(x.float())) and clf.features(x).dtype == torch.float32
+    assert torch.equal(clf(x, batch_size=2), clf(x.float(), batch_size=2))
+
+
+def test_domain_classifier_accuracy_refuses_a_label_equal_to_num_classes():
+    with pytest.raises(ValueError, match=r"test_labels must lie in \[0, 3\), got \[0, 3\]"):
+        _untrained_classifier().accuracy(torch.rand(4, 1, 12, 12), torch.tensor([0, 1, 2, 3]))
+
+
+def test_cached_classifier_reports_the_accuracy_on_the_test_set_it_is_given(tmp_path):
+    # the same training data, other test labels: the accuracy is not the cached one of the first test set
+    x, y = _bars(40, 2)
+    xte, yte = _bars(30, 3)
+    kwargs = {"cache_dir": tmp_path, "num_classes": 3, "epochs": 2, "batch_size": 16, "lr": 0.01}
+    first = DomainClassifier.load_or_train("bars", x, y, xte, yte, **kwargs)
+    other = DomainClassifier.load_or_train("bars", x, y, xte, (yte + 1) % 3, **kwargs)
+    assert first.test_accuracy == first.accuracy(xte, yte) > 0.9
+    assert other.test_accuracy == other.accuracy(xte, (yte + 1) % 3) < 0.1
+
+
+def test_classifier_cache_tells_apart_data_of_another_dtype_with_the_same_bytes(tmp_path):
+    x, y = _bars(20, 0)
+    half = x.half()
+    bf16 = half.view(torch.bfloat16)  # the same bytes, other values
+    kwargs = {"cache_dir": tmp_path, "num_classes": 3, "epochs": 1}
+    DomainClassifier.load_or_train("bars", half, y, half, y, **kwargs)
+    clf = DomainClassifier.load_or_train("bars", bf16, y, bf16, y, **kwargs)
+    assert float(clf.model.mean) == pytest.approx(float(bf16.double().mean()), rel=1e-6)  # trained on it
+
+
 # --------------------------------------------------------------------------------------------------
 # Memorisation
 # --------------------------------------------------------------------------------------------------
@@ -552,6 +731,29 @@ def test_neighbour_grid_pixels_are_rounded_to_the_nearest_level_beside_the_index
     assert np.array_equal(arr[6:8, 10:12], np.rint((1 - levels[0, 0].numpy()) * 255).astype(np.uint8))
 
 
+def test_memorisation_threshold_fractions_count_strictly_below():
+    # 1-D: test distances 1, 2, 3, 4 and generated 0, 2; at threshold 2 a distance of exactly 2 is not below
+    train = torch.tensor([[0.0], [10.0]])
+    test, generated = torch.tensor([[1.0], [2.0], [3.0], [4.0]]), torch.tensor([[0.0], [12.0]])
+    rep = memorisation_report(generated, train, test, threshold=2.0)
+    assert (rep.test_fraction_below, rep.generated_fraction_below) == (0.25, 0.5)
+    by_quantile = memorisation_report(generated, train, test, threshold_quantile=1 / 3)  # 1 + 3 * (1 / 3) = 2
+    assert by_quantile.threshold == 2.0 and by_quantile.test_fraction_below == 0.25
+
+
+def test_neighbour_grid_maps_another_value_range_to_0_255(tmp_path):
+    from PIL import Image
+
+    levels = torch.tensor([-1.0, 0.0, 0.5, 1.0], dtype=torch.float64).reshape(1, 1, 2, 2)
+    path = save_neighbour_grid(
+        tmp_path / "g.png", levels, -levels, index=torch.tensor([0]), value_range=(-1, 1)
+    )
+    with Image.open(path) as im:
+        arr = np.asarray(im)
+    assert arr[6:8, 6:8].tolist() == [[0, 128], [191, 255]]  # (v + 1) / 2 * 255, rounded: 127.5 -> 128
+    assert arr[6:8, 10:12].tolist() == [[255, 128], [64, 0]]  # the neighbour -levels
+
+
 # --------------------------------------------------------------------------------------------------
 # Standard FID (never downloads)
 # --------------------------------------------------------------------------------------------------
@@ -598,6 +800,87 @@ def test_inception_backend_detection_needs_package_and_cached_weights(tmp_path, 
     assert (
         found.name == "torch-fidelity"
         and found.weights == tmp_path / "checkpoints" / fid.TORCH_FIDELITY_WEIGHTS
+    )
+
+
+def _pretend_installed(monkeypatch, *modules: str) -> None:
+    """``find_spec`` finds exactly ``modules`` among the two Inception backends' packages."""
+    import importlib.util
+
+    from glann_ext.metrics import fid
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        fid.importlib.util,
+        "find_spec",
+        lambda name: (
+            (object() if name in modules else None)
+            if name in ("pytorch_fid", "torch_fidelity")
+            else real_find_spec(name)
+        ),
+    )
+
+
+def test_inception_backend_prefers_pytorch_fid_when_both_are_usable(tmp_path, monkeypatch):
+    from glann_ext.metrics import fid
+
+    _pretend_installed(monkeypatch, "pytorch_fid", "torch_fidelity")
+    (tmp_path / "checkpoints").mkdir()
+    for weights in (fid.PYTORCH_FID_WEIGHTS, fid.TORCH_FIDELITY_WEIGHTS):
+        (tmp_path / "checkpoints" / weights).write_bytes(b"")
+    found = find_inception_backend(hub_dir=tmp_path)
+    assert found.name == "pytorch-fid" and found.weights == tmp_path / "checkpoints" / fid.PYTORCH_FID_WEIGHTS
+
+
+def test_standard_fid_gives_torch_fidelity_uint8_rgb_batches_and_reports_its_failure(tmp_path, monkeypatch):
+    """A stand-in torch-fidelity extractor (features: four pixel values of the uint8 RGB batch it gets): grey
+    images reach it repeated to three channels, as uint8, in batches; its failure is a reason, not a raise."""
+    import sys
+    import types
+
+    from glann_ext.metrics import fid
+
+    _pretend_installed(monkeypatch, "torch_fidelity")
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / fid.TORCH_FIDELITY_WEIGHTS).write_bytes(b"")
+    seen = []
+
+    class Extractor:
+        def __init__(self, name, features, feature_extractor_weights_path):
+            assert (name, features) == ("inception-v3-compat", ["2048"])
+            assert feature_extractor_weights_path == str(
+                tmp_path / "checkpoints" / fid.TORCH_FIDELITY_WEIGHTS
+            )
+
+        def eval(self):
+            return self
+
+        def __call__(self, x):
+            seen.append((x.dtype, tuple(x.shape)))
+            return (torch.cat([x[:, :, 1, 2], x[:, 2:, 2, 3]], 1).float(),)
+
+    module = types.ModuleType("torch_fidelity.feature_extractor_inceptionv3")
+    module.FeatureExtractorInceptionV3 = Extractor
+    monkeypatch.setitem(sys.modules, "torch_fidelity", types.ModuleType("torch_fidelity"))
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.rand(6, 1, 8, 8, generator=g), 0.5 * torch.rand(5, 1, 8, 8, generator=g)
+    res = standard_fid(real, fake, batch_size=4, hub_dir=tmp_path)
+    assert seen == [(torch.uint8, (n, 3, 8, 8)) for n in (4, 2, 4, 1)]
+
+    def features(t):  # the same pixels of the images rounded to 0..255 and repeated to three channels
+        u8 = (t.clamp(0, 1) * 255).round().repeat(1, 3, 1, 1)
+        return torch.cat([u8[:, :, 1, 2], u8[:, 2:, 2, 3]], 1)
+
+    assert res.value == pytest.approx(frechet_distance(features(real), features(fake)), rel=1e-12)
+    assert res.reason == find_inception_backend(hub_dir=tmp_path).reason
+
+    def broken(self, x):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(Extractor, "__call__", broken)
+    assert standard_fid(real, fake, hub_dir=tmp_path) == fid.FIDResult(
+        None, "torch-fidelity failed: RuntimeError: out of memory"
     )
 
 
@@ -661,6 +944,26 @@ def test_code_usage_isolated_share_takes_the_most_isolated_tenth():
     assert u.isolated_share == pytest.approx((1 + 0) / 2 / 2)
 
 
+def _isolated_share_by_brute_force(samples: torch.Tensor, codes: torch.Tensor) -> float:
+    """cdist and sort: each sample to its nearest code, the codes whose 5th nearest other code is at or above
+    the 0.9 quantile of those distances against the rest."""
+    d = torch.cdist(codes, codes)
+    d.fill_diagonal_(math.inf)
+    fifth = d.sort(1).values[:, 4]
+    counts = torch.bincount(torch.cdist(samples, codes).argmin(1), minlength=len(codes)).double()
+    isolated = fifth >= torch.quantile(fifth, 0.9)
+    return float(counts[isolated].mean() / counts[~isolated].mean())
+
+
+def test_code_usage_isolated_share_matches_brute_force_on_random_codes():
+    for seed in range(4):  # the 4th nearest other code picks another tenth for seed 2
+        g = torch.Generator().manual_seed(seed)
+        codes = torch.randn(40, 3, generator=g, dtype=torch.float64)
+        samples = torch.randn(400, 3, generator=g, dtype=torch.float64)
+        want = _isolated_share_by_brute_force(samples, codes)
+        assert code_usage(samples, codes).isolated_share == pytest.approx(want, rel=1e-12), seed
+
+
 def test_code_usage_even_reference_and_an_even_sampler():
     codes = _sphere(50, 6, 1)
     u = code_usage(codes.repeat(40, 1), codes)  # every code exactly 40 times, each sample on its code
@@ -696,7 +999,7 @@ def _moment_ratios_reference(samples, codes, share):
     return offset, np.linalg.norm(c.mean(0)), ratio[:k].mean(), ratio[-k:].mean()
 
 
-@pytest.mark.parametrize(("d", "share"), [(12, 0.25), (7, 0.1), (64, 0.1)])
+@pytest.mark.parametrize(("d", "share"), [(12, 0.25), (7, 0.1), (64, 0.1), (6, 0.25)])
 def test_moment_ratios_against_an_independent_reference(d, share):
     g = torch.Generator().manual_seed(d)
     codes = torch.randn(400, d, generator=g) * torch.linspace(3.0, 0.1, d) + 0.3
@@ -749,6 +1052,23 @@ def test_moment_ratios_known_cases():
     assert math.isnan(flat["variance_leading"]) and flat["mean_offset"] == pytest.approx(math.sqrt(3))
 
 
+def test_moment_ratios_of_codes_in_a_plane_leave_out_the_rounding_directions():
+    """Codes spanning a 2-D plane of 6-D: the other four eigenvalues of their covariance are rounding (about
+    1e-17, some positive); they are left out (at most 1e-12 of the largest), so the ratios are those along the
+    plane's two axes (as numpy finds them), not a variance over 1e-17 (about 1e16)."""
+    for seed in range(3):
+        g = torch.Generator().manual_seed(seed)
+        basis = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))[0][:, :2]
+        plane = torch.randn(100, 2, generator=g, dtype=torch.float64)
+        codes = (plane * torch.tensor([2.0, 1.0])) @ basis.T + 0.5
+        samples = torch.randn(80, 6, generator=g, dtype=torch.float64)
+        got = moment_ratios(samples, codes, share=0.5)  # one axis each: the plane's first and second
+        names = ("mean_offset", "code_mean_norm", "variance_leading", "variance_trailing")
+        assert [got[k] for k in names] == pytest.approx(
+            list(_moment_ratios_reference(samples, codes, 0.5)), rel=1e-9
+        ), seed
+
+
 def test_moment_ratios_share_is_checked():
     codes = _sphere(10, 4, 0)
     with pytest.raises(ValueError, match=r"share must be a number in \(0, 1\], got 0"):
@@ -782,6 +1102,17 @@ def _brute_coverage(x: np.ndarray, y: np.ndarray, k: int = 5) -> float:
     return float((_brute_dist(x, y).min(1) < radii).mean())
 
 
+def _brute_prdc(x: np.ndarray, y: np.ndarray) -> PRDC:
+    """All four with the default k (3 and 5) from direct differences: closed balls for P/R, open for D/C."""
+    dxy, rx, ry3 = _brute_dist(x, y), np.sort(_brute_dist(x, x), 1), np.sort(_brute_dist(y, y), 1)[:, 3]
+    return PRDC(
+        precision=float((dxy <= rx[:, 3, None]).any(0).mean()),
+        recall=float((dxy <= ry3[None, :]).any(1).mean()),
+        density=float((dxy < rx[:, 5, None]).sum() / (5 * len(y))),
+        coverage=_brute_coverage(x, y),
+    )
+
+
 @pytest.mark.parametrize(("offset", "spread"), [(1000.0, 1e-3), (100.0, 1e-2), (0.0, 1.0)])
 def test_coverage_matches_float64_brute_force_on_offset_small_spread_sets(offset, spread):
     # the nearest-fake search ran in float32 while the radii were float64: 0.117 instead of 0.983
@@ -796,18 +1127,21 @@ def test_coverage_matches_float64_brute_force_on_offset_small_spread_sets(offset
 def test_all_four_prdc_values_match_brute_force_on_far_offset_sets(offset, spread):
     """The radii and ball counts expand |a - b|^2 as |a|^2 + |b|^2 - 2 a.b: far from the origin that loses
     every digit of a small distance (at 1e8 every point was in every ball), so the sets are centred on the real
-    mean first. Reference: direct differences in float64 numpy, closed balls for P/R, open for D/C."""
+    mean first. Reference: direct differences in float64 numpy (:func:`_brute_prdc`)."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 3)) * spread + offset
     y = rng.normal(size=(60, 3)) * spread + offset
-    dxy, rx, ry3 = _brute_dist(x, y), np.sort(_brute_dist(x, x), 1), np.sort(_brute_dist(y, y), 1)[:, 3]
-    want = PRDC(
-        precision=float((dxy <= rx[:, 3, None]).any(0).mean()),
-        recall=float((dxy <= ry3[None, :]).any(1).mean()),
-        density=float((dxy < rx[:, 5, None]).sum() / (5 * len(y))),
-        coverage=_brute_coverage(x, y),
-    )
-    assert prdc(torch.from_numpy(x), torch.from_numpy(y)) == want
+    assert prdc(torch.from_numpy(x), torch.from_numpy(y)) == _brute_prdc(x, y)
+
+
+def test_prdc_with_a_far_outlier_among_the_fakes_matches_brute_force():
+    """The sets are centred on the real mean, not the fake one: one fake at 1e9 moves the fake mean to 1.7e7,
+    and centred there the reals' small distances (spread 1e-2) lose every digit (precision 0.98, coverage 0)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 3)) * 1e-2
+    y = rng.normal(size=(60, 3)) * 1e-2
+    y[-1] = [1e9, 0.0, 0.0]
+    assert prdc(torch.from_numpy(x), torch.from_numpy(y)) == _brute_prdc(x, y)
 
 
 def test_code_usage_and_mode_coverage_search_in_float64():
