@@ -30,7 +30,8 @@ def knn_radii(
 
     Computed as the (k+1)-th smallest distance with the point itself included (distance 0), as in the
     reference implementations of Kynkäänniemi et al. 2019 and Naeem et al. 2020; duplicates of a row
-    count as neighbours at distance 0. Needs N >= k + 1.
+    count as neighbours at distance 0 up to the expansion's rounding (about 1e-8 of the rows' norm, as in
+    those implementations, which expand the same way). Needs N >= k + 1.
     """
     x = as_float_matrix(name, features)
     k = check_positive_int("k", k)
