@@ -13,6 +13,7 @@ from glann_testing import free_port
 
 import glann_ext
 from glann_ext.distributed import nn_argmin as dist_nn_argmin
+from glann_ext.errors import NonFiniteError
 from glann_ext.ops.nn_argmin import RunningArgmin
 from glann_ext.ops.reference import nn_argmin_scores_reference
 
@@ -38,10 +39,15 @@ def _make_case(case: str):
         k = torch.randn(300, 6, generator=g, dtype=torch.float64) + 5
         k[250:260], k[20:30] = q[:10], q[:10]
         return q, k, [130, 170], [12, 13]
+    if case == "strided":  # column slices: the ring sends contiguous copies (gloo refuses others; found by
+        # mutation testing: sending the keys as they came passed every test)
+        q = torch.randn(12, 10, generator=g)[:, ::2]
+        k = torch.randn(90, 10, generator=g)[:, 1::2]
+        return q, k, [40, 50], [5, 7]
     raise ValueError(case)
 
 
-CASES = ["uneven", "ties_across_border", "empty_shard", "float64"]
+CASES = ["uneven", "ties_across_border", "empty_shard", "float64", "strided"]
 WORLD = 2
 
 
@@ -145,6 +151,22 @@ def test_three_ranks_and_a_subgroup_pass_keys_between_their_own_members() -> Non
 def test_needs_a_process_group() -> None:
     with pytest.raises(RuntimeError, match=r"initialised torch\.distributed"):
         dist_nn_argmin(torch.randn(2, 3), torch.randn(4, 3))
+
+
+def test_non_finite_queries_or_keys_are_named_before_any_collective() -> None:
+    """NaN/Inf in this rank's queries or keys is the package's NonFiniteError, naming the argument and its row,
+    raised before the ring starts (so also without a process group); check_finite_values=False skips it.
+    Found by mutation testing: dropping either check passed every test."""
+    q, k = torch.randn(4, 3), torch.randn(6, 3)
+    q[2, 1] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"^queries row 2 contains NaN or Inf") as info:
+        dist_nn_argmin(q, k)
+    assert (info.value.argument, info.value.row) == ("queries", 2)
+    k[5, 0] = float("inf")
+    with pytest.raises(NonFiniteError, match=r"^local_keys row 5 contains NaN or Inf"):
+        dist_nn_argmin(torch.randn(4, 3), k)
+    with pytest.raises(RuntimeError, match=r"initialised torch\.distributed"):
+        dist_nn_argmin(q, k, check_finite_values=False)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -45,6 +45,15 @@ def test_save_grid_writes_the_grid_as_a_png(tmp_path):
         save_grid(_batch(), tmp_path / "g.xyz")
 
 
+def test_save_grid_takes_the_format_from_the_suffix_in_any_case_and_lays_out_nrow(tmp_path):
+    """Found by mutation testing: a .jpg written as PNG, an upper-case suffix refused, or save_grid's nrow
+    dropped passed every test."""
+    with Image.open(save_grid(_batch(), tmp_path / "g.JPG", nrow=5)) as im:
+        assert im.format == "JPEG" and im.size == (5 * (2 + 2) + 2, 3 + 4)  # one row of 5
+    with Image.open(save_grid(_batch(), tmp_path / "g.PNG", nrow=1)) as im:
+        assert im.format == "PNG" and np.array_equal(np.asarray(im), make_grid(_batch(), nrow=1)[..., 0])
+
+
 @pytest.mark.parametrize(
     ("images", "kwargs", "match"),
     [
@@ -52,6 +61,8 @@ def test_save_grid_writes_the_grid_as_a_png(tmp_path):
         (np.zeros((2, 1, 4, 4)), {}, "got ndarray"),
         (torch.rand(2, 1, 4, 4), {"nrow": 0}, "nrow must be an integer >= 1, got 0"),
         (torch.rand(2, 1, 4, 4), {"pad": -1}, "pad must be an integer >= 0, got -1"),
+        (torch.rand(2, 1, 4, 4), {"nrow": True}, "nrow must be an integer >= 1, got True"),
+        (torch.rand(2, 1, 4, 4), {"pad": False}, "pad must be an integer >= 0, got False"),
     ],
 )
 def test_bad_grids_are_usage_errors(images, kwargs, match):

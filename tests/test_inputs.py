@@ -124,6 +124,22 @@ def test_laplacian_numpy_in_numpy_out(dtype, reduction, layout):
     np.testing.assert_allclose(got_w, want_w.numpy(), rtol=2e-5 if dtype == np.float32 else 1e-12)
 
 
+def test_laplacian_numpy_for_either_argument_gives_numpy():
+    """A numpy y with a tensor x (or the other way round) gives the numpy loss too; found by mutation testing:
+    looking at x alone refused a numpy y as not a tensor, and no test mixed them."""
+    rng = np.random.default_rng(6)
+    x, y = (
+        rng.standard_normal((2, 1, 9, 8)).astype(np.float32),
+        rng.standard_normal((2, 1, 9, 8)).astype(np.float32),
+    )
+    want = glann_ext.laplacian_pyramid_loss(
+        torch.from_numpy(x), torch.from_numpy(y), reduction="none"
+    ).numpy()
+    for a, b in ((torch.from_numpy(x), y), (x, torch.from_numpy(y))):
+        got = glann_ext.laplacian_pyramid_loss(a, b, reduction="none")
+        assert isinstance(got, np.ndarray) and np.array_equal(got, want)
+
+
 def test_laplacian_numpy_nan_names_the_argument():
     x, y = np.zeros((3, 1, 8, 8), np.float32), np.zeros((3, 1, 8, 8), np.float32)
     y[2, 0, 1, 1] = np.inf

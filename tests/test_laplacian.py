@@ -633,6 +633,9 @@ def test_registered_backward_op_refuses_inconsistent_arguments():
         (0, signs.t().contiguous().t(), r"signs must be a contiguous int8 tensor .*\(not contiguous\)"),
         (1, torch.ones(1), r"grad_loss must have shape \(\) or \(2,\) on cpu, got \(1,\)"),
         (3, 0, r"batch, channels, height, width must be ints >= 1, got \(2, 0, 9, 11\)"),
+        # Round 8: a level count of 0 and a reduction index past the end passed the checks untested.
+        (6, 0, r"levels must be in \[1, 16\], got 0"),
+        (8, 3, r"reduction must be an index into \('mean', 'sum', 'none'\), got 3"),
     ]
     for position, value, match in bad:
         args = list(good)
@@ -649,6 +652,24 @@ def test_registered_backward_op_refuses_inconsistent_arguments():
     want = bwd(*args)
     args[1] = seed.double()
     assert torch.equal(bwd(*args), want)
+
+
+def test_registered_backward_op_refuses_a_dtype_it_cannot_compute_and_a_foreign_grad_loss():
+    """A 16-bit dtype on the CPU, an integer grad_loss and a grad_loss on another device than the signs (seen
+    by the implementation itself: the dispatcher sends a meta grad_loss to the fake one) are refused by name.
+    Found by mutation testing: dropping any of these checks passed every test."""
+    x, y = torch.randn(2, 3, 9, 11), torch.randn(2, 3, 9, 11)
+    signs = lap_mod._laplacian_fwd(x, y, 3, [1.0, 4.0, 16.0], 0, False, True)[1]
+    good = (signs, torch.tensor(1.0), 2, 3, 9, 11, 3, [1.0, 4.0, 16.0], 0, torch.float32, False)
+    for position, value, exc, match in [
+        (9, torch.float16, TypeError, r"dtype must be one of .* on cpu, got torch.float16"),
+        (1, torch.tensor(1), TypeError, "grad_loss must be a floating-point tensor, got torch.int64"),
+        (1, torch.tensor(1.0, device="meta"), ValueError, r"grad_loss must have .* on cpu, got \(\) on meta"),
+    ]:
+        args = list(good)
+        args[position] = value
+        with pytest.raises(exc, match=rf"^laplacian_bwd: {match}"):
+            lap_mod._backward_impl(*args)
 
 
 @pytest.mark.parametrize("registered", [False, True])

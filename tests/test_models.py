@@ -55,6 +55,25 @@ def test_reference_latent_adam_matches_sparse_adam_then_projection():
     assert torch.allclose(table.norm(dim=1), torch.ones(10))
 
 
+def test_reference_adam_rounds_a_wider_grad_to_the_tables_dtype_first():
+    """The reference backend takes a float64 grad for a float32 table (the fused one refuses it) and steps as
+    torch.optim does on the grad rounded to float32: the same bits. Found by mutation testing: without the
+    rounding the moments were computed from the float64 grad and came out different."""
+    g = torch.Generator().manual_seed(1)
+    table = reference.project_to_sphere_reference(torch.randn(20, 6, generator=g))
+    param = torch.nn.Parameter(table.clone())
+    oracle = torch.optim.SparseAdam([param], lr=0.05)
+    ours = SphereSparseAdam(table, lr=0.05, project=False, backend="reference")
+    for _ in range(3):
+        idx, grad = torch.randperm(20, generator=g)[:8], torch.randn(8, 6, generator=g, dtype=torch.float64)
+        param.grad = torch.sparse_coo_tensor(idx[None], grad.float(), (20, 6), check_invariants=True)
+        oracle.step()
+        ours.step(idx, grad)
+    assert torch.equal(ours.exp_avg, oracle.state[param]["exp_avg"])
+    assert torch.equal(ours.exp_avg_sq, oracle.state[param]["exp_avg_sq"])
+    assert torch.equal(table, param.detach())
+
+
 def test_latent_optimizer_state_round_trip():
     ops = get_ops(OPS)
     t1 = reference.project_to_sphere_reference(torch.randn(6, 3))
@@ -99,6 +118,40 @@ def test_reference_nn_argmin_accepts_chunks():
     q, k = torch.randn(7, 3), torch.randn(20, 3)
     ops = get_ops("reference")
     assert torch.equal(ops.nn_argmin(q, k.split(6)), reference.nn_argmin_exact(q, k))
+
+
+def test_reference_ops_are_the_plain_pytorch_references():
+    """get_ops("reference") is the oracle the kernels are tested against: every op it hands out is the one of
+    glann_ext.ops.reference (found by mutation testing: the fused loss or projection in the reference Ops
+    passed every test, their values being equal)."""
+    ops = get_ops("reference")
+    assert ops.lap_loss is reference.laplacian_pyramid_loss_reference
+    assert ops.project is reference.project_to_sphere_reference
+
+
+@pytest.mark.parametrize("name", ["fused", "reference"])
+def test_backend_search_over_several_processes_passes_the_group_and_its_scores(monkeypatch, name):
+    """With a distributed World the search is the collective one over the world's group, with this backend's
+    scores and the distances when asked; a single-process World searches locally. Found by mutation testing:
+    searching over the default group instead of the world's passed every test (their worlds used it)."""
+    import glann_ext.distributed
+    from glann_ext.train.world import World
+
+    calls = []
+
+    def collective(queries, keys, group, *, return_distances=False, scores=None):
+        calls.append((group, return_distances, scores))
+        return "collective"
+
+    monkeypatch.setattr(glann_ext.distributed, "nn_argmin", collective)
+    ops, group = get_ops(name), object()
+    q, k = torch.randn(4, 3), torch.randn(7, 3)
+    assert (
+        ops.nn_argmin(q, k, return_distances=True, world=World(rank=1, size=2, group=group)) == "collective"
+    )
+    assert calls == [(group, True, None if name == "fused" else reference.nn_argmin_scores_reference)]
+    assert torch.equal(ops.nn_argmin(q, k, world=World()), reference.nn_argmin_exact(q, k))
+    assert len(calls) == 1
 
 
 def _vgg_state(seed: int = 0) -> dict[str, torch.Tensor]:

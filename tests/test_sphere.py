@@ -89,6 +89,7 @@ def test_project_strided_views_without_copy(dtype):
     base = torch.randn(17, 31, dtype=dtype)
     for v in (base.t(), base[::3, ::2]):
         torch.testing.assert_close(project_to_sphere(v), oracle_project(v), **TOL[dtype])
+        assert project_to_sphere(v).is_contiguous()  # documented: a new contiguous tensor, any strides of z
         w = v.clone(memory_format=torch.preserve_format)
         project_to_sphere_(v)
         torch.testing.assert_close(v, oracle_project(w), **TOL[dtype])
@@ -739,6 +740,31 @@ def test_hyperparameter_types_and_error_wording():
     torch.testing.assert_close(table, want)
 
 
+def test_fused_steps_take_a_zero_rate_and_refuse_an_infinite_one():
+    """lr = 0 lies in the documented range (>= 0): the touched rows are only re-projected; lr = inf is refused,
+    and so are a tensor argument of another Python type and a table without columns (also when every shape
+    agrees). Found by mutation testing: refusing lr = 0, taking lr = inf, or dropping either of the other two
+    checks passed every test."""
+    base, idx, g = torch.randn(6, 3), torch.tensor([1, 4]), torch.randn(2, 3)
+    want = base.clone()
+    want[idx] = oracle_project(base[idx])
+    table, m, v = base.clone(), torch.zeros(6, 3), torch.zeros(6, 3)
+    fused_latent_sgd_(table, idx, g, lr=0.0)
+    torch.testing.assert_close(table, want, **TOL[torch.float32])
+    table = base.clone()
+    fused_latent_adam_(table, m, v, idx, g, step=1, lr=0)
+    torch.testing.assert_close(table, want, **TOL[torch.float32])
+    for lr in (math.inf, -math.inf):
+        message = rf"^fused_latent_sgd_: lr must be a finite float >= 0, got {lr}$"
+        with pytest.raises(ValueError, match=message):
+            fused_latent_sgd_(table, idx, g, lr=lr)
+    with pytest.raises(TypeError, match=r"^fused_latent_sgd_: grad must be a torch.Tensor, got list"):
+        fused_latent_sgd_(table, idx, g.tolist(), lr=0.1)
+    empty = torch.zeros(6, 0)  # every shape consistent, but no column to project
+    with pytest.raises(ValueError, match=r"^fused_latent_adam_: table must have at least one column"):
+        fused_latent_adam_(empty, empty.clone(), empty.clone(), idx, torch.zeros(2, 0), step=1, lr=0.1)
+
+
 def test_optimizers_refuse_a_non_contiguous_table_and_bad_loaded_hyperparameters():
     """A non-contiguous table was accepted and every step then failed; load_state_dict took any betas/eps."""
     wide = torch.randn(20, 16)
@@ -803,6 +829,44 @@ def test_optimizer_hyperparameters_at_the_edges_of_their_ranges():
         unprojected = make(table, project=False)
         unprojected.load_state_dict(state)
         assert unprojected.project is True
+
+
+def test_optimizers_refuse_a_table_of_another_rank_and_a_bool_eps():
+    """A 3-D table passed the constructor (only 1-D was refused) and eps=True was taken for 1.0 (found by
+    mutation testing: neither check had a test)."""
+    for make in (SphereSparseAdam, SphereSparseSGD):
+        with pytest.raises(ValueError, match=rf"^{make.__name__}: table must be a 2-D tensor, got 3-D"):
+            make(torch.zeros(4, 3, 2))
+    with pytest.raises(ValueError, match=r"^SphereSparseAdam: eps must be a finite number > 0, got True"):
+        SphereSparseAdam(unit_table(4, 3), eps=True)
+
+
+def test_sgd_refuses_the_state_of_an_adam_optimizer():
+    """As SphereSparseAdam refuses an SGD state (found by mutation testing: SGD's check had no test)."""
+    table = unit_table(5, 3)
+    sgd = SphereSparseSGD(table, lr=0.3)
+    with pytest.raises(
+        ValueError, match=r"^SphereSparseSGD.load_state_dict: got the state of a 'adam' optimizer"
+    ):
+        sgd.load_state_dict(SphereSparseAdam(table.clone(), lr=0.1).state_dict())
+    assert sgd.lr == 0.3
+
+
+def test_torch_optim_states_load_with_their_hyperparameters_also_before_the_first_step():
+    """The states glann_ext 0.1's reference backend saved: a SparseAdam saved before its first step has no
+    per-parameter state (its moments load as zeros, its step as 0), eps comes from the param group, and both
+    kinds load with projection on (the schema's default). Found by mutation testing: eps taken from the
+    defaults, or an SGD state loaded without projection, passed every test."""
+    param = torch.nn.Parameter(unit_table(8, 3))
+    sparse = torch.optim.SparseAdam([param], lr=0.04, betas=(0.6, 0.95), eps=1e-5)
+    opt = SphereSparseAdam(param.detach().clone(), lr=1.0, project=False)
+    opt.step(torch.tensor([1, 4]), torch.randn(2, 3))  # moments and counter that the load must reset
+    opt.load_state_dict(sparse.state_dict())
+    assert (opt.step_count, opt.lr, opt.betas, opt.eps, opt.project) == (0, 0.04, (0.6, 0.95), 1e-5, True)
+    assert not opt.exp_avg.any() and not opt.exp_avg_sq.any()
+    sgd = SphereSparseSGD(param.detach().clone(), lr=1.0, project=False)
+    sgd.load_state_dict(torch.optim.SGD([param], lr=0.3).state_dict())
+    assert (sgd.lr, sgd.project) == (0.3, True)
 
 
 @pytest.mark.parametrize("kind", ["adam", "sgd"])

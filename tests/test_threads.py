@@ -58,6 +58,25 @@ def test_one_thread_only_for_small_dense_steps_on_the_cpu():
     assert step_threads(wide, 128, CPU) is None
 
 
+def test_the_threshold_lies_between_the_measured_63_and_214_mflop_steps():
+    """The table of the module docstring (latent and noise 32): T 256 x 2 at batch 128 (63 MFLOP) ran faster
+    on one thread, 1024 x 2 at batch 32 (214 MFLOP) on two; found by mutation testing: a threshold of 50 or
+    250 MFLOP passed every test."""
+    fast_alone, fast_together = MLP(32, 32, hidden=256, layers=2), MLP(32, 32, hidden=1024, layers=2)
+    assert round(dense_step_flops(fast_alone, 128) / 1e6) == 63
+    assert round(dense_step_flops(fast_together, 32) / 1e6) == 214
+    assert step_threads(fast_alone, 128, CPU) == 1
+    assert step_threads(fast_together, 32, CPU) is None
+
+
+def test_only_the_cpu_gets_one_thread():
+    """Any device other than the CPU (not only CUDA) keeps torch's setting (found by mutation testing: judging
+    every device but CUDA passed every test)."""
+    small = MLP(16, 32, hidden=256, layers=2)
+    for device in ("cuda", "mps", "meta", "xpu"):
+        assert step_threads(small, 32, torch.device(device)) is None, device
+
+
 @pytest.mark.parametrize("policy", ["ACTIVE", None])
 def test_spinning_threads_keep_torchs_setting(monkeypatch, policy):
     """Threads that spin when idle (ACTIVE, or unset: torch's default) are cheap to wake: no change."""

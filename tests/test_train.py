@@ -162,6 +162,45 @@ def test_num_batches_counts_the_batches_an_epoch_makes():
             assert seeding.num_batches(n, bs) == len(made), (n, bs)
 
 
+def test_generators_are_seeded_by_the_documented_formula_without_collisions():
+    """A resumed run redraws what the interrupted one drew only if the seeds stay what they were: (seed *
+    1_000_003 + stage * 10_007 + epoch + block * 998_244_353) mod 2^63, the stage numbered as listed. No
+    (stage, epoch, block) shares another's stream. Found by mutation testing: seeds without the block's
+    factor (epoch 1 of block 0 = epoch 0 of block 1), or reduced mod 2^62, passed every test."""
+    for seed, stage, number, epoch, block in ((7, "glo", 2, 3, 2), (2**61 + 5, "spread", 9, 1, 0)):
+        want = (seed * 1_000_003 + number * 10_007 + epoch + block * 998_244_353) % 2**63
+        assert seeding.generator(seed, stage, epoch, block=block).initial_seed() == want
+    seeds = {
+        seeding.generator(0, stage, epoch, block=block).initial_seed()
+        for stage in ("init", "glo", "imle", "sample", "spread")
+        for epoch in range(3)
+        for block in range(3)
+    }
+    assert len(seeds) == 5 * 3 * 3
+
+
+def test_normal_rows_are_the_blocks_of_their_own_generators():
+    """Rows of a table spanning three blocks, by range or by index (any order, repeats, across blocks), are
+    the rows of the blocks drawn one by one from generator(seed, stage, epoch, block=b), the last block only
+    as long as the table; an empty range gives (0, dim) and a stepped range is refused. Found by mutation
+    testing: a (0,) result for an empty range, or a stepped range read as contiguous rows, passed every test."""
+    rows_per_block = seeding.BLOCK_ROWS
+    total, dim = 2 * rows_per_block + 5, 2
+    table = torch.cat(
+        [
+            torch.randn(n, dim, generator=seeding.generator(3, "imle", 4, block=b))
+            for b, n in enumerate((rows_per_block, rows_per_block, 5))
+        ]
+    )
+    for rows in (range(rows_per_block - 2, rows_per_block + 3), range(2 * rows_per_block, total)):
+        assert torch.equal(seeding.normal_rows(rows, total, dim, 3, "imle", 4), table[rows.start : rows.stop])
+    rows = torch.tensor([2 * rows_per_block + 4, 7, rows_per_block + 1, 7])
+    assert torch.equal(seeding.normal_rows(rows, total, dim, 3, "imle", 4), table[rows])
+    assert seeding.normal_rows(range(9, 9), total, dim, 3, "imle", 4).shape == (0, dim)
+    with pytest.raises(ValueError, match="a range of rows must have step 1"):
+        seeding.normal_rows(range(0, 10, 2), total, dim, 3, "imle", 4)
+
+
 def test_each_epoch_visits_the_data_in_the_order_of_its_seed_stage_and_epoch(blobs):
     """Epoch e's batches are the (seed, stage, e) permutation cut into batches: a new order every epoch, and
     another for each stage."""
