@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from benchmarks.report import cpu_targets, main, targets
+from benchmarks.report import _method, _verdict, cpu_targets, main, merge, render, targets
 
 
 def _bench(group: str, method: str, median: float, **extra: float) -> dict:
@@ -94,3 +94,85 @@ def test_main_skips_a_file_cut_off_at_its_limit(tmp_path, capsys) -> None:
     assert f"skipped {empty}" in out.err
     assert len(json.loads(merged.read_text())["benchmarks"]) == 1
     assert main(["report", str(empty)]) == 1
+
+
+def test_render_sorts_by_median_and_reports_each_ratio_against_the_first_glann_row() -> None:
+    group = "nn_argmin cpu N=8 M=16 D=64"
+    data = {
+        "machine_info": {"cpu": {"brand_raw": "Test CPU", "count": 2}, "python_version": "3.11"},
+        "datetime": "2026-01-01",
+        "benchmarks": [  # run order: the like-for-like glann row first
+            _bench(group, "glann_ext", 0.002, gflops=10.0, threads=2),
+            _bench(group, "torch_cdist_argmin", 0.004, gflops=5.0, threads=2),
+            _bench(group, "glann_ext_bf16", 0.001, gflops=20.0, threads=2),
+        ],
+    }
+    lines = render(data).splitlines()
+    assert lines[0] == "Machine: Test CPU, 2 logical CPUs; Python 3.11; run at 2026-01-01."
+    start = lines.index(f"### {group}")
+    # the threads field is not a column; the other extra_info fields are, in sorted order
+    assert lines[start + 2] == "| method | median (ms) | glann_ext speed-up | gflops |"
+    # fastest first; ratio = row median / the first glann row's median (0.002 s)
+    assert lines[start + 4 : start + 7] == [
+        "| glann_ext_bf16 | 1.000 | 0.50x | 20.0 |",
+        "| glann_ext | 2.000 | 1.00x (ours) | 10.0 |",
+        "| torch_cdist_argmin | 4.000 | 2.00x | 5.0 |",
+    ]
+
+
+def test_method_comes_from_the_parameters_else_from_the_last_part_of_the_test_id() -> None:
+    assert _method({"name": "bench_x[cpu-4096x40960x64-torch_cdist_argmin]"}) == "torch_cdist_argmin"
+    assert _method({"name": "bench_y[glann_ext]", "params": {}}) == "glann_ext"
+    assert _method({"name": "bench_z[cpu-a-b]", "params": {"impl": "faiss"}}) == "faiss"
+    assert _method({"name": "bench_plain"}) == "bench_plain"
+
+
+def test_merge_keeps_every_documents_benchmarks_and_the_first_machine() -> None:
+    a = {"machine_info": {"cpu": "A"}, "benchmarks": [_bench("g", "glann_ext", 1.0)]}
+    b = {"machine_info": {"cpu": "B"}, "benchmarks": [_bench("g", "torch", 2.0), _bench("h", "x", 3.0)]}
+    merged = merge([a, b])
+    assert merged["machine_info"] == {"cpu": "A"}
+    assert [x["params"]["method"] for x in merged["benchmarks"]] == ["glann_ext", "torch", "x"]
+    assert merge([]) == {"benchmarks": []}
+
+
+def test_cuda_laplacian_targets_read_the_best_eager_time_and_the_copy_bandwidth() -> None:
+    small = "laplacian_pyramid_loss fwd+bwd cuda 64x3x64x64"
+    big = "laplacian_pyramid_loss fwd+bwd cuda 16x3x256x256"
+    proj = "project cuda (1e6 x 64 float32)"
+    data = {
+        "benchmarks": [
+            _bench(small, "eager_slices", 5.0),
+            _bench(small, "eager_conv", 3.5),  # the best eager time: the goal is against it
+            _bench(small, "reference", 8.0),
+            _bench(small, "glann_ext", 0.5),
+            _bench(proj, "torch clone (memcpy bound)", 0.1, gbps=2000.0),
+            _bench(big, "glann_ext", 1.0, gbps=700.0),
+            _bench(big, "glann_ext_cuda_graph", 1.0, gbps=500.0),
+        ]
+    }
+    text = targets(data)
+    rows = {
+        line.split(" | ")[0] + " | " + line.split(" | ")[1]: line
+        for line in text.splitlines()[2:]
+        if line.startswith("|")
+    }
+    assert (
+        "7.00x | **missed by 1.43x**"
+        in rows[f"| Laplacian glann_ext fwd+bwd >= 10x the best torch eager | {small}"]
+    )
+    # achieved GB/s over the copy's 2000 GB/s
+    assert "35.00% | met" in rows[f"| Laplacian glann_ext >= 30% of the copy bandwidth | {big}"]
+    assert (
+        "25.00% | **missed by 1.20x**"
+        in rows[f"| Laplacian glann_ext_cuda_graph >= 30% of the copy bandwidth | {big}"]
+    )
+    assert "Copy bandwidth (torch clone, read + write): 2000 GB/s." in text
+
+
+def test_a_value_equal_to_its_goal_meets_it() -> None:
+    assert _verdict(1.3, 1.3) == "met (1.30 >= 1.3)"
+    assert _verdict(1.0, 1.3) == "**missed by 1.30x**"
+    g64 = "nn_argmin cpu N=4096 M=40960 D=64"
+    data = {"benchmarks": [_bench(g64, "glann_ext", 1.0), _bench(g64, "faiss_IndexFlatL2", 1.3)]}
+    assert "| 1.30x | met (1.30 >= 1.3) |" in cpu_targets(data)

@@ -92,3 +92,107 @@ def test_smoke_run(tmp_path):
         assert scores[row]["code_distance"] == pytest.approx(0.0, abs=1e-3), row
     for row in (latent_gap.ROWS[4], latent_gap.ROWS[7]):
         assert scores[row]["code_distance"] > 0.01, row
+
+
+def test_latent_points_draw_uniform_codes_midpoints_and_kernel_rows_from_one_seeded_generator():
+    """The random rows, recomputed by hand: two codes per midpoint, then the uniform codes, then each
+    bandwidth's kernel density draws in the order of KDE_BANDWIDTHS, all from one generator of ``seed``."""
+    model = _model()
+    codes, project = model.codes.float(), model.ops.project
+    pts = latent_gap.latent_points(model, 150, seed=3)
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randint(200, (150,), generator=g), torch.randint(200, (150,), generator=g)
+    uniform = torch.randint(200, (150,), generator=g)
+    assert torch.equal(pts[latent_gap.ROWS[2]], codes[uniform])
+    assert len(torch.unique(pts[latent_gap.ROWS[2]], dim=0)) < 150  # drawn with replacement
+    torch.testing.assert_close(pts[latent_gap.ROWS[5]], project((0.5 * (codes[a] + codes[b])).contiguous()))
+    for row, h in zip(latent_gap.ROWS[9:], latent_gap.KDE_BANDWIDTHS, strict=True):
+        torch.testing.assert_close(pts[row], latent_gap.jittered_codes(codes, 150, h, g, project)[0], msg=row)
+
+
+def _fake_classifier():
+    class Features:
+        def features(self, x):
+            return x.flatten(1)[:, ::49].double()  # 16 pixels of each 28x28 image
+
+    return Features()
+
+
+def test_run_seed_scores_each_row_and_t_usage_from_fresh_draws(monkeypatch):
+    """One seed with a small untrained model in place of GLANN's training: the balanced row decodes the
+    package's balanced sampling, the copy ratio is the median nearest-training-image distance over the test
+    images', and T's usage comes from 10 draws per code at seed + 1 (not the scored samples)."""
+    import dataclasses
+
+    from benchmarks.quality import BUDGETS
+    from glann_ext.metrics import code_usage, frechet_distance
+
+    model = _model()
+    monkeypatch.setattr(latent_gap, "fit", lambda train, cfg: model)
+    b = dataclasses.replace(BUDGETS["smoke"], fmnist_eval=40)
+    g = torch.Generator().manual_seed(5)
+    train, test, unseen = (torch.rand(n, 1, 28, 28, generator=g) for n in (30, 40, 10))
+    clf = _fake_classifier()
+    real = clf.features(test)
+    res = latent_gap.run_seed(b, 2, clf, train, real, 4.0, unseen)
+    scores = res["scores"]
+    assert set(scores) == set(latent_gap.ROWS)
+    balanced = model.decode(model.sample_inputs(40, seed=2, balanced=True))
+    assert scores[latent_gap.ROWS[8]]["fd"] == pytest.approx(frechet_distance(real, clf.features(balanced)))
+    plain = model.decode(model.sample_inputs(40, seed=2, balanced=False))
+    assert scores[latent_gap.ROWS[8]]["fd"] != pytest.approx(frechet_distance(real, clf.features(plain)))
+    ceiling = model.decode(model.codes[:40].float())
+    nearest = torch.cdist(ceiling.flatten(1).double(), train.flatten(1).double()).min(1).values
+    assert scores[latent_gap.ROWS[0]]["copy_ratio"] == pytest.approx(float(nearest.median()) / 4.0, rel=1e-6)
+    assert scores[latent_gap.ROWS[0]]["code_distance"] == pytest.approx(0.0, abs=1e-3)
+    want = code_usage(model.map_noise(model.noise(2000, seed=3)), model.codes, seed=2)
+    assert res["usage"] == want
+
+
+def test_run_decodes_the_codes_of_test_images_other_than_those_scored(monkeypatch):
+    import dataclasses
+
+    from benchmarks.quality import BUDGETS
+
+    b = dataclasses.replace(BUDGETS["smoke"], fmnist_eval=4)
+    g = torch.Generator().manual_seed(6)
+    images = {"train": torch.rand(10, 1, 28, 28, generator=g), "test": torch.rand(8, 1, 28, 28, generator=g)}
+    monkeypatch.setattr(latent_gap, "fashion_classifier", lambda b, cache: _fake_classifier())
+    monkeypatch.setattr(latent_gap, "load_labelled", lambda name, split, limit: (images[split][:limit], None))
+    calls = []
+    monkeypatch.setattr(latent_gap, "run_seed", lambda *args: calls.append(args) or {"seed": args[1]})
+    res = latent_gap.run(b, (0, 3), None)
+    assert res == {"seeds": (0, 3), "per_seed": [{"seed": 0}, {"seed": 3}]}
+    _, _, _, train, real, test_median, unseen = calls[1]
+    assert torch.equal(train, images["train"][: b.fmnist_train])
+    assert torch.equal(real, _fake_classifier().features(images["test"][:4]))
+    assert torch.equal(unseen, images["test"][4:8])  # none of the scored test images
+    nearest = torch.cdist(images["test"][:4].flatten(1).double(), train.flatten(1).double()).min(1).values
+    assert test_median == pytest.approx(float(nearest.median()))
+
+
+def test_markdown_writes_each_seeds_value_in_its_column_and_the_usage_line():
+    from glann_ext.metrics import CodeUsage
+
+    def usage(i):
+        return CodeUsage(
+            n_samples=2560, n_codes=256, codes_hit=0.61 + i / 100, codes_hit_even=0.98 - i / 100,
+            kl_over_codes=0.41 + i / 100, kl_over_codes_even=0.11, busiest_code=9 + i, isolated_share=0.35,
+            sample_code_median=0.27, sample_code_q10=0.12, code_spacing=0.52, mean_offset=0.01,
+            code_mean_norm=0.2, variance_leading=0.9, variance_trailing=1.1,
+        )  # fmt: skip
+
+    scores = [{row: dict(zip(latent_gap.SCORES, (21.04 + i, 0.61, 0.32 + i / 10, 0.55, 0.9, 0.25)))
+               for row in latent_gap.ROWS} for i in (0, 1)]  # fmt: skip
+    res = {"seeds": (0, 1), "per_seed": [{"scores": s, "usage": usage(i)} for i, s in enumerate(scores)]}
+    lines = latent_gap.markdown(res).splitlines()
+    assert lines[0] == "Seeds 0, 1 (values per seed)."
+    # fd, precision, recall, coverage, copy ratio, code distance: one value per seed
+    row = f"| {latent_gap.ROWS[4]} | 21.0 / 22.0 | 0.61 / 0.61 | 0.32 / 0.42 | 0.55 / 0.55 | 0.90 / 0.90 | 0.25 / 0.25 |"
+    assert row in lines
+    usage_line = next(line for line in lines if line.startswith("T's samples"))
+    assert usage_line.startswith(
+        "T's samples (2560): nearest to 61 / 62% of the codes (98 / 97% for uniform draws; the most isolated "
+        "tenth of the codes: 0.35 / 0.35x the others' samples), KL of that histogram from uniform 0.41 / 0.42 "
+        "(0.11 / 0.11 for uniform draws), busiest code 9 / 10 samples"
+    )
