@@ -683,6 +683,9 @@ def _fake_features(x):
     return x.flatten(1).double()
 
 
+_FAKE_CLASSIFIER = types.SimpleNamespace(features=_fake_features)  # the pixels as features
+
+
 def test_run_ablation_scores_each_row_per_seed_against_its_own_ceiling(monkeypatch):
     from benchmarks import ablation, quality
     from glann_ext.metrics import frechet_distance
@@ -696,7 +699,7 @@ def test_run_ablation_scores_each_row_per_seed_against_its_own_ceiling(monkeypat
 
     changes = [(ablation.BASE, {}), ("imle_epochs x 2", {"imle_epochs_factor": 2})]
     monkeypatch.setattr(ablation, "rows", lambda b: changes)
-    clf = type("Clf", (), {"features": staticmethod(_fake_features)})()
+    clf = _FAKE_CLASSIFIER
     b = dataclasses.replace(
         quality.BUDGETS["smoke"], ablation_seeds=(0, 1), fmnist_train=30, fmnist_eval=9000
     )
@@ -870,10 +873,8 @@ def test_run_stacked_draws_each_seeds_stacks_and_samples_the_ceiling_in_one_call
     assert ceiling_calls == [(5000, None), (5000, None)]  # the first min(n, N) reconstructions at once
     assert long_seeds == [4]
     assert out["rows"]["GLANN"]["modes"] == (3500.0, 500.0)  # sampled at seeds 3000 and 4000
-    assert out["paired"]["GLANN"]["modes"] == (
-        -10.0,
-        0.0,
-    )  # paired with GLO + Gaussian's samples of each seed
+    # paired with GLO + Gaussian's samples of each seed
+    assert out["paired"]["GLANN"]["modes"] == (-10.0, 0.0)
     assert out["paired"][quality.SPREAD]["modes"] == (90.0, 0.0)
     assert "the 6 training stacks" in out["rows"] and out["grid_rows"] == ["grid"]
 
@@ -902,7 +903,7 @@ def test_run_images_checks_memorisation_against_the_scored_test_images(monkeypat
     monkeypatch.setattr(
         quality, "find_inception_backend", lambda: types.SimpleNamespace(name=None, reason="none")
     )
-    clf = type("Clf", (), {"features": staticmethod(_fake_features)})()
+    clf = _FAKE_CLASSIFIER
     b = dataclasses.replace(quality.BUDGETS["smoke"], img_seeds=(0, 1), fmnist_eval=20)
     train_x, test_x = _images(30, 1, 2, seed=5), _images(50, 1, 2, seed=6)
     out = quality.run_images("fashion", train_x, test_x, clf, b, Path("unused"))
@@ -963,13 +964,8 @@ def test_quick_budget_is_the_full_one_at_its_first_seeds():
     from benchmarks import quality
 
     quick, full = quality.BUDGETS["quick"], quality.BUDGETS["full"]
-    assert (len(full.toy_seeds), len(full.img_seeds), len(full.stacked_seeds), len(full.ablation_seeds)) == (
-        5,
-        3,
-        3,
-        3,
-    )
     seeds = ("toy_seeds", "img_seeds", "stacked_seeds", "ablation_seeds")
+    assert [len(getattr(full, f)) for f in seeds] == [5, 3, 3, 3]
     assert all(getattr(quick, f) == getattr(full, f)[:1] for f in seeds)
     other = dataclasses.replace(
         quick, name="full", stacked_long_factor=full.stacked_long_factor, ablation_glo_rows=True,
