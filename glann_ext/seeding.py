@@ -3,6 +3,8 @@ only on (seed, stage, epoch) and a resumed run redraws exactly what the interrup
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 _STAGES = {
@@ -50,6 +52,19 @@ def normal_rows(
 def _block(b: int, total: int, dim: int, seed: int, stage: str, epoch: int) -> torch.Tensor:
     n = min(BLOCK_ROWS, total - b * BLOCK_ROWS)
     return torch.randn(n, dim, generator=generator(seed, stage, epoch, block=b))
+
+
+def prefix_normal(
+    n: int, dim: int, generator: torch.Generator, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """``n`` standard-normal rows (n, dim) from ``generator`` whose first ``k`` rows are the same for every
+    ``n >= k``, so ``sample(k)`` is the first ``k`` of ``sample(n)``. A plain ``torch.randn(n, dim)`` is not:
+    the CPU kernel turns uniforms into normals in blocks of 16 values, redraws a partial last block and takes
+    another path below 16 values. So whole blocks are drawn (rows rounded up to a multiple of
+    16 / gcd(dim, 16)) and cut; where ``n * dim`` is already a multiple of 16 this is exactly ``torch.randn``."""
+    step = 16 // math.gcd(dim, 16) if dim > 0 else 1
+    rows = -(-max(n, 1) // step) * step
+    return torch.randn(rows, dim, generator=generator, dtype=dtype)[:n]
 
 
 def epoch_permutation(n: int, seed: int, stage: str, epoch: int) -> torch.Tensor:

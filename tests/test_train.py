@@ -201,6 +201,26 @@ def test_normal_rows_are_the_blocks_of_their_own_generators():
         seeding.normal_rows(range(0, 10, 2), total, dim, 3, "imle", 4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_prefix_normal_rows_do_not_depend_on_how_many_are_drawn(dtype):
+    """The first k rows of prefix_normal are the same for every n >= k at any width, where torch.randn's
+    are not (its normal kernel works in blocks of 16 values and redraws a partial last one); where n * dim
+    is a multiple of 16 they are torch.randn's own rows, so the samples of every preset stay as they were."""
+    gen = lambda: seeding.generator(4, "sample")  # noqa: E731
+    changed = 0
+    for dim in (1, 3, 5, 7, 12, 17, 31):
+        big = seeding.prefix_normal(70, dim, gen(), dtype)
+        assert big.shape == (70, dim) and big.dtype == dtype
+        for n in (0, 1, 2, 5, 13, 33):
+            assert torch.equal(seeding.prefix_normal(n, dim, gen(), dtype), big[:n])
+            changed += not torch.equal(torch.randn(n, dim, generator=gen(), dtype=dtype), big[:n])
+    assert changed > 10  # the check can fail: torch.randn itself is not prefix-stable at these widths
+    for n, dim in ((1, 16), (7, 32), (3, 64), (8, 2)):
+        assert torch.equal(
+            seeding.prefix_normal(n, dim, gen(), dtype), torch.randn(n, dim, generator=gen(), dtype=dtype)
+        )
+
+
 def test_each_epoch_visits_the_data_in_the_order_of_its_seed_stage_and_epoch(blobs):
     """Epoch e's batches are the (seed, stage, e) permutation cut into batches: a new order every epoch, and
     another for each stage."""

@@ -214,8 +214,9 @@ class GenerativeModel(nn.Module):
         raise NotImplementedError
 
     def noise(self, n: int, seed: int = 0) -> torch.Tensor:
-        """``n`` standard-normal noise vectors (n, noise_dim) on the CPU; the same seed gives the same noise."""
-        return torch.randn(n, self.noise_dim, generator=seeding.generator(seed, "sample"))
+        """``n`` standard-normal noise vectors (n, noise_dim) on the CPU; the same seed gives the same noise,
+        and the first ``k`` of them whatever ``n >= k`` is."""
+        return seeding.prefix_normal(n, self.noise_dim, seeding.generator(seed, "sample"))
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
@@ -465,7 +466,7 @@ class GLANN(GenerativeModel):
             )
         mean, cov = mean.double().cpu(), cov.double().cpu()
         chol = torch.linalg.cholesky(cov + 1e-6 * torch.eye(d, dtype=torch.float64))
-        eps = torch.randn(n, d, generator=seeding.generator(seed, "sample"), dtype=torch.float64)
+        eps = seeding.prefix_normal(n, d, seeding.generator(seed, "sample"), torch.float64)
         z = (mean + eps @ chol.T).float()
         return self.ops.project(z.contiguous())
 
