@@ -672,6 +672,32 @@ def test_registered_backward_op_refuses_a_dtype_it_cannot_compute_and_a_foreign_
             lap_mod._backward_impl(*args)
 
 
+def test_registered_ops_refuse_a_meta_tensor_beside_a_real_one():
+    """A direct call of the registered ops that mixes a meta tensor with a CPU one is dispatched to the fake
+    implementation, which returned an empty CPU tensor (uninitialised memory as the loss or the gradient)
+    with no error. The fakes now check the devices, by name; all-meta calls still give shapes."""
+    ops = torch.ops.glann_ext
+    real, meta = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8, device="meta")
+    fwd = (2, [1.0, 4.0], 0, False, True)
+    for x, y, first in [(real, meta, "cpu"), (meta, real, "meta")]:
+        with pytest.raises(
+            ValueError, match=rf"^laplacian_fwd: y must be on the same device as x \({first}\)"
+        ):
+            ops.laplacian_fwd(x, y, *fwd)
+    signs = ops.laplacian_fwd(real, real.flip(0), *fwd)[1]
+    bwd = (2, 1, 8, 8, 2, [1.0, 4.0], 0, torch.float32, False)
+    for s, g, first in [
+        (signs, torch.tensor(1.0, device="meta"), "cpu"),
+        (signs.to("meta"), torch.tensor(1.0), "meta"),
+    ]:
+        with pytest.raises(
+            ValueError, match=rf"^laplacian_bwd: grad_loss must be on the same device as signs \({first}\)"
+        ):
+            ops.laplacian_bwd(s, g, *bwd)
+    grad = ops.laplacian_bwd(signs.to("meta"), torch.tensor(1.0, device="meta"), *bwd)
+    assert grad.device.type == "meta" and grad.shape == (2, 1, 8, 8)
+
+
 @pytest.mark.parametrize("registered", [False, True])
 def test_double_backward_raises_instead_of_a_silent_zero(registered):
     """Differentiating the gradient through the incoming gradient (the loss times a learnable weight) gave

@@ -773,6 +773,37 @@ def test_mixed_devices() -> None:
         nn_argmin(torch.randn(3, 2), torch.randn(4, 2, device="meta"))
 
 
+def test_registered_ops_refuse_a_meta_tensor_beside_a_real_one() -> None:
+    """A direct call of the registered in-place ops that mixes a meta tensor with a CPU one is dispatched to
+    the fake implementation, which left the running best unchanged with no error. The fakes now check the
+    devices, by name."""
+    ops, meta = torch.ops.glann_ext, torch.device("meta")
+    q, k = torch.randn(3, 2), torch.randn(4, 2)
+    best = (torch.full((3,), float("inf")), torch.zeros(3, dtype=torch.int64))
+    for args, name, first in [
+        ((q, k.to(meta), *best), "keys", "cpu"),
+        ((q.to(meta), k, *(t.to(meta) for t in best)), "keys", "meta"),
+        ((q.to(meta), k.to(meta), *best), "best_score", "meta"),
+        ((q, k, best[0], best[1].to(meta)), "best_index", "cpu"),
+    ]:
+        with pytest.raises(
+            ValueError, match=rf"^nn_argmin_fold_: {name} must be on the same device as queries \({first}\)"
+        ):
+            ops.nn_argmin_fold_(*args, 0)
+    candidate = (torch.zeros(3), torch.zeros(3, dtype=torch.int64))
+    for args, name, first in [
+        ((*best, *(t.to(meta) for t in candidate)), "score", "cpu"),
+        ((*(t.to(meta) for t in best), *candidate), "score", "meta"),
+        ((*best, candidate[0], candidate[1].to(meta)), "index", "cpu"),
+    ]:
+        with pytest.raises(
+            ValueError,
+            match=rf"^nn_argmin_merge_: {name} must be on the same device as best_score \({first}\)",
+        ):
+            ops.nn_argmin_merge_(*args, 0)
+    assert torch.equal(best[0], torch.full((3,), float("inf")))  # nothing was written
+
+
 def test_meta_tensors_give_shapes_only() -> None:
     # torch.compile / meta tracing: the fake implementation makes outputs of the right shape.
     q, k = torch.randn(3, 2, device="meta"), torch.randn(4, 2, device="meta")

@@ -39,14 +39,17 @@ def check_tensor(
     return t
 
 
-def check_same_device(**tensors: torch.Tensor) -> torch.device:
-    """All tensors on one device; returns it."""
+def check_same_device(*, op: str = "", **tensors: torch.Tensor) -> torch.device:
+    """All tensors on one device; returns it. ``op`` prefixes the message (the registered ops' fake
+    implementations check this too: a call that mixes a meta tensor with a real one dispatches to them, and
+    they would return an empty result or mutate nothing)."""
     items = list(tensors.items())
     first_name, first = items[0]
     for name, t in items[1:]:
         if t.device != first.device:
             raise ValueError(
-                f"{name} must be on the same device as {first_name} ({first.device}), got {t.device}"
+                f"{op + ': ' if op else ''}{name} must be on the same device as {first_name} ({first.device}), "
+                f"got {t.device}"
             )
     return first.device
 

@@ -183,6 +183,7 @@ def _forward_fake(
     pixel_path: bool,
     check_finite: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    check_same_device(x=x, y=y, op="laplacian_fwd")
     b, c, h, w = x.shape
     loss = x.new_empty((b,) if reduction == _NONE else (), dtype=_compute_dtype(x.dtype))
     signs = x.new_empty((b * c, _plane_elems(h, w, levels)), dtype=torch.int8)
@@ -272,6 +273,7 @@ def _backward_fake(
     dtype: torch.dtype,
     pixel_path: bool,
 ) -> torch.Tensor:
+    check_same_device(signs=signs, grad_loss=grad_loss, op="laplacian_bwd")
     return signs.new_empty((batch, channels, height, width), dtype=dtype)
 
 

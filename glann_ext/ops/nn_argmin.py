@@ -195,7 +195,9 @@ def _flags_error(op: str, names: tuple[str, ...], offsets: tuple[int, ...]) -> _
 @_fold.register_fake
 def _(queries, keys, best_score, best_index, key_offset, check_queries=False, check_keys=False,
       keys_name="keys", keys_row0=0) -> None:  # fmt: skip
-    return None
+    check_same_device(
+        queries=queries, keys=keys, best_score=best_score, best_index=best_index, op="nn_argmin_fold_"
+    )
 
 
 @torch.library.custom_op("glann_ext::nn_argmin_merge_", mutates_args=("best_score", "best_index"))
@@ -221,7 +223,9 @@ def _merge(
 
 @_merge.register_fake
 def _(best_score, best_index, score, index, key_offset) -> None:
-    return None
+    check_same_device(
+        best_score=best_score, best_index=best_index, score=score, index=index, op="nn_argmin_merge_"
+    )
 
 
 def check_queries(queries: object) -> torch.Tensor:
