@@ -54,8 +54,9 @@ void register_nn_argmin(py::module_& m) {
       py::arg("best_index"), py::arg("check_queries"), py::arg("check_keys"), py::arg("nonfinite_rows"),
       py::arg("workspace"), py::arg("workspace_bytes"), py::arg("exec"),
       "Folds the keys into the running best (score ||k||^2 - 2 q.k, global index) of every query row; "
-      "NaN/Inf in checked rows: CPU StatusError NON_FINITE (input 0 queries, 1 keys), CUDA the int64[2] at "
-      "nonfinite_rows lowered (see csrc/nn_argmin/nn_argmin.h).");
+      "NaN/Inf in checked rows: CPU StatusError NON_FINITE (input 0 queries, 1 keys), CUDA the int64[4] at "
+      "nonfinite_rows lowered (NaN/Inf rows of queries and keys, then rows whose squared norm is too large; "
+      "see csrc/nn_argmin/nn_argmin.h).");
   m.def(
       "nn_argmin_merge",
       [](int score_dtype, std::uintptr_t score, std::uintptr_t index, int64_t n_queries, int64_t key_offset,

@@ -19,6 +19,7 @@ import glann_ext
 from glann_ext import nn_argmin
 from glann_ext.errors import NonFiniteError
 from glann_ext.ops import reference
+from glann_ext.ops.kernels import use_cuda_kernels
 from glann_ext.ops.nn_argmin import RunningArgmin
 
 
@@ -902,6 +903,70 @@ def test_cuda_non_finite_is_deferred_to_a_later_call() -> None:
         torch.cuda.synchronize()
         glann_ext.project_to_sphere(torch.randn(3, 3, device="cuda"))
     glann_ext.ops.raise_deferred_errors(wait=True)  # nothing left
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("kernels", ["legacy", "hopper"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_cuda_norm_overflow_is_deferred_naming_the_row(kernels, dtype) -> None:
+    """Finite rows whose squared norm is above a quarter of the score type's maximum: on CUDA they were
+    not detected (a wrong index with no error); the kernels that look for NaN/Inf now flag them too, and the
+    deferred error names the argument and row, as the CPU's does at once. NaN in an input comes first."""
+    big = 1e20 if dtype != torch.float64 else 1e155
+    for argument, row in (("queries", 5), ("keys", 3001)):
+        q, k = torch.randn(50, 8), torch.randn(4000, 8)
+        (q if argument == "queries" else k)[row, 2] = big
+        (q if argument == "queries" else k)[row + 1, 0] = -big  # a later row: the lowest is named
+        if dtype != torch.bfloat16:  # the CPU's error, at once (the CPU refuses bfloat16)
+            with pytest.raises(
+                ValueError, match=rf"^nn_argmin: {argument} row {row} has a squared L2 norm above"
+            ):
+                nn_argmin(q.to(dtype), k.to(dtype))
+        with use_cuda_kernels(kernels):
+            nn_argmin(q.to("cuda", dtype), k.to("cuda", dtype))
+            with pytest.raises(
+                ValueError, match=rf"^nn_argmin: {argument} row {row} has a squared L2 norm"
+            ) as info:
+                glann_ext.ops.raise_deferred_errors(wait=True)
+            assert not isinstance(info.value, NonFiniteError)
+            k[10, 1] = float(
+                "nan"
+            )  # NaN in the keys: the keys' NaN error, unless the queries' norm comes first
+            nn_argmin(q.to("cuda", dtype), k.to("cuda", dtype))
+            want = (
+                rf"queries row {row} has a squared" if argument == "queries" else r"keys row 10 contains NaN"
+            )
+            with pytest.raises(ValueError, match=want):
+                glann_ext.ops.raise_deferred_errors(wait=True)
+            nn_argmin(q.to("cuda", dtype), k.to("cuda", dtype), check_finite_values=False)  # unchecked
+            glann_ext.ops.raise_deferred_errors(wait=True)  # nothing
+
+
+def test_cuda_flags_read_as_the_cpus_errors_in_the_cpus_order() -> None:
+    """The CUDA search's four flags (NaN/Inf rows of queries and keys, then rows whose norm overflows the
+    scores) become the error the CPU raises: queries before keys, an input's NaN before its norm, rows
+    counted from the slice's first row."""
+    import glann_ext.ops.nn_argmin as nn_mod
+
+    none = glann_ext.ops._native.NO_ROW
+    make = nn_mod._flags_error("nn_argmin", ("queries", "keys[1]"), (0, 7), torch.float32)
+    cases = [
+        ([none, none, none, none], None),
+        ([none, 4, 2, none], r"queries row 2 has a squared L2 norm above float32"),
+        ([3, 4, 2, 1], r"queries row 3 contains NaN"),
+        ([none, 4, none, 1], r"keys\[1\] row 11 contains NaN"),
+        ([none, none, none, 1], r"keys\[1\] row 8 has a squared L2 norm above float32"),
+    ]
+    for values, want in cases:
+        error = make(values)
+        if want is None:
+            assert error is None
+        else:
+            assert re.match(rf"^nn_argmin: {want}", str(error)), str(error)
+    # Without a dtype (the two flags of a call without queries) only the NaN rows are read.
+    assert "row 2 contains NaN" in str(
+        nn_mod._flags_error("nn_argmin", ("queries", "keys"), (0, 0))([none, 2])
+    )
 
 
 def test_eager_fast_path_matches_the_registered_op(monkeypatch):

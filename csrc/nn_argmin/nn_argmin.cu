@@ -1,8 +1,10 @@
 // nn_argmin on CUDA: a tiled SIMT kernel with the argmin fused into the GEMM epilogue.
 //
-//  0. row_check:   (when asked) the lowest query row holding NaN/Inf lowered into nonfinite_rows[0].
-//  1. key_norms:   ||k||^2 per key into the workspace (fma over d in order); when asked, a key with a
-//                  non-finite norm is looked at and, if it holds NaN/Inf, lowers nonfinite_rows[1].
+//  0. row_check:   (when asked) the lowest query row holding NaN/Inf lowered into nonfinite_rows[0], the
+//                  lowest finite one whose squared norm is above max_squared_norm into nonfinite_rows[2].
+//  1. key_norms:   ||k||^2 per key into the workspace (fma over d in order); when asked, a key whose norm
+//                  is above max_squared_norm (or NaN) is looked at: if it holds NaN/Inf it lowers
+//                  nonfinite_rows[1], otherwise nonfinite_rows[3] (its scores could overflow).
 //  2. argmin_tile: a block owns 128 query rows and one contiguous split of the keys; it walks 128-key
 //                  tiles, accumulating q.k in registers (8 x 8 per thread, d in chunks of 16 through
 //                  shared memory), turns them into scores ||k||^2 - 2 q.k (fmaf) and keeps a running
@@ -84,16 +86,30 @@ __device__ bool row_not_finite(const T* row, int64_t d, int64_t s1) {
   return zero != A(0);
 }
 
-// The lowest query row holding NaN/Inf, lowered into *first_bad.
+// Lowers *first_bad to the lowest row holding NaN/Inf, and *first_overflow to the lowest row of finite
+// values whose squared norm is above max_squared_norm (one read: v * 0 is 0 for every finite v).
 template <typename T>
 __global__ void row_check_kernel(const T* __restrict__ x, int64_t rows, int64_t d, int64_t s0, int64_t s1,
-                                 int64_t* __restrict__ first_bad) {
+                                 int64_t* __restrict__ first_bad, int64_t* __restrict__ first_overflow) {
+  using A = typename AccOf<T>::type;
   const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (j < rows && row_not_finite(x + j * s0, d, s1)) atomic_min_nonnegative(first_bad, j);
+  if (j >= rows) return;
+  const T* row = x + j * s0;
+  A zero = A(0), acc = A(0);
+  for (int64_t c = 0; c < d; ++c) {
+    const A v = to_acc(row[c * s1]);
+    zero += v * A(0);
+    acc = fma_acc(v, v, acc);
+  }
+  if (zero != A(0)) {
+    atomic_min_nonnegative(first_bad, j);
+  } else if (!(acc <= nn::max_squared_norm<A>())) {
+    atomic_min_nonnegative(first_overflow, j);
+  }
 }
 
-// ||k||^2 per key; with first_bad, a key whose norm is not finite (NaN/Inf, or finite values whose squares
-// overflow) is looked at and, if it holds NaN/Inf, lowers *first_bad.
+// ||k||^2 per key; with first_bad, a key whose norm is above max_squared_norm (NaN/Inf, or finite values
+// whose scores could overflow) is looked at: NaN/Inf lowers first_bad[0], finite values first_bad[2].
 template <typename T>
 __global__ void key_norms_kernel(const T* __restrict__ keys, int64_t m, int64_t d, int64_t s0, int64_t s1,
                                  typename AccOf<T>::type* __restrict__ norms, int64_t* __restrict__ first_bad) {
@@ -107,7 +123,8 @@ __global__ void key_norms_kernel(const T* __restrict__ keys, int64_t m, int64_t 
     acc = fma_acc(v, v, acc);
   }
   norms[j] = acc;
-  if (first_bad != nullptr && !(acc - acc == A(0)) && row_not_finite(row, d, s1)) atomic_min_nonnegative(first_bad, j);
+  if (first_bad != nullptr && !(acc <= nn::max_squared_norm<A>()))
+    atomic_min_nonnegative(row_not_finite(row, d, s1) ? first_bad : first_bad + 2, j);
 }
 
 template <typename T>
@@ -261,7 +278,8 @@ Status launch(const NnArgminParams& p, const CudaPlan& plan, cudaStream_t stream
 
   if (p.check_queries)
     row_check_kernel<T>
-        <<<ceil_div_int(p.n_queries, 256), 256, 0, stream>>>(q, p.n_queries, p.dim, qs[0], qs[1], p.nonfinite_rows);
+        <<<ceil_div_int(p.n_queries, 256), 256, 0, stream>>>(q, p.n_queries, p.dim, qs[0], qs[1], p.nonfinite_rows,
+                                                             p.nonfinite_rows + 2);
   key_norms_kernel<T><<<ceil_div_int(p.n_keys, 256), 256, 0, stream>>>(k, p.n_keys, p.dim, ks[0], ks[1], norms,
                                                                        p.check_keys ? p.nonfinite_rows + 1 : nullptr);
   dim3 grid(ceil_div_int(p.n_queries, kBM), static_cast<unsigned>(plan.splits));
@@ -272,7 +290,7 @@ Status launch(const NnArgminParams& p, const CudaPlan& plan, cudaStream_t stream
   return cuda_last_status("nn_argmin (CUDA)");
 }
 
-// The NaN/Inf row checks the tensor-core path does not fold in: one read of the rows asked for.
+// The NaN/Inf and norm checks the tensor-core path does not fold in: one read of the rows asked for.
 template <typename T>
 Status row_checks(const NnArgminParams& p) {
   if ((p.check_queries || p.check_keys) && p.nonfinite_rows == nullptr)
@@ -284,10 +302,10 @@ Status row_checks(const NnArgminParams& p) {
   const int64_t* ks = p.keys_strides;
   if (p.check_queries && p.n_queries > 0)
     row_check_kernel<T><<<ceil_div_int(p.n_queries, 256), 256, 0, stream>>>(
-        static_cast<const T*>(p.queries), p.n_queries, p.dim, qs[0], qs[1], p.nonfinite_rows);
+        static_cast<const T*>(p.queries), p.n_queries, p.dim, qs[0], qs[1], p.nonfinite_rows, p.nonfinite_rows + 2);
   if (p.check_keys && p.n_keys > 0)
-    row_check_kernel<T><<<ceil_div_int(p.n_keys, 256), 256, 0, stream>>>(static_cast<const T*>(p.keys), p.n_keys, p.dim,
-                                                                         ks[0], ks[1], p.nonfinite_rows + 1);
+    row_check_kernel<T><<<ceil_div_int(p.n_keys, 256), 256, 0, stream>>>(
+        static_cast<const T*>(p.keys), p.n_keys, p.dim, ks[0], ks[1], p.nonfinite_rows + 1, p.nonfinite_rows + 3);
   return cuda_last_status("nn_argmin (CUDA, row checks)");
 }
 

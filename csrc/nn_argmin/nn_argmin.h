@@ -41,8 +41,11 @@ struct NnArgminParams {
   // NaN/Inf in the rows the kernels read (the NaN policy of glann_ext.ops): with check_queries /
   // check_keys set, the CPU launcher returns Status kNonFinite with input 0 (queries) or 1 (keys) and
   // detail = the lowest offending row (of this call's keys), queries first; the CUDA launcher lowers
-  // nonfinite_rows[0] (queries) and nonfinite_rows[1] (keys), device int64s the caller set to INT64_MAX,
+  // nonfinite_rows[0] (queries) and nonfinite_rows[1] (keys) to rows holding NaN/Inf, and
+  // nonfinite_rows[2] (queries) and [3] (keys) to rows of finite values whose squared norm is above
+  // nn::max_squared_norm (their scores could overflow), four device int64s the caller set to INT64_MAX,
   // and returns without waiting (the caller reads them when it wants). The results are unspecified then.
+  // (The CPU launcher reports a key above the norm bound as kNonFinite too; the caller looks at the row.)
   bool check_queries = false, check_keys = false;
   int64_t* nonfinite_rows = nullptr;
 

@@ -102,8 +102,9 @@ def _fold_impl(
             n, m, d, _native.dtype_code(queries), exec_ctx.num_threads
         )
     workspace = torch.empty(max(nbytes, 1), dtype=torch.uint8, device=queries.device)
+    # CUDA: NaN/Inf rows of the queries and keys, then rows whose squared norm is too large (read later).
     flags = (
-        _native.nonfinite_flags(queries.device, 2)
+        _native.nonfinite_flags(queries.device, 4)
         if exec_ctx.cuda and (check_queries or check_keys)
         else None
     )
@@ -120,7 +121,7 @@ def _fold_impl(
             workspace.data_ptr(), workspace.numel(), exec_ctx,
         )  # fmt: skip
     if flags is not None:
-        _native.defer_flags(flags, _flags_error("nn_argmin", names, offsets))
+        _native.defer_flags(flags, _flags_error("nn_argmin", names, offsets, queries.dtype))
 
 
 @contextlib.contextmanager
@@ -179,14 +180,21 @@ _fold = torch.library.custom_op("glann_ext::nn_argmin_fold_", mutates_args=("bes
 )
 
 
-def _flags_error(op: str, names: tuple[str, ...], offsets: tuple[int, ...]) -> _native.FlagsError:
-    """Flag values (the lowest offending row of each input, or NO_ROW) -> the NaN error of the first
-    input that has one."""
+def _flags_error(
+    op: str, names: tuple[str, ...], offsets: tuple[int, ...], dtype: torch.dtype | None = None
+) -> _native.FlagsError:
+    """Flag values -> the error of the first input (queries, then keys) that has one. The first
+    ``len(names)`` values are each input's lowest row holding NaN/Inf (or NO_ROW); with ``dtype``, the CUDA
+    search's next ones are each input's lowest finite row whose squared norm its scores could overflow
+    (csrc/nn_argmin/nn_argmin.h). An input's NaN comes before its norm, as on the CPU."""
 
     def make(values: list[int]) -> Exception | None:
-        for name, offset, row in zip(names, offsets, values):
-            if row != _native.NO_ROW:
-                return non_finite_error(name, row + offset, op=op)
+        k = len(names)
+        for i, (name, offset) in enumerate(zip(names, offsets)):
+            if values[i] != _native.NO_ROW:
+                return non_finite_error(name, values[i] + offset, op=op)
+            if dtype is not None and values[k + i] != _native.NO_ROW:
+                return norm_overflow_error(op, name, values[k + i] + offset, dtype)
         return None
 
     return make
@@ -311,11 +319,11 @@ def nn_argmin(
             ``keys[i]`` and the lowest offending row if they hold NaN/Inf (an argmin over NaN has no
             meaning). The kernels look while they read, so it costs nothing measurable; on CUDA the error is
             deferred. ``False`` skips it: results for non-finite inputs are then unspecified.
-            On the CPU it also raises ``ValueError`` naming the argument and the lowest row whose values are
-            finite but whose squared norm exceeds a quarter of the accumulation type's maximum (a norm above
-            about 9.2e18 in float32, 6.7e153 in float64): the score ``||k||^2 - 2 q.k`` could overflow, and
-            the search would return a wrong index. Rescale the inputs (or use float64). On CUDA such rows
-            are not detected: their results are unspecified.
+            It also raises ``ValueError`` naming the argument and the lowest row whose values are finite but
+            whose squared norm exceeds a quarter of the accumulation type's maximum (a norm above about
+            9.2e18 in float32 and the 16-bit types, 6.7e153 in float64): the score ``||k||^2 - 2 q.k``
+            could overflow, and the search would return a wrong index. Rescale the inputs (or use float64).
+            On CUDA this error is deferred like the NaN error (the same kernels look, since 2026-12-05).
 
     Returns:
         ``index`` (N,) int64, or ``(index, sq_distance)``. Ties go to the lowest index. ``sq_distance``
