@@ -36,10 +36,14 @@ non-finite inputs are then unspecified. Values already in a latent table or its 
 checked (that would cost a pass every step).
 
 Transforms. Autograd (``backward``, ``torch.autograd.grad``), ``torch.compile``, fake and meta tensors are
-supported. ``torch.func`` transforms are not: ``torch.func.grad`` over ``laplacian_pyramid_loss`` or
-``project_to_sphere`` fails with torch's "must override setup_context" error, and ``torch.vmap`` over
-``nn_argmin`` with "Batching rule not implemented for glann_ext::nn_argmin_fold_". Batch by hand (the ops
-take batches already) and use ``torch.autograd.grad``.
+supported, and so are the reverse-mode ``torch.func`` transforms: ``torch.func.grad``, ``jacrev`` and
+``vjp`` over ``laplacian_pyramid_loss``, ``project_to_sphere`` and ``nn_argmin``'s distances, and ``vmap``
+over the first two (per-sample gradients: ``vmap(grad(...))``; vmap runs the kernels once per batch entry
+through torch's fallback, so batching by hand is faster). Under a transform the ops run through an
+``autograd.Function`` with ``setup_context``, the form those transforms accept. Not supported: forward-mode
+AD (``jvp``, ``jacfwd``: torch's NotImplementedError), ``vmap`` over ``nn_argmin`` (a NotImplementedError
+that says to search the batch's rows in one call), and the in-place ops (``project_to_sphere_``, the latent
+optimizer steps), which refuse tensors that require grad.
 """
 
 from ._native import raise_deferred_errors

@@ -61,6 +61,15 @@ class ExecContext(NamedTuple):
     num_threads: int
 
 
+def under_func_transform(*tensors: torch.Tensor) -> bool:
+    """Whether a ``torch.func`` transform (grad, jacrev, vmap) wraps any of ``tensors``: the ops then run
+    through an ``autograd.Function`` with ``setup_context``, the form those transforms accept (neither the
+    eager path's Function nor an op's ``register_autograd`` formula is)."""
+    return not torch.compiler.is_compiling() and any(  # as in plain_tensors: dynamo stops at the first
+        torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors
+    )
+
+
 def plain_tensors(*tensors: torch.Tensor) -> bool:
     """Whether an op may call its implementation directly instead of through the dispatcher (whose
     Python round trips cost tens of microseconds a call): plain tensors (no subclass, no torch.func

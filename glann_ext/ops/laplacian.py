@@ -351,6 +351,30 @@ class _EagerLoss(torch.autograd.Function):
         return gx, gy, None
 
 
+class _TransformLoss(torch.autograd.Function):
+    """The registered op and its autograd formula in the form ``torch.func`` accepts (``setup_context``;
+    ``vmap`` runs forward and backward on batched tensors through the ops' batching fallback), for
+    ``torch.func.grad``, ``jacrev`` and per-sample gradients (``vmap(grad(...))``). Forward-mode AD
+    (``jvp``, ``jacfwd``) is not supported."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, y, options):
+        return _laplacian_fwd(x, y, *options)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, y, options = inputs
+        ctx.mark_non_differentiable(output[1])
+        _setup_context(ctx, (x, y, *options), output)
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_signs):
+        gx, gy, *_ = _backward(ctx, grad_loss, None)
+        return gx, gy, None
+
+
 def _check_args(x: object, y: object, levels: object, reduction: object, level_weights: object) -> tuple:
     """Validates every argument (before any native call); returns the level count and its weights."""
     x = check_tensor("x", x, ndim=4)
@@ -453,6 +477,8 @@ def _loss(
     levels, weights = _check_args(x, y, levels, reduction, level_weights)
     _native.require_cuda_build(x, "laplacian_pyramid_loss")
     options = (levels, weights, REDUCTIONS.index(reduction), pixel_path, check_finite_values)
-    return (
-        _EagerLoss.apply(x, y, options) if _native.plain_tensors(x, y) else _laplacian_fwd(x, y, *options)[0]
-    )
+    if _native.plain_tensors(x, y):
+        return _EagerLoss.apply(x, y, options)
+    if _native.under_func_transform(x, y):
+        return _TransformLoss.apply(x, y, options)[0]
+    return _laplacian_fwd(x, y, *options)[0]

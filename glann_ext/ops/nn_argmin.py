@@ -347,6 +347,34 @@ def nn_argmin(
     return tuple(t.numpy() for t in out) if isinstance(out, tuple) else out.numpy()
 
 
+class _ChunkUnderTransform(torch.autograd.Function):
+    """One chunk's best (score, index) per query row, computed by the kernels on the tensors a
+    ``torch.func`` transform unwraps for an ``autograd.Function``: the in-place fold op has no autograd
+    formula, and neither output has a gradient (the distance is differentiated through torch ops)."""
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        raise NotImplementedError(
+            "nn_argmin does not support torch.vmap: search the batch's rows in one call (queries are a batch "
+            "already) or loop over the batch"
+        )
+
+    @staticmethod
+    def forward(queries, keys, check_queries, check_keys, name, row0):
+        chunk = RunningArgmin(queries)
+        chunk.check_queries, chunk.check_keys = check_queries, check_keys
+        chunk.update(keys, 0, name=name, row0=row0)
+        return chunk.score, chunk.index
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.mark_non_differentiable(*output)
+
+    @staticmethod
+    def backward(ctx, grad_score, grad_index):
+        return None, None, None, None, None, None
+
+
 Scores = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -397,7 +425,18 @@ class RunningArgmin:
         m = keys.shape[0]
         if m == 0:
             return
-        if self.scores is None:
+        if self.scores is None and _native.under_func_transform(self.queries, keys):
+            # torch.func.grad / jacrev: the chunk searched apart, folded in by the same rule in torch ops
+            score, index = _ChunkUnderTransform.apply(
+                self.queries, keys, self.check_queries, self.check_keys, name, row0
+            )
+            index = index + offset
+            take = (score < self.score) | ((score == self.score) & (index < self.index))
+            self.score, self.index = (
+                torch.where(take, score, self.score),
+                torch.where(take, index, self.index),
+            )
+        elif self.scores is None:
             fold = _fold_impl if _native.plain_tensors(self.queries, keys, self.score) else _fold
             fold(
                 self.queries,

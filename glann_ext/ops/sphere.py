@@ -434,6 +434,26 @@ torch.library.register_autograd(
     "glann_ext::project_to_sphere", _project_backward, setup_context=_project_setup_context, lib=_LIB
 )
 
+
+class _TransformProject(torch.autograd.Function):
+    """The registered projection and its backward in the form ``torch.func`` accepts (see
+    laplacian._TransformLoss): ``torch.func.grad``, ``jacrev``, ``vmap`` and per-sample gradients."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(z):
+        return torch.ops.glann_ext.project_to_sphere(z)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        _project_setup_context(ctx, inputs, output)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _project_backward(ctx, grad)
+
+
 _ops = torch.ops.glann_ext
 
 # --------------------------------------------------------------------------------------------------
@@ -463,6 +483,8 @@ def project_to_sphere(z: torch.Tensor | np.ndarray) -> Any:
     if _checks.is_numpy(z):
         return _ops.project_to_sphere(_checks.from_numpy("project_to_sphere: z", z)).numpy()
     _checks.check_tensor("project_to_sphere: z", z)
+    if _native.under_func_transform(z):
+        return _TransformProject.apply(z)
     return _ops.project_to_sphere(z)
 
 
