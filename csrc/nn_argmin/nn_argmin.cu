@@ -277,9 +277,8 @@ Status launch(const NnArgminParams& p, const CudaPlan& plan, cudaStream_t stream
   const int64_t* ks = p.keys_strides;
 
   if (p.check_queries)
-    row_check_kernel<T>
-        <<<ceil_div_int(p.n_queries, 256), 256, 0, stream>>>(q, p.n_queries, p.dim, qs[0], qs[1], p.nonfinite_rows,
-                                                             p.nonfinite_rows + 2);
+    row_check_kernel<T><<<ceil_div_int(p.n_queries, 256), 256, 0, stream>>>(q, p.n_queries, p.dim, qs[0], qs[1],
+                                                                            p.nonfinite_rows, p.nonfinite_rows + 2);
   key_norms_kernel<T><<<ceil_div_int(p.n_keys, 256), 256, 0, stream>>>(k, p.n_keys, p.dim, ks[0], ks[1], norms,
                                                                        p.check_keys ? p.nonfinite_rows + 1 : nullptr);
   dim3 grid(ceil_div_int(p.n_queries, kBM), static_cast<unsigned>(plan.splits));
