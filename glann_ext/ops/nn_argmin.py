@@ -425,7 +425,8 @@ class RunningArgmin:
         m = keys.shape[0]
         if m == 0:
             return
-        if self.scores is None and _native.under_func_transform(self.queries, keys):
+        plain = self.scores is None and _native.plain_tensors(self.queries, keys, self.score)
+        if self.scores is None and not plain and _native.under_func_transform(self.queries, keys):
             # torch.func.grad / jacrev: the chunk searched apart, folded in by the same rule in torch ops
             score, index = _ChunkUnderTransform.apply(
                 self.queries, keys, self.check_queries, self.check_keys, name, row0
@@ -437,8 +438,7 @@ class RunningArgmin:
                 torch.where(take, index, self.index),
             )
         elif self.scores is None:
-            fold = _fold_impl if _native.plain_tensors(self.queries, keys, self.score) else _fold
-            fold(
+            (_fold_impl if plain else _fold)(
                 self.queries,
                 keys,
                 self.score,
