@@ -233,10 +233,8 @@ def _unit_rows(z: torch.Tensor) -> torch.Tensor:
     return z / z.norm(dim=1, keepdim=True)
 
 
-@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")  # vmap's per-entry fallback
-@pytest.mark.filterwarnings(
-    "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
-)  # inside torch's jvp
+@pytest.mark.filterwarnings("error:There is a performance drop:UserWarning")  # vmap's rules, not the fallback
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # in torch's jvp
 def test_torch_func_grad_jacrev_and_vmap_match_the_pure_pytorch_references():
     """torch.func.grad over the loss and the projection failed with torch's "must override setup_context"
     error (neither the eager Function nor register_autograd is a form functorch accepts). They now run
@@ -284,6 +282,60 @@ def test_torch_func_grad_jacrev_and_vmap_match_the_pure_pytorch_references():
     xr = x.clone().requires_grad_()
     (g,) = torch.autograd.grad(lap(xr, y), xr)
     torch.testing.assert_close(g, torch.func.grad(ref)(x, y), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.filterwarnings("error:There is a performance drop:UserWarning")
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_vmap_of_the_loss_flattens_the_batches_into_one_call(reduction):
+    """torch.vmap ran the loss and its backward once per batch entry through torch's fallback (with a
+    "performance drop" warning, an error here). The batching rules flatten the entries into one call of
+    per-sample losses and reduce each entry after: the values and gradients of a loop over the entries,
+    with y batched or shared (in_dims None), the batch dimension anywhere, and jacrev (a vmapped backward
+    of one unbatched forward, whose signs are read in the shape that wrote them)."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 3, 2, 9, 11, dtype=torch.float64, generator=gen)
+    y = torch.randn(4, 3, 2, 9, 11, dtype=torch.float64, generator=gen)
+
+    def ours(a, b):
+        return glann_ext.laplacian_pyramid_loss(a, b, levels=3, reduction=reduction)
+
+    def ref(a, b):
+        return reference.laplacian_pyramid_loss_reference(a, b, levels=3, reduction=reduction)
+
+    def total(t):
+        return t.sum() if reduction == "none" else t
+
+    for in_dims in ((0, 0), (0, None)):
+        b = y if in_dims[1] == 0 else y[0]
+        entries = [(x[i], b[i] if in_dims[1] == 0 else b) for i in range(4)]
+        want = torch.stack([ref(*e) for e in entries])
+        torch.testing.assert_close(torch.func.vmap(ours, in_dims=in_dims)(x, b), want, rtol=1e-12, atol=0)
+        step = torch.func.grad(lambda p, q: total(ours(p, q)), argnums=(0, 1))
+        grads = torch.func.vmap(step, in_dims=in_dims)(x, b)
+        for arg in (0, 1):
+            want = torch.stack([torch.func.grad(lambda *t: total(ref(*t)), argnums=arg)(*e) for e in entries])
+            torch.testing.assert_close(grads[arg], want, rtol=1e-12, atol=1e-18)
+    moved = torch.func.vmap(ours, in_dims=(2, 2))(x.movedim(0, 2), y.movedim(0, 2))
+    torch.testing.assert_close(moved, torch.func.vmap(ours)(x, y), rtol=1e-12, atol=0)
+    jac = torch.func.jacrev(lambda p: ours(p, y[0]))(x[0])
+    torch.testing.assert_close(jac, torch.func.jacrev(lambda p: ref(p, y[0]))(x[0]), rtol=1e-12, atol=1e-18)
+
+
+@pytest.mark.filterwarnings("error:There is a performance drop:UserWarning")
+def test_vmap_of_the_projection_is_one_call_over_the_flattened_tables():
+    gen = torch.Generator().manual_seed(4)
+    z = torch.randn(5, 6, 4, dtype=torch.float64, generator=gen)
+    z[1, 2] = 0.0  # a zero row: (1, ..., 1) / sqrt(D), as outside vmap
+    want = torch.stack([glann_ext.project_to_sphere(t) for t in z])
+    torch.testing.assert_close(torch.func.vmap(glann_ext.project_to_sphere)(z), want, rtol=0, atol=0)
+    got = torch.func.vmap(glann_ext.project_to_sphere, in_dims=1, out_dims=1)(z.transpose(0, 1))
+    torch.testing.assert_close(got, want.transpose(0, 1), rtol=0, atol=0)
+    nested = torch.func.vmap(torch.func.vmap(glann_ext.project_to_sphere))(z[:, :, None])
+    torch.testing.assert_close(nested, want[:, :, None], rtol=0, atol=0)
+    with pytest.raises(
+        ValueError, match=r"^project_to_sphere: z must be a 2-D tensor, got 1-D with shape \(4,\)"
+    ):
+        torch.func.vmap(glann_ext.project_to_sphere)(z[0])
 
 
 @pytest.mark.parametrize("split", [None, "list", "generator"])

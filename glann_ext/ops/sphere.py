@@ -435,6 +435,17 @@ torch.library.register_autograd(
 )
 
 
+def _project_vmap(info, in_dims, z):
+    """torch.vmap of the projection: the vmapped tables' rows projected in one kernel call (instead of
+    torch's fallback, a call per entry); a NaN error counts rows across the flattened tables."""
+    z = z.movedim(in_dims[0], 0)  # the op's only input: always batched when this rule runs
+    _check_rows("project_to_sphere", z[0])  # the entry's own shape and dtype, worded as outside vmap
+    return torch.ops.glann_ext.project_to_sphere(z.reshape(-1, z.shape[-1])).view(z.shape), 0
+
+
+torch.library.register_vmap("glann_ext::project_to_sphere", _project_vmap, lib=_LIB)
+
+
 class _TransformProject(torch.autograd.Function):
     """The registered projection and its backward in the form ``torch.func`` accepts (see
     laplacian._TransformLoss): ``torch.func.grad``, ``jacrev``, ``vmap`` and per-sample gradients."""
