@@ -381,7 +381,8 @@ def test_nn_argmin_distances_under_torch_func_grad(split):
 
 
 def _func_grads(device: str) -> tuple[torch.Tensor, ...]:
-    """torch.func.grad of the loss, of a weighted projection and of nn_argmin's distances on ``device``."""
+    """torch.func.grad of the loss, of a weighted projection and of nn_argmin's distances, per-sample
+    gradients of the loss and a vmapped projection, on ``device``."""
     gen = torch.Generator().manual_seed(2)
     x, y = torch.randn(2, 3, 16, 12, generator=gen), torch.randn(2, 3, 16, 12, generator=gen)
     q, k, w = (
@@ -394,6 +395,10 @@ def _func_grads(device: str) -> tuple[torch.Tensor, ...]:
         torch.func.grad(lambda a: glann_ext.laplacian_pyramid_loss(a, y))(x),
         torch.func.grad(lambda a: (glann_ext.project_to_sphere(a) * w).sum())(q),
         torch.func.grad(lambda a: glann_ext.nn_argmin(a, k, return_distances=True)[1].sum())(q),
+        torch.func.vmap(torch.func.grad(lambda a, b: glann_ext.laplacian_pyramid_loss(a[None], b[None])))(
+            x, y
+        ),
+        torch.func.vmap(glann_ext.project_to_sphere)(q.view(5, 10, 8)),
     )
 
 
