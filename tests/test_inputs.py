@@ -367,6 +367,10 @@ def test_nn_argmin_distances_under_torch_func_grad(split):
     diff = q - k[index]
     torch.testing.assert_close(gq, 2 * diff, rtol=0, atol=0)
     torch.testing.assert_close(gk, torch.zeros_like(k).index_add_(0, index, -2 * diff), rtol=0, atol=0)
+    jac = torch.func.jacrev(lambda a: glann_ext.nn_argmin(a, chunked(k), return_distances=True)[1])(q)
+    torch.testing.assert_close(
+        jac, torch.func.jacrev(lambda a: ((a - k[index]) ** 2).sum(1))(q), rtol=0, atol=0
+    )
     bad = k.clone()
     bad[20, 1] = float("nan")
     name, row = ("keys", 20) if split is None else ("keys[1]", 7)
