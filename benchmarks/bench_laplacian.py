@@ -198,3 +198,53 @@ def test_fwd_bwd(benchmark, device, shape, impl):
         rounds = 5 if impl == "reference" and device == "cpu" else (10 if device == "cpu" else 30)
         benchmark.pedantic(run, rounds=rounds, iterations=calibrated_iterations(run))
     benchmark.extra_info["gbps"] = rate(3 * numel * 4, benchmark.stats.stats.median)
+
+
+# Per-sample gradients (one gradient per image, e.g. for per-example clipping or influence scores):
+# torch.func.vmap of torch.func.grad. glann_ext's batching rule runs the whole batch in one kernel call;
+# the eager baselines run under vmap as torch batches their ops; ``glann_ext_loop`` is the same loss
+# called once per image with torch.autograd.grad.
+PER_SAMPLE_SHAPES = {"cpu": [(64, 1, 28, 28)], "cuda": [(64, 1, 28, 28), (64, 3, 64, 64)]}
+PER_SAMPLE_IMPLS = ["glann_ext", "glann_ext_loop", "eager_slices", "eager_conv", "reference"]
+
+
+def _per_sample_fn(impl: str):
+    """(x, y) -> (B, C, H, W): each image's gradient of its own loss."""
+    if impl == "glann_ext_loop":
+
+        def loop(x, y):
+            grads = []
+            for i in range(x.shape[0]):
+                xi = x[i : i + 1].detach().requires_grad_()
+                grads.append(torch.autograd.grad(glann_ext.laplacian_pyramid_loss(xi, y[i : i + 1]), xi)[0])
+            return torch.cat(grads)
+
+        return loop
+    loss = IMPLS[impl]
+    return torch.func.vmap(torch.func.grad(lambda a, b: loss(a[None], b[None])))
+
+
+def test_per_sample_baselines_match():
+    x, y = torch.randn(5, 2, 12, 13, dtype=torch.float64), torch.randn(5, 2, 12, 13, dtype=torch.float64)
+    want = _per_sample_fn("reference")(x, y)
+    for impl in PER_SAMPLE_IMPLS:
+        torch.testing.assert_close(_per_sample_fn(impl)(x, y), want)
+
+
+@pytest.mark.parametrize(
+    ("device", "shape", "impl"),
+    device_params(
+        lambda dev: [(shape, impl) for shape in PER_SAMPLE_SHAPES[dev] for impl in PER_SAMPLE_IMPLS],
+        lambda row: "x".join(map(str, row[0])) + "-" + row[1],
+    ),
+)
+def test_per_sample_grads(benchmark, device, shape, impl):
+    benchmark.group = f"laplacian_pyramid_loss per-sample grads {device} " + "x".join(map(str, shape))
+    fresh(device)
+    torch.manual_seed(0)
+    x, y = torch.randn(shape, device=device), torch.randn(shape, device=device)
+    fn = _per_sample_fn(impl)
+    with use_cuda_kernels("legacy"):
+        run = timed(lambda: fn(x, y), device)
+        run()  # warm-up
+        benchmark.pedantic(run, rounds=10 if device == "cpu" else 30, iterations=calibrated_iterations(run))
