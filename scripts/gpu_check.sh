@@ -396,7 +396,7 @@ stage_bench() {
   local parts=(
     "nn_argmin|bench_nn_argmin.py|cuda and not 100000x100000|cpu and 4096x40960x64 and glann_ext|15"
     "nn_argmin_100k|bench_nn_argmin.py|cuda and 100000x100000|cpu and 100000x100000|20"
-    "laplacian|bench_laplacian.py|cuda and not torch_compile|cpu and 64x1x28x28 and (glann_ext or eager_slices)|35"
+    "laplacian|bench_laplacian.py|cuda and not torch_compile and not per_sample|cpu and 64x1x28x28 and (glann_ext or eager_slices) and not per_sample|35"
     "sphere|bench_sphere.py|cuda|cpu and batch128 and (glann_adam or torch_sparse_adam_reference)|15"
     "laplacian_compile|bench_laplacian.py|cuda and torch_compile|cpu and torch_compile|15"
   )
