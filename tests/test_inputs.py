@@ -376,17 +376,45 @@ def test_nn_argmin_distances_under_torch_func_grad(split):
     name, row = ("keys", 20) if split is None else ("keys[1]", 7)
     with pytest.raises(NonFiniteError, match=rf"^nn_argmin: {re.escape(name)} row {row} contains NaN"):
         torch.func.grad(distance, argnums=1)(q, bad)
-    with pytest.raises(NotImplementedError, match=r"nn_argmin does not support torch\.vmap"):
-        torch.vmap(lambda r: glann_ext.nn_argmin(r, k))(q[:, None])
     doc = " ".join(glann_ext.ops.__doc__.split())
     assert (
         "``vjp`` over ``laplacian_pyramid_loss``, ``project_to_sphere`` and ``nn_argmin``'s distances" in doc
     )
 
 
+@pytest.mark.parametrize("keys_batched", [False, True])
+def test_vmap_of_nn_argmin_is_the_search_of_each_entry(keys_batched):
+    """vmap over nn_argmin raised (the in-place fold op has no batching rule). Now each entry's indices,
+    distances and per-entry gradients are those of its own search, ties included; keys shared by the
+    entries are searched once for every entry's queries (a NaN error then counts query rows across the
+    entries), keys of their own once per entry, also in chunks."""
+    gen = torch.Generator().manual_seed(5)
+    q = torch.randint(-2, 3, (4, 30, 3), generator=gen).double()  # small integers: many exact ties
+    k = torch.randint(-2, 3, (4, 40, 3), generator=gen).double()
+    keys, in_dims = (k, (0, 0)) if keys_batched else (k[1], (0, None))
+    entry_keys = [k[i] if keys_batched else k[1] for i in range(4)]
+
+    def search(a, b):
+        return glann_ext.nn_argmin(a, [b[:13], b[13:]], return_distances=True)
+
+    index, dist = torch.func.vmap(search, in_dims=in_dims)(q, keys)
+    for i in range(4):
+        want = glann_ext.nn_argmin(q[i], entry_keys[i], return_distances=True)
+        assert torch.equal(index[i], want[0]) and torch.equal(dist[i], want[1])
+        assert torch.equal(want[0], reference.nn_argmin_exact(q[i], entry_keys[i]))
+    grads = torch.func.vmap(torch.func.grad(lambda a, b: search(a, b)[1].sum()), in_dims=in_dims)(q, keys)
+    want = torch.stack([2 * (q[i] - entry_keys[i][index[i]]) for i in range(4)])
+    torch.testing.assert_close(grads, want, rtol=0, atol=0)
+    bad = q.clone()
+    bad[2, 5, 1] = float("nan")
+    row = 2 * 30 + 5 if not keys_batched else 5
+    with pytest.raises(NonFiniteError, match=rf"^nn_argmin: queries row {row} contains NaN"):
+        torch.func.vmap(search, in_dims=in_dims)(bad, keys)
+
+
 def _func_grads(device: str) -> tuple[torch.Tensor, ...]:
     """torch.func.grad of the loss, of a weighted projection and of nn_argmin's distances, per-sample
-    gradients of the loss and a vmapped projection, on ``device``."""
+    gradients of the loss, a vmapped projection and vmapped distances, on ``device``."""
     gen = torch.Generator().manual_seed(2)
     x, y = torch.randn(2, 3, 16, 12, generator=gen), torch.randn(2, 3, 16, 12, generator=gen)
     q, k, w = (
@@ -403,6 +431,7 @@ def _func_grads(device: str) -> tuple[torch.Tensor, ...]:
             x, y
         ),
         torch.func.vmap(glann_ext.project_to_sphere)(q.view(5, 10, 8)),
+        torch.func.vmap(lambda a: glann_ext.nn_argmin(a, k, return_distances=True)[1])(q.view(5, 10, 8)),
     )
 
 

@@ -38,11 +38,11 @@ checked (that would cost a pass every step).
 Transforms. Autograd (``backward``, ``torch.autograd.grad``), ``torch.compile``, fake and meta tensors are
 supported, and so are the reverse-mode ``torch.func`` transforms: ``torch.func.grad``, ``jacrev`` and
 ``vjp`` over ``laplacian_pyramid_loss``, ``project_to_sphere`` and ``nn_argmin``'s distances, and ``vmap``
-over the first two (per-sample gradients: ``vmap(grad(...))``; their batching rules flatten the vmapped
-entries into one kernel call, so a NaN error counts rows or samples across the entries). Under a transform
-the ops run through an ``autograd.Function`` with ``setup_context``, the form those transforms accept. Not
-supported: forward-mode AD (``jvp``, ``jacfwd``: torch's NotImplementedError), ``vmap`` over ``nn_argmin``
-(a NotImplementedError that says to search the batch's rows in one call), and the in-place ops
+over all three (per-sample gradients: ``vmap(grad(...))``). Their batching rules flatten the vmapped
+entries into one kernel call (``nn_argmin``: when the keys are shared by the entries; keys of their own
+take one search per entry), so a NaN error counts rows or samples across the entries. Under a transform the
+ops run through an ``autograd.Function`` with ``setup_context``, the form those transforms accept. Not
+supported: forward-mode AD (``jvp``, ``jacfwd``: torch's NotImplementedError) and the in-place ops
 (``project_to_sphere_``, the latent optimizer steps), which refuse tensors that require grad.
 """
 

@@ -353,11 +353,21 @@ class _ChunkUnderTransform(torch.autograd.Function):
     formula, and neither output has a gradient (the distance is differentiated through torch ops)."""
 
     @staticmethod
-    def vmap(info, in_dims, *args):
-        raise NotImplementedError(
-            "nn_argmin does not support torch.vmap: search the batch's rows in one call (queries are a batch "
-            "already) or loop over the batch"
-        )
+    def vmap(info, in_dims, queries, keys, check_queries, check_keys, name, row0):
+        """torch.vmap: with keys shared by the entries (in_dims None), every entry's queries in one search
+        (a NaN error then counts query rows across the entries); with keys of their own, one search per
+        entry."""
+        v, (q_dim, k_dim) = info.batch_size, in_dims[:2]
+        q = queries.movedim(q_dim, 0) if q_dim is not None else queries.expand(v, *queries.shape)
+        if k_dim is None:
+            flat = q.reshape(-1, q.shape[-1])
+            score, index = _ChunkUnderTransform.apply(flat, keys, check_queries, check_keys, name, row0)
+            return (score.view(v, -1), index.view(v, -1)), (0, 0)
+        k = keys.movedim(k_dim, 0)
+        found = [
+            _ChunkUnderTransform.apply(q[i], k[i], check_queries, check_keys, name, row0) for i in range(v)
+        ]
+        return (torch.stack([f[0] for f in found]), torch.stack([f[1] for f in found])), (0, 0)
 
     @staticmethod
     def forward(queries, keys, check_queries, check_keys, name, row0):
