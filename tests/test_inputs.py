@@ -405,6 +405,8 @@ def test_vmap_of_nn_argmin_is_the_search_of_each_entry(keys_batched):
     grads = torch.func.vmap(torch.func.grad(lambda a, b: search(a, b)[1].sum()), in_dims=in_dims)(q, keys)
     want = torch.stack([2 * (q[i] - entry_keys[i][index[i]]) for i in range(4)])
     torch.testing.assert_close(grads, want, rtol=0, atol=0)
+    empty = torch.func.vmap(search, in_dims=in_dims)(q[:, :0], keys)  # entries of no queries
+    assert empty[0].shape == (4, 0) and empty[1].shape == (4, 0)
     bad = q.clone()
     bad[2, 5, 1] = float("nan")
     row = 2 * 30 + 5 if not keys_batched else 5

@@ -362,7 +362,7 @@ class _ChunkUnderTransform(torch.autograd.Function):
         if k_dim is None:
             flat = q.reshape(-1, q.shape[-1])
             score, index = _ChunkUnderTransform.apply(flat, keys, check_queries, check_keys, name, row0)
-            return (score.view(v, -1), index.view(v, -1)), (0, 0)
+            return (score.view(v, q.shape[1]), index.view(v, q.shape[1])), (0, 0)  # N may be 0
         k = keys.movedim(k_dim, 0)
         found = [
             _ChunkUnderTransform.apply(q[i], k[i], check_queries, check_keys, name, row0) for i in range(v)
