@@ -271,7 +271,8 @@ def test_nn_argmin_mma_maps_fragments_pipeline_epilogue_and_plan(emulator):
     reloads a stage before every thread is done with it; the epilogue (tile fold, quad shuffles, cross-warp
     fold, merge of splits) returns the lowest index of the lowest score with ties, NaN and a partial last
     tile; the split plan covers every (query, key) pair exactly once with int32 in-split indices, within
-    the shared-memory budget and the legacy kernel's workspace."""
+    the shared-memory budget and the legacy kernel's workspace. Also the CUDA row check's classification
+    (nn::RowCheck in nn_argmin_math.h): NaN/Inf first, then a squared norm above max / 4, the bound allowed."""
     out = run(emulator("plain"), "nn-checks")
     assert "OK nn-checks" in out
 

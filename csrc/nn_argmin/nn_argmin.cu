@@ -87,25 +87,18 @@ __device__ bool row_not_finite(const T* row, int64_t d, int64_t s1) {
 }
 
 // Lowers *first_bad to the lowest row holding NaN/Inf, and *first_overflow to the lowest row of finite
-// values whose squared norm is above max_squared_norm (one read: v * 0 is 0 for every finite v).
+// values whose squared norm is above max_squared_norm (nn::RowCheck, in one read).
 template <typename T>
 __global__ void row_check_kernel(const T* __restrict__ x, int64_t rows, int64_t d, int64_t s0, int64_t s1,
                                  int64_t* __restrict__ first_bad, int64_t* __restrict__ first_overflow) {
-  using A = typename AccOf<T>::type;
   const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (j >= rows) return;
   const T* row = x + j * s0;
-  A zero = A(0), acc = A(0);
-  for (int64_t c = 0; c < d; ++c) {
-    const A v = to_acc(row[c * s1]);
-    zero += v * A(0);
-    acc = fma_acc(v, v, acc);
-  }
-  if (zero != A(0)) {
-    atomic_min_nonnegative(first_bad, j);
-  } else if (!(acc <= nn::max_squared_norm<A>())) {
-    atomic_min_nonnegative(first_overflow, j);
-  }
+  nn::RowCheck<typename AccOf<T>::type> check;
+  for (int64_t c = 0; c < d; ++c) nn::row_check_add(check, to_acc(row[c * s1]));
+  const nn::RowStatus status = nn::row_check_status(check);
+  if (status == nn::kRowNonFinite) atomic_min_nonnegative(first_bad, j);
+  if (status == nn::kRowNormOverflow) atomic_min_nonnegative(first_overflow, j);
 }
 
 // ||k||^2 per key; with first_bad, a key whose norm is above max_squared_norm (NaN/Inf, or finite values

@@ -25,6 +25,29 @@ GLANN_HD constexpr Acc max_squared_norm() {
   return (sizeof(Acc) == 4 ? Acc(__FLT_MAX__) : Acc(__DBL_MAX__)) * Acc(0.25);
 }
 
+// What nn_argmin's input check makes of one row (the CUDA row_check_kernel, one value at a time in row
+// order): NaN/Inf anywhere, else finite values whose squared norm is above max_squared_norm (the scores
+// could overflow; the sum of squares itself may overflow to +inf), else fine.
+enum RowStatus : int { kRowOk = 0, kRowNonFinite = 1, kRowNormOverflow = 2 };
+
+template <typename Acc>
+struct RowCheck {
+  Acc zero = Acc(0);  // stays 0 for finite values: v * 0 is 0 for every finite v, NaN for NaN and Inf
+  Acc squares = Acc(0);
+};
+
+template <typename Acc>
+GLANN_HD void row_check_add(RowCheck<Acc>& check, Acc v) {
+  check.zero += v * Acc(0);
+  check.squares += v * v;
+}
+
+template <typename Acc>
+GLANN_HD RowStatus row_check_status(const RowCheck<Acc>& check) {
+  if (check.zero != Acc(0)) return kRowNonFinite;
+  return check.squares <= max_squared_norm<Acc>() ? kRowOk : kRowNormOverflow;
+}
+
 // Folds row r of `splits` partial results (split-major, n rows each; indices local, global = index +
 // offset) into the running best (best_score[r], best_index[r]).
 template <typename Score>

@@ -445,8 +445,50 @@ inline void check_plan(Failures& f) {
   }
 }
 
+// The CUDA row check's classification (nn::RowCheck, what row_check_kernel runs per row) against rows whose
+// answer is known: NaN or Inf anywhere (first, even beside huge values), finite values whose squared norm is
+// above a quarter of the type's maximum (also when the sum of squares overflows to +inf), and the bound
+// itself, which is allowed.
+template <typename Acc>
+inline void check_row_status(Failures& f) {
+  const Acc big = std::sqrt(std::numeric_limits<Acc>::max() / 4);  // squared: max / 4 up to rounding
+  const Acc inf = std::numeric_limits<Acc>::infinity(), nan = std::numeric_limits<Acc>::quiet_NaN();
+  const Acc quarter = std::numeric_limits<Acc>::max() / 4;
+  struct Case {
+    std::vector<Acc> row;
+    glann::nn::RowStatus want;
+  };
+  const std::vector<Case> cases = {
+      {{}, glann::nn::kRowOk},
+      {{Acc(0), Acc(-0.0), Acc(1e-30), Acc(-3)}, glann::nn::kRowOk},
+      {{Acc(1), nan, Acc(2)}, glann::nn::kRowNonFinite},
+      {{-inf}, glann::nn::kRowNonFinite},
+      {{big * 4, nan}, glann::nn::kRowNonFinite},  // NaN comes first, even beside a too-large value
+      {{big * 4}, glann::nn::kRowNormOverflow},
+      {{big, big}, glann::nn::kRowNormOverflow},                         // each square within the bound, their sum not
+      {{std::numeric_limits<Acc>::max()}, glann::nn::kRowNormOverflow},  // the square is +inf, the value finite
+      {{-std::numeric_limits<Acc>::max(), Acc(1)}, glann::nn::kRowNormOverflow},
+  };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    glann::nn::RowCheck<Acc> check;
+    for (Acc v : cases[i].row) glann::nn::row_check_add(check, v);
+    const glann::nn::RowStatus got = glann::nn::row_check_status(check);
+    if (got != cases[i].want) f.fail("row check", int64_t(sizeof(Acc)), int64_t(i), got);
+  }
+  if (glann::nn::max_squared_norm<Acc>() != quarter) f.fail("max_squared_norm", int64_t(sizeof(Acc)));
+  glann::nn::RowCheck<Acc> at_bound;  // a squared norm of exactly max / 4 is scored
+  at_bound.squares = quarter;
+  if (glann::nn::row_check_status(at_bound) != glann::nn::kRowOk)
+    f.fail("row check at the bound", int64_t(sizeof(Acc)));
+  at_bound.squares = std::nextafter(quarter, inf);
+  if (glann::nn::row_check_status(at_bound) != glann::nn::kRowNormOverflow)
+    f.fail("row check past the bound", int64_t(sizeof(Acc)));
+}
+
 inline int64_t nn_argmin_checks() {
   Failures f;
+  check_row_status<float>(f);
+  check_row_status<double>(f);
   check_layout_and_maps(f);
   for (int elem : {2, 4}) check_block_stage(f, elem, true, 1 + elem);
   check_block_stage(f, 4, false, 7);
