@@ -70,6 +70,12 @@ def under_func_transform(*tensors: torch.Tensor) -> bool:
     )
 
 
+def batch_dim_first(t: torch.Tensor, dim: int | None, size: int) -> torch.Tensor:
+    """In a ``torch.vmap`` batching rule: ``t`` with the batch dimension ``dim`` moved first, or expanded to
+    ``size`` entries if ``t`` is not batched (``dim`` None)."""
+    return t.movedim(dim, 0) if dim is not None else t.expand(size, *t.shape)
+
+
 def plain_tensors(*tensors: torch.Tensor) -> bool:
     """Whether an op may call its implementation directly instead of through the dispatcher (whose
     Python round trips cost tens of microseconds a call): plain tensors (no subclass, no torch.func

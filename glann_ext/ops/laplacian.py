@@ -331,17 +331,12 @@ _laplacian_fwd = torch.ops.glann_ext.laplacian_fwd
 _laplacian_bwd = torch.ops.glann_ext.laplacian_bwd
 
 
-def _batched_first(t: torch.Tensor, dim: int | None, size: int) -> torch.Tensor:
-    """``t`` with torch.vmap's batch dimension ``dim`` moved first (expanded if ``t`` is not batched)."""
-    return t.movedim(dim, 0) if dim is not None else t.expand(size, *t.shape)
-
-
 def _forward_vmap(info, in_dims, x, y, levels, level_weights, reduction, pixel_path, check_finite):
     """torch.vmap of the loss: the vmapped batches flattened into one kernel call of per-sample losses
     (reduction "none"), reduced per batch entry after (instead of torch's fallback, a call per entry). A
     NaN error counts samples across the flattened batch."""
     v = info.batch_size
-    x, y = _batched_first(x, in_dims[0], v), _batched_first(y, in_dims[1], v)
+    x, y = _native.batch_dim_first(x, in_dims[0], v), _native.batch_dim_first(y, in_dims[1], v)
     b, c, h, w = x.shape[1:]  # each entry's shape: checked by laplacian_pyramid_loss before the op
     flat = (x.reshape(v * b, c, h, w), y.reshape(v * b, c, h, w))
     per, signs = _laplacian_fwd(*flat, levels, level_weights, _NONE, pixel_path, check_finite)
@@ -364,7 +359,7 @@ def _backward_vmap(info, in_dims, signs, grad_loss, batch, channels, height, wid
     once with a unit gradient per sample, which each entry's incoming gradient then scales (the gradient is
     linear in it)."""
     v = info.batch_size
-    g = _batched_first(grad_loss, in_dims[1], v)  # (v,) or, for reduction "none", (v,) or (v, batch)
+    g = _native.batch_dim_first(grad_loss, in_dims[1], v)  # (v,) or, for reduction "none", (v,) or (v, batch)
     if reduction == _SUM:
         g = g * (channels * height * width)
     elif reduction != _NONE:
@@ -375,7 +370,7 @@ def _backward_vmap(info, in_dims, signs, grad_loss, batch, channels, height, wid
         unit = torch.ones(batch, dtype=per_sample.dtype, device=signs.device)
         base = _laplacian_bwd(signs, unit, *shape, levels, level_weights, _NONE, dtype, pixel_path)
         return (base.to(per_sample.dtype) * per_sample.view(v, batch, 1, 1, 1)).to(dtype), 0
-    flat_signs = _batched_first(signs, in_dims[0], v).reshape(v * batch * channels, -1)
+    flat_signs = _native.batch_dim_first(signs, in_dims[0], v).reshape(v * batch * channels, -1)
     grad = _laplacian_bwd(
         flat_signs, per_sample.reshape(v * batch).contiguous(), v * batch, channels, height, width, levels,
         level_weights, _NONE, dtype, pixel_path,
@@ -409,7 +404,7 @@ class _EagerLoss(torch.autograd.Function):
 
 class _TransformLoss(torch.autograd.Function):
     """The registered op and its autograd formula in the form ``torch.func`` accepts (``setup_context``;
-    ``vmap`` runs forward and backward on batched tensors through the ops' batching fallback), for
+    ``vmap`` runs forward and backward on batched tensors through the ops' batching rules above), for
     ``torch.func.grad``, ``jacrev`` and per-sample gradients (``vmap(grad(...))``). Forward-mode AD
     (``jvp``, ``jacfwd``) is not supported."""
 

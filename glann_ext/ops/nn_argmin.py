@@ -358,12 +358,12 @@ class _ChunkUnderTransform(torch.autograd.Function):
         (a NaN error then counts query rows across the entries); with keys of their own, one search per
         entry."""
         v, (q_dim, k_dim) = info.batch_size, in_dims[:2]
-        q = queries.movedim(q_dim, 0) if q_dim is not None else queries.expand(v, *queries.shape)
+        q = _native.batch_dim_first(queries, q_dim, v)
         if k_dim is None:
             flat = q.reshape(-1, q.shape[-1])
             score, index = _ChunkUnderTransform.apply(flat, keys, check_queries, check_keys, name, row0)
             return (score.view(v, q.shape[1]), index.view(v, q.shape[1])), (0, 0)  # N may be 0
-        k = keys.movedim(k_dim, 0)
+        k = _native.batch_dim_first(keys, k_dim, v)
         found = [
             _ChunkUnderTransform.apply(q[i], k[i], check_queries, check_keys, name, row0) for i in range(v)
         ]

@@ -438,7 +438,7 @@ torch.library.register_autograd(
 def _project_vmap(info, in_dims, z):
     """torch.vmap of the projection: the vmapped tables' rows projected in one kernel call (instead of
     torch's fallback, a call per entry); a NaN error counts rows across the flattened tables."""
-    z = z.movedim(in_dims[0], 0)  # the op's only input: always batched when this rule runs
+    z = _native.batch_dim_first(z, in_dims[0], info.batch_size)  # the only input: batched when this runs
     _check_rows("project_to_sphere", z[0])  # the entry's own shape and dtype, worded as outside vmap
     return torch.ops.glann_ext.project_to_sphere(z.reshape(-1, z.shape[-1])).view(z.shape), 0
 
