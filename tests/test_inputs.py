@@ -229,10 +229,6 @@ def test_documented_errors_and_gradients_match_behaviour():
     torch.testing.assert_close(gk, torch.zeros_like(k).index_add_(0, index, -2 * diff))
 
 
-def _unit_rows(z: torch.Tensor) -> torch.Tensor:
-    return z / z.norm(dim=1, keepdim=True)
-
-
 @pytest.mark.filterwarnings("error:There is a performance drop:UserWarning")  # vmap's rules, not the fallback
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # in torch's jvp
 def test_torch_func_grad_jacrev_and_vmap_match_the_pure_pytorch_references():
@@ -267,14 +263,16 @@ def test_torch_func_grad_jacrev_and_vmap_match_the_pure_pytorch_references():
     z = torch.randn(5, 4, dtype=torch.float64, generator=gen)
     z[2] *= 1e-3
     torch.testing.assert_close(
-        torch.func.jacrev(glann_ext.project_to_sphere)(z), torch.func.jacrev(_unit_rows)(z)
+        torch.func.jacrev(glann_ext.project_to_sphere)(z),
+        torch.func.jacrev(reference.project_to_sphere_reference)(z),
     )
     torch.testing.assert_close(
-        torch.func.vmap(glann_ext.project_to_sphere)(z[:, None]), _unit_rows(z)[:, None]
+        torch.func.vmap(glann_ext.project_to_sphere)(z[:, None]),
+        reference.project_to_sphere_reference(z)[:, None],
     )
     torch.testing.assert_close(
         torch.func.vmap(torch.func.grad(lambda r: glann_ext.project_to_sphere(r[None]).sum()))(z),
-        torch.func.vmap(torch.func.grad(lambda r: _unit_rows(r[None]).sum()))(z),
+        torch.func.vmap(torch.func.grad(lambda r: reference.project_to_sphere_reference(r[None]).sum()))(z),
     )
     with pytest.raises(NotImplementedError, match="jvp"):
         torch.func.jvp(lambda a: lap(a, y), (x,), (torch.ones_like(x),))
