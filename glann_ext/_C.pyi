@@ -200,7 +200,7 @@ def nn_argmin(
     exec: _Exec,
 ) -> None:
     """
-    Folds the keys into the running best (score ||k||^2 - 2 q.k, global index) of every query row; NaN/Inf in checked rows: CPU StatusError NON_FINITE (input 0 queries, 1 keys), CUDA the int64[2] at nonfinite_rows lowered (see csrc/nn_argmin/nn_argmin.h).
+    Folds the keys into the running best (score ||k||^2 - 2 q.k, global index) of every query row; NaN/Inf in checked rows: CPU StatusError NON_FINITE (input 0 queries, 1 keys), CUDA the int64[4] at nonfinite_rows lowered: [0]/[1] queries'/keys' NaN/Inf rows, [2]/[3] their finite rows whose squared norm could overflow the scores (see csrc/nn_argmin/nn_argmin.h).
     """
 
 def nn_argmin_cpu_path() -> str:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 
-from .ops._checks import check_finite
+from .ops._checks import check_finite, check_squared_norms
 from .ops.nn_argmin import RunningArgmin, check_keys, check_queries
 
 Scores = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -45,6 +45,9 @@ def nn_argmin(
             ranks, but the total must be >= 1). D, dtype and device must agree across ranks.
         group: the process group (default: the world).
         return_distances: also return the exact squared distances (float32).
+        check_finite_values: before any collective, raise ``NonFiniteError`` for a NaN/Inf row and
+            ``ValueError`` for a finite row whose squared norm could overflow the scores (as
+            :func:`glann_ext.nn_argmin` does), naming the argument and this rank's row; False skips both.
         scores: how one rank's keys are searched: ``(queries, keys) -> (best score ||k||^2 - 2 q.k, its
             lowest index)``; None (default) is the fused kernel, ``glann_ext.ops.reference.
             nn_argmin_scores_reference`` the plain PyTorch reference (what ``--ops reference`` uses).
@@ -55,9 +58,10 @@ def nn_argmin(
     """
     queries = check_queries(queries)
     local_keys = check_keys("local_keys", local_keys, queries)
-    if check_finite_values:
-        check_finite("queries", queries)
-        check_finite("local_keys", local_keys)
+    if check_finite_values:  # NaN/Inf, then finite rows too large to score (nn_argmin's ValueError)
+        for name, t in (("queries", queries), ("local_keys", local_keys)):
+            check_finite(name, t)
+            check_squared_norms("nn_argmin", name, t)
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError(
             "glann_ext.distributed.nn_argmin needs an initialised torch.distributed process group"

@@ -167,6 +167,14 @@ def test_non_finite_queries_or_keys_are_named_before_any_collective() -> None:
         dist_nn_argmin(torch.randn(4, 3), k)
     with pytest.raises(RuntimeError, match=r"initialised torch\.distributed"):
         dist_nn_argmin(q, k, check_finite_values=False)
+    # Finite rows whose squared norm would overflow the scores: the search's ValueError (the ring ran them
+    # unchecked, a wrong index with no error).
+    big = torch.randn(6, 3)
+    big[4] = 1e20
+    with pytest.raises(ValueError, match=r"^nn_argmin: local_keys row 4 has a squared L2 norm above float32"):
+        dist_nn_argmin(torch.randn(4, 3), big)
+    with pytest.raises(ValueError, match=r"^nn_argmin: queries row 1 has a squared L2 norm above float32"):
+        dist_nn_argmin(big[3:], torch.randn(4, 3))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

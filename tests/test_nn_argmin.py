@@ -662,6 +662,26 @@ def test_norm_overflow_in_a_chunk_and_with_a_scorer_names_the_chunk_row() -> Non
             RunningArgmin(qn, scores=scores, check_finite=True).update(torch.randn(2, 4), 0)
 
 
+def test_an_inputs_nan_row_comes_before_its_norm_on_every_path() -> None:
+    """A NaN row after a too-large row: the CPU kernel stops at the lower (finite) row, which was raised as
+    the norm error, where a scorer, check_squared_norms and CUDA's flags all name the NaN row. Every path
+    now names the NaN row; and a call without queries checks its keys' norms too."""
+    q, k = torch.randn(3, 4), torch.randn(8, 4)
+    k[2], k[5, 0] = 1e20, float("nan")
+    for scores in (None, reference.nn_argmin_scores_reference):
+        with pytest.raises(NonFiniteError, match=r"^nn_argmin: keys row 5 contains NaN") as info:
+            RunningArgmin(q, scores=scores, check_finite=True).update(k, 0)
+        assert info.value.row == 5
+    with pytest.raises(NonFiniteError, match=r"^nn_argmin: keys\[1\] row 5 contains NaN"):
+        nn_argmin(q, [torch.randn(2, 4), k])
+    k[5, 0] = 0.0
+    with pytest.raises(ValueError, match=r"^nn_argmin: keys row 2 has a squared L2 norm above float32"):
+        nn_argmin(q, k)
+    with pytest.raises(ValueError, match=r"^nn_argmin: keys row 2 has a squared L2 norm above float32"):
+        nn_argmin(q[:0], k)
+    assert nn_argmin(q[:0], k, check_finite_values=False).shape == (0,)
+
+
 def test_keys_split_into_native_calls_keep_their_global_rows(monkeypatch) -> None:
     """A key tensor longer than one native call takes (2^30 rows) is searched in slices: indices, NaN rows and
     too-large rows are still counted from the tensor's first row."""

@@ -102,7 +102,8 @@ __global__ void row_check_kernel(const T* __restrict__ x, int64_t rows, int64_t 
 }
 
 // ||k||^2 per key; with first_bad, a key whose norm is above max_squared_norm (NaN/Inf, or finite values
-// whose scores could overflow) is looked at: NaN/Inf lowers first_bad[0], finite values first_bad[2].
+// whose scores could overflow) is looked at: NaN/Inf lowers first_bad[0], finite values first_bad[2]. The
+// caller passes nonfinite_rows + 1, so these are the keys' slots [1] and [3] of nn_argmin.h's flags.
 template <typename T>
 __global__ void key_norms_kernel(const T* __restrict__ keys, int64_t m, int64_t d, int64_t s0, int64_t s1,
                                  typename AccOf<T>::type* __restrict__ norms, int64_t* __restrict__ first_bad) {

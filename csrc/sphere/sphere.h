@@ -31,8 +31,9 @@ struct ProjectParams {
   int64_t dim = 0;
   int64_t in_strides[2] = {0, 1};  // element strides
   int64_t out_strides[2] = {0, 1};
-  // CUDA only: a device int64 the caller initialised to `rows`; the kernel atomically lowers it to the
-  // first non-finite row. The caller reads it back after the launch (the kernel cannot report it).
+  // CUDA only: a device int64 the caller initialised to a value >= `rows` (Python: INT64_MAX); the
+  // kernel atomically lowers it to the first non-finite row. The caller reads it back after the launch
+  // (the kernel cannot report it).
   int64_t* first_bad_row = nullptr;
 };
 

@@ -156,10 +156,24 @@ def check_finite(name: str, t: torch.Tensor, *, row0: int = 0, op: str = "") -> 
 def nonfinite_row_flag(t: torch.Tensor) -> torch.Tensor:
     """The lowest row of ``t`` (along dimension 0) holding NaN or Inf as a 1-element int64 tensor on ``t``'s
     device, ``iinfo(int64).max`` if none: torch ops only, so no synchronisation (for inputs no kernel reads)."""
-    none = torch.iinfo(torch.int64).max
     if t.shape[0] == 0 or t.numel() == 0:
+        return _lowest_row_flag(None, t)
+    return _lowest_row_flag((~torch.isfinite(t)).reshape(t.shape[0], -1).any(1), t)
+
+
+def overflowing_row_flag(t: torch.Tensor) -> torch.Tensor:
+    """:func:`first_overflowing_row` of 2-D ``t`` as :func:`nonfinite_row_flag` gives its row: a 1-element
+    int64 tensor on ``t``'s device, no synchronisation."""
+    if t.numel() == 0:
+        return _lowest_row_flag(None, t)
+    norms = torch.linalg.vector_norm(t, dim=1, dtype=torch.float64)
+    return _lowest_row_flag((norms > math.sqrt(max_squared_norm(t.dtype))) & torch.isfinite(t).all(1), t)
+
+
+def _lowest_row_flag(bad: torch.Tensor | None, t: torch.Tensor) -> torch.Tensor:
+    none = torch.iinfo(torch.int64).max
+    if bad is None:
         return torch.full((1,), none, dtype=torch.int64, device=t.device)
-    bad = (~torch.isfinite(t)).reshape(t.shape[0], -1).any(1)
     rows = torch.arange(t.shape[0], device=t.device)
     return torch.where(bad, rows, none).min().reshape(1)
 

@@ -45,11 +45,13 @@ from ._checks import (
     check_same_dtype,
     check_squared_norms,
     check_tensor,
+    first_nonfinite_row,
     from_numpy,
     is_numpy,
     non_finite_error,
     nonfinite_row_flag,
     norm_overflow_error,
+    overflowing_row_flag,
 )
 
 Keys = Union[torch.Tensor, np.ndarray, Iterable[Union[torch.Tensor, np.ndarray]]]
@@ -90,9 +92,10 @@ def _fold_impl(
     if m == 0 or (n == 0 and not check_keys):
         return
     names, offsets = ("queries", keys_name), (0, keys_row0)
-    if n == 0:  # no kernel reads the keys: their check costs a pass (still without a synchronisation)
-        flags = torch.cat([nonfinite_row_flag(queries), nonfinite_row_flag(keys)])
-        _native.raise_flags(flags, _flags_error("nn_argmin", names, offsets))
+    if n == 0:  # no kernel reads the keys: their checks cost two passes (still without a synchronisation)
+        inputs = (queries, keys)
+        flags = torch.cat([nonfinite_row_flag(t) for t in inputs] + [overflowing_row_flag(t) for t in inputs])
+        _native.raise_flags(flags, _flags_error("nn_argmin", names, offsets, queries.dtype))
         return
     exec_ctx = _native.exec_context(queries)
     if exec_ctx.cuda:
@@ -126,16 +129,19 @@ def _fold_impl(
 
 @contextlib.contextmanager
 def _norm_overflow(keys: torch.Tensor, name: str, row0: int) -> Iterator[None]:
-    """The CPU kernel reports a key row whose squared norm is NaN, Inf or above max/4 as a NaN error; a
-    row of finite values is the second case, raised as what it is."""
+    """The CPU kernel reports the lowest key row whose squared norm is NaN, Inf or above max/4 as a NaN
+    error. A row of finite values is the last case: raised as what it is, unless a later row holds NaN/Inf,
+    which comes first (an input's NaN before its norm, as :func:`check_squared_norms` and CUDA's flags)."""
     try:
         yield
     except NonFiniteError as exc:
         if exc.argument != name or exc.row is None:
             raise
-        row = keys[exc.row - row0]
-        if not bool(torch.isfinite(row).all()):
+        if not bool(torch.isfinite(keys[exc.row - row0]).all()):
             raise
+        nan_row = first_nonfinite_row(keys)  # the error path only: one more pass costs nothing otherwise
+        if nan_row is not None:
+            raise non_finite_error(name, nan_row + row0, op="nn_argmin") from None
         raise norm_overflow_error("nn_argmin", name, exc.row, keys.dtype) from None
 
 
