@@ -37,6 +37,18 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _no_deferred_cuda_error_left(request):
+    """A CUDA test must collect the errors its kernels deferred (glann_ext.ops.raise_deferred_errors):
+    one left pending would be raised by the next test's first glann_ext call and fail that test instead."""
+    yield
+    if "cuda" in request.keywords and glann_ext.cuda_available():
+        try:
+            glann_ext.ops.raise_deferred_errors(wait=True)
+        except Exception as exc:  # noqa: BLE001 - any leftover error is this test's fault
+            pytest.fail(f"the test left a deferred CUDA error behind: {type(exc).__name__}: {exc}")
+
+
 @pytest.fixture(scope="session")
 def blobs() -> torch.Tensor:
     """96 grey 28x28 blob images, float32 (96, 1, 28, 28) in [0, 1] (3 batches of the tiny preset)."""
