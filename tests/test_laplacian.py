@@ -612,6 +612,36 @@ def test_opcheck(dtype):
             torch.library.opcheck(torch.ops.glann_ext.laplacian_bwd.default, args)
 
 
+def test_registered_forward_op_refuses_inconsistent_arguments():
+    """torch.ops.glann_ext.laplacian_fwd read y through x's sizes with no check: a smaller y was a
+    segfault or a loss from garbage memory, a float64 y was read as float32 bytes, a reduction index past
+    the end was accepted, and an empty batch gave NaN. Now the errors of laplacian_pyramid_loss."""
+    fwd = torch.ops.glann_ext.laplacian_fwd
+    x, y = torch.randn(2, 3, 9, 11), torch.randn(2, 3, 9, 11)
+    good = [x, y, 3, [1.0, 4.0, 16.0], 0, False, True]
+    torch.testing.assert_close(fwd(*good)[0], reference.laplacian_pyramid_loss_reference(x, y, levels=3))
+    bad = [
+        (1, torch.randn(1, 1, 1, 8), ValueError, r"^y must have the same shape as x \(2, 3, 9, 11\)"),
+        (1, y.double(), TypeError, "y must have the same dtype as x"),
+        (0, torch.randn(0, 3, 9, 11), ValueError, "x must"),
+        (2, 0, ValueError, r"^levels must be in \[1, 16\], got 0"),
+        (3, [1.0, 4.0], ValueError, "level_weights must hold one weight per level"),
+        (
+            4,
+            7,
+            ValueError,
+            r"^laplacian_fwd: reduction must be an index into \('mean', 'sum', 'none'\), got 7",
+        ),
+    ]
+    for position, value, exc, match in bad:
+        args = list(good)
+        args[position] = value
+        if position == 0:
+            args[1] = torch.randn(0, 3, 9, 11)
+        with pytest.raises(exc, match=match):
+            fwd(*args)
+
+
 def test_registered_backward_op_refuses_inconsistent_arguments():
     """torch.ops.glann_ext.laplacian_bwd sized its output and the kernel's reads from the int arguments
     alone: signs of another shape made it read and write out of bounds (a segfault). Now a ValueError."""

@@ -332,6 +332,37 @@ def test_fold_is_the_running_lexicographic_minimum() -> None:
     assert score.tolist() == [1.0, 1.0, 5.0] and index.tolist() == [0, 29, 0]
 
 
+def test_registered_merge_op_refuses_inconsistent_arguments() -> None:
+    """torch.ops.glann_ext.nn_argmin_merge_ read n = len(best_score) candidates from score and index of any
+    size and wrote int64s through a best_index of any dtype (out-of-bounds reads, heap corruption); now
+    their shapes, dtypes and layout are checked first."""
+    merge = torch.ops.glann_ext.nn_argmin_merge_
+    best, idx = torch.full((4,), math.inf), torch.zeros(4, dtype=torch.int64)
+    merge(best, idx, torch.tensor([3.0, 1.0, 2.0, 0.5]), torch.tensor([0, 1, 2, 3]), 10)
+    assert best.tolist() == [3.0, 1.0, 2.0, 0.5] and idx.tolist() == [10, 11, 12, 13]
+    s, i = torch.zeros(4), torch.zeros(4, dtype=torch.int64)
+    cases = [
+        (
+            (best, idx, torch.zeros(1), i, 0),
+            r"score must be a contiguous \(4,\) torch.float32 tensor on cpu, got \(1,\)",
+        ),
+        ((best, idx, s, torch.zeros(1, dtype=torch.int64), 0), r"index must be a contiguous \(4,\)"),
+        (
+            (best, torch.zeros(4, dtype=torch.int32), s, i, 0),
+            "best_index must be .* torch.int64 .* got .*torch.int32",
+        ),
+        ((best, idx, s.double(), i, 0), "score must be .* torch.float32 .* got .* torch.float64"),
+        ((best, idx[:2], s, i, 0), r"best_index must be a contiguous \(4,\)"),
+        ((best, idx, s, i, -3), "key_offset must be an int >= 0, got -3"),
+    ]
+    for args, match in cases:
+        with pytest.raises(ValueError, match=rf"^nn_argmin_merge_: {match}"):
+            merge(*args)
+    with pytest.raises(TypeError, match="best_score"):
+        merge(torch.zeros(4, dtype=torch.int32), idx, s, i, 0)
+    assert best.tolist() == [3.0, 1.0, 2.0, 0.5] and idx.tolist() == [10, 11, 12, 13]  # nothing written
+
+
 def test_registered_fold_op_refuses_inconsistent_arguments() -> None:
     """torch.ops.glann_ext.nn_argmin_fold_ wrote N results through best_score/best_index of any size (heap
     corruption); now their shapes, dtypes and layout are checked against the queries first."""

@@ -174,6 +174,25 @@ def _flags_error(values: list[int]) -> Exception | None:
     return None
 
 
+def _forward_checked(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    levels: int,
+    level_weights: list[float],
+    reduction: int,
+    pixel_path: bool,
+    check_finite: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_forward_impl` as the registered op (callable directly as torch.ops.glann_ext.laplacian_fwd, so
+    with any arguments): y's shape and dtype, the level count, weights and reduction are checked first, as
+    :func:`laplacian_pyramid_loss` does (the kernels read y through x's sizes). The eager path calls
+    :func:`_forward_impl` after that function's own checks."""
+    if not (isinstance(reduction, int) and 0 <= reduction < len(REDUCTIONS)):
+        raise ValueError(f"laplacian_fwd: reduction must be an index into {REDUCTIONS}, got {reduction!r}")
+    _check_args(x, y, levels, REDUCTIONS[reduction], level_weights)
+    return _forward_impl(x, y, levels, level_weights, reduction, pixel_path, check_finite)
+
+
 def _forward_fake(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -322,7 +341,7 @@ def _fail_if_differentiated(grad: torch.Tensor, grad_loss: torch.Tensor) -> torc
 
 
 for _key in ("CPU", "CUDA"):
-    _LIB.impl("laplacian_fwd", _forward_impl, _key)
+    _LIB.impl("laplacian_fwd", _forward_checked, _key)
     _LIB.impl("laplacian_bwd", _backward_impl, _key)
 torch.library.register_fake("glann_ext::laplacian_fwd", _forward_fake, lib=_LIB)
 torch.library.register_fake("glann_ext::laplacian_bwd", _backward_fake, lib=_LIB)

@@ -171,12 +171,22 @@ def _check_fold_args(queries, keys, best_score, best_index, key_offset) -> None:
     check_queries(queries)
     check_keys(f"{op}: keys", keys, queries)
     n, acc = queries.shape[0], _score_dtype(queries.dtype)
-    for name, t, dtype in (("best_score", best_score, acc), ("best_index", best_index, torch.int64)):
-        if tuple(t.shape) != (n,) or t.dtype != dtype or t.device != queries.device or not t.is_contiguous():
+    _check_rows(op, queries.device, n, best_score=(best_score, acc), best_index=(best_index, torch.int64))
+    _check_key_offset(op, key_offset)
+
+
+def _check_rows(op: str, device: torch.device, n: int, **tensors: tuple[torch.Tensor, torch.dtype]) -> None:
+    """Each ``name=(tensor, dtype)`` is a contiguous (n,) tensor of that dtype on ``device`` (the kernels
+    read and write n values through its pointer)."""
+    for name, (t, dtype) in tensors.items():
+        if tuple(t.shape) != (n,) or t.dtype != dtype or t.device != device or not t.is_contiguous():
             raise ValueError(
-                f"{op}: {name} must be a contiguous ({n},) {dtype} tensor on {queries.device}, got "
+                f"{op}: {name} must be a contiguous ({n},) {dtype} tensor on {device}, got "
                 f"{tuple(t.shape)} {t.dtype} on {t.device}{'' if t.is_contiguous() else ' (not contiguous)'}"
             )
+
+
+def _check_key_offset(op: str, key_offset: object) -> None:
     if not (isinstance(key_offset, int) and key_offset >= 0):
         raise ValueError(f"{op}: key_offset must be an int >= 0, got {key_offset!r}")
 
@@ -223,11 +233,19 @@ def _merge(
     key_offset: int,
 ) -> None:
     """Folds one candidate ``(score[r], index[r] + key_offset)`` per row into the running best, in place,
-    by the same rule as :func:`_fold` (for a scorer other than the fused kernels)."""
-    n = best_score.shape[0]
+    by the same rule as :func:`_fold` (for a scorer other than the fused kernels). Callable directly as
+    torch.ops.glann_ext.nn_argmin_merge_, so the shapes and dtypes the kernel goes through are checked."""
+    op = "nn_argmin_merge_"
+    check_tensor(f"{op}: best_score", best_score, ndim=1, dtypes=_CPU_DTYPES)
+    n, device = best_score.shape[0], best_score.device
+    score, index = score.contiguous(), index.contiguous()
+    _check_rows(
+        op, device, n, best_score=(best_score, best_score.dtype), best_index=(best_index, torch.int64),
+        score=(score, best_score.dtype), index=(index, torch.int64),
+    )  # fmt: skip
+    _check_key_offset(op, key_offset)
     if n == 0:
         return
-    score, index = score.contiguous(), index.contiguous()
     with _native.native_call("nn_argmin", best_score):
         _native._C.nn_argmin_merge(
             _native.dtype_code(best_score), score.data_ptr(), index.data_ptr(), n, key_offset,
