@@ -557,7 +557,25 @@ def test_documented_limit_of_large_finite_inputs(dtype, ok, overflow):
             torch.testing.assert_close(got[0].double(), want[0] / scale, rtol=1e-5, atol=0)
         else:
             assert not torch.isfinite(got[0]) and math.isfinite(want[0].item() / scale)
-    assert "about a quarter of that dtype's maximum" in lap_mod.__doc__
+    assert "3.4e38 / (C * H * W)" in lap_mod.__doc__
+
+
+def test_documented_limit_is_the_per_sample_sum():
+    """The docstring said the loss of finite inputs was finite below |x - y| ~ 8e37 in float32; the
+    per-sample sum is held in float32 before the division, so it overflows where the sample's loss passes
+    3.4e38 / (C * H * W) (a fuzzer found inf at |x - y| = 1e37 on one 8x8 plane). Both sides of that limit,
+    against the float64 reference; float64 inputs are exact there."""
+    torch.manual_seed(0)
+    for per_pixel, finite in ((2e36, True), (1e37, False)):  # the limit: 3.4e38 / 64 = 5.3e36
+        x = torch.rand(1, 1, 8, 8, dtype=torch.float64) * (2 * per_pixel)
+        want = reference.laplacian_pyramid_loss_reference(x, torch.zeros_like(x)).item()
+        assert math.isfinite(want) and (want < 3.4e38 / 64) == finite
+        got = loss_fn(x.float(), torch.zeros(1, 1, 8, 8))
+        if finite:
+            assert got.item() == pytest.approx(want, rel=1e-5)
+        else:
+            assert got.isinf()
+        assert loss_fn(x, torch.zeros_like(x)).item() == pytest.approx(want, rel=1e-12)
 
 
 def test_numpy_scalars_for_levels_and_weights():

@@ -40,13 +40,15 @@ offending sample. The kernels make the per-sample sums anyway, inside the regist
 sum is not finite (a finite sum needs finite inputs) has its inputs looked at by the kernel, so finite
 inputs cost nothing and ``torch.compile`` sees no graph break. On CPU the op raises at once; on CUDA the
 kernel lowers a device flag and the error is deferred (no synchronisation; see :mod:`glann_ext.ops`).
-Limit of finite inputs: ``x - y`` and the pyramid are computed in the input's dtype (float32 for 16-bit
-inputs), so where ``|x - y|`` exceeds about a quarter of that dtype's maximum (~8e37 in float32, ~4e307 in
-float64) an intermediate overflows and the sample's loss is ``inf`` (``NaN`` where ``x - y`` itself
-overflows), without an error, even if the true loss is representable; below that it is finite and
-correct. Rescale such inputs (the loss is positively homogeneous: ``L(s x, s y) = s L(x, y)``), or use
-float64. ``check_finite_values=False`` skips the
-check: NaN then propagates into the loss (its sign, and so its gradient, is 0).
+Limit of finite inputs: ``x - y``, the pyramid and each sample's weighted sum ``sum_j w_j sum|L^j|`` are
+held in the input's dtype (float32 for 16-bit inputs), the sum before any division. So the loss is ``inf``
+without an error, even where the mean itself is representable, once a sample's sum overflows. That sum
+is ``C * H * W`` times the sample's loss (reduction ``"none"``), so in float32 (maximum 3.4e38) the limit
+is a per-sample loss of ``3.4e38 / (C * H * W)``: about 1.7e33 for 3x256x256 images, 5e36 for one 8x8
+plane. ``x - y`` itself overflowing gives ``NaN``. The gradient (signs only) is unaffected. Rescale such
+inputs (the loss is positively homogeneous: ``L(s x, s y) = s L(x, y)``), or use float64 (maximum
+1.8e308). ``check_finite_values=False`` skips the check: NaN then propagates into the loss (its sign, and
+so its gradient, is 0).
 
 Determinism: CPU planes are reduced in a fixed order (independent of the thread count); the CUDA
 kernels use per-block partial sums and a fixed-order final reduction (no atomics). The kernels also make
