@@ -948,6 +948,32 @@ def test_in_place_ops_refuse_tensors_autograd_tracks(op):
     assert leaf._version > 0
 
 
+@pytest.mark.parametrize("op", ["project_to_sphere_", "fused_latent_adam_", "fused_latent_sgd_"])
+def test_in_place_ops_refuse_inference_tensors_outside_inference_mode(op):
+    """Inference tensors skip the kernel that checks torch's in-place rules, so these ops wrote them
+    outside inference mode, where torch's own in-place ops raise. Now the same refusal, nothing written;
+    inside inference mode they are written."""
+    call = _in_place_calls()[op]
+    with torch.inference_mode():
+        t, other = torch.randn(3, 4), torch.randn(3, 4)
+    before = t.clone()
+    with pytest.raises(RuntimeError, match="inference tensor outside InferenceMode"):
+        other.div_(2)  # torch's rule, for comparison (torch raises after writing)
+    name = "z" if op == "project_to_sphere_" else "table"
+    with pytest.raises(RuntimeError, match=rf"^{op}: {name} is an inference tensor"):
+        call(t)
+    assert torch.equal(t, before)
+    if op == "fused_latent_adam_":  # the moments are written too
+        with torch.inference_mode():
+            m = torch.zeros(3, 4)
+        with pytest.raises(RuntimeError, match=r"^fused_latent_adam_: exp_avg is an inference tensor"):
+            fused_latent_adam_(torch.randn(3, 4), m, torch.zeros(3, 4), torch.tensor([0]), torch.randn(1, 4),
+                               step=1, lr=0.1)  # fmt: skip
+    with torch.inference_mode():
+        call(t)
+    assert not torch.equal(t, before)
+
+
 def test_torch_compile_fullgraph():
     table, m, v, idx, g = _adam_args()
     ref_t, ref_m, ref_v = table.clone(), m.clone(), v.clone()

@@ -309,7 +309,23 @@ def _project_inplace_meta(z: torch.Tensor) -> None:
     _check_rows("project_to_sphere_", z)
 
 
+def _check_not_inference(op: str, **written: torch.Tensor) -> None:
+    """Torch's rule for in-place ops on inference tensors (made under ``torch.inference_mode``): outside that
+    mode they cannot be written. Inference tensors skip the ADInplaceOrView kernel that checks torch's
+    other rules (:func:`_in_place_kernel`), so the implementations check this one."""
+    if torch.is_inference_mode_enabled():
+        return
+    for name, t in written.items():
+        if t.is_inference():
+            raise RuntimeError(
+                f"{op}: {name} is an inference tensor (made under torch.inference_mode), which cannot be "
+                "updated in place outside inference mode; clone it first, or call this inside "
+                "torch.inference_mode()"
+            )
+
+
 def _project_inplace_impl(z: torch.Tensor) -> None:
+    _check_not_inference("project_to_sphere_", z=z)
     _project_inplace_meta(z)
     _checks.check_no_internal_overlap("project_to_sphere_: z", z)
     _run_project("project_to_sphere_", z, z)
@@ -324,6 +340,7 @@ def _adam_meta(
 
 
 def _adam_impl(table, exp_avg, exp_avg_sq, indices, grad, step, lr, beta1, beta2, eps, project) -> None:
+    _check_not_inference("fused_latent_adam_", table=table, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
     _adam_meta(table, exp_avg, exp_avg_sq, indices, grad, step, lr, beta1, beta2, eps, project, real=True)
     # Exactly torch.optim._functional.sparse_adam's scalar arithmetic (Python floats, same order).
     bias_correction1 = 1 - beta1**step
@@ -349,6 +366,7 @@ def _sgd_meta(table, indices, grad, lr, project, real=False) -> None:
 
 
 def _sgd_impl(table, indices, grad, lr, project) -> None:
+    _check_not_inference("fused_latent_sgd_", table=table)
     _sgd_meta(table, indices, grad, lr, project, real=True)
     scalars = (0.0, 0.0, 0.0, 0.0, -lr)
     _run_step("fused_latent_sgd_", _SGD, table, None, None, indices, grad, scalars=scalars, project=project)
