@@ -19,10 +19,13 @@ from glann_ext.ops import reference
 
 def _layouts(a: np.ndarray) -> dict[str, np.ndarray]:
     """The same values as C-ordered, Fortran-ordered, sliced, negatively strided, read-only and big-endian
-    arrays."""
+    arrays, and as a field of a structured array (strides that are not whole elements: torch cannot view
+    it, and raised its own error that named no argument)."""
     ro = a.copy()
     ro.flags.writeable = False
     wide = np.repeat(a, 2, axis=-1)
+    records = np.zeros(a.shape[:-1], dtype=[("flag", "i1"), ("values", a.dtype, (a.shape[-1],))])
+    records["values"] = a
     return {
         "c": np.ascontiguousarray(a),
         "fortran": np.asfortranarray(a),
@@ -30,6 +33,7 @@ def _layouts(a: np.ndarray) -> dict[str, np.ndarray]:
         "negative_strides": np.flip(np.flip(a, -1).copy(), -1),
         "read_only": ro,
         "big_endian": a.astype(a.dtype.newbyteorder(">")),
+        "field": records["values"],
     }
 
 
@@ -79,6 +83,12 @@ def test_nn_argmin_numpy_errors_name_the_argument():
         glann_ext.nn_argmin(q[0], k)
     with pytest.raises(TypeError, match="queries must have dtype in"):
         glann_ext.nn_argmin(np.ones((2, 3), dtype=np.int64), np.ones((2, 3), dtype=np.int64))
+    # np.longdouble is a float kind that torch has no type for: torch's own TypeError named no argument
+    if np.dtype(np.longdouble).itemsize > 8:  # float64 on some platforms
+        with pytest.raises(
+            TypeError, match=rf"keys must be a numpy array of floats, got dtype {np.dtype(np.longdouble)}"
+        ):
+            glann_ext.nn_argmin(q, k.astype(np.longdouble))
 
 
 @settings(max_examples=25, deadline=None)
@@ -103,7 +113,7 @@ def test_property_nn_argmin_numpy_integer_data(n, m, d, dtype, seed):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("layout", ["c", "fortran", "sliced", "read_only", "big_endian"])
+@pytest.mark.parametrize("layout", ["c", "fortran", "sliced", "read_only", "big_endian", "field"])
 def test_laplacian_numpy_in_numpy_out(dtype, reduction, layout):
     rng = np.random.default_rng(4)
     x, y = (
@@ -181,7 +191,7 @@ def test_project_numpy_in_place(dtype):
     assert np.array_equal(np.delete(bad, [4, 9], 0), np.delete(want, [4, 9], 0))
 
 
-@pytest.mark.parametrize("layout", ["read_only", "negative_strides", "big_endian"])
+@pytest.mark.parametrize("layout", ["read_only", "negative_strides", "big_endian", "field"])
 def test_project_numpy_in_place_refuses_what_it_cannot_write(layout):
     z = _layouts(np.ones((4, 3)))[layout]
     if layout == "negative_strides":

@@ -189,20 +189,22 @@ def is_numpy(a: object) -> bool:
 
 def from_numpy(name: str, a: np.ndarray, *, in_place: bool = False) -> torch.Tensor:
     """A numpy array as a CPU tensor over the same memory (``torch.from_numpy``), so the op reads it
-    without a copy. Arrays torch cannot view (negative strides, non-native byte order) are copied, which
-    an in-place op (``in_place=True``) refuses, as it refuses a read-only array. The dtype rules are the
-    tensor's: the op checks them afterwards."""
+    without a copy. Arrays torch cannot view (negative strides, strides that are not whole elements, as a
+    field of a structured array, or non-native byte order) are copied, which an in-place op
+    (``in_place=True``) refuses, as it refuses a read-only array. The dtype rules are the tensor's: the op
+    checks them afterwards (``np.longdouble``, which torch has no type for, is refused here)."""
+    if a.dtype.kind not in "fiub" or (a.dtype.kind == "f" and a.dtype.itemsize > 8):
+        raise TypeError(f"{name} must be a numpy array of floats, got dtype {a.dtype}")
     if in_place and not a.flags.writeable:
         raise ValueError(f"{name} is a read-only numpy array; an in-place op must write to it")
-    if any(s < 0 for s in a.strides) or not a.dtype.isnative:
+    if any(s < 0 or s % a.itemsize for s in a.strides) or not a.dtype.isnative:
         if in_place:
             raise ValueError(
-                f"{name} is a numpy array with negative strides or non-native byte order, which an in-place op "
-                "cannot write through; pass np.ascontiguousarray(...) and use its result"
+                f"{name} is a numpy array with negative strides, strides that are not whole elements or "
+                "non-native byte order, which an in-place op cannot write through; pass "
+                "np.ascontiguousarray(...) and use its result"
             )
         a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("="))
-    if a.dtype.kind not in "fiub":
-        raise TypeError(f"{name} must be a numpy array of floats, got dtype {a.dtype}")
     with warnings.catch_warnings():
         # A read-only array: torch warns that writing would be undefined; read-only uses never write.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
