@@ -253,18 +253,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train_config(args: argparse.Namespace, saved: Any = None):
-    """The run's TrainConfig: ``saved``, the run folder's (a resume), or --preset / --config (a new run), with
-    what this command line sets explicitly on top (a resume's Run rejects real changes)."""
-    from glann_ext.train.config import PRESETS, TrainConfig
+    """The run's TrainConfig: ``saved``, the run folder's (a resume), or today's defaults (a new run), with
+    --preset, then --config, then the flags this command line sets on top. On a resume the fields a preset or
+    config file sets count as set explicitly, like flags: the Run refuses real changes (and records the ones
+    a resume may make) instead of ignoring them."""
+    from glann_ext.train.config import PRESETS, TrainConfig, read_config_object
 
-    base: dict = {}
-    if saved is not None:
-        base.update(dataclasses.asdict(saved))
-    else:
-        if args.preset:
-            base.update(PRESETS[args.preset])
-        if args.config:
-            base.update(dataclasses.asdict(TrainConfig.from_json(args.config)))
+    base: dict = dataclasses.asdict(saved) if saved is not None else {}
+    if args.preset:
+        base.update(PRESETS[args.preset])
+    if args.config:
+        given = read_config_object(args.config)  # read once: it may be a pipe (`--config <(...)`)
+        TrainConfig.from_dict(given)  # its own errors first, naming the file's fields
+        base.update(given)
+        for field in ("dataset", "data_root"):  # relative to this directory, as the flags are
+            if isinstance(base.get(field), str) and field in given:
+                base[field] = _absolute_path(base[field])
     if args.dataset:
         base["dataset"] = _absolute_path(args.dataset)
     for _, field, _, _ in _CONFIG_FLAGS:
@@ -292,6 +296,10 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     saved = _saved_config(out)
+    if saved is not None and not _has_trained(out) and (args.dataset or args.preset or args.config):
+        saved = (
+            None  # a start that failed before any checkpoint does not bind: this command's config replaces it
+        )
     if saved is None and not (args.dataset or args.preset or args.config):
         raise CLIError("train: give --dataset (or --preset/--config) for a new run")
     cfg = _train_config(args, saved)
@@ -309,6 +317,13 @@ def _cmd_train(args: argparse.Namespace) -> None:
                 file=sys.stderr,
             )
         raise SystemExit(130) from None
+
+
+def _has_trained(out: Path) -> bool:
+    """Whether run folder ``out`` holds training state (a checkpoint or a model), as the Run decides it."""
+    from glann_ext.train import checkpoint as ckpt
+
+    return (out / ckpt.CHECKPOINT_DIR / ckpt.MANIFEST_FILE).exists() or (out / ckpt.MODEL_FILE).exists()
 
 
 def _saved_config(out: Path):

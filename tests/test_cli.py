@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -184,10 +185,20 @@ def test_resume_keeps_the_saved_config_and_takes_the_flags_it_allows(tmp_path, d
     assert main(argv) == 0
     saved = (out / "config.json").read_text()
     assert json.loads(saved)["imle_epochs"] != 1
-    # a resume starts from the saved config (--preset is not re-applied: laptop's data and widths would be
-    # refused as a different config) and takes the overrides a resume may change; config.json then holds
-    # them (a later resume keeps them) and resumes.jsonl says what changed and from which checkpoint
-    resume = ["train", "--out", str(out), "--preset", "laptop", "--no-progress", "--threads", "1"]
+    # a --preset or --config on a resume counts as set explicitly, like flags: laptop's data and widths are
+    # refused as a different config, naming each field with both values (the preset was silently ignored)
+    laptop = ["train", "--out", str(out), "--preset", "laptop", "--no-progress", "--threads", "1"]
+    assert main(laptop) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"different config \(.*gen_width 8 -> 32.*; the run's, then this command's\)", err), err
+    config = tmp_path / "more.json"
+    config.write_text(json.dumps({"latent_dim": 4}))
+    assert main(["train", "--out", str(out), "--config", str(config), "--no-progress"]) == 2
+    assert "latent_dim 16 -> 4" in capsys.readouterr().err
+    assert (out / "config.json").read_text() == saved
+    # a resume starts from the saved config and takes the overrides a resume may change; config.json then
+    # holds them (a later resume keeps them) and resumes.jsonl says what changed and from which checkpoint
+    resume = ["train", "--out", str(out), "--no-progress", "--threads", "1"]
     assert main([*resume, "--imle-epochs", "1"]) == 0
     printed = capsys.readouterr().out
     assert "IMLE epoch 1/1" in printed and "resuming with imle_epochs" in printed
@@ -204,6 +215,33 @@ def test_resume_keeps_the_saved_config_and_takes_the_flags_it_allows(tmp_path, d
     assert json.loads((out / "config.json").read_text()) == now
     assert len((out / "resumes.jsonl").read_text().splitlines()) == 1
     assert (out / "metrics.jsonl").read_text() == before
+
+
+def test_a_start_that_failed_takes_this_commands_preset_and_config_paths_are_saved_absolute(
+    tmp_path, data_file, monkeypatch
+):
+    """A folder holding only config.json (a start killed before its first checkpoint) does not bind: the
+    next command's --preset/--config replaced it in docs only, the CLI trained with the old values. A
+    --config's relative dataset path is saved absolute, as --dataset's is (it was saved relative, so a
+    resume from another directory lost the data)."""
+    out = tmp_path / "failed"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"dataset": data_file, "gen_width": 4, "limit": 64}))
+    argv = ["train", "--out", str(out), *TINY, "--dataset", data_file, "--stage", "glo", "--glo-epochs", "1"]
+    assert main(argv) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["gen_width"], saved["limit"]) == (8, 256)  # tiny's, not the failed start's
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(data_file, tmp_path / "rel.npy")
+    (tmp_path / "rel.json").write_text(json.dumps({"dataset": "rel.npy"}))
+    out = tmp_path / "relative"
+    assert (
+        main(
+            ["train", "--out", str(out), "--config", "rel.json", *TINY, "--stage", "glo", "--glo-epochs", "1"]
+        )
+        == 0
+    )
+    assert json.loads((out / "config.json").read_text())["dataset"] == str(tmp_path / "rel.npy")
 
 
 @pytest.mark.parametrize(

@@ -144,9 +144,10 @@ class Run:
                 mine, theirs = dataclasses.asdict(saved), dataclasses.asdict(cfg)
                 changed = {k for k, v in theirs.items() if mine[k] != v and k not in RESUMABLE_OVERRIDES}
                 if changed:
+                    what = ", ".join(f"{k} {mine[k]!r} -> {theirs[k]!r}" for k in sorted(changed))
                     raise RunFolderError(
-                        f"{self.out} holds a run with a different config ({', '.join(sorted(changed))} "
-                        f"differ); use another --out, or resume it without changing those options"
+                        f"{self.out} holds a run with a different config ({what}; the run's, then this "
+                        f"command's); use another --out, or resume it without changing those options"
                     )
                 for k in RESUMABLE_OVERRIDES:
                     if mine[k] != theirs[k]:
