@@ -44,3 +44,8 @@ class CheckpointError(GlannError, RuntimeError):
 
 class RunFolderError(GlannError, RuntimeError):
     """A run folder is not in a state the command can work with (no run there, in use, another config)."""
+
+
+class DivergedError(GlannError, RuntimeError):
+    """Training produced a non-finite loss or state (a learning rate too high for the data): the run stops
+    before any checkpoint or metrics row holds it, so the last checkpoint is the last good state."""

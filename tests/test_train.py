@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -14,7 +15,7 @@ from glann_testing import OPS, Interrupt, blob_images, interrupt_at, tensors_equ
 
 from glann_ext import seeding
 from glann_ext.data import GRID_5X5, RING_PACGAN
-from glann_ext.errors import ConfigError, NonFiniteError, RunFolderError
+from glann_ext.errors import ConfigError, DivergedError, NonFiniteError, RunFolderError
 from glann_ext.metrics import mode_coverage
 from glann_ext.models import GLANN, MLP, read_model_file
 from glann_ext.ops import reference
@@ -1033,6 +1034,46 @@ def test_imle_variants_resume_bit_identically(tmp_path, blob_file, options):
     assert measures[0] == measures[1] and all(math.isfinite(m[2]) for m in measures[0])
 
 
+@pytest.mark.parametrize("ckpt_every", [0, 1])
+def test_a_diverged_stage_stops_before_saving_and_resumes_with_a_lower_rate(tmp_path, blob_file, ckpt_every):
+    """A rate far too high made the IMLE loss NaN/inf; the run checkpointed the NaN state over the last good
+    one (older steps deleted) and failed later in a kernel's NaN check, and a lower rate was refused on
+    resume. Now the stage stops at the step (DivergedError, naming the rate's flag) with nothing non-finite
+    saved, and a resume may lower the rate (recorded in resumes.jsonl)."""
+    out = tmp_path / "nan"
+    cfg = tiny_config(dataset=blob_file, glo_epochs=1, imle_epochs=2, imle_lr=1e12, ckpt_every=ckpt_every)
+    logged: list[str] = []
+    with pytest.raises(
+        DivergedError, match=r"^the IMLE stage diverged: the loss is (nan|inf) at epoch .*--imle-lr"
+    ):
+        train(cfg, out, progress=False, log=logged.append)
+    manifest = ckpt.read_manifest(out)
+    state = torch.load(ckpt.checkpoint_dir(out) / manifest["step_dir"] / "main.pt", weights_only=True)
+    tensors = [t for t in _tensors(state) if t.is_floating_point()]
+    assert tensors and all(bool(torch.isfinite(t).all()) for t in tensors)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    train(dataclasses.replace(cfg, imle_lr=1e-3), tmp_path / "fresh", progress=False, log=lambda s: None)
+    assert json.loads((out / "config.json").read_text())["imle_lr"] == 1e12
+    with pytest.raises(DivergedError):  # the same rate diverges again, deterministically
+        train(cfg, out, progress=False, log=lambda s: None)
+    with contextlib.suppress(DivergedError):  # a lower rate is taken (from what diverging left, it may still)
+        train(dataclasses.replace(cfg, imle_lr=1e-6), out, progress=False, log=lambda s: None)
+    changed = json.loads((out / "resumes.jsonl").read_text().splitlines()[-1])["changed"]
+    assert changed == {"imle_lr": [1e12, 1e-6]}
+
+
+def _tensors(state):
+    if isinstance(state, torch.Tensor):
+        yield state
+    elif isinstance(state, dict):
+        for v in state.values():
+            yield from _tensors(v)
+    elif isinstance(state, (list, tuple)):
+        for v in state:
+            yield from _tensors(v)
+
+
 def _interrupted(tmp_path, blob_file, stage: str, step: int, name: str = "run", **over):
     out = tmp_path / name
     cfg = tiny_config(dataset=blob_file, glo_epochs=2, imle_epochs=1, ckpt_every=1, **over)
@@ -1054,8 +1095,8 @@ def test_a_resume_is_checked_against_the_checkpoints_own_config(tmp_path, blob_f
     out, cfg = _interrupted(tmp_path, blob_file, "glo", 2)
     quiet = {"progress": False, "log": lambda s: None}
     (out / "config.json").unlink()  # deleted: the checkpoint's copy still names the run's settings
-    with pytest.raises(RunFolderError, match=r"another config \(lr_g 0.002 -> 0.05\)"):
-        train(dataclasses.replace(cfg, lr_g=0.05), out, **quiet)
+    with pytest.raises(RunFolderError, match=r"another config \(batch_size 32 -> 16\)"):
+        train(dataclasses.replace(cfg, batch_size=16), out, **quiet)
     saved = cfg.to_dict()
     (out / "config.json").write_text(json.dumps({**saved, "seed": 7}))  # edited
     with pytest.raises(RunFolderError, match=r"another config \(seed 0 -> 7\)"):

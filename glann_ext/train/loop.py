@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from glann_ext import seeding
+from glann_ext.errors import DivergedError
 
 from .world import World, global_batch_part
 
@@ -138,6 +139,21 @@ def cosine_rate(base: float, step: int, total: int) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
 
 
+# The flags that set each stage's learning rates, for the divergence error.
+_RATE_FLAGS = {"glo": "--lr-g and --lr-z", "imle": "--imle-lr"}
+
+
+def diverged(trainer: StageTrainer, what: str) -> DivergedError:
+    """The error of a stage whose training went non-finite (``what``: where it was seen)."""
+    rates = _RATE_FLAGS.get(trainer.stage, "the learning rate")
+    return DivergedError(
+        f"the {trainer.stage.upper()} stage diverged: {what} at epoch {trainer.epoch + 1}, step "
+        f"{trainer.global_step}. Nothing non-finite was saved: the last checkpoint holds the state before it "
+        f"(metrics.jsonl has its epochs' losses); resume with lower {rates} (a resume may change the learning "
+        f"rates), or start a new run folder"
+    )
+
+
 def run_epoch(trainer: StageTrainer, hooks: Sequence[Hook] = ()) -> dict[str, Any]:
     """Run the current epoch from its current step to its end; returns the epoch's metrics row."""
     for h in hooks:
@@ -146,6 +162,8 @@ def run_epoch(trainer: StageTrainer, hooks: Sequence[Hook] = ()) -> dict[str, An
     trainer.begin_epoch()
     for batch in trainer.epoch_batches()[trainer.step_in_epoch :]:
         loss = trainer.train_step(batch)
+        if not math.isfinite(loss) and not trainer.world.distributed:  # ranks agree at the epoch's end
+            raise diverged(trainer, f"the loss is {loss}")
         now = time.perf_counter()
         trainer.tally["loss"] += loss
         trainer.tally["steps"] += 1
@@ -161,6 +179,8 @@ def run_epoch(trainer: StageTrainer, hooks: Sequence[Hook] = ()) -> dict[str, An
     if trainer.world.distributed:  # the ranks' shares add up to the global batches' losses
         loss_sum = trainer.world.sum(torch.tensor([loss_sum], dtype=torch.float64)).item()
     steps = trainer.tally["steps"]
+    if not math.isfinite(loss_sum):  # the same on every rank (summed): no row, grid or checkpoint of it
+        raise diverged(trainer, f"the epoch's loss is {loss_sum}")
     row = {
         "stage": trainer.stage,
         "epoch": trainer.epoch + 1,

@@ -58,7 +58,7 @@ from . import checkpoint as ckpt
 from .build import build_generator, build_mapping
 from .checkpoint import LEGACY_MODEL_FILE, MODEL_FILE
 from .config import CONFIG_FILE, SAMPLING_FIELDS, TrainConfig, load_run_config
-from .loop import Hook, StageTrainer
+from .loop import Hook, StageTrainer, diverged
 from .pipeline import Fit
 from .threads import intra_op_threads
 from .whitening import code_whitening
@@ -71,6 +71,9 @@ RESUMABLE_OVERRIDES = (
     "ops",
     "device",
     "threads",
+    "lr_g",  # a run that diverged resumes from its last good checkpoint with a lower rate
+    "lr_z",
+    "imle_lr",
     "glo_epochs",
     "imle_epochs",
     "ckpt_every",
@@ -372,10 +375,14 @@ class CheckpointHook(Hook):
         self.run, self.fit, self.total = run, fit, total
 
     def save(self, trainer: StageTrainer) -> None:
-        """One checkpoint step (collective: every rank calls it at the same step)."""
+        """One checkpoint step (collective: every rank calls it at the same step). A state holding NaN/Inf
+        (a diverged step before it) is not saved: the ranks agree, and the run stops with the error."""
         fit, world = self.fit, self.run.world
         fit.gather_tallies()
         state = fit.state_dict()
+        bad = _nonfinite_entry(state)
+        if world.sum(torch.tensor([float(bad is not None)])).item():
+            raise diverged(trainer, f"{bad or 'the state of another rank'} holds NaN or Inf")
         rows = len(fit.images)  # this rank's dataset rows
         glo_rep, glo_rows = ckpt.split_state("glo", state["glo"], rows)
         imle_rep, imle_rows = ckpt.split_state("imle", state["imle"], rows)
@@ -393,6 +400,25 @@ class CheckpointHook(Hook):
 
     def epoch_completed(self, trainer: StageTrainer, row: dict[str, Any]) -> None:
         self.save(trainer)
+
+
+def _nonfinite_entry(state: Any, path: str = "state") -> str | None:
+    """The first floating-point tensor of a nested state (dicts, lists) holding NaN or Inf, by its path."""
+    if isinstance(state, torch.Tensor):
+        finite = not state.is_floating_point() or bool(torch.isfinite(state).all())
+        return None if finite else path
+    items = (
+        state.items()
+        if isinstance(state, dict)
+        else enumerate(state)
+        if isinstance(state, (list, tuple))
+        else ()
+    )
+    for key, value in items:
+        found = _nonfinite_entry(value, f"{path}.{key}")
+        if found:
+            return found
+    return None
 
 
 class MetricsHook(Hook):
