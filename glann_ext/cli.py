@@ -408,8 +408,13 @@ def _cmd_sample(args: argparse.Namespace) -> None:
 def _cmd_interpolate(args: argparse.Namespace) -> None:
     from glann_ext import seeding
     from glann_ext.images import save_grid
+    from glann_ext.models import GLANN
 
     model = _load(args)
+    if args.space == "latent" and not isinstance(model, GLANN):
+        raise CLIError(
+            "interpolate: --space latent needs a GLANN run (a pixel-space IMLE model has no codes); use --space noise"
+        )
     g = seeding.generator(args.seed, "sample")
     rows = []
     for _ in range(args.rows):

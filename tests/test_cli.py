@@ -525,7 +525,49 @@ def test_sample_gaussian_and_invert_of_a_pixel_model_are_one_line_errors(tmp_pat
     np.save(images, blob_images(2, 28))
     assert main(["invert", "--run", str(path), "--images", str(images), "--grid", str(grid)]) == 2
     assert "invert: needs a GLANN run" in capsys.readouterr().err and not grid.exists()
+    # interpolate --space latent asked the model for its codes (an AttributeError's traceback)
+    assert main(["interpolate", "--run", str(path), "--space", "latent", "--grid", str(grid)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--space latent needs a GLANN run" in err and not grid.exists()
     assert main(argv) == 0 and grid.is_file()  # its own sampler works
+    assert (
+        main(["interpolate", "--run", str(path), "--space", "noise", "--grid", str(tmp_path / "i.png")]) == 0
+    )
+
+
+def test_degenerate_inputs_are_one_line_errors(tmp_path, capsys):
+    """Found by an audit, each a raw traceback before: a config file nested too deep to parse
+    (RecursionError), a dataset whose images are all equal (the IMLE stage's whitening, after GLO trained),
+    and an --out inside the image folder it trains on (its grids became training images)."""
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100000 + "]" * 100000)
+    assert main(["train", "--out", str(tmp_path / "d"), "--config", str(deep)]) == 2
+    assert "JSON nested too deeply" in capsys.readouterr().err
+    flat = tmp_path / "flat.npy"
+    np.save(flat, np.full((64, 28, 28), 128, np.uint8))
+    argv = [
+        "train",
+        "--out",
+        str(tmp_path / "flat"),
+        "--dataset",
+        str(flat),
+        *TINY,
+        "--batch-size",
+        "2",
+        "--imle-batch-size",
+        "2",
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "all codes are equal" in err and "--no-imle-whiten" in err
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, im in enumerate(blob_images(8, 28)):
+        Image.fromarray(im).save(photos / f"{i}.png")
+    for out in (photos / "run", photos / "a" / "b"):
+        assert main(["train", "--out", str(out), "--dataset", str(photos), *TINY]) == 2
+        assert "lies inside the image folder --dataset" in capsys.readouterr().err
+    assert list(photos.iterdir()) and not (photos / "run").exists()
 
 
 def _interpolation_endpoints(run_dir, tmp_path, monkeypatch, *extra):

@@ -155,7 +155,14 @@ def test_a_file_without_a_description_or_with_broken_json_in_it_is_named(model_f
             load_model_file(path)
     path = _forged(model_file, tmp_path / "torn.safetensors", raw_meta='{"kind": ')
     with pytest.raises(
-        CheckpointError, match=r"torn.safetensors: corrupt model description \(Expecting value"
+        CheckpointError,
+        match=r"torn.safetensors: corrupt model description \(JSONDecodeError: Expecting value",
+    ):
+        load_model_file(path)
+    # nested too deep for the parser: a RecursionError's traceback before
+    path = _forged(model_file, tmp_path / "deep.safetensors", raw_meta="[" * 100000 + "]" * 100000)
+    with pytest.raises(
+        CheckpointError, match=r"deep.safetensors: corrupt model description \(RecursionError"
     ):
         load_model_file(path)
 

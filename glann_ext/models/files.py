@@ -51,8 +51,8 @@ def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise CheckpointError(f"{path}: a safetensors file without a glann_ext model description")
     try:
         meta = json.loads(header[META_KEY])
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: corrupt model description ({exc})") from exc
+    except (json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nested too deep to parse
+        raise CheckpointError(f"{path}: corrupt model description ({type(exc).__name__}: {exc})") from None
     return tensors, meta
 
 

@@ -244,6 +244,8 @@ def read_config_object(path: str | Path, *, run_file: bool = False) -> dict[str,
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
+    except RecursionError:
+        raise ConfigError(f"{path}: JSON nested too deeply to be a config") from None
     if not isinstance(saved, dict):
         raise ConfigError(f"{path}: expected a JSON object of config fields, got {type(saved).__name__}")
     return saved

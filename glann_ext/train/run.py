@@ -107,6 +107,23 @@ def check_out_folder(out: Path) -> None:
         )
 
 
+def check_out_outside_dataset(out: Path, dataset: str) -> None:
+    """Refuse an ``out`` inside an image-folder dataset: the folder's images are listed recursively, so the
+    run's grids would become training images (the next run trains on them, and this one cannot resume: the
+    image count changed)."""
+    from glann_ext.data.datasets import NAMED
+
+    folder = Path(dataset)
+    if dataset in NAMED or not folder.is_dir():
+        return
+    folder, where = folder.resolve(), out.resolve()
+    if where == folder or folder in where.parents:
+        raise RunFolderError(
+            f"--out {out} lies inside the image folder --dataset {dataset}: the run's grids would become "
+            "training images; give --out a folder outside it"
+        )
+
+
 class Run:
     """Trains (or resumes) the run in ``out``. ``on_step(trainer, info)`` is called after every step, after
     any checkpoint of that step was written (tests use it to interrupt a run)."""
@@ -126,6 +143,7 @@ class Run:
         check_out_folder(self.out)
         self._given = cfg
         self.cfg = self._resolve_config(cfg).check_runnable()
+        check_out_outside_dataset(self.out, self.cfg.dataset)
         self.device = local_device(self.cfg.device)
         self.world = World()
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from glann_ext.errors import UsageError
+
 from .world import World
 
 # Directions with less variance than this share of the mean (fewer codes than dimensions, or codes that
@@ -49,7 +51,7 @@ def code_whitening(codes: torch.Tensor, world: World | None = None, total: int |
     world = world or World()
     total = codes.shape[0] if total is None else total
     if total < 2:
-        raise ValueError(f"whitening needs at least 2 codes, got {total}")
+        raise UsageError(f"IMLE's whitening needs at least 2 codes, got {total}")
     x = codes.detach().double().cpu()
     sums = world.sum(torch.cat([x.sum(0, keepdim=True), x.T @ x]))  # one collective for both moments
     mean = sums[0] / total
@@ -57,7 +59,10 @@ def code_whitening(codes: torch.Tensor, world: World | None = None, total: int |
     var, basis = torch.linalg.eigh((cov + cov.T) / 2)
     level = var.clamp_min(0).mean()
     if not bool(level > 0):
-        raise ValueError("whitening needs codes that vary: all codes are equal")
+        raise UsageError(
+            "IMLE's whitening needs codes that vary, but all codes are equal (do the training images vary?); "
+            "--no-imle-whiten (imle_whiten=False) trains without it"
+        )
     scale = (var.clamp_min(VARIANCE_FLOOR * level) / level).rsqrt()
     forward = basis @ torch.diag(scale) @ basis.T
     inverse = basis @ torch.diag(1 / scale) @ basis.T
