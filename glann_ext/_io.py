@@ -55,11 +55,28 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        cause = _first_cause(exc)
+        if isinstance(cause, OSError):  # named by the file the caller asked for, not the temp file
+            named = str(path) if cause.filename in (None, tmp) else cause.filename
+            raise OSError(cause.errno, cause.strerror or str(cause), named) from exc
+        if cause is not exc:  # a Ctrl-C that torch's archive writer turned into its own RuntimeError
+            raise cause from None
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _first_cause(exc: BaseException) -> BaseException:
+    """The KeyboardInterrupt or OSError behind ``exc`` (``exc`` itself, or one in its context chain: torch's
+    archive writer replaces an exception raised in the file's ``write`` by a RuntimeError), else ``exc``."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (KeyboardInterrupt, OSError)):
+            return seen
+        seen = seen.__context__
+    return exc
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -4,6 +4,8 @@ user error is one line with exit status 2."""
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import random
@@ -604,6 +606,39 @@ def test_atomic_write_writes_beside_the_target_syncs_renames_and_syncs_the_folde
     assert events == [("write",), ("fsync", "file"), ("replace", True), ("fsync", "folder")]
     assert path.read_bytes() == b"new" and stat.S_IMODE(path.stat().st_mode) == 0o640
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [OSError(errno.ENOSPC, "No space left on device"), KeyboardInterrupt()],
+    ids=["disk_full", "ctrl_c"],
+)
+def test_a_failed_torch_save_says_what_failed_and_keeps_the_old_file(tmp_path, failure):
+    """torch.save's archive writer turns an exception raised by the file's write (a full disk, a Ctrl-C)
+    into its own RuntimeError ("unexpected pos"), so a full disk or a Ctrl-C during a checkpoint gave that
+    traceback (exit 1, no resume hint). atomic_write raises what failed: the OSError, named by the target
+    (not the temp file), or the KeyboardInterrupt; the old file stays, no temp file is left."""
+    path = tmp_path / "main.pt"
+    path.write_bytes(b"old")
+
+    class Failing(io.RawIOBase):
+        def __init__(self, f) -> None:
+            self.f, self.left = f, 1000
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b) -> int:
+            self.left -= len(b)
+            if self.left < 0:
+                raise failure
+            return self.f.write(b)
+
+    with pytest.raises(type(failure)) as info:
+        atomic_write(path, lambda f: torch.save({"a": torch.randn(10000)}, Failing(f)))
+    if isinstance(failure, OSError):
+        assert (info.value.errno, info.value.filename) == (errno.ENOSPC, str(path))
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["main.pt"]
 
 
 def test_stale_temps_go_from_every_folder_a_run_writes_and_only_by_their_whole_name(tmp_path):
