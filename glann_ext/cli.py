@@ -394,6 +394,8 @@ def _cmd_sample(args: argparse.Namespace) -> None:
         images = model.sample_gaussian(args.n, args.seed)
     else:
         images = model.sample(args.n, args.seed, balanced=False if args.sampler == "plain" else None)
+    if not bool(torch.isfinite(images).all()):  # a black grid, written without a word, before
+        raise CLIError("sample: the model's samples hold NaN or Inf: its weights do not generate images")
     grid = args.grid or (None if args.npy else "samples.png")
     written = []
     if grid:

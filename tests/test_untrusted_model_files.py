@@ -198,6 +198,14 @@ def test_format_kind_and_non_finite_tensors_are_checked(model_file, tmp_path):
     with pytest.raises(CheckpointError, match="running_mean holds NaN or Inf values"):  # gave NaN images
         load_model_file(p)
 
+    def negative_variance(t):
+        key = next(k for k in t if k.endswith("running_var"))
+        t[key] = -t[key]
+
+    p = _forged(model_file, tmp_path / "v.safetensors", tensors=negative_variance)
+    with pytest.raises(CheckpointError, match="running_var holds negative variances"):  # NaN images, too
+        load_model_file(p)
+
 
 def test_the_model_file_read_is_the_one_checked_not_one_swapped_in_after(model_file, tmp_path, monkeypatch):
     """read_model_file reads the bytes of the file open_regular checked; safe_open mapped the path again, so

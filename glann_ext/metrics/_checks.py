@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from glann_ext.errors import NonFiniteError
+
 
 def as_float_matrix(name: str, x: object, *, columns: int | None = None, min_rows: int = 1) -> torch.Tensor:
     """A finite (N, D) float64 CPU tensor from a tensor or array, or a ``TypeError``/``ValueError``."""
@@ -26,7 +28,7 @@ def as_float_matrix(name: str, x: object, *, columns: int | None = None, min_row
         raise ValueError(f"{name} must have at least {min_rows} rows, got shape {tuple(x.shape)}")
     x = x.detach().to("cpu", torch.float64)
     if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or Inf values")
+        raise NonFiniteError(f"{name} contains NaN or Inf values", argument=name)
     return x
 
 
@@ -45,7 +47,7 @@ def as_images(name: str, x: object, *, channels: int | None = None) -> torch.Ten
             f"{name} must have {channels} channel(s) (N, {channels}, H, W), got shape {tuple(x.shape)}"
         )
     if x.numel() and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or Inf values")
+        raise NonFiniteError(f"{name} contains NaN or Inf values", argument=name)
     return x.detach().cpu()
 
 

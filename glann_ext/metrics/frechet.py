@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from glann_ext.errors import NonFiniteError
+
 from ._checks import as_float_matrix
 
 
@@ -38,12 +40,12 @@ def frechet_distance_from_statistics(
         if m.shape != (d,):
             raise ValueError(f"{name} must have shape ({d},) like mu1's length, got {m.shape}")
         if not np.isfinite(m).all():
-            raise ValueError(f"{name} contains NaN or Inf values")
+            raise NonFiniteError(f"{name} contains NaN or Inf values", argument=name)
     for name, s in (("sigma1", s1), ("sigma2", s2)):
         if s.shape != (d, d):
             raise ValueError(f"{name} must have shape ({d}, {d}), got {s.shape}")
         if not np.isfinite(s).all():
-            raise ValueError(f"{name} contains NaN or Inf values")
+            raise NonFiniteError(f"{name} contains NaN or Inf values", argument=name)
         low = float(np.linalg.eigvalsh((s + s.T) / 2).min()) if d else 0.0
         if low < -1e-6 * max(1.0, float(np.abs(s).max())):  # rounding aside, a covariance is PSD
             raise ValueError(f"{name} must be positive semi-definite, got an eigenvalue of {low:.3g}")

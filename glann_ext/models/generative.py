@@ -716,6 +716,8 @@ def model_from_export(
             raise ValueError(f"tensor {key} has dtype {str(t.dtype)[6:]}, expected float32")
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise ValueError(f"tensor {key} holds NaN or Inf values")
+        if key.endswith("running_var") and bool((t < 0).any()):  # BatchNorm takes its square root: NaN images
+            raise ValueError(f"tensor {key} holds negative variances")
     if "codes" in tensors and (tensors["codes"].dim() != 2 or tensors["codes"].shape[0] < 1):
         raise ValueError(f"codes must be (N >= 1, d), got shape {tuple(tensors['codes'].shape)}")
     ops = ops or config.get("ops", "fused")
