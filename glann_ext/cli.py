@@ -23,7 +23,11 @@ from typing import Any, NoReturn
 import torch
 
 from glann_ext.errors import GlannError
-from glann_ext.train.config import MAX_THREADS
+from glann_ext.train.config import MAX_SEED, MAX_THREADS
+
+# What one reading command draws at most: its images are held in memory (a million 28 x 28 images are 3 GB)
+# and drawn in one call, so a typo such as -n 100000000000 was hours of silent work before running out.
+MAX_DRAWN = 1_000_000
 
 _betas = (float, 2)  # a (type, nargs) pair: two numbers
 
@@ -143,7 +147,7 @@ def _run_args(q: argparse.ArgumentParser) -> None:
     q.add_argument("--run", required=True, help="run folder (or model file)")
     q.add_argument("--ops", choices=["fused", "reference"], help="override the run's ops backend")
     q.add_argument("--device", default="cpu")
-    q.add_argument("--seed", type=_count(0), default=0)
+    q.add_argument("--seed", type=_count(0, MAX_SEED), default=0)
 
 
 def _add_train(sub) -> None:
@@ -169,7 +173,9 @@ def _add_train(sub) -> None:
 def _add_sample(sub) -> None:
     s = sub.add_parser("sample", help="sample images from a trained model")
     _run_args(s)
-    s.add_argument("-n", type=_count(1), default=64, help="number of samples")
+    s.add_argument(
+        "-n", type=_count(1, MAX_DRAWN), default=64, help=f"number of samples (at most {MAX_DRAWN:,})"
+    )
     s.add_argument(
         "--grid", help="PNG grid of the samples to write (default: samples.png, unless --npy is given)"
     )
@@ -189,8 +195,8 @@ def _add_interpolate(sub) -> None:
     i = sub.add_parser("interpolate", help="interpolation grid, in noise or latent space")
     _run_args(i)
     i.add_argument("--space", choices=["noise", "latent"], default="noise")
-    i.add_argument("--rows", type=_count(1), default=8, help="number of interpolation pairs")
-    i.add_argument("--steps", type=_count(2), default=10, help="images per row, endpoints included")
+    i.add_argument("--rows", type=_count(1, 10_000), default=8, help="number of interpolation pairs")
+    i.add_argument("--steps", type=_count(2, 10_000), default=10, help="images per row, endpoints included")
     i.add_argument("--grid", default="interpolation.png")
 
 
@@ -200,7 +206,9 @@ def _add_invert(sub) -> None:
     v.add_argument("--images", required=True, help="a .npy/.npz file or an image folder")
     v.add_argument("--limit", type=_count(1), default=64, help="invert at most this many images")
     v.add_argument("--steps", type=_count(0), default=200, help="optimisation steps per restart")
-    v.add_argument("--restarts", type=_count(1), default=2, help="starting points tried per image")
+    v.add_argument(
+        "--restarts", type=_count(1, 1000), default=2, help="starting points tried per image (at most 1000)"
+    )
     v.add_argument("--grid", default="inverted.png", help="PNG: originals on top, reconstructions below")
     v.add_argument("--codes", help="also save the codes (n, latent_dim) as .npy here")
 
@@ -227,7 +235,12 @@ def _add_upgrade(sub) -> None:
 def _add_eval(sub) -> None:
     e = sub.add_parser("eval", help="FD, precision/recall, density/coverage and memorisation of a run")
     _run_args(e)
-    e.add_argument("-n", type=_count(2), default=10_000, help="number of generated samples (>= 2)")
+    e.add_argument(
+        "-n",
+        type=_count(4, MAX_DRAWN),
+        default=10_000,
+        help=f"number of generated samples (4 to {MAX_DRAWN:,})",
+    )
     e.add_argument("--out", help="folder for eval.json and the PNGs (default: the run folder)")
     e.add_argument("--sampler", choices=SAMPLERS, default="glann", help="as for sample")
     e.add_argument("--noise-scale", type=float, help=NOISE_SCALE_HELP)

@@ -393,11 +393,18 @@ def test_eval_threads_are_bounded(run_dir, capsys):
     assert "--threads: must be <= 1024, got 100000" in capsys.readouterr().err
 
 
-def test_counts_below_their_minimum_are_refused_by_name(run_dir, capsys):
+def test_counts_outside_their_range_are_refused_by_name(run_dir, capsys):
+    """Also above their maximum: a seed past 2^63 - 1 reused a smaller seed's samples (2^64 gave seed 0's),
+    and -n or --restarts had no bound (hours of silent work, then out of memory); eval's help said -n >= 2
+    where 4 is the least it scores."""
     for argv, needle in (
         (["sample", "-n", "0"], "-n: must be >= 1, got 0"),
-        (["eval", "-n", "1"], "-n: must be >= 2, got 1"),
+        (["eval", "-n", "3"], "-n: must be >= 4, got 3"),
         (["eval", "--seed", "-1"], "--seed: must be >= 0, got -1"),
+        (["sample", "--seed", str(2**64)], f"--seed: must be <= {2**63 - 1}, got {2**64}"),
+        (["sample", "-n", str(cli.MAX_DRAWN + 1)], f"-n: must be <= {cli.MAX_DRAWN}"),
+        (["eval", "-n", str(10**11)], f"-n: must be <= {cli.MAX_DRAWN}"),
+        (["invert", "--images", "x.npy", "--restarts", "100000"], "--restarts: must be <= 1000"),
     ):
         assert main([argv[0], "--run", str(run_dir), *argv[1:]]) == 2, argv
         assert needle in capsys.readouterr().err, argv

@@ -96,7 +96,7 @@ def download(name: str, fname: str, dest_dir: Path = CACHE_DIR) -> Path:
         tmp.unlink(missing_ok=True)
         raise DataError(
             f"{name}: files not found locally ({', '.join(map(str, candidate_dirs(name)))}) "
-            f"and download of {base + fname} failed ({exc}); set {ENV_VAR} or pass --data"
+            f"and download of {base + fname} failed ({exc}); set {ENV_VAR} or pass --data-root"
         ) from exc
     if md5(tmp) != sums[fname]:
         tmp.unlink()

@@ -41,8 +41,8 @@ SPREAD_CHUNK = 4_096
 # untrusted, and balance_draws = 1e12 would calibrate for days
 MAX_BALANCE_DRAWS = 10_000.0
 NO_MAPPING = (
-    "this model has no IMLE mapping T (a GLO-only run: train the IMLE stage, or sample the GLO + Gaussian "
-    "baseline)"
+    "this model has no IMLE mapping T (a GLO-only run: train the IMLE stage with `glann train --out RUN`, or "
+    "sample the GLO + Gaussian baseline: `--sampler gaussian`, sample_gaussian in Python)"
 )
 
 

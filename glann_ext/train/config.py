@@ -167,9 +167,9 @@ class TrainConfig:
         is :meth:`check_runnable`'s question: a config trained on a GPU stays valid on a laptop.)"""
         for f in dataclasses.fields(self):
             _check_type(f.name, getattr(self, f.name), _FIELD_TYPES[f.name])
-        for name, ok in _range_checks(self):
+        for name, ok, rule in _range_checks(self):
             if not ok:
-                raise ConfigError(f"config field {name} has an invalid value: {getattr(self, name)!r}")
+                raise ConfigError(f"config field {name} must be {rule}, got {getattr(self, name)!r}")
         for name, most in MAXIMA.items():
             value = getattr(self, name)
             if value is not None and value > most:
@@ -300,6 +300,9 @@ _CHOICES = {
     "ops": ("fused", "reference"),
     "channels": (None, 1, 3),
 }
+# A learning rate above this is a typo (1e39 is finite as a Python float but infinite in float32): every
+# optimizer here steps in float32, so such a rate made the first step Inf and a Cholesky error later.
+MAX_RATE = 1e6
 MAX_SEED = 2**63 - 1  # seeds feed torch.Generator.manual_seed, which takes a signed 64-bit value
 MAX_THREADS = 1024  # torch's thread pools: far beyond any machine's cores; 100000 crashes torch
 # Generous upper bounds of the sizes (each far above any run the package is meant for), so that a typo such as
@@ -325,44 +328,54 @@ def _finite(x: float, low: float, *, strict: bool = False) -> bool:
     return math.isfinite(x) and (x > low if strict else x >= low)
 
 
-def _range_checks(c: TrainConfig) -> list[tuple[str, bool]]:
+def _range_checks(c: TrainConfig) -> list[tuple[str, bool, str]]:
+    """(field, whether its value is allowed, the rule in words) for every field with a range."""
     return [
-        ("latent_dim", c.latent_dim >= 1),
-        ("noise_dim", c.noise_dim >= 1),
-        ("batch_size", c.batch_size >= 2),
-        ("imle_batch_size", c.imle_batch_size >= 2),
-        ("glo_epochs", c.glo_epochs >= 0),
-        ("imle_epochs", c.imle_epochs >= 0),
-        ("lr_g", _finite(c.lr_g, 0, strict=True)),
-        ("lr_z", _finite(c.lr_z, 0, strict=True)),
-        ("imle_lr", _finite(c.imle_lr, 0, strict=True)),
-        ("imle_weight_decay", _finite(c.imle_weight_decay, 0)),
-        ("imle_noise_multiple", _finite(c.imle_noise_multiple, 1)),
-        ("betas", all(0 <= b < 1 for b in c.betas)),
-        ("imle_betas", all(0 <= b < 1 for b in c.imle_betas)),
-        ("gen_width", c.gen_width >= 4),
-        ("gen_depth", c.gen_depth >= 0),
-        ("mapping_hidden", c.mapping_hidden >= 1),
-        ("mapping_layers", c.mapping_layers >= 1),
-        ("ckpt_every", c.ckpt_every >= 0),
-        ("sample_every", c.sample_every >= 0),
-        ("l2_weight", _finite(c.l2_weight, 0)),
-        ("vgg_weight", _finite(c.vgg_weight, 0)),
-        ("imle_precision_weight", _finite(c.imle_precision_weight, 0)),
-        ("imle_adaptive_shrink", _finite(c.imle_adaptive_shrink, 0) and c.imle_adaptive_shrink < 1),
-        ("imle_staleness", c.imle_staleness >= 0),
-        ("imle_force_rematch", c.imle_force_rematch >= 1),
-        ("imle_reject_radius", _finite(c.imle_reject_radius, 0)),
-        ("balance_draws", _finite(c.balance_draws, 0)),
-        ("balance_quantile", _finite(c.balance_quantile, 0) and c.balance_quantile <= 1),
+        ("latent_dim", c.latent_dim >= 1, ">= 1"),
+        ("noise_dim", c.noise_dim >= 1, ">= 1"),
+        ("batch_size", c.batch_size >= 2, ">= 2"),
+        ("imle_batch_size", c.imle_batch_size >= 2, ">= 2"),
+        ("glo_epochs", c.glo_epochs >= 0, ">= 0"),
+        ("imle_epochs", c.imle_epochs >= 0, ">= 0"),
+        ("lr_g", _finite(c.lr_g, 0, strict=True) and c.lr_g <= MAX_RATE, f"in (0, {MAX_RATE:g}]"),
+        ("lr_z", _finite(c.lr_z, 0, strict=True) and c.lr_z <= MAX_RATE, f"in (0, {MAX_RATE:g}]"),
+        ("imle_lr", _finite(c.imle_lr, 0, strict=True) and c.imle_lr <= MAX_RATE, f"in (0, {MAX_RATE:g}]"),
+        ("imle_weight_decay", _finite(c.imle_weight_decay, 0), "finite and >= 0"),
+        ("imle_noise_multiple", _finite(c.imle_noise_multiple, 1), "finite and >= 1"),
+        ("betas", all(0 <= b < 1 for b in c.betas), "each in [0, 1)"),
+        ("imle_betas", all(0 <= b < 1 for b in c.imle_betas), "each in [0, 1)"),
+        ("gen_width", c.gen_width >= 4, ">= 4"),
+        ("gen_depth", c.gen_depth >= 0, ">= 0"),
+        ("mapping_hidden", c.mapping_hidden >= 1, ">= 1"),
+        ("mapping_layers", c.mapping_layers >= 1, ">= 1"),
+        ("ckpt_every", c.ckpt_every >= 0, ">= 0 (0: at epoch ends only)"),
+        ("sample_every", c.sample_every >= 0, ">= 0 (0: never)"),
+        ("l2_weight", _finite(c.l2_weight, 0), "finite and >= 0"),
+        ("vgg_weight", _finite(c.vgg_weight, 0), "finite and >= 0"),
+        ("imle_precision_weight", _finite(c.imle_precision_weight, 0), "finite and >= 0"),
+        (
+            "imle_adaptive_shrink",
+            _finite(c.imle_adaptive_shrink, 0) and c.imle_adaptive_shrink < 1,
+            "in [0, 1)",
+        ),
+        ("imle_staleness", c.imle_staleness >= 0, ">= 0"),
+        ("imle_force_rematch", c.imle_force_rematch >= 1, ">= 1"),
+        ("imle_reject_radius", _finite(c.imle_reject_radius, 0), "finite and >= 0"),
+        ("balance_draws", _finite(c.balance_draws, 0), "finite and >= 0"),
+        ("balance_quantile", _finite(c.balance_quantile, 0) and c.balance_quantile <= 1, "in [0, 1]"),
         (
             "sample_noise_scale",
             _finite(c.sample_noise_scale, 0, strict=True) and c.sample_noise_scale <= MAX_NOISE_SCALE,
+            f"in (0, {MAX_NOISE_SCALE:g}]",
         ),
-        ("sample_spread", _finite(c.sample_spread, 0) and c.sample_spread <= MAX_SPREAD),
-        ("limit", c.limit is None or c.limit >= 2),
-        ("threads", c.threads is None or c.threads >= 1),
-        ("seed", 0 <= c.seed <= MAX_SEED),
+        (
+            "sample_spread",
+            _finite(c.sample_spread, 0) and c.sample_spread <= MAX_SPREAD,
+            f"in [0, {MAX_SPREAD:g}]",
+        ),
+        ("limit", c.limit is None or c.limit >= 2, ">= 2, or null for every image"),
+        ("threads", c.threads is None or c.threads >= 1, ">= 1, or null for torch's default"),
+        ("seed", 0 <= c.seed <= MAX_SEED, f"in [0, {MAX_SEED}]"),
     ]
 
 
