@@ -802,7 +802,10 @@ def test_imle_betas_set_the_mapping_adam_and_a_run_saved_without_them_keeps_the_
     assert TrainConfig().imle_betas == (0.9, 0.9) and TrainConfig().betas == (0.5, 0.999)
     # the presets keep the GLANN code's: measured no better at laptop's and laptop-30min's T (docs/training.md)
     assert all(preset(name).imle_betas == (0.5, 0.999) for name in ("laptop", "laptop-30min", "paper"))
-    for bad, match in (((0.9, 1.0), r"imle_betas must be each in \[0, 1\)"), ((0.9,), "imle_betas must be two")):
+    for bad, match in (
+        ((0.9, 1.0), r"imle_betas must be each in \[0, 1\)"),
+        ((0.9,), "imle_betas must be two"),
+    ):
         with pytest.raises(ConfigError, match=match):
             TrainConfig(imle_betas=bad).validate()
     targets = torch.randn(16, 3)
