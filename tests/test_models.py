@@ -9,7 +9,9 @@ import torch
 from glann_testing import OPS
 
 from glann_ext.backend import get_ops
+from glann_ext.errors import ConfigError
 from glann_ext.models import MLP, DCGANGenerator, start_size
+from glann_ext.models.generator import MAX_GENERATOR_PARAMETERS, generator_parameters
 from glann_ext.ops import reference
 from glann_ext.optim import SphereSparseAdam
 
@@ -26,6 +28,25 @@ def test_generator_shapes_and_range(size, channels):
 def test_generator_rejects_unsupported_sizes(bad):
     with pytest.raises(ValueError, match="image_size"):
         start_size(bad)
+
+
+@pytest.mark.parametrize(
+    "args", [(64, 28, 1, 32, 0), (64, 32, 3, 64, 2), (16, 64, 1, 8, 1), (8, 128, 3, 16, 0)]
+)
+def test_generator_parameter_count_is_known_before_building(args):
+    g = DCGANGenerator(*args)
+    assert generator_parameters(*args) == sum(p.numel() for p in g.parameters())
+
+
+def test_a_generator_too_large_to_allocate_is_refused_before_building():
+    """--gen-width 4096 --image-size 256 passed every per-field bound and asked for 550 GB (a traceback from
+    the allocator); now a ConfigError says how many parameters and which fields to lower."""
+    with pytest.raises(
+        ConfigError, match=r"generator would have [\d,]+ parameters \(gen_width 4096 at image_size 256"
+    ):
+        DCGANGenerator(latent_dim=64, image_size=256, channels=3, width=4096)
+    args = (64, 28, 1, 32, 0)
+    assert generator_parameters(*args) <= MAX_GENERATOR_PARAMETERS
 
 
 def test_mlp_shapes():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from glann_ext.errors import ConfigError
+
 
 def start_size(image_size: int) -> tuple[int, int]:
     """(s0, k) with image_size == s0 * 2**k and 3 <= s0 <= 7, the seed resolution the generator upsamples.
@@ -23,6 +25,38 @@ def start_size(image_size: int) -> tuple[int, int]:
             f"got {image_size}"
         )
     return size, ups
+
+
+# The most parameters a generator may have (4 GiB of float32 weights, 16 GiB with Adam's moments and the
+# gradient): far above any generator of the GLO/GLANN papers (a few million), so that a typo such as
+# --gen-width 4096 --image-size 256 (a 65,536-channel first layer, 550 GB) is an error, not an allocation.
+MAX_GENERATOR_PARAMETERS = 2**30
+
+
+def generator_parameters(latent_dim: int, image_size: int, channels: int, width: int, depth: int) -> int:
+    """The parameter count of ``DCGANGenerator(latent_dim, image_size, channels, width, depth)``, without
+    building it."""
+    s0, ups = start_size(image_size)
+    ch = width * 2 ** (ups - 1)
+    count = latent_dim * ch * s0 * s0 + 2 * ch * s0 * s0  # the linear layer and its BatchNorm
+    count += depth * (ch * ch * 9 + 2 * ch)
+    for _ in range(ups - 1):
+        count += ch * (ch // 2) * 16 + 2 * (ch // 2)
+        ch //= 2
+        count += depth * (ch * ch * 9 + 2 * ch)
+    return count + ch * channels * 16 + channels
+
+
+def check_generator_size(latent_dim: int, image_size: int, channels: int, width: int, depth: int) -> None:
+    """:class:`~glann_ext.errors.ConfigError` if that generator would exceed MAX_GENERATOR_PARAMETERS."""
+    count = generator_parameters(latent_dim, image_size, channels, width, depth)
+    if count > MAX_GENERATOR_PARAMETERS:
+        _, ups = start_size(image_size)
+        raise ConfigError(
+            f"the generator would have {count:,} parameters (gen_width {width} at image_size {image_size}: "
+            f"{width * 2 ** (ups - 1):,} channels in its first layer; latent_dim {latent_dim}, gen_depth "
+            f"{depth}), more than the {MAX_GENERATOR_PARAMETERS:,} allowed; lower gen_width or image_size"
+        )
 
 
 class DCGANGenerator(nn.Module):
@@ -45,6 +79,7 @@ class DCGANGenerator(nn.Module):
         super().__init__()
         if depth < 0:
             raise ValueError(f"depth must be >= 0, got {depth}")
+        check_generator_size(latent_dim, image_size, channels, width, depth)
         s0, ups = start_size(image_size)
         self.latent_dim, self.image_size, self.channels, self.width = latent_dim, image_size, channels, width
         self.depth = depth
