@@ -388,9 +388,11 @@ def _npy_path(flag: str, value: str | None) -> Path | None:
 def _save_npy(path: Path, array: object) -> None:
     import numpy as np
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:  # a file object: numpy adds no suffix
-        np.save(f, array)
+    from glann_ext._io import atomic_write
+
+    atomic_write(
+        path, lambda f: np.save(f, array)
+    )  # a file object: numpy adds no suffix; a kill leaves no half file
 
 
 def _cmd_sample(args: argparse.Namespace) -> None:
@@ -517,6 +519,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         _COMMANDS[args.command][1](args)
+    except KeyboardInterrupt:  # (train prints its resume hint first) no traceback for a Ctrl-C
+        print(f"glann {args.command}: interrupted", file=sys.stderr)
+        return 130
     except GlannError as exc:
         print(f"glann {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line
         return 2

@@ -393,6 +393,23 @@ def test_eval_threads_are_bounded(run_dir, capsys):
     assert "--threads: must be <= 1024, got 100000" in capsys.readouterr().err
 
 
+def test_ctrl_c_in_a_reading_command_is_one_line_and_status_130(run_dir, tmp_path, capsys, monkeypatch):
+    """A Ctrl-C in sample or eval printed a 40-line traceback; --npy was written in place (a kill left half
+    a file)."""
+    from glann_ext.models import GLANN
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(GLANN, "sample", interrupted)
+    npy = tmp_path / "x.npy"
+    assert main(["sample", "--run", str(run_dir), "-n", "4", "--npy", str(npy)]) == 130
+    assert capsys.readouterr().err == "glann sample: interrupted\n" and not npy.exists()
+    monkeypatch.undo()
+    assert main(["sample", "--run", str(run_dir), "-n", "4", "--npy", str(npy)]) == 0
+    assert np.load(npy).shape == (4, 1, 28, 28) and [p.name for p in tmp_path.iterdir()] == ["x.npy"]
+
+
 def test_counts_outside_their_range_are_refused_by_name(run_dir, capsys):
     """Also above their maximum: a seed past 2^63 - 1 reused a smaller seed's samples (2^64 gave seed 0's),
     and -n or --restarts had no bound (hours of silent work, then out of memory); eval's help said -n >= 2
