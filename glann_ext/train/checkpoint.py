@@ -35,7 +35,13 @@ from glann_ext._io import (
     read_regular,
     remove_stale_temps,
 )
-from glann_ext.data import shard_bounds
+from glann_ext.data import (
+    DataError,
+    dataset_fingerprint,
+    fingerprint_change,
+    loaded_fingerprint,
+    shard_bounds,
+)
 from glann_ext.errors import CheckpointError, ConfigError
 
 from .config import CONFIG_FILE, TrainConfig, saved_config
@@ -296,6 +302,49 @@ def _check_manifest(path: Path, m: dict[str, Any]) -> None:
         raise CheckpointError(f"{path}: manifest bounds do not split {total} rows over {w} shards")
     if m["phase"] not in ("glo", "imle"):
         raise CheckpointError(f"{path}: manifest phase {m['phase']!r} is not glo or imle")
+    if not isinstance(m.get(DATASET_KEY, {}), dict):  # optional: manifests before it have none
+        raise CheckpointError(f"{path}: manifest {DATASET_KEY!r} must be a dict, got {m[DATASET_KEY]!r:.60}")
+
+
+# the manifest's fingerprint of the rows the run trains on (glann_ext.data.fingerprint), recorded by the first
+# checkpoint of a run and carried by every later one; a resume on other data is refused
+DATASET_KEY = "dataset"
+
+
+def run_data_fingerprint(config: Any) -> dict[str, Any] | None:
+    """The fingerprint of the rows that a run of ``config`` (a config dict) trains on: the one its own load
+    recorded in this process (:func:`~glann_ext.data.loaded_fingerprint`), else that of the files now; None
+    when the config names no dataset this process can read (another dataset or a missing file is named by
+    the checks of the config and of the data themselves)."""
+    if not isinstance(config, dict):
+        return None
+    dataset, root, limit = config.get("dataset"), config.get("data_root"), config.get("limit")
+    if not isinstance(dataset, str) or not (root is None or isinstance(root, str)):
+        return None
+    if not (limit is None or _is_count(limit, 1)):
+        return None
+    found = loaded_fingerprint(dataset, limit)
+    if found is not None:
+        return found
+    try:
+        return dataset_fingerprint(dataset, data_root=root, limit=limit)
+    except DataError:
+        return None
+
+
+def _check_data(where: Path, recorded: Any, config: Any) -> None:
+    """Refuse a resume whose dataset's rows differ from the fingerprint the checkpoint recorded (a renamed
+    image moves every later image behind another's code, silently); a manifest from before fingerprints
+    (``recorded`` None) is not checked, and its next checkpoint records the data loaded now."""
+    if recorded is None:
+        return
+    current = run_data_fingerprint(config)
+    change = None if current is None else fingerprint_change(recorded, current)
+    if change is not None:
+        raise CheckpointError(
+            f"{where}: the dataset's files changed since the checkpoint ({config['dataset']}): {change}; "
+            f"restore them or start a new run folder"
+        )
 
 
 def write_manifest(run: Path, manifest: dict[str, Any]) -> None:
@@ -335,7 +384,9 @@ def save_step(
         step_dir / shard_name(world.rank, world.size),
     )
     if world.is_main:
-        save_atomic(main(), step_dir / MAIN_FILE)
+        state = main()
+        save_atomic(state, step_dir / MAIN_FILE)
+        data = (previous or {}).get(DATASET_KEY) or run_data_fingerprint(state.get("config"))
     world.barrier()  # every shard of this step is on disk
     if world.is_main:
         manifest = {
@@ -347,6 +398,7 @@ def save_step(
             "bounds": world.all_bounds(total),
             "shards": [shard_name(r, world.size) for r in range(world.size)],
             **info,
+            **({DATASET_KEY: data} if data is not None else {}),
         }
         write_manifest(run, manifest)
         _delete_older(run, step_dir.name)
@@ -358,7 +410,8 @@ def load_step(run: str | Path, world: World, total: int) -> dict[str, Any] | Non
     without a checkpoint.
 
     Raises :class:`CheckpointError` (and changes nothing) when the step was written by another number of
-    processes or for another dataset size, or when a file of it is missing.
+    processes, for another dataset size or for rows whose files have changed since (the manifest's
+    fingerprint of the data, :data:`DATASET_KEY`), or when a file of it is missing.
     """
     manifest = read_manifest(run)
     if manifest is None:
@@ -387,6 +440,7 @@ def load_step(run: str | Path, world: World, total: int) -> dict[str, Any] | Non
             f"{step_dir}: shard {world.rank} holds rows {shard['start']}..{shard['stop']}, expected {world.bounds(total)}"
         )
     main, rows = load_main(step_dir / MAIN_FILE), shard["rows"]
+    _check_data(where, manifest.get(DATASET_KEY), main["config"])
     return {
         "phase": main["phase"],
         "glo": join_state("glo", main["glo"], rows),

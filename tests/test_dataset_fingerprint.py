@@ -1,0 +1,162 @@
+"""A resume refuses a dataset whose files changed under its checkpoint: a renamed, added or replaced image of a
+folder, or another array of the same shape, would train every learned code on another image, silently. The
+checkpoint's manifest records a cheap fingerprint of the rows the run trains on (file names and sizes of a
+folder; shape, dtype and a sample of the rows of an array) and a resume compares it with the data it loaded."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+from glann_testing import blob_images, tiny_config
+
+from glann_ext.cli import main
+from glann_ext.data import dataset_fingerprint, fingerprint_change, load_image_shard
+from glann_ext.train import checkpoint as ckpt
+from glann_ext.train import train
+
+CHANGED = "the dataset's files changed since the checkpoint"
+
+
+def _folder(path: Path, n: int = 24, seed: int = 0) -> Path:
+    from PIL import Image
+
+    path.mkdir()
+    for i, im in enumerate(blob_images(n, 28, seed=seed)):
+        Image.fromarray(im).save(path / f"{i:02d}.png")
+    return path
+
+
+def _glo(run: Path, dataset: Path, epochs: int = 1) -> None:
+    cfg = tiny_config(dataset=str(dataset), glo_epochs=epochs, image_size=28, channels=1)
+    train(cfg, run, stage="glo", progress=False, log=lambda s: None)
+
+
+def _refused(capsys, run: Path) -> str:
+    """Resumes ``run`` through the CLI; asserts exit status 2, one line on stderr and the checkpoint untouched;
+    returns the line."""
+    before = (ckpt.checkpoint_dir(run) / ckpt.MANIFEST_FILE).read_bytes()
+    code = main(["train", "--out", str(run), "--no-progress", "--stage", "glo"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, (code, err)
+    assert (ckpt.checkpoint_dir(run) / ckpt.MANIFEST_FILE).read_bytes() == before
+    assert CHANGED in err and "restore them or start a new run folder" in err, err
+    return err
+
+
+def test_a_renamed_image_of_a_folder_is_refused_and_resumes_once_restored(tmp_path, capsys):
+    """``mv 00.png zzz.png`` keeps the count but moves every image one row up, behind another image's code."""
+    data, run = _folder(tmp_path / "imgs"), tmp_path / "run"
+    _glo(run, data)
+    assert ckpt.read_manifest(run)["dataset"]["kind"] == "folder"
+    (data / "00.png").rename(data / "zzz.png")
+    err = _refused(capsys, run)
+    assert "file names changed among rows 0-23 (files renamed, added or removed)" in err, err
+    (data / "zzz.png").rename(data / "00.png")
+    assert main(["train", "--out", str(run), "--no-progress", "--stage", "glo"]) == 0
+
+
+def test_an_image_replaced_under_its_name_is_refused_by_its_size(tmp_path, capsys):
+    data, run = _folder(tmp_path / "imgs"), tmp_path / "run"
+    _glo(run, data)
+    other = _folder(tmp_path / "other", seed=1)
+    assert (other / "05.png").stat().st_size != (data / "05.png").stat().st_size
+    shutil.copy(other / "05.png", data / "05.png")
+    err = _refused(capsys, run)
+    assert "file sizes changed among rows 0-23 (files replaced)" in err, err
+
+
+def test_an_array_overwritten_with_another_of_its_shape_is_refused(tmp_path, capsys):
+    data, run = tmp_path / "blobs.npy", tmp_path / "run"
+    np.save(data, blob_images(40, 28))
+    _glo(run, data)
+    assert ckpt.read_manifest(run)["dataset"]["kind"] == "array"
+    np.save(data, blob_images(40, 28, seed=1))
+    err = _refused(capsys, run)
+    assert "same shape (40, 28, 28) and dtype uint8, other values in the rows sampled" in err, err
+    np.save(data, blob_images(40, 28).astype(np.float32))
+    assert "dtype uint8 -> float32" in _refused(capsys, run)
+
+
+def test_a_checkpoint_written_before_fingerprints_resumes_and_then_records_one(tmp_path):
+    """A manifest without the field (glann_ext before it) is not checked; the next checkpoint records the
+    data the resumed run loaded."""
+    data, run = _folder(tmp_path / "imgs"), tmp_path / "run"
+    _glo(run, data)
+    path = ckpt.checkpoint_dir(run) / ckpt.MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    recorded = manifest.pop("dataset")
+    path.write_text(json.dumps(manifest))
+    (data / "00.png").rename(data / "zzz.png")
+    _glo(run, data, epochs=2)  # resumes: one more GLO epoch, then a checkpoint
+    assert ckpt.read_manifest(run)["seq"] > manifest["seq"]
+    assert "dataset" in ckpt.read_manifest(run)
+    assert fingerprint_change(recorded, ckpt.read_manifest(run)["dataset"]) is not None
+
+
+def test_a_manifest_fingerprint_that_is_not_an_object_is_named(tmp_path, capsys):
+    data, run = _folder(tmp_path / "imgs", n=8), tmp_path / "run"
+    _glo(run, data)
+    path = ckpt.checkpoint_dir(run) / ckpt.MANIFEST_FILE
+    path.write_text(json.dumps({**json.loads(path.read_text()), "dataset": 7}))
+    assert main(["train", "--out", str(run), "--no-progress", "--stage", "glo"]) == 2
+    assert "manifest 'dataset' must be a dict, got 7" in capsys.readouterr().err
+
+
+def test_folder_fingerprints_cover_the_rows_trained_on_names_and_sizes(tmp_path):
+    """Only the first ``limit`` files count (one sorted after them changes nothing); a file sorted among them
+    shifts the rows; the fingerprint is the one the load recorded, and names the folder's rows, not its path."""
+    data = _folder(tmp_path / "imgs", n=12)
+    first = dataset_fingerprint(str(data), limit=10)
+    assert load_image_shard(str(data), 1, 2, image_size=28, channels=1, limit=10).fingerprint == first
+    assert first["kind"] == "folder" and first["rows"] == 10
+    shutil.copy(data / "03.png", data / "99.png")
+    assert fingerprint_change(first, dataset_fingerprint(str(data), limit=10)) is None
+    shutil.copy(data / "03.png", data / "03b.png")
+    assert "file names changed among rows 0-9" in fingerprint_change(
+        first, dataset_fingerprint(str(data), limit=10)
+    )
+    moved = shutil.copytree(data, tmp_path / "elsewhere")
+    (moved / "03b.png").unlink()
+    assert fingerprint_change(first, dataset_fingerprint(str(moved), limit=10)) is None
+    assert "an image folder, now an array" in fingerprint_change(first, {"kind": "array", "rows": 10})
+
+
+def _idx(path: Path, arr: np.ndarray, compress: bool) -> None:
+    raw = struct.pack(">BBBB", 0, 0, 0x08, arr.ndim) + b"".join(struct.pack(">I", d) for d in arr.shape)
+    raw += arr.tobytes()
+    path.write_bytes(gzip.compress(raw) if compress else raw)
+
+
+def test_a_named_dataset_is_fingerprinted_by_its_images_not_its_files(tmp_path):
+    """MNIST-like files: the decoded images count (``--data-root`` may change on a resume: the same images in
+    another folder, compressed or not, are the same dataset); other images of the same count are not."""
+    images = blob_images(30, 28)
+    for name, compress in (("a", True), ("b", False), ("c", True)):
+        (tmp_path / name).mkdir()
+        _idx(tmp_path / name / "train-images-idx3-ubyte", images if name != "c" else images[::-1], compress)
+    a, b, c = (dataset_fingerprint("mnist", data_root=tmp_path / n, limit=20) for n in "abc")
+    assert a["kind"] == "array" and a["shape"] == [20, 28, 28] and fingerprint_change(a, b) is None
+    assert "other values in the rows sampled" in fingerprint_change(a, c)
+
+
+def test_fingerprints_of_arrays_sample_their_rows_whatever_their_layout(tmp_path):
+    """A large array is sampled (its first and last MB of rows and 64 rows between), not read whole; the same
+    values stored big-endian or in Fortran order are the same dataset; a row changed in the middle of a sampled
+    stretch is seen."""
+    from glann_ext.data.fingerprint import array_fingerprint
+
+    arr = np.random.default_rng(0).integers(0, 256, (5000, 32, 32), dtype=np.uint8)
+    base = array_fingerprint(arr)
+    assert array_fingerprint(np.asfortranarray(arr)) == base
+    assert array_fingerprint(arr.astype(">f4")) == array_fingerprint(arr.astype("<f4"))
+    edited = arr.copy()
+    edited[10, 3, 3] ^= 1
+    assert "other values in the rows sampled" in fingerprint_change(base, array_fingerprint(edited))
+    unsampled = arr.copy()  # row 2500: neither in the first or last 1,024 rows (1 MB) nor one of the 64
+    unsampled[2500] ^= 1
+    assert array_fingerprint(unsampled) == base  # the price of reading 2 MB, not the whole array
