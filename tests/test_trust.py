@@ -864,7 +864,8 @@ def test_a_forged_model_description_cannot_make_us_build_a_larger_network(finish
     tensors, meta = read_model_file(finished / "model.safetensors")
     path = tmp_path / "model.safetensors"
     cases = {
-        "G.body.0.weight: the description asks for": ({}, {"generator": {**meta["generator"], "width": 10**6}}),
+        "the generator would have": ({}, {"generator": {**meta["generator"], "width": 10**6}}),  # before building
+        "G.body.0.weight: the description asks for": ({}, {"generator": {**meta["generator"], "width": 64}}),
         "T.net.0.weight: the description asks for": ({}, {"mapping": {**meta["mapping"], "hidden": 10**7}}),
         "codes must be floating": ({"codes": tensors["codes"][:, :-1].contiguous()}, {}),
     }  # fmt: skip

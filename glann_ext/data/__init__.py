@@ -6,7 +6,6 @@ from .datasets import (
     dataset_fingerprint,
     load_image_shard,
     load_images,
-    loaded_fingerprint,
     shard_bounds,
 )
 from .errors import DataError
@@ -27,7 +26,6 @@ __all__ = [
     "fingerprint_change",
     "load_image_shard",
     "load_images",
-    "loaded_fingerprint",
     "read_idx",
     "shard_bounds",
     "toy_mixture",

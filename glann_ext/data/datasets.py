@@ -129,17 +129,13 @@ def load_image_shard(
     """The :func:`shard_bounds` rows of ``dataset`` that rank ``rank`` of ``world`` owns, as
     :func:`load_images` would return them. Only those rows are converted to float; ``.npy`` files are
     memory-mapped and image folders decode only their shard's files, so a rank reads little more than its
-    shard (IDX files are decompressed whole first, ``.npz`` members up to ``limit``). The dataset's
-    fingerprint is :func:`loaded_fingerprint` from then on."""
+    shard (IDX files are decompressed whole first, ``.npz`` members up to ``limit``). The shard carries
+    the fingerprint of the dataset's rows (what a run's checkpoints record)."""
     if not 0 <= rank < world:
         raise ValueError(f"rank must be in [0, world={world}), got {rank}")
     _check_sizes(image_size, limit)
     rows, source = _dataset_rows(dataset, data_root, limit, allow_download)
     fingerprint = _fingerprint(dataset, rows)
-    _LOADED.pop((str(dataset), limit), None)
-    _LOADED[(str(dataset), limit)] = fingerprint
-    while len(_LOADED) > 8:  # the latest loads only
-        del _LOADED[next(iter(_LOADED))]
     start, stop = shard_bounds(len(rows), world, rank)
     arr = (
         load_folder(rows[start:stop], image_size or 64, channels or 3)
@@ -172,17 +168,6 @@ def _dataset_rows(
 
 def _fingerprint(dataset: str, rows: list[Path] | np.ndarray) -> dict[str, Any]:
     return folder_fingerprint(Path(dataset), rows) if isinstance(rows, list) else array_fingerprint(rows)
-
-
-# (dataset, limit) -> the fingerprint of the rows load_image_shard read last: what a run trains on
-_LOADED: dict[tuple[str, int | None], dict[str, Any]] = {}
-
-
-def loaded_fingerprint(dataset: str, limit: int | None = None) -> dict[str, Any] | None:
-    """The fingerprint of the rows of ``dataset`` (its first ``limit``) that :func:`load_image_shard` read
-    last in this process (a run's checkpoints record what the run loaded, not the files as they are later);
-    None when it read none."""
-    return _LOADED.get((str(dataset), limit))
 
 
 def dataset_fingerprint(

@@ -35,13 +35,7 @@ from glann_ext._io import (
     read_regular,
     remove_stale_temps,
 )
-from glann_ext.data import (
-    DataError,
-    dataset_fingerprint,
-    fingerprint_change,
-    loaded_fingerprint,
-    shard_bounds,
-)
+from glann_ext.data import fingerprint_change, shard_bounds
 from glann_ext.errors import CheckpointError, ConfigError
 
 from .config import CONFIG_FILE, TrainConfig, saved_config
@@ -311,38 +305,17 @@ def _check_manifest(path: Path, m: dict[str, Any]) -> None:
 DATASET_KEY = "dataset"
 
 
-def run_data_fingerprint(config: Any) -> dict[str, Any] | None:
-    """The fingerprint of the rows that a run of ``config`` (a config dict) trains on: the one its own load
-    recorded in this process (:func:`~glann_ext.data.loaded_fingerprint`), else that of the files now; None
-    when the config names no dataset this process can read (another dataset or a missing file is named by
-    the checks of the config and of the data themselves)."""
-    if not isinstance(config, dict):
-        return None
-    dataset, root, limit = config.get("dataset"), config.get("data_root"), config.get("limit")
-    if not isinstance(dataset, str) or not (root is None or isinstance(root, str)):
-        return None
-    if not (limit is None or _is_count(limit, 1)):
-        return None
-    found = loaded_fingerprint(dataset, limit)
-    if found is not None:
-        return found
-    try:
-        return dataset_fingerprint(dataset, data_root=root, limit=limit)
-    except DataError:
-        return None
-
-
-def _check_data(where: Path, recorded: Any, config: Any) -> None:
-    """Refuse a resume whose dataset's rows differ from the fingerprint the checkpoint recorded (a renamed
-    image moves every later image behind another's code, silently); a manifest from before fingerprints
-    (``recorded`` None) is not checked, and its next checkpoint records the data loaded now."""
-    if recorded is None:
+def _check_data(where: Path, recorded: Any, current: dict[str, Any] | None, dataset: Any) -> None:
+    """Refuse a resume whose dataset's rows (``current``: the fingerprint of what this run loaded) differ
+    from the fingerprint the checkpoint recorded (a renamed image moves every later image behind another's
+    code, silently); a manifest from before fingerprints (``recorded`` None) is not checked, and its next
+    checkpoint records the data loaded now."""
+    if recorded is None or current is None:
         return
-    current = run_data_fingerprint(config)
-    change = None if current is None else fingerprint_change(recorded, current)
+    change = fingerprint_change(recorded, current)
     if change is not None:
         raise CheckpointError(
-            f"{where}: the dataset's files changed since the checkpoint ({config['dataset']}): {change}; "
+            f"{where}: the dataset's files changed since the checkpoint ({dataset}): {change}; "
             f"restore them or start a new run folder"
         )
 
@@ -366,10 +339,12 @@ def save_step(
     main: Callable[[], dict[str, Any]],
     rows: dict[str, torch.Tensor],
     info: dict[str, Any],
+    data: dict[str, Any] | None = None,
 ) -> None:
     """Write one checkpoint step of a run: this rank's ``rows`` (rows ``world.bounds(total)``), and on rank 0
-    ``main()`` (the replicated state); then, once every rank's file is on disk, the manifest (rank 0).
-    Collective: every rank calls it at the same step."""
+    ``main()`` (the replicated state); then, once every rank's file is on disk, the manifest (rank 0), with
+    the fingerprint of the run's dataset (the one the previous step recorded, else ``data``: the
+    :class:`~glann_ext.data.ImageShard`'s). Collective: every rank calls it at the same step."""
     run = Path(run)
     previous = read_manifest(run)
     seq = 0 if previous is None else previous["seq"] + 1
@@ -384,9 +359,8 @@ def save_step(
         step_dir / shard_name(world.rank, world.size),
     )
     if world.is_main:
-        state = main()
-        save_atomic(state, step_dir / MAIN_FILE)
-        data = (previous or {}).get(DATASET_KEY) or run_data_fingerprint(state.get("config"))
+        save_atomic(main(), step_dir / MAIN_FILE)
+        data = (previous or {}).get(DATASET_KEY) or data
     world.barrier()  # every shard of this step is on disk
     if world.is_main:
         manifest = {
@@ -405,9 +379,11 @@ def save_step(
     world.barrier()  # nobody reads the manifest of the next step before this one is written
 
 
-def load_step(run: str | Path, world: World, total: int) -> dict[str, Any] | None:
+def load_step(
+    run: str | Path, world: World, total: int, data: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
     """The training state ``{phase, glo, imle}`` of the latest complete step with this rank's rows, or None
-    without a checkpoint.
+    without a checkpoint. ``data``: the fingerprint of the dataset this run loaded (None: not checked).
 
     Raises :class:`CheckpointError` (and changes nothing) when the step was written by another number of
     processes, for another dataset size or for rows whose files have changed since (the manifest's
@@ -440,7 +416,7 @@ def load_step(run: str | Path, world: World, total: int) -> dict[str, Any] | Non
             f"{step_dir}: shard {world.rank} holds rows {shard['start']}..{shard['stop']}, expected {world.bounds(total)}"
         )
     main, rows = load_main(step_dir / MAIN_FILE), shard["rows"]
-    _check_data(where, manifest.get(DATASET_KEY), main["config"])
+    _check_data(where, manifest.get(DATASET_KEY), data, main["config"].get("dataset"))
     return {
         "phase": main["phase"],
         "glo": join_state("glo", main["glo"], rows),

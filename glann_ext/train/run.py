@@ -146,6 +146,7 @@ class Run:
         check_out_outside_dataset(self.out, self.cfg.dataset)
         self.device = local_device(self.cfg.device)
         self.world = World()
+        self.data_fingerprint: dict[str, Any] | None = None  # of the dataset, once loaded (_load_images)
 
     def log(self, msg: str) -> None:
         if self.world.is_main:
@@ -281,6 +282,7 @@ class Run:
                 f"{cfg.dataset}: images of size {shard.images.shape[-1]} are not supported ({exc}); "
                 f"set image_size (--image-size) to resize them"
             ) from exc
+        self.data_fingerprint = shard.fingerprint  # what the checkpoints record, and a resume must find
         return shard.images, shard.start, shard.total
 
     def _train(self, stage: str) -> GenerativeModel:
@@ -306,7 +308,7 @@ class Run:
 
     def _restore(self, fit: Fit, total: int) -> dict[str, Any] | None:
         """Load the latest checkpoint into ``fit`` (None when there is none)."""
-        state = ckpt.load_step(self.out, self.world, total)
+        state = ckpt.load_step(self.out, self.world, total, self.data_fingerprint)
         if state is not None:
             self._check_checkpoint_config(state["config"])
             self._check_epochs(state)
@@ -409,7 +411,8 @@ class CheckpointHook(Hook):
             "image_shape": list(fit.image_shape),
         }  # fmt: skip
         info = {"phase": state["phase"], "epoch": trainer.epoch, "global_step": trainer.global_step}
-        ckpt.save_step(self.run.out, world, self.total, lambda: main, {**glo_rows, **imle_rows}, info)
+        per_row = {**glo_rows, **imle_rows}
+        ckpt.save_step(self.run.out, world, self.total, lambda: main, per_row, info, self.run.data_fingerprint)
 
     def step_completed(self, trainer: StageTrainer, info: dict[str, Any]) -> None:
         every = self.run.cfg.ckpt_every
