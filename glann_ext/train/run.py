@@ -412,7 +412,9 @@ class CheckpointHook(Hook):
         }  # fmt: skip
         info = {"phase": state["phase"], "epoch": trainer.epoch, "global_step": trainer.global_step}
         per_row = {**glo_rows, **imle_rows}
-        ckpt.save_step(self.run.out, world, self.total, lambda: main, per_row, info, self.run.data_fingerprint)
+        ckpt.save_step(
+            self.run.out, world, self.total, lambda: main, per_row, info, self.run.data_fingerprint
+        )
 
     def step_completed(self, trainer: StageTrainer, info: dict[str, Any]) -> None:
         every = self.run.cfg.ckpt_every
