@@ -270,10 +270,15 @@ def _open_run(
 def _out_dir(run: Path, out: str | os.PathLike | None) -> Path:
     """Where eval writes: ``out``, else the run folder (a model file has none: it needs ``out``)."""
     if out is not None:
-        return Path(out)
-    if run.is_file():
+        folder = Path(out)
+    elif run.is_file():
         raise UsageError(f"--run {run} is a model file: pass --out, the folder for eval.json and the PNGs")
-    return run
+    else:
+        folder = run
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), folder)  # missing ones are created
+    if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):  # before minutes of sampling
+        raise UsageError(f"{existing}: not writable, so eval could not write its results there; pass --out")
+    return folder
 
 
 def _eval_data(run: Path, cfg, image_shape, n_test: int, cache_dir, clf_epochs, log) -> EvalData:

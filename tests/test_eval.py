@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -244,6 +246,36 @@ def test_a_model_whose_samples_are_nan_is_one_line_error(
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "the model's samples hold NaN or Inf" in err, err
     assert not list(tmp_path.iterdir())
+
+
+def test_an_output_folder_eval_cannot_write_is_refused_before_sampling(
+    digits_run, cache_dir, tmp_path, capsys, monkeypatch
+):
+    """A read-only --out (or run folder) was found only when eval.json was written, after minutes of
+    sampling and scoring; now at once (os.access: this suite may run as root, whom permissions do not stop,
+    so the file system's answer is stubbed)."""
+    from glann_ext.models import GLANN
+
+    out = tmp_path / "ro"
+    out.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: Path(p) != out and real(p, mode, **kw))
+    monkeypatch.setattr(GLANN, "decode", lambda self, z: pytest.fail("sampled before the check"))
+    for target in (out, out / "new" / "sub"):  # an existing folder, or the nearest existing parent
+        argv = [
+            "eval",
+            "--run",
+            str(digits_run),
+            "-n",
+            "10",
+            "--out",
+            str(target),
+            "--cache-dir",
+            str(cache_dir),
+        ]
+        assert main(argv + FAST_CLF) == 2
+        assert f"{out}: not writable" in capsys.readouterr().err
+    assert not list(out.iterdir())
 
 
 def test_eval_refuses_a_classifier_cache_that_is_not_ours(digits_run, tmp_path, capsys):
