@@ -310,9 +310,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
     out = Path(args.out)
     saved = _saved_config(out)
     if saved is not None and not _has_trained(out) and (args.dataset or args.preset or args.config):
-        saved = (
-            None  # a start that failed before any checkpoint does not bind: this command's config replaces it
-        )
+        # a start that failed before any checkpoint does not bind: this command's config replaces it
+        saved = None
     if saved is None and not (args.dataset or args.preset or args.config):
         raise CLIError("train: give --dataset (or --preset/--config) for a new run")
     cfg = _train_config(args, saved)
@@ -390,9 +389,8 @@ def _save_npy(path: Path, array: object) -> None:
 
     from glann_ext._io import atomic_write
 
-    atomic_write(
-        path, lambda f: np.save(f, array)
-    )  # a file object: numpy adds no suffix; a kill leaves no half file
+    # a file object: numpy adds no suffix; a kill leaves the old file or the new one, never half of one
+    atomic_write(path, lambda f: np.save(f, array))
 
 
 def _cmd_sample(args: argparse.Namespace) -> None:
