@@ -346,8 +346,28 @@ def test_idx_sizes_that_overflow_int64_are_data_errors(tmp_path, ndim, dims):
     p.write_bytes(
         struct.pack(">BBBB", 0, 0, 0x08, ndim) + b"".join(struct.pack(">I", d) for d in dims) + bytes(4)
     )
-    expected = 4 + 4 * ndim + int(np.prod(np.array(dims, dtype=object)))
-    with pytest.raises(DataError, match=rf"IDX data truncated: header says shape .* \({expected} bytes\)"):
+    expected = int(np.prod(np.array(dims, dtype=object)))
+    with pytest.raises(
+        DataError, match=rf"IDX header says shape .* \({expected:,} bytes\), more than this machine"
+    ):
+        read_idx(p)
+
+
+def test_gzip_idx_whose_header_announces_more_than_memory_is_refused_unread(tmp_path, monkeypatch):
+    """A bomb with an honest header (zeros compress about 1000 to 1): it was decompressed up to what the
+    header announced, however large; now a header beyond the machine's memory is refused before any data is
+    read (the cap stubbed to 1 MB here)."""
+    from glann_ext.data import arrays
+
+    raw = struct.pack(">BBBB", 0, 0, 0x08, 3) + struct.pack(">III", 3000, 28, 28)
+    p = tmp_path / "bomb.gz"
+    with gzip.open(p, "wb") as f:
+        f.write(raw + bytes(3000 * 28 * 28))
+    assert read_idx(p).shape == (3000, 28, 28)  # 2.4 MB: under this machine's memory
+    monkeypatch.setattr(arrays, "read_cap", lambda: 1 << 20)
+    with pytest.raises(
+        DataError, match=r"bomb.gz: IDX header says shape \(3000, 28, 28\) \(2,352,000 bytes\)"
+    ):
         read_idx(p)
 
 
@@ -791,7 +811,7 @@ def test_an_npz_member_larger_than_memory_is_refused_naming_the_file_shape_and_c
     from glann_ext.data import arrays
 
     _npz_bomb(tmp_path / "big.npz", (5_000, 28, 28))
-    monkeypatch.setattr(arrays, "npz_read_cap", lambda: 1_000_000)
+    monkeypatch.setattr(arrays, "read_cap", lambda: 1_000_000)
     with pytest.raises(
         DataError,
         match=r"big.npz: array 'images' declares shape \(5000, 28, 28\): the 5000 rows to read need 3920000 "

@@ -62,9 +62,9 @@ def _load_npz(path: Path, key: str | None, limit: int | None) -> np.ndarray:
             return read_npz_member(path, member, f, z.getinfo(member + ".npy").file_size, limit)
 
 
-def npz_read_cap() -> int:
-    """The most bytes of an ``.npz`` member read into memory: this machine's physical memory (more can only
-    end in the process being killed)."""
+def read_cap() -> int:
+    """The most bytes of a compressed array (an ``.npz`` member, a gzip IDX file) read into memory: this
+    machine's physical memory (more can only end in the process being killed)."""
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # not known here: no cap
@@ -78,7 +78,7 @@ def read_npz_member(path: Path, member: str, f: BinaryIO, stored: int, limit: in
     images of 28 x 28 compress to 1.6 MB) is never decompressed past them; a Fortran-ordered member, whose
     first rows are spread over all of it, is decompressed in passing, keeping only them. Refused: a header
     announcing more than ``stored`` bytes, non-image shapes and dtypes (objects are never unpickled), and rows
-    to keep beyond :func:`npz_read_cap`."""
+    to keep beyond :func:`read_cap`."""
     version = np.lib.format.read_magic(f)
     reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     shape, fortran, dtype = reader(f)
@@ -92,7 +92,7 @@ def read_npz_member(path: Path, member: str, f: BinaryIO, stored: int, limit: in
     _check_image_array(path, shape, dtype)
     rows = shape[0] if limit is None else min(limit, shape[0])
     row_bytes = math.prod(shape[1:]) * dtype.itemsize
-    keep, cap = rows * row_bytes, npz_read_cap()
+    keep, cap = rows * row_bytes, read_cap()
     if keep > cap:
         raise DataError(
             f"{path}: array {member!r} declares shape {shape}: the {rows} rows to read need {keep} bytes, more "

@@ -10,6 +10,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from . import arrays
 from .errors import DataError
 
 # IDX type codes (third byte of the magic number) -> numpy big-endian dtypes.
@@ -45,6 +46,12 @@ def _read(path: Path, f: BinaryIO) -> np.ndarray:
         raise DataError(f"{path}: truncated IDX header ({4 + len(dims)} bytes, need {4 + 4 * ndim})")
     shape = tuple(int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
     expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+    cap = arrays.read_cap()
+    if expected > cap:  # a gzip bomb's header: refused before anything is decompressed
+        raise DataError(
+            f"{path}: IDX header says shape {shape} ({expected:,} bytes), more than this machine's memory "
+            f"({cap:,} bytes)"
+        )
     data = _read_up_to(f, expected + 1)
     if len(data) != expected:
         problem = "truncated" if len(data) < expected else "has trailing bytes"
