@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import glann_ext
 from glann_ext import nn_argmin
-from glann_ext.errors import NonFiniteError
+from glann_ext.errors import NonFiniteError, UsageError
 from glann_ext.ops import reference
 from glann_ext.ops.kernels import use_cuda_kernels
 from glann_ext.ops.nn_argmin import RunningArgmin
@@ -330,6 +330,19 @@ def test_fold_is_the_running_lexicographic_minimum() -> None:
     _merge(score, index, torch.tensor([1.0, 1.0, float("inf")]), torch.tensor([0, 9, 0]), 20)
     _merge(score, index, torch.tensor([1.0, 3.0, 5.0]), torch.tensor([0, 0, 0]), 0)
     assert score.tolist() == [1.0, 1.0, 5.0] and index.tolist() == [0, 29, 0]
+
+
+def test_running_argmin_has_no_result_before_a_key() -> None:
+    """result() before any key returned INT64_MAX indices (the running best's placeholder) as an answer."""
+    q = torch.randn(3, 4)
+    best = RunningArgmin(q, return_distances=True)
+    best.update(torch.randn(0, 4), 0)
+    with pytest.raises(UsageError, match="no key was searched"):
+        best.result()
+    k = torch.randn(5, 4)
+    best.update(k, 0)
+    assert torch.equal(best.result()[0], reference.nn_argmin_exact(q, k))
+    assert RunningArgmin(q[:0]).result().shape == (0,)  # nothing asked: an empty answer
 
 
 def test_registered_merge_op_refuses_inconsistent_arguments() -> None:

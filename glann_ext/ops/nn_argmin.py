@@ -37,7 +37,7 @@ from typing import Any, Union
 import numpy as np
 import torch
 
-from ..errors import NonFiniteError
+from ..errors import NonFiniteError, UsageError
 from . import _native
 from ._checks import (
     check_finite,
@@ -448,6 +448,7 @@ class RunningArgmin:
         self.dist = torch.zeros(n, dtype=acc, device=queries.device) if return_distances else None
         self.check_queries = check_finite
         self.check_keys = check_finite
+        self.searched = n == 0  # whether result() has an answer: a key was folded in (or nothing was asked)
 
     def update(self, keys: torch.Tensor, offset: int, *, name: str = "keys", row0: int = 0) -> None:
         """Folds in ``keys`` (global indices from ``offset``); ``name`` and ``row0`` (its first row within
@@ -459,6 +460,7 @@ class RunningArgmin:
         m = keys.shape[0]
         if m == 0:
             return
+        self.searched = True
         plain = self.scores is None and _native.plain_tensors(self.queries, keys, self.score)
         if self.scores is None and not plain and _native.under_func_transform(self.queries, keys):
             # torch.func.grad / jacrev: the chunk searched apart, folded in by the same rule in torch ops
@@ -501,6 +503,10 @@ class RunningArgmin:
             self.dist = torch.where(took, _exact_sq_dist(self.queries, keys, local), self.dist)
 
     def result(self) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The indices (and distances) folded so far; :class:`~glann_ext.errors.UsageError` before any key
+        (the running best's placeholder index, INT64_MAX, is no answer)."""
+        if not self.searched:
+            raise UsageError("nn_argmin: no key was searched (every chunk of keys so far was empty)")
         if self.dist is not None:
             return self.index, self.dist
         return self.index
