@@ -1123,6 +1123,40 @@ def test_coverage_matches_float64_brute_force_on_offset_small_spread_sets(offset
     assert prdc(torch.from_numpy(x), torch.from_numpy(y)).coverage == _brute_coverage(x, y)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("kind", ["binary", "integers", "offset_integers"])
+def test_all_four_prdc_values_match_brute_force_on_grid_data(seed, kind):
+    """Data on a grid (binary codes, small integers, quantised pixels) puts many points exactly on a ball's
+    boundary. The sets were centred on the real mean (inexact, e.g. 7/3), so those points fell inside or
+    outside at random: on binary data precision was off by up to 0.07 and density by 0.04 against direct
+    differences. Now the shift is exact and every boundary is decided by the papers' rule."""
+    rng = np.random.default_rng(seed)
+    if kind == "binary":
+        x, y = (rng.random((120, 16)) < 0.3).astype(np.uint8), (rng.random((100, 16)) < 0.35).astype(np.uint8)
+    else:
+        x, y = rng.integers(0, 5, (120, 3)), rng.integers(0, 6, (100, 3))
+        if kind == "offset_integers":
+            x, y = x + 1_000_003, y + 1_000_003
+    got = prdc(torch.from_numpy(x), torch.from_numpy(y))
+    assert got == _brute_prdc(x.astype(np.float64), y.astype(np.float64))
+
+
+def test_prdc_boundary_cases_with_inexact_means_and_duplicated_reals():
+    """Two 1-D cases checked by hand (k = 1), and reals repeated k + 1 times: their radius is 0, so an open
+    ball holds nothing, but coverage compared an exact distance 0 with a radius rounded to about 1e-8 and
+    counted an exact copy among the fakes as covering it (0.25 instead of 0)."""
+    # fakes 4, 7 have radius 3; real 1 is on fake 4's closed ball (the real mean 7/3 is inexact)
+    assert precision_recall(torch.tensor([[0.0], [6.0], [1.0]]), torch.tensor([[4.0], [7.0]]), k=1) == (
+        1.0,
+        2 / 3,
+    )
+    # reals 0, 1, 3, 5, 7 have radii 1, 1, 2, 2, 2; the fakes at 2 lie on the open balls of reals 1, 3 and 0
+    real, fake = torch.tensor([[5.0], [7.0], [3.0], [0.0], [1.0]]), torch.tensor([[2.0], [5.0], [2.0], [2.0]])
+    assert density_coverage(real, fake, k=1) == (1.0, 0.4)
+    base = torch.randn(4, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert density_coverage(base.repeat_interleave(6, 0), base.clone(), k=5) == (0.0, 0.0)
+
+
 @pytest.mark.parametrize(("offset", "spread"), [(1e5, 1e-2), (1e8, 1.0)])
 def test_all_four_prdc_values_match_brute_force_on_far_offset_sets(offset, spread):
     """The radii and ball counts expand |a - b|^2 as |a|^2 + |b|^2 - 2 a.b: far from the origin that loses

@@ -78,3 +78,20 @@ def ball_membership_counts(
         rad = r[start : start + rows].unsqueeze(1)
         out += (d < rad if strict else d <= rad).sum(0)
     return out
+
+
+def nearest_distances(
+    rows: torch.Tensor, keys: torch.Tensor, *, tile_bytes: int = DEFAULT_TILE_BYTES
+) -> torch.Tensor:
+    """Distance from every row of ``rows`` to its nearest row of ``keys``, float64 (N,), with each row as the
+    row operand of :func:`_tile_distances` as :func:`knn_radii` and :func:`ball_membership_counts` use it:
+    compared with a radius of ``rows``, a key equal to one of its neighbours gives that neighbour's distance,
+    bit for bit."""
+    x = as_float_matrix("rows", rows)
+    y = as_float_matrix("keys", keys, columns=x.shape[1])
+    sq = (y * y).sum(1)
+    step = _rows_per_tile(y.shape[0], tile_bytes)
+    out = torch.empty(x.shape[0], dtype=torch.float64)
+    for start in range(0, x.shape[0], step):
+        out[start : start + step] = _tile_distances(x[start : start + step], y, sq).min(1).values
+    return out

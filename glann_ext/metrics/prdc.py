@@ -10,8 +10,9 @@ With ``NND_k(x)`` the distance from ``x`` to its k-th nearest other point of its
 
 Identical sets without duplicate rows give precision = recall = coverage = 1 and density = 1 exactly (each
 point's open ball holds itself and its k - 1 nearer neighbours; with duplicates a radius can be 0 and its open
-ball empty). Coverage's nearest fake uses :func:`glann_ext.nn_argmin` in float64, on data centred on the real
-set's mean, like the float64 radii.
+ball empty). Every distance, coverage's nearest fake included, is the same expanded float64 distance the
+radii are ranked with, on data shifted by the real set's mean rounded to a power-of-two grid (exact for data
+on a grid), so a point exactly on a boundary is decided by the rule above, not by rounding.
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..ops.nn_argmin import nn_argmin
 from ._checks import as_float_matrix, check_positive_int
-from .knn import DEFAULT_TILE_BYTES, ball_membership_counts, knn_radii
+from .knn import DEFAULT_TILE_BYTES, ball_membership_counts, knn_radii, nearest_distances
 
 
 @dataclass(frozen=True)
@@ -36,9 +36,21 @@ class PRDC:
 def _pair(real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     r = as_float_matrix("real", real)
     f = as_float_matrix("fake", fake, columns=r.shape[1])
-    # distances do not change under a shift; centring keeps float64 exact for offset point sets
-    centre = r.mean(0)
+    centre = _grid_centre(r)
     return r - centre, f - centre
+
+
+def _grid_centre(r: torch.Tensor) -> torch.Tensor:
+    """What both sets are shifted by (distances do not change under a shift): per coordinate, the real set's
+    mean, so that the expanded distances of offset point sets keep float64's precision, rounded to a
+    multiple of a power of two no larger than that coordinate's spread, so that the shift is exact for data
+    on a grid (integers, quantised pixels, binary codes). An inexact mean such as 7/3 made every coordinate
+    inexact, and a point exactly on a ball's boundary then fell inside or outside at random (precision off
+    by 0.07 on binary data). A coordinate that does not vary is shifted by its value (exact)."""
+    spread = r.std(0) if r.shape[0] > 1 else torch.zeros_like(r[0])
+    varies = spread > 0
+    step = torch.where(varies, torch.exp2(torch.floor(torch.log2(torch.where(varies, spread, 1.0)))), 1.0)
+    return torch.where(varies, torch.round(r.mean(0) / step) * step, r[0])
 
 
 def precision_recall(
@@ -63,8 +75,10 @@ def density_coverage(
     real_radii = knn_radii(r, k, tile_bytes=tile_bytes, name="real")
     inside = ball_membership_counts(f, r, real_radii, strict=True, tile_bytes=tile_bytes)
     density = float(inside.double().sum()) / (k * f.shape[0])
-    _, sq = nn_argmin(r.contiguous(), f.contiguous(), return_distances=True)  # float64
-    coverage = sq.double().sqrt() < real_radii
+    # the nearest fake of every real by the same expanded float64 distance its radius was ranked with (an
+    # exact distance beside a rounded radius counted an exact copy of a duplicated real, radius 0 but rounded
+    # to 1e-8, as covering it)
+    coverage = nearest_distances(r, f, tile_bytes=tile_bytes) < real_radii
     return density, float(coverage.double().mean())
 
 
