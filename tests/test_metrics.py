@@ -242,6 +242,7 @@ def test_kl_split_known_histograms():
     one = float((q * (10 * q).log()).sum())
     classes, dependence = kl_split(counts)
     assert classes == pytest.approx(3 * one, rel=1e-12) and dependence == pytest.approx(0.0, abs=1e-12)
+    assert kl_split(counts.numpy()) == (classes, dependence)  # an array too (an AttributeError before)
     # three equal channels (modes 000, 111, ..., 999): even shares, all dependence, log(100) of it
     diagonal = ((c0 == c1) & (c1 == c2)).long()
     assert kl_split(diagonal) == (pytest.approx(0.0, abs=1e-12), pytest.approx(math.log(100), rel=1e-12))

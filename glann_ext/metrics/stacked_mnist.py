@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ._checks import as_images, check_positive_int
@@ -84,11 +85,12 @@ def stacked_modes(
     )
 
 
-def kl_split(counts: torch.Tensor) -> tuple[float, float]:
+def kl_split(counts: torch.Tensor | np.ndarray) -> tuple[float, float]:
     """``KL(p || U)`` of a histogram over the 1000 stacked modes (``counts`` (1000,), mode ``100 c0 + 10 c1 +
     c2``) as ``(classes, dependence)``, which add up to it: ``classes = sum_c KL(p_c || U_10)`` over the three
     channels' class shares ``p_c``, ``dependence = KL(p || p_0 x p_1 x p_2)``, zero when the channels are
-    independent. Natural log, empty modes add 0; ``(inf, inf)`` when every count is 0."""
+    independent. Natural log, empty modes add 0; ``(inf, inf)`` when every count is 0. A tensor or array."""
+    counts = torch.as_tensor(counts)
     if counts.shape != (NUM_MODES,):
         raise ValueError(f"counts must have shape ({NUM_MODES},), got {tuple(counts.shape)}")
     p = counts.double().reshape(10, 10, 10)
