@@ -1142,6 +1142,20 @@ def test_all_four_prdc_values_match_brute_force_on_grid_data(seed, kind):
     assert got == _brute_prdc(x.astype(np.float64), y.astype(np.float64))
 
 
+def test_prdc_does_not_change_with_the_scale():
+    """Squared distances underflowed at 1e-170 (every distance and radius 0: (1, 1, 0, 0)) and overflowed at
+    1e200 (a NaN error for finite data); the sets are now brought near 1 by a power of two first."""
+    g = torch.Generator().manual_seed(3)
+    x, y = (
+        torch.randn(80, 6, generator=g, dtype=torch.float64),
+        torch.randn(70, 6, generator=g, dtype=torch.float64),
+    )
+    want = prdc(x, y)
+    assert want.density > 0 and want.precision < 1
+    for scale in (2.0**-560, 2.0**660, 2.0**-1000):  # about 2.6e-169, 4.8e198, 9.3e-302: exact scalings
+        assert prdc(x * scale, y * scale) == want, scale
+
+
 def test_prdc_boundary_cases_with_inexact_means_and_duplicated_reals():
     """Two 1-D cases checked by hand (k = 1), and reals repeated k + 1 times: their radius is 0, so an open
     ball holds nothing, but coverage compared an exact distance 0 with a radius rounded to about 1e-8 and

@@ -17,6 +17,7 @@ on a grid), so a point exactly on a boundary is decided by the rule above, not b
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +37,12 @@ class PRDC:
 def _pair(real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     r = as_float_matrix("real", real)
     f = as_float_matrix("fake", fake, columns=r.shape[1])
+    # PRDC does not change with the scale: bring the largest value near 1 by a power of two (exact), so that
+    # squares neither underflow (data at 1e-170 scored (1, 1, 0, 0)) nor overflow (1e200 raised a NaN error)
+    top = max(float(r.abs().max()), float(f.abs().max()) if f.numel() else 0.0)
+    if top > 0:
+        scale = 2.0 ** -math.floor(math.log2(top))
+        r, f = r * scale, f * scale
     centre = _grid_centre(r)
     return r - centre, f - centre
 
