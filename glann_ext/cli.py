@@ -305,11 +305,11 @@ def _absolute_path(value: str) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from glann_ext.train.run import Run
+    from glann_ext.train.run import Run, has_trained
 
     out = Path(args.out)
     saved = _saved_config(out)
-    if saved is not None and not _has_trained(out) and (args.dataset or args.preset or args.config):
+    if saved is not None and not has_trained(out) and (args.dataset or args.preset or args.config):
         # a start that failed before any checkpoint does not bind: this command's config replaces it
         saved = None
     if saved is None and not (args.dataset or args.preset or args.config):
@@ -329,13 +329,6 @@ def _cmd_train(args: argparse.Namespace) -> None:
                 file=sys.stderr,
             )
         raise SystemExit(130) from None
-
-
-def _has_trained(out: Path) -> bool:
-    """Whether run folder ``out`` holds training state (a checkpoint or a model), as the Run decides it."""
-    from glann_ext.train import checkpoint as ckpt
-
-    return (out / ckpt.CHECKPOINT_DIR / ckpt.MANIFEST_FILE).exists() or (out / ckpt.MODEL_FILE).exists()
 
 
 def _saved_config(out: Path):

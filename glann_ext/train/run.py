@@ -107,6 +107,12 @@ def check_out_folder(out: Path) -> None:
         )
 
 
+def has_trained(out: Path) -> bool:
+    """Whether run folder ``out`` holds training state (a checkpoint or a model): without it, its config.json
+    is a start that failed, which does not bind the next command."""
+    return (out / ckpt.CHECKPOINT_DIR / ckpt.MANIFEST_FILE).exists() or (out / MODEL_FILE).exists()
+
+
 def check_out_outside_dataset(out: Path, dataset: str) -> None:
     """Refuse an ``out`` inside an image-folder dataset: the folder's images are listed recursively, so the
     run's grids would become training images (the next run trains on them, and this one cannot resume: the
@@ -157,10 +163,7 @@ class Run:
         model exists) the saved one, with the overrides a resume may change. A config.json without any
         training state is a start that failed: a new ``cfg`` replaces it."""
         path = self.out / CONFIG_FILE
-        trained = (self.out / ckpt.CHECKPOINT_DIR / ckpt.MANIFEST_FILE).exists() or (
-            self.out / MODEL_FILE
-        ).exists()
-        if path.exists() and (trained or cfg is None):
+        if path.exists() and (has_trained(self.out) or cfg is None):
             saved = load_run_config(path)
             if cfg is not None:
                 mine, theirs = dataclasses.asdict(saved), dataclasses.asdict(cfg)
