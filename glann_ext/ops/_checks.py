@@ -90,9 +90,15 @@ def first_overflowing_row(t: torch.Tensor) -> int | None:
     or None; one pass, the norms in float64 (finite for every float32 row)."""
     if t.numel() == 0:
         return None
-    norms = torch.linalg.vector_norm(t, dim=1, dtype=torch.float64)
-    rows = ((norms > math.sqrt(max_squared_norm(t.dtype))) & torch.isfinite(t).all(1)).nonzero()
+    rows = _overflowing_rows(t).nonzero()
     return int(rows[0]) if rows.numel() else None
+
+
+def _overflowing_rows(t: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: the rows of non-empty 2-D ``t`` of finite values whose squared norm exceeds
+    :func:`max_squared_norm` (the norms in float64, finite for every float32 row)."""
+    norms = torch.linalg.vector_norm(t, dim=1, dtype=torch.float64)
+    return (norms > math.sqrt(max_squared_norm(t.dtype))) & torch.isfinite(t).all(1)
 
 
 def norm_overflow_error(op: str, argument: str, row: int, dtype: torch.dtype) -> ValueError:
@@ -133,8 +139,13 @@ def first_nonfinite_row(t: torch.Tensor) -> int | None:
     """The lowest index along dimension 0 of a row holding NaN or Inf, or None (one pass over ``t``)."""
     if t.numel() == 0:
         return None
-    rows = (~torch.isfinite(t)).reshape(t.shape[0], -1).any(1).nonzero()
+    rows = _nonfinite_rows(t).nonzero()
     return int(rows[0]) if rows.numel() else None
+
+
+def _nonfinite_rows(t: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: the rows of non-empty ``t`` (along dimension 0) holding NaN or Inf."""
+    return (~torch.isfinite(t)).reshape(t.shape[0], -1).any(1)
 
 
 def non_finite_error(argument: str, row: int | None, *, op: str = "", note: str = "") -> NonFiniteError:
@@ -158,7 +169,7 @@ def nonfinite_row_flag(t: torch.Tensor) -> torch.Tensor:
     device, ``iinfo(int64).max`` if none: torch ops only, so no synchronisation (for inputs no kernel reads)."""
     if t.shape[0] == 0 or t.numel() == 0:
         return _lowest_row_flag(None, t)
-    return _lowest_row_flag((~torch.isfinite(t)).reshape(t.shape[0], -1).any(1), t)
+    return _lowest_row_flag(_nonfinite_rows(t), t)
 
 
 def overflowing_row_flag(t: torch.Tensor) -> torch.Tensor:
@@ -166,8 +177,7 @@ def overflowing_row_flag(t: torch.Tensor) -> torch.Tensor:
     int64 tensor on ``t``'s device, no synchronisation."""
     if t.numel() == 0:
         return _lowest_row_flag(None, t)
-    norms = torch.linalg.vector_norm(t, dim=1, dtype=torch.float64)
-    return _lowest_row_flag((norms > math.sqrt(max_squared_norm(t.dtype))) & torch.isfinite(t).all(1), t)
+    return _lowest_row_flag(_overflowing_rows(t), t)
 
 
 def _lowest_row_flag(bad: torch.Tensor | None, t: torch.Tensor) -> torch.Tensor:
