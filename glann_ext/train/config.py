@@ -328,6 +328,13 @@ def _finite(x: float, low: float, *, strict: bool = False) -> bool:
     return math.isfinite(x) and (x > low if strict else x >= low)
 
 
+_RATE_RULE = f"in (0, {MAX_RATE:g}]"
+
+
+def _rate_ok(rate: float) -> bool:
+    return _finite(rate, 0, strict=True) and rate <= MAX_RATE
+
+
 def _range_checks(c: TrainConfig) -> list[tuple[str, bool, str]]:
     """(field, whether its value is allowed, the rule in words) for every field with a range."""
     return [
@@ -337,9 +344,9 @@ def _range_checks(c: TrainConfig) -> list[tuple[str, bool, str]]:
         ("imle_batch_size", c.imle_batch_size >= 2, ">= 2"),
         ("glo_epochs", c.glo_epochs >= 0, ">= 0"),
         ("imle_epochs", c.imle_epochs >= 0, ">= 0"),
-        ("lr_g", _finite(c.lr_g, 0, strict=True) and c.lr_g <= MAX_RATE, f"in (0, {MAX_RATE:g}]"),
-        ("lr_z", _finite(c.lr_z, 0, strict=True) and c.lr_z <= MAX_RATE, f"in (0, {MAX_RATE:g}]"),
-        ("imle_lr", _finite(c.imle_lr, 0, strict=True) and c.imle_lr <= MAX_RATE, f"in (0, {MAX_RATE:g}]"),
+        ("lr_g", _rate_ok(c.lr_g), _RATE_RULE),
+        ("lr_z", _rate_ok(c.lr_z), _RATE_RULE),
+        ("imle_lr", _rate_ok(c.imle_lr), _RATE_RULE),
         ("imle_weight_decay", _finite(c.imle_weight_decay, 0), "finite and >= 0"),
         ("imle_noise_multiple", _finite(c.imle_noise_multiple, 1), "finite and >= 1"),
         ("betas", all(0 <= b < 1 for b in c.betas), "each in [0, 1)"),
