@@ -15,7 +15,7 @@ import numpy as np
 from glann_testing import blob_images, tiny_config
 
 from glann_ext.cli import main
-from glann_ext.data import dataset_fingerprint, fingerprint_change, load_image_shard
+from glann_ext.data import fingerprint_change, load_image_shard
 from glann_ext.train import checkpoint as ckpt
 from glann_ext.train import train
 
@@ -107,22 +107,27 @@ def test_a_manifest_fingerprint_that_is_not_an_object_is_named(tmp_path, capsys)
     assert "manifest 'dataset' must be a dict, got 7" in capsys.readouterr().err
 
 
+def _fingerprint_now(dataset: str, **kwargs) -> dict:
+    """The fingerprint a run's load would record of ``dataset`` as it is now."""
+    return load_image_shard(dataset, image_size=28, channels=1, allow_download=False, **kwargs).fingerprint
+
+
 def test_folder_fingerprints_cover_the_rows_trained_on_names_and_sizes(tmp_path):
     """Only the first ``limit`` files count (one sorted after them changes nothing); a file sorted among them
     shifts the rows; the fingerprint is the one the load recorded, and names the folder's rows, not its path."""
     data = _folder(tmp_path / "imgs", n=12)
-    first = dataset_fingerprint(str(data), limit=10)
+    first = _fingerprint_now(str(data), limit=10)
     assert load_image_shard(str(data), 1, 2, image_size=28, channels=1, limit=10).fingerprint == first
     assert first["kind"] == "folder" and first["rows"] == 10
     shutil.copy(data / "03.png", data / "99.png")
-    assert fingerprint_change(first, dataset_fingerprint(str(data), limit=10)) is None
+    assert fingerprint_change(first, _fingerprint_now(str(data), limit=10)) is None
     shutil.copy(data / "03.png", data / "03b.png")
     assert "file names changed among rows 0-9" in fingerprint_change(
-        first, dataset_fingerprint(str(data), limit=10)
+        first, _fingerprint_now(str(data), limit=10)
     )
     moved = shutil.copytree(data, tmp_path / "elsewhere")
     (moved / "03b.png").unlink()
-    assert fingerprint_change(first, dataset_fingerprint(str(moved), limit=10)) is None
+    assert fingerprint_change(first, _fingerprint_now(str(moved), limit=10)) is None
     assert "an image folder, now an array" in fingerprint_change(first, {"kind": "array", "rows": 10})
 
 
@@ -139,7 +144,7 @@ def test_a_named_dataset_is_fingerprinted_by_its_images_not_its_files(tmp_path):
     for name, compress in (("a", True), ("b", False), ("c", True)):
         (tmp_path / name).mkdir()
         _idx(tmp_path / name / "train-images-idx3-ubyte", images if name != "c" else images[::-1], compress)
-    a, b, c = (dataset_fingerprint("mnist", data_root=tmp_path / n, limit=20) for n in "abc")
+    a, b, c = (_fingerprint_now("mnist", data_root=tmp_path / n, limit=20) for n in "abc")
     assert a["kind"] == "array" and a["shape"] == [20, 28, 28] and fingerprint_change(a, b) is None
     assert "other values in the rows sampled" in fingerprint_change(a, c)
 

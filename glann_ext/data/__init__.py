@@ -3,7 +3,6 @@
 from .datasets import (
     NAMED,
     ImageShard,
-    dataset_fingerprint,
     load_image_shard,
     load_images,
     shard_bounds,
@@ -22,7 +21,6 @@ __all__ = [
     "DataError",
     "ImageShard",
     "MixturePreset",
-    "dataset_fingerprint",
     "fingerprint_change",
     "load_image_shard",
     "load_images",

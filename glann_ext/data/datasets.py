@@ -170,15 +170,6 @@ def _fingerprint(dataset: str, rows: list[Path] | np.ndarray) -> dict[str, Any]:
     return folder_fingerprint(Path(dataset), rows) if isinstance(rows, list) else array_fingerprint(rows)
 
 
-def dataset_fingerprint(
-    dataset: str, *, data_root: str | Path | None = None, limit: int | None = None
-) -> dict[str, Any]:
-    """The :mod:`~glann_ext.data.fingerprint` of the first ``limit`` rows of ``dataset`` as they are now (file
-    names and sizes of a folder; shape, dtype and sampled rows of an array), never downloading."""
-    _check_sizes(None, limit)
-    return _fingerprint(dataset, _dataset_rows(dataset, data_root, limit, allow_download=False)[0])
-
-
 def _convert(arr: np.ndarray, source: str, image_size: int | None, channels: int | None) -> torch.Tensor:
     images = _to_unit_float(_to_nchw(arr, source), source)
     if images.shape[-1] != images.shape[-2]:
