@@ -387,7 +387,7 @@ def _save_npy(path: Path, array: object) -> None:
 
 
 def _cmd_sample(args: argparse.Namespace) -> None:
-    from glann_ext.evaluate import apply_sampling
+    from glann_ext.evaluate import apply_sampling, check_samples
     from glann_ext.images import save_grid
     from glann_ext.models import GLANN
 
@@ -400,8 +400,7 @@ def _cmd_sample(args: argparse.Namespace) -> None:
         images = model.sample_gaussian(args.n, args.seed)
     else:
         images = model.sample(args.n, args.seed, balanced=False if args.sampler == "plain" else None)
-    if not bool(torch.isfinite(images).all()):  # a black grid, written without a word, before
-        raise CLIError("sample: the model's samples hold NaN or Inf: its weights do not generate images")
+    check_samples(images)  # a black grid, written without a word, before
     grid = args.grid or (None if args.npy else "samples.png")
     written = []
     if grid:

@@ -133,6 +133,14 @@ def _chunks(n: int, seed: int) -> list[tuple[int, int]]:
     return [(min(1000, n - start), seed * 100_003 + i) for i, start in enumerate(range(0, n, 1000))]
 
 
+def check_samples(images: torch.Tensor) -> torch.Tensor:
+    """``images``, or :class:`NonFiniteError` if they hold NaN or Inf: the model's fault, said before any
+    picture is written or any metric scores them (``glann sample`` and ``glann eval``)."""
+    if not bool(torch.isfinite(images).all()):
+        raise NonFiniteError("the model's samples hold NaN or Inf: its weights do not generate images")
+    return images
+
+
 def _draw(model, sampler: str, n: int, seed: int, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(latent points, images) of the ``n`` evaluated samples: what G decodes, then G's images of it."""
     from tqdm import tqdm
@@ -145,11 +153,9 @@ def _draw(model, sampler: str, n: int, seed: int, progress: bool) -> tuple[torch
             else:
                 z = model.sample_inputs(size, seed=chunk_seed, balanced=False if sampler == "plain" else None)
             latents.append(z.cpu())
-            images.append(model.decode(z).cpu())  # = model.sample / sample_gaussian of this chunk
-            if not bool(torch.isfinite(images[-1]).all()):  # before any scoring: the model, not a metric
-                raise NonFiniteError(
-                    "the model's samples hold NaN or Inf: its weights do not generate images"
-                )
+            images.append(
+                check_samples(model.decode(z).cpu())
+            )  # = model.sample / sample_gaussian of this chunk
             bar.update(size)
     return torch.cat(latents), torch.cat(images)
 
