@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from glann_ext.backend import Ops, get_ops
+from glann_ext.errors import UsageError
 from glann_ext.models import GLANN, MLP, DCGANGenerator, PixelIMLE
 
 from .config import TrainConfig
@@ -32,7 +33,9 @@ def seeded(seed: int, make: Callable[[], M]) -> M:
 
 def build_generator(cfg: TrainConfig, image_shape: tuple[int, int, int]) -> DCGANGenerator:
     """G: codes (GLANN) or noise (pixel IMLE) of the configured size -> images of ``image_shape``."""
-    c, h, _w = image_shape
+    c, h, w = image_shape
+    if h != w or c < 1:
+        raise UsageError(f"image_shape must be (C, H, W) with C >= 1 and H == W, got {tuple(image_shape)}")
     in_dim = cfg.noise_dim if cfg.imle_space == "pixel" else cfg.latent_dim
     return seeded(cfg.seed, lambda: DCGANGenerator(in_dim, h, c, cfg.gen_width, cfg.gen_depth))
 

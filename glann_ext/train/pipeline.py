@@ -19,13 +19,14 @@ from typing import Any
 import torch
 
 from glann_ext.backend import Ops, get_ops
-from glann_ext.errors import RunFolderError
+from glann_ext.errors import RunFolderError, UsageError
 from glann_ext.models import GLANN, PixelIMLE, ReconstructionLoss
 
 from .build import build_model
-from .config import TrainConfig
+from .config import TrainConfig, check_device
 from .glo import GLOTrainer
 from .imle import IMLETrainer
+from .inputs import checked_config, checked_images, checked_targets
 from .loop import Hook, run_epochs
 from .threads import intra_op_threads
 from .whitening import code_whitening
@@ -56,6 +57,8 @@ class Fit:
         start: int = 0,
         total: int | None = None,
     ):
+        cfg = checked_config(cfg)
+        images = checked_images(images, cfg)
         self.cfg, self.ops, self.world = cfg, ops or get_ops(cfg.ops), world or World()
         self.device = torch.device(device if device is not None else cfg.device)
         self.images, self.start = images, start
@@ -172,6 +175,11 @@ class Fit:
                 trainer.gather_tally()
 
 
+def _check_device(cfg: TrainConfig, device: str | torch.device | None) -> None:
+    """ConfigError unless this machine has the device the call trains on (``device``, else ``cfg.device``)."""
+    check_device(str(device) if device is not None else cfg.device, fused=cfg.ops == "fused")
+
+
 def fit(
     images: torch.Tensor,
     cfg: TrainConfig,
@@ -184,7 +192,12 @@ def fit(
 ) -> GLANN | PixelIMLE:
     """Train the model of ``cfg`` on ``images`` (n, C, H, W) in [0, 1], in memory: GLANN, or pixel IMLE when
     ``cfg.imle_space == "pixel"``. ``hooks`` receive the loop's events (see :class:`~.loop.Hook`).
-    ``cfg.threads`` (None: unchanged) holds for this call only, as in a run folder's :func:`~.run.train`."""
+    ``cfg.threads`` (None: unchanged) holds for this call only, as in a run folder's :func:`~.run.train`.
+
+    Raises UsageError (or ConfigError, NonFiniteError) for images that are not float (n, C, H, W) in [0, 1]
+    with H == W, n >= 2 and sizes ``cfg`` agrees with, for an invalid config, and for a device this machine
+    does not have."""
+    _check_device(checked_config(cfg), device)
     with intra_op_threads(cfg.threads or None):
         return Fit(images, cfg, ops=ops, world=world, device=device).run(stage, hooks)
 
@@ -202,6 +215,10 @@ def fit_imle(
     """IMLE of any ``generator`` (noise (B, cfg.noise_dim) -> target-shaped output) onto ``targets`` for
     ``cfg.imle_epochs`` epochs (e.g. GLANN's second stage on 2-D points); returns the trainer, whose
     :meth:`~.imle.IMLETrainer.generate` maps noise through the trained generator."""
+    _check_device(checked_config(cfg), device)
+    targets = checked_targets(targets)
+    if not isinstance(generator, torch.nn.Module):
+        raise UsageError(f"generator must be a torch.nn.Module, got {type(generator).__name__}")
     ops = ops or get_ops(cfg.ops)
     trainer = IMLETrainer(targets, generator, cfg, ops, device if device is not None else cfg.device, loss_fn)
     run_epochs(trainer, cfg.imle_epochs, hooks)

@@ -1,0 +1,113 @@
+"""Checks of what a caller hands the in-memory pipeline (:func:`~.pipeline.fit`, :class:`~.pipeline.Fit`,
+:func:`~.pipeline.fit_imle`): the config, the training images and IMLE's targets.
+
+The data loaders (:mod:`glann_ext.data`) already give float32 (n, C, H, W) images in [0, 1]; images built in
+Python may be anything, and a wrong range or layout trains a useless model without a word (G outputs [0, 1],
+so images in [0, 255] give a loss 255x too large that it can never lower). So each is refused here with the
+argument, the rule and what was given.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from glann_ext.errors import ConfigError, NonFiniteError, UsageError
+
+from .config import TrainConfig
+
+# how far past [0, 1] a float image may go (a resize's overshoot; clipped), as the data loaders allow
+IMAGE_OVERSHOOT = 0.05
+
+
+def checked_config(cfg: Any) -> TrainConfig:
+    """``cfg`` validated again (fields may have been set since it was made), else a ConfigError."""
+    if not isinstance(cfg, TrainConfig):
+        raise ConfigError(
+            f"cfg must be a TrainConfig (glann_ext.train.preset(name) or TrainConfig(...)), "
+            f"got {type(cfg).__name__}"
+        )
+    return cfg.validate()
+
+
+def _as_tensor(name: str, x: Any) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind not in "biuf" or x.dtype.byteorder == ">":
+            raise UsageError(f"{name} must be a float tensor or array, got a numpy {x.dtype} array")
+        return torch.from_numpy(np.ascontiguousarray(x))
+    if not isinstance(x, torch.Tensor):
+        raise UsageError(f"{name} must be a torch.Tensor (or numpy array), got {type(x).__name__}")
+    if x.is_meta:
+        raise UsageError(f"{name} must hold data, got a tensor on the meta device")
+    return x.detach()
+
+
+def _first_nonfinite_row(x: torch.Tensor) -> int | None:
+    bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
+    return int(bad.nonzero()[0, 0]) if bool(bad.any()) else None
+
+
+def _layout_hint(shape: tuple[int, ...]) -> str:
+    if len(shape) == 3:
+        return " (one channel? images.unsqueeze(1))"
+    if len(shape) == 4 and shape[3] in (1, 3) and shape[1] not in (1, 3):
+        return " (channels last? images.permute(0, 3, 1, 2))"
+    return ""
+
+
+def _check_shape(shape: tuple[int, ...], cfg: TrainConfig) -> None:
+    from glann_ext.models.generator import start_size
+
+    if len(shape) != 4 or shape[1] < 1 or shape[2] != shape[3]:
+        raise UsageError(f"images must be (n, C, H, W) with H == W, got shape {shape}{_layout_hint(shape)}")
+    n, c, size = shape[0], shape[1], shape[2]
+    if n < 2:
+        raise UsageError(f"images must hold at least 2 images (G's BatchNorm needs a batch), got {n}")
+    try:
+        start_size(size)
+    except ValueError as exc:
+        raise UsageError(f"images of size {size}x{size}: {exc}") from None
+    for field, value in (("image_size", size), ("channels", c)):
+        if getattr(cfg, field) not in (None, value):
+            raise ConfigError(
+                f"config field {field} is {getattr(cfg, field)} but the images have {field} {value}: set "
+                f"{field}={value} (or None: the images' own)"
+            )
+
+
+def checked_images(images: Any, cfg: TrainConfig) -> torch.Tensor:
+    """``images`` as a float32 (n, C, H, W) tensor in [0, 1] that ``cfg`` can train on (the same tensor when
+    it already is one), else a UsageError/ConfigError/NonFiniteError naming ``images`` or the field."""
+    x = _as_tensor("images", images)
+    shape = tuple(x.shape)
+    if not x.is_floating_point():
+        raise UsageError(
+            f"images must be floating point in [0, 1], got {str(x.dtype)[6:]}: divide 0-255 images by 255 "
+            f"(glann_ext.data.load_images does)"
+        )
+    _check_shape(shape, cfg)
+    row = _first_nonfinite_row(x)
+    if row is not None:
+        raise NonFiniteError(f"images hold NaN or Inf (first in row {row})", argument="images", row=row)
+    lo, hi = (float(v) for v in torch.aminmax(x))
+    if lo < -IMAGE_OVERSHOOT or hi > 1 + IMAGE_OVERSHOOT:
+        hint = ": divide 0-255 images by 255" if hi > 2 else ""
+        raise UsageError(f"images must lie in [0, 1], got values in [{lo:g}, {hi:g}]{hint}")
+    x = x.to(torch.float32)
+    return x.clamp(0, 1) if lo < 0 or hi > 1 else x
+
+
+def checked_targets(targets: Any) -> torch.Tensor:
+    """IMLE's ``targets`` as a float (n, ...) tensor with n >= 1 finite rows, else a one-line error."""
+    x = _as_tensor("targets", targets)
+    if not x.is_floating_point() or x.dim() < 2 or x.shape[0] < 1 or x[0].numel() < 1:
+        raise UsageError(
+            f"targets must be a float (n, ...) tensor with n >= 1 rows of at least one value, "
+            f"got {str(x.dtype)[6:]} of shape {tuple(x.shape)}"
+        )
+    row = _first_nonfinite_row(x)
+    if row is not None:
+        raise NonFiniteError(f"targets hold NaN or Inf (first in row {row})", argument="targets", row=row)
+    return x

@@ -1,0 +1,132 @@
+"""What a Python caller hands the in-memory pipeline: fit, Fit and fit_imle refuse images, targets and configs
+they cannot train on with one error naming the argument or field, instead of training a useless model (images
+in [0, 255]) or failing deep inside torch; a config is checked when it is made."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from glann_testing import tiny_config
+
+from glann_ext.errors import ConfigError, GlannError, NonFiniteError, UsageError
+from glann_ext.models import MLP
+from glann_ext.train import Fit, TrainConfig, build_model, fit, fit_imle
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda x: (x * 255).to(torch.uint8), "floating point in [0, 1], got uint8"),
+        (lambda x: x * 255, "divide 0-255 images by 255"),
+        (lambda x: x - 0.5, "in [0, 1], got values in [-0.5"),
+        (lambda x: x[:, 0], "(n, C, H, W)"),
+        (lambda x: x.permute(0, 2, 3, 1), "channels last?"),
+        (lambda x: x[:, :, :, :27], "H == W"),
+        (lambda x: x[:1], "at least 2 images"),
+        (lambda x: x[:, :, :9, :9], "images of size 9x9"),
+        (lambda x: x.to("meta"), "meta device"),
+        (lambda x: x.numpy().astype(object), "numpy object array"),
+    ],
+)
+def test_fit_refuses_images_it_cannot_train_on_naming_them(blobs, make, message):
+    with pytest.raises(UsageError, match="images") as err:
+        fit(make(blobs), tiny_config())
+    assert message in str(err.value)
+
+
+def test_fit_names_the_first_nonfinite_image(blobs):
+    x = blobs.clone()
+    x[5, 0, 3, 3] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"images hold NaN or Inf \(first in row 5\)") as err:
+        Fit(x, tiny_config())
+    assert err.value.row == 5
+
+
+def test_fit_takes_float64_numpy_and_grad_images_as_the_float32_tensor(blobs):
+    cfg = tiny_config(glo_epochs=1, imle_epochs=0)
+    expected = fit(blobs, cfg, stage="glo")
+    for images in (blobs.double().numpy(), blobs.clone().requires_grad_(True)):
+        model = fit(images, cfg, stage="glo")
+        assert torch.equal(model.codes, expected.codes)
+
+
+def test_a_small_resize_overshoot_is_clipped_as_the_loaders_do(blobs):
+    x = blobs.clone()
+    x[0, 0, 0, 0] = 1.03
+    fitted = Fit(x, tiny_config())
+    assert float(fitted.images.max()) == 1.0 and float(x[0, 0, 0, 0]) == pytest.approx(1.03)
+
+
+@pytest.mark.parametrize(("field", "value"), [("image_size", 32), ("channels", 3)])
+def test_fit_refuses_a_config_whose_image_shape_the_images_do_not_have(blobs, field, value):
+    with pytest.raises(ConfigError, match=f"config field {field} is {value} but the images have {field}"):
+        fit(blobs, tiny_config(**{field: value}))
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"imle_space": "Pixel"}, "imle_space must be one of"),
+        ({"glo_epochs": -3}, "glo_epochs must be >= 0"),
+        ({"glo_epochs": 2.5}, "glo_epochs must be an integer"),
+        ({"threads": 0}, "threads must be >= 1"),
+        ({"lr_g": -1.0}, "lr_g must be"),
+        ({"batch_size": 0}, "batch_size must be >= 2"),
+        ({"latent_dim": 0}, "latent_dim must be >= 1"),
+    ],
+)
+def test_a_config_is_checked_when_made_and_again_when_fit_starts(blobs, change, match):
+    with pytest.raises(ConfigError, match=match):
+        dataclasses.replace(tiny_config(), **change)
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig(**change)
+    cfg = tiny_config()
+    for name, value in change.items():
+        setattr(cfg, name, value)  # set after it was made: fit checks again
+    with pytest.raises(ConfigError, match=match):
+        fit(blobs, cfg)
+
+
+def test_fit_refuses_a_config_that_is_not_a_train_config(blobs):
+    with pytest.raises(ConfigError, match=r"cfg must be a TrainConfig.*got dict"):
+        fit(blobs, {"glo_epochs": 1})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_fit_refuses_a_device_this_machine_lacks(blobs):
+    with pytest.raises(ConfigError, match="cuda"):
+        fit(blobs, tiny_config(), device="cuda")
+
+
+@pytest.mark.parametrize(
+    ("targets", "error", "match"),
+    [
+        (torch.zeros(0, 2), UsageError, r"n >= 1 rows.*shape \(0, 2\)"),
+        (torch.zeros(10), UsageError, r"float \(n, \.\.\.\).*shape \(10,\)"),
+        (torch.zeros(4, 2, dtype=torch.int64), UsageError, "got int64"),
+        (torch.tensor([[0.0, 1.0], [float("inf"), 0.0]]), NonFiniteError, r"first in row 1"),
+        ([[0.0, 1.0]], UsageError, "got list"),
+    ],
+)
+def test_fit_imle_refuses_targets_naming_them(targets, error, match):
+    with pytest.raises(error, match="targets") as err:
+        fit_imle(targets, MLP(2, 2), tiny_config(noise_dim=2, imle_epochs=1))
+    assert err.match(match)
+
+
+def test_fit_imle_takes_numpy_targets_and_refuses_a_generator_that_is_not_a_module():
+    cfg = tiny_config(noise_dim=2, imle_epochs=1)
+    points = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
+    trainer = fit_imle(points, MLP(2, 2), cfg)
+    assert trainer.generate(torch.zeros(3, 2)).shape == (3, 2)
+    with pytest.raises(UsageError, match=r"generator must be a torch\.nn\.Module, got function"):
+        fit_imle(points, lambda e: e, cfg)
+
+
+def test_build_model_refuses_an_image_shape_that_is_not_square():
+    with pytest.raises(UsageError, match=r"image_shape must be .*H == W, got \(1, 28, 30\)"):
+        build_model(tiny_config(), (1, 28, 30))
+    assert issubclass(UsageError, GlannError)
