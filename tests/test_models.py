@@ -434,7 +434,7 @@ def test_generator_and_mlp_layers_follow_the_documented_layout():
     ]  # fmt: skip
     assert g.hparams() == {"latent_dim": 16, "image_size": 28, "channels": 1, "width": 8, "depth": 1}
     assert _layers(DCGANGenerator(**g.hparams())) == _layers(g)
-    with pytest.raises(ValueError, match="depth must be >= 0, got -1"):
+    with pytest.raises(ValueError, match="depth must be an integer >= 0, got -1"):
         DCGANGenerator(latent_dim=16, width=8, depth=-1)
     assert _layers(MLP(5, 3, hidden=16, layers=2)) == [
         ("Linear", (16, 5), False), ("BatchNorm1d", (16,), True), relu,

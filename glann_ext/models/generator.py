@@ -2,19 +2,46 @@
 
 from __future__ import annotations
 
+import operator
+from typing import Any
+
 import torch
 from torch import nn
 
-from glann_ext.errors import ConfigError
+from glann_ext.errors import ConfigError, UsageError
+
+
+def as_index(value: Any) -> int | None:
+    """``value`` as a Python int if it is an integer (what ``operator.index`` takes: int, numpy integers,
+    0-d integer tensors and arrays), else None: bools, floats, strings and tensors of other shapes are not."""
+    if isinstance(value, bool) or (
+        isinstance(value, torch.Tensor) and (value.dim() != 0 or value.dtype == torch.bool or value.is_meta)
+    ):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def checked_int(name: str, value: Any, low: int, high: int | None = None) -> int:
+    """``value`` as a Python int in [``low``, ``high``] (see :func:`as_index`: ``2.0``, ``True`` and ``"5"``
+    are not integers), else a one-line :class:`UsageError` naming ``name``."""
+    number = as_index(value)
+    if number is None or number < low:
+        raise UsageError(f"{name} must be an integer >= {low}, got {value!r:.60}")
+    if high is not None and number > high:
+        raise UsageError(f"{name} must be an integer in [{low}, {high:,}], got {number:,}")
+    return number
 
 
 def start_size(image_size: int) -> tuple[int, int]:
     """(s0, k) with image_size == s0 * 2**k and 3 <= s0 <= 7, the seed resolution the generator upsamples.
 
-    28 -> (7, 2), 32 -> (4, 3), 64 -> (4, 4), 128 -> (4, 5).
+    28 -> (7, 2), 32 -> (4, 3), 64 -> (4, 4), 128 -> (4, 5). ``image_size`` may be any integer type (a numpy
+    integer, a 0-d integer tensor).
     """
-    if not isinstance(image_size, int) or image_size < 8:
-        raise ValueError(f"image_size must be an integer >= 8, got {image_size!r}")
+    image_size = checked_int("image_size", image_size, 8)
     size, ups = image_size, 0
     while size > 7 and size % 2 == 0:
         size //= 2
@@ -77,8 +104,9 @@ class DCGANGenerator(nn.Module):
         self, latent_dim: int = 64, image_size: int = 28, channels: int = 1, width: int = 64, depth: int = 0
     ):
         super().__init__()
-        if depth < 0:
-            raise ValueError(f"depth must be >= 0, got {depth}")
+        latent_dim, channels = checked_int("latent_dim", latent_dim, 1), checked_int("channels", channels, 1)
+        width, depth = checked_int("width", width, 1), checked_int("depth", depth, 0)
+        image_size = checked_int("image_size", image_size, 8)
         check_generator_size(latent_dim, image_size, channels, width, depth)
         s0, ups = start_size(image_size)
         self.latent_dim, self.image_size, self.channels, self.width = latent_dim, image_size, channels, width

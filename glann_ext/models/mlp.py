@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .generator import checked_int
+
 
 class MLP(nn.Module):
     """``layers`` hidden Linear+BatchNorm+ReLU blocks of ``hidden`` units and a linear output.
@@ -25,8 +27,8 @@ class MLP(nn.Module):
         output_affine: bool = False,
     ):
         super().__init__()
-        if layers < 1:
-            raise ValueError(f"layers must be >= 1, got {layers}")
+        in_dim, out_dim = checked_int("in_dim", in_dim, 1), checked_int("out_dim", out_dim, 1)
+        hidden, layers = checked_int("hidden", hidden, 1), checked_int("layers", layers, 1)
         self.in_dim, self.out_dim = in_dim, out_dim
         self.hidden, self.layers, self.batch_norm = hidden, layers, batch_norm
         self.output_affine = output_affine

@@ -1,0 +1,64 @@
+"""The public model API's argument checks: a bad argument is a one-line UsageError (NonFiniteError for NaN/Inf)
+naming it, never a silent wrong answer, a hang or a raw torch error; integers of any kind (numpy, 0-d
+tensors) and numpy arrays are accepted where the API takes integers and tensors."""
+
+from __future__ import annotations
+
+import signal
+from contextlib import contextmanager
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from glann_ext.errors import UsageError
+from glann_ext.models import (
+    GLANN,
+    MLP,
+    DCGANGenerator,
+)
+
+
+def _glann(n_codes: int = 20, **config) -> GLANN:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        G = DCGANGenerator(latent_dim=8, image_size=28, channels=1, width=8)
+        T = MLP(4, 8, hidden=16, layers=2)
+        codes = F.normalize(torch.randn(n_codes, 8), dim=1)
+    return GLANN(G, codes, T, config={"seed": 0, **config})
+
+
+@contextmanager
+def _deadline(seconds: int):
+    """Fail instead of hanging (the balanced sampler looped for days on a huge n)."""
+
+    def fail(*_):
+        raise TimeoutError(f"did not return within {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, fail)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize(
+    ("make", "needle"),
+    [
+        (lambda: MLP(-1, 4), r"^in_dim must be an integer >= 1, got -1"),  # torch's negative dimension
+        (lambda: MLP(4, 0), r"^out_dim must be an integer >= 1, got 0"),
+        (lambda: MLP(4, 4, hidden=0), r"^hidden must be an integer >= 1, got 0"),  # built silently
+        (lambda: MLP(4.0, 4), r"^in_dim must be an integer >= 1, got 4.0"),
+        (lambda: MLP(4, 4, layers=True), r"^layers must be an integer >= 1, got True"),
+        (lambda: DCGANGenerator(channels=0), r"^channels must be an integer >= 1, got 0"),  # built silently
+        (lambda: DCGANGenerator(width=0), r"^width must be an integer >= 1, got 0"),
+        (lambda: DCGANGenerator(latent_dim=0), r"^latent_dim must be an integer >= 1, got 0"),
+        (lambda: DCGANGenerator(latent_dim=16.0), r"^latent_dim must be an integer >= 1, got 16.0"),
+        (lambda: DCGANGenerator(depth=-1), r"^depth must be an integer >= 0, got -1"),
+    ],
+)
+def test_network_sizes_are_checked_by_name(make, needle):
+    with pytest.raises(UsageError, match=needle):
+        make()
