@@ -11,11 +11,13 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from glann_ext.backend import get_ops
 from glann_ext.errors import UsageError
 from glann_ext.models import (
     GLANN,
     MLP,
     DCGANGenerator,
+    ReconstructionLoss,
 )
 
 
@@ -42,6 +44,17 @@ def _deadline(seconds: int):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
+
+
+def test_reconstruction_loss_takes_a_backend_name_like_the_models():
+    x, y = torch.rand(2, 1, 28, 28), torch.rand(2, 1, 28, 28)
+    by_name = ReconstructionLoss("fused")(x, y)  # 'str' object has no attribute 'lap_loss'
+    assert torch.equal(by_name, ReconstructionLoss(get_ops("fused"))(x, y))
+    assert ReconstructionLoss("reference").ops.name == "reference"
+    with pytest.raises(ValueError, match=r"ops backend must be one of"):
+        ReconstructionLoss("Fused")
+    with pytest.raises(UsageError, match=r"^ops must be an Ops or a backend name .* got 5"):
+        ReconstructionLoss(5)
 
 
 @pytest.mark.parametrize(

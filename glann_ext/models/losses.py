@@ -8,16 +8,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glann_ext.backend import Ops
+from glann_ext.backend import Ops, get_ops
+from glann_ext.errors import UsageError
 from glann_ext.ops.reference import default_levels
 
 
 class ReconstructionLoss(nn.Module):
-    """Mean over the batch of ``lap_l1 + l2_weight * mse + vgg_weight * perceptual`` (in fp32)."""
+    """Mean over the batch of ``lap_l1 + l2_weight * mse + vgg_weight * perceptual`` (in fp32). ``ops``: the
+    kernels' backend, an :class:`~glann_ext.backend.Ops` or its name ("fused", "reference"), as for the
+    models."""
 
     def __init__(
         self,
-        ops: Ops,
+        ops: Ops | str,
         l2_weight: float = 0.0,
         vgg_weights: str | None = None,
         vgg_weight: float = 0.0,
@@ -26,6 +29,10 @@ class ReconstructionLoss(nn.Module):
         super().__init__()
         if lap_weights not in ("paper", "flat"):
             raise ValueError(f"lap_weights must be 'paper' or 'flat', got {lap_weights!r}")
+        if isinstance(ops, str):
+            ops = get_ops(ops)
+        if not callable(getattr(ops, "lap_loss", None)):
+            raise UsageError(f"ops must be an Ops or a backend name ('fused', 'reference'), got {ops!r:.60}")
         self.ops, self.l2_weight, self.vgg_weight = ops, l2_weight, vgg_weight
         self.lap_weights = lap_weights
         self.vgg = None
