@@ -12,7 +12,8 @@ import torch
 from torch.nn import functional as F
 
 from glann_ext.backend import get_ops
-from glann_ext.errors import UsageError
+from glann_ext.errors import NonFiniteError, UsageError
+from glann_ext.metrics import ball_membership_counts
 from glann_ext.models import (
     GLANN,
     MLP,
@@ -44,6 +45,15 @@ def _deadline(seconds: int):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
+
+
+def test_ball_membership_counts_refuses_negative_and_nan_radii():
+    q, c = torch.zeros(3, 2), torch.ones(2, 2)
+    with pytest.raises(ValueError, match=r"^radii must be >= 0 \(ball radii\), got -1 at row 1"):
+        ball_membership_counts(q, c, torch.tensor([2.0, -1.0]), strict=False)
+    with pytest.raises(NonFiniteError, match=r"^radii holds NaN at row 0"):
+        ball_membership_counts(q, c, torch.tensor([float("nan"), 1.0]), strict=False)
+    assert ball_membership_counts(q, c, torch.tensor([2.0, 0.0]), strict=False).tolist() == [1, 1, 1]
 
 
 def test_reconstruction_loss_takes_a_backend_name_like_the_models():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import NonFiniteError
 from ._checks import as_float_matrix, check_positive_int
 
 DEFAULT_TILE_BYTES = 64 << 20
@@ -67,6 +68,12 @@ def ball_membership_counts(
     r = torch.as_tensor(radii).detach().to("cpu", torch.float64)
     if r.shape != (c.shape[0],):
         raise ValueError(f"radii must have shape ({c.shape[0]},) like centres, got {tuple(r.shape)}")
+    if bool(r.isnan().any()):
+        raise NonFiniteError(f"radii holds NaN at row {int(r.isnan().nonzero()[0])}", argument="radii")
+    if len(r) and float(r.min()) < 0:
+        raise ValueError(
+            f"radii must be >= 0 (ball radii), got {float(r.min()):.6g} at row {int(r.argmin())}"
+        )
     # Tiles over the centres, with each centre as the row operand exactly as in knn_radii: the float
     # distance of a centre to a query then equals, bit for bit, the one its radius was ranked from
     # (the expanded distance is not exactly symmetric), so identical sets give exact answers.
