@@ -696,7 +696,7 @@ def test_memorisation_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match="train"):
         nearest_train(torch.rand(3, 1, 4, 4), torch.rand(5, 1, 5, 5))
     with pytest.raises(TypeError, match="samples"):
-        nearest_train(np.zeros((3, 4)), torch.rand(5, 4))
+        nearest_train([[0.0] * 4] * 3, torch.rand(5, 4))  # arrays are accepted (test_model_arguments.py)
     with pytest.raises(ValueError, match="samples"):
         save_neighbour_grid(tmp_path / "x.png", torch.rand(3, 2, 4, 4), torch.rand(5, 2, 4, 4))
     with pytest.raises(ValueError, match=r"threshold_quantile must lie in \[0, 1\], got 1.5"):

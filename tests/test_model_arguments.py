@@ -13,7 +13,8 @@ from torch.nn import functional as F
 
 from glann_ext.backend import get_ops
 from glann_ext.errors import NonFiniteError, UsageError
-from glann_ext.metrics import ball_membership_counts
+from glann_ext.metrics import ball_membership_counts, memorisation_report, nearest_train
+from glann_ext.metrics.memorisation import save_neighbour_grid
 from glann_ext.models import (
     GLANN,
     MLP,
@@ -85,3 +86,30 @@ def test_reconstruction_loss_takes_a_backend_name_like_the_models():
 def test_network_sizes_are_checked_by_name(make, needle):
     with pytest.raises(UsageError, match=needle):
         make()
+
+
+def test_memorisation_takes_arrays_and_uint8_images(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    train = torch.randint(0, 256, (10, 1, 4, 4), generator=g, dtype=torch.uint8)
+    samples = torch.randint(0, 256, (5, 1, 4, 4), generator=g, dtype=torch.uint8)
+    test = torch.randint(0, 256, (6, 1, 4, 4), generator=g, dtype=torch.uint8)
+    index, dist = nearest_train(samples.float(), train.float())
+    for s, t in ((samples, train), (samples.numpy(), train.numpy()), (samples.float().numpy(), train)):
+        got_index, got_dist = nearest_train(s, t)  # refused: "must be a torch.Tensor" / "a floating tensor"
+        assert torch.equal(got_index, index) and torch.equal(got_dist, dist)
+    report = memorisation_report(samples.numpy(), train.numpy(), test.numpy())
+    assert (
+        report.generated_median
+        == memorisation_report(samples.float(), train.float(), test.float()).generated_median
+    )
+    assert save_neighbour_grid(
+        tmp_path / "g.png", samples.float().numpy() / 255, train.float().numpy() / 255
+    ).exists()
+    nan = samples.float()
+    nan[2, 0, 1, 1] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"^samples contains NaN or Inf"):
+        nearest_train(nan, train)
+    with pytest.raises(TypeError, match=r"^train must be floating or uint8/int32/int64, got dtype bool"):
+        nearest_train(samples, train > 0)
+    with pytest.raises(ValueError, match=r"^threshold must be a finite number \(or None\), got nan"):
+        memorisation_report(samples, train, test, threshold=float("nan"))  # every fraction was 0

@@ -8,13 +8,16 @@ passed), found with :func:`glann_ext.nn_argmin` (exact search, ties to the lowes
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .._io import atomic_write
+from ..errors import NonFiniteError
 from ..ops.nn_argmin import nn_argmin
 from ._checks import check_positive_int
 
@@ -38,21 +41,34 @@ class MemorisationReport:
 
 
 def _flat(name: str, x: object) -> torch.Tensor:
+    """``x`` (N, ...), a tensor or array, floating or uint8/int32/int64 like the other metrics' inputs, as a
+    finite (N, D) CPU tensor, else a ``TypeError``/``ValueError`` (NonFiniteError for NaN/Inf) naming it."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
     if x.dim() < 2:
         raise ValueError(f"{name} must be (N, ...) with at least 2 dims, got shape {tuple(x.shape)}")
-    if not x.dtype.is_floating_point:
-        raise TypeError(f"{name} must be a floating tensor, got dtype {str(x.dtype).replace('torch.', '')}")
-    # searched in the inputs' precision: float64 stays float64 (half and bfloat16 become float32)
+    if not (x.dtype.is_floating_point or x.dtype in (torch.uint8, torch.int32, torch.int64)):
+        raise TypeError(
+            f"{name} must be floating or uint8/int32/int64, got dtype {str(x.dtype).replace('torch.', '')}"
+        )
+    # searched in the inputs' precision: float64 stays float64 (half, bfloat16 and integers become float32,
+    # int64 float64 so that large values keep their precision)
     x = x.detach().cpu().flatten(1)
-    return x if x.dtype == torch.float64 else x.float()
+    x = x.double() if x.dtype in (torch.float64, torch.int64) else x.float()
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        raise NonFiniteError(f"{name} contains NaN or Inf values", argument=name)
+    return x
 
 
-def nearest_train(samples: torch.Tensor, train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest_train(
+    samples: torch.Tensor | np.ndarray, train: torch.Tensor | np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Index (int64) and Euclidean distance (float64) of the nearest ``train`` row for every sample.
 
-    Both are (N, ...) tensors with the same per-row size (images are flattened).
+    Both are (N, ...) tensors or arrays (floating, or uint8/int32/int64 pixels) with the same per-row size
+    (images are flattened).
     """
     q = _flat("samples", samples)
     k = _flat("train", train)
@@ -89,6 +105,10 @@ def memorisation_report(
     _, test_d = nearest_train(test, train)
     if gen_d.numel() == 0 or test_d.numel() == 0:
         raise ValueError("generated and test must not be empty")
+    if threshold is not None and not (
+        isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and math.isfinite(threshold)
+    ):
+        raise ValueError(f"threshold must be a finite number (or None), got {threshold!r:.60}")
     if threshold is None:
         if not 0.0 <= threshold_quantile <= 1.0:
             raise ValueError(f"threshold_quantile must lie in [0, 1], got {threshold_quantile!r}")
@@ -129,13 +149,14 @@ def save_neighbour_grid(
 ) -> Path:
     """Write a PNG grid: every generated image (N, C, H, W; C = 1 or 3) beside its nearest training image.
 
-    Each cell is the pair [sample | neighbour]; pairs are separated by a wider gap. ``index`` (N,)
+    ``samples`` and ``train`` may be tensors or arrays. Each cell is the pair [sample | neighbour]; pairs are separated by a wider gap. ``index`` (N,)
     may carry precomputed neighbours (e.g. ``MemorisationReport.generated_index``); otherwise they
     are searched with :func:`nearest_train`. Pixels are mapped from ``value_range`` to 0..255.
     Written atomically; returns the path.
     """
     from PIL import Image  # a declared dependency, but only this function needs it
 
+    samples, train = (torch.from_numpy(x) if isinstance(x, np.ndarray) else x for x in (samples, train))
     if not isinstance(samples, torch.Tensor) or samples.dim() != 4 or samples.shape[1] not in (1, 3):
         got = tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
         raise ValueError(f"samples must be (N, 1 or 3, H, W) images, got {got}")
