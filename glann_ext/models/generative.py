@@ -16,15 +16,16 @@ import math
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
+import numpy as np
 import torch
 from torch import nn
 
 from glann_ext import seeding
 from glann_ext.backend import Ops, get_ops
-from glann_ext.errors import UsageError
+from glann_ext.errors import NonFiniteError, UsageError
 
 from . import balance
-from .generator import DCGANGenerator
+from .generator import DCGANGenerator, as_index, checked_int
 from .mlp import MLP
 
 M = TypeVar("M", bound=nn.Module)
@@ -40,20 +41,29 @@ SPREAD_CHUNK = 4_096
 # the most calibration draws per code a model file may ask for (TrainConfig's default is 10): a model file is
 # untrusted, and balance_draws = 1e12 would calibrate for days
 MAX_BALANCE_DRAWS = 10_000.0
+# the largest seed the sampling methods take (TrainConfig's too): seeding.generator reduces its derived seeds
+# modulo 2**63, so 2**63 would draw what 0 draws
+MAX_SEED = 2**63 - 1
+# the most training codes invert searches for each image's first start (a random pool of them)
+INVERT_POOL = 2_048
 NO_MAPPING = (
     "this model has no IMLE mapping T (a GLO-only run: train the IMLE stage with `glann train --out RUN`, or "
     "sample the GLO + Gaussian baseline: `--sampler gaussian`, sample_gaussian in Python)"
 )
 
 
-def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Spherical interpolation between unit vectors ``a`` and ``b`` (D,) at fractions ``t`` (S,) -> (S, D),
-    computed in float64 and returned in ``a``'s dtype; every point has unit norm. Falls back to normalised
-    lerp when they are parallel; antipodal endpoints have no unique great circle, so the path goes through
-    ``u``, the basis vector least aligned with ``a`` made orthogonal to it (deterministic)."""
-    dtype = a.dtype
-    a, b, t = a.double(), b.double(), t.double()[:, None]
-    a, b = a / a.norm(), b / b.norm()
+def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+    """Spherical interpolation between the directions of ``a`` and ``b`` (D,) (tensors or arrays, finite and
+    non-zero: they are normalised first) at fractions ``t`` (S,) -> (S, D) (a number ``t``: one point (D,)),
+    computed in float64 and returned in ``a``'s floating dtype (float32 for integer ``a``); every point has
+    unit norm. Falls back to normalised lerp when they are parallel; antipodal endpoints have no unique great
+    circle, so the path goes through ``u``, the basis vector least aligned with ``a`` made orthogonal to it
+    (deterministic). Bad arguments: a UsageError (NonFiniteError for NaN/Inf) naming ``a``, ``b`` or ``t``."""
+    dtype = a.dtype if isinstance(a, torch.Tensor) and a.is_floating_point() else torch.float32
+    a = _direction("a", a, None, "a vector", torch.float64)
+    b = _direction("b", b, len(a), "a vector like a", torch.float64)
+    t, scalar = _fractions(t)
+    a, b, t = a / a.norm(), b / b.norm(), t[:, None]
     omega = torch.arccos((a * b).sum().clamp(-1, 1))
     if omega < 1e-6:
         out = (1 - t) * a + t * b
@@ -65,23 +75,46 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         out = torch.cos(math.pi * t) * a + torch.sin(math.pi * t) * u
     else:
         out = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
-    return (out / out.norm(dim=1, keepdim=True)).to(dtype)
+    out = (out / out.norm(dim=1, keepdim=True)).to(dtype)
+    return out[0] if scalar else out
 
 
-def fit_gaussian(codes: torch.Tensor, world: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, covariance) in float64 of the code table. The rows may be sharded over the ranks of ``world``
-    (a :class:`~glann_ext.train.world.World`; collective then: every rank calls it and gets the statistics
-    of all rows)."""
+def _fractions(t: Any) -> tuple[torch.Tensor, bool]:
+    """slerp's ``t``, a number or a 1-D tensor/array of finite numbers, as float64 (S,) and whether it was a
+    number, else a UsageError (NonFiniteError) naming ``t``."""
+    try:
+        ok = not isinstance(t, (bool, str)) and not (isinstance(t, torch.Tensor) and t.is_meta)
+        f = (t.detach() if isinstance(t, torch.Tensor) else torch.as_tensor(t)) if ok else None
+    except (TypeError, ValueError, RuntimeError):
+        f = None
+    if f is None or f.dim() > 1 or f.dtype == torch.bool or f.is_complex():
+        got = f"{str(f.dtype)[6:]} {tuple(f.shape)}" if f is not None else f"{t!r:.40}"
+        raise UsageError(f"t must be a number or a 1-D tensor of fractions (S,), got {got}")
+    f = f.cpu().double()
+    if not bool(torch.isfinite(f).all()):
+        raise NonFiniteError("t holds NaN or Inf values", argument="t")
+    return f.reshape(-1), f.dim() == 0
+
+
+def fit_gaussian(codes: torch.Tensor | np.ndarray, world: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, covariance) in float64 of the code table (a tensor or array). The rows may be sharded over the
+    ranks of ``world`` (a :class:`~glann_ext.train.world.World`; collective then: every rank calls it and gets
+    the statistics of all rows)."""
+    if isinstance(codes, np.ndarray):
+        codes = torch.from_numpy(codes)
+    if not isinstance(codes, torch.Tensor) or codes.is_meta or codes.dtype == torch.bool:
+        got = "a meta tensor" if isinstance(codes, torch.Tensor) else type(codes).__name__
+        raise UsageError(f"codes must be a tensor or array (N, d) of numbers, got {got}")
     z = codes.detach().double().cpu()
     if z.dim() != 2:
-        raise ValueError(f"codes must be (N, d), got shape {tuple(z.shape)}")
+        raise UsageError(f"codes must be (N, d), got shape {tuple(z.shape)}")
     d = z.shape[1]
     sums = torch.cat([z.sum(0), (z.T @ z).reshape(-1), torch.tensor([float(len(z))], dtype=torch.float64)])
     if world is not None:
         sums = world.sum(sums)
     n = sums[-1]
     if n < 1:
-        raise ValueError(f"codes must hold at least one row to fit a Gaussian, got shape {tuple(z.shape)}")
+        raise UsageError(f"codes must hold at least one row to fit a Gaussian, got shape {tuple(z.shape)}")
     mean = sums[:d] / n
     cov = (sums[d:-1].reshape(d, d) - n * torch.outer(mean, mean)) / (n - 1).clamp_min(1)
     return mean, cov
@@ -98,33 +131,108 @@ def _checked_in_range(value: Any, name: str, high: float, *, zero_ok: bool) -> f
     return float(value)
 
 
-def _check_count(n: Any) -> None:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise UsageError(f"n must be an integer >= 0, got {n!r}")
+def _check_count(n: Any, row_shape: tuple[int, ...] = (), name: str = "n", low: int = 0) -> int:
+    """``n`` as an int >= ``low`` (numpy integers and 0-d integer tensors count; bools and floats do not),
+    else a UsageError naming ``name``. With ``row_shape``, ``n`` is also the row count of a float32 result
+    (n, *row_shape), refused before anything is allocated when it would not fit in this machine's physical
+    memory (:func:`glann_ext.data.arrays.read_cap`; more could only end in the process being killed)."""
+    n = checked_int(name, n, low)
+    if row_shape:
+        from glann_ext.data.arrays import read_cap
+
+        need, cap = n * math.prod(row_shape) * 4, read_cap()
+        if need > cap:
+            raise UsageError(
+                f"{name} = {n:,} asks for {need / 2**30:,.1f} GiB of float32 rows {tuple(row_shape)}, more than "
+                f"this machine's {cap / 2**30:,.1f} GiB of memory; ask for fewer at a time"
+            )
+    return n
 
 
-def _vector(name: str, v: Any, width: int, what: str) -> torch.Tensor:
-    """``v`` (a tensor or array of shape (width,)) as a float32 CPU vector, else a UsageError."""
+def _check_seed(seed: Any) -> int:
+    """``seed`` as an int in [0, MAX_SEED], else a UsageError naming it."""
+    return checked_int("seed", seed, 0, MAX_SEED)
+
+
+def _check_balanced(balanced: Any) -> None:
+    if balanced is not None and not isinstance(balanced, bool):
+        raise UsageError(f"balanced must be True, False or None (the model's setting), got {balanced!r:.60}")
+
+
+def _vector(
+    name: str, v: Any, width: int | None, what: str, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """``v`` (a tensor or array of shape (width,); any length for None) of finite numbers as a CPU vector of
+    ``dtype``, else a UsageError (NonFiniteError for NaN/Inf) naming ``name``."""
     ok = isinstance(v, (torch.Tensor, list, tuple)) or hasattr(v, "__array__")
     try:
-        t = torch.as_tensor(v) if ok else None
+        t = torch.as_tensor(v) if ok and not (isinstance(v, torch.Tensor) and v.is_meta) else None
     except (TypeError, ValueError, RuntimeError):
         t = None
     if (
         t is None
         or t.dim() != 1
-        or t.shape[0] != width
+        or t.shape[0] != (t.shape[0] if width is None else width)
         or not (t.is_floating_point() or t.dtype == torch.int64)
     ):
         got = f"{str(t.dtype)[6:]} {tuple(t.shape)}" if t is not None else repr(v)[:40]
-        raise UsageError(f"{name} must be {what} of shape ({width},), got {got}")
-    return t.detach().cpu().float()
+        raise UsageError(f"{name} must be {what} of shape ({'D' if width is None else width},), got {got}")
+    t = t.detach().cpu().to(dtype)
+    if not bool(torch.isfinite(t).all()):
+        raise NonFiniteError(f"{name} holds NaN or Inf values", argument=name)
+    return t
+
+
+def _direction(name: str, v: Any, width: int | None, what: str, dtype: torch.dtype) -> torch.Tensor:
+    """A :func:`_vector` that is not zero: the endpoint of a spherical interpolation, normalised there."""
+    t = _vector(name, v, width, what, dtype)
+    if not bool(t.double().norm() > 0):
+        raise UsageError(
+            f"{name} must be a non-zero vector (it is normalised onto the sphere), got all zeros"
+        )
+    return t
+
+
+def _indices(name: str, value: Any, n: int) -> torch.Tensor:
+    """``value`` as int64 CPU row indices into ``n`` rows: integers in [0, n) (a list, tensor or array; one
+    integer gives one index) or a bool mask of length ``n`` (its True rows, in order), else a UsageError
+    naming ``name``: floats are not truncated, nor a mask read as the indices 0 and 1."""
+    rule = f"{name} must be integers in [0, {n}) (a list, tensor or array) or a bool mask of length {n}"
+    try:
+        meta = isinstance(value, torch.Tensor) and value.is_meta
+        idx = None if meta or isinstance(value, str) else torch.as_tensor(value).detach().cpu()
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        idx = None
+    if idx is None:
+        raise UsageError(f"{rule}, got {type(value).__name__} {value!r:.40}")
+    if idx.dtype == torch.bool and idx.dim() > 0:
+        if tuple(idx.shape) != (n,):
+            raise UsageError(f"{rule}, got a bool mask of shape {tuple(idx.shape)}")
+        return idx.nonzero().squeeze(1)
+    if idx.numel() == 0 and idx.dim() == 1:  # [] is float32 to torch
+        return idx.long()
+    if idx.dim() > 1 or not (
+        idx.dtype != torch.bool and not idx.is_floating_point() and not idx.is_complex()
+    ):
+        raise UsageError(f"{rule}, got {str(idx.dtype)[6:]} of shape {tuple(idx.shape)}")
+    idx = idx.long().reshape(-1)
+    if idx.numel() and not (int(idx.min()) >= 0 and int(idx.max()) < n):
+        raise UsageError(f"{name} must lie in [0, {n}), got values in [{int(idx.min())}, {int(idx.max())}]")
+    return idx
 
 
 def _check_input(name: str, x: Any, width: int) -> None:
     """``x`` must be a float32 (n, ``width``) tensor (the networks' dtype), else a one-line UsageError."""
-    if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != width or x.dtype != torch.float32:
-        got = f"{str(x.dtype)[6:]} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+    if (
+        not isinstance(x, torch.Tensor)
+        or x.dim() != 2
+        or x.shape[1] != width
+        or x.dtype != torch.float32
+        or x.is_meta
+    ):
+        got = type(x).__name__
+        if isinstance(x, torch.Tensor):
+            got = f"{str(x.dtype)[6:]} {tuple(x.shape)}{' on the meta device' if x.is_meta else ''}"
         raise UsageError(f"{name} must be a float32 (n, {width}) tensor, got {got}")
 
 
@@ -214,14 +322,20 @@ class GenerativeModel(nn.Module):
         raise NotImplementedError
 
     def noise(self, n: int, seed: int = 0) -> torch.Tensor:
-        """``n`` standard-normal noise vectors (n, noise_dim) on the CPU; the same seed gives the same noise,
-        and the first ``k`` of them whatever ``n >= k`` is."""
+        """``n`` standard-normal noise vectors (n, noise_dim) on the CPU; the same seed (an integer in [0,
+        2**63)) gives the same noise, and the first ``k`` of them whatever ``n >= k`` is. ``n`` is refused when
+        the noise would not fit in this machine's physical memory (as for every count of the sampling
+        methods)."""
+        n, seed = _check_count(n, (self.noise_dim,)), _check_seed(seed)
         return seeding.prefix_normal(n, self.noise_dim, seeding.generator(seed, "sample"))
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Images ``G(z)`` in eval mode, clamped to [0, 1], for float32 inputs ``z`` (n, G.latent_dim)."""
+        """Images ``G(z)`` in eval mode, clamped to [0, 1], for float32 inputs ``z`` (n, G.latent_dim),
+        decoded ``batch_size`` (>= 1) rows at a time."""
         _check_input("z", z, self.G.latent_dim)
+        batch_size = checked_int("batch_size", batch_size, 1)
+        _check_count(len(z), self.image_shape, "the images of z")
         self.G.eval()
         outs = [self.G(c.to(self.device)).float().clamp(0, 1) for c in z.split(batch_size)]
         return torch.cat(outs) if outs else z.new_zeros(0, *self.image_shape)
@@ -259,26 +373,28 @@ class GenerativeModel(nn.Module):
         :attr:`noise_scale`). ``balanced``:
         balanced sampling (see :class:`GLANN`); a model without training codes has only plain sampling, so
         ``balanced=False`` and None give it and True is refused."""
-        _check_count(n)
+        _check_balanced(balanced)
         if balanced:
             raise UsageError(f"balanced sampling needs training codes; a {self.kind} model has none")
         return self.generator_input(self._scaled(self.noise(n, seed)))
 
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0, balanced: bool | None = None) -> torch.Tensor:
-        """``n`` samples, float32 (n, C, H, W) in [0, 1]; the same seed gives the same images. ``balanced``:
-        balanced sampling on or off (None: the model's setting). Like :meth:`decode` and ``map_noise``, it
-        leaves G and T in eval mode."""
+        """``n`` samples, float32 (n, C, H, W) in [0, 1]; the same seed (an integer in [0, 2**63)) gives the
+        same images. ``balanced``: balanced sampling on or off (None: the model's setting). ``n`` is refused
+        (UsageError) when the images would not fit in this machine's physical memory: sample large sets in
+        batches of seeds. Like :meth:`decode` and ``map_noise``, it leaves G and T in eval mode."""
+        n = _check_count(n, self.image_shape)
         return self.decode(self.sample_inputs(n, seed, balanced))
 
     @torch.no_grad()
     def interpolate(
         self, a: torch.Tensor | int, b: torch.Tensor | int, steps: int = 8, space: str = "noise"
     ) -> torch.Tensor:
-        """``steps`` images from ``a`` to ``b`` (endpoints included); ``space="noise"``: ``a``, ``b`` are noise
-        vectors (noise_dim,), interpolated linearly, then mapped and decoded."""
-        if steps < 2:
-            raise UsageError(f"steps must be >= 2, got {steps}")
+        """``steps`` images from ``a`` to ``b`` (endpoints included; ``steps`` >= 2, refused when the images
+        would not fit in this machine's physical memory); ``space="noise"``: ``a``, ``b`` are noise vectors
+        (noise_dim,), interpolated linearly, then mapped and decoded."""
+        steps = _check_count(steps, self.image_shape, "steps", low=2)
         if space != "noise":
             raise UsageError(f"space must be 'noise' for a {self.kind} model, got {space!r}")
         t = torch.linspace(0, 1, steps, dtype=torch.float32)[:, None]
@@ -330,6 +446,12 @@ class GLANN(GenerativeModel):
         code_accept: torch.Tensor | None = None,
     ):
         super().__init__(G, ops=ops, config=config)
+        if isinstance(codes, np.ndarray):
+            codes = torch.from_numpy(codes)
+        if not isinstance(codes, torch.Tensor):
+            raise UsageError(
+                f"codes must be a floating (N, {G.latent_dim}) tensor, got {type(codes).__name__}"
+            )
         if codes.dim() != 2 or not codes.dtype.is_floating_point or codes.shape[1] != G.latent_dim:
             raise ValueError(
                 f"codes must be floating (N, {G.latent_dim}) like G's input, got {str(codes.dtype)[6:]} "
@@ -440,51 +562,76 @@ class GLANN(GenerativeModel):
         """The codes :meth:`sample` decodes (n, latent_dim): ``project(T(e))`` of seeded draws (scaled by
         :attr:`noise_scale`), thinned by balanced sampling when ``balanced`` (None: :attr:`balanced`), then
         moved by the :attr:`spread` when it is > 0."""
-        _check_count(n)
+        n, seed = _check_count(n, (self.codes.shape[1],)), _check_seed(seed)
+        _check_balanced(balanced)
         if not (self.balanced if balanced is None else balanced):
-            z = super().sample_inputs(n, seed, balanced=False)  # plain project(T(e)), the check of n
+            z = super().sample_inputs(n, seed, balanced=False)  # plain project(T(e))
         else:
+            self._need_codes("balanced sampling")
             accept = self.calibrate_sampler()
             z = balance.rejection_sample(
                 self._map_draws, self._nearest_code, self.codes, accept, self.noise_dim, n, seed
             )
         return self._spread_out(z, seed) if self.spread > 0 else z
 
+    def _need_codes(self, what: str) -> None:
+        if len(self.codes) == 0:
+            raise UsageError(
+                f"{what} needs the training codes, and this model has none (codes of shape (0, d))"
+            )
+
     @torch.no_grad()
     def gaussian_codes(
         self, n: int, seed: int = 0, fit: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> torch.Tensor:
         """What :meth:`sample_gaussian` decodes: ``n`` draws of a full-covariance Gaussian fitted to the
-        training codes (or the given ``fit = (mean, cov)``, see :func:`fit_gaussian`), projected to the sphere."""
-        _check_count(n)
-        mean, cov = fit if fit is not None else fit_gaussian(self.codes)
-        mean, cov = torch.as_tensor(mean), torch.as_tensor(cov)
+        training codes (or the given ``fit = (mean, cov)``, see :func:`fit_gaussian`; ``cov`` positive
+        semi-definite), projected to the sphere."""
+        n, seed = _check_count(n, (self.codes.shape[1],)), _check_seed(seed)
+        mean, chol = self._gaussian_factor(fit)
+        eps = seeding.prefix_normal(n, len(mean), seeding.generator(seed, "sample"), torch.float64)
+        z = (mean + eps @ chol.T).float()
+        return self.ops.project(z.contiguous())
+
+    def _gaussian_factor(self, fit: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean and the Cholesky factor of the (ridged) covariance of ``fit`` (None: the codes' fit), in
+        float64 on the CPU, else a UsageError (NonFiniteError for NaN/Inf) naming ``fit``."""
         d = self.codes.shape[1]
+        try:
+            mean, cov = fit if fit is not None else fit_gaussian(self.codes)
+            mean, cov = torch.as_tensor(mean), torch.as_tensor(cov)
+        except (TypeError, ValueError, RuntimeError):
+            raise UsageError(f"fit must be a pair (mean ({d},), cov ({d}, {d})), got {fit!r:.60}") from None
         if tuple(mean.shape) != (d,) or tuple(cov.shape) != (d, d):
             raise UsageError(
                 f"fit must be (mean ({d},), cov ({d}, {d})) like the codes, got {tuple(mean.shape)} and {tuple(cov.shape)}"
             )
         mean, cov = mean.double().cpu(), cov.double().cpu()
-        chol = torch.linalg.cholesky(cov + 1e-6 * torch.eye(d, dtype=torch.float64))
-        eps = seeding.prefix_normal(n, d, seeding.generator(seed, "sample"), torch.float64)
-        z = (mean + eps @ chol.T).float()
-        return self.ops.project(z.contiguous())
+        if not bool(torch.isfinite(mean).all() and torch.isfinite(cov).all()):
+            raise NonFiniteError("fit holds NaN or Inf values", argument="fit")
+        chol, info = torch.linalg.cholesky_ex(cov + 1e-6 * torch.eye(d, dtype=torch.float64))
+        if int(info):
+            raise UsageError(
+                f"fit's cov must be a positive semi-definite ({d}, {d}) covariance (as fit_gaussian gives), got one "
+                f"whose leading minor of order {int(info)} is not positive"
+            )
+        return mean, chol
 
     @torch.no_grad()
     def sample_gaussian(
         self, n: int, seed: int = 0, fit: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> torch.Tensor:
-        """GLO-only baseline: :meth:`gaussian_codes` decoded."""
+        """GLO-only baseline: :meth:`gaussian_codes` decoded (``n`` refused as :meth:`sample` refuses it)."""
+        n = _check_count(n, self.image_shape)
         return self.decode(self.gaussian_codes(n, seed, fit))
 
     @torch.no_grad()
-    def reconstruct(self, indices: torch.Tensor | list[int]) -> torch.Tensor:
-        """G(codes[indices]): the model's rendering of training images by dataset index."""
-        idx = torch.as_tensor(indices, dtype=torch.int64)
-        if idx.numel() and not (int(idx.min()) >= 0 and int(idx.max()) < len(self.codes)):
-            raise UsageError(
-                f"indices must lie in [0, {len(self.codes)}), got values in [{int(idx.min())}, {int(idx.max())}]"
-            )
+    def reconstruct(self, indices: Any) -> torch.Tensor:
+        """G(codes[indices]): the model's rendering of training images by dataset index. ``indices``: integers
+        in [0, N) (a list, tensor or array; one integer gives one image, (1, C, H, W)) or a bool mask of
+        length N (the rows where it is True, in order)."""
+        idx = _indices("indices", indices, len(self.codes))
+        _check_count(len(idx), self.image_shape, "indices")
         return self.decode(self.codes[idx.to(self.device)])
 
     @torch.no_grad()
@@ -499,39 +646,48 @@ class GLANN(GenerativeModel):
         """
         if space != "latent":
             return super().interpolate(a, b, steps, space)
-        if steps < 2:
-            raise UsageError(f"steps must be >= 2, got {steps}")
+        steps = _check_count(steps, self.image_shape, "steps", low=2)
         t = torch.linspace(0, 1, steps, dtype=torch.float32)
         za, zb = (self._latent_endpoint(name, v) for name, v in (("a", a), ("b", b)))
         return self.decode(slerp(za.float(), zb.float(), t))
 
     def _latent_endpoint(self, name: str, v: Any) -> torch.Tensor:
-        """A code (latent_dim,) or a training index (int in [0, N)) as a CPU code, else a UsageError."""
+        """A non-zero finite code (latent_dim,) or a training index (an integer in [0, N)) as a CPU code, else
+        a UsageError (NonFiniteError for NaN/Inf) naming ``name``."""
         n, d = self.codes.shape
-        if isinstance(v, int) and not isinstance(v, bool):
-            if not 0 <= v < n:
-                raise UsageError(f"{name} must be a training index in [0, {n}) or a code ({d},), got {v}")
-            return self.codes[v].cpu()
-        return _vector(name, v, d, "a training index or a code")
+        index = as_index(v)
+        if index is not None:
+            if not 0 <= index < n:
+                raise UsageError(f"{name} must be a training index in [0, {n}) or a code ({d},), got {index}")
+            return self.codes[index].cpu()
+        return _direction(name, v, d, "a training index or a code", torch.float32)
 
     def invert(
         self, images: torch.Tensor, steps: int = 200, lr: float = 0.05, restarts: int = 4, seed: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Codes for new ``images`` (n, C, H, W) in [0, 1]: G fixed, z optimised with Adam on the
-        reconstruction loss and re-projected to the sphere after each step. The first restart starts from
-        the training code whose reconstruction is nearest in pixel space, the others from random ones; the
-        best is kept. Returns (codes (n, latent_dim), reconstructions)."""
+        """Codes for new ``images``: G fixed, z optimised with Adam (learning rate ``lr`` > 0) for ``steps``
+        steps on the reconstruction loss and re-projected to the sphere after each step, from ``restarts``
+        starts; the best is kept for each image. The starts are codes of a pool of at most
+        :data:`INVERT_POOL` (2,048) training codes drawn at random (from ``seed``; all of them when there are
+        no more): the first restart starts from the pool's code whose reconstruction is nearest to the image
+        in pixel space (not the nearest of all the codes when there are more), the others from random codes
+        of the pool. Returns (codes (n, latent_dim), reconstructions).
+
+        ``images``: float (n, C, H, W) of the model's :attr:`image_shape`, a tensor or array, in [0, 1] (an
+        overshoot of up to :data:`glann_ext.data.datasets.FLOAT_OVERSHOOT`, a resize's ringing, is allowed;
+        uint8 pixels in [0, 255] are refused: divide them by 255)."""
         from .losses import ReconstructionLoss
 
-        if images.dim() != 4 or tuple(images.shape[1:]) != self.image_shape:
-            raise UsageError(f"images must be shaped (n, {', '.join(map(str, self.image_shape))}), "
-                             f"got {tuple(images.shape)}")  # fmt: skip
-        if steps < 0 or restarts < 1:
-            raise UsageError(f"invert needs steps >= 0 and restarts >= 1, got {steps} and {restarts}")
+        images = self._checked_images(images)
+        steps, restarts = checked_int("steps", steps, 0), checked_int("restarts", restarts, 1)
+        seed = _check_seed(seed)
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+            raise UsageError(f"lr must be a finite number > 0, got {lr!r:.60}")
         if len(images) == 0:  # nothing to invert
             return self.codes.new_zeros(0, self.codes.shape[1]), images.new_zeros(
                 0, *self.image_shape
             ).float()
+        self._need_codes("invert")
         trainable = {p: p.requires_grad for p in self.G.parameters()}  # restored as they were on exit
         self.G.eval().requires_grad_(False)
         target = images.to(self.device).float()
@@ -539,7 +695,7 @@ class GLANN(GenerativeModel):
             self.ops, self.config.get("l2_weight", 0.0), lap_weights=self.config.get("lap_weights", "paper")
         )
         g = seeding.generator(seed, "invert")
-        pool = self.codes[torch.randperm(len(self.codes), generator=g)[:2048].to(self.device)]
+        pool = self.codes[torch.randperm(len(self.codes), generator=g)[:INVERT_POOL].to(self.device)]
         recs = self.decode(pool).reshape(len(pool), -1)
         best_z, best_loss = None, None
         try:
@@ -561,6 +717,34 @@ class GLANN(GenerativeModel):
             for p, flag in trainable.items():
                 p.requires_grad_(flag)
         return best_z, self.decode(best_z)
+
+    def _checked_images(self, images: Any) -> torch.Tensor:
+        """:meth:`invert`'s ``images`` as a tensor, else a UsageError (NonFiniteError for NaN/Inf) naming it."""
+        from glann_ext.data.datasets import FLOAT_OVERSHOOT
+
+        shape = f"(n, {', '.join(map(str, self.image_shape))})"
+        if isinstance(images, np.ndarray):
+            images = torch.from_numpy(images)
+        if not isinstance(images, torch.Tensor) or images.is_meta:
+            got = "a meta tensor" if isinstance(images, torch.Tensor) else type(images).__name__
+            raise UsageError(f"images must be a float tensor or array {shape} in [0, 1], got {got}")
+        if images.dim() != 4 or tuple(images.shape[1:]) != self.image_shape:
+            raise UsageError(f"images must be shaped {shape}, got {tuple(images.shape)}")
+        if not images.is_floating_point():
+            raise UsageError(
+                f"images must be floating in [0, 1] (uint8 pixels: divide by 255), got {str(images.dtype)[6:]}"
+            )
+        if len(images) == 0:
+            return images.detach()
+        if not bool(torch.isfinite(images).all()):
+            raise NonFiniteError("images hold NaN or Inf values", argument="images")
+        lo, hi = float(images.min()), float(images.max())
+        if lo < -FLOAT_OVERSHOOT or hi > 1 + FLOAT_OVERSHOOT:
+            raise UsageError(
+                f"images must lie in [0, 1] (within {FLOAT_OVERSHOOT:g}), got values in [{lo:.6g}, {hi:.6g}] "
+                "(images in [0, 255]: divide by 255)"
+            )
+        return images.detach()
 
     def _fit_codes(
         self, z: torch.Tensor, target: torch.Tensor, loss_fn, steps: int, lr: float
