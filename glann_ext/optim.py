@@ -20,11 +20,12 @@ Both keep one state schema, so a run checkpointed with one backend resumes with 
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any, Union
 
 import torch
 
-from .ops import reference
+from .ops import reference, sphere
 from .ops.sphere import fused_latent_adam_, fused_latent_sgd_
 
 __all__ = ["BACKENDS", "LATENT_OPTIMIZERS", "SphereSparseAdam", "SphereSparseSGD", "latent_optimizer"]
@@ -70,6 +71,33 @@ def _check_backend(owner: str, backend: str) -> str:
     return backend
 
 
+def _as_count(value: object) -> int | None:
+    """``value`` as an int if it is one (numpy integers and 0-d integer tensors count, bools do not)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def _reference_checks(
+    op: str, table: torch.Tensor, indices: object, grad: object, project: bool,
+    state: dict[str, torch.Tensor], numbers: dict[str, Any],
+) -> torch.Tensor:  # fmt: skip
+    """The fused kernels' argument checks (types, shapes, dtypes, devices, hyperparameters, the range of
+    ``indices``) for the reference backend's step, which would otherwise fail inside torch or divide by zero
+    (``updates=0``); returns ``grad`` in the table's dtype (the reference step rounds a wider grad first)."""
+    sphere._check_types(op, indices=indices, grad=grad)
+    sphere._check_hyper_types(op, project, **numbers)
+    sphere._check_hyper(op, **numbers)
+    grad = grad.to(table.dtype)
+    sphere._check_latent(op, table, state, indices, grad, real=True)
+    if indices.numel():
+        sphere._coalesce(op, table, indices, grad)  # its range check (the reference step coalesces itself)
+    return grad
+
+
 def _check_rate(owner: str, lr: object) -> float:
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"{owner}: lr must be a finite float > 0, got {lr!r}")
@@ -87,8 +115,8 @@ class SphereSparseAdam:
         opt.step(idx, z.grad)
 
     Each :meth:`step` increments the counter (also for an empty batch, like SparseAdam) and updates
-    ``table[indices]`` in place; if it raises, neither the table nor the counter has changed (fused
-    backend; the reference backend validates less).
+    ``table[indices]`` in place; if it raises, neither the table nor the counter has changed (both backends
+    check the arguments as the fused kernel does: types, shapes, hyperparameters, the range of indices).
     """
 
     kind = "adam"
@@ -122,16 +150,27 @@ class SphereSparseAdam:
         ahead of every row's real count, so the correction vanishes while a row's second moment is still
         tiny and its first steps are far too large (about lr / sqrt((1 - beta2) k) per coordinate at its
         k-th update). GLO passes the rows' own count (see ``TrainConfig.latent_adam_steps``)."""
+        if updates is not None:
+            count = _as_count(updates)
+            if count is None or count < 1:  # int() truncated 2.5; 0 divided by zero in the reference step
+                raise ValueError(f"SphereSparseAdam.step: updates must be an int >= 1, got {updates!r:.40}")
+            updates = count
         kwargs = {
-            "step": self.step_count + 1 if updates is None else int(updates), "lr": self.lr,
+            "step": self.step_count + 1 if updates is None else updates, "lr": self.lr,
             "beta1": self.betas[0], "beta2": self.betas[1], "eps": self.eps, "project": self.project,
         }  # fmt: skip
         if self.backend == "fused":
             fused_latent_adam_(self.table, self.exp_avg, self.exp_avg_sq, indices, grad, **kwargs)
-        elif indices.numel():
-            reference.fused_latent_adam_reference(
-                self.table, self.exp_avg, self.exp_avg_sq, indices, grad.to(self.table.dtype), **kwargs
-            )
+        else:
+            grad = _reference_checks(
+                "SphereSparseAdam.step", self.table, indices, grad, self.project,
+                {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq},
+                {k: v for k, v in kwargs.items() if k != "project"},
+            )  # fmt: skip
+            if indices.numel():
+                reference.fused_latent_adam_reference(
+                    self.table, self.exp_avg, self.exp_avg_sq, indices, grad, **kwargs
+                )
         self.step_count += 1
 
     def state_dict(self) -> dict[str, Any]:
@@ -202,10 +241,14 @@ class SphereSparseSGD:
         """Apply one step to ``table[indices]`` with gradient rows ``grad`` ``(len(indices), D)``."""
         if self.backend == "fused":
             fused_latent_sgd_(self.table, indices, grad, lr=self.lr, project=self.project)
-        elif indices.numel():
-            reference.fused_latent_sgd_reference(
-                self.table, indices, grad.to(self.table.dtype), lr=self.lr, project=self.project
+        else:
+            grad = _reference_checks(
+                "SphereSparseSGD.step", self.table, indices, grad, self.project, {}, {"lr": self.lr}
             )
+            if indices.numel():
+                reference.fused_latent_sgd_reference(
+                    self.table, indices, grad, lr=self.lr, project=self.project
+                )
 
     def state_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "lr": self.lr, "project": self.project}

@@ -396,3 +396,49 @@ def test_memorisation_takes_arrays_and_uint8_images(tmp_path):
         nearest_train(samples, train > 0)
     with pytest.raises(ValueError, match=r"^threshold must be a finite number \(or None\), got nan"):
         memorisation_report(samples, train, test, threshold=float("nan"))  # every fraction was 0
+
+
+# -- 22: the reference latent optimizers check their arguments as the fused ones do --------------------------
+@pytest.mark.parametrize("backend", ["reference", "fused"])
+def test_latent_optimizer_steps_check_their_arguments_on_both_backends(backend):
+    from glann_ext.optim import SphereSparseAdam, SphereSparseSGD
+
+    table = F.normalize(torch.randn(10, 4), dim=1)
+    adam, sgd = (
+        SphereSparseAdam(table.clone(), backend=backend),
+        SphereSparseSGD(table.clone(), backend=backend),
+    )
+    cases = [
+        (
+            lambda: adam.step(torch.tensor([11]), torch.randn(1, 4)),
+            ValueError,
+            r"indices must be in \[0, 10\)",
+        ),
+        (
+            lambda: sgd.step(torch.tensor([-1]), torch.randn(1, 4)),
+            ValueError,
+            r"indices must be in \[0, 10\)",
+        ),
+        (
+            lambda: adam.step(torch.tensor([1]), torch.randn(1, 4), updates=0),
+            ValueError,
+            r"updates must be an int",
+        ),
+        (
+            lambda: adam.step(torch.tensor([1]), torch.randn(1, 4), updates=2.5),
+            ValueError,
+            r"updates must be an",
+        ),
+        (lambda: adam.step(np.array([1]), torch.randn(1, 4)), TypeError, r"indices must be a torch.Tensor"),
+        (
+            lambda: adam.step(torch.tensor([1]), torch.randn(2, 4)),
+            ValueError,
+            r"grad must have shape \(len\(indices\), table.shape\[1\]\) = \(1, 4\)",
+        ),
+    ]
+    for call, error, needle in cases:
+        with pytest.raises(error, match=needle):
+            call()
+    assert torch.equal(adam.table, table) and torch.equal(sgd.table, table) and adam.step_count == 0
+    adam.step(torch.tensor([1]), torch.randn(1, 4), updates=np.int64(3))
+    assert adam.step_count == 1
