@@ -14,12 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from glann_ext.data.datasets import FLOAT_OVERSHOOT
 from glann_ext.errors import ConfigError, NonFiniteError, UsageError
 
 from .config import TrainConfig
-
-# how far past [0, 1] a float image may go (a resize's overshoot; clipped), as the data loaders allow
-IMAGE_OVERSHOOT = 0.05
 
 
 def checked_config(cfg: Any) -> TrainConfig:
@@ -92,7 +90,7 @@ def checked_images(images: Any, cfg: TrainConfig) -> torch.Tensor:
     if row is not None:
         raise NonFiniteError(f"images hold NaN or Inf (first in row {row})", argument="images", row=row)
     lo, hi = (float(v) for v in torch.aminmax(x))
-    if lo < -IMAGE_OVERSHOOT or hi > 1 + IMAGE_OVERSHOOT:
+    if lo < -FLOAT_OVERSHOOT or hi > 1 + FLOAT_OVERSHOOT:
         hint = ": divide 0-255 images by 255" if hi > 2 else ""
         raise UsageError(f"images must lie in [0, 1], got values in [{lo:g}, {hi:g}]{hint}")
     x = x.to(torch.float32)
