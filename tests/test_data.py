@@ -511,22 +511,23 @@ def test_a_corrupt_deflate_stream_is_a_data_error(tmp_path):
 def test_idx_lookup_takes_dataset_subfolders_and_the_cache_before_the_debian_copy(
     tmp_path, monkeypatch, no_default_locations
 ):
-    """The documented order, one location added at a time, each before the last: data_root/<name>, then
-    $GLANN_DATA/<name>, then the cache, then the Debian package's folder (the fixture's ``none``)."""
+    """The documented order, one location added at a time, each before the last: $GLANN_DATA/<name>, then the
+    cache, then the Debian package's folder (the fixture's ``none``); a named data_root (or its <name>
+    subfolder) is the only place looked in."""
     root, env = tmp_path / "root", tmp_path / "env"
     root.mkdir()
     monkeypatch.setenv(mnist_mod.ENV_VAR, str(env))
-    places = (
-        (tmp_path / "none", 40),
-        (tmp_path / "cache" / "mnist", 30),
-        (env / "mnist", 20),
-        (root / "mnist", 10),
-    )
+    places = ((tmp_path / "none", 40), (tmp_path / "cache" / "mnist", 30), (env / "mnist", 20))
     for folder, value in places:
         folder.mkdir(parents=True)
         write_idx(folder / "train-images-idx3-ubyte", np.full((1, 28, 28), value, np.uint8), False)
-        x = load_images("mnist", data_root=root)
+        x = load_images("mnist")
         assert torch.equal(x, torch.full_like(x, value / 255)), folder
+        with pytest.raises(DataError, match=r"data_root .*root: no mnist train images file in it"):
+            load_images("mnist", data_root=root)
+    (root / "mnist").mkdir()
+    write_idx(root / "mnist" / "train-images-idx3-ubyte", np.full((1, 28, 28), 10, np.uint8), False)
+    assert torch.equal(load_images("mnist", data_root=root), torch.full((1, 1, 28, 28), 10 / 255))
 
 
 def test_unknown_idx_datasets_and_splits_are_named(no_default_locations):

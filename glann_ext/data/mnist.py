@@ -47,22 +47,27 @@ def _image_file(split: str) -> str:
 
 
 def candidate_dirs(name: str, root: str | Path | None = None) -> list[Path]:
-    """Where the files of dataset ``name`` are looked for, in order: ``root``, $GLANN_DATA (and its
-    ``name`` subfolder), the cache folder, the Debian package location."""
-    dirs: list[Path] = []
+    """Where the files of dataset ``name`` are looked for, in order: ``root`` and its ``name`` subfolder only,
+    when a root is named (another copy must not stand in for the one the user named); else $GLANN_DATA (and
+    its ``name`` subfolder), the cache folder, the Debian package location."""
     if root is not None:
-        dirs += [Path(root), Path(root) / name]
+        return [Path(root), Path(root) / name]
+    dirs: list[Path] = []
     if os.environ.get(ENV_VAR):
         dirs += [Path(os.environ[ENV_VAR]), Path(os.environ[ENV_VAR]) / name]
     dirs += [CACHE_DIR / name, DEBIAN_DIRS[name]]
     return dirs
 
 
+def _image_file_names(split: str) -> tuple[str, ...]:
+    stem = _image_file(split)
+    return stem + ".gz", stem, stem.replace("-idx3-", ".idx3-")
+
+
 def find_images_file(name: str, split: str = "train", root: str | Path | None = None) -> Path | None:
     """The first existing images file (``.gz`` or uncompressed) of ``name``/``split``, or None."""
-    stem = _image_file(split)
     for d in candidate_dirs(name, root):
-        for fname in (stem + ".gz", stem, stem.replace("-idx3-", ".idx3-")):
+        for fname in _image_file_names(split):
             if (d / fname).is_file():
                 return d / fname
     return None
@@ -106,16 +111,23 @@ def download(name: str, fname: str, dest_dir: Path = CACHE_DIR) -> Path:
 
 
 def load_mnist_like(
-    name: str, split: str = "train", root: str | Path | None = None, allow_download: bool = True
+    name: str,
+    split: str = "train",
+    root: str | Path | None = None,
+    allow_download: bool = True,
+    limit: int | None = None,
 ) -> np.ndarray:
-    """uint8 images (N, 28, 28) of MNIST or Fashion-MNIST, from local files or (if allowed) a download."""
-    return read_mnist_images(mnist_images_file(name, split, root, allow_download))
+    """uint8 images (N, 28, 28) of MNIST or Fashion-MNIST (the first ``limit`` only, the only ones read), from
+    local files or (if allowed) a download."""
+    return read_mnist_images(mnist_images_file(name, split, root, allow_download), limit)
 
 
 def mnist_images_file(
     name: str, split: str = "train", root: str | Path | None = None, allow_download: bool = True
 ) -> Path:
-    """The IDX images file :func:`load_mnist_like` reads (found locally, else downloaded if allowed)."""
+    """The IDX images file :func:`load_mnist_like` reads (found locally, else downloaded if allowed). A named
+    ``root`` is the only place looked in, and never downloaded into: a file missing there is a
+    :class:`DataError` naming the root and the file names looked for."""
     if name not in SOURCES:
         raise DataError(f"unknown IDX dataset {name!r}; expected one of {sorted(SOURCES)}")
     if split not in ("train", "test"):
@@ -123,6 +135,11 @@ def mnist_images_file(
     if root is not None and not Path(root).is_dir():  # a typo must not fall back to another copy silently
         raise DataError(f"data_root {root}: no such folder")
     path = find_images_file(name, split, root)
+    if path is None and root is not None:
+        raise DataError(
+            f"data_root {root}: no {name} {split} images file in it or in its {name}/ subfolder (looked for "
+            f"{', '.join(_image_file_names(split))})"
+        )
     if path is None:
         if not allow_download:
             raise DataError(
@@ -132,9 +149,9 @@ def mnist_images_file(
     return path
 
 
-def read_mnist_images(path: Path) -> np.ndarray:
-    """The uint8 (N, 28, 28) images of an MNIST-like IDX file, else a :class:`DataError`."""
-    images = read_idx(path)
+def read_mnist_images(path: Path, limit: int | None = None) -> np.ndarray:
+    """The uint8 (N, 28, 28) images of an MNIST-like IDX file (the first ``limit``), else a :class:`DataError`."""
+    images = read_idx(path, limit)
     if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
         raise DataError(
             f"{path}: expected uint8 images of shape (N, 28, 28), got {images.dtype} {images.shape}"
