@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,14 +12,39 @@ import numpy as np
 from .errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+# what Pillow raises for a damaged or hostile file (a BMP with more than 256 palette entries and a PNG text
+# chunk expanding past its limit are ValueErrors, a bad header a SyntaxError or struct.error)
+DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    KeyError,
+    TypeError,
+    ZeroDivisionError,
+    OverflowError,
+    MemoryError,
+    struct.error,
+    zlib.error,
+)
+_BAND = 1 << 18  # pixels of a 16-bit image scaled to 8 bits at a time
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """Every image file under ``folder`` (recursive, sorted by path): the dataset's row order."""
+    """Every image file under ``folder`` (recursive, sorted by path): the dataset's row order. Files and
+    folders whose names start with "." below ``folder`` (``.ipynb_checkpoints/``, macOS ``._a.png``, ...) are
+    not images of the dataset and are skipped."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and p.is_file()
+    )
     root = folder.resolve()
     for p in files:
         target = p.resolve()
@@ -29,12 +56,17 @@ def list_images(folder: str | Path) -> list[Path]:
 
 
 def load_folder(folder: str | Path | Sequence[Path], image_size: int, channels: int = 3) -> np.ndarray:
-    """uint8 array (N, H, W, C) of every image under ``folder`` (recursive, sorted by path), or of the
-    given image files in their order.
+    """uint8 array (N, H, W, C) of every image under ``folder`` (recursive, sorted by path, hidden files
+    skipped: :func:`list_images`), or of the given image files in their order.
 
-    Each image is resized so that its short side is ``image_size`` and centre-cropped to a square.
+    Each image is turned by its EXIF orientation, composited onto black when it has an alpha channel or a
+    transparent colour (transparent pixels become black; what a fully transparent pixel hides never shows),
+    converted to ``channels`` (grey by Pillow's ITU-R 601 luma), resized with Pillow's bicubic filter so that
+    its short side is ``image_size`` and centre-cropped to a square. A dataset loaded without ``image_size`` or
+    ``channels`` (:func:`~glann_ext.data.load_images`) reads a folder as 64 x 64 RGB, not at the images' own
+    size: a folder's images need not share one. A file Pillow cannot decode is a :class:`DataError` naming it.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     files = list(folder) if isinstance(folder, (list, tuple)) else list_images(folder)
     mode = {1: "L", 3: "RGB"}.get(channels)
@@ -44,7 +76,7 @@ def load_folder(folder: str | Path | Sequence[Path], image_size: int, channels: 
     for i, path in enumerate(files):
         try:
             with Image.open(path) as im:
-                im = _eight_bit(im, path).convert(mode)
+                im = _opaque(_eight_bit(_upright(im), path)).convert(mode)
                 w, h = im.size
                 scale = image_size / min(w, h)
                 im = im.resize(
@@ -55,19 +87,53 @@ def load_folder(folder: str | Path | Sequence[Path], image_size: int, channels: 
                 top = (im.size[1] - image_size) // 2
                 im = im.crop((left, top, left + image_size, top + image_size))
                 out[i] = np.asarray(im).reshape(image_size, image_size, channels)
-        except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
-            raise DataError(f"{path}: cannot decode image ({exc})") from exc
+        except DataError:
+            raise
+        except (*DECODE_ERRORS, Image.DecompressionBombError) as exc:
+            raise DataError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
     return out
 
 
+def _upright(im):
+    """``im`` turned as its EXIF orientation tag says (a phone's portrait photo is stored sideways); as it is
+    without a tag, or when its EXIF block cannot be read (the pixels may still be fine)."""
+    from PIL import ImageOps
+
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except DECODE_ERRORS:
+        return im
+    return ImageOps.exif_transpose(im) if orientation != 1 else im
+
+
+def _opaque(im):
+    """``im`` composited onto black when it has an alpha channel or a transparent colour (``RGBA``, ``LA``,
+    ``PA``, a palette or RGB image with a ``transparency`` entry); other images as they are."""
+    from PIL import Image
+
+    if im.mode not in ("RGBA", "LA", "PA", "RGBa", "La") and "transparency" not in im.info:
+        return im
+    rgba = im.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
+
+
 def _eight_bit(im, path: Path):
-    """``im`` with 16-bit grey ("I;16*", or "I" as Pillow opens 16-bit PNGs) scaled to 8 bits (v / 257)
-    rather than clipped at 255 by ``convert``; other modes as they are."""
+    """``im`` with 16-bit grey ("I;16*", or "I" as Pillow opens 16-bit PNGs) scaled to 8 bits (v / 257,
+    rounded) rather than clipped at 255 by ``convert``; other modes as they are. Scaled a band of rows at a
+    time, in integers ((v + 128) // 257 is the rounded v / 257: no value lies half-way), so that a large image
+    needs little memory beyond Pillow's own."""
     from PIL import Image
 
     if not (im.mode == "I" or im.mode.startswith("I;16")):
         return im
-    a = np.asarray(im).astype(np.int64)
-    if a.size and (a.min() < 0 or a.max() > 65535):
-        raise DataError(f"{path}: integer pixels must lie in [0, 65535], got [{a.min()}, {a.max()}]")
-    return Image.fromarray(np.rint(a / 257.0).astype(np.uint8), "L")
+    w, h = im.size
+    out = np.empty((h, w), np.uint8)
+    band = max(1, _BAND // max(1, w))
+    for top in range(0, h, band):
+        a = np.array(im.crop((0, top, w, min(h, top + band))), dtype=np.int32)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise DataError(f"{path}: integer pixels must lie in [0, 65535], got [{a.min()}, {a.max()}]")
+        a += 128
+        a //= 257
+        out[top : top + a.shape[0]] = a
+    return Image.fromarray(out, "L")
