@@ -1,0 +1,390 @@
+"""The data-loading audit's findings, one test each: every bad file is a one-line DataError naming it (never
+another exception), no silent wrong data (byte order, alpha, EXIF, hidden files, one grey and one resize rule
+for arrays and folders, a float scale decided on the file), bounded memory, and fingerprints of the rows'
+content."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import struct
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from glann_ext.data import DataError, fingerprint_change, load_image_shard, load_images, shard_bounds
+from glann_ext.data import mnist as mnist_mod
+from glann_ext.data.fingerprint import array_fingerprint, folder_fingerprint
+from glann_ext.data.folder import list_images, load_folder
+from glann_ext.errors import UsageError
+
+
+def _png(path: Path, arr: np.ndarray, **kw) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, **kw)
+    return path
+
+
+# --- C1-C3, C6, C7, B1-B3: arrays ---
+
+
+@pytest.mark.parametrize("dtype", [">u2", ">i2", ">f4", ">i4"])
+def test_big_endian_arrays_load_as_their_values(tmp_path, dtype):
+    """``>u2``/``>i2`` arrays were a torch.from_numpy ValueError (C1), in a .npy or an .npz."""
+    arr = np.arange(3 * 4 * 4).reshape(3, 4, 4).astype(dtype)
+    np.save(tmp_path / "a.npy", arr)
+    np.savez(tmp_path / "a.npz", images=arr)
+    want = torch.from_numpy(arr.astype(np.float32)).unsqueeze(1) / (1 if dtype == ">f4" else 255)
+    want = want / 255 if dtype == ">f4" else want  # whole-number floats above 1: 0..255 levels
+    for name in ("a.npy", "a.npz"):
+        assert torch.equal(load_images(str(tmp_path / name)), want), name
+
+
+def test_an_npz_saved_under_a_npy_name_is_read_as_the_archive_it_is(tmp_path):
+    """np.savez to ``x.npy`` (a zip archive) was an AttributeError (C2)."""
+    arr = np.arange(2 * 4 * 4, dtype=np.uint8).reshape(2, 4, 4)
+    with open(tmp_path / "x.npy", "wb") as f:
+        np.savez(f, images=arr)
+    assert torch.equal(load_images(str(tmp_path / "x.npy")), torch.from_numpy(arr).unsqueeze(1) / 255)
+
+
+def _damaged_arrays(d: Path) -> list[str]:
+    """The audit's crash_arrays.py inputs: an unclosed header, corrupt deflate, Deflate64, an encrypted member."""
+    x = np.arange(3 * 16, dtype=np.uint8).reshape(3, 4, 4)
+    b = io.BytesIO()
+    np.save(b, x)
+    raw = bytearray(b.getvalue())
+    raw[raw.index(b"}")] = ord(" ")
+    (d / "bad_header.npy").write_bytes(bytes(raw))
+    b = io.BytesIO()
+    np.savez_compressed(b, images=np.random.default_rng(0).integers(0, 256, (50, 16, 16), dtype=np.uint8))
+    raw = bytearray(b.getvalue())
+    with zipfile.ZipFile(io.BytesIO(bytes(raw))) as z:
+        info = z.infolist()[0]
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    raw[start + 20] ^= 0xFF
+    raw[start + 21] ^= 0xFF
+    (d / "corrupt_deflate.npz").write_bytes(bytes(raw))
+    for name, flag_offsets, value in (("deflate64.npz", (8, 10), 9), ("encrypted.npz", (6, 8), None)):
+        b = io.BytesIO()
+        np.savez(b, images=x)
+        raw = bytearray(b.getvalue())
+        for sig, off in zip((b"PK\x03\x04", b"PK\x01\x02"), flag_offsets):
+            i = raw.index(sig)
+            if value is None:
+                raw[i + off] |= 1  # the "encrypted" flag
+            else:
+                raw[i + off : i + off + 2] = value.to_bytes(2, "little")  # compression method 9: Deflate64
+        (d / name).write_bytes(bytes(raw))
+    return ["bad_header.npy", "corrupt_deflate.npz", "deflate64.npz", "encrypted.npz"]
+
+
+def test_damaged_npy_and_npz_files_are_data_errors_naming_them(tmp_path):
+    """TokenError, zlib.error, NotImplementedError and RuntimeError escaped as tracebacks (C3)."""
+    for name in _damaged_arrays(tmp_path):
+        with pytest.raises(DataError, match=rf"{name}: cannot read NumPy array"):
+            load_images(str(tmp_path / name))
+
+
+def test_images_without_pixels_are_a_data_error(tmp_path):
+    """(4, 0, 0) was a ValueError from a reduction (C6)."""
+    np.save(tmp_path / "z.npy", np.zeros((4, 0, 0), np.uint8))
+    np.savez(tmp_path / "z.npz", images=np.zeros((4, 3, 0, 0), np.float32))
+    for name in ("z.npy", "z.npz"):
+        with pytest.raises(DataError, match=rf"{name}: .*shape \(4, .*0, 0\) holds images without pixels"):
+            load_images(str(tmp_path / name))
+
+
+def test_a_npy_larger_than_memory_is_refused_naming_file_and_shape(tmp_path, monkeypatch):
+    """A memory-mapped .npy larger than RAM was read whole into a numpy _ArrayMemoryError (C7): the .npz cap."""
+    from glann_ext.data import arrays
+
+    np.save(tmp_path / "big.npy", np.zeros((50, 10, 10), np.uint8))
+    monkeypatch.setattr(arrays, "read_cap", lambda: 1_000)
+    with pytest.raises(
+        DataError,
+        match=r"big.npy: array declares shape \(50, 10, 10\): the 50 rows to read need 5000 bytes, more than "
+        r"the 1000 bytes of this machine's memory; read fewer rows \(--limit\)",
+    ):
+        load_images(str(tmp_path / "big.npy"))
+    assert load_images(str(tmp_path / "big.npy"), limit=10).shape == (10, 1, 10, 10)
+
+
+def test_array_suffixes_are_case_insensitive(tmp_path):
+    """``x.NPY`` was an "unknown dataset" (B1)."""
+    np.save(tmp_path / "x.npy", np.zeros((2, 4, 4), np.uint8))
+    (tmp_path / "x.npy").rename(tmp_path / "x.NPY")
+    assert load_images(str(tmp_path / "x.NPY")).shape == (2, 1, 4, 4)
+
+
+def test_npz_member_choice_and_errors_name_the_member(tmp_path):
+    """The first member (``labels``) was taken and refused without its name (B2): "images", "x", "X",
+    "arr_0" are preferred, else the first member, and a refusal names it and the members."""
+    imgs = np.ones((4, 4, 4), np.uint8)
+    np.savez(tmp_path / "a.npz", labels=np.zeros(4, np.uint8), x=imgs)
+    assert load_images(str(tmp_path / "a.npz")).shape == (4, 1, 4, 4)
+    np.savez(tmp_path / "b.npz", labels=np.zeros(4, np.uint8), codes=imgs)
+    with pytest.raises(
+        DataError, match=r"b.npz: expected images shaped .*got shape \(4,\) \(array 'labels'\)"
+    ):
+        load_images(str(tmp_path / "b.npz"))
+
+
+def test_a_text_file_named_npy_is_not_a_npy_file(tmp_path):
+    """It was numpy's "contains pickled (object) data" (B3)."""
+    (tmp_path / "t.npy").write_text("1,2,3\n4,5,6\n")
+    with pytest.raises(DataError, match=r"t.npy: cannot read NumPy array: not a .npy or .npz file"):
+        load_images(str(tmp_path / "t.npy"))
+
+
+# --- C4/C5, W1-W3: folders ---
+
+
+def test_pillow_value_errors_are_data_errors_naming_the_file(tmp_path):
+    """A BMP with 300 palette entries and a PNG zTXt chunk past MAX_TEXT_CHUNK were ValueError tracebacks."""
+    from PIL import Image
+
+    b = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).convert("P").save(b, "BMP")
+    bmp = bytearray(b.getvalue())
+    bmp[0x2E:0x32] = (300).to_bytes(4, "little")  # biClrUsed 300 > 256
+    (tmp_path / "a.bmp").write_bytes(bytes(bmp))
+    b = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(b, "PNG")
+    png = b.getvalue()
+    text = b"Comment\0\0" + zlib.compress(b"A" * (20 << 20), 9)
+    ztxt = struct.pack(">I", len(text)) + b"zTXt" + text + struct.pack(">I", zlib.crc32(b"zTXt" + text))
+    (tmp_path / "b.png").write_bytes(png[:33] + ztxt + png[33:])
+    for name in ("a.bmp", "b.png"):
+        with pytest.raises(DataError, match=rf"{name}: cannot decode image \(ValueError"):
+            load_folder([tmp_path / name], 8)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """Stored 8 x 4 with orientation 6 (turn 90 degrees clockwise): loaded as a viewer shows it (W1)."""
+    from PIL import Image
+
+    x = np.zeros((4, 8), np.uint8)
+    x[:, :4] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    _png(tmp_path / "turned.png", x, exif=exif)
+    _png(tmp_path / "upright.png", np.ascontiguousarray(np.rot90(x, -1)))
+    turned, upright = load_folder([tmp_path / "turned.png", tmp_path / "upright.png"], 4, 1)
+    assert np.array_equal(turned, upright) and turned[:2].min() == 255 and turned[2:].max() == 0
+
+
+def test_transparent_pixels_become_black_and_hidden_rgb_never_shows(tmp_path):
+    """RGBA and palette transparency were dropped, showing the RGB under alpha 0 (W2)."""
+    from PIL import Image
+
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., :3] = (0, 255, 0)  # green hidden under alpha 0
+    rgba[0, 0] = (200, 100, 50, 255)
+    rgba[0, 1] = (200, 100, 50, 128)
+    _png(tmp_path / "rgba.png", rgba)
+    out = load_folder([tmp_path / "rgba.png"], 4)[0]
+    half = Image.alpha_composite(
+        Image.new("RGBA", (1, 1), (0, 0, 0, 255)), Image.new("RGBA", (1, 1), (200, 100, 50, 128))
+    )
+    assert out[0, 0].tolist() == [200, 100, 50] and out[0, 1].tolist() == list(half.getpixel((0, 0))[:3])
+    assert out[1:].max() == 0
+    pal = Image.fromarray(np.array([[0, 1], [1, 1]], np.uint8), "P")
+    pal.putpalette([255, 255, 255, 0, 255, 0])
+    pal.save(tmp_path / "p.png", transparency=1)  # palette entry 1 (green) is transparent
+    assert load_folder([tmp_path / "p.png"], 2, 1)[0, ..., 0].tolist() == [[255, 0], [0, 0]]
+
+
+def test_hidden_files_and_folders_are_not_rows(tmp_path):
+    """``.ipynb_checkpoints/`` copies became rows and a macOS ``._a.png`` made the folder fail (W3)."""
+    for name in ("a.png", "sub/b.png", ".ipynb_checkpoints/a-checkpoint.png", "sub/.hidden/c.png"):
+        _png(tmp_path / "d" / name, np.zeros((4, 4), np.uint8))
+    (tmp_path / "d" / "._a.png").write_bytes(b"\0\5\26\7AppleDouble")
+    assert [p.relative_to(tmp_path / "d").as_posix() for p in list_images(tmp_path / "d")] == [
+        "a.png",
+        "sub/b.png",
+    ]
+    assert load_images(str(tmp_path / "d"), image_size=4).shape == (2, 3, 4, 4)
+
+
+# --- W4, W5: the same images as an array and as a folder ---
+
+
+def test_grey_and_resize_of_an_array_and_a_folder_of_the_same_images_agree(tmp_path):
+    """Arrays averaged R, G, B where folders took Pillow's luma (W4), and resized with torch bilinear where
+    folders used Pillow bicubic, up to 45.8/255 apart (W5): one rule each, the same values."""
+    rgb = np.random.default_rng(0).integers(0, 256, (6, 12, 12, 3), dtype=np.uint8)
+    rgb[0] = (200, 120, 40)
+    np.save(tmp_path / "a.npy", rgb)
+    for i, im in enumerate(rgb):
+        _png(tmp_path / "f" / f"{i}.png", im)
+    for size in (12, 7, 20):
+        for channels in (1, 3):
+            arr = load_images(str(tmp_path / "a.npy"), image_size=size, channels=channels)
+            folder = load_images(str(tmp_path / "f"), image_size=size, channels=channels)
+            assert torch.equal(arr, folder), (size, channels, (arr - folder).abs().max() * 255)
+    grey = load_images(str(tmp_path / "a.npy"), channels=1)[0, 0, 0, 0] * 255
+    assert round(grey.item()) == (200 * 19595 + 120 * 38470 + 40 * 7471 + 32768) >> 16
+
+
+# --- W6: the scale of whole-number floats is the file's ---
+
+
+def test_float_scale_is_decided_on_the_file_not_the_rows_kept(tmp_path):
+    """Rows of only 0s and 1s in a file of 0..255 whole numbers were taken as [0, 1] when a limit or a shard
+    kept only them (W6); a file of only 0s and 1s stays [0, 1]; unambiguous rows need no look at the rest."""
+    x = np.random.default_rng(1).integers(0, 256, (8, 4, 4)).astype(np.float32)
+    x[:4] = np.random.default_rng(2).integers(0, 2, (4, 4, 4))
+    x[0, 0, 0] = 1
+    np.save(tmp_path / "f255.npy", x)
+    np.savez_compressed(tmp_path / "f255.npz", images=x)
+    for name in ("f255.npy", "f255.npz"):
+        full = load_images(str(tmp_path / name))
+        assert full[0].max().item() == pytest.approx(1 / 255)
+        assert torch.equal(load_images(str(tmp_path / name), limit=4), full[:4])
+        shards = [load_image_shard(str(tmp_path / name), r, 2) for r in range(2)]
+        assert torch.equal(torch.cat([s.images for s in shards]), full)
+    np.save(tmp_path / "mask.npy", x[:4])
+    assert load_images(str(tmp_path / "mask.npy")).max().item() == 1.0
+
+
+# --- W7: a named data root is the only place looked in ---
+
+
+def test_a_data_root_without_the_files_is_an_error_not_a_fallback(tmp_path, monkeypatch):
+    default = tmp_path / "debian"
+    default.mkdir()
+    raw = struct.pack(">BBBB", 0, 0, 8, 3) + struct.pack(">III", 2, 28, 28) + bytes(2 * 784)
+    (default / "train-images-idx3-ubyte").write_bytes(raw)
+    monkeypatch.setattr(mnist_mod, "DEBIAN_DIRS", {k: default for k in mnist_mod.DEBIAN_DIRS})
+    monkeypatch.setattr(mnist_mod, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.delenv(mnist_mod.ENV_VAR, raising=False)
+    assert load_images("mnist", allow_download=False).shape == (2, 1, 28, 28)
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(
+        DataError,
+        match=r"data_root .*mine: no mnist train images file in it or in its mnist/ subfolder \(looked for "
+        r"train-images-idx3-ubyte.gz, train-images-idx3-ubyte, train-images.idx3-ubyte\)",
+    ):
+        load_images("mnist", data_root=tmp_path / "mine")
+
+
+# --- W8, W9: fingerprints of the rows' content, old manifests still read ---
+
+
+def test_a_folder_of_same_sized_images_swapped_is_another_dataset(tmp_path):
+    """Only names and sizes were fingerprinted: two BMPs of one size swapped resumed (W8)."""
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        _png(tmp_path / "d" / f"{i}.bmp", rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    before = load_image_shard(str(tmp_path / "d"), image_size=8).fingerprint
+    (tmp_path / "d" / "0.bmp").rename(tmp_path / "t")
+    (tmp_path / "d" / "2.bmp").rename(tmp_path / "d" / "0.bmp")
+    (tmp_path / "t").rename(tmp_path / "d" / "2.bmp")
+    after = load_image_shard(str(tmp_path / "d"), image_size=8).fingerprint
+    assert (
+        fingerprint_change(before, after) == "file contents changed among rows 0-3 (files replaced or edited)"
+    )
+
+
+def test_an_array_with_two_unsampled_rows_swapped_is_another_dataset(tmp_path):
+    """Only a sample of the rows was fingerprinted: rows 2000 and 3000 swapped resumed (W9)."""
+    arr = np.random.default_rng(0).integers(0, 256, (5000, 32, 32), dtype=np.uint8)
+    np.save(tmp_path / "a.npy", arr)
+    before = load_image_shard(str(tmp_path / "a.npy"), limit=4000).fingerprint
+    arr[[2000, 3000]] = arr[[3000, 2000]]
+    np.save(tmp_path / "a.npy", arr)
+    after = load_image_shard(str(tmp_path / "a.npy"), limit=4000).fingerprint
+    assert "other values among rows 1792-2047" in fingerprint_change(before, after)
+
+
+def test_fingerprints_of_the_old_format_are_compared_in_it(tmp_path):
+    """A manifest from before content digests (no "version") still resumes on the same data, and is still
+    refused on other data; a version this code does not know is named."""
+    for i in range(3):
+        _png(tmp_path / "d" / f"{i}.png", np.full((4, 4), i, np.uint8))
+    files = list_images(tmp_path / "d")
+    new = folder_fingerprint(tmp_path / "d", files)
+    assert new["version"] == 2
+    old = {k: new[k] for k in ("kind", "rows", "block", "names", "sizes")}
+    assert fingerprint_change(old, new) is None
+    renamed = folder_fingerprint(tmp_path / "d", files[::-1])
+    assert "file names changed among rows 0-2" in fingerprint_change(old, renamed)
+    arr = np.arange(600 * 4, dtype=np.uint8).reshape(600, 2, 2)
+    new = array_fingerprint(arr)
+    old = {k: new[k] for k in ("kind", "rows", "shape", "dtype", "sample")}
+    assert fingerprint_change(old, new) is None
+    assert "other values in the rows sampled" in fingerprint_change(old, array_fingerprint(arr[::-1]))
+    assert "not one this version of glann_ext reads" in fingerprint_change({**new, "version": 3}, new)
+
+
+# --- M1, M2: memory ---
+
+
+def test_16_bit_images_scale_as_before_in_little_memory(tmp_path):
+    """The 16-bit conversion went through int64 and float64 copies (~27 bytes a pixel, M1): the same values
+    (rint(v / 257)), in bands."""
+    import tracemalloc
+
+    from PIL import Image
+
+    from glann_ext.data.folder import _eight_bit
+
+    v = np.random.default_rng(0).integers(0, 65536, (1000, 1000), dtype=np.uint16)
+    v[0, :3] = (0, 128, 65535)
+    _png(tmp_path / "a.png", v)
+    with Image.open(tmp_path / "a.png") as im:
+        im.load()
+        tracemalloc.start()
+        try:
+            out = np.asarray(_eight_bit(im, tmp_path / "a.png"))
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert np.array_equal(out, np.rint(v / 257.0).astype(np.uint8))
+    assert peak < 4 * 2**20, f"peak {peak / 2**20:.1f} MiB for 1 Mpx"
+
+
+def test_a_gzip_idx_read_with_a_limit_decompresses_only_its_rows(tmp_path, monkeypatch):
+    """A gzip IDX file was decompressed whole and joined, then copied (~2x the header's claim, M2), even with
+    ``limit=10``."""
+    import tracemalloc
+
+    (tmp_path / "r").mkdir()
+    with gzip.open(tmp_path / "r" / "train-images-idx3-ubyte.gz", "wb", 1) as f:
+        f.write(struct.pack(">BBBB", 0, 0, 8, 3) + struct.pack(">III", 30_000, 28, 28))  # 23.5 MB of pixels
+        f.write(bytes(30_000 * 784))
+    tracemalloc.start()
+    try:
+        x = load_images("mnist", data_root=tmp_path / "r", limit=10)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert x.shape == (10, 1, 28, 28) and peak < 4 * 2**20, f"peak {peak / 2**20:.1f} MiB"
+    assert load_images("mnist", data_root=tmp_path / "r").shape == (30_000, 1, 28, 28)
+
+
+# --- shard_bounds ---
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        ((10, 0, 0), r"world must be an integer >= 1, got 0"),
+        ((10, 2, 2), r"rank must be in \[0, world=2\), got 2"),
+        ((10, 2, -1), r"rank must be in \[0, world=2\), got -1"),
+        ((-1, 2, 0), r"n must be an integer >= 0, got -1"),
+        ((10, 2.0, 0), r"world must be an integer, got 2.0"),
+    ],
+)
+def test_shard_bounds_refuses_arguments_outside_its_range(args, needle):
+    """Rows outside [0, n) for rank >= world or < 0, and a ZeroDivisionError for world 0."""
+    with pytest.raises(UsageError, match=needle):
+        shard_bounds(*args)
+    assert shard_bounds(10, 3, 2) == (6, 10)
