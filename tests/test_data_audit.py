@@ -233,6 +233,20 @@ def test_grey_and_resize_of_an_array_and_a_folder_of_the_same_images_agree(tmp_p
     assert round(grey.item()) == (200 * 19595 + 120 * 38470 + 40 * 7471 + 32768) >> 16
 
 
+def test_float_levels_convert_as_their_uint8_and_convert_images_is_the_loaders_rule(tmp_path):
+    """float32 ``u / 255`` images are the uint8 images ``u``: greyed and resized alike (Pillow's 8-bit rule),
+    and :func:`convert_images` (what eval applies to held-out images) gives what ``load_images`` gives."""
+    from glann_ext.data import convert_images
+
+    u = np.random.default_rng(3).integers(0, 256, (4, 3, 10, 10), dtype=np.uint8)
+    np.save(tmp_path / "u.npy", u)
+    np.save(tmp_path / "f.npy", u.astype(np.float32) / 255)
+    for size, channels in ((10, 1), (6, 3), (15, 1)):
+        want = load_images(str(tmp_path / "u.npy"), image_size=size, channels=channels)
+        assert torch.equal(load_images(str(tmp_path / "f.npy"), image_size=size, channels=channels), want)
+        assert torch.equal(convert_images(torch.from_numpy(u) / 255, size, channels), want)
+
+
 # --- W6: the scale of whole-number floats is the file's ---
 
 

@@ -3,6 +3,7 @@
 from .datasets import (
     NAMED,
     ImageShard,
+    convert_images,
     load_image_shard,
     load_images,
     shard_bounds,
@@ -21,6 +22,7 @@ __all__ = [
     "DataError",
     "ImageShard",
     "MixturePreset",
+    "convert_images",
     "fingerprint_change",
     "load_image_shard",
     "load_images",

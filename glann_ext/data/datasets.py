@@ -220,12 +220,31 @@ def _convert(
     if channels is not None and arr.shape[1] != channels and {arr.shape[1], channels} != {1, 3}:
         raise DataError(f"{source}: cannot convert {arr.shape[1]} channels to {channels}")
     images, levels = _to_unit_float(arr, source, file_values)
+    return convert_images(images, image_size, channels, levels or None)
+
+
+def convert_images(
+    images: torch.Tensor,
+    image_size: int | None = None,
+    channels: int | None = None,
+    levels: bool | None = None,
+) -> torch.Tensor:
+    """Square float32 ``images`` (N, 1 or 3, H, W) in [0, 1] converted to ``channels`` and ``image_size`` as
+    :func:`load_images` converts a dataset's (:func:`grey`, :func:`resize`): what eval must apply to held-out
+    images to compare them with training images. ``levels``: whether the values are 0..255 levels (v / 255);
+    None: told from the values (float32 ``u / 255`` of uint8 ``u`` are levels, converted as the uint8 would be)."""
+    if (channels == 1 and images.shape[1] == 3) or (
+        image_size is not None and images.shape[-1] != image_size
+    ):
+        levels = (
+            bool(levels) if levels is not None else torch.equal(images.mul(255).round_().div_(255), images)
+        )
     if channels == 3 and images.shape[1] == 1:
         images = images.expand(-1, 3, -1, -1).contiguous()
     elif channels == 1 and images.shape[1] == 3:
-        images = grey(images, levels)
+        images = grey(images, bool(levels))
     if image_size is not None and images.shape[-1] != image_size:
-        images = resize(images, image_size, levels)
+        images = resize(images, image_size, bool(levels))
     return images
 
 
