@@ -29,10 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ._io import atomic_write
-from .data import DataError, load_images
+from .data import DataError, convert_images, load_images
 from .data.labelled import LABELLED, load_labelled
 from .errors import NonFiniteError, RunFolderError, UsageError
 from .metrics import (
@@ -57,13 +56,7 @@ STACKED_SKIPPED = "the run's dataset is not a stacked dataset (the package train
 
 def _resize(x: torch.Tensor, image_size: int, channels: int) -> torch.Tensor:
     """Grey 28x28 images converted the way :func:`glann_ext.data.load_images` converts training images."""
-    if x.shape[1] != channels:
-        x = x.expand(-1, 3, -1, -1).contiguous() if channels == 3 else x.mean(1, keepdim=True)
-    if x.shape[-1] != image_size:
-        x = F.interpolate(
-            x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
-        ).clamp_(0, 1)
-    return x
+    return convert_images(x, image_size, channels)
 
 
 def classifier_name(dataset: str, n_train: int, image_size: int = 28, channels: int = 1) -> str:

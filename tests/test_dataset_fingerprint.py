@@ -98,6 +98,22 @@ def test_a_checkpoint_written_before_fingerprints_resumes_and_then_records_one(t
     assert fingerprint_change(recorded, ckpt.read_manifest(run)["dataset"]) is not None
 
 
+def test_a_version_1_fingerprint_is_replaced_by_the_current_format_after_a_resume_it_passed(tmp_path):
+    """A run started before content digests keeps resuming, and its next checkpoint records the data in the
+    current format (carrying the old record forever would leave the run on the weaker check)."""
+    data, run = tmp_path / "blobs.npy", tmp_path / "run"
+    np.save(data, blob_images(40, 28))
+    _glo(run, data)
+    path = ckpt.checkpoint_dir(run) / ckpt.MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    v2 = manifest["dataset"]
+    v1 = {k: v for k, v in v2.items() if k not in ("version", "block", "content")}
+    assert fingerprint_change(v1, v2) is None  # a version-1 record of the same data
+    path.write_text(json.dumps({**manifest, "dataset": v1}))
+    _glo(run, data, epochs=2)  # resumes on the version-1 record, then checkpoints
+    assert ckpt.read_manifest(run)["dataset"] == v2
+
+
 def test_a_manifest_fingerprint_that_is_not_an_object_is_named(tmp_path, capsys):
     data, run = _folder(tmp_path / "imgs", n=8), tmp_path / "run"
     _glo(run, data)

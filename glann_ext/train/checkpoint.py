@@ -360,7 +360,10 @@ def save_step(
     )
     if world.is_main:
         save_atomic(main(), step_dir / MAIN_FILE)
-        data = (previous or {}).get(DATASET_KEY) or data
+        # the first fingerprint is carried, except one in an older format, which this run's data (checked
+        # against it on resume) replaces, so that later resumes compare in the current, stronger format
+        recorded = (previous or {}).get(DATASET_KEY)
+        data = recorded if recorded is not None and "version" in recorded else (data or recorded)
     world.barrier()  # every shard of this step is on disk
     if world.is_main:
         manifest = {

@@ -35,8 +35,8 @@ class TrainConfig:
     dataset: str = "fashion-mnist"
     data_root: str | None = None
     limit: int | None = None  # keep only the first `limit` images
-    image_size: int | None = None  # None: the dataset's own size
-    channels: int | None = None  # None: the dataset's own channels
+    image_size: int | None = None  # None: an array's own size; an image folder is read at 64 x 64
+    channels: int | None = None  # None: an array's own channels; an image folder is read as RGB (3)
     # GLO
     latent_dim: int = 64
     gen_width: int = 64
