@@ -8,6 +8,7 @@ import dataclasses
 import json
 import math
 import re
+import shutil
 import threading
 
 import pytest
@@ -1067,6 +1068,23 @@ def test_a_diverged_stage_stops_before_saving_and_resumes_with_a_lower_rate(tmp_
         train(dataclasses.replace(cfg, imle_lr=1e-6), out, progress=False, log=lambda s: None)
     changed = json.loads((out / "resumes.jsonl").read_text().splitlines()[-1])["changed"]
     assert changed == {"imle_lr": [1e6, 1e-6]}
+
+
+def test_a_resume_mid_glo_trains_on_the_rates_it_changes(tmp_path, blob_file):
+    """``--lr-g``/``--lr-z`` on a resume mid-GLO were recorded (resumes.jsonl, config.json) but not used: the
+    optimizers' saved states brought back the old rates, so a diverged run resumed at a lower rate diverged
+    again (found by a resume audit). The rates a resume sets are the ones its steps use."""
+    out, cfg = _interrupted(tmp_path, blob_file, "glo", 2)
+    same = tmp_path / "same"
+    shutil.copytree(out, same)
+    faster = dataclasses.replace(cfg, lr_g=cfg.lr_g * 2, lr_z=cfg.lr_z * 2)
+    train(faster, out, progress=False, log=lambda s: None)
+    train(cfg, same, progress=False, log=lambda s: None)
+    changed = json.loads((out / "resumes.jsonl").read_text().splitlines()[-1])["changed"]
+    assert changed == {"lr_g": [cfg.lr_g, faster.lr_g], "lr_z": [cfg.lr_z, faster.lr_z]}
+    a, b = ckpt.load_latest(out)["glo"], ckpt.load_latest(same)["glo"]
+    assert a["opt_g"]["param_groups"][0]["lr"] == faster.lr_g and a["opt_z"]["lr"] == faster.lr_z
+    assert not torch.equal(a["codes"], b["codes"]) and not tensors_equal(a["G"], b["G"])
 
 
 def _tensors(state):

@@ -113,3 +113,9 @@ class GLOTrainer(StageTrainer):
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_z.load_state_dict(state["opt_z"])
         self.load_counters(state)
+        if self.cfg.glo_lr_schedule == "constant":
+            # the optimizers' states carry the rates they were saved with; a resume may change them (the
+            # remedy for a diverged run), and the cosine schedule sets them every step anyway
+            for group in self.opt_g.param_groups:
+                group["lr"] = self.cfg.lr_g
+            self.opt_z.lr = self.cfg.lr_z
