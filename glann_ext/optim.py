@@ -20,11 +20,11 @@ Both keep one state schema, so a run checkpointed with one backend resumes with 
 from __future__ import annotations
 
 import math
-import operator
 from typing import Any, Union
 
 import torch
 
+from ._args import checked_int
 from .ops import reference, sphere
 from .ops.sphere import fused_latent_adam_, fused_latent_sgd_
 
@@ -69,16 +69,6 @@ def _check_backend(owner: str, backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"{owner}: backend must be one of {BACKENDS}, got {backend!r}")
     return backend
-
-
-def _as_count(value: object) -> int | None:
-    """``value`` as an int if it is one (numpy integers and 0-d integer tensors count, bools do not)."""
-    if isinstance(value, bool):
-        return None
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None
 
 
 def _reference_checks(
@@ -151,10 +141,8 @@ class SphereSparseAdam:
         tiny and its first steps are far too large (about lr / sqrt((1 - beta2) k) per coordinate at its
         k-th update). GLO passes the rows' own count (see ``TrainConfig.latent_adam_steps``)."""
         if updates is not None:
-            count = _as_count(updates)
-            if count is None or count < 1:  # int() truncated 2.5; 0 divided by zero in the reference step
-                raise ValueError(f"SphereSparseAdam.step: updates must be an int >= 1, got {updates!r:.40}")
-            updates = count
+            # int() truncated 2.5; 0 divided by zero in the reference step
+            updates = checked_int("SphereSparseAdam.step: updates", updates, 1)
         kwargs = {
             "step": self.step_count + 1 if updates is None else updates, "lr": self.lr,
             "beta1": self.betas[0], "beta2": self.betas[1], "eps": self.eps, "project": self.project,

@@ -394,7 +394,7 @@ def test_a_gzip_idx_read_with_a_limit_decompresses_only_its_rows(tmp_path, monke
         ((10, 2, 2), r"rank must be in \[0, world=2\), got 2"),
         ((10, 2, -1), r"rank must be in \[0, world=2\), got -1"),
         ((-1, 2, 0), r"n must be an integer >= 0, got -1"),
-        ((10, 2.0, 0), r"world must be an integer, got 2.0"),
+        ((10, 2.0, 0), r"world must be an integer >= 1, got 2.0"),
     ],
 )
 def test_shard_bounds_refuses_arguments_outside_its_range(args, needle):

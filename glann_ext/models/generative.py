@@ -21,11 +21,12 @@ import torch
 from torch import nn
 
 from glann_ext import seeding
+from glann_ext._args import as_index, checked_int
 from glann_ext.backend import Ops, get_ops
 from glann_ext.errors import NonFiniteError, UsageError
 
 from . import balance
-from .generator import DCGANGenerator, as_index, checked_int
+from .generator import DCGANGenerator
 from .mlp import MLP
 
 M = TypeVar("M", bound=nn.Module)

@@ -2,37 +2,11 @@
 
 from __future__ import annotations
 
-import operator
-from typing import Any
-
 import torch
 from torch import nn
 
-from glann_ext.errors import ConfigError, UsageError
-
-
-def as_index(value: Any) -> int | None:
-    """``value`` as a Python int if it is an integer (what ``operator.index`` takes: int, numpy integers,
-    0-d integer tensors and arrays), else None: bools, floats, strings and tensors of other shapes are not."""
-    if isinstance(value, bool) or (
-        isinstance(value, torch.Tensor) and (value.dim() != 0 or value.dtype == torch.bool or value.is_meta)
-    ):
-        return None
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None
-
-
-def checked_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    """``value`` as a Python int in [``low``, ``high``] (see :func:`as_index`: ``2.0``, ``True`` and ``"5"``
-    are not integers), else a one-line :class:`UsageError` naming ``name``."""
-    number = as_index(value)
-    if number is None or number < low:
-        raise UsageError(f"{name} must be an integer >= {low}, got {value!r:.60}")
-    if high is not None and number > high:
-        raise UsageError(f"{name} must be an integer in [{low}, {high:,}], got {number:,}")
-    return number
+from glann_ext._args import checked_int
+from glann_ext.errors import ConfigError
 
 
 def start_size(image_size: int) -> tuple[int, int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .generator import checked_int
+from glann_ext._args import checked_int
 
 
 class MLP(nn.Module):
