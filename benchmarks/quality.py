@@ -20,8 +20,9 @@ Writes the Markdown report, and PNGs (scatter plots, sample grids, nearest-neigh
     over seeds.
 
 The budgets (``BUDGETS``) are sized so that the full variant (the committed report: 5 seeds on 2-D, 3 on
-every image table and ablation row) regenerates in 25-40 minutes on 2 CPU cores: 26.2 on an AVX-512 Intel Xeon
-(the committed run, 2026-12-04, G at 2e-3; 24.9 and 25.3 there the runs before), 39.4 and 47.4 on a 2-core
+every image table and ablation row) regenerates in 25-40 minutes on 2 CPU cores: 38.0 on an AVX-512 Intel Xeon
+(the committed run, 2026-12-05, retraining its two LeNets; 33.4 the run before with them cached, 26.2 on
+2026-12-04 before the spread rows), 39.4 and 47.4 on a 2-core
 AVX2 AMD EPYC (2026-12-03, with the 2-D runs in two one-thread processes and T's steps on one thread; 45.9 on
 a Zen 4 and about 80 on the AVX2 EPYC before those) and the quick one (one seed of every table and of the
 ablation rows that reuse (c)'s GLO stage) in 8-16 minutes (8.6 on the AVX2 EPYC, 2026-12-03), as the shared
@@ -124,8 +125,9 @@ BUDGETS = {
         (0,), ablation_glo_rows=False,
     ),
     # The committed report: the quick budgets with five seeds on the 2-D mixtures (the protocol's minimum) and
-    # three on every image table and ablation row: 26.2 min on an AVX-512 Intel Xeon (the committed run,
-    # 2026-12-04; 24.9 and 25.3 there the runs before); 39.4 min on the AVX2 EPYC (2026-12-03;
+    # three on every image table and ablation row: 38.0 min on an AVX-512 Intel Xeon (the committed run,
+    # 2026-12-05, retraining its LeNets; 33.4 with them cached; 26.2 on 2026-12-04; 24.9 and 25.3 there the
+    # runs before); 39.4 min on the AVX2 EPYC (2026-12-03;
     # --quick 8.6 min there); 45.9 min on the Zen 4 with T's batch 32 before T's one-thread steps (41.0
     # beside short test runs at batch 128, with the three long-IMLE ablation rows, about 5 min); 35.0 min alone
     # before them (with the plain-sampling rows), 51.5 min beside one-thread experiment jobs; 44-62 min on the AVX2 EPYC when the 2-D
