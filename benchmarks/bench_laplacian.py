@@ -24,6 +24,15 @@ Every row records ``gbps``: the fewest bytes a fused fwd+bwd must move (read x a
 3 x numel x element size) over the median time, comparable with the device's copy bandwidth. On CUDA the
 rounds cycle through input sets that together exceed the L2 cache (see ``_device.input_sets``), and every
 call ends with ``torch.cuda.synchronize()``.
+
+Before it is timed, every row's output on its own inputs (every input set, after the warm-up) is checked by
+:func:`check_against_reference`: the loss and the gradient w.r.t. x (per-sample rows: each image's gradient)
+against ``reference.laplacian_pyramid_loss_reference`` in float64 on the same inputs, with the float32
+tolerances of tests/test_laplacian.py (rtol 2e-5; atol 1e-6 x the level weights, see :func:`_tolerances`)
+plus, for the gradient, the change a sign flip of a pyramid coefficient within float32 rounding of 0 may
+make (the L1 loss's gradient jumps there; :func:`_sign_slack`). The float64 reference is computed once per
+device, shape and input set and reused by the group's rows. The ``kornia`` row is not checked: its pyramid
+is a different one (see above). ``--benchmark-disable`` runs each row's check and one call, untimed.
 """
 
 from __future__ import annotations
@@ -139,6 +148,103 @@ CUDA_ONLY = [
 ]
 
 
+# --------------------------------------------------------------------------------------------------
+# The check of every row (see the module docstring)
+# --------------------------------------------------------------------------------------------------
+
+SIGN_TAU = 1e-5  # coefficients within SIGN_TAU * max|x - y| of 0 (float64) may take either sign in float32
+
+
+def _tolerances(shape: tuple, per: int) -> tuple[dict, dict]:
+    """float32 assert_close tolerances of the loss and of the gradient (as tests/test_laplacian.py's): the
+    rounding of level j is amplified by its weight 4^j, so the absolute terms follow sum_j 4^j."""
+    h, w = shape[-2:]
+    levels = reference.default_levels(h, w)
+    sizes = [(h, w)]
+    for _ in range(levels - 1):
+        sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
+    weight = sum(4.0**j * hj * wj for j, (hj, wj) in enumerate(sizes)) / (h * w)
+    return {"rtol": 2e-5, "atol_per_dmax": 1e-6 * weight}, {
+        "rtol": 2e-5,
+        "atol": 1e-6 * sum(4.0**j for j in range(levels)) / per,
+    }
+
+
+def _sign_slack(g: torch.Tensor, per: int) -> torch.Tensor:
+    """How far a float32 gradient may move from the float64 one because pyramid coefficients of ``g = x - y``
+    (float64) within ``SIGN_TAU * max|g|`` of 0 took the other sign: sum_j 2 w_j / per * |dL^j/dg|^T m_j,
+    m_j the mask of those coefficients (the blurs' taps are non-negative, so |dL^j/dg| is the same pyramid
+    with the subtraction replaced by an addition)."""
+    levels = reference.default_levels(*g.shape[-2:])
+    weights = reference.default_level_weights(levels)
+    g = g.detach().requires_grad_()
+    tau = SIGN_TAU * g.detach().abs().max()
+    gauss = [g]
+    for _ in range(levels - 1):
+        gauss.append(reference.pyramid_down(gauss[-1]))
+    total = g.new_zeros(())
+    for j, wj in enumerate(weights):
+        if j + 1 < levels:
+            up = reference.pyramid_up(gauss[j + 1], *gauss[j].shape[-2:])
+            coef, magnitude = gauss[j] - up, gauss[j] + up
+        else:
+            coef = magnitude = gauss[j]
+        total = total + (2 * wj / per) * (magnitude * (coef.detach().abs() <= tau)).sum()
+    return torch.autograd.grad(total, g)[0]
+
+
+class Expected:
+    """The float64 reference of one input set: the loss (``mean``; None for per-sample rows), the gradient
+    w.r.t. x (per image for per-sample rows) and the gradient's allowed error."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, per_sample: bool) -> None:
+        b, c, h, w = x.shape
+        per = c * h * w if per_sample else b * c * h * w
+        xd, yd = x.detach().double().requires_grad_(), y.detach().double()
+        loss = reference.laplacian_pyramid_loss_reference(xd, yd, reduction="none" if per_sample else "mean")
+        self.grad = torch.autograd.grad(loss.sum(), xd)[0]
+        self.loss = None if per_sample else loss.detach()
+        loss_tol, grad_tol = _tolerances(x.shape, per)
+        dmax = (xd.detach() - yd).abs().max().item()
+        self.loss_tol = {"rtol": loss_tol["rtol"], "atol": max(loss_tol["atol_per_dmax"] * dmax, 1e-6)}
+        self.grad_bound = grad_tol["atol"] + grad_tol["rtol"] * self.grad.abs() + _sign_slack(xd - yd, per)
+
+
+def check_against_reference(loss, grad: torch.Tensor, expected: Expected) -> None:
+    """Raises AssertionError unless the row's ``loss`` (None: not checked) and gradient ``grad`` match the
+    float64 reference ``expected`` within its tolerances."""
+    if loss is not None:
+        torch.testing.assert_close(
+            loss.detach().double().reshape(()), expected.loss, **expected.loss_tol, msg=lambda m: f"loss: {m}"
+        )
+    assert grad is not None, "the row left no gradient"
+    assert grad.shape == expected.grad.shape, f"gradient shape {tuple(grad.shape)}"
+    excess = (grad.detach().double() - expected.grad).abs() - expected.grad_bound
+    if not bool((excess <= 0).all()):  # NaN included
+        bad = ~(excess <= 0)
+        i = tuple(int(v) for v in bad.nonzero()[0])
+        raise AssertionError(
+            f"gradient: {int(bad.sum())} of {grad.numel()} elements outside the tolerance; at {i}: "
+            f"{float(grad[i]):.9g}, float64 reference {float(expected.grad[i]):.9g}, "
+            f"allowed difference {float(expected.grad_bound[i]):.3g}"
+        )
+
+
+_EXPECTED: dict[tuple, tuple[torch.Tensor, torch.Tensor, Expected]] = {}
+
+
+def expected_for(key: tuple, i: int, x: torch.Tensor, y: torch.Tensor, per_sample: bool) -> Expected:
+    """:class:`Expected` of input set ``i`` of the group ``key``, computed once and reused by the group's rows
+    (whose inputs are drawn from the same seed; a set that differs is recomputed)."""
+    if any(k[0] != key for k in _EXPECTED):
+        _EXPECTED.clear()  # the previous group's references are no longer needed
+    hit = _EXPECTED.get((key, i))
+    if hit is None or not (torch.equal(hit[0], x.detach()) and torch.equal(hit[1], y.detach())):
+        hit = (x.detach().clone(), y.detach().clone(), Expected(x, y, per_sample))
+        _EXPECTED[key, i] = hit
+    return hit[2]
+
+
 def test_eager_baselines_match():
     x, y = torch.randn(3, 2, 29, 31, dtype=torch.float64), torch.randn(3, 2, 29, 31, dtype=torch.float64)
     for levels in (None, 1, 3, 7):
@@ -168,7 +274,9 @@ def _step_fn(impl: str):
     def step(xy):
         x, y = xy
         x.grad = None
-        fn(x, y).backward()
+        loss = fn(x, y)
+        loss.backward()
+        return loss
 
     return step
 
@@ -187,14 +295,28 @@ def test_fwd_bwd(benchmark, device, shape, impl):
 
     sets = input_sets(make, 2 * numel * 4, device)
     step = _step_fn(impl)
+    losses: dict[int, torch.Tensor] = {}  # each set's loss of its latest call (a graph's output buffer)
+
+    def keep(i, xy):
+        losses[i] = step(xy)
+
     with use_cuda_kernels("hopper" if "hopper" in impl else "legacy"):
         if impl.endswith("_cuda_graph"):
-            call = Cycle(cuda_graphs([lambda xy=xy: step(xy) for xy in sets]), lambda replay: replay())
+            call = Cycle(
+                cuda_graphs([lambda i=i, xy=xy: keep(i, xy) for i, xy in enumerate(sets)]), lambda r: r()
+            )
         else:
-            call = Cycle(sets, step)
+            call = Cycle(list(enumerate(sets)), lambda item: keep(*item))
         run = timed(call, device)
         for _ in range(len(sets)):
             run()  # warm-up: every set once (and the compile, for torch_compile_reference)
+        if impl != "kornia":  # a different pyramid: a speed reference only
+            for i, (x, y) in enumerate(sets):
+                expected = expected_for((device, shape, "fwd+bwd"), i, x, y, per_sample=False)
+                check_against_reference(losses[i], x.grad, expected)
+        if benchmark.disabled:  # --benchmark-disable: the check and pedantic's one call, no figures
+            benchmark.pedantic(run)
+            return
         rounds = 5 if impl == "reference" and device == "cpu" else (10 if device == "cpu" else 30)
         benchmark.pedantic(run, rounds=rounds, iterations=calibrated_iterations(run))
     benchmark.extra_info["gbps"] = rate(3 * numel * 4, benchmark.stats.stats.median)
@@ -246,5 +368,11 @@ def test_per_sample_grads(benchmark, device, shape, impl):
     fn = _per_sample_fn(impl)
     with use_cuda_kernels("legacy"):
         run = timed(lambda: fn(x, y), device)
-        run()  # warm-up
+        grads = run()  # warm-up, its output checked
+        check_against_reference(
+            None, grads, expected_for((device, shape, "per-sample"), 0, x, y, per_sample=True)
+        )
+        if benchmark.disabled:  # --benchmark-disable: the check and pedantic's one call
+            benchmark.pedantic(run)
+            return
         benchmark.pedantic(run, rounds=10 if device == "cpu" else 30, iterations=calibrated_iterations(run))
