@@ -14,6 +14,21 @@ Groups (one per device and size):
   On CUDA the glann rows also run on the Hopper kernels of issue 15 (``(hopper)``: 16-byte loads, several
   rows per warp; ``glann_ext.ops.kernels``); the other glann rows run the legacy kernel.
   Every row records ``gbps``: bytes read plus bytes written (2 x numel x 4) over the median time.
+
+Before it is timed, every row's output on its own inputs is checked:
+
+* latent step: the table after the row's first step (the first warm-up round) against the same step in
+  float64 from the same table (:func:`_expected_step`): ``fused_latent_adam_reference`` for the glann and the
+  SparseAdam rows, ``torch.optim.Adam`` plus ``project_to_sphere_reference`` for the dense row (one step from
+  zero moments; assert_close rtol 1e-5, atol 1e-6, with values of at most 1 and steps of ~lr = 1e-3).
+* project: the output of the first call against ``project_to_sphere_reference`` (float64, rounded to
+  float32) of the row's input, on ``CHECK_ROWS`` rows of it: the first and the last 4096 and 4096 spread
+  over the rest (the reference on all 10^6-10^7 rows would take longer than the timing; rtol 1e-5, atol
+  1e-6); the clone row's output must equal its input. Every row has its own copy of the group's input (made
+  outside the timed call), and the in-place rows get it back before every round (pedantic's ``setup``,
+  untimed), so no row times rows another row has projected.
+
+``--benchmark-disable`` runs each row's check and one call, untimed (see benchmarks/conftest.py).
 CUDA calls end with ``torch.cuda.synchronize()``. The latent-step groups run first: after the 256 MB
 projection buffers have come and gone, the allocator state made torch's SparseAdam steps ~100x slower in
 the same process on the CPU machine.
@@ -26,9 +41,9 @@ import torch
 
 from glann_ext import SphereSparseAdam, project_to_sphere, project_to_sphere_
 from glann_ext.ops.kernels import use_cuda_kernels
-from glann_ext.ops.reference import fused_latent_adam_reference
+from glann_ext.ops.reference import fused_latent_adam_reference, project_to_sphere_reference
 
-from ._device import device_params, fresh, rate, timed
+from ._device import device_params, fresh, rate, sync, timed
 
 # --------------------------------------------------------------------------------------------------
 # Fused latent step
@@ -50,36 +65,43 @@ def _batches(b: int, device: str, k: int = 16):
     ]
 
 
-def _cycling(b: int, device: str, apply):
-    """A step that applies ``apply(idx, grad, step_number)`` to the next of 16 fixed batches."""
-    batches, it = _batches(b, device), [0]
-
-    def step():
-        idx, g = batches[it[0] % len(batches)]
-        it[0] += 1
-        apply(idx, g, it[0])
-
-    return step
+LR = 1e-3
 
 
-def _glann_step(b: int, device: str):
-    opt = SphereSparseAdam(_unit(N_CODES, DIM, device), lr=1e-3)
-    return _cycling(b, device, lambda idx, g, _n: opt.step(idx, g))
+class StepRow:
+    """A latent-step row: ``step()`` applies the next of 16 fixed batches; ``table()`` is the table it
+    updates; ``batches`` the batches (``step`` applies ``batches[0]`` first)."""
+
+    def __init__(self, b: int, device: str, apply, table) -> None:
+        self.batches, self.table, self.calls = _batches(b, device), table, 0
+        self.apply = apply
+
+    def step(self) -> None:
+        idx, g = self.batches[self.calls % len(self.batches)]
+        self.calls += 1
+        self.apply(idx, g, self.calls)
 
 
-def _reference_step(b: int, device: str):
+def _glann_step(b: int, device: str) -> StepRow:
+    opt = SphereSparseAdam(_unit(N_CODES, DIM, device), lr=LR)
+    return StepRow(b, device, lambda idx, g, _n: opt.step(idx, g), lambda: opt.table)
+
+
+def _reference_step(b: int, device: str) -> StepRow:
     table = _unit(N_CODES, DIM, device)
     exp_avg, exp_avg_sq = torch.zeros_like(table), torch.zeros_like(table)
-    return _cycling(
+    return StepRow(
         b,
         device,
-        lambda idx, g, n: fused_latent_adam_reference(table, exp_avg, exp_avg_sq, idx, g, step=n, lr=1e-3),
+        lambda idx, g, n: fused_latent_adam_reference(table, exp_avg, exp_avg_sq, idx, g, step=n, lr=LR),
+        lambda: table,
     )
 
 
-def _dense_adam_step(b: int, device: str):
-    param = torch.nn.Parameter(_unit(N_CODES, DIM, device))
-    opt = torch.optim.Adam([param], lr=1e-3)
+def _dense_adam(param: torch.nn.Parameter):
+    """(idx, grad, n) -> None: one dense ``torch.optim.Adam`` step of the whole table, then every row
+    re-projected (what reference GLANN code does)."""
+    opt = torch.optim.Adam([param], lr=LR)
 
     def apply(idx, g, _n):
         grad = torch.zeros_like(param)
@@ -89,7 +111,34 @@ def _dense_adam_step(b: int, device: str):
         with torch.no_grad():
             param.div_(param.norm(dim=1, keepdim=True))
 
-    return _cycling(b, device, apply)
+    return apply
+
+
+def _dense_adam_step(b: int, device: str) -> StepRow:
+    param = torch.nn.Parameter(_unit(N_CODES, DIM, device))
+    return StepRow(b, device, _dense_adam(param), lambda: param.detach())
+
+
+def _expected_step(name: str, start: torch.Tensor, idx: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """The table after the first step of row ``name`` from ``start`` with the batch ``(idx, g)``, in
+    float64 by the baseline of the row's algorithm."""
+    table = start.double()
+    if "dense" in name:
+        param = torch.nn.Parameter(table)
+        grad = torch.zeros_like(table)
+        grad.index_add_(0, idx, g.double())
+        param.grad = grad
+        torch.optim.Adam([param], lr=LR).step()  # the row's optimizer, in float64
+        return project_to_sphere_reference(param.detach())
+    zeros = torch.zeros_like(table)
+    return fused_latent_adam_reference(table, zeros, zeros.clone(), idx, g.double(), step=1, lr=LR)
+
+
+def check_step(got: torch.Tensor, expected: torch.Tensor) -> None:
+    """Raises AssertionError unless the row's table ``got`` matches the float64 ``expected`` one."""
+    torch.testing.assert_close(
+        got.double(), expected, rtol=1e-5, atol=1e-6, msg=lambda m: f"latent table: {m}"
+    )
 
 
 # Display name (the report's method column) -> (pytest id, step factory).
@@ -110,9 +159,17 @@ STEP_CASES = {
 def test_latent_step(benchmark, device, batch, name):
     benchmark.group = f"latent step {device} ({N_CODES} x {DIM} table, batch {batch})"
     fresh(device)
-    step = STEP_CASES[name][1](batch, device)
+    row = STEP_CASES[name][1](batch, device)
+    run = timed(row.step, device)
+    start = row.table().clone()
+    run()  # the first warm-up step, checked
+    check_step(row.table(), _expected_step(name, start, *row.batches[0]))
+    del start
+    if benchmark.disabled:  # --benchmark-disable: the check and pedantic's one call
+        benchmark.pedantic(run)
+        return
     rounds = 200 if "dense" not in name else 20
-    benchmark.pedantic(timed(step, device), rounds=rounds, warmup_rounds=3)
+    benchmark.pedantic(run, rounds=rounds, warmup_rounds=2)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -138,10 +195,32 @@ HOPPER_CASES = {  # CUDA only
 ALL_CASES = {**PROJECT_CASES, **HOPPER_CASES}
 
 _ROWS: dict[tuple, torch.Tensor] = {}
+CHECK_ROWS = 4096  # rows checked at the start, at the end, and spread over the rest
+
+
+def check_projection(out: torch.Tensor, source: torch.Tensor, *, copy: bool = False) -> None:
+    """Raises AssertionError unless ``out`` is ``source`` projected to unit rows (``copy``: ``source``
+    itself), checked on the first and the last ``CHECK_ROWS`` rows and ``CHECK_ROWS`` spread between them
+    against the float64 ``project_to_sphere_reference``."""
+    assert out.shape == source.shape and out.dtype == source.dtype, f"output {out.dtype} {tuple(out.shape)}"
+    if copy:
+        assert torch.equal(out, source), "the copy differs from its input"
+        return
+    n = source.shape[0]
+    spread = torch.linspace(0, n - 1, CHECK_ROWS, device=source.device).long()
+    ends = torch.arange(min(n, CHECK_ROWS), device=source.device)
+    rows = torch.cat([ends, spread, n - 1 - ends]).unique()
+    torch.testing.assert_close(
+        out[rows],
+        project_to_sphere_reference(source[rows]),
+        rtol=1e-5,
+        atol=1e-6,
+        msg=lambda m: f"projection: {m}",
+    )
 
 
 def _rows(device: str, shape: tuple[int, int]) -> torch.Tensor:
-    """One random tensor per device and shape, shared by the methods of a group (made once)."""
+    """One random tensor per device and shape, the group's input (made once; rows time copies of it)."""
     if (device, shape) not in _ROWS:
         _ROWS.clear()  # the previous group's rows are no longer needed
         fresh(device)
@@ -163,10 +242,24 @@ def _rows(device: str, shape: tuple[int, int]) -> torch.Tensor:
 )
 def test_project(benchmark, device, shape, name):
     benchmark.group = f"project {device} ({shape[0]:.0e} x {shape[1]} float32)".replace("e+0", "e")
-    rows = _rows(device, shape)
+    source = _rows(device, shape)
+    rows = source.clone()  # this row's own copy (the in-place rows overwrite it)
+    sync(device)
     fn = ALL_CASES[name][1]
+    setup = None
+    if "in place" in name:
+
+        def setup():  # untimed: the unprojected input back before every round
+            rows.copy_(source)
+            sync(device)
+
     with use_cuda_kernels("hopper" if name in HOPPER_CASES else "legacy"):
-        benchmark.pedantic(
-            timed(lambda: fn(rows), device), rounds=7 if device == "cpu" else 20, warmup_rounds=1
-        )
+        run = timed(lambda: fn(rows), device)
+        check_projection(run(), source, copy=name.startswith("torch clone"))  # a warm-up call, checked
+        if setup is not None:
+            setup()
+        if benchmark.disabled:  # --benchmark-disable: the check and pedantic's one call
+            benchmark.pedantic(run)
+            return
+        benchmark.pedantic(run, setup=setup, rounds=7 if device == "cpu" else 20, warmup_rounds=1)
     benchmark.extra_info["gbps"] = rate(2 * rows.numel() * 4, benchmark.stats.stats.median)
