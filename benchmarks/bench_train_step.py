@@ -2,11 +2,15 @@
 
     pytest benchmarks/bench_train_step.py --benchmark-group-by=group --benchmark-columns=median,rounds
 
-Groups (the ``laptop`` preset's shapes: Fashion-MNIST 28 x 28, latent 64, generator width 32, batch 128):
+Groups, at the ``laptop`` preset's shapes (Fashion-MNIST 28 x 28 images; every other shape and the batch
+sizes are read from ``preset("laptop")`` and ``build_mapping``, and so are the group names, which show them):
 * ``glo step``: one :meth:`GLOTrainer.train_step <glann_ext.train.glo.GLOTrainer.train_step>` (G forward,
-  the Laplacian-pyramid loss, backward, Adam on G, the sparse sphere Adam on the batch's codes).
+  the Laplacian-pyramid loss, backward, Adam on G, the sparse sphere Adam on the batch's codes) on a batch
+  of ``batch_size`` images (128).
 * ``imle step``: one :meth:`IMLETrainer.train_step <glann_ext.train.imle.IMLETrainer.train_step>` of GLANN's
-  second stage (T: noise 32 -> 256 -> 256 -> codes 64, MSE to the matched codes, Adam with weight decay).
+  second stage (T: noise ``noise_dim`` -> ``mapping_hidden`` x ``mapping_layers`` -> codes ``latent_dim``, at
+  present 16 -> 256 -> 256 -> 64, MSE to the matched codes, Adam with weight decay) on a batch of
+  ``imle_batch_size`` codes (64).
 
 Rows: ``glann_ext`` is the trainer as built (on the CPU: G's convolutions in channels-last layout and the
 fused ``torch.optim.Adam`` step, see ``glann_ext.train.build``); ``nchw_adam`` is the same trainer with G
@@ -34,6 +38,8 @@ from glann_ext.train.imle import IMLETrainer
 from ._device import DEVICES, calibrated_iterations, fresh, timed
 
 N_IMAGES, ROUNDS = 2048, 30
+IMAGE = (1, 28, 28)  # Fashion-MNIST, the laptop preset's data set
+LAPTOP = preset("laptop")
 METHODS = ("glann_ext", "nchw_adam", "reference_ops")
 IMLE_METHODS = (*METHODS, "all_threads")
 
@@ -44,9 +50,16 @@ def _plain(module: torch.nn.Module, make_opt) -> torch.optim.Adam:
     return make_opt(module.parameters())
 
 
-def _cycling(trainer, steps: int = 16):
+def _mapping_shape(cfg) -> str:
+    """T's layer widths, read from the module ``build_mapping`` builds: "16 -> 256 -> 256 -> 64"."""
+    linears = [m for m in build_mapping(cfg).modules() if isinstance(m, torch.nn.Linear)]
+    return " -> ".join(str(n) for n in [linears[0].in_features, *(m.out_features for m in linears)])
+
+
+def _cycling(trainer, batch: int, steps: int = 16):
     batches = [
-        torch.randperm(trainer.total, generator=torch.Generator().manual_seed(i))[:128] for i in range(steps)
+        torch.randperm(trainer.total, generator=torch.Generator().manual_seed(i))[:batch]
+        for i in range(steps)
     ]
     it = [0]
 
@@ -63,11 +76,11 @@ def _config(method: str, device: str):
 
 def _glo_step(method: str, device: str):
     cfg = _config(method, device)
-    images = torch.rand(N_IMAGES, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    images = torch.rand(N_IMAGES, *IMAGE, generator=torch.Generator().manual_seed(0))
     tr = GLOTrainer(images, cfg, get_ops(cfg.ops), device)
     if method != "glann_ext":
         tr.opt_g = _plain(tr.G, lambda p: torch.optim.Adam(p, lr=cfg.lr_g, betas=cfg.betas))
-    return _cycling(tr)
+    return _cycling(tr, cfg.batch_size)
 
 
 def _imle_step(method: str, device: str):
@@ -84,13 +97,17 @@ def _imle_step(method: str, device: str):
             ),
         )
     tr.begin_epoch()  # the matching: every target gets its noise
-    return _cycling(tr)
+    return _cycling(tr, tr.batch_size)  # imle_batch_size: T's batch of codes
 
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("device", DEVICES)
 def test_glo_step(benchmark, device, method):
-    benchmark.group = f"glo step {device} (28 x 28, width 32, latent 64, batch 128)"
+    c = LAPTOP
+    benchmark.group = (
+        f"glo step {device} ({IMAGE[1]} x {IMAGE[2]}, width {c.gen_width}, latent {c.latent_dim}, "
+        f"batch {c.batch_size})"
+    )
     fresh(device)
     benchmark.pedantic(timed(_glo_step(method, device), device), rounds=ROUNDS, warmup_rounds=3)
 
@@ -98,7 +115,7 @@ def test_glo_step(benchmark, device, method):
 @pytest.mark.parametrize("method", IMLE_METHODS)
 @pytest.mark.parametrize("device", DEVICES)
 def test_imle_step(benchmark, device, method):
-    benchmark.group = f"imle step {device} (T 32 -> 256 -> 256 -> 64, batch 128)"
+    benchmark.group = f"imle step {device} (T {_mapping_shape(LAPTOP)}, batch {LAPTOP.imle_batch_size})"
     fresh(device)
     run = timed(_imle_step(method, device), device)
     # back-to-back steps per round, as training takes them (one ~1 ms call per round times the wake-up of an
