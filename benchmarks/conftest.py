@@ -1,4 +1,15 @@
-"""pytest hooks of the benchmarks: say which glann_ext is measured, and record the GPU in the JSON."""
+"""pytest hooks of the benchmarks: say which glann_ext is measured, and record the GPU in the JSON.
+
+Every timed row checks its own output before it is timed: on the row's inputs, against a named baseline
+computed in the same run (float64 search, float64 reference loss and gradient, float64 reference step and
+projection; each bench file's docstring says what and at what tolerance), for every device and dtype row. A
+row whose output is wrong fails and records no time.
+
+Quick mode: pytest-benchmark's ``--benchmark-disable`` runs every row once as a plain test, its check
+included, and records nothing (no rounds, no extra_info: ``benchmark.stats`` is None then, and the rows
+return before reading it), e.g. ``pytest benchmarks/bench_nn_argmin.py --benchmark-disable -k cpu``, or
+``-k cuda`` on a GPU; tests/test_bench_files.py runs one small CPU row of each file so, in CI.
+"""
 
 from __future__ import annotations
 
