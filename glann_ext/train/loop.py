@@ -123,10 +123,13 @@ class StageTrainer:
         self.global_step = int(state["global_step"])
         # checkpoints of glann_ext 0.1 have no tally: the resumed epoch then reports its remaining steps
         self.tally = dict(state.get("tally") or {"loss": 0.0, "steps": 0, "seconds": 0.0})
+        if not self.world.is_main:  # the saved loss is the sum over ranks (gather_tally): rank 0 carries it
+            self.tally["loss"] = 0.0
 
     def gather_tally(self) -> None:
         """Collective: rank 0's tally becomes the sum over ranks, the others' zero; so a checkpoint (which
-        holds rank 0's replicated state) carries the whole epoch's sum so far, and sums stay exact."""
+        holds rank 0's replicated state) carries the whole epoch's sum so far, and sums stay exact. A resume
+        gives that sum to its rank 0 only (:meth:`load_counters`), whatever the number of ranks."""
         if not self.world.distributed:
             return
         total = self.world.sum(torch.tensor([self.tally["loss"]], dtype=torch.float64)).item()
