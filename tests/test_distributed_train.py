@@ -30,6 +30,7 @@ from glann_testing import (
     tensors_equal,
     tiny_config,
 )
+from test_distributed_checks import spawn_bounded
 
 from glann_ext.models import read_model_file
 from glann_ext.train import checkpoint as ckpt
@@ -173,7 +174,7 @@ def _worker(rank: int, port: int, data: str, root: str, out: dict) -> None:
 def runs(tmp_path_factory, blob_file) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("dist")
     out = mp.Manager().dict()
-    mp.spawn(_worker, args=(free_port(), blob_file, str(root), out), nprocs=WORLD, join=True)
+    spawn_bounded(_worker, (free_port(), blob_file, str(root), out), WORLD, timeout_s=600)
     for name, cfg in _configs(blob_file).items():
         if name != "unique":
             train(cfg, root / f"{name}-1", progress=False, log=_quiet)
@@ -261,7 +262,9 @@ def test_single_process_only_imle_options_are_refused_clearly(runs):
     for rank in range(WORLD):
         assert "imle_match='unique'" in out[("unique", rank)] and "2 processes" in out[("unique", rank)]
     for rank in range(WORLD):  # every rank stops, before anything is written
-        assert out[("mislaunched", rank)].startswith("the run configuration differs between ranks")
+        assert out[("mislaunched", rank)] == (
+            "ranks disagree on seed: rank 0 has 0, rank 1 has 1 (launch every rank with the same options)"
+        )
     assert not (root / "mislaunched").exists()
 
 

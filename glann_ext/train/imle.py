@@ -85,6 +85,17 @@ def unique_nn_match(queries: torch.Tensor, keys: torch.Tensor, nn_argmin: Callab
     return idx
 
 
+def check_distributed_imle(cfg: TrainConfig, world: World) -> None:
+    """ConfigError when ``world`` has several ranks and ``cfg`` asks for an IMLE option that needs every
+    target in one process (a run checks it when it starts, before a GLO stage trains)."""
+    if world.distributed and (cfg.imle_match != "nearest" or cfg.imle_precision_weight != 0):
+        raise ConfigError(
+            "imle_match='unique' and imle_precision_weight > 0 need every target in one process; "
+            f"got imle_match={cfg.imle_match!r}, imle_precision_weight={cfg.imle_precision_weight} "
+            f"with {world.size} processes (train without torchrun, or turn these options off)"
+        )
+
+
 class IMLETrainer(StageTrainer):
     """IMLE of ``generator`` (noise (B, noise_dim) -> target-shaped output) onto ``targets`` (N, ...).
 
@@ -116,12 +127,7 @@ class IMLETrainer(StageTrainer):
     ):
         super().__init__(cfg, world, start, targets.shape[0], total)
         self.ops, self.device = ops, torch.device(device)
-        if self.world.distributed and (cfg.imle_match != "nearest" or cfg.imle_precision_weight != 0):
-            raise ConfigError(
-                "imle_match='unique' and imle_precision_weight > 0 need every target in one process; "
-                f"got imle_match={cfg.imle_match!r}, imle_precision_weight={cfg.imle_precision_weight} "
-                f"with {self.world.size} processes (train without torchrun, or turn these options off)"
-            )
+        check_distributed_imle(cfg, self.world)
         self.targets = targets.to(self.device)
         self.generator = place_for_training(global_batchnorm(generator, self.world), self.device)
         self.generator_train = data_parallel(self.generator, self.world)

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import secrets
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,8 +42,8 @@ from glann_ext._io import (
     remove_stale_temps,
 )
 from glann_ext.backend import get_ops
-from glann_ext.data import load_image_shard
-from glann_ext.errors import CheckpointError, ConfigError, RunFolderError
+from glann_ext.data import fingerprint_change, load_image_shard
+from glann_ext.errors import CheckpointError, ConfigError, GlannError, RunFolderError
 from glann_ext.images import save_grid
 from glann_ext.models import (
     GLANN,
@@ -58,11 +60,12 @@ from . import checkpoint as ckpt
 from .build import build_generator, build_mapping
 from .checkpoint import LEGACY_MODEL_FILE, MODEL_FILE
 from .config import CONFIG_FILE, SAMPLING_FIELDS, TrainConfig, load_run_config
+from .imle import check_distributed_imle
 from .loop import Hook, StageTrainer, diverged
 from .pipeline import Fit
 from .threads import intra_op_threads
 from .whitening import code_whitening
-from .world import World, init_world, local_device
+from .world import World, disagreement, init_world, local_device
 
 METRICS_FILE = "metrics.jsonl"
 RESUMES_FILE = "resumes.jsonl"
@@ -295,19 +298,92 @@ class Run:
 
     def _train_with_threads(self, stage: str) -> GenerativeModel:
         cfg = self.cfg
-        self.world.check_same("the run configuration", dataclasses.asdict(cfg))
         # data and model first: what fails there leaves the folder exactly as it was (not even created)
-        images, start, total = self._load_images()
+        images, start, total = self._load_agreed(stage)
+        if cfg.imle_space == "pixel" or stage != "glo":  # before the GLO stage trains, not after it
+            check_distributed_imle(cfg, self.world)
         fit = Fit(
             images, cfg, ops=get_ops(cfg.ops), world=self.world, device=self.device, start=start, total=total
         )
         lock = self._lock()
         try:
+            self._check_shared_folder()
             state = self._restore(fit, total)
             return self._finish(self._run(fit, stage, images, total, state), fit, images)
         finally:
             if lock is not None:
                 lock.release()
+
+    def _load_agreed(self, stage: str) -> tuple[torch.Tensor, int, int]:
+        """:meth:`_load_images`, then the ranks' agreement (one collective, before any other): the same run
+        configuration and stage, and the same dataset (size and fingerprint); else an error on every rank
+        naming what differs. A rank that cannot load its data stops every rank too, rather than leaving them
+        waiting in a collective it never joins."""
+        error, images, start, total = None, None, 0, 0
+        try:
+            images, start, total = self._load_images()
+        except (GlannError, OSError, ValueError) as exc:
+            if not self.world.distributed:
+                raise
+            error = exc
+        mine = {
+            "run": {**dataclasses.asdict(self.cfg), "stage": stage},
+            "error": None if error is None else f"{type(error).__name__}: {error}",
+            "data": {"dataset size": total, "fingerprint": self.data_fingerprint},
+        }
+        ranks = self.world.gather(mine)
+        differs = disagreement([r["run"] for r in ranks])
+        if differs:
+            raise ConfigError(f"ranks disagree on {differs} (launch every rank with the same options)")
+        if error is not None:
+            raise error
+        failed = next((r for r, v in enumerate(ranks) if v["error"]), None)
+        if failed is not None:
+            raise ConfigError(f"rank {failed} could not load the dataset ({ranks[failed]['error']})")
+        self._check_same_data([r["data"] for r in ranks])
+        return images, start, total
+
+    def _check_same_data(self, data: list[dict[str, Any]]) -> None:
+        """Every rank must train on the same dataset: what one rank's --dataset holds is not another's on a
+        node with other files (the manifest records rank 0's fingerprint only)."""
+        sizes = [{"dataset size": d["dataset size"]} for d in data]
+        differs = disagreement(sizes)
+        if differs:
+            raise ConfigError(f"ranks disagree on the {differs} (every rank must see the same images)")
+        ours = data[0]["fingerprint"]
+        other = next((r for r, d in enumerate(data) if d["fingerprint"] != ours), None)
+        if other is not None:
+            change = fingerprint_change(ours, data[other]["fingerprint"])
+            raise ConfigError(
+                f"ranks disagree on the dataset's images: rank {other}'s differ from rank 0's ({change}); "
+                "every rank must see the same images"
+            )
+
+    def _check_shared_folder(self) -> None:
+        """Every rank must see the run folder rank 0 sees (each rank writes its checkpoint shards there, rank
+        0 the manifest naming them): rank 0 writes a token file of random content, every rank reads it back.
+        Collective; rank 0 holds the folder's lock (a killed check's token is a stale temp file it clears)."""
+        if not self.world.distributed:
+            return
+        token: tuple[str, str] | None = None
+        if self.world.is_main:
+            name, content = f".shared-check.{secrets.token_hex(4)}.tmp", secrets.token_hex(16)
+            try:
+                (self.out / name).write_text(content)
+                token = (name, content)
+            except OSError as exc:
+                token = ("", f"{self.out}: cannot write to the run folder ({exc.strerror or exc})")
+        name, content = self.world.broadcast(token)
+        if not name:
+            raise RunFolderError(content)
+        blind = self.world.gather(not _sees(self.out / name, content))
+        if self.world.is_main:
+            (self.out / name).unlink(missing_ok=True)
+        if any(blind):
+            raise RunFolderError(
+                f"{self.out}: rank {blind.index(True)} does not see the files rank 0 writes in the run folder; "
+                f"the run folder (--out) must be on a file system all ranks share"
+            )
 
     def _restore(self, fit: Fit, total: int) -> dict[str, Any] | None:
         """Load the latest checkpoint into ``fit`` (None when there is none)."""
@@ -387,6 +463,20 @@ class Run:
         self.world.barrier()
         self.log(f"model written to {self.out / MODEL_FILE}")
         return model
+
+
+def _sees(path: Path, content: str, tries: int = 10) -> bool:
+    """Whether ``path`` holds ``content``, retried for up to ~1 s (a network file system may show a new
+    file to other nodes a moment late)."""
+    for attempt in range(tries):
+        try:
+            if path.read_text() == content:
+                return True
+        except OSError:
+            pass
+        if attempt < tries - 1:
+            time.sleep(0.1)
+    return False
 
 
 # -- the hooks that write the folder ------------------------------------------------------------------

@@ -71,14 +71,45 @@ class World:
         if self.distributed:
             dist.barrier(group=self.group)
 
-    def check_same(self, what: str, value: Any) -> None:
-        """Raise on every rank if ``value`` differs between ranks (a mis-launched job)."""
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (picklable), in rank order (collective; ``[value]`` for one process)."""
         if not self.distributed:
-            return
+            return [value]
         values: list[Any] = [None] * self.size
         dist.all_gather_object(values, value, group=self.group)
-        if any(v != values[0] for v in values):
-            raise ConfigError(f"{what} differs between ranks: {values}")
+        return values
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` (picklable), on every rank (collective)."""
+        if not self.distributed:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]
+
+
+def disagreement(per_rank: list[dict[str, Any]], limit: int = 3) -> str | None:
+    """What the ranks' ``{field: value}`` dicts (one per rank, same keys) disagree on, in one short line:
+    "seed: rank 0 has 0, rank 1 has 5" (rank 0 and every rank that differs from it, for at most ``limit``
+    fields); None when they all agree."""
+    first = per_rank[0]
+    parts = []
+    for field, value in first.items():
+        others = [(r, v[field]) for r, v in enumerate(per_rank) if v[field] != value]
+        if others:
+            shown = [(0, value), *others[:3]]
+            more = f" ({len(others) - 3} more ranks differ)" if len(others) > 3 else ""
+            has = ", ".join(f"rank {r} has {_short(v)}" for r, v in shown)
+            parts.append(f"{field}: {has}{more}")
+    if not parts:
+        return None
+    more = f"; and {len(parts) - limit} more fields" if len(parts) > limit else ""
+    return "; ".join(parts[:limit]) + more
+
+
+def _short(value: Any, width: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def backend_for(device: torch.device) -> str:

@@ -1,0 +1,203 @@
+"""Checks a 2-process run makes before it trains: the ranks agree on the config, the stage and the dataset
+(size and fingerprint), share the run folder, and ask for no single-process-only IMLE option; a mid-epoch
+resume of a resharded run reports the epoch's loss once. Each rank has a "node" folder of its own (its
+working directory), so a relative --dataset names node-local files, as on nodes without a shared file
+system."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from glann_testing import Interrupt, blob_images, free_port, interrupt_at, tiny_config
+
+from glann_ext.train import checkpoint as ckpt
+from glann_ext.train import train
+
+WORLD = 2
+PG_TIMEOUT_S = 60  # a collective that never matches fails here instead of after the default 30 minutes
+SPAWN_TIMEOUT_S = 240  # the whole group (spawning included), however it fails
+
+
+def spawn_bounded(fn, args: tuple, nprocs: int, timeout_s: float = SPAWN_TIMEOUT_S) -> None:
+    """``mp.spawn(fn, args, nprocs)``, but a group still running after ``timeout_s`` is killed and the test
+    fails (a regression that hangs the ranks must not hang CI)."""
+    ctx = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout_s
+    while not ctx.join(timeout=max(0.1, deadline - time.monotonic())):
+        if time.monotonic() >= deadline:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.kill()
+            pytest.fail(f"the {nprocs}-process group still ran after {timeout_s} s (killed)")
+
+
+def _quiet(msg: str) -> None:
+    pass
+
+
+def _cfg(dataset: str, **kw):
+    return tiny_config(dataset=dataset, glo_epochs=1, imle_epochs=1, batch_size=16, **kw)
+
+
+def _cases(rank: int, root: Path) -> dict[str, tuple]:
+    """name -> (config, run folder, stage) for this rank; every one must be refused before a step trains."""
+    run = root / "runs"
+    return {
+        "size": (_cfg("size/blobs.npy"), run / "size", "all"),  # 64 images on rank 0, 48 on rank 1
+        "content": (_cfg("content/blobs.npy"), run / "content", "all"),  # 64 other images on rank 1
+        "missing": (_cfg("only0/blobs.npy"), run / "missing", "all"),  # rank 1 has no such file
+        "stage": (_cfg("same/blobs.npy"), run / "stage", "glo" if rank else "all"),
+        "seed": (_cfg("same/blobs.npy", seed=5 * rank), run / "seed", "all"),
+        "folder": (_cfg("same/blobs.npy"), run / f"own-{rank}", "all"),  # each rank its own --out
+        "unique": (_cfg("same/blobs.npy", imle_match="unique"), run / "unique", "all"),
+        "precision": (_cfg("same/blobs.npy", imle_precision_weight=0.5), run / "precision", "all"),
+        "pixel-unique": (_cfg("same/blobs.npy", imle_space="pixel", imle_match="unique"), run / "pu", "all"),
+        # GLO alone needs no IMLE option: it trains (until the hook stops it at its first step)
+        "unique-glo": (_cfg("same/blobs.npy", imle_match="unique"), run / "unique-glo", "glo"),
+    }
+
+
+def _worker(rank: int, port: int, root: str, out: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=PG_TIMEOUT_S))
+    torch.set_num_threads(1)
+    root = Path(root)
+    os.chdir(root / f"node{rank}")
+    try:
+        for name, (cfg, folder, stage) in _cases(rank, root).items():
+            try:
+                train(cfg, folder, stage, progress=False, log=_quiet, on_step=interrupt_at("glo", 1))
+                out[(name, rank)] = "trained to the end"
+            except Interrupt:
+                out[(name, rank)] = "trained a step"
+            except (ValueError, RuntimeError, OSError) as exc:
+                out[(name, rank)] = f"{type(exc).__name__}: {exc}"
+        train(None, root / "resharded", progress=False, log=_quiet)  # a 1-process checkpoint, resharded to 2
+    finally:
+        dist.destroy_process_group()
+
+
+def _save(path: Path, images: np.ndarray) -> None:
+    path.parent.mkdir(parents=True)
+    np.save(path, images)
+
+
+def _resume_cfg(dataset: str):
+    return tiny_config(dataset=dataset, limit=90, glo_epochs=3, imle_epochs=2, batch_size=16, ckpt_every=2)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, blob_file) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("checks")
+    same, other = blob_images(64, 28), blob_images(64, 28, seed=1)
+    for rank in range(WORLD):
+        node = root / f"node{rank}"
+        _save(node / "same" / "blobs.npy", same)
+        _save(node / "size" / "blobs.npy", same[: 64 - 16 * rank])
+        _save(node / "content" / "blobs.npy", other if rank else same)
+    _save(root / "node0" / "only0" / "blobs.npy", same)
+    # a 1-process run interrupted mid-epoch (GLO step 9, after step 8's checkpoint: epoch 2 has 6 steps),
+    # resharded to 2 processes, which finish it in the group; and the same run uninterrupted
+    cfg = _resume_cfg(blob_file)
+    train(cfg, root / "uninterrupted", progress=False, log=_quiet)
+    with pytest.raises(Interrupt):
+        train(cfg, root / "resharded", progress=False, log=_quiet, on_step=interrupt_at("glo", 9))
+    ckpt.reshard(root / "resharded", WORLD, log=_quiet)
+    out = mp.Manager().dict()
+    spawn_bounded(_worker, (free_port(), str(root), out), WORLD)
+    return root, dict(out)
+
+
+def _errors(out: dict, name: str) -> list[str]:
+    return [out[(name, r)] for r in range(WORLD)]
+
+
+@pytest.mark.parametrize(
+    ("name", "want"),
+    [
+        ("size", "ConfigError: ranks disagree on the dataset size: rank 0 has 64, rank 1 has 48"),
+        ("stage", "ConfigError: ranks disagree on stage: rank 0 has 'all', rank 1 has 'glo'"),
+        ("seed", "ConfigError: ranks disagree on seed: rank 0 has 0, rank 1 has 5"),
+    ],
+)
+def test_ranks_that_disagree_stop_at_start_naming_what_differs(runs, name, want):
+    """One short line on every rank, naming the field and each rank's value (not a dump of the configs,
+    not a hang in mismatched collectives, not training on other data), before the folder is written."""
+    root, out = runs
+    for msg in _errors(out, name):
+        assert msg.startswith(want), msg
+        assert "\n" not in msg and len(msg) < 200, msg
+    assert not (root / "runs" / name / "checkpoints").exists()
+
+
+def test_ranks_with_other_images_of_the_same_count_stop_at_start(runs):
+    root, out = runs
+    for msg in _errors(out, "content"):
+        assert msg.startswith(
+            "ConfigError: ranks disagree on the dataset's images: rank 1's differ from rank 0's"
+        )
+        assert "\n" not in msg and len(msg) < 300, msg
+    assert not (root / "runs" / "content" / "checkpoints").exists()
+
+
+def test_a_rank_that_cannot_load_the_data_stops_every_rank(runs):
+    _, out = runs
+    mine, theirs = out[("missing", 1)], out[("missing", 0)]
+    assert "only0/blobs.npy" in mine and "trained" not in mine
+    assert (
+        theirs.startswith("ConfigError: rank 1 could not load the dataset (") and "only0/blobs.npy" in theirs
+    )
+
+
+def test_a_run_folder_not_shared_by_the_ranks_is_refused_at_start(runs):
+    root, out = runs
+    for msg in _errors(out, "folder"):
+        assert msg.startswith("RunFolderError: ") and "\n" not in msg, msg
+        assert "rank 1 does not see the files rank 0 writes" in msg
+        assert msg.endswith("must be on a file system all ranks share")
+    for rank in range(WORLD):  # no checkpoint (naming shards nobody can read), and the token is gone
+        folder = root / "runs" / f"own-{rank}"
+        assert not (folder / "checkpoints").exists()
+        assert (
+            not any(p.name.startswith(".shared-check") for p in folder.iterdir()) if folder.exists() else True
+        )
+
+
+@pytest.mark.parametrize("name", ["unique", "precision", "pixel-unique"])
+def test_single_process_imle_options_are_refused_before_the_glo_stage_trains(runs, name):
+    root, out = runs
+    for msg in _errors(out, name):
+        assert msg.startswith("ConfigError: imle_match='unique' and imle_precision_weight > 0 need every"), (
+            msg
+        )
+        assert "with 2 processes" in msg
+    assert not (root / "runs" / name / "checkpoints").exists()
+    assert _errors(out, "unique-glo") == ["trained a step"] * WORLD  # --stage glo trains no IMLE
+
+
+def test_resharded_run_resumed_mid_epoch_reports_each_loss_once(runs):
+    """The epoch the 2-process run resumed in (from a 1-process checkpoint) has the loss of the
+    uninterrupted 1-process run: the saved loss sum is counted by rank 0 only (it was counted by every
+    rank: 2x). Equal up to float rounding, since the 2 processes sum their steps' losses in another order
+    (and train with BatchNorm statistics and gradients summed over ranks)."""
+    root, _ = runs
+    want, got = (_metrics(root / run) for run in ("uninterrupted", "resharded"))
+    assert [(r["stage"], r["epoch"], r["steps"]) for r in got] == [
+        (r["stage"], r["epoch"], r["steps"]) for r in want
+    ]
+    for a, b in zip(want, got):
+        assert b["loss"] == pytest.approx(a["loss"], rel=2e-3), (a, b)
+
+
+def _metrics(run: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
