@@ -73,16 +73,33 @@ def nn_argmin(
     return best.result()
 
 
+# dtypes and device types as numbers, so one all-gather of int64s checks them with the shapes
+_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_DEVICE_TYPES = ("cpu", "cuda")
+
+
 def _key_counts(local_keys: torch.Tensor, group: dist.ProcessGroup | None) -> list[int]:
-    """Every rank's number of keys (all-gathered), after checking that D agrees and M >= 1 in total."""
+    """Every rank's number of keys (all-gathered), after checking that D, the dtype and the device type
+    agree (one all-gather: a rank whose keys differ would otherwise break the ring's transfers, or abort
+    the process inside gloo) and that M >= 1 in total. Raises the same ValueError on every rank."""
     world = dist.get_world_size(group)
-    counts = torch.tensor(list(local_keys.shape), dtype=torch.int64, device=local_keys.device)
+    dtype = _DTYPES.index(local_keys.dtype) if local_keys.dtype in _DTYPES else len(_DTYPES)
+    dev = local_keys.device.type
+    device = _DEVICE_TYPES.index(dev) if dev in _DEVICE_TYPES else len(_DEVICE_TYPES)
+    counts = torch.tensor([*local_keys.shape, dtype, device], dtype=torch.int64, device=local_keys.device)
     gathered = [torch.empty_like(counts) for _ in range(world)]
     dist.all_gather(gathered, counts, group=group)
     sizes = [int(c[0]) for c in gathered]
     dims = {int(c[1]) for c in gathered}
     if len(dims) != 1:
         raise ValueError(f"local_keys must have the same D on every rank, got D values {sorted(dims)}")
+    for what, column, names in (("dtype", 2, _DTYPES), ("device type", 3, _DEVICE_TYPES)):
+        codes = [int(c[column]) for c in gathered]
+        if len(set(codes)) != 1:
+            has = ", ".join(
+                f"rank {r}: {names[code] if code < len(names) else 'another'}" for r, code in enumerate(codes)
+            )
+            raise ValueError(f"local_keys and queries must have the same {what} on every rank, got {has}")
     if sum(sizes) == 0:
         raise ValueError("local_keys must hold at least one row on some rank, got M=0 in total")
     return sizes

@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from glann_testing import free_port
+from test_distributed_checks import spawn_bounded
 
 import glann_ext
 from glann_ext.distributed import nn_argmin as dist_nn_argmin
@@ -69,6 +70,11 @@ def _worker(rank: int, world: int, port: int, out: dict) -> None:
             dist_nn_argmin(torch.randn(3, d), torch.randn(5, d))
         except ValueError as exc:
             out[("width", rank)] = str(exc)
+        dtype = torch.float64 if rank else torch.float32  # gloo aborted the process (other byte counts)
+        try:
+            dist_nn_argmin(torch.randn(3, 4, dtype=dtype), torch.randn(5, 4, dtype=dtype))
+        except ValueError as exc:
+            out[("dtype", rank)] = str(exc)
         try:  # no key on any rank: an error on every rank, not indices into nothing
             dist_nn_argmin(torch.randn(3, 4), torch.randn(0, 4))
         except ValueError as exc:
@@ -104,7 +110,7 @@ def _subgroup_worker(rank: int, world: int, port: int, out: dict) -> None:
 def two_rank_results() -> dict:
     """One 2-process gloo group (spawning is the slow part) answers every case."""
     out = mp.Manager().dict()
-    mp.spawn(_worker, args=(WORLD, free_port(), out), nprocs=WORLD, join=True)
+    spawn_bounded(_worker, (WORLD, free_port(), out), WORLD)
     return dict(out)
 
 
@@ -130,6 +136,14 @@ def test_keys_of_another_width_on_some_rank_are_one_error_on_every_rank(two_rank
         )
 
 
+def test_keys_of_another_dtype_on_some_rank_are_one_error_on_every_rank(two_rank_results: dict) -> None:
+    for rank in range(WORLD):
+        assert two_rank_results[("dtype", rank)] == (
+            "local_keys and queries must have the same dtype on every rank, got rank 0: torch.float32, "
+            "rank 1: torch.float64"
+        )
+
+
 def test_no_key_on_any_rank_is_one_error_on_every_rank(two_rank_results: dict) -> None:
     for rank in range(WORLD):
         assert (
@@ -140,7 +154,7 @@ def test_no_key_on_any_rank_is_one_error_on_every_rank(two_rank_results: dict) -
 
 def test_three_ranks_and_a_subgroup_pass_keys_between_their_own_members() -> None:
     out = mp.Manager().dict()
-    mp.spawn(_subgroup_worker, args=(3, free_port(), out), nprocs=3, join=True)
+    spawn_bounded(_subgroup_worker, (3, free_port(), out), 3)
     q, k, _, _ = _make_case("uneven")
     want = glann_ext.nn_argmin(q, k)
     assert torch.equal(torch.cat([out[("world", r)] for r in range(3)]), want)
