@@ -286,7 +286,19 @@ def test_a_data_root_without_the_files_is_an_error_not_a_fallback(tmp_path, monk
         match=r"data_root .*mine: no mnist train images file in it or in its mnist/ subfolder \(looked for "
         r"train-images-idx3-ubyte.gz, train-images-idx3-ubyte, train-images.idx3-ubyte\)",
     ):
-        load_images("mnist", data_root=tmp_path / "mine")
+        load_images("mnist", data_root=tmp_path / "mine", allow_download=False)
+    # where a download is allowed, the missing file is fetched into the named root, not taken from elsewhere
+    fetched = []
+
+    def download(name, fname, dest_dir=mnist_mod.CACHE_DIR):
+        fetched.append(dest_dir)
+        (dest_dir / name).mkdir(exist_ok=True)
+        (dest_dir / name / fname).write_bytes(gzip.compress(raw[:16] + bytes(2 * 784)))
+        return dest_dir / name / fname
+
+    monkeypatch.setattr(mnist_mod, "download", download)
+    assert load_images("mnist", data_root=tmp_path / "mine").shape == (2, 1, 28, 28)
+    assert fetched == [tmp_path / "mine"]
 
 
 # --- W8, W9: fingerprints of the rows' content, old manifests still read ---

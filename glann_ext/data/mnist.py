@@ -99,9 +99,10 @@ def download(name: str, fname: str, dest_dir: Path = CACHE_DIR) -> Path:
                     bar.update(len(block))
     except OSError as exc:
         tmp.unlink(missing_ok=True)
+        looked = [out_dir] if dest_dir != CACHE_DIR else candidate_dirs(name)
         raise DataError(
-            f"{name}: files not found locally ({', '.join(map(str, candidate_dirs(name)))}) "
-            f"and download of {base + fname} failed ({exc}); set {ENV_VAR} or pass --data-root"
+            f"{name}: files not found locally ({', '.join(map(str, looked))}) and download of {base + fname} "
+            f"into {out_dir} failed ({exc}); put the IDX files in --data-root, or set {ENV_VAR}"
         ) from exc
     if md5(tmp) != sums[fname]:
         tmp.unlink()
@@ -126,8 +127,9 @@ def mnist_images_file(
     name: str, split: str = "train", root: str | Path | None = None, allow_download: bool = True
 ) -> Path:
     """The IDX images file :func:`load_mnist_like` reads (found locally, else downloaded if allowed). A named
-    ``root`` is the only place looked in, and never downloaded into: a file missing there is a
-    :class:`DataError` naming the root and the file names looked for."""
+    ``root`` is the only place looked in (another copy must not stand in for the one the user named): a file
+    missing there is downloaded into its ``name`` subfolder when allowed, else a :class:`DataError` naming
+    the root and the file names looked for."""
     if name not in SOURCES:
         raise DataError(f"unknown IDX dataset {name!r}; expected one of {sorted(SOURCES)}")
     if split not in ("train", "test"):
@@ -135,18 +137,16 @@ def mnist_images_file(
     if root is not None and not Path(root).is_dir():  # a typo must not fall back to another copy silently
         raise DataError(f"data_root {root}: no such folder")
     path = find_images_file(name, split, root)
-    if path is None and root is not None:
-        raise DataError(
-            f"data_root {root}: no {name} {split} images file in it or in its {name}/ subfolder (looked for "
-            f"{', '.join(_image_file_names(split))})"
-        )
-    if path is None:
-        if not allow_download:
+    if path is not None:
+        return path
+    if not allow_download:
+        if root is not None:
             raise DataError(
-                f"{name} {split} images not found in {', '.join(map(str, candidate_dirs(name, root)))}"
+                f"data_root {root}: no {name} {split} images file in it or in its {name}/ subfolder (looked "
+                f"for {', '.join(_image_file_names(split))})"
             )
-        path = download(name, _image_file(split) + ".gz")
-    return path
+        raise DataError(f"{name} {split} images not found in {', '.join(map(str, candidate_dirs(name)))}")
+    return download(name, _image_file(split) + ".gz", CACHE_DIR if root is None else Path(root))
 
 
 def read_mnist_images(path: Path, limit: int | None = None) -> np.ndarray:
