@@ -13,7 +13,7 @@ from glann_testing import tiny_config
 
 from glann_ext.errors import ConfigError, GlannError, NonFiniteError, UsageError
 from glann_ext.models import MLP
-from glann_ext.train import Fit, TrainConfig, build_model, fit, fit_imle
+from glann_ext.train import Fit, TrainConfig, build_model, fit, fit_imle, load_model, train
 
 
 @pytest.mark.parametrize(
@@ -130,3 +130,37 @@ def test_build_model_refuses_an_image_shape_that_is_not_square():
     with pytest.raises(UsageError, match=r"image_shape must be .*H == W, got \(1, 28, 30\)"):
         build_model(tiny_config(), (1, 28, 30))
     assert issubclass(UsageError, GlannError)
+
+
+@pytest.mark.parametrize(
+    ("generator", "match"),
+    [
+        (MLP(5, 2), r"generator cannot map noise of shape \(2, 2\) \(cfg\.noise_dim\)"),
+        (MLP(2, 3), r"generator maps noise \(2, 2\) to \(2, 3\), but targets are rows of shape \(2,\)"),
+    ],
+)
+def test_fit_imle_refuses_a_generator_whose_output_is_not_a_target_row(generator, match):
+    """Torch's matrix-shape error, or the search's "keys must have D=3 columns", named neither argument."""
+    points = torch.randn(64, 2)
+    generator.train()
+    with pytest.raises(UsageError, match=match):
+        fit_imle(points, generator, tiny_config(noise_dim=2, imle_epochs=1))
+    assert generator.training  # the probe puts the mode back
+
+
+def test_train_refuses_a_config_that_is_not_a_train_config(tmp_path):
+    with pytest.raises(ConfigError, match=r"cfg must be a TrainConfig.*got dict"):
+        train({"glo_epochs": 1}, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_load_model_refuses_a_device_it_cannot_load_onto_before_reading(tmp_path):
+    """device="meta" failed inside balanced sampling's calibration, and "cuda" on a CPU-only torch with
+    torch's AssertionError: the device is checked as training checks it (ConfigError)."""
+    with pytest.raises(ConfigError, match="--device meta: glann_ext trains on cpu or cuda, not meta"):
+        load_model(tmp_path / "no-such-run", device="meta")
+
+
+def test_build_model_refuses_an_image_shape_of_two_sizes():
+    with pytest.raises(UsageError, match=r"image_shape must be \(C, H, W\).*got \(28, 28\)"):
+        build_model(tiny_config(), (28, 28))

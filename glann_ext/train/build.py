@@ -33,9 +33,9 @@ def seeded(seed: int, make: Callable[[], M]) -> M:
 
 def build_generator(cfg: TrainConfig, image_shape: tuple[int, int, int]) -> DCGANGenerator:
     """G: codes (GLANN) or noise (pixel IMLE) of the configured size -> images of ``image_shape``."""
-    c, h, w = image_shape
-    if h != w or c < 1:
+    if len(image_shape) != 3 or image_shape[0] < 1 or image_shape[1] != image_shape[2]:
         raise UsageError(f"image_shape must be (C, H, W) with C >= 1 and H == W, got {tuple(image_shape)}")
+    c, h, _ = image_shape
     in_dim = cfg.noise_dim if cfg.imle_space == "pixel" else cfg.latent_dim
     return seeded(cfg.seed, lambda: DCGANGenerator(in_dim, h, c, cfg.gen_width, cfg.gen_depth))
 

@@ -109,3 +109,30 @@ def checked_targets(targets: Any) -> torch.Tensor:
     if row is not None:
         raise NonFiniteError(f"targets hold NaN or Inf (first in row {row})", argument="targets", row=row)
     return x
+
+
+@torch.no_grad()
+def check_generator_output(generator: torch.nn.Module, targets: torch.Tensor, noise_dim: int) -> None:
+    """UsageError unless ``generator`` maps noise (B, ``noise_dim``) to rows shaped like ``targets``' (one
+    probe of two rows in eval mode, so no BatchNorm statistic moves): a mismatch would otherwise surface as
+    a matrix-shape error inside torch, or in the first search, naming neither."""
+    if not isinstance(generator, torch.nn.Module):
+        raise UsageError(f"generator must be a torch.nn.Module, got {type(generator).__name__}")
+    weight = next(generator.parameters(), None)
+    device = weight.device if weight is not None else torch.device("cpu")
+    was_training = generator.training
+    generator.eval()
+    try:
+        out = generator(torch.zeros(2, noise_dim, device=device))
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise UsageError(
+            f"generator cannot map noise of shape (2, {noise_dim}) (cfg.noise_dim): {str(exc).splitlines()[0]}"
+        ) from None
+    finally:
+        generator.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape[1:]) != tuple(targets.shape[1:]):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UsageError(
+            f"generator maps noise (2, {noise_dim}) to {got}, but targets are rows of shape "
+            f"{tuple(targets.shape[1:])}"
+        )

@@ -19,14 +19,14 @@ from typing import Any
 import torch
 
 from glann_ext.backend import Ops, get_ops
-from glann_ext.errors import RunFolderError, UsageError
+from glann_ext.errors import RunFolderError
 from glann_ext.models import GLANN, PixelIMLE, ReconstructionLoss
 
 from .build import build_model
 from .config import TrainConfig, check_device
 from .glo import GLOTrainer
 from .imle import IMLETrainer
-from .inputs import checked_config, checked_images, checked_targets
+from .inputs import check_generator_output, checked_config, checked_images, checked_targets
 from .loop import Hook, run_epochs
 from .threads import intra_op_threads
 from .whitening import code_whitening
@@ -217,8 +217,7 @@ def fit_imle(
     :meth:`~.imle.IMLETrainer.generate` maps noise through the trained generator."""
     _check_device(checked_config(cfg), device)
     targets = checked_targets(targets)
-    if not isinstance(generator, torch.nn.Module):
-        raise UsageError(f"generator must be a torch.nn.Module, got {type(generator).__name__}")
+    check_generator_output(generator, targets, cfg.noise_dim)
     ops = ops or get_ops(cfg.ops)
     trainer = IMLETrainer(targets, generator, cfg, ops, device if device is not None else cfg.device, loss_fn)
     run_epochs(trainer, cfg.imle_epochs, hooks)

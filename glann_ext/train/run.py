@@ -59,8 +59,9 @@ from glann_ext.models.generative import built_to_fit, check_unit_codes
 from . import checkpoint as ckpt
 from .build import build_generator, build_mapping
 from .checkpoint import LEGACY_MODEL_FILE, MODEL_FILE
-from .config import CONFIG_FILE, SAMPLING_FIELDS, TrainConfig, load_run_config
+from .config import CONFIG_FILE, SAMPLING_FIELDS, TrainConfig, check_device, load_run_config
 from .imle import check_distributed_imle
+from .inputs import checked_config
 from .loop import Hook, StageTrainer, diverged
 from .pipeline import Fit
 from .threads import intra_op_threads
@@ -166,6 +167,8 @@ class Run:
         model exists) the saved one, with the overrides a resume may change. A config.json without any
         training state is a start that failed: a new ``cfg`` replaces it."""
         path = self.out / CONFIG_FILE
+        if cfg is not None:
+            cfg = checked_config(cfg)
         if path.exists() and (has_trained(self.out) or cfg is None):
             saved = load_run_config(path)
             if cfg is not None:
@@ -184,7 +187,7 @@ class Run:
             return saved.validate()
         if cfg is None:
             raise RunFolderError(f"{path}: no run to resume here, and no configuration given")
-        return cfg.validate()  # written once the data has loaded
+        return cfg  # written once the data has loaded
 
     # -- training ------------------------------------------------------------------------------------
     def train(self, stage: str = "all") -> GenerativeModel:
@@ -661,7 +664,8 @@ def train(cfg: TrainConfig | None, out: str | Path, stage: str = "all", **kwargs
 
 def load_model(path: str | Path, ops: str | None = None, device: str = "cpu") -> GenerativeModel:
     """The model of run folder ``path`` (its ``model.safetensors``, else its latest checkpoint) or of a
-    model file."""
+    model file, on ``device`` (a ConfigError when this machine has no such device)."""
+    check_device(str(device), fused=ops != "reference")
     path = Path(path)
     if path.is_dir():
         if (path / MODEL_FILE).exists():
