@@ -20,8 +20,8 @@ from glann_ext.train import Fit, TrainConfig, build_model, fit, fit_imle, load_m
     ("make", "message"),
     [
         (lambda x: (x * 255).to(torch.uint8), "floating point in [0, 1], got uint8"),
-        (lambda x: x * 255, "divide 0-255 images by 255"),
-        (lambda x: x - 0.5, "in [0, 1], got values in [-0.5"),
+        (lambda x: x * 255, "(images in [0, 255]: divide by 255)"),
+        (lambda x: x - 0.5, "in [0, 1] (within 0.05), got values in [-0.5"),
         (lambda x: x[:, 0], "(n, C, H, W)"),
         (lambda x: x.permute(0, 2, 3, 1), "channels last?"),
         (lambda x: x[:, :, :, :27], "H == W"),

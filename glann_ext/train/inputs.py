@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from glann_ext.data.datasets import FLOAT_OVERSHOOT
+from glann_ext.data.datasets import check_unit_images
 from glann_ext.errors import ConfigError, NonFiniteError, UsageError
+from glann_ext.ops._checks import first_nonfinite_row
 
 from .config import TrainConfig
 
@@ -40,11 +41,6 @@ def _as_tensor(name: str, x: Any) -> torch.Tensor:
     if x.is_meta:
         raise UsageError(f"{name} must hold data, got a tensor on the meta device")
     return x.detach()
-
-
-def _first_nonfinite_row(x: torch.Tensor) -> int | None:
-    bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
-    return int(bad.nonzero()[0, 0]) if bool(bad.any()) else None
 
 
 def _layout_hint(shape: tuple[int, ...]) -> str:
@@ -79,20 +75,8 @@ def checked_images(images: Any, cfg: TrainConfig) -> torch.Tensor:
     """``images`` as a float32 (n, C, H, W) tensor in [0, 1] that ``cfg`` can train on (the same tensor when
     it already is one), else a UsageError/ConfigError/NonFiniteError naming ``images`` or the field."""
     x = _as_tensor("images", images)
-    shape = tuple(x.shape)
-    if not x.is_floating_point():
-        raise UsageError(
-            f"images must be floating point in [0, 1], got {str(x.dtype)[6:]}: divide 0-255 images by 255 "
-            f"(glann_ext.data.load_images does)"
-        )
-    _check_shape(shape, cfg)
-    row = _first_nonfinite_row(x)
-    if row is not None:
-        raise NonFiniteError(f"images hold NaN or Inf (first in row {row})", argument="images", row=row)
-    lo, hi = (float(v) for v in torch.aminmax(x))
-    if lo < -FLOAT_OVERSHOOT or hi > 1 + FLOAT_OVERSHOOT:
-        hint = ": divide 0-255 images by 255" if hi > 2 else ""
-        raise UsageError(f"images must lie in [0, 1], got values in [{lo:g}, {hi:g}]{hint}")
+    _check_shape(tuple(x.shape), cfg)
+    lo, hi = check_unit_images(x)
     x = x.to(torch.float32)
     return x.clamp(0, 1) if lo < 0 or hi > 1 else x
 
@@ -105,7 +89,7 @@ def checked_targets(targets: Any) -> torch.Tensor:
             f"targets must be a float (n, ...) tensor with n >= 1 rows of at least one value, "
             f"got {str(x.dtype)[6:]} of shape {tuple(x.shape)}"
         )
-    row = _first_nonfinite_row(x)
+    row = first_nonfinite_row(x)
     if row is not None:
         raise NonFiniteError(f"targets hold NaN or Inf (first in row {row})", argument="targets", row=row)
     return x
