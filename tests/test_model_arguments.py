@@ -326,6 +326,21 @@ def test_a_gaussian_fit_that_cannot_be_sampled_names_fit():
         m.sample_gaussian(2, fit=5)  # TypeError: cannot unpack non-iterable int
     psd = torch.zeros(8, 8)  # rank 0: semi-definite, sampled as the point (ridge of 1e-6)
     assert m.sample_gaussian(2, fit=(m.codes[0], psd)).shape == (2, 1, 28, 28)
+    upper = torch.eye(8) + torch.triu(torch.ones(8, 8), 1)  # Cholesky read only its lower triangle
+    with pytest.raises(
+        UsageError, match=r"^fit's cov must be symmetric, got one with \|cov - cov.T\| up to 1"
+    ):
+        m.sample_gaussian(2, fit=(torch.zeros(8), upper))
+    rounded = fit_gaussian(m.codes)[1].float().double()  # a float32 round trip stays symmetric
+    assert m.gaussian_codes(2, fit=(m.codes.mean(0), rounded)).shape == (2, 8)
+
+
+def test_a_spread_without_codes_says_it_needs_them():
+    m = _glann()
+    empty = GLANN(m.G, m.codes[:0], m.T)
+    empty.set_spread(0.5)  # the spread's width is the codes' own deviation: NaN noise with no codes
+    with pytest.raises(UsageError, match=r"^a spread > 0 needs the training codes, and this model has none"):
+        empty.sample(2, balanced=False)
 
 
 def test_decode_batch_size_must_be_a_positive_integer():

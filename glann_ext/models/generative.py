@@ -549,6 +549,7 @@ class GLANN(GenerativeModel):
         """``z`` (n, latent_dim) on the sphere moved by the :attr:`spread`'s noise and projected back. The
         noise comes in seeded blocks of :data:`SPREAD_CHUNK` rows, so sample ``i`` moves the same way
         whatever ``n`` is."""
+        self._need_codes("a spread > 0")  # its width is the codes' own
         n, d = z.shape
         std = float(self.codes.double().var(0, correction=0).mean().sqrt())
         blocks = [
@@ -610,6 +611,10 @@ class GLANN(GenerativeModel):
         mean, cov = mean.double().cpu(), cov.double().cpu()
         if not bool(torch.isfinite(mean).all() and torch.isfinite(cov).all()):
             raise NonFiniteError("fit holds NaN or Inf values", argument="fit")
+        # Cholesky reads one triangle only: an asymmetric cov would be half ignored without a word
+        asym = float((cov - cov.T).abs().max()) if d else 0.0
+        if asym > 1e-6 * max(float(cov.abs().max()), 1e-12):
+            raise UsageError(f"fit's cov must be symmetric, got one with |cov - cov.T| up to {asym:.3g}")
         chol, info = torch.linalg.cholesky_ex(cov + 1e-6 * torch.eye(d, dtype=torch.float64))
         if int(info):
             raise UsageError(
