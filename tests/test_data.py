@@ -301,6 +301,27 @@ def test_image_folders_refuse_links_to_files_outside(tmp_path):
         load_images(str(tmp_path / "imgs"), image_size=8, channels=1)
 
 
+def test_image_folders_refuse_folder_links_rather_than_skip_them(tmp_path):
+    from PIL import Image
+
+    from glann_ext.data.folder import list_images
+
+    for name in ("imgs/cats", "elsewhere/dogs"):
+        (tmp_path / name).mkdir(parents=True)
+        Image.new("L", (8, 8), 10).save(tmp_path / name / "a.png")
+    (tmp_path / "imgs" / ".hidden_link").symlink_to(tmp_path / "elsewhere")  # hidden: skipped as before
+    assert len(list_images(tmp_path / "imgs")) == 1
+    (tmp_path / "imgs" / "dogs").symlink_to(tmp_path / "elsewhere" / "dogs")  # rglob would skip it silently
+    with pytest.raises(
+        DataError, match=r"dogs: a link to the folder .*dogs, outside the image folder .*copy or"
+    ):
+        list_images(tmp_path / "imgs")
+    (tmp_path / "imgs" / "dogs").unlink()
+    (tmp_path / "imgs" / "again").symlink_to(tmp_path / "imgs" / "cats")
+    with pytest.raises(DataError, match=r"again: a link to the folder .*cats, inside the image folder"):
+        load_images(str(tmp_path / "imgs"), image_size=8, channels=1)
+
+
 def test_decompression_bombs_in_folders_are_data_errors(tmp_path):
     from PIL import Image
 

@@ -34,18 +34,27 @@ _BAND = 1 << 18  # pixels of a 16-bit image scaled to 8 bits at a time
 def list_images(folder: str | Path) -> list[Path]:
     """Every image file under ``folder`` (recursive, sorted by path): the dataset's row order. Files and
     folders whose names start with "." below ``folder`` (``.ipynb_checkpoints/``, macOS ``._a.png``, ...) are
-    not images of the dataset and are skipped."""
+    not images of the dataset and are skipped. A link to a file outside ``folder``, or to any folder, is a
+    :class:`DataError` (a folder link would otherwise be left out without a word: ``rglob`` does not enter
+    it)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder")
-    files = sorted(
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-        and p.is_file()
-    )
+    found = [
+        p for p in folder.rglob("*") if not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    ]
     root = folder.resolve()
+    for p in found:
+        if p.is_symlink() and p.is_dir():  # rglob does not enter it: its images would be left out silently
+            target = p.resolve()
+            where = (
+                "outside the image folder" if not target.is_relative_to(root) else "inside the image folder"
+            )
+            raise DataError(
+                f"{p}: a link to the folder {target}, {where} {root}; image folders are read without following "
+                "folder links (copy or move the images into the folder)"
+            )
+    files = sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     for p in files:
         target = p.resolve()
         if not target.is_relative_to(root):
