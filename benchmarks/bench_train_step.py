@@ -22,9 +22,20 @@ steps were moved to one (``glann_ext.train.threads``; the same on CUDA, where no
 happens only where idle OpenMP threads sleep, so run with ``OMP_WAIT_POLICY=PASSIVE`` (what the ``glann``
 command gets) to compare the two; pytest imports torch first, and under torch's default (spinning) policy
 both rows take the same step.
+
+Before it is timed, every row's first step is checked against the same step of the ``reference_ops`` row
+from the same start (both trainers are built from the same seeded config): the loss it returns (rtol 1e-4)
+and the update it makes to G's parameters and the batch's codes (GLO) or to T's parameters (IMLE): cosine
+similarity with the reference's update at least 0.999 and norms within 1% (Adam's first step is about
+``lr * sign(grad)`` per weight, so a wrong gradient or a missing update moves both). ``reference_ops``
+itself is the baseline and is checked only for a finite loss. The IMLE rows' matching (every target's
+matched noise for the epoch) must also be the reference's but for near-ties (at most 1 target in 1,000). ``--benchmark-disable`` runs the check and one
+step, untimed.
 """
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -56,11 +67,15 @@ def _mapping_shape(cfg) -> str:
     return " -> ".join(str(n) for n in [linears[0].in_features, *(m.out_features for m in linears)])
 
 
-def _cycling(trainer, batch: int, steps: int = 16):
-    batches = [
+def _batches(trainer, batch: int, steps: int = 16) -> list[torch.Tensor]:
+    return [
         torch.randperm(trainer.total, generator=torch.Generator().manual_seed(i))[:batch]
         for i in range(steps)
     ]
+
+
+def _cycling(trainer, batch: int, steps: int = 16):
+    batches = _batches(trainer, batch, steps)
     it = [0]
 
     def step():
@@ -74,18 +89,27 @@ def _config(method: str, device: str):
     return preset("laptop", device=device, ops="reference" if method == "reference_ops" else "fused")
 
 
-def _glo_step(method: str, device: str):
+def _glo_trainer(method: str, device: str) -> GLOTrainer:
     cfg = _config(method, device)
     images = torch.rand(N_IMAGES, *IMAGE, generator=torch.Generator().manual_seed(0))
     tr = GLOTrainer(images, cfg, get_ops(cfg.ops), device)
     if method != "glann_ext":
         tr.opt_g = _plain(tr.G, lambda p: torch.optim.Adam(p, lr=cfg.lr_g, betas=cfg.betas))
-    return _cycling(tr, cfg.batch_size)
+    return tr
 
 
-def _imle_step(method: str, device: str):
+def _glo_step(method: str, device: str):
+    tr = _glo_trainer(method, device)
+    reference = None if method == "reference_ops" else _glo_trainer("reference_ops", device)
+    check_first_step(tr, reference, tr.cfg.batch_size, lambda t: [*t.G.parameters(), t.codes])
+    return _cycling(tr, tr.cfg.batch_size)
+
+
+def _imle_trainer(method: str, device: str) -> IMLETrainer:
     cfg = _config(method, device)
-    codes = torch.nn.functional.normalize(torch.randn(N_IMAGES, cfg.latent_dim), dim=1)
+    codes = torch.nn.functional.normalize(
+        torch.randn(N_IMAGES, cfg.latent_dim, generator=torch.Generator().manual_seed(0)), dim=1
+    )
     tr = IMLETrainer(codes, build_mapping(cfg), cfg, get_ops(cfg.ops), device)
     if method == "all_threads":
         tr.step_threads = None
@@ -97,7 +121,47 @@ def _imle_step(method: str, device: str):
             ),
         )
     tr.begin_epoch()  # the matching: every target gets its noise
+    return tr
+
+
+def _imle_step(method: str, device: str):
+    tr = _imle_trainer(method, device)
+    reference = None if method == "reference_ops" else _imle_trainer("reference_ops", device)
+    if reference is not None:  # the epoch's matching: a wrong match may miss the first step's batch
+        differ = int((tr.matched_noise != reference.matched_noise).any(1).sum())
+        assert differ <= N_IMAGES // 1000, (
+            f"the matching gives {differ} of {N_IMAGES} targets other noise than the reference's (near-ties: "
+            f"at most {N_IMAGES // 1000})"
+        )
+    check_first_step(tr, reference, tr.batch_size, lambda t: list(t.generator.parameters()))
     return _cycling(tr, tr.batch_size)  # imle_batch_size: T's batch of codes
+
+
+def _first_update(trainer, batch: torch.Tensor, tensors) -> tuple[float, torch.Tensor]:
+    """The loss of ``trainer``'s step on ``batch`` and what it changed in ``tensors(trainer)``, flattened."""
+    before = [t.detach().double().flatten().cpu() for t in tensors(trainer)]
+    loss = trainer.train_step(batch)
+    after = [t.detach().double().flatten().cpu() for t in tensors(trainer)]
+    return loss, torch.cat([a - b for a, b in zip(after, before)])
+
+
+def check_first_step(trainer, reference, batch_size: int, tensors) -> None:
+    """``trainer``'s first step against ``reference``'s (the ``reference_ops`` row's trainer, built from the
+    same seeded config; None for that row itself: only a finite loss is asked) on the same batch: the loss
+    (rtol 1e-4), and the update of ``tensors(trainer)`` in direction (cosine >= 0.999) and size (norms within
+    1%). The trainer is then as built plus one step: the timing starts from there."""
+    batch = _batches(trainer, batch_size, 1)[0]
+    loss, update = _first_update(trainer, batch, tensors)
+    assert math.isfinite(loss), f"the first step's loss is {loss}"
+    if reference is None:
+        return
+    want_loss, want = _first_update(reference, batch, tensors)
+    assert math.isclose(loss, want_loss, rel_tol=1e-4), f"loss {loss:.7g}, the reference's {want_loss:.7g}"
+    cos = float(update @ want / (update.norm() * want.norm()).clamp_min(1e-300))
+    ratio = float(update.norm() / want.norm().clamp_min(1e-300))
+    assert cos >= 0.999 and abs(ratio - 1) <= 0.01, (
+        f"the first step's update has cosine {cos:.6f} with the reference's and {ratio:.4f}x its norm"
+    )
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -4,6 +4,7 @@ before anything is timed (CI runs tests/, not benchmarks/)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -212,3 +213,41 @@ def test_sphere_rows_reject_a_wrong_projection_and_a_wrong_step(monkeypatch) -> 
     with pytest.raises(AssertionError, match="latent table"):
         bench_sphere.test_latent_step(bench, "cpu", 128, name)
     assert bench.pedantic_calls == 0
+
+
+def test_train_step_rows_reject_a_wrong_loss_and_a_wrong_match(monkeypatch) -> None:
+    from benchmarks import bench_train_step
+    from glann_ext.backend import get_ops
+
+    for row in (bench_train_step.test_glo_step, bench_train_step.test_imle_step):
+        bench = DisabledBenchmark()
+        row(bench, "cpu", "glann_ext")  # as it is: passes
+        assert bench.pedantic_calls == 1
+
+    def wrong_ops(change):
+        def ops(name):
+            right = get_ops(name)
+            return dataclasses.replace(right, **change(right)) if name == "fused" else right
+
+        return ops
+
+    def loss_off(right):  # the fused loss 1% too large: both the loss and the update's size move
+        return {"lap_loss": lambda *a, **k: right.lap_loss(*a, **k) * 1.01}
+
+    def match_off(right):  # the fused search returns the second-nearest for one target in 64
+        def nn(q, k, return_distances=False):
+            idx, dist = right._nn_argmin(q, k, return_distances=True)
+            idx[::64] = (idx[::64] + 1) % len(k)
+            return (idx, dist) if return_distances else idx
+
+        return {"_nn_argmin": nn}
+
+    for row, change, match in (
+        (bench_train_step.test_glo_step, loss_off, "loss"),
+        (bench_train_step.test_imle_step, match_off, "the matching gives 32 of 2048 targets other noise"),
+    ):
+        monkeypatch.setattr(bench_train_step, "get_ops", wrong_ops(change))
+        bench = DisabledBenchmark()
+        with pytest.raises(AssertionError, match=match):
+            row(bench, "cpu", "glann_ext")
+        assert bench.pedantic_calls == 0
