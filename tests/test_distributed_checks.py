@@ -201,3 +201,41 @@ def _metrics(run: Path) -> list[dict]:
     import json
 
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _timeout_worker(rank: int, port: int, out: str) -> None:
+    from glann_ext.train.world import init_world
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD), RANK=str(rank), LOCAL_RANK="0"
+    )
+    os.environ["GLANN_DIST_TIMEOUT_S"] = "2"
+    world = init_world(torch.device("cpu"))
+    start = time.monotonic()
+    try:
+        if rank == 1:  # a rank that stops answering without exiting (SIGSTOP, a hung node)
+            time.sleep(12)
+        else:
+            dist.all_reduce(torch.ones(1), group=world.group)
+        result = "returned"
+    except RuntimeError:
+        result = "timed out"
+    Path(out, f"rank{rank}").write_text(f"{result} {time.monotonic() - start:.1f}")
+    dist.destroy_process_group()
+
+
+def test_the_collective_timeout_comes_from_the_environment(tmp_path, monkeypatch):
+    from glann_ext.errors import ConfigError
+    from glann_ext.train.world import dist_timeout_s
+
+    assert dist_timeout_s() == 1800.0  # unset: 30 minutes
+    monkeypatch.setenv("GLANN_DIST_TIMEOUT_S", "90.5")
+    assert dist_timeout_s() == 90.5
+    for bad in ("0", "-3", "nan", "inf", "ten"):
+        monkeypatch.setenv("GLANN_DIST_TIMEOUT_S", bad)
+        with pytest.raises(ConfigError, match=r"^\$GLANN_DIST_TIMEOUT_S must be a number of seconds > 0"):
+            dist_timeout_s()
+    monkeypatch.delenv("GLANN_DIST_TIMEOUT_S")
+    spawn_bounded(_timeout_worker, (free_port(), str(tmp_path)), WORLD, timeout_s=60)
+    rank0 = (tmp_path / "rank0").read_text()
+    assert rank0.startswith("timed out") and float(rank0.split()[-1]) < 10, rank0  # 2 s, not 30 minutes

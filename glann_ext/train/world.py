@@ -129,10 +129,32 @@ def local_device(device: str) -> torch.device:
     return dev
 
 
-def init_world(device: torch.device, timeout_s: float = 1800.0) -> World:
+TIMEOUT_ENV = "GLANN_DIST_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 1800.0
+
+
+def dist_timeout_s() -> float:
+    """How long a collective waits for the other ranks before the run fails (seconds): ``$GLANN_DIST_TIMEOUT_S``
+    (a number > 0), else 30 minutes. A rank that stops without exiting (a hung node, SIGSTOP) holds the others
+    this long; an IMLE epoch's search on one rank must fit in it."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"${TIMEOUT_ENV} must be a number of seconds > 0, got {raw!r:.40}")
+    return value
+
+
+def init_world(device: torch.device, timeout_s: float | None = None) -> World:
     """The :class:`World` of this process: an existing default process group, a new one when launched by
-    torchrun (``WORLD_SIZE`` > 1; backend from :func:`backend_for`), else a single process."""
+    torchrun (``WORLD_SIZE`` > 1; backend from :func:`backend_for`; collectives time out after ``timeout_s``,
+    default :func:`dist_timeout_s`), else a single process."""
     if dist.is_available() and not dist.is_initialized() and launched_by_torchrun():
+        timeout_s = dist_timeout_s() if timeout_s is None else timeout_s
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend_for(device), timeout=timedelta(seconds=timeout_s))
