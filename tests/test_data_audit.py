@@ -268,6 +268,27 @@ def test_float_scale_is_decided_on_the_file_not_the_rows_kept(tmp_path):
     assert load_images(str(tmp_path / "mask.npy")).max().item() == 1.0
 
 
+def test_an_integer_file_of_only_0s_and_1s_is_binary_like_a_float_one(tmp_path):
+    """``(x > 127).astype(np.uint8)`` was read as 0..255 levels: images no brighter than 1/255, trained on
+    without a word. A file of only 0s and 1s is binary whatever its dtype; the whole file decides."""
+    x = np.random.default_rng(3).integers(0, 2, (6, 4, 4))
+    for dtype in (np.uint8, np.int64, np.float32):
+        np.save(tmp_path / "mask.npy", x.astype(dtype))
+        np.savez_compressed(tmp_path / "mask.npz", images=x.astype(dtype))
+        for name in ("mask.npy", "mask.npz"):
+            got = load_images(str(tmp_path / name))
+            assert torch.equal(got, torch.from_numpy(x).float().unsqueeze(1)), (dtype, name)
+            assert torch.equal(
+                load_images(str(tmp_path / name), image_size=8),
+                load_images(str(tmp_path / name), image_size=8),
+            )
+    levels = x.astype(np.uint8)
+    levels[5, 0, 0] = 200  # one brighter pixel in the last row: the file is 0..255 levels, every row of it
+    np.save(tmp_path / "levels.npy", levels)
+    assert load_images(str(tmp_path / "levels.npy"), limit=2).max().item() == pytest.approx(1 / 255)
+    assert load_image_shard(str(tmp_path / "levels.npy"), 0, 2).images.max().item() == pytest.approx(1 / 255)
+
+
 # --- W7: a named data root is the only place looked in ---
 
 

@@ -69,8 +69,9 @@ def _to_nchw(arr: np.ndarray, source: str) -> np.ndarray:
 
 def _to_unit_float(arr: np.ndarray, source: str, file_values: FileValues = None) -> tuple[torch.Tensor, bool]:
     """(``arr`` as float32 in [0, 1], whether its values are 0..255 levels: integers, or whole-number floats
-    divided by 255). Float arrays holding only 0s and 1s could be either scale: ``file_values`` (the whole
-    file's values) decides, so that every limit and every shard of one file is scaled alike."""
+    divided by 255). Arrays holding only 0s and 1s could be either scale: ``file_values`` (the whole file's
+    values) decides, so that every limit and every shard of one file is scaled alike; a file of only 0s and
+    1s is binary (1 is white), integer or float."""
     if arr.shape[0] == 0:  # an empty shard: nothing to check
         return torch.zeros(arr.shape, dtype=torch.float32), False
     arr = np.asarray(arr, dtype=arr.dtype.newbyteorder("="))  # big-endian files: torch takes native order
@@ -79,7 +80,15 @@ def _to_unit_float(arr: np.ndarray, source: str, file_values: FileValues = None)
     if np.issubdtype(arr.dtype, np.integer):
         if arr.min() < 0 or arr.max() > 255:
             raise DataError(f"{source}: integer images must lie in [0, 255], got [{arr.min()}, {arr.max()}]")
-        return torch.from_numpy(np.ascontiguousarray(arr)).float().div_(255.0), True
+        t = torch.from_numpy(np.ascontiguousarray(arr)).float()
+        # an array file of only 0s and 1s is binary (as a float one is), not 0..255 levels: (x > 127).astype(
+        # uint8) would otherwise train on images no brighter than 1/255. (Decoded folder pixels are levels.)
+        binary = (
+            file_values is not None
+            and arr.max() == 1  # (all 0s: 0 either way, no need to read the rest)
+            and not any(bool((chunk > 1).any()) for chunk in file_values())
+        )
+        return (t if binary else t.div_(255.0)), True
     t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
     if not torch.isfinite(t).all():
         raise DataError(f"{source}: images contain NaN or infinite values")
@@ -132,11 +141,11 @@ def load_images(
     Row i of the result is dataset index i, which is also the row of its GLO code. Integer arrays must lie
     in [0, 255]; float arrays in [0, 1] (an overshoot of up to :data:`FLOAT_OVERSHOOT` is clipped) or hold
     whole numbers in [0, 255] (divided by 255); anything else is a :class:`DataError` naming the range.
-    Whether float arrays of only 0s and 1s are [0, 1] or 0..255 values is decided on the whole file (any
-    value above 1 in it: 0..255), never on the rows a limit or a shard keeps. Folder images: 16-bit grey is
+    Whether arrays (integer or float) of only 0s and 1s are binary (1 white) or 0..255 values is decided on
+    the whole file (any value above 1 in it: 0..255), never on the rows a limit or a shard keeps. Folder images: 16-bit grey is
     scaled to 8 bits, EXIF orientation is applied, transparent pixels become black (alpha is composited onto
     black), files and folders whose names start with "." are skipped, and links to files outside the folder
-    are refused.
+    are refused, as are links to folders.
     """
     return load_image_shard(
         dataset,
