@@ -17,7 +17,7 @@ from .ops.nn_argmin import nn_argmin
 from .ops.sphere import fused_latent_adam_, fused_latent_sgd_, project_to_sphere, project_to_sphere_
 from .optim import SphereSparseAdam, SphereSparseSGD
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # as pyproject.toml says (tests/test_packaging.py)
 
 __all__ = [
     "SphereSparseAdam",
