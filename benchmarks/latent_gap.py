@@ -31,6 +31,7 @@ from benchmarks.ablation import base_config
 from benchmarks.quality import BUDGETS, Budget, fashion_classifier
 from glann_ext import nn_argmin
 from glann_ext.data.labelled import load_labelled
+from glann_ext.evaluate import DEFAULT_CACHE_DIR
 from glann_ext.metrics import code_usage, frechet_distance, nearest_other_code, nearest_train, prdc
 from glann_ext.train import fit
 
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--smoke", action="store_true", help="tiny budget (seconds), for the tests")
     p.add_argument("--out", type=Path, help="write the markdown table here (else print it)")
-    p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "glann_ext" / "quality")
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
     args = p.parse_args(argv)
     res = run(BUDGETS["smoke" if args.smoke else "quick"], tuple(args.seeds), args.cache_dir)
     text = markdown(res)

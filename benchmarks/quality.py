@@ -61,7 +61,7 @@ from benchmarks.baselines import train_dcgan, train_toy_gan, train_vae
 from benchmarks.glo_stages import GLOStages
 from glann_ext._info import build_info
 from glann_ext.data.labelled import load_labelled
-from glann_ext.evaluate import domain_classifier, memorisation_summary
+from glann_ext.evaluate import DEFAULT_CACHE_DIR, domain_classifier, memorisation_summary
 from glann_ext.images import save_grid
 from glann_ext.metrics import (
     GRID_5X5,
@@ -874,7 +874,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     figdir = out.parent / "quality"
     figdir.mkdir(parents=True, exist_ok=True)
-    cache = Path(args.cache_dir or Path.home() / ".cache" / "glann_ext" / "quality")
+    cache = Path(args.cache_dir or DEFAULT_CACHE_DIR)
     parts = set(args.parts.split(","))
     unknown = parts - set(PARTS)
     if unknown:

@@ -50,13 +50,14 @@ def omp_threads_sleep() -> bool:
 
 def build_info() -> dict[str, object]:
     """Build facts for bug reports: version, CUDA compiled in, CUDA runtime, the CUDA kernels chosen (legacy or
-    hopper, :mod:`glann_ext.ops.kernels`), CPU SIMD level, threads."""
+    hopper, :mod:`glann_ext.ops.kernels`; None without CUDA kernels), CPU SIMD level, threads."""
+    compiled = bool(_C.cuda_compiled)
     return {
         "version": _C.__version__,
-        "cuda_compiled": bool(_C.cuda_compiled),
+        "cuda_compiled": compiled,
         "cuda_runtime_version": int(_C.cuda_runtime_version()),
         "cuda_available": cuda_available(),
-        "cuda_kernels": cuda_kernels(),
+        "cuda_kernels": cuda_kernels() if compiled else None,  # a CPU-only build runs none
         "cpu_isa": _C.cpu_isa(),
         "hardware_threads": int(_C.hardware_threads()),
         "torch_threads": torch.get_num_threads(),

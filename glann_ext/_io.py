@@ -11,6 +11,7 @@
 * :class:`FolderLock`: one writer per folder (``fcntl.flock``, released by the OS when the process dies).
 * :func:`load_tensors_only`: reading a tensor file someone handed us without running code from it
   (:class:`UnsafeTensorFile` says why a file is refused).
+* :func:`cache_root`: where downloads and the evaluators' weights are cached.
 """
 
 from __future__ import annotations
@@ -36,6 +37,16 @@ TEMP_NAME = re.compile(r".+\.[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX))
 RUN_WRITE_FOLDERS = (".", "checkpoints", "checkpoints/step-*", "images")
 LOCK_FILE = ".lock"
 TORCH_ARCHIVE_MAGIC = b"PK\x03\x04"  # torch.save's zip archive; anything else is a bare pickle
+
+
+def cache_root() -> Path:
+    """``~/.cache/glann_ext``: downloaded data sets and the evaluators' trained weights. Where no home folder
+    can be found (no ``$HOME`` and a user with no passwd entry, as in some containers), a fresh private
+    folder under the temp dir (``mkdtemp``, mode 0700): shared with no other user, kept by no later process."""
+    try:
+        return Path.home() / ".cache" / "glann_ext"
+    except RuntimeError:  # "Could not determine home directory"
+        return Path(tempfile.mkdtemp(prefix="glann_ext-cache-"))
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:

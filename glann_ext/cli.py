@@ -1,7 +1,7 @@
 """The ``glann`` command: train, sample, interpolate, invert, eval, reshard.
 
     glann train --dataset fashion-mnist --out runs/fmnist --preset laptop
-    torchrun --nproc-per-node 2 -m glann_ext.cli train --dataset fashion-mnist --out runs/fmnist-2
+    torchrun --nproc-per-node 2 --no-python glann train --dataset fashion-mnist --out runs/fmnist-2
     glann sample --run runs/fmnist -n 64 --grid samples.png
     glann interpolate --run runs/fmnist --space latent --rows 6 --steps 10 --grid interp.png
     glann invert --run runs/fmnist --images my_images/ --grid inverted.png
@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 
 import torch
 
+from glann_ext import __version__
 from glann_ext.errors import GlannError
 from glann_ext.train.config import MAX_SEED, MAX_THREADS
 
@@ -259,6 +260,7 @@ def _add_eval(sub) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="glann", description="GLO, IMLE and GLANN generative models.")
+    p.add_argument("--version", action="version", version=f"glann_ext {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for add, _ in _COMMANDS.values():
         add(sub)

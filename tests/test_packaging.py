@@ -1,0 +1,174 @@
+"""What an installed glann_ext and its checkout do around the package itself: one version, the license,
+the message when the checkout's unbuilt glann_ext/ shadows the installed one, the benchmarks measuring the
+installed package from the checkout, and no crash where no home folder can be found."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import glann_ext
+from glann_ext import _C
+
+ROOT = Path(__file__).resolve().parents[1]
+# drops scikit-build-core's editable finder (a development install), so that the subprocess imports as a
+# plain `pip install .` does: from sys.path, in its order
+PLAIN_IMPORTS = (
+    "import sys; sys.meta_path = [f for f in sys.meta_path if 'ScikitBuild' not in type(f).__name__]; "
+)
+
+
+def _pyproject() -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        tomllib = pytest.importorskip("tomli")
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_one_version_and_the_license_text_ship_with_the_package():
+    project = _pyproject()["project"]
+    assert glann_ext.__version__ == project["version"]
+    assert "MIT License" in (ROOT / "LICENSE").read_text()  # scikit-build-core ships LICEN[CS]E* files
+    assert project["license"] == {"text": "MIT"}
+
+
+def _checkout_and_install(tmp_path: Path, *, dist_info: bool = True) -> tuple[Path, Path]:
+    """(a checkout: glann_ext/ without its compiled module and benchmarks/; a site folder holding a built
+    glann_ext, as `pip install .` leaves one, with its dist-info)."""
+    checkout, site = tmp_path / "checkout", tmp_path / "site"
+    ignore = shutil.ignore_patterns("__pycache__", "_C*.so", "_C*.pyd")
+    shutil.copytree(ROOT / "glann_ext", checkout / "glann_ext", ignore=ignore)
+    shutil.copytree(ROOT / "benchmarks", checkout / "benchmarks", ignore=shutil.ignore_patterns("quality"))
+    shutil.copytree(ROOT / "glann_ext", site / "glann_ext", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(_C.__file__, site / "glann_ext")  # the compiled module, wherever this install keeps it
+    if dist_info:
+        info = site / f"glann_ext-{glann_ext.__version__}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: glann_ext\nVersion: {glann_ext.__version__}\n"
+        )
+    return checkout, site
+
+
+def _python(code: str, cwd: Path, site: Path | None) -> subprocess.CompletedProcess:
+    """``code`` run as a plain install imports (no editable finder), with ``site`` alone on PYTHONPATH."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if site is not None:
+        env["PYTHONPATH"] = str(site)
+    return subprocess.run(
+        [sys.executable, "-c", PLAIN_IMPORTS + code],
+        check=False,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_an_unbuilt_checkout_that_shadows_the_installed_package_says_so(tmp_path):
+    checkout, site = _checkout_and_install(tmp_path)
+    done = _python("import glann_ext", checkout, site)  # `python -c`/`-m` put the checkout first
+    assert done.returncode == 1
+    assert f"glann_ext was imported from the source checkout {checkout / 'glann_ext'}" in done.stderr
+    assert f"the installed glann_ext is {site / 'glann_ext'}" in done.stderr
+    assert "torchrun --no-python glann" in done.stderr and "circular import" not in done.stderr
+    # a compiled module that does not load: its own error
+    (checkout / "glann_ext" / Path(_C.__file__).name).write_bytes(b"not a shared object")
+    done = _python("import glann_ext", checkout, site)
+    assert f"compiled module in {checkout / 'glann_ext'} failed to load:" in done.stderr
+
+
+def test_a_package_never_built_says_so(tmp_path, monkeypatch):
+    from glann_ext import _ext
+
+    (tmp_path / "glann_ext").mkdir()
+    monkeypatch.setattr(_ext, "__file__", str(tmp_path / "glann_ext" / "_ext.py"))
+    monkeypatch.setattr(_ext, "_installed_elsewhere", lambda here: None)
+    message = _ext._missing_module_message(ImportError("cannot import name '_C'"))
+    assert message.startswith(f"glann_ext's compiled module _C is missing from {tmp_path / 'glann_ext'}: the")
+
+
+def test_benchmarks_run_from_the_checkout_measure_the_installed_package(tmp_path):
+    checkout, site = _checkout_and_install(tmp_path, dist_info=False)
+    code = "import benchmarks.latent_gap, glann_ext; print(glann_ext.__file__)"
+    done = _python(code, checkout, site)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(site / "glann_ext" / "__init__.py")
+    # built in place: the checkout's own package is the one measured
+    shutil.copy(_C.__file__, checkout / "glann_ext")
+    done = _python(code, checkout, site)
+    assert done.stdout.strip() == str(checkout / "glann_ext" / "__init__.py"), done.stderr
+
+
+def test_the_command_and_training_imports_need_no_home_folder(tmp_path):
+    code = textwrap.dedent(
+        """
+        import pathlib, sys
+        def no_home(cls=None):
+            raise RuntimeError("Could not determine home directory.")
+        pathlib.Path.home = classmethod(no_home)  # as with no $HOME and a uid without a passwd entry
+        import glann_ext.train, glann_ext.evaluate
+        from glann_ext.cli import main
+        from glann_ext.data import mnist
+        print(mnist.CACHE_DIR, oct(mnist.CACHE_DIR.stat().st_mode & 0o777))
+        sys.exit(main(["--version"]))
+        """
+    )
+    env = dict(os.environ)
+    if env.get("PYTHONPATH"):  # an in-place build named relative to the checkout stays importable
+        env["PYTHONPATH"] = os.pathsep.join(
+            str(Path(p).resolve()) for p in env["PYTHONPATH"].split(os.pathsep)
+        )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    cache, mode = done.stdout.split()[:2]
+    assert Path(cache).name.startswith("glann_ext-cache-") and mode == "0o700"
+    assert done.stdout.strip().endswith(f"glann_ext {glann_ext.__version__}")
+    shutil.rmtree(cache)
+
+
+def test_a_failed_nvcc_probe_kept_in_the_build_folder_is_probed_again(tmp_path):
+    """pip reuses build/{wheel_tag}: CMake's cached "no CUDA compiler" from a build before nvcc was installed
+    kept every later build CPU-only (AUTO) or failing (ON) until build/ was deleted."""
+    cmake, nvcc = shutil.which("cmake"), shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
+    pybind11 = pytest.importorskip("pybind11")
+    if cmake is None or not Path(nvcc).is_file():
+        pytest.skip("needs cmake and nvcc")
+    cmd = [
+        cmake, "-S", str(ROOT), "-B", str(tmp_path / "build"), f"-DPython_EXECUTABLE={sys.executable}",
+        f"-Dpybind11_DIR={pybind11.get_cmake_dir()}", "-DGLANN_EXT_CUDA=AUTO",
+        "-DCMAKE_CUDA_COMPILER=CMAKE_CUDA_COMPILER-NOTFOUND",  # what the earlier probe left in the cache
+    ]  # fmt: skip
+    env = {**os.environ, "PATH": f"{Path(nvcc).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("CUDAARCHS", None)
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=300)
+    assert "glann_ext: building CUDA kernels for 75-real;80-real;86-real;89-real;90" in done.stdout, (
+        done.stdout + done.stderr
+    )
+    # CUDAARCHS (CMake's own variable for the default architectures) is read, not overridden
+    env["CUDAARCHS"] = "90"
+    done = subprocess.run(
+        [*cmd[:3], str(tmp_path / "fresh"), *cmd[4:-1]],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert "glann_ext: building CUDA kernels for 90\n" in done.stdout, done.stdout + done.stderr
