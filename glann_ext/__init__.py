@@ -11,13 +11,12 @@ Kernels (CPU and CUDA):
 
 from __future__ import annotations
 
+from ._info import __version__ as __version__
 from ._info import build_info, cuda_available
 from .ops.laplacian import laplacian_pyramid_loss
 from .ops.nn_argmin import nn_argmin
 from .ops.sphere import fused_latent_adam_, fused_latent_sgd_, project_to_sphere, project_to_sphere_
 from .optim import SphereSparseAdam, SphereSparseSGD
-
-__version__ = "0.2.0"  # as pyproject.toml says (tests/test_packaging.py)
 
 __all__ = [
     "SphereSparseAdam",

@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 
 import torch
 
-from glann_ext import __version__
+from glann_ext._info import __version__
 from glann_ext.errors import GlannError
 from glann_ext.train.config import MAX_SEED, MAX_THREADS
 
