@@ -14,13 +14,14 @@ from typing import Any
 
 import torch
 
+from .errors import UsageError
 from .ops import reference
 from .ops.laplacian import laplacian_pyramid_loss
 from .ops.nn_argmin import nn_argmin
 from .ops.sphere import project_to_sphere
 from .optim import BACKENDS, LatentOptimizer, latent_optimizer
 
-__all__ = ["BACKENDS", "Ops", "get_ops"]
+__all__ = ["BACKENDS", "Ops", "as_ops", "get_ops"]
 
 Scores = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -83,3 +84,16 @@ def get_ops(name: str = "fused") -> Ops:
             reference.nn_argmin_scores_reference,
         )
     raise ValueError(f"ops backend must be one of {BACKENDS}, got {name!r}")
+
+
+def as_ops(ops: Ops | str | None, default: str = "fused") -> Ops:
+    """``ops`` as an :class:`Ops`: an Ops as it is, a backend name ("fused", "reference") through
+    :func:`get_ops`, None as ``default``'s; anything else is a :class:`UsageError` naming ``ops``."""
+    ops = default if ops is None else ops
+    if isinstance(ops, str):
+        if ops not in BACKENDS:
+            raise UsageError(f"ops must be an Ops or a backend name {BACKENDS}, got {ops!r:.60}")
+        return get_ops(ops)
+    if not isinstance(ops, Ops):
+        raise UsageError(f"ops must be an Ops or a backend name {BACKENDS}, got {type(ops).__name__}")
+    return ops

@@ -11,6 +11,7 @@ import pytest
 import torch
 from glann_testing import tiny_config
 
+from glann_ext.backend import get_ops
 from glann_ext.errors import ConfigError, GlannError, NonFiniteError, UsageError
 from glann_ext.models import MLP
 from glann_ext.train import Fit, TrainConfig, build_model, fit, fit_imle, load_model, train
@@ -164,3 +165,21 @@ def test_load_model_refuses_a_device_it_cannot_load_onto_before_reading(tmp_path
 def test_build_model_refuses_an_image_shape_of_two_sizes():
     with pytest.raises(UsageError, match=r"image_shape must be \(C, H, W\).*got \(28, 28\)"):
         build_model(tiny_config(), (28, 28))
+
+
+def test_fit_and_fit_imle_take_a_backend_name_as_the_models_do(blobs):
+    """``ops="fused"`` failed inside the trainers ('str' object has no attribute 'project')."""
+    cfg = tiny_config(glo_epochs=1, imle_epochs=1)
+    images = blobs[:32]
+    by_name = fit(images, cfg, ops="reference")
+    assert by_name.ops.name == "reference"
+    assert torch.equal(by_name.codes, fit(images, cfg, ops=get_ops("reference")).codes)
+    assert Fit(images, cfg, ops="fused").ops.name == "fused"
+    points = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
+    assert (
+        fit_imle(points, MLP(2, 2), tiny_config(noise_dim=2, imle_epochs=1), ops="reference").ops.name
+        == "reference"
+    )
+    for bad, shown in (("Fused", "'Fused'"), (5, "int")):
+        with pytest.raises(UsageError, match=rf"^ops must be an Ops or a backend name .*, got {shown}"):
+            fit(images, cfg, ops=bad)

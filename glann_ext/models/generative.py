@@ -22,7 +22,7 @@ from torch import nn
 
 from glann_ext import seeding
 from glann_ext._args import as_index, checked_int
-from glann_ext.backend import Ops, get_ops
+from glann_ext.backend import Ops, as_ops
 from glann_ext.errors import NonFiniteError, UsageError
 
 from . import balance
@@ -307,7 +307,7 @@ class GenerativeModel(nn.Module):
     def __init__(self, G: DCGANGenerator, *, ops: Ops | str = "fused", config: dict[str, Any] | None = None):
         super().__init__()
         self.G = G
-        self.ops = get_ops(ops) if isinstance(ops, str) else ops
+        self.ops = as_ops(ops)
         self.config: dict[str, Any] = dict(config or {})
 
     @property

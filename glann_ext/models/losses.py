@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glann_ext.backend import Ops, get_ops
-from glann_ext.errors import UsageError
+from glann_ext.backend import Ops, as_ops
 from glann_ext.ops.reference import default_levels
 
 
@@ -29,10 +28,7 @@ class ReconstructionLoss(nn.Module):
         super().__init__()
         if lap_weights not in ("paper", "flat"):
             raise ValueError(f"lap_weights must be 'paper' or 'flat', got {lap_weights!r}")
-        if isinstance(ops, str):
-            ops = get_ops(ops)
-        if not callable(getattr(ops, "lap_loss", None)):
-            raise UsageError(f"ops must be an Ops or a backend name ('fused', 'reference'), got {ops!r:.60}")
+        ops = as_ops(ops)
         self.ops, self.l2_weight, self.vgg_weight = ops, l2_weight, vgg_weight
         self.lap_weights = lap_weights
         self.vgg = None

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from glann_ext.backend import Ops, get_ops
+from glann_ext.backend import Ops, as_ops
 from glann_ext.errors import RunFolderError
 from glann_ext.models import GLANN, PixelIMLE, ReconstructionLoss
 
@@ -51,7 +51,7 @@ class Fit:
         images: torch.Tensor,
         cfg: TrainConfig,
         *,
-        ops: Ops | None = None,
+        ops: Ops | str | None = None,
         world: World | None = None,
         device: str | torch.device | None = None,
         start: int = 0,
@@ -59,7 +59,7 @@ class Fit:
     ):
         cfg = checked_config(cfg)
         images = checked_images(images, cfg)
-        self.cfg, self.ops, self.world = cfg, ops or get_ops(cfg.ops), world or World()
+        self.cfg, self.ops, self.world = cfg, as_ops(ops, cfg.ops), world or World()
         self.device = torch.device(device if device is not None else cfg.device)
         self.images, self.start = images, start
         self.total = images.shape[0] if total is None else total
@@ -184,7 +184,7 @@ def fit(
     images: torch.Tensor,
     cfg: TrainConfig,
     *,
-    ops: Ops | None = None,
+    ops: Ops | str | None = None,
     world: World | None = None,
     device: str | torch.device | None = None,
     hooks: Sequence[Hook] = (),
@@ -207,7 +207,7 @@ def fit_imle(
     generator: torch.nn.Module,
     cfg: TrainConfig,
     *,
-    ops: Ops | None = None,
+    ops: Ops | str | None = None,
     device: str | torch.device | None = None,
     loss_fn: Any = None,
     hooks: Sequence[Hook] = (),
@@ -218,7 +218,7 @@ def fit_imle(
     _check_device(checked_config(cfg), device)
     targets = checked_targets(targets)
     check_generator_output(generator, targets, cfg.noise_dim)
-    ops = ops or get_ops(cfg.ops)
+    ops = as_ops(ops, cfg.ops)
     trainer = IMLETrainer(targets, generator, cfg, ops, device if device is not None else cfg.device, loss_fn)
     run_epochs(trainer, cfg.imle_epochs, hooks)
     return trainer
