@@ -82,11 +82,19 @@ def _damaged_arrays(d: Path) -> list[str]:
             else:
                 raw[i + off : i + off + 2] = value.to_bytes(2, "little")  # compression method 9: Deflate64
         (d / name).write_bytes(bytes(raw))
-    return ["bad_header.npy", "corrupt_deflate.npz", "deflate64.npz", "encrypted.npz"]
+    b = io.BytesIO()
+    np.save(b, x)
+    (d / "bytes_key.npy").write_bytes(b.getvalue().replace(b", 'shape'", b",b'shape'"))  # sorted(keys) fails
+    with zipfile.ZipFile(d / "bytes_key.npz", "w") as z:
+        z.writestr("images.npy", (d / "bytes_key.npy").read_bytes())
+    return [
+        "bad_header.npy", "corrupt_deflate.npz", "deflate64.npz", "encrypted.npz", "bytes_key.npy", "bytes_key.npz"
+    ]  # fmt: skip
 
 
 def test_damaged_npy_and_npz_files_are_data_errors_naming_them(tmp_path):
-    """TokenError, zlib.error, NotImplementedError and RuntimeError escaped as tracebacks (C3)."""
+    """TokenError, zlib.error, NotImplementedError and RuntimeError escaped as tracebacks (C3), and a TypeError
+    from a header key that is not a string (found by rerunning the fuzzer)."""
     for name in _damaged_arrays(tmp_path):
         with pytest.raises(DataError, match=rf"{name}: cannot read NumPy array"):
             load_images(str(tmp_path / name))

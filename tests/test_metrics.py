@@ -1152,7 +1152,8 @@ def test_prdc_does_not_change_with_the_scale():
     )
     want = prdc(x, y)
     assert want.density > 0 and want.precision < 1
-    for scale in (2.0**-560, 2.0**660, 2.0**-1000):  # about 2.6e-169, 4.8e198, 9.3e-302: exact scalings
+    # about 2.6e-169, 4.8e198, 9.3e-302 and subnormal 1e-310 (2 ** 1028 overflowed): exact scalings
+    for scale in (2.0**-560, 2.0**660, 2.0**-1000, 2.0**-1030):
         assert prdc(x * scale, y * scale) == want, scale
 
 

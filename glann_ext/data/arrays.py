@@ -23,9 +23,11 @@ _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive (an .npz), an empt
 # the member of an .npz without ``key`` that holds the images: the first of these names it has, else its first
 PREFERRED_MEMBERS = ("images", "x", "X", "arr_0")
 # what numpy, zipfile and zlib raise on a damaged file: numpy parses a header with tokenize and ast; zipfile
-# refuses Deflate64 and other methods (NotImplementedError) and encrypted members (RuntimeError)
+# refuses Deflate64 and other methods (NotImplementedError) and encrypted members (RuntimeError); a header
+# dict with a key that is not a string fails numpy's sorted(keys) (TypeError)
 READ_ERRORS = (
     ValueError,
+    TypeError,
     OSError,
     EOFError,
     MemoryError,

@@ -41,8 +41,10 @@ def _pair(real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.T
     # squares neither underflow (data at 1e-170 scored (1, 1, 0, 0)) nor overflow (1e200 raised a NaN error)
     top = max(float(r.abs().max()), float(f.abs().max()) if f.numel() else 0.0)
     if top > 0:
-        scale = 2.0 ** -math.floor(math.log2(top))
-        r, f = r * scale, f * scale
+        # in two exact halves: for a subnormal top, 2 ** -exponent alone is past the largest double
+        shift = -math.floor(math.log2(top))
+        for half in (shift // 2, shift - shift // 2):
+            r, f = r * math.ldexp(1.0, half), f * math.ldexp(1.0, half)
     centre = _grid_centre(r)
     return r - centre, f - centre
 
