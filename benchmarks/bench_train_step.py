@@ -18,10 +18,9 @@ back in NCHW layout and torch's default (per-tensor) Adam step, the setup before
 ``reference_ops`` is ``nchw_adam`` with ``ops="reference"`` (the loss and the code step as plain torch ops:
 torch eager). CUDA rows run the same (the layout change applies to the CPU only). The IMLE group also has
 ``all_threads``: the trainer as built but with T's step on every intra-op thread, as before small dense
-steps were moved to one (``glann_ext.train.threads``; the same on CUDA, where nothing changes). That move
-happens only where idle OpenMP threads sleep, so run with ``OMP_WAIT_POLICY=PASSIVE`` (what the ``glann``
-command gets) to compare the two; pytest imports torch first, and under torch's default (spinning) policy
-both rows take the same step.
+steps were moved to one (``glann_ext.train.threads``; the same on CUDA, where nothing changes). Run with
+``OMP_WAIT_POLICY=PASSIVE`` (what the ``glann`` command gets) to time what users get: pytest imports torch
+first, and under torch's default (spinning) policy two threads cost little to wake.
 
 Before it is timed, every row's first step is checked against the same step of the ``reference_ops`` row
 from the same start (both trainers are built from the same seeded config): the loss it returns (rtol 1e-4)

@@ -44,12 +44,6 @@ def omp_wait_policy() -> str:
     return policy if not _TORCH_LOADED_FIRST else f"{policy} (torch was imported before glann_ext)"
 
 
-def omp_threads_sleep() -> bool:
-    """Whether torch's idle OpenMP threads sleep (``OMP_WAIT_POLICY=PASSIVE`` when this module loaded; when
-    torch loaded first, the environment then is the best record of what libgomp read)."""
-    return (_WAIT_POLICY or "").strip().upper() == "PASSIVE"
-
-
 def build_info() -> dict[str, object]:
     """Build facts for bug reports: version, CUDA compiled in, CUDA runtime, the CUDA kernels chosen (legacy or
     hopper, :mod:`glann_ext.ops.kernels`; None without CUDA kernels), CPU SIMD level, threads."""

@@ -3,6 +3,11 @@ matching flush denormal floats to zero."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -77,21 +82,20 @@ def test_only_the_cpu_gets_one_thread():
         assert step_threads(small, 32, torch.device(device)) is None, device
 
 
-@pytest.mark.parametrize("policy", ["ACTIVE", None])
-def test_spinning_threads_keep_torchs_setting(monkeypatch, policy):
-    """Threads that spin when idle (ACTIVE, or unset: torch's default) are cheap to wake: no change."""
+@pytest.mark.parametrize("policy", ["ACTIVE", None, "PASSIVE"])
+def test_the_wait_policy_does_not_choose_the_threads(monkeypatch, policy):
+    """A script that imported torch first (spinning threads) trained another model than the CLI: T's steps
+    ran on two threads there and rounded otherwise. The choice is now the network's and the batch's alone."""
     monkeypatch.setattr(_info, "_WAIT_POLICY", policy)
-    assert step_threads(MLP(16, 32, hidden=256, layers=2), 32, CPU) is None
+    assert step_threads(MLP(16, 32, hidden=256, layers=2), 32, CPU) == 1
+    assert step_threads(MLP(32, 32, hidden=1024, layers=3), 128, CPU) is None
 
 
-def test_the_policy_is_the_one_libgomp_read_not_a_later_environment(monkeypatch):
+def test_the_policy_reported_is_the_one_libgomp_read_not_a_later_environment(monkeypatch):
     """libgomp reads OMP_WAIT_POLICY once; changing the environment afterwards changes nothing it does."""
     monkeypatch.setattr(_info, "_WAIT_POLICY", None)
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
-    assert step_threads(MLP(16, 32, hidden=256, layers=2), 32, CPU) is None
     assert _info.omp_wait_policy().startswith("default")
-    monkeypatch.setattr(_info, "_WAIT_POLICY", " passive ")
-    assert step_threads(MLP(16, 32, hidden=256, layers=2), 32, CPU) == 1
 
 
 def test_intra_op_threads_restores_the_setting_also_on_error(two_threads):
@@ -174,3 +178,46 @@ def test_imle_matching_and_steps_flush_denormals_and_restore_the_mode(can_flush)
     trainer.train_step(trainer.epoch_batches()[0])
     assert spy.flushing == [True, True]
     assert not flushing_denormals()
+
+
+_TRAIN = """
+import hashlib, sys
+if sys.argv[1] == "torch":
+    import torch
+    import glann_ext
+else:
+    import glann_ext
+    import torch
+from glann_testing import blob_images, tiny_config
+from glann_ext.train import fit
+
+images = torch.from_numpy(blob_images(96)).float().div(255).unsqueeze(1)
+model = fit(images, tiny_config(threads=2, glo_epochs=1, imle_epochs=3, mapping_hidden=256, imle_batch_size=64))
+digest = hashlib.sha256()
+for t in [model.codes, *model.T.state_dict().values()]:
+    digest.update(t.detach().contiguous().numpy().tobytes())
+print(glann_ext.build_info()["omp_wait_policy"], digest.hexdigest())
+"""
+
+
+def test_the_model_does_not_depend_on_whether_torch_or_glann_ext_was_imported_first(tmp_path):
+    """With torch first (OpenMP threads spinning), T's steps ran on two threads and the model differed from
+    the CLI's in its last bits (found by the own-data audit)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), *filter(None, [env.get("PYTHONPATH")])])
+    env["PYTHONPATH"] = os.pathsep.join(str(Path(p).resolve()) for p in env["PYTHONPATH"].split(os.pathsep))
+    out = {}
+    for first in ("torch", "glann_ext"):
+        done = subprocess.run(
+            [sys.executable, "-c", _TRAIN, first],
+            check=False,
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        out[first] = done.stdout.split()
+    assert out["torch"][0].startswith("default") and out["glann_ext"][0] == "PASSIVE"  # the two policies
+    assert out["torch"][-1] == out["glann_ext"][-1]

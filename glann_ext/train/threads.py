@@ -22,8 +22,10 @@ idle OpenMP threads sleep, so every parallel region wakes them. With threads tha
 faster: ``T`` 16 -> 256 x 2 -> 64 at batch 128 took 0.83-0.93 ms on one thread against 0.64-0.66 on two
 (batch 64: 1.27-1.44 against 1.31-1.34), and pytest-benchmark (which imports torch first) measures the same.
 
-So a step below :data:`SMALL_STEP_FLOPS` runs on one thread when the threads sleep between regions, and
-everything else as torch is set. Only dense networks (Linear and 1-D BatchNorm layers) are judged: a
+So a step below :data:`SMALL_STEP_FLOPS` runs on one thread, and everything else as torch is set. It does so
+whatever the wait policy: with spinning threads one thread is at worst ~30% slower at batch 128 and level at
+64, and a model must not depend on whether a script imported torch or glann_ext first (it did until
+2026-12-06: the rounding of ``T``'s steps followed the import order). Only dense networks (Linear and 1-D BatchNorm layers) are judged: a
 convolution's parameter count says nothing of its arithmetic. Matching (the exact search over all draws) is
 large and keeps every thread.
 
@@ -43,8 +45,6 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
-
-from glann_ext._info import omp_threads_sleep
 
 # fwd + bwd multiply-adds x 2 of one step below which one thread is faster (between the table's 63 and 214)
 SMALL_STEP_FLOPS = 100e6
@@ -68,9 +68,9 @@ def dense_step_flops(module: nn.Module, batch: int) -> float | None:
 
 def step_threads(module: nn.Module, batch: int, device: torch.device) -> int | None:
     """The intra-op threads for a training step of ``module`` on ``batch`` rows: 1 for a small dense
-    network on the CPU when idle threads sleep (:func:`glann_ext._info.omp_threads_sleep`: waking them then
-    costs every parallel region), None (leave torch's setting) otherwise."""
-    if device.type != "cpu" or not omp_threads_sleep():
+    network on the CPU (waking idle threads costs every parallel region more than the work it splits), None
+    (leave torch's setting) otherwise."""
+    if device.type != "cpu":
         return None
     flops = dense_step_flops(module, batch)
     return 1 if flops is not None and flops < SMALL_STEP_FLOPS else None
