@@ -205,12 +205,21 @@ def _add_invert(sub) -> None:
     v = sub.add_parser("invert", help="find codes for new images (G fixed) and write their reconstructions")
     _run_args(v)
     v.add_argument("--images", required=True, help="a .npy/.npz file or an image folder")
-    v.add_argument("--limit", type=_count(1), default=64, help="invert at most this many images")
-    v.add_argument("--steps", type=_count(0), default=200, help="optimisation steps per restart")
+    v.add_argument("--limit", type=_count(1), default=64, help="invert the first N images (default 64)")
     v.add_argument(
-        "--restarts", type=_count(1, 1000), default=2, help="starting points tried per image (at most 1000)"
+        "--steps", type=_count(0), default=200, help="optimisation steps per restart (default 200)"
     )
-    v.add_argument("--grid", default="inverted.png", help="PNG: originals on top, reconstructions below")
+    v.add_argument(
+        "--restarts",
+        type=_count(1, 1000),
+        default=2,
+        help="starting points tried per image (default 2, at most 1000)",
+    )
+    v.add_argument(
+        "--grid",
+        default="inverted.png",
+        help="PNG: rows of up to 16 originals, each above its reconstructions",
+    )
     v.add_argument("--codes", help="also save the codes (n, latent_dim) as .npy here")
 
 
@@ -436,6 +445,9 @@ def _cmd_interpolate(args: argparse.Namespace) -> None:
     print(f"wrote {args.rows} x {args.steps} interpolation grid to {args.grid}")
 
 
+INVERT_COLUMNS = 16  # the invert grid's width in images: 600 images made one 20,402-pixel row
+
+
 def _cmd_invert(args: argparse.Namespace) -> None:
     from glann_ext.data import load_images
     from glann_ext.images import save_grid
@@ -448,13 +460,25 @@ def _cmd_invert(args: argparse.Namespace) -> None:
     channels, size, _ = model.image_shape
     images = load_images(args.images, image_size=size, channels=channels, limit=args.limit)
     codes, recon = model.invert(images, steps=args.steps, restarts=args.restarts, seed=args.seed)
-    save_grid(torch.cat([images, recon.cpu()]), args.grid, nrow=len(images))
+    cols = min(INVERT_COLUMNS, len(images))
+    save_grid(_paired_rows(images, recon.cpu(), cols), args.grid, nrow=cols)
     if codes_path is not None:
         _save_npy(codes_path, codes.cpu().numpy())
+    capped = f" (the first {args.limit}: --limit)" if len(images) == args.limit else ""
     print(
-        f"inverted {len(images)} images; originals and reconstructions in {args.grid}"
+        f"inverted {len(images)} images{capped}; originals and reconstructions in {args.grid}"
         + (f", codes in {codes_path}" if codes_path is not None else "")
     )
+
+
+def _paired_rows(originals: torch.Tensor, recon: torch.Tensor, cols: int) -> torch.Tensor:
+    """Rows of ``cols`` originals, each followed by the row of their reconstructions (a short last pair padded
+    with black), for a grid of ``cols`` columns."""
+    rows = []
+    for i in range(0, len(originals), cols):
+        for part in (originals[i : i + cols], recon[i : i + cols]):
+            rows += [part, part.new_zeros(cols - len(part), *part.shape[1:])]
+    return torch.cat(rows)
 
 
 def _cmd_reshard(args: argparse.Namespace) -> None:

@@ -639,6 +639,28 @@ def test_invert_follows_its_seed_and_lays_out_originals_above_reconstructions(ru
         assert im.size == (4 * 30 + 2, 2 * 30 + 2)  # 28-pixel images, 2 pixels of padding
 
 
+def test_invert_wraps_its_grid_in_pairs_of_rows_and_says_when_the_limit_cut(
+    run_dir, data_file, tmp_path, capsys
+):
+    """600 images made one 20,402-pixel row, and the default --limit of 64 cut the images without a word."""
+    from glann_ext.images import make_grid
+
+    grid = tmp_path / "v.png"
+    argv = ["invert", "--run", str(run_dir), "--images", data_file, "--steps", "1", "--restarts", "1"]
+    assert main([*argv, "--limit", "20", "--grid", str(grid)]) == 0
+    assert "inverted 20 images (the first 20: --limit)" in capsys.readouterr().out
+    model = load_model(run_dir)
+    from glann_ext.data import load_images
+
+    images = load_images(data_file, image_size=28, channels=1, limit=20)
+    _, recon = model.invert(images, steps=1, restarts=1)
+    black = torch.zeros(12, 1, 28, 28)
+    want = make_grid(torch.cat([images[:16], recon[:16], images[16:], black, recon[16:], black]), 16)
+    with Image.open(grid) as im:
+        assert im.size == (16 * 30 + 2, 4 * 30 + 2)
+        assert np.array_equal(np.asarray(im), want[..., 0])
+
+
 def test_help_exits_with_status_zero(capsys):
     """``--help`` is not an error: status 0 and the usage on stdout (found by mutation testing: argparse's exit
     code None was only checked for a bad argument's 2)."""
