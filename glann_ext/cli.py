@@ -369,6 +369,17 @@ def _load(args: argparse.Namespace):
     return load_model(args.run, ops=args.ops, device=args.device)
 
 
+def _check_grid_channels(model: Any, command: str) -> None:
+    """A grid image holds 1 or 3 channels: a model of other images (``fit`` trains any count) is refused
+    before anything is drawn, not by the grid writer after sampling."""
+    channels = model.image_shape[0]
+    if channels not in (1, 3):
+        npy = "; write --npy instead" if command == "sample" else ""
+        raise CLIError(
+            f"{command}: the model makes {channels}-channel images, a grid image needs 1 or 3{npy}"
+        )
+
+
 def _npy_path(flag: str, value: str | None) -> Path | None:
     """The file an ``.npy`` output flag names, checked before any work: it ends in ``.npy`` (added when the
     name has no suffix, as numpy would), and its nearest existing parent is a folder (missing ones are created
@@ -404,6 +415,9 @@ def _cmd_sample(args: argparse.Namespace) -> None:
 
     npy = _npy_path("--npy", args.npy)
     model = _load(args)
+    grid = args.grid or (None if args.npy else "samples.png")
+    if grid:
+        _check_grid_channels(model, "sample")
     apply_sampling(model, args.sampler, args.noise_scale, args.spread)
     if args.sampler == "gaussian":
         if not isinstance(model, GLANN):
@@ -412,7 +426,6 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     else:
         images = model.sample(args.n, args.seed, balanced=False if args.sampler == "plain" else None)
     check_samples(images)  # a black grid, written without a word, before
-    grid = args.grid or (None if args.npy else "samples.png")
     written = []
     if grid:
         save_grid(images.cpu(), grid)
@@ -429,6 +442,7 @@ def _cmd_interpolate(args: argparse.Namespace) -> None:
     from glann_ext.models import GLANN
 
     model = _load(args)
+    _check_grid_channels(model, "interpolate")
     if args.space == "latent" and not isinstance(model, GLANN):
         raise CLIError(
             "interpolate: --space latent needs a GLANN run (a pixel-space IMLE model has no codes); use --space noise"

@@ -531,6 +531,26 @@ def test_npy_outputs_create_every_missing_folder(run_dir, tmp_path):
     assert np.load(npy).shape == (3, 1, 28, 28)
 
 
+def test_grids_of_a_model_of_other_than_1_or_3_channels_are_refused_before_sampling(tmp_path, capsys):
+    """fit() trains any channel count; sample and interpolate then died in the grid writer after the work."""
+    from glann_ext.models import DCGANGenerator, PixelIMLE, save_model
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        G = DCGANGenerator(latent_dim=8, image_size=16, channels=4, width=8)
+    path = save_model(PixelIMLE(G, ops=OPS), tmp_path / "rgba.safetensors")
+    grid, npy = tmp_path / "g.png", tmp_path / "s.npy"
+    assert main(["sample", "--run", str(path), "-n", "2", "--grid", str(grid)]) == 2
+    assert (
+        "sample: the model makes 4-channel images, a grid image needs 1 or 3; write --npy"
+        in capsys.readouterr().err
+    )
+    assert main(["interpolate", "--run", str(path), "--grid", str(grid)]) == 2
+    assert "interpolate: the model makes 4-channel images" in capsys.readouterr().err and not grid.exists()
+    assert main(["sample", "--run", str(path), "-n", "2", "--npy", str(npy)]) == 0
+    assert np.load(npy).shape == (2, 4, 16, 16)
+
+
 def test_sample_gaussian_and_invert_of_a_pixel_model_are_one_line_errors(tmp_path, capsys):
     """A pixel-space IMLE model has no codes: ``sample --sampler gaussian`` and ``invert`` say so in one line
     and write nothing (found by mutation testing: without the check, sample died with an AttributeError)."""

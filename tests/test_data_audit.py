@@ -255,6 +255,16 @@ def test_float_levels_convert_as_their_uint8_and_convert_images_is_the_loaders_r
         assert torch.equal(convert_images(torch.from_numpy(u) / 255, size, channels), want)
 
 
+def test_an_rgba_array_is_named_as_such(tmp_path):
+    """It said "cannot tell the channel axis", where the axis is plain and the 4 channels are the problem."""
+    for name, shape in (("nhwc.npy", (3, 8, 8, 4)), ("nchw.npy", (3, 4, 8, 8))):
+        np.save(tmp_path / name, np.zeros(shape, np.uint8))
+        with pytest.raises(
+            DataError, match=rf"{name}: images of shape .* have 4 channels \(RGBA\?\), and datasets"
+        ):
+            load_images(str(tmp_path / name))
+
+
 @pytest.mark.parametrize(
     ("call", "match"),
     [

@@ -64,6 +64,11 @@ def _to_nchw(arr: np.ndarray, source: str) -> np.ndarray:
         return arr
     if arr.shape[-1] in (1, 3):
         return arr.transpose(0, 3, 1, 2)
+    if 4 in (arr.shape[1], arr.shape[-1]):
+        raise DataError(
+            f"{source}: images of shape {arr.shape[1:]} have 4 channels (RGBA?), and datasets hold 1 or 3: drop "
+            "the alpha channel (x[..., :3] or x[:, :3]), or save them as image files (alpha composited onto black)"
+        )
     raise DataError(f"{source}: cannot tell the channel axis of shape {arr.shape} (expected 1 or 3 channels)")
 
 
