@@ -688,3 +688,14 @@ def test_help_exits_with_status_zero(capsys):
     assert main(["sample", "--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: glann") and "usage: glann sample" in out
+
+
+def test_train_says_what_data_it_read(data_file, tmp_path, capsys):
+    """A preset's limit cut a user's folder to its first files by path without a word (one class of four)."""
+    assert main(["train", "--dataset", data_file, "--out", str(tmp_path / "a"), *TINY, "--limit", "40"]) == 0
+    assert (
+        f"data {data_file}: 40 images (the first 40 in dataset order: limit) of 1 x 28 x 28"
+        in capsys.readouterr().out
+    )
+    assert main(["train", "--dataset", data_file, "--out", str(tmp_path / "b"), *TINY, "--limit", "100"]) == 0
+    assert f"data {data_file}: 64 images of 1 x 28 x 28\n" in capsys.readouterr().out

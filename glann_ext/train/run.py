@@ -293,6 +293,9 @@ class Run:
                 f"set image_size (--image-size) to resize them"
             ) from exc
         self.data_fingerprint = shard.fingerprint  # what the checkpoints record, and a resume must find
+        c, h, w = shard.images.shape[1:]
+        capped = f" (the first {cfg.limit} in dataset order: limit)" if shard.total == cfg.limit else ""
+        self.log(f"data {cfg.dataset}: {shard.total} images{capped} of {c} x {h} x {w}")
         return shard.images, shard.start, shard.total
 
     def _train(self, stage: str) -> GenerativeModel:
