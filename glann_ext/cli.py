@@ -36,7 +36,12 @@ _betas = (float, 2)  # a (type, nargs) pair: two numbers
 _CONFIG_FLAGS = [
     ("--data-root", "data_root", str, "folder holding the IDX files (else $GLANN_DATA, cache, Debian path)"),
     ("--limit", "limit", int, "train on the first N images only"),
-    ("--image-size", "image_size", int, "resize images to this size (28, 32, 64, 128, ...)"),
+    (
+        "--image-size",
+        "image_size",
+        int,
+        "resize images to this size: s * 2**k, 3 <= s <= 7, k >= 1 (8, 12, 14, 16, 20, 24, 28, 32, 48, 64, 96, 128, ...)",
+    ),
     ("--channels", "channels", int, "1 (grey) or 3 (RGB)"),
     ("--latent-dim", "latent_dim", int, "GLO code length"),
     ("--noise-dim", "noise_dim", int, "IMLE noise length"),
