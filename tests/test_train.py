@@ -1205,3 +1205,15 @@ def test_grids_every_sample_every_epochs_and_after_each_stages_last(tmp_path, bl
         "samples_gaussian_003.png", "samples_imle_001.png",
     ]  # fmt: skip
     assert all((tmp_path / "run" / name).is_file() for name in ("samples.png", "reconstructions.png"))
+
+
+def test_reconstruction_grids_show_rows_spread_over_the_dataset():
+    """The first 32 rows of a class-subfolder dataset (sorted by path) were one class only."""
+    from glann_ext.train.run import N_SHOW, shown_rows
+
+    rows = shown_rows(1000)
+    assert len(rows) == N_SHOW and rows[0] == 0 and rows[-1] == 999 and bool((rows.diff() >= 31).all())
+    assert torch.equal(shown_rows(20), torch.arange(20)) and torch.equal(
+        shown_rows(N_SHOW), torch.arange(N_SHOW)
+    )
+    assert len(shown_rows(N_SHOW + 1)) == N_SHOW and len(shown_rows(0)) == 0

@@ -87,6 +87,18 @@ RESUMABLE_OVERRIDES = (
     *SAMPLING_FIELDS,  # the trained networks and codes are the same
 )
 N_SHOW = 32  # images per row in reconstruction grids
+
+
+def shown_rows(n: int) -> torch.Tensor:
+    """The dataset rows a reconstruction grid shows: :data:`N_SHOW` spread evenly over ``n`` (all when fewer).
+    The first 32 of a folder of class subfolders, sorted by path, were all of one class."""
+    return (
+        torch.linspace(0, n - 1, min(N_SHOW, n)).round().long().unique()
+        if n
+        else torch.zeros(0, dtype=torch.long)
+    )
+
+
 # what a run folder holds (besides atomic_write's temp files): --out may be an existing folder holding only
 # these (a start killed before config.json was written), else it must be a run folder or empty
 RUN_ENTRIES = {
@@ -464,7 +476,7 @@ class Run:
                 )
                 save_grid(samples.cpu(), self.out / "samples.png")
                 if isinstance(model, GLANN):
-                    show = torch.arange(min(N_SHOW, len(images)))
+                    show = shown_rows(len(images))
                     grid = torch.cat([images[show], model.reconstruct(show).cpu()])
                     save_grid(grid, self.out / "reconstructions.png", nrow=len(show))
         self.world.barrier()
@@ -581,7 +593,7 @@ class GridsHook(Hook):
             gaussian = fit_gaussian(model.codes, world)  # collective
             if world.is_main:
                 ensure_dir(folder)
-                show = torch.arange(min(N_SHOW, len(self.images)))
+                show = shown_rows(len(self.images))
                 grid = torch.cat([self.images[show], model.reconstruct(show).cpu()])
                 save_grid(grid, folder / f"reconstructions_glo_{epoch:03d}.png", nrow=len(show))
                 samples = model.sample_gaussian(64, seed=0, fit=gaussian).cpu()
