@@ -336,15 +336,17 @@ def _cmd_train(args: argparse.Namespace) -> None:
         run.train(args.stage)
     except KeyboardInterrupt:
         if run.world.is_main:
-            again = (
-                f"`glann train --out {out}`" if _saved_config(out) is not None
-                else "the same command, with its options: nothing was saved yet"
-            )  # fmt: skip
-            print(
-                f"\ninterrupted; run {again} (under the same torchrun if any) again to resume",
-                file=sys.stderr,
-            )
+            print(f"\n{_interrupted_message(out)}", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+def _interrupted_message(out: Path) -> str:
+    """What to run after Ctrl-C: the resume command, or the same command when nothing was saved yet."""
+    if _saved_config(out) is not None:
+        return f"interrupted; to resume, run `glann train --out {out}` again (under the same torchrun if any)"
+    return (
+        "interrupted before anything was saved; run the same command again (under the same torchrun if any)"
+    )
 
 
 def _saved_config(out: Path):

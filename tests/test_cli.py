@@ -699,3 +699,20 @@ def test_train_says_what_data_it_read(data_file, tmp_path, capsys):
     )
     assert main(["train", "--dataset", data_file, "--out", str(tmp_path / "b"), *TINY, "--limit", "100"]) == 0
     assert f"data {data_file}: 64 images of 1 x 28 x 28\n" in capsys.readouterr().out
+
+
+def test_the_interrupt_message_reads_in_order(data_file, tmp_path):
+    """It read "run the same command, with its options: nothing was saved yet (under the same torchrun if
+    any) again to resume"."""
+    from glann_ext.cli import _interrupted_message
+
+    fresh = tmp_path / "fresh"
+    assert _interrupted_message(fresh) == (
+        "interrupted before anything was saved; run the same command again (under the same torchrun if any)"
+    )
+    assert (
+        main(["train", "--dataset", data_file, "--out", str(tmp_path / "r"), *TINY, "--glo-epochs", "1"]) == 0
+    )
+    assert _interrupted_message(tmp_path / "r").startswith(
+        f"interrupted; to resume, run `glann train --out {tmp_path / 'r'}` again"
+    )
