@@ -183,3 +183,35 @@ def test_fit_and_fit_imle_take_a_backend_name_as_the_models_do(blobs):
     for bad, shown in (("Fused", "'Fused'"), (5, "int")):
         with pytest.raises(UsageError, match=rf"^ops must be an Ops or a backend name .*, got {shown}"):
             fit(images, cfg, ops=bad)
+
+
+def test_the_training_layer_checks_counts_rows_and_codes_by_name(blobs):
+    """Found by rerunning the API audit on names it had not called: build_model took a dict config ('dict'
+    object has no attribute 'ops') and n_codes of -1 or 2.5 (torch's errors); Fit took rows outside the
+    dataset (a torch.cat error, or nothing); run_epochs(trainer, 2.5) ran 3 epochs; GLANN took NaN codes,
+    which a model file may not hold."""
+    from glann_ext.models import GLANN
+    from glann_ext.train import run_epochs
+
+    cfg = tiny_config(glo_epochs=1, imle_epochs=1)
+    with pytest.raises(ConfigError, match=r"^cfg must be a TrainConfig"):
+        build_model(cfg.to_dict(), (1, 28, 28))
+    for bad, rule in ((-1, ">= 0, got -1"), (2.5, ">= 0, got 2.5")):
+        with pytest.raises(UsageError, match=rf"^n_codes must be an integer {rule}"):
+            build_model(cfg, (1, 28, 28), n_codes=bad)
+    images = blobs[:32]
+    with pytest.raises(
+        UsageError, match=r"^rows \[start, start \+ n\) = \[100, 132\) lie outside a dataset of total = 10"
+    ):
+        Fit(images, cfg, start=100, total=10)
+    with pytest.raises(UsageError, match=r"^start must be an integer >= 0, got -1"):
+        Fit(images, cfg, start=-1)
+    fit_ = Fit(images, cfg)
+    with pytest.raises(UsageError, match=r"^epochs must be an integer >= 0, got 2.5"):
+        run_epochs(fit_.glo, 2.5)
+    model = build_model(cfg, (1, 28, 28), n_codes=4)
+    codes = torch.nn.functional.normalize(torch.randn(4, cfg.latent_dim), dim=1)
+    codes[2, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"^codes hold NaN or Inf \(first in row 2\)") as err:
+        GLANN(model.G, codes, model.T)
+    assert err.value.argument == "codes"

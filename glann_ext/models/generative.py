@@ -24,6 +24,7 @@ from glann_ext import seeding
 from glann_ext._args import as_index, checked_int
 from glann_ext.backend import Ops, as_ops
 from glann_ext.errors import NonFiniteError, UsageError
+from glann_ext.ops._checks import first_nonfinite_row
 
 from . import balance
 from .generator import DCGANGenerator
@@ -459,6 +460,9 @@ class GLANN(GenerativeModel):
                 f"{tuple(codes.shape)}"
             )
         codes = codes.float()  # G's input and the search's keys are float32
+        bad = first_nonfinite_row(codes)
+        if bad is not None:  # as a model file's NaN codes are refused: every use of them would give NaN
+            raise NonFiniteError(f"codes hold NaN or Inf (first in row {bad})", argument="codes", row=bad)
         if code_accept is not None and code_accept.is_floating_point():
             code_accept = code_accept.float()
         if T is not None and T.out_dim != G.latent_dim:

@@ -15,11 +15,13 @@ from typing import TypeVar
 import torch
 from torch import nn
 
-from glann_ext.backend import Ops, get_ops
+from glann_ext._args import checked_int
+from glann_ext.backend import Ops, as_ops
 from glann_ext.errors import UsageError
 from glann_ext.models import GLANN, MLP, DCGANGenerator, PixelIMLE
 
 from .config import TrainConfig
+from .inputs import checked_config
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -75,7 +77,9 @@ def build_model(
     cfg: TrainConfig, image_shape: tuple[int, int, int], n_codes: int = 0, *, ops: Ops | None = None
 ) -> GLANN | PixelIMLE:
     """The untrained model of ``cfg``: :class:`GLANN` (G, ``n_codes`` zero codes, T) or :class:`PixelIMLE`."""
-    ops = ops or get_ops(cfg.ops)
+    cfg = checked_config(cfg)
+    n_codes = checked_int("n_codes", n_codes, 0)
+    ops = as_ops(ops, cfg.ops)
     config = cfg.to_dict()
     G = build_generator(cfg, image_shape)
     if cfg.imle_space == "pixel":

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from glann_ext import seeding
+from glann_ext._args import checked_int
 from glann_ext.errors import DivergedError
 
 from .world import World, global_batch_part
@@ -204,6 +205,7 @@ def run_epoch(trainer: StageTrainer, hooks: Sequence[Hook] = ()) -> dict[str, An
 
 def run_epochs(trainer: StageTrainer, epochs: int, hooks: Sequence[Hook] = ()) -> None:
     """Train until ``trainer.epoch == epochs`` (from wherever its counters stand)."""
+    epochs = checked_int("epochs", epochs, 0)  # 2.5 ran 3 epochs
     for h in hooks:
         h.stage_started(trainer)
     while trainer.epoch < epochs:

@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
+from glann_ext._args import checked_int
 from glann_ext.backend import Ops, as_ops
-from glann_ext.errors import RunFolderError
+from glann_ext.errors import RunFolderError, UsageError
 from glann_ext.models import GLANN, PixelIMLE, ReconstructionLoss
 
 from .build import build_model
@@ -61,8 +62,13 @@ class Fit:
         images = checked_images(images, cfg)
         self.cfg, self.ops, self.world = cfg, as_ops(ops, cfg.ops), world or World()
         self.device = torch.device(device if device is not None else cfg.device)
-        self.images, self.start = images, start
-        self.total = images.shape[0] if total is None else total
+        self.images, self.start = images, checked_int("start", start, 0)
+        self.total = images.shape[0] if total is None else checked_int("total", total, 1)
+        if self.start + images.shape[0] > self.total:  # the rows must lie in the dataset
+            raise UsageError(
+                f"rows [start, start + n) = [{self.start}, {self.start + images.shape[0]}) lie outside a dataset of "
+                f"total = {self.total} images"
+            )
         self.image_shape: tuple[int, int, int] = tuple(images.shape[1:])
         built = build_model(cfg, self.image_shape, ops=self.ops)
         self.G = built.G
