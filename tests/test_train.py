@@ -590,6 +590,10 @@ def test_inversion_finds_codes_that_reconstruct_new_images(trained_run, blobs):
     assert ops.lap_loss(recon, images) < start
     with pytest.raises(ValueError, match="images must be shaped"):
         model.invert(torch.zeros(2, 3, 28, 28))
+    with pytest.raises(
+        ValueError, match=r"got \(2, 28, 28, 1\) \(channels last\? images.permute\(0, 3, 1, 2\)\)"
+    ):
+        model.invert(torch.zeros(2, 28, 28, 1))  # fit gave this hint, invert did not
 
 
 def test_inversion_starts_from_the_nearest_reconstruction_of_codes_drawn_from_the_whole_table():

@@ -51,6 +51,15 @@ def check_unit_images(images: torch.Tensor, name: str = "images") -> tuple[float
     return lo, hi
 
 
+def layout_hint(shape: tuple[int, ...]) -> str:
+    """A hint for images of ``shape`` handed over in another layout than (n, C, H, W): "" when none fits."""
+    if len(shape) == 3:
+        return " (one channel? images.unsqueeze(1))"
+    if len(shape) == 4 and shape[3] in (1, 3) and shape[1] not in (1, 3):
+        return " (channels last? images.permute(0, 3, 1, 2))"
+    return ""
+
+
 def _to_nchw(arr: np.ndarray, source: str) -> np.ndarray:
     """(N, H, W), (N, H, W, C), (N, C, H, W) or flat square (N, H*W) -> (N, C, H, W)."""
     if arr.ndim == 2:

@@ -730,7 +730,7 @@ class GLANN(GenerativeModel):
 
     def _checked_images(self, images: Any) -> torch.Tensor:
         """:meth:`invert`'s ``images`` as a tensor, else a UsageError (NonFiniteError for NaN/Inf) naming it."""
-        from glann_ext.data.datasets import check_unit_images
+        from glann_ext.data.datasets import check_unit_images, layout_hint
 
         shape = f"(n, {', '.join(map(str, self.image_shape))})"
         if isinstance(images, np.ndarray):
@@ -739,7 +739,8 @@ class GLANN(GenerativeModel):
             got = "a meta tensor" if isinstance(images, torch.Tensor) else type(images).__name__
             raise UsageError(f"images must be a float tensor or array {shape} in [0, 1], got {got}")
         if images.dim() != 4 or tuple(images.shape[1:]) != self.image_shape:
-            raise UsageError(f"images must be shaped {shape}, got {tuple(images.shape)}")
+            got = tuple(images.shape)
+            raise UsageError(f"images must be shaped {shape}, got {got}{layout_hint(got)}")
         check_unit_images(images)
         return images.detach()
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from glann_ext.data.datasets import check_unit_images
+from glann_ext.data.datasets import check_unit_images, layout_hint
 from glann_ext.errors import ConfigError, NonFiniteError, UsageError
 from glann_ext.ops._checks import first_nonfinite_row
 
@@ -43,19 +43,11 @@ def _as_tensor(name: str, x: Any) -> torch.Tensor:
     return x.detach()
 
 
-def _layout_hint(shape: tuple[int, ...]) -> str:
-    if len(shape) == 3:
-        return " (one channel? images.unsqueeze(1))"
-    if len(shape) == 4 and shape[3] in (1, 3) and shape[1] not in (1, 3):
-        return " (channels last? images.permute(0, 3, 1, 2))"
-    return ""
-
-
 def _check_shape(shape: tuple[int, ...], cfg: TrainConfig) -> None:
     from glann_ext.models.generator import start_size
 
     if len(shape) != 4 or shape[1] < 1 or shape[2] != shape[3]:
-        raise UsageError(f"images must be (n, C, H, W) with H == W, got shape {shape}{_layout_hint(shape)}")
+        raise UsageError(f"images must be (n, C, H, W) with H == W, got shape {shape}{layout_hint(shape)}")
     n, c, size = shape[0], shape[1], shape[2]
     if n < 2:
         raise UsageError(f"images must hold at least 2 images (G's BatchNorm needs a batch), got {n}")
