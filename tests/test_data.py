@@ -850,3 +850,18 @@ def test_an_npz_member_larger_than_memory_is_refused_naming_the_file_shape_and_c
     ):
         load_images(str(tmp_path / "big.npz"))
     assert load_images(str(tmp_path / "big.npz"), limit=1_000).shape == (1_000, 1, 28, 28)
+
+
+def test_a_folder_named_like_a_named_dataset_is_pointed_to_when_that_dataset_is_missing(
+    tmp_path, monkeypatch
+):
+    """A folder ./mnist lost to the named dataset, whose missing files gave no hint of it (own-data audit)."""
+    from glann_ext.data import mnist as mnist_mod
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mnist").mkdir()
+    monkeypatch.setattr(mnist_mod, "DEBIAN_DIRS", {k: tmp_path / "none" for k in mnist_mod.DEBIAN_DIRS})
+    monkeypatch.setattr(mnist_mod, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.delenv(mnist_mod.ENV_VAR, raising=False)
+    with pytest.raises(DataError, match=r"\(to train on the folder mnist/ here, name it \./mnist\)$"):
+        load_images("mnist", allow_download=False)
