@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from glann_ext.errors import UsageError
+
 from .errors import DataError
 
 VERSION = 2  # 1 (no "version" key): names and sizes / a sample of the rows; 2: and every row's content
@@ -116,7 +118,15 @@ def array_fingerprint(arr: np.ndarray) -> dict[str, Any]:
 def fingerprint_change(old: Any, new: dict[str, Any]) -> str | None:
     """What changed from the fingerprint ``old`` (as a checkpoint recorded it: any JSON value, of this version
     or version 1) to ``new``, in a few words; None when nothing did. A version 1 record is compared with the
-    version 1 fields of ``new``."""
+    version 1 fields of ``new``. ``new`` is a fingerprint of the data now (:func:`folder_fingerprint`,
+    :func:`array_fingerprint`), else a UsageError naming it: a caller without one (a manifest from before
+    fingerprints) has nothing to compare and does not call this."""
+    if not (isinstance(new, dict) and new.get("kind") in WHAT and "rows" in new):
+        # it was read as one: None raised "'NoneType' object is not subscriptable"
+        raise UsageError(
+            f"new must be a dataset fingerprint (a dict with 'kind' {' or '.join(map(repr, WHAT))} and "
+            f"'rows', from folder_fingerprint or array_fingerprint), got {new!r:.60}"
+        )
     if old == new:
         return None
     if not isinstance(old, dict) or old.get("kind") not in WHAT or old.get("version", 1) not in (1, VERSION):

@@ -9,9 +9,18 @@ Their coverage measures are in :mod:`glann_ext.metrics.mixtures`.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
+
+from glann_ext._args import checked_int
+from glann_ext.errors import UsageError
+
+from .arrays import read_cap
+
+SAMPLE_BYTES = 48  # working memory per sample: its mode (int64), noise and float64 value, the result
+MAX_SEED = 2**63 - 1  # seeds feed torch.Generator.manual_seed, which takes a signed 64-bit value
 
 
 @dataclass(frozen=True)
@@ -22,10 +31,31 @@ class MixturePreset:
     centres: torch.Tensor
     std: float
 
+    def __post_init__(self) -> None:
+        """Refuse what would sample nonsense: centres not (K >= 1, 2) finite floats, a std not finite > 0."""
+        c = self.centres
+        if not isinstance(c, torch.Tensor) or c.is_meta or c.dim() != 2 or c.shape[0] < 1 or c.shape[1] != 2:
+            got = f"shape {tuple(c.shape)}" if isinstance(c, torch.Tensor) else type(c).__name__
+            raise UsageError(f"centres must be a (K >= 1, 2) tensor of mode centres, got {got}")
+        if not c.dtype.is_floating_point or not bool(torch.isfinite(c).all()):
+            raise UsageError(f"centres must be finite floats, got {str(c.dtype)[6:]} {c.tolist()!r:.60}")
+        _positive_finite("std", self.std)
+
     def sample(self, n: int, *, seed: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` float32 samples: a uniformly chosen mode plus ``std`` Gaussian noise, drawn from ``generator``
         (a stream of batches) or from a generator seeded with ``seed``."""
-        g = generator if generator is not None else torch.Generator().manual_seed(seed)
+        n = checked_int("n", n, 0)
+        need, cap = n * SAMPLE_BYTES, read_cap()
+        if need > cap:  # else an allocator error, or the process killed
+            raise UsageError(
+                f"n = {n:,} asks for {need / 2**30:,.1f} GiB, more than this machine's {cap / 2**30:,.1f} GiB"
+            )
+        if generator is None:
+            g = torch.Generator().manual_seed(checked_int("seed", seed, 0, MAX_SEED))
+        elif isinstance(generator, torch.Generator) and generator.device.type == "cpu":
+            g = generator
+        else:
+            raise UsageError(f"generator must be a CPU torch.Generator (or None), got {generator!r:.60}")
         modes = torch.randint(len(self.centres), (n,), generator=g)
         noise = torch.randn(n, 2, generator=g, dtype=torch.float64)
         return (self.centres.double()[modes] + self.std * noise).float()
@@ -33,14 +63,31 @@ class MixturePreset:
 
 def ring_centres(num_modes: int = 8, radius: float = 1.0) -> torch.Tensor:
     """``(radius cos(2 pi i / K), radius sin(2 pi i / K))`` for i = 0..K-1, float64."""
+    num_modes = checked_int("num_modes", num_modes, 1)
+    radius = _positive_finite("radius", radius)
     angle = 2 * math.pi * torch.arange(num_modes, dtype=torch.float64) / num_modes
     return torch.stack([radius * angle.cos(), radius * angle.sin()], 1)
 
 
 def grid_centres(values: tuple[float, ...] = (-4.0, -2.0, 0.0, 2.0, 4.0)) -> torch.Tensor:
     """The Cartesian grid ``values x values`` (row-major: x outer, y inner), float64."""
+    if not (
+        isinstance(values, (tuple, list))
+        and values
+        and all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+    ):
+        raise UsageError(f"values must be a non-empty tuple of finite numbers, got {values!r:.60}")
     v = torch.tensor(values, dtype=torch.float64)
     return torch.cartesian_prod(v, v)
+
+
+def _positive_finite(name: str, value: object) -> float:
+    """``value`` as a float if it is a finite number > 0, else a UsageError naming ``name``."""
+    if not (
+        isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    ):
+        raise UsageError(f"{name} must be a finite number > 0, got {value!r:.60}")
+    return float(value)
 
 
 RING_VEEGAN = MixturePreset("ring8-veegan", ring_centres(8, 2.0), 0.02)

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
-from glann_ext.errors import NonFiniteError
+from glann_ext._args import checked_int
+from glann_ext.data.arrays import read_cap
+from glann_ext.errors import NonFiniteError, UsageError
+from glann_ext.ops._checks import max_squared_norm
+
+MAX_SEED = 2**63 - 1  # seeds feed torch.Generator.manual_seed, which takes a signed 64-bit value
 
 
 def as_float_matrix(name: str, x: object, *, columns: int | None = None, min_rows: int = 1) -> torch.Tensor:
@@ -14,6 +21,7 @@ def as_float_matrix(name: str, x: object, *, columns: int | None = None, min_row
         x = torch.from_numpy(x)
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
+    check_not_meta(name, x)
     if x.dim() != 2:
         raise ValueError(f"{name} must be 2-D (N, D), got {x.dim()}-D with shape {tuple(x.shape)}")
     if not (x.dtype.is_floating_point or x.dtype in (torch.int32, torch.int64, torch.uint8)):
@@ -38,6 +46,7 @@ def as_images(name: str, x: object, *, channels: int | None = None) -> torch.Ten
         x = torch.from_numpy(x)
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
+    check_not_meta(name, x)
     if x.dim() != 4:
         raise ValueError(f"{name} must be 4-D (N, C, H, W), got {x.dim()}-D with shape {tuple(x.shape)}")
     if not x.dtype.is_floating_point:
@@ -55,3 +64,49 @@ def check_positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return value
+
+
+def check_seed(seed: object) -> int:
+    """``seed`` as an int in [0, MAX_SEED] (what the package's other seeds take), else a UsageError."""
+    return checked_int("seed", seed, 0, MAX_SEED)
+
+
+def check_not_meta(name: str, x: object) -> None:
+    """A UsageError naming ``name`` for a meta tensor (a shape without values: nothing to measure)."""
+    if isinstance(x, torch.Tensor) and x.is_meta:
+        raise UsageError(
+            f"{name} must be a tensor with values, got a meta tensor of shape {tuple(x.shape)} (no data)"
+        )
+
+
+def check_squarable(name: str, x: torch.Tensor) -> None:
+    """A UsageError naming ``name`` and its first row whose norm is too large to square in ``x``'s float
+    type: distances from the expansion ``|a|^2 + |b|^2 - 2 a.b`` (torch, :func:`glann_ext.nn_argmin`) would
+    overflow to inf. The limit is nn_argmin's (a squared norm of a quarter of the type's maximum), so that
+    the error names the metric's argument, not the search's."""
+    if x.numel() == 0:
+        return
+    limit = math.sqrt(max_squared_norm(x.dtype))
+    norms = torch.linalg.vector_norm(x, dim=1, dtype=torch.float64)  # inf if past float64: still refused
+    big = (norms > limit).nonzero()
+    if big.numel():
+        row = int(big[0])
+        top = float(x[row].abs().max())
+        norm = top * float(torch.linalg.vector_norm(x[row].double() / top))  # past float64 too, unlike norms
+        kind = "float64" if x.dtype == torch.float64 else "float32"
+        raise UsageError(
+            f"{name} has values too large to square in {kind}: row {row} has a norm of {norm:.3g} (largest "
+            f"value {top:.3g}), above {limit:.3g}, and its squared distances would overflow; rescale {name}"
+            + ("" if kind == "float64" else " or pass float64")
+        )
+
+
+def check_fits_memory(what: str, nbytes: int) -> None:
+    """A UsageError when a result of ``nbytes`` bytes would not fit this machine's physical memory
+    (:func:`glann_ext.data.arrays.read_cap`: more can only end in an allocator error or the process being
+    killed); ``what`` names the argument and the result, e.g. ``"num_samples = 10 asks for"``."""
+    cap = read_cap()
+    if nbytes > cap:
+        raise UsageError(
+            f"{what} {nbytes / 2**30:,.1f} GiB, more than this machine's {cap / 2**30:,.1f} GiB of memory"
+        )

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
+from .._args import checked_int
 from ..ops.nn_argmin import nn_argmin
-from ._checks import as_float_matrix
+from ._checks import as_float_matrix, check_seed, check_squarable
 from .mixtures import reverse_kl_uniform
 
 
@@ -60,6 +61,7 @@ def nearest_other_code(
     the distance to it (float64). A duplicate of a code is another code, at distance 0. ``block`` queries
     at a time (default: as many as keep each block's distance matrix near 128 MB)."""
     keys = as_float_matrix("codes", codes, min_rows=2)
+    check_squarable("codes", keys)  # else the distances came back inf
     n = keys.shape[0]
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < n:
         raise ValueError(f"k must be an int in [1, {n - 1}] for {n} codes, got {k!r}")
@@ -71,6 +73,8 @@ def nearest_other_code(
         raise ValueError(
             f"queries must index the {n} codes (0..{n - 1}), got values in [{int(queries.min())}, {int(queries.max())}]"
         )
+    if block is not None:
+        block = checked_int("block", block, 1)
     idx, dist = _nearest_others(keys, k, queries, block)
     return idx[:, -1], dist[:, -1]
 
@@ -106,8 +110,11 @@ def code_usage(
     """
     z64 = as_float_matrix("samples", samples)
     c64 = as_float_matrix("codes", codes, columns=z64.shape[1], min_rows=2)
+    check_squarable("samples", z64)  # before nn_argmin, whose error names its own "queries" and "keys"
+    check_squarable("codes", c64)
+    spacing_queries = checked_int("spacing_queries", spacing_queries, 1)
     n, big_n = z64.shape[0], c64.shape[0]
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(check_seed(seed))
     idx, sq = nn_argmin(z64.contiguous(), c64.contiguous(), return_distances=True)  # float64
     counts = torch.bincount(idx, minlength=big_n)
     even = torch.bincount(torch.randint(big_n, (n,), generator=g), minlength=big_n)
@@ -149,6 +156,8 @@ def moment_ratios(samples: torch.Tensor, codes: torch.Tensor, share: float = 0.1
     samples, and 1 where the samples' covariance is the codes'."""
     z = as_float_matrix("samples", samples)
     c = as_float_matrix("codes", codes, columns=z.shape[1], min_rows=2)
+    check_squarable("samples", z)  # variances square them
+    check_squarable("codes", c)
     if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
         raise ValueError(f"share must be a number in (0, 1], got {share!r}")
     return _moments(z, c, float(share))

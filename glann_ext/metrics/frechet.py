@@ -6,14 +6,17 @@
 (symmetric, from an eigen-decomposition), ``S1 S2 = R (R S2 R) R^-1`` is similar to the symmetric PSD
 matrix ``R S2 R``, so the trace is ``sum_i sqrt(lambda_i(R S2 R))``. Negative eigenvalues from
 rounding are clipped to 0. Everything is float64; covariances use ``N - 1`` (as numpy.cov / pytorch-fid).
+:func:`frechet_distance` computes it on features brought near 1 by a power of two (exact), and scales back.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
-from glann_ext.errors import NonFiniteError
+from glann_ext.errors import NonFiniteError, UsageError
 
 from ._checks import as_float_matrix
 
@@ -21,7 +24,14 @@ from ._checks import as_float_matrix
 def feature_statistics(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Mean (D,) and unbiased covariance (D, D) of (N, D) features, float64 numpy, N >= 2."""
     x = as_float_matrix("features", features, min_rows=2).numpy()
-    return x.mean(0), np.atleast_2d(np.cov(x, rowvar=False))
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, cov = x.mean(0), np.atleast_2d(np.cov(x, rowvar=False))
+    if not (np.isfinite(mean).all() and np.isfinite(cov).all()):  # finite features: squares past float64
+        raise UsageError(
+            f"features has values too large to square in float64 (up to {float(np.abs(x).max()):.3g}): its "
+            "covariance overflows; rescale it (frechet_distance takes features of any scale)"
+        )
+    return mean, cov
 
 
 def _sym_sqrt(s: np.ndarray) -> np.ndarray:
@@ -62,4 +72,28 @@ def frechet_distance(features1: torch.Tensor, features2: torch.Tensor) -> float:
     """Fréchet distance between Gaussians fitted to (N1, D) and (N2, D) features (N >= 2 each)."""
     x1 = as_float_matrix("features1", features1, min_rows=2)
     x2 = as_float_matrix("features2", features2, columns=x1.shape[1], min_rows=2)
-    return frechet_distance_from_statistics(*feature_statistics(x1), *feature_statistics(x2))
+    # FD scales as the square of the features, and its middle matrix R S2 R as their fourth power: computed on
+    # features scaled by a power of two (exact) to a largest value in [1, 2), neither overflows nor underflows
+    # (features near 1e80 failed with "Eigenvalues did not converge", near 1e160 read as "sigma1 contains
+    # NaN or Inf"; near 1e-100 the middle matrix underflowed to 0 and FD came out 7 times too large)
+    tops = [float(x.abs().max()) for x in (x1, x2)]
+    top = max(tops)
+    shift = -math.floor(math.log2(top)) if top > 0 else 0
+    x1, x2 = _times_power_of_two(x1, shift), _times_power_of_two(x2, shift)
+    fd = frechet_distance_from_statistics(*feature_statistics(x1), *feature_statistics(x2))
+    try:
+        return math.ldexp(fd, -2 * shift)
+    except OverflowError:
+        name = "features1" if tops[0] >= tops[1] else "features2"
+        raise UsageError(
+            f"{name} has values too large to square in float64 (up to {top:.3g}): their Fréchet distance, "
+            f"a squared distance, is past float64's maximum {np.finfo(np.float64).max:.3g}; rescale the features"
+        ) from None
+
+
+def _times_power_of_two(x: torch.Tensor, exponent: int) -> torch.Tensor:
+    """``x * 2**exponent``, in two exact halves: for a subnormal top, ``2**exponent`` alone is past the
+    largest double (as metrics.prdc scales)."""
+    for half in (exponent // 2, exponent - exponent // 2):
+        x = x * math.ldexp(1.0, half)
+    return x

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import NonFiniteError
-from ._checks import as_float_matrix, check_positive_int
+from ._checks import as_float_matrix, check_not_meta, check_positive_int, check_squarable
 
 DEFAULT_TILE_BYTES = 64 << 20
 
@@ -35,6 +35,7 @@ def knn_radii(
     those implementations, which expand the same way). Needs N >= k + 1.
     """
     x = as_float_matrix(name, features)
+    check_squarable(name, x)  # else the radii came back inf
     k = check_positive_int("k", k)
     n = x.shape[0]
     if n < k + 1:
@@ -65,6 +66,9 @@ def ball_membership_counts(
     """
     q = as_float_matrix("queries", queries)
     c = as_float_matrix("centres", centres, columns=q.shape[1])
+    check_squarable("queries", q)
+    check_squarable("centres", c)
+    check_not_meta("radii", radii)
     r = torch.as_tensor(radii).detach().to("cpu", torch.float64)
     if r.shape != (c.shape[0],):
         raise ValueError(f"radii must have shape ({c.shape[0]},) like centres, got {tuple(r.shape)}")
@@ -96,6 +100,8 @@ def nearest_distances(
     bit for bit."""
     x = as_float_matrix("rows", rows)
     y = as_float_matrix("keys", keys, columns=x.shape[1])
+    check_squarable("rows", x)
+    check_squarable("keys", y)
     sq = (y * y).sum(1)
     step = _rows_per_tile(y.shape[0], tile_bytes)
     out = torch.empty(x.shape[0], dtype=torch.float64)

@@ -9,6 +9,7 @@ passed), found with :func:`glann_ext.nn_argmin` (exact search, ties to the lowes
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._args import checked_int
 from .._io import atomic_write
-from ..errors import NonFiniteError
+from ..errors import NonFiniteError, UsageError
 from ..ops.nn_argmin import nn_argmin
-from ._checks import check_positive_int
+from ._checks import check_fits_memory, check_not_meta, check_positive_int, check_squarable
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ def _flat(name: str, x: object) -> torch.Tensor:
         x = torch.from_numpy(x)
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
+    check_not_meta(name, x)
     if x.dim() < 2:
         raise ValueError(f"{name} must be (N, ...) with at least 2 dims, got shape {tuple(x.shape)}")
     if not (x.dtype.is_floating_point or x.dtype in (torch.uint8, torch.int32, torch.int64)):
@@ -70,11 +73,17 @@ def nearest_train(
     Both are (N, ...) tensors or arrays (floating, or uint8/int32/int64 pixels) with the same per-row size
     (images are flattened).
     """
-    q = _flat("samples", samples)
+    return _nearest("samples", samples, train)
+
+
+def _nearest(name: str, samples: object, train: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`nearest_train`, its errors naming the rows searched for ``name`` (memorisation_report's
+    "generated" and "test" are not "samples")."""
+    q = _flat(name, samples)
     k = _flat("train", train)
     if q.shape[1] != k.shape[1]:
         raise ValueError(
-            f"train rows must have {q.shape[1]} elements like samples {tuple(samples.shape)}, "
+            f"train rows must have {q.shape[1]} elements like {name} {tuple(samples.shape)}, "
             f"got {tuple(train.shape)}"
         )
     if k.shape[0] == 0:
@@ -83,6 +92,9 @@ def nearest_train(
         return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.float64)
     dtype = torch.promote_types(q.dtype, k.dtype)
     q, k = q.to(dtype), k.to(dtype)
+    # before nn_argmin, whose error for rows too large to score names its own "queries" and "keys"
+    check_squarable(name, q)
+    check_squarable("train", k)
     index, sq = nn_argmin(q.contiguous(), k.contiguous(), return_distances=True)
     return index, sq.double().sqrt()
 
@@ -101,8 +113,8 @@ def memorisation_report(
     1 %): ``generated_fraction_below`` is then the fraction of generated samples closer to the
     training set than all but 1 % of real unseen images, i.e. suspiciously close.
     """
-    gen_idx, gen_d = nearest_train(generated, train)
-    _, test_d = nearest_train(test, train)
+    gen_idx, gen_d = _nearest("generated", generated, train)
+    _, test_d = _nearest("test", test, train)
     if gen_d.numel() == 0 or test_d.numel() == 0:
         raise ValueError("generated and test must not be empty")
     if threshold is not None and not (
@@ -127,7 +139,14 @@ def memorisation_report(
 
 def _checked_index(index: object, n: int, rows: int) -> torch.Tensor:
     """``index`` as an int64 (n,) CPU tensor of train rows in [0, rows), else a ValueError."""
-    index = torch.as_tensor(index).long().cpu()
+    check_not_meta("index", index)
+    index = torch.as_tensor(index)
+    if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
+        # .long() truncated 1.7 to row 1 and read True as row 1
+        raise UsageError(
+            f"index must hold integer train rows, got dtype {str(index.dtype).replace('torch.', '')}"
+        )
+    index = index.long().cpu()
     if index.shape != (n,):
         raise ValueError(f"index must have shape ({n},), got {tuple(index.shape)}")
     if not (int(index.min()) >= 0 and int(index.max()) < rows):
@@ -135,6 +154,46 @@ def _checked_index(index: object, n: int, rows: int) -> torch.Tensor:
             f"index must lie in [0, {rows}) (train rows), got values in [{int(index.min())}, {int(index.max())}]"
         )
     return index
+
+
+def _grid_images(samples: object, train: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """save_neighbour_grid's ``samples`` (N >= 1, 1 or 3, H, W) and ``train`` (M, same) as tensors, else a
+    ValueError naming the one that is not."""
+    samples, train = (torch.from_numpy(x) if isinstance(x, np.ndarray) else x for x in (samples, train))
+    check_not_meta("samples", samples)
+    check_not_meta("train", train)
+    if not isinstance(samples, torch.Tensor) or samples.dim() != 4 or samples.shape[1] not in (1, 3):
+        got = tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
+        raise ValueError(f"samples must be (N, 1 or 3, H, W) images, got {got}")
+    if samples.shape[0] == 0:
+        raise ValueError("samples must not be empty")
+    if not isinstance(train, torch.Tensor) or train.shape[1:] != samples.shape[1:]:
+        got = tuple(train.shape) if isinstance(train, torch.Tensor) else type(train).__name__
+        raise ValueError(
+            f"train must be (M, {', '.join(map(str, samples.shape[1:]))}) like samples, got {got}"
+        )
+    return samples, train
+
+
+def _value_range(value_range: object) -> tuple[float, float]:
+    """``(low, high)``: two finite numbers (a tuple, list, array or tensor), high > low, else a ValueError."""
+    pair: tuple = ()
+    if isinstance(value_range, (tuple, list)):
+        pair = tuple(value_range)
+    elif isinstance(value_range, (np.ndarray, torch.Tensor)) and value_range.ndim == 1:
+        check_not_meta("value_range", value_range)
+        pair = tuple(value_range.tolist())
+    if not (
+        len(pair) == 2
+        and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in pair)
+        and math.isfinite(pair[0])
+        and math.isfinite(pair[1])
+        and pair[1] > pair[0]
+    ):
+        raise ValueError(
+            f"value_range must be (low, high), finite numbers with high > low, got {value_range!r:.60}"
+        )
+    return float(pair[0]), float(pair[1])
 
 
 def save_neighbour_grid(
@@ -156,21 +215,10 @@ def save_neighbour_grid(
     """
     from PIL import Image  # a declared dependency, but only this function needs it
 
-    samples, train = (torch.from_numpy(x) if isinstance(x, np.ndarray) else x for x in (samples, train))
-    if not isinstance(samples, torch.Tensor) or samples.dim() != 4 or samples.shape[1] not in (1, 3):
-        got = tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
-        raise ValueError(f"samples must be (N, 1 or 3, H, W) images, got {got}")
-    if samples.shape[0] == 0:
-        raise ValueError("samples must not be empty")
-    if not isinstance(train, torch.Tensor) or train.shape[1:] != samples.shape[1:]:
-        got = tuple(train.shape) if isinstance(train, torch.Tensor) else type(train).__name__
-        raise ValueError(
-            f"train must be (M, {', '.join(map(str, samples.shape[1:]))}) like samples, got {got}"
-        )
+    samples, train = _grid_images(samples, train)
     pairs_per_row = check_positive_int("pairs_per_row", pairs_per_row)
-    lo, hi = value_range
-    if not hi > lo:
-        raise ValueError(f"value_range must be (low, high) with high > low, got {value_range!r}")
+    padding = checked_int("padding", padding, 0)
+    lo, hi = _value_range(value_range)
     if index is None:
         index, _ = nearest_train(samples, train)
     index = _checked_index(index, samples.shape[0], train.shape[0])
@@ -179,9 +227,11 @@ def save_neighbour_grid(
     rows = (n + pairs_per_row - 1) // pairs_per_row
     pair_w = 2 * w + padding
     gap = 3 * padding
-    canvas = torch.full(
-        (c, rows * (h + gap) + gap, pairs_per_row * (pair_w + gap) + gap), 255, dtype=torch.uint8
+    shape = (c, rows * (h + gap) + gap, pairs_per_row * (pair_w + gap) + gap)
+    check_fits_memory(
+        f"padding = {padding:,} with {n} pairs of {h} x {w} images asks for a grid of", math.prod(shape)
     )
+    canvas = torch.full(shape, 255, dtype=torch.uint8)
 
     def to_u8(t: torch.Tensor) -> torch.Tensor:
         return ((t.detach().cpu().double() - lo) / (hi - lo)).clamp(0, 1).mul(255).round().to(torch.uint8)

@@ -26,7 +26,7 @@ import torch
 
 from ..data.toy import GRID_5X5, RING_PACGAN, RING_VEEGAN, MixturePreset, grid_centres, ring_centres
 from ..ops.nn_argmin import nn_argmin
-from ._checks import as_float_matrix, check_positive_int
+from ._checks import as_float_matrix, check_not_meta, check_positive_int
 
 __all__ = [
     "GRID_5X5",
@@ -54,6 +54,7 @@ class ModeCoverage:
 
 def reverse_kl_uniform(counts: torch.Tensor) -> float:
     """``KL(p || U)`` of the histogram ``counts`` against uniform; empty bins add 0; ``inf`` if all empty."""
+    check_not_meta("counts", counts)
     counts = torch.as_tensor(counts).double()
     if bool((counts < 0).any()) or not bool(torch.isfinite(counts).all()):
         raise ValueError(

@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ._checks import as_images, check_positive_int
+from ._checks import as_images, check_fits_memory, check_not_meta, check_positive_int, check_seed
 from .mixtures import reverse_kl_uniform
 
 NUM_MODES = 1000
@@ -90,6 +90,7 @@ def kl_split(counts: torch.Tensor | np.ndarray) -> tuple[float, float]:
     c2``) as ``(classes, dependence)``, which add up to it: ``classes = sum_c KL(p_c || U_10)`` over the three
     channels' class shares ``p_c``, ``dependence = KL(p || p_0 x p_1 x p_2)``, zero when the channels are
     independent. Natural log, empty modes add 0; ``(inf, inf)`` when every count is 0. A tensor or array."""
+    check_not_meta("counts", counts)
     counts = torch.as_tensor(counts)
     if counts.shape != (NUM_MODES,):
         raise ValueError(f"counts must have shape ({NUM_MODES},), got {tuple(counts.shape)}")
@@ -117,6 +118,8 @@ def make_stacked(
     same ``seed`` gives the same dataset. ``images`` is (N, 1, H, W) or (N, H, W). Returns the stacked
     images (same dtype) and, if ``labels`` (N,) are given, the mode ids ``100 l0 + 10 l1 + l2``.
     """
+    check_not_meta("images", images)
+    check_not_meta("labels", labels)
     if isinstance(images, torch.Tensor) and images.dim() == 3:
         images = images.unsqueeze(1)
     if not isinstance(images, torch.Tensor):
@@ -126,7 +129,9 @@ def make_stacked(
     if images.shape[0] == 0:
         raise ValueError("images must not be empty")
     num_samples = check_positive_int("num_samples", num_samples)
-    g = torch.Generator().manual_seed(seed)
+    row_bytes = 3 * math.prod(images.shape[2:]) * images.element_size() + 3 * 8  # a stacked image, its triple
+    check_fits_memory(f"num_samples = {num_samples:,} asks for", num_samples * row_bytes)
+    g = torch.Generator().manual_seed(check_seed(seed))
     idx = torch.randint(images.shape[0], (num_samples, 3), generator=g)
     stacked = images[idx.flatten()].reshape(num_samples, 3, *images.shape[2:])
     if labels is None:
