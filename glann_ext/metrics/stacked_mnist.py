@@ -22,7 +22,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ._checks import as_images, check_fits_memory, check_not_meta, check_positive_int, check_seed
+from glann_ext._args import checked_seed
+
+from ._checks import as_images, check_fits_memory, check_not_meta, check_positive_int
 from .mixtures import reverse_kl_uniform
 
 NUM_MODES = 1000
@@ -131,7 +133,7 @@ def make_stacked(
     num_samples = check_positive_int("num_samples", num_samples)
     row_bytes = 3 * math.prod(images.shape[2:]) * images.element_size() + 3 * 8  # a stacked image, its triple
     check_fits_memory(f"num_samples = {num_samples:,} asks for", num_samples * row_bytes)
-    g = torch.Generator().manual_seed(check_seed(seed))
+    g = torch.Generator().manual_seed(checked_seed(seed))
     idx = torch.randint(images.shape[0], (num_samples, 3), generator=g)
     stacked = images[idx.flatten()].reshape(num_samples, 3, *images.shape[2:])
     if labels is None:

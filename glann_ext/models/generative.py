@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from glann_ext import seeding
-from glann_ext._args import as_index, checked_int
+from glann_ext._args import as_index, checked_int, checked_seed
 from glann_ext.backend import Ops, as_ops
 from glann_ext.errors import NonFiniteError, UsageError
 from glann_ext.ops._checks import first_nonfinite_row
@@ -43,9 +43,6 @@ SPREAD_CHUNK = 4_096
 # the most calibration draws per code a model file may ask for (TrainConfig's default is 10): a model file is
 # untrusted, and balance_draws = 1e12 would calibrate for days
 MAX_BALANCE_DRAWS = 10_000.0
-# the largest seed the sampling methods take (TrainConfig's too): seeding.generator reduces its derived seeds
-# modulo 2**63, so 2**63 would draw what 0 draws
-MAX_SEED = 2**63 - 1
 # the most training codes invert searches for each image's first start (a random pool of them)
 INVERT_POOL = 2_048
 NO_MAPPING = (
@@ -149,11 +146,6 @@ def _check_count(n: Any, row_shape: tuple[int, ...] = (), name: str = "n", low: 
                 f"this machine's {cap / 2**30:,.1f} GiB of memory; ask for fewer at a time"
             )
     return n
-
-
-def _check_seed(seed: Any) -> int:
-    """``seed`` as an int in [0, MAX_SEED], else a UsageError naming it."""
-    return checked_int("seed", seed, 0, MAX_SEED)
 
 
 def _check_balanced(balanced: Any) -> None:
@@ -328,7 +320,7 @@ class GenerativeModel(nn.Module):
         2**63)) gives the same noise, and the first ``k`` of them whatever ``n >= k`` is. ``n`` is refused when
         the noise would not fit in this machine's physical memory (as for every count of the sampling
         methods)."""
-        n, seed = _check_count(n, (self.noise_dim,)), _check_seed(seed)
+        n, seed = _check_count(n, (self.noise_dim,)), checked_seed(seed)
         return seeding.prefix_normal(n, self.noise_dim, seeding.generator(seed, "sample"))
 
     @torch.no_grad()
@@ -568,7 +560,7 @@ class GLANN(GenerativeModel):
         """The codes :meth:`sample` decodes (n, latent_dim): ``project(T(e))`` of seeded draws (scaled by
         :attr:`noise_scale`), thinned by balanced sampling when ``balanced`` (None: :attr:`balanced`), then
         moved by the :attr:`spread` when it is > 0."""
-        n, seed = _check_count(n, (self.codes.shape[1],)), _check_seed(seed)
+        n, seed = _check_count(n, (self.codes.shape[1],)), checked_seed(seed)
         _check_balanced(balanced)
         if not (self.balanced if balanced is None else balanced):
             z = super().sample_inputs(n, seed, balanced=False)  # plain project(T(e))
@@ -593,7 +585,7 @@ class GLANN(GenerativeModel):
         """What :meth:`sample_gaussian` decodes: ``n`` draws of a full-covariance Gaussian fitted to the
         training codes (or the given ``fit = (mean, cov)``, see :func:`fit_gaussian`; ``cov`` positive
         semi-definite), projected to the sphere."""
-        n, seed = _check_count(n, (self.codes.shape[1],)), _check_seed(seed)
+        n, seed = _check_count(n, (self.codes.shape[1],)), checked_seed(seed)
         mean, chol = self._gaussian_factor(fit)
         eps = seeding.prefix_normal(n, len(mean), seeding.generator(seed, "sample"), torch.float64)
         z = (mean + eps @ chol.T).float()
@@ -690,7 +682,7 @@ class GLANN(GenerativeModel):
 
         images = self._checked_images(images)
         steps, restarts = checked_int("steps", steps, 0), checked_int("restarts", restarts, 1)
-        seed = _check_seed(seed)
+        seed = checked_seed(seed)
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
             raise UsageError(f"lr must be a finite number > 0, got {lr!r:.60}")
         if len(images) == 0:  # nothing to invert

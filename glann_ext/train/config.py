@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from glann_ext._args import MAX_SEED
 from glann_ext._io import read_regular
 from glann_ext.errors import ConfigError
 from glann_ext.models.generative import MAX_BALANCE_DRAWS, MAX_NOISE_SCALE, MAX_SPREAD
@@ -310,7 +311,6 @@ _CHOICES = {
 # A learning rate above this is a typo (1e39 is finite as a Python float but infinite in float32): every
 # optimizer here steps in float32, so such a rate made the first step Inf and a Cholesky error later.
 MAX_RATE = 1e6
-MAX_SEED = 2**63 - 1  # seeds feed torch.Generator.manual_seed, which takes a signed 64-bit value
 MAX_THREADS = 1024  # torch's thread pools: far beyond any machine's cores; 100000 crashes torch
 # Generous upper bounds of the sizes (each far above any run the package is meant for), so that a typo such as
 # --gen-width 1000000 is a one-line config error, not an allocation traceback or a hang while building G.
