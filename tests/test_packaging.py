@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from glann_testing import child_kwargs
 
 import glann_ext
 from glann_ext import _C
@@ -122,19 +123,13 @@ def test_the_command_and_training_imports_need_no_home_folder(tmp_path):
         sys.exit(main(["--version"]))
         """
     )
-    env = dict(os.environ)
-    if env.get("PYTHONPATH"):  # an in-place build named relative to the checkout stays importable
-        env["PYTHONPATH"] = os.pathsep.join(
-            str(Path(p).resolve()) for p in env["PYTHONPATH"].split(os.pathsep)
-        )
     done = subprocess.run(
         [sys.executable, "-c", code],
         check=False,
-        cwd=tmp_path,
-        env=env,
         capture_output=True,
         text=True,
         timeout=120,
+        **child_kwargs(tmp_path),
     )
     assert done.returncode == 0, done.stderr
     cache, mode = done.stdout.split()[:2]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from glann_testing import child_kwargs
 from torch import nn
 
 from glann_ext import _info
@@ -203,19 +204,19 @@ print(glann_ext.build_info()["omp_wait_policy"], digest.hexdigest())
 def test_the_model_does_not_depend_on_whether_torch_or_glann_ext_was_imported_first(tmp_path):
     """With torch first (OpenMP threads spinning), T's steps ran on two threads and the model differed from
     the CLI's in its last bits (found by the own-data audit)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), *filter(None, [env.get("PYTHONPATH")])])
-    env["PYTHONPATH"] = os.pathsep.join(str(Path(p).resolve()) for p in env["PYTHONPATH"].split(os.pathsep))
+    tests = os.pathsep.join([str(Path(__file__).parent), *filter(None, [os.environ.get("PYTHONPATH")])])
+    kwargs = child_kwargs(tmp_path, PYTHONPATH=tests)  # glann_testing importable in the child
+    for name in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS"):  # each import order sets its own policy
+        kwargs["env"].pop(name, None)
     out = {}
     for first in ("torch", "glann_ext"):
         done = subprocess.run(
             [sys.executable, "-c", _TRAIN, first],
             check=False,
-            cwd=tmp_path,
-            env=env,
             capture_output=True,
             text=True,
             timeout=300,
+            **kwargs,
         )
         assert done.returncode == 0, done.stderr
         out[first] = done.stdout.split()
