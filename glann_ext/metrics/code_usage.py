@@ -23,9 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from glann_ext._args import checked_seed
-
-from .._args import checked_int
+from .._args import checked_int, checked_seed
 from ..ops.nn_argmin import nn_argmin
 from ._checks import as_float_matrix, check_squarable
 from .mixtures import reverse_kl_uniform

@@ -22,8 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from glann_ext._args import checked_seed
-
+from .._args import checked_seed
 from ._checks import as_images, check_fits_memory, check_not_meta, check_positive_int
 from .mixtures import reverse_kl_uniform
 
