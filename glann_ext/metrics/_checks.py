@@ -7,7 +7,6 @@ import math
 import numpy as np
 import torch
 
-from glann_ext.data.arrays import read_cap
 from glann_ext.errors import NonFiniteError, UsageError
 from glann_ext.ops._checks import max_squared_norm
 
@@ -90,15 +89,4 @@ def check_squarable(name: str, x: torch.Tensor) -> None:
             f"{name} has values too large to square in {kind}: row {row} has a norm of {norm:.3g} (largest "
             f"value {top:.3g}), above {limit:.3g}, and its squared distances would overflow; rescale {name}"
             + ("" if kind == "float64" else " or pass float64")
-        )
-
-
-def check_fits_memory(what: str, nbytes: int) -> None:
-    """A UsageError when a result of ``nbytes`` bytes would not fit this machine's physical memory
-    (:func:`glann_ext.data.arrays.read_cap`: more can only end in an allocator error or the process being
-    killed); ``what`` names the argument and the result, e.g. ``"num_samples = 10 asks for"``."""
-    cap = read_cap()
-    if nbytes > cap:
-        raise UsageError(
-            f"{what} {nbytes / 2**30:,.1f} GiB, more than this machine's {cap / 2**30:,.1f} GiB of memory"
         )

@@ -19,9 +19,10 @@ import torch
 
 from .._args import checked_int
 from .._io import atomic_write
+from ..data.arrays import check_fits_memory
 from ..errors import NonFiniteError, UsageError
 from ..ops.nn_argmin import nn_argmin
-from ._checks import check_fits_memory, check_not_meta, check_positive_int, check_squarable
+from ._checks import check_not_meta, check_positive_int, check_squarable
 
 
 @dataclass(frozen=True)

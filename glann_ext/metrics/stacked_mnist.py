@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from .._args import checked_seed
-from ._checks import as_images, check_fits_memory, check_not_meta, check_positive_int
+from ..data.arrays import check_fits_memory
+from ._checks import as_images, check_not_meta, check_positive_int
 from .mixtures import reverse_kl_uniform
 
 NUM_MODES = 1000

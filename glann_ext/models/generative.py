@@ -137,14 +137,12 @@ def _check_count(n: Any, row_shape: tuple[int, ...] = (), name: str = "n", low: 
     memory (:func:`glann_ext.data.arrays.read_cap`; more could only end in the process being killed)."""
     n = checked_int(name, n, low)
     if row_shape:
-        from glann_ext.data.arrays import read_cap
+        from glann_ext.data.arrays import check_fits_memory
 
-        need, cap = n * math.prod(row_shape) * 4, read_cap()
-        if need > cap:
-            raise UsageError(
-                f"{name} = {n:,} asks for {need / 2**30:,.1f} GiB of float32 rows {tuple(row_shape)}, more than "
-                f"this machine's {cap / 2**30:,.1f} GiB of memory; ask for fewer at a time"
-            )
+        check_fits_memory(
+            f"{name} = {n:,} asks for", n * math.prod(row_shape) * 4, of=f" of float32 rows {tuple(row_shape)}",
+            advice="; ask for fewer at a time",
+        )  # fmt: skip
     return n
 
 
