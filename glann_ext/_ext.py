@@ -10,7 +10,7 @@ def _missing_module_message(exc: ImportError) -> str:
     that shadows the installed package (``python -m`` and ``torchrun -m`` put the current folder first on
     ``sys.path``), or a package that was never built."""
     here = Path(__file__).resolve().parent
-    if any(p.suffix in (".so", ".pyd") for p in here.glob("_C*")):
+    if _has_compiled_module(here):
         return f"glann_ext's compiled module in {here} failed to load: {exc}"
     installed = _installed_elsewhere(here)
     if installed is not None:
@@ -24,6 +24,10 @@ def _missing_module_message(exc: ImportError) -> str:
         f"glann_ext's compiled module _C is missing from {here}: the package was not built. Install it with "
         "`pip install .` (or run scripts/dev_build.sh for an in-place development build)."
     )
+
+
+def _has_compiled_module(folder: Path) -> bool:
+    return any(p.suffix in (".so", ".pyd") for p in folder.glob("_C*"))
 
 
 def _installed_elsewhere(here: Path) -> Path | None:
@@ -40,8 +44,8 @@ def _installed_elsewhere(here: Path) -> Path | None:
 try:
     from . import _C
 except ImportError as exc:  # pragma: no cover - only when the package was not built or is shadowed
-    _built = any(p.suffix in (".so", ".pyd") for p in Path(__file__).resolve().parent.glob("_C*"))
     # a missing module's own error blames "a circular import": only a module that fails to load keeps its cause
-    raise ImportError(_missing_module_message(exc)) from (exc if _built else None)
+    cause = exc if _has_compiled_module(Path(__file__).resolve().parent) else None
+    raise ImportError(_missing_module_message(exc)) from cause
 
 __all__ = ["_C"]
