@@ -480,7 +480,9 @@ def _cmd_invert(args: argparse.Namespace) -> None:
         raise CLIError("invert: needs a GLANN run (a pixel-space IMLE model has no codes to invert into)")
     channels, size, _ = model.image_shape
     images = load_images(args.images, image_size=size, channels=channels, limit=args.limit)
-    codes, recon = model.invert(images, steps=args.steps, restarts=args.restarts, seed=args.seed)
+    codes, recon = model.invert(
+        images, steps=args.steps, restarts=args.restarts, seed=args.seed, progress=sys.stderr.isatty()
+    )
     cols = min(INVERT_COLUMNS, len(images))
     save_grid(_paired_rows(images, recon.cpu(), cols), args.grid, nrow=cols)
     if codes_path is not None:

@@ -663,7 +663,13 @@ class GLANN(GenerativeModel):
         return _direction(name, v, d, "a training index or a code", torch.float32)
 
     def invert(
-        self, images: torch.Tensor, steps: int = 200, lr: float = 0.05, restarts: int = 4, seed: int = 0
+        self,
+        images: torch.Tensor,
+        steps: int = 200,
+        lr: float = 0.05,
+        restarts: int = 4,
+        seed: int = 0,
+        progress: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Codes for new ``images``: G fixed, z optimised with Adam (learning rate ``lr`` > 0) for ``steps``
         steps on the reconstruction loss and re-projected to the sphere after each step, from ``restarts``
@@ -671,7 +677,8 @@ class GLANN(GenerativeModel):
         :data:`INVERT_POOL` (2,048) training codes drawn at random (from ``seed``; all of them when there are
         no more): the first restart starts from the pool's code whose reconstruction is nearest to the image
         in pixel space (not the nearest of all the codes when there are more), the others from random codes
-        of the pool. Returns (codes (n, latent_dim), reconstructions).
+        of the pool. Returns (codes (n, latent_dim), reconstructions). ``progress``: a tqdm bar over the
+        ``restarts * steps`` steps.
 
         ``images``: float (n, C, H, W) of the model's :attr:`image_shape`, a tensor or array, in [0, 1] (an
         overshoot of up to :data:`glann_ext.data.datasets.FLOAT_OVERSHOOT`, a resize's ringing, is allowed;
@@ -694,29 +701,40 @@ class GLANN(GenerativeModel):
         loss_fn = ReconstructionLoss(
             self.ops, self.config.get("l2_weight", 0.0), lap_weights=self.config.get("lap_weights", "paper")
         )
+        from tqdm import tqdm
+
+        bar = tqdm(total=restarts * steps, desc="invert", unit="step", disable=not progress, leave=False)
+        try:
+            best_z = self._best_of_restarts(target, loss_fn, steps, lr, restarts, seed, bar.update)
+        finally:
+            bar.close()
+            for p, flag in trainable.items():
+                p.requires_grad_(flag)
+        return best_z, self.decode(best_z)
+
+    def _best_of_restarts(
+        self, target: torch.Tensor, loss_fn, steps: int, lr: float, restarts: int, seed: int, on_step
+    ) -> torch.Tensor:
+        """:meth:`invert`'s search: for each image the best of ``restarts`` fits from codes of a seeded pool."""
         g = seeding.generator(seed, "invert")
         pool = self.codes[torch.randperm(len(self.codes), generator=g)[:INVERT_POOL].to(self.device)]
         recs = self.decode(pool).reshape(len(pool), -1)
         best_z, best_loss = None, None
-        try:
-            for r in range(restarts):
-                start = (
-                    self.ops.nn_argmin(target.reshape(len(target), -1), recs)
-                    if r == 0
-                    else torch.randint(len(pool), (len(target),), generator=g).to(self.device)
-                )
-                z = self._fit_codes(pool[start].clone(), target, loss_fn, steps, lr)
-                with torch.no_grad():
-                    per = loss_fn.lap(self.G(z).float(), target, "none")
-                if best_z is None:
-                    best_z, best_loss = z, per
-                else:
-                    better = per < best_loss
-                    best_z[better], best_loss = z[better], torch.minimum(per, best_loss)
-        finally:
-            for p, flag in trainable.items():
-                p.requires_grad_(flag)
-        return best_z, self.decode(best_z)
+        for r in range(restarts):
+            start = (
+                self.ops.nn_argmin(target.reshape(len(target), -1), recs)
+                if r == 0
+                else torch.randint(len(pool), (len(target),), generator=g).to(self.device)
+            )
+            z = self._fit_codes(pool[start].clone(), target, loss_fn, steps, lr, on_step)
+            with torch.no_grad():
+                per = loss_fn.lap(self.G(z).float(), target, "none")
+            if best_z is None:
+                best_z, best_loss = z, per
+            else:
+                better = per < best_loss
+                best_z[better], best_loss = z[better], torch.minimum(per, best_loss)
+        return best_z
 
     def _checked_images(self, images: Any) -> torch.Tensor:
         """:meth:`invert`'s ``images`` as a tensor, else a UsageError (NonFiniteError for NaN/Inf) naming it."""
@@ -735,9 +753,16 @@ class GLANN(GenerativeModel):
         return images.detach()
 
     def _fit_codes(
-        self, z: torch.Tensor, target: torch.Tensor, loss_fn, steps: int, lr: float
+        self,
+        z: torch.Tensor,
+        target: torch.Tensor,
+        loss_fn,
+        steps: int,
+        lr: float,
+        on_step: Callable[[], Any],
     ) -> torch.Tensor:
-        """``steps`` Adam steps on codes ``z`` against ``target`` with G fixed, re-projected after each."""
+        """``steps`` Adam steps on codes ``z`` against ``target`` with G fixed, re-projected after each (and
+        ``on_step()`` called)."""
         z.requires_grad_(True)
         opt = torch.optim.Adam([z], lr=lr)
         for _ in range(steps):
@@ -747,6 +772,7 @@ class GLANN(GenerativeModel):
             opt.step()
             with torch.no_grad():
                 z.copy_(self.ops.project(z.detach().contiguous()))
+            on_step()
         return z.detach()
 
     # -- export ------------------------------------------------------------------------------------------
