@@ -16,8 +16,8 @@ def _missing_module_message(exc: ImportError) -> str:
     if installed is not None:
         return (
             f"glann_ext was imported from the source checkout {here}, which has no compiled module; the "
-            f"installed glann_ext is {installed}. The checkout comes first on sys.path when Python runs from "
-            "it with `python -m`: run from another folder, use the `glann` command (`torchrun --no-python "
+            f"installed glann_ext is {installed}. The checkout comes first on sys.path when Python runs in "
+            "it (`python -m`, `python -c`, a script there): run from another folder, use the `glann` command (`torchrun --no-python "
             "glann ...`), or build in place (`pip install -e . --no-build-isolation`, or scripts/dev_build.sh)."
         )
     return (

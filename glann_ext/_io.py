@@ -16,7 +16,10 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import errno
+import functools
 import os
 import pickle
 import re
@@ -39,14 +42,23 @@ LOCK_FILE = ".lock"
 TORCH_ARCHIVE_MAGIC = b"PK\x03\x04"  # torch.save's zip archive; anything else is a bare pickle
 
 
+@functools.cache  # one folder a process
 def cache_root() -> Path:
     """``~/.cache/glann_ext``: downloaded data sets and the evaluators' trained weights. Where no home folder
     can be found (no ``$HOME`` and a user with no passwd entry, as in some containers), a fresh private
-    folder under the temp dir (``mkdtemp``, mode 0700): shared with no other user, kept by no later process."""
+    folder under the temp dir (``mkdtemp``, mode 0700): shared with no other user, kept by no later process,
+    and removed at exit when nothing was cached in it."""
     try:
         return Path.home() / ".cache" / "glann_ext"
     except RuntimeError:  # "Could not determine home directory"
-        return Path(tempfile.mkdtemp(prefix="glann_ext-cache-"))
+        folder = Path(tempfile.mkdtemp(prefix="glann_ext-cache-"))
+        atexit.register(_remove_if_empty, folder)
+        return folder
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # something was cached in it (or it is gone): left as it is
+        folder.rmdir()
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:

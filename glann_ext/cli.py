@@ -478,6 +478,7 @@ def _cmd_invert(args: argparse.Namespace) -> None:
     model = _load(args)
     if not isinstance(model, GLANN):
         raise CLIError("invert: needs a GLANN run (a pixel-space IMLE model has no codes to invert into)")
+    _check_grid_channels(model, "invert")
     channels, size, _ = model.image_shape
     images = load_images(args.images, image_size=size, channels=channels, limit=args.limit)
     codes, recon = model.invert(
@@ -487,7 +488,7 @@ def _cmd_invert(args: argparse.Namespace) -> None:
     save_grid(_paired_rows(images, recon.cpu(), cols), args.grid, nrow=cols)
     if codes_path is not None:
         _save_npy(codes_path, codes.cpu().numpy())
-    capped = f" (the first {args.limit}: --limit)" if len(images) == args.limit else ""
+    capped = f" (--limit {args.limit}: the first in dataset order)" if len(images) == args.limit else ""
     print(
         f"inverted {len(images)} images{capped}; originals and reconstructions in {args.grid}"
         + (f", codes in {codes_path}" if codes_path is not None else "")

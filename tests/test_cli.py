@@ -668,7 +668,7 @@ def test_invert_wraps_its_grid_in_pairs_of_rows_and_says_when_the_limit_cut(
     grid = tmp_path / "v.png"
     argv = ["invert", "--run", str(run_dir), "--images", data_file, "--steps", "1", "--restarts", "1"]
     assert main([*argv, "--limit", "20", "--grid", str(grid)]) == 0
-    assert "inverted 20 images (the first 20: --limit)" in capsys.readouterr().out
+    assert "inverted 20 images (--limit 20: the first in dataset order)" in capsys.readouterr().out
     model = load_model(run_dir)
     from glann_ext.data import load_images
 
@@ -694,7 +694,7 @@ def test_train_says_what_data_it_read(data_file, tmp_path, capsys):
     """A preset's limit cut a user's folder to its first files by path without a word (one class of four)."""
     assert main(["train", "--dataset", data_file, "--out", str(tmp_path / "a"), *TINY, "--limit", "40"]) == 0
     assert (
-        f"data {data_file}: 40 images (the first 40 in dataset order: limit) of 1 x 28 x 28"
+        f"data {data_file}: 40 images (limit 40: the first in dataset order) of 1 x 28 x 28"
         in capsys.readouterr().out
     )
     assert main(["train", "--dataset", data_file, "--out", str(tmp_path / "b"), *TINY, "--limit", "100"]) == 0
@@ -716,3 +716,18 @@ def test_the_interrupt_message_reads_in_order(data_file, tmp_path):
     assert _interrupted_message(tmp_path / "r").startswith(
         f"interrupted; to resume, run `glann train --out {tmp_path / 'r'}` again"
     )
+
+
+def test_invert_of_a_model_of_other_than_1_or_3_channels_is_refused_before_loading(
+    tmp_path, capsys, data_file
+):
+    """It said "channels must be 1 or 3 for image folders, got 4" without saying the 4 was the model's."""
+    from glann_ext.models import GLANN, MLP, DCGANGenerator, save_model
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        G = DCGANGenerator(latent_dim=8, image_size=16, channels=4, width=8)
+    codes = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    path = save_model(GLANN(G, codes, MLP(4, 8, hidden=8, layers=1), ops=OPS), tmp_path / "rgba.safetensors")
+    assert main(["invert", "--run", str(path), "--images", data_file, "--grid", str(tmp_path / "v.png")]) == 2
+    assert "invert: the model makes 4-channel images, a grid image needs 1 or 3" in capsys.readouterr().err

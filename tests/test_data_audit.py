@@ -255,14 +255,20 @@ def test_float_levels_convert_as_their_uint8_and_convert_images_is_the_loaders_r
         assert torch.equal(convert_images(torch.from_numpy(u) / 255, size, channels), want)
 
 
-def test_an_rgba_array_is_named_as_such(tmp_path):
-    """It said "cannot tell the channel axis", where the axis is plain and the 4 channels are the problem."""
-    for name, shape in (("nhwc.npy", (3, 8, 8, 4)), ("nchw.npy", (3, 4, 8, 8))):
+def test_an_array_of_2_or_4_channels_is_named_as_such(tmp_path):
+    """It said "cannot tell the channel axis", where the axis is plain and the channel count is the problem;
+    4 x 4 images of 1 channel are not called RGBA."""
+    for name, shape, want in (
+        ("nhwc.npy", (3, 8, 8, 4), r"have 4 channels, and datasets hold 1 or 3: drop the alpha"),
+        ("nchw.npy", (3, 4, 8, 8), r"have 4 channels, and datasets hold 1 or 3: drop the alpha"),
+        ("two.npy", (3, 8, 8, 2), r"have 2 channels, and datasets hold 1 or 3$"),
+        ("tiny.npy", (3, 4, 4, 4), r"cannot tell the channel axis"),
+    ):
         np.save(tmp_path / name, np.zeros(shape, np.uint8))
-        with pytest.raises(
-            DataError, match=rf"{name}: images of shape .* have 4 channels \(RGBA\?\), and datasets"
-        ):
+        with pytest.raises(DataError, match=rf"{name}: .*{want}"):
             load_images(str(tmp_path / name))
+    np.save(tmp_path / "grey4.npy", np.zeros((3, 1, 4, 4), np.uint8))
+    assert load_images(str(tmp_path / "grey4.npy")).shape == (3, 1, 4, 4)
 
 
 @pytest.mark.parametrize(

@@ -209,7 +209,7 @@ def _timeout_worker(rank: int, port: int, out: str) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD), RANK=str(rank), LOCAL_RANK="0"
     )
-    os.environ["GLANN_DIST_TIMEOUT_S"] = "2"
+    os.environ["GLANN_DIST_TIMEOUT_S"] = "2"  # (the smallest allowed is 1 s)
     world = init_world(torch.device("cpu"))
     start = time.monotonic()
     try:
@@ -231,9 +231,12 @@ def test_the_collective_timeout_comes_from_the_environment(tmp_path, monkeypatch
     assert dist_timeout_s() == 1800.0  # unset: 30 minutes
     monkeypatch.setenv("GLANN_DIST_TIMEOUT_S", "90.5")
     assert dist_timeout_s() == 90.5
-    for bad in ("0", "-3", "nan", "inf", "ten"):
+    # 1e14 overflowed timedelta on every rank, 1e-9 made every collective fail at once (final audit)
+    for bad in ("0", "-3", "nan", "inf", "ten", "1e14", "1e-9", "0.5"):
         monkeypatch.setenv("GLANN_DIST_TIMEOUT_S", bad)
-        with pytest.raises(ConfigError, match=r"^\$GLANN_DIST_TIMEOUT_S must be a number of seconds > 0"):
+        with pytest.raises(
+            ConfigError, match=r"^\$GLANN_DIST_TIMEOUT_S must be a number of seconds in \[1, 604800\]"
+        ):
             dist_timeout_s()
     monkeypatch.delenv("GLANN_DIST_TIMEOUT_S")
     spawn_bounded(_timeout_worker, (free_port(), str(tmp_path)), WORLD, timeout_s=60)

@@ -5,6 +5,7 @@ in [0, 255]) or failing deep inside torch; a config is checked when it is made."
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -215,3 +216,21 @@ def test_the_training_layer_checks_counts_rows_and_codes_by_name(blobs):
     with pytest.raises(NonFiniteError, match=r"^codes hold NaN or Inf \(first in row 2\)") as err:
         GLANN(model.G, codes, model.T)
     assert err.value.argument == "codes"
+
+
+def test_the_stage_trainers_take_a_backend_name_too(blobs):
+    """GLOTrainer and IMLETrainer are public: ops="fused" (or None) failed at their first step with an
+    AttributeError (final audit)."""
+    from glann_ext.train import GLOTrainer, IMLETrainer
+
+    cfg = tiny_config(glo_epochs=1, imle_epochs=1)
+    images = blobs[:32]
+    for ops in ("fused", None):
+        trainer = GLOTrainer(images, cfg, ops)
+        assert trainer.ops.name == "fused" and math.isfinite(trainer.train_step(torch.arange(8)))
+    codes = torch.nn.functional.normalize(torch.randn(32, cfg.latent_dim), dim=1)
+    imle = IMLETrainer(codes, MLP(cfg.noise_dim, cfg.latent_dim), cfg, "reference")
+    imle.begin_epoch()
+    assert imle.ops.name == "reference" and math.isfinite(imle.train_step(torch.arange(8)))
+    with pytest.raises(UsageError, match=r"^ops must be an Ops or a backend name"):
+        GLOTrainer(images, cfg, 3)

@@ -73,10 +73,17 @@ def _to_nchw(arr: np.ndarray, source: str) -> np.ndarray:
         return arr
     if arr.shape[-1] in (1, 3):
         return arr.transpose(0, 3, 1, 2)
-    if 4 in (arr.shape[1], arr.shape[-1]):
+    first, last = arr.shape[1], arr.shape[-1]
+    if (first in (2, 4)) != (last in (2, 4)):  # one axis is a channel count, the other is not (a size)
+        channels = first if first in (2, 4) else last
+        rgba = (
+            ": drop the alpha channel (x[..., :3] or x[:, :3]), or save them as image files (alpha composited "
+            "onto black)"
+            if channels == 4
+            else ""
+        )
         raise DataError(
-            f"{source}: images of shape {arr.shape[1:]} have 4 channels (RGBA?), and datasets hold 1 or 3: drop "
-            "the alpha channel (x[..., :3] or x[:, :3]), or save them as image files (alpha composited onto black)"
+            f"{source}: images of shape {arr.shape[1:]} have {channels} channels, and datasets hold 1 or 3{rgba}"
         )
     raise DataError(f"{source}: cannot tell the channel axis of shape {arr.shape} (expected 1 or 3 channels)")
 
@@ -243,7 +250,7 @@ def _dataset_rows(
     elif not path.exists():
         raise DataError(
             f"{dataset}: no such file or folder (a dataset is one of {NAMED}, a .npy/.npz file or an image "
-            "folder; a run whose data moved resumes with --dataset naming its new place)"
+            "folder)"
         )
     elif path.suffix.lower() in IMAGE_SUFFIXES:
         raise DataError(f"{dataset}: a single image; a dataset of images is a folder of them")

@@ -305,7 +305,9 @@ def _check_manifest(path: Path, m: dict[str, Any]) -> None:
 DATASET_KEY = "dataset"
 
 
-def _check_data(where: Path, recorded: Any, current: dict[str, Any] | None, dataset: Any) -> None:
+def _check_data(
+    where: Path, recorded: Any, current: dict[str, Any] | None, dataset: Any, dataset_now: Any = None
+) -> None:
     """Refuse a resume whose dataset's rows (``current``: the fingerprint of what this run loaded) differ
     from the fingerprint the checkpoint recorded (a renamed image moves every later image behind another's
     code, silently); a manifest from before fingerprints (``recorded`` None) is not checked, and its next
@@ -313,6 +315,11 @@ def _check_data(where: Path, recorded: Any, current: dict[str, Any] | None, data
     if recorded is None or current is None:
         return
     change = fingerprint_change(recorded, current)
+    if change is not None and dataset_now is not None and dataset_now != dataset:  # named at a new place
+        raise CheckpointError(
+            f"{where}: the data at {dataset_now} is not what the checkpoint trained on ({dataset}): {change}; "
+            f"name the run's data or start a new run folder"
+        )
     if change is not None:
         raise CheckpointError(
             f"{where}: the dataset's files changed since the checkpoint ({dataset}): {change}; "
@@ -383,10 +390,11 @@ def save_step(
 
 
 def load_step(
-    run: str | Path, world: World, total: int, data: dict[str, Any] | None = None
+    run: str | Path, world: World, total: int, data: dict[str, Any] | None = None, dataset: str | None = None
 ) -> dict[str, Any] | None:
     """The training state ``{phase, glo, imle}`` of the latest complete step with this rank's rows, or None
-    without a checkpoint. ``data``: the fingerprint of the dataset this run loaded (None: not checked).
+    without a checkpoint. ``data``: the fingerprint of the dataset this run loaded (None: not checked), from
+    ``dataset`` (the config's, named in the refusal when it is not the checkpoint's).
 
     Raises :class:`CheckpointError` (and changes nothing) when the step was written by another number of
     processes, for another dataset size or for rows whose files have changed since (the manifest's
@@ -419,7 +427,7 @@ def load_step(
             f"{step_dir}: shard {world.rank} holds rows {shard['start']}..{shard['stop']}, expected {world.bounds(total)}"
         )
     main, rows = load_main(step_dir / MAIN_FILE), shard["rows"]
-    _check_data(where, manifest.get(DATASET_KEY), data, main["config"].get("dataset"))
+    _check_data(where, manifest.get(DATASET_KEY), data, main["config"].get("dataset"), dataset)
     return {
         "phase": main["phase"],
         "glo": join_state("glo", main["glo"], rows),

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from glann_ext.backend import Ops
+from glann_ext.backend import Ops, as_ops
 from glann_ext.models import DCGANGenerator, ReconstructionLoss
 
 from .build import adam, build_generator, place_for_training
@@ -35,7 +35,7 @@ class GLOTrainer(StageTrainer):
         self,
         images: torch.Tensor,
         cfg: TrainConfig,
-        ops: Ops,
+        ops: Ops | str | None,
         device: str | torch.device = "cpu",
         world: World | None = None,
         start: int = 0,
@@ -44,7 +44,8 @@ class GLOTrainer(StageTrainer):
         G: DCGANGenerator | None = None,
     ):
         super().__init__(cfg, world, start, images.shape[0], total)
-        self.ops, self.device = ops, torch.device(device)
+        self.ops = ops = as_ops(ops, cfg.ops)
+        self.device = torch.device(device)
         self.images = images
         G = G if G is not None else build_generator(cfg, tuple(images.shape[1:]))
         self.G = place_for_training(global_batchnorm(G, self.world), self.device)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from glann_ext import seeding
-from glann_ext.backend import Ops
+from glann_ext.backend import Ops, as_ops
 from glann_ext.errors import ConfigError
 from glann_ext.models import mse_loss
 from glann_ext.ops._checks import check_finite
@@ -118,7 +118,7 @@ class IMLETrainer(StageTrainer):
         targets: torch.Tensor,
         generator: nn.Module,
         cfg: TrainConfig,
-        ops: Ops,
+        ops: Ops | str | None,
         device: str | torch.device = "cpu",
         loss_fn: Callable[..., torch.Tensor] | None = None,
         world: World | None = None,
@@ -126,7 +126,7 @@ class IMLETrainer(StageTrainer):
         total: int | None = None,
     ):
         super().__init__(cfg, world, start, targets.shape[0], total)
-        self.ops, self.device = ops, torch.device(device)
+        self.ops, self.device = as_ops(ops, cfg.ops), torch.device(device)
         check_distributed_imle(cfg, self.world)
         self.targets = targets.to(self.device)
         self.generator = place_for_training(global_batchnorm(generator, self.world), self.device)

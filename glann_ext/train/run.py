@@ -42,7 +42,7 @@ from glann_ext._io import (
     remove_stale_temps,
 )
 from glann_ext.backend import get_ops
-from glann_ext.data import fingerprint_change, load_image_shard
+from glann_ext.data import NAMED, DataError, fingerprint_change, load_image_shard
 from glann_ext.errors import CheckpointError, ConfigError, GlannError, RunFolderError
 from glann_ext.images import save_grid
 from glann_ext.models import (
@@ -287,10 +287,17 @@ class Run:
     def _load_images(self) -> tuple[torch.Tensor, int, int]:
         """(this rank's shard of the training images, its first dataset row, the dataset's size)."""
         cfg = self.cfg
-        shard = load_image_shard(
-            cfg.dataset, self.world.rank, self.world.size, image_size=cfg.image_size, channels=cfg.channels,
-            data_root=cfg.data_root, limit=cfg.limit,
-        )  # fmt: skip
+        try:
+            shard = load_image_shard(
+                cfg.dataset, self.world.rank, self.world.size, image_size=cfg.image_size, channels=cfg.channels,
+                data_root=cfg.data_root, limit=cfg.limit,
+            )  # fmt: skip
+        except DataError as exc:
+            if has_trained(self.out) and cfg.dataset not in NAMED and not Path(cfg.dataset).exists():
+                raise DataError(
+                    f"{exc}; if the run's data moved, resume with --dataset naming its new place"
+                ) from exc
+            raise
         if shard.total < 2:
             raise ConfigError(f"{cfg.dataset}: training needs at least 2 images, got {shard.total}")
         if shard.total < 2 * self.world.size:
@@ -306,7 +313,7 @@ class Run:
             ) from exc
         self.data_fingerprint = shard.fingerprint  # what the checkpoints record, and a resume must find
         c, h, w = shard.images.shape[1:]
-        capped = f" (the first {cfg.limit} in dataset order: limit)" if shard.total == cfg.limit else ""
+        capped = f" (limit {cfg.limit}: the first in dataset order)" if shard.total == cfg.limit else ""
         self.log(f"data {cfg.dataset}: {shard.total} images{capped} of {c} x {h} x {w}")
         return shard.images, shard.start, shard.total
 
@@ -406,7 +413,7 @@ class Run:
 
     def _restore(self, fit: Fit, total: int) -> dict[str, Any] | None:
         """Load the latest checkpoint into ``fit`` (None when there is none)."""
-        state = ckpt.load_step(self.out, self.world, total, self.data_fingerprint)
+        state = ckpt.load_step(self.out, self.world, total, self.data_fingerprint, self.cfg.dataset)
         if state is not None:
             self._check_checkpoint_config(state["config"])
             self._check_epochs(state)

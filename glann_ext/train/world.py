@@ -131,11 +131,12 @@ def local_device(device: str) -> torch.device:
 
 TIMEOUT_ENV = "GLANN_DIST_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 1800.0
+TIMEOUT_RANGE_S = (1.0, 7 * 86400.0)  # below a second every collective fails; timedelta overflows far above
 
 
 def dist_timeout_s() -> float:
     """How long a collective waits for the other ranks before the run fails (seconds): ``$GLANN_DIST_TIMEOUT_S``
-    (a number > 0), else 30 minutes. A rank that stops without exiting (a hung node, SIGSTOP) holds the others
+    (1 second to 7 days), else 30 minutes. A rank that stops without exiting (a hung node, SIGSTOP) holds the others
     this long; an IMLE epoch's search on one rank must fit in it."""
     raw = os.environ.get(TIMEOUT_ENV, "").strip()
     if not raw:
@@ -144,8 +145,11 @@ def dist_timeout_s() -> float:
         value = float(raw)
     except ValueError:
         value = float("nan")
-    if not 0 < value < float("inf"):
-        raise ConfigError(f"${TIMEOUT_ENV} must be a number of seconds > 0, got {raw!r:.40}")
+    low, high = TIMEOUT_RANGE_S
+    if not low <= value <= high:
+        raise ConfigError(
+            f"${TIMEOUT_ENV} must be a number of seconds in [{low:g}, {high:g}], got {raw!r:.40}"
+        )
     return value
 
 
