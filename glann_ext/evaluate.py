@@ -353,8 +353,8 @@ def evaluate_run(
     to ``n_test`` (>= 6) test images; the LeNet cached in ``cache_dir`` (default ``~/.cache/glann_ext/quality``)."""
     t0, run = time.perf_counter(), Path(run)
     _check_sizes(n, n_test)
+    model, cfg = _open_run(run, ops, device, sampler, noise_scale, spread)  # a dataset it cannot score first
     out_dir = _out_dir(run, out)
-    model, cfg = _open_run(run, ops, device, sampler, noise_scale, spread)
     data = _eval_data(run, cfg, model.image_shape, n_test, cache_dir, clf_epochs, log)
     latents, samples = _draw(model, sampler, n, seed, progress)
     log(f"features and PRDC: {n} samples vs {len(data.test)} test images")

