@@ -260,6 +260,11 @@ def _add_eval(sub) -> None:
     e.add_argument("--sampler", choices=SAMPLERS, default="glann", help="as for sample")
     e.add_argument("--noise-scale", type=float, help=NOISE_SCALE_HELP)
     e.add_argument("--spread", type=float, help=SPREAD_HELP)
+    e.add_argument(
+        "--test",
+        help="held-out images (a folder or .npy/.npz) for a run on data without a labelled test split: the "
+        "memorisation check (and Inception FID with local weights) against them",
+    )
     e.add_argument("--cache-dir", help="LeNet cache (default ~/.cache/glann_ext/quality)")
     e.add_argument(
         "--clf-epochs", type=_count(1), help="LeNet epochs if it must be trained (default per dataset)"
@@ -531,7 +536,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         res = evaluate_run(
             args.run, n=args.n, out=args.out, seed=args.seed, sampler=args.sampler, cache_dir=args.cache_dir,
             clf_epochs=args.clf_epochs, ops=args.ops, device=args.device, progress=not args.no_progress,
-            noise_scale=args.noise_scale, spread=args.spread,
+            noise_scale=args.noise_scale, spread=args.spread, test=args.test,
         )  # fmt: skip
     print(format_table(res))
     print(f"wrote {Path(args.out or args.run) / EVAL_FILE}")

