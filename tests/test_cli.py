@@ -731,3 +731,21 @@ def test_invert_of_a_model_of_other_than_1_or_3_channels_is_refused_before_loadi
     path = save_model(GLANN(G, codes, MLP(4, 8, hidden=8, layers=1), ops=OPS), tmp_path / "rgba.safetensors")
     assert main(["invert", "--run", str(path), "--images", data_file, "--grid", str(tmp_path / "v.png")]) == 2
     assert "invert: the model makes 4-channel images, a grid image needs 1 or 3" in capsys.readouterr().err
+
+
+def test_train_points_out_grey_images_read_as_rgb(tmp_path, capsys):
+    """A grey folder is read as RGB by default (a folder has no channel count of its own); the samples then
+    carried small colour tints (own-data audit). The data line says so and names --channels 1."""
+    rgb = tmp_path / "rgb.npy"
+    np.save(rgb, blob_images(40, 28, channels=3))  # R == G == B
+    assert (
+        main(["train", "--dataset", str(rgb), "--out", str(tmp_path / "r"), *TINY, "--glo-epochs", "1"]) == 0
+    )
+    assert "of 3 x 28 x 28 (all grey: --channels 1 trains a grey model" in capsys.readouterr().out
+    coloured = blob_images(40, 28, channels=3)
+    coloured[0, 3, 3, 0] ^= 1
+    np.save(rgb, coloured)
+    assert (
+        main(["train", "--dataset", str(rgb), "--out", str(tmp_path / "c"), *TINY, "--glo-epochs", "1"]) == 0
+    )
+    assert "of 3 x 28 x 28\n" in capsys.readouterr().out

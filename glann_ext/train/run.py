@@ -314,7 +314,14 @@ class Run:
         self.data_fingerprint = shard.fingerprint  # what the checkpoints record, and a resume must find
         c, h, w = shard.images.shape[1:]
         capped = f" (limit {cfg.limit}: the first in dataset order)" if shard.total == cfg.limit else ""
-        self.log(f"data {cfg.dataset}: {shard.total} images{capped} of {c} x {h} x {w}")
+        x = shard.images
+        grey = (
+            c == 3
+            and self.world.is_main
+            and bool(torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 1], x[:, 2]))
+        )
+        hint = " (all grey: --channels 1 trains a grey model, a third of the pixels)" if grey else ""
+        self.log(f"data {cfg.dataset}: {shard.total} images{capped} of {c} x {h} x {w}{hint}")
         return shard.images, shard.start, shard.total
 
     def _train(self, stage: str) -> GenerativeModel:
