@@ -139,7 +139,15 @@ def test_image_folder_errors(tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "broken.png").write_bytes(b"\x89PNG not really")
-    with pytest.raises(DataError, match=r"broken\.png: cannot decode image"):
+    with pytest.raises(DataError, match=r"broken\.png: cannot decode image \([^)]*\)$"):
+        load_images(str(bad), image_size=16)
+    # several bad files: all are tried, the first named, the rest counted (one run to learn of them all)
+    for i in range(7):
+        (bad / f"z{i}.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(
+        DataError,
+        match=r"broken\.png: cannot decode image .* \(and 7 more files: .*z0\.jpg: .*z3\.jpg: [^;]*; \.\.\.\)$",
+    ):
         load_images(str(bad), image_size=16)
 
 

@@ -28,6 +28,7 @@ DECODE_ERRORS = (
     struct.error,
     zlib.error,
 )
+SHOWN_FAILURES = 5  # files named in the error when several cannot be read
 _BAND = 1 << 18  # pixels of a 16-bit image scaled to 8 bits at a time
 
 
@@ -73,7 +74,8 @@ def load_folder(folder: str | Path | Sequence[Path], image_size: int, channels: 
     converted to ``channels`` (grey by Pillow's ITU-R 601 luma), resized with Pillow's bicubic filter so that
     its short side is ``image_size`` and centre-cropped to a square. A dataset loaded without ``image_size`` or
     ``channels`` (:func:`~glann_ext.data.load_images`) reads a folder as 64 x 64 RGB, not at the images' own
-    size: a folder's images need not share one. A file Pillow cannot decode is a :class:`DataError` naming it.
+    size: a folder's images need not share one. Files Pillow cannot decode are a :class:`DataError` naming
+    the first and counting the rest (the first few named), after every file has been tried.
     """
     from PIL import Image
 
@@ -82,6 +84,7 @@ def load_folder(folder: str | Path | Sequence[Path], image_size: int, channels: 
     if mode is None:
         raise DataError(f"channels must be 1 or 3 for image folders, got {channels}")
     out = np.empty((len(files), image_size, image_size, channels), dtype=np.uint8)
+    failed: list[str] = []  # every file that cannot be read, so one run names them all
     for i, path in enumerate(files):
         try:
             with Image.open(path) as im:
@@ -96,10 +99,14 @@ def load_folder(folder: str | Path | Sequence[Path], image_size: int, channels: 
                 top = (im.size[1] - image_size) // 2
                 im = im.crop((left, top, left + image_size, top + image_size))
                 out[i] = np.asarray(im).reshape(image_size, image_size, channels)
-        except DataError:
-            raise
+        except DataError as exc:
+            failed.append(str(exc))
         except (*DECODE_ERRORS, Image.DecompressionBombError) as exc:
-            raise DataError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
+            failed.append(f"{path}: cannot decode image ({type(exc).__name__}: {exc})")
+    if failed:
+        rest = failed[1:SHOWN_FAILURES] + (["..."] if len(failed) > SHOWN_FAILURES else [])
+        more = f" (and {len(failed) - 1} more files: {'; '.join(rest)})" if len(failed) > 1 else ""
+        raise DataError(failed[0] + more)
     return out
 
 
