@@ -103,20 +103,17 @@ def _to_unit_float(arr: np.ndarray, source: str, file_values: FileValues = None)
             raise DataError(f"{source}: integer images must lie in [0, 255], got [{arr.min()}, {arr.max()}]")
         t = torch.from_numpy(np.ascontiguousarray(arr)).float()
         # an array file of only 0s and 1s is binary (as a float one is), not 0..255 levels: (x > 127).astype(
-        # uint8) would otherwise train on images no brighter than 1/255. (Decoded folder pixels are levels.)
-        binary = (
-            file_values is not None
-            and arr.max() == 1  # (all 0s: 0 either way, no need to read the rest)
-            and not any(bool((chunk > 1).any()) for chunk in file_values())
-        )
+        # uint8) would otherwise train on images no brighter than 1/255. (Decoded folder pixels are levels;
+        # all 0s are 0 either way, with no need to read the rest.)
+        binary = arr.max() == 1 and _binary_file(file_values)
         return (t if binary else t.div_(255.0)), True
     t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
     if not torch.isfinite(t).all():
         raise DataError(f"{source}: images contain NaN or infinite values")
     lo, hi = t.min().item(), t.max().item()
     unit = lo >= -FLOAT_OVERSHOOT and hi <= 1 + FLOAT_OVERSHOOT  # [0, 1], with a resize's overshoot clipped
-    if unit and file_values is not None and lo >= 0 and hi <= 1 and bool(((t == 0) | (t == 1)).all()):
-        unit = not any(bool((chunk > 1 + FLOAT_OVERSHOOT).any()) for chunk in file_values())
+    if unit and lo >= 0 and hi <= 1 and bool(((t == 0) | (t == 1)).all()):
+        unit = file_values is None or _binary_file(file_values)
     if unit:
         return t.clamp_(0, 1), False
     if (
@@ -126,6 +123,15 @@ def _to_unit_float(arr: np.ndarray, source: str, file_values: FileValues = None)
     raise DataError(
         f"{source}: float images must lie in [0, 1] (within {FLOAT_OVERSHOOT:g}, which is clipped) or hold whole "
         f"numbers in [0, 255], got values in [{lo:.6g}, {hi:.6g}]"
+    )
+
+
+def _binary_file(file_values: FileValues) -> bool:
+    """Whether rows of only 0s and 1s come from a file of only 0s and 1s (binary images), rather than from a
+    file of 0..255 values: no value of the whole file above 1 (beyond a float's overshoot, which an integer
+    cannot take); False without the file's values (the rows at hand are then all there is: levels)."""
+    return file_values is not None and not any(
+        bool((chunk > 1 + FLOAT_OVERSHOOT).any()) for chunk in file_values()
     )
 
 
@@ -163,10 +169,10 @@ def load_images(
     in [0, 255]; float arrays in [0, 1] (an overshoot of up to :data:`FLOAT_OVERSHOOT` is clipped) or hold
     whole numbers in [0, 255] (divided by 255); anything else is a :class:`DataError` naming the range.
     Whether arrays (integer or float) of only 0s and 1s are binary (1 white) or 0..255 values is decided on
-    the whole file (any value above 1 in it: 0..255), never on the rows a limit or a shard keeps. Folder images: 16-bit grey is
-    scaled to 8 bits, EXIF orientation is applied, transparent pixels become black (alpha is composited onto
-    black), files and folders whose names start with "." are skipped, and links to files outside the folder
-    are refused, as are links to folders.
+    the whole file (any value above 1 in it: 0..255), never on the rows a limit or a shard keeps. Folder
+    images: 16-bit grey is scaled to 8 bits, EXIF orientation is applied, transparent pixels become black
+    (alpha is composited onto black), files and folders whose names start with "." are skipped, and links to
+    files outside the folder are refused, as are links to folders.
     """
     return load_image_shard(
         dataset,

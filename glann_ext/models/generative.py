@@ -164,7 +164,7 @@ def _vector(
     if (
         t is None
         or t.dim() != 1
-        or t.shape[0] != (t.shape[0] if width is None else width)
+        or (width is not None and t.shape[0] != width)
         or not (t.is_floating_point() or t.dtype == torch.int64)
     ):
         got = f"{str(t.dtype)[6:]} {tuple(t.shape)}" if t is not None else repr(v)[:40]
@@ -203,9 +203,7 @@ def _indices(name: str, value: Any, n: int) -> torch.Tensor:
         return idx.nonzero().squeeze(1)
     if idx.numel() == 0 and idx.dim() == 1:  # [] is float32 to torch
         return idx.long()
-    if idx.dim() > 1 or not (
-        idx.dtype != torch.bool and not idx.is_floating_point() and not idx.is_complex()
-    ):
+    if idx.dim() > 1 or idx.dtype == torch.bool or idx.is_floating_point() or idx.is_complex():
         raise UsageError(f"{rule}, got {str(idx.dtype)[6:]} of shape {tuple(idx.shape)}")
     idx = idx.long().reshape(-1)
     if idx.numel() and not (int(idx.min()) >= 0 and int(idx.max()) < n):

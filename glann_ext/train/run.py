@@ -92,11 +92,7 @@ N_SHOW = 32  # images per row in reconstruction grids
 def shown_rows(n: int) -> torch.Tensor:
     """The dataset rows a reconstruction grid shows: :data:`N_SHOW` spread evenly over ``n`` (all when fewer).
     The first 32 of a folder of class subfolders, sorted by path, were all of one class."""
-    return (
-        torch.linspace(0, n - 1, min(N_SHOW, n)).round().long().unique()
-        if n
-        else torch.zeros(0, dtype=torch.long)
-    )
+    return torch.linspace(0, n - 1, min(N_SHOW, n)).round().long()  # distinct: steps of at least 1
 
 
 # what a run folder holds (besides atomic_write's temp files): --out may be an existing folder holding only

@@ -135,9 +135,9 @@ TIMEOUT_RANGE_S = (1.0, 7 * 86400.0)  # below a second every collective fails; t
 
 
 def dist_timeout_s() -> float:
-    """How long a collective waits for the other ranks before the run fails (seconds): ``$GLANN_DIST_TIMEOUT_S``
-    (1 second to 7 days), else 30 minutes. A rank that stops without exiting (a hung node, SIGSTOP) holds the others
-    this long; an IMLE epoch's search on one rank must fit in it."""
+    """How long a collective waits for the other ranks before the run fails (seconds):
+    ``$GLANN_DIST_TIMEOUT_S`` (1 second to 7 days), else 30 minutes. A rank that stops without exiting (a hung
+    node, SIGSTOP) holds the others this long; an IMLE epoch's search on one rank must fit in it."""
     raw = os.environ.get(TIMEOUT_ENV, "").strip()
     if not raw:
         return DEFAULT_TIMEOUT_S
