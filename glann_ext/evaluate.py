@@ -24,12 +24,13 @@ same kind (``test``, ``glann eval --test``), the memorisation check.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -289,16 +290,29 @@ def _eval_data(run: Path, cfg, image_shape, n_test: int, cache_dir, clf_epochs, 
     """The run's training images, up to ``n_test`` test images and the classifier, at the run's image
     size and channels; a DataError names the run when the data is not on this machine."""
     channels, size, _ = image_shape
-    try:
-        train = load_images(cfg.dataset, image_size=size, channels=channels, data_root=cfg.data_root,
-                            limit=cfg.limit, allow_download=False)  # fmt: skip
+    with _naming_the_run(run, cfg):
+        train = _training_images(cfg, image_shape)
         test, _ = load_labelled(cfg.dataset, "test", data_root=cfg.data_root, limit=n_test)
         log(f"loading the {cfg.dataset} domain classifier (trained and cached on first use)")
         clf = domain_classifier(cfg.dataset, cache_dir=cache_dir, epochs=clf_epochs, image_size=size,
                                 channels=channels, data_root=cfg.data_root)  # fmt: skip
+    return EvalData(train, _resize(test, size, channels), clf)
+
+
+@contextlib.contextmanager
+def _naming_the_run(run: Path, cfg) -> Iterator[None]:
+    """A DataError inside names the run whose data is not on this machine."""
+    try:
+        yield
     except DataError as exc:
         raise DataError(f"--run {run}: dataset {cfg.dataset!r} is not available: {exc}") from exc
-    return EvalData(train, _resize(test, size, channels), clf)
+
+
+def _training_images(cfg, image_shape: tuple[int, int, int]) -> torch.Tensor:
+    """The run's training images (never downloaded) at its image size and channels."""
+    channels, size, _ = image_shape
+    return load_images(cfg.dataset, image_size=size, channels=channels, data_root=cfg.data_root,
+                       limit=cfg.limit, allow_download=False)  # fmt: skip
 
 
 def _write_pictures(
@@ -432,11 +446,8 @@ def _evaluate_unlabelled(job: _Job, test: str | os.PathLike | None, n_test: int)
     """:func:`evaluate_run` of a run on images without a trained evaluator: the pictures, the code usage and,
     against ``test`` (held-out images) when given, the memorisation check and Inception FID."""
     cfg, (channels, size, _) = job.cfg, job.model.image_shape
-    try:
-        train = load_images(cfg.dataset, image_size=size, channels=channels, data_root=cfg.data_root,
-                            limit=cfg.limit, allow_download=False)  # fmt: skip
-    except DataError as exc:
-        raise DataError(f"--run {job.run}: dataset {cfg.dataset!r} is not available: {exc}") from exc
+    with _naming_the_run(job.run, cfg):
+        train = _training_images(cfg, job.model.image_shape)
     held = None if test is None else load_images(str(test), image_size=size, channels=channels, limit=n_test)
     latents, samples = _draw(job.model, job.sampler, job.n, job.seed, job.progress)
     job.log(f"memorisation: nearest of {len(train)} training images")
