@@ -1143,6 +1143,34 @@ def test_a_resume_is_checked_against_the_checkpoints_own_config(tmp_path, blob_f
         late.train()
 
 
+def test_a_resume_may_name_the_image_size_and_channels_the_data_gave(tmp_path, blob_file):
+    """A run that left image_size / channels to the data (an array's own 28 x 28, one channel) resumes when
+    they are named as the data gave them (None -> 28 was refused as a change), exactly as if not named;
+    another size or channel count is refused before anything is written, and once named they are fixed."""
+    quiet = {"progress": False, "log": lambda s: None}
+    out, cfg = _interrupted(tmp_path, blob_file, "glo", 2)
+    assert (cfg.image_size, cfg.channels) == (None, None)
+    for other, seen in (
+        (
+            {"image_size": 32},
+            r"1 x 28 x 28, and this resume loads them at 1 x 32 x 32 \(image_size None -> 32\)",
+        ),
+        ({"channels": 3}, r"1 x 28 x 28, and this resume loads them at 3 x 28 x 28 \(channels None -> 3\)"),
+    ):
+        with pytest.raises(ConfigError, match=seen):
+            train(dataclasses.replace(cfg, **other), out, **quiet)
+    assert not (out / "resumes.jsonl").exists() and load_run_config(out / "config.json").image_size is None
+    resumed = train(dataclasses.replace(cfg, image_size=28, channels=1), out, **quiet)
+    whole = train(cfg, tmp_path / "whole", **quiet)
+    assert tensors_equal(resumed.state_dict(), whole.state_dict())
+    assert json.loads((out / "resumes.jsonl").read_text())["changed"] == {
+        "image_size": [None, 28],
+        "channels": [None, 1],
+    }
+    with pytest.raises(RunFolderError, match=r"different config \(image_size 28 -> 32;"):
+        train(dataclasses.replace(cfg, image_size=32, channels=1), out, **quiet)
+
+
 def test_a_resume_cannot_change_epochs_already_trained_or_glo_once_imle_began(tmp_path, blob_file):
     quiet = {"progress": False, "log": lambda s: None}
     out, cfg = _interrupted(tmp_path, blob_file, "imle", 1)

@@ -433,6 +433,7 @@ def load_step(
         "glo": join_state("glo", main["glo"], rows),
         "imle": join_state("imle", main["imle"], rows),
         "config": main["config"],
+        "image_shape": tuple(main["image_shape"]),
     }
 
 

@@ -86,7 +86,15 @@ RESUMABLE_OVERRIDES = (
     "dataset",  # data that moved: the checkpoint's fingerprint of the rows' content must still match
     *SAMPLING_FIELDS,  # the trained networks and codes are the same
 )
+# image_size / channels that a run left None (the data's own) and a resume names: the same images when they
+# load at the checkpoint's image shape (checked in _restore; another shape is refused there)
+SHAPE_FIELDS = ("image_size", "channels")
 N_SHOW = 32  # images per row in reconstruction grids
+
+
+def _may_change(field: str, saved: Any) -> bool:
+    """Whether a resume may set ``field`` of a run whose value is ``saved``."""
+    return field in RESUMABLE_OVERRIDES or (field in SHAPE_FIELDS and saved is None)
 
 
 def shown_rows(n: int) -> torch.Tensor:
@@ -182,14 +190,14 @@ class Run:
             saved = load_run_config(path)
             if cfg is not None:
                 mine, theirs = dataclasses.asdict(saved), dataclasses.asdict(cfg)
-                changed = {k for k, v in theirs.items() if mine[k] != v and k not in RESUMABLE_OVERRIDES}
+                changed = {k for k, v in theirs.items() if mine[k] != v and not _may_change(k, mine[k])}
                 if changed:
                     what = ", ".join(f"{k} {mine[k]!r} -> {theirs[k]!r}" for k in sorted(changed))
                     raise RunFolderError(
                         f"{self.out} holds a run with a different config ({what}; the run's, then this "
                         f"command's); use another --out, or resume it without changing those options"
                     )
-                for k in RESUMABLE_OVERRIDES:
+                for k in (*RESUMABLE_OVERRIDES, *SHAPE_FIELDS):
                     if mine[k] != theirs[k]:
                         self.resume_changes[k] = [mine[k], theirs[k]]
                     setattr(saved, k, getattr(cfg, k))
@@ -248,7 +256,7 @@ class Run:
         Without config.json the resumable fields that differ from the checkpoint's are recorded as a resume's."""
         theirs = dataclasses.asdict(ckpt.checkpoint_config(saved, self.out / ckpt.CHECKPOINT_DIR))
         mine = dataclasses.asdict(self.cfg)
-        changed = sorted(k for k in mine if mine[k] != theirs[k] and k not in RESUMABLE_OVERRIDES)
+        changed = sorted(k for k in mine if mine[k] != theirs[k] and not _may_change(k, theirs[k]))
         if changed:
             diff = ", ".join(f"{k} {theirs[k]!r} -> {mine[k]!r}" for k in changed)
             raise RunFolderError(
@@ -257,8 +265,20 @@ class Run:
             )
         if not (self.out / CONFIG_FILE).exists():
             self.resume_changes = {
-                k: [theirs[k], mine[k]] for k in RESUMABLE_OVERRIDES if theirs[k] != mine[k]
+                k: [theirs[k], mine[k]] for k in (*RESUMABLE_OVERRIDES, *SHAPE_FIELDS) if theirs[k] != mine[k]
             }
+
+    def _check_image_shape(self, state: dict[str, Any], shape: tuple[int, int, int]) -> None:
+        """The images must load at the checkpoint's shape: a resume that names the image size or channels the
+        run left to the data (:data:`SHAPE_FIELDS`) may only name what the data gave."""
+        saved = tuple(state["image_shape"])
+        if saved != tuple(shape):
+            named = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in self.resume_changes.items())
+            raise ConfigError(
+                f"{self.out}: the run trained on images of {' x '.join(map(str, saved))}, and this resume loads "
+                f"them at {' x '.join(map(str, shape))} ({named or 'the data changed'}); resume without "
+                "--image-size/--channels, or use another --out"
+            )
 
     def _check_epochs(self, state: dict[str, Any]) -> None:
         """A resume may add epochs to the stage in progress (or to IMLE, not begun), never remove epochs
@@ -420,6 +440,7 @@ class Run:
         if state is not None:
             self._check_checkpoint_config(state["config"])
             self._check_epochs(state)
+            self._check_image_shape(state, fit.image_shape)
             try:
                 fit.load_state_dict(state)
             except (RuntimeError, KeyError, TypeError, ValueError) as exc:  # shapes or keys of another model
