@@ -13,7 +13,7 @@ from glann_ext.data import fingerprint_change
 from glann_ext.data.arrays import read_cap
 from glann_ext.data.fingerprint import array_fingerprint
 from glann_ext.data.toy import RING_PACGAN, MixturePreset, grid_centres
-from glann_ext.errors import UsageError
+from glann_ext.errors import NonFiniteError, UsageError
 from glann_ext.metrics import (
     code_usage,
     feature_statistics,
@@ -77,6 +77,19 @@ def test_save_neighbour_grid_refuses_a_non_integer_index(tmp_path, index):
     samples, train = torch.rand(4, 1, 8, 8), torch.rand(6, 1, 8, 8)
     with pytest.raises(UsageError, match=r"^index must hold integer train rows, got dtype (float32|bool)$"):
         save_neighbour_grid(tmp_path / "g.png", samples, train, index=index)
+
+
+@pytest.mark.parametrize("which", ["samples", "train"])
+def test_save_neighbour_grid_with_its_own_index_refuses_nan_pixels(tmp_path, which):
+    """Given ``index`` (no search to refuse them), NaN pixels drew black without a word; a NaN in a training
+    image the grid does not show is no matter."""
+    images = {"samples": torch.rand(4, 1, 8, 8), "train": torch.rand(6, 1, 8, 8)}
+    images["train"][5, 0, 0, 0] = math.nan  # not shown
+    save_neighbour_grid(tmp_path / "ok.png", **images, index=torch.tensor([0, 1, 2, 3]))
+    images[which][1, 0, 3, 3] = math.nan
+    with pytest.raises(NonFiniteError, match=rf"^{which} contains NaN or Inf values$"):
+        save_neighbour_grid(tmp_path / "g.png", **images, index=torch.tensor([0, 1, 2, 3]))
+    assert not (tmp_path / "g.png").exists()
 
 
 def test_save_neighbour_grid_refuses_a_grid_past_memory(tmp_path):

@@ -223,6 +223,9 @@ def save_neighbour_grid(
     if index is None:
         index, _ = nearest_train(samples, train)
     index = _checked_index(index, samples.shape[0], train.shape[0])
+    for name, shown in (("samples", samples), ("train", train[index])):  # NaN would draw black, unsaid
+        if shown.is_floating_point() and not bool(torch.isfinite(shown).all()):
+            raise NonFiniteError(f"{name} contains NaN or Inf values", argument=name)
 
     n, c, h, w = samples.shape
     rows = (n + pairs_per_row - 1) // pairs_per_row
