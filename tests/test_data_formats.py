@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from glann_ext.data import DataError, load_images
-from glann_ext.data.folder import list_images, load_folder
+from glann_ext.data.folder import _opaque, list_images, load_folder
 
 
 def _save(path: Path, arr: np.ndarray, mode: str | None = None, **kw) -> Path:
@@ -131,3 +131,116 @@ def test_a_single_tiff_is_not_a_dataset(tmp_path):
     _save(tmp_path / "x.tiff", _grey())
     with pytest.raises(DataError, match=r"x.tiff: a single image; a dataset of images is a folder of them"):
         load_images(str(tmp_path / "x.tiff"))
+
+
+# --- TIFFs Pillow does not write: a minimal uncompressed little-endian writer -------------------------------
+def _tiff(path: Path, pages: list[tuple[np.ndarray | bytes, tuple[int, int], dict[int, int]]]) -> Path:
+    """One IFD per page (data, (width, height), {tag: value}) with the strip tags added; every tag a SHORT
+    or LONG of one value (BitsPerSample, SampleFormat: one sample)."""
+    import struct
+
+    out = bytearray(b"II*\x00\x00\x00\x00\x00")
+    link = 4  # where the previous IFD's "next IFD" offset goes
+    for data, (w, h), tags in pages:
+        data = data if isinstance(data, bytes) else np.ascontiguousarray(data).tobytes()
+        offset = len(out)
+        out += data + b"\x00" * (len(data) % 2)
+        entries = {256: w, 257: h, 259: 1, 273: offset, 277: 1, 278: h, 279: len(data), **tags}
+        struct.pack_into("<I", out, link, len(out))
+        out += struct.pack("<H", len(entries))
+        for tag, value in sorted(entries.items()):
+            out += struct.pack("<HHII", tag, 4, 1, value)  # type 4: LONG
+        link = len(out)
+        out += b"\x00\x00\x00\x00"
+    path.write_bytes(bytes(out))
+    return path
+
+
+def _grey_tags(bits: int, white_is_zero: bool = False, sample_format: int = 1) -> dict[int, int]:
+    return {258: bits, 262: 0 if white_is_zero else 1, 339: sample_format}
+
+
+def test_twelve_bit_tiffs_scale_from_4095_and_white_is_zero_is_inverted_at_every_depth(tmp_path):
+    """12-bit pixels were scaled as 16-bit (all white read as 16); WhiteIsZero 16-bit and float TIFFs were
+    not inverted (Pillow inverts 1- and 8-bit ones itself)."""
+    v12 = np.arange(64, dtype=np.uint16).reshape(8, 8) * 65  # 0 .. 4095
+    packed = np.stack(
+        [v12[:, 0::2] >> 4, ((v12[:, 0::2] & 15) << 4) | (v12[:, 1::2] >> 8), v12[:, 1::2] & 255], -1
+    )
+    _tiff(tmp_path / "a.tif", [(packed.astype(np.uint8).tobytes(), (8, 8), _grey_tags(12))])
+    want = np.rint(v12.astype(np.int64) * 255 / 4095).astype(np.uint8)
+    assert np.array_equal(load_folder([tmp_path / "a.tif"], 8, 1)[0, ..., 0], want)
+    v16 = np.arange(64, dtype="<u2").reshape(8, 8) * 1000
+    f = np.linspace(0, 1, 64, dtype="<f4").reshape(8, 8)
+    v8 = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4
+    for name, data, tags, levels in (
+        ("16.tif", v16, _grey_tags(16, True), np.rint(v16 / 257)),
+        ("f.tif", f, _grey_tags(32, True, 3), np.rint(f * 255)),
+        ("8.tif", v8, _grey_tags(8, True), v8),
+    ):
+        _tiff(tmp_path / name, [(data, (8, 8), tags)])
+        got = load_folder([tmp_path / name], 8, 1)[0, ..., 0]
+        assert np.array_equal(got, 255 - levels.astype(np.uint8)), name
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_signed_integer_tiffs_are_refused(tmp_path, bits):
+    """An 8-bit signed TIFF read -1 as 255; 16-bit signed ones were refused only when a value was negative."""
+    data = np.full((4, 4), 7, np.int8 if bits == 8 else "<i2")
+    _tiff(tmp_path / "s.tif", [(data, (4, 4), _grey_tags(bits, sample_format=2))])
+    with pytest.raises(DataError, match=r"s.tif: signed integer pixels have no fixed black level"):
+        load_folder([tmp_path / "s.tif"], 4, 1)
+
+
+def test_a_tiff_page_with_its_thumbnail_is_one_image_and_a_camera_jpeg_with_its_preview_too(tmp_path):
+    """A reduced-resolution page (NewSubfileType 1) belongs to the page before it; an MPO (a camera JPEG with
+    a preview frame, which Pillow opens with 2 frames) is its first frame. Both were refused as multi-frame."""
+    from PIL import Image
+
+    x = _grey(3, 8)
+    thumb = (x[::2, ::2], (4, 4), {**_grey_tags(8), 254: 1})
+    _tiff(tmp_path / "t.tif", [(x, (8, 8), _grey_tags(8)), thumb])
+    assert np.array_equal(load_folder([tmp_path / "t.tif"], 8, 1)[0, ..., 0], x)
+    _tiff(tmp_path / "two.tif", [(x, (8, 8), _grey_tags(8)), (x, (8, 8), _grey_tags(8)), thumb])
+    with pytest.raises(DataError, match=r"two.tif: holds 2 frames"):
+        load_folder([tmp_path / "two.tif"], 8, 1)
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    photo.save(tmp_path / "photo.jpg", format="MPO", save_all=True, append_images=[photo.resize((16, 12))])
+    with Image.open(tmp_path / "photo.jpg") as im:
+        assert im.format == "MPO" and im.n_frames == 2
+        first = np.asarray(im.convert("RGB").resize((21, 16), Image.Resampling.BICUBIC))[:, 2:18]
+    assert np.array_equal(load_folder([tmp_path / "photo.jpg"], 16, 3)[0], first)
+
+
+@pytest.mark.parametrize("kind", ["8-bit", "16-bit", "float"])
+def test_exif_turned_tiffs_load_upright_at_every_depth(tmp_path, kind):
+    """Pillow 13 turns a TIFF by its orientation as it loads (keeping the tag until then): turned again, and
+    an uncompressed one opened by path came out scrambled."""
+    from PIL import Image
+
+    rng = np.random.default_rng(4)
+    x = {"8-bit": rng.integers(0, 256, (16, 8), dtype=np.uint8),
+         "16-bit": rng.integers(0, 65536, (16, 8), dtype=np.uint16),
+         "float": rng.random((16, 8), dtype=np.float32)}[kind]  # fmt: skip
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turn 90 degrees clockwise to show
+    Image.fromarray(x).save(tmp_path / "turned.tif", exif=exif)
+    Image.fromarray(np.ascontiguousarray(np.rot90(x, -1))).save(tmp_path / "upright.tif")
+    turned, upright = load_folder([tmp_path / "turned.tif", tmp_path / "upright.tif"], 8, 1)
+    assert np.array_equal(turned, upright) and upright.std() > 20
+
+
+def test_premultiplied_and_lab_tiffs_load_at_both_channel_counts(tmp_path):
+    """La and RGBa (premultiplied alpha) and CIELAB TIFFs were "cannot decode" (Pillow converts them only to
+    their plain modes, and LAB to RGB only)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    lab = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), "LAB")
+    lab.save(tmp_path / "lab.tif")
+    rgb = lab.convert("RGB")
+    assert np.array_equal(load_folder([tmp_path / "lab.tif"], 8, 3)[0], np.asarray(rgb))
+    assert np.array_equal(load_folder([tmp_path / "lab.tif"], 8, 1)[0, ..., 0], np.asarray(rgb.convert("L")))
+    la = np.stack([np.full((8, 8), 100, np.uint8), np.full((8, 8), 128, np.uint8)], -1)
+    premultiplied = Image.fromarray(la, "LA").convert("La")  # Pillow reads such TIFFs, writes none
+    assert np.abs(np.asarray(_opaque(premultiplied).convert("L")).astype(int) - 50).max() <= 1  # onto black

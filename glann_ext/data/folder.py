@@ -94,8 +94,10 @@ def load_folder(folder: str | Path | Sequence[Path], image_size: int, channels: 
     failed: list[str] = []  # every file that cannot be read, so one run names them all
     for i, path in enumerate(files):
         try:
-            with Image.open(path) as im:
-                im = _opaque(_eight_bit(_upright(_one_frame(im, path)), path)).convert(mode)
+            # from a file object: Pillow 13 memory-maps an uncompressed TIFF opened by path, and its EXIF
+            # turn (orientation 5-8) of such a mapped image scrambles the pixels
+            with open(path, "rb") as f, Image.open(f) as im:
+                im = _decoded(im, path).convert(mode)
                 w, h = im.size
                 scale = image_size / min(w, h)
                 im = im.resize(
@@ -117,33 +119,83 @@ def load_folder(folder: str | Path | Sequence[Path], image_size: int, channels: 
     return out
 
 
+def _decoded(im, path: Path):
+    """The image of the opened file ``im``, upright, opaque and in 8 bits per channel (RGB, grey or a palette:
+    what ``convert`` turns into the dataset's channels)."""
+    im = _one_frame(im, path)
+    im.load()  # Pillow 13 turns a TIFF by its orientation tag as it loads (and drops the tag): read it after
+    maximum, inverted = _integer_range(im, path)  # read first: the copies below have no tags and no EXIF
+    turn = _exif_turn(im)
+    im = _eight_bit(im, path, maximum, inverted)  # then turned: Pillow turns 16-bit pixels wrongly
+    if turn is not None:
+        im = im.transpose(turn)
+    if im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):  # Pillow converts these to RGB only (then to grey)
+        im = im.convert("RGB")
+    return _opaque(im)
+
+
 def _one_frame(im, path: Path):
-    """``im`` when it holds one frame; a :class:`DataError` for an animation or a multi-page file, and for
-    32-bit integer TIFF pixels, which have no fixed range (16-bit ones do: :func:`_eight_bit`)."""
+    """``im`` at its one frame; a :class:`DataError` for an animation or a multi-page file. An MPO's later
+    frames (a camera JPEG's previews) and a TIFF's reduced-resolution pages and transparency masks
+    (NewSubfileType bits 0 and 2) belong to its image and are not counted."""
     frames = getattr(im, "n_frames", 1)
-    if frames > 1:
+    if frames == 1 or im.format == "MPO":
+        return im
+    pages = list(range(frames))
+    if im.format == "TIFF":
+        pages = []
+        for i in range(frames):
+            try:
+                im.seek(i)
+            except DECODE_ERRORS:  # a page Pillow cannot read (a 1-bit mask, say): counted, as it may be one
+                pages.append(i)
+                continue
+            if not int(im.tag_v2.get(254, 0)) & 0b101:
+                pages.append(i)
+    if len(pages) != 1:
         raise DataError(
-            f"{path}: holds {frames} frames (an animation or a multi-page file); a dataset image is one frame: "
-            "save each frame as its own file"
+            f"{path}: holds {len(pages)} frames (an animation or a multi-page file); a dataset image is one "
+            "frame: save each frame as its own file"
         )
-    if im.format == "TIFF" and im.mode == "I" and 32 in tuple(im.tag_v2.get(258, ())):
-        raise DataError(
-            f"{path}: 32-bit integer pixels have no fixed range: save the image with 8 or 16 bits per pixel, "
-            "or as floats in [0, 1]"
-        )
+    im.seek(pages[0])
     return im
 
 
-def _upright(im):
-    """``im`` turned as its EXIF orientation tag says (a phone's portrait photo is stored sideways); as it is
-    without a tag, or when its EXIF block cannot be read (the pixels may still be fine)."""
-    from PIL import ImageOps
+def _integer_range(im, path: Path) -> tuple[int, bool]:
+    """(the largest value of ``im``'s 16-bit or float grey pixels' scale, whether 0 is white) from a TIFF's
+    tags: BitsPerSample (12-bit pixels top out at 4095, not 65535) and WhiteIsZero (Pillow inverts only 1-
+    and 8-bit pixels). Signed and 32-bit integer pixels have no fixed black and white: a :class:`DataError`.
+    Other files: (65535, False)."""
+    if im.format != "TIFF":
+        return 65535, False
+    bits = max(tuple(im.tag_v2.get(258, (8,))))
+    if im.mode == "I" and bits > 16:
+        raise DataError(
+            f"{path}: {bits}-bit integer pixels have no fixed range: save the image with 8 or 16 bits per "
+            "pixel, or as floats in [0, 1]"
+        )
+    if 2 in tuple(im.tag_v2.get(339, ())):  # SampleFormat 2: signed integers
+        raise DataError(
+            f"{path}: signed integer pixels have no fixed black level: save the image unsigned, or as floats "
+            "in [0, 1]"
+        )
+    return (2**bits - 1 if 8 < bits < 16 else 65535), im.tag_v2.get(262) == 0
+
+
+def _exif_turn(im):
+    """The ``Image.Transpose`` that turns ``im`` as its EXIF orientation tag says (a phone's portrait photo
+    is stored sideways; Pillow's ``exif_transpose`` mapping), None without a tag or when its EXIF block
+    cannot be read (the pixels may still be fine)."""
+    from PIL import Image
 
     try:
         orientation = im.getexif().get(0x0112, 1)
     except DECODE_ERRORS:
-        return im
-    return ImageOps.exif_transpose(im) if orientation != 1 else im
+        return None
+    t = Image.Transpose
+    turns = {2: t.FLIP_LEFT_RIGHT, 3: t.ROTATE_180, 4: t.FLIP_TOP_BOTTOM, 5: t.TRANSPOSE, 6: t.ROTATE_270,
+             7: t.TRANSVERSE, 8: t.ROTATE_90}  # fmt: skip
+    return turns.get(orientation)
 
 
 def _opaque(im):
@@ -153,20 +205,25 @@ def _opaque(im):
 
     if im.mode not in ("RGBA", "LA", "PA", "RGBa", "La") and "transparency" not in im.info:
         return im
+    if im.mode in ("RGBa", "La"):  # premultiplied: Pillow converts these to their plain modes only
+        im = im.convert(im.mode.upper())
     rgba = im.convert("RGBA")
     return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
 
 
-def _eight_bit(im, path: Path):
-    """``im`` with 16-bit grey ("I;16*", or "I" as Pillow before 10 opens 16-bit PNGs) scaled to 8 bits
-    (v / 257, rounded) rather than clipped at 255 by ``convert``, and float grey ("F", a float TIFF) by the
-    arrays' rule (:func:`_float_to_eight_bit`); other modes as they are. 16-bit pixels are scaled a band of
-    rows at a time, in integers ((v + 128) // 257 is the rounded v / 257: no value lies half-way), so that a
-    large image needs little memory beyond Pillow's own."""
+def _eight_bit(im, path: Path, maximum: int = 65535, inverted: bool = False):
+    """``im`` with 16-bit grey ("I;16*", or "I" as Pillow before 10 opens 16-bit PNGs) scaled from
+    [0, ``maximum``] to 8 bits (v * 255 / maximum, rounded; 65535 for 16-bit pixels, 4095 for 12-bit ones)
+    rather than clipped at 255 by ``convert``, and float grey ("F", a float TIFF) by the arrays' rule
+    (:func:`_float_to_eight_bit`); ``inverted`` (TIFF's WhiteIsZero) turns 0 white. Other modes as they are.
+    Integer pixels are scaled a band of rows at a time, in integers ((510 v + maximum) // (2 maximum) is
+    the rounded 255 v / maximum: with maximum odd no value lies half-way), so that a large image needs
+    little memory beyond Pillow's own."""
     from PIL import Image
 
     if im.mode == "F":
-        return _float_to_eight_bit(im, path)
+        out = np.asarray(_float_to_eight_bit(im, path))
+        return Image.fromarray(255 - out if inverted else out, "L")
     if not (im.mode == "I" or im.mode.startswith("I;16")):
         return im
     w, h = im.size
@@ -174,10 +231,13 @@ def _eight_bit(im, path: Path):
     band = max(1, _BAND // max(1, w))
     for top in range(0, h, band):
         a = np.array(im.crop((0, top, w, min(h, top + band))), dtype=np.int32)
-        if a.size and (a.min() < 0 or a.max() > 65535):
-            raise DataError(f"{path}: integer pixels must lie in [0, 65535], got [{a.min()}, {a.max()}]")
-        a += 128
-        a //= 257
+        if a.size and (a.min() < 0 or a.max() > maximum):
+            raise DataError(f"{path}: integer pixels must lie in [0, {maximum}], got [{a.min()}, {a.max()}]")
+        a *= 510  # in place, in int32 (510 * 65535 + 65535 < 2**31): the band's memory only
+        a += maximum
+        a //= 2 * maximum
+        if inverted:
+            np.subtract(255, a, out=a)
         out[top : top + a.shape[0]] = a
     return Image.fromarray(out, "L")
 
