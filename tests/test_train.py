@@ -1169,6 +1169,17 @@ def test_a_resume_may_name_the_image_size_and_channels_the_data_gave(tmp_path, b
     }
     with pytest.raises(RunFolderError, match=r"different config \(image_size 28 -> 32;"):
         train(dataclasses.replace(cfg, image_size=32, channels=1), out, **quiet)
+    # back to None (the data's own) is the same images too; only the shape fields are named in a refusal
+    train(dataclasses.replace(cfg, imle_epochs=2), out, **quiet)
+    with pytest.raises(ConfigError, match=r"at 3 x 28 x 28 \(channels None -> 3\); resume without"):
+        train(dataclasses.replace(cfg, imle_epochs=3, channels=3), out, **quiet)
+    shutil.rmtree(ckpt.checkpoint_dir(out))  # the model file only: it would retrain at the named shape
+    before = (out / "model.safetensors").read_bytes()
+    with pytest.raises(
+        ConfigError, match=r"no checkpoint records the image shape .* \(image_size None -> 28\)"
+    ):
+        train(dataclasses.replace(cfg, imle_epochs=2, image_size=28), out, **quiet)
+    assert (out / "model.safetensors").read_bytes() == before
 
 
 def test_a_resume_cannot_change_epochs_already_trained_or_glo_once_imle_began(tmp_path, blob_file):

@@ -92,9 +92,10 @@ SHAPE_FIELDS = ("image_size", "channels")
 N_SHOW = 32  # images per row in reconstruction grids
 
 
-def _may_change(field: str, saved: Any) -> bool:
-    """Whether a resume may set ``field`` of a run whose value is ``saved``."""
-    return field in RESUMABLE_OVERRIDES or (field in SHAPE_FIELDS and saved is None)
+def _may_change(field: str, saved: Any, new: Any) -> bool:
+    """Whether a resume may change ``field`` from ``saved`` to ``new`` (a shape field to or from None: the
+    data's own, checked against the checkpoint's image shape)."""
+    return field in RESUMABLE_OVERRIDES or (field in SHAPE_FIELDS and None in (saved, new))
 
 
 def shown_rows(n: int) -> torch.Tensor:
@@ -190,7 +191,7 @@ class Run:
             saved = load_run_config(path)
             if cfg is not None:
                 mine, theirs = dataclasses.asdict(saved), dataclasses.asdict(cfg)
-                changed = {k for k, v in theirs.items() if mine[k] != v and not _may_change(k, mine[k])}
+                changed = {k for k, v in theirs.items() if mine[k] != v and not _may_change(k, mine[k], v)}
                 if changed:
                     what = ", ".join(f"{k} {mine[k]!r} -> {theirs[k]!r}" for k in sorted(changed))
                     raise RunFolderError(
@@ -256,7 +257,7 @@ class Run:
         Without config.json the resumable fields that differ from the checkpoint's are recorded as a resume's."""
         theirs = dataclasses.asdict(ckpt.checkpoint_config(saved, self.out / ckpt.CHECKPOINT_DIR))
         mine = dataclasses.asdict(self.cfg)
-        changed = sorted(k for k in mine if mine[k] != theirs[k] and not _may_change(k, theirs[k]))
+        changed = sorted(k for k in mine if mine[k] != theirs[k] and not _may_change(k, theirs[k], mine[k]))
         if changed:
             diff = ", ".join(f"{k} {theirs[k]!r} -> {mine[k]!r}" for k in changed)
             raise RunFolderError(
@@ -268,12 +269,22 @@ class Run:
                 k: [theirs[k], mine[k]] for k in (*RESUMABLE_OVERRIDES, *SHAPE_FIELDS) if theirs[k] != mine[k]
             }
 
-    def _check_image_shape(self, state: dict[str, Any], shape: tuple[int, int, int]) -> None:
+    def _check_image_shape(self, state: dict[str, Any] | None, shape: tuple[int, int, int]) -> None:
         """The images must load at the checkpoint's shape: a resume that names the image size or channels the
-        run left to the data (:data:`SHAPE_FIELDS`) may only name what the data gave."""
+        run left to the data (:data:`SHAPE_FIELDS`) may only name what the data gave, and only where a
+        checkpoint says what that was (a folder with the model file only would retrain at the new shape)."""
+        named = ", ".join(
+            f"{k} {a!r} -> {b!r}" for k, (a, b) in self.resume_changes.items() if k in SHAPE_FIELDS
+        )
+        if state is None:
+            if named:
+                raise ConfigError(
+                    f"{self.out}: no checkpoint records the image shape the run trained on ({named}); resume "
+                    "without --image-size/--channels, or use another --out"
+                )
+            return
         saved = tuple(state["image_shape"])
         if saved != tuple(shape):
-            named = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in self.resume_changes.items())
             raise ConfigError(
                 f"{self.out}: the run trained on images of {' x '.join(map(str, saved))}, and this resume loads "
                 f"them at {' x '.join(map(str, shape))} ({named or 'the data changed'}); resume without "
@@ -437,10 +448,10 @@ class Run:
     def _restore(self, fit: Fit, total: int) -> dict[str, Any] | None:
         """Load the latest checkpoint into ``fit`` (None when there is none)."""
         state = ckpt.load_step(self.out, self.world, total, self.data_fingerprint, self.cfg.dataset)
+        self._check_image_shape(state, fit.image_shape)
         if state is not None:
             self._check_checkpoint_config(state["config"])
             self._check_epochs(state)
-            self._check_image_shape(state, fit.image_shape)
             try:
                 fit.load_state_dict(state)
             except (RuntimeError, KeyError, TypeError, ValueError) as exc:  # shapes or keys of another model
