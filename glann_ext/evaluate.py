@@ -315,6 +315,18 @@ def _training_images(cfg, image_shape: tuple[int, int, int]) -> torch.Tensor:
                        limit=cfg.limit, allow_download=False)  # fmt: skip
 
 
+def _check_trained_on(job: _Job, train: torch.Tensor) -> None:
+    """The run's dataset must still hold as many images as the run has codes: eval compares the samples with
+    the images the run trained on (a folder that gained files since would be measured against others)."""
+    codes = getattr(job.model, "codes", None)
+    if codes is not None and len(codes) != len(train):
+        raise RunFolderError(
+            f"--run {job.run}: its dataset {job.cfg.dataset!r} holds {len(train)} images now, and the run "
+            f"trained on {len(codes)}: files were added or removed since (eval compares the samples with the "
+            "images the run trained on)"
+        )
+
+
 def _write_pictures(
     out_dir: Path, samples: torch.Tensor, train: torch.Tensor, index: torch.Tensor, pairs: int
 ) -> int:
@@ -415,6 +427,7 @@ class _Job:
 def _evaluate_labelled(job: _Job, n_test: int, cache_dir, clf_epochs) -> dict[str, Any]:
     """Everything :func:`evaluate_run` measures for a run on a labelled dataset (module docstring)."""
     data = _eval_data(job.run, job.cfg, job.model.image_shape, n_test, cache_dir, clf_epochs, job.log)
+    _check_trained_on(job, data.train)
     latents, samples = _draw(job.model, job.sampler, job.n, job.seed, job.progress)
     job.log(f"features and PRDC: {job.n} samples vs {len(data.test)} test images")
     real_f, fake_f = data.clf.features(data.test), data.clf.features(samples)
@@ -448,6 +461,7 @@ def _evaluate_unlabelled(job: _Job, test: str | os.PathLike | None, n_test: int)
     cfg, (channels, size, _) = job.cfg, job.model.image_shape
     with _naming_the_run(job.run, cfg):
         train = _training_images(cfg, job.model.image_shape)
+    _check_trained_on(job, train)
     held = None if test is None else load_images(str(test), image_size=size, channels=channels, limit=n_test)
     latents, samples = _draw(job.model, job.sampler, job.n, job.seed, job.progress)
     job.log(f"memorisation: nearest of {len(train)} training images")

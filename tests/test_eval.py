@@ -312,6 +312,11 @@ def test_eval_of_a_run_on_ones_own_images_says_what_it_can(tmp_path, capsys):
     # its model file without --out has no folder to write to
     assert main(["eval", "--run", str(blobs / "model.safetensors"), "-n", "30"]) == 2
     assert "is a model file: pass --out" in capsys.readouterr().err
+    # data that gained images since the run trained: the samples would be compared with others
+    np.save(data, blob_images(70, 28))
+    assert main(["eval", "--run", str(blobs), "-n", "30", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "holds 70 images now, and the run trained on 64: files were added or removed since" in err
 
 
 def test_eval_rejects_runs_it_cannot_evaluate(tmp_path, cache_dir, capsys, digits_run):

@@ -413,7 +413,7 @@ def load_step(
     if manifest["total"] != total:
         raise CheckpointError(
             f"{where}: the checkpoint holds {manifest['total']} images' codes but the dataset now has {total} "
-            f"(a different --dataset or --limit?)"
+            f"(a different --dataset or --limit, or image files added to or removed from its folder?)"
         )
     step_dir = checkpoint_dir(run) / manifest["step_dir"]
     for name in [MAIN_FILE, *manifest["shards"]]:
