@@ -266,8 +266,8 @@ def _add_eval(sub) -> None:
     e.add_argument("--spread", type=float, help=SPREAD_HELP)
     e.add_argument(
         "--test",
-        help="held-out images (a folder or .npy/.npz) for a run on data without a labelled test split: the "
-        "memorisation check (and Inception FID with local weights) against them",
+        help="held-out images (a folder, a .npy/.npz or FILE.npz:NAME) for a run on data without a labelled "
+        "test split: the memorisation check (and Inception FID with local weights) against them",
     )
     e.add_argument("--cache-dir", help="LeNet cache (default ~/.cache/glann_ext/quality)")
     e.add_argument(

@@ -268,13 +268,18 @@ def _dataset_rows(
 
 def array_file(dataset: str) -> tuple[Path, str | None] | None:
     """(the ``.npy``/``.npz`` file ``dataset`` names, the archive member it picks), None if it names none:
-    ``FILE.npz:NAME`` picks the member NAME when no file or folder is called ``FILE.npz:NAME`` itself."""
+    ``FILE.npz:NAME`` picks the member NAME (which may hold ``:`` or end in ``.npy``) when no file or folder
+    is called ``FILE.npz:NAME`` itself; an empty NAME is a :class:`DataError`."""
     path = Path(dataset)
+    if not path.exists():
+        cuts = [i + 4 for i in range(len(dataset)) if dataset[i : i + 5].lower() == ".npz:"]
+        if cuts:  # the first whose file exists, else the first (whose error then names the file)
+            cut = next((c for c in cuts if Path(dataset[:c]).is_file()), cuts[0])
+            if cut + 1 == len(dataset):
+                raise DataError(f"{dataset}: name the archive's member after the colon ({dataset}NAME)")
+            return Path(dataset[:cut]), dataset[cut + 1 :]
     if path.suffix.lower() in (".npy", ".npz"):
         return path, None
-    file, sep, member = dataset.rpartition(":")
-    if sep and member and Path(file).suffix.lower() == ".npz" and not path.exists():
-        return Path(file), member
     return None
 
 
