@@ -16,10 +16,11 @@ generated samples are compared with (up to) 10,000 held-out test images:
 Stacked-MNIST-style mode counting needs a stacked training dataset, which the package does not offer as a
 training dataset; the result records that it was skipped (``benchmarks/quality.py`` reports it).
 
-For a run on other data (a folder or an array of the user's own images) there is no trained evaluator, so
-no FD, PRDC or ceiling (the result says so; Inception FID where local weights exist): the samples' grid and
-their nearest training images, how their codes use the training codes, and, given held-out images of the
-same kind (``test``, ``glann eval --test``), the memorisation check.
+For a run on other data (a folder or an array of the user's own images) there is no trained evaluator:
+the samples' grid and their nearest training images, how their codes use the training codes, and, given
+held-out images of the same kind (``test``, ``glann eval --test``), the memorisation check and FD, PRDC and
+the ceiling in a fixed random CNN's features (:class:`~glann_ext.metrics.RandomEmbedding`), with the training
+images' scores against the held-out ones as the reference (Inception FID where local weights exist).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from .data.labelled import LABELLED, load_labelled
 from .errors import NonFiniteError, RunFolderError, UsageError
 from .metrics import (
     DomainClassifier,
+    RandomEmbedding,
     code_usage,
     find_inception_backend,
     frechet_distance,
@@ -212,7 +214,9 @@ def _scores(real_f: torch.Tensor, fake_f: torch.Tensor) -> dict[str, float]:
     return {"fd": frechet_distance(real_f, fake_f), **dataclasses.asdict(prdc(real_f, fake_f))}
 
 
-def _ceiling(model, n: int, real_f: torch.Tensor, clf: DomainClassifier, log) -> dict[str, Any]:
+def _ceiling(
+    model, n: int, real_f: torch.Tensor, clf: DomainClassifier | RandomEmbedding, log
+) -> dict[str, Any]:
     """The reconstruction ceiling: the same scores for G(codes) of the first ``n`` training images, what a
     perfect second stage (a T that hit every code exactly) would reach with this G; and samples / ceiling."""
     from .models import GLANN
@@ -457,7 +461,8 @@ def _evaluate_labelled(job: _Job, n_test: int, cache_dir, clf_epochs) -> dict[st
 
 def _evaluate_unlabelled(job: _Job, test: str | os.PathLike | None, n_test: int) -> dict[str, Any]:
     """:func:`evaluate_run` of a run on images without a trained evaluator: the pictures, the code usage and,
-    against ``test`` (held-out images) when given, the memorisation check and Inception FID."""
+    against ``test`` (held-out images) when given, FD/PRDC and the ceiling in a random CNN's features
+    (:class:`~glann_ext.metrics.RandomEmbedding`), the memorisation check and Inception FID."""
     cfg, (channels, size, _) = job.cfg, job.model.image_shape
     with _naming_the_run(job.run, cfg):
         train = _training_images(cfg, job.model.image_shape)
@@ -472,13 +477,11 @@ def _evaluate_unlabelled(job: _Job, test: str | os.PathLike | None, n_test: int)
         index, dist = nearest_train(samples, train)
         memo = {"generated_median": float(dist.median()), "skipped": "no held-out images (--test)"}
     shown = _write_pictures(job.out_dir, samples, train, index, job.grid_pairs)
-    skipped = NO_EVALUATOR.format(dataset=cfg.dataset, labelled=", ".join(LABELLED))
-    return {
+    result = {
         **job.header(),
         "n_test": 0 if held is None else len(held), "n_train": len(train),
-        "test": None if test is None else str(test),
-        "classifier": None, "features": {"skipped": skipped},
-        "ceiling": {"skipped": "scored with the same evaluator: none for this dataset (above)"},
+        "test": None if test is None else str(test), "classifier": None,
+        **_random_features(job, held, samples, train),
         "code_usage": _code_usage(job.model, latents, job.seed),
         "memorisation": {**memo, "png": NEIGHBOURS_PNG, "pairs_shown": shown},
         "stacked": {"skipped": STACKED_SKIPPED},
@@ -486,7 +489,34 @@ def _evaluate_unlabelled(job: _Job, test: str | os.PathLike | None, n_test: int)
             _inception_fid(held, samples, job.log) if held is not None
             else {"value": None, "reason": "needs held-out images (--test)"}
         ),
-        "samples_png": SAMPLES_PNG, "versus_ceiling": {},
+        "samples_png": SAMPLES_PNG,
+    }  # fmt: skip
+    result["versus_ceiling"] = ceiling_ratios(result)
+    return result
+
+
+def _random_features(
+    job: _Job, held: torch.Tensor | None, samples: torch.Tensor, train: torch.Tensor
+) -> dict[str, Any]:
+    """FD and PRDC of the samples against the held-out images in a random CNN's features, the ceiling's in
+    the same space, and the training images' (what a copy of the training set scores): result fields."""
+    if held is None:
+        skipped = NO_EVALUATOR.format(dataset=job.cfg.dataset, labelled=", ".join(LABELLED))
+        return {
+            "features": {"skipped": f"{skipped}; with held-out images (--test), a random CNN's"},
+            "ceiling": {"skipped": "scored against held-out images (--test)"},
+        }
+    embedding = RandomEmbedding(held.shape[1])
+    job.log(f"features and PRDC (random CNN): {len(samples)} samples vs {len(held)} held-out images")
+    real_f = embedding.features(held)
+    reference = train[torch.linspace(0, len(train) - 1, min(len(train), len(held))).round().long()]
+    space = {
+        "space": embedding.name, "seed": embedding.seed, "dim": embedding.dim,
+        "reference": {"n": len(reference), **_scores(real_f, embedding.features(reference))},
+    }  # fmt: skip
+    return {
+        "features": space, **_scores(real_f, embedding.features(samples)),
+        "ceiling": _ceiling(job.model, job.n, real_f, embedding, job.log),
     }  # fmt: skip
 
 
@@ -534,8 +564,18 @@ def _sampler_settings(model, sampler: str) -> dict[str, Any]:
 
 def _feature_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     """The table's rows of the LeNet's scores, or one row saying why there are none."""
-    if result.get("classifier") is None:
+    if result.get("classifier") is None and "fd" not in result:
         return [("FD, precision/recall", result["features"]["skipped"])]
+    if result.get("classifier") is None:
+        ref = result["features"]["reference"]
+        return [
+            (
+                "FD (random-CNN features)",
+                f"{result['fd']:.3f} (training images vs held-out: {ref['fd']:.3f})",
+            ),
+            ("precision / recall (k=3)", f"{result['precision']:.3f} / {result['recall']:.3f}"),
+            ("density / coverage (k=5)", f"{result['density']:.3f} / {result['coverage']:.3f}"),
+        ]
     return [
         ("LeNet test accuracy", f"{result['classifier']['test_accuracy']:.3f}"),
         ("FD (LeNet features)", f"{result['fd']:.2f}"),

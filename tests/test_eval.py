@@ -291,8 +291,8 @@ def test_eval_refuses_a_classifier_cache_that_is_not_ours(digits_run, tmp_path, 
 def test_eval_of_a_run_on_ones_own_images_says_what_it_can(tmp_path, capsys):
     """It refused any dataset without a labelled test split: a user's own images got no number and no
     picture (own-data audit). Now: the sample and neighbour grids, the code usage, the nearest-training
-    distances, and with --test held-out images the memorisation check; FD/PRDC/ceiling say why they are
-    missing."""
+    distances, and with --test held-out images the memorisation check and FD/PRDC with the ceiling in a
+    random CNN's features; without --test, FD/PRDC/ceiling say why they are missing."""
     data, held = tmp_path / "blobs.npy", tmp_path / "held.npy"
     np.save(data, blob_images(64, 28))
     np.save(held, blob_images(20, 28, seed=7))
@@ -306,9 +306,16 @@ def test_eval_of_a_run_on_ones_own_images_says_what_it_can(tmp_path, capsys):
     assert res["classifier"] is None and "fd" not in res and "skipped" in res["ceiling"]
     assert res["code_usage"]["codes_hit"] > 0 and res["memorisation"]["generated_median"] > 0
     assert (blobs / "eval_samples.png").is_file() and (blobs / "eval_neighbours.png").is_file()
+    assert "with held-out images (--test), a random CNN's" in res["features"]["skipped"]
     assert main(["eval", "--run", str(blobs), "-n", "30", "--test", str(held), "--no-progress"]) == 0
-    m = json.loads((blobs / "eval.json").read_text())["memorisation"]
-    assert m["median_ratio"] > 0 and json.loads((blobs / "eval.json").read_text())["n_test"] == 20
+    assert "FD (random-CNN features)" in capsys.readouterr().out
+    res = json.loads((blobs / "eval.json").read_text())
+    assert res["memorisation"]["median_ratio"] > 0 and res["n_test"] == 20
+    space = res["features"]
+    assert space["space"].startswith("random CNN") and space["dim"] == 896 and space["reference"]["n"] == 20
+    # a tiny model's samples lie far from held-out blobs; the training blobs (the same kind) lie near them
+    assert res["fd"] > 10 * space["reference"]["fd"] and res["ceiling"]["n"] == 30
+    assert res["versus_ceiling"]["fd_ratio"] == pytest.approx(res["fd"] / res["ceiling"]["fd"])
     # its model file without --out has no folder to write to
     assert main(["eval", "--run", str(blobs / "model.safetensors"), "-n", "30"]) == 2
     assert "is a model file: pass --out" in capsys.readouterr().err

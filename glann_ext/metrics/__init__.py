@@ -4,6 +4,7 @@
 * :mod:`.stacked_mnist` - modes covered out of 1000 and KL to uniform on stacked MNIST (or any stacked
   10-class dataset: :func:`make_stacked`, :func:`stacked_modes`, :func:`kl_split`).
 * :mod:`.classifier` - a cached LeNet domain classifier: test accuracy, features for FD and PRDC.
+* :mod:`.random_features` - a fixed random CNN's features: FD and PRDC without labels (own images).
 * :mod:`.frechet` - Fréchet distance between feature sets.
 * :mod:`.prdc` - improved precision/recall (k=3) and density/coverage (k=5); :mod:`.knn` their radii.
 * :mod:`.memorisation` - nearest-training-sample distances and a side-by-side PNG grid.
@@ -35,6 +36,7 @@ from .mixtures import (
     ring_centres,
 )
 from .prdc import PRDC, density_coverage, prdc, precision_recall
+from .random_features import RandomEmbedding
 from .stacked_mnist import (
     StackedModes,
     kl_split,
@@ -57,6 +59,7 @@ __all__ = [
     "MemorisationReport",
     "MixturePreset",
     "ModeCoverage",
+    "RandomEmbedding",
     "StackedModes",
     "aggregate_seeds",
     "ball_membership_counts",
