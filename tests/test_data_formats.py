@@ -244,3 +244,29 @@ def test_premultiplied_and_lab_tiffs_load_at_both_channel_counts(tmp_path):
     la = np.stack([np.full((8, 8), 100, np.uint8), np.full((8, 8), 128, np.uint8)], -1)
     premultiplied = Image.fromarray(la, "LA").convert("La")  # Pillow reads such TIFFs, writes none
     assert np.abs(np.asarray(_opaque(premultiplied).convert("L")).astype(int) - 50).max() <= 1  # onto black
+
+
+@pytest.mark.parametrize("scale", ["unit", "levels"])
+def test_float_tiffs_convert_in_bands_of_little_memory(tmp_path, scale):
+    """A float TIFF was converted whole (two float copies and a uint8 one beside Pillow's, ~13 bytes a
+    pixel): now a band of rows at a time, read twice, with the same values."""
+    import tracemalloc
+
+    from PIL import Image
+
+    from glann_ext.data.folder import _eight_bit
+
+    rng = np.random.default_rng(0)
+    v = rng.random((1000, 1000), dtype=np.float32)
+    if scale == "levels":
+        v = np.round(v * 255)
+    with Image.open(_save(tmp_path / "a.tif", v)) as im:
+        im.load()
+        tracemalloc.start()
+        try:
+            out = np.asarray(_eight_bit(im, tmp_path / "a.tif"))
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert np.array_equal(out, np.rint(v * 255 if scale == "unit" else v).astype(np.uint8))
+    assert peak < 4 * 2**20, f"peak {peak / 2**20:.1f} MiB for 1 Mpx"

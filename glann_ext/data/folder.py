@@ -3,6 +3,7 @@ Pillow."""
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from collections.abc import Sequence
@@ -245,18 +246,29 @@ def _eight_bit(im, path: Path, maximum: int = 65535, inverted: bool = False):
 def _float_to_eight_bit(im, path: Path):
     """A float image as 8-bit grey by the rule float arrays follow: values in [0, 1] (within
     :data:`FLOAT_OVERSHOOT`, clipped) are v * 255 rounded, so an image of only 0s and 1s is binary, 1 white;
-    whole numbers in [0, 255] are levels; anything else (or NaN, infinity) is a :class:`DataError`."""
+    whole numbers in [0, 255] are levels; anything else (or NaN, infinity) is a :class:`DataError`. Read a
+    band of rows at a time, twice (the range decides the scale), so that a large image needs little memory
+    beyond Pillow's own."""
     from PIL import Image
 
-    a = np.asarray(im, dtype=np.float32)
-    if not np.isfinite(a).all():
-        raise DataError(f"{path}: float pixels contain NaN or infinite values")
-    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
-    if lo >= -FLOAT_OVERSHOOT and hi <= 1 + FLOAT_OVERSHOOT:
-        a = np.clip(a, 0, 1) * 255
-    elif not (lo >= 0 and hi <= 255 and bool((a == np.round(a)).all())):
+    w, h = im.size
+    band = max(1, _BAND // max(1, w))
+    bands = [(top, min(h, top + band)) for top in range(0, h, band)]
+    lo, hi, whole = math.inf, -math.inf, True
+    for top, bottom in bands:
+        a = np.asarray(im.crop((0, top, w, bottom)), dtype=np.float32)
+        if not np.isfinite(a).all():
+            raise DataError(f"{path}: float pixels contain NaN or infinite values")
+        lo, hi = min(lo, float(a.min(initial=math.inf))), max(hi, float(a.max(initial=-math.inf)))
+        whole = whole and bool((a == np.round(a)).all())
+    unit = lo >= -FLOAT_OVERSHOOT and hi <= 1 + FLOAT_OVERSHOOT
+    if not unit and not (lo >= 0 and hi <= 255 and whole):
         raise DataError(
             f"{path}: float pixels must lie in [0, 1] (within {FLOAT_OVERSHOOT:g}, which is clipped) or hold "
             f"whole numbers in [0, 255], got [{lo:.6g}, {hi:.6g}]"
         )
-    return Image.fromarray(np.rint(a).astype(np.uint8), "L")
+    out = np.empty((h, w), np.uint8)
+    for top, bottom in bands:
+        a = np.asarray(im.crop((0, top, w, bottom)), dtype=np.float32)
+        out[top:bottom] = np.rint(np.clip(a, 0, 1) * 255 if unit else a)
+    return Image.fromarray(out, "L")
