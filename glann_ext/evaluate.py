@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from ._io import atomic_write, cache_root
-from .data import DataError, convert_images, load_images
+from .data import DataError, convert_images, fingerprint_change, load_image_shard, load_images
 from .data.labelled import LABELLED, load_labelled
 from .errors import NonFiniteError, RunFolderError, UsageError
 from .metrics import (
@@ -55,6 +55,8 @@ from .metrics import (
 )
 
 EVAL_FILE = "eval.json"
+MIN_SCORED = 4  # PRDC's k = 3 nearest neighbours: generated points (samples, G(codes), training images)
+MIN_HELD_OUT = 6  # its k = 5 (density/coverage): real points (test or held-out images)
 SAMPLES_PNG = "eval_samples.png"
 NEIGHBOURS_PNG = "eval_neighbours.png"
 DEFAULT_CACHE_DIR = cache_root() / "quality"
@@ -221,8 +223,10 @@ def _ceiling(
     perfect second stage (a T that hit every code exactly) would reach with this G; and samples / ceiling."""
     from .models import GLANN
 
-    if not isinstance(model, GLANN) or len(model.codes) < 2:
+    if not isinstance(model, GLANN):
         return {"skipped": "no training codes (a pixel-space IMLE run): the ceiling is GLANN's"}
+    if len(model.codes) < MIN_SCORED:
+        return {"skipped": f"{len(model.codes)} training codes: PRDC's k = 3 needs at least {MIN_SCORED}"}
     k = min(n, len(model.codes))
     log(f"ceiling: G(codes) of {k} training images")
     rec = torch.cat([model.reconstruct(torch.arange(i, min(i + 1000, k))).cpu() for i in range(0, k, 1000)])
@@ -290,16 +294,17 @@ def _out_dir(run: Path, out: str | os.PathLike | None) -> Path:
     return folder
 
 
-def _eval_data(run: Path, cfg, image_shape, n_test: int, cache_dir, clf_epochs, log) -> EvalData:
-    """The run's training images, up to ``n_test`` test images and the classifier, at the run's image
-    size and channels; a DataError names the run when the data is not on this machine."""
-    channels, size, _ = image_shape
-    with _naming_the_run(run, cfg):
-        train = _training_images(cfg, image_shape)
-        test, _ = load_labelled(cfg.dataset, "test", data_root=cfg.data_root, limit=n_test)
-        log(f"loading the {cfg.dataset} domain classifier (trained and cached on first use)")
-        clf = domain_classifier(cfg.dataset, cache_dir=cache_dir, epochs=clf_epochs, image_size=size,
-                                channels=channels, data_root=cfg.data_root)  # fmt: skip
+def _eval_data(job: _Job, n_test: int, cache_dir, clf_epochs) -> EvalData:
+    """The run's training images (:func:`_training_images`), up to ``n_test`` test images and the
+    classifier, at the run's image size and channels; a DataError names the run when the data is not on
+    this machine."""
+    channels, size, _ = job.model.image_shape
+    train = _training_images(job)  # checked before a LeNet may be trained
+    with _naming_the_run(job.run, job.cfg):
+        test, _ = load_labelled(job.cfg.dataset, "test", data_root=job.cfg.data_root, limit=n_test)
+        job.log(f"loading the {job.cfg.dataset} domain classifier (trained and cached on first use)")
+        clf = domain_classifier(job.cfg.dataset, cache_dir=cache_dir, epochs=clf_epochs, image_size=size,
+                                channels=channels, data_root=job.cfg.data_root)  # fmt: skip
     return EvalData(train, _resize(test, size, channels), clf)
 
 
@@ -312,23 +317,29 @@ def _naming_the_run(run: Path, cfg) -> Iterator[None]:
         raise DataError(f"--run {run}: dataset {cfg.dataset!r} is not available: {exc}") from exc
 
 
-def _training_images(cfg, image_shape: tuple[int, int, int]) -> torch.Tensor:
-    """The run's training images (never downloaded) at its image size and channels."""
-    channels, size, _ = image_shape
-    return load_images(cfg.dataset, image_size=size, channels=channels, data_root=cfg.data_root,
-                       limit=cfg.limit, allow_download=False)  # fmt: skip
+def _training_images(job: _Job) -> torch.Tensor:
+    """The run's training images (never downloaded) at its image size and channels, refused unless they are
+    the rows it trained on: eval compares the samples with them. The run folder's checkpoint holds the
+    fingerprint of those rows' content; without one (a model file, checkpoints deleted) the count of the
+    model's codes is checked."""
+    from .train.checkpoint import DATASET_KEY, read_manifest
 
-
-def _check_trained_on(job: _Job, train: torch.Tensor) -> None:
-    """The run's dataset must still hold as many images as the run has codes: eval compares the samples with
-    the images the run trained on (a folder that gained files since would be measured against others)."""
+    cfg, (channels, size, _) = job.cfg, job.model.image_shape
+    with _naming_the_run(job.run, cfg):
+        shard = load_image_shard(cfg.dataset, image_size=size, channels=channels, data_root=cfg.data_root,
+                                 limit=cfg.limit, allow_download=False)  # fmt: skip
+    manifest = read_manifest(job.run) if job.run.is_dir() else None
+    recorded = (manifest or {}).get(DATASET_KEY)
+    change = fingerprint_change(recorded, shard.fingerprint) if recorded and shard.fingerprint else None
     codes = getattr(job.model, "codes", None)
-    if codes is not None and len(codes) != len(train):
+    if change is None and codes is not None and len(codes) != shard.total:
+        change = f"it holds {shard.total} images now, and the run trained on {len(codes)}"
+    if change is not None:
         raise RunFolderError(
-            f"--run {job.run}: its dataset {job.cfg.dataset!r} holds {len(train)} images now, and the run "
-            f"trained on {len(codes)}: files were added or removed since (eval compares the samples with the "
-            "images the run trained on)"
+            f"--run {job.run}: its dataset {cfg.dataset!r} is not what the run trained on ({change}): eval "
+            "compares the samples with the images the run trained on; restore them"
         )
+    return shard.images
 
 
 def _write_pictures(
@@ -355,7 +366,7 @@ def _inception_fid(test: torch.Tensor, samples: torch.Tensor, log) -> dict[str, 
 def _check_sizes(n: object, n_test: object) -> None:
     """PRDC's k = 3 (precision/recall) needs 4 samples and 4 test images, its k = 5 (density/coverage) 6 test
     images: checked before anything is sampled."""
-    for name, value, least in (("n (-n)", n, 4), ("n_test", n_test, 6)):
+    for name, value, least in (("n (-n)", n, MIN_SCORED), ("n_test", n_test, MIN_HELD_OUT)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise UsageError(
                 f"{name} must be an integer >= {least} (PRDC's k nearest neighbours), got {value!r}"
@@ -430,8 +441,7 @@ class _Job:
 
 def _evaluate_labelled(job: _Job, n_test: int, cache_dir, clf_epochs) -> dict[str, Any]:
     """Everything :func:`evaluate_run` measures for a run on a labelled dataset (module docstring)."""
-    data = _eval_data(job.run, job.cfg, job.model.image_shape, n_test, cache_dir, clf_epochs, job.log)
-    _check_trained_on(job, data.train)
+    data = _eval_data(job, n_test, cache_dir, clf_epochs)
     latents, samples = _draw(job.model, job.sampler, job.n, job.seed, job.progress)
     job.log(f"features and PRDC: {job.n} samples vs {len(data.test)} test images")
     real_f, fake_f = data.clf.features(data.test), data.clf.features(samples)
@@ -463,11 +473,13 @@ def _evaluate_unlabelled(job: _Job, test: str | os.PathLike | None, n_test: int)
     """:func:`evaluate_run` of a run on images without a trained evaluator: the pictures, the code usage and,
     against ``test`` (held-out images) when given, FD/PRDC and the ceiling in a random CNN's features
     (:class:`~glann_ext.metrics.RandomEmbedding`), the memorisation check and Inception FID."""
-    cfg, (channels, size, _) = job.cfg, job.model.image_shape
-    with _naming_the_run(job.run, cfg):
-        train = _training_images(cfg, job.model.image_shape)
-    _check_trained_on(job, train)
+    channels, size, _ = job.model.image_shape
+    train = _training_images(job)
     held = None if test is None else load_images(str(test), image_size=size, channels=channels, limit=n_test)
+    if held is not None and len(held) < MIN_HELD_OUT:  # before anything is sampled or written
+        raise UsageError(
+            f"--test {test}: {len(held)} images; PRDC's k = 5 needs at least {MIN_HELD_OUT} held-out images"
+        )
     latents, samples = _draw(job.model, job.sampler, job.n, job.seed, job.progress)
     job.log(f"memorisation: nearest of {len(train)} training images")
     if held is not None:
@@ -480,7 +492,7 @@ def _evaluate_unlabelled(job: _Job, test: str | os.PathLike | None, n_test: int)
     result = {
         **job.header(),
         "n_test": 0 if held is None else len(held), "n_train": len(train),
-        "test": None if test is None else str(test), "classifier": None,
+        "test": None if test is None else str(Path(test).absolute()), "classifier": None,
         **_random_features(job, held, samples, train),
         "code_usage": _code_usage(job.model, latents, job.seed),
         "memorisation": {**memo, "png": NEIGHBOURS_PNG, "pairs_shown": shown},
@@ -499,21 +511,29 @@ def _random_features(
     job: _Job, held: torch.Tensor | None, samples: torch.Tensor, train: torch.Tensor
 ) -> dict[str, Any]:
     """FD and PRDC of the samples against the held-out images in a random CNN's features, the ceiling's in
-    the same space, and the training images' (what a copy of the training set scores): result fields."""
+    the same space, and as the reference the training images' (what a copy of the training set scores), as
+    many as there are samples where the training set holds them (FD depends on the count): result fields."""
     if held is None:
         skipped = NO_EVALUATOR.format(dataset=job.cfg.dataset, labelled=", ".join(LABELLED))
         return {
-            "features": {"skipped": f"{skipped}; with held-out images (--test), a random CNN's"},
+            "features": {
+                "skipped": f"{skipped}; given held-out images (--test), they are scored in a random CNN's"
+            },
             "ceiling": {"skipped": "scored against held-out images (--test)"},
         }
     embedding = RandomEmbedding(held.shape[1])
     job.log(f"features and PRDC (random CNN): {len(samples)} samples vs {len(held)} held-out images")
     real_f = embedding.features(held)
-    reference = train[torch.linspace(0, len(train) - 1, min(len(train), len(held))).round().long()]
-    space = {
-        "space": embedding.name, "seed": embedding.seed, "dim": embedding.dim,
-        "reference": {"n": len(reference), **_scores(real_f, embedding.features(reference))},
-    }  # fmt: skip
+    k = min(len(train), len(samples))
+    reference = (
+        {
+            "n": k,
+            **_scores(real_f, embedding.features(train[torch.linspace(0, len(train) - 1, k).round().long()])),
+        }
+        if k >= MIN_SCORED
+        else {"skipped": f"{k} training images: PRDC's k = 3 needs at least {MIN_SCORED}"}
+    )
+    space = {"space": embedding.name, "seed": embedding.seed, "dim": embedding.dim, "reference": reference}
     return {
         "features": space, **_scores(real_f, embedding.features(samples)),
         "ceiling": _ceiling(job.model, job.n, real_f, embedding, job.log),
@@ -524,9 +544,10 @@ def _ceiling_line(result: dict[str, Any]) -> str:
     c, v = result["ceiling"], result.get("versus_ceiling", {})
     if "fd" not in c:
         return c.get("skipped", "-")
+    gap = round(-v["recall_gap"], 3) + 0.0  # samples' recall minus the ceiling's (+ 0.0: no "-0.000")
     return (
-        f"FD {c['fd']:.2f}, P/R {c['precision']:.3f} / {c['recall']:.3f}, coverage {c['coverage']:.3f}; samples/"
-        f"ceiling FD x{v['fd_ratio']:.2f}, recall {-v['recall_gap']:+.3f}"  # samples' minus the ceiling's
+        f"FD {c['fd']:.4g}, P/R {c['precision']:.3f} / {c['recall']:.3f}, density / coverage {c['density']:.3f} / "
+        f"{c['coverage']:.3f}; samples/ceiling FD x{v['fd_ratio']:.2f}, recall {gap:+.3f}"
     )
 
 
@@ -563,16 +584,15 @@ def _sampler_settings(model, sampler: str) -> dict[str, Any]:
 
 
 def _feature_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
-    """The table's rows of the LeNet's scores, or one row saying why there are none."""
+    """The table's rows of the scores (the LeNet's, or the random CNN's against held-out images), or one row
+    saying why there are none."""
     if result.get("classifier") is None and "fd" not in result:
         return [("FD, precision/recall", result["features"]["skipped"])]
     if result.get("classifier") is None:
         ref = result["features"]["reference"]
+        copy = f"{ref['fd']:.3f}, density {ref['density']:.3f}" if "fd" in ref else ref["skipped"]
         return [
-            (
-                "FD (random-CNN features)",
-                f"{result['fd']:.3f} (training images vs held-out: {ref['fd']:.3f})",
-            ),
+            ("FD (random-CNN features)", f"{result['fd']:.3f} (training images vs held-out: {copy})"),
             ("precision / recall (k=3)", f"{result['precision']:.3f} / {result['recall']:.3f}"),
             ("density / coverage (k=5)", f"{result['density']:.3f} / {result['coverage']:.3f}"),
         ]

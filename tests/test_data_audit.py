@@ -155,7 +155,8 @@ def test_an_npz_of_several_unnamed_arrays_is_refused_and_file_npz_name_picks_one
     with pytest.raises(
         DataError,
         match=r"mnist.npz: holds the arrays x_test, x_train, y_train, y_test, none named images, x, X, arr_0: "
-        r"name the one that holds the images as .*mnist.npz:NAME \(e.g. .*mnist.npz:x_test\)",
+        r"name the one that holds the images as .*mnist.npz:NAME \(glann_ext 0.2.0 and before read the first: "
+        r".*mnist.npz:x_test reads what they read, also as a resume's --dataset\)",
     ):
         load_images(str(path))
     got = load_images(f"{path}:x_train")
@@ -177,10 +178,6 @@ def test_an_npz_of_several_unnamed_arrays_is_refused_and_file_npz_name_picks_one
     assert load_images(f"{tmp_path / 'names.npz'}:x.npy").shape == (3, 1, 4, 4)
     with pytest.raises(DataError, match=r"mnist.npz:: name the archive's member after the colon"):
         load_images(f"{path}:")
-    with pytest.raises(
-        DataError, match=r"glann_ext 0.2.0 and before read the first, x_test: resume a run it"
-    ):
-        load_images(str(path))
     odd = tmp_path / "odd.npz:x_train"  # a file whose name has the colon is that file
     np.save(tmp_path / "plain.npy", test)
     (tmp_path / "plain.npy").rename(odd)

@@ -204,6 +204,18 @@ def test_a_tiff_page_with_its_thumbnail_is_one_image_and_a_camera_jpeg_with_its_
     _tiff(tmp_path / "two.tif", [(x, (8, 8), _grey_tags(8)), (x, (8, 8), _grey_tags(8)), thumb])
     with pytest.raises(DataError, match=r"two.tif: holds 2 frames"):
         load_folder([tmp_path / "two.tif"], 8, 1)
+    _tiff(tmp_path / "marked.tif", [(x, (8, 8), {**_grey_tags(8), 254: 1}), thumb])  # every page "reduced"
+    assert np.array_equal(load_folder([tmp_path / "marked.tif"], 8, 1)[0, ..., 0], x)
+    mask = (
+        np.packbits(x > 100, axis=1).tobytes(),
+        (8, 8),
+        {258: 1, 262: 4, 254: 4},
+    )  # a page Pillow cannot read
+    _tiff(tmp_path / "mask.tif", [(x, (8, 8), _grey_tags(8)), mask])
+    with pytest.raises(
+        DataError, match=r"mask.tif: a page after the first cannot be read \(.*a transparency mask\?\)"
+    ):
+        load_folder([tmp_path / "mask.tif"], 8, 1)
     photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8))
     photo.save(tmp_path / "photo.jpg", format="MPO", save_all=True, append_images=[photo.resize((16, 12))])
     with Image.open(tmp_path / "photo.jpg") as im:

@@ -306,24 +306,72 @@ def test_eval_of_a_run_on_ones_own_images_says_what_it_can(tmp_path, capsys):
     assert res["classifier"] is None and "fd" not in res and "skipped" in res["ceiling"]
     assert res["code_usage"]["codes_hit"] > 0 and res["memorisation"]["generated_median"] > 0
     assert (blobs / "eval_samples.png").is_file() and (blobs / "eval_neighbours.png").is_file()
-    assert "with held-out images (--test), a random CNN's" in res["features"]["skipped"]
+    assert "given held-out images (--test), they are scored in a random CNN's" in res["features"]["skipped"]
     assert main(["eval", "--run", str(blobs), "-n", "30", "--test", str(held), "--no-progress"]) == 0
     assert "FD (random-CNN features)" in capsys.readouterr().out
     res = json.loads((blobs / "eval.json").read_text())
     assert res["memorisation"]["median_ratio"] > 0 and res["n_test"] == 20
     space = res["features"]
-    assert space["space"].startswith("random CNN") and space["dim"] == 896 and space["reference"]["n"] == 20
+    assert space["space"].startswith("random CNN") and space["dim"] == 896 and space["reference"]["n"] == 30
     # a tiny model's samples lie far from held-out blobs; the training blobs (the same kind) lie near them
     assert res["fd"] > 10 * space["reference"]["fd"] and res["ceiling"]["n"] == 30
     assert res["versus_ceiling"]["fd_ratio"] == pytest.approx(res["fd"] / res["ceiling"]["fd"])
     # its model file without --out has no folder to write to
     assert main(["eval", "--run", str(blobs / "model.safetensors"), "-n", "30"]) == 2
     assert "is a model file: pass --out" in capsys.readouterr().err
-    # data that gained images since the run trained: the samples would be compared with others
-    np.save(data, blob_images(70, 28))
+    # held-out sets too small for PRDC are refused before anything is sampled or written
+    for name in ("eval_samples.png", "eval.json"):
+        (blobs / name).unlink()
+    np.save(held, blob_images(5, 28, seed=7))
+    assert main(["eval", "--run", str(blobs), "-n", "30", "--test", str(held), "--no-progress"]) == 2
+    assert "held.npy: 5 images; PRDC's k = 5 needs at least 6 held-out images" in capsys.readouterr().err
+    assert not (blobs / "eval_samples.png").exists() and not (blobs / "eval.json").exists()
+    # data that changed since the run trained (the same count, other rows; or more rows): refused, by the
+    # checkpoint's fingerprint, and without checkpoints by the count of the model's codes
+    np.save(data, blob_images(64, 28, seed=3))
     assert main(["eval", "--run", str(blobs), "-n", "30", "--no-progress"]) == 2
-    err = capsys.readouterr().err
-    assert "holds 70 images now, and the run trained on 64: files were added or removed since" in err
+    assert (
+        "is not what the run trained on (" in (err := capsys.readouterr().err)
+        and "other values among rows 0-63" in err
+    )
+    np.save(data, blob_images(70, 28))
+    shutil.rmtree(blobs / "checkpoints")
+    assert main(["eval", "--run", str(blobs), "-n", "30", "--no-progress"]) == 2
+    assert "(it holds 70 images now, and the run trained on 64): eval compares" in capsys.readouterr().err
+
+
+def test_the_random_cnn_scores_are_the_samples_the_ceiling_and_spread_training_images(tmp_path):
+    """Recomputed from their definitions: the samples', G(codes[:n])'s and, as the reference, as many
+    training images as samples, spread over the dataset, each against the held-out images in the seed-0
+    space."""
+    from glann_testing import tiny_config
+
+    from glann_ext.evaluate import _Job, _random_features
+    from glann_ext.metrics import RandomEmbedding, frechet_distance
+    from glann_ext.train import fit
+
+    train = torch.as_tensor(blob_images(40, 16, seed=1))[:, None] / 255.0
+    held = torch.as_tensor(blob_images(12, 16, seed=2))[:, None] / 255.0
+    cfg = tiny_config(glo_epochs=1, imle_epochs=1)
+    model = fit(train, cfg).eval()
+    samples = model.sample(9, seed=0)
+    job = _Job(tmp_path, model, cfg, 9, 0, "glann", tmp_path, 4, False, lambda s: None)
+    got = _random_features(job, held, samples, train)
+    emb = RandomEmbedding(1, seed=0)
+    real = emb.features(held)
+    rows = torch.linspace(0, 39, 9).round().long()  # 9 of the 40, first and last included
+    assert got["features"]["reference"]["n"] == 9 and rows[0] == 0 and rows[-1] == 39
+    assert got["features"]["reference"]["fd"] == pytest.approx(
+        frechet_distance(real, emb.features(train[rows]))
+    )
+    assert got["fd"] == pytest.approx(frechet_distance(real, emb.features(samples)))
+    rec = model.reconstruct(torch.arange(9))
+    assert got["ceiling"]["n"] == 9 and got["ceiling"]["fd"] == pytest.approx(
+        frechet_distance(real, emb.features(rec))
+    )
+    assert got["features"]["seed"] == 0 and got["fd"] != got["ceiling"]["fd"]
+    few = _random_features(job, held, samples, train[:3])  # 3 training images: no reference, said why
+    assert few["features"]["reference"] == {"skipped": "3 training images: PRDC's k = 3 needs at least 4"}
 
 
 def test_eval_rejects_runs_it_cannot_evaluate(tmp_path, cache_dir, capsys, digits_run):
@@ -406,10 +454,16 @@ def test_labelled_splits_and_classifier_names():
 
 
 def test_ceiling_line_signs_the_recall_difference():
-    ceiling = {"fd": 2.0, "precision": 0.9, "recall": 0.75, "coverage": 0.9}
+    ceiling = {"fd": 1.0485, "precision": 0.9, "recall": 0.75, "density": 0.93, "coverage": 0.9}
     above = _ceiling_line({"ceiling": ceiling, "versus_ceiling": {"fd_ratio": 1.5, "recall_gap": -0.004}})
     below = _ceiling_line({"ceiling": ceiling, "versus_ceiling": {"fd_ratio": 1.5, "recall_gap": 0.02}})
-    assert above.endswith("recall +0.004") and below.endswith("recall -0.020")
+    level = _ceiling_line({"ceiling": ceiling, "versus_ceiling": {"fd_ratio": 1.0, "recall_gap": 1e-5}})
+    assert (
+        above.endswith("recall +0.004")
+        and below.endswith("recall -0.020")
+        and level.endswith("recall +0.000")
+    )
+    assert above.startswith("FD 1.048, P/R 0.900 / 0.750, density / coverage 0.930 / 0.900;")
 
 
 @pytest.mark.parametrize(

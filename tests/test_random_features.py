@@ -10,7 +10,7 @@ import torch
 from glann_testing import blob_images
 from torch import nn
 
-from glann_ext.errors import NonFiniteError
+from glann_ext.errors import NonFiniteError, UsageError
 from glann_ext.metrics import RandomEmbedding, frechet_distance
 from glann_ext.metrics import random_features as rf
 
@@ -73,6 +73,26 @@ def test_arguments_are_checked_by_name():
             RandomEmbedding(channels)
     with pytest.raises(ValueError, match="widths must be positive ints"):
         RandomEmbedding(1, widths=(8, 0))
+    for seed in (-1, 1.5, None, True):
+        with pytest.raises(
+            ValueError, match=r"seed must be an integer in \[0, 2\*\*63\) \(the space is fixed by it\)"
+        ):
+            RandomEmbedding(1, seed=seed)
+    with pytest.raises(ValueError, match=r"images must be at least 1 x 1 pixels, got \(0, 0\)"):
+        emb.features(torch.rand(2, 1, 0, 0))
+    with pytest.raises(
+        UsageError, match=r"images must lie in \[0, 1\].*\(images in \[0, 255\]: divide by 255\)"
+    ):
+        emb.features(torch.rand(2, 1, 8, 8) * 255)
+
+
+def test_the_space_is_pinned():
+    """The features of one fixed image, to four digits: another seed, another weight scale, another layer
+    order or pooling gives other numbers (each of these passes every other test of this file)."""
+    x = (torch.arange(64, dtype=torch.float32).reshape(1, 1, 8, 8) % 7) / 6
+    f = RandomEmbedding(1).features(x)[0]
+    got = [float(v) for v in (f[0], f[63], f[64], f[127], f[128], f[384], f[895], f.sum())]
+    assert got == pytest.approx([0.2190, 0.2563, 0.8337, 0.7339, 0.2305, 0.0301, 0.1270, 235.6965], abs=2e-4)
 
 
 def test_fd_in_the_space_tells_real_images_from_degraded_ones():

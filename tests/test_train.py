@@ -1173,6 +1173,11 @@ def test_a_resume_may_name_the_image_size_and_channels_the_data_gave(tmp_path, b
     train(dataclasses.replace(cfg, imle_epochs=2), out, **quiet)
     with pytest.raises(ConfigError, match=r"at 3 x 28 x 28 \(channels None -> 3\); resume without"):
         train(dataclasses.replace(cfg, imle_epochs=3, channels=3), out, **quiet)
+    saved = (out / "config.json").read_bytes()
+    (out / "config.json").unlink()  # the checkpoint's copy then says what the resume changes
+    with pytest.raises(ConfigError, match=r"at 1 x 32 x 32 \(image_size None -> 32\); resume without"):
+        train(dataclasses.replace(cfg, imle_epochs=3, image_size=32), out, **quiet)
+    (out / "config.json").write_bytes(saved)
     shutil.rmtree(ckpt.checkpoint_dir(out))  # the model file only: it would retrain at the named shape
     before = (out / "model.safetensors").read_bytes()
     with pytest.raises(

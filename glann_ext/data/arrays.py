@@ -140,8 +140,8 @@ def npz_member(path: Path, names: list[str], key: str | None) -> str:
     if member is None:
         raise DataError(
             f"{path}: holds the arrays {', '.join(names)}, none named {', '.join(PREFERRED_MEMBERS)}: name the one "
-            f"that holds the images as {path}:NAME (e.g. {path}:{names[0]}; glann_ext 0.2.0 and before read the first, "
-            f"{names[0]}: resume a run it trained with --dataset {path}:{names[0]})"
+            f"that holds the images as {path}:NAME (glann_ext 0.2.0 and before read the first: {path}:{names[0]} "
+            "reads what they read, also as a resume's --dataset)"
         )
     return member
 

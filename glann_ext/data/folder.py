@@ -138,8 +138,15 @@ def _decoded(im, path: Path):
 def _one_frame(im, path: Path):
     """``im`` at its one frame; a :class:`DataError` for an animation or a multi-page file. An MPO's later
     frames (a camera JPEG's previews) and a TIFF's reduced-resolution pages and transparency masks
-    (NewSubfileType bits 0 and 2) belong to its image and are not counted."""
-    frames = getattr(im, "n_frames", 1)
+    (NewSubfileType bits 0 and 2) belong to its image and are not counted; a page Pillow cannot read (a
+    1-bit mask, say) makes the file a :class:`DataError` saying so."""
+    try:
+        frames = getattr(im, "n_frames", 1)  # a TIFF's: Pillow reads every page's header
+    except DECODE_ERRORS as exc:
+        raise DataError(
+            f"{path}: a page after the first cannot be read ({type(exc).__name__}: {exc}; a transparency mask?): "
+            "save the image as a file of one page"
+        ) from None
     if frames == 1 or im.format == "MPO":
         return im
     pages = list(range(frames))
@@ -153,6 +160,7 @@ def _one_frame(im, path: Path):
                 continue
             if not int(im.tag_v2.get(254, 0)) & 0b101:
                 pages.append(i)
+        pages = pages or [0]  # every page marked reduced: the first is the image
     if len(pages) != 1:
         raise DataError(
             f"{path}: holds {len(pages)} frames (an animation or a multi-page file); a dataset image is one "

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ..data.datasets import check_unit_images
 from ._checks import as_images
 
 WIDTHS = (64, 128, 256)
@@ -37,6 +38,10 @@ class RandomEmbedding:
             raise ValueError(f"channels must be a positive int, got {channels!r}")
         if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
             raise ValueError(f"widths must be positive ints, got {widths!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise ValueError(
+                f"seed must be an integer in [0, 2**63) (the space is fixed by it), got {seed!r}"
+            )
         rng = np.random.default_rng(seed)
         self.channels, self.seed, self.widths = channels, seed, tuple(widths)
         self.weights: list[torch.Tensor] = []
@@ -55,6 +60,9 @@ class RandomEmbedding:
         """(N, :attr:`dim`) float32 features of ``images`` (N, channels, H, W) in [0, 1], computed a chunk of
         images at a time (the same values as all at once)."""
         x = as_images("images", images, channels=self.channels)
+        if x.shape[0] and min(x.shape[2:]) < 1:
+            raise ValueError(f"images must be at least 1 x 1 pixels, got {tuple(x.shape[2:])}")
+        check_unit_images(x)  # 0..255 levels would land in another part of the space, unsaid
         per_image = 4 * self.widths[0] * x.shape[2] * x.shape[3]
         chunk = max(1, ACTIVATION_BYTES // per_image)
         with torch.no_grad():

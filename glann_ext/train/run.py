@@ -448,10 +448,11 @@ class Run:
     def _restore(self, fit: Fit, total: int) -> dict[str, Any] | None:
         """Load the latest checkpoint into ``fit`` (None when there is none)."""
         state = ckpt.load_step(self.out, self.world, total, self.data_fingerprint, self.cfg.dataset)
+        if state is not None:
+            self._check_checkpoint_config(state["config"])  # records the resume's changes without config.json
+            self._check_epochs(state)
         self._check_image_shape(state, fit.image_shape)
         if state is not None:
-            self._check_checkpoint_config(state["config"])
-            self._check_epochs(state)
             try:
                 fit.load_state_dict(state)
             except (RuntimeError, KeyError, TypeError, ValueError) as exc:  # shapes or keys of another model
