@@ -73,6 +73,19 @@ def tiny_config(**overrides):
     return preset("tiny", **base)
 
 
+def traced_peak(fn):
+    """(``fn()``, the peak bytes Python allocated while it ran, tracemalloc's count): what the memory tests
+    bound."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        value = fn()
+        return value, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def tensors_equal(a, b) -> bool:
     """Deep, bit-exact equality of nested dicts/lists of tensors and plain values."""
     if isinstance(a, torch.Tensor):

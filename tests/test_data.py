@@ -801,20 +801,14 @@ def test_an_npz_bomb_is_read_only_as_far_as_the_limit_needs(tmp_path, fortran):
     of 256: only those rows are kept in memory (the whole member was decompressed into one array; with
     2,000,000 declared rows that was 1.6 GB for a 1.6 MB file). A Fortran-ordered member's first rows are
     spread over the whole member: it is decompressed in passing, keeping only them."""
-    import tracemalloc
+    from glann_testing import traced_peak
 
     from glann_ext.data.arrays import load_array
 
     path = tmp_path / "bomb.npz"
     _npz_bomb(path, (200_000, 28, 28), fortran)
     assert path.stat().st_size < 1_000_000
-    tracemalloc.start()
-    try:
-        arr = load_array(path, limit=256)
-        x = load_images(str(path), limit=256)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    (arr, x), peak = traced_peak(lambda: (load_array(path, limit=256), load_images(str(path), limit=256)))
     assert arr.shape == (256, 28, 28) and not arr.any()
     assert x.shape == (256, 1, 28, 28) and not x.any()
     assert peak < 16 * 2**20, f"peak {peak / 2**20:.0f} MiB"

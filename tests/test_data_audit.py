@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from glann_testing import traced_peak
 
 from glann_ext.data import DataError, fingerprint_change, load_image_shard, load_images, shard_bounds
 from glann_ext.data import mnist as mnist_mod
@@ -472,8 +473,6 @@ def test_fingerprints_of_the_old_format_are_compared_in_it(tmp_path):
 def test_16_bit_images_scale_as_before_in_little_memory(tmp_path):
     """The 16-bit conversion went through int64 and float64 copies (~27 bytes a pixel, M1): the same values
     (rint(v / 257)), in bands."""
-    import tracemalloc
-
     from PIL import Image
 
     from glann_ext.data.folder import _eight_bit
@@ -483,12 +482,7 @@ def test_16_bit_images_scale_as_before_in_little_memory(tmp_path):
     _png(tmp_path / "a.png", v)
     with Image.open(tmp_path / "a.png") as im:
         im.load()
-        tracemalloc.start()
-        try:
-            out = np.asarray(_eight_bit(im, tmp_path / "a.png"))
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        out, peak = traced_peak(lambda: np.asarray(_eight_bit(im, tmp_path / "a.png")))
     assert np.array_equal(out, np.rint(v / 257.0).astype(np.uint8))
     assert peak < 4 * 2**20, f"peak {peak / 2**20:.1f} MiB for 1 Mpx"
 
@@ -496,18 +490,11 @@ def test_16_bit_images_scale_as_before_in_little_memory(tmp_path):
 def test_a_gzip_idx_read_with_a_limit_decompresses_only_its_rows(tmp_path, monkeypatch):
     """A gzip IDX file was decompressed whole and joined, then copied (~2x the header's claim, M2), even with
     ``limit=10``."""
-    import tracemalloc
-
     (tmp_path / "r").mkdir()
     with gzip.open(tmp_path / "r" / "train-images-idx3-ubyte.gz", "wb", 1) as f:
         f.write(struct.pack(">BBBB", 0, 0, 8, 3) + struct.pack(">III", 30_000, 28, 28))  # 23.5 MB of pixels
         f.write(bytes(30_000 * 784))
-    tracemalloc.start()
-    try:
-        x = load_images("mnist", data_root=tmp_path / "r", limit=10)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    x, peak = traced_peak(lambda: load_images("mnist", data_root=tmp_path / "r", limit=10))
     assert x.shape == (10, 1, 28, 28) and peak < 4 * 2**20, f"peak {peak / 2**20:.1f} MiB"
     assert load_images("mnist", data_root=tmp_path / "r").shape == (30_000, 1, 28, 28)
 

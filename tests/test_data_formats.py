@@ -262,8 +262,7 @@ def test_premultiplied_and_lab_tiffs_load_at_both_channel_counts(tmp_path):
 def test_float_tiffs_convert_in_bands_of_little_memory(tmp_path, scale):
     """A float TIFF was converted whole (two float copies and a uint8 one beside Pillow's, ~13 bytes a
     pixel): now a band of rows at a time, read twice, with the same values."""
-    import tracemalloc
-
+    from glann_testing import traced_peak
     from PIL import Image
 
     from glann_ext.data.folder import _eight_bit
@@ -274,11 +273,6 @@ def test_float_tiffs_convert_in_bands_of_little_memory(tmp_path, scale):
         v = np.round(v * 255)
     with Image.open(_save(tmp_path / "a.tif", v)) as im:
         im.load()
-        tracemalloc.start()
-        try:
-            out = np.asarray(_eight_bit(im, tmp_path / "a.tif"))
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        out, peak = traced_peak(lambda: np.asarray(_eight_bit(im, tmp_path / "a.tif")))
     assert np.array_equal(out, np.rint(v * 255 if scale == "unit" else v).astype(np.uint8))
     assert peak < 4 * 2**20, f"peak {peak / 2**20:.1f} MiB for 1 Mpx"
