@@ -346,7 +346,7 @@ def test_the_random_cnn_scores_are_the_samples_the_ceiling_and_spread_training_i
     space."""
     from glann_testing import tiny_config
 
-    from glann_ext.evaluate import _Job, _random_features
+    from glann_ext.evaluate import _ceiling, _Job, _random_features
     from glann_ext.metrics import RandomEmbedding, frechet_distance
     from glann_ext.train import fit
 
@@ -372,6 +372,10 @@ def test_the_random_cnn_scores_are_the_samples_the_ceiling_and_spread_training_i
     assert got["features"]["seed"] == 0 and got["fd"] != got["ceiling"]["fd"]
     few = _random_features(job, held, samples, train[:3])  # 3 training images: no reference, said why
     assert few["features"]["reference"] == {"skipped": "3 training images: PRDC's k = 3 needs at least 4"}
+    three = fit(train[:3], cfg).eval()  # its ceiling has 3 points: PRDC failed inside
+    assert _ceiling(three, 9, real, emb, lambda s: None) == {
+        "skipped": "3 training codes: PRDC's k = 3 needs at least 4"
+    }
 
 
 def test_eval_rejects_runs_it_cannot_evaluate(tmp_path, cache_dir, capsys, digits_run):
