@@ -276,3 +276,18 @@ def test_float_tiffs_convert_in_bands_of_little_memory(tmp_path, scale):
         out, peak = traced_peak(lambda: np.asarray(_eight_bit(im, tmp_path / "a.tif")))
     assert np.array_equal(out, np.rint(v * 255 if scale == "unit" else v).astype(np.uint8))
     assert peak < 4 * 2**20, f"peak {peak / 2**20:.1f} MiB for 1 Mpx"
+
+
+def test_decode_errors_name_the_path_not_the_file_object(tmp_path):
+    """Files are opened as file objects (an uncompressed TIFF opened by path was memory-mapped and came out
+    scrambled when turned), and Pillow's message named "<_io.BufferedReader name=...>"; a path that cannot be
+    opened at all is named as before."""
+    (tmp_path / "notes.png").write_text("hello")
+    (tmp_path / "dir.png").mkdir()
+    with pytest.raises(DataError) as err:
+        load_folder([tmp_path / "notes.png", tmp_path / "dir.png"], 8, 1)
+    msg = str(err.value)
+    assert msg.startswith(
+        f"{tmp_path / 'notes.png'}: cannot decode image (UnidentifiedImageError: cannot identify image file)"
+    )
+    assert "BufferedReader" not in msg and "dir.png: cannot decode image (IsADirectoryError" in msg

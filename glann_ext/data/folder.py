@@ -94,6 +94,7 @@ def load_folder(folder: str | Path | Sequence[Path], image_size: int, channels: 
     out = np.empty((len(files), image_size, image_size, channels), dtype=np.uint8)
     failed: list[str] = []  # every file that cannot be read, so one run names them all
     for i, path in enumerate(files):
+        f = None
         try:
             # from a file object: Pillow 13 memory-maps an uncompressed TIFF opened by path, and its EXIF
             # turn (orientation 5-8) of such a mapped image scrambles the pixels
@@ -112,7 +113,10 @@ def load_folder(folder: str | Path | Sequence[Path], image_size: int, channels: 
         except DataError as exc:
             failed.append(str(exc))
         except (*DECODE_ERRORS, Image.DecompressionBombError) as exc:
-            failed.append(f"{path}: cannot decode image ({type(exc).__name__}: {exc})")
+            why = (
+                str(exc).replace(f" {f!r}", "") if f else str(exc)
+            )  # Pillow names our file object: the path says it
+            failed.append(f"{path}: cannot decode image ({type(exc).__name__}: {why})")
     if failed:
         rest = failed[1:SHOWN_FAILURES] + (["..."] if len(failed) > SHOWN_FAILURES else [])
         more = f" (and {len(failed) - 1} more files: {'; '.join(rest)})" if len(failed) > 1 else ""
