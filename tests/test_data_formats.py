@@ -291,3 +291,20 @@ def test_decode_errors_name_the_path_not_the_file_object(tmp_path):
         f"{tmp_path / 'notes.png'}: cannot decode image (UnidentifiedImageError: cannot identify image file)"
     )
     assert "BufferedReader" not in msg and "dir.png: cannot decode image (IsADirectoryError" in msg
+
+
+def test_a_png_with_a_damaged_data_stream_is_refused(tmp_path):
+    """One flipped byte in a PNG's compressed pixels: Pillow's first load fails (broken data stream), and the
+    folder reader swallowed that failure in its EXIF read and took the second load's image, one row of it
+    wrong, without a word. Now the file is refused by name."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 20, 3), dtype=np.uint8)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "damaged.png").write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"damaged.png: cannot decode image \(OSError: broken data stream"):
+        load_folder([tmp_path / "damaged.png"], 16, 3)
