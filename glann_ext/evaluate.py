@@ -524,12 +524,11 @@ def _random_features(
     embedding = RandomEmbedding(held.shape[1])
     job.log(f"features and PRDC (random CNN): {len(samples)} samples vs {len(held)} held-out images")
     real_f = embedding.features(held)
+    from .train.run import spread_rows
+
     k = min(len(train), len(samples))
     reference = (
-        {
-            "n": k,
-            **_scores(real_f, embedding.features(train[torch.linspace(0, len(train) - 1, k).round().long()])),
-        }
+        {"n": k, **_scores(real_f, embedding.features(train[spread_rows(len(train), k)]))}
         if k >= MIN_SCORED
         else {"skipped": f"{k} training images: PRDC's k = 3 needs at least {MIN_SCORED}"}
     )

@@ -89,6 +89,7 @@ RESUMABLE_OVERRIDES = (
 # image_size / channels that a run left None (the data's own) and a resume names: the same images when they
 # load at the checkpoint's image shape (checked in _restore; another shape is refused there)
 SHAPE_FIELDS = ("image_size", "channels")
+RECORDED_FIELDS = (*RESUMABLE_OVERRIDES, *SHAPE_FIELDS)  # what a resume may set: logged in resumes.jsonl
 N_SHOW = 32  # images per row in reconstruction grids
 
 
@@ -98,10 +99,16 @@ def _may_change(field: str, saved: Any, new: Any) -> bool:
     return field in RESUMABLE_OVERRIDES or (field in SHAPE_FIELDS and None in (saved, new))
 
 
+def spread_rows(n: int, k: int) -> torch.Tensor:
+    """``k <= n`` distinct rows of ``n`` spread evenly, the first and the last among them (a folder of class
+    subfolders, sorted by path, holds one class in its first rows)."""
+    return torch.linspace(0, n - 1, k).round().long()  # distinct: steps of at least 1
+
+
 def shown_rows(n: int) -> torch.Tensor:
     """The dataset rows a reconstruction grid shows: :data:`N_SHOW` spread evenly over ``n`` (all when fewer).
     The first 32 of a folder of class subfolders, sorted by path, were all of one class."""
-    return torch.linspace(0, n - 1, min(N_SHOW, n)).round().long()  # distinct: steps of at least 1
+    return spread_rows(n, min(N_SHOW, n))
 
 
 # what a run folder holds (besides atomic_write's temp files): --out may be an existing folder holding only
@@ -198,7 +205,7 @@ class Run:
                         f"{self.out} holds a run with a different config ({what}; the run's, then this "
                         f"command's); use another --out, or resume it without changing those options"
                     )
-                for k in (*RESUMABLE_OVERRIDES, *SHAPE_FIELDS):
+                for k in RECORDED_FIELDS:
                     if mine[k] != theirs[k]:
                         self.resume_changes[k] = [mine[k], theirs[k]]
                     setattr(saved, k, getattr(cfg, k))
@@ -265,9 +272,7 @@ class Run:
                 f"resume without changing those options, or use another --out"
             )
         if not (self.out / CONFIG_FILE).exists():
-            self.resume_changes = {
-                k: [theirs[k], mine[k]] for k in (*RESUMABLE_OVERRIDES, *SHAPE_FIELDS) if theirs[k] != mine[k]
-            }
+            self.resume_changes = {k: [theirs[k], mine[k]] for k in RECORDED_FIELDS if theirs[k] != mine[k]}
 
     def _check_image_shape(self, state: dict[str, Any] | None, shape: tuple[int, int, int]) -> None:
         """The images must load at the checkpoint's shape: a resume that names the image size or channels the
@@ -448,19 +453,20 @@ class Run:
     def _restore(self, fit: Fit, total: int) -> dict[str, Any] | None:
         """Load the latest checkpoint into ``fit`` (None when there is none)."""
         state = ckpt.load_step(self.out, self.world, total, self.data_fingerprint, self.cfg.dataset)
-        if state is not None:
-            self._check_checkpoint_config(state["config"])  # records the resume's changes without config.json
-            self._check_epochs(state)
+        if state is None:
+            self._check_image_shape(None, fit.image_shape)
+            return None
+        self._check_checkpoint_config(state["config"])  # records the resume's changes without config.json
+        self._check_epochs(state)
         self._check_image_shape(state, fit.image_shape)
-        if state is not None:
-            try:
-                fit.load_state_dict(state)
-            except (RuntimeError, KeyError, TypeError, ValueError) as exc:  # shapes or keys of another model
-                msg = str(exc).strip().splitlines()[-1].strip()
-                raise CheckpointError(
-                    f"{self.out}: the checkpoint does not fit this run's model ({msg})"
-                ) from None
-            self.log(f"resuming {self.out} from phase {state['phase']}")
+        try:
+            fit.load_state_dict(state)
+        except (RuntimeError, KeyError, TypeError, ValueError) as exc:  # shapes or keys of another model
+            msg = str(exc).strip().splitlines()[-1].strip()
+            raise CheckpointError(
+                f"{self.out}: the checkpoint does not fit this run's model ({msg})"
+            ) from None
+        self.log(f"resuming {self.out} from phase {state['phase']}")
         return state
 
     def _run(
