@@ -157,11 +157,7 @@ def _one_frame(im, path: Path):
     if im.format == "TIFF":
         pages = []
         for i in range(frames):
-            try:
-                im.seek(i)
-            except DECODE_ERRORS:  # a page Pillow cannot read (a 1-bit mask, say): counted, as it may be one
-                pages.append(i)
-                continue
+            im.seek(i)  # every page's header was read by n_frames above
             if not int(im.tag_v2.get(254, 0)) & 0b101:
                 pages.append(i)
         pages = pages or [0]  # every page marked reduced: the first is the image
@@ -235,8 +231,7 @@ def _eight_bit(im, path: Path, maximum: int = 65535, inverted: bool = False):
     from PIL import Image
 
     if im.mode == "F":
-        out = np.asarray(_float_to_eight_bit(im, path))
-        return Image.fromarray(255 - out if inverted else out, "L")
+        return _float_to_eight_bit(im, path, inverted)
     if not (im.mode == "I" or im.mode.startswith("I;16")):
         return im
     w, h = im.size
@@ -255,10 +250,11 @@ def _eight_bit(im, path: Path, maximum: int = 65535, inverted: bool = False):
     return Image.fromarray(out, "L")
 
 
-def _float_to_eight_bit(im, path: Path):
+def _float_to_eight_bit(im, path: Path, inverted: bool = False):
     """A float image as 8-bit grey by the rule float arrays follow: values in [0, 1] (within
     :data:`FLOAT_OVERSHOOT`, clipped) are v * 255 rounded, so an image of only 0s and 1s is binary, 1 white;
-    whole numbers in [0, 255] are levels; anything else (or NaN, infinity) is a :class:`DataError`. Read a
+    whole numbers in [0, 255] are levels; anything else (or NaN, infinity) is a :class:`DataError`;
+    ``inverted`` (WhiteIsZero) turns 0 white. Read a
     band of rows at a time, twice (the range decides the scale), so that a large image needs little memory
     beyond Pillow's own."""
     from PIL import Image
@@ -283,4 +279,6 @@ def _float_to_eight_bit(im, path: Path):
     for top, bottom in bands:
         a = np.asarray(im.crop((0, top, w, bottom)), dtype=np.float32)
         out[top:bottom] = np.rint(np.clip(a, 0, 1) * 255 if unit else a)
+        if inverted:
+            np.subtract(255, out[top:bottom], out=out[top:bottom])
     return Image.fromarray(out, "L")
