@@ -167,7 +167,8 @@ def test_quality_smoke_report(tmp_path):
     # Inception FID is a number when local weights exist, and otherwise says why it is missing.
     assert ("Inception FID (first seed)" in text) != ("Inception FID: not available" in text)
     # every method row of every table: finite means (KL may be inf only on the 2-D mixtures with no HQ sample)
-    methods = ["GLANN", quality.PLAIN, quality.SPREAD, "GLO + Gaussian", "IMLE (pixel)", "VAE", "DCGAN"]
+    methods = ["GLANN", quality.PLAIN, quality.SPREAD, quality.NOISY, "GLO + Gaussian", "IMLE (pixel)", "VAE",
+               "DCGAN"]  # fmt: skip
     keys = ["stacked", "mnist"] + (["stacked_fashion", "fashion"] if "fashion" in parts else [])
     for key in keys:
         rows = res[key]["rows"]
@@ -198,20 +199,25 @@ def test_quality_smoke_report(tmp_path):
     # differences is the difference of the rows' means
     for key in keys:
         rows = res[key]["rows"]
-        assert set(res[key]["paired"]) == {"GLANN", quality.SPREAD}
+        assert set(res[key]["paired"]) == {"GLANN", quality.SPREAD, quality.NOISY}
         for method, paired in res[key]["paired"].items():
             for metric, (diff, _) in paired.items():
                 want = rows[method][metric][0] - rows["GLO + Gaussian"][metric][0]
                 assert diff == pytest.approx(want, rel=1e-9, abs=1e-12), (key, method, metric)
     assert text.count("GLANN minus GLO + Gaussian, paired by seed") == len(keys)
     assert text.count("GLANN at spread 0.75 minus GLO + Gaussian, paired by seed") == len(keys)
-    # the spread row samples the GLANN row's networks otherwise: same training time, other images (the smoke
-    # budget's stacked classifier puts every sample in one mode, so only the image tables tell them apart)
+    assert text.count("The control (GLANN + pixel noise 0.1) minus GLO + Gaussian, paired by seed") == len(
+        keys
+    )
+    # the spread and control rows sample the GLANN row's networks otherwise: same training time, other images
+    # (the smoke budget's stacked classifier puts every sample in one mode, so only the image tables tell
+    # them apart)
     for key in keys:
-        glann, spread = res[key]["rows"]["GLANN"], res[key]["rows"][quality.SPREAD]
-        assert spread["seconds"][0] == glann["seconds"][0], key
-        if key in ("mnist", "fashion"):
-            assert spread["fd"][0] != glann["fd"][0], key
+        glann = res[key]["rows"]["GLANN"]
+        for other in (quality.SPREAD, quality.NOISY):
+            assert res[key]["rows"][other]["seconds"][0] == glann["seconds"][0], (key, other)
+            if key in ("mnist", "fashion"):
+                assert res[key]["rows"][other]["fd"][0] != glann["fd"][0], (key, other)
     # the real-stack reference of stacked MNIST covers many modes under the (weak, smoke) digit classifier
     assert res["stacked"]["rows"]["real stacks of test items (reference)"]["modes"][0] > 100
     for label in ("ring", "grid"):
@@ -351,6 +357,7 @@ def _per_seed(glann_fd, spread_fd, gauss_fd):
         {
             "GLANN": {"fd": a, "recall": 0.5},
             quality.SPREAD: {"fd": b, "recall": 0.4},
+            quality.NOISY: {"fd": a + 1, "recall": 0.35},
             "GLO + Gaussian": {"fd": c, "recall": 0.3 + 0.1 * i},
         }
         for i, (a, b, c) in enumerate(zip(glann_fd, spread_fd, gauss_fd))
@@ -364,7 +371,7 @@ def test_paired_differences_are_taken_seed_by_seed():
 
     per_seed = _per_seed([10.0, 12.0, 17.0], [11.0, 11.0, 11.0], [9.0, 10.0, 14.0])
     paired = quality._paired(per_seed, ["fd", "recall"])
-    assert set(paired) == {"GLANN", quality.SPREAD}
+    assert set(paired) == {"GLANN", quality.SPREAD, quality.NOISY}
     mean, sem = paired["GLANN"]["fd"]
     assert mean == pytest.approx(2.0) and sem == pytest.approx(1 / math.sqrt(3))
     mean, sem = paired[quality.SPREAD]["fd"]  # 2, 1, -3
@@ -387,11 +394,12 @@ def test_fd_over_ceiling_is_each_glann_model_rows_fd_over_the_ceilings():
     from benchmarks import quality
 
     res = {m: {"fd": fd} for m, fd in [("GLANN", 30.0), (quality.PLAIN, 36.0), (quality.SPREAD, 24.0),
-                                      ("GLO + Gaussian", 45.0), (quality.CEILING, 15.0), ("VAE", 60.0)]}  # fmt: skip
+                                      (quality.NOISY, 33.0), ("GLO + Gaussian", 45.0), (quality.CEILING, 15.0),
+                                      ("VAE", 60.0)]}  # fmt: skip
     quality._versus_ceiling(res)
     ratios = {m: r.get("fd_over_ceiling") for m, r in res.items()}
-    assert ratios == {"GLANN": 2.0, quality.PLAIN: 2.4, quality.SPREAD: 1.6, "GLO + Gaussian": 3.0,
-                      quality.CEILING: None, "VAE": None}  # fmt: skip
+    assert ratios == {"GLANN": 2.0, quality.PLAIN: 2.4, quality.SPREAD: 1.6, quality.NOISY: 2.2,
+                      "GLO + Gaussian": 3.0, quality.CEILING: None, "VAE": None}  # fmt: skip
 
 
 def test_sample_draws_in_chunks_of_4096_with_a_seed_per_chunk_and_the_ceiling_in_one_call():
@@ -409,6 +417,27 @@ def test_sample_draws_in_chunks_of_4096_with_a_seed_per_chunk_and_the_ceiling_in
     calls.clear()
     assert quality._sample(sampler, 9000, 7, quality.CEILING).shape == (9000, 1)
     assert calls == [(9000, None)]  # the first min(n, N) reconstructions, not one chunk's worth per chunk
+
+
+def test_the_control_adds_seeded_pixel_noise_to_the_samplers_images_and_keeps_them_in_range():
+    """The report's control row: the wrapped sampler's images (same n and seed) plus N(0, sigma^2) noise drawn
+    from the seed, clamped to [0, 1]: the same call gives the same images, another seed other noise."""
+    from benchmarks import quality
+
+    calls = []
+
+    def sampler(n, seed=0):
+        calls.append((n, seed))
+        return torch.full((n, 1, 28, 28), 0.5)
+
+    x = quality._with_pixel_noise(sampler, 0.1, 300, seed=4)
+    assert calls == [(300, 4)] and x.shape == (300, 1, 28, 28)
+    assert float((x - 0.5).std()) == pytest.approx(0.1, rel=0.01)
+    assert torch.equal(x, quality._with_pixel_noise(sampler, 0.1, 300, seed=4))
+    assert not torch.equal(x, quality._with_pixel_noise(sampler, 0.1, 300, seed=5))
+    wide = quality._with_pixel_noise(sampler, 2.0, 300, seed=4)  # clamped, not wrapped or rescaled
+    assert float(wide.min()) == 0.0 and float(wide.max()) == 1.0
+    assert float((wide == 0).float().mean()) == pytest.approx(0.4, abs=0.01)
 
 
 def _hand_made_results():
@@ -429,7 +458,8 @@ def _hand_made_results():
                            "kl_dependence": (0.352, 0.031), "seconds": (30.12, 0.51)},
                  "the 2000 training stacks": {"modes": (640.0, 5.0), "kl": (0.81, 0.01), "kl_classes": (0.02, 0.001),
                                               "kl_dependence": (0.79, 0.01)}},
-        "paired": {"GLANN": stacked_paired, quality.SPREAD: stacked_paired}, "png": "stacked_mnist.png",
+        "paired": {"GLANN": stacked_paired, quality.SPREAD: stacked_paired, quality.NOISY: stacked_paired},
+        "png": "stacked_mnist.png",
         "grid_rows": ["real (training)", "GLANN"],
     }  # fmt: skip
     image = {"fd": (20.514, 0.421), "fd_over_ceiling": (1.234, 0.051), "precision": (0.6123, 0.0114),
@@ -443,7 +473,8 @@ def _hand_made_results():
             "generated_fraction_below": (0.025, 0.004)}  # fmt: skip
     fashion = {
         "rows": {"training images (reference)": reference, "GLANN": image},
-        "paired": {"GLANN": image_paired, quality.SPREAD: image_paired}, "memorisation": {"GLANN": memo},
+        "paired": {"GLANN": image_paired, quality.SPREAD: image_paired, quality.NOISY: image_paired},
+        "memorisation": {"GLANN": memo},
         "png": "samples_fashion.png", "neighbours_png": "neighbours_fashion_glann.png", "grid_rows": ["GLANN"],
         "n_train": 3000, "n_eval": 2000, "inception_fid": {}, "inception_reason": "no weights here",
         "clf_acc": 0.9012,
@@ -853,7 +884,7 @@ def test_run_stacked_draws_each_seeds_stacks_and_samples_the_ceiling_in_one_call
 
     def train(stacked, b, seed):
         trained.append((stacked, seed))
-        constant = {"GLANN": 0.0, quality.SPREAD: 100.0, "GLO + Gaussian": 10.0}
+        constant = {"GLANN": 0.0, quality.SPREAD: 100.0, quality.NOISY: 50.0, "GLO + Gaussian": 10.0}
         samplers = {m: (lambda n, seed=0, v=v: torch.full((n, 1), v + seed)) for m, v in constant.items()}
         return {**samplers, quality.CEILING: ceiling}, {m: 1.0 for m in [*constant, quality.CEILING]}
 
@@ -876,6 +907,7 @@ def test_run_stacked_draws_each_seeds_stacks_and_samples_the_ceiling_in_one_call
     # paired with GLO + Gaussian's samples of each seed
     assert out["paired"]["GLANN"]["modes"] == (-10.0, 0.0)
     assert out["paired"][quality.SPREAD]["modes"] == (90.0, 0.0)
+    assert out["paired"][quality.NOISY]["modes"] == (40.0, 0.0)
     assert "the 6 training stacks" in out["rows"] and out["grid_rows"] == ["grid"]
 
 
@@ -886,6 +918,7 @@ def test_run_images_checks_memorisation_against_the_scored_test_images(monkeypat
         "GLANN": 0.0,
         quality.PLAIN: 0.1,
         quality.SPREAD: 0.2,
+        quality.NOISY: 0.25,
         "GLO + Gaussian": 0.3,
         quality.CEILING: 0.4,
     }
@@ -907,7 +940,7 @@ def test_run_images_checks_memorisation_against_the_scored_test_images(monkeypat
     b = dataclasses.replace(quality.BUDGETS["smoke"], img_seeds=(0, 1), fmnist_eval=20)
     train_x, test_x = _images(30, 1, 2, seed=5), _images(50, 1, 2, seed=6)
     out = quality.run_images("fashion", train_x, test_x, clf, b, Path("unused"))
-    assert out["n_eval"] == 20 and len(memo_calls) == 2 * 4  # two seeds, every method but the ceiling
+    assert out["n_eval"] == 20 and len(memo_calls) == 2 * 5  # two seeds, every method but the ceiling
     assert all(torch.equal(test, test_x[:20]) for test in memo_calls)
     assert set(out["memorisation"]) == set(methods) - {quality.CEILING}
     assert all("fd_over_ceiling" in out["rows"][m] for m in set(methods) - {quality.CEILING})
