@@ -54,6 +54,8 @@ def load_array(
     rows only; of an ``.npz`` member only those rows are decompressed (:func:`read_npz_member`). The rows kept
     must fit in this machine's memory (:func:`read_cap`). Any defect is a :class:`DataError` naming the file."""
     path = Path(path)
+    if path.is_dir():  # e.g. dir.npz:NAME, where dir.npz is a folder
+        raise DataError(f"{path}: a folder, not a .npy/.npz file")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     try:
