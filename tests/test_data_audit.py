@@ -173,9 +173,6 @@ def test_an_npz_of_several_unnamed_arrays_is_refused_and_file_npz_name_picks_one
     assert load_images(f"{tmp_path / 'b.npz'}:a").max() == 1
     shard = load_image_shard(f"{path}:x_train", world=2, rank=1)
     assert shard.fingerprint == load_image_shard(f"{path}:x_train").fingerprint
-    (tmp_path / "dir.npz").mkdir()  # a folder named like an archive: said so, not "no such file"
-    with pytest.raises(DataError, match=r"dir.npz: a folder, not a .npy/.npz file"):
-        load_images(f"{tmp_path / 'dir.npz'}:x_train")
     assert shard.fingerprint != load_image_shard(f"{path}:x_test").fingerprint
     np.savez(tmp_path / "names.npz", **{"a:b": train, "x.npy": test})  # names with a colon or a suffix
     assert load_images(f"{tmp_path / 'names.npz'}:a:b").shape == (6, 1, 4, 4)
@@ -187,6 +184,9 @@ def test_an_npz_of_several_unnamed_arrays_is_refused_and_file_npz_name_picks_one
     (tmp_path / "plain.npy").rename(odd)
     with pytest.raises(DataError, match="unknown dataset"):  # no .npy/.npz suffix: not an array file
         load_images(str(odd))
+    (tmp_path / "dir.npz").mkdir()  # a folder named like an archive: said so, not "no such file"
+    with pytest.raises(DataError, match=r"dir.npz: a folder, not a .npy/.npz file"):
+        load_images(f"{tmp_path / 'dir.npz'}:x_train")
 
 
 def test_a_text_file_named_npy_is_not_a_npy_file(tmp_path):
