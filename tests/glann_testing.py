@@ -73,6 +73,16 @@ def tiny_config(**overrides):
     return preset("tiny", **base)
 
 
+def save_image(path, arr, **kw):
+    """``arr`` (H x W grey or H x W x C) written by Pillow to ``path`` (its format from the suffix, ``kw`` to
+    ``save``), its folder made first; returns ``path``."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, **kw)
+    return path
+
+
 def traced_peak(fn):
     """(``fn()``, the peak bytes Python allocated while it ran, tracemalloc's count): what the memory tests
     bound."""

@@ -15,22 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from glann_testing import traced_peak
+from glann_testing import save_image, traced_peak
 
 from glann_ext.data import DataError, fingerprint_change, load_image_shard, load_images, shard_bounds
 from glann_ext.data import mnist as mnist_mod
 from glann_ext.data.fingerprint import array_fingerprint, folder_fingerprint
 from glann_ext.data.folder import list_images, load_folder
 from glann_ext.errors import UsageError
-
-
-def _png(path: Path, arr: np.ndarray, **kw) -> Path:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path, **kw)
-    return path
-
 
 # --- C1-C3, C6, C7, B1-B3: arrays ---
 
@@ -227,8 +218,8 @@ def test_exif_orientation_is_applied(tmp_path):
     x[:, :4] = 255
     exif = Image.Exif()
     exif[0x0112] = 6
-    _png(tmp_path / "turned.png", x, exif=exif)
-    _png(tmp_path / "upright.png", np.ascontiguousarray(np.rot90(x, -1)))
+    save_image(tmp_path / "turned.png", x, exif=exif)
+    save_image(tmp_path / "upright.png", np.ascontiguousarray(np.rot90(x, -1)))
     turned, upright = load_folder([tmp_path / "turned.png", tmp_path / "upright.png"], 4, 1)
     assert np.array_equal(turned, upright) and turned[:2].min() == 255 and turned[2:].max() == 0
 
@@ -241,7 +232,7 @@ def test_transparent_pixels_become_black_and_hidden_rgb_never_shows(tmp_path):
     rgba[..., :3] = (0, 255, 0)  # green hidden under alpha 0
     rgba[0, 0] = (200, 100, 50, 255)
     rgba[0, 1] = (200, 100, 50, 128)
-    _png(tmp_path / "rgba.png", rgba)
+    save_image(tmp_path / "rgba.png", rgba)
     out = load_folder([tmp_path / "rgba.png"], 4)[0]
     half = Image.alpha_composite(
         Image.new("RGBA", (1, 1), (0, 0, 0, 255)), Image.new("RGBA", (1, 1), (200, 100, 50, 128))
@@ -257,7 +248,7 @@ def test_transparent_pixels_become_black_and_hidden_rgb_never_shows(tmp_path):
 def test_hidden_files_and_folders_are_not_rows(tmp_path):
     """``.ipynb_checkpoints/`` copies became rows and a macOS ``._a.png`` made the folder fail (W3)."""
     for name in ("a.png", "sub/b.png", ".ipynb_checkpoints/a-checkpoint.png", "sub/.hidden/c.png"):
-        _png(tmp_path / "d" / name, np.zeros((4, 4), np.uint8))
+        save_image(tmp_path / "d" / name, np.zeros((4, 4), np.uint8))
     (tmp_path / "d" / "._a.png").write_bytes(b"\0\5\26\7AppleDouble")
     assert [p.relative_to(tmp_path / "d").as_posix() for p in list_images(tmp_path / "d")] == [
         "a.png",
@@ -276,7 +267,7 @@ def test_grey_and_resize_of_an_array_and_a_folder_of_the_same_images_agree(tmp_p
     rgb[0] = (200, 120, 40)
     np.save(tmp_path / "a.npy", rgb)
     for i, im in enumerate(rgb):
-        _png(tmp_path / "f" / f"{i}.png", im)
+        save_image(tmp_path / "f" / f"{i}.png", im)
     for size in (12, 7, 20):
         for channels in (1, 3):
             arr = load_images(str(tmp_path / "a.npy"), image_size=size, channels=channels)
@@ -428,7 +419,7 @@ def test_a_folder_of_same_sized_images_swapped_is_another_dataset(tmp_path):
     """Only names and sizes were fingerprinted: two BMPs of one size swapped resumed (W8)."""
     rng = np.random.default_rng(0)
     for i in range(4):
-        _png(tmp_path / "d" / f"{i}.bmp", rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+        save_image(tmp_path / "d" / f"{i}.bmp", rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
     before = load_image_shard(str(tmp_path / "d"), image_size=8).fingerprint
     (tmp_path / "d" / "0.bmp").rename(tmp_path / "t")
     (tmp_path / "d" / "2.bmp").rename(tmp_path / "d" / "0.bmp")
@@ -454,7 +445,7 @@ def test_fingerprints_of_the_old_format_are_compared_in_it(tmp_path):
     """A manifest from before content digests (no "version") still resumes on the same data, and is still
     refused on other data; a version this code does not know is named."""
     for i in range(3):
-        _png(tmp_path / "d" / f"{i}.png", np.full((4, 4), i, np.uint8))
+        save_image(tmp_path / "d" / f"{i}.png", np.full((4, 4), i, np.uint8))
     files = list_images(tmp_path / "d")
     new = folder_fingerprint(tmp_path / "d", files)
     assert new["version"] == 2
@@ -482,7 +473,7 @@ def test_16_bit_images_scale_as_before_in_little_memory(tmp_path):
 
     v = np.random.default_rng(0).integers(0, 65536, (1000, 1000), dtype=np.uint16)
     v[0, :3] = (0, 128, 65535)
-    _png(tmp_path / "a.png", v)
+    save_image(tmp_path / "a.png", v)
     with Image.open(tmp_path / "a.png") as im:
         im.load()
         out, peak = traced_peak(lambda: np.asarray(_eight_bit(im, tmp_path / "a.png")))

@@ -8,17 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from glann_testing import save_image
 
 from glann_ext.data import DataError, load_images
 from glann_ext.data.folder import _opaque, list_images, load_folder
-
-
-def _save(path: Path, arr: np.ndarray, mode: str | None = None, **kw) -> Path:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    (Image.fromarray(arr) if mode is None else Image.fromarray(arr, mode)).save(path, **kw)
-    return path
 
 
 def _grey(seed: int = 0, size: int = 12) -> np.ndarray:
@@ -32,8 +25,8 @@ def _grey(seed: int = 0, size: int = 12) -> np.ndarray:
 )  # fmt: skip
 def test_grey_tiff_and_gif_load_as_the_same_png(tmp_path, name, kw):
     x = _grey()
-    png = load_folder([_save(tmp_path / "a.png", x)], 12, 1)
-    other = load_folder([_save(tmp_path / name, x, **kw)], 12, 1)
+    png = load_folder([save_image(tmp_path / "a.png", x)], 12, 1)
+    other = load_folder([save_image(tmp_path / name, x, **kw)], 12, 1)
     assert np.array_equal(png, other) and png.std() > 50
     assert [p.name for p in list_images(tmp_path)] == sorted(["a.png", name])
 
@@ -42,9 +35,9 @@ def test_rgb_tiff_and_a_gif_of_few_colours_load_as_the_same_png(tmp_path):
     rng = np.random.default_rng(1)
     palette = rng.integers(0, 256, (16, 3), dtype=np.uint8)  # 16 colours: a GIF holds them exactly
     x = palette[rng.integers(0, 16, (10, 14))]
-    png = load_folder([_save(tmp_path / "a.png", x)], 8, 3)
+    png = load_folder([save_image(tmp_path / "a.png", x)], 8, 3)
     for name in ("a.tif", "a.gif"):
-        assert np.array_equal(load_folder([_save(tmp_path / name, x)], 8, 3), png), name
+        assert np.array_equal(load_folder([save_image(tmp_path / name, x)], 8, 3), png), name
     grey = load_folder([tmp_path / "a.png"], 8, 1)
     assert np.array_equal(load_folder([tmp_path / "a.tif"], 8, 1), grey)
 
@@ -53,8 +46,8 @@ def test_rgb_tiff_and_a_gif_of_few_colours_load_as_the_same_png(tmp_path):
 def test_sixteen_bit_tiffs_scale_like_sixteen_bit_pngs(tmp_path, value):
     x = np.full((8, 8), value, np.uint16)
     x[0, 0] = 0
-    tif = load_folder([_save(tmp_path / "a.tif", x)], 8, 1)
-    assert np.array_equal(tif, load_folder([_save(tmp_path / "a.png", x)], 8, 1))
+    tif = load_folder([save_image(tmp_path / "a.tif", x)], 8, 1)
+    assert np.array_equal(tif, load_folder([save_image(tmp_path / "a.png", x)], 8, 1))
     assert tif[0, 1, 1, 0] == round(value / 257) and tif[0, 0, 0, 0] == 0
 
 
@@ -63,15 +56,15 @@ def test_float_tiffs_follow_the_float_arrays_rule(tmp_path):
     the same image as an array loads the same."""
     unit = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
     unit[0, 0], unit[0, 1] = -0.02, 1.03
-    got = load_folder([_save(tmp_path / "u.tif", unit)], 8, 1)[0, ..., 0]
+    got = load_folder([save_image(tmp_path / "u.tif", unit)], 8, 1)[0, ..., 0]
     assert np.array_equal(got, np.rint(np.clip(unit, 0, 1) * 255).astype(np.uint8))
     levels = np.arange(64, dtype=np.float32).reshape(8, 8) * 4
-    got = load_folder([_save(tmp_path / "l.tif", levels)], 8, 1)[0, ..., 0]
+    got = load_folder([save_image(tmp_path / "l.tif", levels)], 8, 1)[0, ..., 0]
     assert np.array_equal(got, levels.astype(np.uint8))
     np.save(tmp_path / "l.npy", levels[None])
     assert np.array_equal(load_images(str(tmp_path / "l.npy")).numpy(), got[None, None] / np.float32(255))
     binary = (levels > 100).astype(np.float32)  # only 0s and 1s: binary, 1 white (as a float array's)
-    assert set(np.unique(load_folder([_save(tmp_path / "b.tif", binary)], 8, 1))) == {0, 255}
+    assert set(np.unique(load_folder([save_image(tmp_path / "b.tif", binary)], 8, 1))) == {0, 255}
 
 
 @pytest.mark.parametrize(
@@ -86,10 +79,10 @@ def test_float_tiffs_outside_both_scales_are_refused(tmp_path, values, seen):
     x = np.full((4, 4), values[1], np.float32)
     x[0, 0] = values[0]
     with pytest.raises(DataError, match=rf"x.tif: float pixels must lie in \[0, 1\].*whole numbers.*{seen}"):
-        load_folder([_save(tmp_path / "x.tif", x)], 4, 1)
+        load_folder([save_image(tmp_path / "x.tif", x)], 4, 1)
     x[1, 1] = np.nan
     with pytest.raises(DataError, match=r"x.tif: float pixels contain NaN or infinite values"):
-        load_folder([_save(tmp_path / "x.tif", x)], 4, 1)
+        load_folder([save_image(tmp_path / "x.tif", x)], 4, 1)
 
 
 def test_thirty_two_bit_integer_tiffs_are_refused(tmp_path):
@@ -98,7 +91,7 @@ def test_thirty_two_bit_integer_tiffs_are_refused(tmp_path):
     with pytest.raises(
         DataError, match=r"x.tif: 32-bit integer pixels have no fixed range: save .* 8 or 16 bits"
     ):
-        load_folder([_save(tmp_path / "x.tif", x)], 4, 1)
+        load_folder([save_image(tmp_path / "x.tif", x)], 4, 1)
 
 
 def test_files_of_several_frames_are_refused_and_counted(tmp_path):
@@ -110,7 +103,7 @@ def test_files_of_several_frames_are_refused_and_counted(tmp_path):
     d.mkdir()
     for name in ("anim.gif", "pages.tif", "anim.png"):
         frames[0].save(d / name, save_all=True, append_images=frames[1:])
-    _save(d / "ok.png", _grey())
+    save_image(d / "ok.png", _grey())
     with pytest.raises(
         DataError, match=r"anim.gif: holds 3 frames .*save each frame as its own file.*2 more"
     ):
@@ -132,7 +125,7 @@ def test_gif_transparency_is_composited_onto_black(tmp_path):
 
 
 def test_a_single_tiff_is_not_a_dataset(tmp_path):
-    _save(tmp_path / "x.tiff", _grey())
+    save_image(tmp_path / "x.tiff", _grey())
     with pytest.raises(DataError, match=r"x.tiff: a single image; a dataset of images is a folder of them"):
         load_images(str(tmp_path / "x.tiff"))
 
@@ -275,7 +268,7 @@ def test_float_tiffs_convert_in_bands_of_little_memory(tmp_path, scale):
     v = rng.random((1000, 1000), dtype=np.float32)
     if scale == "levels":
         v = np.round(v * 255)
-    with Image.open(_save(tmp_path / "a.tif", v)) as im:
+    with Image.open(save_image(tmp_path / "a.tif", v)) as im:
         im.load()
         out, peak = traced_peak(lambda: np.asarray(_eight_bit(im, tmp_path / "a.tif")))
     assert np.array_equal(out, np.rint(v * 255 if scale == "unit" else v).astype(np.uint8))
