@@ -86,6 +86,18 @@ _CONFIG_FLAGS = [
         "sampling: standard deviation of T's noise (trained on 1; default 1.5)",
     ),
     (
+        "--sample-local-spread",
+        "sample_local_spread",
+        float,
+        "sampling: how far each sampled code moves along its nearest codes' directions (0: none; default 0.5)",
+    ),
+    (
+        "--sample-local-neighbours",
+        "sample_local_neighbours",
+        int,
+        "sampling: how many nearest training codes shape the local spread (default 8)",
+    ),
+    (
         "--sample-spread",
         "sample_spread",
         float,
@@ -113,6 +125,11 @@ SAMPLERS = ["glann", "plain", "gaussian"]
 NOISE_SCALE_HELP = (
     "standard deviation of the noise for this command (default: the run's sample_noise_scale; "
     "docs/training.md, 'A long IMLE stage')"
+)
+LOCAL_SPREAD_HELP = (
+    "how far each sampled code moves along its nearest training codes' directions, for this command "
+    "(default: the run's sample_local_spread, 0.5 for runs trained since 2026-12-06; 0 with --sampler plain): "
+    "docs/training.md, 'The local spread'"
 )
 SPREAD_HELP = (
     "norm of the noise each sampled code moves by, for this command (default: the run's sample_spread, 0; "
@@ -193,9 +210,10 @@ def _add_sample(sub) -> None:
     s.add_argument(
         "--sampler", choices=SAMPLERS, default="glann",
         help="glann: T then G, balanced over the codes when the run's balance_draws > 0 (the default); "
-        "plain: T then G without balancing; gaussian: the GLO-only full-covariance Gaussian baseline",
+        "plain: T then G without balancing or local spread (the papers'); gaussian: the GLO-only full-covariance Gaussian baseline",
     )  # fmt: skip
     s.add_argument("--noise-scale", type=float, help=NOISE_SCALE_HELP)
+    s.add_argument("--local-spread", type=float, help=LOCAL_SPREAD_HELP)
     s.add_argument("--spread", type=float, help=SPREAD_HELP)
 
 
@@ -263,6 +281,7 @@ def _add_eval(sub) -> None:
     e.add_argument("--out", help="folder for eval.json and the PNGs (default: the run folder)")
     e.add_argument("--sampler", choices=SAMPLERS, default="glann", help="as for sample")
     e.add_argument("--noise-scale", type=float, help=NOISE_SCALE_HELP)
+    e.add_argument("--local-spread", type=float, help=LOCAL_SPREAD_HELP)
     e.add_argument("--spread", type=float, help=SPREAD_HELP)
     e.add_argument(
         "--test",
@@ -440,7 +459,7 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     grid = args.grid or (None if args.npy else "samples.png")
     if grid:
         _check_grid_channels(model, "sample")
-    apply_sampling(model, args.sampler, args.noise_scale, args.spread)
+    apply_sampling(model, args.sampler, args.noise_scale, args.spread, args.local_spread)
     if args.sampler == "gaussian":
         if not isinstance(model, GLANN):
             raise CLIError("sample: --sampler gaussian needs a GLANN run (codes to fit a Gaussian to)")
@@ -546,7 +565,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         res = evaluate_run(
             args.run, n=args.n, out=args.out, seed=args.seed, sampler=args.sampler, cache_dir=args.cache_dir,
             clf_epochs=args.clf_epochs, ops=args.ops, device=args.device, progress=not args.no_progress,
-            noise_scale=args.noise_scale, spread=args.spread, test=args.test,
+            noise_scale=args.noise_scale, spread=args.spread, test=args.test, local_spread=args.local_spread,
         )  # fmt: skip
     print(format_table(res))
     print(f"wrote {Path(args.out or args.run) / EVAL_FILE}")

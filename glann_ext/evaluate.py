@@ -178,20 +178,33 @@ def _code_usage(model, latents: torch.Tensor, seed: int) -> dict[str, Any]:
 
 
 def apply_sampling(
-    model, sampler: str, noise_scale: float | None = None, spread: float | None = None
+    model,
+    sampler: str,
+    noise_scale: float | None = None,
+    spread: float | None = None,
+    local_spread: float | None = None,
 ) -> None:
-    """Sample ``model`` with ``sampler`` at ``noise_scale`` and ``spread`` (None: the run's own; ``glann
-    sample`` and ``glann eval``). The Gaussian baseline has neither; only GLANN has codes to spread."""
+    """Sample ``model`` with ``sampler`` at ``noise_scale``, ``spread`` and ``local_spread`` (None: the run's
+    own, except that "plain", the papers' ``T(e)``, has no local spread unless one is given; ``glann sample``
+    and ``glann eval``). The Gaussian baseline has none of them; only GLANN has codes to spread."""
     if sampler == "gaussian":
-        for flag, value in (("--noise-scale", noise_scale), ("--spread", spread)):
+        flags = (("--noise-scale", noise_scale), ("--spread", spread), ("--local-spread", local_spread))
+        for flag, value in flags:
             if value is not None:
                 raise UsageError(f"{flag} applies to T's samples; --sampler gaussian has no T")
     if noise_scale is not None:
         model.set_noise_scale(noise_scale)
-    if spread is not None:
-        if not hasattr(model, "set_spread"):
-            raise UsageError(f"--spread moves GLANN's sampled codes; a {model.kind} model has no codes")
-        model.set_spread(spread)
+    if sampler == "plain" and local_spread is None and hasattr(model, "set_local_spread"):
+        local_spread = 0.0
+    for flag, value, setter in (
+        ("--spread", spread, "set_spread"),
+        ("--local-spread", local_spread, "set_local_spread"),
+    ):
+        if value is None:
+            continue
+        if not hasattr(model, setter):
+            raise UsageError(f"{flag} moves GLANN's sampled codes; a {model.kind} model has no codes")
+        getattr(model, setter)(value)
 
 
 def _check_sampler(model, sampler: str) -> None:
@@ -262,9 +275,10 @@ def _open_run(
     sampler: str,
     noise_scale: float | None = None,
     spread: float | None = None,
+    local_spread: float | None = None,
 ):
     """(model, config) of run folder ``run`` (or of a model file: the config it was saved with), checked to
-    fit ``sampler`` and ``glann eval``, sampling at ``noise_scale`` and ``spread`` (None: the run's)."""
+    fit ``sampler`` and ``glann eval``, sampling as :func:`apply_sampling` sets it."""
     from .train.config import CONFIG_FILE, load_run_config, saved_config
     from .train.run import load_model
 
@@ -276,7 +290,7 @@ def _open_run(
     model = load_model(run, ops=ops, device=device)
     cfg = load_run_config(run / CONFIG_FILE) if run.is_dir() else saved_config(model.config)
     _check_sampler(model, sampler)
-    apply_sampling(model, sampler, noise_scale, spread)
+    apply_sampling(model, sampler, noise_scale, spread, local_spread)
     return model, cfg
 
 
@@ -391,6 +405,7 @@ def evaluate_run(
     noise_scale: float | None = None,
     spread: float | None = None,
     test: str | os.PathLike | None = None,
+    local_spread: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate the model of run folder (or model file) ``run``; writes ``eval.json``, ``eval_samples.png`` and
     ``eval_neighbours.png`` into ``out`` (default: the run folder) and returns the ``eval.json`` content.
@@ -399,11 +414,12 @@ def evaluate_run(
     size and channels) when given; ``test`` is refused for the labelled datasets, which bring their own.
 
     ``n`` samples (>= 4) from ``sampler`` ("glann": the model's, balanced if so configured; "plain": ``T(e)``;
-    "gaussian": the GLO + Gaussian baseline) with ``seed`` (``noise_scale``, ``spread``: None, the run's); up
+    "gaussian": the GLO + Gaussian baseline) with ``seed`` (``noise_scale``, ``spread``, ``local_spread``:
+    None, the run's, as :func:`apply_sampling` says); up
     to ``n_test`` (>= 6) test images; the LeNet cached in ``cache_dir`` (default ``~/.cache/glann_ext/quality``)."""
     t0, run = time.perf_counter(), Path(run)
     _check_sizes(n, n_test)
-    model, cfg = _open_run(run, ops, device, sampler, noise_scale, spread)
+    model, cfg = _open_run(run, ops, device, sampler, noise_scale, spread, local_spread)
     if cfg.dataset in LABELLED and test is not None:
         raise UsageError(f"test: {cfg.dataset} is measured on its own test split; test is for other datasets")
     job = _Job(run, model, cfg, n, seed, sampler, _out_dir(run, out), grid_pairs, progress, log)
@@ -582,12 +598,16 @@ def _moments_line(result: dict[str, Any]) -> str:
 
 
 def _sampler_settings(model, sampler: str) -> dict[str, Any]:
-    """What the samples were drawn with: balanced sampling, T's noise scale and GLANN's spread (None for the
-    Gaussian; the spread None for a model without codes)."""
+    """What the samples were drawn with: balanced sampling, T's noise scale and GLANN's spreads (None for the
+    Gaussian; the spreads None for a model without codes)."""
+    t_samples = sampler != "gaussian"
+    local = getattr(model, "local_spread", None) if t_samples else None
     return {
         "balanced": sampler == "glann" and bool(getattr(model, "balanced", False)),
-        "noise_scale": None if sampler == "gaussian" else model.noise_scale,
-        "spread": None if sampler == "gaussian" else getattr(model, "spread", None),
+        "noise_scale": model.noise_scale if t_samples else None,
+        "local_spread": local,
+        "local_neighbours": model.local_neighbours if local else None,
+        "spread": getattr(model, "spread", None) if t_samples else None,
     }
 
 
@@ -619,6 +639,8 @@ def format_table(result: dict[str, Any]) -> str:
     how = ", balanced" if result.get("balanced") else ""
     if result.get("noise_scale") not in (None, 1.0):
         how += f", noise scale {result['noise_scale']:g}"
+    if result.get("local_spread"):
+        how += f", local spread {result['local_spread']:g} ({result['local_neighbours']} codes)"
     if result.get("spread"):
         how += f", spread {result['spread']:g}"
     rows = [

@@ -9,7 +9,7 @@ import torch
 
 _STAGES = {
     "init": 1, "glo": 2, "imle": 3, "sample": 4, "invert": 5, "imle_precision": 6, "balance": 7, "accept": 8,
-    "spread": 9,
+    "spread": 9, "local_spread": 10,
 }  # fmt: skip
 
 

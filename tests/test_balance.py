@@ -106,6 +106,7 @@ def _model(
             out = get_ops(OPS).project(T(torch.randn(n_codes // 2, 4)))
             codes[: n_codes // 2] = get_ops(OPS).project(out + 0.05 * torch.randn_like(out))
     cfg = {**TrainConfig().to_dict(), "balance_draws": balance_draws, "seed": 1, "sample_noise_scale": scale}
+    cfg["sample_local_spread"] = 0.0  # T's samples as they are: these tests are about the balancing alone
     return GLANN(G, codes, T, ops=OPS, config=cfg)
 
 

@@ -599,11 +599,15 @@ def test_eval_pictures_show_the_first_64_samples_and_at_most_n_pairs(tmp_path):
 def test_sampler_settings_report_balancing_for_the_glann_sampler_only(digits_run):
     """eval.json's ``balanced`` is true only for ``--sampler glann`` of a balanced run: plain T(e) and the
     Gaussian are not balanced (found by mutation testing: "plain" reported as balanced went unseen)."""
-    from glann_ext.evaluate import _sampler_settings
+    from glann_ext.evaluate import _sampler_settings, apply_sampling
     from glann_ext.train.run import load_model
 
     model = load_model(digits_run, ops=OPS)
     assert model.balanced
-    assert _sampler_settings(model, "glann") == {"balanced": True, "noise_scale": 1.5, "spread": 0.0}
-    assert _sampler_settings(model, "plain") == {"balanced": False, "noise_scale": 1.5, "spread": 0.0}
-    assert _sampler_settings(model, "gaussian") == {"balanced": False, "noise_scale": None, "spread": None}
+    local = {"local_spread": 0.5, "local_neighbours": 8}
+    assert _sampler_settings(model, "glann") == {"balanced": True, "noise_scale": 1.5, **local, "spread": 0.0}
+    none = {"local_spread": None, "local_neighbours": None, "spread": None}
+    assert _sampler_settings(model, "gaussian") == {"balanced": False, "noise_scale": None, **none}
+    apply_sampling(model, "plain")  # the papers' T(e): no local spread unless one is asked for
+    off = {"local_spread": 0.0, "local_neighbours": None, "spread": 0.0}
+    assert _sampler_settings(model, "plain") == {"balanced": False, "noise_scale": 1.5, **off}

@@ -26,7 +26,7 @@ from glann_ext.backend import Ops, as_ops
 from glann_ext.errors import NonFiniteError, UsageError
 from glann_ext.ops._checks import first_nonfinite_row
 
-from . import balance
+from . import balance, local_spread
 from .generator import DCGANGenerator
 from .mlp import MLP
 
@@ -38,6 +38,11 @@ MAX_NOISE_SCALE = 10.0
 # the widest latent spread accepted (GLANN.set_spread: noise of about this norm on unit-sphere codes; 4 is
 # already nearly a uniform draw on the sphere)
 MAX_SPREAD = 4.0
+# the most neighbours the local spread may span (GLANN.set_local_spread; a model file is untrusted: k = 1e9
+# would sort every code for every sample)
+MAX_LOCAL_NEIGHBOURS = 256
+# TrainConfig's sample_local_neighbours, and what a model file without the field spreads over
+DEFAULT_LOCAL_NEIGHBOURS = 8
 # rows of the spread's noise drawn per seeded block, so that the first k samples of n are the samples of k
 SPREAD_CHUNK = 4_096
 # the most calibration draws per code a model file may ask for (TrainConfig's default is 10): a model file is
@@ -239,7 +244,8 @@ def _check_number(config: dict[str, Any], key: str, ok: Callable[[float], bool],
 
 def check_sampling_config(config: Any) -> dict[str, Any]:
     """A model file's ``config`` (untrusted) with the fields sampling reads checked: ``sample_noise_scale``
-    in (0, MAX_NOISE_SCALE], ``sample_spread`` in [0, MAX_SPREAD], ``balance_draws`` in [0,
+    in (0, MAX_NOISE_SCALE], ``sample_spread`` and ``sample_local_spread`` in [0, MAX_SPREAD],
+    ``sample_local_neighbours`` in [2, MAX_LOCAL_NEIGHBOURS], ``balance_draws`` in [0,
     MAX_BALANCE_DRAWS], ``balance_quantile`` in [0, 1], ``seed`` an int, ``ops`` a string (``ValueError``
     naming the field and value)."""
     if config is None:
@@ -250,6 +256,13 @@ def check_sampling_config(config: Any) -> dict[str, Any]:
         config, "sample_noise_scale", lambda v: 0 < v <= MAX_NOISE_SCALE, f"in (0, {MAX_NOISE_SCALE:g}]"
     )
     _check_number(config, "sample_spread", lambda v: 0 <= v <= MAX_SPREAD, f"in [0, {MAX_SPREAD:g}]")
+    _check_number(config, "sample_local_spread", lambda v: 0 <= v <= MAX_SPREAD, f"in [0, {MAX_SPREAD:g}]")
+    neighbours = config.get("sample_local_neighbours", DEFAULT_LOCAL_NEIGHBOURS)
+    if as_index(neighbours) is None or not 2 <= as_index(neighbours) <= MAX_LOCAL_NEIGHBOURS:
+        raise ValueError(
+            f"config.sample_local_neighbours must be an integer in [2, {MAX_LOCAL_NEIGHBOURS}], "
+            f"got {neighbours!r:.60}"
+        )
     _check_number(
         config, "balance_draws", lambda v: 0 <= v <= MAX_BALANCE_DRAWS, f"in [0, {MAX_BALANCE_DRAWS:g}]"
     )
@@ -419,8 +432,10 @@ class GLANN(GenerativeModel):
     sphere codes only), image ``G(z)``. Balanced sampling (:mod:`.balance`; on when the config's
     ``balance_draws`` > 0, the default) keeps each draw with the acceptance of its
     nearest code, ``code_accept`` (N,), computed once by :meth:`calibrate_sampler` and saved with the model.
-    With a :attr:`spread` > 0 (the config's ``sample_spread``; 0 by default) each sample's code then moves
-    by isotropic Gaussian noise and is projected back onto the sphere: more mixing and recall, less fidelity.
+    With a :attr:`local_spread` > 0 (the config's ``sample_local_spread``; 0.5 for runs trained since
+    2026-12-06, 0 for models saved without it) each sample's code then moves along the directions its
+    nearest training codes vary in (:mod:`.local_spread`); with a :attr:`spread` > 0 (``sample_spread``; 0
+    by default) it then moves by isotropic Gaussian noise. Both project back onto the sphere.
     """
 
     kind = "glann"
@@ -551,11 +566,56 @@ class GLANN(GenerativeModel):
         noise = torch.cat(blocks)[:n] if blocks else z.new_zeros(0, d)
         return self.ops.project((z + (self.spread * std) * noise.to(z.device, z.dtype)).contiguous())
 
+    @property
+    def local_spread(self) -> float:
+        """How far each sample moves along its neighbouring codes' directions: the config's
+        ``sample_local_spread`` (0, none, where absent). See :meth:`set_local_spread`."""
+        # checked on every read: a model file's config is untrusted
+        return _checked_in_range(
+            self.config.get("sample_local_spread", 0.0),
+            "the model's sample_local_spread",
+            MAX_SPREAD,
+            zero_ok=True,
+        )
+
+    @property
+    def local_neighbours(self) -> int:
+        """How many nearest training codes shape the local spread: the config's ``sample_local_neighbours``
+        (8 where absent)."""
+        return checked_int(
+            "the model's sample_local_neighbours",
+            self.config.get("sample_local_neighbours", DEFAULT_LOCAL_NEIGHBOURS),
+            2,
+            MAX_LOCAL_NEIGHBOURS,
+        )
+
+    def set_local_spread(self, spread: float, neighbours: int | None = None) -> None:
+        """Sample from now on with each code moved by Gaussian noise whose covariance is ``spread^2`` times
+        that of its ``neighbours`` nearest training codes (None: keep :attr:`local_neighbours`; 2 to 256),
+        then projected back onto the sphere (0 <= spread <= 4; 0: none). Applied after balanced sampling and
+        before the isotropic :attr:`spread`; kept in :attr:`config`, so an exported model samples the same
+        way (:mod:`.local_spread`; docs/training.md, "The local spread")."""
+        spread = _checked_in_range(spread, "local spread", MAX_SPREAD, zero_ok=True)
+        if neighbours is not None:
+            neighbours = checked_int("neighbours", neighbours, 2, MAX_LOCAL_NEIGHBOURS)
+            self.config["sample_local_neighbours"] = neighbours
+        self.config["sample_local_spread"] = spread
+
+    def _moved(self, z: torch.Tensor, seed: int) -> torch.Tensor:
+        """``z`` moved by the :attr:`local_spread` and then the :attr:`spread`, each when it is > 0."""
+        if self.local_spread > 0:
+            self._need_codes("a local spread > 0")
+            offsets = local_spread.local_offsets(
+                z, self.codes, self.local_neighbours, self.local_spread, seed
+            )
+            z = self.ops.project((z + offsets).contiguous())
+        return self._spread_out(z, seed) if self.spread > 0 else z
+
     @torch.no_grad()
     def sample_inputs(self, n: int, seed: int = 0, balanced: bool | None = None) -> torch.Tensor:
         """The codes :meth:`sample` decodes (n, latent_dim): ``project(T(e))`` of seeded draws (scaled by
         :attr:`noise_scale`), thinned by balanced sampling when ``balanced`` (None: :attr:`balanced`), then
-        moved by the :attr:`spread` when it is > 0."""
+        moved by the :attr:`local_spread` and the :attr:`spread` when they are > 0."""
         n, seed = _check_count(n, (self.codes.shape[1],)), checked_seed(seed)
         _check_balanced(balanced)
         if not (self.balanced if balanced is None else balanced):
@@ -566,7 +626,7 @@ class GLANN(GenerativeModel):
             z = balance.rejection_sample(
                 self._map_draws, self._nearest_code, self.codes, accept, self.noise_dim, n, seed
             )
-        return self._spread_out(z, seed) if self.spread > 0 else z
+        return self._moved(z, seed)
 
     def _need_codes(self, what: str) -> None:
         if len(self.codes) == 0:
