@@ -39,6 +39,9 @@ CHANGES: list[dict] = [
     {"imle_batch_size": 128},
     # sampling without balanced sampling: T(e) as the papers sample it (the model and its training unchanged)
     {"balance_draws": 0.0},
+    # T's samples decoded where they are, as the papers do (the default moves each along its nearest codes'
+    # directions: docs/training.md, "The local spread")
+    {"sample_local_spread": 0.0},
     # T's noise as wide as in training, the papers' sampling (the default samples 1.5 wide; the balanced
     # sampler calibrates at the same scale), then a long IMLE stage (8x the epochs, T twice as wide) at scale
     # 1 and at the default: a T trained that long draws in the isolated codes, which the wider noise reaches
@@ -153,7 +156,8 @@ def _describe(cfg: TrainConfig) -> str:
         f"{cfg.latent_adam_steps}, Laplacian weights {cfg.lap_weights}, IMLE M = {cfg.imle_noise_multiple:g} N "
         f"nearest-neighbour matching, T's Adam betas {cfg.imle_betas}, G depth {cfg.gen_depth}, batch {cfg.batch_size}, rates lr_g {cfg.lr_g:g}, "
         f"lr_z {cfg.lr_z:g}, IMLE {cfg.imle_lr:g}, T {cfg.mapping_hidden} wide, T's batch {cfg.imle_batch_size}; balanced sampling with "
-        f"{cfg.balance_draws:g} draws per code, quantile {cfg.balance_quantile:g}, noise scale {cfg.sample_noise_scale:g}"
+        f"{cfg.balance_draws:g} draws per code, quantile {cfg.balance_quantile:g}, noise scale {cfg.sample_noise_scale:g}, local spread "
+        f"{cfg.sample_local_spread:g} over {cfg.sample_local_neighbours} codes"
     )
 
 

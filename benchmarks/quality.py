@@ -306,10 +306,10 @@ def train_image_methods(
     seconds["GLANN"] = t_glo + times["imle"]
     seconds["GLO + Gaussian"] = t_glo
     samplers["GLANN"] = model.sample
-    samplers[PLAIN] = functools.partial(model.sample, balanced=False)
-    seconds[PLAIN] = seconds["GLANN"]
-    if model.balanced:  # calibrated once, before the copy, so both rows share the acceptance table
+    if model.balanced:  # calibrated once, before the copies, so the rows share the acceptance table
         model.calibrate_sampler()
+    samplers[PLAIN] = plain_sampler(model)
+    seconds[PLAIN] = seconds["GLANN"]
     spread = copy.deepcopy(model)  # the same networks, sampled with a spread
     spread.set_spread(REPORT_SPREAD)
     samplers[SPREAD] = spread.sample
@@ -342,8 +342,18 @@ def train_image_methods(
 
 
 PLAIN = "GLANN, plain T(e) sampling"
-"""GLANN's model sampled without balanced sampling (``balance_draws`` = 0), at the model's noise scale: the
-papers' sampler but for the scale, what the GLANN row's balancing changes (:mod:`glann_ext.models.balance`)."""
+"""GLANN's model sampled without balanced sampling (``balance_draws`` = 0) and without the local spread, at the
+model's noise scale: the papers' sampler but for the scale, what the GLANN row's balancing and local spread
+change (:mod:`glann_ext.models.balance`, :mod:`glann_ext.models.local_spread`)."""
+
+
+def plain_sampler(model):
+    """:data:`PLAIN`'s sampler: a copy of ``model`` (the same networks) sampling ``project(T(e))`` as it is."""
+    plain = copy.deepcopy(model)
+    plain.set_local_spread(0.0)
+    return functools.partial(plain.sample, balanced=False)
+
+
 REPORT_SPREAD = 0.75
 SPREAD = f"GLANN, spread {REPORT_SPREAD:g}"
 """GLANN's model sampled with ``sample_spread`` = :data:`REPORT_SPREAD` (each sample's code moved by isotropic
@@ -534,7 +544,7 @@ def _stacked_long_glo(stacked: torch.Tensor, clf: DomainClassifier, b: Budget, s
     out = {}
     for method, sampler, seconds in (
         ("GLANN", model.sample, times["glo"] + times["imle"]),
-        (PLAIN, functools.partial(model.sample, balanced=False), times["glo"] + times["imle"]),
+        (PLAIN, plain_sampler(model), times["glo"] + times["imle"]),
         ("GLO + Gaussian", model.sample_gaussian, times["glo"]),
         (CEILING, lambda n, seed=0: _reconstructions(model, n), times["glo"]),
     ):
@@ -632,10 +642,12 @@ def write_report(path: Path, res: dict, b: Budget, argv: list[str], total_s: flo
         "additionally runs `imle_latent_epochs` of IMLE on its codes (cheap; included in its time). "
         "GLANN samples as the package does by default: T's noise at `sample_noise_scale` "
         f"{glann_cfg.sample_noise_scale:g} (T trains on N(0, I)) and balanced sampling (`balance_draws` "
-        f"{glann_cfg.balance_draws:g}: each draw of T kept with its nearest code's acceptance, docs/training.md); "
-        "'GLANN, plain T(e) sampling' is the same model sampled without the "
-        "balancing, as the papers do (`sample(..., balanced=False)`, at the same noise scale; the ablation (d) "
-        "has the scale-1 row); "
+        f"{glann_cfg.balance_draws:g}: each draw of T kept with its nearest code's acceptance, docs/training.md), "
+        f"then each sample's code moved by the local spread (`sample_local_spread` {glann_cfg.sample_local_spread:g}: "
+        f"Gaussian noise shaped like its {glann_cfg.sample_local_neighbours} nearest training codes' spread, "
+        "docs/training.md, 'The local spread'); 'GLANN, plain T(e) sampling' is the same model sampled without the "
+        "balancing and the local spread, as the papers do (`glann sample --sampler plain`, at the same noise "
+        "scale; the ablation (d) has the scale-1 row); "
         f"'{SPREAD}' is the same model sampled with `sample_spread` {REPORT_SPREAD:g} (each sample's code moved by "
         "isotropic noise of about that norm before decoding: the package's dial from fidelity towards mixing, "
         "off by default; docs/training.md, 'Spreading the samples'). "

@@ -762,6 +762,7 @@ class _FakeGLANN:
 
     def __init__(self):
         self.spread, self.calibrated, self.codes = 0.0, 0, torch.zeros(5, 2)
+        self.local_spread = 0.5
 
     def calibrate_sampler(self):
         self.calibrated += 1
@@ -769,8 +770,11 @@ class _FakeGLANN:
     def set_spread(self, spread):
         self.spread = spread
 
+    def set_local_spread(self, spread):
+        self.local_spread = spread
+
     def sample(self, n, seed=0, balanced=None):
-        return ("T", n, seed, self.balanced if balanced is None else balanced, self.spread)
+        return ("T", n, seed, self.balanced if balanced is None else balanced, self.local_spread, self.spread)
 
     def sample_gaussian(self, n, seed=0):
         return ("Gaussian", n, seed, self.spread)
@@ -815,22 +819,28 @@ def test_train_image_methods_trains_each_method_at_the_budget_and_bills_its_stag
         "GLANN": 2.5, quality.PLAIN: 2.5, quality.SPREAD: 2.5, "GLO + Gaussian": 2.0, quality.CEILING: 2.0,
     }  # fmt: skip
     assert all(seconds[m] >= 0 for m in ("IMLE (pixel)", "VAE", "DCGAN"))
-    assert samplers["GLANN"](3, seed=1) == ("T", 3, 1, True, 0.0)  # balanced, no spread
-    assert samplers[quality.PLAIN](3, seed=1) == ("T", 3, 1, False, 0.0)
-    assert samplers[quality.SPREAD](3, seed=1) == ("T", 3, 1, True, quality.REPORT_SPREAD)
+    assert samplers["GLANN"](3, seed=1) == ("T", 3, 1, True, 0.5, 0.0)  # balanced, the local spread
+    assert samplers[quality.PLAIN](3, seed=1) == ("T", 3, 1, False, 0.0, 0.0)  # the papers' T(e)
+    assert samplers[quality.SPREAD](3, seed=1) == ("T", 3, 1, True, 0.5, quality.REPORT_SPREAD)
     assert samplers["GLO + Gaussian"](3, seed=1) == ("Gaussian", 3, 1, 0.0)
     assert torch.equal(samplers[quality.CEILING](7), torch.arange(5))  # the first min(n, N) codes
-    assert model.calibrated == 1  # once, before the spread row's copy
+    assert model.calibrated == 1  # once, before the rows' copies
 
 
 class _StackedFake:
     """A trained GLANN whose samplers return constant "images": 1 balanced T(e), 2 plain, 3 Gaussian, 4 the
     reconstructions of its 6 training stacks."""
 
-    balanced, codes = True, torch.zeros(6, 2)
+    balanced, codes, local_spread = True, torch.zeros(6, 2), 0.5
+
+    def set_local_spread(self, spread):
+        self.local_spread = spread
 
     def sample(self, n, seed=0, balanced=None):
-        return torch.full((n, 1), 2.0 if balanced is False else 1.0)
+        plain = (
+            balanced is False and self.local_spread == 0
+        )  # the papers' T(e): no balancing, no local spread
+        return torch.full((n, 1), 2.0 if plain else 1.0)
 
     def sample_gaussian(self, n, seed=0):
         return torch.full((n, 1), 3.0)
