@@ -153,6 +153,7 @@ def test_sample_writes_a_grid_only_when_asked(run_dir, tmp_path, monkeypatch):
     [
         ("--noise-scale", 1.0, "set_noise_scale", "0", "(0, 10]"),
         ("--spread", 0.5, "set_spread", "-1", "[0, 4]"),
+        ("--local-spread", 0.0, "set_local_spread", "-1", "[0, 4]"),
     ],
 )
 def test_sample_with_a_sampling_override(run_dir, tmp_path, capsys, flag, value, setter, bad, bad_needle):
@@ -170,6 +171,34 @@ def test_sample_with_a_sampling_override(run_dir, tmp_path, capsys, flag, value,
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert needle in err and "Traceback" not in err, (argv, err)
+
+
+def test_the_plain_sampler_decodes_t_of_e_without_balancing_or_local_spread(run_dir, tmp_path):
+    npy = str(tmp_path / "x.npy")
+    assert main(["sample", "--run", str(run_dir), "-n", "6", "--npy", npy, "--sampler", "plain"]) == 0
+    model = load_model(run_dir)
+    assert model.local_spread == 0.5  # the run's default, which --sampler plain leaves out
+    want = model.decode(model.map_noise(model.noise_scale * model.noise(6, seed=0)))
+    np.testing.assert_array_equal(np.load(npy), want.numpy())
+    assert (
+        main(
+            [
+                "sample",
+                "--run",
+                str(run_dir),
+                "-n",
+                "6",
+                "--npy",
+                npy,
+                "--sampler",
+                "plain",
+                "--local-spread",
+                "0.5",
+            ]
+        )
+        == 0
+    )
+    np.testing.assert_array_equal(np.load(npy), model.sample(6, seed=0, balanced=False).numpy())
 
 
 def test_rerun_on_a_finished_run_resumes_without_training(run_dir, capsys):

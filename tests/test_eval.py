@@ -208,6 +208,8 @@ def test_eval_bad_input(digits_run, cache_dir, tmp_path, capsys):
         (["eval", "--run", str(digits_run), "-n", "10", "--sampler", "gaussian", "--noise-scale", "2", *base], "--noise-scale"),
         (["eval", "--run", str(digits_run), "-n", "10", "--sampler", "gaussian", "--spread", "1", *base], "--spread"),
         (["eval", "--run", str(digits_run), "-n", "10", "--spread", "9", *base], "spread must be a number"),
+        (["eval", "--run", str(digits_run), "-n", "10", "--sampler", "gaussian", "--local-spread", "1", *base], "--local-spread"),
+        (["eval", "--run", str(digits_run), "-n", "10", "--local-spread", "-1", *base], "local spread must be a number"),
         (["eval", "--run", str(digits_run), "-n", "10", "--sampler", "gaussian", "--out", str(tmp_path), *base], None),
     ]  # fmt: skip
     for argv, needle in cases:
