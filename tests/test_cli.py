@@ -294,6 +294,7 @@ def test_an_npz_member_trains_and_its_file_is_saved_absolute(tmp_path, monkeypat
     [
         ("--sample-noise-scale", "sample_noise_scale", "noise_scale", 1.0, True),  # counted on the new draws
         ("--sample-spread", "sample_spread", "spread", 0.3, False),  # moves the samples after the thinning
+        ("--sample-local-spread", "sample_local_spread", "local_spread", 0.2, False),  # as does this one
     ],
 )
 def test_resuming_a_finished_run_with_other_sampling_keeps_what_it_trained(

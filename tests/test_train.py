@@ -742,6 +742,8 @@ CONFIG_BOUNDS = [
     ("imle_force_rematch", 0, 1), ("imle_reject_radius", -1e-9, 0.0), ("balance_draws", -1e-9, 0.0),
     ("balance_quantile", 1.001, 1.0), ("balance_quantile", -1e-9, 0.0), ("sample_noise_scale", 0.0, 1e-9),
     ("sample_noise_scale", 10.001, 10.0), ("sample_spread", -1e-9, 0.0), ("sample_spread", 4.001, 4.0),
+    ("sample_local_spread", -1e-9, 0.0), ("sample_local_spread", 4.001, 4.0), ("sample_local_neighbours", 1, 2),
+    ("sample_local_neighbours", 257, 256),
     ("limit", 1, 2), ("threads", 0, 1), ("seed", -1, 0), ("seed", 2**63, 2**63 - 1),
     # 1e39 is finite as a float and infinite in float32: the first step went Inf, then a Cholesky error
     ("lr_g", 1.0001e6, 1e6), ("lr_z", 1e39, 1e6), ("imle_lr", 1.0001e6, 1e6),

@@ -80,6 +80,9 @@ def test_a_huge_layer_count_is_refused_before_anything_is_built(
         ("seed", 1.5),
         ("seed", -(2**70)),  # below int64 (found by mutation testing: only the upper end was checked)
         ("sample_spread", 99.0),
+        ("sample_local_spread", -0.5),
+        ("sample_local_neighbours", 10**9),
+        ("sample_local_neighbours", 1.5),
     ],
 )
 def test_sampling_config_values_are_checked_at_load(model_file, tmp_path, field, value):

@@ -32,7 +32,7 @@ def nearest_codes(z: torch.Tensor, codes: torch.Tensor, k: int) -> torch.Tensor:
     """int64 (n, k): the indices of the ``k`` (<= N) training ``codes`` (N, d) nearest each row of ``z``
     (n, d) in squared L2, exact, each row's indices in increasing order. Tiled: memory O(tile * N)."""
     sq = (codes * codes).sum(1)
-    rows = max(1, TILE_BYTES // (4 * max(1, len(codes))))
+    rows = max(1, TILE_BYTES // (z.element_size() * max(1, len(codes))))
     out = torch.empty(len(z), k, dtype=torch.int64, device=z.device)
     for start in range(0, len(z), rows):
         q = z[start : start + rows]
