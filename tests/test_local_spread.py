@@ -185,3 +185,14 @@ def test_a_model_files_config_is_checked(field, value):
     model.config[field] = value  # set behind the checks: reading it refuses, sampling never starts
     with pytest.raises(UsageError, match=f"the model's {field} must be"):
         model.sample_inputs(4, seed=0)
+
+
+@pytest.mark.cuda
+def test_on_cuda_the_offsets_are_the_cpus():
+    g = torch.Generator().manual_seed(7)
+    codes = get_ops(OPS).project(torch.randn(3000, 32, generator=g))
+    z = get_ops(OPS).project(torch.randn(500, 32, generator=g))
+    cpu = local_spread.local_offsets(z, codes, 8, 0.5, seed=3)
+    gpu = local_spread.local_offsets(z.cuda(), codes.cuda(), 8, 0.5, seed=3)
+    assert gpu.device.type == "cuda"
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-5, rtol=0)
