@@ -175,29 +175,13 @@ def test_sample_with_a_sampling_override(run_dir, tmp_path, capsys, flag, value,
 
 def test_the_plain_sampler_decodes_t_of_e_without_balancing_or_local_spread(run_dir, tmp_path):
     npy = str(tmp_path / "x.npy")
-    assert main(["sample", "--run", str(run_dir), "-n", "6", "--npy", npy, "--sampler", "plain"]) == 0
+    plain = ["sample", "--run", str(run_dir), "-n", "6", "--npy", npy, "--sampler", "plain"]
+    assert main(plain) == 0
     model = load_model(run_dir)
     assert model.local_spread == 0.5  # the run's default, which --sampler plain leaves out
     want = model.decode(model.map_noise(model.noise_scale * model.noise(6, seed=0)))
     np.testing.assert_array_equal(np.load(npy), want.numpy())
-    assert (
-        main(
-            [
-                "sample",
-                "--run",
-                str(run_dir),
-                "-n",
-                "6",
-                "--npy",
-                npy,
-                "--sampler",
-                "plain",
-                "--local-spread",
-                "0.5",
-            ]
-        )
-        == 0
-    )
+    assert main([*plain, "--local-spread", "0.5"]) == 0  # unless it is asked for
     np.testing.assert_array_equal(np.load(npy), model.sample(6, seed=0, balanced=False).numpy())
 
 
