@@ -39,7 +39,8 @@ class TrainConfig:
     of codes noise draws per IMLE epoch) except where the quality report measured better: G's rate 2e-3
     (``lr_g``; the reference's 1e-3), the cosine IMLE rate, IMLE on whitened codes (``imle_whiten``) with
     ``T``'s Adam betas (0.9, 0.9) (``imle_betas``), balanced sampling, ``T``'s batch of 32
-    (``imle_batch_size``) and its noise 1.5 wide when sampling (``sample_noise_scale``).
+    (``imle_batch_size``), its noise 1.5 wide when sampling (``sample_noise_scale``) and the local spread
+    of each sample along its nearest codes' directions (``sample_local_spread``).
 
     A config is validated when it is made (``TrainConfig(...)``, ``dataclasses.replace``, :func:`preset`):
     a bad field is a :class:`~glann_ext.errors.ConfigError` naming it. Fields set afterwards are checked
