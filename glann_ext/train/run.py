@@ -650,7 +650,7 @@ class GridsHook(Hook):
         elif world.is_main:
             ensure_dir(folder)
             name = "samples_pixel_imle" if self.fit.pixel else "samples_imle"
-            # plain T(e) here: balanced sampling needs every code and a calibration search per epoch
+            # unbalanced here: balanced sampling needs every code and a calibration search per epoch
             save_grid(model.sample(64, seed=0, balanced=False).cpu(), folder / f"{name}_{epoch:03d}.png")
 
 
