@@ -37,7 +37,7 @@ CHANGES: list[dict] = [
     {"imle_noise_multiple": 10.0},
     # T's steps on G's batch, as the GLANN code does (a quarter of the steps of the default's 32 per epoch)
     {"imle_batch_size": 128},
-    # sampling without balanced sampling: T(e) as the papers sample it (the model and its training unchanged)
+    # sampling without balanced sampling (the model and its training unchanged; the local spread stays on)
     {"balance_draws": 0.0},
     # T's samples decoded where they are, as the papers do (the default moves each along its nearest codes'
     # directions: docs/training.md, "The local spread")
