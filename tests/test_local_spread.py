@@ -61,6 +61,40 @@ def test_nearest_codes_are_the_exact_k_nearest_in_increasing_index_order(monkeyp
     assert torch.equal(got, want)
 
 
+def test_near_ties_and_exact_ties_at_the_kth_place_are_ranked_the_same_in_any_tile(monkeypatch):
+    """The k-th and (k+1)-th codes 1e-8 apart (below float32 scores' rounding), and duplicate codes straddling
+    the k-th place: the float64 ranking decides, ties go to the lower index, whatever tile a row is in."""
+    g = torch.Generator().manual_seed(11)
+    codes = get_ops(OPS).project(torch.randn(400, 16, generator=g))
+    z = get_ops(OPS).project(torch.randn(300, 16, generator=g))
+    k = 8
+    kth = torch.cdist(z[:1].double(), codes.double()).argsort(dim=1, stable=True)[0, k - 1]
+    near = codes[kth].clone()
+    near[0] = torch.nextafter(near[0], torch.tensor(2.0))  # one float32 step from the k-th code
+    codes = torch.cat([codes, near[None], codes[kth][None]])  # a near twin and an exact twin, last
+    d2 = torch.cdist(z.double(), codes.double()).square()
+    want = torch.sort(torch.argsort(d2, dim=1, stable=True)[:, :k], dim=1).values
+    for tile_bytes in (1, 8 * 24 * 16 * 2, local_spread.TILE_BYTES):  # 1 row, 2 rows, all rows a tile
+        monkeypatch.setattr(local_spread, "TILE_BYTES", tile_bytes)
+        assert torch.equal(local_spread.nearest_codes(z, codes, k), want)
+        assert torch.equal(local_spread.nearest_codes(z[:1], codes, k), want[:1])
+    twin, near_twin = len(codes) - 1, len(codes) - 2
+    assert kth in want[0] or near_twin in want[0]  # row 0's k-th place is contested
+    assert twin not in want[0]  # the exact twin ties the k-th code and loses to its lower index
+
+
+def test_each_block_of_rows_has_its_own_weights_and_the_tiles_fit_their_budget():
+    w = local_spread.weights(
+        local_spread.CHUNK + 1, 8, seed=0, device=torch.device("cpu"), dtype=torch.float32
+    )
+    assert not torch.equal(w[0], w[local_spread.CHUNK])
+    rows = local_spread.tile_rows(60_000, 256, 64, 4)
+    assert (
+        rows * 4 * 60_000 <= local_spread.TILE_BYTES and rows * 8 * (256 + 8) * 64 <= local_spread.TILE_BYTES
+    )
+    assert local_spread.tile_rows(10, 2, 2, 4) == local_spread.TILE_BYTES // (8 * 10 * 2)
+
+
 def test_the_offsets_match_the_reference_and_their_covariance_is_the_neighbours():
     g = torch.Generator().manual_seed(3)
     codes = get_ops(OPS).project(torch.randn(150, 6, generator=g))
@@ -196,3 +230,12 @@ def test_on_cuda_the_offsets_are_the_cpus():
     gpu = local_spread.local_offsets(z.cuda(), codes.cuda(), 8, 0.5, seed=3)
     assert gpu.device.type == "cuda"
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("field", ["sample_local_spread", "sample_spread", "sample_noise_scale"])
+def test_an_integer_beyond_floats_is_refused_not_an_overflow(field):
+    """JSON holds any integer: 10**400 made math.isfinite raise OverflowError (a traceback from glann sample)."""
+    with pytest.raises(ValueError, match=f"config.{field} must be in"):
+        check_sampling_config({**TrainConfig().to_dict(), field: 10**400})
+    with pytest.raises(ConfigError, match=f"config field {field} must be in"):
+        TrainConfig(**{field: 10**400}).validate()

@@ -231,12 +231,21 @@ def _check_input(name: str, x: Any, width: int) -> None:
         raise UsageError(f"{name} must be a float32 (n, {width}) tensor, got {got}")
 
 
+def is_finite_number(value: float) -> bool:
+    """``math.isfinite`` for an int or float, False (not OverflowError) for an int beyond a float's range:
+    JSON, and so a model file or a config, may hold 10**400."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _check_number(config: dict[str, Any], key: str, ok: Callable[[float], bool], rule: str) -> None:
     value = config.get(key)
     if key in config and (
         isinstance(value, bool)
         or not isinstance(value, (int, float))
-        or not math.isfinite(value)
+        or not is_finite_number(value)
         or not ok(value)
     ):
         raise ValueError(f"config.{key} must be {rule}, got {value!r:.60}")

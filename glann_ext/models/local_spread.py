@@ -11,9 +11,10 @@ along a few directions the sample moves along those, not off them as isotropic n
 (:meth:`GLANN.set_spread`), so it mixes nearby codes at little cost in fidelity (docs/training.md,
 "The local spread").
 
-The noise comes in seeded blocks of rows, so sample ``i`` moves the same way whatever the number of samples;
-the neighbours of a sample are a set (sorted by index before the weights are drawn), so how ties between
-equal distances are ordered does not change the sample.
+The neighbours do not depend on how the samples are batched: candidates found with float32 scores are ranked
+again by float64 distances, ties going to the lower index, so sample ``i`` has the same neighbours whatever
+the number of samples or the tile it falls in, and the noise comes in seeded blocks of rows, so it moves the
+same way too. Memory stays O(tile): the search and the offsets are computed a tile of samples at a time.
 """
 
 from __future__ import annotations
@@ -24,22 +25,39 @@ from glann_ext import seeding
 
 # rows of weights drawn per seeded block (as GLANN's isotropic spread draws its noise)
 CHUNK = 4_096
-# bytes of one tile of the sample-to-code distance matrix
+# bytes of one tile's working tensors: its distances to every code, and its neighbours' deviations
 TILE_BYTES = 64 << 20
+# candidates beyond k ranked again in float64: the float32 scores' rounding (about 1e-7 of |c|^2) can only
+# swap codes whose distances are that close, which these extra places cover
+EXTRA_CANDIDATES = 8
+
+
+def tile_rows(n_codes: int, k: int, dim: int, element_size: int) -> int:
+    """How many samples one tile holds, so that its distances (rows x N) and its candidates' and neighbours'
+    codes (rows x (k + :data:`EXTRA_CANDIDATES`) x d, in float64 at most) each fit :data:`TILE_BYTES`."""
+    per_row = max(element_size * n_codes, 8 * (k + EXTRA_CANDIDATES) * dim, 1)
+    return max(1, TILE_BYTES // per_row)
 
 
 def nearest_codes(z: torch.Tensor, codes: torch.Tensor, k: int) -> torch.Tensor:
     """int64 (n, k): the indices of the ``k`` (<= N) training ``codes`` (N, d) nearest each row of ``z``
-    (n, d) in squared L2, exact, each row's indices in increasing order. Tiled: memory O(tile * N)."""
-    sq = (codes * codes).sum(1)
-    rows = max(1, TILE_BYTES // (z.element_size() * max(1, len(codes))))
+    (n, d) by squared L2 distance computed in float64, ties to the lower index, each row's indices in
+    increasing order. Tiled (:func:`tile_rows`)."""
     out = torch.empty(len(z), k, dtype=torch.int64, device=z.device)
+    rows = tile_rows(len(codes), k, z.shape[1], z.element_size())
     for start in range(0, len(z), rows):
-        q = z[start : start + rows]
-        # |c|^2 - 2 q.c ranks the codes as |q - c|^2 does (|q|^2 is the same for every code)
-        score = torch.addmm(sq.unsqueeze(0), q, codes.t(), alpha=-2.0)
-        out[start : start + rows] = score.topk(k, dim=1, largest=False).indices.sort(1).values
+        out[start : start + rows] = _tile_nearest(z[start : start + rows], codes, k)
     return out
+
+
+def _tile_nearest(q: torch.Tensor, codes: torch.Tensor, k: int) -> torch.Tensor:
+    # |c|^2 - 2 q.c ranks the codes as |q - c|^2 does (|q|^2 is the same for every code)
+    score = torch.addmm((codes * codes).sum(1).unsqueeze(0), q, codes.t(), alpha=-2.0)
+    m = min(len(codes), k + EXTRA_CANDIDATES)
+    cand = score.topk(m, dim=1, largest=False).indices.sort(1).values  # by index: ties keep the lower one
+    exact = (codes[cand].double() - q.double().unsqueeze(1)).square().sum(2)
+    order = exact.sort(dim=1, stable=True).indices[:, :k]
+    return cand.gather(1, order).sort(1).values
 
 
 def weights(n: int, k: int, seed: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -55,12 +73,16 @@ def weights(n: int, k: int, seed: int, device: torch.device, dtype: torch.dtype)
 
 def local_offsets(z: torch.Tensor, codes: torch.Tensor, k: int, spread: float, seed: int) -> torch.Tensor:
     """(n, d): ``spread * sum_j w_j (c_j - mean(c))`` over the ``min(k, N)`` codes nearest each row of ``z``
-    (module docstring); zeros when fewer than two codes exist."""
+    (module docstring); zeros when fewer than two codes exist. Computed a tile of rows at a time."""
     k = min(k, len(codes))
     if k < 2 or len(z) == 0:
         return torch.zeros_like(z)
     codes = codes.to(z.device, z.dtype)
-    neighbours = codes[nearest_codes(z, codes, k)]  # (n, k, d)
-    deviations = neighbours - neighbours.mean(1, keepdim=True)
     w = weights(len(z), k, seed, z.device, z.dtype)
-    return spread * torch.einsum("nk,nkd->nd", w, deviations)
+    out = torch.empty_like(z)
+    rows = tile_rows(len(codes), k, z.shape[1], z.element_size())
+    for start in range(0, len(z), rows):
+        neighbours = codes[_tile_nearest(z[start : start + rows], codes, k)]  # (rows, k, d)
+        deviations = neighbours - neighbours.mean(1, keepdim=True)
+        out[start : start + rows] = torch.einsum("nk,nkd->nd", w[start : start + rows], deviations)
+    return spread * out

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from glann_ext.models.generative import (
     MAX_LOCAL_NEIGHBOURS,
     MAX_NOISE_SCALE,
     MAX_SPREAD,
+    is_finite_number,
 )
 
 CONFIG_FILE = "config.json"
@@ -357,7 +357,7 @@ MAXIMA: dict[str, float] = {
 
 
 def _finite(x: float, low: float, *, strict: bool = False) -> bool:
-    return math.isfinite(x) and (x > low if strict else x >= low)
+    return is_finite_number(x) and (x > low if strict else x >= low)
 
 
 _RATE_RULE = f"in (0, {MAX_RATE:g}]"
