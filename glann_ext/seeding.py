@@ -54,6 +54,16 @@ def _block(b: int, total: int, dim: int, seed: int, stage: str, epoch: int) -> t
     return torch.randn(n, dim, generator=generator(seed, stage, epoch, block=b))
 
 
+def block_normal(n: int, dim: int, seed: int, stage: str, block_rows: int) -> torch.Tensor:
+    """(n, dim) float32 standard normals drawn in whole seeded blocks of ``block_rows`` rows (block ``b`` from
+    ``generator(seed, stage, block=b)``), so row ``i`` is the same for every ``n > i``."""
+    blocks = [
+        torch.randn(block_rows, dim, generator=generator(seed, stage, block=b))
+        for b in range(-(-n // block_rows))
+    ]
+    return torch.cat(blocks)[:n] if blocks else torch.zeros(0, dim)
+
+
 def prefix_normal(
     n: int, dim: int, generator: torch.Generator, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:

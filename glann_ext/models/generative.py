@@ -267,7 +267,8 @@ def check_sampling_config(config: Any) -> dict[str, Any]:
     _check_number(config, "sample_spread", lambda v: 0 <= v <= MAX_SPREAD, f"in [0, {MAX_SPREAD:g}]")
     _check_number(config, "sample_local_spread", lambda v: 0 <= v <= MAX_SPREAD, f"in [0, {MAX_SPREAD:g}]")
     neighbours = config.get("sample_local_neighbours", DEFAULT_LOCAL_NEIGHBOURS)
-    if as_index(neighbours) is None or not 2 <= as_index(neighbours) <= MAX_LOCAL_NEIGHBOURS:
+    k = as_index(neighbours)
+    if k is None or not 2 <= k <= MAX_LOCAL_NEIGHBOURS:
         raise ValueError(
             f"config.sample_local_neighbours must be an integer in [2, {MAX_LOCAL_NEIGHBOURS}], "
             f"got {neighbours!r:.60}"
@@ -568,11 +569,7 @@ class GLANN(GenerativeModel):
         self._need_codes("a spread > 0")  # its width is the codes' own
         n, d = z.shape
         std = float(self.codes.double().var(0, correction=0).mean().sqrt())
-        blocks = [
-            torch.randn(SPREAD_CHUNK, d, generator=seeding.generator(seed, "spread", block=b))
-            for b in range(-(-n // SPREAD_CHUNK))
-        ]
-        noise = torch.cat(blocks)[:n] if blocks else z.new_zeros(0, d)
+        noise = seeding.block_normal(n, d, seed, "spread", SPREAD_CHUNK)
         return self.ops.project((z + (self.spread * std) * noise.to(z.device, z.dtype)).contiguous())
 
     @property
@@ -612,11 +609,10 @@ class GLANN(GenerativeModel):
 
     def _moved(self, z: torch.Tensor, seed: int) -> torch.Tensor:
         """``z`` moved by the :attr:`local_spread` and then the :attr:`spread`, each when it is > 0."""
-        if self.local_spread > 0:
+        spread = self.local_spread  # read (and checked) once
+        if spread > 0:
             self._need_codes("a local spread > 0")
-            offsets = local_spread.local_offsets(
-                z, self.codes, self.local_neighbours, self.local_spread, seed
-            )
+            offsets = local_spread.local_offsets(z, self.codes, self.local_neighbours, spread, seed)
             z = self.ops.project((z + offsets).contiguous())
         return self._spread_out(z, seed) if self.spread > 0 else z
 

@@ -44,15 +44,15 @@ def nearest_codes(z: torch.Tensor, codes: torch.Tensor, k: int) -> torch.Tensor:
     (n, d) by squared L2 distance computed in float64, ties to the lower index, each row's indices in
     increasing order. Tiled (:func:`tile_rows`)."""
     out = torch.empty(len(z), k, dtype=torch.int64, device=z.device)
-    rows = tile_rows(len(codes), k, z.shape[1], z.element_size())
+    rows, sq = tile_rows(len(codes), k, z.shape[1], z.element_size()), (codes * codes).sum(1)
     for start in range(0, len(z), rows):
-        out[start : start + rows] = _tile_nearest(z[start : start + rows], codes, k)
+        out[start : start + rows] = _tile_nearest(z[start : start + rows], codes, sq, k)
     return out
 
 
-def _tile_nearest(q: torch.Tensor, codes: torch.Tensor, k: int) -> torch.Tensor:
-    # |c|^2 - 2 q.c ranks the codes as |q - c|^2 does (|q|^2 is the same for every code)
-    score = torch.addmm((codes * codes).sum(1).unsqueeze(0), q, codes.t(), alpha=-2.0)
+def _tile_nearest(q: torch.Tensor, codes: torch.Tensor, sq: torch.Tensor, k: int) -> torch.Tensor:
+    # |c|^2 - 2 q.c ranks the codes as |q - c|^2 does (|q|^2 is the same for every code); sq = |c|^2
+    score = torch.addmm(sq.unsqueeze(0), q, codes.t(), alpha=-2.0)
     m = min(len(codes), k + EXTRA_CANDIDATES)
     cand = score.topk(m, dim=1, largest=False).indices.sort(1).values  # by index: ties keep the lower one
     exact = (codes[cand].double() - q.double().unsqueeze(1)).square().sum(2)
@@ -63,11 +63,7 @@ def _tile_nearest(q: torch.Tensor, codes: torch.Tensor, k: int) -> torch.Tensor:
 def weights(n: int, k: int, seed: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """(n, k) seeded N(0, 1 / (k - 1)) weights, drawn in blocks of :data:`CHUNK` rows: row ``i`` is the same
     for every ``n > i``."""
-    blocks = [
-        torch.randn(CHUNK, k, generator=seeding.generator(seed, "local_spread", block=b))
-        for b in range(-(-n // CHUNK))
-    ]
-    w = torch.cat(blocks)[:n] if blocks else torch.zeros(0, k)
+    w = seeding.block_normal(n, k, seed, "local_spread", CHUNK)
     return (w / (k - 1) ** 0.5).to(device, dtype)
 
 
@@ -80,9 +76,9 @@ def local_offsets(z: torch.Tensor, codes: torch.Tensor, k: int, spread: float, s
     codes = codes.to(z.device, z.dtype)
     w = weights(len(z), k, seed, z.device, z.dtype)
     out = torch.empty_like(z)
-    rows = tile_rows(len(codes), k, z.shape[1], z.element_size())
+    rows, sq = tile_rows(len(codes), k, z.shape[1], z.element_size()), (codes * codes).sum(1)
     for start in range(0, len(z), rows):
-        neighbours = codes[_tile_nearest(z[start : start + rows], codes, k)]  # (rows, k, d)
+        neighbours = codes[_tile_nearest(z[start : start + rows], codes, sq, k)]  # (rows, k, d)
         deviations = neighbours - neighbours.mean(1, keepdim=True)
         out[start : start + rows] = torch.einsum("nk,nkd->nd", w[start : start + rows], deviations)
     return spread * out
