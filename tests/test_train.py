@@ -762,8 +762,22 @@ def test_every_config_maximum_is_allowed_and_anything_above_it_refused(field):
     most = MAXIMA[field]
     value = type(getattr(TrainConfig(), field) or 1)(most)  # threads defaults to None: an int field
     TrainConfig(**{field: value}).validate()
-    with pytest.raises(ConfigError, match=rf"config field {field} must be at most {most:g}, got"):
+    shown = most if isinstance(most, int) else f"{most:g}"
+    with pytest.raises(ConfigError, match=rf"config field {field} must be at most {shown}, got"):
         TrainConfig(**{field: value + 1}).validate()
+
+
+@pytest.mark.parametrize("field", ["glo_epochs", "imle_epochs", "batch_size", "imle_batch_size", "seed"])
+def test_an_integer_beyond_int64_is_refused_in_a_short_message(field):
+    """Epoch counts and batch sizes beyond int64 crashed in the schedule or a tensor shape (10**19, 10**400:
+    OverflowError); they are refused, and the message shows the start of the number and its length, not
+    400 digits."""
+    for bad in (10**19, 10**400):
+        with pytest.raises(ConfigError, match=rf"config field {field} must be .+, got \d+") as err:
+            TrainConfig(**{field: bad}).validate()
+        assert len(str(err.value)) < 160, str(err.value)
+    with pytest.raises(ConfigError, match=r"got 1{40}\.\.\. \(401 characters\)$"):
+        TrainConfig(glo_epochs=int("1" * 401)).validate()
 
 
 def test_config_checks_across_fields_types_and_devices():

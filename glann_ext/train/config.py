@@ -201,15 +201,16 @@ class TrainConfig:
             _check_type(f.name, getattr(self, f.name), _FIELD_TYPES[f.name])
         for name, ok, rule in _range_checks(self):
             if not ok:
-                raise ConfigError(f"config field {name} must be {rule}, got {getattr(self, name)!r}")
+                raise ConfigError(f"config field {name} must be {rule}, got {_shown(getattr(self, name))}")
         for name, most in MAXIMA.items():
             value = getattr(self, name)
             if value is not None and value > most:
-                raise ConfigError(f"config field {name} must be at most {most:g}, got {value!r}")
+                shown = most if isinstance(most, int) else f"{most:g}"
+                raise ConfigError(f"config field {name} must be at most {shown}, got {_shown(value)}")
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(
-                    f"config field {name} must be one of {allowed}, got {getattr(self, name)!r}"
+                    f"config field {name} must be one of {allowed}, got {_shown(getattr(self, name))}"
                 )
         if self.image_size is not None:
             from glann_ext.models.generator import start_size
@@ -347,6 +348,12 @@ MAXIMA: dict[str, float] = {
     "mapping_hidden": 16384,
     "mapping_layers": 64,
     "image_size": 1024,
+    # beyond these the step counts and batch shapes leave int64 and float (10**400 epochs cannot be
+    # scheduled); a million epochs or a batch of 2**24 is already far past any run
+    "glo_epochs": 1_000_000,
+    "imle_epochs": 1_000_000,
+    "batch_size": 1 << 24,
+    "imle_batch_size": 1 << 24,
     "threads": MAX_THREADS,
     # IMLE draws multiple x (number of targets) noise vectors per epoch and matches each against the targets:
     # 1000 x 60000 targets is already 6e7 draws; beyond that only memory runs out (after GLO has trained)
@@ -428,6 +435,12 @@ def _range_checks(c: TrainConfig) -> list[tuple[str, bool, str]]:
     ]
 
 
+def _shown(value: Any) -> str:
+    """``repr(value)`` for an error message, cut short when long (an integer of 400 digits)."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
+
+
 def _check_type(name: str, value: Any, kind: str) -> None:
     """``kind``: "int", "float", "bool", "str", "betas", optionally followed by "?" (None allowed)."""
     if kind.endswith("?"):
@@ -446,7 +459,7 @@ def _check_type(name: str, value: Any, kind: str) -> None:
     if not ok:
         expected = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
                     "betas": "two numbers [beta1, beta2]"}[kind]  # fmt: skip
-        got = "null" if value is None else f"{value!r} ({type(value).__name__})"
+        got = "null" if value is None else f"{_shown(value)} ({type(value).__name__})"
         raise ConfigError(f"config field {name} must be {expected}, got {got}")
 
 
