@@ -349,6 +349,24 @@ def test_frechet_distance_closed_form_for_gaussians():
     assert fd == pytest.approx(10.0 + ((np.sqrt(va) - np.sqrt(vb)) ** 2).sum(), rel=1e-12)
 
 
+def test_frechet_distance_from_statistics_of_any_scale():
+    """Statistics of features scaled by 2**k give 4**k times the distance, to rounding, where the fourth power
+    of the middle matrix used to overflow or underflow; past float64 the distance itself is refused, named."""
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(5, 5)), rng.normal(size=(5, 5))
+    stats = (rng.normal(size=5), a @ a.T, rng.normal(size=5), b @ b.T)
+    base = frechet_distance_from_statistics(*stats)
+    for k in (-300, -100, 100, 300, 500):
+        scaled = [np.ldexp(s, k if s.ndim == 1 else 2 * k) for s in stats]
+        assert frechet_distance_from_statistics(*scaled) == pytest.approx(
+            math.ldexp(base, 2 * k), rel=1e-9
+        ), k
+    with pytest.raises(ValueError, match="Fréchet distance, a squared distance, is past float64's maximum"):
+        frechet_distance_from_statistics(
+            *[np.ldexp(s, 520) if s.ndim == 1 else s for s in stats]
+        )  # means 2**520
+
+
 def test_frechet_distance_of_small_sets_uses_the_unbiased_covariance():
     # as pytorch-fid and the FID paper's code (np.cov): {0, 2} vs {0, 0, 3, 3} in 1-D, means 1 and 1.5,
     # variances 2 and 3 (n - 1 in the denominator): 0.25 + 2 + 3 - 2 sqrt(6)

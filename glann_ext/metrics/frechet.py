@@ -6,7 +6,9 @@
 (symmetric, from an eigen-decomposition), ``S1 S2 = R (R S2 R) R^-1`` is similar to the symmetric PSD
 matrix ``R S2 R``, so the trace is ``sum_i sqrt(lambda_i(R S2 R))``. Negative eigenvalues from
 rounding are clipped to 0. Everything is float64; covariances use ``N - 1`` (as numpy.cov / pytorch-fid).
-:func:`frechet_distance` computes it on features brought near 1 by a power of two (exact), and scales back.
+:func:`frechet_distance` computes it on features brought near 1 by a power of two (exact), and scales back
+(the features' covariance would overflow first); :func:`frechet_distance_from_statistics` does the same with
+the statistics it is given.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ def _sym_sqrt(s: np.ndarray) -> np.ndarray:
 def frechet_distance_from_statistics(
     mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray
 ) -> float:
-    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2); covariances symmetric PSD."""
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2); covariances symmetric PSD. Statistics of
+    any scale: computed on means and covariances brought near 1 by a power of two (exact), and scaled back."""
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     d = mu1.shape[0]
@@ -59,13 +62,27 @@ def frechet_distance_from_statistics(
         low = float(np.linalg.eigvalsh((s + s.T) / 2).min()) if d else 0.0
         if low < -1e-6 * max(1.0, float(np.abs(s).max())):  # rounding aside, a covariance is PSD
             raise ValueError(f"{name} must be positive semi-definite, got an eigenvalue of {low:.3g}")
+    # FD and the covariances scale as the square of a feature, the middle matrix R S2 R as its fourth power:
+    # on statistics of features near 1e80 it overflowed, near 1e-100 it underflowed (as frechet_distance says)
+    top = max([float(np.abs(m).max(initial=0.0)) for m in (mu1, mu2)] + [
+        math.sqrt(float(np.abs(s).max(initial=0.0))) for s in (s1, s2)
+    ])  # fmt: skip
+    shift = -math.floor(math.log2(top)) if top > 0 else 0
+    mu1, mu2 = (np.ldexp(m, shift) for m in (mu1, mu2))
+    s1, s2 = (np.ldexp(s, 2 * shift) for s in (s1, s2))
     root1 = _sym_sqrt(s1)
     middle = root1 @ s2 @ root1
     eig = np.linalg.eigvalsh((middle + middle.T) / 2)
     tr_covmean = np.sqrt(np.clip(eig, 0.0, None)).sum()
     diff = mu1 - mu2
-    fd = diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean
-    return float(max(fd, 0.0))  # tiny negative values are rounding
+    fd = max(float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean), 0.0)  # below 0: rounding
+    try:
+        return math.ldexp(fd, -2 * shift)
+    except OverflowError:
+        raise UsageError(
+            f"the statistics are too large (means or root covariances up to {top:.3g}): their Fréchet "
+            f"distance, a squared distance, is past float64's maximum {np.finfo(np.float64).max:.3g}; rescale them"
+        ) from None
 
 
 def frechet_distance(features1: torch.Tensor, features2: torch.Tensor) -> float:
