@@ -16,7 +16,7 @@ isotropic Gaussian noise, then projected: the simplest sampler that stays as nea
 Each set is scored like part (c) (FD, precision, recall, coverage in the LeNet's features against held-out
 test images) with the memorisation check's copy ratio (median distance of the images to
 their nearest training image over the same for test images) and its median distance to the nearest training
-code, and T's use of the codes is summarised (docs/training.md, "Where the gap to the ceiling is").
+code, and T's use of the codes is summarised (docs/studies.md, "Where the gap to the ceiling is").
 """
 
 from __future__ import annotations

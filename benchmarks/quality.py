@@ -158,7 +158,8 @@ def log(msg: str) -> None:
 # -- (a) 2-D mixtures -------------------------------------------------------------------------------------
 # Adam's rate and betas of both 2-D IMLE rows. Against 3e-3 and (0.9, 0.999) they take the tight-mode row from
 # 73% to 92% (ring) and 30% to 89% (grid) high-quality samples at 1,000 steps, 5 seeds: a shorter memory of the
-# squared gradients lets the steps grow as the matched samples settle onto their modes (docs/training.md).
+# squared gradients lets the steps grow as the matched samples settle onto their modes (docs/studies.md,
+# "The 2-D mixtures").
 TOY_IMLE_LR = 1e-2
 TOY_IMLE_BETAS = (0.9, 0.9)
 
@@ -364,7 +365,7 @@ NOISY = f"control: GLANN + pixel noise {CONTROL_NOISE:g}"
 """GLANN's samples with seeded ``N(0, CONTROL_NOISE^2)`` noise added to every pixel (then clamped to [0, 1]):
 worse images by construction (visibly grainy; real test stacks' KL rises with it). A control, not a sampler:
 a column this row improves over GLANN's rewards something other than what a better sampler gives
-(docs/training.md, "What the stacked tables reward")."""
+(docs/studies.md, "What the stacked tables reward")."""
 CEILING = "ceiling: G(codes) of training images"
 """The reconstruction ceiling of GLANN and GLO + Gaussian (same G): what a second stage that hit every code
 exactly would reach; it is drawn as the first min(n, N) training images' reconstructions."""
@@ -653,7 +654,7 @@ def write_report(path: Path, res: dict, b: Budget, argv: list[str], total_s: flo
         "off by default; docs/training.md, 'Spreading the samples'). "
         f"'{NOISY}' is a control, not a sampler: GLANN's samples with seeded N(0, {CONTROL_NOISE:g}^2) noise added "
         "to every pixel, images that are worse by construction; a column where it beats GLANN (or GLO + "
-        "Gaussian) rewards something besides better samples (docs/training.md, 'What the stacked tables "
+        "Gaussian) rewards something besides better samples (docs/studies.md, 'What the stacked tables "
         "reward'). "
         "GLO + Gaussian is the GLANN run's GLO stage sampled with `GLANN.sample_gaussian`; IMLE (pixel) is "
         '`imle_space="pixel"` with the paper\'s options; VAE and DCGAN are `benchmarks/baselines/`.',

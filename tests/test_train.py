@@ -928,7 +928,7 @@ def test_imle_on_the_ring_covers_all_eight_modes(one_thread):
     settings (lr 1e-2, betas (0.9, 0.9)): all 8 modes covered, more than 85% of 2,500 samples within 3 std of a
     centre, every mode at least 3% of the samples, and recall (every training point has a sample within 3 std).
     Here 92% and 7.5%; seeds 0-4 of the report give 90-93% within 3 std (70-77% at the earlier lr 3e-3, betas
-    (0.9, 0.999)); plain IMLE gives 1-12% (tables in docs/training.md).
+    (0.9, 0.999)); plain IMLE gives 1-12% (tables in docs/studies.md, "The 2-D mixtures").
     """
     points = RING_PACGAN.sample(256, seed=0)
     trainer = fit_imle(points, seeded(0, lambda: MLP(2, 2, 128, 3, batch_norm=False)), _tight_mode_imle(1000))
@@ -945,7 +945,7 @@ def test_imle_on_the_ring_covers_all_eight_modes(one_thread):
 
 def test_imle_on_the_grid_reaches_95_percent_high_quality_in_5000_steps(one_thread):
     """The 5 x 5 grid (the issue's target: every mode, at least 95% of the samples within 3 std of a centre):
-    the ring's options and settings for 5,000 steps. Seeds 0-4 of the study in docs/training.md give
+    the ring's options and settings for 5,000 steps. Seeds 0-4 of the study in docs/studies.md give
     96.6-97.0% and a smallest mode of 1.5-2.4% of the samples (uniform: 4%) on the AMD EPYCs; on an AVX-512
     Intel Xeon, where the sums round otherwise, seed 0 gave 96.6% with a smallest mode of 0.96%, and 96.3% with
     1.04% with torch held to AVX2 there (``ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2``; seeds 1-2:

@@ -1,7 +1,7 @@
 """How a second stage's samples use the GLO codes: where GLANN's samples lose against the ceiling.
 
 The reconstruction ceiling (G of the training codes) is what a second stage that hit every code exactly
-would reach. Samples fall short of it in two measurable ways (docs/training.md, "Where the gap to the
+would reach. Samples fall short of it in two measurable ways (docs/studies.md, "Where the gap to the
 ceiling is"): their mass over the codes is uneven (some codes are the nearest code of many samples, isolated
 ones of few), and they lie farther from every code than the codes lie from each other, where G decodes
 blends. :func:`code_usage` measures both in latent space, with an even-use reference drawn at the same sizes.
@@ -12,7 +12,7 @@ It also compares the samples' first two moments with the codes' (:func:`moment_r
 lies from the codes' mean, and their variance over the codes' along the codes' leading and last principal
 directions. At the quality report's budget GLANN's samples hold 0.77-0.97x the codes' variance along the
 leading directions (those that carry an image's class) and, drawn 1.5 wide through ``T``'s BatchNorm, sit off
-the codes' mean; at the budgets users train at they hold 0.65-0.9x along the last ones (docs/training.md,
+the codes' mean; at the budgets users train at they hold 0.65-0.9x along the last ones (docs/studies.md,
 "`T`'s first two moments").
 """
 

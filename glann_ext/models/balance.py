@@ -2,7 +2,7 @@
 
 IMLE makes every code pull its nearest sample, but nothing in its objective makes ``T`` send each code the
 same share of its draws: at the quality report's budget, of 30,000 draws of ``T`` the busiest code is the
-nearest of 12-15 times the mean share and 6% of the codes of none (docs/training.md, "Where the gap to the
+nearest of 12-15 times the mean share and 6% of the codes of none (docs/studies.md, "Where the gap to the
 ceiling is"). Balanced sampling corrects that after training, exactly and without touching ``T``:
 
 1. **Calibration** (once per model): ``draws_per_code x N`` seeded draws of ``project(T(e))``; ``u_c`` counts

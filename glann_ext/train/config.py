@@ -72,7 +72,7 @@ class TrainConfig:
     does (the papers' code): after the first epoch a code's steps are about ``lr / sqrt(0.001 k)`` per
     coordinate at its k-th update, far larger than ``lr``; "rows" counts each code's own updates (the exact
     Adam of a row touched once per epoch): better reconstructions, but codes that IMLE samples worse at the
-    budgets measured (docs/training.md)."""
+    budgets measured (docs/training.md, "Choices and why")."""
     init: str = "pca"  # "pca" or "random"
     lap_weights: str = "paper"
     """Level weights of the Laplacian-pyramid loss: "paper" (the GLO paper's 4^j, j = 0 the finest: every
@@ -500,7 +500,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # rate 2e-3 (the ablation's free win when it was twice the default, benchmarks/QUALITY.md), the rest of
     # the budget in IMLE epochs (cheap on codes) with the cosine-annealed rate, and T fed 16-D noise (a
     # quarter of the latent size: its samples sit nearer the codes; FD better on 3 of 3 seeds, recall level,
-    # docs/training.md). On the development evaluator (docs/training.md, AMD EPYC, 2 threads): FD 41.6 against
+    # docs/studies.md). On the development evaluator (docs/studies.md, AMD EPYC, 2 threads): FD 41.6 against
     # 43.2 with 32-D noise and 46.7 for the previous 20 + 40 epochs at lr_g 1e-3, with 4/5 of its GLO work.
     # Against the 20k-image, 25 + 50 epoch run, with under half of its GLO work: better FD and recall (41.6 /
     # 0.26 against 44.8 / 0.24), lower precision and coverage (0.77 / 0.52 against 0.83 / 0.57). T steps on 64 codes
@@ -528,7 +528,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The laptop recipe on every Fashion-MNIST training image for about half an hour on 2 CPU cores:
     # 30 GLO + 60 IMLE epochs (measured end to end: GLO 20-24 s per quiet epoch, IMLE 17.3 s per epoch, the
     # search over 60k codes x 120k draws being most of it; 33 min of wall time on a machine shared with
-    # benchmark runs; docs/training.md). G at the default 2e-3 ties 1e-3 here with whitened IMLE: one GLO
+    # benchmark runs; docs/studies.md). G at the default 2e-3 ties 1e-3 here with whitened IMLE: one GLO
     # stage per seed and rate in one process, LeNet FD 1.74 +- 0.23 against 2.11 +- 0.22; `glann train` +
     # `glann eval`, 1.87 +- 0.21 (1.02x the ceiling, recall 0.835) against 1.79 +- 0.11 (1.00x, 0.828), seeds
     # 0-2, 2026-12-04; before whitening the development evaluator had it behind (40.6 / 36.6);
