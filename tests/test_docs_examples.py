@@ -11,6 +11,7 @@ listed here to be run.
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,50 @@ def test_the_python_example_runs_as_printed(name, index, tmp_path, monkeypatch):
 
         keys = torch.cat([namespace["T"](e) for e in namespace["noise"].split(100_000)])
         assert torch.equal(namespace["idx"], glann_ext.nn_argmin(namespace["queries"], keys))
+
+
+def _glann_commands() -> list[tuple[str, list[str]]]:
+    """(file, argv) of every ``glann`` command in a shell block of README.md and docs/*.md, and in
+    scripts/*.sh (README's main command is scripts/main.sh): after a ``torchrun ... --no-python`` prefix
+    too, continued lines joined, comments dropped."""
+    found = []
+    for path in [
+        ROOT / "README.md",
+        *sorted((ROOT / "docs").glob("*.md")),
+        *sorted((ROOT / "scripts").glob("*.sh")),
+    ]:
+        text = path.read_text()
+        blocks = (
+            [text]
+            if path.suffix == ".sh"
+            else re.findall(r"```(?:bash|sh|console)?\n(.*?)```", text, re.DOTALL)
+        )
+        for block in blocks:
+            for line in block.replace("\\\n", " ").splitlines():
+                if not re.search(r"(^|\s)glann\s", line):  # other lines may hold prose-like quotes
+                    continue
+                words = shlex.split(line, comments=True)
+                if "glann" in words:
+                    found.append((path.name, words[words.index("glann") + 1 :]))
+    return found
+
+
+def test_every_glann_command_of_the_docs_parses():
+    """A flag renamed or removed fails here, not in a reader's terminal (arguments are only parsed: no
+    command runs, and placeholders such as ``runs/fmnist`` need not exist)."""
+    from glann_ext import cli
+
+    commands = _glann_commands()
+    assert {argv[0] for _, argv in commands} >= {
+        "train",
+        "sample",
+        "interpolate",
+        "invert",
+        "eval",
+        "reshard",
+    }
+    for name, argv in commands:
+        try:
+            cli._parser().parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"{name}: glann {shlex.join(argv)} does not parse")
