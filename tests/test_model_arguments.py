@@ -108,6 +108,15 @@ def test_latent_interpolation_refuses_zero_and_nan_codes_by_endpoint():
     assert torch.allclose(out, m.interpolate(0, 7, steps=4, space="latent"), atol=1e-6)
 
 
+def test_interpolation_space_names_both_spaces_of_a_glann_model():
+    """A typo in ``space`` on a GLANN model named only 'noise' as valid (the base class's message)."""
+    m = _glann()
+    with pytest.raises(
+        UsageError, match=r"space must be 'latent' or 'noise' for a glann model, got 'latnet'"
+    ):
+        m.interpolate(0, 7, steps=4, space="latnet")
+
+
 def test_slerp_refuses_zero_nan_and_mismatched_endpoints_by_name():
     b, t = torch.tensor([1.0, 0, 0, 0]), torch.linspace(0, 1, 3)
     with pytest.raises(UsageError, match=r"^a must be a non-zero vector"):

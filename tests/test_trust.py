@@ -13,6 +13,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -106,6 +107,12 @@ def test_planted_pickles_never_run(finished, tmp_path, capsys, blob_file):
     )  # fmt: skip
     assert "not a loadable tensor file" in err and "can run code" in err and "weights_only" not in err
     assert not marker.exists()
+    weights.write_text('{"a": 1}')  # a text file: not said to hold objects that could run code
+    err = _one_line_error(
+        capsys, "train", "--dataset", blob_file, "--out", str(tmp_path / "v"), *TINY,
+        "--vgg-weights", str(weights), "--vgg-weight", "0.1",
+    )  # fmt: skip
+    assert "not a file torch.save writes" in err and "can run code" not in err, err
 
 
 @pytest.mark.filterwarnings("error::UserWarning")
@@ -124,7 +131,10 @@ def test_a_classifier_cache_that_is_not_ours_is_refused_and_never_run(tmp_path):
     cases = {
         "never loaded": lambda: plant_pickle(path, marker),  # a bare pickle
         "can run code": lambda: torch.save({"meta": Payload(marker)}, path),  # objects in an archive
-        "not a torch.save archive": lambda: path.write_bytes(b"not a file of ours"),
+        "not a file torch.save writes": lambda: path.write_bytes(b"not a file of ours"),
+        "not a torch.save archive": lambda: torch.save(  # a legacy (bare pickle) torch file of tensors
+            good, path, _use_new_zipfile_serialization=False
+        ),
         "no 'meta' and 'state_dict'": lambda: torch.save([good["state_dict"]], path),
         "in_channels=True": lambda: torch.save(forged(in_channels=True), path),
         # sizes the file's own tensors do not have: refused before any network of that size is built
@@ -569,6 +579,24 @@ def test_a_mapped_tensor_file_is_the_one_checked_not_one_swapped_in_after(tmp_pa
     rows = load_tensors_only(tmp_path / "shard.pt", mmap=True)["rows"]
     assert torch.equal(rows, torch.arange(5.0))
     assert torch.equal(torch.load(tmp_path / "shard.pt")["rows"], -torch.arange(5.0))  # the swap happened
+
+
+def test_atomic_write_names_the_file_asked_for_when_its_folder_cannot_take_it(tmp_path, monkeypatch):
+    """A file where a folder should be is named as such (it was a mkdir's "File exists"), and a temp file
+    that cannot be made (a read-only or virtual folder: /proc) is reported as the target, not as its
+    random temp name."""
+    (tmp_path / "a.npy").write_bytes(b"")
+    with pytest.raises(NotADirectoryError, match=r"a\.npy is not a folder") as err:
+        atomic_write(tmp_path / "a.npy" / "b" / "x.png", lambda f: f.write(b"x"))
+    assert err.value.filename == str(tmp_path / "a.npy" / "b" / "x.png")
+
+    def no_temp(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", str(tmp_path / "x.png.abc123.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", no_temp)
+    with pytest.raises(FileNotFoundError) as err:
+        atomic_write(tmp_path / "x.png", lambda f: f.write(b"x"))
+    assert err.value.filename == str(tmp_path / "x.png")
 
 
 def test_atomic_write_writes_beside_the_target_syncs_renames_and_syncs_the_folder(tmp_path, monkeypatch):

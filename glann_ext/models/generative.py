@@ -50,6 +50,8 @@ SPREAD_CHUNK = 4_096
 MAX_BALANCE_DRAWS = 10_000.0
 # the most training codes invert searches for each image's first start (a random pool of them)
 INVERT_POOL = 2_048
+# starts per image of GLANN.invert (and `glann invert --restarts`): the nearest pool code's and random ones
+INVERT_RESTARTS = 4
 NO_MAPPING = (
     "this model has no IMLE mapping T (a GLO-only run: train the IMLE stage with `glann train --out RUN`, or "
     "sample the GLO + Gaussian baseline: `--sampler gaussian`, sample_gaussian in Python)"
@@ -409,7 +411,7 @@ class GenerativeModel(nn.Module):
         (noise_dim,), interpolated linearly, then mapped and decoded."""
         steps = _check_count(steps, self.image_shape, "steps", low=2)
         if space != "noise":
-            raise UsageError(f"space must be 'noise' for a {self.kind} model, got {space!r}")
+            raise UsageError(f"space must be 'noise' for a {self.kind} model, got {space!r:.60}")
         t = torch.linspace(0, 1, steps, dtype=torch.float32)[:, None]
         a, b = (
             _vector("a", a, self.noise_dim, "a noise vector"),
@@ -707,7 +709,9 @@ class GLANN(GenerativeModel):
         then T and G. ``space="latent"``: ``a``, ``b`` are codes (latent_dim,) or training indices (int);
         spherical interpolation (slerp) along the great circle, so every point stays on the code sphere.
         """
-        if space != "latent":
+        if space not in ("latent", "noise"):
+            raise UsageError(f"space must be 'latent' or 'noise' for a {self.kind} model, got {space!r:.60}")
+        if space == "noise":
             return super().interpolate(a, b, steps, space)
         steps = _check_count(steps, self.image_shape, "steps", low=2)
         t = torch.linspace(0, 1, steps, dtype=torch.float32)
@@ -730,7 +734,7 @@ class GLANN(GenerativeModel):
         images: torch.Tensor,
         steps: int = 200,
         lr: float = 0.05,
-        restarts: int = 4,
+        restarts: int = INVERT_RESTARTS,
         seed: int = 0,
         progress: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
