@@ -187,8 +187,13 @@ def _run_args(q: argparse.ArgumentParser) -> None:
     """The arguments of every command that reads a trained run."""
     q.add_argument("--run", required=True, help="run folder (or model file)")
     q.add_argument("--ops", choices=["fused", "reference"], help="override the run's ops backend")
-    q.add_argument("--device", default="cpu")
-    q.add_argument("--seed", type=_count(0, MAX_SEED), default=0)
+    q.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    q.add_argument(
+        "--seed",
+        type=_count(0, MAX_SEED),
+        default=0,
+        help="seed of the draws: the same seed, the same images",
+    )
 
 
 def _add_train(sub) -> None:
@@ -255,10 +260,20 @@ def _add_sample(sub) -> None:
 def _add_interpolate(sub) -> None:
     i = sub.add_parser("interpolate", help="interpolation grid, in noise or latent space")
     _run_args(i)
-    i.add_argument("--space", choices=["noise", "latent"], default="noise")
-    i.add_argument("--rows", type=_count(1, 10_000), default=8, help="number of interpolation pairs")
-    i.add_argument("--steps", type=_count(2, 10_000), default=10, help="images per row, endpoints included")
-    i.add_argument("--grid", default="interpolation.png")
+    i.add_argument(
+        "--space",
+        choices=["noise", "latent"],
+        default="noise",
+        help="noise: lerp between two noise vectors, then T and G (default); latent: slerp between two "
+        "training codes on the sphere, then G",
+    )
+    i.add_argument(
+        "--rows", type=_count(1, 10_000), default=8, help="interpolation pairs, one a row (default 8)"
+    )
+    i.add_argument(
+        "--steps", type=_count(2, 10_000), default=10, help="images per row, endpoints included (default 10)"
+    )
+    i.add_argument("--grid", default="interpolation.png", help="PNG to write (default interpolation.png)")
 
 
 def _add_invert(sub) -> None:
