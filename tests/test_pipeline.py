@@ -15,6 +15,7 @@ from glann_testing import Interrupt, interrupt_at, tiny_config
 
 from glann_ext import cli
 from glann_ext.backend import get_ops
+from glann_ext.errors import UsageError
 from glann_ext.models import GLANN, MLP, PixelIMLE, read_model_file
 from glann_ext.ops import reference
 from glann_ext.optim import SphereSparseAdam, SphereSparseSGD
@@ -72,6 +73,19 @@ def test_the_model_keeps_t_out_until_the_imle_stage_has_stepped(blobs):
     assert f.model.T is None
     loop.run_epoch(f.imle)
     assert f.model.T is f.T
+
+
+def test_a_glo_only_model_says_how_to_train_its_imle_stage_and_that_way_works(blobs):
+    """The error of sampling a GLO-only model names the ways on: the run folder's command, Fit's second
+    stage in Python (which then samples), and the Gaussian baseline (which samples already)."""
+    f = Fit(blobs, tiny_config(glo_epochs=1, imle_epochs=1))
+    glo_only = f.run("glo")
+    with pytest.raises(UsageError, match="no IMLE mapping T yet") as err:
+        glo_only.sample(4)
+    for way in ("glann train --out RUN", "Fit(images, cfg).run('imle')", "sample_gaussian"):
+        assert way in str(err.value), way
+    assert glo_only.sample_gaussian(4).shape == (4, *blobs.shape[1:])
+    assert f.run("imle").sample(4).shape == (4, *blobs.shape[1:])
 
 
 def test_training_never_touches_the_global_rng(blobs):

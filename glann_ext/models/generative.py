@@ -53,8 +53,9 @@ INVERT_POOL = 2_048
 # starts per image of GLANN.invert (and `glann invert --restarts`): the nearest pool code's and random ones
 INVERT_RESTARTS = 4
 NO_MAPPING = (
-    "this model has no IMLE mapping T (a GLO-only run: train the IMLE stage with `glann train --out RUN`, or "
-    "sample the GLO + Gaussian baseline: `--sampler gaussian`, sample_gaussian in Python)"
+    "this model has no IMLE mapping T yet (GLO only: `glann train --out RUN` trains the IMLE stage of a run "
+    "folder, once no other command trains it; Fit(images, cfg).run('imle') after run('glo') in Python; or "
+    "sample the GLO + Gaussian baseline: `--sampler gaussian`, model.sample_gaussian)"
 )
 
 
