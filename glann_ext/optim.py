@@ -26,6 +26,7 @@ import torch
 
 from ._args import checked_int
 from .ops import reference, sphere
+from .ops._checks import check_bool
 from .ops.sphere import fused_latent_adam_, fused_latent_sgd_
 
 __all__ = ["BACKENDS", "LATENT_OPTIMIZERS", "SphereSparseAdam", "SphereSparseSGD", "latent_optimizer"]
@@ -125,7 +126,7 @@ class SphereSparseAdam:
         self.backend = _check_backend("SphereSparseAdam", backend)
         self.lr = _check_rate("SphereSparseAdam", lr)
         self.betas, self.eps = _check_betas_eps("SphereSparseAdam", betas, eps)
-        self.project = bool(project)
+        self.project = check_bool("SphereSparseAdam: project", project)
         self.exp_avg = torch.zeros_like(table, memory_format=torch.contiguous_format)
         self.exp_avg_sq = torch.zeros_like(table, memory_format=torch.contiguous_format)
         self.step_count = 0
@@ -222,7 +223,10 @@ class SphereSparseSGD:
     ) -> None:
         self.table = _check_table("SphereSparseSGD", table)
         self.backend = _check_backend("SphereSparseSGD", backend)
-        self.lr, self.project = _check_rate("SphereSparseSGD", lr), bool(project)
+        self.lr, self.project = (
+            _check_rate("SphereSparseSGD", lr),
+            check_bool("SphereSparseSGD: project", project),
+        )
 
     @torch.no_grad()
     def step(self, indices: torch.Tensor, grad: torch.Tensor) -> None:

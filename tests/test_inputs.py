@@ -155,8 +155,17 @@ def test_laplacian_numpy_for_either_argument_gives_numpy():
 def test_laplacian_numpy_nan_names_the_argument():
     x, y = np.zeros((3, 1, 8, 8), np.float32), np.zeros((3, 1, 8, 8), np.float32)
     y[2, 0, 1, 1] = np.inf
-    with pytest.raises(NonFiniteError, match="y row 2"):
+    with pytest.raises(NonFiniteError, match=r"y sample 2 \(batch index\)"):
         glann_ext.laplacian_pyramid_loss(x, y)
+
+
+def test_raise_deferred_errors_wait_must_be_a_bool():
+    """wait="no" was read as its truth value (and so waited)."""
+    glann_ext.ops.raise_deferred_errors(wait=np.True_)
+    for value in ("no", 1, None):
+        message = rf"^raise_deferred_errors: wait must be a bool, got {type(value).__name__} {value!r}$"
+        with pytest.raises(TypeError, match=message):
+            glann_ext.ops.raise_deferred_errors(wait=value)
 
 
 # ------------------------------------------------------------------------------------------ projection

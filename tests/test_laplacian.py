@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 import pytest
 import torch
 from glann_testing import RecordOps, child_kwargs
@@ -479,6 +480,46 @@ def test_errors(args, kwargs, exc, match):
         loss_fn(*args, **kwargs)
 
 
+def test_type_errors_say_numpy_arrays_are_taken():
+    """x and y may be numpy arrays: the type error said "x must be a torch.Tensor"."""
+    x, y = _xy(2, 1, 4, 4)
+    with pytest.raises(TypeError, match=r"^x must be a torch.Tensor or a numpy array, got list$"):
+        loss_fn(x.tolist(), y)
+    with pytest.raises(TypeError, match=r"^y must be a torch.Tensor or a numpy array, got list$"):
+        loss_fn(x, y.tolist())
+    with pytest.raises(TypeError, match=r"^y must be a torch.Tensor or a numpy array, got NoneType$"):
+        loss_fn(x.numpy(), None)
+
+
+@pytest.mark.parametrize("value", ["yes", "no", 1, 0, None])
+def test_check_finite_values_must_be_a_bool(value):
+    """A str reached the native call (a binding's signature dump); an int or None was read as its truth
+    value. A numpy.bool_ is a bool."""
+    x, y = _xy(2, 1, 8, 8)
+    want = rf"^check_finite_values must be a bool, got {type(value).__name__} {value!r}$"
+    with pytest.raises(TypeError, match=want):
+        loss_fn(x, y, check_finite_values=value)
+    x[0, 0, 0, 0] = float("nan")
+    assert not math.isfinite(float(loss_fn(x, y, check_finite_values=np.False_)))
+    with pytest.raises(NonFiniteError):
+        loss_fn(x, y, check_finite_values=np.True_)
+
+
+@pytest.mark.parametrize("pixel_path", [False, True])
+def test_non_finite_error_names_a_sample_not_a_row(pixel_path):
+    """Dimension 0 of an image batch is the sample: the error said "x row 1" (the row attribute stays)."""
+    x, y = _xy(3, 2, 8, 8)
+    y[1, 1, 4, 4] = float("inf")
+    message = r"^laplacian_pyramid_loss: y sample 1 \(batch index\) contains NaN or Inf$"
+    with pytest.raises(NonFiniteError, match=message) as info:
+        lap_mod._loss(x, y, None, "mean", pixel_path=pixel_path)
+    assert (info.value.argument, info.value.row) == ("y", 1)
+    # Under vmap the samples of the entries are counted together: entry 1's sample 1 is sample 4.
+    with pytest.raises(NonFiniteError, match=r"^laplacian_pyramid_loss: y sample 4 \(batch index\)") as info:
+        torch.vmap(loss_fn)(torch.stack([x, x]), torch.stack([x, y]))
+    assert (info.value.argument, info.value.row) == ("y", 4)
+
+
 @pytest.mark.parametrize("pixel_path", [False, True])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 @pytest.mark.parametrize("where", ["x", "y"])
@@ -486,7 +527,9 @@ def test_non_finite_raises_naming_argument_and_sample(bad, where, pixel_path):
     x, y = _xy(4, 2, 6, 6)
     (x if where == "x" else y)[2, 1, 3, 2] = bad
     (x if where == "x" else y)[3, 0, 0, 0] = float("nan")  # a later sample
-    with pytest.raises(NonFiniteError, match=rf"^laplacian_pyramid_loss: {where} row 2 contains NaN") as info:
+    with pytest.raises(
+        NonFiniteError, match=rf"^laplacian_pyramid_loss: {where} sample 2 \(batch index\) contains NaN"
+    ) as info:
         lap_mod._loss(x, y, None, "mean", pixel_path=pixel_path)
     assert isinstance(info.value, ValueError)
     assert info.value.argument == where and info.value.row == 2
@@ -508,7 +551,9 @@ def test_non_finite_found_in_strided_inputs_at_every_level_count(layout, levels,
     assert not x.is_contiguous()
     x[1, 1, 4, x.shape[-1] - 1] = bad
     y = torch.randn(x.shape)
-    with pytest.raises(NonFiniteError, match=r"^laplacian_pyramid_loss: x row 1 contains NaN") as info:
+    with pytest.raises(
+        NonFiniteError, match=r"^laplacian_pyramid_loss: x sample 1 \(batch index\) contains NaN"
+    ) as info:
         loss_fn(x, y, levels=levels)
     assert info.value.argument == "x" and info.value.row == 1
 
@@ -938,12 +983,12 @@ def test_cuda_non_finite_policy():
     x, y = torch.randn(3, 1, 8, 8, device="cuda"), torch.randn(3, 1, 8, 8, device="cuda")
     y[1, 0, 2, 2] = float("nan")
     x[2, 0, 0, 0] = float("inf")  # a later sample of x: x is looked at first, its lowest sample named
-    with pytest.raises(NonFiniteError, match="x row 2") as info:  # noqa: PT012 (CUDA raises at the flush)
+    with pytest.raises(NonFiniteError, match=r"x sample 2 \(batch index\)") as info:  # noqa: PT012 (CUDA raises at the flush)
         loss_fn(x, y, reduction="none")
         glann_ext.ops.raise_deferred_errors(wait=True)
     assert info.value.argument == "x" and info.value.row == 2
     x[2, 0, 0, 0] = 0.0
-    with pytest.raises(NonFiniteError, match="y row 1") as info:  # noqa: PT012 (CUDA raises at the flush)
+    with pytest.raises(NonFiniteError, match=r"y sample 1 \(batch index\)") as info:  # noqa: PT012 (CUDA raises at the flush)
         loss_fn(x, y, reduction="none")
         glann_ext.ops.raise_deferred_errors(wait=True)
     assert info.value.argument == "y" and info.value.row == 1

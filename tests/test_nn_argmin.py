@@ -813,6 +813,45 @@ def test_bad_arguments(queries, keys, exc, match) -> None:
         nn_argmin(queries, keys)
 
 
+def test_type_errors_name_numpy_only_where_numpy_is_taken() -> None:
+    """nn_argmin([[0., 1.]], keys) said "queries must be a torch.Tensor", though numpy arrays are taken for
+    queries (and keys); RunningArgmin.update takes tensors only and still says so."""
+    keys = torch.randn(4, 2)
+    with pytest.raises(TypeError, match=r"^queries must be a torch.Tensor or a numpy array, got list$"):
+        nn_argmin([[0.0, 1.0]], keys)
+    with pytest.raises(TypeError, match=r"^queries must be a torch.Tensor or a numpy array, got NoneType$"):
+        nn_argmin(None, keys)
+    with pytest.raises(TypeError, match=r"^keys must be a torch.Tensor, got ndarray$"):
+        RunningArgmin(torch.randn(3, 2)).update(np.ones((4, 2), np.float32), 0)
+
+
+@pytest.mark.parametrize("flag", ["return_distances", "check_finite_values"])
+@pytest.mark.parametrize("value", ["yes", "no", 1, 0, None, 1.0])
+def test_bool_flags_refuse_other_types(flag, value) -> None:
+    """return_distances="yes" was taken silently (any truthy value asked for distances, "no" too), and a str
+    check_finite_values reached the native call, whose error was a binding's signature dump."""
+    q, k = torch.randn(3, 2), torch.randn(4, 2)
+    want = rf"^{flag} must be a bool, got {type(value).__name__} {re.escape(repr(value))}$"
+    with pytest.raises(TypeError, match=want):
+        nn_argmin(q, k, **{flag: value})
+    with pytest.raises(TypeError, match=want):
+        nn_argmin(q.numpy(), k.numpy(), **{flag: value})
+
+
+def test_bool_flags_take_numpy_bools_and_running_argmin_checks_its_own() -> None:
+    q, k = torch.randn(5, 3), torch.randn(7, 3)
+    index, dist = nn_argmin(q, k, return_distances=np.True_, check_finite_values=np.False_)
+    want_index, want_dist = nn_argmin(q, k, return_distances=True)
+    assert torch.equal(index, want_index) and torch.equal(dist, want_dist)
+    best = RunningArgmin(q, return_distances=np.True_, check_finite=np.True_)
+    best.update(k, 0)
+    assert isinstance(best.result(), tuple)
+    with pytest.raises(TypeError, match=r"^return_distances must be a bool, got str 'yes'$"):
+        RunningArgmin(q, return_distances="yes")
+    with pytest.raises(TypeError, match=r"^check_finite must be a bool, got int 1$"):
+        RunningArgmin(q, check_finite=1)
+
+
 @pytest.mark.parametrize(
     ("where", "row", "argument"),
     [("queries", 3, "queries"), ("keys", 0, "keys"), ("keys", 17, "keys"), ("chunk", 2, "keys[1]")],

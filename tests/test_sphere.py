@@ -740,6 +740,37 @@ def test_hyperparameter_types_and_error_wording():
     torch.testing.assert_close(table, want)
 
 
+def test_project_flag_takes_numpy_bools_and_refuses_other_types():
+    """project=np.True_ (a numpy bool, e.g. from a config array) was refused as "must be a bool, got bool"."""
+    table, m, v, idx, g = _adam_args()
+    want, got = table.clone(), table.clone()
+    fused_latent_sgd_(want, idx, g, lr=0.1, project=True)
+    fused_latent_sgd_(got, idx, g, lr=0.1, project=np.True_)
+    assert torch.equal(got, want)
+    got = table.clone()
+    fused_latent_adam_(got, m.clone(), v.clone(), idx, g, step=1, lr=0.1, project=np.False_)
+    want = table.clone()
+    fused_latent_adam_(want, m.clone(), v.clone(), idx, g, step=1, lr=0.1, project=False)
+    assert torch.equal(got, want)
+    for value in ("yes", None, 0):
+        message = rf"^fused_latent_sgd_: project must be a bool, got {type(value).__name__} {value!r}$"
+        with pytest.raises(TypeError, match=message):
+            fused_latent_sgd_(table, idx, g, lr=0.1, project=value)
+
+
+def test_type_errors_name_numpy_only_where_numpy_is_taken():
+    """The projections take numpy arrays: their type error said "z must be a torch.Tensor". The optimizer
+    steps take tensors only and still say so."""
+    for op in (project_to_sphere, project_to_sphere_):
+        with pytest.raises(
+            TypeError, match=rf"^{op.__name__}: z must be a torch.Tensor or a numpy array, got list$"
+        ):
+            op([[1.0, 2.0]])
+    table, idx, g = torch.randn(4, 3), torch.tensor([1]), torch.randn(1, 3)
+    with pytest.raises(TypeError, match=r"^fused_latent_sgd_: table must be a torch.Tensor, got ndarray$"):
+        fused_latent_sgd_(table.numpy(), idx, g, lr=0.1)
+
+
 def test_fused_steps_take_a_zero_rate_and_refuse_an_infinite_one():
     """lr = 0 lies in the documented range (>= 0): the touched rows are only re-projected; lr = inf is refused,
     and so are a tensor argument of another Python type and a table without columns (also when every shape
@@ -839,6 +870,16 @@ def test_optimizers_refuse_a_table_of_another_rank_and_a_bool_eps():
             make(torch.zeros(4, 3, 2))
     with pytest.raises(ValueError, match=r"^SphereSparseAdam: eps must be a finite number > 0, got True"):
         SphereSparseAdam(unit_table(4, 3), eps=True)
+
+
+def test_optimizers_take_project_as_a_bool_only():
+    """``project="no"`` was read as True (bool(project)): the optimizers check it as the fused step does, and
+    take numpy's bools."""
+    table = torch.nn.functional.normalize(torch.randn(4, 3), dim=1)
+    for cls in (SphereSparseAdam, SphereSparseSGD):
+        assert cls(table.clone(), project=np.False_).project is False
+        with pytest.raises(TypeError, match=rf"^{cls.__name__}: project must be a bool, got str 'no'"):
+            cls(table.clone(), project="no")
 
 
 def test_sgd_refuses_the_state_of_an_adam_optimizer():

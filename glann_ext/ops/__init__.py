@@ -3,7 +3,8 @@
 Only this subpackage imports the compiled module; models, trainers and metrics call these ops.
 
 Errors. Arguments are checked in Python before any native call (``TypeError``/``ValueError`` naming the
-argument, what was expected and what came). A kernel that fails anyway reports a status, turned into a
+argument, what was expected and what came; a flag such as ``return_distances`` or ``check_finite_values``
+must be a bool or a ``numpy.bool_``, not a value read for its truth). A kernel that fails anyway reports a status, turned into a
 typed error by its code (``ops/_native.py``): an invalid argument becomes ``ValueError``, a CUDA error
 ``RuntimeError`` with the CUDA error string.
 
@@ -14,7 +15,8 @@ with them is refused with the conversion to make.
 
 NaN policy, one for every op. When a floating input holds NaN or Inf, the op raises
 :class:`glann_ext.errors.NonFiniteError` (a ``ValueError``) whose ``argument`` names the input and whose
-``row`` is its lowest offending row (index along dimension 0: query, key, sample, table or grad row).
+``row`` is its lowest offending row (index along dimension 0: query, key, sample, table or grad row); the
+message says ``row N``, or ``sample N (batch index)`` for the images of ``laplacian_pyramid_loss``.
 Ops that write in place leave the offending rows unwritten (``project_to_sphere_``) or update nothing at
 all (``fused_latent_adam_``, ``fused_latent_sgd_``). The kernels find the offending rows while they read
 the data, inside the registered ops: no extra pass, no graph break under ``torch.compile``.

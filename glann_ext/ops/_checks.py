@@ -24,10 +24,13 @@ def check_tensor(
     ndim: int | None = None,
     dtypes: Sequence[torch.dtype] | None = None,
     nonempty: bool = False,
+    numpy_ok: bool = False,
 ) -> torch.Tensor:
-    """Type, rank, dtype and emptiness checks for one argument."""
+    """Type, rank, dtype and emptiness checks for one argument. ``numpy_ok``: the op also takes a numpy
+    array for it (converted before this check), so the type error says so."""
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        kind = "a torch.Tensor or a numpy array" if numpy_ok else "a torch.Tensor"
+        raise TypeError(f"{name} must be {kind}, got {type(t).__name__}")
     if ndim is not None and t.dim() != ndim:
         raise ValueError(f"{name} must be a {ndim}-D tensor, got {t.dim()}-D with shape {tuple(t.shape)}")
     if dtypes is not None and t.dtype not in dtypes:
@@ -37,6 +40,15 @@ def check_tensor(
     if nonempty and t.numel() == 0:
         raise ValueError(f"{name} must not be empty, got shape {tuple(t.shape)}")
     return t
+
+
+def check_bool(name: str, value: object) -> bool:
+    """``value`` as a Python bool: ``True``/``False`` or a ``numpy.bool_``; anything else (an int, a str,
+    None) raises ``TypeError`` naming ``name``, the expected type and the value, instead of being read as
+    its truth value."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r:.60}")
 
 
 def check_same_device(*, op: str = "", **tensors: torch.Tensor) -> torch.device:
@@ -148,9 +160,17 @@ def _nonfinite_rows(t: torch.Tensor) -> torch.Tensor:
     return (~torch.isfinite(t)).reshape(t.shape[0], -1).any(1)
 
 
-def non_finite_error(argument: str, row: int | None, *, op: str = "", note: str = "") -> NonFiniteError:
-    """The package's NaN/Inf error (see glann_ext.ops): names the argument and its lowest offending row."""
-    where = argument if row is None else f"{argument} row {row}"
+ROW = "row {}"
+SAMPLE = "sample {} (batch index)"
+
+
+def non_finite_error(
+    argument: str, row: int | None, *, op: str = "", note: str = "", row_label: str = ROW
+) -> NonFiniteError:
+    """The package's NaN/Inf error (see glann_ext.ops): names the argument and its lowest offending row,
+    worded by ``row_label`` (:data:`ROW`; :data:`SAMPLE` for images, whose dimension 0 is the batch). The
+    error's ``row`` attribute is the index along dimension 0 either way."""
+    where = argument if row is None else f"{argument} {row_label.format(row)}"
     prefix = f"{op}: " if op else ""
     return NonFiniteError(f"{prefix}{where} contains NaN or Inf{note}", argument=argument, row=row)
 

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import torch
 
 from .._ext import _C
-from ._checks import non_finite_error
+from ._checks import ROW, check_bool, non_finite_error
 
 # Must match csrc/common/dtype.h.
 DTYPE_CODES: dict[torch.dtype, int] = {
@@ -106,17 +106,24 @@ NO_ROW = torch.iinfo(torch.int64).max
 
 
 def status_error(
-    exc: _C.StatusError, op: str, arguments: Sequence[str] = (), row_offsets: Sequence[int] = ()
+    exc: _C.StatusError,
+    op: str,
+    arguments: Sequence[str] = (),
+    row_offsets: Sequence[int] = (),
+    *,
+    row_label: str = ROW,
 ) -> Exception:
     """The typed error for a failed kernel status: ``NonFiniteError`` naming ``arguments[exc.input]`` and
-    the row in ``exc.detail`` (plus ``row_offsets[exc.input]``, when the kernel saw a slice of it),
+    the row in ``exc.detail`` (plus ``row_offsets[exc.input]``, when the kernel saw a slice of it; worded by
+    ``row_label``, see :func:`~glann_ext.ops._checks.non_finite_error`),
     ``ValueError`` for an invalid argument, ``RuntimeError`` (with the CUDA error string in the message) for
     a CUDA error or a build without CUDA."""
     if exc.code == _C.StatusCode.NON_FINITE:
         i = max(0, exc.input)
         name = arguments[i] if i < len(arguments) else "input"
         offset = row_offsets[i] if i < len(row_offsets) else 0
-        return non_finite_error(name, exc.detail + offset if exc.detail >= 0 else None, op=op)
+        row = exc.detail + offset if exc.detail >= 0 else None
+        return non_finite_error(name, row, op=op, row_label=row_label)
     if exc.code == _C.StatusCode.INVALID_ARGUMENT:
         return ValueError(f"{op}: {exc.message}")
     return RuntimeError(f"{op}: {exc.message}")
@@ -124,12 +131,18 @@ def status_error(
 
 @contextlib.contextmanager
 def native_call(
-    op: str, t: torch.Tensor, *, arguments: Sequence[str] = (), row_offsets: Sequence[int] = ()
+    op: str,
+    t: torch.Tensor,
+    *,
+    arguments: Sequence[str] = (),
+    row_offsets: Sequence[int] = (),
+    row_label: str = ROW,
 ) -> Iterator[None]:
     """Around a native call on ``t``'s device: raises the NaN/Inf errors that earlier CUDA calls deferred
     and have completed (:func:`raise_deferred_errors`, without waiting), makes that CUDA device current
     (no-op on CPU) and raises a failed kernel status as the typed error (``arguments`` names the kernel's
-    inputs in order, for a NaN/Inf status; ``row_offsets`` where the kernel saw a slice)."""
+    inputs in order, for a NaN/Inf status; ``row_offsets`` where the kernel saw a slice; ``row_label`` words
+    the row, see :func:`status_error`)."""
     if _DEFERRED and not _capturing():  # no event query inside a capture
         raise_deferred_errors()
     try:
@@ -139,7 +152,7 @@ def native_call(
         else:
             yield
     except _C.StatusError as exc:
-        raise status_error(exc, op, arguments, row_offsets) from None
+        raise status_error(exc, op, arguments, row_offsets, row_label=row_label) from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -193,6 +206,7 @@ def defer_flags(flags: torch.Tensor, make_error: FlagsError) -> None:
 def raise_deferred_errors(wait: bool = False) -> None:
     """Raises the NaN/Inf error of the earliest CUDA op call whose flags show one (the others are
     dropped). ``wait=False`` looks only at calls the device has finished; ``wait=True`` waits for all."""
+    wait = check_bool("raise_deferred_errors: wait", wait)
     with _DEFERRED_LOCK:
         done = [d for d in _DEFERRED if wait or d.event.query()]
         for d in done:

@@ -68,7 +68,16 @@ import numpy as np
 import torch
 
 from . import _native
-from ._checks import check_same_device, check_same_dtype, check_tensor, from_numpy, is_numpy, non_finite_error
+from ._checks import (
+    SAMPLE,
+    check_bool,
+    check_same_device,
+    check_same_dtype,
+    check_tensor,
+    from_numpy,
+    is_numpy,
+    non_finite_error,
+)
 from .reference import default_level_weights, default_levels
 
 __all__ = ["laplacian_pyramid_loss"]
@@ -136,7 +145,7 @@ def _forward_impl(
     nbytes = _workspace_bytes(b, c, h, w, levels, code, exec_ctx.cuda, False, exec_ctx.num_threads)
     workspace = torch.empty(nbytes, dtype=torch.uint8, device=device)
     flags = _native.nonfinite_flags(device, 2) if exec_ctx.cuda and check_finite else None
-    with _native.native_call("laplacian_pyramid_loss", x, arguments=("x", "y")):
+    with _native.native_call("laplacian_pyramid_loss", x, arguments=("x", "y"), row_label=SAMPLE):
         _native._C.laplacian_forward(
             code, x.data_ptr(), x.stride(), y.data_ptr(), y.stride(), b, c, h, w, levels, level_weights,
             per_sample.data_ptr(), loss.data_ptr(), summed, float(_divisor(b, c, h, w, reduction)), signs.data_ptr(),
@@ -172,7 +181,7 @@ def _flags_error(values: list[int]) -> Exception | None:
     """The CUDA flags (lowest sample with NaN/Inf in x, in y) -> the error of the NaN policy, x first."""
     for name, row in zip(("x", "y"), values):
         if row != _native.NO_ROW:
-            return non_finite_error(name, row, op="laplacian_pyramid_loss")
+            return non_finite_error(name, row, op="laplacian_pyramid_loss", row_label=SAMPLE)
     return None
 
 
@@ -527,10 +536,13 @@ def laplacian_pyramid_loss(
     Returns:
         The loss, float64 for float64 inputs and float32 otherwise; differentiable in x and y.
     """
+    check_finite_values = check_bool("check_finite_values", check_finite_values)
     as_numpy = is_numpy(x) or is_numpy(y)
     if as_numpy:
         x = from_numpy("x", x) if is_numpy(x) else x
         y = from_numpy("y", y) if is_numpy(y) else y
+    check_tensor("x", x, numpy_ok=True)  # the type errors say that numpy arrays are taken too
+    check_tensor("y", y, numpy_ok=True)
     loss = _loss(x, y, levels, reduction, level_weights, check_finite_values=check_finite_values)
     return loss.detach().numpy() if as_numpy else loss
 

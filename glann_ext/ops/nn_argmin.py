@@ -40,6 +40,7 @@ import torch
 from ..errors import NonFiniteError, UsageError
 from . import _native
 from ._checks import (
+    check_bool,
     check_finite,
     check_same_device,
     check_same_dtype,
@@ -354,9 +355,12 @@ def nn_argmin(
         is differentiable in ``queries`` and ``keys`` (``2 (q - k)`` and its negative, through the chosen
         key); ``index`` is not.
     """
+    return_distances = check_bool("return_distances", return_distances)
+    check_finite_values = check_bool("check_finite_values", check_finite_values)
     as_numpy = is_numpy(queries)
     if as_numpy:
         queries = from_numpy("queries", queries)
+    check_tensor("queries", queries, numpy_ok=True)  # the type error says that numpy arrays are taken too
     queries = check_queries(queries)
     best = RunningArgmin(queries, return_distances=return_distances, check_finite=check_finite_values)
     offset = 0
@@ -439,6 +443,8 @@ class RunningArgmin:
         scores: Scores | None = None,
         check_finite: bool = False,
     ) -> None:
+        return_distances = check_bool("return_distances", return_distances)
+        check_finite = check_bool("check_finite", check_finite)
         n = queries.shape[0]
         acc = _score_dtype(queries.dtype)
         self.queries = queries

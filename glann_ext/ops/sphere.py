@@ -173,8 +173,7 @@ def _check_hyper_types(op: str, project: object, **numbers: object) -> None:
         if not ok or isinstance(v, bool):
             kind = "an int" if want_int else "a float"
             raise TypeError(f"{op}: {name} must be {kind}, got {type(v).__name__} {v!r}")
-    if not isinstance(project, bool):
-        raise TypeError(f"{op}: project must be a bool, got {type(project).__name__} {project!r}")
+    _checks.check_bool(f"{op}: project", project)  # numpy.bool_ too
 
 
 def _check_hyper(op: str, lr: float, **kw: float) -> None:
@@ -511,7 +510,7 @@ def project_to_sphere(z: torch.Tensor | np.ndarray) -> Any:
     """
     if _checks.is_numpy(z):
         return _ops.project_to_sphere(_checks.from_numpy("project_to_sphere: z", z)).numpy()
-    _checks.check_tensor("project_to_sphere: z", z)
+    _checks.check_tensor("project_to_sphere: z", z, numpy_ok=True)
     if _native.under_func_transform(z):
         return _TransformProject.apply(z)
     return _ops.project_to_sphere(z)
@@ -531,7 +530,7 @@ def project_to_sphere_(z: torch.Tensor | np.ndarray) -> Any:
     if _checks.is_numpy(z):
         _ops.project_to_sphere_inplace(_checks.from_numpy("project_to_sphere_: z", z, in_place=True))
         return z
-    _checks.check_tensor("project_to_sphere_: z", z)
+    _checks.check_tensor("project_to_sphere_: z", z, numpy_ok=True)
     _ops.project_to_sphere_inplace(z)
     return z
 
@@ -585,6 +584,7 @@ def fused_latent_adam_(
         "fused_latent_adam_", table=table, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq, indices=indices, grad=grad
     )
     _check_hyper_types("fused_latent_adam_", project, step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps)
+    project = bool(project)  # a numpy.bool_ as the Python bool the schema names
     _ops.latent_adam_step(table, exp_avg, exp_avg_sq, indices, grad, step, lr, beta1, beta2, eps, project)
     return table
 
@@ -606,5 +606,6 @@ def fused_latent_sgd_(
     """
     _check_types("fused_latent_sgd_", table=table, indices=indices, grad=grad)
     _check_hyper_types("fused_latent_sgd_", project, lr=lr)
+    project = bool(project)  # a numpy.bool_ as the Python bool the schema names
     _ops.latent_sgd_step(table, indices, grad, lr, project)
     return table
