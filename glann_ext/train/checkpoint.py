@@ -36,6 +36,7 @@ from glann_ext._io import (
     remove_stale_temps,
 )
 from glann_ext.data import fingerprint_change, shard_bounds
+from glann_ext.data.labelled import changed_data_advice
 from glann_ext.errors import CheckpointError, ConfigError
 
 from .config import CONFIG_FILE, TrainConfig, saved_config
@@ -323,7 +324,7 @@ def _check_data(
     if change is not None:
         raise CheckpointError(
             f"{where}: the dataset's files changed since the checkpoint ({dataset}): {change}; "
-            f"restore them or start a new run folder"
+            + changed_data_advice(dataset, "restore them or start a new run folder")
         )
 
 
