@@ -53,6 +53,7 @@ from .metrics import (
     save_neighbour_grid,
     standard_fid,
 )
+from .models.training_data import images_digest
 
 EVAL_FILE = "eval.json"
 MIN_SCORED = 4  # PRDC's k = 3 nearest neighbours: generated points (samples, G(codes), training images)
@@ -348,6 +349,14 @@ def _training_images(job: _Job) -> torch.Tensor:
     codes = getattr(job.model, "codes", None)
     if change is None and codes is not None and len(codes) != shard.total:
         change = f"it holds {shard.total} images now, and the run trained on {len(codes)}"
+    record = getattr(job.model, "training_data", None)
+    if change is None and record is not None and images_digest(shard.images) != record:
+        raise RunFolderError(
+            f"--run {job.run}: the model was trained in memory (glann_ext.train.fit) on other images than the "
+            f"{shard.total} its config names ({cfg.dataset!r}, limit {cfg.limit}): eval compares the samples with "
+            "the images a model trained on; save yours as an array and train a run folder on it (glann train "
+            "--dataset FILE.npy), or score the model in Python with glann_ext.metrics"
+        )
     if change is not None:
         raise RunFolderError(
             f"--run {job.run}: its dataset {cfg.dataset!r} is not what the run trained on ({change}): eval "

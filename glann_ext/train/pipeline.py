@@ -22,6 +22,7 @@ from glann_ext._args import checked_int
 from glann_ext.backend import Ops, as_ops
 from glann_ext.errors import RunFolderError, UsageError
 from glann_ext.models import GLANN, PixelIMLE, ReconstructionLoss
+from glann_ext.models.training_data import images_digest
 
 from .build import build_model
 from .config import TrainConfig, check_device
@@ -205,7 +206,11 @@ def fit(
     does not have."""
     _check_device(checked_config(cfg), device)
     with intra_op_threads(cfg.threads or None):
-        return Fit(images, cfg, ops=ops, world=world, device=device).run(stage, hooks)
+        fitted = Fit(images, cfg, ops=ops, world=world, device=device)
+        model = fitted.run(stage, hooks)
+    if world is None or world.size == 1:  # the images of every rank: what eval may compare its samples with
+        model.training_data = images_digest(fitted.images)
+    return model
 
 
 def fit_imle(
