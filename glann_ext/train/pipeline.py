@@ -225,11 +225,22 @@ def fit_imle(
 ) -> IMLETrainer:
     """IMLE of any ``generator`` (noise (B, cfg.noise_dim) -> target-shaped output) onto ``targets`` for
     ``cfg.imle_epochs`` epochs (e.g. GLANN's second stage on 2-D points); returns the trainer, whose
-    :meth:`~.imle.IMLETrainer.generate` maps noise through the trained generator."""
+    :meth:`~.imle.IMLETrainer.generate` maps noise through the trained generator.
+
+    ``generator`` is trained in place (moved to the device; on the CPU its convolutions' weights take the
+    channels-last layout) and left in eval mode. The config's IMLE fields apply (``imle_*``, ``noise_dim``,
+    ``seed``, ``amp``, ``threads`` for this call only): with ``imle_space="latent"`` (the default) steps take
+    ``imle_batch_size`` targets and Adam ``imle_betas``, as GLANN's ``T`` does; with ``"pixel"``,
+    ``batch_size`` and ``betas``, as the original IMLE's G does. ``imle_whiten`` is GLANN's, for its codes
+    (:func:`fit`): ``targets`` here are matched as given."""
     _check_device(checked_config(cfg), device)
     targets = checked_targets(targets)
     check_generator_output(generator, targets, cfg.noise_dim)
     ops = as_ops(ops, cfg.ops)
-    trainer = IMLETrainer(targets, generator, cfg, ops, device if device is not None else cfg.device, loss_fn)
-    run_epochs(trainer, cfg.imle_epochs, hooks)
+    with intra_op_threads(cfg.threads or None):
+        trainer = IMLETrainer(
+            targets, generator, cfg, ops, device if device is not None else cfg.device, loss_fn
+        )
+        run_epochs(trainer, cfg.imle_epochs, hooks)
+    trainer.generator.eval()
     return trainer
