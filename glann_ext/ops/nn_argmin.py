@@ -350,6 +350,12 @@ def nn_argmin(
             could overflow, and the search would return a wrong index. Rescale the inputs (or use float64).
             On CUDA this error is deferred like the NaN error (the same kernels look, since 2026-12-05).
 
+    Precision: candidates are ranked by ``||k||^2 - 2 q.k`` in the accumulation type (module docstring),
+    whose rounding is about ``1e-7 * (|q|^2 + |k|^2)`` in float32. Points close together but far from the
+    origin are then ranked by rounding (float32, offset 100, spread 0.01: the wrong neighbour almost
+    always): centre the data first (``x - x.mean(0)`` for queries and keys alike leaves every distance as
+    it is) or search in float64. Unit-norm codes, whitened codes and pixels in [0, 1] are far from that.
+
     Returns:
         ``index`` (N,) int64, or ``(index, sq_distance)``. Ties go to the lowest index. ``sq_distance``
         is differentiable in ``queries`` and ``keys`` (``2 (q - k)`` and its negative, through the chosen

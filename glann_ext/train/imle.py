@@ -309,6 +309,10 @@ class IMLETrainer(StageTrainer):
         return self.loss_fn(extra, self.targets[nearest.to(self.device)])
 
     def epoch_metrics(self) -> dict[str, Any]:
+        """The IMLE columns of the epoch's metrics row: ``match_distance``, the mean over the targets of the
+        *squared* L2 distance to the sample matched to each at this epoch's start, in the matching space
+        (whitened codes for GLANN's ``T`` with ``imle_whiten``, pixels for pixel IMLE); ``rematched``
+        (adaptive IMLE) and ``rejected`` (RS-IMLE) as fractions."""
         row = {"match_distance": self.last_match_distance}
         if self.cfg.imle_adaptive:
             row["rematched"] = self.last_rematched
