@@ -68,7 +68,9 @@ def prefix_normal(
     n: int, dim: int, generator: torch.Generator, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
     """``n`` standard-normal rows (n, dim) from ``generator`` whose first ``k`` rows are the same for every
-    ``n >= k``, so ``sample(k)`` is the first ``k`` of ``sample(n)``. A plain ``torch.randn(n, dim)`` is not:
+    ``n >= k``, so the codes ``sample(k)`` decodes are the first ``k`` of ``sample(n)``'s (the images then
+    agree up to the rounding of G's convolutions, which a batch's size may change, ~1e-7). A plain
+    ``torch.randn(n, dim)`` is not:
     the CPU kernel turns uniforms into normals in blocks of 16 values, redraws a partial last block and takes
     another path below 16 values. So whole blocks are drawn (rows rounded up to a multiple of
     16 / gcd(dim, 16)) and cut; where ``n * dim`` is already a multiple of 16 this is exactly ``torch.randn``."""

@@ -1061,3 +1061,22 @@ def test_every_cpu_isa_path(tmp_path):
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
         assert out.strip() in (isa, "baseline")  # a CPU without the ISA falls back to baseline
+
+
+def test_under_cpu_autocast_half_inputs_are_computed_in_float32():
+    """A bfloat16 output of an autocast region against a float32 target was refused ("y must have the same
+    dtype as x"): under autocast the loss computes in float32, as torch's l1_loss and mse_loss do, with the
+    same value as on the float32 copies and a gradient back into the region."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 2, 16, 12, generator=g, requires_grad=True)
+    y = torch.rand(3, 2, 16, 12, generator=g)
+    conv = torch.nn.Conv2d(2, 2, 3, padding=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv(x)
+        loss = glann_ext.laplacian_pyramid_loss(out, y)
+    assert out.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    assert torch.equal(loss, glann_ext.laplacian_pyramid_loss(out.float(), y))
+    loss.backward()
+    assert x.grad is not None and bool(x.grad.abs().sum() > 0)
+    with pytest.raises(TypeError, match="same dtype"):  # outside autocast the dtypes must still agree
+        glann_ext.laplacian_pyramid_loss(out.detach(), y)

@@ -709,7 +709,7 @@ def test_the_manifest_is_replaced_never_rewritten_in_place(tmp_path):
 
 def test_stage_rules_and_config_checks(tmp_path, blob_file):
     out = tmp_path / "run"
-    with pytest.raises(RuntimeError, match="--stage imle needs a finished GLO stage"):
+    with pytest.raises(RuntimeError, match=r"stage imle \(--stage imle\) needs a finished GLO stage"):
         train(
             tiny_config(dataset=blob_file, glo_epochs=1),
             out,

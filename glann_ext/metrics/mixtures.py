@@ -80,7 +80,8 @@ def mode_coverage(
     Args:
         samples: (N, 2) generated points (tensor or array), N >= 1.
         centres: (K, 2) mode centres, or a :class:`MixturePreset` (then ``std`` defaults to its std).
-        std: the mixture's per-mode standard deviation.
+        std: the mixture's per-mode standard deviation: required with (K, 2) centres, optional with a
+            preset.
         num_std: HQ radius in standard deviations (3 in both papers).
         min_count: HQ samples a mode needs to count as covered (1 in both papers).
     """
@@ -90,7 +91,9 @@ def mode_coverage(
     x = as_float_matrix("samples", samples, columns=2)
     c = as_float_matrix("centres", centres, columns=2)
     if std is None or not (isinstance(std, (int, float)) and std > 0 and math.isfinite(std)):
-        raise ValueError(f"std must be a positive finite number, got {std!r}")
+        raise ValueError(
+            f"std must be a positive finite number (required unless centres is a MixturePreset), got {std!r:.60}"
+        )
     if not (num_std > 0):
         raise ValueError(f"num_std must be positive, got {num_std!r}")
     min_count = check_positive_int("min_count", min_count)

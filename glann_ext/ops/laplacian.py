@@ -534,7 +534,8 @@ def laplacian_pyramid_loss(
             lowest offending sample if they hold NaN/Inf (see the module docstring: free; on CUDA deferred).
 
     Returns:
-        The loss, float64 for float64 inputs and float32 otherwise; differentiable in x and y.
+        The loss, float64 for float64 inputs and float32 otherwise; differentiable in x and y. Under
+        ``torch.autocast`` float16/bfloat16 inputs are computed in float32, as torch's own losses are.
     """
     check_finite_values = check_bool("check_finite_values", check_finite_values)
     as_numpy = is_numpy(x) or is_numpy(y)
@@ -543,6 +544,9 @@ def laplacian_pyramid_loss(
         y = from_numpy("y", y) if is_numpy(y) else y
     check_tensor("x", x, numpy_ok=True)  # the type errors say that numpy arrays are taken too
     check_tensor("y", y, numpy_ok=True)
+    autocast = x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)
+    if autocast:  # as torch's own losses (l1_loss, mse_loss) under autocast: in float32
+        x, y = (t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in (x, y))
     loss = _loss(x, y, levels, reduction, level_weights, check_finite_values=check_finite_values)
     return loss.detach().numpy() if as_numpy else loss
 

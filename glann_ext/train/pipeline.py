@@ -138,8 +138,8 @@ class Fit:
             and self.glo.epoch < self.cfg.glo_epochs
         ):
             raise RunFolderError(
-                f"--stage imle needs a finished GLO stage ({self.glo.epoch}/{self.cfg.glo_epochs} epochs "
-                "done); run --stage glo first"
+                f"stage imle (--stage imle) needs a finished GLO stage ({self.glo.epoch}/{self.cfg.glo_epochs} "
+                "epochs done); train stage glo first (run('glo'), --stage glo)"
             )
 
     def run(self, stage: str = "all", hooks: Sequence[Hook] = ()) -> GLANN | PixelIMLE:
