@@ -1,12 +1,12 @@
 """Training: the in-memory pipeline (:func:`fit`), its stage trainers and epoch loop, and run folders
-(:func:`train`, :func:`load_model`) with checkpoints, exact resume, metrics and grids.
+(:func:`train`, :func:`load_model`, and :func:`save_model` beside it) with checkpoints, exact resume, metrics and grids.
 
 Layers (see docs/ARCHITECTURE.md): ``pipeline`` (Fit: the model and its stages) -> ``glo``/``imle`` (one step
 of each stage) -> ``loop`` (the one epoch loop and its hooks); ``run`` puts a folder around a Fit.
 """
 
 from glann_ext.backend import Ops, get_ops
-from glann_ext.models import GLANN, PixelIMLE, slerp
+from glann_ext.models import GLANN, PixelIMLE, save_model, slerp
 
 from .build import build_model
 from .config import PRESETS, TrainConfig, preset
@@ -35,6 +35,7 @@ __all__ = [
     "preset",
     "run_epoch",
     "run_epochs",
+    "save_model",
     "slerp",
     "train",
 ]
