@@ -70,7 +70,9 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     nearest_folder(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=TEMP_SUFFIX, dir=path.parent)
+        # the temp name is the target's (cut to 200 characters: a legal 250-character name plus the random
+        # part and suffix would pass the 255 a file system allows) and a random part
+        fd, tmp = tempfile.mkstemp(prefix=path.name[:200] + ".", suffix=TEMP_SUFFIX, dir=path.parent)
     except OSError as exc:  # named by the file asked for, not by a folder on the way or the temp file
         raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
     try:
@@ -302,7 +304,7 @@ class UnsafeTensorFile(Exception):
 
 BARE_PICKLE = "not a torch.save archive; a bare pickle is never loaded"
 HOLDS_OBJECTS = "it holds objects other than tensors and plain values, and loading those can run code"
-NOT_TORCH = "not a file torch.save writes (neither its zip archive nor a pickle)"
+NOT_TORCH = "not a torch.save file (neither a zip archive nor a pickle of protocol 2 or later)"
 PICKLE_PROTOCOL_2 = b"\x80"  # the first byte of every pickle of protocol 2 or later: a legacy torch.save file
 
 
@@ -311,7 +313,9 @@ def load_tensors_only(
 ) -> Any:
     """``torch.load(path, weights_only=True)``: tensors and plain values only, so no code in the file runs.
 
-    :class:`UnsafeTensorFile` for a file holding other objects, and for a bare pickle unless
+    :class:`UnsafeTensorFile` for a file that is not a torch.save file at all (an empty one, a text file: it
+    starts neither as a zip archive nor as a pickle of protocol 2+), for a file holding other objects, and for
+    a bare pickle unless
     ``archive_only`` is False (a legacy torch file of tensors, such as torchvision's older weights). torch's
     own message for such a file suggests ``weights_only=False``, and its notice about a bare pickle's
     protocol asks the user to file an issue with torch: neither reaches the user. :class:`NotARegularFile`

@@ -32,21 +32,38 @@ from glann_ext.train.config import MAX_SEED, MAX_THREADS
 MAX_DRAWN = 1_000_000
 
 _betas = (float, 2)  # a (type, nargs) pair: two numbers
+NONE = object()  # "none" given for an "int?" field: set it to None (an unset flag keeps the preset's value)
+
+
+def _int_or_none(text: str) -> int | object:
+    """An argparse type for fields whose default is None: an integer, or ``none`` (:data:`NONE`)."""
+    if text.strip().lower() == "none":
+        return NONE
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or none, got {text!r}") from None
+
 
 # (flag, config field, type, help) for the options that map one-to-one onto TrainConfig fields.
 _CONFIG_FLAGS = [
     ("--data-root", "data_root", str, "folder holding the IDX files (else $GLANN_DATA, cache, Debian path)"),
-    ("--limit", "limit", int, "train on the first N images only (none: every image)"),
+    (
+        "--limit",
+        "limit",
+        "int?",
+        "train on the first N images only (none: every image, also over a preset's)",
+    ),
     (
         "--image-size",
         "image_size",
-        int,
+        "int?",
         (
             "resize images to this size, >= 8 and s * 2**k with 3 <= s <= 7, k >= 1 (8, 10, 12, 14, 16, 20, 24, "
             "28, 32, 40, 48, 56, 64, 80, 96, 112, 128, ...; none: an array's own size, a folder's 64)"
         ),
     ),
-    ("--channels", "channels", int, "1 (grey) or 3 (RGB) (none: an array's own, a folder's 3)"),
+    ("--channels", "channels", "int?", "1 (grey) or 3 (RGB) (none: an array's own, a folder's 3)"),
     ("--latent-dim", "latent_dim", int, "GLO code length"),
     ("--noise-dim", "noise_dim", int, "IMLE noise length"),
     ("--mapping-hidden", "mapping_hidden", int, "width of the hidden layers of the IMLE mapping T"),
@@ -132,7 +149,7 @@ _CONFIG_FLAGS = [
     ("--imle-space", "imle_space", str, "latent (GLANN) or pixel (original IMLE)"),
     ("--ops", "ops", str, "fused kernels or reference PyTorch ops"),
     ("--device", "device", str, "cpu, cuda, cuda:1, ..."),
-    ("--threads", "threads", int, f"CPU threads (at most {MAX_THREADS})"),
+    ("--threads", "threads", "int?", f"CPU threads (at most {MAX_THREADS}; none: torch's default)"),
     ("--seed", "seed", int, "random seed"),
     ("--ckpt-every", "ckpt_every", int, "steps between mid-epoch checkpoints (0: epoch ends only)"),
     ("--sample-every", "sample_every", int, "epochs between PNG grids (0: none)"),
@@ -222,7 +239,7 @@ def _add_train(sub) -> None:
         if typ is bool:  # --flag / --no-flag; unset (None) keeps the preset's or config's value
             t.add_argument(flag, dest=field, action=argparse.BooleanOptionalAction, default=None, help=help_)
             continue
-        typ, nargs = typ if isinstance(typ, tuple) else (typ, None)
+        typ, nargs = typ if isinstance(typ, tuple) else (_int_or_none if typ == "int?" else typ, None)
         t.add_argument(flag, dest=field, type=typ, nargs=nargs, help=help_, metavar="B" if nargs else None)
 
 
@@ -383,8 +400,9 @@ def _train_config(args: argparse.Namespace, saved: Any = None):
     if args.dataset:
         base["dataset"] = _absolute_path(args.dataset)
     for _, field, _, _ in _CONFIG_FLAGS:
-        if getattr(args, field) is not None:
-            base[field] = getattr(args, field)
+        value = getattr(args, field)
+        if value is not None:
+            base[field] = None if value is NONE else value
     if args.data_root is not None:
         base["data_root"] = _absolute_path(args.data_root)
     return TrainConfig.from_dict(base)
@@ -491,14 +509,14 @@ def _npy_path(flag: str, value: str | None) -> Path | None:
 def _grid_path(flag: str, value: str | None) -> str | None:
     """The PNG (or other image) file a ``--grid`` names, checked before any work as :func:`_npy_path` checks
     an ``.npy``: an image suffix Pillow writes, and a folder to write it in."""
-    from PIL import Image
+    from glann_ext.images import image_format
 
     if value is None:
         return None
-    suffix = Path(value).suffix.lower()
-    if Image.registered_extensions().get(suffix) is None:
+    if image_format(value) is None:  # Pillow reads .psd and .fits, say, but writes neither
+        suffix = Path(value).suffix.lower()
         raise CLIError(
-            f"{flag} {value}: expected an image file name (.png, .jpg, ...), got suffix {suffix!r}"
+            f"{flag} {value}: expected an image file name Pillow writes (.png, .jpg, ...), got suffix {suffix!r}"
         )
     _check_folder(flag, value, Path(value))
     return value

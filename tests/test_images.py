@@ -41,8 +41,9 @@ def test_save_grid_writes_the_grid_as_a_png(tmp_path):
     path = save_grid(_batch(), tmp_path / "g.png")
     with Image.open(path) as im:
         assert im.format == "PNG" and np.array_equal(np.asarray(im), make_grid(_batch())[..., 0])
-    with pytest.raises(UsageError, match=r"unknown image file extension '\.xyz'"):
-        save_grid(_batch(), tmp_path / "g.xyz")
+    for suffix in (".xyz", ".psd", ".fits"):  # unknown, and two formats Pillow reads but cannot write
+        with pytest.raises(UsageError, match=rf"not an image format Pillow writes, suffix '\{suffix}'"):
+            save_grid(_batch(), tmp_path / f"g{suffix}")
 
 
 def test_save_grid_takes_the_format_from_the_suffix_in_any_case_and_lays_out_nrow(tmp_path):

@@ -850,6 +850,11 @@ def test_bool_flags_take_numpy_bools_and_running_argmin_checks_its_own() -> None
         RunningArgmin(q, return_distances="yes")
     with pytest.raises(TypeError, match=r"^check_finite must be a bool, got int 1$"):
         RunningArgmin(q, check_finite=1)
+    # 0-d bool tensors and arrays (what a comparison returns) were taken before the check and still are
+    index, dist = nn_argmin(q, k, return_distances=torch.tensor(True), check_finite_values=np.array(True))
+    assert torch.equal(index, want_index) and torch.equal(dist, want_dist)
+    with pytest.raises(TypeError, match=r"^return_distances must be a bool, got Tensor"):
+        nn_argmin(q, k, return_distances=torch.tensor([True]))
 
 
 @pytest.mark.parametrize(

@@ -112,7 +112,7 @@ def test_planted_pickles_never_run(finished, tmp_path, capsys, blob_file):
         capsys, "train", "--dataset", blob_file, "--out", str(tmp_path / "v"), *TINY,
         "--vgg-weights", str(weights), "--vgg-weight", "0.1",
     )  # fmt: skip
-    assert "not a file torch.save writes" in err and "can run code" not in err, err
+    assert "not a torch.save file" in err and "can run code" not in err, err
 
 
 @pytest.mark.filterwarnings("error::UserWarning")
@@ -131,7 +131,7 @@ def test_a_classifier_cache_that_is_not_ours_is_refused_and_never_run(tmp_path):
     cases = {
         "never loaded": lambda: plant_pickle(path, marker),  # a bare pickle
         "can run code": lambda: torch.save({"meta": Payload(marker)}, path),  # objects in an archive
-        "not a file torch.save writes": lambda: path.write_bytes(b"not a file of ours"),
+        "not a torch.save file": lambda: path.write_bytes(b"not a file of ours"),
         "not a torch.save archive": lambda: torch.save(  # a legacy (bare pickle) torch file of tensors
             good, path, _use_new_zipfile_serialization=False
         ),
@@ -968,3 +968,14 @@ def test_a_reader_never_mixes_two_steps(finished, tmp_path, monkeypatch):
     manifest, main_state, rows = ckpt.read_step(run)
     assert manifest["seq"] == seq + 1 and manifest["world_size"] == 2
     assert rows["glo.codes"].shape[0] == manifest["total"] and main_state["phase"] == "imle"
+
+
+def test_a_checkpoint_that_is_no_torch_file_is_called_damaged_not_dangerous(tmp_path):
+    """A text file or a zip cut short in a checkpoint's place is "not a torch.save archive (damaged, ...)",
+    as before the first-bytes check; it was briefly said to hold objects that can run code."""
+    for content in (b"hello", b"PK\x03", b"\x00" * 10):
+        path = tmp_path / "main.pt"
+        path.write_bytes(content)
+        with pytest.raises(CheckpointError, match=r"not a torch\.save archive \(damaged") as err:
+            ckpt.load(path)
+        assert "holds objects" not in str(err.value)

@@ -43,11 +43,18 @@ def check_tensor(
 
 
 def check_bool(name: str, value: object) -> bool:
-    """``value`` as a Python bool: ``True``/``False`` or a ``numpy.bool_``; anything else (an int, a str,
+    """``value`` as a Python bool: ``True``/``False``, a ``numpy.bool_`` or a 0-d bool tensor or array;
+    anything else (an int, a str,
     None) raises ``TypeError`` naming ``name``, the expected type and the value, instead of being read as
     its truth value."""
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
+    if (
+        isinstance(value, (torch.Tensor, np.ndarray))
+        and value.dtype in (torch.bool, np.bool_)
+        and value.ndim == 0
+    ):
+        return bool(value)  # a 0-d bool tensor or array: what a comparison returns
     raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r:.60}")
 
 

@@ -27,6 +27,7 @@ import torch
 
 from glann_ext._io import (
     BARE_PICKLE,
+    NOT_TORCH,
     FolderLock,
     UnsafeTensorFile,
     atomic_write,
@@ -67,7 +68,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool 
     except UnsafeTensorFile as exc:
         what = (
             "not a torch.save archive (damaged, a file of glann_ext 0.1, or not ours)"
-            if str(exc) == BARE_PICKLE
+            if str(exc) in (BARE_PICKLE, NOT_TORCH)
             else "holds objects other than tensors and plain values (a file of glann_ext 0.1, or not ours)"
         )
         raise CheckpointError(

@@ -71,6 +71,10 @@ class Fit:
                 f"total = {self.total} images"
             )
         self.image_shape: tuple[int, int, int] = tuple(images.shape[1:])
+        # the record of the images every model of this Fit trained on (models/training_data.py): one process
+        # holds them all; a rank of a sharded run holds its shard only, and its run folder has the fingerprint
+        whole = self.world.size == 1 and self.start == 0 and self.total == images.shape[0]
+        self.training_data = images_digest(images) if whole else None
         built = build_model(cfg, self.image_shape, ops=self.ops)
         self.G = built.G
         self.T = built.T if isinstance(built, GLANN) else None
@@ -121,9 +125,16 @@ class Fit:
         IMLE stage has begun, so a GLO-only model samples only through the Gaussian baseline."""
         config = self.cfg.to_dict()
         if self.pixel:
-            return PixelIMLE(self.G, ops=self.ops, config=config)
-        T = self.T if self.phase == "imle" and self.imle is not None and self.imle.global_step > 0 else None
-        return GLANN(self.G, self.glo.codes, T, ops=self.ops, config=config)
+            model = PixelIMLE(self.G, ops=self.ops, config=config)
+        else:
+            T = (
+                self.T
+                if self.phase == "imle" and self.imle is not None and self.imle.global_step > 0
+                else None
+            )
+            model = GLANN(self.G, self.glo.codes, T, ops=self.ops, config=config)
+        model.training_data = self.training_data
+        return model
 
     # -- running -----------------------------------------------------------------------------------------
     def check_stage(self, stage: str) -> None:
@@ -206,11 +217,7 @@ def fit(
     does not have."""
     _check_device(checked_config(cfg), device)
     with intra_op_threads(cfg.threads or None):
-        fitted = Fit(images, cfg, ops=ops, world=world, device=device)
-        model = fitted.run(stage, hooks)
-    if world is None or world.size == 1:  # the images of every rank: what eval may compare its samples with
-        model.training_data = images_digest(fitted.images)
-    return model
+        return Fit(images, cfg, ops=ops, world=world, device=device).run(stage, hooks)
 
 
 def fit_imle(
