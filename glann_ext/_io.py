@@ -70,9 +70,10 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     nearest_folder(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # the temp name is the target's (cut to 200 characters: a legal 250-character name plus the random
-        # part and suffix would pass the 255 a file system allows) and a random part
-        fd, tmp = tempfile.mkstemp(prefix=path.name[:200] + ".", suffix=TEMP_SUFFIX, dir=path.parent)
+        # the temp name is the target's (cut to 200 bytes: a legal 250-byte name plus the random part and
+        # suffix would pass the 255 bytes a file system allows) and a random part
+        prefix = os.fsdecode(os.fsencode(path.name)[:200]).encode("utf-8", "ignore").decode("utf-8", "ignore")
+        fd, tmp = tempfile.mkstemp(prefix=prefix + ".", suffix=TEMP_SUFFIX, dir=path.parent)
     except OSError as exc:  # named by the file asked for, not by a folder on the way or the temp file
         raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
     try:

@@ -38,14 +38,19 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np
     return grid
 
 
+# formats a grid (8-bit grey or RGB) is written in; Pillow registers writers for others that refuse these
+# modes or need a plugin (.xbm, .msp, .h5, .blp, ...), found only after the sampling
+GRID_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF", "PPM", "TGA")
+
+
 def image_format(path: str | Path) -> str | None:
-    """The Pillow format a file named ``path`` is written in (from its suffix), or None when Pillow has no
-    writer for it (it reads .psd and .fits, say, but cannot write them)."""
+    """The Pillow format a grid named ``path`` is written in (from its suffix), or None when it is not one
+    of :data:`GRID_FORMATS` that this Pillow writes."""
     from PIL import Image
 
     Image.init()  # every plugin, so that SAVE lists every writer
     fmt = Image.registered_extensions().get(Path(path).suffix.lower())
-    return fmt if fmt in Image.SAVE else None
+    return fmt if fmt in GRID_FORMATS and fmt in Image.SAVE else None
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:

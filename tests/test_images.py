@@ -41,7 +41,7 @@ def test_save_grid_writes_the_grid_as_a_png(tmp_path):
     path = save_grid(_batch(), tmp_path / "g.png")
     with Image.open(path) as im:
         assert im.format == "PNG" and np.array_equal(np.asarray(im), make_grid(_batch())[..., 0])
-    for suffix in (".xyz", ".psd", ".fits"):  # unknown, and two formats Pillow reads but cannot write
+    for suffix in (".xyz", ".psd", ".fits", ".xbm", ".blp"):  # unknown; read-only; writers refusing a grid
         with pytest.raises(UsageError, match=rf"not an image format Pillow writes, suffix '\{suffix}'"):
             save_grid(_batch(), tmp_path / f"g{suffix}")
 

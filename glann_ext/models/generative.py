@@ -22,6 +22,7 @@ from torch import nn
 
 from glann_ext import seeding
 from glann_ext._args import as_index, checked_int, checked_seed
+from glann_ext._info import __version__
 from glann_ext.backend import Ops, as_ops
 from glann_ext.errors import NonFiniteError, UsageError
 from glann_ext.ops._checks import first_nonfinite_row
@@ -327,6 +328,7 @@ class GenerativeModel(nn.Module):
         self.config: dict[str, Any] = dict(config or {})
         # the images a model trained on in memory, as glann_ext.train.fit records them (models/training_data.py)
         self.training_data: dict[str, Any] | None = None
+        self.written_by: str | None = None  # the glann_ext version of the model file it was loaded from
 
     @property
     def device(self) -> torch.device:
@@ -433,6 +435,7 @@ class GenerativeModel(nn.Module):
             **arch,
             "config": self.config,
             **({} if self.training_data is None else {"training_data": self.training_data}),
+            "written_by": __version__,
         }
 
     def export(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -994,4 +997,6 @@ def model_from_export(
     ops = ops or config.get("ops", "fused")
     model = MODEL_KINDS[kind].from_export(tensors, meta, ops=ops, device=device)
     model.training_data = record
+    written_by = meta.get("written_by")  # glann_ext's version; files of 0.3.0 and before say nothing
+    model.written_by = written_by if isinstance(written_by, str) and len(written_by) <= 40 else None
     return model

@@ -1,11 +1,13 @@
 """The record a model keeps of the images it trained on in memory, so that evaluating it later cannot
 compare its samples with other images.
 
-A run folder knows its data (its checkpoint holds the dataset's fingerprint); a model trained by
-:func:`glann_ext.train.fit` on tensors does not: its config still names the preset's dataset and limit.
-``fit`` therefore stores :func:`images_digest` of the float32 images in the model (saved in the model file's
-description as ``training_data``), and ``glann eval`` refuses a model whose record differs from the images
-its config names, instead of scoring it against them.
+A run folder knows its data (its checkpoint holds the dataset's fingerprint, taken from the files); a model
+trained in memory (:func:`glann_ext.train.fit`, or a :class:`~glann_ext.train.Fit` of one process) on tensors
+does not: its config still names the preset's dataset and limit. Such a model therefore carries
+:func:`images_digest` of its float32 images (saved in the model file's description as ``training_data``), and
+``glann eval`` refuses a model whose record differs from the images its config names, instead of scoring it
+against them. (A digest of converted floats can differ between CPUs where a conversion rounds otherwise, so
+run folders keep their files' fingerprint instead.)
 """
 
 from __future__ import annotations

@@ -58,6 +58,7 @@ class Fit:
         device: str | torch.device | None = None,
         start: int = 0,
         total: int | None = None,
+        record: bool = True,
     ):
         cfg = checked_config(cfg)
         images = checked_images(images, cfg)
@@ -71,9 +72,10 @@ class Fit:
                 f"total = {self.total} images"
             )
         self.image_shape: tuple[int, int, int] = tuple(images.shape[1:])
-        # the record of the images every model of this Fit trained on (models/training_data.py): one process
-        # holds them all; a rank of a sharded run holds its shard only, and its run folder has the fingerprint
-        whole = self.world.size == 1 and self.start == 0 and self.total == images.shape[0]
+        # the record of the images every model of this Fit trained on (models/training_data.py), for models
+        # trained in memory: a run folder (record=False) has its data's fingerprint, taken from the files and so
+        # the same on every machine, where the digest of converted floats may differ between CPUs
+        whole = record and self.world.size == 1 and self.start == 0 and self.total == images.shape[0]
         self.training_data = images_digest(images) if whole else None
         built = build_model(cfg, self.image_shape, ops=self.ops)
         self.G = built.G

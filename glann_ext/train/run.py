@@ -368,8 +368,9 @@ class Run:
         if cfg.imle_space == "pixel" or stage != "glo":  # before the GLO stage trains, not after it
             check_distributed_imle(cfg, self.world)
         fit = Fit(
-            images, cfg, ops=get_ops(cfg.ops), world=self.world, device=self.device, start=start, total=total
-        )
+            images, cfg, ops=get_ops(cfg.ops), world=self.world, device=self.device, start=start, total=total,
+            record=False,  # the checkpoint's fingerprint of the data stands for it
+        )  # fmt: skip
         lock = self._lock()
         try:
             self._check_shared_folder()
