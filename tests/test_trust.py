@@ -984,6 +984,7 @@ def test_a_checkpoint_that_is_no_torch_file_is_called_damaged_not_dangerous(tmp_
 def test_atomic_write_takes_the_longest_file_name_the_file_system_does(tmp_path):
     """The temp file was named after the target plus a random part and a suffix: a legal 250-character name
     gave a temp name past the 255 a file system allows, and the write failed as if the name were too long."""
-    path = tmp_path / ("n" * 246 + ".png")
-    atomic_write(path, lambda f: f.write(b"x"))
-    assert path.read_bytes() == b"x" and [p.name for p in tmp_path.iterdir()] == [path.name]
+    for name in ("n" * 246 + ".png", "é" * 123 + ".png", "图" * 80 + ".png"):  # 250, 250 and 244 bytes
+        folder = tmp_path / str(len(name))
+        atomic_write(folder / name, lambda f: f.write(b"x"))
+        assert (folder / name).read_bytes() == b"x" and [p.name for p in folder.iterdir()] == [name]
