@@ -223,10 +223,8 @@ class SphereSparseSGD:
     ) -> None:
         self.table = _check_table("SphereSparseSGD", table)
         self.backend = _check_backend("SphereSparseSGD", backend)
-        self.lr, self.project = (
-            _check_rate("SphereSparseSGD", lr),
-            check_bool("SphereSparseSGD: project", project),
-        )
+        self.lr = _check_rate("SphereSparseSGD", lr)
+        self.project = check_bool("SphereSparseSGD: project", project)
 
     @torch.no_grad()
     def step(self, indices: torch.Tensor, grad: torch.Tensor) -> None:

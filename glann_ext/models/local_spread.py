@@ -19,6 +19,8 @@ same way too. Memory stays O(tile): the search and the offsets are computed a ti
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 from glann_ext import seeding
@@ -44,10 +46,17 @@ def nearest_codes(z: torch.Tensor, codes: torch.Tensor, k: int) -> torch.Tensor:
     (n, d) by squared L2 distance computed in float64, ties to the lower index, each row's indices in
     increasing order. Tiled (:func:`tile_rows`)."""
     out = torch.empty(len(z), k, dtype=torch.int64, device=z.device)
+    for tile, nearest in _tiles_nearest(z, codes, k):
+        out[tile] = nearest
+    return out
+
+
+def _tiles_nearest(z: torch.Tensor, codes: torch.Tensor, k: int) -> Iterator[tuple[slice, torch.Tensor]]:
+    """(rows of ``z``, their :func:`nearest_codes`) a tile (:func:`tile_rows`) at a time."""
     rows, sq = tile_rows(len(codes), k, z.shape[1], z.element_size()), (codes * codes).sum(1)
     for start in range(0, len(z), rows):
-        out[start : start + rows] = _tile_nearest(z[start : start + rows], codes, sq, k)
-    return out
+        tile = slice(start, start + rows)
+        yield tile, _tile_nearest(z[tile], codes, sq, k)
 
 
 def _tile_nearest(q: torch.Tensor, codes: torch.Tensor, sq: torch.Tensor, k: int) -> torch.Tensor:
@@ -76,9 +85,8 @@ def local_offsets(z: torch.Tensor, codes: torch.Tensor, k: int, spread: float, s
     codes = codes.to(z.device, z.dtype)
     w = weights(len(z), k, seed, z.device, z.dtype)
     out = torch.empty_like(z)
-    rows, sq = tile_rows(len(codes), k, z.shape[1], z.element_size()), (codes * codes).sum(1)
-    for start in range(0, len(z), rows):
-        neighbours = codes[_tile_nearest(z[start : start + rows], codes, sq, k)]  # (rows, k, d)
+    for tile, nearest in _tiles_nearest(z, codes, k):
+        neighbours = codes[nearest]  # (rows, k, d)
         deviations = neighbours - neighbours.mean(1, keepdim=True)
-        out[start : start + rows] = torch.einsum("nk,nkd->nd", w[start : start + rows], deviations)
+        out[tile] = torch.einsum("nk,nkd->nd", w[tile], deviations)
     return spread * out

@@ -44,9 +44,8 @@ def check_tensor(
 
 def check_bool(name: str, value: object) -> bool:
     """``value`` as a Python bool: ``True``/``False``, a ``numpy.bool_`` or a 0-d bool tensor or array;
-    anything else (an int, a str,
-    None) raises ``TypeError`` naming ``name``, the expected type and the value, instead of being read as
-    its truth value."""
+    anything else (an int, a str, None) raises ``TypeError`` naming ``name``, the expected type and the
+    value, instead of being read as its truth value."""
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if (

@@ -458,8 +458,9 @@ class _TransformLoss(torch.autograd.Function):
 
 def _check_args(x: object, y: object, levels: object, reduction: object, level_weights: object) -> tuple:
     """Validates every argument (before any native call); returns the level count and its weights."""
-    x = check_tensor("x", x, ndim=4)
-    y = check_tensor("y", y, ndim=4)
+    # the public op takes numpy arrays too (converted before), so the type errors say so
+    x = check_tensor("x", x, ndim=4, numpy_ok=True)
+    y = check_tensor("y", y, ndim=4, numpy_ok=True)
     if x.shape != y.shape:
         raise ValueError(f"y must have the same shape as x {tuple(x.shape)}, got {tuple(y.shape)}")
     check_same_device(x=x, y=y)
@@ -542,10 +543,8 @@ def laplacian_pyramid_loss(
     if as_numpy:
         x = from_numpy("x", x) if is_numpy(x) else x
         y = from_numpy("y", y) if is_numpy(y) else y
-    check_tensor("x", x, numpy_ok=True)  # the type errors say that numpy arrays are taken too
-    check_tensor("y", y, numpy_ok=True)
-    autocast = x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)
-    if autocast:  # as torch's own losses (l1_loss, mse_loss) under autocast: in float32
+    device = x.device.type if isinstance(x, torch.Tensor) else None  # a non-tensor is named by _check_args
+    if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):  # as torch's l1_loss, mse_loss: fp32
         x, y = (t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in (x, y))
     loss = _loss(x, y, levels, reduction, level_weights, check_finite_values=check_finite_values)
     return loss.detach().numpy() if as_numpy else loss

@@ -261,9 +261,10 @@ def _(best_score, best_index, score, index, key_offset) -> None:
     )
 
 
-def check_queries(queries: object) -> torch.Tensor:
-    """Validates ``queries`` for :func:`nn_argmin` (2-D, D >= 1, a dtype of its device) and returns it."""
-    check_tensor("queries", queries, ndim=2)
+def check_queries(queries: object, *, numpy_ok: bool = False) -> torch.Tensor:
+    """Validates ``queries`` for :func:`nn_argmin` (2-D, D >= 1, a dtype of its device) and returns it
+    (``numpy_ok``: the caller takes numpy arrays too, converted before, so the type error says so)."""
+    check_tensor("queries", queries, ndim=2, numpy_ok=numpy_ok)
     assert isinstance(queries, torch.Tensor)
     if queries.device.type != "cuda" and queries.dtype in (torch.float16, torch.bfloat16):
         name = str(queries.dtype).replace("torch.", "")
@@ -366,8 +367,7 @@ def nn_argmin(
     as_numpy = is_numpy(queries)
     if as_numpy:
         queries = from_numpy("queries", queries)
-    check_tensor("queries", queries, numpy_ok=True)  # the type error says that numpy arrays are taken too
-    queries = check_queries(queries)
+    queries = check_queries(queries, numpy_ok=True)
     best = RunningArgmin(queries, return_distances=return_distances, check_finite=check_finite_values)
     offset = 0
     for name, row0, chunk in _key_chunks(keys):

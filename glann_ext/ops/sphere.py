@@ -164,16 +164,16 @@ def _explain_latent(op: str, table, state: dict[str, torch.Tensor], indices, gra
     raise ValueError(f"{op}: invalid arguments")  # not reached: every rejected case is worded above
 
 
-def _check_hyper_types(op: str, project: object, **numbers: object) -> None:
+def _check_hyper_types(op: str, project: object, **numbers: object) -> bool:
     """Python types of the hyperparameters, before the dispatcher (which answers a str with a schema dump
-    and takes a bool for a number)."""
+    and takes a bool for a number); returns ``project`` as the Python bool the schema names."""
     for name, v in numbers.items():
         want_int = name == "step"
         ok = isinstance(v, int) if want_int else isinstance(v, (int, float))
         if not ok or isinstance(v, bool):
             kind = "an int" if want_int else "a float"
             raise TypeError(f"{op}: {name} must be {kind}, got {type(v).__name__} {v!r}")
-    _checks.check_bool(f"{op}: project", project)  # numpy.bool_ too
+    return _checks.check_bool(f"{op}: project", project)  # numpy.bool_ too
 
 
 def _check_hyper(op: str, lr: float, **kw: float) -> None:
@@ -583,8 +583,9 @@ def fused_latent_adam_(
     _check_types(
         "fused_latent_adam_", table=table, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq, indices=indices, grad=grad
     )
-    _check_hyper_types("fused_latent_adam_", project, step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps)
-    project = bool(project)  # a numpy.bool_ as the Python bool the schema names
+    project = _check_hyper_types(
+        "fused_latent_adam_", project, step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps
+    )
     _ops.latent_adam_step(table, exp_avg, exp_avg_sq, indices, grad, step, lr, beta1, beta2, eps, project)
     return table
 
@@ -605,7 +606,6 @@ def fused_latent_sgd_(
     ``torch.no_grad()``.
     """
     _check_types("fused_latent_sgd_", table=table, indices=indices, grad=grad)
-    _check_hyper_types("fused_latent_sgd_", project, lr=lr)
-    project = bool(project)  # a numpy.bool_ as the Python bool the schema names
+    project = _check_hyper_types("fused_latent_sgd_", project, lr=lr)
     _ops.latent_sgd_step(table, indices, grad, lr, project)
     return table

