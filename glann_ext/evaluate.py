@@ -277,9 +277,11 @@ def _open_run(
     noise_scale: float | None = None,
     spread: float | None = None,
     local_spread: float | None = None,
+    generator: Any = None,
 ):
     """(model, config) of run folder ``run`` (or of a model file: the config it was saved with), checked to
-    fit ``sampler`` and ``glann eval``, sampling as :func:`apply_sampling` sets it."""
+    fit ``sampler`` and ``glann eval``, sampling as :func:`apply_sampling` sets it; ``generator``: as
+    :func:`~glann_ext.train.run.load_model` takes it."""
     from .train.config import CONFIG_FILE, load_run_config, saved_config
     from .train.run import load_model
 
@@ -288,7 +290,7 @@ def _open_run(
     # exists(), not is_file(): a config.json that is a FIFO or a folder is named as such by load_run_config
     if run.is_dir() and not (run / CONFIG_FILE).exists():
         raise RunFolderError(f"--run {run}: not a run folder (no {CONFIG_FILE})")
-    model = load_model(run, ops=ops, device=device)
+    model = load_model(run, ops=ops, device=device, generator=generator)
     cfg = load_run_config(run / CONFIG_FILE) if run.is_dir() else saved_config(model.config)
     _check_sampler(model, sampler)
     apply_sampling(model, sampler, noise_scale, spread, local_spread)
@@ -442,6 +444,7 @@ def evaluate_run(
     spread: float | None = None,
     test: str | os.PathLike | None = None,
     local_spread: float | None = None,
+    generator: Any = None,
 ) -> dict[str, Any]:
     """Evaluate the model of run folder (or model file) ``run``; writes ``eval.json``, ``eval_samples.png`` and
     ``eval_neighbours.png`` into ``out`` (default: the run folder) and returns the ``eval.json`` content.
@@ -452,10 +455,12 @@ def evaluate_run(
     ``n`` samples (>= 4) from ``sampler`` ("glann": the model's, balanced if so configured; "plain": ``T(e)``;
     "gaussian": the GLO + Gaussian baseline) with ``seed`` (``noise_scale``, ``spread``, ``local_spread``:
     None, the run's, as :func:`apply_sampling` says); up
-    to ``n_test`` (>= 6) test images; the LeNet cached in ``cache_dir`` (default ``~/.cache/glann_ext/quality``)."""
+    to ``n_test`` (>= 6) test images; the LeNet cached in ``cache_dir`` (default ``~/.cache/glann_ext/quality``).
+    ``generator``: the module a model file of a generator of your own loads into (see
+    :func:`~glann_ext.train.run.load_model`)."""
     t0, run = time.perf_counter(), Path(run)
     _check_sizes(n, n_test)
-    model, cfg = _open_run(run, ops, device, sampler, noise_scale, spread, local_spread)
+    model, cfg = _open_run(run, ops, device, sampler, noise_scale, spread, local_spread, generator)
     if cfg.dataset in LABELLED and test is not None:
         raise UsageError(
             f"test (--test): {cfg.dataset} is measured on its own test split; test is for other datasets"

@@ -54,6 +54,7 @@ BLOCKS = {
     ("docs/training.md", 0): ("model", "x", "p", "g", "r", "path", "codes", "rec"),
     ("docs/training.md", 1): ("model", "glo_only", "pixel", "trainer", "same"),
     ("docs/training.md", 2): ("f", "model"),
+    ("docs/training.md", 3): ("model", "same", "x"),
 }
 
 
@@ -87,6 +88,8 @@ def test_the_python_example_runs_as_printed(name, index, tmp_path, monkeypatch):
     if "codes, rec" in code:  # invert's result: one unit code and one image per input
         codes, rec = namespace["codes"], namespace["rec"]
         assert torch.allclose(codes.norm(dim=1), torch.ones(len(codes)), atol=1e-5) and len(rec) == len(codes)
+    if "MLPGenerator" in code:  # the reloaded model of one's own generator samples as the trained one
+        assert torch.equal(namespace["same"].sample(16, seed=0), namespace["model"].sample(16, seed=0))
     if "idx, d2" in code:  # the chunked search equals the one over all keys at once
         import glann_ext
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from glann_ext._io import atomic_write, open_regular
-from glann_ext.errors import CheckpointError
+from glann_ext.errors import CheckpointError, UsageError
 
 from .generative import GenerativeModel, model_from_export
 
@@ -64,11 +64,15 @@ def _metadata(data: bytes) -> dict[str, str]:
 
 
 def load_model_file(
-    path: str | Path, *, ops: str | None = None, device: str | torch.device = "cpu"
-) -> GenerativeModel:
-    """The model stored in ``path`` (see :func:`save_model`) on ``device``; ``ops`` overrides its backend."""
+    path: str | Path, *, ops: str | None = None, device: str | torch.device = "cpu",
+    generator: torch.nn.Module | None = None,
+) -> GenerativeModel:  # fmt: skip
+    """The model stored in ``path`` (see :func:`save_model`) on ``device``; ``ops`` overrides its backend;
+    ``generator``: the module to load G's weights into (see :func:`model_from_export`)."""
     tensors, meta = read_model_file(path)
     try:
-        return model_from_export(tensors, meta, ops=ops, device=device)
+        return model_from_export(tensors, meta, ops=ops, device=device, generator=generator)
+    except UsageError as exc:  # the caller's part (a custom generator's file loaded without one)
+        raise UsageError(f"{path}: {exc}") from None
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # wrong keys, shapes or description
         raise CheckpointError(f"{path}: the model file does not describe a usable model ({exc})") from exc

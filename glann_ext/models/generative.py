@@ -27,7 +27,7 @@ from glann_ext.backend import Ops, as_ops
 from glann_ext.errors import NonFiniteError, UsageError
 from glann_ext.ops._checks import first_nonfinite_row
 
-from . import balance, local_spread
+from . import balance, custom_generator, local_spread
 from .generator import DCGANGenerator
 from .mlp import MLP
 from .training_data import checked_record
@@ -321,8 +321,16 @@ class GenerativeModel(nn.Module):
 
     kind: ClassVar[str]
 
-    def __init__(self, G: DCGANGenerator, *, ops: Ops | str = "fused", config: dict[str, Any] | None = None):
+    def __init__(
+        self, G: nn.Module, *, ops: Ops | str = "fused", config: dict[str, Any] | None = None,
+        input_dim: int | None = None,
+    ):  # fmt: skip
         super().__init__()
+        # G's input width and image shape: a DCGANGenerator states them, a custom module is probed once
+        self._input_dim = (
+            G.latent_dim if isinstance(G, DCGANGenerator) else checked_int("input_dim", input_dim, 1)
+        )
+        self._image_shape = custom_generator.generator_image_shape(G, self._input_dim)
         self.G = G
         self.ops = as_ops(ops)
         self.config: dict[str, Any] = dict(config or {})
@@ -336,7 +344,13 @@ class GenerativeModel(nn.Module):
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return (self.G.channels, self.G.image_size, self.G.image_size)
+        """(C, H, W) of G's images."""
+        return self._image_shape
+
+    @property
+    def input_dim(self) -> int:
+        """The width of G's input: the code size (GLANN) or the noise size (pixel IMLE)."""
+        return self._input_dim
 
     @property
     def noise_dim(self) -> int:
@@ -352,9 +366,9 @@ class GenerativeModel(nn.Module):
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Images ``G(z)`` in eval mode, clamped to [0, 1], for float32 inputs ``z`` (n, G.latent_dim),
+        """Images ``G(z)`` in eval mode, clamped to [0, 1], for float32 inputs ``z`` (n, :attr:`input_dim`),
         decoded ``batch_size`` (>= 1) rows at a time."""
-        _check_input("z", z, self.G.latent_dim)
+        _check_input("z", z, self.input_dim)
         batch_size = checked_int("batch_size", batch_size, 1)
         _check_count(len(z), self.image_shape, "the images of z")
         self.G.eval()
@@ -431,7 +445,7 @@ class GenerativeModel(nn.Module):
             "format": EXPORT_FORMAT,
             "kind": self.kind,
             "image_shape": list(self.image_shape),
-            "generator": self.G.hparams(),
+            "generator": custom_generator.describe(self.G),
             **arch,
             "config": self.config,
             **({} if self.training_data is None else {"training_data": self.training_data}),
@@ -462,7 +476,7 @@ class GLANN(GenerativeModel):
 
     def __init__(
         self,
-        G: DCGANGenerator,
+        G: nn.Module,
         codes: torch.Tensor,
         T: MLP | None = None,
         *,
@@ -470,26 +484,16 @@ class GLANN(GenerativeModel):
         config: dict[str, Any] | None = None,
         code_accept: torch.Tensor | None = None,
     ):
-        super().__init__(G, ops=ops, config=config)
-        if isinstance(codes, np.ndarray):
-            codes = torch.from_numpy(codes)
-        if not isinstance(codes, torch.Tensor):
-            raise UsageError(
-                f"codes must be a floating (N, {G.latent_dim}) tensor, got {type(codes).__name__}"
-            )
-        if codes.dim() != 2 or not codes.dtype.is_floating_point or codes.shape[1] != G.latent_dim:
-            raise ValueError(
-                f"codes must be floating (N, {G.latent_dim}) like G's input, got {str(codes.dtype)[6:]} "
-                f"{tuple(codes.shape)}"
-            )
+        codes = _checked_codes(G, codes)
+        super().__init__(G, ops=ops, config=config, input_dim=codes.shape[1])
         codes = codes.float()  # G's input and the search's keys are float32
         bad = first_nonfinite_row(codes)
         if bad is not None:  # as a model file's NaN codes are refused: every use of them would give NaN
             raise NonFiniteError(f"codes hold NaN or Inf (first in row {bad})", argument="codes", row=bad)
         if code_accept is not None and code_accept.is_floating_point():
             code_accept = code_accept.float()
-        if T is not None and T.out_dim != G.latent_dim:
-            raise ValueError(f"T must map to G's input of {G.latent_dim}, got outputs of {T.out_dim}")
+        if T is not None and T.out_dim != self.input_dim:
+            raise ValueError(f"T must map to G's input of {self.input_dim}, got outputs of {T.out_dim}")
         self.T = T
         self.register_buffer("codes", codes)
         if code_accept is not None:
@@ -862,9 +866,9 @@ class GLANN(GenerativeModel):
     @classmethod
     def from_export(
         cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], *, ops: Ops | str = "fused",
-        device: str | torch.device = "cpu",
+        device: str | torch.device = "cpu", generator: nn.Module | None = None,
     ) -> GLANN:  # fmt: skip
-        G = _exported_generator(tensors, meta)
+        G = _exported_generator(tensors, meta, generator)
         T = None
         if meta.get("mapping") is not None:
             check_layer_count(meta["mapping"], ("layers",), _unprefixed("T", tensors), "T")
@@ -879,6 +883,22 @@ class GLANN(GenerativeModel):
 UNIT_NORM_TOLERANCE = 1e-4
 """How far from 1 a stored code's norm may lie: training projects every code after every step, which leaves
 float32 norms within a few 1e-7 of 1."""
+
+
+def _checked_codes(G: nn.Module, codes: Any) -> torch.Tensor:
+    """GLANN's ``codes`` as a floating (N, d) tensor, ``d`` a DCGANGenerator's ``latent_dim`` (a custom
+    generator takes the codes' width), else an error naming them."""
+    if isinstance(codes, np.ndarray):
+        codes = torch.from_numpy(codes)
+    width = G.latent_dim if isinstance(G, DCGANGenerator) else "latent_dim"
+    if not isinstance(codes, torch.Tensor):
+        raise UsageError(f"codes must be a floating (N, {width}) tensor, got {type(codes).__name__}")
+    wrong_width = isinstance(width, int) and codes.dim() == 2 and codes.shape[1] != width
+    if codes.dim() != 2 or not codes.dtype.is_floating_point or wrong_width or codes.shape[1] < 1:
+        raise ValueError(
+            f"codes must be floating (N, {width}) like G's input, got {str(codes.dtype)[6:]} {tuple(codes.shape)}"
+        )
+    return codes
 
 
 def check_unit_codes(codes: torch.Tensor) -> None:
@@ -918,12 +938,17 @@ class PixelIMLE(GenerativeModel):
     kind = "pixel_imle"
 
     def __init__(self, G: DCGANGenerator, *, ops: Ops | str = "fused", config: dict[str, Any] | None = None):
+        if not isinstance(G, DCGANGenerator):  # a model file rebuilds it; fit_imle trains any generator
+            raise UsageError(
+                f"PixelIMLE's G must be a DCGANGenerator, got {type(G).__name__}; IMLE of a generator of your "
+                "own: glann_ext.train.fit_imle"
+            )
         super().__init__(G, ops=ops, config=config)
         self.eval()
 
     @property
     def noise_dim(self) -> int:
-        return self.G.latent_dim
+        return self.input_dim
 
     def generator_input(self, e: torch.Tensor) -> torch.Tensor:
         return e
@@ -934,14 +959,22 @@ class PixelIMLE(GenerativeModel):
     @classmethod
     def from_export(
         cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], *, ops: Ops | str = "fused",
-        device: str | torch.device = "cpu",
+        device: str | torch.device = "cpu", generator: nn.Module | None = None,
     ) -> PixelIMLE:  # fmt: skip
-        G = _exported_generator(tensors, meta)
+        G = _exported_generator(tensors, meta, generator)
         return cls(G, ops=ops, config=meta.get("config")).to(device).eval()
 
 
-def _exported_generator(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> DCGANGenerator:
-    """G rebuilt from an export's hyper-parameters and its "G."-prefixed tensors."""
+def _exported_generator(
+    tensors: dict[str, torch.Tensor], meta: dict[str, Any], generator: nn.Module | None = None
+) -> nn.Module:
+    """G with an export's "G."-prefixed tensors: loaded into ``generator`` when the caller gives one (a
+    custom generator's file needs it), else rebuilt from the export's hyper-parameters."""
+    if generator is not None:
+        return custom_generator.load_weights(generator, _unprefixed("G", tensors))
+    name = custom_generator.custom_name(meta.get("generator"))
+    if name is not None:
+        raise UsageError(custom_generator.needs_generator(name))
     check_layer_count(meta.get("generator"), ("depth",), _unprefixed("G", tensors), "G")
     return built_to_fit(lambda: DCGANGenerator(**meta["generator"]), _unprefixed("G", tensors), "G")
 
@@ -953,12 +986,7 @@ def built_to_fit(make: Callable[[], M], state: dict[str, torch.Tensor], name: st
     with torch.device("meta"):
         wanted = {k: tuple(v.shape) for k, v in make().state_dict().items()}
     found = {k: tuple(v.shape) for k, v in state.items()}
-    if wanted != found:
-        key = min(wanted.keys() ^ found.keys() or {k for k in wanted if wanted[k] != found[k]})
-        raise ValueError(
-            f"{name}.{key}: the description asks for {wanted.get(key, 'no such tensor')}, the file holds "
-            f"{found.get(key, 'none')}"
-        )
+    custom_generator.same_tensors(wanted, found, name, "the description asks for")
     module = make()
     module.load_state_dict(state)
     return module
@@ -969,10 +997,12 @@ MODEL_KINDS: dict[str, type[GenerativeModel]] = {GLANN.kind: GLANN, PixelIMLE.ki
 
 def model_from_export(
     tensors: dict[str, torch.Tensor], meta: dict[str, Any], *, ops: Ops | str | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "cpu", generator: nn.Module | None = None,
 ) -> GLANN | PixelIMLE:  # fmt: skip
     """The model an :meth:`~GenerativeModel.export` describes (its ``kind`` picks the class). ``ops``
-    overrides the backend the training config names."""
+    overrides the backend the training config names. ``generator``: the module to load G's weights into
+    (needed for a model of a custom generator, whose file names its class but cannot rebuild it; its
+    tensors' names and shapes, and the shape of its images, must be the file's)."""
     if not isinstance(meta, dict):
         raise TypeError(f"the description must be a JSON object, got {type(meta).__name__} {meta!r:.60}")
     kind = meta.get("kind")
@@ -995,7 +1025,12 @@ def model_from_export(
         raise ValueError(f"codes must be (N >= 1, d), got shape {tuple(tensors['codes'].shape)}")
     record = checked_record(meta.get("training_data"))
     ops = ops or config.get("ops", "fused")
-    model = MODEL_KINDS[kind].from_export(tensors, meta, ops=ops, device=device)
+    model = MODEL_KINDS[kind].from_export(tensors, meta, ops=ops, device=device, generator=generator)
+    if generator is not None and list(model.image_shape) != meta.get("image_shape"):
+        raise UsageError(
+            f"the generator makes images of shape {model.image_shape}, the file's model made "
+            f"{meta.get('image_shape')!r:.60}"
+        )
     model.training_data = record
     written_by = meta.get("written_by")  # glann_ext's version; files of 0.3.0 and before say nothing
     model.written_by = written_by if isinstance(written_by, str) and len(written_by) <= 40 else None

@@ -21,7 +21,7 @@ from glann_ext.errors import UsageError
 from glann_ext.models import GLANN, MLP, DCGANGenerator, PixelIMLE
 
 from .config import TrainConfig
-from .inputs import checked_config
+from .inputs import check_generator_output, checked_config
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -57,6 +57,20 @@ def build_mapping(cfg: TrainConfig) -> MLP:
     )
 
 
+def check_own_generator(generator: object, cfg: TrainConfig, image_shape: tuple[int, int, int]) -> None:
+    """UsageError unless ``generator`` can be GLANN's G for ``cfg``: a module (with parameters) that maps codes
+    (n, ``cfg.latent_dim``) to images of ``image_shape``; pixel IMLE builds its own (``fit_imle`` trains any
+    generator by IMLE)."""
+    if cfg.imle_space == "pixel":
+        raise UsageError(
+            "generator: a generator of your own trains GLANN (imle_space='latent'); for IMLE of your own "
+            "generator from noise to images use glann_ext.train.fit_imle"
+        )
+    check_generator_output(
+        generator, torch.empty(0, *image_shape), cfg.latent_dim, "codes", "cfg.latent_dim", "the images are"
+    )
+
+
 def place_for_training(module: M, device: torch.device) -> M:
     """``module`` moved to ``device`` for training: on the CPU with its convolution weights in channels-last
     layout, oneDNN's native one (with :func:`adam`, a width-32 generator's GLO step at batch 128 measured
@@ -74,14 +88,19 @@ def adam(params, lr: float, betas: tuple[float, float], weight_decay: float = 0.
 
 
 def build_model(
-    cfg: TrainConfig, image_shape: tuple[int, int, int], n_codes: int = 0, *, ops: Ops | None = None
-) -> GLANN | PixelIMLE:
-    """The untrained model of ``cfg``: :class:`GLANN` (G, ``n_codes`` zero codes, T) or :class:`PixelIMLE`."""
+    cfg: TrainConfig, image_shape: tuple[int, int, int], n_codes: int = 0, *, ops: Ops | None = None,
+    generator: nn.Module | None = None,
+) -> GLANN | PixelIMLE:  # fmt: skip
+    """The untrained model of ``cfg``: :class:`GLANN` (G, ``n_codes`` zero codes, T) or :class:`PixelIMLE`.
+    ``generator``: a GLANN's G of the caller's own (codes (n, ``cfg.latent_dim``) -> images of
+    ``image_shape``), used as given, instead of the configured :class:`DCGANGenerator`."""
     cfg = checked_config(cfg)
     n_codes = checked_int("n_codes", n_codes, 0)
     ops = as_ops(ops, cfg.ops)
     config = cfg.to_dict()
-    G = build_generator(cfg, image_shape)
+    if generator is not None:
+        check_own_generator(generator, cfg, image_shape)
+    G = build_generator(cfg, image_shape) if generator is None else generator
     if cfg.imle_space == "pixel":
         return PixelIMLE(G, ops=ops, config=config)
     return GLANN(G, torch.zeros(n_codes, cfg.latent_dim), build_mapping(cfg), ops=ops, config=config)

@@ -16,6 +16,7 @@ import torch
 
 from glann_ext.data.datasets import check_unit_images, layout_hint
 from glann_ext.errors import ConfigError, NonFiniteError, UsageError
+from glann_ext.models.custom_generator import probe_generator
 from glann_ext.ops._checks import first_nonfinite_row
 
 from .config import TrainConfig
@@ -87,28 +88,17 @@ def checked_targets(targets: Any) -> torch.Tensor:
     return x
 
 
-@torch.no_grad()
-def check_generator_output(generator: torch.nn.Module, targets: torch.Tensor, noise_dim: int) -> None:
-    """UsageError unless ``generator`` maps noise (B, ``noise_dim``) to rows shaped like ``targets``' (one
-    probe of two rows in eval mode, so no BatchNorm statistic moves): a mismatch would otherwise surface as
-    a matrix-shape error inside torch, or in the first search, naming neither."""
-    if not isinstance(generator, torch.nn.Module):
-        raise UsageError(f"generator must be a torch.nn.Module, got {type(generator).__name__}")
-    weight = next(generator.parameters(), None)
-    device = weight.device if weight is not None else torch.device("cpu")
-    was_training = generator.training
-    generator.eval()
-    try:
-        out = generator(torch.zeros(2, noise_dim, device=device))
-    except (RuntimeError, ValueError, TypeError) as exc:
-        raise UsageError(
-            f"generator cannot map noise of shape (2, {noise_dim}) (cfg.noise_dim): {str(exc).splitlines()[0]}"
-        ) from None
-    finally:
-        generator.train(was_training)
+def check_generator_output(
+    generator: torch.nn.Module, targets: torch.Tensor, input_dim: int, what: str = "noise",
+    field: str = "cfg.noise_dim", rows: str = "targets are rows",
+) -> None:  # fmt: skip
+    """UsageError unless ``generator`` maps ``what`` (B, ``input_dim``) to rows shaped like ``targets``' (one
+    probe of two rows, :func:`~glann_ext.models.custom_generator.probe_generator`: eval mode, the global RNGs
+    untouched): a mismatch would otherwise surface as a matrix-shape error inside torch, or in the first
+    search, naming neither."""
+    out = probe_generator(generator, input_dim, what, field)
     if not isinstance(out, torch.Tensor) or tuple(out.shape[1:]) != tuple(targets.shape[1:]):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise UsageError(
-            f"generator maps noise (2, {noise_dim}) to {got}, but targets are rows of shape "
-            f"{tuple(targets.shape[1:])}"
+            f"generator maps {what} (2, {input_dim}) to {got}, but {rows} of shape {tuple(targets.shape[1:])}"
         )

@@ -43,7 +43,9 @@ class Fit:
 
     ``images`` (n, C, H, W) in [0, 1] on the CPU are the dataset rows ``[start, start + n)`` of ``total``
     (all of them for one process; a rank's shard under torchrun). The model's networks are built from the
-    config's seed (:func:`~.build.build_model`); the GLO codes from ``cfg.init``.
+    config's seed (:func:`~.build.build_model`), or G is the caller's ``generator`` (GLANN only: any module
+    mapping codes (n, ``cfg.latent_dim``) to images shaped like ``images``, trained in place); the GLO codes
+    from ``cfg.init``.
     :meth:`state_dict`/:meth:`load_state_dict` hold everything needed to continue exactly (this rank's rows
     of the per-image state).
     """
@@ -59,6 +61,7 @@ class Fit:
         start: int = 0,
         total: int | None = None,
         record: bool = True,
+        generator: torch.nn.Module | None = None,
     ):
         cfg = checked_config(cfg)
         images = checked_images(images, cfg)
@@ -77,7 +80,7 @@ class Fit:
         # the same on every machine, where the digest of converted floats may differ between CPUs
         whole = record and self.world.size == 1 and self.start == 0 and self.total == images.shape[0]
         self.training_data = images_digest(images) if whole else None
-        built = build_model(cfg, self.image_shape, ops=self.ops)
+        built = build_model(cfg, self.image_shape, ops=self.ops, generator=generator)
         self.G = built.G
         self.T = built.T if isinstance(built, GLANN) else None
         self.phase = "glo" if isinstance(built, GLANN) else "imle"
@@ -209,17 +212,22 @@ def fit(
     device: str | torch.device | None = None,
     hooks: Sequence[Hook] = (),
     stage: str = "all",
+    generator: torch.nn.Module | None = None,
 ) -> GLANN | PixelIMLE:
     """Train the model of ``cfg`` on ``images`` (n, C, H, W) in [0, 1], in memory: GLANN, or pixel IMLE when
     ``cfg.imle_space == "pixel"``. ``hooks`` receive the loop's events (see :class:`~.loop.Hook`).
     ``cfg.threads`` (None: unchanged) holds for this call only, as in a run folder's :func:`~.run.train`.
+    ``generator``: GLANN's G of your own instead of the configured DCGAN generator, any ``nn.Module``
+    mapping float32 codes (n, ``cfg.latent_dim``) to images (n, C, H, W) in [0, 1] (end it in a sigmoid);
+    it is trained in place and becomes the model's ``G`` (save the model with :func:`~.save_model`; loading
+    it takes the module again, :func:`~.run.load_model`'s ``generator``).
 
     Raises UsageError (or ConfigError, NonFiniteError) for images that are not float (n, C, H, W) in [0, 1]
     with H == W, n >= 2 and sizes ``cfg`` agrees with, for an invalid config, and for a device this machine
     does not have."""
     _check_device(checked_config(cfg), device)
     with intra_op_threads(cfg.threads or None):
-        return Fit(images, cfg, ops=ops, world=world, device=device).run(stage, hooks)
+        return Fit(images, cfg, ops=ops, world=world, device=device, generator=generator).run(stage, hooks)
 
 
 def fit_imle(

@@ -43,7 +43,7 @@ from glann_ext._io import (
 )
 from glann_ext.backend import get_ops
 from glann_ext.data import NAMED, DataError, fingerprint_change, load_image_shard
-from glann_ext.errors import CheckpointError, ConfigError, GlannError, RunFolderError
+from glann_ext.errors import CheckpointError, ConfigError, GlannError, RunFolderError, UsageError
 from glann_ext.images import save_grid
 from glann_ext.models import (
     GLANN,
@@ -728,14 +728,18 @@ def train(cfg: TrainConfig | None, out: str | Path, stage: str = "all", **kwargs
     return Run(out, cfg, **kwargs).train(stage)
 
 
-def load_model(path: str | Path, ops: str | None = None, device: str = "cpu") -> GenerativeModel:
+def load_model(
+    path: str | Path, ops: str | None = None, device: str = "cpu", generator: torch.nn.Module | None = None
+) -> GenerativeModel:
     """The model of run folder ``path`` (its ``model.safetensors``, else its latest checkpoint) or of a
-    model file, on ``device`` (a ConfigError when this machine has no such device)."""
+    model file, on ``device`` (a ConfigError when this machine has no such device). ``generator``: the
+    module to load G's weights into, built as for training; a model file of a generator of your own
+    (``fit(..., generator=...)``) needs it, since the file names its class but cannot rebuild it."""
     check_device(str(device), fused=ops != "reference")
     path = Path(path)
     if path.is_dir():
         if (path / MODEL_FILE).exists():
-            return load_model_file(path / MODEL_FILE, ops=ops, device=device)
+            return load_model_file(path / MODEL_FILE, ops=ops, device=device, generator=generator)
         if (path / LEGACY_MODEL_FILE).exists():
             raise CheckpointError(
                 f"{path / LEGACY_MODEL_FILE}: a model file of glann_ext 0.1 (a pickle, not loaded: loading one "
@@ -745,10 +749,15 @@ def load_model(path: str | Path, ops: str | None = None, device: str = "cpu") ->
             raise RunFolderError(
                 f"{path}: no {MODEL_FILE} or {ckpt.CHECKPOINT_DIR}/{ckpt.MANIFEST_FILE} (not a glann run folder?)"
             )
+        if generator is not None:  # a checkpoint rebuilds the package's generator from the run's config
+            raise UsageError(
+                f"generator: {path} has no {MODEL_FILE} yet; its checkpoints hold the package's generator, "
+                "which they rebuild themselves"
+            )
         return model_from_checkpoint(path, ops=ops, device=device)
     if not path.exists():
         raise RunFolderError(f"{path}: no such run folder or model file")
-    return load_model_file(path, ops=ops, device=device)
+    return load_model_file(path, ops=ops, device=device, generator=generator)
 
 
 def _mapping_state(cfg: TrainConfig, imle: dict[str, Any], codes: torch.Tensor) -> dict[str, torch.Tensor]:

