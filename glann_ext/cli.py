@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 import torch
 
 from glann_ext._info import __version__
-from glann_ext.errors import GlannError
+from glann_ext.errors import ConfigError, GlannError
 from glann_ext.train.config import MAX_SEED, MAX_THREADS
 
 # What one reading command draws at most: its images are held in memory (a million 28 x 28 images are 3 GB)
@@ -183,14 +183,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _count(minimum: int, maximum: int | None = None):
-    """An argparse type: an integer >= ``minimum`` (and <= ``maximum``)."""
+def _count(minimum: int, maximum: int | None = None, *, none: bool = False):
+    """An argparse type: an integer >= ``minimum`` (and <= ``maximum``); with ``none``, also ``none`` (any
+    case), which gives None: the option's default meaning, as train's "int?" flags take it."""
 
-    def parse(text: str) -> int:
+    def parse(text: str) -> int | None:
+        if none and text.strip().lower() == "none":
+            return None
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+            expected = "an integer or none" if none else "an integer"
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
         if maximum is not None and value > maximum:
@@ -301,7 +305,12 @@ def _add_invert(sub) -> None:
     v.add_argument(
         "--images", required=True, help="a .npy/.npz file (FILE.npz:NAME: its array NAME) or an image folder"
     )
-    v.add_argument("--limit", type=_count(1), default=64, help="invert the first N images (default 64)")
+    v.add_argument(
+        "--limit",
+        type=_count(1, none=True),
+        default=64,
+        help="invert the first N images (default 64; none: every image)",
+    )
     v.add_argument(
         "--steps", type=_count(0), default=200, help="optimisation steps per restart (default 200)"
     )
@@ -361,12 +370,14 @@ def _add_eval(sub) -> None:
     )
     e.add_argument("--cache-dir", help="LeNet cache (default ~/.cache/glann_ext/quality)")
     e.add_argument(
-        "--clf-epochs", type=_count(1), help="LeNet epochs if it must be trained (default per dataset)"
+        "--clf-epochs",
+        type=_count(1, none=True),
+        help="LeNet epochs if it must be trained (default and none: per dataset)",
     )
     e.add_argument(
         "--threads",
-        type=_count(1, MAX_THREADS),
-        help=f"CPU threads, at most {MAX_THREADS} (default: torch's)",
+        type=_count(1, MAX_THREADS, none=True),
+        help=f"CPU threads, at most {MAX_THREADS} (default and none: torch's)",
     )
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -392,20 +403,43 @@ def _train_config(args: argparse.Namespace, saved: Any = None):
         base.update(PRESETS[args.preset])
     if args.config:
         given = read_config_object(args.config)  # read once: it may be a pipe (`--config <(...)`)
-        TrainConfig.from_dict(given)  # its own errors first, naming the file's fields
+        try:
+            TrainConfig.from_dict(given)  # its own errors first, naming the file and its fields
+        except ConfigError as exc:
+            raise ConfigError(f"{args.config}: {exc}", field=exc.field, problem=exc.problem) from None
         base.update(given)
         for field in ("dataset", "data_root"):  # relative to this directory, as the flags are
             if isinstance(base.get(field), str) and field in given:
                 base[field] = _absolute_path(base[field])
     if args.dataset:
         base["dataset"] = _absolute_path(args.dataset)
+    flagged = {"dataset"} if args.dataset else set()  # the fields this command line sets
     for _, field, _, _ in _CONFIG_FLAGS:
         value = getattr(args, field)
         if value is not None:
             base[field] = None if value is NONE else value
+            flagged.add(field)
     if args.data_root is not None:
         base["data_root"] = _absolute_path(args.data_root)
-    return TrainConfig.from_dict(base)
+    try:
+        return TrainConfig.from_dict(base)
+    except ConfigError as exc:
+        raise _flag_config_error(exc, flagged) from None
+
+
+# TrainConfig field -> the train flag that sets it
+_FLAG_OF = {field: flag for flag, field, _, _ in _CONFIG_FLAGS} | {"dataset": "--dataset"}
+
+
+def _flag_config_error(exc: ConfigError, flagged: set[str]) -> ConfigError:
+    """A field's config error as a command-line user reads it: naming the flag when this command line set the
+    field (``--batch-size must be >= 2, got 0``), the field and its flag when a --preset, a --config file or
+    the run folder did (``config field batch_size (--batch-size) must be ...``). Others as they are."""
+    flag = _FLAG_OF.get(exc.field or "")
+    if flag is None or exc.problem is None:
+        return exc
+    named = flag if exc.field in flagged else f"config field {exc.field} ({flag})"
+    return ConfigError(f"{named} {exc.problem}", field=exc.field, problem=exc.problem)
 
 
 def _absolute_path(value: str) -> str:

@@ -35,7 +35,19 @@ class UsageError(GlannError, ValueError):
 
 
 class ConfigError(GlannError, ValueError):
-    """A training configuration field has a wrong type or value; the message names the field."""
+    """A training configuration field has a wrong type or value; the message names the field.
+
+    Attributes:
+        field: the :class:`~glann_ext.train.TrainConfig` field at fault (e.g. ``"batch_size"``) when the error
+            is about one field's value, else ``None``.
+        problem: then what is wrong with it, worded to follow the field's name (``"must be >= 2, got 0"``), so
+            that the ``glann`` command can name its flag instead (``--batch-size must be >= 2, got 0``).
+    """
+
+    def __init__(self, message: str, *, field: str | None = None, problem: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.problem = problem
 
 
 class CheckpointError(GlannError, RuntimeError):

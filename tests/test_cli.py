@@ -208,6 +208,9 @@ def test_resume_keeps_the_saved_config_and_takes_the_flags_it_allows(tmp_path, d
     config.write_text(json.dumps({"latent_dim": 4}))
     assert main(["train", "--out", str(out), "--config", str(config), "--no-progress"]) == 2
     assert "latent_dim 16 -> 4" in capsys.readouterr().err
+    # None as the command line spells it (it said "limit 256 -> None")
+    assert main(["train", "--out", str(out), "--limit", "none", "--no-progress"]) == 2
+    assert "different config (limit 256 -> none (every image); the run's" in capsys.readouterr().err
     assert (out / "config.json").read_text() == saved
     # a resume starts from the saved config and takes the overrides a resume may change; config.json then
     # holds them (a later resume keeps them) and resumes.jsonl says what changed and from which checkpoint
@@ -311,10 +314,19 @@ def test_clear_errors(tmp_path, data_file, capsys):
     cases = [
         (["train", "--out", out], "give --dataset"),
         (["train", "--dataset", str(tmp_path / "nope.npy"), "--out", out, *TINY], "nope.npy: no such file"),
-        (["train", "--dataset", data_file, "--out", out, "--batch-size", "1", *TINY], "batch_size"),
-        (["train", "--dataset", data_file, "--out", out, "--image-size", "30", *TINY], "image_size"),
+        (
+            ["train", "--dataset", data_file, "--out", out, "--batch-size", "1", *TINY],
+            "--batch-size must be >= 2",
+        ),
+        (
+            ["train", "--dataset", data_file, "--out", out, "--image-size", "30", *TINY],
+            "--image-size must be",
+        ),
         (["sample", "--run", str(tmp_path / "missing")], "no such run folder"),
-        (["train", "--dataset", data_file, "--out", out, "--imle-betas", "0.9", "1.5", *TINY], "imle_betas"),
+        (
+            ["train", "--dataset", data_file, "--out", out, "--imle-betas", "0.9", "1.5", *TINY],
+            "--imle-betas must be",
+        ),
         (
             ["train", "--dataset", data_file, "--out", out, *TINY, "--imle-betas", "0.9"],
             "expected 2 argument",
@@ -413,9 +425,46 @@ def test_absurd_sizes_are_a_one_line_config_error_before_anything_runs(
     out = tmp_path / "run"
     assert main(["train", "--dataset", data_file, "--out", str(out), *TINY, flag, value]) == 2
     err = capsys.readouterr().err
-    field = flag[2:].replace("-", "_")
-    assert err.count("\n") == 1 and f"config field {field} must be at most" in err, err
+    assert err.count("\n") == 1 and f"glann train: error: {flag} must be at most" in err, err
     assert not out.exists()
+
+
+def test_config_errors_name_the_flag_that_set_the_field(tmp_path, capsys):
+    """`glann train --batch-size 0` said "config field batch_size must be >= 2, got 0": a field name the
+    user never typed. A value this command line set is named by its flag; one from a --config file by the
+    file and its field; one from a preset, a config file or the run folder, checked with the flags, by its
+    field and flag. Python callers keep the field's name, and the error carries the field and the problem."""
+    from glann_ext.errors import ConfigError
+    from glann_ext.train import TrainConfig
+
+    def error(*argv: str) -> str:
+        assert main(["train", "--out", str(tmp_path / "run"), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        return err.strip()
+
+    assert (
+        error("--preset", "tiny", "--batch-size", "0")
+        == "glann train: error: --batch-size must be >= 2, got 0"
+    )
+    assert error("--preset", "tiny", "--image-size", "30").startswith(
+        "glann train: error: --image-size must be s * 2**k with 3 <= s <= 7"
+    )
+    config = tmp_path / "cfg.json"
+    config.write_text(json.dumps({"batch_size": 0}))
+    assert (
+        error("--config", str(config))
+        == f"glann train: error: {config}: config field batch_size must be >= 2, got 0"
+    )
+    config.write_text(json.dumps({"imle_adaptive": True}))
+    assert error("--config", str(config), "--imle-match", "unique") == (
+        "glann train: error: config field imle_adaptive (--imle-adaptive) needs imle_match 'nearest' "
+        "(adaptive IMLE re-matches subsets)"
+    )
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match=r"^config field batch_size must be >= 2, got 0$") as err:
+        TrainConfig(batch_size=0)
+    assert (err.value.field, err.value.problem) == ("batch_size", "must be >= 2, got 0")
 
 
 def test_eval_threads_are_bounded(run_dir, capsys):
@@ -621,6 +670,24 @@ def test_counts_at_their_bounds_are_accepted(capsys):
     assert f"must be <= {cli.MAX_THREADS}, got {cli.MAX_THREADS + 1}" in capsys.readouterr().err
 
 
+def test_optional_counts_of_every_command_take_none(capsys):
+    """`glann train --threads none` was accepted, `glann eval --threads none` refused ("expected an integer"):
+    every optional count takes "none" (any case) for its default meaning, and --help says so."""
+    args = cli._parser().parse_args(["eval", "--run", "r", "--threads", "none", "--clf-epochs", "None"])
+    assert (args.threads, args.clf_epochs) == (None, None)
+    assert (
+        cli._parser().parse_args(["invert", "--run", "r", "--images", "i", "--limit", "NONE"]).limit is None
+    )
+    assert main(["eval", "--run", "r", "--threads", "nine"]) == 2
+    assert "--threads: expected an integer or none, got 'nine'" in capsys.readouterr().err
+    assert main(["sample", "--run", "r", "-n", "none"]) == 2  # a count without a default meaning
+    assert "-n: expected an integer, got 'none'" in capsys.readouterr().err
+    for command in ("eval", "invert"):
+        assert main([command, "--help"]) == 0
+        shown = " ".join(capsys.readouterr().out.split())
+        assert ("(default and none: torch's)" if command == "eval" else "none: every image") in shown
+
+
 def test_a_new_run_from_a_config_file_alone(tmp_path, data_file):
     """``train --config`` starts a new run without --dataset or --preset, with the file's values (found by
     mutation testing: only --dataset and --preset counted as what a new run needs)."""
@@ -811,6 +878,31 @@ def test_train_says_what_data_it_read(data_file, tmp_path, capsys):
     )
     assert main(["train", "--dataset", data_file, "--out", str(tmp_path / "b"), *TINY, "--limit", "100"]) == 0
     assert f"data {data_file}: 64 images of 1 x 28 x 28\n" in capsys.readouterr().out
+
+
+def test_train_says_a_folders_images_were_resized(tmp_path, capsys):
+    """A folder of 32 x 32 PNGs trained at 64 x 64 (a folder's size by default) without a word: the data line
+    says what its images were resized from, and with the default size how to keep theirs."""
+    from glann_ext.train.run import _resized_note
+
+    folder = tmp_path / "small"
+    folder.mkdir()
+    for i, im in enumerate(np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)):
+        Image.fromarray(im).save(folder / f"{i}.png")
+    argv = ["train", "--dataset", str(folder), *TINY, "--stage", "glo", "--glo-epochs", "1"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    assert (
+        f"data {folder}: 8 images of 3 x 64 x 64, resized from 32 x 32 (set --image-size 32 to keep them)\n"
+        in capsys.readouterr().out
+    )
+    assert main([*argv, "--out", str(tmp_path / "b"), "--image-size", "16"]) == 0
+    assert f"data {folder}: 8 images of 3 x 16 x 16, resized from 32 x 32\n" in capsys.readouterr().out
+    assert _resized_note(frozenset({(32, 32)}), 32, None) == _resized_note(None, 64, None) == ""
+    assert _resized_note(frozenset({(48, 32)}), 64, None) == ", resized and centre-cropped from 48 x 32"
+    assert _resized_note(frozenset({(30, 30)}), 64, None) == ", resized from 30 x 30"  # G makes no 30 x 30
+    assert _resized_note(frozenset({(32, 32)}), 64, 64) == ", resized from 32 x 32"  # the size asked for
+    mixed = frozenset({(100, 80), (24, 24), (64, 64)})
+    assert _resized_note(mixed, 64, None) == ", resized from 3 sizes, 24 x 24 to 100 x 80"
 
 
 def test_the_interrupt_message_reads_in_order(data_file, tmp_path):

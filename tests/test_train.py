@@ -1169,14 +1169,18 @@ def test_a_resume_may_name_the_image_size_and_channels_the_data_gave(tmp_path, b
     for other, seen in (
         (
             {"image_size": 32},
-            r"1 x 28 x 28, and this resume loads them at 1 x 32 x 32 \(image_size None -> 32\)",
+            r"1 x 28 x 28, and this resume loads them at 1 x 32 x 32 \(image_size none -> 32\)",
         ),
-        ({"channels": 3}, r"1 x 28 x 28, and this resume loads them at 3 x 28 x 28 \(channels None -> 3\)"),
+        ({"channels": 3}, r"1 x 28 x 28, and this resume loads them at 3 x 28 x 28 \(channels none -> 3\)"),
     ):
         with pytest.raises(ConfigError, match=seen):
             train(dataclasses.replace(cfg, **other), out, **quiet)
     assert not (out / "resumes.jsonl").exists() and load_run_config(out / "config.json").image_size is None
-    resumed = train(dataclasses.replace(cfg, image_size=28, channels=1), out, **quiet)
+    lines: list[str] = []  # the resume's line spells None as the command line does (it said "None -> 28")
+    resumed = train(
+        dataclasses.replace(cfg, image_size=28, channels=1), out, progress=False, log=lines.append
+    )
+    assert "resuming with image_size none -> 28, channels none -> 1 (recorded" in "\n".join(lines)
     whole = train(cfg, tmp_path / "whole", **quiet)
     assert tensors_equal(resumed.state_dict(), whole.state_dict())
     assert json.loads((out / "resumes.jsonl").read_text())["changed"] == {
@@ -1187,17 +1191,17 @@ def test_a_resume_may_name_the_image_size_and_channels_the_data_gave(tmp_path, b
         train(dataclasses.replace(cfg, image_size=32, channels=1), out, **quiet)
     # back to None (the data's own) is the same images too; only the shape fields are named in a refusal
     train(dataclasses.replace(cfg, imle_epochs=2), out, **quiet)
-    with pytest.raises(ConfigError, match=r"at 3 x 28 x 28 \(channels None -> 3\); resume without"):
+    with pytest.raises(ConfigError, match=r"at 3 x 28 x 28 \(channels none -> 3\); resume without"):
         train(dataclasses.replace(cfg, imle_epochs=3, channels=3), out, **quiet)
     saved = (out / "config.json").read_bytes()
     (out / "config.json").unlink()  # the checkpoint's copy then says what the resume changes
-    with pytest.raises(ConfigError, match=r"at 1 x 32 x 32 \(image_size None -> 32\); resume without"):
+    with pytest.raises(ConfigError, match=r"at 1 x 32 x 32 \(image_size none -> 32\); resume without"):
         train(dataclasses.replace(cfg, imle_epochs=3, image_size=32), out, **quiet)
     (out / "config.json").write_bytes(saved)
     shutil.rmtree(ckpt.checkpoint_dir(out))  # the model file only: it would retrain at the named shape
     before = (out / "model.safetensors").read_bytes()
     with pytest.raises(
-        ConfigError, match=r"no checkpoint records the image shape .* \(image_size None -> 28\)"
+        ConfigError, match=r"no checkpoint records the image shape .* \(image_size none -> 28\)"
     ):
         train(dataclasses.replace(cfg, imle_epochs=2, image_size=28), out, **quiet)
     assert (out / "model.safetensors").read_bytes() == before

@@ -178,12 +178,14 @@ def load_images(
 @dataclass(frozen=True)
 class ImageShard:
     """Rows ``[start, start + len(images))`` of a dataset of ``total`` images, and the
-    :mod:`~glann_ext.data.fingerprint` of the dataset's ``total`` rows."""
+    :mod:`~glann_ext.data.fingerprint` of the dataset's ``total`` rows. ``sizes``: for an image folder, the
+    (width, height) its shard's images had before they were resized (each size once), else None."""
 
     images: torch.Tensor
     start: int
     total: int
     fingerprint: dict[str, Any] | None = None
+    sizes: frozenset[tuple[int, int]] | None = None
 
 
 def _check_sizes(image_size: object, limit: object) -> None:
@@ -213,12 +215,14 @@ def load_image_shard(
     rows, source, file_values = _dataset_rows(dataset, data_root, limit, allow_download)
     fingerprint = _fingerprint(dataset, rows)
     start, stop = shard_bounds(len(rows), world, rank)
+    sizes: list[tuple[int, int]] | None = [] if isinstance(rows, list) else None
     arr = (
-        load_folder(rows[start:stop], image_size or 64, channels or 3)
+        load_folder(rows[start:stop], image_size or 64, channels or 3, sizes=sizes)
         if isinstance(rows, list)
         else rows[start:stop]
     )
-    return ImageShard(_convert(arr, source, image_size, channels, file_values), start, len(rows), fingerprint)
+    images = _convert(arr, source, image_size, channels, file_values)
+    return ImageShard(images, start, len(rows), fingerprint, None if sizes is None else frozenset(sizes))
 
 
 def _dataset_rows(

@@ -71,7 +71,9 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
-def load_folder(folder: str | Path | Sequence[Path], image_size: int, channels: int = 3) -> np.ndarray:
+def load_folder(
+    folder: str | Path | Sequence[Path], image_size: int, channels: int = 3, *, sizes: list | None = None
+) -> np.ndarray:
     """uint8 array (N, H, W, C) of every image under ``folder`` (recursive, sorted by path, hidden files
     skipped: :func:`list_images`), or of the given image files in their order.
 
@@ -84,6 +86,7 @@ def load_folder(folder: str | Path | Sequence[Path], image_size: int, channels: 
     size: a folder's images need not share one. Files Pillow cannot decode, and files of several frames (an
     animation, a multi-page TIFF: which frame is the image is not ours to guess), are a :class:`DataError`
     naming the first and counting the rest (the first few named), after every file has been tried.
+    ``sizes``, when given a list, receives each image's own (width, height), upright: what it was resized from.
     """
     from PIL import Image
 
@@ -101,6 +104,8 @@ def load_folder(folder: str | Path | Sequence[Path], image_size: int, channels: 
             with open(path, "rb") as f, Image.open(f) as im:
                 im = _decoded(im, path).convert(mode)
                 w, h = im.size
+                if sizes is not None:
+                    sizes.append((w, h))
                 scale = image_size / min(w, h)
                 im = im.resize(
                     (max(image_size, round(w * scale)), max(image_size, round(h * scale))),

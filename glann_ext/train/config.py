@@ -203,30 +203,30 @@ class TrainConfig:
             _check_type(f.name, getattr(self, f.name), _FIELD_TYPES[f.name])
         for name, ok, rule in _range_checks(self):
             if not ok:
-                raise ConfigError(f"config field {name} must be {rule}, got {_shown(getattr(self, name))}")
+                raise _field_error(name, f"must be {rule}, got {_shown(getattr(self, name))}")
         for name, most in MAXIMA.items():
             value = getattr(self, name)
             if value is not None and value > most:
                 shown = most if isinstance(most, int) else f"{most:g}"
-                raise ConfigError(f"config field {name} must be at most {shown}, got {_shown(value)}")
+                raise _field_error(name, f"must be at most {shown}, got {_shown(value)}")
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
-                raise ConfigError(
-                    f"config field {name} must be one of {allowed}, got {_shown(getattr(self, name))}"
-                )
+                raise _field_error(name, f"must be one of {allowed}, got {_shown(getattr(self, name))}")
         if self.image_size is not None:
             from glann_ext.models.generator import start_size
 
             try:
                 start_size(self.image_size)
             except ValueError as exc:
-                raise ConfigError(f"config field image_size: {exc}") from None
+                # start_size's message names the field itself ("image_size must be ..."): the problem follows
+                problem = str(exc).removeprefix("image_size ")
+                raise _field_error("image_size", problem, message=f"config field image_size: {exc}") from None
         if self.imle_adaptive and self.imle_match != "nearest":
-            raise ConfigError(
-                "config field imle_adaptive needs imle_match 'nearest' (adaptive IMLE re-matches subsets)"
+            raise _field_error(
+                "imle_adaptive", "needs imle_match 'nearest' (adaptive IMLE re-matches subsets)"
             )
         if self.vgg_weight > 0 and not self.vgg_weights:
-            raise ConfigError("config field vgg_weight > 0 needs vgg_weights: a local VGG16 state_dict file")
+            raise _field_error("vgg_weight", "> 0 needs vgg_weights: a local VGG16 state_dict file")
         self.betas = (float(self.betas[0]), float(self.betas[1]))
         self.imle_betas = (float(self.imle_betas[0]), float(self.imle_betas[1]))
         return self
@@ -443,6 +443,12 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
 
 
+def _field_error(name: str, problem: str, *, message: str | None = None) -> ConfigError:
+    """The :class:`ConfigError` of field ``name``: "config field NAME PROBLEM" (or ``message``), with its
+    ``field`` and ``problem`` set, so that the ``glann`` command can name the field's flag instead."""
+    return ConfigError(message or f"config field {name} {problem}", field=name, problem=problem)
+
+
 def _check_type(name: str, value: Any, kind: str) -> None:
     """``kind``: "int", "float", "bool", "str", "betas", optionally followed by "?" (None allowed)."""
     if kind.endswith("?"):
@@ -462,7 +468,7 @@ def _check_type(name: str, value: Any, kind: str) -> None:
         expected = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
                     "betas": "two numbers [beta1, beta2]"}[kind]  # fmt: skip
         got = "null" if value is None else f"{_shown(value)} ({type(value).__name__})"
-        raise ConfigError(f"config field {name} must be {expected}, got {got}")
+        raise _field_error(name, f"must be {expected}, got {got}")
 
 
 def check_device(spec: str, *, fused: bool = True) -> None:

@@ -99,6 +99,42 @@ def _may_change(field: str, saved: Any, new: Any) -> bool:
     return field in RESUMABLE_OVERRIDES or (field in SHAPE_FIELDS and None in (saved, new))
 
 
+# what None means in a field a resume's messages name, as the command line spells it ("none")
+_NONE_MEANS = {"limit": "none (every image)", "threads": "none (torch's default)"}
+
+
+def _change(field: str, old: Any, new: Any) -> str:
+    """``field old -> new`` for a message: strings quoted, None as ``none`` (``limit 256 -> none (every
+    image)``), not Python's ``None``."""
+    old, new = (_NONE_MEANS.get(field, "none") if v is None else repr(v) for v in (old, new))
+    return f"{field} {old} -> {new}"
+
+
+def _resized_note(sizes: frozenset[tuple[int, int]] | None, size: int, image_size: int | None) -> str:
+    """What the data line adds when an image folder's images (``sizes``: their own (width, height)s; None
+    for an array) were resized to ``size``: ", resized from 32 x 32 (set --image-size 32 to keep them)", the
+    hint where the default size (``image_size`` None) enlarged them and G can make their own size."""
+    if not sizes or sizes == {(size, size)}:
+        return ""
+    if len(sizes) > 1:
+        small, *_, large = sorted(sizes, key=lambda wh: (wh[0] * wh[1], wh))
+        return f", resized from {len(sizes)} sizes, {small[0]} x {small[1]} to {large[0]} x {large[1]}"
+    ((w, h),) = sizes
+    if w != h:
+        return f", resized and centre-cropped from {w} x {h}"
+    keep = image_size is None and w < size and _generator_size(w)
+    return f", resized from {w} x {h}" + (f" (set --image-size {w} to keep them)" if keep else "")
+
+
+def _generator_size(size: int) -> bool:
+    """Whether G can make images of ``size`` x ``size`` (:func:`start_size`)."""
+    try:
+        start_size(size)
+    except ValueError:
+        return False
+    return True
+
+
 def spread_rows(n: int, k: int) -> torch.Tensor:
     """``k <= n`` distinct rows of ``n`` spread evenly, the first and the last among them (a folder of class
     subfolders, sorted by path, holds one class in its first rows)."""
@@ -200,7 +236,7 @@ class Run:
                 mine, theirs = dataclasses.asdict(saved), dataclasses.asdict(cfg)
                 changed = {k for k, v in theirs.items() if mine[k] != v and not _may_change(k, mine[k], v)}
                 if changed:
-                    what = ", ".join(f"{k} {mine[k]!r} -> {theirs[k]!r}" for k in sorted(changed))
+                    what = ", ".join(_change(k, mine[k], theirs[k]) for k in sorted(changed))
                     raise RunFolderError(
                         f"{self.out} holds a run with a different config ({what}; the run's, then this "
                         f"command's); use another --out, or resume it without changing those options"
@@ -266,7 +302,7 @@ class Run:
         mine = dataclasses.asdict(self.cfg)
         changed = sorted(k for k in mine if mine[k] != theirs[k] and not _may_change(k, theirs[k], mine[k]))
         if changed:
-            diff = ", ".join(f"{k} {theirs[k]!r} -> {mine[k]!r}" for k in changed)
+            diff = ", ".join(_change(k, theirs[k], mine[k]) for k in changed)
             raise RunFolderError(
                 f"{self.out}: the checkpoint was trained with another config ({diff}); restore its config.json, "
                 f"resume without changing those options, or use another --out"
@@ -278,9 +314,7 @@ class Run:
         """The images must load at the checkpoint's shape: a resume that names the image size or channels the
         run left to the data (:data:`SHAPE_FIELDS`) may only name what the data gave, and only where a
         checkpoint says what that was (a folder with the model file only would retrain at the new shape)."""
-        named = ", ".join(
-            f"{k} {a!r} -> {b!r}" for k, (a, b) in self.resume_changes.items() if k in SHAPE_FIELDS
-        )
+        named = ", ".join(_change(k, a, b) for k, (a, b) in self.resume_changes.items() if k in SHAPE_FIELDS)
         if state is None:
             if named:
                 raise ConfigError(
@@ -353,7 +387,8 @@ class Run:
             and bool(torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 1], x[:, 2]))
         )
         hint = " (all grey: --channels 1 trains a grey model, a third of the pixels)" if grey else ""
-        self.log(f"data {cfg.dataset}: {shard.total} images{capped} of {c} x {h} x {w}{hint}")
+        resized = _resized_note(shard.sizes, h, cfg.image_size)
+        self.log(f"data {cfg.dataset}: {shard.total} images{capped} of {c} x {h} x {w}{resized}{hint}")
         return shard.images, shard.start, shard.total
 
     def _train(self, stage: str) -> GenerativeModel:
@@ -506,7 +541,7 @@ class Run:
         entry = {"phase": phase, **at, "changed": self.resume_changes}
         append_line(self.out / RESUMES_FILE, json.dumps(entry))
         self.cfg.to_json(self.out / CONFIG_FILE)
-        changed = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in self.resume_changes.items())
+        changed = ", ".join(_change(k, old, new) for k, (old, new) in self.resume_changes.items())
         self.log(f"resuming with {changed} (recorded in {RESUMES_FILE} and config.json)")
 
     def _finish(self, model: GenerativeModel, fit: Fit, images: torch.Tensor) -> GenerativeModel:
