@@ -15,11 +15,18 @@ Both keep one state schema, so a run checkpointed with one backend resumes with 
     {"kind": "adam", "step": int, "lr": float, "betas": [b1, b2], "eps": float, "project": bool,
      "exp_avg": Tensor, "exp_avg_sq": Tensor}
     {"kind": "sgd", "lr": float, "project": bool}
+
+Both are :class:`torch.optim.Optimizer` over the one parameter ``table``: ``param_groups[0]`` holds ``lr`` (the
+rate every step uses, so ``torch.optim.lr_scheduler``'s schedulers drive it; ``opt.lr`` reads and writes it)
+and the other hyperparameters (``betas``, ``eps``, ``project``). A step takes any rate >= 0 from the group (a
+schedule may end at 0); the constructor asks for one > 0. :meth:`~SphereSparseAdam.state_dict` keeps the schema
+above, not Optimizer's (so a scheduler's ``initial_lr`` is not saved: the scheduler's own state holds it).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Union
 
 import torch
@@ -44,6 +51,11 @@ def _check_table(owner: str, table: object) -> torch.Tensor:
         raise TypeError(f"{owner}: table must have dtype in (float32, float64), got {got}")
     if table.dim() != 2:
         raise ValueError(f"{owner}: table must be a 2-D tensor, got {table.dim()}-D")
+    if not (table.is_leaf or table.retains_grad):  # torch.optim.Optimizer's rule, worded here
+        raise ValueError(
+            f"{owner}: table must be a leaf tensor (an optimizer's parameter), got one computed by autograd "
+            f"({type(table.grad_fn).__name__}); pass table.detach()"
+        )
     if not table.is_contiguous():
         raise ValueError(
             f"{owner}: table must be contiguous (every step updates it in place), got shape "
@@ -95,7 +107,61 @@ def _check_rate(owner: str, lr: object) -> float:
     return float(lr)
 
 
-class SphereSparseAdam:
+_GROUP_LR = "lr (param_groups[0]['lr'])"
+
+
+def _check_set_rate(owner: str, lr: object, name: str = "lr") -> float:
+    """A rate set after construction (by a scheduler, ``opt.lr = ...`` or a loaded state), as a float: 0 is
+    valid there (a cosine schedule ends at eta_min = 0; the kernels take lr >= 0), a negative or NaN rate is
+    not (a step would silently go uphill or write NaN rows)."""
+    if type(lr) is float and 0.0 <= lr < math.inf:  # every step's case, cheaply (NaN fails both comparisons)
+        return lr
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real):  # numpy's scalars are Real
+        raise TypeError(f"{owner}: {name} must be a float, got {type(lr).__name__} {lr!r}")
+    if not (math.isfinite(lr) and lr >= 0):
+        raise ValueError(f"{owner}: {name} must be a finite float >= 0, got {lr!r}")
+    return float(lr)
+
+
+class _SphereOptimizer(torch.optim.Optimizer):
+    """What both latent optimizers add to :class:`torch.optim.Optimizer`: the hyperparameters of the one
+    param group as attributes, one group only, and copies that keep the table's state."""
+
+    _copied = ("table", "backend")  # instance attributes beyond Optimizer's that a copy or pickle keeps
+
+    @property
+    def lr(self) -> float:
+        """The rate of the next step: ``param_groups[0]["lr"]``, where schedulers write it."""
+        return self.param_groups[0]["lr"]
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self.param_groups[0]["lr"] = value  # checked by the next step, as a scheduler's value is
+
+    @property
+    def project(self) -> bool:
+        return self.param_groups[0]["project"]
+
+    @project.setter
+    def project(self, value: bool) -> None:
+        self.param_groups[0]["project"] = value
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if self.param_groups:  # a second group's parameters would never be stepped
+            raise ValueError(
+                f"{type(self).__name__}.add_param_group: the optimizer updates its one table, got a second "
+                "parameter group"
+            )
+        super().add_param_group(param_group)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Optimizer's keeps defaults/state/param_groups (all torch's optimizers hold); without the table,
+        # backend and moments a deepcopy or unpickled optimizer could not step. A scheduler's wrapper of step
+        # (bound to this instance) is left behind, as Optimizer leaves it.
+        return {**super().__getstate__(), **{k: self.__dict__[k] for k in self._copied}}
+
+
+class SphereSparseAdam(_SphereOptimizer):
     """``torch.optim.SparseAdam`` on a plain latent table, fused with re-projection onto the sphere.
 
     Owns ``exp_avg``/``exp_avg_sq`` (zeros of the table's shape) and the step counter. Typical use::
@@ -108,9 +174,12 @@ class SphereSparseAdam:
     Each :meth:`step` increments the counter (also for an empty batch, like SparseAdam) and updates
     ``table[indices]`` in place; if it raises, neither the table nor the counter has changed (both backends
     check the arguments as the fused kernel does: types, shapes, hyperparameters, the range of indices).
+    A torch.optim.Optimizer: ``param_groups[0]`` holds ``lr``, ``betas``, ``eps`` and ``project``, which every
+    step reads (schedulers may set ``lr``, or ``betas`` as OneCycleLR does).
     """
 
     kind = "adam"
+    _copied = ("table", "backend", "exp_avg", "exp_avg_sq", "step_count")
 
     def __init__(
         self,
@@ -124,15 +193,32 @@ class SphereSparseAdam:
     ) -> None:
         self.table = _check_table("SphereSparseAdam", table)
         self.backend = _check_backend("SphereSparseAdam", backend)
-        self.lr = _check_rate("SphereSparseAdam", lr)
-        self.betas, self.eps = _check_betas_eps("SphereSparseAdam", betas, eps)
-        self.project = check_bool("SphereSparseAdam: project", project)
+        lr = _check_rate("SphereSparseAdam", lr)
+        betas, eps = _check_betas_eps("SphereSparseAdam", betas, eps)
+        project = check_bool("SphereSparseAdam: project", project)
+        super().__init__([table], {"lr": lr, "betas": betas, "eps": eps, "project": project})
         self.exp_avg = torch.zeros_like(table, memory_format=torch.contiguous_format)
         self.exp_avg_sq = torch.zeros_like(table, memory_format=torch.contiguous_format)
         self.step_count = 0
 
+    @property
+    def betas(self) -> tuple[float, float]:
+        return self.param_groups[0]["betas"]
+
+    @betas.setter
+    def betas(self, value: tuple[float, float]) -> None:
+        self.param_groups[0]["betas"] = value
+
+    @property
+    def eps(self) -> float:
+        return self.param_groups[0]["eps"]
+
+    @eps.setter
+    def eps(self, value: float) -> None:
+        self.param_groups[0]["eps"] = value
+
     @torch.no_grad()
-    def step(self, indices: torch.Tensor, grad: torch.Tensor, *, updates: int | None = None) -> None:
+    def step(self, indices: torch.Tensor, grad: torch.Tensor, *, updates: int | None = None) -> None:  # type: ignore[override]
         """Apply one step to ``table[indices]`` with gradient rows ``grad`` ``(len(indices), D)``.
 
         ``updates``: how many times these rows have now been updated (this step included), for Adam's bias
@@ -144,9 +230,12 @@ class SphereSparseAdam:
         if updates is not None:
             # int() truncated 2.5; 0 divided by zero in the reference step
             updates = checked_int("SphereSparseAdam.step: updates", updates, 1)
+        group = self.param_groups[0]
+        beta1, beta2 = group["betas"]
         kwargs = {
-            "step": self.step_count + 1 if updates is None else updates, "lr": self.lr,
-            "beta1": self.betas[0], "beta2": self.betas[1], "eps": self.eps, "project": self.project,
+            "step": self.step_count + 1 if updates is None else updates,
+            "lr": _check_set_rate("SphereSparseAdam.step", group["lr"], _GROUP_LR),
+            "beta1": beta1, "beta2": beta2, "eps": group["eps"], "project": group["project"],
         }  # fmt: skip
         if self.backend == "fused":
             fused_latent_adam_(self.table, self.exp_avg, self.exp_avg_sq, indices, grad, **kwargs)
@@ -162,6 +251,8 @@ class SphereSparseAdam:
                 )
         self.step_count += 1
 
+    # state_dict/load_state_dict override Optimizer's on purpose: checkpoints of training runs hold this
+    # schema (the module docstring), not torch's {"state", "param_groups"}.
     def state_dict(self) -> dict[str, Any]:
         """Step counter, hyperparameters and the moment tensors (references, like torch.optim)."""
         return {
@@ -175,10 +266,11 @@ class SphereSparseAdam:
             "exp_avg_sq": self.exp_avg_sq,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # type: ignore[override]
         """Restore a :meth:`state_dict` exactly (moments copied into this optimizer's tensors). Also takes the
         state of a ``torch.optim.SparseAdam`` over the table (what the reference backend of glann_ext 0.1
-        saved)."""
+        saved). lr may be 0 (saved at the end of a schedule); a scheduler's ``initial_lr`` stays in the
+        group."""
         state = _from_torch_optim(state)
         if state.get("kind", self.kind) != self.kind:
             raise ValueError(
@@ -199,7 +291,7 @@ class SphereSparseAdam:
         if step < 0:
             raise ValueError(f"SphereSparseAdam.load_state_dict: step must be >= 0, got {step}")
         # Every value checked before anything is changed.
-        lr = _check_rate("SphereSparseAdam.load_state_dict", float(state["lr"]))
+        lr = _check_set_rate("SphereSparseAdam.load_state_dict", float(state["lr"]))
         betas, eps = _check_betas_eps("SphereSparseAdam.load_state_dict", state["betas"], state["eps"])
         self.exp_avg.copy_(state["exp_avg"])
         self.exp_avg_sq.copy_(state["exp_avg_sq"])
@@ -209,11 +301,12 @@ class SphereSparseAdam:
         self.project = bool(state.get("project", True))
 
 
-class SphereSparseSGD:
+class SphereSparseSGD(_SphereOptimizer):
     """Plain SGD (no momentum, no weight decay) on a latent table's touched rows, fused with re-projection.
 
     Stateless apart from its hyperparameters; :meth:`state_dict`/:meth:`load_state_dict` exist so a
-    trainer can treat both optimizers alike.
+    trainer can treat both optimizers alike. A torch.optim.Optimizer: ``param_groups[0]`` holds ``lr`` and
+    ``project``, which every step reads.
     """
 
     kind = "sgd"
@@ -223,33 +316,35 @@ class SphereSparseSGD:
     ) -> None:
         self.table = _check_table("SphereSparseSGD", table)
         self.backend = _check_backend("SphereSparseSGD", backend)
-        self.lr = _check_rate("SphereSparseSGD", lr)
-        self.project = check_bool("SphereSparseSGD: project", project)
+        lr = _check_rate("SphereSparseSGD", lr)
+        project = check_bool("SphereSparseSGD: project", project)
+        super().__init__([table], {"lr": lr, "project": project})
 
     @torch.no_grad()
-    def step(self, indices: torch.Tensor, grad: torch.Tensor) -> None:
+    def step(self, indices: torch.Tensor, grad: torch.Tensor) -> None:  # type: ignore[override]
         """Apply one step to ``table[indices]`` with gradient rows ``grad`` ``(len(indices), D)``."""
+        group = self.param_groups[0]
+        lr, project = _check_set_rate("SphereSparseSGD.step", group["lr"], _GROUP_LR), group["project"]
         if self.backend == "fused":
-            fused_latent_sgd_(self.table, indices, grad, lr=self.lr, project=self.project)
+            fused_latent_sgd_(self.table, indices, grad, lr=lr, project=project)
         else:
             grad = _reference_checks(
-                "SphereSparseSGD.step", self.table, indices, grad, self.project, {}, {"lr": self.lr}
+                "SphereSparseSGD.step", self.table, indices, grad, project, {}, {"lr": lr}
             )
             if indices.numel():
-                reference.fused_latent_sgd_reference(
-                    self.table, indices, grad, lr=self.lr, project=self.project
-                )
+                reference.fused_latent_sgd_reference(self.table, indices, grad, lr=lr, project=project)
 
+    # Optimizer's state_dict/load_state_dict overridden on purpose: checkpoints hold this schema.
     def state_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "lr": self.lr, "project": self.project}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # type: ignore[override]
         state = _from_torch_optim(state)
         if state.get("kind", self.kind) != self.kind:
             raise ValueError(
                 f"SphereSparseSGD.load_state_dict: got the state of a {state['kind']!r} optimizer"
             )
-        self.lr = _check_rate("SphereSparseSGD.load_state_dict", float(state["lr"]))
+        self.lr = _check_set_rate("SphereSparseSGD.load_state_dict", float(state["lr"]))
         self.project = bool(state.get("project", True))
 
 

@@ -50,7 +50,7 @@ def _given() -> dict[str, object]:
 # (file, index of its ```python block) -> names the block must leave defined (what it shows a reader getting)
 BLOCKS = {
     ("README.md", 0): ("model", "x", "path", "codes", "rec"),
-    ("README.md", 1): ("idx", "d2", "loss", "z", "opt"),
+    ("README.md", 1): ("idx", "d2", "loss", "z", "opt", "sched"),
     ("docs/training.md", 0): ("model", "x", "p", "g", "r", "path", "codes", "rec"),
     ("docs/training.md", 1): ("model", "glo_only", "pixel", "trainer", "same"),
     ("docs/training.md", 2): ("f", "model"),
