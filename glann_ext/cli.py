@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -434,12 +435,17 @@ _FLAG_OF = {field: flag for flag, field, _, _ in _CONFIG_FLAGS} | {"dataset": "-
 def _flag_config_error(exc: ConfigError, flagged: set[str]) -> ConfigError:
     """A field's config error as a command-line user reads it: naming the flag when this command line set the
     field (``--batch-size must be >= 2, got 0``), the field and its flag when a --preset, a --config file or
-    the run folder did (``config field batch_size (--batch-size) must be ...``). Others as they are."""
+    the run folder did (``config field batch_size (--batch-size) must be ...``). Others as they are. A flag
+    spells JSON's null as ``none`` (``--limit must be >= 2, or none for every image``)."""
     flag = _FLAG_OF.get(exc.field or "")
     if flag is None or exc.problem is None:
         return exc
-    named = flag if exc.field in flagged else f"config field {exc.field} ({flag})"
-    return ConfigError(f"{named} {exc.problem}", field=exc.field, problem=exc.problem)
+    if exc.field in flagged:
+        problem = re.sub(r"\bnull\b", "none", exc.problem)
+        return ConfigError(f"{flag} {problem}", field=exc.field, problem=exc.problem)
+    return ConfigError(
+        f"config field {exc.field} ({flag}) {exc.problem}", field=exc.field, problem=exc.problem
+    )
 
 
 def _absolute_path(value: str) -> str:

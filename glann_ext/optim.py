@@ -116,6 +116,8 @@ def _check_set_rate(owner: str, lr: object, name: str = "lr") -> float:
     not (a step would silently go uphill or write NaN rows)."""
     if type(lr) is float and 0.0 <= lr < math.inf:  # every step's case, cheaply (NaN fails both comparisons)
         return lr
+    if isinstance(lr, torch.Tensor) and lr.numel() == 1 and lr.is_floating_point():  # as torch's optimizers
+        lr = lr.item()
     if isinstance(lr, bool) or not isinstance(lr, numbers.Real):  # numpy's scalars are Real
         raise TypeError(f"{owner}: {name} must be a float, got {type(lr).__name__} {lr!r}")
     if not (math.isfinite(lr) and lr >= 0):
@@ -136,7 +138,8 @@ class _SphereOptimizer(torch.optim.Optimizer):
 
     @lr.setter
     def lr(self, value: float) -> None:
-        self.param_groups[0]["lr"] = value  # checked by the next step, as a scheduler's value is
+        # checked here (a scheduler's writes to the group are checked by the next step)
+        self.param_groups[0]["lr"] = _check_set_rate(f"{type(self).__name__}.lr", value)
 
     @property
     def project(self) -> bool:

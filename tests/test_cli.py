@@ -447,6 +447,17 @@ def test_config_errors_name_the_flag_that_set_the_field(tmp_path, capsys):
         error("--preset", "tiny", "--batch-size", "0")
         == "glann train: error: --batch-size must be >= 2, got 0"
     )
+    # a flag spells None "none" (it refuses JSON's "null"), a config field "null"
+    assert (
+        error("--preset", "tiny", "--limit", "0")
+        == "glann train: error: --limit must be >= 2, or none for every image, got 0"
+    )
+    assert (
+        error("--preset", "tiny", "--threads", "0")
+        == "glann train: error: --threads must be >= 1, or none for torch's default, got 0"
+    )
+    with pytest.raises(ConfigError, match=r"config field limit must be >= 2, or null for every image, got 0"):
+        TrainConfig(limit=0).validate()
     assert error("--preset", "tiny", "--image-size", "30").startswith(
         "glann train: error: --image-size must be s * 2**k with 3 <= s <= 7"
     )
@@ -895,14 +906,19 @@ def test_train_says_a_folders_images_were_resized(tmp_path, capsys):
         f"data {folder}: 8 images of 3 x 64 x 64, resized from 32 x 32 (set --image-size 32 to keep them)\n"
         in capsys.readouterr().out
     )
+    # a resume keeps the run's size (--image-size 32 would be refused): no hint then
+    assert main([*argv, "--out", str(tmp_path / "a"), "--glo-epochs", "2"]) == 0
+    assert f"data {folder}: 8 images of 3 x 64 x 64, resized from 32 x 32\n" in capsys.readouterr().out
     assert main([*argv, "--out", str(tmp_path / "b"), "--image-size", "16"]) == 0
     assert f"data {folder}: 8 images of 3 x 16 x 16, resized from 32 x 32\n" in capsys.readouterr().out
-    assert _resized_note(frozenset({(32, 32)}), 32, None) == _resized_note(None, 64, None) == ""
-    assert _resized_note(frozenset({(48, 32)}), 64, None) == ", resized and centre-cropped from 48 x 32"
-    assert _resized_note(frozenset({(30, 30)}), 64, None) == ", resized from 30 x 30"  # G makes no 30 x 30
-    assert _resized_note(frozenset({(32, 32)}), 64, 64) == ", resized from 32 x 32"  # the size asked for
+    assert _resized_note(frozenset({(32, 32)}), 32, None, True) == _resized_note(None, 64, None, True) == ""
+    assert _resized_note(frozenset({(48, 32)}), 64, None, True) == ", resized and centre-cropped from 48 x 32"
+    assert _resized_note(frozenset({(30, 30)}), 64, None, True) == ", resized from 30 x 30"  # G makes no 30
+    assert (
+        _resized_note(frozenset({(32, 32)}), 64, 64, True) == ", resized from 32 x 32"
+    )  # the size asked for
     mixed = frozenset({(100, 80), (24, 24), (64, 64)})
-    assert _resized_note(mixed, 64, None) == ", resized from 3 sizes, 24 x 24 to 100 x 80"
+    assert _resized_note(mixed, 64, None, True) == ", resized from 3 sizes (from 24 x 24 up to 100 x 80)"
 
 
 def test_the_interrupt_message_reads_in_order(data_file, tmp_path):

@@ -15,7 +15,7 @@ from torch import nn
 
 from glann_ext.cli import main
 from glann_ext.errors import UsageError
-from glann_ext.models import GLANN, save_model
+from glann_ext.models import GLANN, DCGANGenerator, save_model
 from glann_ext.models.files import META_KEY
 from glann_ext.train import Fit, fit, load_model, preset
 from glann_ext.train.build import build_generator
@@ -91,7 +91,9 @@ def test_the_package_generator_passed_in_or_wrapped_trains_bit_for_bit_as_the_de
     cfg, images = _cfg(), _images(32, 1, 16)
     default = fit(images, cfg).sample(12, seed=2)
     given = fit(images, cfg, generator=build_generator(cfg, (1, 16, 16))).sample(12, seed=2)
-    wrapped = fit(images, cfg, generator=Wrapped(build_generator(cfg, (1, 16, 16)))).sample(12, seed=2)
+    # a module of one's own keeps its layout; the package's generator trains in channels-last on the CPU
+    inner = build_generator(cfg, (1, 16, 16)).to(memory_format=torch.channels_last)
+    wrapped = fit(images, cfg, generator=Wrapped(inner)).sample(12, seed=2)
     assert torch.equal(given, default) and torch.equal(wrapped, default)
 
 
@@ -233,3 +235,94 @@ def test_eval_scores_a_model_of_your_own_generator(tmp_path):
         evaluate_run(path, out=tmp_path / "a", **kw)
     result = evaluate_run(path, out=tmp_path / "b", generator=TinyGenerator(16, 1, 28), **kw)
     assert result["n_samples"] == 20 and (tmp_path / "b" / "eval_samples.png").exists()
+
+
+class MirroredDCGAN(DCGANGenerator):
+    """A subclass of the package's generator with a forward of its own: a model file must not rebuild it as
+    the plain DCGANGenerator (whose images are the mirror image of these)."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return super().forward(z).flip(-1)
+
+
+def test_a_subclass_of_the_package_generator_counts_as_your_own(tmp_path):
+    cfg = _cfg()
+    G = MirroredDCGAN(cfg.latent_dim, 16, 1, cfg.gen_width)
+    model = fit(_images(32, 1, 16), cfg, generator=G)
+    path = save_model(model, tmp_path / "sub.safetensors")
+    with pytest.raises(UsageError, match=r"custom module \(test_custom_generator\.MirroredDCGAN\)"):
+        load_model(path)
+    same = load_model(path, generator=MirroredDCGAN(cfg.latent_dim, 16, 1, cfg.gen_width))
+    assert torch.equal(same.sample(6), model.sample(6))
+
+
+class ConvGenerator(nn.Module):
+    """codes -> a 4 x 4 map -> one transposed convolution, whose output it reshapes with .view (which a
+    channels-last layout of its weights would break)."""
+
+    def __init__(self, latent_dim: int = 16, channels: int = 3):
+        super().__init__()
+        self.fc = nn.Linear(latent_dim, 8 * 4 * 4)
+        self.up = nn.ConvTranspose2d(8, channels, 4, 2, 1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.up(torch.relu(self.fc(z)).view(len(z), 8, 4, 4))
+        return torch.sigmoid(x.view(len(z), -1)).view(x.shape)
+
+
+def test_a_generator_of_your_own_keeps_its_memory_layout():
+    G = ConvGenerator()
+    model = fit(_images(), _cfg(), generator=G)
+    assert G.up.weight.is_contiguous() and model.sample(4).shape == (4, 3, SIDE, SIDE)
+
+
+class TiedGenerator(TinyGenerator):
+    """Uses one layer twice (tied weights): its state dict has two names for one tensor."""
+
+    def __init__(self):
+        super().__init__(16, hidden=16)
+        self.twice = nn.Linear(16, 16)
+        self.again = self.twice
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.again(self.twice(z)))
+
+
+def test_a_generator_with_tied_weights_saves_and_loads(tmp_path):
+    model = fit(_images(), _cfg(), generator=TiedGenerator())
+    path = save_model(model, tmp_path / "tied.safetensors")
+    same = load_model(path, generator=TiedGenerator())
+    assert same.G.again is same.G.twice and torch.equal(same.sample(5), model.sample(5))
+
+
+def test_a_damaged_file_is_the_files_fault_not_the_callers(tmp_path):
+    """Only a generator= that does not fit (or its absence) is the caller's UsageError; a file whose own
+    description is broken stays a CheckpointError."""
+    from safetensors.torch import load, save
+
+    from glann_ext.errors import CheckpointError
+
+    path = save_model(fit(_images(32, 1, 16), _cfg()), tmp_path / "m.safetensors")
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    meta = json.loads(json.loads(data[8 : 8 + size])["__metadata__"][META_KEY])
+    meta["config"]["ops"] = "bogus"
+    forged = tmp_path / "forged.safetensors"
+    forged.write_bytes(save(load(data), metadata={META_KEY: json.dumps(meta)}))
+    with pytest.raises(CheckpointError, match="does not describe a usable model"):
+        load_model(forged)
+
+
+def test_a_fit_probes_its_generator_once_and_keeps_every_submodules_mode():
+    G = TinyGenerator(16)
+    calls = []
+    G.register_forward_hook(lambda m, args, out: calls.append((m.training, args[0].detach().clone())))
+    f = Fit(_images(), _cfg(), generator=G)
+    assert len(calls) == 1 and torch.equal(calls[0][1], torch.eye(16)[[0, 0]])  # one probe, of unit codes
+    f.model  # noqa: B018  (building the model, as hooks do: no probe)
+    assert len(calls) == 1
+    from glann_ext.models.custom_generator import probe_generator
+
+    G.train().net[1].eval()  # a BatchNorm the user froze
+    probe_generator(G, 16)
+    assert G.training and not G.net[1].training and not calls[-1][0]

@@ -23,9 +23,15 @@ from .generator import DCGANGenerator
 CUSTOM_KEY = "custom"  # the key of a model file's generator description that marks a custom module
 
 
-def is_custom(G: nn.Module) -> bool:
-    """Whether ``G`` is not the package's DCGANGenerator (whose sizes and rebuild a model file describes)."""
-    return not isinstance(G, DCGANGenerator)
+class GeneratorError(UsageError):
+    """The ``generator=`` a caller gave for a model file (or its absence) does not fit the file: the caller's
+    part, told apart from a damaged file (:func:`~glann_ext.models.files.load_model_file`)."""
+
+
+def is_custom(G: object) -> bool:
+    """Whether ``G`` is not exactly the package's DCGANGenerator, whose sizes and rebuild a model file
+    describes: a subclass may compute otherwise (its own ``forward``), so it counts as custom."""
+    return type(G) is not DCGANGenerator
 
 
 def class_name(G: nn.Module) -> str:
@@ -34,10 +40,11 @@ def class_name(G: nn.Module) -> str:
 
 
 def probe_generator(G: Any, input_dim: int, what: str = "codes", field: str = "latent_dim") -> torch.Tensor:
-    """``G``'s output for two zero inputs (2, ``input_dim``), in eval mode (no BatchNorm statistic moves),
-    without gradients and without drawing from the global RNGs (a generator that draws noise in ``forward``
-    would otherwise shift a training run's random stream); ``G``'s mode is restored. UsageError when ``G``
-    is no module or cannot take such inputs (``what``, ``field``: how the message names them)."""
+    """``G``'s output for two inputs (2, ``input_dim``), both the first unit vector (a point of the sphere GLO
+    keeps its codes on), in eval mode (no BatchNorm statistic moves), without gradients and without drawing
+    from the global RNGs (a generator that draws noise in ``forward`` would otherwise shift a training run's
+    random stream); every submodule's mode is restored as it was. UsageError when ``G`` is no module or
+    cannot take such inputs (``what``, ``field``: how the message names them)."""
     if not isinstance(G, nn.Module):
         raise UsageError(f"generator must be a torch.nn.Module, got {type(G).__name__}")
     weight = next(G.parameters(), None)
@@ -47,27 +54,28 @@ def probe_generator(G: Any, input_dim: int, what: str = "codes", field: str = "l
         if device.type == "cuda"
         else []
     )
-    was_training = G.training
+    modes = {m: m.training for m in G.modules()}  # a user may have frozen some (a pretrained BatchNorm)
     G.eval()
+    x = torch.zeros(2, input_dim, device=device)
+    x[:, 0] = 1.0
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=cuda):
-            return G(torch.zeros(2, input_dim, device=device))
+            return G(x)
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UsageError(
             f"generator cannot map {what} of shape (2, {input_dim}) ({field}): {first:.300}"
         ) from None
     finally:
-        G.train(was_training)
+        for m, training in modes.items():
+            m.training = training
 
 
 def generator_image_shape(G: Any, input_dim: int) -> tuple[int, int, int]:
     """The (C, H, W) of the images ``G`` makes from codes of ``input_dim``: a DCGANGenerator's stated sizes,
     else what one probe returns (UsageError unless it is a float (2, C, H, W) tensor)."""
-    if isinstance(G, DCGANGenerator):
+    if not is_custom(G):
         return (G.channels, G.image_size, G.image_size)
-    if isinstance(G, nn.Module) and next(G.parameters(), None) is None:
-        raise UsageError(f"generator {class_name(G)} has no parameters (GLO trains G: it needs some)")
     out = probe_generator(G, input_dim)
     if (
         not isinstance(out, torch.Tensor)
@@ -84,15 +92,22 @@ def generator_image_shape(G: Any, input_dim: int) -> tuple[int, int, int]:
     return tuple(int(s) for s in out.shape[1:])  # type: ignore[return-value]
 
 
+def check_parameters(G: Any) -> None:
+    """UsageError for a module without parameters: GLO trains G (and the model's device is its weights')."""
+    if isinstance(G, nn.Module) and next(G.parameters(), None) is None:
+        raise UsageError(f"generator {class_name(G)} has no parameters (GLO trains G: it needs some)")
+
+
 def describe(G: nn.Module) -> dict[str, Any]:
     """A model file's description of ``G``: a DCGANGenerator's constructor arguments, else its class name."""
-    return G.hparams() if isinstance(G, DCGANGenerator) else {CUSTOM_KEY: class_name(G)}
+    return {CUSTOM_KEY: class_name(G)} if is_custom(G) else G.hparams()
 
 
 def custom_name(description: Any) -> str | None:
     """The class name a model file gives its custom generator, None for the package's generator."""
     if isinstance(description, dict) and CUSTOM_KEY in description:
-        name = str(description[CUSTOM_KEY])  # untrusted text: shown (cut to 120 characters), never imported
+        # untrusted text: shown (cut to 120 characters, control characters as ?), never imported
+        name = "".join(ch if ch.isprintable() else "?" for ch in str(description[CUSTOM_KEY])[:121])
         return name if len(name) <= 120 else f"{name[:117]}..."
     return None
 
@@ -122,11 +137,11 @@ def same_tensors(
 def load_weights(G: Any, state: dict[str, torch.Tensor], name: str = "G") -> nn.Module:
     """``G`` (a module the caller built) with ``state`` loaded into it, once every name and shape agrees."""
     if not isinstance(G, nn.Module):
-        raise UsageError(f"generator must be a torch.nn.Module, got {type(G).__name__}")
+        raise GeneratorError(f"generator must be a torch.nn.Module, got {type(G).__name__}")
     wanted = {k: tuple(v.shape) for k, v in G.state_dict().items()}
     try:
         same_tensors(wanted, {k: tuple(v.shape) for k, v in state.items()}, name, "the module has")
     except ValueError as exc:  # the caller's module is what differs
-        raise UsageError(f"generator does not fit the file's weights: {exc}") from None
+        raise GeneratorError(f"generator does not fit the file's weights: {exc}") from None
     G.load_state_dict(state)
     return G

@@ -14,8 +14,9 @@ from typing import Any
 import torch
 
 from glann_ext._io import atomic_write, open_regular
-from glann_ext.errors import CheckpointError, UsageError
+from glann_ext.errors import CheckpointError
 
+from .custom_generator import GeneratorError
 from .generative import GenerativeModel, model_from_export
 
 META_KEY = "glann_ext"  # the safetensors header entry that holds the JSON description
@@ -72,7 +73,7 @@ def load_model_file(
     tensors, meta = read_model_file(path)
     try:
         return model_from_export(tensors, meta, ops=ops, device=device, generator=generator)
-    except UsageError as exc:  # the caller's part (a custom generator's file loaded without one)
-        raise UsageError(f"{path}: {exc}") from None
+    except GeneratorError as exc:  # the caller's part (a custom generator's file loaded without one)
+        raise GeneratorError(f"{path}: {exc}") from None
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # wrong keys, shapes or description
         raise CheckpointError(f"{path}: the model file does not describe a usable model ({exc})") from exc

@@ -307,7 +307,11 @@ def check_layer_count(
 
 
 def _prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {f"{prefix}.{k}": v.detach().cpu().contiguous() for k, v in state.items()}
+    # copies: a module that uses one layer twice has two names for one tensor, which safetensors refuses
+    return {
+        f"{prefix}.{k}": v.detach().cpu().clone(memory_format=torch.contiguous_format)
+        for k, v in state.items()
+    }
 
 
 def _unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -323,14 +327,20 @@ class GenerativeModel(nn.Module):
 
     def __init__(
         self, G: nn.Module, *, ops: Ops | str = "fused", config: dict[str, Any] | None = None,
-        input_dim: int | None = None,
+        input_dim: int | None = None, image_shape: tuple[int, int, int] | None = None,
     ):  # fmt: skip
         super().__init__()
-        # G's input width and image shape: a DCGANGenerator states them, a custom module is probed once
-        self._input_dim = (
-            G.latent_dim if isinstance(G, DCGANGenerator) else checked_int("input_dim", input_dim, 1)
+        # G's input width and image shape: the package's DCGANGenerator states them; a custom module is probed
+        # (once: a Fit, which checked G before training, passes the shape it checked as image_shape)
+        custom = custom_generator.is_custom(G)
+        if custom:
+            custom_generator.check_parameters(G)
+        self._input_dim = checked_int("input_dim", input_dim, 1) if custom else G.latent_dim
+        self._image_shape = (
+            tuple(image_shape)
+            if custom and image_shape is not None
+            else custom_generator.generator_image_shape(G, self._input_dim)
         )
-        self._image_shape = custom_generator.generator_image_shape(G, self._input_dim)
         self.G = G
         self.ops = as_ops(ops)
         self.config: dict[str, Any] = dict(config or {})
@@ -483,9 +493,10 @@ class GLANN(GenerativeModel):
         ops: Ops | str = "fused",
         config: dict[str, Any] | None = None,
         code_accept: torch.Tensor | None = None,
+        image_shape: tuple[int, int, int] | None = None,
     ):
         codes = _checked_codes(G, codes)
-        super().__init__(G, ops=ops, config=config, input_dim=codes.shape[1])
+        super().__init__(G, ops=ops, config=config, input_dim=codes.shape[1], image_shape=image_shape)
         codes = codes.float()  # G's input and the search's keys are float32
         bad = first_nonfinite_row(codes)
         if bad is not None:  # as a model file's NaN codes are refused: every use of them would give NaN
@@ -890,7 +901,7 @@ def _checked_codes(G: nn.Module, codes: Any) -> torch.Tensor:
     generator takes the codes' width), else an error naming them."""
     if isinstance(codes, np.ndarray):
         codes = torch.from_numpy(codes)
-    width = G.latent_dim if isinstance(G, DCGANGenerator) else "latent_dim"
+    width = "latent_dim" if custom_generator.is_custom(G) else G.latent_dim
     if not isinstance(codes, torch.Tensor):
         raise UsageError(f"codes must be a floating (N, {width}) tensor, got {type(codes).__name__}")
     wrong_width = isinstance(width, int) and codes.dim() == 2 and codes.shape[1] != width
@@ -938,10 +949,10 @@ class PixelIMLE(GenerativeModel):
     kind = "pixel_imle"
 
     def __init__(self, G: DCGANGenerator, *, ops: Ops | str = "fused", config: dict[str, Any] | None = None):
-        if not isinstance(G, DCGANGenerator):  # a model file rebuilds it; fit_imle trains any generator
+        if custom_generator.is_custom(G):  # a model file rebuilds it; fit_imle trains any generator
             raise UsageError(
-                f"PixelIMLE's G must be a DCGANGenerator, got {type(G).__name__}; IMLE of a generator of your "
-                "own: glann_ext.train.fit_imle"
+                f"PixelIMLE's G must be the package's DCGANGenerator, got {type(G).__name__}; IMLE of a "
+                "generator of your own: glann_ext.train.fit_imle"
             )
         super().__init__(G, ops=ops, config=config)
         self.eval()
@@ -974,7 +985,7 @@ def _exported_generator(
         return custom_generator.load_weights(generator, _unprefixed("G", tensors))
     name = custom_generator.custom_name(meta.get("generator"))
     if name is not None:
-        raise UsageError(custom_generator.needs_generator(name))
+        raise custom_generator.GeneratorError(custom_generator.needs_generator(name))
     check_layer_count(meta.get("generator"), ("depth",), _unprefixed("G", tensors), "G")
     return built_to_fit(lambda: DCGANGenerator(**meta["generator"]), _unprefixed("G", tensors), "G")
 
@@ -1027,7 +1038,7 @@ def model_from_export(
     ops = ops or config.get("ops", "fused")
     model = MODEL_KINDS[kind].from_export(tensors, meta, ops=ops, device=device, generator=generator)
     if generator is not None and list(model.image_shape) != meta.get("image_shape"):
-        raise UsageError(
+        raise custom_generator.GeneratorError(
             f"the generator makes images of shape {model.image_shape}, the file's model made "
             f"{meta.get('image_shape')!r:.60}"
         )

@@ -72,13 +72,15 @@ def check_own_generator(generator: object, cfg: TrainConfig, image_shape: tuple[
 
 
 def place_for_training(module: M, device: torch.device) -> M:
-    """``module`` moved to ``device`` for training: on the CPU with its convolution weights in channels-last
-    layout, oneDNN's native one (with :func:`adam`, a width-32 generator's GLO step at batch 128 measured
-    1.14-1.24x faster than in NCHW with the per-tensor Adam step, benchmarks/bench_train_step.py). On CUDA
-    the layout is left as it is (not measured there). Only 4-D parameters change layout; an MLP is just
-    moved."""
+    """``module`` moved to ``device`` for training: the package's generator on the CPU with its convolution
+    weights in channels-last layout, oneDNN's native one (with :func:`adam`, a width-32 generator's GLO step
+    at batch 128 measured 1.14-1.24x faster than in NCHW with the per-tensor Adam step,
+    benchmarks/bench_train_step.py). On CUDA the layout is left as it is (not measured there), and so is a
+    caller's own module's (its ``forward`` may ``view`` a convolution's output, which channels-last breaks).
+    Only 4-D parameters change layout; an MLP is just moved."""
     module = module.to(device)
-    return module.to(memory_format=torch.channels_last) if device.type == "cpu" else module
+    own = type(module) is DCGANGenerator
+    return module.to(memory_format=torch.channels_last) if device.type == "cpu" and own else module
 
 
 def adam(params, lr: float, betas: tuple[float, float], weight_decay: float = 0.0) -> torch.optim.Adam:
@@ -103,4 +105,6 @@ def build_model(
     G = build_generator(cfg, image_shape) if generator is None else generator
     if cfg.imle_space == "pixel":
         return PixelIMLE(G, ops=ops, config=config)
-    return GLANN(G, torch.zeros(n_codes, cfg.latent_dim), build_mapping(cfg), ops=ops, config=config)
+    codes = torch.zeros(n_codes, cfg.latent_dim)
+    shape = tuple(image_shape) if generator is not None else None  # checked above: no second probe
+    return GLANN(G, codes, build_mapping(cfg), ops=ops, config=config, image_shape=shape)

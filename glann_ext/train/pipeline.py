@@ -137,7 +137,9 @@ class Fit:
                 if self.phase == "imle" and self.imle is not None and self.imle.global_step > 0
                 else None
             )
-            model = GLANN(self.G, self.glo.codes, T, ops=self.ops, config=config)
+            model = GLANN(
+                self.G, self.glo.codes, T, ops=self.ops, config=config, image_shape=self.image_shape
+            )
         model.training_data = self.training_data
         return model
 
@@ -244,8 +246,8 @@ def fit_imle(
     ``cfg.imle_epochs`` epochs (e.g. GLANN's second stage on 2-D points); returns the trainer, whose
     :meth:`~.imle.IMLETrainer.generate` maps noise through the trained generator.
 
-    ``generator`` is trained in place (moved to the device; on the CPU its convolutions' weights take the
-    channels-last layout) and left in eval mode. The config's IMLE fields apply (``imle_*``, ``noise_dim``,
+    ``generator`` is trained in place (moved to the device; its layout left as it is) and left in eval
+    mode. The config's IMLE fields apply (``imle_*``, ``noise_dim``,
     ``seed``, ``amp``, ``threads`` for this call only): with ``imle_space="latent"`` (the default) steps take
     ``imle_batch_size`` targets and Adam ``imle_betas``, as GLANN's ``T`` does; with ``"pixel"``,
     ``batch_size`` and ``betas``, as the original IMLE's G does. ``imle_whiten`` is GLANN's, for its codes

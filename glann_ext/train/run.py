@@ -110,19 +110,24 @@ def _change(field: str, old: Any, new: Any) -> str:
     return f"{field} {old} -> {new}"
 
 
-def _resized_note(sizes: frozenset[tuple[int, int]] | None, size: int, image_size: int | None) -> str:
+def _resized_note(
+    sizes: frozenset[tuple[int, int]] | None, size: int, image_size: int | None, new_run: bool
+) -> str:
     """What the data line adds when an image folder's images (``sizes``: their own (width, height)s; None
     for an array) were resized to ``size``: ", resized from 32 x 32 (set --image-size 32 to keep them)", the
-    hint where the default size (``image_size`` None) enlarged them and G can make their own size."""
+    hint where the default size (``image_size`` None) enlarged them, G can make their own size, and the run
+    is new (a resume keeps the run's size)."""
     if not sizes or sizes == {(size, size)}:
         return ""
     if len(sizes) > 1:
         small, *_, large = sorted(sizes, key=lambda wh: (wh[0] * wh[1], wh))
-        return f", resized from {len(sizes)} sizes, {small[0]} x {small[1]} to {large[0]} x {large[1]}"
+        return (
+            f", resized from {len(sizes)} sizes (from {small[0]} x {small[1]} up to {large[0]} x {large[1]})"
+        )
     ((w, h),) = sizes
     if w != h:
         return f", resized and centre-cropped from {w} x {h}"
-    keep = image_size is None and w < size and _generator_size(w)
+    keep = new_run and image_size is None and w < size and _generator_size(w)
     return f", resized from {w} x {h}" + (f" (set --image-size {w} to keep them)" if keep else "")
 
 
@@ -387,7 +392,7 @@ class Run:
             and bool(torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 1], x[:, 2]))
         )
         hint = " (all grey: --channels 1 trains a grey model, a third of the pixels)" if grey else ""
-        resized = _resized_note(shard.sizes, h, cfg.image_size)
+        resized = _resized_note(shard.sizes, h, cfg.image_size, not has_trained(self.out))
         self.log(f"data {cfg.dataset}: {shard.total} images{capped} of {c} x {h} x {w}{resized}{hint}")
         return shard.images, shard.start, shard.total
 
