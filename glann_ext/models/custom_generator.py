@@ -2,10 +2,10 @@
 
 GLANN needs only two things from ``G``: it maps float32 codes (n, latent_dim) to images (n, C, H, W), and it
 is an ``nn.Module`` whose parameters GLO trains. The package's :class:`~.generator.DCGANGenerator` states
-its sizes and can be rebuilt from its constructor arguments; any other module is *custom*: its image shape
-is found by one probe (two zero codes, eval mode, no gradients, the global RNGs left as they were), and a
-model file keeps its weights under its class's name but cannot rebuild it, since that would mean importing
-and running code a file names. Loading such a file takes the module to load the weights into
+its sizes and can be rebuilt from its constructor arguments; any other module (a subclass of it too) is
+*custom*: its image shape is found by a probe (two unit codes, eval mode, no gradients, the global RNGs and
+the submodules' modes left as they were), and a model file keeps its weights under its class's name but
+cannot rebuild it, since that would mean importing and running code a file names. Loading such a file takes the module to load the weights into
 (``load_model(path, generator=MyG(...))``).
 """
 
