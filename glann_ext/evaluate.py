@@ -26,6 +26,7 @@ images' scores against the held-out ones as the reference (Inception FID where l
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import math
@@ -297,10 +298,15 @@ def _open_run(
     return model, cfg
 
 
-def _out_dir(run: Path, out: str | os.PathLike | None) -> Path:
-    """Where eval writes: ``out``, else the run folder (a model file has none: it needs ``out``)."""
+def _out_dir(run: Path | None, out: str | os.PathLike | None) -> Path:
+    """Where eval writes: ``out``, else the run folder (a model file, or a model in memory, has none: it needs
+    ``out``)."""
     if out is not None:
         folder = Path(out)
+    elif run is None:
+        raise UsageError(
+            "out: a model in memory has no run folder; pass out, the folder for eval.json and the PNGs"
+        )
     elif run.is_file():
         raise UsageError(f"--run {run} is a model file: pass --out, the folder for eval.json and the PNGs")
     else:
@@ -322,7 +328,7 @@ def _eval_data(job: _Job, n_test: int, cache_dir, clf_epochs) -> EvalData:
     this machine."""
     channels, size, _ = job.model.image_shape
     train = _training_images(job)  # checked before a LeNet may be trained
-    with _naming_the_run(job.run, job.cfg):
+    with _naming_the_run(job):
         test, _ = load_labelled(job.cfg.dataset, "test", data_root=job.cfg.data_root, limit=n_test)
         job.log(f"loading the {job.cfg.dataset} domain classifier (trained and cached on first use)")
         clf = domain_classifier(job.cfg.dataset, cache_dir=cache_dir, epochs=clf_epochs, image_size=size,
@@ -331,12 +337,12 @@ def _eval_data(job: _Job, n_test: int, cache_dir, clf_epochs) -> EvalData:
 
 
 @contextlib.contextmanager
-def _naming_the_run(run: Path, cfg) -> Iterator[None]:
+def _naming_the_run(job: _Job) -> Iterator[None]:
     """A DataError inside names the run whose data is not on this machine."""
     try:
         yield
     except DataError as exc:
-        raise DataError(f"--run {run}: dataset {cfg.dataset!r} is not available: {exc}") from exc
+        raise DataError(f"{job.named}: dataset {job.cfg.dataset!r} is not available: {exc}") from exc
 
 
 def _training_images(job: _Job) -> torch.Tensor:
@@ -349,10 +355,10 @@ def _training_images(job: _Job) -> torch.Tensor:
     from .train.checkpoint import DATASET_KEY, read_manifest
 
     cfg, (channels, size, _) = job.cfg, job.model.image_shape
-    with _naming_the_run(job.run, cfg):
+    with _naming_the_run(job):
         shard = load_image_shard(cfg.dataset, image_size=size, channels=channels, data_root=cfg.data_root,
                                  limit=cfg.limit, allow_download=False)  # fmt: skip
-    manifest = read_manifest(job.run) if job.run.is_dir() else None
+    manifest = read_manifest(job.run) if job.run is not None and job.run.is_dir() else None
     recorded = (manifest or {}).get(DATASET_KEY)
     change = fingerprint_change(recorded, shard.fingerprint) if recorded and shard.fingerprint else None
     record = getattr(job.model, "training_data", None)
@@ -364,12 +370,13 @@ def _training_images(job: _Job) -> torch.Tensor:
         change = f"it holds {shard.total} images now, and the run trained on {len(codes)}"
     # with no fingerprint to tell, a checkpoint from before fingerprints (a 0.1 run, upgraded or not) or a
     # model file of 0.3.0 may hold rows glann_ext no longer reads
-    old = manifest is not None or not _since_031(job.model)
+    # (a model in memory was trained by this version)
+    old = manifest is not None or (job.run is not None and not _since_031(job.model))
     if change is None and rows_may_predate_031(cfg.dataset, recorded) and old:
         change = "nothing records which digits it trained on, and before glann_ext 0.3.1 that dataset named other rows"
     if change is not None:
         raise RunFolderError(
-            f"--run {job.run}: its dataset {cfg.dataset!r} is not what the run trained on ({change}): eval "
+            f"{job.named}: its dataset {cfg.dataset!r} is not what the run trained on ({change}): eval "
             "compares the samples with the images the run trained on; "
             + changed_data_advice(cfg.dataset, "restore them")
         )
@@ -391,7 +398,7 @@ def _check_record(job: _Job, images: torch.Tensor, record: dict[str, Any]) -> No
     if images_digest(images) != record:
         cfg = job.cfg
         raise RunFolderError(
-            f"--run {job.run}: the {len(images)} images its config names ({cfg.dataset!r}, limit {cfg.limit}) "
+            f"{job.named}: the {len(images)} images its config names ({cfg.dataset!r}, limit {cfg.limit}) "
             f"are not the {record['shape'][0]} the model trained on (its record of them differs): eval "
             "compares the samples with the training images; restore them, or for a model trained in memory "
             "on your own tensors, save those as an array and train a run folder on it (glann train "
@@ -466,11 +473,56 @@ def evaluate_run(
     t0, run = time.perf_counter(), Path(run)
     _check_sizes(n, n_test)
     model, cfg = _open_run(run, ops, device, sampler, noise_scale, spread, local_spread, generator)
+    job = _Job(run, model, cfg, n, seed, sampler, _out_dir(run, out), grid_pairs, progress, log)
+    return _evaluate(job, t0, test, n_test, cache_dir, clf_epochs)
+
+
+def evaluate_model(
+    model: Any,
+    *,
+    out: str | os.PathLike,
+    n: int = 10_000,
+    seed: int = 0,
+    sampler: str = "glann",
+    n_test: int = 10_000,
+    cache_dir: str | os.PathLike | None = None,
+    clf_epochs: int | None = None,
+    grid_pairs: int = 24,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    noise_scale: float | None = None,
+    spread: float | None = None,
+    test: str | os.PathLike | None = None,
+    local_spread: float | None = None,
+) -> dict[str, Any]:
+    """:func:`evaluate_run` of a model in memory (a :class:`~glann_ext.models.GLANN` or
+    :class:`~glann_ext.models.PixelIMLE` from ``fit``, ``Fit.model`` or ``load_model``, a generator of your
+    own included), against the data its config names: the same measures and files, written into ``out``
+    (required). The model is not changed: the sampling options apply to a copy."""
+    from .models import GenerativeModel
+    from .train.config import saved_config
+
+    t0 = time.perf_counter()
+    if not isinstance(model, GenerativeModel):
+        raise UsageError(f"model must be a GLANN or PixelIMLE model, got {type(model).__name__}")
+    _check_sizes(n, n_test)
+    _check_sampler(model, sampler)
+    cfg = saved_config(model.config)
+    job = _Job(
+        None, copy.deepcopy(model), cfg, n, seed, sampler, _out_dir(None, out), grid_pairs, progress, log
+    )
+    apply_sampling(job.model, sampler, noise_scale, spread, local_spread)
+    return _evaluate(job, t0, test, n_test, cache_dir, clf_epochs)
+
+
+def _evaluate(job: _Job, t0: float, test, n_test: int, cache_dir, clf_epochs) -> dict[str, Any]:
+    """What :func:`evaluate_run` and :func:`evaluate_model` share once the model is open: the measures,
+    ``eval.json`` written atomically, the result returned."""
+    cfg = job.cfg
     if cfg.dataset in LABELLED and test is not None:
         raise UsageError(
             f"test (--test): {cfg.dataset} is measured on its own test split; test is for other datasets"
         )
-    job = _Job(run, model, cfg, n, seed, sampler, _out_dir(run, out), grid_pairs, progress, log)
     if cfg.dataset in LABELLED:
         result = _evaluate_labelled(job, n_test, cache_dir, clf_epochs)
     else:
@@ -485,7 +537,7 @@ def evaluate_run(
 class _Job:
     """What :func:`evaluate_run` measures and how: the run, its model and config, the samples to draw."""
 
-    run: Path
+    run: Path | None  # None: a model in memory (evaluate_model)
     model: Any
     cfg: Any
     n: int
@@ -496,9 +548,14 @@ class _Job:
     progress: bool
     log: Callable[[str], None]
 
+    @property
+    def named(self) -> str:
+        """How messages name what is evaluated: the --run argument, or the model in memory."""
+        return "the model" if self.run is None else f"--run {self.run}"
+
     def header(self) -> dict[str, Any]:
         return {
-            "run": str(self.run), "dataset": self.cfg.dataset, "sampler": self.sampler, "seed": self.seed,
+            "run": None if self.run is None else str(self.run), "dataset": self.cfg.dataset, "sampler": self.sampler, "seed": self.seed,
             "n_samples": self.n, **_sampler_settings(self.model, self.sampler),
         }  # fmt: skip
 

