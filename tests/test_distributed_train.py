@@ -161,6 +161,8 @@ def _worker(rank: int, port: int, data: str, root: str, out: dict) -> None:
                 gbn.weight.grad.clone(),
                 gbn.running_var.clone(),
             )
+        # a generator of one's own, sharded: each rank's Fit trains what one process trains
+        out[("own", rank)] = _fit_own_generator(data, world)
         # momentum=None: the running statistics average every batch seen (two global batches, split 4 + 3)
         bn = global_batchnorm(torch.nn.Sequential(torch.nn.BatchNorm2d(3, momentum=None)), world)[0]
         for x in _bn_batches():
@@ -168,6 +170,39 @@ def _worker(rank: int, port: int, data: str, root: str, out: dict) -> None:
         out[("bn cumulative", rank)] = (bn.running_mean.clone(), bn.running_var.clone())
     finally:
         dist.destroy_process_group()
+
+
+class _OwnGenerator(torch.nn.Module):
+    """A generator that is not the package's: codes -> 7 x 7 maps -> one transposed convolution to 14 x 14,
+    with BatchNorm (which a sharded run replaces by its global BatchNorm)."""
+
+    def __init__(self, latent_dim: int):
+        super().__init__()
+        self.fc = torch.nn.Sequential(
+            torch.nn.Linear(latent_dim, 8 * 7 * 7), torch.nn.BatchNorm1d(8 * 7 * 7), torch.nn.ReLU()
+        )
+        self.up = torch.nn.ConvTranspose2d(8, 1, 4, 2, 1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.up(self.fc(z).view(len(z), 8, 7, 7)))
+
+
+def _fit_own_generator(data: str, world: World, threads: int = 1) -> dict[str, torch.Tensor]:
+    """GLO with :class:`_OwnGenerator` on this rank's rows of 64 of ``data``'s images at 14 x 14: G's
+    state and this rank's codes."""
+    from glann_ext.data import load_images
+    from glann_ext.train import Fit
+    from glann_ext.train.build import seeded
+    from glann_ext.train.threads import intra_op_threads
+
+    cfg = tiny_config(dataset=data, limit=64, glo_epochs=2, batch_size=16, image_size=14, threads=threads)
+    images = load_images(data, image_size=14, channels=1, limit=64)
+    lo, hi = world.bounds(len(images))
+    G = seeded(0, lambda: _OwnGenerator(cfg.latent_dim))
+    fit = Fit(images[lo:hi], cfg, world=world, start=lo, total=len(images), generator=G)
+    with intra_op_threads(threads):
+        fit.run("glo")
+    return {**{f"G.{k}": v.clone() for k, v in fit.G.state_dict().items()}, "codes": fit.glo.codes.clone()}
 
 
 @pytest.fixture(scope="module")
@@ -215,6 +250,16 @@ def test_two_processes_train_what_one_process_trains(runs, name):
     loss1, loss2, noise = (np.array([r["loss"] for r in m]) for m in (m1, m2, m1t2))
     bound = np.maximum(1e-4 * np.abs(loss1), SLACK * np.abs(noise - loss1))
     assert (np.abs(loss2 - loss1) <= bound).all(), (loss1, loss2, noise)
+
+
+def test_two_processes_train_a_generator_of_ones_own_as_one_process_does(runs, blob_file):
+    """Under torchrun a generator of one's own trains as the package's does: its BatchNorm is replaced in place
+    by the global one, so each rank's rows train what one process trains."""
+    _, out = runs
+    one, noise = _fit_own_generator(blob_file, World()), _fit_own_generator(blob_file, World(), threads=2)
+    two = {k: v for k, v in out[("own", 0)].items() if k.startswith("G.")}
+    two["codes"] = torch.cat([out[("own", r)]["codes"] for r in range(WORLD)])
+    _assert_close_states(one, two, noise)
 
 
 def _metrics(run: Path) -> list[dict]:
