@@ -138,6 +138,9 @@ def test_sample_interpolate_invert(run_dir, data_file, tmp_path):
         == 0
     )
     assert np.load(tmp_path / "c.npy").shape == (3, 16)
+    every = ["--limit", "none", "--steps", "1", "--restarts", "1", "--codes", str(tmp_path / "all.npy")]
+    assert main(["invert", "--run", str(run_dir), "--images", data_file, *every]) == 0
+    assert np.load(tmp_path / "all.npy").shape == (len(np.load(data_file)), 16)  # none: every image
 
 
 def test_sample_writes_a_grid_only_when_asked(run_dir, tmp_path, monkeypatch):

@@ -349,3 +349,15 @@ def test_a_fit_probes_its_generator_once_and_keeps_every_submodules_mode():
     G.train().net[1].eval()  # a BatchNorm the user froze
     probe_generator(G, 16)
     assert G.training and not G.net[1].training and not calls[-1][0]
+
+
+def test_a_sharded_fit_refuses_a_batchnorm_without_running_statistics_before_training():
+    """Under torchrun each BatchNorm becomes the package's synchronised one, which needs running statistics:
+    that was a plain ValueError from inside the GLO trainer (no collective runs before this check)."""
+    from glann_ext.train.world import World
+
+    G = TinyGenerator(16)
+    G.net[1] = nn.BatchNorm1d(32, track_running_stats=False)
+    with pytest.raises(UsageError, match=r"its BatchNorm net\.1 keeps no running statistics"):
+        Fit(_images(), _cfg(), world=World(0, 2), total=96, generator=G)
+    Fit(_images(), _cfg(), generator=G)  # one process normalises with the batch's statistics: fine

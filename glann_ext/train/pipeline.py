@@ -80,6 +80,8 @@ class Fit:
         # the same on every machine, where the digest of converted floats may differ between CPUs
         whole = record and self.world.size == 1 and self.start == 0 and self.total == images.shape[0]
         self.training_data = images_digest(images) if whole else None
+        if generator is not None and self.world.distributed:
+            _check_syncable(generator)
         built = build_model(cfg, self.image_shape, ops=self.ops, generator=generator)
         self.G = built.G
         self.T = built.T if isinstance(built, GLANN) else None
@@ -198,6 +200,18 @@ class Fit:
         for trainer in (self.glo, self.imle):
             if trainer is not None:
                 trainer.gather_tally()
+
+
+def _check_syncable(generator: torch.nn.Module) -> None:
+    """UsageError for a generator of one's own that a sharded run cannot train: each BatchNorm becomes a
+    synchronised one (:class:`~.world.GlobalBatchNorm`), which needs running statistics for eval mode."""
+    for name, m in generator.named_modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not m.track_running_stats:
+            raise UsageError(
+                f"generator: its BatchNorm {name or '(the module itself)'} keeps no running statistics "
+                "(track_running_stats=False); under torchrun every BatchNorm is replaced by a synchronised one, "
+                "which needs them"
+            )
 
 
 def _check_device(cfg: TrainConfig, device: str | torch.device | None) -> None:
