@@ -26,7 +26,6 @@ images' scores against the held-out ones as the reference (Inception FID where l
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import json
 import math
@@ -496,23 +495,48 @@ def evaluate_model(
     local_spread: float | None = None,
 ) -> dict[str, Any]:
     """:func:`evaluate_run` of a model in memory (a :class:`~glann_ext.models.GLANN` or
-    :class:`~glann_ext.models.PixelIMLE` from ``fit``, ``Fit.model`` or ``load_model``, a generator of your
-    own included), against the data its config names: the same measures and files, written into ``out``
-    (required). The model is not changed: the sampling options apply to a copy."""
+    :class:`~glann_ext.models.PixelIMLE` trained by ``fit`` or ``Fit`` in one process, or loaded from such a
+    model's file; a generator of your own included), against the data its config names: the same measures
+    and files, written into ``out`` (required). The model must carry the record of the images it trained
+    on (``model.training_data``), which decides whether the data its config names are those images; a model
+    of a run folder has its data's fingerprint in the folder instead: evaluate it with :func:`evaluate_run`.
+    The model is left as it was (its sampling options, acceptance table and modes are restored)."""
     from .models import GenerativeModel
     from .train.config import saved_config
 
     t0 = time.perf_counter()
     if not isinstance(model, GenerativeModel):
         raise UsageError(f"model must be a GLANN or PixelIMLE model, got {type(model).__name__}")
+    if model.training_data is None:
+        raise UsageError(
+            "model: it carries no record of the images it trained on (a model of a run folder, of a torchrun "
+            "run, or built by hand), so nothing tells whether its config's dataset holds them: evaluate a run "
+            "folder or model file with evaluate_run, which checks the folder's data fingerprint"
+        )
     _check_sizes(n, n_test)
     _check_sampler(model, sampler)
     cfg = saved_config(model.config)
-    job = _Job(
-        None, copy.deepcopy(model), cfg, n, seed, sampler, _out_dir(None, out), grid_pairs, progress, log
-    )
-    apply_sampling(job.model, sampler, noise_scale, spread, local_spread)
-    return _evaluate(job, t0, test, n_test, cache_dir, clf_epochs)
+    job = _Job(None, model, cfg, n, seed, sampler, _out_dir(None, out), grid_pairs, progress, log)
+    with _sampling_state_kept(model):
+        apply_sampling(model, sampler, noise_scale, spread, local_spread)
+        return _evaluate(job, t0, test, n_test, cache_dir, clf_epochs)
+
+
+@contextlib.contextmanager
+def _sampling_state_kept(model: Any) -> Iterator[None]:
+    """What evaluating changes in ``model`` restored on exit: its config (the sampling options), its
+    balanced sampler's acceptance table (calibrated when missing) and every module's train/eval mode."""
+    config, modes = dict(model.config), {m: m.training for m in model.modules()}
+    accept = getattr(model, "code_accept", None)
+    try:
+        yield
+    finally:
+        model.config.clear()
+        model.config.update(config)
+        if hasattr(model, "code_accept"):
+            model.code_accept = accept
+        for m, training in modes.items():
+            m.training = training
 
 
 def _evaluate(job: _Job, t0: float, test, n_test: int, cache_dir, clf_epochs) -> dict[str, Any]:
@@ -750,7 +774,7 @@ def format_table(result: dict[str, Any]) -> str:
     if result.get("spread"):
         how += f", spread {result['spread']:g}"
     rows = [
-        ("run", f"{result['run']} ({result['dataset']}, sampler {result['sampler']}{how})"),
+        ("run", f"{result['run'] or 'the model'} ({result['dataset']}, sampler {result['sampler']}{how})"),
         ("samples / test / train", f"{result['n_samples']} / {result['n_test']} / {result['n_train']}"),
         *_feature_rows(result),
         ("ceiling: G(training codes)", _ceiling_line(result)),

@@ -139,6 +139,7 @@ def test_sample_interpolate_invert(run_dir, data_file, tmp_path):
     )
     assert np.load(tmp_path / "c.npy").shape == (3, 16)
     every = ["--limit", "none", "--steps", "1", "--restarts", "1", "--codes", str(tmp_path / "all.npy")]
+    every += ["--grid", str(tmp_path / "all.png")]  # (its default is inverted.png in the working folder)
     assert main(["invert", "--run", str(run_dir), "--images", data_file, *every]) == 0
     assert np.load(tmp_path / "all.npy").shape == (len(np.load(data_file)), 16)  # none: every image
 
@@ -921,7 +922,7 @@ def test_train_says_a_folders_images_were_resized(tmp_path, capsys):
         _resized_note(frozenset({(32, 32)}), 64, 64, True) == ", resized from 32 x 32"
     )  # the size asked for
     mixed = frozenset({(100, 80), (24, 24), (64, 64)})
-    assert _resized_note(mixed, 64, None, True) == ", resized from 3 sizes (from 24 x 24 up to 100 x 80)"
+    assert _resized_note(mixed, 64, None, True) == ", resized from 3 sizes (24 x 24 up to 100 x 80)"
 
 
 def test_the_interrupt_message_reads_in_order(data_file, tmp_path):

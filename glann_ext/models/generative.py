@@ -335,6 +335,10 @@ class GenerativeModel(nn.Module):
         custom = custom_generator.is_custom(G)
         if custom:
             custom_generator.check_parameters(G)
+        if image_shape is not None and not (
+            len(image_shape) == 3 and all(isinstance(s, int) and s >= 1 for s in image_shape)
+        ):
+            raise UsageError(f"image_shape must be three ints >= 1 (C, H, W), got {image_shape!r:.60}")
         self._input_dim = checked_int("input_dim", input_dim, 1) if custom else G.latent_dim
         self._image_shape = (
             tuple(image_shape)
@@ -377,12 +381,13 @@ class GenerativeModel(nn.Module):
     @torch.no_grad()
     def decode(self, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Images ``G(z)`` in eval mode, clamped to [0, 1], for float32 inputs ``z`` (n, :attr:`input_dim`),
-        decoded ``batch_size`` (>= 1) rows at a time."""
+        decoded ``batch_size`` (>= 1) rows at a time, in the standard contiguous layout whatever G's (a G that
+        trained in channels-last on the CPU and the same G loaded from its file give the same tensors)."""
         _check_input("z", z, self.input_dim)
         batch_size = checked_int("batch_size", batch_size, 1)
         _check_count(len(z), self.image_shape, "the images of z")
         self.G.eval()
-        outs = [self.G(c.to(self.device)).float().clamp(0, 1) for c in z.split(batch_size)]
+        outs = [self.G(c.to(self.device)).float().clamp(0, 1).contiguous() for c in z.split(batch_size)]
         return torch.cat(outs) if outs else z.new_zeros(0, *self.image_shape)
 
     def generator_input(self, e: torch.Tensor) -> torch.Tensor:
@@ -480,6 +485,10 @@ class GLANN(GenerativeModel):
     2026-12-06, 0 for models saved without it) each sample's code then moves along the directions its
     nearest training codes vary in (:mod:`.local_spread`); with a :attr:`spread` > 0 (``sample_spread``; 0
     by default) it then moves by isotropic Gaussian noise. Both project back onto the sphere.
+
+    ``G`` may be any module from codes to images (docs/training.md, "A generator of your own"): its image
+    shape is then found by a probe, or taken from ``image_shape`` (C, H, W) when the caller has checked it
+    (as :class:`~glann_ext.train.Fit` does).
     """
 
     kind = "glann"

@@ -204,7 +204,10 @@ class Fit:
 
 def _check_syncable(generator: torch.nn.Module) -> None:
     """UsageError for a generator of one's own that a sharded run cannot train: each BatchNorm becomes a
-    synchronised one (:class:`~.world.GlobalBatchNorm`), which needs running statistics for eval mode."""
+    synchronised one (:class:`~.world.GlobalBatchNorm`), which needs running statistics for eval mode. (Not a
+    module at all: :func:`~.build.check_own_generator` says so.)"""
+    if not isinstance(generator, torch.nn.Module):
+        return
     for name, m in generator.named_modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not m.track_running_stats:
             raise UsageError(
@@ -260,8 +263,8 @@ def fit_imle(
     ``cfg.imle_epochs`` epochs (e.g. GLANN's second stage on 2-D points); returns the trainer, whose
     :meth:`~.imle.IMLETrainer.generate` maps noise through the trained generator.
 
-    ``generator`` is trained in place (moved to the device; its layout left as it is) and left in eval
-    mode. The config's IMLE fields apply (``imle_*``, ``noise_dim``,
+    ``generator`` is trained in place (moved to the device; a module of your own keeps its memory layout)
+    and left in eval mode. The config's IMLE fields apply (``imle_*``, ``noise_dim``,
     ``seed``, ``amp``, ``threads`` for this call only): with ``imle_space="latent"`` (the default) steps take
     ``imle_batch_size`` targets and Adam ``imle_betas``, as GLANN's ``T`` does; with ``"pixel"``,
     ``batch_size`` and ``betas``, as the original IMLE's G does. ``imle_whiten`` is GLANN's, for its codes

@@ -121,9 +121,7 @@ def _resized_note(
         return ""
     if len(sizes) > 1:
         small, *_, large = sorted(sizes, key=lambda wh: (wh[0] * wh[1], wh))
-        return (
-            f", resized from {len(sizes)} sizes (from {small[0]} x {small[1]} up to {large[0]} x {large[1]})"
-        )
+        return f", resized from {len(sizes)} sizes ({small[0]} x {small[1]} up to {large[0]} x {large[1]})"
     ((w, h),) = sizes
     if w != h:
         return f", resized and centre-cropped from {w} x {h}"
