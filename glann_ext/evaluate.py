@@ -179,51 +179,69 @@ def _code_usage(model, latents: torch.Tensor, seed: int) -> dict[str, Any]:
     return dataclasses.asdict(code_usage(latents, model.codes.cpu(), seed=seed))
 
 
+def _option(name: str, flags: bool) -> str:
+    """How an error names option ``name`` ("noise-scale"): as the command's flag or as the function's
+    argument (``noise_scale=``)."""
+    return f"--{name}" if flags else f"{name.replace('-', '_')}="
+
+
 def apply_sampling(
     model,
     sampler: str,
     noise_scale: float | None = None,
     spread: float | None = None,
     local_spread: float | None = None,
+    *,
+    flags: bool = True,
 ) -> None:
     """Sample ``model`` with ``sampler`` at ``noise_scale``, ``spread`` and ``local_spread`` (None: the run's
     own, except that "plain", the papers' ``T(e)``, has no local spread unless one is given; ``glann sample``
-    and ``glann eval``). The Gaussian baseline has none of them; only GLANN has codes to spread."""
+    and ``glann eval``). The Gaussian baseline has none of them; only GLANN has codes to spread. ``flags``:
+    errors name the command's flags (else the Python arguments)."""
     if sampler == "gaussian":
-        flags = (("--noise-scale", noise_scale), ("--spread", spread), ("--local-spread", local_spread))
-        for flag, value in flags:
+        options = (("noise-scale", noise_scale), ("spread", spread), ("local-spread", local_spread))
+        for name, value in options:
             if value is not None:
-                raise UsageError(f"{flag} applies to T's samples; --sampler gaussian has no T")
+                baseline = "--sampler gaussian" if flags else "sampler='gaussian'"
+                raise UsageError(f"{_option(name, flags)} applies to T's samples; {baseline} has no T")
     if noise_scale is not None:
         model.set_noise_scale(noise_scale)
     if sampler == "plain" and local_spread is None and hasattr(model, "set_local_spread"):
         local_spread = 0.0
-    for flag, value, setter in (
-        ("--spread", spread, "set_spread"),
-        ("--local-spread", local_spread, "set_local_spread"),
+    for name, value, setter in (
+        ("spread", spread, "set_spread"),
+        ("local-spread", local_spread, "set_local_spread"),
     ):
         if value is None:
             continue
         if not hasattr(model, setter):
-            raise UsageError(f"{flag} moves GLANN's sampled codes; a {model.kind} model has no codes")
+            raise UsageError(
+                f"{_option(name, flags)} moves GLANN's sampled codes; a {model.kind} model has no codes"
+            )
         getattr(model, setter)(value)
 
 
-def _check_sampler(model, sampler: str) -> None:
+def _check_sampler(model, sampler: str, flags: bool = True) -> None:
+    """UsageError unless ``model`` has ``sampler`` (``flags``: as :func:`apply_sampling`)."""
     from .models import GLANN
 
     pixel = not isinstance(model, GLANN)
     if sampler not in ("glann", "plain", "gaussian"):
         raise UsageError(f"sampler must be 'glann', 'plain' or 'gaussian', got {sampler!r}")
+
+    def named(value: str) -> str:
+        return f"--sampler {value}" if flags else f"sampler={value!r}"
+
+    what = "run" if flags else "model"
     if sampler == "gaussian" and pixel:
         raise UsageError(
-            "--sampler gaussian: this is a pixel-space IMLE run (no GLO codes to fit a Gaussian to); "
-            "use --sampler glann"
+            f"{named(sampler)}: this is a pixel-space IMLE {what} (no GLO codes to fit a Gaussian to); use "
+            f"{named('glann')}"
         )
     if sampler != "gaussian" and not pixel and model.T is None:
         raise UsageError(
-            f"--sampler {sampler}: this run has no IMLE mapping yet (GLO stage only); train the IMLE stage "
-            "or use --sampler gaussian"
+            f"{named(sampler)}: this {what} has no IMLE mapping yet (GLO stage only); train the IMLE stage or "
+            f"use {named('gaussian')}"
         )
 
 
@@ -524,12 +542,12 @@ def evaluate_model(
             "folder or model file with evaluate_run, which checks the folder's data fingerprint"
         )
     _check_sizes(n, n_test)
-    _check_sampler(model, sampler)
+    _check_sampler(model, sampler, flags=False)
     cfg = saved_config(model.config)
     own = None if images is None else _own_images(model, images)
     job = _Job(None, model, cfg, n, seed, sampler, _out_dir(None, out), grid_pairs, progress, log, own)
     with _sampling_state_kept(model):
-        apply_sampling(model, sampler, noise_scale, spread, local_spread)
+        apply_sampling(model, sampler, noise_scale, spread, local_spread, flags=False)
         return _evaluate(job, t0, test, n_test, cache_dir, clf_epochs)
 
 

@@ -435,3 +435,24 @@ def test_a_model_fit_on_tensors_of_ones_own_is_evaluated_with_them(tmp_path):
     with pytest.raises(UsageError, match="test: 3 images; PRDC's k = 5 needs at least"):
         evaluate_model(model, out=tmp_path / "b", images=x, test=held[:3], n=16)
     assert not (tmp_path / "b").exists()
+
+
+def test_evaluate_models_errors_name_its_python_arguments(tmp_path):
+    """evaluate_model is called from Python: its option errors name arguments, not the command's flags."""
+    import dataclasses
+
+    from glann_ext.evaluate import evaluate_model
+
+    cfg = _cfg()
+    pixel = fit(_images(32, 1, 16), dataclasses.replace(cfg, imle_space="pixel"))
+    glo_only = fit(_images(32, 1, 16), cfg, stage="glo")
+    cases = [
+        (pixel, {"sampler": "gaussian"}, "sampler='gaussian': this is a pixel-space IMLE model .* use sampler='glann'"),
+        (pixel, {"spread": 0.3}, "spread= moves GLANN's sampled codes; a pixel_imle model has no codes"),
+        (glo_only, {"sampler": "gaussian", "noise_scale": 1.0}, "noise_scale= applies to T's samples; sampler='gaussian'"),
+        (glo_only, {}, "sampler='glann': this model has no IMLE mapping yet .* or use sampler='gaussian'"),
+    ]  # fmt: skip
+    for model, kw, message in cases:
+        with pytest.raises(UsageError, match=message):
+            evaluate_model(model, out=tmp_path / "x", **kw)
+    assert not (tmp_path / "x").exists()
