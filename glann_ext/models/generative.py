@@ -336,7 +336,9 @@ class GenerativeModel(nn.Module):
         if custom:
             custom_generator.check_parameters(G)
         if image_shape is not None and not (
-            len(image_shape) == 3 and all(isinstance(s, int) and s >= 1 for s in image_shape)
+            isinstance(image_shape, (tuple, list))
+            and len(image_shape) == 3
+            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in image_shape)
         ):
             raise UsageError(f"image_shape must be three ints >= 1 (C, H, W), got {image_shape!r:.60}")
         self._input_dim = checked_int("input_dim", input_dim, 1) if custom else G.latent_dim
@@ -345,6 +347,8 @@ class GenerativeModel(nn.Module):
             if custom and image_shape is not None
             else custom_generator.generator_image_shape(G, self._input_dim)
         )
+        if image_shape is not None and tuple(image_shape) != self._image_shape:  # the DCGANGenerator's own
+            raise UsageError(f"image_shape {tuple(image_shape)} is not G's {self._image_shape}")
         self.G = G
         self.ops = as_ops(ops)
         self.config: dict[str, Any] = dict(config or {})
