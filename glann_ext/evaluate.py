@@ -335,7 +335,7 @@ def _out_dir(run: Path | None, out: str | os.PathLike | None) -> Path:
         existing = nearest_folder(folder / EVAL_FILE)
     except NotADirectoryError as exc:
         raise UsageError(
-            f"--out {folder}: {exc.strerror}, so eval could not write its results there"
+            f"{'out' if run is None else '--out'} {folder}: {exc.strerror}, so eval could not write its results there"
         ) from None
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"{existing}: not writable, so eval could not write its results there; pass --out")
@@ -450,10 +450,10 @@ def _inception_fid(test: torch.Tensor, samples: torch.Tensor, log) -> dict[str, 
     return dataclasses.asdict(standard_fid(test, samples))
 
 
-def _check_sizes(n: object, n_test: object) -> None:
+def _check_sizes(n: object, n_test: object, flags: bool = True) -> None:
     """PRDC's k = 3 (precision/recall) needs 4 samples and 4 test images, its k = 5 (density/coverage) 6 test
-    images: checked before anything is sampled."""
-    for name, value, least in (("n (-n)", n, MIN_SCORED), ("n_test", n_test, MIN_HELD_OUT)):
+    images: checked before anything is sampled (``flags``: ``n`` named with the command's flag too)."""
+    for name, value, least in (("n (-n)" if flags else "n", n, MIN_SCORED), ("n_test", n_test, MIN_HELD_OUT)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise UsageError(
                 f"{name} must be an integer >= {least} (PRDC's k nearest neighbours), got {value!r}"
@@ -544,7 +544,7 @@ def evaluate_model(
             "run, or built by hand), so nothing tells whether its config's dataset holds them: evaluate a run "
             "folder or model file with evaluate_run, which checks the folder's data fingerprint"
         )
-    _check_sizes(n, n_test)
+    _check_sizes(n, n_test, flags=False)
     _check_sampler(model, sampler, flags=False)
     cfg = saved_config(model.config)
     if images is None and test is not None and cfg.dataset in LABELLED:

@@ -467,6 +467,11 @@ def test_evaluate_models_errors_name_its_python_arguments(tmp_path):
         with pytest.raises(UsageError, match=message):
             evaluate_model(model, out=tmp_path / "x", **kw)
     assert not (tmp_path / "x").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match=r"^out .*file/sub: .*file is not a folder"):
+        evaluate_model(pixel, out=tmp_path / "file" / "sub")
+    with pytest.raises(UsageError, match=r"^n must be an integer >= 4"):
+        evaluate_model(pixel, out=tmp_path / "x", n=2)
 
 
 def test_glanns_image_shape_is_three_positive_ints_and_must_be_gs():
