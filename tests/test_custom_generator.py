@@ -482,3 +482,21 @@ def test_glanns_image_shape_is_three_positive_ints_and_must_be_gs():
     with pytest.raises(UsageError, match=r"image_shape \(3, 16, 16\) is not G's \(1, 16, 16\)"):
         GLANN(DCGANGenerator(16, 16, 1, 8), codes, image_shape=(3, 16, 16))
     assert GLANN(TinyGenerator(16), codes, image_shape=(3, SIDE, SIDE)).image_shape == (3, SIDE, SIDE)
+
+
+@pytest.mark.cuda
+def test_on_cuda_a_generator_of_ones_own_trains_loads_and_its_probe_keeps_the_cuda_stream(tmp_path):
+    """The probe forks the CUDA generator of the module's device (not only the CPU's); training, sampling and
+    a model file round trip on the GPU."""
+    from glann_ext.models.custom_generator import probe_generator
+
+    G = NoisyGenerator(16).cuda()
+    state = torch.cuda.get_rng_state()
+    assert probe_generator(G, 16).device.type == "cuda"
+    assert torch.equal(torch.cuda.get_rng_state(), state)
+    model = fit(_images(), _cfg(device="cuda"), generator=TinyGenerator(16))
+    assert model.device.type == "cuda" and model.G.net[0].weight.is_cuda
+    x = model.sample(6, seed=1)
+    path = save_model(model, tmp_path / "own.safetensors")
+    same = load_model(path, device="cuda", generator=TinyGenerator(16))
+    assert torch.equal(same.sample(6, seed=1), x)
