@@ -561,25 +561,10 @@ def evaluate_model(
 
 def _images_in_memory(name: str, x: Any, shape: tuple[int, int, int]) -> torch.Tensor:
     """``x`` as float32 (n, C, H, W) images of ``shape`` in [0, 1] (a resize's overshoot clamped), else a
-    UsageError or NonFiniteError naming ``name``."""
-    from .data.datasets import check_unit_images, layout_hint
+    UsageError or NonFiniteError naming ``name`` (:func:`~glann_ext.data.datasets.checked_image_batch`)."""
+    from .data.datasets import checked_image_batch
 
-    if isinstance(x, np.ndarray):
-        if x.dtype.kind != "f":
-            raise UsageError(f"{name} must be float images in [0, 1], got a numpy {x.dtype} array")
-        x = torch.from_numpy(np.ascontiguousarray(x))
-    if not isinstance(x, torch.Tensor) or x.is_meta or not x.is_floating_point():
-        got = f"{str(x.dtype)[6:]} tensor" if isinstance(x, torch.Tensor) else type(x).__name__
-        raise UsageError(
-            f"{name} must be float (n, {', '.join(map(str, shape))}) images in [0, 1], got {got}"
-        )
-    x = x.detach()
-    if x.dim() != 4 or tuple(x.shape[1:]) != tuple(shape):
-        got = tuple(x.shape)
-        hint = layout_hint(got).replace("images.", f"{name}.")
-        raise UsageError(f"{name} must be shaped (n, {', '.join(map(str, shape))}), got {got}{hint}")
-    check_unit_images(x, name)
-    return x.cpu().float().clamp(0, 1)
+    return checked_image_batch(name, x, shape).cpu().float().clamp(0, 1)
 
 
 def _own_images(model: Any, images: Any) -> torch.Tensor:

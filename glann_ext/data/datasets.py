@@ -49,13 +49,32 @@ def check_unit_images(images: torch.Tensor, name: str = "images") -> tuple[float
     return lo, hi
 
 
-def layout_hint(shape: tuple[int, ...]) -> str:
-    """A hint for images of ``shape`` handed over in another layout than (n, C, H, W): "" when none fits."""
+def layout_hint(shape: tuple[int, ...], name: str = "images") -> str:
+    """A hint for images ``name`` of ``shape`` handed over in another layout than (n, C, H, W): "" when none
+    fits."""
     if len(shape) == 3:
-        return " (one channel? images.unsqueeze(1))"
+        return f" (one channel? {name}.unsqueeze(1))"
     if len(shape) == 4 and shape[3] in (1, 3) and shape[1] not in (1, 3):
-        return " (channels last? images.permute(0, 3, 1, 2))"
+        return f" (channels last? {name}.permute(0, 3, 1, 2))"
     return ""
+
+
+def checked_image_batch(name: str, images: Any, shape: tuple[int, int, int]) -> torch.Tensor:
+    """``images`` handed over in Python as a batch of ``shape`` (C, H, W) images, a tensor or array, floating
+    point in [0, 1] (:func:`check_unit_images`), detached (not converted); else a UsageError (NonFiniteError
+    for NaN/Inf) naming ``name``."""
+    wanted = f"(n, {', '.join(map(str, shape))})"
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    if not isinstance(images, torch.Tensor) or images.is_meta:
+        got = "a meta tensor" if isinstance(images, torch.Tensor) else type(images).__name__
+        raise UsageError(f"{name} must be a float tensor or array {wanted} in [0, 1], got {got}")
+    images = images.detach()
+    if images.dim() != 4 or tuple(images.shape[1:]) != tuple(shape):
+        got = tuple(images.shape)
+        raise UsageError(f"{name} must be shaped {wanted}, got {got}{layout_hint(got, name)}")
+    check_unit_images(images, name)
+    return images
 
 
 def _to_nchw(arr: np.ndarray, source: str) -> np.ndarray:

@@ -841,19 +841,9 @@ class GLANN(GenerativeModel):
 
     def _checked_images(self, images: Any) -> torch.Tensor:
         """:meth:`invert`'s ``images`` as a tensor, else a UsageError (NonFiniteError for NaN/Inf) naming it."""
-        from glann_ext.data.datasets import check_unit_images, layout_hint
+        from glann_ext.data.datasets import checked_image_batch
 
-        shape = f"(n, {', '.join(map(str, self.image_shape))})"
-        if isinstance(images, np.ndarray):
-            images = torch.from_numpy(images)
-        if not isinstance(images, torch.Tensor) or images.is_meta:
-            got = "a meta tensor" if isinstance(images, torch.Tensor) else type(images).__name__
-            raise UsageError(f"images must be a float tensor or array {shape} in [0, 1], got {got}")
-        if images.dim() != 4 or tuple(images.shape[1:]) != self.image_shape:
-            got = tuple(images.shape)
-            raise UsageError(f"images must be shaped {shape}, got {got}{layout_hint(got)}")
-        check_unit_images(images)
-        return images.detach()
+        return checked_image_batch("images", images, self.image_shape)
 
     def _fit_codes(
         self,
