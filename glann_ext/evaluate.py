@@ -583,17 +583,17 @@ def _own_images(model: Any, images: Any) -> torch.Tensor:
 def _sampling_state_kept(model: Any) -> Iterator[None]:
     """What evaluating changes in ``model`` restored on exit: its config (the sampling options), its
     balanced sampler's acceptance table (calibrated when missing) and every module's train/eval mode."""
-    config, modes = dict(model.config), {m: m.training for m in model.modules()}
-    accept = getattr(model, "code_accept", None)
+    from .models.custom_generator import modes_kept
+
+    config, accept = dict(model.config), getattr(model, "code_accept", None)
     try:
-        yield
+        with modes_kept(model):
+            yield
     finally:
         model.config.clear()
         model.config.update(config)
         if hasattr(model, "code_accept"):
             model.code_accept = accept
-        for m, training in modes.items():
-            m.training = training
 
 
 def _evaluate(job: _Job, t0: float, test, n_test: int, cache_dir, clf_epochs) -> dict[str, Any]:

@@ -11,6 +11,8 @@ cannot rebuild it, since that would mean importing and running code a file names
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -54,18 +56,25 @@ def probe_generator(G: Any, input_dim: int, what: str = "codes", field: str = "l
         if device.type == "cuda"
         else []
     )
-    modes = {m: m.training for m in G.modules()}  # a user may have frozen some (a pretrained BatchNorm)
-    G.eval()
     x = torch.zeros(2, input_dim, device=device)
     x[:, 0] = 1.0
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=cuda):
-            return G(x)
+        with modes_kept(G), torch.no_grad(), torch.random.fork_rng(devices=cuda):
+            return G.eval()(x)
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UsageError(
             f"generator cannot map {what} of shape (2, {input_dim}) ({field}): {first:.300}"
         ) from None
+
+
+@contextlib.contextmanager
+def modes_kept(module: nn.Module) -> Iterator[None]:
+    """Every submodule's train/eval mode restored on exit as it was (``module.train(mode)`` would set them
+    all alike, where a user may have frozen some: a pretrained BatchNorm)."""
+    modes = {m: m.training for m in module.modules()}
+    try:
+        yield
     finally:
         for m, training in modes.items():
             m.training = training
