@@ -36,16 +36,6 @@ _betas = (float, 2)  # a (type, nargs) pair: two numbers
 NONE = object()  # "none" given for an "int?" field: set it to None (an unset flag keeps the preset's value)
 
 
-def _int_or_none(text: str) -> int | object:
-    """An argparse type for fields whose default is None: an integer, or ``none`` (:data:`NONE`)."""
-    if text.strip().lower() == "none":
-        return NONE
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or none, got {text!r}") from None
-
-
 # (flag, config field, type, help) for the options that map one-to-one onto TrainConfig fields.
 _CONFIG_FLAGS = [
     ("--data-root", "data_root", str, "folder holding the IDX files (else $GLANN_DATA, cache, Debian path)"),
@@ -184,25 +174,32 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _count(minimum: int, maximum: int | None = None, *, none: bool = False):
-    """An argparse type: an integer >= ``minimum`` (and <= ``maximum``); with ``none``, also ``none`` (any
-    case), which gives None: the option's default meaning, as train's "int?" flags take it."""
+_NO_NONE = object()  # _count's default: the text "none" is refused
 
-    def parse(text: str) -> int | None:
-        if none and text.strip().lower() == "none":
-            return None
+
+def _count(minimum: int | None, maximum: int | None = None, *, none: object = _NO_NONE):
+    """An argparse type: an integer >= ``minimum`` (and <= ``maximum``; None: unbounded); given ``none``, the
+    text ``none`` (any case) parses to that value (None: the option's default meaning; train's "int?" flags
+    take :data:`NONE`, whose range the config's own check enforces with the flag's name)."""
+
+    def parse(text: str) -> Any:
+        if none is not _NO_NONE and text.strip().lower() == "none":
+            return none
         try:
             value = int(text)
         except ValueError:
-            expected = "an integer or none" if none else "an integer"
+            expected = "an integer" if none is _NO_NONE else "an integer or none"
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if value < minimum:
+        if minimum is not None and value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
         if maximum is not None and value > maximum:
             raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {value}")
         return value
 
     return parse
+
+
+_int_or_none = _count(None, none=NONE)  # train's "int?" flags: an integer, or none to set the field to None
 
 
 def _run_args(q: argparse.ArgumentParser) -> None:
@@ -308,7 +305,7 @@ def _add_invert(sub) -> None:
     )
     v.add_argument(
         "--limit",
-        type=_count(1, none=True),
+        type=_count(1, none=None),
         default=64,
         help="invert the first N images (default 64; none: every image)",
     )
@@ -372,12 +369,12 @@ def _add_eval(sub) -> None:
     e.add_argument("--cache-dir", help="LeNet cache (default ~/.cache/glann_ext/quality)")
     e.add_argument(
         "--clf-epochs",
-        type=_count(1, none=True),
+        type=_count(1, none=None),
         help="LeNet epochs if it must be trained (default and none: per dataset)",
     )
     e.add_argument(
         "--threads",
-        type=_count(1, MAX_THREADS, none=True),
+        type=_count(1, MAX_THREADS, none=None),
         help=f"CPU threads, at most {MAX_THREADS} (default and none: torch's)",
     )
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
