@@ -151,6 +151,19 @@ def test_integer_ties_exact() -> None:
     assert torch.equal(nn_argmin(q, k), ref)
 
 
+@pytest.mark.parametrize(("dtype", "exponent"), [(torch.float32, -62), (torch.float64, -510)])
+def test_tiny_distances_down_to_the_subnormal_range_are_ranked_exactly(dtype, exponent) -> None:
+    # The CPU kernels keep ||k||^2 / 2 - q.k: halving is exact while the half stays a normal float
+    # (squared norms 2^-124 and 2^-1020 here), so a key that near the query still loses to one at distance 0
+    # (below that the documented subnormal rounding begins: docs in glann_ext/ops/nn_argmin.py).
+    a = 2.0**exponent
+    k = torch.tensor([[a], [a * 3], [0.0], [a * 2]], dtype=dtype)
+    q = torch.tensor([[0.0], [a * 3], [a * 2.5]], dtype=dtype)
+    idx, dist = nn_argmin(q, k, return_distances=True)
+    assert idx.tolist() == [2, 1, 1]  # the tie at 2.5a between 2a and 3a goes to the lower index
+    assert dist.tolist() == [0.0, 0.0, (a * 0.5) ** 2]
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     n=st.integers(1, 40),
