@@ -45,7 +45,8 @@ class Fit:
     (all of them for one process; a rank's shard under torchrun). The model's networks are built from the
     config's seed (:func:`~.build.build_model`), or G is the caller's ``generator`` (GLANN only: any module
     mapping codes (n, ``cfg.latent_dim``) to images shaped like ``images``, trained in place); the GLO codes
-    from ``cfg.init``.
+    from ``cfg.init``. ``cfg.threads`` (None: unchanged) holds while it is built and while :meth:`run` trains,
+    as in :func:`fit`, so both train the same model bit for bit.
     :meth:`state_dict`/:meth:`load_state_dict` hold everything needed to continue exactly (this rank's rows
     of the per-image state).
     """
@@ -82,20 +83,23 @@ class Fit:
         self.training_data = images_digest(images) if whole else None
         if generator is not None and self.world.distributed:
             _check_syncable(generator)
-        built = build_model(cfg, self.image_shape, ops=self.ops, generator=generator)
-        self.G = built.G
-        self.T = built.T if isinstance(built, GLANN) else None
-        self.phase = "glo" if isinstance(built, GLANN) else "imle"
-        self.glo: GLOTrainer | None = None
-        self.imle: IMLETrainer | None = None
-        args = (cfg, self.ops, self.device, self.world, start, self.total)
-        if self.pixel:
-            loss = ReconstructionLoss.from_config(cfg, self.ops)
-            self.imle = IMLETrainer(
-                images, self.G, cfg, self.ops, self.device, loss, self.world, start, self.total
-            )
-        else:
-            self.glo = GLOTrainer(images, *args, G=self.G)
+        # cfg.threads holds for the networks' and codes' initialisation (a PCA) here and for run(), as in
+        # fit() and a run folder: a Fit trains bit for bit what they train
+        with intra_op_threads(cfg.threads or None):
+            built = build_model(cfg, self.image_shape, ops=self.ops, generator=generator)
+            self.G = built.G
+            self.T = built.T if isinstance(built, GLANN) else None
+            self.phase = "glo" if isinstance(built, GLANN) else "imle"
+            self.glo: GLOTrainer | None = None
+            self.imle: IMLETrainer | None = None
+            args = (cfg, self.ops, self.device, self.world, start, self.total)
+            if self.pixel:
+                loss = ReconstructionLoss.from_config(cfg, self.ops)
+                self.imle = IMLETrainer(
+                    images, self.G, cfg, self.ops, self.device, loss, self.world, start, self.total
+                )
+            else:
+                self.glo = GLOTrainer(images, *args, G=self.G)
 
     @property
     def pixel(self) -> bool:
@@ -166,6 +170,10 @@ class Fit:
         """Train (or finish) ``stage``: "all" (GLO then IMLE), "glo", or "imle" (after a finished GLO stage;
         pixel IMLE has only its IMLE stage). Returns the model in eval mode."""
         self.check_stage(stage)
+        with intra_op_threads(self.cfg.threads or None):  # this call only, as fit() and a run folder do
+            return self._run(stage, hooks)
+
+    def _run(self, stage: str, hooks: Sequence[Hook]) -> GLANN | PixelIMLE:
         cfg = self.cfg
         if not self.pixel:
             if self.phase == "glo":
@@ -245,8 +253,7 @@ def fit(
     with H == W, n >= 2 and sizes ``cfg`` agrees with, for an invalid config, and for a device this machine
     does not have."""
     _check_device(checked_config(cfg), device)
-    with intra_op_threads(cfg.threads or None):
-        return Fit(images, cfg, ops=ops, world=world, device=device, generator=generator).run(stage, hooks)
+    return Fit(images, cfg, ops=ops, world=world, device=device, generator=generator).run(stage, hooks)
 
 
 def fit_imle(
