@@ -11,6 +11,9 @@ Kernels (CPU and CUDA):
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 from ._info import __version__ as __version__
 from ._info import build_info, cuda_available
 from .ops.laplacian import laplacian_pyramid_loss
@@ -30,3 +33,20 @@ __all__ = [
     "project_to_sphere",
     "project_to_sphere_",
 ]
+
+# The subpackages a user reaches as glann_ext.<name>: imported on first access (PEP 562), so that
+# ``import glann_ext`` stays the kernels alone and ``glann_ext.train.fit`` still works after it.
+_SUBMODULES = (
+    "backend", "data", "distributed", "errors", "evaluate", "images", "metrics", "models", "ops", "optim",
+    "seeding", "train",
+)  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_SUBMODULES})

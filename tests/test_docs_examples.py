@@ -142,3 +142,30 @@ def test_every_glann_command_of_the_docs_parses():
             cli._parser().parse_args(argv)
         except SystemExit:
             pytest.fail(f"{name}: glann {shlex.join(argv)} does not parse")
+
+
+# named in the docs as a module to run (python -m glann_ext.cli), not as an attribute to reach
+_RUN_AS_MODULES = {"glann_ext.cli"}
+
+
+def test_every_dotted_name_of_the_docs_is_reached_from_import_glann_ext():
+    """The docs write ``glann_ext.train.fit``, ``glann_ext.evaluate.evaluate_model``, ...: each must work after
+    a plain ``import glann_ext``, in a fresh interpreter (in this one the test run has imported them all).
+    Private names (a component starting with _) are pointers for readers of the code, not API."""
+    import subprocess
+    import sys
+
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    names = {m for p in docs for m in re.findall(r"glann_ext(?:\.[A-Za-z_]\w*)+", p.read_text())}
+    public = sorted(n for n in names - _RUN_AS_MODULES if not any(c.startswith("_") for c in n.split(".")))
+    assert "glann_ext.train.fit" in public and len(public) > 20
+    script = (
+        "import functools, glann_ext, sys\n"
+        "for name in sys.argv[1:]:\n"
+        "    try:\n"
+        "        functools.reduce(getattr, name.split('.')[1:], glann_ext)\n"
+        "    except AttributeError as e:\n"
+        "        print(name, e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, *public], capture_output=True, text=True, check=True)
+    assert out.stdout == ""
