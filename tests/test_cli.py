@@ -974,3 +974,33 @@ def test_train_points_out_grey_images_read_as_rgb(tmp_path, capsys):
         main(["train", "--dataset", str(rgb), "--out", str(tmp_path / "c"), *TINY, "--glo-epochs", "1"]) == 0
     )
     assert "of 3 x 28 x 28\n" in capsys.readouterr().out
+
+
+def test_a_glo_only_runs_errors_name_what_works_and_it_does(tmp_path, data_file, capsys):
+    """``glann interpolate`` on a GLO-only run suggested ``--sampler gaussian``, a flag it does not have (found
+    by a review); every way the message names must work on such a run."""
+    out = tmp_path / "glo"
+    argv = ["train", "--dataset", data_file, "--out", str(out), *TINY, "--stage", "glo", "--glo-epochs", "1"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["interpolate", "--run", str(out), "--grid", str(tmp_path / "i.png")]) == 2
+    err = capsys.readouterr().err
+    for way in (
+        "glann sample --sampler gaussian",
+        "glann interpolate --space latent",
+        "glann train --out RUN",
+    ):
+        assert way in err, err
+    for command in (["sample", "--sampler", "gaussian", "-n", "4"], ["interpolate", "--space", "latent"]):
+        assert main([command[0], "--run", str(out), *command[1:], "--grid", str(tmp_path / "ok.png")]) == 0
+
+
+def test_python_and_the_command_interpolate_the_same_number_of_steps():
+    import inspect
+
+    from glann_ext.models import GLANN, PixelIMLE
+
+    steps = next(a for a in cli._parser()._actions if a.dest == "command").choices["interpolate"]
+    default = next(a.default for a in steps._actions if a.dest == "steps")
+    for cls in (GLANN, PixelIMLE):
+        assert inspect.signature(cls.interpolate).parameters["steps"].default == default == 10

@@ -55,9 +55,11 @@ INVERT_POOL = 2_048
 # starts per image of GLANN.invert (and `glann invert --restarts`): the nearest pool code's and random ones
 INVERT_RESTARTS = 4
 NO_MAPPING = (
-    "this model has no IMLE mapping T yet (GLO only: `glann train --out RUN` trains the IMLE stage of a run "
-    "folder, once no other command trains it; Fit(images, cfg).run('imle') after run('glo') in Python; or "
-    "sample the GLO + Gaussian baseline: `--sampler gaussian`, model.sample_gaussian)"
+    "this model has no IMLE mapping T yet (GLO stage only). Train its IMLE stage: `glann train --out RUN` on "
+    "its run folder (when no other process is training it), or Fit(images, cfg).run('imle') after run('glo') "
+    "in Python. Until then, what works without T: the GLO + Gaussian baseline (`glann sample --sampler "
+    "gaussian`, model.sample_gaussian) and paths between training codes (`glann interpolate --space latent`, "
+    "model.interpolate(i, j, space='latent'))"
 )
 
 
@@ -443,7 +445,7 @@ class GenerativeModel(nn.Module):
 
     @torch.no_grad()
     def interpolate(
-        self, a: torch.Tensor | int, b: torch.Tensor | int, steps: int = 8, space: str = "noise"
+        self, a: torch.Tensor | int, b: torch.Tensor | int, steps: int = 10, space: str = "noise"
     ) -> torch.Tensor:
         """``steps`` images from ``a`` to ``b`` (endpoints included; ``steps`` >= 2, refused when the images
         would not fit in this machine's physical memory); ``space="noise"``: ``a``, ``b`` are noise vectors
@@ -737,7 +739,7 @@ class GLANN(GenerativeModel):
 
     @torch.no_grad()
     def interpolate(
-        self, a: torch.Tensor | int, b: torch.Tensor | int, steps: int = 8, space: str = "noise"
+        self, a: torch.Tensor | int, b: torch.Tensor | int, steps: int = 10, space: str = "noise"
     ) -> torch.Tensor:
         """``steps`` images from ``a`` to ``b`` (endpoints included).
 
