@@ -190,6 +190,28 @@ def _as_v01(run: Path, **changes: object) -> None:
     (ckpt.checkpoint_dir(run) / "manifest.json").write_text(json.dumps({**manifest, "format": 1}))
 
 
+def _files(run: Path) -> dict[Path, bytes]:
+    """Every file of ``run`` and its bytes, but the lock file a writer leaves (its pid)."""
+    return {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+
+
+def test_upgrade_asks_for_trust_only_where_it_unpickles(finished, tmp_path, capsys):
+    """A current run has no pickles to convert: ``glann upgrade`` says so and leaves it as it was; it asked
+    for --trust-pickle first, which then bought nothing (found by a review). A 0.1 run is still refused
+    without it, before anything in the folder changes."""
+    run = _copy(finished, tmp_path)
+    files = _files(run)
+    assert main(["upgrade", "--run", str(run)]) == 0
+    assert "nothing to upgrade" in capsys.readouterr().out
+    assert _files(run) == files
+    _as_v01(run, betas=[0.6, 0.99])
+    stale = run / "config.json.abcd1234.tmp"
+    stale.write_text("x")
+    files = _files(run)
+    assert "--trust-pickle" in _one_line_error(capsys, "upgrade", "--run", str(run))
+    assert _files(run) == files
+
+
 def test_upgrade_converts_a_v01_run_that_then_loads_and_resumes(finished, tmp_path, capsys):
     run = _copy(finished, tmp_path)
     before = load_model(run).export()[0]

@@ -28,7 +28,8 @@ def upgrade_run(
     run: str | Path, *, trust_pickle: bool = False, log: Callable[[str], None] = print
 ) -> list[str]:
     """Convert the 0.1 files of run folder ``run`` (model.pt, a format-1 checkpoint, config.json); returns
-    what was converted. Refuses unless ``trust_pickle``: the old files are unpickled to convert them."""
+    what was converted. Refuses a run holding 0.1's pickles (its model.pt or checkpoint) unless ``trust_pickle``:
+    they are unpickled to convert them."""
     run = Path(run)
     if not run.is_dir():
         raise RunFolderError(f"{run}: no such run folder")
@@ -36,18 +37,20 @@ def upgrade_run(
         raise RunFolderError(
             f"{run}: not a glann run folder (none of {', '.join(ckpt.RUN_MARKERS)} in it); nothing to upgrade"
         )
-    if not trust_pickle:
-        raise UsageError(
-            f"{run}: converting glann_ext 0.1 files means unpickling them, which runs any code planted in "
-            "them; pass --trust-pickle if these files are your own"
-        )
     done = []
     with FolderLock(run):
+        manifest = ckpt.read_manifest_object(run)
+        old_checkpoint = manifest is not None and manifest.get("format") == 1
+        # only 0.1's pickles need trust: a run with none (a current one) is not asked for it
+        if (old_checkpoint or (run / ckpt.LEGACY_MODEL_FILE).exists()) and not trust_pickle:
+            raise UsageError(
+                f"{run}: converting glann_ext 0.1 files means unpickling them, which runs any code planted in "
+                "them; pass --trust-pickle if these files are your own"
+            )
         remove_stale_temps(run)
         if (run / CONFIG_FILE).exists():
             _upgrade_config(run / CONFIG_FILE)
-        manifest = ckpt.read_manifest_object(run)
-        if manifest is not None and manifest.get("format") == 1:
+        if old_checkpoint:
             _upgrade_checkpoint(run, manifest)
             done.append(f"{ckpt.CHECKPOINT_DIR}/ (format 1 -> {ckpt.FORMAT_VERSION})")
         if (run / ckpt.LEGACY_MODEL_FILE).exists():
@@ -63,8 +66,9 @@ def _upgrade_config(path: Path) -> None:
     """Drops 0.1's unused "extra" and pins the 0.1 behaviour of fields added since with other defaults
     (:func:`~glann_ext.train.config.saved_config`)."""
     saved = read_config_object(path, run_file=True)
-    saved.pop("extra", None)
-    saved_config(saved).to_json(path)
+    upgraded = saved_config({k: v for k, v in saved.items() if k != "extra"})
+    if upgraded.to_dict() != saved:  # a current run's config is left as it is
+        upgraded.to_json(path)
 
 
 def _unpickle(path: Path) -> Any:
