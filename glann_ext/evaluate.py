@@ -347,6 +347,7 @@ def _eval_data(job: _Job, n_test: int, cache_dir, clf_epochs) -> EvalData:
     classifier, at the run's image size and channels; a DataError names the run when the data is not on
     this machine."""
     channels, size, _ = job.model.image_shape
+    _check_cache_dir(cache_dir)  # before the training images are read and a LeNet may be trained
     train = _training_images(job)  # checked before a LeNet may be trained
     with _naming_the_run(job):
         test, _ = load_labelled(job.cfg.dataset, "test", data_root=job.cfg.data_root, limit=n_test)
@@ -354,6 +355,18 @@ def _eval_data(job: _Job, n_test: int, cache_dir, clf_epochs) -> EvalData:
         clf = domain_classifier(job.cfg.dataset, cache_dir=cache_dir, epochs=clf_epochs, image_size=size,
                                 channels=channels, data_root=job.cfg.data_root)  # fmt: skip
     return EvalData(train, _resize(test, size, channels), clf)
+
+
+def _check_cache_dir(cache_dir: str | os.PathLike | None) -> None:
+    """UsageError when a file stands where the LeNet cache folder ``cache_dir`` is, or would be created."""
+    folder = Path(cache_dir or DEFAULT_CACHE_DIR)
+    try:
+        nearest_folder(folder / "lenet")
+    except NotADirectoryError as exc:
+        raise UsageError(
+            f"cache_dir (--cache-dir) {folder}: {exc.strerror}, so eval can neither read nor cache its classifier "
+            "there"
+        ) from None
 
 
 @contextlib.contextmanager

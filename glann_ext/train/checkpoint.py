@@ -512,6 +512,10 @@ def _rows_in(
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
+def _shards(n: int) -> str:
+    return "1 shard" if n == 1 else f"{n} shards"
+
+
 def reshard(run: str | Path, world_size: int, log: Callable[[str], None] = print) -> None:
     """Rewrite the latest checkpoint of ``run`` for ``world_size`` processes (a new step; the old one is
     deleted only after the new manifest is written), holding the run folder's lock. Each new shard is
@@ -539,8 +543,8 @@ def reshard(run: str | Path, world_size: int, log: Callable[[str], None] = print
             return
         new_dir = _write_resharded(run, manifest, world_size)
     log(
-        f"{run}: checkpoint step {manifest['step_dir']} ({manifest['world_size']} shards) rewritten as "
-        f"{new_dir.name} ({world_size} shards)"
+        f"{run}: checkpoint step {manifest['step_dir']} ({_shards(manifest['world_size'])}) rewritten as "
+        f"{new_dir.name} ({_shards(world_size)})"
     )
 
 
