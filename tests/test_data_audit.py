@@ -277,6 +277,32 @@ def test_grey_and_resize_of_an_array_and_a_folder_of_the_same_images_agree(tmp_p
     assert round(grey.item()) == (200 * 19595 + 120 * 38470 + 40 * 7471 + 32768) >> 16
 
 
+def test_an_array_of_oblong_images_is_resized_and_cropped_as_a_folder_of_them_is(tmp_path):
+    """A folder's oblong images were resized and centre-cropped to ``image_size`` where the same images as an
+    array were refused as not square (found by a review; the docs promise one rule): both now take
+    ``fit_square``, uint8 or float ``u / 255``, through ``load_images`` and ``convert_images`` alike."""
+    from glann_ext.data import convert_images
+
+    for shape in ((5, 16, 32, 3), (5, 21, 12, 1)):  # wide RGB, tall grey (odd sizes: the crop's rounding)
+        u = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+        name = f"{shape[1]}x{shape[2]}"
+        np.save(tmp_path / f"{name}.npy", u)
+        np.save(tmp_path / f"{name}f.npy", u.astype(np.float32) / 255)
+        for i, im in enumerate(u):
+            save_image(tmp_path / name / f"{i}.png", im[..., 0] if shape[-1] == 1 else im)
+        channels = shape[-1]
+        for size in (8, 12, 20):
+            want = load_images(str(tmp_path / name), image_size=size, channels=channels)
+            assert want.shape == (5, channels, size, size)
+            for array in (f"{name}.npy", f"{name}f.npy"):
+                got = load_images(str(tmp_path / array), image_size=size, channels=channels)
+                assert torch.equal(got, want), (array, size)
+            nchw = torch.from_numpy(u).permute(0, 3, 1, 2) / 255
+            assert torch.equal(convert_images(nchw, size, channels), want)
+        with pytest.raises(DataError, match=rf"must be square, got {shape[1]} x {shape[2]} .*--image-size"):
+            load_images(str(tmp_path / f"{name}.npy"))
+
+
 def test_float_levels_convert_as_their_uint8_and_convert_images_is_the_loaders_rule(tmp_path):
     """float32 ``u / 255`` images are the uint8 images ``u``: greyed and resized alike (Pillow's 8-bit rule),
     and :func:`convert_images` (what eval applies to held-out images) gives what ``load_images`` gives."""
@@ -314,8 +340,11 @@ def test_an_array_of_2_or_4_channels_is_named_as_such(tmp_path):
         (lambda x: (x, 28, 0), r"^channels must be 1 or 3"),
         (lambda x: (x * 255, 32, 3), r"^images must lie in \[0, 1\] .*divide by 255"),  # clipped silently
         (lambda x: (x * 255, 28, 3), r"^images must lie in \[0, 1\]"),  # returned in [0, 255]
-        (lambda x: (x[:, 0], 32, 1), r"^images must be \(N, 1 or 3, H, W\) with H == W, got \(4, 28, 28\)"),
-        (lambda x: (x[..., :27], 32, 3), r"^images must be .*H == W, got \(4, 3, 28, 27\)"),  # stretched
+        (lambda x: (x[:, 0], 32, 1), r"^images must be \(N, 1 or 3, H, W\), got \(4, 28, 28\)"),
+        (
+            lambda x: (x[..., :27], None, 3),
+            r"^images must be .*H == W \(or an image_size .*, got \(4, 3, 28, 27\)",
+        ),
         (
             lambda x: ((x * 255).to(torch.uint8), 32, 1),
             r"^images must be floating point in \[0, 1\], got uint8",

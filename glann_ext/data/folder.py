@@ -8,10 +8,14 @@ import struct
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import DataError
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 # float images (arrays, float TIFFs) may overshoot [0, 1] by this much (a bicubic resize's ringing) and are
@@ -71,6 +75,18 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
+def fit_square(im: PILImage, size: int) -> PILImage:
+    """The Pillow image ``im`` resized by the bicubic filter so that its short side is ``size``, then
+    centre-cropped to ``size`` x ``size``: the one rule by which folders and arrays reach a dataset's size."""
+    from PIL import Image
+
+    w, h = im.size
+    scale = size / min(w, h)
+    im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BICUBIC)
+    left, top = (im.size[0] - size) // 2, (im.size[1] - size) // 2
+    return im.crop((left, top, left + size, top + size))
+
+
 def load_folder(
     folder: str | Path | Sequence[Path], image_size: int, channels: int = 3, *, sizes: list | None = None
 ) -> np.ndarray:
@@ -106,15 +122,7 @@ def load_folder(
                 w, h = im.size
                 if sizes is not None:
                     sizes.append((w, h))
-                scale = image_size / min(w, h)
-                im = im.resize(
-                    (max(image_size, round(w * scale)), max(image_size, round(h * scale))),
-                    Image.Resampling.BICUBIC,
-                )
-                left = (im.size[0] - image_size) // 2
-                top = (im.size[1] - image_size) // 2
-                im = im.crop((left, top, left + image_size, top + image_size))
-                out[i] = np.asarray(im).reshape(image_size, image_size, channels)
+                out[i] = np.asarray(fit_square(im, image_size)).reshape(image_size, image_size, channels)
         except DataError as exc:
             failed.append(str(exc))
         except (*DECODE_ERRORS, Image.DecompressionBombError) as exc:
