@@ -43,3 +43,11 @@ def checked_int(name: str, value: Any, low: int | None, high: int | None = None)
 def checked_seed(seed: Any, name: str = "seed") -> int:
     """``seed`` as an int in [0, :data:`MAX_SEED`], else a UsageError naming ``name``."""
     return checked_int(name, seed, 0, MAX_SEED)
+
+
+def seed_or_drawn(seed: Any, name: str = "seed") -> int:
+    """``seed`` as :func:`checked_seed` takes it; None draws one from torch's global generator, so that calls
+    without a seed draw new samples each time (and ``torch.manual_seed`` makes them repeatable)."""
+    if seed is None:
+        return int(torch.randint(0, MAX_SEED, (), dtype=torch.int64))
+    return checked_seed(seed, name)

@@ -211,7 +211,7 @@ def _run_args(q: argparse.ArgumentParser) -> None:
         "--seed",
         type=_count(0, MAX_SEED),
         default=0,
-        help="seed of the draws: the same seed, the same images",
+        help="seed of the draws: the same seed, the same images (default 0)",
     )
 
 

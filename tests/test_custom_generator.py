@@ -207,7 +207,7 @@ def test_the_package_generators_file_also_loads_into_a_module_given(tmp_path):
     path = save_model(model, tmp_path / "m.safetensors")
     G = build_generator(cfg, (1, 16, 16))
     same = load_model(path, generator=G)
-    assert same.G is G and torch.equal(same.sample(6), model.sample(6))
+    assert same.G is G and torch.equal(same.sample(6, 0), model.sample(6, 0))
 
 
 def test_a_run_folder_without_a_model_file_takes_no_generator(tmp_path):
@@ -326,7 +326,7 @@ def test_a_subclass_of_the_package_generator_counts_as_your_own(tmp_path):
     with pytest.raises(UsageError, match=r"custom module \(test_custom_generator\.MirroredDCGAN\)"):
         load_model(path)
     same = load_model(path, generator=MirroredDCGAN(cfg.latent_dim, 16, 1, cfg.gen_width))
-    assert torch.equal(same.sample(6), model.sample(6))
+    assert torch.equal(same.sample(6, 0), model.sample(6, 0))
 
 
 class ConvGenerator(nn.Module):
@@ -365,7 +365,7 @@ def test_a_generator_with_tied_weights_saves_and_loads(tmp_path):
     model = fit(_images(), _cfg(), generator=TiedGenerator())
     path = save_model(model, tmp_path / "tied.safetensors")
     same = load_model(path, generator=TiedGenerator())
-    assert same.G.again is same.G.twice and torch.equal(same.sample(5), model.sample(5))
+    assert same.G.again is same.G.twice and torch.equal(same.sample(5, 0), model.sample(5, 0))
 
 
 def test_a_damaged_file_is_the_files_fault_not_the_callers(tmp_path):

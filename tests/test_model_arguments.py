@@ -206,8 +206,8 @@ def test_invert_says_it_starts_from_the_nearest_of_a_random_pool():
         (2**63, r"^seed must be an integer in \[0, 9,223,372,036,854,775,807\]"),  # drew what seed 0 draws
         (-1, r"^seed must be an integer >= 0, got -1"),
         (1.5, r"^seed must be an integer >= 0, got 1.5"),  # manual_seed expected a long
-        (None, r"^seed must be an integer >= 0, got None"),  # unsupported operand type(s)
         (True, r"^seed must be an integer >= 0, got True"),
+        ("1", r"^seed must be an integer >= 0, got '1'"),
     ],
 )
 def test_sampling_seeds_must_be_integers_in_the_training_range(seed, needle):
@@ -221,6 +221,25 @@ def test_sampling_seeds_must_be_integers_in_the_training_range(seed, needle):
     ):
         with pytest.raises(UsageError, match=needle):
             call()
+
+
+def test_sampling_without_a_seed_draws_anew_each_call_and_follows_torch_manual_seed():
+    """Every sampling call took seed 0 by default, so five calls of ``sample(100)`` gave the same 100 images
+    (found by a review). Without a seed each call now draws its own (from torch's global generator); a seed
+    still gives the same images, and ``invert`` (an optimisation, not a draw) still starts from seed 0."""
+    m = _glann(balance_draws=1.0)
+    for draw in (
+        lambda: m.sample(3), lambda: m.sample(3, balanced=False), lambda: m.sample_gaussian(3),
+        lambda: m.noise(3), lambda: m.sample_inputs(3), lambda: m.gaussian_codes(3),
+    ):  # fmt: skip
+        torch.manual_seed(7)
+        first, second = draw(), draw()
+        assert not torch.equal(first, second)
+        torch.manual_seed(7)
+        assert torch.equal(draw(), first)
+    assert torch.equal(m.sample(3, seed=0), m.sample(3, seed=0))
+    with pytest.raises(UsageError, match=r"^seed must be an integer >= 0, got None"):
+        m.invert(m.decode(m.codes[:1]), steps=0, restarts=1, seed=None)
 
 
 def test_sampling_seeds_take_any_integer_type_up_to_the_largest():
@@ -238,7 +257,7 @@ def test_balanced_must_be_a_bool_or_none():
     p = PixelIMLE(m.G)
     with pytest.raises(UsageError, match=r"^balanced must be True, False or None"):
         p.sample(2, balanced="no")
-    assert torch.equal(m.sample(2, balanced=False), GLANN(m.G, m.codes, m.T).sample(2))
+    assert torch.equal(m.sample(2, 0, balanced=False), GLANN(m.G, m.codes, m.T).sample(2, 0))
 
 
 def test_ball_membership_counts_refuses_negative_and_nan_radii():
@@ -293,8 +312,10 @@ def test_interpolation_steps_must_be_integers():
 
 def test_numpy_and_tensor_integers_are_integers():
     m = _glann()
-    assert torch.equal(m.sample(np.int64(3)), m.sample(3))  # "n must be an integer >= 0, got np.int64(3)"
-    assert torch.equal(m.sample(torch.tensor(3)), m.sample(3))
+    assert torch.equal(
+        m.sample(np.int64(3), 0), m.sample(3, 0)
+    )  # "n must be an integer >= 0, got np.int64(3)"
+    assert torch.equal(m.sample(torch.tensor(3), 0), m.sample(3, 0))
     latent = m.interpolate(0, 7, steps=3, space="latent")
     assert torch.equal(m.interpolate(np.int64(0), torch.tensor(7), steps=np.int32(3), space="latent"), latent)
     assert torch.equal(m.interpolate(np.array(0), 7, steps=3, space="latent"), latent)
@@ -314,7 +335,7 @@ def test_fit_gaussian_and_glann_take_numpy_codes():
     mean, cov = fit_gaussian(m.codes.numpy())  # 'numpy.ndarray' object has no attribute 'detach'
     assert torch.equal(mean, fit_gaussian(m.codes)[0]) and torch.equal(cov, fit_gaussian(m.codes)[1])
     from_numpy = GLANN(m.G, m.codes.numpy(), m.T)  # ... has no attribute 'dim'
-    assert torch.equal(from_numpy.sample(2), m.sample(2))
+    assert torch.equal(from_numpy.sample(2, 0), m.sample(2, 0))
     with pytest.raises(UsageError, match=r"^codes must be a tensor or array \(N, d\) of numbers, got str"):
         fit_gaussian("codes")
     with pytest.raises(UsageError, match=r"^codes must be a tensor or array .* got a meta tensor"):

@@ -335,7 +335,7 @@ def test_invert_of_no_images_is_empty_and_float64_codes_are_usable():
     from glann_ext.models import GLANN
 
     m64 = GLANN(m.G, m.codes.double(), m.T, config={"balance_draws": 1.0})  # sample() raised TypeError
-    assert torch.equal(m64.sample(2), GLANN(m.G, m.codes, m.T, config={"balance_draws": 1.0}).sample(2))
+    assert torch.equal(m64.sample(2, 0), GLANN(m.G, m.codes, m.T, config={"balance_draws": 1.0}).sample(2, 0))
 
 
 def test_sampling_and_interpolation_arguments_are_checked_by_name():

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from glann_ext import seeding
-from glann_ext._args import as_index, checked_int, checked_seed
+from glann_ext._args import as_index, checked_int, checked_seed, seed_or_drawn
 from glann_ext._info import __version__
 from glann_ext.backend import Ops, as_ops
 from glann_ext.errors import NonFiniteError, UsageError
@@ -376,12 +376,13 @@ class GenerativeModel(nn.Module):
     def noise_dim(self) -> int:
         raise NotImplementedError
 
-    def noise(self, n: int, seed: int = 0) -> torch.Tensor:
+    def noise(self, n: int, seed: int | None = None) -> torch.Tensor:
         """``n`` standard-normal noise vectors (n, noise_dim) on the CPU; the same seed (an integer in [0,
-        2**63)) gives the same noise, and the first ``k`` of them whatever ``n >= k`` is. ``n`` is refused when
+        2**63); None, the default: one drawn from torch's global generator) gives the same noise, and the
+        first ``k`` of them whatever ``n >= k`` is. ``n`` is refused when
         the noise would not fit in this machine's physical memory (as for every count of the sampling
         methods)."""
-        n, seed = _check_count(n, (self.noise_dim,)), checked_seed(seed)
+        n, seed = _check_count(n, (self.noise_dim,)), seed_or_drawn(seed)
         return seeding.prefix_normal(n, self.noise_dim, seeding.generator(seed, "sample"))
 
     @torch.no_grad()
@@ -424,7 +425,7 @@ class GenerativeModel(nn.Module):
         return e if scale == 1.0 else scale * e
 
     @torch.no_grad()
-    def sample_inputs(self, n: int, seed: int = 0, balanced: bool | None = None) -> torch.Tensor:
+    def sample_inputs(self, n: int, seed: int | None = None, balanced: bool | None = None) -> torch.Tensor:
         """What :meth:`sample` decodes: ``generator_input`` of ``n`` seeded noise vectors (at
         :attr:`noise_scale`). ``balanced``:
         balanced sampling (see :class:`GLANN`); a model without training codes has only plain sampling, so
@@ -435,9 +436,10 @@ class GenerativeModel(nn.Module):
         return self.generator_input(self._scaled(self.noise(n, seed)))
 
     @torch.no_grad()
-    def sample(self, n: int, seed: int = 0, balanced: bool | None = None) -> torch.Tensor:
+    def sample(self, n: int, seed: int | None = None, balanced: bool | None = None) -> torch.Tensor:
         """``n`` samples, float32 (n, C, H, W) in [0, 1]; the same seed (an integer in [0, 2**63)) gives the
-        same images. ``balanced``: balanced sampling on or off (None: the model's setting). ``n`` is refused
+        same images. Without a seed (None) each call draws new ones, from a seed drawn from torch's global
+        generator (``torch.manual_seed`` makes a script's draws repeatable). ``balanced``: balanced sampling on or off (None: the model's setting). ``n`` is refused
         (UsageError) when the images would not fit in this machine's physical memory: sample large sets in
         batches of seeds. Like :meth:`decode` and ``map_noise``, it leaves G and T in eval mode."""
         n = _check_count(n, self.image_shape)
@@ -657,11 +659,11 @@ class GLANN(GenerativeModel):
         return self._spread_out(z, seed) if self.spread > 0 else z
 
     @torch.no_grad()
-    def sample_inputs(self, n: int, seed: int = 0, balanced: bool | None = None) -> torch.Tensor:
+    def sample_inputs(self, n: int, seed: int | None = None, balanced: bool | None = None) -> torch.Tensor:
         """The codes :meth:`sample` decodes (n, latent_dim): ``project(T(e))`` of seeded draws (scaled by
         :attr:`noise_scale`), thinned by balanced sampling when ``balanced`` (None: :attr:`balanced`), then
         moved by the :attr:`local_spread` and the :attr:`spread` when they are > 0."""
-        n, seed = _check_count(n, (self.codes.shape[1],)), checked_seed(seed)
+        n, seed = _check_count(n, (self.codes.shape[1],)), seed_or_drawn(seed)
         _check_balanced(balanced)
         if not (self.balanced if balanced is None else balanced):
             z = super().sample_inputs(n, seed, balanced=False)  # plain project(T(e))
@@ -681,12 +683,12 @@ class GLANN(GenerativeModel):
 
     @torch.no_grad()
     def gaussian_codes(
-        self, n: int, seed: int = 0, fit: tuple[torch.Tensor, torch.Tensor] | None = None
+        self, n: int, seed: int | None = None, fit: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> torch.Tensor:
         """What :meth:`sample_gaussian` decodes: ``n`` draws of a full-covariance Gaussian fitted to the
         training codes (or the given ``fit = (mean, cov)``, see :func:`fit_gaussian`; ``cov`` positive
         semi-definite), projected to the sphere."""
-        n, seed = _check_count(n, (self.codes.shape[1],)), checked_seed(seed)
+        n, seed = _check_count(n, (self.codes.shape[1],)), seed_or_drawn(seed)
         mean, chol = self._gaussian_factor(fit)
         eps = seeding.prefix_normal(n, len(mean), seeding.generator(seed, "sample"), torch.float64)
         z = (mean + eps @ chol.T).float()
@@ -722,7 +724,7 @@ class GLANN(GenerativeModel):
 
     @torch.no_grad()
     def sample_gaussian(
-        self, n: int, seed: int = 0, fit: tuple[torch.Tensor, torch.Tensor] | None = None
+        self, n: int, seed: int | None = None, fit: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> torch.Tensor:
         """GLO-only baseline: :meth:`gaussian_codes` decoded (``n`` refused as :meth:`sample` refuses it)."""
         n = _check_count(n, self.image_shape)
