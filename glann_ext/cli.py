@@ -262,7 +262,8 @@ def _add_sample(sub) -> None:
         "-n", type=_count(1, MAX_DRAWN), default=64, help=f"number of samples (at most {MAX_DRAWN:,})"
     )
     s.add_argument(
-        "--grid", help="PNG grid of the samples to write (default: samples.png, unless --npy is given)"
+        "--grid",
+        help="PNG grid of the samples to write (default: samples.png in the current folder, unless --npy is given)",
     )
     s.add_argument(
         "--npy", help="save the samples (n, C, H, W) float32 in [0, 1] here (no grid unless --grid)"
@@ -293,7 +294,7 @@ def _add_interpolate(sub) -> None:
     i.add_argument(
         "--steps", type=_count(2, 10_000), default=10, help="images per row, endpoints included (default 10)"
     )
-    i.add_argument("--grid", default="interpolation.png", help="PNG to write (default interpolation.png)")
+    i.add_argument("--grid", help="PNG to write (default interpolation.png in the current folder)")
 
 
 def _add_invert(sub) -> None:
@@ -321,8 +322,8 @@ def _add_invert(sub) -> None:
     )
     v.add_argument(
         "--grid",
-        default="inverted.png",
-        help="PNG: rows of up to 16 originals, each above its reconstructions",
+        help="PNG: rows of up to 16 originals, each above its reconstructions (default inverted.png in the current "
+        "folder)",
     )
     v.add_argument("--codes", help="also save the codes (n, latent_dim) as .npy here")
 
@@ -544,11 +545,20 @@ def _npy_path(flag: str, value: str | None) -> Path | None:
     return path
 
 
-def _grid_path(flag: str, value: str | None) -> str | None:
+def _grid_path(flag: str, value: str | None, default: str | None = None) -> str | None:
     """The PNG (or other image) file a ``--grid`` names, checked before any work as :func:`_npy_path` checks
-    an ``.npy``: an image suffix Pillow writes, and a folder to write it in."""
-    from glann_ext.images import image_format
+    an ``.npy``: an image suffix Pillow writes, and a folder to write it in. Not given, it is ``default`` in
+    the current folder, which must not hold a file of that name that this package did not write: a file the
+    user named is replaced, one of theirs that happens to share the default name is not."""
+    from glann_ext.images import image_format, written_here
 
+    if value is None:
+        if default is not None and os.path.lexists(default) and not written_here(default):
+            raise CLIError(
+                f"{default} in the current folder is not a grid glann wrote; name the file to write with {flag} "
+                "(a file named there is replaced)"
+            )
+        value = default
     if value is None:
         return None
     if image_format(value) is None:  # Pillow reads .psd and .fits, say, but writes neither
@@ -588,7 +598,7 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     from glann_ext.models import GLANN
 
     npy = _npy_path("--npy", args.npy)
-    grid = _grid_path("--grid", args.grid or (None if args.npy else "samples.png"))
+    grid = _grid_path("--grid", args.grid, None if args.npy else "samples.png")
     model = _load(args)
     if grid:
         _check_grid_channels(model, "sample")
@@ -615,12 +625,12 @@ def _cmd_interpolate(args: argparse.Namespace) -> None:
     from glann_ext.images import save_grid
     from glann_ext.models import GLANN
 
-    _grid_path("--grid", args.grid)
+    args.grid = _grid_path("--grid", args.grid, "interpolation.png")
     model = _load(args)
     _check_grid_channels(model, "interpolate")
     if args.space == "latent" and not isinstance(model, GLANN):
         raise CLIError(
-            "interpolate: --space latent needs a GLANN run (a pixel-space IMLE model has no codes); use --space noise"
+            "--space latent needs a GLANN run (a pixel-space IMLE model has no codes); use --space noise"
         )
     g = seeding.generator(args.seed, "sample")
     rows = []
@@ -643,7 +653,7 @@ def _cmd_invert(args: argparse.Namespace) -> None:
     from glann_ext.models import GLANN
 
     codes_path = _npy_path("--codes", args.codes)
-    _grid_path("--grid", args.grid)
+    args.grid = _grid_path("--grid", args.grid, "inverted.png")
     model = _load(args)
     if not isinstance(model, GLANN):
         raise CLIError("needs a GLANN run (a pixel-space IMLE model has no codes to invert into)")

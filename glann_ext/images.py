@@ -53,10 +53,15 @@ def image_format(path: str | Path) -> str | None:
     return fmt if fmt in GRID_FORMATS and fmt in Image.SAVE else None
 
 
+# a PNG grid's tEXt chunk "Software": tells a grid this package wrote from a user's file of the same name
+_SOFTWARE = b"glann_ext"
+
+
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
     """Write ``images`` (B, C, h, w) in [0, 1] as one grid image (the format from the suffix: .png, .jpg,
-    ...), atomically (a link at ``path`` is replaced, not followed); returns the path."""
-    from PIL import Image
+    ...), atomically (a link at ``path`` is replaced, not followed); returns the path. A PNG carries the
+    text chunk Software = glann_ext (:func:`written_here`)."""
+    from PIL import Image, PngImagePlugin
 
     path = Path(path)
     fmt = image_format(path)
@@ -64,4 +69,19 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -
         raise UsageError(f"{path}: not an image format Pillow writes, suffix {path.suffix!r} (use .png)")
     grid = make_grid(images, nrow)
     image = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
-    return atomic_write(path, lambda f: image.save(f, format=fmt))
+    extra: dict = {}
+    if fmt == "PNG":
+        extra["pnginfo"] = PngImagePlugin.PngInfo()
+        extra["pnginfo"].add_text("Software", _SOFTWARE.decode())
+    return atomic_write(path, lambda f: image.save(f, format=fmt, **extra))
+
+
+def written_here(path: str | Path) -> bool:
+    """Whether ``path`` is a regular file holding a PNG grid this package wrote (:func:`save_grid`): its
+    first chunks are read as bytes, nothing is decoded."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    return head.startswith(b"\x89PNG\r\n\x1a\n") and b"tEXtSoftware\x00" + _SOFTWARE in head

@@ -1004,3 +1004,41 @@ def test_python_and_the_command_interpolate_the_same_number_of_steps():
     default = next(a.default for a in steps._actions if a.dest == "steps")
     for cls in (GLANN, PixelIMLE):
         assert inspect.signature(cls.interpolate).parameters["steps"].default == default == 10
+
+
+def test_a_default_grid_never_replaces_a_file_glann_did_not_write(
+    run_dir, data_file, tmp_path, monkeypatch, capsys
+):
+    """sample, interpolate and invert write samples.png, interpolation.png and inverted.png into the current
+    folder by default, and replaced a user's own file of that name without a word (found by a review). A grid
+    of ours (a PNG tagged Software = glann_ext) is replaced as before; a file the user names is replaced."""
+    monkeypatch.chdir(tmp_path)
+    commands = {
+        "samples.png": ["sample", "--run", str(run_dir), "-n", "4"],
+        "interpolation.png": ["interpolate", "--run", str(run_dir), "--rows", "1", "--steps", "2"],
+        "inverted.png": [
+            "invert",
+            "--run",
+            str(run_dir),
+            "--images",
+            data_file,
+            "--limit",
+            "2",
+            "--steps",
+            "1",
+        ],
+    }
+    for name, argv in commands.items():
+        mine = tmp_path / name
+        mine.write_bytes(b"\x89PNG\r\n\x1a\n a picture of the user's own")
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert (
+            f"{name} in the current folder is not a grid glann wrote; name the file to write with --grid"
+            in err
+        )
+        assert mine.read_bytes().endswith(b"user's own")
+        assert main([*argv, "--grid", name]) == 0  # named: replaced
+        first = mine.read_bytes()
+        assert main(argv) == 0 and mine.read_bytes() == first  # ours now: replaced by the same grid
+        capsys.readouterr()
