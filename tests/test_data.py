@@ -476,7 +476,7 @@ def test_downloads_are_kept_only_with_the_official_checksum(tmp_path, monkeypatc
     name, fname = "mnist", "t10k-images-idx3-ubyte.gz"
     with pytest.raises(DataError, match=rf"{fname}: checksum mismatch \(expected MD5 9fb629c4"):
         mnist_mod.download(name, fname, dest_dir=tmp_path)
-    assert list((tmp_path / name).iterdir()) == []  # nothing left behind, not even the partial file
+    assert not (tmp_path / name).exists()  # nothing left behind, not the partial file nor its folder
     base, sums = mnist_mod.SOURCES[name]
     good = {**sums, fname: hashlib.md5(payload).hexdigest()}
     monkeypatch.setitem(mnist_mod.SOURCES, name, (base, good))
@@ -600,7 +600,12 @@ def test_a_download_cut_off_midway_leaves_no_partial_file(tmp_path, monkeypatch)
         DataError, match=r"download of https://\S+/train-images-idx3-ubyte.gz into \S+ failed \(connection"
     ):
         mnist_mod.download("mnist", "train-images-idx3-ubyte.gz", dest_dir=tmp_path)
-    assert list((tmp_path / "mnist").iterdir()) == []
+    assert not (tmp_path / "mnist").exists()  # the folder it made for the file (a review found it left empty)
+    (tmp_path / "mnist").mkdir()
+    (tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz").write_bytes(b"another file")
+    with pytest.raises(DataError, match="failed"):
+        mnist_mod.download("mnist", "train-images-idx3-ubyte.gz", dest_dir=tmp_path)
+    assert [p.name for p in (tmp_path / "mnist").iterdir()] == ["t10k-images-idx3-ubyte.gz"]  # kept
 
 
 def test_image_folder_listing_takes_upper_case_suffixes_skips_folders_and_follows_a_linked_root(tmp_path):

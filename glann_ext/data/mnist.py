@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import urllib.request
@@ -82,12 +83,21 @@ def md5(path: Path) -> str:
     return h.hexdigest()
 
 
+def _discard(part: Path, made: Path | None) -> None:
+    """A failed download's partial file, and the folder it made for it when nothing else is in it."""
+    part.unlink(missing_ok=True)
+    if made is not None:
+        with contextlib.suppress(OSError):  # not empty (another download's file): kept
+            made.rmdir()
+
+
 def download(name: str, fname: str, dest_dir: Path = CACHE_DIR) -> Path:
     """Download one official file into ``dest_dir/name`` with a progress bar; verify its MD5."""
     from tqdm import tqdm
 
     base, sums = SOURCES[name]
     out_dir = dest_dir / name
+    made = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     dest = out_dir / fname
     tmp = dest.with_suffix(dest.suffix + ".part")
@@ -99,14 +109,14 @@ def download(name: str, fname: str, dest_dir: Path = CACHE_DIR) -> Path:
                     out.write(block)
                     bar.update(len(block))
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp, out_dir if made else None)
         looked = [out_dir] if dest_dir != CACHE_DIR else candidate_dirs(name)
         raise DataError(
             f"{name}: files not found locally ({', '.join(map(str, looked))}) and download of {base + fname} "
             f"into {out_dir} failed ({exc}); put the IDX files in --data-root, or set {ENV_VAR}"
         ) from exc
     if md5(tmp) != sums[fname]:
-        tmp.unlink()
+        _discard(tmp, out_dir if made else None)
         raise DataError(f"{base + fname}: checksum mismatch (expected MD5 {sums[fname]}); download discarded")
     os.replace(tmp, dest)
     return dest
