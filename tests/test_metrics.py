@@ -1191,6 +1191,30 @@ def test_prdc_boundary_cases_with_inexact_means_and_duplicated_reals():
     assert density_coverage(base.repeat_interleave(6, 0), base.clone(), k=5) == (0.0, 0.0)
 
 
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_prdc_does_not_depend_on_how_the_expansion_rounds(monkeypatch, sign):
+    """The matrix product behind the expanded distances rounds otherwise with its shape and the CPU: on an
+    AVX-512 EPYC the duplicated reals above scored (0.3, 0.25) where they must score (0, 0), the copies among
+    the fakes put inside their balls by a rounding of 1e-16. With every expanded distance pushed by two roundings
+    a product term either way, all four values still equal brute force on duplicates, copies and grid data."""
+    from glann_ext.metrics import knn
+
+    expanded = knn._expanded_sq
+
+    def rounded_otherwise(q, keys, key_sq):
+        d2 = expanded(q, keys, key_sq)
+        scale = (q * q).sum(1, keepdim=True) + key_sq.unsqueeze(0)
+        return (d2 + sign * q.shape[1] * 2.0**-52 * scale).clamp_min_(0.0)  # 2 roundings a product term
+
+    monkeypatch.setattr(knn, "_expanded_sq", rounded_otherwise)
+    base = torch.randn(4, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert density_coverage(base.repeat_interleave(6, 0), base.clone(), k=5) == (0.0, 0.0)
+    rng = np.random.default_rng(1)
+    x = np.repeat(rng.integers(0, 3, size=(20, 4)).astype(np.float64), 2, axis=0)  # duplicates, on a grid
+    y = np.concatenate([x[:10], rng.integers(0, 3, size=(30, 4)).astype(np.float64)])  # copies among fakes
+    assert prdc(torch.from_numpy(x), torch.from_numpy(y)) == _brute_prdc(x, y)
+
+
 @pytest.mark.parametrize(("offset", "spread"), [(1e5, 1e-2), (1e8, 1.0)])
 def test_all_four_prdc_values_match_brute_force_on_far_offset_sets(offset, spread):
     """The radii and ball counts expand |a - b|^2 as |a|^2 + |b|^2 - 2 a.b: far from the origin that loses

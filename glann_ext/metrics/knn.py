@@ -1,8 +1,12 @@
 """Exact k-nearest-neighbour radii and ball counts, tiled so memory stays O(tile * M).
 
-Distances are Euclidean (not squared), computed in float64 as ``sqrt(max(0, |a|^2 + |b|^2 - 2 a.b))``
-over row tiles; the tile height is chosen so one tile of the distance matrix fits ``tile_bytes`` (but at
-least :data:`MIN_TILE_ROWS` rows).
+Distances are Euclidean (not squared), in float64. Candidates are ranked over row tiles by the expansion
+``|a|^2 + |b|^2 - 2 a.b`` (one matrix product per tile; the tile height is chosen so one tile of the distance
+matrix fits ``tile_bytes``, but at least :data:`MIN_TILE_ROWS` rows); every value that decides a result (each
+radius, each distance the expansion cannot tell from a radius, each nearest distance) is then recomputed from
+direct differences ``sum((a - b)^2)``. The expansion rounds differently with the shape of the product on
+different CPUs, so duplicates and copies only compare exactly this way: an exact copy of a point is at
+distance 0, never at a rounding error of 1e-8 either side of a radius.
 """
 
 from __future__ import annotations
@@ -27,10 +31,28 @@ def _rows_per_tile(m: int, tile_bytes: int) -> int:
     return max(MIN_TILE_ROWS, tile_bytes // (8 * max(1, m)))
 
 
-def _tile_distances(q: torch.Tensor, keys: torch.Tensor, key_sq: torch.Tensor) -> torch.Tensor:
+def _expanded_sq(q: torch.Tensor, keys: torch.Tensor, key_sq: torch.Tensor) -> torch.Tensor:
+    """Squared distances of the tile ``q`` to every key by the expansion (>= 0): for ranking only."""
     d2 = torch.addmm(key_sq.unsqueeze(0), q, keys.t(), alpha=-2.0)
     d2 += (q * q).sum(1, keepdim=True)
-    return d2.clamp_min_(0.0).sqrt_()
+    return d2.clamp_min_(0.0)
+
+
+def _rounding(q_sq: torch.Tensor, key_sq: torch.Tensor, d: int) -> torch.Tensor:
+    """A bound on the expansion's error for every row of the tile (q_sq (t,) -> (t, 1)), against any key: its
+    sums of ``d`` products round by at most about ``d`` units of 2^-53 of ``|q|^2 + |k|^2``; taken 8 times
+    over, with the largest key."""
+    top = float(key_sq.max()) if len(key_sq) else 0.0
+    return (q_sq + top).unsqueeze(1) * (max(d, 2) * 2.0**-50)
+
+
+def _direct_sq(a: torch.Tensor, b: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """``sum((a[i] - b[j])^2)`` for the index pairs ``(i, j)``, float64, in chunks of about 16 MB."""
+    out = torch.empty(len(i), dtype=torch.float64)
+    step = max(1, (2 << 20) // max(1, a.shape[1]))
+    for s in range(0, len(i), step):
+        out[s : s + step] = (a[i[s : s + step]] - b[j[s : s + step]]).square_().sum(1)
+    return out
 
 
 def knn_radii(
@@ -39,9 +61,10 @@ def knn_radii(
     """Distance from every row to its k-th nearest *other* row of the same set, float64 (N,).
 
     Computed as the (k+1)-th smallest distance with the point itself included (distance 0), as in the
-    reference implementations of Kynkäänniemi et al. 2019 and Naeem et al. 2020; duplicates of a row
-    count as neighbours at distance 0 up to the expansion's rounding (about 1e-8 of the rows' norm, as in
-    those implementations, which expand the same way). Needs N >= k + 1.
+    reference implementations of Kynkäänniemi et al. 2019 and Naeem et al. 2020; the neighbours are ranked
+    by the expansion (as in those implementations) and the radius is the k-th one's direct distance, so
+    duplicates of a row are at distance 0 exactly (the references: about 1e-8 of the rows' norm). Needs
+    N >= k + 1.
     """
     x = as_float_matrix(name, features)
     check_squarable(name, x)  # else the radii came back inf
@@ -53,11 +76,13 @@ def knn_radii(
     rows = _rows_per_tile(n, tile_bytes)
     out = torch.empty(n, dtype=torch.float64)
     for start in range(0, n, rows):
-        d = _tile_distances(x[start : start + rows], x, sq)
-        # The diagonal is exactly 0 in exact arithmetic; pin it so rounding cannot reorder it.
-        idx = torch.arange(start, start + d.shape[0])
-        d[torch.arange(d.shape[0]), idx] = 0.0
-        out[start : start + rows] = d.topk(k + 1, dim=1, largest=False).values[:, k]
+        d2 = _expanded_sq(x[start : start + rows], x, sq)
+        t = torch.arange(d2.shape[0])
+        d2[t, t + start] = 0.0  # the point itself, first (it is 0 exactly)
+        near = d2.topk(k + 1, dim=1, largest=False).indices  # (t, k + 1), ranked by the expansion
+        own = (t + start).unsqueeze(1).expand_as(near)
+        exact = _direct_sq(x, x, own.reshape(-1), near.reshape(-1)).view_as(near.double())
+        out[start : start + rows] = exact.kthvalue(k + 1, dim=1).values.sqrt_()
     return out
 
 
@@ -87,33 +112,42 @@ def ball_membership_counts(
         raise ValueError(
             f"radii must be >= 0 (ball radii), got {float(r.min()):.6g} at row {int(r.argmin())}"
         )
-    # Tiles over the centres, with each centre as the row operand exactly as in knn_radii: the float
-    # distance of a centre to a query then equals, bit for bit, the one its radius was ranked from
-    # (the expanded distance is not exactly symmetric), so identical sets give exact answers.
-    sq = (q * q).sum(1)
+    # a pair the expansion puts within its rounding of the boundary is decided by the direct distance, the
+    # one knn_radii takes its radii from: an exact copy of a centre's k-th neighbour lies on its boundary
+    sq, c_sq = (q * q).sum(1), (c * c).sum(1)
     rows = _rows_per_tile(q.shape[0], tile_bytes)
     out = torch.zeros(q.shape[0], dtype=torch.int64)
     for start in range(0, c.shape[0], rows):
-        d = _tile_distances(c[start : start + rows], q, sq)
+        d2 = _expanded_sq(c[start : start + rows], q, sq)
         rad = r[start : start + rows].unsqueeze(1)
-        out += (d < rad if strict else d <= rad).sum(0)
+        inside = d2 < rad * rad if strict else d2 <= rad * rad
+        unsure = d2.sub_(rad * rad).abs_() <= _rounding(c_sq[start : start + rows], sq, q.shape[1])
+        i, j = unsure.nonzero(as_tuple=True)
+        d = _direct_sq(c, q, i + start, j).sqrt_()
+        inside[i, j] = d < rad[i, 0] if strict else d <= rad[i, 0]
+        out += inside.sum(0)
     return out
 
 
 def nearest_distances(
     rows: torch.Tensor, keys: torch.Tensor, *, tile_bytes: int = DEFAULT_TILE_BYTES
 ) -> torch.Tensor:
-    """Distance from every row of ``rows`` to its nearest row of ``keys``, float64 (N,), with each row as the
-    row operand of :func:`_tile_distances` as :func:`knn_radii` and :func:`ball_membership_counts` use it:
-    compared with a radius of ``rows``, a key equal to one of its neighbours gives that neighbour's distance,
-    bit for bit."""
+    """Distance from every row of ``rows`` to its nearest row of ``keys``, float64 (N,), the direct distance as
+    :func:`knn_radii` takes its radii: compared with a radius of ``rows``, a key equal to one of its
+    neighbours gives that neighbour's distance, bit for bit."""
     x = as_float_matrix("rows", rows)
     y = as_float_matrix("keys", keys, columns=x.shape[1])
     check_squarable("rows", x)
     check_squarable("keys", y)
-    sq = (y * y).sum(1)
+    sq, x_sq = (y * y).sum(1), (x * x).sum(1)
     step = _rows_per_tile(y.shape[0], tile_bytes)
     out = torch.empty(x.shape[0], dtype=torch.float64)
     for start in range(0, x.shape[0], step):
-        out[start : start + step] = _tile_distances(x[start : start + step], y, sq).min(1).values
+        d2 = _expanded_sq(x[start : start + step], y, sq)
+        least = d2.min(1, keepdim=True).values
+        # every key the expansion cannot tell from the nearest: the least direct distance among them
+        i, j = (d2 <= least + _rounding(x_sq[start : start + step], sq, y.shape[1])).nonzero(as_tuple=True)
+        best = torch.full((d2.shape[0],), float("inf"), dtype=torch.float64)
+        best.scatter_reduce_(0, i, _direct_sq(x, y, i + start, j), "amin")
+        out[start : start + step] = best.sqrt_()
     return out

@@ -87,9 +87,8 @@ def density_coverage(
     real_radii = knn_radii(r, k, tile_bytes=tile_bytes, name="real")
     inside = ball_membership_counts(f, r, real_radii, strict=True, tile_bytes=tile_bytes)
     density = float(inside.double().sum()) / (k * f.shape[0])
-    # the nearest fake of every real by the same expanded float64 distance its radius was ranked with (an
-    # exact distance beside a rounded radius counted an exact copy of a duplicated real, radius 0 but rounded
-    # to 1e-8, as covering it)
+    # the nearest fake of every real by the direct distance its radius is (an exact distance beside a
+    # rounded radius counted an exact copy of a duplicated real, radius 0 but rounded to 1e-8, as covering it)
     coverage = nearest_distances(r, f, tile_bytes=tile_bytes) < real_radii
     return density, float(coverage.double().mean())
 
