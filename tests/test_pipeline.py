@@ -282,12 +282,25 @@ def test_fit_imle_runs_on_the_configs_threads_and_leaves_the_generator_in_eval_m
     assert torch.equal(generator(e), trainer.generate(e))
 
 
-def test_a_fit_object_trains_on_the_configs_threads_as_fit_does(blobs):
+def test_a_fit_object_builds_trains_and_resumes_on_the_configs_threads(
+    blobs, blob_file, tmp_path, monkeypatch
+):
     """``Fit(images, cfg).run()`` ran on the caller's thread count where ``fit`` (and ``glann train``) take
     ``cfg.threads``: with the two different, the same config and seed trained another model (a review found
-    the codes 0.04 apart after 4 epochs)."""
+    the codes 0.04 apart after 4 epochs). Building (the networks, the codes' PCA), running and loading a state
+    (the codes' whitening) each take ``cfg.threads`` now, and the caller's count comes back after each."""
+    from glann_ext.train import pipeline
+
     cfg = tiny_config(glo_epochs=2, imle_epochs=1, threads=2)
     seen = []
+    build = pipeline.build_model
+    monkeypatch.setattr(
+        pipeline, "build_model", lambda *a, **k: seen.append(torch.get_num_threads()) or build(*a, **k)
+    )
+    whitening = pipeline.code_whitening
+    monkeypatch.setattr(
+        pipeline, "code_whitening", lambda *a, **k: seen.append(torch.get_num_threads()) or whitening(*a, **k)
+    )
 
     class Threads(Hook):
         def epoch_started(self, trainer) -> None:
@@ -295,14 +308,20 @@ def test_a_fit_object_trains_on_the_configs_threads_as_fit_does(blobs):
                 seen.append(torch.get_num_threads())
 
     with intra_op_threads(1):
-        by_fit = fit(blobs, cfg)
         f = Fit(blobs, cfg)
-        assert torch.get_num_threads() == 1  # building it leaves the caller's setting
+        assert torch.get_num_threads() == 1
         by_object = f.run(hooks=[Threads()])
         assert torch.get_num_threads() == 1
-    assert seen == [2, 2]
-    assert torch.equal(by_object.codes, by_fit.codes)
-    for a, b in zip(by_object.G.state_dict().values(), by_fit.G.state_dict().values(), strict=True):
+        state = copy.deepcopy(f.state_dict())
+        Fit(blobs, cfg).load_state_dict(state)
+        assert torch.get_num_threads() == 1
+        # the run folder applies cfg.threads by itself (run.py): the model a Fit trains
+        by_folder = train(
+            dataclasses.replace(cfg, dataset=blob_file), tmp_path / "run", progress=False, log=lambda s: None
+        )
+    assert seen[:6] == [2, 2, 2, 2, 2, 2]  # build, two GLO epochs, the stage's whitening; build, whitening
+    assert torch.equal(by_object.codes, by_folder.codes)
+    for a, b in zip(by_object.G.state_dict().values(), by_folder.G.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
 

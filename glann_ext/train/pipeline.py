@@ -45,8 +45,9 @@ class Fit:
     (all of them for one process; a rank's shard under torchrun). The model's networks are built from the
     config's seed (:func:`~.build.build_model`), or G is the caller's ``generator`` (GLANN only: any module
     mapping codes (n, ``cfg.latent_dim``) to images shaped like ``images``, trained in place); the GLO codes
-    from ``cfg.init``. ``cfg.threads`` (None: unchanged) holds while it is built and while :meth:`run` trains,
-    as in :func:`fit`, so both train the same model bit for bit.
+    from ``cfg.init``. ``cfg.threads`` (None: unchanged) holds while it is built, while :meth:`run` trains
+    and while :meth:`load_state_dict` restores, as in :func:`fit` and a run folder, so all train the same
+    model bit for bit.
     :meth:`state_dict`/:meth:`load_state_dict` hold everything needed to continue exactly (this rank's rows
     of the per-image state).
     """
@@ -201,7 +202,9 @@ class Fit:
         if state.get("glo") is not None and self.glo is not None:
             self.glo.load_state_dict(state["glo"])
         if state.get("imle") is not None:
-            (self.imle if self.pixel else self._imle_trainer()).load_state_dict(state["imle"])
+            # on cfg.threads, as the stage's start: the codes' whitening is computed anew here
+            with intra_op_threads(self.cfg.threads or None):
+                (self.imle if self.pixel else self._imle_trainer()).load_state_dict(state["imle"])
 
     def gather_tallies(self) -> None:
         """Collective: see :meth:`~.loop.StageTrainer.gather_tally` (before a checkpoint of the state)."""
