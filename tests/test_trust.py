@@ -190,9 +190,9 @@ def _as_v01(run: Path, **changes: object) -> None:
     (ckpt.checkpoint_dir(run) / "manifest.json").write_text(json.dumps({**manifest, "format": 1}))
 
 
-def _files(run: Path) -> dict[Path, bytes]:
-    """Every file of ``run`` and its bytes, but the lock file a writer leaves (its pid)."""
-    return {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+def _files(run: Path, lock: bool = False) -> dict[Path, bytes]:
+    """Every file of ``run`` and its bytes (without ``lock``, not the lock file a writer leaves: its pid)."""
+    return {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and (lock or p.name != ".lock")}
 
 
 def test_upgrade_asks_for_trust_only_where_it_unpickles(finished, tmp_path, capsys):
@@ -204,12 +204,20 @@ def test_upgrade_asks_for_trust_only_where_it_unpickles(finished, tmp_path, caps
     assert main(["upgrade", "--run", str(run)]) == 0
     assert "nothing to upgrade" in capsys.readouterr().out
     assert _files(run) == files
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(
+        json.dumps({**config, "extra": {}})
+    )  # 0.1's config, no pickles: no trust
+    assert main(["upgrade", "--run", str(run)]) == 0
+    assert "config.json (0.1's fields pinned)" in capsys.readouterr().out  # it said "nothing to upgrade"
+    assert json.loads((run / "config.json").read_text()) == config
     _as_v01(run, betas=[0.6, 0.99])
+    (run / ".lock").unlink()
     stale = run / "config.json.abcd1234.tmp"
     stale.write_text("x")
-    files = _files(run)
+    files = _files(run, lock=True)
     assert "--trust-pickle" in _one_line_error(capsys, "upgrade", "--run", str(run))
-    assert _files(run) == files
+    assert _files(run, lock=True) == files  # not even a lock file (the check ran inside the lock once)
 
 
 def test_upgrade_converts_a_v01_run_that_then_loads_and_resumes(finished, tmp_path, capsys):

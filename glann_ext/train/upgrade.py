@@ -37,19 +37,15 @@ def upgrade_run(
         raise RunFolderError(
             f"{run}: not a glann run folder (none of {', '.join(ckpt.RUN_MARKERS)} in it); nothing to upgrade"
         )
+    _check_trust(run, trust_pickle)  # before the lock: a refusal leaves the folder as it was
     done = []
     with FolderLock(run):
+        _check_trust(run, trust_pickle)  # what the lock now holds still (nothing unpickled untrusted)
         manifest = ckpt.read_manifest_object(run)
         old_checkpoint = manifest is not None and manifest.get("format") == 1
-        # only 0.1's pickles need trust: a run with none (a current one) is not asked for it
-        if (old_checkpoint or (run / ckpt.LEGACY_MODEL_FILE).exists()) and not trust_pickle:
-            raise UsageError(
-                f"{run}: converting glann_ext 0.1 files means unpickling them, which runs any code planted in "
-                "them; pass --trust-pickle if these files are your own"
-            )
         remove_stale_temps(run)
-        if (run / CONFIG_FILE).exists():
-            _upgrade_config(run / CONFIG_FILE)
+        if (run / CONFIG_FILE).exists() and _upgrade_config(run / CONFIG_FILE):
+            done.append(f"{CONFIG_FILE} (0.1's fields pinned)")
         if old_checkpoint:
             _upgrade_checkpoint(run, manifest)
             done.append(f"{ckpt.CHECKPOINT_DIR}/ (format 1 -> {ckpt.FORMAT_VERSION})")
@@ -62,13 +58,30 @@ def upgrade_run(
     return done
 
 
-def _upgrade_config(path: Path) -> None:
+def _check_trust(run: Path, trust_pickle: bool) -> None:
+    """UsageError unless ``trust_pickle`` where ``run`` holds a 0.1 file that converting means unpickling
+    (model.pt or a format-1 checkpoint); a run without one (a current run) is not asked for trust."""
+    manifest = ckpt.read_manifest_object(run)
+    pickles = (manifest is not None and manifest.get("format") == 1) or (
+        run / ckpt.LEGACY_MODEL_FILE
+    ).exists()
+    if pickles and not trust_pickle:
+        raise UsageError(
+            f"{run}: converting glann_ext 0.1 files means unpickling them, which runs any code planted in "
+            "them; pass --trust-pickle if these files are your own"
+        )
+
+
+def _upgrade_config(path: Path) -> bool:
     """Drops 0.1's unused "extra" and pins the 0.1 behaviour of fields added since with other defaults
-    (:func:`~glann_ext.train.config.saved_config`)."""
+    (:func:`~glann_ext.train.config.saved_config`); whether the file changed (a current run's is left as it
+    is)."""
     saved = read_config_object(path, run_file=True)
     upgraded = saved_config({k: v for k, v in saved.items() if k != "extra"})
-    if upgraded.to_dict() != saved:  # a current run's config is left as it is
-        upgraded.to_json(path)
+    if upgraded.to_dict() == saved:
+        return False
+    upgraded.to_json(path)
+    return True
 
 
 def _unpickle(path: Path) -> Any:
