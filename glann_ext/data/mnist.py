@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import urllib.request
@@ -83,12 +82,15 @@ def md5(path: Path) -> str:
     return h.hexdigest()
 
 
-def _discard(part: Path, made: Path | None) -> None:
-    """A failed download's partial file, and the folder it made for it when nothing else is in it."""
+def _discard(part: Path, made: list[Path]) -> None:
+    """A failed download's partial file, and the folders it made for it (deepest first) that nothing else
+    has come to fill."""
     part.unlink(missing_ok=True)
-    if made is not None:
-        with contextlib.suppress(OSError):  # not empty (another download's file): kept
-            made.rmdir()
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another download's file): kept, and so its parents
+            return
 
 
 def download(name: str, fname: str, dest_dir: Path = CACHE_DIR) -> Path:
@@ -97,7 +99,7 @@ def download(name: str, fname: str, dest_dir: Path = CACHE_DIR) -> Path:
 
     base, sums = SOURCES[name]
     out_dir = dest_dir / name
-    made = not out_dir.exists()
+    made = [d for d in (out_dir, *out_dir.parents) if not d.exists()]  # the folders this call creates
     out_dir.mkdir(parents=True, exist_ok=True)
     dest = out_dir / fname
     tmp = dest.with_suffix(dest.suffix + ".part")
@@ -109,14 +111,14 @@ def download(name: str, fname: str, dest_dir: Path = CACHE_DIR) -> Path:
                     out.write(block)
                     bar.update(len(block))
     except OSError as exc:
-        _discard(tmp, out_dir if made else None)
+        _discard(tmp, made)
         looked = [out_dir] if dest_dir != CACHE_DIR else candidate_dirs(name)
         raise DataError(
             f"{name}: files not found locally ({', '.join(map(str, looked))}) and download of {base + fname} "
             f"into {out_dir} failed ({exc}); put the IDX files in --data-root, or set {ENV_VAR}"
         ) from exc
     if md5(tmp) != sums[fname]:
-        _discard(tmp, out_dir if made else None)
+        _discard(tmp, made)
         raise DataError(f"{base + fname}: checksum mismatch (expected MD5 {sums[fname]}); download discarded")
     os.replace(tmp, dest)
     return dest
