@@ -343,7 +343,8 @@ def _add_upgrade(sub) -> None:
     u.add_argument("--run", required=True, help="run folder")
     u.add_argument(
         "--trust-pickle", action="store_true",
-        help="required: the old files are unpickled to convert them, which runs any code planted in them",
+        help="needed for a run holding 0.1's model.pt or checkpoint: they are unpickled to convert them, which "
+        "runs any code planted in them",
     )  # fmt: skip
 
 
@@ -525,9 +526,7 @@ def _check_grid_channels(model: Any, command: str) -> None:
     channels = model.image_shape[0]
     if channels not in (1, 3):
         npy = "; write --npy instead" if command == "sample" else ""
-        raise CLIError(
-            f"{command}: the model makes {channels}-channel images, a grid image needs 1 or 3{npy}"
-        )
+        raise CLIError(f"the model makes {channels}-channel images, a grid image needs 1 or 3{npy}")
 
 
 def _npy_path(flag: str, value: str | None) -> Path | None:
@@ -555,8 +554,8 @@ def _grid_path(flag: str, value: str | None, default: str | None = None) -> str 
     if value is None:
         if default is not None and os.path.lexists(default) and not written_here(default):
             raise CLIError(
-                f"{default} in the current folder is not a grid glann wrote; name the file to write with {flag} "
-                "(a file named there is replaced)"
+                f"{default} in the current folder carries no glann tag (a file of yours, or a grid of glann before "
+                f"0.3.2): name the file to write with {flag} ({flag} {default} replaces it)"
             )
         value = default
     if value is None:

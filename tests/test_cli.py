@@ -737,11 +737,14 @@ def test_grids_of_a_model_of_other_than_1_or_3_channels_are_refused_before_sampl
     grid, npy = tmp_path / "g.png", tmp_path / "s.npy"
     assert main(["sample", "--run", str(path), "-n", "2", "--grid", str(grid)]) == 2
     assert (
-        "sample: the model makes 4-channel images, a grid image needs 1 or 3; write --npy"
+        "sample: error: the model makes 4-channel images, a grid image needs 1 or 3; write --npy"
         in capsys.readouterr().err
     )
     assert main(["interpolate", "--run", str(path), "--grid", str(grid)]) == 2
-    assert "interpolate: the model makes 4-channel images" in capsys.readouterr().err and not grid.exists()
+    assert (
+        "interpolate: error: the model makes 4-channel images" in capsys.readouterr().err
+        and not grid.exists()
+    )
     assert main(["sample", "--run", str(path), "-n", "2", "--npy", str(npy)]) == 0
     assert np.load(npy).shape == (2, 4, 16, 16)
 
@@ -955,7 +958,10 @@ def test_invert_of_a_model_of_other_than_1_or_3_channels_is_refused_before_loadi
     codes = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
     path = save_model(GLANN(G, codes, MLP(4, 8, hidden=8, layers=1), ops=OPS), tmp_path / "rgba.safetensors")
     assert main(["invert", "--run", str(path), "--images", data_file, "--grid", str(tmp_path / "v.png")]) == 2
-    assert "invert: the model makes 4-channel images, a grid image needs 1 or 3" in capsys.readouterr().err
+    assert (
+        "invert: error: the model makes 4-channel images, a grid image needs 1 or 3"
+        in capsys.readouterr().err
+    )
 
 
 def test_train_points_out_grey_images_read_as_rgb(tmp_path, capsys):
@@ -1034,8 +1040,8 @@ def test_a_default_grid_never_replaces_a_file_glann_did_not_write(
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert (
-            f"{name} in the current folder is not a grid glann wrote; name the file to write with --grid"
-            in err
+            f"{name} in the current folder carries no glann tag (a file of yours, or a grid of glann before 0.3.2): "
+            f"name the file to write with --grid (--grid {name} replaces it)" in err
         )
         assert mine.read_bytes().endswith(b"user's own")
         assert main([*argv, "--grid", name]) == 0  # named: replaced
