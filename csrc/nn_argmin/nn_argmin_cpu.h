@@ -11,8 +11,8 @@ namespace nn_cpu {
 
 // The kernels of one element type T (float: float32 inputs, double: float64 inputs). Scores are kept
 // halved inside a block (||k||^2 / 2 - q.k) and written back as ||k||^2 - 2 q.k. The halving is exact but
-// for subnormal squared norms (below 2^-126 in float32), which round by one subnormal step: keys that near
-// a query may tie (to the lower index) where an unhalved score would not (documented in nn_argmin.py).
+// for squared norms below 2^-125 in float32 (2^-1021 in float64), whose halves are subnormal and round by one
+// step: keys that near a query may tie (to the lower index) where an unhalved score would not (nn_argmin.py).
 template <typename T>
 struct TypedKernels {
   int panel_keys;  // keys per packed panel (NR)
