@@ -1215,6 +1215,25 @@ def test_prdc_does_not_depend_on_how_the_expansion_rounds(monkeypatch, sign):
     assert prdc(torch.from_numpy(x), torch.from_numpy(y)) == _brute_prdc(x, y)
 
 
+def test_radii_and_prdc_of_tight_clusters_far_apart_match_brute_force():
+    """Neighbours closer together than the expansion's rounding: the k + 1 nearest by the expansion were the
+    only candidates, so a radius could be another point's (all 200 wrong, up to 2.2x; PRDC density 17.05
+    against 1.019: found by a review). Every candidate the expansion cannot tell from the (k + 1)-th counts
+    now, and identical rows (a set of copies) are at 0 without a subtraction."""
+    from glann_ext.metrics import knn
+
+    rng = np.random.default_rng(0)
+    centres = np.where(np.arange(200)[:, None] < 100, 1000.0, -1000.0) * np.ones((1, 16))
+    x = centres + rng.normal(size=(200, 16)) * 1e-6  # mean about 0: centring the sets does not help
+    y = centres + rng.normal(size=(200, 16)) * 1e-6
+    want = np.sort(_brute_dist(x, x), 1)[:, 3]
+    got = knn.knn_radii(torch.from_numpy(x), 3, tile_bytes=1)
+    torch.testing.assert_close(got, torch.from_numpy(want), rtol=1e-9, atol=0)  # numpy sums in another order
+    assert prdc(torch.from_numpy(x), torch.from_numpy(y)) == _brute_prdc(x, y)
+    same = torch.from_numpy(np.repeat(x[:3], 40, axis=0))  # copies only
+    assert torch.equal(knn.knn_radii(same, 5), torch.zeros(120, dtype=torch.float64))
+
+
 @pytest.mark.parametrize(("offset", "spread"), [(1e5, 1e-2), (1e8, 1.0)])
 def test_all_four_prdc_values_match_brute_force_on_far_offset_sets(offset, spread):
     """The radii and ball counts expand |a - b|^2 as |a|^2 + |b|^2 - 2 a.b: far from the origin that loses

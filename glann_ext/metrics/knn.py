@@ -46,12 +46,24 @@ def _rounding(q_sq: torch.Tensor, key_sq: torch.Tensor, d: int) -> torch.Tensor:
     return (q_sq + top).unsqueeze(1) * (max(d, 2) * 2.0**-50)
 
 
-def _direct_sq(a: torch.Tensor, b: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-    """``sum((a[i] - b[j])^2)`` for the index pairs ``(i, j)``, float64, in chunks of about 16 MB."""
-    out = torch.empty(len(i), dtype=torch.float64)
+def _row_ids(*sets: torch.Tensor) -> list[torch.Tensor]:
+    """An id for every row of each of ``sets``, the same exactly where two rows (of any of them) are equal:
+    such pairs are at distance 0 without a subtraction (a set of 20,000 identical rows has 4e8 of them)."""
+    _, ids = torch.unique(torch.cat(sets), dim=0, return_inverse=True)
+    return list(ids.split([len(x) for x in sets]))
+
+
+def _direct_sq(
+    a: torch.Tensor, b: torch.Tensor, i: torch.Tensor, j: torch.Tensor, same: torch.Tensor
+) -> torch.Tensor:
+    """``sum((a[i] - b[j])^2)`` for the index pairs ``(i, j)``, float64 (0 where ``same``: equal rows), in
+    chunks of about 16 MB."""
+    out = torch.zeros(len(i), dtype=torch.float64)
+    todo = (~same).nonzero().squeeze(1)
     step = max(1, (2 << 20) // max(1, a.shape[1]))
-    for s in range(0, len(i), step):
-        out[s : s + step] = (a[i[s : s + step]] - b[j[s : s + step]]).square_().sum(1)
+    for s in range(0, len(todo), step):
+        at = todo[s : s + step]
+        out[at] = (a[i[at]] - b[j[at]]).square_().sum(1)
     return out
 
 
@@ -72,18 +84,35 @@ def knn_radii(
     n = x.shape[0]
     if n < k + 1:
         raise ValueError(f"{name} must have at least k + 1 = {k + 1} rows for k={k}, got {n}")
-    sq = (x * x).sum(1)
+    sq, (ids,) = (x * x).sum(1), _row_ids(x)
     rows = _rows_per_tile(n, tile_bytes)
     out = torch.empty(n, dtype=torch.float64)
     for start in range(0, n, rows):
         d2 = _expanded_sq(x[start : start + rows], x, sq)
-        t = torch.arange(d2.shape[0])
-        d2[t, t + start] = 0.0  # the point itself, first (it is 0 exactly)
-        near = d2.topk(k + 1, dim=1, largest=False).indices  # (t, k + 1), ranked by the expansion
-        own = (t + start).unsqueeze(1).expand_as(near)
-        exact = _direct_sq(x, x, own.reshape(-1), near.reshape(-1)).view_as(near.double())
-        out[start : start + rows] = exact.kthvalue(k + 1, dim=1).values.sqrt_()
+        own = torch.arange(start, start + d2.shape[0])
+        d2[own - start, own] = 0.0  # the point itself, first (it is 0 exactly)
+        out[start : start + rows] = _tile_radii(x, sq, ids, own, d2, k)
     return out
+
+
+def _tile_radii(
+    x: torch.Tensor, sq: torch.Tensor, ids: torch.Tensor, own: torch.Tensor, d2: torch.Tensor, k: int
+) -> torch.Tensor:
+    """The radii of rows ``own`` of ``x`` from their expanded squared distances ``d2`` to every row: the
+    (k + 1)-th smallest direct distance among the candidates, every row the expansion cannot tell from the
+    (k + 1)-th nearest (each of two expanded distances is off by at most the bound). Usually these are just
+    the k + 1 nearest by the expansion; a row with more (near ties) is decided among all of its own."""
+    near = d2.topk(k + 1, dim=1, largest=False)
+    i, j = own.repeat_interleave(k + 1), near.indices.reshape(-1)
+    radius = _direct_sq(x, x, i, j, ids[i] == ids[j]).view(-1, k + 1).amax(1)
+    candidates = d2 <= near.values[:, k:] + 2 * _rounding(sq[own], sq, x.shape[1])
+    tied = (candidates.sum(1) > k + 1).nonzero().squeeze(1)
+    if len(tied):
+        i, j = candidates[tied].nonzero(as_tuple=True)
+        dense = torch.full((len(tied), x.shape[0]), float("inf"), dtype=torch.float64)
+        dense[i, j] = _direct_sq(x, x, own[tied[i]], j, ids[own[tied[i]]] == ids[j])
+        radius[tied] = dense.topk(k + 1, dim=1, largest=False).values[:, k]
+    return radius.sqrt_()
 
 
 def ball_membership_counts(
@@ -115,6 +144,7 @@ def ball_membership_counts(
     # a pair the expansion puts within its rounding of the boundary is decided by the direct distance, the
     # one knn_radii takes its radii from: an exact copy of a centre's k-th neighbour lies on its boundary
     sq, c_sq = (q * q).sum(1), (c * c).sum(1)
+    c_ids, q_ids = _row_ids(c, q)
     rows = _rows_per_tile(q.shape[0], tile_bytes)
     out = torch.zeros(q.shape[0], dtype=torch.int64)
     for start in range(0, c.shape[0], rows):
@@ -123,7 +153,7 @@ def ball_membership_counts(
         inside = d2 < rad * rad if strict else d2 <= rad * rad
         unsure = d2.sub_(rad * rad).abs_() <= _rounding(c_sq[start : start + rows], sq, q.shape[1])
         i, j = unsure.nonzero(as_tuple=True)
-        d = _direct_sq(c, q, i + start, j).sqrt_()
+        d = _direct_sq(c, q, i + start, j, c_ids[i + start] == q_ids[j]).sqrt_()
         inside[i, j] = d < rad[i, 0] if strict else d <= rad[i, 0]
         out += inside.sum(0)
     return out
@@ -140,14 +170,16 @@ def nearest_distances(
     check_squarable("rows", x)
     check_squarable("keys", y)
     sq, x_sq = (y * y).sum(1), (x * x).sum(1)
+    x_ids, y_ids = _row_ids(x, y)
     step = _rows_per_tile(y.shape[0], tile_bytes)
     out = torch.empty(x.shape[0], dtype=torch.float64)
     for start in range(0, x.shape[0], step):
         d2 = _expanded_sq(x[start : start + step], y, sq)
         least = d2.min(1, keepdim=True).values
-        # every key the expansion cannot tell from the nearest: the least direct distance among them
-        i, j = (d2 <= least + _rounding(x_sq[start : start + step], sq, y.shape[1])).nonzero(as_tuple=True)
+        # every key the expansion cannot tell from the nearest (two distances' errors): the least direct one
+        tol = 2 * _rounding(x_sq[start : start + step], sq, y.shape[1])
+        i, j = (d2 <= least + tol).nonzero(as_tuple=True)
         best = torch.full((d2.shape[0],), float("inf"), dtype=torch.float64)
-        best.scatter_reduce_(0, i, _direct_sq(x, y, i + start, j), "amin")
+        best.scatter_reduce_(0, i, _direct_sq(x, y, i + start, j, x_ids[i + start] == y_ids[j]), "amin")
         out[start : start + step] = best.sqrt_()
     return out

@@ -10,9 +10,10 @@ With ``NND_k(x)`` the distance from ``x`` to its k-th nearest other point of its
 
 Identical sets without duplicate rows give precision = recall = coverage = 1 and density = 1 exactly (each
 point's open ball holds itself and its k - 1 nearer neighbours; with duplicates a radius can be 0 and its open
-ball empty). Every distance, coverage's nearest fake included, is the same expanded float64 distance the
-radii are ranked with, on data shifted by the real set's mean rounded to a power-of-two grid (exact for data
-on a grid), so a point exactly on a boundary is decided by the rule above, not by rounding.
+ball empty). Every distance that decides, the radii and coverage's nearest fake included, is the direct
+float64 ``sum((a - b)^2)`` (:mod:`~glann_ext.metrics.knn` ranks by a matrix product first), on data shifted by
+the real set's mean rounded to a power-of-two grid (exact for data on a grid), so a point exactly on a
+boundary is decided by the rule above, not by rounding.
 
 ``tile_bytes`` bounds one tile of the distance matrix, but a tile holds at least
 :data:`~glann_ext.metrics.knn.MIN_TILE_ROWS` rows (past about 65,000 points of the other set it takes more).
