@@ -209,7 +209,9 @@ def test_upgrade_asks_for_trust_only_where_it_unpickles(finished, tmp_path, caps
         json.dumps({**config, "extra": {}})
     )  # 0.1's config, no pickles: no trust
     assert main(["upgrade", "--run", str(run)]) == 0
-    assert "config.json (0.1's fields pinned)" in capsys.readouterr().out  # it said "nothing to upgrade"
+    assert (
+        "config.json (the old behaviour of fields it lacked kept)" in capsys.readouterr().out
+    )  # it said "nothing to upgrade"
     assert json.loads((run / "config.json").read_text()) == config
     _as_v01(run, betas=[0.6, 0.99])
     (run / ".lock").unlink()

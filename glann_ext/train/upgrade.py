@@ -45,7 +45,7 @@ def upgrade_run(
         old_checkpoint = manifest is not None and manifest.get("format") == 1
         remove_stale_temps(run)
         if (run / CONFIG_FILE).exists() and _upgrade_config(run / CONFIG_FILE):
-            done.append(f"{CONFIG_FILE} (0.1's fields pinned)")
+            done.append(f"{CONFIG_FILE} (the old behaviour of fields it lacked kept)")
         if old_checkpoint:
             _upgrade_checkpoint(run, manifest)
             done.append(f"{ckpt.CHECKPOINT_DIR}/ (format 1 -> {ckpt.FORMAT_VERSION})")
