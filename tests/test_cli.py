@@ -1019,20 +1019,11 @@ def test_a_default_grid_never_replaces_a_file_glann_did_not_write(
     folder by default, and replaced a user's own file of that name without a word (found by a review). A grid
     of ours (a PNG tagged Software = glann_ext) is replaced as before; a file the user names is replaced."""
     monkeypatch.chdir(tmp_path)
+    inverting = ["invert", "--run", str(run_dir), "--images", data_file]
     commands = {
         "samples.png": ["sample", "--run", str(run_dir), "-n", "4"],
         "interpolation.png": ["interpolate", "--run", str(run_dir), "--rows", "1", "--steps", "2"],
-        "inverted.png": [
-            "invert",
-            "--run",
-            str(run_dir),
-            "--images",
-            data_file,
-            "--limit",
-            "2",
-            "--steps",
-            "1",
-        ],
+        "inverted.png": [*inverting, "--limit", "2", "--steps", "1"],
     }
     for name, argv in commands.items():
         mine = tmp_path / name

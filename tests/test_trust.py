@@ -205,13 +205,10 @@ def test_upgrade_asks_for_trust_only_where_it_unpickles(finished, tmp_path, caps
     assert "nothing to upgrade" in capsys.readouterr().out
     assert _files(run) == files
     config = json.loads((run / "config.json").read_text())
-    (run / "config.json").write_text(
-        json.dumps({**config, "extra": {}})
-    )  # 0.1's config, no pickles: no trust
+    # 0.1's config and no pickles: no trust asked, and the rewrite is reported (it said "nothing to upgrade")
+    (run / "config.json").write_text(json.dumps({**config, "extra": {}}))
     assert main(["upgrade", "--run", str(run)]) == 0
-    assert (
-        "config.json (the old behaviour of fields it lacked kept)" in capsys.readouterr().out
-    )  # it said "nothing to upgrade"
+    assert "config.json (the old behaviour of fields it lacked kept)" in capsys.readouterr().out
     assert json.loads((run / "config.json").read_text()) == config
     _as_v01(run, betas=[0.6, 0.99])
     (run / ".lock").unlink()
