@@ -299,7 +299,11 @@ def test_an_array_of_oblong_images_is_resized_and_cropped_as_a_folder_of_them_is
                 assert torch.equal(got, want), (array, size)
             nchw = torch.from_numpy(u).permute(0, 3, 1, 2) / 255
             assert torch.equal(convert_images(nchw, size, channels), want)
-        with pytest.raises(DataError, match=rf"must be square, got {shape[1]} x {shape[2]} .*--image-size"):
+        with pytest.raises(
+            DataError,
+            match=rf"must be square, got {shape[1]} x {shape[2]} \(height x width\) from an array of shape "
+            rf"\({', '.join(map(str, shape))}\) read as \(N, H, W, C\); set the image size \(--image-size\)",
+        ):  # the shape as given (it showed the shape after moving the channels first)
             load_images(str(tmp_path / f"{name}.npy"))
 
 

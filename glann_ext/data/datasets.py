@@ -306,15 +306,16 @@ def _fingerprint(dataset: str, rows: list[Path] | np.ndarray) -> dict[str, Any]:
 def _convert(
     arr: np.ndarray, source: str, image_size: int | None, channels: int | None, file_values: FileValues = None
 ) -> torch.Tensor:
-    arr = _to_nchw(arr, source)
+    given, arr = arr.shape, _to_nchw(arr, source)
     if 0 in arr.shape[1:]:
         raise DataError(f"{source}: images of shape {tuple(arr.shape[1:])} hold no pixels")
     if arr.shape[-1] != arr.shape[-2] and image_size is None:
         h, w = arr.shape[-2:]
+        layout = "(N, H, W)" if len(given) == 3 else "(N, C, H, W)" if given == arr.shape else "(N, H, W, C)"
         raise DataError(
             f"{source}: images must be square, got {h} x {w} (height x width) from an array of shape "
-            f"{tuple(arr.shape)} read as (N, C, H, W); set the image size (--image-size) to resize and "
-            "centre-crop them, as a folder's images are"
+            f"{tuple(given)} read as {layout}; set the image size (--image-size) to resize and centre-crop "
+            "them, as a folder's images are"
         )
     if channels is not None and arr.shape[1] != channels and {arr.shape[1], channels} != {1, 3}:
         raise DataError(f"{source}: cannot convert {arr.shape[1]} channels to {channels}")
