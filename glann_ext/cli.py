@@ -553,9 +553,13 @@ def _grid_path(flag: str, value: str | None, default: str | None = None) -> str 
 
     if value is None:
         if default is not None and os.path.lexists(default) and not written_here(default):
+            what = (
+                "is a link" if os.path.islink(default) else "is a folder" if os.path.isdir(default)
+                else "carries no glann tag (a file of yours, or a grid of glann before 0.3.2)"
+            )  # fmt: skip
             raise CLIError(
-                f"{default} in the current folder carries no glann tag (a file of yours, or a grid of glann before "
-                f"0.3.2): name the file to write with {flag} ({flag} {default} replaces it)"
+                f"{default} in the current folder {what}: name the file to write with {flag} "
+                f"({flag} {default} replaces a file)"
             )
         value = default
     if value is None:

@@ -1032,10 +1032,19 @@ def test_a_default_grid_never_replaces_a_file_glann_did_not_write(
         err = capsys.readouterr().err
         assert (
             f"{name} in the current folder carries no glann tag (a file of yours, or a grid of glann before 0.3.2): "
-            f"name the file to write with --grid (--grid {name} replaces it)" in err
+            f"name the file to write with --grid (--grid {name} replaces a file)" in err
         )
         assert mine.read_bytes().endswith(b"user's own")
         assert main([*argv, "--grid", name]) == 0  # named: replaced
         first = mine.read_bytes()
         assert main(argv) == 0 and mine.read_bytes() == first  # ours now: replaced by the same grid
         capsys.readouterr()
+    for name, argv in commands.items():  # a link (to one of our grids) or a folder is never replaced
+        (tmp_path / name).unlink()
+        (tmp_path / name).symlink_to(
+            tmp_path / ("interpolation.png" if name == "samples.png" else "samples.png")
+        )
+        assert main(argv) == 2 and f"{name} in the current folder is a link:" in capsys.readouterr().err
+        (tmp_path / name).unlink()
+        (tmp_path / name).mkdir()
+        assert main(argv) == 2 and f"{name} in the current folder is a folder:" in capsys.readouterr().err

@@ -302,7 +302,7 @@ def test_an_array_of_oblong_images_is_resized_and_cropped_as_a_folder_of_them_is
         with pytest.raises(
             DataError,
             match=rf"must be square, got {shape[1]} x {shape[2]} \(height x width\) from an array of shape "
-            rf"\({', '.join(map(str, shape))}\) read as \(N, H, W, C\); set the image size \(--image-size\)",
+            rf"\({', '.join(map(str, shape))}\) read as \(N, H, W, C\); set the image size \(image_size, --image-size\)",
         ):  # the shape as given (it showed the shape after moving the channels first)
             load_images(str(tmp_path / f"{name}.npy"))
 

@@ -314,7 +314,7 @@ def _convert(
         layout = "(N, H, W)" if len(given) == 3 else "(N, C, H, W)" if given == arr.shape else "(N, H, W, C)"
         raise DataError(
             f"{source}: images must be square, got {h} x {w} (height x width) from an array of shape "
-            f"{tuple(given)} read as {layout}; set the image size (--image-size) to resize and centre-crop "
+            f"{tuple(given)} read as {layout}; set the image size (image_size, --image-size) to resize and centre-crop "
             "them, as a folder's images are"
         )
     if channels is not None and arr.shape[1] != channels and {arr.shape[1], channels} != {1, 3}:
