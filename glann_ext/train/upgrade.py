@@ -40,8 +40,7 @@ def upgrade_run(
     _check_trust(run, trust_pickle)  # before the lock: a refusal leaves the folder as it was
     done = []
     with FolderLock(run):
-        _check_trust(run, trust_pickle)  # what the lock now holds still (nothing unpickled untrusted)
-        manifest = ckpt.read_manifest_object(run)
+        manifest = _check_trust(run, trust_pickle)  # what the lock now holds (nothing unpickled untrusted)
         old_checkpoint = manifest is not None and manifest.get("format") == 1
         remove_stale_temps(run)
         if (run / CONFIG_FILE).exists() and _upgrade_config(run / CONFIG_FILE):
@@ -58,9 +57,10 @@ def upgrade_run(
     return done
 
 
-def _check_trust(run: Path, trust_pickle: bool) -> None:
+def _check_trust(run: Path, trust_pickle: bool) -> dict[str, Any] | None:
     """UsageError unless ``trust_pickle`` where ``run`` holds a 0.1 file that converting means unpickling
-    (model.pt or a format-1 checkpoint); a run without one (a current run) is not asked for trust."""
+    (model.pt or a format-1 checkpoint); a run without one (a current run) is not asked for trust. Returns
+    the checkpoint manifest it read (None without one)."""
     manifest = ckpt.read_manifest_object(run)
     pickles = (manifest is not None and manifest.get("format") == 1) or (
         run / ckpt.LEGACY_MODEL_FILE
@@ -70,6 +70,7 @@ def _check_trust(run: Path, trust_pickle: bool) -> None:
             f"{run}: converting glann_ext 0.1 files means unpickling them, which runs any code planted in "
             "them; pass --trust-pickle if these files are your own"
         )
+    return manifest
 
 
 def _upgrade_config(path: Path) -> bool:
