@@ -187,6 +187,11 @@ def _option(name: str, flags: bool) -> str:
     return f"--{name}" if flags else f"{name.replace('-', '_')}="
 
 
+def _sampler_named(value: str, flags: bool) -> str:
+    """How an error names the sampler ``value``: the command's ``--sampler glann``, or ``sampler='glann'``."""
+    return f"--sampler {value}" if flags else f"sampler={value!r}"
+
+
 def apply_sampling(
     model,
     sampler: str,
@@ -204,8 +209,9 @@ def apply_sampling(
         options = (("noise-scale", noise_scale), ("spread", spread), ("local-spread", local_spread))
         for name, value in options:
             if value is not None:
-                baseline = "--sampler gaussian" if flags else "sampler='gaussian'"
-                raise UsageError(f"{_option(name, flags)} applies to T's samples; {baseline} has no T")
+                raise UsageError(
+                    f"{_option(name, flags)} applies to T's samples; {_sampler_named('gaussian', flags)} has no T"
+                )
     if noise_scale is not None:
         model.set_noise_scale(noise_scale)
     if sampler == "plain" and local_spread is None and hasattr(model, "set_local_spread"):
@@ -230,20 +236,16 @@ def _check_sampler(model, sampler: str, flags: bool = True) -> None:
     pixel = not isinstance(model, GLANN)
     if sampler not in ("glann", "plain", "gaussian"):
         raise UsageError(f"sampler must be 'glann', 'plain' or 'gaussian', got {sampler!r}")
-
-    def named(value: str) -> str:
-        return f"--sampler {value}" if flags else f"sampler={value!r}"
-
-    what = "run" if flags else "model"
+    what, named = ("run" if flags else "model"), _sampler_named(sampler, flags)
     if sampler == "gaussian" and pixel:
         raise UsageError(
-            f"{named(sampler)}: this is a pixel-space IMLE {what} (no GLO codes to fit a Gaussian to); use "
-            f"{named('glann')}"
+            f"{named}: this is a pixel-space IMLE {what} (no GLO codes to fit a Gaussian to); use "
+            f"{_sampler_named('glann', flags)}"
         )
     if sampler != "gaussian" and not pixel and model.T is None:
         raise UsageError(
-            f"{named(sampler)}: this {what} has no IMLE mapping yet (GLO stage only); train the IMLE stage or "
-            f"use {named('gaussian')}"
+            f"{named}: this {what} has no IMLE mapping yet (GLO stage only); train the IMLE stage or use "
+            f"{_sampler_named('gaussian', flags)}"
         )
 
 
