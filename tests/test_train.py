@@ -1004,6 +1004,28 @@ def test_rs_imle_matches_only_draws_away_from_every_target():
         TrainConfig(imle_reject_radius=-1.0).validate()
 
 
+def test_rs_imle_stops_with_a_clear_error_when_it_rejects_every_draw():
+    """Every draw rejected: all targets tied on the far point and were matched to draw 0, which the epoch then
+    pulled onto every target, silently. Now the run stops, naming the field and the farthest draw."""
+    torch.manual_seed(0)
+    targets = reference.project_to_sphere_reference(torch.randn(40, 5))
+    cfg = TrainConfig(noise_dim=3, imle_reject_radius=3.0)  # unit-sphere targets: every output within 3
+    trainer = IMLETrainer(targets, MLP(3, 5, 16, 2), cfg, get_ops(OPS))
+    outputs = trainer.generate(trainer.noise(range(trainer.num_noise), 0)).double()
+    farthest = torch.cdist(outputs, targets.double()).min(1).values.max().item()
+    assert farthest < 3.0
+    with pytest.raises(ConfigError) as caught:
+        trainer.match(epoch=0)
+    assert caught.value.field == "imle_reject_radius"
+    assert str(caught.value) == (
+        f"config field imle_reject_radius 3 rejects all 80 draws of IMLE epoch 0: every output lies within it "
+        f"of a target (the farthest {farthest:.4g} away, in the matching space); lower it"
+    )
+    trainer.cfg = dataclasses.replace(cfg, imle_reject_radius=farthest * 0.999)  # one draw survives: no error
+    _, idx, _ = trainer.match(epoch=0)
+    assert len(idx.unique()) == 1 and trainer.last_rejected == 79 / 80
+
+
 def test_adaptive_imle_keeps_matches_until_a_target_is_fitted():
     torch.manual_seed(0)
     targets = reference.project_to_sphere_reference(torch.randn(90, 4))
@@ -1028,8 +1050,19 @@ def test_adaptive_imle_keeps_matches_until_a_target_is_fitted():
     assert torch.equal(rematched, fitted)  # exactly the fitted targets were matched anew (staleness 1)
     assert torch.equal(trainer.matched_noise[~rematched], kept[~rematched])  # the others kept theirs
     assert torch.equal(trainer.matched_noise[rematched], trainer.noise(new, 1))
+    # a fitted target's new bar is (1 - gamma) x the distance its sample had reached (the paper's code), so it
+    # only falls; it came from the fresh match's distance, which loosened 44% of the bars in a review's run
+    shrink = 1 - cfg.imle_adaptive_shrink
+    torch.testing.assert_close(trainer.threshold[fitted], current[fitted] * shrink, rtol=1e-5, atol=0)
+    assert (trainer.threshold[fitted] < threshold[fitted]).all()
+    assert torch.equal(trainer.threshold[~fitted], threshold[~fitted])
     for _ in range(3):
+        before = trainer.threshold.clone()
+        reached = ((trainer.generate(trainer.matched_noise) - targets) ** 2).sum(1)
         run_epoch(trainer)
+        again = trainer.since_match == 0
+        torch.testing.assert_close(trainer.threshold[again], reached[again] * shrink, rtol=1e-5, atol=0)
+        assert torch.equal(trainer.threshold[~again], before[~again])
     assert (trainer.since_match < 3).all()  # nobody keeps a match past imle_force_rematch
     assert trainer.threshold.min() >= 0
     with pytest.raises(ConfigError, match="imle_adaptive needs imle_match"):

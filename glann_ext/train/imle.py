@@ -187,7 +187,7 @@ class IMLETrainer(StageTrainer):
         samples = self.generate(noise).reshape(hi - lo, -1)
         targets = self._flat_targets()
         if self.cfg.imle_reject_radius > 0:
-            self._reject(samples, targets)
+            self._reject(samples, targets, epoch)
         queries = targets if which is None else targets[which.to(targets.device)]
         if self.cfg.imle_match == "unique":
             idx = unique_nn_match(queries, samples, self.ops.nn_argmin)
@@ -196,15 +196,27 @@ class IMLETrainer(StageTrainer):
             idx, dist = self.ops.nn_argmin(queries, samples, return_distances=True, world=self.world)
         return noise, idx.cpu(), dist.cpu()
 
-    def _reject(self, samples: torch.Tensor, targets: torch.Tensor) -> None:
+    def _reject(self, samples: torch.Tensor, targets: torch.Tensor, epoch: int) -> None:
         """RS-IMLE's rejection, exact: a draw is out when its nearest target (over all targets of every rank)
         is within ``imle_reject_radius``. That is the fused search with the roles swapped (draws as queries,
         targets as keys), no distance matrix. Rejected outputs are moved far away (finite), so no target
-        picks them while their global indices stay those of the noise table."""
+        picks them while their global indices stay those of the noise table. A ConfigError when every draw
+        is rejected: all targets would tie on the far point and pull one draw."""
+        radius = self.cfg.imle_reject_radius
         _, nearest = self.ops.nn_argmin(samples, targets, return_distances=True, world=self.world)
-        out = nearest < self.cfg.imle_reject_radius**2
+        out = nearest < radius**2
         samples[out] = REJECTED
-        self.last_rejected = self.world.sum(out.sum().double().reshape(1)).item() / self.num_noise
+        rejected = self.world.sum(out.sum().double().reshape(1)).item()
+        self.last_rejected = rejected / self.num_noise
+        if rejected == self.num_noise:  # the sum is global, so every rank raises
+            farthest = max(self.world.gather(nearest.max().item() if len(nearest) else 0.0)) ** 0.5
+            problem = (
+                f"{radius:g} rejects all {self.num_noise} draws of IMLE epoch {epoch}: every output lies "
+                f"within it of a target (the farthest {farthest:.4g} away, in the matching space); lower it"
+            )
+            raise ConfigError(
+                f"config field imle_reject_radius {problem}", field="imle_reject_radius", problem=problem
+            )
 
     def matched_noise_for(
         self, epoch: int, which: torch.Tensor | None = None
@@ -221,7 +233,9 @@ class IMLETrainer(StageTrainer):
         """Adaptive IMLE (Aghabozorgi, Peng & Li, ICML 2023): a target keeps its matched noise until it is
         fitted, i.e. its sample came closer than its threshold (after at least ``imle_staleness`` epochs), or
         until ``imle_force_rematch`` epochs have passed; then it is matched anew and its threshold becomes
-        (1 - ``imle_adaptive_shrink``) x its new distance. Returns every local target's current distance."""
+        (1 - ``imle_adaptive_shrink``) x the squared distance its sample had reached (the paper's code; the
+        first match sets it from that match's distance), so a fitted target's threshold only falls. Returns
+        every local target's current squared distance."""
         cfg, n = self.cfg, self.targets.shape[0]
         if self.matched_noise is None:  # the first epoch: everyone
             which = torch.arange(n)
@@ -236,7 +250,11 @@ class IMLETrainer(StageTrainer):
             which = (fitted | (self.since_match >= cfg.imle_force_rematch)).nonzero().squeeze(1)
         noise, dist = self.matched_noise_for(self.epoch, which)
         self.matched_noise[which] = noise
-        self.threshold[which] = dist * (1 - cfg.imle_adaptive_shrink)
+        # The bar is what the old sample reached, not the new match's distance: a fresh draw is often farther
+        # than a sample pulled for epochs, and basing the bar on it loosened fitted targets' thresholds.
+        reached = current[which]
+        bar = torch.where(reached.isfinite(), reached, dist)
+        self.threshold[which] = bar * (1 - cfg.imle_adaptive_shrink)
         self.since_match[which] = 0
         current[which] = dist
         self.last_rematched = self.world.sum(torch.tensor([float(len(which))], dtype=torch.float64)).item()
