@@ -159,7 +159,7 @@ LOCAL_SPREAD_HELP = (
 )
 SPREAD_HELP = (
     "norm of the noise each sampled code moves by, for this command (default: the run's sample_spread, 0; "
-    "more mixes more and costs fidelity: docs/training.md, 'Spreading the samples')"
+    "0 with --sampler plain; more mixes more and costs fidelity: docs/training.md, 'Spreading the samples')"
 )
 
 

@@ -202,7 +202,7 @@ def apply_sampling(
     flags: bool = True,
 ) -> None:
     """Sample ``model`` with ``sampler`` at ``noise_scale``, ``spread`` and ``local_spread`` (None: the run's
-    own, except that "plain", the papers' ``T(e)``, has no local spread unless one is given; ``glann sample``
+    own, except that "plain", the papers' ``T(e)``, has neither spread unless one is given; ``glann sample``
     and ``glann eval``). The Gaussian baseline has none of them; only GLANN has codes to spread. ``flags``:
     errors name the command's flags (else the Python arguments)."""
     if sampler == "gaussian":
@@ -214,8 +214,9 @@ def apply_sampling(
                 )
     if noise_scale is not None:
         model.set_noise_scale(noise_scale)
-    if sampler == "plain" and local_spread is None and hasattr(model, "set_local_spread"):
-        local_spread = 0.0
+    if sampler == "plain" and hasattr(model, "set_local_spread"):  # T(e) decoded where it lands
+        spread = 0.0 if spread is None else spread
+        local_spread = 0.0 if local_spread is None else local_spread
     for name, value, setter in (
         ("spread", spread, "set_spread"),
         ("local-spread", local_spread, "set_local_spread"),

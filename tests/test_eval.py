@@ -695,3 +695,22 @@ def test_sampler_settings_report_balancing_for_the_glann_sampler_only(digits_run
     apply_sampling(model, "plain")  # the papers' T(e): no local spread unless one is asked for
     off = {"local_spread": 0.0, "local_neighbours": None, "spread": 0.0}
     assert _sampler_settings(model, "plain") == {"balanced": False, "noise_scale": 1.5, **off}
+
+
+def test_the_plain_sampler_decodes_t_of_e_where_it_lands_whatever_the_runs_spreads(digits_run):
+    """A run with ``sample_spread`` kept moving "plain" samples' codes by it (up to 0.48 apart in a review's
+    case), so ``--sampler plain`` was not the papers' T(e); spreads asked for explicitly still apply."""
+    from glann_ext.evaluate import apply_sampling
+    from glann_ext.train.run import load_model
+
+    model = load_model(digits_run, ops=OPS)
+    model.set_spread(0.0)
+    model.set_local_spread(0.0)
+    where_it_lands = model.sample_inputs(64, seed=3, balanced=False)  # project(T(e)) at the noise scale
+    model.set_spread(0.5)
+    model.set_local_spread(0.7)
+    assert not torch.allclose(model.sample_inputs(64, seed=3, balanced=False), where_it_lands)
+    apply_sampling(model, "plain")
+    assert torch.equal(model.sample_inputs(64, seed=3, balanced=False), where_it_lands)
+    apply_sampling(model, "plain", spread=0.5)
+    assert model.spread == 0.5 and model.local_spread == 0.0
