@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -901,6 +902,48 @@ def test_standard_fid_gives_torch_fidelity_uint8_rgb_batches_and_reports_its_fai
     assert standard_fid(real, fake, hub_dir=tmp_path) == fid.FIDResult(
         None, "torch-fidelity failed: RuntimeError: out of memory"
     )
+
+
+def test_standard_fid_gives_pytorch_fid_the_same_8_bit_images_as_torch_fidelity(tmp_path, monkeypatch):
+    """pytorch-fid got the unquantised floats where torch-fidelity (and a score of saved PNGs) reads 8-bit
+    images, so the two backends scored one set of samples differently: both now see round(255 x) / 255."""
+    import sys
+    import types
+
+    from glann_ext.metrics import fid
+
+    _pretend_installed(monkeypatch, "pytorch_fid")
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / fid.PYTORCH_FID_WEIGHTS).write_bytes(b"")
+    seen = []
+
+    class InceptionV3:
+        BLOCK_INDEX_BY_DIM: ClassVar[dict[int, int]] = {2048: 3}
+
+        def __init__(self, blocks, resize_input, normalize_input):
+            assert (blocks, resize_input, normalize_input) == ([3], True, True)
+
+        def eval(self):
+            return self
+
+        def __call__(self, x):
+            seen.append(x)
+            return (x.flatten(1)[:, :6, None, None],)
+
+    module = types.ModuleType("pytorch_fid.inception")
+    module.InceptionV3 = InceptionV3
+    monkeypatch.setitem(sys.modules, "pytorch_fid", types.ModuleType("pytorch_fid"))
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.rand(9, 1, 4, 4, generator=g), torch.rand(8, 1, 4, 4, generator=g) * 1.2
+    res = standard_fid(real, fake, batch_size=4, hub_dir=tmp_path)
+    images = torch.cat(seen)
+    assert images.dtype == torch.float32 and images.shape == (17, 3, 4, 4)
+    as_bytes = images * 255
+    assert torch.equal(as_bytes, as_bytes.round()) and images.min() >= 0 and images.max() <= 1
+    quantised = (torch.cat([real, fake]).clamp(0, 1) * 255).round().repeat(1, 3, 1, 1) / 255
+    assert torch.equal(images, quantised)
+    assert res.value is not None
 
 
 # -- code usage (how a second stage's samples use the GLO codes) -------------------------------------------

@@ -75,8 +75,10 @@ def _inception_features(backend: InceptionBackend, images: torch.Tensor, batch_s
         model = InceptionV3(
             [InceptionV3.BLOCK_INDEX_BY_DIM[2048]], resize_input=True, normalize_input=True
         ).eval()
+        # The same 8-bit images torch-fidelity gets (and a score of saved PNGs reads), as floats in [0, 1].
         feats = [
-            model(images[i : i + batch_size].float())[0].flatten(1) for i in range(0, len(images), batch_size)
+            model(_as_uint8(images[i : i + batch_size]).float() / 255)[0].flatten(1)
+            for i in range(0, len(images), batch_size)
         ]
     else:
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
