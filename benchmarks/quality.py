@@ -657,7 +657,8 @@ def write_report(path: Path, res: dict, b: Budget, argv: list[str], total_s: flo
         "Gaussian) rewards something besides better samples (docs/studies.md, 'What the stacked tables "
         "reward'). "
         "GLO + Gaussian is the GLANN run's GLO stage sampled with `GLANN.sample_gaussian`; IMLE (pixel) is "
-        '`imle_space="pixel"` with the paper\'s options; VAE and DCGAN are `benchmarks/baselines/`.',
+        '`imle_space="pixel"` (G trained by IMLE on the images: exact pixel-L2 matching, G pulled with the same '
+        "reconstruction loss as GLANN's G, the Laplacian-pyramid L1); VAE and DCGAN are `benchmarks/baselines/`.",
         "",
         "Seeds: 2-D seeds " + ", ".join(map(str, b.toy_seeds)) + " (training points `MixturePreset.sample("
         "n, seed=s)`, model init `torch.manual_seed(s)`, evaluation noise seed 10000+s); image seeds "
