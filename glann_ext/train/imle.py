@@ -211,11 +211,14 @@ class IMLETrainer(StageTrainer):
         if rejected == self.num_noise:  # the sum is global, so every rank raises
             farthest = max(self.world.gather(nearest.max().item() if len(nearest) else 0.0)) ** 0.5
             problem = (
-                f"{radius:g} rejects all {self.num_noise} draws of IMLE epoch {epoch}: every output lies "
-                f"within it of a target (the farthest {farthest:.4g} away, in the matching space); lower it"
+                f"{radius:g} rejects all {self.num_noise} draws of IMLE epoch {epoch + 1}: every output lies "
+                f"within it of a target (the farthest {farthest:.4g} away, in the matching space); resume "
+                "with a smaller radius (a resume may change it)"
             )
             raise ConfigError(
-                f"config field imle_reject_radius {problem}", field="imle_reject_radius", problem=problem
+                f"config field imle_reject_radius (--imle-reject-radius) {problem}",
+                field="imle_reject_radius",
+                problem=problem,
             )
 
     def matched_noise_for(
@@ -248,6 +251,11 @@ class IMLETrainer(StageTrainer):
             self.since_match += 1
             fitted = (current < self.threshold) & (self.since_match >= cfg.imle_staleness)
             which = (fitted | (self.since_match >= cfg.imle_force_rematch)).nonzero().squeeze(1)
+        count = self.world.sum(torch.tensor([float(len(which))], dtype=torch.float64)).item()
+        self.last_rematched = count / self.total
+        if count == 0:  # no rank re-matches: no draws (RS-IMLE would reject them all with nothing to match)
+            self.last_rejected = 0.0
+            return current
         noise, dist = self.matched_noise_for(self.epoch, which)
         self.matched_noise[which] = noise
         # The bar is what the old sample reached, not the new match's distance: a fresh draw is often farther
@@ -257,8 +265,6 @@ class IMLETrainer(StageTrainer):
         self.threshold[which] = bar * (1 - cfg.imle_adaptive_shrink)
         self.since_match[which] = 0
         current[which] = dist
-        self.last_rematched = self.world.sum(torch.tensor([float(len(which))], dtype=torch.float64)).item()
-        self.last_rematched /= self.total
         return current
 
     def lr_at(self, step: int) -> float:

@@ -78,6 +78,7 @@ RESUMABLE_OVERRIDES = (
     "lr_g",  # a run that diverged resumes from its last good checkpoint with a lower rate
     "lr_z",
     "imle_lr",
+    "imle_reject_radius",  # likewise, a radius that came to reject every draw (RS-IMLE)
     "glo_epochs",
     "imle_epochs",
     "ckpt_every",
@@ -396,7 +397,7 @@ class Run:
 
     def _train(self, stage: str) -> GenerativeModel:
         # cfg.threads holds for this run only: the caller's thread count is back when it returns or fails
-        with intra_op_threads(self.cfg.threads or None):
+        with intra_op_threads(self.cfg.threads):
             return self._train_with_threads(stage)
 
     def _train_with_threads(self, stage: str) -> GenerativeModel:
