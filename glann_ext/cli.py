@@ -271,7 +271,7 @@ def _add_sample(sub) -> None:
     s.add_argument(
         "--sampler", choices=SAMPLERS, default="glann",
         help="glann: T then G, balanced over the codes when the run's balance_draws > 0 (the default); "
-        "plain: T then G without balancing or local spread (with --noise-scale 1: the papers'); gaussian: the GLO-only full-covariance Gaussian baseline",
+        "plain: T then G without balancing or either spread (with --noise-scale 1: the papers'); gaussian: the GLO-only full-covariance Gaussian baseline",
     )  # fmt: skip
     s.add_argument("--noise-scale", type=float, help=NOISE_SCALE_HELP)
     s.add_argument("--local-spread", type=float, help=LOCAL_SPREAD_HELP)
@@ -712,7 +712,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     if args.out is not None:
         _check_folder("--out", args.out, Path(args.out) / EVAL_FILE)
 
-    with intra_op_threads(args.threads or None):  # for this command only (main may run in a caller's process)
+    with intra_op_threads(args.threads):  # for this command only (main may run in a caller's process)
         res = evaluate_run(
             args.run, n=args.n, out=args.out, seed=args.seed, sampler=args.sampler, cache_dir=args.cache_dir,
             clf_epochs=args.clf_epochs, ops=args.ops, device=args.device, progress=not args.no_progress,

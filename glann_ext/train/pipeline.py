@@ -86,7 +86,7 @@ class Fit:
             _check_syncable(generator)
         # cfg.threads holds for the networks' and codes' initialisation (a PCA) here and for run(), as in
         # fit() and a run folder: a Fit trains bit for bit what they train
-        with intra_op_threads(cfg.threads or None):
+        with intra_op_threads(cfg.threads):
             built = build_model(cfg, self.image_shape, ops=self.ops, generator=generator)
             self.G = built.G
             self.T = built.T if isinstance(built, GLANN) else None
@@ -171,7 +171,7 @@ class Fit:
         """Train (or finish) ``stage``: "all" (GLO then IMLE), "glo", or "imle" (after a finished GLO stage;
         pixel IMLE has only its IMLE stage). Returns the model in eval mode."""
         self.check_stage(stage)
-        with intra_op_threads(self.cfg.threads or None):  # this call only, as fit() and a run folder do
+        with intra_op_threads(self.cfg.threads):  # this call only, as fit() and a run folder do
             return self._run(stage, hooks)
 
     def _run(self, stage: str, hooks: Sequence[Hook]) -> GLANN | PixelIMLE:
@@ -203,7 +203,7 @@ class Fit:
             self.glo.load_state_dict(state["glo"])
         if state.get("imle") is not None:
             # on cfg.threads, as the stage's start: the codes' whitening is computed anew here
-            with intra_op_threads(self.cfg.threads or None):
+            with intra_op_threads(self.cfg.threads):
                 (self.imle if self.pixel else self._imle_trainer()).load_state_dict(state["imle"])
 
     def gather_tallies(self) -> None:
@@ -283,7 +283,7 @@ def fit_imle(
     targets = checked_targets(targets)
     check_generator_output(generator, targets, cfg.noise_dim)
     ops = as_ops(ops, cfg.ops)
-    with intra_op_threads(cfg.threads or None):
+    with intra_op_threads(cfg.threads):
         trainer = IMLETrainer(
             targets, generator, cfg, ops, device if device is not None else cfg.device, loss_fn
         )
