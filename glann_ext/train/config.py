@@ -70,9 +70,10 @@ class TrainConfig:
     latent_adam_steps: str = "global"
     """Adam's bias correction for the codes: "global" counts optimizer steps, as ``torch.optim.SparseAdam``
     does (the papers' code): after the first epoch a code's steps grow to several times ``lr`` per coordinate
-    (towards ``lr / sqrt(0.001 k)`` at its k-th update as the step count passes a few thousand); "rows"
-    counts each code's own updates (the exact Adam of a row touched once per epoch): better reconstructions,
-    but codes that IMLE samples worse at the budgets measured (docs/training.md, "Choices and why")."""
+    (towards ``lr (1 - 0.5^k) / sqrt(0.001 k)`` at its k-th update as the step count passes a few
+    thousand); "rows" counts each code's own updates (the exact Adam of a row touched once per epoch): better
+    reconstructions, but codes that IMLE samples worse at the budgets measured (docs/training.md, "Choices and
+    why")."""
     init: str = "pca"  # "pca" or "random"
     lap_weights: str = "paper"
     """Level weights of the Laplacian-pyramid loss: "paper" (the GLO paper's 4^j, j = 0 the finest: every
