@@ -29,13 +29,16 @@ from glann_ext.train.pipeline import Fit
 
 
 def glo_key(cfg: TrainConfig) -> str:
-    """What the GLO stage (and T's initialisation) depends on: ``cfg`` with every IMLE-stage and sampling
-    option reset to its default (``imle_space`` kept: pixel IMLE has no GLO stage)."""
+    """What the GLO stage depends on: ``cfg`` with every IMLE-stage, ``T``-architecture and sampling option
+    reset to its default (``imle_space`` kept: pixel IMLE has no GLO stage). ``T`` is built seeded for each
+    fit's own config."""
     defaults = TrainConfig()
     reset = {
         f.name: getattr(defaults, f.name)
         for f in dataclasses.fields(TrainConfig)
-        if (f.name.startswith("imle_") and f.name != "imle_space") or f.name in SAMPLING_FIELDS
+        if (f.name.startswith("imle_") and f.name != "imle_space")
+        or f.name.startswith("mapping_")
+        or f.name in SAMPLING_FIELDS
     }
     return _key(cfg, reset)
 
@@ -84,8 +87,9 @@ class GLOStages:
         # starts, sees what differs. A copy rather than a new Fit resumed from the state: that would redo the
         # code initialisation (a PCA, seconds on stacked images) and bill it to the IMLE stage.
         run.cfg = cfg
-        if run.T.output_affine != cfg.imle_whiten:  # T's architecture follows the option; same seeded init
-            run.T = build_mapping(cfg)
+        fresh = build_mapping(cfg)  # seeded: the T the stage would build for cfg
+        if run.T.hparams() != fresh.hparams():  # another architecture (imle_whiten, mapping_* fields)
+            run.T = fresh
         model = run.run("all", hooks)
         times = {"glo": glo_seconds, "imle": time.perf_counter() - t0}
         self._trained[trained_key] = (copy.deepcopy(model), times)

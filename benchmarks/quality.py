@@ -302,7 +302,8 @@ def train_image_methods(
     ops = get_ops("fused")
     samplers, seconds = {}, {}
     cfg = ablation.base_config(b, seed)
-    model, times = (stages or GLOStages()).fit(data, images, cfg)
+    stages = stages or GLOStages()
+    model, times = stages.fit(data, images, cfg)
     t_glo = times["glo"]
     seconds["GLANN"] = t_glo + times["imle"]
     seconds["GLO + Gaussian"] = t_glo
@@ -315,6 +316,9 @@ def train_image_methods(
     spread.set_spread(REPORT_SPREAD)
     samplers[SPREAD] = spread.sample
     seconds[SPREAD] = seconds["GLANN"]
+    shallow, shallow_times = stages.fit(data, images, dataclasses.replace(cfg, **SHALLOW_T))  # same GLO stage
+    samplers[SHALLOW] = shallow.sample
+    seconds[SHALLOW] = t_glo + shallow_times["imle"]
     samplers[NOISY] = functools.partial(_with_pixel_noise, model.sample, CONTROL_NOISE)
     seconds[NOISY] = seconds["GLANN"]
     samplers["GLO + Gaussian"] = model.sample_gaussian
@@ -360,6 +364,12 @@ SPREAD = f"GLANN, spread {REPORT_SPREAD:g}"
 """GLANN's model sampled with ``sample_spread`` = :data:`REPORT_SPREAD` (each sample's code moved by isotropic
 noise of about that norm, docs/training.md, "Spreading the samples"): the package's dial from fidelity
 towards mixing, at the point where it is level with or ahead of GLO + Gaussian on the stacked tables."""
+SHALLOW_T = {"mapping_layers": 1, "mapping_batch_norm": False}
+SHALLOW = "GLANN, T 1 layer, no BatchNorm"
+"""GLANN's GLO stage with its IMLE stage trained on a shallower ``T`` (:data:`SHALLOW_T`: one hidden layer
+without BatchNorm, ``--mapping-layers 1 --no-mapping-batch-norm``), sampled the default way: the recipe
+docs/training.md gives for mixing, which mixes about as much as :data:`SPREAD` at a smaller cost in FD
+(docs/studies.md, "T's depth, width and weight decay")."""
 CONTROL_NOISE = 0.1
 NOISY = f"control: GLANN + pixel noise {CONTROL_NOISE:g}"
 """GLANN's samples with seeded ``N(0, CONTROL_NOISE^2)`` noise added to every pixel (then clamped to [0, 1]):
@@ -391,7 +401,7 @@ def _sample(sampler, n: int, seed: int, method: str = "") -> torch.Tensor:
 
 def _versus_ceiling(res: dict) -> None:
     """FD / the ceiling's FD for the methods that share GLANN's G (per seed, aggregated later)."""
-    for method in ("GLANN", PLAIN, SPREAD, NOISY, "GLO + Gaussian"):
+    for method in ("GLANN", PLAIN, SPREAD, SHALLOW, NOISY, "GLO + Gaussian"):
         res[method]["fd_over_ceiling"] = res[method]["fd"] / res[CEILING]["fd"]
 
 
@@ -411,6 +421,7 @@ def _over_seeds(per_seed: list[dict[str, dict]]) -> dict[str, dict[str, tuple[fl
 PAIRED_LABELS = {
     "GLANN": "GLANN",
     SPREAD: f"GLANN at spread {REPORT_SPREAD:g}",
+    SHALLOW: "GLANN with T 1 layer, no BatchNorm",
     NOISY: f"The control (GLANN + pixel noise {CONTROL_NOISE:g})",
 }
 
@@ -652,6 +663,9 @@ def write_report(path: Path, res: dict, b: Budget, argv: list[str], total_s: flo
         f"'{SPREAD}' is the same model sampled with `sample_spread` {REPORT_SPREAD:g} (each sample's code moved by "
         "isotropic noise of about that norm before decoding: the package's dial from fidelity towards mixing, "
         "off by default; docs/training.md, 'Spreading the samples'). "
+        f"'{SHALLOW}' is the same GLO stage with its IMLE stage trained on a shallower T (one hidden layer "
+        "without BatchNorm, `--mapping-layers 1 --no-mapping-batch-norm`; the default is two with BatchNorm), "
+        "sampled the default way: the recipe docs/training.md gives for mixing ('Spreading the samples'). "
         f"'{NOISY}' is a control, not a sampler: GLANN's samples with seeded N(0, {CONTROL_NOISE:g}^2) noise added "
         "to every pixel, images that are worse by construction; a column where it beats GLANN (or GLO + "
         "Gaussian) rewards something besides better samples (docs/studies.md, 'What the stacked tables "

@@ -167,8 +167,8 @@ def test_quality_smoke_report(tmp_path):
     # Inception FID is a number when local weights exist, and otherwise says why it is missing.
     assert ("Inception FID (first seed)" in text) != ("Inception FID: not available" in text)
     # every method row of every table: finite means (KL may be inf only on the 2-D mixtures with no HQ sample)
-    methods = ["GLANN", quality.PLAIN, quality.SPREAD, quality.NOISY, "GLO + Gaussian", "IMLE (pixel)", "VAE",
-               "DCGAN"]  # fmt: skip
+    methods = ["GLANN", quality.PLAIN, quality.SPREAD, quality.SHALLOW, quality.NOISY, "GLO + Gaussian",
+               "IMLE (pixel)", "VAE", "DCGAN"]  # fmt: skip
     keys = ["stacked", "mnist"] + (["stacked_fashion", "fashion"] if "fashion" in parts else [])
     for key in keys:
         rows = res[key]["rows"]
@@ -199,13 +199,14 @@ def test_quality_smoke_report(tmp_path):
     # differences is the difference of the rows' means
     for key in keys:
         rows = res[key]["rows"]
-        assert set(res[key]["paired"]) == {"GLANN", quality.SPREAD, quality.NOISY}
+        assert set(res[key]["paired"]) == {"GLANN", quality.SPREAD, quality.SHALLOW, quality.NOISY}
         for method, paired in res[key]["paired"].items():
             for metric, (diff, _) in paired.items():
                 want = rows[method][metric][0] - rows["GLO + Gaussian"][metric][0]
                 assert diff == pytest.approx(want, rel=1e-9, abs=1e-12), (key, method, metric)
     assert text.count("GLANN minus GLO + Gaussian, paired by seed") == len(keys)
     assert text.count("GLANN at spread 0.75 minus GLO + Gaussian, paired by seed") == len(keys)
+    assert text.count("GLANN with T 1 layer, no BatchNorm minus GLO + Gaussian, paired by seed") == len(keys)
     assert text.count("The control (GLANN + pixel noise 0.1) minus GLO + Gaussian, paired by seed") == len(
         keys
     )
@@ -311,6 +312,7 @@ def test_glo_stages_match_separate_fits():
         dataclasses.replace(base, imle_batch_size=8),  # T's batch: an IMLE field
         dataclasses.replace(base, imle_noise_multiple=5.0),
         dataclasses.replace(base, imle_whiten=False),  # T without its output map: another architecture
+        dataclasses.replace(base, mapping_layers=1, mapping_batch_norm=False),  # T of another depth (SHALLOW)
         dataclasses.replace(base, sample_noise_scale=1.0, balance_quantile=0.5),  # sampling fields
     ]
     assert len({glo_key(c) for c in rows}) == 1
@@ -327,7 +329,7 @@ def test_glo_stages_match_separate_fits():
     for i, cfg in enumerate(rows):
         steps = Steps()
         shared, times = stages.fit("toy", x, cfg, hooks=(steps,))
-        imle_steps = 3 * (48 // cfg.imle_batch_size) if i < 5 else 0  # the last row reuses the first's model
+        imle_steps = 3 * (48 // cfg.imle_batch_size) if i < 6 else 0  # the last row reuses the first's model
         assert steps.count == {"glo": 6 if i == 0 else 0, "imle": imle_steps}, steps.count  # GLO trained once
         alone = fit(x, cfg, ops=get_ops("fused"))
         assert times["glo"] > 0 and times["imle"] > 0
@@ -339,8 +341,8 @@ def test_glo_stages_match_separate_fits():
         assert torch.equal(shared.codes, alone.codes)
         assert torch.equal(shared.sample(8, seed=1), alone.sample(8, seed=1))
         assert shared.noise_scale == alone.noise_scale == cfg.sample_noise_scale
-    assert len(stages._done) == 1  # one GLO stage trained for the six rows
-    assert len(stages._trained) == 5  # and five IMLE stages: the sampling row reused the base row's
+    assert len(stages._done) == 1  # one GLO stage trained for the seven rows
+    assert len(stages._trained) == 6  # and six IMLE stages: the sampling row reused the base row's
     again, times = stages.fit("toy", x, base)  # the base's model, uncalibrated again, as it was trained
     assert again.code_accept is None and times == stages._trained["toy", training_key(base)][1]
     assert torch.equal(again.sample(8, seed=1), fit(x, base, ops=get_ops("fused")).sample(8, seed=1))
@@ -357,6 +359,7 @@ def _per_seed(glann_fd, spread_fd, gauss_fd):
         {
             "GLANN": {"fd": a, "recall": 0.5},
             quality.SPREAD: {"fd": b, "recall": 0.4},
+            quality.SHALLOW: {"fd": a + 2, "recall": 0.45},
             quality.NOISY: {"fd": a + 1, "recall": 0.35},
             "GLO + Gaussian": {"fd": c, "recall": 0.3 + 0.1 * i},
         }
@@ -371,7 +374,7 @@ def test_paired_differences_are_taken_seed_by_seed():
 
     per_seed = _per_seed([10.0, 12.0, 17.0], [11.0, 11.0, 11.0], [9.0, 10.0, 14.0])
     paired = quality._paired(per_seed, ["fd", "recall"])
-    assert set(paired) == {"GLANN", quality.SPREAD, quality.NOISY}
+    assert set(paired) == {"GLANN", quality.SPREAD, quality.SHALLOW, quality.NOISY}
     mean, sem = paired["GLANN"]["fd"]
     assert mean == pytest.approx(2.0) and sem == pytest.approx(1 / math.sqrt(3))
     mean, sem = paired[quality.SPREAD]["fd"]  # 2, 1, -3
@@ -394,12 +397,12 @@ def test_fd_over_ceiling_is_each_glann_model_rows_fd_over_the_ceilings():
     from benchmarks import quality
 
     res = {m: {"fd": fd} for m, fd in [("GLANN", 30.0), (quality.PLAIN, 36.0), (quality.SPREAD, 24.0),
-                                      (quality.NOISY, 33.0), ("GLO + Gaussian", 45.0), (quality.CEILING, 15.0),
-                                      ("VAE", 60.0)]}  # fmt: skip
+                                      (quality.SHALLOW, 39.0), (quality.NOISY, 33.0), ("GLO + Gaussian", 45.0),
+                                      (quality.CEILING, 15.0), ("VAE", 60.0)]}  # fmt: skip
     quality._versus_ceiling(res)
     ratios = {m: r.get("fd_over_ceiling") for m, r in res.items()}
-    assert ratios == {"GLANN": 2.0, quality.PLAIN: 2.4, quality.SPREAD: 1.6, quality.NOISY: 2.2,
-                      "GLO + Gaussian": 3.0, quality.CEILING: None, "VAE": None}  # fmt: skip
+    assert ratios == {"GLANN": 2.0, quality.PLAIN: 2.4, quality.SPREAD: 1.6, quality.SHALLOW: 2.6,
+                      quality.NOISY: 2.2, "GLO + Gaussian": 3.0, quality.CEILING: None, "VAE": None}  # fmt: skip
 
 
 def test_sample_draws_in_chunks_of_4096_with_a_seed_per_chunk_and_the_ceiling_in_one_call():
@@ -458,7 +461,8 @@ def _hand_made_results():
                            "kl_dependence": (0.352, 0.031), "seconds": (30.12, 0.51)},
                  "the 2000 training stacks": {"modes": (640.0, 5.0), "kl": (0.81, 0.01), "kl_classes": (0.02, 0.001),
                                               "kl_dependence": (0.79, 0.01)}},
-        "paired": {"GLANN": stacked_paired, quality.SPREAD: stacked_paired, quality.NOISY: stacked_paired},
+        "paired": {"GLANN": stacked_paired, quality.SPREAD: stacked_paired, quality.SHALLOW: stacked_paired,
+                   quality.NOISY: stacked_paired},
         "png": "stacked_mnist.png",
         "grid_rows": ["real (training)", "GLANN"],
     }  # fmt: skip
@@ -473,7 +477,8 @@ def _hand_made_results():
             "generated_fraction_below": (0.025, 0.004)}  # fmt: skip
     fashion = {
         "rows": {"training images (reference)": reference, "GLANN": image},
-        "paired": {"GLANN": image_paired, quality.SPREAD: image_paired, quality.NOISY: image_paired},
+        "paired": {"GLANN": image_paired, quality.SPREAD: image_paired, quality.SHALLOW: image_paired,
+                   quality.NOISY: image_paired},
         "memorisation": {"GLANN": memo},
         "png": "samples_fashion.png", "neighbours_png": "neighbours_fashion_glann.png", "grid_rows": ["GLANN"],
         "n_train": 3000, "n_eval": 2000, "inception_fid": {}, "inception_reason": "no weights here",
@@ -786,11 +791,14 @@ class _FakeGLANN:
 def test_train_image_methods_trains_each_method_at_the_budget_and_bills_its_stages(monkeypatch):
     from benchmarks import ablation, quality
 
-    model, calls = _FakeGLANN(), {}
+    model, shallow, calls = _FakeGLANN(), _FakeGLANN(), {"glann": []}
+    shallow.local_spread = 0.25  # tells its samples apart
 
     class Stages:
         def fit(self, data, images, cfg):
-            calls["glann"] = (data, cfg)
+            calls["glann"].append((data, cfg))
+            if cfg.mapping_layers == 1:  # the shallow T's row: the same GLO stage, its own IMLE stage
+                return shallow, {"glo": 2.0, "imle": 0.75}
             return model, {"glo": 2.0, "imle": 0.5}
 
     def trainer(name):
@@ -810,18 +818,29 @@ def test_train_image_methods_trains_each_method_at_the_budget_and_bills_its_stag
     b = dataclasses.replace(quality.BUDGETS["smoke"], epochs=3, imle_latent_epochs=7, latent=16, width=8)
     samplers, seconds = quality.train_image_methods(_images(4), b, 4, Stages(), "fashion")
     base = ablation.base_config(b, 4)
-    assert calls["glann"] == ("fashion", base)
+    shallow_cfg = dataclasses.replace(base, mapping_layers=1, mapping_batch_norm=False)
+    assert calls["glann"] == [("fashion", base), ("fashion", shallow_cfg)]
     assert calls["pixel"] == dataclasses.replace(base, imle_space="pixel", imle_epochs=3, noise_dim=16)
     assert calls["vae"] == {"epochs": 3, "latent_dim": 16, "width": 8, "seed": 4}
     assert calls["dcgan"] == {"epochs": 3, "noise_dim": 16, "width": 8, "seed": 4}
     # GLANN's rows: its GLO and IMLE stages; GLO + Gaussian and the ceiling: the GLO stage only
-    assert {m: seconds[m] for m in ("GLANN", quality.PLAIN, quality.SPREAD, "GLO + Gaussian", quality.CEILING)} == {
-        "GLANN": 2.5, quality.PLAIN: 2.5, quality.SPREAD: 2.5, "GLO + Gaussian": 2.0, quality.CEILING: 2.0,
+    shown = ("GLANN", quality.PLAIN, quality.SPREAD, quality.SHALLOW, "GLO + Gaussian", quality.CEILING)
+    assert {m: seconds[m] for m in shown} == {
+        "GLANN": 2.5, quality.PLAIN: 2.5, quality.SPREAD: 2.5, quality.SHALLOW: 2.75, "GLO + Gaussian": 2.0,
+        quality.CEILING: 2.0,
     }  # fmt: skip
     assert all(seconds[m] >= 0 for m in ("IMLE (pixel)", "VAE", "DCGAN"))
     assert samplers["GLANN"](3, seed=1) == ("T", 3, 1, True, 0.5, 0.0)  # balanced, the local spread
     assert samplers[quality.PLAIN](3, seed=1) == ("T", 3, 1, False, 0.0, 0.0)  # the papers' T(e)
     assert samplers[quality.SPREAD](3, seed=1) == ("T", 3, 1, True, 0.5, quality.REPORT_SPREAD)
+    assert samplers[quality.SHALLOW](3, seed=1) == (
+        "T",
+        3,
+        1,
+        True,
+        0.25,
+        0.0,
+    )  # its own model, the default way
     assert samplers["GLO + Gaussian"](3, seed=1) == ("Gaussian", 3, 1, 0.0)
     assert torch.equal(samplers[quality.CEILING](7), torch.arange(5))  # the first min(n, N) codes
     assert model.calibrated == 1  # once, before the rows' copies
@@ -894,7 +913,8 @@ def test_run_stacked_draws_each_seeds_stacks_and_samples_the_ceiling_in_one_call
 
     def train(stacked, b, seed):
         trained.append((stacked, seed))
-        constant = {"GLANN": 0.0, quality.SPREAD: 100.0, quality.NOISY: 50.0, "GLO + Gaussian": 10.0}
+        constant = {"GLANN": 0.0, quality.SPREAD: 100.0, quality.SHALLOW: 70.0, quality.NOISY: 50.0,
+                    "GLO + Gaussian": 10.0}  # fmt: skip
         samplers = {m: (lambda n, seed=0, v=v: torch.full((n, 1), v + seed)) for m, v in constant.items()}
         return {**samplers, quality.CEILING: ceiling}, {m: 1.0 for m in [*constant, quality.CEILING]}
 
@@ -917,6 +937,7 @@ def test_run_stacked_draws_each_seeds_stacks_and_samples_the_ceiling_in_one_call
     # paired with GLO + Gaussian's samples of each seed
     assert out["paired"]["GLANN"]["modes"] == (-10.0, 0.0)
     assert out["paired"][quality.SPREAD]["modes"] == (90.0, 0.0)
+    assert out["paired"][quality.SHALLOW]["modes"] == (60.0, 0.0)
     assert out["paired"][quality.NOISY]["modes"] == (40.0, 0.0)
     assert "the 6 training stacks" in out["rows"] and out["grid_rows"] == ["grid"]
 
@@ -928,6 +949,7 @@ def test_run_images_checks_memorisation_against_the_scored_test_images(monkeypat
         "GLANN": 0.0,
         quality.PLAIN: 0.1,
         quality.SPREAD: 0.2,
+        quality.SHALLOW: 0.15,
         quality.NOISY: 0.25,
         "GLO + Gaussian": 0.3,
         quality.CEILING: 0.4,
@@ -950,7 +972,7 @@ def test_run_images_checks_memorisation_against_the_scored_test_images(monkeypat
     b = dataclasses.replace(quality.BUDGETS["smoke"], img_seeds=(0, 1), fmnist_eval=20)
     train_x, test_x = _images(30, 1, 2, seed=5), _images(50, 1, 2, seed=6)
     out = quality.run_images("fashion", train_x, test_x, clf, b, Path("unused"))
-    assert out["n_eval"] == 20 and len(memo_calls) == 2 * 5  # two seeds, every method but the ceiling
+    assert out["n_eval"] == 20 and len(memo_calls) == 2 * 6  # two seeds, every method but the ceiling
     assert all(torch.equal(test, test_x[:20]) for test in memo_calls)
     assert set(out["memorisation"]) == set(methods) - {quality.CEILING}
     assert all("fd_over_ceiling" in out["rows"][m] for m in set(methods) - {quality.CEILING})
