@@ -82,7 +82,8 @@ def _scaled_field(key: str) -> str | None:
 
 def rows(b=None) -> list[tuple[str, dict]]:
     """(label, change) for the base recipe and every :data:`CHANGES` entry; for a budget ``b`` without
-    ``ablation_glo_rows``, only the rows that keep the base recipe's GLO stage (they reuse it: IMLE options)."""
+    ``ablation_glo_rows``, only the rows that keep the base recipe's GLO stage (they reuse it: IMLE options and
+    T's architecture)."""
     out = [(BASE, {})]
     for change in map(_resolved, CHANGES):
         label = ", ".join(

@@ -1,4 +1,4 @@
-"""Finished GLO stages shared between rows of the quality report that differ only in IMLE options.
+"""Finished GLO stages shared between rows of the quality report that differ only in IMLE options or T.
 
 The ablation's IMLE rows (schedule, Adaptive IMLE, RS-IMLE, more draws, more IMLE epochs) and its base row
 (the GLANN recipe of the Fashion-MNIST table) all start from the same GLO stage: same images, seed and GLO

@@ -20,9 +20,10 @@ Writes the Markdown report, and PNGs (scatter plots, sample grids, nearest-neigh
     over seeds.
 
 The budgets (``BUDGETS``) are sized so that the full variant (the committed report: 5 seeds on 2-D, 3 on
-every image table and ablation row) regenerates in 25-40 minutes on 2 CPU cores: 38.0 on an AVX-512 Intel Xeon
-(the committed run, 2026-12-05, retraining its two LeNets; 33.4 the run before with them cached, 26.2 on
-2026-12-04 before the spread rows), 39.4 and 47.4 on a 2-core
+every image table and ablation row) regenerates in 25-40 minutes on 2 CPU cores: 29.8 on an AVX-512 AMD EPYC
+(the committed run, 2026-12-06, LeNets cached), 18.5 on an AVX-512 Intel Xeon that day, 38.0 there on
+2026-12-05 retraining its two LeNets (33.4 the run before with them cached, 26.2 on 2026-12-04 before the
+spread rows), 39.4 and 47.4 on a 2-core
 AVX2 AMD EPYC (2026-12-03, with the 2-D runs in two one-thread processes and T's steps on one thread; 45.9 on
 a Zen 4 and about 80 on the AVX2 EPYC before those) and the quick one (one seed of every table and of the
 ablation rows that reuse (c)'s GLO stage) in 8-16 minutes (8.6 on the AVX2 EPYC, 2026-12-03), as the shared
@@ -115,7 +116,8 @@ BUDGETS = {
         "smoke", (0,), 64, 30, 500, (0, 1), (0,), 256, 200, 1000, 1, 512, 256, 300, 1, 2, 8, 16, 8, (0,), 2
     ),
     # One seed of every table at the full variant's budgets (its rows are the full run's seed 0), and of the
-    # ablation rows that reuse the Fashion-MNIST GLO stage (the IMLE options); no 30-epoch stacked study.
+    # ablation rows that reuse the Fashion-MNIST GLO stage (the IMLE options and T's width, so the long-IMLE
+    # rows too: about 40 s more since 2026-12-06); no 30-epoch stacked study.
     # On the 2-core AMD EPYC Zen 4 (AVX-512), 2026-12-03: 8.1 min, of which 3.6 the 2-D part at 4,000 steps
     # (the GAN most of it). On the earlier AVX2 EPYC, with the 2-D part at 1,000 steps (1.4 min): 8.7 min on a
     # fast morning (stacked MNIST 1.7, MNIST 2.0, stacked Fashion 1.5, Fashion 1.4, ablation 0.7), 13.9 on a
@@ -125,8 +127,9 @@ BUDGETS = {
         (0,), ablation_glo_rows=False,
     ),
     # The committed report: the quick budgets with five seeds on the 2-D mixtures (the protocol's minimum) and
-    # three on every image table and ablation row: 38.0 min on an AVX-512 Intel Xeon (the committed run,
-    # 2026-12-05, retraining its LeNets; 33.4 with them cached; 26.2 on 2026-12-04; 24.9 and 25.3 there the
+    # three on every image table and ablation row: 29.8 min on an AVX-512 AMD EPYC (the committed run,
+    # 2026-12-06, LeNets cached), 18.5 min on an AVX-512 Intel Xeon that day, 38.0 there on 2026-12-05
+    # (retraining its LeNets; 33.4 with them cached; 26.2 on 2026-12-04; 24.9 and 25.3 there the
     # runs before); 39.4 min on the AVX2 EPYC (2026-12-03;
     # --quick 8.6 min there); 45.9 min on the Zen 4 with T's batch 32 before T's one-thread steps (41.0
     # beside short test runs at batch 128, with the three long-IMLE ablation rows, about 5 min); 35.0 min alone

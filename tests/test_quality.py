@@ -248,8 +248,9 @@ def test_quality_smoke_report(tmp_path):
 
 
 def test_quick_ablation_runs_the_rows_that_reuse_the_glo_stage():
-    """--quick keeps only the ablation rows whose GLO stage is the base recipe's (IMLE options: cheap, they
-    reuse part (c)'s stage); the full variant runs every row."""
+    """--quick keeps only the ablation rows whose GLO stage is the base recipe's (IMLE options and T's
+    architecture, the long IMLE stage included: they reuse part (c)'s stage); the full variant runs every
+    row."""
     from benchmarks import ablation, quality
     from benchmarks.glo_stages import glo_key
 
@@ -257,6 +258,7 @@ def test_quick_ablation_runs_the_rows_that_reuse_the_glo_stage():
     assert [label for label, _ in ablation.rows(full)] == [label for label, _ in ablation.rows()]
     kept = dict(ablation.rows(quick))
     assert ablation.BASE in kept and "imle_adaptive = True" in kept and "imle_epochs x 2" in kept
+    assert "imle_epochs x 8, mapping_hidden x 2" in kept  # T's width is no GLO field
     base_key = glo_key(ablation.base_config(quick, 0))
     for label, change in ablation.rows():
         shares = glo_key(ablation._config(quick, 0, change)) == base_key
