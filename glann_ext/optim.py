@@ -229,7 +229,8 @@ class SphereSparseAdam(_SphereOptimizer):
         two agree for a dense parameter; for a table whose rows are touched once per epoch the counter runs
         ahead of every row's real count, so the correction fades while a row's second moment is still tiny
         and its early steps are far too large (towards lr (1 - beta1^k) / sqrt((1 - beta2) k) per coordinate
-        at its k-th update as the counter grows). GLO passes the rows' own count (see ``TrainConfig.latent_adam_steps``)."""
+        at its k-th update as the counter grows). GLO passes the rows' own count (see
+        ``TrainConfig.latent_adam_steps``)."""
         if updates is not None:
             # int() truncated 2.5; 0 divided by zero in the reference step
             updates = checked_int("SphereSparseAdam.step: updates", updates, 1)

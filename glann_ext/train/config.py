@@ -88,8 +88,9 @@ class TrainConfig:
     """Targets per step of ``T`` in the IMLE stage on codes (pixel-space IMLE trains G with ``batch_size``).
     Smaller than G's batch: the stage's cost is one matching per epoch plus ``T``'s arithmetic per target, so
     a smaller batch buys 4x the steps for 1.7-2.3x the stage's time; in the quality report (its Xeon run) batch
-    32 takes FD from 27.8 (batch 128) to 23.7 (3 seeds) at the same recall (docs/training.md, "The IMLE stage's batch"). The GLANN
-    code uses 128; run folders saved before this field keep ``batch_size`` when resumed."""
+    32 takes FD from 27.8 (batch 128) to 23.7 (3 seeds) at the same recall (docs/training.md, "The IMLE
+    stage's batch"). The GLANN code uses 128; run folders saved before this field keep ``batch_size`` when
+    resumed."""
     noise_dim: int = 32
     imle_lr: float = 1e-3
     imle_betas: tuple[float, float] = (0.9, 0.9)
@@ -181,9 +182,10 @@ class TrainConfig:
     many times the codes' standard deviation) and project it back onto the sphere before decoding. 0 (the
     default): ``T``'s samples as they are. More spread mixes more (a kernel smoothing of ``T``'s samples):
     recall and the stacked tables' mode counts rise, precision and FD worsen. At the quality report's budget
-    (its Xeon run of 2026-12-05) 0.75 puts GLANN ahead of GLO + Gaussian in FD, precision, coverage and stacked KL (on every seed) and level
-    in stacked modes and Fashion-MNIST recall, at 1.56x the default's FD; at the 25-epoch recipe 0.25 costs
-    15% in FD for +0.008 recall (docs/training.md, "Spreading the samples"). Sampling only."""
+    (its Xeon run of 2026-12-05) 0.75 puts GLANN ahead of GLO + Gaussian in FD, precision, coverage and
+    stacked KL (on every seed) and level in stacked modes and Fashion-MNIST recall, at 1.56x the default's FD;
+    at the 25-epoch recipe 0.25 costs 15% in FD for +0.008 recall (docs/training.md, "Spreading the samples").
+    Sampling only."""
     # execution
     ops: str = "fused"  # "fused" kernels or "reference" PyTorch ops
     device: str = "cpu"
