@@ -379,9 +379,8 @@ class GenerativeModel(nn.Module):
     def noise(self, n: int, seed: int | None = None) -> torch.Tensor:
         """``n`` standard-normal noise vectors (n, noise_dim) on the CPU; the same seed (an integer in [0,
         2**63); None, the default: one drawn from torch's global generator) gives the same noise, and the
-        first ``k`` of them whatever ``n >= k`` is. ``n`` is refused when
-        the noise would not fit in this machine's physical memory (as for every count of the sampling
-        methods)."""
+        first ``k`` of them whatever ``n >= k`` is. ``n`` is refused when the noise would not fit in this
+        machine's physical memory (as for every count of the sampling methods)."""
         n, seed = _check_count(n, (self.noise_dim,)), seed_or_drawn(seed)
         return seeding.prefix_normal(n, self.noise_dim, seeding.generator(seed, "sample"))
 
@@ -439,9 +438,9 @@ class GenerativeModel(nn.Module):
     def sample(self, n: int, seed: int | None = None, balanced: bool | None = None) -> torch.Tensor:
         """``n`` samples, float32 (n, C, H, W) in [0, 1]; the same seed (an integer in [0, 2**63)) gives the
         same images. Without a seed (None) each call draws new ones, from a seed drawn from torch's global
-        generator (``torch.manual_seed`` makes a script's draws repeatable). ``balanced``: balanced sampling on or off (None: the model's setting). ``n`` is refused
-        (UsageError) when the images would not fit in this machine's physical memory: sample large sets in
-        batches of seeds. Like :meth:`decode` and ``map_noise``, it leaves G and T in eval mode."""
+        generator (``torch.manual_seed`` makes a script's draws repeatable). ``balanced``: balanced sampling
+        on or off (None: the model's setting). ``n`` is refused (UsageError) when the images would not fit in
+        this machine's physical memory: sample large sets in batches of seeds. Like :meth:`decode` and ``map_noise``, it leaves G and T in eval mode."""
         n = _check_count(n, self.image_shape)
         return self.decode(self.sample_inputs(n, seed, balanced))
 

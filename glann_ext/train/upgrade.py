@@ -41,11 +41,10 @@ def upgrade_run(
     done = []
     with FolderLock(run):
         manifest = _check_trust(run, trust_pickle)  # what the lock now holds (nothing unpickled untrusted)
-        old_checkpoint = manifest is not None and manifest.get("format") == 1
         remove_stale_temps(run)
         if (run / CONFIG_FILE).exists() and _upgrade_config(run / CONFIG_FILE):
             done.append(f"{CONFIG_FILE} (the old behaviour of fields it lacked kept)")
-        if old_checkpoint:
+        if _format_1(manifest):
             _upgrade_checkpoint(run, manifest)
             done.append(f"{ckpt.CHECKPOINT_DIR}/ (format 1 -> {ckpt.FORMAT_VERSION})")
         if (run / ckpt.LEGACY_MODEL_FILE).exists():
@@ -62,15 +61,18 @@ def _check_trust(run: Path, trust_pickle: bool) -> dict[str, Any] | None:
     (model.pt or a format-1 checkpoint); a run without one (a current run) is not asked for trust. Returns
     the checkpoint manifest it read (None without one)."""
     manifest = ckpt.read_manifest_object(run)
-    pickles = (manifest is not None and manifest.get("format") == 1) or (
-        run / ckpt.LEGACY_MODEL_FILE
-    ).exists()
+    pickles = _format_1(manifest) or (run / ckpt.LEGACY_MODEL_FILE).exists()
     if pickles and not trust_pickle:
         raise UsageError(
             f"{run}: converting glann_ext 0.1 files means unpickling them, which runs any code planted in "
             "them; pass --trust-pickle if these files are your own"
         )
     return manifest
+
+
+def _format_1(manifest: dict[str, Any] | None) -> bool:
+    """Whether ``manifest`` (None: no checkpoint) is 0.1's format-1 checkpoint, whose shards are pickles."""
+    return manifest is not None and manifest.get("format") == 1
 
 
 def _upgrade_config(path: Path) -> bool:
