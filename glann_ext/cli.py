@@ -26,6 +26,7 @@ import torch
 
 from glann_ext._info import __version__
 from glann_ext.errors import ConfigError, GlannError
+from glann_ext.models.generative import MAX_NOISE_SCALE, MAX_SPREAD
 from glann_ext.train.config import MAX_SEED, MAX_THREADS
 
 # What one reading command draws at most: its images are held in memory (a million 28 x 28 images are 3 GB)
@@ -199,7 +200,28 @@ def _count(minimum: int | None, maximum: int | None = None, *, none: object = _N
     return parse
 
 
-_int_or_none = _count(None, none=NONE)  # train's "int?" flags: an integer, or none to set the field to None
+def _number_in(low: float, high: float, *, low_included: bool):
+    """An argparse type: a float in [low, high] (or (low, high] without ``low_included``), so that the flag
+    is named in the error (the model's own check names only the quantity)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (low <= value if low_included else low < value) or not value <= high:  # NaN fails too
+            bracket = "[" if low_included else "("
+            raise argparse.ArgumentTypeError(f"must be a number in {bracket}{low:g}, {high:g}], got {text}")
+        return value
+
+    return parse
+
+
+_int_or_none = _count(None, none=NONE)
+_noise_scale = _number_in(0.0, MAX_NOISE_SCALE, low_included=False)  # sample's and eval's sampling flags
+_spread = _number_in(
+    0.0, MAX_SPREAD, low_included=True
+)  # train's "int?" flags: an integer, or none to set the field to None
 
 
 def _run_args(q: argparse.ArgumentParser) -> None:
@@ -273,9 +295,9 @@ def _add_sample(sub) -> None:
         help="glann: T then G, balanced over the codes when the run's balance_draws > 0 (the default); "
         "plain: T then G without balancing or either spread (with --noise-scale 1: the papers'); gaussian: the GLO-only full-covariance Gaussian baseline",
     )  # fmt: skip
-    s.add_argument("--noise-scale", type=float, help=NOISE_SCALE_HELP)
-    s.add_argument("--local-spread", type=float, help=LOCAL_SPREAD_HELP)
-    s.add_argument("--spread", type=float, help=SPREAD_HELP)
+    s.add_argument("--noise-scale", type=_noise_scale, help=NOISE_SCALE_HELP)
+    s.add_argument("--local-spread", type=_spread, help=LOCAL_SPREAD_HELP)
+    s.add_argument("--spread", type=_spread, help=SPREAD_HELP)
 
 
 def _add_interpolate(sub) -> None:
@@ -359,9 +381,9 @@ def _add_eval(sub) -> None:
     )
     e.add_argument("--out", help="folder for eval.json and the PNGs (default: the run folder)")
     e.add_argument("--sampler", choices=SAMPLERS, default="glann", help="as for sample")
-    e.add_argument("--noise-scale", type=float, help=NOISE_SCALE_HELP)
-    e.add_argument("--local-spread", type=float, help=LOCAL_SPREAD_HELP)
-    e.add_argument("--spread", type=float, help=SPREAD_HELP)
+    e.add_argument("--noise-scale", type=_noise_scale, help=NOISE_SCALE_HELP)
+    e.add_argument("--local-spread", type=_spread, help=LOCAL_SPREAD_HELP)
+    e.add_argument("--spread", type=_spread, help=SPREAD_HELP)
     e.add_argument(
         "--test",
         help="held-out images (a folder, a .npy/.npz or FILE.npz:NAME, or a named dataset, whose test split is "
@@ -414,18 +436,22 @@ def _train_config(args: argparse.Namespace, saved: Any = None):
                 base[field] = _absolute_path(base[field])
     if args.dataset:
         base["dataset"] = _absolute_path(args.dataset)
-    flagged = {"dataset"} if args.dataset else set()  # the fields this command line sets
     for _, field, _, _ in _CONFIG_FLAGS:
         value = getattr(args, field)
         if value is not None:
             base[field] = None if value is NONE else value
-            flagged.add(field)
     if args.data_root is not None:
         base["data_root"] = _absolute_path(args.data_root)
     try:
         return TrainConfig.from_dict(base)
     except ConfigError as exc:
-        raise _flag_config_error(exc, flagged) from None
+        raise _flag_config_error(exc, _flagged_fields(args)) from None
+
+
+def _flagged_fields(args: argparse.Namespace) -> set[str]:
+    """The TrainConfig fields this train command line sets with a flag."""
+    flagged = {field for _, field, _, _ in _CONFIG_FLAGS if getattr(args, field) is not None}
+    return flagged | ({"dataset"} if args.dataset else set())
 
 
 # TrainConfig field -> the train flag that sets it
@@ -475,13 +501,20 @@ def _cmd_train(args: argparse.Namespace) -> None:
     if saved is None and not (args.dataset or args.preset or args.config):
         raise CLIError(f"--out {out}: no run there yet; a new run needs --dataset (or --preset/--config)")
     cfg = _train_config(args, saved)
-    run = Run(out, cfg, progress=not args.no_progress)
+    try:
+        run = Run(out, cfg, progress=not args.no_progress)
+    except ConfigError as exc:  # a resume's change refused, naming the flag this command line gave
+        raise _flag_config_error(exc, _flagged_fields(args)) from None
     try:
         run.train(args.stage)
     except KeyboardInterrupt:
         if run.world.is_main:
             print(f"\n{_interrupted_message(out)}", file=sys.stderr)
         raise SystemExit(130) from None
+    except (
+        ConfigError
+    ) as exc:  # a field found wrong only in training (an RS-IMLE radius that rejects too much)
+        raise _flag_config_error(exc, _flagged_fields(args)) from None
 
 
 def _interrupted_message(out: Path) -> str:
@@ -514,10 +547,14 @@ def _check_device(args: argparse.Namespace) -> None:
 
 
 def _load(args: argparse.Namespace):
-    from glann_ext.train.run import load_model
+    from glann_ext.train.run import load_model, model_file_behind
 
     _check_device(args)
-    return load_model(args.run, ops=args.ops, device=args.device)
+    model = load_model(args.run, ops=args.ops, device=args.device)
+    behind = model_file_behind(args.run, model)
+    if behind is not None:
+        print(f"note: {behind}", file=sys.stderr)
+    return model
 
 
 def _check_grid_channels(model: Any, command: str) -> None:

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._io import atomic_write, cache_root, nearest_folder
+from ._io import atomic_write, cache_root, nearest_folder, read_regular
 from .data import DataError, convert_images, fingerprint_change, load_image_shard, load_images
 from .data.labelled import LABELLED, changed_data_advice, load_labelled, rows_may_predate_031
 from .errors import NonFiniteError, RunFolderError, UsageError
@@ -255,11 +255,15 @@ def _scores(real_f: torch.Tensor, fake_f: torch.Tensor) -> dict[str, float]:
 
 
 def _ceiling(
-    model, n: int, real_f: torch.Tensor, clf: DomainClassifier | RandomEmbedding, log
+    model, n: int, real_f: torch.Tensor, fake_f: torch.Tensor, clf: DomainClassifier | RandomEmbedding, log
 ) -> dict[str, Any]:
-    """The reconstruction ceiling: the same scores for G(codes) of the first ``n`` training images, what a
-    perfect second stage (a T that hit every code exactly) would reach with this G; and samples / ceiling."""
+    """The reconstruction ceiling: the same scores for G(codes) of ``n`` training images spread over the
+    training set (a folder of class subfolders holds one class in its first rows), what a perfect second
+    stage (a T that hit every code exactly) would reach with this G. FD and PRDC depend on the count, so when
+    the training set holds fewer codes than there are samples (``fake_f``), ``samples_at_n`` scores the first
+    that many samples, which :func:`ceiling_ratios` then compares."""
     from .models import GLANN
+    from .train.run import spread_rows
 
     if not isinstance(model, GLANN):
         return {"skipped": "no training codes (a pixel-space IMLE run): the ceiling is GLANN's"}
@@ -267,20 +271,27 @@ def _ceiling(
         return {"skipped": f"{len(model.codes)} training codes: PRDC's k = 3 needs at least {MIN_SCORED}"}
     k = min(n, len(model.codes))
     log(f"ceiling: G(codes) of {k} training images")
-    rec = torch.cat([model.reconstruct(torch.arange(i, min(i + 1000, k))).cpu() for i in range(0, k, 1000)])
-    return {"n": k, **_scores(real_f, clf.features(rec))}
+    rows = spread_rows(len(model.codes), k)
+    rec = torch.cat([model.reconstruct(rows[i : i + 1000]).cpu() for i in range(0, k, 1000)])
+    ceiling = {"n": k, **_scores(real_f, clf.features(rec))}
+    if k < len(fake_f):
+        ceiling["samples_at_n"] = _scores(real_f, fake_f[:k])
+    return ceiling
 
 
 def ceiling_ratios(result: dict[str, Any]) -> dict[str, float]:
-    """Samples against the ceiling: FD ratio (1 = as good as G(codes)), and the ceiling's lead in recall
-    and coverage (0 = none)."""
+    """Samples against the ceiling on as many points (the ceiling's ``samples_at_n`` where the training set
+    held fewer codes than there are samples): FD ratio (1 = as good as G(codes)), and the ceiling's lead in
+    recall and coverage (0 = none)."""
     c = result["ceiling"]
     if "fd" not in c:
         return {}
+    samples = c.get("samples_at_n", result)
     return {
-        "fd_ratio": result["fd"] / c["fd"] if c["fd"] > 0 else math.inf,
-        "recall_gap": c["recall"] - result["recall"],
-        "coverage_gap": c["coverage"] - result["coverage"],
+        "n": c["n"],
+        "fd_ratio": samples["fd"] / c["fd"] if c["fd"] > 0 else math.inf,
+        "recall_gap": c["recall"] - samples["recall"],
+        "coverage_gap": c["coverage"] - samples["coverage"],
     }
 
 
@@ -342,7 +353,35 @@ def _out_dir(run: Path | None, out: str | os.PathLike | None) -> Path:
         ) from None
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"{existing}: not writable, so eval could not write its results there; pass --out")
+    if out is not None:
+        _check_replaceable(folder, "out" if run is None else "--out")
     return folder
+
+
+def _check_replaceable(folder: Path, flag: str) -> None:
+    """A folder the caller named may hold files of theirs under eval's names: eval replaces only its own
+    (an ``eval.json`` of its results, its tagged PNGs), as ``glann sample`` does, before any work."""
+    from .images import written_here
+
+    for name in (EVAL_FILE, SAMPLES_PNG, NEIGHBOURS_PNG):
+        path = folder / name
+        if not os.path.lexists(path) or (written_here(path) if name.endswith(".png") else _eval_result(path)):
+            continue
+        what = (
+            "is a link" if path.is_symlink() else "is a folder" if path.is_dir()
+            else "was not written by eval (a file of yours, or a grid of glann before 0.3.4)"
+        )  # fmt: skip
+        raise UsageError(f"{flag} {folder}: {path} {what}, and eval would replace it; give another folder")
+
+
+def _eval_result(path: Path) -> bool:
+    """Whether ``path`` is a regular file holding the JSON object of an earlier eval."""
+    try:
+        text = read_regular(path) if path.stat().st_size < 1 << 24 else b""
+        result = json.loads(text)
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(result, dict) and {"n_samples", "memorisation"} <= result.keys()
 
 
 def _eval_data(job: _Job, n_test: int, cache_dir, clf_epochs) -> EvalData:
@@ -509,9 +548,14 @@ def evaluate_run(
     to ``n_test`` (>= 6) test images; the LeNet cached in ``cache_dir`` (default ``~/.cache/glann_ext/quality``).
     ``generator``: the module a model file of a generator of your own loads into (see
     :func:`~glann_ext.train.run.load_model`)."""
+    from .train.run import model_file_behind
+
     t0, run = time.perf_counter(), Path(run)
     _check_sizes(n, n_test)
     model, cfg = _open_run(run, ops, device, sampler, noise_scale, spread, local_spread, generator)
+    behind = model_file_behind(run, model)
+    if behind is not None:
+        log(f"note: {behind}")
     job = _Job(run, model, cfg, n, seed, sampler, _out_dir(run, out), grid_pairs, progress, log)
     return _evaluate(job, t0, test, n_test, cache_dir, clf_epochs)
 
@@ -671,7 +715,7 @@ def _evaluate_labelled(job: _Job, n_test: int, cache_dir, clf_epochs) -> dict[st
     latents, samples = _draw(job.model, job.sampler, job.n, job.seed, job.progress)
     job.log(f"features and PRDC: {job.n} samples vs {len(data.test)} test images")
     real_f, fake_f = data.clf.features(data.test), data.clf.features(samples)
-    ceiling = _ceiling(job.model, job.n, real_f, data.clf, job.log)
+    ceiling = _ceiling(job.model, job.n, real_f, fake_f, data.clf, job.log)
     usage = _code_usage(job.model, latents, job.seed)
     job.log(f"memorisation: nearest of {len(data.train)} training images")
     memo = memorisation_summary(samples, data.train, data.test)
@@ -786,9 +830,10 @@ def _random_features(
         else {"skipped": f"{k} training images: PRDC's k = 3 needs at least {MIN_SCORED}"}
     )
     space = {"space": embedding.name, "seed": embedding.seed, "dim": embedding.dim, "reference": reference}
+    fake_f = embedding.features(samples)
     return {
-        "features": space, **_scores(real_f, embedding.features(samples)),
-        "ceiling": _ceiling(job.model, job.n, real_f, embedding, job.log),
+        "features": space, **_scores(real_f, fake_f),
+        "ceiling": _ceiling(job.model, job.n, real_f, fake_f, embedding, job.log),
     }  # fmt: skip
 
 
@@ -797,9 +842,10 @@ def _ceiling_line(result: dict[str, Any]) -> str:
     if "fd" not in c:
         return c.get("skipped", "-")
     gap = round(-v["recall_gap"], 3) + 0.0  # samples' recall minus the ceiling's (+ 0.0: no "-0.000")
+    fewer = f" (the first {c['n']} samples against the {c['n']} codes)" if "samples_at_n" in c else ""
     return (
         f"FD {c['fd']:.4g}, P/R {c['precision']:.3f} / {c['recall']:.3f}, density / coverage {c['density']:.3f} / "
-        f"{c['coverage']:.3f}; samples/ceiling FD x{v['fd_ratio']:.2f}, recall {gap:+.3f}"
+        f"{c['coverage']:.3f}; samples/ceiling FD x{v['fd_ratio']:.2f}, recall {gap:+.3f}{fewer}"
     )
 
 

@@ -61,7 +61,7 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -
     """Write ``images`` (B, C, h, w) in [0, 1] as one grid image (the format from the suffix: .png, .jpg,
     ...), atomically (a link at ``path`` is replaced, not followed); returns the path. A PNG carries the
     text chunk Software = glann_ext (:func:`written_here`)."""
-    from PIL import Image, PngImagePlugin
+    from PIL import Image
 
     path = Path(path)
     fmt = image_format(path)
@@ -69,11 +69,18 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -
         raise UsageError(f"{path}: not an image format Pillow writes, suffix {path.suffix!r} (use .png)")
     grid = make_grid(images, nrow)
     image = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
-    extra: dict = {}
-    if fmt == "PNG":
-        extra["pnginfo"] = PngImagePlugin.PngInfo()
-        extra["pnginfo"].add_text("Software", _SOFTWARE.decode())
+    extra = png_tag() if fmt == "PNG" else {}
     return atomic_write(path, lambda f: image.save(f, format=fmt, **extra))
+
+
+def png_tag() -> dict:
+    """Pillow's save options that tag a PNG as this package's (text chunk Software = glann_ext), which
+    :func:`written_here` recognises."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", _SOFTWARE.decode())
+    return {"pnginfo": info}
 
 
 def written_here(path: str | Path) -> bool:

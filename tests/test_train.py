@@ -1027,6 +1027,38 @@ def test_rs_imle_stops_with_a_clear_error_when_it_rejects_every_draw():
     assert len(idx.unique()) == 1 and trainer.last_rejected == 79 / 80
 
 
+def test_rs_imle_with_unique_matching_matches_kept_draws_one_to_one():
+    """Unique matching handed the targets left without a kept draw the parked rejected ones, and the epoch
+    pulled those (match distance 1e13): now it matches over the kept draws, and stops when they are too few."""
+    torch.manual_seed(0)
+    targets = reference.project_to_sphere_reference(torch.randn(60, 4))
+    cfg = TrainConfig(noise_dim=3, imle_match="unique", imle_noise_multiple=4)
+    trainer = IMLETrainer(targets, MLP(3, 4, 16, 2), cfg, get_ops(OPS))
+    outputs = trainer.generate(trainer.noise(range(trainer.num_noise), 0))
+    nearest = torch.cdist(outputs.double(), targets.double()).min(1).values
+    trainer.cfg = cfg = dataclasses.replace(cfg, imle_reject_radius=nearest.median().item())
+    kept = (nearest >= cfg.imle_reject_radius).nonzero().squeeze(1)
+    assert 60 <= len(kept) < 240  # some draws rejected, enough left
+    _, idx, dist = trainer.match(epoch=0)
+    assert torch.equal(idx, kept[_unique_match_literal(targets, outputs[kept])])
+    torch.testing.assert_close(dist, ((outputs[idx] - targets) ** 2).sum(1))
+    assert dist.max() < 16  # no parked draw among them
+    # a radius that keeps fewer draws than targets: one line, naming the counts and the way out
+    ranked = nearest.sort(descending=True).values
+    radius = (ranked[58] + ranked[59]).item() / 2  # keeps the 59 draws farther than this from every target
+    trainer.cfg = dataclasses.replace(cfg, imle_reject_radius=radius)
+    survivors = int((ranked >= radius).sum())
+    assert survivors == 59
+    with pytest.raises(ConfigError) as caught:
+        trainer.match(epoch=0)
+    assert caught.value.field == "imle_reject_radius"
+    assert str(caught.value) == (
+        f"config field imle_reject_radius (--imle-reject-radius) {radius:g} leaves {survivors} of the 240 draws "
+        "of IMLE epoch 1, fewer than the 60 targets that imle_match 'unique' matches one to one; resume with a "
+        "smaller radius (a resume may change it)"
+    )
+
+
 def test_a_run_whose_radius_rejects_every_draw_resumes_with_a_smaller_one(tmp_path, blob_file):
     """The error said to lower the radius, which a resume refused to change: the run could only start over.
     The radius is a recovery field like the rates: the resume continues from the last checkpoint with it,
@@ -1280,17 +1312,79 @@ def test_a_resume_may_name_the_image_size_and_channels_the_data_gave(tmp_path, b
 def test_a_resume_cannot_change_epochs_already_trained_or_glo_once_imle_began(tmp_path, blob_file):
     quiet = {"progress": False, "log": lambda s: None}
     out, cfg = _interrupted(tmp_path, blob_file, "imle", 1)
-    with pytest.raises(ConfigError, match=r"--glo-epochs 5: the GLO stage .* finished after 2 epochs"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^config field glo_epochs \(--glo-epochs\) 5: the GLO stage .* finished after 2 epochs",
+    ):
         train(dataclasses.replace(cfg, glo_epochs=5), out, **quiet)
     assert not (out / "resumes.jsonl").exists()
     steps = seeding.num_batches(96, cfg.batch_size)  # per GLO epoch
     out, cfg = _interrupted(tmp_path, blob_file, "glo", steps + 1, name="glo")  # in GLO epoch 2
     with pytest.raises(
-        ConfigError, match=r"--glo-epochs 0: .* has trained 1 GLO epochs already; give at least 1"
+        ConfigError,
+        match=r"^config field glo_epochs \(--glo-epochs\) 0: .* has trained 1 GLO epochs already; give at least 1",
     ):
         train(dataclasses.replace(cfg, glo_epochs=0), out, **quiet)
     train(dataclasses.replace(cfg, glo_epochs=3), out, stage="glo", **quiet)  # extending GLO in GLO: fine
     assert ckpt.latest_main(out)["glo"]["epoch"] == 3
+
+
+def test_a_finished_glo_stage_takes_another_t_until_imle_begins(tmp_path, blob_file):
+    """Every IMLE-stage field was frozen once GLO had trained, so trying the mixing `T` on a finished
+    `--stage glo` meant training GLO again. Before IMLE begins they may change (recorded), and the run trains
+    what a new run with them trains; once IMLE has begun they are refused again, and RS-IMLE's radius may
+    then only go down."""
+    quiet = {"progress": False, "log": lambda s: None}
+    cfg = tiny_config(dataset=blob_file, glo_epochs=1, imle_epochs=2)
+    other = {"mapping_layers": 1, "mapping_batch_norm": False, "noise_dim": 3, "imle_reject_radius": 0.5}
+    out = tmp_path / "glo"
+    train(cfg, out, stage="glo", **quiet)
+    model = train(dataclasses.replace(cfg, **other), out, **quiet)
+    fresh = train(dataclasses.replace(cfg, **other), tmp_path / "fresh", **quiet)
+    assert tensors_equal(model.export()[0], fresh.export()[0])
+    changed = json.loads((out / "resumes.jsonl").read_text())["changed"]
+    assert changed == {k: [getattr(cfg, k), v] for k, v in other.items()}
+    later = dataclasses.replace(cfg, **other, imle_epochs=3)
+    with pytest.raises(RunFolderError, match=r"different config \(mapping_layers 1 -> 2;"):
+        train(dataclasses.replace(later, mapping_layers=2), out, **quiet)
+    with pytest.raises(RunFolderError, match=r"different config \(imle_reject_radius 0.5 -> 0.6;"):
+        train(dataclasses.replace(later, imle_reject_radius=0.6), out, **quiet)
+    train(dataclasses.replace(later, imle_reject_radius=0.0), out, **quiet)  # down (off): allowed
+    assert json.loads((out / "resumes.jsonl").read_text().splitlines()[-1])["changed"] == {
+        "imle_epochs": [2, 3],
+        "imle_reject_radius": [0.5, 0.0],
+    }
+
+
+def test_readers_say_when_the_model_file_is_behind_a_stopped_resume(tmp_path, blob_file):
+    """A resume that added IMLE epochs and was stopped left `sample`, `eval` and `invert` reading the earlier
+    model.safetensors without a word, while config.json and the checkpoint were further on."""
+    from glann_ext.train.run import model_file_behind
+
+    quiet = {"progress": False, "log": lambda s: None}
+    out = tmp_path / "run"
+    cfg = tiny_config(dataset=blob_file, glo_epochs=1, imle_epochs=1, ckpt_every=1)
+    train(dataclasses.replace(cfg, imle_epochs=0), out, stage="glo", **quiet)  # GLO only: no T in the file
+    assert model_file_behind(out, load_model(out)) is None
+    with pytest.raises(Interrupt):
+        train(cfg, out, on_step=interrupt_at("imle", 1), **quiet)  # IMLE begun, epochs as the file's
+    assert load_model(out).T is None and ckpt.read_manifest(out)["phase"] == "imle"
+    assert model_file_behind(out, load_model(out)) == (
+        f"{out / 'model.safetensors'} is the model trained to GLO epoch 1; the run's latest checkpoint is at IMLE "
+        f"epoch 0 of 1 (a resume stopped or still training): `glann train --out {out}` finishes it"
+    )
+    train(cfg, out, **quiet)
+    assert model_file_behind(out, load_model(out)) is None  # finished: the file is the run's
+    with pytest.raises(Interrupt):
+        train(dataclasses.replace(cfg, imle_epochs=3), out, on_step=interrupt_at("imle", 5), **quiet)
+    note = model_file_behind(out, load_model(out))
+    assert (
+        note is not None and "trained to IMLE epoch 1; the run's latest checkpoint is at IMLE epoch" in note
+    )
+    assert note.endswith(
+        "of 3 (a resume stopped or still training): `glann train --out " + f"{out}` finishes it"
+    )
+    assert model_file_behind(out / "model.safetensors", load_model(out)) is None  # a model file: no run
 
 
 def test_a_resume_may_end_a_stage_at_the_epochs_it_has_trained(tmp_path, blob_file):

@@ -212,9 +212,12 @@ def save_neighbour_grid(
     ``samples`` and ``train`` may be tensors or arrays. Each cell is the pair [sample | neighbour]; pairs are separated by a wider gap. ``index`` (N,)
     may carry precomputed neighbours (e.g. ``MemorisationReport.generated_index``); otherwise they
     are searched with :func:`nearest_train`. Pixels are mapped from ``value_range`` to 0..255.
-    Written atomically; returns the path.
+    Written atomically, tagged as this package's PNG (:func:`~glann_ext.images.written_here`); returns the
+    path.
     """
     from PIL import Image  # a declared dependency, but only this function needs it
+
+    from ..images import png_tag
 
     samples, train = _grid_images(samples, train)
     pairs_per_row = check_positive_int("pairs_per_row", pairs_per_row)
@@ -248,4 +251,4 @@ def save_neighbour_grid(
     array = canvas[0].numpy() if c == 1 else canvas.permute(1, 2, 0).contiguous().numpy()
     image = Image.fromarray(array)  # uint8 (H, W) -> "L", (H, W, 3) -> "RGB"
 
-    return atomic_write(path, lambda f: image.save(f, format="PNG"))
+    return atomic_write(path, lambda f: image.save(f, format="PNG", **png_tag()))

@@ -186,22 +186,43 @@ class IMLETrainer(StageTrainer):
         noise = self.noise(range(lo, hi), epoch)
         samples = self.generate(noise).reshape(hi - lo, -1)
         targets = self._flat_targets()
-        if self.cfg.imle_reject_radius > 0:
-            self._reject(samples, targets, epoch)
+        kept = self._reject(samples, targets, epoch) if self.cfg.imle_reject_radius > 0 else None
         queries = targets if which is None else targets[which.to(targets.device)]
         if self.cfg.imle_match == "unique":
-            idx = unique_nn_match(queries, samples, self.ops.nn_argmin)
+            idx = self._unique_match(queries, samples, kept, epoch)
             dist = ((queries - samples[idx]) ** 2).sum(1)
         else:
             idx, dist = self.ops.nn_argmin(queries, samples, return_distances=True, world=self.world)
         return noise, idx.cpu(), dist.cpu()
 
-    def _reject(self, samples: torch.Tensor, targets: torch.Tensor, epoch: int) -> None:
+    def _unique_match(
+        self, queries: torch.Tensor, samples: torch.Tensor, kept: torch.Tensor | None, epoch: int
+    ) -> torch.Tensor:
+        """One distinct draw per query (one process holds every draw), among the draws RS-IMLE kept."""
+        if kept is None:
+            return unique_nn_match(queries, samples, self.ops.nn_argmin)
+        survivors = kept.nonzero().squeeze(1)
+        if len(survivors) < len(queries):  # else some targets would be handed rejected draws and pull them
+            radius = self.cfg.imle_reject_radius
+            problem = (
+                f"{radius:g} leaves {len(survivors)} of the {self.num_noise} draws of IMLE epoch {epoch + 1}, "
+                f"fewer than the {len(queries)} targets that imle_match 'unique' matches one to one; resume "
+                "with a smaller radius (a resume may change it)"
+            )
+            raise ConfigError(
+                f"config field imle_reject_radius (--imle-reject-radius) {problem}",
+                field="imle_reject_radius",
+                problem=problem,
+            )
+        return survivors[unique_nn_match(queries, samples[survivors], self.ops.nn_argmin)]
+
+    def _reject(self, samples: torch.Tensor, targets: torch.Tensor, epoch: int) -> torch.Tensor:
         """RS-IMLE's rejection, exact: a draw is out when its nearest target (over all targets of every rank)
         is within ``imle_reject_radius``. That is the fused search with the roles swapped (draws as queries,
         targets as keys), no distance matrix. Rejected outputs are moved far away (finite), so no target
-        picks them while their global indices stay those of the noise table. A ConfigError when every draw
-        is rejected: all targets would tie on the far point and pull one draw."""
+        picks them while their global indices stay those of the noise table; returns the mask of the draws
+        kept. A ConfigError when every draw is rejected: all targets would tie on the far point and pull one
+        draw."""
         radius = self.cfg.imle_reject_radius
         _, nearest = self.ops.nn_argmin(samples, targets, return_distances=True, world=self.world)
         out = nearest < radius**2
@@ -220,6 +241,7 @@ class IMLETrainer(StageTrainer):
                 field="imle_reject_radius",
                 problem=problem,
             )
+        return ~out
 
     def matched_noise_for(
         self, epoch: int, which: torch.Tensor | None = None

@@ -90,13 +90,28 @@ RESUMABLE_OVERRIDES = (
 # image_size / channels that a run left None (the data's own) and a resume names: the same images when they
 # load at the checkpoint's image shape (checked in _restore; another shape is refused there)
 SHAPE_FIELDS = ("image_size", "channels")
-RECORDED_FIELDS = (*RESUMABLE_OVERRIDES, *SHAPE_FIELDS)  # what a resume may set: logged in resumes.jsonl
+# What GLANN's IMLE stage alone reads (T is seeded on its own, so GLO never depends on them): a resume whose
+# checkpoint is still in the GLO phase, no T trained yet, may change them (a finished `--stage glo` tried
+# with another T), and trains what a new run with them would
+IMLE_STAGE_FIELDS = tuple(
+    f.name
+    for f in dataclasses.fields(TrainConfig)
+    if (f.name.startswith(("imle_", "mapping_")) and f.name != "imle_space") or f.name == "noise_dim"
+)
+# what a resume may set: logged in resumes.jsonl
+RECORDED_FIELDS = tuple(dict.fromkeys((*RESUMABLE_OVERRIDES, *SHAPE_FIELDS, *IMLE_STAGE_FIELDS)))
 N_SHOW = 32  # images per row in reconstruction grids
 
 
-def _may_change(field: str, saved: Any, new: Any) -> bool:
-    """Whether a resume may change ``field`` from ``saved`` to ``new`` (a shape field to or from None: the
-    data's own, checked against the checkpoint's image shape)."""
+def _may_change(field: str, saved: Any, new: Any, phase: str | None) -> bool:
+    """Whether a resume may change ``field`` from ``saved`` to ``new`` when its checkpoint is in ``phase``
+    (None: no checkpoint, a model file only): the IMLE stage's fields before IMLE has begun; a shape field
+    to or from None (the data's own, checked against the checkpoint's image shape); RS-IMLE's radius only
+    down (to 0: off), the way out of a radius that came to reject every draw, once IMLE trains with it."""
+    if phase == "glo" and field in IMLE_STAGE_FIELDS:
+        return True
+    if field == "imle_reject_radius":
+        return new <= saved
     return field in RESUMABLE_OVERRIDES or (field in SHAPE_FIELDS and None in (saved, new))
 
 
@@ -238,7 +253,10 @@ class Run:
             saved = load_run_config(path)
             if cfg is not None:
                 mine, theirs = dataclasses.asdict(saved), dataclasses.asdict(cfg)
-                changed = {k for k, v in theirs.items() if mine[k] != v and not _may_change(k, mine[k], v)}
+                phase = (ckpt.read_manifest(self.out) or {}).get("phase")
+                changed = {
+                    k for k, v in theirs.items() if mine[k] != v and not _may_change(k, mine[k], v, phase)
+                }
                 if changed:
                     what = ", ".join(_change(k, mine[k], theirs[k]) for k in sorted(changed))
                     raise RunFolderError(
@@ -299,12 +317,14 @@ class Run:
             )
 
     def _check_checkpoint_config(self, saved: Any) -> None:
-        """The checkpoint's own copy of the config must agree with the config in use outside
-        :data:`RESUMABLE_OVERRIDES` (config.json edited or deleted must not resume under other settings).
+        """The checkpoint's own copy of the config must agree with the config in use except where a resume may
+        change it (:func:`_may_change`; config.json edited or deleted must not resume under other settings).
         Without config.json the resumable fields that differ from the checkpoint's are recorded as a resume's."""
-        theirs = dataclasses.asdict(ckpt.checkpoint_config(saved, self.out / ckpt.CHECKPOINT_DIR))
-        mine = dataclasses.asdict(self.cfg)
-        changed = sorted(k for k in mine if mine[k] != theirs[k] and not _may_change(k, theirs[k], mine[k]))
+        theirs = dataclasses.asdict(ckpt.checkpoint_config(saved["config"], self.out / ckpt.CHECKPOINT_DIR))
+        mine, phase = dataclasses.asdict(self.cfg), saved["phase"]
+        changed = sorted(
+            k for k in mine if mine[k] != theirs[k] and not _may_change(k, theirs[k], mine[k], phase)
+        )
         if changed:
             diff = ", ".join(_change(k, theirs[k], mine[k]) for k in changed)
             raise RunFolderError(
@@ -342,17 +362,18 @@ class Run:
             if field not in self.resume_changes or (stage == "glo" and self.cfg.imle_space == "pixel"):
                 continue
             old, new = self.resume_changes[field]
+            problem = None
             if stage == "glo" and state["phase"] == "imle":
-                raise ConfigError(
-                    f"--glo-epochs {new}: the GLO stage of {self.out} finished after {old} epochs and its IMLE "
-                    f"stage has begun; resume without --glo-epochs (or with {old})"
+                problem = (
+                    f"{new}: the GLO stage of {self.out} finished after {old} epochs and its IMLE stage has "
+                    f"begun; resume without changing it (or with {old})"
                 )
             done = (state.get(stage) or {}).get("epoch", 0)
-            if new < done:
-                raise ConfigError(
-                    f"--{stage}-epochs {new}: {self.out} has trained {done} {stage.upper()} epochs already; "
-                    f"give at least {done}"
-                )
+            if problem is None and new < done:
+                problem = f"{new}: {self.out} has trained {done} {stage.upper()} epochs already; give at least {done}"
+            if problem is not None:  # named as the config's field and its flag; `glann train` keeps the flag
+                message = f"config field {field} (--{stage}-epochs) {problem}"
+                raise ConfigError(message, field=field, problem=problem)
 
     def _load_images(self) -> tuple[torch.Tensor, int, int]:
         """(this rank's shard of the training images, its first dataset row, the dataset's size)."""
@@ -496,7 +517,7 @@ class Run:
         if state is None:
             self._check_image_shape(None, fit.image_shape)
             return None
-        self._check_checkpoint_config(state["config"])  # records the resume's changes without config.json
+        self._check_checkpoint_config(state)  # records the resume's changes without config.json
         self._check_epochs(state)
         self._check_image_shape(state, fit.image_shape)
         try:
@@ -797,6 +818,33 @@ def load_model(
     if not path.exists():
         raise RunFolderError(f"{path}: no such run folder or model file")
     return load_model_file(path, ops=ops, device=device, generator=generator)
+
+
+def model_file_behind(run: str | Path, model: GenerativeModel) -> str | None:
+    """A line for a reader of run folder ``run`` whose ``model.safetensors`` (loaded as ``model``) is behind
+    the run: a resume that added epochs (config.json asks for more than the file was trained to), or the IMLE
+    stage of a run whose file holds its GLO stage, was stopped or is still training. Readers load the model
+    file, the run's last finished model, so they say which one they read. None when the file is current, or
+    ``run`` is a model file or a folder without a checkpoint or a readable config.json."""
+    run = Path(run)
+    manifest = ckpt.read_manifest(run) if run.is_dir() else None
+    if manifest is None:
+        return None
+    try:
+        wanted = load_run_config(run / CONFIG_FILE)
+    except (GlannError, OSError):  # the reader itself says what is wrong with it, if it reads it
+        return None
+    stage = "glo" if isinstance(model, GLANN) and model.T is None else "imle"
+    trained = {s: model.config.get(f"{s}_epochs") for s in ("glo", "imle")}
+    added = trained != {"glo": wanted.glo_epochs, "imle": wanted.imle_epochs}
+    if not added and not (stage == "glo" and manifest["phase"] == "imle"):
+        return None
+    phase = manifest["phase"]
+    return (
+        f"{run / MODEL_FILE} is the model trained to {stage.upper()} epoch {trained[stage]}; the run's latest "
+        f"checkpoint is at {phase.upper()} epoch {manifest['epoch']} of {getattr(wanted, f'{phase}_epochs')} (a "
+        f"resume stopped or still training): `glann train --out {run}` finishes it"
+    )
 
 
 def _mapping_state(cfg: TrainConfig, imle: dict[str, Any], codes: torch.Tensor) -> dict[str, torch.Tensor]:
