@@ -215,13 +215,23 @@ def remove_stale_temps(folder: str | Path, subfolders: tuple[str, ...] = RUN_WRI
     for pattern in subfolders:
         places = [folder] if pattern == "." else folder.glob(pattern)
         for place in places:
-            if place != folder and (place.is_symlink() or not place.is_dir()):
+            if not _real_folder_below(folder, place):
                 continue
             for p in place.iterdir():
                 if TEMP_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink():
                     p.unlink(missing_ok=True)
                     removed.append(p)
     return removed
+
+
+def _real_folder_below(folder: Path, place: Path) -> bool:
+    """Whether ``place`` (``folder`` or a path below it) is a folder reached without passing a link: a linked
+    ``checkpoints`` makes its ``step-*`` folders lie outside ``folder``, though none of them is a link."""
+    for depth in range(len(place.relative_to(folder).parts) + 1):
+        part = folder.joinpath(*place.relative_to(folder).parts[:depth])
+        if (depth and part.is_symlink()) or not part.is_dir():
+            return False
+    return True
 
 
 class FolderLock:

@@ -431,7 +431,7 @@ def _train_config(args: argparse.Namespace, saved: Any = None):
         except ConfigError as exc:
             raise ConfigError(f"{args.config}: {exc}", field=exc.field, problem=exc.problem) from None
         base.update(given)
-        for field in ("dataset", "data_root"):  # relative to this directory, as the flags are
+        for field in _PATH_FIELDS:  # relative to this directory, as the flags are
             if isinstance(base.get(field), str) and field in given:
                 base[field] = _absolute_path(base[field])
     if args.dataset:
@@ -440,12 +440,18 @@ def _train_config(args: argparse.Namespace, saved: Any = None):
         value = getattr(args, field)
         if value is not None:
             base[field] = None if value is NONE else value
+            if field in _PATH_FIELDS and isinstance(base[field], str):
+                base[field] = _absolute_path(base[field])
     if args.data_root is not None:
         base["data_root"] = _absolute_path(args.data_root)
     try:
         return TrainConfig.from_dict(base)
     except ConfigError as exc:
         raise _flag_config_error(exc, _flagged_fields(args)) from None
+
+
+# config fields naming files: saved absolute, so that a resume from another directory reads the same files
+_PATH_FIELDS = ("dataset", "data_root", "vgg_weights")
 
 
 def _flagged_fields(args: argparse.Namespace) -> set[str]:

@@ -270,6 +270,12 @@ def test_a_start_that_failed_takes_this_commands_preset_and_config_paths_are_sav
         == 0
     )
     assert json.loads((out / "config.json").read_text())["dataset"] == str(tmp_path / "rel.npy")
+    # so is a relative --vgg-weights (a resume from another directory loaded another file, silently)
+    (tmp_path / "vgg.pt").write_bytes(b"")
+    (tmp_path / "vgg.json").write_text(json.dumps({"vgg_weights": "vgg.pt"}))
+    for given in (["--vgg-weights", "vgg.pt"], ["--config", "vgg.json"]):
+        args = cli._parser().parse_args(["train", "--out", "x", "--preset", "tiny", *given])
+        assert cli._train_config(args).vgg_weights == str(tmp_path / "vgg.pt"), given
 
 
 def test_an_npz_member_trains_and_its_file_is_saved_absolute(tmp_path, monkeypatch, data_file, capsys):
@@ -857,6 +863,13 @@ def test_degenerate_inputs_are_one_line_errors(tmp_path, capsys):
         assert main(["train", "--out", str(out), "--dataset", str(photos), *TINY]) == 2
         assert "lies inside the image folder --dataset" in capsys.readouterr().err
     assert list(photos.iterdir()) and not (photos / "run").exists()
+    run = tmp_path / "run"  # the other way round: images in a folder the run writes
+    assert main(["train", "--out", str(run), "--dataset", str(photos), *TINY, "--imle-epochs", "1"]) == 0
+    shutil.copytree(photos, run / "images" / "photos")
+    argv = ["train", "--out", str(run), "--dataset", str(run / "images" / "photos"), "--imle-epochs", "2"]
+    assert main(argv) == 2
+    assert "--dataset" in (err := capsys.readouterr().err) and "lies in a folder the run in --out" in err, err
+    assert len(list((run / "images" / "photos").iterdir())) == 8
 
 
 def _interpolation_endpoints(run_dir, tmp_path, monkeypatch, *extra):

@@ -707,6 +707,24 @@ def test_the_manifest_is_replaced_never_rewritten_in_place(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == [ckpt.MANIFEST_FILE]  # no temp file left behind
 
 
+def test_stage_glo_is_refused_while_the_imle_stage_is_unfinished(tmp_path, blob_file):
+    """`--stage glo` on a run stopped in its IMLE stage wrote model.safetensors with T as the stopped stage
+    left it, and said "model written"."""
+    quiet = {"progress": False, "log": lambda s: None}
+    out = tmp_path / "run"
+    cfg = tiny_config(dataset=blob_file, glo_epochs=1, imle_epochs=2, ckpt_every=1)
+    with pytest.raises(Interrupt):
+        train(cfg, out, on_step=interrupt_at("imle", 2), **quiet)
+    with pytest.raises(
+        RunFolderError, match=r"stage glo \(--stage glo\): the GLO stage is finished and the IMLE "
+    ):
+        train(None, out, stage="glo", **quiet)
+    assert not (out / "model.safetensors").exists()
+    train(None, out, **quiet)
+    assert load_model(out).T is not None
+    train(None, out, stage="glo", **quiet)  # a finished run: nothing to do, as with any stage
+
+
 def test_stage_rules_and_config_checks(tmp_path, blob_file):
     out = tmp_path / "run"
     with pytest.raises(RuntimeError, match=r"stage imle \(--stage imle\) needs a finished GLO stage"):

@@ -43,6 +43,7 @@ from glann_ext._io import (
 )
 from glann_ext.cli import main
 from glann_ext.errors import CheckpointError, RunFolderError
+from glann_ext.images import save_grid
 from glann_ext.metrics.classifier import DomainClassifier, cache_path
 from glann_ext.models import load_model_file, read_model_file
 from glann_ext.train import checkpoint as ckpt
@@ -306,6 +307,7 @@ def test_upgrade_clears_the_temp_files_of_killed_writes(finished, tmp_path):
         {"shards": ["../../../etc/passwd"]},
         {"shards": ["/tmp/x.pt"]},
         {"bounds": [[0, 1]]},
+        {"bounds": [1]},  # a list of no pairs: `list(1)` raised a TypeError
         {"world_size": "1"},
         {"world_size": True},  # JSON true is no count (found by mutation testing)
         {"total": None},
@@ -324,6 +326,92 @@ def test_an_escaping_or_broken_manifest_is_refused(finished, tmp_path, capsys, c
     err = _one_line_error(capsys, "sample", "--run", str(run))
     assert "manifest" in err and ("seq" not in change or "names an impossible step" in err), err
     assert "manifest" in _one_line_error(capsys, "train", "--out", str(run), "--no-progress")
+
+
+def test_run_files_nested_too_deeply_are_one_line_errors_or_torn_lines(finished, tmp_path, capsys):
+    """A manifest nested 100,000 deep raised a RecursionError in train, sample and reshard; a metrics.jsonl
+    line that deep stopped the resume that drops the rows of unfinished epochs."""
+    deep = "[" * 100_000 + "]" * 100_000
+    run = _copy(finished, tmp_path)
+    manifest = ckpt.checkpoint_dir(run) / "manifest.json"
+    saved = manifest.read_text()
+    manifest.write_text(deep)
+    for argv in (
+        ["train", "--out", str(run), "--no-progress"],
+        ["reshard", "--run", str(run), "--world-size", "1"],
+    ):
+        assert "unreadable manifest (JSON nested too deeply)" in _one_line_error(capsys, *argv)
+    manifest.write_text(saved)
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write(deep + "\n")
+    assert (
+        main(["train", "--out", str(run), "--imle-epochs", "2", "--no-progress"]) == 0
+    )  # a torn line: dropped
+    assert deep not in (run / "metrics.jsonl").read_text()
+
+
+def _forge_step(run: Path, forge) -> None:
+    """Rewrite the latest step's main.pt and shard 0 with ``forge(main, rows)``, which changes them in place."""
+    step = ckpt.checkpoint_dir(run) / ckpt.read_manifest(run)["step_dir"]
+    main_state, shard = ckpt.load(step / ckpt.MAIN_FILE), ckpt.load(step / ckpt.shard_name(0, 1))
+    forge(main_state, shard["rows"])
+    ckpt.save_atomic(main_state, step / ckpt.MAIN_FILE)
+    ckpt.save_atomic(shard, step / ckpt.shard_name(0, 1))
+
+
+@pytest.mark.parametrize(
+    ("forge", "needle"),
+    [
+        (
+            lambda m, r: m["imle"].update(tally={"loss": "abc", "steps": 1, "seconds": 0.0}),
+            "imle.tally must be",
+        ),
+        (lambda m, r: m["imle"].update(tally={"x": 1}), "imle.tally must be"),
+        (lambda m, r: r.pop("glo.codes"), "the shard holds no rows 'glo.codes', which main.pt names"),
+        (
+            lambda m, r: r.update({"imle.matched_noise": torch.zeros(96, 7)}),
+            "imle matched_noise is (torch.float32, (96, 7)), expected (torch.float32, (96, 4))",
+        ),
+        (
+            lambda m, r: r.update({"imle.threshold": torch.zeros(96, 5)}),
+            "imle threshold is (torch.float32, (96, 5))",
+        ),
+        (
+            lambda m, r: r.update({"imle.since_match": torch.zeros(96)}),
+            "imle since_match is (torch.float32, (96,)), expected (torch.int64, (96,))",
+        ),
+        (
+            lambda m, r: r.update({"imle.since_match": torch.full((96,), -(10**9))}),
+            "imle since_match must be >= 0",
+        ),
+        (
+            lambda m, r: m["imle"].update(step_in_epoch=10**6),
+            "step_in_epoch 1000000 exceeds the 3 steps of an epoch",
+        ),
+    ],
+    ids=[
+        "tally-type",
+        "tally-keys",
+        "no-codes",
+        "noise-width",
+        "threshold-width",
+        "since-dtype",
+        "since-negative",
+        "step",
+    ],
+)
+def test_a_forged_trainer_state_is_a_one_line_error(tmp_path, blob_file, capsys, forge, needle):
+    """Each of these ended in a traceback (KeyError, TypeError, or a RuntimeError mid-epoch), or ran an epoch
+    of no steps, instead of naming what is wrong with the checkpoint."""
+    run = tmp_path / "run"
+    cfg = tiny_config(dataset=blob_file, glo_epochs=1, imle_epochs=1, imle_adaptive=True, noise_dim=4)
+    train(cfg, run, progress=False, log=lambda s: None)
+    _forge_step(run, forge)
+    err = _one_line_error(capsys, "train", "--out", str(run), "--imle-epochs", "2", "--no-progress")
+    assert needle in err, err
+    if "glo.codes" in needle:  # a reader of a run without its model file gathers the codes from the shards
+        (run / "model.safetensors").unlink()
+        assert "the shards hold no rows 'glo.codes'" in _one_line_error(capsys, "sample", "--run", str(run))
 
 
 def test_a_shard_of_other_rows_and_a_reshard_beyond_two_rows_a_process_are_one_line_errors(
@@ -714,6 +802,14 @@ def test_stale_temps_go_from_every_folder_a_run_writes_and_only_by_their_whole_n
         p.write_text("x")
     assert sorted(remove_stale_temps(run)) == sorted(ours)
     assert all(p.exists() for p in keep) and not any(p.exists() for p in ours)
+    # checkpoints/ a link to a folder of the user's: its step-* folders lie outside the run, untouched
+    outside = tmp_path / "store" / "step-2024-backup"
+    outside.mkdir(parents=True)
+    theirs = outside / "report.abcd1234.tmp"
+    theirs.write_text("x")
+    shutil.rmtree(run / "checkpoints")
+    (run / "checkpoints").symlink_to(tmp_path / "store")
+    assert remove_stale_temps(run) == [] and theirs.exists()
 
 
 def test_a_lock_records_its_pid_alone_and_removes_only_a_folder_it_created(tmp_path):
@@ -812,6 +908,51 @@ def test_out_may_hold_what_a_killed_start_left_but_nothing_of_the_users(tmp_path
     (user / "notes.abcd1234.tmp.txt").write_text("mine")
     err = _one_line_error(capsys, "train", "--dataset", blob_file, "--out", str(user), *TINY)
     assert "not a glann run folder and not empty (it holds 'notes.abcd1234.tmp.txt')" in err
+
+
+def test_out_holding_folders_of_the_users_named_like_a_runs_is_refused(tmp_path, blob_file, capsys):
+    """A folder holding only `images/` and `checkpoints/` counted as a killed start's, whatever they held: the
+    run replaced the user's grid-named file, removed their `checkpoints/step-0-old/` and temp-named draft, and
+    with the images themselves in OUT/images wrote its grids among them (the run then could not resume)."""
+    from PIL import Image
+
+    user = tmp_path / "project"
+    (user / "images").mkdir(parents=True)
+    (user / "checkpoints" / "step-0-old").mkdir(parents=True)
+    (user / "checkpoints" / "step-0-old" / "notes.txt").write_text("mine")
+    (user / "images" / "samples_imle_001.png").write_text("mine")
+    err = _one_line_error(capsys, "train", "--dataset", blob_file, "--out", str(user), *TINY)
+    assert "not a glann run folder and not empty (it holds 'checkpoints' and 1 more)" in err
+    shutil.rmtree(user / "checkpoints")
+    (user / "images" / "samples_imle_001.png").unlink()
+    for i, im in enumerate(blob_images(8, 28)):
+        Image.fromarray(im).save(user / "images" / f"{i}.png")
+    err = _one_line_error(capsys, "train", "--dataset", str(user / "images"), "--out", str(user), *TINY)
+    assert "it holds 'images'" in err and len(list((user / "images").iterdir())) == 8
+    leftovers = tmp_path / "killed"  # what a start killed before its config.json leaves is still taken
+    (leftovers / "checkpoints" / "step-00000000").mkdir(parents=True)
+    (leftovers / "checkpoints" / "step-00000000" / "main.pt").write_bytes(b"")
+    (leftovers / "images").mkdir()
+    save_grid(torch.zeros(1, 1, 4, 4), leftovers / "images" / "samples_gaussian_001.png")
+    assert main(["train", "--dataset", blob_file, "--out", str(leftovers), *TINY]) == 0
+
+
+def test_only_the_step_folders_a_run_writes_are_removed(tmp_path):
+    """The step folders before the newest went by `step-*` and string order: a `step-0-old` of the user's,
+    or one reached through a link, went too."""
+    run = tmp_path / "run"
+    names = ["step-00000001", "step-00000002", "step-0-old", "step-00000000x"]
+    for name in names:
+        (ckpt.checkpoint_dir(run) / name).mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (ckpt.checkpoint_dir(run) / "step-00000000").symlink_to(elsewhere)
+    ckpt._delete_older(run, "step-00000002")
+    left = sorted(p.name for p in ckpt.checkpoint_dir(run).iterdir())
+    assert (
+        left == sorted(["step-00000000", "step-00000002", "step-0-old", "step-00000000x"])
+        and elsewhere.is_dir()
+    )
 
 
 # -- 7. one-line errors ------------------------------------------------------------------------------------
@@ -948,6 +1089,34 @@ def test_a_forged_model_description_cannot_make_us_build_a_larger_network(finish
         assert f"{run}: the checkpoint's config is not valid" in err and f"{field} must be at most" in err, (
             err
         )
+
+
+def test_a_forged_optimizer_state_is_refused_before_the_fused_step_reads_it(finished, tmp_path, capsys):
+    """torch's fused Adam trusts its moments' shapes: a checkpoint whose optimizer state held an exp_avg of 2
+    values for a (256, 4) weight crashed the resumed run with heap corruption (weights_only loading cannot
+    see it: the file holds only tensors). Every moment is now checked against its parameter first."""
+    run = _copy(finished, tmp_path)
+    main_pt = ckpt.checkpoint_dir(run) / ckpt.read_manifest(run)["step_dir"] / "main.pt"
+    saved = ckpt.load(main_pt)
+    resume = ("train", "--out", str(run), "--imle-epochs", "2", "--no-progress")
+    forged = {"step": torch.tensor(1.0), "exp_avg": torch.zeros(2), "exp_avg_sq": torch.zeros(2)}
+    imle = {**saved["imle"], "opt": {**saved["imle"]["opt"], "state": {0: forged}}}
+    ckpt.save_atomic({**saved, "imle": imle}, main_pt)
+    err = _one_line_error(capsys, *resume)
+    shape = tuple(next(load_model(finished).T.parameters()).shape)
+    assert "the checkpoint does not fit this run's model (opt: exp_avg of parameter 0 is" in err, err
+    assert f"(torch.float32, (2,)), expected (torch.float32, {shape}))" in err, err
+    state = saved["glo"]["opt_g"]["state"]
+    doubled = {**state, 1: {**state[1], "exp_avg_sq": state[1]["exp_avg_sq"].double()}}
+    glo = {**saved["glo"], "opt_g": {**saved["glo"]["opt_g"], "state": doubled}}
+    ckpt.save_atomic({**saved, "glo": glo}, main_pt)
+    assert "opt_g: exp_avg_sq of parameter 1 is (torch.float64" in _one_line_error(capsys, *resume)
+    for groups in ("x", [{"params": [0]}]):  # no list of groups; one parameter where T has several
+        imle = {**saved["imle"], "opt": {**saved["imle"]["opt"], "param_groups": groups}}
+        ckpt.save_atomic({**saved, "imle": imle}, main_pt)
+        assert "the checkpoint does not fit this run's model (opt: " in _one_line_error(capsys, *resume)
+    ckpt.save_atomic(saved, main_pt)  # as it was: the resume trains
+    assert main(list(resume)) == 0
 
 
 def test_stored_codes_off_the_unit_sphere_are_refused_naming_the_row(finished, tmp_path, capsys):

@@ -10,7 +10,7 @@ weights as before.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -87,6 +87,36 @@ def adam(params, lr: float, betas: tuple[float, float], weight_decay: float = 0.
     """Adam with the fused multi-tensor step (one pass over all parameters instead of a handful of kernel
     calls per tensor: about 1 ms less per step of T or G on two CPU cores)."""
     return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=True)
+
+
+def load_adam_state(opt: torch.optim.Adam, state: Any, name: str) -> None:
+    """``opt.load_state_dict(state)`` after checking every moment against its parameter: the fused step
+    trusts their shapes and would read and write out of bounds for a checkpoint's forged or mismatched
+    state (a crash, not an error). A ValueError names the optimizer, the entry and the expected shape."""
+    if not isinstance(state, dict) or not isinstance(state.get("state"), dict):
+        raise TypeError(f"{name}: not an optimizer state (a dict with 'state' and 'param_groups')")
+    groups = state.get("param_groups")
+    if not isinstance(groups, list) or not all(
+        isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups
+    ):
+        raise ValueError(f"{name}: param_groups must be a list of groups, each with a list of params")
+    saved = [i for g in groups for i in g["params"]]
+    params = [p for g in opt.param_groups for p in g["params"]]
+    if len(saved) != len(params):
+        raise ValueError(f"{name}: the state is of {len(saved)} parameters, this model has {len(params)}")
+    for i, p in zip(saved, params):
+        entry = state["state"].get(i, {})
+        for key, value in entry.items() if isinstance(entry, dict) else [("state", entry)]:
+            # the step count is a float32 scalar; every moment a tensor like its parameter
+            want = (torch.float32, ()) if key == "step" else (p.dtype, tuple(p.shape))
+            if not isinstance(value, torch.Tensor) or (value.dtype, tuple(value.shape)) != want:
+                got = (
+                    (value.dtype, tuple(value.shape))
+                    if isinstance(value, torch.Tensor)
+                    else type(value).__name__
+                )
+                raise ValueError(f"{name}: {key} of parameter {i} is {got}, expected {want}")
+    opt.load_state_dict(state)
 
 
 def build_model(

@@ -18,6 +18,7 @@ memory-mapped, so no process needs the whole table.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -119,7 +120,21 @@ def _main_problem(main: Any) -> str | None:
         for k in COUNTERS:
             if not _is_count(state.get(k)):
                 return f"{stage}.{k} must be an integer >= 0, got {state.get(k)!r:.40}"
+        tally = state.get("tally")  # optional: checkpoints of glann_ext 0.1 have none
+        if tally is not None and not _is_tally(tally):
+            return f"{stage}.tally must be {{'loss': float, 'steps': int >= 0, 'seconds': float}}, got {tally!r:.60}"
     return None
+
+
+def _is_tally(tally: Any) -> bool:
+    numbers = isinstance(tally, dict) and set(tally) == {"loss", "steps", "seconds"}
+    return (
+        numbers
+        and _is_count(tally["steps"])
+        and all(
+            isinstance(tally[k], (int, float)) and not isinstance(tally[k], bool) for k in ("loss", "seconds")
+        )
+    )
 
 
 def checkpoint_config(saved: Any, where: str | Path) -> TrainConfig:
@@ -175,11 +190,15 @@ def _split_rows(obj: Any, rows: int) -> tuple[Any, dict[str, torch.Tensor]]:
     return walk(obj, ""), found
 
 
-def _join_rows(obj: Any, found: dict[str, torch.Tensor]) -> Any:
+def _join_rows(obj: Any, found: dict[str, torch.Tensor], prefix: str) -> Any:
     if isinstance(obj, dict):
         if set(obj) == {"__rows__"}:
+            if obj["__rows__"] not in found:  # main.pt names rows its shard does not hold
+                raise CheckpointError(
+                    f"the shard holds no rows {prefix + str(obj['__rows__'])!r:.60}, which main.pt names"
+                )
             return found[obj["__rows__"]]
-        return {k: _join_rows(v, found) for k, v in obj.items()}
+        return {k: _join_rows(v, found, prefix) for k, v in obj.items()}
     return obj
 
 
@@ -204,7 +223,7 @@ def join_state(stage: str, replicated: Any, found: dict[str, torch.Tensor]) -> d
         if key in state:
             prefix = f"{stage}.{key}"
             state[key] = _join_rows(
-                state[key], {p[len(prefix) :]: t for p, t in found.items() if p.startswith(prefix)}
+                state[key], {p[len(prefix) :]: t for p, t in found.items() if p.startswith(prefix)}, prefix
             )
     return state
 
@@ -230,6 +249,9 @@ def checkpoint_dir(run: str | Path) -> Path:
     return Path(run) / CHECKPOINT_DIR
 
 
+STEP_NAME = re.compile(r"step-\d{8}")  # a step folder's name: f"step-{seq:08d}"
+
+
 def shard_name(rank: int, world: int) -> str:
     return f"shard-{rank:05d}-of-{world:05d}.pt"
 
@@ -251,6 +273,8 @@ def read_manifest_object(run: str | Path) -> dict[str, Any] | None:
         manifest = json.loads(read_regular(path).decode("utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: unreadable manifest ({exc})") from exc
+    except RecursionError:
+        raise CheckpointError(f"{path}: unreadable manifest (JSON nested too deeply)") from None
     if not isinstance(manifest, dict):
         raise CheckpointError(
             f"{path}: not a checkpoint manifest (expected a JSON object, got {type(manifest).__name__})"
@@ -294,7 +318,7 @@ def _check_manifest(path: Path, m: dict[str, Any]) -> None:
         raise CheckpointError(
             f"{path}: manifest shard names {m['shards']!r} are not the {w} shards of a step"
         )
-    if [list(b) for b in m["bounds"]] != [list(shard_bounds(total, w, r)) for r in range(w)]:
+    if m["bounds"] != [list(shard_bounds(total, w, r)) for r in range(w)]:  # JSON: lists of 2 integers
         raise CheckpointError(f"{path}: manifest bounds do not split {total} rows over {w} shards")
     if m["phase"] not in ("glo", "imle"):
         raise CheckpointError(f"{path}: manifest phase {m['phase']!r} is not glo or imle")
@@ -340,8 +364,11 @@ def write_manifest(run: Path, manifest: dict[str, Any]) -> None:
 
 
 def _delete_older(run: Path, keep: str) -> None:
+    """Remove the step folders before ``keep``: only names a run writes (``step-`` and 8 digits), never a
+    link nor a folder of another name (``step-0-old`` sorted before them all)."""
     for d in checkpoint_dir(run).glob("step-*"):
-        if d.is_dir() and d.name < keep:  # fixed-width names: string order is step order
+        # fixed-width names: string order is step order
+        if STEP_NAME.fullmatch(d.name) and d.name < keep and d.is_dir() and not d.is_symlink():
             shutil.rmtree(d, ignore_errors=True)
 
 
@@ -436,11 +463,19 @@ def load_step(
     _check_data(where, manifest.get(DATASET_KEY), data, main["config"].get("dataset"), dataset)
     return {
         "phase": main["phase"],
-        "glo": join_state("glo", main["glo"], rows),
-        "imle": join_state("imle", main["imle"], rows),
+        **_joined(step_dir, main, rows),
         "config": main["config"],
         "image_shape": tuple(main["image_shape"]),
     }
+
+
+def _joined(step_dir: Path | str, main: dict[str, Any], rows: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Both trainer states of a step with their rows put back (a row set main.pt names and no shard holds is
+    a CheckpointError naming the step)."""
+    try:
+        return {stage: join_state(stage, main[stage], rows) for stage in ("glo", "imle")}
+    except CheckpointError as exc:
+        raise CheckpointError(f"{step_dir}: {exc}") from None
 
 
 def read_step(
@@ -474,12 +509,8 @@ def latest_main(run: str | Path) -> dict[str, Any]:
 def load_latest(run: str | Path) -> dict[str, Any]:
     """The latest complete step of ``run`` as one state (phase, trainer states with every shard's rows
     concatenated, config): for inspection, tests and export, not for resuming a sharded job."""
-    _, main, rows = read_step(run)
-    return {
-        **main,
-        "glo": join_state("glo", main["glo"], rows),
-        "imle": join_state("imle", main["imle"], rows),
-    }
+    manifest, main, rows = read_step(run)
+    return {**main, **_joined(checkpoint_dir(run) / manifest["step_dir"], main, rows)}
 
 
 def gather_rows(run: str | Path, names: list[str] | None = None) -> dict[str, torch.Tensor]:
@@ -509,6 +540,9 @@ def _rows_in(
                 parts[key].append(t[a - lo : b - lo].clone())
             elif not parts[key]:
                 parts[key].append(t[:0].clone())
+    missing = [k for k in names or () if k not in parts]
+    if missing:
+        raise CheckpointError(f"{step_dir}: the shards hold no rows {missing[0]!r}")
     return {k: torch.cat(v) for k, v in parts.items()}
 
 

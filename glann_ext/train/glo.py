@@ -9,7 +9,7 @@ import torch
 from glann_ext.backend import Ops, as_ops
 from glann_ext.models import DCGANGenerator, ReconstructionLoss
 
-from .build import adam, build_generator, place_for_training
+from .build import adam, build_generator, load_adam_state, place_for_training
 from .config import TrainConfig
 from .latents import initial_codes
 from .loop import StageTrainer, autocast_for, cosine_rate
@@ -111,7 +111,7 @@ class GLOTrainer(StageTrainer):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.G.load_state_dict(state["G"])
         self.codes.copy_(state["codes"])  # in place: the latent optimizer holds this tensor
-        self.opt_g.load_state_dict(state["opt_g"])
+        load_adam_state(self.opt_g, state["opt_g"], "opt_g")
         self.opt_z.load_state_dict(state["opt_z"])
         self.load_counters(state)
         if self.cfg.glo_lr_schedule == "constant":

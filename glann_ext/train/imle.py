@@ -24,7 +24,7 @@ from glann_ext.errors import ConfigError
 from glann_ext.models import mse_loss
 from glann_ext.ops._checks import check_finite
 
-from .build import adam, place_for_training
+from .build import adam, load_adam_state, place_for_training
 from .config import TrainConfig
 from .loop import StageTrainer, autocast_for, cosine_rate
 from .threads import denormals_flushed, intra_op_threads, step_threads
@@ -385,8 +385,22 @@ class IMLETrainer(StageTrainer):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        n = self.targets.shape[0]
+        # per-target rows: each as this trainer's targets need it (a forged width failed mid-epoch)
+        rows = {
+            "matched_noise": (torch.float32, (n, self.noise_dim)),
+            "threshold": (torch.float32, (n,)),
+            "since_match": (torch.int64, (n,)),
+        }
+        for key, want in rows.items():
+            t = state.get(key)
+            if t is not None and (not isinstance(t, torch.Tensor) or (t.dtype, tuple(t.shape)) != want):
+                got = (t.dtype, tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(f"imle {key} is {got}, expected {want}")
+        if state.get("since_match") is not None and bool((state["since_match"] < 0).any()):
+            raise ValueError("imle since_match must be >= 0")
         self.generator.load_state_dict(state["generator"])
-        self.opt.load_state_dict(state["opt"])
+        load_adam_state(self.opt, state["opt"], "opt")
         self.matched_noise = state["matched_noise"]
         self.threshold, self.since_match = state.get("threshold"), state.get("since_match")
         self.last_match_distance = state["last_match_distance"]

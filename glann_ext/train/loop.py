@@ -122,6 +122,10 @@ class StageTrainer:
         }
 
     def load_counters(self, state: dict[str, Any]) -> None:
+        if int(state["step_in_epoch"]) > self.steps_per_epoch:  # a forged count ran an epoch of no steps
+            raise ValueError(
+                f"step_in_epoch {state['step_in_epoch']} exceeds the {self.steps_per_epoch} steps of an epoch"
+            )
         self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
         self.global_step = int(state["global_step"])
         # checkpoints of glann_ext 0.1 have no tally: the resumed epoch then reports its remaining steps

@@ -166,6 +166,17 @@ class Fit:
                 f"stage imle (--stage imle) needs a finished GLO stage ({self.glo.epoch}/{self.cfg.glo_epochs} "
                 "epochs done); train stage glo first (run('glo'), --stage glo)"
             )
+        if (
+            stage == "glo"
+            and not self.pixel
+            and self.phase == "imle"
+            and self.imle.epoch < self.cfg.imle_epochs
+        ):
+            # it would return (and a run folder save) the model with T as the stopped IMLE stage left it
+            raise RunFolderError(
+                f"stage glo (--stage glo): the GLO stage is finished and the IMLE stage has begun "
+                f"({self.imle.epoch}/{self.cfg.imle_epochs} epochs done); finish it with stage imle or all"
+            )
 
     def run(self, stage: str = "all", hooks: Sequence[Hook] = ()) -> GLANN | PixelIMLE:
         """Train (or finish) ``stage``: "all" (GLO then IMLE), "glo", or "imle" (after a finished GLO stage;

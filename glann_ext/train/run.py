@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import secrets
 import time
 from pathlib import Path
@@ -44,7 +45,7 @@ from glann_ext._io import (
 from glann_ext.backend import get_ops
 from glann_ext.data import NAMED, DataError, fingerprint_change, load_image_shard
 from glann_ext.errors import CheckpointError, ConfigError, GlannError, RunFolderError, UsageError
-from glann_ext.images import save_grid
+from glann_ext.images import save_grid, written_here
 from glann_ext.models import (
     GLANN,
     GenerativeModel,
@@ -181,14 +182,44 @@ def check_out_folder(out: Path) -> None:
         raise RunFolderError(f"--out {out}: exists and is not a folder")
     if not out.is_dir() or ckpt.is_run_folder(out):
         return
-    foreign = sorted(
-        p.name for p in out.iterdir() if p.name not in RUN_ENTRIES and not TEMP_NAME.fullmatch(p.name)
-    )
+    foreign = sorted(p.name for p in out.iterdir() if not _written_by_a_run(p))
     if foreign:
         raise RunFolderError(
             f"{out}: not a glann run folder and not empty (it holds {foreign[0]!r}"
             f"{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}); give --out a new or empty folder"
         )
+
+
+# what a run writes inside its folders (besides atomic_write's temp files), by the folder's path in the run
+_RUN_FOLDER_NAMES = {
+    ("images",): re.compile(
+        r"(reconstructions_glo|samples_gaussian|samples_imle|samples_pixel_imle)_\d{3,}\.png"
+    ),
+    (ckpt.CHECKPOINT_DIR,): re.compile(rf"{re.escape(ckpt.MANIFEST_FILE)}|step-\d{{8}}"),
+    (ckpt.CHECKPOINT_DIR, "*"): re.compile(r"main\.pt|shard-\d{5}-of-\d{5}\.pt"),
+    ("tb",): re.compile(r"events\.out\.tfevents\..+"),
+}
+
+
+def _written_by_a_run(path: Path, within: tuple[str, ...] = ()) -> bool:
+    """Whether ``path`` (an entry of a folder that is not yet a run folder, at ``within`` in it) is what a
+    run killed before its config.json writes there: a run file, or a run folder holding only run files. A
+    folder of the user's named ``images`` or ``checkpoints`` is not, and training would write and clean up
+    in it (its files replaced, its ``step-*`` folders removed)."""
+    if TEMP_NAME.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+        return True
+    if not within:
+        if path.name not in RUN_ENTRIES:
+            return False
+        if not path.is_dir() or path.is_symlink():  # a run file (a folder of that name is not the run's)
+            return path.is_file() and not path.is_symlink()
+        return all(_written_by_a_run(p, (path.name,)) for p in path.iterdir())
+    names = _RUN_FOLDER_NAMES.get(within) or _RUN_FOLDER_NAMES.get((within[0], "*"))
+    if names is None or path.is_symlink() or not names.fullmatch(path.name):
+        return False
+    if path.is_dir():
+        return len(within) == 1 and all(_written_by_a_run(p, (*within, path.name)) for p in path.iterdir())
+    return written_here(path) if within == ("images",) else path.is_file()  # grids carry the package's tag
 
 
 def has_trained(out: Path) -> bool:
@@ -211,6 +242,12 @@ def check_out_outside_dataset(out: Path, dataset: str) -> None:
         raise RunFolderError(
             f"--out {out} lies inside the image folder --dataset {dataset}: the run's grids would become "
             "training images; give --out a folder outside it"
+        )
+    written = [where / name for name in ("images", ckpt.CHECKPOINT_DIR, "tb")]
+    if any(place == folder or place in folder.parents for place in written):
+        raise RunFolderError(
+            f"--dataset {dataset} lies in a folder the run in --out {out} writes: its grids and checkpoints "
+            "would change the training images; move the images out of it"
         )
 
 
@@ -778,7 +815,7 @@ def _row_done(line: str, done: dict[str, int]) -> bool:
     try:
         row = json.loads(line)
         return int(row["epoch"]) <= done[row["stage"]]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return False  # a torn or foreign line
 
 
