@@ -454,6 +454,38 @@ def _train_config(args: argparse.Namespace, saved: Any = None):
 _PATH_FIELDS = ("dataset", "data_root", "vgg_weights")
 
 
+# fields that only some runs read: (the fields, whether cfg uses them, what uses them)
+_USED_BY = (
+    (
+        ("imle_adaptive_shrink", "imle_staleness", "imle_force_rematch"),
+        lambda cfg: cfg.imle_adaptive,
+        "Adaptive IMLE (--imle-adaptive)",
+    ),
+    (
+        (
+            "mapping_hidden", "mapping_layers", "mapping_batch_norm", "imle_whiten", "balance_draws",
+            "balance_quantile", "sample_local_spread", "sample_local_neighbours", "sample_spread", "lr_z",
+            "latent_optimizer", "latent_adam_steps", "init", "glo_lr_schedule",
+        ),
+        lambda cfg: cfg.imle_space == "latent",
+        "GLANN (--imle-space latent): pixel IMLE has no codes and no T",
+    ),
+)  # fmt: skip
+
+
+def _unused_flags(args: argparse.Namespace, cfg: Any) -> list[str]:
+    """A note for each flag this command line gave that the run will not read (it is saved in config.json
+    all the same), instead of training as if it applied."""
+    given = _flagged_fields(args)
+    return [
+        f"note: {_FLAG_OF[field]} applies to {what}, which this run does not train; it is ignored"
+        for fields, used, what in _USED_BY
+        if not used(cfg)
+        for field in fields
+        if field in given
+    ]
+
+
 def _flagged_fields(args: argparse.Namespace) -> set[str]:
     """The TrainConfig fields this train command line sets with a flag."""
     flagged = {field for _, field, _, _ in _CONFIG_FLAGS if getattr(args, field) is not None}
@@ -507,6 +539,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
     if saved is None and not (args.dataset or args.preset or args.config):
         raise CLIError(f"--out {out}: no run there yet; a new run needs --dataset (or --preset/--config)")
     cfg = _train_config(args, saved)
+    for note in _unused_flags(args, cfg):
+        print(note, file=sys.stderr)
     try:
         run = Run(out, cfg, progress=not args.no_progress)
     except ConfigError as exc:  # a resume's change refused, naming the flag this command line gave

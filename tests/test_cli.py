@@ -536,6 +536,19 @@ def test_readers_name_the_model_they_read_when_a_resume_is_unfinished(run_dir, t
     assert "note:" not in capsys.readouterr().err
 
 
+def test_flags_the_run_will_not_read_are_named(tmp_path, data_file, capsys):
+    """`--imle-staleness` without `--imle-adaptive`, or `--mapping-layers` for pixel IMLE, trained as if
+    they applied, without a word."""
+    argv = ["train", "--dataset", data_file, *TINY, "--glo-epochs", "1", "--imle-epochs", "1"]
+    assert main([*argv, "--out", str(tmp_path / "a"), "--imle-staleness", "5"]) == 0
+    err = capsys.readouterr().err
+    assert "note: --imle-staleness applies to Adaptive IMLE (--imle-adaptive), which this run does not" in err
+    assert main([*argv, "--out", str(tmp_path / "b"), "--imle-space", "pixel", "--mapping-layers", "1"]) == 0
+    assert "note: --mapping-layers applies to GLANN (--imle-space latent)" in capsys.readouterr().err
+    assert main([*argv, "--out", str(tmp_path / "c"), "--imle-adaptive", "--imle-staleness", "5"]) == 0
+    assert "note:" not in capsys.readouterr().err
+
+
 def test_eval_threads_are_bounded(run_dir, capsys):
     assert main(["eval", "--run", str(run_dir), "-n", "10", "--threads", "100000"]) == 2
     assert "--threads: must be <= 1024, got 100000" in capsys.readouterr().err

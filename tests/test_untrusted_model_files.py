@@ -105,16 +105,29 @@ def test_a_config_that_is_not_an_object_is_refused(model_file, tmp_path, config)
         load_model_file(p)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
-@pytest.mark.parametrize("key", ["codes", "T.net.0.weight"])
+@pytest.mark.parametrize(
+    "dtype", [torch.float16, torch.float64, torch.int32]
+)  # int32: weights loaded as ints
+@pytest.mark.parametrize("key", ["codes", "T.net.0.weight", "G.weight"])
 def test_tensors_of_another_float_dtype_are_refused(model_file, tmp_path, key, dtype):
     def cast(t):
-        name = key if key in t else next(k for k in t if k.startswith("T.") and k.endswith("weight"))
+        prefix = key[:2]
+        name = key if key in t else next(k for k in t if k.startswith(prefix) and k.endswith("weight"))
         t[name] = t[name].to(dtype)
 
     p = _forged(model_file, tmp_path / "f.safetensors", tensors=cast)
     with pytest.raises(CheckpointError, match=f"has dtype {str(dtype)[6:]}, expected float32"):
         load_model_file(p)
+
+
+def test_a_description_whose_image_shape_is_not_gs_is_refused(model_file, tmp_path):
+    """The description's image_shape was ignored ([-1, 28, 28] or "abc" loaded and sampled)."""
+    for shape in ([-1, 28, 28], "abc", [3, 28, 28]):
+        p = _forged(
+            model_file, tmp_path / "f.safetensors", meta=lambda m, s=shape: m.__setitem__("image_shape", s)
+        )
+        with pytest.raises(CheckpointError, match=r"image_shape .* is not G's \[1, 28, 28\]"):
+            load_model_file(p)
 
 
 def test_codes_without_rows_are_refused(model_file, tmp_path):

@@ -1029,11 +1029,17 @@ def model_from_export(
         raise ValueError(f"format must be {EXPORT_FORMAT}, got {meta.get('format')!r:.40}")
     config = check_sampling_config(meta.get("config"))
     own = ("G.",) if kind == PixelIMLE.kind else ("G.", "T.", "codes", "code_accept")
+    custom = custom_generator.custom_name(meta.get("generator")) is not None
     for key, t in tensors.items():
         if not key.startswith(own) or (key.startswith(("codes", "code_accept")) and key not in own):
             raise ValueError(f"tensor {key} is not part of a {kind} model")
-        if t.is_floating_point() and t.dtype != torch.float32:
-            raise ValueError(f"tensor {key} has dtype {str(t.dtype)[6:]}, expected float32")
+        # the package's networks hold float32 weights and BatchNorm's int64 step count only; a generator of
+        # the user's own may hold integer buffers of its own
+        counter = key.endswith("num_batches_tracked")
+        own_buffer = key.startswith("G.") and custom and not t.is_floating_point()
+        if not own_buffer and t.dtype != (torch.int64 if counter else torch.float32):
+            want = "int64" if counter else "float32"
+            raise ValueError(f"tensor {key} has dtype {str(t.dtype)[6:]}, expected {want}")
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise ValueError(f"tensor {key} holds NaN or Inf values")
         if key.endswith("running_var") and bool((t < 0).any()):  # BatchNorm takes its square root: NaN images
@@ -1048,6 +1054,8 @@ def model_from_export(
             f"the generator makes images of shape {model.image_shape}, the file's model made "
             f"{meta.get('image_shape')!r:.60}"
         )
+    if "image_shape" in meta and list(model.image_shape) != meta["image_shape"]:  # a description that lies
+        raise ValueError(f"image_shape {meta['image_shape']!r:.60} is not G's {list(model.image_shape)}")
     model.training_data = record
     written_by = meta.get("written_by")  # glann_ext's version; files of 0.3.0 and before say nothing
     model.written_by = written_by if isinstance(written_by, str) and len(written_by) <= 40 else None
