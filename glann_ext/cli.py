@@ -217,11 +217,10 @@ def _number_in(low: float, high: float, *, low_included: bool):
     return parse
 
 
-_int_or_none = _count(None, none=NONE)
-_noise_scale = _number_in(0.0, MAX_NOISE_SCALE, low_included=False)  # sample's and eval's sampling flags
-_spread = _number_in(
-    0.0, MAX_SPREAD, low_included=True
-)  # train's "int?" flags: an integer, or none to set the field to None
+_int_or_none = _count(None, none=NONE)  # train's "int?" flags: an integer, or none to set the field to None
+# sample's and eval's sampling flags
+_noise_scale = _number_in(0.0, MAX_NOISE_SCALE, low_included=False)
+_spread = _number_in(0.0, MAX_SPREAD, low_included=True)
 
 
 def _run_args(q: argparse.ArgumentParser) -> None:
@@ -551,9 +550,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         if run.world.is_main:
             print(f"\n{_interrupted_message(out)}", file=sys.stderr)
         raise SystemExit(130) from None
-    except (
-        ConfigError
-    ) as exc:  # a field found wrong only in training (an RS-IMLE radius that rejects too much)
+    except ConfigError as exc:  # found only in training (an RS-IMLE radius that rejects too much)
         raise _flag_config_error(exc, _flagged_fields(args)) from None
 
 

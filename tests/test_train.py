@@ -1403,6 +1403,8 @@ def test_readers_say_when_the_model_file_is_behind_a_stopped_resume(tmp_path, bl
         "of 3 (a resume stopped or still training): `glann train --out " + f"{out}` finishes it"
     )
     assert model_file_behind(out / "model.safetensors", load_model(out)) is None  # a model file: no run
+    (ckpt.checkpoint_dir(out) / ckpt.MANIFEST_FILE).write_text("[")  # damaged: the reader reads the file
+    assert model_file_behind(out, load_model(out)) is None
 
 
 def test_a_resume_may_end_a_stage_at_the_epochs_it_has_trained(tmp_path, blob_file):

@@ -127,14 +127,13 @@ def _main_problem(main: Any) -> str | None:
 
 
 def _is_tally(tally: Any) -> bool:
-    numbers = isinstance(tally, dict) and set(tally) == {"loss", "steps", "seconds"}
-    return (
-        numbers
-        and _is_count(tally["steps"])
-        and all(
-            isinstance(tally[k], (int, float)) and not isinstance(tally[k], bool) for k in ("loss", "seconds")
-        )
+    """Whether ``tally`` is an epoch's tally as the loop keeps it: loss and seconds numbers, steps a count."""
+    if not (isinstance(tally, dict) and set(tally) == {"loss", "steps", "seconds"}):
+        return False
+    numbers = all(
+        isinstance(tally[k], (int, float)) and not isinstance(tally[k], bool) for k in ("loss", "seconds")
     )
+    return numbers and _is_count(tally["steps"])
 
 
 def checkpoint_config(saved: Any, where: str | Path) -> TrainConfig:

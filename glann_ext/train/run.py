@@ -864,12 +864,12 @@ def model_file_behind(run: str | Path, model: GenerativeModel) -> str | None:
     file, the run's last finished model, so they say which one they read. None when the file is current, or
     ``run`` is a model file or a folder without a checkpoint or a readable config.json."""
     run = Path(run)
-    manifest = ckpt.read_manifest(run) if run.is_dir() else None
-    if manifest is None:
+    try:  # a damaged manifest or config.json: the model file is what the reader reads, and no note
+        manifest = ckpt.read_manifest(run) if run.is_dir() else None
+        wanted = None if manifest is None else load_run_config(run / CONFIG_FILE)
+    except (GlannError, OSError):
         return None
-    try:
-        wanted = load_run_config(run / CONFIG_FILE)
-    except (GlannError, OSError):  # the reader itself says what is wrong with it, if it reads it
+    if manifest is None:
         return None
     stage = "glo" if isinstance(model, GLANN) and model.T is None else "imle"
     trained = {s: model.config.get(f"{s}_epochs") for s in ("glo", "imle")}
