@@ -286,7 +286,8 @@ class FolderLock:
             return
         if self.created and [p.name for p in self.folder.iterdir()] == [LOCK_FILE]:
             (self.folder / LOCK_FILE).unlink(missing_ok=True)
-            self.folder.rmdir()
+            with contextlib.suppress(OSError):  # another process wrote into it meanwhile: its folder now
+                self.folder.rmdir()
         os.close(self.fd)  # closing drops the flock
         self.fd = None
 

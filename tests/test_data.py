@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 
 import numpy as np
@@ -92,6 +93,15 @@ def test_a_data_root_that_does_not_exist_is_an_error_not_a_fallback(tmp_path, mo
     monkeypatch.setenv(mnist_mod.ENV_VAR, str(env))  # a copy it used to fall back to
     with pytest.raises(DataError, match=r"data_root .*nowhere: no such folder"):
         load_images("fashion-mnist", data_root=tmp_path / "nowhere")
+
+
+def test_an_idx_name_that_is_no_regular_file_is_named_not_downloaded_over(tmp_path, monkeypatch):
+    """A FIFO (or a link to /dev/zero) under the IDX file's name was passed over as missing: "not found
+    locally", and a download into the data root was attempted."""
+    monkeypatch.setattr(mnist_mod, "download", lambda *a, **k: pytest.fail("downloaded over it"))
+    os.mkfifo(tmp_path / "train-images-idx3-ubyte.gz")
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz: not a regular file \(a FIFO"):
+        load_images("fashion-mnist", data_root=tmp_path)
 
 
 def test_missing_idx_files_without_download(no_default_locations):

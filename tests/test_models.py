@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -200,6 +201,9 @@ def test_perceptual_loss_uses_only_local_weights(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="VGG16 weights file not found"):
         VGGPerceptualLoss(tmp_path / "vgg16.pth")
+    for special, kind in ((Path("/dev/zero"), "special file"), (tmp_path, "folder")):  # said as they are
+        with pytest.raises(ConfigError, match=f"a {kind}.*, not a VGG16 weights file"):
+            VGGPerceptualLoss(special)
     # A torchvision-layout state_dict with random weights stands in for the user's VGG16 file.
     state = _vgg_state()
     state["classifier.0.weight"] = torch.zeros(1)  # ignored

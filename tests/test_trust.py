@@ -829,6 +829,17 @@ def test_a_lock_records_its_pid_alone_and_removes_only_a_folder_it_created(tmp_p
     with FolderLock(tmp_path / "new"):
         assert (tmp_path / "new").is_dir()
     assert not (tmp_path / "new").exists()
+    lock = FolderLock(tmp_path / "raced").acquire()  # another process writes in between unlink and rmdir
+    real_unlink = Path.unlink
+
+    def unlink_then_a_writer_comes(self, *args, **kwargs):
+        real_unlink(self, *args, **kwargs)
+        (tmp_path / "raced" / ".lock").write_text("2\n")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Path, "unlink", unlink_then_a_writer_comes)
+        lock.release()  # the folder is the other process's now: kept, and no OSError from the clean-up
+    assert lock.fd is None and (tmp_path / "raced" / ".lock").exists()
 
 
 # each file of a run folder that a command reads or appends to, replaced by a FIFO, and the command run

@@ -66,11 +66,18 @@ def _image_file_names(split: str) -> tuple[str, ...]:
 
 
 def find_images_file(name: str, split: str = "train", root: str | Path | None = None) -> Path | None:
-    """The first existing images file (``.gz`` or uncompressed) of ``name``/``split``, or None."""
+    """The first existing images file (``.gz`` or uncompressed) of ``name``/``split``, or None. A FIFO, a
+    device or a folder under such a name is a :class:`DataError`: neither read (a FIFO would block) nor
+    passed over for a download into its folder."""
     for d in candidate_dirs(name, root):
         for fname in _image_file_names(split):
-            if (d / fname).is_file():
-                return d / fname
+            path = d / fname
+            if path.is_file():
+                return path
+            if path.exists():
+                raise DataError(
+                    f"{path}: not a regular file (a FIFO, a device or a folder); expected IDX images"
+                )
     return None
 
 

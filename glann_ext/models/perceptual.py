@@ -27,10 +27,13 @@ class VGGPerceptualLoss(nn.Module):
     def __init__(self, weights: str | Path):
         super().__init__()
         path = Path(weights)
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(
                 f"{path}: VGG16 weights file not found (perceptual loss needs local weights)"
             )
+        if not path.is_file():  # /dev/zero, a FIFO or a folder: said so, never read
+            kind = "folder" if path.is_dir() else "special file (a FIFO or a device)"
+            raise ConfigError(f"{path}: a {kind}, not a VGG16 weights file")
         layers: list[nn.Module] = []
         c = 3
         for v in _VGG16_TO_RELU33:
