@@ -453,7 +453,7 @@ def _train_config(args: argparse.Namespace, saved: Any = None):
 _PATH_FIELDS = ("dataset", "data_root", "vgg_weights")
 
 
-# fields that only some runs read: (the fields, whether cfg uses them, what uses them)
+# fields that only some runs read: (the fields, whether cfg uses them, what reads them)
 _USED_BY = (
     (
         ("imle_adaptive_shrink", "imle_staleness", "imle_force_rematch"),
@@ -462,12 +462,13 @@ _USED_BY = (
     ),
     (
         (
-            "mapping_hidden", "mapping_layers", "mapping_batch_norm", "imle_whiten", "balance_draws",
-            "balance_quantile", "sample_local_spread", "sample_local_neighbours", "sample_spread", "lr_z",
-            "latent_optimizer", "latent_adam_steps", "init", "glo_lr_schedule",
+            "mapping_hidden", "mapping_layers", "mapping_batch_norm", "imle_whiten", "imle_batch_size",
+            "imle_betas", "balance_draws", "balance_quantile", "sample_local_spread", "sample_local_neighbours",
+            "sample_spread", "latent_dim", "glo_epochs", "lr_g", "lr_z", "latent_optimizer", "latent_adam_steps",
+            "init", "glo_lr_schedule",
         ),
         lambda cfg: cfg.imle_space == "latent",
-        "GLANN (--imle-space latent): pixel IMLE has no codes and no T",
+        "GLANN's GLO stage, codes or T (pixel IMLE trains G alone, with --batch-size, --betas and --imle-lr)",
     ),
 )  # fmt: skip
 
@@ -477,7 +478,7 @@ def _unused_flags(args: argparse.Namespace, cfg: Any) -> list[str]:
     all the same), instead of training as if it applied."""
     given = _flagged_fields(args)
     return [
-        f"note: {_FLAG_OF[field]} applies to {what}, which this run does not train; it is ignored"
+        f"note: {_FLAG_OF[field]} is ignored: it is read by {what}"
         for fields, used, what in _USED_BY
         if not used(cfg)
         for field in fields
@@ -538,8 +539,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
     if saved is None and not (args.dataset or args.preset or args.config):
         raise CLIError(f"--out {out}: no run there yet; a new run needs --dataset (or --preset/--config)")
     cfg = _train_config(args, saved)
-    for note in _unused_flags(args, cfg):
-        print(note, file=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun: once, from rank 0, as the run's own lines
+        for note in _unused_flags(args, cfg):
+            print(note, file=sys.stderr)
     try:
         run = Run(out, cfg, progress=not args.no_progress)
     except ConfigError as exc:  # a resume's change refused, naming the flag this command line gave

@@ -359,19 +359,29 @@ def _out_dir(run: Path | None, out: str | os.PathLike | None) -> Path:
 
 
 def _check_replaceable(folder: Path, flag: str) -> None:
-    """A folder the caller named may hold files of theirs under eval's names: eval replaces only its own
-    (an ``eval.json`` of its results, its tagged PNGs), as ``glann sample`` does, before any work."""
+    """A folder the caller named may hold files of theirs under eval's names: eval replaces only its own (an
+    ``eval.json`` of its results; tagged PNGs, or the untagged grids of an earlier version's eval beside its
+    eval.json), as ``glann sample`` does, before any work."""
     from .images import written_here
 
+    earlier_eval = _eval_result(folder / EVAL_FILE)
     for name in (EVAL_FILE, SAMPLES_PNG, NEIGHBOURS_PNG):
         path = folder / name
-        if not os.path.lexists(path) or (written_here(path) if name.endswith(".png") else _eval_result(path)):
+        if not os.path.lexists(path):
+            continue
+        if name == EVAL_FILE:
+            ours = earlier_eval
+        else:  # before 0.3.4 the neighbour grid carried no tag
+            ours = written_here(path) or (earlier_eval and path.is_file() and not path.is_symlink())
+        if ours:
             continue
         what = (
             "is a link" if path.is_symlink() else "is a folder" if path.is_dir()
-            else "was not written by eval (a file of yours, or a grid of glann before 0.3.4)"
+            else "was not written by glann eval (a file of yours?)"
         )  # fmt: skip
-        raise UsageError(f"{flag} {folder}: {path} {what}, and eval would replace it; give another folder")
+        raise UsageError(
+            f"{flag} {folder}: {path} {what}, and eval would replace it; remove it or give another folder"
+        )
 
 
 def _eval_result(path: Path) -> bool:

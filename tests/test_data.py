@@ -102,6 +102,11 @@ def test_an_idx_name_that_is_no_regular_file_is_named_not_downloaded_over(tmp_pa
     os.mkfifo(tmp_path / "train-images-idx3-ubyte.gz")
     with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz: not a regular file \(a FIFO"):
         load_images("fashion-mnist", data_root=tmp_path)
+    # a folder of such a name is passed over: Kaggle's MNIST holds one beside the file it reads
+    kaggle = tmp_path / "kaggle"
+    (kaggle / "train-images-idx3-ubyte").mkdir(parents=True)
+    write_idx(kaggle / "train-images.idx3-ubyte", np.full((3, 28, 28), 7, np.uint8), False)
+    assert load_images("mnist", data_root=kaggle).shape == (3, 1, 28, 28)
 
 
 def test_missing_idx_files_without_download(no_default_locations):

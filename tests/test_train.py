@@ -915,6 +915,9 @@ def test_pixel_space_imle(tmp_path, blob_file):
     x = model.sample(5, seed=0)
     assert x.shape == (5, 1, 28, 28) and x.min() >= 0 and x.max() <= 1
     assert torch.equal(load_model(tmp_path / "pix").sample(5, seed=0), x)
+    # read through its checkpoint (a run stopped before its model file): pixel IMLE has no codes to gather
+    (tmp_path / "pix" / "model.safetensors").unlink()
+    assert torch.equal(load_model(tmp_path / "pix").sample(5, seed=0), x)
 
 
 def test_pixel_space_imle_regresses_with_the_configs_reconstruction_loss(blobs):
@@ -1365,13 +1368,29 @@ def test_a_finished_glo_stage_takes_another_t_until_imle_begins(tmp_path, blob_f
     later = dataclasses.replace(cfg, **other, imle_epochs=3)
     with pytest.raises(RunFolderError, match=r"different config \(mapping_layers 1 -> 2;"):
         train(dataclasses.replace(later, mapping_layers=2), out, **quiet)
-    with pytest.raises(RunFolderError, match=r"different config \(imle_reject_radius 0.5 -> 0.6;"):
+    with pytest.raises(
+        RunFolderError, match=r"\(imle_reject_radius 0.5 -> 0.6;.*; RS-IMLE's radius may only be lowered"
+    ):
         train(dataclasses.replace(later, imle_reject_radius=0.6), out, **quiet)
     train(dataclasses.replace(later, imle_reject_radius=0.0), out, **quiet)  # down (off): allowed
     assert json.loads((out / "resumes.jsonl").read_text().splitlines()[-1])["changed"] == {
         "imle_epochs": [2, 3],
         "imle_reject_radius": [0.5, 0.0],
     }
+
+
+def test_a_relative_vgg_path_of_an_older_run_resumes_under_its_absolute_spelling(tmp_path, monkeypatch):
+    """0.3.4 saves --vgg-weights absolute; rerunning the command that started a 0.3.3 run (saved relative)
+    was refused as a change of vgg_weights, though it names the same file."""
+    from glann_ext.train.run import RECORDED_FIELDS, _may_change
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "vgg.pt").write_bytes(b"")
+    (tmp_path / "other.pt").write_bytes(b"")
+    assert _may_change("vgg_weights", "vgg.pt", str(tmp_path / "vgg.pt"), "imle")
+    assert not _may_change("vgg_weights", "vgg.pt", str(tmp_path / "other.pt"), "imle")
+    assert not _may_change("vgg_weights", None, str(tmp_path / "vgg.pt"), "imle")  # the loss switched on
+    assert "vgg_weights" in RECORDED_FIELDS  # the absolute spelling is saved and recorded
 
 
 def test_readers_say_when_the_model_file_is_behind_a_stopped_resume(tmp_path, blob_file):
@@ -1388,20 +1407,17 @@ def test_readers_say_when_the_model_file_is_behind_a_stopped_resume(tmp_path, bl
         train(cfg, out, on_step=interrupt_at("imle", 1), **quiet)  # IMLE begun, epochs as the file's
     assert load_model(out).T is None and ckpt.read_manifest(out)["phase"] == "imle"
     assert model_file_behind(out, load_model(out)) == (
-        f"{out / 'model.safetensors'} is the model trained to GLO epoch 1; the run's latest checkpoint is at IMLE "
-        f"epoch 0 of 1 (a resume stopped or still training): `glann train --out {out}` finishes it"
+        f"{out / 'model.safetensors'} is the model trained to GLO epoch 1; the run's latest checkpoint has done 0 "
+        "of its 1 IMLE epochs, and maybe part of the next (a resume stopped or still training): `glann train "
+        f"--out {out}` finishes it"
     )
     train(cfg, out, **quiet)
     assert model_file_behind(out, load_model(out)) is None  # finished: the file is the run's
     with pytest.raises(Interrupt):
         train(dataclasses.replace(cfg, imle_epochs=3), out, on_step=interrupt_at("imle", 5), **quiet)
     note = model_file_behind(out, load_model(out))
-    assert (
-        note is not None and "trained to IMLE epoch 1; the run's latest checkpoint is at IMLE epoch" in note
-    )
-    assert note.endswith(
-        "of 3 (a resume stopped or still training): `glann train --out " + f"{out}` finishes it"
-    )
+    assert note is not None and "trained to IMLE epoch 1; the run's latest checkpoint has done " in note
+    assert "of its 3 IMLE epochs, and maybe part of the next (a resume stopped or still training)" in note
     assert model_file_behind(out / "model.safetensors", load_model(out)) is None  # a model file: no run
     (ckpt.checkpoint_dir(out) / ckpt.MANIFEST_FILE).write_text("[")  # damaged: the reader reads the file
     assert model_file_behind(out, load_model(out)) is None

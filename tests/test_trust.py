@@ -411,7 +411,9 @@ def test_a_forged_trainer_state_is_a_one_line_error(tmp_path, blob_file, capsys,
     assert needle in err, err
     if "glo.codes" in needle:  # a reader of a run without its model file gathers the codes from the shards
         (run / "model.safetensors").unlink()
-        assert "the shards hold no rows 'glo.codes'" in _one_line_error(capsys, "sample", "--run", str(run))
+        assert "the checkpoint's shards hold no rows 'glo.codes'" in _one_line_error(
+            capsys, "sample", "--run", str(run)
+        )
 
 
 def test_a_shard_of_other_rows_and_a_reshard_beyond_two_rows_a_process_are_one_line_errors(

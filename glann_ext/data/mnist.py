@@ -66,18 +66,17 @@ def _image_file_names(split: str) -> tuple[str, ...]:
 
 
 def find_images_file(name: str, split: str = "train", root: str | Path | None = None) -> Path | None:
-    """The first existing images file (``.gz`` or uncompressed) of ``name``/``split``, or None. A FIFO, a
-    device or a folder under such a name is a :class:`DataError`: neither read (a FIFO would block) nor
-    passed over for a download into its folder."""
+    """The first existing images file (``.gz`` or uncompressed) of ``name``/``split``, or None. A folder of
+    such a name is passed over (a Kaggle download of MNIST holds ``train-images-idx3-ubyte/`` beside the file
+    ``train-images.idx3-ubyte``); a FIFO or a device is a :class:`DataError`: neither read (a FIFO would
+    block) nor passed over for a download into its folder."""
     for d in candidate_dirs(name, root):
         for fname in _image_file_names(split):
             path = d / fname
             if path.is_file():
                 return path
-            if path.exists():
-                raise DataError(
-                    f"{path}: not a regular file (a FIFO, a device or a folder); expected IDX images"
-                )
+            if path.exists() and not path.is_dir():
+                raise DataError(f"{path}: not a regular file (a FIFO or a device); expected IDX images")
     return None
 
 

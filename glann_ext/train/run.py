@@ -100,7 +100,9 @@ IMLE_STAGE_FIELDS = tuple(
     if (f.name.startswith(("imle_", "mapping_")) and f.name != "imle_space") or f.name == "noise_dim"
 )
 # what a resume may set: logged in resumes.jsonl
-RECORDED_FIELDS = tuple(dict.fromkeys((*RESUMABLE_OVERRIDES, *SHAPE_FIELDS, *IMLE_STAGE_FIELDS)))
+RECORDED_FIELDS = tuple(
+    dict.fromkeys((*RESUMABLE_OVERRIDES, *SHAPE_FIELDS, *IMLE_STAGE_FIELDS, "vgg_weights"))
+)
 N_SHOW = 32  # images per row in reconstruction grids
 
 
@@ -108,11 +110,15 @@ def _may_change(field: str, saved: Any, new: Any, phase: str | None) -> bool:
     """Whether a resume may change ``field`` from ``saved`` to ``new`` when its checkpoint is in ``phase``
     (None: no checkpoint, a model file only): the IMLE stage's fields before IMLE has begun; a shape field
     to or from None (the data's own, checked against the checkpoint's image shape); RS-IMLE's radius only
-    down (to 0: off), the way out of a radius that came to reject every draw, once IMLE trains with it."""
+    down (to 0: off), the way out of a radius that came to reject every draw, once IMLE trains with it; the
+    VGG weights' path to another spelling of the same file."""
     if phase == "glo" and field in IMLE_STAGE_FIELDS:
         return True
     if field == "imle_reject_radius":
         return new <= saved
+    if field == "vgg_weights" and isinstance(saved, str) and isinstance(new, str):
+        # a run of 0.3.3 or before saved it as given (relative); the command that started it names it absolute
+        return Path(saved).resolve() == Path(new).resolve()
     return field in RESUMABLE_OVERRIDES or (field in SHAPE_FIELDS and None in (saved, new))
 
 
@@ -296,9 +302,14 @@ class Run:
                 }
                 if changed:
                     what = ", ".join(_change(k, mine[k], theirs[k]) for k in sorted(changed))
+                    why = (
+                        "; RS-IMLE's radius may only be lowered once IMLE has begun"
+                        if "imle_reject_radius" in changed
+                        else ""
+                    )
                     raise RunFolderError(
                         f"{self.out} holds a run with a different config ({what}; the run's, then this "
-                        f"command's); use another --out, or resume it without changing those options"
+                        f"command's){why}; use another --out, or resume it without changing those options"
                     )
                 for k in RECORDED_FIELDS:
                     if mine[k] != theirs[k]:
@@ -879,8 +890,9 @@ def model_file_behind(run: str | Path, model: GenerativeModel) -> str | None:
     phase = manifest["phase"]
     return (
         f"{run / MODEL_FILE} is the model trained to {stage.upper()} epoch {trained[stage]}; the run's latest "
-        f"checkpoint is at {phase.upper()} epoch {manifest['epoch']} of {getattr(wanted, f'{phase}_epochs')} (a "
-        f"resume stopped or still training): `glann train --out {run}` finishes it"
+        f"checkpoint has done {manifest['epoch']} of its {getattr(wanted, f'{phase}_epochs')} {phase.upper()} "
+        f"epochs, and maybe part of the next (a resume stopped or still training): `glann train --out {run}` "
+        "finishes it"
     )
 
 
@@ -905,6 +917,8 @@ def model_from_checkpoint(run: str | Path, ops: str | None = None, device: str =
     pixel = cfg.imle_space == "pixel"
     if (imle if pixel else glo) is None:
         raise CheckpointError(f"{run}: checkpoint holds no {'IMLE' if pixel else 'GLO'} stage yet")
+    if not pixel and "glo.codes" not in rows:  # pixel IMLE has no codes
+        raise CheckpointError(f"{run}: the checkpoint's shards hold no rows 'glo.codes'")
     g_state = imle["generator"] if pixel else glo["G"]  # pixel IMLE's generator is G itself
     image_shape = tuple(main["image_shape"])
     kwargs = {"ops": get_ops(ops or cfg.ops), "config": cfg.to_dict()}
