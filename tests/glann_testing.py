@@ -150,3 +150,22 @@ def plant_pickle(path: Path, marker: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
         pickle.dump({"G": Payload(marker)}, f)
+
+
+def vgg_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A torchvision-layout VGG16 state_dict (up to relu3_3) with random He-scaled weights and biases."""
+    gen = torch.Generator().manual_seed(seed)
+    shapes = {
+        0: (64, 3),
+        2: (64, 64),
+        5: (128, 64),
+        7: (128, 128),
+        10: (256, 128),
+        12: (256, 256),
+        14: (256, 256),
+    }
+    state = {}
+    for i, (cout, cin) in shapes.items():
+        state[f"features.{i}.weight"] = torch.randn(cout, cin, 3, 3, generator=gen) * (2 / (9 * cin)) ** 0.5
+        state[f"features.{i}.bias"] = torch.randn(cout, generator=gen) * 0.1
+    return state

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from glann_testing import OPS
+from glann_testing import OPS, vgg_state
 
 from glann_ext.backend import get_ops
 from glann_ext.errors import ConfigError
@@ -176,25 +176,6 @@ def test_backend_search_over_several_processes_passes_the_group_and_its_scores(m
     assert len(calls) == 1
 
 
-def _vgg_state(seed: int = 0) -> dict[str, torch.Tensor]:
-    """A torchvision-layout VGG16 state_dict (up to relu3_3) with random He-scaled weights and biases."""
-    gen = torch.Generator().manual_seed(seed)
-    shapes = {
-        0: (64, 3),
-        2: (64, 64),
-        5: (128, 64),
-        7: (128, 128),
-        10: (256, 128),
-        12: (256, 256),
-        14: (256, 256),
-    }
-    state = {}
-    for i, (cout, cin) in shapes.items():
-        state[f"features.{i}.weight"] = torch.randn(cout, cin, 3, 3, generator=gen) * (2 / (9 * cin)) ** 0.5
-        state[f"features.{i}.bias"] = torch.randn(cout, generator=gen) * 0.1
-    return state
-
-
 def test_perceptual_loss_uses_only_local_weights(tmp_path):
     from glann_ext.models import ReconstructionLoss
     from glann_ext.models.perceptual import VGGPerceptualLoss
@@ -205,7 +186,7 @@ def test_perceptual_loss_uses_only_local_weights(tmp_path):
         with pytest.raises(ConfigError, match=f"a {kind}.*, not a VGG16 weights file"):
             VGGPerceptualLoss(special)
     # A torchvision-layout state_dict with random weights stands in for the user's VGG16 file.
-    state = _vgg_state()
+    state = vgg_state()
     state["classifier.0.weight"] = torch.zeros(1)  # ignored
     torch.save(state, tmp_path / "vgg16.pth")
     loss_fn = ReconstructionLoss(
@@ -503,7 +484,7 @@ def _vgg_distance(state: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tens
 def test_perceptual_loss_is_the_mean_l1_of_vgg16_relu_features_and_frozen(tmp_path):
     from glann_ext.models.perceptual import VGGPerceptualLoss
 
-    state = _vgg_state()
+    state = vgg_state()
     torch.save(state, tmp_path / "vgg16.pth")
     vgg = VGGPerceptualLoss(tmp_path / "vgg16.pth")
     assert not any(p.requires_grad for p in vgg.parameters())  # the loss trains G, never the network

@@ -17,7 +17,7 @@ from glann_testing import OPS, Interrupt, blob_images, interrupt_at, tensors_equ
 
 from glann_ext import seeding
 from glann_ext.data import GRID_5X5, RING_PACGAN
-from glann_ext.errors import ConfigError, DivergedError, NonFiniteError, RunFolderError
+from glann_ext.errors import CheckpointError, ConfigError, DivergedError, NonFiniteError, RunFolderError
 from glann_ext.metrics import mode_coverage
 from glann_ext.models import GLANN, MLP, read_model_file
 from glann_ext.ops import reference
@@ -1391,6 +1391,31 @@ def test_a_relative_vgg_path_of_an_older_run_resumes_under_its_absolute_spelling
     assert not _may_change("vgg_weights", "vgg.pt", str(tmp_path / "other.pt"), "imle")
     assert not _may_change("vgg_weights", None, str(tmp_path / "vgg.pt"), "imle")  # the loss switched on
     assert "vgg_weights" in RECORDED_FIELDS  # the absolute spelling is saved and recorded
+
+
+def test_a_resume_refuses_a_vgg_weights_file_changed_since_the_run_trained_with_it(tmp_path, blob_file):
+    """The perceptual loss reads its weights file anew on every resume: a file changed in place resumed the
+    run under other weights, silently. main.pt records the file's SHA-256, and a resume compares."""
+    from glann_testing import vgg_state
+
+    quiet = {"progress": False, "log": lambda s: None}
+    weights = tmp_path / "vgg.pt"
+    torch.save(vgg_state(0), weights)
+    out = tmp_path / "run"
+    cfg = tiny_config(
+        dataset=blob_file, glo_epochs=1, imle_epochs=1, vgg_weights=str(weights), vgg_weight=0.1
+    )
+    train(cfg, out, **quiet)
+    assert len(ckpt.latest_main(out)[ckpt.VGG_DIGEST_KEY]) == 64
+    longer = dataclasses.replace(cfg, imle_epochs=2)
+    torch.save(vgg_state(1), weights)
+    with pytest.raises(
+        CheckpointError, match=r"vgg.pt: the VGG weights file has changed since .* trained with it"
+    ):
+        train(longer, out, **quiet)
+    torch.save(vgg_state(0), weights)  # the same weights again: the resume goes on
+    train(longer, out, **quiet)
+    assert ckpt.latest_main(out)["imle"]["epoch"] == 2
 
 
 def test_readers_say_when_the_model_file_is_behind_a_stopped_resume(tmp_path, blob_file):

@@ -80,6 +80,8 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool 
 
 
 MAIN_KEYS = ("phase", "glo", "imle", "config", "image_shape")
+# main.pt's optional record of the perceptual loss's weights file (its SHA-256), checked when a run resumes
+VGG_DIGEST_KEY = "vgg_weights_sha256"
 COUNTERS = ("epoch", "step_in_epoch", "global_step")
 
 
@@ -111,6 +113,8 @@ def _main_problem(main: Any) -> str | None:
     shape = main["image_shape"]
     if not (isinstance(shape, (list, tuple)) and len(shape) == 3 and all(_is_count(v, 1) for v in shape)):
         return f"image_shape must be 3 positive integers, got {shape!r:.60}"
+    if not isinstance(main.get(VGG_DIGEST_KEY, ""), str):
+        return f"{VGG_DIGEST_KEY} must be a string, got {type(main[VGG_DIGEST_KEY]).__name__}"
     for stage in ("glo", "imle"):
         state = main[stage]
         if state is None:
@@ -465,6 +469,7 @@ def load_step(
         **_joined(step_dir, main, rows),
         "config": main["config"],
         "image_shape": tuple(main["image_shape"]),
+        VGG_DIGEST_KEY: main.get(VGG_DIGEST_KEY),
     }
 
 

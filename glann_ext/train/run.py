@@ -23,6 +23,7 @@ and the model (see :mod:`.world` for why the result equals a single-process run)
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
 import secrets
@@ -39,6 +40,7 @@ from glann_ext._io import (
     append_line,
     atomic_write,
     ensure_dir,
+    open_regular,
     read_regular,
     remove_stale_temps,
 )
@@ -280,6 +282,9 @@ class Run:
         self.device = local_device(self.cfg.device)
         self.world = World()
         self.data_fingerprint: dict[str, Any] | None = None  # of the dataset, once loaded (_load_images)
+        self.vgg_digest = _vgg_digest(
+            self.cfg
+        )  # of the perceptual loss's weights: recorded, checked on resume
 
     def log(self, msg: str) -> None:
         if self.world.is_main:
@@ -568,6 +573,12 @@ class Run:
         self._check_checkpoint_config(state)  # records the resume's changes without config.json
         self._check_epochs(state)
         self._check_image_shape(state, fit.image_shape)
+        recorded = state.get(ckpt.VGG_DIGEST_KEY)  # None: a checkpoint of 0.3.3 or before, or no VGG loss
+        if recorded is not None and self.vgg_digest is not None and recorded != self.vgg_digest:
+            raise CheckpointError(
+                f"{self.cfg.vgg_weights}: the VGG weights file has changed since {self.out} trained with it (its "
+                "digest is not the checkpoint's); put that file back to resume the run, or use another --out"
+            )
         try:
             fit.load_state_dict(state)
         except (RuntimeError, KeyError, TypeError, ValueError) as exc:  # shapes or keys of another model
@@ -679,6 +690,7 @@ class CheckpointHook(Hook):
         main = {
             "phase": state["phase"], "glo": glo_rep, "imle": imle_rep, "config": self.run.cfg.to_dict(),
             "image_shape": list(fit.image_shape),
+            **({ckpt.VGG_DIGEST_KEY: self.run.vgg_digest} if self.run.vgg_digest is not None else {}),
         }  # fmt: skip
         info = {"phase": state["phase"], "epoch": trainer.epoch, "global_step": trainer.global_step}
         per_row = {**glo_rows, **imle_rows}
@@ -866,6 +878,18 @@ def load_model(
     if not path.exists():
         raise RunFolderError(f"{path}: no such run folder or model file")
     return load_model_file(path, ops=ops, device=device, generator=generator)
+
+
+def _vgg_digest(cfg: TrainConfig) -> str | None:
+    """The SHA-256 of the perceptual loss's weights file when the config trains with it (else None): the run
+    reads the file anew on every resume, so a file changed in place would resume under other weights."""
+    if not (cfg.vgg_weights and cfg.vgg_weight > 0) or not Path(cfg.vgg_weights).is_file():
+        return None  # no perceptual loss, or a missing file: the loss itself says so when it is built
+    digest = hashlib.sha256()
+    with open_regular(cfg.vgg_weights) as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def model_file_behind(run: str | Path, model: GenerativeModel) -> str | None:
