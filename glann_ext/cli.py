@@ -73,7 +73,7 @@ _CONFIG_FLAGS = [
     ("--latent-optimizer", "latent_optimizer", str, "optimizer of the codes: adam (sparse Adam) or sgd"),
     ("--mapping-layers", "mapping_layers", int, "hidden layers of the IMLE mapping T"),
     ("--mapping-batch-norm", "mapping_batch_norm", bool, "BatchNorm in T's hidden layers"),
-    ("--amp", "amp", bool, "bfloat16 autocast for G on CUDA (ignored on the CPU)"),
+    ("--amp", "amp", bool, "bfloat16 autocast for G and T on CUDA (ignored on the CPU)"),
     ("--imle-noise-multiple", "imle_noise_multiple", float, "noise draws per IMLE epoch / number of targets"),
     ("--imle-match", "imle_match", str, "nearest (the paper) or unique (one-to-one; docs/training.md)"),
     ("--imle-precision-weight", "imle_precision_weight", float, "weight of the IMLE precision term (0: off)"),
@@ -499,7 +499,8 @@ _FLAG_OF = {field: flag for flag, field, _, _ in _CONFIG_FLAGS} | {"dataset": "-
 def _flag_config_error(exc: ConfigError, flagged: set[str]) -> ConfigError:
     """A field's config error as a command-line user reads it: naming the flag when this command line set the
     field (``--batch-size must be >= 2, got 0``), the field and its flag when a --preset, a --config file or
-    the run folder did (``config field batch_size (--batch-size) must be ...``). Others as they are. A flag
+    the run folder did (``config field batch_size (--batch-size) must be ...``; a --config file's errors of
+    its own come first, naming the file and its field). Others as they are. A flag
     spells JSON's null as ``none`` (``--limit must be >= 2, or none for every image``)."""
     flag = _FLAG_OF.get(exc.field or "")
     if flag is None or exc.problem is None:

@@ -189,7 +189,7 @@ class TrainConfig:
     # execution
     ops: str = "fused"  # "fused" kernels or "reference" PyTorch ops
     device: str = "cpu"
-    amp: bool = True  # bfloat16 autocast for the generator on CUDA; ignored on CPU
+    amp: bool = True  # bfloat16 autocast for G and T on CUDA; ignored on CPU
     threads: int | None = None  # torch's intra-op threads while fit() / train() runs (None: as they are)
     seed: int = 0
     ckpt_every: int = 200  # steps between mid-epoch checkpoints (0: only at epoch ends)
@@ -545,7 +545,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 0-2, 2026-12-04; before whitening the development evaluator had it behind (40.6 / 36.6);
     # 16-D noise for T did (FD 32.7 against 37.8 with the IMLE stage retrained on this preset's codes, recall
     # level; 29.2 with recall 0.36 for the whole preset run end to end). T keeps G's batch of 128, the recipe
-    # measured (60k codes give it 469 steps an epoch; smaller batches are not measured at this size). With
+    # measured (60k codes give it 468 steps an epoch; smaller batches are not measured at this size). With
     # whitened IMLE its samples at noise scale 1 / 1.25 / 1.5 / 2 score LeNet FD 3.59 / 2.32 / 1.99 / 2.70
     # (ceiling 1.86; 2026-12-04, seed 0; Euclidean IMLE at 1.5: 2.61), so it samples 1.5 wide as `laptop` does.
     # T keeps the GLANN code's Adam betas (0.5, 0.999), the recipe its figures were measured with: the default's
