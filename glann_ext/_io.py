@@ -20,6 +20,7 @@ import atexit
 import contextlib
 import errno
 import functools
+import hashlib
 import os
 import pickle
 import re
@@ -184,6 +185,15 @@ def open_regular(path: str | Path) -> BinaryIO:
     except BaseException:
         os.close(fd)
         raise
+
+
+def file_digest(path: str | Path, algorithm: str) -> str:
+    """The hex digest (``hashlib``'s ``algorithm``) of the regular file ``path``, read in blocks of 1 MiB."""
+    digest = hashlib.new(algorithm)
+    with open_regular(path) as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_regular(path: str | Path) -> bytes:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 
-from .._io import cache_root
+from .._io import cache_root, file_digest
 from .errors import DataError
 from .idx import read_idx
 
@@ -80,14 +79,6 @@ def find_images_file(name: str, split: str = "train", root: str | Path | None = 
     return None
 
 
-def md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _discard(part: Path, made: list[Path]) -> None:
     """A failed download's partial file, and the folders it made for it (deepest first) that nothing else
     has come to fill."""
@@ -123,7 +114,7 @@ def download(name: str, fname: str, dest_dir: Path = CACHE_DIR) -> Path:
             f"{name}: files not found locally ({', '.join(map(str, looked))}) and download of {base + fname} "
             f"into {out_dir} failed ({exc}); put the IDX files in --data-root, or set {ENV_VAR}"
         ) from exc
-    if md5(tmp) != sums[fname]:
+    if file_digest(tmp, "md5") != sums[fname]:
         _discard(tmp, made)
         raise DataError(f"{base + fname}: checksum mismatch (expected MD5 {sums[fname]}); download discarded")
     os.replace(tmp, dest)

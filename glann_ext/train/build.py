@@ -109,14 +109,16 @@ def load_adam_state(opt: torch.optim.Adam, state: Any, name: str) -> None:
         for key, value in entry.items() if isinstance(entry, dict) else [("state", entry)]:
             # the step count is a float32 scalar; every moment a tensor like its parameter
             want = (torch.float32, ()) if key == "step" else (p.dtype, tuple(p.shape))
-            if not isinstance(value, torch.Tensor) or (value.dtype, tuple(value.shape)) != want:
-                got = (
-                    (value.dtype, tuple(value.shape))
-                    if isinstance(value, torch.Tensor)
-                    else type(value).__name__
-                )
-                raise ValueError(f"{name}: {key} of parameter {i} is {got}, expected {want}")
+            check_tensor(f"{name}: {key} of parameter {i}", value, want)
     opt.load_state_dict(state)
+
+
+def check_tensor(name: str, value: Any, want: tuple[torch.dtype, tuple[int, ...]]) -> None:
+    """ValueError "NAME is (dtype, shape), expected WANT" unless ``value`` is a tensor of ``want``'s dtype
+    and shape (a checkpoint's state checked before a trainer takes it)."""
+    if not isinstance(value, torch.Tensor) or (value.dtype, tuple(value.shape)) != want:
+        got = (value.dtype, tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"{name} is {got}, expected {want}")
 
 
 def build_model(

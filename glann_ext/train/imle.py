@@ -24,7 +24,7 @@ from glann_ext.errors import ConfigError
 from glann_ext.models import mse_loss
 from glann_ext.ops._checks import check_finite
 
-from .build import adam, load_adam_state, place_for_training
+from .build import adam, check_tensor, load_adam_state, place_for_training
 from .config import TrainConfig
 from .loop import StageTrainer, autocast_for, cosine_rate
 from .threads import denormals_flushed, intra_op_threads, step_threads
@@ -393,10 +393,8 @@ class IMLETrainer(StageTrainer):
             "since_match": (torch.int64, (n,)),
         }
         for key, want in rows.items():
-            t = state.get(key)
-            if t is not None and (not isinstance(t, torch.Tensor) or (t.dtype, tuple(t.shape)) != want):
-                got = (t.dtype, tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
-                raise ValueError(f"imle {key} is {got}, expected {want}")
+            if state.get(key) is not None:
+                check_tensor(f"imle {key}", state[key], want)
         if state.get("since_match") is not None and bool((state["since_match"] < 0).any()):
             raise ValueError("imle since_match must be >= 0")
         self.generator.load_state_dict(state["generator"])

@@ -23,7 +23,6 @@ and the model (see :mod:`.world` for why the result equals a single-process run)
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import re
 import secrets
@@ -40,7 +39,7 @@ from glann_ext._io import (
     append_line,
     atomic_write,
     ensure_dir,
-    open_regular,
+    file_digest,
     read_regular,
     remove_stale_temps,
 )
@@ -282,9 +281,8 @@ class Run:
         self.device = local_device(self.cfg.device)
         self.world = World()
         self.data_fingerprint: dict[str, Any] | None = None  # of the dataset, once loaded (_load_images)
-        self.vgg_digest = _vgg_digest(
-            self.cfg
-        )  # of the perceptual loss's weights: recorded, checked on resume
+        # of the perceptual loss's weights file: recorded in every checkpoint, checked on resume
+        self.vgg_digest = _vgg_digest(self.cfg)
 
     def log(self, msg: str) -> None:
         if self.world.is_main:
@@ -885,11 +883,7 @@ def _vgg_digest(cfg: TrainConfig) -> str | None:
     reads the file anew on every resume, so a file changed in place would resume under other weights."""
     if not (cfg.vgg_weights and cfg.vgg_weight > 0) or not Path(cfg.vgg_weights).is_file():
         return None  # no perceptual loss, or a missing file: the loss itself says so when it is built
-    digest = hashlib.sha256()
-    with open_regular(cfg.vgg_weights) as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(cfg.vgg_weights, "sha256")
 
 
 def model_file_behind(run: str | Path, model: GenerativeModel) -> str | None:
