@@ -7,7 +7,7 @@
   FIFO planted in its place would block the reader for ever; :class:`NotARegularFile`).
 * :func:`ensure_dir`: a real folder (a link in its place is replaced).
 * :func:`remove_stale_temps`: the temp files that killed atomic writes left behind (our names only, in the
-  folders a run writes).
+  folders a run writes, and none a live writer holds locked).
 * :class:`FolderLock`: one writer per folder (``fcntl.flock``, released by the OS when the process dies).
 * :func:`load_tensors_only`: reading a tensor file someone handed us without running code from it
   (:class:`UnsafeTensorFile` says why a file is refused).
@@ -33,6 +33,11 @@ from typing import Any, BinaryIO, Callable
 import torch
 
 from .errors import RunFolderError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; a run folder's temp files then go by name alone
+    fcntl = None  # type: ignore[assignment]
 
 TEMP_SUFFIX = ".tmp"
 # atomic_write's temp names: mkstemp's "<name>.<8 random characters>.tmp"; nothing else is ever removed
@@ -74,7 +79,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
         # the temp name is the target's (cut to 200 bytes: a legal 250-byte name plus the random part and
         # suffix would pass the 255 bytes a file system allows) and a random part
         prefix = os.fsdecode(os.fsencode(path.name)[:200]).encode("utf-8", "ignore").decode("utf-8", "ignore")
-        fd, tmp = tempfile.mkstemp(prefix=prefix + ".", suffix=TEMP_SUFFIX, dir=path.parent)
+        fd, tmp = _locked_temp(prefix + ".", path.parent)
     except OSError as exc:  # named by the file asked for, not by a folder on the way or the temp file
         raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
     try:
@@ -97,6 +102,39 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _locked_temp(prefix: str, folder: Path) -> tuple[int, str]:
+    """``mkstemp`` in ``folder``, with an exclusive ``flock`` held on it until the file is closed: the mark
+    by which :func:`remove_stale_temps` (in another process, such as a training resumed while ``glann eval``
+    writes into the run folder) tells a temp file being written from one a killed writer left."""
+    while True:
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=TEMP_SUFFIX, dir=folder)
+        if fcntl is None:
+            return fd, tmp
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.fstat(fd).st_nlink:  # not removed as stale between mkstemp and flock
+            return fd, tmp
+        os.close(fd)
+
+
+def _remove_if_stale(path: Path) -> bool:
+    """Delete ``path``, a temp file of :func:`atomic_write`'s, unless a live writer holds its lock; the lock is
+    taken before the unlink and held through it, so a writer between ``mkstemp`` and ``flock`` sees its file
+    gone and starts another. Whether it was removed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:  # gone meanwhile (replaced onto its target), or not ours to open
+        return False
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        path.unlink(missing_ok=True)
+    except OSError:  # a live writer's
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def nearest_folder(path: str | Path) -> Path:
@@ -216,8 +254,10 @@ def remove_stale_temps(folder: str | Path, subfolders: tuple[str, ...] = RUN_WRI
     """Delete the temp files that interrupted :func:`atomic_write` calls left in ``folder``'s ``subfolders``
     (glob patterns; by default the folders a run writes). Only :func:`atomic_write`'s own temp names
     (``<name>.<8 random characters>.tmp``) are removed, never recursively and never through a link: other
-    files, and other folders, are the user's. Call it only while holding the folder's lock (another writer's
-    temp file is not stale). Returns what was removed."""
+    files, and other folders, are the user's; so is a temp file a live writer still holds (``glann eval``
+    writing into a run folder while its training resumes): each :func:`atomic_write` locks its temp file, and
+    the lock dies with its process. Call it while holding the folder's :class:`FolderLock`. Returns what was
+    removed."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
@@ -228,8 +268,8 @@ def remove_stale_temps(folder: str | Path, subfolders: tuple[str, ...] = RUN_WRI
             if not _real_folder_below(folder, place):
                 continue
             for p in place.iterdir():
-                if TEMP_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink():
-                    p.unlink(missing_ok=True)
+                regular = p.is_file() and not p.is_symlink()
+                if TEMP_NAME.fullmatch(p.name) and regular and _remove_if_stale(p):
                     removed.append(p)
     return removed
 

@@ -1199,3 +1199,47 @@ def test_atomic_write_takes_the_longest_file_name_the_file_system_does(tmp_path)
         folder = tmp_path / str(len(name))
         atomic_write(folder / name, lambda f: f.write(b"x"))
         assert (folder / name).read_bytes() == b"x" and [p.name for p in folder.iterdir()] == [name]
+
+
+def test_a_temp_file_a_live_writer_holds_is_not_stale(tmp_path):
+    """A run's resume removes the temp files killed writes left, but not one another process is writing
+    (``glann eval`` writing eval.json into the run folder while its training resumes): atomic_write locks
+    its temp file, and that lock dies with the writer, so a killed writer's temp file still goes."""
+    run = tmp_path / "run"
+    run.mkdir()
+    left = run / "eval.json.abcd1234.tmp"  # a killed writer's: nobody holds it
+    left.write_text("x")
+    seen = {}
+
+    def write(f):
+        f.write(b"new")
+        f.flush()
+        seen["removed"] = remove_stale_temps(run)  # the other process's resume, in the middle of the write
+        seen["temps"] = sorted(p.name for p in run.iterdir() if p.name.startswith("eval.json."))
+
+    atomic_write(run / "eval.json", write)
+    assert seen["removed"] == [left] and not left.exists()
+    assert len(seen["temps"]) == 1 and seen["temps"][0] != left.name  # the live writer's temp stayed
+    assert (run / "eval.json").read_bytes() == b"new"
+    assert sorted(p.name for p in run.iterdir()) == ["eval.json"]
+
+
+def test_a_temp_file_removed_before_its_writer_locked_it_is_made_again(tmp_path, monkeypatch):
+    """Between mkstemp and its flock a temp file is unlocked; a resume that removes it then must not make
+    the write fail (os.replace of a missing file): the writer sees its file gone and makes another."""
+    import glann_ext._io as io_module
+
+    made = []
+    real_mkstemp = io_module.tempfile.mkstemp
+
+    def mkstemp_then_removed(*args, **kwargs):
+        fd, name = real_mkstemp(*args, **kwargs)
+        made.append(name)
+        if len(made) == 1:
+            assert remove_stale_temps(tmp_path) == [Path(name)]  # not locked yet: taken as stale
+        return fd, name
+
+    monkeypatch.setattr(io_module.tempfile, "mkstemp", mkstemp_then_removed)
+    atomic_write(tmp_path / "config.json", lambda f: f.write(b"{}"))
+    assert len(made) == 2 and (tmp_path / "config.json").read_bytes() == b"{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
