@@ -160,9 +160,15 @@ def test_a_model_file_loads_only_into_a_generator_that_fits_it(tmp_path, capsys)
     cfg = _cfg()
     path = save_model(fit(_images(), cfg, generator=TinyGenerator(16)), tmp_path / "own.safetensors")
     with pytest.raises(
-        UsageError, match=r"G\.net\.0\.weight: the module has \(32, 15\), the file holds \(32, 16\)"
+        UsageError,
+        match=r"G\.net\.0\.weight: the module has \(32, 15\), the file holds \(32, 16\)$",
     ):
         load_model(path, generator=TinyGenerator(15))
+    with pytest.raises(
+        UsageError,
+        match=r"G\.net\.0\.bias: the module has \(48,\), the file holds \(32,\); 6 more tensor\(s\) differ$",
+    ):
+        load_model(path, generator=TinyGenerator(15, hidden=48))
     with pytest.raises(UsageError, match=r"generator must be a torch\.nn\.Module, got function"):
         load_model(path, generator=lambda z: z)
 

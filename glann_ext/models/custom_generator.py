@@ -135,11 +135,17 @@ def same_tensors(
     wanted: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], name: str, wanter: str
 ) -> None:
     """ValueError naming the first tensor whose name or shape differs between what ``wanter`` ("the module
-    has", "the description asks for") wants and what a file holds (``found``)."""
+    has", "the description asks for") wants and what a file holds (``found``), and how many more differ (a
+    module of another architecture differs in most)."""
     if wanted != found:
-        key = min(wanted.keys() ^ found.keys() or {k for k in wanted if wanted[k] != found[k]})
+        # a missing or extra name first: a shape differs mostly because another tensor is missing
+        differ = sorted(wanted.keys() ^ found.keys())
+        differ += sorted(k for k in wanted.keys() & found.keys() if wanted[k] != found[k])
+        key = differ[0]
+        more = f"; {len(differ) - 1} more tensor(s) differ" if len(differ) > 1 else ""
         raise ValueError(
-            f"{name}.{key}: {wanter} {wanted.get(key, 'no such tensor')}, the file holds {found.get(key, 'none')}"
+            f"{name}.{key}: {wanter} {wanted.get(key, 'no such tensor')}, the file holds "
+            f"{found.get(key, 'none')}{more}"
         )
 
 
