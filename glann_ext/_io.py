@@ -83,9 +83,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     except OSError as exc:  # named by the file asked for, not by a folder on the way or the temp file
         raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600
+        usual_permissions(tmp)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -102,6 +100,13 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def usual_permissions(path: str | Path) -> None:
+    """Give ``path`` the permissions a new file gets (0666 less the umask); ``mkstemp`` makes 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _locked_temp(prefix: str, folder: Path) -> tuple[int, str]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import os
+import stat
 import struct
+import types
 
 import numpy as np
 import pytest
@@ -901,3 +903,52 @@ def test_a_folder_named_like_a_named_dataset_is_pointed_to_when_that_dataset_is_
     monkeypatch.delenv(mnist_mod.ENV_VAR, raising=False)
     with pytest.raises(DataError, match=r"\(to train on the folder mnist/ here, name it \./mnist\)$"):
         load_images("mnist", allow_download=False)
+
+
+def test_two_downloads_of_one_file_at_once_each_write_their_own_partial_file(tmp_path, monkeypatch):
+    """Two processes fetching the same file into one cache (two trainings started together): each streams
+    into a partial file of its own, so neither truncates nor replaces the other's, and both get the file.
+    Here the second starts inside the first's stream; an interrupted download leaves no partial file."""
+    import hashlib
+    import io
+
+    payload = bytes(range(256)) * 1024  # 4 blocks of 64 KiB
+    name, fname = "mnist", "t10k-images-idx3-ubyte.gz"
+    base, sums = mnist_mod.SOURCES[name]
+    monkeypatch.setitem(mnist_mod.SOURCES, name, (base, {**sums, fname: hashlib.md5(payload).hexdigest()}))
+    started, nested = [], []
+
+    class Response(io.BytesIO):
+        def read(self, size=-1):
+            if self.tell() and not started:  # the other process starts once this one is under way
+                started.append(True)
+                nested.append(mnist_mod.download(name, fname, dest_dir=tmp_path))
+            return super().read(size)
+
+    def urlopen(url, timeout):
+        response = Response(payload)
+        response.headers = {"Content-Length": str(len(payload))}
+        return response
+
+    monkeypatch.setattr(mnist_mod.urllib.request, "urlopen", urlopen)
+    dest = mnist_mod.download(name, fname, dest_dir=tmp_path)
+    assert nested == [dest] and dest.read_bytes() == payload
+    assert [p.name for p in (tmp_path / name).iterdir()] == [fname]
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o666 & ~_umask()  # not mkstemp's 0600
+
+    class Interrupted(io.BytesIO):
+        headers = types.MappingProxyType({})
+
+        def read(self, size=-1):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(mnist_mod.urllib.request, "urlopen", lambda url, timeout: Interrupted())
+    with pytest.raises(KeyboardInterrupt):
+        mnist_mod.download(name, "train-images-idx3-ubyte.gz", dest_dir=tmp_path)
+    assert [p.name for p in (tmp_path / name).iterdir()] == [fname]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 
-from .._io import cache_root, file_digest
+from .._io import cache_root, file_digest, usual_permissions
 from .errors import DataError
 from .idx import read_idx
 
@@ -79,10 +80,11 @@ def find_images_file(name: str, split: str = "train", root: str | Path | None = 
     return None
 
 
-def _discard(part: Path, made: list[Path]) -> None:
-    """A failed download's partial file, and the folders it made for it (deepest first) that nothing else
-    has come to fill."""
-    part.unlink(missing_ok=True)
+def _discard(part: Path | None, made: list[Path]) -> None:
+    """A failed download's partial file (if it got one), and the folders it made for it (deepest first) that
+    nothing else has come to fill."""
+    if part is not None:
+        part.unlink(missing_ok=True)
     for folder in made:
         try:
             folder.rmdir()
@@ -99,16 +101,21 @@ def download(name: str, fname: str, dest_dir: Path = CACHE_DIR) -> Path:
     made = [d for d in (out_dir, *out_dir.parents) if not d.exists()]  # the folders this call creates
     out_dir.mkdir(parents=True, exist_ok=True)
     dest = out_dir / fname
-    tmp = dest.with_suffix(dest.suffix + ".part")
+    tmp = None
     try:
-        with urllib.request.urlopen(base + fname, timeout=60) as resp, open(tmp, "wb") as out:
+        # a name of its own: two processes downloading the same file must not write into one partial file
+        fd, part = tempfile.mkstemp(prefix=fname + ".", suffix=".part", dir=out_dir)
+        tmp = Path(part)
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(base + fname, timeout=60) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=fname) as bar:
                 for block in iter(lambda: resp.read(1 << 16), b""):
                     out.write(block)
                     bar.update(len(block))
-    except OSError as exc:
+    except BaseException as exc:  # a Ctrl-C too: no partial file is left to pile up
         _discard(tmp, made)
+        if not isinstance(exc, OSError):
+            raise
         looked = [out_dir] if dest_dir != CACHE_DIR else candidate_dirs(name)
         raise DataError(
             f"{name}: files not found locally ({', '.join(map(str, looked))}) and download of {base + fname} "
@@ -117,6 +124,7 @@ def download(name: str, fname: str, dest_dir: Path = CACHE_DIR) -> Path:
     if file_digest(tmp, "md5") != sums[fname]:
         _discard(tmp, made)
         raise DataError(f"{base + fname}: checksum mismatch (expected MD5 {sums[fname]}); download discarded")
+    usual_permissions(tmp)  # mkstemp's 0600 would keep a shared cache's file from its other users
     os.replace(tmp, dest)
     return dest
 
