@@ -626,14 +626,13 @@ def _grid_path(flag: str, value: str | None, default: str | None = None) -> str 
     an ``.npy``: an image suffix Pillow writes, and a folder to write it in. Not given, it is ``default`` in
     the current folder, which must not hold a file of that name that this package did not write: a file the
     user named is replaced, one of theirs that happens to share the default name is not."""
-    from glann_ext.images import image_format, written_here
+    from glann_ext.images import image_format, not_ours_because, written_here
 
     if value is None:
         if default is not None and os.path.lexists(default) and not written_here(default):
-            what = (
-                "is a link" if os.path.islink(default) else "is a folder" if os.path.isdir(default)
-                else "carries no glann tag (a file of yours, or a grid of glann before 0.3.2)"
-            )  # fmt: skip
+            what = not_ours_because(
+                default, "carries no glann tag (a file of yours, or a grid of glann before 0.3.2)"
+            )
             raise CLIError(
                 f"{default} in the current folder {what}: name the file to write with {flag} "
                 f"({flag} {default} replaces a file)"

@@ -362,7 +362,7 @@ def _check_replaceable(folder: Path, flag: str) -> None:
     """A folder the caller named may hold files of theirs under eval's names: eval replaces only its own (an
     ``eval.json`` of its results; tagged PNGs, or the untagged grids of an earlier version's eval beside its
     eval.json), as ``glann sample`` does, before any work."""
-    from .images import written_here
+    from .images import not_ours_because, written_here
 
     earlier_eval = _eval_result(folder / EVAL_FILE)
     for name in (EVAL_FILE, SAMPLES_PNG, NEIGHBOURS_PNG):
@@ -375,10 +375,7 @@ def _check_replaceable(folder: Path, flag: str) -> None:
             ours = written_here(path) or (earlier_eval and path.is_file() and not path.is_symlink())
         if ours:
             continue
-        what = (
-            "is a link" if path.is_symlink() else "is a folder" if path.is_dir()
-            else "was not written by glann eval (a file of yours?)"
-        )  # fmt: skip
+        what = not_ours_because(path, "was not written by glann eval (a file of yours?)")
         raise UsageError(
             f"{flag} {folder}: {path} {what}, and eval would replace it; remove it or give another folder"
         )

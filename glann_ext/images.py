@@ -83,6 +83,13 @@ def png_tag() -> dict:
     return {"pnginfo": info}
 
 
+def not_ours_because(path: str | Path, otherwise: str) -> str:
+    """Why a command will not replace ``path``, a name it writes that holds something it did not write:
+    "is a link", "is a folder", or ``otherwise`` (a file of the user's)."""
+    path = Path(path)
+    return "is a link" if path.is_symlink() else "is a folder" if path.is_dir() else otherwise
+
+
 def written_here(path: str | Path) -> bool:
     """Whether ``path`` is a regular file holding a PNG grid this package wrote (:func:`save_grid`): its
     first chunks are read as bytes, nothing is decoded."""
