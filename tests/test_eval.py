@@ -97,6 +97,14 @@ def test_eval_replaces_only_its_own_files_in_a_folder_given_with_out(digits_run,
     assert main([*args, "--out", str(mine)]) == 2
     assert "eval_neighbours.png was not written by glann eval" in capsys.readouterr().err
     (mine / "eval_neighbours.png").unlink()
+    (mine / "eval_samples.png").mkdir()  # a folder, then a link, in place of a grid: neither replaced
+    assert main([*args, "--out", str(mine)]) == 2
+    assert "eval_samples.png is a folder, and eval would replace it" in capsys.readouterr().err
+    (mine / "eval_samples.png").rmdir()
+    (mine / "eval_samples.png").symlink_to(tmp_path / "elsewhere.png")
+    assert main([*args, "--out", str(mine)]) == 2
+    assert "eval_samples.png is a link, and eval would replace it" in capsys.readouterr().err
+    (mine / "eval_samples.png").unlink()
     assert main([*args, "--out", str(mine)]) == 0  # its own files: written, then replaced by a second eval
     assert main([*args, "--out", str(mine), "--seed", "1"]) == 0
     assert json.loads((mine / "eval.json").read_text())["seed"] == 1
