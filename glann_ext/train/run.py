@@ -61,7 +61,14 @@ from glann_ext.models.generative import built_to_fit, check_unit_codes
 from . import checkpoint as ckpt
 from .build import build_generator, build_mapping
 from .checkpoint import LEGACY_MODEL_FILE, MODEL_FILE
-from .config import CONFIG_FILE, SAMPLING_FIELDS, TrainConfig, check_device, load_run_config
+from .config import (
+    CONFIG_FILE,
+    SAMPLING_FIELDS,
+    TrainConfig,
+    check_device,
+    load_run_config,
+    with_absolute_paths,
+)
 from .imle import check_distributed_imle
 from .inputs import checked_config
 from .loop import Hook, StageTrainer, diverged
@@ -293,8 +300,8 @@ class Run:
         model exists) the saved one, with the overrides a resume may change. A config.json without any
         training state is a start that failed: a new ``cfg`` replaces it."""
         path = self.out / CONFIG_FILE
-        if cfg is not None:
-            cfg = checked_config(cfg)
+        if cfg is not None:  # relative paths saved absolute, as the command line saves them
+            cfg = with_absolute_paths(checked_config(cfg))
         if path.exists() and (has_trained(self.out) or cfg is None):
             saved = load_run_config(path)
             if cfg is not None:
