@@ -913,6 +913,37 @@ def _feature_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+def _memorisation_line(m: dict[str, Any]) -> str:
+    """The medians and their ratio, and the share of samples nearer a training image than all but 1% of the
+    test images are: a ratio below 1 alone is what blurry samples (near many images in pixels) score too."""
+    if "test_median" not in m:
+        return f"samples {m['generated_median']:.2f}; {m['skipped']}"
+    return (
+        f"samples {m['generated_median']:.2f}, test {m['test_median']:.2f} (ratio {m['median_ratio']:.2f}); "
+        f"nearer than the test's 1% quantile: {m['generated_fraction_below']:.1%} of samples "
+        f"({m['test_fraction_below']:.1%} of test images)"
+    )
+
+
+def _crowding_note(result: dict[str, Any]) -> list[str]:
+    """A note when the samples' precision or density in the random CNN's features is above the training
+    images' own: samples crowded into the dense middle of the features (blurry, average images) score so,
+    and these two columns then rank samplers backwards (a review's colour shapes: GLO + Gaussian highest)."""
+    ref = result.get("features", {}).get("reference", {})
+    if result.get("classifier") is not None or "precision" not in result or "precision" not in ref:
+        return []
+    above = [k for k in ("precision", "density") if result[k] > ref[k]]
+    if not above:
+        return []
+    shown = " and ".join(f"{k} ({result[k]:.3f} > {ref[k]:.3f})" for k in above)
+    note = (
+        f"note: the samples score above the training images themselves on {shown}: blurry or average "
+        "samples crowd into the middle of the features and score so; read FD and recall beside the "
+        "reference and the ceiling"
+    )
+    return [note]
+
+
 def format_table(result: dict[str, Any]) -> str:
     """A short plain-text table of an :func:`evaluate_run` result."""
     m = result["memorisation"]
@@ -931,17 +962,13 @@ def format_table(result: dict[str, Any]) -> str:
         ("ceiling: G(training codes)", _ceiling_line(result)),
         ("samples' codes vs training codes", _usage_line(result)),
         ("their moments vs the codes'", _moments_line(result)),
-        (
-            "nearest-train dist, median",
-            f"samples {m['generated_median']:.2f}, test {m['test_median']:.2f} (ratio {m['median_ratio']:.2f})"
-            if "test_median" in m
-            else f"samples {m['generated_median']:.2f}; {m['skipped']}",
-        ),
+        ("nearest-train dist, median", _memorisation_line(m)),
         ("Inception FID", f"{fid['value']:.2f}" if fid["value"] is not None else fid["reason"]),
         ("stacked modes", result["stacked"].get("skipped", "")),
     ]
     width = max(len(k) for k, _ in rows)
     lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
+    lines += _crowding_note(result)
     if m.get("test_copies_of_training"):
         lines.append(
             f"note: {m['test_copies_of_training']} test images are copies of training images (the run "

@@ -494,6 +494,36 @@ def test_eval_of_a_run_on_ones_own_images_says_what_it_can(tmp_path, capsys):
     assert "(it holds 70 images now, and the run trained on 64): eval compares" in capsys.readouterr().err
 
 
+def test_the_table_says_when_precision_or_density_rank_backwards_and_how_near_the_samples_are():
+    """On a review's colour shapes the random CNN's precision and density ranked the samplers backwards
+    (GLO + Gaussian's blurry samples highest, above the training images themselves): the table says so when
+    the samples' score is above the training images' own, and only then (never in the LeNet's table, which
+    has no such reference). The memorisation line adds the share of suspiciously near samples."""
+    from glann_ext.evaluate import _crowding_note, _memorisation_line
+
+    ref = {"n": 100, "fd": 2.7, "precision": 0.916, "recall": 0.92, "density": 0.98, "coverage": 1.0}
+    res = {"classifier": None, "fd": 9.1, "precision": 0.983, "recall": 0.38, "density": 1.369,
+           "coverage": 1.0, "features": {"reference": ref}}  # fmt: skip
+    (note,) = _crowding_note(res)
+    assert (
+        "above the training images themselves on precision (0.983 > 0.916) and density (1.369 > 0.980)"
+        in note
+    )
+    assert "read FD and recall beside the reference and the ceiling" in note
+    (only,) = _crowding_note({**res, "precision": 0.9})
+    assert "on density (1.369 > 0.980): blurry" in only
+    assert _crowding_note({**res, "precision": 0.916, "density": 0.98}) == []  # equal is not above
+    assert _crowding_note({**res, "classifier": {"test_accuracy": 0.9}}) == []
+    assert _crowding_note({**res, "features": {"reference": {"skipped": "3 training images"}}}) == []
+    m = {"generated_median": 4.1, "test_median": 4.4, "median_ratio": 0.93,
+         "generated_fraction_below": 0.007, "test_fraction_below": 0.01}  # fmt: skip
+    assert _memorisation_line(m) == (
+        "samples 4.10, test 4.40 (ratio 0.93); nearer than the test's 1% quantile: 0.7% of samples "
+        "(1.0% of test images)"
+    )
+    assert _memorisation_line({"generated_median": 4.1, "skipped": "no test"}) == "samples 4.10; no test"
+
+
 def test_the_random_cnn_scores_are_the_samples_the_ceiling_and_spread_training_images(tmp_path):
     """Recomputed from their definitions: the samples', G's of n codes spread over the set and, as the reference, as many
     training images as samples, spread over the dataset, each against the held-out images in the seed-0
