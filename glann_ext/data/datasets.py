@@ -197,8 +197,8 @@ def load_images(
 @dataclass(frozen=True)
 class ImageShard:
     """Rows ``[start, start + len(images))`` of a dataset of ``total`` images, and the
-    :mod:`~glann_ext.data.fingerprint` of the dataset's ``total`` rows. ``sizes``: for an image folder, the
-    (width, height) its shard's images had before they were resized (each size once), else None."""
+    :mod:`~glann_ext.data.fingerprint` of the dataset's ``total`` rows. ``sizes``: the (width, height) the
+    images had before they were resized (each size once): each of a folder's shard's images, an array's one."""
 
     images: torch.Tensor
     start: int
@@ -241,7 +241,10 @@ def load_image_shard(
         else rows[start:stop]
     )
     images = _convert(arr, source, image_size, channels, file_values)
-    return ImageShard(images, start, len(rows), fingerprint, None if sizes is None else frozenset(sizes))
+    if sizes is None:  # an array's (or IDX file's) one size, read from its shape (its layout checked above)
+        h, w = _to_nchw(rows[:1], source).shape[-2:]
+        sizes = [(w, h)]
+    return ImageShard(images, start, len(rows), fingerprint, frozenset(sizes))
 
 
 def _dataset_rows(

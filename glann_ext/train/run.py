@@ -141,11 +141,9 @@ def _change(field: str, old: Any, new: Any) -> str:
     return f"{field} {old} -> {new}"
 
 
-def _resized_note(
-    sizes: frozenset[tuple[int, int]] | None, size: int, image_size: int | None, new_run: bool
-) -> str:
-    """What the data line adds when an image folder's images (``sizes``: their own (width, height)s; None
-    for an array) were resized to ``size``: ", resized from 32 x 32 (set --image-size 32 to keep them)", the
+def _resized_note(sizes: frozenset[tuple[int, int]], size: int, image_size: int | None, new_run: bool) -> str:
+    """What the data line adds when the images (``sizes``: their own (width, height)s, one for an array)
+    were resized to ``size``: ", resized from 32 x 32 (set --image-size 32 to keep them)", the
     hint where the default size (``image_size`` None) enlarged them, G can make their own size, and the run
     is new (a resume keeps the run's size)."""
     if not sizes or sizes == {(size, size)}:
