@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from ._io import atomic_write, cache_root, nearest_folder, read_regular
-from .data import DataError, convert_images, fingerprint_change, load_image_shard, load_images
+from .data import DataError, convert_images, fingerprint_change, load_image_shard
 from .data.labelled import LABELLED, changed_data_advice, load_labelled, rows_may_predate_031
 from .errors import NonFiniteError, RunFolderError, UsageError
 from .metrics import (
@@ -747,12 +747,13 @@ def _evaluate_labelled(job: _Job, n_test: int, cache_dir, clf_epochs) -> dict[st
     return result
 
 
-def _held_out(test: Any, size: int, channels: int, limit: int) -> torch.Tensor:
+def _held_out(test: Any, size: int, channels: int, limit: int) -> tuple[torch.Tensor, str]:
     """Up to ``limit`` held-out images at the run's ``size`` and ``channels``: images in memory (a tensor or
     array of that shape, in [0, 1]), a named dataset's test split (its training split is what a model of that
-    dataset trains on), else the folder or array file ``test``."""
+    dataset trains on), else the folder or array file ``test``; and what they were converted from, for the
+    log (", resized from 64 x 64", ", converted from grey 28 x 28"; "" when nothing was)."""
     if isinstance(test, (torch.Tensor, np.ndarray)):
-        return _images_in_memory("test", test[:limit], (channels, size, size))
+        return _images_in_memory("test", test[:limit], (channels, size, size)), ""
     if not isinstance(test, (str, os.PathLike)):
         raise UsageError(
             "test must be held-out images (a tensor or array), a folder, an array file or a dataset name, "
@@ -761,8 +762,13 @@ def _held_out(test: Any, size: int, channels: int, limit: int) -> torch.Tensor:
     test = str(test)
     if test in LABELLED:
         images, _ = load_labelled(test, "test", limit=limit)
-        return convert_images(images, size, channels, levels=True)
-    return load_images(test, image_size=size, channels=channels, limit=limit)
+        grey, side = images.shape[1] == 1 and channels == 3, images.shape[-1]
+        was = " ".join([*(["grey"] if grey else []), *([f"{side} x {side}"] if side != size else [])])
+        return convert_images(images, size, channels, levels=True), was and f", converted from {was}"
+    from .train.run import resized_note
+
+    shard = load_image_shard(test, image_size=size, channels=channels, limit=limit)
+    return shard.images, resized_note(shard.sizes, size, size, new_run=False)
 
 
 def _test_name(test: str | os.PathLike) -> str:
@@ -776,13 +782,15 @@ def _evaluate_unlabelled(job: _Job, test: str | os.PathLike | None, n_test: int)
     (:class:`~glann_ext.metrics.RandomEmbedding`), the memorisation check and Inception FID."""
     channels, size, _ = job.model.image_shape
     train = _training_images(job)
-    held = None if test is None else _held_out(test, size, channels, n_test)
+    held, converted = (None, "") if test is None else _held_out(test, size, channels, n_test)
     in_memory = isinstance(test, (torch.Tensor, np.ndarray))
     if held is not None and len(held) < MIN_HELD_OUT:  # before anything is sampled or written
         named = "test" if in_memory else f"--test {test}"
         raise UsageError(
             f"{named}: {len(held)} images; PRDC's k = 5 needs at least {MIN_HELD_OUT} held-out images"
         )
+    if held is not None:
+        job.log(f"held-out: {len(held)} images of {channels} x {size} x {size}{converted}")
     latents, samples = _draw(job.model, job.sampler, job.n, job.seed, job.progress)
     job.log(f"memorisation: nearest of {len(train)} training images")
     if held is not None:

@@ -1011,7 +1011,7 @@ def test_train_says_what_data_it_read(data_file, tmp_path, capsys):
 def test_train_says_a_folders_images_were_resized(tmp_path, capsys):
     """A folder of 32 x 32 PNGs trained at 64 x 64 (a folder's size by default) without a word: the data line
     says what its images were resized from, and with the default size how to keep theirs."""
-    from glann_ext.train.run import _resized_note
+    from glann_ext.train.run import resized_note
 
     folder = tmp_path / "small"
     folder.mkdir()
@@ -1028,14 +1028,12 @@ def test_train_says_a_folders_images_were_resized(tmp_path, capsys):
     assert f"data {folder}: 8 images of 3 x 64 x 64, resized from 32 x 32\n" in capsys.readouterr().out
     assert main([*argv, "--out", str(tmp_path / "b"), "--image-size", "16"]) == 0
     assert f"data {folder}: 8 images of 3 x 16 x 16, resized from 32 x 32\n" in capsys.readouterr().out
-    assert _resized_note(frozenset({(32, 32)}), 32, None, True) == ""
-    assert _resized_note(frozenset({(48, 32)}), 64, None, True) == ", resized and centre-cropped from 48 x 32"
-    assert _resized_note(frozenset({(30, 30)}), 64, None, True) == ", resized from 30 x 30"  # G makes no 30
-    assert (
-        _resized_note(frozenset({(32, 32)}), 64, 64, True) == ", resized from 32 x 32"
-    )  # the size asked for
+    assert resized_note(frozenset({(32, 32)}), 32, None, True) == ""
+    assert resized_note(frozenset({(48, 32)}), 64, None, True) == ", resized and centre-cropped from 48 x 32"
+    assert resized_note(frozenset({(30, 30)}), 64, None, True) == ", resized from 30 x 30"  # G makes no 30
+    assert resized_note(frozenset({(32, 32)}), 64, 64, True) == ", resized from 32 x 32"  # the size asked for
     mixed = frozenset({(100, 80), (24, 24), (64, 64)})
-    assert _resized_note(mixed, 64, None, True) == ", resized from 3 sizes (24 x 24 up to 100 x 80)"
+    assert resized_note(mixed, 64, None, True) == ", resized from 3 sizes (24 x 24 up to 100 x 80)"
 
 
 def test_train_says_an_arrays_images_were_resized(tmp_path, capsys):

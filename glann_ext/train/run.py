@@ -141,7 +141,7 @@ def _change(field: str, old: Any, new: Any) -> str:
     return f"{field} {old} -> {new}"
 
 
-def _resized_note(sizes: frozenset[tuple[int, int]], size: int, image_size: int | None, new_run: bool) -> str:
+def resized_note(sizes: frozenset[tuple[int, int]], size: int, image_size: int | None, new_run: bool) -> str:
     """What the data line adds when the images (``sizes``: their own (width, height)s, one for an array)
     were resized to ``size``: ", resized from 32 x 32 (set --image-size 32 to keep them)", the
     hint where the default size (``image_size`` None) enlarged them, G can make their own size, and the run
@@ -468,7 +468,7 @@ class Run:
             and bool(torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 1], x[:, 2]))
         )
         hint = " (all grey: --channels 1 trains a grey model, a third of the pixels)" if grey else ""
-        resized = _resized_note(shard.sizes, h, cfg.image_size, not has_trained(self.out))
+        resized = resized_note(shard.sizes, h, cfg.image_size, not has_trained(self.out))
         self.log(f"data {cfg.dataset}: {shard.total} images{capped} of {c} x {h} x {w}{resized}{hint}")
         return shard.images, shard.start, shard.total
 
