@@ -234,6 +234,11 @@ def _run_args(q: argparse.ArgumentParser) -> None:
         default=0,
         help="seed of the draws: the same seed, the same images (default 0)",
     )
+    q.add_argument(
+        "--threads",
+        type=_count(1, MAX_THREADS, none=None),
+        help=f"CPU threads, at most {MAX_THREADS} (default and none: torch's)",
+    )
 
 
 def _add_train(sub) -> None:
@@ -395,11 +400,6 @@ def _add_eval(sub) -> None:
         "--clf-epochs",
         type=_count(1, none=None),
         help="LeNet epochs if it must be trained (default and none: per dataset)",
-    )
-    e.add_argument(
-        "--threads",
-        type=_count(1, MAX_THREADS, none=None),
-        help=f"CPU threads, at most {MAX_THREADS} (default and none: torch's)",
     )
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -761,7 +761,6 @@ def _cmd_upgrade(args: argparse.Namespace) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> None:
     from glann_ext.evaluate import EVAL_FILE, evaluate_run, format_table
-    from glann_ext.train.threads import intra_op_threads
 
     _check_device(args)
     if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
@@ -769,12 +768,11 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     if args.out is not None:
         _check_folder("--out", args.out, Path(args.out) / EVAL_FILE)
 
-    with intra_op_threads(args.threads):  # for this command only (main may run in a caller's process)
-        res = evaluate_run(
-            args.run, n=args.n, out=args.out, seed=args.seed, sampler=args.sampler, cache_dir=args.cache_dir,
-            clf_epochs=args.clf_epochs, ops=args.ops, device=args.device, progress=not args.no_progress,
-            noise_scale=args.noise_scale, spread=args.spread, test=args.test, local_spread=args.local_spread,
-        )  # fmt: skip
+    res = evaluate_run(
+        args.run, n=args.n, out=args.out, seed=args.seed, sampler=args.sampler, cache_dir=args.cache_dir,
+        clf_epochs=args.clf_epochs, ops=args.ops, device=args.device, progress=not args.no_progress,
+        noise_scale=args.noise_scale, spread=args.spread, test=args.test, local_spread=args.local_spread,
+    )  # fmt: skip
     print(format_table(res))
     print(f"wrote {Path(args.out or args.run) / EVAL_FILE}")
 
@@ -791,6 +789,15 @@ _COMMANDS = {
 }
 
 
+def _run_command(args: argparse.Namespace) -> None:
+    """The command, with a reader's ``--threads`` for it alone (main may run in a caller's process; train
+    sets its threads from its config)."""
+    from glann_ext.train.threads import intra_op_threads
+
+    with intra_op_threads(getattr(args, "threads", None) if args.command != "train" else None):
+        _COMMANDS[args.command][1](args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``glann``; returns the exit status: 0 ok, 2 a user error (one line on stderr: a bad
     argument, file, run folder or environment). Anything else is a bug and raises with its traceback
@@ -800,7 +807,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: --help (0) or a bad argument (2, one line already printed)
         return int(exc.code or 0)
     try:
-        _COMMANDS[args.command][1](args)
+        _run_command(args)
     except KeyboardInterrupt:  # (train prints its resume hint first) no traceback for a Ctrl-C
         print(f"glann {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -561,6 +561,28 @@ def test_eval_threads_are_bounded(run_dir, capsys):
     assert "--threads: must be <= 1024, got 100000" in capsys.readouterr().err
 
 
+def test_every_reader_takes_threads_for_itself_alone(run_dir, data_file, tmp_path, monkeypatch):
+    """sample, interpolate and invert had no --threads (only train and eval): on a shared machine the
+    environment variable was their only control. Each runs with the count given and leaves the caller's."""
+    seen = {}
+    for command, extra in [
+        ("sample", ["-n", "4", "--grid", str(tmp_path / "s.png")]),
+        ("interpolate", ["--rows", "1", "--steps", "2", "--grid", str(tmp_path / "i.png")]),
+        ("invert", ["--images", data_file, "--limit", "2", "--steps", "1",
+                    "--restarts", "1", "--grid", str(tmp_path / "v.png")]),
+    ]:  # fmt: skip
+        real = cli._COMMANDS[command]
+        spy = lambda args, real=real, command=command: (  # noqa: E731
+            seen.__setitem__(command, torch.get_num_threads()),
+            real[1](args),
+        )
+        monkeypatch.setitem(cli._COMMANDS, command, (real[0], spy))
+        before = torch.get_num_threads()
+        want = 1 if before != 1 else 2
+        assert main([command, "--run", str(run_dir), "--threads", str(want), *extra]) == 0
+        assert seen[command] == want and torch.get_num_threads() == before
+
+
 def test_ctrl_c_in_a_reading_command_is_one_line_and_status_130(run_dir, tmp_path, capsys, monkeypatch):
     """A Ctrl-C in sample or eval printed a 40-line traceback; --npy was written in place (a kill left half
     a file)."""
