@@ -63,6 +63,7 @@ from .build import build_generator, build_mapping
 from .checkpoint import LEGACY_MODEL_FILE, MODEL_FILE
 from .config import (
     CONFIG_FILE,
+    PATH_FIELDS,
     SAMPLING_FIELDS,
     TrainConfig,
     check_device,
@@ -508,8 +509,11 @@ class Run:
             if not self.world.distributed:
                 raise
             error = exc
+        # paths as the caller spelled them: a relative one names node-local files on each node (its absolute
+        # spelling differs where the nodes' working folders do; the data's fingerprint decides)
+        spelled = {f: getattr(self._given, f) for f in PATH_FIELDS} if self._given is not None else {}
         mine = {
-            "run": {**dataclasses.asdict(self.cfg), "stage": stage},
+            "run": {**dataclasses.asdict(self.cfg), **spelled, "stage": stage},
             "error": None if error is None else f"{type(error).__name__}: {error}",
             "data": {"dataset size": total, "fingerprint": self.data_fingerprint},
         }
@@ -564,7 +568,8 @@ class Run:
         if any(blind):
             raise RunFolderError(
                 f"{self.out}: rank {blind.index(True)} does not see the files rank 0 writes in the run folder; "
-                f"the run folder (--out) must be on a file system all ranks share"
+                f"the run folder (--out) must be one folder, named to every rank, on a file system all ranks "
+                "share"
             )
 
     def _restore(self, fit: Fit, total: int) -> dict[str, Any] | None:

@@ -156,7 +156,8 @@ def dist_timeout_s() -> float:
 def init_world(device: torch.device, timeout_s: float | None = None) -> World:
     """The :class:`World` of this process: an existing default process group, a new one when launched by
     torchrun (``WORLD_SIZE`` > 1; backend from :func:`backend_for`; collectives time out after ``timeout_s``,
-    default :func:`dist_timeout_s`), else a single process."""
+    default :func:`dist_timeout_s`, those of the global BatchNorm's group too, also in a process group the
+    caller made), else a single process."""
     if dist.is_available() and not dist.is_initialized() and launched_by_torchrun():
         timeout_s = dist_timeout_s() if timeout_s is None else timeout_s
         if device.type == "cuda":
@@ -167,7 +168,10 @@ def init_world(device: torch.device, timeout_s: float | None = None) -> World:
     backend = str(dist.get_backend())
     if device.type == "cuda" and backend != "nccl" and "nccl" not in backend:
         raise ConfigError(f"device {device} needs the nccl backend, the process group uses {backend}")
-    return World(dist.get_rank(), dist.get_world_size(), None, dist.new_group(backend=backend), backend)
+    # the global BatchNorm's group waits as long as the default one (new_group's own default is torch's)
+    timeout = timedelta(seconds=dist_timeout_s() if timeout_s is None else timeout_s)
+    bn_group = dist.new_group(backend=backend, timeout=timeout)
+    return World(dist.get_rank(), dist.get_world_size(), None, bn_group, backend)
 
 
 def global_batch_part(batch: torch.Tensor, start: int, stop: int) -> torch.Tensor:
