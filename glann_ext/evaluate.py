@@ -712,6 +712,8 @@ class _Job:
         own = {} if self.images is None else {"config_dataset": self.cfg.dataset}
         return {
             "run": None if self.run is None else str(self.run), "dataset": self.dataset, **own,
+            # a run read before its model file exists: the checkpoint measured (phase, epoch, global_step)
+            "checkpoint": getattr(self.model, "from_checkpoint", None),
             "sampler": self.sampler, "seed": self.seed, "n_samples": self.n,
             **_sampler_settings(self.model, self.sampler),
         }  # fmt: skip
@@ -964,6 +966,11 @@ def format_table(result: dict[str, Any]) -> str:
         how += f", local spread {result['local_spread']:g} ({result['local_neighbours']} codes)"
     if result.get("spread"):
         how += f", spread {result['spread']:g}"
+    mark = result.get("checkpoint")
+    if mark:
+        how += (
+            f"; its checkpoint at {mark['phase'].upper()} epoch {mark['epoch']}, step {mark['global_step']}"
+        )
     rows = [
         ("run", f"{result['run'] or 'the model'} ({result['dataset']}, sampler {result['sampler']}{how})"),
         ("samples / test / train", f"{result['n_samples']} / {result['n_test']} / {result['n_train']}"),

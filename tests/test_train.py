@@ -1448,6 +1448,44 @@ def test_readers_say_when_the_model_file_is_behind_a_stopped_resume(tmp_path, bl
     assert model_file_behind(out, load_model(out)) is None
 
 
+def test_readers_say_when_they_read_the_checkpoint_of_an_unfinished_first_training(tmp_path, blob_file):
+    """Before a run's first model file exists, readers load its latest checkpoint: they did so without a
+    word, and eval.json did not say which model it measured (a review: an eval early in IMLE left FD 127 in
+    the finished run's folder, whose model scores 113). They say which checkpoint now; a final checkpoint
+    (a model file deleted) needs no note."""
+    from glann_ext.evaluate import _Job, evaluate_run, format_table
+    from glann_ext.train.run import model_file_behind
+
+    quiet = {"progress": False, "log": lambda s: None}
+    out = tmp_path / "run"
+    cfg = tiny_config(dataset=blob_file, glo_epochs=2, imle_epochs=2, ckpt_every=1)
+    steps = seeding.num_batches(96, cfg.batch_size)
+    with pytest.raises(Interrupt):
+        train(cfg, out, on_step=interrupt_at("glo", steps + 1), **quiet)
+    model = load_model(out)
+    assert model.from_checkpoint == {"phase": "glo", "epoch": 1, "global_step": steps + 1}
+    assert model_file_behind(out, model) == (
+        f"{out} has no model.safetensors yet: this is the model of its latest checkpoint, GLO epoch 1 of 2 "
+        f"done (step {steps + 1}), of a training still running or stopped; `glann train --out {out}` finishes it"
+    )
+    notes = []
+    res = evaluate_run(out, n=8, out=tmp_path / "ev", sampler="gaussian", progress=False, log=notes.append)
+    assert res["checkpoint"] == {"phase": "glo", "epoch": 1, "global_step": steps + 1}
+    assert json.loads((tmp_path / "ev" / "eval.json").read_text())["checkpoint"] == res["checkpoint"]
+    assert f"its checkpoint at GLO epoch 1, step {steps + 1}" in format_table(res)
+    assert any("has no model.safetensors yet" in line for line in notes)
+    with pytest.raises(Interrupt):
+        train(cfg, out, on_step=interrupt_at("imle", 1), **quiet)
+    assert "IMLE epoch 0 of 2 done (step 1)" in model_file_behind(out, load_model(out))
+    train(cfg, out, **quiet)
+    finished = load_model(out)  # the model file: no mark, no note
+    assert getattr(finished, "from_checkpoint", None) is None and model_file_behind(out, finished) is None
+    assert _Job(out, finished, cfg, 4, 0, "glann", tmp_path, 4, False, print).header()["checkpoint"] is None
+    (out / "model.safetensors").unlink()  # the final checkpoint stands in for it: the same model, no note
+    final = load_model(out)
+    assert final.from_checkpoint["phase"] == "imle" and model_file_behind(out, final) is None
+
+
 def test_a_resume_may_end_a_stage_at_the_epochs_it_has_trained(tmp_path, blob_file):
     """--glo-epochs equal to the GLO epochs already trained ends the stage there ("give at least 1" accepts
     1), recorded as a resume's change."""

@@ -910,6 +910,9 @@ def model_file_behind(run: str | Path, model: GenerativeModel) -> str | None:
         return None
     if manifest is None:
         return None
+    mark = getattr(model, "from_checkpoint", None)
+    if mark is not None:
+        return _checkpoint_note(run, mark, wanted)
     stage = "glo" if isinstance(model, GLANN) and model.T is None else "imle"
     trained = {s: model.config.get(f"{s}_epochs") for s in ("glo", "imle")}
     added = trained != {"glo": wanted.glo_epochs, "imle": wanted.imle_epochs}
@@ -921,6 +924,20 @@ def model_file_behind(run: str | Path, model: GenerativeModel) -> str | None:
         f"checkpoint has done {manifest['epoch']} of its {getattr(wanted, f'{phase}_epochs')} {phase.upper()} "
         f"epochs, and maybe part of the next (a resume stopped or still training): `glann train --out {run}` "
         "finishes it"
+    )
+
+
+def _checkpoint_note(run: Path, mark: dict[str, Any], wanted: TrainConfig) -> str | None:
+    """The reader's line for a model read from ``run``'s checkpoint (no model file yet): the run's training
+    is still running or was stopped, and the model is as far as its checkpoint. None for a final one."""
+    phase, epoch = mark["phase"], mark["epoch"]
+    of = getattr(wanted, f"{phase}_epochs")
+    if phase == "imle" and epoch >= of:
+        return None
+    return (
+        f"{run} has no {MODEL_FILE} yet: this is the model of its latest checkpoint, {phase.upper()} epoch "
+        f"{epoch} of {of} done (step {mark['global_step']}), of a training still running or stopped; "
+        f"`glann train --out {run}` finishes it"
     )
 
 
@@ -939,8 +956,18 @@ def model_from_checkpoint(run: str | Path, ops: str | None = None, device: str =
     """The model as of the latest checkpoint of ``run`` (codes gathered from every shard). The networks are
     built to the checkpoint's own tensors (:func:`~glann_ext.models.generative.built_to_fit`): a config
     that names other sizes is refused before anything of its size is allocated."""
-    _, main, rows = ckpt.read_step(run, names=["glo.codes"])
+    manifest, main, rows = ckpt.read_step(run, names=["glo.codes"])
     cfg = ckpt.checkpoint_config(main["config"], run)
+    model = _model_of_step(run, cfg, main, rows, ops, device)
+    # what readers say they read, and eval.json records: which checkpoint, not a finished model file
+    model.from_checkpoint = {k: manifest[k] for k in ("phase", "epoch", "global_step")}
+    return model
+
+
+def _model_of_step(
+    run: str | Path, cfg: TrainConfig, main: dict[str, Any], rows: dict[str, torch.Tensor], ops, device
+) -> GenerativeModel:
+    """The model of a checkpoint's states (:func:`model_from_checkpoint`)."""
     glo, imle = main["glo"], main["imle"]
     pixel = cfg.imle_space == "pixel"
     if (imle if pixel else glo) is None:
