@@ -14,9 +14,11 @@ Re-running ``glann train`` on an interrupted run folder resumes it exactly from 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import re
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -530,10 +532,10 @@ def _cmd_train(args: argparse.Namespace) -> None:
         raise _flag_config_error(exc, _flagged_fields(args)) from None
     try:
         run.train(args.stage)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if run.world.is_main:
             print(f"\n{_interrupted_message(out)}", file=sys.stderr)
-        raise SystemExit(130) from None
+        raise SystemExit(_interrupt_status(exc)) from None
     except ConfigError as exc:  # found only in training (an RS-IMLE radius that rejects too much)
         raise _flag_config_error(exc, _flagged_fields(args)) from None
 
@@ -789,6 +791,35 @@ _COMMANDS = {
 }
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or torchrun's stop), raised where the command is, as a Ctrl-C is: a write in
+    progress removes its temp file (outside a run folder nothing else would) and training says how to
+    resume."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> NoReturn:
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """SIGTERM raises :class:`_Terminated` while the block runs (the caller's handler is back after it)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread (main called from a caller's thread): its handling stays
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt_status(exc: KeyboardInterrupt) -> int:
+    """The shell's status for a command stopped by ``exc``: 128 + the signal's number."""
+    return 128 + (signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT)
+
+
 def _run_command(args: argparse.Namespace) -> None:
     """The command, with a reader's ``--threads`` for it alone (main may run in a caller's process; train
     sets its threads from its config)."""
@@ -807,10 +838,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: --help (0) or a bad argument (2, one line already printed)
         return int(exc.code or 0)
     try:
-        _run_command(args)
-    except KeyboardInterrupt:  # (train prints its resume hint first) no traceback for a Ctrl-C
-        print(f"glann {args.command}: interrupted", file=sys.stderr)
-        return 130
+        with _sigterm_raises():
+            _run_command(args)
+    except KeyboardInterrupt as exc:  # (train prints its resume hint first) no traceback for a Ctrl-C
+        what = "terminated" if isinstance(exc, _Terminated) else "interrupted"
+        print(f"glann {args.command}: {what}", file=sys.stderr)
+        return _interrupt_status(exc)
     except GlannError as exc:
         print(f"glann {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line
         return 2

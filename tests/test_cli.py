@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -598,6 +600,46 @@ def test_ctrl_c_in_a_reading_command_is_one_line_and_status_130(run_dir, tmp_pat
     monkeypatch.undo()
     assert main(["sample", "--run", str(run_dir), "-n", "4", "--npy", str(npy)]) == 0
     assert np.load(npy).shape == (4, 1, 28, 28) and [p.name for p in tmp_path.iterdir()] == ["x.npy"]
+
+
+def test_sigterm_stops_a_command_as_a_ctrl_c_does(run_dir, tmp_path, capsys, monkeypatch):
+    """SIGTERM (a scheduler's stop) killed `glann sample`/`eval` mid-write and left NAME.XXXXXXXX.tmp in an
+    output folder, where no resume would ever remove it (a review). It now stops a command as Ctrl-C does:
+    the write in progress removes its temp file, one line, status 143 (128 + 15); training says how to
+    resume; the caller's own SIGTERM handler is back afterwards."""
+    import signal
+
+    from PIL import Image as PILImage
+
+    from glann_ext.train.run import Run
+
+    real_save = PILImage.Image.save
+
+    def terminated_while_writing(self, fp, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler raises at the next bytecode, inside the write
+        real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(PILImage.Image, "save", terminated_while_writing)
+    grid = tmp_path / "out" / "g.png"
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["sample", "--run", str(run_dir), "-n", "4", "--grid", str(grid)]) == 143
+    assert capsys.readouterr().err == "glann sample: terminated\n"
+    assert list((tmp_path / "out").iterdir()) == [] and signal.getsignal(signal.SIGTERM) is before
+    monkeypatch.undo()
+
+    def terminated_in_training(self, stage="all"):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # never reached: the handler raises first
+        raise AssertionError("SIGTERM did not stop training")
+
+    monkeypatch.setattr(Run, "train", terminated_in_training)
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--out", str(run_dir), "--no-progress"])
+    assert (
+        stop.value.code == 143
+        and f"to resume, run `glann train --out {run_dir}` again" in capsys.readouterr().err
+    )
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_counts_outside_their_range_are_refused_by_name(run_dir, capsys):
