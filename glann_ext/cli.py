@@ -706,12 +706,9 @@ def _cmd_interpolate(args: argparse.Namespace) -> None:
     print(f"wrote {args.rows} x {args.steps} interpolation grid to {args.grid}")
 
 
-INVERT_COLUMNS = 16  # the invert grid's width in images: 600 images made one 20,402-pixel row
-
-
 def _cmd_invert(args: argparse.Namespace) -> None:
     from glann_ext.data import load_images
-    from glann_ext.images import save_grid
+    from glann_ext.images import PAIR_COLUMNS, paired_rows, save_grid
     from glann_ext.models import GLANN
 
     codes_path = _npy_path("--codes", args.codes)
@@ -725,8 +722,8 @@ def _cmd_invert(args: argparse.Namespace) -> None:
     codes, recon = model.invert(
         images, steps=args.steps, restarts=args.restarts, seed=args.seed, progress=sys.stderr.isatty()
     )
-    cols = min(INVERT_COLUMNS, len(images))
-    save_grid(_paired_rows(images, recon.cpu(), cols), args.grid, nrow=cols)
+    cols = min(PAIR_COLUMNS, len(images))
+    save_grid(paired_rows(images, recon.cpu(), cols), args.grid, nrow=cols)
     if codes_path is not None:
         _save_npy(codes_path, codes.cpu().numpy())
     capped = f" (--limit {args.limit}: the first in dataset order)" if len(images) == args.limit else ""
@@ -735,16 +732,6 @@ def _cmd_invert(args: argparse.Namespace) -> None:
         f"originals and reconstructions in {args.grid}"
         + (f", codes in {codes_path}" if codes_path is not None else "")
     )
-
-
-def _paired_rows(originals: torch.Tensor, recon: torch.Tensor, cols: int) -> torch.Tensor:
-    """Rows of ``cols`` originals, each followed by the row of their reconstructions (a short last pair padded
-    with black), for a grid of ``cols`` columns."""
-    rows = []
-    for i in range(0, len(originals), cols):
-        for part in (originals[i : i + cols], recon[i : i + cols]):
-            rows += [part, part.new_zeros(cols - len(part), *part.shape[1:])]
-    return torch.cat(rows)
 
 
 def _cmd_reshard(args: argparse.Namespace) -> None:

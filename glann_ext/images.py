@@ -40,6 +40,19 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np
 
 # formats a grid (8-bit grey or RGB) is written in; Pillow registers writers for others that refuse these
 # modes or need a plugin (.xbm, .msp, .h5, .blp, ...), found only after the sampling
+PAIR_COLUMNS = 16  # a grid of pairs' width in images: 600 images made one 20,402-pixel row
+
+
+def paired_rows(originals: torch.Tensor, paired: torch.Tensor, cols: int) -> torch.Tensor:
+    """Rows of ``cols`` originals, each followed by the row of their ``paired`` images (reconstructions), a
+    short last pair padded with black: the images of a grid of ``cols`` columns (``save_grid(..., nrow=cols)``)."""
+    rows = []
+    for i in range(0, len(originals), cols):
+        for part in (originals[i : i + cols], paired[i : i + cols]):
+            rows += [part, part.new_zeros(cols - len(part), *part.shape[1:])]
+    return torch.cat(rows)
+
+
 GRID_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF", "PPM", "TGA")
 
 

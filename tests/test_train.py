@@ -1448,6 +1448,36 @@ def test_readers_say_when_the_model_file_is_behind_a_stopped_resume(tmp_path, bl
     assert model_file_behind(out, load_model(out)) is None
 
 
+def test_the_reconstruction_grid_spreads_over_the_whole_dataset_whatever_the_shards():
+    """Under torchrun the grids showed rank 0's shard only (rows 0-299 of 600: on class-sorted folders one
+    class; a review), and one row of 32 pairs was 2,114 pixels wide at 64 x 64. Each rank now gives the shown
+    rows it holds: two shards make the single process's grid, rows of 16 originals above their
+    reconstructions."""
+    from glann_ext.images import PAIR_COLUMNS
+    from glann_ext.train.run import reconstruction_grid, shown_rows
+    from glann_ext.train.world import World
+
+    class TwoRanks:  # world.gather of rank ``rank``, rank 1's value handed in
+        def __init__(self, rank, theirs=None):
+            self.rank, self.is_main, self.theirs, self.given = rank, rank == 0, theirs, None
+
+        def gather(self, value):
+            self.given = value
+            return [value, self.theirs] if self.rank == 0 else [self.theirs, value]
+
+    images = torch.arange(100.0).view(100, 1, 1, 1).expand(100, 1, 4, 4).contiguous()
+    halve = lambda data: lambda rows: data[rows] / 2  # noqa: E731  (a "G" that marks its images)
+    whole, cols = reconstruction_grid(World(), images, 0, 100, halve(images))  # one process
+    rank1 = TwoRanks(1)
+    assert reconstruction_grid(rank1, images[50:], 50, 100, halve(images[50:])) is None
+    sharded, cols2 = reconstruction_grid(TwoRanks(0, rank1.given), images[:50], 0, 100, halve(images[:50]))
+    assert torch.equal(whole, sharded) and cols == cols2 == PAIR_COLUMNS
+    shown = images[shown_rows(100)][:, 0, 0, 0]
+    assert len(shown) == 32 and shown[-1] == 99  # spread over both shards, last row included
+    grid = whole.view(-1, PAIR_COLUMNS, 1, 4, 4)[:, :, 0, 0, 0]  # rows of the grid, pixel [0, 0] each
+    assert torch.equal(grid[0::2].flatten(), shown) and torch.equal(grid[1::2].flatten(), shown / 2)
+
+
 def test_readers_say_when_they_read_the_checkpoint_of_an_unfinished_first_training(tmp_path, blob_file):
     """Before a run's first model file exists, readers load its latest checkpoint: they did so without a
     word, and eval.json did not say which model it measured (a review: an eval early in IMLE left FD 127 in

@@ -46,7 +46,7 @@ from glann_ext._io import (
 from glann_ext.backend import get_ops
 from glann_ext.data import NAMED, DataError, fingerprint_change, load_image_shard
 from glann_ext.errors import CheckpointError, ConfigError, GlannError, RunFolderError, UsageError
-from glann_ext.images import save_grid, written_here
+from glann_ext.images import PAIR_COLUMNS, paired_rows, save_grid, written_here
 from glann_ext.models import (
     GLANN,
     GenerativeModel,
@@ -172,6 +172,28 @@ def spread_rows(n: int, k: int) -> torch.Tensor:
     """``k <= n`` distinct rows of ``n`` spread evenly, the first and the last among them (a folder of class
     subfolders, sorted by path, holds one class in its first rows)."""
     return torch.linspace(0, n - 1, k).round().long()  # distinct: steps of at least 1
+
+
+def reconstruction_grid(
+    world: World,
+    images: torch.Tensor,
+    start: int,
+    total: int,
+    reconstruct: Callable[[torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, int] | None:
+    """The images of a reconstruction grid and its width (collective): the :func:`shown_rows` of all
+    ``total`` rows, each rank giving the originals and the reconstructions (``reconstruct`` of local row
+    numbers) of the rows it holds (``images``, rows ``start`` on: under torchrun rank 0 holds its shard
+    only), laid out as rows of originals above their reconstructions
+    (:func:`~glann_ext.images.paired_rows`). On rank 0; None on the others."""
+    rows = shown_rows(total)
+    mine = rows[(rows >= start) & (rows < start + len(images))] - start
+    parts = world.gather((images[mine], reconstruct(mine).cpu() if len(mine) else images[mine]))
+    if not world.is_main:
+        return None
+    originals, recon = (torch.cat([part[i] for part in parts]) for i in (0, 1))
+    cols = min(PAIR_COLUMNS, len(originals))
+    return paired_rows(originals, recon, cols), cols
 
 
 def shown_rows(n: int) -> torch.Tensor:
@@ -638,6 +660,9 @@ class Run:
 
     def _finish(self, model: GenerativeModel, fit: Fit, images: torch.Tensor) -> GenerativeModel:
         self.world.barrier()  # the last checkpoint step is complete on every rank
+        shown = None  # each rank's codes reconstruct its own rows (collective)
+        if self.cfg.sample_every and isinstance(model, GLANN):
+            shown = reconstruction_grid(self.world, images, fit.start, fit.total, model.reconstruct)
         if self.world.is_main:
             if self.world.distributed and isinstance(model, GLANN):  # the whole code table, from the shards
                 codes = ckpt.gather_rows(self.out, ["glo.codes"])["glo.codes"].to(model.device)
@@ -652,10 +677,8 @@ class Run:
                     else model.sample(64, seed=0)
                 )
                 save_grid(samples.cpu(), self.out / "samples.png")
-                if isinstance(model, GLANN):
-                    show = shown_rows(len(images))
-                    grid = torch.cat([images[show], model.reconstruct(show).cpu()])
-                    save_grid(grid, self.out / "reconstructions.png", nrow=len(show))
+                if shown is not None:
+                    save_grid(shown[0], self.out / "reconstructions.png", nrow=shown[1])
         self.world.barrier()
         self.log(f"model written to {self.out / MODEL_FILE}")
         return model
@@ -769,11 +792,10 @@ class GridsHook(Hook):
         folder, model, world = self.run.out / "images", self.fit.model, self.run.world
         if trainer.stage == "glo":
             gaussian = fit_gaussian(model.codes, world)  # collective
+            shown = reconstruction_grid(world, self.images, self.fit.start, self.fit.total, model.reconstruct)
             if world.is_main:
                 ensure_dir(folder)
-                show = shown_rows(len(self.images))
-                grid = torch.cat([self.images[show], model.reconstruct(show).cpu()])
-                save_grid(grid, folder / f"reconstructions_glo_{epoch:03d}.png", nrow=len(show))
+                save_grid(shown[0], folder / f"reconstructions_glo_{epoch:03d}.png", nrow=shown[1])
                 samples = model.sample_gaussian(64, seed=0, fit=gaussian).cpu()
                 save_grid(samples, folder / f"samples_gaussian_{epoch:03d}.png")
         elif world.is_main:
