@@ -469,6 +469,7 @@ _USED_BY = (
         lambda cfg: cfg.imle_space == "latent",
         "GLANN's GLO stage, codes or T (pixel IMLE trains G alone, with --batch-size, --betas and --imle-lr)",
     ),
+    (("data_root",), lambda cfg: cfg.dataset in ("fashion-mnist", "mnist"), "the IDX datasets fashion-mnist and mnist"),
 )  # fmt: skip
 
 

@@ -556,6 +556,10 @@ def test_flags_the_run_will_not_read_are_named(tmp_path, data_file, capsys):
         )
     assert main([*argv, "--out", str(tmp_path / "c"), "--imle-adaptive", "--imle-staleness", "5"]) == 0
     assert "note:" not in capsys.readouterr().err
+    # --data-root names where the IDX files are: an array's run never reads it (a review)
+    assert main([*argv, "--out", str(tmp_path / "d"), "--data-root", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "note: --data-root is ignored: it is read by the IDX datasets fashion-mnist and mnist\n" in err
 
 
 def test_eval_threads_are_bounded(run_dir, capsys):
