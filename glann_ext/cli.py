@@ -528,7 +528,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         for note in _unused_flags(args, cfg):
             print(note, file=sys.stderr)
     try:
-        run = Run(out, cfg, progress=not args.no_progress)
+        run = Run(out, cfg, progress=not args.no_progress, log=_print_on)
     except ConfigError as exc:  # a resume's change refused, naming the flag this command line gave
         raise _flag_config_error(exc, _flagged_fields(args)) from None
     try:
@@ -539,6 +539,17 @@ def _cmd_train(args: argparse.Namespace) -> None:
         raise SystemExit(_interrupt_status(exc)) from None
     except ConfigError as exc:  # found only in training (an RS-IMLE radius that rejects too much)
         raise _flag_config_error(exc, _flagged_fields(args)) from None
+
+
+def _print_on(msg: str) -> None:
+    """``print``, but a reader gone from stdout (``glann train | head -3``) does not stop the training: its
+    lines go to the null device from then on, and the run trains and saves as it would have."""
+    try:
+        print(msg, flush=True)
+    except BrokenPipeError:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())  # also for the interpreter's flush at exit
+        os.close(null)
 
 
 def _interrupted_message(out: Path) -> str:
