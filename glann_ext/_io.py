@@ -117,7 +117,10 @@ def _locked_temp(prefix: str, folder: Path) -> tuple[int, str]:
         fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=TEMP_SUFFIX, dir=folder)
         if fcntl is None:
             return fd, tmp
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without flock: the write goes on unmarked, as before this mark
+            return fd, tmp
         if os.fstat(fd).st_nlink:  # not removed as stale between mkstemp and flock
             return fd, tmp
         os.close(fd)

@@ -451,7 +451,6 @@ def _train_config(args: argparse.Namespace, saved: Any = None):
         raise _flag_config_error(exc, _flagged_fields(args)) from None
 
 
-# config fields naming files: saved absolute, so that a resume from another directory reads the same files
 # fields that only some runs read: (the fields, whether cfg uses them, what reads them)
 _USED_BY = (
     (

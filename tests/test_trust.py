@@ -1243,3 +1243,15 @@ def test_a_temp_file_removed_before_its_writer_locked_it_is_made_again(tmp_path,
     atomic_write(tmp_path / "config.json", lambda f: f.write(b"{}"))
     assert len(made) == 2 and (tmp_path / "config.json").read_bytes() == b"{}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+
+
+def test_writes_go_on_where_the_file_system_has_no_flock(tmp_path, monkeypatch):
+    """A file system without flock (some network mounts): the temp file goes unmarked, the write succeeds."""
+    import glann_ext._io as io_module
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(io_module.fcntl, "flock", no_flock)
+    atomic_write(tmp_path / "a.json", lambda f: f.write(b"{}"))
+    assert (tmp_path / "a.json").read_bytes() == b"{}" and sorted(os.listdir(tmp_path)) == ["a.json"]
