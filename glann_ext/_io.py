@@ -79,9 +79,10 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
         # the temp name is the target's (cut to 200 bytes: a legal 250-byte name plus the random part and
         # suffix would pass the 255 bytes a file system allows) and a random part
         prefix = os.fsdecode(os.fsencode(path.name)[:200]).encode("utf-8", "ignore").decode("utf-8", "ignore")
-        fd, tmp = _locked_temp(prefix + ".", path.parent)
+        fd, tmp = locked_temp(path.parent, prefix + ".")
     except OSError as exc:  # named by the file asked for, not by a folder on the way or the temp file
         raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+    lock = os.dup(fd)  # the flock lives while either is open: past the file's close, until it is replaced
     try:
         usual_permissions(tmp)
         with os.fdopen(fd, "wb") as f:
@@ -98,51 +99,77 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
         if cause is not exc:  # a Ctrl-C that torch's archive writer turned into its own RuntimeError
             raise cause from None
         raise
+    finally:
+        os.close(lock)
     _fsync_dir(path.parent)
     return path
 
 
 def usual_permissions(path: str | Path) -> None:
-    """Give ``path`` the permissions a new file gets (0666 less the umask); ``mkstemp`` makes 0600."""
+    """Give ``path`` the permissions a new file gets (0666 less the umask; ``mkstemp`` makes 0600), where the
+    file system keeps permissions at all (one that refuses chmod, a FAT or CIFS mount, keeps its own)."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+    with contextlib.suppress(PermissionError, NotImplementedError):
+        os.chmod(path, 0o666 & ~umask)
 
 
-def _locked_temp(prefix: str, folder: Path) -> tuple[int, str]:
-    """``mkstemp`` in ``folder``, with an exclusive ``flock`` held on it until the file is closed: the mark
-    by which :func:`remove_stale_temps` (in another process, such as a training resumed while ``glann eval``
-    writes into the run folder) tells a temp file being written from one a killed writer left."""
+def locked_temp(folder: str | Path, prefix: str, suffix: str = TEMP_SUFFIX) -> tuple[int, str]:
+    """``mkstemp`` in ``folder``, with an exclusive ``flock`` held on it while the file is open: the mark by
+    which :func:`remove_if_stale` (in another process, such as a training resumed while ``glann eval`` writes
+    into the run folder) tells a temp file being written from one a killed writer left. On a file system
+    without flock the file goes unmarked."""
     while True:
-        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=TEMP_SUFFIX, dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
         if fcntl is None:
             return fd, tmp
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:  # a file system without flock: the write goes on unmarked, as before this mark
+        except OSError:  # no flock here: unmarked, and taken by name alone
             return fd, tmp
         if os.fstat(fd).st_nlink:  # not removed as stale between mkstemp and flock
             return fd, tmp
         os.close(fd)
 
 
-def _remove_if_stale(path: Path) -> bool:
-    """Delete ``path``, a temp file of :func:`atomic_write`'s, unless a live writer holds its lock; the lock is
-    taken before the unlink and held through it, so a writer between ``mkstemp`` and ``flock`` sees its file
-    gone and starts another. Whether it was removed."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:  # gone meanwhile (replaced onto its target), or not ours to open
+# flock's answers for a lock another process holds (an NFS client's emulation may answer as fcntl does)
+_HELD = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+
+
+def remove_if_stale(path: Path) -> bool:
+    """Delete ``path``, a :func:`locked_temp` file, unless a live writer holds its lock; the lock is taken
+    before the unlink and held through it, so a writer between ``mkstemp`` and ``flock`` sees its file gone
+    and starts another. Where the file system has no flock, by name alone. Whether it was removed."""
+    flags = os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+    try:  # for writing: NFS's flock (an fcntl lock) is exclusive only on a file open for writing
+        fd = os.open(path, os.O_RDWR | flags)
+    except PermissionError:
+        fd = _open_or_none(path, os.O_RDONLY | flags)
+    except OSError:  # gone meanwhile (replaced onto its target)
+        return False
+    if fd is None:
         return False
     try:
         if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in _HELD:  # a live writer's
+                    return False
+                # else no flock on this file system: by name alone, as before the mark
         path.unlink(missing_ok=True)
-    except OSError:  # a live writer's
+    except OSError:  # not ours to remove
         return False
     finally:
         os.close(fd)
     return True
+
+
+def _open_or_none(path: Path, flags: int) -> int | None:
+    try:
+        return os.open(path, flags)
+    except OSError:
+        return None
 
 
 def nearest_folder(path: str | Path) -> Path:
@@ -263,8 +290,8 @@ def remove_stale_temps(folder: str | Path, subfolders: tuple[str, ...] = RUN_WRI
     (glob patterns; by default the folders a run writes). Only :func:`atomic_write`'s own temp names
     (``<name>.<8 random characters>.tmp``) are removed, never recursively and never through a link: other
     files, and other folders, are the user's; so is a temp file a live writer still holds (``glann eval``
-    writing into a run folder while its training resumes): each :func:`atomic_write` locks its temp file, and
-    the lock dies with its process. Call it while holding the folder's :class:`FolderLock`. Returns what was
+    writing into a run folder while its training resumes): each :func:`atomic_write` locks its temp file
+    (:func:`locked_temp`), and the lock dies with its process. Call it while holding the folder's :class:`FolderLock`. Returns what was
     removed."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -277,7 +304,7 @@ def remove_stale_temps(folder: str | Path, subfolders: tuple[str, ...] = RUN_WRI
                 continue
             for p in place.iterdir():
                 regular = p.is_file() and not p.is_symlink()
-                if TEMP_NAME.fullmatch(p.name) and regular and _remove_if_stale(p):
+                if TEMP_NAME.fullmatch(p.name) and regular and remove_if_stale(p):
                     removed.append(p)
     return removed
 

@@ -931,8 +931,11 @@ def test_two_downloads_of_one_file_at_once_each_write_their_own_partial_file(tmp
         return response
 
     monkeypatch.setattr(mnist_mod.urllib.request, "urlopen", urlopen)
+    (tmp_path / name).mkdir()
+    killed = tmp_path / name / f"{fname}.k1ll3d00.part"  # a kill -9'd download's: nobody holds its lock
+    killed.write_bytes(b"half")
     dest = mnist_mod.download(name, fname, dest_dir=tmp_path)
-    assert nested == [dest] and dest.read_bytes() == payload
+    assert nested == [dest] and dest.read_bytes() == payload and not killed.exists()
     assert [p.name for p in (tmp_path / name).iterdir()] == [fname]
     assert stat.S_IMODE(dest.stat().st_mode) == 0o666 & ~_umask()  # not mkstemp's 0600
 

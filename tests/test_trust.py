@@ -1245,8 +1245,9 @@ def test_a_temp_file_removed_before_its_writer_locked_it_is_made_again(tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
 
 
-def test_writes_go_on_where_the_file_system_has_no_flock(tmp_path, monkeypatch):
-    """A file system without flock (some network mounts): the temp file goes unmarked, the write succeeds."""
+def test_writes_go_on_and_stale_temps_go_where_the_file_system_has_no_flock(tmp_path, monkeypatch):
+    """A file system without flock (ENOLCK): the temp file goes unmarked, the write succeeds, and a killed
+    writer's temp file is removed by its name, as before the mark (it was kept for ever: a review)."""
     import glann_ext._io as io_module
 
     def no_flock(fd, op):
@@ -1255,3 +1256,62 @@ def test_writes_go_on_where_the_file_system_has_no_flock(tmp_path, monkeypatch):
     monkeypatch.setattr(io_module.fcntl, "flock", no_flock)
     atomic_write(tmp_path / "a.json", lambda f: f.write(b"{}"))
     assert (tmp_path / "a.json").read_bytes() == b"{}" and sorted(os.listdir(tmp_path)) == ["a.json"]
+    (tmp_path / "a.json.abcd1234.tmp").write_text("x")
+    assert remove_stale_temps(tmp_path) == [tmp_path / "a.json.abcd1234.tmp"]
+
+
+def test_on_nfs_a_stale_temp_goes_and_a_live_one_stays(tmp_path, monkeypatch):
+    """NFS emulates flock with an fcntl lock, exclusive only on a file open for writing (EBADF otherwise):
+    the remover opened temp files read-only, so on NFS none was ever taken as stale (a review)."""
+    import fcntl
+
+    import glann_ext._io as io_module
+
+    real_flock = fcntl.flock
+
+    def nfs_flock(fd, op):
+        if op & fcntl.LOCK_EX and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(io_module.fcntl, "flock", nfs_flock)
+    stale = tmp_path / "main.pt.abcd1234.tmp"
+    stale.write_text("x")
+    seen = {}
+
+    def write(f):
+        f.write(b"new")
+        seen["removed"] = remove_stale_temps(tmp_path)
+
+    atomic_write(tmp_path / "eval.json", write)
+    assert seen["removed"] == [stale] and sorted(os.listdir(tmp_path)) == ["eval.json"]
+
+
+def test_the_temp_files_lock_lasts_until_it_is_replaced_onto_its_target(tmp_path, monkeypatch):
+    """Closing the temp file dropped its lock before os.replace: a resume in that window still removed a
+    live write's file (a review). The lock now lasts through the replace."""
+    import glann_ext._io as io_module
+
+    real_replace = os.replace
+    seen = {}
+
+    def replace_after_a_resume(src, dst):
+        seen["removed"] = remove_stale_temps(tmp_path)  # the other process, between close and replace
+        real_replace(src, dst)
+
+    monkeypatch.setattr(io_module.os, "replace", replace_after_a_resume)
+    atomic_write(tmp_path / "eval.json", lambda f: f.write(b"{}"))
+    assert seen["removed"] == [] and sorted(os.listdir(tmp_path)) == ["eval.json"]
+
+
+def test_a_file_system_that_refuses_chmod_still_takes_writes(tmp_path, monkeypatch):
+    """A FAT or CIFS mount refuses chmod: the permissions stay the file system's and the write succeeds
+    (the download's chmod failed with a bare PermissionError and left its partial file: a review)."""
+    import glann_ext._io as io_module
+
+    def refused(path, mode):
+        raise PermissionError(errno.EPERM, "Operation not permitted", str(path))
+
+    monkeypatch.setattr(io_module.os, "chmod", refused)
+    atomic_write(tmp_path / "a.json", lambda f: f.write(b"{}"))
+    assert sorted(os.listdir(tmp_path)) == ["a.json"]

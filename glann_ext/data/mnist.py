@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import glob
 import os
-import tempfile
 import urllib.request
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
-from .._io import cache_root, file_digest, usual_permissions
+from .._io import cache_root, file_digest, locked_temp, remove_if_stale, usual_permissions
 from .errors import DataError
 from .idx import read_idx
 
@@ -93,25 +94,27 @@ def _discard(part: Path | None, made: list[Path]) -> None:
 
 
 def download(name: str, fname: str, dest_dir: Path = CACHE_DIR) -> Path:
-    """Download one official file into ``dest_dir/name`` with a progress bar; verify its MD5."""
-    from tqdm import tqdm
-
+    """Download one official file into ``dest_dir/name`` with a progress bar; verify its MD5. Each download
+    streams into a partial file of its own, locked until it is replaced onto the file (two trainings started
+    together on a fresh machine fetch side by side); a killed download's partial file goes at the next."""
     base, sums = SOURCES[name]
     out_dir = dest_dir / name
     made = [d for d in (out_dir, *out_dir.parents) if not d.exists()]  # the folders this call creates
     out_dir.mkdir(parents=True, exist_ok=True)
-    dest = out_dir / fname
-    tmp = None
+    dest, tmp, lock = out_dir / fname, None, None
     try:
-        # a name of its own: two processes downloading the same file must not write into one partial file
-        fd, part = tempfile.mkstemp(prefix=fname + ".", suffix=".part", dir=out_dir)
-        tmp = Path(part)
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(base + fname, timeout=60) as resp:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=fname) as bar:
-                for block in iter(lambda: resp.read(1 << 16), b""):
-                    out.write(block)
-                    bar.update(len(block))
+        for stale in out_dir.glob(f"{glob.escape(fname)}.*.part"):  # killed downloads' (never a live one's)
+            remove_if_stale(stale)
+        fd, part = locked_temp(out_dir, fname + ".", ".part")
+        tmp, lock = Path(part), os.dup(fd)  # the lock lasts past the file's close, until it is replaced
+        with os.fdopen(fd, "wb") as out:
+            _fetch(base + fname, out, fname)
+        if file_digest(tmp, "md5") != sums[fname]:
+            raise DataError(
+                f"{base + fname}: checksum mismatch (expected MD5 {sums[fname]}); download discarded"
+            )
+        usual_permissions(tmp)  # mkstemp's 0600 would keep a shared cache's file from its other users
+        os.replace(tmp, dest)
     except BaseException as exc:  # a Ctrl-C too: no partial file is left to pile up
         _discard(tmp, made)
         if not isinstance(exc, OSError):
@@ -121,12 +124,22 @@ def download(name: str, fname: str, dest_dir: Path = CACHE_DIR) -> Path:
             f"{name}: files not found locally ({', '.join(map(str, looked))}) and download of {base + fname} "
             f"into {out_dir} failed ({exc}); put the IDX files in --data-root, or set {ENV_VAR}"
         ) from exc
-    if file_digest(tmp, "md5") != sums[fname]:
-        _discard(tmp, made)
-        raise DataError(f"{base + fname}: checksum mismatch (expected MD5 {sums[fname]}); download discarded")
-    usual_permissions(tmp)  # mkstemp's 0600 would keep a shared cache's file from its other users
-    os.replace(tmp, dest)
+    finally:
+        if lock is not None:
+            os.close(lock)
     return dest
+
+
+def _fetch(url: str, out: BinaryIO, name: str) -> None:
+    """Stream ``url`` into ``out`` with a progress bar."""
+    from tqdm import tqdm
+
+    with urllib.request.urlopen(url, timeout=60) as resp:
+        total = int(resp.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, desc=name) as bar:
+            for block in iter(lambda: resp.read(1 << 16), b""):
+                out.write(block)
+                bar.update(len(block))
 
 
 def load_mnist_like(
