@@ -776,6 +776,14 @@ def test_python_runs_and_fits_save_relative_paths_absolute_as_the_command_line_d
     train(cfg, work / "run", progress=False)
     resumed = load_run_config(work / "run" / "config.json")
     assert (resumed.dataset, resumed.imle_epochs) == (str(work / "blobs.npy"), 2)
+    # a run 0.3.4 started from Python saved them relative: the same call resumes it, the new spelling of the
+    # same files is recorded as no change (a review found a dataset change in resumes.jsonl)
+    monkeypatch.chdir(work)
+    old = json.loads((work / "run" / "config.json").read_text())
+    (work / "run" / "config.json").write_text(json.dumps({**old, "dataset": "blobs.npy", "data_root": "."}))
+    (work / "run" / "resumes.jsonl").unlink()
+    train(dataclasses.replace(cfg, dataset="blobs.npy", data_root=".", imle_epochs=3), "run", progress=False)
+    assert json.loads((work / "run" / "resumes.jsonl").read_text())["changed"] == {"imle_epochs": [2, 3]}
     # names stay names, and a path that does not exist stays as given (its error names it so)
     assert preset("tiny").dataset == "fashion-mnist" and with_absolute_paths(preset("tiny")) == preset("tiny")
     assert with_absolute_paths(preset("tiny", dataset="no/such.npy")).dataset == "no/such.npy"

@@ -6,6 +6,8 @@ system."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import time
 from datetime import timedelta
@@ -16,7 +18,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from glann_testing import Interrupt, blob_images, free_port, interrupt_at, tiny_config
+from glann_testing import Interrupt, blob_images, free_port, interrupt_at, tiny_config, vgg_state
 
 from glann_ext.train import checkpoint as ckpt
 from glann_ext.train import train
@@ -81,6 +83,15 @@ def _worker(rank: int, port: int, root: str, out: dict) -> None:
             except (ValueError, RuntimeError, OSError) as exc:
                 out[(name, rank)] = f"{type(exc).__name__}: {exc}"
         train(None, root / "resharded", progress=False, log=_quiet)  # a 1-process checkpoint, resharded to 2
+        # a relative VGG file names each node's own copy: a resume goes on on every rank (a Python caller's
+        # path made absolute in each rank's own folder was refused on every rank but 0: a review)
+        vgg = _cfg("same/blobs.npy", vgg_weights="vgg.pt", vgg_weight=0.1)
+        try:
+            train(vgg, root / "runs" / "vgg", progress=False, log=_quiet)
+            train(dataclasses.replace(vgg, imle_epochs=2), root / "runs" / "vgg", progress=False, log=_quiet)
+            out[("vgg", rank)] = "resumed"
+        except Exception as exc:  # noqa: BLE001 (the test reads it)
+            out[("vgg", rank)] = f"{type(exc).__name__}: {exc}"
     finally:
         dist.destroy_process_group()
 
@@ -103,6 +114,7 @@ def runs(tmp_path_factory, blob_file) -> tuple[Path, dict]:
         _save(node / "same" / "blobs.npy", same)
         _save(node / "size" / "blobs.npy", same[: 64 - 16 * rank])
         _save(node / "content" / "blobs.npy", other if rank else same)
+        torch.save(vgg_state(0), node / "vgg.pt")
     _save(root / "node0" / "only0" / "blobs.npy", same)
     # a 1-process run interrupted mid-epoch (GLO step 9, after step 8's checkpoint: epoch 2 has 6 steps),
     # resharded to 2 processes, which finish it in the group; and the same run uninterrupted
@@ -114,6 +126,13 @@ def runs(tmp_path_factory, blob_file) -> tuple[Path, dict]:
     out = mp.Manager().dict()
     spawn_bounded(_worker, (free_port(), str(root), out), WORLD)
     return root, dict(out)
+
+
+def test_a_relative_path_names_each_nodes_own_file_on_a_resume(runs):
+    root, out = runs
+    assert _errors(out, "vgg") == ["resumed", "resumed"]
+    saved = json.loads((root / "runs" / "vgg" / "config.json").read_text())
+    assert saved["vgg_weights"] == "vgg.pt" and saved["imle_epochs"] == 2  # as spelled: node-local
 
 
 def _errors(out: dict, name: str) -> list[str]:

@@ -76,7 +76,7 @@ from .loop import Hook, StageTrainer, diverged
 from .pipeline import Fit
 from .threads import intra_op_threads
 from .whitening import code_whitening
-from .world import World, disagreement, init_world, local_device
+from .world import World, disagreement, init_world, launched_by_torchrun, local_device
 
 METRICS_FILE = "metrics.jsonl"
 RESUMES_FILE = "resumes.jsonl"
@@ -125,10 +125,35 @@ def _may_change(field: str, saved: Any, new: Any, phase: str | None) -> bool:
         return True
     if field == "imle_reject_radius":
         return new <= saved
-    if field == "vgg_weights" and isinstance(saved, str) and isinstance(new, str):
+    if field == "vgg_weights" and _same_file(saved, new):
         # a run of 0.3.3 or before saved it as given (relative); the command that started it names it absolute
-        return Path(saved).resolve() == Path(new).resolve()
+        return True
     return field in RESUMABLE_OVERRIDES or (field in SHAPE_FIELDS and None in (saved, new))
+
+
+def _recorded_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[Any]]:
+    """field -> [old, new] for the :data:`RECORDED_FIELDS` a resume changes (resumes.jsonl); a path field
+    spelled otherwise for the same file is no change."""
+    return {
+        k: [old[k], new[k]]
+        for k in RECORDED_FIELDS
+        if old[k] != new[k] and not (k in PATH_FIELDS and _same_file(old[k], new[k]))
+    }
+
+
+def _distributed() -> bool:
+    """Whether this process is one of several: launched by torchrun, or in a process group of more."""
+    import torch.distributed as dist
+
+    grouped = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return launched_by_torchrun() or grouped
+
+
+def _same_file(saved: Any, new: Any) -> bool:
+    """Whether two spellings of a path field name the same file here (relative to this folder): a run saved
+    relative (by 0.3.4 or before from Python, by 0.3.3 from the command line) resumed under the absolute
+    spelling is no change."""
+    return isinstance(saved, str) and isinstance(new, str) and Path(saved).resolve() == Path(new).resolve()
 
 
 # what None means in a field a resume's messages name, as the command line spells it ("none")
@@ -321,8 +346,11 @@ class Run:
         model exists) the saved one, with the overrides a resume may change. A config.json without any
         training state is a start that failed: a new ``cfg`` replaces it."""
         path = self.out / CONFIG_FILE
-        if cfg is not None:  # relative paths saved absolute, as the command line saves them
-            cfg = with_absolute_paths(checked_config(cfg))
+        if cfg is not None:
+            cfg = checked_config(cfg)
+            # relative paths saved absolute, as the command line saves them; not under torch.distributed,
+            # where a relative path names each node's own files and the nodes' working folders may differ
+            cfg = cfg if _distributed() else with_absolute_paths(cfg)
         if path.exists() and (has_trained(self.out) or cfg is None):
             saved = load_run_config(path)
             if cfg is not None:
@@ -342,9 +370,8 @@ class Run:
                         f"{self.out} holds a run with a different config ({what}; the run's, then this "
                         f"command's){why}; use another --out, or resume it without changing those options"
                     )
+                self.resume_changes = _recorded_changes(mine, theirs)
                 for k in RECORDED_FIELDS:
-                    if mine[k] != theirs[k]:
-                        self.resume_changes[k] = [mine[k], theirs[k]]
                     setattr(saved, k, getattr(cfg, k))
             return saved.validate()
         if cfg is None:
@@ -411,7 +438,7 @@ class Run:
                 f"resume without changing those options, or use another --out"
             )
         if not (self.out / CONFIG_FILE).exists():
-            self.resume_changes = {k: [theirs[k], mine[k]] for k in RECORDED_FIELDS if theirs[k] != mine[k]}
+            self.resume_changes = _recorded_changes(theirs, mine)
 
     def _check_image_shape(self, state: dict[str, Any] | None, shape: tuple[int, int, int]) -> None:
         """The images must load at the checkpoint's shape: a resume that names the image size or channels the
