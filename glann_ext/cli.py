@@ -801,7 +801,13 @@ def _raise_terminated(signum: int, frame: Any) -> NoReturn:
 
 @contextlib.contextmanager
 def _sigterm_raises():
-    """SIGTERM raises :class:`_Terminated` while the block runs (the caller's handler is back after it)."""
+    """SIGTERM raises :class:`_Terminated` while the block runs (the caller's handler is back after it).
+    Not under torchrun: a Python handler runs only between bytecodes, so a worker blocked in a collective
+    would outlive torchrun's stop (it sends SIGTERM, then SIGKILL after 30 s); there SIGTERM ends it at once,
+    and a resume removes what it was writing."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        yield
+        return
     try:
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     except ValueError:  # not the main thread (main called from a caller's thread): its handling stays

@@ -660,6 +660,13 @@ def test_sigterm_stops_a_command_as_a_ctrl_c_does(run_dir, tmp_path, capsys, mon
         and f"to resume, run `glann train --out {run_dir}` again" in capsys.readouterr().err
     )
     assert signal.getsignal(signal.SIGTERM) is before
+    # under torchrun SIGTERM keeps its action: a worker blocked in a collective must still end at once
+    seen = []
+    monkeypatch.setattr(Run, "train", lambda self, stage="all": seen.append(signal.getsignal(signal.SIGTERM)))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["train", "--out", str(run_dir), "--no-progress"]) == 0 and seen == [before]
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert main(["train", "--out", str(run_dir), "--no-progress"]) == 0 and seen[1] is not before
 
 
 def test_counts_outside_their_range_are_refused_by_name(run_dir, capsys):
