@@ -527,11 +527,12 @@ def _cmd_train(args: argparse.Namespace) -> None:
         for note in _unused_flags(args, cfg):
             print(note, file=sys.stderr)
     try:
-        run = Run(out, cfg, progress=not args.no_progress, log=_print_on)
+        run = Run(out, cfg, progress=not args.no_progress)
     except ConfigError as exc:  # a resume's change refused, naming the flag this command line gave
         raise _flag_config_error(exc, _flagged_fields(args)) from None
     try:
-        run.train(args.stage)
+        with _readers_may_leave():
+            run.train(args.stage)
     except KeyboardInterrupt as exc:
         if run.world.is_main:
             print(f"\n{_interrupted_message(out)}", file=sys.stderr)
@@ -540,15 +541,45 @@ def _cmd_train(args: argparse.Namespace) -> None:
         raise _flag_config_error(exc, _flagged_fields(args)) from None
 
 
-def _print_on(msg: str) -> None:
-    """``print``, but a reader gone from stdout (``glann train | head -3``) does not stop the training: its
-    lines go to the null device from then on, and the run trains and saves as it would have."""
-    try:
-        print(msg, flush=True)
-    except BrokenPipeError:
+class _Unbroken:
+    """A text stream whose writes outlive its reader: once the pipe is closed (``glann train 2>&1 | head``),
+    the descriptor is pointed at the null device and the writes go on there."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._to_null()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._to_null()
+
+    def _to_null(self) -> None:
         null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, sys.stdout.fileno())  # also for the interpreter's flush at exit
+        os.dup2(null, self._stream.fileno())  # also for the interpreter's flush at exit
         os.close(null)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _readers_may_leave():
+    """Training goes on when the reader of its lines or progress bars goes (``| head``): stdout and stderr
+    as :class:`_Unbroken` streams while the block runs."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Unbroken(sys.stdout), _Unbroken(sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
 
 
 def _interrupted_message(out: Path) -> str:

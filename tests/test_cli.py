@@ -392,20 +392,22 @@ def test_entry_point_runs_as_a_module(tmp_path, data_file):
     assert (tmp_path / "m" / "model.safetensors").is_file()
 
 
-def test_a_reader_gone_from_stdout_does_not_stop_training(tmp_path, data_file):
-    """`glann train ... | head -1` stopped the run at its next line with "error: Broken pipe" and no model (a
-    review): its lines now go nowhere once the reader is gone, and the run trains and saves."""
+@pytest.mark.parametrize("both", [False, True], ids=["stdout", "stdout-and-stderr"])
+def test_a_reader_gone_from_the_output_does_not_stop_training(tmp_path, data_file, both):
+    """`glann train ... | head -1` stopped the run at its next line with "error: Broken pipe" and no model,
+    and `2>&1 | head -1` at its first progress bar (reviews): its lines and bars now go nowhere once the
+    reader is gone, and the run trains and saves."""
     argv = [sys.executable, "-m", "glann_ext.cli", "train", "--dataset", data_file, "--out", str(tmp_path / "m"),
-            *TINY, "--glo-epochs", "2", "--imle-epochs", "2"]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **child_kwargs(tmp_path))
-    assert proc.stdout.readline().startswith(b"data ")
+            "--preset", "tiny", "--ops", OPS, "--threads", "1", "--glo-epochs", "2", "--imle-epochs", "2"]  # fmt: skip
+    err_to = subprocess.STDOUT if both else subprocess.PIPE
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err_to, **child_kwargs(tmp_path))
+    assert proc.stdout.readline().strip()  # its first line (the data line, or a bar's first state)
     proc.stdout.close()  # as head does after its line
     _, err = proc.communicate(timeout=300)
+    err = err or b""
     assert proc.returncode == 0 and b"Broken pipe" not in err and b"Traceback" not in err, err
-    assert (
-        load_model(tmp_path / "m").config["imle_epochs"] == 2
-        and (tmp_path / "m" / "model.safetensors").is_file()
-    )
+    assert load_model(tmp_path / "m").config["imle_epochs"] == 2
+    assert (tmp_path / "m" / "model.safetensors").is_file()
 
 
 def test_kill_minus_nine_then_rerun_resumes_to_the_same_model(tmp_path, data_file):
