@@ -222,6 +222,49 @@ def _metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def _grid_worker(rank: int, port: int, root: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=PG_TIMEOUT_S))
+    torch.set_num_threads(1)
+    try:  # grids every epoch: each rank joins the reconstruction grid's collective at each of them
+        cfg = tiny_config(
+            dataset=str(Path(root) / "blobs.npy"), sample_every=1, glo_epochs=2, imle_epochs=1, batch_size=16
+        )
+        train(cfg, Path(root) / "run", progress=False, log=_quiet)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_draw_reconstruction_grids_over_the_whole_dataset(tmp_path):
+    """The grids are a collective of every rank (each gives the shown rows it holds; rank 0's shard alone
+    was shown before): a run with grids every epoch finishes, and the grids' originals are rows spread
+    over both shards (a rank-0-only call would hang, killed by the bound)."""
+    from PIL import Image
+
+    from glann_ext.images import PAIR_COLUMNS, make_grid, paired_rows
+    from glann_ext.train.run import shown_rows
+
+    images = torch.as_tensor(blob_images(64, 28, seed=4))[:, None] / 255.0
+    np.save(tmp_path / "blobs.npy", (images[:, 0] * 255).round().to(torch.uint8).numpy())
+    spawn_bounded(_grid_worker, (free_port(), str(tmp_path)), WORLD, timeout_s=180)
+    rows = shown_rows(64)
+    assert rows.max() >= 32  # rank 1's shard (rows 32-63) among them
+    want = make_grid(
+        paired_rows(images[rows], torch.zeros_like(images[rows]), PAIR_COLUMNS), nrow=PAIR_COLUMNS
+    )
+    for name in (
+        "reconstructions.png",
+        "images/reconstructions_glo_001.png",
+        "images/reconstructions_glo_002.png",
+    ):
+        with Image.open(tmp_path / "run" / name) as im:
+            got = np.asarray(im)
+        assert got.shape[:2] == want.shape[:2], name
+        for r in (0, 2):  # the originals' rows of tiles (1 and 3 are the reconstructions)
+            band = slice(2 + r * 30, 2 + r * 30 + 28)
+            assert np.array_equal(got[band], want[band, :, 0]), (name, r)
+
+
 def _timeout_worker(rank: int, port: int, out: str) -> None:
     from glann_ext.train.world import init_world
 
