@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -482,6 +483,9 @@ def _joined(step_dir: Path | str, main: dict[str, Any], rows: dict[str, torch.Te
         raise CheckpointError(f"{step_dir}: {exc}") from None
 
 
+READ_TRIES = 10  # reads of a step that a training job replaced meanwhile, before a reader gives up
+
+
 def read_step(
     run: str | Path, *, main: bool = True, rows: bool = True, names: list[str] | None = None
 ) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, torch.Tensor] | None]:
@@ -489,7 +493,9 @@ def read_step(
     from the same step. For readers that do not hold the run's lock (sample, eval, export): when a training
     job replaces the step while it is read (its files vanish), the new manifest is read and the read
     retried, so a reader never mixes two steps nor sees a half-written one. ``names`` limits the rows."""
-    for _ in range(5):
+    for attempt in range(READ_TRIES):
+        if attempt:  # a job checkpointing every step replaces them fast: give it a moment to finish one
+            time.sleep(min(0.2, 0.005 * 2**attempt))
         manifest = read_manifest(run)
         if manifest is None:
             raise CheckpointError(f"{run}: no checkpoint ({CHECKPOINT_DIR}/{MANIFEST_FILE} missing)")
