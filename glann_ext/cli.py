@@ -836,7 +836,9 @@ def _sigterm_raises():
     Not under torchrun: a Python handler runs only between bytecodes, so a worker blocked in a collective
     would outlive torchrun's stop (it sends SIGTERM, then SIGKILL after 30 s); there SIGTERM ends it at once,
     and a resume removes what it was writing."""
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+    from glann_ext.train.world import launched_by_torchrun
+
+    if launched_by_torchrun():
         yield
         return
     try:
