@@ -114,13 +114,13 @@ def usual_permissions(path: str | Path) -> None:
         os.chmod(path, 0o666 & ~umask)
 
 
-def locked_temp(folder: str | Path, prefix: str, suffix: str = TEMP_SUFFIX) -> tuple[int, str]:
+def locked_temp(folder: str | Path, prefix: str) -> tuple[int, str]:
     """``mkstemp`` in ``folder``, with an exclusive ``flock`` held on it while the file is open: the mark by
     which :func:`remove_if_stale` (in another process, such as a training resumed while ``glann eval`` writes
     into the run folder) tells a temp file being written from one a killed writer left. On a file system
     without flock the file goes unmarked."""
     while True:
-        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=TEMP_SUFFIX, dir=folder)
         if fcntl is None:
             return fd, tmp
         try:
@@ -140,13 +140,7 @@ def remove_if_stale(path: Path) -> bool:
     """Delete ``path``, a :func:`locked_temp` file, unless a live writer holds its lock; the lock is taken
     before the unlink and held through it, so a writer between ``mkstemp`` and ``flock`` sees its file gone
     and starts another. Where the file system has no flock, by name alone. Whether it was removed."""
-    flags = os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
-    try:  # for writing: NFS's flock (an fcntl lock) is exclusive only on a file open for writing
-        fd = os.open(path, os.O_RDWR | flags)
-    except PermissionError:
-        fd = _open_or_none(path, os.O_RDONLY | flags)
-    except OSError:  # gone meanwhile (replaced onto its target)
-        return False
+    fd = _open_to_lock(path)
     if fd is None:
         return False
     try:
@@ -165,11 +159,17 @@ def remove_if_stale(path: Path) -> bool:
     return True
 
 
-def _open_or_none(path: Path, flags: int) -> int | None:
-    try:
-        return os.open(path, flags)
-    except OSError:
-        return None
+def _open_to_lock(path: Path) -> int | None:
+    """``path`` opened for writing where allowed (NFS's flock, an fcntl lock, is exclusive only on a file open
+    for writing), else for reading; None when it is gone (replaced onto its target) or not ours to open."""
+    for mode in (os.O_RDWR, os.O_RDONLY):
+        try:
+            return os.open(path, mode | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+        except PermissionError:
+            continue
+        except OSError:
+            return None
+    return None
 
 
 def nearest_folder(path: str | Path) -> Path:
@@ -291,8 +291,8 @@ def remove_stale_temps(folder: str | Path, subfolders: tuple[str, ...] = RUN_WRI
     (``<name>.<8 random characters>.tmp``) are removed, never recursively and never through a link: other
     files, and other folders, are the user's; so is a temp file a live writer still holds (``glann eval``
     writing into a run folder while its training resumes): each :func:`atomic_write` locks its temp file
-    (:func:`locked_temp`), and the lock dies with its process. Call it while holding the folder's :class:`FolderLock`. Returns what was
-    removed."""
+    (:func:`locked_temp`), and the lock dies with its process. Call it while holding the folder's
+    :class:`FolderLock`. Returns what was removed."""
     folder = Path(folder)
     if not folder.is_dir():
         return []

@@ -598,7 +598,7 @@ def test_unknown_idx_datasets_and_splits_are_named(no_default_locations):
 
 def test_a_download_cut_off_midway_leaves_no_partial_file(tmp_path, monkeypatch):
     """The connection drops after the first block: a DataError naming the URL and the cause, and the
-    ``.part`` file is removed (a later run must not find half a file)."""
+    partial file is removed (a later run must not find half a file)."""
     import io
 
     class Dropped(io.BytesIO):
@@ -932,7 +932,7 @@ def test_two_downloads_of_one_file_at_once_each_write_their_own_partial_file(tmp
 
     monkeypatch.setattr(mnist_mod.urllib.request, "urlopen", urlopen)
     (tmp_path / name).mkdir()
-    killed = tmp_path / name / f"{fname}.k1ll3d00.part"  # a kill -9'd download's: nobody holds its lock
+    killed = tmp_path / name / f"{fname}.k1ll3d00.tmp"  # a kill -9'd download's: nobody holds its lock
     killed.write_bytes(b"half")
     dest = mnist_mod.download(name, fname, dest_dir=tmp_path)
     assert nested == [dest] and dest.read_bytes() == payload and not killed.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import urllib.request
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from .._io import cache_root, file_digest, locked_temp, remove_if_stale, usual_permissions
+from .._io import TEMP_NAME, TEMP_SUFFIX, atomic_write, cache_root, remove_if_stale
 from .errors import DataError
 from .idx import read_idx
 
@@ -81,11 +82,8 @@ def find_images_file(name: str, split: str = "train", root: str | Path | None = 
     return None
 
 
-def _discard(part: Path | None, made: list[Path]) -> None:
-    """A failed download's partial file (if it got one), and the folders it made for it (deepest first) that
-    nothing else has come to fill."""
-    if part is not None:
-        part.unlink(missing_ok=True)
+def _discard(made: list[Path]) -> None:
+    """The folders a failed download made (deepest first) that nothing else has come to fill."""
     for folder in made:
         try:
             folder.rmdir()
@@ -94,52 +92,46 @@ def _discard(part: Path | None, made: list[Path]) -> None:
 
 
 def download(name: str, fname: str, dest_dir: Path = CACHE_DIR) -> Path:
-    """Download one official file into ``dest_dir/name`` with a progress bar; verify its MD5. Each download
-    streams into a partial file of its own, locked until it is replaced onto the file (two trainings started
-    together on a fresh machine fetch side by side); a killed download's partial file goes at the next."""
+    """Download one official file into ``dest_dir/name`` with a progress bar; verify its MD5. The file is
+    written as every file is (:func:`~glann_ext._io.atomic_write`: a temp file of its own, locked until it is
+    in place), so two trainings started together on a fresh machine fetch side by side, and a killed
+    download's temp file goes at the next."""
     base, sums = SOURCES[name]
     out_dir = dest_dir / name
     made = [d for d in (out_dir, *out_dir.parents) if not d.exists()]  # the folders this call creates
     out_dir.mkdir(parents=True, exist_ok=True)
-    dest, tmp, lock = out_dir / fname, None, None
+    dest = out_dir / fname
     try:
-        for stale in out_dir.glob(f"{glob.escape(fname)}.*.part"):  # killed downloads' (never a live one's)
-            remove_if_stale(stale)
-        fd, part = locked_temp(out_dir, fname + ".", ".part")
-        tmp, lock = Path(part), os.dup(fd)  # the lock lasts past the file's close, until it is replaced
-        with os.fdopen(fd, "wb") as out:
-            _fetch(base + fname, out, fname)
-        if file_digest(tmp, "md5") != sums[fname]:
-            raise DataError(
-                f"{base + fname}: checksum mismatch (expected MD5 {sums[fname]}); download discarded"
-            )
-        usual_permissions(tmp)  # mkstemp's 0600 would keep a shared cache's file from its other users
-        os.replace(tmp, dest)
-    except BaseException as exc:  # a Ctrl-C too: no partial file is left to pile up
-        _discard(tmp, made)
+        for stale in out_dir.glob(f"{glob.escape(fname)}.*{TEMP_SUFFIX}"):  # killed downloads' of this file
+            if TEMP_NAME.fullmatch(stale.name):  # (never a live one's, nor another file of the folder)
+                remove_if_stale(stale)
+        atomic_write(dest, lambda out: _fetch(base + fname, out, fname, sums[fname]))
+    except BaseException as exc:  # a Ctrl-C too: no folder is left behind
+        _discard(made)
         if not isinstance(exc, OSError):
             raise
         looked = [out_dir] if dest_dir != CACHE_DIR else candidate_dirs(name)
         raise DataError(
             f"{name}: files not found locally ({', '.join(map(str, looked))}) and download of {base + fname} "
-            f"into {out_dir} failed ({exc}); put the IDX files in --data-root, or set {ENV_VAR}"
+            f"into {out_dir} failed ({exc.strerror or exc}); put the IDX files in --data-root, or set {ENV_VAR}"
         ) from exc
-    finally:
-        if lock is not None:
-            os.close(lock)
     return dest
 
 
-def _fetch(url: str, out: BinaryIO, name: str) -> None:
-    """Stream ``url`` into ``out`` with a progress bar."""
+def _fetch(url: str, out: BinaryIO, name: str, md5: str) -> None:
+    """Stream ``url`` into ``out`` with a progress bar, checking the bytes' MD5 as they pass."""
     from tqdm import tqdm
 
+    digest = hashlib.md5()
     with urllib.request.urlopen(url, timeout=60) as resp:
         total = int(resp.headers.get("Content-Length") or 0) or None
         with tqdm(total=total, unit="B", unit_scale=True, desc=name) as bar:
             for block in iter(lambda: resp.read(1 << 16), b""):
                 out.write(block)
+                digest.update(block)
                 bar.update(len(block))
+    if digest.hexdigest() != md5:
+        raise DataError(f"{url}: checksum mismatch (expected MD5 {md5}); download discarded")
 
 
 def load_mnist_like(
