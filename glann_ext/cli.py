@@ -27,6 +27,7 @@ from typing import Any, NoReturn
 import torch
 
 from glann_ext._info import __version__
+from glann_ext.data.datasets import IDX_NAMED
 from glann_ext.errors import ConfigError, GlannError
 from glann_ext.models.generative import MAX_NOISE_SCALE, MAX_SPREAD
 from glann_ext.train.config import MAX_SEED, MAX_THREADS
@@ -468,7 +469,7 @@ _USED_BY = (
         lambda cfg: cfg.imle_space == "latent",
         "GLANN's GLO stage, codes or T (pixel IMLE trains G alone, with --batch-size, --betas and --imle-lr)",
     ),
-    (("data_root",), lambda cfg: cfg.dataset in ("fashion-mnist", "mnist"), "the IDX datasets fashion-mnist and mnist"),
+    (("data_root",), lambda cfg: cfg.dataset in IDX_NAMED, "the IDX datasets fashion-mnist and mnist"),
 )  # fmt: skip
 
 

