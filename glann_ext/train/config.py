@@ -292,7 +292,13 @@ def absolute_path(value: str) -> str:
 
 def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with its :data:`PATH_FIELDS` made absolute by :func:`absolute_path` (a copy when one changes):
-    what the command line does to its flags, for a config a Python caller hands to a run or a fit."""
+    what the command line does to its flags, for a config a Python caller hands to a run or a fit. Not under
+    torch.distributed, where a relative path names each node's own files and the nodes' working folders may
+    differ: there ``cfg`` as spelled."""
+    from .world import in_process_group
+
+    if in_process_group():
+        return cfg
     paths = {f: absolute_path(v) for f in PATH_FIELDS if isinstance(v := getattr(cfg, f), str)}
     changed = {f: v for f, v in paths.items() if v != getattr(cfg, f)}
     return dataclasses.replace(cfg, **changed) if changed else cfg

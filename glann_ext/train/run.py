@@ -76,7 +76,7 @@ from .loop import Hook, StageTrainer, diverged
 from .pipeline import Fit
 from .threads import intra_op_threads
 from .whitening import code_whitening
-from .world import World, disagreement, init_world, launched_by_torchrun, local_device
+from .world import World, disagreement, init_world, local_device
 
 METRICS_FILE = "metrics.jsonl"
 RESUMES_FILE = "resumes.jsonl"
@@ -139,14 +139,6 @@ def _recorded_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, lis
         for k in RECORDED_FIELDS
         if old[k] != new[k] and not (k in PATH_FIELDS and _same_file(old[k], new[k]))
     }
-
-
-def _distributed() -> bool:
-    """Whether this process is one of several: launched by torchrun, or in a process group of more."""
-    import torch.distributed as dist
-
-    grouped = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    return launched_by_torchrun() or grouped
 
 
 def _same_file(saved: Any, new: Any) -> bool:
@@ -346,11 +338,8 @@ class Run:
         model exists) the saved one, with the overrides a resume may change. A config.json without any
         training state is a start that failed: a new ``cfg`` replaces it."""
         path = self.out / CONFIG_FILE
-        if cfg is not None:
-            cfg = checked_config(cfg)
-            # relative paths saved absolute, as the command line saves them; not under torch.distributed,
-            # where a relative path names each node's own files and the nodes' working folders may differ
-            cfg = cfg if _distributed() else with_absolute_paths(cfg)
+        if cfg is not None:  # relative paths saved absolute, as the command line saves them
+            cfg = with_absolute_paths(checked_config(cfg))
         if path.exists() and (has_trained(self.out) or cfg is None):
             saved = load_run_config(path)
             if cfg is not None:

@@ -121,6 +121,12 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def in_process_group() -> bool:
+    """Whether this process is one of several: launched by torchrun, or in a process group of more."""
+    grouped = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return launched_by_torchrun() or grouped
+
+
 def local_device(device: str) -> torch.device:
     """``device``, with plain ``"cuda"`` under torchrun meaning this process's GPU (``LOCAL_RANK``)."""
     dev = torch.device(device)
