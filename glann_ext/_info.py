@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 __version__ = "0.3.5"  # as pyproject.toml says (tests/test_packaging.py); glann_ext.__version__
 
@@ -30,6 +31,25 @@ import torch  # noqa: E402 (after the OpenMP default: libgomp reads it when torc
 
 from ._ext import _C  # noqa: E402 (imports torch)
 from .ops.kernels import cuda_kernels  # noqa: E402 (imports torch)
+
+
+def stale_module_message(built: str, package: str, where: str) -> str | None:
+    """What to tell a user whose compiled module ``_C`` (``where``) was built from another release than the
+    Python files import it (an editable or in-place build left from before a ``git pull``): its kernels and
+    their arguments may not be the ones the Python code calls. None when they match, or for an in-place
+    build (``scripts/dev_build.sh``: version ``dev``, which the developer rebuilds by hand)."""
+    if built in ("dev", package):
+        return None
+    return (
+        f"glann_ext {package}: its compiled module {where} was built from version {built}, so its kernels may "
+        "not match the Python code; rebuild it (`pip install .`, or for an editable install "
+        "`pip install -e . --no-build-isolation`)"
+    )
+
+
+_STALE = stale_module_message(str(_C.__version__), __version__, str(getattr(_C, "__file__", "_C")))
+if _STALE is not None:
+    warnings.warn(_STALE, RuntimeWarning, stacklevel=1)
 
 
 def cuda_available() -> bool:

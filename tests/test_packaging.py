@@ -169,3 +169,25 @@ def test_a_failed_nvcc_probe_kept_in_the_build_folder_is_probed_again(tmp_path):
         timeout=300,
     )
     assert "glann_ext: building CUDA kernels for 90\n" in done.stdout, done.stdout + done.stderr
+
+
+def test_a_compiled_module_of_another_release_is_named_at_import(tmp_path):
+    """An editable or in-place build left from before a `git pull` runs the old kernels under the new Python
+    code; the import says so and how to rebuild. This install's module matches (its import warns nothing)."""
+    from glann_ext._info import stale_module_message
+
+    message = stale_module_message("0.3.4", "0.3.5", "/site/glann_ext/_C.so")
+    assert message is not None
+    assert "/site/glann_ext/_C.so was built from version 0.3.4" in message
+    assert "glann_ext 0.3.5" in message and "pip install ." in message
+    assert stale_module_message("0.3.5", "0.3.5", "x") is None
+    assert stale_module_message("dev", "0.3.5", "x") is None  # scripts/dev_build.sh: rebuilt by hand
+    child = subprocess.run(
+        [sys.executable, "-W", "error::RuntimeWarning", "-c", "import glann_ext"],
+        capture_output=True,
+        text=True,
+        check=False,
+        **child_kwargs(tmp_path),
+    )
+    assert child.returncode == 0, child.stderr
+    assert _C.__version__ in ("dev", glann_ext.__version__)
