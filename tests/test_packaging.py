@@ -1,6 +1,7 @@
 """What an installed glann_ext and its checkout do around the package itself: one version, the license,
 the message when the checkout's unbuilt glann_ext/ shadows the installed one, the benchmarks measuring the
-installed package from the checkout, and no crash where no home folder can be found."""
+installed package from the checkout, no crash where no home folder can be found, a compiled module of another
+release named at import, and an sdist that holds every file of the build."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import textwrap
 from pathlib import Path
 
@@ -191,3 +193,39 @@ def test_a_compiled_module_of_another_release_is_named_at_import(tmp_path):
     )
     assert child.returncode == 0, child.stderr
     assert _C.__version__ in ("dev", glann_ext.__version__)
+
+
+def _tracked_files() -> list[str]:
+    """The checkout's tracked files (skips outside a git checkout: an unpacked sdist has no history)."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True, check=False)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout")
+    return [f for f in listed.stdout.decode().split("\0") if f]
+
+
+def test_the_sdist_holds_every_file_the_build_and_the_package_need(tmp_path):
+    """`pip install glann_ext-X.tar.gz` builds from the sdist alone: every tracked file of the build (CMake,
+    the kernels, the bindings, the package) must be in it, and nothing of a local build or run."""
+    pytest.importorskip("scikit_build_core")
+    tracked = _tracked_files()
+    code = "import sys; from scikit_build_core.build import build_sdist; print(build_sdist(sys.argv[1]))"
+    built = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert built.returncode == 0, built.stderr
+    with tarfile.open(tmp_path / built.stdout.strip().splitlines()[-1]) as sdist:
+        names = {n.split("/", 1)[1] for n in sdist.getnames() if "/" in n}
+    needed = [
+        f
+        for f in tracked
+        if f.startswith(("csrc/", "python/", "glann_ext/"))
+        or f in ("CMakeLists.txt", "pyproject.toml", "LICENSE", "README.md")
+    ]
+    assert len(needed) > 100
+    assert [f for f in needed if f not in names] == []
+    local = [
+        n for n in names if n.startswith(("build/", ".venv/", "runs/", "data/")) or n.endswith((".so", ".pt"))
+    ]
+    assert local == []
