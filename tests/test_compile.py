@@ -115,3 +115,37 @@ def test_latent_steps_fullgraph(opt):
     bad[2, 1] = float("inf")
     with pytest.raises(NonFiniteError, match="grad row 2"):
         _compiled(step)(*compiled_args[:4], bad)
+
+
+_TRANSFORMED = {
+    "laplacian": (
+        lambda a: glann_ext.laplacian_pyramid_loss(a, torch.zeros_like(a) + 0.5),
+        lambda: torch.rand(4, 1, 8, 8, dtype=torch.float64),
+    ),
+    "nn_argmin": (
+        lambda a: glann_ext.nn_argmin(a, torch.arange(40.0).double().reshape(5, 8), return_distances=True)[
+            1
+        ].sum(),
+        lambda: torch.randn(4, 8, dtype=torch.float64) * 10,
+    ),
+    "project_to_sphere": (
+        lambda a: (glann_ext.project_to_sphere(a) * torch.arange(8.0).double()).sum(),
+        lambda: torch.randn(4, 8, dtype=torch.float64),
+    ),
+}
+
+
+@pytest.mark.parametrize("transform", ["grad", "vmap_grad"])
+@pytest.mark.parametrize("op", sorted(_TRANSFORMED))
+def test_compile_over_func_transforms_gives_the_eager_result(op, transform):
+    """``torch.compile(torch.func.grad(f))`` and per-sample ``vmap(grad(f))``: dynamo breaks the graph at the
+    op and runs the transform eagerly (before, the registered op's formula was traced under the transform and
+    refused: "must override the setup_context")."""
+    f, make = _TRANSFORMED[op]
+    g = torch.func.grad(f) if transform == "grad" else torch.func.vmap(torch.func.grad(lambda a: f(a[None])))
+    x = make()
+    want = g(x)
+    torch._dynamo.reset()
+    got = torch.compile(g, backend="aot_eager")(x)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert float(want.abs().sum()) > 0

@@ -43,7 +43,9 @@ supported, and so are the reverse-mode ``torch.func`` transforms: ``torch.func.g
 over all three (per-sample gradients: ``vmap(grad(...))``). Their batching rules flatten the vmapped
 entries into one kernel call (``nn_argmin``: when the keys are shared by the entries; keys of their own
 take one search per entry), so a NaN error counts rows or samples across the entries. Under a transform the
-ops run through an ``autograd.Function`` with ``setup_context``, the form those transforms accept. Not
+ops run through an ``autograd.Function`` with ``setup_context``, the form those transforms accept.
+``torch.compile`` over a transform (``torch.compile(torch.func.grad(f))``) gives the eager result: dynamo
+breaks the graph at the op and runs the transform eagerly, so ``fullgraph=True`` refuses it. Not
 supported: forward-mode AD (``jvp``, ``jacfwd``: torch's NotImplementedError) and the in-place ops
 (``project_to_sphere_``, the latent optimizer steps), which refuse tensors that require grad.
 """

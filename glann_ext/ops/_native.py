@@ -64,8 +64,14 @@ class ExecContext(NamedTuple):
 def under_func_transform(*tensors: torch.Tensor) -> bool:
     """Whether a ``torch.func`` transform (grad, jacrev, vmap) wraps any of ``tensors``: the ops then run
     through an ``autograd.Function`` with ``setup_context``, the form those transforms accept (neither the
-    eager path's Function nor an op's ``register_autograd`` formula is)."""
-    return not torch.compiler.is_compiling() and any(  # as in plain_tensors: dynamo stops at the first
+    eager path's Function nor an op's ``register_autograd`` formula is).
+
+    Under ``torch.compile`` dynamo folds the first test to a constant, so a compiled function without
+    transforms traces the registered op with no graph break. Inside ``torch.compile(torch.func.grad(f))``
+    the second test breaks the graph, and dynamo runs the transform eagerly, the op through that Function
+    (traced, the registered op's formula is refused under a transform and the Function cannot be vmapped);
+    dynamo warns once about the untraceable calls it met."""
+    return torch._C._are_functorch_transforms_active() and any(
         torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors
     )
 
