@@ -90,11 +90,11 @@ def _reference_checks(
 ) -> torch.Tensor:  # fmt: skip
     """The fused kernels' argument checks (types, shapes, dtypes, devices, hyperparameters, the range of
     ``indices``) for the reference backend's step, which would otherwise fail inside torch or divide by zero
-    (``updates=0``); returns ``grad`` in the table's dtype (the reference step rounds a wider grad first)."""
+    (``updates=0``); returns ``grad``. A grad of another dtype than the table's is refused as the fused
+    backend refuses it (it was cast here, so a script worked on one backend and failed on the other)."""
     sphere._check_types(op, indices=indices, grad=grad)
     sphere._check_hyper_types(op, project, **numbers)
     sphere._check_hyper(op, **numbers)
-    grad = grad.to(table.dtype)
     sphere._check_latent(op, table, state, indices, grad, real=True)
     if indices.numel():
         sphere._coalesce(op, table, indices, grad)  # its range check (the reference step coalesces itself)

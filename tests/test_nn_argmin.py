@@ -509,6 +509,16 @@ def test_property_float64_integer_data_and_chunks(n: int, m: int, d: int, chunks
     assert np.array_equal(idx_np, want.numpy()) and np.array_equal(dist_np, want_dist.numpy())
 
 
+def test_numpy_queries_with_keys_that_require_grad_give_numpy_results() -> None:
+    """numpy queries give numpy results, whatever the keys are: a key tensor that requires grad made the
+    distances' ``.numpy()`` fail with torch's "Can't call numpy() on Tensor that requires grad"."""
+    q, k = torch.randn(5, 3), torch.randn(9, 3, requires_grad=True)
+    idx, dist = nn_argmin(q.numpy(), k, return_distances=True)
+    want, want_dist = nn_argmin(q, k.detach(), return_distances=True)
+    assert isinstance(dist, np.ndarray) and np.array_equal(idx, want.numpy())
+    assert np.array_equal(dist, want_dist.numpy())
+
+
 @settings(max_examples=30, deadline=None)
 @given(n=st.integers(1, 30), m=st.integers(1, 500), d=st.integers(1, 70), seed=st.integers(0, 2**31 - 1))
 def test_property_float64_random_data(n: int, m: int, d: int, seed: int) -> None:

@@ -17,7 +17,8 @@ and a half below the smallest normal float rounds, so two keys that close to the
 go to the lower index.
 
 Inputs as users have them. numpy arrays are accepted wherever tensors are (read through
-``torch.from_numpy``, without a copy); when ``queries`` is a numpy array the results are numpy arrays.
+``torch.from_numpy``, without a copy); when ``queries`` is a numpy array the results are numpy arrays
+(without gradient; :func:`~glann_ext.laplacian_pyramid_loss` returns numpy when ``x`` or ``y`` is numpy).
 float16/bfloat16 are searched on CUDA only (in float32); on the CPU they are refused with the conversion
 to make (``.float()``, or ``.astype(np.float32)``): a silent conversion would copy the whole key set
 every call.
@@ -338,7 +339,8 @@ def nn_argmin(
 
     Args:
         queries: (N, D) float32 or float64; on CUDA also float16 or bfloat16 (searched in float32). A
-            tensor or a numpy array (then the results are numpy arrays too). Any strides; N may be 0.
+            tensor or a numpy array (then the results are numpy arrays too, without gradient, whatever
+            ``keys`` are). Any strides; N may be 0.
         keys: (M, D) with the dtype and device of ``queries`` (a tensor or a numpy array), or an iterable
             of (m_i, D) chunks (consumed once; indices count across chunks in order). M >= 1 in total.
         return_distances: also return the squared distance to the chosen key, computed exactly as
@@ -381,7 +383,8 @@ def nn_argmin(
     out = best.result()
     if not as_numpy:
         return out
-    return tuple(t.numpy() for t in out) if isinstance(out, tuple) else out.numpy()
+    # numpy results carry no gradient (keys that require grad would make .numpy() refuse)
+    return tuple(t.detach().numpy() for t in out) if isinstance(out, tuple) else out.numpy()
 
 
 class _ChunkUnderTransform(torch.autograd.Function):
