@@ -44,7 +44,8 @@ def nn_argmin(
         local_keys: this rank's (m_r, D) keys, same dtype and device as queries (m_r may be 0 on some
             ranks, but the total must be >= 1). D, dtype and device must agree across ranks.
         group: the process group (default: the world).
-        return_distances: also return the exact squared distances (float32).
+        return_distances: also return the exact squared distances (float64 for float64 inputs, float32
+            otherwise, as :func:`glann_ext.nn_argmin`).
         check_finite_values: before any collective, raise ``NonFiniteError`` for a NaN/Inf row and
             ``ValueError`` for a finite row whose squared norm could overflow the scores (as
             :func:`glann_ext.nn_argmin` does), naming the argument and this rank's row; False skips both.

@@ -102,9 +102,13 @@ def _reference_checks(
 
 
 def _check_rate(owner: str, lr: object) -> float:
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"{owner}: lr must be a finite float > 0, got {lr!r}")
-    return float(lr)
+    """The constructor's rate, as a float > 0: read as :func:`_check_set_rate` reads a rate set later (a
+    one-element float tensor or a numpy scalar as torch's optimizers take them; a wrong type is a
+    TypeError), but 0 is refused here (a table that never moves)."""
+    lr = _check_set_rate(owner, lr)
+    if lr == 0:
+        raise ValueError(f"{owner}: lr must be a finite float > 0, got 0.0")
+    return lr
 
 
 _GROUP_LR = "lr (param_groups[0]['lr'])"
@@ -156,6 +160,41 @@ class _SphereOptimizer(torch.optim.Optimizer):
                 "parameter group"
             )
         super().add_param_group(param_group)
+
+    def _step_rows(self, owner: str, indices: Any, grad: Any) -> tuple[Any, Any, Any]:
+        """``(indices, grad, loss)`` of a step as :class:`torch.optim.Optimizer` callers make it: the rows
+        given (int32 indices widened: torch's indexing takes them); else the rows of a sparse gradient
+        passed alone, or of ``table.grad`` (``step()``, or ``step(closure)``, which is called with grad
+        enabled first and whose loss is returned)."""
+        loss = None
+        if grad is None and callable(indices):
+            with torch.enable_grad():
+                loss = indices()
+            indices = None
+        if grad is None:
+            indices, grad = self._rows_of_gradient(owner, self.table.grad if indices is None else indices)
+        elif isinstance(indices, torch.Tensor) and indices.dtype == torch.int32:
+            indices = indices.long()
+        return indices, grad, loss
+
+    @staticmethod
+    def _rows_of_gradient(owner: str, g: object) -> tuple[torch.Tensor, torch.Tensor]:
+        """The touched rows of a sparse gradient (``nn.Embedding(..., sparse=True)``'s): coalesced indices
+        and values, as ``torch.optim.SparseAdam`` reads them."""
+        usage = "step(indices, grad_rows), or step() / step(closure) after a backward that left a sparse table.grad"
+        if g is None:
+            raise TypeError(f"{owner}: takes {usage}; table.grad is None (no backward yet, or zero_grad())")
+        if not isinstance(g, torch.Tensor):
+            raise TypeError(f"{owner}: takes {usage}; got {type(g).__name__} alone")
+        if g.layout != torch.sparse_coo or g.sparse_dim() != 1:
+            raise ValueError(
+                f"{owner}: a sparse optimizer steps the rows it is given, got a gradient of layout "
+                f"{str(g.layout).replace('torch.', '')} with {g.sparse_dim() if g.is_sparse else 0} sparse "
+                "dimension(s): use nn.Embedding(..., sparse=True) (one sparse dimension, the rows), or pass "
+                "step(indices, grad[indices])"
+            )
+        g = g.coalesce()
+        return g.indices()[0], g.values()
 
     def __getstate__(self) -> dict[str, Any]:
         # Optimizer's keeps defaults/state/param_groups (all torch's optimizers hold); without the table,
@@ -221,8 +260,13 @@ class SphereSparseAdam(_SphereOptimizer):
         self.param_groups[0]["eps"] = value
 
     @torch.no_grad()
-    def step(self, indices: torch.Tensor, grad: torch.Tensor, *, updates: int | None = None) -> None:  # type: ignore[override]
-        """Apply one step to ``table[indices]`` with gradient rows ``grad`` ``(len(indices), D)``.
+    def step(  # type: ignore[override]
+        self, indices: Any = None, grad: torch.Tensor | None = None, *, updates: int | None = None
+    ) -> Any:
+        """Apply one step to ``table[indices]`` with gradient rows ``grad`` ``(len(indices), D)``; int64 or
+        int32 indices. As a :class:`torch.optim.Optimizer`, ``step()`` reads the rows of a sparse
+        ``table.grad`` (``nn.Embedding(..., sparse=True)``), so does ``step(closure)`` after calling
+        ``closure`` (its loss is returned), and ``step(sparse_grad)`` reads that gradient.
 
         ``updates``: how many times these rows have now been updated (this step included), for Adam's bias
         correction; None uses the optimizer's own step counter, as ``torch.optim.SparseAdam`` does. The
@@ -231,6 +275,7 @@ class SphereSparseAdam(_SphereOptimizer):
         and its early steps are far too large (towards lr (1 - beta1^k) / sqrt((1 - beta2) k) per coordinate
         at its k-th update as the counter grows). GLO passes the rows' own count (see
         ``TrainConfig.latent_adam_steps``)."""
+        indices, grad, loss = self._step_rows("SphereSparseAdam.step", indices, grad)
         if updates is not None:
             # int() truncated 2.5; 0 divided by zero in the reference step
             updates = checked_int("SphereSparseAdam.step: updates", updates, 1)
@@ -254,6 +299,7 @@ class SphereSparseAdam(_SphereOptimizer):
                     self.table, self.exp_avg, self.exp_avg_sq, indices, grad, **kwargs
                 )
         self.step_count += 1
+        return loss
 
     # state_dict/load_state_dict override Optimizer's on purpose: checkpoints of training runs hold this
     # schema (the module docstring), not torch's {"state", "param_groups"}.
@@ -325,8 +371,10 @@ class SphereSparseSGD(_SphereOptimizer):
         super().__init__([table], {"lr": lr, "project": project})
 
     @torch.no_grad()
-    def step(self, indices: torch.Tensor, grad: torch.Tensor) -> None:  # type: ignore[override]
-        """Apply one step to ``table[indices]`` with gradient rows ``grad`` ``(len(indices), D)``."""
+    def step(self, indices: Any = None, grad: torch.Tensor | None = None) -> Any:  # type: ignore[override]
+        """Apply one step to ``table[indices]`` with gradient rows ``grad`` ``(len(indices), D)``; without
+        rows, those of a sparse gradient, as :meth:`SphereSparseAdam.step` reads them."""
+        indices, grad, loss = self._step_rows("SphereSparseSGD.step", indices, grad)
         group = self.param_groups[0]
         lr, project = _check_set_rate("SphereSparseSGD.step", group["lr"], _GROUP_LR), group["project"]
         if self.backend == "fused":
@@ -337,6 +385,7 @@ class SphereSparseSGD(_SphereOptimizer):
             )
             if indices.numel():
                 reference.fused_latent_sgd_reference(self.table, indices, grad, lr=lr, project=project)
+        return loss
 
     # Optimizer's state_dict/load_state_dict overridden on purpose: checkpoints hold this schema.
     def state_dict(self) -> dict[str, Any]:

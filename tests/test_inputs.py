@@ -225,6 +225,25 @@ def test_half_on_cpu_is_refused_with_what_to_do(dtype):
         glann_ext.project_to_sphere(torch.randn(3, 4, dtype=dtype))
 
 
+def test_sparse_inputs_are_refused_naming_the_argument_and_the_conversion():
+    """Sparse COO tensors met torch's dispatcher errors ("Could not run 'aten::linalg_vector_norm' ...
+    SparseCPU", "Cannot access data pointer") that named no argument."""
+    q, k = torch.randn(3, 4), torch.randn(6, 4)
+    x = torch.rand(2, 1, 8, 8)
+    cases = [
+        ("queries", lambda: glann_ext.nn_argmin(q.to_sparse(), k)),
+        ("keys", lambda: glann_ext.nn_argmin(q, k.to_sparse())),
+        ("x", lambda: glann_ext.laplacian_pyramid_loss(x.to_sparse(), x.to_sparse())),
+        ("y", lambda: glann_ext.laplacian_pyramid_loss(x, x.to_sparse())),
+        ("z", lambda: glann_ext.project_to_sphere(q.to_sparse())),
+    ]
+    for name, call in cases:
+        with pytest.raises(
+            TypeError, match=rf"{name} must be a dense \(strided\) tensor, got layout sparse_coo"
+        ):
+            call()
+
+
 def test_documented_errors_and_gradients_match_behaviour():
     """Docstrings said a 1-D/3-D z raises TypeError (it is ValueError) and did not say that the loss refuses
     empty inputs or that nn_argmin's distances carry gradients; each statement is checked here."""

@@ -853,8 +853,12 @@ def test_optimizer_hyperparameters_at_the_edges_of_their_ranges():
     with pytest.raises(ValueError, match=r"^SphereSparseAdam: eps must be a finite number > 0, got inf"):
         SphereSparseAdam(table, eps=math.inf)
     for make in (SphereSparseAdam, SphereSparseSGD):
-        with pytest.raises(ValueError, match=rf"^{make.__name__}: lr must be a finite float > 0, got True"):
+        with pytest.raises(TypeError, match=rf"^{make.__name__}: lr must be a float, got bool True"):
             make(table, lr=True)
+        # a one-element float tensor, as torch's optimizers take it (a rate set later took it already)
+        assert make(table, lr=torch.tensor(0.01)).lr == pytest.approx(0.01)
+        with pytest.raises(ValueError, match=rf"^{make.__name__}: lr must be a finite float > 0, got 0.0"):
+            make(table, lr=torch.tensor(0.0))
         state = make(table, project=True).state_dict()
         del state["project"]
         unprojected = make(table, project=False)

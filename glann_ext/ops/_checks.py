@@ -26,11 +26,16 @@ def check_tensor(
     nonempty: bool = False,
     numpy_ok: bool = False,
 ) -> torch.Tensor:
-    """Type, rank, dtype and emptiness checks for one argument. ``numpy_ok``: the op also takes a numpy
+    """Type, layout, rank, dtype and emptiness checks for one argument. ``numpy_ok``: the op also takes a numpy
     array for it (converted before this check), so the type error says so."""
     if not isinstance(t, torch.Tensor):
         kind = "a torch.Tensor or a numpy array" if numpy_ok else "a torch.Tensor"
         raise TypeError(f"{name} must be {kind}, got {type(t).__name__}")
+    if t.layout != torch.strided:  # sparse or jagged: the kernels read dense memory through strides
+        layout = str(t.layout).replace("torch.", "")
+        raise TypeError(
+            f"{name} must be a dense (strided) tensor, got layout {layout}: convert it with .to_dense()"
+        )
     if ndim is not None and t.dim() != ndim:
         raise ValueError(f"{name} must be a {ndim}-D tensor, got {t.dim()}-D with shape {tuple(t.shape)}")
     if dtypes is not None and t.dtype not in dtypes:

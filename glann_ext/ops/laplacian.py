@@ -23,7 +23,9 @@ included) applied to ``w_j * sign(L^j)``, with the L1 subgradient ``sign(0) = 0`
 ``abs`` uses).  The forward pass saves only the int8 signs of every level (``4/3`` byte per pixel), not
 x or y.  Double backward: the gradient is piecewise constant in x and y, so its own derivative in x and y
 is zero almost everywhere (as with torch's ``abs``); with ``create_graph=True`` it comes back as a constant
-of x and y, and a gradient penalty on it adds nothing, as it would with the pure-PyTorch loss. Its
+of x and y, and a gradient penalty on it adds nothing to the loss it is added to, as it would with the
+pure-PyTorch loss. Unlike that loss's, the constant carries no graph: a penalty on it alone does not
+require grad, so ``penalty.backward()`` by itself raises torch's "does not require grad". Its
 derivative with respect to the incoming gradient (e.g. the loss times a learnable weight) is not
 implemented: differentiating through that raises ``RuntimeError``.
 
@@ -469,7 +471,7 @@ def _check_args(x: object, y: object, levels: object, reduction: object, level_w
         name = str(x.dtype).replace("torch.", "")
         raise TypeError(
             f"x has dtype {name}, which laplacian_pyramid_loss computes on CUDA only; on the CPU convert x and "
-            "y with .float()"
+            "y with .float() (numpy: .astype(np.float32))"
         )
     allowed = _CUDA_DTYPES if x.device.type == "cuda" else _CPU_DTYPES
     check_tensor("x", x, dtypes=allowed, nonempty=True)
