@@ -49,4 +49,5 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_SUBMODULES})
+    # the public names and the subpackages: not this module's own imports (Any, importlib, annotations)
+    return sorted({*__all__, *_SUBMODULES, "__version__", *(n for n in globals() if n.startswith("__"))})

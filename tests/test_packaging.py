@@ -229,3 +229,10 @@ def test_the_sdist_holds_every_file_the_build_and_the_package_need(tmp_path):
         n for n in names if n.startswith(("build/", ".venv/", "runs/", "data/")) or n.endswith((".so", ".pt"))
     ]
     assert local == []
+
+
+def test_dir_lists_the_public_names_and_subpackages_only():
+    """Tab completion showed the module's own imports (Any, importlib, annotations) beside the API."""
+    public = {n for n in dir(glann_ext) if not n.startswith("_")}
+    assert public == {*glann_ext.__all__, *glann_ext._SUBMODULES}
+    assert "__version__" in dir(glann_ext)
