@@ -362,7 +362,7 @@ def nn_argmin(
     always), and so are dense keys in few dimensions, whose nearest distances are tiny beside the norms
     (2,000,000 N(0, 1) keys in D = 1: most of 500 queries get a wrong neighbour, as with ``torch.cdist``;
     200,000 in D = 2: a few in 500): centre the data first (``x - x.mean(0)`` for queries and keys alike
-    leaves every distance as it is) or search in float64. Unit-norm codes, whitened codes and pixels in [0, 1] are far from that.
+    leaves every distance as it is) or search in float64 (for dense keys, float64 is the cure). Unit-norm codes, whitened codes and pixels in [0, 1] are far from that.
 
     Returns:
         ``index`` (N,) int64, or ``(index, sq_distance)``. Ties go to the lowest index. ``sq_distance``
