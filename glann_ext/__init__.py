@@ -3,7 +3,8 @@
 Kernels (CPU and CUDA):
 
 * :func:`nn_argmin` - exact, tiled, deterministic nearest-neighbour argmin in squared L2.
-* :func:`laplacian_pyramid_loss` - the GLO paper's Laplacian-pyramid L1 loss, fused forward and backward.
+* :func:`laplacian_pyramid_loss` - the GLO paper's Laplacian-pyramid L1 loss, fused forward and backward
+  (:class:`LaplacianPyramidLoss`: the same as a module).
 * :func:`project_to_sphere` / :func:`project_to_sphere_` - rows to unit L2 norm;
   :class:`SphereSparseAdam` / :class:`SphereSparseSGD` (:mod:`glann_ext.optim`) - fused optimizer step
   plus re-projection on the rows of a latent table that a batch touched.
@@ -16,12 +17,13 @@ from typing import Any
 
 from ._info import __version__ as __version__
 from ._info import build_info, cuda_available
-from .ops.laplacian import laplacian_pyramid_loss
+from .ops.laplacian import LaplacianPyramidLoss, laplacian_pyramid_loss
 from .ops.nn_argmin import nn_argmin
 from .ops.sphere import fused_latent_adam_, fused_latent_sgd_, project_to_sphere, project_to_sphere_
 from .optim import SphereSparseAdam, SphereSparseSGD
 
 __all__ = [
+    "LaplacianPyramidLoss",
     "SphereSparseAdam",
     "SphereSparseSGD",
     "build_info",

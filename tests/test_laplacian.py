@@ -431,10 +431,11 @@ def _xy(*shape, dtype=torch.float32):
         (_xy(1, 1, 4, 4), {"levels": True}, TypeError, "levels must be an int.*got bool"),
         (
             _xy(1, 1, 4, 4),
-            {"level_weights": [1.0]},
+            {"level_weights": [1.0] * 17},
             ValueError,
-            r"level_weights must hold one weight per level.*3 values for levels=3, got 1",
+            r"level_weights must hold one weight per level.*16 values for levels=16, got 17",
         ),
+        (_xy(1, 1, 4, 4), {"level_weights": []}, ValueError, "1 values for levels=1, got 0"),
         (
             _xy(1, 1, 4, 4),
             {"levels": 2, "level_weights": (1, 2, 3)},
@@ -471,7 +472,7 @@ def _xy(*shape, dtype=torch.float32):
             TypeError,
             r"level_weights\[1\] must be a float, got bool",
         ),
-        (_xy(1, 1, 4, 4), {"level_weights": 4.0}, TypeError, "level_weights must be a sequence of 3 floats"),
+        (_xy(1, 1, 4, 4), {"level_weights": 4.0}, TypeError, "level_weights must be a sequence of floats"),
         (_xy(1, 1, 4, 4), {"level_weights": "abc"}, TypeError, "level_weights must be a sequence"),
     ],
 )
@@ -1080,3 +1081,39 @@ def test_under_cpu_autocast_half_inputs_are_computed_in_float32():
     assert x.grad is not None and bool(x.grad.abs().sum() > 0)
     with pytest.raises(TypeError, match="same dtype"):  # outside autocast the dtypes must still agree
         glann_ext.laplacian_pyramid_loss(out.detach(), y)
+
+
+def test_the_module_form_is_the_function_with_its_options_checked_when_made():
+    """``LaplacianPyramidLoss`` for code that takes loss modules: the function's value and gradient, its
+    options refused at construction, weights as a list, tuple, tensor or array."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(3, 2, 12, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.rand(3, 2, 12, 9, generator=g, dtype=torch.float64)
+    for kwargs in ({}, {"levels": 2, "reduction": "none"}, {"level_weights": [1.0, 0.5, 0.25, 2.0]}):
+        module = glann_ext.LaplacianPyramidLoss(**kwargs)
+        got, want = module(x, y), glann_ext.laplacian_pyramid_loss(x, y, **kwargs)
+        assert torch.equal(got, want)
+        (gx,) = torch.autograd.grad(got.sum(), x)
+        (wx,) = torch.autograd.grad(want.sum(), x)
+        assert torch.equal(gx, wx)
+    for weights in (np.array([1.0, 2.0]), torch.tensor([1.0, 2.0])):
+        module = glann_ext.LaplacianPyramidLoss(level_weights=weights)
+        assert module.level_weights == [1.0, 2.0] and "level_weights=[1.0, 2.0]" in repr(module)
+        assert torch.equal(
+            module(x, y), glann_ext.laplacian_pyramid_loss(x, y, levels=2, level_weights=[1, 2])
+        )
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        glann_ext.LaplacianPyramidLoss(reduction="avg")
+    with pytest.raises(ValueError, match=r"levels must be in \[1, 16\], got 0"):
+        glann_ext.LaplacianPyramidLoss(levels=0)
+    with pytest.raises(ValueError, match="2 values for levels=2, got 3"):
+        glann_ext.LaplacianPyramidLoss(levels=2, level_weights=[1, 2, 3])
+    with pytest.raises(TypeError, match="level_weights must be a sequence of floats"):
+        glann_ext.LaplacianPyramidLoss(level_weights=2.0)
+    with pytest.raises(TypeError, match="check_finite_values must be a bool"):
+        glann_ext.LaplacianPyramidLoss(check_finite_values=1)
+    # weights without levels: one level per weight (the image size would pick 4 here), as the function does
+    module = glann_ext.LaplacianPyramidLoss(level_weights=[1.0, 3.0])
+    assert module.levels == 2
+    assert torch.equal(module(x, y), glann_ext.laplacian_pyramid_loss(x, y, level_weights=(1.0, 3.0)))
+    assert torch.equal(module(x, y), glann_ext.laplacian_pyramid_loss(x, y, levels=2, level_weights=(1, 3)))

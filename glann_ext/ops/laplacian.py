@@ -82,7 +82,7 @@ from ._checks import (
 )
 from .reference import default_level_weights, default_levels
 
-__all__ = ["laplacian_pyramid_loss"]
+__all__ = ["LaplacianPyramidLoss", "laplacian_pyramid_loss"]
 
 MAX_LEVELS = 16
 REDUCTIONS = ("mean", "sum", "none")
@@ -477,26 +477,41 @@ def _check_args(x: object, y: object, levels: object, reduction: object, level_w
     check_tensor("x", x, dtypes=allowed, nonempty=True)
     if x.device.type not in ("cpu", "cuda", "meta"):  # meta: shapes only, through the fake implementation
         raise ValueError(f"x must be on a cpu, cuda or meta device, got {x.device}")
-    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if levels is None:
+    levels = check_options(levels, reduction)
+    if levels is None and level_weights is not None:
+        level_weights = _weight_values(level_weights)
+        levels = _levels_of(level_weights)
+    elif levels is None:
         levels = default_levels(x.shape[2], x.shape[3])
-    elif isinstance(levels, bool) or not isinstance(levels, numbers.Integral):  # numpy ints are Integral
-        raise TypeError(f"levels must be an int in [1, {MAX_LEVELS}] or None, got {type(levels).__name__}")
-    elif not 1 <= (levels := int(levels)) <= MAX_LEVELS:
-        raise ValueError(f"levels must be in [1, {MAX_LEVELS}], got {levels}")
     return levels, check_level_weights(level_weights, levels)
 
 
+def _levels_of(level_weights: Sequence) -> int:
+    """The levels that weights given without ``levels`` ask for: one per weight (a count outside [1,
+    MAX_LEVELS] is clamped into it, so the length check words the error)."""
+    return min(max(len(level_weights), 1), MAX_LEVELS)
+
+
+def check_options(levels: object, reduction: object) -> int | None:
+    """``reduction`` one of :data:`REDUCTIONS`; ``levels`` None or an int in [1, MAX_LEVELS], returned as an
+    int (None stays None: the image size picks it)."""
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if levels is None:
+        return None
+    if isinstance(levels, bool) or not isinstance(levels, numbers.Integral):  # numpy ints are Integral
+        raise TypeError(f"levels must be an int in [1, {MAX_LEVELS}] or None, got {type(levels).__name__}")
+    if not 1 <= (levels := int(levels)) <= MAX_LEVELS:
+        raise ValueError(f"levels must be in [1, {MAX_LEVELS}], got {levels}")
+    return levels
+
+
 def check_level_weights(level_weights: object, levels: int) -> list[float]:
-    """``level_weights`` as a list of ``levels`` floats (finite, >= 0); None: the default 4^j."""
+    """``level_weights`` as a list of ``levels`` floats (finite, >= 0); None: the default 4^j. A 1-D tensor
+    or array is read as its values."""
     if level_weights is None:
         return default_level_weights(levels)
-    if isinstance(level_weights, (str, bytes)) or not isinstance(level_weights, Sequence):
-        raise TypeError(
-            f"level_weights must be a sequence of {levels} floats (one per level) or None, "
-            f"got {type(level_weights).__name__}"
-        )
+    level_weights = _weight_values(level_weights)
     if len(level_weights) != levels:
         raise ValueError(
             f"level_weights must hold one weight per level, finest first: {levels} values for levels={levels}, "
@@ -529,10 +544,12 @@ def laplacian_pyramid_loss(
             dtypes), non-empty (B, C, H, W >= 1; an empty batch raises ``ValueError``, unlike
             :func:`~glann_ext.nn_argmin`, which accepts N = 0); tensors, or numpy arrays (then the loss
             is a numpy array, without gradient).
-        levels: pyramid levels J (1..16); None picks ``1 + floor(log2(min(H, W)))`` capped at 5.
+        levels: pyramid levels J (1..16); None picks ``1 + floor(log2(min(H, W)))`` capped at 5, or with
+            ``level_weights`` their count.
         reduction: ``"mean"`` (per pixel of level 0), ``"sum"`` or ``"none"`` (per sample, shape (B,)).
-        level_weights: the weight of each level, finest first (J values, finite, >= 0); None gives the GLO
-            paper's ``4^j`` (exactly: the same bits as before this argument existed).
+        level_weights: the weight of each level, finest first (J values, finite, >= 0; a sequence, or a 1-D
+            tensor or array); None gives the GLO paper's ``4^j`` (exactly: the same bits as before this
+            argument existed).
         check_finite_values: raise :class:`~glann_ext.errors.NonFiniteError` naming ``x`` or ``y`` and the
             lowest offending sample if they hold NaN/Inf (see the module docstring: free; on CUDA deferred).
 
@@ -550,6 +567,53 @@ def laplacian_pyramid_loss(
         x, y = (t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in (x, y))
     loss = _loss(x, y, levels, reduction, level_weights, check_finite_values=check_finite_values)
     return loss.detach().numpy() if as_numpy else loss
+
+
+class LaplacianPyramidLoss(torch.nn.Module):
+    """:func:`laplacian_pyramid_loss` as a module, for code and configs that take loss modules:
+    ``LaplacianPyramidLoss(levels=None, reduction="mean")(x, y)``. The options are checked here (a wrong one
+    fails when the module is made, not at the first batch) and again with the images (``level_weights``
+    against the levels their size picks when ``levels`` is None)."""
+
+    def __init__(
+        self,
+        *,
+        levels: int | None = None,
+        reduction: str = "mean",
+        level_weights: Sequence[float] | None = None,
+        check_finite_values: bool = True,
+    ) -> None:
+        super().__init__()
+        self.levels = check_options(levels, reduction)
+        self.reduction = reduction
+        if level_weights is not None:
+            level_weights = _weight_values(level_weights)
+            if self.levels is None:
+                self.levels = _levels_of(level_weights)
+            level_weights = check_level_weights(level_weights, self.levels)
+        self.level_weights = level_weights
+        self.check_finite_values = check_bool("check_finite_values", check_finite_values)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return laplacian_pyramid_loss(
+            x, y, levels=self.levels, reduction=self.reduction, level_weights=self.level_weights,
+            check_finite_values=self.check_finite_values,
+        )  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return f"levels={self.levels}, reduction={self.reduction!r}, level_weights={self.level_weights}"
+
+
+def _weight_values(level_weights: object) -> Sequence:
+    """``level_weights`` (not None) as a sequence: a 1-D tensor or array as its values; else a TypeError."""
+    if isinstance(level_weights, (torch.Tensor, np.ndarray)) and level_weights.ndim == 1:
+        return level_weights.tolist()
+    if isinstance(level_weights, (str, bytes)) or not isinstance(level_weights, Sequence):
+        raise TypeError(
+            "level_weights must be a sequence of floats (one per level, finest first) or None, "
+            f"got {type(level_weights).__name__}"
+        )
+    return level_weights
 
 
 def _loss(
