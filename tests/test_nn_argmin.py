@@ -654,6 +654,10 @@ def test_queries_past_the_packing_bound_run_in_passes(dtype: torch.dtype) -> Non
     assert (got != 30).all()
     assert_search(q, k, got, dist)
     assert torch.equal(got[8000:], nn_argmin(q[8000:], k))  # rows across a pass boundary, searched alone
+    # the same queries column-major and row-padded: each pass starts at its first row's stride (a pass that
+    # stepped by dim instead searched the wrong rows without a word, found by mutation testing)
+    assert torch.equal(nn_argmin(q.t().contiguous().t(), k), got)
+    assert torch.equal(nn_argmin(torch.nn.functional.pad(q, (0, 3))[:, :1024], k), got)
     k[11, 0] = float("nan")
     q[8999, 5] = float("inf")  # in the last pass, after the pass that meets the bad key
     with pytest.raises(NonFiniteError, match="queries row 8999"):

@@ -333,7 +333,8 @@ def numpy_sparse_adam(p, m, v, idx, g, step, lr, b1, b2, eps):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("d", [1, 3, 17, 64])
+# 300: rows longer than the kernel's 256-column chunk (a chunk that re-read the first one's grad passed before)
+@pytest.mark.parametrize("d", [1, 3, 17, 64, 300])
 def test_adam_bitwise_matches_sparse_adam_op_sequence(dtype, d):
     n, b = 101, 37
     table = torch.randn(n, d, dtype=dtype)
@@ -467,7 +468,7 @@ def test_adam_empty_batch_counts_the_step_like_sparse_adam():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("d", [1, 17, 64])
+@pytest.mark.parametrize("d", [1, 17, 64, 300])
 def test_sgd_bitwise_matches_torch_sgd(dtype, d):
     n, b = 90, 40
     w = torch.randn(n, d, dtype=dtype)
@@ -663,11 +664,16 @@ def test_out_of_range_indices_change_nothing(bad_index):
     _assert_unchanged((table, m, v), snap)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "column-major"])
 @pytest.mark.parametrize("dup", [False, True])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_nonfinite_grad_changes_nothing(dup, bad):
+def test_nonfinite_grad_changes_nothing(dup, bad, layout):
+    """Column-major grads too: the kernel's check is the only one on the CPU (a check that ignored the column
+    stride let the NaN through into the table, found by mutation testing)."""
     table, m, v, _, g = _adam_args(b=5)
     idx = torch.tensor([1, 2, 2, 7, 9]) if dup else torch.tensor([1, 2, 3, 7, 9])
+    if layout == "column-major":
+        g = g.t().contiguous().t()
     g[3, 4] = bad
     snap = [t.clone() for t in (table, m, v)]
     opt = SphereSparseAdam(table, lr=0.1)
