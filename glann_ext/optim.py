@@ -21,6 +21,14 @@ rate every step uses, so ``torch.optim.lr_scheduler``'s schedulers drive it; ``o
 and the other hyperparameters (``betas``, ``eps``, ``project``). A step takes any rate >= 0 from the group (a
 schedule may end at 0); the constructor asks for one > 0. :meth:`~SphereSparseAdam.state_dict` keeps the schema
 above, not Optimizer's (so a scheduler's ``initial_lr`` is not saved: the scheduler's own state holds it).
+Resume a schedule from the scheduler's own state::
+
+    opt.load_state_dict(saved["opt"])
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=100)
+    sched.load_state_dict(saved["sched"])
+
+Without it, a scheduler made with ``last_epoch`` needs ``opt.param_groups[0]["initial_lr"] = base_lr`` first
+(torch reads it there), and ``last_epoch`` one less than the scheduler steps taken (its constructor steps once).
 """
 
 from __future__ import annotations

@@ -331,3 +331,29 @@ def test_step_without_rows_names_what_it_takes():
     with pytest.raises(ValueError, match=r"layout sparse_coo with 2 sparse dimension"):
         opt.step(torch.ones(6, 3).to_sparse())
     assert opt.step_count == 0 and not opt.exp_avg.any()
+
+
+def test_the_documented_ways_to_resume_a_schedule_give_the_same_rates():
+    """glann_ext.optim's docstring: the scheduler's own state, or ``initial_lr`` set and ``last_epoch`` one
+    less than the steps taken, continue the uninterrupted schedule's rates."""
+    table = project_to_sphere(torch.randn(10, 4))
+    opt = SphereSparseAdam(table, lr=0.1)
+    sched = lr_scheduler.CosineAnnealingLR(opt, T_max=20)
+    for _ in range(7):
+        opt.step(torch.tensor([1]), torch.ones(1, 4))
+        sched.step()
+    saved = {"opt": opt.state_dict(), "sched": sched.state_dict()}
+    by_state, by_epoch = SphereSparseAdam(table.clone(), lr=0.1), SphereSparseAdam(table.clone(), lr=0.1)
+    by_state.load_state_dict(saved["opt"])
+    resumed = lr_scheduler.CosineAnnealingLR(by_state, T_max=20)
+    resumed.load_state_dict(saved["sched"])
+    by_epoch.load_state_dict(saved["opt"])
+    by_epoch.param_groups[0]["initial_lr"] = 0.1
+    made = lr_scheduler.CosineAnnealingLR(by_epoch, T_max=20, last_epoch=7 - 1)
+    for _ in range(5):
+        for o in (opt, by_state, by_epoch):
+            o.step(torch.tensor([1]), torch.ones(1, 4))
+        for s in (sched, resumed, made):
+            s.step()
+        assert opt.lr == by_state.lr == pytest.approx(by_epoch.lr, rel=1e-12)
+    assert torch.equal(by_state.table, opt.table)
