@@ -19,6 +19,7 @@ __all__: list[str] = [
     "default_cuda_kernels",
     "hardware_threads",
     "laplacian_backward",
+    "laplacian_cpu_path",
     "laplacian_forward",
     "laplacian_plane_elems",
     "laplacian_workspace_bytes",
@@ -30,6 +31,7 @@ __all__: list[str] = [
     "nn_argmin_merge",
     "project_to_sphere",
     "set_cuda_kernels",
+    "sphere_cpu_path",
 ]
 
 # (cuda, device, stream, num_threads): csrc/common/exec.h's ExecContext, from ops._native.exec_context().
@@ -108,6 +110,11 @@ def laplacian_backward(
 ) -> None:
     """
     grad (B, C, H, W) contiguous = adjoint of the pyramid applied to the signs, each sample's scaled by grad_loss[b * grad_loss_stride] / loss_divisor.
+    """
+
+def laplacian_cpu_path() -> str:
+    """
+    SIMD copy of the CPU kernels in use.
     """
 
 def laplacian_forward(
@@ -248,6 +255,11 @@ def project_to_sphere(
 def set_cuda_kernels(spec: str) -> None:
     """
     Chooses the CUDA kernels for the rest of the process (tests and benchmarks).
+    """
+
+def sphere_cpu_path() -> str:
+    """
+    SIMD copy of the CPU kernels in use.
     """
 
 __version__: str

@@ -75,6 +75,12 @@ def build_info() -> dict[str, object]:
         "cuda_available": cuda_available(),
         "cuda_kernels": cuda_kernels() if compiled else None,  # a CPU-only build runs none
         "cpu_isa": _C.cpu_isa(),
+        # the SIMD copy each kernel family runs (a family without an AVX-512 copy runs its AVX2 one)
+        "cpu_kernels": {
+            "nn_argmin": _C.nn_argmin_cpu_path(),
+            "laplacian": _C.laplacian_cpu_path(),
+            "sphere": _C.sphere_cpu_path(),
+        },
         "hardware_threads": int(_C.hardware_threads()),
         "torch_threads": torch.get_num_threads(),
         "omp_wait_policy": omp_wait_policy(),

@@ -19,6 +19,7 @@ void set_level_weights(double (&dst)[glann::kLaplacianMaxLevels], const std::vec
 }  // namespace
 
 void register_laplacian(py::module_& m) {
+  m.def("laplacian_cpu_path", &glann::laplacian_cpu_path, "SIMD copy of the CPU kernels in use.");
   m.def("laplacian_plane_elems", &glann::laplacian_plane_elems, py::arg("height"), py::arg("width"), py::arg("levels"),
         "Sign elements per (b, c) plane: sum_j h_j * w_j.");
 

@@ -9,6 +9,7 @@ using Strides1 = std::array<int64_t, 1>;
 using Strides2 = std::array<int64_t, 2>;
 
 void register_sphere(py::module_& m) {
+  m.def("sphere_cpu_path", &glann::sphere_cpu_path, "SIMD copy of the CPU kernels in use.");
   m.def(
       "project_to_sphere",
       [](int dtype, std::uintptr_t in, Strides2 in_strides, std::uintptr_t out, Strides2 out_strides, int64_t rows,

@@ -307,3 +307,31 @@ def test_unknown_cpu_isa_variable_fails_the_import(tmp_path, value, want):
     else:
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == (want or _C.cpu_isa())
+
+
+@pytest.mark.parametrize("cap", ["baseline", "avx2", "avx512"])
+def test_each_kernel_family_runs_the_best_copy_it_has_under_the_cap(tmp_path, cap):
+    """build_info's cpu_kernels: nn_argmin and the Laplacian have baseline, AVX2 and AVX-512 copies, the
+    sphere kernels no AVX-512 one (so an AVX-512 CPU runs their AVX2 copy, not the baseline: a dispatch
+    that fell to the baseline there gave the same bits, only slower, and nothing showed it)."""
+    import json
+    import subprocess
+    import sys
+
+    from glann_testing import child_kwargs
+
+    code = "import glann_ext, json; print(json.dumps(glann_ext.build_info()['cpu_kernels']))"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        capture_output=True,
+        text=True,
+        **child_kwargs(tmp_path, GLANN_EXT_CPU_ISA=cap),
+    )
+    order = ["baseline", "avx2", "avx512"]
+    best = min(order.index(cap), order.index(_C.cpu_isa()))
+    assert json.loads(out.stdout) == {
+        "nn_argmin": order[best],
+        "laplacian": order[best],
+        "sphere": order[min(best, 1)],
+    }

@@ -85,6 +85,8 @@ int64_t laplacian_workspace_bytes(int64_t batch, int64_t channels, int64_t heigh
 
 Status laplacian_forward_cpu(const LaplacianForwardParams& p);
 Status laplacian_backward_cpu(const LaplacianBackwardParams& p);
+// Name of the SIMD copy the CPU kernels use on this machine.
+const char* laplacian_cpu_path();
 // Defined in laplacian.cu, built only with GLANN_WITH_CUDA (the bindings guard every call).
 Status laplacian_forward_cuda(const LaplacianForwardParams& p);
 Status laplacian_backward_cuda(const LaplacianBackwardParams& p);

@@ -101,4 +101,6 @@ Status laplacian_backward_cpu(const LaplacianBackwardParams& p) {
   return to_status(kernels().backward(with_call_threads(p)), "laplacian_backward_cpu");
 }
 
+const char* laplacian_cpu_path() { return kernels().name; }
+
 }  // namespace glann

@@ -12,6 +12,7 @@ static_assert(kLaplacianMaxLevels == lap::kMaxLevels, "one level limit");
 namespace lap_cpu {
 
 struct Kernels {
+  const char* name;  // the copy: baseline, avx2 or avx512
   // dtype float32 or float64 (checked by the caller). Failures: kWorkspaceTooSmall, and in the forward
   // kNonFiniteRow (row = sample, input 0 = x, 1 = y) when asked to check.
   KernelResult (*forward)(const LaplacianForwardParams& p);

@@ -709,7 +709,7 @@ KernelResult backward(const LaplacianBackwardParams& p) {
   return p.dtype == DType::kFloat64 ? backward_all<double>(p) : backward_all<float>(p);
 }
 
-const Kernels kKernels = {forward, backward};
+const Kernels kKernels = {GLANN_ISA_NAME, forward, backward};
 
 }  // namespace GLANN_ISA
 }  // namespace lap_cpu

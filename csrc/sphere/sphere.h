@@ -39,6 +39,8 @@ struct ProjectParams {
 
 Status project_to_sphere_cpu(const ProjectParams& p);
 Status project_to_sphere_cuda(const ProjectParams& p);  // defined only when GLANN_WITH_CUDA
+// Name of the SIMD copy the CPU kernels (projection and latent steps) use on this machine.
+const char* sphere_cpu_path();
 
 enum class LatentOptimizer : int { kAdam = 0, kSgd = 1 };
 

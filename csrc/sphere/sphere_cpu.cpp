@@ -53,4 +53,6 @@ Status latent_step_cpu(const LatentStepParams& p) {
   return Status::Ok();
 }
 
+const char* sphere_cpu_path() { return kernels().name; }
+
 }  // namespace glann

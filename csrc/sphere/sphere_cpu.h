@@ -9,6 +9,7 @@ namespace glann {
 namespace sphere_cpu {
 
 struct Kernels {
+  const char* name;  // the copy: baseline or avx2 (no AVX-512 copy: the rows are short and memory-bound)
   // dtype float32 or float64, sizes positive (checked by the caller).
   KernelResult (*project)(const ProjectParams& p);         // kNonFiniteRow
   KernelResult (*latent_step)(const LatentStepParams& p);  // kBadIndex, then kNonFiniteRow (of grad)

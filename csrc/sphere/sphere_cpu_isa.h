@@ -254,7 +254,7 @@ KernelResult latent_step(const LatentStepParams& p) {
   return p.dtype == DType::kFloat32 ? latent_step_impl<float>(p) : latent_step_impl<double>(p);
 }
 
-const Kernels kKernels = {project, latent_step};
+const Kernels kKernels = {GLANN_ISA_NAME, project, latent_step};
 
 }  // namespace GLANN_ISA
 }  // namespace sphere_cpu
