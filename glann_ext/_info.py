@@ -30,7 +30,6 @@ _WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
 import torch  # noqa: E402 (after the OpenMP default: libgomp reads it when torch loads it)
 
 from ._ext import _C  # noqa: E402 (imports torch)
-from .ops.kernels import cuda_kernels  # noqa: E402 (imports torch)
 
 
 def stale_module_message(built: str, package: str, where: str) -> str | None:
@@ -50,6 +49,10 @@ def stale_module_message(built: str, package: str, where: str) -> str | None:
 _STALE = stale_module_message(str(_C.__version__), __version__, str(getattr(_C, "__file__", "_C")))
 if _STALE is not None:
     warnings.warn(_STALE, RuntimeWarning, stacklevel=1)
+
+
+# after the version check: a stale module may lack a binding that this import reads
+from .ops.kernels import cuda_kernels  # noqa: E402 (imports torch)
 
 
 def cuda_available() -> bool:

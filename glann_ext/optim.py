@@ -41,7 +41,7 @@ import torch
 
 from ._args import checked_int
 from .ops import reference, sphere
-from .ops._checks import check_bool
+from .ops._checks import check_bool, torch_name
 from .ops.sphere import fused_latent_adam_, fused_latent_sgd_
 
 __all__ = ["BACKENDS", "LATENT_OPTIMIZERS", "SphereSparseAdam", "SphereSparseSGD", "latent_optimizer"]
@@ -55,7 +55,7 @@ def _check_table(owner: str, table: object) -> torch.Tensor:
     if not isinstance(table, torch.Tensor):
         raise TypeError(f"{owner}: table must be a torch.Tensor, got {type(table).__name__}")
     if table.dtype not in _TABLE_DTYPES:
-        got = str(table.dtype).replace("torch.", "")
+        got = torch_name(table.dtype)
         raise TypeError(f"{owner}: table must have dtype in (float32, float64), got {got}")
     if table.dim() != 2:
         raise ValueError(f"{owner}: table must be a 2-D tensor, got {table.dim()}-D")
@@ -113,10 +113,13 @@ def _check_rate(owner: str, lr: object) -> float:
     """The constructor's rate, as a float > 0: read as :func:`_check_set_rate` reads a rate set later (a
     one-element float tensor or a numpy scalar as torch's optimizers take them; a wrong type is a
     TypeError), but 0 is refused here (a table that never moves)."""
-    lr = _check_set_rate(owner, lr)
-    if lr == 0:
-        raise ValueError(f"{owner}: lr must be a finite float > 0, got 0.0")
-    return lr
+    try:
+        rate = _check_set_rate(owner, lr)
+    except ValueError:
+        rate = 0.0
+    if rate == 0:
+        raise ValueError(f"{owner}: lr must be a finite float > 0, got {lr!r}")
+    return rate
 
 
 _GROUP_LR = "lr (param_groups[0]['lr'])"
@@ -135,6 +138,10 @@ def _check_set_rate(owner: str, lr: object, name: str = "lr") -> float:
     if not (math.isfinite(lr) and lr >= 0):
         raise ValueError(f"{owner}: {name} must be a finite float >= 0, got {lr!r}")
     return float(lr)
+
+
+def _is_sparse(t: object) -> bool:
+    return isinstance(t, torch.Tensor) and t.layout != torch.strided
 
 
 class _SphereOptimizer(torch.optim.Optimizer):
@@ -169,17 +176,20 @@ class _SphereOptimizer(torch.optim.Optimizer):
             )
         super().add_param_group(param_group)
 
-    def _step_rows(self, owner: str, indices: Any, grad: Any) -> tuple[Any, Any, Any]:
+    def _step_rows(self, owner: str, indices: Any, grad: Any, closure: Any) -> tuple[Any, Any, Any]:
         """``(indices, grad, loss)`` of a step as :class:`torch.optim.Optimizer` callers make it: the rows
         given (int32 indices widened: torch's indexing takes them); else the rows of a sparse gradient
-        passed alone, or of ``table.grad`` (``step()``, or ``step(closure)``, which is called with grad
-        enabled first and whose loss is returned)."""
+        passed alone, or of ``table.grad`` (``step()``, or ``step(closure)`` / ``step(closure=...)``, whose
+        closure is called with grad enabled first and whose loss is returned)."""
         loss = None
-        if grad is None and callable(indices):
+        if grad is None and closure is None and callable(indices):
+            indices, closure = None, indices
+        if closure is not None:
+            if indices is not None or grad is not None:
+                raise TypeError(f"{owner}: takes rows (indices, grad) or a closure, not both")
             with torch.enable_grad():
-                loss = indices()
-            indices = None
-        if grad is None:
+                loss = closure()
+        if grad is None and (indices is None or _is_sparse(indices)):
             indices, grad = self._rows_of_gradient(owner, self.table.grad if indices is None else indices)
         elif isinstance(indices, torch.Tensor) and indices.dtype == torch.int32:
             indices = indices.long()
@@ -192,14 +202,12 @@ class _SphereOptimizer(torch.optim.Optimizer):
         usage = "step(indices, grad_rows), or step() / step(closure) after a backward that left a sparse table.grad"
         if g is None:
             raise TypeError(f"{owner}: takes {usage}; table.grad is None (no backward yet, or zero_grad())")
-        if not isinstance(g, torch.Tensor):
-            raise TypeError(f"{owner}: takes {usage}; got {type(g).__name__} alone")
         if g.layout != torch.sparse_coo or g.sparse_dim() != 1:
+            dims = f" with {g.sparse_dim()} sparse dimensions" if g.layout == torch.sparse_coo else ""
             raise ValueError(
                 f"{owner}: a sparse optimizer steps the rows it is given, got a gradient of layout "
-                f"{str(g.layout).replace('torch.', '')} with {g.sparse_dim() if g.is_sparse else 0} sparse "
-                "dimension(s): use nn.Embedding(..., sparse=True) (one sparse dimension, the rows), or pass "
-                "step(indices, grad[indices])"
+                f"{torch_name(g.layout)}{dims}: use nn.Embedding(..., sparse=True) (one sparse dimension, the "
+                "rows), or pass step(indices, grad[indices])"
             )
         g = g.coalesce()
         return g.indices()[0], g.values()
@@ -269,7 +277,12 @@ class SphereSparseAdam(_SphereOptimizer):
 
     @torch.no_grad()
     def step(  # type: ignore[override]
-        self, indices: Any = None, grad: torch.Tensor | None = None, *, updates: int | None = None
+        self,
+        indices: Any = None,
+        grad: torch.Tensor | None = None,
+        *,
+        updates: int | None = None,
+        closure: Any = None,
     ) -> Any:
         """Apply one step to ``table[indices]`` with gradient rows ``grad`` ``(len(indices), D)``; int64 or
         int32 indices. As a :class:`torch.optim.Optimizer`, ``step()`` reads the rows of a sparse
@@ -283,7 +296,7 @@ class SphereSparseAdam(_SphereOptimizer):
         and its early steps are far too large (towards lr (1 - beta1^k) / sqrt((1 - beta2) k) per coordinate
         at its k-th update as the counter grows). GLO passes the rows' own count (see
         ``TrainConfig.latent_adam_steps``)."""
-        indices, grad, loss = self._step_rows("SphereSparseAdam.step", indices, grad)
+        indices, grad, loss = self._step_rows("SphereSparseAdam.step", indices, grad, closure)
         if updates is not None:
             # int() truncated 2.5; 0 divided by zero in the reference step
             updates = checked_int("SphereSparseAdam.step: updates", updates, 1)
@@ -379,10 +392,12 @@ class SphereSparseSGD(_SphereOptimizer):
         super().__init__([table], {"lr": lr, "project": project})
 
     @torch.no_grad()
-    def step(self, indices: Any = None, grad: torch.Tensor | None = None) -> Any:  # type: ignore[override]
+    def step(  # type: ignore[override]
+        self, indices: Any = None, grad: torch.Tensor | None = None, *, closure: Any = None
+    ) -> Any:
         """Apply one step to ``table[indices]`` with gradient rows ``grad`` ``(len(indices), D)``; without
         rows, those of a sparse gradient, as :meth:`SphereSparseAdam.step` reads them."""
-        indices, grad, loss = self._step_rows("SphereSparseSGD.step", indices, grad)
+        indices, grad, loss = self._step_rows("SphereSparseSGD.step", indices, grad, closure)
         group = self.param_groups[0]
         lr, project = _check_set_rate("SphereSparseSGD.step", group["lr"], _GROUP_LR), group["project"]
         if self.backend == "fused":

@@ -435,7 +435,7 @@ def _xy(*shape, dtype=torch.float32):
             ValueError,
             r"level_weights must hold one weight per level.*16 values for levels=16, got 17",
         ),
-        (_xy(1, 1, 4, 4), {"level_weights": []}, ValueError, "1 values for levels=1, got 0"),
+        (_xy(1, 1, 4, 4), {"level_weights": []}, ValueError, "one weight per level, finest first, got none"),
         (
             _xy(1, 1, 4, 4),
             {"levels": 2, "level_weights": (1, 2, 3)},
@@ -1112,8 +1112,18 @@ def test_the_module_form_is_the_function_with_its_options_checked_when_made():
         glann_ext.LaplacianPyramidLoss(level_weights=2.0)
     with pytest.raises(TypeError, match="check_finite_values must be a bool"):
         glann_ext.LaplacianPyramidLoss(check_finite_values=1)
+    with pytest.raises(TypeError, match="level_weights are constants of the loss"):
+        glann_ext.LaplacianPyramidLoss(level_weights=torch.ones(2, requires_grad=True))
+    bad = y.clone()
+    bad[1, 0, 3, 3] = float("nan")
+    with pytest.raises(NonFiniteError, match="y sample 1"):
+        glann_ext.LaplacianPyramidLoss()(x, bad)
+    assert torch.isnan(glann_ext.LaplacianPyramidLoss(check_finite_values=False)(x, bad))
     # weights without levels: one level per weight (the image size would pick 4 here), as the function does
     module = glann_ext.LaplacianPyramidLoss(level_weights=[1.0, 3.0])
     assert module.levels == 2
     assert torch.equal(module(x, y), glann_ext.laplacian_pyramid_loss(x, y, level_weights=(1.0, 3.0)))
     assert torch.equal(module(x, y), glann_ext.laplacian_pyramid_loss(x, y, levels=2, level_weights=(1, 3)))
+    # the reference backend reads weights without levels the same way
+    ref = reference.laplacian_pyramid_loss_reference(x.detach(), y, level_weights=[1.0, 3.0])
+    torch.testing.assert_close(ref, module(x, y).detach(), rtol=1e-12, atol=0)

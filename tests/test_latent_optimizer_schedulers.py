@@ -301,6 +301,9 @@ def test_step_reads_a_sparse_table_grad_as_torch_optimizers_do(backend, kind):
             if how == "closure":
                 assert float(opt.step(closure).detach()) > 0
                 continue
+            if how == "closure=":  # by keyword, as Lightning and torch's docs call it
+                assert float(opt.step(closure=closure).detach()) > 0
+                continue
             closure()
             grad = emb.weight.grad.coalesce()
             if how == "grad":
@@ -314,7 +317,7 @@ def test_step_reads_a_sparse_table_grad_as_torch_optimizers_do(backend, kind):
 
     want = run("rows")
     assert not torch.equal(want, start)
-    for how in ("grad", "closure", "sparse", "int32"):
+    for how in ("grad", "closure", "closure=", "sparse", "int32"):
         assert torch.equal(run(how), want), how
 
 
@@ -325,11 +328,24 @@ def test_step_without_rows_names_what_it_takes():
         opt.step()
     table.grad = torch.ones(6, 3)  # dense: which rows moved is unknown
     with pytest.raises(
-        ValueError, match=r"got a gradient of layout strided .*nn.Embedding\(\.\.\., sparse=True\)"
+        ValueError, match=r"got a gradient of layout strided: use nn.Embedding\(\.\.\., sparse=True\)"
     ):
         opt.step()
     with pytest.raises(ValueError, match=r"layout sparse_coo with 2 sparse dimension"):
         opt.step(torch.ones(6, 3).to_sparse())
+    # rows without their grad name the grad, as before the protocol (not "a gradient of layout strided")
+    with pytest.raises(TypeError, match=r"grad must be a torch.Tensor, got NoneType"):
+        opt.step(torch.tensor([1, 2]))
+    with pytest.raises(TypeError, match=r"takes rows \(indices, grad\) or a closure, not both"):
+        opt.step(torch.tensor([1]), torch.ones(1, 3), closure=lambda: None)
+    # a sparse gradient passed as the rows' grad: both backends say how to pass it
+    sparse = torch.sparse_coo_tensor(torch.tensor([[1, 4]]), torch.ones(2, 3), (6, 3))
+    for backend in ("fused", "reference"):
+        other = SphereSparseAdam(table, lr=0.1, backend=backend)
+        with pytest.raises(
+            TypeError, match=r"grad must be dense gradient rows .* \.indices\(\)\[0\] and \.values\(\)"
+        ):
+            other.step(torch.tensor([1, 4]), sparse)
     assert opt.step_count == 0 and not opt.exp_avg.any()
 
 

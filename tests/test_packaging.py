@@ -191,8 +191,24 @@ def test_a_compiled_module_of_another_release_is_named_at_import(tmp_path):
         check=False,
         **child_kwargs(tmp_path),
     )
-    assert child.returncode == 0, child.stderr
+    assert child.returncode == 0, child.stderr  # this install's module matches
     assert _C.__version__ in ("dev", glann_ext.__version__)
+    # the same module under Python files of another release: the import warns (before anything else reads
+    # the module, so a missing binding cannot stop it first)
+    _, site = _checkout_and_install(tmp_path)
+    info = site / "glann_ext" / "_info.py"
+    info.write_text(
+        info.read_text().replace(f'__version__ = "{glann_ext.__version__}"', '__version__ = "9.9.9"')
+    )
+    code = "import warnings; warnings.simplefilter('error', RuntimeWarning); import glann_ext"
+    child = _python(code, tmp_path, site)
+    assert child.returncode != 0
+    module = site / "glann_ext" / Path(_C.__file__).name
+    assert (
+        f"RuntimeWarning: glann_ext 9.9.9: its compiled module {module} was built from version"
+        in child.stderr
+    )
+    assert f"version {_C.__version__}, so its kernels" in child.stderr
 
 
 def _tracked_files() -> list[str]:

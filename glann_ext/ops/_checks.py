@@ -13,8 +13,26 @@ import torch
 from ..errors import NonFiniteError
 
 
+def torch_name(value: torch.dtype | torch.layout) -> str:
+    """A dtype's or layout's name as users write it in messages: ``float32``, ``sparse_coo``."""
+    return str(value).replace("torch.", "")
+
+
 def _dtype_names(dtypes: Iterable[torch.dtype]) -> str:
-    return ", ".join(str(d).replace("torch.", "") for d in dtypes)
+    return ", ".join(torch_name(d) for d in dtypes)
+
+
+def dense_layout_error(name: str, t: torch.Tensor, *, rows: bool = False) -> TypeError:
+    """The error for a sparse or jagged ``t``: the kernels read dense memory through strides. ``rows``: the
+    argument is a latent step's gradient rows, for which a sparse gradient's rows are the cure."""
+    if rows and t.layout == torch.sparse_coo:
+        return TypeError(
+            f"{name} must be dense gradient rows (B, D), got a sparse_coo tensor: pass a sparse gradient's "
+            "coalesced .indices()[0] and .values() (SphereSparseAdam/SGD.step(grad) reads it as it is)"
+        )
+    return TypeError(
+        f"{name} must be a dense (strided) tensor, got layout {torch_name(t.layout)}: convert it with .to_dense()"
+    )
 
 
 def check_tensor(
@@ -32,16 +50,11 @@ def check_tensor(
         kind = "a torch.Tensor or a numpy array" if numpy_ok else "a torch.Tensor"
         raise TypeError(f"{name} must be {kind}, got {type(t).__name__}")
     if t.layout != torch.strided:  # sparse or jagged: the kernels read dense memory through strides
-        layout = str(t.layout).replace("torch.", "")
-        raise TypeError(
-            f"{name} must be a dense (strided) tensor, got layout {layout}: convert it with .to_dense()"
-        )
+        raise dense_layout_error(name, t)
     if ndim is not None and t.dim() != ndim:
         raise ValueError(f"{name} must be a {ndim}-D tensor, got {t.dim()}-D with shape {tuple(t.shape)}")
     if dtypes is not None and t.dtype not in dtypes:
-        raise TypeError(
-            f"{name} must have dtype in ({_dtype_names(dtypes)}), got {str(t.dtype).replace('torch.', '')}"
-        )
+        raise TypeError(f"{name} must have dtype in ({_dtype_names(dtypes)}), got {torch_name(t.dtype)}")
     if nonempty and t.numel() == 0:
         raise ValueError(f"{name} must not be empty, got shape {tuple(t.shape)}")
     return t
@@ -83,8 +96,8 @@ def check_same_dtype(**tensors: torch.Tensor) -> torch.dtype:
     for name, t in items[1:]:
         if t.dtype != first.dtype:
             raise TypeError(
-                f"{name} must have the same dtype as {first_name} ({str(first.dtype).replace('torch.', '')}), "
-                f"got {str(t.dtype).replace('torch.', '')}"
+                f"{name} must have the same dtype as {first_name} ({torch_name(first.dtype)}), "
+                f"got {torch_name(t.dtype)}"
             )
     return first.dtype
 

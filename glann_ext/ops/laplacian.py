@@ -79,6 +79,7 @@ from ._checks import (
     from_numpy,
     is_numpy,
     non_finite_error,
+    torch_name,
 )
 from .reference import default_level_weights, default_levels
 
@@ -468,7 +469,7 @@ def _check_args(x: object, y: object, levels: object, reduction: object, level_w
     check_same_device(x=x, y=y)
     check_same_dtype(x=x, y=y)
     if x.device.type != "cuda" and x.dtype in (torch.float16, torch.bfloat16):
-        name = str(x.dtype).replace("torch.", "")
+        name = torch_name(x.dtype)
         raise TypeError(
             f"x has dtype {name}, which laplacian_pyramid_loss computes on CUDA only; on the CPU convert x and "
             "y with .float() (numpy: .astype(np.float32))"
@@ -512,6 +513,8 @@ def check_level_weights(level_weights: object, levels: int) -> list[float]:
     if level_weights is None:
         return default_level_weights(levels)
     level_weights = _weight_values(level_weights)
+    if len(level_weights) == 0:  # before the count: levels=1 would be the clamp's, not the caller's
+        raise ValueError("level_weights must hold one weight per level, finest first, got none")
     if len(level_weights) != levels:
         raise ValueError(
             f"level_weights must hold one weight per level, finest first: {levels} values for levels={levels}, "
@@ -572,8 +575,8 @@ def laplacian_pyramid_loss(
 class LaplacianPyramidLoss(torch.nn.Module):
     """:func:`laplacian_pyramid_loss` as a module, for code and configs that take loss modules:
     ``LaplacianPyramidLoss(levels=None, reduction="mean")(x, y)``. The options are checked here (a wrong one
-    fails when the module is made, not at the first batch) and again with the images (``level_weights``
-    against the levels their size picks when ``levels`` is None)."""
+    fails when the module is made, not at the first batch); ``level_weights`` are copied as floats then
+    (constants: no parameters, nothing in ``state_dict``)."""
 
     def __init__(
         self,
@@ -605,7 +608,14 @@ class LaplacianPyramidLoss(torch.nn.Module):
 
 
 def _weight_values(level_weights: object) -> Sequence:
-    """``level_weights`` (not None) as a sequence: a 1-D tensor or array as its values; else a TypeError."""
+    """``level_weights`` (not None) as a sequence: a 1-D tensor or array as its values; else a TypeError.
+    The weights are constants of the loss: a tensor that requires grad is refused (its gradient would be
+    dropped without a word)."""
+    if isinstance(level_weights, torch.Tensor) and level_weights.requires_grad:
+        raise TypeError(
+            "level_weights are constants of the loss (no gradient reaches them), got a tensor that requires "
+            "grad: pass level_weights.detach() or a list"
+        )
     if isinstance(level_weights, (torch.Tensor, np.ndarray)) and level_weights.ndim == 1:
         return level_weights.tolist()
     if isinstance(level_weights, (str, bytes)) or not isinstance(level_weights, Sequence):

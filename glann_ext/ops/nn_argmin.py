@@ -57,6 +57,7 @@ from ._checks import (
     nonfinite_row_flag,
     norm_overflow_error,
     overflowing_row_flag,
+    torch_name,
 )
 
 Keys = Union[torch.Tensor, np.ndarray, Iterable[Union[torch.Tensor, np.ndarray]]]
@@ -271,7 +272,7 @@ def check_queries(queries: object, *, numpy_ok: bool = False) -> torch.Tensor:
     check_tensor("queries", queries, ndim=2, numpy_ok=numpy_ok)
     assert isinstance(queries, torch.Tensor)
     if queries.device.type != "cuda" and queries.dtype in (torch.float16, torch.bfloat16):
-        name = str(queries.dtype).replace("torch.", "")
+        name = torch_name(queries.dtype)
         raise TypeError(
             f"queries has dtype {name}, which nn_argmin searches on CUDA only; on the CPU convert queries and "
             "keys with .float() (numpy: .astype(np.float32)), or use float64"

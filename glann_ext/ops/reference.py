@@ -157,7 +157,8 @@ def laplacian_pyramid_loss_reference(
     b, c, h, w = x.shape
     if x.numel() == 0:
         raise ValueError(f"x must not be empty, got shape {tuple(x.shape)}")
-    levels = default_levels(h, w) if levels is None else levels
+    if levels is None:  # as the fused loss: one level per weight given, else the image size picks
+        levels = default_levels(h, w) if level_weights is None else len(level_weights)
     weights = default_level_weights(levels) if level_weights is None else list(level_weights)
     if len(weights) != levels:
         raise ValueError(f"level_weights must hold {levels} values (one per level), got {len(weights)}")

@@ -70,7 +70,7 @@ def _check_rows(op: str, z: torch.Tensor) -> None:
         )
         raise TypeError(
             f"{op}: z must have dtype in ({_checks._dtype_names(allowed)}) {where}, "
-            f"got {str(z.dtype).replace('torch.', '')}"
+            f"got {_checks.torch_name(z.dtype)}"
         )
 
 
@@ -79,6 +79,8 @@ def _check_types(op: str, **tensors: object) -> None:
     for name, t in tensors.items():
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.layout != torch.strided:  # the dispatcher's NotImplementedError named nothing
+            raise _checks.dense_layout_error(f"{op}: {name}", t, rows=name == "grad")
 
 
 def _span(t: torch.Tensor) -> tuple[int, int]:
