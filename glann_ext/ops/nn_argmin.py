@@ -360,10 +360,11 @@ def nn_argmin(
     Precision: candidates are ranked by ``||k||^2 - 2 q.k`` in the accumulation type (module docstring),
     whose rounding is about ``1e-7 * (|q|^2 + |k|^2)`` in float32. Points close together but far from the
     origin are then ranked by rounding (float32, offset 100, spread 0.01: the wrong neighbour almost
-    always), and so are dense keys in few dimensions, whose nearest distances are tiny beside the norms
-    (2,000,000 N(0, 1) keys in D = 1: most of 500 queries get a wrong neighbour, as with ``torch.cdist``;
-    200,000 in D = 2: a few in 500): centre the data first (``x - x.mean(0)`` for queries and keys alike
-    leaves every distance as it is) or search in float64 (for dense keys, float64 is the cure). Unit-norm codes, whitened codes and pixels in [0, 1] are far from that.
+    always): centre the data first (``x - x.mean(0)`` for queries and keys alike leaves every distance as
+    it is) or search in float64. So are dense keys in few dimensions, whose nearest distances are tiny
+    beside the norms (2,000,000 N(0, 1) keys in D = 1: most of 500 queries get a wrong neighbour, as with
+    ``torch.cdist``; 200,000 in D = 2: a few in 500): there only float64 helps. Unit-norm codes, whitened
+    codes and pixels in [0, 1] are far from both.
 
     Returns:
         ``index`` (N,) int64, or ``(index, sq_distance)``. Ties go to the lowest index. ``sq_distance``
