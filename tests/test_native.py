@@ -282,25 +282,29 @@ def test_openmp_wait_policy_default(preset, first, want, tmp_path) -> None:
     assert out.stdout.strip() == want
 
 
+def _under_cpu_isa(tmp_path, isa: str, code: str):
+    """``import glann_ext`` then ``code`` in a child Python with ``GLANN_EXT_CPU_ISA=isa``."""
+    import subprocess
+    import sys
+
+    from glann_testing import child_kwargs
+
+    return subprocess.run(
+        [sys.executable, "-c", "import glann_ext; " + code],
+        check=False,
+        capture_output=True,
+        text=True,
+        **child_kwargs(tmp_path, GLANN_EXT_CPU_ISA=isa),
+    )
+
+
 @pytest.mark.parametrize(
     ("value", "want"), [("bogus", None), ("AVX2", None), ("baseline", "baseline"), ("", "")]
 )
 def test_unknown_cpu_isa_variable_fails_the_import(tmp_path, value, want):
     """GLANN_EXT_CPU_ISA=bogus was ignored silently (an unknown GLANN_EXT_CUDA_KERNELS already failed the
     import); now it fails the import with a ValueError naming the value and the valid ones."""
-    import subprocess
-    import sys
-
-    from glann_testing import child_kwargs
-
-    code = "import glann_ext; from glann_ext._ext import _C; print(_C.cpu_isa())"
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        check=False,
-        capture_output=True,
-        text=True,
-        **child_kwargs(tmp_path, GLANN_EXT_CPU_ISA=value),
-    )
+    out = _under_cpu_isa(tmp_path, value, "from glann_ext._ext import _C; print(_C.cpu_isa())")
     if want is None:
         assert out.returncode != 0
         assert f"ValueError: GLANN_EXT_CPU_ISA='{value}' is not baseline, avx2 or avx512" in out.stderr
@@ -315,19 +319,11 @@ def test_each_kernel_family_runs_the_best_copy_it_has_under_the_cap(tmp_path, ca
     sphere kernels no AVX-512 one (so an AVX-512 CPU runs their AVX2 copy, not the baseline: a dispatch
     that fell to the baseline there gave the same bits, only slower, and nothing showed it)."""
     import json
-    import subprocess
-    import sys
 
-    from glann_testing import child_kwargs
-
-    code = "import glann_ext, json; print(json.dumps(glann_ext.build_info()['cpu_kernels']))"
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        check=True,
-        capture_output=True,
-        text=True,
-        **child_kwargs(tmp_path, GLANN_EXT_CPU_ISA=cap),
+    out = _under_cpu_isa(
+        tmp_path, cap, "import json; print(json.dumps(glann_ext.build_info()['cpu_kernels']))"
     )
+    assert out.returncode == 0, out.stderr
     order = ["baseline", "avx2", "avx512"]
     best = min(order.index(cap), order.index(_C.cpu_isa()))
     assert json.loads(out.stdout) == {
