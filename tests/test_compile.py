@@ -135,6 +135,8 @@ _TRANSFORMED = {
 }
 
 
+# dynamo's notes on the untraceable calls it meets before running the transform eagerly (documented)
+@pytest.mark.filterwarnings("ignore:Dynamo:UserWarning")
 @pytest.mark.parametrize("transform", ["grad", "vmap_grad"])
 @pytest.mark.parametrize("op", sorted(_TRANSFORMED))
 def test_compile_over_func_transforms_gives_the_eager_result(op, transform):
