@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Union
+from typing import Any, Literal, Union, overload
 
 import numpy as np
 import torch
@@ -327,6 +327,37 @@ def _key_chunks(keys: Keys) -> Iterable[tuple[str, int, torch.Tensor]]:
         check_tensor(name, chunk, ndim=2)
         for start in range(0, max(chunk.shape[0], 1), _MAX_KEYS_PER_CALL):
             yield name, start, chunk[start : start + _MAX_KEYS_PER_CALL]
+
+
+# For type checkers and IDEs: what comes back for tensors or arrays, with or without distances.
+@overload
+def nn_argmin(
+    queries: torch.Tensor,
+    keys: Keys,
+    *,
+    return_distances: Literal[False] = ...,
+    check_finite_values: bool = ...,
+) -> torch.Tensor: ...
+@overload
+def nn_argmin(
+    queries: torch.Tensor, keys: Keys, *, return_distances: Literal[True], check_finite_values: bool = ...
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+@overload
+def nn_argmin(
+    queries: np.ndarray,
+    keys: Keys,
+    *,
+    return_distances: Literal[False] = ...,
+    check_finite_values: bool = ...,
+) -> np.ndarray: ...
+@overload
+def nn_argmin(
+    queries: np.ndarray, keys: Keys, *, return_distances: Literal[True], check_finite_values: bool = ...
+) -> tuple[np.ndarray, np.ndarray]: ...
+@overload
+def nn_argmin(
+    queries: torch.Tensor | np.ndarray, keys: Keys, *, return_distances: bool, check_finite_values: bool = ...
+) -> Any: ...
 
 
 def nn_argmin(
