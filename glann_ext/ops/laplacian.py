@@ -64,7 +64,7 @@ import functools
 import math
 import numbers
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -529,6 +529,29 @@ def check_level_weights(level_weights: object, levels: int) -> list[float]:
             raise ValueError(f"level_weights[{j}] must be finite and >= 0, got {w!r}")
         weights.append(w)
     return weights
+
+
+# For type checkers and IDEs: a tensor for tensors, a numpy array when either input is one.
+@overload
+def laplacian_pyramid_loss(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    levels: int | None = ...,
+    reduction: str = ...,
+    level_weights: Sequence[float] | None = ...,
+    check_finite_values: bool = ...,
+) -> torch.Tensor: ...
+@overload
+def laplacian_pyramid_loss(
+    x: torch.Tensor | np.ndarray,
+    y: torch.Tensor | np.ndarray,
+    *,
+    levels: int | None = ...,
+    reduction: str = ...,
+    level_weights: Sequence[float] | None = ...,
+    check_finite_values: bool = ...,
+) -> Any: ...
 
 
 def laplacian_pyramid_loss(
