@@ -339,7 +339,7 @@ def test_step_without_rows_names_what_it_takes():
     with pytest.raises(TypeError, match=r"takes rows \(indices, grad\) or a closure, not both"):
         opt.step(torch.tensor([1]), torch.ones(1, 3), closure=lambda: None)
     # a sparse gradient passed as the rows' grad: both backends say how to pass it
-    sparse = torch.sparse_coo_tensor(torch.tensor([[1, 4]]), torch.ones(2, 3), (6, 3))
+    sparse = torch.sparse_coo_tensor(torch.tensor([[1, 4]]), torch.ones(2, 3), (6, 3), check_invariants=True)
     for backend in ("fused", "reference"):
         other = SphereSparseAdam(table, lr=0.1, backend=backend)
         with pytest.raises(
