@@ -191,11 +191,15 @@ def cpu_targets(data: dict) -> str:
                         f"{_verdict(pct, 85.0)} |"
                     )
         m = re.match(r"laplacian_pyramid_loss fwd\+bwd cpu ", name)
-        if m and "glann_ext" in med and "reference" in med:
-            ratio = med["reference"] / med["glann_ext"]
+        eager = {k: med[k] for k in ("eager_slices", "eager_conv", "reference") if k in med}
+        if m and "glann_ext" in med and eager:
+            # against the fastest eager pyramid of the run, as the CUDA target reads it (before 2026-12-07
+            # this table read `reference`, the index-arithmetic one, often the slowest)
+            best = min(eager, key=eager.get)
+            ratio = eager[best] / med["glann_ext"]
             gb = _gbps(rows).get("glann_ext")
             lines.append(
-                f"| Laplacian fwd+bwd >= 20x the torch eager pyramid (reference) | {name} | {ratio:.1f}x "
+                f"| Laplacian fwd+bwd >= 20x the best torch eager pyramid ({best}) | {name} | {ratio:.1f}x "
                 f"({gb} GB/s) | {_verdict(ratio, 20.0)} |"
             )
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""

@@ -31,7 +31,9 @@ def test_cpu_targets_reads_ratios_and_both_peak_shares() -> None:
             _bench(g64, "glann_ext", 1.0, pct_fma_peak=90.0),
             _bench(g64, "faiss_IndexFlatL2", 1.5),
             _bench(lap, "glann_ext", 1.0, gbps=2.5),
-            _bench(lap, "reference", 19.0),
+            _bench(lap, "reference", 25.0),  # the slowest eager pyramid: not the one the target reads
+            _bench(lap, "eager_slices", 19.0),
+            _bench(lap, "eager_conv", 30.0),
         ]
     }
     rows = {
@@ -49,7 +51,7 @@ def test_cpu_targets_reads_ratios_and_both_peak_shares() -> None:
     assert not any("85%" in k and g64 in k for k in rows)  # the peak target is for D >= 256 only
     assert (
         "19.0x (2.5 GB/s) | **missed"
-        in rows[f"| Laplacian fwd+bwd >= 20x the torch eager pyramid (reference) | {lap}"]
+        in rows[f"| Laplacian fwd+bwd >= 20x the best torch eager pyramid (eager_slices) | {lap}"]
     )
 
 
