@@ -144,23 +144,41 @@ def _first_update(trainer, batch: torch.Tensor, tensors) -> tuple[float, torch.T
     return loss, torch.cat([a - b for a, b in zip(after, before)])
 
 
+def _gradients(trainer, tensors) -> torch.Tensor | None:
+    """The gradients the last step left on ``tensors(trainer)`` (the networks' parameters), flattened; None
+    when it left none."""
+    grads = [t.grad.detach().double().flatten().cpu() for t in tensors(trainer) if t.grad is not None]
+    return torch.cat(grads) if grads else None
+
+
+def _same_direction_and_size(what: str, got: torch.Tensor, want: torch.Tensor) -> None:
+    cos = float(got @ want / (got.norm() * want.norm()).clamp_min(1e-300))
+    ratio = float(got.norm() / want.norm().clamp_min(1e-300))
+    assert cos >= 0.999 and abs(ratio - 1) <= 0.01, (
+        f"the first step's {what} has cosine {cos:.6f} with the reference's and {ratio:.4f}x its norm"
+    )
+
+
 def check_first_step(trainer, reference, batch_size: int, tensors) -> None:
     """``trainer``'s first step against ``reference``'s (the ``reference_ops`` row's trainer, built from the
     same seeded config; None for that row itself: only a finite loss is asked) on the same batch: the loss
-    (rtol 1e-4), and the update of ``tensors(trainer)`` in direction (cosine >= 0.999) and size (norms within
-    1%). The trainer is then as built plus one step: the timing starts from there."""
+    (rtol 1e-4), the update of ``tensors(trainer)`` and the gradients the step left on them, each in
+    direction (cosine >= 0.999) and size (norms within 1%). The gradients because Adam's steps do not see a
+    gradient off by a constant factor (a backward missing a factor 2 passed the update's check). The trainer
+    is then as built plus one step: the timing starts from there."""
     batch = _batches(trainer, batch_size, 1)[0]
     loss, update = _first_update(trainer, batch, tensors)
     assert math.isfinite(loss), f"the first step's loss is {loss}"
     if reference is None:
         return
+    grads = _gradients(trainer, tensors)
     want_loss, want = _first_update(reference, batch, tensors)
     assert math.isclose(loss, want_loss, rel_tol=1e-4), f"loss {loss:.7g}, the reference's {want_loss:.7g}"
-    cos = float(update @ want / (update.norm() * want.norm()).clamp_min(1e-300))
-    ratio = float(update.norm() / want.norm().clamp_min(1e-300))
-    assert cos >= 0.999 and abs(ratio - 1) <= 0.01, (
-        f"the first step's update has cosine {cos:.6f} with the reference's and {ratio:.4f}x its norm"
-    )
+    _same_direction_and_size("update", update, want)
+    want_grads = _gradients(reference, tensors)
+    assert (grads is None) == (want_grads is None), "one trainer left gradients, the other none"
+    if grads is not None:
+        _same_direction_and_size("gradient", grads, want_grads)
 
 
 @pytest.mark.parametrize("method", METHODS)

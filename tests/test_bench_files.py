@@ -231,8 +231,15 @@ def test_train_step_rows_reject_a_wrong_loss_and_a_wrong_match(monkeypatch) -> N
 
         return ops
 
-    def loss_off(right):  # the fused loss 1% too large: both the loss and the update's size move
+    def loss_off(right):  # the fused loss 1% too large: the loss's check sees it
         return {"lap_loss": lambda *a, **k: right.lap_loss(*a, **k) * 1.01}
+
+    def gradient_off(right):  # the loss right, its gradient doubled: Adam's first update does not see it
+        def lap_loss(*a, **k):
+            loss = right.lap_loss(*a, **k)
+            return loss + (loss - loss.detach())
+
+        return {"lap_loss": lap_loss}
 
     def match_off(right):  # the fused search returns the second-nearest for one target in 64
         def nn(q, k, return_distances=False):
@@ -244,6 +251,11 @@ def test_train_step_rows_reject_a_wrong_loss_and_a_wrong_match(monkeypatch) -> N
 
     for row, change, match in (
         (bench_train_step.test_glo_step, loss_off, "loss"),
+        (
+            bench_train_step.test_glo_step,
+            gradient_off,
+            "gradient has cosine 1.000000 .* and 2.0000x its norm",
+        ),
         (bench_train_step.test_imle_step, match_off, "the matching gives 32 of 2048 targets other noise"),
     ):
         monkeypatch.setattr(bench_train_step, "get_ops", wrong_ops(change))
