@@ -21,7 +21,13 @@ mkdir "$tree/benchmarks"
 cp "$repo"/benchmarks/*.py "$tree/benchmarks/"
 cp "$repo/pyproject.toml" "$tree/"
 cd "$tree"
+# A failing row (its check, or an error) still leaves the other rows' JSON: render them, then exit with
+# pytest's status, so a long run is not lost to one row.
+status=0
 "$PY" -m pytest -p no:cacheprovider benchmarks ${1:+-k "$1"} --benchmark-json="$out" \
-  --benchmark-columns=median,rounds --benchmark-group-by=group -q
-"$PY" -m benchmarks.report "$out" --targets > "${out%.json}.md"
-echo "wrote ${out%.json}.md"
+  --benchmark-columns=median,rounds --benchmark-group-by=group -q || status=$?
+if [ -s "$out" ]; then
+  "$PY" -m benchmarks.report "$out" --targets > "${out%.json}.md"
+  echo "wrote ${out%.json}.md"
+fi
+exit "$status"
