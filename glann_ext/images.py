@@ -38,8 +38,6 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np
     return grid
 
 
-# formats a grid (8-bit grey or RGB) is written in; Pillow registers writers for others that refuse these
-# modes or need a plugin (.xbm, .msp, .h5, .blp, ...), found only after the sampling
 PAIR_COLUMNS = 16  # a grid of pairs' width in images: 600 images made one 20,402-pixel row
 
 
@@ -53,6 +51,8 @@ def paired_rows(originals: torch.Tensor, paired: torch.Tensor, cols: int) -> tor
     return torch.cat(rows)
 
 
+# formats a grid (8-bit grey or RGB) is written in; Pillow registers writers for others that refuse these
+# modes or need a plugin (.xbm, .msp, .h5, .blp, ...), found only after the sampling
 GRID_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF", "PPM", "TGA")
 
 

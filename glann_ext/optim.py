@@ -95,18 +95,17 @@ def _check_backend(owner: str, backend: str) -> str:
 def _reference_checks(
     op: str, table: torch.Tensor, indices: object, grad: object, project: bool,
     state: dict[str, torch.Tensor], numbers: dict[str, Any],
-) -> torch.Tensor:  # fmt: skip
+) -> None:  # fmt: skip
     """The fused kernels' argument checks (types, shapes, dtypes, devices, hyperparameters, the range of
     ``indices``) for the reference backend's step, which would otherwise fail inside torch or divide by zero
-    (``updates=0``); returns ``grad``. A grad of another dtype than the table's is refused as the fused
-    backend refuses it (it was cast here, so a script worked on one backend and failed on the other)."""
+    (``updates=0``). A grad of another dtype than the table's is refused as the fused backend refuses it
+    (it was cast here, so a script worked on one backend and failed on the other)."""
     sphere._check_types(op, indices=indices, grad=grad)
     sphere._check_hyper_types(op, project, **numbers)
     sphere._check_hyper(op, **numbers)
     sphere._check_latent(op, table, state, indices, grad, real=True)
     if indices.numel():
         sphere._coalesce(op, table, indices, grad)  # its range check (the reference step coalesces itself)
-    return grad
 
 
 def _check_rate(owner: str, lr: object) -> float:
@@ -310,7 +309,7 @@ class SphereSparseAdam(_SphereOptimizer):
         if self.backend == "fused":
             fused_latent_adam_(self.table, self.exp_avg, self.exp_avg_sq, indices, grad, **kwargs)
         else:
-            grad = _reference_checks(
+            _reference_checks(
                 "SphereSparseAdam.step", self.table, indices, grad, self.project,
                 {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq},
                 {k: v for k, v in kwargs.items() if k != "project"},
@@ -403,9 +402,7 @@ class SphereSparseSGD(_SphereOptimizer):
         if self.backend == "fused":
             fused_latent_sgd_(self.table, indices, grad, lr=lr, project=project)
         else:
-            grad = _reference_checks(
-                "SphereSparseSGD.step", self.table, indices, grad, project, {}, {"lr": lr}
-            )
+            _reference_checks("SphereSparseSGD.step", self.table, indices, grad, project, {}, {"lr": lr})
             if indices.numel():
                 reference.fused_latent_sgd_reference(self.table, indices, grad, lr=lr, project=project)
         return loss
