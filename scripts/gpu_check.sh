@@ -8,8 +8,9 @@
 #   bash scripts/gpu_check.sh --list                         # stages and budgets
 # Stages and budgets in seconds (GLANN_GPU_BUDGET_<STAGE>=N overrides one; all are also cut to what is left of
 # GLANN_GPU_TOTAL=570, so the command ends inside the device's 600 s):
-#   preflight 15, build 90, tests 75, hopper 45, memcheck 40, racecheck 30, bench 200, compile 45   (sum 540)
-# (the H200 run of 2026-12-04 took 10, 54, 36, 15, 22, 23, 156 and 31 s)
+#   preflight 15, build 75, tests 65, hopper 45, memcheck 45, racecheck 50, bench 200, compile 45   (sum 540)
+# (the H200 run of 2026-12-04 took 10, 54, 36, 15, 22, 23, 156 and 31 s; the sanitizers' test sets have grown
+# since: the legacy search pinned and in float64, the fused Laplacian's edge tiles, racecheck on every dtype but bf16)
 # The tests stage runs every CUDA test on the legacy kernels (GLANN_EXT_CUDA_KERNELS=legacy: what GPUs before
 # Hopper run), the hopper stage the CUDA suites of the three ops and of training on the Hopper kernels of
 # issue 15 (GLANN_EXT_CUDA_KERNELS=hopper); tests/test_cuda_hopper.py (tests stage) compares both variants
@@ -28,7 +29,7 @@ set -uo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STAGES=(preflight build tests hopper memcheck racecheck bench compile)
-declare -A BUDGET=([preflight]=15 [build]=90 [tests]=75 [hopper]=45 [memcheck]=40 [racecheck]=30 [bench]=200 [compile]=45)
+declare -A BUDGET=([preflight]=15 [build]=75 [tests]=65 [hopper]=45 [memcheck]=45 [racecheck]=50 [bench]=200 [compile]=45)
 declare -A WHAT=(
   [preflight]="python3 and headers, nvcc vs driver, compute-sanitizer, torch, GPU"
   [build]="pip install --no-build-isolation for the local arch; the installed module checked"
@@ -284,6 +285,8 @@ stage_build() {
   fi
   ptxas_table "$log" > "$LOGS/ptxas.md"
   sass_table > "$LOGS/sass.md" 2>> "$log"
+  local spilled
+  spilled=$(unexpected_spills "$LOGS/ptxas.md")
   if ! (cd "$RUN" && "$PY" -c 'import glann_ext; print(glann_ext.__file__); print(glann_ext.build_info())') \
       > "$LOGS/glann_ext.txt" 2>> "$log"; then
     STATUS[build]=FAIL; DETAIL[build]="the installed glann_ext does not import (build.log)"; return
@@ -295,6 +298,17 @@ stage_build() {
     # CI checks the module's boundary on every run; here a failure (or no nm/ldd) is worth a note, not a stop.
     STATUS[build]=WARN; note "scripts/check_extension.py failed on the installed module (build.log)"
   fi
+  if [ -n "$spilled" ]; then
+    [ "${STATUS[build]}" = PASS ] && STATUS[build]=WARN
+    note "register spills not in docs/GPU_KERNELS.md (ptxas.md): $spilled"
+  fi
+}
+
+# Kernels of a ptxas table that spill registers, but for the one docs/GPU_KERNELS.md lists (the float64
+# legacy search: its 8x8 double accumulators alone take 128 registers).
+unexpected_spills() {
+  awk -F'|' 'NR > 2 && $6 !~ /^ *(0\/0)? *$/ && $2 !~ /argmin_tile_kernel<double>/ {
+               gsub(/^ *`|` *$/, "", $2); printf "%s%s", sep, $2; sep = ", " }' "$1"
 }
 
 # The Hopper kernels' SASS, counted (cuobjdump on the installed module): tensor-core HMMA, ldmatrix LDSM,
@@ -384,7 +398,7 @@ sanitize() {  # sanitize STAGE BUDGET TOOL pytest-args...
 }
 
 stage_memcheck() { sanitize memcheck "$1" memcheck -k small; }
-stage_racecheck() { sanitize racecheck "$1" racecheck -k "small and (nn_argmin or laplacian) and (fp32 or fp16)"; }
+stage_racecheck() { sanitize racecheck "$1" racecheck -k "small and (nn_argmin or laplacian) and not bf16"; }
 
 stage_bench() {
   local budget=$1 part file k dryk share b rc total=0 failed=() t0=$SECONDS shares=100

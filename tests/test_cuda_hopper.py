@@ -272,9 +272,12 @@ def test_cuda_project_hopper_strided_and_inplace():
 @pytest.mark.parametrize("dt", ["fp32", "fp16", "bf16"])
 def test_cuda_small_hopper_nn_argmin(dt, how):
     """The cp.async (vector) and scalar loaders, a partial last tile and query block, resident (D = 64)
-    queries; exact duplicates resolve to the lowest index."""
+    queries; exact duplicates resolve to the lowest index: copies of key 7 in the same 128-key tile reach
+    each tie-break of the kernel (15: the same thread's next n-tile; 9: another lane of its quad; 40:
+    another warp's columns), 300 a later tile."""
     q, k = randn(131, 64, dt=dt), randn(517, 64, dt=dt, seed=1)
-    k[300] = k[7]
+    for copy in (9, 15, 40, 300):
+        k[copy] = k[7]
     q[0] = k[7]
     with use_cuda_kernels("hopper"):
         idx = glann_ext.nn_argmin(layout(q, how), layout(k, how))
@@ -290,15 +293,26 @@ def test_cuda_small_hopper_nn_argmin_streamed_queries():
     assert_nearest(q, k, idx)
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 28, 28), (1, 1, 256, 256)], ids=["plane", "tiles"])
-@pytest.mark.parametrize("dt", ["fp32", "fp16"])
+SMALL_FUSED = [  # (dtype, shape): the plane kernels, whole tiles, then the tile paths' edges
+    *((dt, shape) for dt in ("fp32", "fp16") for shape in ((2, 3, 28, 28), (1, 1, 256, 256))),
+    ("fp32", (2, 1, 200, 330)),  # partial tiles on both sides: the clamped windows
+    ("fp32", (1, 1, 5, 8000)),  # the lowest plane the tiles take (their halo's reflection needs 5 rows)
+    ("fp64", (1, 2, 128, 128)),  # float64 tiles: twice the shared memory
+]
+
+
+@pytest.mark.parametrize(
+    ("dt", "shape"), SMALL_FUSED, ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else v
+)
 def test_cuda_small_hopper_laplacian(dt, shape):
     x, y = randn(*shape, dt=dt), randn(*shape, dt=dt, seed=1)
     seed = torch.rand(shape[0], device=CUDA) + 0.5
     with use_cuda_kernels("hopper"):
         got = loss_and_grads(glann_ext.laplacian_pyramid_loss, x, y, seed)
     exact = loss_and_grads(reference.laplacian_pyramid_loss_reference, x.double(), y.double(), seed.double())
-    tol = {"rtol": 1e-5, "atol": 1e-6} if dt == "fp32" else {"rtol": 1e-2, "atol": 1e-3}
+    tol = {"fp32": {"rtol": 1e-5, "atol": 1e-6}, "fp64": {"rtol": 1e-10, "atol": 1e-12}}.get(
+        dt, {"rtol": 1e-2, "atol": 1e-3}
+    )
     for mine, ref in zip(got, exact):
         torch.testing.assert_close(mine.double(), ref, **tol)
 

@@ -36,6 +36,7 @@ from glann_ext import (
 )
 from glann_ext.errors import NonFiniteError
 from glann_ext.ops import raise_deferred_errors, reference
+from glann_ext.ops.kernels import use_cuda_kernels
 
 pytestmark = pytest.mark.cuda
 CUDA = "cuda"
@@ -71,16 +72,21 @@ def assert_nearest(q: torch.Tensor, k: torch.Tensor, idx: torch.Tensor, dist: to
 
 @pytest.mark.parametrize("how", ["contiguous", "strided", "transposed"])
 @pytest.mark.parametrize("d", [1, 7, 17, 100])
-@pytest.mark.parametrize("dt", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("dt", ["fp32", "fp64", "fp16", "bf16"])
 def test_cuda_small_nn_argmin_dtypes_layouts(dt, d, how):
-    """D not a multiple of 16 (tails of the 16-wide stages), N and M just past multiples of the 128-row tiles,
-    every input dtype, strided and column-major inputs; three equal keys (the lowest index wins) and a
-    query whose answer lies in the last, partial key tile."""
+    """The legacy search (pinned: on Hopper the default takes the tensor-core one, whose small tests are in
+    test_cuda_hopper.py), so that the sanitizers run it on any GPU. D not a multiple of 16 (tails of the
+    16-wide stages), N and M just past multiples of the 128-row tiles, every input dtype, strided and
+    column-major inputs; six equal keys (the lowest index wins: three copies in the same 128-key tile, so in
+    other columns and threads of it, one in a later tile, one in the last, partial tile) and a query whose
+    answer lies in the last, partial key tile."""
     n, m = 131, 517
     q, k = randn(n, d, dt=dt), randn(m, d, dt=dt, seed=1)
-    k[300], k[516] = k[7], k[7]
+    for copy in (9, 15, 40, 300, 516):
+        k[copy] = k[7]
     q[0], q[1] = k[7], k[515]
-    idx, dist = nn_argmin(layout(q, how), layout(k, how), return_distances=True)
+    with use_cuda_kernels("legacy"):
+        idx, dist = nn_argmin(layout(q, how), layout(k, how), return_distances=True)
     # The lowest index holding exactly that key (at D = 1, low precision repeats values by chance).
     first = [int((k == k[j]).all(1).nonzero()[0]) for j in (7, 515)]
     assert first[0] <= 7 and idx[:2].tolist() == first
