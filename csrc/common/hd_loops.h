@@ -5,8 +5,9 @@
 #include "common/host_device.h"
 
 // Fully unrolls the next loop on the device, so that arrays indexed by its counter stay in registers (a
-// run-time index puts them in local memory); nothing on the host.
-#if defined(__CUDACC__)
+// run-time index puts them in local memory); nothing on the host, nvcc's host pass included (g++ -Wall
+// warns of an unknown pragma).
+#if defined(__CUDA_ARCH__)
 #define GLANN_UNROLL _Pragma("unroll")
 #else
 #define GLANN_UNROLL

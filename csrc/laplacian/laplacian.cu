@@ -124,20 +124,13 @@ __global__ void final_kernel(const double* __restrict__ partials, Dims d, int64_
 }
 
 // Whether the plane holds NaN or Inf (v * 0 is 0 for finite v, NaN otherwise), by one block: every
-// thread a strided share, then a shared-memory OR.
+// thread a strided share, then the block's OR in one barrier (every thread of the block calls it).
 template <typename T, typename In>
 __device__ bool plane_not_finite(const In* x, int64_t s2, int64_t s3, int64_t h, int64_t w) {
-  __shared__ int any;
-  if (threadIdx.x == 0) any = 0;
-  __syncthreads();
   T zero = T(0);
   for (int64_t q = threadIdx.x; q < h * w; q += blockDim.x)
     zero += to_compute<T>(x[(q / w) * s2 + (q % w) * s3]) * T(0);
-  if (zero != T(0)) any = 1;  // benign race: every writer writes 1
-  __syncthreads();
-  const bool bad = any != 0;
-  __syncthreads();
-  return bad;
+  return __syncthreads_or(zero != T(0)) != 0;
 }
 
 // One block per sample: if its loss is not finite, lowers bad[0] (NaN/Inf in x) and bad[1] (in y) to it.
