@@ -19,7 +19,8 @@ NaN policy, one for every op. When a floating input holds NaN or Inf, the op rai
 message says ``row N``, or ``sample N (batch index)`` for the images of ``laplacian_pyramid_loss``.
 Ops that write in place leave the offending rows unwritten (``project_to_sphere_``) or update nothing at
 all (``fused_latent_adam_``, ``fused_latent_sgd_``). The kernels find the offending rows while they read
-the data, inside the registered ops: no extra pass, no graph break under ``torch.compile``.
+the data, inside the registered ops: no graph break under ``torch.compile``, and no extra pass but on
+CUDA's ``nn_argmin``, which reads its query rows once more (the tensor-core search: its keys too).
 
 * CPU: the op raises when its kernel returns.
 * CUDA: ``nn_argmin``, ``laplacian_pyramid_loss`` and ``project_to_sphere(_)`` never synchronise. Their

@@ -24,7 +24,9 @@ to make (``.float()``, or ``.astype(np.float32)``): a silent conversion would co
 every call.
 
 NaN/Inf (the policy of :mod:`glann_ext.ops`): the kernels flag a query or key row holding NaN or Inf
-while they read it, at no extra pass. On CPU the call raises :class:`~glann_ext.errors.NonFiniteError`
+while they read it. On the CPU that costs no extra pass; on CUDA the queries get one more read (and, on
+the tensor-core search, the keys), small beside the search, which reads every key once per block of 128
+queries. On CPU the call raises :class:`~glann_ext.errors.NonFiniteError`
 naming ``queries``, ``keys`` or ``keys[i]`` and the lowest offending row (queries first, then the chunks
 in order). On CUDA the flags stay on the device and the call returns without waiting: the error is
 raised by a later glann_ext call once the device has finished this one, or at the latest by
@@ -380,8 +382,8 @@ def nn_argmin(
         check_finite_values: the NaN policy (module docstring): raise
             :class:`~glann_ext.errors.NonFiniteError` (a ``ValueError``) naming ``queries``, ``keys`` or
             ``keys[i]`` and the lowest offending row if they hold NaN/Inf (an argmin over NaN has no
-            meaning). The kernels look while they read, so it costs nothing measurable; on CUDA the error is
-            deferred. ``False`` skips it: results for non-finite inputs are then unspecified.
+            meaning). The kernels look while they read (on CUDA one more read of the rows); on CUDA the
+            error is deferred. ``False`` skips it: results for non-finite inputs are then unspecified.
             It also raises ``ValueError`` naming the argument and the lowest row whose values are finite but
             whose squared norm exceeds a quarter of the accumulation type's maximum (a norm above about
             9.2e18 in float32 and the 16-bit types, 6.7e153 in float64): the score ``||k||^2 - 2 q.k``
