@@ -69,7 +69,10 @@ def omp_wait_policy() -> str:
 
 def build_info() -> dict[str, object]:
     """Build facts for bug reports: version, CUDA compiled in, CUDA runtime, the CUDA kernels chosen (legacy or
-    hopper, :mod:`glann_ext.ops.kernels`; None without CUDA kernels), CPU SIMD level, threads."""
+    hopper, :mod:`glann_ext.ops.kernels`; None without CUDA kernels), the CPU's SIMD level (``cpu_isa``) and
+    the copy each CPU kernel family runs (``cpu_kernels``: nn_argmin and the Laplacian have AVX-512, AVX2 and
+    baseline copies, the sphere kernels AVX2 and baseline, so an AVX-512 CPU runs their AVX2 copy), threads,
+    and OpenMP's wait policy."""
     compiled = bool(_C.cuda_compiled)
     return {
         "version": _C.__version__,

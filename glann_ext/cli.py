@@ -288,7 +288,10 @@ def _add_sample(sub) -> None:
     s = sub.add_parser("sample", help="sample images from a trained model")
     _run_args(s)
     s.add_argument(
-        "-n", type=_count(1, MAX_DRAWN), default=64, help=f"number of samples (at most {MAX_DRAWN:,})"
+        "-n",
+        type=_count(1, MAX_DRAWN),
+        default=64,
+        help=f"number of samples (default 64, at most {MAX_DRAWN:,})",
     )
     s.add_argument(
         "--grid",
@@ -299,7 +302,7 @@ def _add_sample(sub) -> None:
     )
     s.add_argument(
         "--sampler", choices=SAMPLERS, default="glann",
-        help="glann: T then G, balanced over the codes when the run's balance_draws > 0 (the default); "
+        help="glann (the default): T then G, balanced over the codes when the run's balance_draws > 0; "
         "plain: T then G without balancing or either spread (with --noise-scale 1: the papers'); gaussian: the GLO-only full-covariance Gaussian baseline",
     )  # fmt: skip
     s.add_argument("--noise-scale", type=_noise_scale, help=NOISE_SCALE_HELP)
@@ -384,7 +387,7 @@ def _add_eval(sub) -> None:
         "-n",
         type=_count(4, MAX_DRAWN),
         default=10_000,
-        help=f"number of generated samples (4 to {MAX_DRAWN:,})",
+        help=f"number of generated samples (default 10,000; 4 to {MAX_DRAWN:,})",
     )
     e.add_argument("--out", help="folder for eval.json and the PNGs (default: the run folder)")
     e.add_argument("--sampler", choices=SAMPLERS, default="glann", help="as for sample")

@@ -293,8 +293,9 @@ class SphereSparseAdam(_SphereOptimizer):
         two agree for a dense parameter; for a table whose rows are touched once per epoch the counter runs
         ahead of every row's real count, so the correction fades while a row's second moment is still tiny
         and its early steps are far too large (towards lr (1 - beta1^k) / sqrt((1 - beta2) k) per coordinate
-        at its k-th update as the counter grows). GLO passes the rows' own count (see
-        ``TrainConfig.latent_adam_steps``)."""
+        at its k-th update as the counter grows). GLO passes the rows' own count when
+        ``TrainConfig.latent_adam_steps`` is ``"rows"``; its default, ``"global"``, uses the counter, as
+        SparseAdam does (docs/training.md says why)."""
         indices, grad, loss = self._step_rows("SphereSparseAdam.step", indices, grad, closure)
         if updates is not None:
             # int() truncated 2.5; 0 divided by zero in the reference step
@@ -409,6 +410,8 @@ class SphereSparseSGD(_SphereOptimizer):
 
     # Optimizer's state_dict/load_state_dict overridden on purpose: checkpoints hold this schema.
     def state_dict(self) -> dict[str, Any]:
+        """``{"kind", "lr", "project"}``: plain SGD keeps no per-row state (not torch's
+        ``{"state", "param_groups"}``; :meth:`load_state_dict` takes either)."""
         return {"kind": self.kind, "lr": self.lr, "project": self.project}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:  # type: ignore[override]

@@ -511,6 +511,9 @@ class GLANN(GenerativeModel):
         code_accept: torch.Tensor | None = None,
         image_shape: tuple[int, int, int] | None = None,
     ):
+        """The model of ``G``, ``codes`` and ``T`` (the class docstring); ``config`` the training config's
+        dict (its sampling fields set the samplers), ``code_accept`` the balanced sampler's saved
+        acceptances (None: calibrated on first use), ``ops`` the kernels' backend."""
         codes = _checked_codes(G, codes)
         super().__init__(G, ops=ops, config=config, input_dim=codes.shape[1], image_shape=image_shape)
         codes = codes.float()  # G's input and the search's keys are float32

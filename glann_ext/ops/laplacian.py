@@ -621,6 +621,7 @@ class LaplacianPyramidLoss(torch.nn.Module):
         self.check_finite_values = check_bool("check_finite_values", check_finite_values)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``laplacian_pyramid_loss(x, y, ...)`` with this module's options."""
         return laplacian_pyramid_loss(
             x, y, levels=self.levels, reduction=self.reduction, level_weights=self.level_weights,
             check_finite_values=self.check_finite_values,
