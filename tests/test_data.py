@@ -6,12 +6,14 @@ import gzip
 import os
 import stat
 import struct
+import subprocess
+import sys
 import types
 
 import numpy as np
 import pytest
 import torch
-from glann_testing import blob_images
+from glann_testing import blob_images, child_kwargs
 
 from glann_ext.data import DataError, load_images, read_idx, toy_mixture
 from glann_ext.data import mnist as mnist_mod
@@ -362,6 +364,61 @@ def test_decompression_bombs_in_folders_are_data_errors(tmp_path):
     Image.new("1", (20000, 20000)).save(tmp_path / "d" / "big.png")
     with pytest.raises(DataError, match=r"big.png: cannot decode image"):
         load_images(str(tmp_path / "d"), image_size=8, channels=1)
+
+
+def test_long_thin_images_are_cropped_before_they_are_resized(tmp_path):
+    """A PNG of a few hundred bytes declaring 40,000 x 1 pixels, read at size 64 in RGB: resized whole first
+    it took 64 times its length (490 MB here; 7.7 GB at 400,000 x 1, far below Pillow's bomb limit). Now
+    the centred square is resampled alone. In a child process, whose peak memory is its own."""
+    from PIL import Image
+
+    (tmp_path / "d").mkdir()
+    Image.new("L", (40_000, 1), 128).save(tmp_path / "d" / "strip.png")
+    code = (
+        "import resource, sys\n"
+        "from glann_ext.data import load_images\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "x = load_images(sys.argv[1], image_size=64, channels=3)\n"
+        "grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before\n"
+        "print(tuple(x.shape), round(float(x.mean()) * 255), grown)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "d")],
+        capture_output=True, text=True, timeout=120, check=False, **child_kwargs(tmp_path),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    shape, mean, grown = done.stdout.split(") ")[0] + ")", *done.stdout.split(") ")[1].split()
+    assert shape == "(1, 3, 64, 64)" and int(mean) == 128
+    assert int(grown) < 100_000, f"peak memory grew by {int(grown) // 1024} MB"  # KiB
+
+
+@pytest.mark.parametrize(("w", "h"), [(70, 7), (7, 75), (500, 3)])
+def test_long_images_resample_the_same_grid_as_short_ones(w, h):
+    """The crop-first path (aspect above MAX_RESIZE_ASPECT) samples the grid resize-then-crop would: on a
+    smooth image the two agree to rounding (they round their two passes in another order); at an aspect
+    within the bound the path is resize-then-crop, bit for bit."""
+    from PIL import Image
+
+    from glann_ext.data.folder import MAX_RESIZE_ASPECT, fit_square
+
+    yy, xx = np.mgrid[0:h, 0:w]
+    im = Image.fromarray((127.5 + 60 * np.sin(xx / 9.0) + 60 * np.cos(yy / 5.0)).round().astype(np.uint8))
+    size = 16
+    scale = size / min(w, h)
+    rw, rh = max(size, round(w * scale)), max(size, round(h * scale))
+    whole = im.resize((rw, rh), Image.Resampling.BICUBIC)
+    left, top = (rw - size) // 2, (rh - size) // 2
+    expected = np.asarray(whole.crop((left, top, left + size, top + size)), dtype=np.int64)
+    got = np.asarray(fit_square(im, size), dtype=np.int64)
+    assert max(rw, rh) > MAX_RESIZE_ASPECT * size
+    assert np.abs(got - expected).max() <= 1
+    inside = im.crop((0, 0, min(w, 7 * min(w, h)), min(h, 7 * min(w, h))))  # aspect 7: the old path
+    iw, ih = inside.size
+    s2 = size / min(iw, ih)
+    rw, rh = max(size, round(iw * s2)), max(size, round(ih * s2))
+    left, top = (rw - size) // 2, (rh - size) // 2
+    old = inside.resize((rw, rh), Image.Resampling.BICUBIC).crop((left, top, left + size, top + size))
+    assert np.array_equal(np.asarray(fit_square(inside, size)), np.asarray(old))
 
 
 def test_labels_come_from_the_images_folder(tmp_path, no_default_locations, monkeypatch):
