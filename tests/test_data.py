@@ -460,7 +460,8 @@ def test_idx_sizes_that_overflow_int64_are_data_errors(tmp_path, ndim, dims):
     )
     expected = int(np.prod(np.array(dims, dtype=object)))
     with pytest.raises(
-        DataError, match=rf"IDX header says shape .* \({expected:,} bytes\), more than this machine"
+        DataError,
+        match=rf"IDX header says shape .* \({expected:,} bytes\); its rows need .* more than this machine",
     ):
         read_idx(p)
 
@@ -478,7 +479,9 @@ def test_gzip_idx_whose_header_announces_more_than_memory_is_refused_unread(tmp_
     assert read_idx(p).shape == (3000, 28, 28)  # 2.4 MB: under this machine's memory
     monkeypatch.setattr(arrays, "read_cap", lambda: 1 << 20)
     with pytest.raises(
-        DataError, match=r"bomb.gz: IDX header says shape \(3000, 28, 28\) \(2,352,000 bytes\)"
+        DataError,
+        match=r"bomb.gz: IDX header says shape \(3000, 28, 28\) \(2,352,000 bytes\); its rows need 11,760,000 "
+        r"bytes as stored and as float32 images, more than this machine's memory \(1,048,576 bytes\)",
     ):
         read_idx(p)
 
@@ -931,17 +934,38 @@ def test_npz_members_read_with_a_limit_are_the_first_rows_of_the_whole(tmp_path,
             )
 
 
+def test_running_out_of_memory_converting_to_float_is_a_data_error_naming_the_file(tmp_path, monkeypatch):
+    """Under the cap, memory other programs hold can still run out while the rows become float32 images:
+    torch's allocator error was a traceback; now a DataError naming the file and the remedy."""
+    from glann_ext.data import datasets
+
+    np.save(tmp_path / "a.npy", np.zeros((6, 4, 4), np.uint8))
+
+    def no_memory(arr, source, file_values=None):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(datasets, "_unit_float", no_memory)
+    with pytest.raises(
+        DataError, match=r"a.npy: not enough memory for its 6 images as float32 \(384 bytes\)"
+    ):
+        load_images(str(tmp_path / "a.npy"))
+    monkeypatch.setattr(datasets, "_unit_float", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("other")))
+    with pytest.raises(RuntimeError, match="other"):  # not every RuntimeError is memory
+        load_images(str(tmp_path / "a.npy"))
+
+
 def test_an_npz_member_larger_than_memory_is_refused_naming_the_file_shape_and_cap(tmp_path, monkeypatch):
     """Rows to decompress beyond the cap (this machine's memory) are refused before any is read, naming the
     file, the member's declared shape and the cap; a limit that keeps the rows under it reads them."""
     from glann_ext.data import arrays
 
     _npz_bomb(tmp_path / "big.npz", (5_000, 28, 28))
-    monkeypatch.setattr(arrays, "read_cap", lambda: 1_000_000)
+    monkeypatch.setattr(arrays, "read_cap", lambda: 5_000_000)
     with pytest.raises(
         DataError,
-        match=r"big.npz: array 'images' declares shape \(5000, 28, 28\): the 5000 rows to read need 3920000 "
-        r"bytes, more than the 1000000 bytes of this machine's memory; read fewer rows \(--limit\)",
+        match=r"big.npz: array 'images' declares shape \(5000, 28, 28\): the 5000 rows to read need 19600000 "
+        r"bytes \(3920000 as stored, 15680000 as float32 images\), more than the 5000000 bytes of this "
+        r"machine's memory; read fewer rows \(--limit\)",
     ):
         load_images(str(tmp_path / "big.npz"))
     assert load_images(str(tmp_path / "big.npz"), limit=1_000).shape == (1_000, 1, 28, 28)

@@ -108,6 +108,20 @@ def _to_nchw(arr: np.ndarray, source: str) -> np.ndarray:
 
 
 def _to_unit_float(arr: np.ndarray, source: str, file_values: FileValues = None) -> tuple[torch.Tensor, bool]:
+    """:func:`_unit_float`, with running out of memory a :class:`DataError` naming ``source`` (the cap on
+    what is read counts the float32 copy, but not the memory other programs hold)."""
+    try:
+        return _unit_float(arr, source, file_values)
+    except (MemoryError, RuntimeError) as exc:  # numpy's _ArrayMemoryError; torch's allocator
+        if not isinstance(exc, MemoryError) and "alloc" not in str(exc):
+            raise
+        raise DataError(
+            f"{source}: not enough memory for its {arr.shape[0]} images as float32 ({arr.size * 4:,} bytes); "
+            "read fewer (--limit)"
+        ) from exc
+
+
+def _unit_float(arr: np.ndarray, source: str, file_values: FileValues = None) -> tuple[torch.Tensor, bool]:
     """(``arr`` as float32 in [0, 1], whether its values are 0..255 levels: integers, or whole-number floats
     divided by 255). Arrays holding only 0s and 1s could be either scale: ``file_values`` (the whole file's
     values) decides, so that every limit and every shard of one file is scaled alike; a file of only 0s and
