@@ -122,6 +122,20 @@ def _check_rate(owner: str, lr: object) -> float:
 
 
 _GROUP_LR = "lr (param_groups[0]['lr'])"
+MAX_STEP = 1 << 62  # the fused step takes an int64 count (a saved 10**30 failed inside it)
+
+
+def _checked_step(step: object) -> int:
+    """A loaded state's step count as an int in [0, :data:`MAX_STEP`): an int, a whole number, or a one-value
+    tensor of one (as torch's optimizers save it); anything else is a ValueError naming it."""
+    if isinstance(step, torch.Tensor) and step.numel() == 1:
+        step = step.item()
+    whole = isinstance(step, numbers.Real) and not isinstance(step, bool) and math.isfinite(step)
+    if not (whole and step == int(step) and 0 <= step < MAX_STEP):  # type: ignore[arg-type]
+        raise ValueError(
+            f"SphereSparseAdam.load_state_dict: step must be a whole number in [0, 2**62), got {step!r}"
+        )
+    return int(step)  # type: ignore[arg-type]
 
 
 def _check_set_rate(owner: str, lr: object, name: str = "lr") -> float:
@@ -352,15 +366,13 @@ class SphereSparseAdam(_SphereOptimizer):
             if t is None and int(state["step"]) == 0:  # a torch.optim state saved before its first step
                 state = {**state, name: torch.zeros_like(self.table)}
                 continue
-            if not isinstance(t, torch.Tensor) or t.shape != self.table.shape:
-                got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            if not isinstance(t, torch.Tensor) or t.shape != self.table.shape or t.dtype != self.table.dtype:
+                got = (t.dtype, tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
                 raise ValueError(
-                    f"SphereSparseAdam.load_state_dict: {name} must have shape {tuple(self.table.shape)}, "
-                    f"got {got}"
+                    f"SphereSparseAdam.load_state_dict: {name} must be {self.table.dtype} of shape "
+                    f"{tuple(self.table.shape)}, got {got}"
                 )
-        step = int(state["step"])
-        if step < 0:
-            raise ValueError(f"SphereSparseAdam.load_state_dict: step must be >= 0, got {step}")
+        step = _checked_step(state["step"])
         # Every value checked before anything is changed.
         lr = _check_set_rate("SphereSparseAdam.load_state_dict", float(state["lr"]))
         betas, eps = _check_betas_eps("SphereSparseAdam.load_state_dict", state["betas"], state["eps"])

@@ -388,6 +388,28 @@ def _forge_step(run: Path, forge) -> None:
             lambda m, r: m["imle"].update(step_in_epoch=10**6),
             "step_in_epoch 1000000 exceeds the 3 steps of an epoch",
         ),
+        # the codes were copied in with copy_: a width-1 table broadcast, an integer one cast, and codes off
+        # the sphere trained on, each into a model file the run's own loader then refused
+        (
+            lambda m, r: r.update({"glo.codes": r["glo.codes"][:, :1].contiguous()}),
+            "glo codes is (torch.float32, (96, 1)), expected (torch.float32, (96, 16))",
+        ),
+        (
+            lambda m, r: r.update({"glo.codes": torch.ones(96, 16, dtype=torch.int64)}),
+            "glo codes is (torch.int64, (96, 16)), expected (torch.float32, (96, 16))",
+        ),
+        (
+            lambda m, r: r["glo.codes"].mul_(50),
+            "codes must lie on the unit sphere (norms within 0.0001 of 1)",
+        ),
+        (  # the fused step takes an int64 count: 10**30 failed inside it
+            lambda m, r: m["glo"]["opt_z"].update(step=10**30),
+            "step must be a whole number in [0, 2**62), got 1000000000000000000000000000000",
+        ),
+        (
+            lambda m, r: r.update({"glo.opt_z.exp_avg": r["glo.opt_z.exp_avg"].long()}),
+            "exp_avg must be torch.float32 of shape (96, 16), got (torch.int64, (96, 16))",
+        ),
     ],
     ids=[
         "tally-type",
@@ -398,6 +420,11 @@ def _forge_step(run: Path, forge) -> None:
         "since-dtype",
         "since-negative",
         "step",
+        "codes-width",
+        "codes-int",
+        "codes-off-sphere",
+        "adam-step",
+        "adam-moment-dtype",
     ],
 )
 def test_a_forged_trainer_state_is_a_one_line_error(tmp_path, blob_file, capsys, forge, needle):
@@ -414,6 +441,32 @@ def test_a_forged_trainer_state_is_a_one_line_error(tmp_path, blob_file, capsys,
         assert "the checkpoint's shards hold no rows 'glo.codes'" in _one_line_error(
             capsys, "sample", "--run", str(run)
         )
+
+
+@pytest.mark.parametrize(
+    ("forge", "needle"),
+    [
+        (lambda m: m["glo"].pop("G"), "(no 'G')"),
+        (lambda m: m["glo"].update(G=[1, 2]), "the checkpoint does not describe a usable model ("),
+        (
+            lambda m: m["glo"]["G"].update({next(iter(m["glo"]["G"])): "x"}),
+            "does not describe a usable model (",
+        ),
+        (lambda m: m["imle"].pop("generator"), "(no 'generator')"),
+    ],
+    ids=["no-G", "G-list", "G-value", "no-T"],
+)
+def test_a_reader_of_a_forged_checkpoint_gets_a_one_line_error(finished, tmp_path, capsys, forge, needle):
+    """A run read without its model file builds the model from the checkpoint: a main.pt without G or T's
+    weights, or with them of another type, was a KeyError or AttributeError traceback."""
+    run = _copy(finished, tmp_path)
+    (run / "model.safetensors").unlink()
+    main_pt = ckpt.checkpoint_dir(run) / ckpt.read_manifest(run)["step_dir"] / ckpt.MAIN_FILE
+    saved = ckpt.load(main_pt)
+    forge(saved)
+    ckpt.save_atomic(saved, main_pt)
+    err = _one_line_error(capsys, "sample", "--run", str(run))
+    assert f"{run}: the checkpoint does not describe a usable model" in err and needle in err, err
 
 
 def test_a_shard_of_other_rows_and_a_reshard_beyond_two_rows_a_process_are_one_line_errors(
@@ -1160,6 +1213,48 @@ def test_stored_codes_off_the_unit_sphere_are_refused_naming_the_row(finished, t
     ckpt.save_atomic(shard, shard_pt)
     err = _one_line_error(capsys, "sample", "--run", str(run))
     assert "the checkpoint does not describe a usable model" in err and "got norm 3 at row 1" in err, err
+
+
+def test_json_with_an_integer_past_pythons_digit_limit_is_a_one_line_error(finished, tmp_path, capsys):
+    """Python's json raises a plain ValueError, not a JSONDecodeError, for an integer of more than 4,300
+    digits: from a model description, a run's config.json or manifest, or --config, it was a traceback."""
+    from safetensors.torch import save_file
+
+    big = "1" * 5000
+    tensors, meta = read_model_file(finished / "model.safetensors")
+    path = tmp_path / "model.safetensors"
+    save_file(tensors, str(path), metadata={"glann_ext": json.dumps(meta)[:-1] + f', "x": {big}}}'})
+    assert "corrupt model description (ValueError" in _one_line_error(capsys, "sample", "--run", str(path))
+    config = tmp_path / "c.json"
+    config.write_text(f'{{"seed": {big}}}')
+    new = ("train", "--config", str(config), "--out", str(tmp_path / "new"))
+    assert f"{config}: not valid JSON" in _one_line_error(capsys, *new)
+    for name in ("config.json", "checkpoints/manifest.json"):
+        run = _copy(finished, tmp_path, name.replace("/", "-"))
+        (run / name).write_text(f'{{"seed": {big}}}')
+        err = _one_line_error(capsys, "train", "--out", str(run), "--imle-epochs", "2", "--no-progress")
+        assert str(run / name) in err and ("not valid JSON" in err or "unreadable manifest" in err), err
+
+
+def test_files_far_larger_than_what_they_can_hold_are_refused_before_they_are_read(
+    finished, tmp_path, capsys
+):
+    """A model file is read whole only once its header describes exactly its bytes (a sparse 12 GB file of
+    zeros was read whole before safetensors looked at its first 8 bytes), and a config file is read up to
+    1 MiB (``--config /dev/zero`` was read until memory ran out)."""
+    sparse = tmp_path / "zeros.safetensors"
+    with open(sparse, "wb") as f:
+        f.truncate(1 << 40)  # a terabyte of holes: reading it whole cannot succeed
+    err = _one_line_error(capsys, "sample", "--run", str(sparse))
+    assert "not a readable model file (a header of 0 bytes in 1,099,511,627,776)" in err, err
+    padded = tmp_path / "padded.safetensors"
+    padded.write_bytes((finished / "model.safetensors").read_bytes())
+    with open(padded, "r+b") as f:
+        f.truncate(1 << 40)
+    err = _one_line_error(capsys, "sample", "--run", str(padded))
+    assert "its header does not describe its 1,099,511,627,776 bytes" in err, err
+    err = _one_line_error(capsys, "train", "--config", "/dev/zero", "--out", str(tmp_path / "new"))
+    assert "/dev/zero: more than 1,048,576 bytes, too large to be a config" in err, err
 
 
 def test_a_reader_never_mixes_two_steps(finished, tmp_path, monkeypatch):

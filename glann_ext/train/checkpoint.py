@@ -275,7 +275,7 @@ def read_manifest_object(run: str | Path) -> dict[str, Any] | None:
         return None
     try:
         manifest = json.loads(read_regular(path).decode("utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8, not JSON, a 4,300-digit integer
         raise CheckpointError(f"{path}: unreadable manifest ({exc})") from exc
     except RecursionError:
         raise CheckpointError(f"{path}: unreadable manifest (JSON nested too deeply)") from None

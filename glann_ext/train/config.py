@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from glann_ext._args import MAX_SEED
-from glann_ext._io import read_regular
+from glann_ext._io import open_regular
 from glann_ext.errors import ConfigError
 from glann_ext.models.generative import (
     DEFAULT_LOCAL_NEIGHBOURS,
@@ -306,16 +306,22 @@ def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, **changed) if changed else cfg
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few kB; `--config /dev/zero` was read until memory ran out
+
+
 def read_config_object(path: str | Path, *, run_file: bool = False) -> dict[str, Any]:
     """The JSON object in config file ``path``, or :class:`ConfigError` naming what it is instead."""
     # a run folder's file must be a regular one (a planted FIFO would block); a config the user names may be
     # a pipe (`--config <(...)`)
-    data = read_regular(path) if run_file else Path(path).read_bytes()
+    with open_regular(path) if run_file else open(path, "rb") as f:
+        data = f.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: more than {MAX_CONFIG_BYTES:,} bytes, too large to be a config")
     try:
         saved = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # not JSON, or an integer of more than 4,300 digits (not a JSONDecodeError)
         raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
     except RecursionError:
         raise ConfigError(f"{path}: JSON nested too deeply to be a config") from None

@@ -8,8 +8,9 @@ import torch
 
 from glann_ext.backend import Ops, as_ops
 from glann_ext.models import DCGANGenerator, ReconstructionLoss
+from glann_ext.models.generative import check_unit_codes
 
-from .build import adam, build_generator, load_adam_state, place_for_training
+from .build import adam, build_generator, check_tensor, load_adam_state, place_for_training
 from .config import TrainConfig
 from .latents import initial_codes
 from .loop import StageTrainer, autocast_for, cosine_rate
@@ -109,6 +110,10 @@ class GLOTrainer(StageTrainer):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        # the codes as training leaves them (copy_ broadcast a forged width-1 table and cast an integer one,
+        # and the run then trained on and saved a model its own loader refuses)
+        check_tensor("glo codes", state["codes"], (self.codes.dtype, tuple(self.codes.shape)))
+        check_unit_codes(state["codes"])
         self.G.load_state_dict(state["G"])
         self.codes.copy_(state["codes"])  # in place: the latent optimizer holds this tensor
         load_adam_state(self.opt_g, state["opt_g"], "opt_g")

@@ -1012,10 +1012,10 @@ def _model_of_step(
         raise CheckpointError(f"{run}: checkpoint holds no {'IMLE' if pixel else 'GLO'} stage yet")
     if not pixel and "glo.codes" not in rows:  # pixel IMLE has no codes
         raise CheckpointError(f"{run}: the checkpoint's shards hold no rows 'glo.codes'")
-    g_state = imle["generator"] if pixel else glo["G"]  # pixel IMLE's generator is G itself
     image_shape = tuple(main["image_shape"])
     kwargs = {"ops": get_ops(ops or cfg.ops), "config": cfg.to_dict()}
     try:
+        g_state = imle["generator"] if pixel else glo["G"]  # pixel IMLE's generator is G itself
         G = built_to_fit(lambda: build_generator(cfg, image_shape), g_state, "G")
         if pixel:
             return PixelIMLE(G, **kwargs).to(device).eval()
@@ -1025,5 +1025,12 @@ def _model_of_step(
         model = GLANN(G, rows["glo.codes"], T, **kwargs)
         check_unit_codes(model.codes)
         return model.to(device).eval()
-    except (ValueError, TypeError, RuntimeError) as exc:
-        raise CheckpointError(f"{run}: the checkpoint does not describe a usable model ({exc})") from None
+    except (
+        ValueError,
+        TypeError,
+        RuntimeError,
+        KeyError,
+        AttributeError,
+    ) as exc:  # a forged or foreign state
+        what = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise CheckpointError(f"{run}: the checkpoint does not describe a usable model ({what})") from None
