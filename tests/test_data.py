@@ -910,6 +910,24 @@ def test_an_npz_bomb_is_read_only_as_far_as_the_limit_needs(tmp_path, fortran):
     assert peak < 16 * 2**20, f"peak {peak / 2**20:.0f} MiB"
 
 
+@pytest.mark.parametrize(("chunk", "shape", "reads"), [(1 << 20, (2, 300, 300), 1), (64, (100, 3, 4), 12)])
+def test_a_fortran_member_read_with_a_limit_takes_its_columns_in_blocks(
+    tmp_path, monkeypatch, chunk, shape, reads
+):
+    """A Fortran-ordered member read with a limit keeps each column's head: one read a column took 14.5 s for
+    a small file of 9,000,000 short columns. Columns of at most a block (1 MB) are now read a block at a
+    time (90,000 columns in one read), longer ones a head at a time (blocks shrunk to 64 bytes here)."""
+    from glann_ext.data import arrays
+
+    whole = np.asfortranarray(np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8))
+    np.savez_compressed(tmp_path / "f.npz", images=whole)
+    monkeypatch.setattr(arrays, "_CHUNK", chunk)
+    sizes, read = [], arrays._read_exact
+    monkeypatch.setattr(arrays, "_read_exact", lambda f, out: (sizes.append(len(out)), read(f, out))[1])
+    got = arrays.load_array(tmp_path / "f.npz", limit=1)
+    assert np.array_equal(got, whole[:1]) and len(sizes) == reads, sizes[:5]
+
+
 @pytest.mark.parametrize("order", ["C", "F"])
 def test_npz_members_read_with_a_limit_are_the_first_rows_of_the_whole(tmp_path, order):
     """The rows a limit reads are exactly those of the whole array, for members stored in C and in Fortran
