@@ -336,6 +336,25 @@ def test_image_folders_refuse_links_to_files_outside(tmp_path):
         load_images(str(tmp_path / "imgs"), image_size=8, channels=1)
 
 
+def test_an_image_name_on_a_fifo_or_a_link_to_nothing_is_refused_not_skipped(tmp_path):
+    """A FIFO, or a dangling link, named like an image was left out without a word, moving every later image
+    behind another row; a real folder named like one is still a folder of images."""
+    from PIL import Image
+
+    from glann_ext.data.folder import list_images
+
+    (tmp_path / "imgs" / "sub.png").mkdir(parents=True)
+    Image.new("L", (8, 8), 10).save(tmp_path / "imgs" / "sub.png" / "a.png")
+    assert [p.name for p in list_images(tmp_path / "imgs")] == ["a.png"]
+    os.mkfifo(tmp_path / "imgs" / "b.png")
+    with pytest.raises(DataError, match=r"b.png: named as an image but not a regular file \(a FIFO"):
+        load_images(str(tmp_path / "imgs"), image_size=8, channels=1)
+    (tmp_path / "imgs" / "b.png").unlink()
+    (tmp_path / "imgs" / "c.png").symlink_to(tmp_path / "imgs" / "gone.png")
+    with pytest.raises(DataError, match=r"c.png: named as an image but a link to nothing"):
+        list_images(tmp_path / "imgs")
+
+
 def test_image_folders_refuse_folder_links_rather_than_skip_them(tmp_path):
     from PIL import Image
 

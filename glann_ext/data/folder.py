@@ -47,7 +47,7 @@ def list_images(folder: str | Path) -> list[Path]:
     folders whose names start with "." below ``folder`` (``.ipynb_checkpoints/``, macOS ``._a.png``, ...) are
     not images of the dataset and are skipped. A link to a file outside ``folder``, or to any folder, is a
     :class:`DataError` (a folder link would otherwise be left out without a word: ``rglob`` does not enter
-    it)."""
+    it), as is an image's name on something other than a file (a FIFO, a link to nothing)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder")
@@ -65,7 +65,15 @@ def list_images(folder: str | Path) -> list[Path]:
                 f"{p}: a link to the folder {target}, {where} {root}; image folders are read without following "
                 "folder links (copy or move the images into the folder)"
             )
-    files = sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    named = [
+        p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and not (p.is_dir() and not p.is_symlink())
+    ]
+    for p in named:  # named as an image but no file to read: left out, it would shift every later row
+        if not p.is_file():
+            dangling = p.is_symlink() and not p.exists()
+            what = "a link to nothing" if dangling else "not a regular file (a FIFO, device or socket is not read)"
+            raise DataError(f"{p}: named as an image but {what}")
+    files = sorted(named)
     for p in files:
         target = p.resolve()
         if not target.is_relative_to(root):
