@@ -145,6 +145,11 @@ def test_a_classifier_cache_that_is_not_ours_is_refused_and_never_run(tmp_path):
             {"meta": good["meta"], "state_dict": {k: v for k, v in good["state_dict"].items() if k != "conv2.weight"}},
             path,
         ),
+        # NaN weights scored every feature NaN: "features1 contains NaN", naming neither file nor cure
+        "fc1.bias holds NaN": lambda: torch.save(
+            {"meta": good["meta"], "state_dict": {**good["state_dict"], "fc1.bias": good["state_dict"]["fc1.bias"] * float("nan")}},
+            path,
+        ),
     }  # fmt: skip
     for needle, write in cases.items():
         write()

@@ -70,8 +70,9 @@ def list_images(folder: str | Path) -> list[Path]:
     ]
     for p in named:  # named as an image but no file to read: left out, it would shift every later row
         if not p.is_file():
-            dangling = p.is_symlink() and not p.exists()
-            what = "a link to nothing" if dangling else "not a regular file (a FIFO, device or socket is not read)"
+            what = "not a regular file (a FIFO, device or socket is not read)"
+            if p.is_symlink() and not p.exists():
+                what = "a link to nothing"
             raise DataError(f"{p}: named as an image but {what}")
     files = sorted(named)
     for p in files:

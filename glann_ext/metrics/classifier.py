@@ -277,6 +277,10 @@ def _read_cache(path: Path) -> tuple[dict, dict]:
         have = tuple(state[key].shape) if isinstance(state.get(key), torch.Tensor) else None
         if have != shape:
             raise CheckpointError(_not_a_cache(path, f"{key} is {have}, its meta says {shape}"))
+    # NaN weights scored every feature NaN: an error that named neither the file nor the cure
+    for key, t in state.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(_not_a_cache(path, f"{key} holds NaN or Inf values"))
     return meta, state
 
 
