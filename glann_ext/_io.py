@@ -9,6 +9,7 @@
 * :func:`remove_stale_temps`: the temp files that killed atomic writes left behind (our names only, in the
   folders a run writes, and none a live writer holds locked).
 * :class:`FolderLock`: one writer per folder (``fcntl.flock``, released by the OS when the process dies).
+* :func:`folder_locked`: one writer per folder without a lock file (a flock on the folder itself).
 * :func:`load_tensors_only`: reading a tensor file someone handed us without running code from it
   (:class:`UnsafeTensorFile` says why a file is refused).
 * :func:`cache_root`: where downloads and the evaluators' weights are cached.
@@ -27,6 +28,7 @@ import re
 import stat
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -381,6 +383,33 @@ class FolderLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+@contextlib.contextmanager
+def folder_locked(folder: str | Path, busy: str) -> Iterator[Path]:
+    """An exclusive ``fcntl.flock`` on the folder itself (made if missing, and removed again if left empty),
+    held for the block; a second holder gets :class:`~glann_ext.errors.RunFolderError` ``"{folder}: {busy}"``
+    at once. No lock file is written (a command that fails leaves the folder as it was), and a
+    :class:`FolderLock` on the same folder is another lock."""
+    import fcntl
+
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RunFolderError(f"{folder}: {busy}") from None
+            raise
+        yield folder
+    finally:
+        os.close(fd)  # closing drops the flock
+        if created:
+            with contextlib.suppress(OSError):  # rmdir removes only an empty folder
+                folder.rmdir()
 
 
 def _name_of_open_file(f: BinaryIO, path: str | Path) -> str:

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._io import atomic_write, cache_root, nearest_folder, read_regular
+from ._io import atomic_write, cache_root, folder_locked, nearest_folder, read_regular
 from .data import DataError, convert_images, fingerprint_change, load_image_shard
 from .data.labelled import LABELLED, changed_data_advice, load_labelled, rows_may_predate_031
 from .errors import NonFiniteError, RunFolderError, UsageError
@@ -665,7 +665,16 @@ def _sampling_state_kept(model: Any) -> Iterator[None]:
 
 def _evaluate(job: _Job, t0: float, test, n_test: int, cache_dir, clf_epochs) -> dict[str, Any]:
     """What :func:`evaluate_run` and :func:`evaluate_model` share once the model is open: the measures,
-    ``eval.json`` written atomically, the result returned."""
+    ``eval.json`` written atomically, the result returned; the output folder locked against another eval
+    (two into one folder left one's eval.json beside the other's grids)."""
+    with folder_locked(job.out_dir, EVAL_BUSY):
+        return _measure(job, t0, test, n_test, cache_dir, clf_epochs)
+
+
+EVAL_BUSY = "another glann eval is writing into this folder; wait for it to end, or give another --out"
+
+
+def _measure(job: _Job, t0: float, test, n_test: int, cache_dir, clf_epochs) -> dict[str, Any]:
     cfg, labelled = job.cfg, job.cfg.dataset in LABELLED and job.images is None
     if labelled and test is not None:
         if getattr(job.model, "training_data", None) is not None:  # a fit's model, whose config names the

@@ -240,6 +240,27 @@ def test_eval_default_output_is_the_run_folder(digits_run, cache_dir):
     assert (digits_run / "eval.json").is_file() and (digits_run / "eval_neighbours.png").is_file()
 
 
+def test_a_second_eval_into_one_folder_is_refused_while_the_first_writes(
+    digits_run, cache_dir, tmp_path, capsys
+):
+    """Two evals into one folder could leave one's eval.json beside the other's grids: an eval locks its
+    output folder (a flock on the folder itself: no file is left, and a training holding the run folder's
+    lock does not stop it)."""
+    from glann_ext._io import FolderLock, folder_locked
+    from glann_ext.evaluate import EVAL_BUSY
+
+    out = tmp_path / "out"
+    args = ["eval", "--run", str(digits_run), "-n", "50", "--cache-dir", str(cache_dir), *FAST_CLF]
+    with folder_locked(out, EVAL_BUSY):
+        assert main([*args, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"{out}: another glann eval is writing into this folder" in err and not any(out.iterdir())
+    assert not out.exists()  # made for the lock, removed with it
+    with FolderLock(digits_run):  # a training's lock on the run folder
+        assert main(args) == 0 and (digits_run / "eval.json").is_file()
+    assert main([*args, "--out", str(out)]) == 0 and (out / "eval.json").is_file()
+
+
 def test_eval_takes_a_model_file_with_the_config_it_was_saved_with(digits_run, cache_dir, tmp_path, capsys):
     args = ["-n", "60", "--cache-dir", str(cache_dir), *FAST_CLF]
     assert main(["eval", "--run", str(digits_run), "--out", str(tmp_path / "folder"), *args]) == 0
