@@ -390,7 +390,8 @@ def folder_locked(folder: str | Path, busy: str) -> Iterator[Path]:
     """An exclusive ``fcntl.flock`` on the folder itself (made if missing, and removed again if left empty),
     held for the block; a second holder gets :class:`~glann_ext.errors.RunFolderError` ``"{folder}: {busy}"``
     at once. No lock file is written (a command that fails leaves the folder as it was), and a
-    :class:`FolderLock` on the same folder is another lock."""
+    :class:`FolderLock` on the same folder is another lock. Where the file system cannot lock a folder,
+    the block runs unlocked."""
     import fcntl
 
     folder = Path(folder)
@@ -403,7 +404,7 @@ def folder_locked(folder: str | Path, busy: str) -> Iterator[Path]:
         except OSError as exc:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise RunFolderError(f"{folder}: {busy}") from None
-            raise
+            # a file system that cannot lock a folder (some network mounts): a guard, not a requirement
         yield folder
     finally:
         os.close(fd)  # closing drops the flock

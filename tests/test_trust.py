@@ -711,6 +711,27 @@ def test_only_our_temp_files_are_removed_and_only_in_run_folders(finished, tmp_p
     assert all(p.exists() for p in keep) and not any(p.exists() for p in ours)
 
 
+def test_folder_locked_excludes_a_second_holder_and_runs_unlocked_where_folders_cannot_be_locked(
+    tmp_path, monkeypatch
+):
+    import fcntl
+
+    from glann_ext._io import folder_locked
+
+    with folder_locked(tmp_path / "a", "busy") as folder:
+        assert folder.is_dir()
+        with pytest.raises(RunFolderError, match=r"a: busy"), folder_locked(tmp_path / "a", "busy"):
+            pass
+    assert not (tmp_path / "a").exists()  # made for the lock and left empty: removed
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with folder_locked(tmp_path, "busy"), folder_locked(tmp_path, "busy"):
+        pass  # both run: the lock is a guard, not a requirement
+
+
 def test_the_io_helpers_neither_follow_links_nor_touch_folders(tmp_path):
     run, outside = tmp_path / "run", tmp_path / "outside"
     (run / "checkpoints").mkdir(parents=True)

@@ -156,8 +156,8 @@ class TrainConfig:
     count how often each code is a draw's nearest, and sampling keeps a draw with probability
     ``min(1, tau / count)`` of its nearest code, so ``T``'s mass spreads evenly over the codes. 0: plain
     ``T(e)`` sampling (the papers'). Sampling only: training is the same either way. In the quality report it
-    raises recall a little for a little FD (each within a seed's spread); at ``laptop`` it lowered FD and raised recall on every seed (docs/training.md,
-    "Balanced sampling")."""
+    raises recall a little for a little FD (each within a seed's spread); at ``laptop`` it lowered FD and
+    raised recall on every seed (docs/training.md, "Balanced sampling")."""
     balance_quantile: float = 0.25  # tau: this quantile of the non-zero counts (lower: more even, more draws)
     sample_noise_scale: float = 1.5
     """Standard deviation of ``T``'s noise when sampling (``T`` trains on N(0, I)); the balanced sampler
