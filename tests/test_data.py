@@ -480,7 +480,7 @@ def test_idx_sizes_that_overflow_int64_are_data_errors(tmp_path, ndim, dims):
     expected = int(np.prod(np.array(dims, dtype=object)))
     with pytest.raises(
         DataError,
-        match=rf"IDX header says shape .* \({expected:,} bytes\); its rows need .* more than this machine",
+        match=rf"IDX header says shape .* \({expected:,} bytes\), more than this machine",
     ):
         read_idx(p)
 
@@ -499,8 +499,8 @@ def test_gzip_idx_whose_header_announces_more_than_memory_is_refused_unread(tmp_
     monkeypatch.setattr(arrays, "read_cap", lambda: 1 << 20)
     with pytest.raises(
         DataError,
-        match=r"bomb.gz: IDX header says shape \(3000, 28, 28\) \(2,352,000 bytes\); its rows need 11,760,000 "
-        r"bytes as stored and as float32 images, more than this machine's memory \(1,048,576 bytes\)",
+        match=r"bomb.gz: IDX header says shape \(3000, 28, 28\) \(2,352,000 bytes\), more than this machine's "
+        r"memory \(1,048,576 bytes\)",
     ):
         read_idx(p)
 
@@ -971,20 +971,53 @@ def test_npz_members_read_with_a_limit_are_the_first_rows_of_the_whole(tmp_path,
             )
 
 
-def test_running_out_of_memory_converting_to_float_is_a_data_error_naming_the_file(tmp_path, monkeypatch):
-    """Under the cap, memory other programs hold can still run out while the rows become float32 images:
-    torch's allocator error was a traceback; now a DataError naming the file and the remedy."""
+def test_each_process_of_a_sharded_load_needs_memory_for_its_own_rows_only(tmp_path, monkeypatch):
+    """Under torchrun a process converts only its rows of a memory-mapped .npy: a file whose rows fit as
+    stored, but not all of them as float32, loads on every rank (a cap counting every row as float32
+    refused it on each)."""
+    from glann_ext.data import arrays, datasets
+
+    x = np.random.default_rng(0).integers(0, 256, (1000, 10, 10), dtype=np.uint8)  # 100 kB stored
+    np.save(tmp_path / "x.npy", x)
+    monkeypatch.setattr(arrays, "read_cap", lambda: 250_000)  # all rows as float32 would be 400 kB
+    monkeypatch.setattr(datasets, "available_memory", lambda: 250_000)
+    for rank in range(4):
+        shard = datasets.load_image_shard(str(tmp_path / "x.npy"), world=4, rank=rank)
+        assert torch.equal(
+            shard.images[:, 0] * 255, torch.from_numpy(x[rank * 250 : (rank + 1) * 250]).float()
+        )
+    with pytest.raises(DataError, match=r"x.npy: its 1000 images need 500,000 bytes as float32"):
+        load_images(str(tmp_path / "x.npy"))  # one process, every row
+
+
+def test_float_images_past_the_memory_free_now_are_a_data_error_naming_the_file(tmp_path, monkeypatch):
+    """The rows read become float32 images, 4 bytes a value: a 3 MB .npz declaring 3.1 GB of bytes passed the
+    cap on what is read, then asked 12.5 GB more, which under the kernel's overcommit ends in the process being
+    killed. They are now checked against the memory free then (each process its own rows under torchrun:
+    the cap on what is read counts bytes as stored), and an allocation that fails all the same is a DataError
+    too, not torch's traceback."""
     from glann_ext.data import datasets
 
     np.save(tmp_path / "a.npy", np.zeros((6, 4, 4), np.uint8))
+    assert load_images(str(tmp_path / "a.npy")).shape == (6, 1, 4, 4)
+    monkeypatch.setattr(datasets, "available_memory", lambda: 400)
+    with pytest.raises(
+        DataError, match=r"a.npy: its 6 images need 480 bytes as float32, more than the 400 bytes"
+    ):
+        load_images(str(tmp_path / "a.npy"))
+    assert load_images(str(tmp_path / "a.npy"), limit=4).shape == (
+        4,
+        1,
+        4,
+        4,
+    )  # 320 bytes (mapped: + 64 read)
+    monkeypatch.setattr(datasets, "available_memory", lambda: 1 << 40)
 
     def no_memory(arr, source, file_values=None):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate memory")
 
     monkeypatch.setattr(datasets, "_unit_float", no_memory)
-    with pytest.raises(
-        DataError, match=r"a.npy: not enough memory for its 6 images as float32 \(384 bytes\)"
-    ):
+    with pytest.raises(DataError, match=r"a.npy: not enough memory for its 6 images as float32"):
         load_images(str(tmp_path / "a.npy"))
     monkeypatch.setattr(datasets, "_unit_float", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("other")))
     with pytest.raises(RuntimeError, match="other"):  # not every RuntimeError is memory
@@ -997,12 +1030,11 @@ def test_an_npz_member_larger_than_memory_is_refused_naming_the_file_shape_and_c
     from glann_ext.data import arrays
 
     _npz_bomb(tmp_path / "big.npz", (5_000, 28, 28))
-    monkeypatch.setattr(arrays, "read_cap", lambda: 5_000_000)
+    monkeypatch.setattr(arrays, "read_cap", lambda: 1_000_000)
     with pytest.raises(
         DataError,
-        match=r"big.npz: array 'images' declares shape \(5000, 28, 28\): the 5000 rows to read need 19600000 "
-        r"bytes \(3920000 as stored, 15680000 as float32 images\), more than the 5000000 bytes of this "
-        r"machine's memory; read fewer rows \(--limit\)",
+        match=r"big.npz: array 'images' declares shape \(5000, 28, 28\): the 5000 rows to read need 3920000 "
+        r"bytes, more than the 1000000 bytes of this machine's memory; read fewer rows \(--limit\)",
     ):
         load_images(str(tmp_path / "big.npz"))
     assert load_images(str(tmp_path / "big.npz"), limit=1_000).shape == (1_000, 1, 28, 28)

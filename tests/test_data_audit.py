@@ -106,12 +106,11 @@ def test_a_npy_larger_than_memory_is_refused_naming_file_and_shape(tmp_path, mon
     from glann_ext.data import arrays
 
     np.save(tmp_path / "big.npy", np.zeros((50, 10, 10), np.uint8))
-    monkeypatch.setattr(arrays, "read_cap", lambda: 6_000)
+    monkeypatch.setattr(arrays, "read_cap", lambda: 1_000)
     with pytest.raises(
         DataError,
-        match=r"big.npy: array declares shape \(50, 10, 10\): the 50 rows to read need 25000 bytes \(5000 as "
-        r"stored, 20000 as float32 images\), more than the 6000 bytes of this machine's memory; read fewer "
-        r"rows \(--limit\)",
+        match=r"big.npy: array declares shape \(50, 10, 10\): the 50 rows to read need 5000 bytes, more than "
+        r"the 1000 bytes of this machine's memory; read fewer rows \(--limit\)",
     ):
         load_images(str(tmp_path / "big.npy"))
     assert load_images(str(tmp_path / "big.npy"), limit=10).shape == (10, 1, 10, 10)

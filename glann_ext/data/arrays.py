@@ -115,24 +115,16 @@ def _check_image_array(path: Path, what: str, shape: tuple[int, ...], dtype: np.
         raise DataError(f"{path}: expected a numeric array, got dtype {dtype} ({what})")
 
 
-def images_bytes(values: int, itemsize: int) -> int:
-    """Memory that reading ``values`` stored values of ``itemsize`` bytes takes: the values as stored plus the
-    float32 images a dataset makes of them, held together while it converts (a compressed member declaring
-    3 GB of bytes asked for 12.5 GB more as float32)."""
-    return values * (itemsize + 4)
-
-
 def check_cap(path: Path, what: str, shape: tuple[int, ...], dtype: np.dtype, limit: int | None) -> int:
     """The rows of an array of ``shape`` to read with ``limit``; a :class:`DataError` naming the file and the
-    shape when they need more bytes than :func:`read_cap` (:func:`images_bytes`: as stored and as float32)."""
+    shape when they need more bytes than :func:`read_cap`. (Their float32 copy is checked where it is made,
+    against the memory then free: under torchrun a process converts only its own rows.)"""
     rows = shape[0] if limit is None else min(limit, shape[0])
-    values = rows * math.prod(shape[1:])
-    keep, cap = images_bytes(values, dtype.itemsize), read_cap()
+    keep, cap = rows * math.prod(shape[1:]) * dtype.itemsize, read_cap()
     if keep > cap:
         raise DataError(
-            f"{path}: {what} declares shape {shape}: the {rows} rows to read need {keep} bytes ("
-            f"{values * dtype.itemsize} as stored, {values * 4} as float32 images), more than the {cap} bytes "
-            "of this machine's memory; read fewer rows (--limit)"
+            f"{path}: {what} declares shape {shape}: the {rows} rows to read need {keep} bytes, more "
+            f"than the {cap} bytes of this machine's memory; read fewer rows (--limit)"
         )
     return rows
 
@@ -207,6 +199,19 @@ def check_fits_memory(what: str, nbytes: int, *, of: str = "", advice: str = "")
         raise UsageError(
             f"{what} {nbytes / 2**30:,.1f} GiB{of}, more than this machine's {cap / 2**30:,.1f} GiB of memory{advice}"
         )
+
+
+def available_memory() -> int:
+    """Bytes of memory free for a new allocation now (Linux's ``MemAvailable``), else :func:`read_cap`: with
+    the kernel's overcommit an allocation past it is not refused but ends in the process being killed."""
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return read_cap()
 
 
 def read_cap() -> int:

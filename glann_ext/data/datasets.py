@@ -14,7 +14,7 @@ from glann_ext._args import checked_int
 from glann_ext.errors import NonFiniteError, UsageError
 from glann_ext.ops._checks import first_nonfinite_row
 
-from .arrays import check_fits_memory, iter_values, load_array
+from .arrays import available_memory, check_fits_memory, iter_values, load_array
 from .errors import DataError
 from .fingerprint import array_fingerprint, folder_fingerprint
 from .folder import FLOAT_OVERSHOOT, IMAGE_SUFFIXES, fit_square, float_scale_is_unit, list_images, load_folder
@@ -108,17 +108,23 @@ def _to_nchw(arr: np.ndarray, source: str) -> np.ndarray:
 
 
 def _to_unit_float(arr: np.ndarray, source: str, file_values: FileValues = None) -> tuple[torch.Tensor, bool]:
-    """:func:`_unit_float`, with running out of memory a :class:`DataError` naming ``source`` (the cap on
-    what is read counts the float32 copy, but not the memory other programs hold)."""
+    """:func:`_unit_float`, refused with a :class:`DataError` naming ``source`` when the float32 images (and a
+    memory-mapped array's rows read in) need more than the memory free now (:func:`available_memory`: past it
+    the kernel kills the process; a 3 MB .npz declaring 3.1 GB of bytes asked 12.5 GB more as float32), or
+    when the allocation fails all the same."""
+    need = arr.size * (4 + (0 if arr.flags.writeable else arr.itemsize))
+    free = available_memory()
+    if need > free:
+        raise DataError(
+            f"{source}: its {arr.shape[0]} images need {need:,} bytes as float32, more than the {free:,} bytes "
+            "of memory free now; read fewer rows"
+        )
     try:
         return _unit_float(arr, source, file_values)
     except (MemoryError, RuntimeError) as exc:  # numpy's _ArrayMemoryError; torch's allocator
         if not isinstance(exc, MemoryError) and "alloc" not in str(exc):
             raise
-        raise DataError(
-            f"{source}: not enough memory for its {arr.shape[0]} images as float32 ({arr.size * 4:,} bytes); "
-            "read fewer (--limit)"
-        ) from exc
+        raise DataError(f"{source}: not enough memory for its {arr.shape[0]} images as float32") from exc
 
 
 def _unit_float(arr: np.ndarray, source: str, file_values: FileValues = None) -> tuple[torch.Tensor, bool]:

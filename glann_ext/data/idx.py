@@ -66,13 +66,12 @@ def _read(path: Path, f: BinaryIO, limit: int | None = None) -> np.ndarray:
     ndim = len(shape)
     expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
     keep_shape = (limit, *shape[1:]) if shape and limit is not None and limit < shape[0] else shape
-    keep = math.prod(keep_shape) * dtype.itemsize
-    need, cap = arrays.images_bytes(math.prod(keep_shape), dtype.itemsize), arrays.read_cap()
-    if need > cap:  # a gzip bomb's header: refused before anything is decompressed
-        rows = "its" if keep_shape == shape else f"its first {keep_shape[0]}"
+    keep, cap = math.prod(keep_shape) * dtype.itemsize, arrays.read_cap()
+    if keep > cap:  # a gzip bomb's header: refused before anything is decompressed
+        rows = "" if keep_shape == shape else f"; its first {keep_shape[0]} rows need {keep:,} bytes"
         raise DataError(
-            f"{path}: IDX header says shape {shape} ({expected:,} bytes); {rows} rows need {need:,} bytes as "
-            f"stored and as float32 images, more than this machine's memory ({cap:,} bytes)"
+            f"{path}: IDX header says shape {shape} ({expected:,} bytes){rows}, more than this machine's "
+            f"memory ({cap:,} bytes)"
         )
     buf = np.empty(keep, np.uint8)
     got = _read_into(f, memoryview(buf))
