@@ -271,9 +271,13 @@ def file_digest(path: str | Path, algorithm: str) -> str:
     return digest.hexdigest()
 
 
-def read_regular(path: str | Path) -> bytes:
-    """The bytes of ``path`` (:func:`open_regular`: a regular file, or :class:`NotARegularFile`)."""
+def read_regular(path: str | Path, limit: int | None = None) -> bytes:
+    """The bytes of ``path`` (:func:`open_regular`: a regular file, or :class:`NotARegularFile`); with a
+    ``limit``, a file holding more bytes is an ``OSError`` (EFBIG) naming it, before it is read (a sparse
+    terabyte planted in a run folder was read until memory ran out)."""
     with open_regular(path) as f:
+        if limit is not None and os.fstat(f.fileno()).st_size > limit:
+            raise OSError(errno.EFBIG, f"more than {limit:,} bytes, too large to be read", str(path))
         return f.read()
 
 
@@ -390,27 +394,30 @@ def folder_locked(folder: str | Path, busy: str) -> Iterator[Path]:
     """An exclusive ``fcntl.flock`` on the folder itself (made if missing, and removed again if left empty),
     held for the block; a second holder gets :class:`~glann_ext.errors.RunFolderError` ``"{folder}: {busy}"``
     at once. No lock file is written (a command that fails leaves the folder as it was), and a
-    :class:`FolderLock` on the same folder is another lock. Where the file system cannot lock a folder,
-    the block runs unlocked."""
-    import fcntl
-
+    :class:`FolderLock` on the same folder is another lock. Where the file system cannot lock a folder (some
+    network mounts; Windows, without ``fcntl``), the block runs unlocked."""
     folder = Path(folder)
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        import fcntl
+    except ImportError:  # a guard, not a requirement
+        yield folder
+        return
+    fd, held = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)), False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = True
         except OSError as exc:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise RunFolderError(f"{folder}: {busy}") from None
-            # a file system that cannot lock a folder (some network mounts): a guard, not a requirement
         yield folder
     finally:
-        os.close(fd)  # closing drops the flock
-        if created:
+        if created and held:  # a refused caller that also found it missing must not remove the holder's
             with contextlib.suppress(OSError):  # rmdir removes only an empty folder
                 folder.rmdir()
+        os.close(fd)  # closing drops the flock
 
 
 def _name_of_open_file(f: BinaryIO, path: str | Path) -> str:

@@ -671,7 +671,9 @@ def _evaluate(job: _Job, t0: float, test, n_test: int, cache_dir, clf_epochs) ->
         return _measure(job, t0, test, n_test, cache_dir, clf_epochs)
 
 
-EVAL_BUSY = "another glann eval is writing into this folder; wait for it to end, or give another --out"
+EVAL_BUSY = (
+    "another glann eval is writing into this folder; wait for it to end, or give another (--out, out=)"
+)
 
 
 def _measure(job: _Job, t0: float, test, n_test: int, cache_dir, clf_epochs) -> dict[str, Any]:

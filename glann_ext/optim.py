@@ -130,12 +130,18 @@ def _checked_step(step: object) -> int:
     tensor of one (as torch's optimizers save it); anything else is a ValueError naming it."""
     if isinstance(step, torch.Tensor) and step.numel() == 1:
         step = step.item()
-    whole = isinstance(step, numbers.Real) and not isinstance(step, bool) and math.isfinite(step)
-    if not (whole and step == int(step) and 0 <= step < MAX_STEP):  # type: ignore[arg-type]
-        raise ValueError(
-            f"SphereSparseAdam.load_state_dict: step must be a whole number in [0, 2**62), got {step!r}"
+    given = step
+    if isinstance(step, numbers.Real) and not isinstance(step, (bool, numbers.Integral)):
+        step = int(step) if math.isfinite(step) and step == int(step) else None  # 2.5, inf, NaN: refused
+    integer = isinstance(step, numbers.Integral) and not isinstance(step, bool)
+    if not integer or not 0 <= step < MAX_STEP:  # compared as an integer: 10**400 overflowed a float
+        shown = (
+            f"an integer of {int(step).bit_length()} bits" if integer and step >= MAX_STEP else repr(given)
         )
-    return int(step)  # type: ignore[arg-type]
+        raise ValueError(
+            f"SphereSparseAdam.load_state_dict: step must be a whole number in [0, 2**62), got {shown}"
+        )
+    return int(step)
 
 
 def _check_set_rate(owner: str, lr: object, name: str = "lr") -> float:
@@ -361,18 +367,20 @@ class SphereSparseAdam(_SphereOptimizer):
             raise ValueError(
                 f"SphereSparseAdam.load_state_dict: got the state of a {state['kind']!r} optimizer"
             )
+        step = _checked_step(state["step"])
         for name in ("exp_avg", "exp_avg_sq"):
             t = state[name]
-            if t is None and int(state["step"]) == 0:  # a torch.optim state saved before its first step
+            if t is None and step == 0:  # a torch.optim state saved before its first step
                 state = {**state, name: torch.zeros_like(self.table)}
                 continue
-            if not isinstance(t, torch.Tensor) or t.shape != self.table.shape or t.dtype != self.table.dtype:
+            # floating moments are cast to the table's dtype, as torch's optimizers cast them; integer ones
+            # (a forged file) were cast too
+            if not isinstance(t, torch.Tensor) or t.shape != self.table.shape or not t.is_floating_point():
                 got = (t.dtype, tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
                 raise ValueError(
-                    f"SphereSparseAdam.load_state_dict: {name} must be {self.table.dtype} of shape "
+                    f"SphereSparseAdam.load_state_dict: {name} must be floating of shape "
                     f"{tuple(self.table.shape)}, got {got}"
                 )
-        step = _checked_step(state["step"])
         # Every value checked before anything is changed.
         lr = _check_set_rate("SphereSparseAdam.load_state_dict", float(state["lr"]))
         betas, eps = _check_betas_eps("SphereSparseAdam.load_state_dict", state["betas"], state["eps"])
@@ -468,7 +476,7 @@ def _from_torch_optim(state: dict[str, Any]) -> dict[str, Any]:
         return {"kind": "sgd", "lr": group["lr"], "project": True}
     return {
         "kind": "adam",
-        "step": 0 if per_param is None else int(per_param["step"]),
+        "step": 0 if per_param is None else per_param["step"],  # checked by the loader
         "lr": group["lr"],
         "betas": list(group["betas"]),
         "eps": group["eps"],

@@ -8,9 +8,10 @@
 #   bash scripts/gpu_check.sh --list                         # stages and budgets
 # Stages and budgets in seconds (GLANN_GPU_BUDGET_<STAGE>=N overrides one; all are also cut to what is left of
 # GLANN_GPU_TOTAL=570, so the command ends inside the device's 600 s):
-#   preflight 15, build 75, tests 65, hopper 45, memcheck 45, racecheck 50, bench 200, compile 45   (sum 540)
+#   preflight 15, build 70, tests 60, hopper 45, memcheck 55, racecheck 60, bench 200, compile 45   (sum 550)
 # (the H200 run of 2026-12-04 took 10, 54, 36, 15, 22, 23, 156 and 31 s; the sanitizers' test sets have grown
-# since: the legacy search pinned and in float64, the fused Laplacian's edge tiles, racecheck on every dtype but bf16)
+# since: both searches pinned, the legacy one in float64 too, the fused Laplacian's edge tiles, racecheck on every dtype
+# but bf16)
 # The tests stage runs every CUDA test on the legacy kernels (GLANN_EXT_CUDA_KERNELS=legacy: what GPUs before
 # Hopper run), the hopper stage the CUDA suites of the three ops and of training on the Hopper kernels of
 # issue 15 (GLANN_EXT_CUDA_KERNELS=hopper); tests/test_cuda_hopper.py (tests stage) compares both variants
@@ -29,7 +30,7 @@ set -uo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STAGES=(preflight build tests hopper memcheck racecheck bench compile)
-declare -A BUDGET=([preflight]=15 [build]=75 [tests]=65 [hopper]=45 [memcheck]=45 [racecheck]=50 [bench]=200 [compile]=45)
+declare -A BUDGET=([preflight]=15 [build]=70 [tests]=60 [hopper]=45 [memcheck]=55 [racecheck]=60 [bench]=200 [compile]=45)
 declare -A WHAT=(
   [preflight]="python3 and headers, nvcc vs driver, compute-sanitizer, torch, GPU"
   [build]="pip install --no-build-isolation for the local arch; the installed module checked"

@@ -70,22 +70,29 @@ def assert_nearest(q: torch.Tensor, k: torch.Tensor, idx: torch.Tensor, dist: to
         torch.testing.assert_close(dist.double(), chosen, rtol=1e-5, atol=1e-5)
 
 
+SEARCHES = [  # (kernels, dtype): each search on each dtype it runs (float64 always takes the legacy one)
+    *(("legacy", dt) for dt in ("fp32", "fp64", "fp16", "bf16")),
+    *(("hopper", dt) for dt in ("fp32", "fp16", "bf16")),
+]
+
+
 @pytest.mark.parametrize("how", ["contiguous", "strided", "transposed"])
 @pytest.mark.parametrize("d", [1, 7, 17, 100])
-@pytest.mark.parametrize("dt", ["fp32", "fp64", "fp16", "bf16"])
-def test_cuda_small_nn_argmin_dtypes_layouts(dt, d, how):
-    """The legacy search (pinned: on Hopper the default takes the tensor-core one, whose small tests are in
-    test_cuda_hopper.py), so that the sanitizers run it on any GPU. D not a multiple of 16 (tails of the
-    16-wide stages), N and M just past multiples of the 128-row tiles, every input dtype, strided and
-    column-major inputs; six equal keys (the lowest index wins: three copies in the same 128-key tile, so in
-    other columns and threads of it, one in a later tile, one in the last, partial tile) and a query whose
-    answer lies in the last, partial key tile."""
+@pytest.mark.parametrize(("kernels", "dt"), SEARCHES)
+def test_cuda_small_nn_argmin_dtypes_layouts(kernels, dt, d, how):
+    """Both searches, each pinned (the default takes one per device; the hopper stage's environment would
+    not reach a pinned test), so that the sanitizers run each on any GPU that has it (off Hopper, "hopper"
+    runs the legacy one again). D not a multiple of 16 (tails of the 16-wide stages and of the tensor-core
+    search's 16-byte chunks), N and M just past multiples of the 128-row tiles, every input dtype, strided
+    and column-major inputs; six equal keys (the lowest index wins: three copies in the same 128-key tile,
+    so in other columns and threads of it, one in a later tile, one in the last, partial tile) and a query
+    whose answer lies in the last, partial key tile."""
     n, m = 131, 517
     q, k = randn(n, d, dt=dt), randn(m, d, dt=dt, seed=1)
     for copy in (9, 15, 40, 300, 516):
         k[copy] = k[7]
     q[0], q[1] = k[7], k[515]
-    with use_cuda_kernels("legacy"):
+    with use_cuda_kernels(kernels):
         idx, dist = nn_argmin(layout(q, how), layout(k, how), return_distances=True)
     # The lowest index holding exactly that key (at D = 1, low precision repeats values by chance).
     first = [int((k == k[j]).all(1).nonzero()[0]) for j in (7, 515)]

@@ -450,15 +450,18 @@ def test_adam_exact_resume_through_state_dict():
         resumed.step(*batches(k))
     assert torch.equal(table_copy, t_full)
     assert torch.equal(resumed.exp_avg, full.exp_avg) and torch.equal(resumed.exp_avg_sq, full.exp_avg_sq)
-    with pytest.raises(ValueError, match=r"exp_avg must be torch.float32 of shape \(80, 12\), got"):
+    with pytest.raises(ValueError, match=r"exp_avg must be floating of shape \(80, 12\), got"):
         resumed.load_state_dict({**saved, "exp_avg": torch.zeros(3, 3)})
-    with pytest.raises(ValueError, match=r"exp_avg_sq must be torch.float32 of shape .* got \(torch.float64"):
-        resumed.load_state_dict({**saved, "exp_avg_sq": saved["exp_avg_sq"].double()})  # was cast
-    for step in (-1, 2**62, 2.5, "3", True, float("nan")):
+    with pytest.raises(ValueError, match=r"exp_avg_sq must be floating of shape .* got \(torch.int64"):
+        resumed.load_state_dict({**saved, "exp_avg_sq": saved["exp_avg_sq"].long()})  # was cast
+    for step in (-1, 2**62, 10**400, 2.5, float("inf"), float("nan"), "3", True, torch.tensor(float("inf"))):
         with pytest.raises(ValueError, match=r"step must be a whole number in \[0, 2\*\*62\), got"):
             resumed.load_state_dict({**saved, "step": step})
     resumed.load_state_dict({**saved, "step": torch.tensor(3.0)})  # as torch's optimizers save it
     assert resumed.step_count == 3
+    wide = SphereSparseAdam(table_copy.double(), lr=0.5)  # float32 moments into a float64 table: cast, as
+    wide.load_state_dict(saved)  # torch's optimizers cast them
+    assert wide.exp_avg.dtype == torch.float64 and torch.equal(wide.exp_avg, saved["exp_avg"].double())
 
 
 def test_adam_empty_batch_counts_the_step_like_sparse_adam():
@@ -850,7 +853,7 @@ def test_adam_state_dict_keeps_project_and_refuses_a_negative_step_or_missing_mo
     with pytest.raises(ValueError, match=r"step must be a whole number in \[0, 2\*\*62\), got -1"):
         other.load_state_dict({**state, "step": -1})
     # moments may be missing only from a state saved before the first step (torch.optim's lazy state)
-    with pytest.raises(ValueError, match=r"exp_avg must be torch.float32 of shape \(10, 3\), got NoneType"):
+    with pytest.raises(ValueError, match=r"exp_avg must be floating of shape \(10, 3\), got NoneType"):
         other.load_state_dict({**state, "step": 3, "exp_avg": None})
 
 

@@ -409,11 +409,15 @@ def _forge_step(run: Path, forge) -> None:
         ),
         (  # the fused step takes an int64 count: 10**30 failed inside it
             lambda m, r: m["glo"]["opt_z"].update(step=10**30),
-            "step must be a whole number in [0, 2**62), got 1000000000000000000000000000000",
+            "step must be a whole number in [0, 2**62), got an integer of 100 bits",
+        ),
+        (  # past a float's range: an OverflowError, not a ValueError, escaped
+            lambda m, r: m["glo"]["opt_z"].update(step=10**400),
+            "step must be a whole number in [0, 2**62), got an integer of 1329 bits",
         ),
         (
             lambda m, r: r.update({"glo.opt_z.exp_avg": r["glo.opt_z.exp_avg"].long()}),
-            "exp_avg must be torch.float32 of shape (96, 16), got (torch.int64, (96, 16))",
+            "exp_avg must be floating of shape (96, 16), got (torch.int64, (96, 16))",
         ),
     ],
     ids=[
@@ -429,6 +433,7 @@ def _forge_step(run: Path, forge) -> None:
         "codes-int",
         "codes-off-sphere",
         "adam-step",
+        "adam-step-past-float",
         "adam-moment-dtype",
     ],
 )
@@ -727,6 +732,13 @@ def test_folder_locked_excludes_a_second_holder_and_runs_unlocked_where_folders_
     def no_locks(fd, op):
         raise OSError(errno.ENOLCK, "No locks available")
 
+    out = tmp_path / "b"
+    with folder_locked(out, "busy"):  # a second caller that also found it missing (a race) is refused...
+        monkeypatch.setattr(type(out), "exists", lambda self: False if self == out else os.path.exists(self))
+        with pytest.raises(RunFolderError), folder_locked(out, "busy"):
+            pass
+        monkeypatch.undo()
+        assert out.is_dir()  # ...and leaves the holder's folder in place
     monkeypatch.setattr(fcntl, "flock", no_locks)
     with folder_locked(tmp_path, "busy"), folder_locked(tmp_path, "busy"):
         pass  # both run: the lock is a guard, not a requirement
@@ -1281,6 +1293,29 @@ def test_files_far_larger_than_what_they_can_hold_are_refused_before_they_are_re
     assert "its header does not describe its 1,099,511,627,776 bytes" in err, err
     err = _one_line_error(capsys, "train", "--config", "/dev/zero", "--out", str(tmp_path / "new"))
     assert "/dev/zero: more than 1,048,576 bytes, too large to be a config" in err, err
+    for name, command in (
+        ("checkpoints/manifest.json", ("train", "--no-progress", "--imle-epochs", "2", "--out")),
+        ("metrics.jsonl", ("train", "--no-progress", "--imle-epochs", "2", "--out")),  # pruned on resume
+    ):
+        run = _copy(finished, tmp_path, name.replace("/", "-"))
+        with open(run / name, "r+b") as f:
+            f.truncate(1 << 40)
+        err = _one_line_error(capsys, *command, str(run))
+        assert name.split("/")[-1] in err and "too large to be read" in err, err
+
+
+def test_the_unit_sphere_check_names_the_row_past_its_first_block():
+    """The check runs over blocks of rows (a float64 copy of a whole table was twice its size): a row past
+    the first block is named by its own index."""
+    from glann_ext.models.generative import check_unit_codes
+
+    codes = torch.nn.functional.normalize(
+        torch.randn(70_000, 4, generator=torch.Generator().manual_seed(0)), dim=1
+    )
+    check_unit_codes(codes)
+    codes[69_999] *= 1.5
+    with pytest.raises(ValueError, match=r"got norm 1.5 at row 69999"):
+        check_unit_codes(codes)
 
 
 def test_a_reader_never_mixes_two_steps(finished, tmp_path, monkeypatch):

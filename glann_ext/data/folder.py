@@ -72,7 +72,7 @@ def list_images(folder: str | Path) -> list[Path]:
         if not p.is_file():
             what = "not a regular file (a FIFO, device or socket is not read)"
             if p.is_symlink() and not p.exists():
-                what = "a link to nothing"
+                what = "a link to nothing (or a loop of links)"
             raise DataError(f"{p}: named as an image but {what}")
     files = sorted(named)
     for p in files:

@@ -925,14 +925,16 @@ def check_unit_codes(codes: torch.Tensor) -> None:
     """Stored training codes must lie on the unit sphere, as training leaves them: balanced sampling, the
     spread and latent interpolation measure ``T``'s projected samples against them, so codes off the sphere
     (a forged or damaged file) would give wrong samples without an error."""
-    off = (codes.double().norm(dim=1) - 1).abs()
-    bad = torch.nonzero(~(off <= UNIT_NORM_TOLERANCE))
-    if len(bad):
-        row = int(bad[0])
-        raise ValueError(
-            f"codes must lie on the unit sphere (norms within {UNIT_NORM_TOLERANCE:g} of 1), got norm "
-            f"{float(codes[row].double().norm()):.6g} at row {row}"
-        )
+    block = 1 << 16  # rows at a time: a float64 copy of a whole table is twice its size
+    for start in range(0, len(codes), block):
+        off = (codes[start : start + block].double().norm(dim=1) - 1).abs()
+        bad = torch.nonzero(~(off <= UNIT_NORM_TOLERANCE))
+        if len(bad):
+            row = start + int(bad[0])
+            raise ValueError(
+                f"codes must lie on the unit sphere (norms within {UNIT_NORM_TOLERANCE:g} of 1), got norm "
+                f"{float(codes[row].double().norm()):.6g} at row {row}"
+            )
 
 
 def _check_accept(accept: torch.Tensor, n_codes: int) -> None:

@@ -267,6 +267,9 @@ _MANIFEST_KEYS = {
 }  # fmt: skip
 
 
+MAX_MANIFEST_BYTES = 1 << 20  # a manifest is a few hundred bytes
+
+
 def read_manifest_object(run: str | Path) -> dict[str, Any] | None:
     """The JSON object in run folder ``run``'s manifest, of any format and its entries unchecked (what
     ``glann upgrade`` reads to find a format-1 checkpoint); None when there is no manifest."""
@@ -274,7 +277,7 @@ def read_manifest_object(run: str | Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        manifest = json.loads(read_regular(path).decode("utf-8"))
+        manifest = json.loads(read_regular(path, limit=MAX_MANIFEST_BYTES).decode("utf-8"))
     except (OSError, ValueError) as exc:  # ValueError: not UTF-8, not JSON, a 4,300-digit integer
         raise CheckpointError(f"{path}: unreadable manifest ({exc})") from exc
     except RecursionError:

@@ -874,7 +874,8 @@ def _prune_metrics(path: Path, fit: Fit) -> None:
     if not path.exists():
         return
     done = {"glo": fit.glo.epoch if fit.glo else 0, "imle": fit.imle.epoch if fit.imle else 0}
-    lines = read_regular(path).decode("utf-8", errors="replace").splitlines()
+    # a row an epoch, a few hundred bytes: a file past 1 GiB is not a run's (a planted sparse file)
+    lines = read_regular(path, limit=1 << 30).decode("utf-8", errors="replace").splitlines()
     keep = [line for line in lines if line.strip() and _row_done(line, done)]
     if len(keep) != len(lines):
         atomic_write(path, lambda f: f.write("".join(line + "\n" for line in keep).encode()))
