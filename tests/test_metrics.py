@@ -915,13 +915,15 @@ def test_standard_fid_gives_pytorch_fid_the_same_8_bit_images_as_torch_fidelity(
     _pretend_installed(monkeypatch, "pytorch_fid")
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / fid.PYTORCH_FID_WEIGHTS).write_bytes(b"")
-    seen = []
+    seen, hubs, default_hub = [], [], torch.hub.get_dir()
 
     class InceptionV3:
         BLOCK_INDEX_BY_DIM: ClassVar[dict[int, int]] = {2048: 3}
 
         def __init__(self, blocks, resize_input, normalize_input):
             assert (blocks, resize_input, normalize_input) == ([3], True, True)
+            # pytorch-fid reads its weights from torch.hub's folder: it must be hub_dir's (it was the default)
+            hubs.append(torch.hub.get_dir())
 
         def eval(self):
             return self
@@ -944,6 +946,7 @@ def test_standard_fid_gives_pytorch_fid_the_same_8_bit_images_as_torch_fidelity(
     quantised = (torch.cat([real, fake]).clamp(0, 1) * 255).round().repeat(1, 3, 1, 1) / 255
     assert torch.equal(images, quantised)
     assert res.value is not None
+    assert hubs == [str(tmp_path), str(tmp_path)] and torch.hub.get_dir() == default_hub  # restored after
 
 
 # -- code usage (how a second stage's samples use the GLO codes) -------------------------------------------

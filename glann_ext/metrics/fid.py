@@ -71,10 +71,16 @@ def _inception_features(backend: InceptionBackend, images: torch.Tensor, batch_s
     if backend.name == "pytorch-fid":
         from pytorch_fid.inception import InceptionV3
 
-        # The weight file is in the hub cache (checked), so torch.hub loads it without a download.
-        model = InceptionV3(
-            [InceptionV3.BLOCK_INDEX_BY_DIM[2048]], resize_input=True, normalize_input=True
-        ).eval()
+        # pytorch-fid loads its weights from torch.hub's folder: pointed at the one the file was found in
+        # (checked), so nothing is downloaded (with hub_dir elsewhere it read, or fetched, the default's)
+        default_hub = torch.hub.get_dir()
+        torch.hub.set_dir(str(backend.weights.parent.parent))
+        try:
+            model = InceptionV3(
+                [InceptionV3.BLOCK_INDEX_BY_DIM[2048]], resize_input=True, normalize_input=True
+            ).eval()
+        finally:
+            torch.hub.set_dir(default_hub)
         # The same 8-bit images torch-fidelity gets (and a score of saved PNGs reads), as floats in [0, 1].
         feats = [
             model(_as_uint8(images[i : i + batch_size]).float() / 255)[0].flatten(1)
