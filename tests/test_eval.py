@@ -252,6 +252,10 @@ def test_eval_scores_as_many_samples_as_test_images(digits_run, cache_dir, tmp_p
     for key in ("fd", "precision", "recall", "density", "coverage"):
         assert more[key] == equal[key], key
     assert more["ceiling"]["n"] == 256 and more["ceiling"]["fd"] == equal["ceiling"]["fd"]
+    # the fewest samples allowed (4) are scored against 6 test images: density/coverage's k = 5 needs them
+    assert main([*args, "-n", "4", "--out", str(tmp_path / "4")]) == 0
+    few = json.loads((tmp_path / "4" / "eval.json").read_text())
+    assert few["n_scored"] == 4 and math.isfinite(few["coverage"]) and few["ceiling"]["n"] == 4
 
 
 def test_eval_default_output_is_the_run_folder(digits_run, cache_dir):
