@@ -1026,12 +1026,7 @@ def _model_of_step(
         model = GLANN(G, rows["glo.codes"], T, **kwargs)
         check_unit_codes(model.codes)
         return model.to(device).eval()
-    except (
-        ValueError,
-        TypeError,
-        RuntimeError,
-        KeyError,
-        AttributeError,
-    ) as exc:  # a forged or foreign state
+    # a forged or foreign state: shapes, types, missing keys (G or T's weights), values off the sphere
+    except (ValueError, TypeError, RuntimeError, KeyError, AttributeError) as exc:
         what = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
         raise CheckpointError(f"{run}: the checkpoint does not describe a usable model ({what})") from None
