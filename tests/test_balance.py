@@ -80,6 +80,23 @@ def test_rejection_sample_keeps_each_region_at_its_acceptance():
     assert balance.rejection_sample(lambda e: e, _cdist_nearest, codes, accept, 2, 0, 3).shape == (0, 2)
 
 
+def test_rejection_sample_draws_noise_and_coins_from_their_own_streams():
+    """The first round by hand: the noise from generator(seed, "sample"), the coin flips from
+    generator(seed, "accept"), kept where coin < acceptance (drawing the coins from the noise's stream, or
+    comparing with <=, passed every other test)."""
+    codes, accept = _square_codes(), torch.full((4,), 0.5)
+    z = balance.rejection_sample(lambda e: e, _cdist_nearest, codes, accept, 2, 50, seed=7)
+    noise = torch.randn(balance.SAMPLING_CHUNK, 2, generator=seeding.generator(7, "sample"))
+    coins = torch.rand(balance.SAMPLING_CHUNK, generator=seeding.generator(7, "accept"))
+    assert torch.equal(z, noise[coins < 0.5][:50])
+    exact = torch.ones(
+        4
+    )  # the first draw's coin equals its code's acceptance: a rejection (keep if coin < p)
+    exact[int(_cdist_nearest(noise[:1], codes))] = coins[0]
+    kept = balance.rejection_sample(lambda e: e, _cdist_nearest, codes, exact, 2, 1, seed=7)
+    assert not torch.equal(kept[0], noise[0])
+
+
 def test_rejection_sampling_gives_up_after_its_budget_of_draws():
     """A broken table (every acceptance 1e-30) stops after 16 rounds plus MAX_DRAWS_PER_SAMPLE draws per
     wanted sample, here 16 + ceil(2 x 10,000 / 4,096) = 21 rounds of 4,096 draws, with a UsageError that

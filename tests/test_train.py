@@ -458,6 +458,11 @@ def test_imle_options_cosine_rate_and_precision_term():
     fresh = trainer.precision_noise(1)
     assert fresh.shape == (2, 32, 2) and torch.equal(fresh, trainer.precision_noise(1))
     assert not torch.equal(fresh, trainer.precision_noise(2))
+    # its own stream, not the matching's (seeded from the IMLE stage's, its rows were that epoch's first draws)
+    own = torch.randn(2, 32, 2, generator=seeding.generator(cfg.seed, "imle_precision", 1))
+    assert torch.equal(fresh, own)
+    table = trainer.noise(range(trainer.num_noise), 1)
+    assert not bool((fresh.reshape(-1, 1, 2) == table[None]).all(-1).any())
     run_epoch(trainer)
     assert trainer.opt.param_groups[0]["lr"] == trainer.lr_at(1)
     assert IMLETrainer(targets, MLP(2, 3, 16, 2), TrainConfig(), get_ops(OPS)).precision_noise(0) is None
@@ -466,6 +471,23 @@ def test_imle_options_cosine_rate_and_precision_term():
     for bad in ({"imle_lr_schedule": "step"}, {"imle_match": "hungarian"}, {"imle_precision_weight": -1}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             TrainConfig(**bad).validate()
+
+
+def test_adaptive_imle_rematches_a_target_only_below_its_threshold_not_at_it():
+    """With no shrink and T unchanged between epochs, every sample sits exactly at its target's threshold:
+    "fitted" is strictly below it (the paper's code), so nothing is re-matched and every target ages by one
+    epoch (a <= re-matched them all and passed every other test)."""
+    torch.manual_seed(0)
+    cfg = TrainConfig(
+        noise_dim=2, imle_adaptive=True, imle_adaptive_shrink=0.0, imle_staleness=1, imle_force_rematch=100,
+        ops=OPS,
+    )  # fmt: skip
+    trainer = IMLETrainer(torch.randn(40, 3), MLP(2, 3, 8, 2, batch_norm=False), cfg, get_ops(OPS))
+    trainer.begin_epoch()
+    assert trainer.last_rematched == 1.0 and bool((trainer.since_match == 0).all())
+    trainer.epoch = 1  # as the loop moves on, T not stepped
+    trainer.begin_epoch()
+    assert trainer.last_rematched == 0.0 and bool((trainer.since_match == 1).all())
 
 
 def test_the_imle_stage_decays_the_weights_by_imle_weight_decay():

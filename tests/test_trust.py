@@ -453,6 +453,28 @@ def test_a_forged_trainer_state_is_a_one_line_error(tmp_path, blob_file, capsys,
         )
 
 
+def test_every_per_target_imle_state_is_saved_in_the_shards_not_main_pt(tmp_path, blob_file):
+    """Each rank saves its own targets' rows to its shard; a per-target tensor left in main.pt (rank 0's
+    replicated state) would hand rank 1 rank 0's rows on a sharded resume, while one process still
+    round-trips it (dropping since_match from the row keys passed every single-process test)."""
+    run = tmp_path / "run"
+    cfg = tiny_config(dataset=blob_file, glo_epochs=1, imle_epochs=1, imle_adaptive=True, noise_dim=4)
+    train(cfg, run, progress=False, log=lambda s: None)
+    step = ckpt.checkpoint_dir(run) / ckpt.read_manifest(run)["step_dir"]
+    main_state, rows = ckpt.load(step / ckpt.MAIN_FILE), ckpt.load(step / ckpt.shard_name(0, 1))["rows"]
+    per_target = {"matched_noise", "threshold", "since_match"}
+    assert {f"imle.{k}" for k in per_target} <= rows.keys() and {
+        "glo.codes",
+        "glo.opt_z.exp_avg",
+    } <= rows.keys()
+    n = len(rows["glo.codes"])
+    left = [
+        k for k, v in main_state["imle"].items() if isinstance(v, torch.Tensor) and v.dim() and len(v) == n
+    ]
+    assert not left, left
+    assert all(main_state["imle"][k] == {"__rows__": ""} for k in per_target)  # main.pt only points to them
+
+
 @pytest.mark.parametrize(
     ("forge", "needle"),
     [
