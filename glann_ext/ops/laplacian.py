@@ -478,19 +478,22 @@ def _check_args(x: object, y: object, levels: object, reduction: object, level_w
     check_tensor("x", x, dtypes=allowed, nonempty=True)
     if x.device.type not in ("cpu", "cuda", "meta"):  # meta: shapes only, through the fake implementation
         raise ValueError(f"x must be on a cpu, cuda or meta device, got {x.device}")
-    levels = check_options(levels, reduction)
-    if levels is None and level_weights is not None:
-        level_weights = _weight_values(level_weights)
-        levels = _levels_of(level_weights)
-    elif levels is None:
+    levels, weights = levels_and_weights(check_options(levels, reduction), level_weights)
+    if levels is None:
         levels = default_levels(x.shape[2], x.shape[3])
+    return levels, default_level_weights(levels) if weights is None else weights
+
+
+def levels_and_weights(levels: int | None, level_weights: object) -> tuple[int | None, list[float] | None]:
+    """``levels`` (checked by :func:`check_options`) and ``level_weights`` as checked floats. Weights given
+    without ``levels`` set one level per weight (a count outside [1, MAX_LEVELS] is clamped into it, so the
+    length check words the error); without weights both may stay None (the image size picks them)."""
+    if level_weights is None:
+        return levels, None
+    level_weights = _weight_values(level_weights)
+    if levels is None:
+        levels = min(max(len(level_weights), 1), MAX_LEVELS)
     return levels, check_level_weights(level_weights, levels)
-
-
-def _levels_of(level_weights: Sequence) -> int:
-    """The levels that weights given without ``levels`` ask for: one per weight (a count outside [1,
-    MAX_LEVELS] is clamped into it, so the length check words the error)."""
-    return min(max(len(level_weights), 1), MAX_LEVELS)
 
 
 def check_options(levels: object, reduction: object) -> int | None:
@@ -610,14 +613,8 @@ class LaplacianPyramidLoss(torch.nn.Module):
         check_finite_values: bool = True,
     ) -> None:
         super().__init__()
-        self.levels = check_options(levels, reduction)
+        self.levels, self.level_weights = levels_and_weights(check_options(levels, reduction), level_weights)
         self.reduction = reduction
-        if level_weights is not None:
-            level_weights = _weight_values(level_weights)
-            if self.levels is None:
-                self.levels = _levels_of(level_weights)
-            level_weights = check_level_weights(level_weights, self.levels)
-        self.level_weights = level_weights
         self.check_finite_values = check_bool("check_finite_values", check_finite_values)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
