@@ -13,4 +13,6 @@ python scripts/check_extension.py       # the module is torch-free and reports w
 bash scripts/check_format.sh            # C++/CUDA formatted with the pinned clang-format
 pip install -q ruff==0.17.6                 # pinned: lint rules change between releases
 ruff check glann_ext tests benchmarks scripts && ruff format --check glann_ext tests benchmarks scripts
-pytest -q -p no:cacheprovider tests "$@"
+# A test that hangs fails after 15 minutes with every thread's stack instead of using up CI's 90 minutes
+# (the thread method, since a test sets its own SIGALRM)
+pytest -q -p no:cacheprovider --timeout 900 --timeout-method thread tests "$@"
