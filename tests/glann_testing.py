@@ -169,3 +169,11 @@ def vgg_state(seed: int = 0) -> dict[str, torch.Tensor]:
         state[f"features.{i}.weight"] = torch.randn(cout, cin, 3, 3, generator=gen) * (2 / (9 * cin)) ** 0.5
         state[f"features.{i}.bias"] = torch.randn(cout, generator=gen) * 0.1
     return state
+
+
+def unit_rows(n: int, d: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """(n, d) seeded Gaussian rows projected onto the unit sphere by the pure-PyTorch reference."""
+    from glann_ext.ops import reference
+
+    g = torch.Generator().manual_seed(seed)
+    return reference.project_to_sphere_reference(torch.randn(n, d, generator=g, dtype=dtype))

@@ -478,3 +478,12 @@ def test_torch_func_grad_on_cuda_matches_the_cpu():
     """The transforms' Function runs the CUDA kernels on the unwrapped tensors like the CPU ones."""
     for got, want in zip(_func_grads("cuda"), _func_grads("cpu")):
         torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-5)
+
+
+# Mutation test (2026-12-07): an in-place op wrote through a read-only numpy array
+def test_in_place_projection_refuses_a_read_only_array():
+    a = np.full((3, 4), 2.0, dtype=np.float32)
+    a.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only numpy array"):
+        glann_ext.project_to_sphere_(a)
+    assert (a == 2.0).all()

@@ -1127,3 +1127,14 @@ def test_the_module_form_is_the_function_with_its_options_checked_when_made():
     # the reference backend reads weights without levels the same way
     ref = reference.laplacian_pyramid_loss_reference(x.detach(), y, level_weights=[1.0, 3.0])
     torch.testing.assert_close(ref, module(x, y).detach(), rtol=1e-12, atol=0)
+
+
+# Mutation test (2026-12-07): the registered backward op took more level weights than levels
+def test_registered_backward_refuses_more_level_weights_than_levels():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2, 1, 8, 8, generator=g), torch.randn(2, 1, 8, 8, generator=g)
+    _, signs = torch.ops.glann_ext.laplacian_fwd(x, y, 3, [1.0, 4.0, 16.0], 0, False, True)
+    with pytest.raises(ValueError, match=r"^laplacian_bwd: level_weights must have 3 entries, got 4"):
+        torch.ops.glann_ext.laplacian_bwd(
+            signs, torch.tensor(1.0), 2, 1, 8, 8, 3, [1.0, 4.0, 16.0, 64.0], 0, torch.float32, False
+        )

@@ -11,10 +11,12 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from glann_testing import unit_rows
 from torch.optim import lr_scheduler
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from glann_ext import project_to_sphere
+from glann_ext import fused_latent_adam_, project_to_sphere
+from glann_ext.ops import reference
 from glann_ext.optim import SphereSparseAdam, SphereSparseSGD
 
 BACKENDS = ["fused", "reference"]
@@ -373,3 +375,39 @@ def test_the_documented_ways_to_resume_a_schedule_give_the_same_rates():
             s.step()
         assert opt.lr == by_state.lr == pytest.approx(by_epoch.lr, rel=1e-12)
     assert torch.equal(by_state.table, opt.table)
+
+
+# Mutation test (2026-12-07): SphereSparseAdam.step ignored ``updates`` (bias correction from the global
+# counter)
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+def test_adam_updates_sets_the_bias_correction_step(backend):
+    g = torch.Generator().manual_seed(3)
+    opt = SphereSparseAdam(unit_rows(6, 4), lr=0.1, backend=backend)
+    for _ in range(3):  # the counter runs ahead: rows 2 and 3 were never touched
+        opt.step(torch.tensor([0, 1]), torch.randn(2, 4, generator=g, dtype=torch.float64))
+    grad = torch.randn(2, 4, generator=g, dtype=torch.float64)
+    idx = torch.tensor([2, 3])
+    first = opt.table.clone(), opt.exp_avg.clone(), opt.exp_avg_sq.clone()
+    fused_latent_adam_(*first, idx, grad, step=1, lr=0.1)  # their first update: step 1
+    opt.step(idx, grad, updates=1)
+    torch.testing.assert_close(opt.table, first[0], rtol=1e-12, atol=1e-12)
+    assert opt.step_count == 4
+
+
+# Mutation test (2026-12-07): the reference Adam step projected its rows with project=False
+def test_reference_adam_step_without_projection_is_torch_sparse_adam():
+    g = torch.Generator().manual_seed(4)
+    table = unit_rows(5, 3) * 2.0  # rows of norm 2: a projection would show
+    idx, grad = torch.tensor([0, 3]), torch.randn(2, 3, generator=g, dtype=torch.float64)
+    param = torch.nn.Parameter(table.clone())
+    torch_adam = torch.optim.SparseAdam([param], lr=0.1)
+    param.grad = torch.sparse_coo_tensor(idx[None], grad, param.shape, check_invariants=True)
+    torch_adam.step()
+    ours = table.clone()
+    m, v = torch.zeros_like(ours), torch.zeros_like(ours)
+    reference.fused_latent_adam_reference(ours, m, v, idx, grad, step=1, lr=0.1, project=False)
+    assert torch.equal(ours, param.detach())
+    opt = SphereSparseAdam(table.clone(), lr=0.1, project=False, backend="reference")
+    opt.step(idx, grad)
+    assert torch.equal(opt.table, param.detach())
+    assert not torch.allclose(opt.table[idx].norm(dim=1), torch.ones(2, dtype=torch.float64))

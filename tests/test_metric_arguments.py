@@ -252,3 +252,49 @@ def test_a_frechet_distance_past_float64_names_the_features():
     """A distance past float64's range (features near 1e160 apart) raised "sigma1 contains NaN or Inf"."""
     with pytest.raises(UsageError, match=r"^features2 has values too large to square in float64"):
         frechet_distance(_latent(10), _latent(10, seed=1) * BIG)
+
+
+# Mutation test (2026-12-07): mode_coverage took num_std = 0 (every sample off every mode, silently)
+@pytest.mark.parametrize("num_std", [0, -1.0, math.inf, math.nan, True, None])
+def test_mode_coverage_refuses_a_num_std_that_is_not_a_positive_finite_number(num_std):
+    # an infinite radius would count a point 1e6 away as high quality; True would read as 1
+    from glann_ext.metrics.mixtures import RING_VEEGAN, mode_coverage
+
+    with pytest.raises(ValueError, match="num_std must be a positive finite number"):
+        mode_coverage(torch.zeros(4, 2), RING_VEEGAN, num_std=num_std)
+
+
+@pytest.mark.parametrize("std", [True, math.inf])
+def test_mode_coverage_refuses_a_std_that_is_not_a_positive_finite_number(std):
+    from glann_ext.metrics.mixtures import mode_coverage
+
+    with pytest.raises(ValueError, match="std must be a positive finite number"):
+        mode_coverage(torch.zeros(4, 2), torch.zeros(2, 2), std)
+
+
+# Mutation test (2026-12-07): make_stacked took a label 10 (its mode id then collides with another triple's)
+def test_make_stacked_refuses_a_label_of_ten():
+    from glann_ext.metrics.stacked_mnist import make_stacked
+
+    images = torch.zeros(3, 1, 4, 4)
+    with pytest.raises(ValueError, match=r"labels must be integer digits 0\.\.9"):
+        make_stacked(images, torch.tensor([0, 5, 10]), num_samples=4)
+
+
+# Mutation test (2026-12-07): radii a hair below 0 were taken (the check compared with -1e-12)
+def test_ball_membership_refuses_any_negative_radius():
+    from glann_ext.metrics.knn import ball_membership_counts
+
+    c = torch.zeros(2, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"radii must be >= 0"):
+        ball_membership_counts(c, c, torch.tensor([1.0, -1e-15], dtype=torch.float64), strict=False)
+
+
+# Mutation test (2026-12-07): nearest_other_code took negative code indices (read from the end, as Python
+# indexing does)
+def test_nearest_other_code_refuses_a_negative_query_index():
+    from glann_ext.metrics.code_usage import nearest_other_code
+
+    codes = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"queries must index the 5 codes \(0\.\.4\)"):
+        nearest_other_code(codes, queries=torch.tensor([0, -1]))

@@ -1395,3 +1395,54 @@ def test_code_usage_isolated_share_when_every_code_ties():
     codes = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)  # a square
     u = code_usage(codes + 1e-3, codes)
     assert u.isolated_share == pytest.approx(1.0)  # one sample per code: the isolated fare like the rest
+
+
+# Mutation test (2026-12-07): stacked_modes ignored min_count (counts > 0)
+def test_stacked_modes_min_count_counts_only_modes_with_that_many_samples():
+    def classifier(x):  # the digit is 10 x the channel's mean value: one-hot logits
+        digit = (x.mean((1, 2, 3)) * 10).round().long().clamp(0, 9)
+        return torch.nn.functional.one_hot(digit, 10).float()
+
+    digits = torch.tensor([[1, 2, 3], [1, 2, 3], [4, 5, 6]])  # mode 123 twice, mode 456 once
+    images = (digits.float() / 10)[:, :, None, None].expand(-1, -1, 4, 4).contiguous()
+    assert stacked_modes(classifier, images).modes_covered == 2
+    result = stacked_modes(classifier, images, min_count=2)
+    assert result.mode_counts[123] == 2 and result.mode_counts[456] == 1
+    assert result.modes_covered == 1
+
+
+# Mutation test (2026-12-07): the PSD check's tolerance was absolute (-1e-6), not relative to the covariance's
+# scale
+def test_frechet_statistics_accept_a_rounding_negative_eigenvalue_at_a_large_scale():
+    from glann_ext.metrics.frechet import frechet_distance_from_statistics
+
+    mu = np.zeros(2)
+    sigma1 = np.diag([1e8, -1e-3])  # -1e-3 is rounding beside 1e8 (tolerance 1e-6 x 1e8 = 100)
+    sigma2 = np.diag([1e8, 0.0])
+    fd = frechet_distance_from_statistics(mu, sigma1, mu, sigma2)
+    assert 0.0 <= fd < 1e-2
+    with pytest.raises(ValueError, match="sigma1 must be positive semi-definite"):
+        frechet_distance_from_statistics(mu, np.diag([1e8, -1e3]), mu, sigma2)
+
+
+# Mutation test (2026-12-07): threshold_quantile = 0 (the smallest test distance) was refused
+def test_memorisation_threshold_quantile_zero_is_the_smallest_test_distance():
+    from glann_ext.metrics.memorisation import memorisation_report
+
+    train = torch.tensor([[0.0], [10.0]])
+    test = torch.tensor([[1.0], [3.0], [6.0]])  # distances 1, 3, 4
+    generated = torch.tensor([[0.5], [2.0]])  # distances 0.5, 2
+    report = memorisation_report(generated, train, test, threshold_quantile=0.0)
+    assert report.threshold == 1.0
+    assert report.generated_fraction_below == 0.5 and report.test_fraction_below == 0.0
+
+
+# Mutation test (2026-12-07): int64 pixels/features were searched in float32 (large values lost their last
+# bits)
+def test_nearest_train_searches_int64_rows_in_float64():
+    from glann_ext.metrics.memorisation import nearest_train
+
+    big = 2**25  # float32 spacing is 4 here: big + 2 and big + 3 are not float32 values
+    train = torch.tensor([[big], [big + 2]], dtype=torch.int64)
+    index, dist = nearest_train(torch.tensor([[big + 3]], dtype=torch.int64), train)
+    assert index.tolist() == [1] and dist.tolist() == [1.0]

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from glann_testing import child_kwargs
+from glann_testing import child_kwargs, unit_rows
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,6 +29,7 @@ from glann_ext import (
     project_to_sphere_,
 )
 from glann_ext.errors import NonFiniteError
+from glann_ext.ops import reference
 
 DTYPES = [torch.float32, torch.float64]
 DIMS = [1, 2, 3, 17, 64, 513]
@@ -1168,3 +1169,49 @@ def test_strided_grad_and_indices_match_contiguous():
         fused_latent_sgd_(t3, idx, g, lr=0.3)
         fused_latent_sgd_(t4, idx.contiguous(), g.contiguous(), lr=0.3)
         assert torch.equal(t3, t4)
+
+
+# Mutation test (2026-12-07): _span dropped the last element of a strided tensor, so overlap through it went
+# unseen
+def test_grad_whose_last_element_is_the_tables_first_is_refused():
+    buf = torch.zeros(100, dtype=torch.float32)
+    table = buf[50:74].view(6, 4)
+    table.copy_(unit_rows(6, 4, dtype=torch.float32))
+    grad = buf.as_strided((2, 4), (10, 1), 37)  # not contiguous; its last element is table[0, 0]
+    assert grad.data_ptr() + 13 * 4 == table.data_ptr()
+    before = table.clone()
+    with pytest.raises(ValueError, match="table and grad share memory"):
+        fused_latent_sgd_(table, torch.tensor([0, 1]), grad, lr=0.1)
+    assert torch.equal(table, before)
+
+
+# Mutation test (2026-12-07): first_nonfinite_row returned the highest bad row
+def test_nonfinite_grad_and_keys_name_their_lowest_bad_row():
+    table, grad = unit_rows(6, 4), torch.randn(4, 4, dtype=torch.float64)
+    grad[1, 0], grad[3, 2] = float("nan"), float("inf")
+    m, v = torch.zeros_like(table), torch.zeros_like(table)
+    with pytest.raises(NonFiniteError, match=r"grad row 1 contains NaN") as info:
+        fused_latent_adam_(table, m, v, torch.tensor([0, 1, 2, 3]), grad, step=1, lr=0.1)
+    assert info.value.row == 1
+    q, k = torch.randn(3, 2), torch.randn(8, 2)
+    k[2, 0], k[6, 1] = float("nan"), float("nan")
+    best = glann_ext.ops.nn_argmin.RunningArgmin(
+        q, scores=reference.nn_argmin_scores_reference, check_finite=True
+    )
+    with pytest.raises(NonFiniteError, match=r"keys row 2 contains NaN"):
+        best.update(k, 0)
+
+
+# Mutation test (2026-12-07): the projection's backward accumulated float32 rows in float32
+def test_projection_gradient_of_float32_rows_is_computed_in_float64():
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(8, 2000, generator=g).requires_grad_()
+    y = glann_ext.project_to_sphere(z)
+    # an incoming gradient almost along y: the result is its small perpendicular part, which a float32
+    # dot product (rounding ~1e-7 of |g|) swamps
+    perp = torch.randn(8, 2000, generator=g) * 1e-4
+    grad = (y.detach() + perp).float()
+    (gz,) = torch.autograd.grad(y, z, grad)
+    yd, gd = y.detach().double(), grad.double()
+    want = (gd - yd * (yd * gd).sum(1, keepdim=True)) / z.detach().double().norm(dim=1, keepdim=True)
+    torch.testing.assert_close(gz.double(), want, rtol=1e-5, atol=1e-12)
