@@ -310,6 +310,39 @@ def test_strided_inputs():
     torch.testing.assert_close(g, r)
 
 
+STRIDED_VIEWS = [
+    # sliced with non-unit strides everywhere; transposed and cut
+    (
+        (3, 4, 40, 50),
+        lambda t: t[:, 1:3, 3:32:2, ::3],
+        (3, 2, 17, 40),
+        lambda t: t.transpose(2, 3)[:, :, :15],
+    ),
+    # unit column strides on both (the interleaving fast path) but rows of different pitch
+    ((2, 3, 16, 20), lambda t: t, (2, 3, 16, 27), lambda t: t[..., 2:22]),
+]
+
+
+@pytest.mark.parametrize("swap", [False, True])
+@pytest.mark.parametrize("case", range(len(STRIDED_VIEWS)))
+def test_strided_views_reach_the_kernel_and_match_contiguous_copies(case, swap):
+    """The views themselves go in (_check's clone() makes a non-dense input contiguous): loss and gradients
+    equal those of contiguous copies bit for bit, so each input is read at its own strides."""
+    x_shape, x_view, y_shape, y_view = STRIDED_VIEWS[case]
+    xb, yb = torch.randn(x_shape, requires_grad=True), torch.randn(y_shape, requires_grad=True)
+    x, y = x_view(xb), y_view(yb)
+    assert not (x.is_contiguous() and y.is_contiguous())
+    xc, yc = x.detach().contiguous().requires_grad_(), y.detach().contiguous().requires_grad_()
+    for reduction in ("mean", "none"):
+        got = loss_fn(y, x, reduction=reduction) if swap else loss_fn(x, y, reduction=reduction)
+        want = loss_fn(yc, xc, reduction=reduction) if swap else loss_fn(xc, yc, reduction=reduction)
+        assert torch.equal(got, want)
+        seed = torch.rand(got.shape) + 0.5
+        gxb, gyb = torch.autograd.grad(got, (xb, yb), seed)
+        gxc, gyc = torch.autograd.grad(want, (xc, yc), seed)
+        assert torch.equal(x_view(gxb), gxc) and torch.equal(y_view(gyb), gyc)
+
+
 @pytest.mark.parametrize("pixel_path", [False, True])  # the row kernels' signs, and the CUDA kernels' math
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_identical_inputs_give_zero_loss_and_grad(pixel_path, dtype):

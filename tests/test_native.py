@@ -4,11 +4,14 @@ its code and detail, and glann_ext.ops turns it into the typed error by its code
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-from glann_testing import RecordOps
+from glann_testing import RecordOps, child_kwargs
 
 import glann_ext
 import glann_ext.ops
@@ -331,3 +334,91 @@ def test_each_kernel_family_runs_the_best_copy_it_has_under_the_cap(tmp_path, ca
         "laplacian": order[best],
         "sphere": order[min(best, 1)],
     }
+
+
+# Found by a mutation test of the kernels (2026-12-07): checks in the launchers and bindings that the ops
+# never let an argument reach, called directly.
+
+
+def test_nn_argmin_binding_refuses_empty_keys(tmp_path):
+    """The launcher's own check of n_keys (the ops refuse empty keys first). Run in a child: without the
+    check a direct call with 0 keys divides by zero in the plan (SIGFPE) and would take pytest down."""
+    script = textwrap.dedent(
+        """
+        import torch
+        from glann_ext.ops._native import _C
+        q, k = torch.randn(4, 3), torch.randn(1, 3)
+        best = torch.full((4,), float("inf")), torch.zeros(4, dtype=torch.int64)
+        ws = torch.empty(1 << 16, dtype=torch.uint8)
+        try:
+            _C.nn_argmin(0, q.data_ptr(), 4, 3, q.stride(), k.data_ptr(), 0, k.stride(), 0, best[0].data_ptr(),
+                         best[1].data_ptr(), True, True, 0, ws.data_ptr(), ws.numel(), (False, 0, 0, 1))
+        except _C.StatusError as err:
+            assert err.code == _C.StatusCode.INVALID_ARGUMENT and "keys must be non-empty" in err.message, err
+            print("refused")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], **child_kwargs(tmp_path), capture_output=True, text=True,
+                         timeout=120, check=False)  # fmt: skip
+    assert out.returncode == 0 and out.stdout.strip() == "refused", (out.returncode, out.stderr[-2000:])
+
+
+def test_latent_step_launcher_refuses_a_table_with_strided_columns():
+    """The launcher's own check that the table's column stride is 1 (the kernel indexes table, exp_avg
+    and exp_avg_sq rows as contiguous; the ops pass contiguous tables, so only a direct call reaches it)."""
+    base = torch.randn(5, 6)
+    table = base[:, ::2]  # strides (6, 2)
+    before = base.clone()
+    grad, idx = torch.randn(2, 3), torch.tensor([0, 3])
+    args = (0, 1, table.data_ptr(), 0, 0, table.stride(), 5, 3, idx.data_ptr(), idx.stride(), grad.data_ptr(),
+            grad.stride(), 2, 0.1, 0.001, 1e-8, -0.1, -0.1, False, CPU)  # fmt: skip
+    err = _status_error(_C.latent_step, *args)
+    assert err.code == _C.StatusCode.INVALID_ARGUMENT and "column stride must be 1" in err.message
+    assert torch.equal(base, before)
+
+
+def test_bindings_refuse_a_negative_dtype_code():
+    """The bindings' as_dtype refuses codes below 0 as well as above int64's (the ops map dtypes through a dict, so
+    only a direct call can pass one)."""
+    with pytest.raises(ValueError, match="unknown dtype code -1"):
+        _C.nn_argmin_cpu_workspace_bytes(4, 5, 3, -1, 1)
+    with pytest.raises(ValueError, match="unknown dtype code 5"):
+        _C.nn_argmin_cpu_workspace_bytes(4, 5, 3, 5, 1)
+
+
+def test_latent_step_binding_refuses_a_negative_optimizer_code():
+    """optimizer must be 0 (Adam) or 1 (SGD): -1 must not run as SGD."""
+    table, grad, idx = torch.randn(5, 3), torch.randn(2, 3), torch.tensor([0, 3])
+    before = table.clone()
+    with pytest.raises(ValueError, match="optimizer must be 0"):
+        _C.latent_step(
+            0, -1, table.data_ptr(), 0, 0, table.stride(), 5, 3, idx.data_ptr(), idx.stride(),
+            grad.data_ptr(), grad.stride(), 2, 0.1, 0.001, 1e-8, -0.1, -0.1, False, CPU,
+        )  # fmt: skip
+    assert torch.equal(table, before)
+
+
+def test_set_cuda_kernels_replaces_an_unparsable_environment_choice(tmp_path):
+    """set_cuda_kernels() replaces the environment's choice, its error included (kernel_variant.h:
+    cuda_kernels_env_error is "empty when the variable was absent or understood"; after a set the variable
+    no longer decides). Unreachable through `import glann_ext` (the bad variable fails the import), so the
+    child loads the compiled module on its own."""
+    so = glann_ext._ext._C.__file__
+    script = textwrap.dedent(
+        f"""
+        import importlib.machinery, importlib.util
+        loader = importlib.machinery.ExtensionFileLoader("glann_ext._C", {so!r})
+        spec = importlib.util.spec_from_file_location("glann_ext._C", {so!r}, loader=loader)
+        _C = importlib.util.module_from_spec(spec); loader.exec_module(_C)
+        try:
+            _C.cuda_kernels()
+            raise SystemExit("no error for the bad variable")
+        except ValueError:
+            pass
+        _C.set_cuda_kernels("legacy")
+        print(_C.cuda_kernels())
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False,
+                         **child_kwargs(tmp_path, GLANN_EXT_CUDA_KERNELS="hoper"))  # fmt: skip
+    assert out.returncode == 0 and out.stdout.strip() == "legacy", (out.returncode, out.stderr[-2000:])

@@ -567,7 +567,13 @@ m, v = torch.zeros_like(t), torch.zeros_like(t)
 idx = torch.randint(0, 500, (300,)); g = torch.randn(300, 64)
 glann_ext.fused_latent_adam_(t, m, v, idx, g, step=2, lr=0.01)
 t2 = t.clone(); glann_ext.fused_latent_sgd_(t2, idx, g, lr=0.1)
-torch.save([glann_ext.project_to_sphere(z), glann_ext.project_to_sphere(z.double()), t, m, v, t2], sys.argv[1])
+# float64 rows too: their square roots have their own SIMD code in each copy
+t64 = t.double()[:, :37].contiguous(); t64 = t64 / t64.norm(dim=1, keepdim=True)
+m64, v64 = torch.zeros_like(t64), torch.zeros_like(t64)
+glann_ext.fused_latent_adam_(t64, m64, v64, idx, g.double()[:, :37], step=2, lr=0.01)
+glann_ext.fused_latent_adam_(t64, m64, v64, idx, g.double()[:, :37].flip(0), step=3, lr=0.01)
+torch.save([glann_ext.project_to_sphere(z), glann_ext.project_to_sphere(z.double()), t, m, v, t2, t64, m64, v64],
+           sys.argv[1])
 """
 
 
@@ -1215,3 +1221,26 @@ def test_projection_gradient_of_float32_rows_is_computed_in_float64():
     yd, gd = y.detach().double(), grad.double()
     want = (gd - yd * (yd * gd).sum(1, keepdim=True)) / z.detach().double().norm(dim=1, keepdim=True)
     torch.testing.assert_close(gz.double(), want, rtol=1e-5, atol=1e-12)
+
+
+def test_project_rows_holding_the_largest_float64():
+    """A float64 row holding +-max is finite: its sum of squares overflows, the rescaled path must
+    project it (a `< max` test would take it for Inf and raise NonFiniteError)."""
+    big = torch.finfo(torch.float64).max
+    x = torch.tensor([[big, 0.0, -big], [-big, 0.0, 0.0], [big, big, big]], dtype=torch.float64)
+    out = glann_ext.project_to_sphere(x)
+    r2, r3 = 2.0**-0.5, 3.0**-0.5
+    want = torch.tensor([[r2, 0.0, -r2], [-1.0, 0.0, 0.0], [r3, r3, r3]], dtype=torch.float64)
+    torch.testing.assert_close(out, want)
+
+
+def test_project_scales_by_the_correctly_rounded_inverse_norm():
+    """The projection computes inv = 1 / sqrt(s) and y = x * inv in the accumulation type (on the CPU as
+    in the CUDA kernels). With integer float64 rows the sum of squares is exact, so the result is pinned
+    to the bit (sqrt(1 / s) differs in the last place for some rows)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(-1000, 1001, (512, 37), generator=g).double()
+    x[x.abs().sum(1) == 0, 0] = 1.0
+    out = glann_ext.project_to_sphere(x)
+    want = torch.stack([row * (1.0 / math.sqrt(float((row * row).sum()))) for row in x])
+    assert torch.equal(out, want)

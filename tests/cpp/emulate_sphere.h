@@ -46,6 +46,11 @@ inline int64_t sphere_map_checks() {
   if (sphv::vec_applies(64, 17, 1, 128, 17, 1, 10, 16, 4)) f.fail("vec_applies unaligned pitch");
   if (sphv::vec_applies(64, 7, 1, 64, 7, 1, 10, 7, 4)) f.fail("vec_applies D = 7");
   if (!sphv::vec_applies(64, 7, 1, 64, 7, 1, 1, 8, 4)) f.fail("vec_applies one row");
+  // Whole vectors with aligned bases and pitches: a row of 24 bytes (6 float, 3 double) in rows of 32 is
+  // refused (a half vector would be left unprojected); 48 bytes is taken.
+  if (sphv::vec_applies(64, 8, 1, 128, 8, 1, 10, 6, 4)) f.fail("vec_applies D = 6 float, pitch 8");
+  if (sphv::vec_applies(64, 4, 1, 128, 4, 1, 10, 3, 8)) f.fail("vec_applies D = 3 double, pitch 4");
+  if (!sphv::vec_applies(64, 16, 1, 128, 16, 1, 10, 12, 4)) f.fail("vec_applies D = 12 float, pitch 16");
   return f.count;
 }
 
