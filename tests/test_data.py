@@ -1036,7 +1036,8 @@ def test_an_npz_member_larger_than_memory_is_refused_naming_the_file_shape_and_c
     with pytest.raises(
         DataError,
         match=r"big.npz: array 'images' declares shape \(5000, 28, 28\): the 5000 rows to read need 3920000 "
-        r"bytes, more than the 1000000 bytes of this machine's memory; read fewer rows \(--limit\)",
+        r"bytes, more than the 1000000 bytes of this machine's memory; read fewer rows "
+        r"\(training data: --limit, limit=\) or pass a smaller array",
     ):
         load_images(str(tmp_path / "big.npz"))
     assert load_images(str(tmp_path / "big.npz"), limit=1_000).shape == (1_000, 1, 28, 28)

@@ -110,7 +110,8 @@ def test_a_npy_larger_than_memory_is_refused_naming_file_and_shape(tmp_path, mon
     with pytest.raises(
         DataError,
         match=r"big.npy: array declares shape \(50, 10, 10\): the 50 rows to read need 5000 bytes, more than "
-        r"the 1000 bytes of this machine's memory; read fewer rows \(--limit\)",
+        r"the 1000 bytes of this machine's memory; read fewer rows "
+        r"\(training data: --limit, limit=\) or pass a smaller array",
     ):
         load_images(str(tmp_path / "big.npy"))
     assert load_images(str(tmp_path / "big.npy"), limit=10).shape == (10, 1, 10, 10)

@@ -124,7 +124,8 @@ def check_cap(path: Path, what: str, shape: tuple[int, ...], dtype: np.dtype, li
     if keep > cap:
         raise DataError(
             f"{path}: {what} declares shape {shape}: the {rows} rows to read need {keep} bytes, more "
-            f"than the {cap} bytes of this machine's memory; read fewer rows (--limit)"
+            f"than the {cap} bytes of this machine's memory; read fewer rows (training data: --limit, "
+            "limit=) or pass a smaller array"
         )
     return rows
 
