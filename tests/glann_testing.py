@@ -177,3 +177,21 @@ def unit_rows(n: int, d: int, seed: int = 0, dtype: torch.dtype = torch.float64)
 
     g = torch.Generator().manual_seed(seed)
     return reference.project_to_sphere_reference(torch.randn(n, d, generator=g, dtype=dtype))
+
+
+def tiny_glann(**config):
+    """A GLANN of untrained networks (latent 8, noise 4, 20 codes), its BatchNorm running statistics moved off
+    (0, 1) so that eval and train mode differ for sure; no training."""
+    from glann_ext.models import GLANN, MLP, DCGANGenerator
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        G = DCGANGenerator(latent_dim=8, image_size=28, channels=1, width=8)
+        T = MLP(4, 8, hidden=16, layers=2)
+        codes = torch.nn.functional.normalize(torch.randn(20, 8), dim=1)
+        for bn in [*G.modules(), *T.modules()]:
+            if isinstance(bn, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                bn.running_mean.uniform_(-0.5, 0.5)
+                bn.running_var.uniform_(0.5, 2.0)
+
+    return GLANN(G, codes, T, config={"seed": 0, **config})

@@ -873,3 +873,16 @@ def test_the_plain_sampler_decodes_t_of_e_where_it_lands_whatever_the_runs_sprea
     assert torch.equal(model.sample_inputs(64, seed=3, balanced=False), where_it_lands)
     apply_sampling(model, "plain", spread=0.5)
     assert model.spread == 0.5 and model.local_spread == 0.0
+
+
+# Found missing by a mutation test of sampling, eval and the config (2026-12-07).
+
+
+def test_the_training_images_digest_is_of_contiguous_float32_pixels():
+    from glann_ext.models.training_data import images_digest
+
+    x = torch.rand(3, 1, 6, 6)
+    want = images_digest(x)
+    assert images_digest(x.double()) == want
+    assert images_digest(x.to(memory_format=torch.channels_last).clone()) == want
+    assert images_digest(x.permute(0, 1, 3, 2).contiguous().permute(0, 1, 3, 2)) == want

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import torch
+from glann_testing import tiny_glann
 from torch.nn import functional as F
 
 from glann_ext.backend import get_ops
@@ -503,3 +504,17 @@ def test_invert_shows_its_steps_when_asked_and_finds_the_same_codes(capsys):
     err = capsys.readouterr().err
     assert "invert:" in err and "/8 [" in err, err  # restarts x steps
     assert torch.equal(quiet, shown)
+
+
+# Found missing by a mutation test of sampling, eval and the config (2026-12-07).
+
+
+def test_a_latent_endpoint_one_past_the_last_training_index_is_a_usage_error():
+    from glann_ext.errors import UsageError
+
+    m = tiny_glann()
+    with pytest.raises(UsageError, match=r"b must be a training index in \[0, 20\) or a code \(8,\), got 20"):
+        m.interpolate(0, 20, steps=3, space="latent")
+    with pytest.raises(UsageError, match=r"a must be a training index in \[0, 20\)"):
+        m.interpolate(20, 0, steps=3, space="latent")
+    assert m.interpolate(0, 19, steps=3, space="latent").shape == (3, 1, 28, 28)

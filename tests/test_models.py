@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from glann_testing import OPS, vgg_state
+from glann_testing import OPS, tiny_glann, vgg_state
 
 from glann_ext.backend import get_ops
 from glann_ext.errors import ConfigError
@@ -283,23 +283,10 @@ def test_slerp_of_antipodal_endpoints_takes_a_defined_half_circle():
     assert abs(float(axis[2, 0])) < 1e-6  # the midpoint is orthogonal to the endpoints
 
 
-def _tiny_glann():
-    from torch.nn import functional as F
-
-    from glann_ext.models import GLANN
-
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        G = DCGANGenerator(latent_dim=8, image_size=28, channels=1, width=8)
-        T = MLP(4, 8, hidden=16, layers=2)
-        codes = F.normalize(torch.randn(20, 8), dim=1)
-    return GLANN(G, codes, T, config={"seed": 0})
-
-
 def test_decode_and_map_noise_name_a_wrong_dtype_or_shape():
     from glann_ext.errors import UsageError
 
-    m = _tiny_glann()
+    m = tiny_glann()
     # these failed inside torch: "expected m1 and m2 to have the same dtype", "mat1 and mat2 shapes ..."
     with pytest.raises(UsageError, match=r"z must be a float32 \(n, 8\) tensor, got float64 \(2, 8\)"):
         m.decode(torch.zeros(2, 8, dtype=torch.float64))
@@ -311,7 +298,7 @@ def test_decode_and_map_noise_name_a_wrong_dtype_or_shape():
 
 
 def test_invert_of_no_images_is_empty_and_float64_codes_are_usable():
-    m = _tiny_glann()
+    m = tiny_glann()
     codes, recs = m.invert(torch.zeros(0, 1, 28, 28), steps=1, restarts=1)
     assert codes.shape == (0, 8) and recs.shape == (0, 1, 28, 28)
     from glann_ext.models import GLANN
@@ -323,7 +310,7 @@ def test_invert_of_no_images_is_empty_and_float64_codes_are_usable():
 def test_sampling_and_interpolation_arguments_are_checked_by_name():
     from glann_ext.errors import UsageError
 
-    m = _tiny_glann()
+    m = tiny_glann()
     cases = [
         (lambda: m.sample(2.5), r"n must be an integer >= 0, got 2.5"),  # TypeError: slice indices
         (lambda: m.sample(True), r"n must be an integer >= 0, got True"),  # gave 1 sample
@@ -357,7 +344,7 @@ def test_sampling_and_interpolation_arguments_are_checked_by_name():
 def test_gaussian_codes_draw_the_fitted_covariance():
     # a narrow Gaussian around a point of the sphere: projecting it back changes its draws by O(scale), so
     # their covariance must be the fitted one (transposing the Cholesky factor or a large ridge would not be)
-    m = _tiny_glann()
+    m = tiny_glann()
     d = m.codes.shape[1]
     g = torch.Generator().manual_seed(0)
     a = torch.randn(d - 1, d - 1, generator=g, dtype=torch.float64)
@@ -375,7 +362,7 @@ def test_gaussian_codes_draw_the_fitted_covariance():
 def test_invert_restores_requires_grad_and_fit_gaussian_refuses_no_rows():
     from glann_ext.models.generative import fit_gaussian
 
-    m = _tiny_glann()
+    m = tiny_glann()
     m.G.requires_grad_(False)  # frozen by the caller: invert made it trainable again on exit
     m.invert(m.decode(m.codes[:2]), steps=1, restarts=1)
     assert not any(p.requires_grad for p in m.G.parameters())
@@ -497,7 +484,7 @@ def test_sampling_settings_accept_their_documented_bounds():
     from glann_ext.errors import UsageError
     from glann_ext.models.generative import MAX_NOISE_SCALE, MAX_SPREAD
 
-    m = _tiny_glann()
+    m = tiny_glann()
     m.set_noise_scale(MAX_NOISE_SCALE)
     m.set_spread(MAX_SPREAD)
     assert (m.noise_scale, m.spread) == (10.0, 4.0)
@@ -525,3 +512,92 @@ def test_an_output_shift_that_would_broadcast_is_refused():
     with pytest.raises(ValueError, match=r"matrix \(4, 4\) and shift \(4,\), got \(4, 4\) and \(1,\)"):
         T.set_output_affine(torch.eye(4), torch.ones(1))
     assert not T.out_shift.any()  # left as it was
+
+
+# Found missing by a mutation test of sampling, eval and the config (2026-12-07).
+
+
+def test_the_noise_scale_multiplies_the_noise_that_T_maps():
+    m = tiny_glann()
+    e = m.noise(6, seed=3)
+    m.set_noise_scale(2.0)
+    z = m.sample_inputs(6, seed=3, balanced=False)
+    assert torch.allclose(z, m.map_noise(2.0 * e), atol=1e-6)
+    assert not torch.allclose(z, m.map_noise(e), atol=1e-3)
+
+
+def test_a_new_noise_scale_recalibrates_the_balanced_sampler():
+    m = tiny_glann(balance_draws=10.0)
+    m.calibrate_sampler()  # calibrated at scale 1
+    m.set_noise_scale(3.0)
+    fresh = tiny_glann(balance_draws=10.0, sample_noise_scale=3.0)
+    assert torch.equal(m.calibrate_sampler(), fresh.calibrate_sampler())
+    assert torch.equal(m.sample_inputs(8, seed=1), fresh.sample_inputs(8, seed=1))
+
+
+def test_balanced_false_samples_T_of_e_even_when_the_model_balances():
+    m = tiny_glann(balance_draws=10.0)
+    assert m.balanced
+    plain = m.map_noise(m.noise(16, seed=2))
+    assert torch.equal(m.sample_inputs(16, seed=2, balanced=False), plain)
+    assert not torch.equal(m.sample_inputs(16, seed=2, balanced=True), plain)
+
+
+def test_decode_and_map_noise_run_the_networks_in_eval_mode_whatever_mode_they_are_in():
+    m = tiny_glann()
+    ref = copy.deepcopy(m).eval()
+    e = m.noise(5, seed=0)
+    z = ref.map_noise(e)
+    m.train()
+    assert torch.equal(m.map_noise(e), z)
+    assert not m.T.training
+    m.train()
+    assert torch.equal(m.decode(z), ref.decode(z))
+    assert not m.G.training
+    m.train()
+    assert torch.equal(m.sample(4, seed=1), ref.sample(4, seed=1))
+    assert not m.G.training and not m.T.training
+
+
+def test_noise_interpolation_ends_at_both_endpoints():
+    m = tiny_glann()
+    a, b = m.noise(2, seed=5)
+    images = m.interpolate(a, b, steps=4)
+    ends = m.decode(m.map_noise(torch.stack([a, b])))
+    assert torch.allclose(images[0], ends[0], atol=1e-5)
+    assert torch.allclose(images[-1], ends[1], atol=1e-5)
+
+
+def test_latent_interpolation_ends_at_both_training_codes():
+    m = tiny_glann()
+    images = m.interpolate(3, 7, steps=4, space="latent")
+    assert torch.allclose(images[0], m.reconstruct(3)[0], atol=1e-5)
+    assert torch.allclose(images[-1], m.reconstruct(7)[0], atol=1e-5)
+
+
+def _inversion_loss(m, z, target):
+    from glann_ext.models.losses import ReconstructionLoss
+
+    loss = ReconstructionLoss(m.ops, 0.0, lap_weights="paper")
+    with torch.no_grad():
+        return loss.lap(m.G(z).float(), target, "none")
+
+
+def test_invert_keeps_the_best_restart_of_each_image():
+    m = tiny_glann()
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        target = m.decode(torch.nn.functional.normalize(torch.randn(6, 8), dim=1))
+    one, _ = m.invert(target, steps=3, restarts=1, seed=0)
+    three, _ = m.invert(target, steps=3, restarts=3, seed=0)  # its first restart is `one`'s
+    l1, l3 = _inversion_loss(m, one, target), _inversion_loss(m, three, target)
+    assert bool((l3 <= l1 + 1e-6).all())
+
+
+def test_inverted_codes_lie_on_the_unit_sphere():
+    m = tiny_glann()
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        target = m.decode(torch.nn.functional.normalize(torch.randn(4, 8), dim=1))
+    z, _ = m.invert(target, steps=5, restarts=2, lr=0.2, seed=0)
+    assert torch.allclose(z.norm(dim=1), torch.ones(len(z)), atol=1e-5)

@@ -416,3 +416,31 @@ def test_every_preset_is_a_valid_config(capsys, tmp_path):
         assert "--device cuda" in capsys.readouterr().err and not (tmp_path / "p").exists()
     with pytest.raises(ConfigError, match="unknown preset 'laptop-3min'"):
         preset("laptop-3min")
+
+
+# Found missing by a mutation test of sampling, eval and the config (2026-12-07).
+
+
+def test_the_laptop_presets_are_the_recipes_docs_studies_md_measured():
+    from glann_ext.train.config import preset
+
+    laptop = preset("laptop")
+    # docs/studies.md's table: first 15,000 images, width 32, lr_g 2e-3, T on 16-D noise, batches of 64
+    # codes, noise scale 1.5, 16 + 40 epochs
+    assert (laptop.limit, laptop.gen_width, laptop.lr_g, laptop.noise_dim) == (15000, 32, 2e-3, 16)
+    assert (laptop.imle_batch_size, laptop.sample_noise_scale) == (64, 1.5)
+    assert (laptop.glo_epochs, laptop.imle_epochs) == (16, 40)
+    thirty = preset("laptop-30min")
+    assert (thirty.limit, thirty.imle_batch_size, thirty.glo_epochs, thirty.imle_epochs) == (
+        None,
+        128,
+        30,
+        60,
+    )
+    paper = preset("paper")
+    assert (paper.imle_batch_size, paper.sample_noise_scale, paper.lr_g, paper.glo_epochs) == (
+        128,
+        1.0,
+        1e-3,
+        200,
+    )

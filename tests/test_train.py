@@ -1600,3 +1600,27 @@ def test_reconstruction_grids_show_rows_spread_over_the_dataset():
         shown_rows(N_SHOW), torch.arange(N_SHOW)
     )
     assert len(shown_rows(N_SHOW + 1)) == N_SHOW and len(shown_rows(0)) == 0
+
+
+# Found missing by a mutation test of sampling, eval and the config (2026-12-07).
+
+
+def test_a_saved_config_without_the_newer_fields_keeps_what_its_run_did():
+    from glann_ext.train.config import TrainConfig, saved_config
+
+    old = TrainConfig().to_dict()
+    for name in (
+        "sample_local_spread",
+        "imle_whiten",
+        "sample_noise_scale",
+        "balance_draws",
+        "imle_lr_schedule",
+    ):
+        del old[name]
+    cfg = saved_config(old)
+    assert cfg.sample_local_spread == 0.0  # T's samples as they were before the local spread
+    assert cfg.imle_whiten is False  # IMLE on the raw codes
+    assert cfg.sample_noise_scale == 1.0 and cfg.balance_draws == 0.0 and cfg.imle_lr_schedule == "constant"
+    # a save that has the fields keeps them
+    kept = saved_config(TrainConfig(sample_local_spread=0.25, imle_whiten=True).to_dict())
+    assert kept.sample_local_spread == 0.25 and kept.imle_whiten is True
