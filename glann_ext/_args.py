@@ -1,8 +1,11 @@
 """Integer arguments of the public API, checked one way everywhere: numpy integers and 0-d integer tensors are
-integers (``operator.index``); bools, floats (``2.0``) and strings are not, and are refused by name."""
+integers (``operator.index``); bools, floats (``2.0``) and strings are not, and are refused by name. And the
+one rule for a positive finite number (:func:`is_positive_finite`)."""
 
 from __future__ import annotations
 
+import math
+import numbers
 import operator
 from typing import Any
 
@@ -26,6 +29,13 @@ def as_index(value: Any) -> int | None:
         return operator.index(value)
     except TypeError:
         return None
+
+
+def is_positive_finite(value: Any) -> bool:
+    """Whether ``value`` is a real number (int, float, numpy scalar; not a bool) that is finite and > 0."""
+    return (
+        isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    )
 
 
 def checked_int(name: str, value: Any, low: int | None, high: int | None = None) -> int:

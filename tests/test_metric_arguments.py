@@ -264,6 +264,13 @@ def test_mode_coverage_refuses_a_num_std_that_is_not_a_positive_finite_number(nu
         mode_coverage(torch.zeros(4, 2), RING_VEEGAN, num_std=num_std)
 
 
+def test_mode_coverage_takes_a_numpy_num_std():
+    from glann_ext.metrics.mixtures import RING_VEEGAN, mode_coverage
+
+    got = mode_coverage(RING_VEEGAN.centres, RING_VEEGAN, num_std=np.float32(3.0))
+    assert got.modes_covered == 8
+
+
 @pytest.mark.parametrize("std", [True, math.inf])
 def test_mode_coverage_refuses_a_std_that_is_not_a_positive_finite_number(std):
     from glann_ext.metrics.mixtures import mode_coverage

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from glann_ext._args import checked_int, checked_seed
+from glann_ext._args import checked_int, checked_seed, is_positive_finite
 from glann_ext.errors import UsageError
 
 from .arrays import check_fits_memory
@@ -78,9 +78,7 @@ def grid_centres(values: tuple[float, ...] = (-4.0, -2.0, 0.0, 2.0, 4.0)) -> tor
 
 def _positive_finite(name: str, value: object) -> float:
     """``value`` as a float if it is a finite number > 0, else a UsageError naming ``name``."""
-    if not (
-        isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-    ):
+    if not is_positive_finite(value):
         raise UsageError(f"{name} must be a finite number > 0, got {value!r:.60}")
     return float(value)
 

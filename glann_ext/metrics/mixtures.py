@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .._args import is_positive_finite
 from ..data.toy import GRID_5X5, RING_PACGAN, RING_VEEGAN, MixturePreset, grid_centres, ring_centres
 from ..ops.nn_argmin import nn_argmin
 from ._checks import as_float_matrix, check_not_meta, check_positive_int
@@ -67,12 +68,6 @@ def reverse_kl_uniform(counts: torch.Tensor) -> float:
     return float((p * (p * counts.numel()).log()).sum().clamp_min(0.0))
 
 
-def _positive_finite(value: object) -> bool:
-    """Whether ``value`` is a positive finite int or float (not a bool, not None)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return ok and value > 0 and math.isfinite(value)
-
-
 def mode_coverage(
     samples: torch.Tensor,
     centres: torch.Tensor | MixturePreset,
@@ -96,11 +91,11 @@ def mode_coverage(
         centres = centres.centres
     x = as_float_matrix("samples", samples, columns=2)
     c = as_float_matrix("centres", centres, columns=2)
-    if not _positive_finite(std):
+    if not (isinstance(std, (int, float)) and is_positive_finite(std)):
         raise ValueError(
             f"std must be a positive finite number (required unless centres is a MixturePreset), got {std!r:.60}"
         )
-    if not _positive_finite(num_std):  # an infinite radius would count any point as high quality
+    if not is_positive_finite(num_std):  # an infinite radius would count any point as high quality
         raise ValueError(f"num_std must be a positive finite number, got {num_std!r:.60}")
     min_count = check_positive_int("min_count", min_count)
     index, sq_dist = nn_argmin(x.contiguous(), c.contiguous(), return_distances=True)  # float64
