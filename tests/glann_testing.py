@@ -171,14 +171,6 @@ def vgg_state(seed: int = 0) -> dict[str, torch.Tensor]:
     return state
 
 
-def unit_rows(n: int, d: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """(n, d) seeded Gaussian rows projected onto the unit sphere by the pure-PyTorch reference."""
-    from glann_ext.ops import reference
-
-    g = torch.Generator().manual_seed(seed)
-    return reference.project_to_sphere_reference(torch.randn(n, d, generator=g, dtype=dtype))
-
-
 def tiny_glann(**config):
     """A GLANN of untrained networks (latent 8, noise 4, 20 codes), its BatchNorm running statistics moved off
     (0, 1) so that eval and train mode differ for sure; no training."""

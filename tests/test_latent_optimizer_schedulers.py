@@ -11,7 +11,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from glann_testing import unit_rows
 from torch.optim import lr_scheduler
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
@@ -382,7 +381,7 @@ def test_the_documented_ways_to_resume_a_schedule_give_the_same_rates():
 @pytest.mark.parametrize("backend", ["fused", "reference"])
 def test_adam_updates_sets_the_bias_correction_step(backend):
     g = torch.Generator().manual_seed(3)
-    opt = SphereSparseAdam(unit_rows(6, 4), lr=0.1, backend=backend)
+    opt = SphereSparseAdam(unit_table(6, 4), lr=0.1, backend=backend)
     for _ in range(3):  # the counter runs ahead: rows 2 and 3 were never touched
         opt.step(torch.tensor([0, 1]), torch.randn(2, 4, generator=g, dtype=torch.float64))
     grad = torch.randn(2, 4, generator=g, dtype=torch.float64)
@@ -397,7 +396,7 @@ def test_adam_updates_sets_the_bias_correction_step(backend):
 # Mutation test (2026-12-07): the reference Adam step projected its rows with project=False
 def test_reference_adam_step_without_projection_is_torch_sparse_adam():
     g = torch.Generator().manual_seed(4)
-    table = unit_rows(5, 3) * 2.0  # rows of norm 2: a projection would show
+    table = unit_table(5, 3) * 2.0  # rows of norm 2: a projection would show
     idx, grad = torch.tensor([0, 3]), torch.randn(2, 3, generator=g, dtype=torch.float64)
     param = torch.nn.Parameter(table.clone())
     torch_adam = torch.optim.SparseAdam([param], lr=0.1)

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from glann_testing import child_kwargs, unit_rows
+from glann_testing import child_kwargs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -1182,7 +1182,7 @@ def test_strided_grad_and_indices_match_contiguous():
 def test_grad_whose_last_element_is_the_tables_first_is_refused():
     buf = torch.zeros(100, dtype=torch.float32)
     table = buf[50:74].view(6, 4)
-    table.copy_(unit_rows(6, 4, dtype=torch.float32))
+    table.copy_(unit_table(6, 4))
     grad = buf.as_strided((2, 4), (10, 1), 37)  # not contiguous; its last element is table[0, 0]
     assert grad.data_ptr() + 13 * 4 == table.data_ptr()
     before = table.clone()
@@ -1193,7 +1193,7 @@ def test_grad_whose_last_element_is_the_tables_first_is_refused():
 
 # Mutation test (2026-12-07): first_nonfinite_row returned the highest bad row
 def test_nonfinite_grad_and_keys_name_their_lowest_bad_row():
-    table, grad = unit_rows(6, 4), torch.randn(4, 4, dtype=torch.float64)
+    table, grad = unit_table(6, 4, torch.float64), torch.randn(4, 4, dtype=torch.float64)
     grad[1, 0], grad[3, 2] = float("nan"), float("inf")
     m, v = torch.zeros_like(table), torch.zeros_like(table)
     with pytest.raises(NonFiniteError, match=r"grad row 1 contains NaN") as info:
