@@ -187,3 +187,13 @@ def tiny_glann(**config):
                 bn.running_var.uniform_(0.5, 2.0)
 
     return GLANN(G, codes, T, config={"seed": 0, **config})
+
+
+def write_idx(path: Path, arr: np.ndarray, compress: bool) -> None:
+    """``arr`` as an unsigned-byte IDX file at ``path`` (gzip-compressed if ``compress``)."""
+    import gzip
+    import struct
+
+    raw = struct.pack(">BBBB", 0, 0, 0x08, arr.ndim) + b"".join(struct.pack(">I", d) for d in arr.shape)
+    raw += arr.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(raw) if compress else raw)

@@ -13,17 +13,11 @@ import types
 import numpy as np
 import pytest
 import torch
-from glann_testing import blob_images, child_kwargs
+from glann_testing import blob_images, child_kwargs, write_idx
 
 from glann_ext.data import DataError, load_images, read_idx, toy_mixture
 from glann_ext.data import mnist as mnist_mod
 from glann_ext.metrics import mode_coverage
-
-
-def write_idx(path, arr: np.ndarray, compress: bool) -> None:
-    raw = struct.pack(">BBBB", 0, 0, 0x08, arr.ndim) + b"".join(struct.pack(">I", d) for d in arr.shape)
-    raw += arr.astype(np.uint8).tobytes()
-    path.write_bytes(gzip.compress(raw) if compress else raw)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from glann_testing import save_image, traced_peak
+from glann_testing import save_image, traced_peak, write_idx
 
 from glann_ext.data import (
     DataError,
@@ -557,12 +557,6 @@ def test_shard_bounds_refuses_arguments_outside_its_range(args, needle):
 # Found missing by a mutation test of the data loaders and the readers of user files (2026-12-07).
 
 
-def _idx(arr: np.ndarray) -> bytes:
-    return (
-        struct.pack(">BBBB", 0, 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
-    )
-
-
 # A limit must let a file whose whole array is beyond the cap be read when the rows it keeps fit (test_data
 # covers this for .npz, not for IDX)
 @pytest.mark.parametrize("compress", [False, True])
@@ -572,9 +566,8 @@ def test_idx_rows_kept_by_a_limit_are_read_when_the_whole_file_is_beyond_the_cap
     from glann_ext.data import arrays
 
     x = np.arange(50 * 10 * 10, dtype=np.uint32).astype(np.uint8).reshape(50, 10, 10)
-    raw = _idx(x)
     p = tmp_path / "big-idx3-ubyte"
-    p.write_bytes(gzip.compress(raw) if compress else raw)
+    write_idx(p, x, compress)
     monkeypatch.setattr(arrays, "read_cap", lambda: 1_000)
     with pytest.raises(
         DataError, match=r"big-idx3-ubyte: IDX header says shape \(50, 10, 10\) \(5,000 bytes\)"
