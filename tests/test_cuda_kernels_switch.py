@@ -96,8 +96,6 @@ def test_default_without_the_variable_is_the_hopper_search_and_projection(tmp_pa
 
 # Mutation test (2026-12-07): use_cuda_kernels restored the default choice, not the one it found
 def test_use_cuda_kernels_restores_the_previous_choice_not_the_default():
-    from glann_ext.ops.kernels import DEFAULT, cuda_kernels, set_cuda_kernels, use_cuda_kernels
-
     before = cuda_kernels()
     other = "legacy" if DEFAULT != "legacy" else "hopper"
     try:
@@ -112,7 +110,5 @@ def test_use_cuda_kernels_restores_the_previous_choice_not_the_default():
 # Mutation test (2026-12-07): set_cuda_kernels passed a non-str to the binding (pybind11's "incompatible
 # function arguments")
 def test_set_cuda_kernels_names_the_type_it_wants():
-    from glann_ext.ops.kernels import set_cuda_kernels
-
     with pytest.raises(TypeError, match=r"^spec must be a str, got int$"):
         set_cuda_kernels(1)

@@ -633,8 +633,6 @@ def test_an_image_of_exactly_the_largest_aspect_is_resized_whole_then_cropped(w,
 def test_a_readable_transparency_mask_page_belongs_to_its_tiff_image(tmp_path):
     from test_data_formats import _grey, _grey_tags, _tiff
 
-    from glann_ext.data.folder import load_folder
-
     x = _grey(3, 8)
     mask = (np.where(x > 100, 255, 0).astype(np.uint8), (8, 8), {**_grey_tags(8), 254: 4})
     _tiff(tmp_path / "masked.tif", [(x, (8, 8), _grey_tags(8)), mask])
@@ -649,7 +647,6 @@ def test_a_readable_transparency_mask_page_belongs_to_its_tiff_image(tmp_path):
 def test_labelled_splits_refuse_more_labels_than_images(tmp_path, monkeypatch):
     from test_data import write_idx
 
-    from glann_ext.data import mnist as mnist_mod
     from glann_ext.data.labelled import load_labelled
 
     monkeypatch.setattr(mnist_mod, "CACHE_DIR", tmp_path / "cache")
@@ -665,9 +662,6 @@ def test_labelled_splits_refuse_more_labels_than_images(tmp_path, monkeypatch):
 # member, not a KeyError traceback from zipfile
 @pytest.mark.parametrize("name", ["images", "x.bin"])
 def test_an_npz_member_that_is_not_a_npy_file_is_named(tmp_path, name):
-    import io
-    import zipfile
-
     buf = io.BytesIO()
     np.save(buf, np.zeros((2, 4, 4), np.uint8))
     with zipfile.ZipFile(tmp_path / "odd.npz", "w") as z:

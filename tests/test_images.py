@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from glann_ext.errors import UsageError
-from glann_ext.images import make_grid, save_grid
+from glann_ext.images import make_grid, save_grid, written_here
 
 
 def _batch() -> torch.Tensor:
@@ -77,10 +77,6 @@ def test_bad_grids_are_usage_errors(images, kwargs, match):
 # Only a PNG whose first chunks carry Software = glann_ext is "ours"; a user's file of another kind that
 # merely holds those bytes (a note quoting them, a JPEG's comment) must not be taken for a grid and replaced
 def test_written_here_needs_a_png_signature_not_just_the_tag_bytes(tmp_path):
-    import torch
-
-    from glann_ext.images import save_grid, written_here
-
     grid = save_grid(torch.rand(4, 1, 8, 8), tmp_path / "grid.png")
     assert written_here(grid)
     body = grid.read_bytes()
@@ -94,10 +90,6 @@ def test_written_here_needs_a_png_signature_not_just_the_tag_bytes(tmp_path):
 
 # A link to a grid this package wrote is not ours to replace (the user made the link)
 def test_written_here_refuses_a_link_even_to_one_of_our_grids(tmp_path):
-    import torch
-
-    from glann_ext.images import save_grid, written_here
-
     grid = save_grid(torch.rand(4, 3, 8, 8), tmp_path / "grid.png")
     link = tmp_path / "link.png"
     link.symlink_to(grid)

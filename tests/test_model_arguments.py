@@ -510,8 +510,6 @@ def test_invert_shows_its_steps_when_asked_and_finds_the_same_codes(capsys):
 
 
 def test_a_latent_endpoint_one_past_the_last_training_index_is_a_usage_error():
-    from glann_ext.errors import UsageError
-
     m = tiny_glann()
     with pytest.raises(UsageError, match=r"b must be a training index in \[0, 20\) or a code \(8,\), got 20"):
         m.interpolate(0, 20, steps=3, space="latent")

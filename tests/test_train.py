@@ -1606,7 +1606,7 @@ def test_reconstruction_grids_show_rows_spread_over_the_dataset():
 
 
 def test_a_saved_config_without_the_newer_fields_keeps_what_its_run_did():
-    from glann_ext.train.config import TrainConfig, saved_config
+    from glann_ext.train.config import TrainConfig
 
     old = TrainConfig().to_dict()
     for name in (

@@ -1540,9 +1540,6 @@ def _main_state(**imle):
 # A tally's steps must be an integer >= 0 (test_trust forges only the loss's type and the keys)
 @pytest.mark.parametrize("steps", [-1, 1.5, "3", True, None])
 def test_main_pt_with_a_tally_whose_steps_are_not_a_count_is_refused(tmp_path, steps):
-    from glann_ext.errors import CheckpointError
-    from glann_ext.train import checkpoint as ckpt
-
     path = tmp_path / "main.pt"
     ckpt.save_atomic(_main_state(tally={"loss": 0.5, "steps": 2, "seconds": 1.0}), path)
     assert ckpt.load_main(path)["imle"]["tally"]["steps"] == 2
@@ -1554,11 +1551,6 @@ def test_main_pt_with_a_tally_whose_steps_are_not_a_count_is_refused(tmp_path, s
 # A shard's start and stop must be integers >= 0, not negative numbers or booleans
 @pytest.mark.parametrize(("start", "stop"), [(-2, 0), (True, 3), (0, False), (-5, -3)])
 def test_a_shard_with_negative_or_boolean_bounds_is_refused(tmp_path, start, stop):
-    import torch
-
-    from glann_ext.errors import CheckpointError
-    from glann_ext.train import checkpoint as ckpt
-
     path = tmp_path / "shard.pt"
     ckpt.save_atomic({"start": 0, "stop": 2, "rows": {"glo.codes": torch.zeros(2, 3)}}, path)
     assert ckpt.load_shard(path)["stop"] == 2
@@ -1570,10 +1562,6 @@ def test_a_shard_with_negative_or_boolean_bounds_is_refused(tmp_path, start, sto
 
 # A file of exactly ``limit`` bytes is read; one byte more is refused (EFBIG) before it is read
 def test_read_regular_reads_a_file_of_exactly_its_limit(tmp_path):
-    import errno
-
-    from glann_ext._io import read_regular
-
     p = tmp_path / "config.json"
     p.write_bytes(b"x" * 1024)
     assert read_regular(p, limit=1024) == b"x" * 1024
@@ -1586,12 +1574,6 @@ def test_read_regular_reads_a_file_of_exactly_its_limit(tmp_path):
 # A shard that holds fewer rows than its rank owns (its stop short of the bounds) is named as such at load,
 # before its rows are joined into the trainer's state
 def test_a_shard_whose_rows_stop_short_of_its_bounds_is_named(tmp_path, blob_file, capsys):
-    from glann_testing import tiny_config
-
-    from glann_ext.cli import main
-    from glann_ext.train import checkpoint as ckpt
-    from glann_ext.train import train
-
     run = tmp_path / "run"
     train(
         tiny_config(dataset=blob_file, glo_epochs=1, imle_epochs=1), run, progress=False, log=lambda s: None
@@ -1613,9 +1595,6 @@ def test_a_shard_whose_rows_stop_short_of_its_bounds_is_named(tmp_path, blob_fil
 # with a digest later, or reach the next main.pt as it is)
 @pytest.mark.parametrize("digest", [5, ["ab"], None, {"sha": "ab"}])
 def test_main_pt_whose_vgg_digest_is_not_a_string_is_refused(tmp_path, digest):
-    from glann_ext.errors import CheckpointError
-    from glann_ext.train import checkpoint as ckpt
-
     path = tmp_path / "main.pt"
     ckpt.save_atomic({**_main_state(), ckpt.VGG_DIGEST_KEY: "ab" * 32}, path)
     assert ckpt.load_main(path)[ckpt.VGG_DIGEST_KEY] == "ab" * 32

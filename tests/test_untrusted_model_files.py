@@ -330,9 +330,6 @@ def test_codes_with_nan_norms_are_not_on_the_unit_sphere():
 # read
 @pytest.mark.parametrize("body", [b"{}", b'{"__metadata__": {"glann_ext": "{}"}}'])
 def test_a_model_file_whose_header_length_passes_its_end_is_named_so(tmp_path, body):
-    from glann_ext.errors import CheckpointError
-    from glann_ext.models import read_model_file
-
     path = tmp_path / "long.safetensors"
     path.write_bytes((1000).to_bytes(8, "little") + body)
     size = 8 + len(body)
