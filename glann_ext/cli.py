@@ -423,8 +423,9 @@ def _train_config(args: argparse.Namespace, saved: Any = None):
     """The run's TrainConfig: ``saved``, the run folder's (a resume), or today's defaults (a new run), with
     --preset, then --config, then the flags this command line sets on top. On a resume the fields a preset or
     config file sets count as set explicitly, like flags: the Run refuses real changes (and records the ones
-    a resume may make) instead of ignoring them."""
-    from glann_ext.train.config import PATH_FIELDS, PRESETS, TrainConfig, absolute_path, read_config_object
+    a resume may make) instead of ignoring them. Path fields are saved as :func:`saved_path` saves them:
+    absolute, but as spelled under torchrun."""
+    from glann_ext.train.config import PATH_FIELDS, PRESETS, TrainConfig, read_config_object, saved_path
 
     base: dict = dataclasses.asdict(saved) if saved is not None else {}
     if args.preset:
@@ -438,17 +439,17 @@ def _train_config(args: argparse.Namespace, saved: Any = None):
         base.update(given)
         for field in PATH_FIELDS:  # relative to this directory, as the flags are
             if isinstance(base.get(field), str) and field in given:
-                base[field] = absolute_path(base[field])
+                base[field] = saved_path(base[field])
     if args.dataset:
-        base["dataset"] = absolute_path(args.dataset)
+        base["dataset"] = saved_path(args.dataset)
     for _, field, _, _ in _CONFIG_FLAGS:
         value = getattr(args, field)
         if value is not None:
             base[field] = None if value is NONE else value
             if field in PATH_FIELDS and isinstance(base[field], str):
-                base[field] = absolute_path(base[field])
+                base[field] = saved_path(base[field])
     if args.data_root is not None:
-        base["data_root"] = absolute_path(args.data_root)
+        base["data_root"] = saved_path(args.data_root)
     try:
         return TrainConfig.from_dict(base)
     except ConfigError as exc:

@@ -292,16 +292,19 @@ def absolute_path(value: str) -> str:
     return str(path.absolute())
 
 
-def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with its :data:`PATH_FIELDS` made absolute by :func:`absolute_path` (a copy when one changes):
-    what the command line does to its flags, for a config a Python caller hands to a run or a fit. Not under
-    torch.distributed, where a relative path names each node's own files and the nodes' working folders may
-    differ: there ``cfg`` as spelled."""
+def saved_path(value: str) -> str:
+    """A path field as a run folder's config saves it: :func:`absolute_path`, but not under torch.distributed
+    (torchrun), where a relative path names each node's own files and the nodes' working folders may differ:
+    there ``value`` as spelled, the same on every rank."""
     from .world import in_process_group
 
-    if in_process_group():
-        return cfg
-    paths = {f: absolute_path(v) for f in PATH_FIELDS if isinstance(v := getattr(cfg, f), str)}
+    return value if in_process_group() else absolute_path(value)
+
+
+def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with its :data:`PATH_FIELDS` as :func:`saved_path` saves them (a copy when one changes): what
+    the command line does to its flags, for a config a Python caller hands to a run or a fit."""
+    paths = {f: saved_path(v) for f in PATH_FIELDS if isinstance(v := getattr(cfg, f), str)}
     changed = {f: v for f, v in paths.items() if v != getattr(cfg, f)}
     return dataclasses.replace(cfg, **changed) if changed else cfg
 
