@@ -292,6 +292,28 @@ def test_upgrade_never_unpickles_what_a_manifest_names_outside(finished, tmp_pat
     assert not marker.exists() and (step / "main.pt").read_bytes() == before
 
 
+@pytest.mark.parametrize("damage", ["no bounds", "bounds of another world size"])
+def test_upgrade_checks_the_converted_manifest_before_it_rewrites_a_file(finished, tmp_path, capsys, damage):
+    """A 0.1 manifest the current format cannot hold is a one-line error that leaves every file as it was,
+    so upgrading again says the same. It was checked after the files were rewritten: without bounds, a
+    KeyError traceback; with bad ones, a format-2 manifest on disk that nothing loads, and a second upgrade
+    then said "nothing to upgrade" (a review)."""
+    run = _copy(finished, tmp_path)
+    _as_v01(run)
+    path = ckpt.checkpoint_dir(run) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    if damage == "no bounds":
+        del manifest["bounds"]
+    else:
+        manifest["world_size"] = 3
+    path.write_text(json.dumps(manifest))
+    files = _files(run)
+    for _ in range(2):
+        err = _one_line_error(capsys, "upgrade", "--run", str(run), "--trust-pickle")
+        assert str(path) in err and ("no 'bounds'" in err or "shard names" in err), err
+        assert _files(run) == files
+
+
 def test_upgrade_clears_the_temp_files_of_killed_writes(finished, tmp_path):
     """upgrade holds the folder's lock, so the temp files a killed write left are stale: it removes them
     (atomic_write's names only), as train and reshard do."""

@@ -306,11 +306,12 @@ def read_manifest(run: str | Path) -> dict[str, Any] | None:
         raise CheckpointError(
             f"{path}: checkpoint format {manifest.get('format')!r}, expected {FORMAT_VERSION}"
         )
-    _check_manifest(path, manifest)
+    check_manifest(path, manifest)
     return manifest
 
 
-def _check_manifest(path: Path, m: dict[str, Any]) -> None:
+def check_manifest(path: Path, m: dict[str, Any]) -> None:
+    """CheckpointError, naming ``path``, unless ``m`` is a well-formed manifest of the current format."""
     for key, kind in _MANIFEST_KEYS.items():
         if key not in m:
             raise CheckpointError(f"{path}: manifest has no {key!r}")

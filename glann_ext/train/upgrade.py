@@ -42,10 +42,13 @@ def upgrade_run(
     with FolderLock(run):
         manifest = _check_trust(run, trust_pickle)  # what the lock now holds (nothing unpickled untrusted)
         remove_stale_temps(run)
+        # checked before any file is rewritten: a manifest the current format cannot hold leaves the run as
+        # 0.1 wrote it (checked after, a second upgrade found format 2 and called a run nothing loads done)
+        converted = _converted_manifest(run, manifest) if _format_1(manifest) else None
         if (run / CONFIG_FILE).exists() and _upgrade_config(run / CONFIG_FILE):
             done.append(f"{CONFIG_FILE} (the old behaviour of fields it lacked kept)")
-        if _format_1(manifest):
-            _upgrade_checkpoint(run, manifest)
+        if converted is not None:
+            _upgrade_checkpoint(run, converted)
             done.append(f"{ckpt.CHECKPOINT_DIR}/ (format 1 -> {ckpt.FORMAT_VERSION})")
         if (run / ckpt.LEGACY_MODEL_FILE).exists():
             _upgrade_model(run)
@@ -95,27 +98,36 @@ def _unpickle(path: Path) -> Any:
         raise CheckpointError(f"{path}: cannot read it as a glann_ext 0.1 file ({exc})") from exc
 
 
-def _upgrade_checkpoint(run: Path, manifest: dict[str, Any]) -> None:
+def _converted_manifest(run: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The current format's manifest for 0.1's ``manifest``, checked as a reader checks it; CheckpointError
+    when it names files outside checkpoints/ or the current format cannot hold it."""
     step = ckpt.checkpoint_dir(run) / str(manifest.get("step_dir", ""))
     names = manifest.get("shards", [])
     if not (
         step.parent == ckpt.checkpoint_dir(run)
         and step.name.startswith("step-")
+        and isinstance(names, list)
         and all(isinstance(n, str) and Path(n).name == n and n.startswith("shard-") for n in names)
     ):
         raise CheckpointError(f"{run}: its manifest names files outside checkpoints/; not converted")
+    converted = {**manifest, "format": ckpt.FORMAT_VERSION}
+    ckpt.check_manifest(ckpt.checkpoint_dir(run) / ckpt.MANIFEST_FILE, converted)
+    return converted
+
+
+def _upgrade_checkpoint(run: Path, converted: dict[str, Any]) -> None:
+    """Rewrites the pickles of the step ``converted`` (a :func:`_converted_manifest`) names, then the
+    manifest: it says format 2 only once every file it names is converted."""
+    step = ckpt.checkpoint_dir(run) / converted["step_dir"]
     main = _unpickle(step / ckpt.MAIN_FILE)
     main.pop("rng", None)  # the run's RNG is no longer global state
     if isinstance(main.get("config"), dict):
         main["config"].pop("extra", None)
         main["config"] = saved_config(main["config"]).to_dict()
     ckpt.save_atomic(main, step / ckpt.MAIN_FILE)
-    for name in names:
+    for name in converted["shards"]:
         ckpt.save_atomic(_unpickle(step / name), step / name)
-    manifest = {**manifest, "format": ckpt.FORMAT_VERSION}
-    manifest["bounds"] = [list(b) for b in manifest["bounds"]]
-    ckpt.write_manifest(run, manifest)
-    ckpt.read_manifest(run)  # the converted manifest passes every check
+    ckpt.write_manifest(run, converted)
 
 
 def _upgrade_model(run: Path) -> None:
