@@ -48,6 +48,7 @@ from glann_ext.metrics.classifier import DomainClassifier, cache_path
 from glann_ext.models import load_model_file, read_model_file
 from glann_ext.train import checkpoint as ckpt
 from glann_ext.train import load_model, train
+from glann_ext.train import upgrade as up
 from glann_ext.train.config import MAXIMA
 
 TINY = ["--preset", "tiny", "--threads", "1", "--no-progress", "--glo-epochs", "1", "--imle-epochs", "1"]
@@ -1626,3 +1627,96 @@ def test_main_pt_whose_vgg_digest_is_not_a_string_is_refused(tmp_path, digest):
         match=rf"main.pt: not a checkpoint of glann_ext \({ckpt.VGG_DIGEST_KEY} must be a string, got {type(digest).__name__}\)",
     ):
         ckpt.load_main(path)
+
+
+# Mutation tests (2026-12-07): each test below fails on a one-line bug that no earlier test caught.
+def test_atomic_write_fsyncs_the_file_it_renames_and_the_targets_own_folder(tmp_path, monkeypatch):
+    """The order test records only *that* a file and a folder were fsynced: fsyncing the grandparent folder
+    (or another file) passed it. The fsynced file is the one renamed onto the target (same inode), and the
+    fsynced folder is the target's own, the one whose entry the rename changed."""
+    target = tmp_path / "a" / "b" / "f.json"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"old")
+    synced: list[tuple[int, int]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        st = os.fstat(fd)
+        synced.append((st.st_dev, st.st_ino))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    atomic_write(target, lambda f: f.write(b"new"))
+    monkeypatch.undo()
+    file_id = (target.stat().st_dev, target.stat().st_ino)
+    folder_id = (target.parent.stat().st_dev, target.parent.stat().st_ino)
+    assert synced == [file_id, folder_id]
+
+
+def test_a_link_planted_as_the_lock_file_is_replaced_not_followed(tmp_path):
+    """FolderLock replaces a link at .lock (its O_NOFOLLOW open would otherwise fail with ELOOP, and a run
+    could not start): the pid goes into a plain .lock, never into the link's target."""
+    run, victim = tmp_path / "run", tmp_path / "victim.txt"
+    run.mkdir()
+    victim.write_text("keep me")
+    (run / ".lock").symlink_to(victim)
+    with FolderLock(run):
+        assert not (run / ".lock").is_symlink()
+        assert (run / ".lock").read_text() == f"{os.getpid()}\n"
+    assert victim.read_text() == "keep me"
+
+
+def test_append_line_never_writes_through_a_link_planted_after_its_check(tmp_path, monkeypatch):
+    """append_line removes a link it finds, and opens with O_NOFOLLOW, so a link planted between the check and
+    the open (simulated: the check sees none) is refused rather than appended through."""
+    victim, path = tmp_path / "victim.txt", tmp_path / "metrics.jsonl"
+    victim.write_text("keep me")
+    path.symlink_to(victim)
+    real = Path.is_symlink
+    monkeypatch.setattr(Path, "is_symlink", lambda self: False if self == path else real(self))
+    with pytest.raises(OSError, match="symbolic links"):  # ELOOP from O_NOFOLLOW
+        append_line(path, "{}")
+    monkeypatch.undo()
+    assert victim.read_text() == "keep me"
+
+
+def test_an_upgrade_whose_model_write_fails_keeps_the_old_model_file(finished, tmp_path, monkeypatch):
+    """model.pt is renamed to model.pt.glann-0.1 only once model.safetensors is written: a failed write (a
+    full disk) left the run with neither, and a second upgrade then found nothing to convert."""
+    run = _copy(finished, tmp_path)
+    _as_v01(run)
+
+    def full_disk(model, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(up, "save_model", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        up.upgrade_run(run, trust_pickle=True, log=lambda s: None)
+    monkeypatch.undo()
+    assert (run / "model.pt").exists() and not (run / "model.pt.glann-0.1").exists()
+    up.upgrade_run(run, trust_pickle=True, log=lambda s: None)
+    assert (run / "model.safetensors").exists() and (run / "model.pt.glann-0.1").exists()
+    load_model(run)
+
+
+def test_an_upgrade_stopped_by_a_damaged_shard_leaves_a_format_1_manifest(finished, tmp_path, monkeypatch):
+    """The manifest says format 2 only once every file it names is converted: one that said so before its
+    shards were converted named pickles as current files (refused on load), and upgrade, seeing format 2,
+    would not convert them any more."""
+    run = _copy(finished, tmp_path)
+    _as_v01(run)
+    real = up._unpickle
+
+    def damaged_shard(path):
+        if path.name.startswith("shard-"):
+            raise CheckpointError(f"{path}: cannot read it as a glann_ext 0.1 file (damaged)")
+        return real(path)
+
+    monkeypatch.setattr(up, "_unpickle", damaged_shard)
+    with pytest.raises(CheckpointError, match="damaged"):
+        up.upgrade_run(run, trust_pickle=True, log=lambda s: None)
+    monkeypatch.undo()
+    assert ckpt.read_manifest_object(run)["format"] == 1
+    up.upgrade_run(run, trust_pickle=True, log=lambda s: None)  # run again once the shard is readable
+    assert ckpt.read_manifest(run)["format"] == ckpt.FORMAT_VERSION
+    assert ckpt.load_latest(run)["glo"]["codes"].dtype == torch.float32

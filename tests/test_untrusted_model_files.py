@@ -338,3 +338,40 @@ def test_a_model_file_whose_header_length_passes_its_end_is_named_so(tmp_path, b
         match=rf"long.safetensors: not a readable model file \(a header of 1,000 bytes in {size}\)",
     ):
         read_model_file(path)
+
+
+# Mutation tests (2026-12-07): each test below fails on a one-line bug that no earlier test caught.
+def _model(seed: int) -> GLANN:
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        G = DCGANGenerator(latent_dim=8, image_size=28, channels=1, width=8)
+        T = MLP(4, 8, hidden=16, layers=2)
+        codes = torch.nn.functional.normalize(torch.randn(50, 8), dim=1)
+    return GLANN(G, codes, T, config={"seed": seed})
+
+
+def test_save_model_replaces_the_file_and_never_writes_through_a_link(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_model(_model(0), path)
+    old = path.read_bytes()
+    with open(path, "rb") as reader:
+        save_model(_model(1), path)
+        assert reader.read() == old  # the old file, whole: replaced by a rename, not rewritten in place
+    assert path.read_bytes() != old and sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    path.unlink()
+    path.symlink_to(victim)
+    save_model(_model(1), path)
+    assert victim.read_text() == "keep me" and not path.is_symlink()
+    load_model_file(path)
+
+
+def test_a_header_length_one_byte_past_the_rest_of_the_file_is_named_so(tmp_path):
+    """The bound on the header's length is the bytes after its 8-byte length field (size - 8), not the size:
+    a length one byte past them is "a header of N bytes", before any JSON is read."""
+    body = b'{"__metadata__": {"glann_ext": "{}"}}'
+    path = tmp_path / "long.safetensors"
+    path.write_bytes((len(body) + 1).to_bytes(8, "little") + body)
+    with pytest.raises(CheckpointError, match=rf"a header of {len(body) + 1} bytes in {8 + len(body)}\)"):
+        read_model_file(path)
