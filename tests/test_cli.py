@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import re
@@ -17,7 +18,8 @@ import torch
 from glann_testing import OPS, blob_images, child_kwargs
 from PIL import Image
 
-from glann_ext import cli
+import glann_ext.train.run as run_module
+from glann_ext import cli, evaluate
 from glann_ext.cli import main
 from glann_ext.models import read_model_file
 from glann_ext.train.config import with_absolute_paths
@@ -1272,3 +1274,88 @@ def test_a_default_grid_never_replaces_a_file_glann_did_not_write(
         (tmp_path / name).unlink()
         (tmp_path / name).mkdir()
         assert main(argv) == 2 and f"{name} in the current folder is a folder:" in capsys.readouterr().err
+
+
+# Mutation tests (2026-12-07): each test below fails on a one-line bug that no earlier test caught.
+def test_the_reading_commands_counts_default_as_their_help_says():
+    """sample -n defaults to 64 and eval -n to 10,000 (the help's numbers), and a reader's --seed to 0."""
+    parse = cli._parser().parse_args
+    assert parse(["sample", "--run", "r"]).n == 64
+    assert parse(["eval", "--run", "r"]).n == 10_000
+    assert parse(["sample", "--run", "r"]).seed == 0 and parse(["sample", "--run", "r"]).threads is None
+
+
+@pytest.mark.parametrize("command", ["sample", "interpolate", "eval"])
+def test_a_readers_threads_must_be_at_least_one(command, capsys):
+    """--threads 0 is not torch's default: it is refused by name, as train's --threads 0 is."""
+    argv = [command, "--run", "r", "--threads", "0"]
+    assert main(argv) == 2
+    assert "--threads: must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_only_the_global_rank_0_prints_the_notes_of_unread_flags(tmp_path, data_file, capsys, monkeypatch):
+    """Under a multi-node torchrun every node has a LOCAL_RANK 0, but only global RANK 0 speaks for the run."""
+
+    class NoRun:  # the notes come before the Run: no training needed
+        def __init__(self, out, cfg, progress=True):
+            self.world = None
+
+        def train(self, stage="all"):
+            pass
+
+    monkeypatch.setattr(run_module, "Run", NoRun)
+    argv = ["train", "--dataset", data_file, *TINY, "--out", str(tmp_path / "a"), "--imle-staleness", "5"]
+    note = "note: --imle-staleness is ignored"
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert main(argv) == 0
+    assert note not in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "0")
+    assert main(argv) == 0
+    assert note in capsys.readouterr().err
+
+
+def test_eval_hands_every_flag_to_evaluate_run(tmp_path, capsys, monkeypatch):
+    """eval's flags reach evaluate_run as given (its --seed, --sampler, progress ...), not their defaults."""
+
+    seen = {}
+
+    def spy(run, **kwargs):
+        seen.update(kwargs, run=run)
+        return {}
+
+    monkeypatch.setattr(evaluate, "evaluate_run", spy)
+    monkeypatch.setattr(evaluate, "format_table", lambda res: "table")
+    argv = ["eval", "--run", "r", "-n", "12", "--seed", "7", "--sampler", "plain", "--noise-scale", "1.25",
+            "--spread", "0.5", "--local-spread", "0.25", "--clf-epochs", "3", "--ops", "reference",
+            "--out", str(tmp_path / "ev"), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    assert seen == {
+        "run": "r", "n": 12, "out": str(tmp_path / "ev"), "seed": 7, "sampler": "plain", "cache_dir": None,
+        "clf_epochs": 3, "ops": "reference", "device": "cpu", "progress": False, "noise_scale": 1.25,
+        "spread": 0.5, "test": None, "local_spread": 0.25,
+    }  # fmt: skip
+    assert main(argv[:-1]) == 0 and seen["progress"] is True
+
+
+def test_the_gaussian_sampler_follows_the_seed(run_dir, tmp_path):
+    """`glann sample --sampler gaussian --seed S` draws model.sample_gaussian(n, S): another seed, other images."""
+    npy = tmp_path / "g.npy"
+    model = load_model(run_dir)
+    for seed in (0, 3):
+        argv = ["sample", "--run", str(run_dir), "-n", "4", "--npy", str(npy), "--sampler", "gaussian"]
+        assert main([*argv, "--seed", str(seed)]) == 0
+        np.testing.assert_array_equal(np.load(npy), model.sample_gaussian(4, seed).numpy())
+
+
+def test_a_file_system_error_is_one_line_and_status_2(run_dir, tmp_path, capsys, monkeypatch):
+    """An OSError (here a full disk while --npy is written) is a user's environment error: one line naming
+    the file, exit status 2, as every other user error (main's docstring), not 1 (a bug's status)."""
+
+    def full_disk(path, array):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(cli, "_save_npy", full_disk)
+    npy = tmp_path / "x.npy"
+    assert main(["sample", "--run", str(run_dir), "-n", "2", "--npy", str(npy)]) == 2
+    assert capsys.readouterr().err == f"glann sample: error: {npy}: No space left on device\n"

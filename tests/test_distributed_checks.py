@@ -19,10 +19,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from glann_testing import Interrupt, blob_images, free_port, interrupt_at, tiny_config, vgg_state
+from torch import nn
 
 from glann_ext.cli import main
 from glann_ext.train import checkpoint as ckpt
 from glann_ext.train import train
+from glann_ext.train.world import GlobalBatchNorm, World, disagreement, global_batchnorm, init_world
 
 WORLD = 2
 PG_TIMEOUT_S = 60  # a collective that never matches fails here instead of after the default 30 minutes
@@ -320,3 +322,80 @@ def test_the_collective_timeout_comes_from_the_environment(tmp_path, monkeypatch
     rank0 = (tmp_path / "rank0").read_text().splitlines()
     assert [line.rsplit(" ", 1)[0] for line in rank0] == ["bn_group timed out", "group timed out"], rank0
     assert all(float(line.split()[-1]) < 5 for line in rank0), rank0  # 2 s each, not 30 minutes
+
+
+# Mutation tests (2026-12-07): each test below fails on a one-line bug that no earlier test caught.
+def test_disagreement_names_rank_0_and_the_ranks_that_differ():
+    assert disagreement([{"seed": 0}, {"seed": 0}]) is None
+    assert disagreement([{"seed": 0, "lr": 1}, {"seed": 5, "lr": 1}]) == "seed: rank 0 has 0, rank 1 has 5"
+
+
+def test_disagreement_shows_three_differing_ranks_and_counts_the_rest():
+    # three ranks differ: all three shown, no "(0 more ranks differ)"
+    four = [{"seed": 0}, {"seed": 1}, {"seed": 2}, {"seed": 3}]
+    assert disagreement(four) == "seed: rank 0 has 0, rank 1 has 1, rank 2 has 2, rank 3 has 3"
+    five = [*four, {"seed": 4}]
+    assert disagreement(five) == (
+        "seed: rank 0 has 0, rank 1 has 1, rank 2 has 2, rank 3 has 3 (1 more ranks differ)"
+    )
+
+
+def test_disagreement_names_at_most_limit_fields():
+    a = {f"f{i}": 0 for i in range(5)}
+    b = {f"f{i}": 1 for i in range(5)}
+    text = disagreement([a, b])
+    assert text.count("rank 0 has") == 3 and text.endswith("; and 2 more fields"), text
+    assert "f3" not in text and "f4" not in text
+    assert disagreement([a, b], limit=5).count("rank 0 has") == 5
+
+
+def test_bounds_of_another_rank():
+    """World.bounds(n, rank) is the shard of ``rank``, not of this process (the package itself asks only for
+    its own; the argument is documented and public)."""
+
+    world = World(rank=0, size=2)
+    assert world.bounds(10) == (0, 5)
+    assert world.bounds(10, rank=1) == (5, 10) == world.all_bounds(10)[1]
+
+
+def test_global_batchnorm_runs_on_the_worlds_batchnorm_group():
+    """Each GlobalBatchNorm's statistics go over world.bn_group, the second communicator, never the DDP one
+    (world.group): interleaved with DDP's bucketed all-reduces on one NCCL communicator they can deadlock."""
+
+    bn_group = object()
+    world = World(rank=0, size=2, group=None, bn_group=bn_group, backend="gloo")
+    net = global_batchnorm(
+        nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Sequential(nn.BatchNorm2d(2))), world
+    )
+    norms = [m for m in net.modules() if isinstance(m, GlobalBatchNorm)]
+    assert len(norms) == 2 and all(m.group is bn_group for m in norms)
+
+
+def _explicit_timeout_worker(rank: int, port: int, out: str) -> None:
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD), RANK=str(rank), LOCAL_RANK="0"
+    )
+    os.environ.pop("GLANN_DIST_TIMEOUT_S", None)  # 30 minutes, unless the argument is used
+    world = init_world(torch.device("cpu"), timeout_s=2)
+    results = []
+    if rank == 1:
+        time.sleep(7)  # does not answer; rank 0's two collectives must give up after 2 s each
+    else:
+        for name, group in (("bn_group", world.bn_group), ("group", world.group)):
+            start = time.monotonic()
+            try:
+                dist.all_gather([torch.empty(1), torch.empty(1)], torch.ones(1), group=group)
+                results.append(f"{name} returned {time.monotonic() - start:.1f}")
+            except RuntimeError:
+                results.append(f"{name} timed out {time.monotonic() - start:.1f}")
+    Path(out, f"rank{rank}").write_text("\n".join(results))
+    dist.destroy_process_group()
+
+
+def test_an_explicit_timeout_bounds_both_groups(tmp_path, monkeypatch):
+    monkeypatch.delenv("GLANN_DIST_TIMEOUT_S", raising=False)
+    spawn_bounded(_explicit_timeout_worker, (free_port(), str(tmp_path)), WORLD, timeout_s=60)
+    rank0 = (tmp_path / "rank0").read_text().splitlines()
+    assert [line.rsplit(" ", 1)[0] for line in rank0] == ["bn_group timed out", "group timed out"], rank0
+    assert all(float(line.split()[-1]) < 5 for line in rank0), rank0

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 from glann_testing import tiny_config
+from torch import nn
 
-from glann_ext.backend import get_ops
+from glann_ext.backend import as_ops, get_ops
 from glann_ext.errors import ConfigError, GlannError, NonFiniteError, UsageError
 from glann_ext.models import MLP
 from glann_ext.train import Fit, TrainConfig, build_model, fit, fit_imle, load_model, train
@@ -234,3 +235,27 @@ def test_the_stage_trainers_take_a_backend_name_too(blobs):
     assert imle.ops.name == "reference" and math.isfinite(imle.train_step(torch.arange(8)))
     with pytest.raises(UsageError, match=r"^ops must be an Ops or a backend name"):
         GLOTrainer(images, cfg, 3)
+
+
+# Mutation tests (2026-12-07): each test below fails on a one-line bug that no earlier test caught.
+def test_as_ops_takes_its_default_for_none():
+    assert as_ops(None).name == "fused"
+    assert as_ops(None, "reference").name == "reference"
+    assert as_ops(None, default="fused").name == "fused"
+
+
+def test_without_an_ops_argument_the_configs_ops_is_used():
+    cfg = tiny_config(ops="reference", glo_epochs=1, imle_epochs=1)
+    assert build_model(cfg, (1, 28, 28), n_codes=4).ops.name == "reference"
+    images = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    assert Fit(images, cfg).ops.name == "reference"
+
+
+def test_fit_imle_refuses_a_generator_whose_rows_differ_before_their_last_dimension():
+    points = torch.randn(64, 2)
+    generator = nn.Sequential(MLP(2, 6), nn.Unflatten(1, (3, 2)))  # (B, 3, 2): last dimension 2, as targets'
+    with pytest.raises(
+        UsageError,
+        match=r"generator maps noise \(2, 2\) to \(2, 3, 2\), but targets are rows of shape \(2,\)",
+    ):
+        fit_imle(points, generator, tiny_config(noise_dim=2, imle_epochs=1))

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from glann_ext.data import fingerprint_change
+from glann_ext.data import arrays, fingerprint_change
 from glann_ext.data.arrays import read_cap
 from glann_ext.data.fingerprint import array_fingerprint
-from glann_ext.data.toy import RING_PACGAN, MixturePreset, grid_centres
+from glann_ext.data.toy import RING_PACGAN, SAMPLE_BYTES, MixturePreset, grid_centres
 from glann_ext.errors import NonFiniteError, UsageError
 from glann_ext.metrics import (
     code_usage,
@@ -305,3 +305,13 @@ def test_nearest_other_code_refuses_a_negative_query_index():
     codes = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match=r"queries must index the 5 codes \(0\.\.4\)"):
         nearest_other_code(codes, queries=torch.tensor([0, -1]))
+
+
+# Mutation tests (2026-12-07): each test below fails on a one-line bug that no earlier test caught.
+def test_toy_sample_memory_check_counts_the_bytes_of_every_sample(monkeypatch):
+    """The memory check is of n * SAMPLE_BYTES (48 per sample), not n: with a cap of 100 samples' worth,
+    100 samples are drawn and 101 refused (checking n bytes let 48x too many through to the allocator)."""
+    monkeypatch.setattr(arrays, "read_cap", lambda: 100 * SAMPLE_BYTES)
+    assert RING_PACGAN.sample(100, seed=0).shape == (100, 2)
+    with pytest.raises(UsageError, match=r"^n = 101 asks for"):
+        RING_PACGAN.sample(101, seed=0)

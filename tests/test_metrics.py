@@ -11,6 +11,7 @@ import torch
 from glann_testing import tensors_equal
 from torch.nn import functional as F
 
+from glann_ext.errors import CheckpointError
 from glann_ext.metrics import (
     ARCH_VERSION,
     GRID_5X5,
@@ -43,6 +44,7 @@ from glann_ext.metrics import (
     standard_fid,
 )
 from glann_ext.metrics import classifier as classifier_module
+from glann_ext.metrics.classifier import FEATURE_DIM
 
 # --------------------------------------------------------------------------------------------------
 # Mode coverage on 2-D mixtures
@@ -1446,3 +1448,44 @@ def test_nearest_train_searches_int64_rows_in_float64():
     train = torch.tensor([[big], [big + 2]], dtype=torch.int64)
     index, dist = nearest_train(torch.tensor([[big + 3]], dtype=torch.int64), train)
     assert index.tolist() == [1] and dist.tolist() == [1.0]
+
+
+# Mutation tests (2026-12-07): each test below fails on a one-line bug that no earlier test caught.
+def test_lenet_features_are_the_relu_of_fc2_of_the_documented_layers():
+    """The module docstring's network, spelt out with torch's own layers: standardise -> conv1 (pad 2) -> ReLU
+    -> max-pool 2 -> conv2 -> ReLU -> max-pool 2 -> fc1 -> ReLU -> fc2 -> ReLU [features]; the logits are
+    head(features). The features are 84 non-negative numbers (after fc2's ReLU, as FD/PRDC take them)."""
+    torch.manual_seed(0)
+    net = LeNet(1, 10, (28, 28))
+    net.mean.fill_(0.3)
+    net.std.fill_(0.2)
+    clf = DomainClassifier(net, 0.5, {"in_channels": 1, "image_size": [28, 28], "num_classes": 10})
+    x = torch.rand(5, 1, 28, 28)
+    h = (x - 0.3) / 0.2
+    h = F.max_pool2d(F.relu(F.conv2d(h, net.conv1.weight, net.conv1.bias, padding=2)), 2)
+    h = F.max_pool2d(F.relu(F.conv2d(h, net.conv2.weight, net.conv2.bias)), 2)
+    h = F.relu(F.linear(h.flatten(1), net.fc1.weight, net.fc1.bias))
+    feats = F.relu(F.linear(h, net.fc2.weight, net.fc2.bias))
+    got = clf.features(x)
+    assert got.shape == (5, FEATURE_DIM) and bool((got >= 0).all())
+    torch.testing.assert_close(got, feats, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(clf(x), F.linear(feats, net.head.weight, net.head.bias), rtol=1e-5, atol=1e-6)
+
+
+def test_a_classifier_cache_with_a_single_inf_or_nan_weight_is_refused(tmp_path):
+    """test_trust's case multiplies a whole bias by NaN; one Inf (or NaN) among finite weights also scores
+    every feature non-finite and must be refused naming the tensor, the file and the cure."""
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(40, 1, 14, 14, generator=g), torch.randint(3, (40,), generator=g)
+    DomainClassifier.load_or_train("d", x, y, x, y, cache_dir=tmp_path, num_classes=3, epochs=1)
+    path = cache_path(tmp_path, "d", seed=0, epochs=1)
+    good = torch.load(path, weights_only=True)
+    for key, value in (("fc2.weight", float("inf")), ("conv1.bias", float("nan"))):
+        bad = good["state_dict"][key].clone()
+        bad.view(-1)[1] = value
+        torch.save({"meta": good["meta"], "state_dict": {**good["state_dict"], key: bad}}, path)
+        with pytest.raises(
+            CheckpointError, match=rf"not a cached classifier \({key} holds NaN or Inf values\)"
+        ):
+            DomainClassifier.load(path)

@@ -11,10 +11,15 @@ from glann_testing import OPS, tiny_glann, vgg_state
 
 from glann_ext.backend import get_ops
 from glann_ext.errors import ConfigError
-from glann_ext.models import MLP, DCGANGenerator, start_size
-from glann_ext.models.generator import MAX_GENERATOR_PARAMETERS, generator_parameters
+from glann_ext.models import MLP, DCGANGenerator, ReconstructionLoss, start_size
+from glann_ext.models.generator import (
+    MAX_GENERATOR_PARAMETERS,
+    check_generator_size,
+    generator_parameters,
+)
 from glann_ext.ops import reference
 from glann_ext.optim import SphereSparseAdam
+from glann_ext.train import TrainConfig
 
 
 @pytest.mark.parametrize(("size", "channels"), [(28, 1), (32, 3), (64, 1), (128, 3)])
@@ -601,3 +606,59 @@ def test_inverted_codes_lie_on_the_unit_sphere():
         target = m.decode(torch.nn.functional.normalize(torch.randn(4, 8), dim=1))
     z, _ = m.invert(target, steps=5, restarts=2, lr=0.2, seed=0)
     assert torch.allclose(z.norm(dim=1), torch.ones(len(z)), atol=1e-5)
+
+
+# Mutation tests (2026-12-07): each test below fails on a one-line bug that no earlier test caught.
+def test_generator_reads_the_linear_layers_output_as_channels_then_rows_then_columns():
+    """The docstring's "Linear to a (width * 2**(k-1), s0, s0) map": fc's output j is channel j // s0**2,
+    row (j // s0) % s0, column j % s0 (reading it as (s0, s0, channels) gave images of the same shape and
+    range from another network). Checked against the layers run by hand."""
+    g = DCGANGenerator(latent_dim=6, image_size=28, channels=1, width=4).eval()
+    z = torch.randn(3, 6)
+    with torch.no_grad():
+        h = g.fc(z)
+        assert h.shape == (3, 8 * 7 * 7)
+        by_hand = g.body(h.reshape(3, 8, 7, 7))
+        torch.testing.assert_close(g(z), by_hand, rtol=0, atol=0)
+        # one unit of the first (8, 7, 7) map changed changes the image around that unit's place only
+        bumped = h.reshape(3, 8, 7, 7).clone()
+        bumped[:, 2, 0, 0] += 10.0
+        diff = (g.body(bumped) - by_hand).abs().sum((0, 1))
+    assert diff[:8, :8].sum() > 0 and diff[14:, 14:].sum() == 0
+
+
+def test_a_generator_one_channel_over_the_parameter_cap_is_refused_and_one_under_it_is_not():
+    """The cap is exact: gen_width 312 at image_size 256 is 1,072,795,155 parameters (under 2**30) and passes
+    the check; 313 is 1,079,649,057 and is refused (checked without building either network)."""
+    assert generator_parameters(64, 256, 3, 312, 0) <= MAX_GENERATOR_PARAMETERS
+    assert generator_parameters(64, 256, 3, 313, 0) > MAX_GENERATOR_PARAMETERS
+    check_generator_size(64, 256, 3, 312, 0)
+    with pytest.raises(ConfigError, match=r"generator would have 1,079,649,057 parameters \(gen_width 313"):
+        check_generator_size(64, 256, 3, 313, 0)
+
+
+@pytest.mark.parametrize(("size", "channels", "depth"), [(28, 1, 1), (32, 3, 2), (12, 1, 1)])
+def test_generator_refinement_layers_keep_each_resolution(size, channels, depth):
+    """gen_depth adds 3x3 convolutions "at the same resolution" (padding 1): with depth > 0 the output is
+    still (channels, size, size) in [0, 1] (test_generator_shapes_and_range runs depth 0 only, and the layout
+    test checks weight shapes, which a padding of 0 leaves as they are)."""
+    g = DCGANGenerator(latent_dim=8, image_size=size, channels=channels, width=4, depth=depth).eval()
+    out = g(torch.randn(2, 8))
+    assert out.shape == (2, channels, size, size)
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_a_configs_l2_weight_adds_that_multiple_of_the_pixel_mse():
+    """lap_l1 + l2_weight * mse, for a weight below 1 too (the GLO paper's mixes are fractions), through
+    from_config as through the constructor, and in the per-rank normalised form."""
+    ops = get_ops(OPS)
+    x, t = torch.rand(3, 1, 28, 28), torch.rand(3, 1, 28, 28)
+    lap = reference.laplacian_pyramid_loss_reference(x.double(), t.double()).float()
+    mse = torch.nn.functional.mse_loss(x, t)
+    cfg = TrainConfig(l2_weight=0.5, ops=OPS)
+    loss_fn = ReconstructionLoss.from_config(cfg, ops)
+    assert (loss_fn.l2_weight, loss_fn.vgg_weight, loss_fn.vgg) == (0.5, 0.0, None)
+    for fn in (loss_fn, ReconstructionLoss(ops, l2_weight=0.5)):
+        torch.testing.assert_close(fn(x, t), lap + 0.5 * mse, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(fn(x, t, normalizer=3), lap + 0.5 * mse, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ReconstructionLoss(ops)(x, t), lap, rtol=1e-5, atol=1e-6)

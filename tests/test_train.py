@@ -10,6 +10,7 @@ import math
 import re
 import shutil
 import threading
+import types
 
 import pytest
 import torch
@@ -31,15 +32,17 @@ from glann_ext.train import (
     fit_imle,
     get_ops,
     load_model,
+    loop,
     run_epoch,
     slerp,
     train,
 )
 from glann_ext.train import checkpoint as ckpt
 from glann_ext.train import imle as imle_module
-from glann_ext.train.build import seeded
+from glann_ext.train.build import adam, build_mapping, check_tensor, load_adam_state, seeded
 from glann_ext.train.config import MAXIMA, check_device, load_run_config, preset, saved_config
-from glann_ext.train.latents import initial_codes, pca_codes
+from glann_ext.train.latents import initial_codes, pca_codes, random_codes
+from glann_ext.train.loop import StageTrainer, autocast_for, run_epochs
 from glann_ext.train.threads import intra_op_threads
 
 
@@ -1624,3 +1627,229 @@ def test_a_saved_config_without_the_newer_fields_keeps_what_its_run_did():
     # a save that has the fields keeps them
     kept = saved_config(TrainConfig(sample_local_spread=0.25, imle_whiten=True).to_dict())
     assert kept.sample_local_spread == 0.25 and kept.imle_whiten is True
+
+
+# Mutation tests (2026-12-07): each test below fails on a one-line bug that no earlier test caught.
+class _ThreadWorld:
+    """The part of World that pca_codes uses (sum), for ``size`` threads that call it in lockstep."""
+
+    def __init__(self, rank: int, size: int, slots: list, barrier: threading.Barrier):
+        self.rank, self.size, self.slots, self.barrier = rank, size, slots, barrier
+        self.distributed = True
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        self.slots[self.rank] = t.clone()
+        self.barrier.wait()
+        total = sum(self.slots[1:], self.slots[0].clone())
+        self.barrier.wait()
+        return t.copy_(total)
+
+
+def _sharded(fn, bounds):
+    slots, barrier, out = [None] * len(bounds), threading.Barrier(len(bounds)), [None] * len(bounds)
+
+    def rank(r):
+        out[r] = fn(_ThreadWorld(r, len(bounds), slots, barrier), *bounds[r])
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(len(bounds))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return torch.cat(out)
+
+
+def test_pca_codes_of_shards_are_the_rows_of_the_whole_sets_codes_padding_included():
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(10, 1, 8, 8, generator=g)  # 10 images < 16 dims: 6 seeded padding columns
+    whole = pca_codes(images, 16, seed=2)
+    bounds = [(0, 6), (6, 10)]
+    shards = _sharded(
+        lambda world, a, b: pca_codes(images[a:b], 16, seed=2, world=world, start=a, total=10), bounds
+    )
+    torch.testing.assert_close(shards, whole, rtol=1e-4, atol=1e-6)
+    assert whole[:, 10:].abs().max() > 0  # the padding is there, and was compared
+
+
+def test_random_codes_of_shards_are_the_rows_of_the_whole_table():
+    whole = random_codes(10, 4, seed=3)
+    assert torch.equal(torch.cat([random_codes(6, 4, 3, 0, 10), random_codes(4, 4, 3, 6, 10)]), whole)
+
+
+def test_the_mapping_has_the_configs_hidden_width_and_layer_count():
+    for layers in (1, 3):
+        cfg = TrainConfig(seed=5, noise_dim=4, latent_dim=6, mapping_hidden=8, mapping_layers=layers)
+        T = build_mapping(cfg)
+        assert T.hparams() == {
+            "in_dim": 4, "out_dim": 6, "hidden": 8, "layers": layers, "batch_norm": True, "output_affine": True,
+        }  # fmt: skip
+        assert sum(isinstance(m, torch.nn.Linear) for m in T.modules()) == layers + 1
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(6)
+            want = MLP(4, 6, 8, layers, output_affine=True)
+        for (name, a), b in zip(T.state_dict().items(), want.state_dict().values()):
+            assert torch.equal(a, b), name
+
+
+def test_a_checkpoints_tensors_of_another_dtype_are_refused_by_name(blobs):
+    """check_tensor compares dtype and shape: codes of the right shape in float64 (or int64), or an Adam moment
+    in float64 for a float32 weight, were cast silently by copy_ / handed to the fused step; they are a
+    ValueError naming the entry."""
+
+    with pytest.raises(
+        ValueError, match=r"^x is \(torch.float64, \(2,\)\), expected \(torch.float32, \(2,\)\)$"
+    ):
+        check_tensor("x", torch.zeros(2, dtype=torch.float64), (torch.float32, (2,)))
+    trainer = GLOTrainer(blobs, tiny_config(batch_size=32), get_ops(OPS))
+    state = trainer.state_dict()
+    with pytest.raises(ValueError, match=r"^glo codes is \(torch.float64, "):
+        trainer.load_state_dict({**state, "codes": state["codes"].double()})
+    trainer.train_step(trainer.epoch_batches()[0])  # Adam has moments now
+    opt = trainer.opt_g.state_dict()
+    first = next(iter(opt["state"]))
+    forged = {**opt, "state": {**opt["state"], first: {**opt["state"][first]}}}
+    forged["state"][first]["exp_avg"] = forged["state"][first]["exp_avg"].double()
+    with pytest.raises(ValueError, match=rf"^opt_g: exp_avg of parameter {first} is \(torch.float64, "):
+        load_adam_state(trainer.opt_g, forged, "opt_g")
+
+
+def test_an_optimizer_state_of_fewer_parameters_is_refused_naming_both_counts():
+    """A state of fewer parameters than the model (another architecture's checkpoint) is refused by
+    load_adam_state's own message, as one of more parameters is (the counts are compared, not only bounded)."""
+
+    big = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
+    small = torch.nn.Linear(2, 3)
+    opt_small = adam(small.parameters(), 1e-3, (0.9, 0.999))
+    small(torch.randn(4, 2)).sum().backward()
+    opt_small.step()
+    opt_big = adam(big.parameters(), 1e-3, (0.9, 0.999))
+    with pytest.raises(ValueError, match=r"^opt_g: the state is of 2 parameters, this model has 4$"):
+        load_adam_state(opt_big, opt_small.state_dict(), "opt_g")
+    big(torch.randn(4, 2)).sum().backward()
+    opt_big.step()
+    with pytest.raises(ValueError, match=r"^opt_g: the state is of 4 parameters, this model has 2$"):
+        load_adam_state(opt_small, opt_big.state_dict(), "opt_g")
+
+
+def test_a_glo_state_dict_is_a_snapshot_of_the_codes_not_a_view_of_the_live_table(blobs):
+    """The latent optimizer updates the code table in place; a state taken before a step (a checkpoint being
+    written, a Fit's saved state) must keep the codes as they were, so loading it later restores them."""
+    cfg = tiny_config(batch_size=32)
+    trainer = GLOTrainer(blobs, cfg, get_ops(OPS))
+    state = trainer.state_dict()
+    before = trainer.codes.clone()
+    trainer.train_step(trainer.epoch_batches()[0])
+    assert not torch.equal(trainer.codes, before)  # the step moved some codes
+    assert torch.equal(state["codes"], before)
+    trainer.load_state_dict(state)
+    assert torch.equal(trainer.codes, before)
+
+
+def test_latent_adam_steps_is_ignored_by_the_sgd_latent_optimizer(blobs):
+    """latent_adam_steps ("rows"/"global") is an option of the Adam latent optimizer; with
+    latent_optimizer="sgd" (a valid combination: no cross-field check) "rows" trains exactly as "global"
+    (passing the row counts to SGD's step, which takes none, was a TypeError at the first step)."""
+    rows = GLOTrainer(blobs, tiny_config(batch_size=32, latent_optimizer="sgd", latent_adam_steps="rows"),
+                      get_ops(OPS))  # fmt: skip
+    plain = GLOTrainer(blobs, tiny_config(batch_size=32, latent_optimizer="sgd", latent_adam_steps="global"),
+                       get_ops(OPS))  # fmt: skip
+    for batch in rows.epoch_batches()[:2]:
+        assert rows.train_step(batch) == plain.train_step(batch)
+    assert torch.equal(rows.codes, plain.codes)
+
+
+def test_a_glo_state_with_codes_off_the_unit_sphere_is_refused(blobs):
+    """GLOTrainer.load_state_dict (a Fit's state, or a checkpoint's) checks the codes as training leaves them:
+    on the unit sphere. The run folder's loaders check them too, which is why test_trust's forged checkpoints
+    do not tell whether the trainer itself does; a state handed to it directly must be refused as well."""
+
+    trainer = GLOTrainer(blobs, tiny_config(batch_size=32), get_ops(OPS))
+    state = trainer.state_dict()
+    codes = state["codes"].clone()
+    codes[4] *= 50
+    before = trainer.codes.clone()
+    with pytest.raises(ValueError, match=r"codes must lie on the unit sphere .* got norm 50 at row 4"):
+        trainer.load_state_dict({**state, "codes": codes})
+    assert torch.equal(trainer.codes, before)
+
+
+class _Stub(StageTrainer):
+    """A stage of 12 rows in batches of 4 (3 steps an epoch) whose step returns the next of ``losses``."""
+
+    stage = "glo"
+
+    def __init__(self, losses=None):
+        super().__init__(types.SimpleNamespace(batch_size=4, seed=0), None, 0, 12, None)
+        self.losses = list(losses) if losses is not None else None
+        self.steps_taken = 0
+
+    def train_step(self, batch):
+        self.steps_taken += 1
+        return 1.0 if self.losses is None else self.losses.pop(0)
+
+
+def test_an_epochs_seconds_are_its_wall_time_each_step_counted_once(monkeypatch):
+    """With a clock that ticks 1 s per reading, the epoch's seconds are the time from its start to its end
+    (each step's share is the time since the step before, not since the epoch began)."""
+    ticks = iter(range(1000))
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    trainer = _Stub()
+    row = run_epoch(trainer)
+    assert row["steps"] == 3
+    assert row["seconds"] == 4.0  # readings 0 (start), 1, 2, 3 (the steps), 4 (end)
+
+
+def test_step_completed_names_the_running_epoch_from_0_and_the_row_the_epochs_done_from_1():
+    seen, rows = [], []
+
+    class Record(Hook):
+        def step_completed(self, trainer, info):
+            seen.append((info["epoch"], info["step"]))
+
+        def epoch_completed(self, trainer, row):
+            rows.append(row["epoch"])
+
+    run_epochs(_Stub(), 2, [Record()])
+    assert seen == [(0, 1), (0, 2), (0, 3), (1, 4), (1, 5), (1, 6)]
+    assert rows == [1, 2]
+
+
+def test_a_state_stopped_after_an_epochs_last_step_resumes_and_only_closes_the_epoch():
+    """A hook may stop a fit after any step (Hook.step_completed), the epoch's last one included: its state
+    then has step_in_epoch == steps_per_epoch; loading it is not an error and the resumed epoch takes no
+    further step (one step more than that is refused)."""
+    first = _Stub()
+
+    class Stop(Hook):
+        def step_completed(self, trainer, info):
+            if trainer.step_in_epoch == trainer.steps_per_epoch:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_epoch(first, [Stop()])
+    state = first.counters()
+    assert state["step_in_epoch"] == first.steps_per_epoch == 3
+    again = _Stub()
+    again.load_counters(state)
+    row = run_epoch(again)
+    assert again.steps_taken == 0 and row["steps"] == 3 and row["epoch"] == 1 and again.epoch == 1
+    with pytest.raises(ValueError, match="step_in_epoch 4 exceeds the 3 steps"):
+        _Stub().load_counters({**state, "step_in_epoch": 4})
+
+
+@pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan])
+def test_a_non_finite_loss_stops_the_epoch_at_that_step(bad):
+    trainer = _Stub([1.0, bad, 1.0])
+    with pytest.raises(
+        DivergedError, match=rf"^the GLO stage diverged: the loss is {bad} at epoch 1, step 1\."
+    ):
+        run_epoch(trainer)
+    assert trainer.steps_taken == 2  # the third step never ran
+
+
+def test_autocast_is_for_cuda_only_the_cpu_trains_in_float32():
+    assert isinstance(autocast_for(torch.device("cpu"), True), contextlib.nullcontext)
+    with autocast_for(torch.device("cpu"), True):
+        assert not torch.is_autocast_enabled("cpu")
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    assert isinstance(autocast_for(torch.device("cuda"), False), contextlib.nullcontext)
