@@ -1835,6 +1835,9 @@ def test_a_state_stopped_after_an_epochs_last_step_resumes_and_only_closes_the_e
     assert again.steps_taken == 0 and row["steps"] == 3 and row["epoch"] == 1 and again.epoch == 1
     with pytest.raises(ValueError, match="step_in_epoch 4 exceeds the 3 steps"):
         _Stub().load_counters({**state, "step_in_epoch": 4})
+    for name in ("epoch", "step_in_epoch", "global_step"):  # a trainer handed a state directly checks it too
+        with pytest.raises(ValueError, match=rf"^{name} must be >= 0, got -1$"):
+            _Stub().load_counters({**state, name: -1})
 
 
 @pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan])

@@ -126,6 +126,9 @@ class StageTrainer:
             raise ValueError(
                 f"step_in_epoch {state['step_in_epoch']} exceeds the {self.steps_per_epoch} steps of an epoch"
             )
+        for name in ("epoch", "step_in_epoch", "global_step"):  # -1 steps ran only an epoch's last batch
+            if int(state[name]) < 0:
+                raise ValueError(f"{name} must be >= 0, got {state[name]}")
         self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
         self.global_step = int(state["global_step"])
         # checkpoints of glann_ext 0.1 have no tally: the resumed epoch then reports its remaining steps
