@@ -280,14 +280,18 @@ def test_two_ranks_draw_reconstruction_grids_over_the_whole_dataset(tmp_path):
             assert np.array_equal(got[band], want[band, :, 0]), (name, r)
 
 
-def _timeout_worker(rank: int, port: int, out: str) -> None:
-    from glann_ext.train.world import init_world
-
+def _timeout_worker(rank: int, port: int, out: str, given_by: str) -> None:
+    """Rank 0 runs a collective on each group while rank 1 does not answer; ``given_by`` "environment"
+    ($GLANN_DIST_TIMEOUT_S) or "argument" (init_world's timeout_s) sets the timeout to 2 s."""
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD), RANK=str(rank), LOCAL_RANK="0"
     )
-    os.environ["GLANN_DIST_TIMEOUT_S"] = "2"  # (the smallest allowed is 1 s)
-    world = init_world(torch.device("cpu"))
+    if given_by == "environment":
+        os.environ["GLANN_DIST_TIMEOUT_S"] = "2"  # (the smallest allowed is 1 s)
+        world = init_world(torch.device("cpu"))
+    else:
+        os.environ.pop("GLANN_DIST_TIMEOUT_S", None)  # 30 minutes, unless the argument is used
+        world = init_world(torch.device("cpu"), timeout_s=2)
     results = []
     if rank == 1:  # a rank that stops answering without exiting (SIGSTOP, a hung node)
         time.sleep(12)
@@ -301,6 +305,13 @@ def _timeout_worker(rank: int, port: int, out: str) -> None:
                 results.append(f"{name} timed out {time.monotonic() - start:.1f}")
     Path(out, f"rank{rank}").write_text("\n".join(results))
     dist.destroy_process_group()
+
+
+def _both_groups_time_out(tmp_path: Path, given_by: str) -> None:
+    spawn_bounded(_timeout_worker, (free_port(), str(tmp_path), given_by), WORLD, timeout_s=60)
+    rank0 = (tmp_path / "rank0").read_text().splitlines()
+    assert [line.rsplit(" ", 1)[0] for line in rank0] == ["bn_group timed out", "group timed out"], rank0
+    assert all(float(line.split()[-1]) < 5 for line in rank0), rank0  # 2 s each, not 30 minutes
 
 
 def test_the_collective_timeout_comes_from_the_environment(tmp_path, monkeypatch):
@@ -318,10 +329,7 @@ def test_the_collective_timeout_comes_from_the_environment(tmp_path, monkeypatch
         ):
             dist_timeout_s()
     monkeypatch.delenv("GLANN_DIST_TIMEOUT_S")
-    spawn_bounded(_timeout_worker, (free_port(), str(tmp_path)), WORLD, timeout_s=60)
-    rank0 = (tmp_path / "rank0").read_text().splitlines()
-    assert [line.rsplit(" ", 1)[0] for line in rank0] == ["bn_group timed out", "group timed out"], rank0
-    assert all(float(line.split()[-1]) < 5 for line in rank0), rank0  # 2 s each, not 30 minutes
+    _both_groups_time_out(tmp_path, "environment")
 
 
 # Mutation tests (2026-12-07): each test below fails on a one-line bug that no earlier test caught.
@@ -371,31 +379,7 @@ def test_global_batchnorm_runs_on_the_worlds_batchnorm_group():
     assert len(norms) == 2 and all(m.group is bn_group for m in norms)
 
 
-def _explicit_timeout_worker(rank: int, port: int, out: str) -> None:
-
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD), RANK=str(rank), LOCAL_RANK="0"
-    )
-    os.environ.pop("GLANN_DIST_TIMEOUT_S", None)  # 30 minutes, unless the argument is used
-    world = init_world(torch.device("cpu"), timeout_s=2)
-    results = []
-    if rank == 1:
-        time.sleep(7)  # does not answer; rank 0's two collectives must give up after 2 s each
-    else:
-        for name, group in (("bn_group", world.bn_group), ("group", world.group)):
-            start = time.monotonic()
-            try:
-                dist.all_gather([torch.empty(1), torch.empty(1)], torch.ones(1), group=group)
-                results.append(f"{name} returned {time.monotonic() - start:.1f}")
-            except RuntimeError:
-                results.append(f"{name} timed out {time.monotonic() - start:.1f}")
-    Path(out, f"rank{rank}").write_text("\n".join(results))
-    dist.destroy_process_group()
-
-
 def test_an_explicit_timeout_bounds_both_groups(tmp_path, monkeypatch):
+    """A timeout handed to init_world, not the environment's, bounds the global BatchNorm's group too."""
     monkeypatch.delenv("GLANN_DIST_TIMEOUT_S", raising=False)
-    spawn_bounded(_explicit_timeout_worker, (free_port(), str(tmp_path)), WORLD, timeout_s=60)
-    rank0 = (tmp_path / "rank0").read_text().splitlines()
-    assert [line.rsplit(" ", 1)[0] for line in rank0] == ["bn_group timed out", "group timed out"], rank0
-    assert all(float(line.split()[-1]) < 5 for line in rank0), rank0
+    _both_groups_time_out(tmp_path, "argument")
