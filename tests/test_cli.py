@@ -21,9 +21,11 @@ from PIL import Image
 import glann_ext.train.run as run_module
 from glann_ext import cli, evaluate
 from glann_ext.cli import main
+from glann_ext.errors import ConfigError, RunFolderError
 from glann_ext.models import read_model_file
+from glann_ext.train import checkpoint as ckpt
+from glann_ext.train import load_model, train
 from glann_ext.train.config import with_absolute_paths
-from glann_ext.train.run import load_model
 
 TINY = ["--preset", "tiny", "--ops", OPS, "--threads", "1", "--no-progress"]
 
@@ -417,8 +419,6 @@ def test_kill_minus_nine_then_rerun_resumes_to_the_same_model(tmp_path, data_fil
     import signal
     import time
 
-    from glann_ext.train import checkpoint as ckpt
-
     args = ["--dataset", data_file, *TINY, "--glo-epochs", "6", "--imle-epochs", "6", "--ckpt-every", "1"]
     assert main(["train", "--out", str(tmp_path / "straight"), *args]) == 0
 
@@ -477,7 +477,6 @@ def test_config_errors_name_the_flag_that_set_the_field(tmp_path, capsys):
     user never typed. A value this command line set is named by its flag; one from a --config file by the
     file and its field; one from a preset, a config file or the run folder, checked with the flags, by its
     field and flag. Python callers keep the field's name, and the error carries the field and the problem."""
-    from glann_ext.errors import ConfigError
     from glann_ext.train import TrainConfig
 
     def error(*argv: str) -> str:
@@ -768,7 +767,7 @@ def test_python_runs_and_fits_save_relative_paths_absolute_as_the_command_line_d
 ):
     """train(cfg, out) and fit(images, cfg) saved a relative dataset as given: the run folder then failed to
     resume, and its model file to evaluate, from another directory (the docs promise they do)."""
-    from glann_ext.train import fit, preset, save_model, train
+    from glann_ext.train import fit, preset, save_model
     from glann_ext.train.config import load_run_config
 
     work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
@@ -1359,3 +1358,12 @@ def test_a_file_system_error_is_one_line_and_status_2(run_dir, tmp_path, capsys,
     npy = tmp_path / "x.npy"
     assert main(["sample", "--run", str(run_dir), "-n", "2", "--npy", str(npy)]) == 2
     assert capsys.readouterr().err == f"glann sample: error: {npy}: No space left on device\n"
+
+
+def test_out_that_is_the_dataset_folder_itself_is_refused(tmp_path):
+    """--out naming the image folder itself (a folder holding a failed start's config.json passes the
+    run-folder check) would write its grids among the training images."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    with pytest.raises(RunFolderError, match="lies inside the image folder --dataset"):
+        run_module.check_out_outside_dataset(photos, str(photos))

@@ -15,7 +15,7 @@ from glann_testing import Interrupt, interrupt_at, tiny_config
 
 from glann_ext import cli
 from glann_ext.backend import get_ops
-from glann_ext.errors import UsageError
+from glann_ext.errors import ConfigError, UsageError
 from glann_ext.models import GLANN, MLP, PixelIMLE, read_model_file
 from glann_ext.ops import reference
 from glann_ext.optim import SphereSparseAdam, SphereSparseSGD
@@ -404,7 +404,6 @@ def test_glo_passes_each_codes_update_count(blobs, monkeypatch, steps):
 def test_every_preset_is_a_valid_config(capsys, tmp_path):
     """The presets validate as they are; the GPU preset refuses a CPU-only torch in one line, before any file
     is written; unknown names list the known ones."""
-    from glann_ext.errors import ConfigError
     from glann_ext.train.config import PRESETS, preset
 
     for name in PRESETS:
@@ -444,3 +443,14 @@ def test_the_laptop_presets_are_the_recipes_docs_studies_md_measured():
         1e-3,
         200,
     )
+
+
+# Mutation tests (2026-12-07): each test below fails on a one-line bug that no earlier test caught.
+def test_a_fit_stopped_after_its_glo_stage_stays_in_its_glo_phase(blobs):
+    """run("glo") leaves the Fit in its GLO phase: its state says "glo", and run("glo") again is a
+    no-op (the IMLE phase without an IMLE trainer made the second call fail), run("imle") then trains T."""
+    fit = Fit(blobs, tiny_config(glo_epochs=1, imle_epochs=1))
+    fit.run("glo")
+    assert fit.state_dict()["phase"] == "glo" and fit.state_dict()["imle"] is None
+    assert fit.run("glo").T is None
+    assert fit.run("imle").T is not None

@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import re
 import shutil
 import threading
@@ -39,11 +40,14 @@ from glann_ext.train import (
 )
 from glann_ext.train import checkpoint as ckpt
 from glann_ext.train import imle as imle_module
+from glann_ext.train import run as run_module
 from glann_ext.train.build import adam, build_mapping, check_tensor, load_adam_state, seeded
 from glann_ext.train.config import MAXIMA, check_device, load_run_config, preset, saved_config
 from glann_ext.train.latents import initial_codes, pca_codes, random_codes
 from glann_ext.train.loop import StageTrainer, autocast_for, run_epochs
+from glann_ext.train.run import reconstruction_grid
 from glann_ext.train.threads import intra_op_threads
+from glann_ext.train.world import World
 
 
 @pytest.fixture
@@ -1695,7 +1699,6 @@ def test_a_checkpoints_tensors_of_another_dtype_are_refused_by_name(blobs):
     """check_tensor compares dtype and shape: codes of the right shape in float64 (or int64), or an Adam moment
     in float64 for a float32 weight, were cast silently by copy_ / handed to the fused step; they are a
     ValueError naming the entry."""
-
     with pytest.raises(
         ValueError, match=r"^x is \(torch.float64, \(2,\)\), expected \(torch.float32, \(2,\)\)$"
     ):
@@ -1716,7 +1719,6 @@ def test_a_checkpoints_tensors_of_another_dtype_are_refused_by_name(blobs):
 def test_an_optimizer_state_of_fewer_parameters_is_refused_naming_both_counts():
     """A state of fewer parameters than the model (another architecture's checkpoint) is refused by
     load_adam_state's own message, as one of more parameters is (the counts are compared, not only bounded)."""
-
     big = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
     small = torch.nn.Linear(2, 3)
     opt_small = adam(small.parameters(), 1e-3, (0.9, 0.999))
@@ -1762,7 +1764,6 @@ def test_a_glo_state_with_codes_off_the_unit_sphere_is_refused(blobs):
     """GLOTrainer.load_state_dict (a Fit's state, or a checkpoint's) checks the codes as training leaves them:
     on the unit sphere. The run folder's loaders check them too, which is why test_trust's forged checkpoints
     do not tell whether the trainer itself does; a state handed to it directly must be refused as well."""
-
     trainer = GLOTrainer(blobs, tiny_config(batch_size=32), get_ops(OPS))
     state = trainer.state_dict()
     codes = state["codes"].clone()
@@ -1856,3 +1857,292 @@ def test_autocast_is_for_cuda_only_the_cpu_trains_in_float32():
         assert not torch.is_autocast_enabled("cpu")
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
     assert isinstance(autocast_for(torch.device("cuda"), False), contextlib.nullcontext)
+
+
+QUIET = {"progress": False, "log": lambda s: None}
+
+
+def _rows(out):
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+# -- resume rules --------------------------------------------------------------------
+def test_a_folder_holding_only_its_model_file_refuses_other_imle_stage_fields(tmp_path, blob_file):
+    """The IMLE stage's fields may change only while a checkpoint says the run is in its GLO phase:
+    a folder whose checkpoints are gone (the model file only) would retrain everything under them."""
+    cfg = tiny_config(dataset=blob_file, glo_epochs=1, imle_epochs=1)
+    out = tmp_path / "run"
+    train(cfg, out, stage="glo", **QUIET)
+    shutil.rmtree(ckpt.checkpoint_dir(out))
+    before = (out / "model.safetensors").read_bytes()
+    with pytest.raises(
+        RunFolderError, match=rf"different config \(noise_dim {cfg.noise_dim} -> {cfg.noise_dim + 1};"
+    ):
+        train(dataclasses.replace(cfg, noise_dim=cfg.noise_dim + 1), out, **QUIET)
+    assert (out / "model.safetensors").read_bytes() == before
+
+
+def test_a_finished_glo_stage_cannot_switch_to_pixel_imle(tmp_path, blob_file):
+    """imle_space is not one of the IMLE stage's free fields: pixel IMLE would discard the trained GLO
+    stage and train G anew, in the folder of a GLANN run."""
+    cfg = tiny_config(dataset=blob_file, glo_epochs=1, imle_epochs=1)
+    out = tmp_path / "run"
+    train(cfg, out, stage="glo", **QUIET)
+    with pytest.raises(RunFolderError, match=r"different config \(imle_space 'latent' -> 'pixel';"):
+        train(dataclasses.replace(cfg, imle_space="pixel"), out, **QUIET)
+    assert load_model(out).T is None and not (out / "resumes.jsonl").exists()
+
+
+def test_a_resume_cannot_drop_imle_epochs_already_trained(tmp_path, blob_file):
+    """As for GLO: IMLE epochs already trained cannot be taken back (recorded but never undone)."""
+    cfg = tiny_config(dataset=blob_file, glo_epochs=1, imle_epochs=2)
+    out = tmp_path / "run"
+    train(cfg, out, **QUIET)
+    with pytest.raises(
+        ConfigError,
+        match=r"^config field imle_epochs \(--imle-epochs\) 1: .* has trained 2 IMLE epochs already; give at least 2",
+    ):
+        train(dataclasses.replace(cfg, imle_epochs=1), out, **QUIET)
+    assert not (out / "resumes.jsonl").exists()
+
+
+# -- resumes.jsonl -------------------------------------------------------------------
+def _stopped_in_imle(tmp_path, blob_file):
+    out = tmp_path / "run"
+    cfg = tiny_config(dataset=blob_file, glo_epochs=1, imle_epochs=2, ckpt_every=1)
+    with pytest.raises(Interrupt):
+        train(cfg, out, on_step=interrupt_at("imle", 2), **QUIET)
+    return out, cfg
+
+
+def test_resumes_jsonl_keeps_one_line_per_resume_at_the_phases_own_position(tmp_path, blob_file):
+    """Each resume that changes a field appends its line (earlier lines kept: config.json as first
+    written + these lines = the run's history), and the line's position is the checkpoint's in its phase."""
+    out, cfg = _stopped_in_imle(tmp_path, blob_file)
+    at = {k: ckpt.load_latest(out)["imle"][k] for k in ("epoch", "step_in_epoch", "global_step")}
+    assert at == {"epoch": 0, "step_in_epoch": 2, "global_step": 2}
+    with pytest.raises(Interrupt):
+        train(
+            dataclasses.replace(cfg, imle_lr=cfg.imle_lr / 2), out, on_step=interrupt_at("imle", 4), **QUIET
+        )
+    train(dataclasses.replace(cfg, imle_lr=cfg.imle_lr / 4), out, **QUIET)
+    lines = [json.loads(x) for x in (out / "resumes.jsonl").read_text().splitlines()]
+    assert [line["changed"] for line in lines] == [
+        {"imle_lr": [cfg.imle_lr, cfg.imle_lr / 2]},
+        {"imle_lr": [cfg.imle_lr / 2, cfg.imle_lr / 4]},
+    ]
+    assert {k: lines[0][k] for k in ("phase", *at)} == {"phase": "imle", **at}
+    assert {k: lines[1][k] for k in ("phase", *at)} == {"phase": "imle", "epoch": 1, "step_in_epoch": 1,
+                                                        "global_step": 4}  # fmt: skip
+
+
+def test_a_resume_killed_while_logging_its_change_leaves_config_json_as_it_was(
+    tmp_path, blob_file, monkeypatch
+):
+    """resumes.jsonl is written before config.json: a kill between them leaves the change unrecorded and
+    unapplied (the next resume records it), never config.json changed with no line saying so."""
+    out, cfg = _stopped_in_imle(tmp_path, blob_file)
+    before = (out / "config.json").read_bytes()
+    real = run_module.append_line
+
+    def killed(path, line):
+        if path.name == "resumes.jsonl":
+            raise Interrupt
+        real(path, line)
+
+    monkeypatch.setattr(run_module, "append_line", killed)
+    with pytest.raises(Interrupt):
+        train(dataclasses.replace(cfg, imle_lr=cfg.imle_lr / 2), out, **QUIET)
+    monkeypatch.undo()
+    assert (out / "config.json").read_bytes() == before and not (out / "resumes.jsonl").exists()
+
+
+# -- checkpoints and metrics rows -----------------------------------------------------
+def test_a_kill_while_an_epochs_row_is_written_loses_no_row(tmp_path, blob_file, monkeypatch):
+    """The epoch's checkpoint comes after its metrics row: a kill before the row is written redoes the
+    epoch's end on resume and writes the row, never a checkpoint past a row that is missing."""
+    real = run_module.append_line
+
+    def killed(path, line):
+        if path.name == "metrics.jsonl" and json.loads(line)["epoch"] == 1:
+            raise Interrupt
+        real(path, line)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(run_module, "append_line", killed)
+    with pytest.raises(Interrupt):
+        train(tiny_config(dataset=blob_file, glo_epochs=2, imle_epochs=1, ckpt_every=1), out, **QUIET)
+    monkeypatch.undo()
+    train(None, out, **QUIET)
+    assert [(r["stage"], r["epoch"]) for r in _rows(out)] == [("glo", 1), ("glo", 2), ("imle", 1)]
+
+
+def test_checkpoints_every_ckpt_every_steps_and_at_each_epochs_end_never_twice(
+    tmp_path, blob_file, monkeypatch
+):
+    """3 steps an epoch, ckpt_every 2: steps 2 and 4 by the cadence, 3 and 6 at the epochs' ends; step 6
+    is both and is written once (after its row), not twice."""
+    saved = []
+    real = ckpt.save_step
+
+    def counting(run, world, total, main, per_row, info, fingerprint):
+        saved.append((info["phase"], info["global_step"]))
+        return real(run, world, total, main, per_row, info, fingerprint)
+
+    monkeypatch.setattr(ckpt, "save_step", counting)
+    train(tiny_config(dataset=blob_file, glo_epochs=2, imle_epochs=0, ckpt_every=2), tmp_path / "r", stage="glo",
+          **QUIET)  # fmt: skip
+    assert saved == [("glo", 2), ("glo", 3), ("glo", 4), ("glo", 6)]
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+@pytest.mark.parametrize("stage", ["glo", "imle"])
+def test_a_state_gone_non_finite_after_its_last_step_is_never_saved(tmp_path, blob_file, stage, value):
+    """The checkpoint's own check: a NaN or Inf in a network after the epoch's last (finite) loss
+    stops the run at the epoch's checkpoint, whichever stage, and the last good checkpoint stays."""
+    cfg = tiny_config(dataset=blob_file, glo_epochs=1, imle_epochs=1, ckpt_every=0)
+
+    def poison(trainer, info):
+        if info["stage"] == stage and info["step"] == 3:  # the epoch's last step (3 steps an epoch)
+            net = trainer.G if stage == "glo" else trainer.generator
+            with torch.no_grad():
+                next(net.parameters()).view(-1)[0] = value
+
+    out = tmp_path / "run"
+    with pytest.raises(DivergedError, match="holds NaN or Inf"):
+        train(cfg, out, on_step=poison, **QUIET)
+    manifest = ckpt.read_manifest(out)
+    assert manifest is None or (
+        manifest["phase"] == "glo" and stage == "imle"
+    )  # GLO's end, before the poison
+
+
+# -- _prune_metrics ------------------------------------------------------------------
+def _fit_at(glo, imle):
+    return types.SimpleNamespace(
+        glo=types.SimpleNamespace(epoch=glo), imle=None if imle is None else types.SimpleNamespace(epoch=imle)
+    )
+
+
+def test_pruned_metrics_keep_each_stages_completed_epochs_and_drop_foreign_lines(tmp_path):
+    """The rows kept are those of epochs the checkpoint completed, in each stage; a line that is
+    JSON but no row of ours (no epoch, another stage, a list) is dropped, not a crash of the resume."""
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"stage": "glo", "epoch": 1}, {"stage": "glo", "epoch": 2}, {"stage": "imle", "epoch": 1},
+            {"stage": "imle", "epoch": 2}, {"note": "mine"}, {"stage": "gan", "epoch": 1}, [1, 2]]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_module._prune_metrics(path, _fit_at(2, 1))
+    assert [json.loads(x) for x in path.read_text().splitlines()] == rows[:3]
+
+
+def test_pruning_metrics_replaces_the_file_never_rewrites_it_in_place(tmp_path):
+    """A reader that opened metrics.jsonl before the resume pruned it still reads it whole (the pruned
+    file is renamed over it, as every run file is written), and no temp file is left."""
+    path = tmp_path / "metrics.jsonl"
+    text = "".join(json.dumps({"stage": "glo", "epoch": e}) + "\n" for e in (1, 2))
+    path.write_text(text)
+    with open(path) as reader:
+        run_module._prune_metrics(path, _fit_at(1, None))
+        assert reader.read() == text
+    assert path.read_text() == text.splitlines(keepends=True)[0]
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
+
+
+# -- readers -------------------------------------------------------------------------
+def test_readers_say_when_the_model_file_is_behind_added_glo_epochs(tmp_path, blob_file):
+    """`--stage glo` finished at 1 epoch, then a resume to 2 GLO epochs stopped: the model file holds
+    GLO epoch 1, the checkpoint is further on; the note says so (it looked only at the IMLE epochs)."""
+    out = tmp_path / "run"
+    cfg = tiny_config(dataset=blob_file, glo_epochs=1, imle_epochs=1, ckpt_every=1)
+    train(cfg, out, stage="glo", **QUIET)
+    with pytest.raises(Interrupt):
+        train(
+            dataclasses.replace(cfg, glo_epochs=2), out, stage="glo", on_step=interrupt_at("glo", 4), **QUIET
+        )
+    note = run_module.model_file_behind(out, load_model(out))
+    assert note is not None and "is the model trained to GLO epoch 1; the run's latest checkpoint has done 1 " \
+        "of its 2 GLO epochs" in note  # fmt: skip
+
+
+def test_the_reconstruction_grid_of_uneven_shards_is_the_single_process_grid():
+    """A shown row at a shard's first row (row 51 of 100 in shards [0, 51) and [51, 100)) is shown by
+    the rank holding it alone."""
+
+    class TwoRanks:
+        def __init__(self, rank, theirs=None):
+            self.rank, self.is_main, self.theirs, self.given = rank, rank == 0, theirs, None
+
+        def gather(self, value):
+            self.given = value
+            return [value, self.theirs] if self.rank == 0 else [self.theirs, value]
+
+    images = torch.arange(100.0).view(100, 1, 1, 1).expand(100, 1, 4, 4).contiguous()
+    halve = lambda data: lambda rows: data[rows] / 2  # noqa: E731
+    assert 51 in run_module.shown_rows(100).tolist()
+    whole, _ = reconstruction_grid(World(), images, 0, 100, halve(images))
+    rank1 = TwoRanks(1)
+    reconstruction_grid(rank1, images[51:], 51, 100, halve(images[51:]))
+    sharded, _ = reconstruction_grid(TwoRanks(0, rank1.given), images[:51], 0, 100, halve(images[:51]))
+    assert torch.equal(whole, sharded)
+
+
+def test_a_path_spelled_relative_by_an_older_run_is_no_recorded_change(tmp_path, blob_file, monkeypatch):
+    """A run whose config.json names its dataset relative (as 0.3.3 saved it), resumed by the command
+    that started it (absolute now), records only what the resume really changed."""
+    out = tmp_path / "run"
+    cfg = tiny_config(dataset=blob_file, glo_epochs=1, imle_epochs=1)
+    train(cfg, out, **QUIET)
+    monkeypatch.chdir(tmp_path)
+    saved = json.loads((out / "config.json").read_text())
+
+    saved["dataset"] = os.path.relpath(blob_file, tmp_path)
+    (out / "config.json").write_text(json.dumps(saved))
+    train(dataclasses.replace(cfg, imle_epochs=2), out, **QUIET)
+    (line,) = [json.loads(x) for x in (out / "resumes.jsonl").read_text().splitlines()]
+    assert line["changed"] == {"imle_epochs": [1, 2]}
+
+
+def test_a_start_that_failed_before_any_checkpoint_is_resumed_from_its_config_json(tmp_path, blob_file):
+    """`glann train --out RUN` with no options on a start killed before its first checkpoint trains the
+    config.json it wrote (a config given instead would replace it)."""
+    out = tmp_path / "run"
+    cfg = tiny_config(dataset=blob_file, glo_epochs=1, imle_epochs=1, ckpt_every=0)
+    with pytest.raises(Interrupt):
+        train(cfg, out, on_step=interrupt_at("glo", 1), **QUIET)
+    assert ckpt.read_manifest(out) is None
+    train(None, out, **QUIET)
+    assert load_model(out).config["imle_epochs"] == 1
+
+
+def test_resume_lines_chain_when_a_resume_died_before_its_first_checkpoint(tmp_path, blob_file, monkeypatch):
+    """A resume that changed imle_lr and died before writing a checkpoint left config.json ahead of the
+    checkpoint's config; the next resume's line starts from config.json (what the run last trained with), so
+    the lines chain: config.json as first written + the lines = the run's history."""
+    out, cfg = _stopped_in_imle(tmp_path, blob_file)
+
+    def dies(*args, **kwargs):
+        raise Interrupt
+
+    monkeypatch.setattr(ckpt, "save_step", dies)
+    with pytest.raises(Interrupt):
+        train(dataclasses.replace(cfg, imle_lr=cfg.imle_lr / 2), out, **QUIET)
+    monkeypatch.undo()
+    train(dataclasses.replace(cfg, imle_lr=cfg.imle_lr / 4), out, **QUIET)
+    lines = [json.loads(x)["changed"] for x in (out / "resumes.jsonl").read_text().splitlines()]
+    assert lines == [
+        {"imle_lr": [cfg.imle_lr, cfg.imle_lr / 2]},
+        {"imle_lr": [cfg.imle_lr / 2, cfg.imle_lr / 4]},
+    ]
+
+
+def test_a_resume_cannot_lower_glo_epochs_once_imle_began_and_says_why(tmp_path, blob_file):
+    """Fewer GLO epochs once IMLE has begun is refused as any change of them is: the stage finished and
+    IMLE trains on its codes (the message named "epochs already trained" for a decrease only)."""
+    out = tmp_path / "run"
+    cfg = tiny_config(dataset=blob_file, glo_epochs=2, imle_epochs=1, ckpt_every=1)
+    with pytest.raises(Interrupt):
+        train(cfg, out, on_step=interrupt_at("imle", 1), **QUIET)
+    with pytest.raises(
+        ConfigError, match=r"^config field glo_epochs \(--glo-epochs\) 1: the GLO stage .* finished"
+    ):
+        train(dataclasses.replace(cfg, glo_epochs=1), out, **QUIET)
