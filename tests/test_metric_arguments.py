@@ -310,7 +310,7 @@ def test_nearest_other_code_refuses_a_negative_query_index():
 # Mutation tests (2026-12-07): each test below fails on a one-line bug that no earlier test caught.
 def test_toy_sample_memory_check_counts_the_bytes_of_every_sample(monkeypatch):
     """The memory check is of n * SAMPLE_BYTES (48 per sample), not n: with a cap of 100 samples' worth,
-    100 samples are drawn and 101 refused (checking n bytes let 48x too many through to the allocator)."""
+    100 samples are drawn and 101 refused (checking n bytes would let 48x too many through to the allocator)."""
     monkeypatch.setattr(arrays, "read_cap", lambda: 100 * SAMPLE_BYTES)
     assert RING_PACGAN.sample(100, seed=0).shape == (100, 2)
     with pytest.raises(UsageError, match=r"^n = 101 asks for"):

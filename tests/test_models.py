@@ -611,7 +611,7 @@ def test_inverted_codes_lie_on_the_unit_sphere():
 # Mutation tests (2026-12-07): each test below fails on a one-line bug that no earlier test caught.
 def test_generator_reads_the_linear_layers_output_as_channels_then_rows_then_columns():
     """The docstring's "Linear to a (width * 2**(k-1), s0, s0) map": fc's output j is channel j // s0**2,
-    row (j // s0) % s0, column j % s0 (reading it as (s0, s0, channels) gave images of the same shape and
+    row (j // s0) % s0, column j % s0 (reading it as (s0, s0, channels) would give images of the same shape and
     range from another network). Checked against the layers run by hand."""
     g = DCGANGenerator(latent_dim=6, image_size=28, channels=1, width=4).eval()
     z = torch.randn(3, 6)

@@ -448,7 +448,7 @@ def test_the_laptop_presets_are_the_recipes_docs_studies_md_measured():
 # Mutation tests (2026-12-07): each test below fails on a one-line bug that no earlier test caught.
 def test_a_fit_stopped_after_its_glo_stage_stays_in_its_glo_phase(blobs):
     """run("glo") leaves the Fit in its GLO phase: its state says "glo", and run("glo") again is a
-    no-op (the IMLE phase without an IMLE trainer made the second call fail), run("imle") then trains T."""
+    no-op (the IMLE phase without an IMLE trainer would make the second call fail), run("imle") then trains T."""
     fit = Fit(blobs, tiny_config(glo_epochs=1, imle_epochs=1))
     fit.run("glo")
     assert fit.state_dict()["phase"] == "glo" and fit.state_dict()["imle"] is None

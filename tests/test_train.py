@@ -1697,7 +1697,7 @@ def test_the_mapping_has_the_configs_hidden_width_and_layer_count():
 
 def test_a_checkpoints_tensors_of_another_dtype_are_refused_by_name(blobs):
     """check_tensor compares dtype and shape: codes of the right shape in float64 (or int64), or an Adam moment
-    in float64 for a float32 weight, were cast silently by copy_ / handed to the fused step; they are a
+    in float64 for a float32 weight, would be cast silently by copy_ / handed to the fused step; they are a
     ValueError naming the entry."""
     with pytest.raises(
         ValueError, match=r"^x is \(torch.float64, \(2,\)\), expected \(torch.float32, \(2,\)\)$"
@@ -1750,7 +1750,7 @@ def test_a_glo_state_dict_is_a_snapshot_of_the_codes_not_a_view_of_the_live_tabl
 def test_latent_adam_steps_is_ignored_by_the_sgd_latent_optimizer(blobs):
     """latent_adam_steps ("rows"/"global") is an option of the Adam latent optimizer; with
     latent_optimizer="sgd" (a valid combination: no cross-field check) "rows" trains exactly as "global"
-    (passing the row counts to SGD's step, which takes none, was a TypeError at the first step)."""
+    (passing the row counts to SGD's step, which takes none, would be a TypeError at the first step)."""
     rows = GLOTrainer(blobs, tiny_config(batch_size=32, latent_optimizer="sgd", latent_adam_steps="rows"),
                       get_ops(OPS))  # fmt: skip
     plain = GLOTrainer(blobs, tiny_config(batch_size=32, latent_optimizer="sgd", latent_adam_steps="global"),

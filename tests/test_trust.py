@@ -1632,7 +1632,7 @@ def test_main_pt_whose_vgg_digest_is_not_a_string_is_refused(tmp_path, digest):
 # Mutation tests (2026-12-07): each test below fails on a one-line bug that no earlier test caught.
 def test_atomic_write_fsyncs_the_file_it_renames_and_the_targets_own_folder(tmp_path, monkeypatch):
     """The order test records only *that* a file and a folder were fsynced: fsyncing the grandparent folder
-    (or another file) passed it. The fsynced file is the one renamed onto the target (same inode), and the
+    (or another file) would pass it. The fsynced file is the one renamed onto the target (same inode), and the
     fsynced folder is the target's own, the one whose entry the rename changed."""
     target = tmp_path / "a" / "b" / "f.json"
     target.parent.mkdir(parents=True)
@@ -1701,8 +1701,8 @@ def test_an_upgrade_whose_model_write_fails_keeps_the_old_model_file(finished, t
 
 def test_an_upgrade_stopped_by_a_damaged_shard_leaves_a_format_1_manifest(finished, tmp_path, monkeypatch):
     """The manifest says format 2 only once every file it names is converted: one that said so before its
-    shards were converted named pickles as current files (refused on load), and upgrade, seeing format 2,
-    would not convert them any more."""
+    shards were converted would name pickles as current files (refused on load), and upgrade, seeing format
+    2, would not convert them any more."""
     run = _copy(finished, tmp_path)
     _as_v01(run)
     real = up._unpickle
