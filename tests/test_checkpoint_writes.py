@@ -101,7 +101,6 @@ def test_a_reshard_carries_main_pt_only_after_loading_it_as_a_checkpoint(tmp_pat
     """reshard writes the new step's main.pt from the old one *loaded* (tensors and plain values only): a
     planted pickle in its place is refused and nothing is rewritten (a byte copy carried it into the new step
     and reported success)."""
-
     run = tmp_path / "run"
     _save(run, 1)
     main_pt = ckpt.checkpoint_dir(run) / ckpt.read_manifest(run)["step_dir"] / ckpt.MAIN_FILE

@@ -1316,7 +1316,6 @@ def test_only_the_global_rank_0_prints_the_notes_of_unread_flags(tmp_path, data_
 
 def test_eval_hands_every_flag_to_evaluate_run(tmp_path, capsys, monkeypatch):
     """eval's flags reach evaluate_run as given (its --seed, --sampler, progress ...), not their defaults."""
-
     seen = {}
 
     def spy(run, **kwargs):

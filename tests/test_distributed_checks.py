@@ -360,7 +360,6 @@ def test_disagreement_names_at_most_limit_fields():
 def test_bounds_of_another_rank():
     """World.bounds(n, rank) is the shard of ``rank``, not of this process (the package itself asks only for
     its own; the argument is documented and public)."""
-
     world = World(rank=0, size=2)
     assert world.bounds(10) == (0, 5)
     assert world.bounds(10, rank=1) == (5, 10) == world.all_bounds(10)[1]
@@ -369,7 +368,6 @@ def test_bounds_of_another_rank():
 def test_global_batchnorm_runs_on_the_worlds_batchnorm_group():
     """Each GlobalBatchNorm's statistics go over world.bn_group, the second communicator, never the DDP one
     (world.group): interleaved with DDP's bucketed all-reduces on one NCCL communicator they can deadlock."""
-
     bn_group = object()
     world = World(rank=0, size=2, group=None, bn_group=bn_group, backend="gloo")
     net = global_batchnorm(

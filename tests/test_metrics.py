@@ -1475,7 +1475,6 @@ def test_lenet_features_are_the_relu_of_fc2_of_the_documented_layers():
 def test_a_classifier_cache_with_a_single_inf_or_nan_weight_is_refused(tmp_path):
     """test_trust's case multiplies a whole bias by NaN; one Inf (or NaN) among finite weights also scores
     every feature non-finite and must be refused naming the tensor, the file and the cure."""
-
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(40, 1, 14, 14, generator=g), torch.randint(3, (40,), generator=g)
     DomainClassifier.load_or_train("d", x, y, x, y, cache_dir=tmp_path, num_classes=3, epochs=1)

@@ -1049,7 +1049,6 @@ def test_min_share_is_the_mean_over_draws_of_the_smallest_modes_share():
     shares of N = 2500 samples, averaged over draws. 20,000 independent draws (another seed) give 11.50% and
     3.24% (standard errors about 0.004); the function's 2,000 draws agree to 0.05, which the smallest share
     seen in any one draw (about 10.0% and 2.6%) does not."""
-
     rng = np.random.default_rng(12345)
     for modes in (8, 25):
         counts = rng.multinomial(2500, [1 / modes] * modes, size=20_000)
