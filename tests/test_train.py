@@ -49,6 +49,8 @@ from glann_ext.train.run import reconstruction_grid
 from glann_ext.train.threads import intra_op_threads
 from glann_ext.train.world import World
 
+QUIET = {"progress": False, "log": lambda s: None}  # train() without a bar or log lines
+
 
 @pytest.fixture
 def one_thread():
@@ -739,19 +741,15 @@ def test_the_manifest_is_replaced_never_rewritten_in_place(tmp_path):
 def test_stage_glo_is_refused_while_the_imle_stage_is_unfinished(tmp_path, blob_file):
     """`--stage glo` on a run stopped in its IMLE stage wrote model.safetensors with T as the stopped stage
     left it, and said "model written"."""
-    quiet = {"progress": False, "log": lambda s: None}
-    out = tmp_path / "run"
-    cfg = tiny_config(dataset=blob_file, glo_epochs=1, imle_epochs=2, ckpt_every=1)
-    with pytest.raises(Interrupt):
-        train(cfg, out, on_step=interrupt_at("imle", 2), **quiet)
+    out, _ = _stopped_in_imle(tmp_path, blob_file)
     with pytest.raises(
         RunFolderError, match=r"stage glo \(--stage glo\): the GLO stage is finished and the IMLE "
     ):
-        train(None, out, stage="glo", **quiet)
+        train(None, out, stage="glo", **QUIET)
     assert not (out / "model.safetensors").exists()
-    train(None, out, **quiet)
+    train(None, out, **QUIET)
     assert load_model(out).T is not None
-    train(None, out, stage="glo", **quiet)  # a finished run: nothing to do, as with any stage
+    train(None, out, stage="glo", **QUIET)  # a finished run: nothing to do, as with any stage
 
 
 def test_stage_rules_and_config_checks(tmp_path, blob_file):
@@ -1477,14 +1475,14 @@ def test_readers_say_when_the_model_file_is_behind_a_stopped_resume(tmp_path, bl
     assert model_file_behind(out, load_model(out)) is None
 
 
-def test_the_reconstruction_grid_spreads_over_the_whole_dataset_whatever_the_shards():
+@pytest.mark.parametrize("split", [50, 51])  # 51: a shown row at rank 1's first row, shown by rank 1 alone
+def test_the_reconstruction_grid_spreads_over_the_whole_dataset_whatever_the_shards(split):
     """Under torchrun the grids showed rank 0's shard only (rows 0-299 of 600: on class-sorted folders one
     class; a review), and one row of 32 pairs was 2,114 pixels wide at 64 x 64. Each rank now gives the shown
     rows it holds: two shards make the single process's grid, rows of 16 originals above their
     reconstructions."""
     from glann_ext.images import PAIR_COLUMNS
-    from glann_ext.train.run import reconstruction_grid, shown_rows
-    from glann_ext.train.world import World
+    from glann_ext.train.run import shown_rows
 
     class TwoRanks:  # world.gather of rank ``rank``, rank 1's value handed in
         def __init__(self, rank, theirs=None):
@@ -1497,9 +1495,12 @@ def test_the_reconstruction_grid_spreads_over_the_whole_dataset_whatever_the_sha
     images = torch.arange(100.0).view(100, 1, 1, 1).expand(100, 1, 4, 4).contiguous()
     halve = lambda data: lambda rows: data[rows] / 2  # noqa: E731  (a "G" that marks its images)
     whole, cols = reconstruction_grid(World(), images, 0, 100, halve(images))  # one process
+    assert 51 in shown_rows(100).tolist()
     rank1 = TwoRanks(1)
-    assert reconstruction_grid(rank1, images[50:], 50, 100, halve(images[50:])) is None
-    sharded, cols2 = reconstruction_grid(TwoRanks(0, rank1.given), images[:50], 0, 100, halve(images[:50]))
+    assert reconstruction_grid(rank1, images[split:], split, 100, halve(images[split:])) is None
+    sharded, cols2 = reconstruction_grid(
+        TwoRanks(0, rank1.given), images[:split], 0, 100, halve(images[:split])
+    )
     assert torch.equal(whole, sharded) and cols == cols2 == PAIR_COLUMNS
     shown = images[shown_rows(100)][:, 0, 0, 0]
     assert len(shown) == 32 and shown[-1] == 99  # spread over both shards, last row included
@@ -1859,9 +1860,6 @@ def test_autocast_is_for_cuda_only_the_cpu_trains_in_float32():
     assert isinstance(autocast_for(torch.device("cuda"), False), contextlib.nullcontext)
 
 
-QUIET = {"progress": False, "log": lambda s: None}
-
-
 def _rows(out):
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
@@ -1907,9 +1905,10 @@ def test_a_resume_cannot_drop_imle_epochs_already_trained(tmp_path, blob_file):
 
 
 # -- resumes.jsonl -------------------------------------------------------------------
-def _stopped_in_imle(tmp_path, blob_file):
+def _stopped_in_imle(tmp_path, blob_file, glo_epochs: int = 1):
+    """A run folder stopped at IMLE step 2 (checkpoints every step), and its config."""
     out = tmp_path / "run"
-    cfg = tiny_config(dataset=blob_file, glo_epochs=1, imle_epochs=2, ckpt_every=1)
+    cfg = tiny_config(dataset=blob_file, glo_epochs=glo_epochs, imle_epochs=2, ckpt_every=1)
     with pytest.raises(Interrupt):
         train(cfg, out, on_step=interrupt_at("imle", 2), **QUIET)
     return out, cfg
@@ -2064,28 +2063,6 @@ def test_readers_say_when_the_model_file_is_behind_added_glo_epochs(tmp_path, bl
         "of its 2 GLO epochs" in note  # fmt: skip
 
 
-def test_the_reconstruction_grid_of_uneven_shards_is_the_single_process_grid():
-    """A shown row at a shard's first row (row 51 of 100 in shards [0, 51) and [51, 100)) is shown by
-    the rank holding it alone."""
-
-    class TwoRanks:
-        def __init__(self, rank, theirs=None):
-            self.rank, self.is_main, self.theirs, self.given = rank, rank == 0, theirs, None
-
-        def gather(self, value):
-            self.given = value
-            return [value, self.theirs] if self.rank == 0 else [self.theirs, value]
-
-    images = torch.arange(100.0).view(100, 1, 1, 1).expand(100, 1, 4, 4).contiguous()
-    halve = lambda data: lambda rows: data[rows] / 2  # noqa: E731
-    assert 51 in run_module.shown_rows(100).tolist()
-    whole, _ = reconstruction_grid(World(), images, 0, 100, halve(images))
-    rank1 = TwoRanks(1)
-    reconstruction_grid(rank1, images[51:], 51, 100, halve(images[51:]))
-    sharded, _ = reconstruction_grid(TwoRanks(0, rank1.given), images[:51], 0, 100, halve(images[:51]))
-    assert torch.equal(whole, sharded)
-
-
 def test_a_path_spelled_relative_by_an_older_run_is_no_recorded_change(tmp_path, blob_file, monkeypatch):
     """A run whose config.json names its dataset relative (as 0.3.3 saved it), resumed by the command
     that started it (absolute now), records only what the resume really changed."""
@@ -2138,10 +2115,7 @@ def test_resume_lines_chain_when_a_resume_died_before_its_first_checkpoint(tmp_p
 def test_a_resume_cannot_lower_glo_epochs_once_imle_began_and_says_why(tmp_path, blob_file):
     """Fewer GLO epochs once IMLE has begun is refused as any change of them is: the stage finished and
     IMLE trains on its codes (the message named "epochs already trained" for a decrease only)."""
-    out = tmp_path / "run"
-    cfg = tiny_config(dataset=blob_file, glo_epochs=2, imle_epochs=1, ckpt_every=1)
-    with pytest.raises(Interrupt):
-        train(cfg, out, on_step=interrupt_at("imle", 1), **QUIET)
+    out, cfg = _stopped_in_imle(tmp_path, blob_file, glo_epochs=2)
     with pytest.raises(
         ConfigError, match=r"^config field glo_epochs \(--glo-epochs\) 1: the GLO stage .* finished"
     ):
