@@ -241,3 +241,63 @@ def test_an_integer_beyond_floats_is_refused_not_an_overflow(field):
         check_sampling_config({**TrainConfig().to_dict(), field: 10**400})
     with pytest.raises(ConfigError, match=f"config field {field} must be in"):
         TrainConfig(**{field: 10**400}).validate()
+
+
+# Mutation tests (2026-12-07): each test below fails on a one-line bug that no earlier test caught.
+def test_the_offsets_of_every_tile_use_their_own_rows_weights(monkeypatch):
+    """Tiles of 3 rows: each tile's offsets take the weights of its own rows (every default-sized test
+    fits one tile, so weighting each tile with w[:rows] passed them all)."""
+    g = torch.Generator().manual_seed(6)
+    codes = get_ops(OPS).project(torch.randn(50, 5, generator=g))
+    z = get_ops(OPS).project(torch.randn(10, 5, generator=g))
+    monkeypatch.setattr(local_spread, "TILE_BYTES", 8 * (6 + local_spread.EXTRA_CANDIDATES) * 5 * 3)
+    assert local_spread.tile_rows(len(codes), 6, 5, 4) == 3
+    got = local_spread.local_offsets(z, codes, 6, 0.6, seed=2)
+    torch.testing.assert_close(got.double(), _reference_offsets(z, codes, 6, 0.6, seed=2), atol=1e-6, rtol=0)
+
+
+def test_exact_ties_beyond_sixteen_candidates_go_to_the_lower_index():
+    """Every code four times (k = 10, so 18 candidates are ranked and the 10th place splits a group of
+    duplicates): the lower indices win. torch's CPU sort is stable only up to 16 entries per row, so an unstable
+    ranking passed the tie test, whose k = 8 ranks exactly 16 candidates."""
+    g = torch.Generator().manual_seed(9)
+    distinct = get_ops(OPS).project(torch.randn(25, 6, generator=g))
+    codes = distinct.repeat(4, 1)  # code i sits at i, i + 25, i + 50, i + 75
+    z = get_ops(OPS).project(torch.randn(200, 6, generator=g))
+    d2 = (z.double()[:, None] - codes.double()[None]).square().sum(-1)
+    want = torch.sort(torch.argsort(d2, dim=1, stable=True)[:, :10], dim=1).values
+    assert torch.equal(local_spread.nearest_codes(z, codes, 10), want)
+
+
+def test_the_search_tiles_by_the_samples_element_size(monkeypatch):
+    """1,000 codes, so a row's float32 distances (4,000 bytes) set the tile: a budget of 3 rows gives 4 tiles
+    for 12 samples (tiling as if each distance took one byte put all 12 in one tile, 4x over budget, and
+    passed every test, whose results do not depend on the tiling)."""
+    g = torch.Generator().manual_seed(1)
+    codes, z = torch.randn(1000, 2, generator=g), torch.randn(12, 2, generator=g)
+    monkeypatch.setattr(local_spread, "TILE_BYTES", 3 * 4 * 1000)
+    tiles = []
+    real = local_spread._tile_nearest
+
+    def spy(q, *args):
+        tiles.append(len(q))
+        return real(q, *args)
+
+    monkeypatch.setattr(local_spread, "_tile_nearest", spy)
+    local_spread.nearest_codes(z, codes, 2)
+    assert tiles == [3, 3, 3, 3]
+
+
+def test_more_duplicates_than_candidates_go_to_the_lower_indices():
+    """40 copies of one code (rows 100-139), more than the k + EXTRA_CANDIDATES the search ranks: the k
+    nearest are the lowest-indexed copies, as the docstring says. torch's topk chose among scores tied across
+    its last place in no set order (rows 112, 113, 117, ...)."""
+    g = torch.Generator().manual_seed(0)
+    c = torch.nn.functional.normalize(torch.randn(1, 6, generator=g), dim=1)
+    other = torch.nn.functional.normalize(torch.randn(200, 6, generator=g), dim=1)
+    codes = torch.cat([other[:100], c.repeat(40, 1), other[100:]])
+    z = torch.nn.functional.normalize(c + 0.01 * torch.randn(50, 6, generator=g), dim=1)
+    d2 = (z.double()[:, None] - codes.double()[None]).square().sum(-1)
+    want = torch.sort(torch.argsort(d2, dim=1, stable=True)[:, :8], dim=1).values
+    assert torch.equal(want[:, 0], torch.full((50,), 100))  # the reference's answer: copies 100-107
+    assert torch.equal(local_spread.nearest_codes(z, codes, 8), want)

@@ -65,7 +65,15 @@ def _tile_nearest(q: torch.Tensor, codes: torch.Tensor, sq: torch.Tensor, k: int
     # |c|^2 - 2 q.c ranks the codes as |q - c|^2 does (|q|^2 is the same for every code); sq = |c|^2
     score = torch.addmm(sq.unsqueeze(0), q, codes.t(), alpha=-2.0)
     m = min(len(codes), k + EXTRA_CANDIDATES)
-    cand = score.topk(m, dim=1, largest=False).indices.sort(1).values  # by index: ties keep the lower one
+    top = score.topk(min(len(codes), m + 1), dim=1, largest=False)
+    cand = top.indices[:, :m]
+    if top.values.shape[1] > m:
+        # topk picks among scores tied across its last place in no set order (duplicate codes): there a
+        # stable sort of the row keeps the lower indices, as the ranking below does
+        crowded = top.values[:, m] == top.values[:, m - 1]
+        if crowded.any():
+            cand[crowded] = score[crowded].sort(dim=1, stable=True).indices[:, :m]
+    cand = cand.sort(1).values  # by index: ties keep the lower one
     exact = (codes[cand].double() - q.double().unsqueeze(1)).square().sum(2)
     order = exact.sort(dim=1, stable=True).indices[:, :k]
     return cand.gather(1, order).sort(1).values
