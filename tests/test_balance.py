@@ -308,3 +308,25 @@ def test_a_model_without_codes_samples_plainly_and_refuses_balancing():
     )
     with pytest.raises(UsageError, match="balanced sampling needs training codes"):
         model.sample(3, balanced=True)
+
+
+# Mutation tests (2026-12-07): each test below fails on a one-line bug that no earlier test caught.
+def test_min_acceptance_is_one_over_the_draws_calibration_actually_makes():
+    """The floor follows calibration_draws: fractional draws round up and every code gets one (1 / (N x
+    draws_per_code) passed test_calibration_draws_round_up_and_give_every_code_one, whose draws were whole)."""
+    assert balance.min_acceptance(3, 2.5) == 1 / 8
+    assert balance.min_acceptance(7, 0.1) == 1 / 7
+
+
+def test_rejection_sampling_stops_at_the_round_that_fills_n():
+    """Every acceptance 1 and n one round of draws: one round of T, not two (``have > n`` drew, mapped and
+    searched a whole extra round whenever a round ended exactly at n)."""
+    calls = []
+
+    def map_noise(e):
+        calls.append(len(e))
+        return e
+
+    z = balance.rejection_sample(map_noise, _cdist_nearest, _square_codes(), torch.ones(4), 2,
+                                 balance.SAMPLING_CHUNK, seed=0)  # fmt: skip
+    assert z.shape == (balance.SAMPLING_CHUNK, 2) and calls == [balance.SAMPLING_CHUNK]

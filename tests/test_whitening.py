@@ -131,3 +131,20 @@ def test_runs_saved_before_the_option_keep_euclidean_imle_and_the_cli_sets_it(tm
             "--no-imle-whiten", "--no-progress", "--out", str(out), "--threads", "1"]  # fmt: skip
     main(argv)
     assert json.loads((out / "config.json").read_text())["imle_whiten"] is False
+
+
+# Mutation tests (2026-12-07): each test below fails on a one-line bug that no earlier test caught.
+def test_the_variance_floor_is_a_share_of_the_mean_so_whitening_ignores_the_codes_scale():
+    """Codes 100x smaller (mean variance ~1e-5, below VARIANCE_FLOOR itself) whiten with the same forward map
+    and to 100x smaller whitened codes; an absolute floor (var.clamp_min(VARIANCE_FLOOR)) flattened every
+    direction of such codes to the floor and passed the other tests, whose codes' mean variance is ~0.2."""
+    codes = _anisotropic(500, 6)
+    small = 0.01 * codes
+    w, ws = code_whitening(codes), code_whitening(small)
+    assert torch.linalg.eigvalsh(torch.cov(small.T)).mean() < VARIANCE_FLOOR
+    torch.testing.assert_close(ws.forward, w.forward, atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(ws.whiten(small), 0.01 * w.whiten(codes), atol=1e-11, rtol=1e-9)
+    # and it still whitens: the small codes' whitened covariance is their mean variance times I
+    level = torch.linalg.eigvalsh(torch.cov(small.T)).mean()
+    torch.testing.assert_close(torch.cov(ws.whiten(small).T), level * torch.eye(6, dtype=torch.float64),
+                               atol=1e-12, rtol=0)  # fmt: skip
