@@ -39,7 +39,7 @@ from typing import Any, Union
 
 import torch
 
-from ._args import checked_int
+from ._args import checked_int, is_positive_finite
 from .ops import reference, sphere
 from .ops._checks import check_bool, torch_name
 from .ops.sphere import fused_latent_adam_, fused_latent_sgd_
@@ -80,8 +80,7 @@ def _check_betas_eps(owner: str, betas: object, eps: object) -> tuple[tuple[floa
         raise ValueError(f"{owner}: betas must be two numbers in [0, 1), got {betas!r}") from None
     if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
         raise ValueError(f"{owner}: betas must be in [0, 1), got {tuple(betas)!r}")  # type: ignore[arg-type]
-    ok = isinstance(eps, (int, float)) and not isinstance(eps, bool)
-    if not (ok and eps > 0 and math.isfinite(eps)):  # type: ignore[operator]
+    if not is_positive_finite(eps):  # numpy scalars too, as lr and betas take them
         raise ValueError(f"{owner}: eps must be a finite number > 0, got {eps!r}")
     return (b1, b2), float(eps)  # type: ignore[arg-type]
 
@@ -384,12 +383,13 @@ class SphereSparseAdam(_SphereOptimizer):
         # Every value checked before anything is changed.
         lr = _check_set_rate("SphereSparseAdam.load_state_dict", float(state["lr"]))
         betas, eps = _check_betas_eps("SphereSparseAdam.load_state_dict", state["betas"], state["eps"])
+        project = check_bool("SphereSparseAdam.load_state_dict: project", state.get("project", True))
         self.exp_avg.copy_(state["exp_avg"])
         self.exp_avg_sq.copy_(state["exp_avg_sq"])
         self.step_count = step
         self.lr = lr
         self.betas, self.eps = betas, eps
-        self.project = bool(state.get("project", True))
+        self.project = project
 
 
 class SphereSparseSGD(_SphereOptimizer):
@@ -440,8 +440,9 @@ class SphereSparseSGD(_SphereOptimizer):
             raise ValueError(
                 f"SphereSparseSGD.load_state_dict: got the state of a {state['kind']!r} optimizer"
             )
-        self.lr = _check_set_rate("SphereSparseSGD.load_state_dict", float(state["lr"]))
-        self.project = bool(state.get("project", True))
+        lr = _check_set_rate("SphereSparseSGD.load_state_dict", float(state["lr"]))
+        project = check_bool("SphereSparseSGD.load_state_dict: project", state.get("project", True))
+        self.lr, self.project = lr, project  # both checked before either is changed
 
 
 LatentOptimizer = Union[SphereSparseAdam, SphereSparseSGD]

@@ -410,3 +410,91 @@ def test_reference_adam_step_without_projection_is_torch_sparse_adam():
     opt.step(idx, grad)
     assert torch.equal(opt.table, param.detach())
     assert not torch.allclose(opt.table[idx].norm(dim=1), torch.ones(2, dtype=torch.float64))
+
+
+# Mutation tests (2026-12-07): each test below fails on a one-line bug that no earlier test caught.
+# rows and a closure were refused only when grad was given too; indices (or a sparse
+# gradient) with closure= ran the closure and then stepped the rows given
+@pytest.mark.parametrize("kind", [SphereSparseAdam, SphereSparseSGD])
+def test_step_refuses_rows_or_a_sparse_grad_together_with_a_closure(kind):
+    emb = torch.nn.Embedding(8, 3, sparse=True)
+    with torch.no_grad():
+        emb.weight.copy_(project_to_sphere(torch.randn(8, 3, generator=torch.Generator().manual_seed(0))))
+    opt = kind(emb.weight, lr=0.1)
+    calls = []
+
+    def closure():
+        calls.append(1)
+        loss = emb(torch.tensor([1, 4])).sum()
+        loss.backward()
+        return loss
+
+    closure()
+    sparse, before = emb.weight.grad.clone(), emb.weight.detach().clone()
+    for rows in (torch.tensor([1, 4]), sparse):
+        with pytest.raises(TypeError, match=r"takes rows \(indices, grad\) or a closure, not both"):
+            opt.step(rows, closure=closure)
+    assert calls == [1] and torch.equal(emb.weight.detach(), before)
+
+
+# an integer tensor was read as a rate (only one-element *float* tensors are taken,
+# as the docstring of _check_rate says; a wrong type is a TypeError)
+@pytest.mark.parametrize("kind", ["adam", "sgd"])
+def test_an_integer_tensor_is_not_a_rate(kind):
+    cls = KINDS[kind]
+    with pytest.raises(TypeError, match=rf"^{cls.__name__}: lr must be a float, got Tensor tensor\(1\)"):
+        cls(unit_table(4, 3), lr=torch.tensor(1))
+    opt = cls(unit_table(4, 3), lr=0.1)
+    with pytest.raises(TypeError, match=rf"^{cls.__name__}.lr: lr must be a float, got Tensor tensor\(1\)"):
+        opt.lr = torch.tensor(1)
+    assert opt.lr == 0.1
+    opt.param_groups[0]["lr"] = torch.tensor(1)  # as a scheduler would write it: refused at the step
+    with pytest.raises(TypeError, match=r"lr \(param_groups\[0\]\['lr'\]\) must be a float, got Tensor"):
+        opt.step(torch.tensor([1]), torch.ones(1, 3, dtype=torch.float64))
+
+
+# SphereSparseSGD.step read ``project`` from the constructor's defaults, so
+# ``opt.project = False`` (or a scheduler/loaded state setting the group) was ignored
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+@pytest.mark.parametrize("kind", ["adam", "sgd"])
+def test_project_set_after_construction_is_what_the_step_uses(backend, kind):
+    table = unit_table(5, 3) * 2.0  # rows of norm 2: a projection would show
+    g = torch.randn(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    idx = torch.tensor([0, 3])
+    opt = KINDS[kind](table.clone(), lr=0.1, project=True, backend=backend)
+    opt.project = False
+    assert opt.param_groups[0]["project"] is False
+    opt.step(idx, g)
+    want = table.clone()
+    if kind == "sgd":
+        reference.fused_latent_sgd_reference(want, idx, g, lr=0.1, project=False)
+    else:
+        m, v = torch.zeros_like(want), torch.zeros_like(want)
+        reference.fused_latent_adam_reference(want, m, v, idx, g, step=1, lr=0.1, project=False)
+    torch.testing.assert_close(opt.table, want, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(opt.table[idx].norm(dim=1), torch.ones(2, dtype=torch.float64))
+    # and the other way round: a table made without projection, switched on
+    opt = KINDS[kind](table.clone(), lr=0.1, project=False, backend=backend)
+    opt.project = True
+    opt.step(idx, g)
+    torch.testing.assert_close(opt.table[idx].norm(dim=1), torch.ones(2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("kind", ["adam", "sgd"])
+def test_a_loaded_state_must_say_project_with_a_bool(kind):
+    """load_state_dict read ``project`` by its truth value, so a saved "no" loaded with projection on; it is
+    refused as the constructor refuses it, before anything of the optimizer changes."""
+    opt = KINDS[kind](unit_table(4, 3), lr=0.1, project=False)
+    with pytest.raises(TypeError, match=r"load_state_dict: project must be a bool, got str 'no'"):
+        opt.load_state_dict({**opt.state_dict(), "project": "no", "lr": 0.5})
+    assert opt.project is False and opt.lr == 0.1
+
+
+def test_adams_eps_takes_a_numpy_scalar_as_lr_and_betas_do():
+    opt = SphereSparseAdam(
+        unit_table(4, 3), lr=np.float32(0.01), betas=(np.float64(0.9), 0.99), eps=np.float32(1e-6)
+    )
+    assert opt.eps == pytest.approx(1e-6) and type(opt.eps) is float
+    for bad in (np.float32("nan"), np.float64(0.0), True):
+        with pytest.raises(ValueError, match="eps must be a finite number > 0"):
+            SphereSparseAdam(unit_table(4, 3), eps=bad)
