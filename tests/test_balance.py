@@ -313,14 +313,14 @@ def test_a_model_without_codes_samples_plainly_and_refuses_balancing():
 # Mutation tests (2026-12-07): each test below fails on a one-line bug that no earlier test caught.
 def test_min_acceptance_is_one_over_the_draws_calibration_actually_makes():
     """The floor follows calibration_draws: fractional draws round up and every code gets one (1 / (N x
-    draws_per_code) passed test_calibration_draws_round_up_and_give_every_code_one, whose draws were whole)."""
+    draws_per_code) would pass test_calibration_draws_round_up_and_give_every_code_one, whose draws are whole)."""
     assert balance.min_acceptance(3, 2.5) == 1 / 8
     assert balance.min_acceptance(7, 0.1) == 1 / 7
 
 
 def test_rejection_sampling_stops_at_the_round_that_fills_n():
-    """Every acceptance 1 and n one round of draws: one round of T, not two (``have > n`` drew, mapped and
-    searched a whole extra round whenever a round ended exactly at n)."""
+    """Every acceptance 1 and n one round of draws: one round of T, not two (``have > n`` would draw, map
+    and search a whole extra round whenever a round ends exactly at n)."""
     calls = []
 
     def map_noise(e):

@@ -413,8 +413,8 @@ def test_reference_adam_step_without_projection_is_torch_sparse_adam():
 
 
 # Mutation tests (2026-12-07): each test below fails on a one-line bug that no earlier test caught.
-# rows and a closure were refused only when grad was given too; indices (or a sparse
-# gradient) with closure= ran the closure and then stepped the rows given
+# rows and a closure are refused together: refused only when grad was given too, indices (or a sparse
+# gradient) with closure= would run the closure and then step the rows given
 @pytest.mark.parametrize("kind", [SphereSparseAdam, SphereSparseSGD])
 def test_step_refuses_rows_or_a_sparse_grad_together_with_a_closure(kind):
     emb = torch.nn.Embedding(8, 3, sparse=True)
@@ -437,8 +437,8 @@ def test_step_refuses_rows_or_a_sparse_grad_together_with_a_closure(kind):
     assert calls == [1] and torch.equal(emb.weight.detach(), before)
 
 
-# an integer tensor was read as a rate (only one-element *float* tensors are taken,
-# as the docstring of _check_rate says; a wrong type is a TypeError)
+# an integer tensor is not a rate (only one-element *float* tensors are taken, as the docstring of
+# _check_rate says; a wrong type is a TypeError)
 @pytest.mark.parametrize("kind", ["adam", "sgd"])
 def test_an_integer_tensor_is_not_a_rate(kind):
     cls = KINDS[kind]
@@ -453,8 +453,8 @@ def test_an_integer_tensor_is_not_a_rate(kind):
         opt.step(torch.tensor([1]), torch.ones(1, 3, dtype=torch.float64))
 
 
-# SphereSparseSGD.step read ``project`` from the constructor's defaults, so
-# ``opt.project = False`` (or a scheduler/loaded state setting the group) was ignored
+# each step reads ``project`` from the group: read from the constructor's defaults,
+# ``opt.project = False`` (or a scheduler/loaded state setting the group) would be ignored
 @pytest.mark.parametrize("backend", ["fused", "reference"])
 @pytest.mark.parametrize("kind", ["adam", "sgd"])
 def test_project_set_after_construction_is_what_the_step_uses(backend, kind):

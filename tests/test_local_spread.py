@@ -246,7 +246,7 @@ def test_an_integer_beyond_floats_is_refused_not_an_overflow(field):
 # Mutation tests (2026-12-07): each test below fails on a one-line bug that no earlier test caught.
 def test_the_offsets_of_every_tile_use_their_own_rows_weights(monkeypatch):
     """Tiles of 3 rows: each tile's offsets take the weights of its own rows (every default-sized test
-    fits one tile, so weighting each tile with w[:rows] passed them all)."""
+    fits one tile, so weighting each tile with w[:rows] would pass them all)."""
     g = torch.Generator().manual_seed(6)
     codes = get_ops(OPS).project(torch.randn(50, 5, generator=g))
     z = get_ops(OPS).project(torch.randn(10, 5, generator=g))
@@ -259,7 +259,7 @@ def test_the_offsets_of_every_tile_use_their_own_rows_weights(monkeypatch):
 def test_exact_ties_beyond_sixteen_candidates_go_to_the_lower_index():
     """Every code four times (k = 10, so 18 candidates are ranked and the 10th place splits a group of
     duplicates): the lower indices win. torch's CPU sort is stable only up to 16 entries per row, so an unstable
-    ranking passed the tie test, whose k = 8 ranks exactly 16 candidates."""
+    ranking would pass the tie test, whose k = 8 ranks exactly 16 candidates."""
     g = torch.Generator().manual_seed(9)
     distinct = get_ops(OPS).project(torch.randn(25, 6, generator=g))
     codes = distinct.repeat(4, 1)  # code i sits at i, i + 25, i + 50, i + 75
@@ -271,8 +271,8 @@ def test_exact_ties_beyond_sixteen_candidates_go_to_the_lower_index():
 
 def test_the_search_tiles_by_the_samples_element_size(monkeypatch):
     """1,000 codes, so a row's float32 distances (4,000 bytes) set the tile: a budget of 3 rows gives 4 tiles
-    for 12 samples (tiling as if each distance took one byte put all 12 in one tile, 4x over budget, and
-    passed every test, whose results do not depend on the tiling)."""
+    for 12 samples (tiling as if each distance took one byte would put all 12 in one tile, 4x over budget, and
+    would pass every test, whose results do not depend on the tiling)."""
     g = torch.Generator().manual_seed(1)
     codes, z = torch.randn(1000, 2, generator=g), torch.randn(12, 2, generator=g)
     monkeypatch.setattr(local_spread, "TILE_BYTES", 3 * 4 * 1000)

@@ -136,8 +136,8 @@ def test_runs_saved_before_the_option_keep_euclidean_imle_and_the_cli_sets_it(tm
 # Mutation tests (2026-12-07): each test below fails on a one-line bug that no earlier test caught.
 def test_the_variance_floor_is_a_share_of_the_mean_so_whitening_ignores_the_codes_scale():
     """Codes 100x smaller (mean variance ~1e-5, below VARIANCE_FLOOR itself) whiten with the same forward map
-    and to 100x smaller whitened codes; an absolute floor (var.clamp_min(VARIANCE_FLOOR)) flattened every
-    direction of such codes to the floor and passed the other tests, whose codes' mean variance is ~0.2."""
+    and to 100x smaller whitened codes; an absolute floor (var.clamp_min(VARIANCE_FLOOR)) would flatten every
+    direction of such codes to the floor and would pass the other tests, whose codes' mean variance is ~0.2."""
     codes = _anisotropic(500, 6)
     small = 0.01 * codes
     w, ws = code_whitening(codes), code_whitening(small)
