@@ -52,6 +52,11 @@ from glann_ext.train.world import World
 QUIET = {"progress": False, "log": lambda s: None}  # train() without a bar or log lines
 
 
+def _rows(out) -> list[dict]:
+    """The rows of run folder ``out``'s metrics.jsonl."""
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op thread for the test, the caller's setting back after it."""
@@ -655,7 +660,7 @@ def test_inversion_starts_from_the_nearest_reconstruction_of_codes_drawn_from_th
 def test_run_folder_contents_and_reload(trained_run):
     out, model = trained_run
     assert json.loads((out / "config.json").read_text())["glo_epochs"] == 3
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = _rows(out)
     assert [r["stage"] for r in rows] == ["glo"] * 3 + ["imle"] * 3
     again = load_model(out)
     assert torch.equal(again.sample(6, seed=4), model.sample(6, seed=4))
@@ -1120,7 +1125,7 @@ def test_a_run_whose_radius_rejects_every_draw_resumes_with_a_smaller_one(tmp_pa
     train(dataclasses.replace(cfg, imle_reject_radius=0.05), out, progress=False, log=lambda s: None)
     changed = json.loads((out / "resumes.jsonl").read_text().splitlines()[-1])["changed"]
     assert changed == {"imle_reject_radius": [100.0, 0.05]}
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = _rows(out)
     assert [r["epoch"] for r in rows if r["stage"] == "imle"] == [1, 2]
     assert all(r["rejected"] < 1 for r in rows if r["stage"] == "imle")
 
@@ -1200,10 +1205,10 @@ def test_imle_variants_resume_bit_identically(tmp_path, blob_file, options):
     train(None, broken, progress=False, log=lambda s: None)
     a, b = ckpt.load_latest(straight), ckpt.load_latest(broken)
     assert tensors_equal(a["glo"], b["glo"]) and tensors_equal(a["imle"], b["imle"])
-    rows = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
+    rows = _rows(straight)
     key = "rematched" if "imle_adaptive" in options else "rejected"
     assert all(key in r for r in rows if r["stage"] == "imle")
-    resumed = [json.loads(x) for x in (broken / "metrics.jsonl").read_text().splitlines()]
+    resumed = _rows(broken)
     measures = [
         [(r["epoch"], r[key], r["match_distance"]) for r in rs if r["stage"] == "imle"]
         for rs in (rows, resumed)
@@ -1228,7 +1233,7 @@ def test_a_diverged_stage_stops_before_saving_and_resumes_with_a_lower_rate(tmp_
     state = torch.load(ckpt.checkpoint_dir(out) / manifest["step_dir"] / "main.pt", weights_only=True)
     tensors = [t for t in _tensors(state) if t.is_floating_point()]
     assert tensors and all(bool(torch.isfinite(t).all()) for t in tensors)
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = _rows(out)
     assert all(math.isfinite(r["loss"]) for r in rows)
     train(dataclasses.replace(cfg, imle_lr=1e-3), tmp_path / "fresh", progress=False, log=lambda s: None)
     assert json.loads((out / "config.json").read_text())["imle_lr"] == 1e6
@@ -1581,7 +1586,7 @@ def test_a_resume_drops_the_metrics_rows_its_checkpoint_has_not_reached_and_torn
             json.dumps({"stage": "glo", "epoch": 2, "loss": 0.0}) + "\nnot json\n" + '{"stage": "glo", "ep'
         )
     train(None, out, progress=False, log=lambda s: None)
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = _rows(out)
     assert [(r["stage"], r["epoch"]) for r in rows] == [("glo", 1), ("glo", 2), ("imle", 1)]
     assert rows[1]["loss"] != 0.0
 
@@ -1858,10 +1863,6 @@ def test_autocast_is_for_cuda_only_the_cpu_trains_in_float32():
         assert not torch.is_autocast_enabled("cpu")
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
     assert isinstance(autocast_for(torch.device("cuda"), False), contextlib.nullcontext)
-
-
-def _rows(out):
-    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 # -- resume rules --------------------------------------------------------------------

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from glann_testing import child_kwargs, swap_in_after_the_check, tensors_equal
+from glann_testing import child_kwargs, swap_in_after_the_check, tensors_equal, tiny_glann
 from safetensors.torch import save
 
 from glann_ext.errors import CheckpointError, UsageError
@@ -341,28 +341,21 @@ def test_a_model_file_whose_header_length_passes_its_end_is_named_so(tmp_path, b
 
 
 # Mutation tests (2026-12-07): each test below fails on a one-line bug that no earlier test caught.
-def _model(seed: int) -> GLANN:
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        G = DCGANGenerator(latent_dim=8, image_size=28, channels=1, width=8)
-        T = MLP(4, 8, hidden=16, layers=2)
-        codes = torch.nn.functional.normalize(torch.randn(50, 8), dim=1)
-    return GLANN(G, codes, T, config={"seed": seed})
 
 
 def test_save_model_replaces_the_file_and_never_writes_through_a_link(tmp_path):
     path = tmp_path / "m.safetensors"
-    save_model(_model(0), path)
+    save_model(tiny_glann(seed=0), path)
     old = path.read_bytes()
     with open(path, "rb") as reader:
-        save_model(_model(1), path)
+        save_model(tiny_glann(seed=1), path)
         assert reader.read() == old  # the old file, whole: replaced by a rename, not rewritten in place
     assert path.read_bytes() != old and sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
     path.unlink()
     path.symlink_to(victim)
-    save_model(_model(1), path)
+    save_model(tiny_glann(seed=1), path)
     assert victim.read_text() == "keep me" and not path.is_symlink()
     load_model_file(path)
 
