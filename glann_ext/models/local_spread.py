@@ -67,7 +67,7 @@ def _tile_nearest(q: torch.Tensor, codes: torch.Tensor, sq: torch.Tensor, k: int
     m = min(len(codes), k + EXTRA_CANDIDATES)
     top = score.topk(min(len(codes), m + 1), dim=1, largest=False)
     cand = top.indices[:, :m]
-    if top.values.shape[1] > m:
+    if len(codes) > m:  # a place past the m-th exists, so a tie can cross it
         # topk picks among scores tied across its last place in no set order (duplicate codes): there a
         # stable sort of the row keeps the lower indices, as the ranking below does
         crowded = top.values[:, m] == top.values[:, m - 1]
