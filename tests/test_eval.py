@@ -238,7 +238,7 @@ def test_eval_threads_hold_for_the_command_only(digits_run, cache_dir, tmp_path)
         assert torch.get_num_threads() == 2
 
 
-def test_eval_scores_as_many_samples_as_test_images(digits_run, cache_dir, tmp_path):
+def test_eval_scores_as_many_samples_as_test_images(digits_run, cache_dir, tmp_path, capsys):
     """FD and PRDC depend on both counts: 1,500 samples against the 1,000 held-out digits are scored on the
     first 1,000 samples (a sampler of the test images' own distribution read recall 0.07 lower and coverage
     1.000 at 10,000 against 1,000), so -n 1500 and -n 1000 give the same scores; memorisation sees all."""
@@ -253,9 +253,13 @@ def test_eval_scores_as_many_samples_as_test_images(digits_run, cache_dir, tmp_p
         assert more[key] == equal[key], key
     assert more["ceiling"]["n"] == 256 and more["ceiling"]["fd"] == equal["ceiling"]["fd"]
     # the fewest samples allowed (4) are scored against 6 test images: density/coverage's k = 5 needs them
+    capsys.readouterr()
     assert main([*args, "-n", "4", "--out", str(tmp_path / "4")]) == 0
     few = json.loads((tmp_path / "4" / "eval.json").read_text())
     assert few["n_scored"] == 4 and math.isfinite(few["coverage"]) and few["ceiling"]["n"] == 4
+    # the table says so, not "4 of each" (it did before 0.3.9)
+    assert few["n_scored_real"] == 6 and "(4 samples vs 6 real images scored)" in capsys.readouterr().out
+    assert equal["n_scored_real"] == 1000 and more["n_scored_real"] == 1000
 
 
 def test_eval_default_output_is_the_run_folder(digits_run, cache_dir):
