@@ -20,7 +20,7 @@ Writes the Markdown report, and PNGs (scatter plots, sample grids, nearest-neigh
     over seeds.
 
 The budgets (``BUDGETS``) are sized so that the full variant (the committed report: 5 seeds on 2-D, 3 on
-every image table and ablation row) regenerates in 25-40 minutes on 2 CPU cores: 29.8 on an AVX-512 AMD EPYC
+every image table and ablation row) regenerates in 18-47 minutes on 2 CPU cores: 29.8 on an AVX-512 AMD EPYC
 (the committed run, 2026-12-06, LeNets cached), 18.5 on an AVX-512 Intel Xeon that day, 38.0 there on
 2026-12-05 retraining its two LeNets (33.4 the run before with them cached, 26.2 on 2026-12-04 before the
 spread rows), 39.4 and 47.4 on a 2-core
@@ -652,7 +652,7 @@ def write_report(path: Path, res: dict, b: Budget, argv: list[str], total_s: flo
         ),
         (
             "Regenerate: `python -m benchmarks.quality --out benchmarks/QUALITY.md` (the full variant: 5 seeds on "
-            "2-D, 3 on every image table and ablation row; 25-40 minutes on 2 CPU cores) or with `--quick` (one "
+            "2-D, 3 on every image table and ablation row; 18-47 minutes on 2 CPU cores) or with `--quick` (one "
             "seed of every table and of the IMLE-option ablation rows, 8-16 minutes). `--smoke` is the CI-sized run of "
             "`tests/test_quality.py`."
         ),

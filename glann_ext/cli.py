@@ -1,4 +1,4 @@
-"""The ``glann`` command: train, sample, interpolate, invert, eval, reshard.
+"""The ``glann`` command: train, sample, interpolate, invert, eval, reshard, upgrade.
 
     glann train --dataset fashion-mnist --out runs/fmnist --preset laptop
     torchrun --nproc-per-node 2 --no-python glann train --dataset fashion-mnist --out runs/fmnist-2
@@ -98,7 +98,7 @@ _CONFIG_FLAGS = [
         "--imle-adaptive-shrink",
         "imle_adaptive_shrink",
         float,
-        "Adaptive IMLE: a re-matched target's threshold is (1 - this) x its distance",
+        "Adaptive IMLE: a re-matched target's threshold is (1 - this) x the distance its sample had reached",
     ),
     ("--imle-staleness", "imle_staleness", int, "Adaptive IMLE: epochs a target keeps its match at least"),
     ("--imle-force-rematch", "imle_force_rematch", int, "Adaptive IMLE: epochs after which it is re-matched"),
