@@ -865,7 +865,7 @@ def _interrupt_status(exc: KeyboardInterrupt) -> int:
 def _run_command(args: argparse.Namespace) -> None:
     """The command, with a reader's ``--threads`` for it alone (main may run in a caller's process; train
     sets its threads from its config)."""
-    from glann_ext.train.threads import intra_op_threads
+    from glann_ext._threads import intra_op_threads
 
     with intra_op_threads(getattr(args, "threads", None) if args.command != "train" else None):
         _COMMANDS[args.command][1](args)

@@ -769,7 +769,7 @@ def _evaluate_labelled(job: _Job, n_test: int, cache_dir, clf_epochs) -> dict[st
         "n_test": len(data.test), "n_train": len(data.train),
         "n_scored": len(fake_f), "n_scored_real": len(real_f),
         "classifier": {
-            "name": data.clf.meta["dataset"], "test_accuracy": data.clf.test_accuracy,
+            "name": data.clf.meta["dataset"], "test_accuracy": data.clf.test_accuracy, "weights": data.clf.weights,
             "epochs": data.clf.meta["epochs"], "feature_dim": int(real_f.shape[1]),
         },
         **_scores(real_f, fake_f),

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1] / "glann_ext"
 
 # Lowest first. A module may import modules of its own layer and of the layers below.
 LAYERS = [
-    ["_ext", "_io", "_args", "errors", "seeding", "images"],
+    ["_ext", "_io", "_args", "_threads", "errors", "seeding", "images"],
     ["ops", "_info"],
     ["optim", "distributed", "data"],
     ["backend", "metrics"],

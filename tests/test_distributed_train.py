@@ -190,10 +190,10 @@ class _OwnGenerator(torch.nn.Module):
 def _fit_own_generator(data: str, world: World, threads: int = 1) -> dict[str, torch.Tensor]:
     """GLO with :class:`_OwnGenerator` on this rank's rows of 64 of ``data``'s images at 14 x 14: G's
     state and this rank's codes."""
+    from glann_ext._threads import intra_op_threads
     from glann_ext.data import load_images
     from glann_ext.train import Fit
     from glann_ext.train.build import seeded
-    from glann_ext.train.threads import intra_op_threads
 
     cfg = tiny_config(dataset=data, limit=64, glo_epochs=2, batch_size=16, image_size=14, threads=threads)
     images = load_images(data, image_size=14, channels=1, limit=64)

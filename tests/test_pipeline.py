@@ -14,6 +14,7 @@ import torch
 from glann_testing import Interrupt, interrupt_at, tiny_config
 
 from glann_ext import cli
+from glann_ext._threads import intra_op_threads
 from glann_ext.backend import get_ops
 from glann_ext.errors import ConfigError, UsageError
 from glann_ext.models import GLANN, MLP, PixelIMLE, read_model_file
@@ -21,7 +22,6 @@ from glann_ext.ops import reference
 from glann_ext.optim import SphereSparseAdam, SphereSparseSGD
 from glann_ext.train import Fit, Hook, TrainConfig, fit, fit_imle, loop, train
 from glann_ext.train import checkpoint as ckpt
-from glann_ext.train.threads import intra_op_threads
 
 
 class Recorder(Hook):

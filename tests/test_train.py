@@ -18,6 +18,7 @@ import torch
 from glann_testing import OPS, Interrupt, blob_images, interrupt_at, tensors_equal, tiny_config
 
 from glann_ext import seeding
+from glann_ext._threads import intra_op_threads
 from glann_ext.data import GRID_5X5, RING_PACGAN
 from glann_ext.errors import CheckpointError, ConfigError, DivergedError, NonFiniteError, RunFolderError
 from glann_ext.metrics import mode_coverage
@@ -46,7 +47,6 @@ from glann_ext.train.config import MAXIMA, check_device, load_run_config, preset
 from glann_ext.train.latents import initial_codes, pca_codes, random_codes
 from glann_ext.train.loop import StageTrainer, autocast_for, run_epochs
 from glann_ext.train.run import reconstruction_grid
-from glann_ext.train.threads import intra_op_threads
 from glann_ext.train.world import World
 
 QUIET = {"progress": False, "log": lambda s: None}  # train() without a bar or log lines

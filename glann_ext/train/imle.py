@@ -24,10 +24,11 @@ from glann_ext.errors import ConfigError
 from glann_ext.models import mse_loss
 from glann_ext.ops._checks import check_finite
 
+from .._threads import intra_op_threads
 from .build import adam, check_tensor, load_adam_state, place_for_training
 from .config import TrainConfig
 from .loop import StageTrainer, autocast_for, cosine_rate
-from .threads import denormals_flushed, intra_op_threads, step_threads
+from .threads import denormals_flushed, step_threads
 from .world import World, data_parallel, global_batchnorm
 
 # unique matching keeps the whole distance matrix when it has at most this many entries

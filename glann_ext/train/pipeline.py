@@ -24,13 +24,13 @@ from glann_ext.errors import RunFolderError, UsageError
 from glann_ext.models import GLANN, PixelIMLE, ReconstructionLoss
 from glann_ext.models.training_data import images_digest
 
+from .._threads import intra_op_threads
 from .build import build_model
 from .config import TrainConfig, check_device, with_absolute_paths
 from .glo import GLOTrainer
 from .imle import IMLETrainer
 from .inputs import check_generator_output, checked_config, checked_images, checked_targets
 from .loop import Hook, run_epochs
-from .threads import intra_op_threads
 from .whitening import code_whitening
 from .world import World
 

@@ -58,6 +58,7 @@ from glann_ext.models import (
 )
 from glann_ext.models.generative import built_to_fit, check_unit_codes
 
+from .._threads import intra_op_threads
 from . import checkpoint as ckpt
 from .build import build_generator, build_mapping
 from .checkpoint import LEGACY_MODEL_FILE, MODEL_FILE
@@ -74,7 +75,6 @@ from .imle import check_distributed_imle
 from .inputs import checked_config
 from .loop import Hook, StageTrainer, diverged
 from .pipeline import Fit
-from .threads import intra_op_threads
 from .whitening import code_whitening
 from .world import World, disagreement, init_world, local_device
 

@@ -76,21 +76,6 @@ def step_threads(module: nn.Module, batch: int, device: torch.device) -> int | N
     return 1 if flops is not None and flops < SMALL_STEP_FLOPS else None
 
 
-@contextmanager
-def intra_op_threads(threads: int | None) -> Iterator[None]:
-    """Run the block with ``torch.set_num_threads(threads)`` (None: unchanged), restoring the setting after
-    it, also on error. Setting it costs well under a microsecond."""
-    before = torch.get_num_threads()
-    if threads is None or threads == before:
-        yield
-        return
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 # a denormal double and one, as module globals so that the compiler cannot fold their product
 _DENORMAL, _ONE = 1e-310, 1.0
 
