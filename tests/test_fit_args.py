@@ -26,6 +26,7 @@ from glann_ext.train import Fit, TrainConfig, build_model, fit, fit_imle, load_m
         (lambda x: x * 255, "(images in [0, 255]: divide by 255)"),
         (lambda x: x - 0.5, "in [0, 1] (within 0.05), got values in [-0.5"),
         (lambda x: x[:, 0], "(n, C, H, W)"),
+        (lambda x: x[0], "(one channel? images.unsqueeze(1); one image? images.unsqueeze(0))"),
         (lambda x: x.permute(0, 2, 3, 1), "channels last?"),
         (lambda x: x[:, :, :, :27], "H == W"),
         (lambda x: x[:1], "at least 2 images"),

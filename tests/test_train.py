@@ -630,6 +630,12 @@ def test_inversion_finds_codes_that_reconstruct_new_images(trained_run, blobs):
         ValueError, match=r"got \(2, 28, 28, 1\) \(channels last\? images.permute\(0, 3, 1, 2\)\)"
     ):
         model.invert(torch.zeros(2, 28, 28, 1))  # fit gave this hint, invert did not
+    # one image of the model's shape: unsqueeze(0), right for any channel count (unsqueeze(1), the hint
+    # until 0.3.9, made one RGB image three grey ones)
+    with pytest.raises(ValueError, match=r"got \(1, 28, 28\) \(one image\? images.unsqueeze\(0\)\)$"):
+        model.invert(images[0])
+    with pytest.raises(ValueError, match=r"got \(5, 28, 28\) \(one channel\? images.unsqueeze\(1\)\)$"):
+        model.invert(torch.zeros(5, 28, 28))
 
 
 def test_inversion_starts_from_the_nearest_reconstruction_of_codes_drawn_from_the_whole_table():

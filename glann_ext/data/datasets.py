@@ -51,10 +51,16 @@ def check_unit_images(images: torch.Tensor, name: str = "images") -> tuple[float
     return lo, hi
 
 
-def layout_hint(shape: tuple[int, ...], name: str = "images") -> str:
-    """A hint for images ``name`` of ``shape`` handed over in another layout than (n, C, H, W): "" when none
-    fits."""
+def layout_hint(
+    shape: tuple[int, ...], name: str = "images", expected: tuple[int, int, int] | None = None
+) -> str:
+    """A hint for images ``name`` of ``shape`` handed over in another layout than (n, C, H, W), where the
+    images should be ``expected`` (C, H, W) if known: "" when none fits."""
     if len(shape) == 3:
+        if tuple(shape) == expected:  # one image without its batch dimension
+            return f" (one image? {name}.unsqueeze(0))"
+        if expected is None and shape[0] in (1, 3):  # n grey images, or one image of 1 or 3 channels
+            return f" (one channel? {name}.unsqueeze(1); one image? {name}.unsqueeze(0))"
         return f" (one channel? {name}.unsqueeze(1))"
     if len(shape) == 4 and shape[3] in (1, 3) and shape[1] not in (1, 3):
         return f" (channels last? {name}.permute(0, 3, 1, 2))"
@@ -74,7 +80,7 @@ def checked_image_batch(name: str, images: Any, shape: tuple[int, int, int]) -> 
     images = images.detach()
     if images.dim() != 4 or tuple(images.shape[1:]) != tuple(shape):
         got = tuple(images.shape)
-        raise UsageError(f"{name} must be shaped {wanted}, got {got}{layout_hint(got, name)}")
+        raise UsageError(f"{name} must be shaped {wanted}, got {got}{layout_hint(got, name, tuple(shape))}")
     check_unit_images(images, name)
     return images
 
