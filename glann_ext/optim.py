@@ -211,6 +211,10 @@ class _SphereOptimizer(torch.optim.Optimizer):
             indices, grad = self._rows_of_gradient(owner, self.table.grad if indices is None else indices)
         elif isinstance(indices, torch.Tensor) and indices.dtype == torch.int32:
             indices = indices.long()
+        elif isinstance(indices, torch.Tensor) and indices.dtype != torch.int64:  # named here, not as the op
+            raise TypeError(
+                f"{owner}: indices must have dtype int64 or int32, got {torch_name(indices.dtype)}"
+            )
         return indices, grad, loss
 
     @staticmethod

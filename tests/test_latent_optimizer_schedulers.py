@@ -322,6 +322,21 @@ def test_step_reads_a_sparse_table_grad_as_torch_optimizers_do(backend, kind):
         assert torch.equal(run(how), want), how
 
 
+@pytest.mark.parametrize("kind", [SphereSparseAdam, SphereSparseSGD])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int16, torch.uint8])
+def test_step_names_itself_and_both_index_dtypes_it_takes(kind, dtype):
+    """Indices of another dtype are refused by the step the caller made, naming int32 too (it takes both);
+    the error named the fused op underneath and int64 only."""
+    table = torch.nn.Parameter(project_to_sphere(torch.randn(6, 3)))
+    before = table.detach().clone()
+    with pytest.raises(
+        TypeError,
+        match=rf"^{kind.__name__}.step: indices must have dtype int64 or int32, got {str(dtype)[6:]}$",
+    ):
+        kind(table, lr=0.1).step(torch.tensor([0, 1]).to(dtype), torch.randn(2, 3))
+    assert torch.equal(table.detach(), before)
+
+
 def test_step_without_rows_names_what_it_takes():
     table = torch.nn.Parameter(project_to_sphere(torch.randn(6, 3)))
     opt = SphereSparseAdam(table, lr=0.1)
