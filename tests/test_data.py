@@ -761,6 +761,7 @@ def test_sixteen_bit_grey_opened_as_mode_i_is_scaled_too(tmp_path):
 def test_more_numpy_array_errors_name_the_file_and_what_is_wrong(tmp_path):
     np.savez(tmp_path / "none.npz")
     np.save(tmp_path / "rows0.npy", np.zeros((0, 4, 4), np.uint8))
+    np.save(tmp_path / "rgb0.npy", np.zeros((0, 32, 32, 3), np.uint8))
     np.save(tmp_path / "flags.npy", np.ones((2, 4, 4), bool))
     np.save(tmp_path / "flat10.npy", np.zeros((3, 10), np.uint8))
     nan, inf = np.full((2, 4, 4), 0.5, np.float32), np.full((2, 4, 4), 0.5, np.float32)
@@ -769,7 +770,9 @@ def test_more_numpy_array_errors_name_the_file_and_what_is_wrong(tmp_path):
     np.save(tmp_path / "inf.npy", inf)
     for name, needle in (
         ("none.npz", r"none.npz: empty .npz archive"),
-        ("rows0.npy", r"rows0.npy: expected images shaped .* got shape \(0, 4, 4\)"),
+        # it said "expected images shaped (N, H, W), ...", which an empty array is
+        ("rows0.npy", r"rows0.npy: .* of shape \(0, 4, 4\) holds no images \(N = 0\)$"),
+        ("rgb0.npy", r"rgb0.npy: .* of shape \(0, 32, 32, 3\) holds no images \(N = 0\)$"),
         ("flags.npy", r"flags.npy: expected a numeric array, got dtype bool"),
         ("flat10.npy", r"flat10.npy: flat images of 10 values are not square"),
         ("nan.npy", r"nan.npy: images contain NaN or infinite values"),

@@ -104,7 +104,9 @@ def _read_header(f: BinaryIO, path: Path, what: str) -> tuple[tuple[int, ...], b
 
 
 def _check_image_array(path: Path, what: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
-    if len(shape) not in (2, 3, 4) or shape[0] == 0:
+    if len(shape) in (2, 3, 4) and shape[0] == 0:
+        raise DataError(f"{path}: {what} of shape {shape} holds no images (N = 0)")
+    if len(shape) not in (2, 3, 4):
         raise DataError(
             f"{path}: expected images shaped (N, H, W), (N, H, W, C), (N, C, H, W) or flat (N, H*W), "
             f"got shape {shape} ({what})"
