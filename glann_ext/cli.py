@@ -358,6 +358,7 @@ def _add_invert(sub) -> None:
         "folder)",
     )
     v.add_argument("--codes", help="also save the codes (n, latent_dim) as .npy here")
+    v.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _add_reshard(sub) -> None:
@@ -767,7 +768,7 @@ def _cmd_invert(args: argparse.Namespace) -> None:
     channels, size, _ = model.image_shape
     images = load_images(args.images, image_size=size, channels=channels, limit=args.limit)
     codes, recon = model.invert(
-        images, steps=args.steps, restarts=args.restarts, seed=args.seed, progress=sys.stderr.isatty()
+        images, steps=args.steps, restarts=args.restarts, seed=args.seed, progress=not args.no_progress
     )
     cols = min(PAIR_COLUMNS, len(images))
     save_grid(paired_rows(images, recon.cpu(), cols), args.grid, nrow=cols)
@@ -796,7 +797,7 @@ def _cmd_upgrade(args: argparse.Namespace) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
-    from glann_ext.evaluate import EVAL_FILE, evaluate_run, format_table
+    from glann_ext.evaluate import EVAL_FILE, NEIGHBOURS_PNG, SAMPLES_PNG, evaluate_run, format_table
 
     _check_device(args)
     if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
@@ -810,7 +811,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         noise_scale=args.noise_scale, spread=args.spread, test=args.test, local_spread=args.local_spread,
     )  # fmt: skip
     print(format_table(res))
-    print(f"wrote {Path(args.out or args.run) / EVAL_FILE}")
+    print(f"wrote {EVAL_FILE}, {SAMPLES_PNG} and {NEIGHBOURS_PNG} in {Path(args.out or args.run)}")
 
 
 # subcommand -> (adds its parser, runs it)

@@ -152,6 +152,19 @@ def test_sample_interpolate_invert(run_dir, data_file, tmp_path):
     assert np.load(tmp_path / "all.npy").shape == (len(np.load(data_file)), 16)  # none: every image
 
 
+def test_invert_shows_its_progress_as_train_and_eval_do_unless_told_not_to(
+    run_dir, data_file, tmp_path, capsys
+):
+    """A bar on stderr even when it is a file or pipe (it showed only on a terminal: a long inversion was
+    silent in a log), and none with --no-progress, the flag train and eval have."""
+    args = ["invert", "--run", str(run_dir), "--images", data_file, "--limit", "2", "--steps", "3"]
+    args += ["--restarts", "1", "--grid", str(tmp_path / "v.png")]
+    assert main(args) == 0
+    assert "invert:" in capsys.readouterr().err
+    assert main([*args, "--no-progress"]) == 0
+    assert "invert:" not in capsys.readouterr().err
+
+
 def test_sample_writes_a_grid_only_when_asked(run_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["sample", "--run", str(run_dir), "-n", "5", "--npy", "x.npy"]) == 0

@@ -134,6 +134,7 @@ def test_eval_writes_json_and_pngs(digits_run, cache_dir, tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "FD (LeNet features)" in printed and "Inception FID" in printed
+    assert printed.endswith(f"wrote eval.json, eval_samples.png and eval_neighbours.png in {tmp_path}\n")
     res = json.loads((tmp_path / "eval.json").read_text())
     assert (
         res["n_samples"] == 200 and res["n_test"] == 1000 and res["n_train"] == 256 and res["n_scored"] == 200
