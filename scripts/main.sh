@@ -14,7 +14,11 @@ fi
 . .venv/bin/activate
 pip install -q --upgrade pip
 pip install -q torch==2.13.0
-pip install -q .
+# The build tools in the venv and an editable install: a rerun rebuilds only what changed (ninja, in build/;
+# an isolated build reconfigured and recompiled everything, 90 s), and Python started in this checkout
+# imports the installed package (a plain install left it the source tree, which has no compiled module).
+pip install -q scikit-build-core pybind11 cmake ninja
+pip install -q --no-build-isolation -e .
 glann train --preset laptop --dataset fashion-mnist --out "$RUN"
 glann sample --run "$RUN" -n 64 --grid "$RUN/samples.png"
 glann interpolate --run "$RUN" --space latent --rows 6 --steps 10 --grid "$RUN/interpolation.png"
