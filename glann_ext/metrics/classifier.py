@@ -40,8 +40,8 @@ from ..errors import CheckpointError, UsageError
 from ._checks import as_images, check_positive_int
 
 ARCH_VERSION = 1
-# the count the quality report and the README's figures trained their LeNets with (caches from before it
-# was fixed lack the field and are trained again)
+# the count the committed quality report's LeNets were trained with, and glann eval's default on 2 cores
+# (caches from before it was fixed lack the field and are trained again)
 TRAIN_THREADS = 2
 FEATURE_DIM = 84
 

@@ -127,7 +127,8 @@ class TrainConfig:
     """Adaptive IMLE (Aghabozorgi, Peng & Li, ICML 2023, "Adaptive IMLE for Few-shot Pretraining-free
     Generative Modelling"): each target keeps its matched noise across epochs and is matched anew only once
     it is fitted (its sample came closer than a per-target threshold, which then becomes
-    ``(1 - imle_adaptive_shrink)`` x the squared distance that sample had reached) or after ``imle_force_rematch`` epochs."""
+    ``(1 - imle_adaptive_shrink)`` x the squared distance that sample had reached) or after
+    ``imle_force_rematch`` epochs."""
     imle_adaptive_shrink: float = 0.04  # the paper's gamma
     imle_staleness: int = 1  # epochs a target keeps its match at least (the paper: 7 of thousands)
     imle_force_rematch: int = 10  # epochs after which a target is matched anew anyway (the paper: 30)

@@ -19,12 +19,12 @@ import torch
 from torch import nn
 
 from glann_ext import seeding
+from glann_ext._threads import intra_op_threads
 from glann_ext.backend import Ops, as_ops
 from glann_ext.errors import ConfigError
 from glann_ext.models import mse_loss
 from glann_ext.ops._checks import check_finite
 
-from .._threads import intra_op_threads
 from .build import adam, check_tensor, load_adam_state, place_for_training
 from .config import TrainConfig
 from .loop import StageTrainer, autocast_for, cosine_rate

@@ -19,12 +19,12 @@ from typing import Any
 import torch
 
 from glann_ext._args import checked_int
+from glann_ext._threads import intra_op_threads
 from glann_ext.backend import Ops, as_ops
 from glann_ext.errors import RunFolderError, UsageError
 from glann_ext.models import GLANN, PixelIMLE, ReconstructionLoss
 from glann_ext.models.training_data import images_digest
 
-from .._threads import intra_op_threads
 from .build import build_model
 from .config import TrainConfig, check_device, with_absolute_paths
 from .glo import GLOTrainer

@@ -43,6 +43,7 @@ from glann_ext._io import (
     read_regular,
     remove_stale_temps,
 )
+from glann_ext._threads import intra_op_threads
 from glann_ext.backend import get_ops
 from glann_ext.data import NAMED, DataError, fingerprint_change, load_image_shard
 from glann_ext.errors import CheckpointError, ConfigError, GlannError, RunFolderError, UsageError
@@ -58,7 +59,6 @@ from glann_ext.models import (
 )
 from glann_ext.models.generative import built_to_fit, check_unit_codes
 
-from .._threads import intra_op_threads
 from . import checkpoint as ckpt
 from .build import build_generator, build_mapping
 from .checkpoint import LEGACY_MODEL_FILE, MODEL_FILE
