@@ -14,6 +14,7 @@ from glann_testing import child_kwargs
 from torch import nn
 
 from glann_ext import _info
+from glann_ext._threads import intra_op_threads
 from glann_ext.models import MLP, DCGANGenerator
 from glann_ext.train import IMLETrainer, TrainConfig, get_ops
 from glann_ext.train.threads import (
@@ -21,7 +22,6 @@ from glann_ext.train.threads import (
     denormals_flushed,
     dense_step_flops,
     flushing_denormals,
-    intra_op_threads,
     step_threads,
 )
 
