@@ -614,7 +614,10 @@ def _check_device(args: argparse.Namespace) -> None:
     """The reading commands' --device must exist here, as train's (a one-line error, not torch's assertion)."""
     from glann_ext.train.config import check_device
 
-    check_device(args.device, fused=args.ops == "fused")
+    try:
+        check_device(args.device, fused=args.ops == "fused")
+    except ConfigError as exc:
+        raise _flag_config_error(exc, {"device"}) from None
 
 
 def _load(args: argparse.Namespace):

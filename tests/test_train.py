@@ -853,13 +853,16 @@ def test_config_checks_across_fields_types_and_devices():
         TrainConfig(lr_g=True).validate()  # a bool is no number either (found by mutation testing)
     check_device("cpu")
     check_device("cpu:0")
-    with pytest.raises(ConfigError, match="the CPU device takes no index"):
+    with pytest.raises(ConfigError, match=r"^device 'cpu:1': the CPU device takes no index \(use 'cpu'\)$"):
         check_device("cpu:1")
     for spec in ("meta", "mps"):
         with pytest.raises(
-            ConfigError, match=rf"--device {spec}: glann_ext trains on cpu or cuda, not {spec}"
+            ConfigError, match=rf"^device '{spec}': glann_ext trains on cpu or cuda, not {spec}$"
         ):
             check_device(spec)
+    # a config's device is named as its field
+    with pytest.raises(ConfigError, match="^config field device 'meta': glann_ext trains on cpu or cuda"):
+        TrainConfig(device="meta").check_runnable()
 
 
 def test_config_dicts_round_trip_with_tuples_and_a_v01_empty_extra():

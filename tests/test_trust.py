@@ -1179,7 +1179,7 @@ def test_a_forged_main_pt_a_non_utf8_config_and_a_missing_device_are_one_line_er
     assert "not UTF-8" in _one_line_error(capsys, "train", "--out", str(run), "--no-progress")
     if not torch.cuda.is_available():
         for cmd in ("sample", "eval"):
-            assert "--device cuda" in _one_line_error(capsys, cmd, "--run", str(run), "--device", "cuda")
+            assert "--device 'cuda': " in _one_line_error(capsys, cmd, "--run", str(run), "--device", "cuda")
 
 
 def test_a_checkpoint_of_another_shape_is_a_one_line_error(finished, tmp_path, blob_file, capsys):

@@ -240,7 +240,10 @@ class TrainConfig:
     def check_runnable(self) -> TrainConfig:
         """Raise ConfigError unless this machine can run the config: the device exists here, and CUDA
         kernels were built when the fused ops are to run on CUDA."""
-        check_device(self.device, fused=self.ops == "fused")
+        try:
+            check_device(self.device, fused=self.ops == "fused")
+        except ConfigError as exc:  # a field of this config: named as one
+            raise _field_error("device", exc.problem) from None
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -521,31 +524,36 @@ def _check_type(name: str, value: Any, kind: str) -> None:
 
 def check_device(spec: str, *, fused: bool = True) -> None:
     """Raise ConfigError unless ``spec`` names a device this machine has: ``cpu``, or ``cuda``/``cuda:N``
-    with torch built for CUDA, a GPU N present, and (for the fused ops) glann_ext's CUDA kernels built."""
+    with torch built for CUDA, a GPU N present, and (for the fused ops) glann_ext's CUDA kernels built. The
+    error reads ``device 'cuda': ...`` with its field and problem set, so that the ``glann`` command names
+    its flag instead (``--device 'cuda': ...``)."""
     import torch
+
+    def refused(problem: str) -> ConfigError:
+        return ConfigError(f"device {spec!r}: {problem}", field="device", problem=f"{spec!r}: {problem}")
 
     try:
         dev = torch.device(spec)
     except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"--device {spec!r}: not a device ({exc})") from None
+        raise refused(f"not a device ({exc})") from None
     if dev.type == "cpu":
         if dev.index not in (None, 0):
-            raise ConfigError(f"--device {spec}: the CPU device takes no index (use cpu)")
+            raise refused("the CPU device takes no index (use 'cpu')")
         return
     if dev.type != "cuda":
-        raise ConfigError(f"--device {spec}: glann_ext trains on cpu or cuda, not {dev.type}")
+        raise refused(f"glann_ext trains on cpu or cuda, not {dev.type}")
     if not torch.cuda.is_available():
         why = "is a CPU-only build" if torch.version.cuda is None else "sees no GPU"
-        raise ConfigError(f"--device {spec}: this torch ({torch.__version__}) {why}; use --device cpu")
+        raise refused(f"this torch ({torch.__version__}) {why}; use 'cpu'")
     if dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ConfigError(f"--device {spec}: only {torch.cuda.device_count()} GPU(s) here")
+        raise refused(f"only {torch.cuda.device_count()} GPU(s) here")
     if fused:
         from glann_ext._info import cuda_available
 
         if not cuda_available():
-            raise ConfigError(
-                f"--device {spec}: glann_ext was built without CUDA kernels; rebuild with nvcc present, or "
-                "train with --ops reference"
+            raise refused(
+                "glann_ext was built without CUDA kernels; rebuild with nvcc present, or use the reference "
+                "ops (ops 'reference')"
             )
 
 
