@@ -1379,3 +1379,14 @@ def test_out_that_is_the_dataset_folder_itself_is_refused(tmp_path):
     photos.mkdir()
     with pytest.raises(RunFolderError, match="lies inside the image folder --dataset"):
         run_module.check_out_outside_dataset(photos, str(photos))
+
+
+@pytest.mark.parametrize("command", ["sample", "eval"])
+def test_a_device_no_machine_has_is_named_by_its_flag_on_any_machine(command, tmp_path, capsys):
+    """The reading commands name --device as the command line gave it, through the field mechanism, also
+    where CUDA is present (test_trust's 'cuda' case runs on CPU-only machines only): 'meta' is refused
+    everywhere, before the run folder is read."""
+    assert main([command, "--run", str(tmp_path / "no-run"), "--device", "meta"]) == 2
+    err = capsys.readouterr().err
+    assert "--device 'meta': glann_ext trains on cpu or cuda, not meta" in err
+    assert "config field" not in err and "no-run" not in err

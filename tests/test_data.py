@@ -17,6 +17,8 @@ from glann_testing import blob_images, child_kwargs, write_idx
 
 from glann_ext.data import DataError, load_images, read_idx, toy_mixture
 from glann_ext.data import mnist as mnist_mod
+from glann_ext.data.datasets import checked_image_batch, layout_hint
+from glann_ext.errors import UsageError
 from glann_ext.metrics import mode_coverage
 
 
@@ -1105,3 +1107,23 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_layout_hints_for_three_dimensional_images_follow_the_expected_shape():
+    """(k, H, W) is k grey images or, for k of 1 or 3, maybe one image: both hints when the wanted shape is
+    not known; when it is, the one that fits it (3 images for a grey model are not one RGB image)."""
+    both = " (one channel? images.unsqueeze(1); one image? images.unsqueeze(0))"
+    assert layout_hint((1, 28, 28)) == both and layout_hint((3, 28, 28)) == both
+    assert layout_hint((5, 28, 28)) == " (one channel? images.unsqueeze(1))"
+    assert layout_hint((3, 28, 28), expected=(3, 28, 28)) == " (one image? images.unsqueeze(0))"
+    assert layout_hint((3, 28, 28), expected=(1, 28, 28)) == " (one channel? images.unsqueeze(1))"
+    with pytest.raises(UsageError, match=r"got \(3, 28, 28\) \(one channel\? x.unsqueeze\(1\)\)$"):
+        checked_image_batch("x", torch.zeros(3, 28, 28), (1, 28, 28))
+
+
+def test_an_empty_flat_array_holds_no_images_too(tmp_path):
+    """(0, H*W) is as empty as (0, H, W): the same message, not "expected images shaped ... or flat (N, H*W)",
+    which it is."""
+    np.save(tmp_path / "flat0.npy", np.zeros((0, 784), np.uint8))
+    with pytest.raises(DataError, match=r"flat0.npy: .* of shape \(0, 784\) holds no images \(N = 0\)$"):
+        load_images(str(tmp_path / "flat0.npy"))

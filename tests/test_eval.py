@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from glann_testing import OPS, blob_images, child_kwargs, plant_pickle
+from glann_testing import OPS, blob_images, child_kwargs, plant_pickle, tiny_config
 from PIL import Image
 
 from glann_ext._threads import intra_op_threads
@@ -26,13 +26,16 @@ from glann_ext.evaluate import (
     _ceiling_line,
     _draw,
     _held_out,
+    _scored,
     ceiling_ratios,
     classifier_name,
+    evaluate_model,
     evaluate_run,
     format_table,
     memorisation_summary,
 )
 from glann_ext.metrics.classifier import DomainClassifier, cache_path
+from glann_ext.train import fit
 
 pytest.importorskip("mlxtend")
 
@@ -895,3 +898,34 @@ def test_the_training_images_digest_is_of_contiguous_float32_pixels():
     assert images_digest(x.double()) == want
     assert images_digest(x.to(memory_format=torch.channels_last).clone()) == want
     assert images_digest(x.permute(0, 1, 3, 2).contiguous().permute(0, 1, 3, 2)) == want
+
+
+def test_the_random_cnn_scores_name_the_held_out_images_they_used(tmp_path):
+    """Fewer than six samples are scored against six held-out images (density/coverage's k = 5) in the
+    random CNN's features too: eval.json's n_scored_real says so, and the table with it."""
+    train = torch.as_tensor(blob_images(40, 16, seed=1))[:, None] / 255.0
+    held = torch.as_tensor(blob_images(12, 16, seed=2))[:, None] / 255.0
+    model = fit(train, tiny_config(glo_epochs=1, imle_epochs=1))
+    for n, real in ((4, 6), (9, 9)):
+        got = evaluate_model(model, out=tmp_path / str(n), images=train, test=held, n=n, progress=False)
+        assert got["n_scored"] == n and got["n_scored_real"] == real
+    assert "(9 of each scored)" in format_table(got)
+    four = json.loads((tmp_path / "4" / "eval.json").read_text())
+    assert "(4 samples vs 6 real images scored)" in format_table(four)
+
+
+def test_the_table_says_how_many_samples_and_real_images_were_scored():
+    """The counts line: "(m of each scored)" when fewer were scored than drawn *or* than held out, nothing
+    when all of both were, "(m samples vs r real images scored)" when the real images outnumber the samples;
+    an eval.json written before 0.3.9 (no n_scored_real) reads as it did."""
+
+    def line(n_samples, n_test, n_scored, n_scored_real=None):
+        res = {"n_samples": n_samples, "n_test": n_test, "n_scored": n_scored}
+        return _scored(res if n_scored_real is None else {**res, "n_scored_real": n_scored_real})
+
+    assert line(1500, 1000, 1000, 1000) == " (1000 of each scored)"  # fewer than drawn
+    assert line(200, 1000, 200, 200) == " (200 of each scored)"  # fewer than held out
+    assert line(1000, 1000, 1000, 1000) == ""
+    assert line(4, 1000, 4, 6) == " (4 samples vs 6 real images scored)"
+    assert line(200, 1000, 200) == " (200 of each scored)"  # before 0.3.9
+    assert _scored({"n_samples": 30, "n_test": 0}) == ""  # nothing scored (no held-out images)

@@ -102,7 +102,7 @@ def test_fit_refuses_a_config_that_is_not_a_train_config(blobs):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_fit_refuses_a_device_this_machine_lacks(blobs):
     """Named as the Python argument it is (it read "--device cuda: ...; use --device cpu", the command's flag)."""
-    with pytest.raises(ConfigError, match="^device 'cuda:9'") as err:
+    with pytest.raises(ConfigError, match=r"^device 'cuda:9'") as err:
         fit(blobs, tiny_config(), device="cuda:9")
     assert "--" not in str(err.value) and err.value.field == "device"
 
@@ -163,7 +163,7 @@ def test_train_refuses_a_config_that_is_not_a_train_config(tmp_path):
 def test_load_model_refuses_a_device_it_cannot_load_onto_before_reading(tmp_path):
     """device="meta" failed inside balanced sampling's calibration, and "cuda" on a CPU-only torch with
     torch's AssertionError: the device is checked as training checks it (ConfigError)."""
-    with pytest.raises(ConfigError, match="^device 'meta': glann_ext trains on cpu or cuda, not meta$"):
+    with pytest.raises(ConfigError, match=r"^device 'meta': glann_ext trains on cpu or cuda, not meta$"):
         load_model(tmp_path / "no-such-run", device="meta")
 
 

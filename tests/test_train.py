@@ -861,7 +861,7 @@ def test_config_checks_across_fields_types_and_devices():
         ):
             check_device(spec)
     # a config's device is named as its field
-    with pytest.raises(ConfigError, match="^config field device 'meta': glann_ext trains on cpu or cuda"):
+    with pytest.raises(ConfigError, match=r"^config field device 'meta': glann_ext trains on cpu or cuda"):
         TrainConfig(device="meta").check_runnable()
 
 
