@@ -1548,8 +1548,8 @@ def test_classifier_weights_change_with_any_weight_or_input_statistic():
 
 def test_lenet_trains_on_train_threads_whatever_the_callers_setting(tmp_path, monkeypatch):
     """Every training step runs on TRAIN_THREADS threads and the caller's count is back after: checked
-    directly, so that it holds on a CPU whose convolutions happen to round alike on 1 and 3 threads (the
-    weights comparison of the test above passes there without the thread setting)."""
+    directly, so that it holds on a CPU whose convolutions happen to round alike on 1 and 3 threads (there
+    test_lenet_training_gives_the_same_weights_whatever_the_callers_thread_count passes without the setting)."""
     seen = []
     loss = F.cross_entropy
 
