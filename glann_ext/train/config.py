@@ -529,8 +529,8 @@ def check_device(spec: str, *, fused: bool = True) -> None:
     its flag instead (``--device 'cuda': ...``)."""
     import torch
 
-    def refused(problem: str) -> ConfigError:
-        return ConfigError(f"device {spec!r}: {problem}", field="device", problem=f"{spec!r}: {problem}")
+    def refused(problem: str) -> ConfigError:  # named as an argument; a config names it as its field
+        return _field_error("device", f"{spec!r}: {problem}", message=f"device {spec!r}: {problem}")
 
     try:
         dev = torch.device(spec)
