@@ -151,17 +151,40 @@ def test_integer_ties_exact() -> None:
     assert torch.equal(nn_argmin(q, k), ref)
 
 
-@pytest.mark.parametrize(("dtype", "exponent"), [(torch.float32, -62), (torch.float64, -510)])
+@pytest.mark.parametrize(
+    ("dtype", "exponent"),
+    [(torch.float32, -62), (torch.float32, -72), (torch.float64, -510), (torch.float64, -534)],
+)
 def test_tiny_distances_down_to_the_subnormal_range_are_ranked_exactly(dtype, exponent) -> None:
-    # The CPU kernels keep ||k||^2 / 2 - q.k: halving is exact while the half stays a normal float
-    # (squared norms 2^-124 and 2^-1020 here), so a key that near the query still loses to one at distance 0
-    # (below that the documented subnormal rounding begins: docs in glann_ext/ops/nn_argmin.py).
+    # Squared norms 2^-124 and 2^-1020 (normal), 2^-144 and 2^-1068 (subnormal): every score here is a
+    # multiple of the smallest subnormal, so ||k||^2 - 2 q.k is exact and so is the ranking.
     a = 2.0**exponent
     k = torch.tensor([[a], [a * 3], [0.0], [a * 2]], dtype=dtype)
     q = torch.tensor([[0.0], [a * 3], [a * 2.5]], dtype=dtype)
     idx, dist = nn_argmin(q, k, return_distances=True)
     assert idx.tolist() == [2, 1, 1]  # the tie at 2.5a between 2a and 3a goes to the lower index
     assert dist.tolist() == [0.0, 0.0, (a * 0.5) ** 2]
+
+
+# A key whose squared norm lies at the bottom of the range against a key at distance 0, placed second.
+# 0.3.9's CPU kernels kept ||k||^2 / 2 - q.k, and a half below the smallest normal float rounds (here to
+# the other key's score): the farther key tied and won on its lower index. The last pair are normal
+# squared norms in [2^-126, 2^-125), whose halves are subnormal: the farther key, first, tied the nearer.
+TINY_KEYS = [
+    (torch.float32, [3 * 2.0**-76, 0.0]),  # a^2 rounds to 2^-149, its half to 0
+    (torch.float64, [2.0**-537, 0.0]),  # a^2 = 2^-1074
+    (torch.float32, [1.8418797e-38**0.5, 1.8418794e-38**0.5]),
+]
+
+
+@pytest.mark.parametrize(("dtype", "keys"), TINY_KEYS)
+def test_a_squared_norm_at_the_bottom_of_the_range_still_ranks(dtype, keys) -> None:
+    q = torch.zeros(2, 1, dtype=dtype)
+    k = torch.tensor(keys, dtype=dtype)[:, None]
+    assert k[0, 0] ** 2 > k[1, 0] ** 2  # the farther key comes first
+    idx, dist = nn_argmin(q, k, return_distances=True)
+    assert idx.tolist() == [1, 1]
+    assert dist.tolist() == [(k[1, 0] ** 2).item()] * 2
 
 
 @settings(max_examples=40, deadline=None)
@@ -286,6 +309,9 @@ def test_every_simd_path(isa: str, tmp_path) -> None:
             assert torch.equal(glann_ext.nn_argmin(q.double(), k.double()), ref.argmin(1))
             k2 = torch.cat([k, k]).double()  # exact copies: the lower index on every path
             assert torch.equal(glann_ext.nn_argmin(k2[:m], k2), torch.arange(m))
+            for dt, a in ((torch.float32, 3 * 2.0**-76), (torch.float64, 2.0**-537)):  # TINY_KEYS
+                tiny = torch.tensor([[a], [0.0]], dtype=dt)
+                assert glann_ext.nn_argmin(torch.zeros(1, 1, dtype=dt), tiny).tolist() == [1]
             q.view(-1)[-1] = float("nan")
             try:
                 glann_ext.nn_argmin(q, k)

@@ -9,18 +9,16 @@
 namespace glann {
 namespace nn_cpu {
 
-// The kernels of one element type T (float: float32 inputs, double: float64 inputs). Scores are kept
-// halved inside a block (||k||^2 / 2 - q.k) and written back as ||k||^2 - 2 q.k. The halving is exact but
-// for squared norms below 2^-125 in float32 (2^-1021 in float64), whose halves are subnormal and round by one
-// step: keys that near a query may tie (to the lower index) where an unhalved score would not (nn_argmin.py).
+// The kernels of one element type T (float: float32 inputs, double: float64 inputs). Scores are
+// ||k||^2 - 2 q.k, accumulated from ||k||^2 with the queries packed doubled (nn_argmin_cpu_isa.h).
 template <typename T>
 struct TypedKernels {
   int panel_keys;  // keys per packed panel (NR)
   int micro_rows;  // query rows per micro-tile (MR)
-  // Packs keys [k0, k0 + nk) into panels with their halved squared norms. Returns the lowest key index
+  // Packs keys [k0, k0 + nk) into panels with their squared norms. Returns the lowest key index
   // (k0-based, like k0) holding NaN or Inf, or -1.
   int64_t (*pack_block)(const NnArgminParams& p, int64_t k0, int64_t nk, T* buf);
-  // Packs query rows [r0, r1) as micro-tiles. With `check`, returns the lowest row holding NaN or Inf
+  // Packs query rows [r0, r1), doubled, as micro-tiles. With `check`, returns the lowest row holding NaN or Inf
   // (else, and without `check`, -1).
   int64_t (*pack_queries)(const NnArgminParams& p, int64_t r0, int64_t r1, T* qbuf, bool check);
   // Lowers (best_score, best_index)[r0, r1) where a key of the packed block scores strictly better.

@@ -6,13 +6,15 @@
 //
 // Layout of one packed key block (caller's workspace, 64-byte aligned):
 //   panels[p][d][NR]  the keys of panel p transposed, NR = 2 vectors of keys per panel
-//   halves[p][NR]     ||k||^2 / 2 of each key; +inf for padding lanes past the block's end
-// Micro-tile: MR query rows x NR keys in 2*MR vector registers, which start at ||k||^2 / 2 and take
-// -q[c] * k[c] for c = 0 .. d-1 (fused negative multiply-adds where the ISA has them): the halved score
-// h(q, k) = ||k||^2 / 2 - q.k, by the same instruction sequence for every pair. The epilogue compares
-// each row's minimum over the tile's lanes with that row's running best (one compare per vector, one
-// branch per micro-tile); only a strictly lower lane takes the slow path, which scans the lanes in key
-// order, so ties keep the lowest index. Scores leave the kernel as 2 h = ||k||^2 - 2 q.k (exact).
+//   norms[p][NR]      ||k||^2 of each key; +inf for padding lanes past the block's end
+// Query tiles are packed doubled (2 q: exact, and within the norm bound it cannot overflow).
+// Micro-tile: MR query rows x NR keys in MR*NV vector registers, which start at ||k||^2 and take
+// -(2 q[c]) * k[c] for c = 0 .. d-1 (fused negative multiply-adds where the ISA has them): the score
+// s(q, k) = ||k||^2 - 2 q.k, by the same instruction sequence for every pair. (Halved scores,
+// ||k||^2 / 2 - q.k, would save nothing and round where the half is subnormal: 0.3.9 kept them, and keys
+// that near a query could tie.) The epilogue compares each row's minimum over the tile's lanes with that
+// row's running best (one compare per vector, one branch per micro-tile); only a strictly lower lane takes
+// the slow path, which scans the lanes in key order, so ties keep the lowest index.
 // The N x M matrix never exists.
 #include <cstddef>
 #include <cstdint>
@@ -25,6 +27,7 @@
 
 #include "nn_argmin/nn_argmin.h"
 #include "nn_argmin/nn_argmin_cpu.h"
+#include "nn_argmin/nn_argmin_math.h"  // GLANN_HD: internal linkage in every copy
 
 #ifndef GLANN_ISA
 #error "define GLANN_ISA (the copy's namespace) before including nn_argmin_cpu_isa.h"
@@ -121,16 +124,16 @@ inline const T* key_row(const NnArgminParams& p, int64_t k) {
   return static_cast<const T*>(p.keys) + k * p.keys_strides[0];
 }
 
-// acc[i][v] = halves[v] - sum_k q[i][k] * keys[k][v*W .. v*W+W) for k in [0, d). q is packed [d][MR].
+// acc[i][v] = norms[v] - sum_k q2[i][k] * keys[k][v*W .. v*W+W) for k in [0, d). q2 = 2 q, packed [d][MR].
 template <typename T>
-inline void micro_tile(const T* __restrict qp, const T* __restrict kp, int64_t d, const T* halves,
+inline void micro_tile(const T* __restrict qp, const T* __restrict kp, int64_t d, const T* norms,
                        typename Simd<T>::V (&acc)[kMR][kNV]) {
   using V = typename Simd<T>::V;
   constexpr int kW = Simd<T>::kW, kNR = Simd<T>::kNR;
 #pragma GCC unroll 32
   for (int i = 0; i < kMR; ++i)
 #pragma GCC unroll 4
-    for (int v = 0; v < kNV; ++v) acc[i][v] = load(halves + v * kW);
+    for (int v = 0; v < kNV; ++v) acc[i][v] = load(norms + v * kW);
   for (int64_t k = 0; k < d; ++k) {
     V key[kNV];
 #pragma GCC unroll 4
@@ -146,16 +149,15 @@ inline void micro_tile(const T* __restrict qp, const T* __restrict kp, int64_t d
   }
 }
 
-// Packs keys [k0, k0 + nk) into panels and computes their halved squared norms.
+// Packs keys [k0, k0 + nk) into panels and computes their squared norms.
 template <typename T>
 int64_t pack_block_t(const NnArgminParams& p, int64_t k0, int64_t nk, T* buf) {
   using V = typename Simd<T>::V;
   constexpr int kW = Simd<T>::kW, kNR = Simd<T>::kNR;
   const int64_t d = p.dim, n_panels = (nk + kNR - 1) / kNR;
-  T* halves = buf + n_panels * d * kNR;
+  T* norms = buf + n_panels * d * kNR;
   int64_t first_bad = -1;
-  // ||k||^2 / 2 <= max / 8, i.e. ||k||^2 <= max / 4 (exact: powers of two).
-  const T kMaxHalfNorm = (sizeof(T) == 4 ? T(__FLT_MAX__) : T(__DBL_MAX__)) * T(0.125);
+  const T kMaxNorm = nn::max_squared_norm<T>();
   constexpr int64_t kColumns = 64;  // columns per pass: the pass's part of a panel (6-12 KB) stays in L1
   for (int64_t pi = 0; pi < n_panels; ++pi) {
     T* panel = buf + pi * d * kNR;
@@ -184,14 +186,14 @@ int64_t pack_block_t(const NnArgminParams& p, int64_t k0, int64_t nk, T* buf) {
           norm[v] += a * a;
         }
     }
-    for (int v = 0; v < kNV; ++v) store(halves + pi * kNR + v * kW, norm[v] * T(0.5));
+    for (int v = 0; v < kNV; ++v) store(norms + pi * kNR + v * kW, norm[v]);
     for (int j = 0; j < kNR; ++j) {
       const int64_t key = pi * kNR + j;
       if (key >= nk) {
-        halves[pi * kNR + j] = __builtin_inf();
-      } else if (first_bad < 0 && !(halves[pi * kNR + j] <= kMaxHalfNorm)) {
-        // NaN/Inf in the key, or finite values whose squared norm is above max/4: the score ||k||^2/2 - q.k
-        // could overflow (with the queries in the same bound, checked by the caller, 2|h| <= 3/4 max), and
+        norms[pi * kNR + j] = __builtin_inf();
+      } else if (first_bad < 0 && !(norms[pi * kNR + j] <= kMaxNorm)) {
+        // NaN/Inf in the key, or finite values whose squared norm is above max/4: the score ||k||^2 - 2 q.k
+        // could overflow (with the queries in the same bound, checked by the caller, |s| <= 3/4 max), and
         // a key scored +inf or NaN never wins. Both are reported; the caller tells them apart by looking at the row.
         first_bad = k0 + key;
       }
@@ -200,8 +202,9 @@ int64_t pack_block_t(const NnArgminParams& p, int64_t k0, int64_t nk, T* buf) {
   return first_bad;
 }
 
-// Packs query rows [r0, r1) as micro-tiles [tile][d][MR]; the last tile repeats its last row
-// (those results are discarded). Done once per task, so a tile is not re-packed for every key block.
+// Packs query rows [r0, r1), doubled, as micro-tiles [tile][d][MR]; the last tile repeats its last row
+// (those results are discarded). Done once per task, so a tile is not re-packed for every key block. The
+// check reads the row as given: 2 q of a finite q within the norm bound is finite and exact.
 template <typename T>
 int64_t pack_queries_t(const NnArgminParams& p, int64_t r0, int64_t r1, T* qbuf, bool check) {
   const int64_t d = p.dim;
@@ -215,13 +218,13 @@ int64_t pack_queries_t(const NnArgminParams& p, int64_t r0, int64_t r1, T* qbuf,
       T zero = T(0);  // stays 0 for a finite row; NaN/Inf times 0 is NaN
       if (p.queries_strides[1] == 1) {
         for (int64_t c = 0; c < d; ++c) {
-          tile[c * kMR + i] = src[c];
+          tile[c * kMR + i] = src[c] * T(2);
           zero += src[c] * T(0);
         }
       } else {
         for (int64_t c = 0; c < d; ++c) {
           const T v = src[c * p.queries_strides[1]];
-          tile[c * kMR + i] = v;
+          tile[c * kMR + i] = v * T(2);
           zero += v * T(0);
         }
       }
@@ -240,7 +243,7 @@ void scan_block_t(const NnArgminParams& p, const T* buf, int64_t k0, int64_t nk,
   using M = typename Simd<T>::M;
   constexpr int kW = Simd<T>::kW, kNR = Simd<T>::kNR;
   const int64_t d = p.dim, n_panels = (nk + kNR - 1) / kNR;
-  const T* halves = buf + n_panels * d * kNR;
+  const T* norms = buf + n_panels * d * kNR;
 
   for (int64_t r = r0; r < r1; r += kMR) {
     const int rows = static_cast<int>(imin(kMR, r1 - r));
@@ -249,14 +252,14 @@ void scan_block_t(const NnArgminParams& p, const T* buf, int64_t k0, int64_t nk,
     int64_t best_at[kMR];
     V bar[kMR];  // best[i] in every lane; -inf for the repeated rows of a partial tile (never taken)
     for (int i = 0; i < kMR; ++i) {
-      best[i] = i < rows ? best_score[r + i] * T(0.5) : -T(__builtin_inf());
+      best[i] = i < rows ? best_score[r + i] : -T(__builtin_inf());
       best_at[i] = -1;
       bar[i] = splat(best[i]);
     }
 
     for (int64_t pi = 0; pi < n_panels; ++pi) {
       V acc[kMR][kNV];
-      micro_tile<T>(tile, buf + pi * d * kNR, d, halves + pi * kNR, acc);
+      micro_tile<T>(tile, buf + pi * d * kNR, d, norms + pi * kNR, acc);
       M lower = M{};
 #pragma GCC unroll 32
       for (int i = 0; i < kMR; ++i) {
@@ -283,7 +286,7 @@ void scan_block_t(const NnArgminParams& p, const T* buf, int64_t k0, int64_t nk,
 
     for (int i = 0; i < rows; ++i)
       if (best_at[i] >= 0) {
-        best_score[r + i] = best[i] * T(2);
+        best_score[r + i] = best[i];
         best_index[r + i] = best_at[i];
       }
   }

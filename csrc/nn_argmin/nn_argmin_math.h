@@ -19,7 +19,7 @@ GLANN_HD bool better(Score score, Index index, Score best_score, Index best_inde
 
 // The largest squared row norm the kernels score: a quarter of the accumulation type's maximum. With
 // ||q||^2 and ||k||^2 both within it, ||k||^2 - 2 q.k stays within 3/4 of the maximum and cannot overflow
-// (glann_ext.ops._checks.max_squared_norm; the CPU kernels compare the halved norms with max / 8).
+// (glann_ext.ops._checks.max_squared_norm).
 template <typename Acc>
 GLANN_HD constexpr Acc max_squared_norm() {
   return (sizeof(Acc) == 4 ? Acc(__FLT_MAX__) : Acc(__DBL_MAX__)) * Acc(0.25);

@@ -11,10 +11,10 @@ count and tiling; ties go to the lowest key index, and the returned distance of 
 directly as ``sum((q - k)^2)``. Keys whose distances differ by less than the rounding of the expansion
 (about ``1e-7 * (|q|^2 + |k|^2)`` in float32, ``2e-16 * (...)`` in float64) are ordered by that rounding,
 as in every GEMM-based search (faiss included); exact duplicates always tie and resolve to the lowest
-index. Distances at the subnormal range (squared norms below 2^-125, about 2.4e-38, in float32; 2^-1021,
-about 4.5e-308, in float64) round by an absolute step instead: the CPU kernels keep ``||k||^2 / 2 - q.k``,
-and a half below the smallest normal float rounds, so two keys that close to the query may tie there and
-go to the lower index.
+index. Scores below the smallest normal float (about 1.2e-38 in float32, 2.2e-308 in float64) keep an
+absolute step, the smallest subnormal, instead of a relative one. (Before 0.3.10 the CPU kernels kept
+``||k||^2 / 2 - q.k``, whose halves rounded from squared norms below 2^-125 in float32, 2^-1021 in float64:
+a farther key that near the query could tie one at distance 0 and win on its lower index.)
 
 Inputs as users have them. numpy arrays are accepted wherever tensors are (read through
 ``torch.from_numpy``, without a copy); when ``queries`` is a numpy array the results are numpy arrays
