@@ -225,7 +225,7 @@ def test_quality_smoke_report(tmp_path):
     assert res["stacked"]["rows"]["real stacks of test items (reference)"]["modes"][0] > 100
     for label in ("ring", "grid"):
         rows = res["toy"][label]["rows"]
-        assert len(rows) == 3
+        assert len(rows) == 4 and next(iter(rows)) == quality.TOY_TRAIN
         for agg in rows.values():
             assert math.isfinite(agg["modes_covered"][0]) and math.isfinite(agg["high_quality_fraction"][0])
     table_rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
@@ -283,7 +283,13 @@ def test_2d_part_in_worker_processes_gives_the_results_of_one_process(tmp_path):
     pooled = quality.run_toy(b, tmp_path, workers=2)
     assert (inline["workers"], pooled["workers"]) == (1, 2)
     for label in ("ring", "grid"):
-        assert list(pooled[label]["rows"]) == [quality.TOY_TIGHT, "IMLE (paper)", quality.TOY_GAN]
+        assert list(pooled[label]["rows"]) == [
+            quality.TOY_TRAIN,
+            quality.TOY_TIGHT,
+            "IMLE (paper)",
+            quality.TOY_GAN,
+        ]
+        assert "seconds" not in pooled[label]["rows"][quality.TOY_TRAIN]
         for name, row in inline[label]["rows"].items():
             for key in ("modes_covered", "high_quality_fraction", "reverse_kl", "min_mode_pct"):
                 assert pooled[label]["rows"][name][key] == row[key], (label, name, key)
@@ -456,8 +462,10 @@ def _hand_made_results():
     toy_row = {"modes_covered": (7.5, 0.2), "high_quality_fraction": (0.91, 0.015), "reverse_kl": (0.123, 0.0345),
                "min_mode_pct": (9.87, 0.654), "seconds": (12.34, 0.44)}  # fmt: skip
     one_seed = {k: (v[0], nan) for k, v in toy_row.items()}
-    toy = {label: {"rows": {quality.TOY_TIGHT: toy_row, "IMLE (paper)": one_seed}, "png": f"toy_{label}.png",
-                   "modes": modes} for label, modes in (("ring", 8), ("grid", 25))}  # fmt: skip
+    points = {k: (v[0] / 2, v[1] / 2) for k, v in toy_row.items() if k != "seconds"}  # no train seconds
+    toy = {label: {"rows": {quality.TOY_TRAIN: points, quality.TOY_TIGHT: toy_row, "IMLE (paper)": one_seed},
+                   "png": f"toy_{label}.png", "modes": modes}
+           for label, modes in (("ring", 8), ("grid", 25))}  # fmt: skip
     stacked_paired = {"modes": (12.5, 3.21), "kl": (-0.042, 0.011), "kl_classes": (0.003, nan),
                       "kl_dependence": (-0.045, 0.012)}  # fmt: skip
     stacked = {
@@ -507,6 +515,7 @@ def test_write_report_puts_every_number_in_its_row_and_column(tmp_path):
     expected = [
         # (a): modes, HQ %, KL, min mode %, train s; one seed: no standard error
         f"| {quality.TOY_TIGHT} | 7.5 ± 0.2 | 91.0 ± 1.5 | 0.12 ± 0.03 | 9.87 ± 0.65 | 12.3 ± 0.4 |",
+        f"| {quality.TOY_TRAIN} | 3.8 ± 0.1 | 45.5 ± 0.8 | 0.06 ± 0.02 | 4.93 ± 0.33 | - |",
         "| IMLE (paper) | 7.5 | 91.0 | 0.12 | 9.87 | 12.3 |",
         # (b): modes, KL, its class-share part, its between-channel part, train s
         "| GLANN | 812 ± 12 | 0.45 ± 0.02 | 0.10 ± 0.01 | 0.35 ± 0.03 | 30.1 ± 0.5 |",
@@ -986,14 +995,20 @@ def test_run_toy_reports_the_smallest_modes_share_of_all_samples(monkeypatch, tm
     from benchmarks import quality
     from glann_ext.metrics import mode_coverage
 
-    def runs(label, seed, b):
-        """80 samples on the centres: 3 + seed in the first mode, the rest spread over the others."""
-        preset = quality.TOY_PRESETS[label]
-        k, first = len(preset.centres), 3 + seed
-        counts = torch.full((k,), (b.toy_samples - first) // (k - 1))
-        counts[0], counts[1] = first, b.toy_samples - first - counts[2:].sum()
+    def on_centres(preset, n, first):
+        """n samples on the centres: ``first`` in the first mode, the rest spread over the others."""
+        k = len(preset.centres)
+        counts = torch.full((k,), (n - first) // (k - 1))
+        counts[0], counts[1] = first, n - first - counts[2:].sum()
         samples = torch.repeat_interleave(preset.centres.float(), counts, dim=0)
-        return {"IMLE (paper)": (mode_coverage(samples, preset), 1.0 + seed, samples)}
+        return mode_coverage(samples, preset), samples
+
+    def runs(label, seed, b):
+        """80 samples with 3 + seed in the first mode; 64 training points with 2 + seed there."""
+        preset = quality.TOY_PRESETS[label]
+        cov, samples = on_centres(preset, b.toy_samples, 3 + seed)
+        ref, points = on_centres(preset, b.toy_train_points, 2 + seed)
+        return {quality.TOY_TRAIN: (ref, None, points), "IMLE (paper)": (cov, 1.0 + seed, samples)}
 
     monkeypatch.setattr(quality, "toy_runs", runs)
     b = dataclasses.replace(quality.BUDGETS["smoke"], toy_seeds=(0, 1), toy_samples=80, toy_train_points=64)
@@ -1002,6 +1017,10 @@ def test_run_toy_reports_the_smallest_modes_share_of_all_samples(monkeypatch, tm
     assert ring["min_mode_pct"] == pytest.approx((100 * 3.5 / 80, 100 * 0.5 / 80))  # 3 and 4 of 80 samples
     assert grid["min_mode_pct"] == pytest.approx((100 * 3 / 80, 0.0))  # 3 of 80 in some mode either way
     assert ring["modes_covered"] == (8.0, 0.0) and ring["seconds"] == (1.5, 0.5)
+    points = out["ring"]["rows"][quality.TOY_TRAIN]  # a share of its own 64 points, and no train seconds
+    assert (
+        points["min_mode_pct"] == pytest.approx((100 * 2.5 / 64, 100 * 0.5 / 64)) and "seconds" not in points
+    )
     assert (tmp_path / "toy_ring.png").stat().st_size > 0
 
 
@@ -1016,6 +1035,7 @@ def test_toy_runs_train_each_method_with_the_runs_seed():
     b = dataclasses.replace(quality.BUDGETS["smoke"], toy_train_points=16, toy_steps=3, toy_samples=50)
     out = quality.toy_runs("ring", 1, b)
     points = RING_PACGAN.sample(16, seed=1)
+    assert torch.equal(out[quality.TOY_TRAIN][2], points) and out[quality.TOY_TRAIN][1] is None
     noise = torch.randn(50, 2, generator=torch.Generator().manual_seed(10_001))
     for name, tight in ((quality.TOY_TIGHT, True), ("IMLE (paper)", False)):
         generator = seeded(1, lambda: MLP(2, 2, 128, 3, batch_norm=False))
