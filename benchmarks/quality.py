@@ -236,13 +236,13 @@ def run_toy(b: Budget, figdir: Path, workers: int = 1) -> dict:
         per_seed = [runs[label, seed] for seed in b.toy_seeds]
         rows = {}
         for name in per_seed[0]:
-            results = [r[name][0] for r in per_seed]
-            agg = aggregate_seeds(results)
+            coverages, seconds, samples = zip(*(r[name] for r in per_seed))
+            agg = aggregate_seeds(list(coverages))
             agg["min_mode_pct"] = _mean_sem_list(  # of the row's own count (the reference has fewer)
-                [100 * float(r[name][0].mode_counts.min()) / len(r[name][2]) for r in per_seed]
+                [100 * float(c.mode_counts.min()) / len(s) for c, s in zip(coverages, samples)]
             )
-            if per_seed[0][name][1] is not None:
-                agg["seconds"] = _mean_sem_list([r[name][1] for r in per_seed])
+            if seconds[0] is not None:  # the reference row has none
+                agg["seconds"] = _mean_sem_list(list(seconds))
             rows[name] = agg
         shown = {name: samples for name, (_, _, samples) in per_seed[0].items() if name != TOY_TRAIN}
         png = figdir / f"toy_{label}.png"
