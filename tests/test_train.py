@@ -1230,12 +1230,16 @@ def test_a_diverged_stage_stops_before_saving_and_resumes_with_a_lower_rate(tmp_
     """A rate far too high made the IMLE loss NaN/inf; the run checkpointed the NaN state over the last good
     one (older steps deleted) and failed later in a kernel's NaN check, and a lower rate was refused on
     resume. Now the stage stops at the step (DivergedError, naming the rate's flag) with nothing non-finite
-    saved, and a resume may lower the rate (recorded in resumes.jsonl)."""
+    saved, and a resume may lower the rate (recorded in resumes.jsonl). Which non-finite value is seen first
+    depends on the CPU's rounding: on a 2-core Zen 1 EPYC (AVX2), Adam's second moment overflowed while the
+    loss was still finite, and the checkpoint's check stopped the stage."""
     out = tmp_path / "nan"
     cfg = tiny_config(dataset=blob_file, glo_epochs=1, imle_epochs=2, imle_lr=1e6, ckpt_every=ckpt_every)
     logged: list[str] = []
     with pytest.raises(
-        DivergedError, match=r"^the IMLE stage diverged: the loss is (nan|inf) at epoch .*--imle-lr"
+        DivergedError,
+        match=r"^the IMLE stage diverged: (the loss is (nan|inf)|state\.imle\.\S+ holds NaN or Inf) at epoch "
+        r".*--imle-lr",
     ):
         train(cfg, out, progress=False, log=logged.append)
     manifest = ckpt.read_manifest(out)
