@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from typing import ClassVar
 
@@ -31,6 +32,7 @@ from glann_ext.metrics import (
     frechet_distance_from_statistics,
     kl_split,
     knn_radii,
+    knn_radii_each,
     make_stacked,
     mean_sem,
     memorisation_report,
@@ -47,6 +49,7 @@ from glann_ext.metrics import (
 )
 from glann_ext.metrics import classifier as classifier_module
 from glann_ext.metrics.classifier import FEATURE_DIM, TRAIN_THREADS
+from glann_ext.metrics.knn import DEFAULT_TILE_BYTES
 
 # --------------------------------------------------------------------------------------------------
 # Mode coverage on 2-D mixtures
@@ -454,6 +457,55 @@ def test_prdc_bad_inputs():
         precision_recall(torch.randn(10, 3), torch.randn(10, 3), k=0)
 
 
+def _prdc_brute_force(real, fake, k_pr, k_dc):
+    """The papers' definitions on full float64 distance matrices (direct differences, no expansion)."""
+    dist = functools.partial(torch.cdist, compute_mode="donot_use_mm_for_euclid_dist")
+    d_rr, d_ff, d_rf = dist(real, real), dist(fake, fake), dist(real, fake)  # (N, N), (M, M), (N, M)
+    r_pr, r_dc, f_pr = (
+        d_rr.sort(1).values[:, k_pr],
+        d_rr.sort(1).values[:, k_dc],
+        d_ff.sort(1).values[:, k_pr],
+    )
+    return PRDC(
+        precision=float((d_rf <= r_pr[:, None]).any(0).double().mean()),
+        recall=float((d_rf <= f_pr[None, :]).any(1).double().mean()),
+        density=float((d_rf < r_dc[:, None]).double().sum()) / (k_dc * fake.shape[0]),
+        coverage=float((d_rf.min(1).values < r_dc).double().mean()),
+    )
+
+
+@pytest.mark.parametrize(("k_pr", "k_dc"), [(3, 5), (5, 3), (2, 2), (1, 7)])
+@pytest.mark.parametrize("tile_bytes", [1000, DEFAULT_TILE_BYTES])
+def test_prdc_in_one_cross_pass_on_tied_points(k_pr, k_dc, tile_bytes):
+    """prdc reads the real x fake distances once for all four metrics (cross_pass: balls on both sets and
+    the nearest fake) and the real radii for both k at once (knn_radii_each). On points of a half-integer
+    grid, where many distances tie with a radius and every one is exact, all four equal the definitions
+    exactly, over several tiles and whichever k is larger; so do the metrics taken alone."""
+    g = torch.Generator().manual_seed(k_pr * 10 + k_dc)
+    real = torch.randint(-3, 4, (150, 4), generator=g).double()
+    fake = torch.randint(-3, 4, (130, 4), generator=g).double() + 0.5 * (
+        torch.rand(130, 1, generator=g) < 0.5
+    )
+    want = _prdc_brute_force(real, fake, k_pr, k_dc)
+    assert prdc(real, fake, k_pr=k_pr, k_dc=k_dc, tile_bytes=tile_bytes) == want
+    assert precision_recall(real, fake, k=k_pr, tile_bytes=tile_bytes) == (want.precision, want.recall)
+    assert density_coverage(real, fake, k=k_dc, tile_bytes=tile_bytes) == (want.density, want.coverage)
+    each = knn_radii_each(real, (k_pr, k_dc), tile_bytes=tile_bytes)
+    assert torch.equal(each[0], knn_radii(real, k_pr)) and torch.equal(each[1], knn_radii(real, k_dc))
+
+
+def test_prdc_names_the_k_that_is_wrong():
+    x = torch.randn(6, 3)
+    with pytest.raises(ValueError, match=r"^k_pr must be a positive int, got 0"):
+        prdc(x, x, k_pr=0)
+    with pytest.raises(ValueError, match=r"^k_dc must be a positive int, got 2\.0"):
+        prdc(x, x, k_dc=2.0)
+    with pytest.raises(ValueError, match=r"^real must have at least k_dc \+ 1 = 7 rows for k_dc=6, got 6"):
+        prdc(x, x, k_dc=6)
+    with pytest.raises(ValueError, match=r"^fake must have at least k_pr \+ 1 = 4 rows for k_pr=3, got 3"):
+        prdc(x, x[:3], k_dc=2)
+
+
 def test_prdc_ball_boundaries_on_exact_points():
     """Points on a ball's boundary: closed for precision and recall, open for density and coverage (as the
     papers' definitions and code). In 1-D with k = 1, reals 0, 1, 3, 6 have radii 1, 1, 2, 3 and fakes -1,
@@ -477,8 +529,9 @@ def test_recall_counts_a_real_on_a_fake_ball_boundary():
 
 
 def test_prdc_of_a_set_against_itself_is_exact_in_16_dimensions():
-    # a centre's distances to the queries are computed with it as the row operand, as its radius was: with the
-    # queries as rows (the expanded distance is not exactly symmetric) density comes out 1.0033 for most of these
+    # the expanded distance is not exactly symmetric: deciding by it alone, with the queries as rows, gave
+    # density 1.0033 for most of these; every pair near a boundary is decided by its direct distance, so
+    # recall's fake balls (the fake set is cross_pass's column operand) are exact too
     for seed in range(5):
         x = 3 * torch.randn(60, 16, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) + 1
         assert prdc(x, x.clone()) == PRDC(1.0, 1.0, 1.0, 1.0), seed
@@ -1379,8 +1432,8 @@ def test_cached_classifier_is_retrained_for_other_data_lr_or_batch_size(tmp_path
 def test_prdc_too_few_rows_names_real_or_fake():
     with pytest.raises(ValueError, match=r"fake must have at least k \+ 1 = 4 rows for k=3, got 3"):
         precision_recall(torch.rand(20, 2), torch.rand(3, 2))
-    with pytest.raises(ValueError, match=r"real must have at least k \+ 1 = 4 rows for k=3, got 3"):
-        prdc(torch.rand(3, 2), torch.rand(20, 2))
+    with pytest.raises(ValueError, match=r"real must have at least k_pr \+ 1 = 4 rows for k_pr=3, got 3"):
+        prdc(torch.rand(3, 2), torch.rand(20, 2))  # prdc names its own argument
 
 
 def test_smaller_metric_argument_checks():

@@ -22,7 +22,7 @@ from .classifier import ARCH_VERSION, DomainClassifier, LeNet, cache_path
 from .code_usage import CodeUsage, code_usage, moment_ratios, nearest_other_code
 from .fid import FIDResult, InceptionBackend, find_inception_backend, standard_fid
 from .frechet import feature_statistics, frechet_distance, frechet_distance_from_statistics
-from .knn import ball_membership_counts, knn_radii
+from .knn import ball_membership_counts, knn_radii, knn_radii_each
 from .memorisation import MemorisationReport, memorisation_report, nearest_train, save_neighbour_grid
 from .mixtures import (
     GRID_5X5,
@@ -73,6 +73,7 @@ __all__ = [
     "grid_centres",
     "kl_split",
     "knn_radii",
+    "knn_radii_each",
     "label_stacked",
     "make_stacked",
     "mean_sem",

@@ -11,6 +11,10 @@ distance 0, never at a rounding error of 1e-8 either side of a radius.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
 import torch
 
 from ..errors import NonFiniteError
@@ -78,21 +82,40 @@ def knn_radii(
     duplicates of a row are at distance 0 exactly (the references: about 1e-8 of the rows' norm). Needs
     N >= k + 1.
     """
+    return knn_radii_each(features, (k,), tile_bytes=tile_bytes, name=name)[0]
+
+
+def knn_radii_each(
+    features: torch.Tensor,
+    ks: Sequence[int],
+    *,
+    tile_bytes: int = DEFAULT_TILE_BYTES,
+    name: str = "features",
+    k_names: Sequence[str] | None = None,
+) -> list[torch.Tensor]:
+    """:func:`knn_radii` for every k of ``ks``, from one pass over the distances (PRDC takes k = 3 and
+    k = 5 of the same real set: one matrix product per tile instead of two). ``k_names`` names each k in
+    errors (default "k"). Needs N >= max(ks) + 1."""
     x = as_float_matrix(name, features)
     check_squarable(name, x)  # else the radii came back inf
-    k = check_positive_int("k", k)
+    k_names = list(k_names) if k_names is not None else ["k"] * len(ks)
+    ks = [check_positive_int(k_name, k) for k_name, k in zip(k_names, ks, strict=True)]
     n = x.shape[0]
-    if n < k + 1:
-        raise ValueError(f"{name} must have at least k + 1 = {k + 1} rows for k={k}, got {n}")
+    for k_name, k in zip(k_names, ks):
+        if n < k + 1:
+            raise ValueError(
+                f"{name} must have at least {k_name} + 1 = {k + 1} rows for {k_name}={k}, got {n}"
+            )
     sq, (ids,) = (x * x).sum(1), _row_ids(x)
     rows = _rows_per_tile(n, tile_bytes)
-    out = torch.empty(n, dtype=torch.float64)
+    outs = [torch.empty(n, dtype=torch.float64) for _ in ks]
     for start in range(0, n, rows):
         d2 = _expanded_sq(x[start : start + rows], x, sq)
         own = torch.arange(start, start + d2.shape[0])
         d2[own - start, own] = 0.0  # the point itself, first (it is 0 exactly)
-        out[start : start + rows] = _tile_radii(x, sq, ids, own, d2, k)
-    return out
+        for out, k in zip(outs, ks):
+            out[start : start + rows] = _tile_radii(x, sq, ids, own, d2, k)
+    return outs
 
 
 def _tile_radii(
@@ -115,6 +138,27 @@ def _tile_radii(
     return radius.sqrt_()
 
 
+@dataclass(frozen=True)
+class Balls:
+    """Balls centred on the rows of one set of a :func:`cross_pass`: one float64 radius per row, open
+    (``strict``: ``d < r``) or closed (``d <= r``)."""
+
+    radii: torch.Tensor
+    strict: bool
+
+
+@dataclass(frozen=True)
+class CrossPass:
+    """What one :func:`cross_pass` over the distances between ``rows`` (N) and ``cols`` (M) found."""
+
+    #: for each of ``row_balls``: how many of those balls contain each column point (int64, (M,))
+    cols_inside: list[torch.Tensor]
+    #: for each of ``col_balls``: how many of those balls contain each row point (int64, (N,))
+    rows_inside: list[torch.Tensor]
+    #: with ``nearest``: each row's direct distance to its nearest column point (float64, (N,)), else None
+    nearest: torch.Tensor | None
+
+
 def ball_membership_counts(
     queries: torch.Tensor,
     centres: torch.Tensor,
@@ -129,34 +173,8 @@ def ball_membership_counts(
     """
     q = as_float_matrix("queries", queries)
     c = as_float_matrix("centres", centres, columns=q.shape[1])
-    check_squarable("queries", q)
-    check_squarable("centres", c)
-    check_not_meta("radii", radii)
-    r = torch.as_tensor(radii).detach().to("cpu", torch.float64)
-    if r.shape != (c.shape[0],):
-        raise ValueError(f"radii must have shape ({c.shape[0]},) like centres, got {tuple(r.shape)}")
-    if bool(r.isnan().any()):
-        raise NonFiniteError(f"radii holds NaN at row {int(r.isnan().nonzero()[0])}", argument="radii")
-    if len(r) and float(r.min()) < 0:
-        raise ValueError(
-            f"radii must be >= 0 (ball radii), got {float(r.min()):.6g} at row {int(r.argmin())}"
-        )
-    # a pair the expansion puts within its rounding of the boundary is decided by the direct distance, the
-    # one knn_radii takes its radii from: an exact copy of a centre's k-th neighbour lies on its boundary
-    sq, c_sq = (q * q).sum(1), (c * c).sum(1)
-    c_ids, q_ids = _row_ids(c, q)
-    rows = _rows_per_tile(q.shape[0], tile_bytes)
-    out = torch.zeros(q.shape[0], dtype=torch.int64)
-    for start in range(0, c.shape[0], rows):
-        d2 = _expanded_sq(c[start : start + rows], q, sq)
-        rad = r[start : start + rows].unsqueeze(1)
-        inside = d2 < rad * rad if strict else d2 <= rad * rad
-        unsure = d2.sub_(rad * rad).abs_() <= _rounding(c_sq[start : start + rows], sq, q.shape[1])
-        i, j = unsure.nonzero(as_tuple=True)
-        d = _direct_sq(c, q, i + start, j, c_ids[i + start] == q_ids[j]).sqrt_()
-        inside[i, j] = d < rad[i, 0] if strict else d <= rad[i, 0]
-        out += inside.sum(0)
-    return out
+    balls = Balls(_checked_radii("radii", radii, c.shape[0], "centres"), strict)
+    return cross_pass(c, q, row_balls=[balls], tile_bytes=tile_bytes).cols_inside[0]
 
 
 def nearest_distances(
@@ -167,19 +185,91 @@ def nearest_distances(
     neighbours gives that neighbour's distance, bit for bit."""
     x = as_float_matrix("rows", rows)
     y = as_float_matrix("keys", keys, columns=x.shape[1])
-    check_squarable("rows", x)
-    check_squarable("keys", y)
-    sq, x_sq = (y * y).sum(1), (x * x).sum(1)
-    x_ids, y_ids = _row_ids(x, y)
-    step = _rows_per_tile(y.shape[0], tile_bytes)
-    out = torch.empty(x.shape[0], dtype=torch.float64)
-    for start in range(0, x.shape[0], step):
-        d2 = _expanded_sq(x[start : start + step], y, sq)
-        least = d2.min(1, keepdim=True).values
-        # every key the expansion cannot tell from the nearest (two distances' errors): the least direct one
-        tol = 2 * _rounding(x_sq[start : start + step], sq, y.shape[1])
-        i, j = (d2 <= least + tol).nonzero(as_tuple=True)
-        best = torch.full((d2.shape[0],), float("inf"), dtype=torch.float64)
-        best.scatter_reduce_(0, i, _direct_sq(x, y, i + start, j, x_ids[i + start] == y_ids[j]), "amin")
-        out[start : start + step] = best.sqrt_()
-    return out
+    return cross_pass(x, y, nearest=True, tile_bytes=tile_bytes, names=("rows", "keys")).nearest
+
+
+def _checked_radii(name: str, radii: object, n: int, centres: str) -> torch.Tensor:
+    """``radii`` as a float64 CPU tensor of shape (n,), each >= 0, or an error naming ``name``."""
+    check_not_meta(name, radii)
+    r = torch.as_tensor(radii).detach().to("cpu", torch.float64)
+    if r.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) like {centres}, got {tuple(r.shape)}")
+    if bool(r.isnan().any()):
+        raise NonFiniteError(f"{name} holds NaN at row {int(r.isnan().nonzero()[0])}", argument=name)
+    if len(r) and float(r.min()) < 0:
+        raise ValueError(
+            f"{name} must be >= 0 (ball radii), got {float(r.min()):.6g} at row {int(r.argmin())}"
+        )
+    return r
+
+
+def cross_pass(
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    *,
+    row_balls: Sequence[Balls] = (),
+    col_balls: Sequence[Balls] = (),
+    nearest: bool = False,
+    tile_bytes: int = DEFAULT_TILE_BYTES,
+    names: tuple[str, str] = ("centres", "queries"),
+) -> CrossPass:
+    """Ball counts both ways and nearest distances from one pass over the distances between two float64
+    (N, D) and (M, D) sets (:func:`as_float_matrix`'s), one matrix product per tile of ``rows``: PRDC's
+    precision, recall, density and coverage all read the real x fake distances, once here instead of four
+    times. Every pair the expansion puts within its rounding of a ball's boundary, and every key it cannot
+    tell from a row's nearest, is decided by the direct distance, the one :func:`knn_radii` takes its radii
+    from: an exact copy of a centre's k-th neighbour lies on its boundary, whichever set is the row operand."""
+    check_squarable(names[0], rows)
+    check_squarable(names[1], cols)
+    sq, row_sq = (cols * cols).sum(1), (rows * rows).sum(1)
+    row_ids, col_ids = _row_ids(rows, cols)
+    step = _rows_per_tile(cols.shape[0], tile_bytes)
+    cols_inside = [torch.zeros(cols.shape[0], dtype=torch.int64) for _ in row_balls]
+    rows_inside = [torch.zeros(rows.shape[0], dtype=torch.int64) for _ in col_balls]
+    least = torch.empty(rows.shape[0], dtype=torch.float64) if nearest else None
+    for start in range(0, rows.shape[0], step):
+        tile = slice(start, start + step)
+        d2 = _expanded_sq(rows[tile], cols, sq)
+        tol = _rounding(row_sq[tile], sq, cols.shape[1])
+        direct = functools.partial(_tile_direct_sq, rows, cols, row_ids, col_ids, start)
+        for balls, out in zip(row_balls, cols_inside):
+            out += _within(d2, tol, balls.radii[tile].unsqueeze(1), balls.strict, direct).sum(0)
+        for balls, out in zip(col_balls, rows_inside):
+            out[tile] = _within(d2, tol, balls.radii.unsqueeze(0), balls.strict, direct).sum(1)
+        if least is not None:
+            # every key the expansion cannot tell from the nearest (two distances' errors): the least direct one
+            i, j = (d2 <= d2.min(1, keepdim=True).values + 2 * tol).nonzero(as_tuple=True)
+            best = torch.full((d2.shape[0],), float("inf"), dtype=torch.float64)
+            least[tile] = best.scatter_reduce_(0, i, direct(i, j), "amin").sqrt_()
+    return CrossPass(cols_inside, rows_inside, least)
+
+
+def _tile_direct_sq(
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    row_ids: torch.Tensor,
+    col_ids: torch.Tensor,
+    start: int,
+    i: torch.Tensor,
+    j: torch.Tensor,
+) -> torch.Tensor:
+    """Direct squared distances of the pairs (row ``start + i``, column ``j``) of a tile."""
+    return _direct_sq(rows, cols, i + start, j, row_ids[i + start] == col_ids[j])
+
+
+def _within(
+    d2: torch.Tensor,
+    tol: torch.Tensor,
+    rad: torch.Tensor,
+    strict: bool,
+    direct: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """Which pairs of a tile (expanded squared distances ``d2``, rounding bound ``tol`` (t, 1)) lie in the
+    balls of radii ``rad`` ((t, 1): on the rows; (1, M): on the columns); the pairs within ``tol`` of a
+    boundary are decided by their direct distance (``direct(i, j)``)."""
+    r2 = rad * rad
+    inside = d2 < r2 if strict else d2 <= r2
+    i, j = ((d2 - r2).abs_() <= tol).nonzero(as_tuple=True)
+    d, r = direct(i, j).sqrt_(), rad.expand_as(d2)[i, j]
+    inside[i, j] = d < r if strict else d <= r
+    return inside

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ._checks import as_float_matrix, check_positive_int
-from .knn import DEFAULT_TILE_BYTES, ball_membership_counts, knn_radii, nearest_distances
+from ._checks import as_float_matrix
+from .knn import DEFAULT_TILE_BYTES, Balls, cross_pass, knn_radii_each
 
 
 @dataclass(frozen=True)
@@ -70,28 +70,16 @@ def precision_recall(
     real: torch.Tensor, fake: torch.Tensor, *, k: int = 3, tile_bytes: int = DEFAULT_TILE_BYTES
 ) -> tuple[float, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019) of (M, D) ``fake`` vs (N, D) ``real``."""
-    r, f = _pair(real, fake)
-    k = check_positive_int("k", k)
-    real_radii = knn_radii(r, k, tile_bytes=tile_bytes, name="real")
-    fake_radii = knn_radii(f, k, tile_bytes=tile_bytes, name="fake")
-    precision = ball_membership_counts(f, r, real_radii, strict=False, tile_bytes=tile_bytes) > 0
-    recall = ball_membership_counts(r, f, fake_radii, strict=False, tile_bytes=tile_bytes) > 0
-    return float(precision.double().mean()), float(recall.double().mean())
+    res = _scores(real, fake, k, None, tile_bytes, ("k", "k"))
+    return res.precision, res.recall
 
 
 def density_coverage(
     real: torch.Tensor, fake: torch.Tensor, *, k: int = 5, tile_bytes: int = DEFAULT_TILE_BYTES
 ) -> tuple[float, float]:
     """Density and coverage (Naeem et al. 2020) of (M, D) ``fake`` vs (N, D) ``real``."""
-    r, f = _pair(real, fake)
-    k = check_positive_int("k", k)
-    real_radii = knn_radii(r, k, tile_bytes=tile_bytes, name="real")
-    inside = ball_membership_counts(f, r, real_radii, strict=True, tile_bytes=tile_bytes)
-    density = float(inside.double().sum()) / (k * f.shape[0])
-    # the nearest fake of every real by the direct distance its radius is (an exact distance beside a
-    # rounded radius counted an exact copy of a duplicated real, radius 0 but rounded to 1e-8, as covering it)
-    coverage = nearest_distances(r, f, tile_bytes=tile_bytes) < real_radii
-    return density, float(coverage.double().mean())
+    res = _scores(real, fake, None, k, tile_bytes, ("k", "k"))
+    return res.density, res.coverage
 
 
 def prdc(
@@ -102,7 +90,48 @@ def prdc(
     k_dc: int = 5,
     tile_bytes: int = DEFAULT_TILE_BYTES,
 ) -> PRDC:
-    """All four: precision/recall with ``k_pr`` (default 3), density/coverage with ``k_dc`` (default 5)."""
-    p, r = precision_recall(real, fake, k=k_pr, tile_bytes=tile_bytes)
-    d, c = density_coverage(real, fake, k=k_dc, tile_bytes=tile_bytes)
-    return PRDC(precision=p, recall=r, density=d, coverage=c)
+    """All four: precision/recall with ``k_pr`` (default 3), density/coverage with ``k_dc`` (default 5).
+
+    The values of :func:`precision_recall` and :func:`density_coverage`, from three passes over distances:
+    the real set's radii for both k, the fake set's, and one pass over the real x fake distances for all
+    four (:func:`~glann_ext.metrics.knn.cross_pass`); each metric alone reads those four times."""
+    return _scores(real, fake, k_pr, k_dc, tile_bytes, ("k_pr", "k_dc"))
+
+
+def _scores(
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    k_pr: int | None,
+    k_dc: int | None,
+    tile_bytes: int,
+    k_names: tuple[str, str],
+) -> PRDC:
+    """The metrics of :func:`prdc`; ``k_pr`` (``k_dc``) None skips precision and recall (density and
+    coverage), left NaN. ``k_names`` name the two k in errors."""
+    r, f = _pair(real, fake)
+    wanted = [(k, name) for k, name in zip((k_pr, k_dc), k_names) if k is not None]
+    ks, names = [k for k, _ in wanted], [name for _, name in wanted]
+    radii = knn_radii_each(r, ks, tile_bytes=tile_bytes, name="real", k_names=names)
+    pr_radii = radii[0] if k_pr is not None else None
+    dc_radii = radii[-1] if k_dc is not None else None
+    real_balls, fake_balls = [], []
+    if pr_radii is not None:
+        fake_radii = knn_radii_each(f, ks[:1], tile_bytes=tile_bytes, name="fake", k_names=names[:1])[0]
+        real_balls.append(Balls(pr_radii, strict=False))  # precision: closed balls (the paper's eq. 1)
+        fake_balls.append(Balls(fake_radii, strict=False))  # recall: closed too
+    if dc_radii is not None:
+        real_balls.append(Balls(dc_radii, strict=True))  # density: open balls, as Naeem et al.'s code
+    cross = cross_pass(
+        r, f, row_balls=real_balls, col_balls=fake_balls, nearest=dc_radii is not None,
+        tile_bytes=tile_bytes, names=("real", "fake"),
+    )  # fmt: skip
+    precision = recall = density = coverage = float("nan")
+    if pr_radii is not None:
+        precision = float((cross.cols_inside[0] > 0).double().mean())
+        recall = float((cross.rows_inside[0] > 0).double().mean())
+    if dc_radii is not None and cross.nearest is not None:
+        density = float(cross.cols_inside[-1].double().sum()) / (ks[-1] * f.shape[0])
+        # the nearest fake of every real by the direct distance its radius is (an exact distance beside a
+        # rounded radius counted an exact copy of a duplicated real, radius 0 but rounded to 1e-8, as covering it)
+        coverage = float((cross.nearest < dc_radii).double().mean())
+    return PRDC(precision=precision, recall=recall, density=density, coverage=coverage)
