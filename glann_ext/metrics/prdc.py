@@ -94,7 +94,8 @@ def prdc(
 
     The values of :func:`precision_recall` and :func:`density_coverage`, from three passes over distances:
     the real set's radii for both k, the fake set's, and one pass over the real x fake distances for all
-    four (:func:`~glann_ext.metrics.knn.cross_pass`); each metric alone reads those four times."""
+    four (:func:`~glann_ext.metrics.knn.cross_pass`); the two functions called apart take the real radii
+    and the real x fake distances twice."""
     return _scores(real, fake, k_pr, k_dc, tile_bytes, ("k_pr", "k_dc"))
 
 
