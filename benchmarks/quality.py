@@ -121,7 +121,9 @@ BUDGETS = {
     # On the 2-core AMD EPYC Zen 4 (AVX-512), 2026-12-03: 8.1 min, of which 3.6 the 2-D part at 4,000 steps
     # (the GAN most of it). On the earlier AVX2 EPYC, with the 2-D part at 1,000 steps (1.4 min): 8.7 min on a
     # fast morning (stacked MNIST 1.7, MNIST 2.0, stacked Fashion 1.5, Fashion 1.4, ablation 0.7), 13.9 on a
-    # slow day; the 4,000 steps add about 2.5 min there.
+    # slow day; the 4,000 steps add about 2.5 min there. On a Zen 1 EPYC (AVX2, each ymm operation in two
+    # halves), 2026-12-07, LeNets cached: 15.8 min (2-D 4.2, stacked MNIST 2.2, MNIST 2.3, stacked Fashion
+    # 2.1, Fashion 1.8, ablation 3.2).
     "quick": Budget(
         "quick", (0,), 256, 4000, 2500, (0,), (0,), 3000, 2000, 20000, 2, 4000, 2000, 26000, 10, 30, 32, 32, 12,
         (0,), ablation_glo_rows=False,
