@@ -461,11 +461,8 @@ def _prdc_brute_force(real, fake, k_pr, k_dc):
     """The papers' definitions on full float64 distance matrices (direct differences, no expansion)."""
     dist = functools.partial(torch.cdist, compute_mode="donot_use_mm_for_euclid_dist")
     d_rr, d_ff, d_rf = dist(real, real), dist(fake, fake), dist(real, fake)  # (N, N), (M, M), (N, M)
-    r_pr, r_dc, f_pr = (
-        d_rr.sort(1).values[:, k_pr],
-        d_rr.sort(1).values[:, k_dc],
-        d_ff.sort(1).values[:, k_pr],
-    )
+    rr_sorted = d_rr.sort(1).values  # column 0 is the point itself
+    r_pr, r_dc, f_pr = rr_sorted[:, k_pr], rr_sorted[:, k_dc], d_ff.sort(1).values[:, k_pr]
     return PRDC(
         precision=float((d_rf <= r_pr[:, None]).any(0).double().mean()),
         recall=float((d_rf <= f_pr[None, :]).any(1).double().mean()),

@@ -95,7 +95,7 @@ def knn_radii_each(
 ) -> list[torch.Tensor]:
     """:func:`knn_radii` for every k of ``ks``, from one pass over the distances (PRDC takes k = 3 and
     k = 5 of the same real set: one matrix product per tile instead of two). ``k_names`` names each k in
-    errors (default "k"). Needs N >= max(ks) + 1."""
+    errors (default "k"). Needs N >= max(ks) + 1. A k given twice is computed once (the same tensor)."""
     x = as_float_matrix(name, features)
     check_squarable(name, x)  # else the radii came back inf
     k_names = list(k_names) if k_names is not None else ["k"] * len(ks)
@@ -108,14 +108,14 @@ def knn_radii_each(
             )
     sq, (ids,) = (x * x).sum(1), _row_ids(x)
     rows = _rows_per_tile(n, tile_bytes)
-    outs = [torch.empty(n, dtype=torch.float64) for _ in ks]
+    outs = {k: torch.empty(n, dtype=torch.float64) for k in ks}  # prdc(k_pr=k_dc): one top-k per tile
     for start in range(0, n, rows):
         d2 = _expanded_sq(x[start : start + rows], x, sq)
         own = torch.arange(start, start + d2.shape[0])
         d2[own - start, own] = 0.0  # the point itself, first (it is 0 exactly)
-        for out, k in zip(outs, ks):
+        for k, out in outs.items():
             out[start : start + rows] = _tile_radii(x, sq, ids, own, d2, k)
-    return outs
+    return [outs[k] for k in ks]
 
 
 def _tile_radii(
