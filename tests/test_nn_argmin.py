@@ -298,6 +298,7 @@ def test_every_simd_path(isa: str, tmp_path) -> None:
         """
         import torch, glann_ext
         from glann_ext.ops import _native
+        TINY_KEYS = {tiny!r}
         torch.manual_seed(0)
         for n, m, d in [(1, 1, 1), (13, 333, 7), (100, 4099, 64), (3, 20011, 5), (7, 300, 784)]:
             q, k = torch.randn(n, d), torch.randn(m, d)
@@ -309,9 +310,9 @@ def test_every_simd_path(isa: str, tmp_path) -> None:
             assert torch.equal(glann_ext.nn_argmin(q.double(), k.double()), ref.argmin(1))
             k2 = torch.cat([k, k]).double()  # exact copies: the lower index on every path
             assert torch.equal(glann_ext.nn_argmin(k2[:m], k2), torch.arange(m))
-            for dt, a in ((torch.float32, 3 * 2.0**-76), (torch.float64, 2.0**-537)):  # TINY_KEYS
-                tiny = torch.tensor([[a], [0.0]], dtype=dt)
-                assert glann_ext.nn_argmin(torch.zeros(1, 1, dtype=dt), tiny).tolist() == [1]
+            for dt, keys in TINY_KEYS:  # the nearer key, second, wins on every path
+                tiny = torch.tensor(keys, dtype=getattr(torch, dt))[:, None]
+                assert glann_ext.nn_argmin(torch.zeros(2, 1, dtype=tiny.dtype), tiny).tolist() == [1, 1]
             q.view(-1)[-1] = float("nan")
             try:
                 glann_ext.nn_argmin(q, k)
@@ -320,7 +321,7 @@ def test_every_simd_path(isa: str, tmp_path) -> None:
                 assert exc.row == n - 1, exc
         print(_native._C.nn_argmin_cpu_path())
         """
-    )
+    ).format(tiny=[(str(dt).removeprefix("torch."), keys) for dt, keys in TINY_KEYS])
     out = subprocess.run(
         [sys.executable, "-c", script],
         **child_kwargs(tmp_path, GLANN_EXT_CPU_ISA=isa),
