@@ -18,7 +18,7 @@ import os
 import sys
 import warnings
 
-__version__ = "0.3.11"  # as pyproject.toml says (tests/test_packaging.py); glann_ext.__version__
+__version__ = "0.3.12"  # as pyproject.toml says (tests/test_packaging.py); glann_ext.__version__
 
 # Whether torch (and its libgomp) was loaded before this package, so that the default below came too late.
 _TORCH_LOADED_FIRST = "torch" in sys.modules

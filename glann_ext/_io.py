@@ -262,12 +262,12 @@ def open_regular(path: str | Path) -> BinaryIO:
         raise
 
 
-def file_digest(path: str | Path, algorithm: str) -> str:
-    """The hex digest (``hashlib``'s ``algorithm``) of the regular file ``path``, read in blocks of 1 MiB."""
+def _digest_of_open(f: BinaryIO, algorithm: str) -> str:
+    """The hex digest of the open file ``f`` from its start, read in blocks of 1 MiB; ``f`` is left at its end."""
     digest = hashlib.new(algorithm)
-    with open_regular(path) as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    f.seek(0)
+    for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
     return digest.hexdigest()
 
 
@@ -456,20 +456,39 @@ def load_tensors_only(
     for a FIFO or device in the file's place (:func:`open_regular`). Every other error of ``torch.load``
     (``OSError``, ``RuntimeError``, ``EOFError`` for a damaged file) propagates."""
     with open_regular(path) as f:
-        head = f.read(len(TORCH_ARCHIVE_MAGIC))
-        if head != TORCH_ARCHIVE_MAGIC and not head.startswith(PICKLE_PROTOCOL_2):
-            raise UnsafeTensorFile(NOT_TORCH)  # a text file, an image: not "objects that could run code"
-        if archive_only and head != TORCH_ARCHIVE_MAGIC:
-            raise UnsafeTensorFile(BARE_PICKLE)
-        f.seek(0)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-            try:  # torch maps only a file named by a path: one naming the open file checked above
-                return torch.load(
-                    _name_of_open_file(f, path) if mmap else f,
-                    map_location=map_location,
-                    weights_only=True,
-                    mmap=mmap,
-                )
-            except pickle.UnpicklingError:
-                raise UnsafeTensorFile(HOLDS_OBJECTS) from None
+        return _load_open_tensors(f, path, map_location, mmap, archive_only)
+
+
+def load_tensors_with_digest(
+    path: str | Path, algorithm: str, *, map_location: Any = "cpu", archive_only: bool = True
+) -> tuple[Any, str]:
+    """:func:`load_tensors_only` of ``path``, and the hex digest (``hashlib``'s ``algorithm``) of the bytes
+    it loaded: both from one open file, so a file put in ``path``'s place between a digest and a load (two
+    opens) cannot have the digest describe other contents than the ones loaded."""
+    with open_regular(path) as f:
+        digest = _digest_of_open(f, algorithm)
+        return _load_open_tensors(f, path, map_location, False, archive_only), digest
+
+
+def _load_open_tensors(
+    f: BinaryIO, path: str | Path, map_location: Any, mmap: bool, archive_only: bool
+) -> Any:
+    """:func:`load_tensors_only`'s checks and load, on ``f`` (``path``'s open file) from its start."""
+    f.seek(0)
+    head = f.read(len(TORCH_ARCHIVE_MAGIC))
+    if head != TORCH_ARCHIVE_MAGIC and not head.startswith(PICKLE_PROTOCOL_2):
+        raise UnsafeTensorFile(NOT_TORCH)  # a text file, an image: not "objects that could run code"
+    if archive_only and head != TORCH_ARCHIVE_MAGIC:
+        raise UnsafeTensorFile(BARE_PICKLE)
+    f.seek(0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        try:  # torch maps only a file named by a path: one naming the open file checked above
+            return torch.load(
+                _name_of_open_file(f, path) if mmap else f,
+                map_location=map_location,
+                weights_only=True,
+                mmap=mmap,
+            )
+        except pickle.UnpicklingError:
+            raise UnsafeTensorFile(HOLDS_OBJECTS) from None

@@ -836,6 +836,27 @@ def test_a_mapped_tensor_file_is_the_one_checked_not_one_swapped_in_after(tmp_pa
     assert torch.equal(torch.load(tmp_path / "shard.pt")["rows"], -torch.arange(5.0))  # the swap happened
 
 
+def test_the_vgg_weights_digest_is_of_the_bytes_the_loss_loaded(tmp_path, monkeypatch):
+    """A run records the SHA-256 of the perceptual loss's weights file and checks it on resume. The digest
+    and the load read one open file: with two opens (before 0.3.12), a file put in the path's place between
+    them had the checkpoint record one file's digest while the loss trained with another file's weights."""
+    import hashlib
+
+    from glann_testing import vgg_state
+
+    from glann_ext import _io as io
+    from glann_ext.models.perceptual import VGGPerceptualLoss
+
+    torch.save(vgg_state(0), tmp_path / "vgg.pt")
+    torch.save(vgg_state(1), tmp_path / "other.pt")
+    want = hashlib.sha256((tmp_path / "vgg.pt").read_bytes()).hexdigest()
+    swap_in_after_the_check(monkeypatch, io, tmp_path / "other.pt")
+    loss = VGGPerceptualLoss(tmp_path / "vgg.pt")
+    assert loss.weights_sha256 == want
+    assert torch.equal(loss.features[0].weight, vgg_state(0)["features.0.weight"])
+    assert hashlib.sha256((tmp_path / "vgg.pt").read_bytes()).hexdigest() != want  # the swap happened
+
+
 def test_atomic_write_names_the_file_asked_for_when_its_folder_cannot_take_it(tmp_path, monkeypatch):
     """A file where a folder should be is named as such (it was a mkdir's "File exists"), and a temp file
     that cannot be made (a read-only or virtual folder: /proc) is reported as the target, not as its

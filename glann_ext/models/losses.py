@@ -37,6 +37,11 @@ class ReconstructionLoss(nn.Module):
 
             self.vgg = VGGPerceptualLoss(vgg_weights)
 
+    @property
+    def vgg_sha256(self) -> str | None:
+        """The SHA-256 of the perceptual term's weights file as it was loaded; None without the term."""
+        return None if self.vgg is None else self.vgg.weights_sha256
+
     @classmethod
     def from_config(cls, cfg: Any, ops: Ops) -> ReconstructionLoss:
         """The loss of a training configuration (its ``l2_weight``, ``vgg_weights``, ``vgg_weight`` and

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glann_ext._io import UnsafeTensorFile, load_tensors_only
+from glann_ext._io import UnsafeTensorFile, load_tensors_with_digest
 from glann_ext.errors import ConfigError
 
 # torchvision's VGG16 ``features`` up to relu3_3: conv channel counts, "M" for max-pooling.
@@ -21,7 +21,8 @@ class VGGPerceptualLoss(nn.Module):
     """Mean L1 distance between VGG16 relu1_2, relu2_2 and relu3_3 features of two image batches in [0, 1].
 
     ``weights`` is a local torchvision-layout VGG16 state_dict (``features.N.weight`` keys); nothing is ever
-    downloaded. Grey images are repeated to 3 channels. The network is frozen.
+    downloaded. Grey images are repeated to 3 channels. The network is frozen. ``weights_sha256`` is the
+    SHA-256 of the file's bytes that were loaded (a run records it, and checks it on resume).
     """
 
     def __init__(self, weights: str | Path):
@@ -50,9 +51,10 @@ class VGGPerceptualLoss(nn.Module):
         self.requires_grad_(False)
 
     def _load(self, path: Path) -> None:
-        """The ``features.N.*`` tensors of a state_dict file, read with ``weights_only=True`` (no code runs)."""
-        try:
-            state = load_tensors_only(path, archive_only=False)  # torchvision's legacy files hold tensors
+        """The ``features.N.*`` tensors of a state_dict file, read with ``weights_only=True`` (no code runs),
+        and the digest of the same bytes (one open file: a file swapped in between cannot split the two)."""
+        try:  # torchvision's legacy files hold tensors in a bare pickle
+            state, self.weights_sha256 = load_tensors_with_digest(path, "sha256", archive_only=False)
         except UnsafeTensorFile as exc:
             raise ConfigError(f"{path}: not a loadable tensor file ({exc})") from None
         except (RuntimeError, EOFError) as exc:

@@ -106,6 +106,12 @@ class Fit:
     def pixel(self) -> bool:
         return self.cfg.imle_space == "pixel"
 
+    @property
+    def vgg_digest(self) -> str | None:
+        """The SHA-256 of the perceptual loss's weights file as the reconstruction loss loaded it (None
+        without that term): a run folder records it in its checkpoints and checks it on resume."""
+        return (self.imle if self.pixel else self.glo).loss_fn.vgg_sha256
+
     def _imle_trainer(self) -> IMLETrainer:
         """GLANN's IMLE stage on the GLO codes (built when the stage starts, or when a state needs it). With
         ``imle_whiten`` it fits ``T.net`` to the whitened codes and sets ``T``'s output map to the inverse

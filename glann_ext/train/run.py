@@ -39,7 +39,6 @@ from glann_ext._io import (
     append_line,
     atomic_write,
     ensure_dir,
-    file_digest,
     read_regular,
     remove_stale_temps,
 )
@@ -326,8 +325,9 @@ class Run:
         self.device = local_device(self.cfg.device)
         self.world = World()
         self.data_fingerprint: dict[str, Any] | None = None  # of the dataset, once loaded (_load_images)
-        # of the perceptual loss's weights file: recorded in every checkpoint, checked on resume
-        self.vgg_digest = _vgg_digest(self.cfg)
+        # of the perceptual loss's weights file as the loss loaded it (once built): recorded in every
+        # checkpoint, checked on resume, since the run reads the file anew on every resume
+        self.vgg_digest: str | None = None
 
     def log(self, msg: str) -> None:
         if self.world.is_main:
@@ -526,6 +526,7 @@ class Run:
             images, cfg, ops=get_ops(cfg.ops), world=self.world, device=self.device, start=start, total=total,
             record=False,  # the checkpoint's fingerprint of the data stands for it
         )  # fmt: skip
+        self.vgg_digest = fit.vgg_digest
         lock = self._lock()
         try:
             self._check_shared_folder()
@@ -925,14 +926,6 @@ def load_model(
     if not path.exists():
         raise RunFolderError(f"{path}: no such run folder or model file")
     return load_model_file(path, ops=ops, device=device, generator=generator)
-
-
-def _vgg_digest(cfg: TrainConfig) -> str | None:
-    """The SHA-256 of the perceptual loss's weights file when the config trains with it (else None): the run
-    reads the file anew on every resume, so a file changed in place would resume under other weights."""
-    if not (cfg.vgg_weights and cfg.vgg_weight > 0) or not Path(cfg.vgg_weights).is_file():
-        return None  # no perceptual loss, or a missing file: the loss itself says so when it is built
-    return file_digest(cfg.vgg_weights, "sha256")
 
 
 def model_file_behind(run: str | Path, model: GenerativeModel) -> str | None:
