@@ -31,6 +31,18 @@ def as_index(value: Any) -> int | None:
         return None
 
 
+def as_finite_real(value: Any) -> float | None:
+    """``value`` as a Python float if it is a finite real number (int, float, numpy scalars of any width, 0-d
+    real tensors; not a bool), else None."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 0 or value.is_meta or value.dtype == torch.bool or value.is_complex():
+            return None
+        value = value.item()
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
 def is_positive_finite(value: Any) -> bool:
     """Whether ``value`` is a real number (int, float, numpy scalar; not a bool) that is finite and > 0."""
     return (

@@ -1616,3 +1616,150 @@ def test_lenet_trains_on_train_threads_whatever_the_callers_setting(tmp_path, mo
         )
         assert torch.get_num_threads() == caller
     assert len(seen) == 2 and set(seen) == {TRAIN_THREADS}
+
+
+# Mutation tests (2026-12-07, thirty-first session): knn's near-tie paths, ball counts across scales
+
+
+def test_knn_radius_of_two_neighbours_the_expansion_cannot_order():
+    """k = 1 and two neighbours whose squared distances differ by ~2e-10, far below the expansion's rounding
+    at a norm of ~3e4 (~1e-6): the radius is the nearer one's direct distance, so the tie band must be taken
+    around the (k + 1)-th expanded distance and a row with k + 2 candidates must go the exact way."""
+    g = torch.Generator().manual_seed(0)
+    centre = 1e4 * torch.randn(24, 8, generator=g, dtype=torch.float64)  # triplets far apart
+    u = F.normalize(torch.randn(24, 8, generator=g, dtype=torch.float64), dim=1)
+    gap = 1e-10 * torch.where(torch.rand(24, 1, generator=g) < 0.5, 1.0, -1.0).double()
+    x = torch.cat([centre, centre + u, centre - u * (1 + gap)])  # each centre: neighbours at 1 and 1 + gap
+    d = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
+    want = d.sort(1).values[:, 1]  # column 0: the point itself
+    for tile_bytes in (1, DEFAULT_TILE_BYTES):
+        torch.testing.assert_close(knn_radii(x, 1, tile_bytes=tile_bytes), want, rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_ball_membership_counts_on_exact_boundaries_match_brute_force(strict):
+    """Balls on small centres whose radii are exactly the distance to a far query (norm ~1e3; one query at
+    the origin): the expansion's error there (~1e-10) is set by the queries' norms, so the rounding bound
+    must take the largest query, the radii must stay float64, and ``strict`` must pick open or closed."""
+    from glann_ext.metrics.knn import ball_membership_counts
+
+    g = torch.Generator().manual_seed(1)
+    centres = 0.5 * torch.randn(20, 2, generator=g, dtype=torch.float64)
+    far = 1e3 * torch.randn(40, 2, generator=g, dtype=torch.float64)
+    queries = torch.cat([far, torch.zeros(1, 2, dtype=torch.float64)])  # and one at the origin
+    d = torch.cdist(queries, centres, compute_mode="donot_use_mm_for_euclid_dist")  # (queries, centres)
+    radii = d.diagonal().clone()  # centre j's boundary passes through query j exactly
+    assert torch.equal(radii, ((queries[:20] - centres) ** 2).sum(1).sqrt())  # the direct distance exactly
+    want = (d < radii).sum(1) if strict else (d <= radii).sum(1)
+    assert torch.equal(ball_membership_counts(queries, centres, radii, strict=strict), want)
+
+
+def test_decisions_hold_for_any_expansion_error_within_the_rounding_bound(monkeypatch):
+    """Contract of knn._rounding: every expanded squared distance may be off by up to the bound (here 0.9 of
+    it, + on even keys and - on odd ones). Two keys at distance 1 and 1 + 2^-52 of a point then swap order
+    in the expansion; the nearest distance and the k = 1 radius must still be the nearer one's (1 exactly):
+    the candidate bands must take the errors of two distances (2 x the bound)."""
+    from glann_ext.metrics import knn
+
+    expanded = knn._expanded_sq
+
+    def off_by_the_bound(q, keys, key_sq):
+        tol = knn._rounding((q * q).sum(1), key_sq, q.shape[1])  # (t, 1)
+        sign = 1.0 - 2.0 * (torch.arange(keys.shape[0]) % 2).double()  # (M,)
+        return (expanded(q, keys, key_sq) + 0.9 * tol * sign).clamp_min_(0.0)
+
+    monkeypatch.setattr(knn, "_expanded_sq", off_by_the_bound)
+    far = 1.0 + 2.0**-52
+    keys = torch.tensor([[1.0, 0.0], [0.0, far]], dtype=torch.float64)  # the nearer (1) is pushed up
+    origin = torch.zeros(1, 2, dtype=torch.float64)
+    assert knn.cross_pass(origin, keys, nearest=True).nearest.tolist() == [1.0]
+    x = torch.tensor([[0.0, 0.0], [0.0, far], [1.0, 0.0]], dtype=torch.float64)  # odd column 1: the farther
+    assert knn_radii(x, 1).tolist()[0] == 1.0
+
+
+@pytest.mark.parametrize("scale", [2.0**-560, 2.0**-1066, 2.0**-3])
+def test_knn_radii_and_ball_counts_of_tiny_data_do_not_underflow(scale):
+    """Squared distances of data at 2^-560 underflow to 0 in float64: every radius came back 0, and an open
+    ball of radius 2^-560 held every point. The public helpers scale such data up by a power of two (exact)
+    and their radii back, so the results are the unscaled data's, times the scale, bit for bit; at 2^-1066
+    the points are subnormal (multiples of 2^-1074), and the scaling takes two halves."""
+    from glann_ext.metrics.knn import ball_membership_counts
+
+    x = torch.tensor([[0.0], [1.0], [3.0], [7.0]], dtype=torch.float64)
+    assert knn_radii(x * scale, 1).tolist() == [scale * v for v in (1.0, 1.0, 2.0, 4.0)]
+    assert [r.tolist() for r in knn_radii_each(x * scale, (1, 2))] == [
+        [scale * v for v in (1.0, 1.0, 2.0, 4.0)],
+        [scale * v for v in (3.0, 2.0, 3.0, 6.0)],
+    ]
+    q, radii = torch.tensor([[2.0]], dtype=torch.float64), torch.ones(4, dtype=torch.float64)
+    for strict, want in ((True, 0), (False, 2)):  # 2 is at distance 1 of the points 1 and 3
+        assert ball_membership_counts(q * scale, x * scale, radii * scale, strict=strict).tolist() == [want]
+    huge = torch.full((4,), 1e300, dtype=torch.float64)  # past float64 once scaled up: inf, holds every point
+    assert ball_membership_counts(q * scale, x * scale, huge, strict=True).tolist() == [4]
+
+
+# Mutation tests (2026-12-07, thirty-first session): the Fréchet distance's clipping, memorisation's
+# summaries, and the edges of the statistics
+
+
+def test_frechet_distance_clips_a_rounding_negative_eigenvalue_of_sigma1_too():
+    """_sym_sqrt took the root of |w| for sigma1's rounding-negative eigenvalues instead of clipping them to
+    0, as the module says (the other test covers sigma2 only). sigma1 = diag(1, -1e-8) passes the PSD check;
+    its root is diag(1, 0), not diag(1, 1e-4): FD = (1 - 1e-8) + 2 - 2; and FD is symmetric."""
+    z, s1, s2 = np.zeros(2), np.diag([1.0, -1e-8]), np.eye(2)
+    fd = frechet_distance_from_statistics(z, s1, z, s2)
+    assert fd == pytest.approx(1.0 - 1e-8, rel=1e-12)
+    assert fd == pytest.approx(frechet_distance_from_statistics(z, s2, z, s1), rel=1e-12)
+
+
+def test_frechet_distance_of_identical_statistics_with_a_tolerated_negative_eigenvalue_is_zero():
+    """A negative FD is clipped to 0, not folded up by abs(): with a covariance eigenvalue inside the PSD
+    check's tolerance (clipped in the root, counted in the trace) it is -2e-7 here, not only rounding."""
+    s = np.diag([1.0, -1e-7])
+    assert frechet_distance_from_statistics(np.zeros(2), s, np.zeros(2), s) == 0.0
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0**-30, 2.0**30])
+def test_frechet_statistics_refuse_an_indefinite_covariance_at_any_scale(scale):
+    """The PSD check's tolerance was 1e-6 x max(1, max|s|): absolute below scale 1, so diag(1, -1) x 2^-30
+    passed and its -9.3e-10 was clipped to 0 (FD 0), where diag(1, -1) is refused. It is relative now."""
+    z = np.zeros(2)
+    with pytest.raises(ValueError, match="sigma1 must be positive semi-definite"):
+        frechet_distance_from_statistics(z, np.diag([1.0, -1.0]) * scale, z, np.eye(2) * scale)
+    ok = frechet_distance_from_statistics(z, np.diag([1.0, -1e-9]) * scale, z, np.eye(2) * scale)
+    assert ok == pytest.approx((1.0 - 1e-9) * scale, rel=1e-12)  # rounding-sized negatives still pass
+
+
+def test_memorisation_medians_are_torch_lower_medians_not_means():
+    train = torch.tensor([[0.0]])
+    generated = torch.tensor([[1.0], [-2.0], [3.0], [10.0]])  # distances 1, 2, 3, 10: lower median 2, mean 4
+    test = torch.tensor([[-1.0], [5.0], [-6.0], [20.0], [7.0]])  # distances 1, 5, 6, 20, 7: median 6
+    rep = memorisation_report(generated, train, test, threshold=0.0)
+    assert (rep.generated_median, rep.test_median) == (2.0, 6.0)
+
+
+def test_memorisation_default_threshold_is_the_1_percent_quantile_of_the_test_distances():
+    test = torch.arange(101.0)[:, None]  # distances 0, 1, ..., 100 to the one train row: quantile q is 100 q
+    rep = memorisation_report(torch.tensor([[0.5], [1.5]]), torch.zeros(1, 1), test)
+    assert rep.threshold == pytest.approx(1.0)
+    assert rep.test_fraction_below == pytest.approx(1 / 101) and rep.generated_fraction_below == 0.5
+
+
+@pytest.mark.parametrize("threshold", [np.float32(2.0), np.int64(2), torch.tensor(2.0), torch.tensor(2)])
+def test_memorisation_threshold_takes_numpy_and_tensor_numbers(threshold):
+    """np.float32(0.5) and torch.tensor(0.5) were refused as "must be a finite number"."""
+    test = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
+    rep = memorisation_report(torch.tensor([[0.0], [2.0]]), torch.zeros(1, 1), test, threshold=threshold)
+    assert rep.threshold == 2.0 and type(rep.threshold) is float
+    assert (rep.generated_fraction_below, rep.test_fraction_below) == (0.5, 0.25)
+
+
+def test_mean_sem_of_values_near_the_ends_of_float64():
+    """(v - mean) ** 2 raised OverflowError for deviations past 1.3e154, and the sum of two values near
+    1e308 reached inf. Computed on values scaled by a power of two, they are what the definition gives."""
+    assert mean_sem([1e200, -1e200]) == (0.0, 1e200)  # std sqrt(2) 1e200, over sqrt(2)
+    assert mean_sem([1e308, 1e308]) == (1e308, 0.0)
+    assert mean_sem([1e308, -1e308, 1e308])[0] == pytest.approx(1e308 / 3, rel=1e-15)
+    assert mean_sem([5e-324, 5e-324]) == (5e-324, 0.0)
+    assert mean_sem([3.0, 5.0]) == (4.0, 1.0)
+    assert math.isnan(mean_sem([math.inf, 1.0])[1]) and mean_sem([math.inf, 1.0])[0] == math.inf

@@ -19,13 +19,18 @@ def mean_sem(values: Sequence[float]) -> tuple[float, float]:
     n = len(values)
     if n == 0:
         raise ValueError("values must not be empty")
-    mean = sum(values) / n
+    if any(math.isinf(v) or math.isnan(v) for v in values):
+        # inf - inf: the spread is undefined (and the mean inf, -inf or nan)
+        return sum(values) / n, math.nan
+    # on values scaled by a power of two to at most 1 (exact, with products rather than pow), so that the
+    # sum and the squared deviations of values near 1e200 neither overflow (an OverflowError) nor reach inf
+    exponent = math.frexp(max(abs(v) for v in values))[1]
+    scaled = [math.ldexp(v, -exponent) for v in values]
+    mean = sum(scaled) / n
     if n == 1:
-        return mean, math.nan
-    if any(math.isinf(v) for v in values):
-        return mean, math.nan  # inf - inf: the spread is undefined
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, math.sqrt(var / n)
+        return math.ldexp(mean, exponent), math.nan
+    var = sum((v - mean) * (v - mean) for v in scaled) / (n - 1)
+    return math.ldexp(mean, exponent), math.ldexp(math.sqrt(var / n), exponent)
 
 
 def aggregate_seeds(results: Sequence[Any]) -> dict[str, tuple[float, float]]:

@@ -21,6 +21,7 @@ import torch
 from glann_ext.errors import NonFiniteError, UsageError
 
 from ._checks import as_float_matrix
+from ._scale import times_power_of_two, unit_exponent
 
 
 def feature_statistics(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -60,14 +61,14 @@ def frechet_distance_from_statistics(
         if not np.isfinite(s).all():
             raise NonFiniteError(f"{name} contains NaN or Inf values", argument=name)
         low = float(np.linalg.eigvalsh((s + s.T) / 2).min()) if d else 0.0
-        if low < -1e-6 * max(1.0, float(np.abs(s).max())):  # rounding aside, a covariance is PSD
+        if low < -1e-6 * float(np.abs(s).max()):  # rounding aside, a covariance is PSD (at any scale)
             raise ValueError(f"{name} must be positive semi-definite, got an eigenvalue of {low:.3g}")
     # FD and the covariances scale as the square of a feature, the middle matrix R S2 R as its fourth power:
     # on statistics of features near 1e80 it overflowed, near 1e-100 it underflowed (as frechet_distance says)
     top = max([float(np.abs(m).max(initial=0.0)) for m in (mu1, mu2)] + [
         math.sqrt(float(np.abs(s).max(initial=0.0))) for s in (s1, s2)
     ])  # fmt: skip
-    shift = -math.floor(math.log2(top)) if top > 0 else 0
+    shift = unit_exponent(top)
     mu1, mu2 = (np.ldexp(m, shift) for m in (mu1, mu2))
     s1, s2 = (np.ldexp(s, 2 * shift) for s in (s1, s2))
     root1 = _sym_sqrt(s1)
@@ -95,8 +96,8 @@ def frechet_distance(features1: torch.Tensor, features2: torch.Tensor) -> float:
     # NaN or Inf"; near 1e-100 the middle matrix underflowed to 0 and FD came out 7 times too large)
     tops = [float(x.abs().max()) for x in (x1, x2)]
     top = max(tops)
-    shift = -math.floor(math.log2(top)) if top > 0 else 0
-    x1, x2 = _times_power_of_two(x1, shift), _times_power_of_two(x2, shift)
+    shift = unit_exponent(top)
+    x1, x2 = times_power_of_two(x1, shift), times_power_of_two(x2, shift)
     fd = frechet_distance_from_statistics(*feature_statistics(x1), *feature_statistics(x2))
     try:
         return math.ldexp(fd, -2 * shift)
@@ -106,11 +107,3 @@ def frechet_distance(features1: torch.Tensor, features2: torch.Tensor) -> float:
             f"{name} has values too large to square in float64 (up to {top:.3g}): their Fréchet distance, "
             f"a squared distance, is past float64's maximum {np.finfo(np.float64).max:.3g}; rescale the features"
         ) from None
-
-
-def _times_power_of_two(x: torch.Tensor, exponent: int) -> torch.Tensor:
-    """``x * 2**exponent``, in two exact halves: for a subnormal top, ``2**exponent`` alone is past the
-    largest double (as metrics.prdc scales)."""
-    for half in (exponent // 2, exponent - exponent // 2):
-        x = x * math.ldexp(1.0, half)
-    return x

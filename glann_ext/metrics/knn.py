@@ -19,6 +19,7 @@ import torch
 
 from ..errors import NonFiniteError
 from ._checks import as_float_matrix, check_not_meta, check_positive_int, check_squarable
+from ._scale import times_power_of_two, unit_exponent
 
 # 16 MB, not 64: a tile of distances then stays nearer the cache between the product and its reduction;
 # PRDC of 10,000 x 10,000 float64 features (84 dimensions) took 2.1 s instead of 3.3 on 2 CPU threads, the
@@ -50,6 +51,15 @@ def _rounding(q_sq: torch.Tensor, key_sq: torch.Tensor, d: int) -> torch.Tensor:
     return (q_sq + top).unsqueeze(1) * (max(d, 2) * 2.0**-50)
 
 
+def _exponent_below_one(*sets: torch.Tensor) -> int:
+    """:func:`unit_exponent` of the sets' largest value when it is below 1, else 0: the public helpers scale
+    such data up (exactly) before they square it, since squared distances of data at 1e-170 underflowed to
+    0 (every radius 0, every point in every ball). Larger data is left as it is: :func:`check_squarable`
+    names what would overflow."""
+    top = max((float(x.abs().max()) for x in sets if x.numel()), default=0.0)
+    return unit_exponent(top) if top < 1 else 0
+
+
 def _row_ids(*sets: torch.Tensor) -> list[torch.Tensor]:
     """An id for every row of each of ``sets``, the same exactly where two rows (of any of them) are equal:
     such pairs are at distance 0 without a subtraction (a set of 20,000 identical rows has 4e8 of them)."""
@@ -79,8 +89,9 @@ def knn_radii(
     Computed as the (k+1)-th smallest distance with the point itself included (distance 0), as in the
     reference implementations of Kynkäänniemi et al. 2019 and Naeem et al. 2020; the neighbours are ranked
     by the expansion (as in those implementations) and the radius is the k-th one's direct distance, so
-    duplicates of a row are at distance 0 exactly (the references: about 1e-8 of the rows' norm). Needs
-    N >= k + 1.
+    duplicates of a row are at distance 0 exactly (the references: about 1e-8 of the rows' norm). Data
+    whose largest value is below 1 is scaled up by a power of two first (exact; the radii are scaled back),
+    so that squared distances of tiny data do not underflow to 0. Needs N >= k + 1.
     """
     return knn_radii_each(features, (k,), tile_bytes=tile_bytes, name=name)[0]
 
@@ -106,6 +117,8 @@ def knn_radii_each(
             raise ValueError(
                 f"{name} must have at least {k_name} + 1 = {k + 1} rows for {k_name}={k}, got {n}"
             )
+    exponent = _exponent_below_one(x)
+    x = times_power_of_two(x, exponent)
     sq, (ids,) = (x * x).sum(1), _row_ids(x)
     rows = _rows_per_tile(n, tile_bytes)
     outs = {k: torch.empty(n, dtype=torch.float64) for k in ks}  # prdc(k_pr=k_dc): one top-k per tile
@@ -115,7 +128,7 @@ def knn_radii_each(
         d2[own - start, own] = 0.0  # the point itself, first (it is 0 exactly)
         for k, out in outs.items():
             out[start : start + rows] = _tile_radii(x, sq, ids, own, d2, k)
-    return [outs[k] for k in ks]
+    return [times_power_of_two(outs[k], -exponent) for k in ks]
 
 
 def _tile_radii(
@@ -169,23 +182,21 @@ def ball_membership_counts(
 ) -> torch.Tensor:
     """For every query row, how many balls ``B(centres_j, radii_j)`` contain it (int64, (N,)).
 
-    ``strict=True`` counts ``d < r`` (open balls), ``False`` counts ``d <= r`` (closed balls).
+    ``strict=True`` counts ``d < r`` (open balls), ``False`` counts ``d <= r`` (closed balls). Points and
+    radii below 1 are first scaled up by one power of two (exact), as :func:`knn_radii` does.
     """
     q = as_float_matrix("queries", queries)
     c = as_float_matrix("centres", centres, columns=q.shape[1])
-    balls = Balls(_checked_radii("radii", radii, c.shape[0], "centres"), strict)
-    return cross_pass(c, q, row_balls=[balls], tile_bytes=tile_bytes).cols_inside[0]
-
-
-def nearest_distances(
-    rows: torch.Tensor, keys: torch.Tensor, *, tile_bytes: int = DEFAULT_TILE_BYTES
-) -> torch.Tensor:
-    """Distance from every row of ``rows`` to its nearest row of ``keys``, float64 (N,), the direct distance as
-    :func:`knn_radii` takes its radii: compared with a radius of ``rows``, a key equal to one of its
-    neighbours gives that neighbour's distance, bit for bit."""
-    x = as_float_matrix("rows", rows)
-    y = as_float_matrix("keys", keys, columns=x.shape[1])
-    return cross_pass(x, y, nearest=True, tile_bytes=tile_bytes, names=("rows", "keys")).nearest
+    r = _checked_radii("radii", radii, c.shape[0], "centres")
+    # scaled with the points (a radius past float64 once scaled is inf: it holds every point all the same)
+    exponent = _exponent_below_one(q, c)
+    balls = Balls(times_power_of_two(r, exponent), strict)
+    return cross_pass(
+        times_power_of_two(c, exponent),
+        times_power_of_two(q, exponent),
+        row_balls=[balls],
+        tile_bytes=tile_bytes,
+    ).cols_inside[0]
 
 
 def _checked_radii(name: str, radii: object, n: int, centres: str) -> torch.Tensor:

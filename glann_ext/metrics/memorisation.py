@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._args import checked_int
+from .._args import as_finite_real, checked_int
 from .._io import atomic_write
 from ..data.arrays import check_fits_memory
 from ..errors import NonFiniteError, UsageError
@@ -118,11 +118,11 @@ def memorisation_report(
     _, test_d = _nearest("test", test, train)
     if gen_d.numel() == 0 or test_d.numel() == 0:
         raise ValueError("generated and test must not be empty")
-    if threshold is not None and not (
-        isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and math.isfinite(threshold)
-    ):
-        raise ValueError(f"threshold must be a finite number (or None), got {threshold!r:.60}")
-    if threshold is None:
+    if threshold is not None:  # numpy and 0-d tensor numbers too (np.float32 was refused as "not finite")
+        given, threshold = threshold, as_finite_real(threshold)
+        if threshold is None:
+            raise ValueError(f"threshold must be a finite number (or None), got {given!r:.60}")
+    else:
         if not 0.0 <= threshold_quantile <= 1.0:
             raise ValueError(f"threshold_quantile must lie in [0, 1], got {threshold_quantile!r}")
         threshold = float(torch.quantile(test_d, threshold_quantile))

@@ -21,12 +21,12 @@ boundary is decided by the rule above, not by rounding.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from ._checks import as_float_matrix
+from ._scale import times_power_of_two, unit_exponent
 from .knn import DEFAULT_TILE_BYTES, Balls, cross_pass, knn_radii_each
 
 
@@ -44,11 +44,8 @@ def _pair(real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.T
     # PRDC does not change with the scale: bring the largest value near 1 by a power of two (exact), so that
     # squares neither underflow (data at 1e-170 scored (1, 1, 0, 0)) nor overflow (1e200 raised a NaN error)
     top = max(float(r.abs().max()), float(f.abs().max()) if f.numel() else 0.0)
-    if top > 0:
-        # in two exact halves: for a subnormal top, 2 ** -exponent alone is past the largest double
-        shift = -math.floor(math.log2(top))
-        for half in (shift // 2, shift - shift // 2):
-            r, f = r * math.ldexp(1.0, half), f * math.ldexp(1.0, half)
+    exponent = unit_exponent(top)
+    r, f = times_power_of_two(r, exponent), times_power_of_two(f, exponent)
     centre = _grid_centre(r)
     return r - centre, f - centre
 

@@ -1,0 +1,27 @@
+"""Exact rescaling by powers of two, so that squares of features neither underflow nor overflow.
+
+Distances, covariances and Fréchet distances scale with a power of the features; multiplying by a power of
+two changes no mantissa, so a metric computed on rescaled features and scaled back is the same number (away
+from float64's subnormal range), without the squares of data at 1e-170 underflowing to 0 or those of data at
+1e200 overflowing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def unit_exponent(top: float) -> int:
+    """The exponent e for which ``top * 2**e`` (``top`` >= 0, the largest absolute value) lies in [1, 2) up to
+    the rounding of a log; 0 for 0."""
+    return -math.floor(math.log2(top)) if top > 0 else 0
+
+
+def times_power_of_two(x: torch.Tensor, exponent: int) -> torch.Tensor:
+    """``x * 2**exponent``, in two exact halves: for a subnormal top, ``2**exponent`` alone (up to 2^1074) is
+    past float64's largest value."""
+    for half in (exponent // 2, exponent - exponent // 2):
+        x = x * math.ldexp(1.0, half)
+    return x
