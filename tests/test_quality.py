@@ -1075,3 +1075,30 @@ def test_min_share_is_the_mean_over_draws_of_the_smallest_modes_share():
         expected = float((counts.min(1) / 2500).mean() * 100)
         assert expected == pytest.approx({8: 11.50, 25: 3.24}[modes], abs=0.03)
         assert quality._min_share(2500, modes) == pytest.approx(expected, abs=0.05)
+
+
+# Mutation test (2026-12-07, thirty-first session): min_mode_pct divided the smallest mode's count by the
+# high-quality samples (mode_counts.sum()) instead of all samples; the test above puts every sample on a
+# centre, so both agree there
+def test_run_toy_min_mode_share_counts_the_samples_that_are_not_high_quality(monkeypatch, tmp_path):
+    from glann_ext.metrics import mode_coverage
+
+    def runs(label, seed, b):
+        """80 samples on the centres (3 + seed on the first, the rest spread) and 20 far from every mode."""
+        preset = quality.TOY_PRESETS[label]
+        k = len(preset.centres)
+        counts = torch.full((k,), (80 - 3 - seed) // (k - 1))
+        counts[0], counts[1] = 3 + seed, 80 - 3 - seed - counts[2:].sum()
+        on = torch.repeat_interleave(preset.centres.float(), counts, dim=0)
+        samples = torch.cat([on, torch.full((20, 2), 1e3)])
+        cov = mode_coverage(samples, preset)
+        assert int(cov.mode_counts.sum()) == 80  # the 20 far samples are not high quality
+        return {quality.TOY_TRAIN: (cov, None, samples), "IMLE (paper)": (cov, 1.0, samples)}
+
+    monkeypatch.setattr(quality, "toy_runs", runs)
+    b = dataclasses.replace(quality.BUDGETS["smoke"], toy_seeds=(0, 1), toy_samples=100, toy_train_points=100)
+    out = quality.run_toy(b, tmp_path)
+    # 3 and 4 of 100 samples (not of the 80 high-quality ones): mean 3.5 %, sem |3 - 4| / 2 = 0.5 %
+    assert out["ring"]["rows"]["IMLE (paper)"]["min_mode_pct"] == pytest.approx((3.5, 0.5))
+    grid = out["grid"]["rows"]["IMLE (paper)"]
+    assert grid["min_mode_pct"] == pytest.approx((3.0, 0.0))  # 3 of 100 in some grid mode either way
