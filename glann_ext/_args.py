@@ -9,6 +9,7 @@ import numbers
 import operator
 from typing import Any
 
+import numpy as np
 import torch
 
 from glann_ext.errors import UsageError
@@ -33,14 +34,17 @@ def as_index(value: Any) -> int | None:
 
 def as_finite_real(value: Any) -> float | None:
     """``value`` as a Python float if it is a finite real number (int, float, numpy scalars of any width, 0-d
-    real tensors; not a bool), else None."""
-    if isinstance(value, torch.Tensor):
-        if value.dim() != 0 or value.is_meta or value.dtype == torch.bool or value.is_complex():
+    real tensors and arrays; not a bool), else None."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        if value.ndim != 0 or (isinstance(value, torch.Tensor) and value.is_meta):
             return None
-        value = value.item()
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
+        value = value.item()  # a bool or complex item is refused below
+    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
         return None
-    return float(value)
+    try:
+        return float(value) if math.isfinite(value) else None
+    except OverflowError:  # an int or Fraction past float64
+        return None
 
 
 def is_positive_finite(value: Any) -> bool:

@@ -1681,8 +1681,8 @@ def test_decisions_hold_for_any_expansion_error_within_the_rounding_bound(monkey
 def test_knn_radii_and_ball_counts_of_tiny_data_do_not_underflow(scale):
     """Squared distances of data at 2^-560 underflow to 0 in float64: every radius came back 0, and an open
     ball of radius 2^-560 held every point. The public helpers scale such data up by a power of two (exact)
-    and their radii back, so the results are the unscaled data's, times the scale, bit for bit; at 2^-1066
-    the points are subnormal (multiples of 2^-1074), and the scaling takes two halves."""
+    and their radii back, so the results are the unscaled data's times the scale (exact here: at 2^-1066 the
+    points are subnormal multiples of 2^-1074 and so are their radii; the scaling takes two halves)."""
     from glann_ext.metrics.knn import ball_membership_counts
 
     x = torch.tensor([[0.0], [1.0], [3.0], [7.0]], dtype=torch.float64)
@@ -1694,8 +1694,18 @@ def test_knn_radii_and_ball_counts_of_tiny_data_do_not_underflow(scale):
     q, radii = torch.tensor([[2.0]], dtype=torch.float64), torch.ones(4, dtype=torch.float64)
     for strict, want in ((True, 0), (False, 2)):  # 2 is at distance 1 of the points 1 and 3
         assert ball_membership_counts(q * scale, x * scale, radii * scale, strict=strict).tolist() == [want]
-    huge = torch.full((4,), 1e300, dtype=torch.float64)  # past float64 once scaled up: inf, holds every point
+    huge = torch.full(
+        (4,), 1e300, dtype=torch.float64
+    )  # scaled up with the points: 2e300 or past float64 (inf)
     assert ball_membership_counts(q * scale, x * scale, huge, strict=True).tolist() == [4]
+    a, b = knn_radii_each(x * scale, (2, 2))  # a k given twice: one tensor, scaled back once
+    assert a is b
+
+
+def test_knn_radii_each_gives_a_repeated_k_one_tensor():
+    x = torch.rand(30, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) + 1.0  # not scaled
+    a, b, c = knn_radii_each(x, (3, 1, 3))
+    assert a is c and torch.equal(a, knn_radii(x, 3)) and torch.equal(b, knn_radii(x, 1))
 
 
 # Mutation tests (2026-12-07, thirty-first session): the Fréchet distance's clipping, memorisation's
@@ -1730,6 +1740,14 @@ def test_frechet_statistics_refuse_an_indefinite_covariance_at_any_scale(scale):
     assert ok == pytest.approx((1.0 - 1e-9) * scale, rel=1e-12)  # rounding-sized negatives still pass
 
 
+def test_frechet_statistics_of_subnormal_covariances_pass_the_psd_check():
+    """The check runs on the statistics scaled near 1: a PSD covariance of subnormal entries, whose own
+    rounding is far more than 1e-6 of them, is not refused (the relative tolerance read it unscaled)."""
+    a = np.random.default_rng(0).standard_normal((5, 3))
+    s = (a @ a.T) * 1e-318
+    assert frechet_distance_from_statistics(np.zeros(5), s, np.zeros(5), s) == 0.0
+
+
 def test_memorisation_medians_are_torch_lower_medians_not_means():
     train = torch.tensor([[0.0]])
     generated = torch.tensor([[1.0], [-2.0], [3.0], [10.0]])  # distances 1, 2, 3, 10: lower median 2, mean 4
@@ -1745,13 +1763,24 @@ def test_memorisation_default_threshold_is_the_1_percent_quantile_of_the_test_di
     assert rep.test_fraction_below == pytest.approx(1 / 101) and rep.generated_fraction_below == 0.5
 
 
-@pytest.mark.parametrize("threshold", [np.float32(2.0), np.int64(2), torch.tensor(2.0), torch.tensor(2)])
+@pytest.mark.parametrize(
+    "threshold", [np.float32(2.0), np.int64(2), np.array(2.0), torch.tensor(2.0), torch.tensor(2)]
+)
 def test_memorisation_threshold_takes_numpy_and_tensor_numbers(threshold):
     """np.float32(0.5) and torch.tensor(0.5) were refused as "must be a finite number"."""
     test = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
     rep = memorisation_report(torch.tensor([[0.0], [2.0]]), torch.zeros(1, 1), test, threshold=threshold)
     assert rep.threshold == 2.0 and type(rep.threshold) is float
     assert (rep.generated_fraction_below, rep.test_fraction_below) == (0.5, 0.25)
+
+
+@pytest.mark.parametrize("threshold", [10**400, True, np.bool_(False), torch.tensor([2.0]), torch.tensor(1j)])
+def test_memorisation_threshold_refuses_what_is_no_finite_real_number(threshold):
+    """An int past float64 raised OverflowError from math.isfinite; bools, 1-element tensors and complex
+    numbers are not thresholds."""
+    args = (torch.tensor([[0.0]]), torch.zeros(1, 1), torch.tensor([[1.0]]))
+    with pytest.raises(ValueError, match=r"^threshold must be a finite number \(or None\), got "):
+        memorisation_report(*args, threshold=threshold)
 
 
 def test_mean_sem_of_values_near_the_ends_of_float64():
@@ -1762,4 +1791,8 @@ def test_mean_sem_of_values_near_the_ends_of_float64():
     assert mean_sem([1e308, -1e308, 1e308])[0] == pytest.approx(1e308 / 3, rel=1e-15)
     assert mean_sem([5e-324, 5e-324]) == (5e-324, 0.0)
     assert mean_sem([3.0, 5.0]) == (4.0, 1.0)
+    values = [0.1, 2.1, 9.7]  # ordinary values: the plain formula's very bits (pow, not products)
+    mean = sum(values) / 3
+    assert mean_sem(values) == (mean, math.sqrt(sum((v - mean) ** 2 for v in values) / 2 / 3))
+    assert mean_sem([1e150, -1e150, 3e-170])[0] == (1e150 - 1e150 + 3e-170) / 3  # not scaled to subnormal
     assert math.isnan(mean_sem([math.inf, 1.0])[1]) and mean_sem([math.inf, 1.0])[0] == math.inf

@@ -13,15 +13,21 @@ import math
 import torch
 
 
+def largest(*sets: torch.Tensor) -> float:
+    """The largest absolute value in any of ``sets`` (0 when all are empty)."""
+    return max((float(x.abs().max()) for x in sets if x.numel()), default=0.0)
+
+
 def unit_exponent(top: float) -> int:
-    """The exponent e for which ``top * 2**e`` (``top`` >= 0, the largest absolute value) lies in [1, 2) up to
-    the rounding of a log; 0 for 0."""
-    return -math.floor(math.log2(top)) if top > 0 else 0
+    """The exponent e for which ``top * 2**e`` lies in [1, 2) (``top`` > 0, a largest absolute value); 0 for
+    0."""
+    return 1 - math.frexp(top)[1] if top > 0 else 0
 
 
 def times_power_of_two(x: torch.Tensor, exponent: int) -> torch.Tensor:
-    """``x * 2**exponent``, in two exact halves: for a subnormal top, ``2**exponent`` alone (up to 2^1074) is
-    past float64's largest value."""
-    for half in (exponent // 2, exponent - exponent // 2):
-        x = x * math.ldexp(1.0, half)
-    return x
+    """``x * 2**exponent`` (``x`` itself for 0), in two exact halves: for a subnormal top, ``2**exponent``
+    alone (up to 2^1074) is past float64's largest value."""
+    if exponent == 0:
+        return x
+    x = x * math.ldexp(1.0, exponent // 2)
+    return x.mul_(math.ldexp(1.0, exponent - exponent // 2))

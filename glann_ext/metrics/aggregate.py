@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from ._scale import unit_exponent
+
 
 def mean_sem(values: Sequence[float]) -> tuple[float, float]:
     """``(mean, standard error)`` with the sample standard deviation: ``sem = std(ddof=1) / sqrt(n)``.
@@ -22,15 +24,17 @@ def mean_sem(values: Sequence[float]) -> tuple[float, float]:
     if any(math.isinf(v) or math.isnan(v) for v in values):
         # inf - inf: the spread is undefined (and the mean inf, -inf or nan)
         return sum(values) / n, math.nan
-    # on values scaled by a power of two to at most 1 (exact, with products rather than pow), so that the
-    # sum and the squared deviations of values near 1e200 neither overflow (an OverflowError) nor reach inf
-    exponent = math.frexp(max(abs(v) for v in values))[1]
-    scaled = [math.ldexp(v, -exponent) for v in values]
+    top = max(abs(v) for v in values)
+    # values past 2^500 are first scaled by a power of two (exact), so that the sum and the squared deviations
+    # neither overflow (an OverflowError at 1e200) nor reach inf (at 1e308); the others are left as they are
+    # (the same bits as before, and a tiny value beside them is not scaled into the subnormal range)
+    exponent = unit_exponent(top) if top > 2.0**500 else 0
+    scaled = [math.ldexp(v, exponent) for v in values]
     mean = sum(scaled) / n
     if n == 1:
-        return math.ldexp(mean, exponent), math.nan
-    var = sum((v - mean) * (v - mean) for v in scaled) / (n - 1)
-    return math.ldexp(mean, exponent), math.ldexp(math.sqrt(var / n), exponent)
+        return math.ldexp(mean, -exponent), math.nan
+    var = sum((v - mean) ** 2 for v in scaled) / (n - 1)
+    return math.ldexp(mean, -exponent), math.ldexp(math.sqrt(var / n), -exponent)
 
 
 def aggregate_seeds(results: Sequence[Any]) -> dict[str, tuple[float, float]]:

@@ -21,7 +21,7 @@ import torch
 from glann_ext.errors import NonFiniteError, UsageError
 
 from ._checks import as_float_matrix
-from ._scale import times_power_of_two, unit_exponent
+from ._scale import largest, times_power_of_two, unit_exponent
 
 
 def feature_statistics(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -60,9 +60,6 @@ def frechet_distance_from_statistics(
             raise ValueError(f"{name} must have shape ({d}, {d}), got {s.shape}")
         if not np.isfinite(s).all():
             raise NonFiniteError(f"{name} contains NaN or Inf values", argument=name)
-        low = float(np.linalg.eigvalsh((s + s.T) / 2).min()) if d else 0.0
-        if low < -1e-6 * float(np.abs(s).max()):  # rounding aside, a covariance is PSD (at any scale)
-            raise ValueError(f"{name} must be positive semi-definite, got an eigenvalue of {low:.3g}")
     # FD and the covariances scale as the square of a feature, the middle matrix R S2 R as its fourth power:
     # on statistics of features near 1e80 it overflowed, near 1e-100 it underflowed (as frechet_distance says)
     top = max([float(np.abs(m).max(initial=0.0)) for m in (mu1, mu2)] + [
@@ -71,6 +68,12 @@ def frechet_distance_from_statistics(
     shift = unit_exponent(top)
     mu1, mu2 = (np.ldexp(m, shift) for m in (mu1, mu2))
     s1, s2 = (np.ldexp(s, 2 * shift) for s in (s1, s2))
+    for name, s in (("sigma1", s1), ("sigma2", s2)):  # scaled: subnormal entries round no worse than others
+        low = float(np.linalg.eigvalsh((s + s.T) / 2).min()) if d else 0.0
+        if low < -1e-6 * float(np.abs(s).max()):  # rounding aside, a covariance is PSD (at any scale)
+            raise ValueError(
+                f"{name} must be positive semi-definite, got an eigenvalue of {math.ldexp(low, -2 * shift):.3g}"
+            )
     root1 = _sym_sqrt(s1)
     middle = root1 @ s2 @ root1
     eig = np.linalg.eigvalsh((middle + middle.T) / 2)
@@ -94,7 +97,7 @@ def frechet_distance(features1: torch.Tensor, features2: torch.Tensor) -> float:
     # features scaled by a power of two (exact) to a largest value in [1, 2), neither overflows nor underflows
     # (features near 1e80 failed with "Eigenvalues did not converge", near 1e160 read as "sigma1 contains
     # NaN or Inf"; near 1e-100 the middle matrix underflowed to 0 and FD came out 7 times too large)
-    tops = [float(x.abs().max()) for x in (x1, x2)]
+    tops = [largest(x1), largest(x2)]
     top = max(tops)
     shift = unit_exponent(top)
     x1, x2 = times_power_of_two(x1, shift), times_power_of_two(x2, shift)

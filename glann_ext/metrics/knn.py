@@ -19,7 +19,7 @@ import torch
 
 from ..errors import NonFiniteError
 from ._checks import as_float_matrix, check_not_meta, check_positive_int, check_squarable
-from ._scale import times_power_of_two, unit_exponent
+from ._scale import largest, times_power_of_two, unit_exponent
 
 # 16 MB, not 64: a tile of distances then stays nearer the cache between the product and its reduction;
 # PRDC of 10,000 x 10,000 float64 features (84 dimensions) took 2.1 s instead of 3.3 on 2 CPU threads, the
@@ -55,8 +55,9 @@ def _exponent_below_one(*sets: torch.Tensor) -> int:
     """:func:`unit_exponent` of the sets' largest value when it is below 1, else 0: the public helpers scale
     such data up (exactly) before they square it, since squared distances of data at 1e-170 underflowed to
     0 (every radius 0, every point in every ball). Larger data is left as it is: :func:`check_squarable`
-    names what would overflow."""
-    top = max((float(x.abs().max()) for x in sets if x.numel()), default=0.0)
+    names what would overflow. Only the largest value sets the scale: a tiny cluster beside points near 1
+    still squares to 0 within itself."""
+    top = largest(*sets)
     return unit_exponent(top) if top < 1 else 0
 
 
@@ -90,8 +91,9 @@ def knn_radii(
     reference implementations of Kynkäänniemi et al. 2019 and Naeem et al. 2020; the neighbours are ranked
     by the expansion (as in those implementations) and the radius is the k-th one's direct distance, so
     duplicates of a row are at distance 0 exactly (the references: about 1e-8 of the rows' norm). Data
-    whose largest value is below 1 is scaled up by a power of two first (exact; the radii are scaled back),
-    so that squared distances of tiny data do not underflow to 0. Needs N >= k + 1.
+    whose largest value is below 1 is scaled up by a power of two first and the radii are scaled back, so
+    that squared distances of tiny data do not underflow to 0 (exact away from float64's subnormal range,
+    where the radii round to its grid). Needs N >= k + 1.
     """
     return knn_radii_each(features, (k,), tile_bytes=tile_bytes, name=name)[0]
 
@@ -128,7 +130,8 @@ def knn_radii_each(
         d2[own - start, own] = 0.0  # the point itself, first (it is 0 exactly)
         for k, out in outs.items():
             out[start : start + rows] = _tile_radii(x, sq, ids, own, d2, k)
-    return [times_power_of_two(outs[k], -exponent) for k in ks]
+    outs = {k: times_power_of_two(out, -exponent) for k, out in outs.items()}  # a repeated k: one tensor
+    return [outs[k] for k in ks]
 
 
 def _tile_radii(
@@ -182,8 +185,9 @@ def ball_membership_counts(
 ) -> torch.Tensor:
     """For every query row, how many balls ``B(centres_j, radii_j)`` contain it (int64, (N,)).
 
-    ``strict=True`` counts ``d < r`` (open balls), ``False`` counts ``d <= r`` (closed balls). Points and
-    radii below 1 are first scaled up by one power of two (exact), as :func:`knn_radii` does.
+    ``strict=True`` counts ``d < r`` (open balls), ``False`` counts ``d <= r`` (closed balls). When the
+    points' largest value is below 1, points and radii are first scaled up by one power of two, as
+    :func:`knn_radii` scales its data (exact away from float64's subnormal range).
     """
     q = as_float_matrix("queries", queries)
     c = as_float_matrix("centres", centres, columns=q.shape[1])

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from ._checks import as_float_matrix
-from ._scale import times_power_of_two, unit_exponent
+from ._scale import largest, times_power_of_two, unit_exponent
 from .knn import DEFAULT_TILE_BYTES, Balls, cross_pass, knn_radii_each
 
 
@@ -43,8 +43,7 @@ def _pair(real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.T
     f = as_float_matrix("fake", fake, columns=r.shape[1])
     # PRDC does not change with the scale: bring the largest value near 1 by a power of two (exact), so that
     # squares neither underflow (data at 1e-170 scored (1, 1, 0, 0)) nor overflow (1e200 raised a NaN error)
-    top = max(float(r.abs().max()), float(f.abs().max()) if f.numel() else 0.0)
-    exponent = unit_exponent(top)
+    exponent = unit_exponent(largest(r, f))
     r, f = times_power_of_two(r, exponent), times_power_of_two(f, exponent)
     centre = _grid_centre(r)
     return r - centre, f - centre
