@@ -459,15 +459,30 @@ def load_tensors_only(
         return _load_open_tensors(f, path, map_location, mmap, archive_only)
 
 
+class FileChangedWhileRead(OSError):
+    """The file :func:`load_tensors_with_digest` read was written to while it read it."""
+
+
 def load_tensors_with_digest(
     path: str | Path, algorithm: str, *, map_location: Any = "cpu", archive_only: bool = True
 ) -> tuple[Any, str]:
     """:func:`load_tensors_only` of ``path``, and the hex digest (``hashlib``'s ``algorithm``) of the bytes
-    it loaded: both from one open file, so a file put in ``path``'s place between a digest and a load (two
-    opens) cannot have the digest describe other contents than the ones loaded."""
+    it loaded. Both read one open file, so a file put in ``path``'s place between a digest and a load (two
+    opens) cannot split them, and :class:`FileChangedWhileRead` when the file was written in place meanwhile
+    (its size or modification times moved: ``torch.save`` over it truncates and rewrites the same file)."""
     with open_regular(path) as f:
+        before = _write_stamp(f)
         digest = _digest_of_open(f, algorithm)
-        return _load_open_tensors(f, path, map_location, False, archive_only), digest
+        loaded = _load_open_tensors(f, path, map_location, False, archive_only)
+        if _write_stamp(f) != before:
+            raise FileChangedWhileRead(f"{path}: the file changed while it was read")
+        return loaded, digest
+
+
+def _write_stamp(f: BinaryIO) -> tuple[int, int, int]:
+    """What a write to the open file ``f`` changes: its size, modification and status-change times (ns)."""
+    st = os.fstat(f.fileno())
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _load_open_tensors(

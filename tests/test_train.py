@@ -1462,6 +1462,13 @@ def test_a_resume_refuses_a_vgg_weights_file_changed_since_the_run_trained_with_
     torch.save(vgg_state(0), weights)  # the same weights again: the resume goes on
     train(longer, out, **quiet)
     assert ckpt.latest_main(out)["imle"]["epoch"] == 2
+    # pixel IMLE's loss is its IMLE trainer's (no GLO stage): its run records the same digest
+    pixel = dataclasses.replace(cfg, imle_space="pixel", glo_epochs=0)
+    train(pixel, tmp_path / "pixel", **quiet)
+    assert (
+        ckpt.latest_main(tmp_path / "pixel")[ckpt.VGG_DIGEST_KEY]
+        == hashlib.sha256(weights.read_bytes()).hexdigest()
+    )
 
 
 def test_readers_say_when_the_model_file_is_behind_a_stopped_resume(tmp_path, blob_file):

@@ -857,6 +857,30 @@ def test_the_vgg_weights_digest_is_of_the_bytes_the_loss_loaded(tmp_path, monkey
     assert hashlib.sha256((tmp_path / "vgg.pt").read_bytes()).hexdigest() != want  # the swap happened
 
 
+def test_a_vgg_weights_file_written_while_it_is_read_is_refused(tmp_path, monkeypatch):
+    """One open file does not keep out a write in place (``torch.save`` over the file truncates and rewrites
+    it): hashed before such a write and loaded after, the digest would describe other weights than the
+    loss's. The file's size and times are compared after the load, and the loss says what happened."""
+    from glann_testing import vgg_state
+
+    from glann_ext import _io as io
+    from glann_ext.errors import ConfigError
+    from glann_ext.models.perceptual import VGGPerceptualLoss
+
+    path = tmp_path / "vgg.pt"
+    torch.save(vgg_state(0), path)
+    hashed = io._digest_of_open
+
+    def rewritten_after_hashing(f, algorithm):
+        digest = hashed(f, algorithm)
+        torch.save(vgg_state(1), path)  # the same file, rewritten
+        return digest
+
+    monkeypatch.setattr(io, "_digest_of_open", rewritten_after_hashing)
+    with pytest.raises(ConfigError, match=r"vgg\.pt: the VGG16 weights file changed while it was read"):
+        VGGPerceptualLoss(path)
+
+
 def test_atomic_write_names_the_file_asked_for_when_its_folder_cannot_take_it(tmp_path, monkeypatch):
     """A file where a folder should be is named as such (it was a mkdir's "File exists"), and a temp file
     that cannot be made (a read-only or virtual folder: /proc) is reported as the target, not as its

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glann_ext._io import UnsafeTensorFile, load_tensors_with_digest
+from glann_ext._io import FileChangedWhileRead, UnsafeTensorFile, load_tensors_with_digest
 from glann_ext.errors import ConfigError
 
 # torchvision's VGG16 ``features`` up to relu3_3: conv channel counts, "M" for max-pooling.
@@ -52,11 +52,16 @@ class VGGPerceptualLoss(nn.Module):
 
     def _load(self, path: Path) -> None:
         """The ``features.N.*`` tensors of a state_dict file, read with ``weights_only=True`` (no code runs),
-        and the digest of the same bytes (one open file: a file swapped in between cannot split the two)."""
+        and the digest of the same bytes (:func:`~glann_ext._io.load_tensors_with_digest`)."""
         try:  # torchvision's legacy files hold tensors in a bare pickle
             state, self.weights_sha256 = load_tensors_with_digest(path, "sha256", archive_only=False)
         except UnsafeTensorFile as exc:
             raise ConfigError(f"{path}: not a loadable tensor file ({exc})") from None
+        except FileChangedWhileRead:  # its digest and its weights might be of two versions of the file
+            raise ConfigError(
+                f"{path}: the VGG16 weights file changed while it was read (still being written?); run again "
+                "once it is complete"
+            ) from None
         except (RuntimeError, EOFError) as exc:
             raise ConfigError(f"{path}: not a loadable tensor file ({str(exc).splitlines()[0]})") from None
         if not isinstance(state, dict):

@@ -325,9 +325,6 @@ class Run:
         self.device = local_device(self.cfg.device)
         self.world = World()
         self.data_fingerprint: dict[str, Any] | None = None  # of the dataset, once loaded (_load_images)
-        # of the perceptual loss's weights file as the loss loaded it (once built): recorded in every
-        # checkpoint, checked on resume, since the run reads the file anew on every resume
-        self.vgg_digest: str | None = None
 
     def log(self, msg: str) -> None:
         if self.world.is_main:
@@ -526,7 +523,6 @@ class Run:
             images, cfg, ops=get_ops(cfg.ops), world=self.world, device=self.device, start=start, total=total,
             record=False,  # the checkpoint's fingerprint of the data stands for it
         )  # fmt: skip
-        self.vgg_digest = fit.vgg_digest
         lock = self._lock()
         try:
             self._check_shared_folder()
@@ -620,8 +616,10 @@ class Run:
         self._check_checkpoint_config(state)  # records the resume's changes without config.json
         self._check_epochs(state)
         self._check_image_shape(state, fit.image_shape)
-        recorded = state.get(ckpt.VGG_DIGEST_KEY)  # None: a checkpoint of 0.3.3 or before, or no VGG loss
-        if recorded is not None and self.vgg_digest is not None and recorded != self.vgg_digest:
+        # the perceptual loss's weights file is read anew on every resume: its digest as the loss loaded it
+        # against the one recorded (None: a checkpoint of 0.3.3 or before, or no VGG loss)
+        recorded = state.get(ckpt.VGG_DIGEST_KEY)
+        if recorded is not None and fit.vgg_digest is not None and recorded != fit.vgg_digest:
             raise CheckpointError(
                 f"{self.cfg.vgg_weights}: the VGG weights file has changed since {self.out} trained with it (its "
                 "digest is not the checkpoint's); put that file back to resume the run, or use another --out"
@@ -738,7 +736,7 @@ class CheckpointHook(Hook):
         main = {
             "phase": state["phase"], "glo": glo_rep, "imle": imle_rep, "config": self.run.cfg.to_dict(),
             "image_shape": list(fit.image_shape),
-            **({ckpt.VGG_DIGEST_KEY: self.run.vgg_digest} if self.run.vgg_digest is not None else {}),
+            **({ckpt.VGG_DIGEST_KEY: fit.vgg_digest} if fit.vgg_digest is not None else {}),
         }  # fmt: skip
         info = {"phase": state["phase"], "epoch": trainer.epoch, "global_step": trainer.global_step}
         per_row = {**glo_rows, **imle_rows}
