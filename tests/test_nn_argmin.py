@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import subprocess
@@ -296,9 +297,9 @@ def test_every_simd_path(isa: str, tmp_path) -> None:
     # The SIMD level is fixed per process, so each path runs in a child interpreter.
     script = textwrap.dedent(
         """
-        import torch, glann_ext
+        import json, sys, torch, glann_ext
         from glann_ext.ops import _native
-        TINY_KEYS = {tiny!r}
+        TINY_KEYS = json.loads(sys.argv[1])
         torch.manual_seed(0)
         for n, m, d in [(1, 1, 1), (13, 333, 7), (100, 4099, 64), (3, 20011, 5), (7, 300, 784)]:
             q, k = torch.randn(n, d), torch.randn(m, d)
@@ -321,9 +322,10 @@ def test_every_simd_path(isa: str, tmp_path) -> None:
                 assert exc.row == n - 1, exc
         print(_native._C.nn_argmin_cpu_path())
         """
-    ).format(tiny=[(str(dt).removeprefix("torch."), keys) for dt, keys in TINY_KEYS])
+    )
+    tiny = json.dumps([(str(dt).removeprefix("torch."), keys) for dt, keys in TINY_KEYS])  # floats round-trip
     out = subprocess.run(
-        [sys.executable, "-c", script],
+        [sys.executable, "-c", script, tiny],
         **child_kwargs(tmp_path, GLANN_EXT_CPU_ISA=isa),
         capture_output=True,
         text=True,
