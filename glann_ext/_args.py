@@ -48,10 +48,10 @@ def as_finite_real(value: Any) -> float | None:
 
 
 def is_positive_finite(value: Any) -> bool:
-    """Whether ``value`` is a real number (int, float, numpy scalar; not a bool) that is finite and > 0."""
-    return (
-        isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-    )
+    """Whether ``value`` is a real number (:func:`as_finite_real`'s: int, float, numpy scalars, 0-d real
+    tensors and arrays; not a bool) that is finite and > 0."""
+    number = as_finite_real(value)
+    return number is not None and number > 0
 
 
 def checked_int(name: str, value: Any, low: int | None, high: int | None = None) -> int:

@@ -516,3 +516,26 @@ def test_a_latent_endpoint_one_past_the_last_training_index_is_a_usage_error():
     with pytest.raises(UsageError, match=r"a must be a training index in \[0, 20\)"):
         m.interpolate(20, 0, steps=3, space="latent")
     assert m.interpolate(0, 19, steps=3, space="latent").shape == (3, 1, 28, 28)
+
+
+@pytest.mark.parametrize("number", [np.float32, np.float64, lambda v: torch.tensor(v), np.array])
+def test_real_arguments_take_numpy_and_0d_tensor_numbers(number):
+    """np.float32(0.5) was refused as "must be a number" by the sampling dials, invert's lr, moment_ratios'
+    share and mode_coverage's std (num_std took it): each takes any finite real number now, kept as a float."""
+    from glann_ext.metrics import RING_VEEGAN, mode_coverage, moment_ratios
+
+    m = _glann()
+    m.set_noise_scale(number(1.25))
+    m.set_spread(number(0.5))
+    m.set_local_spread(number(0.25))
+    assert (m.noise_scale, m.spread, m.local_spread) == (1.25, 0.5, 0.25)
+    assert all(
+        type(m.config[k]) is float for k in ("sample_noise_scale", "sample_spread", "sample_local_spread")
+    )
+    codes, recon = m.invert(m.decode(m.codes[:2]), steps=1, restarts=1, lr=number(0.5))
+    assert codes.shape == (2, m.codes.shape[1]) and recon.shape == (2, *m.image_shape)
+    cov = mode_coverage(RING_VEEGAN.centres, RING_VEEGAN.centres, std=number(RING_VEEGAN.std))
+    assert cov.modes_covered == 8 and cov.high_quality_fraction == 1.0
+    g = torch.Generator().manual_seed(0)
+    samples, codes = torch.randn(50, 4, generator=g), torch.randn(60, 4, generator=g)
+    assert moment_ratios(samples, codes, share=number(0.5)) == moment_ratios(samples, codes, share=0.5)

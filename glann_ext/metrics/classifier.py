@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._args import is_positive_finite
 from .._io import UnsafeTensorFile, atomic_write, load_tensors_only
 from .._threads import intra_op_threads
 from ..errors import CheckpointError, UsageError
@@ -199,8 +200,9 @@ class DomainClassifier:
             "num_classes": num_classes,
         }  # fmt: skip
         batch_size = check_positive_int("batch_size", batch_size)
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
+        if not is_positive_finite(lr):  # numpy scalars too
             raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+        lr = float(lr)
         # what the cache was trained on and with: another data set, lr, batch size or thread count (none
         # before 0.3.9) trains it again
         data = _fingerprint(xtr, ytr, xte, yte)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._args import checked_int, checked_seed
+from .._args import as_finite_real, checked_int, checked_seed
 from ..ops.nn_argmin import nn_argmin
 from ._checks import as_float_matrix, check_squarable
 from .mixtures import reverse_kl_uniform
@@ -158,9 +158,10 @@ def moment_ratios(samples: torch.Tensor, codes: torch.Tensor, share: float = 0.1
     c = as_float_matrix("codes", codes, columns=z.shape[1], min_rows=2)
     check_squarable("samples", z)  # variances square them
     check_squarable("codes", c)
-    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+    number = as_finite_real(share)  # numpy and 0-d tensor numbers too
+    if number is None or not 0 < number <= 1:
         raise ValueError(f"share must be a number in (0, 1], got {share!r}")
-    return _moments(z, c, float(share))
+    return _moments(z, c, number)
 
 
 def _moments(z: torch.Tensor, c: torch.Tensor, share: float) -> dict[str, float]:

@@ -91,7 +91,7 @@ def mode_coverage(
         centres = centres.centres
     x = as_float_matrix("samples", samples, columns=2)
     c = as_float_matrix("centres", centres, columns=2)
-    if not (isinstance(std, (int, float)) and is_positive_finite(std)):
+    if not is_positive_finite(std):  # numpy scalars too, as num_std
         raise ValueError(
             f"std must be a positive finite number (required unless centres is a MixturePreset), got {std!r:.60}"
         )
@@ -99,7 +99,7 @@ def mode_coverage(
         raise ValueError(f"num_std must be a positive finite number, got {num_std!r:.60}")
     min_count = check_positive_int("min_count", min_count)
     index, sq_dist = nn_argmin(x.contiguous(), c.contiguous(), return_distances=True)  # float64
-    hq = sq_dist.double() <= (num_std * std) ** 2
+    hq = sq_dist.double() <= (float(num_std) * float(std)) ** 2
     counts = torch.bincount(index[hq], minlength=c.shape[0])
     return ModeCoverage(
         modes_covered=int((counts >= min_count).sum()),

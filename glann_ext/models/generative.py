@@ -21,7 +21,14 @@ import torch
 from torch import nn
 
 from glann_ext import seeding
-from glann_ext._args import as_index, checked_int, checked_seed, seed_or_drawn
+from glann_ext._args import (
+    as_finite_real,
+    as_index,
+    checked_int,
+    checked_seed,
+    is_positive_finite,
+    seed_or_drawn,
+)
 from glann_ext._info import __version__
 from glann_ext.backend import Ops, as_ops
 from glann_ext.errors import NonFiniteError, UsageError
@@ -134,12 +141,12 @@ def fit_gaussian(codes: torch.Tensor | np.ndarray, world: Any = None) -> tuple[t
 def _checked_in_range(value: Any, name: str, high: float, *, zero_ok: bool) -> float:
     """``value`` as a number in [0, ``high``] (``zero_ok``) or (0, ``high``], or a UsageError naming ``name``
     (a latent spread may be 0; a noise scale may not)."""
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not (number and (value >= 0 if zero_ok else value > 0) and value <= high):
+    number = as_finite_real(value)  # numpy and 0-d tensor numbers too
+    if number is None or not ((number >= 0 if zero_ok else number > 0) and number <= high):
         raise UsageError(
             f"{name} must be a number in {'[' if zero_ok else '('}0, {high:g}], got {value!r:.60}"
         )
-    return float(value)
+    return number
 
 
 def _check_count(n: Any, row_shape: tuple[int, ...] = (), name: str = "n", low: int = 0) -> int:
@@ -797,8 +804,9 @@ class GLANN(GenerativeModel):
         images = self._checked_images(images)
         steps, restarts = checked_int("steps", steps, 0), checked_int("restarts", restarts, 1)
         seed = checked_seed(seed)
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+        if not is_positive_finite(lr):  # numpy scalars too
             raise UsageError(f"lr must be a finite number > 0, got {lr!r:.60}")
+        lr = float(lr)
         if len(images) == 0:  # nothing to invert
             return self.codes.new_zeros(0, self.codes.shape[1]), images.new_zeros(
                 0, *self.image_shape
