@@ -202,7 +202,6 @@ class DomainClassifier:
         batch_size = check_positive_int("batch_size", batch_size)
         if not is_positive_finite(lr):  # numpy scalars too
             raise ValueError(f"lr must be a positive finite number, got {lr!r}")
-        lr = float(lr)
         # what the cache was trained on and with: another data set, lr, batch size or thread count (none
         # before 0.3.9) trains it again
         data = _fingerprint(xtr, ytr, xte, yte)
@@ -212,7 +211,7 @@ class DomainClassifier:
             if all(cached.meta.get(k) == v for k, v in trained_on.items()):
                 return cached
         meta.update(trained_on)
-        model = _train(xtr, ytr, meta, batch_size=batch_size, lr=lr, verbose=verbose)
+        model = _train(xtr, ytr, meta, batch_size=batch_size, lr=float(lr), verbose=verbose)
         model.eval()
         with torch.no_grad():
             preds = torch.cat(
