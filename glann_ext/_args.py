@@ -54,6 +54,14 @@ def is_positive_finite(value: Any) -> bool:
     return number is not None and number > 0
 
 
+def checked_positive_finite(name: str, value: Any) -> float:
+    """``value`` as a Python float if it is a finite number > 0 (:func:`is_positive_finite`), else a
+    one-line :class:`UsageError` naming ``name``."""
+    if not is_positive_finite(value):
+        raise UsageError(f"{name} must be a finite number > 0, got {value!r:.60}")
+    return float(value)
+
+
 def checked_int(name: str, value: Any, low: int | None, high: int | None = None) -> int:
     """``value`` as a Python int in [``low``, ``high``] (None: unbounded; see :func:`as_index`: ``2.0``,
     ``True`` and ``"5"`` are not integers), else a one-line :class:`UsageError` naming ``name``."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from glann_ext._args import checked_int, checked_seed, is_positive_finite
+from glann_ext._args import checked_int, checked_positive_finite, checked_seed
 from glann_ext.errors import UsageError
 
 from .arrays import check_fits_memory
@@ -38,7 +38,7 @@ class MixturePreset:
             raise UsageError(f"centres must be a (K >= 1, 2) tensor of mode centres, got {got}")
         if not c.dtype.is_floating_point or not bool(torch.isfinite(c).all()):
             raise UsageError(f"centres must be finite floats, got {str(c.dtype)[6:]} {c.tolist()!r:.60}")
-        _positive_finite("std", self.std)
+        checked_positive_finite("std", self.std)
 
     def sample(self, n: int, *, seed: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` float32 samples: a uniformly chosen mode plus ``std`` Gaussian noise, drawn from ``generator``
@@ -59,7 +59,7 @@ class MixturePreset:
 def ring_centres(num_modes: int = 8, radius: float = 1.0) -> torch.Tensor:
     """``(radius cos(2 pi i / K), radius sin(2 pi i / K))`` for i = 0..K-1, float64."""
     num_modes = checked_int("num_modes", num_modes, 1)
-    radius = _positive_finite("radius", radius)
+    radius = checked_positive_finite("radius", radius)
     angle = 2 * math.pi * torch.arange(num_modes, dtype=torch.float64) / num_modes
     return torch.stack([radius * angle.cos(), radius * angle.sin()], 1)
 
@@ -74,13 +74,6 @@ def grid_centres(values: tuple[float, ...] = (-4.0, -2.0, 0.0, 2.0, 4.0)) -> tor
         raise UsageError(f"values must be a non-empty tuple of finite numbers, got {values!r:.60}")
     v = torch.tensor(values, dtype=torch.float64)
     return torch.cartesian_prod(v, v)
-
-
-def _positive_finite(name: str, value: object) -> float:
-    """``value`` as a float if it is a finite number > 0, else a UsageError naming ``name``."""
-    if not is_positive_finite(value):
-        raise UsageError(f"{name} must be a finite number > 0, got {value!r:.60}")
-    return float(value)
 
 
 RING_VEEGAN = MixturePreset("ring8-veegan", ring_centres(8, 2.0), 0.02)

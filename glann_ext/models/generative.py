@@ -25,8 +25,8 @@ from glann_ext._args import (
     as_finite_real,
     as_index,
     checked_int,
+    checked_positive_finite,
     checked_seed,
-    is_positive_finite,
     seed_or_drawn,
 )
 from glann_ext._info import __version__
@@ -804,9 +804,7 @@ class GLANN(GenerativeModel):
         images = self._checked_images(images)
         steps, restarts = checked_int("steps", steps, 0), checked_int("restarts", restarts, 1)
         seed = checked_seed(seed)
-        if not is_positive_finite(lr):  # numpy scalars too
-            raise UsageError(f"lr must be a finite number > 0, got {lr!r:.60}")
-        lr = float(lr)
+        lr = checked_positive_finite("lr", lr)  # numpy scalars too
         if len(images) == 0:  # nothing to invert
             return self.codes.new_zeros(0, self.codes.shape[1]), images.new_zeros(
                 0, *self.image_shape
