@@ -3,9 +3,13 @@ records the ops a call runs, and planted pickles that prove whether loading a fi
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import pickle
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +30,17 @@ def child_kwargs(cwd, **env_overrides: str) -> dict:
             os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep) if p
         )
     return {"cwd": str(cwd), "env": env}
+
+
+@functools.cache
+def hardware_cpu_isa() -> str:
+    """The best SIMD copy this CPU runs. ``build_info()['cpu_isa']`` in this process is capped by any
+    GLANN_EXT_CPU_ISA the suite runs under (scripts/sanitize_cpu.sh runs it once per copy), so a child
+    without the cap answers."""
+    code = "import glann_ext; print(glann_ext.build_info()['cpu_isa'])"
+    kwargs = child_kwargs(tempfile.gettempdir(), GLANN_EXT_CPU_ISA="")  # empty: no cap
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, **kwargs)
+    return out.stdout.strip()
 
 
 def blob_images(n: int = 64, size: int = 28, channels: int = 1, seed: int = 0) -> np.ndarray:
