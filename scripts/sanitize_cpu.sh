@@ -17,7 +17,8 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 flags="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g"
-cmake -S . -B "$build" -G Ninja -DGLANN_EXT_CUDA=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+# g++ builds it, so that the runtimes preloaded below are its own (clang's ASan runtime has other names).
+cmake -S . -B "$build" -G Ninja -DGLANN_EXT_CUDA=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=g++ \
   -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_SHARED_LINKER_FLAGS="-fsanitize=address,undefined" \
   -DPython_EXECUTABLE="$(command -v "$PY")" -Dpybind11_DIR="$("$PY" -m pybind11 --cmakedir)" >"$work/cmake.log"
 cmake --build "$build" --target _C >"$work/build.log" || { tail -50 "$work/build.log"; exit 1; }
