@@ -18,7 +18,12 @@ trap 'rm -rf "$work"' EXIT
 
 flags="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g"
 # g++ builds it, so that the runtimes preloaded below are its own (clang's ASan runtime has other names).
-cmake -S . -B "$build" -G Ninja -DGLANN_EXT_CUDA=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=g++ \
+# A build folder configured with another compiler is started afresh (CMake would drop the other -D values).
+cxx=$(command -v g++)
+if [ -f "$build/CMakeCache.txt" ] && ! grep -q "^CMAKE_CXX_COMPILER:[A-Z]*=$cxx\$" "$build/CMakeCache.txt"; then
+  rm -rf "$build"
+fi
+cmake -S . -B "$build" -G Ninja -DGLANN_EXT_CUDA=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER="$cxx" \
   -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_SHARED_LINKER_FLAGS="-fsanitize=address,undefined" \
   -DPython_EXECUTABLE="$(command -v "$PY")" -Dpybind11_DIR="$("$PY" -m pybind11 --cmakedir)" >"$work/cmake.log"
 cmake --build "$build" --target _C >"$work/build.log" || { tail -50 "$work/build.log"; exit 1; }
@@ -30,7 +35,7 @@ cp -r "$installed" "$work/pkg/glann_ext"
 rm -f "$work/pkg/glann_ext"/_C*.so
 cp "$build"/_C*.so "$work/pkg/glann_ext/"
 
-export LD_PRELOAD="$(g++ -print-file-name=libasan.so) $(g++ -print-file-name=libubsan.so)"
+export LD_PRELOAD="$("$cxx" -print-file-name=libasan.so) $("$cxx" -print-file-name=libubsan.so)"
 # Leaks: the interpreter's and torch's own at exit are not ours; the kernels allocate nothing.
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
@@ -49,7 +54,8 @@ print(f"sanitized module: {_C.__file__}")
 EOF
 
 # The sanitizer is live: a raw call told one row more than the tensors hold must be stopped by ASan.
-if "$PY" - >"$work/canary.log" 2>&1 <<'EOF'
+# (exit status 1 rather than abort for this one, so the shell does not print the abort)
+if ASAN_OPTIONS=$ASAN_OPTIONS:abort_on_error=0 "$PY" - >"$work/canary.log" 2>&1 <<'EOF'
 import torch
 from glann_ext.ops import _native
 from glann_ext._ext import _C
