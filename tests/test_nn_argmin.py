@@ -726,7 +726,7 @@ def test_rows_whose_squared_norm_overflows_raise(q, k, argument) -> None:
         assert "rescale" in str(info.value)
     # The remedy works: rescaled by a power of two, the search finds the nearest key up to the expansion's
     # documented rounding, about 1e-7 (float32) or 2e-16 (float64) of |q|^2 + |k|^2 (the module docstring).
-    # The first case's keys lie 4.5 float32 ulps apart, far inside that: either is a right answer there, and
+    # The first case's keys lie 5 float32 ulps apart, far inside that: either is a right answer there, and
     # the SIMD copies order them differently (the baseline took key 0 where the test asked for key 1). In
     # every other case the nearest key lies far outside it and must be found.
     scale = 2.0**-64 if dtype == torch.float32 else 2.0**-520
