@@ -32,6 +32,15 @@ def as_index(value: Any) -> int | None:
         return None
 
 
+def is_finite_number(value: float) -> bool:
+    """``math.isfinite`` for an int or float, False (not OverflowError) for an int beyond a float's range:
+    JSON, and so a model file or a config, may hold 10**400."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def as_finite_real(value: Any) -> float | None:
     """``value`` as a Python float if it is a finite real number (int, float, numpy scalars of any width, 0-d
     real tensors and arrays; not a bool), else None."""
@@ -41,10 +50,7 @@ def as_finite_real(value: Any) -> float | None:
         value = value.item()  # a bool or complex item is refused below
     if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
         return None
-    try:
-        return float(value) if math.isfinite(value) else None
-    except OverflowError:  # an int or Fraction past float64
-        return None
+    return float(value) if is_finite_number(value) else None  # an int or Fraction past float64: None
 
 
 def is_positive_finite(value: Any) -> bool:

@@ -27,6 +27,7 @@ from glann_ext._args import (
     checked_int,
     checked_positive_finite,
     checked_seed,
+    is_finite_number,
     seed_or_drawn,
 )
 from glann_ext._info import __version__
@@ -243,15 +244,6 @@ def _check_input(name: str, x: Any, width: int) -> None:
         if isinstance(x, torch.Tensor):
             got = f"{str(x.dtype)[6:]} {tuple(x.shape)}{' on the meta device' if x.is_meta else ''}"
         raise UsageError(f"{name} must be a float32 (n, {width}) tensor, got {got}")
-
-
-def is_finite_number(value: float) -> bool:
-    """``math.isfinite`` for an int or float, False (not OverflowError) for an int beyond a float's range:
-    JSON, and so a model file or a config, may hold 10**400."""
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
 
 
 def _check_number(config: dict[str, Any], key: str, ok: Callable[[float], bool], rule: str) -> None:

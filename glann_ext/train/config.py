@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from glann_ext._args import MAX_SEED
+from glann_ext._args import MAX_SEED, is_finite_number
 from glann_ext._io import open_regular
 from glann_ext.errors import ConfigError
 from glann_ext.models.generative import (
@@ -17,7 +17,6 @@ from glann_ext.models.generative import (
     MAX_LOCAL_NEIGHBOURS,
     MAX_NOISE_SCALE,
     MAX_SPREAD,
-    is_finite_number,
 )
 
 CONFIG_FILE = "config.json"
