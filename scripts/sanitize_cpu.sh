@@ -11,24 +11,17 @@
 # (torch's CPU tensors come from malloc, so a kernel overrunning a tensor hits a redzone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/sanitized_build.sh
 PY=${PYTHON:-python}
-build=$PWD/build/sanitize-cpu  # kept (build/ is ignored), so a rerun recompiles only what changed
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# -O1 -g1 (line tables) for the bindings, half the build time of -O2 -g; the kernels keep the -O3 their
-# target adds after these flags, so the vector code under test is the code users run.
-flags="-O1 -g1 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
-# g++ builds it, so that the runtimes preloaded below are its own (clang's ASan runtime has other names).
-# A build folder configured with another compiler is started afresh (CMake would drop the other -D values).
-cxx=$(command -v g++)
-if [ -f "$build/CMakeCache.txt" ] && ! grep -q "^CMAKE_CXX_COMPILER:[A-Z]*=$cxx\$" "$build/CMakeCache.txt"; then
-  rm -rf "$build"
-fi
-cmake -S . -B "$build" -G Ninja -DGLANN_EXT_CUDA=OFF -DCMAKE_BUILD_TYPE=None -DCMAKE_CXX_COMPILER="$cxx" \
-  -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_SHARED_LINKER_FLAGS="-fsanitize=address,undefined" \
-  -DPython_EXECUTABLE="$(command -v "$PY")" -Dpybind11_DIR="$("$PY" -m pybind11 --cmakedir)" >"$work/cmake.log"
-cmake --build "$build" --target _C >"$work/build.log" || { tail -50 "$work/build.log"; exit 1; }
+build=$PWD/build/sanitize-cpu
+# -O1 -g1 (line tables) for the bindings, half the build time of -O2 -g. `cxx` (g++) is the helper's: the
+# runtimes preloaded below must be its own.
+sanitized_build "$build" _C \
+  "-O1 -g1 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
+  -DCMAKE_SHARED_LINKER_FLAGS="-fsanitize=address,undefined"
 
 # The package as installed, with the sanitized module in place of the installed one.
 installed=$(cd / && "$PY" -c "import glann_ext, os; print(os.path.dirname(glann_ext.__file__))")

@@ -10,22 +10,14 @@
 # configure step), though nothing here builds or imports the module.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/sanitized_build.sh
 PY=${PYTHON:-python}
-build=$PWD/build/tsan-cpu  # kept (build/ is ignored), so a rerun recompiles only what changed
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# -O1 -g1 for the harness; the kernels keep the -O3 their target adds after these flags, so the vector
-# code under test is the code users run.
-flags="-O1 -g1 -fsanitize=thread"
-cxx=$(command -v g++)
-if [ -f "$build/CMakeCache.txt" ] && ! grep -q "^CMAKE_CXX_COMPILER:[A-Z]*=$cxx\$" "$build/CMakeCache.txt"; then
-  rm -rf "$build"
-fi
-cmake -S . -B "$build" -G Ninja -DGLANN_EXT_CUDA=OFF -DGLANN_EXT_NATIVE_TESTS=ON -DCMAKE_BUILD_TYPE=None \
-  -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=thread" \
-  -DPython_EXECUTABLE="$(command -v "$PY")" -Dpybind11_DIR="$("$PY" -m pybind11 --cmakedir)" >"$work/cmake.log"
-cmake --build "$build" --target cpu_threads >"$work/build.log" || { tail -50 "$work/build.log"; exit 1; }
+build=$PWD/build/tsan-cpu
+sanitized_build "$build" cpu_threads "-O1 -g1 -fsanitize=thread" -DGLANN_EXT_NATIVE_TESTS=ON \
+  -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=thread"
 exe=$build/cpu_threads
 
 # exitcode: TSan's own status after a report, told apart from the harness's FAIL (1) below.
