@@ -30,9 +30,21 @@ fi
 grep -q "data race" "$work/canary.log" || { cat "$work/canary.log" >&2; exit 1; }
 echo "canary: ThreadSanitizer reports a data race"
 
+# The harness on SIMD copy $1 ('': no cap). Its output is captured to read the copy it took, so a failing
+# run's FAIL lines are printed here, not lost with the capture.
+run_copy() {
+  local out
+  out=$(GLANN_EXT_CPU_ISA=$1 "$exe") || {
+    printf '%s\n' "$out" >&2
+    echo "error: cpu_threads failed (GLANN_EXT_CPU_ISA=$1)" >&2
+    return 1
+  }
+  printf '%s\n' "$out"
+}
+
 # Every SIMD copy up to the best this CPU runs (the harness prints the copy each family took); the run
 # without a cap is the best copy's.
-best_out=$(GLANN_EXT_CPU_ISA= "$exe")
+best_out=$(run_copy "")
 best=$(sed -n 's/^OK cpu-threads nn_argmin=\([a-z0-9]*\) .*/\1/p' <<<"$best_out")
 all="baseline avx2 avx512"
 isas="${all%%"$best"*}$best"
@@ -42,7 +54,7 @@ case "${TSAN_ISAS:-}" in
   *) isas=$TSAN_ISAS ;;
 esac
 for isa in $isas; do
-  if [ "$isa" = "$best" ]; then out=$best_out; else out=$(GLANN_EXT_CPU_ISA=$isa "$exe"); fi
+  if [ "$isa" = "$best" ]; then out=$best_out; else out=$(run_copy "$isa"); fi
   echo "GLANN_EXT_CPU_ISA=$isa: $out"
   [[ $out == *"nn_argmin=$isa laplacian=$isa"* ]] || { echo "error: not the $isa copy" >&2; exit 1; }
 done
