@@ -11,10 +11,7 @@
 # (torch's CPU tensors come from malloc, so a kernel overrunning a tensor hits a redzone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. scripts/sanitized_build.sh
-PY=${PYTHON:-python}
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+. scripts/sanitized_build.sh  # sets PY and work
 
 build=$PWD/build/sanitize-cpu
 # -O1 -g1 (line tables) for the bindings, half the build time of -O2 -g. `cxx` (g++) is the helper's: the

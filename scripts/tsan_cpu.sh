@@ -10,10 +10,7 @@
 # configure step), though nothing here builds or imports the module.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. scripts/sanitized_build.sh
-PY=${PYTHON:-python}
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+. scripts/sanitized_build.sh  # sets PY and work
 
 build=$PWD/build/tsan-cpu
 sanitized_build "$build" cpu_threads "-O1 -g1 -fsanitize=thread" -DGLANN_EXT_NATIVE_TESTS=ON \
